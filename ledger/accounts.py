@@ -1,0 +1,102 @@
+"""The chart of accounts of the contract. Account names are part of the public contract.
+
+| account                                  | type      | normal |
+|------------------------------------------|-----------|--------|
+| expense:commission                       | expense   | debit  |
+| expense:commission:writeoff              | expense   | debit  |
+| expense:commission:adjustment            | expense   | debit  |
+| liability:partner:{partner_id}:pending   | liability | credit |
+| liability:partner:{partner_id}:available | liability | credit |
+| liability:payouts:in_transit             | liability | credit |
+| asset:cash                               | asset     | debit  |
+
+Accounts are created on first use with their type and normal side; a name outside the chart is a
+programmer error. Account rows never change, so their ids are cached per session.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, NamedTuple
+
+from sqlalchemy import event, insert, select
+from sqlalchemy.orm import Session
+
+from ledger.errors import invalid
+from ledger.schema import accounts
+
+EXPENSE_COMMISSION = "expense:commission"
+EXPENSE_WRITEOFF = "expense:commission:writeoff"
+EXPENSE_ADJUSTMENT = "expense:commission:adjustment"
+PAYOUTS_IN_TRANSIT = "liability:payouts:in_transit"
+CASH = "asset:cash"
+
+_FIXED = {
+    EXPENSE_COMMISSION: ("expense", "D"),
+    EXPENSE_WRITEOFF: ("expense", "D"),
+    EXPENSE_ADJUSTMENT: ("expense", "D"),
+    PAYOUTS_IN_TRANSIT: ("liability", "C"),
+    CASH: ("asset", "D"),
+}
+# Partner ids appear inside account names, so they may not contain ':'.
+PARTNER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_PARTNER_ACCOUNT = re.compile(r"liability:partner:([A-Za-z0-9][A-Za-z0-9_.\-]{0,63}):(pending|available)")
+
+
+class AccountSpec(NamedTuple):
+    name: str
+    type: str
+    normal_side: str  # 'D' or 'C'
+    partner_id: str | None
+
+
+def validate_partner_id(partner_id: str, *, field: str = "partner_id") -> str:
+    if not isinstance(partner_id, str) or not PARTNER_ID_PATTERN.fullmatch(partner_id):
+        raise invalid(field, "must be 1-64 characters of letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return partner_id
+
+
+def pending(partner_id: str) -> str:
+    return f"liability:partner:{partner_id}:pending"
+
+
+def available(partner_id: str) -> str:
+    return f"liability:partner:{partner_id}:available"
+
+
+def spec(name: str) -> AccountSpec:
+    """The chart's entry for `name`; asserts that the name is in the chart."""
+    fixed = _FIXED.get(name)
+    if fixed is not None:
+        return AccountSpec(name, fixed[0], fixed[1], None)
+    match = _PARTNER_ACCOUNT.fullmatch(name)
+    assert match is not None, f"account {name!r} is not in the chart of accounts"
+    return AccountSpec(name, "liability", "C", match.group(1))
+
+
+def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
+    """Ids of the named accounts, creating the missing ones; one or two statements per call."""
+    cache: dict[str, int] = session.info.setdefault("account_ids", {})
+    missing = {name for name in names if name not in cache}
+    if missing:
+        for chunk in _chunks(sorted(missing), 500):
+            rows = session.execute(select(accounts.c.name, accounts.c.id).where(accounts.c.name.in_(chunk)))
+            cache.update((name, account_id) for name, account_id in rows)
+        new = [spec(name)._asdict() for name in sorted(missing - cache.keys())]
+        if new:
+            session.execute(insert(accounts), new)
+            rows = session.execute(select(accounts.c.name, accounts.c.id).where(
+                accounts.c.name.in_([row["name"] for row in new])))
+            cache.update((name, account_id) for name, account_id in rows)
+    return cache
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_cached_ids(session: Session, _transaction) -> None:
+    """A rollback may have undone account creations: drop the session's id cache."""
+    session.info.pop("account_ids", None)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,91 @@
+"""Engines, sessions and the journal lock, for SQLite and PostgreSQL alike.
+
+SQLite connections get `PRAGMA foreign_keys=ON` (the deferred line->header key is an invariant),
+`recursive_triggers=ON` (so `INSERT OR REPLACE` fires the delete guard and is refused),
+`journal_mode=WAL` (readers never block the writer) and a `busy_timeout`. The pysqlite driver's
+own transaction handling is switched off so that we emit `BEGIN` ourselves: writers use
+`BEGIN IMMEDIATE`, which takes the write lock up front, so two writers queue on the busy timeout
+instead of failing on a stale snapshot.
+
+On PostgreSQL every journal writer takes one transaction-scoped advisory lock before reading the
+chain head; that serializes sequence numbers and hashes across processes and hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, **kwargs)
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        for pragma in ("foreign_keys=ON", "recursive_triggers=ON", "journal_mode=WAL",
+                       f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "synchronous=NORMAL"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        mode = "IMMEDIATE" if connection.get_execution_options().get("writer") else "DEFERRED"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_postgres(session_or_engine) -> bool:
+    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
+    return bind.dialect.name == "postgresql"
+
+
+class Database:
+    """One engine and its two session factories: readers, and writers that lock up front."""
+
+    def __init__(self, url: str, **engine_kwargs) -> None:
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url, **engine_kwargs)
+        self._readers = sessionmaker(self.engine, expire_on_commit=False)
+        self._writers = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False)
+
+    def reader(self) -> Session:
+        return self._readers()
+
+    def writer(self) -> Session:
+        return self._writers()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A writer session that commits on success and rolls back on any exception."""
+        with self.writer() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def lock_journal(session: Session) -> None:
+    """Serialize journal writers. SQLite writers already hold the write lock (`BEGIN IMMEDIATE`);
+    PostgreSQL writers take a transaction-scoped advisory lock, released at commit or rollback."""
+    if is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})

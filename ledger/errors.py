@@ -1,0 +1,51 @@
+"""The domain's typed errors, mapped once to HTTP statuses in `api/` and to exit codes in `cli/`.
+
+Programmer errors are `assert`s; user errors are these exceptions; per-item outcomes of a batch are
+values (see `journal.PostOutcome`). Each error carries a human message and, where one input field
+is to blame, a mapping of field name to messages so that the API can render a 422 naming it.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a user can cause. `status` is the HTTP status the API maps it to."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, fields: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fields = fields or {}
+
+
+class InvalidInput(DomainError):
+    """Input that is well formed but breaks a rule: a 422 naming the offending fields."""
+
+    status = 422
+    title = "Unprocessable entity"
+
+
+class NotFound(DomainError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    """The request clashes with what the books already hold (a replay with other content, a second
+    reversal, a closed period, ...)."""
+
+    status = 409
+    title = "Conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """The same idempotency key arrived with different content; `fields` names what differs."""
+
+    title = "Idempotency key reused with different content"
+
+
+def invalid(field: str, message: str) -> InvalidInput:
+    """An `InvalidInput` blaming one field: `raise invalid("amount", "too many decimals")`."""
+    return InvalidInput(f"{field}: {message}", {field: [message]})

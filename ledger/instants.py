@@ -1,0 +1,140 @@
+"""Instants, dates, calendar months and periods, all in UTC.
+
+The journal stores instants as integer microseconds since the Unix epoch (`*_at_us` columns): the
+same representation on SQLite and PostgreSQL, exact, totally ordered, and cheap in covering
+indexes. Conversion happens here and only here.
+
+Calendar months follow the contract: month 1 of a window that starts at `start` is
+[start, start + 1 calendar month); adding months clamps the day to the end of a shorter month
+(January 31 + 1 month = February 28 or 29).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import date, datetime, time, timedelta, timezone
+
+from ledger.errors import invalid
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US_PER_SECOND = 1_000_000
+_PERIOD_PATTERN = re.compile(r"(\d{4})-(\d{2})")
+_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+# RFC 3339 date-time with a mandatory offset; fractional seconds up to microseconds.
+_INSTANT_PATTERN = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})"
+)
+# Instants the service accepts: years 1970..9998, so that every period and window end exists.
+_YEAR_MIN, _YEAR_MAX = 1970, 9998
+
+
+def to_us(instant: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime."""
+    assert instant.tzinfo is not None, "naive datetimes are programmer errors"
+    delta = instant - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * _US_PER_SECOND + delta.microseconds
+
+
+def from_us(instant_us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=instant_us)
+
+
+def format_instant(instant_us: int | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, microseconds only when present."""
+    if instant_us is None:
+        return None
+    text = from_us(instant_us).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def parse_instant(text: str, *, field: str) -> int:
+    """An RFC 3339 instant with an offset, as microseconds since the epoch."""
+    if not isinstance(text, str) or not _INSTANT_PATTERN.fullmatch(text):
+        raise invalid(field, "must be an RFC 3339 instant with an offset, such as 2026-01-20T00:00:00Z")
+    try:
+        instant = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(field, f"{text!r} is not a valid instant") from None
+    if not _YEAR_MIN <= instant.astimezone(UTC).year <= _YEAR_MAX:
+        raise invalid(field, f"must lie between {_YEAR_MIN} and {_YEAR_MAX}")
+    return to_us(instant)
+
+
+def parse_date(text: str, *, field: str) -> date:
+    if not isinstance(text, str) or not _DATE_PATTERN.fullmatch(text):
+        raise invalid(field, "must be a date YYYY-MM-DD")
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise invalid(field, f"{text!r} is not a valid date") from None
+    if not _YEAR_MIN <= day.year <= _YEAR_MAX:
+        raise invalid(field, f"must lie between {_YEAR_MIN} and {_YEAR_MAX}")
+    return day
+
+
+def start_of_day_us(day: date) -> int:
+    return to_us(datetime.combine(day, time(), tzinfo=UTC))
+
+
+def parse_as_of(text: str, *, field: str = "as_of") -> int:
+    """An `as_of` bound: an instant, or a date meaning the end of that day in UTC (exclusive)."""
+    if isinstance(text, str) and _DATE_PATTERN.fullmatch(text):
+        return start_of_day_us(parse_date(text, field=field) + timedelta(days=1))
+    return parse_instant(text, field=field)
+
+
+def add_months(instant: datetime, months: int) -> datetime:
+    """`instant` plus `months` calendar months, the day clamped to the target month's length."""
+    month_zero = instant.month - 1 + months
+    year, month = instant.year + month_zero // 12, month_zero % 12 + 1
+    day = min(instant.day, calendar.monthrange(year, month)[1])
+    return instant.replace(year=year, month=month, day=day)
+
+
+def add_months_us(instant_us: int, months: int) -> int:
+    return to_us(add_months(from_us(instant_us), months))
+
+
+def month_index(start_us: int, instant_us: int) -> int:
+    """1-based index of the calendar month of a window starting at `start_us` holding `instant_us`."""
+    assert instant_us >= start_us, (start_us, instant_us)
+    start = from_us(start_us)
+    instant = from_us(instant_us)
+    index = (instant.year - start.year) * 12 + (instant.month - start.month)
+    # `index` months after start is either still before or already at/after the instant.
+    if to_us(add_months(start, index)) > instant_us:
+        index -= 1
+    return index + 1
+
+
+def add_days_us(instant_us: int, days: int) -> int:
+    return instant_us + days * 86_400 * _US_PER_SECOND
+
+
+# ---- periods: calendar months in UTC, named YYYY-MM ----
+
+def parse_period(text: str, *, field: str = "period") -> str:
+    match = _PERIOD_PATTERN.fullmatch(text) if isinstance(text, str) else None
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise invalid(field, "must be a period YYYY-MM")
+    if not _YEAR_MIN <= int(match.group(1)) <= _YEAR_MAX:
+        raise invalid(field, f"must lie between {_YEAR_MIN} and {_YEAR_MAX}")
+    return text
+
+
+def period_of(instant_us: int) -> str:
+    instant = from_us(instant_us)
+    return f"{instant.year:04d}-{instant.month:02d}"
+
+
+def period_bounds_us(period: str) -> tuple[int, int]:
+    """[start, end) of a period in microseconds."""
+    year, month = int(period[:4]), int(period[5:7])
+    start = datetime(year, month, 1, tzinfo=UTC)
+    return to_us(start), to_us(add_months(start, 1))
+
+
+def next_period(period: str) -> str:
+    return period_of(period_bounds_us(period)[1])

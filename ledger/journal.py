@@ -1,0 +1,273 @@
+"""The journal: immutable, hash-chained, double-entry transactions.
+
+A `Draft` is a transaction not yet posted: a kind, an effective instant, two or more `Line`s and
+links to its source. `post()` checks each draft (two or more lines, positive integer amounts,
+debits equal credits per currency), applies idempotency, numbers the new transactions without
+gaps, chains their hashes and writes them with a few multi-row statements. Nothing here is ever
+updated or deleted; a correction is a new transaction (`reverse()`).
+
+Hashes. `request_hash` is SHA-256 over the canonical JSON of what was asked for (the draft); it is
+what idempotency compares. The chain hash of transaction n is SHA-256 over transaction n-1's hash,
+n, the recorded and effective instants and the request hash, so it covers every stored field.
+`verify.py` recomputes both from the stored rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from typing import Iterable, NamedTuple, Sequence
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger.db import lock_journal
+from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
+from ledger.money import currency_exponent
+from ledger.schema import GENESIS_HASH, TRANSACTION_KINDS, accounts, journal_lines, journal_transactions
+
+DEBIT, CREDIT = "D", "C"
+LINES_PER_TRANSACTION_MAX = 100
+POST_BATCH_MAX = 100_000
+
+
+class Line(NamedTuple):
+    account: str
+    currency: str
+    side: str  # DEBIT or CREDIT
+    amount_minor: int
+
+
+class Draft(NamedTuple):
+    kind: str
+    effective_at_us: int
+    lines: tuple[Line, ...]
+    idempotency_key: str
+    partner_id: str | None = None
+    customer_id: str | None = None
+    invoice_id: str | None = None
+    event_id: str | None = None
+    plan_version_id: int | None = None
+    accrual_id: int | None = None
+    reverses_id: int | None = None
+    matures_at_us: int | None = None
+    memo: str | None = None
+
+
+# The draft fields a replay must repeat exactly, in canonical order.
+_LINK_FIELDS = Draft._fields[4:]
+
+
+class Posted(NamedTuple):
+    id: int
+    replayed: bool
+
+
+def transfer(kind: str, debit_account: str, credit_account: str, currency: str, amount_minor: int,
+             *, effective_at_us: int, idempotency_key: str, **links) -> Draft:
+    """The common two-line draft: debit one account, credit another, same amount and currency."""
+    lines = (Line(debit_account, currency, DEBIT, amount_minor), Line(credit_account, currency, CREDIT, amount_minor))
+    return Draft(kind, effective_at_us, lines, idempotency_key, **links)
+
+
+def check_draft(draft: Draft) -> None:
+    """Raise InvalidInput unless the draft is a well-formed balanced transaction."""
+    if draft.kind not in TRANSACTION_KINDS:
+        raise InvalidInput(f"kind: unknown transaction kind {draft.kind!r}", {"kind": ["unknown kind"]})
+    if not 2 <= len(draft.lines) <= LINES_PER_TRANSACTION_MAX:
+        raise InvalidInput("lines: a transaction has 2 to 100 lines", {"lines": ["a transaction has 2 to 100 lines"]})
+    if not draft.idempotency_key or len(draft.idempotency_key) > 200:
+        raise InvalidInput("idempotency_key: 1 to 200 characters", {"idempotency_key": ["1 to 200 characters"]})
+    net: dict[str, int] = defaultdict(int)
+    for line in draft.lines:
+        amount = line.amount_minor
+        if type(amount) is not int or amount <= 0:
+            raise InvalidInput("lines: every amount is a positive integer of minor units",
+                               {"lines": ["every amount is a positive integer of minor units"]})
+        assert line.side in (DEBIT, CREDIT), line
+        chart.spec(line.account)
+        currency_exponent(line.currency)
+        net[line.currency] += amount if line.side == DEBIT else -amount
+    unbalanced = sorted(currency for currency, total in net.items() if total != 0)
+    if unbalanced:
+        message = f"debits do not equal credits in {', '.join(unbalanced)}"
+        raise InvalidInput(f"lines: {message}", {"lines": [message]})
+
+
+def _canonical(draft: Draft) -> list:
+    return [draft.kind, draft.effective_at_us, *(getattr(draft, f) for f in _LINK_FIELDS),
+            [list(line) for line in draft.lines], draft.idempotency_key]
+
+
+def request_hash(draft: Draft) -> str:
+    content = json.dumps(_canonical(draft), separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def chain_hash(prev_hash: str, transaction_id: int, recorded_at_us: int, effective_at_us: int,
+               original_effective_at_us: int | None, request_hash_hex: str) -> str:
+    original = "" if original_effective_at_us is None else original_effective_at_us
+    content = f"{prev_hash}:{transaction_id}:{recorded_at_us}:{effective_at_us}:{original}:{request_hash_hex}"
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def chain_head(session: Session) -> tuple[int, str]:
+    """(id, hash) of the last transaction, or (0, genesis) for an empty journal."""
+    row = session.execute(select(journal_transactions.c.id, journal_transactions.c.hash)
+                          .order_by(journal_transactions.c.id.desc()).limit(1)).first()
+    return (row.id, row.hash) if row else (0, GENESIS_HASH)
+
+
+def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | None = None) -> list[Posted]:
+    """Post drafts atomically with the caller's transaction; return one `Posted` per draft.
+
+    A draft whose idempotency key is already in the journal (or earlier in `drafts`) with the same
+    content is a replay and returns the existing id; with other content it is an
+    IdempotencyConflict naming the differing fields.
+    """
+    assert len(drafts) <= POST_BATCH_MAX, len(drafts)
+    for draft in drafts:
+        check_draft(draft)
+    lock_journal(session)
+    hashes = [request_hash(draft) for draft in drafts]
+    known = _existing_by_key(session, [draft.idempotency_key for draft in drafts])
+    recorded_at_us = now_us() if recorded_at_us is None else recorded_at_us
+    head_id, head_hash = chain_head(session)
+    results: list[Posted] = []
+    headers: list[dict] = []
+    new_drafts: list[Draft] = []
+    for draft, hash_hex in zip(drafts, hashes):
+        existing = known.get(draft.idempotency_key)
+        if existing is not None:
+            if existing[1] != hash_hex:
+                raise _conflict(session, draft, existing[0], new_drafts, headers)
+            results.append(Posted(existing[0], True))
+            continue
+        head_id += 1
+        prev_hash, head_hash = head_hash, chain_hash(head_hash, head_id, recorded_at_us, draft.effective_at_us,
+                                                     None, hash_hex)
+        known[draft.idempotency_key] = (head_id, hash_hex)
+        headers.append(_header_row(draft, head_id, recorded_at_us, hash_hex, prev_hash, head_hash))
+        new_drafts.append(draft)
+        results.append(Posted(head_id, False))
+    if headers:
+        _write(session, new_drafts, headers)
+    return results
+
+
+def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, hash_hex: str, prev_hash: str,
+                chained: str) -> dict:
+    row = {field: getattr(draft, field) for field in _LINK_FIELDS}
+    row.update(id=transaction_id, kind=draft.kind, effective_at_us=draft.effective_at_us,
+               original_effective_at_us=None, recorded_at_us=recorded_at_us,
+               idempotency_key=draft.idempotency_key, request_hash=hash_hex, prev_hash=prev_hash, hash=chained)
+    return row
+
+
+def _write(session: Session, drafts: list[Draft], headers: list[dict]) -> None:
+    """Lines first, then the headers that seal them (the database checks balance at the seal)."""
+    names = {line.account for draft in drafts for line in draft.lines}
+    ids = chart.account_ids(session, names)
+    lines = [
+        {"transaction_id": header["id"], "account_id": ids[line.account], "currency": line.currency,
+         "side": line.side, "amount_minor": line.amount_minor, "effective_at_us": header["effective_at_us"]}
+        for draft, header in zip(drafts, headers) for line in draft.lines
+    ]
+    session.execute(insert(journal_lines), lines)
+    session.execute(insert(journal_transactions), headers)
+
+
+def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+    found: dict[str, tuple[int, str]] = {}
+    unique = sorted(set(keys))
+    t = journal_transactions.c
+    for start in range(0, len(unique), 500):
+        rows = session.execute(select(t.idempotency_key, t.id, t.request_hash)
+                               .where(t.idempotency_key.in_(unique[start:start + 500])))
+        found.update((row.idempotency_key, (row.id, row.request_hash)) for row in rows)
+    return found
+
+
+def _conflict(session: Session, draft: Draft, existing_id: int, pending_drafts: list[Draft],
+              pending_headers: list[dict]) -> IdempotencyConflict:
+    earlier = next((d for d, h in zip(pending_drafts, pending_headers) if h["id"] == existing_id), None)
+    stored = earlier if earlier is not None else load_draft(session, existing_id)
+    fields = differing_fields(draft, stored)
+    message = f"idempotency key {draft.idempotency_key!r} was used for transaction {existing_id} with other content"
+    return IdempotencyConflict(message, {name: ["differs from the original request"] for name in fields})
+
+
+def differing_fields(draft: Draft, stored: Draft) -> list[str]:
+    return [name for name in Draft._fields if getattr(draft, name) != getattr(stored, name)]
+
+
+def load_draft(session: Session, transaction_id: int) -> Draft:
+    """The draft a stored transaction was posted from (its requested instant, not a moved one)."""
+    header = session.execute(select(journal_transactions).where(journal_transactions.c.id == transaction_id)).first()
+    if header is None:
+        raise NotFound(f"transaction {transaction_id} does not exist")
+    return draft_of(header, load_lines(session, [transaction_id])[transaction_id])
+
+
+def draft_of(header, lines: tuple[Line, ...]) -> Draft:
+    requested = header.original_effective_at_us
+    effective = header.effective_at_us if requested is None else requested
+    return Draft(header.kind, effective, lines, header.idempotency_key,
+                 *(getattr(header, field) for field in _LINK_FIELDS))
+
+
+def load_lines(session: Session, transaction_ids: Sequence[int]) -> dict[int, tuple[Line, ...]]:
+    lines: dict[int, list[Line]] = defaultdict(list)
+    j = journal_lines.c
+    for start in range(0, len(transaction_ids), 500):
+        rows = session.execute(
+            select(j.transaction_id, accounts.c.name, j.currency, j.side, j.amount_minor)
+            .join(accounts, accounts.c.id == j.account_id)
+            .where(j.transaction_id.in_(transaction_ids[start:start + 500]))
+            .order_by(j.transaction_id, j.id))
+        for row in rows:
+            lines[row.transaction_id].append(Line(row.name, row.currency, row.side, row.amount_minor))
+    return {key: tuple(value) for key, value in lines.items()}
+
+
+def reversed_by(session: Session, transaction_id: int) -> int | None:
+    t = journal_transactions.c
+    return session.execute(select(t.id).where(t.reverses_id == transaction_id)).scalar()
+
+
+def reversal_draft(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
+                   idempotency_key: str | None = None) -> Draft:
+    """The mirror of a transaction, linked to it. Refuses a second reversal and the reversal of a
+    reversal (post the original again instead, so that every transaction is reversed at most once
+    and a reversal chain never has to be unwound)."""
+    original = load_draft(session, transaction_id)
+    if original.kind == "reversal":
+        raise Conflict(f"transaction {transaction_id} is itself a reversal and cannot be reversed")
+    key = idempotency_key or f"reversal:{transaction_id}"
+    existing = reversed_by(session, transaction_id)
+    if existing is not None:
+        stored_key = session.execute(select(journal_transactions.c.idempotency_key)
+                                     .where(journal_transactions.c.id == existing)).scalar_one()
+        if stored_key != key:
+            raise Conflict(f"transaction {transaction_id} was already reversed by transaction {existing}")
+    posted_at = session.execute(select(journal_transactions.c.effective_at_us)
+                                .where(journal_transactions.c.id == transaction_id)).scalar_one()
+    mirrored = tuple(line._replace(side=CREDIT if line.side == DEBIT else DEBIT) for line in original.lines)
+    return original._replace(kind="reversal", lines=mirrored, idempotency_key=key, reverses_id=transaction_id,
+                             effective_at_us=posted_at if effective_at_us is None else effective_at_us,
+                             matures_at_us=None, memo=reason)
+
+
+def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
+            idempotency_key: str | None = None, recorded_at_us: int | None = None) -> Posted:
+    lock_journal(session)
+    draft = reversal_draft(session, transaction_id, reason=reason, effective_at_us=effective_at_us,
+                           idempotency_key=idempotency_key)
+    return post(session, [draft], recorded_at_us=recorded_at_us)[0]

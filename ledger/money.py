@@ -1,0 +1,153 @@
+"""Exact money: integer minor units in storage, `Decimal`/`Money` at the edges, never a float.
+
+Amounts are stored as integers in the currency's minor unit (USD cents, JPY yen, BHD fils) with the
+ISO 4217 code beside them. The size of the minor unit comes from py-moneyed's
+`get_currency(code).sub_unit`. We never use `Money.get_amount_in_sub_unit()`, which truncates.
+
+Parsing is strict: a decimal string with at most 15 integer digits and no more fractional digits
+than the currency has. Rounding happens in exactly one function, `round_minor`, and every caller
+names the rounding mode at the call site.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from functools import lru_cache
+
+import moneyed
+from moneyed import Money
+
+from ledger.errors import InvalidInput, invalid
+
+INTEGER_DIGITS_MAX = 15
+# A signed amount: optional minus, 1 to 15 integer digits, optional fraction. No exponent, no
+# whitespace, no "NaN"/"Infinity": those are refused before Decimal ever sees the text.
+_AMOUNT_PATTERN = re.compile(r"-?(\d{1,15})(?:\.(\d+))?")
+_CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+# 15 integer digits times a rate with up to 28 digits of precision still fits exactly.
+_ARITHMETIC = Context(prec=60)
+
+__all__ = [
+    "ROUND_HALF_EVEN",
+    "Money",
+    "currency_exponent",
+    "format_minor",
+    "from_money",
+    "parse_amount_minor",
+    "parse_rate",
+    "round_minor",
+    "to_money",
+    "validate_currency",
+]
+
+
+@lru_cache(maxsize=None)
+def currency_exponent(code: str) -> int:
+    """Number of decimal digits of `code`'s minor unit: USD 2, JPY 0, BHD 3.
+
+    Raises InvalidInput for an unknown code or a currency without a decimal minor unit.
+    """
+    if not isinstance(code, str) or not _CURRENCY_PATTERN.fullmatch(code):
+        raise invalid("currency", f"{code!r} is not an ISO 4217 currency code")
+    try:
+        currency = moneyed.get_currency(code)
+    except moneyed.CurrencyDoesNotExist:
+        raise invalid("currency", f"unknown currency {code!r}") from None
+    sub_unit = currency.sub_unit
+    if not isinstance(sub_unit, int) or sub_unit < 1:
+        raise invalid("currency", f"{code!r} has no minor unit")
+    exponent = len(str(sub_unit)) - 1
+    if 10**exponent != sub_unit:
+        raise invalid("currency", f"{code!r} has a minor unit that is not a power of ten")
+    return exponent
+
+
+def validate_currency(code: str) -> str:
+    currency_exponent(code)
+    return code
+
+
+def parse_amount_minor(text: str, currency: str, *, field: str = "amount") -> int:
+    """The exact integer minor units of the decimal string `text` in `currency`.
+
+    >>> parse_amount_minor("123.45", "USD")
+    12345
+    """
+    exponent = currency_exponent(currency)
+    if not isinstance(text, str):
+        raise invalid(field, "must be a decimal string such as \"123.45\", not a JSON number")
+    match = _AMOUNT_PATTERN.fullmatch(text)
+    if match is None:
+        if re.fullmatch(r"-?\d{16,}(\.\d*)?", text):
+            raise invalid(field, f"more than {INTEGER_DIGITS_MAX} integer digits")
+        raise invalid(field, f"{text[:40]!r} is not a decimal string such as \"123.45\"")
+    fraction = match.group(2) or ""
+    if len(fraction) > exponent:
+        raise invalid(field, f"{currency} allows at most {exponent} decimal places, got {len(fraction)}")
+    integer = int(match.group(1) + fraction.ljust(exponent, "0"))
+    return -integer if text.startswith("-") else integer
+
+
+def format_minor(amount_minor: int, currency: str) -> str:
+    """The decimal string of an integer amount: `format_minor(-4000, "USD") == "-40.00"`."""
+    assert isinstance(amount_minor, int) and not isinstance(amount_minor, bool), amount_minor
+    exponent = currency_exponent(currency)
+    sign = "-" if amount_minor < 0 else ""
+    digits = str(abs(amount_minor)).rjust(exponent + 1, "0")
+    if exponent == 0:
+        return sign + digits
+    return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
+
+
+def to_money(amount_minor: int, currency: str) -> Money:
+    """The py-moneyed `Money` of an integer amount, exactly."""
+    exponent = currency_exponent(currency)
+    return Money(Decimal(amount_minor).scaleb(-exponent), currency)
+
+
+def from_money(money: Money) -> int:
+    """The exact minor units of a `Money`; refuses a value finer than the minor unit."""
+    code = money.currency.code
+    return parse_amount_minor(format(money.amount, "f"), code)
+
+
+def parse_rate(text: str, *, field: str = "rate") -> Decimal:
+    """A rate: a decimal string in [0, 1] with at most 10 decimal places."""
+    if not isinstance(text, str) or not re.fullmatch(r"\d(\.\d{1,10})?", text):
+        raise invalid(field, "must be a decimal string in [0, 1] with at most 10 decimals, such as \"0.20\"")
+    rate = Decimal(text)
+    if rate > 1:
+        raise invalid(field, "must be between 0 and 1")
+    return rate
+
+
+def round_minor(value_minor: Decimal, *, rounding: str) -> int:
+    """Round a fractional amount of minor units to a whole minor unit with the named mode.
+
+    Every computed amount in the service goes through here exactly once, for example
+    `round_minor(Decimal(invoice_minor) * rate, rounding=ROUND_HALF_EVEN)`.
+    """
+    try:
+        whole = value_minor.quantize(Decimal(1), rounding=rounding, context=_ARITHMETIC)
+    except InvalidOperation as error:  # only NaN/Infinity reach here, and they are programmer errors
+        raise AssertionError(f"cannot round {value_minor!r}") from error
+    return int(whole)
+
+
+def multiply_minor(amount_minor: int, factor: Decimal) -> Decimal:
+    """`amount_minor x factor` exactly, before rounding."""
+    return _ARITHMETIC.multiply(Decimal(amount_minor), factor)
+
+
+def prorate_minor(amount_minor: int, numerator_minor: int, denominator_minor: int) -> Decimal:
+    """`amount x numerator / denominator` exactly enough for any half-even decision."""
+    assert denominator_minor > 0, denominator_minor
+    return _ARITHMETIC.divide(_ARITHMETIC.multiply(Decimal(amount_minor), Decimal(numerator_minor)),
+                              Decimal(denominator_minor))
+
+
+def require_positive(amount_minor: int, *, field: str) -> int:
+    if amount_minor <= 0:
+        raise InvalidInput(f"{field}: must be greater than zero", {field: ["must be greater than zero"]})
+    return amount_minor

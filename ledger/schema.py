@@ -1,0 +1,117 @@
+"""The tables, as SQLAlchemy Core metadata. Alembic migrations are the only way the schema changes;
+`tests/integration/test_migrations.py` proves the migrated database matches this metadata.
+
+Journal design (see also migrations/versions/0001_journal.py for the database-side guards):
+
+- `journal_transactions.id` is the sequence number: gap-free, assigned under the journal lock, and
+  the link of the SHA-256 chain (`prev_hash` is the hash of transaction `id - 1`).
+- A transaction's lines are inserted *before* its header row; inserting the header seals it. The
+  database checks at the seal that the transaction has at least two lines and that debits equal
+  credits per currency, and refuses any line added to a sealed transaction. The foreign key from
+  lines to their header is deferred to commit, so a line without a header never commits.
+- `journal_lines.effective_at_us` repeats its header's instant so that balances are answered from
+  one covering index (account, currency, instant, side, amount) without touching the headers.
+- Journal tables refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) in the database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Integer primary keys: BIGINT on PostgreSQL, the rowid alias INTEGER on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+TRANSACTION_KINDS = (
+    "accrual", "cpa", "override", "clawback", "release", "payout", "payout_settled",
+    "payout_failed", "writeoff", "adjustment", "reversal",
+)
+ACCOUNT_TYPES = ("asset", "liability", "expense", "revenue", "equity")
+GENESIS_HASH = "0" * 64
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("type", String(16), nullable=False),
+    Column("normal_side", String(1), nullable=False),
+    Column("partner_id", String(64), nullable=True),
+    CheckConstraint(f"type IN ({', '.join(repr(t) for t in ACCOUNT_TYPES)})", name="type"),
+    CheckConstraint("normal_side IN ('D', 'C')", name="normal_side"),
+)
+
+journal_transactions = Table(
+    "journal_transactions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("effective_at_us", BigInteger, nullable=False),
+    Column("original_effective_at_us", BigInteger, nullable=True),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("partner_id", String(64), nullable=True),
+    Column("customer_id", String(64), nullable=True),
+    Column("invoice_id", String(64), nullable=True),
+    Column("event_id", String(64), nullable=True),
+    Column("plan_version_id", BigInteger, nullable=True),
+    Column("accrual_id", Id, ForeignKey("journal_transactions.id"), nullable=True),
+    Column("reverses_id", Id, ForeignKey("journal_transactions.id"), nullable=True, unique=True),
+    Column("matures_at_us", BigInteger, nullable=True),
+    Column("memo", Text, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    CheckConstraint("id >= 1", name="id_positive"),
+    CheckConstraint(f"kind IN ({', '.join(repr(k) for k in TRANSACTION_KINDS)})", name="kind"),
+    CheckConstraint("reverses_id IS NULL OR kind = 'reversal'", name="reverses_only_reversal"),
+    CheckConstraint("length(hash) = 64 AND length(prev_hash) = 64", name="hash_length"),
+    Index(None, "partner_id", "id"),
+    Index(None, "invoice_id"),
+    Index(None, "accrual_id"),
+    Index(None, "matures_at_us"),
+)
+
+journal_lines = Table(
+    "journal_lines",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "transaction_id",
+        Id,
+        ForeignKey("journal_transactions.id", deferrable=True, initially="DEFERRED"),
+        nullable=False,
+    ),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("side", String(1), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("effective_at_us", BigInteger, nullable=False),
+    CheckConstraint("amount_minor > 0", name="amount_positive"),
+    CheckConstraint("side IN ('D', 'C')", name="side"),
+    CheckConstraint("length(currency) = 3", name="currency_code"),
+    Index(None, "transaction_id"),
+    Index("ix_journal_lines_balance", "account_id", "currency", "effective_at_us", "side", "amount_minor"),
+)
+
+JOURNAL_TABLES = ("accounts", "journal_transactions", "journal_lines")

@@ -1,0 +1,84 @@
+"""The one settings object, read from `REVSHARE_*` environment variables and validated at start-up.
+
+Nothing else in the code base reads the environment: the CLI, the WSGI entry point and the
+scheduler build a `Settings` with `Settings.from_env()` and pass it down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "REVSHARE_"
+
+
+class SettingsError(ValueError):
+    """A bad configuration value; the message names the variable."""
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'var' / 'revshare.db'}"
+
+
+def _int_in(name: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name.upper()} must be an integer, got {text!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{PREFIX}{name.upper()} must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    # PostgreSQL deployments migrate as the owner and serve as an application role that may only
+    # SELECT and INSERT on journal tables; when unset, migrations use `database_url`.
+    migration_database_url: str | None = None
+    log_level: str = "INFO"
+    max_body_bytes: int = 16 * 1024 * 1024
+    close_grace_days: int = 3
+    payout_day_of_month: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in environ if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in known)
+        if unknown:
+            raise SettingsError(f"unknown setting {unknown[0]}; known: "
+                                + ", ".join(PREFIX + k.upper() for k in sorted(known)))
+        get = lambda name: environ.get(PREFIX + name.upper())  # noqa: E731
+        return cls.build(
+            database_url=get("database_url") or _default_database_url(),
+            migration_database_url=get("migration_database_url") or None,
+            log_level=get("log_level") or "INFO",
+            max_body_bytes=get("max_body_bytes"),
+            close_grace_days=get("close_grace_days"),
+            payout_day_of_month=get("payout_day_of_month"),
+        )
+
+    @classmethod
+    def build(cls, *, database_url: str, log_level: str = "INFO", migration_database_url: str | None = None,
+              max_body_bytes: str | int | None = None, close_grace_days: str | int | None = None,
+              payout_day_of_month: str | int | None = None) -> "Settings":
+        if not database_url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise SettingsError(f"{PREFIX}DATABASE_URL must be an sqlite:// or postgresql:// URL, got {database_url!r}")
+        level = log_level.upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise SettingsError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        defaults = cls.__dataclass_fields__
+        pick = lambda name, value, low, high: (  # noqa: E731
+            defaults[name].default if value is None else _int_in(name, str(value), low, high))
+        return cls(
+            database_url=database_url,
+            migration_database_url=migration_database_url,
+            log_level=level,
+            max_body_bytes=pick("max_body_bytes", max_body_bytes, 1024, 1024**3),
+            close_grace_days=pick("close_grace_days", close_grace_days, 0, 365),
+            payout_day_of_month=pick("payout_day_of_month", payout_day_of_month, 1, 28),
+        )

@@ -1,0 +1,116 @@
+"""`verify()`: recompute the books from the stored rows and name everything that is wrong.
+
+It walks the journal in sequence order, streaming headers and lines side by side, and checks for
+each transaction: the sequence has no gap; `prev_hash` is the previous transaction's hash; the
+request hash recomputed from the stored content matches; the chain hash recomputed matches; there
+are at least two lines, every amount is positive, every line carries its header's instant, and
+debits equal credits per currency. Lines whose header is missing are named too. Problems are
+values (`Problem`), never exceptions: verify reports, the caller decides.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator, NamedTuple
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger.journal import DEBIT, Line, chain_hash, draft_of, request_hash
+from ledger.schema import GENESIS_HASH, accounts, journal_lines, journal_transactions
+
+STREAM_CHUNK_ROWS = 10_000
+
+
+class Problem(NamedTuple):
+    transaction_id: int | None
+    code: str
+    message: str
+
+
+class Report(NamedTuple):
+    ok: bool
+    transactions_checked: int
+    chain_head: str
+    problems: list[Problem]
+
+
+def verify(session: Session, *, problems_max: int = 1000) -> Report:
+    problems: list[Problem] = []
+    expected_id, prev_hash, checked = 1, GENESIS_HASH, 0
+    lines_by_transaction = _lines_grouped(session)
+    pending_lines = next(lines_by_transaction, None)
+    headers = session.execute(select(journal_transactions).order_by(journal_transactions.c.id)
+                              .execution_options(yield_per=STREAM_CHUNK_ROWS))
+    for header in headers:
+        while pending_lines is not None and pending_lines[0] < header.id:
+            problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
+            pending_lines = next(lines_by_transaction, None)
+        lines: list = []
+        if pending_lines is not None and pending_lines[0] == header.id:
+            lines = pending_lines[1]
+            pending_lines = next(lines_by_transaction, None)
+        problems.extend(_check(header, lines, expected_id, prev_hash))
+        expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
+        if len(problems) >= problems_max:
+            break
+    while pending_lines is not None and len(problems) < problems_max:
+        problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
+        pending_lines = next(lines_by_transaction, None)
+    return Report(not problems, checked, prev_hash, problems[:problems_max])
+
+
+def _lines_grouped(session: Session) -> Iterator[tuple[int, list]]:
+    """(transaction_id, [line rows]) in transaction order, streamed."""
+    j = journal_lines.c
+    rows = session.execute(
+        select(j.transaction_id, accounts.c.name, j.currency, j.side, j.amount_minor, j.effective_at_us)
+        .join(accounts, accounts.c.id == j.account_id)
+        .order_by(j.transaction_id, j.id)
+        .execution_options(yield_per=STREAM_CHUNK_ROWS))
+    current_id, group = None, []
+    for row in rows:
+        if row.transaction_id != current_id:
+            if current_id is not None:
+                yield current_id, group
+            current_id, group = row.transaction_id, []
+        group.append(row)
+    if current_id is not None:
+        yield current_id, group
+
+
+def _check(header, lines: list, expected_id: int, prev_hash: str) -> list[Problem]:
+    found: list[Problem] = []
+    tid = header.id
+    if tid != expected_id:
+        found.append(Problem(tid, "sequence_gap", f"expected transaction {expected_id}, found {tid}"))
+    if header.prev_hash != prev_hash:
+        found.append(Problem(tid, "chain_broken", "prev_hash is not the previous transaction's hash"))
+    content = tuple(Line(row.name, row.currency, row.side, row.amount_minor) for row in lines)
+    recomputed_request = request_hash(draft_of(header, content))
+    if recomputed_request != header.request_hash:
+        found.append(Problem(tid, "content_altered", "the stored content does not match its request hash"))
+    recomputed = chain_hash(header.prev_hash, tid, header.recorded_at_us, header.effective_at_us,
+                            header.original_effective_at_us, header.request_hash)
+    if recomputed != header.hash:
+        found.append(Problem(tid, "hash_mismatch", "the stored hash does not match the recomputed hash"))
+    found.extend(_check_lines(header, lines))
+    return found
+
+
+def _check_lines(header, lines: list) -> list[Problem]:
+    found: list[Problem] = []
+    tid = header.id
+    if len(lines) < 2:
+        found.append(Problem(tid, "too_few_lines", f"has {len(lines)} line(s); a transaction needs two or more"))
+    net: dict[str, int] = defaultdict(int)
+    for row in lines:
+        if row.amount_minor <= 0:
+            found.append(Problem(tid, "amount_not_positive", f"a line on {row.name} has amount {row.amount_minor}"))
+        if row.effective_at_us != header.effective_at_us:
+            found.append(Problem(tid, "line_instant_mismatch", f"a line on {row.name} has another effective instant"))
+        net[row.currency] += row.amount_minor if row.side == DEBIT else -row.amount_minor
+    for currency, total in sorted(net.items()):
+        if total != 0:
+            found.append(Problem(tid, "unbalanced", f"debits minus credits in {currency} is {total}, not 0"))
+    return found

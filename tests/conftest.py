@@ -1,0 +1,106 @@
+"""Shared fixtures: a migrated database per test, on SQLite and on a throwaway PostgreSQL cluster.
+
+`database` is parametrized over both engines. The schema is migrated once per engine into a
+template (an SQLite file, a PostgreSQL template database); each test gets a copy, because the
+journal cannot be emptied: its tables refuse DELETE and TRUNCATE by design.
+
+PostgreSQL tests skip with a loud reason when no server binaries are installed, except under
+CI=true, where they fail instead: CI must run them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import warnings
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database
+from ledger.migrate import upgrade
+from tests.pg_cluster import Cluster, ClusterUnavailable
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    database = Database(url)
+    with database.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    database.dispose()
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    try:
+        cluster = Cluster().start()
+    except ClusterUnavailable as error:
+        if IN_CI:
+            pytest.fail(f"CI=true and PostgreSQL cannot start: {error}")
+        warnings.warn(pytest.PytestWarning(f"PostgreSQL TESTS SKIPPED: {error}"))
+        pytest.skip(f"PostgreSQL TESTS SKIPPED: {error}")
+    try:
+        template = "revshare_template"
+        admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {template}")
+        admin.dispose()
+        upgrade(cluster.url(template))
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def new_sqlite_url(template: str, directory) -> str:
+    path = directory / f"db{next(_counter)}.db"
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+def new_pg_url(cluster: Cluster) -> str:
+    name = f"test_{os.getpid()}_{next(_counter)}"
+    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE revshare_template STRATEGY FILE_COPY")
+    admin.dispose()
+    return cluster.url(name)
+
+
+def drop_pg_database(cluster: Cluster, url: str) -> None:
+    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield new_sqlite_url(request.getfixturevalue("sqlite_template"), tmp_path)
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    url = new_pg_url(cluster)
+    yield url
+    drop_pg_database(cluster, url)
+
+
+@pytest.fixture
+def database(database_url):
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def sqlite_database(sqlite_template, tmp_path):
+    db = Database(new_sqlite_url(sqlite_template, tmp_path))
+    yield db
+    db.dispose()

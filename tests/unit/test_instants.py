@@ -1,0 +1,57 @@
+import pytest
+
+from ledger.errors import InvalidInput
+from ledger.instants import (
+    add_months_us,
+    format_instant,
+    month_index,
+    parse_as_of,
+    parse_instant,
+    period_bounds_us,
+    period_of,
+)
+
+
+def at(text: str) -> int:
+    return parse_instant(text, field="t")
+
+
+def test_instants_need_an_offset_and_are_normalized_to_utc():
+    assert format_instant(at("2026-01-20T02:00:00+02:00")) == "2026-01-20T00:00:00Z"
+    for bad in ["2026-01-20T00:00:00", "2026-01-20", "yesterday", "2026-13-01T00:00:00Z", 5]:
+        with pytest.raises(InvalidInput) as refused:
+            parse_instant(bad, field="occurred_at")
+        assert "occurred_at" in refused.value.fields
+
+
+def test_a_date_as_of_means_the_end_of_that_day():
+    assert parse_as_of("2026-02-28") == at("2026-03-01T00:00:00Z")
+    assert parse_as_of("2026-02-28T12:00:00Z") == at("2026-02-28T12:00:00Z")
+
+
+@pytest.mark.parametrize("start, months, end", [
+    ("2026-01-15T00:00:00Z", 1, "2026-02-15T00:00:00Z"),
+    ("2026-01-31T00:00:00Z", 1, "2026-02-28T00:00:00Z"),
+    ("2028-01-31T00:00:00Z", 1, "2028-02-29T00:00:00Z"),
+    ("2026-01-31T00:00:00Z", 2, "2026-03-31T00:00:00Z"),
+    ("2026-11-15T00:00:00Z", 14, "2028-01-15T00:00:00Z"),
+])
+def test_adding_calendar_months_clamps_to_the_end_of_short_months(start, months, end):
+    assert add_months_us(at(start), months) == at(end)
+
+
+@pytest.mark.parametrize("instant, index", [
+    ("2026-01-15T00:00:00Z", 1),
+    ("2026-02-14T23:59:59.999999Z", 1),
+    ("2026-02-15T00:00:00Z", 2),
+    ("2026-04-14T23:59:59Z", 3),
+    ("2026-04-15T00:00:00Z", 4),
+    ("2027-01-15T00:00:00Z", 13),
+])
+def test_month_index_counts_calendar_months_from_the_start(instant, index):
+    assert month_index(at("2026-01-15T00:00:00Z"), at(instant)) == index
+
+
+def test_periods_are_utc_calendar_months():
+    assert period_of(at("2026-02-28T23:59:59Z")) == "2026-02"
+    assert period_bounds_us("2026-12") == (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
