@@ -104,3 +104,12 @@ def sqlite_database(sqlite_template, tmp_path):
     db = Database(new_sqlite_url(sqlite_template, tmp_path))
     yield db
     db.dispose()
+
+
+@pytest.fixture
+def postgres_database(pg_cluster):
+    url = new_pg_url(pg_cluster)
+    db = Database(url)
+    yield db
+    db.dispose()
+    drop_pg_database(pg_cluster, url)

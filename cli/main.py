@@ -1,0 +1,70 @@
+"""`revshare`: parse arguments, build the settings, call the domain, print, choose the exit code.
+
+Exit codes: 0 success, 1 the books have problems (`verify`), 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ledger.db import Database
+from ledger.settings import Settings, SettingsError
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        raise click.UsageError(str(error)) from None
+
+
+@click.group()
+@click.pass_context
+def main(context: click.Context) -> None:
+    """revshare-ledger: double-entry commission accounting for partner programs."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    context.obj = settings
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(settings: Settings) -> None:
+    """Apply every migration (as the owner URL when REVSHARE_MIGRATION_DATABASE_URL is set)."""
+    from ledger.migrate import upgrade
+
+    upgrade(settings.migration_database_url or settings.database_url)
+    click.echo("database is at the latest revision")
+
+
+@main.command()
+@click.pass_obj
+def verify(settings: Settings) -> None:
+    """Recompute the hash chain, the balance of every transaction and every snapshot."""
+    from ledger.verify import verify as verify_books
+
+    database = Database(settings.database_url)
+    with database.reader() as session:
+        report = verify_books(session)
+    database.dispose()
+    click.echo(f"transactions checked: {report.transactions_checked}")
+    click.echo(f"chain head: {report.chain_head}")
+    for problem in report.problems:
+        click.echo(f"PROBLEM transaction {problem.transaction_id}: {problem.code}: {problem.message}")
+    if not report.ok:
+        click.echo(f"{len(report.problems)} problem(s) found", err=True)
+        sys.exit(1)
+    click.echo("ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The database holds the journal's invariants even when Python is bypassed with raw SQL."""
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.schema import GENESIS_HASH
+
+PENDING = chart.pending("northwind")
+
+
+@pytest.fixture
+def booked(database):
+    """A journal holding one balanced accrual (so both accounts exist), and its raw engine."""
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a1")])
+    return database
+
+
+def account_ids(connection) -> tuple[int, int]:
+    rows = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+    return rows[chart.EXPENSE_COMMISSION], rows[PENDING]
+
+
+def head_hash(connection) -> str:
+    return connection.exec_driver_sql("SELECT hash FROM journal_transactions ORDER BY id DESC LIMIT 1").scalar()
+
+
+def insert_line(connection, transaction_id, account_id, side, amount, at=5, currency="USD"):
+    connection.execute(sa.text(
+        "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us) "
+        "VALUES (:t, :a, :c, :s, :m, :e)"), dict(t=transaction_id, a=account_id, c=currency, s=side, m=amount, e=at))
+
+
+def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT"):
+    connection.execute(sa.text(
+        f"{verb} INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, "
+        "request_hash, prev_hash, hash) VALUES (:id, 'adjustment', :at, 1, :key, :h, :prev, :h)"),
+        dict(id=transaction_id, at=at, key=key, h="f" * 64, prev=prev_hash))
+
+
+def refused(database, statements, match: str):
+    with pytest.raises(sa.exc.DBAPIError, match=match):
+        with database.engine.begin() as connection:
+            statements(connection)
+
+
+def test_an_unbalanced_transaction_is_refused_at_its_seal(booked):
+    def unbalanced(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100)
+        insert_line(connection, 2, pending, "C", 99)
+        insert_header(connection, 2, head_hash(connection))
+    refused(booked, unbalanced, "debits do not equal credits")
+
+
+def test_a_balanced_raw_transaction_is_accepted_so_the_guard_is_not_blanket(booked):
+    with booked.engine.begin() as connection:
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100)
+        insert_line(connection, 2, pending, "C", 100)
+        insert_header(connection, 2, head_hash(connection))
+    with booked.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM journal_transactions").scalar() == 2
+
+
+def test_balance_is_per_currency(booked):
+    def mixed(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100, currency="USD")
+        insert_line(connection, 2, pending, "C", 100, currency="EUR")
+        insert_header(connection, 2, head_hash(connection))
+    refused(booked, mixed, "debits do not equal credits")
+
+
+def test_a_single_line_transaction_is_refused(booked):
+    def lonely(connection):
+        expense, _ = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100)
+        insert_header(connection, 2, head_hash(connection))
+    refused(booked, lonely, "two or more lines")
+
+
+def test_a_line_cannot_be_added_to_a_sealed_transaction(booked):
+    refused(booked, lambda c: insert_line(c, 1, account_ids(c)[0], "D", 1), "sealed")
+
+
+def test_a_line_without_a_header_never_commits(booked):
+    refused(booked, lambda c: insert_line(c, 2, account_ids(c)[0], "D", 1), "(?i)foreign key")
+
+
+def test_the_sequence_cannot_skip_a_number(booked):
+    def gap(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 3, expense, "D", 100)
+        insert_line(connection, 3, pending, "C", 100)
+        insert_header(connection, 3, head_hash(connection))
+    refused(booked, gap, "hash chain without a gap")
+
+
+def test_a_header_must_name_the_previous_hash(booked):
+    def forged(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100)
+        insert_line(connection, 2, pending, "C", 100)
+        insert_header(connection, 2, GENESIS_HASH)
+    refused(booked, forged, "hash chain without a gap")
+
+
+@pytest.mark.parametrize("amount, side", [(0, "D"), (-100, "D"), (100, "X")])
+def test_amounts_are_positive_and_sides_are_debit_or_credit(booked, amount, side):
+    refused(booked, lambda c: insert_line(c, 2, account_ids(c)[0], side, amount), "(?i)check")
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE journal_lines SET amount_minor = 1",
+    "UPDATE journal_transactions SET memo = 'edited'",
+    "UPDATE accounts SET type = 'asset'",
+])
+def test_updates_are_refused(booked, statement):
+    refused(booked, lambda c: c.exec_driver_sql(statement), "append-only")
+
+
+@pytest.mark.parametrize("table", ["journal_lines", "journal_transactions", "accounts"])
+def test_deletes_are_refused(booked, table):
+    refused(booked, lambda c: c.exec_driver_sql(f"DELETE FROM {table}"), "append-only")
+
+
+def test_insert_or_replace_is_refused(booked):
+    if booked.engine.dialect.name == "sqlite":
+        replace = lambda c: c.exec_driver_sql(  # noqa: E731
+            "INSERT OR REPLACE INTO accounts (id, name, type, normal_side) VALUES (1, 'asset:cash', 'asset', 'D')")
+    else:
+        replace = lambda c: c.exec_driver_sql(  # noqa: E731
+            "INSERT INTO accounts (id, name, type, normal_side) VALUES (1, 'asset:cash', 'asset', 'D') "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+    refused(booked, replace, "append-only")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("table", ["journal_lines", "journal_transactions", "accounts"])
+def test_truncate_is_refused_on_postgres(postgres_database, table):
+    refused(postgres_database, lambda c: c.exec_driver_sql(f"TRUNCATE {table} CASCADE"), "append-only")
+
+
+def test_an_idempotency_key_and_a_reversal_are_unique(booked):
+    def reused_key(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100)
+        insert_line(connection, 2, pending, "C", 100)
+        insert_header(connection, 2, head_hash(connection), key="a1")
+    refused(booked, reused_key, "(?i)unique|duplicate")
+    with booked.transaction() as session:
+        journal.reverse(session, 1, reason="once")
+
+    def second_reversal(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 3, expense, "C", 100)
+        insert_line(connection, 3, pending, "D", 100)
+        connection.execute(sa.text(
+            "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, "
+            "request_hash, prev_hash, hash, reverses_id) VALUES (3, 'reversal', 5, 1, 'r2', :h, :p, :h, 1)"),
+            dict(h="e" * 64, p=head_hash(connection)))
+    refused(booked, second_reversal, "(?i)unique|duplicate")

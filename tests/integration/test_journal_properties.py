@@ -1,0 +1,104 @@
+"""Property: after every step of a random history of postings, replays and reversals, the trial
+balance is zero per currency, each balance equals the sum of its lines, and verify() is clean."""
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.balances import all_balances, debit_minus_credit
+from ledger.db import Database
+from ledger.errors import Conflict
+from ledger.journal import CREDIT, DEBIT, Draft, Line
+from ledger.verify import verify
+from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
+
+ACCOUNTS = [chart.EXPENSE_COMMISSION, chart.EXPENSE_ADJUSTMENT, chart.CASH, chart.PAYOUTS_IN_TRANSIT,
+            *(chart.pending(p) for p in ("p1", "p2")), *(chart.available(p) for p in ("p1", "p2"))]
+
+line_strategy = st.tuples(st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
+                          st.sampled_from(["USD", "JPY", "BHD"]), st.integers(1, 10**12))
+post_op = st.tuples(st.just("post"), st.lists(line_strategy, min_size=1, max_size=3), st.integers(0, 10**9))
+reverse_op = st.tuples(st.just("reverse"), st.integers(0, 50), st.none())
+replay_op = st.tuples(st.just("replay"), st.integers(0, 50), st.none())
+history = st.lists(st.one_of(post_op, post_op, reverse_op, replay_op), min_size=1, max_size=12)
+
+
+def draft_of(step: int, legs, at_us: int) -> Draft:
+    lines = []
+    for debit, credit, currency, amount in legs:
+        lines += [Line(debit, currency, DEBIT, amount), Line(credit, currency, CREDIT, amount)]
+    return Draft("adjustment", at_us, tuple(lines), f"step-{step}")
+
+
+def run_history(database: Database, operations) -> None:
+    expected: dict[tuple[str, str], int] = defaultdict(int)
+    posted: list[tuple[int, Draft]] = []
+    for step, (op, arg, at_us) in enumerate(operations):
+        with database.transaction() as session:
+            if op == "post":
+                draft = draft_of(step, arg, at_us)
+                [result] = journal.post(session, [draft])
+                posted.append((result.id, draft))
+                applied = draft
+            elif op == "replay" and posted:
+                transaction_id, draft = posted[arg % len(posted)]
+                assert journal.post(session, [draft]) == [journal.Posted(transaction_id, True)]
+                applied = None
+            elif op == "reverse" and posted:
+                transaction_id, draft = posted[arg % len(posted)]
+                try:
+                    result = journal.reverse(session, transaction_id, reason="property")
+                    applied = None if result.replayed else journal.reversal_draft(session, transaction_id, reason="property")
+                except Conflict:
+                    assert draft.kind == "reversal"
+                    applied = None
+                if applied is not None:
+                    posted.append((result.id, applied))
+            else:
+                applied = None
+        if applied is not None:
+            for line in applied.lines:
+                expected[(line.account, line.currency)] += line.amount_minor if line.side == DEBIT else -line.amount_minor
+        check_books(database, expected)
+
+
+def check_books(database: Database, expected: dict[tuple[str, str], int]) -> None:
+    with database.reader() as session:
+        rows = all_balances(session)
+        by_currency: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for (_, currency), (debits, credits) in rows.items():
+            by_currency[currency][0] += debits
+            by_currency[currency][1] += credits
+        assert all(debits == credits for debits, credits in by_currency.values()), by_currency
+        balances = debit_minus_credit(session, ACCOUNTS)
+        assert {key: value for key, value in balances.items()} == \
+            {key: value for key, value in expected.items() if key in balances or value != 0}
+        report = verify(session)
+        assert report.ok, report.problems
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=history)
+def test_random_histories_keep_the_books_balanced_on_sqlite(operations, sqlite_template, tmp_path_factory):
+    database = Database(new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("prop")))
+    try:
+        run_history(database, operations)
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=history)
+def test_random_histories_keep_the_books_balanced_on_postgres(operations, pg_cluster):
+    url = new_pg_url(pg_cluster)
+    database = Database(url)
+    try:
+        run_history(database, operations)
+    finally:
+        database.dispose()
+        drop_pg_database(pg_cluster, url)

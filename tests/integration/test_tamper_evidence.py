@@ -1,0 +1,96 @@
+"""Behind the triggers' back (as the database owner), tampering is still found by verify()."""
+
+import contextlib
+import sqlite3
+
+import pytest
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.verify import verify
+
+PENDING = chart.pending("northwind")
+
+
+@pytest.fixture
+def booked(database):
+    with database.transaction() as session:
+        journal.post(session, [
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100 * (i + 1),
+                             effective_at_us=i, idempotency_key=f"a{i}", invoice_id=f"inv-{i}")
+            for i in range(5)])
+    return database
+
+
+@contextlib.contextmanager
+def behind_the_triggers(database):
+    """A connection on which the append-only guards do not fire: on PostgreSQL the owner switches
+    triggers off for its session; on SQLite a bare connection (no foreign keys) drops and restores them."""
+    if database.engine.dialect.name == "postgresql":
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            yield connection.exec_driver_sql
+        return
+    connection = sqlite3.connect(database.engine.url.database, isolation_level=None)
+    try:
+        triggers = connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+        connection.execute("BEGIN")
+        for name, _ in triggers:
+            connection.execute(f"DROP TRIGGER {name}")
+        yield connection.execute
+        for _, sql in triggers:
+            connection.execute(sql)
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+def problems(database) -> set[tuple[int, str]]:
+    with database.reader() as session:
+        report = verify(session)
+    assert report.ok is (not report.problems)
+    return {(p.transaction_id, p.code) for p in report.problems}
+
+
+def test_an_untouched_journal_verifies_clean(booked):
+    assert problems(booked) == set()
+
+
+def test_an_altered_line_amount_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute(
+            "UPDATE journal_lines SET amount_minor = 999 WHERE transaction_id = 3 AND side = 'C'")
+    assert problems(booked) == {(3, "content_altered"), (3, "unbalanced")}
+
+
+def test_a_consistently_altered_transaction_is_still_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("UPDATE journal_lines SET amount_minor = 1 WHERE transaction_id = 2")
+    assert problems(booked) == {(2, "content_altered")}
+
+
+def test_a_line_moved_to_another_account_is_named(booked):
+    with booked.transaction() as session:
+        cash_id = chart.account_ids(session, [chart.CASH])[chart.CASH]
+        journal.post(session, [journal.transfer("payout", PENDING, chart.CASH, "USD", 1,
+                                                effective_at_us=9, idempotency_key="p")])
+    with behind_the_triggers(booked) as execute:
+        execute(
+            f"UPDATE journal_lines SET account_id = {cash_id} WHERE transaction_id = 4 AND side = 'C'")
+    assert problems(booked) == {(4, "content_altered")}
+
+
+def test_an_altered_header_and_hash_are_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("UPDATE journal_transactions SET invoice_id = 'inv-x' WHERE id = 2")
+        execute("UPDATE journal_transactions SET hash = repeat('a', 64) WHERE id = 4"
+                                   if booked.engine.dialect.name == "postgresql" else
+                                   "UPDATE journal_transactions SET hash = printf('%.64c', 'a') WHERE id = 4")
+    assert problems(booked) == {(2, "content_altered"), (4, "hash_mismatch"), (5, "chain_broken")}
+
+
+def test_a_deleted_transaction_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("DELETE FROM journal_transactions WHERE id = 3")
+    found = problems(booked)
+    assert found == {(4, "sequence_gap"), (4, "chain_broken"), (3, "orphan_lines")}
