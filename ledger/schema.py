@@ -115,3 +115,33 @@ journal_lines = Table(
 )
 
 JOURNAL_TABLES = ("accounts", "journal_transactions", "journal_lines")
+
+# ---- access and HTTP idempotency (not journal data: rows are never updated, but may be pruned) ----
+
+API_ROLES = ("admin", "finance", "billing", "partner")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("partner_id", String(64), nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    CheckConstraint(f"role IN ({', '.join(repr(r) for r in API_ROLES)})", name="role"),
+    CheckConstraint("(role = 'partner') = (partner_id IS NOT NULL)", name="partner_binding"),
+)
+
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("api_key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("request_body", Text, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response_body", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
