@@ -62,3 +62,18 @@ def all_balances(session: Session, *, before_us: int | None = None) -> dict[tupl
     if before_us is not None:
         query = query.where(j.effective_at_us < before_us)
     return {(name, currency): (int(debits), int(credits)) for name, currency, debits, credits in session.execute(query)}
+
+
+def partner_balances(session: Session, partner_id: str, *, before_us: int | None = None) -> dict[str, tuple[int, int]]:
+    """{currency: (pending, available)} of a partner, as credit-normal liabilities (what is owed to it)."""
+    pending_name, available_name = chart.pending(partner_id), chart.available(partner_id)
+    raw = debit_minus_credit(session, [pending_name, available_name], before_us=before_us)
+    result: dict[str, tuple[int, int]] = {}
+    for (name, currency), amount in raw.items():
+        pending, available = result.get(currency, (0, 0))
+        if name == pending_name:
+            pending = -amount
+        else:
+            available = -amount
+        result[currency] = (pending, available)
+    return result

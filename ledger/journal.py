@@ -125,6 +125,51 @@ def chain_head(session: Session) -> tuple[int, str]:
     return (row.id, row.hash) if row else (0, GENESIS_HASH)
 
 
+class Batch:
+    """A run of postings under the journal lock, written with a few multi-row statements at `flush()`.
+
+    `add()` numbers each new transaction at once, so a later draft in the same batch can link to an
+    earlier one (a clawback to an accrual posted a moment before). Idempotency is checked against
+    keys the caller `preload()`s plus keys added to this batch; a key that is neither but already
+    stored is refused by the database's unique constraint at `flush()`, failing the whole batch.
+    Callers whose keys derive from an id proven new (a revenue event not seen before) skip preload.
+    """
+
+    def __init__(self, session: Session, *, recorded_at_us: int | None = None) -> None:
+        lock_journal(session)
+        self.session = session
+        self.recorded_at_us = now_us() if recorded_at_us is None else recorded_at_us
+        self.head_id, self.head_hash = chain_head(session)
+        self._known: dict[str, tuple[int, str]] = {}
+        self._drafts: list[Draft] = []
+        self._headers: list[dict] = []
+
+    def preload(self, keys: Iterable[str]) -> None:
+        missing = [key for key in keys if key not in self._known]
+        self._known.update(_existing_by_key(self.session, missing))
+
+    def add(self, draft: Draft) -> Posted:
+        check_draft(draft)
+        hash_hex = request_hash(draft)
+        existing = self._known.get(draft.idempotency_key)
+        if existing is not None:
+            if existing[1] != hash_hex:
+                raise _conflict(self.session, draft, existing[0], self._drafts, self._headers)
+            return Posted(existing[0], True)
+        self.head_id += 1
+        prev_hash, self.head_hash = self.head_hash, chain_hash(
+            self.head_hash, self.head_id, self.recorded_at_us, draft.effective_at_us, None, hash_hex)
+        self._known[draft.idempotency_key] = (self.head_id, hash_hex)
+        self._headers.append(_header_row(draft, self.head_id, self.recorded_at_us, hash_hex, prev_hash, self.head_hash))
+        self._drafts.append(draft)
+        return Posted(self.head_id, False)
+
+    def flush(self) -> None:
+        if self._headers:
+            _write(self.session, self._drafts, self._headers)
+        self._drafts, self._headers = [], []
+
+
 def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | None = None) -> list[Posted]:
     """Post drafts atomically with the caller's transaction; return one `Posted` per draft.
 
@@ -133,32 +178,10 @@ def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | Non
     IdempotencyConflict naming the differing fields.
     """
     assert len(drafts) <= POST_BATCH_MAX, len(drafts)
-    for draft in drafts:
-        check_draft(draft)
-    lock_journal(session)
-    hashes = [request_hash(draft) for draft in drafts]
-    known = _existing_by_key(session, [draft.idempotency_key for draft in drafts])
-    recorded_at_us = now_us() if recorded_at_us is None else recorded_at_us
-    head_id, head_hash = chain_head(session)
-    results: list[Posted] = []
-    headers: list[dict] = []
-    new_drafts: list[Draft] = []
-    for draft, hash_hex in zip(drafts, hashes):
-        existing = known.get(draft.idempotency_key)
-        if existing is not None:
-            if existing[1] != hash_hex:
-                raise _conflict(session, draft, existing[0], new_drafts, headers)
-            results.append(Posted(existing[0], True))
-            continue
-        head_id += 1
-        prev_hash, head_hash = head_hash, chain_hash(head_hash, head_id, recorded_at_us, draft.effective_at_us,
-                                                     None, hash_hex)
-        known[draft.idempotency_key] = (head_id, hash_hex)
-        headers.append(_header_row(draft, head_id, recorded_at_us, hash_hex, prev_hash, head_hash))
-        new_drafts.append(draft)
-        results.append(Posted(head_id, False))
-    if headers:
-        _write(session, new_drafts, headers)
+    batch = Batch(session, recorded_at_us=recorded_at_us)
+    batch.preload(draft.idempotency_key for draft in drafts)
+    results = [batch.add(draft) for draft in drafts]
+    batch.flush()
     return results
 
 

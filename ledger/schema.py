@@ -21,12 +21,14 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 NAMING_CONVENTION = {
@@ -90,6 +92,7 @@ journal_transactions = Table(
     Index(None, "invoice_id"),
     Index(None, "accrual_id"),
     Index(None, "matures_at_us"),
+    Index(None, "event_id"),
 )
 
 journal_lines = Table(
@@ -144,4 +147,142 @@ idempotency_records = Table(
     Column("status_code", Integer, nullable=False),
     Column("response_body", Text, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
+)
+
+
+# ---- the partner program: partners, plans, customers, attribution, revenue events ----
+# Every table below is append-only except `open_holds`, a work queue derived from the journal.
+# Changing facts (a partner's status or plan, a customer's attribution) are dated rows.
+
+PARTNER_TYPES = ("msp", "var", "distributor", "reseller", "affiliate", "referral")
+PARTNER_STATUSES = ("active", "suspended", "terminated")
+PARTNER_DEPTH_MAX = 5
+ATTRIBUTION_SOURCES = ("deal_registration", "referral_link", "manual", "import")
+EVENT_TYPES = ("invoice_paid", "refund", "chargeback", "chargeback_reversed")
+EVENT_STATUSES = ("posted", "unattributed", "no_commission")
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+plan_versions = Table(
+    "plan_versions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("plan_id", String(64), ForeignKey("plans.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("effective_from_us", BigInteger, nullable=False),
+    Column("terms", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    CheckConstraint("version >= 1", name="version_positive"),
+    UniqueConstraint("plan_id", "version"),
+    UniqueConstraint("plan_id", "effective_from_us"),
+)
+
+# A partner's parent is fixed at enrolment and must already exist, so the hierarchy has no cycles;
+# the composite key (parent_id, parent_depth) -> (id, depth) lets the database hold depth <= 5.
+partners = Table(
+    "partners",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("parent_id", String(64), nullable=True),
+    Column("parent_depth", Integer, nullable=True),
+    Column("depth", Integer, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    CheckConstraint(f"type IN ({', '.join(repr(t) for t in PARTNER_TYPES)})", name="type"),
+    CheckConstraint(f"depth BETWEEN 1 AND {PARTNER_DEPTH_MAX}", name="depth_range"),
+    CheckConstraint("(parent_id IS NULL AND parent_depth IS NULL AND depth = 1) OR "
+                    "(parent_id IS NOT NULL AND parent_depth = depth - 1)", name="parent_depth"),
+    UniqueConstraint("id", "depth"),
+    ForeignKeyConstraint(["parent_id", "parent_depth"], ["partners.id", "partners.depth"],
+                         name="fk_partners_parent_partners"),
+)
+
+partner_statuses = Table(
+    "partner_statuses",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("partner_id", String(64), ForeignKey("partners.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("effective_at_us", BigInteger, nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    CheckConstraint(f"status IN ({', '.join(repr(t) for t in PARTNER_STATUSES)})", name="status"),
+    Index(None, "partner_id", "effective_at_us"),
+)
+
+partner_plans = Table(
+    "partner_plans",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("partner_id", String(64), ForeignKey("partners.id"), nullable=False),
+    Column("plan_id", String(64), ForeignKey("plans.id"), nullable=False),
+    Column("effective_from_us", BigInteger, nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    UniqueConstraint("partner_id", "effective_from_us"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+attributions = Table(
+    "attributions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("customer_id", String(64), ForeignKey("customers.id"), nullable=False),
+    Column("partner_id", String(64), ForeignKey("partners.id"), nullable=False),
+    Column("effective_from_us", BigInteger, nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    CheckConstraint(f"source IN ({', '.join(repr(t) for t in ATTRIBUTION_SOURCES)})", name="source"),
+    UniqueConstraint("customer_id", "effective_from_us"),
+)
+
+# Revenue events are the source documents. `first_eligible_customer_id` is set on the customer's
+# first eligible paid invoice: unique, so the database itself pays a CPA at most once per customer.
+revenue_events = Table(
+    "revenue_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("type", String(24), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("invoice_id", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("occurred_at_us", BigInteger, nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("first_eligible_customer_id", String(64), nullable=True, unique=True),
+    CheckConstraint(f"type IN ({', '.join(repr(t) for t in EVENT_TYPES)})", name="type"),
+    CheckConstraint(f"status IN ({', '.join(repr(t) for t in EVENT_STATUSES)})", name="status"),
+    CheckConstraint("amount_minor > 0", name="amount_positive"),
+    Index(None, "invoice_id"),
+)
+
+# One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
+Index("uq_revenue_events_paid_invoice", revenue_events.c.invoice_id, unique=True,
+      sqlite_where=revenue_events.c.type == "invoice_paid",
+      postgresql_where=revenue_events.c.type == "invoice_paid")
+
+open_holds = Table(
+    "open_holds",
+    metadata,
+    Column("accrual_id", Id, ForeignKey("journal_transactions.id"), primary_key=True, autoincrement=False),
+    Column("matures_at_us", BigInteger, nullable=False),
+    Index(None, "matures_at_us"),
+)
+
+APPEND_ONLY_TABLES = JOURNAL_TABLES + (
+    "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
+    "revenue_events",
 )

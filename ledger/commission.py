@@ -1,0 +1,187 @@
+"""The commission rules of the contract, as pure functions over plain values (no database).
+
+- `invoice_earnings`: what one paid invoice earns: revenue share at the step-down rate of its month
+  in the attribution window, the CPA on the customer's first eligible paid invoice, and overrides
+  for each ancestor whose plan has one (basis: the invoice amount or the revenue share).
+- `Piece`: one accrued amount in the journal (an accrual, CPA or override, or a reinstatement of
+  one after a won dispute), with what has been clawed back from it and whether it is still held.
+  A reinstatement belongs to the *root* accrual it restores; proportional rules use the root.
+- `refund_clawbacks`: proportional clawbacks round(accrual x refund / paid) half-even, capped so
+  clawbacks never exceed the accrual, and the refund that completes the invoice's refund takes the
+  exact remainder. The CPA is clawed back, in full, only when its invoice is fully refunded.
+- `dispute_reinstatements`: a chargeback reversed (dispute won) restores the clawed amounts in the
+  same proportion, with a new hold.
+
+Every rounding here is ROUND_HALF_EVEN to the currency's minor unit, once per computed amount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ledger.instants import add_months_us, month_index
+from ledger.money import ROUND_HALF_EVEN, multiply_minor, prorate_minor, round_minor
+from ledger.terms import Terms, rate_for_month
+
+OVERRIDE_DEPTH_MAX = 5
+EARNING_KINDS = ("accrual", "cpa", "override")
+
+
+class Earner(NamedTuple):
+    """A partner able to earn at an instant: active or suspended, with a plan version in effect."""
+
+    partner_id: str
+    plan_version_id: int
+    terms: Terms
+
+
+class Earning(NamedTuple):
+    partner_id: str
+    kind: str  # accrual | cpa | override
+    amount_minor: int
+    plan_version_id: int
+    hold_days: int
+
+
+def eligible_month(terms: Terms, window_start_us: int, occurred_at_us: int) -> int | None:
+    """The month index of `occurred_at_us` in the window, or None outside it."""
+    if occurred_at_us < window_start_us:
+        return None
+    if terms.duration_months is not None and occurred_at_us >= add_months_us(window_start_us, terms.duration_months):
+        return None
+    return month_index(window_start_us, occurred_at_us)
+
+
+def invoice_earnings(amount_minor: int, currency: str, occurred_at_us: int, window_start_us: int,
+                     earner: Earner, ancestors: list[Earner | None], cpa_unclaimed: bool) -> tuple[bool, list[Earning]]:
+    """(eligible, earnings) of one paid invoice. `ancestors` runs parent first; None stands for an
+    ancestor who cannot earn (terminated, or without a plan) and is skipped."""
+    month = eligible_month(earner.terms, window_start_us, occurred_at_us)
+    if month is None:
+        return False, []
+    earnings: list[Earning] = []
+    rate = rate_for_month(earner.terms, month)
+    share = round_minor(multiply_minor(amount_minor, rate), rounding=ROUND_HALF_EVEN)
+    if share > 0:
+        earnings.append(Earning(earner.partner_id, "accrual", share, earner.plan_version_id, earner.terms.hold_days))
+    cpa = earner.terms.cpa_minor.get(currency, 0)
+    if cpa_unclaimed and cpa > 0:
+        earnings.append(Earning(earner.partner_id, "cpa", cpa, earner.plan_version_id, earner.terms.hold_days))
+    for ancestor in ancestors[:OVERRIDE_DEPTH_MAX]:
+        override = ancestor.terms.override if ancestor is not None else None
+        if override is None:
+            continue
+        basis = amount_minor if override.basis == "revenue" else share
+        amount = round_minor(multiply_minor(basis, override.rate), rounding=ROUND_HALF_EVEN)
+        if amount > 0:
+            earnings.append(Earning(ancestor.partner_id, "override", amount, ancestor.plan_version_id,
+                                    ancestor.terms.hold_days))
+    return True, earnings
+
+
+@dataclass
+class Piece:
+    """An accrued amount on one invoice, as the journal holds it now."""
+
+    id: int
+    root_id: int  # itself, or the accrual a reinstatement restores
+    partner_id: str
+    kind: str  # accrual | cpa | override
+    currency: str
+    amount_minor: int
+    plan_version_id: int | None
+    matures_at_us: int | None
+    pending_minor: int  # what is still in the partner's pending account for this piece
+    clawed_minor: int = 0
+    released: bool = False
+    reversed: bool = False
+    customer_id: str | None = None
+    invoice_id: str | None = None
+
+    @property
+    def unclawed_minor(self) -> int:
+        return self.amount_minor - self.clawed_minor
+
+
+class Clawback(NamedTuple):
+    piece_id: int
+    partner_id: str
+    kind: str
+    from_pending: bool
+    amount_minor: int
+    plan_version_id: int | None
+
+
+class Reinstatement(NamedTuple):
+    root_id: int
+    partner_id: str
+    kind: str
+    amount_minor: int
+    plan_version_id: int | None
+
+
+def _groups(pieces: list[Piece]) -> list[tuple[Piece, list[Piece]]]:
+    """(root, live pieces of that root) for every root that has not been reversed."""
+    by_root: dict[int, list[Piece]] = {}
+    for piece in pieces:
+        if not piece.reversed:
+            by_root.setdefault(piece.root_id, []).append(piece)
+    roots = {piece.id: piece for piece in pieces if piece.id == piece.root_id and not piece.reversed}
+    return [(roots[root_id], group) for root_id, group in sorted(by_root.items()) if root_id in roots]
+
+
+def _take(group: list[Piece], amount_minor: int) -> list[Clawback]:
+    """Split a clawback over a root's pieces: held ones first (from pending), newest first."""
+    ordered = sorted(group, key=lambda p: (p.released, -p.id))
+    plans: list[Clawback] = []
+    for piece in ordered:
+        if amount_minor == 0:
+            break
+        room = piece.unclawed_minor if piece.released else min(piece.unclawed_minor, piece.pending_minor)
+        take = min(room, amount_minor)
+        if take > 0:
+            plans.append(Clawback(piece.id, piece.partner_id, piece.kind, not piece.released, take,
+                                  piece.plan_version_id))
+            amount_minor -= take
+    assert amount_minor == 0, "a clawback never exceeds what its pieces still hold"
+    return plans
+
+
+def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
+                     fully_refunded: bool) -> list[Clawback]:
+    """The clawbacks of one refund or chargeback of `refund_minor` on an invoice paid `paid_minor`."""
+    assert 0 < refund_minor <= paid_minor, (refund_minor, paid_minor)
+    plans: list[Clawback] = []
+    for root, group in _groups(pieces):
+        unclawed = sum(piece.unclawed_minor for piece in group)
+        if root.kind == "cpa":
+            target = unclawed if fully_refunded else 0
+        elif fully_refunded:
+            target = unclawed
+        else:
+            share = round_minor(prorate_minor(root.amount_minor, refund_minor, paid_minor), rounding=ROUND_HALF_EVEN)
+            target = min(share, unclawed)
+        if target > 0:
+            plans.extend(_take(group, target))
+    return plans
+
+
+def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor: int,
+                           refunded_after_minor: int) -> list[Reinstatement]:
+    """What a won dispute of `reversed_minor` restores; `refunded_after_minor` is the invoice's net
+    refunded amount once the dispute is reversed (0 restores every clawed amount exactly)."""
+    assert 0 < reversed_minor <= paid_minor and 0 <= refunded_after_minor < paid_minor
+    plans: list[Reinstatement] = []
+    for root, group in _groups(pieces):
+        net_clawed = root.amount_minor - sum(piece.unclawed_minor for piece in group)
+        if net_clawed <= 0:
+            continue
+        if root.kind == "cpa" or refunded_after_minor == 0:
+            amount = net_clawed
+        else:
+            share = round_minor(prorate_minor(root.amount_minor, reversed_minor, paid_minor), rounding=ROUND_HALF_EVEN)
+            amount = min(share, net_clawed)
+        if amount > 0:
+            plans.append(Reinstatement(root.id, root.partner_id, root.kind, amount, root.plan_version_id))
+    return plans

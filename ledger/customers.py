@@ -1,0 +1,122 @@
+"""Customers and attribution: which partner a customer account belongs to, as dated facts.
+
+An attribution binds a customer to one partner from `effective_from` (a date, start of day UTC)
+until the next attribution of that customer starts. One partner at a time: attributing a customer
+to another partner is refused unless the request explicitly replaces the current attribution,
+which then ends where the new one starts (finance only; the API checks the role). Commission
+already earned stays with the partner that earned it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from datetime import date
+from typing import Iterable, NamedTuple
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ledger.errors import Conflict, NotFound, invalid
+from ledger.instants import start_of_day_us
+from ledger.journal import now_us
+from ledger.schema import ATTRIBUTION_SOURCES, attributions, customers, partners
+
+EXTERNAL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/\-]{0,63}")
+
+
+class Attribution(NamedTuple):
+    customer_id: str
+    partner_id: str
+    effective_from_us: int
+    effective_to_us: int | None
+    source: str
+    recorded_at_us: int
+
+
+class Customer(NamedTuple):
+    id: str
+    created_at_us: int
+    attributions: tuple[Attribution, ...]
+
+
+def validate_external_id(value, *, field: str) -> str:
+    """Ids that come from billing (customers, invoices, events): 1-64 visible characters."""
+    if not isinstance(value, str) or not EXTERNAL_ID_PATTERN.fullmatch(value):
+        raise invalid(field, "must be 1-64 characters: letters, digits and _ . : @ / - (starting with a letter or digit)")
+    return value
+
+
+def attribute(session: Session, customer_id: str, partner_id: str, effective_from: date, source: str,
+              *, replace: bool = False) -> tuple[Attribution, bool]:
+    """Record an attribution; returns (attribution, created). Repeating the current one is a no-op."""
+    validate_external_id(customer_id, field="customer_id")
+    if source not in ATTRIBUTION_SOURCES:
+        raise invalid("source", f"must be one of {', '.join(ATTRIBUTION_SOURCES)}")
+    if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
+        raise invalid("partner_id", f"partner {partner_id!r} does not exist")
+    start_us = start_of_day_us(effective_from)
+    history = get_customer(session, customer_id).attributions if _exists(session, customer_id) else ()
+    current = history[-1] if history else None
+    if current is not None:
+        if current.partner_id == partner_id and current.effective_from_us == start_us:
+            return current, False
+        if current.partner_id != partner_id and not replace:
+            raise Conflict(f"customer {customer_id!r} is attributed to partner {current.partner_id!r}; "
+                           "only finance can replace an attribution (set replace: true)")
+        if current.partner_id == partner_id:
+            raise Conflict(f"customer {customer_id!r} is already attributed to partner {partner_id!r}")
+        if start_us <= current.effective_from_us:
+            raise Conflict("effective_from: a replacing attribution must start after the current one",
+                           {"effective_from": ["must be later than the current attribution's start"]})
+    recorded = now_us()
+    if not history and not _exists(session, customer_id):
+        session.execute(insert(customers).values(id=customer_id, created_at_us=recorded))
+    session.execute(insert(attributions).values(customer_id=customer_id, partner_id=partner_id,
+                                                effective_from_us=start_us, source=source, recorded_at_us=recorded))
+    return Attribution(customer_id, partner_id, start_us, None, source, recorded), True
+
+
+def _exists(session: Session, customer_id: str) -> bool:
+    return session.execute(select(customers.c.id).where(customers.c.id == customer_id)).first() is not None
+
+
+def get_customer(session: Session, customer_id: str) -> Customer:
+    row = session.execute(select(customers).where(customers.c.id == customer_id)).first()
+    if row is None:
+        raise NotFound(f"customer {customer_id!r} does not exist")
+    rows = session.execute(select(attributions).where(attributions.c.customer_id == customer_id)
+                           .order_by(attributions.c.effective_from_us)).all()
+    history = []
+    for index, a in enumerate(rows):
+        ends = rows[index + 1].effective_from_us if index + 1 < len(rows) else None
+        history.append(Attribution(a.customer_id, a.partner_id, a.effective_from_us, ends, a.source, a.recorded_at_us))
+    return Customer(row.id, row.created_at_us, tuple(history))
+
+
+class AttributionIndex:
+    """Attributions of many customers, loaded in one query per 500 customers; `at(c, t)` answers
+    (window start, partner) of the attribution in effect, or None."""
+
+    def __init__(self, session: Session, customer_ids: Iterable[str]) -> None:
+        self._starts: dict[str, list[int]] = {}
+        self._partners: dict[str, list[str]] = {}
+        ids = sorted(set(customer_ids))
+        for start in range(0, len(ids), 500):
+            rows = session.execute(select(attributions.c.customer_id, attributions.c.effective_from_us,
+                                          attributions.c.partner_id)
+                                   .where(attributions.c.customer_id.in_(ids[start:start + 500]))
+                                   .order_by(attributions.c.customer_id, attributions.c.effective_from_us))
+            for customer_id, start_us, partner_id in rows:
+                self._starts.setdefault(customer_id, []).append(start_us)
+                self._partners.setdefault(customer_id, []).append(partner_id)
+
+    def at(self, customer_id: str, instant_us: int) -> tuple[int, str] | None:
+        starts = self._starts.get(customer_id)
+        if not starts:
+            return None
+        index = bisect.bisect_right(starts, instant_us)
+        return (starts[index - 1], self._partners[customer_id][index - 1]) if index else None
+
+    def partner_ids(self) -> set[str]:
+        return {pid for partner_list in self._partners.values() for pid in partner_list}

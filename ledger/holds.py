@@ -1,0 +1,148 @@
+"""Holds: accrued commission is pending until `occurred_at + hold_days`, then released to available.
+
+The journal is the truth. `load_pieces` rebuilds, from the journal rows of some invoices, every
+accrued piece with what has been clawed back from it, released or reversed. `open_holds` is a work
+queue of pieces not yet released (derived, rebuildable, the one table rows leave): a release run
+reads it by maturity instead of scanning the journal.
+
+Held-ness is decided by time, never by when a job last ran: anything that posts against accruals
+at instant t (a clawback, a payout run, a close) first calls `release_matured(t)` (or, for one
+invoice, `release_pieces`). A release is effective at the maturity instant. A reversed accrual is
+never released.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.commission import EARNING_KINDS, Piece
+from ledger.schema import accounts, journal_lines, journal_transactions, open_holds
+
+_DAY_US = 86_400 * 1_000_000
+
+
+def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
+    return occurred_at_us + hold_days * _DAY_US
+
+
+def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
+    """{invoice_id: pieces}, replaying the invoice's accruals, clawbacks, releases and reversals."""
+    ids = sorted(set(invoice_ids))
+    replay = _PieceReplay()
+    t, j = journal_transactions.c, journal_lines.c
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,
+                   t.matures_at_us, t.plan_version_id, j.currency, j.side, j.amount_minor, accounts.c.name)
+            .join(journal_lines, j.transaction_id == t.id).join(accounts, accounts.c.id == j.account_id)
+            .where(t.invoice_id.in_(ids[start:start + 500]), accounts.c.partner_id.is_not(None))
+            .order_by(t.id, j.id))
+        for row in rows:
+            replay.apply(row)
+    return dict(replay.by_invoice)
+
+
+class _PieceReplay:
+    """Folds the partner-account lines of the journal, in sequence order, into pieces.
+
+    An effect is (piece id, pending delta, clawed delta, released flag); a reversal of a clawback
+    or release applies its original's effect negated; a reversal of a piece marks it reversed.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: dict[int, Piece] = {}
+        self.effects: dict[int, tuple[int, int, int, int]] = {}
+        self.reversals_seen: set[int] = set()
+        self.by_invoice: dict[str, list[Piece]] = defaultdict(list)
+
+    def apply(self, row) -> None:
+        on_pending = row.name.endswith(":pending")
+        if row.kind in EARNING_KINDS:
+            piece = Piece(row.id, row.accrual_id or row.id, row.partner_id, row.kind, row.currency, row.amount_minor,
+                          row.plan_version_id, row.matures_at_us, row.amount_minor,
+                          customer_id=row.customer_id, invoice_id=row.invoice_id)
+            self.pieces[row.id] = piece
+            self.by_invoice[row.invoice_id].append(piece)
+        elif row.kind == "clawback" and row.accrual_id in self.pieces:
+            self._record(row.id, (row.accrual_id, -row.amount_minor if on_pending else 0, row.amount_minor, 0))
+        elif row.kind == "release" and row.accrual_id in self.pieces and on_pending:
+            self._record(row.id, (row.accrual_id, -row.amount_minor, 0, 1))
+        elif row.kind == "reversal" and row.id not in self.reversals_seen:
+            self.reversals_seen.add(row.id)  # a reversal of a release has two partner lines: apply once
+            if row.reverses_id in self.pieces:
+                self.pieces[row.reverses_id].reversed = True
+            elif row.reverses_id in self.effects:
+                self._change(self.effects[row.reverses_id], -1)
+
+    def _record(self, transaction_id: int, effect: tuple[int, int, int, int]) -> None:
+        self.effects[transaction_id] = effect
+        self._change(effect, +1)
+
+    def _change(self, effect: tuple[int, int, int, int], sign: int) -> None:
+        piece = self.pieces[effect[0]]
+        piece.pending_minor += sign * effect[1]
+        piece.clawed_minor += sign * effect[2]
+        if effect[3]:
+            piece.released = sign > 0
+
+
+def release_draft(piece: Piece) -> journal.Draft:
+    """Move what is still pending of a matured piece to available, at its maturity instant."""
+    assert piece.pending_minor > 0 and not piece.released and not piece.reversed, piece
+    return journal.transfer(
+        "release", chart.pending(piece.partner_id), chart.available(piece.partner_id), piece.currency,
+        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}",
+        partner_id=piece.partner_id, customer_id=piece.customer_id, invoice_id=piece.invoice_id,
+        plan_version_id=piece.plan_version_id, accrual_id=piece.id)
+
+
+def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int) -> list[int]:
+    """Release every held piece matured by `at_us`; returns the ids of pieces whose hold ended."""
+    ended = []
+    for piece in pieces:
+        if piece.released or piece.matures_at_us is None or piece.matures_at_us > at_us:
+            continue
+        if not piece.reversed and piece.pending_minor > 0:
+            batch.add(release_draft(piece))
+            piece.pending_minor = 0
+        piece.released = True
+        ended.append(piece.id)
+    return ended
+
+
+def add_holds(session: Session, holds: list[dict]) -> None:
+    if holds:
+        session.execute(insert(open_holds), holds)
+
+
+def end_holds(session: Session, accrual_ids: list[int]) -> None:
+    for start in range(0, len(accrual_ids), 500):
+        session.execute(delete(open_holds).where(open_holds.c.accrual_id.in_(accrual_ids[start:start + 500])))
+
+
+def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None = None) -> int:
+    """Release every accrual matured by `at_us`; returns how many releases were posted."""
+    own_batch = batch is None
+    batch = batch or journal.Batch(session)
+    t = journal_transactions.c
+    matured = session.execute(select(open_holds.c.accrual_id, t.invoice_id)
+                              .join(journal_transactions, t.id == open_holds.c.accrual_id)
+                              .where(open_holds.c.matures_at_us <= at_us)).all()
+    if not matured:
+        return 0
+    wanted = {row.accrual_id for row in matured}
+    by_invoice = load_pieces(session, {row.invoice_id for row in matured})
+    pieces = [p for group in by_invoice.values() for p in group if p.id in wanted]
+    before = batch.head_id
+    ended = release_pieces(batch, sorted(pieces, key=lambda p: (p.matures_at_us, p.id)), at_us)
+    released = batch.head_id - before
+    if own_batch:
+        batch.flush()
+    end_holds(session, sorted(set(ended) | (wanted - {p.id for p in pieces})))
+    return released

@@ -1,0 +1,219 @@
+"""Partners: enrolment in a hierarchy, dated status and plan facts, and the batch loader that the
+revenue path uses to decide who earns what at an instant.
+
+A partner's parent is fixed at enrolment and must already exist, so the hierarchy has no cycles;
+depth is at most 5 (the database holds this with a composite foreign key). Status and plan are
+dated facts: the status or plan in effect at an instant is the latest fact that started at or
+before it. A terminated partner earns nothing on revenue after its termination; a suspended partner
+accrues but is not paid.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Iterable, NamedTuple
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ledger.accounts import validate_partner_id
+from ledger.commission import Earner
+from ledger.errors import Conflict, NotFound, invalid
+from ledger.journal import now_us
+from ledger.plans import PlanVersion, load_versions, plan_exists
+from ledger.schema import PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners
+
+# Facts recorded at enrolment apply from the beginning of time: a partner enrolled today still
+# earns on an attribution that started last month.
+BEGINNING_US = 0
+
+
+class Partner(NamedTuple):
+    id: str
+    name: str
+    type: str
+    parent_id: str | None
+    depth: int
+    status: str
+    plan_id: str
+    created_at_us: int
+
+
+def create_partner(session: Session, partner_id: str, name: str, partner_type: str, plan_id: str,
+                   parent_id: str | None = None) -> Partner:
+    validate_partner_id(partner_id, field="id")
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        raise invalid("name", "1 to 200 characters")
+    if partner_type not in PARTNER_TYPES:
+        raise invalid("type", f"must be one of {', '.join(PARTNER_TYPES)}")
+    if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
+        raise invalid("plan_id", f"plan {plan_id!r} does not exist")
+    depth, parent_depth = 1, None
+    if parent_id is not None:
+        parent = session.execute(select(partners.c.depth).where(partners.c.id == parent_id)).first()
+        if parent is None:
+            raise invalid("parent_id", f"partner {parent_id!r} does not exist")
+        if parent.depth >= PARTNER_DEPTH_MAX:
+            raise invalid("parent_id", f"the hierarchy is at most {PARTNER_DEPTH_MAX} levels deep")
+        depth, parent_depth = parent.depth + 1, parent.depth
+    if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first():
+        raise Conflict(f"partner {partner_id!r} already exists")
+    created = now_us()
+    session.execute(insert(partners).values(id=partner_id, name=name, type=partner_type, parent_id=parent_id,
+                                            parent_depth=parent_depth, depth=depth, created_at_us=created))
+    session.execute(insert(partner_statuses).values(partner_id=partner_id, status="active",
+                                                    effective_at_us=BEGINNING_US, recorded_at_us=created))
+    session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
+                                                 effective_from_us=BEGINNING_US, recorded_at_us=created))
+    return get_partner(session, partner_id)
+
+
+def set_status(session: Session, partner_id: str, status: str, effective_at_us: int | None = None) -> Partner:
+    if status not in PARTNER_STATUSES:
+        raise invalid("status", f"must be one of {', '.join(PARTNER_STATUSES)}")
+    current = get_partner(session, partner_id)
+    if current.status == "terminated":
+        raise Conflict(f"partner {partner_id!r} is terminated; termination is final")
+    at = now_us() if effective_at_us is None else effective_at_us
+    latest = session.execute(select(partner_statuses.c.effective_at_us)
+                             .where(partner_statuses.c.partner_id == partner_id)
+                             .order_by(partner_statuses.c.effective_at_us.desc()).limit(1)).scalar_one()
+    if at < latest:
+        raise Conflict("effective_at: a status change cannot start before the current status",
+                       {"effective_at": ["must not be earlier than the current status's start"]})
+    session.execute(insert(partner_statuses).values(partner_id=partner_id, status=status, effective_at_us=at,
+                                                    recorded_at_us=now_us()))
+    return get_partner(session, partner_id)
+
+
+def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_us: int) -> Partner:
+    get_partner(session, partner_id)
+    if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
+        raise invalid("plan_id", f"plan {plan_id!r} does not exist")
+    latest = session.execute(select(partner_plans.c.effective_from_us)
+                             .where(partner_plans.c.partner_id == partner_id)
+                             .order_by(partner_plans.c.effective_from_us.desc()).limit(1)).scalar_one()
+    if effective_from_us <= latest:
+        raise Conflict("effective_from: a plan change must start after the current plan's start",
+                       {"effective_from": ["must be later than the current plan's start"]})
+    session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
+                                                 effective_from_us=effective_from_us, recorded_at_us=now_us()))
+    return get_partner(session, partner_id)
+
+
+def _latest(session: Session, table, column, partner_id: str, at_us: int | None):
+    query = select(column).where(table.c.partner_id == partner_id)
+    time_column = table.c.effective_at_us if "effective_at_us" in table.c else table.c.effective_from_us
+    if at_us is not None:
+        query = query.where(time_column <= at_us)
+    return session.execute(query.order_by(time_column.desc(), table.c.id.desc()).limit(1)).scalar()
+
+
+def get_partner(session: Session, partner_id: str) -> Partner:
+    row = session.execute(select(partners).where(partners.c.id == partner_id)).first()
+    if row is None:
+        raise NotFound(f"partner {partner_id!r} does not exist")
+    now = now_us()
+    status = _latest(session, partner_statuses, partner_statuses.c.status, partner_id, now)
+    plan_id = _latest(session, partner_plans, partner_plans.c.plan_id, partner_id, now)
+    if plan_id is None:  # a plan change dated in the future: until then, the first plan
+        plan_id = _latest(session, partner_plans, partner_plans.c.plan_id, partner_id, BEGINNING_US)
+    return Partner(row.id, row.name, row.type, row.parent_id, row.depth, status, plan_id, row.created_at_us)
+
+
+def list_partners(session: Session, *, after_id: str | None = None, limit: int = 100,
+                  partner_id: str | None = None) -> list[Partner]:
+    query = select(partners.c.id).order_by(partners.c.id).limit(limit)
+    if after_id is not None:
+        query = query.where(partners.c.id > after_id)
+    if partner_id is not None:
+        query = query.where(partners.c.id == partner_id)
+    return [get_partner(session, pid) for pid in session.execute(query).scalars()]
+
+
+class _Timeline:
+    """Dated values of one partner: `at(t)` is the value of the latest fact starting at or before t."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.values: list[Any] = []
+
+    def add(self, start_us: int, value: Any) -> None:
+        index = bisect.bisect_right(self.starts, start_us)
+        self.starts.insert(index, start_us)
+        self.values.insert(index, value)
+
+    def at(self, instant_us: int) -> Any:
+        index = bisect.bisect_right(self.starts, instant_us)
+        return self.values[index - 1] if index else None
+
+
+class Program:
+    """Partners with their ancestors, statuses, plans and plan versions, loaded in a few queries,
+    answering "who can earn at instant t, and on which plan version?" without further queries."""
+
+    def __init__(self) -> None:
+        self.parents: dict[str, str | None] = {}
+        self.statuses: dict[str, _Timeline] = {}
+        self.plans: dict[str, _Timeline] = {}
+        self.versions: dict[str, list[PlanVersion]] = {}
+        self.versions_by_id: dict[int, PlanVersion] = {}
+
+    @classmethod
+    def load(cls, session: Session, partner_ids: Iterable[str]) -> "Program":
+        program = cls()
+        wanted = set(partner_ids)
+        while wanted:  # one round per hierarchy level: at most PARTNER_DEPTH_MAX queries
+            rows = session.execute(select(partners.c.id, partners.c.parent_id)
+                                   .where(partners.c.id.in_(sorted(wanted)))).all()
+            program.parents.update((row.id, row.parent_id) for row in rows)
+            wanted = {row.parent_id for row in rows if row.parent_id and row.parent_id not in program.parents}
+        known = sorted(program.parents)
+        for pid in known:
+            program.statuses[pid], program.plans[pid] = _Timeline(), _Timeline()
+        for chunk in _chunks(known, 500):
+            for row in session.execute(select(partner_statuses).where(partner_statuses.c.partner_id.in_(chunk))
+                                       .order_by(partner_statuses.c.id)):
+                program.statuses[row.partner_id].add(row.effective_at_us, row.status)
+            for row in session.execute(select(partner_plans).where(partner_plans.c.partner_id.in_(chunk))
+                                       .order_by(partner_plans.c.id)):
+                program.plans[row.partner_id].add(row.effective_from_us, row.plan_id)
+        plan_ids = {plan for timeline in program.plans.values() for plan in timeline.values}
+        program.versions = load_versions(session, plan_ids)
+        program.versions_by_id = {v.id: v for versions in program.versions.values() for v in versions}
+        return program
+
+    def knows(self, partner_id: str) -> bool:
+        return partner_id in self.parents
+
+    def status_at(self, partner_id: str, instant_us: int) -> str | None:
+        return self.statuses[partner_id].at(instant_us)
+
+    def earner_at(self, partner_id: str, instant_us: int) -> Earner | None:
+        """The partner as an earner at the instant, or None if terminated or without a plan then."""
+        if self.status_at(partner_id, instant_us) in (None, "terminated"):
+            return None
+        plan_id = self.plans[partner_id].at(instant_us)
+        versions = self.versions.get(plan_id, [])
+        starts = [v.effective_from_us for v in versions]
+        index = bisect.bisect_right(starts, instant_us)
+        if index == 0:
+            return None
+        version = versions[index - 1]
+        return Earner(partner_id, version.id, version.terms)
+
+    def ancestors(self, partner_id: str) -> list[str]:
+        chain, parent = [], self.parents.get(partner_id)
+        while parent is not None:
+            chain.append(parent)
+            parent = self.parents.get(parent)
+        return chain
+
+    def hold_days(self, plan_version_id: int | None) -> int:
+        version = self.versions_by_id.get(plan_version_id) if plan_version_id is not None else None
+        return version.terms.hold_days if version is not None else 0
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,104 @@
+"""Commission plans and their immutable versions.
+
+A plan is created with version 1; each later version starts at its `effective_from` and applies to
+events that occur from then on. Every accrual pins the version in effect at its event's instant
+(`journal_transactions.plan_version_id`). Versions are never edited: a change is a new version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ledger.errors import Conflict, NotFound, invalid
+from ledger.journal import now_us
+from ledger.schema import plan_versions, plans
+from ledger.terms import Terms, parse_terms, terms_from_json, terms_to_json
+
+# Version 1 applies from the beginning of time unless it names its own start.
+BEGINNING_US = 0
+
+
+class PlanVersion(NamedTuple):
+    id: int
+    plan_id: str
+    version: int
+    effective_from_us: int
+    terms: Terms
+
+
+class Plan(NamedTuple):
+    id: str
+    name: str
+    versions: tuple[PlanVersion, ...]
+
+
+def validate_plan_id(plan_id: Any, *, field: str = "id") -> str:
+    from ledger.accounts import validate_partner_id  # same alphabet as partner ids
+
+    return validate_partner_id(plan_id, field=field)
+
+
+def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str, Any],
+                effective_from_us: int | None = None) -> Plan:
+    validate_plan_id(plan_id)
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        raise invalid("name", "1 to 200 characters")
+    terms = parse_terms(terms_data)
+    if plan_exists(session, plan_id):
+        raise Conflict(f"plan {plan_id!r} already exists")
+    created = now_us()
+    session.execute(insert(plans).values(id=plan_id, name=name, created_at_us=created))
+    _insert_version(session, plan_id, 1, BEGINNING_US if effective_from_us is None else effective_from_us, terms)
+    return get_plan(session, plan_id)
+
+
+def add_version(session: Session, plan_id: str, terms_data: dict[str, Any], effective_from_us: int) -> PlanVersion:
+    terms = parse_terms(terms_data)
+    plan = get_plan(session, plan_id)
+    latest = plan.versions[-1]
+    if effective_from_us <= latest.effective_from_us:
+        raise Conflict(f"effective_from: a new version must start after version {latest.version} starts",
+                       {"effective_from": ["must be later than the latest version's start"]})
+    return _insert_version(session, plan_id, latest.version + 1, effective_from_us, terms)
+
+
+def _insert_version(session: Session, plan_id: str, version: int, effective_from_us: int, terms: Terms) -> PlanVersion:
+    try:
+        with session.begin_nested():
+            result = session.execute(insert(plan_versions).values(
+                plan_id=plan_id, version=version, effective_from_us=effective_from_us,
+                terms=terms_to_json(terms), created_at_us=now_us()).returning(plan_versions.c.id))
+            version_id = result.scalar_one()
+    except IntegrityError:
+        raise Conflict(f"plan {plan_id!r} changed concurrently; retry") from None
+    return PlanVersion(version_id, plan_id, version, effective_from_us, terms)
+
+
+def get_plan(session: Session, plan_id: str) -> Plan:
+    row = session.execute(select(plans).where(plans.c.id == plan_id)).first()
+    if row is None:
+        raise NotFound(f"plan {plan_id!r} does not exist")
+    versions = session.execute(select(plan_versions).where(plan_versions.c.plan_id == plan_id)
+                               .order_by(plan_versions.c.version)).all()
+    return Plan(row.id, row.name, tuple(
+        PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)) for v in versions))
+
+
+def plan_exists(session: Session, plan_id: str) -> bool:
+    return session.execute(select(func.count()).select_from(plans).where(plans.c.id == plan_id)).scalar_one() > 0
+
+
+def load_versions(session: Session, plan_ids: set[str]) -> dict[str, list[PlanVersion]]:
+    """Every version of the named plans, oldest first, in one query."""
+    found: dict[str, list[PlanVersion]] = {plan_id: [] for plan_id in plan_ids}
+    if not plan_ids:
+        return found
+    rows = session.execute(select(plan_versions).where(plan_versions.c.plan_id.in_(sorted(plan_ids)))
+                           .order_by(plan_versions.c.plan_id, plan_versions.c.effective_from_us))
+    for v in rows:
+        found[v.plan_id].append(PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)))
+    return found

@@ -1,0 +1,393 @@
+"""Revenue events: the source documents that billing posts, turned into commission postings.
+
+`ingest(session, events)` is the one path, for a single event and for bulk batches alike. For a
+batch it loads everything the events need in a few queries (existing events, attributions,
+partners with their ancestors, statuses, plans and versions, the invoices and their accrued
+pieces), decides each event in order against that in-memory state, and writes the journal, the
+events and the holds with a few multi-row statements. Each event succeeds or is refused on its own:
+a refused event changes nothing.
+
+Exactly once: an event's `id` is its key. The same id with the same content returns the original
+outcome (`replayed`); with other content it is refused with a conflict naming the fields. The
+event row and its postings commit together, so a crash followed by a retry applies each event once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger import holds, journal
+from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
+from ledger.customers import AttributionIndex, validate_external_id
+from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
+from ledger.instants import parse_instant
+from ledger.money import parse_amount_minor
+from ledger.partners import Program
+from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, revenue_events
+
+BATCH_EVENTS_MAX = 10_000
+EVENT_FIELDS = ("id", "type", "customer_id", "invoice_id", "amount", "occurred_at")
+REFUND_TYPES = ("refund", "chargeback")
+
+
+class RevenueEvent(NamedTuple):
+    id: str
+    type: str
+    customer_id: str
+    invoice_id: str
+    currency: str
+    amount_minor: int
+    occurred_at_us: int
+
+
+class CommissionLine(NamedTuple):
+    partner_id: str
+    kind: str  # accrual | cpa | override | clawback
+    amount_minor: int  # signed: clawbacks are negative
+    currency: str
+
+
+class Outcome(NamedTuple):
+    event_id: str
+    status: str  # posted | unattributed | no_commission
+    commissions: tuple[CommissionLine, ...]
+    transaction_ids: tuple[int, ...]
+    replayed: bool = False
+    http_status: int = 201
+
+
+class Refusal(NamedTuple):
+    event_id: str | None
+    error: DomainError
+
+
+def parse_event(data: Any) -> RevenueEvent:
+    """A revenue event from request data (JSON object), or InvalidInput naming every bad field."""
+    if not isinstance(data, dict):
+        raise InvalidInput("an event is a JSON object", {"_schema": ["an event is a JSON object"]})
+    fields: dict[str, list[str]] = {name: ["unknown field"] for name in sorted(set(data) - set(EVENT_FIELDS))}
+    fields.update({name: ["missing required field"] for name in EVENT_FIELDS if name not in data})
+
+    def attempt(parse, *args, **kwargs):
+        try:
+            return parse(*args, **kwargs)
+        except InvalidInput as error:
+            for name, messages in error.fields.items():
+                fields.setdefault(name, []).extend(messages)
+            return None
+
+    ids = {name: attempt(validate_external_id, data.get(name), field=name)
+           for name in ("id", "customer_id", "invoice_id") if name in data}
+    if "type" in data and data["type"] not in EVENT_TYPES:
+        fields.setdefault("type", []).append(f"must be one of {', '.join(EVENT_TYPES)}")
+    amount = data.get("amount")
+    currency, minor = None, None
+    if "amount" in data:
+        if not isinstance(amount, dict) or set(amount) != {"amount", "currency"}:
+            fields.setdefault("amount", []).append("a money object {\"amount\": \"123.45\", \"currency\": \"USD\"}")
+        else:
+            currency = amount["currency"]
+            minor = attempt(parse_amount_minor, amount["amount"], currency if isinstance(currency, str) else "",
+                            field="amount.amount")
+            if minor is not None and minor <= 0:
+                fields.setdefault("amount.amount", []).append("must be greater than zero")
+    occurred = attempt(parse_instant, data["occurred_at"], field="occurred_at") if "occurred_at" in data else None
+    if fields:
+        first = next(iter(fields))
+        raise InvalidInput(f"{first}: {fields[first][0]}", fields)
+    return RevenueEvent(ids["id"], data["type"], ids["customer_id"], ids["invoice_id"], currency, minor, occurred)
+
+
+def request_hash(event: RevenueEvent) -> str:
+    return hashlib.sha256(json.dumps(list(event), separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class _Invoice:
+    invoice_id: str
+    customer_id: str
+    currency: str
+    paid_minor: int
+    paid_at_us: int
+    paid_status: str
+    refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
+    charged_back_minor: int = 0  # chargebacks - reversed chargebacks
+    pieces: list[Piece] = field(default_factory=list)
+
+
+class _Context:
+    """What a batch of new events needs, loaded up front."""
+
+    def __init__(self, session: Session, events: list[RevenueEvent]) -> None:
+        self.invoices = _load_invoices(session, {e.invoice_id for e in events})
+        refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
+        for invoice_id, pieces in holds.load_pieces(session, refunded).items():
+            self.invoices[invoice_id].pieces = pieces
+        self.attributions = AttributionIndex(session, {e.customer_id for e in events if e.type == "invoice_paid"})
+        self.program = Program.load(session, self.attributions.partner_ids())
+        self.cpa_claimed = _claimed_customers(session, {e.customer_id for e in events if e.type == "invoice_paid"})
+
+
+def _load_invoices(session: Session, invoice_ids: set[str]) -> dict[str, _Invoice]:
+    invoices: dict[str, _Invoice] = {}
+    ids, r = sorted(invoice_ids), revenue_events.c
+    rows = []
+    for start in range(0, len(ids), 500):
+        rows += session.execute(select(r.invoice_id, r.type, r.customer_id, r.currency, r.amount_minor,
+                                       r.occurred_at_us, r.status)
+                                .where(r.invoice_id.in_(ids[start:start + 500]))).all()
+    for row in sorted(rows, key=lambda row: row.type != "invoice_paid"):
+        if row.type == "invoice_paid":
+            invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
+                                                row.occurred_at_us, row.status)
+            continue
+        invoice = invoices[row.invoice_id]
+        sign = -1 if row.type == "chargeback_reversed" else 1
+        invoice.refunded_minor += sign * row.amount_minor
+        if row.type != "refund":
+            invoice.charged_back_minor += sign * row.amount_minor
+    return invoices
+
+
+def _claimed_customers(session: Session, customer_ids: set[str]) -> set[str]:
+    ids, column = sorted(customer_ids), revenue_events.c.first_eligible_customer_id
+    claimed: set[str] = set()
+    for start in range(0, len(ids), 500):
+        claimed.update(session.execute(select(column).where(column.in_(ids[start:start + 500]))).scalars())
+    return claimed
+
+
+def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: int | None = None
+           ) -> list[Outcome | Refusal]:
+    """Apply each event exactly once; one result per event, in order. The caller commits."""
+    assert len(events) <= BATCH_EVENTS_MAX, len(events)
+    batch = journal.Batch(session, recorded_at_us=recorded_at_us)
+    hashes = [request_hash(event) for event in events]
+    stored = _stored_events(session, [event.id for event in events])
+    fresh = [e for e in events if e.id not in stored]
+    writer = _Writer(session, batch, _Context(session, fresh) if fresh else None)
+    results: list[Outcome | Refusal] = []
+    for event, hash_hex in zip(events, hashes):
+        results.append(writer.decide(event, hash_hex, stored))
+    writer.flush()
+    return _fill_replays(session, results)
+
+
+def _stored_events(session: Session, event_ids: list[str]) -> dict[str, Any]:
+    ids, found = sorted(set(event_ids)), {}
+    for start in range(0, len(ids), 500):
+        for row in session.execute(select(revenue_events).where(revenue_events.c.id.in_(ids[start:start + 500]))):
+            found[row.id] = row
+    return found
+
+
+class _Writer:
+    """Decides events one by one against the batch's state and collects the rows to write."""
+
+    def __init__(self, session: Session, batch: journal.Batch, context: _Context | None) -> None:
+        self.session, self.batch, self.context = session, batch, context
+        self.event_rows: list[dict] = []
+        self.hold_rows: list[dict] = []
+        self.ended_holds: list[int] = []
+        self.decided: dict[str, tuple[str, Outcome]] = {}  # event id -> (hash, outcome) within the batch
+
+    def decide(self, event: RevenueEvent, hash_hex: str, stored: dict[str, Any]) -> Outcome | Refusal:
+        earlier = stored.get(event.id)
+        if earlier is not None:
+            if earlier.request_hash != hash_hex:
+                return Refusal(event.id, _event_conflict(event, earlier))
+            return Outcome(event.id, earlier.status, (), (), replayed=True)
+        if event.id in self.decided:
+            first_hash, outcome = self.decided[event.id]
+            if first_hash != hash_hex:
+                return Refusal(event.id, IdempotencyConflict(
+                    f"event {event.id!r} appears twice in the batch with different content", {"id": ["repeated"]}))
+            return outcome._replace(replayed=True)
+        try:
+            outcome = self._apply(event, hash_hex)
+        except DomainError as error:
+            return Refusal(event.id, error)
+        self.decided[event.id] = (hash_hex, outcome)
+        return outcome
+
+    def _apply(self, event: RevenueEvent, hash_hex: str) -> Outcome:
+        handler = self._paid if event.type == "invoice_paid" else (
+            self._refund if event.type in REFUND_TYPES else self._dispute_won)
+        status, lines, claim = handler(event)
+        self.event_rows.append(dict(
+            id=event.id, type=event.type, customer_id=event.customer_id, invoice_id=event.invoice_id,
+            currency=event.currency, amount_minor=event.amount_minor, occurred_at_us=event.occurred_at_us,
+            recorded_at_us=self.batch.recorded_at_us, request_hash=hash_hex, status=status,
+            first_eligible_customer_id=claim))
+        return Outcome(event.id, status, tuple(line for line, _ in lines), tuple(tid for _, tid in lines))
+
+    def _post(self, draft: journal.Draft, kind: str, signed_minor: int) -> tuple[CommissionLine, int]:
+        posted = self.batch.add(draft)
+        return CommissionLine(draft.partner_id, kind, signed_minor, draft.lines[0].currency), posted.id
+
+    def _paid(self, event: RevenueEvent):
+        context = self.context
+        if event.invoice_id in context.invoices:
+            raise Conflict(f"invoice {event.invoice_id!r} is already paid", {"invoice_id": ["already paid"]})
+        attribution = context.attributions.at(event.customer_id, event.occurred_at_us)
+        invoice = _Invoice(event.invoice_id, event.customer_id, event.currency, event.amount_minor,
+                           event.occurred_at_us, "unattributed")
+        if attribution is None:
+            context.invoices[event.invoice_id] = invoice
+            return "unattributed", [], None
+        window_start_us, partner_id = attribution
+        earner = context.program.earner_at(partner_id, event.occurred_at_us)
+        eligible, earnings = False, []
+        if earner is not None:
+            ancestors = [context.program.earner_at(a, event.occurred_at_us) for a in context.program.ancestors(partner_id)]
+            unclaimed = event.customer_id not in context.cpa_claimed
+            eligible, earnings = invoice_earnings(event.amount_minor, event.currency, event.occurred_at_us,
+                                                  window_start_us, earner, ancestors, unclaimed)
+        claim = None
+        if eligible and event.customer_id not in context.cpa_claimed:
+            context.cpa_claimed.add(event.customer_id)
+            claim = event.customer_id
+        lines = [self._accrue(event, earning.partner_id, earning.kind, earning.amount_minor, earning.plan_version_id,
+                              earning.hold_days, invoice, root_id=None) for earning in earnings]
+        invoice.paid_status = "posted" if lines else "no_commission"
+        context.invoices[event.invoice_id] = invoice
+        return invoice.paid_status, lines, claim
+
+    def _accrue(self, event: RevenueEvent, partner_id: str, kind: str, amount_minor: int, plan_version_id: int | None,
+                hold_days: int, invoice: _Invoice, *, root_id: int | None) -> tuple[CommissionLine, int]:
+        matures = holds.matures_at_us(event.occurred_at_us, hold_days)
+        suffix = partner_id if root_id is None else f"reinstate:{root_id}"
+        draft = journal.transfer(
+            kind, chart.EXPENSE_COMMISSION, chart.pending(partner_id), event.currency, amount_minor,
+            effective_at_us=event.occurred_at_us, idempotency_key=f"{event.id}:{kind}:{suffix}",
+            partner_id=partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
+            plan_version_id=plan_version_id, accrual_id=root_id, matures_at_us=matures)
+        line, transaction_id = self._post(draft, kind, amount_minor)
+        invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
+                                    amount_minor, plan_version_id, matures, amount_minor,
+                                    customer_id=event.customer_id, invoice_id=event.invoice_id))
+        self.hold_rows.append({"accrual_id": transaction_id, "matures_at_us": matures})
+        return line, transaction_id
+
+    def _invoice_for(self, event: RevenueEvent) -> _Invoice:
+        invoice = self.context.invoices.get(event.invoice_id)
+        if invoice is None:
+            raise invalid("invoice_id", f"no paid invoice {event.invoice_id!r}")
+        if invoice.customer_id != event.customer_id:
+            raise invalid("customer_id", f"invoice {event.invoice_id!r} belongs to another customer")
+        if invoice.currency != event.currency:
+            raise invalid("amount.currency", f"invoice {event.invoice_id!r} was paid in {invoice.currency}")
+        if event.occurred_at_us < invoice.paid_at_us:
+            raise invalid("occurred_at", f"is before invoice {event.invoice_id!r} was paid")
+        return invoice
+
+    def _refund(self, event: RevenueEvent):
+        invoice = self._invoice_for(event)
+        if invoice.refunded_minor + event.amount_minor > invoice.paid_minor:
+            raise invalid("amount.amount", "cumulative refunds and chargebacks would exceed the paid amount")
+        self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
+        fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
+        lines = [self._claw(event, invoice, plan) for plan in
+                 refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully)]
+        invoice.refunded_minor += event.amount_minor
+        if event.type == "chargeback":
+            invoice.charged_back_minor += event.amount_minor
+        return self._status(invoice, lines), lines, None
+
+    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan) -> tuple[CommissionLine, int]:
+        account = (chart.pending if plan.from_pending else chart.available)(plan.partner_id)
+        draft = journal.transfer(
+            "clawback", account, chart.EXPENSE_COMMISSION, event.currency, plan.amount_minor,
+            effective_at_us=event.occurred_at_us, idempotency_key=f"{event.id}:clawback:{plan.piece_id}",
+            partner_id=plan.partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id,
+            event_id=event.id, plan_version_id=plan.plan_version_id, accrual_id=plan.piece_id)
+        piece = next(p for p in invoice.pieces if p.id == plan.piece_id)
+        piece.clawed_minor += plan.amount_minor
+        if plan.from_pending:
+            piece.pending_minor -= plan.amount_minor
+        return self._post(draft, "clawback", -plan.amount_minor)
+
+    def _dispute_won(self, event: RevenueEvent):
+        invoice = self._invoice_for(event)
+        if event.amount_minor > invoice.charged_back_minor:
+            raise invalid("amount.amount", "exceeds what is charged back on the invoice and not yet reversed")
+        refunded_after = invoice.refunded_minor - event.amount_minor
+        plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after)
+        lines = [self._accrue(event, plan.partner_id, plan.kind, plan.amount_minor, plan.plan_version_id,
+                              _hold_days(self.session, self.context.program, plan.plan_version_id), invoice,
+                              root_id=plan.root_id)
+                 for plan in plans]
+        invoice.refunded_minor = refunded_after
+        invoice.charged_back_minor -= event.amount_minor
+        return self._status(invoice, lines), lines, None
+
+    @staticmethod
+    def _status(invoice: _Invoice, lines: list) -> str:
+        if lines:
+            return "posted"
+        return "unattributed" if invoice.paid_status == "unattributed" else "no_commission"
+
+    def flush(self) -> None:
+        self.batch.flush()
+        if self.event_rows:
+            self.session.execute(insert(revenue_events), self.event_rows)
+        holds.add_holds(self.session, self.hold_rows)
+        holds.end_holds(self.session, sorted(set(self.ended_holds)))
+
+
+def _hold_days(session: Session, program: Program, plan_version_id: int | None) -> int:
+    """Hold days of a plan version (the earner's pinned version), loading it if the batch has not."""
+    from ledger.schema import plan_versions
+    from ledger.terms import terms_from_json
+
+    if plan_version_id is None:
+        return 0
+    if plan_version_id in program.versions_by_id:
+        return program.hold_days(plan_version_id)
+    text = session.execute(select(plan_versions.c.terms).where(plan_versions.c.id == plan_version_id)).scalar_one()
+    return terms_from_json(text).hold_days
+
+
+def _event_conflict(event: RevenueEvent, stored) -> IdempotencyConflict:
+    differing = [name for name, same in (
+        ("type", event.type == stored.type), ("customer_id", event.customer_id == stored.customer_id),
+        ("invoice_id", event.invoice_id == stored.invoice_id),
+        ("amount", (event.amount_minor, event.currency) == (stored.amount_minor, stored.currency)),
+        ("occurred_at", event.occurred_at_us == stored.occurred_at_us)) if not same]
+    return IdempotencyConflict(f"event {event.id!r} was already received with other content",
+                               {name: ["differs from the original event"] for name in differing})
+
+
+def _fill_replays(session: Session, results: list[Outcome | Refusal]) -> list[Outcome | Refusal]:
+    """Replays carry the original commissions and transactions, read back from the journal."""
+    wanted = sorted({r.event_id for r in results if isinstance(r, Outcome) and r.replayed and not r.transaction_ids})
+    if not wanted:
+        return results
+    posted = outcomes_of(session, wanted)
+    return [r._replace(commissions=posted.get(r.event_id, ((), ()))[0],
+                       transaction_ids=posted.get(r.event_id, ((), ()))[1])
+            if isinstance(r, Outcome) and r.replayed and not r.transaction_ids else r for r in results]
+
+
+def outcomes_of(session: Session, event_ids: list[str]) -> dict[str, tuple[tuple[CommissionLine, ...], tuple[int, ...]]]:
+    """{event id: (commission lines, transaction ids)} of stored events, from the journal."""
+    t, j = journal_transactions.c, journal_lines.c
+    found: dict[str, tuple[list, list]] = {}
+    for start in range(0, len(event_ids), 500):
+        rows = session.execute(
+            select(t.event_id, t.id, t.kind, t.partner_id, j.currency, func.max(j.amount_minor))
+            .join(journal_lines, j.transaction_id == t.id)
+            .where(t.event_id.in_(event_ids[start:start + 500]), t.kind != "reversal")
+            .group_by(t.event_id, t.id, t.kind, t.partner_id, j.currency).order_by(t.id))
+        for event_id, transaction_id, kind, partner_id, currency, amount in rows:
+            lines, ids = found.setdefault(event_id, ([], []))
+            lines.append(CommissionLine(partner_id, kind, -amount if kind == "clawback" else amount, currency))
+            ids.append(transaction_id)
+    return {key: (tuple(lines), tuple(ids)) for key, (lines, ids) in found.items()}
