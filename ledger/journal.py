@@ -10,6 +10,10 @@ Hashes. `request_hash` is SHA-256 over the canonical JSON of what was asked for 
 what idempotency compares. The chain hash of transaction n is SHA-256 over transaction n-1's hash,
 n, the recorded and effective instants and the request hash, so it covers every stored field.
 `verify.py` recomputes both from the stored rows.
+
+Closed periods. A draft whose effective instant lies in a closed period is posted at the start of
+the first open period, keeping the requested instant as `original_effective_at_us`; idempotency
+compares the requested content, so a retry after a close still replays.
 """
 
 from __future__ import annotations
@@ -20,14 +24,21 @@ import time
 from collections import defaultdict
 from typing import Iterable, NamedTuple, Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger.db import lock_journal
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ledger.money import currency_exponent
-from ledger.schema import GENESIS_HASH, TRANSACTION_KINDS, accounts, journal_lines, journal_transactions
+from ledger.schema import (
+    GENESIS_HASH,
+    TRANSACTION_KINDS,
+    accounts,
+    journal_lines,
+    journal_transactions,
+    period_closes,
+)
 
 DEBIT, CREDIT = "D", "C"
 LINES_PER_TRANSACTION_MAX = 100
@@ -118,6 +129,12 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def closed_boundary_us(session: Session) -> int | None:
+    """The start of the first open period: the end of the latest closed one (None if none is closed).
+    A posting whose effective instant lies before it is made at it, keeping its original instant."""
+    return session.execute(select(func.max(period_closes.c.ends_at_us))).scalar()
+
+
 def chain_head(session: Session) -> tuple[int, str]:
     """(id, hash) of the last transaction, or (0, genesis) for an empty journal."""
     row = session.execute(select(journal_transactions.c.id, journal_transactions.c.hash)
@@ -140,6 +157,7 @@ class Batch:
         self.session = session
         self.recorded_at_us = now_us() if recorded_at_us is None else recorded_at_us
         self.head_id, self.head_hash = chain_head(session)
+        self.boundary_us = closed_boundary_us(session)
         self._known: dict[str, tuple[int, str]] = {}
         self._drafts: list[Draft] = []
         self._headers: list[dict] = []
@@ -157,10 +175,15 @@ class Batch:
                 raise _conflict(self.session, draft, existing[0], self._drafts, self._headers)
             return Posted(existing[0], True)
         self.head_id += 1
+        posted_at, original = draft.effective_at_us, None
+        if self.boundary_us is not None and posted_at < self.boundary_us:
+            posted_at, original = self.boundary_us, draft.effective_at_us
         prev_hash, self.head_hash = self.head_hash, chain_hash(
-            self.head_hash, self.head_id, self.recorded_at_us, draft.effective_at_us, None, hash_hex)
+            self.head_hash, self.head_id, self.recorded_at_us, posted_at, original, hash_hex)
         self._known[draft.idempotency_key] = (self.head_id, hash_hex)
-        self._headers.append(_header_row(draft, self.head_id, self.recorded_at_us, hash_hex, prev_hash, self.head_hash))
+        header = _header_row(draft, self.head_id, self.recorded_at_us, hash_hex, prev_hash, self.head_hash)
+        header.update(effective_at_us=posted_at, original_effective_at_us=original)
+        self._headers.append(header)
         self._drafts.append(draft)
         return Posted(self.head_id, False)
 

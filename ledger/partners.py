@@ -189,18 +189,19 @@ class Program:
     def status_at(self, partner_id: str, instant_us: int) -> str | None:
         return self.statuses[partner_id].at(instant_us)
 
+    def version_at(self, partner_id: str, instant_us: int) -> PlanVersion | None:
+        """The plan version of the partner's plan in effect at the instant, whatever its status."""
+        plan_id = self.plans[partner_id].at(instant_us)
+        versions = self.versions.get(plan_id, [])
+        index = bisect.bisect_right([v.effective_from_us for v in versions], instant_us)
+        return versions[index - 1] if index else None
+
     def earner_at(self, partner_id: str, instant_us: int) -> Earner | None:
         """The partner as an earner at the instant, or None if terminated or without a plan then."""
         if self.status_at(partner_id, instant_us) in (None, "terminated"):
             return None
-        plan_id = self.plans[partner_id].at(instant_us)
-        versions = self.versions.get(plan_id, [])
-        starts = [v.effective_from_us for v in versions]
-        index = bisect.bisect_right(starts, instant_us)
-        if index == 0:
-            return None
-        version = versions[index - 1]
-        return Earner(partner_id, version.id, version.terms)
+        version = self.version_at(partner_id, instant_us)
+        return None if version is None else Earner(partner_id, version.id, version.terms)
 
     def ancestors(self, partner_id: str) -> list[str]:
         chain, parent = [], self.parents.get(partner_id)

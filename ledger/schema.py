@@ -286,3 +286,72 @@ APPEND_ONLY_TABLES = JOURNAL_TABLES + (
     "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
     "revenue_events",
 )
+
+# ---- periods and payouts (append-only) ----
+
+# A closed period: its snapshot of every account's cumulative debits and credits at the period's
+# end, the journal head when it closed, and a close hash chaining the previous close.
+period_closes = Table(
+    "period_closes",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("starts_at_us", BigInteger, nullable=False, unique=True),
+    Column("ends_at_us", BigInteger, nullable=False, unique=True),
+    Column("closed_at_us", BigInteger, nullable=False),
+    Column("transaction_count", BigInteger, nullable=False),
+    Column("chain_head_id", BigInteger, nullable=False),
+    Column("chain_head_hash", String(64), nullable=False),
+    Column("prev_close_hash", String(64), nullable=False),
+    Column("close_hash", String(64), nullable=False, unique=True),
+    CheckConstraint("ends_at_us > starts_at_us", name="bounds"),
+    CheckConstraint("transaction_count >= 0", name="count"),
+)
+
+period_snapshots = Table(
+    "period_snapshots",
+    metadata,
+    Column("period", String(7), ForeignKey("period_closes.period", deferrable=True, initially="DEFERRED"),
+           primary_key=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("debit_minor", BigInteger, nullable=False),
+    Column("credit_minor", BigInteger, nullable=False),
+    CheckConstraint("debit_minor >= 0 AND credit_minor >= 0", name="non_negative"),
+)
+
+payout_runs = Table(
+    "payout_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("at_us", BigInteger, nullable=False, unique=True),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+payouts = Table(
+    "payouts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("payout_runs.id"), nullable=False),
+    Column("partner_id", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("transaction_id", Id, ForeignKey("journal_transactions.id"), nullable=False, unique=True),
+    CheckConstraint("amount_minor > 0", name="amount_positive"),
+    UniqueConstraint("run_id", "partner_id", "currency"),
+    Index(None, "partner_id", "id"),
+)
+
+# A payout is resolved (settled or failed) at most once: the primary key holds it.
+payout_resolutions = Table(
+    "payout_resolutions",
+    metadata,
+    Column("payout_id", Id, ForeignKey("payouts.id"), primary_key=True, autoincrement=False),
+    Column("outcome", String(8), nullable=False),
+    Column("transaction_id", Id, ForeignKey("journal_transactions.id"), nullable=False, unique=True),
+    Column("reason", String(500), nullable=True),
+    Column("resolved_at_us", BigInteger, nullable=False),
+    CheckConstraint("outcome IN ('settled', 'failed')", name="outcome"),
+)
+
+APPEND_ONLY_TABLES = APPEND_ONLY_TABLES + (
+    "period_closes", "period_snapshots", "payout_runs", "payouts", "payout_resolutions")

@@ -4,7 +4,9 @@ It walks the journal in sequence order, streaming headers and lines side by side
 each transaction: the sequence has no gap; `prev_hash` is the previous transaction's hash; the
 request hash recomputed from the stored content matches; the chain hash recomputed matches; there
 are at least two lines, every amount is positive, every line carries its header's instant, and
-debits equal credits per currency. Lines whose header is missing are named too. Problems are
+debits equal credits per currency. Lines whose header is missing are named too. Then every
+period close: its snapshot against the journal, its counts and head, and the chain of close
+hashes (`verify_closes`). Problems are
 values (`Problem`), never exceptions: verify reports, the caller decides.
 """
 
@@ -13,9 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ledger.balances import line_sums
 from ledger.journal import DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.schema import GENESIS_HASH, accounts, journal_lines, journal_transactions
 
@@ -57,7 +60,46 @@ def verify(session: Session, *, problems_max: int = 1000) -> Report:
     while pending_lines is not None and len(problems) < problems_max:
         problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
         pending_lines = next(lines_by_transaction, None)
+    problems.extend(verify_closes(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max])
+
+
+def verify_closes(session: Session) -> list[Problem]:
+    """Recompute every close from the journal: its snapshot (the previous one plus the period's
+    lines), its transaction count, its journal head, and the chain of close hashes."""
+    from ledger.periods import close_hash, list_periods, snapshot  # periods builds on balances, which verify checks
+
+    problems: list[Problem] = []
+    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
+    expected_rows: dict = {}
+    prev_hash, prev_end = GENESIS_HASH, None
+    for close in list_periods(session):
+        delta = line_sums(session, None, prev_end, close.ends_at_us)
+        for key, (debit, credit) in delta.items():
+            old = expected_rows.get(key, (0, 0))
+            expected_rows[key] = (old[0] + debit, old[1] + credit)
+        where = f"period {close.period}"
+        if snapshot(session, close.period) != expected_rows:
+            problems.append(Problem(None, "snapshot_altered", f"{where}: the snapshot differs from the journal's balances"))
+        count = session.execute(select(func.count()).select_from(journal_transactions).where(
+            journal_transactions.c.effective_at_us >= close.starts_at_us,
+            journal_transactions.c.effective_at_us < close.ends_at_us)).scalar_one()
+        if count != close.transaction_count:
+            problems.append(Problem(None, "close_count_mismatch", f"{where}: {close.transaction_count} transactions "
+                                    f"recorded, {count} in the journal"))
+        head_hash = session.execute(select(journal_transactions.c.hash).where(
+            journal_transactions.c.id == close.chain_head_id)).scalar()
+        if close.chain_head_id and head_hash != close.chain_head_hash:
+            problems.append(Problem(close.chain_head_id, "close_head_mismatch",
+                                    f"{where}: the recorded journal head is not the journal's transaction"))
+        if close.prev_close_hash != prev_hash:
+            problems.append(Problem(None, "close_chain_broken", f"{where}: prev_close_hash is not the previous close's hash"))
+        recomputed = close_hash(close.prev_close_hash, close.period, close.transaction_count, close.chain_head_id,
+                                close.chain_head_hash, snapshot(session, close.period), names)
+        if recomputed != close.close_hash:
+            problems.append(Problem(None, "close_hash_mismatch", f"{where}: the close hash does not match its content"))
+        prev_hash, prev_end = close.close_hash, close.ends_at_us
+    return problems
 
 
 def _lines_grouped(session: Session) -> Iterator[tuple[int, list]]:

@@ -1,0 +1,177 @@
+"""Payout runs and the two-phase life of a payout, and manual adjustments by finance.
+
+A payout run at instant t first releases every hold matured by t; then, for each partner active at
+t and each currency whose available balance as of t (postings effective at or before t) reaches the
+minimum payout of the partner's plan for that currency, it posts one payout of the whole available
+balance, effective at t (Dr available / Cr payouts in transit), status pending. A run per instant:
+running again at the same instant returns the first run. A currency the plan lists no minimum for
+is paid whenever its balance is positive.
+
+A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in transit / Cr available,
+returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
+second resolution even when two requests race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger import holds, journal
+from ledger.balances import balances_by_account_id
+from ledger.errors import Conflict, NotFound, invalid
+from ledger.instants import format_instant
+from ledger.partners import Program
+from ledger.schema import accounts, partners, payout_resolutions, payout_runs, payouts
+
+REASON_LENGTH_MAX = 500
+
+
+class Payout(NamedTuple):
+    id: int
+    run_id: str
+    partner_id: str
+    currency: str
+    amount_minor: int
+    status: str  # pending | settled | failed
+    transaction_id: int
+    resolution_transaction_id: int | None
+    reason: str | None
+
+
+class PayoutRun(NamedTuple):
+    id: str
+    at_us: int
+    payouts: tuple[Payout, ...]
+    replayed: bool
+
+
+def run_id_for(at_us: int) -> str:
+    return "run_" + hashlib.sha256(str(at_us).encode()).hexdigest()[:16]
+
+
+def run_payouts(session: Session, at_us: int) -> PayoutRun:
+    batch = journal.Batch(session)
+    existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
+    if existing is not None:
+        return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
+    holds.release_matured(session, at_us, batch=batch)
+    batch.flush()
+    run_id = run_id_for(at_us)
+    session.execute(insert(payout_runs).values(id=run_id, at_us=at_us, created_at_us=batch.recorded_at_us))
+    rows = []
+    for (partner_id, currency), amount in sorted(_payable(session, at_us).items()):
+        posted = batch.add(journal.transfer(
+            "payout", chart.available(partner_id), chart.PAYOUTS_IN_TRANSIT, currency, amount,
+            effective_at_us=at_us, idempotency_key=f"payout:{run_id}:{partner_id}:{currency}", partner_id=partner_id,
+            memo=f"payout run at {format_instant(at_us)}"))
+        rows.append({"run_id": run_id, "partner_id": partner_id, "currency": currency, "amount_minor": amount,
+                     "transaction_id": posted.id})
+    batch.flush()
+    if rows:
+        session.execute(insert(payouts), rows)
+    return PayoutRun(run_id, at_us, tuple(list_payouts(session, run_id=run_id)), False)
+
+
+def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:
+    """{(partner, currency): available} for active partners at or above their plan's minimum."""
+    rows = session.execute(select(accounts.c.id, accounts.c.partner_id)
+                           .where(accounts.c.partner_id.is_not(None), accounts.c.name.like("%:available"))).all()
+    partner_of = dict(rows)
+    balances = balances_by_account_id(session, list(partner_of), before_us=at_us + 1)
+    program = Program.load(session, set(partner_of.values()))
+    payable = {}
+    for (account_id, currency), debit_minus_credit in balances.items():
+        partner_id, available = partner_of[account_id], -debit_minus_credit
+        if available <= 0 or program.status_at(partner_id, at_us) != "active":
+            continue
+        version = program.version_at(partner_id, at_us)
+        minimum = version.terms.min_payout_minor.get(currency, 0) if version else 0
+        if available >= minimum:
+            payable[(partner_id, currency)] = available
+    return payable
+
+
+def _resolve(session: Session, payout_id: int, outcome: str, reason: str | None, at_us: int | None) -> Payout:
+    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_LENGTH_MAX):
+        raise invalid("reason", f"at most {REASON_LENGTH_MAX} characters")
+    batch = journal.Batch(session)
+    payout = get_payout(session, payout_id)
+    if payout.status != "pending":
+        raise Conflict(f"payout {payout_id} is already {payout.status}")
+    credit = chart.CASH if outcome == "settled" else chart.available(payout.partner_id)
+    kind = "payout_settled" if outcome == "settled" else "payout_failed"
+    resolved_at = batch.recorded_at_us if at_us is None else at_us
+    posted = batch.add(journal.transfer(
+        kind, chart.PAYOUTS_IN_TRANSIT, credit, payout.currency, payout.amount_minor, effective_at_us=resolved_at,
+        idempotency_key=f"{kind}:{payout_id}", partner_id=payout.partner_id, accrual_id=None,
+        memo=reason))
+    batch.flush()
+    session.execute(insert(payout_resolutions).values(payout_id=payout_id, outcome=outcome, transaction_id=posted.id,
+                                                      reason=reason, resolved_at_us=batch.recorded_at_us))
+    return get_payout(session, payout_id)
+
+
+def settle(session: Session, payout_id: int, *, reason: str | None = None, at_us: int | None = None) -> Payout:
+    return _resolve(session, payout_id, "settled", reason, at_us)
+
+
+def fail(session: Session, payout_id: int, *, reason: str | None = None, at_us: int | None = None) -> Payout:
+    return _resolve(session, payout_id, "failed", reason, at_us)
+
+
+def _select():
+    p, r = payouts.c, payout_resolutions.c
+    return (select(p.id, p.run_id, p.partner_id, p.currency, p.amount_minor, r.outcome, p.transaction_id,
+                   r.transaction_id.label("resolution_transaction_id"), r.reason)
+            .outerjoin(payout_resolutions, r.payout_id == p.id))
+
+
+def _payout(row) -> Payout:
+    return Payout(row.id, row.run_id, row.partner_id, row.currency, row.amount_minor, row.outcome or "pending",
+                  row.transaction_id, row.resolution_transaction_id, row.reason)
+
+
+def get_payout(session: Session, payout_id: int) -> Payout:
+    row = session.execute(_select().where(payouts.c.id == payout_id)).first()
+    if row is None:
+        raise NotFound(f"payout {payout_id} does not exist")
+    return _payout(row)
+
+
+def list_payouts(session: Session, *, run_id: str | None = None, partner_id: str | None = None,
+                 after_id: int = 0, limit: int = 1000) -> list[Payout]:
+    query = _select().where(payouts.c.id > after_id).order_by(payouts.c.id).limit(limit)
+    if run_id is not None:
+        query = query.where(payouts.c.run_id == run_id)
+    if partner_id is not None:
+        query = query.where(payouts.c.partner_id == partner_id)
+    return [_payout(row) for row in session.execute(query)]
+
+
+def adjust(session: Session, partner_id: str, account: str, amount_minor: int, currency: str, reason: str,
+           *, effective_at_us: int | None = None, idempotency_key: str | None = None) -> journal.Posted:
+    """A manual adjustment by finance: a positive amount credits the partner's account (the vendor
+    owes more), a negative one debits it; the other side is `expense:commission:adjustment`."""
+    if account not in ("pending", "available"):
+        raise invalid("account", "must be pending or available")
+    if amount_minor == 0:
+        raise invalid("amount", "must not be zero")
+    if not isinstance(reason, str) or not 1 <= len(reason) <= REASON_LENGTH_MAX:
+        raise invalid("reason", f"1 to {REASON_LENGTH_MAX} characters")
+    if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
+        raise invalid("partner_id", f"partner {partner_id!r} does not exist")
+    batch = journal.Batch(session)
+    target = (chart.pending if account == "pending" else chart.available)(partner_id)
+    debit, credit = (chart.EXPENSE_ADJUSTMENT, target) if amount_minor > 0 else (target, chart.EXPENSE_ADJUSTMENT)
+    at = batch.recorded_at_us if effective_at_us is None else effective_at_us
+    key = idempotency_key or f"adjustment:{partner_id}:{account}:{currency}:{amount_minor}:{at}:{reason}"[:200]
+    batch.preload([key])
+    posted = batch.add(journal.transfer("adjustment", debit, credit, currency, abs(amount_minor), effective_at_us=at,
+                                        idempotency_key=key, partner_id=partner_id, memo=reason))
+    batch.flush()
+    return posted

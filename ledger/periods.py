@@ -1,0 +1,194 @@
+"""Periods: calendar months in UTC, open until closed, closed in order, with audit-grade snapshots.
+
+Closing P (only once P has ended): every earlier period with postings must already be closed
+(earlier empty periods are closed along with P, so closes form an unbroken chain); holds maturing
+before P's end are released; negative available balances of partners on a `reset` plan are written
+off at P's last instant; then every account's cumulative debits and credits at P's end are stored
+as P's snapshot, with the period's transaction count, the journal head, and a close hash over all
+of it chained to the previous close. After that, a posting dated inside P is made at the start of
+the first open period (journal.Batch), and the database refuses one dated inside it.
+
+A snapshot is computed incrementally: the previous snapshot plus the lines of the period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from typing import NamedTuple
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger import holds, journal
+from ledger.balances import balances_by_account_id, sums
+from ledger.errors import Conflict, NotFound
+from ledger.instants import next_period, period_bounds_us, period_of
+from ledger.partners import Program
+from ledger.schema import (
+    GENESIS_HASH,
+    accounts,
+    journal_lines,
+    journal_transactions,
+    period_closes,
+    period_snapshots,
+)
+
+
+class Close(NamedTuple):
+    period: str
+    starts_at_us: int
+    ends_at_us: int
+    closed_at_us: int
+    transaction_count: int
+    chain_head_id: int
+    chain_head_hash: str
+    prev_close_hash: str
+    close_hash: str
+
+
+SnapshotRows = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
+
+
+def close_hash(prev_close_hash: str, period: str, transaction_count: int, chain_head_id: int,
+               chain_head_hash: str, snapshot: SnapshotRows, names: dict[int, str]) -> str:
+    rows = sorted([names[account_id], currency, debit, credit] for (account_id, currency), (debit, credit) in snapshot.items())
+    content = json.dumps([prev_close_hash, period, transaction_count, chain_head_id, chain_head_hash, rows],
+                         separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def latest_close(session: Session, *, ending_by_us: int | None = None) -> Close | None:
+    query = select(period_closes).order_by(period_closes.c.ends_at_us.desc()).limit(1)
+    if ending_by_us is not None:
+        query = query.where(period_closes.c.ends_at_us <= ending_by_us)
+    row = session.execute(query).first()
+    return Close(*row) if row else None
+
+
+def get_close(session: Session, period: str) -> Close | None:
+    row = session.execute(select(period_closes).where(period_closes.c.period == period)).first()
+    return Close(*row) if row else None
+
+
+def snapshot(session: Session, period: str) -> SnapshotRows:
+    s = period_snapshots.c
+    rows = session.execute(select(s.account_id, s.currency, s.debit_minor, s.credit_minor).where(s.period == period))
+    return {(a, c): (d, k) for a, c, d, k in rows}
+
+
+def _first_posting_us(session: Session) -> int | None:
+    return session.execute(select(func.min(journal_lines.c.effective_at_us))).scalar()
+
+
+def close_period(session: Session, period: str, *, now_us: int | None = None) -> Close:
+    """Close `period` (and any empty open periods before it). The caller commits."""
+    now = journal.now_us() if now_us is None else now_us
+    start_us, end_us = period_bounds_us(period)
+    if end_us > now:
+        raise Conflict(f"period {period} has not ended yet; it can be closed from {period_of(end_us)}-01")
+    batch = journal.Batch(session, recorded_at_us=now)
+    if get_close(session, period) is not None:
+        raise Conflict(f"period {period} is already closed")
+    last = latest_close(session)
+    first_open = next_period(last.period) if last else _first_open_without_closes(session, period)
+    if last is not None and last.ends_at_us > start_us:
+        raise Conflict(f"period {period} lies before the latest closed period {last.period}")
+    for earlier in _periods_between(first_open, period):
+        bounds = period_bounds_us(earlier)
+        if _has_postings(session, *bounds):
+            raise Conflict(f"period {earlier} has postings and is open: close it first")
+    closed = None
+    for target in _periods_between(first_open, period) + [period]:
+        closed = _close_one(session, batch, target, now)
+    return closed
+
+
+def _first_open_without_closes(session: Session, period: str) -> str:
+    first = _first_posting_us(session)
+    return period if first is None else min(period, period_of(first))
+
+
+def _periods_between(first: str, last_exclusive: str) -> list[str]:
+    periods, current = [], first
+    while current < last_exclusive:
+        periods.append(current)
+        current = next_period(current)
+    return periods
+
+
+def _has_postings(session: Session, start_us: int, end_us: int) -> bool:
+    j = journal_lines.c
+    return session.execute(select(j.id).where(j.effective_at_us >= start_us, j.effective_at_us < end_us)
+                           .limit(1)).first() is not None
+
+
+def _close_one(session: Session, batch: journal.Batch, period: str, now: int) -> Close:
+    start_us, end_us = period_bounds_us(period)
+    holds.release_matured(session, end_us - 1, batch=batch)
+    _write_off_negative_balances(session, batch, end_us)
+    batch.flush()
+    previous = latest_close(session)
+    rows = sums(session, before_us=end_us)  # the previous snapshot plus this period's lines
+    t = journal_transactions.c
+    count = session.execute(select(func.count()).select_from(journal_transactions)
+                            .where(t.effective_at_us >= start_us, t.effective_at_us < end_us)).scalar_one()
+    head_id, head_hash = journal.chain_head(session)
+    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
+    prev_hash = previous.close_hash if previous else GENESIS_HASH
+    hashed = close_hash(prev_hash, period, count, head_id, head_hash, rows, names)
+    close = Close(period, start_us, end_us, now, count, head_id, head_hash, prev_hash, hashed)
+    session.execute(insert(period_closes).values(**close._asdict()))
+    if rows:
+        session.execute(insert(period_snapshots), [
+            {"period": period, "account_id": a, "currency": c, "debit_minor": d, "credit_minor": k}
+            for (a, c), (d, k) in sorted(rows.items())])
+    batch.boundary_us = end_us
+    return close
+
+
+def _write_off_negative_balances(session: Session, batch: journal.Batch, end_us: int) -> None:
+    """Under a `reset` plan, a negative available balance at the period's end is forgiven."""
+    negative = _negative_available(session, end_us)
+    if not negative:
+        return
+    program = Program.load(session, {partner for partner, _ in negative})
+    for (partner_id, currency), owed in sorted(negative.items()):
+        # The policy of the partner's plan decides, whatever the partner's status.
+        version = program.version_at(partner_id, end_us - 1)
+        if version is None or version.terms.negative_balance != "reset":
+            continue
+        batch.add(journal.transfer(
+            "writeoff", chart.EXPENSE_WRITEOFF, chart.available(partner_id), currency, owed,
+            effective_at_us=end_us - 1, idempotency_key=f"writeoff:{period_of(end_us - 1)}:{partner_id}:{currency}",
+            partner_id=partner_id, plan_version_id=version.id,
+            memo="negative available balance written off at period close (reset policy)"))
+
+
+def _negative_available(session: Session, before_us: int) -> dict[tuple[str, str], int]:
+    """{(partner, currency): amount owed} for available accounts below zero before the instant."""
+    rows = session.execute(select(accounts.c.id, accounts.c.partner_id)
+                           .where(accounts.c.partner_id.is_not(None), accounts.c.name.like("%:available"))).all()
+    partner_of = dict(rows)
+    owed: dict[tuple[str, str], int] = defaultdict(int)
+    for (account_id, currency), debit_minus_credit in balances_by_account_id(session, list(partner_of), before_us).items():
+        if debit_minus_credit > 0:  # a credit-normal account with a debit balance: the partner owes
+            owed[(partner_of[account_id], currency)] = debit_minus_credit
+    return dict(owed)
+
+
+def list_periods(session: Session) -> list[Close]:
+    return [Close(*row) for row in session.execute(select(period_closes).order_by(period_closes.c.starts_at_us))]
+
+
+def period_status(session: Session, period: str) -> str:
+    return "closed" if get_close(session, period) is not None else "open"
+
+
+def require_close(session: Session, period: str) -> Close:
+    close = get_close(session, period)
+    if close is None:
+        raise NotFound(f"period {period} is not closed")
+    return close

@@ -1,0 +1,172 @@
+"""Partner statements: a period's opening balances, every line traced to its source, totals by
+kind, and closing balances, per currency, from the partner's point of view (what the vendor owes
+it: a credit to its pending or available account is positive).
+
+Opening balances come from the latest snapshot plus the lines after it (balances.py); the lines are
+the period's postings on the partner's two accounts. Closing = opening + the lines, always; a
+closed period's statement is therefore fixed once its period is closed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from typing import NamedTuple
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger.balances import partner_balances
+from ledger.instants import format_instant, period_bounds_us
+from ledger.money import format_minor
+from ledger.periods import get_close
+from ledger.schema import accounts, journal_lines, journal_transactions
+
+LINE_KINDS = ("accrual", "cpa", "override", "clawback", "release", "payout", "payout_failed", "writeoff",
+              "adjustment", "reversal")
+
+
+class StatementLine(NamedTuple):
+    transaction_id: int
+    effective_at_us: int
+    original_effective_at_us: int | None
+    kind: str
+    customer_id: str | None
+    invoice_id: str | None
+    event_id: str | None
+    pending_minor: int
+    available_minor: int
+
+
+class CurrencyStatement(NamedTuple):
+    currency: str
+    opening: tuple[int, int]  # (pending, available)
+    lines: tuple[StatementLine, ...]
+    totals: dict[str, int]  # kind -> effect on pending + available
+    closing: tuple[int, int]
+
+
+class Statement(NamedTuple):
+    partner_id: str
+    period: str
+    period_status: str
+    close_hash: str | None
+    currencies: tuple[CurrencyStatement, ...]
+
+
+def statement(session: Session, partner_id: str, period: str) -> Statement:
+    start_us, end_us = period_bounds_us(period)
+    opening = partner_balances(session, partner_id, before_us=start_us)
+    lines = _lines(session, partner_id, start_us, end_us)
+    currencies = sorted(set(opening) | set(lines))
+    sections = []
+    for currency in currencies:
+        pending, available = opening.get(currency, (0, 0))
+        totals: dict[str, int] = defaultdict(int)
+        for line in lines.get(currency, []):
+            totals[line.kind] += line.pending_minor + line.available_minor
+        closing_pending = pending + sum(line.pending_minor for line in lines.get(currency, []))
+        closing_available = available + sum(line.available_minor for line in lines.get(currency, []))
+        sections.append(CurrencyStatement(currency, (pending, available), tuple(lines.get(currency, [])),
+                                          dict(totals), (closing_pending, closing_available)))
+    close = get_close(session, period)
+    return Statement(partner_id, period, "closed" if close else "open", close.close_hash if close else None,
+                     tuple(sections))
+
+
+def _lines(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
+    names = {chart.pending(partner_id): "pending", chart.available(partner_id): "available"}
+    ids = dict(session.execute(select(accounts.c.id, accounts.c.name).where(accounts.c.name.in_(list(names)))).all())
+    if not ids:
+        return {}
+    t, j = journal_transactions.c, journal_lines.c
+    rows = session.execute(
+        select(t.id, t.effective_at_us, t.original_effective_at_us, t.kind, t.customer_id, t.invoice_id, t.event_id,
+               j.account_id, j.currency, j.side, j.amount_minor)
+        .join(journal_transactions, t.id == j.transaction_id)
+        .where(j.account_id.in_(list(ids)), j.effective_at_us >= start_us, j.effective_at_us < end_us)
+        .order_by(j.effective_at_us, t.id, j.id))
+    merged: dict[int, StatementLine] = {}
+    currency_of: dict[int, str] = {}
+    for row in rows:
+        signed = row.amount_minor if row.side == "C" else -row.amount_minor
+        line = merged.get(row.id) or StatementLine(row.id, row.effective_at_us, row.original_effective_at_us,
+                                                   row.kind, row.customer_id, row.invoice_id, row.event_id, 0, 0)
+        if names[ids[row.account_id]] == "pending":
+            line = line._replace(pending_minor=line.pending_minor + signed)
+        else:
+            line = line._replace(available_minor=line.available_minor + signed)
+        merged[row.id], currency_of[row.id] = line, row.currency
+    by_currency: dict[str, list[StatementLine]] = defaultdict(list)
+    for transaction_id, line in merged.items():
+        by_currency[currency_of[transaction_id]].append(line)
+    return dict(by_currency)
+
+
+def to_data(statement_: Statement) -> dict:
+    """The JSON shape of the HTTP contract, amounts as decimal strings."""
+    def money(minor: int, currency: str) -> str:
+        return format_minor(minor, currency)
+
+    return {
+        "partner_id": statement_.partner_id,
+        "period": statement_.period,
+        "period_status": statement_.period_status,
+        "close_hash": statement_.close_hash,
+        "currencies": [{
+            "currency": section.currency,
+            "opening": {"pending": money(section.opening[0], section.currency),
+                        "available": money(section.opening[1], section.currency)},
+            "lines": [{
+                "transaction_id": line.transaction_id,
+                "effective_at": format_instant(line.effective_at_us),
+                "original_effective_at": format_instant(line.original_effective_at_us),
+                "kind": line.kind, "customer_id": line.customer_id, "invoice_id": line.invoice_id,
+                "event_id": line.event_id,
+                "pending": money(line.pending_minor, section.currency),
+                "available": money(line.available_minor, section.currency),
+            } for line in section.lines],
+            "totals": {kind: money(amount, section.currency) for kind, amount in sorted(section.totals.items())},
+            "closing": {"pending": money(section.closing[0], section.currency),
+                        "available": money(section.closing[1], section.currency)},
+        } for section in statement_.currencies],
+    }
+
+
+CSV_COLUMNS = ("partner_id", "period", "currency", "row", "transaction_id", "effective_at", "original_effective_at",
+               "kind", "customer_id", "invoice_id", "event_id", "pending", "available")
+
+
+def to_csv(statement_: Statement) -> str:
+    """One row per line, framed by an `opening` and a `closing` row per currency."""
+    data = to_data(statement_)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for section in data["currencies"]:
+        base = [data["partner_id"], data["period"], section["currency"]]
+        writer.writerow(base + ["opening", "", "", "", "", "", "", "", section["opening"]["pending"],
+                                section["opening"]["available"]])
+        for line in section["lines"]:
+            writer.writerow(base + ["line"] + [line[k] if line[k] is not None else "" for k in CSV_COLUMNS[4:]])
+        writer.writerow(base + ["closing", "", "", "", "", "", "", "", section["closing"]["pending"],
+                                section["closing"]["available"]])
+    return out.getvalue()
+
+
+def to_text(statement_: Statement) -> str:
+    data = to_data(statement_)
+    status = data["period_status"] + (f", close hash {data['close_hash']}" if data["close_hash"] else "")
+    out = [f"Statement for partner {data['partner_id']}, period {data['period']} ({status})"]
+    for section in data["currencies"]:
+        out.append(f"\n{section['currency']}{'':>52}{'pending':>14}{'available':>14}")
+        out.append(f"  opening{'':>53}{section['opening']['pending']:>14}{section['opening']['available']:>14}")
+        for line in section["lines"]:
+            source = "/".join(x for x in (line["customer_id"], line["invoice_id"]) if x) or "-"
+            out.append(f"  {line['effective_at'][:10]} #{line['transaction_id']:<8} {line['kind']:<14} "
+                       f"{source[:26]:<26}{line['pending']:>14}{line['available']:>14}")
+        out.append(f"  closing{'':>53}{section['closing']['pending']:>14}{section['closing']['available']:>14}")
+        out.append("  totals: " + ", ".join(f"{kind} {amount}" for kind, amount in section["totals"].items()))
+    return "\n".join(out) + "\n"
