@@ -43,6 +43,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     close_grace_days: int = 3
     payout_day_of_month: int = 1
+    release_interval_minutes: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -60,12 +61,14 @@ class Settings:
             max_body_bytes=get("max_body_bytes"),
             close_grace_days=get("close_grace_days"),
             payout_day_of_month=get("payout_day_of_month"),
+            release_interval_minutes=get("release_interval_minutes"),
         )
 
     @classmethod
     def build(cls, *, database_url: str, log_level: str = "INFO", migration_database_url: str | None = None,
               max_body_bytes: str | int | None = None, close_grace_days: str | int | None = None,
-              payout_day_of_month: str | int | None = None) -> "Settings":
+              payout_day_of_month: str | int | None = None,
+              release_interval_minutes: str | int | None = None) -> "Settings":
         if not database_url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise SettingsError(f"{PREFIX}DATABASE_URL must be an sqlite:// or postgresql:// URL, got {database_url!r}")
         level = log_level.upper()
@@ -81,4 +84,5 @@ class Settings:
             max_body_bytes=pick("max_body_bytes", max_body_bytes, 1024, 1024**3),
             close_grace_days=pick("close_grace_days", close_grace_days, 0, 365),
             payout_day_of_month=pick("payout_day_of_month", payout_day_of_month, 1, 28),
+            release_interval_minutes=pick("release_interval_minutes", release_interval_minutes, 1, 1440),
         )

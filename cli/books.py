@@ -1,0 +1,203 @@
+"""`revshare` commands over the books: scheduler, demo, import, release-holds, payout-run, close,
+statement and trial-balance. Each parses its arguments, opens one transaction, calls the domain
+and prints; a domain error prints `error: ...` on stderr and exits with status 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Iterator
+
+import click
+
+from ledger.db import Database
+from ledger.errors import DomainError
+from ledger.settings import Settings
+
+
+@contextlib.contextmanager
+def domain_errors() -> Iterator[None]:
+    try:
+        yield
+    except DomainError as error:
+        fields = "".join(f"\n  {name}: {'; '.join(messages)}" for name, messages in error.fields.items())
+        click.echo(f"error: {error.detail}{fields}", err=True)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def opened(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.database_url)
+    try:
+        with domain_errors():
+            yield database
+    finally:
+        database.dispose()
+
+
+def parse_instant_option(value: str | None, name: str) -> int | None:
+    from ledger.instants import parse_as_of
+
+    if value is None:
+        return None
+    with domain_errors():
+        return parse_as_of(value, field=name)
+
+
+@click.command()
+@click.pass_obj
+def scheduler(settings: Settings) -> None:
+    """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped."""
+    from jobs.scheduler import run
+
+    run(settings)
+
+
+@click.command()
+@click.pass_obj
+def demo(settings: Settings) -> None:
+    """Load a realistic demo program (idempotent: a second load changes nothing)."""
+    from ledger.demo import load_demo
+
+    with opened(settings) as database, database.transaction() as session:
+        result = load_demo(session)
+    if result.loaded:
+        click.echo(f"demo loaded: {result.events} revenue events, {result.closed_periods} closed periods")
+    else:
+        click.echo("demo already loaded; nothing changed")
+
+
+@click.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=5000, show_default=True)
+@click.pass_obj
+def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
+    """Import revenue events from an NDJSON or CSV file. Safe to run again: nothing applies twice.
+    Exits 1 when any event was refused."""
+    from ledger.importer import detect_format, import_stream
+
+    with open(path, encoding="utf-8", newline="") as stream:
+        chosen = detect_format(path, stream.read(256)) if file_format == "auto" else file_format
+        stream.seek(0)
+        size = os.path.getsize(path)
+        with opened(settings) as database, click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
+            last = [0]
+
+            def advance(_events: int) -> None:
+                position = stream.buffer.tell() if hasattr(stream, "buffer") else last[0]
+                bar.update(max(0, position - last[0]))
+                last[0] = position
+
+            summary = import_stream(database, stream, chosen, batch_size=batch_size, progress=advance)
+    click.echo(f"read {summary.read} events")
+    for status in ("posted", "unattributed", "no_commission"):
+        click.echo(f"  {status}: {summary.statuses.get(status, 0)}")
+    click.echo(f"  replayed: {summary.replayed}")
+    click.echo(f"  refused: {summary.refused}")
+    for reason, count in summary.refusal_reasons.most_common():
+        click.echo(f"    {count} x {reason}")
+    for example in summary.refusal_examples:
+        click.echo(f"    {example}")
+    if summary.refused:
+        sys.exit(1)
+
+
+@click.command("release-holds")
+@click.option("--at", "at", default=None, help="Instant (RFC 3339) or date; default now.")
+@click.pass_obj
+def release_holds(settings: Settings, at: str | None) -> None:
+    """Release every hold matured by the instant."""
+    from ledger.holds import release_matured
+    from ledger.journal import now_us
+
+    at_us = parse_instant_option(at, "--at") or now_us()
+    with opened(settings) as database, database.transaction() as session:
+        released = release_matured(session, at_us)
+    click.echo(f"released: {released}")
+
+
+@click.command("payout-run")
+@click.option("--at", "at", default=None, help="Instant (RFC 3339) or date; default now.")
+@click.pass_obj
+def payout_run(settings: Settings, at: str | None) -> None:
+    """Pay every partner whose available balance reaches its plan's minimum."""
+    from ledger.instants import format_instant
+    from ledger.journal import now_us
+    from ledger.money import format_minor
+    from ledger.payouts import run_payouts
+
+    at_us = parse_instant_option(at, "--at") or now_us()
+    with opened(settings) as database, database.transaction() as session:
+        run = run_payouts(session, at_us)
+    click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
+    for payout in run.payouts:
+        click.echo(f"  payout {payout.id}: {payout.partner_id} {format_minor(payout.amount_minor, payout.currency)} "
+                   f"{payout.currency} {payout.status}")
+    click.echo(f"payouts: {len(run.payouts)}")
+
+
+@click.command()
+@click.argument("period")
+@click.pass_obj
+def close(settings: Settings, period: str) -> None:
+    """Close a period (YYYY-MM) that has ended, with its snapshot and close hash."""
+    from ledger.instants import parse_period
+    from ledger.periods import close_period
+
+    with opened(settings) as database:
+        parse_period(period)
+        with database.transaction() as session:
+            closed = close_period(session, period)
+    click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}")
+
+
+@click.command()
+@click.argument("partner_id")
+@click.option("--period", required=True, help="YYYY-MM")
+@click.option("--format", "output", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
+@click.pass_obj
+def statement(settings: Settings, partner_id: str, period: str, output: str) -> None:
+    """A partner's statement for a period."""
+    from ledger.instants import parse_period
+    from ledger.partners import get_partner
+    from ledger.statements import statement as build, to_csv, to_data, to_text
+
+    with opened(settings) as database:
+        parse_period(period)
+        with database.reader() as session:
+            get_partner(session, partner_id)
+            result = build(session, partner_id, period)
+    rendered = {"text": to_text, "csv": to_csv, "json": lambda s: json.dumps(to_data(s), indent=2) + "\n"}[output]
+    click.echo(rendered(result), nl=False)
+
+
+@click.command("trial-balance")
+@click.option("--as-of", "as_of", default=None, help="Instant (RFC 3339) or date (end of that day, UTC).")
+@click.pass_obj
+def trial_balance(settings: Settings, as_of: str | None) -> None:
+    """Debits and credits of every account per currency, with totals."""
+    from ledger.instants import format_instant
+    from ledger.money import format_minor
+    from ledger.trial_balance import trial_balance as build
+
+    before_us = parse_instant_option(as_of, "--as-of")
+    with opened(settings) as database, database.reader() as session:
+        report = build(session, before_us=before_us)
+    click.echo(f"trial balance as of {format_instant(before_us) if before_us else 'now'}")
+    click.echo(f"{'account':<44}{'cur':<5}{'debit':>16}{'credit':>16}{'balance':>16}")
+    for row in report.rows:
+        money = lambda minor: format_minor(minor, row.currency)  # noqa: E731
+        click.echo(f"{row.account:<44}{row.currency:<5}{money(row.debit_minor):>16}{money(row.credit_minor):>16}"
+                   f"{money(row.balance_minor):>16}")
+    for total in report.totals:
+        click.echo(f"{'total':<44}{total.currency:<5}{format_minor(total.debit_minor, total.currency):>16}"
+                   f"{format_minor(total.credit_minor, total.currency):>16}")
+    click.echo("balanced" if report.balanced else "NOT BALANCED")
+    if not report.balanced:
+        sys.exit(1)
+
+
+COMMANDS = (scheduler, demo, import_events, release_holds, payout_run, close, statement, trial_balance)

@@ -1,0 +1,97 @@
+"""Job bodies: each is a function of a session and an instant, idempotent, and returns figures.
+
+Each runs inside one writer transaction opened by `run_job`: on SQLite `BEGIN IMMEDIATE` takes the
+database's write lock up front; on PostgreSQL the job takes its own transaction-scoped advisory lock
+and the domain takes the journal lock. A second scheduler, or a rerun, therefore waits and then
+finds the work done: releases are keyed by accrual, closes by period, payout runs by instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Callable, NamedTuple
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from ledger import holds, payouts, periods, verify
+from ledger.db import Database, is_postgres
+from ledger.instants import from_us, next_period, period_bounds_us, period_of, to_us
+from ledger.journal import now_us as clock_now_us
+from ledger.settings import Settings
+
+log = logging.getLogger("revshare.jobs")
+
+JOB_LOCK_BASE = 0x6A6F_6273_0000_0000  # "jobs", plus the CRC-32 of the job id
+
+
+class JobResult(NamedTuple):
+    job: str
+    figures: dict
+
+
+def release_holds(session: Session, at_us: int) -> dict:
+    return {"released": holds.release_matured(session, at_us)}
+
+
+def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
+    """Close, oldest first, every period that ended more than `grace_days` before `at_us`."""
+    cutoff_us = at_us - grace_days * 86_400_000_000
+    last = periods.latest_close(session)
+    if last is not None:
+        candidate = next_period(last.period)
+    else:
+        first = session.execute(text("SELECT min(effective_at_us) FROM journal_lines")).scalar()
+        if first is None:
+            return {"closed": []}
+        candidate = period_of(first)
+    closed = []
+    while period_bounds_us(candidate)[1] <= cutoff_us:
+        closed.append(periods.close_period(session, candidate, now_us=at_us).period)
+        candidate = next_period(candidate)
+    return {"closed": closed}
+
+
+def payout_run(session: Session, at_us: int) -> dict:
+    """A payout run at the start of the day of `at_us` (UTC), so that reruns that day are replays."""
+    day = from_us(at_us).replace(hour=0, minute=0, second=0, microsecond=0)
+    run = payouts.run_payouts(session, to_us(day))
+    return {"run_id": run.id, "payouts": len(run.payouts), "replayed": run.replayed}
+
+
+def verify_books(session: Session, at_us: int) -> dict:
+    report = verify.verify(session)
+    for problem in report.problems:
+        log.error("verify: transaction %s: %s: %s", problem.transaction_id, problem.code, problem.message)
+    return {"ok": report.ok, "transactions_checked": report.transactions_checked, "problems": len(report.problems)}
+
+
+def job_table(settings: Settings) -> dict[str, Callable[[Session, int], dict]]:
+    """The jobs by id; the scheduler and `run_job` look them up here."""
+    return {
+        "release_holds": release_holds,
+        "close_periods": lambda session, at_us: close_due_periods(session, at_us, grace_days=settings.close_grace_days),
+        "payout_run": payout_run,
+        "verify": verify_books,
+    }
+
+
+# Jobs that only read run in a reader transaction, so that a long verify never blocks posting.
+READ_ONLY_JOBS = frozenset({"verify"})
+
+
+def run_job(database: Database, name: str, body: Callable[[Session, int], dict], at_us: int | None = None) -> JobResult:
+    """Run one job body in one transaction under the job's lock; log what it did in figures."""
+    at = clock_now_us() if at_us is None else at_us
+    if name in READ_ONLY_JOBS:
+        with database.reader() as session:
+            figures = body(session, at)
+    else:
+        with database.transaction() as session:
+            if is_postgres(session):
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                {"key": JOB_LOCK_BASE + zlib.crc32(name.encode())})
+            figures = body(session, at)
+    log.info("job %s at %s: %s", name, from_us(at).isoformat(), figures)
+    return JobResult(name, figures)

@@ -1,0 +1,70 @@
+"""The scheduler process: an APScheduler 3 BlockingScheduler in UTC with one entry per job.
+
+Schedules come from the validated settings: release matured holds every
+`release_interval_minutes`; close due periods daily (a period is due `close_grace_days` after it
+ends, and the job catches up on every overdue period after downtime); the payout run on
+`payout_day_of_month`; verify nightly. Jobs coalesce missed runs, never overlap themselves
+(max_instances=1), and a job that raises is logged with its error and runs again at its next time:
+the scheduler itself never stops on a job's failure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from jobs.bodies import job_table, run_job
+from ledger.db import Database
+from ledger.settings import Settings
+
+log = logging.getLogger("revshare.scheduler")
+MISFIRE_GRACE_SECONDS = 3600
+
+
+def triggers(settings: Settings) -> dict:
+    return {
+        "release_holds": IntervalTrigger(minutes=settings.release_interval_minutes, timezone="UTC"),
+        "close_periods": CronTrigger(hour=0, minute=30, timezone="UTC"),
+        "payout_run": CronTrigger(day=settings.payout_day_of_month, hour=1, timezone="UTC"),
+        "verify": CronTrigger(hour=3, minute=0, timezone="UTC"),
+    }
+
+
+def _on_event(event) -> None:
+    if event.code == EVENT_JOB_ERROR:
+        log.error("job %s failed: %r; it will run again at its next time", event.job_id, event.exception)
+    elif event.code == EVENT_JOB_MISSED:
+        log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
+
+
+def build_scheduler(settings: Settings, database: Database, scheduler: BaseScheduler | None = None,
+                    jobs: dict | None = None, schedule: dict | None = None) -> BaseScheduler:
+    """Add every job to `scheduler` (a BlockingScheduler unless given). Tests pass their own
+    scheduler, jobs and triggers."""
+    scheduler = scheduler or BlockingScheduler(timezone="UTC")
+    scheduler.add_listener(_on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    bodies = jobs if jobs is not None else job_table(settings)
+    when = schedule if schedule is not None else triggers(settings)
+    for name, body in bodies.items():
+        scheduler.add_job(run_job, when[name], args=(database, name, body), id=name, name=name,
+                          coalesce=True, max_instances=1, misfire_grace_time=MISFIRE_GRACE_SECONDS,
+                          replace_existing=True)
+    return scheduler
+
+
+def run(settings: Settings) -> None:
+    database = Database(settings.database_url)
+    scheduler = build_scheduler(settings, database)
+    for job in scheduler.get_jobs():
+        log.info("scheduled %s: %s", job.id, job.trigger)
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("scheduler stopped")
+    finally:
+        database.dispose()
