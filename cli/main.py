@@ -11,6 +11,7 @@ import sys
 import click
 
 from ledger.db import Database
+from ledger.schema import API_ROLES
 from ledger.settings import Settings, SettingsError
 
 
@@ -64,6 +65,55 @@ def verify(settings: Settings) -> None:
         click.echo(f"{len(report.problems)} problem(s) found", err=True)
         sys.exit(1)
     click.echo("ok")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.pass_obj
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API with gunicorn (wsgi:app)."""
+    from cli import server
+
+    server.run(server.gunicorn_options(host=host, port=port, workers=workers, log_level=settings.log_level))
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(API_ROLES))
+@click.option("--partner", "partner_id", default=None, help="The partner a partner key is bound to.")
+@click.pass_obj
+def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
+    """Create an API key and print it (alone, on the last line); it is not shown again."""
+    from ledger.errors import DomainError
+    from ledger.keys import create_key
+
+    database = Database(settings.database_url)
+    try:
+        with database.transaction() as session:
+            key_id, key = create_key(session, role, partner_id)
+    except DomainError as error:
+        raise click.UsageError(error.detail) from None
+    finally:
+        database.dispose()
+    click.echo(f"id: {key_id}")
+    click.echo(f"role: {role}" + (f" (partner {partner_id})" if partner_id else ""))
+    click.echo(key)
+
+
+def _register_book_commands() -> None:
+    from cli.books import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_book_commands()
 
 
 if __name__ == "__main__":

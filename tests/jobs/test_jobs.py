@@ -1,0 +1,152 @@
+"""Each job with an explicit instant, idempotent on rerun; races on PostgreSQL post once; a failing
+job does not stop the scheduler."""
+
+import logging
+import threading
+import time
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import func, select
+
+from jobs import bodies
+from jobs.scheduler import build_scheduler
+from ledger import revenue
+from ledger.balances import partner_balances
+from ledger.periods import list_periods
+from ledger.schema import journal_transactions, payouts
+from ledger.settings import Settings
+from tests.program import at, monthly_events, seed
+
+
+@pytest.fixture
+def books(database):
+    with database.transaction() as session:
+        seed(session)
+        results = revenue.ingest(session, monthly_events())
+    assert not [r for r in results if isinstance(r, revenue.Refusal)]
+    return database
+
+
+def count(database, kind: str) -> int:
+    with database.reader() as session:
+        return session.execute(select(func.count()).select_from(journal_transactions)
+                               .where(journal_transactions.c.kind == kind)).scalar_one()
+
+
+def test_the_release_job_releases_what_matured_by_its_instant_once(books):
+    first = bodies.run_job(books, "release_holds", bodies.release_holds, at("2026-02-15"))
+    again = bodies.run_job(books, "release_holds", bodies.release_holds, at("2026-02-15"))
+    later = bodies.run_job(books, "release_holds", bodies.release_holds, at("2026-03-15"))
+    # January's three invoices and their overrides matured on 2026-02-09; the refund of inv-acme-1
+    # (posted 2026-02-20) already released that invoice's two pieces before clawing back, so 4 remain.
+    # February's six pieces matured on 2026-03-12.
+    assert first.figures == {"released": 4} and again.figures == {"released": 0}
+    assert later.figures["released"] == 6
+    with books.reader() as session:
+        pending, available = partner_balances(session, "northwind", before_us=at("2026-02-15"))["USD"]
+        after_refund = partner_balances(session, "northwind", before_us=at("2026-02-21"))["USD"]
+    assert (pending, available) == (12_000, 12_000)  # February accrued, January released
+    assert after_refund == (12_000, 12_000 - 500)  # the 2,500 refund of a 10,000 invoice claws 500 back
+
+
+def test_the_close_job_catches_up_on_every_overdue_month_oldest_first(books):
+    settings = Settings.build(database_url=books.url, close_grace_days=3)
+    close = bodies.job_table(settings)["close_periods"]
+    early = bodies.run_job(books, "close_periods", close, at("2026-05-03T23:59:59Z"))
+    caught_up = bodies.run_job(books, "close_periods", close, at("2026-05-10"))
+    again = bodies.run_job(books, "close_periods", close, at("2026-05-10"))
+    assert early.figures == {"closed": ["2026-01", "2026-02", "2026-03"]}
+    assert caught_up.figures == {"closed": ["2026-04"]} and again.figures == {"closed": []}
+    with books.reader() as session:
+        assert [close.period for close in list_periods(session)] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+
+
+def test_the_payout_job_runs_once_per_day(books):
+    first = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01T01:00:00Z"))
+    rerun = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01T13:00:00Z"))
+    # northwind: 24,000 released minus the 500 clawback; globex's overrides (2,350) are under its 5,000 minimum
+    assert first.figures["payouts"] == 1 and first.figures["replayed"] is False
+    assert rerun.figures == {**first.figures, "replayed": True}
+    assert count(books, "payout") == 1
+
+
+def test_the_verify_job_reports_figures(books):
+    result = bodies.run_job(books, "verify", bodies.verify_books, at("2026-05-01"))
+    assert result.figures["ok"] is True and result.figures["problems"] == 0
+    # accruals and overrides of 12 invoices, the refund's 2 clawbacks and the 2 releases before them
+    assert result.figures["transactions_checked"] == 24 + 2 + 2 == sum(
+        count(books, kind) for kind in ("accrual", "override", "clawback", "release"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("job", ["release_holds", "close_periods", "payout_run"])
+def test_two_schedulers_running_a_job_at_once_post_once(postgres_database, job):
+    with postgres_database.transaction() as session:
+        seed(session)
+        revenue.ingest(session, monthly_events())
+    body = bodies.job_table(Settings.build(database_url=postgres_database.url))[job]
+    barrier, results, errors = threading.Barrier(2), [], []
+
+    def race():
+        barrier.wait()
+        try:
+            results.append(bodies.run_job(postgres_database, job, body, at("2026-06-01T02:00:00Z")).figures)
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=race) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with postgres_database.reader() as session:
+        kinds = dict(session.execute(select(journal_transactions.c.kind, func.count())
+                                     .group_by(journal_transactions.c.kind)).all())
+        payout_rows = session.execute(select(func.count()).select_from(payouts)).scalar_one()
+        closes = [c.period for c in list_periods(session)]
+    if job == "close_periods":
+        # May ended on 06-01, within the 3 grace days: January to April close, releasing what matured by April's end
+        assert sorted(r["closed"] for r in results) == [[], ["2026-01", "2026-02", "2026-03", "2026-04"]]
+        assert closes == ["2026-01", "2026-02", "2026-03", "2026-04"] and kinds["release"] == 18
+    else:
+        assert kinds["release"] == 24  # every hold of January to April, released exactly once
+    if job == "payout_run":
+        assert sorted(r["replayed"] for r in results) == [False, True] and payout_rows == 1
+
+
+def test_a_failing_job_is_logged_and_the_scheduler_keeps_running(sqlite_database, caplog):
+    ticks, booms = [], []
+
+    def tick(session, at_us):
+        ticks.append(at_us)
+        return {"ticks": len(ticks)}
+
+    def boom(session, at_us):
+        booms.append(at_us)
+        raise RuntimeError("the job broke")
+
+    scheduler = build_scheduler(Settings.build(database_url=sqlite_database.url), sqlite_database,
+                                scheduler=BackgroundScheduler(timezone="UTC"),
+                                jobs={"tick": tick, "boom": boom},
+                                schedule={"tick": IntervalTrigger(seconds=0.2), "boom": IntervalTrigger(seconds=0.2)})
+    with caplog.at_level(logging.ERROR, logger="revshare.scheduler"):
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while (len(booms) < 3 or len(ticks) < 3) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running = scheduler.running
+        scheduler.shutdown(wait=True)
+    assert running and len(booms) >= 3 and len(ticks) >= 3
+    assert "job boom failed: RuntimeError('the job broke')" in caplog.text
+
+
+def test_the_production_schedule_has_one_entry_per_job_with_no_overlap(sqlite_database):
+    scheduler = build_scheduler(Settings.build(database_url=sqlite_database.url, payout_day_of_month=5),
+                                sqlite_database, scheduler=BackgroundScheduler(timezone="UTC"))
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert sorted(jobs) == ["close_periods", "payout_run", "release_holds", "verify"]
+    assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
+    assert "day='5'" in str(jobs["payout_run"].trigger)

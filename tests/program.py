@@ -1,0 +1,47 @@
+"""A small partner program for tests outside the commission scenarios: one plan, two partners
+(northwind under globex), customers attributed from 2026-01-01, and event builders."""
+
+from ledger import customers, partners, plans, revenue
+from ledger.instants import parse_date, parse_instant
+
+PLAN = {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": 12, "hold_days": 30,
+        "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"}
+PARENT_PLAN = {**PLAN, "override": {"rate": "0.10", "basis": "commission"}}
+
+
+def at(text: str) -> int:
+    return parse_instant(text if "T" in text else text + "T00:00:00Z", field="t")
+
+
+def seed(session, customer_ids=("acme", "globex-corp", "initrode")) -> None:
+    plans.create_plan(session, "standard", "Standard", PLAN)
+    plans.create_plan(session, "parent", "Parent", PARENT_PLAN)
+    partners.create_partner(session, "globex", "Globex", "distributor", "parent")
+    partners.create_partner(session, "northwind", "Northwind", "msp", "standard", "globex")
+    for customer_id in customer_ids:
+        customers.attribute(session, customer_id, "northwind", parse_date("2026-01-01", field="d"), "manual")
+
+
+def paid(event_id: str, customer_id: str, invoice_id: str, amount_minor: int, when: str,
+         kind: str = "invoice_paid") -> revenue.RevenueEvent:
+    return revenue.RevenueEvent(event_id, kind, customer_id, invoice_id, "USD", amount_minor, at(when))
+
+
+def event_dict(event: revenue.RevenueEvent) -> dict:
+    from ledger.instants import format_instant
+    from ledger.money import format_minor
+
+    return {"id": event.id, "type": event.type, "customer_id": event.customer_id, "invoice_id": event.invoice_id,
+            "amount": {"amount": format_minor(event.amount_minor, event.currency), "currency": event.currency},
+            "occurred_at": format_instant(event.occurred_at_us)}
+
+
+def monthly_events(months: int = 4, customer_ids=("acme", "globex-corp", "initrode")) -> list[revenue.RevenueEvent]:
+    events = []
+    for month in range(1, months + 1):
+        for index, customer_id in enumerate(customer_ids):
+            invoice = f"inv-{customer_id}-{month}"
+            events.append(paid(f"e-{invoice}", customer_id, invoice, 10_000 * (index + 1), f"2026-{month:02d}-10"))
+    if "acme" in customer_ids and months >= 2:
+        events.append(paid("e-refund-acme-1", "acme", "inv-acme-1", 2_500, "2026-02-20", kind="refund"))
+    return events
