@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import journal
 from ledger.commission import EARNING_KINDS, Piece
+from ledger.db import insert_many
 from ledger.schema import accounts, journal_lines, journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
@@ -116,9 +117,9 @@ def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int) ->
     return ended
 
 
-def add_holds(session: Session, holds: list[dict]) -> None:
-    if holds:
-        session.execute(insert(open_holds), holds)
+def add_holds(session: Session, holds: list[tuple[int, int]]) -> None:
+    """Queue (accrual id, matures at) pairs for release."""
+    insert_many(session, open_holds, ("accrual_id", "matures_at_us"), holds)
 
 
 def end_holds(session: Session, accrual_ids: list[int]) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import lock_journal
+from ledger.db import insert_many, lock_journal
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ledger.money import currency_exponent
 from ledger.schema import (
@@ -160,7 +160,7 @@ class Batch:
         self.boundary_us = closed_boundary_us(session)
         self._known: dict[str, tuple[int, str]] = {}
         self._drafts: list[Draft] = []
-        self._headers: list[dict] = []
+        self._headers: list[tuple] = []
 
     def preload(self, keys: Iterable[str]) -> None:
         missing = [key for key in keys if key not in self._known]
@@ -181,9 +181,8 @@ class Batch:
         prev_hash, self.head_hash = self.head_hash, chain_hash(
             self.head_hash, self.head_id, self.recorded_at_us, posted_at, original, hash_hex)
         self._known[draft.idempotency_key] = (self.head_id, hash_hex)
-        header = _header_row(draft, self.head_id, self.recorded_at_us, hash_hex, prev_hash, self.head_hash)
-        header.update(effective_at_us=posted_at, original_effective_at_us=original)
-        self._headers.append(header)
+        self._headers.append(_header_row(draft, self.head_id, self.recorded_at_us, posted_at, original, hash_hex,
+                                         prev_hash, self.head_hash))
         self._drafts.append(draft)
         return Posted(self.head_id, False)
 
@@ -208,26 +207,24 @@ def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | Non
     return results
 
 
-def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, hash_hex: str, prev_hash: str,
-                chained: str) -> dict:
-    row = {field: getattr(draft, field) for field in _LINK_FIELDS}
-    row.update(id=transaction_id, kind=draft.kind, effective_at_us=draft.effective_at_us,
-               original_effective_at_us=None, recorded_at_us=recorded_at_us,
-               idempotency_key=draft.idempotency_key, request_hash=hash_hex, prev_hash=prev_hash, hash=chained)
-    return row
+_HEADER_COLUMNS = ("id", "kind", "effective_at_us", "original_effective_at_us", "recorded_at_us", "idempotency_key",
+                   "request_hash", *_LINK_FIELDS, "prev_hash", "hash")
+_LINE_COLUMNS = ("transaction_id", "account_id", "currency", "side", "amount_minor", "effective_at_us")
 
 
-def _write(session: Session, drafts: list[Draft], headers: list[dict]) -> None:
+def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, posted_at_us: int, original_us: int | None,
+                hash_hex: str, prev_hash: str, chained: str) -> tuple:
+    return (transaction_id, draft.kind, posted_at_us, original_us, recorded_at_us, draft.idempotency_key, hash_hex,
+            *draft[4:], prev_hash, chained)
+
+
+def _write(session: Session, drafts: list[Draft], headers: list[tuple]) -> None:
     """Lines first, then the headers that seal them (the database checks balance at the seal)."""
-    names = {line.account for draft in drafts for line in draft.lines}
-    ids = chart.account_ids(session, names)
-    lines = [
-        {"transaction_id": header["id"], "account_id": ids[line.account], "currency": line.currency,
-         "side": line.side, "amount_minor": line.amount_minor, "effective_at_us": header["effective_at_us"]}
-        for draft, header in zip(drafts, headers) for line in draft.lines
-    ]
-    session.execute(insert(journal_lines), lines)
-    session.execute(insert(journal_transactions), headers)
+    ids = chart.account_ids(session, {line.account for draft in drafts for line in draft.lines})
+    lines = [(header[0], ids[line.account], line.currency, line.side, line.amount_minor, header[2])
+             for draft, header in zip(drafts, headers) for line in draft.lines]
+    insert_many(session, journal_lines, _LINE_COLUMNS, lines)
+    insert_many(session, journal_transactions, _HEADER_COLUMNS, headers)
 
 
 def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -242,8 +239,8 @@ def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[i
 
 
 def _conflict(session: Session, draft: Draft, existing_id: int, pending_drafts: list[Draft],
-              pending_headers: list[dict]) -> IdempotencyConflict:
-    earlier = next((d for d, h in zip(pending_drafts, pending_headers) if h["id"] == existing_id), None)
+              pending_headers: list[tuple]) -> IdempotencyConflict:
+    earlier = next((d for d, h in zip(pending_drafts, pending_headers) if h[0] == existing_id), None)
     stored = earlier if earlier is not None else load_draft(session, existing_id)
     fields = differing_fields(draft, stored)
     message = f"idempotency key {draft.idempotency_key!r} was used for transaction {existing_id} with other content"

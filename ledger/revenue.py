@@ -19,13 +19,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
+from ledger.db import insert_many
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import parse_amount_minor
@@ -35,6 +36,9 @@ from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, reve
 BATCH_EVENTS_MAX = 10_000
 EVENT_FIELDS = ("id", "type", "customer_id", "invoice_id", "amount", "occurred_at")
 REFUND_TYPES = ("refund", "chargeback")
+# RevenueEvent's fields, then what the service adds, in table column order.
+EVENT_COLUMNS = ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
+                 "recorded_at_us", "request_hash", "status", "first_eligible_customer_id")
 
 
 class RevenueEvent(NamedTuple):
@@ -193,8 +197,8 @@ class _Writer:
 
     def __init__(self, session: Session, batch: journal.Batch, context: _Context | None) -> None:
         self.session, self.batch, self.context = session, batch, context
-        self.event_rows: list[dict] = []
-        self.hold_rows: list[dict] = []
+        self.event_rows: list[tuple] = []
+        self.hold_rows: list[tuple] = []
         self.ended_holds: list[int] = []
         self.decided: dict[str, tuple[str, Outcome]] = {}  # event id -> (hash, outcome) within the batch
 
@@ -221,11 +225,7 @@ class _Writer:
         handler = self._paid if event.type == "invoice_paid" else (
             self._refund if event.type in REFUND_TYPES else self._dispute_won)
         status, lines, claim = handler(event)
-        self.event_rows.append(dict(
-            id=event.id, type=event.type, customer_id=event.customer_id, invoice_id=event.invoice_id,
-            currency=event.currency, amount_minor=event.amount_minor, occurred_at_us=event.occurred_at_us,
-            recorded_at_us=self.batch.recorded_at_us, request_hash=hash_hex, status=status,
-            first_eligible_customer_id=claim))
+        self.event_rows.append((*event, self.batch.recorded_at_us, hash_hex, status, claim))
         return Outcome(event.id, status, tuple(line for line, _ in lines), tuple(tid for _, tid in lines))
 
     def _post(self, draft: journal.Draft, kind: str, signed_minor: int) -> tuple[CommissionLine, int]:
@@ -240,8 +240,11 @@ class _Writer:
         invoice = _Invoice(event.invoice_id, event.customer_id, event.currency, event.amount_minor,
                            event.occurred_at_us, "unattributed")
         if attribution is None:
+            # A customer attributed from a later date is matched but earns nothing yet: no_commission.
+            if context.attributions.knows(event.customer_id):
+                invoice.paid_status = "no_commission"
             context.invoices[event.invoice_id] = invoice
-            return "unattributed", [], None
+            return invoice.paid_status, [], None
         window_start_us, partner_id = attribution
         earner = context.program.earner_at(partner_id, event.occurred_at_us)
         eligible, earnings = False, []
@@ -273,7 +276,7 @@ class _Writer:
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
                                     customer_id=event.customer_id, invoice_id=event.invoice_id))
-        self.hold_rows.append({"accrual_id": transaction_id, "matures_at_us": matures})
+        self.hold_rows.append((transaction_id, matures))
         return line, transaction_id
 
     def _invoice_for(self, event: RevenueEvent) -> _Invoice:
@@ -336,8 +339,7 @@ class _Writer:
 
     def flush(self) -> None:
         self.batch.flush()
-        if self.event_rows:
-            self.session.execute(insert(revenue_events), self.event_rows)
+        insert_many(self.session, revenue_events, EVENT_COLUMNS, self.event_rows)
         holds.add_holds(self.session, self.hold_rows)
         holds.end_holds(self.session, sorted(set(self.ended_holds)))
 
