@@ -1,0 +1,45 @@
+"""On PostgreSQL the service's role can read and append, and nothing more: UPDATE, DELETE and
+TRUNCATE of journal data are refused by privilege before any trigger runs."""
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.db import Database
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def app_database(postgres_database):
+    with postgres_database.engine.begin() as connection:
+        connection.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'svc') "
+                                   "THEN CREATE ROLE svc LOGIN IN ROLE revshare_app; END IF; END $$")
+    url = postgres_database.url.replace("postgres@", "svc@", 1)
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+def test_the_application_role_posts_and_reads(app_database):
+    with app_database.transaction() as session:
+        [posted] = journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT,
+                                                           chart.available("p1"), "USD", 100, effective_at_us=1,
+                                                           idempotency_key="a")])
+    with app_database.reader() as session:
+        assert journal.load_draft(session, posted.id).lines[0].amount_minor == 100
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE journal_lines SET amount_minor = 1",
+    "DELETE FROM journal_transactions",
+    "TRUNCATE journal_lines CASCADE",
+    "UPDATE revenue_events SET status = 'posted'",
+    "DELETE FROM period_snapshots",
+    "UPDATE accounts SET name = 'x'",
+])
+def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+        with app_database.engine.begin() as connection:
+            connection.exec_driver_sql(statement)
