@@ -22,7 +22,8 @@ test: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/revshare db upgrade
-	$(BIN)/revshare verify
+	$(BIN)/revshare demo
+	$(BIN)/revshare serve
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,59 @@
+"""The HTTP API (contract: DESIGN.md, "HTTP API contract (v1)"): a Flask app factory over `ledger/`.
+
+Nothing is built at import time: `create_app()` makes the settings (from the environment unless
+given), the database, the app and its flask-smorest `Api`. Routes are thin: parse, call the domain,
+render. A request passes, in order:
+
+1. routing: unknown URL 404, wrong method 405;
+2. authentication and role (`auth.py`): 401, 403, or 404 for a partner key;
+3. body checks (`body.py`): 413 too large, 415 not JSON;
+4. parsing and validation (webargs + `fields.py`): 400 not JSON, 422 naming the fields;
+5. the domain: its errors map to 404, 409, 422 (`errors.py`);
+6. the response: the request's session (`session.py`) commits on 2xx and rolls back otherwise.
+
+OpenAPI 3 is served at `/v1/openapi.json` and Swagger UI at `/docs` (its assets come from a CDN).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api import auth, body, errors, session
+from api.routes import BLUEPRINTS
+from ledger.db import Database
+from ledger.settings import Settings
+
+SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    database = database or Database(settings.database_url)
+    app = Flask(__name__, static_folder=None)
+    app.config.update(_config(settings))
+    app.logger.setLevel(settings.log_level)
+    session.install(app, settings, database)
+    errors.install(app)
+    app.before_request(auth.authenticate_request)
+    app.before_request(body.check_body)
+    api = errors.Api(app)
+    api.spec.components.security_scheme(auth.SECURITY_SCHEME, {"type": "http", "scheme": "bearer"})
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint, url_prefix="/v1")
+    auth.check_declared(app)
+    return app
+
+
+def _config(settings: Settings) -> dict:
+    return {
+        "MAX_CONTENT_LENGTH": settings.max_body_bytes,
+        # Unexpected exceptions become a logged 500 problem, in tests too, never a traceback to the client.
+        "PROPAGATE_EXCEPTIONS": False,
+        "API_TITLE": "revshare-ledger",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "v1/openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        "OPENAPI_SWAGGER_UI_URL": SWAGGER_UI_CDN,
+    }

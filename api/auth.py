@@ -1,0 +1,114 @@
+"""Who is calling, and may they: API keys and roles, checked before anything else about a request.
+
+Every view declares its access with `@public` or `@allow(*roles)`; `create_app` refuses to start
+if one does not. `authenticate_request` runs before body checks and validation, so a request with
+no or a bad key is a 401 even when its body is invalid.
+
+Roles: `admin` passes everything; the others pass the views that list them. A role that is not
+listed gets 403, except a partner key, which gets the same 404 as an unknown URL: to a partner,
+anything but its own books does not exist. Inside views, `partner_scope()` is the partner id a
+partner key is bound to (None for other roles) and `require_visible()` turns another partner's
+record into that 404.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Callable, NamedTuple
+
+from flask import Flask, current_app, g, request
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
+
+from api.session import current_session
+from ledger import keys
+from ledger.errors import NotFound as DomainNotFound
+from ledger.keys import Principal
+from ledger.schema import API_ROLES
+
+ACCESS_ATTRIBUTE = "revshare_access"
+SECURITY_SCHEME = "bearerAuth"
+# flask-smorest's own views (the OpenAPI document and the docs page) are public.
+DOCS_ENDPOINT_PREFIX = "api-docs."
+
+
+class Access(NamedTuple):
+    public: bool
+    roles: frozenset[str]
+
+
+def _declare(view: Callable, access: Access, security: list) -> Callable:
+    setattr(view, ACCESS_ATTRIBUTE, access)
+    view._apidoc = deepcopy(getattr(view, "_apidoc", {}))
+    view._apidoc.setdefault("manual_doc", {})["security"] = security
+    return view
+
+
+def public(view: Callable) -> Callable:
+    """Anyone may call this view, without a key."""
+    return _declare(view, Access(True, frozenset()), [])
+
+
+def allow(*roles: str) -> Callable[[Callable], Callable]:
+    """Keys of these roles (and admin keys) may call this view."""
+    assert roles and set(roles) <= set(API_ROLES), roles
+
+    def declare(view: Callable) -> Callable:
+        return _declare(view, Access(False, frozenset(roles) | {"admin"}), [{SECURITY_SCHEME: []}])
+
+    return declare
+
+
+def check_declared(app: Flask) -> None:
+    """Every view states its access; a missing declaration is a programmer error."""
+    for endpoint, view in app.view_functions.items():
+        assert endpoint.startswith(DOCS_ENDPOINT_PREFIX) or hasattr(view, ACCESS_ATTRIBUTE), \
+            f"view {endpoint} declares neither @public nor @allow(...)"
+
+
+def authenticate_request() -> None:
+    if request.endpoint is None or request.endpoint.startswith(DOCS_ENDPOINT_PREFIX):
+        return  # routing failed (404/405 follows) or flask-smorest's docs
+    access: Access = getattr(current_app.view_functions[request.endpoint], ACCESS_ATTRIBUTE)
+    if access.public:
+        return
+    principal = _presented_principal()
+    g.principal = principal
+    if principal.role not in access.roles:
+        if principal.role == "partner":
+            raise NotFound()
+        raise Forbidden(f"The {principal.role} role may not use this resource.")
+
+
+def _presented_principal() -> Principal:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("An API key is required: send `Authorization: Bearer <key>`.",
+                           www_authenticate=_challenge())
+    principal = keys.authenticate(current_session(), token.strip())
+    if principal is None:
+        raise Unauthorized("The API key is not valid.", www_authenticate=_challenge())
+    return principal
+
+
+def _challenge() -> WWWAuthenticate:
+    return WWWAuthenticate("bearer", {"realm": "revshare"})
+
+
+def current_principal() -> Principal:
+    principal = g.get("principal")
+    assert principal is not None, "current_principal() outside an authenticated view"
+    return principal
+
+
+def partner_scope() -> str | None:
+    """The partner a partner key is bound to; None for every other role (they see all partners)."""
+    principal = current_principal()
+    return principal.partner_id if principal.role == "partner" else None
+
+
+def require_visible(partner_id: str | None, what: str) -> None:
+    """404 `<what> not found` when a partner key asks for a record that is not its own."""
+    scope = partner_scope()
+    if scope is not None and partner_id != scope:
+        raise DomainNotFound(f"{what} not found")

@@ -1,0 +1,118 @@
+"""Every error response is `application/problem+json` (RFC 9457): `{type, title, status, detail}`,
+plus `errors: {field: [messages]}` on a 422 (always) and on any error that names fields (an
+idempotency conflict names the fields that differ).
+
+Three sources, mapped here once:
+- domain errors (`ledger.errors.DomainError`): their own status, title, detail and fields; `type`
+  names the error class, so clients can tell an idempotency conflict from another conflict;
+- HTTP errors (routing, auth, body checks, webargs validation): the status's standard title and a
+  fixed detail; validation messages are flattened to dotted field paths (`events.3.amount`);
+- anything unexpected: a 500 whose detail says nothing about internals (Flask has logged it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from http import HTTPStatus
+from typing import Any
+
+import flask_smorest
+from flask import Flask, Response, current_app
+from werkzeug.exceptions import HTTPException
+
+from api.schemas import ProblemSchema
+from ledger.errors import DomainError
+
+PROBLEM_MIMETYPE = "application/problem+json"
+TYPE_PREFIX = "urn:revshare:problem:"
+
+_DETAILS = {
+    400: "The request could not be understood.",
+    401: "An API key is required: send `Authorization: Bearer <key>`.",
+    403: "This API key's role may not use this resource.",
+    404: "The requested resource was not found.",
+    405: "This method is not allowed on this resource.",
+    409: "The request conflicts with the current state of the books.",
+    413: "The request body is too large.",
+    415: "The request body must be JSON (Content-Type: application/json).",
+    422: "The request is invalid; `errors` names each field.",
+    500: "An unexpected error occurred. It has been logged.",
+}
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate")
+
+
+def problem(status: int, detail: str, *, title: str | None = None, type_name: str | None = None,
+            errors: dict[str, list[str]] | None = None, headers: dict[str, str] | None = None) -> Response:
+    """A problem+json response."""
+    title = title or _sentence_case(HTTPStatus(status).phrase)
+    body: dict[str, Any] = {"type": TYPE_PREFIX + (type_name or _slug(title)), "title": title, "status": status,
+                            "detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    return current_app.response_class(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE,
+                                      headers=headers or {})
+
+
+def domain_problem(error: DomainError) -> Response:
+    errors = error.fields if error.fields or error.status == 422 else None
+    return problem(error.status, error.detail, title=error.title, type_name=_slug(type(error).__name__),
+                   errors=errors)
+
+
+def http_problem(error: HTTPException) -> Response:
+    status = error.code or 500
+    if status >= 500:  # the details stay in Flask's log of the exception, never in the response
+        return problem(status, _DETAILS.get(status, HTTPStatus(status).description))
+    headers = {name: value for name, value in error.get_headers() if name in _KEPT_HEADERS}
+    errors = validation_errors(error) if status == 422 else None
+    return problem(status, _detail(error, status), errors=errors, headers=headers)
+
+
+def _detail(error: HTTPException, status: int) -> str:
+    """The description a raise site gave, else the fixed text for the status."""
+    customized = error.description and error.description != type(error).description
+    return error.description if customized else _DETAILS.get(status, HTTPStatus(status).description)
+
+
+def validation_errors(error: HTTPException) -> dict[str, list[str]]:
+    """webargs's `{location: {field: messages}}` as `{dotted.field: [messages]}`."""
+    data = getattr(error, "data", None) or {}
+    flat: dict[str, list[str]] = {}
+    for by_location in (data.get("messages") or {}).values():
+        _flatten(by_location, "", flat)
+    return flat
+
+
+def _flatten(messages: Any, path: str, into: dict[str, list[str]]) -> None:
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = path if key == "_schema" else f"{path}.{key}" if path else str(key)
+            _flatten(value, name, into)
+        return
+    texts = messages if isinstance(messages, list) else [messages]
+    into.setdefault(path or "body", []).extend(str(text) for text in texts)
+
+
+def _sentence_case(phrase: str) -> str:
+    """"Not Found" as "Not found", like the domain errors' titles."""
+    return phrase[:1] + phrase[1:].lower()
+
+
+def _slug(name: str) -> str:
+    """`IdempotencyConflict` and `Not Found` become `idempotency-conflict` and `not-found`."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name)
+    return re.sub(r"[^a-z0-9]+", "-", spaced.lower()).strip("-")
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api, rendering its HTTP errors as problem+json and documenting them so."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Response:
+        return http_problem(error)
+
+
+def install(app: Flask) -> None:
+    app.register_error_handler(DomainError, domain_problem)

@@ -1,0 +1,227 @@
+"""Marshmallow fields for the contract's value types, each parsed by the domain's own parser.
+
+| field      | JSON                                      | Python                          |
+|------------|-------------------------------------------|---------------------------------|
+| `Money`    | `{"amount": "123.45", "currency": "USD"}` | `Amount(amount_minor, currency)`|
+| `Currency` | `"USD"`                                   | `str`                           |
+| `Instant`  | RFC 3339 with an offset                   | `int` microseconds since epoch  |
+| `AsOf`     | an instant, or a date (= end of that day) | `int` microseconds (exclusive)  |
+| `Date`     | `"YYYY-MM-DD"`                            | `datetime.date`                 |
+| `Period`   | `"YYYY-MM"`                               | `str`                           |
+| `Rate`     | decimal string in [0, 1]                  | `Decimal`                       |
+| `PartnerId`| 1-64 of letters, digits, `_ . -`          | `str`                           |
+| `Str(n)`   | a string of 1..n characters               | `str`                           |
+
+Every string has a length limit, checked before any parsing. A domain parser's `InvalidInput`
+becomes a marshmallow `ValidationError`, so the 422 names the field as the client spelt it. Money
+never passes through a float: a JSON number is refused.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import marshmallow as ma
+from moneyed import Money as MoneyedMoney
+
+from ledger.accounts import validate_partner_id
+from ledger.errors import InvalidInput
+from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period
+from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
+
+AMOUNT_TEXT_MAX = 40
+INSTANT_TEXT_MAX = 40
+
+
+class Amount(NamedTuple):
+    """An exact amount: integer minor units and the ISO 4217 code."""
+
+    amount_minor: int
+    currency: str
+
+    @property
+    def money(self) -> MoneyedMoney:
+        return to_money(self.amount_minor, self.currency)
+
+
+def _messages(error: InvalidInput) -> list[str]:
+    return [message for messages in error.fields.values() for message in messages] or [error.detail]
+
+
+def storable(text: str) -> None:
+    """Refuse what a database cannot hold: NUL characters and unpaired UTF-16 surrogates."""
+    if "\x00" in text:
+        raise ma.ValidationError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ma.ValidationError("must be valid Unicode text") from None
+
+
+class Str(ma.fields.String):
+    """A string of `min_length`..`max_length` characters that a database can store."""
+
+    def __init__(self, max_length: int, *, min_length: int = 1, validate: Any = None, **kwargs) -> None:
+        extra = [] if validate is None else list(validate) if isinstance(validate, (list, tuple)) else [validate]
+        super().__init__(validate=[ma.validate.Length(min=min_length, max=max_length), storable, *extra], **kwargs)
+
+
+class _Parsed(ma.fields.String):
+    """A string the domain parses: bounded length first, then `parse(text, field)`."""
+
+    text_length_max = 64
+    openapi: dict[str, Any] = {}
+
+    def __init__(self, **kwargs) -> None:
+        metadata = {"maxLength": self.text_length_max, **self.openapi, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def parse(self, text: str, field: str) -> Any:
+        raise NotImplementedError
+
+    def format(self, value: Any) -> str:
+        return str(value)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> Any:
+        if not isinstance(value, str):
+            raise ma.ValidationError("must be a string")
+        if len(value) > self.text_length_max:
+            raise ma.ValidationError(f"must be at most {self.text_length_max} characters")
+        try:
+            return self.parse(value, self.data_key or self.name or "value")
+        except InvalidInput as error:
+            raise ma.ValidationError(_messages(error)) from None
+
+    def _serialize(self, value, attr, obj, **kwargs) -> str | None:
+        return None if value is None else self.format(value)
+
+
+class Instant(_Parsed):
+    """An RFC 3339 instant with an offset, as integer microseconds since the epoch."""
+
+    text_length_max = INSTANT_TEXT_MAX
+    openapi = {"format": "date-time", "example": "2026-01-20T00:00:00Z",
+               "description": "RFC 3339 instant with an offset"}
+
+    def parse(self, text: str, field: str) -> int:
+        return parse_instant(text, field=field)
+
+    def format(self, value: int) -> str:
+        return format_instant(value)
+
+
+class AsOf(Instant):
+    """An `as_of` bound: an instant, or a date meaning the end of that day in UTC (exclusive)."""
+
+    openapi = {"example": "2026-03-31", "description": "an RFC 3339 instant, or a date YYYY-MM-DD meaning the "
+                                                       "end of that day (UTC); postings effective before it count"}
+
+    def parse(self, text: str, field: str) -> int:
+        return parse_as_of(text, field=field)
+
+
+class Date(_Parsed):
+    text_length_max = 10
+    openapi = {"format": "date", "example": "2026-01-15"}
+
+    def parse(self, text: str, field: str) -> date:
+        return parse_date(text, field=field)
+
+    def format(self, value: date) -> str:
+        return value.isoformat()
+
+
+class Period(_Parsed):
+    text_length_max = 7
+    openapi = {"pattern": r"^\d{4}-\d{2}$", "example": "2026-02", "description": "a calendar month in UTC"}
+
+    def parse(self, text: str, field: str) -> str:
+        return parse_period(text, field=field)
+
+
+class Rate(_Parsed):
+    text_length_max = 12
+    openapi = {"example": "0.20", "description": "a decimal string in [0, 1]"}
+
+    def parse(self, text: str, field: str) -> Decimal:
+        return parse_rate(text, field=field)
+
+    def format(self, value: Decimal) -> str:
+        return format(value, "f")
+
+
+class Currency(_Parsed):
+    text_length_max = 3
+    openapi = {"minLength": 3, "example": "USD", "description": "ISO 4217 currency code"}
+
+    def parse(self, text: str, field: str) -> str:
+        return validate_currency(text)
+
+
+class PartnerId(_Parsed):
+    openapi = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", "example": "northwind"}
+
+    def parse(self, text: str, field: str) -> str:
+        return validate_partner_id(text, field=field)
+
+
+# sign -> (accepts(amount_minor), refusal, how the OpenAPI document describes it)
+_SIGNS = {
+    "positive": (lambda minor: minor > 0, "must be greater than zero", "greater than zero"),
+    "non_negative": (lambda minor: minor >= 0, "must not be negative", "zero or more"),
+    "any": (lambda minor: True, "", "signed"),
+}
+
+
+class Money(ma.fields.Field):
+    """`{"amount": "123.45", "currency": "USD"}` as an exact `Amount`.
+
+    `sign` is `positive` (default), `non_negative` or `any` (a signed adjustment). Refused with the
+    field named: a JSON number, NaN/Infinity, an exponent, more decimals than the currency has, more
+    than 15 integer digits, an unknown currency, any other key.
+    """
+
+    def __init__(self, *, sign: str = "positive", **kwargs) -> None:
+        assert sign in _SIGNS, sign
+        self.sign = sign
+        metadata = {
+            "type": "object",
+            "required": ["amount", "currency"],
+            "additionalProperties": False,
+            "properties": {
+                "amount": {"type": "string", "maxLength": AMOUNT_TEXT_MAX, "example": "123.45",
+                           "description": f"decimal string, {_SIGNS[sign][2]}, with no more decimals than the "
+                                          "currency's minor unit"},
+                "currency": {"type": "string", "minLength": 3, "maxLength": 3, "example": "USD"},
+            },
+            **kwargs.pop("metadata", {}),
+        }
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> Amount:
+        if not isinstance(value, dict):
+            raise ma.ValidationError('must be an object such as {"amount": "123.45", "currency": "USD"}')
+        unknown = sorted(set(value) - {"amount", "currency"})
+        if unknown:
+            raise ma.ValidationError(f"unknown field(s): {', '.join(map(str, unknown))[:200]}")
+        amount, currency = value.get("amount"), value.get("currency")
+        if not isinstance(currency, str) or len(currency) != 3:
+            raise ma.ValidationError("currency must be an ISO 4217 code such as \"USD\"")
+        if isinstance(amount, str) and len(amount) > AMOUNT_TEXT_MAX:
+            raise ma.ValidationError(f"amount must be at most {AMOUNT_TEXT_MAX} characters")
+        try:
+            amount_minor = parse_amount_minor(amount, currency, field=self.data_key or self.name or "amount")
+        except InvalidInput as error:
+            raise ma.ValidationError(_messages(error)) from None
+        accepts, message, _ = _SIGNS[self.sign]
+        if not accepts(amount_minor):
+            raise ma.ValidationError(f"amount {message}")
+        return Amount(amount_minor, currency)
+
+    def _serialize(self, value, attr, obj, **kwargs) -> dict[str, str] | None:
+        if value is None:
+            return None
+        return {"amount": format_minor(value.amount_minor, value.currency), "currency": value.currency}
+

@@ -1,0 +1,125 @@
+"""HTTP idempotency for POSTs (all but revenue events, whose `id` is their key).
+
+A client may send `Idempotency-Key` (1-200 printable characters). Keys belong to the API key that
+sent them. Under `@idempotent`:
+- the first request with a key runs; a 2xx answer is stored with the request (`ledger.idempotency`)
+  in the same database transaction as its effect, so the record exists exactly when the effect does;
+- a retry with the same method, path and JSON body (compared canonically: key order and spacing do
+  not matter) gets the stored status and body back with `Idempotent-Replayed: true`;
+- the same key with another body is a 409 whose `errors` names the top-level fields that differ
+  (or `Idempotency-Key` when it was used on another method or path);
+- concurrent duplicates apply once: `claim()` makes them wait for the first to finish, and a lost
+  insert race rolls back this request's effect and answers with the winner's record.
+Non-2xx answers are not stored (their transaction rolls back), so a failed request can be retried.
+
+`redact` names top-level response fields never to store, for secrets shown once (a new API key):
+a replay shows them as null. `request_token()` gives a domain idempotency key for this request's
+effect that is stable across retries with the same `Idempotency-Key`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from copy import deepcopy
+from functools import wraps
+from typing import Callable
+
+from flask import Response, current_app, g, request
+
+from api.auth import current_principal
+from api.body import json_body
+from api.session import current_session
+from ledger import idempotency
+from ledger.errors import IdempotencyConflict, invalid
+from ledger.idempotency import StoredRequest, canonical_json
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+PATH_LENGTH_MAX = 500
+_HEADER_DOC = {
+    "in": "header",
+    "name": HEADER,
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.KEY_LENGTH_MAX},
+    "description": "Retry safely: the same key and body replay the original answer "
+                   f"(with `{REPLAYED_HEADER}: true`); the same key with another body is a 409.",
+}
+
+
+def idempotent(view: Callable | None = None, *, redact: tuple[str, ...] = ()) -> Callable:
+    """Decorate a POST view (above `@blp.arguments` and `@blp.response`): `@idempotent` or
+    `@idempotent(redact=("key",))`."""
+
+    def decorate(function: Callable) -> Callable:
+        @wraps(function)
+        def wrapper(*args, **kwargs):
+            key = request.headers.get(HEADER)
+            if key is None:
+                return function(*args, **kwargs)
+            return _once(key, redact, lambda: function(*args, **kwargs))
+
+        wrapper._apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))
+        wrapper._apidoc.setdefault("arguments", {}).setdefault("parameters", []).append(dict(_HEADER_DOC))
+        return wrapper
+
+    return decorate if view is None else decorate(view)
+
+
+def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
+    _check_key(key)
+    key_id = current_principal().key_id
+    session = current_session()
+    body = canonical_json(json_body())
+    path = request.path[:PATH_LENGTH_MAX]
+    asked = idempotency.request_hash(request.method, path, body)
+    idempotency.claim(session, key_id, key)
+    stored = idempotency.find(session, key_id, key)
+    if stored is not None:
+        return _answer(stored, key, asked, body)
+    response = current_app.make_response(run())
+    if not 200 <= response.status_code < 300:
+        return response
+    record = StoredRequest(request.method, path, asked, body, response.status_code, _stored_body(response, redact))
+    if idempotency.record(session, key_id, key, record):
+        return response
+    session.rollback()  # another request with this key committed first: undo ours, answer with theirs
+    winner = idempotency.find(session, key_id, key)
+    assert winner is not None, "the record that won the race is gone"
+    return _answer(winner, key, asked, body)
+
+
+def _check_key(key: str) -> None:
+    if not 1 <= len(key) <= idempotency.KEY_LENGTH_MAX or not key.isprintable():
+        raise invalid(HEADER, f"must be 1 to {idempotency.KEY_LENGTH_MAX} printable characters")
+
+
+def _stored_body(response: Response, redact: tuple[str, ...]) -> str:
+    if not redact:
+        return response.get_data(as_text=True)
+    body = response.get_json()
+    assert isinstance(body, dict), "only object responses can be redacted"
+    return json.dumps({name: None if name in redact else value for name, value in body.items()})
+
+
+def _answer(stored: StoredRequest, key: str, asked: str, body: str) -> Response:
+    if stored.request_hash == asked:
+        return current_app.response_class(stored.response_body, status=stored.status_code,
+                                          mimetype="application/json", headers={REPLAYED_HEADER: "true"})
+    if (stored.method, stored.path) != (request.method, request.path[:PATH_LENGTH_MAX]):
+        raise IdempotencyConflict(f"{HEADER} {key[:40]!r} was already used for {stored.method} {stored.path}",
+                                  {HEADER: [f"was already used for {stored.method} {stored.path}"]})
+    fields = idempotency.differing_fields(stored.request_body, body)
+    raise IdempotencyConflict(f"{HEADER} {key[:40]!r} was already used with a different request body",
+                              {name: ["differs from the original request"] for name in fields})
+
+
+def request_token() -> str:
+    """A token for this request's effect, for domain idempotency keys (`f"reversal:{id}:{request_token()}"`):
+    derived from the API key and `Idempotency-Key` when one is sent, random otherwise."""
+    if "request_token" not in g:
+        key = request.headers.get(HEADER)
+        seed = uuid.uuid4().hex if key is None else f"{current_principal().key_id}\0{key}"
+        g.request_token = hashlib.sha256(seed.encode()).hexdigest()[:32]
+    return g.request_token

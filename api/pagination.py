@@ -1,0 +1,82 @@
+"""Cursor pagination for every list: `?limit=` (default 100, at most 1000) and `?cursor=`, answered
+with `{"items": [...], "next_cursor": null | "..."}`.
+
+Pages are keyset pages on an integer id: the cursor is an opaque token for "after id N", so a page
+costs the same however deep it is and rows added meanwhile are neither skipped nor repeated. A route
+asks the domain for `limit + 1` rows; `page()` keeps `limit` and makes the next cursor if there was
+one more.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, Callable, Sequence
+
+import marshmallow as ma
+
+from api.schemas import Schema
+
+LIMIT_DEFAULT = 100
+LIMIT_MAX = 1000
+ID_MAX = 2**63 - 1
+# URL converter for integer ids: out of range is a 404 from routing, never a database overflow.
+ID_CONVERTER = f"int(min=1, max={ID_MAX})"
+_CURSOR_TEXT_MAX = 64
+_CURSOR_CONTENT = re.compile(r"after:(\d{1,19})")
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> int:
+    """The id a cursor points after; ValidationError for anything this API did not hand out."""
+    try:
+        content = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        content = ""
+    match = _CURSOR_CONTENT.fullmatch(content)
+    if match is None or int(match.group(1)) > ID_MAX:
+        raise ma.ValidationError("is not a cursor returned by this API")
+    return int(match.group(1))
+
+
+class Cursor(ma.fields.String):
+    """An opaque cursor, loaded as the id to continue after."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(metadata={"maxLength": _CURSOR_TEXT_MAX,
+                                   "description": "`next_cursor` of the previous page"}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> int:
+        if not isinstance(value, str) or len(value) > _CURSOR_TEXT_MAX:
+            raise ma.ValidationError("is not a cursor returned by this API")
+        return decode_cursor(value)
+
+
+class PageQuery(Schema):
+    """Query parameters of every list; subclass it to add filters."""
+
+    limit = ma.fields.Integer(load_default=LIMIT_DEFAULT, validate=ma.validate.Range(1, LIMIT_MAX),
+                              metadata={"description": f"page size, default {LIMIT_DEFAULT}, at most {LIMIT_MAX}"})
+    cursor = Cursor(load_default=0, data_key="cursor")
+
+
+def page(rows: Sequence[Any], limit: int, render: Callable[[Any], dict], *,
+         id_of: Callable[[Any], int] = lambda row: row.id) -> dict[str, Any]:
+    """`{"items", "next_cursor"}` from up to `limit + 1` rows fetched in id order."""
+    kept = rows[:limit]
+    more = len(rows) > limit
+    return {"items": [render(row) for row in kept], "next_cursor": encode_cursor(id_of(kept[-1])) if more else None}
+
+
+def page_schema(item_schema: type[Schema]) -> type[Schema]:
+    """The response schema of a page of `item_schema` items."""
+    name = item_schema.__name__.removesuffix("Schema") + "PageSchema"
+    return Schema.from_dict({
+        "items": ma.fields.List(ma.fields.Nested(item_schema), required=True),
+        "next_cursor": ma.fields.String(required=True, allow_none=True, metadata={
+            "description": "pass as `cursor` for the next page; null at the end"}),
+    }, name=name)

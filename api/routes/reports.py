@@ -1,0 +1,91 @@
+"""Finance reports: GET /v1/reports/trial-balance and GET /v1/integrity.
+
+Amounts are decimal strings in the row's currency. Without `as_of` the trial balance is as of the
+moment of the request, so postings dated in the future do not count yet.
+"""
+
+from __future__ import annotations
+
+import time
+
+import marshmallow as ma
+
+from api.auth import allow
+from api.body import Blueprint
+from api.fields import AsOf
+from api.schemas import Schema
+from api.session import current_session
+from ledger.instants import format_instant
+from ledger.money import format_minor
+from ledger.trial_balance import trial_balance
+from ledger.verify import verify
+
+blp = Blueprint("reports", __name__, description="Trial balance and integrity (finance)")
+
+
+class AsOfQuery(Schema):
+    as_of = AsOf(load_default=None, metadata={"description": "default: now"})
+
+
+class TrialBalanceRowSchema(Schema):
+    account = ma.fields.String(required=True)
+    currency = ma.fields.String(required=True)
+    debit = ma.fields.String(required=True, metadata={"description": "sum of debits, decimal string"})
+    credit = ma.fields.String(required=True, metadata={"description": "sum of credits, decimal string"})
+    balance = ma.fields.String(required=True, metadata={
+        "description": "debit - credit, signed: positive is a debit balance, negative a credit balance"})
+
+
+class TrialBalanceTotalSchema(Schema):
+    currency = ma.fields.String(required=True)
+    debit = ma.fields.String(required=True)
+    credit = ma.fields.String(required=True)
+
+
+class TrialBalanceSchema(Schema):
+    as_of = ma.fields.String(required=True, metadata={"format": "date-time",
+                                                      "description": "postings effective before this count"})
+    rows = ma.fields.List(ma.fields.Nested(TrialBalanceRowSchema), required=True)
+    totals = ma.fields.List(ma.fields.Nested(TrialBalanceTotalSchema), required=True)
+
+
+class ProblemFoundSchema(Schema):
+    transaction_id = ma.fields.Integer(required=True, allow_none=True)
+    code = ma.fields.String(required=True, metadata={"example": "hash_mismatch"})
+    message = ma.fields.String(required=True)
+
+
+class IntegritySchema(Schema):
+    ok = ma.fields.Boolean(required=True)
+    transactions_checked = ma.fields.Integer(required=True)
+    chain_head = ma.fields.String(required=True, metadata={"description": "hash of the last transaction"})
+    problems = ma.fields.List(ma.fields.Nested(ProblemFoundSchema), required=True)
+
+
+@blp.route("/reports/trial-balance", methods=["GET"])
+@allow("finance")
+@blp.arguments(AsOfQuery, location="query", as_kwargs=True)
+@blp.response(200, TrialBalanceSchema)
+def get_trial_balance(as_of: int | None):
+    """Trial balance: debits and credits per account and currency"""
+    as_of_us = time.time_ns() // 1000 if as_of is None else as_of
+    report = trial_balance(current_session(), before_us=as_of_us)
+    return {
+        "as_of": format_instant(as_of_us),
+        "rows": [{"account": row.account, "currency": row.currency,
+                  "debit": format_minor(row.debit_minor, row.currency),
+                  "credit": format_minor(row.credit_minor, row.currency),
+                  "balance": format_minor(row.balance_minor, row.currency)} for row in report.rows],
+        "totals": [{"currency": total.currency, "debit": format_minor(total.debit_minor, total.currency),
+                    "credit": format_minor(total.credit_minor, total.currency)} for total in report.totals],
+    }
+
+
+@blp.route("/integrity", methods=["GET"])
+@allow("finance")
+@blp.response(200, IntegritySchema)
+def get_integrity():
+    """Recompute the hash chain and every transaction's balance"""
+    report = verify(current_session())
+    return {"ok": report.ok, "transactions_checked": report.transactions_checked, "chain_head": report.chain_head,
+            "problems": [problem._asdict() for problem in report.problems]}

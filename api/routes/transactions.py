@@ -1,0 +1,120 @@
+"""Transactions: GET /v1/transactions, GET /v1/transactions/{id} (finance, or a partner for its own),
+POST /v1/transactions/{id}/reversal (finance).
+
+A partner key sees only transactions whose `partner_id` is its own; another partner's transaction
+is a 404, exactly like one that does not exist. Amounts are decimal strings in the line's currency.
+"""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from api.auth import allow, partner_scope, require_visible
+from api.body import Blueprint
+from api.fields import Instant, PartnerId, Str
+from api.idempotency import idempotent, request_token
+from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
+from api.schemas import Schema
+from api.session import current_session
+from ledger import journal, transactions
+from ledger.errors import NotFound
+from ledger.instants import format_instant
+from ledger.money import format_minor
+from ledger.transactions import Transaction
+
+blp = Blueprint("transactions", __name__, description="The journal: transactions with their lines")
+
+REASON_LENGTH_MAX = 500
+
+
+class LineSchema(Schema):
+    account = ma.fields.String(required=True, metadata={"example": "liability:partner:northwind:pending"})
+    currency = ma.fields.String(required=True)
+    side = ma.fields.String(required=True, metadata={"enum": ["debit", "credit"]})
+    amount = ma.fields.String(required=True, metadata={"description": "positive decimal string", "example": "100.00"})
+
+
+class TransactionSchema(Schema):
+    id = ma.fields.Integer(required=True)
+    sequence = ma.fields.Integer(required=True, metadata={"description": "gap-free sequence number (= id)"})
+    kind = ma.fields.String(required=True)
+    effective_at = ma.fields.String(required=True, metadata={"format": "date-time"})
+    original_effective_at = ma.fields.String(required=True, allow_none=True, metadata={
+        "format": "date-time", "description": "the requested instant when it lay in a closed period"})
+    recorded_at = ma.fields.String(required=True, metadata={"format": "date-time"})
+    matures_at = ma.fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    partner_id = ma.fields.String(required=True, allow_none=True)
+    customer_id = ma.fields.String(required=True, allow_none=True)
+    invoice_id = ma.fields.String(required=True, allow_none=True)
+    event_id = ma.fields.String(required=True, allow_none=True)
+    plan_version_id = ma.fields.Integer(required=True, allow_none=True)
+    accrual_id = ma.fields.Integer(required=True, allow_none=True)
+    reverses_id = ma.fields.Integer(required=True, allow_none=True)
+    reversed_by_id = ma.fields.Integer(required=True, allow_none=True)
+    memo = ma.fields.String(required=True, allow_none=True)
+    hash = ma.fields.String(required=True, metadata={"description": "SHA-256 chain hash (hex)"})
+    prev_hash = ma.fields.String(required=True)
+    lines = ma.fields.List(ma.fields.Nested(LineSchema), required=True)
+
+
+class TransactionListQuery(PageQuery):
+    partner_id = PartnerId(metadata={"description": "only this partner's transactions"})
+
+
+class ReversalRequestSchema(Schema):
+    reason = Str(REASON_LENGTH_MAX, required=True)
+    effective_at = Instant(load_default=None, metadata={
+        "description": "default: the original's instant (or the start of the first open period)"})
+
+
+def render(transaction: Transaction) -> dict:
+    t = transaction
+    return {
+        "id": t.id, "sequence": t.id, "kind": t.kind,
+        "effective_at": format_instant(t.effective_at_us),
+        "original_effective_at": format_instant(t.original_effective_at_us),
+        "recorded_at": format_instant(t.recorded_at_us), "matures_at": format_instant(t.matures_at_us),
+        "partner_id": t.partner_id, "customer_id": t.customer_id, "invoice_id": t.invoice_id,
+        "event_id": t.event_id, "plan_version_id": t.plan_version_id, "accrual_id": t.accrual_id,
+        "reverses_id": t.reverses_id, "reversed_by_id": t.reversed_by_id, "memo": t.memo,
+        "hash": t.hash, "prev_hash": t.prev_hash,
+        "lines": [{"account": line.account, "currency": line.currency,
+                   "side": "debit" if line.side == journal.DEBIT else "credit",
+                   "amount": format_minor(line.amount_minor, line.currency)} for line in t.lines],
+    }
+
+
+@blp.route("/transactions", methods=["GET"])
+@allow("finance", "partner")
+@blp.arguments(TransactionListQuery, location="query", as_kwargs=True)
+@blp.response(200, page_schema(TransactionSchema))
+def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
+    """Transactions in sequence order"""
+    scope = partner_scope()
+    if scope is not None and partner_id not in (None, scope):
+        raise NotFound(f"partner {partner_id} not found")
+    rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=scope or partner_id)
+    return page(rows, limit, render)
+
+
+@blp.route(f"/transactions/<{ID_CONVERTER}:transaction_id>", methods=["GET"])
+@allow("finance", "partner")
+@blp.response(200, TransactionSchema)
+def get_transaction(transaction_id: int):
+    """One transaction with its lines"""
+    transaction = transactions.get(current_session(), transaction_id)
+    require_visible(transaction.partner_id, f"transaction {transaction_id}")
+    return render(transaction)
+
+
+@blp.route(f"/transactions/<{ID_CONVERTER}:transaction_id>/reversal", methods=["POST"])
+@allow("finance")
+@idempotent
+@blp.arguments(ReversalRequestSchema)
+@blp.response(201, TransactionSchema)
+def reverse_transaction(args, transaction_id: int):
+    """Reverse a transaction (at most once)"""
+    session = current_session()
+    posted = journal.reverse(session, transaction_id, reason=args["reason"], effective_at_us=args["effective_at"],
+                             idempotency_key=f"reversal:{transaction_id}:{request_token()}")
+    return render(transactions.get(session, posted.id))

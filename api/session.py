@@ -1,0 +1,58 @@
+"""One database session per request, opened on first use and closed at teardown.
+
+GET, HEAD and OPTIONS requests read (`Database.reader()`); every other method writes
+(`Database.writer()`, which on SQLite begins with `BEGIN IMMEDIATE`, so writers queue instead of
+failing on a stale snapshot). The request owns the transaction, the domain never commits: a 2xx
+response commits, anything else rolls back, and a commit that fails becomes a 500 that rolls back.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy.orm import Session
+
+from ledger.db import Database
+from ledger.settings import Settings
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+EXTENSION = "revshare"
+
+
+def current_database() -> Database:
+    return current_app.extensions[EXTENSION]["database"]
+
+
+def current_settings() -> Settings:
+    return current_app.extensions[EXTENSION]["settings"]
+
+
+def current_session() -> Session:
+    """This request's session: a reader for GET/HEAD/OPTIONS, a writer otherwise."""
+    session = g.get("db_session")
+    if session is None:
+        database = current_database()
+        session = database.reader() if request.method in READ_METHODS else database.writer()
+        g.db_session = session
+    return session
+
+
+def _end_transaction(response: Response) -> Response:
+    session = g.get("db_session")
+    if session is not None:
+        if 200 <= response.status_code < 300:
+            session.commit()
+        else:
+            session.rollback()
+    return response
+
+
+def _close(_error: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+def install(app: Flask, settings: Settings, database: Database) -> None:
+    app.extensions[EXTENSION] = {"settings": settings, "database": database}
+    app.after_request(_end_transaction)
+    app.teardown_request(_close)

@@ -1,0 +1,79 @@
+"""API keys: who may call the service, in which role, for which partner.
+
+A key is 32 random bytes from `secrets`, shown once as `rsk_<43 url-safe characters>`. Only its
+SHA-256 (hex) is stored, in `api_keys.key_hash`, so a copy of the database cannot be used to call
+the API. Lookup is by hash (a unique index) and the stored hash is compared again with
+`hmac.compare_digest`.
+
+Roles: `admin` (everything), `finance` (everything but key management), `billing` (revenue events,
+attributions, customer reads) and `partner`, bound to exactly one partner id. The binding is checked
+here and by the table's `ck_api_keys_partner_binding` constraint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import NamedTuple
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ledger.accounts import validate_partner_id
+from ledger.errors import invalid
+from ledger.schema import API_ROLES, api_keys
+
+KEY_PREFIX = "rsk_"
+KEY_ENTROPY_BYTES = 32
+# A presented key longer than this cannot be one of ours; refuse it before hashing.
+KEY_LENGTH_MAX = 200
+
+
+class Principal(NamedTuple):
+    """The caller behind a valid key."""
+
+    key_id: str
+    role: str
+    partner_id: str | None
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, role: str, partner_id: str | None = None) -> tuple[str, str]:
+    """Store a new key for `role` (and `partner_id` for the partner role); return (id, key).
+
+    The key itself is returned here once and never stored.
+    """
+    _check_binding(role, partner_id)
+    key_id = "key_" + secrets.token_hex(12)
+    key = KEY_PREFIX + secrets.token_urlsafe(KEY_ENTROPY_BYTES)
+    session.execute(insert(api_keys).values(id=key_id, key_hash=hash_key(key), role=role, partner_id=partner_id,
+                                            created_at_us=time.time_ns() // 1000))
+    return key_id, key
+
+
+def _check_binding(role: str, partner_id: str | None) -> None:
+    if role not in API_ROLES:
+        raise invalid("role", f"must be one of {', '.join(API_ROLES)}")
+    if role == "partner":
+        if partner_id is None:
+            raise invalid("partner_id", "is required for the partner role")
+        validate_partner_id(partner_id)
+    elif partner_id is not None:
+        raise invalid("partner_id", "is only allowed for the partner role")
+
+
+def authenticate(session: Session, key: str) -> Principal | None:
+    """The principal of a presented key, or None when it is not a key of this service."""
+    if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > KEY_LENGTH_MAX:
+        return None
+    presented = hash_key(key)
+    row = session.execute(select(api_keys.c.id, api_keys.c.key_hash, api_keys.c.role, api_keys.c.partner_id)
+                          .where(api_keys.c.key_hash == presented)).first()
+    if row is None or not hmac.compare_digest(row.key_hash, presented):
+        return None
+    return Principal(row.id, row.role, row.partner_id)

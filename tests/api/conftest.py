@@ -1,0 +1,151 @@
+"""API fixtures: an app over the per-test database (SQLite and PostgreSQL), its test client, one key
+per role (partners `p1` and `p2`), and a small journal with transactions of both partners.
+
+Creating a database costs more than most API tests, so two worlds are built once per test session
+and engine: `shared`, for tests that only read or are refused (they must not write), and `scratch`,
+for tests that write only rows of their own (see `new_transaction`). A test that needs the
+database to itself uses the per-test `database` (with `app`, `client`, `keys`, `booked`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Iterator, NamedTuple
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api import create_app
+from ledger import accounts as chart
+from ledger import journal
+from ledger.db import Database
+from ledger.keys import create_key
+from ledger.settings import Settings
+from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
+
+BODY_LIMIT_BYTES = 4096
+DAY_US = 86_400 * 1_000_000
+JAN_20_2026_US = 1_768_867_200 * 1_000_000  # 2026-01-20T00:00:00Z
+
+
+class Keys(NamedTuple):
+    admin: str
+    finance: str
+    billing: str
+    p1: str
+    p2: str
+
+
+class Booked(NamedTuple):
+    """Transaction ids: two accruals of p1, one of p2, and a cash movement without a partner."""
+
+    p1: tuple[int, int]
+    p2: int
+    house: int
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def accrual(partner_id: str, key: str, amount_minor: int, at_us: int, currency: str = "USD") -> journal.Draft:
+    return journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending(partner_id), currency, amount_minor,
+                            effective_at_us=at_us, idempotency_key=key, partner_id=partner_id,
+                            customer_id=f"{partner_id}-customer", invoice_id=f"{key}-invoice")
+
+
+class Shared(NamedTuple):
+    database: Database
+    client: FlaskClient
+    roomy: FlaskClient  # a client of an app whose body limit is 1 MiB, for inputs bigger than 4 KiB
+    keys: Keys
+    booked: Booked
+
+
+def make_app(database: Database, max_body_bytes: int = BODY_LIMIT_BYTES) -> Flask:
+    return create_app(Settings.build(database_url=database.url, max_body_bytes=max_body_bytes), database)
+
+
+@pytest.fixture
+def app(database):
+    return make_app(database)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def keys(database) -> Keys:
+    return make_keys(database)
+
+
+@pytest.fixture
+def booked(database) -> Booked:
+    return book(database)
+
+
+ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextlib.contextmanager
+def world_database(request, tmp_path_factory) -> Iterator[Database]:
+    """A fresh migrated database of `request.param`'s engine, for a session-scoped fixture."""
+    if request.param == "sqlite":
+        url = new_sqlite_url(request.getfixturevalue("sqlite_template"), tmp_path_factory.mktemp("world"))
+    else:
+        url = new_pg_url(request.getfixturevalue("pg_cluster"))
+    database = Database(url)
+    try:
+        yield database
+    finally:
+        database.dispose()
+        if request.param == "postgres":
+            drop_pg_database(request.getfixturevalue("pg_cluster"), url)
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def shared(request, tmp_path_factory):
+    with world_database(request, tmp_path_factory) as database:
+        yield Shared(database, make_app(database).test_client(), make_app(database, 2**20).test_client(),
+                     make_keys(database), book(database))
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def scratch(request, tmp_path_factory):
+    """A database per engine that tests add to: each test books what it needs under its
+    own ids (`new_transaction`) and asserts only on what it booked. Its `booked` ids are not used."""
+    with world_database(request, tmp_path_factory) as database:
+        yield Shared(database, make_app(database).test_client(), make_app(database, 2**20).test_client(),
+                     make_keys(database), book(database))
+
+
+def new_transaction(database: Database, partner_id: str = "p1", amount_minor: int = 100) -> int:
+    """A new accrual of `partner_id`, for a test that needs a transaction no other test touches."""
+    key = f"fresh-{uuid.uuid4().hex}"
+    with database.transaction() as session:
+        [posted] = journal.post(session, [accrual(partner_id, key, amount_minor, JAN_20_2026_US)])
+    return posted.id
+
+
+def make_keys(database: Database) -> Keys:
+    with database.transaction() as session:
+        made = [create_key(session, role, partner)[1] for role, partner in
+                (("admin", None), ("finance", None), ("billing", None), ("partner", "p1"), ("partner", "p2"))]
+    return Keys(*made)
+
+
+def book(database: Database) -> Booked:
+    with database.transaction() as session:
+        posted = journal.post(session, [
+            accrual("p1", "p1-a", 10_000, JAN_20_2026_US),
+            accrual("p2", "p2-a", 2_500, JAN_20_2026_US + DAY_US),
+            accrual("p1", "p1-b", 1_234, JAN_20_2026_US + 2 * DAY_US, currency="JPY"),
+            journal.transfer("payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", 700,
+                             effective_at_us=JAN_20_2026_US + 3 * DAY_US, idempotency_key="house"),
+        ])
+    ids = [p.id for p in posted]
+    return Booked((ids[0], ids[2]), ids[1], ids[3])

@@ -1,0 +1,118 @@
+"""The app factory, the OpenAPI document and docs, health, and the per-request session."""
+
+import subprocess
+import sys
+
+from sqlalchemy import func, select
+
+from api import auth
+from api.body import json_body
+from api.session import current_session
+from ledger.keys import create_key
+from ledger.schema import api_keys
+from tests.api.conftest import bearer, make_app
+
+
+def test_importing_the_api_builds_nothing_and_reads_no_settings():
+    # A bad setting would stop anything that read the settings at import time.
+    code = "import os; os.environ['REVSHARE_LOG_LEVEL'] = 'NOT-A-LEVEL'; import api, api.routes; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_health_answers_without_a_key(shared):
+    response = shared.client.get("/v1/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_the_openapi_document_lists_every_route_with_bearer_security(shared):
+    response = shared.client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]) >= {
+        "/v1/health", "/v1/api-keys", "/v1/transactions", "/v1/transactions/{transaction_id}",
+        "/v1/transactions/{transaction_id}/reversal", "/v1/integrity", "/v1/reports/trial-balance"}
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert spec["paths"]["/v1/health"]["get"]["security"] == []
+    assert spec["paths"]["/v1/integrity"]["get"]["security"] == [{"bearerAuth": []}]
+    reversal = spec["paths"]["/v1/transactions/{transaction_id}/reversal"]["post"]
+    assert [p["name"] for p in reversal["parameters"]] == ["Idempotency-Key"]
+
+
+def test_every_string_a_client_sends_has_a_length_limit(shared):
+    spec = shared.client.get("/v1/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+    sent = {name for path in spec["paths"].values() for operation in path.values() if isinstance(operation, dict)
+            for name in _request_schema_names(operation)}
+    assert sent, "no request schema found"
+    unbounded = [(name, prop) for name in sent for prop, value in schemas[name]["properties"].items()
+                 if value.get("type") == "string" and "maxLength" not in value and "enum" not in value]
+    assert unbounded == []
+
+
+def _request_schema_names(operation: dict) -> list[str]:
+    names = []
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if "$ref" in body:
+        names.append(body["$ref"].rsplit("/", 1)[1])
+    return names
+
+
+def test_query_parameters_have_length_limits_too(shared):
+    spec = shared.client.get("/v1/openapi.json").get_json()
+    strings = [(path, p["name"]) for path, item in spec["paths"].items() for operation in item.values()
+               if isinstance(operation, dict) for p in operation.get("parameters", [])
+               if p["schema"].get("type") == "string" and "maxLength" not in p["schema"]]
+    assert strings == []
+
+
+def test_the_docs_page_points_at_the_openapi_document(shared):
+    response = shared.client.get("/docs")
+    assert response.status_code == 200
+    assert b"/v1/openapi.json" in response.data
+    assert b"swagger-ui" in response.data
+
+
+def test_every_view_declares_its_access(shared):
+    app = shared.client.application
+    undeclared = [endpoint for endpoint, view in app.view_functions.items()
+                  if not endpoint.startswith(auth.DOCS_ENDPOINT_PREFIX) and not hasattr(view, auth.ACCESS_ATTRIBUTE)]
+    assert undeclared == []
+
+
+def test_an_unexpected_exception_is_a_500_problem_without_internals(shared):
+    def explode():
+        raise RuntimeError("secret connection string postgresql://user:hunter2@db")
+
+    app = make_app(shared.database)
+    app.add_url_rule("/v1/explode", view_func=auth.public(explode))
+    response = app.test_client().get("/v1/explode")
+    assert response.status_code == 500
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert set(body) == {"type", "title", "status", "detail"} and body["status"] == 500
+    assert b"hunter2" not in response.data and b"RuntimeError" not in response.data
+
+
+def test_a_failed_request_rolls_its_writes_back(scratch):
+    def write_then_maybe_fail():
+        create_key(current_session(), "billing")
+        if json_body()["fail"]:
+            raise RuntimeError("after the write")
+        return {}, 201
+
+    app = make_app(scratch.database)
+    app.add_url_rule("/v1/write", view_func=auth.allow("admin")(write_then_maybe_fail), methods=["POST"])
+    client, before = app.test_client(), count_keys(scratch.database)
+    assert client.post("/v1/write", json={"fail": True}, headers=bearer(scratch.keys.admin)).status_code == 500
+    assert count_keys(scratch.database) == before
+    assert client.post("/v1/write", json={"fail": False}, headers=bearer(scratch.keys.admin)).status_code == 201
+    assert count_keys(scratch.database) == before + 1
+
+
+def count_keys(database) -> int:
+    with database.reader() as session:
+        return session.execute(select(func.count()).select_from(api_keys)).scalar_one()

@@ -1,0 +1,164 @@
+"""Every error is application/problem+json; bad input is a 4xx naming what is wrong, never a 500."""
+
+import json
+
+import pytest
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from tests.api.conftest import BODY_LIMIT_BYTES, bearer, new_transaction
+
+PROBLEM_KEYS = {"type", "title", "status", "detail"}
+
+
+def assert_problem(response, status: int, *, errors: bool = False) -> dict:
+    assert response.status_code == status, response.data
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert set(body) == PROBLEM_KEYS | ({"errors"} if errors else set())
+    assert body["status"] == status
+    assert body["type"].startswith("urn:revshare:problem:")
+    assert body["title"] and body["detail"]
+    return body
+
+
+def reversal(client, key, body, transaction_id=1):
+    return client.post(f"/v1/transactions/{transaction_id}/reversal", headers=bearer(key), json=body)
+
+
+def test_malformed_json_is_a_400(shared):
+    response = shared.client.post("/v1/transactions/1/reversal", data=b'{"reason": ',
+                                  content_type="application/json", headers=bearer(shared.keys.finance))
+    assert assert_problem(response, 400)["detail"] == "The request body is not valid JSON."
+
+
+@pytest.mark.parametrize("raw", [
+    b"[" * 100_000 + b"]" * 100_000,            # deeper than the parser's recursion limit
+    b'{"reason": ' + b"9" * 5000 + b"}",         # longer than Python converts to int
+    b'{"reason": "\xff\xfe"}',                   # not UTF-8
+    b"\xef\xbb\xbf{}",                          # a byte-order mark
+], ids=["deep", "huge-int", "bad-utf8", "bom"])
+def test_json_the_parser_cannot_take_is_a_400_not_a_500(shared, raw):
+    response = shared.roomy.post("/v1/transactions/1/reversal", data=raw, content_type="application/json",
+                                 headers=bearer(shared.keys.finance))
+    assert_problem(response, 400)
+
+
+def test_no_key_is_a_401_with_a_bearer_challenge(shared):
+    response = shared.client.get("/v1/transactions")
+    assert_problem(response, 401)
+    assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
+
+
+@pytest.mark.parametrize("header", ["Bearer rsk_not-a-real-key", "Bearer ", "Basic YWRtaW46YWRtaW4=", "rsk_x",
+                                    "Bearer " + "x" * 5000])
+def test_a_bad_key_is_a_401(shared, header):
+    assert_problem(shared.client.get("/v1/transactions", headers={"Authorization": header}), 401)
+
+
+def test_a_revoked_looking_key_differing_in_one_character_is_a_401(shared):
+    tampered = shared.keys.finance[:-1] + ("A" if shared.keys.finance[-1] != "A" else "B")
+    assert_problem(shared.client.get("/v1/transactions", headers=bearer(tampered)), 401)
+
+
+def test_authentication_comes_before_validation_and_body_checks(shared):
+    assert_problem(shared.client.post("/v1/transactions/1/reversal", json={"bogus": 1}), 401)
+    assert_problem(shared.client.post("/v1/transactions/1/reversal", data=b"{", content_type="application/json"), 401)
+    assert_problem(shared.client.post("/v1/transactions/1/reversal", data=b"x", content_type="text/plain"), 401)
+
+
+def test_a_role_that_is_not_allowed_is_a_403(shared):
+    body = assert_problem(shared.client.get("/v1/integrity", headers=bearer(shared.keys.billing)), 403)
+    assert "billing" in body["detail"]
+
+
+def test_an_unknown_route_is_a_404(shared):
+    assert_problem(shared.client.get("/v1/nothing-here", headers=bearer(shared.keys.finance)), 404)
+    assert_problem(shared.client.get("/v1/transactions/0", headers=bearer(shared.keys.finance)), 404)
+    assert_problem(shared.client.get(f"/v1/transactions/{2**63}", headers=bearer(shared.keys.finance)), 404)
+
+
+def test_an_unknown_transaction_is_a_404(shared):
+    body = assert_problem(shared.client.get("/v1/transactions/99", headers=bearer(shared.keys.finance)), 404)
+    assert body["detail"] == "transaction 99 not found"
+
+
+def test_a_wrong_method_is_a_405_naming_the_allowed_ones(shared):
+    response = shared.client.delete("/v1/transactions", headers=bearer(shared.keys.finance))
+    assert_problem(response, 405)
+    assert "GET" in response.headers["Allow"]
+
+
+def test_a_body_over_the_limit_is_a_413(shared):
+    response = reversal(shared.client, shared.keys.finance, {"reason": "x" * BODY_LIMIT_BYTES})
+    assert_problem(response, 413)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(shared):
+    body = b'{"reason": "' + b"x" * BODY_LIMIT_BYTES + b'"}'
+    builder = EnvironBuilder("/v1/transactions/1/reversal", method="POST", content_type="application/json",
+                             headers=bearer(shared.keys.finance), data=body)
+    environ = builder.get_environ()
+    del environ["CONTENT_LENGTH"]  # a chunked body declares no length: the limit applies while reading
+    environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True})
+    assert_problem(shared.client.open(Request(environ)), 413)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_body_that_is_not_json_is_a_415(shared, content_type):
+    response = shared.client.post("/v1/transactions/1/reversal", data=b'{"reason": "x"}',
+                                  content_type=content_type, headers=bearer(shared.keys.finance))
+    assert_problem(response, 415)
+
+
+def test_a_json_suffix_media_type_is_json(scratch):
+    transaction_id = new_transaction(scratch.database)
+    response = scratch.client.post(f"/v1/transactions/{transaction_id}/reversal", data=b'{"reason": "duplicate"}',
+                                   content_type="application/merge-patch+json", headers=bearer(scratch.keys.finance))
+    assert response.status_code == 201
+
+
+def test_an_invalid_body_is_a_422_naming_each_field(shared):
+    response = reversal(shared.client, shared.keys.finance, {"effective_at": "yesterday", "colour": "red"})
+    body = assert_problem(response, 422, errors=True)
+    assert set(body["errors"]) == {"reason", "effective_at", "colour"}
+    assert all(isinstance(m, list) and m and all(isinstance(t, str) for t in m) for m in body["errors"].values())
+
+
+def test_an_empty_body_is_a_422_naming_the_required_field(shared):
+    response = shared.client.post("/v1/transactions/1/reversal", headers=bearer(shared.keys.finance))
+    assert set(assert_problem(response, 422, errors=True)["errors"]) == {"reason"}
+
+
+def test_unknown_query_parameters_are_a_422(shared):
+    response = shared.client.get("/v1/reports/trial-balance?asof=2026-01-01", headers=bearer(shared.keys.finance))
+    assert set(assert_problem(response, 422, errors=True)["errors"]) == {"asof"}
+
+
+def test_a_conflict_is_a_409(scratch):
+    transaction_id = new_transaction(scratch.database)
+    assert reversal(scratch.client, scratch.keys.finance, {"reason": "duplicate"}, transaction_id).status_code == 201
+    body = assert_problem(reversal(scratch.client, scratch.keys.finance, {"reason": "again"}, transaction_id), 409)
+    assert "already reversed" in body["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    [], "reason", 42, None, {"reason": None}, {"reason": 7}, {"reason": ["a"]}, {"reason": {"a": 1}},
+    {"reason": ""}, {"reason": "x" * 501}, {"reason": "nul\u0000byte"}, {"reason": "\ud800"},
+    {"reason": "ok", "effective_at": 1.5}, {"reason": "ok", "effective_at": "2026-01-20T00:00:00"},
+    {"reason": "ok", "effective_at": "2026-02-30T00:00:00Z"}, {"reason": "ok", "effective_at": "0001-01-01T00:00:00Z"},
+    {"reason": "ok", "effective_at": "9" * 1000}, {"reason": "ok", "effective_at": {"$gt": ""}},
+    {"reason": "ok", "": 1}, {"reason": "ok", "\u0000": 1},
+], ids=lambda body: json.dumps(body)[:40])
+def test_bad_input_is_refused_with_a_4xx_never_a_500(shared, body):
+    response = shared.roomy.post("/v1/transactions/1/reversal", data=json.dumps(body),
+                                 content_type="application/json", headers=bearer(shared.keys.finance))
+    assert 400 <= response.status_code < 500, response.data
+    assert response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "limit=1e3", "cursor=%00", "cursor=zzzz",
+                                   "cursor=" + "A" * 500, "partner_id=has:colon", "limit=" + "9" * 5000])
+def test_bad_query_parameters_are_a_422(shared, query):
+    response = shared.client.get(f"/v1/transactions?{query}", headers=bearer(shared.keys.finance))
+    assert_problem(response, 422, errors=True)

@@ -1,0 +1,186 @@
+"""The contract's value types as marshmallow fields, and their 422s through a probe route that
+names the field (nested fields by dotted path)."""
+
+from datetime import date
+from decimal import Decimal
+
+import marshmallow as ma
+import pytest
+
+from api.auth import allow
+from api.body import Blueprint
+from api.fields import Amount, AsOf, Currency, Date, Instant, Money, PartnerId, Period, Rate, Str
+from api.pagination import PageQuery, decode_cursor, encode_cursor
+from api.schemas import Schema
+from tests.api.conftest import bearer, make_app
+
+
+class MoneySchema(Schema):
+    amount = Money()
+    adjustment = Money(sign="any")
+    minimum = Money(sign="non_negative")
+
+
+def load(schema: type[Schema], data: dict) -> dict:
+    return schema().load(data)
+
+
+def refused(schema: type[Schema], data: dict) -> dict:
+    with pytest.raises(ma.ValidationError) as error:
+        schema().load(data)
+    return error.value.messages
+
+
+@pytest.mark.parametrize("amount, currency, minor", [
+    ("123.45", "USD", 12345), ("0.5", "USD", 50), ("7", "USD", 700), ("1500", "JPY", 1500),
+    ("1.234", "BHD", 1234), ("999999999999999.99", "USD", 99999999999999999),
+])
+def test_money_loads_a_decimal_string_as_exact_minor_units(amount, currency, minor):
+    loaded = load(MoneySchema, {"amount": {"amount": amount, "currency": currency}})["amount"]
+    assert loaded == Amount(minor, currency)
+    assert isinstance(loaded.amount_minor, int)
+
+
+def test_money_dumps_as_a_decimal_string_in_the_currencys_minor_unit():
+    dumped = MoneySchema().dump({"amount": Amount(-4000, "USD"), "adjustment": Amount(5, "BHD"),
+                                 "minimum": Amount(70, "JPY")})
+    assert dumped == {"amount": {"amount": "-40.00", "currency": "USD"},
+                      "adjustment": {"amount": "0.005", "currency": "BHD"},
+                      "minimum": {"amount": "70", "currency": "JPY"}}
+
+
+def test_money_converts_to_py_moneyed_exactly():
+    assert Amount(12345, "USD").money.amount == Decimal("123.45")
+
+
+@pytest.mark.parametrize("value", [
+    {"amount": 123.45, "currency": "USD"}, {"amount": 100, "currency": "USD"},
+    {"amount": "NaN", "currency": "USD"}, {"amount": "Infinity", "currency": "USD"},
+    {"amount": "-inf", "currency": "USD"},
+    {"amount": "1e3", "currency": "USD"}, {"amount": "1.234", "currency": "USD"}, {"amount": "1.5", "currency": "JPY"},
+    {"amount": "1234567890123456", "currency": "USD"}, {"amount": "1" * 100, "currency": "USD"},
+    {"amount": "1.00", "currency": "XXX"}, {"amount": "1.00", "currency": "usd"}, {"amount": "1.00", "currency": "US"},
+    {"amount": "1.00", "currency": ["USD"]}, {"amount": "1.00", "currency": {"code": "USD"}},
+    {"amount": "1.00"}, {"currency": "USD"}, {"amount": "1.00", "currency": "USD", "rate": "1"},
+    {"amount": " 1.00", "currency": "USD"}, {"amount": "+1.00", "currency": "USD"},
+    {"amount": "1,00", "currency": "USD"},
+    {"amount": True, "currency": "USD"}, {"amount": None, "currency": "USD"},
+    "1.00 USD", ["1.00", "USD"], 1, None,
+    {"amount": "0", "currency": "USD"}, {"amount": "-1.00", "currency": "USD"},
+], ids=repr)
+def test_money_refuses_anything_but_an_exact_positive_decimal_string_naming_the_field(value):
+    messages = refused(MoneySchema, {"amount": value})
+    assert list(messages) == ["amount"]
+    assert all(isinstance(message, str) and message for message in messages["amount"])
+
+
+def test_money_signs_are_chosen_per_field():
+    loaded = load(MoneySchema, {"adjustment": {"amount": "-12.50", "currency": "USD"},
+                                "minimum": {"amount": "0", "currency": "USD"}})
+    assert loaded == {"adjustment": Amount(-1250, "USD"), "minimum": Amount(0, "USD")}
+    assert list(refused(MoneySchema, {"minimum": {"amount": "-0.01", "currency": "USD"}})) == ["minimum"]
+
+
+class ValuesSchema(Schema):
+    at = Instant()
+    as_of = AsOf()
+    day = Date()
+    period = Period()
+    rate = Rate()
+    currency = Currency()
+    partner_id = PartnerId()
+    name = Str(5)
+
+
+def test_each_value_type_loads_to_its_python_value():
+    loaded = load(ValuesSchema, {"at": "2026-01-20T01:00:00+01:00", "as_of": "2026-01-20", "day": "2026-01-15",
+                                 "period": "2026-02", "rate": "0.20", "currency": "JPY", "partner_id": "north-wind.1",
+                                 "name": "abc"})
+    assert loaded == {"at": 1_768_867_200_000_000, "as_of": 1_768_953_600_000_000, "day": date(2026, 1, 15),
+                      "period": "2026-02", "rate": Decimal("0.20"), "currency": "JPY", "partner_id": "north-wind.1",
+                      "name": "abc"}
+
+
+def test_each_value_type_dumps_to_its_contract_spelling():
+    dumped = ValuesSchema().dump({"at": 1_768_867_200_000_000, "day": date(2026, 1, 15), "rate": Decimal("0.2")})
+    assert dumped == {"at": "2026-01-20T00:00:00Z", "day": "2026-01-15", "rate": "0.2"}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("at", "2026-01-20T00:00:00"), ("at", "2026-01-20"), ("at", 1768867200), ("at", "x" * 41),
+    ("at", "2026-02-30T00:00:00Z"), ("as_of", "2026-13-01"), ("as_of", "soon"), ("day", "2026-1-5"),
+    ("day", "2026-02-30"), ("period", "2026-13"), ("period", "2026-1"), ("period", "26-01"), ("rate", "1.5"),
+    ("rate", "-0.1"), ("rate", 0.2), ("rate", "NaN"), ("currency", "ABC"), ("currency", "usd"), ("currency", 840),
+    ("partner_id", "has:colon"), ("partner_id", ""), ("partner_id", "x" * 65), ("partner_id", "-leading"),
+    ("name", ""), ("name", "abcdef"), ("name", 5), ("name", "nul\x00"), ("name", "\ud800"),
+])
+def test_each_value_type_refuses_bad_input_naming_the_field(field, value):
+    assert list(refused(ValuesSchema, {field: value})) == [field]
+
+
+def test_unknown_fields_are_refused_by_name():
+    assert list(refused(ValuesSchema, {"colour": "red"})) == ["colour"]
+
+
+@pytest.mark.parametrize("last_id", [1, 99, 2**63 - 1])
+def test_a_cursor_round_trips_and_is_not_a_bare_number(last_id):
+    cursor = encode_cursor(last_id)
+    assert decode_cursor(cursor) == last_id and not cursor.isdigit()
+
+
+@pytest.mark.parametrize("cursor", [
+    "", "abc", "12", encode_cursor(1)[:-1] + "!",
+    "YWZ0ZXI6LTE",  # "after:-1"
+    "YWZ0ZXI6OTIyMzM3MjAzNjg1NDc3NTgwOA",  # "after:9223372036854775808", one past the largest id
+])
+def test_a_cursor_this_api_did_not_hand_out_is_refused(cursor):
+    assert list(refused(PageQuery, {"cursor": cursor})) == ["cursor"]
+
+
+def test_page_limits_default_to_100_and_stop_at_1000():
+    assert load(PageQuery, {}) == {"limit": 100, "cursor": 0}
+    assert load(PageQuery, {"limit": "1000"})["limit"] == 1000
+    assert list(refused(PageQuery, {"limit": "1001"})) == ["limit"]
+
+
+class Event(Schema):
+    amount = Money(required=True)
+
+
+class Batch(Schema):
+    events = ma.fields.List(ma.fields.Nested(Event), required=True)
+    price = Money()
+
+
+@pytest.fixture(scope="module")
+def probe(shared):
+    """A client of an app with one extra route that loads `Batch`, to see its 422s end to end."""
+    blp = Blueprint("probe", __name__)
+
+    @blp.route("/probe", methods=["POST"])
+    @allow("finance")
+    @blp.arguments(Batch)
+    def probe_view(args):
+        return {"events": len(args["events"])}, 200
+
+    app = make_app(shared.database)
+    app.register_blueprint(blp, url_prefix="/v1")
+    return app.test_client(), bearer(shared.keys.finance)
+
+
+def test_a_422_names_a_money_field_by_its_name(probe):
+    client, headers = probe
+    response = client.post("/v1/probe", json={"events": [], "price": {"amount": 9.99, "currency": "USD"}},
+                           headers=headers)
+    assert response.status_code == 422
+    assert list(response.get_json()["errors"]) == ["price"]
+
+
+def test_a_422_names_nested_fields_by_dotted_path(probe):
+    client, headers = probe
+    events = [{"amount": {"amount": "1.00", "currency": "USD"}}, {"amount": {"amount": "1.001", "currency": "USD"}},
+              {"amount": {"amount": "1", "currency": "USD"}, "extra": 1}]
+    response = client.post("/v1/probe", json={"events": events}, headers=headers)
+    assert response.status_code == 422
+    assert set(response.get_json()["errors"]) == {"events.1.amount", "events.2.extra"}
+    assert client.post("/v1/probe", json={"events": events[:1]}, headers=headers).get_json() == {"events": 1}

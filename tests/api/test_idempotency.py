@@ -1,0 +1,197 @@
+"""HTTP idempotency: `Idempotency-Key` replays, conflicts naming fields, and concurrent duplicates
+applied once (against a real threaded server, not only the test client)."""
+
+import http.client
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.serving import make_server
+
+from ledger import idempotency
+from ledger.schema import api_keys, idempotency_records, journal_transactions
+from tests.api.conftest import bearer, make_app, new_transaction
+
+
+def post(client, key, path, body, idempotency_key=None, **kwargs):
+    headers = bearer(key) | ({"Idempotency-Key": idempotency_key} if idempotency_key is not None else {})
+    return client.post(path, headers=headers, **({"json": body} if body is not None else {}), **kwargs)
+
+
+def reversals_of(database, transaction_id: int) -> int:
+    with database.reader() as session:
+        return session.execute(sa.select(sa.func.count()).where(
+            journal_transactions.c.reverses_id == transaction_id)).scalar_one()
+
+
+def count(database, table) -> int:
+    with database.reader() as session:
+        return session.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def unique(prefix: str = "k") -> str:
+    """An Idempotency-Key no other test sends (the module's API keys are shared between tests)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def reversal_path(scratch, partner_id: str = "p2") -> str:
+    return f"/v1/transactions/{new_transaction(scratch.database, partner_id)}/reversal"
+
+
+def test_a_retry_with_the_same_key_and_body_replays_the_original(scratch):
+    path, key = reversal_path(scratch), unique()
+    body = {"reason": "dup", "effective_at": "2026-02-01T00:00:00Z"}
+    first = post(scratch.client, scratch.keys.finance, path, body, key)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    spelt_otherwise = b'{ "effective_at":"2026-02-01T00:00:00Z",  "reason": "dup" }'
+    again = scratch.client.post(path, data=spelt_otherwise, content_type="application/json",
+                                headers=bearer(scratch.keys.finance) | {"Idempotency-Key": key})
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert reversals_of(scratch.database, first.get_json()["reverses_id"]) == 1
+
+
+def test_the_same_key_with_another_body_is_a_409_naming_the_fields(scratch):
+    path, key = reversal_path(scratch), unique()
+    assert post(scratch.client, scratch.keys.finance, path, {"reason": "dup"}, key).status_code == 201
+    changed = post(scratch.client, scratch.keys.finance, path,
+                   {"reason": "other", "effective_at": "2026-02-01T00:00:00Z"}, key)
+    assert changed.status_code == 409
+    assert changed.mimetype == "application/problem+json"
+    body = changed.get_json()
+    assert body["type"] == "urn:revshare:problem:idempotency-conflict"
+    assert set(body["errors"]) == {"reason", "effective_at"}
+
+
+def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):
+    key = unique()
+    assert post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key).status_code == 201
+    elsewhere = post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key)
+    assert elsewhere.status_code == 409
+    assert set(elsewhere.get_json()["errors"]) == {"Idempotency-Key"}
+
+
+def test_keys_belong_to_the_api_key_that_sent_them(scratch):
+    path, key = reversal_path(scratch), unique()
+    assert post(scratch.client, scratch.keys.finance, path, {"reason": "x"}, key).status_code == 201
+    # The admin's key of the same name is a new request: it runs, and finds the transaction already reversed.
+    assert post(scratch.client, scratch.keys.admin, path, {"reason": "x"}, key).status_code == 409
+
+
+def test_a_failed_request_is_not_stored_and_may_be_retried_with_the_same_key(scratch):
+    path, key = reversal_path(scratch), unique()
+    assert post(scratch.client, scratch.keys.finance, path, {"reason": ""}, key).status_code == 422
+    retried = post(scratch.client, scratch.keys.finance, path, {"reason": "fixed"}, key)
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
+
+
+@pytest.mark.parametrize("value", ["", "k" * 201, "tab\there"])
+def test_a_bad_idempotency_key_is_a_422_naming_the_header(shared, value):
+    response = post(shared.client, shared.keys.finance, "/v1/transactions/1/reversal", {"reason": "x"}, value)
+    assert response.status_code == 422
+    assert list(response.get_json()["errors"]) == ["Idempotency-Key"]
+
+
+def test_a_key_of_200_characters_is_accepted(scratch):
+    key = unique().ljust(200, "k")
+    assert post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key).status_code == 201
+
+
+def test_without_a_key_every_request_runs(scratch):
+    path = reversal_path(scratch)
+    assert post(scratch.client, scratch.keys.finance, path, {"reason": "x"}).status_code == 201
+    assert post(scratch.client, scratch.keys.finance, path, {"reason": "x"}).status_code == 409
+
+
+def test_a_replayed_api_key_creation_does_not_show_or_store_the_secret(scratch):
+    client, admin, key, before = scratch.client, scratch.keys.admin, unique(), count(scratch.database, api_keys)
+    first = post(client, admin, "/v1/api-keys", {"role": "partner", "partner_id": "p9"}, key)
+    assert first.status_code == 201
+    created = first.get_json()
+    assert created["key"].startswith("rsk_") and created["role"] == "partner" and created["partner_id"] == "p9"
+    again = post(client, admin, "/v1/api-keys", {"partner_id": "p9", "role": "partner"}, key)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == {**created, "key": None}
+    assert count(scratch.database, api_keys) == before + 1
+    with scratch.database.reader() as session:
+        stored = session.execute(sa.select(idempotency_records.c.response_body)
+                                 .where(idempotency_records.c.key == key)).scalar_one()
+    assert created["key"] not in stored
+    assert client.get("/v1/transactions", headers=bearer(created["key"])).status_code == 200
+
+
+def test_a_lost_insert_race_rolls_back_the_effect_and_replays_the_winner(scratch, monkeypatch):
+    client, admin, key, before = scratch.client, scratch.keys.admin, unique(), count(scratch.database, api_keys)
+    first = post(client, admin, "/v1/api-keys", {"role": "billing"}, key)
+    assert first.status_code == 201
+    real_find, calls = idempotency.find, []
+
+    def find_missing_once(*args):
+        calls.append(args)
+        return None if len(calls) == 1 else real_find(*args)  # read before the winner committed
+
+    monkeypatch.setattr(idempotency, "find", find_missing_once)
+    loser = post(client, admin, "/v1/api-keys", {"role": "billing"}, key)
+    assert loser.status_code == 201 and loser.headers["Idempotent-Replayed"] == "true"
+    assert loser.get_json()["id"] == first.get_json()["id"]
+    assert len(calls) == 2
+    assert count(scratch.database, api_keys) == before + 1  # the loser's key was rolled back
+
+
+@pytest.fixture(scope="module")
+def server(scratch):
+    """The app behind a real threaded HTTP server on a free loopback port."""
+    httpd = make_server("127.0.0.1", 0, make_app(scratch.database), threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_port
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def post_over_http(port: int, path: str, key: str, body: dict, idempotency_key: str) -> tuple[int, dict, bool]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", path, body=json.dumps(body), headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json", "Idempotency-Key": idempotency_key})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Idempotent-Replayed") == "true"
+    finally:
+        connection.close()
+
+
+CONCURRENT_REQUESTS = 8
+
+
+def race(port: int, path: str, key: str, body: dict, idempotency_keys: list[str]) -> list[tuple[int, dict, bool]]:
+    start = threading.Barrier(len(idempotency_keys))
+
+    def one(idempotency_key: str):
+        start.wait()
+        return post_over_http(port, path, key, body, idempotency_key)
+
+    with ThreadPoolExecutor(len(idempotency_keys)) as pool:
+        return list(pool.map(one, idempotency_keys))
+
+
+def test_concurrent_duplicates_with_one_key_apply_once(server, scratch):
+    original_id = new_transaction(scratch.database)
+    path, key = f"/v1/transactions/{original_id}/reversal", unique()
+    results = race(server, path, scratch.keys.finance, {"reason": "together"}, [key] * CONCURRENT_REQUESTS)
+    assert [status for status, _, _ in results] == [201] * CONCURRENT_REQUESTS
+    assert sorted(replayed for _, _, replayed in results) == [False] + [True] * (CONCURRENT_REQUESTS - 1)
+    assert len({json.dumps(body, sort_keys=True) for _, body, _ in results}) == 1
+    assert reversals_of(scratch.database, original_id) == 1
+
+
+def test_concurrent_reversals_with_different_keys_apply_once(server, scratch):
+    original_id = new_transaction(scratch.database)
+    path, keys = f"/v1/transactions/{original_id}/reversal", [unique() for _ in range(CONCURRENT_REQUESTS)]
+    results = race(server, path, scratch.keys.finance, {"reason": "together"}, keys)
+    assert sorted(status for status, _, _ in results) == [201] + [409] * (CONCURRENT_REQUESTS - 1)
+    assert reversals_of(scratch.database, original_id) == 1

@@ -1,0 +1,69 @@
+"""GET /v1/reports/trial-balance and GET /v1/integrity."""
+
+from tests.api.conftest import bearer
+from tests.integration.test_tamper_evidence import behind_the_triggers
+
+
+def trial_balance(shared, query: str = "") -> dict:
+    response = shared.client.get(f"/v1/reports/trial-balance{query}", headers=bearer(shared.keys.finance))
+    assert response.status_code == 200, response.data
+    return response.get_json()
+
+
+def test_the_trial_balance_lists_every_account_and_currency_with_signed_balances(shared):
+    body = trial_balance(shared)
+    assert body["rows"] == [
+        {"account": "asset:cash", "currency": "USD", "debit": "0.00", "credit": "7.00", "balance": "-7.00"},
+        {"account": "expense:commission", "currency": "JPY", "debit": "1234", "credit": "0", "balance": "1234"},
+        {"account": "expense:commission", "currency": "USD", "debit": "125.00", "credit": "0.00", "balance": "125.00"},
+        {"account": "liability:partner:p1:pending", "currency": "JPY", "debit": "0", "credit": "1234",
+         "balance": "-1234"},
+        {"account": "liability:partner:p1:pending", "currency": "USD", "debit": "0.00", "credit": "100.00",
+         "balance": "-100.00"},
+        {"account": "liability:partner:p2:pending", "currency": "USD", "debit": "0.00", "credit": "25.00",
+         "balance": "-25.00"},
+        {"account": "liability:payouts:in_transit", "currency": "USD", "debit": "7.00", "credit": "0.00",
+         "balance": "7.00"},
+    ]
+    assert body["totals"] == [{"currency": "JPY", "debit": "1234", "credit": "1234"},
+                              {"currency": "USD", "debit": "132.00", "credit": "132.00"}]
+
+
+def test_as_of_counts_only_postings_effective_before_it(shared):
+    at_instant = trial_balance(shared, "?as_of=2026-01-21T00:00:00Z")
+    assert at_instant["as_of"] == "2026-01-21T00:00:00Z"
+    assert at_instant["totals"] == [{"currency": "USD", "debit": "100.00", "credit": "100.00"}]
+    end_of_day = trial_balance(shared, "?as_of=2026-01-21")  # a date means the end of that day
+    assert end_of_day["as_of"] == "2026-01-22T00:00:00Z"
+    assert end_of_day["totals"] == [{"currency": "USD", "debit": "125.00", "credit": "125.00"}]
+    assert trial_balance(shared, "?as_of=2026-01-01") == {"as_of": "2026-01-02T00:00:00Z", "rows": [], "totals": []}
+
+
+def test_without_as_of_the_trial_balance_is_as_of_now(shared):
+    body = trial_balance(shared)
+    assert body["as_of"] > "2026-01-24" and body["as_of"].endswith("Z")
+
+
+def test_a_bad_as_of_is_a_422_naming_it(shared):
+    for value in ("yesterday", "2026-13-01", "2026-01-01T00:00:00", "1969-12-31"):
+        response = shared.client.get(f"/v1/reports/trial-balance?as_of={value}", headers=bearer(shared.keys.finance))
+        assert response.status_code == 422, value
+        assert list(response.get_json()["errors"]) == ["as_of"]
+
+
+def test_integrity_of_untouched_books_is_ok(shared):
+    response = shared.client.get("/v1/integrity", headers=bearer(shared.keys.finance))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body == {"ok": True, "transactions_checked": 4, "chain_head": body["chain_head"], "problems": []}
+    last = shared.client.get("/v1/transactions/4", headers=bearer(shared.keys.finance)).get_json()
+    assert body["chain_head"] == last["hash"]
+
+
+def test_integrity_names_each_problem_in_tampered_books(database, client, keys, booked):
+    with behind_the_triggers(database) as execute:
+        execute("UPDATE journal_lines SET amount_minor = 99999 WHERE transaction_id = 2 AND side = 'D'")
+    body = client.get("/v1/integrity", headers=bearer(keys.finance)).get_json()
+    assert body["ok"] is False and body["transactions_checked"] == 4
+    assert {(p["transaction_id"], p["code"]) for p in body["problems"]} == {(2, "content_altered"), (2, "unbalanced")}
+    assert all(set(p) == {"transaction_id", "code", "message"} and p["message"] for p in body["problems"])

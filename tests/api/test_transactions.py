@@ -1,0 +1,126 @@
+"""GET /v1/transactions, GET /v1/transactions/{id}, POST /v1/transactions/{id}/reversal."""
+
+import re
+import uuid
+
+import pytest
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.verify import verify
+from tests.api.conftest import accrual, bearer, new_transaction
+
+RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+def test_a_transaction_carries_its_lines_hashes_sequence_and_links(shared):
+    response = shared.client.get(f"/v1/transactions/{shared.booked.p1[0]}", headers=bearer(shared.keys.finance))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["id"] == body["sequence"] == shared.booked.p1[0]
+    assert body["kind"] == "accrual"
+    assert body["effective_at"] == "2026-01-20T00:00:00Z"
+    assert body["original_effective_at"] is None and body["reverses_id"] is None and body["reversed_by_id"] is None
+    assert RFC3339_UTC.fullmatch(body["recorded_at"])
+    assert (body["partner_id"], body["customer_id"], body["invoice_id"]) == ("p1", "p1-customer", "p1-a-invoice")
+    assert re.fullmatch(r"[0-9a-f]{64}", body["hash"]) and body["prev_hash"] == "0" * 64
+    assert body["lines"] == [
+        {"account": "expense:commission", "currency": "USD", "side": "debit", "amount": "100.00"},
+        {"account": "liability:partner:p1:pending", "currency": "USD", "side": "credit", "amount": "100.00"},
+    ]
+
+
+def test_amounts_use_the_minor_unit_of_their_currency(shared):
+    body = shared.client.get(f"/v1/transactions/{shared.booked.p1[1]}", headers=bearer(shared.keys.finance)).get_json()
+    assert {line["amount"] for line in body["lines"]} == {"1234"}  # JPY has no minor digits
+
+
+def test_each_transaction_chains_the_previous_hash(shared):
+    items = shared.client.get("/v1/transactions", headers=bearer(shared.keys.finance)).get_json()["items"]
+    assert [item["prev_hash"] for item in items[1:]] == [item["hash"] for item in items[:-1]]
+
+
+def test_a_list_pages_with_an_opaque_cursor_until_null(shared):
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = "limit=3" + (f"&cursor={cursor}" if cursor else "")
+        body = shared.client.get(f"/v1/transactions?{query}", headers=bearer(shared.keys.finance)).get_json()
+        seen += [item["id"] for item in body["items"]]
+        cursor, pages = body["next_cursor"], pages + 1
+        if cursor is None:
+            break
+        assert not cursor.isdigit()
+    assert seen == [1, 2, 3, 4] and pages == 2
+
+
+def test_the_default_page_holds_up_to_100_and_the_maximum_is_1000(scratch):
+    partner = fresh_partner()
+    with scratch.database.transaction() as session:
+        posted = journal.post(session, [accrual(partner, f"{partner}-{i}", 100 + i, 1_000 + i) for i in range(101)])
+    finance, listing = bearer(scratch.keys.finance), f"/v1/transactions?partner_id={partner}"
+    first = scratch.client.get(listing, headers=finance).get_json()
+    assert len(first["items"]) == 100 and first["next_cursor"] is not None
+    rest = scratch.client.get(f"{listing}&cursor={first['next_cursor']}", headers=finance).get_json()
+    assert [item["id"] for item in rest["items"]] == [posted[-1].id] and rest["next_cursor"] is None
+    whole = scratch.client.get(f"{listing}&limit=1000", headers=finance).get_json()
+    assert [item["id"] for item in whole["items"]] == [p.id for p in posted] and whole["next_cursor"] is None
+
+
+def test_a_partner_without_transactions_lists_nothing(scratch):
+    listing = f"/v1/transactions?partner_id={fresh_partner()}"
+    response = scratch.client.get(listing, headers=bearer(scratch.keys.finance))
+    assert response.get_json() == {"items": [], "next_cursor": None}
+
+
+def fresh_partner() -> str:
+    return f"pt-{uuid.uuid4().hex[:12]}"
+
+
+def reverse(shared, transaction_id, body, key=None):
+    return shared.client.post(f"/v1/transactions/{transaction_id}/reversal", json=body,
+                              headers=bearer(key or shared.keys.finance))
+
+
+def test_a_reversal_mirrors_the_original_at_its_instant(scratch):
+    original_id = new_transaction(scratch.database, "p1", 10_000)
+    response = reverse(scratch, original_id, {"reason": "entered twice"})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert (body["kind"], body["reverses_id"], body["memo"]) == ("reversal", original_id, "entered twice")
+    assert body["effective_at"] == "2026-01-20T00:00:00Z" and body["partner_id"] == "p1"
+    assert body["lines"] == [
+        {"account": "expense:commission", "currency": "USD", "side": "credit", "amount": "100.00"},
+        {"account": chart.pending("p1"), "currency": "USD", "side": "debit", "amount": "100.00"},
+    ]
+    original = scratch.client.get(f"/v1/transactions/{original_id}", headers=bearer(scratch.keys.finance)).get_json()
+    assert original["reversed_by_id"] == body["id"]
+    with scratch.database.reader() as session:
+        assert verify(session).ok
+
+
+def test_a_reversal_may_name_its_effective_instant(scratch):
+    response = reverse(scratch, new_transaction(scratch.database),
+                       {"reason": "late", "effective_at": "2026-02-01T01:00:00+01:00"})
+    assert response.status_code == 201
+    assert response.get_json()["effective_at"] == "2026-02-01T00:00:00Z"
+
+
+def test_a_second_reversal_is_a_409(scratch):
+    original_id = new_transaction(scratch.database)
+    assert reverse(scratch, original_id, {"reason": "first"}).status_code == 201
+    second = reverse(scratch, original_id, {"reason": "second"}, key=scratch.keys.admin)
+    assert second.status_code == 409
+    assert second.mimetype == "application/problem+json"
+    assert "already reversed" in second.get_json()["detail"]
+
+
+def test_a_reversal_cannot_be_reversed(scratch):
+    reversal_id = reverse(scratch, new_transaction(scratch.database), {"reason": "first"}).get_json()["id"]
+    assert reverse(scratch, reversal_id, {"reason": "undo"}).status_code == 409
+
+
+@pytest.mark.parametrize("transaction_id", [999_999, 2**63 - 1])
+def test_reversing_a_missing_transaction_is_a_404(shared, transaction_id):
+    response = reverse(shared, transaction_id, {"reason": "gone"})
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"

@@ -1,0 +1,66 @@
+"""API keys: random, stored only as a SHA-256 hash, bound to a role (and a partner for partner keys)."""
+
+import hashlib
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.errors import InvalidInput
+from ledger.keys import Principal, authenticate, create_key
+from ledger.schema import api_keys
+
+
+def test_a_created_key_authenticates_as_its_role(database):
+    with database.transaction() as session:
+        key_id, key = create_key(session, "finance")
+    with database.reader() as session:
+        assert authenticate(session, key) == Principal(key_id, "finance", None)
+
+
+def test_a_partner_key_is_bound_to_its_partner(database):
+    with database.transaction() as session:
+        key_id, key = create_key(session, "partner", "northwind")
+    with database.reader() as session:
+        assert authenticate(session, key) == Principal(key_id, "partner", "northwind")
+
+
+def test_only_the_hash_of_a_key_is_stored(database):
+    with database.transaction() as session:
+        key_id, key = create_key(session, "admin")
+    with database.reader() as session:
+        row = session.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in [str(value) for value in row]
+
+
+def test_keys_are_long_random_and_distinct(database):
+    with database.transaction() as session:
+        made = {create_key(session, "billing")[1] for _ in range(20)}
+    assert len(made) == 20
+    assert all(key.startswith("rsk_") and len(key) >= 4 + 43 for key in made)  # 32 bytes of entropy
+
+
+def test_anything_but_a_stored_key_authenticates_as_nobody(database):
+    with database.transaction() as session:
+        _, key = create_key(session, "admin")
+    tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+    with database.reader() as session:
+        for presented in ["", "rsk_", "rsk_unknown", "not-a-key", "rsk_" + "x" * 500, None, 42, tampered, key[4:]]:
+            assert authenticate(session, presented) is None, presented
+
+
+def test_a_key_with_a_bad_role_or_binding_is_refused_naming_the_field(database):
+    for role, partner_id, field in [("root", None, "role"), ("partner", None, "partner_id"),
+                                    ("finance", "northwind", "partner_id"), ("partner", "has:colon", "partner_id"),
+                                    ("partner", "", "partner_id")]:
+        with pytest.raises(InvalidInput) as refused, database.transaction() as session:
+            create_key(session, role, partner_id)
+        assert set(refused.value.fields) == {field}, (role, partner_id)
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(api_keys)).scalar_one() == 0
+
+
+def test_the_database_refuses_a_partner_key_without_a_partner(database):
+    with pytest.raises(sa.exc.IntegrityError), database.transaction() as session:
+        session.execute(sa.insert(api_keys).values(id="k", key_hash="0" * 64, role="partner", partner_id=None,
+                                                   created_at_us=0))
