@@ -5,7 +5,8 @@ t and each currency whose available balance as of t (postings effective at or be
 minimum payout of the partner's plan for that currency, it posts one payout of the whole available
 balance, effective at t (Dr available / Cr payouts in transit), status pending. A run per instant:
 running again at the same instant returns the first run. A currency the plan lists no minimum for
-is paid whenever its balance is positive.
+is paid whenever its balance is positive. A new run at an instant inside a closed period is refused:
+its payouts could not be effective at t, and would pay a balance that may no longer be there.
 
 A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in transit / Cr available,
 returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
@@ -59,6 +60,10 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
     existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
     if existing is not None:
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
+    if batch.boundary_us is not None and at_us < batch.boundary_us:
+        # Its payouts would land at the first open period, where the balance as of t may no longer be.
+        raise Conflict(f"at: {format_instant(at_us)} lies in a closed period; a payout run must be at or after "
+                       f"{format_instant(batch.boundary_us)}", {"at": ["lies in a closed period"]})
     holds.release_matured(session, at_us, batch=batch)
     batch.flush()
     run_id = run_id_for(at_us)

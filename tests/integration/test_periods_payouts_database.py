@@ -1,0 +1,260 @@
+"""Closes and payouts hold in the database itself: raw SQL cannot add a second resolution, post into a
+closed period, or edit closes, snapshots and payouts; tampering behind the triggers' back is named
+by verify(); concurrent resolutions and payout runs resolve once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import accounts as chart
+from ledger import journal, partners, payouts, periods, plans
+from ledger.errors import Conflict
+from ledger.instants import parse_instant
+from ledger.verify import verify
+from tests.integration.test_tamper_evidence import behind_the_triggers
+
+PENDING, AVAILABLE = chart.pending("northwind"), chart.available("northwind")
+
+
+def at(day: str) -> int:
+    return parse_instant(f"{day}T00:00:00Z", field="at")
+
+
+@pytest.fixture
+def closed(database):
+    """Commission accrued in January, February and March, released once; all three months closed."""
+    with database.transaction() as session:
+        journal.post(session, [
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
+                             effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}")
+            for month in (1, 2, 3)] + [
+            journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000, effective_at_us=at("2026-02-09"),
+                             idempotency_key="release-1")])
+        for period in ("2026-01", "2026-02", "2026-03"):
+            periods.close_period(session, period, now_us=at("2026-04-02"))
+    return database
+
+
+def problems(database) -> set[tuple[str, str]]:
+    """(code, period) of every problem verify() names."""
+    with database.reader() as session:
+        report = verify(session)
+    assert report.ok is (not report.problems)
+    return {(p.code, p.message.split(":")[0].removeprefix("period ")) for p in report.problems}
+
+
+PENDING_ID = f"(SELECT id FROM accounts WHERE name = '{PENDING}')"
+F64 = "f" * 64
+
+
+TAMPERED_CLOSES = [
+    pytest.param([f"UPDATE period_snapshots SET credit_minor = credit_minor + 1 "
+                  f"WHERE period = '2026-02' AND account_id = {PENDING_ID}"],
+                 {("snapshot_altered", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="snapshot row"),
+    pytest.param([f"UPDATE period_closes SET close_hash = '{F64}' WHERE period = '2026-01'"],
+                 {("close_hash_mismatch", "2026-01"), ("close_chain_broken", "2026-02")}, id="close hash"),
+    pytest.param(["DELETE FROM period_snapshots WHERE period = '2026-02'",
+                  "DELETE FROM period_closes WHERE period = '2026-02'"],
+                 {("close_chain_broken", "2026-03")}, id="a close cut out of the chain"),
+]
+TAMPERED_CLOSE_FIELDS = [
+    pytest.param([f"UPDATE period_closes SET prev_close_hash = '{F64}' WHERE period = '2026-03'"],
+                 {("close_chain_broken", "2026-03"), ("close_hash_mismatch", "2026-03")}, id="a relinked close"),
+    pytest.param(["UPDATE period_closes SET transaction_count = 7 WHERE period = '2026-01'"],
+                 {("close_count_mismatch", "2026-01"), ("close_hash_mismatch", "2026-01")}, id="count"),
+    pytest.param([f"UPDATE period_closes SET chain_head_hash = '{F64}' WHERE period = '2026-02'"],
+                 {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head"),
+]
+
+
+@pytest.mark.parametrize(("statements", "expected"), TAMPERED_CLOSES)
+def test_verify_names_a_snapshot_a_close_hash_or_a_chain_of_closes_altered_behind_the_triggers(
+        closed, statements, expected):
+    with behind_the_triggers(closed) as execute:
+        for statement in statements:
+            execute(statement)
+    assert problems(closed) == expected
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the same checks; one engine is enough
+@pytest.mark.parametrize(("statements", "expected"), TAMPERED_CLOSE_FIELDS)
+def test_verify_names_every_other_altered_field_of_a_close(closed, statements, expected):
+    with behind_the_triggers(closed) as execute:
+        for statement in statements:
+            execute(statement)
+    assert problems(closed) == expected
+
+
+# ---- the database refuses, with Python bypassed ----
+
+def refused(database, statement: str, match: str, **params) -> None:
+    with pytest.raises(sa.exc.DBAPIError, match=match):
+        with database.engine.begin() as connection:
+            connection.execute(sa.text(statement), params)
+
+
+def raw_transfer(connection, effective_at_us: int) -> None:
+    """A balanced transaction continuing the sequence and the prev_hash link, in raw SQL (no journal.Batch
+    to move it out of a closed period)."""
+    head_id, head_hash = connection.execute(sa.text(
+        "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).one()
+    accounts = dict(connection.execute(sa.text("SELECT name, id FROM accounts")).all())
+    for account, side in ((chart.EXPENSE_COMMISSION, "D"), (PENDING, "C")):
+        connection.execute(sa.text(
+            "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us) "
+            "VALUES (:t, :a, 'USD', :s, 100, :e)"), dict(t=head_id + 1, a=accounts[account], s=side, e=effective_at_us))
+    connection.execute(sa.text(
+        "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, request_hash, "
+        "prev_hash, hash) VALUES (:id, 'adjustment', :e, 1, 'raw', :h, :prev, :h)"),
+        dict(id=head_id + 1, e=effective_at_us, h="e" * 64, prev=head_hash))
+
+
+def test_a_transaction_dated_inside_a_closed_period_is_refused_by_the_database(closed):
+    with pytest.raises(sa.exc.DBAPIError, match="effective instant lies in a closed period"):
+        with closed.engine.begin() as connection:
+            raw_transfer(connection, at("2026-03-31"))
+    with closed.engine.begin() as connection:  # the first open period's first instant is accepted
+        raw_transfer(connection, at("2026-04-01"))
+
+
+def test_closes_and_snapshots_refuse_update_and_delete(closed):
+    for statement in ("UPDATE period_closes SET closed_at_us = 0", "DELETE FROM period_closes WHERE period = '2026-03'",
+                      "UPDATE period_snapshots SET debit_minor = debit_minor + 1", "DELETE FROM period_snapshots"):
+        table = statement.split()[1] if statement.startswith("UPDATE") else statement.split()[2]
+        refused(closed, statement, f"{table} is append-only")
+    assert problems(closed) == set()
+
+
+def new_payout(session, day: str, amount_minor: int = 7_500) -> payouts.Payout:
+    """Put `amount_minor` on northwind's available balance and pay it out in a run at `day`."""
+    payouts.adjust(session, "northwind", "available", amount_minor, "USD", f"balance for {day}",
+                   effective_at_us=at(day) - 1)
+    [payout] = payouts.run_payouts(session, at(day)).payouts
+    return payout
+
+
+@pytest.fixture
+def enrolled(database):
+    """northwind on a plan with a USD 50.00 minimum payout."""
+    with database.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", {
+            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
+            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"})
+        partners.create_partner(session, "northwind", "Northwind", "msp", "standard")
+    return database
+
+
+def test_payouts_and_runs_refuse_update_and_delete(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+    for statement in ("UPDATE payouts SET amount_minor = 1", "DELETE FROM payouts",
+                      "UPDATE payout_runs SET at_us = 0", "DELETE FROM payout_runs"):
+        table = statement.split()[1] if statement.startswith("UPDATE") else statement.split()[2]
+        refused(enrolled, statement, f"{table} is append-only")
+    with enrolled.reader() as session:
+        assert payouts.list_payouts(session) == [payout]
+
+
+RESOLUTION = ("INSERT INTO payout_resolutions (payout_id, outcome, transaction_id, reason, resolved_at_us) "
+              "VALUES (:p, :o, :t, NULL, 1)")
+SECOND_RESOLUTION = "pk_payout_resolutions|payout_resolutions.payout_id"
+
+
+def test_a_second_resolution_of_a_settled_payout_is_refused_by_the_database(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        payouts.settle(session, payout.id, at_us=at("2026-03-02"))
+    # The payout's own transaction exists and resolves nothing: only the payout's key can refuse.
+    refused(enrolled, RESOLUTION, SECOND_RESOLUTION, p=payout.id, o="failed", t=payout.transaction_id)
+    refused(enrolled, "UPDATE payout_resolutions SET outcome = 'failed'", "payout_resolutions is append-only")
+    refused(enrolled, "DELETE FROM payout_resolutions", "payout_resolutions is append-only")
+    with enrolled.reader() as session:
+        assert payouts.get_payout(session, payout.id).status == "settled"
+
+
+def test_two_raw_resolutions_of_a_pending_payout_are_refused_at_the_second(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        adjustment_id = payout.transaction_id - 1
+
+    def both(connection):
+        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="settled", t=adjustment_id))
+        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="failed", t=payout.transaction_id))
+
+    with pytest.raises(sa.exc.IntegrityError, match=SECOND_RESOLUTION):
+        with enrolled.engine.begin() as connection:
+            both(connection)
+    with enrolled.reader() as session:
+        assert payouts.get_payout(session, payout.id).status == "pending"
+
+
+# ---- races ----
+
+def race(database, *actions) -> list:
+    """Run each action(session) in its own thread and database transaction, released together by a
+    barrier; returns each action's result or the exception it raised."""
+    barrier = threading.Barrier(len(actions))
+    outcomes: list = [None] * len(actions)
+
+    def worker(index: int) -> None:
+        try:
+            with database.transaction() as session:
+                barrier.wait(timeout=10)
+                outcomes[index] = actions[index](session)
+        except Exception as error:  # noqa: BLE001 - the test looks at what each side got
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(len(actions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
+def test_a_settle_and_a_fail_racing_on_one_payout_resolve_it_once(enrolled):
+    database = enrolled
+    for day in ("2026-03-01", "2026-04-01", "2026-05-01"):
+        with database.transaction() as session:
+            payout = new_payout(session, day)
+        settled, failed = race(database, lambda s: payouts.settle(s, payout.id, at_us=at(day) + 1),
+                               lambda s: payouts.fail(s, payout.id, at_us=at(day) + 1))
+        # Both take the journal lock before they read the payout's status, so the loser sees the
+        # winner's resolution and gets the domain's Conflict (a 409), never a raw IntegrityError.
+        winners = [o for o in (settled, failed) if isinstance(o, payouts.Payout)]
+        losers = [o for o in (settled, failed) if not isinstance(o, payouts.Payout)]
+        assert len(winners) == 1 and len(losers) == 1, (settled, failed)
+        assert isinstance(losers[0], Conflict), losers[0]
+        with database.reader() as session:
+            assert payouts.get_payout(session, payout.id) == winners[0]
+            keys = [f"payout_settled:{payout.id}", f"payout_failed:{payout.id}"]
+            assert session.execute(sa.select(sa.func.count()).select_from(sa.table("journal_transactions")).where(
+                sa.column("idempotency_key").in_(keys))).scalar_one() == 1
+    with database.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM payout_resolutions")).scalar_one() == 3
+        report = verify(session)
+        in_transit = session.execute(sa.text(
+            "SELECT coalesce(sum(CASE WHEN l.side = 'C' THEN l.amount_minor ELSE -l.amount_minor END), 0) "
+            "FROM journal_lines l JOIN accounts a ON a.id = l.account_id WHERE a.name = :n"),
+            {"n": chart.PAYOUTS_IN_TRANSIT}).scalar_one()
+    assert report.ok, report.problems
+    assert in_transit == 0
+
+
+def test_two_payout_runs_racing_at_the_same_instant_post_once(enrolled):
+    database = enrolled
+    with database.transaction() as session:
+        payouts.adjust(session, "northwind", "available", 7_500, "USD", "balance", effective_at_us=at("2026-02-01"))
+    first, second = race(database, lambda s: payouts.run_payouts(s, at("2026-03-01")),
+                         lambda s: payouts.run_payouts(s, at("2026-03-01")))
+    assert isinstance(first, payouts.PayoutRun) and isinstance(second, payouts.PayoutRun), (first, second)
+    assert sorted([first.replayed, second.replayed]) == [False, True]
+    assert (first.id, first.payouts) == (second.id, second.payouts)
+    with database.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM payouts")).scalar_one() == 1
+        assert session.execute(sa.text(
+            "SELECT count(*) FROM journal_transactions WHERE kind = 'payout'")).scalar_one() == 1
