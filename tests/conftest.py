@@ -69,7 +69,7 @@ def new_pg_url(cluster: Cluster) -> str:
     name = f"test_{os.getpid()}_{next(_counter)}"
     admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE revshare_template STRATEGY FILE_COPY")
+        connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE revshare_template")
     admin.dispose()
     return cluster.url(name)
 
