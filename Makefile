@@ -2,6 +2,8 @@
 #   make run    start the service with demo data on the embedded SQLite database
 #   make test   run the whole test suite (SQLite and a throwaway PostgreSQL cluster)
 PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
@@ -20,10 +22,20 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Keys are shown once and stored only as hashes, so each run creates a fresh admin key and a fresh
+# partner key for northwind and prints them; keys from earlier runs stay valid.
 run: $(STAMP)
 	$(BIN)/revshare db upgrade
 	$(BIN)/revshare demo
-	$(BIN)/revshare serve
+	@admin=$$($(BIN)/revshare keys create --role admin | tail -n 1) && \
+	partner=$$($(BIN)/revshare keys create --role partner --partner northwind | tail -n 1) && \
+	echo && \
+	echo "  docs:                     http://$(HOST):$(PORT)/docs" && \
+	echo "  admin key:                $$admin" && \
+	echo "  partner key (northwind):  $$partner" && \
+	echo "  try: curl -H 'Authorization: Bearer $$partner' http://$(HOST):$(PORT)/v1/partners/northwind/balance" && \
+	echo
+	$(BIN)/revshare serve --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

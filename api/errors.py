@@ -42,22 +42,41 @@ _DETAILS = {
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate")
 
 
-def problem(status: int, detail: str, *, title: str | None = None, type_name: str | None = None,
-            errors: dict[str, list[str]] | None = None, headers: dict[str, str] | None = None) -> Response:
-    """A problem+json response."""
+def problem_data(status: int, detail: str, *, title: str | None = None, type_name: str | None = None,
+                 errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """A problem object: the body of a problem+json response, or the `error` of a refused batch item."""
     title = title or _sentence_case(HTTPStatus(status).phrase)
     body: dict[str, Any] = {"type": TYPE_PREFIX + (type_name or _slug(title)), "title": title, "status": status,
                             "detail": detail}
     if errors is not None:
         body["errors"] = errors
+    return body
+
+
+def problem(status: int, detail: str, *, title: str | None = None, type_name: str | None = None,
+            errors: dict[str, list[str]] | None = None, headers: dict[str, str] | None = None) -> Response:
+    """A problem+json response."""
+    body = problem_data(status, detail, title=title, type_name=type_name, errors=errors)
     return current_app.response_class(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE,
                                       headers=headers or {})
 
 
-def domain_problem(error: DomainError) -> Response:
+def domain_problem_data(error: DomainError) -> dict[str, Any]:
     errors = error.fields if error.fields or error.status == 422 else None
-    return problem(error.status, error.detail, title=error.title, type_name=_slug(type(error).__name__),
-                   errors=errors)
+    return problem_data(error.status, error.detail, title=error.title, type_name=_slug(type(error).__name__),
+                        errors=errors)
+
+
+def domain_problem(error: DomainError) -> Response:
+    body = domain_problem_data(error)
+    return current_app.response_class(json.dumps(body), status=error.status, mimetype=PROBLEM_MIMETYPE)
+
+
+def validation_problem_data(messages: Any) -> dict[str, Any]:
+    """The 422 problem of marshmallow validation messages, with dotted field paths."""
+    flat: dict[str, list[str]] = {}
+    _flatten(messages, "", flat)
+    return problem_data(422, _DETAILS[422], errors=flat)
 
 
 def http_problem(error: HTTPException) -> Response:

@@ -1,16 +1,18 @@
 """Marshmallow fields for the contract's value types, each parsed by the domain's own parser.
 
-| field      | JSON                                      | Python                          |
-|------------|-------------------------------------------|---------------------------------|
-| `Money`    | `{"amount": "123.45", "currency": "USD"}` | `Amount(amount_minor, currency)`|
-| `Currency` | `"USD"`                                   | `str`                           |
-| `Instant`  | RFC 3339 with an offset                   | `int` microseconds since epoch  |
-| `AsOf`     | an instant, or a date (= end of that day) | `int` microseconds (exclusive)  |
-| `Date`     | `"YYYY-MM-DD"`                            | `datetime.date`                 |
-| `Period`   | `"YYYY-MM"`                               | `str`                           |
-| `Rate`     | decimal string in [0, 1]                  | `Decimal`                       |
-| `PartnerId`| 1-64 of letters, digits, `_ . -`          | `str`                           |
-| `Str(n)`   | a string of 1..n characters               | `str`                           |
+| field        | JSON                                        | Python                           |
+|--------------|---------------------------------------------|----------------------------------|
+| `Money`      | `{"amount": "123.45", "currency": "USD"}`   | `Amount(amount_minor, currency)` |
+| `Currency`   | `"USD"`                                     | `str`                            |
+| `Instant`    | RFC 3339 with an offset                     | `int` microseconds since epoch   |
+| `AsOf`       | an instant, or a date (= end of that day)   | `int` microseconds (exclusive)   |
+| `Start`      | an instant, or a date (= start of that day) | `int` microseconds               |
+| `Date`       | `"YYYY-MM-DD"`                              | `datetime.date`                  |
+| `Period`     | `"YYYY-MM"`                                 | `str`                            |
+| `Rate`       | decimal string in [0, 1]                    | `Decimal`                        |
+| `PartnerId`  | 1-64 of letters, digits, `_ . -`            | `str`                            |
+| `ExternalId` | 1-64 of letters, digits, `_ . : @ / -`      | `str`                            |
+| `Str(n)`     | a string of 1..n characters                 | `str`                            |
 
 Every string has a length limit, checked before any parsing. A domain parser's `InvalidInput`
 becomes a marshmallow `ValidationError`, so the 422 names the field as the client spelt it. Money
@@ -27,8 +29,9 @@ import marshmallow as ma
 from moneyed import Money as MoneyedMoney
 
 from ledger.accounts import validate_partner_id
+from ledger.customers import validate_external_id
 from ledger.errors import InvalidInput
-from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period
+from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period, start_of_day_us
 from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
 
 AMOUNT_TEXT_MAX = 40
@@ -122,6 +125,18 @@ class AsOf(Instant):
         return parse_as_of(text, field=field)
 
 
+class Start(Instant):
+    """When a dated fact starts: an instant, or a date meaning the start of that day in UTC."""
+
+    openapi = {"example": "2026-04-01", "description": "an RFC 3339 instant, or a date YYYY-MM-DD meaning the "
+                                                       "start of that day (UTC)"}
+
+    def parse(self, text: str, field: str) -> int:
+        if len(text) == len("YYYY-MM-DD"):
+            return start_of_day_us(parse_date(text, field=field))
+        return parse_instant(text, field=field)
+
+
 class Date(_Parsed):
     text_length_max = 10
     openapi = {"format": "date", "example": "2026-01-15"}
@@ -165,6 +180,15 @@ class PartnerId(_Parsed):
 
     def parse(self, text: str, field: str) -> str:
         return validate_partner_id(text, field=field)
+
+
+class ExternalId(_Parsed):
+    """An id that comes from billing: a customer, an invoice, a revenue event."""
+
+    openapi = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@/\-]{0,63}$", "example": "inv-1"}
+
+    def parse(self, text: str, field: str) -> str:
+        return validate_external_id(text, field=field)
 
 
 # sign -> (accepts(amount_minor), refusal, how the OpenAPI document describes it)

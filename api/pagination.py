@@ -4,7 +4,8 @@ with `{"items": [...], "next_cursor": null | "..."}`.
 Pages are keyset pages on an integer id: the cursor is an opaque token for "after id N", so a page
 costs the same however deep it is and rows added meanwhile are neither skipped nor repeated. A route
 asks the domain for `limit + 1` rows; `page()` keeps `limit` and makes the next cursor if there was
-one more.
+one more. Lists ordered by a text key (partners by id, periods by name) use `KeyPageQuery` and
+`page(..., encode=encode_key_cursor)`: the same, with "after key K".
 """
 
 from __future__ import annotations
@@ -25,19 +26,29 @@ ID_MAX = 2**63 - 1
 ID_CONVERTER = f"int(min=1, max={ID_MAX})"
 _CURSOR_TEXT_MAX = 64
 _CURSOR_CONTENT = re.compile(r"after:(\d{1,19})")
+_KEY_CURSOR_TEXT_MAX = 128
+# Text keys share the partner id alphabet (partner and plan ids, periods YYYY-MM).
+_KEY_CURSOR_CONTENT = re.compile(r"after-key:([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})")
 
 
 def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
 
 
+def encode_key_cursor(last_key: str) -> str:
+    return base64.urlsafe_b64encode(f"after-key:{last_key}".encode()).decode().rstrip("=")
+
+
+def _content(text: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return ""
+
+
 def decode_cursor(text: str) -> int:
     """The id a cursor points after; ValidationError for anything this API did not hand out."""
-    try:
-        content = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        content = ""
-    match = _CURSOR_CONTENT.fullmatch(content)
+    match = _CURSOR_CONTENT.fullmatch(_content(text))
     if match is None or int(match.group(1)) > ID_MAX:
         raise ma.ValidationError("is not a cursor returned by this API")
     return int(match.group(1))
@@ -56,20 +67,48 @@ class Cursor(ma.fields.String):
         return decode_cursor(value)
 
 
+class KeyCursor(ma.fields.String):
+    """An opaque cursor of a list ordered by a text key, loaded as the key to continue after."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(metadata={"maxLength": _KEY_CURSOR_TEXT_MAX,
+                                   "description": "`next_cursor` of the previous page"}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        match = None
+        if isinstance(value, str) and len(value) <= _KEY_CURSOR_TEXT_MAX:
+            match = _KEY_CURSOR_CONTENT.fullmatch(_content(value))
+        if match is None:
+            raise ma.ValidationError("is not a cursor returned by this API")
+        return match.group(1)
+
+
+def _limit() -> ma.fields.Integer:
+    return ma.fields.Integer(load_default=LIMIT_DEFAULT, validate=ma.validate.Range(1, LIMIT_MAX),
+                             metadata={"description": f"page size, default {LIMIT_DEFAULT}, at most {LIMIT_MAX}"})
+
+
 class PageQuery(Schema):
     """Query parameters of every list; subclass it to add filters."""
 
-    limit = ma.fields.Integer(load_default=LIMIT_DEFAULT, validate=ma.validate.Range(1, LIMIT_MAX),
-                              metadata={"description": f"page size, default {LIMIT_DEFAULT}, at most {LIMIT_MAX}"})
+    limit = _limit()
     cursor = Cursor(load_default=0, data_key="cursor")
 
 
+class KeyPageQuery(Schema):
+    """Query parameters of a list ordered by a text key; subclass it to add filters."""
+
+    limit = _limit()
+    cursor = KeyCursor(load_default=None, data_key="cursor")
+
+
 def page(rows: Sequence[Any], limit: int, render: Callable[[Any], dict], *,
-         id_of: Callable[[Any], int] = lambda row: row.id) -> dict[str, Any]:
-    """`{"items", "next_cursor"}` from up to `limit + 1` rows fetched in id order."""
+         id_of: Callable[[Any], Any] = lambda row: row.id,
+         encode: Callable[[Any], str] = encode_cursor) -> dict[str, Any]:
+    """`{"items", "next_cursor"}` from up to `limit + 1` rows fetched in key order."""
     kept = rows[:limit]
     more = len(rows) > limit
-    return {"items": [render(row) for row in kept], "next_cursor": encode_cursor(id_of(kept[-1])) if more else None}
+    return {"items": [render(row) for row in kept], "next_cursor": encode(id_of(kept[-1])) if more else None}
 
 
 def page_schema(item_schema: type[Schema]) -> type[Schema]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from api.routes import health, keys, reports, transactions
+from api.routes import customers, health, keys, partners, payouts, periods, plans, reports, revenue, transactions
 
-BLUEPRINTS = (health.blp, keys.blp, transactions.blp, reports.blp)
+BLUEPRINTS = (health.blp, keys.blp, plans.blp, partners.blp, customers.blp, revenue.blp, transactions.blp,
+              payouts.blp, periods.blp, reports.blp)

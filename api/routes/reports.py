@@ -1,7 +1,9 @@
-"""Finance reports: GET /v1/reports/trial-balance and GET /v1/integrity.
+"""Finance reports: GET /v1/reports/trial-balance, GET /v1/reports/liabilities and GET /v1/integrity.
 
-Amounts are decimal strings in the row's currency. Without `as_of` the trial balance is as of the
-moment of the request, so postings dated in the future do not count yet.
+Amounts are decimal strings in the row's currency. Without `as_of` a report is as of the moment of
+the request, so postings dated in the future do not count yet. In the liabilities' totals,
+`available` adds up positive available balances only (what the vendor owes) and
+`owed_by_partners` the negative ones (what partners owe back), as a positive amount.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from api.schemas import Schema
 from api.session import current_session
 from ledger.instants import format_instant
 from ledger.money import format_minor
+from ledger.reports import liabilities
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
 
-blp = Blueprint("reports", __name__, description="Trial balance and integrity (finance)")
+blp = Blueprint("reports", __name__, description="Trial balance, liabilities and integrity (finance)")
 
 
 class AsOfQuery(Schema):
@@ -47,6 +50,28 @@ class TrialBalanceSchema(Schema):
                                                       "description": "postings effective before this count"})
     rows = ma.fields.List(ma.fields.Nested(TrialBalanceRowSchema), required=True)
     totals = ma.fields.List(ma.fields.Nested(TrialBalanceTotalSchema), required=True)
+
+
+class PartnerLiabilitySchema(Schema):
+    partner_id = ma.fields.String(required=True)
+    currency = ma.fields.String(required=True)
+    pending = ma.fields.String(required=True)
+    available = ma.fields.String(required=True, metadata={"description": "negative when the partner owes"})
+
+
+class LiabilityTotalSchema(Schema):
+    currency = ma.fields.String(required=True)
+    pending = ma.fields.String(required=True)
+    available = ma.fields.String(required=True, metadata={"description": "sum of positive available balances"})
+    owed_by_partners = ma.fields.String(required=True, metadata={
+        "description": "sum of negative available balances, as a positive amount"})
+
+
+class LiabilitiesSchema(Schema):
+    as_of = ma.fields.String(required=True, metadata={"format": "date-time",
+                                                      "description": "postings effective before this count"})
+    partners = ma.fields.List(ma.fields.Nested(PartnerLiabilitySchema), required=True)
+    totals = ma.fields.List(ma.fields.Nested(LiabilityTotalSchema), required=True)
 
 
 class ProblemFoundSchema(Schema):
@@ -78,6 +103,26 @@ def get_trial_balance(as_of: int | None):
                   "balance": format_minor(row.balance_minor, row.currency)} for row in report.rows],
         "totals": [{"currency": total.currency, "debit": format_minor(total.debit_minor, total.currency),
                     "credit": format_minor(total.credit_minor, total.currency)} for total in report.totals],
+    }
+
+
+@blp.route("/reports/liabilities", methods=["GET"])
+@allow("finance")
+@blp.arguments(AsOfQuery, location="query", as_kwargs=True)
+@blp.response(200, LiabilitiesSchema)
+def get_liabilities(as_of: int | None):
+    """What the vendor owes each partner, pending and available, per currency"""
+    as_of_us = time.time_ns() // 1000 if as_of is None else as_of
+    by_partner, totals = liabilities(current_session(), before_us=as_of_us)
+    return {
+        "as_of": format_instant(as_of_us),
+        "partners": [{"partner_id": line.partner_id, "currency": line.currency,
+                      "pending": format_minor(line.pending_minor, line.currency),
+                      "available": format_minor(line.available_minor, line.currency)} for line in by_partner],
+        "totals": [{"currency": total.currency, "pending": format_minor(total.pending_minor, total.currency),
+                    "available": format_minor(total.available_minor, total.currency),
+                    "owed_by_partners": format_minor(total.owed_by_partners_minor, total.currency)}
+                   for total in totals],
     }
 
 

@@ -1,5 +1,7 @@
 """API fixtures: an app over the per-test database (SQLite and PostgreSQL), its test client, one key
 per role (partners `p1` and `p2`), and a small journal with transactions of both partners.
+The shared worlds also enrol `p1` and `p2` on the plan `standard`, with one customer each
+(`p1-customer`, `p2-customer`, attributed from 2026-01-01); enrolment posts nothing to the journal.
 
 Creating a database costs more than most API tests, so two worlds are built once per test session
 and engine: `shared`, for tests that only read or are refused (they must not write), and `scratch`,
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from datetime import date
 from typing import Iterator, NamedTuple
 
 import pytest
@@ -19,13 +22,15 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from ledger import accounts as chart
-from ledger import journal
+from ledger import customers, journal, partners, plans
 from ledger.db import Database
 from ledger.keys import create_key
 from ledger.settings import Settings
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 
 BODY_LIMIT_BYTES = 4096
+STANDARD_TERMS = {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": 12, "hold_days": 30,
+                  "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"}
 DAY_US = 86_400 * 1_000_000
 JAN_20_2026_US = 1_768_867_200 * 1_000_000  # 2026-01-20T00:00:00Z
 
@@ -88,6 +93,24 @@ def booked(database) -> Booked:
     return book(database)
 
 
+@pytest.fixture
+def fresh(database):
+    """A `Caller` (tests/api/books.py) over books of this test alone, with `p1` and `p2` enrolled: for
+    what acts on the whole journal (hold releases, payout runs, closes)."""
+    from tests.api.books import Caller
+
+    enroll(database)
+    return Caller(make_app(database).test_client(), make_keys(database))
+
+
+@pytest.fixture
+def call(scratch):
+    """A `Caller` over the `scratch` world: a test adds rows of its own (new ids) and asserts only on them."""
+    from tests.api.books import Caller
+
+    return Caller(scratch.client, scratch.keys)
+
+
 ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -110,6 +133,7 @@ def world_database(request, tmp_path_factory) -> Iterator[Database]:
 @pytest.fixture(scope="session", params=ENGINES)
 def shared(request, tmp_path_factory):
     with world_database(request, tmp_path_factory) as database:
+        enroll(database)
         yield Shared(database, make_app(database).test_client(), make_app(database, 2**20).test_client(),
                      make_keys(database), book(database))
 
@@ -119,8 +143,18 @@ def scratch(request, tmp_path_factory):
     """A database per engine that tests add to: each test books what it needs under its
     own ids (`new_transaction`) and asserts only on what it booked. Its `booked` ids are not used."""
     with world_database(request, tmp_path_factory) as database:
+        enroll(database)
         yield Shared(database, make_app(database).test_client(), make_app(database, 2**20).test_client(),
                      make_keys(database), book(database))
+
+
+def enroll(database: Database) -> None:
+    """The plan `standard` and partners `p1` and `p2` on it, each with one customer."""
+    with database.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", STANDARD_TERMS)
+        for partner_id in ("p1", "p2"):
+            partners.create_partner(session, partner_id, f"Partner {partner_id}", "msp", "standard")
+            customers.attribute(session, f"{partner_id}-customer", partner_id, date(2026, 1, 1), "manual")
 
 
 def new_transaction(database: Database, partner_id: str = "p1", amount_minor: int = 100) -> int:

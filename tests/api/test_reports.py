@@ -1,4 +1,4 @@
-"""GET /v1/reports/trial-balance and GET /v1/integrity."""
+"""GET /v1/reports/trial-balance, GET /v1/reports/liabilities and GET /v1/integrity."""
 
 from tests.api.conftest import bearer
 from tests.integration.test_tamper_evidence import behind_the_triggers
@@ -67,3 +67,41 @@ def test_integrity_names_each_problem_in_tampered_books(database, client, keys, 
     assert body["ok"] is False and body["transactions_checked"] == 4
     assert {(p["transaction_id"], p["code"]) for p in body["problems"]} == {(2, "content_altered"), (2, "unbalanced")}
     assert all(set(p) == {"transaction_id", "code", "message"} and p["message"] for p in body["problems"])
+
+
+def liabilities(client, key, query: str = "") -> dict:
+    response = client.get(f"/v1/reports/liabilities{query}", headers=bearer(key))
+    assert response.status_code == 200, response.data
+    return response.get_json()
+
+
+def test_liabilities_list_what_is_owed_to_each_partner_per_currency(shared):
+    body = liabilities(shared.client, shared.keys.finance, "?as_of=2026-01-31")
+    assert body == {
+        "as_of": "2026-02-01T00:00:00Z",
+        "partners": [
+            {"partner_id": "p1", "currency": "JPY", "pending": "1234", "available": "0"},
+            {"partner_id": "p1", "currency": "USD", "pending": "100.00", "available": "0.00"},
+            {"partner_id": "p2", "currency": "USD", "pending": "25.00", "available": "0.00"}],
+        "totals": [
+            {"currency": "JPY", "pending": "1234", "available": "0", "owed_by_partners": "0"},
+            {"currency": "USD", "pending": "125.00", "available": "0.00", "owed_by_partners": "0.00"}]}
+    early = liabilities(shared.client, shared.keys.finance, "?as_of=2026-01-20T12:00:00Z")
+    assert [(p["partner_id"], p["currency"]) for p in early["partners"]] == [("p1", "USD")]
+    assert liabilities(shared.client, shared.keys.finance)["as_of"] > "2026-11"
+
+
+def test_liabilities_show_what_partners_owe_back_apart(fresh):
+    for partner_id, amount in (("p1", "-30.00"), ("p2", "45.00")):
+        fresh.created("/v1/adjustments", {"partner_id": partner_id, "account": "available", "reason": "test",
+                                          "amount": {"amount": amount, "currency": "USD"},
+                                          "effective_at": "2026-01-05T00:00:00Z"})
+    body = liabilities(fresh.client, fresh.keys.finance, "?as_of=2026-01-31")
+    assert [(p["partner_id"], p["available"]) for p in body["partners"]] == [("p1", "-30.00"), ("p2", "45.00")]
+    assert body["totals"] == [{"currency": "USD", "pending": "0.00", "available": "45.00",
+                               "owed_by_partners": "30.00"}]
+
+
+def test_a_bad_liabilities_as_of_is_a_422_naming_it(shared):
+    response = shared.client.get("/v1/reports/liabilities?as_of=2026-02-30", headers=bearer(shared.keys.finance))
+    assert response.status_code == 422 and list(response.get_json()["errors"]) == ["as_of"]

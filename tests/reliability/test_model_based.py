@@ -86,12 +86,14 @@ class LedgerMachine(RuleBasedStateMachine):
         return to_us(add_months(from_us(self.now).replace(day=1, hour=0, minute=0, second=0, microsecond=0), 1))
 
     def _tick(self) -> int:
-        self.now = min(self.now + MINUTE_US, self._month_end() - MINUTE_US)
+        """A new instant for the next posting: strictly later, and still inside the month."""
+        self.now = max(self.now + 1, min(self.now + MINUTE_US, self._month_end() - MINUTE_US))
         return self.now
 
     @rule(days=st.integers(1, 20))
     def advance(self, days: int) -> None:
-        self.now = min(self.now + days * DAY_US, self._month_end() - 2 * MINUTE_US)
+        """Time moves on within the month (months end only through close_the_month)."""
+        self.now = max(self.now, min(self.now + days * DAY_US, self._month_end() - 2 * MINUTE_US))
 
     @precondition(lambda self: from_us(self.now) < add_months(START, 10))
     @rule()

@@ -1,0 +1,90 @@
+"""Attribution of customers to partners (billing, finance): POST /v1/attributions and
+GET /v1/customers/{id}.
+
+An attribution starts at the beginning of its `effective_from` date (UTC) and lasts until the
+customer's next attribution starts. Posting the customer's current attribution again is a 200 that
+changes nothing (201 when it creates one). Moving a customer to another partner needs
+`"replace": true`, which only finance may send: billing gets a 403 for it, and a 409 without it.
+"""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from werkzeug.exceptions import Forbidden
+
+from api.auth import allow, current_principal
+from api.body import Blueprint
+from api.fields import Date, ExternalId, Instant, PartnerId, Str
+from api.idempotency import idempotent
+from api.schemas import Schema
+from api.session import current_session
+from ledger import customers
+from ledger.customers import Attribution
+from ledger.instants import from_us
+from ledger.schema import ATTRIBUTION_SOURCES
+
+blp = Blueprint("customers", __name__, description="Customers and their attribution to partners")
+
+REPLACING_ROLES = frozenset({"finance", "admin"})
+
+
+class AttributionRequestSchema(Schema):
+    customer_id = ExternalId(required=True, metadata={"example": "acme"})
+    partner_id = PartnerId(required=True)
+    effective_from = Date(required=True, metadata={"description": "the attribution starts at 00:00 UTC that day"})
+    source = Str(32, required=True, validate=ma.validate.OneOf(ATTRIBUTION_SOURCES))
+    replace = ma.fields.Boolean(load_default=False, metadata={
+        "description": "end the customer's current attribution to another partner (finance only)"})
+
+
+class AttributionSchema(Schema):
+    customer_id = ma.fields.String(required=True)
+    partner_id = ma.fields.String(required=True)
+    effective_from = ma.fields.String(required=True, metadata={"format": "date"})
+    effective_to = ma.fields.String(required=True, allow_none=True, metadata={
+        "format": "date", "description": "the day the next attribution starts (exclusive); null while current"})
+    source = ma.fields.String(required=True, metadata={"enum": list(ATTRIBUTION_SOURCES)})
+    recorded_at = Instant(required=True)
+
+
+class CustomerSchema(Schema):
+    id = ma.fields.String(required=True)
+    created_at = Instant(required=True)
+    attributions = ma.fields.List(ma.fields.Nested(AttributionSchema), required=True, metadata={
+        "description": "the attribution history, oldest first"})
+
+
+def _day(instant_us: int | None) -> str | None:
+    return None if instant_us is None else from_us(instant_us).date().isoformat()
+
+
+def render_attribution(attribution: Attribution) -> dict:
+    a = attribution
+    return {"customer_id": a.customer_id, "partner_id": a.partner_id, "effective_from": _day(a.effective_from_us),
+            "effective_to": _day(a.effective_to_us), "source": a.source, "recorded_at": a.recorded_at_us}
+
+
+@blp.route("/attributions", methods=["POST"])
+@allow("billing", "finance")
+@idempotent
+@blp.arguments(AttributionRequestSchema)
+@blp.response(201, AttributionSchema)
+@blp.alt_response(200, schema=AttributionSchema, success=True,
+                  description="the customer's current attribution, repeated: nothing changed")
+def attribute(args):
+    """Attribute a customer to a partner from a date"""
+    if args["replace"] and current_principal().role not in REPLACING_ROLES:
+        raise Forbidden("Only finance may replace an attribution.")
+    attribution, created = customers.attribute(current_session(), args["customer_id"], args["partner_id"],
+                                               args["effective_from"], args["source"], replace=args["replace"])
+    return render_attribution(attribution), 201 if created else 200
+
+
+@blp.route("/customers/<path:customer_id>", methods=["GET"])
+@allow("billing", "finance")
+@blp.response(200, CustomerSchema)
+def get_customer(customer_id: str):
+    """A customer with its attribution history"""
+    customer = customers.get_customer(current_session(), customer_id)
+    return {"id": customer.id, "created_at": customer.created_at_us,
+            "attributions": [render_attribution(a) for a in customer.attributions]}

@@ -1,0 +1,229 @@
+"""Partners: enrolment and dated changes (finance), and the partner's own books (finance, or a
+partner key for itself): POST /v1/partners, GET /v1/partners, GET /v1/partners/{id},
+PATCH /v1/partners/{id}, GET /v1/partners/{id}/balance, GET /v1/partners/{id}/statement.
+
+A partner key sees its own record, balance and statement; any other partner id, existing or not,
+is the same 404. A PATCH is exactly one of two changes: a status (`{"status", "effective_at"?}`)
+or a plan (`{"plan_id", "effective_from"}`); both or neither is a 422.
+
+Balances and statements read what the books hold: a matured accrual that nothing has released yet
+is still pending (see README, "Decisions"). A statement is JSON, or CSV with `?format=csv` or
+`Accept: text/csv`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import marshmallow as ma
+from flask import current_app, request
+
+from api.auth import allow, partner_scope, require_visible
+from api.body import Blueprint
+from api.fields import AsOf, Instant, PartnerId, Period, Start, Str
+from api.idempotency import idempotent
+from api.pagination import KeyPageQuery, encode_key_cursor, page, page_schema
+from api.schemas import Schema
+from api.session import current_session
+from ledger import partners, statements
+from ledger.balances import partner_balances
+from ledger.money import format_minor
+from ledger.partners import Partner
+from ledger.schema import PARTNER_STATUSES, PARTNER_TYPES
+
+blp = Blueprint("partners", __name__, description="Partners, their balances and statements")
+
+NAME_LENGTH_MAX = 200
+STATUS_FIELDS = ("status", "effective_at")
+PLAN_FIELDS = ("plan_id", "effective_from")
+CSV_MIMETYPE = "text/csv"
+
+
+class PartnerRequestSchema(Schema):
+    id = PartnerId(required=True)
+    name = Str(NAME_LENGTH_MAX, required=True, metadata={"example": "Northwind IT Services"})
+    type = Str(16, required=True, validate=ma.validate.OneOf(PARTNER_TYPES))
+    plan_id = PartnerId(required=True, metadata={"example": "msp-standard"})
+    parent_id = PartnerId(load_default=None, allow_none=True, metadata={
+        "description": "the partner this one sells under (fixed at enrolment)"})
+
+
+class PartnerChangeSchema(Schema):
+    """Exactly one of: a status change, or a plan change."""
+
+    status = Str(16, validate=ma.validate.OneOf(PARTNER_STATUSES))
+    effective_at = Instant(metadata={"description": "with `status`: when it starts; default now"})
+    plan_id = PartnerId()
+    effective_from = Start(metadata={"description": "with `plan_id`: when the new plan starts"})
+
+    @ma.validates_schema
+    def _one_change(self, data: dict, **kwargs) -> None:
+        status = [name for name in STATUS_FIELDS if name in data]
+        plan = [name for name in PLAN_FIELDS if name in data]
+        if status and plan:
+            raise ma.ValidationError({name: ["cannot be combined with a status change"] for name in plan})
+        if not status and not plan:
+            raise ma.ValidationError("send either {\"status\"} or {\"plan_id\", \"effective_from\"}")
+        required = ("status",) if status else PLAN_FIELDS
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ma.ValidationError({name: ["missing required field"] for name in missing})
+
+
+class PartnerSchema(Schema):
+    id = ma.fields.String(required=True)
+    name = ma.fields.String(required=True)
+    type = ma.fields.String(required=True, metadata={"enum": list(PARTNER_TYPES)})
+    parent_id = ma.fields.String(required=True, allow_none=True)
+    depth = ma.fields.Integer(required=True, metadata={"description": "1 for a top-level partner, at most 5"})
+    status = ma.fields.String(required=True, metadata={"enum": list(PARTNER_STATUSES), "description": "now"})
+    plan_id = ma.fields.String(required=True, metadata={"description": "the plan in effect now"})
+    created_at = Instant(required=True)
+
+
+class BalanceQuery(Schema):
+    as_of = AsOf(load_default=None, metadata={"description": "default: now"})
+
+
+class CurrencyBalanceSchema(Schema):
+    currency = ma.fields.String(required=True)
+    pending = ma.fields.String(required=True, metadata={"description": "decimal string, still in its hold"})
+    available = ma.fields.String(required=True, metadata={
+        "description": "decimal string, payable; negative when the partner owes"})
+    total = ma.fields.String(required=True, metadata={"description": "pending + available"})
+
+
+class BalanceSchema(Schema):
+    partner_id = ma.fields.String(required=True)
+    as_of = Instant(required=True, metadata={"description": "postings effective before this count"})
+    balances = ma.fields.List(ma.fields.Nested(CurrencyBalanceSchema), required=True)
+
+
+class StatementQuery(Schema):
+    period = Period(required=True)
+    output = Str(4, load_default=None, data_key="format", validate=ma.validate.OneOf(["json", "csv"]), metadata={
+        "description": "default: json, or csv when `Accept` prefers text/csv"})
+
+
+class _PendingAvailable(Schema):
+    pending = ma.fields.String(required=True)
+    available = ma.fields.String(required=True)
+
+
+class StatementLineSchema(Schema):
+    transaction_id = ma.fields.Integer(required=True)
+    effective_at = ma.fields.String(required=True, metadata={"format": "date-time"})
+    original_effective_at = ma.fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    kind = ma.fields.String(required=True, metadata={"enum": list(statements.LINE_KINDS)})
+    customer_id = ma.fields.String(required=True, allow_none=True)
+    invoice_id = ma.fields.String(required=True, allow_none=True)
+    event_id = ma.fields.String(required=True, allow_none=True)
+    pending = ma.fields.String(required=True, metadata={"description": "signed effect on pending"})
+    available = ma.fields.String(required=True, metadata={"description": "signed effect on available"})
+
+
+class CurrencyStatementSchema(Schema):
+    currency = ma.fields.String(required=True)
+    opening = ma.fields.Nested(_PendingAvailable, required=True)
+    lines = ma.fields.List(ma.fields.Nested(StatementLineSchema), required=True)
+    totals = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), required=True, metadata={
+        "description": "kind -> signed effect on pending + available"})
+    closing = ma.fields.Nested(_PendingAvailable, required=True)
+
+
+class StatementSchema(Schema):
+    partner_id = ma.fields.String(required=True)
+    period = ma.fields.String(required=True)
+    period_status = ma.fields.String(required=True, metadata={"enum": ["open", "closed"]})
+    close_hash = ma.fields.String(required=True, allow_none=True)
+    currencies = ma.fields.List(ma.fields.Nested(CurrencyStatementSchema), required=True)
+
+
+def render(partner: Partner) -> dict:
+    return {"id": partner.id, "name": partner.name, "type": partner.type, "parent_id": partner.parent_id,
+            "depth": partner.depth, "status": partner.status, "plan_id": partner.plan_id,
+            "created_at": partner.created_at_us}
+
+
+def visible_partner(partner_id: str) -> Partner:
+    """The partner, or the same 404 for one that does not exist and one a partner key may not see."""
+    require_visible(partner_id, f"partner {partner_id!r}")
+    return partners.get_partner(current_session(), partner_id)
+
+
+@blp.route("/partners", methods=["POST"])
+@allow("finance")
+@idempotent
+@blp.arguments(PartnerRequestSchema)
+@blp.response(201, PartnerSchema)
+def create_partner(args):
+    """Enrol a partner on a plan"""
+    return render(partners.create_partner(current_session(), args["id"], args["name"], args["type"], args["plan_id"],
+                                          args["parent_id"]))
+
+
+@blp.route("/partners", methods=["GET"])
+@allow("finance", "partner")
+@blp.arguments(KeyPageQuery, location="query", as_kwargs=True)
+@blp.response(200, page_schema(PartnerSchema))
+def list_partners(limit: int, cursor: str | None):
+    """Partners in id order (a partner key: only itself)"""
+    rows = partners.list_partners(current_session(), after_id=cursor, limit=limit + 1, partner_id=partner_scope())
+    return page(rows, limit, render, encode=encode_key_cursor)
+
+
+@blp.route("/partners/<string(maxlength=64):partner_id>", methods=["GET"])
+@allow("finance", "partner")
+@blp.response(200, PartnerSchema)
+def get_partner(partner_id: str):
+    """One partner with its current status and plan"""
+    return render(visible_partner(partner_id))
+
+
+@blp.route("/partners/<string(maxlength=64):partner_id>", methods=["PATCH"])
+@allow("finance")
+@blp.arguments(PartnerChangeSchema)
+@blp.response(200, PartnerSchema)
+def change_partner(args, partner_id: str):
+    """Change a partner's status, or move it to another plan from a date"""
+    session = current_session()
+    if "status" in args:
+        return render(partners.set_status(session, partner_id, args["status"], args.get("effective_at")))
+    return render(partners.change_plan(session, partner_id, args["plan_id"], args["effective_from"]))
+
+
+@blp.route("/partners/<string(maxlength=64):partner_id>/balance", methods=["GET"])
+@allow("finance", "partner")
+@blp.arguments(BalanceQuery, location="query", as_kwargs=True)
+@blp.response(200, BalanceSchema)
+def get_balance(partner_id: str, as_of: int | None):
+    """Pending, available and total per currency"""
+    visible_partner(partner_id)
+    as_of_us = time.time_ns() // 1000 if as_of is None else as_of
+    found = partner_balances(current_session(), partner_id, before_us=as_of_us)
+    return {"partner_id": partner_id, "as_of": as_of_us, "balances": [
+        {"currency": currency, "pending": format_minor(pending, currency),
+         "available": format_minor(available, currency), "total": format_minor(pending + available, currency)}
+        for currency, (pending, available) in sorted(found.items())]}
+
+
+@blp.route("/partners/<string(maxlength=64):partner_id>/statement", methods=["GET"])
+@allow("finance", "partner")
+@blp.arguments(StatementQuery, location="query", as_kwargs=True)
+@blp.response(200, StatementSchema)
+@blp.alt_response(200, schema={"type": "string"}, content_type=CSV_MIMETYPE, success=True,
+                  description="`?format=csv` or `Accept: text/csv`: one row per line, framed by opening and "
+                              "closing rows per currency")
+def get_statement(partner_id: str, period: str, output: str | None):
+    """A period's statement: opening, every line traced to its source, totals, closing"""
+    visible_partner(partner_id)
+    result = statements.statement(current_session(), partner_id, period)
+    if (output or _negotiated()) == "csv":
+        return current_app.response_class(statements.to_csv(result), mimetype=CSV_MIMETYPE, headers={
+            "Content-Disposition": f'attachment; filename="statement-{partner_id}-{period}.csv"'})
+    return statements.to_data(result)
+
+
+def _negotiated() -> str:
+    best = request.accept_mimetypes.best_match(["application/json", CSV_MIMETYPE], default="application/json")
+    return "csv" if best == CSV_MIMETYPE else "json"

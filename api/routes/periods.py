@@ -1,0 +1,122 @@
+"""Periods (finance): GET /v1/periods, GET /v1/periods/{YYYY-MM}, POST /v1/periods/{YYYY-MM}/close.
+
+A period is a calendar month in UTC. The list holds the closed periods, oldest first: the chain of
+closes, each with its hash, the previous close's hash, its transaction count and the journal head
+it covers. One period, closed or open, answers its status; a closed one also carries its snapshot:
+every account's cumulative debits and credits at the period's end, as stored at the close. A path
+that is not a period `YYYY-MM` is a 404, like any other unknown resource.
+"""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from api.auth import allow
+from api.body import Blueprint
+from api.fields import Instant
+from api.idempotency import idempotent
+from api.pagination import KeyPageQuery, encode_key_cursor, page, page_schema
+from api.schemas import Schema
+from api.session import current_session
+from ledger import periods
+from ledger.balances import all_balances
+from ledger.errors import InvalidInput, NotFound
+from ledger.instants import parse_period, period_bounds_us
+from ledger.money import format_minor
+from ledger.periods import Close
+
+blp = Blueprint("periods", __name__, description="Monthly periods: close chain and snapshots (finance)")
+
+
+class CloseRequestSchema(Schema):
+    """No fields: the period is in the path (a body with fields is a 422, not silently ignored)."""
+
+
+class SnapshotRowSchema(Schema):
+    account = ma.fields.String(required=True)
+    currency = ma.fields.String(required=True)
+    debit = ma.fields.String(required=True, metadata={"description": "cumulative debits at the period's end"})
+    credit = ma.fields.String(required=True, metadata={"description": "cumulative credits at the period's end"})
+    balance = ma.fields.String(required=True, metadata={"description": "debit - credit, signed"})
+
+
+class PeriodSchema(Schema):
+    period = ma.fields.String(required=True, metadata={"example": "2026-01"})
+    status = ma.fields.String(required=True, metadata={"enum": ["open", "closed"]})
+    starts_at = Instant(required=True)
+    ends_at = Instant(required=True, metadata={"description": "exclusive"})
+    closed_at = Instant(required=True, allow_none=True)
+    close_hash = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "SHA-256 over the snapshot, the counts, the journal head and the previous close hash"})
+    prev_close_hash = ma.fields.String(required=True, allow_none=True)
+    transaction_count = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "transactions effective in the period (closed periods)"})
+    chain_head_id = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "the last transaction when the period closed"})
+    chain_head_hash = ma.fields.String(required=True, allow_none=True)
+
+
+class PeriodDetailSchema(PeriodSchema):
+    snapshot = ma.fields.List(ma.fields.Nested(SnapshotRowSchema), required=True, allow_none=True, metadata={
+        "description": "every account's balance at the period's end, as stored at the close; null while open"})
+
+
+def render(close: Close) -> dict:
+    return {"period": close.period, "status": "closed", "starts_at": close.starts_at_us, "ends_at": close.ends_at_us,
+            "closed_at": close.closed_at_us, "close_hash": close.close_hash, "prev_close_hash": close.prev_close_hash,
+            "transaction_count": close.transaction_count, "chain_head_id": close.chain_head_id,
+            "chain_head_hash": close.chain_head_hash}
+
+
+def render_open(period: str) -> dict:
+    starts_us, ends_us = period_bounds_us(period)
+    return {"period": period, "status": "open", "starts_at": starts_us, "ends_at": ends_us, "closed_at": None,
+            "close_hash": None, "prev_close_hash": None, "transaction_count": None, "chain_head_id": None,
+            "chain_head_hash": None, "snapshot": None}
+
+
+def snapshot_rows(close: Close) -> list[dict]:
+    # The balances as of a closed period's end are that period's stored snapshot (the latest close
+    # ending by then) plus the lines after it and before its end: none.
+    rows = all_balances(current_session(), before_us=close.ends_at_us)
+    return [{"account": account, "currency": currency, "debit": format_minor(debit, currency),
+             "credit": format_minor(credit, currency), "balance": format_minor(debit - credit, currency)}
+            for (account, currency), (debit, credit) in sorted(rows.items())]
+
+
+def path_period(text: str) -> str:
+    try:
+        return parse_period(text)
+    except InvalidInput:
+        raise NotFound(f"period {text[:40]!r} not found") from None
+
+
+@blp.route("/periods", methods=["GET"])
+@allow("finance")
+@blp.arguments(KeyPageQuery, location="query", as_kwargs=True)
+@blp.response(200, page_schema(PeriodSchema))
+def list_periods(limit: int, cursor: str | None):
+    """Closed periods, oldest first"""
+    closes = [close for close in periods.list_periods(current_session()) if cursor is None or close.period > cursor]
+    return page(closes[:limit + 1], limit, render, id_of=lambda close: close.period, encode=encode_key_cursor)
+
+
+@blp.route("/periods/<string(length=7):period>", methods=["GET"])
+@allow("finance")
+@blp.response(200, PeriodDetailSchema)
+def get_period(period: str):
+    """A period's status; a closed one with its close record and snapshot"""
+    close = periods.get_close(current_session(), path_period(period))
+    if close is None:
+        return render_open(period)
+    return {**render(close), "snapshot": snapshot_rows(close)}
+
+
+@blp.route("/periods/<string(length=7):period>/close", methods=["POST"])
+@allow("finance")
+@idempotent
+@blp.arguments(CloseRequestSchema)
+@blp.response(200, PeriodSchema)
+def close_period(_args, period: str):
+    """Close an ended period: release matured holds, write off under `reset`, snapshot, hash"""
+    return render(periods.close_period(current_session(), path_period(period)))

@@ -1,0 +1,144 @@
+"""Commission plans (finance): POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id}.
+
+The terms of a version (`rates`, `duration_months`, `cpa`, `hold_days`, `min_payout`,
+`negative_balance`, `override`) are parsed by the domain's own strict parser (`terms.parse_terms`),
+so a 422 names the exact place (`rates.1.from_month`, `cpa.0.amount`) together with any other bad
+field of the request. A version never changes: a change of terms is a new version that starts at
+its `effective_from` (an instant, or a date meaning the start of that day, UTC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+
+from api.auth import allow
+from api.body import Blueprint
+from api.fields import Instant, PartnerId, Start, Str
+from api.idempotency import idempotent
+from api.schemas import Schema
+from api.session import current_session
+from ledger import plans
+from ledger.errors import InvalidInput
+from ledger.plans import Plan, PlanVersion
+from ledger.terms import TERM_FIELDS, parse_terms, terms_to_data
+
+blp = Blueprint("plans", __name__, description="Commission plans and their immutable versions (finance)")
+
+NAME_LENGTH_MAX = 200
+_MONEY_LIST = {"type": "array", "items": {"type": "object", "properties": {
+    "amount": {"type": "string", "maxLength": 40, "example": "50.00"},
+    "currency": {"type": "string", "minLength": 3, "maxLength": 3, "example": "USD"}}}}
+# Documentation of the terms; the parsing is `terms.parse_terms`.
+_TERM_DOCS: dict[str, dict[str, Any]] = {
+    "rates": {"type": "array", "description": "step-down schedule; the first step starts at month 1",
+              "items": {"type": "object", "properties": {
+                  "from_month": {"type": "integer", "minimum": 1},
+                  "rate": {"type": "string", "maxLength": 12, "example": "0.20"}}},
+              "example": [{"from_month": 1, "rate": "0.40"}, {"from_month": 4, "rate": "0.20"}]},
+    "duration_months": {"type": "integer", "nullable": True, "minimum": 1,
+                        "description": "eligibility window in calendar months; null = lifetime"},
+    "cpa": {**_MONEY_LIST, "description": "one-time bounty per currency, on a customer's first eligible invoice"},
+    "hold_days": {"type": "integer", "minimum": 0, "example": 30},
+    "min_payout": {**_MONEY_LIST, "description": "minimum available balance per currency for a payout"},
+    "negative_balance": {"type": "string", "enum": ["carry_forward", "reset"]},
+    "override": {"type": "object", "nullable": True, "description": "earned on the business of sub-partners",
+                 "properties": {"rate": {"type": "string", "maxLength": 12},
+                                "basis": {"type": "string", "enum": ["revenue", "commission"]}}},
+}
+_REQUIRED_TERMS = ("rates", "hold_days", "negative_balance")
+
+
+def _term_fields(*, for_request: bool) -> dict[str, ma.fields.Field]:
+    """Terms as raw request fields (checked by `parse_terms`) or as response fields."""
+    if for_request:
+        return {name: ma.fields.Raw(required=name in _REQUIRED_TERMS, allow_none=True, metadata=_TERM_DOCS[name])
+                for name in TERM_FIELDS}
+    return {name: ma.fields.Raw(required=True, metadata=_TERM_DOCS[name]) for name in TERM_FIELDS}
+
+
+class _TermsRequest(Schema):
+    """Checks the terms with the domain's parser, merging its messages with the other fields'."""
+
+    @ma.validates_schema(skip_on_field_errors=False)
+    def _check_terms(self, data: dict, **kwargs) -> None:
+        try:
+            parse_terms(terms_data(data))
+        except InvalidInput as error:
+            raise ma.ValidationError(error.fields) from None
+
+
+def terms_data(args: dict) -> dict[str, Any]:
+    """The term fields a request carried (an absent optional term keeps the parser's default)."""
+    return {name: args[name] for name in TERM_FIELDS if name in args}
+
+
+PlanRequestSchema = _TermsRequest.from_dict({
+    "id": PartnerId(required=True, metadata={"example": "msp-standard"}),
+    "name": Str(NAME_LENGTH_MAX, required=True, metadata={"example": "MSP standard"}),
+    "effective_from": Start(load_default=None, metadata={
+        "description": "when version 1 starts; default: the beginning of time"}),
+    **_term_fields(for_request=True),
+}, name="PlanRequest")
+
+VersionRequestSchema = _TermsRequest.from_dict({
+    "effective_from": Start(required=True),
+    **_term_fields(for_request=True),
+}, name="PlanVersionRequest")
+
+VersionSchema = Schema.from_dict({
+    "plan_version_id": ma.fields.Integer(required=True, metadata={
+        "description": "the id accruals pin (`plan_version_id` of a transaction)"}),
+    "plan_id": ma.fields.String(required=True),
+    "version": ma.fields.Integer(required=True),
+    "effective_from": Instant(required=True),
+    **_term_fields(for_request=False),
+}, name="PlanVersion")
+
+
+class PlanSchema(Schema):
+    id = ma.fields.String(required=True)
+    name = ma.fields.String(required=True)
+    version = ma.fields.Integer(required=True, metadata={"description": "the latest version's number"})
+    versions = ma.fields.List(ma.fields.Nested(VersionSchema), required=True, metadata={
+        "description": "every version, oldest first"})
+
+
+def render_version(version: PlanVersion) -> dict:
+    return {"plan_version_id": version.id, "plan_id": version.plan_id, "version": version.version,
+            "effective_from": version.effective_from_us, **terms_to_data(version.terms)}
+
+
+def render(plan: Plan) -> dict:
+    return {"id": plan.id, "name": plan.name, "version": plan.versions[-1].version,
+            "versions": [render_version(version) for version in plan.versions]}
+
+
+@blp.route("/plans", methods=["POST"])
+@allow("finance")
+@idempotent
+@blp.arguments(PlanRequestSchema)
+@blp.response(201, PlanSchema)
+def create_plan(args):
+    """Create a plan with its version 1"""
+    return render(plans.create_plan(current_session(), args["id"], args["name"], terms_data(args),
+                                    args["effective_from"]))
+
+
+@blp.route("/plans/<string(maxlength=64):plan_id>/versions", methods=["POST"])
+@allow("finance")
+@idempotent
+@blp.arguments(VersionRequestSchema)
+@blp.response(201, VersionSchema)
+def add_version(args, plan_id: str):
+    """Add a version that applies from its effective_from"""
+    return render_version(plans.add_version(current_session(), plan_id, terms_data(args), args["effective_from"]))
+
+
+@blp.route("/plans/<string(maxlength=64):plan_id>", methods=["GET"])
+@allow("finance")
+@blp.response(200, PlanSchema)
+def get_plan(plan_id: str):
+    """A plan with all its versions"""
+    return render(plans.get_plan(current_session(), plan_id))

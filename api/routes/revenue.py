@@ -1,0 +1,166 @@
+"""Revenue events from billing: POST /v1/revenue-events (one) and POST /v1/revenue-events/batch.
+
+An event's `id` is its idempotency key (the `Idempotency-Key` header plays no part here): the same
+id with the same content is a replay, answered with the original status and body and
+`Idempotent-Replayed: true` (in a batch: the original `http_status` and `"replayed": true`); the
+same id with other content is a 409 naming the fields that differ. Commission amounts are Money
+objects whose amount is signed: clawbacks are negative.
+
+A batch holds at most 10,000 events (more is a 422 naming `events`). Each event is applied or
+refused on its own: one that fails validation is refused in its slot (`http_status` 422, `error` a
+problem naming its fields) without a trip to the domain; the others go through one `revenue.ingest`
+call, which refuses an event (409, 422) without changing anything for it. Concurrent duplicates
+apply once: the journal lock serializes ingestion and the event id is the table's primary key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import marshmallow as ma
+from flask import current_app
+
+from api.auth import allow
+from api.body import Blueprint
+from api.errors import domain_problem_data, validation_problem_data
+from api.fields import Amount, ExternalId, Instant, Money, Str
+from api.idempotency import REPLAYED_HEADER
+from api.schemas import ProblemSchema, Schema
+from api.session import current_session
+from ledger import revenue
+from ledger.revenue import Outcome, RevenueEvent
+from ledger.schema import EVENT_STATUSES, EVENT_TYPES
+
+blp = Blueprint("revenue-events", __name__, description="Revenue events from billing (exactly once)")
+
+COMMISSION_KINDS = ("accrual", "cpa", "override", "clawback")
+REFUSED = "refused"
+
+
+class RevenueEventSchema(Schema):
+    id = ExternalId(required=True, metadata={"example": "evt-1", "description": "the idempotency key"})
+    type = Str(32, required=True, validate=ma.validate.OneOf(EVENT_TYPES))
+    customer_id = ExternalId(required=True, metadata={"example": "acme"})
+    invoice_id = ExternalId(required=True, metadata={"example": "inv-1"})
+    amount = Money(required=True, metadata={"description": "the amount paid, refunded or disputed; positive"})
+    occurred_at = Instant(required=True)
+
+
+class CommissionSchema(Schema):
+    partner_id = ma.fields.String(required=True)
+    kind = ma.fields.String(required=True, metadata={"enum": list(COMMISSION_KINDS)})
+    amount = Money(sign="any", required=True, metadata={"description": "signed: a clawback is negative"})
+
+
+class OutcomeSchema(Schema):
+    id = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, metadata={"enum": list(EVENT_STATUSES)})
+    commissions = ma.fields.List(ma.fields.Nested(CommissionSchema), required=True)
+    transaction_ids = ma.fields.List(ma.fields.Integer(), required=True)
+
+
+class EventList(ma.fields.Field):
+    """A JSON array of at most 10,000 items, kept raw: each item is checked on its own in the view,
+    so that one bad event does not refuse the others."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(metadata={"type": "array", "maxItems": revenue.BATCH_EVENTS_MAX, "items": {
+            "type": "object", "description": "a revenue event as POST /v1/revenue-events takes it (RevenueEvent)"}},
+            **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list:
+        if not isinstance(value, list):
+            raise ma.ValidationError("must be an array of revenue events")
+        if len(value) > revenue.BATCH_EVENTS_MAX:
+            raise ma.ValidationError(f"at most {revenue.BATCH_EVENTS_MAX} events per batch, got {len(value)}")
+        return value
+
+
+class BatchRequestSchema(Schema):
+    events = EventList(required=True)
+
+
+class BatchResultSchema(Schema):
+    id = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "the event's id; null when the item had no valid id"})
+    status = ma.fields.String(required=True, metadata={"enum": [*EVENT_STATUSES, REFUSED]})
+    http_status = ma.fields.Integer(required=True, metadata={
+        "description": "what POST /v1/revenue-events would have answered: 201, 409 or 422"})
+    replayed = ma.fields.Boolean(metadata={"description": "present and true when the event was already applied"})
+    error = ma.fields.Nested(ProblemSchema, metadata={"description": "present when the event was refused"})
+
+
+class BatchSchema(Schema):
+    results = ma.fields.List(ma.fields.Nested(BatchResultSchema), required=True, metadata={
+        "description": "one per event, in the order sent"})
+
+
+def to_event(args: dict[str, Any]) -> RevenueEvent:
+    amount = args["amount"]
+    return RevenueEvent(args["id"], args["type"], args["customer_id"], args["invoice_id"], amount.currency,
+                        amount.amount_minor, args["occurred_at"])
+
+
+def render_outcome(outcome: Outcome) -> dict:
+    return {"id": outcome.event_id, "status": outcome.status, "transaction_ids": list(outcome.transaction_ids),
+            "commissions": [{"partner_id": line.partner_id, "kind": line.kind,
+                             "amount": Amount(line.amount_minor, line.currency)}
+                            for line in outcome.commissions]}
+
+
+@blp.route("/revenue-events", methods=["POST"])
+@allow("billing")
+@blp.arguments(RevenueEventSchema)
+@blp.response(201, OutcomeSchema)
+@blp.alt_response(409, schema=ProblemSchema, description="the id was already used with other content")
+def post_event(args):
+    """Post one revenue event (its id is its idempotency key)"""
+    [result] = revenue.ingest(current_session(), [to_event(args)])
+    if isinstance(result, revenue.Refusal):
+        raise result.error
+    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
+    return render_outcome(result), result.http_status, headers
+
+
+@blp.route("/revenue-events/batch", methods=["POST"])
+@allow("billing")
+@blp.arguments(BatchRequestSchema)
+@blp.response(200, BatchSchema)
+def post_batch(args):
+    """Post up to 10,000 revenue events, each applied or refused on its own"""
+    results: list[dict | None] = []
+    valid: list[tuple[int, RevenueEvent]] = []
+    schema = RevenueEventSchema()
+    for slot, item in enumerate(args["events"]):
+        try:
+            valid.append((slot, to_event(schema.load(item))))
+            results.append(None)
+        except ma.ValidationError as error:
+            results.append(_refused(_item_id(item), validation_problem_data(error.messages)))
+    ingested = revenue.ingest(current_session(), [event for _, event in valid]) if valid else []
+    for (slot, _), result in zip(valid, ingested):
+        results[slot] = _batch_result(result)
+    # Plain data already in its JSON shape: dumping 10,000 results through BatchSchema (which documents
+    # the answer) would cost about as much as ingesting them.
+    return current_app.response_class(json.dumps({"results": results}), mimetype="application/json")
+
+
+def _batch_result(result: Outcome | revenue.Refusal) -> dict:
+    if isinstance(result, revenue.Refusal):
+        return _refused(result.event_id, domain_problem_data(result.error))
+    answer = {"id": result.event_id, "status": result.status, "http_status": result.http_status}
+    return {**answer, "replayed": True} if result.replayed else answer
+
+
+def _refused(event_id: str | None, error: dict) -> dict:
+    return {"id": event_id, "status": REFUSED, "http_status": error["status"], "error": error}
+
+
+def _item_id(item: Any) -> str | None:
+    """The id a refused item names, when it is a usable id."""
+    event_id = item.get("id") if isinstance(item, dict) else None
+    try:
+        return ExternalId().deserialize(event_id) if isinstance(event_id, str) else None
+    except ma.ValidationError:
+        return None

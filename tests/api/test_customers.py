@@ -1,0 +1,100 @@
+"""POST /v1/attributions and GET /v1/customers/{id}."""
+
+import pytest
+
+from tests.api.books import errors_of, expect, unique
+
+
+def attribution(customer_id: str, partner_id: str, day: str = "2026-01-15", **fields) -> dict:
+    return {"customer_id": customer_id, "partner_id": partner_id, "effective_from": day, "source": "deal_registration",
+            **fields}
+
+
+def test_an_attribution_is_created_then_repeating_it_changes_nothing(call):
+    customer, partner_id = unique("cust"), call.partner()
+    first = call.post("/v1/attributions", attribution(customer, partner_id), as_="billing")
+    body = expect(first, 201)
+    assert body == {"customer_id": customer, "partner_id": partner_id, "effective_from": "2026-01-15",
+                    "effective_to": None, "source": "deal_registration", "recorded_at": body["recorded_at"]}
+    again = call.post("/v1/attributions", attribution(customer, partner_id), as_="finance")
+    assert expect(again, 200) == body
+    history = call.read(f"/v1/customers/{customer}", as_="billing")["attributions"]
+    assert history == [body]
+
+
+def test_attributing_a_customer_to_another_partner_without_replace_is_a_409(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first)
+    for role in ("billing", "finance"):
+        response = call.post("/v1/attributions", attribution(customer, second, "2026-03-01"), as_=role)
+        assert errors_of(response, 409) == set()
+        assert first in response.get_json()["detail"]
+
+
+def test_only_finance_may_replace_an_attribution(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first, "2026-01-01")
+    refused = call.post("/v1/attributions", attribution(customer, second, "2026-03-01", replace=True), as_="billing")
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    replaced = call.created("/v1/attributions", attribution(customer, second, "2026-03-01", replace=True))
+    assert (replaced["partner_id"], replaced["effective_from"]) == (second, "2026-03-01")
+    history = call.read(f"/v1/customers/{customer}")["attributions"]
+    assert [(a["partner_id"], a["effective_from"], a["effective_to"]) for a in history] == [
+        (first, "2026-01-01", "2026-03-01"), (second, "2026-03-01", None)]
+
+
+def test_billing_may_send_replace_false(call):
+    customer, partner_id = unique("cust"), call.partner()
+    body = call.created("/v1/attributions", attribution(customer, partner_id, replace=False), as_="billing")
+    assert (body["customer_id"], body["partner_id"]) == (customer, partner_id)
+
+
+def test_a_replacement_must_start_after_the_current_attribution(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first, "2026-02-01")
+    response = call.post("/v1/attributions", attribution(customer, second, "2026-02-01", replace=True))
+    assert errors_of(response, 409) == {"effective_from"}
+
+
+def test_revenue_follows_the_attribution_in_effect_when_it_occurred(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first, "2026-01-01")
+    call.created("/v1/attributions", attribution(customer, second, "2026-03-01", replace=True))
+    before = call.event(unique("evt"), customer, unique("inv"), "10.00", "2026-02-28T23:59:59Z")
+    after = call.event(unique("evt"), customer, unique("inv"), "10.00", "2026-03-01")
+    assert [c["partner_id"] for c in before["commissions"] + after["commissions"]] == [first, second]
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"source": "rumour"}, {"source"}),
+    ({"effective_from": "2026-01-15T00:00:00Z"}, {"effective_from"}),
+    ({"partner_id": "no-such-partner"}, {"partner_id"}),
+    ({"customer_id": "has space"}, {"customer_id"}),
+    ({"replace": "yes please"}, {"replace"}),
+    ({"channel": "email"}, {"channel"}),
+], ids=["source", "date", "partner", "customer", "replace", "unknown"])
+def test_a_bad_attribution_is_a_422_naming_the_field(shared, change, named):
+    body = {**attribution("c-bad", "p1"), **change}
+    response = shared.client.post("/v1/attributions", json=body,
+                                  headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert errors_of(response) == named
+
+
+def test_a_customer_id_may_hold_slashes_and_colons(call):
+    customer = f"org/{unique('acme')}:eu@billing"
+    call.attribute(customer, call.partner())
+    assert call.read(f"/v1/customers/{customer}", as_="billing")["id"] == customer
+
+
+def test_an_unknown_customer_is_a_404(shared):
+    response = shared.client.get("/v1/customers/nobody", headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert response.status_code == 404 and response.get_json()["detail"] == "customer 'nobody' does not exist"
+
+
+def test_a_customer_reads_with_its_history(shared):
+    response = shared.client.get("/v1/customers/p2-customer",
+                                 headers={"Authorization": f"Bearer {shared.keys.finance}"})
+    body = expect(response, 200)
+    assert body["id"] == "p2-customer" and body["created_at"].endswith("Z")
+    assert [(a["partner_id"], a["effective_from"], a["effective_to"], a["source"]) for a in body["attributions"]] == [
+        ("p2", "2026-01-01", None, "manual")]

@@ -1,0 +1,202 @@
+"""Partners: POST, GET (list and one), PATCH (status or plan), balance and statement (JSON and CSV)."""
+
+import pytest
+
+from tests.api.books import errors_of, expect, plan_body, unique
+from tests.api.conftest import bearer
+
+
+def partner_body(partner_id: str, **fields) -> dict:
+    return {"id": partner_id, "name": f"Partner {partner_id}", "type": "var", "plan_id": "standard", **fields}
+
+
+def test_a_new_partner_is_active_on_its_plan(call):
+    partner_id = unique("pt")
+    body = call.created("/v1/partners", partner_body(partner_id))
+    assert body == {"id": partner_id, "name": f"Partner {partner_id}", "type": "var", "parent_id": None, "depth": 1,
+                    "status": "active", "plan_id": "standard", "created_at": body["created_at"]}
+    assert body["created_at"].endswith("Z")
+    assert call.read(f"/v1/partners/{partner_id}") == body
+
+
+def test_a_sub_partner_sits_one_level_below_its_parent(call):
+    parent = call.partner()
+    child = call.created("/v1/partners", partner_body(unique("pt"), parent_id=parent))
+    assert (child["parent_id"], child["depth"]) == (parent, 2)
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"type": "franchise"}, {"type"}),
+    ({"plan_id": "no-such-plan"}, {"plan_id"}),
+    ({"parent_id": "no-such-partner"}, {"parent_id"}),
+    ({"id": "a:b", "name": ""}, {"id", "name"}),
+    ({"tier": "gold"}, {"tier"}),
+], ids=["type", "plan", "parent", "id-and-name", "unknown"])
+def test_a_bad_partner_is_a_422_naming_the_field(call, fields, named):
+    assert errors_of(call.post("/v1/partners", partner_body(unique("pt"), **fields))) == named
+
+
+def test_a_partner_id_already_taken_is_a_409(call):
+    partner_id = call.partner()
+    assert errors_of(call.post("/v1/partners", partner_body(partner_id)), 409) == set()
+
+
+def test_finance_lists_every_partner_in_id_order_page_by_page(call):
+    mine = sorted(call.partner(f"{unique('list')}-{n}") for n in range(3))
+    seen, cursor = [], None
+    while True:
+        body = call.read("/v1/partners?limit=2" + (f"&cursor={cursor}" if cursor else ""))
+        assert len(body["items"]) <= 2
+        seen += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(seen) and len(seen) == len(set(seen))
+    assert set(mine) <= set(seen) and {"p1", "p2"} <= set(seen)
+
+
+def test_a_partner_key_lists_only_its_own_partner(shared):
+    body = expect(shared.client.get("/v1/partners", headers=bearer(shared.keys.p2)), 200)
+    assert [item["id"] for item in body["items"]] == ["p2"] and body["next_cursor"] is None
+
+
+def test_a_bad_partner_cursor_is_a_422(shared):
+    response = shared.client.get("/v1/partners?cursor=nonsense", headers=bearer(shared.keys.finance))
+    assert errors_of(response) == {"cursor"}
+
+
+def test_another_partner_is_a_404_like_a_missing_one(shared):
+    theirs = shared.client.get("/v1/partners/p2", headers=bearer(shared.keys.p1))
+    missing = shared.client.get("/v1/partners/nobody", headers=bearer(shared.keys.p1))
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.get_json()["detail"].replace("p2", "X") == missing.get_json()["detail"].replace("nobody", "X")
+    assert shared.client.get("/v1/partners/nobody", headers=bearer(shared.keys.finance)).status_code == 404
+
+
+def test_a_status_change_applies_now_and_termination_is_final(call):
+    partner_id = call.partner()
+    assert expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended"}), 200)["status"] == "suspended"
+    assert expect(call.patch(f"/v1/partners/{partner_id}", {"status": "terminated"}), 200)["status"] == "terminated"
+    assert errors_of(call.patch(f"/v1/partners/{partner_id}", {"status": "active"}), 409) == set()
+
+
+def test_a_suspended_partner_still_accrues(call):
+    partner_id, customer = call.partner(), unique("cust")
+    call.attribute(customer, partner_id)
+    expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended", "effective_at": "2026-01-10T00:00:00Z"}),
+           200)
+    assert call.event(unique("evt"), customer, unique("inv"), "10.00", "2026-01-20")["status"] == "posted"
+
+
+def test_a_plan_change_from_a_date_moves_the_partner_to_the_new_plan(call):
+    partner_id, plan_id = call.partner(), unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    body = expect(call.patch(f"/v1/partners/{partner_id}", {"plan_id": plan_id, "effective_from": "2026-02-01"}), 200)
+    assert body["plan_id"] == plan_id
+    again = call.patch(f"/v1/partners/{partner_id}", {"plan_id": "standard", "effective_from": "2026-02-01"})
+    assert errors_of(again, 409) == {"effective_from"}
+    assert errors_of(call.patch(f"/v1/partners/{partner_id}", {"plan_id": "no-such-plan",
+                                                                "effective_from": "2026-03-01"})) == {"plan_id"}
+
+
+@pytest.mark.parametrize("body, named", [
+    ({}, {"body"}),
+    ({"status": "suspended", "plan_id": "standard"}, {"plan_id"}),
+    ({"plan_id": "standard"}, {"effective_from"}),
+    ({"effective_at": "2026-01-01T00:00:00Z"}, {"status"}),
+    ({"status": "retired"}, {"status"}),
+    ({"name": "Renamed"}, {"name"}),
+], ids=["neither", "both", "plan-without-date", "date-without-status", "bad-status", "unknown"])
+def test_a_patch_is_exactly_one_change_else_a_422(shared, body, named):
+    response = shared.client.patch("/v1/partners/p1", json=body, headers=bearer(shared.keys.finance))
+    assert errors_of(response) == named
+
+
+def test_patching_an_unknown_partner_is_a_404(shared):
+    response = shared.client.patch("/v1/partners/nobody", json={"status": "suspended"},
+                                   headers=bearer(shared.keys.finance))
+    assert response.status_code == 404
+
+
+def test_a_balance_counts_postings_before_as_of(shared):
+    def balances(query: str, key: str) -> dict:
+        body = expect(shared.client.get(f"/v1/partners/p1/balance{query}", headers=bearer(key)), 200)
+        assert body["partner_id"] == "p1"
+        return body
+
+    now = balances("", shared.keys.p1)
+    assert now["balances"] == [
+        {"currency": "JPY", "pending": "1234", "available": "0", "total": "1234"},
+        {"currency": "USD", "pending": "100.00", "available": "0.00", "total": "100.00"}]
+    assert now["as_of"] > "2026-11"
+    assert balances("?as_of=2026-01-20", shared.keys.finance) == {
+        "partner_id": "p1", "as_of": "2026-01-21T00:00:00Z",
+        "balances": [{"currency": "USD", "pending": "100.00", "available": "0.00", "total": "100.00"}]}
+    assert balances("?as_of=2026-01-20T00:00:00Z", shared.keys.finance)["balances"] == []
+
+
+def test_a_balance_of_an_unknown_partner_is_a_404_and_a_bad_as_of_a_422(shared):
+    headers = bearer(shared.keys.finance)
+    assert shared.client.get("/v1/partners/nobody/balance", headers=headers).status_code == 404
+    assert errors_of(shared.client.get("/v1/partners/p1/balance?as_of=soon", headers=headers)) == {"as_of"}
+
+
+def statement(shared, query: str, key: str | None = None, **headers):
+    return shared.client.get(f"/v1/partners/p1/statement{query}",
+                             headers=bearer(key or shared.keys.finance) | headers)
+
+
+def test_a_statement_traces_each_line_to_its_source(shared):
+    body = expect(statement(shared, "?period=2026-01", shared.keys.p1), 200)
+    assert (body["partner_id"], body["period"], body["period_status"], body["close_hash"]) == (
+        "p1", "2026-01", "open", None)
+    assert [section["currency"] for section in body["currencies"]] == ["JPY", "USD"]
+    usd = body["currencies"][1]
+    assert usd["opening"] == {"pending": "0.00", "available": "0.00"}
+    assert usd["lines"] == [{"transaction_id": shared.booked.p1[0], "effective_at": "2026-01-20T00:00:00Z",
+                             "original_effective_at": None, "kind": "accrual", "customer_id": "p1-customer",
+                             "invoice_id": "p1-a-invoice", "event_id": None, "pending": "100.00",
+                             "available": "0.00"}]
+    assert usd["totals"] == {"accrual": "100.00"}
+    assert usd["closing"] == {"pending": "100.00", "available": "0.00"}
+
+
+def test_a_later_statement_opens_where_the_last_closed(shared):
+    body = expect(statement(shared, "?period=2026-02"), 200)
+    assert [(s["currency"], s["opening"], s["lines"], s["closing"]) for s in body["currencies"]] == [
+        ("JPY", {"pending": "1234", "available": "0"}, [], {"pending": "1234", "available": "0"}),
+        ("USD", {"pending": "100.00", "available": "0.00"}, [], {"pending": "100.00", "available": "0.00"})]
+
+
+@pytest.mark.parametrize("query, accept", [("?period=2026-01&format=csv", None), ("?period=2026-01", "text/csv"),
+                                           ("?period=2026-01", "text/csv;q=0.9, application/json;q=0.5")],
+                         ids=["format", "accept", "accept-preferred"])
+def test_a_statement_comes_as_csv_when_asked(shared, query, accept):
+    response = statement(shared, query, **({"Accept": accept} if accept else {}))
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"] == 'attachment; filename="statement-p1-2026-01.csv"'
+    lines = response.get_data(as_text=True).splitlines()
+    assert lines[0].startswith("partner_id,period,currency,row,transaction_id")
+    assert f"p1,2026-01,USD,line,{shared.booked.p1[0]},2026-01-20T00:00:00Z,,accrual,p1-customer,p1-a-invoice,," \
+           "100.00,0.00" in lines
+    assert len(lines) == 1 + 3 * 2  # header; opening, one line, closing per currency
+
+
+def test_format_json_wins_over_an_accept_header_asking_for_csv(shared):
+    response = statement(shared, "?period=2026-01&format=json", Accept="text/csv")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+
+
+@pytest.mark.parametrize("query, named", [("", {"period"}), ("?period=2026-13", {"period"}),
+                                          ("?period=2026-01&format=pdf", {"format"}),
+                                          ("?period=2026-01&currency=USD", {"currency"})],
+                         ids=["missing", "month", "format", "unknown"])
+def test_a_bad_statement_query_is_a_422_naming_it(shared, query, named):
+    assert errors_of(statement(shared, query)) == named
+
+
+def test_another_partners_statement_and_balance_are_404_in_any_format(shared):
+    for path in ("/v1/partners/p2/statement?period=2026-01", "/v1/partners/p2/statement?period=2026-01&format=csv",
+                 "/v1/partners/p2/balance"):
+        response = shared.client.get(path, headers=bearer(shared.keys.p1) | {"Accept": "text/csv"})
+        assert response.status_code == 404 and response.mimetype == "application/problem+json", path

@@ -1,0 +1,140 @@
+"""POST /v1/holds/release, POST /v1/payout-runs, GET /v1/payouts, POST /v1/payouts/{id}/settle and
+/fail, and POST /v1/adjustments. Releases and runs act on every partner, so those tests use books
+of their own (`fresh`: p1 and p2 on the 20% plan, hold 30 days, minimum payout USD 50.00)."""
+
+import pytest
+
+from tests.api.books import errors_of, expect, instant, money, unique
+
+
+def invoices(call, **amounts: str) -> None:
+    """One paid invoice per partner on 2026-01-10 (its accrual matures on 2026-02-09)."""
+    for partner_id, amount in amounts.items():
+        call.event(unique("evt"), f"{partner_id}-customer", unique("inv"), amount, "2026-01-10")
+
+
+def available(call, partner_id: str, as_of: str) -> str:
+    [usd] = call.read(f"/v1/partners/{partner_id}/balance?as_of={as_of}")["balances"]
+    return usd["available"]
+
+
+def test_releasing_holds_moves_matured_accruals_to_available_once(fresh):
+    invoices(fresh, p1="250.00", p2="100.00")
+    assert fresh.ok("/v1/holds/release", {"at": "2026-02-08T23:59:59.999999Z"}) == {
+        "released": 0, "at": "2026-02-08T23:59:59.999999Z"}
+    assert fresh.ok("/v1/holds/release", {"at": instant("2026-02-09")})["released"] == 2
+    assert fresh.ok("/v1/holds/release", {"at": instant("2026-03-01")})["released"] == 0
+    assert available(fresh, "p1", "2026-02-09") == "50.00"
+    fresh.event(unique("evt"), "p1-customer", unique("inv"), "10.00", "2026-03-01")
+    by_now = fresh.ok("/v1/holds/release")  # without an instant: what matured by now
+    assert by_now["released"] == 1 and by_now["at"] > "2026-11"
+
+
+def test_a_payout_run_pays_each_balance_that_reaches_its_plans_minimum_once_per_instant(fresh):
+    invoices(fresh, p1="250.00", p2="200.00")  # 50.00 and 40.00 of commission
+    run = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})
+    assert run["at"] == "2026-02-10T00:00:00Z" and run["id"].startswith("run_")
+    assert [(p["partner_id"], p["amount"], p["status"], p["run_id"]) for p in run["payouts"]] == [
+        ("p1", money("50.00"), "pending", run["id"])]
+    assert (available(fresh, "p1", "2026-02-10"), available(fresh, "p2", "2026-02-10")) == ("0.00", "40.00")
+    payout = fresh.read(f"/v1/transactions/{run['payouts'][0]['transaction_id']}")
+    assert payout["kind"] == "payout" and payout["effective_at"] == "2026-02-10T00:00:00Z"
+    invoices(fresh, p2="500.00")
+    assert fresh.ok("/v1/payout-runs", {"at": instant("2026-02-10")}) == run  # one run per instant: 200, the first
+
+
+def test_a_run_inside_a_closed_period_is_a_409_naming_at(fresh):
+    invoices(fresh, p1="250.00")
+    fresh.ok("/v1/periods/2026-01/close")
+    assert errors_of(fresh.post("/v1/payout-runs", {"at": instant("2026-01-31")}), 409) == {"at"}
+
+
+def test_a_payout_is_settled_once(fresh):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
+    settled = fresh.ok(f"/v1/payouts/{payout['id']}/settle", {"reason": "wire 123"})
+    assert (settled["status"], settled["reason"]) == ("settled", "wire 123")
+    transaction = fresh.read(f"/v1/transactions/{settled['resolution_transaction_id']}")
+    assert [(line["account"], line["side"]) for line in transaction["lines"]] == [
+        ("liability:payouts:in_transit", "debit"), ("asset:cash", "credit")]
+    for outcome in ("settle", "fail"):
+        response = fresh.post(f"/v1/payouts/{payout['id']}/{outcome}", {})
+        assert errors_of(response, 409) == set() and "already settled" in response.get_json()["detail"]
+
+
+def test_a_failed_payout_returns_the_money_to_available(fresh):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
+    failed = fresh.ok(f"/v1/payouts/{payout['id']}/fail", {"reason": "account closed",
+                                                            "at": "2026-02-12T00:00:00Z"})
+    assert failed["status"] == "failed"
+    assert (available(fresh, "p1", "2026-02-11"), available(fresh, "p1", "2026-02-12")) == ("0.00", "50.00")
+    assert errors_of(fresh.post(f"/v1/payouts/{payout['id']}/settle"), 409) == set()
+
+
+@pytest.mark.parametrize("outcome", ["settle", "fail"])
+def test_resolving_an_unknown_payout_is_a_404_and_a_bad_body_a_422(shared, outcome):
+    headers = {"Authorization": f"Bearer {shared.keys.finance}"}
+    assert shared.client.post(f"/v1/payouts/999999/{outcome}", json={}, headers=headers).status_code == 404
+    response = shared.client.post(f"/v1/payouts/999999/{outcome}", json={"reason": "", "when": "now"},
+                                  headers=headers)
+    assert errors_of(response) == {"reason", "when"}
+
+
+def test_payouts_list_page_by_page_and_each_partner_sees_its_own(fresh):
+    invoices(fresh, p1="250.00", p2="300.00")
+    run = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})
+    ids = [p["id"] for p in run["payouts"]]
+    first = fresh.read("/v1/payouts?limit=1")
+    rest = fresh.read(f"/v1/payouts?limit=1&cursor={first['next_cursor']}")
+    assert [p["id"] for p in first["items"] + rest["items"]] == ids and rest["next_cursor"] is None
+    assert [p["partner_id"] for p in fresh.read("/v1/payouts", as_="p2")["items"]] == ["p2"]
+    assert [p["partner_id"] for p in fresh.read("/v1/payouts?partner_id=p1")["items"]] == ["p1"]
+    assert [p["partner_id"] for p in fresh.read(f"/v1/payouts?run_id={run['id']}")["items"]] == ["p1", "p2"]
+    assert fresh.read("/v1/payouts?run_id=run_none")["items"] == []
+    assert fresh.get("/v1/payouts?partner_id=p1", as_="p2").status_code == 404
+
+
+def adjustment(partner_id: str, amount: str, account: str = "available", **fields) -> dict:
+    return {"partner_id": partner_id, "account": account, "amount": money(amount), "reason": "goodwill", **fields}
+
+
+def test_a_positive_adjustment_credits_the_partner_and_a_negative_one_debits_it(call):
+    partner_id = call.partner()
+    credit = call.created("/v1/adjustments", adjustment(partner_id, "25.00", effective_at="2026-01-31T00:00:00Z"))
+    assert (credit["kind"], credit["partner_id"], credit["memo"], credit["effective_at"]) == (
+        "adjustment", partner_id, "goodwill", "2026-01-31T00:00:00Z")
+    assert [(line["account"], line["side"], line["amount"]) for line in credit["lines"]] == [
+        ("expense:commission:adjustment", "debit", "25.00"), (f"liability:partner:{partner_id}:available", "credit",
+                                                               "25.00")]
+    debit = call.created("/v1/adjustments", adjustment(partner_id, "-10.00", "pending"))
+    assert [(line["account"], line["side"]) for line in debit["lines"]] == [
+        (f"liability:partner:{partner_id}:pending", "debit"), ("expense:commission:adjustment", "credit")]
+    [usd] = call.read(f"/v1/partners/{partner_id}/balance")["balances"]
+    assert (usd["pending"], usd["available"], usd["total"]) == ("-10.00", "25.00", "15.00")
+
+
+def test_an_adjustment_retried_with_its_key_posts_once_and_without_a_key_twice(call):
+    partner_id, key = call.partner(), unique("adj")
+    headers = {"Idempotency-Key": key}
+    first = call.post("/v1/adjustments", adjustment(partner_id, "5.00"), headers=headers)
+    again = call.post("/v1/adjustments", adjustment(partner_id, "5.00"), headers=headers)
+    assert expect(first, 201) == expect(again, 201) and again.headers["Idempotent-Replayed"] == "true"
+    call.created("/v1/adjustments", adjustment(partner_id, "5.00"))
+    call.created("/v1/adjustments", adjustment(partner_id, "5.00"))
+    [usd] = call.read(f"/v1/partners/{partner_id}/balance")["balances"]
+    assert usd["available"] == "15.00"
+
+
+@pytest.mark.parametrize("body, named", [
+    (adjustment("p1", "0.00"), {"amount"}),
+    (adjustment("p1", "1.001"), {"amount"}),
+    (adjustment("nobody", "1.00"), {"partner_id"}),
+    (adjustment("p1", "1.00", "cash"), {"account"}),
+    ({**adjustment("p1", "1.00"), "reason": ""}, {"reason"}),
+    ({"partner_id": "p1"}, {"account", "amount", "reason"}),
+], ids=["zero", "decimals", "partner", "account", "reason", "missing"])
+def test_a_bad_adjustment_is_a_422_naming_the_field(shared, body, named):
+    response = shared.client.post("/v1/adjustments", json=body,
+                                  headers={"Authorization": f"Bearer {shared.keys.finance}"})
+    assert errors_of(response) == named

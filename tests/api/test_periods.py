@@ -1,0 +1,89 @@
+"""GET /v1/periods, GET /v1/periods/{YYYY-MM}, POST /v1/periods/{YYYY-MM}/close."""
+
+import pytest
+
+from ledger.instants import period_of
+from ledger.journal import now_us
+from tests.api.books import errors_of, expect, unique
+
+
+def book_january_and_february(call) -> None:
+    for day in ("2026-01-10", "2026-02-10"):
+        call.event(unique("evt"), "p1-customer", unique("inv"), "100.00", day)
+
+
+def test_a_close_answers_its_record_and_the_closed_period_carries_its_snapshot(fresh):
+    book_january_and_february(fresh)
+    close = fresh.ok("/v1/periods/2026-01/close")
+    assert close == {"period": "2026-01", "status": "closed", "starts_at": "2026-01-01T00:00:00Z",
+                     "ends_at": "2026-02-01T00:00:00Z", "closed_at": close["closed_at"],
+                     "close_hash": close["close_hash"], "prev_close_hash": "0" * 64, "transaction_count": 1,
+                     "chain_head_id": 2, "chain_head_hash": fresh.read("/v1/transactions/2")["hash"]}
+    assert close["closed_at"] > "2026-11" and len(close["close_hash"]) == 64
+    body = fresh.read("/v1/periods/2026-01")
+    assert {key: value for key, value in body.items() if key != "snapshot"} == close
+    assert body["snapshot"] == [
+        {"account": "expense:commission", "currency": "USD", "debit": "20.00", "credit": "0.00", "balance": "20.00"},
+        {"account": "liability:partner:p1:pending", "currency": "USD", "debit": "0.00", "credit": "20.00",
+         "balance": "-20.00"}]
+    assert fresh.read("/v1/periods/2026-02") == {
+        "period": "2026-02", "status": "open", "starts_at": "2026-02-01T00:00:00Z", "ends_at": "2026-03-01T00:00:00Z",
+        "closed_at": None, "close_hash": None, "prev_close_hash": None, "transaction_count": None,
+        "chain_head_id": None, "chain_head_hash": None, "snapshot": None}
+
+
+def test_the_list_holds_the_close_chain_oldest_first_page_by_page(fresh):
+    book_january_and_february(fresh)
+    assert fresh.read("/v1/periods") == {"items": [], "next_cursor": None}
+    closes = [fresh.ok(f"/v1/periods/{period}/close") for period in ("2026-01", "2026-02")]
+    first = fresh.read("/v1/periods?limit=1")
+    rest = fresh.read(f"/v1/periods?limit=1&cursor={first['next_cursor']}")
+    assert first["items"] + rest["items"] == closes and rest["next_cursor"] is None
+    assert closes[1]["prev_close_hash"] == closes[0]["close_hash"]
+
+
+def test_a_period_closes_once_after_the_earlier_ones_with_postings_and_a_keyed_retry_replays(fresh):
+    book_january_and_february(fresh)
+    february = fresh.post("/v1/periods/2026-02/close")
+    assert errors_of(february, 409) == set() and "2026-01" in february.get_json()["detail"]
+    key = {"Idempotency-Key": unique("close")}
+    first = fresh.post("/v1/periods/2026-01/close", headers=key)
+    replayed = fresh.post("/v1/periods/2026-01/close", headers=key)
+    assert expect(replayed, 200) == expect(first, 200) and replayed.headers["Idempotent-Replayed"] == "true"
+    again = fresh.post("/v1/periods/2026-01/close")
+    assert expect(again, 409)["detail"] == "period 2026-01 is already closed"
+
+
+def test_a_period_that_has_not_ended_cannot_close(shared):
+    current = period_of(now_us())
+    response = shared.client.post(f"/v1/periods/{current}/close",
+                                  headers={"Authorization": f"Bearer {shared.keys.finance}"})
+    assert errors_of(response, 409) == set() and "has not ended" in response.get_json()["detail"]
+
+
+def test_a_posting_dated_in_a_closed_period_lands_in_the_first_open_one(fresh):
+    book_january_and_february(fresh)
+    fresh.ok("/v1/periods/2026-01/close")
+    late = fresh.event(unique("evt"), "p1-customer", unique("inv"), "50.00", "2026-01-20")
+    transaction = fresh.read(f"/v1/transactions/{late['transaction_ids'][0]}")
+    assert (transaction["effective_at"], transaction["original_effective_at"]) == (
+        "2026-02-01T00:00:00Z", "2026-01-20T00:00:00Z")
+
+
+@pytest.mark.parametrize("period", ["2026-13", "2026-1x", "26-01", "2026-001"])
+def test_a_path_that_is_not_a_period_is_a_404(shared, period):
+    headers = {"Authorization": f"Bearer {shared.keys.finance}"}
+    assert shared.client.get(f"/v1/periods/{period}", headers=headers).status_code == 404
+    assert shared.client.post(f"/v1/periods/{period}/close", headers=headers).status_code == 404
+
+
+def test_a_bad_period_list_query_is_a_422_naming_it(shared):
+    headers = {"Authorization": f"Bearer {shared.keys.finance}"}
+    assert errors_of(shared.client.get("/v1/periods?cursor=abc", headers=headers)) == {"cursor"}
+    assert errors_of(shared.client.get("/v1/periods?limit=1001", headers=headers)) == {"limit"}
+
+
+def test_a_close_with_a_body_field_is_a_422(shared):
+    response = shared.client.post("/v1/periods/2026-01/close", json={"force": True},
+                                  headers={"Authorization": f"Bearer {shared.keys.finance}"})
+    assert errors_of(response) == {"force"}

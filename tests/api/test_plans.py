@@ -1,0 +1,103 @@
+"""POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id}."""
+
+import pytest
+
+from tests.api.books import errors_of, expect, money, plan_body, unique
+
+HYBRID = {"rates": [{"from_month": 1, "rate": "0.40"}, {"from_month": 4, "rate": "0.2"}], "duration_months": None,
+          "cpa": [{"amount": "150", "currency": "USD"}, {"amount": "140.00", "currency": "EUR"}], "hold_days": 60,
+          "min_payout": [money("100.00")], "negative_balance": "reset",
+          "override": {"rate": "0.10", "basis": "commission"}}
+
+
+def test_a_new_plan_is_version_1_with_its_terms_in_canonical_form(call):
+    plan_id = unique("plan")
+    body = call.created("/v1/plans", {"id": plan_id, "name": "Hybrid", **HYBRID})
+    assert (body["id"], body["name"], body["version"]) == (plan_id, "Hybrid", 1)
+    [version] = body["versions"]
+    assert version == {
+        "plan_version_id": version["plan_version_id"], "plan_id": plan_id, "version": 1,
+        "effective_from": "1970-01-01T00:00:00Z",
+        "rates": [{"from_month": 1, "rate": "0.40"}, {"from_month": 4, "rate": "0.2"}], "duration_months": None,
+        "cpa": [money("140.00", "EUR"), money("150.00")], "hold_days": 60, "min_payout": [money("100.00")],
+        "negative_balance": "reset", "override": {"rate": "0.10", "basis": "commission"}}
+    assert call.read(f"/v1/plans/{plan_id}") == body
+
+
+def test_optional_terms_default_to_lifetime_without_cpa_or_override(call):
+    plan_id = unique("plan")
+    terms = {"rates": [{"from_month": 1, "rate": "0.10"}], "hold_days": 0, "negative_balance": "carry_forward"}
+    [version] = call.created("/v1/plans", {"id": plan_id, "name": "Minimal", **terms})["versions"]
+    assert (version["duration_months"], version["cpa"], version["min_payout"], version["override"]) == \
+        (None, [], [], None)
+
+
+def test_every_bad_field_of_a_plan_is_named_in_one_422(call):
+    body = plan_body("has space", name="", rates=[{"from_month": 1, "rate": "0.20"}, {"from_month": 1, "rate": "1.5"}],
+                     cpa=[{"amount": "1.234", "currency": "USD"}], hold_days=-1, colour="blue")
+    assert errors_of(call.post("/v1/plans", body)) == {
+        "id", "name", "rates.1.from_month", "rates.1.rate", "cpa.0.amount", "hold_days", "colour"}
+
+
+def test_a_plan_without_its_required_terms_is_a_422_naming_them(call):
+    assert errors_of(call.post("/v1/plans", {"id": unique("plan"), "name": "Empty"})) == {
+        "rates", "hold_days", "negative_balance"}
+
+
+def test_a_plan_id_already_taken_is_a_409(call):
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    assert errors_of(call.post("/v1/plans", plan_body(plan_id)), 409) == set()
+
+
+def test_a_new_version_starts_at_its_effective_from_and_the_plan_lists_all_versions(call):
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    terms = {key: value for key, value in plan_body(plan_id, rates=[{"from_month": 1, "rate": "0.10"}]).items()
+             if key not in ("id", "name")}
+    version = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-03-01"})
+    assert (version["version"], version["effective_from"], version["rates"]) == (
+        2, "2026-03-01T00:00:00Z", [{"from_month": 1, "rate": "0.10"}])
+    plan = call.read(f"/v1/plans/{plan_id}")
+    assert plan["version"] == 2 and [v["version"] for v in plan["versions"]] == [1, 2]
+    assert plan["versions"][1] == version
+
+
+def test_each_accrual_pins_the_version_in_effect_when_its_event_occurred(call):
+    plan_id = unique("plan")
+    first = call.created("/v1/plans", plan_body(plan_id))["versions"][0]
+    terms = {key: value for key, value in plan_body(plan_id, rates=[{"from_month": 1, "rate": "0.10"}]).items()
+             if key not in ("id", "name")}
+    second = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-03-01T00:00:00Z"})
+    customer = unique("cust")
+    call.attribute(customer, call.partner(plan_id=plan_id))
+    for day, amount, version in (("2026-02-28", "20.00", first), ("2026-03-01", "10.00", second)):
+        posted = call.event(unique("evt"), customer, unique("inv"), "100.00", day)
+        assert posted["commissions"][0]["amount"] == money(amount)
+        transaction = call.read(f"/v1/transactions/{posted['transaction_ids'][0]}")
+        assert transaction["plan_version_id"] == version["plan_version_id"]
+
+
+@pytest.mark.parametrize("effective_from", ["1970-01-01", "1969-12-31T23:00:00Z"])
+def test_a_version_must_start_after_the_latest_one(call, effective_from):
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    terms = {key: value for key, value in plan_body(plan_id).items() if key not in ("id", "name")}
+    response = call.post(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": effective_from})
+    assert errors_of(response, 409 if effective_from == "1970-01-01" else 422) == {"effective_from"}
+
+
+def test_a_version_needs_an_effective_from_and_valid_terms(call):
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    response = call.post(f"/v1/plans/{plan_id}/versions", {"rates": [], "hold_days": 1, "negative_balance": "x"})
+    assert errors_of(response) == {"effective_from", "rates", "negative_balance"}
+
+
+def test_an_unknown_plan_is_a_404(shared):
+    headers = {"Authorization": f"Bearer {shared.keys.finance}"}
+    assert shared.client.get("/v1/plans/nope", headers=headers).status_code == 404
+    terms = {key: value for key, value in plan_body("nope").items() if key not in ("id", "name")}
+    response = shared.client.post("/v1/plans/nope/versions", json={**terms, "effective_from": "2026-01-01"},
+                                  headers=headers)
+    assert expect(response, 404)["detail"] == "plan 'nope' does not exist"

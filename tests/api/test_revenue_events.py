@@ -1,0 +1,281 @@
+"""POST /v1/revenue-events and POST /v1/revenue-events/batch: exactly once by event id, refusals
+naming fields, batches applied or refused event by event, concurrent duplicates applied once."""
+
+import http.client
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.serving import make_server
+
+from ledger.schema import journal_transactions
+from tests.api.books import errors_of, event_body, expect, money, unique
+from tests.api.conftest import make_app
+
+
+@pytest.fixture
+def acme(call):
+    """A new partner on the 20% plan with a new customer attributed from 2026-01-01: (call, customer)."""
+    customer = unique("cust")
+    call.attribute(customer, call.partner())
+    return call, customer
+
+
+def transactions_of_event(database, event_id: str) -> int:
+    with database.reader() as session:
+        return session.execute(sa.select(sa.func.count()).where(
+            journal_transactions.c.event_id == event_id)).scalar_one()
+
+
+def test_a_paid_invoice_answers_201_with_its_commission_as_money_and_its_transactions(acme):
+    call, customer = acme
+    event_id = unique("evt")
+    response = call.post("/v1/revenue-events", event_body(event_id, customer, unique("inv"), "123.45", "2026-01-20"),
+                         as_="billing")
+    body = expect(response, 201)
+    partner_id = call.read(f"/v1/customers/{customer}")["attributions"][0]["partner_id"]
+    assert body == {"id": event_id, "status": "posted", "transaction_ids": body["transaction_ids"],
+                    "commissions": [{"partner_id": partner_id, "kind": "accrual", "amount": money("24.69")}]}
+    assert "Idempotent-Replayed" not in response.headers
+    [transaction_id] = body["transaction_ids"]
+    transaction = call.read(f"/v1/transactions/{transaction_id}")
+    assert (transaction["kind"], transaction["event_id"], transaction["partner_id"]) == (
+        "accrual", event_id, partner_id)
+
+
+def test_a_refund_claws_back_with_a_negative_amount(acme):
+    call, customer = acme
+    invoice = unique("inv")
+    call.event(unique("evt"), customer, invoice, "500.00", "2026-01-20")
+    refund = call.event(unique("evt"), customer, invoice, "200.00", "2026-01-25", kind="refund")
+    assert [(c["kind"], c["amount"]) for c in refund["commissions"]] == [("clawback", money("-40.00"))]
+
+
+def test_revenue_of_a_customer_without_attribution_is_unattributed(call):
+    body = call.event(unique("evt"), unique("nobody"), unique("inv"), "10.00", "2026-01-20")
+    assert (body["status"], body["commissions"], body["transaction_ids"]) == ("unattributed", [], [])
+
+
+def test_a_replay_returns_the_original_status_and_body_marked_replayed(acme, scratch):
+    call, customer = acme
+    event = event_body(unique("evt"), customer, unique("inv"), "500.00", "2026-01-20")
+    first = call.post("/v1/revenue-events", event, as_="billing")
+    spelt_otherwise = json.dumps(dict(reversed(list(event.items()))), indent=4)
+    again = call.client.post("/v1/revenue-events", data=spelt_otherwise, content_type="application/json",
+                             headers=call.headers("billing"))
+    assert again.status_code == first.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert transactions_of_event(scratch.database, event["id"]) == 1
+
+
+def test_a_replay_of_an_unattributed_event_replays_its_status(call):
+    event = event_body(unique("evt"), unique("nobody"), unique("inv"), "10.00", "2026-01-20")
+    first = expect(call.post("/v1/revenue-events", event, as_="billing"), 201)
+    again = call.post("/v1/revenue-events", event, as_="billing")
+    assert (again.status_code, again.headers["Idempotent-Replayed"], again.get_json()) == (201, "true", first)
+
+
+def test_the_same_id_with_other_content_is_a_409_naming_the_differing_fields(acme):
+    call, customer = acme
+    event = event_body(unique("evt"), customer, unique("inv"), "500.00", "2026-01-20")
+    call.created("/v1/revenue-events", event, as_="billing")
+    changed = {**event, "amount": money("501.00"), "occurred_at": "2026-01-21T00:00:00Z"}
+    response = call.post("/v1/revenue-events", changed, as_="billing")
+    assert errors_of(response, 409) == {"amount", "occurred_at"}
+    assert response.get_json()["type"] == "urn:revshare:problem:idempotency-conflict"
+
+
+@pytest.mark.parametrize("change, fields", [
+    ({"amount": 500}, {"amount"}),
+    ({"amount": money("5.001")}, {"amount"}),
+    ({"amount": money("0.00")}, {"amount"}),
+    ({"amount": money("5.00", "XXY")}, {"amount"}),
+    ({"occurred_at": "2026-01-20T00:00:00"}, {"occurred_at"}),
+    ({"type": "invoice_voided"}, {"type"}),
+    ({"id": "has space", "customer_id": ""}, {"id", "customer_id"}),
+    ({"color": "red"}, {"color"}),
+], ids=["number", "decimals", "zero", "currency", "no-offset", "type", "ids", "unknown"])
+def test_an_invalid_event_is_a_422_naming_each_bad_field(shared, change, fields):
+    event = {**event_body("e-invalid", "c", "i", "5.00", "2026-01-20"), **change}
+    response = shared.client.post("/v1/revenue-events", json=event, headers={
+        "Authorization": f"Bearer {shared.keys.billing}"})
+    assert errors_of(response) == fields
+
+
+def test_a_missing_field_is_a_422_naming_it(shared):
+    event = event_body("e-missing", "c", "i", "5.00", "2026-01-20")
+    del event["occurred_at"]
+    response = shared.client.post("/v1/revenue-events", json=event,
+                                  headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert errors_of(response) == {"occurred_at"}
+
+
+def test_a_refund_beyond_the_paid_amount_is_a_422_and_changes_nothing(acme, scratch):
+    call, customer = acme
+    invoice, refund_id = unique("inv"), unique("evt")
+    call.event(unique("evt"), customer, invoice, "100.00", "2026-01-20")
+    response = call.post("/v1/revenue-events", event_body(refund_id, customer, invoice, "100.01", "2026-01-21",
+                                                          kind="refund"), as_="billing")
+    assert errors_of(response) == {"amount.amount"}
+    assert transactions_of_event(scratch.database, refund_id) == 0
+    # Refused events are not stored: the same id may come again, corrected.
+    fixed = call.event(refund_id, customer, invoice, "100.00", "2026-01-21", kind="refund")
+    assert fixed["commissions"][0]["amount"] == money("-20.00")
+
+
+def test_a_second_payment_of_an_invoice_is_a_409_naming_it(acme):
+    call, customer = acme
+    invoice = unique("inv")
+    call.event(unique("evt"), customer, invoice, "100.00", "2026-01-20")
+    response = call.post("/v1/revenue-events", event_body(unique("evt"), customer, invoice, "100.00", "2026-01-21"),
+                         as_="billing")
+    assert errors_of(response, 409) == {"invoice_id"}
+
+
+def test_a_refund_of_an_unknown_invoice_is_a_422_naming_it(call):
+    response = call.post("/v1/revenue-events", event_body(unique("evt"), "c", unique("inv"), "1.00", "2026-01-21",
+                                                          kind="refund"), as_="billing")
+    assert errors_of(response) == {"invoice_id"}
+
+
+def batch(call, events, client=None):
+    client = client or call.client
+    return client.post("/v1/revenue-events/batch", json={"events": events}, headers=call.headers("billing"))
+
+
+def test_a_batch_applies_or_refuses_each_event_on_its_own(acme, scratch):
+    call, customer = acme
+    known = event_body(unique("evt"), customer, unique("inv"), "100.00", "2026-01-20")
+    first = call.created("/v1/revenue-events", known, as_="billing")
+    fresh_invoice = unique("inv")
+    events = [
+        event_body(unique("evt"), customer, fresh_invoice, "50.00", "2026-01-22"),         # applied
+        known,                                                                              # replayed
+        {**known, "amount": money("99.00")},                                                # conflicting
+        {**event_body(unique("evt"), customer, unique("inv"), "1.00", "2026-01-22"), "amount": 1},  # invalid
+        "not an event",                                                                     # invalid
+        event_body(unique("evt"), customer, fresh_invoice, "60.00", "2026-01-23", kind="refund"),  # refused
+        event_body(unique("evt"), unique("nobody"), unique("inv"), "5.00", "2026-01-22"),  # unattributed
+    ]
+    results = expect(batch(call, events), 200)["results"]
+    assert [(r["id"], r["status"], r["http_status"], r.get("replayed", False)) for r in results] == [
+        (events[0]["id"], "posted", 201, False),
+        (known["id"], first["status"], 201, True),
+        (known["id"], "refused", 409, False),
+        (events[3]["id"], "refused", 422, False),
+        (None, "refused", 422, False),
+        (events[5]["id"], "refused", 422, False),
+        (events[6]["id"], "unattributed", 201, False),
+    ]
+    assert [set(r["error"]["errors"]) if "error" in r else None for r in results] == [
+        None, None, {"amount"}, {"amount"}, {"body"}, {"amount.amount"}, None]
+    assert all(r["error"]["status"] == r["http_status"] and r["error"]["type"].startswith("urn:revshare:problem:")
+               for r in results if "error" in r)
+    assert transactions_of_event(scratch.database, events[0]["id"]) == 1
+    assert transactions_of_event(scratch.database, events[5]["id"]) == 0
+
+
+def test_a_batch_sent_again_is_replayed_event_by_event(acme, scratch):
+    call, customer = acme
+    events = [event_body(unique("evt"), customer, unique("inv"), f"{10 + i}.00", "2026-01-20") for i in range(3)]
+    first = expect(batch(call, events), 200)["results"]
+    again = expect(batch(call, events), 200)["results"]
+    assert [r["http_status"] for r in first] == [201] * 3 and not any("replayed" in r for r in first)
+    assert again == [{**r, "replayed": True} for r in first]
+    assert [transactions_of_event(scratch.database, e["id"]) for e in events] == [1, 1, 1]
+
+
+def test_an_event_twice_in_one_batch_applies_once_and_a_changed_twin_is_refused(acme, scratch):
+    call, customer = acme
+    event = event_body(unique("evt"), customer, unique("inv"), "10.00", "2026-01-20")
+    results = expect(batch(call, [event, event, {**event, "occurred_at": "2026-01-21T00:00:00Z"}]), 200)["results"]
+    assert [(r["status"], r["http_status"], r.get("replayed", False)) for r in results] == [
+        ("posted", 201, False), ("posted", 201, True), ("refused", 409, False)]
+    assert transactions_of_event(scratch.database, event["id"]) == 1
+
+
+def test_an_empty_batch_answers_no_results(shared):
+    response = shared.client.post("/v1/revenue-events/batch", json={"events": []},
+                                  headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert expect(response, 200) == {"results": []}
+
+
+@pytest.mark.parametrize("body", [{}, {"events": "all"}, {"events": [], "extra": 1}], ids=["missing", "type", "extra"])
+def test_a_malformed_batch_is_a_422_naming_the_field(shared, body):
+    response = shared.client.post("/v1/revenue-events/batch", json=body,
+                                  headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert errors_of(response) == ({"extra"} if "extra" in body else {"events"})
+
+
+def test_a_batch_of_more_than_10000_events_is_a_422_naming_events(shared):
+    response = shared.roomy.post("/v1/revenue-events/batch", json={"events": [{}] * 10_001},
+                                 headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert errors_of(response) == {"events"}
+
+
+def test_a_batch_of_10000_events_is_accepted(shared):
+    response = shared.roomy.post("/v1/revenue-events/batch", json={"events": [{}] * 10_000},
+                                 headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    results = expect(response, 200)["results"]
+    assert len(results) == 10_000 and {r["http_status"] for r in results} == {422}
+
+
+@pytest.fixture(scope="module")
+def server(scratch):
+    """The app behind a real threaded HTTP server on a free loopback port."""
+    httpd = make_server("127.0.0.1", 0, make_app(scratch.database, 2**20), threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_port
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def post_over_http(port: int, path: str, key: str, body: dict) -> tuple[int, dict, bool]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", path, body=json.dumps(body), headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Idempotent-Replayed") == "true"
+    finally:
+        connection.close()
+
+
+CONCURRENT_REQUESTS = 6
+
+
+def together(port: int, path: str, key: str, body: dict) -> list[tuple[int, dict, bool]]:
+    start = threading.Barrier(CONCURRENT_REQUESTS)
+
+    def one(_):
+        start.wait()
+        return post_over_http(port, path, key, body)
+
+    with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
+        return list(pool.map(one, range(CONCURRENT_REQUESTS)))
+
+
+def test_concurrent_duplicates_of_one_event_apply_once(server, acme, scratch):
+    call, customer = acme
+    event = event_body(unique("evt"), customer, unique("inv"), "100.00", "2026-01-20")
+    results = together(server, "/v1/revenue-events", scratch.keys.billing, event)
+    assert [status for status, _, _ in results] == [201] * CONCURRENT_REQUESTS
+    assert sorted(replayed for _, _, replayed in results) == [False] + [True] * (CONCURRENT_REQUESTS - 1)
+    assert len({json.dumps(body, sort_keys=True) for _, body, _ in results}) == 1
+    assert transactions_of_event(scratch.database, event["id"]) == 1
+
+
+def test_concurrent_duplicate_batches_apply_each_event_once(server, acme, scratch):
+    call, customer = acme
+    events = [event_body(unique("evt"), customer, unique("inv"), "10.00", "2026-01-20") for _ in range(20)]
+    results = together(server, "/v1/revenue-events/batch", scratch.keys.billing, {"events": events})
+    assert {status for status, _, _ in results} == {200}
+    fresh = [sum(not r.get("replayed", False) for r in body["results"]) for _, body, _ in results]
+    assert sorted(fresh) == [0] * (CONCURRENT_REQUESTS - 1) + [len(events)]
+    assert all(r["http_status"] == 201 for _, body, _ in results for r in body["results"])
+    assert [transactions_of_event(scratch.database, e["id"]) for e in events] == [1] * len(events)
