@@ -19,6 +19,7 @@ from typing import Any
 
 import flask_smorest
 from flask import Flask, Response, current_app
+from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemSchema
@@ -131,6 +132,20 @@ class Api(flask_smorest.Api):
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         return http_problem(error)
+
+    def _register_responses(self) -> None:
+        """Document the shared error responses as `application/problem+json`, which is what they
+        are (flask-smorest documents them as its default response type, application/json)."""
+        for status in HTTPStatus:
+            response: dict = {"description": status.phrase}
+            if not 100 <= status < 200 and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            content_type = PROBLEM_MIMETYPE if status >= 400 else self.DEFAULT_RESPONSE_CONTENT_TYPE
+            prepare_response(response, self.spec, content_type)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, response, lazy=True)
 
 
 def install(app: Flask) -> None:
