@@ -118,5 +118,9 @@ class AttributionIndex:
         index = bisect.bisect_right(starts, instant_us)
         return (starts[index - 1], self._partners[customer_id][index - 1]) if index else None
 
+    def knows(self, customer_id: str) -> bool:
+        """Whether the customer has any attribution, including one that starts later."""
+        return customer_id in self._starts
+
     def partner_ids(self) -> set[str]:
         return {pid for partner_list in self._partners.values() for pid in partner_list}

@@ -1,0 +1,96 @@
+"""CPA (a flat bounty per acquired customer) beside revenue share: paid once per customer, on its
+first eligible paid invoice, in that invoice's currency if the plan lists one; never paid again,
+not even after re-attribution; clawed back in full only when its own invoice is fully refunded or
+charged back.
+
+SQLite only: these rules run in Python, identically on both engines; the engine-sensitive
+scenarios (worked example, refunds and holds, exactly-once, database holds) and the property
+test run on PostgreSQL as well.
+"""
+
+import pytest
+
+from tests.scenarios.books import Books, commissions
+
+
+@pytest.fixture
+def books(sqlite_database) -> Books:
+    books = Books(sqlite_database)
+    books.plan("hybrid", "0.10", cpa={"USD": "150.00", "EUR": "140.00"}, duration_months=None)
+    books.plan("hybrid-too", "0.10", cpa={"USD": "150.00"}, duration_months=None)
+    books.partner("northwind", "hybrid")
+    books.partner("contoso", "hybrid-too")
+    books.attribute("acme", "northwind", "2026-01-01")
+    return books
+
+
+def test_hybrid_pays_cpa_plus_revenue_share_in_month_one_and_revenue_share_after(books):
+    january = books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    february = books.paid("acme", "inv-2", "500.00", "2026-02-05")
+    assert commissions(january) == [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]
+    assert commissions(february) == [("northwind", "accrual", 5_000)]
+    assert books.balance("northwind") == (25_000, 0)  # $200 in month one, then $50
+
+
+def test_the_cpa_is_paid_in_the_currency_of_the_first_eligible_invoice(books):
+    books.attribute("globex", "northwind", "2026-01-01")
+    first = books.paid("globex", "inv-eur", "500.00", "2026-01-05", currency="EUR")
+    assert commissions(first) == [("northwind", "accrual", 5_000), ("northwind", "cpa", 14_000)]
+    assert commissions(books.paid("globex", "inv-usd", "500.00", "2026-01-06")) == [("northwind", "accrual", 5_000)]
+    assert books.balance("northwind", currency="EUR") == (19_000, 0)
+
+
+def test_a_first_eligible_invoice_in_a_currency_the_plan_does_not_list_uses_up_the_cpa(books):
+    # Choice (DESIGN: "paid once per customer, on its first eligible paid invoice, in that invoice's
+    # currency if the plan lists one"): the bounty belongs to the first eligible invoice; if its
+    # currency has no CPA amount, no CPA is paid, and a later invoice in a listed currency does not
+    # pay it either.
+    books.attribute("globex", "northwind", "2026-01-01")
+    assert commissions(books.paid("globex", "inv-jpy", "50000", "2026-01-05", currency="JPY")) == \
+        [("northwind", "accrual", 5_000)]
+    assert commissions(books.paid("globex", "inv-usd", "500.00", "2026-01-06")) == [("northwind", "accrual", 5_000)]
+
+
+def test_revenue_that_earns_nothing_does_not_use_up_the_cpa(books):
+    books.attribute("globex", "northwind", "2026-02-01")
+    assert books.paid("globex", "inv-early", "500.00", "2026-01-20").status == "no_commission"
+    assert commissions(books.paid("globex", "inv-1", "500.00", "2026-02-01")) == \
+        [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]
+
+
+def test_the_cpa_is_never_paid_again_after_re_attribution(books):
+    books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    books.attribute("acme", "contoso", "2026-02-01", replace=True)
+    assert commissions(books.paid("acme", "inv-2", "500.00", "2026-02-05")) == [("contoso", "accrual", 5_000)]
+    assert books.balance("contoso") == (5_000, 0)
+
+
+def test_a_partial_refund_of_the_cpa_invoice_leaves_the_cpa_and_the_full_refund_claws_it_back(books):
+    books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    partial = books.refund("acme", "inv-1", "499.99", "2026-01-10")
+    assert commissions(partial) == [("northwind", "clawback", -5_000)]  # 5,000 x 49,999/50,000 = 4,999.9 -> 5,000
+    final = books.refund("acme", "inv-1", "0.01", "2026-01-11")
+    assert commissions(final) == [("northwind", "clawback", -15_000)]
+    assert books.balance("northwind") == (0, 0)
+
+
+def test_a_full_chargeback_of_the_cpa_invoice_claws_back_the_cpa(books):
+    books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    books.release("2026-03-01")
+    chargeback = books.chargeback("acme", "inv-1", "500.00", "2026-03-02")
+    assert commissions(chargeback) == [("northwind", "clawback", -5_000), ("northwind", "clawback", -15_000)]
+    assert books.balance("northwind") == (0, 0)
+
+
+def test_fully_refunding_a_later_invoice_never_touches_the_cpa(books):
+    books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    books.paid("acme", "inv-2", "500.00", "2026-02-05")
+    assert commissions(books.refund("acme", "inv-2", "500.00", "2026-02-06")) == [("northwind", "clawback", -5_000)]
+    assert books.balance("northwind") == (20_000, 0)
+
+
+def test_the_database_records_which_invoice_claimed_the_customers_cpa(books):
+    books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    books.paid("acme", "inv-2", "500.00", "2026-02-05")
+    rows = books.sql("SELECT invoice_id FROM revenue_events WHERE first_eligible_customer_id = 'acme'")
+    assert [row.invoice_id for row in rows] == ["inv-1"]

@@ -1,0 +1,151 @@
+"""Re-attribution: commission already earned stays with its earner and its clawbacks follow it (and
+its overrides); new revenue accrues to the new partner. Disputes: a chargeback claws back, and a
+won dispute (`chargeback_reversed`) accrues the amount again with a new hold.
+
+SQLite only: these rules run in Python, identically on both engines; the engine-sensitive
+scenarios (worked example, refunds and holds, exactly-once, database holds) and the property
+test run on PostgreSQL as well.
+"""
+
+import pytest
+
+from ledger.errors import Conflict
+from tests.scenarios.books import Books, at, commissions
+
+
+@pytest.fixture
+def books(sqlite_database) -> Books:
+    books = Books(sqlite_database)
+    books.plan("distributor", "0", override=("0.05", "revenue"))
+    books.plan("msp", "0.20", hold_days=30)
+    books.plan("var", "0.15", hold_days=10)
+    books.partner("dist", "distributor", type="distributor")
+    books.partner("northwind", "msp", parent="dist")
+    books.partner("contoso", "var", type="var")
+    books.attribute("acme", "northwind", "2026-01-01")
+    return books
+
+
+def test_after_re_attribution_old_refunds_claw_from_the_original_earner_and_new_invoices_accrue_to_the_new(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.attribute("acme", "contoso", "2026-02-01", replace=True)
+    assert commissions(books.paid("acme", "inv-2", "1000.00", "2026-02-10")) == [("contoso", "accrual", 15_000)]
+    old = books.refund("acme", "inv-1", "500.00", "2026-02-15")
+    assert commissions(old) == [("northwind", "clawback", -10_000), ("dist", "clawback", -2_500)]
+    new = books.refund("acme", "inv-2", "500.00", "2026-02-16")
+    assert commissions(new) == [("contoso", "clawback", -7_500)]
+    assert [books.balance(p, before="2026-02-17") for p in ("northwind", "dist", "contoso")] == [
+        (0, 10_000), (0, 2_500), (7_500, 0)]  # inv-1's pieces matured 2026-02-09: released, then clawed
+
+
+def test_revenue_dated_before_the_replacement_starts_still_belongs_to_the_original_partner(books):
+    books.attribute("acme", "contoso", "2026-02-01", replace=True)
+    late = books.paid("acme", "inv-jan", "100.00", "2026-01-31T23:59:59.999999Z")
+    assert commissions(late) == [("northwind", "accrual", 2_000), ("dist", "override", 500)]
+
+
+def test_re_attribution_without_replace_or_not_later_than_the_current_start_is_refused(books):
+    with pytest.raises(Conflict):
+        books.attribute("acme", "contoso", "2026-02-01")
+    with pytest.raises(Conflict) as refused:
+        books.attribute("acme", "contoso", "2026-01-01", replace=True)
+    assert "effective_from" in refused.value.fields
+    books.attribute("acme", "northwind", "2026-01-01")  # repeating the current attribution is a no-op
+
+
+def test_a_won_dispute_reaccrues_with_a_new_hold_from_the_reversal_instant(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 200.00 + override 50.00, mature 2026-02-09
+    chargeback = books.chargeback("acme", "inv-1", "1000.00", "2026-01-20")
+    assert commissions(chargeback) == [("northwind", "clawback", -20_000), ("dist", "clawback", -5_000)]
+    assert books.balance("northwind") == (0, 0)
+    won = books.dispute_won("acme", "inv-1", "1000.00", "2026-02-20")
+    assert (won.status, commissions(won)) == ("posted", [("northwind", "accrual", 20_000), ("dist", "override", 5_000)])
+    rows = books.sql("SELECT partner_id, accrual_id, matures_at_us FROM journal_transactions WHERE id IN (:a, :b)",
+                     a=won.transaction_ids[0], b=won.transaction_ids[1])
+    assert {(row.partner_id, row.matures_at_us) for row in rows} == {("northwind", at("2026-03-22")),
+                                                                    ("dist", at("2026-03-22"))}
+    assert all(row.accrual_id is not None for row in rows)  # each restores the accrual it was clawed from
+    assert books.release("2026-03-21") == 0  # the original hold ended with nothing left in it
+    assert books.balance("northwind") == (20_000, 0)
+    assert books.release("2026-03-22") == 2
+    assert books.balance_just_after("northwind", "2026-03-22") == (0, 20_000)
+    assert books.balance("dist") == (0, 5_000)
+
+
+def test_a_won_dispute_after_release_reaccrues_into_pending_again(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-09")
+    books.chargeback("acme", "inv-1", "400.00", "2026-02-15")  # 8,000 from available
+    assert books.balance("northwind") == (0, 12_000)
+    won = books.dispute_won("acme", "inv-1", "400.00", "2026-02-25")
+    assert commissions(won)[0] == ("northwind", "accrual", 8_000)
+    assert books.balance("northwind") == (8_000, 12_000)
+    books.release("2026-03-27")
+    assert books.balance("northwind") == (0, 20_000)
+
+
+def test_a_won_dispute_beside_a_refund_restores_only_the_chargebacks_share(books):
+    books.paid("acme", "inv-1", "300.00", "2026-01-10")  # 6,000
+    books.refund("acme", "inv-1", "100.00", "2026-01-11")  # 2,000
+    books.chargeback("acme", "inv-1", "200.00", "2026-01-12")  # completes the invoice: the remaining 4,000
+    won = books.dispute_won("acme", "inv-1", "200.00", "2026-01-13")
+    assert commissions(won)[0] == ("northwind", "accrual", 4_000)
+    final = books.refund("acme", "inv-1", "200.00", "2026-01-14")
+    assert commissions(final)[0] == ("northwind", "clawback", -4_000)
+    assert books.balance("northwind") == (0, 0)
+
+
+def test_a_dispute_can_only_be_won_for_what_is_charged_back(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.refund("acme", "inv-1", "300.00", "2026-01-11")
+    assert list(books.refused("chargeback_reversed", "acme", "inv-1", "1.00", "2026-01-12").error.fields) == \
+        ["amount.amount"]
+    books.chargeback("acme", "inv-1", "200.00", "2026-01-13")
+    assert list(books.refused("chargeback_reversed", "acme", "inv-1", "200.01", "2026-01-14").error.fields) == \
+        ["amount.amount"]
+    assert books.dispute_won("acme", "inv-1", "200.00", "2026-01-14").status == "posted"
+    # the refunds and the reversed chargeback leave 700.00 refundable
+    assert list(books.refused("refund", "acme", "inv-1", "700.01", "2026-01-15").error.fields) == ["amount.amount"]
+    books.refund("acme", "inv-1", "700.00", "2026-01-15")
+    assert books.balance("northwind") == (0, 0) and books.balance("dist") == (0, 0)
+
+
+def test_the_cpa_clawed_by_a_full_chargeback_comes_back_when_the_dispute_is_won(sqlite_database):
+    books = Books(sqlite_database)
+    books.plan("hybrid", "0.10", cpa={"USD": "150.00"})
+    books.partner("northwind", "hybrid")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "500.00", "2026-01-10")
+    books.refund("acme", "inv-1", "100.00", "2026-01-11")  # 1,000 of 5,000
+    assert commissions(books.chargeback("acme", "inv-1", "400.00", "2026-01-12")) == [
+        ("northwind", "clawback", -4_000), ("northwind", "clawback", -15_000)]
+    won = books.dispute_won("acme", "inv-1", "400.00", "2026-01-13")
+    assert commissions(won) == [("northwind", "accrual", 4_000), ("northwind", "cpa", 15_000)]
+    assert books.balance("northwind") == (19_000, 0)
+
+
+def test_a_won_dispute_covering_several_chargebacks_restores_exactly_what_they_clawed(books):
+    books.plan("half", "0.50")
+    books.partner("fabrikam", "half")
+    books.attribute("globex", "fabrikam", "2026-01-01")
+    books.paid("globex", "inv-1", "0.10", "2026-01-10")  # accrual 5 cents
+    assert [commissions(books.chargeback("globex", "inv-1", "0.03", f"2026-01-1{day}"))[0][2] for day in (1, 2)] == \
+        [-2, -2]  # 1.5 -> 2 each
+    won = books.dispute_won("globex", "inv-1", "0.06", "2026-01-13")
+    # Nothing is refunded any more: every clawed cent comes back (a fresh proportional share, 3, would not).
+    assert commissions(won) == [("fabrikam", "accrual", 4)]
+    assert books.balance("fabrikam") == (5, 0)
+
+
+def test_a_won_dispute_never_restores_more_than_was_clawed_back(books):
+    books.plan("half", "0.50")
+    books.partner("fabrikam", "half")
+    books.attribute("globex", "fabrikam", "2026-01-01")
+    books.paid("globex", "inv-1", "1.00", "2026-01-10")  # accrual 50 cents
+    for day in (11, 12, 13):
+        assert books.chargeback("globex", "inv-1", "0.01", f"2026-01-{day}").commissions == ()  # 0.5 -> 0 each
+    assert commissions(books.refund("globex", "inv-1", "0.02", "2026-01-14")) == [("fabrikam", "clawback", -1)]
+    won = books.dispute_won("globex", "inv-1", "0.03", "2026-01-15")
+    # Its proportional share would be 1.5 -> 2 cents, but only 1 cent was clawed: 1 comes back.
+    assert commissions(won) == [("fabrikam", "accrual", 1)]
+    assert books.balance("fabrikam") == (50, 0)

@@ -1,0 +1,157 @@
+"""Refunds and chargebacks against accruals: proportional clawbacks rounded half-even per refund,
+the exact remainder on the refund that completes the invoice, refusal of refunds beyond the paid
+amount; clawbacks from pending while held and from available once released, decided by time; and
+reversed accruals, which are never released."""
+
+import pytest
+
+from ledger import journal
+from ledger.errors import InvalidInput
+from tests.scenarios.books import Books, at, commissions
+
+
+@pytest.fixture
+def books(database) -> Books:
+    books = Books(database)
+    books.plan("tenth", "0.10", hold_days=30)
+    books.plan("half", "0.50", hold_days=30)
+    books.partner("northwind", "tenth")
+    books.partner("contoso", "half")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.attribute("globex", "contoso", "2026-01-01")
+    return books
+
+
+def head(books: Books) -> tuple:
+    return tuple(books.sql("SELECT count(*), max(hash) FROM journal_transactions")[0])
+
+
+def test_partial_refunds_claw_back_round_half_even_each_and_the_final_one_takes_the_exact_remainder(books):
+    books.paid("acme", "inv-1", "100.00", "2026-01-10")  # accrual 10.00
+    clawed = [commissions(books.refund("acme", "inv-1", "16.65", f"2026-01-1{day}"))[0][2] for day in range(1, 7)]
+    assert clawed == [-166] * 6  # 1,000 x 1,665/10,000 = 166.5 -> 166 each time
+    final = books.refund("acme", "inv-1", "0.10", "2026-01-17")
+    assert commissions(final) == [("northwind", "clawback", -4)]  # its proportional share would be 10
+    assert books.balance("northwind") == (0, 0)
+
+
+def test_rounded_shares_that_would_overshoot_are_capped_and_the_last_refund_finds_nothing_left(books):
+    books.paid("globex", "inv-1", "0.10", "2026-01-10")  # accrual 5 cents
+    shares = [commissions(books.refund("globex", "inv-1", "0.03", f"2026-01-1{day}")) for day in (1, 2, 3)]
+    assert [share[0][2] for share in shares] == [-2, -2, -1]  # 1.5 -> 2, 2, then only 1 is left
+    last = books.refund("globex", "inv-1", "0.01", "2026-01-14")
+    # Nothing left to claw: the refund is recorded, with no commission line.
+    assert (last.status, last.commissions) == ("no_commission", ())
+    assert books.balance("contoso") == (0, 0)
+
+
+def test_a_refund_beyond_the_paid_amount_is_refused_naming_the_amount_and_changes_nothing(books):
+    books.paid("acme", "inv-1", "100.00", "2026-01-10")
+    books.refund("acme", "inv-1", "60.00", "2026-01-11")
+    before = head(books), books.balance("northwind")
+    refusal = books.refused("refund", "acme", "inv-1", "40.01", "2026-01-12", event_id="refund-2")
+    assert isinstance(refusal.error, InvalidInput) and list(refusal.error.fields) == ["amount.amount"]
+    assert refusal.event_id == "refund-2"
+    assert (head(books), books.balance("northwind")) == before
+    assert books.sql("SELECT count(*) FROM revenue_events WHERE id = 'refund-2'")[0][0] == 0
+    # The refused id was never taken: billing can send the corrected event under it.
+    assert commissions(books.refund("acme", "inv-1", "40.00", "2026-01-12", event_id="refund-2")) == \
+        [("northwind", "clawback", -400)]
+
+
+def test_a_chargeback_counts_toward_the_paid_amount_like_a_refund(books):
+    books.paid("acme", "inv-1", "100.00", "2026-01-10")
+    books.chargeback("acme", "inv-1", "70.00", "2026-01-11")
+    assert list(books.refused("refund", "acme", "inv-1", "30.01", "2026-01-12").error.fields) == ["amount.amount"]
+    assert commissions(books.refund("acme", "inv-1", "30.00", "2026-01-12")) == [("northwind", "clawback", -300)]
+
+
+def test_a_refund_before_the_invoice_was_paid_or_of_an_unknown_invoice_is_refused(books):
+    books.paid("acme", "inv-1", "100.00", "2026-01-10")
+    assert list(books.refused("refund", "acme", "inv-1", "1.00", "2026-01-09").error.fields) == ["occurred_at"]
+    assert list(books.refused("refund", "acme", "inv-404", "1.00", "2026-01-11").error.fields) == ["invoice_id"]
+
+
+def test_while_held_a_clawback_comes_out_of_pending_and_the_release_moves_only_what_is_left(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 100.00, matures 2026-02-09
+    [clawback_id] = books.refund("acme", "inv-1", "250.00", "2026-01-20").transaction_ids
+    assert books.sql("SELECT a.name FROM journal_lines l JOIN accounts a ON a.id = l.account_id "
+                     "WHERE l.transaction_id = :t AND l.side = 'D'", t=clawback_id)[0].name == \
+        "liability:partner:northwind:pending"
+    assert books.balance_just_after("northwind", "2026-01-20") == (7_500, 0)
+    assert books.release("2026-02-09") == 1
+    assert books.balance_just_after("northwind", "2026-02-09") == (0, 7_500)
+
+
+def test_after_release_a_clawback_comes_out_of_available(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-09")
+    books.refund("acme", "inv-1", "250.00", "2026-02-10")
+    assert books.balance("northwind") == (0, 7_500)
+
+
+def test_a_refund_after_maturity_first_releases_at_maturity_then_claws_from_available(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    refund = books.refund("acme", "inv-1", "250.00", "2026-03-01")  # no release job has run
+    assert commissions(refund) == [("northwind", "clawback", -2_500)]
+    rows = books.sql("SELECT kind, effective_at_us FROM journal_transactions ORDER BY id")
+    assert [(row.kind, row.effective_at_us) for row in rows] == [
+        ("accrual", at("2026-01-10")), ("release", at("2026-02-09")), ("clawback", at("2026-03-01"))]
+    assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
+    assert books.balance_just_after("northwind", "2026-02-09") == (0, 10_000)
+    assert books.balance("northwind") == (0, 7_500)
+    assert books.release("2026-04-01") == 0  # the hold already ended: nothing is released twice
+    assert books.sql("SELECT count(*) FROM open_holds")[0][0] == 0
+
+
+def test_held_ness_is_decided_at_the_microsecond_of_maturity(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.paid("acme", "inv-2", "1000.00", "2026-01-10")
+    books.refund("acme", "inv-1", "100.00", "2026-02-08T23:59:59.999999Z")  # still held: from pending
+    books.refund("acme", "inv-2", "100.00", "2026-02-09T00:00:00Z")        # matured: released, then available
+    assert books.balance("northwind") == (9_000, 9_000)
+
+
+def test_a_reversed_accrual_is_never_released_and_never_clawed_back(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    with books.database.transaction() as session:
+        journal.reverse(session, accrual_id, reason="entered against the wrong partner")
+    assert books.release("2026-03-01") == 0
+    assert books.balance("northwind") == (0, 0)
+    refund = books.refund("acme", "inv-1", "1000.00", "2026-03-02")
+    assert (refund.status, refund.commissions) == ("no_commission", ())
+    assert books.balance("northwind") == (0, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_reversed_accrual_is_not_released_by_a_later_refund_either(books):
+    [accrual_id, _] = [*books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids,
+                       books.paid("acme", "inv-2", "1000.00", "2026-01-10").transaction_ids[0]]
+    with books.database.transaction() as session:
+        journal.reverse(session, accrual_id, reason="duplicate")
+    books.refund("acme", "inv-1", "500.00", "2026-03-01")  # after maturity: would release a live accrual
+    assert [row.kind for row in books.sql("SELECT kind FROM journal_transactions WHERE invoice_id = 'inv-1' "
+                                          "ORDER BY id")] == ["accrual", "reversal"]
+
+
+def test_a_reversed_clawback_gives_the_accrual_back_and_the_final_refund_claws_exactly_what_is_left(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "250.00", "2026-01-20").transaction_ids
+    with books.database.transaction() as session:
+        journal.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
+    assert books.balance("northwind") == (10_000, 0)
+    final = books.refund("acme", "inv-1", "750.00", "2026-01-21")
+    assert commissions(final) == [("northwind", "clawback", -10_000)]
+    assert books.balance("northwind") == (0, 0)
+
+
+def test_a_late_refund_dated_before_maturity_after_the_release_was_posted_claws_from_available(books):
+    # Choice: a refund delivered after its accrual's release was posted, but dated before the
+    # accrual matured, claws from available (where the money now is) at its own instant. Clawing
+    # from pending would need the posted release reversed and reposted; the books end the same
+    # either way, and only the as-of view between the refund's date and the maturity differs.
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # matures 2026-02-09
+    assert books.release("2026-02-20") == 1
+    books.refund("acme", "inv-1", "250.00", "2026-02-01")
+    assert books.balance("northwind", before="2026-02-05") == (10_000, -2_500)
+    assert books.balance("northwind") == (0, 7_500)
