@@ -29,7 +29,7 @@ from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import insert_many
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
-from ledger.money import parse_amount_minor
+from ledger.money import currency_exponent, parse_amount_minor
 from ledger.partners import Program
 from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, revenue_events
 
@@ -98,8 +98,12 @@ def parse_event(data: Any) -> RevenueEvent:
             fields.setdefault("amount", []).append("a money object {\"amount\": \"123.45\", \"currency\": \"USD\"}")
         else:
             currency = amount["currency"]
-            minor = attempt(parse_amount_minor, amount["amount"], currency if isinstance(currency, str) else "",
-                            field="amount.amount")
+            try:
+                currency_exponent(currency)
+            except InvalidInput as error:
+                fields.setdefault("amount.currency", []).extend(error.fields["currency"])
+            else:
+                minor = attempt(parse_amount_minor, amount["amount"], currency, field="amount.amount")
             if minor is not None and minor <= 0:
                 fields.setdefault("amount.amount", []).append("must be greater than zero")
     occurred = attempt(parse_instant, data["occurred_at"], field="occurred_at") if "occurred_at" in data else None
