@@ -98,6 +98,8 @@ class Piece:
     reversed: bool = False
     customer_id: str | None = None
     invoice_id: str | None = None
+    release_id: int | None = None  # the release transaction in force, if released
+    released_minor: int = 0  # what that release moved from pending to available
 
     @property
     def unclawed_minor(self) -> int:

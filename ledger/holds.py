@@ -8,7 +8,9 @@ reads it by maturity instead of scanning the journal.
 Held-ness is decided by time, never by when a job last ran: anything that posts against accruals
 at instant t (a clawback, a payout run, a close) first calls `release_matured(t)` (or, for one
 invoice, `release_pieces`). A release is effective at the maturity instant. A reversed accrual is
-never released.
+never released. A refund dated before a piece matured but delivered after its release was posted
+finds the piece held at its instant: the release is reversed (`unrelease`), the clawback comes
+from pending, and what is left is released again at the maturity instant.
 """
 
 from __future__ import annotations
@@ -74,12 +76,18 @@ class _PieceReplay:
             self._record(row.id, (row.accrual_id, -row.amount_minor if on_pending else 0, row.amount_minor, 0))
         elif row.kind == "release" and row.accrual_id in self.pieces and on_pending:
             self._record(row.id, (row.accrual_id, -row.amount_minor, 0, 1))
+            piece = self.pieces[row.accrual_id]
+            piece.release_id, piece.released_minor = row.id, row.amount_minor
         elif row.kind == "reversal" and row.id not in self.reversals_seen:
             self.reversals_seen.add(row.id)  # a reversal of a release has two partner lines: apply once
             if row.reverses_id in self.pieces:
                 self.pieces[row.reverses_id].reversed = True
             elif row.reverses_id in self.effects:
-                self._change(self.effects[row.reverses_id], -1)
+                effect = self.effects[row.reverses_id]
+                self._change(effect, -1)
+                if effect[3]:  # a release undone: the piece is held again
+                    piece = self.pieces[effect[0]]
+                    piece.release_id, piece.released_minor = None, 0
 
     def _record(self, transaction_id: int, effect: tuple[int, int, int, int]) -> None:
         self.effects[transaction_id] = effect
@@ -93,28 +101,40 @@ class _PieceReplay:
             piece.released = sign > 0
 
 
-def release_draft(piece: Piece) -> journal.Draft:
-    """Move what is still pending of a matured piece to available, at its maturity instant."""
+def release_draft(piece: Piece, *, key_suffix: str = "") -> journal.Draft:
+    """Move what is still pending of a matured piece to available, at its maturity instant. A piece
+    released again (after a late refund undid its release) names the cause in `key_suffix`."""
     assert piece.pending_minor > 0 and not piece.released and not piece.reversed, piece
     return journal.transfer(
         "release", chart.pending(piece.partner_id), chart.available(piece.partner_id), piece.currency,
-        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}",
+        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}{key_suffix}",
         partner_id=piece.partner_id, customer_id=piece.customer_id, invoice_id=piece.invoice_id,
         plan_version_id=piece.plan_version_id, accrual_id=piece.id)
 
 
-def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int) -> list[int]:
+def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int, *, key_suffix: str = "") -> list[int]:
     """Release every held piece matured by `at_us`; returns the ids of pieces whose hold ended."""
     ended = []
     for piece in pieces:
         if piece.released or piece.matures_at_us is None or piece.matures_at_us > at_us:
             continue
         if not piece.reversed and piece.pending_minor > 0:
-            batch.add(release_draft(piece))
+            posted = batch.add(release_draft(piece, key_suffix=key_suffix))
+            piece.release_id, piece.released_minor = posted.id, piece.pending_minor
             piece.pending_minor = 0
         piece.released = True
         ended.append(piece.id)
     return ended
+
+
+def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> None:
+    """Undo a piece's release (a refund dated while it was still held arrived after the release was
+    posted): the reversal mirrors the release at its instant, and the piece is held again."""
+    assert piece.released and piece.release_id is not None, piece
+    batch.flush()  # the release may have been added to this very batch
+    batch.add(journal.reversal_draft(batch.session, piece.release_id, reason=reason, idempotency_key=key))
+    piece.pending_minor += piece.released_minor
+    piece.released, piece.release_id, piece.released_minor = False, None, 0
 
 
 def add_holds(session: Session, holds: list[tuple[int, int]]) -> None:

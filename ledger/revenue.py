@@ -299,10 +299,18 @@ class _Writer:
         invoice = self._invoice_for(event)
         if invoice.refunded_minor + event.amount_minor > invoice.paid_minor:
             raise invalid("amount.amount", "cumulative refunds and chargebacks would exceed the paid amount")
+        held_again = [piece for piece in invoice.pieces
+                      if piece.released and not piece.reversed and piece.release_id is not None
+                      and piece.matures_at_us > event.occurred_at_us]
+        for piece in held_again:  # released by a job, but still held at this refund's instant
+            holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}",
+                            reason=f"refund {event.id} is dated before this accrual matured")
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
         fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
         lines = [self._claw(event, invoice, plan) for plan in
                  refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully)]
+        for piece in held_again:  # what is left matured when it matured
+            holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         invoice.refunded_minor += event.amount_minor
         if event.type == "chargeback":
             invoice.charged_back_minor += event.amount_minor

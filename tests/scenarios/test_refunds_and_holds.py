@@ -145,13 +145,27 @@ def test_a_reversed_clawback_gives_the_accrual_back_and_the_final_refund_claws_e
     assert books.balance("northwind") == (0, 0)
 
 
-def test_a_late_refund_dated_before_maturity_after_the_release_was_posted_claws_from_available(books):
-    # Choice: a refund delivered after its accrual's release was posted, but dated before the
-    # accrual matured, claws from available (where the money now is) at its own instant. Clawing
-    # from pending would need the posted release reversed and reposted; the books end the same
-    # either way, and only the as-of view between the refund's date and the maturity differs.
+def test_a_late_refund_dated_before_maturity_after_the_release_was_posted_claws_from_pending(books):
+    # Held-ness is decided by time, not by when the release ran: a refund dated before the accrual
+    # matured finds it held. The posted release is reversed (at its own instant), the clawback comes
+    # from pending at the refund's instant, and the rest is released again at the maturity.
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # matures 2026-02-09
     assert books.release("2026-02-20") == 1
     books.refund("acme", "inv-1", "250.00", "2026-02-01")
-    assert books.balance("northwind", before="2026-02-05") == (10_000, -2_500)
+    assert books.balance("northwind", before="2026-02-05") == (7_500, 0)
+    assert books.balance("northwind", before="2026-02-09") == (7_500, 0)
+    assert books.balance("northwind", before="2026-02-10") == (0, 7_500)
     assert books.balance("northwind") == (0, 7_500)
+    assert books.release("2026-03-01") == 0  # nothing is left held
+
+
+def test_two_late_refunds_each_undo_the_release_in_force_and_release_the_rest_again(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # matures 2026-02-09
+    assert books.release("2026-02-20") == 1
+    books.refund("acme", "inv-1", "250.00", "2026-02-01")
+    books.refund("acme", "inv-1", "250.00", "2026-02-03")
+    assert books.balance("northwind", before="2026-02-02") == (7_500, 0)
+    assert books.balance("northwind", before="2026-02-05") == (5_000, 0)
+    assert books.balance("northwind") == (0, 5_000)
+    books.refund("acme", "inv-1", "500.00", "2026-03-01")  # after maturity: from available
+    assert books.balance("northwind") == (0, 0)
