@@ -62,8 +62,11 @@ class JsonParser(FlaskParser):
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": None, "querystring": None}
 
     def _raw_load_json(self, req) -> Any:
-        body = json_body() if core.is_json(req.mimetype) else None
-        return core.missing if body is None else body
+        """An empty body is missing (optional bodies may be left out); a body that is the JSON
+        literal `null` is a value, which the schema refuses like any other non-object (422)."""
+        if not core.is_json(req.mimetype) or not request.get_data(cache=True).strip():
+            return core.missing
+        return json_body()
 
 
 class Blueprint(flask_smorest.Blueprint):

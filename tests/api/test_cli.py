@@ -106,7 +106,7 @@ def wait_for(url: str, *, headers: dict | None = None, seconds: float = 20.0) ->
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
                 return response.status, response.read()
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset or timed out (URLError is an OSError): not up yet
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)

@@ -162,3 +162,10 @@ def test_bad_input_is_refused_with_a_4xx_never_a_500(shared, body):
 def test_bad_query_parameters_are_a_422(shared, query):
     response = shared.client.get(f"/v1/transactions?{query}", headers=bearer(shared.keys.finance))
     assert_problem(response, 422, errors=True)
+
+
+@pytest.mark.parametrize("body", ["null", "[]", "5", "\"text\""])
+def test_a_body_that_is_not_a_json_object_is_refused_even_where_the_body_is_optional(client, keys, body):
+    response = client.post("/v1/holds/release", data=body, content_type="application/json",
+                           headers={"Authorization": f"Bearer {keys.finance}"})
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
