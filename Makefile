@@ -8,6 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
+BENCH_ARGS ?= --quick
 
 .PHONY: install test run bench clean
 
@@ -36,6 +37,10 @@ run: $(STAMP)
 	echo "  try: curl -H 'Authorization: Bearer $$partner' http://$(HOST):$(PORT)/v1/partners/northwind/balance" && \
 	echo
 	$(BIN)/revshare serve --host $(HOST) --port $(PORT)
+
+# `make bench` runs the quick benchmarks (under 3 minutes); `make bench BENCH_ARGS=` the full ones.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -18,10 +18,12 @@ compares the requested content, so a retry after a close still replays.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from collections import defaultdict
+from json.encoder import encode_basestring as _encode_string
 from typing import Iterable, NamedTuple, Sequence
 
 from sqlalchemy import func, insert, select
@@ -43,6 +45,7 @@ from ledger.schema import (
 DEBIT, CREDIT = "D", "C"
 LINES_PER_TRANSACTION_MAX = 100
 POST_BATCH_MAX = 100_000
+ACCOUNT_SPECS_CACHED_MAX = 65_536
 
 
 class Line(NamedTuple):
@@ -93,19 +96,23 @@ def check_draft(draft: Draft) -> None:
     if not draft.idempotency_key or len(draft.idempotency_key) > 200:
         raise InvalidInput("idempotency_key: 1 to 200 characters", {"idempotency_key": ["1 to 200 characters"]})
     net: dict[str, int] = defaultdict(int)
-    for line in draft.lines:
-        amount = line.amount_minor
+    for account, currency, side, amount in draft.lines:
         if type(amount) is not int or amount <= 0:
             raise InvalidInput("lines: every amount is a positive integer of minor units",
                                {"lines": ["every amount is a positive integer of minor units"]})
-        assert line.side in (DEBIT, CREDIT), line
-        chart.spec(line.account)
-        currency_exponent(line.currency)
-        net[line.currency] += amount if line.side == DEBIT else -amount
+        assert side in (DEBIT, CREDIT), side
+        _account_spec(account)
+        currency_exponent(currency)
+        net[currency] += amount if side == DEBIT else -amount
     unbalanced = sorted(currency for currency, total in net.items() if total != 0)
     if unbalanced:
         message = f"debits do not equal credits in {', '.join(unbalanced)}"
         raise InvalidInput(f"lines: {message}", {"lines": [message]})
+
+
+# Account names are checked against the chart on every line of every draft; the answer for a name
+# never changes, so it is remembered (a name outside the chart raises, and raising is not cached).
+_account_spec = functools.lru_cache(maxsize=ACCOUNT_SPECS_CACHED_MAX)(chart.spec)
 
 
 def _canonical(draft: Draft) -> list:
@@ -113,9 +120,39 @@ def _canonical(draft: Draft) -> list:
             [list(line) for line in draft.lines], draft.idempotency_key]
 
 
+def canonical_json(draft: Draft) -> str:
+    """`json.dumps(_canonical(draft), separators=(",", ":"), ensure_ascii=False)`, byte for byte.
+
+    The hot path writes the JSON itself with json's own string encoder, in half the time of
+    `json.dumps`; a value that is not exactly None, int or str sends the draft to `json.dumps`.
+    `tests/unit/test_canonical_json.py` checks that the two agree on arbitrary drafts."""
+    parts = []
+    for value in (draft.kind, draft.effective_at_us, *draft[4:]):
+        value_type = type(value)
+        if value_type is str:
+            parts.append(_encode_string(value))
+        elif value_type is int:
+            parts.append(repr(value))
+        elif value is None:
+            parts.append("null")
+        else:
+            return _canonical_json_slow(draft)
+    lines = []
+    for account, currency, side, amount in draft.lines:
+        if type(account) is not str or type(currency) is not str or type(side) is not str or type(amount) is not int:
+            return _canonical_json_slow(draft)
+        lines.append(f"[{_encode_string(account)},{_encode_string(currency)},{_encode_string(side)},{amount!r}]")
+    if type(draft.idempotency_key) is not str:
+        return _canonical_json_slow(draft)
+    return f"[{','.join(parts)},[{','.join(lines)}],{_encode_string(draft.idempotency_key)}]"
+
+
+def _canonical_json_slow(draft: Draft) -> str:
+    return json.dumps(_canonical(draft), separators=(",", ":"), ensure_ascii=False)
+
+
 def request_hash(draft: Draft) -> str:
-    content = json.dumps(_canonical(draft), separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(content.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(draft).encode()).hexdigest()
 
 
 def chain_hash(prev_hash: str, transaction_id: int, recorded_at_us: int, effective_at_us: int,

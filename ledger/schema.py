@@ -10,7 +10,8 @@ Journal design (see also migrations/versions/0001_journal.py for the database-si
   credits per currency, and refuses any line added to a sealed transaction. The foreign key from
   lines to their header is deferred to commit, so a line without a header never commits.
 - `journal_lines.effective_at_us` repeats its header's instant so that balances are answered from
-  one covering index (account, currency, instant, side, amount) without touching the headers.
+  covering indexes without touching the headers: (account, instant, currency, side, amount) for one
+  account after an instant, (instant, account, currency, side, amount) for every account in a range.
 - Journal tables refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) in the database.
 """
 
@@ -90,9 +91,8 @@ journal_transactions = Table(
     CheckConstraint("length(hash) = 64 AND length(prev_hash) = 64", name="hash_length"),
     Index(None, "partner_id", "id"),
     Index(None, "invoice_id"),
-    Index(None, "accrual_id"),
-    Index(None, "matures_at_us"),
     Index(None, "event_id"),
+    Index(None, "effective_at_us"),
 )
 
 journal_lines = Table(
@@ -114,7 +114,10 @@ journal_lines = Table(
     CheckConstraint("side IN ('D', 'C')", name="side"),
     CheckConstraint("length(currency) = 3", name="currency_code"),
     Index(None, "transaction_id"),
-    Index("ix_journal_lines_balance", "account_id", "currency", "effective_at_us", "side", "amount_minor"),
+    # One account's lines after an instant (balances, statements), and every account's lines in a
+    # time range (trial balance, period close): both covering, so neither touches the table.
+    Index("ix_journal_lines_balance", "account_id", "effective_at_us", "currency", "side", "amount_minor"),
+    Index("ix_journal_lines_period", "effective_at_us", "account_id", "currency", "side", "amount_minor"),
 )
 
 JOURNAL_TABLES = ("accounts", "journal_transactions", "journal_lines")

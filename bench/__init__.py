@@ -1,0 +1,21 @@
+"""Benchmarks that print ratios against the machine's raw limits (DESIGN.md, "Targets").
+
+`python -m bench [--quick] [--engine sqlite|postgres|both]` (or `make bench BENCH_ARGS=--quick`)
+prints the machine's facts and one table: metric, engine, measured value, target and verdict, and,
+for throughput, the raw baseline measured in the same run with the ratio to it. The machines this
+runs on are shared and noisy, so a throughput figure alone says little: the ratio to the bare
+driver writing the very same rows a moment later is what to compare across runs.
+
+- `ingestion.py`: bulk `revenue.ingest` in batches of 10,000 against raw executemany / COPY of the
+  same rows, and the cost of re-delivering a batch (metric 1);
+- `importing.py`: `revshare import` of an NDJSON file as a subprocess, wall time and peak RSS (2);
+- `books.py`: a journal grown through the domain path to 200k (quick) or 1M and 10M lines (full):
+  a partner's balance, a month's statement, the trial balance, and closing a month (3, 4);
+- `http.py`: single-event POST under gunicorn, a placeholder until the route exists (5);
+- `profile.py`: `python -m bench.profile`, cProfile of the ingestion path.
+
+Databases live in a temporary directory (SQLite) or a throwaway PostgreSQL cluster
+(`tests/pg_cluster.py`), removed at the end. `--quick` finishes in under 3 minutes on 2 cores; the
+full run (1M-event import, 10M-line journal, both engines) takes an hour or more.
+Results are also written as JSON to `bench/results/` (gitignored) unless `--no-json`.
+"""

@@ -1,0 +1,208 @@
+"""Metrics 3 and 4: reads over a big journal, and closing a month of it.
+
+The journal is grown month by month through the domain path, so it is exactly what the service
+would hold (verify() accepts it): each month's paid invoices go through `revenue.ingest` in batches
+of 10,000; then the holds matured by the previous month's end are released (`holds.release_matured`,
+what the hourly release job will have done by then; 30-day holds: about one release per accrual)
+and that month is closed with `periods.close_period`, each timed on its own. A closed month
+therefore holds about twice its accruals' lines. Customers sit with a few hot partners (20% of
+them with 5 partners), the rest spread evenly.
+
+At each checkpoint (a line count reached) the reads are timed on a reader session, with months
+closed so that they go through the snapshot path: a partner's balance (`partner_balances`, random
+partners and the hot ones), the statement of the latest closed month (`statements.statement`),
+and the trial balance. The close of the last month is timed as it happens.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, NamedTuple
+
+from sqlalchemy import func, select
+
+from ledger import holds, periods, revenue
+from ledger.balances import partner_balances
+from ledger.db import Database
+from ledger.instants import period_bounds_us, period_of
+from ledger.schema import journal_lines
+from ledger.statements import statement
+from ledger.trial_balance import trial_balance
+
+from bench import program
+from bench.ingestion import BATCH_EVENTS, analyze
+from bench.report import Row, median, percentile
+
+BALANCE_CALLS = 200
+HOT_CALLS = 50
+STATEMENT_CALLS = 50
+TRIAL_BALANCE_CALLS = 3
+BALANCE_MS_TARGET = {1_000_000: 2.0, 10_000_000: 5.0}
+STATEMENT_MS_MAX = 50.0
+TRIAL_BALANCE_S_MAX = 1.0
+CLOSE_S_MAX = 30.0
+
+
+class Shape(NamedTuple):
+    partners: int
+    customers: int
+    months: int
+    events_per_month: int
+    checkpoints: tuple[int, ...]  # line counts at which the reads are timed (the first month reaching each)
+
+
+class Reads(NamedTuple):
+    lines: int
+    closed_through: str
+    balance_ms: list[float]
+    hot_balance_ms: list[float]
+    statement_ms: list[float]
+    hot_statement_ms: list[float]
+    statement_lines_hot: int
+    trial_balance_s: list[float]
+
+
+class Close(NamedTuple):
+    period: str
+    lines: int
+    seconds: float  # close_period alone
+    transactions: int
+    release_seconds: float  # the release job run just before, up to the period's end
+    released: int
+
+
+def _timed_ms(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000
+
+
+def line_count(database: Database) -> int:
+    with database.reader() as session:
+        return session.execute(select(func.count()).select_from(journal_lines)).scalar_one()
+
+
+def _lines_in(database: Database, period: str) -> int:
+    start_us, end_us = period_bounds_us(period)
+    j = journal_lines.c
+    with database.reader() as session:
+        return session.execute(select(func.count()).select_from(journal_lines)
+                               .where(j.effective_at_us >= start_us, j.effective_at_us < end_us)).scalar_one()
+
+
+def grow(site, shape: Shape, progress: Callable[[str], None]) -> tuple[list[Reads], list[Close]]:
+    url = site.new("books")
+    database = Database(url)
+    reads: list[Reads] = []
+    closes: list[Close] = []
+    try:
+        with database.transaction() as session:
+            seeded = program.seed(session, shape.partners, shape.customers)
+        pending = list(shape.checkpoints)
+        for month in range(shape.months):
+            _ingest_month(database, seeded, month, shape.events_per_month)
+            analyze(database)
+            if month >= 1:
+                closes.append(_close(database, period_of(program.month_start_us(month - 1))))
+                analyze(database)
+            lines = line_count(database)
+            progress(f"month {month + 1}/{shape.months}: {lines:,} lines")
+            while pending and (lines >= pending[0] or month == shape.months - 1):
+                pending.pop(0)
+                reads.append(measure_reads(database, seeded, lines, closes[-1].period if closes else None))
+    finally:
+        database.dispose()
+        if hasattr(site, "drop"):
+            site.drop(url)
+    return reads, closes
+
+
+def _ingest_month(database: Database, seeded: program.Program, month: int, count: int) -> None:
+    events = program.paid_events(seeded, count, month_offset=month, prefix=f"m{month}")
+    for batch in program.batches(events, BATCH_EVENTS):
+        with database.transaction() as session:
+            results = revenue.ingest(session, batch)
+        assert not any(isinstance(r, revenue.Refusal) for r in results)
+
+
+def _close(database: Database, period: str) -> Close:
+    """The release job up to the period's end (as the hourly job would have done by then), then the
+    close, each in its own transaction and timed apart."""
+    end_us = period_bounds_us(period)[1]
+    started = time.perf_counter()
+    with database.transaction() as session:
+        released = holds.release_matured(session, end_us - 1)
+    release_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    with database.transaction() as session:
+        closed = periods.close_period(session, period)
+    seconds = time.perf_counter() - started
+    return Close(period, _lines_in(database, period), seconds, closed.transaction_count, release_seconds, released)
+
+
+def measure_reads(database: Database, seeded: program.Program, lines: int, closed_through: str | None) -> Reads:
+    assert closed_through is not None, "the reads are timed once a month is closed"
+    rng = random.Random(3)
+    with database.reader() as session:
+        partner_balances(session, seeded.hot_ids[0])  # warm the connection and the account cache
+        balance = [_timed_ms(lambda p=rng.choice(seeded.partner_ids): partner_balances(session, p))
+                   for _ in range(BALANCE_CALLS)]
+        hot = [_timed_ms(lambda p=rng.choice(seeded.hot_ids): partner_balances(session, p)) for _ in range(HOT_CALLS)]
+        statements = [_timed_ms(lambda p=rng.choice(seeded.partner_ids): statement(session, p, closed_through))
+                      for _ in range(STATEMENT_CALLS)]
+        hot_statements = [_timed_ms(lambda p=rng.choice(seeded.hot_ids): statement(session, p, closed_through))
+                          for _ in range(max(5, STATEMENT_CALLS // 5))]
+        hot_statement = statement(session, seeded.hot_ids[0], closed_through)
+        hot_lines = sum(len(section.lines) for section in hot_statement.currencies)
+        trial = [_timed_ms(lambda: trial_balance(session, before_us=None)) / 1000 for _ in range(TRIAL_BALANCE_CALLS)]
+    return Reads(lines, closed_through, balance, hot, statements, hot_statements, hot_lines, trial)
+
+
+def _scale_note(lines: int, target_lines: int) -> tuple[str, bool]:
+    scaled = lines < target_lines * 0.8
+    return (f"at {lines:,} lines" + (f" (scaled down; target is for {target_lines:,})" if scaled else "")), scaled
+
+
+def rows_for(engine_name: str, reads: list[Reads], closes: list[Close]) -> list[Row]:
+    rows: list[Row] = []
+    for read in reads:
+        target_lines = 10_000_000 if read.lines >= 5_000_000 else 1_000_000
+        where, scaled = _scale_note(read.lines, target_lines)
+        limit_ms = BALANCE_MS_TARGET[target_lines]
+        p50, p99 = median(read.balance_ms), percentile(read.balance_ms, 0.99)
+        rows.append(Row(f"balance: one partner, p50 ({where})", engine_name, p50, "ms", f"< {limit_ms:g} ms",
+                        p50 < limit_ms, scaled=scaled,
+                        note=f"{BALANCE_CALLS} calls on random partners, closed through {read.closed_through}"))
+        rows.append(Row(f"balance: one partner, p99 ({where})", engine_name, p99, "ms", f"< {limit_ms:g} ms",
+                        p99 < limit_ms, scaled=scaled, note="same calls"))
+        hot = median(read.hot_balance_ms)
+        rows.append(Row(f"balance: hot partner, p50 ({where})", engine_name, hot, "ms", f"< {limit_ms:g} ms",
+                        hot < limit_ms, scaled=scaled,
+                        note=f"{HOT_CALLS} calls on the {program.HOT_PARTNERS} hot partners (20% of customers)"))
+        where10, scaled10 = _scale_note(read.lines, 10_000_000)
+        st50, st99 = median(read.statement_ms), percentile(read.statement_ms, 0.99)
+        rows.append(Row(f"statement: month {read.closed_through}, p50/p99 ({where10})", engine_name, st50, "ms",
+                        f"< {STATEMENT_MS_MAX:g} ms", st99 < STATEMENT_MS_MAX, scaled=scaled10,
+                        note=f"p99 {st99:.1f} ms over {STATEMENT_CALLS} random partners"))
+        hot_st = median(read.hot_statement_ms)
+        rows.append(Row(f"statement: hot partner ({where10})", engine_name, hot_st, "ms", f"< {STATEMENT_MS_MAX:g} ms",
+                        hot_st < STATEMENT_MS_MAX, scaled=scaled10,
+                        note=f"median; {read.statement_lines_hot:,} lines in the month"))
+        trial = median(read.trial_balance_s)
+        rows.append(Row(f"trial balance ({where10})", engine_name, trial, "s", f"< {TRIAL_BALANCE_S_MAX:g} s",
+                        trial < TRIAL_BALANCE_S_MAX, scaled=scaled10,
+                        note=f"median of {TRIAL_BALANCE_CALLS}; latest snapshot {read.closed_through}"))
+    if closes:
+        last = max(closes, key=lambda c: c.lines)
+        scaled = last.lines < 800_000
+        both = last.seconds + last.release_seconds
+        rows.append(Row(f"close a month of {last.lines:,} lines", engine_name, last.seconds, "s",
+                        f"< {CLOSE_S_MAX:g} s (1M lines)", last.seconds < CLOSE_S_MAX, scaled=scaled,
+                        note=f"{last.period}, {last.transactions:,} transactions; holds released beforehand by the "
+                             f"release job (next row), as the hourly job does" + ("; scaled down" if scaled else "")))
+        rows.append(Row("release job + close, same month", engine_name, both, "s",
+                        f"< {CLOSE_S_MAX:g} s (1M lines)", both < CLOSE_S_MAX, scaled=scaled,
+                        note=f"a close catching up alone: {last.released:,} releases took "
+                             f"{last.release_seconds:.1f} s"))
+    return rows

@@ -1,0 +1,186 @@
+"""Metric 5: single-event HTTP POST under gunicorn, with GET /v1/health on the same server as reference.
+
+`revshare serve --workers 2` runs as a subprocess on a free loopback port over a seeded database,
+with a billing key created for the run. A bounded load generator (`CLIENT_THREADS` threads with
+http.client, a fixed number of requests, an overall deadline) posts one paid invoice per request
+and records each latency; then it sends as many GET /v1/health requests. The health rate is what
+the same server, client and machine manage for a request that touches no database: the reference
+the POST rate is compared with. gunicorn's sync workers close the connection after each response
+(no keep-alive), so http.client reconnects per request; both series pay that alike. The server is
+stopped (SIGTERM, then SIGKILL after a grace period) in a `finally`.
+
+The route is detected in `api/routes/`; without it the table gets a marked placeholder row.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import NamedTuple
+
+from ledger.db import Database
+from ledger.keys import create_key
+
+from bench import program
+from bench.importing import REPO_ROOT, event_data, revshare_command
+from bench.report import Row, median, percentile
+
+ROUTES_DIR = REPO_ROOT / "api" / "routes"
+HOST = "127.0.0.1"
+WORKERS = 2
+CLIENT_THREADS = 4
+START_TIMEOUT_S = 60
+STOP_GRACE_S = 20
+REQUEST_TIMEOUT_S = 30
+RATE_TARGET = 1_000
+P99_MS_MAX = 50.0
+
+
+class Series(NamedTuple):
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    failures: int
+
+
+def revenue_route_exists() -> bool:
+    return any('"/revenue-events"' in path.read_text(encoding="utf-8") for path in ROUTES_DIR.glob("*.py"))
+
+
+def placeholder_rows(engine_name: str) -> list[Row]:
+    return [Row("PLACEHOLDER http: POST /v1/revenue-events", engine_name, None, "events/s",
+                f">= {RATE_TARGET:,}/s, p99 < {P99_MS_MAX:g} ms", None,
+                note="NOT MEASURED: api/routes/ has no revenue-events route yet")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _request(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+             headers: dict) -> int:
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def _load(port: int, requests: list[tuple[str, str, bytes | None, dict, int]], deadline_s: float) -> Series:
+    """Send every request once, over CLIENT_THREADS connections, stopping at the deadline."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + deadline_s
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
+        mine: list[float] = []
+        failed = 0
+        try:
+            while time.perf_counter() < stop_at:
+                index = next(counter)
+                if index >= len(requests):
+                    break
+                method, path, body, headers, expected = requests[index]
+                started = time.perf_counter()
+                try:
+                    status = _request(connection, method, path, body, headers)
+                except (OSError, http.client.HTTPException):
+                    connection.close()
+                    status = 0
+                mine.append((time.perf_counter() - started) * 1000)
+                failed += status != expected
+        finally:
+            connection.close()
+            with lock:
+                latencies.extend(mine)
+                failures[0] += failed
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=deadline_s + REQUEST_TIMEOUT_S)
+    return Series(len(latencies), time.perf_counter() - started, latencies, failures[0])
+
+
+def _wait_until_up(port: int, server: subprocess.Popen) -> None:
+    give_up = time.perf_counter() + START_TIMEOUT_S
+    while time.perf_counter() < give_up:
+        assert server.poll() is None, f"revshare serve exited with {server.returncode}"
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=2)
+            if _request(connection, "GET", "/v1/health", None, {}) == 200:
+                connection.close()
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"revshare serve did not answer on port {port} within {START_TIMEOUT_S} s")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)  # gunicorn's master (our child) and its workers: this run's group
+    try:
+        server.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=STOP_GRACE_S)
+
+
+def measure(site, request_count: int, partner_count: int, customer_count: int, deadline_s: float) -> dict:
+    url = site.new("http")
+    database = Database(url)
+    try:
+        with database.transaction() as session:
+            seeded = program.seed(session, partner_count, customer_count)
+            _, key = create_key(session, "billing")
+    finally:
+        database.dispose()
+    events = program.paid_events(seeded, request_count, month_offset=3, prefix="http")
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    posts = [("POST", "/v1/revenue-events", json.dumps(event_data(e)).encode(), auth, 201) for e in events]
+    health = [("GET", "/v1/health", None, {}, 200)] * request_count
+    port = _free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}
+    environment.update(REVSHARE_DATABASE_URL=url, REVSHARE_LOG_LEVEL="WARNING")
+    command = [*revshare_command(), "serve", "--host", HOST, "--port", str(port), "--workers", str(WORKERS)]
+    server = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_until_up(port, server)
+        return {"post": _load(port, posts, deadline_s), "health": _load(port, health, deadline_s)}
+    finally:
+        _stop(server)
+        if hasattr(site, "drop"):
+            site.drop(url)
+
+
+def rows_for(engine_name: str, results: dict, *, quick: bool) -> list[Row]:
+    post, health = results["post"], results["health"]
+    rate = post.requests / post.seconds
+    health_rate = health.requests / health.seconds
+    p50, p99 = median(post.latencies_ms), percentile(post.latencies_ms, 0.99)
+    incomplete = f"; {post.failures} failed" if post.failures else ""
+    return [
+        Row(f"http: POST /v1/revenue-events, gunicorn {WORKERS} workers", engine_name, rate, "events/s",
+            f">= {RATE_TARGET:,}", rate >= RATE_TARGET and not post.failures, health_rate, rate / health_rate,
+            note=f"{post.requests:,} single-event POSTs, {CLIENT_THREADS} client threads{incomplete}; baseline = "
+                 f"GET /v1/health on the same server ({health.requests:,}, p50 "
+                 f"{median(health.latencies_ms):.1f} ms)" + ("; quick" if quick else "")),
+        Row("http: POST latency p50", engine_name, p50, "ms", "-", None, note="same requests"),
+        Row("http: POST latency p99", engine_name, p99, "ms", f"< {P99_MS_MAX:g} ms", p99 < P99_MS_MAX,
+            note="same requests"),
+    ]

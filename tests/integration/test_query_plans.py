@@ -1,0 +1,154 @@
+"""Reads use their covering indexes, and the bulk path's statement count does not grow per event.
+
+The queries checked are the ones the domain actually sends: a `before_cursor_execute` listener
+records them while `partner_balances`, `statement` and `trial_balance` run, then each query over
+`journal_lines` is explained on the same connection. On PostgreSQL sequential scans are switched
+off for the EXPLAIN (a table this small is cheaper to scan; the question is whether the index
+serves the query, not what the planner prefers for ten rows). No timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator
+
+import pytest
+from sqlalchemy import event
+
+from ledger import periods, revenue
+from ledger.balances import partner_balances
+from ledger.statements import statement
+from ledger.trial_balance import trial_balance
+from tests import program
+from tests.program import at
+
+
+@contextlib.contextmanager
+def recorded(engine) -> Iterator[list[tuple[str, object]]]:
+    statements: list[tuple[str, object]] = []
+
+    def record(_connection, _cursor, sql, parameters, _context, _executemany) -> None:
+        statements.append((sql, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def closed_books(database):
+    """Four months of invoices for northwind (under globex), January and February closed."""
+    with database.transaction() as session:
+        program.seed(session)
+    with database.transaction() as session:
+        revenue.ingest(session, program.monthly_events(months=4))
+    for period in ("2026-01", "2026-02"):
+        with database.transaction() as session:
+            periods.close_period(session, period, now_us=at("2026-06-01"))
+    return database
+
+
+def plans_of_line_queries(database, statements) -> list[str]:
+    """The plan (one string) of every recorded SELECT that reads journal_lines."""
+    plans = []
+    with database.engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        for sql, parameters in statements:
+            if not sql.lstrip().upper().startswith("SELECT") or "journal_lines" not in sql:
+                continue
+            prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+            rows = connection.exec_driver_sql(prefix + sql, parameters).all()
+            plans.append(" | ".join(str(row[-1]) for row in rows))
+        connection.rollback()
+    return plans
+
+
+def uses_index(plan: str, index: str, postgres: bool) -> bool:
+    """The plan searches journal_lines through `index` (a statement also reads each line's row for
+    its transaction id: an index search, not necessarily a covering one)."""
+    if postgres:
+        return any(f"{scan} {index}" in plan for scan in (
+            "Index Only Scan using", "Index Scan using", "Bitmap Index Scan on"))
+    return f"SEARCH journal_lines USING COVERING INDEX {index} " in plan or (
+        f"SEARCH journal_lines USING INDEX {index} " in plan)
+
+
+def reads_no_table(plan: str, postgres: bool) -> bool:
+    """Every line comes from a covering index: no scan of the table itself."""
+    if postgres:
+        return "Seq Scan on journal_lines" not in plan
+    accesses = re.findall(r"(?:SCAN|SEARCH) journal_lines(?: USING (?:COVERING )?INDEX \w+)?", plan)
+    return bool(accesses) and all("USING COVERING INDEX" in access for access in accesses)
+
+
+@pytest.mark.parametrize("read", [
+    lambda session: partner_balances(session, "northwind"),
+    lambda session: partner_balances(session, "northwind", before_us=at("2026-03-15")),
+    lambda session: statement(session, "northwind", "2026-02"),
+    lambda session: statement(session, "northwind", "2026-03"),
+], ids=["balance-now", "balance-as-of", "statement-closed", "statement-open"])
+def test_one_partners_reads_search_the_balance_index_by_account_and_instant(closed_books, read):
+    with recorded(closed_books.engine) as statements, closed_books.reader() as session:
+        read(session)
+    postgres = closed_books.engine.dialect.name == "postgresql"
+    plans = plans_of_line_queries(closed_books, statements)
+    assert plans, "the read sent no query over journal_lines"
+    for plan in plans:
+        assert uses_index(plan, "ix_journal_lines_balance", postgres), plan
+
+
+def test_the_trial_balance_reads_lines_from_a_covering_index_only(closed_books):
+    # Without statistics SQLite scans the balance index rather than searching the period index
+    # for a one-sided range; either way the table itself is never read.
+    with recorded(closed_books.engine) as statements, closed_books.reader() as session:
+        trial_balance(session, before_us=None)
+    postgres = closed_books.engine.dialect.name == "postgresql"
+    plans = plans_of_line_queries(closed_books, statements)
+    assert plans and all(reads_no_table(plan, postgres) for plan in plans), plans
+
+
+def test_closing_a_period_finds_and_sums_its_lines_through_the_period_index(database):
+    with database.transaction() as session:
+        program.seed(session)
+    with database.transaction() as session:
+        revenue.ingest(session, program.monthly_events(months=3))
+    with database.transaction() as session:
+        periods.close_period(session, "2026-01", now_us=at("2026-06-01"))
+    with recorded(database.engine) as statements, database.transaction() as session:
+        periods.close_period(session, "2026-02", now_us=at("2026-06-01"))
+    postgres = database.engine.dialect.name == "postgresql"
+    plans = plans_of_line_queries(database, statements)
+    ranged = [plan for plan in plans if uses_index(plan, "ix_journal_lines_period", postgres)]
+    assert ranged, plans
+    assert all(reads_no_table(plan, postgres) or "ix_journal_lines" in plan for plan in plans), plans
+
+
+def paid_batch(count: int, prefix: str) -> list[revenue.RevenueEvent]:
+    customers = ("acme", "globex-corp", "initrode")
+    return [program.paid(f"{prefix}-{n}", customers[n % 3], f"{prefix}-inv-{n}", 1_000 + n, "2026-02-10")
+            for n in range(count)]
+
+
+def statements_to_ingest(database, events) -> int:
+    with recorded(database.engine) as statements, database.transaction() as session:
+        results = revenue.ingest(session, events)
+    assert not any(isinstance(result, revenue.Refusal) for result in results)
+    return len(statements)
+
+
+def test_the_bulk_path_sends_a_bounded_number_of_statements_per_batch_not_per_event(database):
+    with database.transaction() as session:
+        program.seed(session)
+    statements_to_ingest(database, paid_batch(3, "warm"))  # every account exists from here on
+    small = statements_to_ingest(database, paid_batch(20, "small"))
+    large = statements_to_ingest(database, paid_batch(400, "large"))
+    redelivered = statements_to_ingest(database, paid_batch(400, "large"))
+    # 400 events post about 800 transactions: per-event statements would be in the thousands. (On
+    # PostgreSQL a large write is a COPY, which the listener does not see: hence <=, not ==.)
+    assert large <= small, (small, large)
+    assert small < 40 and redelivered < 40, (small, redelivered)
