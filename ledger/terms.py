@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from ledger.errors import InvalidInput
-from ledger.money import format_minor, parse_amount_minor, parse_rate
+from ledger.money import currency_exponent, format_minor, parse_amount_minor, parse_rate
 
 NEGATIVE_BALANCE_POLICIES = ("carry_forward", "reset")
 OVERRIDE_BASES = ("revenue", "commission")
@@ -106,8 +106,12 @@ def _parse_money_list(data: Any, name: str, errors: _Errors) -> dict[str, int]:
             errors.add(f"{name}.{index}", "a money object has exactly the fields amount and currency")
             continue
         currency = item["currency"]
-        minor = errors.capture(parse_amount_minor, item["amount"], currency if isinstance(currency, str) else "",
-                               field=f"{name}.{index}.amount")
+        try:
+            currency_exponent(currency)
+        except InvalidInput as error:
+            errors.add(f"{name}.{index}.currency", error.fields["currency"][0])
+            continue
+        minor = errors.capture(parse_amount_minor, item["amount"], currency, field=f"{name}.{index}.amount")
         if minor is None:
             continue
         if minor < 0:
