@@ -42,7 +42,7 @@ def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
     if last is not None:
         candidate = next_period(last.period)
     else:
-        first = session.execute(text("SELECT min(effective_at_us) FROM journal_lines")).scalar()
+        first = periods.first_posting_us(session)
         if first is None:
             return {"closed": []}
         candidate = period_of(first)

@@ -26,7 +26,7 @@ from collections import defaultdict
 from json.encoder import encode_basestring as _encode_string
 from typing import Iterable, NamedTuple, Sequence
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart

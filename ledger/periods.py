@@ -79,7 +79,8 @@ def snapshot(session: Session, period: str) -> SnapshotRows:
     return {(a, c): (d, k) for a, c, d, k in rows}
 
 
-def _first_posting_us(session: Session) -> int | None:
+def first_posting_us(session: Session) -> int | None:
+    """The instant of the journal's earliest posting, or None for an empty journal."""
     return session.execute(select(func.min(journal_lines.c.effective_at_us))).scalar()
 
 
@@ -107,7 +108,7 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
 
 
 def _first_open_without_closes(session: Session, period: str) -> str:
-    first = _first_posting_us(session)
+    first = first_posting_us(session)
     return period if first is None else min(period, period_of(first))
 
 
