@@ -128,15 +128,24 @@ def write_csv(path: Path, events) -> Path:
     return path
 
 
-def test_importing_a_file_gives_the_books_of_one_batch_and_a_rerun_replays_everything(
+def test_importing_a_file_gives_the_books_of_the_api_batch_route_and_a_rerun_replays_everything(
         sqlite_template, tmp_path, seeded):
     from tests.conftest import new_sqlite_url
+
+    from api import create_app
+    from ledger.keys import create_key
+    from ledger.settings import Settings
 
     events = monthly_events(months=3)
     reference = Database(new_sqlite_url(sqlite_template, tmp_path))
     with reference.transaction() as session:
         seed(session, customer_ids=[f"cust-{n:03d}" for n in range(40)] + ["acme", "globex-corp", "initrode"])
-        assert not any(isinstance(r, revenue.Refusal) for r in revenue.ingest(session, events))
+        _, billing = create_key(session, "billing")
+    client = create_app(Settings.build(database_url=reference.url), reference).test_client()
+    posted = client.post("/v1/revenue-events/batch", json={"events": [event_dict(e) for e in events]},
+                         headers={"Authorization": f"Bearer {billing}"})
+    assert posted.status_code == 200
+    assert {result["http_status"] for result in posted.get_json()["results"]} == {201}
     ndjson = write_ndjson(tmp_path / "events.ndjson", events)
     first = invoke(seeded.url, "import", str(ndjson), "--batch-size", "4")
     rerun = invoke(seeded.url, "import", str(write_csv(tmp_path / "events.csv", events)))
