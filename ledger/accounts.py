@@ -22,6 +22,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
+from ledger.db import chunked
 from ledger.errors import invalid
 from ledger.schema import accounts
 
@@ -79,7 +80,7 @@ def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
     cache: dict[str, int] = session.info.setdefault("account_ids", {})
     missing = {name for name in names if name not in cache}
     if missing:
-        for chunk in _chunks(sorted(missing), 500):
+        for chunk in chunked(sorted(missing), 500):
             rows = session.execute(select(accounts.c.name, accounts.c.id).where(accounts.c.name.in_(chunk)))
             cache.update((name, account_id) for name, account_id in rows)
         new = [spec(name)._asdict() for name in sorted(missing - cache.keys())]
@@ -96,7 +97,3 @@ def _forget_cached_ids(session: Session, _transaction) -> None:
     """A rollback may have undone account creations: drop the session's id cache."""
     session.info.pop("account_ids", None)
 
-
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -132,3 +132,9 @@ def _copy(connection, table_name: str, columns: tuple[str, ...], rows: list[tupl
                 copy.write_row(row)
     except dbapi.Error as error:
         raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
+
+
+def chunked(items: list, size: int):
+    """Consecutive slices of at most `size` items: keeps `IN (...)` lists under the drivers' limits."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

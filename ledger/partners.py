@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
+from ledger.db import chunked
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
@@ -171,7 +172,7 @@ class Program:
         known = sorted(program.parents)
         for pid in known:
             program.statuses[pid], program.plans[pid] = _Timeline(), _Timeline()
-        for chunk in _chunks(known, 500):
+        for chunk in chunked(known, 500):
             for row in session.execute(select(partner_statuses).where(partner_statuses.c.partner_id.in_(chunk))
                                        .order_by(partner_statuses.c.id)):
                 program.statuses[row.partner_id].add(row.effective_at_us, row.status)
@@ -214,7 +215,3 @@ class Program:
         version = self.versions_by_id.get(plan_version_id) if plan_version_id is not None else None
         return version.terms.hold_days if version is not None else 0
 
-
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
