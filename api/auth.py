@@ -13,6 +13,7 @@ record into that 404.
 
 from __future__ import annotations
 
+import time
 from copy import deepcopy
 from typing import Callable, NamedTuple
 
@@ -20,7 +21,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
-from api.session import current_session
+from api.session import current_database
 from ledger import keys
 from ledger.errors import NotFound as DomainNotFound
 from ledger.keys import Principal
@@ -30,6 +31,11 @@ ACCESS_ATTRIBUTE = "revshare_access"
 SECURITY_SCHEME = "bearerAuth"
 # flask-smorest's own views (the OpenAPI document and the docs page) are public.
 DOCS_ENDPOINT_PREFIX = "api-docs."
+# A key found valid is trusted for this long without asking the database again (per process), so
+# that authentication costs no query and no transaction on the hot path. Keys have no revocation
+# route; a key row deleted by an operator stops working within this time.
+PRINCIPAL_TTL_S = 10.0
+PRINCIPALS_CACHED_MAX = 10_000
 
 
 class Access(NamedTuple):
@@ -85,9 +91,28 @@ def _presented_principal() -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("An API key is required: send `Authorization: Bearer <key>`.",
                            www_authenticate=_challenge())
-    principal = keys.authenticate(current_session(), token.strip())
+    principal = _principal(token.strip())
     if principal is None:
         raise Unauthorized("The API key is not valid.", www_authenticate=_challenge())
+    return principal
+
+
+def _principal(token: str) -> Principal | None:
+    """The key's principal, from this process's cache or a short read of its own, so that a
+    writer's transaction (and on SQLite its write lock) does not start before the request is
+    authenticated and validated."""
+    cache = current_database().shared.setdefault("principals", {})
+    digest = keys.hash_key(token) if len(token) <= keys.KEY_LENGTH_MAX else None
+    cached = cache.get(digest)
+    now = time.monotonic()
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    with current_database().reader() as session:
+        principal = keys.authenticate(session, token)
+    if principal is not None:
+        if len(cache) >= PRINCIPALS_CACHED_MAX:
+            cache.clear()
+        cache[digest] = (principal, now + PRINCIPAL_TTL_S)
     return principal
 
 

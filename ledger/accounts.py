@@ -22,7 +22,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import chunked
+from ledger.db import after_commit, chunked, shared_cache
 from ledger.errors import invalid
 from ledger.schema import accounts
 
@@ -76,24 +76,35 @@ def spec(name: str) -> AccountSpec:
 
 
 def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
-    """Ids of the named accounts, creating the missing ones; one or two statements per call."""
-    cache: dict[str, int] = session.info.setdefault("account_ids", {})
-    missing = {name for name in names if name not in cache}
+    """Ids of the named accounts, creating the missing ones; one or two statements per call, none
+    when every name is known. An account's id never changes once committed (the table is
+    append-only), so ids known to this transaction join the process's cache when it commits."""
+    committed = shared_cache(session, "account_ids")
+    mine: dict[str, int] | None = session.info.get("account_ids")
+    if mine is None:
+        mine = session.info["account_ids"] = {}
+        if committed is not None:
+            after_commit(session, lambda: committed.update(mine))
+    wanted = set(names)
+    missing = {name for name in wanted if name not in mine and (committed is None or name not in committed)}
     if missing:
         for chunk in chunked(sorted(missing), 500):
             rows = session.execute(select(accounts.c.name, accounts.c.id).where(accounts.c.name.in_(chunk)))
-            cache.update((name, account_id) for name, account_id in rows)
-        new = [spec(name)._asdict() for name in sorted(missing - cache.keys())]
+            mine.update((name, account_id) for name, account_id in rows)
+        new = [spec(name)._asdict() for name in sorted(missing - mine.keys())]
         if new:
             session.execute(insert(accounts), new)
             rows = session.execute(select(accounts.c.name, accounts.c.id).where(
                 accounts.c.name.in_([row["name"] for row in new])))
-            cache.update((name, account_id) for name, account_id in rows)
-    return cache
+            mine.update((name, account_id) for name, account_id in rows)
+    if committed is None:
+        return mine
+    return {name: mine[name] if name in mine else committed[name] for name in wanted}
 
 
+@event.listens_for(Session, "after_commit")
 @event.listens_for(Session, "after_soft_rollback")
-def _forget_cached_ids(session: Session, _transaction) -> None:
-    """A rollback may have undone account creations: drop the session's id cache."""
+def _forget_cached_ids(session: Session, *_args) -> None:
+    """The session's own ids are per transaction: a rollback may have undone account creations,
+    and after a commit they are in the process's cache."""
     session.info.pop("account_ids", None)
-

@@ -11,18 +11,20 @@ accrues but is not paid.
 from __future__ import annotations
 
 import bisect
+import threading
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
-from ledger.db import chunked
+from ledger.db import after_commit, chunked, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
-from ledger.schema import PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners
+from ledger.schema import (PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners,
+                           plan_versions)
 
 # Facts recorded at enrolment apply from the beginning of time: a partner enrolled today still
 # earns on an attribution that started last month.
@@ -151,7 +153,11 @@ class _Timeline:
 
 class Program:
     """Partners with their ancestors, statuses, plans and plan versions, loaded in a few queries,
-    answering "who can earn at instant t, and on which plan version?" without further queries."""
+    answering "who can earn at instant t, and on which plan version?" without further queries.
+
+    `program_for` keeps one per process and Database: every table it reads is append-only, so a
+    Program stays exact until one of them gains a row, and their row counts tell when that happened.
+    """
 
     def __init__(self) -> None:
         self.parents: dict[str, str | None] = {}
@@ -159,30 +165,45 @@ class Program:
         self.plans: dict[str, _Timeline] = {}
         self.versions: dict[str, list[PlanVersion]] = {}
         self.versions_by_id: dict[int, PlanVersion] = {}
+        self._version_starts: dict[str, list[int]] = {}
 
     @classmethod
     def load(cls, session: Session, partner_ids: Iterable[str]) -> "Program":
         program = cls()
-        wanted = set(partner_ids)
+        program.extend(session, partner_ids)
+        return program
+
+    def extend(self, session: Session, partner_ids: Iterable[str]) -> None:
+        """Load the partners not loaded yet, with their ancestors and their plans' versions."""
+        wanted = {pid for pid in partner_ids if pid not in self.parents}
+        if not wanted:
+            return
+        found: dict[str, str | None] = {}
         while wanted:  # one round per hierarchy level: at most PARTNER_DEPTH_MAX queries
             rows = session.execute(select(partners.c.id, partners.c.parent_id)
                                    .where(partners.c.id.in_(sorted(wanted)))).all()
-            program.parents.update((row.id, row.parent_id) for row in rows)
-            wanted = {row.parent_id for row in rows if row.parent_id and row.parent_id not in program.parents}
-        known = sorted(program.parents)
-        for pid in known:
-            program.statuses[pid], program.plans[pid] = _Timeline(), _Timeline()
-        for chunk in chunked(known, 500):
+            found.update((row.id, row.parent_id) for row in rows)
+            wanted = {row.parent_id for row in rows
+                      if row.parent_id and row.parent_id not in found and row.parent_id not in self.parents}
+        statuses = {pid: _Timeline() for pid in found}
+        plans = {pid: _Timeline() for pid in found}
+        for chunk in chunked(sorted(found), 500):
             for row in session.execute(select(partner_statuses).where(partner_statuses.c.partner_id.in_(chunk))
                                        .order_by(partner_statuses.c.id)):
-                program.statuses[row.partner_id].add(row.effective_at_us, row.status)
+                statuses[row.partner_id].add(row.effective_at_us, row.status)
             for row in session.execute(select(partner_plans).where(partner_plans.c.partner_id.in_(chunk))
                                        .order_by(partner_plans.c.id)):
-                program.plans[row.partner_id].add(row.effective_from_us, row.plan_id)
-        plan_ids = {plan for timeline in program.plans.values() for plan in timeline.values}
-        program.versions = load_versions(session, plan_ids)
-        program.versions_by_id = {v.id: v for versions in program.versions.values() for v in versions}
-        return program
+                plans[row.partner_id].add(row.effective_from_us, row.plan_id)
+        plan_ids = {plan for timeline in plans.values() for plan in timeline.values} - self.versions.keys()
+        versions = load_versions(session, plan_ids)
+        # Fill the lookups before the parents: `parents` is what says a partner is loaded.
+        self.versions.update(versions)
+        self._version_starts.update((plan, [v.effective_from_us for v in found_versions])
+                                    for plan, found_versions in versions.items())
+        self.versions_by_id.update((v.id, v) for found_versions in versions.values() for v in found_versions)
+        self.statuses.update(statuses)
+        self.plans.update(plans)
+        self.parents.update(found)
 
     def knows(self, partner_id: str) -> bool:
         return partner_id in self.parents
@@ -193,9 +214,8 @@ class Program:
     def version_at(self, partner_id: str, instant_us: int) -> PlanVersion | None:
         """The plan version of the partner's plan in effect at the instant, whatever its status."""
         plan_id = self.plans[partner_id].at(instant_us)
-        versions = self.versions.get(plan_id, [])
-        index = bisect.bisect_right([v.effective_from_us for v in versions], instant_us)
-        return versions[index - 1] if index else None
+        index = bisect.bisect_right(self._version_starts.get(plan_id, ()), instant_us)
+        return self.versions[plan_id][index - 1] if index else None
 
     def earner_at(self, partner_id: str, instant_us: int) -> Earner | None:
         """The partner as an earner at the instant, or None if terminated or without a plan then."""
@@ -215,3 +235,31 @@ class Program:
         version = self.versions_by_id.get(plan_version_id) if plan_version_id is not None else None
         return version.terms.hold_days if version is not None else 0
 
+
+
+_PROGRAM_TABLES = (partners, partner_statuses, partner_plans, plan_versions)
+_PROGRAM_COUNTS = select(*[select(func.count()).select_from(table).scalar_subquery() for table in _PROGRAM_TABLES])
+_program_lock = threading.Lock()
+
+
+def program_for(session: Session, partner_ids: Iterable[str]) -> Program:
+    """A Program that knows these partners: this process's shared one while the program tables
+    have the row counts it was built at, else a new one, shared from this transaction's commit.
+
+    Counts suffice because the tables are append-only (the database refuses UPDATE and DELETE):
+    equal counts mean equal rows. A shared Program is only ever built from, or extended with,
+    committed rows: one this transaction built is shared once it commits, and a transaction that
+    sees the shared counts has written no program rows of its own.
+    """
+    cache = shared_cache(session, "program")
+    if cache is None:
+        return Program.load(session, partner_ids)
+    counts = tuple(session.execute(_PROGRAM_COUNTS).one())
+    shared = cache.get("program")
+    if shared is not None and cache.get("counts") == counts:
+        with _program_lock:
+            shared.extend(session, partner_ids)
+        return shared
+    program = Program.load(session, partner_ids)
+    after_commit(session, lambda: cache.update(counts=counts, program=program))
+    return program

@@ -26,7 +26,7 @@ from ledger import holds, journal
 from ledger.balances import balances_by_account_id
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant
-from ledger.partners import Program
+from ledger.partners import program_for
 from ledger.schema import accounts, partners, payout_resolutions, payout_runs, payouts
 
 REASON_LENGTH_MAX = 500
@@ -88,7 +88,7 @@ def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:
                            .where(accounts.c.partner_id.is_not(None), accounts.c.name.like("%:available"))).all()
     partner_of = dict(rows)
     balances = balances_by_account_id(session, list(partner_of), before_us=at_us + 1)
-    program = Program.load(session, set(partner_of.values()))
+    program = program_for(session, set(partner_of.values()))
     payable = {}
     for (account_id, currency), debit_minus_credit in balances.items():
         partner_id, available = partner_of[account_id], -debit_minus_credit

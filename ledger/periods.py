@@ -26,7 +26,7 @@ from ledger import holds, journal
 from ledger.balances import balances_by_account_id, sums
 from ledger.errors import Conflict, NotFound
 from ledger.instants import next_period, period_bounds_us, period_of
-from ledger.partners import Program
+from ledger.partners import program_for
 from ledger.schema import (
     GENESIS_HASH,
     accounts,
@@ -156,7 +156,7 @@ def _write_off_negative_balances(session: Session, batch: journal.Batch, end_us:
     negative = _negative_available(session, end_us)
     if not negative:
         return
-    program = Program.load(session, {partner for partner, _ in negative})
+    program = program_for(session, {partner for partner, _ in negative})
     for (partner_id, currency), owed in sorted(negative.items()):
         # The policy of the partner's plan decides, whatever the partner's status.
         version = program.version_at(partner_id, end_us - 1)

@@ -30,7 +30,7 @@ from ledger.db import insert_many
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
-from ledger.partners import Program
+from ledger.partners import Program, program_for
 from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, revenue_events
 
 BATCH_EVENTS_MAX = 10_000
@@ -139,7 +139,7 @@ class _Context:
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
         self.attributions = AttributionIndex(session, {e.customer_id for e in events if e.type == "invoice_paid"})
-        self.program = Program.load(session, self.attributions.partner_ids())
+        self.program = program_for(session, self.attributions.partner_ids())
         self.cpa_claimed = _claimed_customers(session, {e.customer_id for e in events if e.type == "invoice_paid"})
 
 

@@ -26,3 +26,37 @@ def test_a_partner_key_for_a_partner_that_does_not_exist_is_a_422_naming_it(shar
 def test_a_partner_binding_that_does_not_fit_the_role_is_a_422_naming_it(shared, body):
     response = shared.client.post("/v1/api-keys", json=body, headers={"Authorization": f"Bearer {shared.keys.admin}"})
     assert errors_of(response) == {"partner_id"}
+
+
+def _delete_key(database, key: str) -> None:
+    from sqlalchemy import text
+
+    from ledger.keys import hash_key
+
+    with database.transaction() as session:
+        session.execute(text("DELETE FROM api_keys WHERE key_hash = :hash"), {"hash": hash_key(key)})
+
+
+def test_a_known_key_is_answered_from_the_process_cache_until_it_expires(database, client, keys, monkeypatch):
+    """Authentication of a known key asks the database nothing (and so opens no writer transaction
+    before the body is validated); a key row deleted by an operator stops working once its cached
+    entry expires."""
+    from sqlalchemy import event
+
+    from api import auth
+
+    headers = {"Authorization": f"Bearer {keys.finance}"}
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200
+    statements: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert client.post("/v1/revenue-events", json={"id": 1}, headers={"Authorization": f"Bearer {keys.billing}"}
+                       ).status_code == 422
+    assert client.post("/v1/revenue-events", json={"id": 1}, headers={"Authorization": f"Bearer {keys.billing}"}
+                       ).status_code == 422
+    assert len([sql for sql in statements if "api_keys" in sql]) == 1  # the first POST's only
+    assert not [sql for sql in statements if "BEGIN IMMEDIATE" in sql or "advisory" in sql]
+    _delete_key(database, keys.finance)
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200  # cached
+    monkeypatch.setattr(auth, "PRINCIPAL_TTL_S", 0.0)
+    database.shared.pop("principals")
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401

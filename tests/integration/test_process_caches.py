@@ -1,0 +1,122 @@
+"""The per-process caches (ledger/db.py `shared_cache`): account ids and the partner program are
+shared between transactions only once committed, and a program change is seen by the next
+transaction; SQLite writers queue on a file lock that every way out of a transaction releases."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
+
+from ledger import customers, partners, revenue
+from ledger.balances import partner_balances
+from ledger.db import Database
+from ledger.instants import parse_date
+from tests.program import at, paid, seed
+
+
+def _ingest(database: Database, *events: revenue.RevenueEvent) -> list:
+    with database.transaction() as session:
+        return revenue.ingest(session, list(events))
+
+
+def _commissions(result) -> list[tuple[str, str, int]]:
+    return [(line.partner_id, line.kind, line.amount_minor) for line in result.commissions]
+
+
+@pytest.fixture
+def program_database(database: Database) -> Database:
+    with database.transaction() as session:
+        seed(session)
+    return database
+
+
+def test_a_program_change_after_a_cached_ingest_is_seen_by_the_next_one(program_database):
+    database = program_database
+    [first] = _ingest(database, paid("e1", "acme", "inv-1", 10_000, "2026-02-10"))
+    assert _commissions(first) == [("northwind", "accrual", 2_000), ("globex", "override", 200)]
+    assert database.shared["program"]["program"].knows("northwind")
+    with database.transaction() as session:
+        partners.set_status(session, "globex", "terminated", at("2026-02-15"))
+    [second] = _ingest(database, paid("e2", "acme", "inv-2", 10_000, "2026-03-10"))
+    assert _commissions(second) == [("northwind", "accrual", 2_000)]
+
+
+def test_the_shared_program_answers_without_loading_partners_again(program_database):
+    database = program_database
+    _ingest(database, paid("e1", "acme", "inv-1", 10_000, "2026-02-10"))
+    statements: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    _ingest(database, paid("e2", "acme", "inv-2", 10_000, "2026-03-10"))
+    assert statements and not [sql for sql in statements if "FROM partner_statuses WHERE" in sql]
+
+
+def test_a_program_that_was_rolled_back_never_reaches_the_shared_cache(program_database):
+    """The rolled-back transaction ends with the same program row counts as the committed one after
+    it: were its Program shared, northwind would count as terminated."""
+    database = program_database
+    with database.writer() as session:
+        partners.set_status(session, "northwind", "terminated", at("2026-01-15"))
+        [refused] = revenue.ingest(session, [paid("e1", "acme", "inv-1", 10_000, "2026-02-10")])
+        assert _commissions(refused) == []
+        session.rollback()
+    with database.transaction() as session:
+        partners.set_status(session, "globex", "suspended", at("2026-01-15"))
+    [result] = _ingest(database, paid("e1", "acme", "inv-1", 10_000, "2026-02-10"))
+    assert _commissions(result) == [("northwind", "accrual", 2_000), ("globex", "override", 200)]
+
+
+def test_account_ids_of_a_rolled_back_transaction_are_not_reused(program_database):
+    """SQLite gives the next account the id a rolled-back one had; PostgreSQL never reuses it. On
+    either, a cached id from the rolled-back transaction would put lines on the wrong account or
+    fail the foreign key."""
+    database = program_database
+    with database.writer() as session:
+        revenue.ingest(session, [paid("e1", "acme", "inv-1", 10_000, "2026-02-10")])  # creates both partners' accounts
+        session.rollback()
+    with database.transaction() as session:
+        partners.create_partner(session, "initech", "Initech", "msp", "standard")
+        customers.attribute(session, "hooli", "initech", parse_date("2026-01-01", field="d"), "manual")
+    _ingest(database, paid("e2", "hooli", "inv-2", 5_000, "2026-02-10"))
+    _ingest(database, paid("e1", "acme", "inv-1", 10_000, "2026-02-10"))
+    with database.reader() as session:
+        assert partner_balances(session, "initech") == {"USD": (1_000, 0)}
+        assert partner_balances(session, "northwind") == {"USD": (2_000, 0)}
+        assert partner_balances(session, "globex") == {"USD": (200, 0)}
+
+
+def _lock_is_free(path: str) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback", "close", "error"])
+def test_sqlite_writers_hold_the_queue_lock_for_their_transaction_only(sqlite_database, ending):
+    database = sqlite_database
+    lock_path = f"{database.engine.url.database}-writer.lock"
+    session = database.writer()
+    session.execute(text("SELECT 1"))
+    assert not _lock_is_free(lock_path)
+    with database.reader() as reader:  # readers never queue
+        reader.execute(text("SELECT 1"))
+    if ending == "commit":
+        session.commit()
+    elif ending == "rollback":
+        session.rollback()
+    elif ending == "error":
+        with pytest.raises(IntegrityError):
+            session.execute(text("INSERT INTO accounts (name) VALUES (NULL)"))
+        session.rollback()
+    session.close()
+    assert _lock_is_free(lock_path)
