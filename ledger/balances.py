@@ -3,23 +3,45 @@
 A balance is the sum of an account's lines with `effective_at_us` before the bound. Once periods
 are closed, the latest close ending at or before the bound gives a snapshot of every account's
 cumulative debits and credits, and only the lines after it are summed, from the covering index
-`ix_journal_lines_balance` (account, currency, instant, side, amount). Signs: `debit_minus_credit`
+`ix_journal_lines_balance` (account, instant, currency, side, amount). Signs: `debit_minus_credit`
 is positive for a debit balance; `normal_balance` reads it the account's natural way (a liability
 with more credits than debits has a positive normal balance).
+
+The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
+`all_balances`) each send one statement, built once below: the latest close's snapshot rows UNION
+ALL the sums of the lines since that close (a key may come from both parts), folded here. The
+accounts are chosen in SQL (by name, or by a subquery), never by a list of ids bound from Python,
+so a statement does not grow with the number of partners. Without a close the lower bound is
+BIGINT's least value, and without an upper bound the greatest: bounds that exclude no line, so one
+statement (and one plan) serves every case.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable
 
-from sqlalchemy import case, func, select
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    ColumnElement,
+    CompoundSelect,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger.schema import accounts, journal_lines, period_closes, period_snapshots
 
 Sums = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
+NamedSums = dict[tuple[str, str | None, str], tuple[int, int]]  # (account, partner id, currency) -> (debits, credits)
+INSTANT_US_MIN, INSTANT_US_MAX = -(2 ** 63), 2 ** 63 - 1  # BIGINT's range: as bounds they exclude no line
 
 
 def line_sums(session: Session, account_ids: list[int] | None, since_us: int | None, before_us: int | None) -> Sums:
@@ -87,18 +109,106 @@ def normal_balance(account_name: str, debit_minus_credit_minor: int) -> int:
     return debit_minus_credit_minor if chart.spec(account_name).normal_side == "D" else -debit_minus_credit_minor
 
 
+def _latest_close() -> CTE:
+    """The latest close ending at or before :closes_by_us (no row if there is none)."""
+    c = period_closes.c
+    return (select(c.period, c.ends_at_us).where(c.ends_at_us <= bindparam("closes_by_us", type_=BigInteger))
+            .order_by(c.ends_at_us.desc()).limit(1).cte("latest_close"))
+
+
+def _lines_since(latest: CTE) -> ColumnElement[bool]:
+    """Lines from the close's end (or from the first, without a close) through :lines_through_us."""
+    j = journal_lines.c
+    since_us = func.coalesce(select(latest.c.ends_at_us).scalar_subquery(), literal(INSTANT_US_MIN, BigInteger))
+    return and_(j.effective_at_us >= since_us, j.effective_at_us <= bindparam("lines_through_us", type_=BigInteger))
+
+
+def _debits_credits() -> tuple[ColumnElement[int], ColumnElement[int]]:
+    j = journal_lines.c
+    return (func.sum(case((j.side == "D", j.amount_minor), else_=0)),
+            func.sum(case((j.side == "C", j.amount_minor), else_=0)))
+
+
+def _one_partner_statement() -> CompoundSelect:
+    """(account, currency, debits, credits) of the accounts named :pending_name and :available_name:
+    their rows in the latest snapshot, UNION ALL the sums of their lines since. The accounts are
+    joined in each part, so that each is searched by account (and instant) from the start."""
+    a, s, j = accounts.c, period_snapshots.c, journal_lines.c
+    latest = _latest_close()
+    named = a.name.in_([bindparam("pending_name"), bindparam("available_name")])
+    snapshot = (select(a.name, s.currency, s.debit_minor, s.credit_minor)
+                .join_from(accounts, period_snapshots, s.account_id == a.id)
+                .where(named, s.period == select(latest.c.period).scalar_subquery()))
+    lines = (select(a.name, j.currency, *_debits_credits())
+             .join_from(accounts, journal_lines, j.account_id == a.id)
+             .where(named, _lines_since(latest))
+             .group_by(a.name, j.currency))
+    return union_all(snapshot, lines)
+
+
+def _accounts_statement(account_ids: Select | None) -> Select:
+    """(account, partner id, currency, debits, credits) of the accounts whose ids `account_ids`
+    selects (None: every account): their rows in the latest snapshot, UNION ALL the sums of their
+    lines since. The lines are summed per account id before the names are joined: one join per
+    sum, not per line."""
+    a, s, j = accounts.c, period_snapshots.c, journal_lines.c
+    latest = _latest_close()
+    snapshot = (select(s.account_id, s.currency, s.debit_minor, s.credit_minor)
+                .where(s.period == select(latest.c.period).scalar_subquery()))
+    lines = (select(j.account_id, j.currency, *_debits_credits()).where(_lines_since(latest))
+             .group_by(j.account_id, j.currency))
+    if account_ids is not None:
+        snapshot, lines = snapshot.where(s.account_id.in_(account_ids)), lines.where(j.account_id.in_(account_ids))
+    both = union_all(snapshot, lines).subquery("sums")
+    return (select(a.name, a.partner_id, both.c.currency, both.c.debit_minor, both.c.credit_minor)
+            .join_from(both, accounts, a.id == both.c.account_id))
+
+
+# Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
+_ONE_PARTNER = _one_partner_statement()
+_EVERY_ACCOUNT = _accounts_statement(None)
+_PARTNER_ACCOUNTS = _accounts_statement(select(accounts.c.id).where(accounts.c.partner_id.is_not(None)))
+
+
+def _bounds(before_us: int | None) -> dict[str, int]:
+    """The statements' bounds for lines before `before_us` (None: every line)."""
+    if before_us is None:
+        return {"closes_by_us": INSTANT_US_MAX, "lines_through_us": INSTANT_US_MAX}
+    assert before_us > INSTANT_US_MIN, before_us
+    return {"closes_by_us": before_us, "lines_through_us": before_us - 1}
+
+
+def _folded(session: Session, statement: Select, before_us: int | None) -> NamedSums:
+    """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line)."""
+    total: NamedSums = {}
+    for name, partner_id, currency, debits, credits in session.execute(statement, _bounds(before_us)):
+        old_debits, old_credits = total.get((name, partner_id, currency), (0, 0))
+        # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
+        total[(name, partner_id, currency)] = (old_debits + int(debits), old_credits + int(credits))
+    return total
+
+
 def all_balances(session: Session, *, before_us: int | None = None) -> dict[tuple[str, str], tuple[int, int]]:
     """{(account, currency): (debits, credits)} for every account: the trial balance's rows."""
-    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
-    return {(names[a], c): value for (a, c), value in sums(session, before_us=before_us).items()}
+    return {(name, currency): value for (name, _, currency), value in
+            _folded(session, _EVERY_ACCOUNT, before_us).items()}
+
+
+def partner_account_sums(session: Session, *,
+                         before_us: int | None = None) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """{(partner id, account, currency): (debits, credits)} of every partner's pending and available
+    accounts."""
+    return {(partner_id, name, currency): value for (name, partner_id, currency), value in
+            _folded(session, _PARTNER_ACCOUNTS, before_us).items()}
 
 
 def partner_balances(session: Session, partner_id: str, *, before_us: int | None = None) -> dict[str, tuple[int, int]]:
     """{currency: (pending, available)} of a partner, as credit-normal liabilities (what is owed to it)."""
-    pending_name, available_name = chart.pending(partner_id), chart.available(partner_id)
-    raw = debit_minus_credit(session, [pending_name, available_name], before_us=before_us)
-    result: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
-    for (name, currency), amount in raw.items():
-        pending, available = result[currency]
-        result[currency] = (-amount, available) if name == pending_name else (pending, -amount)
-    return dict(result)
+    pending_name = chart.pending(partner_id)
+    names = {"pending_name": pending_name, "available_name": chart.available(partner_id)}
+    result: dict[str, tuple[int, int]] = {}
+    for name, currency, debits, credits in session.execute(_ONE_PARTNER, {**_bounds(before_us), **names}):
+        pending, available = result.get(currency, (0, 0))
+        owed = int(credits) - int(debits)  # int(): see _folded
+        result[currency] = (pending + owed, available) if name == pending_name else (pending, available + owed)
+    return result

@@ -6,11 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import NamedTuple
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger.balances import balances_by_account_id
-from ledger.schema import accounts
+from ledger.balances import partner_account_sums
 
 
 class PartnerLiability(NamedTuple):
@@ -28,13 +26,10 @@ class LiabilityTotal(NamedTuple):
 
 
 def liabilities(session: Session, *, before_us: int | None = None) -> tuple[list[PartnerLiability], list[LiabilityTotal]]:
-    rows = session.execute(select(accounts.c.id, accounts.c.name, accounts.c.partner_id)
-                           .where(accounts.c.partner_id.is_not(None))).all()
-    which = {row.id: (row.partner_id, "pending" if row.name.endswith(":pending") else "available") for row in rows}
     per: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for (account_id, currency), debit_minus_credit in balances_by_account_id(session, list(which), before_us).items():
-        partner_id, kind = which[account_id]
-        per[(partner_id, currency)][0 if kind == "pending" else 1] = -debit_minus_credit
+    sums = partner_account_sums(session, before_us=before_us)
+    for (partner_id, account, currency), (debits, credits) in sums.items():
+        per[(partner_id, currency)][0 if account.endswith(":pending") else 1] = credits - debits
     partners = [PartnerLiability(p, c, pending, available) for (p, c), (pending, available) in sorted(per.items())]
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for line in partners:

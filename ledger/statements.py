@@ -14,7 +14,7 @@ import io
 from collections import defaultdict
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
@@ -76,32 +76,39 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
                      tuple(sections))
 
 
+def _partner_lines_query() -> Select:
+    """The period's lines on a partner's two accounts, named by a join (no separate look-up of their
+    ids), with their transactions' headers, in posting order."""
+    a, j, t = accounts.c, journal_lines.c, journal_transactions.c
+    return (select(t.id, t.effective_at_us, t.original_effective_at_us, t.kind, t.customer_id, t.invoice_id,
+                   t.event_id, a.name, j.currency, j.side, j.amount_minor)
+            .select_from(accounts).join(journal_lines, j.account_id == a.id)
+            .join(journal_transactions, t.id == j.transaction_id)
+            .where(a.name.in_([bindparam("pending_name"), bindparam("available_name")]),
+                   j.effective_at_us >= bindparam("start_us"), j.effective_at_us < bindparam("end_us"))
+            .order_by(j.effective_at_us, t.id, j.id))
+
+
+_PARTNER_LINES = _partner_lines_query()  # built once; each call binds the names and the bounds
+
+
 def _lines(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
-    names = {chart.pending(partner_id): "pending", chart.available(partner_id): "available"}
-    ids = dict(session.execute(select(accounts.c.id, accounts.c.name).where(accounts.c.name.in_(list(names)))).all())
-    if not ids:
-        return {}
-    t, j = journal_transactions.c, journal_lines.c
-    rows = session.execute(
-        select(t.id, t.effective_at_us, t.original_effective_at_us, t.kind, t.customer_id, t.invoice_id, t.event_id,
-               j.account_id, j.currency, j.side, j.amount_minor)
-        .join(journal_transactions, t.id == j.transaction_id)
-        .where(j.account_id.in_(list(ids)), j.effective_at_us >= start_us, j.effective_at_us < end_us)
-        .order_by(j.effective_at_us, t.id, j.id))
-    merged: dict[int, StatementLine] = {}
+    """{currency: lines}: one line per transaction, in posting order, with its lines on the two
+    accounts summed (filed under the currency of the last of them)."""
+    pending_name = chart.pending(partner_id)
+    rows = session.execute(_PARTNER_LINES, {"pending_name": pending_name, "available_name": chart.available(partner_id),
+                                            "start_us": start_us, "end_us": end_us})
+    merged: dict[int, list] = {}  # transaction id -> [*header, pending_minor, available_minor]
     currency_of: dict[int, str] = {}
-    for row in rows:
-        signed = row.amount_minor if row.side == "C" else -row.amount_minor
-        line = merged.get(row.id) or StatementLine(row.id, row.effective_at_us, row.original_effective_at_us,
-                                                   row.kind, row.customer_id, row.invoice_id, row.event_id, 0, 0)
-        if names[ids[row.account_id]] == "pending":
-            line = line._replace(pending_minor=line.pending_minor + signed)
-        else:
-            line = line._replace(available_minor=line.available_minor + signed)
-        merged[row.id], currency_of[row.id] = line, row.currency
+    for *header, name, currency, side, amount_minor in rows:
+        fields = merged.get(header[0])
+        if fields is None:
+            fields = merged[header[0]] = [*header, 0, 0]
+        fields[-2 if name == pending_name else -1] += amount_minor if side == "C" else -amount_minor
+        currency_of[header[0]] = currency
     by_currency: dict[str, list[StatementLine]] = defaultdict(list)
-    for transaction_id, line in merged.items():
-        by_currency[currency_of[transaction_id]].append(line)
+    for transaction_id, fields in merged.items():
+        by_currency[currency_of[transaction_id]].append(StatementLine._make(fields))
     return dict(by_currency)
 
 

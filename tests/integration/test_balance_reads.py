@@ -1,0 +1,174 @@
+"""The one-statement reads (`partner_balances`, `partner_account_sums`, `all_balances`, statement
+lines) against the straightforward sums of the journal's lines, on both engines.
+
+The books: five months of invoices for northwind (under globex, which earns overrides) in USD and
+in EUR, a refund, adjustments at the last and the first microsecond around each close's end,
+January to March closed (releasing matured holds and posting a negative balance's
+write-off if any), then a payout run and a refund of a closed month's invoice, posted after the
+closes, at the start of the first open period. Every read is compared, for every partner (and one
+without accounts), at every bound that matters: none, before the first posting, at each close's
+end, a microsecond either side of it, inside each month, far after the last posting, and at
+instants Hypothesis draws. The reference is `balances.line_sums`, which reads every line and never
+a snapshot; statement lines are compared with the obvious merge of the lines, one row at a time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from ledger import accounts as chart
+from ledger import payouts, periods, revenue
+from ledger.balances import all_balances, line_sums, partner_account_sums, partner_balances
+from ledger.instants import period_bounds_us
+from ledger.reports import liabilities
+from ledger.schema import accounts, journal_lines, journal_transactions
+from ledger.statements import StatementLine, statement
+from tests import program
+from tests.program import at, paid
+
+PARTNERS = ("northwind", "globex", "nobody")
+CLOSED = ("2026-01", "2026-02", "2026-03")
+MONTHS = ("2025-12", "2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06")
+
+
+def _bounds() -> list[int | None]:
+    ends = [period_bounds_us(period)[1] for period in CLOSED]
+    middles = [at(f"{month}-15") for month in MONTHS]
+    return [None, at("2025-12-01"), *[end + delta for end in ends for delta in (-1, 0, 1)], *middles,
+            at("2026-02-10"), at("2026-02-10") + 1, at("2030-01-01")]
+
+
+BOUNDS = _bounds()
+
+
+def _euro(event_id: str, customer_id: str, invoice_id: str, amount_minor: int, when: str) -> revenue.RevenueEvent:
+    return paid(event_id, customer_id, invoice_id, amount_minor, when)._replace(currency="EUR")
+
+
+@pytest.fixture
+def books(database):
+    with database.transaction() as session:
+        program.seed(session)
+    euros = [_euro(f"e-eur-{month}", "initrode", f"inv-eur-{month}", 7_700 + month, f"2026-{month:02d}-12")
+             for month in range(1, 6)]
+    with database.transaction() as session:
+        revenue.ingest(session, program.monthly_events(months=5) + euros)
+        for period in CLOSED:  # lines on both sides of each close's end, a microsecond away
+            end_us = period_bounds_us(period)[1]
+            payouts.adjust(session, "northwind", "pending", 111, "USD", "last instant", effective_at_us=end_us - 1)
+            payouts.adjust(session, "northwind", "available", -37, "USD", "first instant", effective_at_us=end_us)
+    for period in CLOSED:
+        with database.transaction() as session:
+            periods.close_period(session, period, now_us=at("2026-07-01"))
+    with database.transaction() as session:
+        payouts.run_payouts(session, at("2026-04-20"))
+    with database.transaction() as session:  # dated in closed February: posted at April's start
+        revenue.ingest(session, [paid("e-late-refund", "globex-corp", "inv-globex-corp-2", 4_000, "2026-02-25",
+                                      kind="refund")])
+    return database
+
+
+def summed_lines(session, partner_id: str, before_us: int | None) -> dict[str, tuple[int, int]]:
+    """{currency: (pending, available)} from every line of the partner's two accounts."""
+    names = {chart.pending(partner_id): 0, chart.available(partner_id): 1}
+    ids = dict(session.execute(select(accounts.c.id, accounts.c.name).where(accounts.c.name.in_(list(names)))).all())
+    result: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (account_id, currency), (debits, credits) in line_sums(session, list(ids), None, before_us).items():
+        result[currency][names[ids[account_id]]] += credits - debits
+    return {currency: (pending, available) for currency, (pending, available) in result.items()}
+
+
+def every_account_from_lines(session, before_us: int | None) -> dict[tuple[str, str], tuple[int, int]]:
+    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
+    return {(names[a], c): sums for (a, c), sums in line_sums(session, None, None, before_us).items()}
+
+
+def check_bound(session, before_us: int | None) -> None:
+    for partner_id in PARTNERS:
+        assert partner_balances(session, partner_id, before_us=before_us) == summed_lines(
+            session, partner_id, before_us), (partner_id, before_us)
+    everything = every_account_from_lines(session, before_us)
+    assert all_balances(session, before_us=before_us) == everything, before_us
+    partner_ids = dict(session.execute(select(accounts.c.name, accounts.c.partner_id)).all())
+    assert partner_account_sums(session, before_us=before_us) == {
+        (partner_ids[name], name, currency): sums for (name, currency), sums in everything.items()
+        if partner_ids[name] is not None}, before_us
+    rows, _ = liabilities(session, before_us=before_us)
+    assert {(row.partner_id, row.currency): (row.pending_minor, row.available_minor) for row in rows} == {
+        (partner_id, currency): amounts for partner_id in PARTNERS
+        for currency, amounts in summed_lines(session, partner_id, before_us).items()}, before_us
+
+
+def test_the_books_hold_what_the_comparisons_need(books):
+    with books.reader() as session:
+        found = partner_balances(session, "northwind")
+        late = session.execute(select(journal_transactions.c.effective_at_us)
+                               .where(journal_transactions.c.original_effective_at_us.is_not(None))).scalars().all()
+        kinds = set(session.execute(select(journal_transactions.c.kind)).scalars())
+    assert set(found) == {"EUR", "USD"}
+    assert late and all(instant >= period_bounds_us("2026-04")[0] for instant in late)
+    assert {"accrual", "override", "clawback", "release", "payout", "adjustment"} <= kinds
+
+
+def test_balances_equal_the_sums_of_the_lines_at_every_boundary(books):
+    with books.reader() as session:
+        for before_us in BOUNDS:
+            check_bound(session, before_us)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(before_us=st.one_of(st.none(), st.sampled_from([b for b in BOUNDS if b is not None]),
+                           st.integers(min_value=at("2025-12-25"), max_value=at("2026-07-05"))))
+def test_balances_equal_the_sums_of_the_lines_at_any_instant(books, before_us):
+    with books.reader() as session:  # the books are only read: one database serves every example
+        check_bound(session, before_us)
+
+
+def merged_lines(session, partner_id: str, period: str) -> dict[str, list[StatementLine]]:
+    """The period's lines of the partner's accounts, merged per transaction one row at a time."""
+    start_us, end_us = period_bounds_us(period)
+    t, j, a = journal_transactions.c, journal_lines.c, accounts.c
+    rows = session.execute(
+        select(t.id, t.effective_at_us, t.original_effective_at_us, t.kind, t.customer_id, t.invoice_id, t.event_id,
+               a.name, j.currency, j.side, j.amount_minor)
+        .join_from(journal_lines, journal_transactions, t.id == j.transaction_id)
+        .join(accounts, a.id == j.account_id)
+        .where(a.name.in_([chart.pending(partner_id), chart.available(partner_id)]),
+               j.effective_at_us >= start_us, j.effective_at_us < end_us)
+        .order_by(j.effective_at_us, t.id, j.id))
+    merged: dict[int, StatementLine] = {}
+    currency_of: dict[int, str] = {}
+    for row in rows:
+        signed = row.amount_minor if row.side == "C" else -row.amount_minor
+        line = merged.get(row.id) or StatementLine(*row[:7], 0, 0)
+        if row.name == chart.pending(partner_id):
+            line = line._replace(pending_minor=line.pending_minor + signed)
+        else:
+            line = line._replace(available_minor=line.available_minor + signed)
+        merged[row.id], currency_of[row.id] = line, row.currency
+    by_currency: dict[str, list[StatementLine]] = defaultdict(list)
+    for transaction_id, line in merged.items():
+        by_currency[currency_of[transaction_id]].append(line)
+    return by_currency
+
+
+def test_statements_list_the_merged_lines_and_open_with_the_sums_of_all_earlier_lines(books):
+    with books.reader() as session:
+        for partner_id in PARTNERS:
+            for period in MONTHS:
+                found = statement(session, partner_id, period)
+                expected_lines = merged_lines(session, partner_id, period)
+                opening = summed_lines(session, partner_id, period_bounds_us(period)[0])
+                assert [section.currency for section in found.currencies] == sorted(set(opening) | set(expected_lines))
+                for section in found.currencies:
+                    assert list(section.lines) == expected_lines.get(section.currency, []), (partner_id, period)
+                    assert all(type(line) is StatementLine for line in section.lines)
+                    assert section.opening == opening.get(section.currency, (0, 0)), (partner_id, period)
+                    closing = summed_lines(session, partner_id, period_bounds_us(period)[1])
+                    assert section.closing == closing.get(section.currency, (0, 0)), (partner_id, period)
