@@ -42,14 +42,19 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=None)
 def currency_exponent(code: str) -> int:
     """Number of decimal digits of `code`'s minor unit: USD 2, JPY 0, BHD 3.
 
-    Raises InvalidInput for an unknown code or a currency without a decimal minor unit.
+    Raises InvalidInput for an unknown code or a currency without a decimal minor unit, and for
+    anything that is not a string (a JSON array or object included) before it reaches the cache.
     """
     if not isinstance(code, str) or not _CURRENCY_PATTERN.fullmatch(code):
         raise invalid("currency", f"{code!r} is not an ISO 4217 currency code")
+    return _exponent_of(code)
+
+
+@lru_cache(maxsize=None)
+def _exponent_of(code: str) -> int:
     try:
         currency = moneyed.get_currency(code)
     except moneyed.CurrencyDoesNotExist:
