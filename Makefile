@@ -1,6 +1,8 @@
 # Two commands on a fresh machine with Python 3.11+ and make:
 #   make run    start the service with demo data on the embedded SQLite database
 #   make test   run the whole test suite (SQLite and a throwaway PostgreSQL cluster)
+# and, when there is time:
+#   make soak   the reliability and property tests, deeper (20-40 minutes; not part of CI)
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --quick
 
-.PHONY: install test run bench clean
+.PHONY: install test soak run bench clean
 
 install: $(STAMP)
 
@@ -22,6 +24,14 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# SOAK=1 (read in tests/conftest.py) draws ten times the Hypothesis examples and doubles processes,
+# storm lengths, kills and state-machine steps; `make test` and CI never set it.
+SOAK_TESTS := tests/reliability tests/cli tests/api/test_schemathesis.py tests/unit \
+	tests/integration/test_journal_properties.py tests/scenarios/test_properties.py \
+	tests/scenarios/test_period_continuity.py
+soak: $(STAMP)
+	SOAK=1 $(BIN)/python -m pytest $(SOAK_TESTS) $(PYTEST_ARGS)
 
 # Keys are shown once and stored only as hashes, so each run creates a fresh admin key and a fresh
 # partner key for northwind and prints them; keys from earlier runs stay valid.

@@ -6,6 +6,12 @@ journal cannot be emptied: its tables refuse DELETE and TRUNCATE by design.
 
 PostgreSQL tests skip with a loud reason when no server binaries are installed, except under
 CI=true, where they fail instead: CI must run them.
+
+`make soak` sets SOAK=1: a `soak` Hypothesis profile, and two helpers that tests use for their
+sizes, `examples(n)` (Hypothesis examples, ten times more) and `scaled(n)` (processes, events,
+kills, state-machine steps: twice as many). Without it every size is what `make test` runs. It is an
+environment variable so that the processes a storm spawns see it too; not a `REVSHARE_` one,
+because the service refuses settings it does not know.
 """
 
 from __future__ import annotations
@@ -24,13 +30,29 @@ from ledger.migrate import upgrade
 from tests.pg_cluster import Cluster, ClusterUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+SOAK = os.environ.get("SOAK", "") == "1"
+SOAK_EXAMPLES_FACTOR = 10
+SOAK_SIZE_FACTOR = 2
 _counter = itertools.count()
 
 # Under CI every Hypothesis test draws the same examples on every run, so that a submission's result
-# does not depend on luck; local runs (and `make soak`) keep exploring new examples.
+# does not depend on luck; local runs (and `make soak`) keep exploring new examples. The soak profile
+# covers tests that name no `max_examples`; those that do ask `examples(n)`.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev", print_blob=True)
-settings.load_profile("ci" if IN_CI else "dev")
+settings.register_profile("soak", max_examples=100 * SOAK_EXAMPLES_FACTOR, deadline=None, print_blob=True)
+settings.load_profile("soak" if SOAK else "ci" if IN_CI else "dev")
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a test that draws `n` under `make test`: ten times more under `make soak`."""
+    return n * SOAK_EXAMPLES_FACTOR if SOAK else n
+
+
+def scaled(n: int, factor: int = SOAK_SIZE_FACTOR) -> int:
+    """A count (processes, events, kills, steps) that is `n` under `make test` and `factor` times more
+    under `make soak`."""
+    return n * factor if SOAK else n
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""The `revshare` command line through click's CliRunner, and a real `revshare import` killed
-halfway and run again."""
+"""The `revshare` command line through click's CliRunner, and a real `revshare import` SIGKILLed
+halfway (several times under `make soak`) and run again, on both engines: the books, statements,
+trial balance and chain equal those of one clean run."""
 
 import json
 import os
@@ -14,13 +15,19 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli.main import main
-from ledger import revenue
+from ledger import revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
-from ledger.schema import journal_lines, journal_transactions, revenue_events
+from ledger.instants import next_period, period_bounds_us, period_of
+from ledger.schema import journal_lines, journal_transactions, partners, revenue_events
+from ledger.trial_balance import trial_balance
+from ledger.verify import verify
+from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url, scaled
 from tests.program import event_dict, monthly_events, paid, seed
 
 REVSHARE = str(Path(sys.executable).parent / "revshare")
+IMPORT_CUSTOMERS = scaled(150)  # twelve monthly invoices each
+IMPORT_KILLS = scaled(1, 3)
 
 
 def invoke(url: str, *args: str):
@@ -130,8 +137,6 @@ def write_csv(path: Path, events) -> Path:
 
 def test_importing_a_file_gives_the_books_of_the_api_batch_route_and_a_rerun_replays_everything(
         sqlite_template, tmp_path, seeded):
-    from tests.conftest import new_sqlite_url
-
     from api import create_app
     from ledger.keys import create_key
     from ledger.settings import Settings
@@ -168,35 +173,80 @@ def test_refused_lines_are_summarized_with_reasons_and_exit_1(seeded, tmp_path):
     assert "line 2" in result.output and "bad-1" in result.output and "no paid invoice 'nope'" in result.output
 
 
-def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run(sqlite_template, tmp_path):
-    from tests.conftest import new_sqlite_url
-
-    customers = [f"cust-{n:03d}" for n in range(150)]
-    events = monthly_events(months=12, customer_ids=customers)
-    path = write_ndjson(tmp_path / "big.ndjson", events)
-    killed, clean = (Database(new_sqlite_url(sqlite_template, tmp_path)) for _ in range(2))
-    for database in (killed, clean):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def killed_and_clean(request, sqlite_template, tmp_path):
+    """Two databases on one engine, seeded with the same program: one for the killed import, one
+    for the clean run."""
+    customer_ids = [f"cust-{n:03d}" for n in range(IMPORT_CUSTOMERS)]
+    cluster = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster")
+    urls = [new_sqlite_url(sqlite_template, tmp_path) if cluster is None else new_pg_url(cluster) for _ in range(2)]
+    databases = [Database(url) for url in urls]
+    for database in databases:
         with database.transaction() as session:
-            seed(session, customer_ids=customers)
+            seed(session, customer_ids=customer_ids)
+    yield databases, customer_ids
+    for database in databases:
+        database.dispose()
+    for url in urls if cluster is not None else ():
+        drop_pg_database(cluster, url)
+
+
+def stored_events(database: Database) -> int:
+    with database.reader() as session:
+        return session.execute(select(func.count()).select_from(revenue_events)).scalar_one()
+
+
+def kill_an_import(database: Database, path: Path, events_min: int) -> int:
+    """Start `revshare import`, SIGKILL it as soon as at least `events_min` events are stored, and
+    return how many it had stored."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
-           "REVSHARE_DATABASE_URL": killed.url}
+           "REVSHARE_DATABASE_URL": database.url}
     process = subprocess.Popen([REVSHARE, "import", str(path), "--batch-size", "20"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seen = 0
-    deadline = time.monotonic() + 60
-    while seen < 200 and time.monotonic() < deadline and process.poll() is None:
-        with killed.reader() as session:
-            seen = session.execute(select(func.count()).select_from(revenue_events)).scalar_one()
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
-    assert 200 <= seen < len(events), "the import must be interrupted halfway"
-    with killed.reader() as session:
-        interrupted = session.execute(select(func.count()).select_from(revenue_events)).scalar_one()
-    assert interrupted < len(events)
+    try:
+        seen, deadline = 0, time.monotonic() + 60
+        while seen < events_min and time.monotonic() < deadline and process.poll() is None:
+            seen = stored_events(database)
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    return stored_events(database)
+
+
+def audited_books(database: Database) -> tuple:
+    """`books()` and what finance and partners read: the trial balance, every partner's statement
+    for every month with postings, and the chain: its length and, in order, each transaction's
+    content hash (the chain hashes also cover the recorded instants, which differ between runs).
+    verify() must be clean."""
+    t = journal_transactions.c
+    with database.reader() as session:
+        balance = trial_balance(session, before_us=None)
+        first_us, last_us = session.execute(select(func.min(t.effective_at_us), func.max(t.effective_at_us))).one()
+        months = [period_of(first_us)]
+        while period_bounds_us(months[-1])[1] <= last_us:
+            months.append(next_period(months[-1]))
+        statements_ = [statements.to_data(statements.statement(session, partner_id, month))
+                       for partner_id in session.execute(select(partners.c.id).order_by(partners.c.id)).scalars()
+                       for month in months]
+        chain = session.execute(select(t.id, t.kind, t.request_hash).order_by(t.id)).all()
+        report = verify(session)
+    assert report.ok, report.problems
+    assert report.transactions_checked == len(chain) and balance.balanced
+    return books(database), balance, statements_, chain
+
+
+def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run(killed_and_clean, tmp_path):
+    (killed, clean), customer_ids = killed_and_clean
+    events = monthly_events(months=12, customer_ids=customer_ids)
+    path = write_ndjson(tmp_path / "big.ndjson", events)
+    interrupted = 0
+    for _ in range(IMPORT_KILLS):  # each run replays what committed, posts some more and is killed
+        stored = kill_an_import(killed, path, interrupted + 200)
+        assert interrupted + 200 <= stored < len(events), "the import must be interrupted halfway"
+        interrupted = stored
     rerun = invoke(killed.url, "import", str(path))
     assert rerun.exit_code == 0 and f"replayed: {interrupted}" in rerun.output, rerun.output
+    assert f"posted: {len(events) - interrupted}" in rerun.output, rerun.output
     assert invoke(clean.url, "import", str(path)).exit_code == 0
-    assert books(killed) == books(clean)
-    killed.dispose()
-    clean.dispose()
+    assert audited_books(killed) == audited_books(clean)

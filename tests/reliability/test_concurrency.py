@@ -19,17 +19,18 @@ from ledger.errors import Conflict
 from ledger.schema import journal_transactions, revenue_events
 from ledger.verify import verify
 from tests.cli.test_cli import books
-from tests.conftest import new_pg_url, new_sqlite_url
+from tests.conftest import new_pg_url, new_sqlite_url, scaled
 from tests.program import at, paid, seed
 
 CUSTOMERS = [f"hot-{n}" for n in range(6)]
-PROCESSES = 4
+PROCESSES = scaled(4)
+MONTHS = scaled(3)  # of invoices and refunds in the storm
 
 
 def storm_events() -> list[revenue.RevenueEvent]:
     """Invoices for a few hot customers, each followed later by one or two refunds."""
     rng, events = random.Random(7), []
-    for month in range(1, 4):
+    for month in range(1, MONTHS + 1):
         for day in (5, 15, 25):
             for customer in CUSTOMERS:
                 invoice = f"inv-{customer}-{month}-{day}"

@@ -22,11 +22,12 @@ from ledger.keys import create_key
 from ledger.verify import verify
 from tests.api.test_cli import REVSHARE, free_port, wait_for
 from tests.cli.test_cli import books
-from tests.conftest import new_pg_url, new_sqlite_url
+from tests.conftest import new_pg_url, new_sqlite_url, scaled
 from tests.program import event_dict, monthly_events, seed
 
 CUSTOMERS = [f"cust-{n:02d}" for n in range(30)]
-KILLS = 4
+KILLS = scaled(4)
+MONTHS = scaled(3)  # of events posted while workers are killed
 REQUEST_TIMEOUT_S = 10
 
 
@@ -85,7 +86,7 @@ def served_and_clean(request, sqlite_template, tmp_path):
 
 def test_killed_workers_and_a_full_resend_give_the_books_of_one_clean_run(served_and_clean):
     (served, clean), server, port, key = served_and_clean
-    events = monthly_events(months=3, customer_ids=CUSTOMERS)
+    events = monthly_events(months=MONTHS, customer_ids=CUSTOMERS)
     bodies = [event_dict(event) for event in events]
     rng, done, killed = random.Random(11), threading.Event(), []
 

@@ -21,7 +21,7 @@ from ledger.db import Database
 from ledger.instants import UTC, add_months, from_us, period_of, to_us
 from ledger.migrate import upgrade
 from ledger.verify import verify
-from tests.conftest import new_sqlite_url
+from tests.conftest import examples, new_sqlite_url, scaled
 from tests.reliability.reference_model import DAY_US, Model, Plan
 
 MINUTE_US = 60_000_000
@@ -184,6 +184,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert actual == expected, (partner_id, actual, expected)
 
 
-LedgerMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
-                                           suppress_health_check=[HealthCheck.too_slow])
+# `make soak`: ten times the runs, each four times as long (more events, refunds and payouts per month).
+LedgerMachine.TestCase.settings = settings(max_examples=examples(25), stateful_step_count=scaled(30, 4),
+                                           deadline=None, suppress_health_check=[HealthCheck.too_slow])
 test_the_service_agrees_with_the_reference_model = LedgerMachine.TestCase
