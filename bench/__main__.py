@@ -37,7 +37,7 @@ QUICK = Scale(partners=200, customers=20_000, ingest_events=30_000, import_event
 FULL = Scale(partners=2_000, customers=200_000, ingest_events=200_000, import_events=1_000_000,
              books=books.Shape(partners=2_000, customers=200_000, months=11, events_per_month=172_000,
                                checkpoints=(1_000_000, 10_000_000)),
-             http_requests=50_000, http_deadline_s=600)
+             http_requests=50_000, http_deadline_s=120)
 
 
 def _progress(started: float):
