@@ -2,7 +2,7 @@
 #   make run    start the service with demo data on the embedded SQLite database
 #   make test   run the whole test suite (SQLite and a throwaway PostgreSQL cluster)
 # and, when there is time:
-#   make soak   the reliability and property tests, deeper (20-40 minutes; not part of CI)
+#   make soak   the reliability and property tests, deeper (10-20 minutes; not part of CI)
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
