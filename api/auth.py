@@ -101,13 +101,14 @@ def _principal(token: str) -> Principal | None:
     """The key's principal, from this process's cache or a short read of its own, so that a
     writer's transaction (and on SQLite its write lock) does not start before the request is
     authenticated and validated."""
-    cache = current_database().shared.setdefault("principals", {})
+    database = current_database()
+    cache = database.shared.setdefault("principals", {})
     digest = keys.hash_key(token) if len(token) <= keys.KEY_LENGTH_MAX else None
     cached = cache.get(digest)
     now = time.monotonic()
     if cached is not None and cached[1] > now:
         return cached[0]
-    with current_database().reader() as session:
+    with database.reader() as session:
         principal = keys.authenticate(session, token)
     if principal is not None:
         if len(cache) >= PRINCIPALS_CACHED_MAX:

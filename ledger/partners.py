@@ -165,7 +165,7 @@ class Program:
         self.plans: dict[str, _Timeline] = {}
         self.versions: dict[str, list[PlanVersion]] = {}
         self.versions_by_id: dict[int, PlanVersion] = {}
-        self._version_starts: dict[str, list[int]] = {}
+        self._version_starts: dict[str, list[int]] = {}  # plan -> its versions' starts, for bisect
 
     @classmethod
     def load(cls, session: Session, partner_ids: Iterable[str]) -> "Program":

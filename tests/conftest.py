@@ -23,7 +23,7 @@ import warnings
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from ledger.db import Database
 from ledger.migrate import upgrade
@@ -47,6 +47,12 @@ settings.load_profile("soak" if SOAK else "ci" if IN_CI else "dev")
 def examples(n: int) -> int:
     """Hypothesis examples for a test that draws `n` under `make test`: ten times more under `make soak`."""
     return n * SOAK_EXAMPLES_FACTOR if SOAK else n
+
+
+def database_property(n: int) -> settings:
+    """Settings of a property test whose examples go through a database: `examples(n)` of them, no
+    deadline (a database's timing varies with the machine), and slow data generation allowed."""
+    return settings(max_examples=examples(n), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def scaled(n: int, factor: int = SOAK_SIZE_FACTOR) -> int:

@@ -4,7 +4,7 @@ balance is zero per currency, each balance equals the sum of its lines, and veri
 from collections import defaultdict
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import accounts as chart
@@ -14,7 +14,7 @@ from ledger.db import Database
 from ledger.errors import Conflict
 from ledger.journal import CREDIT, DEBIT, Draft, Line
 from ledger.verify import verify
-from tests.conftest import drop_pg_database, examples, new_pg_url, new_sqlite_url
+from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
 
 ACCOUNTS = [chart.EXPENSE_COMMISSION, chart.EXPENSE_ADJUSTMENT, chart.CASH, chart.PAYOUTS_IN_TRANSIT,
             *(chart.pending(p) for p in ("p1", "p2")), *(chart.available(p) for p in ("p1", "p2"))]
@@ -81,7 +81,7 @@ def check_books(database: Database, expected: dict[tuple[str, str], int]) -> Non
         assert report.ok, report.problems
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@database_property(40)
 @given(operations=history)
 def test_random_histories_keep_the_books_balanced_on_sqlite(operations, sqlite_template, tmp_path_factory):
     database = Database(new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("prop")))
@@ -92,7 +92,7 @@ def test_random_histories_keep_the_books_balanced_on_sqlite(operations, sqlite_t
 
 
 @pytest.mark.postgres
-@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@database_property(12)
 @given(operations=history)
 def test_random_histories_keep_the_books_balanced_on_postgres(operations, pg_cluster):
     url = new_pg_url(pg_cluster)

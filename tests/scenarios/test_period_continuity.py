@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ledger import holds, payouts, periods, statements
@@ -28,7 +28,7 @@ from ledger.instants import add_days_us, format_instant, next_period, period_bou
 from ledger.revenue import Outcome, parse_event
 from ledger.revenue import ingest as ingest_events
 from ledger.verify import verify
-from tests.conftest import drop_pg_database, examples, new_pg_url, new_sqlite_url
+from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
 from tests.scenarios.books import Books, at
 
 START = "2026-01-01"
@@ -239,7 +239,7 @@ def program_template(sqlite_template, tmp_path_factory) -> str:
     return url.removeprefix("sqlite:///")
 
 
-@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@database_property(30)
 @given(months=history)
 @example(months=NEGATIVE_WITH_A_MATURED_HOLD)
 def test_random_histories_with_closes_keep_statements_continuous_on_sqlite(months, program_template,
@@ -252,7 +252,7 @@ def test_random_histories_with_closes_keep_statements_continuous_on_sqlite(month
 
 
 @pytest.mark.postgres
-@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@database_property(8)
 @given(months=history)
 @example(months=NEGATIVE_WITH_A_MATURED_HOLD)
 def test_random_histories_with_closes_keep_statements_continuous_on_postgres(months, pg_cluster):

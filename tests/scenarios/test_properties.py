@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -36,7 +36,7 @@ from ledger.instants import add_days_us, from_us
 from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
 from ledger.schema import journal_lines, journal_transactions
 from ledger.verify import verify
-from tests.conftest import drop_pg_database, examples, new_pg_url, new_sqlite_url
+from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
 from tests.scenarios.books import at, terms
 
 HOUR_US = 3_600 * 1_000_000
@@ -482,7 +482,7 @@ RARE_CASES = [("pay", "c1", "USD", 50, 0, 0, False), ("pay", "c1", "USD", 15, 1,
               *[("refund", 0, False, 0.1, 1, 0, False)] * 8, ("refund", 0, False, "rest", 1, 0, False)]
 
 
-@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@database_property(30)
 @given(operations=histories)
 @example(operations=RARE_CASES)
 def test_random_commission_histories_keep_every_invariant_on_sqlite(operations, sqlite_program, tmp_path_factory):
@@ -494,7 +494,7 @@ def test_random_commission_histories_keep_every_invariant_on_sqlite(operations, 
 
 
 @pytest.mark.postgres
-@settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@database_property(10)
 @given(operations=histories)
 def test_random_commission_histories_keep_every_invariant_on_postgres(operations, pg_cluster, pg_program):
     url = new_pg_copy(pg_cluster, pg_program)
