@@ -88,27 +88,30 @@ def test_killed_workers_and_a_full_resend_give_the_books_of_one_clean_run(served
     (served, clean), server, port, key = served_and_clean
     events = monthly_events(months=MONTHS, customer_ids=CUSTOMERS)
     bodies = [event_dict(event) for event in events]
-    rng, done, killed = random.Random(11), threading.Event(), []
+    rng, killed = random.Random(11), []
+    # Kill points are positions in the stream, not moments: a kill lands a few milliseconds after
+    # its request leaves (in flight, or just answered), and every kill happens however fast the
+    # server answers.
+    kill_at = set(rng.sample(range(len(bodies)), KILLS))
 
-    def killer():
-        while not done.is_set() and len(killed) < KILLS:
-            time.sleep(rng.uniform(0.05, 0.4))
-            workers = workers_of(server.pid)
-            if workers:
-                victim = rng.choice(workers)
-                os.kill(victim, signal.SIGKILL)
-                killed.append(victim)
+    def kill_a_worker() -> None:
+        give_up = time.monotonic() + 30
+        while not (workers := workers_of(server.pid)) and time.monotonic() < give_up:
+            time.sleep(0.01)  # gunicorn is replacing the last one killed
+        if workers:
+            victim = rng.choice(workers)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
 
-    thread = threading.Thread(target=killer)
-    thread.start()
     unanswered = []
-    try:
-        for body in bodies:
-            if post(port, key, body) is None:
-                unanswered.append(body)
-    finally:
-        done.set()
-        thread.join(30)
+    for index, body in enumerate(bodies):
+        killing = threading.Timer(rng.uniform(0, 0.02), kill_a_worker) if index in kill_at else None
+        if killing is not None:
+            killing.start()
+        if post(port, key, body) is None:
+            unanswered.append(body)
+        if killing is not None:
+            killing.join()
     deadline = time.monotonic() + 60
     while unanswered and time.monotonic() < deadline:  # retry until gunicorn has replaced its workers
         unanswered = [body for body in unanswered if post(port, key, body) is None]
