@@ -17,6 +17,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from ledger.db import IN_LIST_MAX, chunked, driver_rows, marks
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import start_of_day_us
 from ledger.journal import now_us
@@ -95,18 +96,16 @@ def get_customer(session: Session, customer_id: str) -> Customer:
 
 
 class AttributionIndex:
-    """Attributions of many customers, loaded in one query per 500 customers; `at(c, t)` answers
+    """Attributions of many customers, loaded in one query per IN_LIST_MAX customers; `at(c, t)` answers
     (window start, partner) of the attribution in effect, or None."""
 
     def __init__(self, session: Session, customer_ids: Iterable[str]) -> None:
         self._starts: dict[str, list[int]] = {}
         self._partners: dict[str, list[str]] = {}
-        ids = sorted(set(customer_ids))
-        for start in range(0, len(ids), 500):
-            rows = session.execute(select(attributions.c.customer_id, attributions.c.effective_from_us,
-                                          attributions.c.partner_id)
-                                   .where(attributions.c.customer_id.in_(ids[start:start + 500]))
-                                   .order_by(attributions.c.customer_id, attributions.c.effective_from_us))
+        for chunk in chunked(sorted(set(customer_ids)), IN_LIST_MAX):
+            rows = driver_rows(session, "SELECT customer_id, effective_from_us, partner_id FROM attributions"
+                                        f" WHERE customer_id IN ({marks(len(chunk))})"
+                                        " ORDER BY customer_id, effective_from_us", chunk)
             for customer_id, start_us, partner_id in rows:
                 self._starts.setdefault(customer_id, []).append(start_us)
                 self._partners.setdefault(customer_id, []).append(partner_id)

@@ -24,7 +24,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
@@ -34,6 +34,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL: a write of more rows than this is a COPY; fewer go in one multi-row INSERT, which
 # costs one round trip where COPY costs two (single events write one to three rows per table).
 COPY_ROWS_MIN = 50
+# Values in one `IN (...)` list: under SQLite's default limit of host parameters on old builds (999).
+IN_LIST_MAX = 500
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
 
 
@@ -207,13 +209,46 @@ def insert_many(session: Session, table, columns: tuple[str, ...], rows: list[tu
         if len(rows) > COPY_ROWS_MIN:
             _copy(connection, table.name, columns, rows)
             return
-        values = ", ".join([f"({', '.join(['%s'] * len(columns))})"] * len(rows))
-        connection.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}",
-                                   tuple(value for row in rows for value in row))
+        values = ", ".join([f"({', '.join(['?'] * len(columns))})"] * len(rows))
+        _driver_execute(connection, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}",
+                        tuple(value for row in rows for value in row))
         return
-    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
-    connection.exec_driver_sql(sql, rows)
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(columns))})"
+    _driver_execute(connection, sql, rows, many=True)
+
+
+def driver_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """The rows of one SELECT sent straight through the driver, as plain tuples.
+
+    For the statements every posting runs (the chain head, an event's stored state, its
+    attribution): SQLAlchemy's statement building, cache lookup and result wrapping cost a
+    single-event request about as much as SQLite answering the query. `sql` is written with `?`
+    placeholders (psycopg gets `%s`), so it must hold no literal `?` or `%`; a database error is
+    raised as SQLAlchemy's wrapper, as from any other statement."""
+    return _driver_execute(session.connection(), sql, params, fetch=True)
+
+
+def marks(count: int) -> str:
+    """`?, ?, ?`: the placeholders of an `IN (...)` list of `count` values for `driver_rows`."""
+    assert count >= 1, count
+    return ", ".join(["?"] * count)
+
+
+def _driver_execute(connection, sql: str, params, *, many: bool = False, fetch: bool = False) -> list[tuple] | None:
+    dbapi = connection.dialect.loaded_dbapi
+    if connection.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
+        return cursor.fetchall() if fetch else None
+    except dbapi.Error as error:
+        raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
+    finally:
+        cursor.close()
 
 
 def _copy(connection, table_name: str, columns: tuple[str, ...], rows: list[tuple]) -> None:

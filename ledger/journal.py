@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import insert_many, lock_journal
+from ledger.db import driver_rows, insert_many, lock_journal
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ledger.money import currency_exponent
 from ledger.schema import (
@@ -179,6 +179,18 @@ def chain_head(session: Session) -> tuple[int, str]:
     return (row.id, row.hash) if row else (0, GENESIS_HASH)
 
 
+# The chain head and the closed boundary in one round trip: every posting starts with them.
+_BATCH_START = ("SELECT (SELECT max(id) FROM journal_transactions),"
+                " (SELECT hash FROM journal_transactions ORDER BY id DESC LIMIT 1),"
+                " (SELECT max(ends_at_us) FROM period_closes)")
+
+
+def _batch_start(session: Session) -> tuple[int, str, int | None]:
+    """(head id, head hash, closed boundary) as `chain_head` and `closed_boundary_us` give them."""
+    [(head_id, head_hash, boundary_us)] = driver_rows(session, _BATCH_START)
+    return (0, GENESIS_HASH, boundary_us) if head_id is None else (head_id, head_hash, boundary_us)
+
+
 class Batch:
     """A run of postings under the journal lock, written with a few multi-row statements at `flush()`.
 
@@ -193,8 +205,7 @@ class Batch:
         lock_journal(session)
         self.session = session
         self.recorded_at_us = now_us() if recorded_at_us is None else recorded_at_us
-        self.head_id, self.head_hash = chain_head(session)
-        self.boundary_us = closed_boundary_us(session)
+        self.head_id, self.head_hash, self.boundary_us = _batch_start(session)
         self._known: dict[str, tuple[int, str]] = {}
         self._drafts: list[Draft] = []
         self._headers: list[tuple] = []

@@ -14,12 +14,12 @@ import bisect
 import threading
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
-from ledger.db import after_commit, chunked, shared_cache
+from ledger.db import after_commit, chunked, driver_rows, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
@@ -238,7 +238,7 @@ class Program:
 
 
 _PROGRAM_TABLES = (partners, partner_statuses, partner_plans, plan_versions)
-_PROGRAM_COUNTS = select(*[select(func.count()).select_from(table).scalar_subquery() for table in _PROGRAM_TABLES])
+_PROGRAM_COUNTS = f"SELECT {', '.join(f'(SELECT count(*) FROM {table.name})' for table in _PROGRAM_TABLES)}"
 _program_lock = threading.Lock()
 
 
@@ -254,7 +254,7 @@ def program_for(session: Session, partner_ids: Iterable[str]) -> Program:
     cache = shared_cache(session, "program")
     if cache is None:
         return Program.load(session, partner_ids)
-    counts = tuple(session.execute(_PROGRAM_COUNTS).one())
+    [counts] = driver_rows(session, _PROGRAM_COUNTS)
     shared = cache.get("program")
     if shared is not None and cache.get("counts") == counts:
         with _program_lock:

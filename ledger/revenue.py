@@ -26,7 +26,7 @@ from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
-from ledger.db import insert_many
+from ledger.db import IN_LIST_MAX, chunked, driver_rows, insert_many, marks
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
@@ -145,30 +145,29 @@ class _Context:
 
 def _load_invoices(session: Session, invoice_ids: set[str]) -> dict[str, _Invoice]:
     invoices: dict[str, _Invoice] = {}
-    ids, r = sorted(invoice_ids), revenue_events.c
     rows = []
-    for start in range(0, len(ids), 500):
-        rows += session.execute(select(r.invoice_id, r.type, r.customer_id, r.currency, r.amount_minor,
-                                       r.occurred_at_us, r.status)
-                                .where(r.invoice_id.in_(ids[start:start + 500]))).all()
-    for row in sorted(rows, key=lambda row: row.type != "invoice_paid"):
-        if row.type == "invoice_paid":
-            invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
-                                                row.occurred_at_us, row.status)
+    for chunk in chunked(sorted(invoice_ids), IN_LIST_MAX):
+        rows += driver_rows(session, "SELECT invoice_id, type, customer_id, currency, amount_minor, occurred_at_us,"
+                                     f" status FROM revenue_events WHERE invoice_id IN ({marks(len(chunk))})", chunk)
+    for invoice_id, event_type, customer_id, currency, amount_minor, occurred_at_us, status in sorted(
+            rows, key=lambda row: row[1] != "invoice_paid"):
+        if event_type == "invoice_paid":
+            invoices[invoice_id] = _Invoice(invoice_id, customer_id, currency, amount_minor, occurred_at_us, status)
             continue
-        invoice = invoices[row.invoice_id]
-        sign = -1 if row.type == "chargeback_reversed" else 1
-        invoice.refunded_minor += sign * row.amount_minor
-        if row.type != "refund":
-            invoice.charged_back_minor += sign * row.amount_minor
+        invoice = invoices[invoice_id]
+        sign = -1 if event_type == "chargeback_reversed" else 1
+        invoice.refunded_minor += sign * amount_minor
+        if event_type != "refund":
+            invoice.charged_back_minor += sign * amount_minor
     return invoices
 
 
 def _claimed_customers(session: Session, customer_ids: set[str]) -> set[str]:
-    ids, column = sorted(customer_ids), revenue_events.c.first_eligible_customer_id
     claimed: set[str] = set()
-    for start in range(0, len(ids), 500):
-        claimed.update(session.execute(select(column).where(column.in_(ids[start:start + 500]))).scalars())
+    for chunk in chunked(sorted(customer_ids), IN_LIST_MAX):
+        claimed.update(row[0] for row in driver_rows(
+            session, "SELECT first_eligible_customer_id FROM revenue_events"
+                     f" WHERE first_eligible_customer_id IN ({marks(len(chunk))})", chunk))
     return claimed
 
 
@@ -188,11 +187,30 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
     return _fill_replays(session, results)
 
 
-def _stored_events(session: Session, event_ids: list[str]) -> dict[str, Any]:
-    ids, found = sorted(set(event_ids)), {}
-    for start in range(0, len(ids), 500):
-        for row in session.execute(select(revenue_events).where(revenue_events.c.id.in_(ids[start:start + 500]))):
-            found[row.id] = row
+class StoredEvent(NamedTuple):
+    """A revenue_events row, columns in table order."""
+
+    id: str
+    type: str
+    customer_id: str
+    invoice_id: str
+    currency: str
+    amount_minor: int
+    occurred_at_us: int
+    recorded_at_us: int
+    request_hash: str
+    status: str
+    first_eligible_customer_id: str | None
+
+
+_STORED_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM revenue_events WHERE id IN "
+
+
+def _stored_events(session: Session, event_ids: list[str]) -> dict[str, StoredEvent]:
+    found: dict[str, StoredEvent] = {}
+    for chunk in chunked(sorted(set(event_ids)), IN_LIST_MAX):
+        for row in driver_rows(session, f"{_STORED_EVENTS}({marks(len(chunk))})", chunk):
+            found[row[0]] = StoredEvent(*row)
     return found
 
 
