@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import IN_LIST_MAX, chunked, driver_rows, marks
+from ledger.db import IN_LIST_MAX, chunked, driver_results, marks
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import start_of_day_us
 from ledger.journal import now_us
@@ -96,16 +96,24 @@ def get_customer(session: Session, customer_id: str) -> Customer:
 
 
 class AttributionIndex:
-    """Attributions of many customers, loaded in one query per IN_LIST_MAX customers; `at(c, t)` answers
-    (window start, partner) of the attribution in effect, or None."""
+    """Attributions of many customers; `at(c, t)` answers (window start, partner) of the
+    attribution in effect, or None. Built from the rows of `AttributionIndex.statements()`."""
 
-    def __init__(self, session: Session, customer_ids: Iterable[str]) -> None:
+    @staticmethod
+    def statements(customer_ids: Iterable[str]) -> list[tuple[str, list[str]]]:
+        """The reads (for `db.driver_results`) of the customers' attributions, IN_LIST_MAX a statement."""
+        return [("SELECT customer_id, effective_from_us, partner_id FROM attributions"
+                 f" WHERE customer_id IN ({marks(len(chunk))}) ORDER BY customer_id, effective_from_us", chunk)
+                for chunk in chunked(sorted(set(customer_ids)), IN_LIST_MAX)]
+
+    @classmethod
+    def load(cls, session: Session, customer_ids: Iterable[str]) -> "AttributionIndex":
+        return cls(driver_results(session, cls.statements(customer_ids)))
+
+    def __init__(self, results: Iterable[list[tuple]]) -> None:
         self._starts: dict[str, list[int]] = {}
         self._partners: dict[str, list[str]] = {}
-        for chunk in chunked(sorted(set(customer_ids)), IN_LIST_MAX):
-            rows = driver_rows(session, "SELECT customer_id, effective_from_us, partner_id FROM attributions"
-                                        f" WHERE customer_id IN ({marks(len(chunk))})"
-                                        " ORDER BY customer_id, effective_from_us", chunk)
+        for rows in results:
             for customer_id, start_us, partner_id in rows:
                 self._starts.setdefault(customer_id, []).append(start_us)
                 self._partners.setdefault(customer_id, []).append(partner_id)

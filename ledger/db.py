@@ -191,6 +191,15 @@ def lock_journal(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
 
 
+def locked(session: Session, statements: list[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+    """`driver_results` of the statements run under the journal lock; on PostgreSQL the lock is
+    taken in the same round trip, by a statement before them (each statement has its own snapshot,
+    so they see every journal writer that finished before ours)."""
+    if not is_postgres(session):
+        return driver_results(session, statements)
+    return driver_results(session, [("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK_KEY,)), *statements])[1:]
+
+
 def insert_many(session: Session, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
     """INSERT many rows given as tuples in `columns` order, straight through the driver: the hot
     paths skip SQLAlchemy's per-row parameter processing, which costs more than the insert itself at
@@ -209,9 +218,7 @@ def insert_many(session: Session, table, columns: tuple[str, ...], rows: list[tu
         if len(rows) > COPY_ROWS_MIN:
             _copy(connection, table.name, columns, rows)
             return
-        values = ", ".join([f"({', '.join(['?'] * len(columns))})"] * len(rows))
-        _driver_execute(connection, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}",
-                        tuple(value for row in rows for value in row))
+        _driver_execute(connection, *_multi_row_insert(table, columns, rows))
         return
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(columns))})"
     _driver_execute(connection, sql, rows, many=True)
@@ -226,6 +233,55 @@ def driver_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[
     placeholders (psycopg gets `%s`), so it must hold no literal `?` or `%`; a database error is
     raised as SQLAlchemy's wrapper, as from any other statement."""
     return _driver_execute(session.connection(), sql, params, fetch=True)
+
+
+def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+    """The rows of each statement (empty for one that returns none), run in order in one round trip.
+
+    PostgreSQL: the statements go as one query string with the parameters bound on the client
+    (psycopg's ClientCursor: the server parses it as a simple query), so a posting pays one network
+    round trip for all it reads, and one for all it writes, instead of one per statement. Each
+    statement still takes its own snapshot (READ COMMITTED), so one that follows the journal lock in
+    the same string sees everything committed before the lock was granted. SQLite: one after the
+    other on the same connection (there is no round trip to save). `?` placeholders as in
+    `driver_rows`; an error stops the statements after it and is raised as SQLAlchemy's wrapper."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return [_driver_execute(connection, sql, params, fetch=True) for sql, params in statements]
+    sql = ";\n".join(statement.replace("?", "%s") for statement, _ in statements)
+    params = [value for _, statement_params in statements for value in statement_params]
+    dbapi = connection.dialect.loaded_dbapi
+    results: list[list[tuple]] = []
+    try:
+        with dbapi.ClientCursor(connection.connection.driver_connection) as cursor:
+            cursor.execute(sql, params)
+            while True:
+                results.append(cursor.fetchall() if cursor.description is not None else [])
+                if not cursor.nextset():
+                    break
+    except dbapi.Error as error:
+        raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
+    assert len(results) == len(statements), (len(results), len(statements))
+    return results
+
+
+def insert_all(session: Session, writes: Sequence[tuple[Any, tuple[str, ...], list[tuple]]]) -> None:
+    """`insert_many` for each (table, columns, rows), in order. On PostgreSQL, when no table gets
+    enough rows for a COPY, every INSERT goes in one round trip (`driver_results`)."""
+    writes = [write for write in writes if write[2]]
+    connection = session.connection()
+    if connection.dialect.name != "postgresql" or any(len(rows) > COPY_ROWS_MIN for _, _, rows in writes):
+        for table, columns, rows in writes:
+            insert_many(session, table, columns, rows)
+        return
+    if writes:
+        driver_results(session, [_multi_row_insert(table, columns, rows) for table, columns, rows in writes])
+
+
+def _multi_row_insert(table, columns: tuple[str, ...], rows: list[tuple]) -> tuple[str, tuple]:
+    values = ", ".join([f"({', '.join(['?'] * len(columns))})"] * len(rows))
+    return (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}",
+            tuple(value for row in rows for value in row))
 
 
 def marks(count: int) -> str:

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import journal
 from ledger.commission import EARNING_KINDS, Piece
-from ledger.db import insert_many
 from ledger.schema import accounts, journal_lines, journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
@@ -137,9 +136,7 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     piece.released, piece.release_id, piece.released_minor = False, None, 0
 
 
-def add_holds(session: Session, holds: list[tuple[int, int]]) -> None:
-    """Queue (accrual id, matures at) pairs for release."""
-    insert_many(session, open_holds, ("accrual_id", "matures_at_us"), holds)
+HOLD_COLUMNS = ("accrual_id", "matures_at_us")
 
 
 def end_holds(session: Session, accrual_ids: list[int]) -> None:

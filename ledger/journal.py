@@ -26,11 +26,11 @@ from collections import defaultdict
 from json.encoder import encode_basestring as _encode_string
 from typing import Iterable, NamedTuple, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import driver_rows, insert_many, lock_journal
+from ledger.db import insert_all, lock_journal, locked
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ledger.money import currency_exponent
 from ledger.schema import (
@@ -39,7 +39,6 @@ from ledger.schema import (
     accounts,
     journal_lines,
     journal_transactions,
-    period_closes,
 )
 
 DEBIT, CREDIT = "D", "C"
@@ -166,12 +165,6 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def closed_boundary_us(session: Session) -> int | None:
-    """The start of the first open period: the end of the latest closed one (None if none is closed).
-    A posting whose effective instant lies before it is made at it, keeping its original instant."""
-    return session.execute(select(func.max(period_closes.c.ends_at_us))).scalar()
-
-
 def chain_head(session: Session) -> tuple[int, str]:
     """(id, hash) of the last transaction, or (0, genesis) for an empty journal."""
     row = session.execute(select(journal_transactions.c.id, journal_transactions.c.hash)
@@ -185,10 +178,12 @@ _BATCH_START = ("SELECT (SELECT max(id) FROM journal_transactions),"
                 " (SELECT max(ends_at_us) FROM period_closes)")
 
 
-def _batch_start(session: Session) -> tuple[int, str, int | None]:
-    """(head id, head hash, closed boundary) as `chain_head` and `closed_boundary_us` give them."""
-    [(head_id, head_hash, boundary_us)] = driver_rows(session, _BATCH_START)
-    return (0, GENESIS_HASH, boundary_us) if head_id is None else (head_id, head_hash, boundary_us)
+def open_batch(session: Session, reads: Sequence[tuple[str, Sequence]] = (), *, recorded_at_us: int | None = None
+               ) -> tuple["Batch", list[list[tuple]]]:
+    """A Batch, and the rows of `reads` (statements for `db.driver_results`), read under the journal
+    lock together with the chain head: on PostgreSQL, in one round trip with taking the lock."""
+    [[start], *results] = locked(session, [(_BATCH_START, ()), *reads])
+    return Batch(session, recorded_at_us=recorded_at_us, start=start), results
 
 
 class Batch:
@@ -201,11 +196,15 @@ class Batch:
     Callers whose keys derive from an id proven new (a revenue event not seen before) skip preload.
     """
 
-    def __init__(self, session: Session, *, recorded_at_us: int | None = None) -> None:
-        lock_journal(session)
+    def __init__(self, session: Session, *, recorded_at_us: int | None = None, start: tuple | None = None) -> None:
+        """`start` is the row of `_BATCH_START` read under the journal lock (`open_batch`); without
+        it the lock is taken and the row read here."""
+        if start is None:
+            [[start]] = locked(session, [(_BATCH_START, ())])
+        head_id, head_hash, self.boundary_us = start
+        self.head_id, self.head_hash = (0, GENESIS_HASH) if head_id is None else (head_id, head_hash)
         self.session = session
         self.recorded_at_us = now_us() if recorded_at_us is None else recorded_at_us
-        self.head_id, self.head_hash, self.boundary_us = _batch_start(session)
         self._known: dict[str, tuple[int, str]] = {}
         self._drafts: list[Draft] = []
         self._headers: list[tuple] = []
@@ -235,9 +234,19 @@ class Batch:
         return Posted(self.head_id, False)
 
     def flush(self) -> None:
-        if self._headers:
-            _write(self.session, self._drafts, self._headers)
+        insert_all(self.session, self.take_writes())
+
+    def take_writes(self) -> list[tuple]:
+        """The rows added since the last flush, as `db.insert_all` writes them: lines first, then
+        the headers that seal them (the database checks balance at the seal). The caller writes them."""
+        drafts, headers = self._drafts, self._headers
         self._drafts, self._headers = [], []
+        if not headers:
+            return []
+        ids = chart.account_ids(self.session, {line.account for draft in drafts for line in draft.lines})
+        lines = [(header[0], ids[line.account], line.currency, line.side, line.amount_minor, header[2])
+                 for draft, header in zip(drafts, headers) for line in draft.lines]
+        return [(journal_lines, _LINE_COLUMNS, lines), (journal_transactions, _HEADER_COLUMNS, headers)]
 
 
 def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | None = None) -> list[Posted]:
@@ -264,15 +273,6 @@ def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, posted_a
                 hash_hex: str, prev_hash: str, chained: str) -> tuple:
     return (transaction_id, draft.kind, posted_at_us, original_us, recorded_at_us, draft.idempotency_key, hash_hex,
             *draft[4:], prev_hash, chained)
-
-
-def _write(session: Session, drafts: list[Draft], headers: list[tuple]) -> None:
-    """Lines first, then the headers that seal them (the database checks balance at the seal)."""
-    ids = chart.account_ids(session, {line.account for draft in drafts for line in draft.lines})
-    lines = [(header[0], ids[line.account], line.currency, line.side, line.amount_minor, header[2])
-             for draft, header in zip(drafts, headers) for line in draft.lines]
-    insert_many(session, journal_lines, _LINE_COLUMNS, lines)
-    insert_many(session, journal_transactions, _HEADER_COLUMNS, headers)
 
 
 def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:

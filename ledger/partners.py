@@ -238,23 +238,25 @@ class Program:
 
 
 _PROGRAM_TABLES = (partners, partner_statuses, partner_plans, plan_versions)
-_PROGRAM_COUNTS = f"SELECT {', '.join(f'(SELECT count(*) FROM {table.name})' for table in _PROGRAM_TABLES)}"
+PROGRAM_COUNTS = f"SELECT {', '.join(f'(SELECT count(*) FROM {table.name})' for table in _PROGRAM_TABLES)}"
 _program_lock = threading.Lock()
 
 
-def program_for(session: Session, partner_ids: Iterable[str]) -> Program:
+def program_for(session: Session, partner_ids: Iterable[str], *, counts: tuple | None = None) -> Program:
     """A Program that knows these partners: this process's shared one while the program tables
     have the row counts it was built at, else a new one, shared from this transaction's commit.
 
     Counts suffice because the tables are append-only (the database refuses UPDATE and DELETE):
     equal counts mean equal rows. A shared Program is only ever built from, or extended with,
     committed rows: one this transaction built is shared once it commits, and a transaction that
-    sees the shared counts has written no program rows of its own.
+    sees the shared counts has written no program rows of its own. `counts` is the row of
+    `PROGRAM_COUNTS` when the caller read it already, in this transaction.
     """
     cache = shared_cache(session, "program")
     if cache is None:
         return Program.load(session, partner_ids)
-    [counts] = driver_rows(session, _PROGRAM_COUNTS)
+    if counts is None:
+        [counts] = driver_rows(session, PROGRAM_COUNTS)
     shared = cache.get("program")
     if shared is not None and cache.get("counts") == counts:
         with _program_lock:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -26,12 +26,12 @@ from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
-from ledger.db import IN_LIST_MAX, chunked, driver_rows, insert_many, marks
+from ledger.db import IN_LIST_MAX, chunked, insert_all, marks
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
-from ledger.partners import Program, program_for
-from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, revenue_events
+from ledger.partners import PROGRAM_COUNTS, Program, program_for
+from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, open_holds, revenue_events
 
 BATCH_EVENTS_MAX = 10_000
 EVENT_FIELDS = ("id", "type", "customer_id", "invoice_id", "amount", "occurred_at")
@@ -133,32 +133,36 @@ class _Invoice:
 class _Context:
     """What a batch of new events needs, loaded up front."""
 
-    def __init__(self, session: Session, events: list[RevenueEvent], known: "_KnownEvents") -> None:
+    def __init__(self, session: Session, events: list[RevenueEvent], known: "_KnownEvents",
+                 attributions: AttributionIndex, program_counts: tuple) -> None:
         self.invoices = known.invoices({e.invoice_id for e in events})
         refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
-        self.attributions = AttributionIndex(session, {e.customer_id for e in events if e.type == "invoice_paid"})
-        self.program = program_for(session, self.attributions.partner_ids())
+        self.attributions = attributions
+        self.program = program_for(session, attributions.partner_ids(), counts=program_counts)
         self.cpa_claimed = known.claimed({e.customer_id for e in events if e.type == "invoice_paid"})
 
 
 class _KnownEvents:
     """The stored revenue events a batch touches: its own ids (replays), its invoices' events, and
-    the events that claimed its customers' CPA. One query per chunk of events answers all three
-    (a single event costs one round trip instead of three)."""
+    the events that claimed its customers' CPA. One statement per chunk of events answers all three."""
 
-    def __init__(self, session: Session, events: Sequence[RevenueEvent]) -> None:
-        rows: dict[str, StoredEvent] = {}
+    @staticmethod
+    def statements(events: Sequence[RevenueEvent]) -> list[tuple[str, list]]:
+        statements = []
         for chunk in chunked(list(events), IN_LIST_MAX // 3):
             ids = sorted({e.id for e in chunk})
             invoice_ids = sorted({e.invoice_id for e in chunk})
             customer_ids = sorted({e.customer_id for e in chunk if e.type == "invoice_paid"}) or [None]
-            found = driver_rows(session, f"{_STORED_EVENTS} WHERE id IN ({marks(len(ids))})"
-                                         f" OR invoice_id IN ({marks(len(invoice_ids))})"
-                                         f" OR first_eligible_customer_id IN ({marks(len(customer_ids))})",
-                                [*ids, *invoice_ids, *customer_ids])
-            rows.update((row[0], StoredEvent(*row)) for row in found)
+            statements.append((f"{_STORED_EVENTS} WHERE id IN ({marks(len(ids))})"
+                               f" OR invoice_id IN ({marks(len(invoice_ids))})"
+                               f" OR first_eligible_customer_id IN ({marks(len(customer_ids))})",
+                               [*ids, *invoice_ids, *customer_ids]))
+        return statements
+
+    def __init__(self, events: Sequence[RevenueEvent], results: Iterable[list[tuple]]) -> None:
+        rows = {row[0]: StoredEvent(*row) for found in results for row in found}
         self.rows = list(rows.values())
         wanted = {e.id for e in events}
         self.by_id = {row.id: row for row in self.rows if row.id in wanted}
@@ -189,11 +193,16 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
            ) -> list[Outcome | Refusal]:
     """Apply each event exactly once; one result per event, in order. The caller commits."""
     assert len(events) <= BATCH_EVENTS_MAX, len(events)
-    batch = journal.Batch(session, recorded_at_us=recorded_at_us)
+    known_reads = _KnownEvents.statements(events)
+    attribution_reads = AttributionIndex.statements({e.customer_id for e in events if e.type == "invoice_paid"})
+    batch, results = journal.open_batch(session, [*known_reads, *attribution_reads, (PROGRAM_COUNTS, ())],
+                                        recorded_at_us=recorded_at_us)
+    known = _KnownEvents(events, results[:len(known_reads)])
     hashes = [request_hash(event) for event in events]
-    known = _KnownEvents(session, events)
     fresh = [e for e in events if e.id not in known.by_id]
-    writer = _Writer(session, batch, _Context(session, fresh, known) if fresh else None)
+    context = _Context(session, fresh, known, AttributionIndex(results[len(known_reads):-1]),
+                       results[-1][0]) if fresh else None
+    writer = _Writer(session, batch, context)
     results: list[Outcome | Refusal] = []
     for event, hash_hex in zip(events, hashes):
         results.append(writer.decide(event, hash_hex, known.by_id))
@@ -374,9 +383,8 @@ class _Writer:
         return "unattributed" if invoice.paid_status == "unattributed" else "no_commission"
 
     def flush(self) -> None:
-        self.batch.flush()
-        insert_many(self.session, revenue_events, EVENT_COLUMNS, self.event_rows)
-        holds.add_holds(self.session, self.hold_rows)
+        insert_all(self.session, [*self.batch.take_writes(), (revenue_events, EVENT_COLUMNS, self.event_rows),
+                                  (open_holds, holds.HOLD_COLUMNS, self.hold_rows)])
         holds.end_holds(self.session, sorted(set(self.ended_holds)))
 
 

@@ -48,10 +48,13 @@ def test_a_program_change_after_a_cached_ingest_is_seen_by_the_next_one(program_
 def test_the_shared_program_answers_without_loading_partners_again(program_database):
     database = program_database
     _ingest(database, paid("e1", "acme", "inv-1", 10_000, "2026-02-10"))
+    shared = database.shared["program"]["program"]
     statements: list[str] = []
     event.listen(database.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    _ingest(database, paid("e2", "acme", "inv-2", 10_000, "2026-03-10"))
-    assert statements and not [sql for sql in statements if "FROM partner_statuses WHERE" in sql]
+    [second] = _ingest(database, paid("e2", "acme", "inv-2", 10_000, "2026-03-10"))
+    assert _commissions(second) == [("northwind", "accrual", 2_000), ("globex", "override", 200)]
+    assert database.shared["program"]["program"] is shared
+    assert not [sql for sql in statements if "FROM partner_statuses WHERE" in sql]
 
 
 def test_a_program_that_was_rolled_back_never_reaches_the_shared_cache(program_database):
