@@ -151,7 +151,7 @@ class _KnownEvents:
     @staticmethod
     def statements(events: Sequence[RevenueEvent]) -> list[tuple[str, list]]:
         statements = []
-        for chunk in chunked(list(events), IN_LIST_MAX // 3):
+        for chunk in chunked(list(events), IN_LIST_MAX):
             ids = sorted({e.id for e in chunk})
             invoice_ids = sorted({e.invoice_id for e in chunk})
             customer_ids = sorted({e.customer_id for e in chunk if e.type == "invoice_paid"}) or [None]

@@ -14,15 +14,14 @@ import io
 from collections import defaultdict
 from typing import NamedTuple
 
-from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger.balances import partner_balances
+from ledger.db import driver_rows
 from ledger.instants import format_instant, period_bounds_us
 from ledger.money import format_minor
 from ledger.periods import get_close
-from ledger.schema import accounts, journal_lines, journal_transactions
 
 LINE_KINDS = ("accrual", "cpa", "override", "clawback", "release", "payout", "payout_failed", "writeoff",
               "adjustment", "reversal")
@@ -76,28 +75,26 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
                      tuple(sections))
 
 
-def _partner_lines_query() -> Select:
-    """The period's lines on a partner's two accounts, named by a join (no separate look-up of their
-    ids), with their transactions' headers, in posting order."""
-    a, j, t = accounts.c, journal_lines.c, journal_transactions.c
-    return (select(t.id, t.effective_at_us, t.original_effective_at_us, t.kind, t.customer_id, t.invoice_id,
-                   t.event_id, a.name, j.currency, j.side, j.amount_minor)
-            .select_from(accounts).join(journal_lines, j.account_id == a.id)
-            .join(journal_transactions, t.id == j.transaction_id)
-            .where(a.name.in_([bindparam("pending_name"), bindparam("available_name")]),
-                   j.effective_at_us >= bindparam("start_us"), j.effective_at_us < bindparam("end_us"))
-            .order_by(j.effective_at_us, t.id, j.id))
-
-
-_PARTNER_LINES = _partner_lines_query()  # built once; each call binds the names and the bounds
+# The period's lines on a partner's two accounts, named by a join (no separate look-up of their ids),
+# with their transactions' headers, in posting order. Sent through the driver (`db.driver_rows`): a
+# busy partner's month is tens of thousands of rows, and SQLAlchemy's row objects would cost more
+# than the query.
+_PARTNER_LINES = (
+    "SELECT journal_transactions.id, journal_transactions.effective_at_us,"
+    " journal_transactions.original_effective_at_us, journal_transactions.kind, journal_transactions.customer_id,"
+    " journal_transactions.invoice_id, journal_transactions.event_id,"
+    " accounts.name, journal_lines.currency, journal_lines.side, journal_lines.amount_minor"
+    " FROM accounts JOIN journal_lines ON journal_lines.account_id = accounts.id"
+    " JOIN journal_transactions ON journal_transactions.id = journal_lines.transaction_id"
+    " WHERE accounts.name IN (?, ?) AND journal_lines.effective_at_us >= ? AND journal_lines.effective_at_us < ?"
+    " ORDER BY journal_lines.effective_at_us, journal_transactions.id, journal_lines.id")
 
 
 def _lines(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
     """{currency: lines}: one line per transaction, in posting order, with its lines on the two
     accounts summed (filed under the currency of the last of them)."""
     pending_name = chart.pending(partner_id)
-    rows = session.execute(_PARTNER_LINES, {"pending_name": pending_name, "available_name": chart.available(partner_id),
-                                            "start_us": start_us, "end_us": end_us})
+    rows = driver_rows(session, _PARTNER_LINES, (pending_name, chart.available(partner_id), start_us, end_us))
     merged: dict[int, list] = {}  # transaction id -> [*header, pending_minor, available_minor]
     currency_of: dict[int, str] = {}
     for *header, name, currency, side, amount_minor in rows:
