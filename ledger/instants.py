@@ -12,6 +12,7 @@ Calendar months follow the contract: month 1 of a window that starts at `start` 
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import date, datetime, time, timedelta, timezone
 
@@ -93,18 +94,30 @@ def add_months(instant: datetime, months: int) -> datetime:
     return instant.replace(year=year, month=month, day=day)
 
 
+# Every paid invoice asks for its window's end and month index: pure functions of a few values that
+# repeat (the windows' starts are attribution dates), so their answers are remembered, boundedly.
+_MONTHS_CACHED_MAX = 65_536
+
+
+@functools.lru_cache(maxsize=_MONTHS_CACHED_MAX)
 def add_months_us(instant_us: int, months: int) -> int:
     return to_us(add_months(from_us(instant_us), months))
+
+
+@functools.lru_cache(maxsize=_MONTHS_CACHED_MAX)
+def _year_month(instant_us: int) -> tuple[int, int]:
+    instant = from_us(instant_us)
+    return instant.year, instant.month
 
 
 def month_index(start_us: int, instant_us: int) -> int:
     """1-based index of the calendar month of a window starting at `start_us` holding `instant_us`."""
     assert instant_us >= start_us, (start_us, instant_us)
-    start = from_us(start_us)
+    start_year, start_month = _year_month(start_us)
     instant = from_us(instant_us)
-    index = (instant.year - start.year) * 12 + (instant.month - start.month)
+    index = (instant.year - start_year) * 12 + (instant.month - start_month)
     # `index` months after start is either still before or already at/after the instant.
-    if to_us(add_months(start, index)) > instant_us:
+    if add_months_us(start_us, index) > instant_us:
         index -= 1
     return index + 1
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
-from functools import lru_cache
 
 import moneyed
 from moneyed import Money
@@ -48,12 +47,20 @@ def currency_exponent(code: str) -> int:
     Raises InvalidInput for an unknown code or a currency without a decimal minor unit, and for
     anything that is not a string (a JSON array or object included) before it reaches the cache.
     """
+    if type(code) is str:  # a str, so hashable: look it up before the pattern (the hot path)
+        exponent = _EXPONENTS.get(code)
+        if exponent is not None:
+            return exponent
     if not isinstance(code, str) or not _CURRENCY_PATTERN.fullmatch(code):
         raise invalid("currency", f"{code!r} is not an ISO 4217 currency code")
-    return _exponent_of(code)
+    exponent = _EXPONENTS[code] = _exponent_of(code)  # only codes that passed every check get here
+    return exponent
 
 
-@lru_cache(maxsize=None)
+# Codes found valid, with their exponents: three capital letters, so never more than 26**3 entries.
+_EXPONENTS: dict[str, int] = {}
+
+
 def _exponent_of(code: str) -> int:
     try:
         currency = moneyed.get_currency(code)
