@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -26,7 +26,7 @@ from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
-from ledger.db import IN_LIST_MAX, chunked, insert_all, marks
+from ledger.db import IN_LIST_MAX, chunked, driver_results, insert_all, marks
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
@@ -130,84 +130,95 @@ class _Invoice:
     pieces: list[Piece] = field(default_factory=list)
 
 
+class _Needs:
+    """The reads fresh events need, as statements for `db.driver_results` (their invoices' events,
+    the events that claimed their customers' CPA, their customers' attributions, the program's row
+    counts), and what the rows answer once read."""
+
+    def __init__(self, events: Sequence[RevenueEvent]) -> None:
+        paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
+        self._events = _event_reads("invoice_id", {e.invoice_id for e in events}) + _event_reads(
+            "first_eligible_customer_id", paid_customers)
+        self._attributions = AttributionIndex.statements(paid_customers)
+        self.statements = [*self._events, *self._attributions, (PROGRAM_COUNTS, ())]
+
+    def context(self, session: Session, fresh: list[RevenueEvent], results: list[list[tuple]]) -> "_Context":
+        """The context of the fresh events, from the rows of `statements` (in order, nothing else)."""
+        assert len(results) == len(self.statements), (len(results), len(self.statements))
+        events_end = len(self._events)
+        rows = {row[0]: StoredEvent(*row) for found in results[:events_end] for row in found}
+        attributions = AttributionIndex(results[events_end:-1])
+        [counts] = results[-1]
+        return _Context(session, fresh, list(rows.values()), attributions, counts)
+
+
 class _Context:
     """What a batch of new events needs, loaded up front."""
 
-    def __init__(self, session: Session, events: list[RevenueEvent], known: "_KnownEvents",
+    def __init__(self, session: Session, events: list[RevenueEvent], stored: list[StoredEvent],
                  attributions: AttributionIndex, program_counts: tuple) -> None:
-        self.invoices = known.invoices({e.invoice_id for e in events})
+        self.invoices = _invoices(stored, {e.invoice_id for e in events})
         refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
         self.attributions = attributions
         self.program = program_for(session, attributions.partner_ids(), counts=program_counts)
-        self.cpa_claimed = known.claimed({e.customer_id for e in events if e.type == "invoice_paid"})
+        paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
+        self.cpa_claimed = {row.first_eligible_customer_id for row in stored
+                            if row.first_eligible_customer_id in paid_customers}
 
 
-class _KnownEvents:
-    """The stored revenue events a batch touches: its own ids (replays), its invoices' events, and
-    the events that claimed its customers' CPA. One statement per chunk of events answers all three."""
+def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _Invoice]:
+    """The named invoices that are paid, with what was refunded and charged back on each."""
+    invoices: dict[str, _Invoice] = {}
+    for row in sorted((row for row in stored if row.invoice_id in invoice_ids), key=lambda row: row.type != "invoice_paid"):
+        if row.type == "invoice_paid":
+            invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
+                                                row.occurred_at_us, row.status)
+            continue
+        invoice = invoices[row.invoice_id]
+        sign = -1 if row.type == "chargeback_reversed" else 1
+        invoice.refunded_minor += sign * row.amount_minor
+        if row.type != "refund":
+            invoice.charged_back_minor += sign * row.amount_minor
+    return invoices
 
-    @staticmethod
-    def statements(events: Sequence[RevenueEvent]) -> list[tuple[str, list]]:
-        statements = []
-        for chunk in chunked(list(events), IN_LIST_MAX):
-            ids = sorted({e.id for e in chunk})
-            invoice_ids = sorted({e.invoice_id for e in chunk})
-            customer_ids = sorted({e.customer_id for e in chunk if e.type == "invoice_paid"}) or [None]
-            statements.append((f"{_STORED_EVENTS} WHERE id IN ({marks(len(ids))})"
-                               f" OR invoice_id IN ({marks(len(invoice_ids))})"
-                               f" OR first_eligible_customer_id IN ({marks(len(customer_ids))})",
-                               [*ids, *invoice_ids, *customer_ids]))
-        return statements
 
-    def __init__(self, events: Sequence[RevenueEvent], results: Iterable[list[tuple]]) -> None:
-        rows = {row[0]: StoredEvent(*row) for found in results for row in found}
-        self.rows = list(rows.values())
-        wanted = {e.id for e in events}
-        self.by_id = {row.id: row for row in self.rows if row.id in wanted}
+def _event_reads(column: str, values: set[str]) -> list[tuple[str, list[str]]]:
+    return [(f"{_STORED_EVENTS} WHERE {column} IN ({marks(len(chunk))})", chunk)
+            for chunk in chunked(sorted(values), IN_LIST_MAX)]
 
-    def invoices(self, invoice_ids: set[str]) -> dict[str, _Invoice]:
-        """The named invoices that are paid, with what was refunded and charged back on each."""
-        invoices: dict[str, _Invoice] = {}
-        rows = sorted((row for row in self.rows if row.invoice_id in invoice_ids),
-                      key=lambda row: row.type != "invoice_paid")
-        for row in rows:
-            if row.type == "invoice_paid":
-                invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
-                                                    row.occurred_at_us, row.status)
-                continue
-            invoice = invoices[row.invoice_id]
-            sign = -1 if row.type == "chargeback_reversed" else 1
-            invoice.refunded_minor += sign * row.amount_minor
-            if row.type != "refund":
-                invoice.charged_back_minor += sign * row.amount_minor
-        return invoices
 
-    def claimed(self, customer_ids: set[str]) -> set[str]:
-        """The named customers whose CPA an earlier invoice already claimed."""
-        return {row.first_eligible_customer_id for row in self.rows if row.first_eligible_customer_id in customer_ids}
+# Batches of up to this many events read what their fresh events need in the round trip that opens
+# the batch, before they know which events are fresh, so that a single event costs one round trip
+# of reads. Larger batches read their replays first and the needs of their fresh events after, so
+# that re-delivering one reads little more than its replays.
+SPECULATIVE_READS_EVENTS_MAX = 100
 
 
 def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: int | None = None
            ) -> list[Outcome | Refusal]:
     """Apply each event exactly once; one result per event, in order. The caller commits."""
     assert len(events) <= BATCH_EVENTS_MAX, len(events)
-    known_reads = _KnownEvents.statements(events)
-    attribution_reads = AttributionIndex.statements({e.customer_id for e in events if e.type == "invoice_paid"})
-    batch, results = journal.open_batch(session, [*known_reads, *attribution_reads, (PROGRAM_COUNTS, ())],
+    replay_reads = _event_reads("id", {e.id for e in events})
+    needs = _Needs(events) if len(events) <= SPECULATIVE_READS_EVENTS_MAX else None
+    batch, results = journal.open_batch(session, [*replay_reads, *(needs.statements if needs else [])],
                                         recorded_at_us=recorded_at_us)
-    known = _KnownEvents(events, results[:len(known_reads)])
+    stored = {row[0]: StoredEvent(*row) for rows in results[:len(replay_reads)] for row in rows}
+    fresh = [e for e in events if e.id not in stored]
+    context = None
+    if fresh and needs is not None:
+        context = needs.context(session, fresh, results[len(replay_reads):])
+    elif fresh:
+        needs = _Needs(fresh)
+        context = needs.context(session, fresh, driver_results(session, needs.statements))
     hashes = [request_hash(event) for event in events]
-    fresh = [e for e in events if e.id not in known.by_id]
-    context = _Context(session, fresh, known, AttributionIndex(results[len(known_reads):-1]),
-                       results[-1][0]) if fresh else None
     writer = _Writer(session, batch, context)
-    results: list[Outcome | Refusal] = []
+    outcomes: list[Outcome | Refusal] = []
     for event, hash_hex in zip(events, hashes):
-        results.append(writer.decide(event, hash_hex, known.by_id))
+        outcomes.append(writer.decide(event, hash_hex, stored))
     writer.flush()
-    return _fill_replays(session, results)
+    return _fill_replays(session, outcomes)
 
 
 class StoredEvent(NamedTuple):
