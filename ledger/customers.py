@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import IN_LIST_MAX, chunked, driver_results, marks
+from ledger.db import IN_LIST_MAX, chunked, marks
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import start_of_day_us
 from ledger.journal import now_us
@@ -105,10 +105,6 @@ class AttributionIndex:
         return [("SELECT customer_id, effective_from_us, partner_id FROM attributions"
                  f" WHERE customer_id IN ({marks(len(chunk))}) ORDER BY customer_id, effective_from_us", chunk)
                 for chunk in chunked(sorted(set(customer_ids)), IN_LIST_MAX)]
-
-    @classmethod
-    def load(cls, session: Session, customer_ids: Iterable[str]) -> "AttributionIndex":
-        return cls(driver_results(session, cls.statements(customer_ids)))
 
     def __init__(self, results: Iterable[list[tuple]]) -> None:
         self._starts: dict[str, list[int]] = {}

@@ -171,7 +171,8 @@ class _Context:
 def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _Invoice]:
     """The named invoices that are paid, with what was refunded and charged back on each."""
     invoices: dict[str, _Invoice] = {}
-    for row in sorted((row for row in stored if row.invoice_id in invoice_ids), key=lambda row: row.type != "invoice_paid"):
+    named = (row for row in stored if row.invoice_id in invoice_ids)
+    for row in sorted(named, key=lambda row: row.type != "invoice_paid"):  # payments before what undoes them
         if row.type == "invoice_paid":
             invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
                                                 row.occurred_at_us, row.status)

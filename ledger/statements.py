@@ -77,8 +77,7 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
 
 # The period's lines on a partner's two accounts, named by a join (no separate look-up of their ids),
 # with their transactions' headers, in posting order. Sent through the driver (`db.driver_rows`): a
-# busy partner's month is tens of thousands of rows, and SQLAlchemy's row objects would cost more
-# than the query.
+# busy partner's month is tens of thousands of rows, each of which SQLAlchemy would wrap in a row.
 _PARTNER_LINES = (
     "SELECT journal_transactions.id, journal_transactions.effective_at_us,"
     " journal_transactions.original_effective_at_us, journal_transactions.kind, journal_transactions.customer_id,"
