@@ -8,7 +8,9 @@ once per request by `json_body()`: anything that is not JSON (bad UTF-8, bad syn
 long for Python, nesting too deep for the parser) is a 400, never a 500.
 
 `Blueprint` is flask-smorest's with that parser, and query strings refuse unknown parameters like
-bodies do, so `?asof=` is a 422 rather than a silently ignored filter.
+bodies do, so `?asof=` is a 422 rather than a silently ignored filter. A schema class given to
+`arguments` is instantiated once, when the route is declared: webargs would otherwise build (and
+deep-copy the fields of) a new instance on every request. Our schemas keep no state between loads.
 """
 
 from __future__ import annotations
@@ -73,3 +75,8 @@ class Blueprint(flask_smorest.Blueprint):
     """The Blueprint every route module uses."""
 
     ARGUMENTS_PARSER = JsonParser()
+
+    def arguments(self, schema, *args, **kwargs):
+        if isinstance(schema, type):
+            schema = schema()
+        return super().arguments(schema, *args, **kwargs)

@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import IN_LIST_MAX, chunked, marks
+from ledger.db import in_lists
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import start_of_day_us
 from ledger.journal import now_us
@@ -100,11 +100,11 @@ class AttributionIndex:
     attribution in effect, or None. Built from the rows of `AttributionIndex.statements()`."""
 
     @staticmethod
-    def statements(customer_ids: Iterable[str]) -> list[tuple[str, list[str]]]:
-        """The reads (for `db.driver_results`) of the customers' attributions, IN_LIST_MAX a statement."""
+    def statements(session: Session, customer_ids: Iterable[str]) -> list[tuple[str, tuple]]:
+        """The reads (for `db.driver_results`) of the customers' attributions."""
         return [("SELECT customer_id, effective_from_us, partner_id FROM attributions"
-                 f" WHERE customer_id IN ({marks(len(chunk))}) ORDER BY customer_id, effective_from_us", chunk)
-                for chunk in chunked(sorted(set(customer_ids)), IN_LIST_MAX)]
+                 f" WHERE {condition} ORDER BY customer_id, effective_from_us", params)
+                for condition, params in in_lists(session, "customer_id", sorted(set(customer_ids)))]
 
     def __init__(self, results: Iterable[list[tuple]]) -> None:
         self._starts: dict[str, list[int]] = {}

@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import journal
 from ledger.commission import EARNING_KINDS, Piece
-from ledger.schema import accounts, journal_lines, journal_transactions, open_holds
+from ledger.db import driver_results, driver_rows, in_lists
+from ledger.schema import journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
 
@@ -35,19 +36,19 @@ def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
 
 def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
     """{invoice_id: pieces}, replaying the invoice's accruals, clawbacks, releases and reversals."""
-    ids = sorted(set(invoice_ids))
     replay = _PieceReplay()
-    t, j = journal_transactions.c, journal_lines.c
-    for start in range(0, len(ids), 500):
-        rows = session.execute(
-            select(t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,
-                   t.matures_at_us, t.plan_version_id, j.currency, j.side, j.amount_minor, accounts.c.name)
-            .join(journal_lines, j.transaction_id == t.id).join(accounts, accounts.c.id == j.account_id)
-            .where(t.invoice_id.in_(ids[start:start + 500]), accounts.c.partner_id.is_not(None))
-            .order_by(t.id, j.id))
-        for row in rows:
+    for condition, params in in_lists(session, "t.invoice_id", sorted(set(invoice_ids))):
+        for row in driver_rows(session, f"{_PIECE_LINES} WHERE {condition} AND a.partner_id IS NOT NULL"
+                                        " ORDER BY t.id, j.id", params):
             replay.apply(row)
     return dict(replay.by_invoice)
+
+
+# The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
+_PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,"
+                " t.matures_at_us, t.plan_version_id, j.currency, j.amount_minor, a.name"
+                " FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
+                " JOIN accounts a ON a.id = j.account_id")
 
 
 class _PieceReplay:
@@ -63,26 +64,28 @@ class _PieceReplay:
         self.reversals_seen: set[int] = set()
         self.by_invoice: dict[str, list[Piece]] = defaultdict(list)
 
-    def apply(self, row) -> None:
-        on_pending = row.name.endswith(":pending")
-        if row.kind in EARNING_KINDS:
-            piece = Piece(row.id, row.accrual_id or row.id, row.partner_id, row.kind, row.currency, row.amount_minor,
-                          row.plan_version_id, row.matures_at_us, row.amount_minor,
-                          customer_id=row.customer_id, invoice_id=row.invoice_id)
-            self.pieces[row.id] = piece
-            self.by_invoice[row.invoice_id].append(piece)
-        elif row.kind == "clawback" and row.accrual_id in self.pieces:
-            self._record(row.id, (row.accrual_id, -row.amount_minor if on_pending else 0, row.amount_minor, 0))
-        elif row.kind == "release" and row.accrual_id in self.pieces and on_pending:
-            self._record(row.id, (row.accrual_id, -row.amount_minor, 0, 1))
-            piece = self.pieces[row.accrual_id]
-            piece.release_id, piece.released_minor = row.id, row.amount_minor
-        elif row.kind == "reversal" and row.id not in self.reversals_seen:
-            self.reversals_seen.add(row.id)  # a reversal of a release has two partner lines: apply once
-            if row.reverses_id in self.pieces:
-                self.pieces[row.reverses_id].reversed = True
-            elif row.reverses_id in self.effects:
-                effect = self.effects[row.reverses_id]
+    def apply(self, row: tuple) -> None:
+        """One row of `_PIECE_LINES`."""
+        (transaction_id, kind, partner_id, customer_id, invoice_id, accrual_id, reverses_id, matures_at_us,
+         plan_version_id, currency, amount_minor, account_name) = row
+        on_pending = account_name.endswith(":pending")
+        if kind in EARNING_KINDS:
+            piece = Piece(transaction_id, accrual_id or transaction_id, partner_id, kind, currency, amount_minor,
+                          plan_version_id, matures_at_us, amount_minor, customer_id=customer_id, invoice_id=invoice_id)
+            self.pieces[transaction_id] = piece
+            self.by_invoice[invoice_id].append(piece)
+        elif kind == "clawback" and accrual_id in self.pieces:
+            self._record(transaction_id, (accrual_id, -amount_minor if on_pending else 0, amount_minor, 0))
+        elif kind == "release" and accrual_id in self.pieces and on_pending:
+            self._record(transaction_id, (accrual_id, -amount_minor, 0, 1))
+            piece = self.pieces[accrual_id]
+            piece.release_id, piece.released_minor = transaction_id, amount_minor
+        elif kind == "reversal" and transaction_id not in self.reversals_seen:
+            self.reversals_seen.add(transaction_id)  # a reversal of a release has two partner lines: apply once
+            if reverses_id in self.pieces:
+                self.pieces[reverses_id].reversed = True
+            elif reverses_id in self.effects:
+                effect = self.effects[reverses_id]
                 self._change(effect, -1)
                 if effect[3]:  # a release undone: the piece is held again
                     piece = self.pieces[effect[0]]
@@ -140,8 +143,8 @@ HOLD_COLUMNS = ("accrual_id", "matures_at_us")
 
 
 def end_holds(session: Session, accrual_ids: list[int]) -> None:
-    for start in range(0, len(accrual_ids), 500):
-        session.execute(delete(open_holds).where(open_holds.c.accrual_id.in_(accrual_ids[start:start + 500])))
+    driver_results(session, [(f"DELETE FROM open_holds WHERE {condition}", params)
+                             for condition, params in in_lists(session, "accrual_id", accrual_ids)])
 
 
 def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None = None) -> int:

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import insert_all, lock_journal, locked
+from ledger.db import driver_rows, in_lists, insert_all, lock_journal, locked
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ledger.money import currency_exponent
 from ledger.schema import (
@@ -277,12 +277,10 @@ def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, posted_a
 
 def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
     found: dict[str, tuple[int, str]] = {}
-    unique = sorted(set(keys))
-    t = journal_transactions.c
-    for start in range(0, len(unique), 500):
-        rows = session.execute(select(t.idempotency_key, t.id, t.request_hash)
-                               .where(t.idempotency_key.in_(unique[start:start + 500])))
-        found.update((row.idempotency_key, (row.id, row.request_hash)) for row in rows)
+    for condition, params in in_lists(session, "idempotency_key", sorted(set(keys))):
+        rows = driver_rows(session, f"SELECT idempotency_key, id, request_hash FROM journal_transactions WHERE {condition}",
+                           params)
+        found.update((key, (transaction_id, hash_hex)) for key, transaction_id, hash_hex in rows)
     return found
 
 

@@ -19,19 +19,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
-from ledger.db import IN_LIST_MAX, chunked, driver_results, insert_all, marks
+from ledger.db import driver_results, driver_rows, in_lists, insert_all
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
 from ledger.partners import PROGRAM_COUNTS, Program, program_for
-from ledger.schema import EVENT_TYPES, journal_lines, journal_transactions, open_holds, revenue_events
+from ledger.schema import EVENT_TYPES, open_holds, revenue_events
 
 BATCH_EVENTS_MAX = 10_000
 EVENT_FIELDS = ("id", "type", "customer_id", "invoice_id", "amount", "occurred_at")
@@ -135,11 +135,11 @@ class _Needs:
     the events that claimed their customers' CPA, their customers' attributions, the program's row
     counts), and what the rows answer once read."""
 
-    def __init__(self, events: Sequence[RevenueEvent]) -> None:
+    def __init__(self, session: Session, events: Sequence[RevenueEvent]) -> None:
         paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
-        self._events = _event_reads("invoice_id", {e.invoice_id for e in events}) + _event_reads(
-            "first_eligible_customer_id", paid_customers)
-        self._attributions = AttributionIndex.statements(paid_customers)
+        self._events = _event_reads(session, "invoice_id", {e.invoice_id for e in events}) + _event_reads(
+            session, "first_eligible_customer_id", paid_customers)
+        self._attributions = AttributionIndex.statements(session, paid_customers)
         self.statements = [*self._events, *self._attributions, (PROGRAM_COUNTS, ())]
 
     def context(self, session: Session, fresh: list[RevenueEvent], results: list[list[tuple]]) -> "_Context":
@@ -185,9 +185,8 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
     return invoices
 
 
-def _event_reads(column: str, values: set[str]) -> list[tuple[str, list[str]]]:
-    return [(f"{_STORED_EVENTS} WHERE {column} IN ({marks(len(chunk))})", chunk)
-            for chunk in chunked(sorted(values), IN_LIST_MAX)]
+def _event_reads(session: Session, column: str, values: set[str]) -> list[tuple[str, tuple]]:
+    return [(f"{_STORED_EVENTS} WHERE {condition}", params) for condition, params in in_lists(session, column, sorted(values))]
 
 
 # Batches of up to this many events read what their fresh events need in the round trip that opens
@@ -201,8 +200,8 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
            ) -> list[Outcome | Refusal]:
     """Apply each event exactly once; one result per event, in order. The caller commits."""
     assert len(events) <= BATCH_EVENTS_MAX, len(events)
-    replay_reads = _event_reads("id", {e.id for e in events})
-    needs = _Needs(events) if len(events) <= SPECULATIVE_READS_EVENTS_MAX else None
+    replay_reads = _event_reads(session, "id", {e.id for e in events})
+    needs = _Needs(session, events) if len(events) <= SPECULATIVE_READS_EVENTS_MAX else None
     batch, results = journal.open_batch(session, [*replay_reads, *(needs.statements if needs else [])],
                                         recorded_at_us=recorded_at_us)
     stored = {row[0]: StoredEvent(*row) for rows in results[:len(replay_reads)] for row in rows}
@@ -211,7 +210,7 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
     if fresh and needs is not None:
         context = needs.context(session, fresh, results[len(replay_reads):])
     elif fresh:
-        needs = _Needs(fresh)
+        needs = _Needs(session, fresh)
         context = needs.context(session, fresh, driver_results(session, needs.statements))
     hashes = [request_hash(event) for event in events]
     writer = _Writer(session, batch, context)
@@ -436,14 +435,15 @@ def _fill_replays(session: Session, results: list[Outcome | Refusal]) -> list[Ou
 
 def outcomes_of(session: Session, event_ids: list[str]) -> dict[str, tuple[tuple[CommissionLine, ...], tuple[int, ...]]]:
     """{event id: (commission lines, transaction ids)} of stored events, from the journal."""
-    t, j = journal_transactions.c, journal_lines.c
     found: dict[str, tuple[list, list]] = {}
-    for start in range(0, len(event_ids), 500):
-        rows = session.execute(
-            select(t.event_id, t.id, t.kind, t.partner_id, j.currency, func.max(j.amount_minor))
-            .join(journal_lines, j.transaction_id == t.id)
-            .where(t.event_id.in_(event_ids[start:start + 500]), t.kind != "reversal")
-            .group_by(t.event_id, t.id, t.kind, t.partner_id, j.currency).order_by(t.id))
+    for condition, params in in_lists(session, "journal_transactions.event_id", event_ids):
+        rows = driver_rows(
+            session, "SELECT journal_transactions.event_id, journal_transactions.id, journal_transactions.kind,"
+            " journal_transactions.partner_id, journal_lines.currency, max(journal_lines.amount_minor)"
+            " FROM journal_transactions JOIN journal_lines ON journal_lines.transaction_id = journal_transactions.id"
+            f" WHERE {condition} AND journal_transactions.kind != 'reversal'"
+            " GROUP BY journal_transactions.event_id, journal_transactions.id, journal_transactions.kind,"
+            " journal_transactions.partner_id, journal_lines.currency ORDER BY journal_transactions.id", params)
         for event_id, transaction_id, kind, partner_id, currency, amount in rows:
             lines, ids = found.setdefault(event_id, ([], []))
             lines.append(CommissionLine(partner_id, kind, -amount if kind == "clawback" else amount, currency))
