@@ -16,6 +16,14 @@ file lock (another host on a network file system, the sqlite3 shell).
 
 On PostgreSQL every journal writer takes one transaction-scoped advisory lock before reading the
 chain head; that serializes sequence numbers and hashes across processes and hosts.
+
+The statements every posting runs go straight through the driver (`driver_rows`, `driver_results`,
+`insert_all`): SQLAlchemy's statement building and row wrapping cost a single event about as much
+as the database's work. On PostgreSQL a posting's reads go as one query string (taking the journal
+lock first) and its writes as another, bound on the client by psycopg's ClientCursor: two round
+trips instead of one per statement. Membership tests bind one array (`in_lists`), not one
+parameter per value. Such statements are announced to SQLAlchemy's `before_cursor_execute`
+listeners, so logging and the tests that count statements or explain their plans see them too.
 """
 
 from __future__ import annotations
