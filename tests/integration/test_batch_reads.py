@@ -6,7 +6,8 @@ ledger/revenue.py `ingest`), on SQLite and PostgreSQL:
 - reads sent in the same round trip as the journal lock see what the writer that held the lock
   before committed (on PostgreSQL each statement of the string takes its own snapshot);
 - a batch gives the same books whether it reads what its fresh events need in its opening round
-  trip (small batches) or after learning its replays (large ones).
+  trip (small batches) or after learning its replays (large ones);
+- membership conditions (`in_lists`) select exactly the rows named, whatever characters the ids hold.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger import accounts as chart
 from ledger import journal, revenue
-from ledger.db import Database, driver_results, locked
+from ledger.db import IN_LIST_MAX, Database, driver_results, driver_rows, in_lists, insert_all, locked
+from ledger.schema import customers
 from tests.cli.test_cli import audited_books
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 from tests.program import at, paid, seed
@@ -173,3 +175,32 @@ def test_the_reads_of_a_small_batch_go_in_its_opening_round_trip(database, monke
         assert writes.count("INSERT INTO") == 4  # lines, headers, the event, its holds
     else:
         assert any("FROM attributions" in sql for sql in sent)
+
+
+# Ids with every character an array literal or a quoted string treats specially, beside plain ones.
+AWKWARD_IDS = ["a,b", "{c}", 'd"e', "f\\g", "h i", "j'k", "NULL", "", "l;m", "n?o", "p%s"]
+
+
+@pytest.mark.parametrize("wanted_count", [1, 50, 51, 700])
+def test_in_lists_select_exactly_the_named_rows(database, wanted_count):
+    """Membership conditions select the rows named and no other, whatever the ids hold, on both
+    engines: one array on PostgreSQL, IN lists of at most IN_LIST_MAX values on SQLite."""
+    stored = [f"cust-{n:04d}" for n in range(1_200)] + AWKWARD_IDS
+    with database.transaction() as session:
+        insert_all(session, [(customers, ("id", "created_at_us"), [(cid, 1) for cid in stored])])
+    wanted = AWKWARD_IDS[:wanted_count] + stored[:max(0, wanted_count - len(AWKWARD_IDS))] + ["absent", "cust-x"]
+    with database.reader() as session:
+        conditions = in_lists(session, "id", wanted)
+        found = [row for condition, params in conditions
+                 for row in driver_rows(session, f"SELECT id FROM customers WHERE {condition}", params)]
+        postgres = session.get_bind().dialect.name == "postgresql"
+    assert sorted(cid for (cid,) in found) == sorted(set(wanted) - {"absent", "cust-x"})
+    assert len(found) == wanted_count
+    assert len(conditions) == (1 if postgres else -(-len(wanted) // IN_LIST_MAX))
+    assert all(len(params) == (1 if postgres else min(IN_LIST_MAX, len(wanted))) for _, params in conditions[:1])
+
+
+def test_no_values_are_no_statements(database):
+    with database.transaction() as session:
+        assert in_lists(session, "id", []) == []
+        assert driver_results(session, []) == []
