@@ -1,5 +1,7 @@
 """The migrated schema is exactly the metadata in ledger/schema.py, on both engines."""
 
+import pytest
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -31,3 +33,12 @@ def test_sqlite_connections_carry_the_required_pragmas(sqlite_database):
         pragmas = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
                    for name in ("foreign_keys", "recursive_triggers", "journal_mode", "busy_timeout")}
     assert pragmas == {"foreign_keys": 1, "recursive_triggers": 1, "journal_mode": "wal", "busy_timeout": 30000}
+
+
+@pytest.mark.postgres
+def test_autovacuum_keeps_up_with_the_journal_lines_on_postgresql(postgres_database):
+    """Balances are index-only scans only over pages vacuumed since they were written (0007)."""
+    with postgres_database.engine.connect() as connection:
+        [options] = connection.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'journal_lines'").one()
+    assert sorted(options) == ["autovacuum_vacuum_insert_scale_factor=0", "autovacuum_vacuum_insert_threshold=100000"]
