@@ -278,8 +278,8 @@ def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, posted_a
 def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
     found: dict[str, tuple[int, str]] = {}
     for condition, params in in_lists(session, "idempotency_key", sorted(set(keys))):
-        rows = driver_rows(session, f"SELECT idempotency_key, id, request_hash FROM journal_transactions WHERE {condition}",
-                           params)
+        rows = driver_rows(session, "SELECT idempotency_key, id, request_hash FROM journal_transactions"
+                                    f" WHERE {condition}", params)
         found.update((key, (transaction_id, hash_hex)) for key, transaction_id, hash_hex in rows)
     return found
 

@@ -186,7 +186,8 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
 
 
 def _event_reads(session: Session, column: str, values: set[str]) -> list[tuple[str, tuple]]:
-    return [(f"{_STORED_EVENTS} WHERE {condition}", params) for condition, params in in_lists(session, column, sorted(values))]
+    return [(f"{_STORED_EVENTS} WHERE {condition}", params)
+            for condition, params in in_lists(session, column, sorted(values))]
 
 
 # Batches of up to this many events read what their fresh events need in the round trip that opens
