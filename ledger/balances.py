@@ -8,8 +8,11 @@ is positive for a debit balance; `normal_balance` reads it the account's natural
 with more credits than debits has a positive normal balance).
 
 The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
-`all_balances`) each send one statement, built once below: the latest close's snapshot rows UNION
-ALL the sums of the lines since that close (a key may come from both parts), folded here. The
+`all_balances`) each send one statement, built once below. A current balance (no bound) reads
+`account_totals`, the running totals the database keeps as lines are inserted: one row per account
+and currency, however many lines the account has. A balance as of an instant reads the latest
+close's snapshot rows UNION ALL the sums of the lines since that close (a key may come from both
+parts), folded here. The
 accounts are chosen in SQL (by name, or by a subquery), never by a list of ids bound from Python,
 so a statement does not grow with the number of partners. Without a close the lower bound is
 BIGINT's least value, and without an upper bound the greatest: bounds that exclude no line, so one
@@ -37,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.schema import accounts, journal_lines, period_closes, period_snapshots
+from ledger.schema import account_totals, accounts, journal_lines, period_closes, period_snapshots
 
 Sums = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
 NamedSums = dict[tuple[str, str | None, str], tuple[int, int]]  # (account, partner id, currency) -> (debits, credits)
@@ -164,24 +167,37 @@ def _accounts_statement(account_ids: Select | None) -> Select:
             .join_from(both, accounts, a.id == both.c.account_id))
 
 
+def _totals_statement(*conditions: ColumnElement[bool], partner_id: bool = True) -> Select:
+    """(account, [partner id,] currency, debits, credits) from the running totals of the accounts
+    that meet `conditions`: the columns of the bounded statements above."""
+    a, t = accounts.c, account_totals.c
+    columns = (a.name, a.partner_id) if partner_id else (a.name,)
+    return (select(*columns, t.currency, t.debit_minor, t.credit_minor)
+            .join_from(accounts, account_totals, t.account_id == a.id).where(*conditions))
+
+
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
 _ONE_PARTNER = _one_partner_statement()
 _EVERY_ACCOUNT = _accounts_statement(None)
 _PARTNER_ACCOUNTS = _accounts_statement(select(accounts.c.id).where(accounts.c.partner_id.is_not(None)))
+_ONE_PARTNER_NOW = _totals_statement(accounts.c.name.in_([bindparam("pending_name"), bindparam("available_name")]),
+                                     partner_id=False)
+_EVERY_ACCOUNT_NOW = _totals_statement()
+_PARTNER_ACCOUNTS_NOW = _totals_statement(accounts.c.partner_id.is_not(None))
 
 
-def _bounds(before_us: int | None) -> dict[str, int]:
-    """The statements' bounds for lines before `before_us` (None: every line)."""
-    if before_us is None:
-        return {"closes_by_us": INSTANT_US_MAX, "lines_through_us": INSTANT_US_MAX}
+def _bounds(before_us: int) -> dict[str, int]:
+    """The bounded statements' bounds for lines before `before_us`."""
     assert before_us > INSTANT_US_MIN, before_us
     return {"closes_by_us": before_us, "lines_through_us": before_us - 1}
 
 
-def _folded(session: Session, statement: Select, before_us: int | None) -> NamedSums:
-    """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line)."""
+def _folded(session: Session, bounded: Select, now: Select, before_us: int | None) -> NamedSums:
+    """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line,
+    from the running totals: `now`)."""
     total: NamedSums = {}
-    for name, partner_id, currency, debits, credits in session.execute(statement, _bounds(before_us)):
+    rows = session.execute(now) if before_us is None else session.execute(bounded, _bounds(before_us))
+    for name, partner_id, currency, debits, credits in rows:
         old_debits, old_credits = total.get((name, partner_id, currency), (0, 0))
         # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
         total[(name, partner_id, currency)] = (old_debits + int(debits), old_credits + int(credits))
@@ -191,7 +207,7 @@ def _folded(session: Session, statement: Select, before_us: int | None) -> Named
 def all_balances(session: Session, *, before_us: int | None = None) -> dict[tuple[str, str], tuple[int, int]]:
     """{(account, currency): (debits, credits)} for every account: the trial balance's rows."""
     return {(name, currency): value for (name, _, currency), value in
-            _folded(session, _EVERY_ACCOUNT, before_us).items()}
+            _folded(session, _EVERY_ACCOUNT, _EVERY_ACCOUNT_NOW, before_us).items()}
 
 
 def partner_account_sums(session: Session, *,
@@ -199,15 +215,17 @@ def partner_account_sums(session: Session, *,
     """{(partner id, account, currency): (debits, credits)} of every partner's pending and available
     accounts."""
     return {(partner_id, name, currency): value for (name, partner_id, currency), value in
-            _folded(session, _PARTNER_ACCOUNTS, before_us).items()}
+            _folded(session, _PARTNER_ACCOUNTS, _PARTNER_ACCOUNTS_NOW, before_us).items()}
 
 
 def partner_balances(session: Session, partner_id: str, *, before_us: int | None = None) -> dict[str, tuple[int, int]]:
     """{currency: (pending, available)} of a partner, as credit-normal liabilities (what is owed to it)."""
     pending_name = chart.pending(partner_id)
     names = {"pending_name": pending_name, "available_name": chart.available(partner_id)}
+    rows = (session.execute(_ONE_PARTNER_NOW, names) if before_us is None
+            else session.execute(_ONE_PARTNER, {**_bounds(before_us), **names}))
     result: dict[str, tuple[int, int]] = {}
-    for name, currency, debits, credits in session.execute(_ONE_PARTNER, {**_bounds(before_us), **names}):
+    for name, currency, debits, credits in rows:
         pending, available = result.get(currency, (0, 0))
         owed = int(credits) - int(debits)  # int(): see _folded
         result[currency] = (pending + owed, available) if name == pending_name else (pending, available + owed)

@@ -122,6 +122,22 @@ journal_lines = Table(
 
 JOURNAL_TABLES = ("accounts", "journal_transactions", "journal_lines")
 
+# Every (account, currency)'s debits, credits and last line counted, kept by the database as lines
+# are inserted (migrations/versions/0008_account_totals.py): a current balance reads one row per
+# account. Python never writes it.
+account_totals = Table(
+    "account_totals",
+    metadata,
+    Column("account_id", Id, ForeignKey("accounts.id"), primary_key=True, autoincrement=False),
+    Column("currency", String(3), primary_key=True),
+    Column("debit_minor", BigInteger, nullable=False),
+    Column("credit_minor", BigInteger, nullable=False),
+    Column("last_line_id", BigInteger, nullable=False),
+    CheckConstraint("debit_minor >= 0 AND credit_minor >= 0", name="non_negative"),
+    sqlite_with_rowid=False,
+    postgresql_with={"fillfactor": 50},
+)
+
 # ---- access and HTTP idempotency (not journal data: rows are never updated, but may be pruned) ----
 
 API_ROLES = ("admin", "finance", "billing", "partner")

@@ -6,7 +6,7 @@ request hash recomputed from the stored content matches; the chain hash recomput
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, and the chain of close
-hashes (`verify_closes`). Problems are
+hashes (`verify_closes`); and the running totals against the sums of the lines (`verify_totals`). Problems are
 values (`Problem`), never exceptions: verify reports, the caller decides.
 """
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ledger.balances import line_sums
-from ledger.journal import DEBIT, Line, chain_hash, draft_of, request_hash
-from ledger.schema import GENESIS_HASH, accounts, journal_lines, journal_transactions
+from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
+from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
 
 STREAM_CHUNK_ROWS = 10_000
 
@@ -61,6 +61,7 @@ def verify(session: Session, *, problems_max: int = 1000) -> Report:
         problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
         pending_lines = next(lines_by_transaction, None)
     problems.extend(verify_closes(session))
+    problems.extend(verify_totals(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max])
 
 
@@ -100,6 +101,23 @@ def verify_closes(session: Session) -> list[Problem]:
             problems.append(Problem(None, "close_hash_mismatch", f"{where}: the close hash does not match its content"))
         prev_hash, prev_end = close.close_hash, close.ends_at_us
     return problems
+
+
+def verify_totals(session: Session) -> list[Problem]:
+    """Every (account, currency)'s running totals against the sums and the last id of its lines."""
+    j, t = journal_lines.c, account_totals.c
+    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
+    from_lines = {(a, c): (int(d), int(k), last) for a, c, d, k, last in session.execute(
+        select(j.account_id, j.currency, func.sum(case((j.side == DEBIT, j.amount_minor), else_=0)),
+               func.sum(case((j.side == CREDIT, j.amount_minor), else_=0)), func.max(j.id))
+        .group_by(j.account_id, j.currency))}
+    kept = {(a, c): (d, k, last) for a, c, d, k, last in session.execute(
+        select(t.account_id, t.currency, t.debit_minor, t.credit_minor, t.last_line_id))}
+    return [Problem(None, "totals_mismatch", f"{names.get(account_id, account_id)} {currency}: running totals "
+                    f"(debits, credits, last line) {kept.get((account_id, currency))}, "
+                    f"lines {from_lines.get((account_id, currency))}")
+            for account_id, currency in sorted(set(from_lines) | set(kept), key=str)
+            if from_lines.get((account_id, currency)) != kept.get((account_id, currency))]
 
 
 def _lines_grouped(session: Session) -> Iterator[tuple[int, list]]:

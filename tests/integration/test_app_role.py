@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import journal
+from ledger.balances import partner_balances
 from ledger.db import Database
 
 pytestmark = pytest.mark.postgres
@@ -29,6 +30,8 @@ def test_the_application_role_posts_and_reads(app_database):
                                                            idempotency_key="a")])
     with app_database.reader() as session:
         assert journal.load_draft(session, posted.id).lines[0].amount_minor == 100
+        # The running totals are written by the database's trigger, which the role may not do itself.
+        assert partner_balances(session, "p1") == {"USD": (0, 100)}
 
 
 @pytest.mark.parametrize("statement", [
@@ -38,6 +41,8 @@ def test_the_application_role_posts_and_reads(app_database):
     "UPDATE revenue_events SET status = 'posted'",
     "DELETE FROM period_snapshots",
     "UPDATE accounts SET name = 'x'",
+    "UPDATE account_totals SET debit_minor = 0",
+    "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id) VALUES (1, 'GBP', 0, 0, 1)",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):

@@ -122,11 +122,10 @@ def range_scans_the_balance_index_only(plan: str, postgres: bool) -> bool:
 
 
 @pytest.mark.parametrize("read", [
-    lambda session: partner_balances(session, "northwind"),
     lambda session: partner_balances(session, "northwind", before_us=at("2026-03-15")),
     lambda session: statement(session, "northwind", "2026-02"),
     lambda session: statement(session, "northwind", "2026-03"),
-], ids=["balance-now", "balance-as-of", "statement-closed", "statement-open"])
+], ids=["balance-as-of", "statement-closed", "statement-open"])
 def test_one_partners_reads_search_the_balance_index_by_account_and_instant(closed_books, read):
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
         read(session)
@@ -137,11 +136,11 @@ def test_one_partners_reads_search_the_balance_index_by_account_and_instant(clos
         assert uses_index(plan, "ix_journal_lines_balance", postgres), plan
 
 
-@pytest.mark.parametrize("before", [None, "2026-01-15", "2026-02-01", "2026-02-01T00:00:00.000001Z", "2026-03-15"],
-                         ids=["now", "before-any-close", "at-a-close", "just-after-a-close", "between-closes"])
+@pytest.mark.parametrize("before", ["2026-01-15", "2026-02-01", "2026-02-01T00:00:00.000001Z", "2026-03-15", "2099-01-01"],
+                         ids=["before-any-close", "at-a-close", "just-after-a-close", "between-closes", "after-all"])
 def test_a_partners_balance_is_one_statement_range_scanning_the_balance_index_only(closed_books, before):
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
-        partner_balances(session, "northwind", before_us=None if before is None else at(before))
+        partner_balances(session, "northwind", before_us=at(before))
     queries = [sql for sql, _ in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
     assert len(queries) == 1, queries  # (SQLite's own BEGIN aside)
     postgres = closed_books.engine.dialect.name == "postgresql"
@@ -152,7 +151,7 @@ def test_a_partners_balance_is_one_statement_range_scanning_the_balance_index_on
 def test_without_the_balance_index_the_balance_statement_fails_the_check(closed_books):
     # The negative space: the check above sees the difference when the index is gone.
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
-        partner_balances(session, "northwind")
+        partner_balances(session, "northwind", before_us=at("2026-03-15"))
     postgres = closed_books.engine.dialect.name == "postgresql"
     [plan] = plans_of_line_queries(closed_books, statements,
                                    without=contenders(postgres) + ("ix_journal_lines_balance",))
@@ -160,11 +159,45 @@ def test_without_the_balance_index_the_balance_statement_fails_the_check(closed_
     assert not uses_index(plan, "ix_journal_lines_balance", postgres), plan
 
 
+def plans_of_queries(database, statements) -> list[str]:
+    """The plan (one string) of every recorded SELECT."""
+    with database.engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        return [" | ".join(str(row[-1]) for row in connection.exec_driver_sql(
+                    ("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + sql, parameters).all())
+                for sql, parameters in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
+
+
+TOTALS_BY_KEY = {
+    True: re.compile(r"(?:Index Scan using pk_account_totals on account_totals|Bitmap Index Scan on pk_account_totals)"
+                     r"[^|]*\|(?:[^|]*\|)?\s*Index Cond: \(account_id = "),
+    False: re.compile(r"SEARCH account_totals USING PRIMARY KEY \(account_id=\?\)"),
+}
+
+
+def test_a_partners_current_balance_is_one_statement_reading_two_running_totals_by_key(closed_books):
+    with recorded(closed_books.engine) as statements, closed_books.reader() as session:
+        assert partner_balances(session, "northwind") == partner_balances(session, "northwind", before_us=at("2099-01-01"))
+    postgres = closed_books.engine.dialect.name == "postgresql"
+    [plan, _] = plans_of_queries(closed_books, statements)
+    assert "journal_lines" not in plan, plan
+    assert TOTALS_BY_KEY[postgres].search(plan), plan
+
+
+def test_the_current_trial_balance_reads_the_running_totals_not_the_lines(closed_books):
+    with recorded(closed_books.engine) as statements, closed_books.reader() as session:
+        assert trial_balance(session, before_us=None) == trial_balance(session, before_us=at("2099-01-01"))
+    plans = plans_of_queries(closed_books, statements)
+    assert len(plans) == 2 and "account_totals" in plans[0] and "journal_lines" not in plans[0], plans
+
+
 def test_the_trial_balance_reads_lines_from_a_covering_index_only(closed_books):
     # Without statistics SQLite scans the balance index rather than searching the period index
     # for a one-sided range; either way the table itself is never read.
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
-        trial_balance(session, before_us=None)
+        trial_balance(session, before_us=at("2026-03-15"))
     postgres = closed_books.engine.dialect.name == "postgresql"
     plans = plans_of_line_queries(closed_books, statements)
     assert plans and all(reads_no_table(plan, postgres) for plan in plans), plans

@@ -60,13 +60,13 @@ def test_an_altered_line_amount_is_named(booked):
     with behind_the_triggers(booked) as execute:
         execute(
             "UPDATE journal_lines SET amount_minor = 999 WHERE transaction_id = 3 AND side = 'C'")
-    assert problems(booked) == {(3, "content_altered"), (3, "unbalanced")}
+    assert problems(booked) == {(3, "content_altered"), (3, "unbalanced"), (None, "totals_mismatch")}
 
 
 def test_a_consistently_altered_transaction_is_still_named(booked):
     with behind_the_triggers(booked) as execute:
         execute("UPDATE journal_lines SET amount_minor = 1 WHERE transaction_id = 2")
-    assert problems(booked) == {(2, "content_altered")}
+    assert problems(booked) == {(2, "content_altered"), (None, "totals_mismatch")}
 
 
 def test_a_line_moved_to_another_account_is_named(booked):
@@ -77,7 +77,7 @@ def test_a_line_moved_to_another_account_is_named(booked):
     with behind_the_triggers(booked) as execute:
         execute(
             f"UPDATE journal_lines SET account_id = {cash_id} WHERE transaction_id = 4 AND side = 'C'")
-    assert problems(booked) == {(4, "content_altered")}
+    assert problems(booked) == {(4, "content_altered"), (None, "totals_mismatch")}
 
 
 def test_an_altered_header_and_hash_are_named(booked):
@@ -94,3 +94,17 @@ def test_a_deleted_transaction_is_named(booked):
         execute("DELETE FROM journal_transactions WHERE id = 3")
     found = problems(booked)
     assert found == {(4, "sequence_gap"), (4, "chain_broken"), (3, "orphan_lines")}
+
+
+@pytest.mark.parametrize("tamper", [
+    "UPDATE account_totals SET credit_minor = credit_minor + 1",
+    "UPDATE account_totals SET last_line_id = last_line_id - 1",
+    "DELETE FROM account_totals WHERE debit_minor > 0",
+], ids=["amount", "last-line", "deleted"])
+def test_altered_running_totals_are_named(booked, tamper):
+    with behind_the_triggers(booked) as execute:
+        execute(tamper)
+    with booked.reader() as session:
+        report = verify(session)
+    assert {(p.transaction_id, p.code) for p in report.problems} == {(None, "totals_mismatch")}
+    assert all(chart.EXPENSE_COMMISSION in p.message or PENDING in p.message for p in report.problems), report.problems

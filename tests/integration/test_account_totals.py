@@ -1,0 +1,175 @@
+"""The database keeps every account's running totals from its journal lines (migration 0008), and
+refuses every other write to them, even when Python is bypassed with raw SQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import accounts as chart
+from ledger import journal
+from ledger.balances import partner_balances
+from ledger.db import Database
+from ledger.migrate import upgrade
+from ledger.verify import verify
+from tests.conftest import drop_pg_database
+from tests.integration.test_database_guards import account_ids, head_hash, insert_header, insert_line, refused
+
+PENDING = chart.pending("northwind")
+REFUSED = "account_totals: totals are kept by the database"
+
+
+def post(database: Database, *transfers) -> None:
+    with database.transaction() as session:
+        journal.post(session, list(transfers))
+
+
+def accrual(key: str, amount: int, currency: str = "USD", at: int = 5):
+    return journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, currency, amount,
+                            effective_at_us=at, idempotency_key=key)
+
+
+def totals(database: Database) -> dict[tuple[str, str], tuple[int, int, int]]:
+    with database.engine.connect() as connection:
+        return {(name, currency): (debits, credits, last) for name, currency, debits, credits, last in
+                connection.exec_driver_sql(
+                    "SELECT a.name, t.currency, t.debit_minor, t.credit_minor, t.last_line_id "
+                    "FROM account_totals t JOIN accounts a ON a.id = t.account_id")}
+
+
+def sums_of_lines(database: Database) -> dict[tuple[str, str], tuple[int, int, int]]:
+    with database.engine.connect() as connection:
+        return {(name, currency): (int(debits), int(credits), last) for name, currency, debits, credits, last in
+                connection.exec_driver_sql(
+                    "SELECT a.name, l.currency, sum(CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END), "
+                    "sum(CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END), max(l.id) "
+                    "FROM journal_lines l JOIN accounts a ON a.id = l.account_id GROUP BY a.name, l.currency")}
+
+
+@pytest.fixture
+def booked(database):
+    post(database, accrual("a1", 100), accrual("a2", 250), accrual("e1", 70, "EUR"))
+    return database
+
+
+def test_postings_keep_the_totals_equal_to_the_sums_of_the_lines(booked):
+    post(booked, journal.transfer("release", PENDING, chart.available("northwind"), "USD", 300,
+                                  effective_at_us=9, idempotency_key="r1"))
+    found = totals(booked)
+    assert found == sums_of_lines(booked)
+    assert found[(PENDING, "USD")][:2] == (300, 350)
+    assert found[(PENDING, "EUR")][:2] == (0, 70)
+    with booked.reader() as session:
+        assert partner_balances(session, "northwind") == {"USD": (50, 300), "EUR": (70, 0)}
+        assert verify(session).ok
+
+
+def test_raw_sql_postings_keep_the_totals_too(booked):
+    # Python bypassed: the lines are inserted one statement each, and then several in one statement.
+    with booked.engine.begin() as connection:
+        expense, pending = account_ids(connection)
+        insert_line(connection, 4, expense, "D", 40)
+        insert_line(connection, 4, pending, "C", 40)
+        insert_header(connection, 4, head_hash(connection), key="raw-1")
+    with booked.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us) "
+            f"VALUES (5, {expense}, 'USD', 'D', 7, 5), (5, {pending}, 'USD', 'C', 3, 5), "
+            f"(5, {pending}, 'USD', 'C', 4, 5)")
+        insert_header(connection, 5, head_hash(connection), key="raw-2")
+    found = totals(booked)
+    assert found == sums_of_lines(booked)
+    assert found[(PENDING, "USD")][:2] == (0, 100 + 250 + 40 + 7)
+
+
+def test_a_refused_posting_leaves_the_totals_as_they_were(booked):
+    before = totals(booked)
+
+    def unbalanced(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 4, expense, "D", 100)
+        insert_line(connection, 4, pending, "C", 99)
+        insert_header(connection, 4, head_hash(connection))
+    refused(booked, unbalanced, "debits do not equal credits")
+    assert totals(booked) == before
+
+
+def direct_writes(postgres: bool) -> list[str]:
+    upsert = ("INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id) "
+              "SELECT account_id, currency, 1, 1, last_line_id FROM account_totals WHERE true "
+              "ON CONFLICT (account_id, currency) DO UPDATE SET credit_minor = account_totals.credit_minor + 1")
+    writes = [
+        "UPDATE account_totals SET credit_minor = credit_minor + 1",
+        "UPDATE account_totals SET last_line_id = last_line_id + 1",
+        "UPDATE account_totals SET currency = 'GBP'",
+        "DELETE FROM account_totals",
+        # A row for an (account, currency) without lines.
+        "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id) "
+        "SELECT account_id, 'GBP', 0, 5, last_line_id FROM account_totals",
+        upsert,
+    ]
+    if postgres:
+        writes.append("TRUNCATE account_totals")
+    else:
+        writes.append("INSERT OR REPLACE INTO account_totals (account_id, currency, debit_minor, credit_minor, "
+                      "last_line_id) SELECT account_id, currency, 0, 0, last_line_id FROM account_totals")
+    return writes
+
+
+@pytest.mark.parametrize("number", range(7))
+def test_direct_writes_to_the_totals_are_refused(booked, number):
+    before = totals(booked)
+    statement = direct_writes(booked.engine.dialect.name == "postgresql")[number]
+    refused(booked, lambda connection: connection.exec_driver_sql(statement), REFUSED)
+    assert totals(booked) == before
+
+
+def test_counting_a_new_line_twice_is_refused(booked):
+    # The line is counted as it is inserted; adding it again by hand, as if it were new, is refused.
+    def twice(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 4, expense, "D", 40)
+        insert_line(connection, 4, pending, "C", 40)
+        [line_id] = connection.exec_driver_sql("SELECT max(id) FROM journal_lines").one()
+        connection.exec_driver_sql(
+            f"UPDATE account_totals SET credit_minor = credit_minor + 40, last_line_id = {line_id} "
+            f"WHERE account_id = {pending} AND currency = 'USD'")
+    refused(booked, twice, REFUSED)
+
+
+def test_the_first_line_of_an_account_creates_its_row(booked):
+    # The guard on inserted rows is not blanket: a new (account, currency) gets its row.
+    post(booked, accrual("g1", 9, "GBP"))
+    assert totals(booked)[(PENDING, "GBP")][:2] == (0, 9)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request, tmp_path):
+    """An empty database (no migration run yet)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"empty_{uuid.uuid4().hex}"
+    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    yield cluster.url(name)
+    drop_pg_database(cluster, cluster.url(name))
+
+
+def test_the_migration_fills_the_totals_from_the_lines_already_there(empty_url):
+    upgrade(empty_url, "0007")
+    database = Database(empty_url)
+    try:
+        post(database, accrual("a1", 100), accrual("a2", 250), accrual("e1", 70, "EUR"))
+        upgrade(empty_url)
+        expected = sums_of_lines(database)
+        assert totals(database) == expected and len(expected) == 4
+        post(database, accrual("a3", 5))
+        assert totals(database) == sums_of_lines(database)
+    finally:
+        database.dispose()
