@@ -3,7 +3,8 @@ kind, and closing balances, per currency, from the partner's point of view (what
 it: a credit to its pending or available account is positive).
 
 Opening balances come from the latest snapshot plus the lines after it (balances.py); the lines are
-the period's postings on the partner's two accounts. Closing = opening + the lines, always; a
+the period's postings on the partner's two accounts, one statement line per transaction and
+currency (a release, pending to available, is one line with both amounts). Closing = opening + the lines, always; a
 closed period's statement is therefore fixed once its period is closed.
 """
 
@@ -76,35 +77,36 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
 
 
 # The period's lines on a partner's two accounts, named by a join (no separate look-up of their ids),
-# with their transactions' headers, in posting order. Sent through the driver (`db.driver_rows`): a
+# summed per transaction and currency into the partner's view (a credit is what the vendor owes),
+# with the transactions' headers, in posting order. Sent through the driver (`db.driver_rows`): a
 # busy partner's month is tens of thousands of rows, each of which SQLAlchemy would wrap in a row.
+# Grouping by the ordering's own keys lets one sort serve both.
+_OWED = "CASE journal_lines.side WHEN 'C' THEN journal_lines.amount_minor ELSE -journal_lines.amount_minor END"
 _PARTNER_LINES = (
     "SELECT journal_transactions.id, journal_transactions.effective_at_us,"
     " journal_transactions.original_effective_at_us, journal_transactions.kind, journal_transactions.customer_id,"
     " journal_transactions.invoice_id, journal_transactions.event_id,"
-    " accounts.name, journal_lines.currency, journal_lines.side, journal_lines.amount_minor"
+    f" sum(CASE WHEN accounts.name = ? THEN {_OWED} ELSE 0 END),"
+    f" sum(CASE WHEN accounts.name = ? THEN 0 ELSE {_OWED} END),"
+    " journal_lines.currency"
     " FROM accounts JOIN journal_lines ON journal_lines.account_id = accounts.id"
     " JOIN journal_transactions ON journal_transactions.id = journal_lines.transaction_id"
     " WHERE accounts.name IN (?, ?) AND journal_lines.effective_at_us >= ? AND journal_lines.effective_at_us < ?"
-    " ORDER BY journal_lines.effective_at_us, journal_transactions.id, journal_lines.id")
+    " GROUP BY journal_lines.effective_at_us, journal_transactions.id, journal_lines.currency"
+    " ORDER BY journal_lines.effective_at_us, journal_transactions.id, journal_lines.currency")
 
 
 def _lines(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
-    """{currency: lines}: one line per transaction, in posting order, with its lines on the two
-    accounts summed (filed under the currency of the last of them)."""
+    """{currency: lines}: one line per transaction and currency, in posting order, with its lines on
+    the two accounts summed."""
     pending_name = chart.pending(partner_id)
-    rows = driver_rows(session, _PARTNER_LINES, (pending_name, chart.available(partner_id), start_us, end_us))
-    merged: dict[int, list] = {}  # transaction id -> [*header, pending_minor, available_minor]
-    currency_of: dict[int, str] = {}
-    for *header, name, currency, side, amount_minor in rows:
-        fields = merged.get(header[0])
-        if fields is None:
-            fields = merged[header[0]] = [*header, 0, 0]
-        fields[-2 if name == pending_name else -1] += amount_minor if side == "C" else -amount_minor
-        currency_of[header[0]] = currency
+    rows = driver_rows(session, _PARTNER_LINES,
+                       (pending_name, pending_name, pending_name, chart.available(partner_id), start_us, end_us))
     by_currency: dict[str, list[StatementLine]] = defaultdict(list)
-    for transaction_id, fields in merged.items():
-        by_currency[currency_of[transaction_id]].append(StatementLine._make(fields))
+    for *fields, currency in rows:
+        # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
+        fields[-2:] = int(fields[-2]), int(fields[-1])
+        by_currency[currency].append(StatementLine._make(fields))
     return dict(by_currency)
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from ledger import accounts as chart
-from ledger import payouts, periods, revenue
+from ledger import journal, payouts, periods, revenue
 from ledger.balances import all_balances, line_sums, partner_account_sums, partner_balances
 from ledger.instants import period_bounds_us
 from ledger.reports import liabilities
@@ -67,6 +67,13 @@ def books(database):
             periods.close_period(session, period, now_us=at("2026-07-01"))
     with database.transaction() as session:
         payouts.run_payouts(session, at("2026-04-20"))
+    with database.transaction() as session:  # one transaction in two currencies: a statement line in each
+        journal.post(session, [journal.Draft("adjustment", at("2026-05-03"), (
+            journal.Line(chart.EXPENSE_ADJUSTMENT, "USD", "D", 500),
+            journal.Line(chart.pending("northwind"), "USD", "C", 500),
+            journal.Line(chart.EXPENSE_ADJUSTMENT, "EUR", "D", 300),
+            journal.Line(chart.available("northwind"), "EUR", "C", 300),
+        ), "two-currencies", partner_id="northwind")])
     with database.transaction() as session:  # dated in closed February: posted at April's start
         revenue.ingest(session, [paid("e-late-refund", "globex-corp", "inv-globex-corp-2", 4_000, "2026-02-25",
                                       kind="refund")])
@@ -142,19 +149,18 @@ def merged_lines(session, partner_id: str, period: str) -> dict[str, list[Statem
         .where(a.name.in_([chart.pending(partner_id), chart.available(partner_id)]),
                j.effective_at_us >= start_us, j.effective_at_us < end_us)
         .order_by(j.effective_at_us, t.id, j.id))
-    merged: dict[int, StatementLine] = {}
-    currency_of: dict[int, str] = {}
+    merged: dict[tuple[int, str], StatementLine] = {}  # one line per transaction and currency
     for row in rows:
         signed = row.amount_minor if row.side == "C" else -row.amount_minor
-        line = merged.get(row.id) or StatementLine(*row[:7], 0, 0)
+        line = merged.get((row.id, row.currency)) or StatementLine(*row[:7], 0, 0)
         if row.name == chart.pending(partner_id):
             line = line._replace(pending_minor=line.pending_minor + signed)
         else:
             line = line._replace(available_minor=line.available_minor + signed)
-        merged[row.id], currency_of[row.id] = line, row.currency
+        merged[(row.id, row.currency)] = line
     by_currency: dict[str, list[StatementLine]] = defaultdict(list)
-    for transaction_id, line in merged.items():
-        by_currency[currency_of[transaction_id]].append(line)
+    for (_, currency), line in merged.items():
+        by_currency[currency].append(line)
     return by_currency
 
 
@@ -168,7 +174,17 @@ def test_statements_list_the_merged_lines_and_open_with_the_sums_of_all_earlier_
                 assert [section.currency for section in found.currencies] == sorted(set(opening) | set(expected_lines))
                 for section in found.currencies:
                     assert list(section.lines) == expected_lines.get(section.currency, []), (partner_id, period)
-                    assert all(type(line) is StatementLine for line in section.lines)
+                    assert all(type(line) is StatementLine and type(line.pending_minor) is int
+                               and type(line.available_minor) is int for line in section.lines)
                     assert section.opening == opening.get(section.currency, (0, 0)), (partner_id, period)
                     closing = summed_lines(session, partner_id, period_bounds_us(period)[1])
                     assert section.closing == closing.get(section.currency, (0, 0)), (partner_id, period)
+
+
+def test_a_transaction_in_two_currencies_is_a_statement_line_in_each(books):
+    with books.reader() as session:
+        found = statement(session, "northwind", "2026-05")
+    two = {section.currency: [(line.pending_minor, line.available_minor) for line in section.lines
+                              if line.kind == "adjustment" and line.effective_at_us == at("2026-05-03")]
+           for section in found.currencies}
+    assert two == {"USD": [(500, 0)], "EUR": [(0, 300)]}
