@@ -45,6 +45,9 @@ COPY_ROWS_MIN = 50
 # Values in one `IN (...)` list. A statement binds at most three such lists: far under the host
 # parameters SQLite (32,766 since 3.32) and PostgreSQL (65,535) take in one statement.
 IN_LIST_MAX = 500
+# Values in one PostgreSQL array condition: bounds the size of one statement (and of its rows) when
+# a catch-up (a release job after a long pause, a close) names hundreds of thousands of ids.
+IN_ARRAY_MAX = 50_000
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
 
 
@@ -302,13 +305,13 @@ def in_lists(session: Session, column: str, values: Iterable[Any]) -> list[tuple
 
     PostgreSQL: one `column = ANY(?)` with the values as one array parameter. psycopg converts a
     query string with more than 50 parameters anew on every call (its cache stops there), at about
-    10 µs a parameter: more than the server spends finding the rows. SQLite: `column IN (?, ...)`
-    lists of at most IN_LIST_MAX values."""
+    10 µs a parameter: more than the server spends finding the rows. Arrays of at most
+    IN_ARRAY_MAX values. SQLite: `column IN (?, ...)` lists of at most IN_LIST_MAX values."""
     values = list(values)
     if not values:
         return []
     if is_postgres(session):
-        return [(f"{column} = ANY(?)", (values,))]
+        return [(f"{column} = ANY(?)", (chunk,)) for chunk in chunked(values, IN_ARRAY_MAX)]
     return [(f"{column} IN ({marks(len(chunk))})", tuple(chunk)) for chunk in chunked(values, IN_LIST_MAX)]
 
 

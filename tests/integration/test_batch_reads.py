@@ -19,7 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 
 from ledger import accounts as chart
-from ledger import journal, revenue
+from ledger import db, journal, revenue
 from ledger.db import IN_LIST_MAX, Database, driver_results, driver_rows, in_lists, insert_all, locked
 from ledger.schema import customers
 from tests.cli.test_cli import audited_books
@@ -182,22 +182,32 @@ AWKWARD_IDS = ["a,b", "{c}", 'd"e', "f\\g", "h i", "j'k", "NULL", "", "l;m", "n?
 
 
 @pytest.mark.parametrize("wanted_count", [1, 50, 51, 700])
-def test_in_lists_select_exactly_the_named_rows(database, wanted_count):
+@pytest.mark.parametrize("send", ["driver_rows", "driver_results"])
+def test_in_lists_select_exactly_the_named_rows(database, wanted_count, send, monkeypatch):
     """Membership conditions select the rows named and no other, whatever the ids hold, on both
-    engines: one array on PostgreSQL, IN lists of at most IN_LIST_MAX values on SQLite."""
+    engines, bound by the server (`driver_rows`) or on the client (`driver_results`, PostgreSQL's
+    ClientCursor): arrays of at most IN_ARRAY_MAX values on PostgreSQL (lowered here so that 700
+    take two), IN lists of at most IN_LIST_MAX values on SQLite."""
+    monkeypatch.setattr(db, "IN_ARRAY_MAX", 600)
     stored = [f"cust-{n:04d}" for n in range(1_200)] + AWKWARD_IDS
     with database.transaction() as session:
         insert_all(session, [(customers, ("id", "created_at_us"), [(cid, 1) for cid in stored])])
     wanted = AWKWARD_IDS[:wanted_count] + stored[:max(0, wanted_count - len(AWKWARD_IDS))] + ["absent", "cust-x"]
     with database.reader() as session:
         conditions = in_lists(session, "id", wanted)
-        found = [row for condition, params in conditions
-                 for row in driver_rows(session, f"SELECT id FROM customers WHERE {condition}", params)]
+        queries = [(f"SELECT id FROM customers WHERE {condition}", params) for condition, params in conditions]
+        if send == "driver_rows":
+            found = [row for sql, params in queries for row in driver_rows(session, sql, params)]
+        else:
+            found = [row for rows in driver_results(session, queries) for row in rows]
         postgres = session.get_bind().dialect.name == "postgresql"
     assert sorted(cid for (cid,) in found) == sorted(set(wanted) - {"absent", "cust-x"})
     assert len(found) == wanted_count
-    assert len(conditions) == (1 if postgres else -(-len(wanted) // IN_LIST_MAX))
-    assert all(len(params) == (1 if postgres else min(IN_LIST_MAX, len(wanted))) for _, params in conditions[:1])
+    per_condition = 600 if postgres else IN_LIST_MAX
+    assert len(conditions) == -(-len(wanted) // per_condition)
+    assert [len(params[0]) if postgres else len(params) for _, params in conditions] == [
+        min(per_condition, len(wanted) - start) for start in range(0, len(wanted), per_condition)]
+    assert all(len(params) == 1 for _, params in conditions) or not postgres
 
 
 def test_no_values_are_no_statements(database):
