@@ -8,11 +8,12 @@ is positive for a debit balance; `normal_balance` reads it the account's natural
 with more credits than debits has a positive normal balance).
 
 The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
-`all_balances`) each send one statement, built once below. A current balance (no bound) reads
-`account_totals`, the running totals the database keeps as lines are inserted: one row per account
-and currency, however many lines the account has. A balance as of an instant reads the latest
+`all_balances`) first read `account_totals`, the running totals the database keeps as lines are
+inserted: one row per account and currency, however many lines the account has. When the bound is
+after the latest instant of every line those rows count (always, without a bound; as of now, unless
+lines are dated in the future), they are the answer. Otherwise a second statement reads the latest
 close's snapshot rows UNION ALL the sums of the lines since that close (a key may come from both
-parts), folded here. The
+parts), folded here. Each statement is built once below. The
 accounts are chosen in SQL (by name, or by a subquery), never by a list of ids bound from Python,
 so a statement does not grow with the number of partners. Without a close the lower bound is
 BIGINT's least value, and without an upper bound the greatest: bounds that exclude no line, so one
@@ -168,12 +169,22 @@ def _accounts_statement(account_ids: Select | None) -> Select:
 
 
 def _totals_statement(*conditions: ColumnElement[bool], partner_id: bool = True) -> Select:
-    """(account, [partner id,] currency, debits, credits) from the running totals of the accounts
-    that meet `conditions`: the columns of the bounded statements above."""
+    """(account, [partner id,] currency, debits, credits, latest line instant) from the running
+    totals of the accounts that meet `conditions`: the columns of the bounded statements above, and
+    the instant that says whether they answer for a bound."""
     a, t = accounts.c, account_totals.c
     columns = (a.name, a.partner_id) if partner_id else (a.name,)
-    return (select(*columns, t.currency, t.debit_minor, t.credit_minor)
+    return (select(*columns, t.currency, t.debit_minor, t.credit_minor, t.latest_effective_at_us)
             .join_from(accounts, account_totals, t.account_id == a.id).where(*conditions))
+
+
+def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str], before_us: int | None) -> list:
+    """The running totals (`now`) when they hold no line at or after `before_us`, else the rows of
+    `bounded` (snapshot plus lines), in the same columns."""
+    totals = session.execute(now, names).all()
+    if before_us is None or all(row[-1] < before_us for row in totals):
+        return [row[:-1] for row in totals]
+    return session.execute(bounded, {**_bounds(before_us), **names}).all()
 
 
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
@@ -193,11 +204,9 @@ def _bounds(before_us: int) -> dict[str, int]:
 
 
 def _folded(session: Session, bounded: Select, now: Select, before_us: int | None) -> NamedSums:
-    """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line,
-    from the running totals: `now`)."""
+    """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line)."""
     total: NamedSums = {}
-    rows = session.execute(now) if before_us is None else session.execute(bounded, _bounds(before_us))
-    for name, partner_id, currency, debits, credits in rows:
+    for name, partner_id, currency, debits, credits in _rows(session, now, bounded, {}, before_us):
         old_debits, old_credits = total.get((name, partner_id, currency), (0, 0))
         # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
         total[(name, partner_id, currency)] = (old_debits + int(debits), old_credits + int(credits))
@@ -222,10 +231,8 @@ def partner_balances(session: Session, partner_id: str, *, before_us: int | None
     """{currency: (pending, available)} of a partner, as credit-normal liabilities (what is owed to it)."""
     pending_name = chart.pending(partner_id)
     names = {"pending_name": pending_name, "available_name": chart.available(partner_id)}
-    rows = (session.execute(_ONE_PARTNER_NOW, names) if before_us is None
-            else session.execute(_ONE_PARTNER, {**_bounds(before_us), **names}))
     result: dict[str, tuple[int, int]] = {}
-    for name, currency, debits, credits in rows:
+    for name, currency, debits, credits in _rows(session, _ONE_PARTNER_NOW, _ONE_PARTNER, names, before_us):
         pending, available = result.get(currency, (0, 0))
         owed = int(credits) - int(debits)  # int(): see _folded
         result[currency] = (pending + owed, available) if name == pending_name else (pending, available + owed)

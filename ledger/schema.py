@@ -122,9 +122,10 @@ journal_lines = Table(
 
 JOURNAL_TABLES = ("accounts", "journal_transactions", "journal_lines")
 
-# Every (account, currency)'s debits, credits and last line counted, kept by the database as lines
-# are inserted (migrations/versions/0008_account_totals.py): a current balance reads one row per
-# account. Python never writes it.
+# Every (account, currency)'s debits, credits, last line counted and latest line instant, kept by
+# the database as lines are inserted (migrations/versions/0008_account_totals.py): a balance as of
+# an instant after every line of its accounts (as of now) reads one row per account. Python never
+# writes it.
 account_totals = Table(
     "account_totals",
     metadata,
@@ -133,6 +134,7 @@ account_totals = Table(
     Column("debit_minor", BigInteger, nullable=False),
     Column("credit_minor", BigInteger, nullable=False),
     Column("last_line_id", BigInteger, nullable=False),
+    Column("latest_effective_at_us", BigInteger, nullable=False),  # the latest instant among the lines
     CheckConstraint("debit_minor >= 0 AND credit_minor >= 0", name="non_negative"),
     sqlite_with_rowid=False,
     postgresql_with={"fillfactor": 50},

@@ -104,17 +104,19 @@ def verify_closes(session: Session) -> list[Problem]:
 
 
 def verify_totals(session: Session) -> list[Problem]:
-    """Every (account, currency)'s running totals against the sums and the last id of its lines."""
+    """Every (account, currency)'s running totals against the sums, the last id and the latest
+    instant of its lines."""
     j, t = journal_lines.c, account_totals.c
     names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
-    from_lines = {(a, c): (int(d), int(k), last) for a, c, d, k, last in session.execute(
+    from_lines = {(a, c): (int(d), int(k), last, latest) for a, c, d, k, last, latest in session.execute(
         select(j.account_id, j.currency, func.sum(case((j.side == DEBIT, j.amount_minor), else_=0)),
-               func.sum(case((j.side == CREDIT, j.amount_minor), else_=0)), func.max(j.id))
+               func.sum(case((j.side == CREDIT, j.amount_minor), else_=0)), func.max(j.id),
+               func.max(j.effective_at_us))
         .group_by(j.account_id, j.currency))}
-    kept = {(a, c): (d, k, last) for a, c, d, k, last in session.execute(
-        select(t.account_id, t.currency, t.debit_minor, t.credit_minor, t.last_line_id))}
+    kept = {(a, c): (d, k, last, latest) for a, c, d, k, last, latest in session.execute(
+        select(t.account_id, t.currency, t.debit_minor, t.credit_minor, t.last_line_id, t.latest_effective_at_us))}
     return [Problem(None, "totals_mismatch", f"{names.get(account_id, account_id)} {currency}: running totals "
-                    f"(debits, credits, last line) {kept.get((account_id, currency))}, "
+                    f"(debits, credits, last line, latest instant) {kept.get((account_id, currency))}, "
                     f"lines {from_lines.get((account_id, currency))}")
             for account_id, currency in sorted(set(from_lines) | set(kept), key=str)
             if from_lines.get((account_id, currency)) != kept.get((account_id, currency))]

@@ -1,18 +1,19 @@
 """Running totals per account and currency, kept by the database as each journal line is inserted.
 
 `account_totals` holds, for every (account, currency) that has lines, the sum of its debits, the
-sum of its credits and the id of the last line counted. A current balance (a partner's, the trial
-balance, what a payout may pay) then reads one row per account instead of summing the lines since
-the latest close, which for a busy partner late in an open month is tens of thousands of lines.
-Balances as of an earlier instant still come from the latest snapshot before it plus the lines
-after it (ledger/balances.py).
+sum of its credits, the id of the last line counted and the latest effective instant among its
+lines. A balance as of an instant after that latest instant (a balance as of now, the usual case:
+a partner's, the trial balance, the liabilities report) then reads one row per account instead of
+summing the lines since the latest close, which for a busy partner late in an open month is tens of
+thousands of lines. Balances as of an earlier instant still come from the latest snapshot before it
+plus the lines after it (ledger/balances.py).
 
 The database, not Python, writes the totals, so they cannot drift from the lines:
 
 - SQLite: a row trigger on `journal_lines` upserts the line into its account's row. Guards refuse
   every other write: a row may be inserted only for the first line of its account and currency,
-  with exactly that line's amount; an update must add exactly one line of the same account and
-  currency with a greater id than the last one counted (the line being inserted: every line is
+  with exactly that line's amount and instant; an update must add exactly one line of the same
+  account and currency with a greater id than the last one counted (the line being inserted: every line is
   counted when inserted, so no other such line exists), and rows are never deleted. Line ids are
   assigned by the database in increasing order; a line inserted with an id below its account's last
   counted line is refused.
@@ -41,20 +42,21 @@ APP_ROLE = "revshare_app"
 REFUSED = "account_totals: totals are kept by the database from the journal lines"
 
 FILL = """
-INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id)
+INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us)
 SELECT account_id, currency, sum(CASE side WHEN 'D' THEN amount_minor ELSE 0 END),
-       sum(CASE side WHEN 'C' THEN amount_minor ELSE 0 END), max(id)
+       sum(CASE side WHEN 'C' THEN amount_minor ELSE 0 END), max(id), max(effective_at_us)
   FROM journal_lines GROUP BY account_id, currency
 """
 
 SQLITE_TRIGGERS = f"""
 CREATE TRIGGER trg_journal_lines_totals AFTER INSERT ON journal_lines
 BEGIN
-  INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id)
+  INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us)
   VALUES (NEW.account_id, NEW.currency, CASE NEW.side WHEN 'D' THEN NEW.amount_minor ELSE 0 END,
-          CASE NEW.side WHEN 'C' THEN NEW.amount_minor ELSE 0 END, NEW.id)
+          CASE NEW.side WHEN 'C' THEN NEW.amount_minor ELSE 0 END, NEW.id, NEW.effective_at_us)
   ON CONFLICT (account_id, currency) DO UPDATE SET debit_minor = debit_minor + excluded.debit_minor,
-    credit_minor = credit_minor + excluded.credit_minor, last_line_id = excluded.last_line_id;
+    credit_minor = credit_minor + excluded.credit_minor, last_line_id = excluded.last_line_id,
+    latest_effective_at_us = max(latest_effective_at_us, excluded.latest_effective_at_us);
 END;
 
 CREATE TRIGGER trg_account_totals_insert BEFORE INSERT ON account_totals
@@ -64,6 +66,7 @@ WHEN NOT EXISTS (SELECT 1 FROM account_totals WHERE account_id = NEW.account_id 
    WHERE l.id = NEW.last_line_id AND l.account_id = NEW.account_id AND l.currency = NEW.currency
      AND NEW.debit_minor = CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END
      AND NEW.credit_minor = CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END
+     AND NEW.latest_effective_at_us = l.effective_at_us
      AND NOT EXISTS (SELECT 1 FROM journal_lines e
                       WHERE e.account_id = NEW.account_id AND e.currency = NEW.currency AND e.id <> l.id))
 BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END;
@@ -75,7 +78,8 @@ WHEN NOT EXISTS (
      AND NEW.account_id = OLD.account_id AND NEW.currency = OLD.currency
      AND l.account_id = OLD.account_id AND l.currency = OLD.currency
      AND NEW.debit_minor = OLD.debit_minor + CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END
-     AND NEW.credit_minor = OLD.credit_minor + CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END)
+     AND NEW.credit_minor = OLD.credit_minor + CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END
+     AND NEW.latest_effective_at_us = max(OLD.latest_effective_at_us, l.effective_at_us))
 BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END;
 
 CREATE TRIGGER trg_account_totals_delete BEFORE DELETE ON account_totals
@@ -86,12 +90,14 @@ POSTGRES_TRIGGERS = f"""
 CREATE FUNCTION journal_lines_add_to_totals() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
-  INSERT INTO account_totals AS t (account_id, currency, debit_minor, credit_minor, last_line_id)
+  INSERT INTO account_totals AS t (account_id, currency, debit_minor, credit_minor, last_line_id,
+                                   latest_effective_at_us)
   SELECT account_id, currency, sum(CASE side WHEN 'D' THEN amount_minor ELSE 0 END),
-         sum(CASE side WHEN 'C' THEN amount_minor ELSE 0 END), max(id)
+         sum(CASE side WHEN 'C' THEN amount_minor ELSE 0 END), max(id), max(effective_at_us)
     FROM added GROUP BY account_id, currency
   ON CONFLICT (account_id, currency) DO UPDATE SET debit_minor = t.debit_minor + EXCLUDED.debit_minor,
-    credit_minor = t.credit_minor + EXCLUDED.credit_minor, last_line_id = EXCLUDED.last_line_id;
+    credit_minor = t.credit_minor + EXCLUDED.credit_minor, last_line_id = EXCLUDED.last_line_id,
+    latest_effective_at_us = GREATEST(t.latest_effective_at_us, EXCLUDED.latest_effective_at_us);
   RETURN NULL;
 END $$;
 
@@ -125,6 +131,7 @@ def upgrade() -> None:
         sa.Column("debit_minor", sa.BigInteger(), nullable=False),
         sa.Column("credit_minor", sa.BigInteger(), nullable=False),
         sa.Column("last_line_id", sa.BigInteger(), nullable=False),
+        sa.Column("latest_effective_at_us", sa.BigInteger(), nullable=False),
         sa.CheckConstraint("debit_minor >= 0 AND credit_minor >= 0", name=op.f("ck_account_totals_non_negative")),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_account_totals_account_id_accounts")),
         sa.PrimaryKeyConstraint("account_id", "currency", name=op.f("pk_account_totals")),

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import journal
-from ledger.balances import partner_balances
+from ledger.balances import all_balances, partner_balances
 from ledger.db import Database
 from ledger.migrate import upgrade
 from ledger.verify import verify
@@ -31,20 +31,21 @@ def accrual(key: str, amount: int, currency: str = "USD", at: int = 5):
                             effective_at_us=at, idempotency_key=key)
 
 
-def totals(database: Database) -> dict[tuple[str, str], tuple[int, int, int]]:
+def totals(database: Database) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """{(account, currency): (debits, credits, last line id, latest instant)} as the database keeps them."""
     with database.engine.connect() as connection:
-        return {(name, currency): (debits, credits, last) for name, currency, debits, credits, last in
-                connection.exec_driver_sql(
-                    "SELECT a.name, t.currency, t.debit_minor, t.credit_minor, t.last_line_id "
-                    "FROM account_totals t JOIN accounts a ON a.id = t.account_id")}
+        return {(name, currency): tuple(values) for name, currency, *values in connection.exec_driver_sql(
+            "SELECT a.name, t.currency, t.debit_minor, t.credit_minor, t.last_line_id, t.latest_effective_at_us "
+            "FROM account_totals t JOIN accounts a ON a.id = t.account_id")}
 
 
-def sums_of_lines(database: Database) -> dict[tuple[str, str], tuple[int, int, int]]:
+def sums_of_lines(database: Database) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """The same, recomputed from the lines."""
     with database.engine.connect() as connection:
-        return {(name, currency): (int(debits), int(credits), last) for name, currency, debits, credits, last in
+        return {(name, currency): tuple(int(value) for value in values) for name, currency, *values in
                 connection.exec_driver_sql(
                     "SELECT a.name, l.currency, sum(CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END), "
-                    "sum(CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END), max(l.id) "
+                    "sum(CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END), max(l.id), max(l.effective_at_us) "
                     "FROM journal_lines l JOIN accounts a ON a.id = l.account_id GROUP BY a.name, l.currency")}
 
 
@@ -97,28 +98,29 @@ def test_a_refused_posting_leaves_the_totals_as_they_were(booked):
 
 
 def direct_writes(postgres: bool) -> list[str]:
-    upsert = ("INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id) "
-              "SELECT account_id, currency, 1, 1, last_line_id FROM account_totals WHERE true "
+    columns = "(account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us)"
+    upsert = (f"INSERT INTO account_totals {columns} "
+              "SELECT account_id, currency, 1, 1, last_line_id, 5 FROM account_totals WHERE true "
               "ON CONFLICT (account_id, currency) DO UPDATE SET credit_minor = account_totals.credit_minor + 1")
     writes = [
         "UPDATE account_totals SET credit_minor = credit_minor + 1",
         "UPDATE account_totals SET last_line_id = last_line_id + 1",
         "UPDATE account_totals SET currency = 'GBP'",
+        "UPDATE account_totals SET latest_effective_at_us = latest_effective_at_us + 1",
         "DELETE FROM account_totals",
         # A row for an (account, currency) without lines.
-        "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id) "
-        "SELECT account_id, 'GBP', 0, 5, last_line_id FROM account_totals",
+        f"INSERT INTO account_totals {columns} SELECT account_id, 'GBP', 0, 5, last_line_id, 5 FROM account_totals",
         upsert,
     ]
     if postgres:
         writes.append("TRUNCATE account_totals")
     else:
-        writes.append("INSERT OR REPLACE INTO account_totals (account_id, currency, debit_minor, credit_minor, "
-                      "last_line_id) SELECT account_id, currency, 0, 0, last_line_id FROM account_totals")
+        writes.append(f"INSERT OR REPLACE INTO account_totals {columns} "
+                      "SELECT account_id, currency, 0, 0, last_line_id, 5 FROM account_totals")
     return writes
 
 
-@pytest.mark.parametrize("number", range(7))
+@pytest.mark.parametrize("number", range(8))
 def test_direct_writes_to_the_totals_are_refused(booked, number):
     before = totals(booked)
     statement = direct_writes(booked.engine.dialect.name == "postgresql")[number]
@@ -173,3 +175,17 @@ def test_the_migration_fills_the_totals_from_the_lines_already_there(empty_url):
         assert totals(database) == sums_of_lines(database)
     finally:
         database.dispose()
+
+
+def test_a_line_dated_after_the_bound_sends_the_balance_to_the_lines(booked):
+    # Totals count every line; as of an instant they answer only when no counted line is dated at or
+    # after it. A line dated in the future (or exactly at the bound) must not count before then.
+    future = 4_102_444_800_000_000  # 2100-01-01
+    post(booked, accrual("later", 1_000, at=future))
+    with booked.reader() as session:
+        assert partner_balances(session, "northwind") == {"USD": (1_350, 0), "EUR": (70, 0)}
+        assert partner_balances(session, "northwind", before_us=future) == {"USD": (350, 0), "EUR": (70, 0)}
+        assert partner_balances(session, "northwind", before_us=future + 1) == {"USD": (1_350, 0), "EUR": (70, 0)}
+        assert all_balances(session, before_us=future)[(PENDING, "USD")] == (0, 350)
+        assert all_balances(session, before_us=future + 1)[(PENDING, "USD")] == (0, 1_350)
+        assert verify(session).ok

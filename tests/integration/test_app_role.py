@@ -42,7 +42,8 @@ def test_the_application_role_posts_and_reads(app_database):
     "DELETE FROM period_snapshots",
     "UPDATE accounts SET name = 'x'",
     "UPDATE account_totals SET debit_minor = 0",
-    "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id) VALUES (1, 'GBP', 0, 0, 1)",
+    "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us) "
+    "VALUES (1, 'GBP', 0, 0, 1, 1)",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):

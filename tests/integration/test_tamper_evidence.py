@@ -99,8 +99,9 @@ def test_a_deleted_transaction_is_named(booked):
 @pytest.mark.parametrize("tamper", [
     "UPDATE account_totals SET credit_minor = credit_minor + 1",
     "UPDATE account_totals SET last_line_id = last_line_id - 1",
+    "UPDATE account_totals SET latest_effective_at_us = latest_effective_at_us + 1",
     "DELETE FROM account_totals WHERE debit_minor > 0",
-], ids=["amount", "last-line", "deleted"])
+], ids=["amount", "last-line", "latest-instant", "deleted"])
 def test_altered_running_totals_are_named(booked, tamper):
     with behind_the_triggers(booked) as execute:
         execute(tamper)
