@@ -1,4 +1,5 @@
-"""Balances per account and currency as of an instant: the latest snapshot plus the lines after it.
+"""Balances per account and currency as of an instant: the running totals, or the latest snapshot
+plus the lines after it.
 
 A balance is the sum of an account's lines with `effective_at_us` before the bound. Once periods
 are closed, the latest close ending at or before the bound gives a snapshot of every account's
@@ -10,14 +11,15 @@ with more credits than debits has a positive normal balance).
 The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
 `all_balances`) first read `account_totals`, the running totals the database keeps as lines are
 inserted: one row per account and currency, however many lines the account has. When the bound is
-after the latest instant of every line those rows count (always, without a bound; as of now, unless
+after the latest instant of every line those rows count (always without a bound; as of now unless
 lines are dated in the future), they are the answer. Otherwise a second statement reads the latest
 close's snapshot rows UNION ALL the sums of the lines since that close (a key may come from both
-parts), folded here. Each statement is built once below. The
-accounts are chosen in SQL (by name, or by a subquery), never by a list of ids bound from Python,
-so a statement does not grow with the number of partners. Without a close the lower bound is
-BIGINT's least value, and without an upper bound the greatest: bounds that exclude no line, so one
-statement (and one plan) serves every case.
+parts), folded here: for every account asked for, so one line dated in the future sends a trial
+balance as of now to the lines until that instant passes (its cost before running totals). Each
+statement is built once below. The accounts are chosen in SQL (by name, or by a subquery), never by
+a list of ids bound from Python, so a statement does not grow with the number of partners. Without
+a close the lower bound of the lines is BIGINT's least value: one statement (and one plan) serves
+a bound with or without a close before it.
 """
 
 from __future__ import annotations

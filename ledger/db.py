@@ -21,8 +21,8 @@ The statements every posting runs go straight through the driver (`driver_rows`,
 `insert_all`): SQLAlchemy's statement building and row wrapping cost a single event about as much
 as the database's work. On PostgreSQL a posting's reads go as one query string (taking the journal
 lock first) and its writes as another, bound on the client by psycopg's ClientCursor: two round
-trips instead of one per statement. Membership tests bind one array (`in_lists`), not one
-parameter per value. Such statements are announced to SQLAlchemy's `before_cursor_execute`
+trips instead of one per statement. Membership tests bind arrays (`in_lists`, up to 50,000 values
+each), not one parameter per value. Such statements are announced to SQLAlchemy's `before_cursor_execute`
 listeners, so logging and the tests that count statements or explain their plans see them too.
 """
 
@@ -194,6 +194,16 @@ def _run_after_commit(session: Session) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_after_commit(session: Session, *_args) -> None:
     session.info.pop(_AFTER_COMMIT, None)
+
+
+def one_snapshot(session: Session) -> None:
+    """Make every statement of the session's next transaction read one snapshot of the database, as
+    a check comparing what several statements read needs. SQLite: a read transaction in WAL mode
+    already does. PostgreSQL: REPEATABLE READ, which can only be chosen before the transaction's
+    first statement: on a session already in a transaction, the caller's choice stands (the API's
+    and the jobs' sessions are fresh)."""
+    if is_postgres(session) and not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def lock_journal(session: Session) -> None:

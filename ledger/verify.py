@@ -19,6 +19,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ledger.balances import line_sums
+from ledger.db import one_snapshot
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
 
@@ -39,6 +40,9 @@ class Report(NamedTuple):
 
 
 def verify(session: Session, *, problems_max: int = 1000) -> Report:
+    """Check the books as one snapshot shows them (given a fresh session; see `db.one_snapshot`):
+    postings that commit meanwhile are neither half seen nor named as problems."""
+    one_snapshot(session)
     problems: list[Problem] = []
     expected_id, prev_hash, checked = 1, GENESIS_HASH, 0
     lines_by_transaction = _lines_grouped(session)

@@ -11,12 +11,13 @@ plus the lines after it (ledger/balances.py).
 The database, not Python, writes the totals, so they cannot drift from the lines:
 
 - SQLite: a row trigger on `journal_lines` upserts the line into its account's row. Guards refuse
-  every other write: a row may be inserted only for the first line of its account and currency,
-  with exactly that line's amount and instant; an update must add exactly one line of the same
-  account and currency with a greater id than the last one counted (the line being inserted: every line is
-  counted when inserted, so no other such line exists), and rows are never deleted. Line ids are
-  assigned by the database in increasing order; a line inserted with an id below its account's last
-  counted line is refused.
+  every other write. An inserted row (or the insert an upsert starts with) must carry exactly one
+  line's amount and instant, and that line must be the first of its account and currency or, when
+  the row exists, newer than the last one counted: every line is counted as it is inserted, so only
+  the line being inserted qualifies (this also holds with `recursive_triggers` off, when `INSERT OR
+  REPLACE` would delete the row unguarded). An update must add exactly that line to the row. Rows
+  are never deleted. Line ids are assigned by the database in increasing order; a line inserted
+  with an id below its account's last counted line is refused.
 - PostgreSQL: a statement trigger over the statement's new lines (`added`) upserts one row per
   (account, currency), so a batch's COPY costs one update per account touched, not per line. Its
   function is SECURITY DEFINER: the application role has only SELECT on the table, and a row
@@ -60,15 +61,18 @@ BEGIN
 END;
 
 CREATE TRIGGER trg_account_totals_insert BEFORE INSERT ON account_totals
-WHEN NOT EXISTS (SELECT 1 FROM account_totals WHERE account_id = NEW.account_id AND currency = NEW.currency)
- AND NOT EXISTS (
+WHEN NOT EXISTS (
   SELECT 1 FROM journal_lines l
    WHERE l.id = NEW.last_line_id AND l.account_id = NEW.account_id AND l.currency = NEW.currency
      AND NEW.debit_minor = CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END
      AND NEW.credit_minor = CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END
      AND NEW.latest_effective_at_us = l.effective_at_us
-     AND NOT EXISTS (SELECT 1 FROM journal_lines e
-                      WHERE e.account_id = NEW.account_id AND e.currency = NEW.currency AND e.id <> l.id))
+     AND CASE WHEN EXISTS (SELECT 1 FROM account_totals WHERE account_id = NEW.account_id AND currency = NEW.currency)
+              THEN l.id > (SELECT last_line_id FROM account_totals
+                            WHERE account_id = NEW.account_id AND currency = NEW.currency)
+              ELSE NOT EXISTS (SELECT 1 FROM journal_lines e
+                                WHERE e.account_id = NEW.account_id AND e.currency = NEW.currency AND e.id <> l.id)
+         END)
 BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END;
 
 CREATE TRIGGER trg_account_totals_update BEFORE UPDATE ON account_totals
@@ -96,7 +100,8 @@ BEGIN
          sum(CASE side WHEN 'C' THEN amount_minor ELSE 0 END), max(id), max(effective_at_us)
     FROM added GROUP BY account_id, currency
   ON CONFLICT (account_id, currency) DO UPDATE SET debit_minor = t.debit_minor + EXCLUDED.debit_minor,
-    credit_minor = t.credit_minor + EXCLUDED.credit_minor, last_line_id = EXCLUDED.last_line_id,
+    credit_minor = t.credit_minor + EXCLUDED.credit_minor,
+    last_line_id = GREATEST(t.last_line_id, EXCLUDED.last_line_id),
     latest_effective_at_us = GREATEST(t.latest_effective_at_us, EXCLUDED.latest_effective_at_us);
   RETURN NULL;
 END $$;

@@ -3,6 +3,7 @@ refuses every other write to them, even when Python is bypassed with raw SQL."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 
 import pytest
@@ -13,6 +14,7 @@ from ledger import journal
 from ledger.balances import all_balances, partner_balances
 from ledger.db import Database
 from ledger.migrate import upgrade
+from ledger import verify as verify_module
 from ledger.verify import verify
 from tests.conftest import drop_pg_database
 from tests.integration.test_database_guards import account_ids, head_hash, insert_header, insert_line, refused
@@ -85,16 +87,18 @@ def test_raw_sql_postings_keep_the_totals_too(booked):
     assert found[(PENDING, "USD")][:2] == (0, 100 + 250 + 40 + 7)
 
 
-def test_a_refused_posting_leaves_the_totals_as_they_were(booked):
-    before = totals(booked)
-
-    def unbalanced(connection):
+def test_lines_of_a_new_account_in_one_statement_start_its_row_and_add_to_it(booked):
+    # One multi-row INSERT: the first line creates the (account, currency) row, the next adds to it.
+    with booked.engine.begin() as connection:
         expense, pending = account_ids(connection)
-        insert_line(connection, 4, expense, "D", 100)
-        insert_line(connection, 4, pending, "C", 99)
-        insert_header(connection, 4, head_hash(connection))
-    refused(booked, unbalanced, "debits do not equal credits")
-    assert totals(booked) == before
+        connection.exec_driver_sql(
+            "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us) "
+            f"VALUES (4, {expense}, 'JPY', 'D', 700, 8), (4, {pending}, 'JPY', 'C', 300, 8), "
+            f"(4, {pending}, 'JPY', 'C', 400, 8)")
+        insert_header(connection, 4, head_hash(connection), key="raw-jpy", at=8)
+    found = totals(booked)
+    assert found[(PENDING, "JPY")][:2] == (0, 700) and found[(PENDING, "JPY")][3] == 8
+    assert found == sums_of_lines(booked)
 
 
 def direct_writes(postgres: bool) -> list[str]:
@@ -189,3 +193,46 @@ def test_a_line_dated_after_the_bound_sends_the_balance_to_the_lines(booked):
         assert all_balances(session, before_us=future)[(PENDING, "USD")] == (0, 350)
         assert all_balances(session, before_us=future + 1)[(PENDING, "USD")] == (0, 1_350)
         assert verify(session).ok
+
+
+def test_insert_or_replace_without_recursive_triggers_is_refused_on_sqlite(sqlite_database):
+    # With recursive_triggers off (the sqlite3 shell's default) the delete guard does not fire for
+    # the row a REPLACE removes; the insert guard alone must refuse it.
+    post(sqlite_database, accrual("a1", 100), accrual("a2", 250))
+    before = totals(sqlite_database)
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    try:
+        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
+        # The row rewritten as if the account's last line were its only one: that line's exact
+        # amount, id and instant, which a row for a new account would carry.
+        with pytest.raises(sqlite3.DatabaseError, match=REFUSED):
+            connection.execute(
+                "INSERT OR REPLACE INTO account_totals (account_id, currency, debit_minor, credit_minor, "
+                "last_line_id, latest_effective_at_us) "
+                "SELECT account_id, currency, CASE side WHEN 'D' THEN amount_minor ELSE 0 END, "
+                "CASE side WHEN 'C' THEN amount_minor ELSE 0 END, id, effective_at_us "
+                "FROM journal_lines WHERE id = (SELECT max(id) FROM journal_lines)")
+        connection.rollback()
+    finally:
+        connection.close()
+    assert totals(sqlite_database) == before
+
+
+def test_verify_reads_one_snapshot_while_postings_commit(booked, monkeypatch):
+    # A posting commits after verify has read the lines and before it reads the headers: verify must
+    # not see the new header without its lines (PostgreSQL: READ COMMITTED would).
+    original = verify_module._lines_grouped
+
+    def lines_then_a_posting(session):
+        rows = original(session)
+        first = next(rows)  # the lines' query has run
+        post(booked, accrual("meanwhile", 5))
+        yield first
+        yield from rows
+    monkeypatch.setattr(verify_module, "_lines_grouped", lines_then_a_posting)
+    with booked.reader() as session:
+        report = verify(session)
+    assert report.ok, report.problems
+    assert report.transactions_checked == 3
+    with booked.reader() as session:
+        assert verify(session).transactions_checked == 4

@@ -23,7 +23,8 @@ def test_every_journal_guard_trigger_exists(database):
         else:
             names = {row[0] for row in connection.exec_driver_sql(
                 "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert {"trg_journal_lines_sealed", "trg_journal_transactions_seal"} <= names
+    assert {"trg_journal_lines_sealed", "trg_journal_transactions_seal", "trg_journal_lines_totals"} <= names
+    assert any(name.startswith("trg_account_totals_") for name in names)
     for table in ("accounts", "journal_transactions", "journal_lines"):
         assert any(name.startswith(f"trg_{table}_no_") for name in names), table
 
