@@ -100,11 +100,12 @@ def new_sqlite_url(template: str, directory) -> str:
     return f"sqlite:///{path}"
 
 
-def new_pg_url(cluster: Cluster) -> str:
+def new_pg_url(cluster: Cluster, template: str | None = "revshare_template") -> str:
+    """A new database: a copy of the migrated template, or empty (no migration run) without one."""
     name = f"test_{os.getpid()}_{next(_counter)}"
     admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE revshare_template")
+        connection.exec_driver_sql(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     admin.dispose()
     return cluster.url(name)
 

@@ -4,10 +4,8 @@ refuses every other write to them, even when Python is bypassed with raw SQL."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import journal
@@ -16,7 +14,7 @@ from ledger.db import Database
 from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
-from tests.conftest import drop_pg_database
+from tests.conftest import drop_pg_database, new_pg_url
 from tests.integration.test_database_guards import account_ids, head_hash, insert_header, insert_line, refused
 
 PENDING = chart.pending("northwind")
@@ -158,13 +156,9 @@ def empty_url(request, tmp_path):
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     cluster = request.getfixturevalue("pg_cluster")
-    name = f"empty_{uuid.uuid4().hex}"
-    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    yield cluster.url(name)
-    drop_pg_database(cluster, cluster.url(name))
+    url = new_pg_url(cluster, template=None)
+    yield url
+    drop_pg_database(cluster, url)
 
 
 def test_the_migration_fills_the_totals_from_the_lines_already_there(empty_url):
