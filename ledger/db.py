@@ -22,8 +22,9 @@ The statements every posting runs go straight through the driver (`driver_rows`,
 as the database's work. On PostgreSQL a posting's reads go as one query string (taking the journal
 lock first) and its writes as another, bound on the client by psycopg's ClientCursor: two round
 trips instead of one per statement. Membership tests bind arrays (`in_lists`, up to 50,000 values
-each), not one parameter per value. Such statements are announced to SQLAlchemy's `before_cursor_execute`
-listeners, so logging and the tests that count statements or explain their plans see them too.
+each), not one parameter per value. Such statements are announced to SQLAlchemy's
+`before_cursor_execute` listeners, so logging and the tests that count statements or explain their
+plans see them too.
 """
 
 from __future__ import annotations

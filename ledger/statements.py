@@ -4,8 +4,8 @@ it: a credit to its pending or available account is positive).
 
 Opening balances come from the latest snapshot plus the lines after it (balances.py); the lines are
 the period's postings on the partner's two accounts, one statement line per transaction and
-currency (a release, pending to available, is one line with both amounts). Closing = opening + the lines, always; a
-closed period's statement is therefore fixed once its period is closed.
+currency (a release, pending to available, is one line with both amounts). Closing = opening + the
+lines, always; a closed period's statement is therefore fixed once its period is closed.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ request hash recomputed from the stored content matches; the chain hash recomput
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, and the chain of close
-hashes (`verify_closes`); and the running totals against the sums of the lines (`verify_totals`). Problems are
-values (`Problem`), never exceptions: verify reports, the caller decides.
+hashes (`verify_closes`); and the running totals against the sums of the lines (`verify_totals`).
+All of it reads one snapshot. Problems are values (`Problem`), never exceptions: verify reports,
+the caller decides.
 """
 
 from __future__ import annotations
