@@ -47,7 +47,7 @@ from ledger.schema import account_totals, accounts, journal_lines, period_closes
 
 Sums = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
 NamedSums = dict[tuple[str, str | None, str], tuple[int, int]]  # (account, partner id, currency) -> (debits, credits)
-INSTANT_US_MIN, INSTANT_US_MAX = -(2 ** 63), 2 ** 63 - 1  # BIGINT's range: as bounds they exclude no line
+INSTANT_US_MIN = -(2 ** 63)  # BIGINT's least value: as a lower bound it excludes no line
 
 
 def line_sums(session: Session, account_ids: list[int] | None, since_us: int | None, before_us: int | None) -> Sums:

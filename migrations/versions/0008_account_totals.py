@@ -68,12 +68,11 @@ WHEN NOT EXISTS (
      AND NEW.debit_minor = CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END
      AND NEW.credit_minor = CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END
      AND NEW.latest_effective_at_us = l.effective_at_us
-     AND CASE WHEN EXISTS (SELECT 1 FROM account_totals WHERE account_id = NEW.account_id AND currency = NEW.currency)
-              THEN l.id > (SELECT last_line_id FROM account_totals
-                            WHERE account_id = NEW.account_id AND currency = NEW.currency)
-              ELSE NOT EXISTS (SELECT 1 FROM journal_lines e
-                                WHERE e.account_id = NEW.account_id AND e.currency = NEW.currency AND e.id <> l.id)
-         END)
+     -- newer than the row's last counted line; without a row (NULL), the account's first line
+     AND coalesce(l.id > (SELECT last_line_id FROM account_totals
+                           WHERE account_id = NEW.account_id AND currency = NEW.currency),
+                  NOT EXISTS (SELECT 1 FROM journal_lines e
+                               WHERE e.account_id = NEW.account_id AND e.currency = NEW.currency AND e.id <> l.id)))
 BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END;
 
 CREATE TRIGGER trg_account_totals_update BEFORE UPDATE ON account_totals
