@@ -247,3 +247,38 @@ def test_the_bulk_path_sends_a_bounded_number_of_statements_per_batch_not_per_ev
     # PostgreSQL a large write is a COPY, which the listener does not see: hence <=, not ==.)
     assert large <= small, (small, large)
     assert small < 40 and redelivered < 40, (small, redelivered)
+
+
+GUARD_QUERIES = ("FROM added a JOIN journal_transactions", "FROM sealed s LEFT JOIN journal_")
+JOURNAL_SCAN = re.compile(r"Seq Scan on journal_|(?:Hash|Merge)(?: \w+)? Join")
+JOURNAL_BY_INDEX = re.compile(r"Index (?:Only )?Scan using \w+ on journal_|Bitmap Index Scan on (?:ix|pk)_journal_")
+
+
+def guard_plans(database, events) -> list[str]:
+    """The plans PostgreSQL runs for the journal's statement guards while `events` are ingested in
+    one transaction (auto_explain, reported to this connection as notices)."""
+    notices: list[str] = []
+    with database.transaction() as session:
+        driver = session.connection().connection.driver_connection
+        driver.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary or ""))
+        for setting in ("LOAD 'auto_explain'", "SET LOCAL auto_explain.log_min_duration = 0",
+                        "SET LOCAL auto_explain.log_nested_statements = on",
+                        "SET LOCAL auto_explain.log_level = 'notice'"):
+            driver.execute(setting)
+        revenue.ingest(session, events)
+    return [notice for notice in notices if any(query in notice for query in GUARD_QUERIES)]
+
+
+@pytest.mark.postgres
+def test_postgresql_guards_look_the_checked_rows_up_by_index_on_a_journal_of_any_size(postgres_database):
+    # Migration 0009. On a journal this small the planner would rather scan the whole table and
+    # hash it; a connection keeps that plan as the journal grows, so the guards must not choose it.
+    with postgres_database.transaction() as session:
+        program.seed(session)
+    statements_to_ingest(postgres_database, paid_batch(2, "warm"))
+    plans = guard_plans(postgres_database, paid_batch(1, "one")) + guard_plans(postgres_database,
+                                                                                paid_batch(60, "batch"))
+    assert len(plans) >= 6, plans  # sealed lines, the seal's sums and its chain check, per posting statement
+    for plan in plans:
+        assert not JOURNAL_SCAN.search(plan), plan
+        assert JOURNAL_BY_INDEX.search(plan), plan
