@@ -23,8 +23,7 @@ from ledger.db import after_commit, chunked, driver_rows, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
-from ledger.schema import (PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners,
-                           plan_versions)
+from ledger.schema import PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners
 
 # Facts recorded at enrolment apply from the beginning of time: a partner enrolled today still
 # earns on an attribution that started last month.
@@ -156,7 +155,8 @@ class Program:
     answering "who can earn at instant t, and on which plan version?" without further queries.
 
     `program_for` keeps one per process and Database: every table it reads is append-only, so a
-    Program stays exact until one of them gains a row, and their row counts tell when that happened.
+    Program stays exact until one of them gains a row, and the program's revision tells when that
+    happened.
     """
 
     def __init__(self) -> None:
@@ -237,31 +237,31 @@ class Program:
 
 
 
-_PROGRAM_TABLES = (partners, partner_statuses, partner_plans, plan_versions)
-PROGRAM_COUNTS = f"SELECT {', '.join(f'(SELECT count(*) FROM {table.name})' for table in _PROGRAM_TABLES)}"
+PROGRAM_REVISION = "SELECT revision FROM program_revision WHERE id = 1"
 _program_lock = threading.Lock()
 
 
-def program_for(session: Session, partner_ids: Iterable[str], *, counts: tuple | None = None) -> Program:
-    """A Program that knows these partners: this process's shared one while the program tables
-    have the row counts it was built at, else a new one, shared from this transaction's commit.
+def program_for(session: Session, partner_ids: Iterable[str], *, revision: int | None = None) -> Program:
+    """A Program that knows these partners: this process's shared one while the program's revision
+    is the one it was built at, else a new one, shared from this transaction's commit.
 
-    Counts suffice because the tables are append-only (the database refuses UPDATE and DELETE):
-    equal counts mean equal rows. A shared Program is only ever built from, or extended with,
-    committed rows: one this transaction built is shared once it commits, and a transaction that
-    sees the shared counts has written no program rows of its own. `counts` is the row of
-    `PROGRAM_COUNTS` when the caller read it already, in this transaction.
+    The database moves the revision up with every row inserted into the program tables, which
+    refuse UPDATE and DELETE: an equal revision means equal rows (migration 0010). A shared Program
+    is only ever built from, or extended with, committed rows: one this transaction built is shared
+    once it commits, and a transaction that sees the shared revision has written no program rows of
+    its own. `revision` is what `PROGRAM_REVISION` gave when the caller read it already, in this
+    transaction.
     """
     cache = shared_cache(session, "program")
     if cache is None:
         return Program.load(session, partner_ids)
-    if counts is None:
-        [counts] = driver_rows(session, PROGRAM_COUNTS)
+    if revision is None:
+        [(revision,)] = driver_rows(session, PROGRAM_REVISION)
     shared = cache.get("program")
-    if shared is not None and cache.get("counts") == counts:
+    if shared is not None and cache.get("revision") == revision:
         with _program_lock:
             shared.extend(session, partner_ids)
         return shared
     program = Program.load(session, partner_ids)
-    after_commit(session, lambda: cache.update(counts=counts, program=program))
+    after_commit(session, lambda: cache.update(revision=revision, program=program))
     return program

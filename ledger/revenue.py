@@ -30,7 +30,7 @@ from ledger.db import driver_results, driver_rows, in_lists, insert_all
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
-from ledger.partners import PROGRAM_COUNTS, Program, program_for
+from ledger.partners import PROGRAM_REVISION, Program, program_for
 from ledger.schema import EVENT_TYPES, open_holds, revenue_events
 
 BATCH_EVENTS_MAX = 10_000
@@ -132,15 +132,15 @@ class _Invoice:
 
 class _Needs:
     """The reads fresh events need, as statements for `db.driver_results` (their invoices' events,
-    the events that claimed their customers' CPA, their customers' attributions, the program's row
-    counts), and what the rows answer once read."""
+    the events that claimed their customers' CPA, their customers' attributions, the program's
+    revision), and what the rows answer once read."""
 
     def __init__(self, session: Session, events: Sequence[RevenueEvent]) -> None:
         paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
         self._events = _event_reads(session, "invoice_id", {e.invoice_id for e in events}) + _event_reads(
             session, "first_eligible_customer_id", paid_customers)
         self._attributions = AttributionIndex.statements(session, paid_customers)
-        self.statements = [*self._events, *self._attributions, (PROGRAM_COUNTS, ())]
+        self.statements = [*self._events, *self._attributions, (PROGRAM_REVISION, ())]
 
     def context(self, session: Session, fresh: list[RevenueEvent], results: list[list[tuple]]) -> "_Context":
         """The context of the fresh events, from the rows of `statements` (in order, nothing else)."""
@@ -148,21 +148,21 @@ class _Needs:
         events_end = len(self._events)
         rows = {row[0]: StoredEvent(*row) for found in results[:events_end] for row in found}
         attributions = AttributionIndex(results[events_end:-1])
-        [counts] = results[-1]
-        return _Context(session, fresh, list(rows.values()), attributions, counts)
+        [(revision,)] = results[-1]
+        return _Context(session, fresh, list(rows.values()), attributions, revision)
 
 
 class _Context:
     """What a batch of new events needs, loaded up front."""
 
     def __init__(self, session: Session, events: list[RevenueEvent], stored: list[StoredEvent],
-                 attributions: AttributionIndex, program_counts: tuple) -> None:
+                 attributions: AttributionIndex, program_revision: int) -> None:
         self.invoices = _invoices(stored, {e.invoice_id for e in events})
         refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
         self.attributions = attributions
-        self.program = program_for(session, attributions.partner_ids(), counts=program_counts)
+        self.program = program_for(session, attributions.partner_ids(), revision=program_revision)
         paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
         self.cpa_claimed = {row.first_eligible_customer_id for row in stored
                             if row.first_eligible_customer_id in paid_customers}

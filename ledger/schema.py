@@ -248,6 +248,18 @@ partner_plans = Table(
     UniqueConstraint("partner_id", "effective_from_us"),
 )
 
+# The partner program's revision: one row, which the database moves up by one with every insert
+# into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py). Equal
+# revisions mean equal programs, so a process keeps its Program while the revision stands. Python
+# never writes it.
+program_revision = Table(
+    "program_revision",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
+)
+
 customers = Table(
     "customers",
     metadata,

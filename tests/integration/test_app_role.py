@@ -5,9 +5,10 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal
+from ledger import journal, partners, plans
 from ledger.balances import partner_balances
 from ledger.db import Database
+from tests.program import PLAN
 
 pytestmark = pytest.mark.postgres
 
@@ -34,6 +35,17 @@ def test_the_application_role_posts_and_reads(app_database):
         assert partner_balances(session, "p1") == {"USD": (0, 100)}
 
 
+def test_the_application_role_changes_the_program_and_the_database_moves_its_revision(app_database):
+    # The revision is written by the database's trigger, which the role may not do itself.
+    with app_database.reader() as session:
+        before = session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one()
+    with app_database.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", PLAN)
+        partners.create_partner(session, "p2", "P2", "msp", "standard")
+    with app_database.reader() as session:
+        assert session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one() > before
+
+
 @pytest.mark.parametrize("statement", [
     "UPDATE journal_lines SET amount_minor = 1",
     "DELETE FROM journal_transactions",
@@ -44,6 +56,7 @@ def test_the_application_role_posts_and_reads(app_database):
     "UPDATE account_totals SET debit_minor = 0",
     "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us) "
     "VALUES (1, 'GBP', 0, 0, 1, 1)",
+    "UPDATE program_revision SET revision = revision + 1",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):

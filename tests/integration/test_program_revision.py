@@ -1,0 +1,109 @@
+"""The database moves the partner program's revision with every row added to the program tables
+(migration 0010), so each process's cached Program is replaced as soon as the program changes, even
+when Python is bypassed; every other write to the revision is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from ledger import partners, plans, revenue
+from ledger.db import Database
+from tests.integration.test_database_guards import refused
+from tests.program import PLAN, at, paid, seed
+
+REFUSED = "program_revision: the revision is kept by the database"
+
+
+def revision(database: Database) -> int:
+    with database.engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT revision FROM program_revision").scalar_one()
+
+
+def commissions(database: Database, event: revenue.RevenueEvent) -> list[tuple[str, str, int]]:
+    with database.transaction() as session:
+        [result] = revenue.ingest(session, [event])
+    return [(line.partner_id, line.kind, line.amount_minor) for line in result.commissions]
+
+
+@pytest.fixture
+def seeded(database):
+    with database.transaction() as session:
+        seed(session)
+    return database
+
+
+@pytest.mark.parametrize("change", [
+    lambda session: plans.create_plan(session, "premium", "Premium", PLAN),  # a plan version
+    lambda session: plans.add_version(session, "standard", {**PLAN, "hold_days": 0}, at("2026-06-01")),
+    lambda session: partners.create_partner(session, "initech", "Initech", "msp", "standard"),  # three rows
+    lambda session: partners.set_status(session, "globex", "suspended", at("2026-02-01")),
+    lambda session: partners.change_plan(session, "northwind", "parent", at("2026-03-01")),
+], ids=["plan", "plan-version", "partner", "status", "partner-plan"])
+def test_every_program_change_moves_the_revision(seeded, change):
+    before = revision(seeded)
+    with seeded.transaction() as session:
+        change(session)
+    assert revision(seeded) > before
+
+
+def test_a_rolled_back_change_leaves_the_revision_and_postings_do_not_move_it(seeded):
+    before = revision(seeded)
+    with seeded.writer() as session:
+        partners.set_status(session, "globex", "terminated", at("2026-01-01"))
+        session.rollback()
+    commissions(seeded, paid("e1", "acme", "inv-1", 10_000, "2026-02-10"))
+    assert revision(seeded) == before
+
+
+def test_a_program_row_written_behind_pythons_back_reaches_the_cached_program(seeded):
+    assert commissions(seeded, paid("e1", "acme", "inv-1", 10_000, "2026-02-10")) == [
+        ("northwind", "accrual", 2_000), ("globex", "override", 200)]
+    assert seeded.shared["program"]["program"].knows("globex")  # the next ingest could answer from it
+    with seeded.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us) "
+            f"VALUES ('globex', 'terminated', {at('2026-02-15')}, {at('2026-02-15')})")
+    assert commissions(seeded, paid("e2", "acme", "inv-2", 10_000, "2026-03-10")) == [
+        ("northwind", "accrual", 2_000)]
+
+
+def direct_writes(postgres: bool) -> list[str]:
+    writes = [
+        "UPDATE program_revision SET revision = revision - 1",
+        "UPDATE program_revision SET revision = 0",
+        "UPDATE program_revision SET revision = revision",
+        "DELETE FROM program_revision",
+        "INSERT INTO program_revision (id, revision) VALUES (2, 0)",
+    ]
+    if postgres:
+        writes += ["TRUNCATE program_revision", "UPDATE program_revision SET revision = revision + 1"]
+    else:
+        writes += ["INSERT OR REPLACE INTO program_revision (id, revision) VALUES (1, 0)",
+                   "UPDATE program_revision SET id = 2, revision = revision + 1"]
+    return writes
+
+
+@pytest.mark.parametrize("number", range(7))
+def test_direct_writes_that_could_make_a_stale_program_current_are_refused(seeded, number):
+    before = revision(seeded)
+    statement = direct_writes(seeded.engine.dialect.name == "postgresql")[number]
+    refused(seeded, lambda connection: connection.exec_driver_sql(statement), REFUSED)
+    assert revision(seeded) == before
+
+
+def test_sqlite_refuses_a_replaced_revision_with_recursive_triggers_off(sqlite_database):
+    # INSERT OR REPLACE deletes the old row unguarded without recursive triggers: the insert guard
+    # refuses it before that.
+    with sqlite_database.transaction() as session:
+        seed(session)
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    try:
+        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
+        with pytest.raises(sqlite3.DatabaseError, match=REFUSED):
+            connection.execute("INSERT OR REPLACE INTO program_revision (id, revision) VALUES (1, 0)")
+        connection.rollback()
+    finally:
+        connection.close()
+    assert revision(sqlite_database) > 0
