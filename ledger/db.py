@@ -209,7 +209,9 @@ def one_snapshot(session: Session) -> None:
 
 def lock_journal(session: Session) -> None:
     """Serialize journal writers. SQLite writers already hold the write lock (`BEGIN IMMEDIATE`);
-    PostgreSQL writers take a transaction-scoped advisory lock, released at commit or rollback."""
+    PostgreSQL writers take a transaction-scoped advisory lock, released at commit or rollback.
+    A transaction that also changes the partner program takes the program revision's row lock
+    first (migration 0010): a journal writer never waits for that row while holding this lock."""
     if is_postgres(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
 

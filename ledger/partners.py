@@ -245,8 +245,9 @@ def program_for(session: Session, partner_ids: Iterable[str], *, revision: int |
     """A Program that knows these partners: this process's shared one while the program's revision
     is the one it was built at, else a new one, shared from this transaction's commit.
 
-    The database moves the revision up with every row inserted into the program tables, which
-    refuse UPDATE and DELETE: an equal revision means equal rows (migration 0010). A shared Program
+    The database moves the revision up with every insert into the program tables (per row on
+    SQLite, per statement on PostgreSQL), which refuse UPDATE and DELETE: an equal revision means
+    equal rows (migration 0010). A shared Program
     is only ever built from, or extended with, committed rows: one this transaction built is shared
     once it commits, and a transaction that sees the shared revision has written no program rows of
     its own. `revision` is what `PROGRAM_REVISION` gave when the caller read it already, in this

@@ -17,7 +17,12 @@ inserting transaction, so a snapshot sees both or neither.
 - PostgreSQL: a statement trigger per table adds one per statement (a SECURITY DEFINER function:
   the application role may only read the row). Statement guards refuse writes made outside a
   trigger, TRUNCATE too, as for `account_totals`. Concurrent program writers queue on the row's
-  lock; program changes are rare and never hold the journal lock.
+  lock. The lock order is the revision row, then the journal lock (`revshare demo` enrols partners
+  and posts in one transaction); a journal writer only reads the row, so nothing takes them the
+  other way round.
+
+Caches outlive a database restored from an older backup: the revision could climb back to a
+number a process cached with other rows. Restart the service after a restore.
 
 Revision ID: 0010
 Revises: 0009

@@ -25,6 +25,9 @@ def test_every_journal_guard_trigger_exists(database):
                 "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert {"trg_journal_lines_sealed", "trg_journal_transactions_seal", "trg_journal_lines_totals"} <= names
     assert any(name.startswith("trg_account_totals_") for name in names)
+    assert {f"trg_{table}_program_revision" for table in
+            ("partners", "partner_statuses", "partner_plans", "plan_versions")} <= names
+    assert any(name.startswith("trg_program_revision_") for name in names)
     for table in ("accounts", "journal_transactions", "journal_lines"):
         assert any(name.startswith(f"trg_{table}_no_") for name in names), table
 

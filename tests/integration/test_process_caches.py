@@ -58,8 +58,8 @@ def test_the_shared_program_answers_without_loading_partners_again(program_datab
 
 
 def test_a_program_that_was_rolled_back_never_reaches_the_shared_cache(program_database):
-    """The rolled-back transaction ends with the same program row counts as the committed one after
-    it: were its Program shared, northwind would count as terminated."""
+    """The rolled-back transaction ends at the same program revision as the committed one after it:
+    were its Program shared, northwind would count as terminated."""
     database = program_database
     with database.writer() as session:
         partners.set_status(session, "northwind", "terminated", at("2026-01-15"))

@@ -1,6 +1,7 @@
 """The database moves the partner program's revision with every row added to the program tables
 (migration 0010), so each process's cached Program is replaced as soon as the program changes, even
-when Python is bypassed; every other write to the revision is refused."""
+when Python is bypassed; every other write that could bring back a revision already seen is
+refused (SQLite lets a bare "add one" through: it only costs the caches a reload)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,26 @@ def test_every_program_change_moves_the_revision(seeded, change):
     with seeded.transaction() as session:
         change(session)
     assert revision(seeded) > before
+
+
+RAW_INSERTS = {  # one row into each program table, behind Python's back
+    "plan_versions": "INSERT INTO plan_versions (plan_id, version, effective_from_us, terms, created_at_us) "
+                     "SELECT plan_id, 2, effective_from_us + 1, terms, created_at_us FROM plan_versions "
+                     "WHERE plan_id = 'standard'",
+    "partners": "INSERT INTO partners (id, name, type, depth, created_at_us) VALUES ('initech', 'Initech', 'msp', 1, 0)",
+    "partner_statuses": "INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us) "
+                        "VALUES ('globex', 'suspended', 5, 5)",
+    "partner_plans": "INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us) "
+                     "VALUES ('northwind', 'parent', 5, 5)",
+}
+
+
+@pytest.mark.parametrize("table", sorted(RAW_INSERTS))
+def test_a_row_inserted_into_any_program_table_moves_the_revision_by_one(seeded, table):
+    before = revision(seeded)
+    with seeded.engine.begin() as connection:
+        assert connection.exec_driver_sql(RAW_INSERTS[table]).rowcount == 1
+    assert revision(seeded) == before + 1
 
 
 def test_a_rolled_back_change_leaves_the_revision_and_postings_do_not_move_it(seeded):
