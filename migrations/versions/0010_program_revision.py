@@ -17,7 +17,9 @@ inserting transaction, so a snapshot sees both or neither.
 - PostgreSQL: a statement trigger per table adds one per statement (a SECURITY DEFINER function:
   the application role may only read the row). Statement guards refuse writes made outside a
   trigger, TRUNCATE too, as for `account_totals`. Concurrent program writers queue on the row's
-  lock. The lock order is the revision row, then the journal lock (`revshare demo` enrols partners
+  lock. One transaction inserting many program rows updates the row once per statement: seeding
+  2,000 partners (6,000 rows) in one transaction took 10.1 s against 7.7 s without the triggers,
+  6,000 partners 27.4 s against 22.5 s. The lock order is the revision row, then the journal lock (`revshare demo` enrols partners
   and posts in one transaction); a journal writer only reads the row, so nothing takes them the
   other way round.
 
