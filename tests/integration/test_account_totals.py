@@ -3,8 +3,6 @@ refuses every other write to them, even when Python is bypassed with raw SQL."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from ledger import accounts as chart
@@ -15,7 +13,8 @@ from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
 from tests.conftest import drop_pg_database, new_pg_url
-from tests.integration.test_database_guards import account_ids, head_hash, insert_header, insert_line, refused
+from tests.integration.test_database_guards import (account_ids, head_hash, insert_header, insert_line, refused,
+                                                     refused_without_recursive_triggers)
 
 PENDING = chart.pending("northwind")
 REFUSED = "account_totals: totals are kept by the database"
@@ -194,21 +193,15 @@ def test_insert_or_replace_without_recursive_triggers_is_refused_on_sqlite(sqlit
     # the row a REPLACE removes; the insert guard alone must refuse it.
     post(sqlite_database, accrual("a1", 100), accrual("a2", 250))
     before = totals(sqlite_database)
-    connection = sqlite3.connect(sqlite_database.engine.url.database)
-    try:
-        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
-        # The row rewritten as if the account's last line were its only one: that line's exact
-        # amount, id and instant, which a row for a new account would carry.
-        with pytest.raises(sqlite3.DatabaseError, match=REFUSED):
-            connection.execute(
-                "INSERT OR REPLACE INTO account_totals (account_id, currency, debit_minor, credit_minor, "
-                "last_line_id, latest_effective_at_us) "
-                "SELECT account_id, currency, CASE side WHEN 'D' THEN amount_minor ELSE 0 END, "
-                "CASE side WHEN 'C' THEN amount_minor ELSE 0 END, id, effective_at_us "
-                "FROM journal_lines WHERE id = (SELECT max(id) FROM journal_lines)")
-        connection.rollback()
-    finally:
-        connection.close()
+    # The row rewritten as if the account's last line were its only one: that line's exact amount,
+    # id and instant, which a row for a new account would carry.
+    refused_without_recursive_triggers(
+        sqlite_database,
+        "INSERT OR REPLACE INTO account_totals (account_id, currency, debit_minor, credit_minor, "
+        "last_line_id, latest_effective_at_us) "
+        "SELECT account_id, currency, CASE side WHEN 'D' THEN amount_minor ELSE 0 END, "
+        "CASE side WHEN 'C' THEN amount_minor ELSE 0 END, id, effective_at_us "
+        "FROM journal_lines WHERE id = (SELECT max(id) FROM journal_lines)", REFUSED)
     assert totals(sqlite_database) == before
 
 

@@ -1,5 +1,7 @@
 """The database holds the journal's invariants even when Python is bypassed with raw SQL."""
 
+import sqlite3
+
 import pytest
 import sqlalchemy as sa
 
@@ -45,6 +47,19 @@ def refused(database, statements, match: str):
     with pytest.raises(sa.exc.DBAPIError, match=match):
         with database.engine.begin() as connection:
             statements(connection)
+
+
+def refused_without_recursive_triggers(sqlite_database, sql: str, match: str) -> None:
+    """`sql` is refused on a plain sqlite3 connection, whose `recursive_triggers` is off (as in the
+    sqlite3 shell): a REPLACE then deletes the row it replaces without firing the delete guard."""
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    try:
+        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
+        with pytest.raises(sqlite3.DatabaseError, match=match):
+            connection.execute(sql)
+        connection.rollback()
+    finally:
+        connection.close()
 
 
 def test_an_unbalanced_transaction_is_refused_at_its_seal(booked):

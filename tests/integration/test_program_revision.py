@@ -5,13 +5,11 @@ refused (SQLite lets a bare "add one" through: it only costs the caches a reload
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from ledger import partners, plans, revenue
 from ledger.db import Database
-from tests.integration.test_database_guards import refused
+from tests.integration.test_database_guards import refused, refused_without_recursive_triggers
 from tests.program import PLAN, at, paid, seed
 
 REFUSED = "program_revision: the revision is kept by the database"
@@ -119,12 +117,6 @@ def test_sqlite_refuses_a_replaced_revision_with_recursive_triggers_off(sqlite_d
     # refuses it before that.
     with sqlite_database.transaction() as session:
         seed(session)
-    connection = sqlite3.connect(sqlite_database.engine.url.database)
-    try:
-        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
-        with pytest.raises(sqlite3.DatabaseError, match=REFUSED):
-            connection.execute("INSERT OR REPLACE INTO program_revision (id, revision) VALUES (1, 0)")
-        connection.rollback()
-    finally:
-        connection.close()
+    refused_without_recursive_triggers(
+        sqlite_database, "INSERT OR REPLACE INTO program_revision (id, revision) VALUES (1, 0)", REFUSED)
     assert revision(sqlite_database) > 0
