@@ -247,11 +247,10 @@ def program_for(session: Session, partner_ids: Iterable[str], *, revision: int |
 
     The database moves the revision up with every insert into the program tables (per row on
     SQLite, per statement on PostgreSQL), which refuse UPDATE and DELETE: an equal revision means
-    equal rows (migration 0010). A shared Program
-    is only ever built from, or extended with, committed rows: one this transaction built is shared
-    once it commits, and a transaction that sees the shared revision has written no program rows of
-    its own. `revision` is what `PROGRAM_REVISION` gave when the caller read it already, in this
-    transaction.
+    equal rows (migration 0010). A shared Program is only ever built from, or extended with,
+    committed rows: one this transaction built is shared once it commits, and a transaction that
+    sees the shared revision has written no program rows of its own. `revision` is what
+    `PROGRAM_REVISION` gave when the caller read it already, in this transaction.
     """
     cache = shared_cache(session, "program")
     if cache is None:

@@ -5,8 +5,8 @@ plan_versions).
 Each process keeps one Program (who earns at an instant, on which plan version) while those
 tables stay as they were. Until now every posting asked with the four tables' row counts, which
 PostgreSQL and SQLite find by reading every row: with 2,000 partners that one statement was the
-largest single cost of a posting on PostgreSQL (0.5 ms of about 2.5 ms of server time, measured
-with pg_stat_statements over 3,000 single-event postings), and it grows with the partners. The
+largest single cost of a posting on PostgreSQL (0.5 ms of server time a posting, measured with
+pg_stat_statements over 3,000 single-event postings), and it grows with the partners. The
 revision is one row read by its key. The tables are append-only (their guards refuse UPDATE and
 DELETE), so an unchanged revision still means unchanged rows; the revision is written in the
 inserting transaction, so a snapshot sees both or neither.
@@ -19,9 +19,9 @@ inserting transaction, so a snapshot sees both or neither.
   trigger, TRUNCATE too, as for `account_totals`. Concurrent program writers queue on the row's
   lock. One transaction inserting many program rows updates the row once per statement: seeding
   2,000 partners (6,000 rows) in one transaction took 10.1 s against 7.7 s without the triggers,
-  6,000 partners 27.4 s against 22.5 s. The lock order is the revision row, then the journal lock (`revshare demo` enrols partners
-  and posts in one transaction); a journal writer only reads the row, so nothing takes them the
-  other way round.
+  6,000 partners 27.4 s against 22.5 s. The lock order is the revision row, then the journal lock
+  (`revshare demo` enrols partners and posts in one transaction); a journal writer only reads the
+  row, so nothing takes them the other way round.
 
 Caches outlive a database restored from an older backup: the revision could climb back to a
 number a process cached with other rows. Restart the service after a restore.
