@@ -5,6 +5,8 @@ refused (SQLite lets a bare "add one" through: it only costs the caches a reload
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ledger import partners, plans, revenue
@@ -120,3 +122,28 @@ def test_sqlite_refuses_a_replaced_revision_with_recursive_triggers_off(sqlite_d
     refused_without_recursive_triggers(
         sqlite_database, "INSERT OR REPLACE INTO program_revision (id, revision) VALUES (1, 0)", REFUSED)
     assert revision(sqlite_database) > 0
+
+
+@pytest.mark.postgres
+def test_concurrent_program_changes_each_move_the_revision_on_postgresql(postgres_database):
+    # The second writer waits for the first's row lock, then adds one to the committed revision:
+    # no change is lost, so no two committed programs share a revision.
+    database = postgres_database
+    with database.transaction() as session:
+        seed(session)
+    before = revision(database)
+    second_done = threading.Event()
+
+    def second() -> None:
+        with database.transaction() as session:
+            partners.set_status(session, "northwind", "suspended", at("2026-03-01"))
+        second_done.set()
+
+    with database.transaction() as session:
+        partners.set_status(session, "globex", "suspended", at("2026-02-01"))
+        worker = threading.Thread(target=second)
+        worker.start()
+        assert not second_done.wait(0.5)  # queued behind this transaction's row lock
+    worker.join(timeout=30)
+    assert second_done.is_set()
+    assert revision(database) == before + 2
