@@ -11,15 +11,16 @@ with more credits than debits has a positive normal balance).
 The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
 `all_balances`) first read `account_totals`, the running totals the database keeps as lines are
 inserted: one row per account and currency, however many lines the account has. When the bound is
-after the latest instant of every line those rows count (always without a bound; as of now unless
-lines are dated in the future), they are the answer. Otherwise a second statement reads the latest
-close's snapshot rows UNION ALL the sums of the lines since that close (a key may come from both
-parts), folded here: for every account asked for, so one line dated in the future sends a trial
-balance as of now to the lines until that instant passes (its cost before running totals). Each
-statement is built once below. The accounts are chosen in SQL (by name, or by a subquery), never by
-a list of ids bound from Python, so a statement does not grow with the number of partners. Without
-a close the lower bound of the lines is BIGINT's least value: one statement (and one plan) serves
-a bound with or without a close before it.
+after the latest instant of every line an account's rows count (always without a bound; as of now
+unless lines are dated in the future), they are its answer. For the other accounts a second
+statement reads the latest close's snapshot rows UNION ALL the sums of the lines since that close
+(a key may come from both parts), folded here. The trial balance and the liabilities read it for
+just those accounts, by name, when they are at most STALE_NAMES_MAX (one line dated in the future
+costs its accounts' lines, not every account's); otherwise, and for one partner's two accounts,
+for every account asked for. Each statement is built once below. The accounts are chosen in SQL
+(by name, or by a subquery), never by a list of ids bound from Python, so a statement does not
+grow with the number of partners. Without a close the lower bound of the lines is BIGINT's least
+value: one statement (and one plan) serves a bound with or without a close before it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from ledger.schema import account_totals, accounts, journal_lines, period_closes
 Sums = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
 NamedSums = dict[tuple[str, str | None, str], tuple[int, int]]  # (account, partner id, currency) -> (debits, credits)
 INSTANT_US_MIN = -(2 ** 63)  # BIGINT's least value: as a lower bound it excludes no line
+# Accounts read from the snapshot and the lines by name, with the rest from the running totals; more
+# than this (an earlier bound, where most accounts have later lines) and every account is.
+STALE_NAMES_MAX = 500
 
 
 def line_sums(session: Session, account_ids: list[int] | None, since_us: int | None, before_us: int | None) -> Sums:
@@ -180,19 +184,30 @@ def _totals_statement(*conditions: ColumnElement[bool], partner_id: bool = True)
             .join_from(accounts, account_totals, t.account_id == a.id).where(*conditions))
 
 
-def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str], before_us: int | None) -> list:
-    """The running totals (`now`) when they hold no line at or after `before_us`, else the rows of
-    `bounded` (snapshot plus lines), in the same columns."""
+def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str], before_us: int | None, *,
+          bounded_named: Select | None = None) -> list:
+    """The running totals (`now`) of the accounts that hold no line at or after `before_us`, and the
+    rows of `bounded` (snapshot plus lines, in the same columns) for the others: through
+    `bounded_named` for just those accounts when it is given and they are at most STALE_NAMES_MAX,
+    else through `bounded` for every account."""
     totals = session.execute(now, names).all()
-    if before_us is None or all(row[-1] < before_us for row in totals):
+    if before_us is None:
         return [row[:-1] for row in totals]
-    return session.execute(bounded, {**_bounds(before_us), **names}).all()
+    stale = {row[0] for row in totals if row[-1] >= before_us}  # by account: all its currencies
+    if not stale:
+        return [row[:-1] for row in totals]
+    if bounded_named is None or len(stale) > STALE_NAMES_MAX or len(stale) == len({row[0] for row in totals}):
+        return session.execute(bounded, {**_bounds(before_us), **names}).all()
+    fresh = [row[:-1] for row in totals if row[0] not in stale]
+    return fresh + session.execute(bounded_named, {**_bounds(before_us), "stale_names": sorted(stale)}).all()
 
 
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
 _ONE_PARTNER = _one_partner_statement()
 _EVERY_ACCOUNT = _accounts_statement(None)
 _PARTNER_ACCOUNTS = _accounts_statement(select(accounts.c.id).where(accounts.c.partner_id.is_not(None)))
+_NAMED_ACCOUNTS = _accounts_statement(select(accounts.c.id).where(
+    accounts.c.name.in_(bindparam("stale_names", expanding=True))))
 _ONE_PARTNER_NOW = _totals_statement(accounts.c.name.in_([bindparam("pending_name"), bindparam("available_name")]),
                                      partner_id=False)
 _EVERY_ACCOUNT_NOW = _totals_statement()
@@ -208,7 +223,8 @@ def _bounds(before_us: int) -> dict[str, int]:
 def _folded(session: Session, bounded: Select, now: Select, before_us: int | None) -> NamedSums:
     """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line)."""
     total: NamedSums = {}
-    for name, partner_id, currency, debits, credits in _rows(session, now, bounded, {}, before_us):
+    for name, partner_id, currency, debits, credits in _rows(session, now, bounded, {}, before_us,
+                                                             bounded_named=_NAMED_ACCOUNTS):
         old_debits, old_credits = total.get((name, partner_id, currency), (0, 0))
         # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
         total[(name, partner_id, currency)] = (old_debits + int(debits), old_credits + int(credits))

@@ -13,6 +13,7 @@ from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
 from tests.conftest import drop_pg_database, new_pg_url
+from tests.integration.test_query_plans import plans_of_line_queries, reads_no_table, recorded
 from tests.integration.test_database_guards import (account_ids, head_hash, insert_header, insert_line, refused,
                                                      refused_without_recursive_triggers)
 
@@ -186,6 +187,31 @@ def test_a_line_dated_after_the_bound_sends_the_balance_to_the_lines(booked):
         assert all_balances(session, before_us=future)[(PENDING, "USD")] == (0, 350)
         assert all_balances(session, before_us=future + 1)[(PENDING, "USD")] == (0, 1_350)
         assert verify(session).ok
+
+
+def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booked):
+    # The trial balance as of an instant before one posting's lines reads those two accounts'
+    # snapshot and lines, by name, and every other account's running totals. The pending account's
+    # EUR totals hold no later line, yet come from its lines too: an account is read one way.
+    future = 4_102_444_800_000_000  # 2100-01-01
+    post(booked, journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
+                                  effective_at_us=future, idempotency_key="later"))
+    with booked.engine.connect() as connection:
+        expected = {(name, currency): (int(debits), int(credits)) for name, currency, debits, credits in
+                    connection.exec_driver_sql(
+                        "SELECT a.name, l.currency, sum(CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END), "
+                        "sum(CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END) FROM journal_lines l "
+                        f"JOIN accounts a ON a.id = l.account_id WHERE l.effective_at_us < {future} "
+                        "GROUP BY a.name, l.currency")}
+    with recorded(booked.engine) as statements, booked.reader() as session:
+        found = all_balances(session, before_us=future)
+    assert found == expected and found[(PENDING, "EUR")] == (0, 70) and found[(PENDING, "USD")] == (0, 350)
+    [(_, parameters)] = [(sql, parameters) for sql, parameters in statements if "period_snapshots" in sql]
+    bound = set(parameters.values() if isinstance(parameters, dict) else parameters)
+    assert {chart.EXPENSE_ADJUSTMENT, PENDING} <= bound and chart.EXPENSE_COMMISSION not in bound
+    postgres = booked.engine.dialect.name == "postgresql"
+    plans = plans_of_line_queries(booked, statements)
+    assert plans and all(reads_no_table(plan, postgres) and "ix_journal_lines" in plan for plan in plans), plans
 
 
 def test_insert_or_replace_without_recursive_triggers_is_refused_on_sqlite(sqlite_database):
