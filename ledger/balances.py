@@ -15,9 +15,10 @@ after the latest instant of every line an account's rows count (always without a
 unless lines are dated in the future), they are its answer. For the other accounts a second
 statement reads the latest close's snapshot rows UNION ALL the sums of the lines since that close
 (a key may come from both parts), folded here. The trial balance and the liabilities read it for
-just those accounts, by name, when they are at most STALE_NAMES_MAX (one line dated in the future
-costs its accounts' lines, not every account's); otherwise, and for one partner's two accounts,
-for every account asked for. Each statement is built once below. The accounts are chosen in SQL
+just those accounts, by name, when they are at most STALE_NAMES_MAX and the session reads one
+snapshot (SQLite; PostgreSQL at REPEATABLE READ, see `_one_snapshot_per_transaction`): one line
+dated in the future then costs its accounts' lines, not every account's. Otherwise, and for one
+partner's two accounts, for every account asked for. Each statement is built once below. The accounts are chosen in SQL
 (by name, or by a subquery), never by a list of ids bound from Python, so a statement does not
 grow with the number of partners. Without a close the lower bound of the lines is BIGINT's least
 value: one statement (and one plan) serves a bound with or without a close before it.
@@ -196,10 +197,21 @@ def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str],
     stale = {row[0] for row in totals if row[-1] >= before_us}  # by account: all its currencies
     if not stale:
         return [row[:-1] for row in totals]
-    if bounded_named is None or len(stale) > STALE_NAMES_MAX or len(stale) == len({row[0] for row in totals}):
+    if (bounded_named is None or len(stale) > STALE_NAMES_MAX or len(stale) == len({row[0] for row in totals})
+            or not _one_snapshot_per_transaction(session)):
         return session.execute(bounded, {**_bounds(before_us), **names}).all()
     fresh = [row[:-1] for row in totals if row[0] not in stale]
     return fresh + session.execute(bounded_named, {**_bounds(before_us), "stale_names": sorted(stale)}).all()
+
+
+def _one_snapshot_per_transaction(session: Session) -> bool:
+    """Whether the session's statements all read one snapshot, so rows of the running totals and
+    rows of the lines, read by two statements, may be added up: SQLite's read transactions, and
+    PostgreSQL's at REPEATABLE READ or above (`db.one_snapshot`). At READ COMMITTED a posting
+    committed between the two would count on one side only."""
+    connection = session.connection()
+    return connection.dialect.name != "postgresql" or connection.get_execution_options().get(
+        "isolation_level") in ("REPEATABLE READ", "SERIALIZABLE")
 
 
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
