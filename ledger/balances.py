@@ -16,8 +16,8 @@ unless lines are dated in the future), they are its answer. For the other accoun
 statement reads the latest close's snapshot rows UNION ALL the sums of the lines since that close
 (a key may come from both parts), folded here. The trial balance and the liabilities read it for
 just those accounts, by name, when they are at most STALE_NAMES_MAX and the session reads one
-snapshot (SQLite; PostgreSQL at REPEATABLE READ, see `_one_snapshot_per_transaction`): one line
-dated in the future then costs its accounts' lines, not every account's. Otherwise, and for one
+snapshot (every reader, `db.Database.reader`; see `_one_snapshot_per_transaction`): one line dated
+in the future then costs its accounts' lines, not every account's. Otherwise, and for one
 partner's two accounts, for every account asked for. Each statement is built once below. The accounts are chosen in SQL
 (by name, or by a subquery), never by a list of ids bound from Python, so a statement does not
 grow with the number of partners. Without a close the lower bound of the lines is BIGINT's least
@@ -206,9 +206,9 @@ def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str],
 
 def _one_snapshot_per_transaction(session: Session) -> bool:
     """Whether the session's statements all read one snapshot, so rows of the running totals and
-    rows of the lines, read by two statements, may be added up: SQLite's read transactions, and
-    PostgreSQL's at REPEATABLE READ or above (`db.one_snapshot`). At READ COMMITTED a posting
-    committed between the two would count on one side only."""
+    rows of the lines, read by two statements, may be added up: SQLite's transactions, and
+    PostgreSQL's at REPEATABLE READ or above (its readers, `db.one_snapshot`). At READ COMMITTED (a
+    PostgreSQL writer) a posting committed between the two would count on one side only."""
     connection = session.connection()
     return connection.dialect.name != "postgresql" or connection.get_execution_options().get(
         "isolation_level") in ("REPEATABLE READ", "SERIALIZABLE")

@@ -143,6 +143,10 @@ def is_postgres(session_or_engine) -> bool:
 class Database:
     """One engine and its two session factories: readers, and writers that lock up front.
 
+    Every statement of a reader's transaction reads one snapshot of the database, so the several
+    statements of one report add up: SQLite's read transactions in WAL mode do; PostgreSQL readers
+    run at REPEATABLE READ (a read-only transaction there never fails to serialize).
+
     `shared` holds this process's caches of append-only facts (account ids, the partner program),
     filled only from committed transactions: see `shared_cache` and `after_commit`."""
 
@@ -151,7 +155,9 @@ class Database:
         self.engine = make_engine(self.url, **engine_kwargs)
         self.shared: dict[str, Any] = {}
         info = {"database": self}
-        self._readers = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        readers = (self.engine.execution_options(isolation_level="REPEATABLE READ")
+                   if self.engine.dialect.name == "postgresql" else self.engine)
+        self._readers = sessionmaker(readers, expire_on_commit=False, info=info)
         self._writers = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False, info=info)
 
     def reader(self) -> Session:

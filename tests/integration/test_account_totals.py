@@ -4,11 +4,12 @@ refuses every other write to them, even when Python is bypassed with raw SQL."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import journal
 from ledger.balances import all_balances, partner_balances
-from ledger.db import Database, one_snapshot
+from ledger.db import Database
 from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
@@ -191,9 +192,9 @@ def test_a_line_dated_after_the_bound_sends_the_balance_to_the_lines(booked):
 
 def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booked):
     # The trial balance as of an instant before one posting's lines reads those two accounts'
-    # snapshot and lines, by name, and every other account's running totals, in one snapshot (on
-    # PostgreSQL at REPEATABLE READ). The pending account's EUR totals hold no later line, yet come
-    # from its lines too: an account is read one way.
+    # snapshot and lines, by name, and every other account's running totals, in one snapshot (a
+    # reader's transaction; on PostgreSQL at REPEATABLE READ). The pending account's EUR totals hold
+    # no later line, yet come from its lines too: an account is read one way.
     future = 4_102_444_800_000_000  # 2100-01-01
     post(booked, journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
                                   effective_at_us=future, idempotency_key="later"))
@@ -205,7 +206,6 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
                         f"JOIN accounts a ON a.id = l.account_id WHERE l.effective_at_us < {future} "
                         "GROUP BY a.name, l.currency")}
     with recorded(booked.engine) as statements, booked.reader() as session:
-        one_snapshot(session)
         found = all_balances(session, before_us=future)
     assert found == expected and found[(PENDING, "EUR")] == (0, 70) and found[(PENDING, "USD")] == (0, 350)
     [(_, parameters)] = [(sql, parameters) for sql, parameters in statements if "period_snapshots" in sql]
@@ -222,7 +222,7 @@ def test_at_read_committed_a_later_line_sends_every_account_to_the_lines(postgre
     post(postgres_database, accrual("a1", 100),
          journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
                           effective_at_us=4_102_444_800_000_000, idempotency_key="later"))
-    with recorded(postgres_database.engine) as statements, postgres_database.reader() as session:
+    with recorded(postgres_database.engine) as statements, Session(postgres_database.engine) as session:
         found = all_balances(session, before_us=4_102_444_800_000_000)
     assert found == {(chart.EXPENSE_COMMISSION, "USD"): (100, 0), (PENDING, "USD"): (0, 100)}
     [(_, parameters)] = [(sql, parameters) for sql, parameters in statements if "period_snapshots" in sql]

@@ -1,6 +1,7 @@
 """The migrated schema is exactly the metadata in ledger/schema.py, on both engines."""
 
 import pytest
+from sqlalchemy import text
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -46,3 +47,17 @@ def test_autovacuum_keeps_up_with_the_journal_lines_on_postgresql(postgres_datab
         [options] = connection.exec_driver_sql(
             "SELECT reloptions FROM pg_class WHERE relname = 'journal_lines'").one()
     assert sorted(options) == ["autovacuum_vacuum_insert_scale_factor=0", "autovacuum_vacuum_insert_threshold=100000"]
+
+
+@pytest.mark.postgres
+def test_postgresql_readers_read_one_snapshot_and_writers_each_statements_own(postgres_database):
+    # Readers: a report's statements add up (ledger/balances.py relies on it). Writers: each
+    # statement after the journal lock sees everything committed before it was granted.
+    with postgres_database.reader() as session:
+        assert session.execute(text("SHOW transaction_isolation")).scalar() == "repeatable read"
+    with postgres_database.transaction() as session:
+        assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+    with postgres_database.reader() as session:  # the pool hands the connection back at its default
+        assert session.execute(text("SHOW transaction_isolation")).scalar() == "repeatable read"
+    with postgres_database.transaction() as session:
+        assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
