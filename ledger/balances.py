@@ -15,12 +15,12 @@ after the latest instant of every line an account's rows count (always without a
 unless lines are dated in the future), they are its answer. For the other accounts a second
 statement reads the latest close's snapshot rows UNION ALL the sums of the lines since that close
 (a key may come from both parts), folded here. The trial balance and the liabilities read it for
-just those accounts, by name, when they are at most STALE_NAMES_MAX and the session reads one
-snapshot (every reader, `db.Database.reader`; see `_one_snapshot_per_transaction`): one line dated
-in the future then costs its accounts' lines, not every account's. Otherwise, and for one
-partner's two accounts, for every account asked for. Each statement is built once below. The accounts are chosen in SQL
-(by name, or by a subquery), never by a list of ids bound from Python, so a statement does not
-grow with the number of partners. Without a close the lower bound of the lines is BIGINT's least
+just those accounts, by name, when they fit one `IN (...)` list (`db.IN_LIST_MAX`) and the session
+reads one snapshot (every reader; `db.reads_one_snapshot`): one line dated in the future then
+costs its accounts' lines, not every account's. Otherwise, and for one partner's two accounts, for
+every account asked for. Each statement is built once below. The accounts are chosen in SQL (by
+name, or by a subquery), never by a list of ids bound from Python, so a statement does not grow
+with the number of partners. Without a close the lower bound of the lines is BIGINT's least
 value: one statement (and one plan) serves a bound with or without a close before it.
 """
 
@@ -45,14 +45,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
+from ledger.db import IN_LIST_MAX, reads_one_snapshot
 from ledger.schema import account_totals, accounts, journal_lines, period_closes, period_snapshots
 
 Sums = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
 NamedSums = dict[tuple[str, str | None, str], tuple[int, int]]  # (account, partner id, currency) -> (debits, credits)
 INSTANT_US_MIN = -(2 ** 63)  # BIGINT's least value: as a lower bound it excludes no line
-# Accounts read from the snapshot and the lines by name, with the rest from the running totals; more
-# than this (an earlier bound, where most accounts have later lines) and every account is.
-STALE_NAMES_MAX = 500
 
 
 def line_sums(session: Session, account_ids: list[int] | None, since_us: int | None, before_us: int | None) -> Sums:
@@ -189,29 +187,19 @@ def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str],
           bounded_named: Select | None = None) -> list:
     """The running totals (`now`) of the accounts that hold no line at or after `before_us`, and the
     rows of `bounded` (snapshot plus lines, in the same columns) for the others: through
-    `bounded_named` for just those accounts when it is given and they are at most STALE_NAMES_MAX,
-    else through `bounded` for every account."""
+    `bounded_named` for just those accounts when it is given, they fit one `IN (...)` list and the
+    two statements read one snapshot, else through `bounded` for every account."""
     totals = session.execute(now, names).all()
     if before_us is None:
         return [row[:-1] for row in totals]
     stale = {row[0] for row in totals if row[-1] >= before_us}  # by account: all its currencies
     if not stale:
         return [row[:-1] for row in totals]
-    if (bounded_named is None or len(stale) > STALE_NAMES_MAX or len(stale) == len({row[0] for row in totals})
-            or not _one_snapshot_per_transaction(session)):
+    if (bounded_named is None or len(stale) > IN_LIST_MAX or len(stale) == len({row[0] for row in totals})
+            or not reads_one_snapshot(session)):
         return session.execute(bounded, {**_bounds(before_us), **names}).all()
     fresh = [row[:-1] for row in totals if row[0] not in stale]
     return fresh + session.execute(bounded_named, {**_bounds(before_us), "stale_names": sorted(stale)}).all()
-
-
-def _one_snapshot_per_transaction(session: Session) -> bool:
-    """Whether the session's statements all read one snapshot, so rows of the running totals and
-    rows of the lines, read by two statements, may be added up: SQLite's transactions, and
-    PostgreSQL's at REPEATABLE READ or above (its readers, `db.one_snapshot`). At READ COMMITTED (a
-    PostgreSQL writer) a posting committed between the two would count on one side only."""
-    connection = session.connection()
-    return connection.dialect.name != "postgresql" or connection.get_execution_options().get(
-        "isolation_level") in ("REPEATABLE READ", "SERIALIZABLE")
 
 
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).

@@ -49,6 +49,8 @@ IN_LIST_MAX = 500
 # Values in one PostgreSQL array condition: bounds the size of one statement (and of its rows) when
 # a catch-up (a release job after a long pause, a close) names hundreds of thousands of ids.
 IN_ARRAY_MAX = 50_000
+# The PostgreSQL isolation level at which every statement of a transaction reads one snapshot.
+ONE_SNAPSHOT = "REPEATABLE READ"
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
 
 
@@ -155,7 +157,7 @@ class Database:
         self.engine = make_engine(self.url, **engine_kwargs)
         self.shared: dict[str, Any] = {}
         info = {"database": self}
-        readers = (self.engine.execution_options(isolation_level="REPEATABLE READ")
+        readers = (self.engine.execution_options(isolation_level=ONE_SNAPSHOT)
                    if self.engine.dialect.name == "postgresql" else self.engine)
         self._readers = sessionmaker(readers, expire_on_commit=False, info=info)
         self._writers = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False, info=info)
@@ -210,7 +212,17 @@ def one_snapshot(session: Session) -> None:
     first statement: on a session already in a transaction, the caller's choice stands (the API's
     and the jobs' sessions are fresh)."""
     if is_postgres(session) and not session.in_transaction():
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        session.connection(execution_options={"isolation_level": ONE_SNAPSHOT})
+
+
+def reads_one_snapshot(session: Session) -> bool:
+    """Whether every statement of the session's transaction reads one snapshot, so that what
+    several statements read adds up: SQLite's transactions always; PostgreSQL's at REPEATABLE READ
+    or above (readers, `one_snapshot`), not at READ COMMITTED (writers), where a posting committed
+    between two statements is seen by the second only."""
+    connection = session.connection()
+    return connection.dialect.name != "postgresql" or connection.get_execution_options().get(
+        "isolation_level") in (ONE_SNAPSHOT, "SERIALIZABLE")
 
 
 def lock_journal(session: Session) -> None:
