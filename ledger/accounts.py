@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from typing import Iterable, NamedTuple
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert
 from sqlalchemy.orm import Session
 
-from ledger.db import after_commit, chunked, shared_cache
+from ledger.db import after_commit, driver_results, in_lists, shared_cache
 from ledger.errors import invalid
 from ledger.schema import accounts
 
@@ -76,8 +76,8 @@ def spec(name: str) -> AccountSpec:
 
 
 def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
-    """Ids of the named accounts, creating the missing ones; one or two statements per call, none
-    when every name is known. An account's id never changes once committed (the table is
+    """Ids of the named accounts, creating the missing ones: one round trip when none is missing
+    from the database, three when some are, none when every name is known. An account's id never changes once committed (the table is
     append-only), so ids known to this transaction join the process's cache when it commits."""
     committed = shared_cache(session, "account_ids")
     mine: dict[str, int] | None = session.info.get("account_ids")
@@ -88,18 +88,20 @@ def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
     wanted = set(names)
     missing = {name for name in wanted if name not in mine and (committed is None or name not in committed)}
     if missing:
-        for chunk in chunked(sorted(missing), 500):
-            rows = session.execute(select(accounts.c.name, accounts.c.id).where(accounts.c.name.in_(chunk)))
-            mine.update((name, account_id) for name, account_id in rows)
+        mine.update(_ids(session, missing))
         new = [spec(name)._asdict() for name in sorted(missing - mine.keys())]
         if new:
             session.execute(insert(accounts), new)
-            rows = session.execute(select(accounts.c.name, accounts.c.id).where(
-                accounts.c.name.in_([row["name"] for row in new])))
-            mine.update((name, account_id) for name, account_id in rows)
+            mine.update(_ids(session, {row["name"] for row in new}))
     if committed is None:
         return mine
     return {name: mine[name] if name in mine else committed[name] for name in wanted}
+
+
+def _ids(session: Session, names: set[str]) -> list[tuple[str, int]]:
+    return [row for rows in driver_results(session, [
+        (f"SELECT name, id FROM accounts WHERE {condition}", params)
+        for condition, params in in_lists(session, "name", sorted(names))]) for row in rows]
 
 
 @event.listens_for(Session, "after_commit")

@@ -254,9 +254,11 @@ def insert_many(session: Session, table, columns: tuple[str, ...], rows: list[tu
     over transition tables, so per-row statements would run them once per row (about 4x slower in
     `bench/`); one statement runs them once. A database error is raised as SQLAlchemy's wrapper
     (IntegrityError, ...), as from any other statement."""
-    if not rows:
-        return
-    connection = session.connection()
+    if rows:
+        _insert_many(session.connection(), table, columns, rows)
+
+
+def _insert_many(connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
     if connection.dialect.name == "postgresql":
         if len(rows) > COPY_ROWS_MIN:
             _copy(connection, table.name, columns, rows)
@@ -318,7 +320,7 @@ def insert_all(session: Session, writes: Sequence[tuple[Any, tuple[str, ...], li
     connection = session.connection()
     if connection.dialect.name != "postgresql" or any(len(rows) > COPY_ROWS_MIN for _, _, rows in writes):
         for table, columns, rows in writes:
-            insert_many(session, table, columns, rows)
+            _insert_many(connection, table, columns, rows)
         return
     if writes:
         driver_results(session, [_multi_row_insert(table, columns, rows) for table, columns, rows in writes])
@@ -355,9 +357,11 @@ def marks(count: int) -> str:
 def _announce(connection, cursor, sql: str, params, many: bool) -> None:
     """Tell SQLAlchemy's `before_cursor_execute` listeners of a statement sent past it, as it does
     for its own, so that what watches the statements (logging, tests counting them or explaining
-    their plans) sees these too. Without listeners this costs one attribute test."""
-    if connection._has_events or connection.engine._has_events:
-        connection.dispatch.before_cursor_execute(connection, cursor, sql, params, None, many)
+    their plans) sees these too. Without such listeners (the engine's `connect` and `begin` listeners
+    do not count) this costs one truth test."""
+    listeners = connection.dispatch.before_cursor_execute
+    if listeners:
+        listeners(connection, cursor, sql, params, None, many)
 
 
 def _driver_execute(connection, sql: str, params, *, many: bool = False, fetch: bool = False) -> list[tuple] | None:

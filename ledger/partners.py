@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
-from ledger.db import after_commit, chunked, driver_rows, shared_cache
+from ledger.db import after_commit, driver_results, driver_rows, in_lists, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
@@ -180,20 +180,22 @@ class Program:
             return
         found: dict[str, str | None] = {}
         while wanted:  # one round per hierarchy level: at most PARTNER_DEPTH_MAX queries
-            rows = session.execute(select(partners.c.id, partners.c.parent_id)
-                                   .where(partners.c.id.in_(sorted(wanted)))).all()
-            found.update((row.id, row.parent_id) for row in rows)
-            wanted = {row.parent_id for row in rows
-                      if row.parent_id and row.parent_id not in found and row.parent_id not in self.parents}
+            rows = [row for rows in driver_results(session, [
+                (f"SELECT id, parent_id FROM partners WHERE {condition}", params)
+                for condition, params in in_lists(session, "id", sorted(wanted))]) for row in rows]
+            found.update(rows)
+            wanted = {parent for _, parent in rows if parent and parent not in found and parent not in self.parents}
         statuses = {pid: _Timeline() for pid in found}
         plans = {pid: _Timeline() for pid in found}
-        for chunk in chunked(sorted(found), 500):
-            for row in session.execute(select(partner_statuses).where(partner_statuses.c.partner_id.in_(chunk))
-                                       .order_by(partner_statuses.c.id)):
-                statuses[row.partner_id].add(row.effective_at_us, row.status)
-            for row in session.execute(select(partner_plans).where(partner_plans.c.partner_id.in_(chunk))
-                                       .order_by(partner_plans.c.id)):
-                plans[row.partner_id].add(row.effective_from_us, row.plan_id)
+        conditions = in_lists(session, "partner_id", sorted(found))
+        results = driver_results(session, [
+            *((f"SELECT partner_id, effective_at_us, status FROM partner_statuses WHERE {condition} ORDER BY id",
+               params) for condition, params in conditions),
+            *((f"SELECT partner_id, effective_from_us, plan_id FROM partner_plans WHERE {condition} ORDER BY id",
+               params) for condition, params in conditions)])
+        for timelines, rows in zip([statuses] * len(conditions) + [plans] * len(conditions), results):
+            for partner_id, instant_us, value in rows:
+                timelines[partner_id].add(instant_us, value)
         plan_ids = {plan for timeline in plans.values() for plan in timeline.values} - self.versions.keys()
         versions = load_versions(session, plan_ids)
         # Fill the lookups before the parents: `parents` is what says a partner is loaded.

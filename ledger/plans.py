@@ -13,6 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ledger.db import driver_results, in_lists
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.schema import plan_versions, plans
@@ -93,12 +94,15 @@ def plan_exists(session: Session, plan_id: str) -> bool:
 
 
 def load_versions(session: Session, plan_ids: set[str]) -> dict[str, list[PlanVersion]]:
-    """Every version of the named plans, oldest first, in one query."""
+    """Every version of the named plans, oldest first, in one round trip."""
     found: dict[str, list[PlanVersion]] = {plan_id: [] for plan_id in plan_ids}
     if not plan_ids:
         return found
-    rows = session.execute(select(plan_versions).where(plan_versions.c.plan_id.in_(sorted(plan_ids)))
-                           .order_by(plan_versions.c.plan_id, plan_versions.c.effective_from_us))
-    for v in rows:
-        found[v.plan_id].append(PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)))
+    results = driver_results(session, [
+        (f"SELECT id, plan_id, version, effective_from_us, terms FROM plan_versions WHERE {condition}"
+         " ORDER BY plan_id, effective_from_us", params)
+        for condition, params in in_lists(session, "plan_id", sorted(plan_ids))])
+    for rows in results:
+        for version_id, plan_id, version, effective_from_us, terms in rows:
+            found[plan_id].append(PlanVersion(version_id, plan_id, version, effective_from_us, terms_from_json(terms)))
     return found
