@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from typing import Iterable, NamedTuple
 
-from sqlalchemy import event, insert
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from ledger.db import after_commit, driver_results, in_lists, shared_cache
+from ledger.db import after_commit, driver_results, in_lists, insert_many, shared_cache
 from ledger.errors import invalid
 from ledger.schema import accounts
 
@@ -89,10 +89,10 @@ def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
     missing = {name for name in wanted if name not in mine and (committed is None or name not in committed)}
     if missing:
         mine.update(_ids(session, missing))
-        new = [spec(name)._asdict() for name in sorted(missing - mine.keys())]
+        new = [tuple(spec(name)) for name in sorted(missing - mine.keys())]
         if new:
-            session.execute(insert(accounts), new)
-            mine.update(_ids(session, {row["name"] for row in new}))
+            insert_many(session, accounts, AccountSpec._fields, new)
+            mine.update(_ids(session, {row[0] for row in new}))
     if committed is None:
         return mine
     return {name: mine[name] if name in mine else committed[name] for name in wanted}
