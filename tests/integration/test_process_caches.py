@@ -1,11 +1,14 @@
 """The per-process caches (ledger/db.py `shared_cache`): account ids and the partner program are
 shared between transactions only once committed, and a program change is seen by the next
-transaction; SQLite writers queue on a file lock that every way out of a transaction releases."""
+transaction; SQLite writers queue on a file lock that every way out of a transaction releases, and
+checkpoint after they leave it."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
@@ -13,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger import customers, partners, revenue
 from ledger.balances import partner_balances
+from ledger import db
 from ledger.db import Database
 from ledger.instants import parse_date
 from tests.program import at, paid, seed
@@ -123,3 +127,69 @@ def test_sqlite_writers_hold_the_queue_lock_for_their_transaction_only(sqlite_da
         session.rollback()
     session.close()
     assert _lock_is_free(lock_path)
+
+
+def _insert_accounts(database: Database, names: list[str]) -> None:
+    with database.transaction() as session:
+        for name in names:
+            session.execute(text("INSERT INTO accounts (name, type, normal_side) VALUES (:n, 'expense', 'D')"),
+                            {"n": name})
+
+
+def _checkpointed_names(path: str, tmp_path) -> set[str]:
+    """The account names in the database file alone: what checkpoints have copied from the WAL."""
+    copy = tmp_path / "main-file-only.db"
+    copy.write_bytes(Path(path).read_bytes())
+    connection = sqlite3.connect(copy)
+    try:
+        return {name for (name,) in connection.execute("SELECT name FROM accounts")}
+    finally:
+        connection.close()
+        copy.unlink()
+
+
+def test_sqlite_writers_checkpoint_outside_the_queue_once_enough_rows_changed(sqlite_database, tmp_path,
+                                                                              monkeypatch):
+    database = sqlite_database
+    path = database.engine.url.database
+    lock_path = f"{path}-writer.lock"
+    monkeypatch.setattr(db, "CHECKPOINT_ROWS", 5)
+    checkpoints: list[bool] = []  # whether the queue lock was free at each checkpoint
+    execute = db._QueuedWriterConnection.execute
+
+    def spy(self, sql, *args):
+        if "wal_checkpoint" in sql:
+            checkpoints.append(_lock_is_free(lock_path))
+        return execute(self, sql, *args)
+
+    monkeypatch.setattr(db._QueuedWriterConnection, "execute", spy)
+    with database.reader() as session:
+        autocheckpoint = session.execute(text("PRAGMA wal_autocheckpoint")).scalar()
+    assert autocheckpoint == db.SQLITE_AUTOCHECKPOINT_PAGES
+
+    _insert_accounts(database, ["a1", "a2", "a3"])
+    assert checkpoints == []
+    assert not {"a1", "a2", "a3"} & _checkpointed_names(path, tmp_path)  # still in the WAL only
+    _insert_accounts(database, ["a4", "a5"])  # 5 rows changed since the connection opened
+    assert checkpoints == [True]
+    assert {"a1", "a2", "a3", "a4", "a5"} <= _checkpointed_names(path, tmp_path)
+    _insert_accounts(database, ["a6"])
+    assert checkpoints == [True]
+
+
+def test_a_failed_checkpoint_leaves_the_commit_standing(sqlite_database, monkeypatch, caplog):
+    database = sqlite_database
+    monkeypatch.setattr(db, "CHECKPOINT_ROWS", 1)
+    execute = db._QueuedWriterConnection.execute
+
+    def failing(self, sql, *args):
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("disk I/O error")
+        return execute(self, sql, *args)
+
+    monkeypatch.setattr(db._QueuedWriterConnection, "execute", failing)
+    _insert_accounts(database, ["b1"])
+    assert "checkpoint of" in caplog.text
+    with database.reader() as session:
+        assert session.execute(text("SELECT count(*) FROM accounts WHERE name = 'b1'")).scalar() == 1
+    assert _lock_is_free(f"{database.engine.url.database}-writer.lock")
