@@ -336,7 +336,9 @@ def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[An
             _announce(connection, cursor, sql, params, False)
             cursor.execute(sql, params)
             while True:
-                results.append(cursor.fetchall() if cursor.description is not None else [])
+                # (not `cursor.description`, which builds a Column object for every column)
+                returned_rows = cursor.pgresult.status == dbapi.pq.ExecStatus.TUPLES_OK
+                results.append(cursor.fetchall() if returned_rows else [])
                 if not cursor.nextset():
                     break
     except dbapi.Error as error:
