@@ -2,6 +2,8 @@
 
 import pytest
 
+from api.routes.partners import StatementSchema
+
 from tests.api.books import errors_of, expect, plan_body, unique
 from tests.api.conftest import bearer
 
@@ -159,6 +161,15 @@ def test_a_statement_traces_each_line_to_its_source(shared):
                              "available": "0.00"}]
     assert usd["totals"] == {"accrual": "100.00"}
     assert usd["closing"] == {"pending": "100.00", "available": "0.00"}
+
+
+@pytest.mark.parametrize("period", ["2026-01", "2026-02"])
+def test_a_statement_is_sent_exactly_as_its_schema_documents_it(shared, period):
+    """The view sends `statements.to_data` without dumping it through StatementSchema."""
+    body = expect(statement(shared, f"?period={period}"), 200)
+    assert body["currencies"]
+    assert StatementSchema().validate(body) == {}  # every documented field, of its type
+    assert StatementSchema().dump(body) == body  # and nothing else
 
 
 def test_a_later_statement_opens_where_the_last_closed(shared):
