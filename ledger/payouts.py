@@ -23,11 +23,11 @@ from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import holds, journal
-from ledger.balances import balances_by_account_id
+from ledger.balances import partner_account_sums
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant
 from ledger.partners import program_for
-from ledger.schema import accounts, partners, payout_resolutions, payout_runs, payouts
+from ledger.schema import partners, payout_resolutions, payout_runs, payouts
 
 REASON_LENGTH_MAX = 500
 
@@ -84,14 +84,11 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
 
 def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:
     """{(partner, currency): available} for active partners at or above their plan's minimum."""
-    rows = session.execute(select(accounts.c.id, accounts.c.partner_id)
-                           .where(accounts.c.partner_id.is_not(None), accounts.c.name.like("%:available"))).all()
-    partner_of = dict(rows)
-    balances = balances_by_account_id(session, list(partner_of), before_us=at_us + 1)
-    program = program_for(session, set(partner_of.values()))
+    balances = {(partner_id, currency): credits - debits for (partner_id, account, currency), (debits, credits)
+                in partner_account_sums(session, before_us=at_us + 1).items() if account == chart.available(partner_id)}
+    program = program_for(session, {partner_id for partner_id, _ in balances})
     payable = {}
-    for (account_id, currency), debit_minus_credit in balances.items():
-        partner_id, available = partner_of[account_id], -debit_minus_credit
+    for (partner_id, currency), available in balances.items():
         if available <= 0 or program.status_at(partner_id, at_us) != "active":
             continue
         version = program.version_at(partner_id, at_us)

@@ -29,6 +29,7 @@ from ledger.reports import liabilities
 from ledger.schema import accounts, journal_lines, journal_transactions
 from ledger.statements import StatementLine, statement
 from tests import program
+from tests.integration.test_query_plans import recorded
 from tests.program import at, paid
 
 PARTNERS = ("northwind", "globex", "nobody")
@@ -188,3 +189,16 @@ def test_a_transaction_in_two_currencies_is_a_statement_line_in_each(books):
                               if line.kind == "adjustment" and line.effective_at_us == at("2026-05-03")]
            for section in found.currencies}
     assert two == {"USD": [(500, 0)], "EUR": [(0, 300)]}
+
+
+def test_a_payout_run_reads_the_available_balances_from_the_running_totals(books):
+    """After every line: no sum over the lines, and each payout leaves its available balance at zero."""
+    when = at("2030-01-01")
+    with recorded(books.engine) as statements, books.transaction() as session:
+        run = payouts.run_payouts(session, when)
+    assert run.payouts and not run.replayed
+    summing_lines = [sql for sql, _ in statements if "journal_lines" in sql and "sum(" in sql.lower()]
+    assert any("account_totals" in sql for sql, _ in statements) and not summing_lines, summing_lines
+    with books.reader() as session:
+        for payout in run.payouts:
+            assert summed_lines(session, payout.partner_id, when + 1)[payout.currency][1] == 0, payout
