@@ -4,6 +4,10 @@ GET, HEAD and OPTIONS requests read (`Database.reader()`); every other method wr
 (`Database.writer()`, which on SQLite begins with `BEGIN IMMEDIATE`, so writers queue instead of
 failing on a stale snapshot). The request owns the transaction, the domain never commits: a 2xx
 response commits, anything else rolls back, and a commit that fails becomes a 500 that rolls back.
+
+A view whose outcome is decided, and whose retry replays it, may commit before its response is
+built (`commit_now`): the revenue event routes do, so that their lock on the journal (SQLite's write
+lock, PostgreSQL's advisory lock) is not held while the response is serialized.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def current_session() -> Session:
         session = database.reader() if request.method in READ_METHODS else database.writer()
         g.db_session = session
     return session
+
+
+def commit_now() -> None:
+    """Commit the request's transaction now. Should building the response then fail, the 500 leaves
+    the commit standing and a retry replays it; the end of the request finds nothing left to commit
+    (a session that runs no statement after its commit opens no transaction)."""
+    current_session().commit()
 
 
 def _end_transaction(response: Response) -> Response:

@@ -27,7 +27,7 @@ from api.errors import domain_problem_data, validation_problem_data
 from api.fields import Amount, ExternalId, Instant, Money, Str
 from api.idempotency import REPLAYED_HEADER
 from api.schemas import ProblemSchema, Schema
-from api.session import current_session
+from api.session import commit_now, current_session
 from ledger import revenue
 from ledger.revenue import Outcome, RevenueEvent
 from ledger.schema import EVENT_STATUSES, EVENT_TYPES
@@ -119,6 +119,7 @@ def post_event(args):
     [result] = revenue.ingest(current_session(), [to_event(args)])
     if isinstance(result, revenue.Refusal):
         raise result.error
+    commit_now()
     headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
     return render_outcome(result), result.http_status, headers
 
@@ -139,6 +140,7 @@ def post_batch(args):
         except ma.ValidationError as error:
             results.append(_refused(_item_id(item), validation_problem_data(error.messages)))
     ingested = revenue.ingest(current_session(), [event for _, event in valid]) if valid else []
+    commit_now()
     for (slot, _), result in zip(valid, ingested):
         results[slot] = _batch_result(result)
     # Plain data already in its JSON shape: dumping 10,000 results through BatchSchema (which documents

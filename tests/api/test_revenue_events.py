@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
-from ledger.schema import journal_transactions
+from api.routes import revenue as revenue_routes
+from ledger.schema import journal_transactions, revenue_events
 from tests.api.books import errors_of, event_body, expect, money, unique
 from tests.api.conftest import make_app
 
@@ -68,6 +69,40 @@ def test_a_replay_returns_the_original_status_and_body_marked_replayed(acme, scr
     assert again.status_code == first.status_code == 201
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json()
+    assert transactions_of_event(scratch.database, event["id"]) == 1
+
+
+def stored_events(database, event_id: str) -> int:
+    with database.reader() as session:
+        return session.execute(sa.select(sa.func.count()).where(revenue_events.c.id == event_id)).scalar_one()
+
+
+@pytest.mark.parametrize("path, answer", [("/v1/revenue-events", "render_outcome"),
+                                          ("/v1/revenue-events/batch", "_batch_result")], ids=["single", "batch"])
+def test_an_event_commits_before_its_answer_is_built_and_a_failed_answer_replays(acme, scratch, monkeypatch,
+                                                                                 path, answer):
+    """The routes commit once the outcome is decided (`commit_now`), so no lock on the journal is
+    held while the answer is built; an answer that fails after the commit is a 500, and the retry
+    replays the event."""
+    call, customer = acme
+    event = event_body(unique("evt"), customer, unique("inv"), "500.00", "2026-01-20")
+    body = event if path.endswith("events") else {"events": [event]}
+    seen_by_another_transaction = []
+
+    def failing(*_args):
+        seen_by_another_transaction.append(stored_events(scratch.database, event["id"]))
+        raise RuntimeError("the answer could not be built")
+
+    monkeypatch.setattr(revenue_routes, answer, failing)
+    assert call.post(path, body, as_="billing").status_code == 500
+    assert seen_by_another_transaction == [1]
+    monkeypatch.undo()
+    again = call.post(path, body, as_="billing")
+    if path.endswith("events"):
+        assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    else:
+        assert expect(again, 200)["results"][0]["replayed"] is True
+    assert stored_events(scratch.database, event["id"]) == 1
     assert transactions_of_event(scratch.database, event["id"]) == 1
 
 
