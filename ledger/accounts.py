@@ -77,8 +77,9 @@ def spec(name: str) -> AccountSpec:
 
 def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
     """Ids of the named accounts, creating the missing ones: one round trip when none is missing
-    from the database, three when some are, none when every name is known. An account's id never changes once committed (the table is
-    append-only), so ids known to this transaction join the process's cache when it commits."""
+    from the database, three when some are, none when every name is known. An account's id never
+    changes once committed (the table is append-only), so ids known to this transaction join the
+    process's cache when it commits."""
     committed = shared_cache(session, "account_ids")
     mine: dict[str, int] | None = session.info.get("account_ids")
     if mine is None:
