@@ -9,7 +9,7 @@ is positive for a debit balance; `normal_balance` reads it the account's natural
 with more credits than debits has a positive normal balance).
 
 The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
-`all_balances`) first read `account_totals`, the running totals the database keeps as lines are
+`all_balances`), and the payout run's (`partner_account_sums`), first read `account_totals`, the running totals the database keeps as lines are
 inserted: one row per account and currency, however many lines the account has. When the bound is
 after the latest instant of every line an account's rows count (always without a bound; as of now
 unless lines are dated in the future), they are its answer. For the other accounts a second
