@@ -9,12 +9,12 @@ is positive for a debit balance; `normal_balance` reads it the account's natural
 with more credits than debits has a positive normal balance).
 
 The reads served to partners and finance (`partner_balances`, `partner_account_sums`,
-`all_balances`), and the payout run's (`partner_account_sums`), first read `account_totals`, the running totals the database keeps as lines are
-inserted: one row per account and currency, however many lines the account has. When the bound is
-after the latest instant of every line an account's rows count (always without a bound; as of now
-unless lines are dated in the future), they are its answer. For the other accounts a second
-statement reads the latest close's snapshot rows UNION ALL the sums of the lines since that close
-(a key may come from both parts), folded here. The trial balance and the liabilities read it for
+`all_balances`), and the payout run's (`partner_account_sums`), first read `account_totals`, the
+running totals the database keeps as lines are inserted: one row per account and currency, however
+many lines the account has. When the bound is after the latest instant of every line an account's
+rows count (always without a bound; as of now unless lines are dated in the future), they are its
+answer. For the other accounts a second statement reads the latest close's snapshot rows UNION ALL
+the sums of the lines since that close (a key may come from both parts), folded here. The trial balance and the liabilities read it for
 just those accounts, by name, when they fit one `IN (...)` list (`db.IN_LIST_MAX`) and the session
 reads one snapshot (every reader; `db.reads_one_snapshot`): one line dated in the future then
 costs its accounts' lines, not every account's. Otherwise, and for one partner's two accounts, for

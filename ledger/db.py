@@ -327,14 +327,17 @@ def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[An
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         return [_driver_execute(connection, sql, params, fetch=True) for sql, params in statements]
-    sql = ";\n".join(statement.replace("?", "%s") for statement, _ in statements)
-    params = [value for _, statement_params in statements for value in statement_params]
     dbapi = connection.dialect.loaded_dbapi
     results: list[list[tuple]] = []
+    sql = ""
     try:
         with dbapi.ClientCursor(connection.connection.driver_connection) as cursor:
-            _announce(connection, cursor, sql, params, False)
-            cursor.execute(sql, params)
+            # Each statement is bound on its own: psycopg keeps the parsed form of a statement of at
+            # most 50 parameters, and a posting's writes together bind more than that.
+            sql = ";\n".join(cursor.mogrify(statement.replace("?", "%s"), params)
+                              for statement, params in statements)
+            _announce(connection, cursor, sql, None, False)
+            cursor.execute(sql)
             while True:
                 # (not `cursor.description`, which builds a Column object for every column)
                 returned_rows = cursor.pgresult.status == dbapi.pq.ExecStatus.TUPLES_OK
@@ -342,6 +345,7 @@ def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[An
                 if not cursor.nextset():
                     break
     except dbapi.Error as error:
+        sql = sql or ";\n".join(statement for statement, _ in statements)  # when binding failed
         raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
     assert len(results) == len(statements), (len(results), len(statements))
     return results
