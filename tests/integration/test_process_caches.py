@@ -14,9 +14,8 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 
-from ledger import customers, partners, revenue
+from ledger import customers, db, partners, revenue
 from ledger.balances import partner_balances
-from ledger import db
 from ledger.db import Database
 from ledger.instants import parse_date
 from tests.program import at, paid, seed
