@@ -22,7 +22,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from ledger.db import after_commit, driver_results, in_lists, insert_many, shared_cache
+from ledger.db import after_commit, driver_rows, in_lists, insert_many, shared_cache
 from ledger.errors import invalid
 from ledger.schema import accounts
 
@@ -100,9 +100,8 @@ def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
 
 
 def _ids(session: Session, names: set[str]) -> list[tuple[str, int]]:
-    return [row for rows in driver_results(session, [
-        (f"SELECT name, id FROM accounts WHERE {condition}", params)
-        for condition, params in in_lists(session, "name", sorted(names))]) for row in rows]
+    return [row for condition, params in in_lists(session, "name", sorted(names))
+            for row in driver_rows(session, f"SELECT name, id FROM accounts WHERE {condition}", params)]
 
 
 @event.listens_for(Session, "after_commit")

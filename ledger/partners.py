@@ -180,22 +180,22 @@ class Program:
             return
         found: dict[str, str | None] = {}
         while wanted:  # one round per hierarchy level: at most PARTNER_DEPTH_MAX queries
-            rows = [row for rows in driver_results(session, [
-                (f"SELECT id, parent_id FROM partners WHERE {condition}", params)
-                for condition, params in in_lists(session, "id", sorted(wanted))]) for row in rows]
+            rows = [row for condition, params in in_lists(session, "id", sorted(wanted))
+                    for row in driver_rows(session, f"SELECT id, parent_id FROM partners WHERE {condition}", params)]
             found.update(rows)
             wanted = {parent for _, parent in rows if parent and parent not in found and parent not in self.parents}
         statuses = {pid: _Timeline() for pid in found}
         plans = {pid: _Timeline() for pid in found}
-        conditions = in_lists(session, "partner_id", sorted(found))
-        results = driver_results(session, [
-            *((f"SELECT partner_id, effective_at_us, status FROM partner_statuses WHERE {condition} ORDER BY id",
-               params) for condition, params in conditions),
-            *((f"SELECT partner_id, effective_from_us, plan_id FROM partner_plans WHERE {condition} ORDER BY id",
-               params) for condition, params in conditions)])
-        for timelines, rows in zip([statuses] * len(conditions) + [plans] * len(conditions), results):
-            for partner_id, instant_us, value in rows:
-                timelines[partner_id].add(instant_us, value)
+        for condition, params in in_lists(session, "partner_id", sorted(found)):
+            status_rows, plan_rows = driver_results(session, [  # one round trip for both
+                (f"SELECT partner_id, effective_at_us, status FROM partner_statuses WHERE {condition} ORDER BY id",
+                 params),
+                (f"SELECT partner_id, effective_from_us, plan_id FROM partner_plans WHERE {condition} ORDER BY id",
+                 params)])
+            for partner_id, effective_at_us, status in status_rows:
+                statuses[partner_id].add(effective_at_us, status)
+            for partner_id, effective_from_us, plan_id in plan_rows:
+                plans[partner_id].add(effective_from_us, plan_id)
         plan_ids = {plan for timeline in plans.values() for plan in timeline.values} - self.versions.keys()
         versions = load_versions(session, plan_ids)
         # Fill the lookups before the parents: `parents` is what says a partner is loaded.

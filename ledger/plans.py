@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger.db import driver_results, in_lists
+from ledger.db import driver_rows, in_lists
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.journal import now_us
 from ledger.schema import plan_versions, plans
@@ -94,15 +94,13 @@ def plan_exists(session: Session, plan_id: str) -> bool:
 
 
 def load_versions(session: Session, plan_ids: set[str]) -> dict[str, list[PlanVersion]]:
-    """Every version of the named plans, oldest first, in one round trip."""
+    """Every version of the named plans, oldest first, in one query per `in_lists` condition."""
     found: dict[str, list[PlanVersion]] = {plan_id: [] for plan_id in plan_ids}
     if not plan_ids:
         return found
-    results = driver_results(session, [
-        (f"SELECT id, plan_id, version, effective_from_us, terms FROM plan_versions WHERE {condition}"
-         " ORDER BY plan_id, effective_from_us", params)
-        for condition, params in in_lists(session, "plan_id", sorted(plan_ids))])
-    for rows in results:
-        for version_id, plan_id, version, effective_from_us, terms in rows:
+    for condition, params in in_lists(session, "plan_id", sorted(plan_ids)):
+        for version_id, plan_id, version, effective_from_us, terms in driver_rows(
+                session, "SELECT id, plan_id, version, effective_from_us, terms FROM plan_versions"
+                         f" WHERE {condition} ORDER BY plan_id, effective_from_us", params):
             found[plan_id].append(PlanVersion(version_id, plan_id, version, effective_from_us, terms_from_json(terms)))
     return found
