@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import auth, body, errors, session
+from api import auth, body, errors, pagination, session
 from api.routes import BLUEPRINTS
 from ledger.db import Database
 from ledger.settings import Settings
@@ -36,7 +36,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     errors.install(app)
     app.before_request(auth.authenticate_request)
     app.before_request(body.check_body)
+    app.before_request(body.check_query)
+    app.url_map.converters[pagination.ID_CONVERTER] = pagination.IdConverter
     api = errors.Api(app)
+    api.register_converter(pagination.IdConverter, pagination.IdConverter.openapi)
     api.spec.components.security_scheme(auth.SECURITY_SCHEME, {"type": "http", "scheme": "bearer"})
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint, url_prefix="/v1")

@@ -8,7 +8,8 @@ once per request by `json_body()`: anything that is not JSON (bad UTF-8, bad syn
 long for Python, nesting too deep for the parser) is a 400, never a 500.
 
 `Blueprint` is flask-smorest's with that parser, and query strings refuse unknown parameters like
-bodies do, so `?asof=` is a 422 rather than a silently ignored filter. A schema class given to
+bodies do, so `?asof=` is a 422 rather than a silently ignored filter; `check_query` refuses them
+the same way on routes that take no query parameters at all. A schema class given to
 `arguments` is instantiated once, when the route is declared: webargs would otherwise build (and
 deep-copy the fields of) a new instance on every request. Our schemas keep no state between loads.
 """
@@ -24,7 +25,11 @@ from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
+from api.schemas import Schema
+
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+QUERY_LOCATIONS = frozenset({"query", "querystring"})
+_NO_PARAMETERS = Schema()
 
 
 def check_body() -> None:
@@ -55,9 +60,14 @@ def _parse(data: bytes) -> Any:
     if not data.strip():
         return None
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON.") from None
+
+
+def _not_json(literal: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity`, which Python's json module reads and JSON does not have."""
+    raise ValueError(f"{literal} is not JSON")
 
 
 class JsonParser(FlaskParser):
@@ -79,4 +89,20 @@ class Blueprint(flask_smorest.Blueprint):
     def arguments(self, schema, *args, **kwargs):
         if isinstance(schema, type):
             schema = schema()
-        return super().arguments(schema, *args, **kwargs)
+        decorator = super().arguments(schema, *args, **kwargs)
+        if kwargs.get("location") not in QUERY_LOCATIONS:
+            return decorator
+
+        def takes_query(func):
+            view = decorator(func)
+            view.takes_query = True  # the decorators above copy it (functools.wraps) to the view
+            return view
+        return takes_query
+
+
+def check_query() -> None:
+    """A query string on a route of ours that takes no query parameters is a 422 naming them."""
+    if not request.args or not isinstance(current_app.blueprints.get(request.blueprint), Blueprint):
+        return
+    if not getattr(current_app.view_functions.get(request.endpoint), "takes_query", False):
+        Blueprint.ARGUMENTS_PARSER.parse(_NO_PARAMETERS, request, location="query")

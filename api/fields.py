@@ -150,7 +150,7 @@ class Date(_Parsed):
 
 class Period(_Parsed):
     text_length_max = 7
-    openapi = {"pattern": r"^\d{4}-\d{2}$", "example": "2026-02", "description": "a calendar month in UTC"}
+    openapi = {"pattern": r"^[0-9]{4}-[0-9]{2}$", "example": "2026-02", "description": "a calendar month in UTC"}
 
     def parse(self, text: str, field: str) -> str:
         return parse_period(text, field=field)

@@ -16,19 +16,34 @@ import re
 from typing import Any, Callable, Sequence
 
 import marshmallow as ma
+from werkzeug.routing import IntegerConverter
 
 from api.schemas import Schema
 
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 1000
 ID_MAX = 2**63 - 1
-# URL converter for integer ids: out of range is a 404 from routing, never a database overflow.
-ID_CONVERTER = f"int(min=1, max={ID_MAX})"
+# URL converter for integer ids (`IdConverter`, registered by `api.create_app`).
+ID_CONVERTER = "id"
 _CURSOR_TEXT_MAX = 64
-_CURSOR_CONTENT = re.compile(r"after:(\d{1,19})")
+_CURSOR_CONTENT = re.compile(r"after:([0-9]{1,19})")
 _KEY_CURSOR_TEXT_MAX = 128
 # Text keys share the partner id alphabet (partner and plan ids, periods YYYY-MM).
 _KEY_CURSOR_CONTENT = re.compile(r"after-key:([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})")
+
+
+class IdConverter(IntegerConverter):
+    """An id in the path: ASCII digits, 1 to ID_MAX; anything else is a 404 from routing, never a
+    database overflow. Werkzeug's `int` matches any Unicode digit (`/transactions/\uff11` is 1)."""
+
+    regex = r"[0-9]+"
+
+    def __init__(self, map, *args, **kwargs) -> None:
+        super().__init__(map, min=1, max=ID_MAX)
+
+    @staticmethod
+    def openapi(_converter) -> dict:
+        return {"type": "integer", "minimum": 1, "maximum": ID_MAX}
 
 
 def encode_cursor(last_id: int) -> str:
@@ -83,9 +98,18 @@ class KeyCursor(ma.fields.String):
         return match.group(1)
 
 
+class _Limit(ma.fields.Integer):
+    """A page size in ASCII digits: marshmallow's `Integer` would take "\uff15" (a fullwidth 5) as 5."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> int:
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def _limit() -> ma.fields.Integer:
-    return ma.fields.Integer(load_default=LIMIT_DEFAULT, validate=ma.validate.Range(1, LIMIT_MAX),
-                             metadata={"description": f"page size, default {LIMIT_DEFAULT}, at most {LIMIT_MAX}"})
+    return _Limit(load_default=LIMIT_DEFAULT, validate=ma.validate.Range(1, LIMIT_MAX),
+                  metadata={"description": f"page size, default {LIMIT_DEFAULT}, at most {LIMIT_MAX}"})
 
 
 class PageQuery(Schema):

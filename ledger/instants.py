@@ -21,14 +21,16 @@ from ledger.errors import invalid
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_SECOND = 1_000_000
-_PERIOD_PATTERN = re.compile(r"(\d{4})-(\d{2})")
-_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+_PERIOD_PATTERN = re.compile(r"([0-9]{4})-([0-9]{2})")
+_DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # RFC 3339 date-time with a mandatory offset; fractional seconds up to microseconds.
 _INSTANT_PATTERN = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
-# Instants the service accepts: years 1970..9998, so that every period and window end exists.
-_YEAR_MIN, _YEAR_MAX = 1970, 9998
+# Instants the service accepts: years 1970..9800, so that what is computed from them exists too: the
+# end of the longest window (terms.DURATION_MONTHS_MAX, 100 years) or hold (terms.HOLD_DAYS_MAX, 10
+# years) still falls before datetime's last year, 9999.
+_YEAR_MIN, _YEAR_MAX = 1970, 9800
 
 
 def to_us(instant: datetime) -> int:

@@ -22,7 +22,7 @@ from ledger.errors import InvalidInput, invalid
 INTEGER_DIGITS_MAX = 15
 # A signed amount: optional minus, 1 to 15 integer digits, optional fraction. No exponent, no
 # whitespace, no "NaN"/"Infinity": those are refused before Decimal ever sees the text.
-_AMOUNT_PATTERN = re.compile(r"-?(\d{1,15})(?:\.(\d+))?")
+_AMOUNT_PATTERN = re.compile(r"-?([0-9]{1,15})(?:\.([0-9]+))?")
 _CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 # 15 integer digits times a rate with up to 28 digits of precision still fits exactly.
 _ARITHMETIC = Context(prec=60)
@@ -91,7 +91,7 @@ def parse_amount_minor(text: str, currency: str, *, field: str = "amount") -> in
         raise invalid(field, "must be a decimal string such as \"123.45\", not a JSON number")
     match = _AMOUNT_PATTERN.fullmatch(text)
     if match is None:
-        if re.fullmatch(r"-?\d{16,}(\.\d*)?", text):
+        if re.fullmatch(r"-?[0-9]{16,}(\.[0-9]*)?", text):
             raise invalid(field, f"more than {INTEGER_DIGITS_MAX} integer digits")
         raise invalid(field, f"{text[:40]!r} is not a decimal string such as \"123.45\"")
     fraction = match.group(2) or ""
@@ -126,7 +126,7 @@ def from_money(money: Money) -> int:
 
 def parse_rate(text: str, *, field: str = "rate") -> Decimal:
     """A rate: a decimal string in [0, 1] with at most 10 decimal places."""
-    if not isinstance(text, str) or not re.fullmatch(r"\d(\.\d{1,10})?", text):
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9](\.[0-9]{1,10})?", text):
         raise invalid(field, "must be a decimal string in [0, 1] with at most 10 decimals, such as \"0.20\"")
     rate = Decimal(text)
     if rate > 1:

@@ -249,25 +249,24 @@ class _Writer:
         self.event_rows: list[tuple] = []
         self.hold_rows: list[tuple] = []
         self.ended_holds: list[int] = []
-        self.decided: dict[str, tuple[str, Outcome]] = {}  # event id -> (hash, outcome) within the batch
+        self.decided: dict[str, tuple[str, RevenueEvent, Outcome]] = {}  # event id -> its first in the batch
 
     def decide(self, event: RevenueEvent, hash_hex: str, stored: dict[str, Any]) -> Outcome | Refusal:
         earlier = stored.get(event.id)
         if earlier is not None:
             if earlier.request_hash != hash_hex:
-                return Refusal(event.id, _event_conflict(event, earlier))
+                return Refusal(event.id, _event_conflict(event, earlier, "was already received with other content"))
             return Outcome(event.id, earlier.status, (), (), replayed=True)
         if event.id in self.decided:
-            first_hash, outcome = self.decided[event.id]
+            first_hash, first, outcome = self.decided[event.id]
             if first_hash != hash_hex:
-                return Refusal(event.id, IdempotencyConflict(
-                    f"event {event.id!r} appears twice in the batch with different content", {"id": ["repeated"]}))
+                return Refusal(event.id, _event_conflict(event, first, "appears earlier in the batch with other content"))
             return outcome._replace(replayed=True)
         try:
             outcome = self._apply(event, hash_hex)
         except DomainError as error:
             return Refusal(event.id, error)
-        self.decided[event.id] = (hash_hex, outcome)
+        self.decided[event.id] = (hash_hex, event, outcome)
         return outcome
 
     def _apply(self, event: RevenueEvent, hash_hex: str) -> Outcome:
@@ -413,13 +412,14 @@ def _hold_days(session: Session, program: Program, plan_version_id: int | None) 
     return terms_from_json(text).hold_days
 
 
-def _event_conflict(event: RevenueEvent, stored) -> IdempotencyConflict:
+def _event_conflict(event: RevenueEvent, stored, how: str) -> IdempotencyConflict:
+    """A 409 naming the fields in which `event` differs from the event with its id, `stored`."""
     differing = [name for name, same in (
         ("type", event.type == stored.type), ("customer_id", event.customer_id == stored.customer_id),
         ("invoice_id", event.invoice_id == stored.invoice_id),
         ("amount", (event.amount_minor, event.currency) == (stored.amount_minor, stored.currency)),
         ("occurred_at", event.occurred_at_us == stored.occurred_at_us)) if not same]
-    return IdempotencyConflict(f"event {event.id!r} was already received with other content",
+    return IdempotencyConflict(f"event {event.id!r} {how}",
                                {name: ["differs from the original event"] for name in differing})
 
 

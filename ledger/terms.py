@@ -169,13 +169,13 @@ def terms_to_data(terms: Terms) -> dict[str, Any]:
     money = lambda amounts: [{"amount": format_minor(minor, currency), "currency": currency}  # noqa: E731
                              for currency, minor in sorted(amounts.items())]
     return {
-        "rates": [{"from_month": step.from_month, "rate": str(step.rate)} for step in terms.rates],
+        "rates": [{"from_month": step.from_month, "rate": format(step.rate, "f")} for step in terms.rates],
         "duration_months": terms.duration_months,
         "cpa": money(terms.cpa_minor),
         "hold_days": terms.hold_days,
         "min_payout": money(terms.min_payout_minor),
         "negative_balance": terms.negative_balance,
-        "override": None if terms.override is None else {"rate": str(terms.override.rate),
+        "override": None if terms.override is None else {"rate": format(terms.override.rate, "f"),
                                                          "basis": terms.override.basis},
     }
 

@@ -37,7 +37,8 @@ def test_malformed_json_is_a_400(shared):
     b'{"reason": ' + b"9" * 5000 + b"}",         # longer than Python converts to int
     b'{"reason": "\xff\xfe"}',                   # not UTF-8
     b"\xef\xbb\xbf{}",                          # a byte-order mark
-], ids=["deep", "huge-int", "bad-utf8", "bom"])
+    b"NaN", b'{"reason": NaN}', b'{"reason": "x", "effective_at": -Infinity}',  # Python's json reads these
+], ids=["deep", "huge-int", "bad-utf8", "bom", "nan", "nan-field", "infinity"])
 def test_json_the_parser_cannot_take_is_a_400_not_a_500(shared, raw):
     response = shared.roomy.post("/v1/transactions/1/reversal", data=raw, content_type="application/json",
                                  headers=bearer(shared.keys.finance))
@@ -76,6 +77,8 @@ def test_an_unknown_route_is_a_404(shared):
     assert_problem(shared.client.get("/v1/nothing-here", headers=bearer(shared.keys.finance)), 404)
     assert_problem(shared.client.get("/v1/transactions/0", headers=bearer(shared.keys.finance)), 404)
     assert_problem(shared.client.get(f"/v1/transactions/{2**63}", headers=bearer(shared.keys.finance)), 404)
+    for digit_one in ("%EF%BC%91", "%D9%A1"):  # fullwidth and Arabic-Indic 1: transaction 1 exists
+        assert_problem(shared.client.get(f"/v1/transactions/{digit_one}", headers=bearer(shared.keys.finance)), 404)
 
 
 def test_an_unknown_transaction_is_a_404(shared):
@@ -135,6 +138,21 @@ def test_unknown_query_parameters_are_a_422(shared):
     assert set(assert_problem(response, 422, errors=True)["errors"]) == {"asof"}
 
 
+@pytest.mark.parametrize("path", ["/v1/integrity?asof=2026-01-01", "/v1/transactions/1?asof=2026-01-01",
+                                  "/v1/partners/p1?as_of=2026-01-01", "/v1/health?verbose=1"])
+def test_query_parameters_on_a_route_that_takes_none_are_a_422(shared, path):
+    response = shared.client.get(path, headers=bearer(shared.keys.finance))
+    assert set(assert_problem(response, 422, errors=True)["errors"]) == {path.split("?")[1].split("=")[0]}
+
+
+def test_a_write_with_an_unknown_query_parameter_is_refused_and_changes_nothing(fresh):
+    fresh.event("evt-q", "p1-customer", "inv-q", "100.00", "2026-01-10")  # its accrual matures 2026-02-09
+    response = fresh.post("/v1/holds/release?at=2026-01-11T00:00:00Z", {})
+    assert set(assert_problem(response, 422, errors=True)["errors"]) == {"at"}
+    assert [t["kind"] for t in fresh.read("/v1/transactions")["items"]] == ["accrual"]
+    assert fresh.ok("/v1/holds/release", {"at": "2026-02-09T00:00:00Z"})["released"] == 1  # it was due
+
+
 def test_a_conflict_is_a_409(scratch):
     transaction_id = new_transaction(scratch.database)
     assert reversal(scratch.client, scratch.keys.finance, {"reason": "duplicate"}, transaction_id).status_code == 201
@@ -157,7 +175,8 @@ def test_bad_input_is_refused_with_a_4xx_never_a_500(shared, body):
     assert response.mimetype == "application/problem+json"
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "limit=1e3", "cursor=%00", "cursor=zzzz",
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "limit=1e3", "limit=%EF%BC%95", "limit=+5",
+                                   "cursor=%00", "cursor=zzzz",
                                    "cursor=" + "A" * 500, "partner_id=has:colon", "limit=" + "9" * 5000])
 def test_bad_query_parameters_are_a_422(shared, query):
     response = shared.client.get(f"/v1/transactions?{query}", headers=bearer(shared.keys.finance))

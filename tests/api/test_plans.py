@@ -63,6 +63,17 @@ def test_a_new_version_starts_at_its_effective_from_and_the_plan_lists_all_versi
     assert plan["versions"][1] == version
 
 
+@pytest.mark.parametrize("rate", ["0.0000001", "0.0000000"])
+def test_a_rate_with_many_decimals_is_kept_as_written_and_its_plan_stays_readable(call, rate):
+    plan_id = unique("plan")
+    tiny = {"rates": [{"from_month": 1, "rate": rate}], "override": {"rate": rate, "basis": "revenue"}}
+    [first] = call.created("/v1/plans", plan_body(plan_id, **tiny))["versions"]
+    terms = {key: value for key, value in plan_body(plan_id, **tiny).items() if key not in ("id", "name")}
+    second = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-03-01"})
+    for version in (first, second, *call.read(f"/v1/plans/{plan_id}")["versions"]):
+        assert (version["rates"], version["override"]["rate"]) == ([{"from_month": 1, "rate": rate}], rate)
+
+
 def test_each_accrual_pins_the_version_in_effect_when_its_event_occurred(call):
     plan_id = unique("plan")
     first = call.created("/v1/plans", plan_body(plan_id))["versions"][0]

@@ -123,6 +123,7 @@ def test_a_repeated_id_within_one_batch_applies_once(books):
     first, repeat, conflict = books.ingest(paid, paid, changed)
     assert (first.replayed, repeat.replayed, repeat.transaction_ids) == (False, True, first.transaction_ids)
     assert isinstance(conflict, Refusal) and isinstance(conflict.error, IdempotencyConflict)
+    assert conflict.error.fields == {"amount": ["differs from the original event"]}  # as against a stored event
     assert books.balance("northwind") == (10_000, 0)  # matured, not yet released
 
 

@@ -2,14 +2,18 @@ import pytest
 
 from ledger.errors import InvalidInput
 from ledger.instants import (
+    add_days_us,
     add_months_us,
     format_instant,
     month_index,
     parse_as_of,
+    parse_date,
     parse_instant,
+    parse_period,
     period_bounds_us,
     period_of,
 )
+from ledger.terms import DURATION_MONTHS_MAX, HOLD_DAYS_MAX
 
 
 def at(text: str) -> int:
@@ -55,3 +59,26 @@ def test_month_index_counts_calendar_months_from_the_start(instant, index):
 def test_periods_are_utc_calendar_months():
     assert period_of(at("2026-02-28T23:59:59Z")) == "2026-02"
     assert period_bounds_us("2026-12") == (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
+
+
+@pytest.mark.parametrize("parse, text", [
+    (parse_instant, "\uff12\uff10\uff12\uff16-01-20T00:00:00Z"), (parse_date, "2026-\uff10\uff11-20"),
+    (parse_period, "\uff12\uff10\uff12\uff16-\uff10\uff11"), (parse_period, "2026-\u0661\u0662"),
+])
+def test_only_ascii_digits_are_digits(parse, text):
+    with pytest.raises(InvalidInput) as refused:
+        parse(text, field="when")
+    assert "when" in refused.value.fields
+
+
+@pytest.mark.parametrize("parse, last, too_late", [
+    (parse_instant, "9800-12-31T23:59:59.999999Z", "9801-01-01T00:00:00Z"),
+    (parse_date, "9800-12-31", "9801-01-01"),
+    (parse_period, "9800-12", "9801-01"),
+])
+def test_the_accepted_years_end_where_the_longest_window_and_hold_still_fit(parse, last, too_late):
+    parse(last, field="when")
+    with pytest.raises(InvalidInput, match="between 1970 and 9800"):
+        parse(too_late, field="when")
+    latest = at("9800-12-31T23:59:59.999999Z")
+    assert format_instant(add_days_us(add_months_us(latest, DURATION_MONTHS_MAX), HOLD_DAYS_MAX)).startswith("99")

@@ -48,6 +48,8 @@ def test_decimal_strings_parse_to_exact_minor_units(text, currency, minor):
     ("1234567890123456", "USD", "more than 15 integer digits"),
     (12.5, "USD", "not a JSON number"),
     (12, "USD", "not a JSON number"),
+    ("\uff11\uff10", "USD", "not a decimal string"),  # fullwidth digits, which `\d` would match
+    ("\u0661\u0662.00", "USD", "not a decimal string"),  # Arabic-Indic digits
 ])
 def test_bad_amounts_are_refused_naming_the_field(value, currency, reason):
     with pytest.raises(InvalidInput) as refused:
@@ -111,7 +113,7 @@ def test_rates_between_zero_and_one_parse(text):
     assert Decimal(0) <= parse_rate(text) <= 1
 
 
-@pytest.mark.parametrize("text", ["1.01", "-0.1", "2", "0.2.0", 0.2, "0.12345678901", "NaN", ""])
+@pytest.mark.parametrize("text", ["1.01", "-0.1", "2", "0.2.0", 0.2, "0.12345678901", "NaN", "", "\uff10.\uff15", "1E-7"])
 def test_rates_outside_zero_to_one_or_malformed_are_refused(text):
     with pytest.raises(InvalidInput) as refused:
         parse_rate(text, field="rates.0.rate")
