@@ -62,6 +62,7 @@ class _PieceReplay:
         self.pieces: dict[int, Piece] = {}
         self.effects: dict[int, tuple[int, int, int, int]] = {}
         self.reversals_seen: set[int] = set()
+        self.undone: set[int] = set()  # clawbacks and releases since reversed
         self.by_invoice: dict[str, list[Piece]] = defaultdict(list)
 
     def apply(self, row: tuple) -> None:
@@ -86,10 +87,16 @@ class _PieceReplay:
                 self.pieces[reverses_id].reversed = True
             elif reverses_id in self.effects:
                 effect = self.effects[reverses_id]
+                self.undone.add(reverses_id)
                 self._change(effect, -1)
                 if effect[3]:  # a release undone: the piece is held again
                     piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor = None, 0
+
+    def standing(self, piece_id: int) -> list[int]:
+        """The clawbacks and release of a piece that have not been reversed, in sequence order."""
+        return [transaction_id for transaction_id, effect in self.effects.items()
+                if effect[0] == piece_id and transaction_id not in self.undone]
 
     def _record(self, transaction_id: int, effect: tuple[int, int, int, int]) -> None:
         self.effects[transaction_id] = effect
@@ -137,6 +144,35 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     batch.add(journal.reversal_draft(batch.session, piece.release_id, reason=reason, idempotency_key=key))
     piece.pending_minor += piece.released_minor
     piece.released, piece.release_id, piece.released_minor = False, None, 0
+
+
+def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
+            idempotency_key: str | None = None, recorded_at_us: int | None = None) -> journal.Posted:
+    """Reverse a transaction (`journal.reversal_draft`); returns its reversal.
+
+    An earning piece (accrual, CPA, override) is reversed together with what still stands against
+    it: each clawback, then its release, is reversed first, in the same atomic posting. The mirror
+    of the piece alone would leave a released piece's amount in available (and pending negative):
+    paid out at the next run, although a reversed piece is never released. Each of those reversals
+    is effective at its original's instant, or at `effective_at_us` when that is later, so from the
+    piece's reversal on, the piece adds nothing to its partner's balances at any instant."""
+    journal.lock_journal(session)
+    key = idempotency_key or f"reversal:{transaction_id}"
+    draft = journal.reversal_draft(session, transaction_id, reason=reason, effective_at_us=effective_at_us,
+                                   idempotency_key=key)
+    undo = []
+    if draft.invoice_id is not None and journal.load_draft(session, transaction_id).kind in EARNING_KINDS:
+        replay = _PieceReplay()
+        for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
+                                        " ORDER BY t.id, j.id", (draft.invoice_id,)):
+            replay.apply(row)
+        for standing_id in replay.standing(transaction_id):
+            undo.append(journal.reversal_draft(
+                session, standing_id, reason=f"{reason} (with transaction {transaction_id})",
+                idempotency_key=f"{key}:with:{standing_id}"))
+        if effective_at_us is not None:
+            undo = [d._replace(effective_at_us=max(d.effective_at_us, effective_at_us)) for d in undo]
+    return journal.post(session, [*undo, draft], recorded_at_us=recorded_at_us)[-1]
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

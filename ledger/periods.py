@@ -185,8 +185,18 @@ def list_periods(session: Session) -> list[Close]:
     return [Close(*row) for row in session.execute(select(period_closes).order_by(period_closes.c.starts_at_us))]
 
 
-def period_status(session: Session, period: str) -> str:
-    return "closed" if get_close(session, period) is not None else "open"
+def period_status(session: Session, period: str) -> tuple[str, Close | None]:
+    """("closed", its close), or ("open", None); a period that ends by the start of the first close
+    is ("closed", None): the close chain starts after it, nothing was posted in it (the first close
+    starts at the first posting's period) and nothing can be (a posting dated there is made at the
+    start of the first open period), so it can never be closed on its own."""
+    close = get_close(session, period)
+    if close is not None:
+        return "closed", close
+    chain_starts_us = session.execute(select(func.min(period_closes.c.starts_at_us))).scalar()
+    if chain_starts_us is not None and period_bounds_us(period)[1] <= chain_starts_us:
+        return "closed", None
+    return "open", None
 
 
 def require_close(session: Session, period: str) -> Close:

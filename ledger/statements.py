@@ -22,7 +22,7 @@ from ledger.balances import partner_balances
 from ledger.db import driver_rows
 from ledger.instants import format_instant, period_bounds_us
 from ledger.money import format_minor
-from ledger.periods import get_close
+from ledger.periods import period_status
 
 LINE_KINDS = ("accrual", "cpa", "override", "clawback", "release", "payout", "payout_failed", "writeoff",
               "adjustment", "reversal")
@@ -71,9 +71,8 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
         closing_available = available + sum(line.available_minor for line in lines.get(currency, []))
         sections.append(CurrencyStatement(currency, (pending, available), tuple(lines.get(currency, [])),
                                           dict(totals), (closing_pending, closing_available)))
-    close = get_close(session, period)
-    return Statement(partner_id, period, "closed" if close else "open", close.close_hash if close else None,
-                     tuple(sections))
+    status, close = period_status(session, period)
+    return Statement(partner_id, period, status, close.close_hash if close else None, tuple(sections))
 
 
 # The period's lines on a partner's two accounts, named by a join (no separate look-up of their ids),

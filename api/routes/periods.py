@@ -58,7 +58,8 @@ class PeriodSchema(Schema):
 
 class PeriodDetailSchema(PeriodSchema):
     snapshot = ma.fields.List(ma.fields.Nested(SnapshotRowSchema), required=True, allow_none=True, metadata={
-        "description": "every account's balance at the period's end, as stored at the close; null while open"})
+        "description": "every account's balance at the period's end, as stored at the close; null while open,"
+                       " and for a period before the first close (closed without a close of its own)"})
 
 
 def render(close: Close) -> dict:
@@ -68,9 +69,10 @@ def render(close: Close) -> dict:
             "chain_head_hash": close.chain_head_hash}
 
 
-def render_open(period: str) -> dict:
+def render_without_close(period: str, status: str) -> dict:
+    """An open period, or one before the first close (closed, with no close record of its own)."""
     starts_us, ends_us = period_bounds_us(period)
-    return {"period": period, "status": "open", "starts_at": starts_us, "ends_at": ends_us, "closed_at": None,
+    return {"period": period, "status": status, "starts_at": starts_us, "ends_at": ends_us, "closed_at": None,
             "close_hash": None, "prev_close_hash": None, "transaction_count": None, "chain_head_id": None,
             "chain_head_hash": None, "snapshot": None}
 
@@ -106,9 +108,9 @@ def list_periods(limit: int, cursor: str | None):
 @blp.response(200, PeriodDetailSchema)
 def get_period(period: str):
     """A period's status; a closed one with its close record and snapshot"""
-    close = periods.get_close(current_session(), path_period(period))
+    status, close = periods.period_status(current_session(), path_period(period))
     if close is None:
-        return render_open(period)
+        return render_without_close(period, status)
     return {**render(close), "snapshot": snapshot_rows(close)}
 
 

@@ -30,6 +30,15 @@ def test_releasing_holds_moves_matured_accruals_to_available_once(fresh):
     assert by_now["released"] == 1 and by_now["at"] > "2026-11"
 
 
+def test_an_accrual_reversed_after_its_release_was_posted_is_not_paid_out(fresh):
+    [accrual_id] = fresh.event(unique("evt"), "p1-customer", unique("inv"), "250.00", "2026-01-10")["transaction_ids"]
+    assert fresh.ok("/v1/holds/release", {"at": instant("2026-02-10")})["released"] == 1
+    reversal = fresh.created(f"/v1/transactions/{accrual_id}/reversal", {"reason": "wrong partner"})
+    assert reversal["kind"] == "reversal" and reversal["reverses_id"] == accrual_id
+    assert fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})["payouts"] == []
+    assert available(fresh, "p1", "2026-03-01") == "0.00"
+
+
 def test_a_payout_run_pays_each_balance_that_reaches_its_plans_minimum_once_per_instant(fresh):
     invoices(fresh, p1="250.00", p2="200.00")  # 50.00 and 40.00 of commission
     run = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})

@@ -32,6 +32,20 @@ def test_a_close_answers_its_record_and_the_closed_period_carries_its_snapshot(f
         "chain_head_id": None, "chain_head_hash": None, "snapshot": None}
 
 
+def test_a_period_before_the_first_close_is_closed_without_a_close_of_its_own(fresh):
+    book_january_and_february(fresh)
+    assert fresh.read("/v1/periods/2025-12")["status"] == "open"
+    fresh.ok("/v1/periods/2026-01/close")  # the chain starts at the first posting's period
+    december = {"period": "2025-12", "status": "closed", "starts_at": "2025-12-01T00:00:00Z",
+                "ends_at": "2026-01-01T00:00:00Z", "closed_at": None, "close_hash": None, "prev_close_hash": None,
+                "transaction_count": None, "chain_head_id": None, "chain_head_hash": None, "snapshot": None}
+    assert fresh.read("/v1/periods/2025-12") == december
+    statement = fresh.read("/v1/partners/p1/statement?period=2025-12", as_="p1")
+    assert (statement["period_status"], statement["close_hash"], statement["currencies"]) == ("closed", None, [])
+    assert "2025-12" in expect(fresh.post("/v1/periods/2025-12/close"), 409)["detail"]
+    assert fresh.read("/v1/periods/2026-02")["status"] == "open"
+
+
 def test_the_list_holds_the_close_chain_oldest_first_page_by_page(fresh):
     book_january_and_february(fresh)
     assert fresh.read("/v1/periods") == {"items": [], "next_cursor": None}

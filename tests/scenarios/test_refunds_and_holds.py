@@ -5,7 +5,7 @@ reversed accruals, which are never released."""
 
 import pytest
 
-from ledger import journal
+from ledger import holds, payouts
 from ledger.errors import InvalidInput
 from tests.scenarios.books import Books, at, commissions
 
@@ -115,7 +115,7 @@ def test_held_ness_is_decided_at_the_microsecond_of_maturity(books):
 def test_a_reversed_accrual_is_never_released_and_never_clawed_back(books):
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
     with books.database.transaction() as session:
-        journal.reverse(session, accrual_id, reason="entered against the wrong partner")
+        holds.reverse(session, accrual_id, reason="entered against the wrong partner")
     assert books.release("2026-03-01") == 0
     assert books.balance("northwind") == (0, 0)
     refund = books.refund("acme", "inv-1", "1000.00", "2026-03-02")
@@ -128,17 +128,91 @@ def test_a_reversed_accrual_is_not_released_by_a_later_refund_either(books):
     [accrual_id, _] = [*books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids,
                        books.paid("acme", "inv-2", "1000.00", "2026-01-10").transaction_ids[0]]
     with books.database.transaction() as session:
-        journal.reverse(session, accrual_id, reason="duplicate")
+        holds.reverse(session, accrual_id, reason="duplicate")
     books.refund("acme", "inv-1", "500.00", "2026-03-01")  # after maturity: would release a live accrual
     assert [row.kind for row in books.sql("SELECT kind FROM journal_transactions WHERE invoice_id = 'inv-1' "
                                           "ORDER BY id")] == ["accrual", "reversal"]
+
+
+def reverse(books: Books, transaction_id: int, **kwargs) -> int:
+    with books.database.transaction() as session:
+        return holds.reverse(session, transaction_id, reason="commission not owed", **kwargs).id
+
+
+def kinds(books: Books, invoice_id: str) -> list[tuple]:
+    return [tuple(row) for row in books.sql(
+        "SELECT id, kind, reverses_id, effective_at_us FROM journal_transactions WHERE invoice_id = :i ORDER BY id",
+        i=invoice_id)]
+
+
+@pytest.mark.parametrize("release_job_ran", [False, True])
+def test_a_reversed_accrual_is_never_paid_out_whether_or_not_its_release_was_posted(books, release_job_ran):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids  # 100.00, matures 02-09
+    if release_job_ran:
+        assert books.release("2026-02-10") == 1
+    reverse(books, accrual_id)
+    with books.database.transaction() as session:
+        assert payouts.run_payouts(session, at("2026-03-01")).payouts == ()
+    for instant in ("2026-01-10T00:00:01Z", "2026-02-09T00:00:01Z", "2026-03-02"):
+        assert books.balance("northwind", before=instant) == (0, 0), instant
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_reversing_a_released_accrual_first_reverses_its_release_at_the_release_instant(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.release("2026-02-10")
+    [(_, _, _, _), (release_id, _, _, released_at)] = kinds(books, "inv-1")
+    reversal_id = reverse(books, accrual_id)
+    assert kinds(books, "inv-1")[2:] == [(reversal_id - 1, "reversal", release_id, released_at),
+                                         (reversal_id, "reversal", accrual_id, at("2026-01-10"))]
+    assert books.release("2026-03-01") == 0
+
+
+def test_reversing_an_accrual_also_reverses_its_clawbacks_so_the_partner_is_not_clawed_twice(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids  # -40.00 from pending
+    books.release("2026-02-10")                                                          # 60.00 to available
+    assert books.balance("northwind") == (0, 6_000)
+    reverse(books, accrual_id)
+    assert [(kind, reverses) for _, kind, reverses, _ in kinds(books, "inv-1")[3:]] == [
+        ("reversal", clawback_id), ("reversal", clawback_id + 1), ("reversal", accrual_id)]
+    assert books.balance("northwind") == (0, 0)
+    final = books.refund("acme", "inv-1", "600.00", "2026-03-01")  # nothing left to claw from a reversed accrual
+    assert (final.status, books.balance("northwind")) == ("no_commission", (0, 0))
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_reversal_at_a_later_instant_undoes_the_release_no_earlier_than_that(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.release("2026-02-10")
+    reverse(books, accrual_id, effective_at_us=at("2026-03-05"))
+    assert books.balance("northwind", before="2026-03-05") == (0, 10_000)  # released, and owed until then
+    assert books.balance_just_after("northwind", "2026-03-05") == (0, 0)
+
+
+def test_a_reversal_at_an_instant_before_the_release_undoes_the_release_at_its_own_instant(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.release("2026-02-10")
+    reverse(books, accrual_id, effective_at_us=at("2026-01-15"))
+    assert [instant for *_, instant in kinds(books, "inv-1")[2:]] == [at("2026-02-09"), at("2026-01-15")]
+    assert books.balance("northwind", before="2026-01-15") == (10_000, 0)
+    for instant in ("2026-01-15T00:00:01Z", "2026-02-09T00:00:01Z"):
+        assert books.balance("northwind", before=instant) == (0, 0), instant
+
+
+def test_a_replayed_reversal_of_a_released_accrual_posts_nothing_more(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.release("2026-02-10")
+    first = reverse(books, accrual_id)
+    before = head(books)
+    assert reverse(books, accrual_id) == first and head(books) == before
 
 
 def test_a_reversed_clawback_gives_the_accrual_back_and_the_final_refund_claws_exactly_what_is_left(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     [clawback_id] = books.refund("acme", "inv-1", "250.00", "2026-01-20").transaction_ids
     with books.database.transaction() as session:
-        journal.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
+        holds.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
     assert books.balance("northwind") == (10_000, 0)
     final = books.refund("acme", "inv-1", "750.00", "2026-01-21")
     assert commissions(final) == [("northwind", "clawback", -10_000)]
