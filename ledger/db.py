@@ -47,6 +47,8 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ledger.errors import invalid
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A queued SQLite writer checkpoints after its commits have changed this many rows (a single-event
 # posting changes about 10, in about 25 pages; a bulk batch, many rows to a page).
@@ -346,7 +348,7 @@ def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[An
                     break
     except dbapi.Error as error:
         sql = sql or ";\n".join(statement for statement, _ in statements)  # when binding failed
-        raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
+        raise _database_error(connection, sql, error) from error
     assert len(results) == len(statements), (len(results), len(statements))
     return results
 
@@ -415,7 +417,7 @@ def _driver_execute(connection, sql: str, params, *, many: bool = False, fetch: 
             cursor.execute(sql, params)
         return cursor.fetchall() if fetch else None
     except dbapi.Error as error:
-        raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
+        raise _database_error(connection, sql, error) from error
     finally:
         cursor.close()
 
@@ -429,7 +431,22 @@ def _copy(connection, table_name: str, columns: tuple[str, ...], rows: list[tupl
             for row in rows:
                 copy.write_row(row)
     except dbapi.Error as error:
-        raise DBAPIError.instance(sql, None, error, dbapi.Error, dialect=connection.dialect) from error
+        raise _database_error(connection, sql, error) from error
+
+
+# What the database answers when a posting would take an account's running total past a BIGINT:
+# SQLite, migration 0011's guard; PostgreSQL, SQLSTATE 22003 (numeric_value_out_of_range).
+TOTAL_OUT_OF_RANGE = "account_totals: a running total would exceed the range of a 64-bit integer"
+_OUT_OF_RANGE_SQLSTATE = "22003"
+
+
+def _database_error(connection, sql: str, error: Exception) -> Exception:
+    """SQLAlchemy's wrapper of a driver error, as a statement through SQLAlchemy would raise it; a
+    running total out of range is bad input instead, a 422 naming `amount` (nothing is written:
+    the caller's transaction fails as a whole)."""
+    if TOTAL_OUT_OF_RANGE in str(error) or getattr(error, "sqlstate", None) == _OUT_OF_RANGE_SQLSTATE:
+        return invalid("amount", f"would take an account's running total past {2**63 - 1:,} minor units")
+    return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect)
 
 
 def chunked(items: list, size: int):

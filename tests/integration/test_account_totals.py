@@ -10,6 +10,7 @@ from ledger import accounts as chart
 from ledger import journal
 from ledger.balances import all_balances, partner_balances
 from ledger.db import Database
+from ledger.errors import InvalidInput
 from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
@@ -84,6 +85,36 @@ def test_raw_sql_postings_keep_the_totals_too(booked):
     found = totals(booked)
     assert found == sums_of_lines(booked)
     assert found[(PENDING, "USD")][:2] == (0, 100 + 250 + 40 + 7)
+
+
+INT64_MAX = 2**63 - 1
+
+
+def test_a_total_past_a_64_bit_integer_is_refused_by_the_database(booked):
+    # Python bypassed: raw lines whose sum passes 2^63 - 1 on the pending account (already at 350).
+    refused(booked, lambda connection: insert_line(connection, 4, account_ids(connection)[1], "C", INT64_MAX - 349),
+            match="range of a 64-bit integer|bigint out of range")
+    with booked.engine.begin() as connection:  # up to the limit exactly is fine
+        expense, pending = account_ids(connection)
+        insert_line(connection, 4, expense, "D", INT64_MAX - 350)
+        insert_line(connection, 4, pending, "C", INT64_MAX - 350)
+        insert_header(connection, 4, head_hash(connection), key="raw-max")
+    assert totals(booked)[(PENDING, "USD")][:2] == (0, INT64_MAX)
+    assert totals(booked) == sums_of_lines(booked)
+
+
+def test_a_posting_past_the_range_is_a_422_naming_the_amount_and_writes_nothing(booked):
+    biggest = 999_999_999_999_999_999  # "999999999999999.999" BHD: 15 integer digits, as the contract allows
+    for index in range(9):  # 9 x 1e18 fits under 2^63 - 1 (about 9.22e18); the tenth does not
+        post(booked, accrual(f"big-{index}", biggest, "BHD"))
+    before = totals(booked)
+    with pytest.raises(InvalidInput) as error:
+        post(booked, accrual("big-9", biggest, "BHD"))
+    assert set(error.value.fields) == {"amount"}
+    assert totals(booked) == before == sums_of_lines(booked)
+    with booked.reader() as session:
+        assert partner_balances(session, "northwind")["BHD"] == (9 * biggest, 0)
+        assert verify(session).ok
 
 
 def test_lines_of_a_new_account_in_one_statement_start_its_row_and_add_to_it(booked):
