@@ -1,16 +1,20 @@
 """`revshare` commands over the books: scheduler, demo, import, release-holds, payout-run, close,
 statement and trial-balance. Each parses its arguments, opens one transaction, calls the domain
-and prints; a domain error prints `error: ...` on stderr and exits with status 2."""
+and prints; a domain error prints `error: ...` on stderr and exits with status 2, and so does a
+database that cannot be used (unreachable, not a database, or not migrated yet)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import sys
 from typing import Iterator
 
 import click
+from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ledger.db import Database
 from ledger.errors import DomainError
@@ -18,23 +22,42 @@ from ledger.settings import Settings
 
 
 @contextlib.contextmanager
-def domain_errors() -> Iterator[None]:
+def domain_errors(options: dict[str, str] | None = None) -> Iterator[None]:
+    """Print a domain error and exit 2. `options` names the command-line option that gave a field
+    (`{"at": "--at"}`), so that the message names what the user typed."""
     try:
         yield
     except DomainError as error:
-        fields = "".join(f"\n  {name}: {'; '.join(messages)}" for name, messages in error.fields.items())
-        click.echo(f"error: {error.detail}{fields}", err=True)
+        detail = error.detail
+        for field, option in (options or {}).items():
+            if detail.startswith(f"{field}:"):
+                detail = option + detail[len(field):]
+        fields = "".join(f"\n  {(options or {}).get(name, name)}: {'; '.join(messages)}"
+                         for name, messages in error.fields.items())
+        click.echo(f"error: {detail}{fields}", err=True)
         sys.exit(2)
 
 
 @contextlib.contextmanager
-def opened(settings: Settings) -> Iterator[Database]:
+def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterator[Database]:
+    """The settings' database, disposed of afterwards; a domain error, or a database that cannot be
+    used, exits 2 with `error: ...`."""
     database = Database(settings.database_url)
     try:
-        with domain_errors():
+        with domain_errors(options):
             yield database
+    except (OperationalError, ProgrammingError) as error:
+        click.echo(f"error: cannot use the database {make_url(settings.database_url)!r}: "
+                   f"{str(error.orig).strip().splitlines()[0]}", err=True)
+        if _UNMIGRATED.search(str(error.orig)):
+            click.echo("  it has no tables yet: run `revshare db upgrade` first", err=True)
+        sys.exit(2)
     finally:
         database.dispose()
+
+
+# SQLite's and PostgreSQL's words for a table that is not there.
+_UNMIGRATED = re.compile(r"no such table|relation \S+ does not exist")
 
 
 def parse_instant_option(value: str | None, name: str) -> int | None:
@@ -71,23 +94,27 @@ def demo(settings: Settings) -> None:
 
 @click.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=5000, show_default=True)
+@click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto", show_default=True,
+              help="auto: by the file name's extension (.csv; .ndjson, .jsonl, .json), else NDJSON when the "
+                   "file starts with '{' and CSV otherwise.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=5000, show_default=True,
+              help="Events per transaction; each committed batch stands if the import is stopped.")
 @click.pass_obj
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
-    """Import revenue events from an NDJSON or CSV file. Safe to run again: nothing applies twice.
-    Exits 1 when any event was refused."""
+    """Import revenue events from an NDJSON or CSV file (UTF-8). Safe to run again: nothing applies
+    twice. Exits 1 when any event was refused."""
     from ledger.importer import detect_format, import_stream
 
-    with open(path, encoding="utf-8", newline="") as stream:
-        chosen = detect_format(path, stream.read(256)) if file_format == "auto" else file_format
+    with open(path, "rb") as stream:  # decoded line by line (ledger.importer): a bad line is refused alone
+        head = stream.read(256).decode("utf-8", "replace").removeprefix("\ufeff")
+        chosen = detect_format(path, head) if file_format == "auto" else file_format
         stream.seek(0)
         size = os.path.getsize(path)
         with opened(settings) as database, click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
             last = [0]
 
             def advance(_events: int) -> None:
-                position = stream.buffer.tell() if hasattr(stream, "buffer") else last[0]
+                position = stream.tell()
                 bar.update(max(0, position - last[0]))
                 last[0] = position
 
@@ -113,9 +140,9 @@ def release_holds(settings: Settings, at: str | None) -> None:
     from ledger.holds import release_matured
     from ledger.journal import now_us
 
-    at_us = parse_instant_option(at, "--at") or now_us()
-    with opened(settings) as database, database.transaction() as session:
-        released = release_matured(session, at_us)
+    at_us = parse_instant_option(at, "--at")
+    with opened(settings, {"at": "--at"}) as database, database.transaction() as session:
+        released = release_matured(session, now_us() if at_us is None else at_us)
     click.echo(f"released: {released}")
 
 
@@ -129,9 +156,9 @@ def payout_run(settings: Settings, at: str | None) -> None:
     from ledger.money import format_minor
     from ledger.payouts import run_payouts
 
-    at_us = parse_instant_option(at, "--at") or now_us()
-    with opened(settings) as database, database.transaction() as session:
-        run = run_payouts(session, at_us)
+    at_us = parse_instant_option(at, "--at")
+    with opened(settings, {"at": "--at"}) as database, database.transaction() as session:
+        run = run_payouts(session, now_us() if at_us is None else at_us)
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
     for payout in run.payouts:
         click.echo(f"  payout {payout.id}: {payout.partner_id} {format_minor(payout.amount_minor, payout.currency)} "
@@ -186,7 +213,7 @@ def trial_balance(settings: Settings, as_of: str | None) -> None:
     before_us = parse_instant_option(as_of, "--as-of")
     with opened(settings) as database, database.reader() as session:
         report = build(session, before_us=before_us)
-    click.echo(f"trial balance as of {format_instant(before_us) if before_us else 'now'}")
+    click.echo(f"trial balance as of {'now' if before_us is None else format_instant(before_us)}")
     click.echo(f"{'account':<44}{'cur':<5}{'debit':>16}{'credit':>16}{'balance':>16}")
     for row in report.rows:
         money = lambda minor: format_minor(minor, row.currency)  # noqa: E731

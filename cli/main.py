@@ -10,7 +10,6 @@ import sys
 
 import click
 
-from ledger.db import Database
 from ledger.schema import API_ROLES
 from ledger.settings import Settings, SettingsError
 
@@ -51,16 +50,16 @@ def db_upgrade(settings: Settings) -> None:
 @click.pass_obj
 def verify(settings: Settings) -> None:
     """Recompute the hash chain, the balance of every transaction and every snapshot."""
+    from cli.books import opened
     from ledger.verify import verify as verify_books
 
-    database = Database(settings.database_url)
-    with database.reader() as session:
+    with opened(settings) as database, database.reader() as session:
         report = verify_books(session)
-    database.dispose()
     click.echo(f"transactions checked: {report.transactions_checked}")
     click.echo(f"chain head: {report.chain_head}")
     for problem in report.problems:
-        click.echo(f"PROBLEM transaction {problem.transaction_id}: {problem.code}: {problem.message}")
+        where = "" if problem.transaction_id is None else f" transaction {problem.transaction_id}"
+        click.echo(f"PROBLEM{where}: {problem.code}: {problem.message}")
     if not report.ok:
         click.echo(f"{len(report.problems)} problem(s) found", err=True)
         sys.exit(1)
@@ -90,17 +89,11 @@ def keys() -> None:
 @click.pass_obj
 def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
     """Create an API key and print it (alone, on the last line); it is not shown again."""
-    from ledger.errors import DomainError
+    from cli.books import opened
     from ledger.keys import create_key
 
-    database = Database(settings.database_url)
-    try:
-        with database.transaction() as session:
-            key_id, key = create_key(session, role, partner_id)
-    except DomainError as error:
-        raise click.UsageError(error.detail) from None
-    finally:
-        database.dispose()
+    with opened(settings, {"partner_id": "--partner"}) as database, database.transaction() as session:
+        key_id, key = create_key(session, role, partner_id)
     click.echo(f"id: {key_id}")
     click.echo(f"role: {role}" + (f" (partner {partner_id})" if partner_id else ""))
     click.echo(key)

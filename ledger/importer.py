@@ -5,7 +5,10 @@ Constant memory: the file is read line by line and handed to `revenue.ingest` in
 file, even after being killed halfway: committed batches replay (events are keyed by id) and the
 rest is applied, so the books equal those of one clean run.
 
-CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at.
+CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; a
+header naming others is refused). A file is UTF-8, a leading byte-order mark allowed. A line that
+is not UTF-8, is not JSON (NDJSON) or has more or fewer fields than the header (CSV) is refused
+with its line number, like an event the domain refuses; the import goes on.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TextIO
+from typing import IO, Callable, Iterator
 
 from ledger import revenue
 from ledger.db import Database
@@ -33,38 +37,83 @@ class Summary:
     replayed: int = 0
     refused: int = 0
     refusal_reasons: Counter = field(default_factory=Counter)
-    refusal_examples: list[str] = field(default_factory=list)
+    examples: list[tuple[int, str]] = field(default_factory=list)  # (line, text), the first lines refused
 
     def refuse(self, line_number: int, event_id: str | None, error: DomainError) -> None:
         self.refused += 1
         fields = ", ".join(sorted(error.fields)) or "-"
         self.refusal_reasons[f"{error.title} ({fields})"] += 1
-        if len(self.refusal_examples) < REFUSAL_EXAMPLES_MAX:
-            self.refusal_examples.append(f"line {line_number} event {event_id or '?'}: {error.detail}")
+        # Lines refused while reading come before those of their batch refused by the domain: keep
+        # the lowest line numbers, whatever the order they were refused in.
+        self.examples.append((line_number, f"line {line_number} event {event_id or '?'}: {error.detail}"))
+        if len(self.examples) > 2 * REFUSAL_EXAMPLES_MAX:
+            self.examples = sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]
+
+    @property
+    def refusal_examples(self) -> list[str]:
+        return [text for _, text in sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]]
 
 
-def _ndjson(stream: TextIO) -> Iterator[tuple[int, object]]:
+# What `_lines` makes of bytes that are not UTF-8 (the "surrogateescape" error handler).
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _lines(stream: IO) -> Iterator[str]:
+    """The stream's lines as text. A binary stream is decoded here, line by line, so that bytes that
+    are not UTF-8 are refused on their own line (they decode to lone surrogates, `_NOT_UTF8`)
+    instead of stopping the import; a byte-order mark before the first line is dropped."""
     for number, line in enumerate(stream, start=1):
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", "surrogateescape")
+        yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _not_utf8(number: int) -> InvalidInput:
+    return InvalidInput("not UTF-8 text", {"_line": [f"line {number} is not UTF-8 text"]})
+
+
+def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
+    for number, line in enumerate(_lines(stream), start=1):
         if not line.strip():
             continue
+        if _NOT_UTF8.search(line):
+            yield number, _not_utf8(number)
+            continue
         try:
-            yield number, json.loads(line)
+            yield number, json.loads(line, parse_constant=_not_json)
         except json.JSONDecodeError as error:
-            yield number, InvalidInput(f"line {number}: malformed JSON ({error.msg})", {"_line": [error.msg]})
+            yield number, InvalidInput(f"malformed JSON ({error.msg})", {"_line": [error.msg]})
+        except (ValueError, RecursionError) as error:  # NaN, Infinity; nesting too deep for the parser
+            yield number, InvalidInput(f"malformed JSON ({str(error)[:80] or 'too deeply nested'})",
+                                       {"_line": ["malformed JSON"]})
 
 
-def _csv(stream: TextIO) -> Iterator[tuple[int, object]]:
-    reader = csv.DictReader(stream)
+def _not_json(literal: str) -> object:
+    """`NaN`, `Infinity` and `-Infinity`, which Python's json module reads and JSON does not have."""
+    raise ValueError(f"{literal} is not JSON")
+
+
+def _csv(stream: IO) -> Iterator[tuple[int, object]]:
+    reader = csv.DictReader(_lines(stream))
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
+    width = len(reader.fieldnames)
     for row in reader:
-        data = {name: row[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
-        data["amount"] = {"amount": row["amount"], "currency": row["currency"]}
-        yield reader.line_num, data
+        # DictReader puts the fields past the header's under None and gives None for those missing.
+        found = width - sum(value is None for value in row.values()) + len(row.get(None) or ())
+        if found != width:
+            yield reader.line_num, InvalidInput(f"the row has {found} fields, the header {width}",
+                                                {"_line": [f"{found} fields, the header has {width}"]})
+        elif any(_NOT_UTF8.search(row[name]) for name in CSV_COLUMNS):
+            yield reader.line_num, _not_utf8(reader.line_num)
+        else:
+            data = {name: row[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
+            data["amount"] = {"amount": row["amount"], "currency": row["currency"]}
+            yield reader.line_num, data
 
 
-def records(stream: TextIO, file_format: str) -> Iterator[tuple[int, object]]:
+def records(stream: IO, file_format: str) -> Iterator[tuple[int, object]]:
     assert file_format in ("ndjson", "csv"), file_format
     return _csv(stream) if file_format == "csv" else _ndjson(stream)
 
@@ -77,7 +126,7 @@ def detect_format(path: str, head: str) -> str:
     return "ndjson" if head.lstrip().startswith("{") else "csv"
 
 
-def import_stream(database: Database, stream: TextIO, file_format: str, *, batch_size: int = BATCH_SIZE_DEFAULT,
+def import_stream(database: Database, stream: IO, file_format: str, *, batch_size: int = BATCH_SIZE_DEFAULT,
                   progress: Callable[[int], None] = lambda n: None) -> Summary:
     summary = Summary()
     pending: list[tuple[int, revenue.RevenueEvent]] = []

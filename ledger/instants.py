@@ -85,6 +85,9 @@ def parse_as_of(text: str, *, field: str = "as_of") -> int:
     """An `as_of` bound: an instant, or a date meaning the end of that day in UTC (exclusive)."""
     if isinstance(text, str) and _DATE_PATTERN.fullmatch(text):
         return start_of_day_us(parse_date(text, field=field) + timedelta(days=1))
+    if not isinstance(text, str) or not _INSTANT_PATTERN.fullmatch(text):
+        raise invalid(field, "must be a date YYYY-MM-DD or an RFC 3339 instant with an offset, such as "
+                             "2026-01-20T00:00:00Z")
     return parse_instant(text, field=field)
 
 

@@ -69,8 +69,9 @@ class Settings:
               max_body_bytes: str | int | None = None, close_grace_days: str | int | None = None,
               payout_day_of_month: str | int | None = None,
               release_interval_minutes: str | int | None = None) -> "Settings":
-        if not database_url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
-            raise SettingsError(f"{PREFIX}DATABASE_URL must be an sqlite:// or postgresql:// URL, got {database_url!r}")
+        for name, url in (("DATABASE_URL", database_url), ("MIGRATION_DATABASE_URL", migration_database_url)):
+            if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+                raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, got {url!r}")
         level = log_level.upper()
         if not isinstance(logging.getLevelName(level), int):
             raise SettingsError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")

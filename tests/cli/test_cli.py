@@ -98,11 +98,42 @@ def test_jobs_run_from_the_command_line_with_an_explicit_instant(seeded):
     (("close", "2026-13"), "period: must be a period YYYY-MM"),
     (("close", "2999-01"), "has not ended yet"),
     (("statement", "nobody", "--period", "2026-01"), "partner 'nobody' does not exist"),
-    (("release-holds", "--at", "yesterday"), "--at: must be an RFC 3339 instant"),
+    (("release-holds", "--at", "yesterday"), "--at: must be a date YYYY-MM-DD or an RFC 3339 instant"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(seeded, args, message):
     result = invoke(seeded.url, *args)
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("command", [("verify",), ("trial-balance",), ("statement", "p", "--period", "2026-01"),
+                                     ("keys", "create", "--role", "finance"), ("demo",)])
+def test_a_database_that_cannot_be_used_exits_2_with_a_clear_error_not_a_traceback(tmp_path, command):
+    unmigrated = invoke(f"sqlite:///{tmp_path / 'empty.db'}", *command)
+    assert unmigrated.exit_code == 2, unmigrated.output
+    assert "error: cannot use the database" in unmigrated.output and "run `revshare db upgrade`" in unmigrated.output
+    unreachable = invoke(f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}", *command)
+    assert unreachable.exit_code == 2 and "unable to open database file" in unreachable.output
+    assert "Traceback" not in unmigrated.output + unreachable.output
+
+
+def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=1))  # holds mature in February 2026
+    assert invoke(seeded.url, "release-holds", "--at", "1970-01-01T00:00:00Z").output == "released: 0\n"
+    assert "at 1970-01-01T00:00:00Z" in invoke(seeded.url, "payout-run", "--at", "1970-01-01T00:00:00Z").output
+    assert "trial balance as of 1970-01-01T00:00:00Z" in invoke(seeded.url, "trial-balance", "--as-of",
+                                                                "1970-01-01T00:00:00Z").output
+
+
+def test_cli_errors_name_the_option_not_the_api_field(seeded):
+    result = invoke(seeded.url, "keys", "create", "--role", "partner")
+    assert result.exit_code == 2 and result.output.startswith("error: --partner:")
+
+
+def test_a_bad_migration_url_stops_with_a_message_naming_the_variable(database_url):
+    result = CliRunner().invoke(main, ["verify"], env={"REVSHARE_DATABASE_URL": database_url,
+                                                       "REVSHARE_MIGRATION_DATABASE_URL": "garbage"})
+    assert result.exit_code == 2 and "REVSHARE_MIGRATION_DATABASE_URL must be an sqlite://" in result.output
 
 
 def test_verify_exits_1_and_names_the_problem(sqlite_database):
@@ -171,6 +202,35 @@ def test_refused_lines_are_summarized_with_reasons_and_exit_1(seeded, tmp_path):
     assert result.exit_code == 1
     assert "posted: 1" in result.output and "refused: 3" in result.output
     assert "line 2" in result.output and "bad-1" in result.output and "no paid invoice 'nope'" in result.output
+
+
+def test_lines_that_are_not_utf8_json_or_full_rows_are_refused_alone_and_the_import_goes_on(seeded, tmp_path):
+    good = event_dict(paid("ok-1", "acme", "inv-ok-1", 10_000, "2026-01-10"))
+    ndjson = tmp_path / "mixed.ndjson"
+    ndjson.write_bytes(b"\n".join([
+        "\ufeff".encode() + json.dumps(good).encode(),                # a byte-order mark first
+        json.dumps({**good, "id": "caf\u00e9"}, ensure_ascii=False).encode("latin-1"),  # not UTF-8 (\xe9)
+        b"[" * 100_000 + b"]" * 100_000, b'{"id": NaN}',
+        json.dumps({**good, "id": "ok-2", "invoice_id": "inv-ok-2"}).encode()]) + b"\n")
+    result = invoke(seeded.url, "import", str(ndjson))
+    assert result.exit_code == 1 and "posted: 2" in result.output and "refused: 3" in result.output
+    assert "line 2 event ?: not UTF-8 text" in result.output and "line 3 event ?: malformed JSON" in result.output
+    assert "line 4 event ?: malformed JSON (NaN is not JSON)" in result.output
+
+    header = "\ufeffid,type,customer_id,invoice_id,amount,currency,occurred_at"
+    rows = [header, "ok-3,invoice_paid,acme,inv-ok-3,10.00,USD,2026-01-11T00:00:00Z",
+            "x-1,invoice_paid,acme,inv-x-1,10.00,USD,2026-01-11T00:00:00Z,EXTRA",
+            "x-2,invoice_paid,acme,inv-x-2,10.00,USD",
+            "ok-4,invoice_paid,acme,inv-ok-4,10.00,USD,2026-01-12T00:00:00Z"]
+    csv_path = tmp_path / "mixed.csv"
+    csv_path.write_bytes("\n".join(rows).encode() + b"\nx-3,invoice_paid,acme,inv-\xe9,1.00,USD,2026-01-12T00:00:00Z\n")
+    result = invoke(seeded.url, "import", str(csv_path))
+    assert result.exit_code == 1 and "posted: 2" in result.output and "refused: 3" in result.output
+    assert "line 3 event ?: the row has 8 fields, the header 7" in result.output
+    assert "line 4 event ?: the row has 6 fields, the header 7" in result.output
+    assert "line 6 event ?: not UTF-8 text" in result.output
+    assert [line.split(" event")[0].strip() for line in result.output.splitlines() if " event ?:" in line] == [
+        "line 3", "line 4", "line 6"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
