@@ -32,9 +32,8 @@ def domain_errors(options: dict[str, str] | None = None) -> Iterator[None]:
         for field, option in (options or {}).items():
             if detail.startswith(f"{field}:"):
                 detail = option + detail[len(field):]
-        fields = "".join(f"\n  {(options or {}).get(name, name)}: {'; '.join(messages)}"
-                         for name, messages in error.fields.items())
-        click.echo(f"error: {detail}{fields}", err=True)
+        lines = [f"{(options or {}).get(name, name)}: {'; '.join(messages)}" for name, messages in error.fields.items()]
+        click.echo("\n  ".join([f"error: {detail}", *(line for line in lines if line != detail)]), err=True)
         sys.exit(2)
 
 
@@ -94,9 +93,9 @@ def demo(settings: Settings) -> None:
 
 @click.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto", show_default=True,
-              help="auto: by the file name's extension (.csv; .ndjson, .jsonl, .json), else NDJSON when the "
-                   "file starts with '{' and CSV otherwise.")
+@click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto",
+              show_default=True, help="auto: by the file name's extension (.csv; .ndjson, .jsonl, .json), "
+                                      "else NDJSON when the file starts with '{' and CSV otherwise.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=5000, show_default=True,
               help="Events per transaction; each committed batch stands if the import is stopped.")
 @click.pass_obj

@@ -34,6 +34,16 @@ def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
     return occurred_at_us + hold_days * _DAY_US
 
 
+def standing_against(session: Session, piece: int, invoice_id: str) -> list[int]:
+    """The clawbacks and release of an earning piece of `invoice_id` that have not been reversed, in
+    sequence order."""
+    replay = _PieceReplay()
+    for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
+                                    " ORDER BY t.id, j.id", (invoice_id,)):
+        replay.apply(row)
+    return replay.standing(piece)
+
+
 def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
     """{invoice_id: pieces}, replaying the invoice's accruals, clawbacks, releases and reversals."""
     replay = _PieceReplay()
@@ -144,35 +154,6 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     batch.add(journal.reversal_draft(batch.session, piece.release_id, reason=reason, idempotency_key=key))
     piece.pending_minor += piece.released_minor
     piece.released, piece.release_id, piece.released_minor = False, None, 0
-
-
-def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
-            idempotency_key: str | None = None, recorded_at_us: int | None = None) -> journal.Posted:
-    """Reverse a transaction (`journal.reversal_draft`); returns its reversal.
-
-    An earning piece (accrual, CPA, override) is reversed together with what still stands against
-    it: each clawback, then its release, is reversed first, in the same atomic posting. The mirror
-    of the piece alone would leave a released piece's amount in available (and pending negative):
-    paid out at the next run, although a reversed piece is never released. Each of those reversals
-    is effective at its original's instant, or at `effective_at_us` when that is later, so from the
-    piece's reversal on, the piece adds nothing to its partner's balances at any instant."""
-    journal.lock_journal(session)
-    key = idempotency_key or f"reversal:{transaction_id}"
-    draft = journal.reversal_draft(session, transaction_id, reason=reason, effective_at_us=effective_at_us,
-                                   idempotency_key=key)
-    undo = []
-    if draft.invoice_id is not None and journal.load_draft(session, transaction_id).kind in EARNING_KINDS:
-        replay = _PieceReplay()
-        for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
-                                        " ORDER BY t.id, j.id", (draft.invoice_id,)):
-            replay.apply(row)
-        for standing_id in replay.standing(transaction_id):
-            undo.append(journal.reversal_draft(
-                session, standing_id, reason=f"{reason} (with transaction {transaction_id})",
-                idempotency_key=f"{key}:with:{standing_id}"))
-        if effective_at_us is not None:
-            undo = [d._replace(effective_at_us=max(d.effective_at_us, effective_at_us)) for d in undo]
-    return journal.post(session, [*undo, draft], recorded_at_us=recorded_at_us)[-1]
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

@@ -6,7 +6,9 @@ minimum payout of the partner's plan for that currency, it posts one payout of t
 balance, effective at t (Dr available / Cr payouts in transit), status pending. A run per instant:
 running again at the same instant returns the first run. A currency the plan lists no minimum for
 is paid whenever its balance is positive. A new run at an instant inside a closed period is refused:
-its payouts could not be effective at t, and would pay a balance that may no longer be there.
+its payouts could not be effective at t, and would pay a balance that may no longer be there. So is
+a run before the latest one (Python, and the database: migration 0012): the later run's payouts are
+not in the balances as of t, which it would pay a second time.
 
 A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in transit / Cr available,
 returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from typing import NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
@@ -60,6 +62,11 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
     existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
     if existing is not None:
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
+    latest_us = session.execute(select(func.max(payout_runs.c.at_us))).scalar()
+    if latest_us is not None and at_us < latest_us:
+        # As of t, a later run's payouts are not yet posted: the balances they paid would be paid again.
+        raise Conflict(f"at: a payout run was made at {format_instant(latest_us)}; runs are made in time order",
+                       {"at": ["before the latest payout run"]})
     if batch.boundary_us is not None and at_us < batch.boundary_us:
         # Its payouts would land at the first open period, where the balance as of t may no longer be.
         raise Conflict(f"at: {format_instant(at_us)} lies in a closed period; a payout run must be at or after "

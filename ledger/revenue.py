@@ -260,7 +260,8 @@ class _Writer:
         if event.id in self.decided:
             first_hash, first, outcome = self.decided[event.id]
             if first_hash != hash_hex:
-                return Refusal(event.id, _event_conflict(event, first, "appears earlier in the batch with other content"))
+                return Refusal(event.id, _event_conflict(event, first,
+                                                         "appears earlier in the batch with other content"))
             return outcome._replace(replayed=True)
         try:
             outcome = self._apply(event, hash_hex)

@@ -16,7 +16,7 @@ from api.idempotency import idempotent, request_token
 from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
-from ledger import holds, journal, transactions
+from ledger import journal, reversals, transactions
 from ledger.errors import NotFound
 from ledger.instants import format_instant
 from ledger.money import format_minor
@@ -115,6 +115,6 @@ def get_transaction(transaction_id: int):
 def reverse_transaction(args, transaction_id: int):
     """Reverse a transaction (at most once)"""
     session = current_session()
-    posted = holds.reverse(session, transaction_id, reason=args["reason"], effective_at_us=args["effective_at"],
+    posted = reversals.reverse(session, transaction_id, reason=args["reason"], effective_at_us=args["effective_at"],
                              idempotency_key=f"reversal:{transaction_id}:{request_token()}")
     return render(transactions.get(session, posted.id))

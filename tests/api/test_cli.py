@@ -44,8 +44,8 @@ def test_keys_create_binds_a_partner_key_to_its_partner(database):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--role", "partner"], "partner_id"), (["--role", "finance", "--partner", "p1"], "partner_id"),
-    (["--role", "root"], "root"), (["--role", "partner", "--partner", "a:b"], "partner_id"),
+    (["--role", "partner"], "error: --partner: is required"), (["--role", "finance", "--partner", "p1"], "--partner"),
+    (["--role", "root"], "root"), (["--role", "partner", "--partner", "a:b"], "--partner"),
 ])
 def test_keys_create_refuses_a_bad_role_or_binding_with_exit_code_2(sqlite_database, args, message):
     result = run(["keys", "create", *args], sqlite_database.url)

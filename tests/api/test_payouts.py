@@ -3,6 +3,7 @@
 of their own (`fresh`: p1 and p2 on the 20% plan, hold 30 days, minimum payout USD 50.00)."""
 
 import pytest
+import sqlalchemy as sa
 
 from tests.api.books import errors_of, expect, instant, money, unique
 
@@ -56,6 +57,41 @@ def test_a_run_inside_a_closed_period_is_a_409_naming_at(fresh):
     invoices(fresh, p1="250.00")
     fresh.ok("/v1/periods/2026-01/close")
     assert errors_of(fresh.post("/v1/payout-runs", {"at": instant("2026-01-31")}), 409) == {"at"}
+
+
+def test_a_run_before_the_latest_run_is_a_409_naming_at_as_it_would_pay_again(fresh):
+    invoices(fresh, p1="250.00")
+    assert len(fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})["payouts"]) == 1
+    assert errors_of(fresh.post("/v1/payout-runs", {"at": instant("2026-02-15")}), 409) == {"at"}
+    assert available(fresh, "p1", "2026-03-02") == "0.00"
+
+
+def test_the_database_refuses_a_payout_run_before_the_latest(fresh, database):
+    fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})
+    with pytest.raises(sa.exc.DBAPIError, match="must not be earlier than the latest"):
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO payout_runs (id, at_us, created_at_us) VALUES ('raw', 1, 1)")
+
+
+def test_reversing_a_pending_payouts_posting_fails_the_payout_so_it_cannot_also_be_settled(fresh):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
+    reversal = fresh.created(f"/v1/transactions/{payout['transaction_id']}/reversal", {"reason": "sent twice"})
+    assert fresh.read(f"/v1/payouts?run_id={payout['run_id']}")["items"][0] == {
+        **payout, "status": "failed", "resolution_transaction_id": reversal["id"], "reason": "sent twice"}
+    settle = fresh.post(f"/v1/payouts/{payout['id']}/settle", {})
+    assert errors_of(settle, 409) == set() and "already failed" in settle.get_json()["detail"]
+    assert available(fresh, "p1", "2026-02-10") == "50.00"
+
+
+def test_a_resolved_payouts_postings_are_final(fresh):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
+    settled = fresh.ok(f"/v1/payouts/{payout['id']}/settle", {"reason": "wire 123"})
+    for transaction_id in (payout["transaction_id"], settled["resolution_transaction_id"]):
+        response = fresh.post(f"/v1/transactions/{transaction_id}/reversal", {"reason": "undo"})
+        assert errors_of(response, 409) == set() and "adjustment" in response.get_json()["detail"]
+    assert available(fresh, "p1", "2026-02-10") == "0.00"
 
 
 def test_a_payout_is_settled_once(fresh):

@@ -5,7 +5,7 @@ reversed accruals, which are never released."""
 
 import pytest
 
-from ledger import holds, payouts
+from ledger import payouts, reversals
 from ledger.errors import InvalidInput
 from tests.scenarios.books import Books, at, commissions
 
@@ -115,7 +115,7 @@ def test_held_ness_is_decided_at_the_microsecond_of_maturity(books):
 def test_a_reversed_accrual_is_never_released_and_never_clawed_back(books):
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
     with books.database.transaction() as session:
-        holds.reverse(session, accrual_id, reason="entered against the wrong partner")
+        reversals.reverse(session, accrual_id, reason="entered against the wrong partner")
     assert books.release("2026-03-01") == 0
     assert books.balance("northwind") == (0, 0)
     refund = books.refund("acme", "inv-1", "1000.00", "2026-03-02")
@@ -128,7 +128,7 @@ def test_a_reversed_accrual_is_not_released_by_a_later_refund_either(books):
     [accrual_id, _] = [*books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids,
                        books.paid("acme", "inv-2", "1000.00", "2026-01-10").transaction_ids[0]]
     with books.database.transaction() as session:
-        holds.reverse(session, accrual_id, reason="duplicate")
+        reversals.reverse(session, accrual_id, reason="duplicate")
     books.refund("acme", "inv-1", "500.00", "2026-03-01")  # after maturity: would release a live accrual
     assert [row.kind for row in books.sql("SELECT kind FROM journal_transactions WHERE invoice_id = 'inv-1' "
                                           "ORDER BY id")] == ["accrual", "reversal"]
@@ -136,7 +136,7 @@ def test_a_reversed_accrual_is_not_released_by_a_later_refund_either(books):
 
 def reverse(books: Books, transaction_id: int, **kwargs) -> int:
     with books.database.transaction() as session:
-        return holds.reverse(session, transaction_id, reason="commission not owed", **kwargs).id
+        return reversals.reverse(session, transaction_id, reason="commission not owed", **kwargs).id
 
 
 def kinds(books: Books, invoice_id: str) -> list[tuple]:
@@ -212,7 +212,7 @@ def test_a_reversed_clawback_gives_the_accrual_back_and_the_final_refund_claws_e
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     [clawback_id] = books.refund("acme", "inv-1", "250.00", "2026-01-20").transaction_ids
     with books.database.transaction() as session:
-        holds.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
+        reversals.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
     assert books.balance("northwind") == (10_000, 0)
     final = books.refund("acme", "inv-1", "750.00", "2026-01-21")
     assert commissions(final) == [("northwind", "clawback", -10_000)]

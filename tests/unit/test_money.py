@@ -113,7 +113,8 @@ def test_rates_between_zero_and_one_parse(text):
     assert Decimal(0) <= parse_rate(text) <= 1
 
 
-@pytest.mark.parametrize("text", ["1.01", "-0.1", "2", "0.2.0", 0.2, "0.12345678901", "NaN", "", "\uff10.\uff15", "1E-7"])
+@pytest.mark.parametrize("text", ["1.01", "-0.1", "2", "0.2.0", 0.2, "0.12345678901", "NaN", "",
+                                  "\uff10.\uff15", "1E-7"])
 def test_rates_outside_zero_to_one_or_malformed_are_refused(text):
     with pytest.raises(InvalidInput) as refused:
         parse_rate(text, field="rates.0.rate")

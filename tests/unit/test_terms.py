@@ -31,7 +31,8 @@ def test_terms_survive_their_canonical_json():
 @pytest.mark.parametrize("rate", ["0.0000000", "0.0000001", "0.0000000001", "1.0000000000"])
 def test_rates_with_many_decimals_survive_their_json_as_written(rate):
     """str(Decimal("0.0000001")) is "1E-7", which the rate parser refuses: a plan stored so could never be read back."""
-    terms = parse_terms({**STEP_DOWN, "rates": [{"from_month": 1, "rate": rate}], "override": {"rate": rate, "basis": "revenue"}})
+    terms = parse_terms({**STEP_DOWN, "rates": [{"from_month": 1, "rate": rate}],
+                         "override": {"rate": rate, "basis": "revenue"}})
     assert terms_from_json(terms_to_json(terms)) == terms
     assert f'"rate":"{rate}"' in terms_to_json(terms)
 

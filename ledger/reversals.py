@@ -1,0 +1,77 @@
+"""Reversals: "the mirror of its lines, linked to it, effective at the original's instant (or the
+start of the first open period if that is closed) unless an `effective_at` is given; a transaction
+is reversed at most once" (DESIGN.md), and what else a reversal must undo so that the books stay
+true to the rules that depend on the transaction:
+
+- An earning piece (accrual, CPA, override) is reversed together with what still stands against
+  it: each of its clawbacks, then its release, is reversed first, in the same atomic posting. The
+  mirror of a released piece alone would leave its amount in available (and pending negative), to
+  be paid out, although "a reversed accrual is never released"; the mirror of a partly clawed piece
+  would claw the partner twice. Each of those reversals is effective at its original's instant, or
+  at the requested instant when that is later, so that from the piece's reversal on, the piece adds
+  nothing to its partner's balances at any instant.
+- A payout's posting, while the payout is pending, is reversed as the payout's failure: the money
+  returns to available and the reversal resolves the payout `failed`, so that it can no longer be
+  settled (which would pay it twice). Once a payout is settled or failed, its posting and its
+  resolution are final, a 409: the money has left (or come back) through the payment system, and a
+  correction is an adjustment.
+- A reversal is not reversed (409): post the original again instead.
+- Anything else: its mirror.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ledger import holds, journal
+from ledger.commission import EARNING_KINDS
+from ledger.errors import Conflict
+from ledger.schema import payout_resolutions, payouts
+
+PAYOUT_RESOLUTION_KINDS = ("payout_settled", "payout_failed")
+
+
+def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
+            idempotency_key: str | None = None, recorded_at_us: int | None = None) -> journal.Posted:
+    """Reverse a transaction (see the module's docstring); returns its reversal."""
+    journal.lock_journal(session)
+    key = idempotency_key or f"reversal:{transaction_id}"
+    draft = journal.reversal_draft(session, transaction_id, reason=reason, effective_at_us=effective_at_us,
+                                   idempotency_key=key)
+    kind = journal.load_draft(session, transaction_id).kind
+    if kind in PAYOUT_RESOLUTION_KINDS:
+        raise Conflict(f"transaction {transaction_id} resolves a payout, which is final: correct it with an adjustment")
+    undo = _standing_reversals(session, transaction_id, draft, key, reason, effective_at_us) \
+        if kind in EARNING_KINDS else []
+    pending_payout = _pending_payout(session, transaction_id) if kind == "payout" else None
+    posted = journal.post(session, [*undo, draft], recorded_at_us=recorded_at_us)[-1]
+    if pending_payout is not None and not posted.replayed:
+        session.execute(insert(payout_resolutions).values(
+            payout_id=pending_payout, outcome="failed", transaction_id=posted.id, reason=reason,
+            resolved_at_us=journal.now_us() if recorded_at_us is None else recorded_at_us))
+    return posted
+
+
+def _standing_reversals(session: Session, piece: int, draft: journal.Draft, key: str, reason: str,
+                        effective_at_us: int | None) -> list[journal.Draft]:
+    undo = [journal.reversal_draft(session, standing, reason=f"{reason} (with transaction {piece})",
+                                   idempotency_key=f"{key}:with:{standing}")
+            for standing in holds.standing_against(session, piece, draft.invoice_id)]
+    if effective_at_us is None:
+        return undo
+    return [d._replace(effective_at_us=max(d.effective_at_us, effective_at_us)) for d in undo]
+
+
+def _pending_payout(session: Session, transaction_id: int) -> int | None:
+    """The payout a payout posting made; a 409 when it is already settled or failed."""
+    p, r = payouts.c, payout_resolutions.c
+    row = session.execute(select(p.id, r.outcome, r.transaction_id).outerjoin(payout_resolutions, r.payout_id == p.id)
+                          .where(p.transaction_id == transaction_id)).first()
+    if row is None:
+        return None
+    if row.outcome is None:
+        return row.id
+    if row.transaction_id == journal.reversed_by(session, transaction_id):
+        return None  # failed by this very reversal: a replay
+    raise Conflict(f"payout {row.id} is already {row.outcome}; its posting is final: correct it with an adjustment")
