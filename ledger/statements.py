@@ -163,17 +163,30 @@ def to_csv(statement_: Statement) -> str:
     return out.getvalue()
 
 
+TEXT_HEADER = ("date", "transaction", "kind", "customer/invoice", "event", "dated", "pending", "available")
+
+
 def to_text(statement_: Statement) -> str:
+    """A table per currency, every column as wide as its widest cell (nothing is cut). `dated` is a
+    line's original instant when it was posted later, in the first open period after a close."""
     data = to_data(statement_)
     status = data["period_status"] + (f", close hash {data['close_hash']}" if data["close_hash"] else "")
     out = [f"Statement for partner {data['partner_id']}, period {data['period']} ({status})"]
     for section in data["currencies"]:
-        out.append(f"\n{section['currency']}{'':>52}{'pending':>14}{'available':>14}")
-        out.append(f"  opening{'':>53}{section['opening']['pending']:>14}{section['opening']['available']:>14}")
+        rows = [TEXT_HEADER, ("opening", "", "", "", "", "", section["opening"]["pending"],
+                              section["opening"]["available"])]
         for line in section["lines"]:
             source = "/".join(x for x in (line["customer_id"], line["invoice_id"]) if x) or "-"
-            out.append(f"  {line['effective_at'][:10]} #{line['transaction_id']:<8} {line['kind']:<14} "
-                       f"{source[:26]:<26}{line['pending']:>14}{line['available']:>14}")
-        out.append(f"  closing{'':>53}{section['closing']['pending']:>14}{section['closing']['available']:>14}")
-        out.append("  totals: " + ", ".join(f"{kind} {amount}" for kind, amount in section["totals"].items()))
+            rows.append((line["effective_at"][:10], f"#{line['transaction_id']}", line["kind"], source,
+                         line["event_id"] or "-", (line["original_effective_at"] or "")[:10], line["pending"],
+                         line["available"]))
+        rows.append(("closing", "", "", "", "", "", section["closing"]["pending"], section["closing"]["available"]))
+        widths = [max(len(row[column]) for row in rows) for column in range(len(TEXT_HEADER))]
+        out.append(f"\n{section['currency']}")
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row[:-2], widths)]
+            cells += [cell.rjust(width) for cell, width in zip(row[-2:], widths[-2:])]
+            out.append(("  " + "  ".join(cells)).rstrip())
+        totals = ", ".join(f"{kind} {amount}" for kind, amount in section["totals"].items())
+        out.append(f"  totals: {totals or 'no lines'}")
     return "\n".join(out) + "\n"

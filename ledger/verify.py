@@ -25,6 +25,7 @@ from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_ha
 from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
 
 STREAM_CHUNK_ROWS = 10_000
+SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
 
 
 class Problem(NamedTuple):
@@ -85,8 +86,16 @@ def verify_closes(session: Session) -> list[Problem]:
             old = expected_rows.get(key, (0, 0))
             expected_rows[key] = (old[0] + debit, old[1] + credit)
         where = f"period {close.period}"
-        if snapshot(session, close.period) != expected_rows:
-            problems.append(Problem(None, "snapshot_altered", f"{where}: the snapshot differs from the journal's balances"))
+        stored = snapshot(session, close.period)
+        if stored != expected_rows:
+            differing = sorted(set(stored) ^ set(expected_rows) | {key for key in set(stored) & set(expected_rows)
+                                                                   if stored[key] != expected_rows[key]}, key=str)
+            named = ", ".join(f"{names.get(account_id, account_id)} {currency} (stored {stored.get((account_id, currency))}"
+                              f", journal {expected_rows.get((account_id, currency))})"
+                              for account_id, currency in differing[:SNAPSHOT_ROWS_NAMED])
+            more = f" and {len(differing) - SNAPSHOT_ROWS_NAMED} more" if len(differing) > SNAPSHOT_ROWS_NAMED else ""
+            problems.append(Problem(None, "snapshot_altered", f"{where}: the snapshot differs from the journal's "
+                                                               f"balances (debits, credits): {named}{more}"))
         count = session.execute(select(func.count()).select_from(journal_transactions).where(
             journal_transactions.c.effective_at_us >= close.starts_at_us,
             journal_transactions.c.effective_at_us < close.ends_at_us)).scalar_one()

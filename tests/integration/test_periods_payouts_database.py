@@ -13,6 +13,7 @@ from ledger import accounts as chart
 from ledger import journal, partners, payouts, periods, plans
 from ledger.errors import Conflict
 from ledger.instants import parse_instant
+from ledger.periods import snapshot
 from ledger.verify import verify
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
@@ -77,6 +78,19 @@ def test_verify_names_a_snapshot_a_close_hash_or_a_chain_of_closes_altered_behin
         for statement in statements:
             execute(statement)
     assert problems(closed) == expected
+
+
+def test_an_altered_snapshot_row_is_named_with_its_account_and_both_values(closed):
+    with closed.reader() as session:
+        [stored] = [row for (account, _), row in snapshot(session, "2026-02").items()
+                    if account == session.execute(sa.text(f"SELECT {PENDING_ID}")).scalar()]
+    with behind_the_triggers(closed) as execute:
+        execute(f"UPDATE period_snapshots SET credit_minor = credit_minor + 1 WHERE period = '2026-02' "
+                f"AND account_id = {PENDING_ID}")
+    with closed.reader() as session:
+        [problem] = [p for p in verify(session).problems if p.code == "snapshot_altered"]
+    altered = (stored[0], stored[1] + 1)
+    assert problem.message.endswith(f"{PENDING} USD (stored {altered}, journal {stored})")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the same checks; one engine is enough

@@ -6,7 +6,7 @@ late events after a close, the rules of closing, payout thresholds and resolutio
 import pytest
 
 from ledger import accounts as chart
-from ledger import journal, payouts, periods, reports
+from ledger import journal, payouts, periods, reports, statements
 from ledger.errors import Conflict, InvalidInput, NotFound
 from ledger.instants import format_instant
 from ledger.revenue import Outcome
@@ -191,6 +191,13 @@ def test_late_revenue_events_post_at_the_first_open_period_and_never_change_a_cl
             for line in february["lines"]] == [
         ("accrual", "2026-02-01T00:00:00Z", "2026-01-25T00:00:00Z", "evt-late-paid"),
         ("clawback", "2026-02-01T00:00:00Z", "2026-01-28T00:00:00Z", "evt-late-refund")]
+
+    with database.reader() as session:
+        text = statements.to_text(statements.statement(session, "northwind", "2026-02")).splitlines()
+    table = text[text.index("USD") + 1:-1]  # header, opening, the two lines, closing: one width, nothing cut
+    assert len({len(row) for row in table}) == 1 and len(table) == 5
+    assert table[2].split() == ["2026-02-01", f"#{paid.transaction_ids[0]}", "accrual", "acme/inv-2", "evt-late-paid",
+                                "2026-01-25", "50.00", "0.00"]
 
     count = transaction_count(database)
     replays = books.ingest(early, late_paid, late_refund)
