@@ -61,7 +61,14 @@ def currency_exponent(code: str) -> int:
 _EXPONENTS: dict[str, int] = {}
 
 
+# ISO 4217 codes whose minor unit is "N.A.": precious metals, bond-market and IMF units, the testing
+# code and "no currency". py-moneyed gives them a minor unit of 1; nobody is paid commission in them.
+NOT_MONEY = frozenset({"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"})
+
+
 def _exponent_of(code: str) -> int:
+    if code in NOT_MONEY:
+        raise invalid("currency", f"{code!r} is not a currency money is paid in (ISO 4217 gives it no minor unit)")
     try:
         currency = moneyed.get_currency(code)
     except moneyed.CurrencyDoesNotExist:

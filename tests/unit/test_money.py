@@ -20,7 +20,8 @@ from ledger.money import (
 )
 
 
-@pytest.mark.parametrize("code, exponent", [("USD", 2), ("EUR", 2), ("JPY", 0), ("BHD", 3), ("KWD", 3)])
+@pytest.mark.parametrize("code, exponent", [("USD", 2), ("EUR", 2), ("JPY", 0), ("BHD", 3), ("KWD", 3), ("XOF", 0),
+                                            ("XCD", 2)])
 def test_the_minor_unit_comes_from_the_currency(code, exponent):
     assert currency_exponent(code) == exponent
 
@@ -58,7 +59,7 @@ def test_bad_amounts_are_refused_naming_the_field(value, currency, reason):
     assert reason in refused.value.fields["amount"][0]
 
 
-@pytest.mark.parametrize("code", ["usd", "US", "ZZZ", "", None, "USDD"])
+@pytest.mark.parametrize("code", ["usd", "US", "ZZZ", "", None, "USDD", "XXX", "XTS", "XAU"])
 def test_unknown_currencies_are_refused(code):
     with pytest.raises(InvalidInput) as refused:
         parse_amount_minor("1.00", code)
