@@ -5,7 +5,8 @@ sent them. Under `@idempotent`:
 - the first request with a key runs; a 2xx answer is stored with the request (`ledger.idempotency`)
   in the same database transaction as its effect, so the record exists exactly when the effect does;
 - a retry with the same method, path and JSON body (compared canonically: key order and spacing do
-  not matter) gets the stored status and body back with `Idempotent-Replayed: true`;
+  not matter, and no body is `{}`) gets the stored status and body back with `Idempotent-Replayed:
+  true`;
 - the same key with another body is a 409 whose `errors` names the top-level fields that differ
   (or `Idempotency-Key` when it was used on another method or path);
 - concurrent duplicates apply once: `claim()` makes them wait for the first to finish, and a lost
@@ -71,7 +72,8 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     _check_key(key)
     key_id = current_principal().key_id
     session = current_session()
-    body = canonical_json(json_body())
+    parsed = json_body()
+    body = canonical_json({} if parsed is None else parsed)  # where a body is optional, none means {}
     path = request.path[:PATH_LENGTH_MAX]
     asked = idempotency.request_hash(request.method, path, body)
     idempotency.claim(session, key_id, key)

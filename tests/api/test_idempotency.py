@@ -67,6 +67,15 @@ def test_the_same_key_with_another_body_is_a_409_naming_the_fields(scratch):
     assert set(body["errors"]) == {"reason", "effective_at"}
 
 
+def test_no_body_and_an_empty_object_are_the_same_request(client, keys):
+    key = unique()
+    first = post(client, keys.finance, "/v1/holds/release", None, key)
+    again = post(client, keys.finance, "/v1/holds/release", {}, key)
+    assert (first.status_code, again.status_code, again.headers.get("Idempotent-Replayed")) == (200, 200, "true")
+    assert again.get_json() == first.get_json()
+    assert post(client, keys.finance, "/v1/holds/release", {"at": "2026-01-01T00:00:00Z"}, key).status_code == 409
+
+
 def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):
     key = unique()
     assert post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key).status_code == 201
