@@ -100,6 +100,7 @@ class Piece:
     invoice_id: str | None = None
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
+    releases_undone: int = 0  # earlier releases since reversed: a new release needs a key of its own
 
     @property
     def unclawed_minor(self) -> int:

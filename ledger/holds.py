@@ -102,6 +102,7 @@ class _PieceReplay:
                 if effect[3]:  # a release undone: the piece is held again
                     piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor = None, 0
+                    piece.releases_undone += 1
 
     def standing(self, piece_id: int) -> list[int]:
         """The clawbacks and release of a piece that have not been reversed, in sequence order."""
@@ -122,11 +123,13 @@ class _PieceReplay:
 
 def release_draft(piece: Piece, *, key_suffix: str = "") -> journal.Draft:
     """Move what is still pending of a matured piece to available, at its maturity instant. A piece
-    released again (after a late refund undid its release) names the cause in `key_suffix`."""
+    released again (after a late refund undid its release) names the cause in `key_suffix`; without
+    one, a piece whose earlier releases were reversed counts them in its key."""
     assert piece.pending_minor > 0 and not piece.released and not piece.reversed, piece
+    suffix = key_suffix or (f":{piece.releases_undone}" if piece.releases_undone else "")
     return journal.transfer(
         "release", chart.pending(piece.partner_id), chart.available(piece.partner_id), piece.currency,
-        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}{key_suffix}",
+        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}{suffix}",
         partner_id=piece.partner_id, customer_id=piece.customer_id, invoice_id=piece.invoice_id,
         plan_version_id=piece.plan_version_id, accrual_id=piece.id)
 
@@ -154,6 +157,17 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     batch.add(journal.reversal_draft(batch.session, piece.release_id, reason=reason, idempotency_key=key))
     piece.pending_minor += piece.released_minor
     piece.released, piece.release_id, piece.released_minor = False, None, 0
+    piece.releases_undone += 1
+
+
+def hold_again(session: Session, accrual_id: int) -> None:
+    """Queue a piece whose release was reversed: it is held again, and since whether it is still held
+    is decided by time, the next release run releases it again, at its maturity instant (or the
+    start of the first open period)."""
+    driver_results(session, [(
+        "INSERT INTO open_holds (accrual_id, matures_at_us) SELECT id, matures_at_us FROM journal_transactions"
+        " WHERE id = ? AND matures_at_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM open_holds WHERE accrual_id = ?)",
+        (accrual_id, accrual_id))])
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

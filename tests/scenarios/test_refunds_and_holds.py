@@ -200,6 +200,28 @@ def test_a_reversal_at_an_instant_before_the_release_undoes_the_release_at_its_o
         assert books.balance("northwind", before=instant) == (0, 0), instant
 
 
+def test_a_reversed_release_is_released_again_by_the_next_run_as_held_ness_follows_time(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-10")
+    [(_, _, _, _), (release_id, _, _, _)] = kinds(books, "inv-1")
+    reverse(books, release_id)
+    assert books.balance("northwind") == (10_000, 0)
+    assert books.release("2026-02-11") == 1
+    assert books.balance("northwind") == (0, 10_000)
+    assert [kind for _, kind, _, _ in kinds(books, "inv-1")] == ["accrual", "release", "reversal", "release"]
+
+
+def test_a_refund_after_a_reversed_release_releases_the_piece_again_and_claws_from_available(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-10")
+    reverse(books, kinds(books, "inv-1")[1][0])
+    refund = books.refund("acme", "inv-1", "500.00", "2026-03-01")  # matured: released again first
+    assert commissions(refund) == [("northwind", "clawback", -5_000)]
+    assert books.balance("northwind") == (0, 5_000)
+    assert books.release("2026-03-02") == 0
+    assert books.trial_balance_is_zero() and books.verified()
+
+
 def test_a_replayed_reversal_of_a_released_accrual_posts_nothing_more(books):
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
     books.release("2026-02-10")
