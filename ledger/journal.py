@@ -356,6 +356,8 @@ def reversal_draft(session: Session, transaction_id: int, *, reason: str, effect
 
 def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
             idempotency_key: str | None = None, recorded_at_us: int | None = None) -> Posted:
+    """Post the mirror of one transaction. The service reverses through `ledger.reversals.reverse`,
+    which also undoes what depends on the transaction (a piece's release, a pending payout)."""
     lock_journal(session)
     draft = reversal_draft(session, transaction_id, reason=reason, effective_at_us=effective_at_us,
                            idempotency_key=idempotency_key)
