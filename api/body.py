@@ -101,8 +101,12 @@ class Blueprint(flask_smorest.Blueprint):
 
 
 def check_query() -> None:
-    """A query string on a route of ours that takes no query parameters is a 422 naming them."""
+    """On a route of ours, a query parameter given twice (no parameter takes a list) is a 422 naming
+    it, and so is any query parameter on a route that takes none."""
     if not request.args or not isinstance(current_app.blueprints.get(request.blueprint), Blueprint):
         return
+    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    if repeated:
+        flask_smorest.abort(422, messages={"query": {name: ["given more than once"] for name in repeated}})
     if not getattr(current_app.view_functions.get(request.endpoint), "takes_query", False):
         Blueprint.ARGUMENTS_PARSER.parse(_NO_PARAMETERS, request, location="query")

@@ -145,6 +145,11 @@ def test_query_parameters_on_a_route_that_takes_none_are_a_422(shared, path):
     assert set(assert_problem(response, 422, errors=True)["errors"]) == {path.split("?")[1].split("=")[0]}
 
 
+def test_a_query_parameter_given_twice_is_a_422_naming_it(shared):
+    response = shared.client.get("/v1/transactions?limit=5&limit=10", headers=bearer(shared.keys.finance))
+    assert assert_problem(response, 422, errors=True)["errors"] == {"limit": ["given more than once"]}
+
+
 def test_a_write_with_an_unknown_query_parameter_is_refused_and_changes_nothing(fresh):
     fresh.event("evt-q", "p1-customer", "inv-q", "100.00", "2026-01-10")  # its accrual matures 2026-02-09
     response = fresh.post("/v1/holds/release?at=2026-01-11T00:00:00Z", {})
