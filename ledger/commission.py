@@ -100,7 +100,10 @@ class Piece:
     invoice_id: str | None = None
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
-    releases_undone: int = 0  # earlier releases since reversed: a new release needs a key of its own
+    releases: int = 0  # releases posted, standing or since reversed: the next one's key counts them
+    # The latest reversal of one of its clawbacks or releases: what that put back in pending is
+    # released no earlier (held again from then on).
+    held_from_us: int | None = None
 
     @property
     def unclawed_minor(self) -> int:

@@ -35,13 +35,17 @@ def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
 
 
 def standing_against(session: Session, piece: int, invoice_id: str) -> list[int]:
-    """The clawbacks and release of an earning piece of `invoice_id` that have not been reversed, in
-    sequence order."""
+    """What stands against an earning piece of `invoice_id`, to be reversed before it, in that
+    order: each reinstatement of it (a won dispute's accrual) with its own clawbacks and release
+    before it, then the piece's clawbacks and release."""
     replay = _PieceReplay()
     for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
                                     " ORDER BY t.id, j.id", (invoice_id,)):
         replay.apply(row)
-    return replay.standing(piece)
+    reinstatements = [other.id for other in replay.pieces.values()
+                      if other.root_id == piece and other.id != piece and not other.reversed]
+    return [*(found for other in reinstatements for found in (*replay.standing(other), other)),
+            *replay.standing(piece)]
 
 
 def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
@@ -56,7 +60,7 @@ def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[
 
 # The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
 _PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,"
-                " t.matures_at_us, t.plan_version_id, j.currency, j.amount_minor, a.name"
+                " t.matures_at_us, t.plan_version_id, j.currency, j.amount_minor, a.name, t.effective_at_us"
                 " FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
                 " JOIN accounts a ON a.id = j.account_id")
 
@@ -78,7 +82,7 @@ class _PieceReplay:
     def apply(self, row: tuple) -> None:
         """One row of `_PIECE_LINES`."""
         (transaction_id, kind, partner_id, customer_id, invoice_id, accrual_id, reverses_id, matures_at_us,
-         plan_version_id, currency, amount_minor, account_name) = row
+         plan_version_id, currency, amount_minor, account_name, effective_at_us) = row
         on_pending = account_name.endswith(":pending")
         if kind in EARNING_KINDS:
             piece = Piece(transaction_id, accrual_id or transaction_id, partner_id, kind, currency, amount_minor,
@@ -91,6 +95,7 @@ class _PieceReplay:
             self._record(transaction_id, (accrual_id, -amount_minor, 0, 1))
             piece = self.pieces[accrual_id]
             piece.release_id, piece.released_minor = transaction_id, amount_minor
+            piece.releases += 1
         elif kind == "reversal" and transaction_id not in self.reversals_seen:
             self.reversals_seen.add(transaction_id)  # a reversal of a release has two partner lines: apply once
             if reverses_id in self.pieces:
@@ -99,10 +104,10 @@ class _PieceReplay:
                 effect = self.effects[reverses_id]
                 self.undone.add(reverses_id)
                 self._change(effect, -1)
+                piece = self.pieces[effect[0]]
+                piece.held_from_us = max(piece.held_from_us or effective_at_us, effective_at_us)
                 if effect[3]:  # a release undone: the piece is held again
-                    piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor = None, 0
-                    piece.releases_undone += 1
 
     def standing(self, piece_id: int) -> list[int]:
         """The clawbacks and release of a piece that have not been reversed, in sequence order."""
@@ -122,31 +127,42 @@ class _PieceReplay:
 
 
 def release_draft(piece: Piece, *, key_suffix: str = "") -> journal.Draft:
-    """Move what is still pending of a matured piece to available, at its maturity instant. A piece
-    released again (after a late refund undid its release) names the cause in `key_suffix`; without
-    one, a piece whose earlier releases were reversed counts them in its key."""
-    assert piece.pending_minor > 0 and not piece.released and not piece.reversed, piece
-    suffix = key_suffix or (f":{piece.releases_undone}" if piece.releases_undone else "")
+    """Move what is still pending of a matured piece to available, at its maturity instant, or when
+    it was held again (`held_from_us`) if that is later. A piece released again (after a late refund
+    undid its release) names the cause in `key_suffix`; without one, a piece released before counts
+    its earlier releases in its key."""
+    assert piece.pending_minor > 0 and not piece.reversed, piece
+    suffix = key_suffix or (f":{piece.releases}" if piece.releases else "")
     return journal.transfer(
         "release", chart.pending(piece.partner_id), chart.available(piece.partner_id), piece.currency,
-        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}{suffix}",
+        piece.pending_minor, effective_at_us=releasable_from(piece), idempotency_key=f"release:{piece.id}{suffix}",
         partner_id=piece.partner_id, customer_id=piece.customer_id, invoice_id=piece.invoice_id,
         plan_version_id=piece.plan_version_id, accrual_id=piece.id)
 
 
 def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int, *, key_suffix: str = "") -> list[int]:
-    """Release every held piece matured by `at_us`; returns the ids of pieces whose hold ended."""
+    """Release what is pending of every piece matured (and not held again) by `at_us`; returns the
+    ids of pieces whose hold ended. A released piece has nothing pending, unless a clawback taken
+    from pending before it matured was reversed since: that amount is released then."""
     ended = []
     for piece in pieces:
-        if piece.released or piece.matures_at_us is None or piece.matures_at_us > at_us:
+        if piece.matures_at_us is None or releasable_from(piece) > at_us:
+            continue
+        if piece.released and piece.pending_minor <= 0:
             continue
         if not piece.reversed and piece.pending_minor > 0:
             posted = batch.add(release_draft(piece, key_suffix=key_suffix))
             piece.release_id, piece.released_minor = posted.id, piece.pending_minor
             piece.pending_minor = 0
+            piece.releases += 1
         piece.released = True
         ended.append(piece.id)
     return ended
+
+
+def releasable_from(piece: Piece) -> int:
+    """When a matured piece's pending amount is released: at maturity, or when it was held again."""
+    return max(piece.matures_at_us, piece.held_from_us or piece.matures_at_us)
 
 
 def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> None:
@@ -157,17 +173,18 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     batch.add(journal.reversal_draft(batch.session, piece.release_id, reason=reason, idempotency_key=key))
     piece.pending_minor += piece.released_minor
     piece.released, piece.release_id, piece.released_minor = False, None, 0
-    piece.releases_undone += 1
 
 
-def hold_again(session: Session, accrual_id: int) -> None:
-    """Queue a piece whose release was reversed: it is held again, and since whether it is still held
-    is decided by time, the next release run releases it again, at its maturity instant (or the
-    start of the first open period)."""
+def hold_again(session: Session, accrual_id: int, reversal_id: int) -> None:
+    """Queue a piece that a reversal (of its release, or of a clawback taken from pending) put back
+    in pending: whether it is still held is decided by time, so a release run releases it again, at
+    its maturity or at the reversal's instant, whichever is later (`Piece.held_from_us`)."""
     driver_results(session, [(
-        "INSERT INTO open_holds (accrual_id, matures_at_us) SELECT id, matures_at_us FROM journal_transactions"
-        " WHERE id = ? AND matures_at_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM open_holds WHERE accrual_id = ?)",
-        (accrual_id, accrual_id))])
+        "INSERT INTO open_holds (accrual_id, matures_at_us)"
+        " SELECT a.id, CASE WHEN r.effective_at_us > a.matures_at_us THEN r.effective_at_us ELSE a.matures_at_us END"
+        " FROM journal_transactions a JOIN journal_transactions r ON r.id = ?"
+        " WHERE a.id = ? AND a.matures_at_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM open_holds WHERE accrual_id = ?)",
+        (reversal_id, accrual_id, accrual_id))])
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

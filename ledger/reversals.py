@@ -4,14 +4,17 @@ is reversed at most once" (DESIGN.md), and what else a reversal must undo so tha
 true to the rules that depend on the transaction:
 
 - An earning piece (accrual, CPA, override) is reversed together with what still stands against
-  it: each of its clawbacks, then its release, is reversed first, in the same atomic posting. The
+  it: each of its reinstatements (a won dispute's accruals, with their own clawbacks and release),
+  then each of its clawbacks and its release, is reversed first, in the same atomic posting. The
   mirror of a released piece alone would leave its amount in available (and pending negative), to
   be paid out, although "a reversed accrual is never released"; the mirror of a partly clawed piece
   would claw the partner twice. Each of those reversals is effective at its original's instant, or
   at the requested instant when that is later, so that from the piece's reversal on, the piece adds
   nothing to its partner's balances at any instant.
-- A release reversed puts its piece back in the queue of holds: whether it is held is decided by
-  time, so the next release run releases it again (a piece reversed meanwhile never is).
+- A release reversed, or a clawback that took from pending, puts its piece back in the queue of
+  holds: whether it is held is decided by time, so a release run releases what is pending again,
+  at the maturity or at the reversal's instant, whichever is later (a piece reversed meanwhile
+  never is).
 - A payout's posting, while the payout is pending, is reversed as the payout's failure: the money
   returns to available and the reversal resolves the payout `failed`, so that it can no longer be
   settled (which would pay it twice). Once a payout is settled or failed, its posting and its
@@ -48,8 +51,8 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
         if kind in EARNING_KINDS else []
     pending_payout = _pending_payout(session, transaction_id) if kind == "payout" else None
     posted = journal.post(session, [*undo, draft], recorded_at_us=recorded_at_us)[-1]
-    if kind == "release" and not posted.replayed:
-        holds.hold_again(session, draft.accrual_id)
+    if kind in ("release", "clawback") and not posted.replayed:
+        holds.hold_again(session, draft.accrual_id, posted.id)
     if pending_payout is not None and not posted.replayed:
         session.execute(insert(payout_resolutions).values(
             payout_id=pending_payout, outcome="failed", transaction_id=posted.id, reason=reason,

@@ -222,6 +222,45 @@ def test_a_refund_after_a_reversed_release_releases_the_piece_again_and_claws_fr
     assert books.trial_balance_is_zero() and books.verified()
 
 
+def test_reversing_an_accrual_whose_chargeback_was_won_reverses_its_reinstatement_too(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.chargeback("acme", "inv-1", "1000.00", "2026-01-12")
+    books.dispute_won("acme", "inv-1", "1000.00", "2026-01-14")  # a new accrual of 100.00
+    assert books.balance("northwind") == (10_000, 0)
+    reverse(books, accrual_id)
+    assert books.balance("northwind") == (0, 0)
+    assert books.release("2026-03-01") == 0
+    assert books.refund("acme", "inv-1", "1000.00", "2026-03-02").status == "no_commission"
+    assert books.balance("northwind") == (0, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_release_reversed_at_a_later_instant_is_released_again_from_then_never_twice(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # matures 2026-02-09
+    books.release("2026-02-10")
+    reverse(books, kinds(books, "inv-1")[1][0], effective_at_us=at("2026-03-15"))
+    assert books.release("2026-03-14") == 0  # held again only from 2026-03-15
+    assert books.release("2026-03-16") == 1
+    for instant, expected in (("2026-03-01", (0, 10_000)), ("2026-03-15", (0, 10_000)), ("2026-03-16", (0, 10_000))):
+        assert books.balance("northwind", before=instant) == expected, instant
+    assert kinds(books, "inv-1")[3][1:] == ("release", None, at("2026-03-15"))
+    with books.database.transaction() as session:
+        [payout] = payouts.run_payouts(session, at("2026-03-20")).payouts
+    assert payout.amount_minor == 10_000
+
+
+def test_a_clawback_reversed_after_the_release_is_released_too(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids  # 40.00 from pending
+    books.release("2026-02-10")                                                          # 60.00 released
+    reverse(books, clawback_id)  # at 2026-01-20: the 40.00 was pending then, and matured since
+    assert books.balance("northwind") == (4_000, 6_000)
+    assert books.release("2026-02-11") == 1
+    assert books.balance("northwind") == (0, 10_000)
+    assert kinds(books, "inv-1")[-1][1:] == ("release", None, at("2026-02-09"))
+    assert books.trial_balance_is_zero() and books.verified()
+
+
 def test_a_replayed_reversal_of_a_released_accrual_posts_nothing_more(books):
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
     books.release("2026-02-10")
