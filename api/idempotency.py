@@ -92,6 +92,9 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     return _answer(winner, key, asked, body)
 
 
+_NO_BODY = frozenset({canonical_json(None), canonical_json({})})
+
+
 def _check_key(key: str) -> None:
     if not 1 <= len(key) <= idempotency.KEY_LENGTH_MAX or not key.isprintable():
         raise invalid(HEADER, f"must be 1 to {idempotency.KEY_LENGTH_MAX} printable characters")
@@ -106,10 +109,12 @@ def _stored_body(response: Response, redact: tuple[str, ...]) -> str:
 
 
 def _answer(stored: StoredRequest, key: str, asked: str, body: str) -> Response:
-    if stored.request_hash == asked:
+    same_route = (stored.method, stored.path) == (request.method, request.path[:PATH_LENGTH_MAX])
+    # Records stored before no body was compared as {} hold the body as null: the same request.
+    if stored.request_hash == asked or (same_route and {stored.request_body, body} <= _NO_BODY):
         return current_app.response_class(stored.response_body, status=stored.status_code,
                                           mimetype="application/json", headers={REPLAYED_HEADER: "true"})
-    if (stored.method, stored.path) != (request.method, request.path[:PATH_LENGTH_MAX]):
+    if not same_route:
         raise IdempotencyConflict(f"{HEADER} {key[:40]!r} was already used for {stored.method} {stored.path}",
                                   {HEADER: [f"was already used for {stored.method} {stored.path}"]})
     fields = idempotency.differing_fields(stored.request_body, body)

@@ -12,6 +12,9 @@ lock, PostgreSQL's advisory lock) is not held while the response is serialized.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.orm import Session
 
@@ -45,6 +48,19 @@ def commit_now() -> None:
     the commit standing and a retry replays it; the end of the request finds nothing left to commit
     (a session that runs no statement after its commit opens no transaction)."""
     current_session().commit()
+
+
+@contextlib.contextmanager
+def separate_transaction() -> Iterator[Session]:
+    """The request's session for a transaction of its own within the request: committed at the end
+    of the block, rolled back if it raises."""
+    session = current_session()
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
 
 
 def _end_transaction(response: Response) -> Response:

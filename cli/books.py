@@ -14,7 +14,7 @@ from typing import Iterator
 
 import click
 from sqlalchemy import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from ledger.db import Database
 from ledger.errors import DomainError
@@ -45,7 +45,9 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
     try:
         with domain_errors(options):
             yield database
-    except (OperationalError, ProgrammingError) as error:
+    except IntegrityError:  # a broken invariant is a bug, whose traceback is wanted
+        raise
+    except DatabaseError as error:  # unreachable, not a database, not migrated
         click.echo(f"error: cannot use the database {make_url(settings.database_url)!r}: "
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
@@ -102,18 +104,17 @@ def demo(settings: Settings) -> None:
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
     """Import revenue events from an NDJSON or CSV file (UTF-8). Safe to run again: nothing applies
     twice. Exits 1 when any event was refused."""
-    from ledger.importer import detect_format, import_stream
+    from ledger.importer import detect_format, import_stream, open_events
 
-    with open(path, "rb") as stream:  # decoded line by line (ledger.importer): a bad line is refused alone
-        head = stream.read(256).decode("utf-8", "replace").removeprefix("\ufeff")
-        chosen = detect_format(path, head) if file_format == "auto" else file_format
+    with open_events(path) as stream:
+        chosen = detect_format(path, stream.read(256).removeprefix("\ufeff")) if file_format == "auto" else file_format
         stream.seek(0)
         size = os.path.getsize(path)
         with opened(settings) as database, click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
             last = [0]
 
             def advance(_events: int) -> None:
-                position = stream.tell()
+                position = stream.buffer.tell()
                 bar.update(max(0, position - last[0]))
                 last[0] = position
 

@@ -47,7 +47,7 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger.errors import invalid
+from ledger.errors import OutOfRange
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A queued SQLite writer checkpoints after its commits have changed this many rows (a single-event
@@ -445,7 +445,8 @@ def _database_error(connection, sql: str, error: Exception) -> Exception:
     running total out of range is bad input instead, a 422 naming `amount` (nothing is written:
     the caller's transaction fails as a whole)."""
     if TOTAL_OUT_OF_RANGE in str(error) or getattr(error, "sqlstate", None) == _OUT_OF_RANGE_SQLSTATE:
-        return invalid("amount", f"would take an account's running total past {2**63 - 1:,} minor units")
+        message = f"would take an account's running total past {2**63 - 1:,} minor units"
+        return OutOfRange(f"amount: {message}", {"amount": [message]})
     return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect)
 
 

@@ -27,6 +27,12 @@ class InvalidInput(DomainError):
     title = "Unprocessable entity"
 
 
+class OutOfRange(InvalidInput):
+    """A posting would take an account's running total past what the database keeps (a 64-bit
+    integer of minor units). The database refuses it when the batch is written, so it fails the
+    whole batch: `revenue.ingest_apart` then applies each event on its own."""
+
+
 class NotFound(DomainError):
     status = 404
     title = "Not found"

@@ -183,7 +183,8 @@ def hold_again(session: Session, accrual_id: int, reversal_id: int) -> None:
         "INSERT INTO open_holds (accrual_id, matures_at_us)"
         " SELECT a.id, CASE WHEN r.effective_at_us > a.matures_at_us THEN r.effective_at_us ELSE a.matures_at_us END"
         " FROM journal_transactions a JOIN journal_transactions r ON r.id = ?"
-        " WHERE a.id = ? AND a.matures_at_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM open_holds WHERE accrual_id = ?)",
+        " WHERE a.id = ? AND a.matures_at_us IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM open_holds WHERE accrual_id = ?)",
         (reversal_id, accrual_id, accrual_id))])
 
 

@@ -23,7 +23,7 @@ from typing import IO, Callable, Iterator
 
 from ledger import revenue
 from ledger.db import Database
-from ledger.errors import DomainError, InvalidInput
+from ledger.errors import DomainError, InvalidInput, OutOfRange
 
 CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", "occurred_at")
 BATCH_SIZE_DEFAULT = 5000
@@ -58,13 +58,16 @@ class Summary:
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
-def _lines(stream: IO) -> Iterator[str]:
-    """The stream's lines as text. A binary stream is decoded here, line by line, so that bytes that
-    are not UTF-8 are refused on their own line (they decode to lone surrogates, `_NOT_UTF8`)
-    instead of stopping the import; a byte-order mark before the first line is dropped."""
+def open_events(path: str) -> IO[str]:
+    """An import file as text, for `records`: UTF-8, with bytes that are not UTF-8 kept as lone
+    surrogates (`_NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
+    left in place for the CSV reader (`newline=""`)."""
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _lines(stream: IO[str]) -> Iterator[str]:
+    """The stream's lines, a byte-order mark before the first dropped."""
     for number, line in enumerate(stream, start=1):
-        if isinstance(line, bytes):
-            line = line.decode("utf-8", "surrogateescape")
         yield line.removeprefix("\ufeff") if number == 1 else line
 
 
@@ -99,7 +102,7 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
     width = len(reader.fieldnames)
-    for row in reader:
+    for row in _rows(reader):
         # DictReader puts the fields past the header's under None and gives None for those missing.
         found = width - sum(value is None for value in row.values()) + len(row.get(None) or ())
         if found != width:
@@ -111,6 +114,16 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
             data = {name: row[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
             data["amount"] = {"amount": row["amount"], "currency": row["currency"]}
             yield reader.line_num, data
+
+
+def _rows(reader: csv.DictReader) -> Iterator[dict]:
+    """The reader's rows; a line the CSV parser cannot read (an unbalanced quote runs on to the field
+    size limit) stops the import, naming where."""
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise InvalidInput(f"line {reader.line_num}: not CSV the import can read ({error})",
+                           {"_line": [f"line {reader.line_num}: {error}"]}) from None
 
 
 def records(stream: IO, file_format: str) -> Iterator[tuple[int, object]]:
@@ -149,8 +162,12 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
 
 
 def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], summary: Summary) -> None:
-    with database.transaction() as session:
-        results = revenue.ingest(session, [event for _, event in pending])
+    events = [event for _, event in pending]
+    try:
+        with database.transaction() as session:
+            results = revenue.ingest(session, events)
+    except OutOfRange:  # one event's total is out of range: refuse it, not its whole batch
+        results = revenue.ingest_apart(events, database.transaction)
     for (number, event), result in zip(pending, results):
         if isinstance(result, revenue.Refusal):
             summary.refuse(number, event.id, result.error)

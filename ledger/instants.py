@@ -60,7 +60,11 @@ def parse_instant(text: str, *, field: str) -> int:
         instant = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise invalid(field, f"{text!r} is not a valid instant") from None
-    if not _YEAR_MIN <= instant.astimezone(UTC).year <= _YEAR_MAX:
+    try:
+        in_range = _YEAR_MIN <= instant.astimezone(UTC).year <= _YEAR_MAX
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is in year 10000 in UTC, which datetime cannot hold
+        in_range = False
+    if not in_range:
         raise invalid(field, f"must lie between {_YEAR_MIN} and {_YEAR_MAX}")
     return to_us(instant)
 

@@ -8,7 +8,7 @@ running again at the same instant returns the first run. A currency the plan lis
 is paid whenever its balance is positive. A new run at an instant inside a closed period is refused:
 its payouts could not be effective at t, and would pay a balance that may no longer be there. So is
 a run before the latest one (Python, and the database: migration 0012): the later run's payouts are
-not in the balances as of t, which it would pay a second time.
+not in the balances as of t, which it would pay a second time. A run in the future is refused too.
 
 A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in transit / Cr available,
 returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
@@ -62,6 +62,11 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
     existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
     if existing is not None:
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
+    if at_us > batch.recorded_at_us:
+        # It would pay balances that later postings may still change, and, runs being made in time
+        # order, block every run until then.
+        raise invalid("at", f"{format_instant(at_us)} is in the future: a payout run pays balances as of an "
+                            "instant that has passed")
     latest_us = session.execute(select(func.max(payout_runs.c.at_us))).scalar()
     if latest_us is not None and at_us < latest_us:
         # As of t, a later run's payouts are not yet posted: the balances they paid would be paid again.

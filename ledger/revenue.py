@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, ContextManager, NamedTuple, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,7 +27,7 @@ from ledger import holds, journal
 from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
-from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, invalid
+from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, invalid
 from ledger.instants import parse_instant
 from ledger.money import currency_exponent, parse_amount_minor
 from ledger.partners import PROGRAM_REVISION, Program, program_for
@@ -195,6 +195,21 @@ def _event_reads(session: Session, column: str, values: set[str]) -> list[tuple[
 # of reads. Larger batches read their replays first and the needs of their fresh events after, so
 # that re-delivering one reads little more than its replays.
 SPECULATIVE_READS_EVENTS_MAX = 100
+
+
+def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]]
+                 ) -> list[Outcome | Refusal]:
+    """`ingest` each event in a `transaction()` of its own, refusing those the database finds out of
+    range (`OutOfRange`): for a batch that failed as a whole for that reason, after its rollback."""
+    results: list[Outcome | Refusal] = []
+    for event in events:
+        try:
+            with transaction() as session:
+                [result] = ingest(session, [event])
+        except OutOfRange as error:
+            result = Refusal(event.id, error)
+        results.append(result)
+    return results
 
 
 def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: int | None = None

@@ -27,8 +27,9 @@ from api.errors import domain_problem_data, validation_problem_data
 from api.fields import Amount, ExternalId, Instant, Money, Str
 from api.idempotency import REPLAYED_HEADER
 from api.schemas import ProblemSchema, Schema
-from api.session import commit_now, current_session
+from api.session import commit_now, current_session, separate_transaction
 from ledger import revenue
+from ledger.errors import OutOfRange
 from ledger.revenue import Outcome, RevenueEvent
 from ledger.schema import EVENT_STATUSES, EVENT_TYPES
 
@@ -139,8 +140,13 @@ def post_batch(args):
             results.append(None)
         except ma.ValidationError as error:
             results.append(_refused(_item_id(item), validation_problem_data(error.messages)))
-    ingested = revenue.ingest(current_session(), [event for _, event in valid]) if valid else []
-    commit_now()
+    events = [event for _, event in valid]
+    try:
+        ingested = revenue.ingest(current_session(), events) if events else []
+        commit_now()
+    except OutOfRange:  # one event's total is out of range: refuse it, not the whole batch
+        current_session().rollback()
+        ingested = revenue.ingest_apart(events, separate_transaction)
     for (slot, _), result in zip(valid, ingested):
         results[slot] = _batch_result(result)
     # Plain data already in its JSON shape: dumping 10,000 results through BatchSchema (which documents

@@ -76,6 +76,17 @@ def test_no_body_and_an_empty_object_are_the_same_request(client, keys):
     assert post(client, keys.finance, "/v1/holds/release", {"at": "2026-01-01T00:00:00Z"}, key).status_code == 409
 
 
+def test_a_record_stored_with_a_null_body_replays_a_request_without_one(client, keys, database):
+    key = unique()
+    first = post(client, keys.finance, "/v1/holds/release", None, key)
+    with database.transaction() as session:  # as stored before no body was compared as {}
+        session.execute(sa.update(idempotency_records).values(
+            request_body="null", request_hash=idempotency.request_hash("POST", "/v1/holds/release", "null")))
+    again = post(client, keys.finance, "/v1/holds/release", None, key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed"), again.get_json()) == (
+        200, "true", first.get_json())
+
+
 def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):
     key = unique()
     assert post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key).status_code == 201

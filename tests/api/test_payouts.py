@@ -66,6 +66,12 @@ def test_a_run_before_the_latest_run_is_a_409_naming_at_as_it_would_pay_again(fr
     assert available(fresh, "p1", "2026-03-02") == "0.00"
 
 
+def test_a_run_in_the_future_is_a_422_naming_at_and_blocks_nothing(fresh):
+    invoices(fresh, p1="250.00")
+    assert errors_of(fresh.post("/v1/payout-runs", {"at": "2062-01-01T00:00:00Z"})) == {"at"}
+    assert len(fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})["payouts"]) == 1
+
+
 def test_the_database_refuses_a_payout_run_before_the_latest(fresh, database):
     fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})
     with pytest.raises(sa.exc.DBAPIError, match="must not be earlier than the latest"):

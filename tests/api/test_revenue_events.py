@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 
 from api.routes import revenue as revenue_routes
 from ledger.schema import journal_transactions, revenue_events
-from tests.api.books import errors_of, event_body, expect, money, unique
+from tests.api.books import errors_of, event_body, expect, money, plan_body, unique
 from tests.api.conftest import make_app
 
 
@@ -211,6 +211,23 @@ def test_a_batch_applies_or_refuses_each_event_on_its_own(acme, scratch):
                for r in results if "error" in r)
     assert transactions_of_event(scratch.database, events[0]["id"]) == 1
     assert transactions_of_event(scratch.database, events[5]["id"]) == 0
+
+
+def test_an_event_that_would_take_a_total_out_of_range_is_refused_alone_in_its_batch(fresh, database):
+    # A 100% plan: each BHD 999,999,999,999,999.999 accrues about 1e18 fils, and 9 of them fit in
+    # the partner's pending account (2^63 - 1 is about 9.22e18); the 10th does not, nor the 11th.
+    fresh.created("/v1/plans", plan_body("all", rates=[{"from_month": 1, "rate": "1"}]))
+    fresh.partner("whale", plan_id="all")
+    fresh.attribute("whale-customer", "whale")
+    events = [event_body(f"big-{n}", "whale-customer", f"big-{n}", "999999999999999.999", "2026-01-20",
+                         currency="BHD") for n in range(11)]
+    results = expect(fresh.post("/v1/revenue-events/batch", {"events": events}, as_="billing"), 200)["results"]
+    assert [r["http_status"] for r in results] == [201] * 9 + [422] * 2
+    assert {frozenset(r["error"]["errors"]) for r in results[9:]} == {frozenset({"amount"})}
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 9
+    again = expect(fresh.post("/v1/revenue-events/batch", {"events": events[:9]}, as_="billing"), 200)["results"]
+    assert all(r.get("replayed") for r in again)
 
 
 def test_a_batch_sent_again_is_replayed_event_by_event(acme, scratch):

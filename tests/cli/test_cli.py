@@ -24,6 +24,7 @@ from ledger.trial_balance import trial_balance
 from ledger.verify import verify
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url, scaled
 from tests.program import event_dict, monthly_events, paid, seed
+from tests.scenarios.books import Books
 
 REVSHARE = str(Path(sys.executable).parent / "revshare")
 IMPORT_CUSTOMERS = scaled(150)  # twelve monthly invoices each
@@ -113,7 +114,10 @@ def test_a_database_that_cannot_be_used_exits_2_with_a_clear_error_not_a_traceba
     assert "error: cannot use the database" in unmigrated.output and "run `revshare db upgrade`" in unmigrated.output
     unreachable = invoke(f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}", *command)
     assert unreachable.exit_code == 2 and "unable to open database file" in unreachable.output
-    assert "Traceback" not in unmigrated.output + unreachable.output
+    (tmp_path / "notes.txt").write_text("not a database, " * 100)
+    not_a_database = invoke(f"sqlite:///{tmp_path / 'notes.txt'}", *command)
+    assert not_a_database.exit_code == 2 and "file is not a database" in not_a_database.output
+    assert "Traceback" not in unmigrated.output + unreachable.output + not_a_database.output
 
 
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
@@ -231,6 +235,33 @@ def test_lines_that_are_not_utf8_json_or_full_rows_are_refused_alone_and_the_imp
     assert "line 6 event ?: not UTF-8 text" in result.output
     assert [line.split(" event")[0].strip() for line in result.output.splitlines() if " event ?:" in line] == [
         "line 3", "line 4", "line 6"]
+
+
+def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_an_error(seeded, tmp_path):
+    rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at",
+            "cr-1,invoice_paid,acme,inv-cr-1,10.00,USD,2026-01-11T00:00:00Z",
+            "cr-2,invoice_paid,acme,inv-cr-2,10.00,USD,2026-01-12T00:00:00Z"]
+    (tmp_path / "mac.csv").write_bytes("\r".join(rows).encode() + b"\r")
+    result = invoke(seeded.url, "import", str(tmp_path / "mac.csv"))
+    assert result.exit_code == 0 and "posted: 2" in result.output
+    stray = [rows[0], 'q-1,invoice_paid,acme,"inv-q-1,10.00,USD,2026-01-11T00:00:00Z'] + ["x" * 1000] * 200
+    (tmp_path / "stray.csv").write_text("\n".join(stray) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "stray.csv"))
+    assert result.exit_code == 2 and "not CSV the import can read" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_event_whose_total_is_out_of_range_is_refused_on_its_line_and_the_rest_imported(database, tmp_path):
+    books = Books(database)
+    books.plan("all", "1")  # each BHD 999,999,999,999,999.999 accrues about 1e18 fils: 9 fit under 2^63 - 1
+    books.partner("whale", "all")
+    books.attribute("whale-customer", "whale", "2026-01-01")
+    events = [paid(f"big-{n}", "whale-customer", f"big-{n}", 999_999_999_999_999_999, "2026-01-20")._replace(
+        currency="BHD") for n in range(11)]
+    result = invoke(database.url, "import", str(write_ndjson(tmp_path / "big.ndjson", events)))
+    assert result.exit_code == 1 and "posted: 9" in result.output and "refused: 2" in result.output
+    assert "line 10 event big-9: amount: would take an account's running total past" in result.output
+    assert "line 11 event big-10:" in result.output
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -80,5 +80,8 @@ def test_the_accepted_years_end_where_the_longest_window_and_hold_still_fit(pars
     parse(last, field="when")
     with pytest.raises(InvalidInput, match="between 1970 and 9800"):
         parse(too_late, field="when")
+    for out_of_datetime in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00"):  # UTC leaves datetime's years
+        with pytest.raises(InvalidInput, match="between 1970 and 9800"):
+            parse_instant(out_of_datetime, field="when")
     latest = at("9800-12-31T23:59:59.999999Z")
     assert format_instant(add_days_us(add_months_us(latest, DURATION_MONTHS_MAX), HOLD_DAYS_MAX)).startswith("99")
