@@ -101,9 +101,6 @@ class Piece:
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
     releases: int = 0  # releases posted, standing or since reversed: the next one's key counts them
-    # The latest reversal of one of its clawbacks or releases: what that put back in pending is
-    # released no earlier (held again from then on).
-    held_from_us: int | None = None
 
     @property
     def unclawed_minor(self) -> int:

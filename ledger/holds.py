@@ -25,6 +25,8 @@ from ledger import accounts as chart
 from ledger import journal
 from ledger.commission import EARNING_KINDS, Piece
 from ledger.db import driver_results, driver_rows, in_lists
+from ledger.errors import invalid
+from ledger.instants import format_instant
 from ledger.schema import journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
@@ -60,7 +62,7 @@ def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[
 
 # The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
 _PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,"
-                " t.matures_at_us, t.plan_version_id, j.currency, j.amount_minor, a.name, t.effective_at_us"
+                " t.matures_at_us, t.plan_version_id, j.currency, j.amount_minor, a.name"
                 " FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
                 " JOIN accounts a ON a.id = j.account_id")
 
@@ -82,7 +84,7 @@ class _PieceReplay:
     def apply(self, row: tuple) -> None:
         """One row of `_PIECE_LINES`."""
         (transaction_id, kind, partner_id, customer_id, invoice_id, accrual_id, reverses_id, matures_at_us,
-         plan_version_id, currency, amount_minor, account_name, effective_at_us) = row
+         plan_version_id, currency, amount_minor, account_name) = row
         on_pending = account_name.endswith(":pending")
         if kind in EARNING_KINDS:
             piece = Piece(transaction_id, accrual_id or transaction_id, partner_id, kind, currency, amount_minor,
@@ -104,9 +106,8 @@ class _PieceReplay:
                 effect = self.effects[reverses_id]
                 self.undone.add(reverses_id)
                 self._change(effect, -1)
-                piece = self.pieces[effect[0]]
-                piece.held_from_us = max(piece.held_from_us or effective_at_us, effective_at_us)
                 if effect[3]:  # a release undone: the piece is held again
+                    piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor = None, 0
 
     def standing(self, piece_id: int) -> list[int]:
@@ -127,28 +128,23 @@ class _PieceReplay:
 
 
 def release_draft(piece: Piece, *, key_suffix: str = "") -> journal.Draft:
-    """Move what is still pending of a matured piece to available, at its maturity instant, or when
-    it was held again (`held_from_us`) if that is later. A piece released again (after a late refund
-    undid its release) names the cause in `key_suffix`; without one, a piece released before counts
-    its earlier releases in its key."""
-    assert piece.pending_minor > 0 and not piece.reversed, piece
+    """Move what is still pending of a matured piece to available, at its maturity instant. A piece
+    released again (after a late refund undid its release) names the cause in `key_suffix`; without
+    one, a piece released before counts its earlier releases in its key."""
+    assert piece.pending_minor > 0 and not piece.released and not piece.reversed, piece
     suffix = key_suffix or (f":{piece.releases}" if piece.releases else "")
     return journal.transfer(
         "release", chart.pending(piece.partner_id), chart.available(piece.partner_id), piece.currency,
-        piece.pending_minor, effective_at_us=releasable_from(piece), idempotency_key=f"release:{piece.id}{suffix}",
+        piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}{suffix}",
         partner_id=piece.partner_id, customer_id=piece.customer_id, invoice_id=piece.invoice_id,
         plan_version_id=piece.plan_version_id, accrual_id=piece.id)
 
 
 def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int, *, key_suffix: str = "") -> list[int]:
-    """Release what is pending of every piece matured (and not held again) by `at_us`; returns the
-    ids of pieces whose hold ended. A released piece has nothing pending, unless a clawback taken
-    from pending before it matured was reversed since: that amount is released then."""
+    """Release every held piece matured by `at_us`; returns the ids of pieces whose hold ended."""
     ended = []
     for piece in pieces:
-        if piece.matures_at_us is None or releasable_from(piece) > at_us:
-            continue
-        if piece.released and piece.pending_minor <= 0:
+        if piece.released or piece.matures_at_us is None or piece.matures_at_us > at_us:
             continue
         if not piece.reversed and piece.pending_minor > 0:
             posted = batch.add(release_draft(piece, key_suffix=key_suffix))
@@ -158,11 +154,6 @@ def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int, *,
         piece.released = True
         ended.append(piece.id)
     return ended
-
-
-def releasable_from(piece: Piece) -> int:
-    """When a matured piece's pending amount is released: at maturity, or when it was held again."""
-    return max(piece.matures_at_us, piece.held_from_us or piece.matures_at_us)
 
 
 def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> None:
@@ -175,17 +166,33 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     piece.released, piece.release_id, piece.released_minor = False, None, 0
 
 
-def hold_again(session: Session, accrual_id: int, reversal_id: int) -> None:
-    """Queue a piece that a reversal (of its release, or of a clawback taken from pending) put back
-    in pending: whether it is still held is decided by time, so a release run releases it again, at
-    its maturity or at the reversal's instant, whichever is later (`Piece.held_from_us`)."""
-    driver_results(session, [(
-        "INSERT INTO open_holds (accrual_id, matures_at_us)"
-        " SELECT a.id, CASE WHEN r.effective_at_us > a.matures_at_us THEN r.effective_at_us ELSE a.matures_at_us END"
-        " FROM journal_transactions a JOIN journal_transactions r ON r.id = ?"
-        " WHERE a.id = ? AND a.matures_at_us IS NOT NULL"
-        " AND NOT EXISTS (SELECT 1 FROM open_holds WHERE accrual_id = ?)",
-        (reversal_id, accrual_id, accrual_id))])
+def released_again(session: Session, clawback_id: int, invoice_id: str, *, reason: str, key: str,
+                   effective_at_us: int | None) -> tuple[list[journal.Draft], list[journal.Draft]]:
+    """For reversing a clawback that took from pending, when its piece has been released since: the
+    drafts to post before that reversal (the reversal of the release) and after it (the release of
+    the whole pending amount, the clawed part back in it). A piece keeps one release in force, at its
+    maturity, which a refund dated before the maturity can undo (`unrelease`). Nothing for a clawback
+    from available, or of a piece still held (its release takes the whole amount when it comes)."""
+    replay = _PieceReplay()
+    for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
+                                    " ORDER BY t.id, j.id", (invoice_id,)):
+        replay.apply(row)
+    effect = replay.effects.get(clawback_id)
+    piece = replay.pieces[effect[0]] if effect else None
+    if (piece is None or clawback_id in replay.undone  # reversed already: its reversal is replayed alone
+            or effect[1] == 0 or not piece.released or piece.reversed or piece.release_id is None):
+        return [], []
+    released_at_us = session.execute(select(journal_transactions.c.effective_at_us)
+                                     .where(journal_transactions.c.id == piece.release_id)).scalar_one()
+    if effective_at_us is not None and effective_at_us > released_at_us:
+        # From then on the restored amount would be pending, though its piece matured long before.
+        raise invalid("effective_at", "must not be after the release of the accrual the clawback took from "
+                                      f"({format_instant(released_at_us)})")
+    undo = journal.reversal_draft(session, piece.release_id, reason=f"{reason} (with transaction {clawback_id})",
+                                  idempotency_key=f"{key}:with:{piece.release_id}")
+    piece.pending_minor += piece.released_minor - effect[1]
+    piece.released = False
+    return [undo], [release_draft(piece)]
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

@@ -370,8 +370,7 @@ class _Writer:
         lines = [self._claw(event, invoice, plan) for plan in
                  refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully)]
         for piece in held_again:  # what is left matured when it matured
-            holds.release_pieces(self.batch, [piece], holds.releasable_from(piece),
-                                 key_suffix=f":after:{event.id}")
+            holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         invoice.refunded_minor += event.amount_minor
         if event.type == "chargeback":
             invoice.charged_back_minor += event.amount_minor

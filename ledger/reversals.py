@@ -11,10 +11,12 @@ true to the rules that depend on the transaction:
   would claw the partner twice. Each of those reversals is effective at its original's instant, or
   at the requested instant when that is later, so that from the piece's reversal on, the piece adds
   nothing to its partner's balances at any instant.
-- A release reversed, or a clawback that took from pending, puts its piece back in the queue of
-  holds: whether it is held is decided by time, so a release run releases what is pending again,
-  at the maturity or at the reversal's instant, whichever is later (a piece reversed meanwhile
-  never is).
+- A release is not reversed on its own (409): whether a piece is held is decided by time, so a
+  matured piece would be released again at once. Reverse its accrual instead.
+- A clawback that took from pending, of a piece released since, is reversed between the reversal
+  of that release and a release of the whole pending amount, at the maturity: a piece keeps one
+  release in force (which a late refund dated before the maturity can undo), and nothing is left
+  pending that has matured. Such a reversal may not be dated after the release (422).
 - A payout's posting, while the payout is pending, is reversed as the payout's failure: the money
   returns to available and the reversal resolves the payout `failed`, so that it can no longer be
   settled (which would pay it twice). Once a payout is settled or failed, its posting and its
@@ -47,12 +49,17 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
     kind = journal.load_draft(session, transaction_id).kind
     if kind in PAYOUT_RESOLUTION_KINDS:
         raise Conflict(f"transaction {transaction_id} resolves a payout, which is final: correct it with an adjustment")
-    undo = _standing_reversals(session, transaction_id, draft, key, reason, effective_at_us) \
-        if kind in EARNING_KINDS else []
+    if kind == "release":
+        raise Conflict(f"transaction {transaction_id} is a release, which follows from time: reverse its accrual "
+                       "instead")
+    undo, redo = [], []
+    if kind in EARNING_KINDS:
+        undo = _standing_reversals(session, transaction_id, draft, key, reason, effective_at_us)
+    elif kind == "clawback":
+        undo, redo = holds.released_again(session, transaction_id, draft.invoice_id, reason=reason, key=key,
+                                          effective_at_us=effective_at_us)
     pending_payout = _pending_payout(session, transaction_id) if kind == "payout" else None
-    posted = journal.post(session, [*undo, draft], recorded_at_us=recorded_at_us)[-1]
-    if kind in ("release", "clawback") and not posted.replayed:
-        holds.hold_again(session, draft.accrual_id, posted.id)
+    posted = journal.post(session, [*undo, draft, *redo], recorded_at_us=recorded_at_us)[len(undo)]
     if pending_payout is not None and not posted.replayed:
         session.execute(insert(payout_resolutions).values(
             payout_id=pending_payout, outcome="failed", transaction_id=posted.id, reason=reason,

@@ -6,7 +6,7 @@ reversed accruals, which are never released."""
 import pytest
 
 from ledger import payouts, reversals
-from ledger.errors import InvalidInput
+from ledger.errors import Conflict, InvalidInput
 from tests.scenarios.books import Books, at, commissions
 
 
@@ -200,28 +200,6 @@ def test_a_reversal_at_an_instant_before_the_release_undoes_the_release_at_its_o
         assert books.balance("northwind", before=instant) == (0, 0), instant
 
 
-def test_a_reversed_release_is_released_again_by_the_next_run_as_held_ness_follows_time(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    books.release("2026-02-10")
-    [(_, _, _, _), (release_id, _, _, _)] = kinds(books, "inv-1")
-    reverse(books, release_id)
-    assert books.balance("northwind") == (10_000, 0)
-    assert books.release("2026-02-11") == 1
-    assert books.balance("northwind") == (0, 10_000)
-    assert [kind for _, kind, _, _ in kinds(books, "inv-1")] == ["accrual", "release", "reversal", "release"]
-
-
-def test_a_refund_after_a_reversed_release_releases_the_piece_again_and_claws_from_available(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    books.release("2026-02-10")
-    reverse(books, kinds(books, "inv-1")[1][0])
-    refund = books.refund("acme", "inv-1", "500.00", "2026-03-01")  # matured: released again first
-    assert commissions(refund) == [("northwind", "clawback", -5_000)]
-    assert books.balance("northwind") == (0, 5_000)
-    assert books.release("2026-03-02") == 0
-    assert books.trial_balance_is_zero() and books.verified()
-
-
 def test_reversing_an_accrual_whose_chargeback_was_won_reverses_its_reinstatement_too(books):
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
     books.chargeback("acme", "inv-1", "1000.00", "2026-01-12")
@@ -235,30 +213,73 @@ def test_reversing_an_accrual_whose_chargeback_was_won_reverses_its_reinstatemen
     assert books.trial_balance_is_zero() and books.verified()
 
 
-def test_a_release_reversed_at_a_later_instant_is_released_again_from_then_never_twice(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # matures 2026-02-09
+def test_a_release_is_not_reversed_on_its_own_as_it_follows_from_time(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     books.release("2026-02-10")
-    reverse(books, kinds(books, "inv-1")[1][0], effective_at_us=at("2026-03-15"))
-    assert books.release("2026-03-14") == 0  # held again only from 2026-03-15
-    assert books.release("2026-03-16") == 1
-    for instant, expected in (("2026-03-01", (0, 10_000)), ("2026-03-15", (0, 10_000)), ("2026-03-16", (0, 10_000))):
-        assert books.balance("northwind", before=instant) == expected, instant
-    assert kinds(books, "inv-1")[3][1:] == ("release", None, at("2026-03-15"))
-    with books.database.transaction() as session:
-        [payout] = payouts.run_payouts(session, at("2026-03-20")).payouts
-    assert payout.amount_minor == 10_000
+    with pytest.raises(Conflict, match="follows from time"):
+        reverse(books, kinds(books, "inv-1")[1][0])
+    assert books.balance("northwind") == (0, 10_000)
 
 
-def test_a_clawback_reversed_after_the_release_is_released_too(books):
+def test_a_clawback_reversed_after_the_release_is_released_with_the_rest_at_the_maturity(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids  # 40.00 from pending
     books.release("2026-02-10")                                                          # 60.00 released
-    reverse(books, clawback_id)  # at 2026-01-20: the 40.00 was pending then, and matured since
-    assert books.balance("northwind") == (4_000, 6_000)
-    assert books.release("2026-02-11") == 1
+    [(release_id, *_)] = [row for row in kinds(books, "inv-1") if row[1] == "release"]
+    reversal_id = reverse(books, clawback_id)
+    # The release is redone in the same posting: one release in force, of the whole 100.00, at the maturity.
+    assert kinds(books, "inv-1")[3:] == [(reversal_id - 1, "reversal", release_id, at("2026-02-09")),
+                                         (reversal_id, "reversal", clawback_id, at("2026-01-20")),
+                                         (reversal_id + 1, "release", None, at("2026-02-09"))]
+    assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
     assert books.balance("northwind") == (0, 10_000)
-    assert kinds(books, "inv-1")[-1][1:] == ("release", None, at("2026-02-09"))
+    assert books.release("2026-03-01") == 0
     assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_late_refund_after_a_reversed_clawback_undoes_the_one_release_in_force(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    books.release("2026-02-10")
+    reverse(books, clawback_id)
+    # Dated while held, and completing the refunds of the invoice: it claws the remainder, all of it
+    # (the first clawback was reversed), from pending.
+    late = books.refund("acme", "inv-1", "600.00", "2026-01-25")
+    assert commissions(late) == [("northwind", "clawback", -10_000)]
+    assert books.balance("northwind", before="2026-02-09") == (0, 0)
+    assert books.balance("northwind") == (0, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_partial_late_refund_after_a_reversed_clawback_releases_the_rest_once(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    books.release("2026-02-10")
+    reverse(books, clawback_id)
+    late = books.refund("acme", "inv-1", "300.00", "2026-01-25")
+    assert commissions(late) == [("northwind", "clawback", -3_000)]
+    assert books.balance("northwind", before="2026-02-09") == (7_000, 0)
+    assert books.balance("northwind") == (0, 7_000)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_clawback_reversal_dated_after_the_release_is_a_422_naming_effective_at(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    books.release("2026-02-10")
+    with pytest.raises(InvalidInput) as refused:
+        reverse(books, clawback_id, effective_at_us=at("2026-03-15"))
+    assert set(refused.value.fields) == {"effective_at"}
+    assert books.balance("northwind") == (0, 6_000)
+
+
+def test_a_replayed_clawback_reversal_posts_nothing_more(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    books.release("2026-02-10")
+    first = reverse(books, clawback_id)
+    before = head(books)
+    assert reverse(books, clawback_id) == first and head(books) == before
 
 
 def test_a_replayed_reversal_of_a_released_accrual_posts_nothing_more(books):
