@@ -32,7 +32,8 @@ def domain_errors(options: dict[str, str] | None = None) -> Iterator[None]:
         for field, option in (options or {}).items():
             if detail.startswith(f"{field}:"):
                 detail = option + detail[len(field):]
-        lines = [f"{(options or {}).get(name, name)}: {'; '.join(messages)}" for name, messages in error.fields.items()]
+        lines = [f"{(options or {}).get(name, name)}: {'; '.join(messages)}"
+                 for name, messages in error.fields.items()]
         click.echo("\n  ".join([f"error: {detail}", *(line for line in lines if line != detail)]), err=True)
         sys.exit(2)
 
@@ -107,7 +108,8 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
     from ledger.importer import detect_format, import_stream, open_events
 
     with open_events(path) as stream:
-        chosen = detect_format(path, stream.read(256).removeprefix("\ufeff")) if file_format == "auto" else file_format
+        head = stream.read(256).removeprefix("\ufeff")
+        chosen = detect_format(path, head) if file_format == "auto" else file_format
         stream.seek(0)
         size = os.path.getsize(path)
         with opened(settings) as database, click.progressbar(length=size, label="importing", file=sys.stderr) as bar:

@@ -90,8 +90,9 @@ def verify_closes(session: Session) -> list[Problem]:
         if stored != expected_rows:
             differing = sorted(set(stored) ^ set(expected_rows) | {key for key in set(stored) & set(expected_rows)
                                                                    if stored[key] != expected_rows[key]}, key=str)
-            named = ", ".join(f"{names.get(account_id, account_id)} {currency} (stored {stored.get((account_id, currency))}"
-                              f", journal {expected_rows.get((account_id, currency))})"
+            named = ", ".join(f"{names.get(account_id, account_id)} {currency} "
+                              f"(stored {stored.get((account_id, currency))}, "
+                              f"journal {expected_rows.get((account_id, currency))})"
                               for account_id, currency in differing[:SNAPSHOT_ROWS_NAMED])
             more = f" and {len(differing) - SNAPSHOT_ROWS_NAMED} more" if len(differing) > SNAPSHOT_ROWS_NAMED else ""
             problems.append(Problem(None, "snapshot_altered", f"{where}: the snapshot differs from the journal's "
