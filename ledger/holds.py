@@ -25,7 +25,7 @@ from ledger import accounts as chart
 from ledger import journal
 from ledger.commission import EARNING_KINDS, Piece
 from ledger.db import driver_results, driver_rows, in_lists
-from ledger.errors import invalid
+from ledger.errors import Conflict, invalid
 from ledger.instants import format_instant
 from ledger.schema import journal_transactions, open_holds
 
@@ -167,32 +167,43 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
 
 
 def released_again(session: Session, clawback_id: int, invoice_id: str, *, reason: str, key: str,
-                   effective_at_us: int | None) -> tuple[list[journal.Draft], list[journal.Draft]]:
-    """For reversing a clawback that took from pending, when its piece has been released since: the
-    drafts to post before that reversal (the reversal of the release) and after it (the release of
-    the whole pending amount, the clawed part back in it). A piece keeps one release in force, at its
-    maturity, which a refund dated before the maturity can undo (`unrelease`). Nothing for a clawback
-    from available, or of a piece still held (its release takes the whole amount when it comes)."""
+                   effective_at_us: int | None, now_us: int) -> tuple[list[journal.Draft], list[journal.Draft]]:
+    """For reversing a clawback that took from pending, of a piece matured by `now_us`: the drafts to
+    post before that reversal (the reversal of the piece's release, if one is in force) and after it
+    (the release of the whole pending amount, the clawed part back in it, at the maturity), so that
+    nothing matured is left pending, whether or not a release run has come by. A piece keeps one
+    release in force, which a refund dated before the maturity can undo (`unrelease`). Nothing for
+    a clawback from available, or of a piece still held (its release takes all when it comes).
+
+    Refused: such a reversal dated after the release (the restored amount would be pending after
+    the maturity), and the reversal of a clawback of a piece a won dispute reinstated (the dispute
+    restored clawed commission already: reverse the accrual instead)."""
     replay = _PieceReplay()
     for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
                                     " ORDER BY t.id, j.id", (invoice_id,)):
         replay.apply(row)
     effect = replay.effects.get(clawback_id)
     piece = replay.pieces[effect[0]] if effect else None
-    if (piece is None or clawback_id in replay.undone  # reversed already: its reversal is replayed alone
-            or effect[1] == 0 or not piece.released or piece.reversed or piece.release_id is None):
+    if piece is None or clawback_id in replay.undone:  # reversed already: its reversal is replayed alone
         return [], []
-    released_at_us = session.execute(select(journal_transactions.c.effective_at_us)
-                                     .where(journal_transactions.c.id == piece.release_id)).scalar_one()
+    if any(other.root_id == piece.id and other.id != piece.id and not other.reversed
+           for other in replay.pieces.values()):
+        raise Conflict(f"a won dispute reinstated accrual {piece.id}, restoring what its clawbacks took: "
+                       f"reverse the accrual instead")
+    if effect[1] == 0 or piece.reversed or piece.matures_at_us is None or piece.matures_at_us > now_us:
+        return [], []
+    released_at_us = piece.matures_at_us if piece.release_id is None else session.execute(
+        select(journal_transactions.c.effective_at_us).where(journal_transactions.c.id == piece.release_id)
+    ).scalar_one()
     if effective_at_us is not None and effective_at_us > released_at_us:
-        # From then on the restored amount would be pending, though its piece matured long before.
         raise invalid("effective_at", "must not be after the release of the accrual the clawback took from "
-                                      f"({format_instant(released_at_us)})")
-    undo = journal.reversal_draft(session, piece.release_id, reason=f"{reason} (with transaction {clawback_id})",
-                                  idempotency_key=f"{key}:with:{piece.release_id}")
+                                      f"({format_instant(released_at_us)}), when what it restores was released")
+    undo = [] if piece.release_id is None else [journal.reversal_draft(
+        session, piece.release_id, reason=f"{reason} (with transaction {clawback_id})",
+        idempotency_key=f"{key}:with:{piece.release_id}")]
     piece.pending_minor += piece.released_minor - effect[1]
     piece.released = False
-    return [undo], [release_draft(piece)]
+    return undo, [release_draft(piece)]
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

@@ -263,14 +263,40 @@ def test_a_partial_late_refund_after_a_reversed_clawback_releases_the_rest_once(
     assert books.trial_balance_is_zero() and books.verified()
 
 
-def test_a_clawback_reversal_dated_after_the_release_is_a_422_naming_effective_at(books):
+@pytest.mark.parametrize("release_job_ran", [False, True])
+def test_a_clawback_that_took_everything_when_reversed_is_released_whether_or_not_a_run_came_by(
+        books, release_job_ran):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "1000.00", "2026-01-20").transaction_ids  # all 100.00
+    if release_job_ran:
+        books.release("2026-02-10")  # nothing pending: the hold ends with no release posted
+    reverse(books, clawback_id)
+    assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
+    assert books.balance("northwind") == (0, 10_000)
+    assert books.release("2026-03-01") == 0
+    assert books.sql("SELECT count(*) FROM open_holds")[0][0] == 0
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+@pytest.mark.parametrize("release_job_ran", [False, True])
+def test_a_clawback_reversal_dated_after_the_maturity_is_a_422_whether_or_not_a_run_came_by(books, release_job_ran):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
-    books.release("2026-02-10")
+    if release_job_ran:
+        books.release("2026-02-10")
     with pytest.raises(InvalidInput) as refused:
         reverse(books, clawback_id, effective_at_us=at("2026-03-15"))
     assert set(refused.value.fields) == {"effective_at"}
-    assert books.balance("northwind") == (0, 6_000)
+
+
+def test_a_clawback_of_an_accrual_a_won_dispute_reinstated_is_not_reversed_as_it_would_credit_twice(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.chargeback("acme", "inv-1", "1000.00", "2026-01-12").transaction_ids
+    books.dispute_won("acme", "inv-1", "1000.00", "2026-01-14")
+    before = head(books)
+    with pytest.raises(Conflict, match="reverse the accrual instead"):
+        reverse(books, clawback_id)
+    assert head(books) == before and books.balance("northwind") == (10_000, 0)
 
 
 def test_a_replayed_clawback_reversal_posts_nothing_more(books):
@@ -295,7 +321,9 @@ def test_a_reversed_clawback_gives_the_accrual_back_and_the_final_refund_claws_e
     [clawback_id] = books.refund("acme", "inv-1", "250.00", "2026-01-20").transaction_ids
     with books.database.transaction() as session:
         reversals.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
-    assert books.balance("northwind") == (10_000, 0)
+    # Held until it matured, and released then in the same posting: no release run need come by.
+    assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
+    assert books.balance("northwind") == (0, 10_000)
     final = books.refund("acme", "inv-1", "750.00", "2026-01-21")
     assert commissions(final) == [("northwind", "clawback", -10_000)]
     assert books.balance("northwind") == (0, 0)
