@@ -167,17 +167,18 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
 
 
 def released_again(session: Session, clawback_id: int, invoice_id: str, *, reason: str, key: str,
-                   effective_at_us: int | None, now_us: int) -> tuple[list[journal.Draft], list[journal.Draft]]:
-    """For reversing a clawback that took from pending, of a piece matured by `now_us`: the drafts to
-    post before that reversal (the reversal of the piece's release, if one is in force) and after it
-    (the release of the whole pending amount, the clawed part back in it, at the maturity), so that
-    nothing matured is left pending, whether or not a release run has come by. A piece keeps one
-    release in force, which a refund dated before the maturity can undo (`unrelease`). Nothing for
-    a clawback from available, or of a piece still held (its release takes all when it comes).
+                   effective_at_us: int | None) -> tuple[list[journal.Draft], list[journal.Draft]]:
+    """For reversing a clawback that took from pending: the drafts to post before that reversal (the
+    reversal of the piece's release, if one is in force) and after it (the release of the whole
+    pending amount, the clawed part back in it, at the maturity), once the piece's hold has left the
+    queue (released, or ended with nothing pending to release), so that nothing is left pending
+    after the maturity, whenever release runs came by. A piece keeps one release in force, which a
+    refund dated before the maturity can undo (`unrelease`). Nothing for a clawback from available,
+    or of a piece whose hold is still queued (its release takes all when it comes).
 
-    Refused: such a reversal dated after the release (the restored amount would be pending after
-    the maturity), and the reversal of a clawback of a piece a won dispute reinstated (the dispute
-    restored clawed commission already: reverse the accrual instead)."""
+    Refused: such a reversal dated after the release, or after the maturity when none was posted
+    (the restored amount would be pending after it), and the reversal of a clawback of a piece a won
+    dispute reinstated (the dispute restored clawed commission already: reverse the accrual)."""
     replay = _PieceReplay()
     for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
                                     " ORDER BY t.id, j.id", (invoice_id,)):
@@ -190,14 +191,17 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
            for other in replay.pieces.values()):
         raise Conflict(f"a won dispute reinstated accrual {piece.id}, restoring what its clawbacks took: "
                        f"reverse the accrual instead")
-    if effect[1] == 0 or piece.reversed or piece.matures_at_us is None or piece.matures_at_us > now_us:
+    if effect[1] == 0 or piece.reversed or piece.matures_at_us is None:
         return [], []
     released_at_us = piece.matures_at_us if piece.release_id is None else session.execute(
         select(journal_transactions.c.effective_at_us).where(journal_transactions.c.id == piece.release_id)
     ).scalar_one()
     if effective_at_us is not None and effective_at_us > released_at_us:
         raise invalid("effective_at", "must not be after the release of the accrual the clawback took from "
-                                      f"({format_instant(released_at_us)}), when what it restores was released")
+                                      f"({format_instant(released_at_us)}), when what it restores is released")
+    queued = session.execute(select(open_holds.c.accrual_id).where(open_holds.c.accrual_id == piece.id)).first()
+    if piece.release_id is None and queued is not None:
+        return [], []
     undo = [] if piece.release_id is None else [journal.reversal_draft(
         session, piece.release_id, reason=f"{reason} (with transaction {clawback_id})",
         idempotency_key=f"{key}:with:{piece.release_id}")]

@@ -13,11 +13,12 @@ true to the rules that depend on the transaction:
   nothing to its partner's balances at any instant.
 - A release is not reversed on its own (409): whether a piece is held is decided by time, so a
   matured piece would be released again at once. Reverse its accrual instead.
-- A clawback that took from pending, of a piece matured since, is reversed between the reversal
-  of its release (if one was posted) and a release of the whole pending amount, at the maturity: a
-  piece keeps one release in force (which a late refund dated before the maturity can undo), and
-  nothing matured is left pending, whether or not a release run came by. Such a reversal may not
-  be dated after the release (422). A clawback of an accrual a won dispute reinstated is not
+- A clawback that took from pending, of a piece whose hold has left the queue (released, or ended
+  with nothing left to release), is reversed between the reversal of its release (if one was
+  posted) and a release of the whole pending amount, at the maturity: a piece keeps one release in
+  force (which a late refund dated before the maturity can undo), and nothing is left pending after
+  the maturity, whenever release runs came by. Such a reversal may not be dated after the release,
+  or after the maturity (422). A clawback of an accrual a won dispute reinstated is not
   reversed (409): the dispute already restored clawed commission; reverse the accrual instead.
 - A payout's posting, while the payout is pending, is reversed as the payout's failure: the money
   returns to available and the reversal resolves the payout `failed`, so that it can no longer be
@@ -58,9 +59,8 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
     if kind in EARNING_KINDS:
         undo = _standing_reversals(session, transaction_id, draft, key, reason, effective_at_us)
     elif kind == "clawback":
-        now = journal.now_us() if recorded_at_us is None else recorded_at_us
         undo, redo = holds.released_again(session, transaction_id, draft.invoice_id, reason=reason, key=key,
-                                          effective_at_us=effective_at_us, now_us=now)
+                                          effective_at_us=effective_at_us)
     pending_payout = _pending_payout(session, transaction_id) if kind == "payout" else None
     posted = journal.post(session, [*undo, draft, *redo], recorded_at_us=recorded_at_us)[len(undo)]
     if redo and not posted.replayed:

@@ -270,10 +270,11 @@ def test_a_clawback_that_took_everything_when_reversed_is_released_whether_or_no
     [clawback_id] = books.refund("acme", "inv-1", "1000.00", "2026-01-20").transaction_ids  # all 100.00
     if release_job_ran:
         books.release("2026-02-10")  # nothing pending: the hold ends with no release posted
-    reverse(books, clawback_id)
+    reverse(books, clawback_id)  # released in the same posting if the hold had ended, else by the next run
+    assert books.release("2026-03-01") == (0 if release_job_ran else 1)
     assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
     assert books.balance("northwind") == (0, 10_000)
-    assert books.release("2026-03-01") == 0
+    assert [kind for _, kind, _, _ in kinds(books, "inv-1")].count("release") == 1
     assert books.sql("SELECT count(*) FROM open_holds")[0][0] == 0
     assert books.trial_balance_is_zero() and books.verified()
 
@@ -299,6 +300,23 @@ def test_a_clawback_of_an_accrual_a_won_dispute_reinstated_is_not_reversed_as_it
     assert head(books) == before and books.balance("northwind") == (10_000, 0)
 
 
+def test_a_clawback_reversed_after_a_release_run_dated_in_the_future_is_released_too(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    books.release("2030-01-01")  # a run far ahead: the hold leaves the queue with its release posted
+    reverse(books, clawback_id)
+    assert books.balance("northwind") == (0, 10_000)
+    assert books.release("2031-01-01") == 0
+
+
+def test_a_clawback_reversal_dated_after_the_maturity_of_a_queued_hold_is_a_422(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    with pytest.raises(InvalidInput) as refused:  # no run came by: the hold is still queued
+        reverse(books, clawback_id, effective_at_us=at("2026-02-10"))
+    assert set(refused.value.fields) == {"effective_at"}
+
+
 def test_a_replayed_clawback_reversal_posts_nothing_more(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
@@ -321,9 +339,7 @@ def test_a_reversed_clawback_gives_the_accrual_back_and_the_final_refund_claws_e
     [clawback_id] = books.refund("acme", "inv-1", "250.00", "2026-01-20").transaction_ids
     with books.database.transaction() as session:
         reversals.reverse(session, clawback_id, reason="refund was goodwill; the partner keeps its commission")
-    # Held until it matured, and released then in the same posting: no release run need come by.
-    assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
-    assert books.balance("northwind") == (0, 10_000)
+    assert books.balance("northwind") == (10_000, 0)  # matured, not yet released: its hold is still queued
     final = books.refund("acme", "inv-1", "750.00", "2026-01-21")
     assert commissions(final) == [("northwind", "clawback", -10_000)]
     assert books.balance("northwind") == (0, 0)
