@@ -128,6 +128,11 @@ class _Invoice:
     refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
     charged_back_minor: int = 0  # chargebacks - reversed chargebacks
     pieces: list[Piece] = field(default_factory=list)
+    disputes: list[tuple[int, int]] = field(default_factory=list)  # (instant, + chargeback or - reversed)
+
+    def charged_back_as_of(self, instant_us: int) -> int:
+        """What is charged back and not yet reversed, counting the events dated at or before the instant."""
+        return sum(amount for at_us, amount in self.disputes if at_us <= instant_us)
 
 
 class _Needs:
@@ -182,6 +187,7 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
         invoice.refunded_minor += sign * row.amount_minor
         if row.type != "refund":
             invoice.charged_back_minor += sign * row.amount_minor
+            invoice.disputes.append((row.occurred_at_us, sign * row.amount_minor))
     return invoices
 
 
@@ -374,6 +380,7 @@ class _Writer:
         invoice.refunded_minor += event.amount_minor
         if event.type == "chargeback":
             invoice.charged_back_minor += event.amount_minor
+            invoice.disputes.append((event.occurred_at_us, event.amount_minor))
         return self._status(invoice, lines), lines, None
 
     def _claw(self, event: RevenueEvent, invoice: _Invoice, plan) -> tuple[CommissionLine, int]:
@@ -393,6 +400,8 @@ class _Writer:
         invoice = self._invoice_for(event)
         if event.amount_minor > invoice.charged_back_minor:
             raise invalid("amount.amount", "exceeds what is charged back on the invoice and not yet reversed")
+        if event.amount_minor > invoice.charged_back_as_of(event.occurred_at_us):
+            raise invalid("occurred_at", "is before the chargeback it reverses")
         refunded_after = invoice.refunded_minor - event.amount_minor
         plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after)
         lines = [self._accrue(event, plan.partner_id, plan.kind, plan.amount_minor, plan.plan_version_id,
@@ -401,6 +410,7 @@ class _Writer:
                  for plan in plans]
         invoice.refunded_minor = refunded_after
         invoice.charged_back_minor -= event.amount_minor
+        invoice.disputes.append((event.occurred_at_us, -event.amount_minor))
         return self._status(invoice, lines), lines, None
 
     @staticmethod

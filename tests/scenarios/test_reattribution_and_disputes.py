@@ -110,6 +110,19 @@ def test_a_dispute_can_only_be_won_for_what_is_charged_back(books):
     assert books.balance("northwind") == (0, 0) and books.balance("dist") == (0, 0)
 
 
+def test_a_dispute_cannot_be_won_before_its_chargeback(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.chargeback("acme", "inv-1", "300.00", "2026-01-13")
+    books.chargeback("acme", "inv-1", "200.00", "2026-01-20")
+    assert list(books.refused("chargeback_reversed", "acme", "inv-1", "300.00", "2026-01-12").error.fields) == \
+        ["occurred_at"]
+    # Between the two chargebacks only the first is there to reverse; at the second's instant, both.
+    assert list(books.refused("chargeback_reversed", "acme", "inv-1", "300.01", "2026-01-15").error.fields) == \
+        ["occurred_at"]
+    assert books.dispute_won("acme", "inv-1", "300.00", "2026-01-15").status == "posted"
+    assert books.dispute_won("acme", "inv-1", "200.00", "2026-01-20").status == "posted"
+
+
 def test_the_cpa_clawed_by_a_full_chargeback_comes_back_when_the_dispute_is_won(sqlite_database):
     books = Books(sqlite_database)
     books.plan("hybrid", "0.10", cpa={"USD": "150.00"})
