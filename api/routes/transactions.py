@@ -113,8 +113,16 @@ def get_transaction(transaction_id: int):
 @blp.arguments(ReversalRequestSchema)
 @blp.response(201, TransactionSchema)
 def reverse_transaction(args, transaction_id: int):
-    """Reverse a transaction (at most once)"""
+    """Reverse a transaction (at most once)
+
+    The answer is the transaction's own reversal. Posted with it, in the same posting: for an
+    accrual, CPA or override, the reversals of its reinstatements, clawbacks and release; for a
+    clawback that took from pending, of a piece released since, the reversal of that release and a
+    new release of the whole amount. Reversing a pending payout's posting fails the payout. A
+    reversal, a release, and the postings of a settled or failed payout are not reversed (409).
+    """
     session = current_session()
-    posted = reversals.reverse(session, transaction_id, reason=args["reason"], effective_at_us=args["effective_at"],
-                             idempotency_key=f"reversal:{transaction_id}:{request_token()}")
+    posted = reversals.reverse(session, transaction_id, reason=args["reason"],
+                               effective_at_us=args["effective_at"],
+                               idempotency_key=f"reversal:{transaction_id}:{request_token()}")
     return render(transactions.get(session, posted.id))
