@@ -1,7 +1,8 @@
 """`revshare` commands over the books: scheduler, demo, import, release-holds, payout-run, close,
 statement and trial-balance. Each parses its arguments, opens one transaction, calls the domain
 and prints; a domain error prints `error: ...` on stderr and exits with status 2, and so does a
-database that cannot be used (unreachable, not a database, or not migrated yet)."""
+database that cannot be used (unreachable, not a database, or not migrated yet). The scheduler
+runs until stopped, logging each job that fails."""
 
 from __future__ import annotations
 
@@ -44,18 +45,26 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
     used, exits 2 with `error: ...`."""
     database = Database(settings.database_url)
     try:
-        with domain_errors(options):
+        with database_errors(settings.database_url), domain_errors(options):
             yield database
-    except IntegrityError:  # a broken invariant is a bug, whose traceback is wanted
+    finally:
+        database.dispose()
+
+
+@contextlib.contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be used (unreachable, not a database, not migrated) is `error: ...`
+    and exit 2; a broken invariant (IntegrityError) is a bug, whose traceback is wanted."""
+    try:
+        yield
+    except IntegrityError:
         raise
-    except DatabaseError as error:  # unreachable, not a database, not migrated
-        click.echo(f"error: cannot use the database {make_url(settings.database_url)!r}: "
+    except DatabaseError as error:
+        click.echo(f"error: cannot use the database {make_url(url)!r}: "
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it has no tables yet: run `revshare db upgrade` first", err=True)
         sys.exit(2)
-    finally:
-        database.dispose()
 
 
 # SQLite's and PostgreSQL's words for a table that is not there.

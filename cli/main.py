@@ -1,6 +1,7 @@
 """`revshare`: parse arguments, build the settings, call the domain, print, choose the exit code.
 
-Exit codes: 0 success, 1 the books have problems (`verify`), 2 bad usage or bad input.
+Exit codes: 0 success; 1 the books have problems (`verify`), `import` refused events, or the trial
+balance does not balance; 2 bad usage or bad input, or a database that cannot be used.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(settings: Settings) -> None:
     """Apply every migration (as the owner URL when REVSHARE_MIGRATION_DATABASE_URL is set)."""
+    from cli.books import database_errors
     from ledger.migrate import upgrade
 
-    upgrade(settings.migration_database_url or settings.database_url)
+    url = settings.migration_database_url or settings.database_url
+    with database_errors(url):
+        upgrade(url)
     click.echo("database is at the latest revision")
 
 

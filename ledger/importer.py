@@ -5,8 +5,8 @@ Constant memory: the file is read line by line and handed to `revenue.ingest` in
 file, even after being killed halfway: committed batches replay (events are keyed by id) and the
 rest is applied, so the books equal those of one clean run.
 
-CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; a
-header naming others is refused). A file is UTF-8, a leading byte-order mark allowed. A line that
+CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
+columns are ignored; a header that lacks one is refused). A file is UTF-8, a leading byte-order mark allowed. A line that
 is not UTF-8, is not JSON (NDJSON) or has more or fewer fields than the header (CSV) is refused
 with its line number, like an event the domain refuses; the import goes on.
 """
@@ -108,7 +108,7 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
         if found != width:
             yield reader.line_num, InvalidInput(f"the row has {found} fields, the header {width}",
                                                 {"_line": [f"{found} fields, the header has {width}"]})
-        elif any(_NOT_UTF8.search(row[name]) for name in CSV_COLUMNS):
+        elif any(_NOT_UTF8.search(value) for value in row.values()):
             yield reader.line_num, _not_utf8(reader.line_num)
         else:
             data = {name: row[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}

@@ -188,8 +188,8 @@ def list_periods(session: Session) -> list[Close]:
 def period_status(session: Session, period: str) -> tuple[str, Close | None]:
     """("closed", its close), or ("open", None); a period that ends by the start of the first close
     is ("closed", None): the close chain starts after it, nothing was posted in it (the first close
-    starts at the first posting's period) and nothing can be (a posting dated there is made at the
-    start of the first open period), so it can never be closed on its own."""
+    starts at the first posting's period when that is earlier) and nothing can be (a posting dated
+    there is made at the start of the first open period), so it can never be closed on its own."""
     close = get_close(session, period)
     if close is not None:
         return "closed", close

@@ -117,8 +117,9 @@ def reverse_transaction(args, transaction_id: int):
 
     The answer is the transaction's own reversal. Posted with it, in the same posting: for an
     accrual, CPA or override, the reversals of its reinstatements, clawbacks and release; for a
-    clawback that took from pending, of a piece released since, the reversal of that release and a
-    new release of the whole amount. Reversing a pending payout's posting fails the payout. A
+    clawback that took from pending, once the accrual's hold has ended, the reversal of its release
+    (if one was posted) and a new release of what is then pending. Reversing a pending payout's
+    posting fails the payout. A
     reversal, a release, and the postings of a settled or failed payout are not reversed (409).
     """
     session = current_session()

@@ -118,6 +118,8 @@ def test_a_database_that_cannot_be_used_exits_2_with_a_clear_error_not_a_traceba
     not_a_database = invoke(f"sqlite:///{tmp_path / 'notes.txt'}", *command)
     assert not_a_database.exit_code == 2 and "file is not a database" in not_a_database.output
     assert "Traceback" not in unmigrated.output + unreachable.output + not_a_database.output
+    upgrade = invoke(f"sqlite:///{tmp_path / 'notes.txt'}", "db", "upgrade")
+    assert upgrade.exit_code == 2 and "file is not a database" in upgrade.output
 
 
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
@@ -235,6 +237,15 @@ def test_lines_that_are_not_utf8_json_or_full_rows_are_refused_alone_and_the_imp
     assert "line 6 event ?: not UTF-8 text" in result.output
     assert [line.split(" event")[0].strip() for line in result.output.splitlines() if " event ?:" in line] == [
         "line 3", "line 4", "line 6"]
+
+
+def test_csv_columns_beyond_the_events_are_ignored_but_must_be_utf8_too(seeded, tmp_path):
+    rows = [b"id,type,customer_id,invoice_id,amount,currency,occurred_at,note",
+            b"n-1,invoice_paid,acme,inv-n-1,10.00,USD,2026-01-11T00:00:00Z,plain",
+            b"n-2,invoice_paid,acme,inv-n-2,10.00,USD,2026-01-11T00:00:00Z,caf\xe9"]
+    (tmp_path / "noted.csv").write_bytes(b"\n".join(rows) + b"\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "noted.csv"))
+    assert result.exit_code == 1 and "posted: 1" in result.output and "line 3 event ?: not UTF-8 text" in result.output
 
 
 def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_an_error(seeded, tmp_path):
