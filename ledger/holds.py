@@ -177,8 +177,9 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     or of a piece whose hold is still queued (its release takes all when it comes).
 
     Refused: such a reversal dated after the release, or after the maturity when none was posted
-    (the restored amount would be pending after it), and the reversal of a clawback of a piece a won
-    dispute reinstated (the dispute restored clawed commission already: reverse the accrual)."""
+    (the restored amount would be pending after it), and the reversal of a chargeback's clawback of
+    a piece a won dispute reinstated (the dispute restored it already: reverse the accrual). A
+    refund's clawback may still be reversed: no dispute restores what a refund took."""
     replay = _PieceReplay()
     for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
                                     " ORDER BY t.id, j.id", (invoice_id,)):
@@ -188,8 +189,8 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     if piece is None or clawback_id in replay.undone:  # reversed already: its reversal is replayed alone
         return [], []
     if any(other.root_id == piece.id and other.id != piece.id and not other.reversed
-           for other in replay.pieces.values()):
-        raise Conflict(f"a won dispute reinstated accrual {piece.id}, restoring what its clawbacks took: "
+           for other in replay.pieces.values()) and _by_chargeback(session, clawback_id):
+        raise Conflict(f"a won dispute reinstated accrual {piece.id}, restoring what its chargebacks took: "
                        f"reverse the accrual instead")
     if effect[1] == 0 or piece.reversed or piece.matures_at_us is None:
         return [], []
@@ -208,6 +209,12 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     piece.pending_minor += piece.released_minor - effect[1]
     piece.released = False
     return undo, [release_draft(piece)]
+
+
+def _by_chargeback(session: Session, clawback_id: int) -> bool:
+    found = driver_rows(session, "SELECT e.type FROM journal_transactions t"
+                                 " JOIN revenue_events e ON e.id = t.event_id WHERE t.id = ?", (clawback_id,))
+    return bool(found) and found[0][0] == "chargeback"
 
 
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

@@ -18,8 +18,8 @@ true to the rules that depend on the transaction:
   posted) and a release of the whole pending amount, at the maturity: a piece keeps one release in
   force (which a late refund dated before the maturity can undo), and nothing is left pending after
   the maturity, whenever release runs came by. Such a reversal may not be dated after the release,
-  or after the maturity (422). A clawback of an accrual a won dispute reinstated is not
-  reversed (409): the dispute already restored clawed commission; reverse the accrual instead.
+  or after the maturity (422). A chargeback's clawback of an accrual a won dispute reinstated is
+  not reversed (409): the dispute already restored it; reverse the accrual instead.
 - A payout's posting, while the payout is pending, is reversed as the payout's failure: the money
   returns to available and the reversal resolves the payout `failed`, so that it can no longer be
   settled (which would pay it twice). Once a payout is settled or failed, its posting and its

@@ -300,6 +300,16 @@ def test_a_clawback_of_an_accrual_a_won_dispute_reinstated_is_not_reversed_as_it
     assert head(books) == before and books.balance("northwind") == (10_000, 0)
 
 
+def test_a_refunds_clawback_of_a_reinstated_accrual_may_still_be_reversed(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [refund_clawback] = books.refund("acme", "inv-1", "300.00", "2026-01-11").transaction_ids  # 30.00
+    books.chargeback("acme", "inv-1", "700.00", "2026-01-12")                                # 70.00
+    books.dispute_won("acme", "inv-1", "700.00", "2026-01-14")                               # 70.00 again
+    reverse(books, refund_clawback)  # goodwill: the partner keeps the refunded invoice's commission
+    assert sum(books.balance("northwind")) == 10_000
+    assert books.trial_balance_is_zero() and books.verified()
+
+
 def test_a_clawback_reversed_after_a_release_run_dated_in_the_future_is_released_too(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
