@@ -40,10 +40,7 @@ def standing_against(session: Session, piece: int, invoice_id: str) -> list[int]
     """What stands against an earning piece of `invoice_id`, to be reversed before it, in that
     order: each reinstatement of it (a won dispute's accrual) with its own clawbacks and release
     before it, then the piece's clawbacks and release."""
-    replay = _PieceReplay()
-    for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
-                                    " ORDER BY t.id, j.id", (invoice_id,)):
-        replay.apply(row)
+    replay = _replay(session, [invoice_id])
     reinstatements = [other.id for other in replay.pieces.values()
                       if other.root_id == piece and other.id != piece and not other.reversed]
     return [*(found for other in reinstatements for found in (*replay.standing(other), other)),
@@ -52,12 +49,17 @@ def standing_against(session: Session, piece: int, invoice_id: str) -> list[int]
 
 def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
     """{invoice_id: pieces}, replaying the invoice's accruals, clawbacks, releases and reversals."""
+    return dict(_replay(session, invoice_ids).by_invoice)
+
+
+def _replay(session: Session, invoice_ids: Iterable[str]) -> "_PieceReplay":
+    """The invoices' partner-account lines, folded in sequence order."""
     replay = _PieceReplay()
     for condition, params in in_lists(session, "t.invoice_id", sorted(set(invoice_ids))):
         for row in driver_rows(session, f"{_PIECE_LINES} WHERE {condition} AND a.partner_id IS NOT NULL"
                                         " ORDER BY t.id, j.id", params):
             replay.apply(row)
-    return dict(replay.by_invoice)
+    return replay
 
 
 # The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
@@ -180,10 +182,7 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     (the restored amount would be pending after it), and the reversal of a chargeback's clawback of
     a piece a won dispute reinstated (the dispute restored it already: reverse the accrual). A
     refund's clawback may still be reversed: no dispute restores what a refund took."""
-    replay = _PieceReplay()
-    for row in driver_rows(session, f"{_PIECE_LINES} WHERE t.invoice_id = ? AND a.partner_id IS NOT NULL"
-                                    " ORDER BY t.id, j.id", (invoice_id,)):
-        replay.apply(row)
+    replay = _replay(session, [invoice_id])
     effect = replay.effects.get(clawback_id)
     piece = replay.pieces[effect[0]] if effect else None
     if piece is None or clawback_id in replay.undone:  # reversed already: its reversal is replayed alone

@@ -126,9 +126,13 @@ class _Invoice:
     paid_at_us: int
     paid_status: str
     refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
-    charged_back_minor: int = 0  # chargebacks - reversed chargebacks
     pieces: list[Piece] = field(default_factory=list)
     disputes: list[tuple[int, int]] = field(default_factory=list)  # (instant, + chargeback or - reversed)
+
+    @property
+    def charged_back_minor(self) -> int:
+        """Chargebacks less reversed chargebacks."""
+        return sum(amount for _, amount in self.disputes)
 
     def charged_back_as_of(self, instant_us: int) -> int:
         """What is charged back and not yet reversed, counting the events dated at or before the instant."""
@@ -186,7 +190,6 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
         sign = -1 if row.type == "chargeback_reversed" else 1
         invoice.refunded_minor += sign * row.amount_minor
         if row.type != "refund":
-            invoice.charged_back_minor += sign * row.amount_minor
             invoice.disputes.append((row.occurred_at_us, sign * row.amount_minor))
     return invoices
 
@@ -379,7 +382,6 @@ class _Writer:
             holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         invoice.refunded_minor += event.amount_minor
         if event.type == "chargeback":
-            invoice.charged_back_minor += event.amount_minor
             invoice.disputes.append((event.occurred_at_us, event.amount_minor))
         return self._status(invoice, lines), lines, None
 
@@ -409,7 +411,6 @@ class _Writer:
                               root_id=plan.root_id)
                  for plan in plans]
         invoice.refunded_minor = refunded_after
-        invoice.charged_back_minor -= event.amount_minor
         invoice.disputes.append((event.occurred_at_us, -event.amount_minor))
         return self._status(invoice, lines), lines, None
 

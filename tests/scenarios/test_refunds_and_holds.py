@@ -213,6 +213,17 @@ def test_reversing_an_accrual_whose_chargeback_was_won_reverses_its_reinstatemen
     assert books.trial_balance_is_zero() and books.verified()
 
 
+def clawed_from_pending(books: Books, *, released_at: str | None = None) -> int:
+    """inv-1 paid 1000.00 on 2026-01-10 (accrual 100.00, maturing 2026-02-09), then a refund of 400.00
+    on 2026-01-20 that claws 40.00 from pending; and a release run at `released_at` if given (60.00
+    released at the maturity). Returns the clawback's id."""
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    if released_at is not None:
+        books.release(released_at)
+    return clawback_id
+
+
 def test_a_release_is_not_reversed_on_its_own_as_it_follows_from_time(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     books.release("2026-02-10")
@@ -222,9 +233,7 @@ def test_a_release_is_not_reversed_on_its_own_as_it_follows_from_time(books):
 
 
 def test_a_clawback_reversed_after_the_release_is_released_with_the_rest_at_the_maturity(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids  # 40.00 from pending
-    books.release("2026-02-10")                                                          # 60.00 released
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10")
     [(release_id, *_)] = [row for row in kinds(books, "inv-1") if row[1] == "release"]
     reversal_id = reverse(books, clawback_id)
     # The release is redone in the same posting: one release in force, of the whole 100.00, at the maturity.
@@ -238,9 +247,7 @@ def test_a_clawback_reversed_after_the_release_is_released_with_the_rest_at_the_
 
 
 def test_a_late_refund_after_a_reversed_clawback_undoes_the_one_release_in_force(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
-    books.release("2026-02-10")
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10")
     reverse(books, clawback_id)
     # Dated while held, and completing the refunds of the invoice: it claws the remainder, all of it
     # (the first clawback was reversed), from pending.
@@ -252,9 +259,7 @@ def test_a_late_refund_after_a_reversed_clawback_undoes_the_one_release_in_force
 
 
 def test_a_partial_late_refund_after_a_reversed_clawback_releases_the_rest_once(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
-    books.release("2026-02-10")
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10")
     reverse(books, clawback_id)
     late = books.refund("acme", "inv-1", "300.00", "2026-01-25")
     assert commissions(late) == [("northwind", "clawback", -3_000)]
@@ -281,10 +286,7 @@ def test_a_clawback_that_took_everything_when_reversed_is_released_whether_or_no
 
 @pytest.mark.parametrize("release_job_ran", [False, True])
 def test_a_clawback_reversal_dated_after_the_maturity_is_a_422_whether_or_not_a_run_came_by(books, release_job_ran):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
-    if release_job_ran:
-        books.release("2026-02-10")
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10" if release_job_ran else None)
     with pytest.raises(InvalidInput) as refused:
         reverse(books, clawback_id, effective_at_us=at("2026-03-15"))
     assert set(refused.value.fields) == {"effective_at"}
@@ -311,26 +313,21 @@ def test_a_refunds_clawback_of_a_reinstated_accrual_may_still_be_reversed(books)
 
 
 def test_a_clawback_reversed_after_a_release_run_dated_in_the_future_is_released_too(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
-    books.release("2030-01-01")  # a run far ahead: the hold leaves the queue with its release posted
+    clawback_id = clawed_from_pending(books, released_at="2030-01-01")
     reverse(books, clawback_id)
     assert books.balance("northwind") == (0, 10_000)
     assert books.release("2031-01-01") == 0
 
 
 def test_a_clawback_reversal_dated_after_the_maturity_of_a_queued_hold_is_a_422(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
+    clawback_id = clawed_from_pending(books)
     with pytest.raises(InvalidInput) as refused:  # no run came by: the hold is still queued
         reverse(books, clawback_id, effective_at_us=at("2026-02-10"))
     assert set(refused.value.fields) == {"effective_at"}
 
 
 def test_a_replayed_clawback_reversal_posts_nothing_more(books):
-    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
-    [clawback_id] = books.refund("acme", "inv-1", "400.00", "2026-01-20").transaction_ids
-    books.release("2026-02-10")
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10")
     first = reverse(books, clawback_id)
     before = head(books)
     assert reverse(books, clawback_id) == first and head(books) == before
