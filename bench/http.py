@@ -1,13 +1,16 @@
 """Metric 5: single-event HTTP POST under gunicorn, with GET /v1/health on the same server as reference.
 
 `revshare serve --workers 2` runs as a subprocess on a free loopback port over a seeded database,
-with a billing key created for the run. A bounded load generator (`CLIENT_THREADS` threads with
-http.client, a fixed number of requests, an overall deadline) posts one paid invoice per request
-and records each latency; then it sends as many GET /v1/health requests. The health rate is what
-the same server, client and machine manage for a request that touches no database: the reference
-the POST rate is compared with. gunicorn's sync workers close the connection after each response
-(no keep-alive), so http.client reconnects per request; both series pay that alike. The server is
-stopped (SIGTERM, then SIGKILL after a grace period) in a `finally`.
+with a billing key created for the run. A bounded load generator (`CLIENT_THREADS` threads, a fixed
+number of requests, an overall deadline) posts one paid invoice per request and records each
+latency; then it sends as many GET /v1/health requests. The health rate is what the same server,
+client and machine manage for a request that touches no database: the reference the POST rate is
+compared with. gunicorn's sync workers close the connection after each response (no keep-alive), so
+each request opens a connection of its own; both series pay that alike. The generator shares the
+server's two cores, so it is kept lean: each request's bytes are built before the clock starts, sent
+on a plain socket and the response read to its end and checked (status line, Content-Length), which
+costs about half the CPU of `http.client` (0.17 against 0.33 ms a POST, measured side by side). The
+server is stopped (SIGTERM, then SIGKILL after a grace period) in a `finally`.
 
 The route is detected in `api/routes/`; without it the table gets a marked placeholder row.
 """
@@ -18,6 +21,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +45,8 @@ STOP_GRACE_S = 20
 REQUEST_TIMEOUT_S = 30
 RATE_TARGET = 1_000
 P99_MS_MAX = 50.0
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 
 
 class Series(NamedTuple):
@@ -74,8 +80,35 @@ def _request(connection: http.client.HTTPConnection, method: str, path: str, bod
     return response.status
 
 
-def _load(port: int, requests: list[tuple[str, str, bytes | None, dict, int]], deadline_s: float) -> Series:
-    """Send every request once, over CLIENT_THREADS connections, stopping at the deadline."""
+def _message(method: str, path: str, body: bytes | None, headers: dict) -> bytes:
+    """The bytes of one HTTP/1.1 request that asks the server to close the connection after it."""
+    head = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", "Connection: close",
+            *(f"{name}: {value}" for name, value in headers.items())]
+    if body is not None:
+        head.append(f"Content-Length: {len(body)}")
+    return "\r\n".join([*head, "", ""]).encode("latin-1") + (body or b"")
+
+
+def _exchange(port: int, message: bytes) -> int:
+    """Send one request on a new connection and read its response to the end: its status, or 0 when
+    the response is not whole (no status line, or a body shorter or longer than its Content-Length)."""
+    with socket.create_connection((HOST, port), timeout=REQUEST_TIMEOUT_S) as sock:
+        sock.sendall(message)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    head, separator, body = response.partition(b"\r\n\r\n")
+    match = _STATUS_LINE.match(head)
+    length = _CONTENT_LENGTH.search(head)
+    if not (separator and match and length and int(length.group(1)) == len(body)):
+        return 0
+    return int(match.group(1))
+
+
+def _load(port: int, requests: list[tuple[bytes, int]], deadline_s: float) -> Series:
+    """Send every request (its bytes, the status expected) once, over CLIENT_THREADS threads, stopping
+    at the deadline."""
     counter = itertools.count()
     latencies: list[float] = []
     failures = [0]
@@ -83,7 +116,6 @@ def _load(port: int, requests: list[tuple[str, str, bytes | None, dict, int]], d
     stop_at = time.perf_counter() + deadline_s
 
     def worker() -> None:
-        connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
         mine: list[float] = []
         failed = 0
         try:
@@ -91,17 +123,15 @@ def _load(port: int, requests: list[tuple[str, str, bytes | None, dict, int]], d
                 index = next(counter)
                 if index >= len(requests):
                     break
-                method, path, body, headers, expected = requests[index]
+                message, expected = requests[index]
                 started = time.perf_counter()
                 try:
-                    status = _request(connection, method, path, body, headers)
-                except (OSError, http.client.HTTPException):
-                    connection.close()
+                    status = _exchange(port, message)
+                except OSError:
                     status = 0
                 mine.append((time.perf_counter() - started) * 1000)
                 failed += status != expected
         finally:
-            connection.close()
             with lock:
                 latencies.extend(mine)
                 failures[0] += failed
@@ -151,8 +181,8 @@ def measure(site, request_count: int, partner_count: int, customer_count: int, d
         database.dispose()
     events = program.paid_events(seeded, request_count, month_offset=3, prefix="http")
     auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    posts = [("POST", "/v1/revenue-events", json.dumps(event_data(e)).encode(), auth, 201) for e in events]
-    health = [("GET", "/v1/health", None, {}, 200)] * request_count
+    posts = [(_message("POST", "/v1/revenue-events", json.dumps(event_data(e)).encode(), auth), 201) for e in events]
+    health = [(_message("GET", "/v1/health", None, {}), 200)] * request_count
     port = _free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}
     environment.update(REVSHARE_DATABASE_URL=url, REVSHARE_LOG_LEVEL="WARNING")
