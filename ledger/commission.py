@@ -8,7 +8,8 @@
   A reinstatement belongs to the *root* accrual it restores; proportional rules use the root.
 - `refund_clawbacks`: proportional clawbacks round(accrual x refund / paid) half-even, capped so
   clawbacks never exceed the accrual, and the refund that completes the invoice's refund takes the
-  exact remainder. The CPA is clawed back, in full, only when its invoice is fully refunded.
+  exact remainder. The CPA is clawed back, in full, only when its invoice is fully refunded. A
+  clawback takes from the pieces accrued by its instant first.
 - `dispute_reinstatements`: a chargeback reversed (dispute won) restores the clawed amounts in the
   same proportion, with a new hold.
 
@@ -101,6 +102,7 @@ class Piece:
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
     releases: int = 0  # releases posted, standing or since reversed: the next one's key counts them
+    accrued_at_us: int | None = None  # its effective instant in the journal
 
     @property
     def unclawed_minor(self) -> int:
@@ -134,9 +136,15 @@ def _groups(pieces: list[Piece]) -> list[tuple[Piece, list[Piece]]]:
     return [(roots[root_id], group) for root_id, group in sorted(by_root.items()) if root_id in roots]
 
 
-def _take(group: list[Piece], amount_minor: int) -> list[Clawback]:
-    """Split a clawback over a root's pieces: held ones first (from pending), newest first."""
-    ordered = sorted(group, key=lambda p: (p.released, -p.id))
+def _take(group: list[Piece], amount_minor: int, at_us: int | None) -> list[Clawback]:
+    """Split a clawback effective at `at_us` over a root's pieces: those accrued by then first (a
+    reinstatement dated later is not yet in the partner's accounts at that instant), then held ones
+    first (from pending), newest first. A later piece is drawn on only when the earlier ones hold
+    less than the clawback, which rounding can leave them, by a minor unit."""
+    def later(piece: Piece) -> bool:
+        return at_us is not None and piece.accrued_at_us is not None and piece.accrued_at_us > at_us
+
+    ordered = sorted(group, key=lambda p: (later(p), p.released, -p.id))
     plans: list[Clawback] = []
     for piece in ordered:
         if amount_minor == 0:
@@ -152,8 +160,9 @@ def _take(group: list[Piece], amount_minor: int) -> list[Clawback]:
 
 
 def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
-                     fully_refunded: bool) -> list[Clawback]:
-    """The clawbacks of one refund or chargeback of `refund_minor` on an invoice paid `paid_minor`."""
+                     fully_refunded: bool, at_us: int | None = None) -> list[Clawback]:
+    """The clawbacks of one refund or chargeback of `refund_minor` on an invoice paid `paid_minor`,
+    effective at `at_us` (None: every piece counts as accrued by then)."""
     assert 0 < refund_minor <= paid_minor, (refund_minor, paid_minor)
     plans: list[Clawback] = []
     for root, group in _groups(pieces):
@@ -166,7 +175,7 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
             share = round_minor(prorate_minor(root.amount_minor, refund_minor, paid_minor), rounding=ROUND_HALF_EVEN)
             target = min(share, unclawed)
         if target > 0:
-            plans.extend(_take(group, target))
+            plans.extend(_take(group, target, at_us))
     return plans
 
 

@@ -64,7 +64,7 @@ def _replay(session: Session, invoice_ids: Iterable[str]) -> "_PieceReplay":
 
 # The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
 _PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,"
-                " t.matures_at_us, t.plan_version_id, j.currency, j.amount_minor, a.name"
+                " t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor, a.name"
                 " FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
                 " JOIN accounts a ON a.id = j.account_id")
 
@@ -86,11 +86,12 @@ class _PieceReplay:
     def apply(self, row: tuple) -> None:
         """One row of `_PIECE_LINES`."""
         (transaction_id, kind, partner_id, customer_id, invoice_id, accrual_id, reverses_id, matures_at_us,
-         plan_version_id, currency, amount_minor, account_name) = row
+         plan_version_id, effective_at_us, currency, amount_minor, account_name) = row
         on_pending = account_name.endswith(":pending")
         if kind in EARNING_KINDS:
             piece = Piece(transaction_id, accrual_id or transaction_id, partner_id, kind, currency, amount_minor,
-                          plan_version_id, matures_at_us, amount_minor, customer_id=customer_id, invoice_id=invoice_id)
+                          plan_version_id, matures_at_us, amount_minor, customer_id=customer_id, invoice_id=invoice_id,
+                          accrued_at_us=effective_at_us)
             self.pieces[transaction_id] = piece
             self.by_invoice[invoice_id].append(piece)
         elif kind == "clawback" and accrual_id in self.pieces:

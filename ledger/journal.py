@@ -222,9 +222,8 @@ class Batch:
                 raise _conflict(self.session, draft, existing[0], self._drafts, self._headers)
             return Posted(existing[0], True)
         self.head_id += 1
-        posted_at, original = draft.effective_at_us, None
-        if self.boundary_us is not None and posted_at < self.boundary_us:
-            posted_at, original = self.boundary_us, draft.effective_at_us
+        posted_at = self.posting_instant(draft.effective_at_us)
+        original = None if posted_at == draft.effective_at_us else draft.effective_at_us
         prev_hash, self.head_hash = self.head_hash, chain_hash(
             self.head_hash, self.head_id, self.recorded_at_us, posted_at, original, hash_hex)
         self._known[draft.idempotency_key] = (self.head_id, hash_hex)
@@ -232,6 +231,13 @@ class Batch:
                                          prev_hash, self.head_hash))
         self._drafts.append(draft)
         return Posted(self.head_id, False)
+
+    def posting_instant(self, effective_at_us: int) -> int:
+        """The instant a draft effective at `effective_at_us` is posted at: its own, or the start of
+        the first open period when it lies in a closed one."""
+        if self.boundary_us is not None and effective_at_us < self.boundary_us:
+            return self.boundary_us
+        return effective_at_us
 
     def flush(self) -> None:
         insert_all(self.session, self.take_writes())

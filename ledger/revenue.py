@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, NamedTuple, Sequence
 
@@ -28,8 +29,8 @@ from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, r
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, invalid
-from ledger.instants import parse_instant
-from ledger.money import currency_exponent, parse_amount_minor
+from ledger.instants import format_instant, parse_instant
+from ledger.money import currency_exponent, format_minor, parse_amount_minor
 from ledger.partners import PROGRAM_REVISION, Program, program_for
 from ledger.schema import EVENT_TYPES, open_holds, revenue_events
 
@@ -125,18 +126,53 @@ class _Invoice:
     paid_minor: int
     paid_at_us: int
     paid_status: str
-    refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
     pieces: list[Piece] = field(default_factory=list)
-    disputes: list[tuple[int, int]] = field(default_factory=list)  # (instant, + chargeback or - reversed)
+    refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
+    charged_back_minor: int = 0  # chargebacks - reversed chargebacks
+    # The changes of each, (instant, signed amount), in the order they were posted; and the latest instant.
+    refunds: list[tuple[int, int]] = field(default_factory=list)
+    disputes: list[tuple[int, int]] = field(default_factory=list)
+    latest_us: int | None = None
 
-    @property
-    def charged_back_minor(self) -> int:
-        """Chargebacks less reversed chargebacks."""
-        return sum(amount for _, amount in self.disputes)
+    def add(self, event: RevenueEvent | StoredEvent) -> None:
+        """Count a refund, chargeback or won dispute."""
+        signed = -event.amount_minor if event.type == "chargeback_reversed" else event.amount_minor
+        self.refunded_minor += signed
+        self.refunds.append((event.occurred_at_us, signed))
+        if event.type != "refund":
+            self.charged_back_minor += signed
+            self.disputes.append((event.occurred_at_us, signed))
+        self.latest_us = max(event.occurred_at_us, self.latest_us or event.occurred_at_us)
 
-    def charged_back_as_of(self, instant_us: int) -> int:
-        """What is charged back and not yet reversed, counting the events dated at or before the instant."""
-        return sum(amount for at_us, amount in self.disputes if at_us <= instant_us)
+    def refunded_most_from(self, instant_us: int) -> tuple[int, int]:
+        """(instant, amount): the most that is refunded and charged back, less reversed chargebacks,
+        at any instant from `instant_us` on (counting the events dated up to each), and the first
+        instant it is reached."""
+        return max(self._running(self.refunds, self.refunded_minor, instant_us),
+                   key=lambda found: (found[1], -found[0]))
+
+    def charged_back_least_from(self, instant_us: int) -> tuple[int, int]:
+        """(instant, amount): the least that is charged back and not yet reversed at any instant from
+        `instant_us` on, and the first instant it is reached."""
+        return min(self._running(self.disputes, self.charged_back_minor, instant_us),
+                   key=lambda found: (found[1], found[0]))
+
+    def _running(self, changes: list[tuple[int, int]], total: int, instant_us: int) -> list[tuple[int, int]]:
+        """(instant, sum of the changes dated up to it) at `instant_us` and at each later instant a
+        change is dated: every value the sum takes from `instant_us` on. Events delivered in time
+        order have no later change: the total, without looking at them."""
+        if self.latest_us is None or self.latest_us <= instant_us:
+            return [(instant_us, total)]
+        later: dict[int, int] = defaultdict(int)
+        for at_us, amount in changes:
+            if at_us > instant_us:
+                later[at_us] += amount
+        value = total - sum(later.values())
+        found = [(instant_us, value)]
+        for at_us in sorted(later):
+            value += later[at_us]
+            found.append((at_us, value))
+        return found
 
 
 class _Needs:
@@ -186,11 +222,7 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
             invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
                                                 row.occurred_at_us, row.status)
             continue
-        invoice = invoices[row.invoice_id]
-        sign = -1 if row.type == "chargeback_reversed" else 1
-        invoice.refunded_minor += sign * row.amount_minor
-        if row.type != "refund":
-            invoice.disputes.append((row.occurred_at_us, sign * row.amount_minor))
+        invoices[row.invoice_id].add(row)
     return invoices
 
 
@@ -348,7 +380,8 @@ class _Writer:
         line, transaction_id = self._post(draft, kind, amount_minor)
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
-                                    customer_id=event.customer_id, invoice_id=event.invoice_id))
+                                    customer_id=event.customer_id, invoice_id=event.invoice_id,
+                                    accrued_at_us=self.batch.posting_instant(event.occurred_at_us)))
         self.hold_rows.append((transaction_id, matures))
         return line, transaction_id
 
@@ -368,6 +401,10 @@ class _Writer:
         invoice = self._invoice_for(event)
         if invoice.refunded_minor + event.amount_minor > invoice.paid_minor:
             raise invalid("amount.amount", "cumulative refunds and chargebacks would exceed the paid amount")
+        most_at_us, most_minor = invoice.refunded_most_from(event.occurred_at_us)
+        if most_minor + event.amount_minor > invoice.paid_minor:  # a won dispute dated later brought it back under
+            raise invalid("occurred_at", "refunds and chargebacks dated up to "
+                                         f"{format_instant(most_at_us)} would exceed the paid amount")
         held_again = [piece for piece in invoice.pieces
                       if piece.released and not piece.reversed and piece.release_id is not None
                       and piece.matures_at_us > event.occurred_at_us]
@@ -377,12 +414,11 @@ class _Writer:
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
         fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
         lines = [self._claw(event, invoice, plan) for plan in
-                 refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully)]
+                 refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully,
+                                  self.batch.posting_instant(event.occurred_at_us))]
         for piece in held_again:  # what is left matured when it matured
             holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
-        invoice.refunded_minor += event.amount_minor
-        if event.type == "chargeback":
-            invoice.disputes.append((event.occurred_at_us, event.amount_minor))
+        invoice.add(event)
         return self._status(invoice, lines), lines, None
 
     def _claw(self, event: RevenueEvent, invoice: _Invoice, plan) -> tuple[CommissionLine, int]:
@@ -402,16 +438,17 @@ class _Writer:
         invoice = self._invoice_for(event)
         if event.amount_minor > invoice.charged_back_minor:
             raise invalid("amount.amount", "exceeds what is charged back on the invoice and not yet reversed")
-        if event.amount_minor > invoice.charged_back_as_of(event.occurred_at_us):
-            raise invalid("occurred_at", "is before the chargeback it reverses")
+        least_at_us, least_minor = invoice.charged_back_least_from(event.occurred_at_us)
+        if event.amount_minor > least_minor:  # before the chargeback, or one reversed by a later won dispute
+            raise invalid("occurred_at", f"only {format_minor(least_minor, event.currency)} is charged back and "
+                                         f"not yet reversed at {format_instant(least_at_us)}")
         refunded_after = invoice.refunded_minor - event.amount_minor
         plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after)
         lines = [self._accrue(event, plan.partner_id, plan.kind, plan.amount_minor, plan.plan_version_id,
                               _hold_days(self.session, self.context.program, plan.plan_version_id), invoice,
                               root_id=plan.root_id)
                  for plan in plans]
-        invoice.refunded_minor = refunded_after
-        invoice.disputes.append((event.occurred_at_us, -event.amount_minor))
+        invoice.add(event)
         return self._status(invoice, lines), lines, None
 
     @staticmethod

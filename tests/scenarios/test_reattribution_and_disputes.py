@@ -162,3 +162,52 @@ def test_a_won_dispute_never_restores_more_than_was_clawed_back(books):
     # Its proportional share would be 1.5 -> 2 cents, but only 1 cent was clawed: 1 comes back.
     assert commissions(won) == [("fabrikam", "accrual", 1)]
     assert books.balance("fabrikam") == (50, 0)
+
+
+def test_a_late_refund_dated_before_a_reinstatement_claws_from_the_accrual_it_was_dated_after(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, matures 2026-02-09
+    books.release("2026-02-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 from available
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")  # reinstated 10,000, held until 2026-03-31
+    refund = books.refund("acme", "inv-1", "500.00", "2026-02-20")  # delivered late
+    # On 2026-02-20 the reinstatement was not yet accrued: the refund claws what was left of the
+    # released accrual, from available; the reinstatement stays pending.
+    assert commissions(refund) == [("northwind", "clawback", -10_000), ("dist", "clawback", -2_500)]
+    assert books.sql("SELECT a.name FROM journal_lines l JOIN accounts a ON a.id = l.account_id "
+                     "WHERE l.transaction_id = :t AND l.side = 'D'", t=refund.transaction_ids[0])[0].name == \
+        "liability:partner:northwind:available"
+    for partner_id in ("northwind", "dist"):
+        for instant in ("2026-02-20", "2026-02-28", "2026-03-01"):
+            pending, available = books.balance_just_after(partner_id, instant)
+            assert pending >= 0 and available >= 0, (partner_id, instant, pending, available)
+    assert books.balance("northwind") == (10_000, 0) and books.balance("dist") == (2_500, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_refund_dated_while_the_invoice_was_wholly_charged_back_is_refused_naming_the_instant(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.chargeback("acme", "inv-1", "1000.00", "2026-01-15")
+    books.dispute_won("acme", "inv-1", "1000.00", "2026-01-25")
+    before = books.balance("northwind"), books.sql("SELECT count(*) FROM journal_transactions")[0][0]
+    refusal = books.refused("refund", "acme", "inv-1", "100.00", "2026-01-20")
+    assert list(refusal.error.fields) == ["occurred_at"]
+    assert "2026-01-20T00:00:00Z" in refusal.error.fields["occurred_at"][0]
+    assert (books.balance("northwind"), books.sql("SELECT count(*) FROM journal_transactions")[0][0]) == before
+    # Dated before the chargeback, the refund would leave the chargeback more than was paid at 01-15.
+    refusal = books.refused("refund", "acme", "inv-1", "100.00", "2026-01-12")
+    assert "2026-01-15T00:00:00Z" in refusal.error.fields["occurred_at"][0]
+    assert commissions(books.refund("acme", "inv-1", "100.00", "2026-01-25"))[0] == ("northwind", "clawback", -2_000)
+    assert books.balance("northwind") == (18_000, 0)
+
+
+def test_a_won_dispute_may_not_be_dated_where_a_later_won_dispute_leaves_less_charged_back(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.chargeback("acme", "inv-1", "300.00", "2026-01-13")
+    books.dispute_won("acme", "inv-1", "300.00", "2026-01-15")
+    books.chargeback("acme", "inv-1", "300.00", "2026-01-20")
+    # 300.00 is charged back at 01-14 and again at the end, but nothing between 01-15 and 01-20.
+    refusal = books.refused("chargeback_reversed", "acme", "inv-1", "300.00", "2026-01-14")
+    assert list(refusal.error.fields) == ["occurred_at"]
+    assert "0.00 is charged back and not yet reversed at 2026-01-15T00:00:00Z" in refusal.error.fields["occurred_at"][0]
+    assert books.dispute_won("acme", "inv-1", "300.00", "2026-01-20").status == "posted"
+    assert books.balance("northwind") == (20_000, 0)
