@@ -405,17 +405,17 @@ class _Writer:
         if most_minor + event.amount_minor > invoice.paid_minor:  # a won dispute dated later brought it back under
             raise invalid("occurred_at", "refunds and chargebacks dated up to "
                                          f"{format_instant(most_at_us)} would exceed the paid amount")
+        at_us = self.batch.posting_instant(event.occurred_at_us)
         held_again = [piece for piece in invoice.pieces
                       if piece.released and not piece.reversed and piece.release_id is not None
-                      and piece.matures_at_us > event.occurred_at_us]
-        for piece in held_again:  # released by a job, but still held at this refund's instant
+                      and piece.matures_at_us > event.occurred_at_us and piece.accrued_at_us <= at_us]
+        for piece in held_again:  # released by a job, but accrued and still held at this refund's instant
             holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}",
                             reason=f"refund {event.id} is dated before this accrual matured")
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
         fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
         lines = [self._claw(event, invoice, plan) for plan in
-                 refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully,
-                                  self.batch.posting_instant(event.occurred_at_us))]
+                 refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully, at_us)]
         for piece in held_again:  # what is left matured when it matured
             holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         invoice.add(event)

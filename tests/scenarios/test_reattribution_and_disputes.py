@@ -211,3 +211,19 @@ def test_a_won_dispute_may_not_be_dated_where_a_later_won_dispute_leaves_less_ch
     assert "0.00 is charged back and not yet reversed at 2026-01-15T00:00:00Z" in refusal.error.fields["occurred_at"][0]
     assert books.dispute_won("acme", "inv-1", "300.00", "2026-01-20").status == "posted"
     assert books.balance("northwind") == (20_000, 0)
+
+
+def test_a_late_refund_leaves_the_release_of_a_reinstatement_accrued_after_its_instant_alone(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")
+    books.release("2026-04-01")  # the reinstatement matured 2026-03-31
+    [(before,)] = books.sql("SELECT max(id) FROM journal_transactions")
+    books.refund("acme", "inv-1", "500.00", "2026-02-20")
+    # Only the clawbacks: the reinstatement was neither accrued nor held on 2026-02-20, so its
+    # release is not undone and posted again.
+    assert [kind for kind, in books.sql("SELECT kind FROM journal_transactions WHERE id > :t ORDER BY id",
+                                        t=before)] == ["clawback", "clawback"]
+    assert books.balance("northwind") == (0, 10_000) and books.balance("dist") == (0, 2_500)
+    assert books.trial_balance_is_zero() and books.verified()
