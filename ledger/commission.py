@@ -101,6 +101,7 @@ class Piece:
     invoice_id: str | None = None
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
+    released_at_us: int | None = None  # that release's effective instant
     releases: int = 0  # releases posted, standing or since reversed: the next one's key counts them
     accrued_at_us: int | None = None  # its effective instant in the journal
 
@@ -140,7 +141,8 @@ def _take(group: list[Piece], amount_minor: int, at_us: int | None) -> list[Claw
     """Split a clawback effective at `at_us` over a root's pieces: those accrued by then first (a
     reinstatement dated later is not yet in the partner's accounts at that instant), then held ones
     first (from pending), newest first. A later piece is drawn on only when the earlier ones hold
-    less than the clawback, which rounding can leave them, by a minor unit."""
+    less than the clawback (an event dated later took from them, or rounding left them a minor unit
+    short); the caller dates that part no earlier than the piece's arrival."""
     def later(piece: Piece) -> bool:
         return at_us is not None and piece.accrued_at_us is not None and piece.accrued_at_us > at_us
 

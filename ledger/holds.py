@@ -99,7 +99,7 @@ class _PieceReplay:
         elif kind == "release" and accrual_id in self.pieces and on_pending:
             self._record(transaction_id, (accrual_id, -amount_minor, 0, 1))
             piece = self.pieces[accrual_id]
-            piece.release_id, piece.released_minor = transaction_id, amount_minor
+            piece.release_id, piece.released_minor, piece.released_at_us = transaction_id, amount_minor, effective_at_us
             piece.releases += 1
         elif kind == "reversal" and transaction_id not in self.reversals_seen:
             self.reversals_seen.add(transaction_id)  # a reversal of a release has two partner lines: apply once
@@ -111,7 +111,7 @@ class _PieceReplay:
                 self._change(effect, -1)
                 if effect[3]:  # a release undone: the piece is held again
                     piece = self.pieces[effect[0]]
-                    piece.release_id, piece.released_minor = None, 0
+                    piece.release_id, piece.released_minor, piece.released_at_us = None, 0, None
 
     def standing(self, piece_id: int) -> list[int]:
         """The clawbacks and release of a piece that have not been reversed, in sequence order."""
@@ -152,6 +152,7 @@ def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int, *,
         if not piece.reversed and piece.pending_minor > 0:
             posted = batch.add(release_draft(piece, key_suffix=key_suffix))
             piece.release_id, piece.released_minor = posted.id, piece.pending_minor
+            piece.released_at_us = batch.posting_instant(piece.matures_at_us)
             piece.pending_minor = 0
             piece.releases += 1
         piece.released = True
@@ -166,7 +167,7 @@ def unrelease(batch: journal.Batch, piece: Piece, *, reason: str, key: str) -> N
     batch.flush()  # the release may have been added to this very batch
     batch.add(journal.reversal_draft(batch.session, piece.release_id, reason=reason, idempotency_key=key))
     piece.pending_minor += piece.released_minor
-    piece.released, piece.release_id, piece.released_minor = False, None, 0
+    piece.released, piece.release_id, piece.released_minor, piece.released_at_us = False, None, 0, None
 
 
 def released_again(session: Session, clawback_id: int, invoice_id: str, *, reason: str, key: str,
@@ -194,9 +195,7 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
                        f"reverse the accrual instead")
     if effect[1] == 0 or piece.reversed or piece.matures_at_us is None:
         return [], []
-    released_at_us = piece.matures_at_us if piece.release_id is None else session.execute(
-        select(journal_transactions.c.effective_at_us).where(journal_transactions.c.id == piece.release_id)
-    ).scalar_one()
+    released_at_us = piece.matures_at_us if piece.released_at_us is None else piece.released_at_us
     if effective_at_us is not None and effective_at_us > released_at_us:
         raise invalid("effective_at", "must not be after the release of the accrual the clawback took from "
                                       f"({format_instant(released_at_us)}), when what it restores is released")

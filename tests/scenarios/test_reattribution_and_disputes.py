@@ -227,3 +227,64 @@ def test_a_late_refund_leaves_the_release_of_a_reinstatement_accrued_after_its_i
                                         t=before)] == ["clawback", "clawback"]
     assert books.balance("northwind") == (0, 10_000) and books.balance("dist") == (0, 2_500)
     assert books.trial_balance_is_zero() and books.verified()
+
+
+NEVER_NEGATIVE_AT = ("2026-01-12", "2026-01-15", "2026-01-20", "2026-02-15", "2026-02-20", "2026-02-25",
+                     "2026-03-01", "2026-03-05", "2026-03-10", "2026-03-20", "2026-03-31", "2026-04-01")
+
+
+def never_negative(books: Books, *partner_ids: str) -> None:
+    for partner_id in partner_ids:
+        for instant in NEVER_NEGATIVE_AT:
+            pending, available = books.balance_just_after(partner_id, instant)
+            assert pending >= 0 and available >= 0, (partner_id, instant, pending, available)
+
+
+def clawback_instants(books: Books, event_id: str) -> list[tuple[str, str, int]]:
+    return [(row.partner_id, row.account.rsplit(":", 1)[1], row.effective_at_us) for row in books.sql(
+        "SELECT t.partner_id, a.name AS account, t.effective_at_us FROM journal_transactions t"
+        " JOIN journal_lines l ON l.transaction_id = t.id AND l.side = 'D' JOIN accounts a ON a.id = l.account_id"
+        " WHERE t.event_id = :e AND t.kind = 'clawback' ORDER BY t.id", e=event_id)]
+
+
+def test_what_a_late_refund_takes_from_a_later_reinstatement_is_taken_when_it_reaches_pending(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")
+    books.chargeback("acme", "inv-1", "500.00", "2026-03-10")  # the accrual is wholly clawed, dated after the refund
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")  # delivered late: reinstates 10,000 at 03-01
+    refund = books.refund("acme", "inv-1", "500.00", "2026-02-20")  # delivered last
+    # Only the reinstatement has anything left; it reaches pending on 03-01, and is clawed then.
+    assert commissions(refund) == [("northwind", "clawback", -10_000), ("dist", "clawback", -2_500)]
+    assert clawback_instants(books, refund.event_id) == [("northwind", "pending", at("2026-03-01")),
+                                                          ("dist", "pending", at("2026-03-01"))]
+    never_negative(books, "northwind", "dist")
+    assert books.balance("northwind") == (0, 0) and books.balance("dist") == (0, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_what_a_late_refund_takes_from_a_later_released_reinstatement_is_taken_at_its_release(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.release("2026-02-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")
+    books.refund("acme", "inv-1", "500.00", "2026-03-10")
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")
+    books.release("2026-04-01")  # the reinstatement matured and was released on 03-31
+    refund = books.refund("acme", "inv-1", "500.00", "2026-02-20")
+    assert clawback_instants(books, refund.event_id) == [("northwind", "available", at("2026-03-31")),
+                                                          ("dist", "available", at("2026-03-31"))]
+    never_negative(books, "northwind", "dist")
+    assert books.balance("northwind") == (0, 0) and books.balance("dist") == (0, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_minor_unit_rounding_leaves_a_late_refund_to_take_from_a_later_reinstatement_waits_for_it(books):
+    books.paid("acme", "inv-1", "0.60", "2026-01-10")  # northwind 12, dist 3 (5% of revenue)
+    books.chargeback("acme", "inv-1", "0.30", "2026-01-12")  # dist: 1.5 -> 2
+    books.dispute_won("acme", "inv-1", "0.30", "2026-01-20")  # dist: the 2 back, on 01-20
+    refund = books.refund("acme", "inv-1", "0.30", "2026-01-15")  # dist: 1.5 -> 2, but 1 is left before 01-20
+    assert sorted(clawback_instants(books, refund.event_id)) == [
+        ("dist", "pending", at("2026-01-15")), ("dist", "pending", at("2026-01-20")),
+        ("northwind", "pending", at("2026-01-15"))]
+    never_negative(books, "northwind", "dist")
+    assert books.balance("dist") == (1, 0) and books.trial_balance_is_zero()
