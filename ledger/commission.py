@@ -11,14 +11,14 @@
   exact remainder. The CPA is clawed back, in full, only when its invoice is fully refunded. A
   clawback takes from the pieces accrued by its instant first.
 - `dispute_reinstatements`: a chargeback reversed (dispute won) restores the clawed amounts in the
-  same proportion, with a new hold.
+  same proportion, with a new hold; what it restores of clawbacks dated after it, at their instants.
 
 Every rounding here is ROUND_HALF_EVEN to the currency's minor unit, once per computed amount.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ledger.instants import add_months_us, month_index
@@ -102,6 +102,7 @@ class Piece:
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
     released_at_us: int | None = None  # that release's effective instant
+    clawbacks: dict[int, tuple[int, int]] = field(default_factory=dict)  # standing: id -> (instant, amount)
     releases: int = 0  # releases posted, standing or since reversed: the next one's key counts them
     accrued_at_us: int | None = None  # its effective instant in the journal
 
@@ -125,6 +126,7 @@ class Reinstatement(NamedTuple):
     kind: str
     amount_minor: int
     plan_version_id: int | None
+    at_us: int | None = None  # when later than the dispute: the instant of the clawbacks it restores
 
 
 def _groups(pieces: list[Piece]) -> list[tuple[Piece, list[Piece]]]:
@@ -182,9 +184,11 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
 
 
 def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor: int,
-                           refunded_after_minor: int) -> list[Reinstatement]:
-    """What a won dispute of `reversed_minor` restores; `refunded_after_minor` is the invoice's net
-    refunded amount once the dispute is reversed (0 restores every clawed amount exactly)."""
+                           refunded_after_minor: int, at_us: int | None = None) -> list[Reinstatement]:
+    """What a won dispute of `reversed_minor` at `at_us` restores; `refunded_after_minor` is the
+    invoice's net refunded amount once the dispute is reversed (0 restores every clawed amount
+    exactly). What it restores of clawbacks dated after it (delivered before it) is restored at their
+    instants (`_restore_instants`)."""
     assert 0 < reversed_minor <= paid_minor and 0 <= refunded_after_minor < paid_minor
     plans: list[Reinstatement] = []
     for root, group in _groups(pieces):
@@ -196,6 +200,34 @@ def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor:
         else:
             share = round_minor(prorate_minor(root.amount_minor, reversed_minor, paid_minor), rounding=ROUND_HALF_EVEN)
             amount = min(share, net_clawed)
-        if amount > 0:
-            plans.append(Reinstatement(root.id, root.partner_id, root.kind, amount, root.plan_version_id))
+        for instant_us, part in _restore_instants(group, amount, at_us):
+            plans.append(Reinstatement(root.id, root.partner_id, root.kind, part, root.plan_version_id,
+                                       None if instant_us == at_us else instant_us))
     return plans
+
+
+def _restore_instants(group: list[Piece], amount_minor: int, at_us: int | None) -> list[tuple[int | None, int]]:
+    """(instant, amount) parts of restoring `amount_minor` of a root's clawed amount, as early as
+    possible from `at_us` on without restoring, at any instant, more than is clawed by then: net of
+    what was restored, counting the clawbacks and reinstatements dated up to each instant. Events
+    delivered in time order: one part at `at_us`."""
+    changes: dict[int, int] = {}
+    for piece in group:
+        for instant_us, minor in piece.clawbacks.values():
+            changes[instant_us] = changes.get(instant_us, 0) + minor
+        if piece.id != piece.root_id and piece.accrued_at_us is not None:
+            changes[piece.accrued_at_us] = changes.get(piece.accrued_at_us, 0) - piece.amount_minor
+    if at_us is None or all(instant_us <= at_us for instant_us in changes) or amount_minor <= 0:
+        return [(at_us, amount_minor)] if amount_minor > 0 else []
+    instants = [at_us, *sorted(instant_us for instant_us in changes if instant_us > at_us)]
+    clawed = [sum(minor for instant_us, minor in changes.items() if instant_us <= at) for at in instants]
+    parts: list[tuple[int | None, int]] = []
+    placed = 0
+    for index, instant_us in enumerate(instants):
+        room = min(clawed[index:]) - placed  # restorable here, and still clawed at every later instant
+        take = min(amount_minor - placed, room)
+        if take > 0:
+            parts.append((instant_us, take))
+            placed += take
+    assert placed == amount_minor, (placed, amount_minor)
+    return parts

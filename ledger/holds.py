@@ -96,6 +96,7 @@ class _PieceReplay:
             self.by_invoice[invoice_id].append(piece)
         elif kind == "clawback" and accrual_id in self.pieces:
             self._record(transaction_id, (accrual_id, -amount_minor if on_pending else 0, amount_minor, 0))
+            self.pieces[accrual_id].clawbacks[transaction_id] = (effective_at_us, amount_minor)
         elif kind == "release" and accrual_id in self.pieces and on_pending:
             self._record(transaction_id, (accrual_id, -amount_minor, 0, 1))
             piece = self.pieces[accrual_id]
@@ -109,6 +110,7 @@ class _PieceReplay:
                 effect = self.effects[reverses_id]
                 self.undone.add(reverses_id)
                 self._change(effect, -1)
+                self.pieces[effect[0]].clawbacks.pop(reverses_id, None)
                 if effect[3]:  # a release undone: the piece is held again
                     piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor, piece.released_at_us = None, 0, None

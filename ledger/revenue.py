@@ -369,19 +369,25 @@ class _Writer:
         return invoice.paid_status, lines, claim
 
     def _accrue(self, event: RevenueEvent, partner_id: str, kind: str, amount_minor: int, plan_version_id: int | None,
-                hold_days: int, invoice: _Invoice, *, root_id: int | None) -> tuple[CommissionLine, int]:
-        matures = holds.matures_at_us(event.occurred_at_us, hold_days)
+                hold_days: int, invoice: _Invoice, *, root_id: int | None, later_at_us: int | None = None
+                ) -> tuple[CommissionLine, int]:
+        """Accrue a piece at the event's instant, or at `later_at_us` (a reinstatement of a clawback
+        dated after its dispute), with its hold from then."""
+        effective_at_us = event.occurred_at_us if later_at_us is None else later_at_us
+        matures = holds.matures_at_us(effective_at_us, hold_days)
         suffix = partner_id if root_id is None else f"reinstate:{root_id}"
+        if later_at_us is not None:
+            suffix += f":at:{later_at_us}"
         draft = journal.transfer(
             kind, chart.EXPENSE_COMMISSION, chart.pending(partner_id), event.currency, amount_minor,
-            effective_at_us=event.occurred_at_us, idempotency_key=f"{event.id}:{kind}:{suffix}",
+            effective_at_us=effective_at_us, idempotency_key=f"{event.id}:{kind}:{suffix}",
             partner_id=partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
             plan_version_id=plan_version_id, accrual_id=root_id, matures_at_us=matures)
         line, transaction_id = self._post(draft, kind, amount_minor)
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
                                     customer_id=event.customer_id, invoice_id=event.invoice_id,
-                                    accrued_at_us=self.batch.posting_instant(event.occurred_at_us)))
+                                    accrued_at_us=self.batch.posting_instant(effective_at_us)))
         self.hold_rows.append((transaction_id, matures))
         return line, transaction_id
 
@@ -440,7 +446,9 @@ class _Writer:
         piece.clawed_minor += plan.amount_minor
         if plan.from_pending:
             piece.pending_minor -= plan.amount_minor
-        return self._post(draft, "clawback", -plan.amount_minor)
+        line, transaction_id = self._post(draft, "clawback", -plan.amount_minor)
+        piece.clawbacks[transaction_id] = (self.batch.posting_instant(effective_at_us), plan.amount_minor)
+        return line, transaction_id
 
     def _dispute_won(self, event: RevenueEvent):
         invoice = self._invoice_for(event)
@@ -451,10 +459,11 @@ class _Writer:
             raise invalid("occurred_at", f"only {format_minor(least_minor, event.currency)} is charged back and "
                                          f"not yet reversed at {format_instant(least_at_us)}")
         refunded_after = invoice.refunded_minor - event.amount_minor
-        plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after)
+        plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after,
+                                       self.batch.posting_instant(event.occurred_at_us))
         lines = [self._accrue(event, plan.partner_id, plan.kind, plan.amount_minor, plan.plan_version_id,
                               _hold_days(self.session, self.context.program, plan.plan_version_id), invoice,
-                              root_id=plan.root_id)
+                              root_id=plan.root_id, later_at_us=plan.at_us)
                  for plan in plans]
         invoice.add(event)
         return self._status(invoice, lines), lines, None

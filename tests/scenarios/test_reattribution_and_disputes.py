@@ -288,3 +288,32 @@ def test_a_minor_unit_rounding_leaves_a_late_refund_to_take_from_a_later_reinsta
         ("northwind", "pending", at("2026-01-15"))]
     never_negative(books, "northwind", "dist")
     assert books.balance("dist") == (1, 0) and books.trial_balance_is_zero()
+
+
+def total_owed(books: Books, partner_id: str, instant: str) -> int:
+    pending, available = books.balance_just_after(partner_id, instant)
+    return pending + available
+
+
+def test_a_late_won_dispute_restores_a_clawback_dated_after_it_at_that_clawbacks_instant(sqlite_database):
+    books = Books(sqlite_database)
+    books.plan("hybrid", "0.20", hold_days=30, cpa={"USD": "50.00"})
+    books.partner("northwind", "hybrid")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000 and the CPA, 5,000
+    books.release("2026-02-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 of the accrual
+    books.refund("acme", "inv-1", "500.00", "2026-03-10")  # completes the invoice: the other 10,000 and the CPA
+    won = books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")  # delivered last
+    # The invoice is half paid after all: half the accrual and the CPA stand. The accrual's half is
+    # restored on 03-01; the CPA was still there on 03-01 (its clawback is dated 03-10), so it is
+    # restored on 03-10, when it was clawed: the partner never holds it twice.
+    assert commissions(won) == [("northwind", "accrual", 10_000), ("northwind", "cpa", 5_000)]
+    assert [(row.kind, row.effective_at_us) for row in books.sql(
+        "SELECT kind, effective_at_us FROM journal_transactions WHERE event_id = :e ORDER BY id",
+        e=won.event_id)] == [("accrual", at("2026-03-01")), ("cpa", at("2026-03-10"))]
+    assert [total_owed(books, "northwind", instant) for instant in
+            ("2026-02-15", "2026-03-01", "2026-03-05", "2026-03-10")] == [15_000, 25_000, 25_000, 15_000]
+    never_negative(books, "northwind")
+    books.release("2026-06-01")
+    assert books.balance("northwind") == (0, 15_000) and books.trial_balance_is_zero() and books.verified()

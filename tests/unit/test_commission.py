@@ -214,6 +214,60 @@ def test_a_won_dispute_beside_a_refund_restores_its_proportional_share():
     assert restored.amount_minor == 666
 
 
+def dated(id: int, amount_minor: int, clawbacks: list[tuple[int, int]], *, root_id: int | None = None,
+          accrued_at_us: int = 0) -> Piece:
+    """A piece with standing clawbacks (instant, amount), each its own transaction."""
+    clawed = piece(id, amount_minor, root_id=root_id, clawed=sum(minor for _, minor in clawbacks))
+    clawed.accrued_at_us = accrued_at_us
+    clawed.clawbacks = {1_000 * id + index: claw for index, claw in enumerate(clawbacks)}
+    return clawed
+
+
+def test_a_won_dispute_restores_a_clawback_dated_after_it_at_that_clawbacks_instant():
+    # 400 clawed at 10, 600 at 30; the dispute at 20 restores 700: 400 at 20, the other 300 at 30.
+    plans = dispute_reinstatements([dated(1, 1_000, [(10, 400), (30, 600)])], 70, 100, 30, 20)
+    assert [(plan.amount_minor, plan.at_us) for plan in plans] == [(400, None), (300, 30)]
+    # Nothing dated after the dispute: one reinstatement at the dispute's own instant.
+    plans = dispute_reinstatements([dated(1, 1_000, [(10, 400), (15, 600)])], 70, 100, 30, 20)
+    assert [(plan.amount_minor, plan.at_us) for plan in plans] == [(700, None)]
+
+
+def test_a_reinstatement_dated_between_counts_against_what_a_won_dispute_can_restore_there():
+    # 500 clawed at 10, of which 500 restored at 25 by another dispute; 500 clawed again at 40.
+    root = dated(1, 1_000, [(10, 500), (40, 500)])
+    restored = dated(2, 500, [], root_id=1, accrued_at_us=25)
+    plans = dispute_reinstatements([root, restored], 50, 100, 0, 20)
+    assert [(plan.amount_minor, plan.at_us) for plan in plans] == [(500, 40)]
+
+
+@given(events=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 500), st.booleans()), min_size=1, max_size=8),
+       at_us=st.integers(0, 50))
+def test_what_a_won_dispute_restores_never_exceeds_what_is_clawed_at_any_instant(events, at_us):
+    """Random dated clawbacks and reinstatements of one root, each reinstatement restoring at most
+    what is clawed by its instant: the parts of a dispute that restores all that is left clawed add
+    up to it, none is dated before the dispute, and at every instant the parts dated by then never
+    exceed what is clawed, net of reinstatements, by then."""
+    clawbacks, reinstatements, net = [], [], 0
+    for index, (instant, minor, is_claw) in enumerate(sorted(events, key=lambda e: (e[0], not e[2]))):
+        if is_claw:
+            clawbacks.append((instant, minor))
+            net += minor
+        elif minor <= net:
+            reinstatements.append(dated(2 + index, minor, [], root_id=1, accrued_at_us=instant))
+            net -= minor
+    if net == 0:
+        return
+    root = dated(1, sum(minor for _, minor in clawbacks) + 1, clawbacks)
+    plans = dispute_reinstatements([root, *reinstatements], 1, 1, 0, at_us)  # restores all that is left: `net`
+    assert sum(plan.amount_minor for plan in plans) == net
+    changes = [*clawbacks, *((p.accrued_at_us, -p.amount_minor) for p in reinstatements)]
+    parts = [(at_us if plan.at_us is None else plan.at_us, plan.amount_minor) for plan in plans]
+    assert all(instant >= at_us for instant, _ in parts)
+    for instant in {at_us, *(i for i, _ in changes if i > at_us), *(i for i, _ in parts)}:
+        clawed_then = sum(minor for i, minor in changes if i <= instant)
+        assert sum(minor for i, minor in parts if i <= instant) <= clawed_then, (instant, parts, changes)
+
+
 # ---- properties ----
 
 refund_splits = st.lists(st.integers(1, 10_000), min_size=1, max_size=8)
