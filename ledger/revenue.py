@@ -420,27 +420,40 @@ class _Writer:
                             reason=f"refund {event.id} is dated before this accrual matured")
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
         fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
-        lines = [self._claw(event, invoice, plan, at_us) for plan in
-                 refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, fully, at_us)]
+        # A refund that completes the invoice's total but is dated before others (delivered after
+        # them) takes its share at its instant, and the rest (the rounding remainder, the CPA) when
+        # the invoice is wholly refunded: at the latest of them.
+        later_us = invoice.latest_us
+        completes_at_us = later_us if fully and later_us is not None and later_us > event.occurred_at_us else None
+        lines = [self._claw(event, invoice, plan, at_us) for plan in refund_clawbacks(
+            invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, at_us)]
         for piece in held_again:  # what is left matured when it matured
             holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
+        if completes_at_us is not None:
+            self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, completes_at_us)
+            completed_us = self.batch.posting_instant(completes_at_us)
+            lines += [self._claw(event, invoice, plan, completed_us, at=completes_at_us, key_suffix=":completed")
+                      for plan in refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, True,
+                                                   completed_us)]
         invoice.add(event)
         return self._status(invoice, lines), lines, None
 
-    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan, at_us: int) -> tuple[CommissionLine, int]:
-        """Post one clawback of a refund posted at `at_us`. What it takes from a piece accrued after
-        that (a won dispute's reinstatement, delivered before a refund dated earlier) is taken when
-        the piece's amount reaches the account it is taken from, at its accrual (pending) or its
-        release (available), so that no balance goes below zero in between."""
+    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan, at_us: int, *, at: int | None = None,
+              key_suffix: str = "") -> tuple[CommissionLine, int]:
+        """Post one clawback of a refund, effective at `at` (by default the refund's instant) and so
+        posted at `at_us`. What it takes from a piece accrued after that (a won dispute's
+        reinstatement, delivered before a refund dated earlier) is taken when the piece's amount
+        reaches the account it is taken from, at its accrual (pending) or its release (available),
+        so that no balance goes below zero in between."""
         piece = next(p for p in invoice.pieces if p.id == plan.piece_id)
-        effective_at_us = event.occurred_at_us
+        effective_at_us = event.occurred_at_us if at is None else at
         if piece.accrued_at_us is not None and piece.accrued_at_us > at_us:
             arrived_us = piece.accrued_at_us if plan.from_pending else piece.released_at_us
             effective_at_us = max(arrived_us or piece.accrued_at_us, effective_at_us)
         account = (chart.pending if plan.from_pending else chart.available)(plan.partner_id)
         draft = journal.transfer(
             "clawback", account, chart.EXPENSE_COMMISSION, event.currency, plan.amount_minor,
-            effective_at_us=effective_at_us, idempotency_key=f"{event.id}:clawback:{plan.piece_id}",
+            effective_at_us=effective_at_us, idempotency_key=f"{event.id}:clawback:{plan.piece_id}{key_suffix}",
             partner_id=plan.partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id,
             event_id=event.id, plan_version_id=plan.plan_version_id, accrual_id=plan.piece_id)
         piece.clawed_minor += plan.amount_minor

@@ -317,3 +317,24 @@ def test_a_late_won_dispute_restores_a_clawback_dated_after_it_at_that_clawbacks
     never_negative(books, "northwind")
     books.release("2026-06-01")
     assert books.balance("northwind") == (0, 15_000) and books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_late_refund_that_completes_the_invoice_claws_the_rest_and_the_cpa_when_it_is_wholly_refunded(
+        sqlite_database):
+    books = Books(sqlite_database)
+    books.plan("hybrid", "0.20", hold_days=30, cpa={"USD": "50.00"})
+    books.partner("northwind", "hybrid")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "1000.03", "2026-01-10")  # 20,001 and the CPA, 5,000
+    books.refund("acme", "inv-1", "500.00", "2026-03-10")  # 9,999.8 -> 10,000
+    late = books.refund("acme", "inv-1", "500.03", "2026-02-20")  # delivered last, completes the invoice
+    # Its share (10,000.8 -> 10,001, capped at the 10,001 left) on 02-20; the invoice is wholly
+    # refunded only from 03-10 on, so the CPA goes then.
+    assert [(row.kind, row.amount, row.effective_at_us) for row in books.sql(
+        "SELECT t.kind, l.amount_minor AS amount, t.effective_at_us FROM journal_transactions t"
+        " JOIN journal_lines l ON l.transaction_id = t.id AND l.side = 'D' WHERE t.event_id = :e ORDER BY t.id",
+        e=late.event_id)] == [("clawback", 10_001, at("2026-02-20")), ("clawback", 5_000, at("2026-03-10"))]
+    assert [total_owed(books, "northwind", instant) for instant in ("2026-02-20", "2026-03-05", "2026-03-10")] == \
+        [15_000, 15_000, 0]
+    never_negative(books, "northwind")
+    assert books.balance("northwind") == (0, 0) and books.trial_balance_is_zero() and books.verified()
