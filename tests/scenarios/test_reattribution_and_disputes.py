@@ -295,11 +295,18 @@ def total_owed(books: Books, partner_id: str, instant: str) -> int:
     return pending + available
 
 
-def test_a_late_won_dispute_restores_a_clawback_dated_after_it_at_that_clawbacks_instant(sqlite_database):
+@pytest.fixture
+def with_cpa(sqlite_database) -> Books:
+    """northwind alone, at 20% with a 30-day hold and a CPA of 50.00."""
     books = Books(sqlite_database)
     books.plan("hybrid", "0.20", hold_days=30, cpa={"USD": "50.00"})
     books.partner("northwind", "hybrid")
     books.attribute("acme", "northwind", "2026-01-01")
+    return books
+
+
+def test_a_late_won_dispute_restores_a_clawback_dated_after_it_at_that_clawbacks_instant(with_cpa):
+    books = with_cpa
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000 and the CPA, 5,000
     books.release("2026-02-10")
     books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 of the accrual
@@ -319,12 +326,8 @@ def test_a_late_won_dispute_restores_a_clawback_dated_after_it_at_that_clawbacks
     assert books.balance("northwind") == (0, 15_000) and books.trial_balance_is_zero() and books.verified()
 
 
-def test_a_late_refund_that_completes_the_invoice_claws_the_rest_and_the_cpa_when_it_is_wholly_refunded(
-        sqlite_database):
-    books = Books(sqlite_database)
-    books.plan("hybrid", "0.20", hold_days=30, cpa={"USD": "50.00"})
-    books.partner("northwind", "hybrid")
-    books.attribute("acme", "northwind", "2026-01-01")
+def test_a_late_refund_that_completes_the_invoice_claws_the_rest_and_the_cpa_when_it_is_wholly_refunded(with_cpa):
+    books = with_cpa
     books.paid("acme", "inv-1", "1000.03", "2026-01-10")  # 20,001 and the CPA, 5,000
     books.refund("acme", "inv-1", "500.00", "2026-03-10")  # 9,999.8 -> 10,000
     late = books.refund("acme", "inv-1", "500.03", "2026-02-20")  # delivered last, completes the invoice
