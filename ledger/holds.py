@@ -185,7 +185,8 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     Refused: such a reversal dated after the release, or after the maturity when none was posted
     (the restored amount would be pending after it), and the reversal of a chargeback's clawback of
     a piece a won dispute reinstated (the dispute restored it already: reverse the accrual). A
-    refund's clawback may still be reversed: no dispute restores what a refund took."""
+    refund's clawback may still be reversed, unless the accrual would then keep more than it earned:
+    a won dispute restores what a completing refund took of a CPA, say."""
     replay = _replay(session, [invoice_id])
     effect = replay.effects.get(clawback_id)
     piece = replay.pieces[effect[0]] if effect else None
@@ -195,6 +196,12 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
            for other in replay.pieces.values()) and _by_chargeback(session, clawback_id):
         raise Conflict(f"a won dispute reinstated accrual {piece.id}, restoring what its chargebacks took: "
                        f"reverse the accrual instead")
+    root = replay.pieces[piece.root_id]
+    kept = sum(other.unclawed_minor for other in replay.pieces.values()
+               if other.root_id == root.id and not other.reversed)
+    if not root.reversed and kept + effect[2] > root.amount_minor:
+        raise Conflict(f"a won dispute restored part of what was clawed from accrual {root.id}: reversing this "
+                       f"clawback would leave the partner more than it earned; reverse the accrual instead")
     if effect[1] == 0 or piece.reversed or piece.matures_at_us is None:
         return [], []
     released_at_us = piece.matures_at_us if piece.released_at_us is None else piece.released_at_us

@@ -412,10 +412,10 @@ class _Writer:
             raise invalid("occurred_at", "refunds and chargebacks dated up to "
                                          f"{format_instant(most_at_us)} would exceed the paid amount")
         at_us = self.batch.posting_instant(event.occurred_at_us)
-        held_again = [piece for piece in invoice.pieces
-                      if piece.released and not piece.reversed and piece.release_id is not None
-                      and piece.matures_at_us > event.occurred_at_us and piece.accrued_at_us <= at_us]
-        for piece in held_again:  # released by a job, but accrued and still held at this refund's instant
+        held = [piece for piece in invoice.pieces  # released by a job, but accrued and still held at this instant
+                if piece.released and not piece.reversed and piece.release_id is not None
+                and piece.matures_at_us > event.occurred_at_us and piece.accrued_at_us <= at_us]
+        for piece in held:
             holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}",
                             reason=f"refund {event.id} is dated before this accrual matured")
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
@@ -425,39 +425,52 @@ class _Writer:
         # the invoice is wholly refunded: at the latest of them.
         later_us = invoice.latest_us
         completes_at_us = later_us if fully and later_us is not None and later_us > event.occurred_at_us else None
-        lines = [self._claw(event, invoice, plan, at_us) for plan in refund_clawbacks(
+        lines = [self._claw(event, invoice, plan, at_us, held) for plan in refund_clawbacks(
             invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, at_us)]
-        for piece in held_again:  # what is left matured when it matured
-            holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         if completes_at_us is not None:
+            # What matured by the completion was released by then; what had not is still held at it.
+            for piece in [piece for piece in held if piece.matures_at_us <= completes_at_us]:
+                self._release_again(event, piece, held)
             self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, completes_at_us)
             completed_us = self.batch.posting_instant(completes_at_us)
-            lines += [self._claw(event, invoice, plan, completed_us, at=completes_at_us, key_suffix=":completed")
+            lines += [self._claw(event, invoice, plan, completed_us, held, at=completes_at_us, key_suffix=":completed")
                       for plan in refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, True,
                                                    completed_us)]
+        for piece in list(held):  # what is left matured when it matured
+            self._release_again(event, piece, held)
         invoice.add(event)
         return self._status(invoice, lines), lines, None
 
-    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan, at_us: int, *, at: int | None = None,
-              key_suffix: str = "") -> tuple[CommissionLine, int]:
+    def _release_again(self, event: RevenueEvent, piece: Piece, held: list[Piece]) -> None:
+        """Release at its maturity what is left of a piece a refund held again, once."""
+        holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
+        held.remove(piece)
+
+    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan, at_us: int, held: list[Piece], *,
+              at: int | None = None, key_suffix: str = "") -> tuple[CommissionLine, int]:
         """Post one clawback of a refund, effective at `at` (by default the refund's instant) and so
         posted at `at_us`. What it takes from a piece accrued after that (a won dispute's
-        reinstatement, delivered before a refund dated earlier) is taken when the piece's amount
-        reaches the account it is taken from, at its accrual (pending) or its release (available),
-        so that no balance goes below zero in between."""
+        reinstatement, delivered before a refund dated earlier) is taken from pending when the piece
+        is accrued, so that no balance goes below zero in between: the piece is held then, whether or
+        not a release job has come by since (its release is undone, and what is left released again
+        at its maturity: `held`)."""
         piece = next(p for p in invoice.pieces if p.id == plan.piece_id)
         effective_at_us = event.occurred_at_us if at is None else at
         if piece.accrued_at_us is not None and piece.accrued_at_us > at_us:
-            arrived_us = piece.accrued_at_us if plan.from_pending else piece.released_at_us
-            effective_at_us = max(arrived_us or piece.accrued_at_us, effective_at_us)
-        account = (chart.pending if plan.from_pending else chart.available)(plan.partner_id)
+            if piece.released and piece.release_id is not None:
+                holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}{key_suffix}",
+                                reason=f"refund {event.id} claws from this accrual while it was held")
+                held.append(piece)
+            effective_at_us = max(piece.accrued_at_us, effective_at_us)
+        from_pending = not piece.released
+        account = (chart.pending if from_pending else chart.available)(plan.partner_id)
         draft = journal.transfer(
             "clawback", account, chart.EXPENSE_COMMISSION, event.currency, plan.amount_minor,
             effective_at_us=effective_at_us, idempotency_key=f"{event.id}:clawback:{plan.piece_id}{key_suffix}",
             partner_id=plan.partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id,
             event_id=event.id, plan_version_id=plan.plan_version_id, accrual_id=plan.piece_id)
         piece.clawed_minor += plan.amount_minor
-        if plan.from_pending:
+        if from_pending:
             piece.pending_minor -= plan.amount_minor
         line, transaction_id = self._post(draft, "clawback", -plan.amount_minor)
         piece.clawbacks[transaction_id] = (self.batch.posting_instant(effective_at_us), plan.amount_minor)

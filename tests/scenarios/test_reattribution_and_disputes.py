@@ -9,6 +9,7 @@ test run on PostgreSQL as well.
 
 import pytest
 
+from ledger import reversals
 from ledger.errors import Conflict
 from tests.scenarios.books import Books, at, commissions
 
@@ -263,16 +264,23 @@ def test_what_a_late_refund_takes_from_a_later_reinstatement_is_taken_when_it_re
     assert books.trial_balance_is_zero() and books.verified()
 
 
-def test_what_a_late_refund_takes_from_a_later_released_reinstatement_is_taken_at_its_release(books):
+@pytest.mark.parametrize("job_ran", [False, True], ids=["held", "released-by-a-job"])
+def test_what_a_late_refund_takes_from_a_later_reinstatement_does_not_depend_on_a_release_job(books, job_ran):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")
     books.release("2026-02-10")
     books.chargeback("acme", "inv-1", "500.00", "2026-02-15")
     books.refund("acme", "inv-1", "500.00", "2026-03-10")
-    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")
-    books.release("2026-04-01")  # the reinstatement matured and was released on 03-31
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")  # 10,000, held until 03-31
+    if job_ran:
+        books.release("2026-04-01")
     refund = books.refund("acme", "inv-1", "500.00", "2026-02-20")
-    assert clawback_instants(books, refund.event_id) == [("northwind", "available", at("2026-03-31")),
-                                                          ("dist", "available", at("2026-03-31"))]
+    # Held from 03-01 to 03-31 whatever a job did: clawed from pending at 03-01 (a release a job
+    # posted is undone, and what is left released again at the maturity).
+    assert clawback_instants(books, refund.event_id) == [("northwind", "pending", at("2026-03-01")),
+                                                          ("dist", "pending", at("2026-03-01"))]
+    books.release("2026-04-01")
+    assert [books.balance_just_after("northwind", instant) for instant in
+            ("2026-02-20", "2026-03-01", "2026-03-10", "2026-03-31")] == [(0, 10_000), (0, 10_000), (0, 0), (0, 0)]
     never_negative(books, "northwind", "dist")
     assert books.balance("northwind") == (0, 0) and books.balance("dist") == (0, 0)
     assert books.trial_balance_is_zero() and books.verified()
@@ -341,3 +349,32 @@ def test_a_late_refund_that_completes_the_invoice_claws_the_rest_and_the_cpa_whe
         [15_000, 15_000, 0]
     never_negative(books, "northwind")
     assert books.balance("northwind") == (0, 0) and books.trial_balance_is_zero() and books.verified()
+
+
+def test_what_a_late_completing_refund_claws_at_the_completion_comes_from_pending_while_still_held(with_cpa):
+    books = with_cpa
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000 and the CPA, 5,000; both mature 02-09
+    books.refund("acme", "inv-1", "500.00", "2026-01-20")
+    books.release("2026-03-01")  # a job released both at 02-09
+    late = books.refund("acme", "inv-1", "500.00", "2026-01-15")  # completes the invoice, as of 01-20
+    # At 01-20 the CPA is still held: it is clawed from pending, not from available.
+    assert ("northwind", "pending", at("2026-01-20")) in clawback_instants(books, late.event_id)
+    never_negative(books, "northwind")
+    assert [total_owed(books, "northwind", instant) for instant in ("2026-01-15", "2026-01-20")] == [15_000, 0]
+    assert books.balance("northwind") == (0, 0) and books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_refunds_clawback_a_won_dispute_restored_is_not_reversed_as_it_would_pay_twice(with_cpa):
+    books = with_cpa
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")
+    refund = books.refund("acme", "inv-1", "500.00", "2026-03-10")  # completes: the rest and the CPA
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")  # restores the CPA at 03-10
+    [(cpa_clawback,)] = books.sql("SELECT t.id FROM journal_transactions t JOIN journal_transactions p"
+                                  " ON p.id = t.accrual_id WHERE t.event_id = :e AND p.kind = 'cpa'", e=refund.event_id)
+    before = books.sql("SELECT count(*) FROM journal_transactions")[0][0], books.balance("northwind")
+    with pytest.raises(Conflict, match="more than it earned"):
+        with books.database.transaction() as session:
+            reversals.reverse(session, cpa_clawback, reason="goodwill")
+    assert (books.sql("SELECT count(*) FROM journal_transactions")[0][0], books.balance("northwind")) == before
+    assert sum(books.balance("northwind")) == 15_000  # half the accrual and the CPA, once
