@@ -29,7 +29,7 @@ test: $(STAMP)
 # storm lengths, kills and state-machine steps; `make test` and CI never set it.
 SOAK_TESTS := tests/reliability tests/cli tests/api/test_schemathesis.py tests/unit \
 	tests/integration/test_journal_properties.py tests/scenarios/test_properties.py \
-	tests/scenarios/test_period_continuity.py
+	tests/scenarios/test_period_continuity.py tests/scenarios/test_out_of_order.py
 soak: $(STAMP)
 	SOAK=1 $(BIN)/python -m pytest $(SOAK_TESTS) $(PYTEST_ARGS)
 

@@ -1,0 +1,73 @@
+"""One invoice's refunds, chargebacks and won disputes, dated at random and delivered in a random
+order, with release jobs coming by in between: whatever the order, no partner balance goes below
+zero at any instant (there are no payouts here), no piece is clawed beyond its amount, nothing is
+left pending once everything has matured, and the books verify.
+
+Each event is accepted or refused as the rules decide (limits as of every instant from its own on);
+the totals themselves are the property test's (`test_properties.py`). This one is about instants:
+what a late event posts, and when.
+"""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger import holds
+from ledger.db import Database
+from ledger.instants import format_instant
+from ledger.revenue import Outcome
+from tests.conftest import database_property, new_sqlite_url
+from tests.scenarios.books import Books, at
+
+DAY_US = 86_400 * 1_000_000
+PAID_AT_US = at("2026-01-10")
+AMOUNTS = ("100.00", "250.00", "333.33", "500.00", "1000.00", "0.01", "0.03")
+
+# (type, amount, days after payment, release job before delivering it?) of each event, and the
+# order of delivery.
+events = st.lists(st.tuples(st.sampled_from(["refund", "chargeback", "chargeback", "chargeback_reversed"]),
+                            st.sampled_from(AMOUNTS), st.integers(1, 70), st.booleans()), min_size=2, max_size=6)
+histories = events.flatmap(lambda drawn: st.tuples(st.just(drawn), st.permutations(range(len(drawn)))))
+
+
+def books_for(database: Database, hold_days: int) -> Books:
+    books = Books(database)
+    books.plan("distributor", "0", override=("0.05", "revenue"), hold_days=hold_days)
+    books.plan("msp", "0.20", hold_days=hold_days, cpa={"USD": "50.00"})
+    books.partner("dist", "distributor", type="distributor")
+    books.partner("northwind", "msp", parent="dist")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "1000.00", format_instant(PAID_AT_US))
+    return books
+
+
+@database_property(150)
+@given(history=histories, hold_days=st.sampled_from([0, 10, 30]))
+def test_late_refunds_and_disputes_never_take_a_balance_below_zero_at_any_instant(
+        history, hold_days, sqlite_template, tmp_path_factory):
+    drawn, order = history
+    database = Database(new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("late")))
+    try:
+        books = books_for(database, hold_days)
+        for number in order:
+            type_, amount, days, release_first = drawn[number]
+            if release_first:
+                books.release(format_instant(PAID_AT_US + (days + hold_days) * DAY_US))
+            event = books.event(type_, "acme", "inv-1", amount, format_instant(PAID_AT_US + days * DAY_US),
+                                event_id=f"e{number}")
+            [result] = books.ingest(event)  # accepted or refused, never an exception
+            # Re-sent, the event replays: the same outcome, nothing posted.
+            [again] = books.ingest(event)
+            assert type(again) is type(result) and (not isinstance(again, Outcome) or again.replayed)
+        books.release("2027-01-01")
+        instants = sorted({instant for instant, in books.sql("SELECT DISTINCT effective_at_us FROM journal_lines")})
+        for partner_id in ("northwind", "dist"):
+            for instant in instants:
+                pending, available = books.balance_just_after(partner_id, format_instant(instant))
+                assert pending >= 0 and available >= 0, (partner_id, format_instant(instant), pending, available)
+            assert books.balance(partner_id)[0] == 0  # everything matured by 2027 was released
+        with database.reader() as session:
+            pieces = holds.load_pieces(session, ["inv-1"])["inv-1"]
+        assert all(0 <= piece.clawed_minor <= piece.amount_minor for piece in pieces)
+        assert books.trial_balance_is_zero() and books.verified()
+    finally:
+        database.dispose()
