@@ -17,7 +17,6 @@ The route is detected in `api/routes/`; without it the table gets a marked place
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import os
@@ -70,14 +69,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def _request(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
-             headers: dict) -> int:
-    connection.request(method, path, body=body, headers=headers)
-    response = connection.getresponse()
-    response.read()
-    return response.status
 
 
 def _message(method: str, path: str, body: bytes | None, headers: dict) -> bytes:
@@ -150,12 +141,11 @@ def _wait_until_up(port: int, server: subprocess.Popen) -> None:
     while time.perf_counter() < give_up:
         assert server.poll() is None, f"revshare serve exited with {server.returncode}"
         try:
-            connection = http.client.HTTPConnection(HOST, port, timeout=2)
-            if _request(connection, "GET", "/v1/health", None, {}) == 200:
-                connection.close()
+            if _exchange(port, _message("GET", "/v1/health", None, {})) == 200:
                 return
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise TimeoutError(f"revshare serve did not answer on port {port} within {START_TIMEOUT_S} s")
 
 

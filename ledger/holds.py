@@ -179,8 +179,9 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     pending amount, the clawed part back in it, at the maturity), once the piece's hold has left the
     queue (released, or ended with nothing pending to release), so that nothing is left pending
     after the maturity, whenever release runs came by. A piece keeps one release in force, which a
-    refund dated before the maturity can undo (`unrelease`). Nothing for a clawback from available,
-    or of a piece whose hold is still queued (its release takes all when it comes).
+    refund dated before the maturity can undo (`unrelease`). Nothing to post for a clawback from
+    available, or of a piece whose hold is still queued (its release takes all when it comes); the
+    refusals below apply to those too.
 
     Refused: such a reversal dated after the release, or after the maturity when none was posted
     (the restored amount would be pending after it), and the reversal of a chargeback's clawback of

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import holds, journal
-from ledger.commission import Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
+from ledger.commission import Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, invalid
@@ -129,32 +129,32 @@ class _Invoice:
     pieces: list[Piece] = field(default_factory=list)
     refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
     charged_back_minor: int = 0  # chargebacks - reversed chargebacks
-    # The changes of each, (instant, signed amount), in the order they were posted; and the latest instant.
-    refunds: list[tuple[int, int]] = field(default_factory=list)
-    disputes: list[tuple[int, int]] = field(default_factory=list)
-    latest_us: int | None = None
+    # The changes of each, (occurred_at, signed amount), in the order they were posted.
+    refunded_changes: list[tuple[int, int]] = field(default_factory=list)
+    charged_back_changes: list[tuple[int, int]] = field(default_factory=list)
+    latest_us: int | None = None  # the latest occurred_at of those
 
     def add(self, event: RevenueEvent | StoredEvent) -> None:
         """Count a refund, chargeback or won dispute."""
         signed = -event.amount_minor if event.type == "chargeback_reversed" else event.amount_minor
         self.refunded_minor += signed
-        self.refunds.append((event.occurred_at_us, signed))
+        self.refunded_changes.append((event.occurred_at_us, signed))
         if event.type != "refund":
             self.charged_back_minor += signed
-            self.disputes.append((event.occurred_at_us, signed))
+            self.charged_back_changes.append((event.occurred_at_us, signed))
         self.latest_us = max(event.occurred_at_us, self.latest_us or event.occurred_at_us)
 
     def refunded_most_from(self, instant_us: int) -> tuple[int, int]:
         """(instant, amount): the most that is refunded and charged back, less reversed chargebacks,
         at any instant from `instant_us` on (counting the events dated up to each), and the first
         instant it is reached."""
-        return max(self._running(self.refunds, self.refunded_minor, instant_us),
+        return max(self._running(self.refunded_changes, self.refunded_minor, instant_us),
                    key=lambda found: (found[1], -found[0]))
 
     def charged_back_least_from(self, instant_us: int) -> tuple[int, int]:
         """(instant, amount): the least that is charged back and not yet reversed at any instant from
         `instant_us` on, and the first instant it is reached."""
-        return min(self._running(self.disputes, self.charged_back_minor, instant_us),
+        return min(self._running(self.charged_back_changes, self.charged_back_minor, instant_us),
                    key=lambda found: (found[1], found[0]))
 
     def _running(self, changes: list[tuple[int, int]], total: int, instant_us: int) -> list[tuple[int, int]]:
@@ -420,9 +420,9 @@ class _Writer:
                             reason=f"refund {event.id} is dated before this accrual matured")
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
         fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
-        # A refund that completes the invoice's total but is dated before others (delivered after
-        # them) takes its share at its instant, and the rest (the rounding remainder, the CPA) when
-        # the invoice is wholly refunded: at the latest of them.
+        # A refund that completes the invoice's total but is dated before other refunds, chargebacks
+        # or won disputes (delivered after them) takes its share at its instant, and the rest (the
+        # rounding remainder, the CPA) when the invoice is wholly refunded: at the latest of them.
         later_us = invoice.latest_us
         completes_at_us = later_us if fully and later_us is not None and later_us > event.occurred_at_us else None
         lines = [self._claw(event, invoice, plan, at_us, held) for plan in refund_clawbacks(
@@ -433,7 +433,8 @@ class _Writer:
                 self._release_again(event, piece, held)
             self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, completes_at_us)
             completed_us = self.batch.posting_instant(completes_at_us)
-            lines += [self._claw(event, invoice, plan, completed_us, held, at=completes_at_us, key_suffix=":completed")
+            lines += [self._claw(event, invoice, plan, completed_us, held, effective_at_us=completes_at_us,
+                                 key_suffix=":completed")
                       for plan in refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, True,
                                                    completed_us)]
         for piece in list(held):  # what is left matured when it matured
@@ -446,22 +447,23 @@ class _Writer:
         holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         held.remove(piece)
 
-    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan, at_us: int, held: list[Piece], *,
-              at: int | None = None, key_suffix: str = "") -> tuple[CommissionLine, int]:
-        """Post one clawback of a refund, effective at `at` (by default the refund's instant) and so
-        posted at `at_us`. What it takes from a piece accrued after that (a won dispute's
-        reinstatement, delivered before a refund dated earlier) is taken from pending when the piece
-        is accrued, so that no balance goes below zero in between: the piece is held then, whether or
-        not a release job has come by since (its release is undone, and what is left released again
-        at its maturity: `held`)."""
+    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan: Clawback, accrued_by_us: int, held: list[Piece],
+              *, effective_at_us: int | None = None, key_suffix: str = "") -> tuple[CommissionLine, int]:
+        """Post one clawback of a refund, effective at `effective_at_us` (by default the refund's
+        instant), which is posted at `accrued_by_us`. What it takes from a piece accrued after that (a
+        won dispute's reinstatement, delivered before a refund dated earlier) is taken from pending
+        at the piece's accrual, so that no balance goes below zero in between: the piece is held
+        then, whether or not a release job has come by since (its release is undone, the piece is
+        added to `held`, and what is left of it is released again at its maturity). The plan's
+        `from_pending` was decided before that undoing: the account is decided here."""
         piece = next(p for p in invoice.pieces if p.id == plan.piece_id)
-        effective_at_us = event.occurred_at_us if at is None else at
-        if piece.accrued_at_us is not None and piece.accrued_at_us > at_us:
+        effective_at_us = event.occurred_at_us if effective_at_us is None else effective_at_us
+        if piece.accrued_at_us is not None and piece.accrued_at_us > accrued_by_us:
             if piece.released and piece.release_id is not None:
                 holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}{key_suffix}",
                                 reason=f"refund {event.id} claws from this accrual while it was held")
                 held.append(piece)
-            effective_at_us = max(piece.accrued_at_us, effective_at_us)
+            effective_at_us = piece.accrued_at_us
         from_pending = not piece.released
         account = (chart.pending if from_pending else chart.available)(plan.partner_id)
         draft = journal.transfer(

@@ -55,9 +55,11 @@ def test_late_refunds_and_disputes_never_take_a_balance_below_zero_at_any_instan
             event = books.event(type_, "acme", "inv-1", amount, format_instant(PAID_AT_US + days * DAY_US),
                                 event_id=f"e{number}")
             [result] = books.ingest(event)  # accepted or refused, never an exception
-            # Re-sent, the event replays: the same outcome, nothing posted.
+            # Re-sent, the event replays: accepted again as a replay, or refused again; nothing posted.
+            [(head,)] = books.sql("SELECT count(*) FROM journal_transactions")
             [again] = books.ingest(event)
             assert type(again) is type(result) and (not isinstance(again, Outcome) or again.replayed)
+            assert books.sql("SELECT count(*) FROM journal_transactions")[0][0] == head
         books.release("2027-01-01")
         instants = sorted({instant for instant, in books.sql("SELECT DISTINCT effective_at_us FROM journal_lines")})
         for partner_id in ("northwind", "dist"):
