@@ -31,7 +31,7 @@ class Scale(NamedTuple):
 QUICK = Scale(partners=200, customers=20_000, ingest_events=30_000, import_events=20_000,
               books=books.Shape(partners=200, customers=20_000, months=5, events_per_month=6_000,
                                 checkpoints=(1_000_000,)),
-              http_requests=5_000, http_deadline_s=6)
+              http_requests=5_000, http_deadline_s=12)
 # About 172,000 paid invoices a month make a closed month of ~1M lines (accruals, overrides and
 # the releases of the previous month's holds); eleven months pass 10M.
 FULL = Scale(partners=2_000, customers=200_000, ingest_events=200_000, import_events=1_000_000,
