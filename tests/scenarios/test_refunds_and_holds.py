@@ -246,25 +246,20 @@ def test_a_clawback_reversed_after_the_release_is_released_with_the_rest_at_the_
     assert books.trial_balance_is_zero() and books.verified()
 
 
-def test_a_late_refund_after_a_reversed_clawback_undoes_the_one_release_in_force(books):
+# Dated while held: 600.00 completes the refunds of the invoice and claws the remainder, all of it
+# (the first clawback was reversed), from pending; 300.00 claws its share, and the rest is released once.
+@pytest.mark.parametrize("amount, clawed, held_until_maturity, at_the_end", [
+    ("600.00", 10_000, (0, 0), (0, 0)),
+    ("300.00", 3_000, (7_000, 0), (0, 7_000)),
+], ids=["completing", "partial"])
+def test_a_late_refund_after_a_reversed_clawback_undoes_the_one_release_in_force(
+        books, amount, clawed, held_until_maturity, at_the_end):
     clawback_id = clawed_from_pending(books, released_at="2026-02-10")
     reverse(books, clawback_id)
-    # Dated while held, and completing the refunds of the invoice: it claws the remainder, all of it
-    # (the first clawback was reversed), from pending.
-    late = books.refund("acme", "inv-1", "600.00", "2026-01-25")
-    assert commissions(late) == [("northwind", "clawback", -10_000)]
-    assert books.balance("northwind", before="2026-02-09") == (0, 0)
-    assert books.balance("northwind") == (0, 0)
-    assert books.trial_balance_is_zero() and books.verified()
-
-
-def test_a_partial_late_refund_after_a_reversed_clawback_releases_the_rest_once(books):
-    clawback_id = clawed_from_pending(books, released_at="2026-02-10")
-    reverse(books, clawback_id)
-    late = books.refund("acme", "inv-1", "300.00", "2026-01-25")
-    assert commissions(late) == [("northwind", "clawback", -3_000)]
-    assert books.balance("northwind", before="2026-02-09") == (7_000, 0)
-    assert books.balance("northwind") == (0, 7_000)
+    late = books.refund("acme", "inv-1", amount, "2026-01-25")
+    assert commissions(late) == [("northwind", "clawback", -clawed)]
+    assert books.balance("northwind", before="2026-02-09") == held_until_maturity
+    assert books.balance("northwind") == at_the_end
     assert books.trial_balance_is_zero() and books.verified()
 
 
