@@ -352,6 +352,26 @@ period_snapshots = Table(
     CheckConstraint("debit_minor >= 0 AND credit_minor >= 0", name="non_negative"),
 )
 
+# Every partner's statement lines of a closed period, stored by its close (ledger/statement_lines.py):
+# one row per partner, transaction and currency, clustered by partner and instant for a statement's
+# range read (on SQLite, a table without rowid is its primary key's b-tree).
+statement_lines = Table(
+    "statement_lines",
+    metadata,
+    Column("partner_id", String(64), primary_key=True),
+    Column("effective_at_us", BigInteger, primary_key=True),
+    Column("transaction_id", Id, ForeignKey("journal_transactions.id"), primary_key=True, autoincrement=False),
+    Column("currency", String(3), primary_key=True),
+    Column("original_effective_at_us", BigInteger, nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("customer_id", String(64), nullable=True),
+    Column("invoice_id", String(64), nullable=True),
+    Column("event_id", String(64), nullable=True),
+    Column("pending_minor", BigInteger, nullable=False),
+    Column("available_minor", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 payout_runs = Table(
     "payout_runs",
     metadata,
@@ -387,4 +407,4 @@ payout_resolutions = Table(
 )
 
 APPEND_ONLY_TABLES = APPEND_ONLY_TABLES + (
-    "period_closes", "period_snapshots", "payout_runs", "payouts", "payout_resolutions")
+    "period_closes", "period_snapshots", "statement_lines", "payout_runs", "payouts", "payout_resolutions")

@@ -4,8 +4,10 @@ it: a credit to its pending or available account is positive).
 
 Opening balances come from the latest snapshot plus the lines after it (balances.py); the lines are
 the period's postings on the partner's two accounts, one statement line per transaction and
-currency (a release, pending to available, is one line with both amounts). Closing = opening + the
-lines, always; a closed period's statement is therefore fixed once its period is closed.
+currency (a release, pending to available, is one line with both amounts): an open period's
+gathered from the journal, a closed period's as stored when it closed (statement_lines.py).
+Closing = opening + the lines, always; a closed period's statement is therefore fixed once its
+period is closed.
 """
 
 from __future__ import annotations
@@ -17,27 +19,15 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
-from ledger import accounts as chart
+from ledger import statement_lines
 from ledger.balances import partner_balances
-from ledger.db import driver_rows
 from ledger.instants import format_instant, period_bounds_us
 from ledger.money import format_minor
 from ledger.periods import period_status
+from ledger.statement_lines import StatementLine
 
 LINE_KINDS = ("accrual", "cpa", "override", "clawback", "release", "payout", "payout_failed", "writeoff",
               "adjustment", "reversal")
-
-
-class StatementLine(NamedTuple):
-    transaction_id: int
-    effective_at_us: int
-    original_effective_at_us: int | None
-    kind: str
-    customer_id: str | None
-    invoice_id: str | None
-    event_id: str | None
-    pending_minor: int
-    available_minor: int
 
 
 class CurrencyStatement(NamedTuple):
@@ -58,58 +48,21 @@ class Statement(NamedTuple):
 
 def statement(session: Session, partner_id: str, period: str) -> Statement:
     start_us, end_us = period_bounds_us(period)
-    opening = partner_balances(session, partner_id, before_us=start_us)
-    lines = _lines(session, partner_id, start_us, end_us)
-    currencies = sorted(set(opening) | set(lines))
-    sections = []
-    for currency in currencies:
-        pending, available = opening.get(currency, (0, 0))
-        totals: dict[str, int] = defaultdict(int)
-        for line in lines.get(currency, []):
-            totals[line.kind] += line.pending_minor + line.available_minor
-        closing_pending = pending + sum(line.pending_minor for line in lines.get(currency, []))
-        closing_available = available + sum(line.available_minor for line in lines.get(currency, []))
-        sections.append(CurrencyStatement(currency, (pending, available), tuple(lines.get(currency, [])),
-                                          dict(totals), (closing_pending, closing_available)))
     status, close = period_status(session, period)
+    opening = partner_balances(session, partner_id, before_us=start_us)
+    read = statement_lines.stored if status == "closed" else statement_lines.from_journal
+    lines = read(session, partner_id, start_us, end_us)
+    sections = []
+    for currency in sorted(set(opening) | set(lines)):
+        opening_pending, opening_available = pending, available = opening.get(currency, (0, 0))
+        totals: dict[str, int] = defaultdict(int)
+        for line in lines.get(currency, ()):
+            totals[line.kind] += line.pending_minor + line.available_minor
+            pending += line.pending_minor
+            available += line.available_minor
+        sections.append(CurrencyStatement(currency, (opening_pending, opening_available),
+                                          tuple(lines.get(currency, ())), dict(totals), (pending, available)))
     return Statement(partner_id, period, status, close.close_hash if close else None, tuple(sections))
-
-
-# The period's lines on a partner's two accounts, named by a join (no separate look-up of their ids),
-# summed per transaction and currency into the partner's view (a credit is what the vendor owes),
-# then joined to their transactions' headers, in posting order. Summing first looks each header up
-# once per statement line, not once per journal line: a release moves pending to available, two
-# lines of one statement line, and on a busy partner's month the header look-ups are the largest
-# cost (a line carries its transaction's effective instant: the seal guard holds it). Sent through
-# the driver (`db.driver_rows`): a busy partner's month is tens of thousands of rows, each of which
-# SQLAlchemy would wrap in a row.
-_OWED = "CASE journal_lines.side WHEN 'C' THEN journal_lines.amount_minor ELSE -journal_lines.amount_minor END"
-_PARTNER_LINES = (
-    "SELECT journal_transactions.id, journal_transactions.effective_at_us,"
-    " journal_transactions.original_effective_at_us, journal_transactions.kind, journal_transactions.customer_id,"
-    " journal_transactions.invoice_id, journal_transactions.event_id, owed.pending, owed.available, owed.currency"
-    " FROM (SELECT journal_lines.effective_at_us, journal_lines.transaction_id, journal_lines.currency,"
-    f" sum(CASE WHEN accounts.name = ? THEN {_OWED} ELSE 0 END) AS pending,"
-    f" sum(CASE WHEN accounts.name = ? THEN 0 ELSE {_OWED} END) AS available"
-    " FROM accounts JOIN journal_lines ON journal_lines.account_id = accounts.id"
-    " WHERE accounts.name IN (?, ?) AND journal_lines.effective_at_us >= ? AND journal_lines.effective_at_us < ?"
-    " GROUP BY journal_lines.effective_at_us, journal_lines.transaction_id, journal_lines.currency) AS owed"
-    " JOIN journal_transactions ON journal_transactions.id = owed.transaction_id"
-    " ORDER BY owed.effective_at_us, owed.transaction_id, owed.currency")
-
-
-def _lines(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
-    """{currency: lines}: one line per transaction and currency, in posting order, with its lines on
-    the two accounts summed."""
-    pending_name = chart.pending(partner_id)
-    rows = driver_rows(session, _PARTNER_LINES,
-                       (pending_name, pending_name, pending_name, chart.available(partner_id), start_us, end_us))
-    by_currency: dict[str, list[StatementLine]] = defaultdict(list)
-    for *fields, currency in rows:
-        # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
-        fields[-2:] = int(fields[-2]), int(fields[-1])
-        by_currency[currency].append(StatementLine._make(fields))
-    return dict(by_currency)
 
 
 def to_data(statement_: Statement) -> dict:

@@ -6,7 +6,8 @@ request hash recomputed from the stored content matches; the chain hash recomput
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, and the chain of close
-hashes (`verify_closes`); and the running totals against the sums of the lines (`verify_totals`).
+hashes (`verify_closes`); the statement lines the closes stored against the journal
+(`verify_statement_lines`); and the running totals against the sums of the lines (`verify_totals`).
 All of it reads one snapshot. Problems are values (`Problem`), never exceptions: verify reports,
 the caller decides.
 """
@@ -19,13 +20,15 @@ from typing import Iterator, NamedTuple
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
-from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
+from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, period_closes
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
+STATEMENT_LINES_NAMED = 5  # of the stored statement lines differing from the journal, each way
 
 
 class Problem(NamedTuple):
@@ -67,6 +70,7 @@ def verify(session: Session, *, problems_max: int = 1000) -> Report:
         problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
         pending_lines = next(lines_by_transaction, None)
     problems.extend(verify_closes(session))
+    problems.extend(verify_statement_lines(session))
     problems.extend(verify_totals(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max])
 
@@ -116,6 +120,22 @@ def verify_closes(session: Session) -> list[Problem]:
             problems.append(Problem(None, "close_hash_mismatch", f"{where}: the close hash does not match its content"))
         prev_hash, prev_end = close.close_hash, close.ends_at_us
     return problems
+
+
+def verify_statement_lines(session: Session) -> list[Problem]:
+    """The statement lines stored by the closes against the lines the journal gives for the closed
+    span, both ways: a line the journal gives that no stored row equals, and a stored row the
+    journal does not give (an altered row is both)."""
+    c = period_closes.c
+    start_us, end_us = session.execute(select(func.min(c.starts_at_us), func.max(c.ends_at_us))).one()
+    if start_us is None:
+        return []
+    found = statement_lines.differences(session, start_us, end_us, limit=STATEMENT_LINES_NAMED)
+    return [Problem(d.transaction_id, "statement_line_altered",
+                    f"period {d.period}: partner {d.partner_id}'s {d.currency} statement line for transaction "
+                    f"{d.transaction_id} " + ("is not stored as the journal gives it" if d.side == "journal"
+                                              else "is stored but not given by the journal"))
+            for d in found]
 
 
 def verify_totals(session: Session) -> list[Problem]:

@@ -128,6 +128,18 @@ def database_url(request, tmp_path):
     drop_pg_database(cluster, url)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request, tmp_path):
+    """An empty database (no migration run yet)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    url = new_pg_url(cluster, template=None)
+    yield url
+    drop_pg_database(cluster, url)
+
+
 @pytest.fixture
 def database(database_url):
     db = Database(database_url)

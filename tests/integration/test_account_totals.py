@@ -14,7 +14,6 @@ from ledger.errors import InvalidInput
 from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
-from tests.conftest import drop_pg_database, new_pg_url
 from tests.integration.test_query_plans import plans_of_line_queries, reads_no_table, recorded
 from tests.integration.test_database_guards import (account_ids, head_hash, insert_header, insert_line, refused,
                                                      refused_without_recursive_triggers)
@@ -179,18 +178,6 @@ def test_the_first_line_of_an_account_creates_its_row(booked):
     # The guard on inserted rows is not blanket: a new (account, currency) gets its row.
     post(booked, accrual("g1", 9, "GBP"))
     assert totals(booked)[(PENDING, "GBP")][:2] == (0, 9)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request, tmp_path):
-    """An empty database (no migration run yet)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    cluster = request.getfixturevalue("pg_cluster")
-    url = new_pg_url(cluster, template=None)
-    yield url
-    drop_pg_database(cluster, url)
 
 
 def test_the_migration_fills_the_totals_from_the_lines_already_there(empty_url):

@@ -5,10 +5,11 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, plans
+from ledger import journal, partners, periods, plans
 from ledger.balances import partner_balances
 from ledger.db import Database
-from tests.program import PLAN
+from ledger.statements import statement
+from tests.program import PLAN, at
 
 pytestmark = pytest.mark.postgres
 
@@ -46,6 +47,17 @@ def test_the_application_role_changes_the_program_and_the_database_moves_its_rev
         assert session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one() > before
 
 
+def test_the_application_role_closes_a_period_storing_its_statement_lines(app_database):
+    with app_database.transaction() as session:
+        journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, chart.available("p3"), "USD",
+                                                250, effective_at_us=at("2026-01-10"), idempotency_key="jan")])
+        periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
+    with app_database.reader() as session:
+        [section] = statement(session, "p3", "2026-01").currencies
+        assert [(line.kind, line.available_minor) for line in section.lines] == [("adjustment", 250)]
+        assert session.execute(sa.text("SELECT count(*) FROM statement_lines WHERE partner_id = 'p3'")).scalar() == 1
+
+
 @pytest.mark.parametrize("statement", [
     "UPDATE journal_lines SET amount_minor = 1",
     "DELETE FROM journal_transactions",
@@ -57,6 +69,8 @@ def test_the_application_role_changes_the_program_and_the_database_moves_its_rev
     "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us) "
     "VALUES (1, 'GBP', 0, 0, 1, 1)",
     "UPDATE program_revision SET revision = revision + 1",
+    "UPDATE statement_lines SET pending_minor = 0",
+    "DELETE FROM statement_lines",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):

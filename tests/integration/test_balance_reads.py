@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from ledger import accounts as chart
-from ledger import journal, payouts, periods, revenue
+from ledger import journal, payouts, periods, revenue, statement_lines
 from ledger.balances import all_balances, line_sums, partner_account_sums, partner_balances
 from ledger.instants import period_bounds_us
 from ledger.reports import liabilities
 from ledger.schema import accounts, journal_lines, journal_transactions
 from ledger.statements import StatementLine, statement
+from ledger.verify import verify
 from tests import program
 from tests.integration.test_query_plans import recorded
 from tests.program import at, paid
@@ -180,6 +181,30 @@ def test_statements_list_the_merged_lines_and_open_with_the_sums_of_all_earlier_
                     assert section.opening == opening.get(section.currency, (0, 0)), (partner_id, period)
                     closing = summed_lines(session, partner_id, period_bounds_us(period)[1])
                     assert section.closing == closing.get(section.currency, (0, 0)), (partner_id, period)
+
+
+def test_a_closed_months_lines_are_stored_by_its_close_as_the_journal_gives_them(books):
+    # April holds the late refund (posted at its start, dated in February) and the payout run, May a
+    # transaction in two currencies: closed here, their rows carry both instants and both currencies.
+    for period in ("2026-04", "2026-05"):
+        with books.transaction() as session:
+            periods.close_period(session, period, now_us=at("2026-07-01"))
+    compared = set()
+    with books.reader() as session:
+        for partner_id in PARTNERS:
+            for period in MONTHS:
+                start_us, end_us = period_bounds_us(period)
+                kept = statement_lines.stored(session, partner_id, start_us, end_us)
+                if period <= "2026-05":
+                    assert kept == statement_lines.from_journal(session, partner_id, start_us, end_us) == dict(
+                        merged_lines(session, partner_id, period)), (partner_id, period)
+                else:
+                    assert kept == {}, period
+                compared |= {(line.kind, currency, line.original_effective_at_us is not None)
+                             for currency, lines in kept.items() for line in lines}
+        assert verify(session).ok
+    assert {("accrual", "USD", False), ("accrual", "EUR", False), ("release", "USD", False), ("payout", "USD", False),
+            ("clawback", "USD", True), ("adjustment", "EUR", False)} <= compared, compared
 
 
 def test_a_transaction_in_two_currencies_is_a_statement_line_in_each(books):

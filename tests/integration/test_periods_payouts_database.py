@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts, periods, plans
+from ledger import journal, partners, payouts, periods, plans, statement_lines
+from ledger.db import Database
 from ledger.errors import Conflict
-from ledger.instants import parse_instant
+from ledger.instants import parse_instant, period_bounds_us
+from ledger.migrate import upgrade
 from ledger.periods import snapshot
 from ledger.verify import verify
 from tests.integration.test_tamper_evidence import behind_the_triggers
@@ -60,6 +62,10 @@ TAMPERED_CLOSES = [
     pytest.param(["DELETE FROM period_snapshots WHERE period = '2026-02'",
                   "DELETE FROM period_closes WHERE period = '2026-02'"],
                  {("close_chain_broken", "2026-03")}, id="a close cut out of the chain"),
+    pytest.param(["UPDATE statement_lines SET available_minor = available_minor + 1 WHERE kind = 'release'"],
+                 {("statement_line_altered", "2026-02")}, id="a stored statement line"),
+    pytest.param(["DELETE FROM statement_lines WHERE kind = 'accrual' AND effective_at_us < "
+                  f"{at('2026-02-01')}"], {("statement_line_altered", "2026-01")}, id="a stored statement line cut"),
 ]
 TAMPERED_CLOSE_FIELDS = [
     pytest.param([f"UPDATE period_closes SET prev_close_hash = '{F64}' WHERE period = '2026-03'"],
@@ -140,6 +146,73 @@ def test_closes_and_snapshots_refuse_update_and_delete(closed):
         table = statement.split()[1] if statement.startswith("UPDATE") else statement.split()[2]
         refused(closed, statement, f"{table} is append-only")
     assert problems(closed) == set()
+
+
+def test_stored_statement_lines_refuse_update_and_delete(closed):
+    for statement in ("UPDATE statement_lines SET pending_minor = 0", "DELETE FROM statement_lines"):
+        refused(closed, statement, "statement_lines is append-only")
+    assert problems(closed) == set()
+
+
+STORED_LINE = ("INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, pending_minor, "
+               "available_minor) VALUES ('northwind', :at, (SELECT min(id) FROM journal_transactions), 'EUR', "
+               "'adjustment', 5, 0)")
+
+
+@pytest.mark.parametrize("day", ["2026-02-15", "2026-04-15", "2026-01-01"],
+                         ids=["an-earlier-closed-period", "the-open-period", "the-first-closed-period"])
+def test_the_database_refuses_a_statement_line_outside_the_latest_closed_period(closed, day):
+    refused(closed, STORED_LINE, "must lie inside the latest closed period", at=at(day))
+
+
+def test_a_statement_line_added_inside_the_latest_closed_period_is_named_by_verify(closed):
+    # What the database cannot tell from the close's own rows, verify tells from the journal.
+    with closed.engine.begin() as connection:
+        connection.execute(sa.text(STORED_LINE), {"at": at("2026-03-20")})
+    with closed.reader() as session:
+        [problem] = verify(session).problems
+    assert problem.code == "statement_line_altered" and problem.message == (
+        "period 2026-03: partner northwind's EUR statement line for transaction 1 is stored but not given by the "
+        "journal")
+
+
+def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(closed):
+    with closed.reader() as session:
+        rows = session.execute(sa.text("SELECT partner_id, kind, effective_at_us, pending_minor, available_minor "
+                                       "FROM statement_lines ORDER BY effective_at_us")).all()
+    assert rows == [("northwind", "accrual", at("2026-01-10"), 10_000, 0),
+                    ("northwind", "release", at("2026-02-09"), -10_000, 10_000),
+                    ("northwind", "accrual", at("2026-02-10"), 20_000, 0),
+                    ("northwind", "accrual", at("2026-03-10"), 30_000, 0)]
+
+
+def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_url, monkeypatch):
+    upgrade(empty_url, "0012")
+    database = Database(empty_url)
+    try:
+        with monkeypatch.context() as before_0013:  # a close then stored no statement lines
+            before_0013.setattr(statement_lines, "record", lambda *_: None)
+            for month in (1, 2):
+                with database.transaction() as session:
+                    journal.post(session, [journal.transfer(
+                        "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
+                        effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}")])
+                    periods.close_period(session, f"2026-0{month}", now_us=at("2026-04-02"))
+        upgrade(empty_url)
+        with database.transaction() as session:
+            journal.post(session, [journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000,
+                                                    effective_at_us=at("2026-03-09"), idempotency_key="release-1")])
+            periods.close_period(session, "2026-03", now_us=at("2026-04-02"))
+        with database.reader() as session:
+            stored = {period: statement_lines.stored(session, "northwind", *period_bounds_us(period))
+                      for period in ("2026-01", "2026-02", "2026-03")}
+            assert stored == {period: statement_lines.from_journal(session, "northwind", *period_bounds_us(period))
+                              for period in stored}
+            assert [[line.pending_minor for line in lines["USD"]] for lines in stored.values()] == [
+                [10_000], [20_000], [-10_000]]
+            assert verify(session).ok
+    finally:
+        database.dispose()
 
 
 def new_payout(session, day: str, amount_minor: int = 7_500) -> payouts.Payout:

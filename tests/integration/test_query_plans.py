@@ -178,6 +178,24 @@ TOTALS_BY_KEY = {
 }
 
 
+STORED_BY_PARTNER_AND_INSTANT = {
+    True: re.compile(r"Index Scan using pk_statement_lines on statement_lines[^|]*\|\s*Index Cond: "
+                     r"\(\(\(partner_id\)::text = [^|]+\) AND \(effective_at_us >= [^|]+\) AND \(effective_at_us < "),
+    False: re.compile(r"SEARCH statement_lines USING PRIMARY KEY \(partner_id=\? AND effective_at_us>\? AND "
+                      r"effective_at_us<\?\)"),
+}
+
+
+def test_a_closed_months_statement_reads_its_stored_lines_by_partner_and_instant(closed_books):
+    with recorded(closed_books.engine) as statements, closed_books.reader() as session:
+        found = statement(session, "northwind", "2026-02")
+    assert found.period_status == "closed" and any(section.lines for section in found.currencies)
+    assert not [sql for sql, _ in statements if "journal_transactions" in sql]  # no look-up in the journal
+    stored = [(sql, parameters) for sql, parameters in statements if "statement_lines" in sql]
+    [plan] = plans_of_queries(closed_books, stored)
+    assert STORED_BY_PARTNER_AND_INSTANT[closed_books.engine.dialect.name == "postgresql"].search(plan), plan
+
+
 @pytest.mark.parametrize("before", [None, "2099-01-01"], ids=["no-bound", "as-of-now"])
 def test_a_partners_current_balance_is_one_statement_reading_two_running_totals_by_key(closed_books, before):
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
