@@ -6,7 +6,10 @@ with the transaction's instant and source), keyed and clustered by partner and i
 period can receive no posting, so its lines are fixed; `ledger.periods` stores them in the close's
 transaction (`ledger.statement_lines.record`) and `ledger.verify` compares every row with the
 journal. The database keeps the table append-only, and accepts a row only inside the latest closed
-period: a row for an earlier period, or for a period not (yet) closed, is refused.
+period: a row for an earlier period, or for a period not (yet) closed, is refused. There is no
+foreign key to `journal_transactions`: the rows are copies the close makes from the journal in one
+statement, and verify compares each with it; checking the key row by row cost PostgreSQL more than
+the copy itself (5 s more for a month of a million lines, against 4-5 s for the copy).
 
 Existing closes are filled here, from the journal, before the guards are in place.
 
@@ -96,8 +99,6 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(64), nullable=True),
         sa.Column("pending_minor", sa.BigInteger, nullable=False),
         sa.Column("available_minor", sa.BigInteger, nullable=False),
-        sa.ForeignKeyConstraint(["transaction_id"], ["journal_transactions.id"],
-                                name=op.f("fk_statement_lines_transaction_id_journal_transactions")),
         sa.PrimaryKeyConstraint("partner_id", "effective_at_us", "transaction_id", "currency",
                                 name=op.f("pk_statement_lines")),
         sqlite_with_rowid=False,
