@@ -13,7 +13,8 @@ for them: a partner's balance as of now (`partner_balances`, random partners and
 the trial balance as of now, both answered by the running totals (`account_totals`); the statement
 of the latest closed month (`statements.statement`), whose opening balances go through the latest
 snapshot and whose lines are those its close stored; and, not a target, the hot partners'
-statements of the month after it, still open, whose lines are gathered from the journal. The close of the last month is timed as it happens.
+statements of the month after it, still open, whose lines are gathered from the journal. The close
+of the last month is timed as it happens.
 """
 
 from __future__ import annotations

@@ -303,6 +303,8 @@ revenue_events = Table(
 )
 
 # One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
+# Refunds, chargebacks and won disputes stay within their paid invoice at every instant: a trigger
+# refuses the rows that would not (migration 0014).
 Index("uq_revenue_events_paid_invoice", revenue_events.c.invoice_id, unique=True,
       sqlite_where=revenue_events.c.type == "invoice_paid",
       postgresql_where=revenue_events.c.type == "invoice_paid")

@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger.db import driver_execute, driver_rows
-from ledger.instants import period_of
 
 
 class StatementLine(NamedTuple):
@@ -71,8 +70,10 @@ def _from_journal_sql(which: str) -> str:
 
 
 # One partner: its two accounts by name, so the lines come from the balance index.
-_ONE_PARTNER = _from_journal_sql("accounts.name IN (?, ?)") + " ORDER BY owed.effective_at_us, owed.transaction_id, owed.currency"
-_EVERY_PARTNER = _from_journal_sql("accounts.partner_id IS NOT NULL")
+_ONE_PARTNER = (_from_journal_sql("accounts.name IN (?, ?)")
+                + " ORDER BY owed.effective_at_us, owed.transaction_id, owed.currency")
+_EVERY_PARTNER = _from_journal_sql(f"accounts.partner_id IS NOT NULL AND ({_IS_PENDING}"
+                                  " OR accounts.name = 'liability:partner:' || accounts.partner_id || ':available')")
 _STORED_COLUMNS = "partner_id, " + ", ".join(_FIELDS)
 _RECORD = (f"INSERT INTO statement_lines ({_STORED_COLUMNS}) {_EVERY_PARTNER}"
            " ORDER BY owed.partner_id, owed.effective_at_us, owed.transaction_id, owed.currency")
@@ -84,7 +85,8 @@ _STORED_SPAN = f"SELECT {_STORED_COLUMNS} FROM statement_lines WHERE effective_a
 
 def from_journal(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
     """{currency: lines} in posting order, gathered from the journal."""
-    rows = driver_rows(session, _ONE_PARTNER, (chart.pending(partner_id), chart.available(partner_id), start_us, end_us))
+    names = (chart.pending(partner_id), chart.available(partner_id))
+    rows = driver_rows(session, _ONE_PARTNER, (*names, start_us, end_us))
     # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
     return _by_currency((*row[1:-3], int(row[-3]), int(row[-2]), row[-1]) for row in rows)
 
@@ -110,20 +112,31 @@ def record(session: Session, start_us: int, end_us: int) -> None:
 
 
 class Difference(NamedTuple):
-    period: str
     partner_id: str
     transaction_id: int
+    effective_at_us: int
     currency: str
-    side: str  # "journal": the journal has this line and no stored row is equal to it; "stored": the reverse
+    side: str  # "journal": the journal gives this line and no stored row equals it; "stored": the reverse
 
 
 def differences(session: Session, start_us: int, end_us: int, *, limit: int) -> list[Difference]:
-    """The stored rows of the span [start, end) against the lines the journal gives, both ways (in
-    the database: a closed span holds millions of lines): up to `limit` of each."""
-    found = []
+    """The stored rows of the span [start, end) against the lines the journal gives, both ways, in
+    the database (a closed span holds millions of lines; on SQLite the stored side is one scan of
+    the table, which is keyed by partner first): up to `limit` in all."""
+    found: list[Difference] = []
     for side, sql in (("journal", f"{_EVERY_PARTNER} EXCEPT {_STORED_SPAN}"),
                       ("stored", f"{_STORED_SPAN} EXCEPT {_EVERY_PARTNER}")):
-        rows = driver_rows(session, f"{sql} ORDER BY 1, 2, 11 LIMIT ?", (start_us, end_us, start_us, end_us, limit))
-        found += [Difference(period_of(effective_at_us), partner_id, transaction_id, currency, side)
+        if len(found) >= limit:
+            break
+        rows = driver_rows(session, f"{sql} ORDER BY 1, 2, 11 LIMIT ?",
+                           (start_us, end_us, start_us, end_us, limit - len(found)))
+        found += [Difference(partner_id, transaction_id, effective_at_us, currency, side)
                   for partner_id, transaction_id, effective_at_us, *_, currency in rows]
     return found
+
+
+def count_outside(session: Session, start_us: int, end_us: int) -> int:
+    """How many stored rows lie outside the span [start, end) (the closed periods)."""
+    [(count,)] = driver_rows(session, "SELECT count(*) FROM statement_lines WHERE effective_at_us < ?"
+                                      " OR effective_at_us >= ?", (start_us, end_us))
+    return count

@@ -23,12 +23,13 @@ from sqlalchemy.orm import Session
 from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
+from ledger.instants import period_of
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
-from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, period_closes
+from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
-STATEMENT_LINES_NAMED = 5  # of the stored statement lines differing from the journal, each way
+STATEMENT_LINES_NAMED = 5  # stored statement lines differing from the journal: the first few are named
 
 
 class Problem(NamedTuple):
@@ -123,19 +124,25 @@ def verify_closes(session: Session) -> list[Problem]:
 
 
 def verify_statement_lines(session: Session) -> list[Problem]:
-    """The statement lines stored by the closes against the lines the journal gives for the closed
-    span, both ways: a line the journal gives that no stored row equals, and a stored row the
-    journal does not give (an altered row is both)."""
-    c = period_closes.c
-    start_us, end_us = session.execute(select(func.min(c.starts_at_us), func.max(c.ends_at_us))).one()
-    if start_us is None:
-        return []
-    found = statement_lines.differences(session, start_us, end_us, limit=STATEMENT_LINES_NAMED)
-    return [Problem(d.transaction_id, "statement_line_altered",
-                    f"period {d.period}: partner {d.partner_id}'s {d.currency} statement line for transaction "
-                    f"{d.transaction_id} " + ("is not stored as the journal gives it" if d.side == "journal"
-                                              else "is stored but not given by the journal"))
-            for d in found]
+    """The statement lines the closes stored against the lines the journal gives for the closed
+    span (the closes' periods, an unbroken chain), both ways, in one pass: a line the journal gives
+    that no stored row equals, and a stored row the journal does not give (an altered row is both);
+    then the stored rows outside the span."""
+    from ledger.periods import list_periods  # periods builds on balances, which verify checks
+
+    closes = list_periods(session)
+    start_us, end_us = (closes[0].starts_at_us, closes[-1].ends_at_us) if closes else (0, 0)
+    problems = [Problem(d.transaction_id, "statement_line_altered",
+                        f"period {period_of(d.effective_at_us)}: partner {d.partner_id}'s {d.currency} statement "
+                        f"line for transaction {d.transaction_id} " + (
+                            "is not stored as the journal gives it" if d.side == "journal"
+                            else "is stored but not given by the journal"))
+                for d in statement_lines.differences(session, start_us, end_us, limit=STATEMENT_LINES_NAMED)]
+    outside = statement_lines.count_outside(session, start_us, end_us)
+    if outside:
+        problems.append(Problem(None, "statement_line_altered",
+                                f"{outside} stored statement line(s) lie outside every closed period"))
+    return problems
 
 
 def verify_totals(session: Session) -> list[Problem]:

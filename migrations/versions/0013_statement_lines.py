@@ -42,14 +42,16 @@ SELECT owed.partner_id, owed.transaction_id, owed.effective_at_us, t.original_ef
                sum(CASE WHEN {PENDING} THEN {OWED} ELSE 0 END) AS pending,
                sum(CASE WHEN {PENDING} THEN 0 ELSE {OWED} END) AS available
           FROM accounts a JOIN journal_lines l ON l.account_id = a.id
-         WHERE a.partner_id IS NOT NULL AND l.effective_at_us >= {{start}} AND l.effective_at_us < {{end}}
+         WHERE a.partner_id IS NOT NULL AND ({PENDING} OR a.name = 'liability:partner:' || a.partner_id || ':available')
+           AND l.effective_at_us >= {{start}} AND l.effective_at_us < {{end}}
          GROUP BY a.partner_id, l.effective_at_us, l.transaction_id, l.currency) AS owed
   JOIN journal_transactions t ON t.id = owed.transaction_id
  ORDER BY owed.partner_id, owed.effective_at_us, owed.transaction_id, owed.currency
 """
 
 INSIDE_LATEST = ("EXISTS (SELECT 1 FROM period_closes c WHERE c.starts_at_us <= {row}.effective_at_us"
-                 " AND {row}.effective_at_us < c.ends_at_us AND c.ends_at_us = (SELECT max(ends_at_us) FROM period_closes))")
+                 " AND {row}.effective_at_us < c.ends_at_us"
+                 " AND c.ends_at_us = (SELECT max(ends_at_us) FROM period_closes))")
 
 SQLITE_GUARDS = f"""
 CREATE TRIGGER trg_statement_lines_no_update BEFORE UPDATE ON statement_lines

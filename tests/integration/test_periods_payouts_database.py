@@ -66,6 +66,10 @@ TAMPERED_CLOSES = [
                  {("statement_line_altered", "2026-02")}, id="a stored statement line"),
     pytest.param(["DELETE FROM statement_lines WHERE kind = 'accrual' AND effective_at_us < "
                   f"{at('2026-02-01')}"], {("statement_line_altered", "2026-01")}, id="a stored statement line cut"),
+    pytest.param(["INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
+                  f"pending_minor, available_minor) VALUES ('northwind', {at('2026-04-15')}, 1, 'USD', 'accrual', 1, 0)"],
+                 {("statement_line_altered", "1 stored statement line(s) lie outside every closed period")},
+                 id="a stored statement line in an open period"),
 ]
 TAMPERED_CLOSE_FIELDS = [
     pytest.param([f"UPDATE period_closes SET prev_close_hash = '{F64}' WHERE period = '2026-03'"],
@@ -154,8 +158,8 @@ def test_stored_statement_lines_refuse_update_and_delete(closed):
     assert problems(closed) == set()
 
 
-STORED_LINE = ("INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, pending_minor, "
-               "available_minor) VALUES ('northwind', :at, (SELECT min(id) FROM journal_transactions), 'EUR', "
+STORED_LINE = ("INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
+               "pending_minor, available_minor) VALUES ('northwind', :at, (SELECT min(id) FROM journal_transactions), 'EUR', "
                "'adjustment', 5, 0)")
 
 
@@ -174,6 +178,18 @@ def test_a_statement_line_added_inside_the_latest_closed_period_is_named_by_veri
     assert problem.code == "statement_line_altered" and problem.message == (
         "period 2026-03: partner northwind's EUR statement line for transaction 1 is stored but not given by the "
         "journal")
+
+
+def test_verify_names_the_first_few_stored_statement_lines_that_differ(closed):
+    with behind_the_triggers(closed) as execute:
+        execute("UPDATE statement_lines SET pending_minor = pending_minor + 1")
+    with closed.reader() as session:
+        named = [p for p in verify(session).problems if p.code == "statement_line_altered"]
+    # Every stored row differs from its journal line, both ways. Named in transaction order, five in
+    # all: the four lines as the journal gives them, then the first as stored.
+    assert [(p.message.split(":")[0], p.transaction_id) for p in named] == [
+        ("period 2026-01", 1), ("period 2026-02", 2), ("period 2026-03", 3), ("period 2026-02", 4),
+        ("period 2026-01", 1)], named
 
 
 def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(closed):

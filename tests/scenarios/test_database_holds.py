@@ -1,10 +1,15 @@
 """The database holds the partner program's invariants even when Python is bypassed with raw SQL:
-a customer's CPA is claimed once, an invoice is paid once, the hierarchy is at most five deep with
-consistent depths, and the program's facts are append-only."""
+a customer's CPA is claimed once, an invoice is paid once, refunds, chargebacks and won disputes
+stay within their invoice at every instant, the hierarchy is at most five deep with consistent
+depths, and the program's facts are append-only."""
+
+import threading
 
 import pytest
 import sqlalchemy as sa
 
+from tests.integration.test_tamper_evidence import behind_the_triggers
+from tests.program import at
 from tests.scenarios.books import Books
 
 EVENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
@@ -49,7 +54,116 @@ def test_a_second_row_claiming_the_same_customers_cpa_is_refused(books):
 def test_a_second_invoice_paid_row_for_the_same_invoice_is_refused(books):
     refused(books, EVENT, "uq_revenue_events_paid_invoice|UNIQUE|unique",
             id="raw-1", type="invoice_paid", invoice="inv-1", hash="h" * 64, claim=None)
-    accepted(books, EVENT, id="raw-2", type="refund", invoice="inv-1", hash="h" * 64, claim=None)
+    accepted(books, EVENT, id="raw-2", type="invoice_paid", invoice="inv-2", hash="h" * 64, claim=None)
+
+
+LATER = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
+         "recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, :currency, :amount, :at, 1, "
+         "'" + "h" * 64 + "', 'posted')")
+NOT_PAID = "needs its invoice paid by the same customer, in the same currency, at or before its instant"
+EXCEEDED = "refunds and chargebacks, less won disputes, would exceed the paid amount of the invoice"
+OVER_REVERSED = "won disputes would exceed the chargebacks of the invoice"
+
+
+def raw(type: str, amount: int, day: str, *, event_id: str = "raw", customer: str = "acme", invoice: str = "inv-1",
+        currency: str = "USD") -> dict:
+    return dict(id=event_id, type=type, customer=customer, invoice=invoice, currency=currency, amount=amount,
+                at=at(day))
+
+
+@pytest.mark.parametrize("event", [
+    raw("refund", 100, "2026-01-20", invoice="inv-unknown"),
+    raw("refund", 100, "2026-01-20", customer="globex"),
+    raw("chargeback", 100, "2026-01-20", currency="EUR"),
+    raw("chargeback_reversed", 100, "2026-01-09"),
+], ids=["unknown-invoice", "other-customer", "other-currency", "before-the-payment"])
+def test_an_event_undoing_no_payment_of_its_invoice_before_it_is_refused(books, event):
+    refused(books, LATER, NOT_PAID, **event)
+
+
+def test_an_event_at_the_payments_own_instant_is_accepted(books):
+    accepted(books, LATER, **raw("chargeback", 100, "2026-01-10", event_id="c1"))
+    accepted(books, LATER, **raw("chargeback_reversed", 100, "2026-01-10", event_id="w1"))
+    refused(books, LATER, NOT_PAID, **dict(raw("refund", 100, "2026-01-10", event_id="r1"), at=at("2026-01-10") - 1))
+
+
+def test_refunds_and_chargebacks_are_refused_past_the_paid_amount_and_accepted_up_to_it(books):
+    accepted(books, LATER, **raw("refund", 6_000, "2026-01-20", event_id="r1"))
+    refused(books, LATER, EXCEEDED, **raw("chargeback", 4_001, "2026-01-21", event_id="c1"))
+    accepted(books, LATER, **raw("chargeback", 4_000, "2026-01-21", event_id="c1"))
+    refused(books, LATER, EXCEEDED, **raw("refund", 1, "2026-02-01", event_id="r2"))
+
+
+def test_won_disputes_are_refused_past_the_chargebacks(books):
+    refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 1, "2026-01-20"))
+    accepted(books, LATER, **raw("chargeback", 3_000, "2026-01-20", event_id="c1"))
+    refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 3_001, "2026-01-25", event_id="w1"))
+    accepted(books, LATER, **raw("chargeback_reversed", 3_000, "2026-01-25", event_id="w1"))
+
+
+def test_the_limits_hold_at_every_instant_not_only_in_total(books):
+    # Wholly charged back from the 20th, the dispute won on the 30th: a refund dated between the two
+    # fits the totals but not the invoice between them; dated from the 30th, it fits.
+    accepted(books, LATER, **raw("chargeback", 10_000, "2026-01-20", event_id="c1"))
+    accepted(books, LATER, **raw("chargeback_reversed", 10_000, "2026-01-30", event_id="w1"))
+    refused(books, LATER, EXCEEDED, **raw("refund", 500, "2026-01-25", event_id="r1"))
+    # A won dispute dated before the chargeback it would reverse fits the totals, not the instant.
+    refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 1, "2026-01-15", event_id="w0"))
+    accepted(books, LATER, **raw("refund", 500, "2026-01-30", event_id="r1"))
+    assert books.sql("SELECT count(*) FROM revenue_events WHERE invoice_id = 'inv-1'")[0][0] == 4
+
+
+def test_each_type_is_held_to_its_own_limit_as_in_the_service(books):
+    # Rows that broke the rule as of an instant (the service once checked the totals only): a won
+    # dispute dated before its chargeback. A refund is held to the paid amount, not to the
+    # chargebacks, so the bad window does not block it; a won dispute is held to the chargebacks.
+    accepted(books, LATER, **raw("chargeback", 10_000, "2026-01-20", event_id="c1"))
+    with behind_the_triggers(books.database) as execute:
+        execute(f"INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
+                f"recorded_at_us, request_hash, status) VALUES ('w-old', 'chargeback_reversed', 'acme', 'inv-1', 'USD', "
+                f"10000, {at('2026-01-15')}, 1, '{'h' * 64}', 'posted')")
+    accepted(books, LATER, **raw("refund", 1_000, "2026-01-12", event_id="r1"))
+    refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 1, "2026-01-25", event_id="w1"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_raw_writers_each_within_the_limit_cannot_together_exceed_it(books):
+    # Each refund fits alone. The second writer's check waits for the first to commit, then sees it.
+    first = books.database.engine.connect()
+    try:
+        first.begin()
+        first.execute(sa.text(LATER), raw("refund", 6_000, "2026-01-20", event_id="r1"))
+        outcome: list[BaseException | None] = []
+
+        def second() -> None:
+            try:
+                accepted(books, LATER, **raw("refund", 6_000, "2026-01-21", event_id="r2"))
+                outcome.append(None)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                outcome.append(error)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive(), "the second writer did not wait for the first"
+        first.commit()
+        thread.join(timeout=30)
+    finally:
+        first.close()
+    [error] = outcome
+    assert isinstance(error, sa.exc.DBAPIError) and EXCEEDED in str(error), error
+    assert books.sql("SELECT sum(amount_minor) FROM revenue_events WHERE type = 'refund'")[0][0] == 6_000
+
+
+def test_the_domains_own_refunds_disputes_and_a_full_refund_pass_the_guard(books):
+    books.chargeback("acme", "inv-1", "100.00", "2026-01-20")
+    books.dispute_won("acme", "inv-1", "100.00", "2026-01-30")
+    books.refund("acme", "inv-1", "40.00", "2026-01-31")
+    books.refund("acme", "inv-1", "60.00", "2026-02-01")
+    refusal = books.refused("refund", "acme", "inv-1", "0.01", "2026-02-02")
+    assert "amount.amount" in refusal.error.fields
+    assert books.verified()
 
 
 def test_a_partner_at_depth_six_is_refused(books):
