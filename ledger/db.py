@@ -314,11 +314,6 @@ def driver_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[
     return _driver_execute(session.connection(), sql, params, fetch=True)
 
 
-def driver_execute(session: Session, sql: str, params: Sequence[Any] = ()) -> None:
-    """One statement that returns no rows, sent as `driver_rows` sends a SELECT (same placeholders)."""
-    _driver_execute(session.connection(), sql, params)
-
-
 def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
     """The rows of each statement (empty for one that returns none), run in order in one round trip.
 

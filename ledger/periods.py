@@ -5,8 +5,8 @@ Closing P (only once P has ended): every earlier period with postings must alrea
 before P's end are released; negative available balances of partners on a `reset` plan are written
 off at P's last instant; then every account's cumulative debits and credits at P's end are stored
 as P's snapshot, with the period's transaction count, the journal head, and a close hash over all
-of it chained to the previous close; and every partner's statement lines of P are stored
-(statement_lines.py), which a closed month's statement reads. After that, a posting dated inside P
+of it chained to the previous close; inserting the close makes the database store every
+partner's statement lines of P (statement_lines.py), which a closed month's statement reads. After that, a posting dated inside P
 is made at the start of the first open period (journal.Batch), and the database refuses one dated
 inside it.
 
@@ -24,7 +24,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import holds, journal, statement_lines
+from ledger import holds, journal
 from ledger.balances import balances_by_account_id, sums
 from ledger.errors import Conflict, NotFound
 from ledger.instants import next_period, period_bounds_us, period_of
@@ -149,7 +149,6 @@ def _close_one(session: Session, batch: journal.Batch, period: str, now: int) ->
         session.execute(insert(period_snapshots), [
             {"period": period, "account_id": a, "currency": c, "debit_minor": d, "credit_minor": k}
             for (a, c), (d, k) in sorted(rows.items())])
-    statement_lines.record(session, start_us, end_us)
     batch.boundary_us = end_us
     return close
 

@@ -3,15 +3,19 @@
 `statement_lines` holds, for every closed period, each partner's statement lines (one per
 transaction and currency, the partner's pending and available amounts summed from the journal,
 with the transaction's instant and source), keyed and clustered by partner and instant. A closed
-period can receive no posting, so its lines are fixed; `ledger.periods` stores them in the close's
-transaction (`ledger.statement_lines.record`) and `ledger.verify` compares every row with the
-journal. The database keeps the table append-only, and accepts a row only inside the latest closed
-period: a row for an earlier period, or for a period not (yet) closed, is refused. There is no
-foreign key to `journal_transactions`: the rows are copies the close makes from the journal in one
-statement, and verify compares each with it; checking the key row by row cost PostgreSQL more than
-the copy itself (5 s more for a month of a million lines, against 4-5 s for the copy).
+period can receive no posting, so its lines are fixed.
 
-Existing closes are filled here, from the journal, before the guards are in place.
+The database writes them, not the service: inserting a period's close (`period_closes`, which
+`ledger.periods` does after the period's last posting, in the close's transaction) stores its
+lines, in one statement, from the journal. No process can close a period without them, not even
+one running older code. The table is append-only; on PostgreSQL only that trigger may write it
+(the application role may only read it; the function runs as its owner, and a write not made from
+within a trigger is refused), and on SQLite, which has no roles, a row is accepted only inside the
+latest closed period. `ledger.verify` compares every row with the journal. There is no foreign key
+to `journal_transactions`: checking the key row by row cost PostgreSQL more than the copy itself
+(5 s more for a month of a million lines, against 4-5 s for the copy).
+
+Existing closes are filled here, from the journal, before the triggers are in place.
 
 Revision ID: 0013
 Revises: 0012
@@ -29,8 +33,9 @@ depends_on = None
 APP_ROLE = "revshare_app"
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 OUTSIDE = "statement_lines: a row must lie inside the latest closed period"
+DIRECT = "statement_lines: rows are written by the database when a period closes"
 
-# The close's statement (ledger/statement_lines.py, as of this revision), for the period [{start}, {end}).
+# A period's statement lines (ledger/statement_lines.py, as of this revision), for [{start}, {end}).
 OWED = "CASE l.side WHEN 'C' THEN l.amount_minor ELSE -l.amount_minor END"
 PENDING = "a.name = 'liability:partner:' || a.partner_id || ':pending'"
 FILL = f"""
@@ -62,10 +67,12 @@ BEGIN SELECT RAISE(ABORT, 'statement_lines is append-only: DELETE refused'); END
 
 CREATE TRIGGER trg_statement_lines_inside_close BEFORE INSERT ON statement_lines
 WHEN NOT {INSIDE_LATEST.format(row="NEW")}
-BEGIN SELECT RAISE(ABORT, '{OUTSIDE}'); END
+BEGIN SELECT RAISE(ABORT, '{OUTSIDE}'); END;
+
+CREATE TRIGGER trg_period_closes_statement_lines AFTER INSERT ON period_closes
+BEGIN {FILL.format(start="NEW.starts_at_us", end="NEW.ends_at_us").strip()}; END
 """
 
-# A statement trigger: a close inserts a month's rows in one statement, checked once.
 POSTGRES_GUARDS = f"""
 CREATE TRIGGER trg_statement_lines_no_change BEFORE UPDATE OR DELETE ON statement_lines
 FOR EACH ROW EXECUTE FUNCTION journal_refuse_change();
@@ -73,16 +80,26 @@ FOR EACH ROW EXECUTE FUNCTION journal_refuse_change();
 CREATE TRIGGER trg_statement_lines_no_truncate BEFORE TRUNCATE ON statement_lines
 FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change();
 
-CREATE FUNCTION statement_lines_inside_close() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION statement_lines_refuse_direct() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM added WHERE NOT {INSIDE_LATEST.format(row="added")}) THEN
-    RAISE EXCEPTION '{OUTSIDE}' USING ERRCODE = 'check_violation';
+  IF pg_trigger_depth() < 2 THEN
+    RAISE EXCEPTION '{DIRECT}' USING ERRCODE = 'restrict_violation';
   END IF;
   RETURN NULL;
 END $$;
 
-CREATE TRIGGER trg_statement_lines_inside_close AFTER INSERT ON statement_lines
-REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION statement_lines_inside_close()
+CREATE TRIGGER trg_statement_lines_direct BEFORE INSERT ON statement_lines
+FOR EACH STATEMENT EXECUTE FUNCTION statement_lines_refuse_direct();
+
+CREATE FUNCTION period_closes_store_statement_lines() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+  {FILL.format(start="NEW.starts_at_us", end="NEW.ends_at_us").strip()};
+  RETURN NULL;
+END $$;
+
+CREATE TRIGGER trg_period_closes_statement_lines AFTER INSERT ON period_closes
+FOR EACH ROW EXECUTE FUNCTION period_closes_store_statement_lines()
 """
 
 
@@ -113,7 +130,7 @@ def upgrade() -> None:
     for statement in (POSTGRES_GUARDS if postgres else SQLITE_GUARDS).split(";\n\n"):
         connection.exec_driver_sql(statement)
     if postgres:
-        op.execute(f"GRANT SELECT, INSERT ON statement_lines TO {APP_ROLE}")
+        op.execute(f"GRANT SELECT ON statement_lines TO {APP_ROLE}")
 
 
 def downgrade() -> None:

@@ -70,6 +70,8 @@ def test_the_application_role_closes_a_period_storing_its_statement_lines(app_da
     "VALUES (1, 'GBP', 0, 0, 1, 1)",
     "UPDATE program_revision SET revision = revision + 1",
     "UPDATE statement_lines SET pending_minor = 0",
+    "INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, pending_minor, "
+    "available_minor) SELECT 'p1', 1, 1, 'USD', 'adjustment', 1, 0",
     "DELETE FROM statement_lines",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):

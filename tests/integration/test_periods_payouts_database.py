@@ -166,11 +166,18 @@ STORED_LINE = ("INSERT INTO statement_lines (partner_id, effective_at_us, transa
 @pytest.mark.parametrize("day", ["2026-02-15", "2026-04-15", "2026-01-01"],
                          ids=["an-earlier-closed-period", "the-open-period", "the-first-closed-period"])
 def test_the_database_refuses_a_statement_line_outside_the_latest_closed_period(closed, day):
-    refused(closed, STORED_LINE, "must lie inside the latest closed period", at=at(day))
+    refused(closed, STORED_LINE, "must lie inside the latest closed period|written by the database", at=at(day))
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_on_postgresql_only_a_close_writes_statement_lines(closed):
+    refused(closed, STORED_LINE, "rows are written by the database when a period closes", at=at("2026-03-20"))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL refuses the row itself
 def test_a_statement_line_added_inside_the_latest_closed_period_is_named_by_verify(closed):
-    # What the database cannot tell from the close's own rows, verify tells from the journal.
+    # What the database cannot tell from the row alone, verify tells from the journal.
     with closed.engine.begin() as connection:
         connection.execute(sa.text(STORED_LINE), {"at": at("2026-03-20")})
     with closed.reader() as session:
@@ -202,18 +209,18 @@ def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(clos
                     ("northwind", "accrual", at("2026-03-10"), 30_000, 0)]
 
 
-def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_url, monkeypatch):
+def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_url):
     upgrade(empty_url, "0012")
     database = Database(empty_url)
     try:
-        with monkeypatch.context() as before_0013:  # a close then stored no statement lines
-            before_0013.setattr(statement_lines, "record", lambda *_: None)
-            for month in (1, 2):
-                with database.transaction() as session:
-                    journal.post(session, [journal.transfer(
-                        "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
-                        effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}")])
-                    periods.close_period(session, f"2026-0{month}", now_us=at("2026-04-02"))
+        for month in (1, 2):
+            with database.transaction() as session:
+                journal.post(session, [journal.transfer(
+                    "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
+                    effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}")])
+                periods.close_period(session, f"2026-0{month}", now_us=at("2026-04-02"))
+        with database.reader() as session:
+            assert session.execute(sa.text("SELECT count(*) FROM period_closes")).scalar() == 2
         upgrade(empty_url)
         with database.transaction() as session:
             journal.post(session, [journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000,
