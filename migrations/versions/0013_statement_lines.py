@@ -9,7 +9,8 @@ The database writes them, not the service: inserting a period's close (`period_c
 `ledger.periods` does after the period's last posting, in the close's transaction) stores its
 lines, in one statement, from the journal. No process can close a period without them, not even
 one running older code. The table is append-only; on PostgreSQL only that trigger may write it
-(the application role may only read it; the function runs as its owner, and a write not made from
+(the application role may only read it; the function runs as its owner, refuses to run for any
+other table or event, and no role may attach it to a trigger of its own; a write not made from
 within a trigger is refused), and on SQLite, which has no roles, a row is accepted only inside the
 latest closed period. `ledger.verify` compares every row with the journal. There is no foreign key
 to `journal_transactions`: checking the key row by row cost PostgreSQL more than the copy itself
@@ -94,12 +95,17 @@ FOR EACH STATEMENT EXECUTE FUNCTION statement_lines_refuse_direct();
 CREATE FUNCTION period_closes_store_statement_lines() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
+  IF TG_RELID <> 'public.period_closes'::regclass OR TG_OP <> 'INSERT' OR TG_LEVEL <> 'ROW' THEN
+    RAISE EXCEPTION '{DIRECT}' USING ERRCODE = 'restrict_violation';
+  END IF;
   {FILL.format(start="NEW.starts_at_us", end="NEW.ends_at_us").strip()};
   RETURN NULL;
 END $$;
 
 CREATE TRIGGER trg_period_closes_statement_lines AFTER INSERT ON period_closes
-FOR EACH ROW EXECUTE FUNCTION period_closes_store_statement_lines()
+FOR EACH ROW EXECUTE FUNCTION period_closes_store_statement_lines();
+
+REVOKE EXECUTE ON FUNCTION period_closes_store_statement_lines() FROM PUBLIC
 """
 
 

@@ -14,8 +14,8 @@ of events, found through the invoice index.
 
 SQLite: a row trigger; its WHEN clause lets a payment through at the cost of one comparison, and
 SQLite has one writer at a time. PostgreSQL: a statement trigger over the statement's new rows (a
-batch's COPY is checked once; a payment-only statement pays one scan of its new rows). It takes
-the journal's advisory lock (ledger.db.JOURNAL_LOCK_KEY) first when the statement holds a refund,
+batch's COPY is checked once; a payment-only statement pays one scan of its new rows). Before its
+checks it takes the journal's advisory lock (ledger.db.JOURNAL_LOCK_KEY) when the statement holds a refund,
 chargeback or won dispute, so that two writers at READ COMMITTED cannot each fit the limit alone
 and together pass it: the service's writers hold that lock already.
 

@@ -58,6 +58,18 @@ def test_the_application_role_closes_a_period_storing_its_statement_lines(app_da
         assert session.execute(sa.text("SELECT count(*) FROM statement_lines WHERE partner_id = 'p3'")).scalar() == 1
 
 
+@pytest.mark.parametrize("function", [
+    "period_closes_store_statement_lines", "journal_lines_add_to_totals", "program_revision_bump"])
+def test_the_application_role_may_not_attach_the_databases_own_writers_to_a_table_of_its_own(app_database, function):
+    # They run as their owner: attached to a table of the role's own, they would write what the
+    # role may only read (statement lines for a month still open, running totals, the revision).
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+        with app_database.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TEMP TABLE mine (starts_at_us bigint, ends_at_us bigint)")
+            connection.exec_driver_sql(f"CREATE TRIGGER mine_written AFTER INSERT ON mine "
+                                       f"FOR EACH ROW EXECUTE FUNCTION {function}()")
+
+
 @pytest.mark.parametrize("statement", [
     "UPDATE journal_lines SET amount_minor = 1",
     "DELETE FROM journal_transactions",

@@ -67,7 +67,8 @@ TAMPERED_CLOSES = [
     pytest.param(["DELETE FROM statement_lines WHERE kind = 'accrual' AND effective_at_us < "
                   f"{at('2026-02-01')}"], {("statement_line_altered", "2026-01")}, id="a stored statement line cut"),
     pytest.param(["INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
-                  f"pending_minor, available_minor) VALUES ('northwind', {at('2026-04-15')}, 1, 'USD', 'accrual', 1, 0)"],
+                  f"pending_minor, available_minor) VALUES ('northwind', {at('2026-04-15')}, 1, 'USD', "
+                  "'accrual', 1, 0)"],
                  {("statement_line_altered", "1 stored statement line(s) lie outside every closed period")},
                  id="a stored statement line in an open period"),
 ]
@@ -159,7 +160,8 @@ def test_stored_statement_lines_refuse_update_and_delete(closed):
 
 
 STORED_LINE = ("INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
-               "pending_minor, available_minor) VALUES ('northwind', :at, (SELECT min(id) FROM journal_transactions), 'EUR', "
+               "pending_minor, available_minor) VALUES ('northwind', :at, "
+               "(SELECT min(id) FROM journal_transactions), 'EUR', "
                "'adjustment', 5, 0)")
 
 
@@ -173,6 +175,18 @@ def test_the_database_refuses_a_statement_line_outside_the_latest_closed_period(
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_on_postgresql_only_a_close_writes_statement_lines(closed):
     refused(closed, STORED_LINE, "rows are written by the database when a period closes", at=at("2026-03-20"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_close_trigger_function_runs_for_period_closes_only(closed):
+    # Attached to another table (here by the owner, who alone may), it refuses to store anything.
+    with pytest.raises(sa.exc.DBAPIError, match="rows are written by the database when a period closes"):
+        with closed.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TEMP TABLE fake_closes (starts_at_us bigint, ends_at_us bigint)")
+            connection.exec_driver_sql("CREATE TRIGGER fake_close AFTER INSERT ON fake_closes "
+                                       "FOR EACH ROW EXECUTE FUNCTION period_closes_store_statement_lines()")
+            connection.exec_driver_sql(f"INSERT INTO fake_closes VALUES ({at('2026-04-01')}, {at('2026-05-01')})")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL refuses the row itself
