@@ -47,7 +47,8 @@ _FIELDS = ("transaction_id", "effective_at_us", "original_effective_at_us", "kin
            "event_id", "pending_minor", "available_minor", "currency")
 
 # The span's lines on partner accounts chosen by `which` (a condition on `accounts`), summed per
-# partner, transaction and currency, then joined to their transactions' headers. Summing first looks
+# partner, transaction and currency (into pending where `is_pending` holds of the account, else
+# into available), then joined to their transactions' headers. Summing first looks
 # each header up once per statement line, not once per journal line (a line carries its
 # transaction's effective instant: the seal guard holds it). A partner's pending account is named
 # `liability:partner:{id}:pending` (ledger.accounts); its other account is `...:available`.
@@ -55,14 +56,14 @@ _OWED = "CASE journal_lines.side WHEN 'C' THEN journal_lines.amount_minor ELSE -
 _IS_PENDING = "accounts.name = 'liability:partner:' || accounts.partner_id || ':pending'"
 
 
-def _from_journal_sql(which: str) -> str:
+def _from_journal_sql(which: str, is_pending: str = _IS_PENDING) -> str:
     return (
         "SELECT owed.partner_id, owed.transaction_id, owed.effective_at_us,"
         " journal_transactions.original_effective_at_us, journal_transactions.kind, journal_transactions.customer_id,"
         " journal_transactions.invoice_id, journal_transactions.event_id, owed.pending, owed.available, owed.currency"
         " FROM (SELECT accounts.partner_id, journal_lines.effective_at_us, journal_lines.transaction_id,"
-        f" journal_lines.currency, sum(CASE WHEN {_IS_PENDING} THEN {_OWED} ELSE 0 END) AS pending,"
-        f" sum(CASE WHEN {_IS_PENDING} THEN 0 ELSE {_OWED} END) AS available"
+        f" journal_lines.currency, sum(CASE WHEN {is_pending} THEN {_OWED} ELSE 0 END) AS pending,"
+        f" sum(CASE WHEN {is_pending} THEN 0 ELSE {_OWED} END) AS available"
         " FROM accounts JOIN journal_lines ON journal_lines.account_id = accounts.id"
         f" WHERE {which} AND journal_lines.effective_at_us >= ? AND journal_lines.effective_at_us < ?"
         " GROUP BY accounts.partner_id, journal_lines.effective_at_us, journal_lines.transaction_id,"
@@ -70,8 +71,9 @@ def _from_journal_sql(which: str) -> str:
         " JOIN journal_transactions ON journal_transactions.id = owed.transaction_id")
 
 
-# One partner: its two accounts by name, so the lines come from the balance index.
-_ONE_PARTNER = (_from_journal_sql("accounts.name IN (?, ?)")
+# One partner: its two accounts by name, so the lines come from the balance index; its pending
+# account by name too, as the balances tell it.
+_ONE_PARTNER = (_from_journal_sql("accounts.name IN (?, ?)", is_pending="accounts.name = ?")
                 + " ORDER BY owed.effective_at_us, owed.transaction_id, owed.currency")
 _EVERY_PARTNER = _from_journal_sql(f"accounts.partner_id IS NOT NULL AND ({_IS_PENDING}"
                                   " OR accounts.name = 'liability:partner:' || accounts.partner_id || ':available')")
@@ -84,8 +86,8 @@ _STORED_SPAN = f"SELECT {_STORED_COLUMNS} FROM statement_lines WHERE effective_a
 
 def from_journal(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
     """{currency: lines} in posting order, gathered from the journal."""
-    names = (chart.pending(partner_id), chart.available(partner_id))
-    rows = driver_rows(session, _ONE_PARTNER, (*names, start_us, end_us))
+    pending, available = chart.pending(partner_id), chart.available(partner_id)
+    rows = driver_rows(session, _ONE_PARTNER, (pending, pending, pending, available, start_us, end_us))
     # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
     return _by_currency((*row[1:-3], int(row[-3]), int(row[-2]), row[-1]) for row in rows)
 
