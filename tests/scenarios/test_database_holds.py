@@ -119,9 +119,9 @@ def test_each_type_is_held_to_its_own_limit_as_in_the_service(books):
     # chargebacks, so the bad window does not block it; a won dispute is held to the chargebacks.
     accepted(books, LATER, **raw("chargeback", 10_000, "2026-01-20", event_id="c1"))
     with behind_the_triggers(books.database) as execute:
-        execute(f"INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
-                f"recorded_at_us, request_hash, status) VALUES ('w-old', 'chargeback_reversed', 'acme', 'inv-1', 'USD', "
-                f"10000, {at('2026-01-15')}, 1, '{'h' * 64}', 'posted')")
+        execute("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, "
+                "occurred_at_us, recorded_at_us, request_hash, status) VALUES ('w-old', 'chargeback_reversed', "
+                f"'acme', 'inv-1', 'USD', 10000, {at('2026-01-15')}, 1, '{'h' * 64}', 'posted')")
     accepted(books, LATER, **raw("refund", 1_000, "2026-01-12", event_id="r1"))
     refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 1, "2026-01-25", event_id="w1"))
 
