@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    JSON,
     MetaData,
     String,
     Table,
@@ -355,24 +356,15 @@ period_snapshots = Table(
 )
 
 # Every partner's statement lines of a closed period, stored by its close (ledger/statement_lines.py):
-# one row per partner, transaction and currency, clustered by partner and instant for a statement's
-# range read (on SQLite, a table without rowid is its primary key's b-tree). No foreign key to the
-# journal: see migration 0013.
-statement_lines = Table(
-    "statement_lines",
+# one JSON array per period, partner and currency, each line an array of StatementLine's fields, in
+# posting order (migration 0016; `json` on PostgreSQL, text that must be a JSON array on SQLite).
+statement_documents = Table(
+    "statement_documents",
     metadata,
+    Column("period", String(7), ForeignKey("period_closes.period"), primary_key=True),
     Column("partner_id", String(64), primary_key=True),
-    Column("effective_at_us", BigInteger, primary_key=True),
-    Column("transaction_id", Id, primary_key=True, autoincrement=False),
     Column("currency", String(3), primary_key=True),
-    Column("original_effective_at_us", BigInteger, nullable=True),
-    Column("kind", String(16), nullable=False),
-    Column("customer_id", String(64), nullable=True),
-    Column("invoice_id", String(64), nullable=True),
-    Column("event_id", String(64), nullable=True),
-    Column("pending_minor", BigInteger, nullable=False),
-    Column("available_minor", BigInteger, nullable=False),
-    sqlite_with_rowid=False,
+    Column("lines", Text().with_variant(JSON(), "postgresql"), nullable=False),
 )
 
 payout_runs = Table(
@@ -410,4 +402,4 @@ payout_resolutions = Table(
 )
 
 APPEND_ONLY_TABLES = APPEND_ONLY_TABLES + (
-    "period_closes", "period_snapshots", "statement_lines", "payout_runs", "payouts", "payout_resolutions")
+    "period_closes", "period_snapshots", "statement_documents", "payout_runs", "payouts", "payout_resolutions")

@@ -8,20 +8,24 @@ customer, invoice, event).
 
 Nothing can be posted inside a closed period (the database refuses it), so a closed period's lines
 are fixed. When a period's close is inserted, the database stores every partner's lines of it in
-`statement_lines`, in one statement, clustered by partner and instant (SQLite: a table without
-rowid, ordered by its primary key; PostgreSQL: the rows written in that order): migration 0013,
-whose trigger runs the same query as `_EVERY_PARTNER` here. A closed month's statement then reads
-its partner's rows in one range instead of gathering them from the journal: the lines from the
-balance index, each with its row for the transaction id, and a header look-up per statement line.
-On a busy partner's month (13,500 lines) that took 106 ms on SQLite and 208-362 ms on
-PostgreSQL; reading the stored rows takes 31-39 ms. The table is append-only, and on PostgreSQL
-only that trigger writes it (on SQLite, which has no roles, a row is refused outside the latest
-closed period); `ledger.verify` compares every stored row with the journal (`differences`).
+`statement_documents`, in one statement: one JSON array per period, partner and currency, each line
+an array of StatementLine's fields (migration 0016, whose trigger sums the journal as
+`_EVERY_PARTNER` does here). A closed month's statement then reads one row per currency and parses
+it in one call, instead of gathering the lines from the journal (the lines from the balance index,
+each with its row for the transaction id, and a header look-up per statement line: 106 ms on SQLite
+and 208-362 ms on PostgreSQL for a busy partner's month of 13,500 lines) or reading them as rows
+(migration 0013: 31-39 ms, most of it the driver making ten Python values of each row). The table is
+append-only, and on PostgreSQL only that trigger writes it (on SQLite, which has no roles, a
+document is refused unless it is of the latest closed period); `ledger.verify` compares every line
+of every document with the journal (`differences`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
+from collections import Counter, defaultdict
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Iterable, NamedTuple
 
 from sqlalchemy.orm import Session
@@ -41,10 +45,6 @@ class StatementLine(NamedTuple):
     pending_minor: int
     available_minor: int
 
-
-# Columns in StatementLine's order, then the currency; the stored table holds the same plus the partner.
-_FIELDS = ("transaction_id", "effective_at_us", "original_effective_at_us", "kind", "customer_id", "invoice_id",
-           "event_id", "pending_minor", "available_minor", "currency")
 
 # The span's lines on partner accounts chosen by `which` (a condition on `accounts`), summed per
 # partner, transaction and currency (into pending where `is_pending` holds of the account, else
@@ -77,11 +77,8 @@ _ONE_PARTNER = (_from_journal_sql("accounts.name IN (?, ?)", is_pending="account
                 + " ORDER BY owed.effective_at_us, owed.transaction_id, owed.currency")
 _EVERY_PARTNER = _from_journal_sql(f"accounts.partner_id IS NOT NULL AND ({_IS_PENDING}"
                                   " OR accounts.name = 'liability:partner:' || accounts.partner_id || ':available')")
-_STORED_COLUMNS = "partner_id, " + ", ".join(_FIELDS)
-_STORED = (f"SELECT {', '.join(_FIELDS)} FROM statement_lines"
-           " WHERE partner_id = ? AND effective_at_us >= ? AND effective_at_us < ?"
-           " ORDER BY effective_at_us, transaction_id, currency")
-_STORED_SPAN = f"SELECT {_STORED_COLUMNS} FROM statement_lines WHERE effective_at_us >= ? AND effective_at_us < ?"
+# A closed period's documents of one partner, by the primary key (period, partner, currency).
+_STORED = "SELECT currency, CAST(lines AS TEXT) FROM statement_documents WHERE period = ? AND partner_id = ?"
 
 
 def from_journal(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
@@ -92,9 +89,15 @@ def from_journal(session: Session, partner_id: str, start_us: int, end_us: int) 
     return _by_currency((*row[1:-3], int(row[-3]), int(row[-2]), row[-1]) for row in rows)
 
 
-def stored(session: Session, partner_id: str, start_us: int, end_us: int) -> dict[str, list[StatementLine]]:
+def stored(session: Session, partner_id: str, period: str) -> dict[str, list[StatementLine]]:
     """{currency: lines} in posting order, as stored when their period closed."""
-    return _by_currency(driver_rows(session, _STORED, (partner_id, start_us, end_us)))
+    make, in_posting_order = tuple.__new__, itemgetter(1, 0)  # tuple.__new__: _make's checks cost a third
+    found = {}
+    for currency, text in driver_rows(session, _STORED, (period, partner_id)):
+        lines = list(map(make, repeat(StatementLine), json.loads(text)))
+        lines.sort(key=in_posting_order)  # written in this order; SQLite does not promise to keep it
+        found[currency] = lines
+    return found
 
 
 def _by_currency(rows: Iterable[tuple]) -> dict[str, list[StatementLine]]:
@@ -107,31 +110,87 @@ def _by_currency(rows: Iterable[tuple]) -> dict[str, list[StatementLine]]:
 
 
 class Difference(NamedTuple):
+    period: str
     partner_id: str
-    transaction_id: int
-    effective_at_us: int
     currency: str
-    side: str  # "journal": the journal gives this line and no stored row equals it; "stored": the reverse
+    transaction_id: int | None  # None for a document that is not a JSON array of lines
+    side: str  # "journal": the journal gives the line, its document does not hold it (as often);
+    #            "stored": the reverse; "malformed": the document is not a JSON array of lines
 
 
-def differences(session: Session, start_us: int, end_us: int, *, limit: int) -> list[Difference]:
-    """The stored rows of the span [start, end) against the lines the journal gives, both ways, in
-    the database (a closed span holds millions of lines; on SQLite the stored side is one scan of
-    the table, which is keyed by partner first): up to `limit` in all."""
+# The period's lines of every partner in (partner, currency) groups, each in posting order.
+_EVERY_PARTNER_GROUPED = (_EVERY_PARTNER
+                          + " ORDER BY owed.partner_id, owed.currency, owed.effective_at_us, owed.transaction_id")
+_DOCUMENT = "SELECT CAST(lines AS TEXT) FROM statement_documents WHERE period = ? AND partner_id = ? AND currency = ?"
+_DOCUMENTS = "SELECT partner_id, currency FROM statement_documents WHERE period = ? ORDER BY partner_id, currency"
+_STREAM_ROWS = 10_000
+
+
+def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, limit: int) -> list[Difference]:
+    """Each closed period's documents, (period, start, end), against the lines the journal gives for
+    it, line for line (a line held twice counts twice; the order within a document is not
+    compared, since the reader sorts): the journal's lines streamed in (partner, currency) groups,
+    each against its document, then the period's documents no group had. Up to `limit`."""
     found: list[Difference] = []
-    for side, sql in (("journal", f"{_EVERY_PARTNER} EXCEPT {_STORED_SPAN}"),
-                      ("stored", f"{_STORED_SPAN} EXCEPT {_EVERY_PARTNER}")):
-        if len(found) >= limit:
-            break
-        rows = driver_rows(session, f"{sql} ORDER BY 1, 2, 11 LIMIT ?",
-                           (start_us, end_us, start_us, end_us, limit - len(found)))
-        found += [Difference(partner_id, transaction_id, effective_at_us, currency, side)
-                  for partner_id, transaction_id, effective_at_us, *_, currency in rows]
+    for period, start_us, end_us in periods:
+        had = set()
+        connection = session.connection()
+        sql = _EVERY_PARTNER_GROUPED.replace("?", "%s") if connection.dialect.name == "postgresql" else (
+            _EVERY_PARTNER_GROUPED)
+        rows = connection.exec_driver_sql(sql, (start_us, end_us), execution_options={"yield_per": _STREAM_ROWS})
+        try:
+            for (partner_id, currency), group in groupby(rows, key=itemgetter(0, 10)):
+                # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
+                given = [(*row[1:8], int(row[8]), int(row[9])) for row in group]
+                had.add((partner_id, currency))
+                found += _compare(session, period, partner_id, currency, given)
+                if len(found) >= limit:
+                    return found[:limit]
+        finally:
+            rows.close()
+        for partner_id, currency in driver_rows(session, _DOCUMENTS, (period,)):
+            if (partner_id, currency) not in had:
+                found += _compare(session, period, partner_id, currency, [])
+                if len(found) >= limit:
+                    return found[:limit]
     return found
 
 
-def count_outside(session: Session, start_us: int, end_us: int) -> int:
-    """How many stored rows lie outside the span [start, end) (the closed periods)."""
-    [(count,)] = driver_rows(session, "SELECT count(*) FROM statement_lines WHERE effective_at_us < ?"
-                                      " OR effective_at_us >= ?", (start_us, end_us))
-    return count
+def _compare(session: Session, period: str, partner_id: str, currency: str, given: list[tuple]) -> list[Difference]:
+    """One partner's lines in one currency as the journal gives them against its stored document."""
+    [(text,)] = driver_rows(session, _DOCUMENT, (period, partner_id, currency)) or [(None,)]
+    stored = _lines_of(text)
+    if stored is None:
+        return [Difference(period, partner_id, currency, None, "malformed")]
+    if stored == given:
+        return []
+    held, wanted = Counter(stored), Counter(given)
+    return sorted((Difference(period, partner_id, currency, _transaction_id(line), side)
+                   for side, lines in (("journal", wanted - held), ("stored", held - wanted))
+                   for line in lines.elements()), key=lambda d: (d.transaction_id is None, d.transaction_id or 0, d.side))
+
+
+def _lines_of(text: str | None) -> list[tuple] | None:
+    """A document's lines as tuples (none for no document); None if it is not a JSON array of arrays
+    of plain values."""
+    if text is None:
+        return []
+    try:
+        lines = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(lines, list) or not all(
+            isinstance(line, list) and not any(isinstance(value, (list, dict)) for value in line) for line in lines):
+        return None
+    return [tuple(line) for line in lines]
+
+
+def _transaction_id(line: tuple) -> int | None:
+    return line[0] if line and isinstance(line[0], int) else None
+
+
+def periods_not_closed(session: Session) -> list[str]:
+    """Periods with stored documents and no close (the foreign key holds it, unless switched off)."""
+    return [period for (period,) in driver_rows(
+        session, "SELECT DISTINCT period FROM statement_documents"
+                 " WHERE period NOT IN (SELECT period FROM period_closes) ORDER BY period")]

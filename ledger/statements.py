@@ -50,8 +50,10 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
     start_us, end_us = period_bounds_us(period)
     status, close = period_status(session, period)
     opening = partner_balances(session, partner_id, before_us=start_us)
-    read = statement_lines.stored if status == "closed" else statement_lines.from_journal
-    lines = read(session, partner_id, start_us, end_us)
+    if status == "closed":
+        lines = statement_lines.stored(session, partner_id, period)
+    else:
+        lines = statement_lines.from_journal(session, partner_id, start_us, end_us)
     sections = []
     for currency in sorted(set(opening) | set(lines)):
         opening_pending, opening_available = pending, available = opening.get(currency, (0, 0))

@@ -6,7 +6,7 @@ request hash recomputed from the stored content matches; the chain hash recomput
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, and the chain of close
-hashes (`verify_closes`); the statement lines the closes stored against the journal
+hashes (`verify_closes`); the statement documents the closes stored against the journal
 (`verify_statement_lines`); and the running totals against the sums of the lines (`verify_totals`).
 All of it reads one snapshot. Problems are values (`Problem`), never exceptions: verify reports,
 the caller decides.
@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
-from ledger.instants import period_of
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
 
@@ -124,25 +123,28 @@ def verify_closes(session: Session) -> list[Problem]:
 
 
 def verify_statement_lines(session: Session) -> list[Problem]:
-    """The statement lines the closes stored against the lines the journal gives for the closed
-    span (the closes' periods, an unbroken chain), both ways, in one pass: a line the journal gives
-    that no stored row equals, and a stored row the journal does not give (an altered row is both);
-    then the stored rows outside the span."""
+    """The statement documents the closes stored against the lines the journal gives for each closed
+    period, line for line: a line the journal gives that its document does not hold, and a stored
+    line the journal does not give (an altered line is both); a document that is not a JSON array
+    of lines; then documents of a period that is not closed."""
     from ledger.periods import list_periods  # periods builds on balances, which verify checks
 
-    closes = list_periods(session)
-    start_us, end_us = (closes[0].starts_at_us, closes[-1].ends_at_us) if closes else (0, 0)
+    closes = [(close.period, close.starts_at_us, close.ends_at_us) for close in list_periods(session)]
     problems = [Problem(d.transaction_id, "statement_line_altered",
-                        f"period {period_of(d.effective_at_us)}: partner {d.partner_id}'s {d.currency} statement "
-                        f"line for transaction {d.transaction_id} " + (
-                            "is not stored as the journal gives it" if d.side == "journal"
-                            else "is stored but not given by the journal"))
-                for d in statement_lines.differences(session, start_us, end_us, limit=STATEMENT_LINES_NAMED)]
-    outside = statement_lines.count_outside(session, start_us, end_us)
-    if outside:
-        problems.append(Problem(None, "statement_line_altered",
-                                f"{outside} stored statement line(s) lie outside every closed period"))
+                        f"period {d.period}: partner {d.partner_id}'s {d.currency} " + _STATEMENT_DIFFERENCE[d.side].format(
+                            transaction=d.transaction_id))
+                for d in statement_lines.differences(session, closes, limit=STATEMENT_LINES_NAMED)]
+    problems += [Problem(None, "statement_line_altered", f"period {period}: statement documents are stored, and the "
+                                                         "period is not closed")
+                 for period in statement_lines.periods_not_closed(session)]
     return problems
+
+
+_STATEMENT_DIFFERENCE = {
+    "journal": "statement line for transaction {transaction} is not stored as the journal gives it",
+    "stored": "statement line for transaction {transaction} is stored but not given by the journal",
+    "malformed": "statement document is not a JSON array of lines",
+}
 
 
 def verify_totals(session: Session) -> list[Problem]:

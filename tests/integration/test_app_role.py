@@ -47,7 +47,7 @@ def test_the_application_role_changes_the_program_and_the_database_moves_its_rev
         assert session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one() > before
 
 
-def test_the_application_role_closes_a_period_storing_its_statement_lines(app_database):
+def test_the_application_role_closes_a_period_storing_its_statement_documents(app_database):
     with app_database.transaction() as session:
         journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, chart.available("p3"), "USD",
                                                 250, effective_at_us=at("2026-01-10"), idempotency_key="jan")])
@@ -55,14 +55,14 @@ def test_the_application_role_closes_a_period_storing_its_statement_lines(app_da
     with app_database.reader() as session:
         [section] = statement(session, "p3", "2026-01").currencies
         assert [(line.kind, line.available_minor) for line in section.lines] == [("adjustment", 250)]
-        assert session.execute(sa.text("SELECT count(*) FROM statement_lines WHERE partner_id = 'p3'")).scalar() == 1
+        assert session.execute(sa.text("SELECT count(*) FROM statement_documents WHERE partner_id = 'p3'")).scalar() == 1
 
 
 @pytest.mark.parametrize("function", [
-    "period_closes_store_statement_lines", "journal_lines_add_to_totals", "program_revision_bump"])
+    "period_closes_store_statement_documents", "journal_lines_add_to_totals", "program_revision_bump"])
 def test_the_application_role_may_not_attach_the_databases_own_writers_to_a_table_of_its_own(app_database, function):
     # They run as their owner: attached to a table of the role's own, they would write what the
-    # role may only read (statement lines for a month still open, running totals, the revision).
+    # role may only read (statement documents for a month still open, running totals, the revision).
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
         with app_database.engine.begin() as connection:
             connection.exec_driver_sql("CREATE TEMP TABLE mine (starts_at_us bigint, ends_at_us bigint)")
@@ -81,10 +81,9 @@ def test_the_application_role_may_not_attach_the_databases_own_writers_to_a_tabl
     "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, latest_effective_at_us) "
     "VALUES (1, 'GBP', 0, 0, 1, 1)",
     "UPDATE program_revision SET revision = revision + 1",
-    "UPDATE statement_lines SET pending_minor = 0",
-    "INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, pending_minor, "
-    "available_minor) SELECT 'p1', 1, 1, 'USD', 'adjustment', 1, 0",
-    "DELETE FROM statement_lines",
+    "UPDATE statement_documents SET currency = 'EUR'",
+    "INSERT INTO statement_documents (period, partner_id, currency, lines) VALUES ('2026-01', 'p1', 'USD', '[]')",
+    "DELETE FROM statement_documents",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):

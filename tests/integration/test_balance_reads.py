@@ -185,7 +185,7 @@ def test_statements_list_the_merged_lines_and_open_with_the_sums_of_all_earlier_
 
 def test_a_closed_months_lines_are_stored_by_its_close_as_the_journal_gives_them(books):
     # April holds the late refund (posted at its start, dated in February) and the payout run, May a
-    # transaction in two currencies: closed here, their rows carry both instants and both currencies.
+    # transaction in two currencies: closed here, their documents carry both instants and both currencies.
     for period in ("2026-04", "2026-05"):
         with books.transaction() as session:
             periods.close_period(session, period, now_us=at("2026-07-01"))
@@ -194,7 +194,7 @@ def test_a_closed_months_lines_are_stored_by_its_close_as_the_journal_gives_them
         for partner_id in PARTNERS:
             for period in MONTHS:
                 start_us, end_us = period_bounds_us(period)
-                kept = statement_lines.stored(session, partner_id, start_us, end_us)
+                kept = statement_lines.stored(session, partner_id, period)
                 if period <= "2026-05":
                     assert kept == statement_lines.from_journal(session, partner_id, start_us, end_us) == dict(
                         merged_lines(session, partner_id, period)), (partner_id, period)

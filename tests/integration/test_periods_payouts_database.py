@@ -4,6 +4,8 @@ by verify(); concurrent resolutions and payout runs resolve once."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 
 import pytest
@@ -61,16 +63,27 @@ TAMPERED_CLOSES = [
                  {("close_hash_mismatch", "2026-01"), ("close_chain_broken", "2026-02")}, id="close hash"),
     pytest.param(["DELETE FROM period_snapshots WHERE period = '2026-02'",
                   "DELETE FROM period_closes WHERE period = '2026-02'"],
-                 {("close_chain_broken", "2026-03")}, id="a close cut out of the chain"),
-    pytest.param(["UPDATE statement_lines SET available_minor = available_minor + 1 WHERE kind = 'release'"],
+                 # (and its statement documents, now of a period that is not closed)
+                 {("close_chain_broken", "2026-03"), ("statement_line_altered", "2026-02")},
+                 id="a close cut out of the chain"),
+    # A statement document's edits, as {postgres?: SQL} (its lines are `json` there, text on SQLite).
+    pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 10001) WHERE period = '2026-02'",
+                   True: "UPDATE statement_documents SET lines = jsonb_set(lines::jsonb, '{0,8}', '10001')::json "
+                         "WHERE period = '2026-02'"}],
                  {("statement_line_altered", "2026-02")}, id="a stored statement line"),
-    pytest.param(["DELETE FROM statement_lines WHERE kind = 'accrual' AND effective_at_us < "
-                  f"{at('2026-02-01')}"], {("statement_line_altered", "2026-01")}, id="a stored statement line cut"),
-    pytest.param(["INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
-                  f"pending_minor, available_minor) VALUES ('northwind', {at('2026-04-15')}, 1, 'USD', "
-                  "'accrual', 1, 0)"],
-                 {("statement_line_altered", "1 stored statement line(s) lie outside every closed period")},
-                 id="a stored statement line in an open period"),
+    pytest.param([{False: "UPDATE statement_documents SET lines = json_remove(lines, '$[0]') WHERE period = '2026-01'",
+                   True: "UPDATE statement_documents SET lines = (lines::jsonb - 0)::json WHERE period = '2026-01'"}],
+                 {("statement_line_altered", "2026-01")}, id="a stored statement line cut"),
+    pytest.param([{False: "UPDATE statement_documents SET lines = json_insert(lines, '$[#]', json(lines -> 0)) "
+                          "WHERE period = '2026-03'",
+                   True: "UPDATE statement_documents SET lines = (lines::jsonb || jsonb_build_array(lines::jsonb -> 0))"
+                         "::json WHERE period = '2026-03'"}],
+                 {("statement_line_altered", "2026-03")}, id="a stored statement line twice"),
+    pytest.param(["UPDATE statement_documents SET lines = '[1]' WHERE period = '2026-03'"],
+                 {("statement_line_altered", "2026-03")}, id="a statement document not of lines"),
+    pytest.param(["INSERT INTO statement_documents (period, partner_id, currency, lines) "
+                  "VALUES ('2026-04', 'northwind', 'USD', '[]')"],
+                 {("statement_line_altered", "2026-04")}, id="a statement document of an open period"),
 ]
 TAMPERED_CLOSE_FIELDS = [
     pytest.param([f"UPDATE period_closes SET prev_close_hash = '{F64}' WHERE period = '2026-03'"],
@@ -85,9 +98,10 @@ TAMPERED_CLOSE_FIELDS = [
 @pytest.mark.parametrize(("statements", "expected"), TAMPERED_CLOSES)
 def test_verify_names_a_snapshot_a_close_hash_or_a_chain_of_closes_altered_behind_the_triggers(
         closed, statements, expected):
+    postgres = closed.engine.dialect.name == "postgresql"
     with behind_the_triggers(closed) as execute:
         for statement in statements:
-            execute(statement)
+            execute(statement[postgres] if isinstance(statement, dict) else statement)
     assert problems(closed) == expected
 
 
@@ -153,47 +167,74 @@ def test_closes_and_snapshots_refuse_update_and_delete(closed):
     assert problems(closed) == set()
 
 
-def test_stored_statement_lines_refuse_update_and_delete(closed):
-    for statement in ("UPDATE statement_lines SET pending_minor = 0", "DELETE FROM statement_lines"):
-        refused(closed, statement, "statement_lines is append-only")
+def test_stored_statement_documents_refuse_update_and_delete(closed):
+    for statement in ("UPDATE statement_documents SET currency = 'EUR'", "DELETE FROM statement_documents"):
+        refused(closed, statement, "statement_documents is append-only")
     assert problems(closed) == set()
 
 
-STORED_LINE = ("INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
-               "pending_minor, available_minor) VALUES ('northwind', :at, "
-               "(SELECT min(id) FROM journal_transactions), 'EUR', "
-               "'adjustment', 5, 0)")
+STORED_DOCUMENT = ("INSERT INTO statement_documents (period, partner_id, currency, lines) VALUES (:period, 'northwind', "
+                   "'EUR', :lines)")
+A_LINE = '[[1, :at, null, "adjustment", null, null, null, 5, 0]]'
 
 
-@pytest.mark.parametrize("day", ["2026-02-15", "2026-04-15", "2026-01-01"],
+@pytest.mark.parametrize("period", ["2026-02", "2026-04", "2026-01"],
                          ids=["an-earlier-closed-period", "the-open-period", "the-first-closed-period"])
-def test_the_database_refuses_a_statement_line_outside_the_latest_closed_period(closed, day):
-    refused(closed, STORED_LINE, "must lie inside the latest closed period|written by the database", at=at(day))
+def test_the_database_refuses_a_statement_document_not_of_the_latest_closed_period(closed, period):
+    refused(closed, STORED_DOCUMENT, "must be of the latest closed period|written by the database", period=period,
+            lines=A_LINE.replace(":at", str(at(f"{period}-15"))))
+
+
+@pytest.mark.parametrize("lines", ['{"1": 2}', "[1, 2", "5"], ids=["an-object", "not-json", "a-number"])
+def test_the_database_refuses_a_statement_document_that_is_not_a_json_array(closed, lines):
+    # (On PostgreSQL the trigger alone may write the table, so the row is refused before its check.)
+    refused(closed, STORED_DOCUMENT, "CHECK constraint failed|malformed JSON|written by the database|invalid input",
+            period="2026-03", lines=lines)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlites_check_refuses_a_statement_document_that_is_not_a_json_array(closed):
+    # The check itself, with the trigger that guards the period out of the way.
+    with behind_the_triggers(closed) as execute:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            execute(STORED_DOCUMENT.replace(":period", "'2026-03'").replace(":lines", """'{"1": 2}'"""))
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_on_postgresql_only_a_close_writes_statement_lines(closed):
-    refused(closed, STORED_LINE, "rows are written by the database when a period closes", at=at("2026-03-20"))
+def test_on_postgresql_only_a_close_writes_statement_documents(closed):
+    refused(closed, STORED_DOCUMENT, "documents are written by the database when a period closes", period="2026-03",
+            lines=A_LINE.replace(":at", str(at("2026-03-20"))))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_on_postgresql_the_column_takes_json_only(closed):
+    with behind_the_triggers(closed) as execute:
+        with pytest.raises(sa.exc.DBAPIError, match="invalid input syntax for type json"):
+            execute("INSERT INTO statement_documents VALUES ('2026-03', 'northwind', 'EUR', '[1, 2')")
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_the_close_trigger_function_runs_for_period_closes_only(closed):
     # Attached to another table (here by the owner, who alone may), it refuses to store anything.
-    with pytest.raises(sa.exc.DBAPIError, match="rows are written by the database when a period closes"):
+    with pytest.raises(sa.exc.DBAPIError, match="documents are written by the database when a period closes"):
         with closed.engine.begin() as connection:
-            connection.exec_driver_sql("CREATE TEMP TABLE fake_closes (starts_at_us bigint, ends_at_us bigint)")
+            connection.exec_driver_sql("CREATE TEMP TABLE fake_closes (period text, starts_at_us bigint, "
+                                       "ends_at_us bigint)")
             connection.exec_driver_sql("CREATE TRIGGER fake_close AFTER INSERT ON fake_closes "
-                                       "FOR EACH ROW EXECUTE FUNCTION period_closes_store_statement_lines()")
-            connection.exec_driver_sql(f"INSERT INTO fake_closes VALUES ({at('2026-04-01')}, {at('2026-05-01')})")
+                                       "FOR EACH ROW EXECUTE FUNCTION period_closes_store_statement_documents()")
+            connection.exec_driver_sql(f"INSERT INTO fake_closes VALUES ('2026-04', {at('2026-04-01')}, "
+                                       f"{at('2026-05-01')})")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL refuses the row itself
-def test_a_statement_line_added_inside_the_latest_closed_period_is_named_by_verify(closed):
+def test_a_statement_document_added_for_the_latest_closed_period_is_named_by_verify(closed):
     # What the database cannot tell from the row alone, verify tells from the journal.
     with closed.engine.begin() as connection:
-        connection.execute(sa.text(STORED_LINE), {"at": at("2026-03-20")})
+        connection.execute(sa.text(STORED_DOCUMENT), {"period": "2026-03",
+                                                     "lines": A_LINE.replace(":at", str(at("2026-03-20")))})
     with closed.reader() as session:
         [problem] = verify(session).problems
     assert problem.code == "statement_line_altered" and problem.message == (
@@ -201,30 +242,44 @@ def test_a_statement_line_added_inside_the_latest_closed_period_is_named_by_veri
         "journal")
 
 
+EVERY_PENDING_PLUS_ONE = {
+    False: "UPDATE statement_documents SET lines = (SELECT json_group_array(json_set(e.value, '$[7]', "
+           "(e.value ->> 7) + 1)) FROM json_each(statement_documents.lines) AS e)",
+    True: "UPDATE statement_documents AS d SET lines = (SELECT json_agg(jsonb_set(e.value::jsonb, '{7}', "
+          "to_jsonb((e.value ->> 7)::bigint + 1))) FROM json_array_elements(d.lines) AS e(value))",
+}
+
+
 def test_verify_names_the_first_few_stored_statement_lines_that_differ(closed):
     with behind_the_triggers(closed) as execute:
-        execute("UPDATE statement_lines SET pending_minor = pending_minor + 1")
+        execute(EVERY_PENDING_PLUS_ONE[closed.engine.dialect.name == "postgresql"])
     with closed.reader() as session:
         named = [p for p in verify(session).problems if p.code == "statement_line_altered"]
-    # Every stored row differs from its journal line, both ways. Named in transaction order, five in
-    # all: the four lines as the journal gives them, then the first as stored.
-    assert [(p.message.split(":")[0], p.transaction_id) for p in named] == [
-        ("period 2026-01", 1), ("period 2026-02", 2), ("period 2026-03", 3), ("period 2026-02", 4),
-        ("period 2026-01", 1)], named
+    # Every stored line differs from its journal line, both ways. Named period by period, in
+    # transaction order, five in all.
+    assert [(p.message.split(":")[0], p.transaction_id, p.message.split(" is ")[-1]) for p in named] == [
+        ("period 2026-01", 1, "not stored as the journal gives it"), ("period 2026-01", 1, "stored but not given by "
+                                                                      "the journal"),
+        ("period 2026-02", 2, "not stored as the journal gives it"), ("period 2026-02", 2, "stored but not given by "
+                                                                      "the journal"),
+        ("period 2026-02", 4, "not stored as the journal gives it")], named
 
 
 def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(closed):
     with closed.reader() as session:
-        rows = session.execute(sa.text("SELECT partner_id, kind, effective_at_us, pending_minor, available_minor "
-                                       "FROM statement_lines ORDER BY effective_at_us")).all()
-    assert rows == [("northwind", "accrual", at("2026-01-10"), 10_000, 0),
-                    ("northwind", "release", at("2026-02-09"), -10_000, 10_000),
-                    ("northwind", "accrual", at("2026-02-10"), 20_000, 0),
-                    ("northwind", "accrual", at("2026-03-10"), 30_000, 0)]
+        rows = session.execute(sa.text("SELECT period, partner_id, currency, CAST(lines AS TEXT) "
+                                       "FROM statement_documents ORDER BY period")).all()
+    line = [None, None, None, None]  # original instant, customer, invoice, event
+    assert [(*row[:3], json.loads(row[3])) for row in rows] == [
+        ("2026-01", "northwind", "USD", [[1, at("2026-01-10"), line[0], "accrual", *line[1:], 10_000, 0]]),
+        ("2026-02", "northwind", "USD", [[4, at("2026-02-09"), line[0], "release", *line[1:], -10_000, 10_000],
+                                         [2, at("2026-02-10"), line[0], "accrual", *line[1:], 20_000, 0]]),
+        ("2026-03", "northwind", "USD", [[3, at("2026-03-10"), line[0], "accrual", *line[1:], 30_000, 0]])]
 
 
-def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_url):
-    upgrade(empty_url, "0012")
+@pytest.mark.parametrize("revision", ["0012", "0015"], ids=["before-stored-lines", "lines-stored-as-rows"])
+def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_url, revision):
+    upgrade(empty_url, revision)
     database = Database(empty_url)
     try:
         for month in (1, 2):
@@ -241,7 +296,8 @@ def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_ur
                                                     effective_at_us=at("2026-03-09"), idempotency_key="release-1")])
             periods.close_period(session, "2026-03", now_us=at("2026-04-02"))
         with database.reader() as session:
-            stored = {period: statement_lines.stored(session, "northwind", *period_bounds_us(period))
+            assert "statement_lines" not in sa.inspect(session.connection()).get_table_names()
+            stored = {period: statement_lines.stored(session, "northwind", period)
                       for period in ("2026-01", "2026-02", "2026-03")}
             assert stored == {period: statement_lines.from_journal(session, "northwind", *period_bounds_us(period))
                               for period in stored}

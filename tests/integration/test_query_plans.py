@@ -178,22 +178,22 @@ TOTALS_BY_KEY = {
 }
 
 
-STORED_BY_PARTNER_AND_INSTANT = {
-    True: re.compile(r"Index Scan using pk_statement_lines on statement_lines[^|]*\|\s*Index Cond: "
-                     r"\(\(\(partner_id\)::text = [^|]+\) AND \(effective_at_us >= [^|]+\) AND \(effective_at_us < "),
-    False: re.compile(r"SEARCH statement_lines USING PRIMARY KEY \(partner_id=\? AND effective_at_us>\? AND "
-                      r"effective_at_us<\?\)"),
+STORED_BY_PERIOD_AND_PARTNER = {
+    True: re.compile(r"Index Scan using pk_statement_documents on statement_documents[^|]*\|\s*Index Cond: "
+                     r"\(\(\(period\)::text = [^|]+\) AND \(\(partner_id\)::text = "),
+    False: re.compile(r"SEARCH statement_documents USING INDEX sqlite_autoindex_statement_documents_1 "
+                      r"\(period=\? AND partner_id=\?\)"),
 }
 
 
-def test_a_closed_months_statement_reads_its_stored_lines_by_partner_and_instant(closed_books):
+def test_a_closed_months_statement_reads_its_stored_documents_by_period_and_partner(closed_books):
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
         found = statement(session, "northwind", "2026-02")
     assert found.period_status == "closed" and any(section.lines for section in found.currencies)
     assert not [sql for sql, _ in statements if "journal_transactions" in sql]  # no look-up in the journal
-    stored = [(sql, parameters) for sql, parameters in statements if "statement_lines" in sql]
+    stored = [(sql, parameters) for sql, parameters in statements if "statement_documents" in sql]
     [plan] = plans_of_queries(closed_books, stored)
-    assert STORED_BY_PARTNER_AND_INSTANT[closed_books.engine.dialect.name == "postgresql"].search(plan), plan
+    assert STORED_BY_PERIOD_AND_PARTNER[closed_books.engine.dialect.name == "postgresql"].search(plan), plan
 
 
 @pytest.mark.parametrize("before", [None, "2099-01-01"], ids=["no-bound", "as-of-now"])
