@@ -6,7 +6,8 @@ before P's end are released; negative available balances of partners on a `reset
 off at P's last instant; then every account's cumulative debits and credits at P's end are stored
 as P's snapshot, with the period's transaction count, the journal head, and a close hash over all
 of it chained to the previous close; inserting the close makes the database store every
-partner's statement lines of P as documents (statement_lines.py), which a closed month's statement reads.
+partner's statement lines of P as documents (statement_lines.py), which a closed month's
+statement reads.
 After that, a posting dated inside P is made at the start of the first open period
 (journal.Batch), and the database refuses one dated inside it.
 

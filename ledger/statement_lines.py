@@ -31,7 +31,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import driver_rows
+from ledger.db import driver_rows, is_postgres
 
 
 class StatementLine(NamedTuple):
@@ -113,15 +113,17 @@ class Difference(NamedTuple):
     period: str
     partner_id: str
     currency: str
-    transaction_id: int | None  # None for a document that is not a JSON array of lines
+    transaction_id: int | None  # None for a malformed document
     side: str  # "journal": the journal gives the line, its document does not hold it (as often);
-    #            "stored": the reverse; "malformed": the document is not a JSON array of lines
+    #            "stored": the reverse; "malformed": the document is not a non-empty JSON array of lines
 
 
 # The period's lines of every partner in (partner, currency) groups, each in posting order.
 _EVERY_PARTNER_GROUPED = (_EVERY_PARTNER
                           + " ORDER BY owed.partner_id, owed.currency, owed.effective_at_us, owed.transaction_id")
-_DOCUMENT = "SELECT CAST(lines AS TEXT) FROM statement_documents WHERE period = ? AND partner_id = ? AND currency = ?"
+# As bytes on SQLite, whose JSON check lets text that is not UTF-8 by; json.loads then names it.
+_DOCUMENT = ("SELECT CAST(lines AS {type}) FROM statement_documents"
+             " WHERE period = ? AND partner_id = ? AND currency = ?")
 _DOCUMENTS = "SELECT partner_id, currency FROM statement_documents WHERE period = ? ORDER BY partner_id, currency"
 _STREAM_ROWS = 10_000
 
@@ -135,8 +137,12 @@ def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, li
     for period, start_us, end_us in periods:
         had = set()
         connection = session.connection()
-        sql = _EVERY_PARTNER_GROUPED.replace("?", "%s") if connection.dialect.name == "postgresql" else (
-            _EVERY_PARTNER_GROUPED)
+        sql = _EVERY_PARTNER_GROUPED
+        if connection.dialect.name == "postgresql":
+            # The lines come through a server-side cursor, which PostgreSQL plans for its first rows
+            # unless told that all of them will be read.
+            connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
+            sql = sql.replace("?", "%s")
         rows = connection.exec_driver_sql(sql, (start_us, end_us), execution_options={"yield_per": _STREAM_ROWS})
         try:
             for (partner_id, currency), group in groupby(rows, key=itemgetter(0, 10)):
@@ -158,35 +164,38 @@ def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, li
 
 def _compare(session: Session, period: str, partner_id: str, currency: str, given: list[tuple]) -> list[Difference]:
     """One partner's lines in one currency as the journal gives them against its stored document."""
-    [(text,)] = driver_rows(session, _DOCUMENT, (period, partner_id, currency)) or [(None,)]
+    document = _DOCUMENT.format(type="TEXT" if is_postgres(session) else "BLOB")
+    [(text,)] = driver_rows(session, document, (period, partner_id, currency)) or [(None,)]
     stored = _lines_of(text)
     if stored is None:
         return [Difference(period, partner_id, currency, None, "malformed")]
     if stored == given:
         return []
     held, wanted = Counter(stored), Counter(given)
-    return sorted((Difference(period, partner_id, currency, _transaction_id(line), side)
+    return sorted((Difference(period, partner_id, currency, line[0], side)
                    for side, lines in (("journal", wanted - held), ("stored", held - wanted))
-                   for line in lines.elements()), key=lambda d: (d.transaction_id is None, d.transaction_id or 0, d.side))
+                   for line in lines.elements()), key=lambda d: (d.transaction_id, d.side))
 
 
-def _lines_of(text: str | None) -> list[tuple] | None:
-    """A document's lines as tuples (none for no document); None if it is not a JSON array of arrays
-    of plain values."""
+def _lines_of(text: str | bytes | None) -> list[tuple] | None:
+    """A document's lines as tuples (none for no document); None unless it is a non-empty JSON array
+    of lines, each of StatementLine's fields with its exact type (to Python, 1.0 and true equal 1)."""
     if text is None:
         return []
     try:
         lines = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit
         return None
-    if not isinstance(lines, list) or not all(
-            isinstance(line, list) and not any(isinstance(value, (list, dict)) for value in line) for line in lines):
+    if not isinstance(lines, list) or not lines or not all(map(_is_line, lines)):
         return None
     return [tuple(line) for line in lines]
 
 
-def _transaction_id(line: tuple) -> int | None:
-    return line[0] if line and isinstance(line[0], int) else None
+def _is_line(line) -> bool:
+    return (type(line) is list and len(line) == len(StatementLine._fields)
+            and all(type(line[i]) is int for i in (0, 1, 7, 8)) and type(line[3]) is str
+            and (line[2] is None or type(line[2]) is int)
+            and all(line[i] is None or type(line[i]) is str for i in (4, 5, 6)))
 
 
 def periods_not_closed(session: Session) -> list[str]:

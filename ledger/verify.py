@@ -143,7 +143,7 @@ def verify_statement_lines(session: Session) -> list[Problem]:
 _STATEMENT_DIFFERENCE = {
     "journal": "statement line for transaction {transaction} is not stored as the journal gives it",
     "stored": "statement line for transaction {transaction} is stored but not given by the journal",
-    "malformed": "statement document is not a JSON array of lines",
+    "malformed": "statement document is not a non-empty JSON array of statement lines",
 }
 
 

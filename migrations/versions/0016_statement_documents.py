@@ -8,15 +8,18 @@ period, partner and currency, each line an array of `StatementLine`'s fields in 
 
 As before, the database writes them, not the service: inserting a period's close stores every
 partner's documents of that period, from the journal, in the close's transaction, so no process can
-close a period without them. The table is append-only and each document must be a JSON array (the
-database checks it); on PostgreSQL only that trigger may write it (its function runs as its owner,
+close a period without them. The table is append-only (on SQLite a REPLACE is refused too, whatever
+`recursive_triggers` says) and each document must be a JSON array of at least one line (a check); on PostgreSQL only that trigger may write it (its function runs as its owner,
 refuses to run for any other table, and no role may attach it to a trigger of its own; a write not
 made from within a trigger is refused; the application role may only read it), and on SQLite, which
 has no roles, a document is accepted only for the latest closed period. `ledger.verify` compares
 every line of every document with the journal.
 
-The documents of the periods closed before this revision are made here from the journal, and
-`statement_lines`, its trigger and functions are dropped: the documents hold the same lines.
+The documents of the periods closed before this revision are made here from the rows 0013 stored,
+as they are (verify then compares them with the journal, as it compared the rows: an altered row
+stays named), and `statement_lines`, its trigger and functions are dropped. A row outside every
+closed period (which only a write behind the triggers' back can leave, and which verify names)
+stops the upgrade: it has no period to be stored in.
 
 Revision ID: 0016
 Revises: 0015
@@ -68,6 +71,25 @@ SELECT {{period}}, line.partner_id, line.currency,
   FROM ({LINES}) AS line
  GROUP BY line.partner_id, line.currency"""
 
+# 0013's rows, as they are, into the documents of the closes they lie in.
+CONVERT_FIELDS = ("line.transaction_id, line.effective_at_us, line.original_effective_at_us, line.kind, line.customer_id,"
+                  " line.invoice_id, line.event_id, line.pending_minor, line.available_minor")
+ROWS_IN_CLOSES = ("SELECT c.period, s.* FROM statement_lines s JOIN period_closes c"
+                  " ON s.effective_at_us >= c.starts_at_us AND s.effective_at_us < c.ends_at_us")
+SQLITE_CONVERT = f"""
+INSERT INTO statement_documents (period, partner_id, currency, lines)
+SELECT line.period, line.partner_id, line.currency, json_group_array(json_array({CONVERT_FIELDS}))
+  FROM ({ROWS_IN_CLOSES} ORDER BY c.period, s.partner_id, s.currency, s.effective_at_us, s.transaction_id) AS line
+ GROUP BY line.period, line.partner_id, line.currency"""
+POSTGRES_CONVERT = f"""
+INSERT INTO statement_documents (period, partner_id, currency, lines)
+SELECT line.period, line.partner_id, line.currency,
+       json_agg(json_build_array({CONVERT_FIELDS}) ORDER BY line.effective_at_us, line.transaction_id)
+  FROM ({ROWS_IN_CLOSES}) AS line
+ GROUP BY line.period, line.partner_id, line.currency"""
+OUTSIDE_EVERY_CLOSE = ("SELECT count(*) FROM statement_lines s WHERE NOT EXISTS (SELECT 1 FROM period_closes c"
+                       " WHERE s.effective_at_us >= c.starts_at_us AND s.effective_at_us < c.ends_at_us)")
+
 SQLITE_GUARDS = f"""
 DROP TRIGGER trg_period_closes_statement_lines;
 
@@ -78,6 +100,11 @@ BEGIN SELECT RAISE(ABORT, 'statement_documents is append-only: UPDATE refused');
 
 CREATE TRIGGER trg_statement_documents_no_delete BEFORE DELETE ON statement_documents
 BEGIN SELECT RAISE(ABORT, 'statement_documents is append-only: DELETE refused'); END;
+
+CREATE TRIGGER trg_statement_documents_no_replace BEFORE INSERT ON statement_documents
+WHEN EXISTS (SELECT 1 FROM statement_documents d WHERE d.period = NEW.period AND d.partner_id = NEW.partner_id
+             AND d.currency = NEW.currency)
+BEGIN SELECT RAISE(ABORT, 'statement_documents is append-only: REPLACE refused'); END;
 
 CREATE TRIGGER trg_statement_documents_latest_close BEFORE INSERT ON statement_documents
 WHEN NEW.period IS NOT (SELECT period FROM period_closes ORDER BY ends_at_us DESC LIMIT 1)
@@ -132,7 +159,9 @@ REVOKE EXECUTE ON FUNCTION period_closes_store_statement_documents() FROM PUBLIC
 
 def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
-    is_array = "json_typeof(lines) = 'array'" if postgres else "json_type(lines) = 'array'"
+    # At least one line; on PostgreSQL json_array_length refuses a non-array, hence the CASE.
+    lines_check = ("CASE WHEN json_typeof(lines) = 'array' THEN json_array_length(lines) > 0 ELSE false END"
+                   if postgres else "json_type(lines) = 'array' AND json_array_length(lines) > 0")
     op.create_table(
         "statement_documents",
         sa.Column("period", sa.String(7), sa.ForeignKey("period_closes.period", name=op.f(
@@ -141,14 +170,15 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(3), nullable=False),
         sa.Column("lines", sa.Text().with_variant(sa.JSON(), "postgresql"), nullable=False),
         sa.PrimaryKeyConstraint("period", "partner_id", "currency", name=op.f("pk_statement_documents")),
-        sa.CheckConstraint(is_array, name=op.f("ck_statement_documents_lines_array")),
+        sa.CheckConstraint(lines_check, name=op.f("ck_statement_documents_lines")),
     )
     # Straight to the driver: as text(), `':pending'` would read as a bound parameter.
     connection = op.get_bind()
-    fill = POSTGRES_FILL if postgres else SQLITE_FILL
-    closes = connection.exec_driver_sql("SELECT period, starts_at_us, ends_at_us FROM period_closes ORDER BY starts_at_us")
-    for period, start, end in closes.all():
-        connection.exec_driver_sql(fill.format(period=f"'{period}'", start=int(start), end=int(end)))
+    outside = connection.exec_driver_sql(OUTSIDE_EVERY_CLOSE).scalar()
+    if outside:
+        raise RuntimeError(f"statement_lines: {outside} row(s) lie outside every closed period, where no close "
+                           "stored them (run `revshare verify`); they have no period to be stored in")
+    connection.exec_driver_sql(POSTGRES_CONVERT if postgres else SQLITE_CONVERT)
     for statement in (POSTGRES_GUARDS if postgres else SQLITE_GUARDS).split(";\n\n"):
         connection.exec_driver_sql(statement)
     if postgres:

@@ -70,6 +70,17 @@ def test_the_application_role_may_not_attach_the_databases_own_writers_to_a_tabl
                                        f"FOR EACH ROW EXECUTE FUNCTION {function}()")
 
 
+def test_the_application_role_may_not_create_in_the_public_schema(app_database):
+    # The functions that run as their owner name tables and operators without a schema: a role that
+    # could create an operator in `public` could have them run it (PostgreSQL 15 and later refuse
+    # CREATE there to PUBLIC by default; see the README for older ones).
+    with app_database.reader() as session:
+        assert session.execute(sa.text("SELECT has_schema_privilege('public', 'CREATE')")).scalar() is False
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied for schema public"):
+        with app_database.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE FUNCTION public.mine(int) RETURNS int LANGUAGE sql AS 'SELECT 1'")
+
+
 @pytest.mark.parametrize("statement", [
     "UPDATE journal_lines SET amount_minor = 1",
     "DELETE FROM journal_transactions",
