@@ -131,8 +131,8 @@ def verify_statement_lines(session: Session) -> list[Problem]:
 
     closes = [(close.period, close.starts_at_us, close.ends_at_us) for close in list_periods(session)]
     problems = [Problem(d.transaction_id, "statement_line_altered",
-                        f"period {d.period}: partner {d.partner_id}'s {d.currency} " + _STATEMENT_DIFFERENCE[d.side].format(
-                            transaction=d.transaction_id))
+                        f"period {d.period}: partner {d.partner_id}'s {d.currency} "
+                        + _STATEMENT_DIFFERENCE[d.side].format(transaction=d.transaction_id))
                 for d in statement_lines.differences(session, closes, limit=STATEMENT_LINES_NAMED)]
     problems += [Problem(None, "statement_line_altered", f"period {period}: statement documents are stored, and the "
                                                          "period is not closed")

@@ -9,11 +9,12 @@ period, partner and currency, each line an array of `StatementLine`'s fields in 
 As before, the database writes them, not the service: inserting a period's close stores every
 partner's documents of that period, from the journal, in the close's transaction, so no process can
 close a period without them. The table is append-only (on SQLite a REPLACE is refused too, whatever
-`recursive_triggers` says) and each document must be a JSON array of at least one line (a check); on PostgreSQL only that trigger may write it (its function runs as its owner,
-refuses to run for any other table, and no role may attach it to a trigger of its own; a write not
-made from within a trigger is refused; the application role may only read it), and on SQLite, which
-has no roles, a document is accepted only for the latest closed period. `ledger.verify` compares
-every line of every document with the journal.
+`recursive_triggers` says) and each document must be a JSON array of at least one line (a check).
+On PostgreSQL only that trigger may write it (its function runs as its owner, refuses to run for
+any other table, and no role may attach it to a trigger of its own; a write not made from within a
+trigger is refused; the application role may only read it), and on SQLite, which has no roles, a
+document is accepted only for the latest closed period. `ledger.verify` compares every line of
+every document with the journal.
 
 The documents of the periods closed before this revision are made here from the rows 0013 stored,
 as they are (verify then compares them with the journal, as it compared the rows: an altered row
@@ -72,8 +73,8 @@ SELECT {{period}}, line.partner_id, line.currency,
  GROUP BY line.partner_id, line.currency"""
 
 # 0013's rows, as they are, into the documents of the closes they lie in.
-CONVERT_FIELDS = ("line.transaction_id, line.effective_at_us, line.original_effective_at_us, line.kind, line.customer_id,"
-                  " line.invoice_id, line.event_id, line.pending_minor, line.available_minor")
+CONVERT_FIELDS = ("line.transaction_id, line.effective_at_us, line.original_effective_at_us, line.kind,"
+                  " line.customer_id, line.invoice_id, line.event_id, line.pending_minor, line.available_minor")
 ROWS_IN_CLOSES = ("SELECT c.period, s.* FROM statement_lines s JOIN period_closes c"
                   " ON s.effective_at_us >= c.starts_at_us AND s.effective_at_us < c.ends_at_us")
 SQLITE_CONVERT = f"""

@@ -55,7 +55,8 @@ def test_the_application_role_closes_a_period_storing_its_statement_documents(ap
     with app_database.reader() as session:
         [section] = statement(session, "p3", "2026-01").currencies
         assert [(line.kind, line.available_minor) for line in section.lines] == [("adjustment", 250)]
-        assert session.execute(sa.text("SELECT count(*) FROM statement_documents WHERE partner_id = 'p3'")).scalar() == 1
+        assert session.execute(sa.text("SELECT count(*) FROM statement_documents WHERE partner_id = 'p3'")
+                               ).scalar() == 1
 
 
 @pytest.mark.parametrize("function", [

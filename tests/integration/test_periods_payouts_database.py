@@ -68,7 +68,8 @@ TAMPERED_CLOSES = [
                  {("close_chain_broken", "2026-03"), ("statement_line_altered", "2026-02")},
                  id="a close cut out of the chain"),
     # A statement document's edits, as {postgres?: SQL} (its lines are `json` there, text on SQLite).
-    pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 10001) WHERE period = '2026-02'",
+    pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 10001) "
+                          "WHERE period = '2026-02'",
                    True: "UPDATE statement_documents SET lines = jsonb_set(lines::jsonb, '{0,8}', '10001')::json "
                          "WHERE period = '2026-02'"}],
                  {("statement_line_altered", "2026-02")}, id="a stored statement line"),
@@ -191,8 +192,8 @@ def test_stored_statement_documents_refuse_update_and_delete(closed):
     assert problems(closed) == set()
 
 
-STORED_DOCUMENT = ("INSERT INTO statement_documents (period, partner_id, currency, lines) VALUES (:period, 'northwind', "
-                   "'EUR', :lines)")
+STORED_DOCUMENT = ("INSERT INTO statement_documents (period, partner_id, currency, lines) "
+                   "VALUES (:period, 'northwind', 'EUR', :lines)")
 A_LINE = '[[1, :at, null, "adjustment", null, null, null, 5, 0]]'
 
 
@@ -368,7 +369,8 @@ def test_the_migration_stops_at_a_stored_row_outside_every_closed_period(empty_u
     try:
         with behind_the_triggers(database) as execute:
             execute("INSERT INTO statement_lines (partner_id, effective_at_us, transaction_id, currency, kind, "
-                    f"pending_minor, available_minor) VALUES ('northwind', {at('2026-02-15')}, 1, 'USD', 'accrual', 1, 0)")
+                    f"pending_minor, available_minor) VALUES ('northwind', {at('2026-02-15')}, 1, 'USD', 'accrual', "
+                    "1, 0)")
         with pytest.raises(RuntimeError, match="1 row\\(s\\) lie outside every closed period"):
             upgrade(empty_url)
     finally:
