@@ -314,6 +314,22 @@ def driver_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[
     return _driver_execute(session.connection(), sql, params, fetch=True)
 
 
+def driver_stream(session: Session, sql: str, params: Sequence[Any], *, rows_per_fetch: int):
+    """The rows of one SELECT too large to hold at once, fetched `rows_per_fetch` at a time (a
+    server-side cursor on PostgreSQL, which plans it for all its rows, not its first ones); the
+    caller closes the result. `?` placeholders as in `driver_rows`."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
+    return connection.exec_driver_sql(_placeholders(connection, sql), tuple(params),
+                                      execution_options={"yield_per": rows_per_fetch})
+
+
+def _placeholders(connection, sql: str) -> str:
+    """`sql` written with `?` placeholders, as the connection's driver takes them."""
+    return sql.replace("?", "%s") if connection.dialect.name == "postgresql" else sql
+
+
 def driver_results(session: Session, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
     """The rows of each statement (empty for one that returns none), run in order in one round trip.
 
@@ -406,8 +422,7 @@ def _announce(connection, cursor, sql: str, params, many: bool) -> None:
 
 def _driver_execute(connection, sql: str, params, *, many: bool = False, fetch: bool = False) -> list[tuple] | None:
     dbapi = connection.dialect.loaded_dbapi
-    if connection.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
+    sql = _placeholders(connection, sql)
     cursor = connection.connection.driver_connection.cursor()
     _announce(connection, cursor, sql, params, many)
     try:

@@ -31,7 +31,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import driver_rows, is_postgres
+from ledger.db import driver_rows, driver_stream, is_postgres
 
 
 class StatementLine(NamedTuple):
@@ -134,45 +134,39 @@ def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, li
     compared, since the reader sorts): the journal's lines streamed in (partner, currency) groups,
     each against its document, then the period's documents no group had. Up to `limit`."""
     found: list[Difference] = []
+    document = _DOCUMENT.format(type="TEXT" if is_postgres(session) else "BLOB")
     for period, start_us, end_us in periods:
         had = set()
-        connection = session.connection()
-        sql = _EVERY_PARTNER_GROUPED
-        if connection.dialect.name == "postgresql":
-            # The lines come through a server-side cursor, which PostgreSQL plans for its first rows
-            # unless told that all of them will be read.
-            connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
-            sql = sql.replace("?", "%s")
-        rows = connection.exec_driver_sql(sql, (start_us, end_us), execution_options={"yield_per": _STREAM_ROWS})
+        rows = driver_stream(session, _EVERY_PARTNER_GROUPED, (start_us, end_us), rows_per_fetch=_STREAM_ROWS)
         try:
             for (partner_id, currency), group in groupby(rows, key=itemgetter(0, 10)):
                 # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
                 given = [(*row[1:8], int(row[8]), int(row[9])) for row in group]
                 had.add((partner_id, currency))
-                found += _compare(session, period, partner_id, currency, given)
+                found += _compare(session, document, (period, partner_id, currency), given)
                 if len(found) >= limit:
                     return found[:limit]
         finally:
             rows.close()
         for partner_id, currency in driver_rows(session, _DOCUMENTS, (period,)):
             if (partner_id, currency) not in had:
-                found += _compare(session, period, partner_id, currency, [])
+                found += _compare(session, document, (period, partner_id, currency), [])
                 if len(found) >= limit:
                     return found[:limit]
     return found
 
 
-def _compare(session: Session, period: str, partner_id: str, currency: str, given: list[tuple]) -> list[Difference]:
-    """One partner's lines in one currency as the journal gives them against its stored document."""
-    document = _DOCUMENT.format(type="TEXT" if is_postgres(session) else "BLOB")
-    [(text,)] = driver_rows(session, document, (period, partner_id, currency)) or [(None,)]
+def _compare(session: Session, document: str, key: tuple[str, str, str], given: list[tuple]) -> list[Difference]:
+    """One partner's lines in one currency as the journal gives them against its stored document
+    (`key`: period, partner, currency; `document`: the query reading it)."""
+    [(text,)] = driver_rows(session, document, key) or [(None,)]
     stored = _lines_of(text)
     if stored is None:
-        return [Difference(period, partner_id, currency, None, "malformed")]
+        return [Difference(*key, None, "malformed")]
     if stored == given:
         return []
     held, wanted = Counter(stored), Counter(given)
-    return sorted((Difference(period, partner_id, currency, line[0], side)
+    return sorted((Difference(*key, line[0], side)
                    for side, lines in (("journal", wanted - held), ("stored", held - wanted))
                    for line in lines.elements()), key=lambda d: (d.transaction_id, d.side))
 
