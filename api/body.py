@@ -4,8 +4,9 @@ Checks run after authentication (see `create_app`): a POST, PUT or PATCH that ca
 say `application/json` (or `+json`), else 415; a declared length over the limit is a 413 before
 anything is read, and a chunked body (no declared length) that reaches the limit while being read
 is a 413 too. The body is parsed
-once per request by `json_body()`: anything that is not JSON (bad UTF-8, bad syntax, numbers too
-long for Python, nesting too deep for the parser) is a 400, never a 500.
+once per request by `json_body()`: a body the server cannot read (malformed chunks) and anything
+that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
+parser) is a 400, never a 500; so is an object that gives a key twice.
 
 `Blueprint` is flask-smorest's with that parser, and query strings refuse unknown parameters like
 bodies do, so `?asof=` is a 422 rather than a silently ignored filter; `check_query` refuses them
@@ -16,16 +17,16 @@ deep-copy the fields of) a new instance on every request. Our schemas keep no st
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import flask_smorest
 from flask import current_app, g, request
 from webargs import core
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from api.schemas import Schema
+from ledger import json_input
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 QUERY_LOCATIONS = frozenset({"query", "querystring"})
@@ -47,7 +48,7 @@ def check_body() -> None:
 def json_body() -> Any:
     """The request's JSON body, parsed once; None when the body is empty."""
     if "json_body" not in g:
-        data = request.get_data(cache=True)
+        data = _body_bytes()
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         # Werkzeug stops a body without a declared length at the limit silently; treat reaching it as over.
         if request.content_length is None and len(data) >= limit:
@@ -56,18 +57,26 @@ def json_body() -> Any:
     return g.json_body
 
 
+def _body_bytes() -> bytes:
+    """The body as sent. Framing the server cannot read (a chunk size that is not hexadecimal, say:
+    gunicorn raises its own exception for it) is the client's error, a 400, not a 500."""
+    try:
+        return request.get_data(cache=True)
+    except HTTPException:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the server's reader raises for a malformed body
+        raise BadRequest(f"The request body could not be read: {str(error)[:120]}") from None
+
+
 def _parse(data: bytes) -> Any:
     if not data.strip():
         return None
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_not_json)
+        return json_input.loads(data.decode("utf-8"))
+    except json_input.DuplicateKey as error:
+        raise BadRequest(f"The request body is ambiguous JSON: {error}.") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON.") from None
-
-
-def _not_json(literal: str) -> Any:
-    """`NaN`, `Infinity` and `-Infinity`, which Python's json module reads and JSON does not have."""
-    raise ValueError(f"{literal} is not JSON")
 
 
 class JsonParser(FlaskParser):
@@ -76,7 +85,7 @@ class JsonParser(FlaskParser):
     def _raw_load_json(self, req) -> Any:
         """An empty body is missing (optional bodies may be left out); a body that is the JSON
         literal `null` is a value, which the schema refuses like any other non-object (422)."""
-        if not core.is_json(req.mimetype) or not request.get_data(cache=True).strip():
+        if not core.is_json(req.mimetype) or not _body_bytes().strip():
             return core.missing
         return json_body()
 

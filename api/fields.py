@@ -71,6 +71,18 @@ class Str(ma.fields.String):
         super().__init__(validate=[ma.validate.Length(min=min_length, max=max_length), storable, *extra], **kwargs)
 
 
+class Bool(ma.fields.Boolean):
+    """A JSON `true` or `false`, nothing else: marshmallow's Boolean also takes "yes", "on", 1 and
+    the like, which every other field of ours would refuse as the wrong type."""
+
+    default_error_messages = {"invalid": "must be true or false"}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> bool:
+        if not isinstance(value, bool):  # 1 == True to Python, and so `1 in truthy`
+            raise self.make_error("invalid")
+        return value
+
+
 class _Parsed(ma.fields.String):
     """A string the domain parses: bounded length first, then `parse(text, field)`."""
 

@@ -51,16 +51,23 @@ def db_upgrade(settings: Settings) -> None:
 
 
 @main.command()
+@click.option("--head", default=None, metavar="ID:HASH",
+              help="A chain head recorded earlier (as this command prints it): prove the journal still holds it.")
 @click.pass_obj
-def verify(settings: Settings) -> None:
-    """Recompute the hash chain, the balance of every transaction and every snapshot."""
+def verify(settings: Settings, head: str | None) -> None:
+    """Recompute the hash chain, the balance of every transaction and every snapshot.
+
+    The books cannot prove that none of their newest transactions were removed: record the head this
+    prints somewhere else, and pass it with --head to a later verify."""
     from cli.books import opened
     from ledger.verify import verify as verify_books
 
+    recorded = _head(head)
     with opened(settings) as database, database.reader() as session:
-        report = verify_books(session)
+        report = verify_books(session, head=recorded)
     click.echo(f"transactions checked: {report.transactions_checked}")
     click.echo(f"chain head: {report.chain_head}")
+    click.echo(f"head to record: {report.head_id}:{report.chain_head}")
     for problem in report.problems:
         where = "" if problem.transaction_id is None else f" transaction {problem.transaction_id}"
         click.echo(f"PROBLEM{where}: {problem.code}: {problem.message}")
@@ -68,6 +75,16 @@ def verify(settings: Settings) -> None:
         click.echo(f"{len(report.problems)} problem(s) found", err=True)
         sys.exit(1)
     click.echo("ok")
+
+
+def _head(text: str | None) -> tuple[int, str] | None:
+    if text is None:
+        return None
+    head_id, _, head_hash = text.partition(":")
+    if not head_id.isdigit() or int(head_id) < 1 or len(head_hash) != 64 or head_hash.strip("0123456789abcdef"):
+        click.echo("error: --head: must be a transaction id and its hash, ID:HASH, as verify prints it", err=True)
+        sys.exit(2)
+    return int(head_id), head_hash
 
 
 @main.command()

@@ -12,13 +12,14 @@ import logging
 import zlib
 from typing import Callable, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from ledger import holds, payouts, periods, verify
 from ledger.db import Database, is_postgres
-from ledger.instants import from_us, next_period, period_bounds_us, period_of, to_us
+from ledger.instants import format_instant, from_us, next_period, period_bounds_us, period_of, to_us
 from ledger.journal import now_us as clock_now_us
+from ledger.schema import payout_runs
 from ledger.settings import Settings
 
 log = logging.getLogger("revshare.jobs")
@@ -53,10 +54,17 @@ def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
     return {"closed": closed}
 
 
-def payout_run(session: Session, at_us: int) -> dict:
-    """A payout run at the start of the day of `at_us` (UTC), so that reruns that day are replays."""
-    day = from_us(at_us).replace(hour=0, minute=0, second=0, microsecond=0)
-    run = payouts.run_payouts(session, to_us(day))
+def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
+    """This month's payout run, at 00:00 UTC of `day_of_month`, made by the first run of the job at
+    or after that instant. The job runs daily, so a scheduler that was down on the day makes the run
+    when it is back, as the close job catches up. A run already made at or after that instant (a
+    rerun of the job, or a run made by hand that morning) is this month's: it is answered as a
+    replay, neither made twice nor refused as out of time order."""
+    due_us = to_us(from_us(at_us).replace(day=day_of_month, hour=0, minute=0, second=0, microsecond=0))
+    if at_us < due_us:
+        return {"run_id": None, "due": format_instant(due_us)}
+    made_us = session.execute(select(func.min(payout_runs.c.at_us)).where(payout_runs.c.at_us >= due_us)).scalar()
+    run = payouts.run_payouts(session, due_us if made_us is None else made_us)
     return {"run_id": run.id, "payouts": len(run.payouts), "replayed": run.replayed}
 
 
@@ -72,7 +80,7 @@ def job_table(settings: Settings) -> dict[str, Callable[[Session, int], dict]]:
     return {
         "release_holds": release_holds,
         "close_periods": lambda session, at_us: close_due_periods(session, at_us, grace_days=settings.close_grace_days),
-        "payout_run": payout_run,
+        "payout_run": lambda session, at_us: payout_run(session, at_us, day_of_month=settings.payout_day_of_month),
         "verify": verify_books,
     }
 

@@ -2,8 +2,9 @@
 
 Schedules come from the validated settings: release matured holds every
 `release_interval_minutes`; close due periods daily (a period is due `close_grace_days` after it
-ends, and the job catches up on every overdue period after downtime); the payout run on
-`payout_day_of_month`; verify nightly. Jobs coalesce missed runs, never overlap themselves
+ends, and the job catches up on every overdue period after downtime); the payout run daily, which
+makes the month's run once `payout_day_of_month` has come (so it catches up after downtime too,
+and a run made by hand that day is the month's); verify nightly. Jobs coalesce missed runs, never overlap themselves
 (max_instances=1), and a job that raises is logged with its error and runs again at its next time:
 the scheduler itself never stops on a job's failure.
 """
@@ -30,7 +31,7 @@ def triggers(settings: Settings) -> dict:
     return {
         "release_holds": IntervalTrigger(minutes=settings.release_interval_minutes, timezone="UTC"),
         "close_periods": CronTrigger(hour=0, minute=30, timezone="UTC"),
-        "payout_run": CronTrigger(day=settings.payout_day_of_month, hour=1, timezone="UTC"),
+        "payout_run": CronTrigger(hour=1, timezone="UTC"),  # the body knows the day (jobs.bodies.payout_run)
         "verify": CronTrigger(hour=3, minute=0, timezone="UTC"),
     }
 

@@ -433,6 +433,8 @@ def _driver_execute(connection, sql: str, params, *, many: bool = False, fetch: 
         return cursor.fetchall() if fetch else None
     except dbapi.Error as error:
         raise _database_error(connection, sql, error) from error
+    except OverflowError as error:  # sqlite3 binding an integer past 64 bits (psycopg: SQLSTATE 22003)
+        raise _out_of_range("is past the range of a 64-bit integer") from error
     finally:
         cursor.close()
 
@@ -460,9 +462,12 @@ def _database_error(connection, sql: str, error: Exception) -> Exception:
     running total out of range is bad input instead, a 422 naming `amount` (nothing is written:
     the caller's transaction fails as a whole)."""
     if TOTAL_OUT_OF_RANGE in str(error) or getattr(error, "sqlstate", None) == _OUT_OF_RANGE_SQLSTATE:
-        message = f"would take an account's running total past {2**63 - 1:,} minor units"
-        return OutOfRange(f"amount: {message}", {"amount": [message]})
+        return _out_of_range(f"would take an account's running total past {2**63 - 1:,} minor units")
     return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect)
+
+
+def _out_of_range(message: str) -> OutOfRange:
+    return OutOfRange(f"amount: {message}", {"amount": [message]})
 
 
 def chunked(items: list, size: int):

@@ -235,9 +235,13 @@ def end_holds(session: Session, accrual_ids: list[int]) -> None:
 
 
 def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None = None) -> int:
-    """Release every accrual matured by `at_us`; returns how many releases were posted."""
+    """Release every accrual matured by `at_us`; returns how many releases were posted. An instant
+    in the future is refused (422 naming `at`), as for a payout run: holds are released as they
+    mature, and a release dated ahead would make an amount available before its time."""
     own_batch = batch is None
     batch = batch or journal.Batch(session)
+    if at_us > batch.recorded_at_us:
+        raise invalid("at", f"{format_instant(at_us)} is in the future: holds are released as they mature")
     t = journal_transactions.c
     matured = session.execute(select(open_holds.c.accrual_id, t.invoice_id)
                               .join(journal_transactions, t.id == open_holds.c.accrual_id)

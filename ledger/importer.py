@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterator
 
-from ledger import revenue
+from ledger import json_input, revenue
 from ledger.db import Database
 from ledger.errors import DomainError, InvalidInput, OutOfRange
 
@@ -83,17 +83,12 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
             yield number, _not_utf8(number)
             continue
         try:
-            yield number, json.loads(line, parse_constant=_not_json)
+            yield number, json_input.loads(line)
         except json.JSONDecodeError as error:
             yield number, InvalidInput(f"malformed JSON ({error.msg})", {"_line": [error.msg]})
         except (ValueError, RecursionError) as error:  # NaN, Infinity; nesting too deep for the parser
             yield number, InvalidInput(f"malformed JSON ({str(error)[:80] or 'too deeply nested'})",
                                        {"_line": ["malformed JSON"]})
-
-
-def _not_json(literal: str) -> object:
-    """`NaN`, `Infinity` and `-Infinity`, which Python's json module reads and JSON does not have."""
-    raise ValueError(f"{literal} is not JSON")
 
 
 def _csv(stream: IO) -> Iterator[tuple[int, object]]:

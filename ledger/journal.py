@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger.db import driver_rows, in_lists, insert_all, lock_journal, locked
-from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
+from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound, invalid
+from ledger.instants import format_instant
 from ledger.money import currency_exponent
 from ledger.schema import (
     GENESIS_HASH,
@@ -354,10 +355,24 @@ def reversal_draft(session: Session, transaction_id: int, *, reason: str, effect
             raise Conflict(f"transaction {transaction_id} was already reversed by transaction {existing}")
     posted_at = session.execute(select(journal_transactions.c.effective_at_us)
                                 .where(journal_transactions.c.id == transaction_id)).scalar_one()
+    if effective_at_us is not None:
+        _check_reversal_instant(transaction_id, posted_at, effective_at_us)
     mirrored = tuple(line._replace(side=CREDIT if line.side == DEBIT else DEBIT) for line in original.lines)
     return original._replace(kind="reversal", lines=mirrored, idempotency_key=key, reverses_id=transaction_id,
                              effective_at_us=posted_at if effective_at_us is None else effective_at_us,
                              matures_at_us=None, memo=reason)
+
+
+def _check_reversal_instant(transaction_id: int, posted_at_us: int, effective_at_us: int) -> None:
+    """A reversal counts from its original's instant on, never before it (its mirror would stand
+    alone in between: a balance below zero, a liability never owed; the database holds this too,
+    migration 0017), and a requested instant has passed (a reversal dated in the future would leave
+    the original standing in every report until then)."""
+    if effective_at_us < posted_at_us:
+        raise invalid("effective_at", f"{format_instant(effective_at_us)} is before transaction {transaction_id}, "
+                                      f"which it reverses, effective at {format_instant(posted_at_us)}")
+    if effective_at_us > now_us():
+        raise invalid("effective_at", f"{format_instant(effective_at_us)} is in the future")
 
 
 def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,

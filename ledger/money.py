@@ -5,8 +5,10 @@ ISO 4217 code beside them. The size of the minor unit comes from py-moneyed's
 `get_currency(code).sub_unit`. We never use `Money.get_amount_in_sub_unit()`, which truncates.
 
 Parsing is strict: a decimal string with at most 15 integer digits and no more fractional digits
-than the currency has. Rounding happens in exactly one function, `round_minor`, and every caller
-names the rounding mode at the call site.
+than the currency has, whose minor units fit the 64-bit integer the databases store (15 digits do
+not always: in a currency of four decimals, CLF or UYW, they reach 10^19 minor units). Rounding
+happens in exactly one function, `round_minor`, and every caller names the rounding mode at the
+call site.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from moneyed import Money
 from ledger.errors import InvalidInput, invalid
 
 INTEGER_DIGITS_MAX = 15
+MINOR_MAX = 2**63 - 1  # a stored amount: SQLite INTEGER, PostgreSQL BIGINT
 # A signed amount: optional minus, 1 to 15 integer digits, optional fraction. No exponent, no
 # whitespace, no "NaN"/"Infinity": those are refused before Decimal ever sees the text.
 _AMOUNT_PATTERN = re.compile(r"-?([0-9]{1,15})(?:\.([0-9]+))?")
@@ -105,6 +108,8 @@ def parse_amount_minor(text: str, currency: str, *, field: str = "amount") -> in
     if len(fraction) > exponent:
         raise invalid(field, f"{currency} allows at most {exponent} decimal places, got {len(fraction)}")
     integer = int(match.group(1) + fraction.ljust(exponent, "0"))
+    if integer > MINOR_MAX:
+        raise invalid(field, f"at most {format_minor(MINOR_MAX, currency)} {currency}")
     return -integer if text.startswith("-") else integer
 
 

@@ -12,7 +12,8 @@ not in the balances as of t, which it would pay a second time. A run in the futu
 
 A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in transit / Cr available,
 returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
-second resolution even when two requests race.
+second resolution even when two requests race. Its instant (default now) is not before the
+payout's nor in the future (422 naming `at`; the database refuses the first too: migration 0017).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ledger.balances import partner_account_sums
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant
 from ledger.partners import program_for
-from ledger.schema import partners, payout_resolutions, payout_runs, payouts
+from ledger.schema import journal_transactions, partners, payout_resolutions, payout_runs, payouts
 
 REASON_LENGTH_MAX = 500
 
@@ -119,7 +120,7 @@ def _resolve(session: Session, payout_id: int, outcome: str, reason: str | None,
         raise Conflict(f"payout {payout_id} is already {payout.status}")
     credit = chart.CASH if outcome == "settled" else chart.available(payout.partner_id)
     kind = "payout_settled" if outcome == "settled" else "payout_failed"
-    resolved_at = batch.recorded_at_us if at_us is None else at_us
+    resolved_at = batch.recorded_at_us if at_us is None else _resolved_at(session, payout, at_us, batch.recorded_at_us)
     posted = batch.add(journal.transfer(
         kind, chart.PAYOUTS_IN_TRANSIT, credit, payout.currency, payout.amount_minor, effective_at_us=resolved_at,
         idempotency_key=f"{kind}:{payout_id}", partner_id=payout.partner_id, accrual_id=None,
@@ -128,6 +129,19 @@ def _resolve(session: Session, payout_id: int, outcome: str, reason: str | None,
     session.execute(insert(payout_resolutions).values(payout_id=payout_id, outcome=outcome, transaction_id=posted.id,
                                                       reason=reason, resolved_at_us=batch.recorded_at_us))
     return get_payout(session, payout_id)
+
+
+def _resolved_at(session: Session, payout: Payout, at_us: int, now_us: int) -> int:
+    """A payout settles or fails after it was made, and not in the future: before it, the money
+    would return to a balance that still holds it (paid twice, as of then); in the future, it would
+    stay in transit in every report until then. The database holds the first (migration 0017)."""
+    made_at_us = session.execute(select(journal_transactions.c.effective_at_us)
+                                 .where(journal_transactions.c.id == payout.transaction_id)).scalar_one()
+    if at_us < made_at_us:
+        raise invalid("at", f"{format_instant(at_us)} is before the payout was made, at {format_instant(made_at_us)}")
+    if at_us > now_us:
+        raise invalid("at", f"{format_instant(at_us)} is in the future")
+    return at_us
 
 
 def settle(session: Session, payout_id: int, *, reason: str | None = None, at_us: int | None = None) -> Payout:

@@ -7,6 +7,8 @@ pieces), decides each event in order against that in-memory state, and writes th
 events and the holds with a few multi-row statements. Each event succeeds or is refused on its own:
 a refused event changes nothing.
 
+An event is dated at most `CLOCK_SKEW_US` after it is recorded (a payment in the future is refused).
+
 Exactly once: an event's `id` is its key. The same id with the same content returns the original
 outcome (`replayed`); with other content it is refused with a conflict naming the fields. The
 event row and its postings commit together, so a crash followed by a retry applies each event once.
@@ -35,6 +37,11 @@ from ledger.partners import PROGRAM_REVISION, Program, program_for
 from ledger.schema import EVENT_TYPES, open_holds, revenue_events
 
 BATCH_EVENTS_MAX = 10_000
+# How far an event may be dated after the instant it is recorded: the clocks of billing and of the
+# service may disagree a little; an event dated later than that is refused (422 naming
+# `occurred_at`; the database holds it too, migration 0017). A payment dated in the future would
+# accrue, and its hold mature, from an instant nobody has seen yet.
+CLOCK_SKEW_US = 5 * 60 * 1_000_000
 EVENT_FIELDS = ("id", "type", "customer_id", "invoice_id", "amount", "occurred_at")
 REFUND_TYPES = ("refund", "chargeback")
 # RevenueEvent's fields, then what the service adds, in table column order.
@@ -327,6 +334,9 @@ class _Writer:
         return outcome
 
     def _apply(self, event: RevenueEvent, hash_hex: str) -> Outcome:
+        if event.occurred_at_us > self.batch.recorded_at_us + CLOCK_SKEW_US:
+            raise invalid("occurred_at", f"{format_instant(event.occurred_at_us)} is in the future: billing posts "
+                                         "what has happened")
         handler = self._paid if event.type == "invoice_paid" else (
             self._refund if event.type in REFUND_TYPES else self._dispute_won)
         status, lines, claim = handler(event)

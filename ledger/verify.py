@@ -7,9 +7,19 @@ are at least two lines, every amount is positive, every line carries its header'
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, and the chain of close
 hashes (`verify_closes`); the statement documents the closes stored against the journal
-(`verify_statement_lines`); and the running totals against the sums of the lines (`verify_totals`).
-All of it reads one snapshot. Problems are values (`Problem`), never exceptions: verify reports,
-the caller decides.
+(`verify_statement_lines`); the running totals against the sums of the lines (`verify_totals`);
+each payout's resolution against the journal's (`verify_payouts`: a payout resolved twice in the
+journal was paid twice); and each revenue event's content against its request hash
+(`verify_events`: an altered amount would change what a later refund claws back). All of it reads
+one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
+decides.
+
+What the database holds cannot prove what it no longer holds: the newest transactions, or the
+newest close, removed by someone who can write the file (past the triggers) leave a shorter chain
+that is whole, and the hashes have no secret, so a rewrite from some transaction on can be made
+whole again. Given a head recorded outside the database (`head`: the id and hash a verify printed
+earlier), verify proves that the journal still holds that transaction with that hash: nothing at or
+before it was removed or rewritten.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
-from ledger.schema import GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions
+from ledger.revenue import EVENT_COLUMNS, RevenueEvent
+from ledger.revenue import request_hash as event_hash
+from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions,
+                           payout_resolutions, payouts, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
@@ -42,14 +55,19 @@ class Report(NamedTuple):
     transactions_checked: int
     chain_head: str
     problems: list[Problem]
+    head_id: int = 0  # the last transaction's id (0: none), whose hash is `chain_head`
 
 
-def verify(session: Session, *, problems_max: int = 1000) -> Report:
+def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] | None = None) -> Report:
     """Check the books as one snapshot shows them (given a fresh session; see `db.one_snapshot`):
-    postings that commit meanwhile are neither half seen nor named as problems."""
+    postings that commit meanwhile are neither half seen nor named as problems. `head`, (id, hash),
+    is a chain head recorded earlier, outside the database."""
     one_snapshot(session)
     problems: list[Problem] = []
     expected_id, prev_hash, checked = 1, GENESIS_HASH, 0
+    resolutions: dict[int, list[tuple[int, str]]] = defaultdict(list)  # payout id -> (transaction, outcome)
+    reversal_of: dict[int, int] = {}  # reversed transaction -> its reversal
+    head_hash: str | None = None
     lines_by_transaction = _lines_grouped(session)
     pending_lines = next(lines_by_transaction, None)
     headers = session.execute(select(journal_transactions).order_by(journal_transactions.c.id)
@@ -64,15 +82,88 @@ def verify(session: Session, *, problems_max: int = 1000) -> Report:
             pending_lines = next(lines_by_transaction, None)
         problems.extend(_check(header, lines, expected_id, prev_hash))
         expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
+        if header.kind in _RESOLUTION_OUTCOMES and _payout_of(header) is not None:
+            resolutions[_payout_of(header)].append((header.id, _RESOLUTION_OUTCOMES[header.kind]))
+        elif header.reverses_id is not None:
+            reversal_of[header.reverses_id] = header.id
+        if head is not None and header.id == head[0]:
+            head_hash = header.hash
         if len(problems) >= problems_max:
             break
     while pending_lines is not None and len(problems) < problems_max:
         problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
         pending_lines = next(lines_by_transaction, None)
+    if head is not None:
+        problems.extend(_check_head(head, head_hash))
     problems.extend(verify_closes(session))
     problems.extend(verify_statement_lines(session))
     problems.extend(verify_totals(session))
-    return Report(not problems, checked, prev_hash, problems[:problems_max])
+    problems.extend(verify_payouts(session, resolutions, reversal_of))
+    problems.extend(verify_events(session))
+    return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
+
+
+# A payout's resolution in the journal: its kind, keyed `{kind}:{payout id}` (ledger.payouts), or
+# the reversal of its posting while it was pending (ledger.reversals), which fails it.
+_RESOLUTION_OUTCOMES = {"payout_settled": "settled", "payout_failed": "failed"}
+
+
+def _payout_of(header) -> int | None:
+    """The payout a resolution's key names; None for a posting of that kind made otherwise (by hand,
+    through `journal.post`), which resolves no payout."""
+    kind, _, payout_id = header.idempotency_key.partition(":")
+    return int(payout_id) if kind == header.kind and payout_id.isdigit() else None
+
+
+def _check_head(head: tuple[int, str], found_hash: str | None) -> list[Problem]:
+    head_id, recorded_hash = head
+    if found_hash is None:
+        return [Problem(head_id, "head_missing", f"the journal ends before transaction {head_id}, the head recorded: "
+                                                 "transactions were removed")]
+    if found_hash != recorded_hash:
+        return [Problem(head_id, "head_rewritten", "the hash is not the one recorded for this head: the journal was "
+                                                   "rewritten up to here")]
+    return []
+
+
+def verify_payouts(session: Session, resolutions: dict[int, list[tuple[int, str]]],
+                   reversal_of: dict[int, int]) -> list[Problem]:
+    """Each payout resolved at most once in the journal (twice is money paid and returned, or paid
+    twice), and recorded as the journal resolved it; nothing resolves a payout that does not exist."""
+    p, r = payouts.c, payout_resolutions.c
+    problems = []
+    known = set()
+    for payout_id, posting_id, recorded_id, outcome in session.execute(
+            select(p.id, p.transaction_id, r.transaction_id, r.outcome)
+            .outerjoin(payout_resolutions, r.payout_id == p.id).order_by(p.id)):
+        known.add(payout_id)
+        journal = list(resolutions.get(payout_id, ()))
+        if posting_id in reversal_of:
+            journal.append((reversal_of[posting_id], "failed"))
+        recorded = [] if recorded_id is None else [(recorded_id, outcome)]
+        if len(journal) > 1:
+            problems.append(Problem(journal[1][0], "payout_resolved_twice",
+                                    f"payout {payout_id} is resolved by transactions "
+                                    f"{', '.join(str(t) for t, _ in sorted(journal))}"))
+        elif journal != recorded:
+            problems.append(Problem(journal[0][0] if journal else recorded_id, "payout_resolution_mismatch",
+                                    f"payout {payout_id}: the journal resolves it {journal or 'nowhere'}, its "
+                                    f"resolution records {recorded or 'none'}"))
+    problems += [Problem(transactions[0][0], "payout_resolution_mismatch", f"resolves payout {payout_id}, which does "
+                                                                           "not exist")
+                 for payout_id, transactions in sorted(resolutions.items(), key=lambda item: str(item[0]))
+                 if payout_id not in known]
+    return problems
+
+
+def verify_events(session: Session) -> list[Problem]:
+    """Each revenue event's content (id, type, customer, invoice, amount, instant) against the
+    request hash it was received with, which a replay compares."""
+    content = EVENT_COLUMNS[:len(RevenueEvent._fields)]
+    rows = session.execute(select(*(revenue_events.c[name] for name in content), revenue_events.c.request_hash)
+                           .order_by(revenue_events.c.id).execution_options(yield_per=STREAM_CHUNK_ROWS))
+    return [Problem(None, "event_altered", f"revenue event {row[0]!r}: its content does not match its request hash")
+            for row in rows if event_hash(RevenueEvent(*row[:-1])) != row[-1]]
 
 
 def verify_closes(session: Session) -> list[Problem]:

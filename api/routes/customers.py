@@ -14,7 +14,7 @@ from werkzeug.exceptions import Forbidden
 
 from api.auth import allow, current_principal
 from api.body import Blueprint
-from api.fields import Date, ExternalId, Instant, PartnerId, Str
+from api.fields import Bool, Date, ExternalId, Instant, PartnerId, Str
 from api.idempotency import idempotent
 from api.schemas import Schema
 from api.session import current_session
@@ -33,7 +33,7 @@ class AttributionRequestSchema(Schema):
     partner_id = PartnerId(required=True)
     effective_from = Date(required=True, metadata={"description": "the attribution starts at 00:00 UTC that day"})
     source = Str(32, required=True, validate=ma.validate.OneOf(ATTRIBUTION_SOURCES))
-    replace = ma.fields.Boolean(load_default=False, metadata={
+    replace = Bool(load_default=False, metadata={
         "description": "end the customer's current attribution to another partner (finance only)"})
 
 

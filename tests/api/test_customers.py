@@ -43,6 +43,15 @@ def test_only_finance_may_replace_an_attribution(call):
         (first, "2026-01-01", "2026-03-01"), (second, "2026-03-01", None)]
 
 
+@pytest.mark.parametrize("replace", ["yes", "true", 1, 0, None, [True]])
+def test_replace_is_a_json_boolean_or_a_422_naming_it(call, replace):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first, "2026-01-01")
+    response = call.post("/v1/attributions", attribution(customer, second, "2026-03-01", replace=replace))
+    assert errors_of(response) == {"replace"}
+    assert [a["partner_id"] for a in call.read(f"/v1/customers/{customer}")["attributions"]] == [first]
+
+
 def test_billing_may_send_replace_false(call):
     customer, partner_id = unique("cust"), call.partner()
     body = call.created("/v1/attributions", attribution(customer, partner_id, replace=False), as_="billing")

@@ -1,11 +1,14 @@
 """Every error is application/problem+json; bad input is a 4xx naming what is wrong, never a 500."""
 
+import io
 import json
 
 import pytest
+from gunicorn.http.errors import InvalidChunkSize
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from ledger import journal
 from tests.api.conftest import BODY_LIMIT_BYTES, bearer, new_transaction
 
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
@@ -90,6 +93,37 @@ def test_a_wrong_method_is_a_405_naming_the_allowed_ones(shared):
     response = shared.client.delete("/v1/transactions", headers=bearer(shared.keys.finance))
     assert_problem(response, 405)
     assert "GET" in response.headers["Allow"]
+
+
+def test_an_object_giving_a_key_twice_is_a_400_naming_it(scratch):
+    original_id = new_transaction(scratch.database)
+    raw = b'{"reason": "first", "reason": "second"}'
+    response = scratch.client.post(f"/v1/transactions/{original_id}/reversal", data=raw,
+                                   content_type="application/json", headers=bearer(scratch.keys.finance))
+    assert "'reason' more than once" in assert_problem(response, 400)["detail"]
+    with scratch.database.reader() as session:
+        assert journal.reversed_by(session, original_id) is None
+
+
+class _BadChunks(io.RawIOBase):
+    """A request stream whose framing the server cannot read, as gunicorn's reader of a chunk size
+    that is not hexadecimal."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, _buffer) -> int:
+        raise InvalidChunkSize(b"ZZ")
+
+
+def test_a_body_the_server_cannot_read_is_a_400_not_a_500(shared):
+    builder = EnvironBuilder("/v1/transactions/1/reversal", method="POST", content_type="application/json",
+                             headers=bearer(shared.keys.finance), data=b"{}")
+    environ = builder.get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
+                    "wsgi.input": io.BufferedReader(_BadChunks())})
+    assert "could not be read" in assert_problem(shared.client.open(Request(environ)), 400)["detail"]
 
 
 def test_a_body_over_the_limit_is_a_413(shared):

@@ -5,6 +5,8 @@ of their own (`fresh`: p1 and p2 on the 20% plan, hold 30 days, minimum payout U
 import pytest
 import sqlalchemy as sa
 
+from ledger import payouts
+from ledger.instants import parse_instant
 from tests.api.books import errors_of, expect, instant, money, unique
 
 
@@ -29,6 +31,12 @@ def test_releasing_holds_moves_matured_accruals_to_available_once(fresh):
     fresh.event(unique("evt"), "p1-customer", unique("inv"), "10.00", "2026-03-01")
     by_now = fresh.ok("/v1/holds/release")  # without an instant: what matured by now
     assert by_now["released"] == 1 and by_now["at"] > "2026-11"
+
+
+def test_releasing_holds_at_an_instant_in_the_future_is_a_422_naming_at(fresh):
+    invoices(fresh, p1="250.00")
+    assert errors_of(fresh.post("/v1/holds/release", {"at": "2062-01-01T00:00:00Z"})) == {"at"}
+    assert available(fresh, "p1", "2026-11-01") == "0.00"
 
 
 def test_an_accrual_reversed_after_its_release_was_posted_is_not_paid_out(fresh):
@@ -77,6 +85,27 @@ def test_the_database_refuses_a_payout_run_before_the_latest(fresh, database):
     with pytest.raises(sa.exc.DBAPIError, match="must not be earlier than the latest"):
         with database.engine.begin() as connection:
             connection.exec_driver_sql("INSERT INTO payout_runs (id, at_us, created_at_us) VALUES ('raw', 1, 1)")
+
+
+@pytest.mark.parametrize("action", ["settle", "fail"])
+def test_a_payout_settled_or_failed_before_it_was_made_or_in_the_future_is_a_422_naming_at(fresh, action):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
+    for at in ("2026-02-09T23:59:59.999999Z", "2062-01-01T00:00:00Z"):
+        assert errors_of(fresh.post(f"/v1/payouts/{payout['id']}/{action}", {"at": at})) == {"at"}
+    assert fresh.read(f"/v1/payouts?run_id={payout['run_id']}")["items"][0]["status"] == "pending"
+    assert available(fresh, "p1", "2026-02-10") == "0.00"
+    assert fresh.ok(f"/v1/payouts/{payout['id']}/{action}", {"at": "2026-02-10T00:00:00Z"})["status"] != "pending"
+
+
+def test_the_database_refuses_a_payout_failed_before_it_was_made(fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
+    monkeypatch.setattr(payouts, "_resolved_at", lambda _session, _payout, at_us, _now_us: at_us)  # past Python
+    with pytest.raises(sa.exc.DBAPIError, match="not settled or failed before it was made"):
+        with database.transaction() as session:
+            payouts.fail(session, payout["id"], at_us=parse_instant("2026-02-01T00:00:00Z", field="at"))
+    assert available(fresh, "p1", "2026-02-10") == "0.00"
 
 
 def test_reversing_a_pending_payouts_posting_fails_the_payout_so_it_cannot_also_be_settled(fresh):

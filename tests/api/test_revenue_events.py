@@ -4,6 +4,7 @@ naming fields, batches applied or refused event by event, concurrent duplicates 
 import http.client
 import json
 import threading
+from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,9 +12,13 @@ import sqlalchemy as sa
 from werkzeug.serving import make_server
 
 from api.routes import revenue as revenue_routes
+from ledger import revenue
+from ledger.errors import OutOfRange
+from ledger.instants import parse_instant
+from ledger.revenue import RevenueEvent
 from ledger.schema import journal_transactions, revenue_events
 from tests.api.books import errors_of, event_body, expect, money, plan_body, unique
-from tests.api.conftest import make_app
+from tests.api.conftest import enroll, make_app
 
 
 @pytest.fixture
@@ -211,6 +216,55 @@ def test_a_batch_applies_or_refuses_each_event_on_its_own(acme, scratch):
                for r in results if "error" in r)
     assert transactions_of_event(scratch.database, events[0]["id"]) == 1
     assert transactions_of_event(scratch.database, events[5]["id"]) == 0
+
+
+def test_an_amount_past_a_64_bit_integer_of_minor_units_is_refused_alone_in_its_batch(acme, scratch):
+    # 15 integer digits in a currency of four decimals reach 10^19 minor units: more than a BIGINT holds.
+    call, customer = acme
+    events = [event_body(unique("evt"), customer, unique("inv"), "10.00", "2026-01-20"),
+              event_body(unique("evt"), customer, unique("inv"), "922337203685477.5808", "2026-01-20", currency="CLF")]
+    results = expect(batch(call, events), 200)["results"]
+    assert [(r["status"], r["http_status"]) for r in results] == [("posted", 201), ("refused", 422)]
+    assert set(results[1]["error"]["errors"]) == {"amount"}
+    assert transactions_of_event(scratch.database, events[0]["id"]) == 1
+    alone = call.post("/v1/revenue-events", {**events[1], "id": unique("evt")}, as_="billing")
+    assert errors_of(alone) == {"amount"}
+
+
+def test_an_event_dated_in_the_future_is_a_422_naming_occurred_at_past_five_minutes_of_clock_skew(acme, scratch):
+    call, customer = acme
+    now = datetime.now(timezone.utc)
+    late = {**event_body(unique("evt"), customer, unique("inv"), "10.00", "2026-01-20"),
+            "occurred_at": (now + timedelta(minutes=6)).isoformat()}
+    assert errors_of(call.post("/v1/revenue-events", late, as_="billing")) == {"occurred_at"}
+    assert transactions_of_event(scratch.database, late["id"]) == 0
+    skewed = {**late, "id": unique("evt"), "occurred_at": (now + timedelta(minutes=1)).isoformat()}
+    assert call.created("/v1/revenue-events", skewed, as_="billing")["status"] == "posted"
+
+
+def test_the_database_refuses_an_event_dated_past_five_minutes_after_it_was_recorded(database):
+    row = {"i": "raw", "t": "invoice_paid", "c": "c1", "n": "inv", "k": "USD", "a": 100,
+           "o": 1_000 + 5 * 60 * 1_000_000 + 1, "r": 1_000, "h": "0" * 64, "s": "unattributed"}
+    statement = sa.text("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor,"
+                        " occurred_at_us, recorded_at_us, request_hash, status) VALUES (:i, :t, :c, :n, :k, :a, :o, :r,"
+                        " :h, :s)")
+    with pytest.raises(sa.exc.DBAPIError, match="in_time|at most five minutes after"):
+        with database.engine.begin() as connection:
+            connection.execute(statement, row)
+    with database.engine.begin() as connection:  # at the limit: accepted
+        connection.execute(statement, {**row, "o": row["o"] - 1})
+
+
+def test_the_driver_refuses_an_amount_past_a_64_bit_integer_as_out_of_range(database):
+    # Past the parser (which refuses it first): sqlite3 cannot bind it, PostgreSQL cannot store it.
+    enroll(database)
+    event = RevenueEvent("huge", "invoice_paid", "p1-customer", "huge-inv", "USD", 2**63,
+                         parse_instant("2026-01-20T00:00:00Z", field="occurred_at"))
+    with pytest.raises(OutOfRange) as refused, database.transaction() as session:
+        revenue.ingest(session, [event])
+    assert set(refused.value.fields) == {"amount"}
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 0
 
 
 def test_an_event_that_would_take_a_total_out_of_range_is_refused_alone_in_its_batch(fresh, database):

@@ -4,9 +4,11 @@ import re
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal
+from ledger import journal, reversals
+from ledger.instants import parse_instant
 from ledger.verify import verify
 from tests.api.conftest import accrual, bearer, new_transaction
 
@@ -103,6 +105,27 @@ def test_a_reversal_may_name_its_effective_instant(scratch):
                        {"reason": "late", "effective_at": "2026-02-01T01:00:00+01:00"})
     assert response.status_code == 201
     assert response.get_json()["effective_at"] == "2026-02-01T00:00:00Z"
+
+
+def test_a_reversal_before_its_original_or_in_the_future_is_a_422_naming_effective_at(scratch):
+    original_id = new_transaction(scratch.database)  # effective 2026-01-20
+    for effective_at in ("2026-01-19T23:59:59.999999Z", "2062-01-01T00:00:00Z"):
+        response = reverse(scratch, original_id, {"reason": "late", "effective_at": effective_at})
+        assert response.status_code == 422 and set(response.get_json()["errors"]) == {"effective_at"}
+    original = scratch.client.get(f"/v1/transactions/{original_id}", headers=bearer(scratch.keys.finance)).get_json()
+    assert original["reversed_by_id"] is None
+    assert reverse(scratch, original_id, {"reason": "late", "effective_at": "2026-01-20T00:00:00Z"}).status_code == 201
+
+
+def test_the_database_refuses_a_reversal_effective_before_its_original(scratch, monkeypatch):
+    original_id = new_transaction(scratch.database)
+    monkeypatch.setattr(journal, "_check_reversal_instant", lambda *_args: None)  # past Python's check
+    with pytest.raises(sa.exc.DBAPIError, match="not effective before the transaction it reverses"):
+        with scratch.database.transaction() as session:
+            reversals.reverse(session, original_id, reason="early",
+                              effective_at_us=parse_instant("2026-01-19T00:00:00Z", field="at"))
+    with scratch.database.reader() as session:
+        assert journal.reversed_by(session, original_id) is None
 
 
 def test_a_second_reversal_is_a_409(scratch):

@@ -158,6 +158,23 @@ def test_verify_exits_1_and_names_the_problem(sqlite_database):
     assert "PROBLEM transaction 1: content_altered" in result.output and "PROBLEM transaction 1: unbalanced" in result.output
 
 
+def test_verify_prints_the_head_to_record_and_proves_a_recorded_head(sqlite_database):
+    with sqlite_database.transaction() as session:
+        seed(session)
+        revenue.ingest(session, monthly_events(months=1))
+    first = invoke(sqlite_database.url, "verify")
+    [head] = [line.removeprefix("head to record: ") for line in first.output.splitlines()
+              if line.startswith("head to record: ")]
+    assert first.exit_code == 0 and invoke(sqlite_database.url, "verify", "--head", head).exit_code == 0
+    head_id, head_hash = head.split(":")
+    later = invoke(sqlite_database.url, "verify", "--head", f"{int(head_id) + 1}:{head_hash}")
+    assert later.exit_code == 1 and f"PROBLEM transaction {int(head_id) + 1}: head_missing" in later.output
+    for bad in ("12", "x:" + head_hash, f"{head_id}:{head_hash[:-1]}", f"0:{head_hash}"):
+        refused = CliRunner().invoke(main, ["verify", "--head", bad],
+                                     env={"REVSHARE_DATABASE_URL": sqlite_database.url})
+        assert refused.exit_code == 2 and "--head" in refused.output
+
+
 def write_ndjson(path: Path, events) -> Path:
     path.write_text("".join(json.dumps(event_dict(event)) + "\n" for event in events))
     return path
@@ -340,7 +357,7 @@ def audited_books(database: Database) -> tuple:
 
 def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run(killed_and_clean, tmp_path):
     (killed, clean), customer_ids = killed_and_clean
-    events = monthly_events(months=12, customer_ids=customer_ids)
+    events = monthly_events(months=11, customer_ids=customer_ids)
     path = write_ndjson(tmp_path / "big.ndjson", events)
     interrupted = 0
     for _ in range(IMPORT_KILLS):  # each run replays what committed, posts some more and is killed

@@ -130,7 +130,7 @@ def test_a_second_reversal_under_another_key_is_a_conflict(database):
 def test_a_reversal_cannot_be_reversed_and_unknown_transactions_are_not_found(database):
     with database.transaction() as session:
         journal.post(session, [accrual("a1", 100)])
-        journal.reverse(session, 1, reason="first", effective_at_us=99)
+        journal.reverse(session, 1, reason="first", effective_at_us=2_000)
     with pytest.raises(Conflict, match="itself a reversal"), database.transaction() as session:
         journal.reverse(session, 2, reason="undo")
     with pytest.raises(NotFound), database.transaction() as session:
@@ -151,4 +151,4 @@ def test_a_large_batch_posts_in_one_call_with_a_gap_free_chain(database):
 
 def test_verify_on_an_empty_journal_is_clean(database):
     with database.reader() as session:
-        assert verify(session) == (True, 0, journal.GENESIS_HASH, [])
+        assert verify(session) == (True, 0, journal.GENESIS_HASH, [], 0)

@@ -424,13 +424,24 @@ def test_a_second_resolution_of_a_settled_payout_is_refused_by_the_database(enro
         assert payouts.get_payout(session, payout.id).status == "settled"
 
 
+def test_a_raw_resolution_dated_before_its_payout_is_refused(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+    # The adjustment before it, effective a microsecond before the payout.
+    refused(enrolled, RESOLUTION, "not settled or failed before it was made", p=payout.id, o="failed",
+            t=payout.transaction_id - 1)
+    with enrolled.reader() as session:
+        assert payouts.get_payout(session, payout.id).status == "pending"
+
+
 def test_two_raw_resolutions_of_a_pending_payout_are_refused_at_the_second(enrolled):
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
-        adjustment_id = payout.transaction_id - 1
+        later_id = payouts.adjust(session, "northwind", "available", 100, "USD", "later",
+                                  effective_at_us=at("2026-03-02")).id
 
     def both(connection):
-        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="settled", t=adjustment_id))
+        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="settled", t=later_id))
         connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="failed", t=payout.transaction_id))
 
     with pytest.raises(sa.exc.IntegrityError, match=SECOND_RESOLUTION):
@@ -507,3 +518,20 @@ def test_two_payout_runs_racing_at_the_same_instant_post_once(enrolled):
         assert session.execute(sa.text("SELECT count(*) FROM payouts")).scalar_one() == 1
         assert session.execute(sa.text(
             "SELECT count(*) FROM journal_transactions WHERE kind = 'payout'")).scalar_one() == 1
+
+
+def test_a_payout_resolved_twice_in_the_journal_is_named_by_verify(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        settled = payouts.settle(session, payout.id, at_us=at("2026-03-02"))
+    with behind_the_triggers(enrolled) as execute:  # its record gone, the payout looks pending again
+        execute(f"DELETE FROM payout_resolutions WHERE payout_id = {payout.id}")
+    with enrolled.reader() as session:
+        [problem] = verify(session).problems
+    assert (problem.code, problem.transaction_id) == ("payout_resolution_mismatch", settled.resolution_transaction_id)
+    with enrolled.transaction() as session:
+        failed = payouts.fail(session, payout.id, at_us=at("2026-03-03"))  # paid, and the money returned
+    with enrolled.reader() as session:
+        [problem] = verify(session).problems
+    assert (problem.code, problem.transaction_id) == ("payout_resolved_twice", failed.resolution_transaction_id)
+    assert f"payout {payout.id} is resolved by transactions" in problem.message

@@ -4,9 +4,12 @@ import contextlib
 import sqlite3
 
 import pytest
+import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import journal
+from ledger.revenue import RevenueEvent, request_hash
+from ledger.schema import revenue_events
 from ledger.verify import verify
 
 PENDING = chart.pending("northwind")
@@ -109,3 +112,34 @@ def test_altered_running_totals_are_named(booked, tamper):
         report = verify(session)
     assert {(p.transaction_id, p.code) for p in report.problems} == {(None, "totals_mismatch")}
     assert all(chart.EXPENSE_COMMISSION in p.message or PENDING in p.message for p in report.problems), report.problems
+
+
+def test_a_head_recorded_earlier_proves_the_newest_transactions_were_not_removed(booked):
+    with booked.reader() as session:
+        before = verify(session)
+    head = (before.head_id, before.chain_head)
+    assert before.head_id == 5 and problems_with_head(booked, head) == set()
+    with behind_the_triggers(booked) as execute:
+        execute("DELETE FROM journal_lines WHERE transaction_id = 5")
+        execute("DELETE FROM journal_transactions WHERE id = 5")
+    assert (5, "head_missing") in problems_with_head(booked, head)
+    assert (5, "head_missing") not in problems(booked)  # without it, a shorter chain is whole
+    assert (4, "head_rewritten") in problems_with_head(booked, (4, "0" * 64))
+
+
+def problems_with_head(database, head: tuple[int, str]) -> set[tuple[int, str]]:
+    with database.reader() as session:
+        return {(p.transaction_id, p.code) for p in verify(session, head=head).problems}
+
+
+def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
+    event = RevenueEvent("evt-1", "invoice_paid", "acme", "inv-9", "USD", 10_000, 1_000)
+    with booked.engine.begin() as connection:
+        connection.execute(sa.insert(revenue_events).values(
+            **event._asdict(), recorded_at_us=1_000, request_hash=request_hash(event), status="unattributed"))
+    assert problems(booked) == set()
+    with behind_the_triggers(booked) as execute:
+        execute("UPDATE revenue_events SET amount_minor = 1000")
+    with booked.reader() as session:
+        [problem] = verify(session).problems
+    assert problem.code == "event_altered" and "'evt-1'" in problem.message

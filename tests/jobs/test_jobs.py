@@ -15,7 +15,8 @@ from jobs.scheduler import build_scheduler
 from ledger import revenue
 from ledger.balances import partner_balances
 from ledger.periods import list_periods
-from ledger.schema import journal_transactions, payouts
+from ledger.payouts import run_payouts
+from ledger.schema import journal_transactions, payout_runs, payouts
 from ledger.settings import Settings
 from tests.program import at, monthly_events, seed
 
@@ -70,6 +71,27 @@ def test_the_payout_job_runs_once_per_day(books):
     assert first.figures["payouts"] == 1 and first.figures["replayed"] is False
     assert rerun.figures == {**first.figures, "replayed": True}
     assert count(books, "payout") == 1
+
+
+def test_the_payout_job_makes_the_months_run_on_its_day_or_the_first_day_after_it(books):
+    early = bodies.run_job(books, "payout_run", lambda s, t: bodies.payout_run(s, t, day_of_month=5),
+                           at("2026-04-04T01:00:00Z"))
+    assert early.figures == {"run_id": None, "due": "2026-04-05T00:00:00Z"} and count(books, "payout") == 0
+    # The scheduler was down on the 5th: the run on the 7th makes the 5th's run, as of then.
+    late = bodies.run_job(books, "payout_run", lambda s, t: bodies.payout_run(s, t, day_of_month=5),
+                          at("2026-04-07T01:00:00Z"))
+    assert late.figures["payouts"] == 1 and late.figures["replayed"] is False
+    with books.reader() as session:
+        [run_at] = session.execute(select(payout_runs.c.at_us)).scalars().all()
+    assert run_at == at("2026-04-05")
+
+
+def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
+    with books.transaction() as session:
+        by_hand = run_payouts(session, at("2026-04-01T00:20:00Z"))
+    job = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01T01:00:00Z"))
+    assert job.figures == {"run_id": by_hand.id, "payouts": len(by_hand.payouts), "replayed": True}
+    assert count(books, "payout") == len(by_hand.payouts) == 1
 
 
 def test_the_verify_job_reports_figures(books):
@@ -149,4 +171,4 @@ def test_the_production_schedule_has_one_entry_per_job_with_no_overlap(sqlite_da
     jobs = {job.id: job for job in scheduler.get_jobs()}
     assert sorted(jobs) == ["close_periods", "payout_run", "release_holds", "verify"]
     assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
-    assert "day='5'" in str(jobs["payout_run"].trigger)
+    assert str(jobs["payout_run"].trigger) == "cron[hour='1']"  # daily: the body knows the day

@@ -18,6 +18,7 @@ its lines; verify() is clean.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import queue
 import random
@@ -34,6 +35,7 @@ from ledger import partners, payouts
 from ledger.balances import debit_minus_credit, line_sums, partner_balances, sums
 from ledger.db import Database
 from ledger.errors import Conflict
+from ledger.instants import from_us
 from ledger.schema import journal_transactions, payout_resolutions, payout_runs
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
@@ -90,7 +92,9 @@ def run_at_each_instant(url: str, through_job: bool, barrier) -> list[tuple]:
         for at_us in INSTANTS:
             barrier.wait(RESULT_WAIT_S)
             if through_job:
-                figures = bodies.run_job(database, "payout_run", bodies.payout_run, at_us).figures
+                # The job as scheduled on a payout day of this instant's day (instants are at midnight).
+                body = functools.partial(bodies.payout_run, day_of_month=from_us(at_us).day)
+                figures = bodies.run_job(database, "payout_run", body, at_us).figures
                 outcomes.append((at_us, figures["run_id"], figures["replayed"], None))
                 continue
             with database.transaction() as session:

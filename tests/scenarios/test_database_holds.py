@@ -58,7 +58,7 @@ def test_a_second_invoice_paid_row_for_the_same_invoice_is_refused(books):
 
 
 LATER = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
-         "recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, :currency, :amount, :at, 1, "
+         "recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, :currency, :amount, :at, :at, "
          "'" + "h" * 64 + "', 'posted')")
 NOT_PAID = "needs its invoice paid by the same customer, in the same currency, at or before its instant"
 EXCEEDED = "refunds and chargebacks, less won disputes, would exceed the paid amount of the invoice"
@@ -121,7 +121,7 @@ def test_each_type_is_held_to_its_own_limit_as_in_the_service(books):
     with behind_the_triggers(books.database) as execute:
         execute("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, "
                 "occurred_at_us, recorded_at_us, request_hash, status) VALUES ('w-old', 'chargeback_reversed', "
-                f"'acme', 'inv-1', 'USD', 10000, {at('2026-01-15')}, 1, '{'h' * 64}', 'posted')")
+                f"'acme', 'inv-1', 'USD', 10000, {at('2026-01-15')}, {at('2026-01-15')}, '{'h' * 64}', 'posted')")
     accepted(books, LATER, **raw("refund", 1_000, "2026-01-12", event_id="r1"))
     refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 1, "2026-01-25", event_id="w1"))
 

@@ -30,6 +30,7 @@ def test_the_minor_unit_comes_from_the_currency(code, exponent):
     ("123.45", "USD", 12345), ("0.5", "USD", 50), ("7", "USD", 700), ("-40.00", "USD", -4000),
     ("1500", "JPY", 1500), ("1.234", "BHD", 1234), ("0.001", "BHD", 1),
     ("999999999999999.99", "USD", 99999999999999999),
+    ("922337203685477.5807", "CLF", 2**63 - 1), ("-922337203685477.5807", "CLF", -(2**63 - 1)),
 ])
 def test_decimal_strings_parse_to_exact_minor_units(text, currency, minor):
     assert parse_amount_minor(text, currency) == minor
@@ -47,6 +48,8 @@ def test_decimal_strings_parse_to_exact_minor_units(text, currency, minor):
     ("1,00", "USD", "not a decimal string"),
     ("", "USD", "not a decimal string"),
     ("1234567890123456", "USD", "more than 15 integer digits"),
+    ("922337203685477.5808", "CLF", "at most 922337203685477.5807 CLF"),  # 2^63 minor units: past a BIGINT
+    ("-999999999999999.9999", "UYW", "at most 922337203685477.5807 UYW"),
     (12.5, "USD", "not a JSON number"),
     (12, "USD", "not a JSON number"),
     ("\uff11\uff10", "USD", "not a decimal string"),  # fullwidth digits, which `\d` would match
