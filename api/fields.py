@@ -63,12 +63,19 @@ def storable(text: str) -> None:
         raise ma.ValidationError("must be valid Unicode text") from None
 
 
+def not_blank(text: str) -> None:
+    if not text.strip():
+        raise ma.ValidationError("must not be blank")
+
+
 class Str(ma.fields.String):
-    """A string of `min_length`..`max_length` characters that a database can store."""
+    """A string of `min_length`..`max_length` characters that a database can store; when it must
+    have characters, they may not all be white space (a name or reason of spaces says nothing)."""
 
     def __init__(self, max_length: int, *, min_length: int = 1, validate: Any = None, **kwargs) -> None:
         extra = [] if validate is None else list(validate) if isinstance(validate, (list, tuple)) else [validate]
-        super().__init__(validate=[ma.validate.Length(min=min_length, max=max_length), storable, *extra], **kwargs)
+        checks = [ma.validate.Length(min=min_length, max=max_length), storable, *([not_blank] if min_length else [])]
+        super().__init__(validate=[*checks, *extra], **kwargs)
 
 
 class Bool(ma.fields.Boolean):

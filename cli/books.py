@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Iterator
 
 import click
@@ -42,7 +43,9 @@ def domain_errors(options: dict[str, str] | None = None) -> Iterator[None]:
 @contextlib.contextmanager
 def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterator[Database]:
     """The settings' database, disposed of afterwards; a domain error, or a database that cannot be
-    used, exits 2 with `error: ...`."""
+    used, exits 2 with `error: ...`. An SQLite file that does not exist is not created: a mistyped
+    path would leave an empty database behind (only `revshare db upgrade` makes one)."""
+    _refuse_missing_sqlite_file(settings.database_url)
     database = Database(settings.database_url)
     try:
         with database_errors(settings.database_url), domain_errors(options):
@@ -64,6 +67,17 @@ def database_errors(url: str) -> Iterator[None]:
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it has no tables yet: run `revshare db upgrade` first", err=True)
+        sys.exit(2)
+
+
+def _refuse_missing_sqlite_file(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if path.parent.is_dir() and not path.exists():  # no directory: SQLite's own error names it
+        click.echo(f"error: cannot use the database {parsed!r}: the file {str(path)!r} does not exist\n"
+                   "  it has no tables yet: run `revshare db upgrade` first", err=True)
         sys.exit(2)
 
 
@@ -203,7 +217,7 @@ def statement(settings: Settings, partner_id: str, period: str, output: str) -> 
     from ledger.partners import get_partner
     from ledger.statements import statement as build, to_csv, to_data, to_text
 
-    with opened(settings) as database:
+    with opened(settings, {"period": "--period"}) as database:
         parse_period(period)
         with database.reader() as session:
             get_partner(session, partner_id)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import in_lists
 from ledger.errors import Conflict, NotFound, invalid
-from ledger.instants import start_of_day_us
+from ledger.instants import format_instant, start_of_day_us, within_horizon
 from ledger.journal import now_us
 from ledger.schema import ATTRIBUTION_SOURCES, attributions, customers, partners
 
@@ -56,7 +56,7 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
         raise invalid("source", f"must be one of {', '.join(ATTRIBUTION_SOURCES)}")
     if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
         raise invalid("partner_id", f"partner {partner_id!r} does not exist")
-    start_us = start_of_day_us(effective_from)
+    start_us = within_horizon(start_of_day_us(effective_from), field="effective_from")
     history = get_customer(session, customer_id).attributions if _exists(session, customer_id) else ()
     current = history[-1] if history else None
     if current is not None:
@@ -66,7 +66,8 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
             raise Conflict(f"customer {customer_id!r} is attributed to partner {current.partner_id!r}; "
                            "only finance can replace an attribution (set replace: true)")
         if current.partner_id == partner_id:
-            raise Conflict(f"customer {customer_id!r} is already attributed to partner {partner_id!r}")
+            raise Conflict(f"customer {customer_id!r} is already attributed to partner {partner_id!r}, from "
+                           f"{format_instant(current.effective_from_us)}")
         if start_us <= current.effective_from_us:
             raise Conflict("effective_from: a replacing attribution must start after the current one",
                            {"effective_from": ["must be later than the current attribution's start"]})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import functools
 import re
+import time as _time
 from datetime import date, datetime, time, timedelta, timezone
 
 from ledger.errors import invalid
@@ -31,6 +32,24 @@ _INSTANT_PATTERN = re.compile(
 # end of the longest window (terms.DURATION_MONTHS_MAX, 100 years) or hold (terms.HOLD_DAYS_MAX, 10
 # years) still falls before datetime's last year, 9999.
 _YEAR_MIN, _YEAR_MAX = 1970, 9800
+
+
+# A program fact (a plan version, a partner's status or plan, an attribution) may be dated at most
+# this far ahead. Each fact must start after the latest of its kind, and none can be withdrawn, so
+# one dated in a far year by mistake would block every later fact of its kind until then.
+FACT_HORIZON_DAYS = 366
+
+
+def within_horizon(at_us: int, *, field: str) -> int:
+    """`at_us`, unless it is more than FACT_HORIZON_DAYS after now (a 422 naming `field`)."""
+    if at_us > time_ns_us() + FACT_HORIZON_DAYS * 86_400 * _US_PER_SECOND:
+        raise invalid(field, f"{format_instant(at_us)} is more than {FACT_HORIZON_DAYS} days ahead: a fact cannot "
+                             "be withdrawn, and one dated that far would block every later one of its kind until then")
+    return at_us
+
+
+def time_ns_us() -> int:
+    return _time.time_ns() // 1_000
 
 
 def to_us(instant: datetime) -> int:

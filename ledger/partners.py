@@ -21,6 +21,7 @@ from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
 from ledger.db import after_commit, driver_results, driver_rows, in_lists, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
+from ledger.instants import within_horizon
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
 from ledger.schema import PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners
@@ -76,7 +77,7 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
     current = get_partner(session, partner_id)
     if current.status == "terminated":
         raise Conflict(f"partner {partner_id!r} is terminated; termination is final")
-    at = now_us() if effective_at_us is None else effective_at_us
+    at = now_us() if effective_at_us is None else within_horizon(effective_at_us, field="effective_at")
     latest = session.execute(select(partner_statuses.c.effective_at_us)
                              .where(partner_statuses.c.partner_id == partner_id)
                              .order_by(partner_statuses.c.effective_at_us.desc()).limit(1)).scalar_one()
@@ -92,6 +93,7 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
     get_partner(session, partner_id)
     if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
         raise invalid("plan_id", f"plan {plan_id!r} does not exist")
+    within_horizon(effective_from_us, field="effective_from")
     latest = session.execute(select(partner_plans.c.effective_from_us)
                              .where(partner_plans.c.partner_id == partner_id)
                              .order_by(partner_plans.c.effective_from_us.desc()).limit(1)).scalar_one()

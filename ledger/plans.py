@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import driver_rows, in_lists
 from ledger.errors import Conflict, NotFound, invalid
+from ledger.instants import within_horizon
 from ledger.journal import now_us
 from ledger.schema import plan_versions, plans
 from ledger.terms import Terms, parse_terms, terms_from_json, terms_to_json
@@ -49,16 +50,18 @@ def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str,
     if not isinstance(name, str) or not 1 <= len(name) <= 200:
         raise invalid("name", "1 to 200 characters")
     terms = parse_terms(terms_data)
+    first_us = BEGINNING_US if effective_from_us is None else within_horizon(effective_from_us, field="effective_from")
     if plan_exists(session, plan_id):
         raise Conflict(f"plan {plan_id!r} already exists")
     created = now_us()
     session.execute(insert(plans).values(id=plan_id, name=name, created_at_us=created))
-    _insert_version(session, plan_id, 1, BEGINNING_US if effective_from_us is None else effective_from_us, terms)
+    _insert_version(session, plan_id, 1, first_us, terms)
     return get_plan(session, plan_id)
 
 
 def add_version(session: Session, plan_id: str, terms_data: dict[str, Any], effective_from_us: int) -> PlanVersion:
     terms = parse_terms(terms_data)
+    within_horizon(effective_from_us, field="effective_from")
     plan = get_plan(session, plan_id)
     latest = plan.versions[-1]
     if effective_from_us <= latest.effective_from_us:

@@ -6,13 +6,13 @@ scheduler build a `Settings` with `Settings.from_env()` and pass it down.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
 PREFIX = "REVSHARE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class SettingsError(ValueError):
@@ -73,7 +73,7 @@ class Settings:
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, got {url!r}")
         level = log_level.upper()
-        if not isinstance(logging.getLevelName(level), int):
+        if level not in LOG_LEVELS:
             raise SettingsError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
         defaults = cls.__dataclass_fields__
         pick = lambda name, value, low, high: (  # noqa: E731

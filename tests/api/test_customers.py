@@ -1,5 +1,7 @@
 """POST /v1/attributions and GET /v1/customers/{id}."""
 
+from datetime import date, timedelta
+
 import pytest
 
 from tests.api.books import errors_of, expect, unique
@@ -56,6 +58,18 @@ def test_billing_may_send_replace_false(call):
     customer, partner_id = unique("cust"), call.partner()
     body = call.created("/v1/attributions", attribution(customer, partner_id, replace=False), as_="billing")
     assert (body["customer_id"], body["partner_id"]) == (customer, partner_id)
+
+
+def test_an_attribution_dated_more_than_a_year_ahead_is_a_422_and_blocks_nothing(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    far = (date.today() + timedelta(days=400)).isoformat()
+    assert errors_of(call.post("/v1/attributions", attribution(customer, first, far), as_="billing")) == {
+        "effective_from"}
+    call.attribute(customer, first, "2026-01-01")
+    assert errors_of(call.post("/v1/attributions", attribution(customer, second, far, replace=True))) == {
+        "effective_from"}
+    replaced = call.created("/v1/attributions", attribution(customer, second, "2026-03-01", replace=True))
+    assert replaced["partner_id"] == second
 
 
 def test_a_replacement_must_start_after_the_current_attribution(call):

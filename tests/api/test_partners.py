@@ -1,5 +1,7 @@
 """Partners: POST, GET (list and one), PATCH (status or plan), balance and statement (JSON and CSV)."""
 
+from datetime import date, timedelta
+
 import pytest
 
 from api.routes.partners import StatementSchema
@@ -33,7 +35,8 @@ def test_a_sub_partner_sits_one_level_below_its_parent(call):
     ({"parent_id": "no-such-partner"}, {"parent_id"}),
     ({"id": "a:b", "name": ""}, {"id", "name"}),
     ({"tier": "gold"}, {"tier"}),
-], ids=["type", "plan", "parent", "id-and-name", "unknown"])
+    ({"name": " \t "}, {"name"}),
+], ids=["type", "plan", "parent", "id-and-name", "unknown", "blank-name"])
 def test_a_bad_partner_is_a_422_naming_the_field(call, fields, named):
     assert errors_of(call.post("/v1/partners", partner_body(unique("pt"), **fields))) == named
 
@@ -99,6 +102,15 @@ def test_a_plan_change_from_a_date_moves_the_partner_to_the_new_plan(call):
     assert errors_of(again, 409) == {"effective_from"}
     assert errors_of(call.patch(f"/v1/partners/{partner_id}", {"plan_id": "no-such-plan",
                                                                 "effective_from": "2026-03-01"})) == {"plan_id"}
+
+
+def test_a_status_or_plan_change_dated_more_than_a_year_ahead_is_a_422_and_blocks_nothing(call):
+    partner_id, far = call.partner(), (date.today() + timedelta(days=400)).isoformat()
+    status = call.patch(f"/v1/partners/{partner_id}", {"status": "suspended", "effective_at": f"{far}T00:00:00Z"})
+    assert errors_of(status) == {"effective_at"}
+    assert errors_of(call.patch(f"/v1/partners/{partner_id}", {"plan_id": "standard", "effective_from": far})) == {
+        "effective_from"}
+    assert expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended"}), 200)["status"] == "suspended"
 
 
 @pytest.mark.parametrize("body, named", [

@@ -1,5 +1,7 @@
 """POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id}."""
 
+from datetime import date, timedelta
+
 import pytest
 
 from tests.api.books import errors_of, expect, money, plan_body, unique
@@ -61,6 +63,17 @@ def test_a_new_version_starts_at_its_effective_from_and_the_plan_lists_all_versi
     plan = call.read(f"/v1/plans/{plan_id}")
     assert plan["version"] == 2 and [v["version"] for v in plan["versions"]] == [1, 2]
     assert plan["versions"][1] == version
+
+
+def test_a_version_dated_more_than_a_year_ahead_is_a_422_naming_effective_from(call):
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    terms = {key: value for key, value in plan_body(plan_id).items() if key not in ("id", "name")}
+    far = (date.today() + timedelta(days=400)).isoformat()
+    assert errors_of(call.post(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": far})) == {"effective_from"}
+    assert errors_of(call.post("/v1/plans", {**plan_body(unique("plan")), "effective_from": far})) == {"effective_from"}
+    near = (date.today() + timedelta(days=300)).isoformat()
+    assert call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": near})["version"] == 2
 
 
 @pytest.mark.parametrize("rate", ["0.0000001", "0.0000000"])

@@ -60,10 +60,13 @@ def test_db_upgrade_creates_the_default_database_and_is_repeatable(tmp_path):
     assert invoke(url, "verify").exit_code == 0
 
 
-def test_a_bad_setting_stops_with_a_message_naming_the_variable(database_url):
-    result = CliRunner().invoke(main, ["verify"], env={"REVSHARE_DATABASE_URL": database_url,
-                                                       "REVSHARE_CLOSE_GRACE_DAYS": "soon"})
-    assert result.exit_code == 2 and "REVSHARE_CLOSE_GRACE_DAYS must be an integer" in result.output
+@pytest.mark.parametrize("name, value, message", [
+    ("REVSHARE_CLOSE_GRACE_DAYS", "soon", "REVSHARE_CLOSE_GRACE_DAYS must be an integer"),
+    ("REVSHARE_LOG_LEVEL", "critical", "REVSHARE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+])
+def test_a_bad_setting_stops_with_a_message_naming_the_variable(database_url, name, value, message):
+    result = CliRunner().invoke(main, ["verify"], env={"REVSHARE_DATABASE_URL": database_url, name: value})
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_the_demo_loads_once_and_then_changes_nothing(database):
@@ -99,6 +102,8 @@ def test_jobs_run_from_the_command_line_with_an_explicit_instant(seeded):
     (("close", "2026-13"), "period: must be a period YYYY-MM"),
     (("close", "2999-01"), "has not ended yet"),
     (("statement", "nobody", "--period", "2026-01"), "partner 'nobody' does not exist"),
+    (("statement", "northwind", "--period", "2026-3"), "--period: must be a period YYYY-MM"),
+    (("release-holds", "--at", "2062-01-01"), "--at: 2062-01-02T00:00:00Z is in the future"),
     (("release-holds", "--at", "yesterday"), "--at: must be a date YYYY-MM-DD or an RFC 3339 instant"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(seeded, args, message):
@@ -112,6 +117,7 @@ def test_a_database_that_cannot_be_used_exits_2_with_a_clear_error_not_a_traceba
     unmigrated = invoke(f"sqlite:///{tmp_path / 'empty.db'}", *command)
     assert unmigrated.exit_code == 2, unmigrated.output
     assert "error: cannot use the database" in unmigrated.output and "run `revshare db upgrade`" in unmigrated.output
+    assert not (tmp_path / "empty.db").exists()  # a mistyped path leaves no empty database behind
     unreachable = invoke(f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}", *command)
     assert unreachable.exit_code == 2 and "unable to open database file" in unreachable.output
     (tmp_path / "notes.txt").write_text("not a database, " * 100)
