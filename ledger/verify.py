@@ -93,7 +93,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     while pending_lines is not None and len(problems) < problems_max:
         problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
         pending_lines = next(lines_by_transaction, None)
-    if head is not None:
+    if head is not None and (head_hash is not None or len(problems) < problems_max):  # not cut short before it
         problems.extend(_check_head(head, head_hash))
     problems.extend(verify_closes(session))
     problems.extend(verify_statement_lines(session))
@@ -140,20 +140,23 @@ def verify_payouts(session: Session, resolutions: dict[int, list[tuple[int, str]
         journal = list(resolutions.get(payout_id, ()))
         if posting_id in reversal_of:
             journal.append((reversal_of[posting_id], "failed"))
+        journal.sort()
         recorded = [] if recorded_id is None else [(recorded_id, outcome)]
         if len(journal) > 1:
             problems.append(Problem(journal[1][0], "payout_resolved_twice",
-                                    f"payout {payout_id} is resolved by transactions "
-                                    f"{', '.join(str(t) for t, _ in sorted(journal))}"))
+                                    f"payout {payout_id} is resolved twice: {_resolved(journal)}"))
         elif journal != recorded:
             problems.append(Problem(journal[0][0] if journal else recorded_id, "payout_resolution_mismatch",
-                                    f"payout {payout_id}: the journal resolves it {journal or 'nowhere'}, its "
-                                    f"resolution records {recorded or 'none'}"))
-    problems += [Problem(transactions[0][0], "payout_resolution_mismatch", f"resolves payout {payout_id}, which does "
-                                                                           "not exist")
-                 for payout_id, transactions in sorted(resolutions.items(), key=lambda item: str(item[0]))
-                 if payout_id not in known]
+                                    f"payout {payout_id}: the journal has it {_resolved(journal)}, its resolution "
+                                    f"record {_resolved(recorded)}"))
+    problems += [Problem(transactions[0][0], "payout_resolution_mismatch",
+                         f"resolves payout {payout_id}, which does not exist")
+                 for payout_id, transactions in sorted(resolutions.items()) if payout_id not in known]
     return problems
+
+
+def _resolved(resolutions: list[tuple[int, str]]) -> str:
+    return ", ".join(f"{outcome} by transaction {transaction}" for transaction, outcome in resolutions) or "pending"
 
 
 def verify_events(session: Session) -> list[Problem]:

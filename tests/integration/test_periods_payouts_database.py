@@ -534,4 +534,5 @@ def test_a_payout_resolved_twice_in_the_journal_is_named_by_verify(enrolled):
     with enrolled.reader() as session:
         [problem] = verify(session).problems
     assert (problem.code, problem.transaction_id) == ("payout_resolved_twice", failed.resolution_transaction_id)
-    assert f"payout {payout.id} is resolved by transactions" in problem.message
+    settled_by = f"settled by transaction {settled.resolution_transaction_id}"
+    assert f"payout {payout.id} is resolved twice: {settled_by}" in problem.message
