@@ -33,6 +33,7 @@ from ledger.customers import validate_external_id
 from ledger.errors import InvalidInput
 from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period, start_of_day_us
 from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
+from ledger.verify import parse_head
 
 AMOUNT_TEXT_MAX = 40
 INSTANT_TEXT_MAX = 40
@@ -165,6 +166,19 @@ class Date(_Parsed):
 
     def format(self, value: date) -> str:
         return value.isoformat()
+
+
+class Head(_Parsed):
+    """A chain head as verify reports one to record: `ID:HASH`."""
+
+    text_length_max = 90
+    openapi = {"example": "1024:" + "0" * 64}
+
+    def parse(self, text: str, field: str) -> tuple[int, str]:
+        return parse_head(text, field=field)
+
+    def format(self, value: tuple[int, str]) -> str:
+        return f"{value[0]}:{value[1]}"
 
 
 class Period(_Parsed):

@@ -60,11 +60,13 @@ def verify(settings: Settings, head: str | None) -> None:
     The books cannot prove that none of their newest transactions were removed: record the head this
     prints somewhere else, and pass it with --head to a later verify."""
     from cli.books import opened
+    from ledger.verify import parse_head
     from ledger.verify import verify as verify_books
 
-    recorded = _head(head)
-    with opened(settings) as database, database.reader() as session:
-        report = verify_books(session, head=recorded)
+    with opened(settings, {"head": "--head"}) as database:
+        recorded = None if head is None else parse_head(head)
+        with database.reader() as session:
+            report = verify_books(session, head=recorded)
     click.echo(f"transactions checked: {report.transactions_checked}")
     click.echo(f"chain head: {report.chain_head}")
     click.echo(f"head to record: {report.head_id}:{report.chain_head}")
@@ -75,16 +77,6 @@ def verify(settings: Settings, head: str | None) -> None:
         click.echo(f"{len(report.problems)} problem(s) found", err=True)
         sys.exit(1)
     click.echo("ok")
-
-
-def _head(text: str | None) -> tuple[int, str] | None:
-    if text is None:
-        return None
-    head_id, _, head_hash = text.partition(":")
-    if not head_id.isdigit() or int(head_id) < 1 or len(head_hash) != 64 or head_hash.strip("0123456789abcdef"):
-        click.echo("error: --head: must be a transaction id and its hash, ID:HASH, as verify prints it", err=True)
-        sys.exit(2)
-    return int(head_id), head_hash
 
 
 @main.command()

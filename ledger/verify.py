@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
+from ledger.errors import invalid
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.revenue import EVENT_COLUMNS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
@@ -101,6 +102,15 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_payouts(session, resolutions, reversal_of))
     problems.extend(verify_events(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
+
+
+def parse_head(text: str, *, field: str = "head") -> tuple[int, str]:
+    """`ID:HASH`, as verify reports a head to record, as (id, hash); a 422 naming `field` otherwise."""
+    head_id, _, head_hash = text.partition(":")
+    if (not head_id.isdigit() or int(head_id) < 1 or len(head_hash) != 64
+            or head_hash.strip("0123456789abcdef")):
+        raise invalid(field, "must be a transaction id and its hash, ID:HASH, as verify reports it")
+    return int(head_id), head_hash
 
 
 # A payout's resolution in the journal: its kind, keyed `{kind}:{payout id}` (ledger.payouts), or

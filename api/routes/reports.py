@@ -14,7 +14,7 @@ import marshmallow as ma
 
 from api.auth import allow
 from api.body import Blueprint
-from api.fields import AsOf
+from api.fields import AsOf, Head
 from api.schemas import Schema
 from api.session import current_session
 from ledger.instants import format_instant
@@ -84,7 +84,16 @@ class IntegritySchema(Schema):
     ok = ma.fields.Boolean(required=True)
     transactions_checked = ma.fields.Integer(required=True)
     chain_head = ma.fields.String(required=True, metadata={"description": "hash of the last transaction"})
+    head_id = ma.fields.Integer(required=True, metadata={
+        "description": "id of the last transaction (0: none); keep `head_id:chain_head` outside the database and "
+                       "pass it as `head` later"})
     problems = ma.fields.List(ma.fields.Nested(ProblemFoundSchema), required=True)
+
+
+class IntegrityQuery(Schema):
+    head = Head(load_default=None, metadata={
+        "description": "ID:HASH, a head an earlier check reported: prove the journal still holds it (nothing up to "
+                       "it removed or rewritten)"})
 
 
 @blp.route("/reports/trial-balance", methods=["GET"])
@@ -128,9 +137,10 @@ def get_liabilities(as_of: int | None):
 
 @blp.route("/integrity", methods=["GET"])
 @allow("finance")
+@blp.arguments(IntegrityQuery, location="query", as_kwargs=True)
 @blp.response(200, IntegritySchema)
-def get_integrity():
+def get_integrity(head: tuple[int, str] | None):
     """Recompute the hash chain and every transaction's balance"""
-    report = verify(current_session())
+    report = verify(current_session(), head=head)
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "chain_head": report.chain_head,
-            "problems": [problem._asdict() for problem in report.problems]}
+            "head_id": report.head_id, "problems": [problem._asdict() for problem in report.problems]}

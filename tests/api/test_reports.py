@@ -1,5 +1,6 @@
 """GET /v1/reports/trial-balance, GET /v1/reports/liabilities and GET /v1/integrity."""
 
+from tests.api.books import errors_of
 from tests.api.conftest import bearer
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
@@ -55,9 +56,23 @@ def test_integrity_of_untouched_books_is_ok(shared):
     response = shared.client.get("/v1/integrity", headers=bearer(shared.keys.finance))
     assert response.status_code == 200
     body = response.get_json()
-    assert body == {"ok": True, "transactions_checked": 4, "chain_head": body["chain_head"], "problems": []}
+    assert body == {"ok": True, "transactions_checked": 4, "chain_head": body["chain_head"], "head_id": 4,
+                    "problems": []}
     last = shared.client.get("/v1/transactions/4", headers=bearer(shared.keys.finance)).get_json()
     assert body["chain_head"] == last["hash"]
+
+
+def test_integrity_proves_a_head_recorded_earlier_and_names_one_it_does_not_hold(shared):
+    body = shared.client.get("/v1/integrity", headers=bearer(shared.keys.finance)).get_json()
+    head = f"{body['head_id']}:{body['chain_head']}"
+    again = shared.client.get(f"/v1/integrity?head={head}", headers=bearer(shared.keys.finance)).get_json()
+    assert again["ok"] is True
+    ahead = f"{body['head_id'] + 1}:{body['chain_head']}"
+    missing = shared.client.get(f"/v1/integrity?head={ahead}", headers=bearer(shared.keys.finance)).get_json()
+    assert not missing["ok"] and [p["code"] for p in missing["problems"]] == ["head_missing"]
+    for bad in ("4", "x:" + "0" * 64, "4:" + "0" * 63, "4:" + "G" * 64):
+        response = shared.client.get(f"/v1/integrity?head={bad}", headers=bearer(shared.keys.finance))
+        assert errors_of(response) == {"head"}
 
 
 def test_integrity_names_each_problem_in_tampered_books(database, client, keys, booked):
