@@ -69,10 +69,13 @@ def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
 
 
 def verify_books(session: Session, at_us: int) -> dict:
+    """Verify the books; the figures (logged, so kept outside the database) carry the head to record,
+    which `revshare verify --head` proves later: that nothing up to it was removed."""
     report = verify.verify(session)
     for problem in report.problems:
         log.error("verify: transaction %s: %s: %s", problem.transaction_id, problem.code, problem.message)
-    return {"ok": report.ok, "transactions_checked": report.transactions_checked, "problems": len(report.problems)}
+    return {"ok": report.ok, "transactions_checked": report.transactions_checked, "problems": len(report.problems),
+            "head": f"{report.head_id}:{report.chain_head}"}
 
 
 def job_table(settings: Settings) -> dict[str, Callable[[Session, int], dict]]:

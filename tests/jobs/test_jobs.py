@@ -18,6 +18,7 @@ from ledger.periods import list_periods
 from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts
 from ledger.settings import Settings
+from ledger.verify import parse_head, verify
 from tests.program import at, monthly_events, seed
 
 
@@ -97,6 +98,8 @@ def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
 def test_the_verify_job_reports_figures(books):
     result = bodies.run_job(books, "verify", bodies.verify_books, at("2026-05-01"))
     assert result.figures["ok"] is True and result.figures["problems"] == 0
+    with books.reader() as session:
+        assert verify(session, head=parse_head(result.figures["head"])).ok  # the head to record, in the log
     # accruals and overrides of 12 invoices, the refund's 2 clawbacks and the 2 releases before them
     assert result.figures["transactions_checked"] == 24 + 2 + 2 == sum(
         count(books, kind) for kind in ("accrual", "override", "clawback", "release"))
