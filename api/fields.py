@@ -12,7 +12,9 @@
 | `Rate`       | decimal string in [0, 1]                    | `Decimal`                        |
 | `PartnerId`  | 1-64 of letters, digits, `_ . -`            | `str`                            |
 | `ExternalId` | 1-64 of letters, digits, `_ . : @ / -`      | `str`                            |
-| `Str(n)`     | a string of 1..n characters                 | `str`                            |
+| `Str(n)`     | a string of 1..n characters, not all blank  | `str`                            |
+| `Bool`       | `true` or `false`, nothing else             | `bool`                           |
+| `Head`       | `"ID:HASH"`, a head verify reported         | `(int, str)`                     |
 
 Every string has a length limit, checked before any parsing. A domain parser's `InvalidInput`
 becomes a marshmallow `ValidationError`, so the 422 names the field as the client spelt it. Money

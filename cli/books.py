@@ -45,7 +45,7 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
     """The settings' database, disposed of afterwards; a domain error, or a database that cannot be
     used, exits 2 with `error: ...`. An SQLite file that does not exist is not created: a mistyped
     path would leave an empty database behind (only `revshare db upgrade` makes one)."""
-    _refuse_missing_sqlite_file(settings.database_url)
+    refuse_missing_sqlite_file(settings.database_url)
     database = Database(settings.database_url)
     try:
         with database_errors(settings.database_url), domain_errors(options):
@@ -70,7 +70,8 @@ def database_errors(url: str) -> Iterator[None]:
         sys.exit(2)
 
 
-def _refuse_missing_sqlite_file(url: str) -> None:
+def refuse_missing_sqlite_file(url: str) -> None:
+    """Exit 2 for an SQLite file that does not exist, which connecting would create empty."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
@@ -100,6 +101,7 @@ def scheduler(settings: Settings) -> None:
     """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped."""
     from jobs.scheduler import run
 
+    refuse_missing_sqlite_file(settings.database_url)
     run(settings)
 
 

@@ -69,7 +69,8 @@ def verify(settings: Settings, head: str | None) -> None:
             report = verify_books(session, head=recorded)
     click.echo(f"transactions checked: {report.transactions_checked}")
     click.echo(f"chain head: {report.chain_head}")
-    click.echo(f"head to record: {report.head_id}:{report.chain_head}")
+    if report.ok and report.head_id:  # a head worth recording: of whole books, and not of an empty journal
+        click.echo(f"head to record: {report.head_id}:{report.chain_head}")
     for problem in report.problems:
         where = "" if problem.transaction_id is None else f" transaction {problem.transaction_id}"
         click.echo(f"PROBLEM{where}: {problem.code}: {problem.message}")
@@ -87,7 +88,9 @@ def verify(settings: Settings, head: str | None) -> None:
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     """Serve the HTTP API with gunicorn (wsgi:app)."""
     from cli import server
+    from cli.books import refuse_missing_sqlite_file
 
+    refuse_missing_sqlite_file(settings.database_url)
     server.run(server.gunicorn_options(host=host, port=port, workers=workers, log_level=settings.log_level))
 
 

@@ -12,14 +12,13 @@ import logging
 import zlib
 from typing import Callable, NamedTuple
 
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from ledger import holds, payouts, periods, verify
 from ledger.db import Database, is_postgres
-from ledger.instants import format_instant, from_us, next_period, period_bounds_us, period_of, to_us
+from ledger.instants import add_months, format_instant, from_us, next_period, period_bounds_us, period_of, to_us
 from ledger.journal import now_us as clock_now_us
-from ledger.schema import payout_runs
 from ledger.settings import Settings
 
 log = logging.getLogger("revshare.jobs")
@@ -55,27 +54,38 @@ def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
 
 
 def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
-    """This month's payout run, at 00:00 UTC of `day_of_month`, made by the first run of the job at
-    or after that instant. The job runs daily, so a scheduler that was down on the day makes the run
-    when it is back, as the close job catches up. A run already made at or after that instant (a
-    rerun of the job, or a run made by hand that morning) is this month's: it is answered as a
-    replay, neither made twice nor refused as out of time order."""
-    due_us = to_us(from_us(at_us).replace(day=day_of_month, hour=0, minute=0, second=0, microsecond=0))
+    """The payout run due last: at 00:00 UTC of `day_of_month`, this month's once that instant has
+    come, else last month's. The job runs daily, so a scheduler that was down on the day makes the
+    run when it is back, as the close job catches up. A run already made at or after that instant
+    (a rerun of the job, or a run made by hand that morning) is the one due: it is answered as a
+    replay, neither made twice nor refused as out of time order. A run due inside a period closed
+    since cannot be made (its payouts would not be effective then): it is reported missed, with a
+    warning, for finance to make at a later instant."""
+    month = from_us(at_us).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    due_us = to_us(month.replace(day=day_of_month))
     if at_us < due_us:
-        return {"run_id": None, "due": format_instant(due_us)}
-    made_us = session.execute(select(func.min(payout_runs.c.at_us)).where(payout_runs.c.at_us >= due_us)).scalar()
+        due_us = to_us(add_months(month, -1).replace(day=day_of_month))
+    made_us = payouts.first_run_from(session, due_us)
+    if made_us is None:
+        latest = periods.latest_close(session)
+        if latest is not None and due_us < latest.ends_at_us:
+            log.warning("payout run due at %s was missed, and lies in a closed period: make it by hand",
+                        format_instant(due_us))
+            return {"run_id": None, "missed": format_instant(due_us)}
     run = payouts.run_payouts(session, due_us if made_us is None else made_us)
     return {"run_id": run.id, "payouts": len(run.payouts), "replayed": run.replayed}
 
 
 def verify_books(session: Session, at_us: int) -> dict:
-    """Verify the books; the figures (logged, so kept outside the database) carry the head to record,
-    which `revshare verify --head` proves later: that nothing up to it was removed."""
+    """Verify the books; the figures (logged at INFO, so kept outside the database) carry the head to
+    record when the books are whole, which `revshare verify --head` proves later: that nothing up to
+    it was removed."""
     report = verify.verify(session)
     for problem in report.problems:
         log.error("verify: transaction %s: %s: %s", problem.transaction_id, problem.code, problem.message)
+    head = f"{report.head_id}:{report.chain_head}" if report.ok and report.head_id else None
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "problems": len(report.problems),
-            "head": f"{report.head_id}:{report.chain_head}"}
+            "head": head}
 
 
 def job_table(settings: Settings) -> dict[str, Callable[[Session, int], dict]]:

@@ -6,9 +6,10 @@ file, even after being killed halfway: committed batches replay (events are keye
 rest is applied, so the books equal those of one clean run.
 
 CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
-columns are ignored; a header that lacks one is refused). A file is UTF-8, a leading byte-order mark allowed. A line that
-is not UTF-8, is not JSON (NDJSON) or has more or fewer fields than the header (CSV) is refused
-with its line number, like an event the domain refuses; the import goes on.
+columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
+UTF-8, a leading byte-order mark allowed. A line that is not UTF-8, is not JSON (NDJSON; an object
+that gives a key twice is not taken either) or has more or fewer fields than the header (CSV) is
+refused with its line number, like an event the domain refuses; the import goes on.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
+    repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
+    if repeated:  # DictReader keeps the last column of a name, as Python keeps the last key of JSON (json_input)
+        raise InvalidInput(f"CSV header names {', '.join(repeated)} more than once", {"header": ["repeated columns"]})
     width = len(reader.fieldnames)
     for row in _rows(reader):
         # DictReader puts the fields past the header's under None and gives None for those missing.

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import time
 from collections import defaultdict
 from json.encoder import encode_basestring as _encode_string
 from typing import Iterable, NamedTuple, Sequence
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger.db import driver_rows, in_lists, insert_all, lock_journal, locked
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound, invalid
-from ledger.instants import format_instant
+from ledger.instants import format_instant, now_us
 from ledger.money import currency_exponent
 from ledger.schema import (
     GENESIS_HASH,
@@ -160,10 +159,6 @@ def chain_hash(prev_hash: str, transaction_id: int, recorded_at_us: int, effecti
     original = "" if original_effective_at_us is None else original_effective_at_us
     content = f"{prev_hash}:{transaction_id}:{recorded_at_us}:{effective_at_us}:{original}:{request_hash_hex}"
     return hashlib.sha256(content.encode()).hexdigest()
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def chain_head(session: Session) -> tuple[int, str]:

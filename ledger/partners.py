@@ -45,8 +45,8 @@ class Partner(NamedTuple):
 def create_partner(session: Session, partner_id: str, name: str, partner_type: str, plan_id: str,
                    parent_id: str | None = None) -> Partner:
     validate_partner_id(partner_id, field="id")
-    if not isinstance(name, str) or not 1 <= len(name) <= 200:
-        raise invalid("name", "1 to 200 characters")
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or not name.strip():
+        raise invalid("name", "1 to 200 characters, not all blank")
     if partner_type not in PARTNER_TYPES:
         raise invalid("type", f"must be one of {', '.join(PARTNER_TYPES)}")
     if not isinstance(plan_id, str) or not plan_exists(session, plan_id):

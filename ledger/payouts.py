@@ -54,6 +54,11 @@ class PayoutRun(NamedTuple):
     replayed: bool
 
 
+def first_run_from(session: Session, at_us: int) -> int | None:
+    """The instant of the first payout run made at or after `at_us`, if any."""
+    return session.execute(select(func.min(payout_runs.c.at_us)).where(payout_runs.c.at_us >= at_us)).scalar()
+
+
 def run_id_for(at_us: int) -> str:
     return "run_" + hashlib.sha256(str(at_us).encode()).hexdigest()[:16]
 

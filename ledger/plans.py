@@ -47,8 +47,8 @@ def validate_plan_id(plan_id: Any, *, field: str = "id") -> str:
 def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str, Any],
                 effective_from_us: int | None = None) -> Plan:
     validate_plan_id(plan_id)
-    if not isinstance(name, str) or not 1 <= len(name) <= 200:
-        raise invalid("name", "1 to 200 characters")
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or not name.strip():
+        raise invalid("name", "1 to 200 characters, not all blank")
     terms = parse_terms(terms_data)
     first_us = BEGINNING_US if effective_from_us is None else within_horizon(effective_from_us, field="effective_from")
     if plan_exists(session, plan_id):

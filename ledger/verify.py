@@ -24,6 +24,7 @@ before it was removed or rewritten.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
@@ -104,13 +105,15 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
 
 
+_HEAD = re.compile(r"([1-9][0-9]{0,18}):([0-9a-f]{64})")  # ASCII digits only: "²".isdigit() is true
+
+
 def parse_head(text: str, *, field: str = "head") -> tuple[int, str]:
     """`ID:HASH`, as verify reports a head to record, as (id, hash); a 422 naming `field` otherwise."""
-    head_id, _, head_hash = text.partition(":")
-    if (not head_id.isdigit() or int(head_id) < 1 or len(head_hash) != 64
-            or head_hash.strip("0123456789abcdef")):
+    match = _HEAD.fullmatch(text)
+    if match is None:
         raise invalid(field, "must be a transaction id and its hash, ID:HASH, as verify reports it")
-    return int(head_id), head_hash
+    return int(match.group(1)), match.group(2)
 
 
 # A payout's resolution in the journal: its kind, keyed `{kind}:{payout id}` (ledger.payouts), or

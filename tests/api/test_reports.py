@@ -70,7 +70,7 @@ def test_integrity_proves_a_head_recorded_earlier_and_names_one_it_does_not_hold
     ahead = f"{body['head_id'] + 1}:{body['chain_head']}"
     missing = shared.client.get(f"/v1/integrity?head={ahead}", headers=bearer(shared.keys.finance)).get_json()
     assert not missing["ok"] and [p["code"] for p in missing["problems"]] == ["head_missing"]
-    for bad in ("4", "x:" + "0" * 64, "4:" + "0" * 63, "4:" + "G" * 64):
+    for bad in ("4", "x:" + "0" * 64, "4:" + "0" * 63, "4:" + "G" * 64, "\u00b2:" + "0" * 64, "\u0663:" + "0" * 64):
         response = shared.client.get(f"/v1/integrity?head={bad}", headers=bearer(shared.keys.finance))
         assert errors_of(response) == {"head"}
 

@@ -128,6 +128,13 @@ def test_a_database_that_cannot_be_used_exits_2_with_a_clear_error_not_a_traceba
     assert upgrade.exit_code == 2 and "file is not a database" in upgrade.output
 
 
+@pytest.mark.parametrize("command", ["scheduler", "serve"])
+def test_the_server_and_the_scheduler_refuse_an_sqlite_file_that_does_not_exist(tmp_path, command):
+    result = invoke(f"sqlite:///{tmp_path / 'typo.db'}", command)
+    assert result.exit_code == 2 and "does not exist" in result.output and "run `revshare db upgrade`" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing created: no database, no write-ahead log, no lock file
+
+
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
     with seeded.transaction() as session:
         revenue.ingest(session, monthly_events(months=1))  # holds mature in February 2026
@@ -175,7 +182,7 @@ def test_verify_prints_the_head_to_record_and_proves_a_recorded_head(sqlite_data
     head_id, head_hash = head.split(":")
     later = invoke(sqlite_database.url, "verify", "--head", f"{int(head_id) + 1}:{head_hash}")
     assert later.exit_code == 1 and f"PROBLEM transaction {int(head_id) + 1}: head_missing" in later.output
-    for bad in ("12", "x:" + head_hash, f"{head_id}:{head_hash[:-1]}", f"0:{head_hash}"):
+    for bad in ("12", "x:" + head_hash, f"{head_id}:{head_hash[:-1]}", f"0:{head_hash}", f"\u00b2:{head_hash}"):
         refused = CliRunner().invoke(main, ["verify", "--head", bad],
                                      env={"REVSHARE_DATABASE_URL": sqlite_database.url})
         assert refused.exit_code == 2 and "--head" in refused.output
@@ -269,6 +276,20 @@ def test_csv_columns_beyond_the_events_are_ignored_but_must_be_utf8_too(seeded, 
     (tmp_path / "noted.csv").write_bytes(b"\n".join(rows) + b"\n")
     result = invoke(seeded.url, "import", str(tmp_path / "noted.csv"))
     assert result.exit_code == 1 and "posted: 1" in result.output and "line 3 event ?: not UTF-8 text" in result.output
+
+
+def test_a_key_or_a_column_given_twice_is_refused_not_read_as_the_last(seeded, tmp_path):
+    good = json.dumps(event_dict(paid("k-1", "acme", "inv-k-1", 10_000, "2026-01-10")))
+    (tmp_path / "twice.ndjson").write_text(good.replace('"id": "k-1"', '"id": "k-1", "id": "k-2"') + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "twice.ndjson"))
+    assert result.exit_code == 1 and "line 1 event ?: malformed JSON (an object gives the key 'id' more than once)" \
+        in result.output
+    rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at,id",
+            "c-1,invoice_paid,acme,inv-c-1,10.00,USD,2026-01-11T00:00:00Z,c-2"]
+    (tmp_path / "twice.csv").write_text("\n".join(rows) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "twice.csv"))
+    assert result.exit_code == 2 and "CSV header names id more than once" in result.output
+    assert "posted: 0" in invoke(seeded.url, "import", str(tmp_path / "twice.ndjson")).output
 
 
 def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_an_error(seeded, tmp_path):

@@ -14,7 +14,7 @@ from jobs import bodies
 from jobs.scheduler import build_scheduler
 from ledger import revenue
 from ledger.balances import partner_balances
-from ledger.periods import list_periods
+from ledger.periods import close_period, list_periods
 from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts
 from ledger.settings import Settings
@@ -74,17 +74,34 @@ def test_the_payout_job_runs_once_per_day(books):
     assert count(books, "payout") == 1
 
 
-def test_the_payout_job_makes_the_months_run_on_its_day_or_the_first_day_after_it(books):
-    early = bodies.run_job(books, "payout_run", lambda s, t: bodies.payout_run(s, t, day_of_month=5),
-                           at("2026-04-04T01:00:00Z"))
-    assert early.figures == {"run_id": None, "due": "2026-04-05T00:00:00Z"} and count(books, "payout") == 0
-    # The scheduler was down on the 5th: the run on the 7th makes the 5th's run, as of then.
-    late = bodies.run_job(books, "payout_run", lambda s, t: bodies.payout_run(s, t, day_of_month=5),
-                          at("2026-04-07T01:00:00Z"))
+def payout_job(day_of_month: int):
+    return lambda session, at_us: bodies.payout_run(session, at_us, day_of_month=day_of_month)
+
+
+def run_instants(database) -> list[int]:
+    with database.reader() as session:
+        return session.execute(select(payout_runs.c.at_us).order_by(payout_runs.c.at_us)).scalars().all()
+
+
+def test_the_payout_job_makes_the_run_due_last_on_its_day_or_the_first_day_it_runs_after(books):
+    # The scheduler was down on April 28 and May 1: on May 2 the job makes April 28's run, as of then.
+    late = bodies.run_job(books, "payout_run", payout_job(28), at("2026-05-02T01:00:00Z"))
     assert late.figures["payouts"] == 1 and late.figures["replayed"] is False
-    with books.reader() as session:
-        [run_at] = session.execute(select(payout_runs.c.at_us)).scalars().all()
-    assert run_at == at("2026-04-05")
+    assert run_instants(books) == [at("2026-04-28")]
+    again = bodies.run_job(books, "payout_run", payout_job(28), at("2026-05-27T01:00:00Z"))
+    assert again.figures == {**late.figures, "replayed": True}  # May 28 has not come: April's is the one due
+    assert bodies.run_job(books, "payout_run", payout_job(28), at("2026-05-28T01:00:00Z")).figures["replayed"] is False
+    assert run_instants(books) == [at("2026-04-28"), at("2026-05-28")]
+
+
+def test_a_payout_run_due_in_a_period_closed_since_is_reported_missed(books, caplog):
+    with books.transaction() as session:
+        for period in ("2026-01", "2026-02", "2026-03"):
+            close_period(session, period)
+    with caplog.at_level(logging.WARNING, logger="revshare.jobs"):
+        missed = bodies.run_job(books, "payout_run", payout_job(28), at("2026-04-02T01:00:00Z"))
+    assert missed.figures == {"run_id": None, "missed": "2026-03-28T00:00:00Z"} and run_instants(books) == []
+    assert "payout run due at 2026-03-28T00:00:00Z was missed" in caplog.text
 
 
 def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
