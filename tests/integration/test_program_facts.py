@@ -14,7 +14,8 @@ RECORDED_US = 1_700_000_000_000_000
 
 ROWS = {
     "plan_versions": ("INSERT INTO plan_versions (plan_id, version, effective_from_us, terms, created_at_us)"
-                      " VALUES ('standard', 9, :at, (SELECT terms FROM plan_versions WHERE plan_id = 'standard'), :rec)"),
+                      " VALUES ('standard', 9, :at,"
+                      " (SELECT terms FROM plan_versions WHERE plan_id = 'standard'), :rec)"),
     "partner_statuses": ("INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
                          " VALUES ('p1', 'suspended', :at, :rec)"),
     "partner_plans": ("INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us)"
