@@ -84,8 +84,9 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
             pending_lines = next(lines_by_transaction, None)
         problems.extend(_check(header, lines, expected_id, prev_hash))
         expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
-        if header.kind in _RESOLUTION_OUTCOMES and _payout_of(header) is not None:
-            resolutions[_payout_of(header)].append((header.id, _RESOLUTION_OUTCOMES[header.kind]))
+        payout_id = _payout_of(header) if header.kind in _RESOLUTION_OUTCOMES else None
+        if payout_id is not None:
+            resolutions[payout_id].append((header.id, _RESOLUTION_OUTCOMES[header.kind]))
         elif header.reverses_id is not None:
             reversal_of[header.reverses_id] = header.id
         if head is not None and header.id == head[0]:
