@@ -145,11 +145,11 @@ def _close_one(session: Session, batch: journal.Batch, period: str, now: int) ->
     prev_hash = previous.close_hash if previous else GENESIS_HASH
     hashed = close_hash(prev_hash, period, count, head_id, head_hash, rows, names)
     close = Close(period, start_us, end_us, now, count, head_id, head_hash, prev_hash, hashed)
-    session.execute(insert(period_closes).values(**close._asdict()))
-    if rows:
+    if rows:  # before the close, which seals them (migration 0018), as a header seals its lines
         session.execute(insert(period_snapshots), [
             {"period": period, "account_id": a, "currency": c, "debit_minor": d, "credit_minor": k}
             for (a, c), (d, k) in sorted(rows.items())])
+    session.execute(insert(period_closes).values(**close._asdict()))
     batch.boundary_us = end_us
     return close
 

@@ -12,15 +12,6 @@ from ledger.schema import GENESIS_HASH
 PENDING = chart.pending("northwind")
 
 
-@pytest.fixture
-def booked(database):
-    """A journal holding one balanced accrual (so both accounts exist), and its raw engine."""
-    with database.transaction() as session:
-        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a1")])
-    return database
-
-
 def account_ids(connection) -> tuple[int, int]:
     rows = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
     return rows[chart.EXPENSE_COMMISSION], rows[PENDING]

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts, periods, plans, statement_lines
+from ledger import journal, payouts, periods, statement_lines
 from ledger.db import Database
 from ledger.errors import Conflict
 from ledger.instants import parse_instant, period_bounds_us
@@ -385,17 +385,6 @@ def new_payout(session, day: str, amount_minor: int = 7_500) -> payouts.Payout:
     return payout
 
 
-@pytest.fixture
-def enrolled(database):
-    """northwind on a plan with a USD 50.00 minimum payout."""
-    with database.transaction() as session:
-        plans.create_plan(session, "standard", "Standard", {
-            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
-            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"})
-        partners.create_partner(session, "northwind", "Northwind", "msp", "standard")
-    return database
-
-
 def test_payouts_and_runs_refuse_update_and_delete(enrolled):
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
@@ -424,12 +413,22 @@ def test_a_second_resolution_of_a_settled_payout_is_refused_by_the_database(enro
         assert payouts.get_payout(session, payout.id).status == "settled"
 
 
+def resolving_transaction(session, payout: payouts.Payout, outcome: str, at_us: int) -> int:
+    """A transaction of the kind `outcome` posts, for the payout's partner, posted around
+    `payouts` (which would record the resolution itself): the raw resolution's transaction."""
+    kind = f"payout_{outcome}"
+    credit = chart.CASH if outcome == "settled" else chart.available(payout.partner_id)
+    [posted] = journal.post(session, [journal.transfer(
+        kind, chart.PAYOUTS_IN_TRANSIT, credit, payout.currency, payout.amount_minor, effective_at_us=at_us,
+        idempotency_key=f"raw-{kind}-{at_us}", partner_id=payout.partner_id)])
+    return posted.id
+
+
 def test_a_raw_resolution_dated_before_its_payout_is_refused(enrolled):
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
-    # The adjustment before it, effective a microsecond before the payout.
-    refused(enrolled, RESOLUTION, "not settled or failed before it was made", p=payout.id, o="failed",
-            t=payout.transaction_id - 1)
+        early_id = resolving_transaction(session, payout, "failed", at("2026-03-01") - 1)
+    refused(enrolled, RESOLUTION, "not settled or failed before it was made", p=payout.id, o="failed", t=early_id)
     with enrolled.reader() as session:
         assert payouts.get_payout(session, payout.id).status == "pending"
 
@@ -437,12 +436,12 @@ def test_a_raw_resolution_dated_before_its_payout_is_refused(enrolled):
 def test_two_raw_resolutions_of_a_pending_payout_are_refused_at_the_second(enrolled):
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
-        later_id = payouts.adjust(session, "northwind", "available", 100, "USD", "later",
-                                  effective_at_us=at("2026-03-02")).id
+        settled_id = resolving_transaction(session, payout, "settled", at("2026-03-02"))
+        failed_id = resolving_transaction(session, payout, "failed", at("2026-03-03"))
 
     def both(connection):
-        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="settled", t=later_id))
-        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="failed", t=payout.transaction_id))
+        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="settled", t=settled_id))
+        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="failed", t=failed_id))
 
     with pytest.raises(sa.exc.IntegrityError, match=SECOND_RESOLUTION):
         with enrolled.engine.begin() as connection:

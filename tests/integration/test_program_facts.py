@@ -10,11 +10,12 @@ from ledger.errors import InvalidInput
 from tests.api.conftest import STANDARD_TERMS, enroll
 
 HORIZON_US = 366 * 86_400 * 1_000_000
-RECORDED_US = 1_700_000_000_000_000
+RECORDED_US = 1_780_000_000_000_000  # 2026-05-28, after every fact `enroll` dates
 
 ROWS = {
     "plan_versions": ("INSERT INTO plan_versions (plan_id, version, effective_from_us, terms, created_at_us)"
-                      " VALUES ('standard', 9, :at,"
+                      " VALUES ('standard',"
+                      " (SELECT max(version) + 1 FROM plan_versions WHERE plan_id = 'standard'), :at,"
                       " (SELECT terms FROM plan_versions WHERE plan_id = 'standard'), :rec)"),
     "partner_statuses": ("INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
                          " VALUES ('p1', 'suspended', :at, :rec)"),

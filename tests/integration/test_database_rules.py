@@ -1,0 +1,322 @@
+"""The rules Python enforces hold in the database too, for a writer that goes around Python with raw
+SQL (migration 0018): reversals, values, program facts, period closes, payouts, keys. Each refusal
+has a control beside it that the same guard accepts, so that no guard passes by refusing everything."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import accounts as chart
+from ledger import journal, partners, payouts, periods, plans
+from ledger.instants import period_bounds_us
+from ledger.keys import create_key
+from ledger.schema import GENESIS_HASH
+from tests.api.conftest import STANDARD_TERMS, enroll
+from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_line
+from tests.integration.test_periods_payouts_database import at, new_payout
+
+
+def refused(database, statements, match: str) -> None:
+    with pytest.raises(sa.exc.DBAPIError, match=match):
+        with database.engine.begin() as connection:
+            statements(connection)
+
+
+def accepted(database, statements) -> None:
+    with database.engine.begin() as connection:
+        statements(connection)
+
+
+# ---- reversals ----
+
+def raw_header(connection, transaction_id: int, *, kind="adjustment", reverses_id=None, at_us=5, original=None):
+    connection.execute(sa.text(
+        "INSERT INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us,"
+        " idempotency_key, request_hash, prev_hash, hash, reverses_id)"
+        " VALUES (:id, :kind, :at, :original, 1, :key, :h, :prev, :h, :reverses)"),
+        dict(id=transaction_id, kind=kind, at=at_us, original=original, key=f"raw-{transaction_id}", h="e" * 64,
+             prev=head_hash(connection), reverses=reverses_id))
+
+
+def raw_transfer(connection, transaction_id: int, debit: int, credit: int, amount: int = 100, **header) -> None:
+    insert_line(connection, transaction_id, debit, "D", amount)
+    insert_line(connection, transaction_id, credit, "C", amount)
+    raw_header(connection, transaction_id, **header)
+
+
+def test_a_reversal_names_what_it_reverses(booked):
+    def unlinked(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, pending, expense, kind="reversal")
+    refused(booked, unlinked, "a reversal names the transaction it reverses")
+
+    def linked(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, pending, expense, kind="reversal", reverses_id=1)
+    accepted(booked, linked)
+
+
+def test_a_reversal_undoes_its_original_exactly(booked):
+    def same_direction(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, expense, pending, kind="reversal", reverses_id=1)
+    refused(booked, same_direction, "a reversal undoes its original exactly")
+
+    def other_amount(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, pending, expense, amount=99, kind="reversal", reverses_id=1)
+    refused(booked, other_amount, "a reversal undoes its original exactly")
+
+
+def test_a_reversal_is_not_reversed(booked):
+    with booked.transaction() as session:
+        reversal_id = journal.reverse(session, 1, reason="once").id
+
+    def reversal_of_the_reversal(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, reversal_id + 1, expense, pending, kind="reversal", reverses_id=reversal_id)
+    refused(booked, reversal_of_the_reversal, "a reversal cannot itself be reversed")
+
+
+@pytest.mark.parametrize("original", [6, 5])
+def test_a_moved_posting_was_asked_for_before_where_it_stands(booked, original):
+    """Python sets `original_effective_at_us` only when it moves a posting forward out of a closed
+    period; a later one would pass for a reversal "asked for" after its original."""
+    def moved_back(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, expense, pending, at_us=5, original=original)
+    refused(booked, moved_back, "a moved posting was asked for before the instant it is posted at")
+
+    def moved_forward(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, expense, pending, at_us=5, original=4)
+    accepted(booked, moved_forward)
+
+
+# ---- values ----
+
+@pytest.mark.parametrize("currency", ["usd", "US1", "U D"])
+def test_a_currency_is_three_capital_letters(booked, currency):
+    def odd_currency(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100, currency=currency)
+        insert_line(connection, 2, pending, "C", 100, currency=currency)
+        raw_header(connection, 2)
+    refused(booked, odd_currency, "currenc")
+
+
+@pytest.mark.parametrize("column, value", [("amount_minor", 0.5), ("amount_minor", "abc"),
+                                           ("effective_at_us", 5.5), ("effective_at_us", "x")])
+def test_sqlite_keeps_amounts_and_instants_integers(sqlite_database, column, value):
+    """SQLite columns take any value whatever their type; PostgreSQL's bigint refuses these itself."""
+    database = sqlite_database
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a1")])
+
+    def not_an_integer(connection):
+        expense, pending = account_ids(connection)
+        values = {"amount_minor": 100, "effective_at_us": 5, column: value}
+        for account, side in ((expense, "D"), (pending, "C")):
+            connection.execute(sa.text(
+                "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us)"
+                " VALUES (2, :a, 'USD', :s, :m, :e)"), dict(a=account, s=side, m=values["amount_minor"],
+                                                           e=values["effective_at_us"]))
+        raw_header(connection, 2)
+    refused(database, not_an_integer, "amounts and instants are integers")
+
+
+def test_sqlite_keeps_revenue_event_amounts_integers(sqlite_database):
+    statement = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor,"
+                 " occurred_at_us, recorded_at_us, request_hash, status) VALUES"
+                 " ('e1', 'invoice_paid', 'c1', 'i1', 'USD', :amount, 5, 5, :h, 'unattributed')")
+    refused(sqlite_database, lambda c: c.execute(sa.text(statement), dict(amount=10.25, h="a" * 64)),
+            "revenue_events: amounts and instants are integers")
+    accepted(sqlite_database, lambda c: c.execute(sa.text(statement), dict(amount=1025, h="a" * 64)))
+
+
+# ---- program facts ----
+
+STATUS = ("INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
+          " VALUES (:p, :s, :at, :at)")
+PLAN = ("INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us)"
+        " VALUES (:p, 'standard', :at, :at)")
+ATTRIBUTION = ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
+               " VALUES ('p1-customer', 'p2', :at, 'manual', :at)")
+VERSION = ("INSERT INTO plan_versions (plan_id, version, effective_from_us, terms, created_at_us) VALUES"
+           " ('standard', (SELECT max(version) FROM plan_versions WHERE plan_id = 'standard') + :step, :at,"
+           " :terms, :at)")
+JAN_2026_US = at("2026-01-01")
+MAR_2026_US = at("2026-03-01")
+
+
+def raw(statement: str, **params):
+    return lambda connection: connection.execute(sa.text(statement), params)
+
+
+def current_terms(database) -> str:
+    with database.engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT terms FROM plan_versions ORDER BY version DESC LIMIT 1").scalar()
+
+
+def test_termination_is_final_in_the_database(database):
+    enroll(database)
+    with database.transaction() as session:
+        partners.set_status(session, "p1", "terminated", effective_at_us=MAR_2026_US)
+    refused(database, raw(STATUS, p="p1", s="active", at=MAR_2026_US + 1), "none follows a termination")
+    accepted(database, raw(STATUS, p="p2", s="suspended", at=MAR_2026_US + 1))
+
+
+def test_a_status_starts_no_earlier_than_the_latest(database):
+    enroll(database)
+    with database.transaction() as session:
+        partners.set_status(session, "p1", "suspended", effective_at_us=MAR_2026_US)
+    refused(database, raw(STATUS, p="p1", s="active", at=MAR_2026_US - 1), "a status starts no earlier")
+    accepted(database, raw(STATUS, p="p1", s="active", at=MAR_2026_US))
+
+
+def test_a_plan_and_an_attribution_start_after_the_latest(database):
+    enroll(database)
+    with database.transaction() as session:
+        partners.change_plan(session, "p1", "standard", MAR_2026_US)
+    refused(database, raw(PLAN, p="p1", at=MAR_2026_US - 1), "a plan starts after the latest")
+    accepted(database, raw(PLAN, p="p1", at=MAR_2026_US + 1))
+    refused(database, raw(ATTRIBUTION, at=JAN_2026_US - 1), "an attribution starts after the latest")
+    accepted(database, raw(ATTRIBUTION, at=MAR_2026_US))
+
+
+@pytest.mark.parametrize("step, effective_from, match", [
+    (2, MAR_2026_US + 1, "versions are numbered in turn"),  # a number skipped
+    (1, MAR_2026_US - 1, "each starting after the latest"),  # before version 2
+])
+def test_plan_versions_are_numbered_in_turn_and_start_after_the_latest(database, step, effective_from, match):
+    enroll(database)
+    terms = current_terms(database)
+    with database.transaction() as session:
+        plans.add_version(session, "standard", STANDARD_TERMS, MAR_2026_US)
+    refused(database, raw(VERSION, step=step, at=effective_from, terms=terms), match)
+    accepted(database, raw(VERSION, step=1, at=MAR_2026_US + 1, terms=terms))
+
+
+@pytest.mark.parametrize("terms", ["not json at all", "[1, 2]", '"text"'])
+def test_plan_terms_are_a_json_object(database, terms):
+    enroll(database)
+    refused(database, raw(VERSION, step=1, at=MAR_2026_US, terms=terms), "terms are a JSON object")
+
+
+# ---- period closes ----
+
+CLOSE = ("INSERT INTO period_closes (period, starts_at_us, ends_at_us, closed_at_us, transaction_count,"
+         " chain_head_id, chain_head_hash, prev_close_hash, close_hash)"
+         " VALUES (:period, :starts, :ends, :ends, 0, 0, :genesis, :prev, :hash)")
+
+
+def raw_close(period: str, prev: str = GENESIS_HASH, bounds: tuple[int, int] | None = None):
+    starts, ends = bounds or period_bounds_us(period)
+    return raw(CLOSE, period=period, starts=starts, ends=ends, genesis=GENESIS_HASH, prev=prev,
+               hash=f"{period.replace('-', '')}".ljust(64, "c"))
+
+
+def next_month() -> str:
+    today = date.today()
+    return f"{today.year + today.month // 12}-{today.month % 12 + 1:02d}"
+
+
+def test_a_period_is_closed_once_it_has_ended_by_the_database_clock(database):
+    refused(database, raw_close(next_month()), "a period is closed once it has ended")
+    accepted(database, raw_close("2026-01"))
+
+
+def test_a_close_covers_the_month_it_names(database):
+    starts, _ = period_bounds_us("2026-02")
+    refused(database, raw_close("2026-02", bounds=(starts, starts + 90 * 86_400_000_000)), "covers the calendar month")
+    refused(database, raw_close("2026-02", bounds=period_bounds_us("2026-03")), "covers the calendar month")
+
+
+def test_a_close_chains_the_previous_one(database):
+    with database.transaction() as session:
+        january = periods.close_period(session, "2026-01")
+    refused(database, raw_close("2026-03", prev=january.close_hash), "starts where the previous one ended")
+    refused(database, raw_close("2026-02", prev="d" * 64), "starts where the previous one ended")
+    accepted(database, raw_close("2026-02", prev=january.close_hash))
+
+
+def test_nothing_is_added_to_a_closed_period_s_snapshot(booked):
+    with booked.transaction() as session:
+        periods.close_period(session, "1970-01", now_us=at("2026-01-01"))
+
+    def added(connection):
+        expense, _ = account_ids(connection)
+        connection.execute(sa.text("INSERT INTO period_snapshots (period, account_id, currency, debit_minor,"
+                                   " credit_minor) VALUES ('1970-01', :a, 'GBP', 100000000, 0)"), dict(a=expense))
+    refused(booked, added, "the snapshot of a closed period is complete")
+
+
+# ---- payouts ----
+
+RUN = "INSERT INTO payout_runs (id, at_us, created_at_us) VALUES (:id, :at, :at)"
+PAYOUT = ("INSERT INTO payouts (run_id, partner_id, currency, amount_minor, transaction_id)"
+          " VALUES ('raw-run', 'northwind', 'USD', :amount, :t)")
+RESOLUTION = ("INSERT INTO payout_resolutions (payout_id, outcome, transaction_id, reason, resolved_at_us)"
+              " VALUES (:p, :o, :t, NULL, :at)")
+
+
+def raw_payout_transaction(database, amount_minor: int) -> int:
+    """A `payout` transaction of northwind posted around `payouts`, which would record the payout itself."""
+    with database.transaction() as session:
+        [posted] = journal.post(session, [journal.transfer(
+            "payout", chart.available("northwind"), chart.PAYOUTS_IN_TRANSIT, "USD", amount_minor,
+            effective_at_us=at("2026-03-05"), idempotency_key="raw-payout", partner_id="northwind")])
+    return posted.id
+
+
+def test_a_payout_is_its_transaction_partner_and_amount(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        adjustment_id = payouts.adjust(session, "northwind", "available", 100, "USD", "some",
+                                       effective_at_us=at("2026-03-02")).id
+    transaction_id = raw_payout_transaction(enrolled, 2_500)
+    accepted(enrolled, raw(RUN, id="raw-run", at=at("2026-03-06")))
+    refused(enrolled, raw(PAYOUT, amount=100, t=adjustment_id), "a payout is its payout transaction")
+    refused(enrolled, raw(PAYOUT, amount=2_501, t=transaction_id), "a payout is its payout transaction")
+    accepted(enrolled, raw(PAYOUT, amount=2_500, t=transaction_id))
+    assert payout.amount_minor == 7_500
+
+
+def test_a_resolution_is_the_transaction_of_its_outcome(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        adjustment_id = payouts.adjust(session, "northwind", "available", 100, "USD", "some",
+                                       effective_at_us=at("2026-03-02")).id
+    refused(enrolled, raw(RESOLUTION, p=payout.id, o="settled", t=adjustment_id, at=at("2026-03-03")),
+            "a resolution is the transaction of its outcome")
+    with enrolled.transaction() as session:
+        settled = payouts.settle(session, payout.id, at_us=at("2026-03-03"))
+    assert settled.status == "settled"
+
+
+def test_a_payout_run_is_not_dated_in_the_future_by_the_database_clock(enrolled):
+    now_us = time.time_ns() // 1000
+    refused(enrolled, raw(RUN, id="ahead", at=now_us + 86_400_000_000), "a run is not dated in the future")
+    accepted(enrolled, raw(RUN, id="now", at=now_us - 1_000_000))
+
+
+# ---- keys ----
+
+@pytest.mark.parametrize("statement", ["UPDATE api_keys SET role = 'admin', partner_id = NULL",
+                                       "UPDATE idempotency_records SET response_body = '{}'"])
+def test_keys_and_stored_responses_are_never_updated(database, statement):
+    enroll(database)
+    with database.transaction() as session:
+        key_id, _ = create_key(session, "partner", "p1")
+        session.execute(sa.text("INSERT INTO idempotency_records (api_key_id, key, method, path, request_hash,"
+                                " request_body, status_code, response_body, created_at_us)"
+                                " VALUES (:k, 'k1', 'POST', '/v1/x', :h, '{}', 201, '{\"a\": 1}', 1)"),
+                        dict(k=key_id, h="b" * 64))
+    refused(database, raw(statement), "rows are never updated")
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT role FROM api_keys").scalar() == "partner"
