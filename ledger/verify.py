@@ -9,8 +9,14 @@ period close: its snapshot against the journal, its counts and head, and the cha
 hashes (`verify_closes`); the statement documents the closes stored against the journal
 (`verify_statement_lines`); the running totals against the sums of the lines (`verify_totals`);
 each payout's resolution against the journal's (`verify_payouts`: a payout resolved twice in the
-journal was paid twice); and each revenue event's content against its request hash
-(`verify_events`: an altered amount would change what a later refund claws back). All of it reads
+journal was paid twice) and each payout's record against its posting (`verify_payout_postings`:
+settling or failing posts what the record holds); each revenue event's content against its
+request hash (`verify_events`: an altered amount would change what a later refund claws back), and
+every event a transaction names still stored (`verify_event_links`). The rules migration 0018
+makes the database hold for new rows are checked on every row: a reversal names what it reverses,
+which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
+before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
+minor unit (SQLite's columns take any value, and a text amount broke every report). All of it reads
 one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
 
@@ -34,8 +40,9 @@ from sqlalchemy.orm import Session
 from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
-from ledger.errors import invalid
+from ledger.errors import InvalidInput, invalid
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
+from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions,
@@ -69,6 +76,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     expected_id, prev_hash, checked = 1, GENESIS_HASH, 0
     resolutions: dict[int, list[tuple[int, str]]] = defaultdict(list)  # payout id -> (transaction, outcome)
     reversal_of: dict[int, int] = {}  # reversed transaction -> its reversal
+    reversal_ids: set[int] = set()
     head_hash: str | None = None
     lines_by_transaction = _lines_grouped(session)
     pending_lines = next(lines_by_transaction, None)
@@ -83,6 +91,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
             lines = pending_lines[1]
             pending_lines = next(lines_by_transaction, None)
         problems.extend(_check(header, lines, expected_id, prev_hash))
+        problems.extend(_check_links(header, reversal_ids))
         expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
         payout_id = _payout_of(header) if header.kind in _RESOLUTION_OUTCOMES else None
         if payout_id is not None:
@@ -101,8 +110,11 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_closes(session))
     problems.extend(verify_statement_lines(session))
     problems.extend(verify_totals(session))
+    problems.extend(verify_reversals(session))
     problems.extend(verify_payouts(session, resolutions, reversal_of))
+    problems.extend(verify_payout_postings(session))
     problems.extend(verify_events(session))
+    problems.extend(verify_event_links(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
 
 
@@ -171,6 +183,64 @@ def verify_payouts(session: Session, resolutions: dict[int, list[tuple[int, str]
 
 def _resolved(resolutions: list[tuple[int, str]]) -> str:
     return ", ".join(f"{outcome} by transaction {transaction}" for transaction, outcome in resolutions) or "pending"
+
+
+def _check_links(header, reversal_ids: set[int]) -> list[Problem]:
+    """A reversal names what it reverses, which is not itself a reversal; a moved posting was asked
+    for before the instant it stands at (the rules migration 0018 holds for new rows)."""
+    found = []
+    tid = header.id
+    if header.kind == "reversal":
+        reversal_ids.add(tid)
+        if header.reverses_id is None:
+            found.append(Problem(tid, "reversal_unlinked", "a reversal that names no transaction it reverses"))
+    if header.reverses_id in reversal_ids:
+        found.append(Problem(tid, "reversal_reversed", f"reverses transaction {header.reverses_id}, itself a reversal"))
+    original = header.original_effective_at_us
+    if original is not None and original >= header.effective_at_us:
+        found.append(Problem(tid, "moved_back", "its requested instant is not before the instant it is posted at"))
+    return found
+
+
+def verify_reversals(session: Session) -> list[Problem]:
+    """Each reversal's lines undo its original's exactly: per account and currency, the debits less
+    credits of the two add up to zero."""
+    t, j = journal_transactions.c, journal_lines.c
+    signed = case((j.side == DEBIT, j.amount_minor), else_=-j.amount_minor)
+    rows = session.execute(
+        select(t.id, t.reverses_id).join(journal_lines, j.transaction_id.in_([t.id, t.reverses_id]))
+        .where(t.reverses_id.is_not(None)).group_by(t.id, t.reverses_id, j.account_id, j.currency)
+        .having(func.sum(signed) != 0).order_by(t.id))
+    return [Problem(tid, "reversal_not_a_mirror", f"does not undo transaction {reversed_id} exactly")
+            for tid, reversed_id in dict(rows.all()).items()]
+
+
+def verify_payout_postings(session: Session) -> list[Problem]:
+    """Each payout against the transaction that posted it: a `payout` of the same partner whose
+    debits in the payout's currency are its amount. Settling or failing a payout posts the amount
+    and partner its record holds, so an altered record would move money nobody paid out."""
+    p, t, j = payouts.c, journal_transactions.c, journal_lines.c
+    debits = (select(func.coalesce(func.sum(j.amount_minor), 0))
+              .where(j.transaction_id == p.transaction_id, j.side == DEBIT, j.currency == p.currency)
+              .scalar_subquery())
+    rows = session.execute(
+        select(p.id, p.transaction_id).outerjoin(journal_transactions, t.id == p.transaction_id)
+        .where((t.id.is_(None)) | (t.kind != "payout") | (t.partner_id.is_distinct_from(p.partner_id))
+               | (p.amount_minor != debits)).order_by(p.id))
+    return [Problem(transaction_id, "payout_mismatch", f"payout {payout_id}: its partner, currency or amount is "
+                                                       "not what its payout transaction posted")
+            for payout_id, transaction_id in rows]
+
+
+def verify_event_links(session: Session) -> list[Problem]:
+    """Every revenue event a transaction names is stored: without it, a re-sent event would be taken
+    as new instead of replayed."""
+    t, e = journal_transactions.c, revenue_events.c
+    rows = session.execute(
+        select(t.event_id, func.min(t.id)).outerjoin(revenue_events, e.id == t.event_id)
+        .where(t.event_id.is_not(None), e.id.is_(None)).group_by(t.event_id).order_by(func.min(t.id)))
+    return [Problem(transaction_id, "event_missing", f"names revenue event {event_id!r}, which is not stored")
+            for event_id, transaction_id in rows]
 
 
 def verify_events(session: Session) -> list[Problem]:
@@ -319,6 +389,13 @@ def _check_lines(header, lines: list) -> list[Problem]:
         found.append(Problem(tid, "too_few_lines", f"has {len(lines)} line(s); a transaction needs two or more"))
     net: dict[str, int] = defaultdict(int)
     for row in lines:
+        if type(row.amount_minor) is not int or type(row.effective_at_us) is not int:
+            found.append(Problem(tid, "not_an_integer", f"a line on {row.name} has amount {row.amount_minor!r} "
+                                                        f"at {row.effective_at_us!r}"))
+            continue
+        if row.currency not in _KNOWN_CURRENCIES and not _known_currency(row.currency):
+            found.append(Problem(tid, "currency_unknown", f"a line on {row.name} is in {row.currency!r}, "
+                                                          "not an ISO 4217 currency with a minor unit"))
         if row.amount_minor <= 0:
             found.append(Problem(tid, "amount_not_positive", f"a line on {row.name} has amount {row.amount_minor}"))
         if row.effective_at_us != header.effective_at_us:
@@ -328,3 +405,15 @@ def _check_lines(header, lines: list) -> list[Problem]:
         if total != 0:
             found.append(Problem(tid, "unbalanced", f"debits minus credits in {currency} is {total}, not 0"))
     return found
+
+
+_KNOWN_CURRENCIES: set[str] = set()
+
+
+def _known_currency(code) -> bool:
+    try:
+        currency_exponent(code)
+    except InvalidInput:
+        return False
+    _KNOWN_CURRENCIES.add(code)
+    return True

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal
+from ledger import journal, partners, payouts, plans
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import revenue_events
 from ledger.verify import verify
@@ -143,3 +143,79 @@ def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
     with booked.reader() as session:
         [problem] = verify(session).problems
     assert problem.code == "event_altered" and "'evt-1'" in problem.message
+
+
+# ---- the rules migration 0018 holds for new rows, checked on the rows already there ----
+
+def test_a_reversal_altered_to_name_nothing_or_a_reversal_is_named(booked):
+    with booked.transaction() as session:
+        first = journal.reverse(session, 2, reason="r").id
+        second = journal.reverse(session, 3, reason="r").id
+    assert problems(booked) == set()
+    with behind_the_triggers(booked) as execute:
+        execute(f"UPDATE journal_transactions SET reverses_id = NULL WHERE id = {first}")
+        execute(f"UPDATE journal_transactions SET reverses_id = {first} WHERE id = {second}")
+    found = problems(booked)
+    assert {(first, "reversal_unlinked"), (second, "reversal_reversed"), (second, "reversal_not_a_mirror")} <= found
+    assert {code for _, code in found} <= {"reversal_unlinked", "reversal_reversed", "reversal_not_a_mirror",
+                                           "content_altered"}
+
+
+def test_a_reversal_whose_lines_no_longer_undo_the_original_is_named(booked):
+    with booked.transaction() as session:
+        reversal = journal.reverse(session, 2, reason="r").id
+    with behind_the_triggers(booked) as execute:
+        execute(f"UPDATE journal_lines SET amount_minor = 1 WHERE transaction_id = {reversal}")
+    assert (reversal, "reversal_not_a_mirror") in problems(booked)
+
+
+def test_a_posting_moved_back_in_time_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("UPDATE journal_transactions SET original_effective_at_us = 7 WHERE id = 2")
+    assert (2, "moved_back") in problems(booked)
+
+
+def test_a_line_in_an_unknown_currency_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("UPDATE journal_lines SET currency = 'ZZZ' WHERE transaction_id = 2")
+    found = problems(booked)
+    assert (2, "currency_unknown") in found and (3, "currency_unknown") not in found
+
+
+def test_a_line_amount_that_is_not_an_integer_is_named_not_a_crash(sqlite_database):
+    with sqlite_database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a")])
+    with behind_the_triggers(sqlite_database) as execute:
+        execute("UPDATE journal_lines SET amount_minor = 'abc' WHERE side = 'D'")
+    assert (1, "not_an_integer") in problems(sqlite_database)
+
+
+def test_a_payout_record_altered_from_its_posting_is_named(database):
+    with database.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", {
+            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
+            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"})
+        for partner_id in ("northwind", "southwind"):
+            partners.create_partner(session, partner_id, partner_id.title(), "msp", "standard")
+        payouts.adjust(session, "northwind", "available", 20_000, "USD", "earned", effective_at_us=1_000)
+        [payout] = payouts.run_payouts(session, 2_000).payouts
+    assert problems(database) == set()
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE payouts SET partner_id = 'southwind', amount_minor = 100000 WHERE id = {payout.id}")
+    assert problems(database) == {(payout.transaction_id, "payout_mismatch")}
+
+
+def test_a_revenue_event_removed_from_under_its_postings_is_named(booked):
+    event = RevenueEvent("evt-1", "invoice_paid", "acme", "inv-9", "USD", 10_000, 1_000)
+    with booked.engine.begin() as connection:
+        connection.execute(sa.insert(revenue_events).values(
+            **event._asdict(), recorded_at_us=1_000, request_hash=request_hash(event), status="posted"))
+    with booked.transaction() as session:
+        [posted] = journal.post(session, [journal.transfer(
+            "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 2_000, effective_at_us=1_000,
+            idempotency_key="evt-1:accrual", event_id="evt-1")])
+    assert problems(booked) == set()
+    with behind_the_triggers(booked) as execute:
+        execute("DELETE FROM revenue_events")
+    assert problems(booked) == {(posted.id, "event_missing")}
