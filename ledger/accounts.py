@@ -67,12 +67,18 @@ def available(partner_id: str) -> str:
 
 def spec(name: str) -> AccountSpec:
     """The chart's entry for `name`; asserts that the name is in the chart."""
+    found = entry(name)
+    assert found is not None, f"account {name!r} is not in the chart of accounts"
+    return found
+
+
+def entry(name: str) -> AccountSpec | None:
+    """The chart's entry for `name`, or None when the name is not in the chart."""
     fixed = _FIXED.get(name)
     if fixed is not None:
         return AccountSpec(name, fixed[0], fixed[1], None)
     match = _PARTNER_ACCOUNT.fullmatch(name)
-    assert match is not None, f"account {name!r} is not in the chart of accounts"
-    return AccountSpec(name, "liability", "C", match.group(1))
+    return None if match is None else AccountSpec(name, "liability", "C", match.group(1))
 
 
 def account_ids(session: Session, names: Iterable[str]) -> dict[str, int]:

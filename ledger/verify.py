@@ -16,7 +16,8 @@ every event a transaction names still stored (`verify_event_links`). The rules m
 makes the database hold for new rows are checked on every row: a reversal names what it reverses,
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
-minor unit (SQLite's columns take any value, and a text amount broke every report). All of it reads
+minor unit (SQLite's columns take any value, and a text amount broke every report); every account
+is as the chart of accounts has it (`verify_accounts`). All of it reads
 one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
 
@@ -37,6 +38,7 @@ from typing import Iterator, NamedTuple
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from ledger import accounts as chart
 from ledger import statement_lines
 from ledger.balances import line_sums
 from ledger.db import one_snapshot
@@ -110,6 +112,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_closes(session))
     problems.extend(verify_statement_lines(session))
     problems.extend(verify_totals(session))
+    problems.extend(verify_accounts(session))
     problems.extend(verify_reversals(session))
     problems.extend(verify_payouts(session, resolutions, reversal_of))
     problems.extend(verify_payout_postings(session))
@@ -200,6 +203,21 @@ def _check_links(header, reversal_ids: set[int]) -> list[Problem]:
     if original is not None and original >= header.effective_at_us:
         found.append(Problem(tid, "moved_back", "its requested instant is not before the instant it is posted at"))
     return found
+
+
+def verify_accounts(session: Session) -> list[Problem]:
+    """Each account as the chart of accounts has it: its type, normal side and partner follow from
+    its name, and the reports (liabilities per partner) trust the stored partner."""
+    a = accounts.c
+    problems = []
+    for name, *stored in session.execute(select(a.name, a.type, a.normal_side, a.partner_id).order_by(a.id)):
+        expected = chart.entry(name)
+        if expected is None:
+            problems.append(Problem(None, "account_outside_chart", f"account {name!r} is not in the chart of accounts"))
+        elif tuple(stored) != expected[1:]:
+            problems.append(Problem(None, "account_altered", f"account {name!r}: its type, normal side or partner "
+                                                             "is not the chart's"))
+    return problems
 
 
 def verify_reversals(session: Session) -> list[Problem]:

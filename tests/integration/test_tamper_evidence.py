@@ -219,3 +219,13 @@ def test_a_revenue_event_removed_from_under_its_postings_is_named(booked):
     with behind_the_triggers(booked) as execute:
         execute("DELETE FROM revenue_events")
     assert problems(booked) == {(posted.id, "event_missing")}
+
+
+def test_an_account_altered_from_the_chart_or_outside_it_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute(f"UPDATE accounts SET partner_id = 'southwind' WHERE name = '{PENDING}'")
+        execute("INSERT INTO accounts (name, type, normal_side, partner_id)"
+                " VALUES ('liability:partner:ghost:bonus', 'asset', 'D', 'northwind')")
+    with booked.reader() as session:
+        found = {(p.code, p.message.split("'")[1]) for p in verify(session).problems}
+    assert found == {("account_altered", PENDING), ("account_outside_chart", "liability:partner:ghost:bonus")}
