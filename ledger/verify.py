@@ -411,27 +411,23 @@ def _check_lines(header, lines: list) -> list[Problem]:
             found.append(Problem(tid, "not_an_integer", f"a line on {row.name} has amount {row.amount_minor!r} "
                                                         f"at {row.effective_at_us!r}"))
             continue
-        if row.currency not in _KNOWN_CURRENCIES and not _known_currency(row.currency):
-            found.append(Problem(tid, "currency_unknown", f"a line on {row.name} is in {row.currency!r}, "
-                                                          "not an ISO 4217 currency with a minor unit"))
         if row.amount_minor <= 0:
             found.append(Problem(tid, "amount_not_positive", f"a line on {row.name} has amount {row.amount_minor}"))
         if row.effective_at_us != header.effective_at_us:
             found.append(Problem(tid, "line_instant_mismatch", f"a line on {row.name} has another effective instant"))
         net[row.currency] += row.amount_minor if row.side == DEBIT else -row.amount_minor
     for currency, total in sorted(net.items()):
+        if not _known_currency(currency):
+            found.append(Problem(tid, "currency_unknown", f"has lines in {currency!r}, not an ISO 4217 currency "
+                                                          "with a minor unit"))
         if total != 0:
             found.append(Problem(tid, "unbalanced", f"debits minus credits in {currency} is {total}, not 0"))
     return found
 
 
-_KNOWN_CURRENCIES: set[str] = set()
-
-
 def _known_currency(code) -> bool:
     try:
-        currency_exponent(code)
+        currency_exponent(code)  # cached per code by ledger.money
     except InvalidInput:
         return False
-    _KNOWN_CURRENCIES.add(code)
     return True

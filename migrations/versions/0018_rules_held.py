@@ -40,7 +40,8 @@ Revises: 0017
 Create Date: 2026-12-01
 """
 
-import re
+import importlib.util
+from pathlib import Path
 
 from alembic import op
 
@@ -48,6 +49,12 @@ revision = "0018"
 down_revision = "0017"
 branch_labels = None
 depends_on = None
+
+# Migration 0017's trigger makers, `new_row` and `postgres_guard` (its file name is no module name).
+_spec = importlib.util.spec_from_file_location("_revision_0017", Path(__file__).with_name("0017_in_time.py"))
+_0017 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_0017)
+new_row = _0017.new_row
 
 GENESIS_HASH = "0" * 64
 CLOCK_SKEW_US = 5 * 60 * 1_000_000  # ledger.revenue's, as of this revision
@@ -184,11 +191,6 @@ EXCEPTION WHEN invalid_text_representation THEN
 END $$"""
 
 
-def new_row(condition: str) -> str:
-    """The condition on a row trigger's NEW row instead of `n`."""
-    return re.sub(r"\bn\.", "NEW.", condition)
-
-
 def sqlite_rule(table: str, name: str, refused_when: str, message: str, only_when: str | None) -> str:
     # AFTER INSERT, as on PostgreSQL: the new row's id is assigned, and other rows are told from it.
     condition = new_row(refused_when if only_when is None else f"({only_when}) AND ({refused_when})")
@@ -198,19 +200,8 @@ BEGIN SELECT RAISE(ABORT, '{message}'); END"""
 
 
 def postgres_rule(table: str, name: str, refused_when: str, message: str, only_when: str | None) -> str:
-    """As migration 0017's `postgres_guard`: a row trigger after insert whose function raises
-    `message` when `refused_when` holds of the new row; `only_when` spares the other rows the call."""
-    when = f"WHEN ({new_row(only_when)}) " if only_when else ""
-    return f"""CREATE FUNCTION {table}_{name}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF {new_row(refused_when)} THEN
-    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NULL;
-END $$;
-
-CREATE TRIGGER trg_{table}_{name} AFTER INSERT ON {table}
-FOR EACH ROW {when}EXECUTE FUNCTION {table}_{name}()"""
+    return _0017.postgres_guard(table, name, new_row(refused_when), message,
+                                only_when=new_row(only_when) if only_when else None)
 
 
 def never_updated(table: str, postgres: bool) -> str:

@@ -27,11 +27,14 @@ def insert_line(connection, transaction_id, account_id, side, amount, at=5, curr
         "VALUES (:t, :a, :c, :s, :m, :e)"), dict(t=transaction_id, a=account_id, c=currency, s=side, m=amount, e=at))
 
 
-def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT"):
+def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="adjustment",
+                  reverses_id=None, original=None):
     connection.execute(sa.text(
-        f"{verb} INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, "
-        "request_hash, prev_hash, hash) VALUES (:id, 'adjustment', :at, 1, :key, :h, :prev, :h)"),
-        dict(id=transaction_id, at=at, key=key, h="f" * 64, prev=prev_hash))
+        f"{verb} INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us, "
+        "idempotency_key, request_hash, prev_hash, hash, reverses_id) "
+        "VALUES (:id, :kind, :at, :original, 1, :key, :h, :prev, :h, :reverses)"),
+        dict(id=transaction_id, kind=kind, at=at, original=original, key=key, h="f" * 64, prev=prev_hash,
+             reverses=reverses_id))
 
 
 def refused(database, statements, match: str):

@@ -16,14 +16,8 @@ from ledger.instants import period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from tests.api.conftest import STANDARD_TERMS, enroll
-from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_line
+from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
 from tests.integration.test_periods_payouts_database import at, new_payout
-
-
-def refused(database, statements, match: str) -> None:
-    with pytest.raises(sa.exc.DBAPIError, match=match):
-        with database.engine.begin() as connection:
-            statements(connection)
 
 
 def accepted(database, statements) -> None:
@@ -33,19 +27,10 @@ def accepted(database, statements) -> None:
 
 # ---- reversals ----
 
-def raw_header(connection, transaction_id: int, *, kind="adjustment", reverses_id=None, at_us=5, original=None):
-    connection.execute(sa.text(
-        "INSERT INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us,"
-        " idempotency_key, request_hash, prev_hash, hash, reverses_id)"
-        " VALUES (:id, :kind, :at, :original, 1, :key, :h, :prev, :h, :reverses)"),
-        dict(id=transaction_id, kind=kind, at=at_us, original=original, key=f"raw-{transaction_id}", h="e" * 64,
-             prev=head_hash(connection), reverses=reverses_id))
-
-
 def raw_transfer(connection, transaction_id: int, debit: int, credit: int, amount: int = 100, **header) -> None:
     insert_line(connection, transaction_id, debit, "D", amount)
     insert_line(connection, transaction_id, credit, "C", amount)
-    raw_header(connection, transaction_id, **header)
+    insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", **header)
 
 
 def test_a_reversal_names_what_it_reverses(booked):
@@ -88,12 +73,12 @@ def test_a_moved_posting_was_asked_for_before_where_it_stands(booked, original):
     period; a later one would pass for a reversal "asked for" after its original."""
     def moved_back(connection):
         expense, pending = account_ids(connection)
-        raw_transfer(connection, 2, expense, pending, at_us=5, original=original)
+        raw_transfer(connection, 2, expense, pending, at=5, original=original)
     refused(booked, moved_back, "a moved posting was asked for before the instant it is posted at")
 
     def moved_forward(connection):
         expense, pending = account_ids(connection)
-        raw_transfer(connection, 2, expense, pending, at_us=5, original=4)
+        raw_transfer(connection, 2, expense, pending, at=5, original=4)
     accepted(booked, moved_forward)
 
 
@@ -105,7 +90,7 @@ def test_a_currency_is_three_capital_letters(booked, currency):
         expense, pending = account_ids(connection)
         insert_line(connection, 2, expense, "D", 100, currency=currency)
         insert_line(connection, 2, pending, "C", 100, currency=currency)
-        raw_header(connection, 2)
+        insert_header(connection, 2, head_hash(connection))
     refused(booked, odd_currency, "currenc")
 
 
@@ -126,7 +111,7 @@ def test_sqlite_keeps_amounts_and_instants_integers(sqlite_database, column, val
                 "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us)"
                 " VALUES (2, :a, 'USD', :s, :m, :e)"), dict(a=account, s=side, m=values["amount_minor"],
                                                            e=values["effective_at_us"]))
-        raw_header(connection, 2)
+        insert_header(connection, 2, head_hash(connection))
     refused(database, not_an_integer, "amounts and instants are integers")
 
 

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts, plans
+from ledger import journal, partners, payouts
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import revenue_events
 from ledger.verify import verify
@@ -191,13 +191,10 @@ def test_a_line_amount_that_is_not_an_integer_is_named_not_a_crash(sqlite_databa
     assert (1, "not_an_integer") in problems(sqlite_database)
 
 
-def test_a_payout_record_altered_from_its_posting_is_named(database):
+def test_a_payout_record_altered_from_its_posting_is_named(enrolled):
+    database = enrolled
     with database.transaction() as session:
-        plans.create_plan(session, "standard", "Standard", {
-            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
-            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"})
-        for partner_id in ("northwind", "southwind"):
-            partners.create_partner(session, partner_id, partner_id.title(), "msp", "standard")
+        partners.create_partner(session, "southwind", "Southwind", "msp", "standard")
         payouts.adjust(session, "northwind", "available", 20_000, "USD", "earned", effective_at_us=1_000)
         [payout] = payouts.run_payouts(session, 2_000).payouts
     assert problems(database) == set()
