@@ -1,5 +1,7 @@
 """The database holds the rules Python enforces, for a writer that goes around Python:
 
+- Accounts: each is in the chart of accounts, with the type, normal side and partner its name
+  gives (the liabilities report trusts the stored partner).
 - Reversals: a transaction of kind `reversal` names what it reverses; a reversal is never itself
   reversed; its lines undo the original's exactly (per account and currency, debits less credits
   of the two add up to zero); and a moved posting's requested instant (`original_effective_at_us`)
@@ -120,7 +122,20 @@ RESOLUTION_UNPOSTED = ("NOT EXISTS (SELECT 1 FROM journal_transactions t JOIN pa
                        " AND t.partner_id = p.partner_id"
                        " OR n.outcome = 'failed' AND t.reverses_id = p.transaction_id))")
 
+# The chart of accounts (ledger/accounts.py, as of this revision): an account's type, normal side
+# and partner follow from its name. A partner id holds no ':'. Never NULL, so NOT of it refuses.
+IN_THE_CHART = ("n.partner_id IS NULL AND (n.name IN ('expense:commission', 'expense:commission:writeoff',"
+                " 'expense:commission:adjustment') AND n.type = 'expense' AND n.normal_side = 'D'"
+                " OR n.name = 'asset:cash' AND n.type = 'asset' AND n.normal_side = 'D'"
+                " OR n.name = 'liability:payouts:in_transit' AND n.type = 'liability' AND n.normal_side = 'C')"
+                " OR n.partner_id IS NOT NULL AND replace(n.partner_id, ':', '') = n.partner_id"
+                " AND n.type = 'liability' AND n.normal_side = 'C'"
+                " AND n.name IN ('liability:partner:' || n.partner_id || ':' || 'pending',"
+                " 'liability:partner:' || n.partner_id || ':' || 'available')")  # ':name' would be a bind parameter
+
 RULES = [
+    ("accounts", "in_the_chart", f"NOT ({IN_THE_CHART})",
+     "accounts: an account is as the chart of accounts names it", None, BOTH),
     ("journal_transactions", "reversal_linked", "n.kind = 'reversal' AND n.reverses_id IS NULL",
      "journal_transactions: a reversal names the transaction it reverses", "n.kind = 'reversal'", BOTH),
     ("journal_transactions", "reversal_final", REVERSES_A_REVERSAL,

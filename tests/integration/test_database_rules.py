@@ -305,3 +305,27 @@ def test_keys_and_stored_responses_are_never_updated(database, statement):
     refused(database, raw(statement), "rows are never updated")
     with database.engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT role FROM api_keys").scalar() == "partner"
+
+
+# ---- accounts ----
+
+ACCOUNT = "INSERT INTO accounts (name, type, normal_side, partner_id) VALUES (:name, :type, :side, :partner)"
+
+
+@pytest.mark.parametrize("name, type_, side, partner", [
+    ("liability:partner:ghost:bonus", "liability", "C", "ghost"),  # not in the chart
+    ("liability:partner:ghost:pending", "liability", "C", "northwind"),  # another partner's
+    ("liability:partner:ghost:pending", "asset", "D", "ghost"),  # another type and side
+    ("liability:partner:a:b:pending", "liability", "C", "a:b"),  # a partner id with ':'
+    ("asset:cash", "asset", "D", "ghost"),  # a partner on a fixed account
+    ("expense:commission", "liability", "C", None),
+])
+def test_an_account_is_as_the_chart_names_it(database, name, type_, side, partner):
+    refused(database, raw(ACCOUNT, name=name, type=type_, side=side, partner=partner),
+            "an account is as the chart of accounts names it")
+
+
+def test_accounts_of_the_chart_are_accepted(database):
+    accepted(database, raw(ACCOUNT, name="liability:partner:ghost:pending", type="liability", side="C",
+                           partner="ghost"))
+    accepted(database, raw(ACCOUNT, name="asset:cash", type="asset", side="D", partner=None))

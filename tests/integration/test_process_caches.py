@@ -128,20 +128,20 @@ def test_sqlite_writers_hold_the_queue_lock_for_their_transaction_only(sqlite_da
     assert _lock_is_free(lock_path)
 
 
-def _insert_accounts(database: Database, names: list[str]) -> None:
+def _insert_rows(database: Database, names: list[str]) -> None:
+    """One row per name, in a table no trigger writes more rows for (customers)."""
     with database.transaction() as session:
         for name in names:
-            session.execute(text("INSERT INTO accounts (name, type, normal_side) VALUES (:n, 'expense', 'D')"),
-                            {"n": name})
+            session.execute(text("INSERT INTO customers (id, created_at_us) VALUES (:n, 1)"), {"n": name})
 
 
 def _checkpointed_names(path: str, tmp_path) -> set[str]:
-    """The account names in the database file alone: what checkpoints have copied from the WAL."""
+    """The names in the database file alone: what checkpoints have copied from the WAL."""
     copy = tmp_path / "main-file-only.db"
     copy.write_bytes(Path(path).read_bytes())
     connection = sqlite3.connect(copy)
     try:
-        return {name for (name,) in connection.execute("SELECT name FROM accounts")}
+        return {name for (name,) in connection.execute("SELECT id FROM customers")}
     finally:
         connection.close()
         copy.unlink()
@@ -166,13 +166,13 @@ def test_sqlite_writers_checkpoint_outside_the_queue_once_enough_rows_changed(sq
         autocheckpoint = session.execute(text("PRAGMA wal_autocheckpoint")).scalar()
     assert autocheckpoint == db.SQLITE_AUTOCHECKPOINT_PAGES
 
-    _insert_accounts(database, ["a1", "a2", "a3"])
+    _insert_rows(database, ["a1", "a2", "a3"])
     assert checkpoints == []
     assert not {"a1", "a2", "a3"} & _checkpointed_names(path, tmp_path)  # still in the WAL only
-    _insert_accounts(database, ["a4", "a5"])  # 5 rows changed since the connection opened
+    _insert_rows(database, ["a4", "a5"])  # 5 rows changed since the connection opened
     assert checkpoints == [True]
     assert {"a1", "a2", "a3", "a4", "a5"} <= _checkpointed_names(path, tmp_path)
-    _insert_accounts(database, ["a6"])
+    _insert_rows(database, ["a6"])
     assert checkpoints == [True]
 
 
@@ -187,8 +187,8 @@ def test_a_failed_checkpoint_leaves_the_commit_standing(sqlite_database, monkeyp
         return execute(self, sql, *args)
 
     monkeypatch.setattr(db._QueuedWriterConnection, "execute", failing)
-    _insert_accounts(database, ["b1"])
+    _insert_rows(database, ["b1"])
     assert "checkpoint of" in caplog.text
     with database.reader() as session:
-        assert session.execute(text("SELECT count(*) FROM accounts WHERE name = 'b1'")).scalar() == 1
+        assert session.execute(text("SELECT count(*) FROM customers WHERE id = 'b1'")).scalar() == 1
     assert _lock_is_free(f"{database.engine.url.database}-writer.lock")
