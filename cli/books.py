@@ -163,13 +163,13 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
 @click.option("--at", "at", default=None, help="Instant (RFC 3339) or date; default now.")
 @click.pass_obj
 def release_holds(settings: Settings, at: str | None) -> None:
-    """Release every hold matured by the instant."""
-    from ledger.holds import release_matured
+    """Release every hold matured by the instant, a few hundred to a transaction."""
+    from ledger.holds import release_in_transactions
     from ledger.journal import now_us
 
     at_us = parse_instant_option(at, "--at")
-    with opened(settings, {"at": "--at"}) as database, database.transaction() as session:
-        released = release_matured(session, now_us() if at_us is None else at_us)
+    with opened(settings, {"at": "--at"}) as database:
+        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us)
     click.echo(f"released: {released}")
 
 

@@ -1,16 +1,18 @@
 """Job bodies: each is a function of a session and an instant, idempotent, and returns figures.
 
-Each runs inside one writer transaction opened by `run_job`: on SQLite `BEGIN IMMEDIATE` takes the
-database's write lock up front; on PostgreSQL the job takes its own transaction-scoped advisory lock
-and the domain takes the journal lock. A second scheduler, or a rerun, therefore waits and then
+Each runs inside one writer transaction opened by `run_job`, after the releases of the holds matured
+by its instant, which take transactions of their own (see `run_job`): on SQLite `BEGIN IMMEDIATE`
+takes the database's write lock up front; on PostgreSQL the job takes its own transaction-scoped
+advisory lock and the domain takes the journal lock. A second scheduler, or a rerun, therefore waits and then
 finds the work done: releases are keyed by accrual, closes by period, payout runs by instant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -103,16 +105,32 @@ READ_ONLY_JOBS = frozenset({"verify"})
 
 
 def run_job(database: Database, name: str, body: Callable[[Session, int], dict], at_us: int | None = None) -> JobResult:
-    """Run one job body in one transaction under the job's lock; log what it did in figures."""
+    """Run one job body in one transaction under the job's lock; log what it did in figures.
+
+    A job that writes first releases the holds matured by its instant, `holds.HOLDS_PER_TRANSACTION`
+    to a transaction (`holds.release_in_transactions`), and reports them as `released`: its own
+    transaction then finds none left to release, and so holds the journal lock for its own work
+    only. A close or payout run after a scheduler was down for days would otherwise catch up on
+    every release in the one transaction, and every posting would wait for it."""
     at = clock_now_us() if at_us is None else at_us
     if name in READ_ONLY_JOBS:
         with database.reader() as session:
             figures = body(session, at)
     else:
-        with database.transaction() as session:
-            if is_postgres(session):
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                {"key": JOB_LOCK_BASE + zlib.crc32(name.encode())})
+        released = holds.release_in_transactions(lambda: _job_transaction(database, name), at)
+        with _job_transaction(database, name) as session:
             figures = body(session, at)
+        figures = {**figures, "released": released + figures.get("released", 0)}
     log.info("job %s at %s: %s", name, from_us(at).isoformat(), figures)
     return JobResult(name, figures)
+
+
+@contextlib.contextmanager
+def _job_transaction(database: Database, name: str) -> Iterator[Session]:
+    """A writer transaction under the job's lock: on SQLite the write lock (`BEGIN IMMEDIATE`), on
+    PostgreSQL a transaction-scoped advisory lock of the job's own, before the journal lock."""
+    with database.transaction() as session:
+        if is_postgres(session):
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": JOB_LOCK_BASE + zlib.crc32(name.encode())})
+        yield session

@@ -1,6 +1,7 @@
 """Each job with an explicit instant, idempotent on rerun; races on PostgreSQL post once; a failing
 job does not stop the scheduler."""
 
+import contextlib
 import logging
 import threading
 import time
@@ -12,11 +13,11 @@ from sqlalchemy import func, select
 
 from jobs import bodies
 from jobs.scheduler import build_scheduler
-from ledger import revenue
+from ledger import holds, revenue
 from ledger.balances import partner_balances
 from ledger.periods import close_period, list_periods
 from ledger.payouts import run_payouts
-from ledger.schema import journal_transactions, payout_runs, payouts
+from ledger.schema import journal_transactions, payout_runs, payouts, period_closes
 from ledger.settings import Settings
 from ledger.verify import parse_head, verify
 from tests.program import at, monthly_events, seed
@@ -59,10 +60,39 @@ def test_the_close_job_catches_up_on_every_overdue_month_oldest_first(books):
     early = bodies.run_job(books, "close_periods", close, at("2026-05-03T23:59:59Z"))
     caught_up = bodies.run_job(books, "close_periods", close, at("2026-05-10"))
     again = bodies.run_job(books, "close_periods", close, at("2026-05-10"))
-    assert early.figures == {"closed": ["2026-01", "2026-02", "2026-03"]}
-    assert caught_up.figures == {"closed": ["2026-04"]} and again.figures == {"closed": []}
+    # Each writer job first releases what matured by its instant, in transactions of its own: by
+    # May 3, January's 4 pieces left, February's 6 and March's 6; April's 6 by May 10.
+    assert early.figures == {"closed": ["2026-01", "2026-02", "2026-03"], "released": 16}
+    assert caught_up.figures == {"closed": ["2026-04"], "released": 6}
+    assert again.figures == {"closed": [], "released": 0}
     with books.reader() as session:
         assert [close.period for close in list_periods(session)] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+
+
+def test_a_writer_job_releases_matured_holds_a_few_to_a_transaction_before_its_own(books, monkeypatch):
+    monkeypatch.setattr(holds, "HOLDS_PER_TRANSACTION", 5)
+    opened, posted = books.transaction, []
+
+    @contextlib.contextmanager
+    def counting():
+        with opened() as session:
+            before = count_in(session, "release")
+            yield session
+            posted.append((count_in(session, "release") - before, count_in(session, "close")))
+
+    monkeypatch.setattr(books, "transaction", counting)
+    settings = Settings.build(database_url=books.url, close_grace_days=3)
+    result = bodies.run_job(books, "close_periods", bodies.job_table(settings)["close_periods"], at("2026-05-03"))
+    assert result.figures == {"closed": ["2026-01", "2026-02", "2026-03"], "released": 16}
+    # (releases posted, closes made) by each transaction: 16 holds, 5 to a transaction, then the closes alone
+    assert posted == [(5, 0), (5, 0), (5, 0), (1, 0), (0, 3)]
+
+
+def count_in(session, kind: str) -> int:
+    if kind == "close":
+        return session.execute(select(func.count()).select_from(period_closes)).scalar_one()
+    return session.execute(select(func.count()).select_from(journal_transactions)
+                           .where(journal_transactions.c.kind == kind)).scalar_one()
 
 
 def test_the_payout_job_runs_once_per_day(books):
@@ -70,7 +100,8 @@ def test_the_payout_job_runs_once_per_day(books):
     rerun = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01T13:00:00Z"))
     # northwind: 24,000 released minus the 500 clawback; globex's overrides (2,350) are under its 5,000 minimum
     assert first.figures["payouts"] == 1 and first.figures["replayed"] is False
-    assert rerun.figures == {**first.figures, "replayed": True}
+    assert first.figures["released"] == 10  # January's 4 pieces left and February's 6 (March's mature April 9)
+    assert rerun.figures == {**first.figures, "replayed": True, "released": 0}
     assert count(books, "payout") == 1
 
 
@@ -89,7 +120,8 @@ def test_the_payout_job_makes_the_run_due_last_on_its_day_or_the_first_day_it_ru
     assert late.figures["payouts"] == 1 and late.figures["replayed"] is False
     assert run_instants(books) == [at("2026-04-28")]
     again = bodies.run_job(books, "payout_run", payout_job(28), at("2026-05-27T01:00:00Z"))
-    assert again.figures == {**late.figures, "replayed": True}  # May 28 has not come: April's is the one due
+    # May 28 has not come: April's is the one due; April's 6 pieces matured on May 10
+    assert again.figures == {**late.figures, "replayed": True, "released": 6}
     assert bodies.run_job(books, "payout_run", payout_job(28), at("2026-05-28T01:00:00Z")).figures["replayed"] is False
     assert run_instants(books) == [at("2026-04-28"), at("2026-05-28")]
 
@@ -100,7 +132,8 @@ def test_a_payout_run_due_in_a_period_closed_since_is_reported_missed(books, cap
             close_period(session, period)
     with caplog.at_level(logging.WARNING, logger="revshare.jobs"):
         missed = bodies.run_job(books, "payout_run", payout_job(28), at("2026-04-02T01:00:00Z"))
-    assert missed.figures == {"run_id": None, "missed": "2026-03-28T00:00:00Z"} and run_instants(books) == []
+    assert missed.figures == {"run_id": None, "missed": "2026-03-28T00:00:00Z", "released": 0}  # by the closes
+    assert run_instants(books) == []
     assert "payout run due at 2026-03-28T00:00:00Z was missed" in caplog.text
 
 
@@ -108,7 +141,7 @@ def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
     with books.transaction() as session:
         by_hand = run_payouts(session, at("2026-04-01T00:20:00Z"))
     job = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01T01:00:00Z"))
-    assert job.figures == {"run_id": by_hand.id, "payouts": len(by_hand.payouts), "replayed": True}
+    assert job.figures == {"run_id": by_hand.id, "payouts": len(by_hand.payouts), "replayed": True, "released": 0}
     assert count(books, "payout") == len(by_hand.payouts) == 1
 
 
@@ -150,11 +183,11 @@ def test_two_schedulers_running_a_job_at_once_post_once(postgres_database, job):
         payout_rows = session.execute(select(func.count()).select_from(payouts)).scalar_one()
         closes = [c.period for c in list_periods(session)]
     if job == "close_periods":
-        # May ended on 06-01, within the 3 grace days: January to April close, releasing what matured by April's end
+        # May ended on 06-01, within the 3 grace days: January to April close
         assert sorted(r["closed"] for r in results) == [[], ["2026-01", "2026-02", "2026-03", "2026-04"]]
-        assert closes == ["2026-01", "2026-02", "2026-03", "2026-04"] and kinds["release"] == 18
-    else:
-        assert kinds["release"] == 24  # every hold of January to April, released exactly once
+        assert closes == ["2026-01", "2026-02", "2026-03", "2026-04"]
+    # every job first releases what matured by its instant: every hold of January to April, exactly once
+    assert kinds["release"] == 24 and sum(r["released"] for r in results) == 24 - 2  # 2 by the refund
     if job == "payout_run":
         assert sorted(r["replayed"] for r in results) == [False, True] and payout_rows == 1
 
