@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from bench import books, http, importing, ingestion
+from bench import books, http, importing, ingestion, jobs
 from bench.report import Row, format_facts, format_table, machine_facts, write_json
 from bench.sites import open_site
 
@@ -26,18 +26,19 @@ class Scale(NamedTuple):
     books: books.Shape
     http_requests: int
     http_deadline_s: float  # per series (POSTs, then health): the request count or this, whichever comes first
+    release_events: int  # paid invoices whose holds (1.45 a paid invoice) a job catches up on
 
 
 QUICK = Scale(partners=200, customers=20_000, ingest_events=30_000, import_events=20_000,
               books=books.Shape(partners=200, customers=20_000, months=5, events_per_month=6_000,
                                 checkpoints=(1_000_000,)),
-              http_requests=5_000, http_deadline_s=12)
+              http_requests=5_000, http_deadline_s=12, release_events=10_000)
 # About 172,000 paid invoices a month make a closed month of ~1M lines (accruals, overrides and
 # the releases of the previous month's holds); eleven months pass 10M.
 FULL = Scale(partners=2_000, customers=200_000, ingest_events=200_000, import_events=1_000_000,
              books=books.Shape(partners=2_000, customers=200_000, months=11, events_per_month=172_000,
                                checkpoints=(1_000_000, 10_000_000)),
-             http_requests=50_000, http_deadline_s=120)
+             http_requests=50_000, http_deadline_s=120, release_events=100_000)
 
 
 def _progress(started: float):
@@ -67,6 +68,8 @@ def run_engine(engine_name: str, scale: Scale, quick: bool, say) -> tuple[list[R
         say(f"{engine_name}: growing the journal, {scale.books.months} months")
         reads, closes = books.grow(site, scale.books, lambda message: say(f"{engine_name}: {message}"))
         rows += books.rows_for(engine_name, reads, closes)
+        say(f"{engine_name}: postings during a release of the holds of {scale.release_events:,} invoices")
+        rows += jobs.rows_for(engine_name, jobs.measure(site, scale.partners, scale.customers, scale.release_events))
         if http.revenue_route_exists():
             say(f"{engine_name}: HTTP, up to {scale.http_requests:,} POSTs or {scale.http_deadline_s:g} s")
             results = http.measure(site, scale.http_requests, scale.partners, scale.customers, scale.http_deadline_s)

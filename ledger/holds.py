@@ -30,9 +30,11 @@ from ledger.instants import format_instant
 from ledger.schema import journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
-# Holds released per transaction by the scheduler's jobs and `revshare release-holds`: about 50 ms
-# of the journal lock each on 2 cores (0.26 ms a hold), so postings wait that long at most.
-HOLDS_PER_TRANSACTION = 100
+# Holds released per transaction by the scheduler's jobs and `revshare release-holds`. In `bench/`
+# (`bench/jobs.py`, 15,196 holds, a process posting meanwhile, 2 cores), postings waited p99 27 ms
+# (SQLite) and 35 ms (PostgreSQL) at 50 holds a transaction, 36 and 53 ms at 100, 2.1 and 2.9 s in
+# one transaction; the release took 2 and 2.5 times as long as in one transaction at 50.
+HOLDS_PER_TRANSACTION = 50
 
 
 def matures_at_us(occurred_at_us: int, hold_days: int) -> int:

@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 from sqlalchemy import event
 
-from ledger import periods, revenue
+from ledger import holds, periods, revenue
 from ledger.balances import partner_balances
 from ledger.statements import statement
 from ledger.trial_balance import trial_balance
@@ -239,6 +239,35 @@ def test_closing_a_period_finds_and_sums_its_lines_through_the_period_index(data
     ranged = [plan for plan in plans if uses_index(plan, "ix_journal_lines_period", postgres)]
     assert ranged, plans
     assert all(reads_no_table(plan, postgres) or "ix_journal_lines" in plan for plan in plans), plans
+
+
+def test_a_release_transaction_takes_its_holds_from_the_queue_by_the_maturity_index(database):
+    with database.transaction() as session:
+        program.seed(session)
+    with database.transaction() as session:
+        revenue.ingest(session, program.monthly_events(months=3))
+    with recorded(database.engine) as statements:
+        assert holds.release_in_transactions(database.transaction, at("2026-05-01"), holds_per_transaction=4) > 4
+    postgres = database.engine.dialect.name == "postgresql"
+    queue_reads = [(sql, parameters) for sql, parameters in statements
+                   if sql.lstrip().startswith("SELECT") and "FROM open_holds" in sql]
+    assert len(queue_reads) > 1, statements  # a read per transaction
+    with database.engine.connect() as connection:
+        if postgres:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        plans = [" | ".join(str(row[-1]) for row in connection.exec_driver_sql(prefix + sql, parameters))
+                 for sql, parameters in queue_reads]
+        connection.rollback()
+    # the oldest maturities first, off the index, with a limit: never a scan or a sort of the whole queue
+    for plan in plans:
+        if postgres:
+            assert plan.startswith("Limit") and "Index Scan using ix_open_holds_matures_at_us on open_holds" in plan, plan
+            assert "Seq Scan on open_holds" not in plan, plan
+        else:
+            assert re.search(r"SEARCH open_holds USING (COVERING )?INDEX ix_open_holds_matures_at_us "
+                             r"\(matures_at_us<\?\)", plan), plan
+            assert "SCAN open_holds" not in plan and "TEMP B-TREE" not in plan, plan
 
 
 def paid_batch(count: int, prefix: str) -> list[revenue.RevenueEvent]:
