@@ -110,6 +110,6 @@ def rows_for(engine_name: str, runs: dict[str, Run]) -> list[Row]:
         waits = run.waits_ms or [0.0]
         rows.append(Row(f"postings during a release of matured holds, {words}: p99 wait", engine_name,
                         percentile(waits, 0.99), "ms", f"(not a target; p99 < {P99_MS_YARDSTICK:g} ms for HTTP)", None,
-                        note=f"{len(run.waits_ms):,} postings, p50 {median(waits):.1f} ms, longest {max(waits):.0f} ms; "
-                             f"{run.released:,} releases in {run.seconds:.1f} s"))
+                        note=f"{len(run.waits_ms):,} postings, p50 {median(waits):.1f} ms, "
+                             f"longest {max(waits):.0f} ms; {run.released:,} releases in {run.seconds:.1f} s"))
     return rows

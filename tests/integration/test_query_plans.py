@@ -262,7 +262,8 @@ def test_a_release_transaction_takes_its_holds_from_the_queue_by_the_maturity_in
     # the oldest maturities first, off the index, with a limit: never a scan or a sort of the whole queue
     for plan in plans:
         if postgres:
-            assert plan.startswith("Limit") and "Index Scan using ix_open_holds_matures_at_us on open_holds" in plan, plan
+            assert plan.startswith("Limit"), plan
+            assert "Index Scan using ix_open_holds_matures_at_us on open_holds" in plan, plan
             assert "Seq Scan on open_holds" not in plan, plan
         else:
             assert re.search(r"SEARCH open_holds USING (COVERING )?INDEX ix_open_holds_matures_at_us "
