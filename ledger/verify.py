@@ -17,7 +17,9 @@ makes the database hold for new rows are checked on every row: a reversal names 
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
 minor unit (SQLite's columns take any value, and a text amount broke every report); every account
-is as the chart of accounts has it (`verify_accounts`). All of it reads
+is as the chart of accounts has it (`verify_accounts`). And the queue of holds against the journal
+(`verify_holds`): each queued hold is an accrual's, with its maturity, and each partner's pending
+balance is what its queued pieces hold, so no hold has left the queue unreleased. All of it reads
 one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
 
@@ -39,20 +41,24 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import statement_lines
+from ledger import holds, statement_lines
 from ledger.balances import line_sums
+from ledger.commission import EARNING_KINDS
 from ledger.db import one_snapshot
 from ledger.errors import InvalidInput, invalid
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
-from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions,
+from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
                            payout_resolutions, payouts, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
 STATEMENT_LINES_NAMED = 5  # stored statement lines differing from the journal: the first few are named
+HOLD_INVOICES_PER_READ = 5_000  # the queued invoices whose pieces are replayed at a time
+PIECE_KINDS = ("clawback", "release")  # posted against a piece, named by accrual_id
+PENDING_SUFFIX = ":pending"  # of every partner's pending account, chart.pending(partner_id), and no other
 
 
 class Problem(NamedTuple):
@@ -80,6 +86,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     reversal_of: dict[int, int] = {}  # reversed transaction -> its reversal
     reversal_ids: set[int] = set()
     head_hash: str | None = None
+    pending = _Pending()
     lines_by_transaction = _lines_grouped(session)
     pending_lines = next(lines_by_transaction, None)
     headers = session.execute(select(journal_transactions).order_by(journal_transactions.c.id)
@@ -94,6 +101,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
             pending_lines = next(lines_by_transaction, None)
         problems.extend(_check(header, lines, expected_id, prev_hash))
         problems.extend(_check_links(header, reversal_ids))
+        pending.add(header, lines)
         expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
         payout_id = _payout_of(header) if header.kind in _RESOLUTION_OUTCOMES else None
         if payout_id is not None:
@@ -118,6 +126,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_payout_postings(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
+    problems.extend(verify_holds(session, pending.by_account))
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
 
 
@@ -360,6 +369,68 @@ def verify_totals(session: Session) -> list[Problem]:
                     f"lines {from_lines.get((account_id, currency))}")
             for account_id, currency in sorted(set(from_lines) | set(kept), key=str)
             if from_lines.get((account_id, currency)) != kept.get((account_id, currency))]
+
+
+class _Pending:
+    """What the pieces leave on each partner's pending account, per currency, as verify streams the
+    lines: the accruals with a maturity (every piece revenue events post), and the clawbacks,
+    releases and reversals that post against them. What else posts to a pending account (a manual
+    adjustment, say) is left out with its reversal: it is not held, and no hold releases it."""
+
+    def __init__(self) -> None:
+        self.by_account: dict[tuple[str, str], int] = defaultdict(int)
+        self._left_out: set[int] = set()  # transactions on a pending account that are not a piece's: few
+
+    def add(self, header, lines: list) -> None:
+        kind = header.kind
+        if kind == "reversal":
+            counted = header.reverses_id is not None and header.reverses_id not in self._left_out
+        elif kind in EARNING_KINDS:
+            counted = header.matures_at_us is not None and header.accrual_id not in self._left_out
+        else:
+            counted = kind in PIECE_KINDS and header.accrual_id is not None and header.accrual_id not in self._left_out
+        on_pending = [line for line in lines if line.name.endswith(PENDING_SUFFIX)]
+        if not counted:
+            if on_pending:
+                self._left_out.add(header.id)
+            return
+        for line in on_pending:
+            if isinstance(line.amount_minor, int):
+                self.by_account[(line.name, line.currency)] += line.amount_minor if line.side == CREDIT \
+                    else -line.amount_minor
+
+
+def verify_holds(session: Session, pending: dict[tuple[str, str], int]) -> list[Problem]:
+    """The queue of holds against the journal. Each queued hold is an earning transaction's, with its
+    maturity (`hold_altered`: a maturity moved earlier releases the amount before its time). And
+    what the lines leave pending on each partner's account (`_Pending`), per currency, is what its
+    queued pieces still hold (`holds_missing`): every piece with something pending is queued until
+    it is released. The queue is the one table rows leave, and PostgreSQL's application role may
+    delete from it: a hold deleted behind the application would leave its amount pending for ever,
+    never released nor paid. The pieces are replayed for the queued invoices only: a hold period's
+    worth of the journal."""
+    t, h = journal_transactions.c, open_holds.c
+    found = [Problem(accrual_id, "hold_altered", f"queued hold of transaction {accrual_id} matures at {queued_us}, "
+                     f"but the transaction is {kind!r} maturing at {matures_us}")
+             for accrual_id, queued_us, kind, matures_us in session.execute(
+                 select(h.accrual_id, h.matures_at_us, t.kind, t.matures_at_us)
+                 .join(journal_transactions, t.id == h.accrual_id, isouter=True)
+                 .order_by(h.accrual_id))
+             if kind not in EARNING_KINDS or matures_us != queued_us]
+    queued = dict(session.execute(select(h.accrual_id, t.invoice_id).join(journal_transactions, t.id == h.accrual_id))
+                  .all())
+    held: dict[tuple[str, str], int] = defaultdict(int)
+    invoices = sorted({invoice_id for invoice_id in queued.values() if invoice_id is not None})
+    for start in range(0, len(invoices), HOLD_INVOICES_PER_READ):
+        for pieces in holds.load_pieces(session, invoices[start:start + HOLD_INVOICES_PER_READ]).values():
+            for piece in pieces:
+                if piece.id in queued and not piece.reversed:
+                    held[(chart.pending(piece.partner_id), piece.currency)] += piece.pending_minor
+    found += [Problem(None, "holds_missing", f"{account} {currency}: {pending.get(key, 0)} pending, but the queued "
+                      f"holds hold {held.get(key, 0)}: a hold is missing from the queue")
+              for key in sorted(set(pending) | set(held)) for account, currency in [key]
+              if pending.get(key, 0) != held.get(key, 0)]
+    return found
 
 
 def _lines_grouped(session: Session) -> Iterator[tuple[int, list]]:

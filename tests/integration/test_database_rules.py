@@ -1,6 +1,7 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migration 0018): reversals, values, program facts, period closes, payouts, keys. Each refusal
-has a control beside it that the same guard accepts, so that no guard passes by refusing everything."""
+SQL (migrations 0018 and 0019): reversals, values, program facts, period closes, payouts, keys, the
+queue of holds. Each refusal has a control beside it that the same guard accepts, so that no guard
+passes by refusing everything."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts, periods, plans
+from ledger import holds as holds_module
+from ledger import journal, partners, payouts, periods, plans, revenue
 from ledger.instants import period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from tests.api.conftest import STANDARD_TERMS, enroll
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
+from tests import program
 from tests.integration.test_periods_payouts_database import at, new_payout
 
 
@@ -329,3 +332,42 @@ def test_accounts_of_the_chart_are_accepted(database):
     accepted(database, raw(ACCOUNT, name="liability:partner:ghost:pending", type="liability", side="C",
                            partner="ghost"))
     accepted(database, raw(ACCOUNT, name="asset:cash", type="asset", side="D", partner=None))
+
+
+# ---- the queue of holds (migration 0019) ----
+
+@pytest.fixture
+def queued(database):
+    """January's three invoices for northwind (under globex): six pieces, each with its hold queued."""
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, program.monthly_events(months=1))
+    with database.engine.connect() as connection:
+        holds = connection.execute(sa.text("SELECT accrual_id, matures_at_us FROM open_holds ORDER BY accrual_id"))
+        return database, holds.all()
+
+
+def test_a_queued_hold_names_an_accrual_and_matures_when_it_does(queued):
+    database, [(accrual_id, matures_us), *_] = queued
+    with database.engine.begin() as connection:  # allowed: the release job takes holds off the queue
+        connection.exec_driver_sql(f"DELETE FROM open_holds WHERE accrual_id = {accrual_id}")
+
+    def queue(accrual: int, matures: int):
+        return lambda connection: connection.exec_driver_sql(
+            f"INSERT INTO open_holds (accrual_id, matures_at_us) VALUES ({accrual}, {matures})")
+    refused(database, queue(accrual_id, matures_us - 1), "a queued hold names an accrual and matures when it does")
+    with database.transaction() as session:
+        assert holds_module.release_matured(session, at("2026-03-01")) == 5  # the five still queued
+    with database.engine.connect() as connection:
+        release_id = connection.exec_driver_sql("SELECT max(id) FROM journal_transactions WHERE kind = 'release'"
+                                                ).scalar_one()
+    refused(database, queue(release_id, matures_us), "a queued hold names an accrual and matures when it does")
+    accepted(database, queue(accrual_id, matures_us))  # as it was queued
+
+
+def test_a_queued_hold_is_never_updated(queued):
+    database, [(accrual_id, _), *_] = queued
+    refused(database, lambda connection: connection.exec_driver_sql(
+        f"UPDATE open_holds SET matures_at_us = 0 WHERE accrual_id = {accrual_id}"), "open_holds: rows are never updated")
+    accepted(database, lambda connection: connection.exec_driver_sql(
+        f"DELETE FROM open_holds WHERE accrual_id = {accrual_id}"))

@@ -7,10 +7,11 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts
+from ledger import holds, journal, partners, payouts, revenue
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import revenue_events
 from ledger.verify import verify
+from tests import program
 
 PENDING = chart.pending("northwind")
 
@@ -226,3 +227,42 @@ def test_an_account_altered_from_the_chart_or_outside_it_is_named(booked):
     with booked.reader() as session:
         found = {(p.code, p.message.split("'")[1]) for p in verify(session).problems}
     assert found == {("account_altered", PENDING), ("account_outside_chart", "liability:partner:ghost:bonus")}
+
+
+@pytest.fixture
+def accrued(database):
+    """January's and February's invoices for northwind (under globex), January's holds released,
+    then a refund that claws back from a piece still held: holds queued, released and clawed."""
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, program.monthly_events(months=2)[:6])
+    with database.transaction() as session:
+        holds.release_matured(session, program.at("2026-02-15"))
+        revenue.ingest(session, [program.paid("e-refund", "acme", "inv-acme-2", 2_500, "2026-02-20", kind="refund")])
+    return database
+
+
+def queued_holds(database) -> list[int]:
+    with database.engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT accrual_id FROM open_holds ORDER BY accrual_id").scalars().all()
+
+
+def test_a_hold_taken_off_the_queue_behind_the_application_is_named(accrued):
+    assert problems(accrued) == set() and len(queued_holds(accrued)) == 6
+    with accrued.engine.begin() as connection:  # allowed to the application: no trigger to pass
+        connection.exec_driver_sql(f"DELETE FROM open_holds WHERE accrual_id = {queued_holds(accrued)[0]}")
+    with accrued.reader() as session:
+        [problem] = verify(session).problems
+    assert problem.code == "holds_missing" and problem.message.startswith(f"{PENDING} USD: ")
+
+
+def test_a_queued_hold_whose_maturity_was_moved_or_that_names_no_accrual_is_named(accrued):
+    first, *_, last = queued_holds(accrued)
+    with accrued.engine.connect() as connection:
+        release_id = connection.exec_driver_sql("SELECT min(id) FROM journal_transactions WHERE kind = 'release'"
+                                                ).scalar_one()
+    with behind_the_triggers(accrued) as execute:
+        execute(f"UPDATE open_holds SET matures_at_us = 0 WHERE accrual_id = {first}")
+        execute(f"UPDATE open_holds SET accrual_id = {release_id} WHERE accrual_id = {last}")
+    # the last piece's hold is gone from the queue: what it holds is pending with no hold to release it
+    assert problems(accrued) == {(first, "hold_altered"), (release_id, "hold_altered"), (None, "holds_missing")}
