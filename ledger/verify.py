@@ -86,7 +86,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     reversal_of: dict[int, int] = {}  # reversed transaction -> its reversal
     reversal_ids: set[int] = set()
     head_hash: str | None = None
-    pending = _Pending()
+    not_pieces = _NotPieces()
     lines_by_transaction = _lines_grouped(session)
     pending_lines = next(lines_by_transaction, None)
     headers = session.execute(select(journal_transactions).order_by(journal_transactions.c.id)
@@ -94,6 +94,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     for header in headers:
         while pending_lines is not None and pending_lines[0] < header.id:
             problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
+            not_pieces.leave_out(*pending_lines)
             pending_lines = next(lines_by_transaction, None)
         lines: list = []
         if pending_lines is not None and pending_lines[0] == header.id:
@@ -101,7 +102,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
             pending_lines = next(lines_by_transaction, None)
         problems.extend(_check(header, lines, expected_id, prev_hash))
         problems.extend(_check_links(header, reversal_ids))
-        pending.add(header, lines)
+        not_pieces.add(header, lines)
         expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
         payout_id = _payout_of(header) if header.kind in _RESOLUTION_OUTCOMES else None
         if payout_id is not None:
@@ -114,19 +115,21 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
             break
     while pending_lines is not None and len(problems) < problems_max:
         problems.append(Problem(pending_lines[0], "orphan_lines", "lines reference a transaction that does not exist"))
+        not_pieces.leave_out(*pending_lines)
         pending_lines = next(lines_by_transaction, None)
     if head is not None and (head_hash is not None or len(problems) < problems_max):  # not cut short before it
         problems.extend(_check_head(head, head_hash))
     problems.extend(verify_closes(session))
     problems.extend(verify_statement_lines(session))
-    problems.extend(verify_totals(session))
+    line_totals = _line_totals(session)
+    problems.extend(verify_totals(session, line_totals))
     problems.extend(verify_accounts(session))
     problems.extend(verify_reversals(session))
     problems.extend(verify_payouts(session, resolutions, reversal_of))
     problems.extend(verify_payout_postings(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
-    problems.extend(verify_holds(session, pending.by_account))
+    problems.extend(verify_holds(session, line_totals, not_pieces))
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
 
 
@@ -352,16 +355,21 @@ _STATEMENT_DIFFERENCE = {
 }
 
 
-def verify_totals(session: Session) -> list[Problem]:
-    """Every (account, currency)'s running totals against the sums, the last id and the latest
-    instant of its lines."""
-    j, t = journal_lines.c, account_totals.c
-    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
-    from_lines = {(a, c): (int(d), int(k), last, latest) for a, c, d, k, last, latest in session.execute(
+def _line_totals(session: Session) -> dict[tuple[int, str], tuple[int, int, int, int]]:
+    """{(account id, currency): (debits, credits, last line id, latest instant)} from every line."""
+    j = journal_lines.c
+    return {(a, c): (int(d), int(k), last, latest) for a, c, d, k, last, latest in session.execute(
         select(j.account_id, j.currency, func.sum(case((j.side == DEBIT, j.amount_minor), else_=0)),
                func.sum(case((j.side == CREDIT, j.amount_minor), else_=0)), func.max(j.id),
                func.max(j.effective_at_us))
         .group_by(j.account_id, j.currency))}
+
+
+def verify_totals(session: Session, from_lines: dict[tuple[int, str], tuple[int, int, int, int]]) -> list[Problem]:
+    """Every (account, currency)'s running totals against the sums, the last id and the latest
+    instant of its lines (`_line_totals`)."""
+    t = account_totals.c
+    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
     kept = {(a, c): (d, k, last, latest) for a, c, d, k, last, latest in session.execute(
         select(t.account_id, t.currency, t.debit_minor, t.credit_minor, t.last_line_id, t.latest_effective_at_us))}
     return [Problem(None, "totals_mismatch", f"{names.get(account_id, account_id)} {currency}: running totals "
@@ -371,44 +379,47 @@ def verify_totals(session: Session) -> list[Problem]:
             if from_lines.get((account_id, currency)) != kept.get((account_id, currency))]
 
 
-class _Pending:
-    """What the pieces leave on each partner's pending account, per currency, as verify streams the
-    lines: the accruals with a maturity (every piece revenue events post), and the clawbacks,
-    releases and reversals that post against them. What else posts to a pending account (a manual
-    adjustment, say) is left out with its reversal: it is not held, and no hold releases it."""
+class _NotPieces:
+    """The transactions on a partner's pending account that are not a piece's, as verify streams the
+    journal, and what their lines leave there. A piece is an accrual with a maturity (every piece
+    revenue events post), or a clawback, release or reversal posted against one. The others (a
+    manual adjustment, say, and its reversal) are not held, and no hold releases them: they are few."""
 
     def __init__(self) -> None:
-        self.by_account: dict[tuple[str, str], int] = defaultdict(int)
-        self._left_out: set[int] = set()  # transactions on a pending account that are not a piece's: few
+        self.ids: set[int] = set()
+        self.pending: dict[tuple[str, str], int] = defaultdict(int)
 
     def add(self, header, lines: list) -> None:
-        kind = header.kind
-        if kind == "reversal":
-            counted = header.reverses_id is not None and header.reverses_id not in self._left_out
-        elif kind in EARNING_KINDS:
-            counted = header.matures_at_us is not None and header.accrual_id not in self._left_out
-        else:
-            counted = kind in PIECE_KINDS and header.accrual_id is not None and header.accrual_id not in self._left_out
-        on_pending = [line for line in lines if line.name.endswith(PENDING_SUFFIX)]
-        if not counted:
-            if on_pending:
-                self._left_out.add(header.id)
+        kind, ids = header.kind, self.ids
+        if kind in EARNING_KINDS:
+            if header.matures_at_us is not None and header.accrual_id not in ids:
+                return
+        elif kind in PIECE_KINDS:
+            if header.accrual_id is not None and header.accrual_id not in ids:
+                return
+        elif kind == "reversal" and header.reverses_id is not None and header.reverses_id not in ids:
             return
-        for line in on_pending:
-            if isinstance(line.amount_minor, int):
-                self.by_account[(line.name, line.currency)] += line.amount_minor if line.side == CREDIT \
+        self.leave_out(header.id, lines)
+
+    def leave_out(self, transaction_id: int, lines: list) -> None:
+        """A transaction that is not a piece's, or lines whose header is gone (named `orphan_lines`)."""
+        for line in lines:
+            if line.name.endswith(PENDING_SUFFIX) and isinstance(line.amount_minor, int):
+                self.ids.add(transaction_id)
+                self.pending[(line.name, line.currency)] += line.amount_minor if line.side == CREDIT \
                     else -line.amount_minor
 
 
-def verify_holds(session: Session, pending: dict[tuple[str, str], int]) -> list[Problem]:
+def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int, int, int, int]],
+                 not_pieces: _NotPieces) -> list[Problem]:
     """The queue of holds against the journal. Each queued hold is an earning transaction's, with its
     maturity (`hold_altered`: a maturity moved earlier releases the amount before its time). And
-    what the lines leave pending on each partner's account (`_Pending`), per currency, is what its
-    queued pieces still hold (`holds_missing`): every piece with something pending is queued until
-    it is released. The queue is the one table rows leave, and PostgreSQL's application role may
-    delete from it: a hold deleted behind the application would leave its amount pending for ever,
-    never released nor paid. The pieces are replayed for the queued invoices only: a hold period's
-    worth of the journal."""
+    what the pieces leave on each partner's pending account, per currency (the lines' totals, less
+    those of `_NotPieces`), is what its queued pieces still hold (`holds_missing`): every piece with
+    something pending is queued until it is released. The queue is the one table rows leave, and
+    PostgreSQL's application role may delete from it: a hold deleted behind the application would
+    leave its amount pending for ever, never released nor paid. The pieces are replayed for the
+    queued invoices only: a hold period's worth of the journal."""
     t, h = journal_transactions.c, open_holds.c
     found = [Problem(accrual_id, "hold_altered", f"queued hold of transaction {accrual_id} matures at {queued_us}, "
                      f"but the transaction is {kind!r} maturing at {matures_us}")
@@ -426,6 +437,12 @@ def verify_holds(session: Session, pending: dict[tuple[str, str], int]) -> list[
             for piece in pieces:
                 if piece.id in queued and not piece.reversed:
                     held[(chart.pending(piece.partner_id), piece.currency)] += piece.pending_minor
+    names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
+    pending = {}
+    for (account_id, currency), (debits, credits, _, _) in line_totals.items():
+        key = (str(names.get(account_id, "")), currency)
+        if key[0].endswith(PENDING_SUFFIX):
+            pending[key] = credits - debits - not_pieces.pending.get(key, 0)
     found += [Problem(None, "holds_missing", f"{account} {currency}: {pending.get(key, 0)} pending, but the queued "
                       f"holds hold {held.get(key, 0)}: a hold is missing from the queue")
               for key in sorted(set(pending) | set(held)) for account, currency in [key]
