@@ -304,6 +304,12 @@ revenue_events = Table(
 )
 
 # One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
+# A customer's CPA bounty is posted once (migration 0020's trigger, which this index serves); a
+# reinstatement names its original.
+Index("ix_journal_transactions_cpa_customer", journal_transactions.c.customer_id,
+      sqlite_where=(journal_transactions.c.kind == "cpa") & journal_transactions.c.accrual_id.is_(None),
+      postgresql_where=(journal_transactions.c.kind == "cpa") & journal_transactions.c.accrual_id.is_(None))
+
 # Refunds, chargebacks and won disputes stay within their paid invoice at every instant: a trigger
 # refuses the rows that would not (migration 0014).
 Index("uq_revenue_events_paid_invoice", revenue_events.c.invoice_id, unique=True,

@@ -19,7 +19,8 @@ before where it stands; amounts and instants are integers and currencies ISO 421
 minor unit (SQLite's columns take any value, and a text amount broke every report); every account
 is as the chart of accounts has it (`verify_accounts`). And the queue of holds against the journal
 (`verify_holds`): each queued hold is an accrual's, with its maturity, and each partner's pending
-balance is what its queued pieces hold, so no hold has left the queue unreleased. All of it reads
+balance is what its queued pieces hold, so no hold has left the queue unreleased; and a customer's
+CPA bounty posted once (`verify_bounties`). All of it reads
 one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
 
@@ -130,6 +131,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
     problems.extend(verify_holds(session, line_totals, not_pieces))
+    problems.extend(verify_bounties(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
 
 
@@ -447,6 +449,24 @@ def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int,
                       f"holds hold {held.get(key, 0)}: a hold is missing from the queue")
               for key in sorted(set(pending) | set(held)) for account, currency in [key]
               if pending.get(key, 0) != held.get(key, 0)]
+    return found
+
+
+def verify_bounties(session: Session) -> list[Problem]:
+    """A customer's CPA bounty is posted once (`cpa_twice` names each after the first): a `cpa`
+    transaction that is no won dispute's reinstatement (`accrual_id` is null) is a bounty."""
+    t = journal_transactions.c
+    bounties = (select(t.customer_id, t.id).where(t.kind == "cpa", t.accrual_id.is_(None), t.customer_id.in_(
+        select(t.customer_id).where(t.kind == "cpa", t.accrual_id.is_(None)).group_by(t.customer_id)
+        .having(func.count() > 1))).order_by(t.customer_id, t.id))
+    first: dict[str, int] = {}
+    found = []
+    for customer_id, transaction_id in session.execute(bounties):
+        if customer_id in first:
+            found.append(Problem(transaction_id, "cpa_twice", f"a second CPA bounty for customer {customer_id!r}, "
+                                                              f"paid first by transaction {first[customer_id]}"))
+        else:
+            first[customer_id] = transaction_id
     return found
 
 

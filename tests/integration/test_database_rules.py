@@ -371,3 +371,17 @@ def test_a_queued_hold_is_never_updated(queued):
         f"UPDATE open_holds SET matures_at_us = 0 WHERE accrual_id = {accrual_id}"), "open_holds: rows are never updated")
     accepted(database, lambda connection: connection.exec_driver_sql(
         f"DELETE FROM open_holds WHERE accrual_id = {accrual_id}"))
+
+
+# ---- a customer's CPA bounty, once (migration 0020) ----
+
+def test_a_customer_earns_one_cpa_bounty(booked):
+    def bounty(transaction_id: int, customer_id: str, **header):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            raw_transfer(connection, transaction_id, expense, pending, kind="cpa", customer_id=customer_id, **header)
+        return post
+    accepted(booked, bounty(2, "acme"))
+    refused(booked, bounty(3, "acme"), "a customer earns one CPA bounty")
+    accepted(booked, bounty(3, "acme", accrual_id=2))  # a won dispute's reinstatement names its original
+    accepted(booked, bounty(4, "globex-corp"))

@@ -266,3 +266,16 @@ def test_a_queued_hold_whose_maturity_was_moved_or_that_names_no_accrual_is_name
         execute(f"UPDATE open_holds SET accrual_id = {release_id} WHERE accrual_id = {last}")
     # the last piece's hold is gone from the queue: what it holds is pending with no hold to release it
     assert problems(accrued) == {(first, "hold_altered"), (release_id, "hold_altered"), (None, "holds_missing")}
+
+
+def test_a_second_cpa_bounty_for_a_customer_is_named(booked):
+    with booked.transaction() as session:
+        first, second = journal.post(session, [
+            journal.transfer("cpa", chart.EXPENSE_COMMISSION, PENDING, "USD", 5_000, effective_at_us=10,
+                             idempotency_key=f"cpa-{customer_id}", customer_id=customer_id)
+            for customer_id in ("acme", "globex-corp")])
+    assert problems(booked) == set()
+    with behind_the_triggers(booked) as execute:
+        execute(f"UPDATE journal_transactions SET customer_id = 'acme' WHERE id = {second.id}")
+    assert problems(booked) == {(second.id, "content_altered"), (second.id, "cpa_twice")}
+    assert first.id < second.id
