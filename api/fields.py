@@ -35,7 +35,7 @@ from ledger.customers import validate_external_id
 from ledger.errors import InvalidInput
 from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period, start_of_day_us
 from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
-from ledger.verify import parse_head
+from ledger.verify import parse_close, parse_head
 
 AMOUNT_TEXT_MAX = 40
 INSTANT_TEXT_MAX = 40
@@ -181,6 +181,16 @@ class Head(_Parsed):
 
     def format(self, value: tuple[int, str]) -> str:
         return f"{value[0]}:{value[1]}"
+
+
+class RecordedClose(_Parsed):
+    """A close as verify reports one to record: `PERIOD:HASH`."""
+
+    text_length_max = 80
+    openapi = {"example": "2026-02:" + "0" * 64}
+
+    def parse(self, text: str, field: str) -> tuple[str, str]:
+        return parse_close(text, field=field)
 
 
 class Period(_Parsed):

@@ -53,24 +53,30 @@ def db_upgrade(settings: Settings) -> None:
 @main.command()
 @click.option("--head", default=None, metavar="ID:HASH",
               help="A chain head recorded earlier (as this command prints it): prove the journal still holds it.")
+@click.option("--close", default=None, metavar="PERIOD:HASH",
+              help="A close recorded earlier (as this command prints it): prove the books still hold it.")
 @click.pass_obj
-def verify(settings: Settings, head: str | None) -> None:
+def verify(settings: Settings, head: str | None, close: str | None) -> None:
     """Recompute the hash chain, the balance of every transaction and every snapshot.
 
-    The books cannot prove that none of their newest transactions were removed: record the head this
-    prints somewhere else, and pass it with --head to a later verify."""
+    The books cannot prove that none of their newest transactions, or their newest close, were
+    removed: record the head and the close this prints somewhere else, and pass them with --head and
+    --close to a later verify."""
     from cli.books import opened
-    from ledger.verify import parse_head
+    from ledger.verify import parse_close, parse_head
     from ledger.verify import verify as verify_books
 
-    with opened(settings, {"head": "--head"}) as database:
+    with opened(settings, {"head": "--head", "close": "--close"}) as database:
         recorded = None if head is None else parse_head(head)
+        recorded_close = None if close is None else parse_close(close)
         with database.reader() as session:
-            report = verify_books(session, head=recorded)
+            report = verify_books(session, head=recorded, close=recorded_close)
     click.echo(f"transactions checked: {report.transactions_checked}")
     click.echo(f"chain head: {report.chain_head}")
     if report.ok and report.head_id:  # a head worth recording: of whole books, and not of an empty journal
         click.echo(f"head to record: {report.head_id}:{report.chain_head}")
+    if report.ok and report.latest_close:
+        click.echo(f"close to record: {report.latest_close[0]}:{report.latest_close[1]}")
     for problem in report.problems:
         where = "" if problem.transaction_id is None else f" transaction {problem.transaction_id}"
         click.echo(f"PROBLEM{where}: {problem.code}: {problem.message}")

@@ -29,7 +29,8 @@ newest close, removed by someone who can write the file (past the triggers) leav
 that is whole, and the hashes have no secret, so a rewrite from some transaction on can be made
 whole again. Given a head recorded outside the database (`head`: the id and hash a verify printed
 earlier), verify proves that the journal still holds that transaction with that hash: nothing at or
-before it was removed or rewritten.
+before it was removed or rewritten. Closes chain apart from the journal, so the newest close gets a
+record of its own (`close`: the period and close hash a verify printed earlier).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
-                           payout_resolutions, payouts, revenue_events)
+                           payout_resolutions, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
@@ -74,12 +75,15 @@ class Report(NamedTuple):
     chain_head: str
     problems: list[Problem]
     head_id: int = 0  # the last transaction's id (0: none), whose hash is `chain_head`
+    latest_close: tuple[str, str] | None = None  # (period, close hash) of the newest close, to record
 
 
-def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] | None = None) -> Report:
+def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] | None = None,
+           close: tuple[str, str] | None = None) -> Report:
     """Check the books as one snapshot shows them (given a fresh session; see `db.one_snapshot`):
     postings that commit meanwhile are neither half seen nor named as problems. `head`, (id, hash),
-    is a chain head recorded earlier, outside the database."""
+    is a chain head recorded earlier, outside the database; `close`, (period, close hash), a close
+    recorded earlier: the books still hold it, so none up to it was removed (closes chain)."""
     one_snapshot(session)
     problems: list[Problem] = []
     expected_id, prev_hash, checked = 1, GENESIS_HASH, 0
@@ -121,6 +125,9 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     if head is not None and (head_hash is not None or len(problems) < problems_max):  # not cut short before it
         problems.extend(_check_head(head, head_hash))
     problems.extend(verify_closes(session))
+    latest = _latest_close(session)
+    if close is not None:
+        problems.extend(_check_recorded_close(session, close))
     problems.extend(verify_statement_lines(session))
     line_totals = _line_totals(session)
     problems.extend(verify_totals(session, line_totals))
@@ -132,7 +139,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_event_links(session))
     problems.extend(verify_holds(session, line_totals, not_pieces))
     problems.extend(verify_bounties(session))
-    return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1)
+    return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1, latest)
 
 
 _HEAD = re.compile(r"([1-9][0-9]{0,18}):([0-9a-f]{64})")  # ASCII digits only: "²".isdigit() is true
@@ -156,6 +163,38 @@ def _payout_of(header) -> int | None:
     through `journal.post`), which resolves no payout."""
     kind, _, payout_id = header.idempotency_key.partition(":")
     return int(payout_id) if kind == header.kind and payout_id.isdigit() else None
+
+
+_CLOSE = re.compile(r"([0-9]{4}-(?:0[1-9]|1[0-2])):([0-9a-f]{64})")
+
+
+def parse_close(text: str, *, field: str = "close") -> tuple[str, str]:
+    """`PERIOD:HASH`, as verify reports a close to record, as (period, close hash); a 422 naming
+    `field` otherwise."""
+    match = _CLOSE.fullmatch(text)
+    if match is None:
+        raise invalid(field, "must be a period and its close hash, YYYY-MM:HASH, as verify reports it")
+    return match.group(1), match.group(2)
+
+
+def _latest_close(session: Session) -> tuple[str, str] | None:
+    t = period_closes.c
+    row = session.execute(select(t.period, t.close_hash).order_by(t.ends_at_us.desc()).limit(1)).first()
+    return None if row is None else (row.period, row.close_hash)
+
+
+def _check_recorded_close(session: Session, close: tuple[str, str]) -> list[Problem]:
+    """The books still hold a close recorded earlier, with its hash: as each close names the
+    previous one's hash, and verify_closes checks the chain, none up to it was removed or rewritten."""
+    period, recorded_hash = close
+    found = session.execute(select(period_closes.c.close_hash).where(period_closes.c.period == period)).scalar()
+    if found is None:
+        return [Problem(None, "close_missing", f"the books hold no close of {period}, the close recorded: closes "
+                                               "were removed")]
+    if found != recorded_hash:
+        return [Problem(None, "close_rewritten", f"the close of {period} has not the hash recorded for it: the "
+                                                 "closes were rewritten up to here")]
+    return []
 
 
 def _check_head(head: tuple[int, str], found_hash: str | None) -> list[Problem]:

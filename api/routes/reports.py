@@ -14,7 +14,7 @@ import marshmallow as ma
 
 from api.auth import allow
 from api.body import Blueprint
-from api.fields import AsOf, Head
+from api.fields import AsOf, Head, RecordedClose
 from api.schemas import Schema
 from api.session import current_session
 from ledger.instants import format_instant
@@ -87,6 +87,9 @@ class IntegritySchema(Schema):
     head_id = ma.fields.Integer(required=True, metadata={
         "description": "id of the last transaction (0: none); keep `head_id:chain_head` outside the database and "
                        "pass it as `head` later"})
+    latest_close = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "PERIOD:HASH of the newest close (null: none); keep it outside the database and pass it as "
+                       "`close` later"})
     problems = ma.fields.List(ma.fields.Nested(ProblemFoundSchema), required=True)
 
 
@@ -94,6 +97,9 @@ class IntegrityQuery(Schema):
     head = Head(load_default=None, metadata={
         "description": "ID:HASH, a head an earlier check reported: prove the journal still holds it (nothing up to "
                        "it removed or rewritten)"})
+    close = RecordedClose(load_default=None, metadata={
+        "description": "PERIOD:HASH, a close an earlier check reported: prove the books still hold it (no close up "
+                       "to it removed or rewritten)"})
 
 
 @blp.route("/reports/trial-balance", methods=["GET"])
@@ -139,8 +145,10 @@ def get_liabilities(as_of: int | None):
 @allow("finance")
 @blp.arguments(IntegrityQuery, location="query", as_kwargs=True)
 @blp.response(200, IntegritySchema)
-def get_integrity(head: tuple[int, str] | None):
+def get_integrity(head: tuple[int, str] | None, close: tuple[str, str] | None):
     """Recompute the hash chain and every transaction's balance"""
-    report = verify(current_session(), head=head)
+    report = verify(current_session(), head=head, close=close)
+    latest = None if report.latest_close is None else ":".join(report.latest_close)
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "chain_head": report.chain_head,
-            "head_id": report.head_id, "problems": [problem._asdict() for problem in report.problems]}
+            "head_id": report.head_id, "latest_close": latest,
+            "problems": [problem._asdict() for problem in report.problems]}

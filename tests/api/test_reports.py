@@ -57,7 +57,7 @@ def test_integrity_of_untouched_books_is_ok(shared):
     assert response.status_code == 200
     body = response.get_json()
     assert body == {"ok": True, "transactions_checked": 4, "chain_head": body["chain_head"], "head_id": 4,
-                    "problems": []}
+                    "latest_close": None, "problems": []}
     last = shared.client.get("/v1/transactions/4", headers=bearer(shared.keys.finance)).get_json()
     assert body["chain_head"] == last["hash"]
 
@@ -73,6 +73,22 @@ def test_integrity_proves_a_head_recorded_earlier_and_names_one_it_does_not_hold
     for bad in ("4", "x:" + "0" * 64, "4:" + "0" * 63, "4:" + "G" * 64, "\u00b2:" + "0" * 64, "\u0663:" + "0" * 64):
         response = shared.client.get(f"/v1/integrity?head={bad}", headers=bearer(shared.keys.finance))
         assert errors_of(response) == {"head"}
+
+
+def test_integrity_proves_a_close_recorded_earlier_and_names_one_it_does_not_hold(fresh):
+    fresh.event("e-1", "p1-customer", "inv-1", "100.00", "2026-01-10T00:00:00Z")
+    assert fresh.read("/v1/integrity")["latest_close"] is None  # nothing closed yet
+    closed = fresh.ok("/v1/periods/2026-01/close")
+    body = fresh.read("/v1/integrity")
+    assert body["ok"] is True and body["latest_close"] == f"2026-01:{closed['close_hash']}"
+    assert fresh.read(f"/v1/integrity?close={body['latest_close']}")["ok"] is True
+    for recorded, code in ((f"2026-02:{closed['close_hash']}", "close_missing"), (f"2026-01:{'0' * 64}",
+                                                                                 "close_rewritten")):
+        found = fresh.read(f"/v1/integrity?close={recorded}")
+        assert not found["ok"] and [p["code"] for p in found["problems"]] == [code]
+    for bad in ("2026-01", "2026-13:" + closed["close_hash"], "2026-1:" + closed["close_hash"],
+                "2026-01:" + closed["close_hash"][:-1]):
+        assert errors_of(fresh.get(f"/v1/integrity?close={bad}")) == {"close"}
 
 
 def test_integrity_names_each_problem_in_tampered_books(database, client, keys, booked):

@@ -188,6 +188,24 @@ def test_verify_prints_the_head_to_record_and_proves_a_recorded_head(sqlite_data
         assert refused.exit_code == 2 and "--head" in refused.output
 
 
+def test_verify_prints_the_close_to_record_and_proves_a_recorded_close(sqlite_database):
+    with sqlite_database.transaction() as session:
+        seed(session)
+        revenue.ingest(session, monthly_events(months=2))
+    assert "close to record" not in invoke(sqlite_database.url, "verify").output  # nothing closed yet
+    assert invoke(sqlite_database.url, "close", "2026-01").exit_code == 0
+    first = invoke(sqlite_database.url, "verify")
+    [close] = [line.removeprefix("close to record: ") for line in first.output.splitlines()
+               if line.startswith("close to record: ")]
+    assert first.exit_code == 0 and close.startswith("2026-01:")
+    assert invoke(sqlite_database.url, "verify", "--close", close).exit_code == 0
+    missing = invoke(sqlite_database.url, "verify", "--close", close.replace("2026-01", "2026-02"))
+    assert missing.exit_code == 1 and "PROBLEM: close_missing" in missing.output
+    refused = CliRunner().invoke(main, ["verify", "--close", "2026-01"],
+                                 env={"REVSHARE_DATABASE_URL": sqlite_database.url})
+    assert refused.exit_code == 2 and "--close" in refused.output
+
+
 def write_ndjson(path: Path, events) -> Path:
     path.write_text("".join(json.dumps(event_dict(event)) + "\n" for event in events))
     return path

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import holds, journal, partners, payouts, revenue
+from ledger import holds, journal, partners, payouts, periods, revenue
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import revenue_events
 from ledger.verify import verify
@@ -279,3 +279,19 @@ def test_a_second_cpa_bounty_for_a_customer_is_named(booked):
         execute(f"UPDATE journal_transactions SET customer_id = 'acme' WHERE id = {second.id}")
     assert problems(booked) == {(second.id, "content_altered"), (second.id, "cpa_twice")}
     assert first.id < second.id
+
+
+def test_the_newest_close_removed_behind_the_triggers_is_named_given_the_close_recorded(accrued):
+    with accrued.transaction() as session:
+        periods.close_period(session, "2026-01")
+    with accrued.reader() as session:
+        report = verify(session)
+    assert report.ok and report.latest_close[0] == "2026-01"
+    with behind_the_triggers(accrued) as execute:
+        for table in ("statement_documents", "period_snapshots", "period_closes"):
+            execute(f"DELETE FROM {table} WHERE period = '2026-01'")
+    with accrued.reader() as session:
+        assert verify(session).ok  # a shorter chain of closes (none) is whole: only the record tells
+        found = verify(session, close=report.latest_close)
+    assert [(p.code, p.message.split(",")[0]) for p in found.problems] == [
+        ("close_missing", "the books hold no close of 2026-01")]
