@@ -3,8 +3,9 @@
 Each runs inside one writer transaction opened by `run_job`, after the releases of the holds matured
 by its instant, which take transactions of their own (see `run_job`): on SQLite `BEGIN IMMEDIATE`
 takes the database's write lock up front; on PostgreSQL the job takes its own transaction-scoped
-advisory lock and the domain takes the journal lock. A second scheduler, or a rerun, therefore waits and then
-finds the work done: releases are keyed by accrual, closes by period, payout runs by instant.
+advisory lock and the domain takes the journal lock. A second scheduler, or a rerun, therefore
+waits and then finds the work done: releases are keyed by accrual, closes by period, payout runs
+by instant.
 """
 
 from __future__ import annotations

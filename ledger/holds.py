@@ -30,10 +30,11 @@ from ledger.instants import format_instant
 from ledger.schema import journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
-# Holds released per transaction by the scheduler's jobs and `revshare release-holds`. In `bench/`
-# (`bench/jobs.py`, 15,196 holds, a process posting meanwhile, 2 cores), postings waited p99 27 ms
-# (SQLite) and 35 ms (PostgreSQL) at 50 holds a transaction, 36 and 53 ms at 100, 2.1 and 2.9 s in
-# one transaction; the release took 2 and 2.5 times as long as in one transaction at 50.
+# Holds released per transaction by the scheduler's jobs and `revshare release-holds`. In the quick
+# bench (`bench/jobs.py`: 15,196 holds, a process posting meanwhile, 2 cores), postings waited at
+# most 37 ms (SQLite) and 122 ms (PostgreSQL) behind transactions of 50, against 2.2 and 2.7 s behind
+# one transaction, and the release took 1.7 and 3.6 times as long (README, "Performance"); 100 to
+# a transaction gave a p99 wait of 36 and 53 ms in a run of its own, against 27 and 35 ms at 50.
 HOLDS_PER_TRANSACTION = 50
 
 
