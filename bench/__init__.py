@@ -13,7 +13,7 @@ driver writing the very same rows a moment later is what to compare across runs.
   a partner's balance, a month's statement, the trial balance, and closing a month (3, 4);
 - `http.py`: single-event POST under gunicorn, a placeholder until the route exists (5);
 - `jobs.py`: how long single-event postings wait while a job catches up on matured holds, in one
-  transaction and 50 to a transaction (not a target of DESIGN.md);
+  transaction and `holds.HOLDS_PER_TRANSACTION` to a transaction (not a target of DESIGN.md);
 - `profile.py`: `python -m bench.profile`, cProfile of the ingestion path.
 
 Databases live in a temporary directory (SQLite) or a throwaway PostgreSQL cluster

@@ -163,7 +163,7 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
 @click.option("--at", "at", default=None, help="Instant (RFC 3339) or date; default now.")
 @click.pass_obj
 def release_holds(settings: Settings, at: str | None) -> None:
-    """Release every hold matured by the instant, a few hundred to a transaction."""
+    """Release every hold matured by the instant, a hundred to a transaction."""
     from ledger.holds import release_in_transactions
     from ledger.journal import now_us
 

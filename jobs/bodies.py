@@ -5,7 +5,7 @@ by its instant, which take transactions of their own (see `run_job`): on SQLite 
 takes the database's write lock up front; on PostgreSQL the job takes its own transaction-scoped
 advisory lock and the domain takes the journal lock. A second scheduler, or a rerun, therefore
 waits and then finds the work done: releases are keyed by accrual, closes by period, payout runs
-by instant.
+by instant. (Two schedulers share a catch-up of releases between them, a transaction at a time.)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, ContextManager, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
@@ -30,12 +30,12 @@ from ledger.instants import format_instant
 from ledger.schema import journal_transactions, open_holds
 
 _DAY_US = 86_400 * 1_000_000
-# Holds released per transaction by the scheduler's jobs and `revshare release-holds`. In the quick
-# bench (`bench/jobs.py`: 15,196 holds, a process posting meanwhile, 2 cores), postings waited at
-# most 37 ms (SQLite) and 122 ms (PostgreSQL) behind transactions of 50, against 2.2 and 2.7 s behind
-# one transaction, and the release took 1.7 and 3.6 times as long (README, "Performance"); 100 to
-# a transaction gave a p99 wait of 36 and 53 ms in a run of its own, against 27 and 35 ms at 50.
-HOLDS_PER_TRANSACTION = 50
+# Holds released per transaction by the scheduler's jobs and `revshare release-holds`. Measured with
+# `bench/jobs.py` (15,196 matured holds, a process posting meanwhile, 2 cores): at 50 and at 100 a
+# transaction the postings' p99 waits were within the runs' noise of each other (27-44 ms on a quiet
+# machine, both engines, two runs each), against 2-3 s behind one transaction; 100 halved the
+# catch-up's time on PostgreSQL. README, "Performance", has the figures of a run.
+HOLDS_PER_TRANSACTION = 100
 
 
 def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
@@ -259,40 +259,47 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
     are keyed by accrual, so a crash between two leaves the rest queued for the next run, and that
     run posts what one uninterrupted run would have. Postings that come between two transactions
     find the holds matured before their instant released already, or release them themselves."""
-    holds_per_transaction = holds_per_transaction or HOLDS_PER_TRANSACTION
+    holds_per_transaction = HOLDS_PER_TRANSACTION if holds_per_transaction is None else holds_per_transaction
     assert holds_per_transaction > 0, holds_per_transaction
-    released = 0
+    released, after = 0, None
     while True:
         with transaction() as session:
-            posted, taken = _release(session, at_us, None, holds_per_transaction)
+            posted, taken, after = _release(session, at_us, None, holds_per_transaction, after)
         released += posted
         if taken < holds_per_transaction:
             return released
 
 
-def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: int | None) -> tuple[int, int]:
-    """(releases posted, holds taken from the queue): the `limit` holds matured first by `at_us`
-    (by maturity, then accrual), or every one."""
+def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: int | None,
+             after: tuple[int, int] | None = None) -> tuple[int, int, tuple[int, int] | None]:
+    """(releases posted, holds taken from the queue, the last one's (maturity, accrual)): the
+    `limit` holds matured first by `at_us`, by maturity then accrual, after `after`; or every one.
+    Each call starts after the last hold the previous one took, so a run of calls ends even if a
+    hold it takes cannot leave the queue (one whose piece was released already leaves it here)."""
     own_batch = batch is None
     batch = batch or journal.Batch(session)
     if at_us > batch.recorded_at_us:
         raise invalid("at", f"{format_instant(at_us)} is in the future: holds are released as they mature")
-    t = journal_transactions.c
-    due = (select(open_holds.c.accrual_id, t.invoice_id)
-           .join(journal_transactions, t.id == open_holds.c.accrual_id)
-           .where(open_holds.c.matures_at_us <= at_us))
+    t, h = journal_transactions.c, open_holds.c
+    due = (select(h.accrual_id, t.invoice_id, h.matures_at_us)
+           .join(journal_transactions, t.id == h.accrual_id)
+           .where(h.matures_at_us <= at_us))
+    if after is not None:
+        due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
     if limit is not None:
-        due = due.order_by(open_holds.c.matures_at_us, open_holds.c.accrual_id).limit(limit)
+        due = due.order_by(h.matures_at_us, h.accrual_id).limit(limit)
     matured = session.execute(due).all()
     if not matured:
-        return 0, 0
+        return 0, 0, after
     wanted = {row.accrual_id for row in matured}
     by_invoice = load_pieces(session, {row.invoice_id for row in matured})
     pieces = [p for group in by_invoice.values() for p in group if p.id in wanted]
+    stale = {p.id for p in pieces if p.released}  # released already: its hold should have left the queue then
     before = batch.head_id
     ended = release_pieces(batch, sorted(pieces, key=lambda p: (p.matures_at_us, p.id)), at_us)
     released = batch.head_id - before
     if own_batch:
         batch.flush()
-    end_holds(session, sorted(set(ended) | (wanted - {p.id for p in pieces})))
-    return released, len(matured)
+    end_holds(session, sorted(set(ended) | stale | (wanted - {p.id for p in pieces})))
+    last = matured[-1]
+    return released, len(matured), (last.matures_at_us, last.accrual_id)

@@ -321,7 +321,7 @@ open_holds = Table(
     metadata,
     Column("accrual_id", Id, ForeignKey("journal_transactions.id"), primary_key=True, autoincrement=False),
     Column("matures_at_us", BigInteger, nullable=False),
-    Index(None, "matures_at_us"),
+    Index(None, "matures_at_us", "accrual_id"),  # the order the release job takes holds in (migration 0019)
 )
 
 APPEND_ONLY_TABLES = JOURNAL_TABLES + (

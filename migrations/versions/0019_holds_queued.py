@@ -7,6 +7,9 @@
   deletes them, in the transaction that releases or ends them. PostgreSQL's application role had
   no UPDATE grant (migration 0005); the owner and SQLite now meet a trigger too.
 
+And the queue's index is by maturity then accrual, the order in which the release job takes it
+(`ledger.holds.release_in_transactions`).
+
 Deleting stays allowed: the queue is a work list, and the release job takes its holds off it.
 A hold deleted otherwise leaves its amount pending for ever; `revshare verify` names that
 (`holds_missing`: each partner's pending balance against what its queued pieces hold).
@@ -63,6 +66,10 @@ def statements(engine: str) -> list[str]:
 def upgrade() -> None:
     for statement in statements(op.get_bind().dialect.name):
         op.execute(statement)
+    # The release job takes the queue a hundred holds at a time, by maturity then accrual, each time
+    # after the last it took: an index in that order reads each slice by one range scan.
+    op.drop_index("ix_open_holds_matures_at_us", table_name="open_holds")
+    op.create_index("ix_open_holds_matures_at_us_accrual_id", "open_holds", ["matures_at_us", "accrual_id"])
 
 
 def downgrade() -> None:

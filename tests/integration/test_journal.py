@@ -151,4 +151,4 @@ def test_a_large_batch_posts_in_one_call_with_a_gap_free_chain(database):
 
 def test_verify_on_an_empty_journal_is_clean(database):
     with database.reader() as session:
-        assert verify(session) == (True, 0, journal.GENESIS_HASH, [], 0)
+        assert verify(session) == (True, 0, journal.GENESIS_HASH, [], 0, None)

@@ -11,7 +11,7 @@ import itertools
 import pytest
 from sqlalchemy import func, select
 
-from ledger import holds, revenue
+from ledger import holds, reversals, revenue
 from ledger.db import Database
 from ledger.errors import InvalidInput
 from ledger.schema import journal_transactions, open_holds
@@ -30,9 +30,8 @@ class Crash(Exception):
     pass
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def twins(request, sqlite_template, tmp_path):
-    """Two databases with the same program and events, every hold still queued."""
+def build_twins(request, sqlite_template, tmp_path, build) -> list[Database]:
+    """Two databases of the request's engine, each built by `build(session)`."""
     if request.param == "sqlite":
         urls = [new_sqlite_url(sqlite_template, tmp_path) for _ in range(2)]
     else:
@@ -40,9 +39,38 @@ def twins(request, sqlite_template, tmp_path):
     databases = [Database(url) for url in urls]
     for database in databases:
         with database.transaction() as session:
-            seed(session, customer_ids=CUSTOMERS)
-            revenue.ingest(session, monthly_events(customer_ids=CUSTOMERS))
+            build(session)
+    return databases
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def twins(request, sqlite_template, tmp_path):
+    """Two databases with the same program and events, every hold still queued."""
+    def build(session):
+        seed(session, customer_ids=CUSTOMERS)
+        revenue.ingest(session, monthly_events(customer_ids=CUSTOMERS))
+    databases = build_twins(request, sqlite_template, tmp_path, build)
     assert queued(databases[0]) == HOLDS
+    yield databases
+    for database in databases:
+        database.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shuffled_twins(request, sqlite_template, tmp_path):
+    """The same books queued out of maturity order (March and April's invoices first, so January's
+    pieces have the higher ids), and January's first accrual reversed: its hold ends with no release."""
+    events = monthly_events(customer_ids=CUSTOMERS)
+
+    def build(session):
+        seed(session, customer_ids=CUSTOMERS)
+        revenue.ingest(session, [e for e in events if e.occurred_at_us >= at("2026-03-01")])
+        revenue.ingest(session, [e for e in events if e.occurred_at_us < at("2026-03-01")])
+        january = session.execute(select(func.min(open_holds.c.matures_at_us))).scalar_one()
+        first = session.execute(select(func.min(open_holds.c.accrual_id))
+                                .where(open_holds.c.matures_at_us == january)).scalar_one()
+        reversals.reverse(session, first, reason="entered twice")
+    databases = build_twins(request, sqlite_template, tmp_path, build)
     yield databases
     for database in databases:
         database.dispose()
@@ -98,6 +126,32 @@ def test_a_few_holds_to_a_transaction_give_the_books_of_one_transaction(twins):
     for database in twins:
         with database.reader() as session:
             assert verify(session).ok
+
+
+def test_holds_queued_out_of_order_are_taken_oldest_maturity_first_and_one_ending_unreleased_does_not_stop(
+        shuffled_twins):
+    whole, chunked = shuffled_twins
+    taken: list[int] = []
+    released = holds.release_in_transactions(counted(chunked, taken), RELEASE_AT, holds_per_transaction=3)
+    assert released == in_one_transaction(whole) == HOLDS - 1  # the reversed accrual's hold ends unreleased
+    assert sum(taken) == HOLDS and taken[-1] < 3 and queued(chunked) == 0
+    assert releases(chunked) == releases(whole) == sorted(releases(chunked))  # by maturity, not by accrual id
+    assert books(chunked) == books(whole)
+
+
+def test_a_hold_left_queued_after_its_release_is_taken_off_and_does_not_hold_up_the_run(twins):
+    database = twins[0]
+    assert in_one_transaction(database) == HOLDS
+    with database.engine.begin() as connection:  # queued again, as the database allows for an accrual
+        t = journal_transactions.c
+        for accrual_id, matures_us in connection.execute(select(t.id, t.matures_at_us).where(
+                t.kind == "accrual").order_by(t.id).limit(3)).all():
+            connection.execute(open_holds.insert().values(accrual_id=accrual_id, matures_at_us=matures_us))
+    taken: list[int] = []
+    assert holds.release_in_transactions(counted(database, taken), RELEASE_AT, holds_per_transaction=2) == 0
+    assert taken == [2, 1] and queued(database) == 0
+    with database.reader() as session:
+        assert verify(session).ok
 
 
 def test_a_posting_between_two_transactions_finds_its_holds_released_or_releases_them(twins):
