@@ -16,8 +16,8 @@ A hold deleted otherwise leaves its amount pending for ever; `revshare verify` n
 
 SQLite: a row trigger after insert (the check is one primary-key lookup). PostgreSQL: one
 statement trigger over the statement's new rows, as for the journal's own guards, run with
-sequential scans and hash and merge joins off (migration 0009): a batch queues up to 15,000 holds
-at once, each looked up by `pk_journal_transactions`, whatever the planner's statistics say.
+sequential scans and hash and merge joins off (migration 0009): a batch queues tens of thousands of
+holds at once, each looked up by `pk_journal_transactions`, whatever the planner's statistics say.
 
 Revision ID: 0019
 Revises: 0018
