@@ -462,15 +462,14 @@ def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int,
     leave its amount pending for ever, never released nor paid. The pieces are replayed for the
     queued invoices only: a hold period's worth of the journal."""
     t, h = journal_transactions.c, open_holds.c
+    rows = session.execute(select(h.accrual_id, h.matures_at_us, t.kind, t.matures_at_us, t.invoice_id)
+                           .join(journal_transactions, t.id == h.accrual_id, isouter=True)
+                           .order_by(h.accrual_id)).all()
     found = [Problem(accrual_id, "hold_altered", f"queued hold of transaction {accrual_id} matures at {queued_us}, "
                      f"but the transaction is {kind!r} maturing at {matures_us}")
-             for accrual_id, queued_us, kind, matures_us in session.execute(
-                 select(h.accrual_id, h.matures_at_us, t.kind, t.matures_at_us)
-                 .join(journal_transactions, t.id == h.accrual_id, isouter=True)
-                 .order_by(h.accrual_id))
+             for accrual_id, queued_us, kind, matures_us, _ in rows
              if kind not in EARNING_KINDS or matures_us != queued_us]
-    queued = dict(session.execute(select(h.accrual_id, t.invoice_id).join(journal_transactions, t.id == h.accrual_id))
-                  .all())
+    queued = {row.accrual_id: row.invoice_id for row in rows if row.kind is not None}
     held: dict[tuple[str, str], int] = defaultdict(int)
     invoices = sorted({invoice_id for invoice_id in queued.values() if invoice_id is not None})
     for start in range(0, len(invoices), HOLD_INVOICES_PER_READ):
