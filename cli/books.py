@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
 from sqlalchemy import make_url
@@ -86,13 +86,13 @@ def refuse_missing_sqlite_file(url: str) -> None:
 _UNMIGRATED = re.compile(r"no such table|relation \S+ does not exist")
 
 
-def parse_instant_option(value: str | None, name: str) -> int | None:
-    from ledger.instants import parse_as_of
-
+def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]) -> int | None:
+    """`value` read by `parse` (`ledger.instants.parse_at` for an action's `--at`, `parse_as_of`
+    for a report's `--as-of`: a date is the start of that day for the first, its end for the second)."""
     if value is None:
         return None
     with domain_errors():
-        return parse_as_of(value, field=name)
+        return parse(value, field=name)
 
 
 @click.command()
@@ -159,31 +159,35 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
         sys.exit(1)
 
 
+AT_HELP = "Instant (RFC 3339) or date (the start of that day, UTC); not ahead of now; default now."
+
+
 @click.command("release-holds")
-@click.option("--at", "at", default=None, help="Instant (RFC 3339) or date; default now.")
+@click.option("--at", "at", default=None, help=AT_HELP)
 @click.pass_obj
 def release_holds(settings: Settings, at: str | None) -> None:
     """Release every hold matured by the instant, a hundred to a transaction."""
     from ledger.holds import release_in_transactions
+    from ledger.instants import parse_at
     from ledger.journal import now_us
 
-    at_us = parse_instant_option(at, "--at")
+    at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database:
         released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us)
     click.echo(f"released: {released}")
 
 
 @click.command("payout-run")
-@click.option("--at", "at", default=None, help="Instant (RFC 3339) or date; default now.")
+@click.option("--at", "at", default=None, help=AT_HELP)
 @click.pass_obj
 def payout_run(settings: Settings, at: str | None) -> None:
     """Pay every partner whose available balance reaches its plan's minimum."""
-    from ledger.instants import format_instant
+    from ledger.instants import format_instant, parse_at
     from ledger.journal import now_us
     from ledger.money import format_minor
     from ledger.payouts import run_payouts
 
-    at_us = parse_instant_option(at, "--at")
+    at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database, database.transaction() as session:
         run = run_payouts(session, now_us() if at_us is None else at_us)
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
@@ -229,15 +233,16 @@ def statement(settings: Settings, partner_id: str, period: str, output: str) -> 
 
 
 @click.command("trial-balance")
-@click.option("--as-of", "as_of", default=None, help="Instant (RFC 3339) or date (end of that day, UTC).")
+@click.option("--as-of", "as_of", default=None,
+              help="Instant (RFC 3339) or date (the end of that day, UTC: the day's postings count); default now.")
 @click.pass_obj
 def trial_balance(settings: Settings, as_of: str | None) -> None:
     """Debits and credits of every account per currency, with totals."""
-    from ledger.instants import format_instant
+    from ledger.instants import format_instant, parse_as_of
     from ledger.money import format_minor
     from ledger.trial_balance import trial_balance as build
 
-    before_us = parse_instant_option(as_of, "--as-of")
+    before_us = parse_instant_option(as_of, "--as-of", parse_as_of)
     with opened(settings) as database, database.reader() as session:
         report = build(session, before_us=before_us)
     click.echo(f"trial balance as of {'now' if before_us is None else format_instant(before_us)}")

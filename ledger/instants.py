@@ -106,9 +106,20 @@ def start_of_day_us(day: date) -> int:
 
 
 def parse_as_of(text: str, *, field: str = "as_of") -> int:
-    """An `as_of` bound: an instant, or a date meaning the end of that day in UTC (exclusive)."""
+    """An `as_of` bound: an instant, or a date meaning the end of that day in UTC (exclusive), so
+    that a report as of a day counts every posting of that day."""
     if isinstance(text, str) and _DATE_PATTERN.fullmatch(text):
         return start_of_day_us(parse_date(text, field=field) + timedelta(days=1))
+    return parse_at(text, field=field)
+
+
+def parse_at(text: str, *, field: str) -> int:
+    """The `at` of an action (a payout run, a release of holds): an instant, or a date meaning the
+    start of that day in UTC, as the contract dates its worked example's actions. Read as the end
+    of the day, a date would be the next day's first instant: a run on March 31 would pay in
+    April's books, and a run dated today would be refused as in the future."""
+    if isinstance(text, str) and _DATE_PATTERN.fullmatch(text):
+        return start_of_day_us(parse_date(text, field=field))
     if not isinstance(text, str) or not _INSTANT_PATTERN.fullmatch(text):
         raise invalid(field, "must be a date YYYY-MM-DD or an RFC 3339 instant with an offset, such as "
                              "2026-01-20T00:00:00Z")

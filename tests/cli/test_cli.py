@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -98,12 +99,43 @@ def test_jobs_run_from_the_command_line_with_an_explicit_instant(seeded):
     assert closed.exit_code == 0 and closed.output.startswith("closed 2026-01: 6 transactions, close hash ")
 
 
+def payout_lines(url: str, period: str) -> list[str]:
+    document = json.loads(invoke(url, "statement", "northwind", "--period", period, "--format", "json").output)
+    return [line["effective_at"] for currency in document["currencies"] for line in currency["lines"]
+            if line["kind"] == "payout"]
+
+
+def test_a_date_given_to_at_is_the_start_of_that_day_so_its_payout_is_in_that_month_s_statement(seeded):
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=2))  # February's holds mature at 2026-03-12T00:00Z
+    # Up to 2026-03-11T00:00Z: January's pieces only (its end would take February's too).
+    assert invoke(seeded.url, "release-holds", "--at", "2026-03-11").output == "released: 4\n"
+    run = invoke(seeded.url, "payout-run", "--at", "2026-03-31")
+    assert run.exit_code == 0 and "at 2026-03-31T00:00:00Z" in run.output and "northwind" in run.output
+    assert payout_lines(seeded.url, "2026-03") == ["2026-03-31T00:00:00Z"]
+    assert payout_lines(seeded.url, "2026-04") == []
+    # An instant is still read as itself; a date given to --as-of is the end of that day.
+    later = invoke(seeded.url, "payout-run", "--at", "2026-03-31T12:30:00+02:00")
+    assert later.exit_code == 0 and "at 2026-03-31T10:30:00Z" in later.output
+    balance = invoke(seeded.url, "trial-balance", "--as-of", "2026-03-31")
+    assert balance.exit_code == 0 and "trial balance as of 2026-04-01T00:00:00Z" in balance.output
+
+
+def test_at_today_s_date_is_not_refused_as_in_the_future(seeded):
+    today = datetime.now(timezone.utc).date().isoformat()
+    released = invoke(seeded.url, "release-holds", "--at", today)
+    run = invoke(seeded.url, "payout-run", "--at", today)
+    assert released.exit_code == 0 and released.output == "released: 0\n", released.output
+    assert run.exit_code == 0 and f"at {today}T00:00:00Z" in run.output, run.output
+
+
 @pytest.mark.parametrize("args, message", [
     (("close", "2026-13"), "period: must be a period YYYY-MM"),
     (("close", "2999-01"), "has not ended yet"),
     (("statement", "nobody", "--period", "2026-01"), "partner 'nobody' does not exist"),
     (("statement", "northwind", "--period", "2026-3"), "--period: must be a period YYYY-MM"),
-    (("release-holds", "--at", "2062-01-01"), "--at: 2062-01-02T00:00:00Z is in the future"),
+    (("release-holds", "--at", "2062-01-01"), "--at: 2062-01-01T00:00:00Z is in the future"),
+    (("payout-run", "--at", "2062-01-01"), "--at: 2062-01-01T00:00:00Z is in the future"),
     (("release-holds", "--at", "yesterday"), "--at: must be a date YYYY-MM-DD or an RFC 3339 instant"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(seeded, args, message):

@@ -7,6 +7,7 @@ from ledger.instants import (
     format_instant,
     month_index,
     parse_as_of,
+    parse_at,
     parse_date,
     parse_instant,
     parse_period,
@@ -31,6 +32,15 @@ def test_instants_need_an_offset_and_are_normalized_to_utc():
 def test_a_date_as_of_means_the_end_of_that_day():
     assert parse_as_of("2026-02-28") == at("2026-03-01T00:00:00Z")
     assert parse_as_of("2026-02-28T12:00:00Z") == at("2026-02-28T12:00:00Z")
+
+
+def test_a_date_an_action_is_done_at_means_the_start_of_that_day():
+    assert parse_at("2026-02-28", field="at") == at("2026-02-28T00:00:00Z")
+    assert parse_at("2026-02-28T12:00:00+01:00", field="at") == at("2026-02-28T11:00:00Z")
+    for bad in ["2026-02-30", "yesterday", "2026-02-28T12:00:00", 5]:
+        with pytest.raises(InvalidInput) as refused:
+            parse_at(bad, field="at")
+        assert set(refused.value.fields) == {"at"}
 
 
 @pytest.mark.parametrize("start, months, end", [
