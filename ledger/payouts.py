@@ -14,6 +14,12 @@ A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in tran
 returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
 second resolution even when two requests race. Its instant (default now) is not before the
 payout's nor in the future (422 naming `at`; the database refuses the first too: migration 0017).
+
+An adjustment is effective when it is made (default) or at an instant that has passed, not in the
+future (422 naming `effective_at`; the database refuses it too: migration 0021). Dated ahead, it
+would change a balance from an instant nobody has seen yet, unseen by every report until then, and
+every read of its accounts as of now would sum their lines instead of reading their running totals
+(`ledger.balances`) until that instant passed.
 """
 
 from __future__ import annotations
@@ -189,7 +195,8 @@ def list_payouts(session: Session, *, run_id: str | None = None, partner_id: str
 def adjust(session: Session, partner_id: str, account: str, amount_minor: int, currency: str, reason: str,
            *, effective_at_us: int | None = None, idempotency_key: str | None = None) -> journal.Posted:
     """A manual adjustment by finance: a positive amount credits the partner's account (the vendor
-    owes more), a negative one debits it; the other side is `expense:commission:adjustment`."""
+    owes more), a negative one debits it; the other side is `expense:commission:adjustment`. It is
+    effective now, or at `effective_at_us` if that is not after the instant it is recorded at."""
     if account not in ("pending", "available"):
         raise invalid("account", "must be pending or available")
     if amount_minor == 0:
@@ -199,6 +206,8 @@ def adjust(session: Session, partner_id: str, account: str, amount_minor: int, c
     if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
         raise invalid("partner_id", f"partner {partner_id!r} does not exist")
     batch = journal.Batch(session)
+    if effective_at_us is not None and effective_at_us > batch.recorded_at_us:
+        raise invalid("effective_at", f"{format_instant(effective_at_us)} is in the future")
     target = (chart.pending if account == "pending" else chart.available)(partner_id)
     debit, credit = (chart.EXPENSE_ADJUSTMENT, target) if amount_minor > 0 else (target, chart.EXPENSE_ADJUSTMENT)
     at = batch.recorded_at_us if effective_at_us is None else effective_at_us

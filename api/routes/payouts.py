@@ -75,7 +75,7 @@ class AdjustmentRequestSchema(Schema):
     amount = Money(sign="any", required=True, metadata={
         "description": "signed, not zero: positive credits the partner (the vendor owes more)"})
     reason = Str(REASON_LENGTH_MAX, required=True)
-    effective_at = Instant(load_default=None, metadata={"description": "default: now"})
+    effective_at = Instant(load_default=None, metadata={"description": "default: now; not in the future"})
 
 
 def render(payout: Payout) -> dict:

@@ -2,6 +2,8 @@
 /fail, and POST /v1/adjustments. Releases and runs act on every partner, so those tests use books
 of their own (`fresh`: p1 and p2 on the 20% plan, hold 30 days, minimum payout USD 50.00)."""
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 import sqlalchemy as sa
 
@@ -175,6 +177,10 @@ def test_payouts_list_page_by_page_and_each_partner_sees_its_own(fresh):
     assert fresh.get("/v1/payouts?partner_id=p1", as_="p2").status_code == 404
 
 
+def instant_from_now(offset: timedelta) -> str:
+    return (datetime.now(timezone.utc) + offset).isoformat()
+
+
 def adjustment(partner_id: str, amount: str, account: str = "available", **fields) -> dict:
     return {"partner_id": partner_id, "account": account, "amount": money(amount), "reason": "goodwill", **fields}
 
@@ -204,6 +210,18 @@ def test_an_adjustment_retried_with_its_key_posts_once_and_without_a_key_twice(c
     call.created("/v1/adjustments", adjustment(partner_id, "5.00"))
     [usd] = call.read(f"/v1/partners/{partner_id}/balance")["balances"]
     assert usd["available"] == "15.00"
+
+
+def test_an_adjustment_dated_in_the_future_is_a_422_naming_effective_at_and_posts_nothing(call):
+    partner_id = call.partner()
+    for effective_at in ("2099-01-01T00:00:00Z", instant_from_now(timedelta(minutes=1))):
+        response = call.post("/v1/adjustments", adjustment(partner_id, "25.00", effective_at=effective_at))
+        assert errors_of(response) == {"effective_at"} and "is in the future" in response.get_json()["detail"]
+    assert call.read(f"/v1/transactions?partner_id={partner_id}")["items"] == []
+    assert call.read(f"/v1/partners/{partner_id}/balance?as_of=2100-01-01")["balances"] == []
+    passed = instant_from_now(timedelta(seconds=-1))  # an instant that has passed: accepted
+    posted = call.created("/v1/adjustments", adjustment(partner_id, "25.00", effective_at=passed))
+    assert parse_instant(posted["effective_at"], field="t") == parse_instant(passed, field="t")
 
 
 @pytest.mark.parametrize("body, named", [

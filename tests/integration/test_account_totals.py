@@ -213,8 +213,10 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
     # snapshot and lines, by name, and every other account's running totals, in one snapshot (a
     # reader's transaction; on PostgreSQL at REPEATABLE READ). The pending account's EUR totals hold
     # no later line, yet come from its lines too: an account is read one way.
+    # The later line is on the adjustment expense account, one of its own, but of kind accrual: the
+    # database refuses an adjustment dated in the future (migration 0021).
     future = 4_102_444_800_000_000  # 2100-01-01
-    post(booked, journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
+    post(booked, journal.transfer("accrual", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
                                   effective_at_us=future, idempotency_key="later"))
     with booked.engine.connect() as connection:
         expected = {(name, currency): (int(debits), int(credits)) for name, currency, debits, credits in
@@ -238,7 +240,7 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
 def test_at_read_committed_a_later_line_sends_every_account_to_the_lines(postgres_database):
     # Each statement reads its own snapshot there: the totals and the lines are never added up.
     post(postgres_database, accrual("a1", 100),
-         journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
+         journal.transfer("accrual", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,  # as in the test above
                           effective_at_us=4_102_444_800_000_000, idempotency_key="later"))
     with recorded(postgres_database.engine) as statements, Session(postgres_database.engine) as session:
         found = all_balances(session, before_us=4_102_444_800_000_000)

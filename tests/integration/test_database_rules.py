@@ -1,7 +1,7 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migrations 0018 and 0019): reversals, values, program facts, period closes, payouts, keys, the
-queue of holds. Each refusal has a control beside it that the same guard accepts, so that no guard
-passes by refusing everything."""
+SQL (migrations 0018 to 0021): reversals, values, program facts, period closes, payouts, keys, the
+queue of holds, a customer's CPA bounty, an adjustment's instant. Each refusal has a control beside
+it that the same guard accepts, so that no guard passes by refusing everything."""
 
 from __future__ import annotations
 
@@ -385,3 +385,30 @@ def test_a_customer_earns_one_cpa_bounty(booked):
     refused(booked, bounty(3, "acme"), "a customer earns one CPA bounty")
     accepted(booked, bounty(3, "acme", accrual_id=2))  # a won dispute's reinstatement names its original
     accepted(booked, bounty(4, "globex-corp"))
+
+
+# ---- an adjustment, not dated in the future (migration 0021) ----
+
+RAW_RECORDED_AT_US = 1  # every raw header's recorded_at_us (insert_header)
+CLOCK_SKEW_US = 5 * 60 * 1_000_000  # allowed, as for revenue events (migration 0017)
+
+
+def dated(transaction_id: int, at_us: int, kind: str = "adjustment", original: int | None = None):
+    def post(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, transaction_id, expense, "D", 100, at=at_us)
+        insert_line(connection, transaction_id, pending, "C", 100, at=at_us)
+        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=at_us,
+                      kind=kind, original=original)
+    return post
+
+
+def test_an_adjustment_is_dated_at_most_five_minutes_after_it_was_recorded(booked):
+    limit_us = RAW_RECORDED_AT_US + CLOCK_SKEW_US
+    for ahead_us in (limit_us + 1, 4_102_444_800_000_000):  # a microsecond past the skew; 2100-01-01
+        refused(booked, dated(2, ahead_us), "an adjustment is dated at most five minutes after it is recorded")
+    accepted(booked, dated(2, limit_us))
+    accepted(booked, dated(3, 4_102_444_800_000_000, kind="accrual"))  # the rule is the adjustments' alone
+    # The instant asked for counts, not the one a posting was moved forward to.
+    accepted(booked, dated(4, limit_us + 1, original=5))
+    refused(booked, dated(5, limit_us + 2, original=limit_us + 1), "an adjustment is dated at most five minutes")

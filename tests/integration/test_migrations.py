@@ -29,7 +29,8 @@ def test_every_journal_guard_trigger_exists(database):
     assert {f"trg_{table}_program_revision" for table in
             ("partners", "partner_statuses", "partner_plans", "plan_versions")} <= names
     assert any(name.startswith("trg_program_revision_") for name in names)
-    assert {"trg_revenue_events_within_invoice", "trg_period_closes_statement_documents"} <= names
+    assert {"trg_revenue_events_within_invoice", "trg_period_closes_statement_documents",
+            "trg_journal_transactions_adjustment_in_time"} <= names
     for table in ("accounts", "journal_transactions", "journal_lines"):
         assert any(name.startswith(f"trg_{table}_no_") for name in names), table
 

@@ -156,7 +156,8 @@ def refused(database, statement: str, match: str, **params) -> None:
 
 def raw_transfer(connection, effective_at_us: int) -> None:
     """A balanced transaction continuing the sequence and the prev_hash link, in raw SQL (no journal.Batch
-    to move it out of a closed period)."""
+    to move it out of a closed period), recorded at the instant it is effective (an adjustment is not
+    dated after it is recorded: migration 0021)."""
     head_id, head_hash = connection.execute(sa.text(
         "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).one()
     accounts = dict(connection.execute(sa.text("SELECT name, id FROM accounts")).all())
@@ -166,7 +167,7 @@ def raw_transfer(connection, effective_at_us: int) -> None:
             "VALUES (:t, :a, 'USD', :s, 100, :e)"), dict(t=head_id + 1, a=accounts[account], s=side, e=effective_at_us))
     connection.execute(sa.text(
         "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, request_hash, "
-        "prev_hash, hash) VALUES (:id, 'adjustment', :e, 1, 'raw', :h, :prev, :h)"),
+        "prev_hash, hash) VALUES (:id, 'adjustment', :e, :e, 'raw', :h, :prev, :h)"),
         dict(id=head_id + 1, e=effective_at_us, h="e" * 64, prev=head_hash))
 
 
