@@ -12,6 +12,9 @@ After that, a posting dated inside P is made at the start of the first open peri
 (journal.Batch), and the database refuses one dated inside it.
 
 A snapshot is computed incrementally: the previous snapshot plus the lines of the period.
+
+The books' periods (`books_periods`) are the close chain followed by the open periods through now,
+read a page at a time: a page of close records and a few values off indexes.
 """
 
 from __future__ import annotations
@@ -185,7 +188,52 @@ def _negative_available(session: Session, before_us: int) -> dict[tuple[str, str
 
 
 def list_periods(session: Session) -> list[Close]:
+    """Every close, oldest first: the close chain whole (verify reads it)."""
     return [Close(*row) for row in session.execute(select(period_closes).order_by(period_closes.c.starts_at_us))]
+
+
+class BooksPeriod(NamedTuple):
+    """A period of the books' list: closed with its close, or open (`close` None)."""
+
+    period: str
+    close: Close | None
+
+
+def books_periods(session: Session, *, after: str | None, count: int, now_us: int | None = None) -> list[BooksPeriod]:
+    """Up to `count` periods of the books after the period `after` (None: from the first), oldest
+    first: the close chain, then every open period through the one that contains now (or the
+    latest posting's, if later: a revenue event may be dated minutes ahead of the clock). The books
+    start with the chain, at the first close, or at the first posting's period while nothing is
+    closed; an empty book (no postings, no closes) has no periods. A period before the chain is
+    closed without a close of its own (`period_status`) and is not listed.
+
+    A page reads at most `count` closes by their key and at most three values off an index (the
+    latest close, the first and the latest posting): nothing per closed period. An open period is
+    its name alone, with no transaction count: counting would read every transaction of a month
+    that is still growing, and the count a close stores is the one its hash covers."""
+    assert count > 0, "a page holds at least one period"
+    query = select(period_closes).order_by(period_closes.c.period).limit(count)
+    if after is not None:
+        query = query.where(period_closes.c.period > after)
+    listed = [BooksPeriod(close.period, close) for close in (Close(*row) for row in session.execute(query))]
+    if len(listed) == count:
+        return listed
+    # Fewer than `count` closes after `after`: the last one read, if any, is the latest close.
+    latest = listed[-1].close if listed else latest_close(session)
+    first_open = next_period(latest.period) if latest else _first_posting_period(session)
+    if first_open is None:
+        return listed
+    now = journal.now_us() if now_us is None else now_us
+    last_posting_us = session.execute(select(func.max(journal_lines.c.effective_at_us))).scalar()
+    last_open = period_of(now if last_posting_us is None else max(now, last_posting_us))
+    open_periods = [period for period in _periods_between(first_open, next_period(last_open))
+                    if after is None or period > after]
+    return listed + [BooksPeriod(period, None) for period in open_periods[:count - len(listed)]]
+
+
+def _first_posting_period(session: Session) -> str | None:
+    first = first_posting_us(session)
+    return None if first is None else period_of(first)
 
 
 def period_status(session: Session, period: str) -> tuple[str, Close | None]:

@@ -1,10 +1,13 @@
 """Periods (finance): GET /v1/periods, GET /v1/periods/{YYYY-MM}, POST /v1/periods/{YYYY-MM}/close.
 
-A period is a calendar month in UTC. The list holds the closed periods, oldest first: the chain of
+A period is a calendar month in UTC. The list holds the books' periods, oldest first: the chain of
 closes, each with its hash, the previous close's hash, its transaction count and the journal head
-it covers. One period, closed or open, answers its status; a closed one also carries its snapshot:
-every account's cumulative debits and credits at the period's end, as stored at the close. A path
-that is not a period `YYYY-MM` is a 404, like any other unknown resource.
+it covers, then every open period through the one that contains now, with its close fields null
+(ledger.periods.books_periods says where the books start; an empty book lists nothing). One
+period, closed or open, answers its status; a closed one also carries its snapshot: every account's
+cumulative debits and credits at the period's end, as stored at the close. A list item is the
+single period without its snapshot. A path that is not a period `YYYY-MM` is a 404, like any other
+unknown resource.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from ledger import periods
 from ledger.balances import all_balances
 from ledger.errors import InvalidInput, NotFound
 from ledger.instants import parse_period, period_bounds_us
+from ledger.journal import now_us
 from ledger.money import format_minor
-from ledger.periods import Close
+from ledger.periods import BooksPeriod, Close
 
-blp = Blueprint("periods", __name__, description="Monthly periods: close chain and snapshots (finance)")
+blp = Blueprint("periods", __name__, description="Monthly periods: status, close chain and snapshots (finance)")
 
 
 class CloseRequestSchema(Schema):
@@ -50,7 +54,7 @@ class PeriodSchema(Schema):
         "description": "SHA-256 over the snapshot, the counts, the journal head and the previous close hash"})
     prev_close_hash = ma.fields.String(required=True, allow_none=True)
     transaction_count = ma.fields.Integer(required=True, allow_none=True, metadata={
-        "description": "transactions effective in the period (closed periods)"})
+        "description": "transactions effective in the period, as counted at its close; null while open"})
     chain_head_id = ma.fields.Integer(required=True, allow_none=True, metadata={
         "description": "the last transaction when the period closed"})
     chain_head_hash = ma.fields.String(required=True, allow_none=True)
@@ -74,7 +78,11 @@ def render_without_close(period: str, status: str) -> dict:
     starts_us, ends_us = period_bounds_us(period)
     return {"period": period, "status": status, "starts_at": starts_us, "ends_at": ends_us, "closed_at": None,
             "close_hash": None, "prev_close_hash": None, "transaction_count": None, "chain_head_id": None,
-            "chain_head_hash": None, "snapshot": None}
+            "chain_head_hash": None}
+
+
+def render_listed(listed: BooksPeriod) -> dict:
+    return render_without_close(listed.period, "open") if listed.close is None else render(listed.close)
 
 
 def snapshot_rows(close: Close) -> list[dict]:
@@ -98,9 +106,15 @@ def path_period(text: str) -> str:
 @blp.arguments(KeyPageQuery, location="query", as_kwargs=True)
 @blp.response(200, page_schema(PeriodSchema))
 def list_periods(limit: int, cursor: str | None):
-    """Closed periods, oldest first"""
-    closes = [close for close in periods.list_periods(current_session()) if cursor is None or close.period > cursor]
-    return page(closes[:limit + 1], limit, render, id_of=lambda close: close.period, encode=encode_key_cursor)
+    """Periods with their status, oldest first: the closes, then the open periods through the current one
+
+    The list starts at the first close, or, while nothing is closed, at the period of the first
+    posting; an empty book (no postings, no closes) lists nothing. A closed item is its close
+    record; an open one has its close fields null, `transaction_count` included. An item is the
+    single period's answer without `snapshot`, which only `GET /v1/periods/{period}` carries.
+    """
+    listed = periods.books_periods(current_session(), after=cursor, count=limit + 1, now_us=now_us())
+    return page(listed, limit, render_listed, id_of=lambda entry: entry.period, encode=encode_key_cursor)
 
 
 @blp.route("/periods/<string(length=7):period>", methods=["GET"])
@@ -110,7 +124,7 @@ def get_period(period: str):
     """A period's status; a closed one with its close record and snapshot"""
     status, close = periods.period_status(current_session(), path_period(period))
     if close is None:
-        return render_without_close(period, status)
+        return {**render_without_close(period, status), "snapshot": None}
     return {**render(close), "snapshot": snapshot_rows(close)}
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ledger.instants import period_of
+from ledger.instants import next_period, period_of
 from ledger.journal import now_us
 from tests.api.books import errors_of, expect, unique
 
@@ -10,6 +10,32 @@ from tests.api.books import errors_of, expect, unique
 def book_january_and_february(call) -> None:
     for day in ("2026-01-10", "2026-02-10"):
         call.event(unique("evt"), "p1-customer", unique("inv"), "100.00", day)
+
+
+def through_now(first: str) -> list[str]:
+    """`first` and every period after it through the one that contains now."""
+    periods, current = [], first
+    while current <= period_of(now_us()):
+        periods.append(current)
+        current = next_period(current)
+    return periods
+
+
+def open_period(call, period: str) -> dict:
+    """A listed open period: the single period's answer without its snapshot (which is null)."""
+    body = call.read(f"/v1/periods/{period}")
+    assert body["status"] == "open" and body.pop("snapshot") is None
+    return body
+
+
+def every_page(call, limit: int) -> list[dict]:
+    items, body = [], call.read(f"/v1/periods?limit={limit}")
+    items += body["items"]
+    while body["next_cursor"] is not None:
+        assert len(body["items"]) == limit
+        body = call.read(f"/v1/periods?limit={limit}&cursor={body['next_cursor']}")
+        items += body["items"]
+    return items
 
 
 def test_a_close_answers_its_record_and_the_closed_period_carries_its_snapshot(fresh):
@@ -46,14 +72,55 @@ def test_a_period_before_the_first_close_is_closed_without_a_close_of_its_own(fr
     assert fresh.read("/v1/periods/2026-02")["status"] == "open"
 
 
-def test_the_list_holds_the_close_chain_oldest_first_page_by_page(fresh):
+def test_the_list_holds_the_close_chain_oldest_first_then_the_open_periods_through_now(fresh):
     book_january_and_february(fresh)
-    assert fresh.read("/v1/periods") == {"items": [], "next_cursor": None}
     closes = [fresh.ok(f"/v1/periods/{period}/close") for period in ("2026-01", "2026-02")]
     first = fresh.read("/v1/periods?limit=1")
-    rest = fresh.read(f"/v1/periods?limit=1&cursor={first['next_cursor']}")
-    assert first["items"] + rest["items"] == closes and rest["next_cursor"] is None
+    second = fresh.read(f"/v1/periods?limit=1&cursor={first['next_cursor']}")
+    assert first["items"] + second["items"] == closes and second["next_cursor"] is not None
     assert closes[1]["prev_close_hash"] == closes[0]["close_hash"]
+    rest = fresh.read(f"/v1/periods?cursor={second['next_cursor']}")
+    assert rest == {"items": [open_period(fresh, period) for period in through_now("2026-03")], "next_cursor": None}
+
+
+def test_an_empty_book_lists_no_period_though_the_current_one_reads_as_open(fresh):
+    assert fresh.read("/v1/periods") == {"items": [], "next_cursor": None}
+    assert fresh.read(f"/v1/periods/{period_of(now_us())}")["status"] == "open"
+
+
+def test_a_book_with_nothing_closed_lists_every_period_from_the_first_postings_as_open(fresh):
+    book_january_and_february(fresh)
+    listed = fresh.read("/v1/periods")
+    assert listed == {"items": [open_period(fresh, period) for period in through_now("2026-01")], "next_cursor": None}
+
+
+def test_a_book_with_january_closed_lists_january_closed_and_every_later_month_open(fresh):
+    for day in ("2026-01-10", "2026-02-10", "2026-03-10", "2026-03-20"):
+        fresh.event(unique("evt"), "p1-customer", unique("inv"), "100.00", day)
+    january = fresh.ok("/v1/periods/2026-01/close")
+    items = fresh.read("/v1/periods")["items"]
+    assert [item["period"] for item in items] == through_now("2026-01")
+    assert items[0] == january and january["transaction_count"] == 1
+    assert items[1:] == [open_period(fresh, period) for period in through_now("2026-02")]
+    assert items[1] == {"period": "2026-02", "status": "open", "starts_at": "2026-02-01T00:00:00Z",
+                        "ends_at": "2026-03-01T00:00:00Z", "closed_at": None, "close_hash": None,
+                        "prev_close_hash": None, "transaction_count": None, "chain_head_id": None,
+                        "chain_head_hash": None}
+    # Open periods carry no count, in the list as in the single period: a close counts once, for its hash.
+    assert {item["transaction_count"] for item in items[1:]} == {None}
+    assert "2025-12" not in {item["period"] for item in items}  # before the chain: closed, with no close
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_pages_across_the_last_close_give_every_period_once_in_order(fresh, limit):
+    for day in ("2026-01-10", "2026-02-10", "2026-03-10"):
+        fresh.event(unique("evt"), "p1-customer", unique("inv"), "100.00", day)
+    for period in ("2026-01", "2026-02"):
+        fresh.ok(f"/v1/periods/{period}/close")
+    whole = fresh.read("/v1/periods?limit=1000")["items"]
+    assert [item["period"] for item in whole] == through_now("2026-01")
+    assert [item["status"] for item in whole[:3]] == ["closed", "closed", "open"]
+    assert every_page(fresh, limit) == whole
 
 
 def test_a_period_closes_once_after_the_earlier_ones_with_postings_and_a_keyed_retry_replays(fresh):
@@ -94,7 +161,13 @@ def test_a_path_that_is_not_a_period_is_a_404(shared, period):
 def test_a_bad_period_list_query_is_a_422_naming_it(shared):
     headers = {"Authorization": f"Bearer {shared.keys.finance}"}
     assert errors_of(shared.client.get("/v1/periods?cursor=abc", headers=headers)) == {"cursor"}
-    assert errors_of(shared.client.get("/v1/periods?limit=1001", headers=headers)) == {"limit"}
+    for limit in ("0", "1001", "x"):
+        assert errors_of(shared.client.get(f"/v1/periods?limit={limit}", headers=headers)) == {"limit"}
+
+
+def test_the_period_list_is_finances_a_partner_finds_nothing_and_billing_is_refused(shared):
+    for key, status in ((shared.keys.p1, 404), (shared.keys.billing, 403)):
+        assert shared.client.get("/v1/periods", headers={"Authorization": f"Bearer {key}"}).status_code == status
 
 
 def test_a_close_with_a_body_field_is_a_422(shared):

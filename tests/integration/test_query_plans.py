@@ -347,3 +347,47 @@ def test_postgresql_guards_look_the_checked_rows_up_by_index_on_a_journal_of_any
     assert {name: sorted(config) for name, config in settings.items()} == dict.fromkeys(
         ("journal_lines_refuse_sealed", "journal_transactions_seal"),
         ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off"])
+
+
+ONE_END_OF_THE_PERIOD_INDEX = {
+    True: re.compile(r"Limit [^|]*\|\s*-> +Index Only Scan (?:Backward )?using ix_journal_lines_period "
+                     r"on journal_lines"),
+    False: re.compile(r"SEARCH journal_lines USING COVERING INDEX ix_journal_lines_period$"),
+}
+
+
+def listed_cheaply(database, after: str | None, count: int, now: str = "2026-06-15") -> list[str]:
+    """The periods `books_periods` lists at `now`, checked to be read with at most four
+    statements whatever the number of closes: a page of closes by key, the latest close, and each
+    end of the period index; none counts, reads a snapshot or reads a range of lines."""
+    with recorded(database.engine) as statements, database.reader() as session:
+        listed = periods.books_periods(session, after=after, count=count, now_us=at(now))
+    queries = [(sql, parameters) for sql, parameters in statements if sql.lstrip().upper().startswith("SELECT")]
+    assert len(queries) <= 4, queries
+    assert not [sql for sql, _ in queries if "count(" in sql or "period_snapshots" in sql], queries
+    assert all(" LIMIT " in sql for sql, _ in queries if "FROM period_closes" in sql), queries
+    postgres = database.engine.dialect.name == "postgresql"
+    for plan in plans_of_queries(database, queries):
+        if "journal_lines" in plan:
+            assert ONE_END_OF_THE_PERIOD_INDEX[postgres].search(plan), plan
+            assert len(re.findall(r"(?:SCAN|SEARCH|on) journal_lines\b", plan)) == 1, plan  # and no other read
+        else:
+            assert "period_closes" in plan and ("Index Scan" if postgres else "USING INDEX") in plan, plan
+    return [entry.period for entry in listed]
+
+
+def test_a_page_of_the_books_periods_reads_a_page_of_closes_and_the_ends_of_the_period_index(database):
+    with database.transaction() as session:
+        program.seed(session)
+    with database.transaction() as session:
+        revenue.ingest(session, program.monthly_events(months=4))
+    months = ["2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06"]
+    assert listed_cheaply(database, None, 10) == months  # nothing closed: from the first posting's period
+    assert listed_cheaply(database, None, 10, now="2026-02-15") == months[:4]  # through the latest posting's
+    for period in ("2026-01", "2026-02"):
+        with database.transaction() as session:
+            periods.close_period(session, period, now_us=at("2026-06-01"))
+    assert listed_cheaply(database, None, 2) == months[:2]  # a page of closes alone
+    assert listed_cheaply(database, None, 10) == months
+    assert listed_cheaply(database, "2026-01", 3) == months[1:4]  # across the last close
+    assert listed_cheaply(database, "2026-04", 10) == months[4:]  # past every close
