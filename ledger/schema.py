@@ -310,6 +310,12 @@ Index("ix_journal_transactions_cpa_customer", journal_transactions.c.customer_id
       sqlite_where=(journal_transactions.c.kind == "cpa") & journal_transactions.c.accrual_id.is_(None),
       postgresql_where=(journal_transactions.c.kind == "cpa") & journal_transactions.c.accrual_id.is_(None))
 
+# What is posted against a piece (clawbacks, releases, reinstatements) names it; migration 0022's trigger
+# reads them by this index, which the accruals of paid invoices (naming none) do not enter.
+Index("ix_journal_transactions_accrual_id", journal_transactions.c.accrual_id,
+      sqlite_where=journal_transactions.c.accrual_id.is_not(None),
+      postgresql_where=journal_transactions.c.accrual_id.is_not(None))
+
 # Refunds, chargebacks and won disputes stay within their paid invoice at every instant: a trigger
 # refuses the rows that would not (migration 0014).
 Index("uq_revenue_events_paid_invoice", revenue_events.c.invoice_id, unique=True,

@@ -39,7 +39,7 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
@@ -135,10 +135,13 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_reversals(session))
     problems.extend(verify_payouts(session, resolutions, reversal_of))
     problems.extend(verify_payout_postings(session))
+    problems.extend(verify_payouts_recorded(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
     problems.extend(verify_holds(session, line_totals, not_pieces))
     problems.extend(verify_bounties(session))
+    problems.extend(verify_piece_links(session))
+    problems.extend(verify_pieces_within(session))
     return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1, latest)
 
 
@@ -301,6 +304,69 @@ def verify_payout_postings(session: Session) -> list[Problem]:
     return [Problem(transaction_id, "payout_mismatch", f"payout {payout_id}: its partner, currency or amount is "
                                                        "not what its payout transaction posted")
             for payout_id, transaction_id in rows]
+
+
+def verify_payouts_recorded(session: Session) -> list[Problem]:
+    """Each `payout` transaction has its payout record: without one, the money it moved into transit
+    could never be settled or failed, and no payout list would show it."""
+    t, p = journal_transactions.c, payouts.c
+    rows = session.execute(select(t.id).where(t.kind == "payout", ~select(p.id).where(p.transaction_id == t.id)
+                                              .exists()).order_by(t.id))
+    return [Problem(transaction_id, "payout_unrecorded", "a payout posting that no payout record names")
+            for transaction_id in rows.scalars()]
+
+
+def _standing(c) -> ColumnElement[bool]:
+    """Transaction `c` (an alias of the journal's headers) is not reversed."""
+    r = journal_transactions.alias("r")
+    return ~select(r.c.id).where(r.c.reverses_id == c.id).exists()
+
+
+def verify_piece_links(session: Session) -> list[Problem]:
+    """Each clawback and release names its piece (`accrual_id`): an accrual, CPA or override of the
+    same partner, in its currency, and one that is not reversed while the clawback or release stands
+    (reversing a piece reverses what stands against it first). Migration 0022 holds it for new rows."""
+    c, p = journal_transactions.alias("c"), journal_transactions.alias("p")
+    lines, piece_lines = journal_lines.alias("l"), journal_lines.alias("m")
+    other_currency = (select(lines.c.id).where(lines.c.transaction_id == c.c.id, lines.c.currency.not_in(
+        select(piece_lines.c.currency).where(piece_lines.c.transaction_id == c.c.accrual_id))).exists())
+    piece_reversed = ~_standing(p.c)
+    rows = session.execute(
+        select(c.c.id, c.c.kind, c.c.accrual_id).outerjoin(p, p.c.id == c.c.accrual_id)
+        .where(c.c.kind.in_(PIECE_KINDS), p.c.id.is_(None) | p.c.kind.not_in(EARNING_KINDS)
+               | p.c.partner_id.is_distinct_from(c.c.partner_id) | c.c.partner_id.is_(None) | other_currency
+               | (piece_reversed & _standing(c.c)))
+        .order_by(c.c.id))
+    return [Problem(transaction_id, "piece_link_broken",
+                    f"a {kind} naming {'no accrual' if accrual_id is None else f'transaction {accrual_id}'}, "
+                    "which is not a standing accrual, CPA or override of its partner and currency")
+            for transaction_id, kind, accrual_id in rows]
+
+
+def verify_pieces_within(session: Session) -> list[Problem]:
+    """What stands against each piece stays within its amount (its credit): its clawbacks; its
+    clawbacks from the partner's pending account and its release, together; and one release at most.
+    Migration 0022 holds it for new rows; `ledger.commission` caps each clawback at what is left."""
+    c, j = journal_transactions.alias("c"), journal_lines.alias("l")
+    piece_lines = journal_lines.alias("m")
+    clawback, release = c.c.kind == "clawback", c.c.kind == "release"
+    from_pending = (accounts.c.partner_id == c.c.partner_id) & accounts.c.name.endswith(PENDING_SUFFIX)
+    clawed = func.sum(case((clawback, j.c.amount_minor), else_=0))
+    against_pending = func.sum(case((release | (clawback & from_pending), j.c.amount_minor), else_=0))
+    releases = func.sum(case((release, 1), else_=0))
+    amount = (select(func.sum(piece_lines.c.amount_minor))
+              .where(piece_lines.c.transaction_id == c.c.accrual_id, piece_lines.c.side == CREDIT).scalar_subquery())
+    rows = session.execute(
+        select(c.c.accrual_id, clawed, against_pending, releases, amount)
+        .join(j, (j.c.transaction_id == c.c.id) & (j.c.side == DEBIT)).join(accounts, accounts.c.id == j.c.account_id)
+        .where(c.c.kind.in_(PIECE_KINDS), c.c.accrual_id.is_not(None), _standing(c.c))
+        .group_by(c.c.accrual_id)
+        .having((clawed > func.coalesce(amount, 0)) | (against_pending > func.coalesce(amount, 0)) | (releases > 1))
+        .order_by(c.c.accrual_id))
+    return [Problem(accrual_id, "piece_overdrawn",
+                    f"stands against by more than its amount {amount}: clawbacks {taken}, from pending with its "
+                    f"release {pending}, releases {count}")
+            for accrual_id, taken, pending, count, amount in rows]
 
 
 def verify_event_links(session: Session) -> list[Problem]:

@@ -29,7 +29,7 @@ def post(database: Database, *transfers) -> None:
 
 def accrual(key: str, amount: int, currency: str = "USD", at: int = 5):
     return journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, currency, amount,
-                            effective_at_us=at, idempotency_key=key)
+                            effective_at_us=at, idempotency_key=key, partner_id="northwind")
 
 
 def totals(database: Database) -> dict[tuple[str, str], tuple[int, int, int, int]]:
@@ -57,8 +57,9 @@ def booked(database):
 
 
 def test_postings_keep_the_totals_equal_to_the_sums_of_the_lines(booked):
-    post(booked, journal.transfer("release", PENDING, chart.available("northwind"), "USD", 300,
-                                  effective_at_us=9, idempotency_key="r1"))
+    post(booked, *(journal.transfer("release", PENDING, chart.available("northwind"), "USD", amount,
+                                    effective_at_us=9, idempotency_key=f"r{accrual_id}", partner_id="northwind",
+                                    accrual_id=accrual_id) for accrual_id, amount in ((1, 100), (2, 200))))
     found = totals(booked)
     assert found == sums_of_lines(booked)
     assert found[(PENDING, "USD")][:2] == (300, 350)

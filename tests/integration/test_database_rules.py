@@ -1,7 +1,8 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migrations 0018 to 0021): reversals, values, program facts, period closes, payouts, keys, the
-queue of holds, a customer's CPA bounty, an adjustment's instant. Each refusal has a control beside
-it that the same guard accepts, so that no guard passes by refusing everything."""
+SQL (migrations 0018 to 0022): reversals, values, program facts, period closes, payouts, keys, the
+queue of holds, a customer's CPA bounty, an adjustment's instant, what is posted against a piece.
+Each refusal has a control beside it that the same guard accepts, so that no guard passes by
+refusing everything."""
 
 from __future__ import annotations
 
@@ -412,3 +413,87 @@ def test_an_adjustment_is_dated_at_most_five_minutes_after_it_was_recorded(booke
     # The instant asked for counts, not the one a posting was moved forward to.
     accepted(booked, dated(4, limit_us + 1, original=5))
     refused(booked, dated(5, limit_us + 2, original=limit_us + 1), "an adjustment is dated at most five minutes")
+
+
+# ---- what is posted against a piece stays within it (migration 0022) ----
+
+AVAILABLE = chart.available("northwind")
+WITHIN_ITS_PIECE = "a clawback or release names a live accrual of its partner and currency"
+
+
+@pytest.fixture
+def pieces(database):
+    """1: northwind's accrual of 100 USD; 2: southwind's of 50 USD; 3: an adjustment to northwind's
+    available account (no piece: it opens the account)."""
+    with database.transaction() as session:
+        journal.post(session, [
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
+                             idempotency_key="a1", partner_id="northwind"),
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("southwind"), "USD", 50,
+                             effective_at_us=5, idempotency_key="a2", partner_id="southwind"),
+            journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, AVAILABLE, "USD", 1, effective_at_us=5,
+                             idempotency_key="j3", partner_id="northwind")])
+    return database
+
+
+def against(transaction_id: int, kind: str, amount: int, *, piece: int | None = 1, partner: str | None = "northwind",
+            from_account: str = PENDING, currency: str = "USD"):
+    """A clawback (to the expense account) or a release (to available) of `amount` against `piece`."""
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        to_account = chart.EXPENSE_COMMISSION if kind == "clawback" else AVAILABLE
+        insert_line(connection, transaction_id, ids[from_account], "D", amount, currency=currency)
+        insert_line(connection, transaction_id, ids[to_account], "C", amount, currency=currency)
+        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", kind=kind,
+                      accrual_id=piece, partner_id=partner)
+    return post
+
+
+def test_the_clawbacks_of_a_piece_take_no_more_than_its_amount(pieces):
+    refused(pieces, against(4, "clawback", 101), WITHIN_ITS_PIECE)
+    accepted(pieces, against(4, "clawback", 60))
+    refused(pieces, against(5, "clawback", 41), WITHIN_ITS_PIECE)
+    accepted(pieces, against(5, "clawback", 40))
+
+
+def test_a_reversed_clawback_no_longer_counts_against_its_piece(pieces):
+    accepted(pieces, against(4, "clawback", 100))
+    refused(pieces, against(5, "clawback", 1), WITHIN_ITS_PIECE)
+    with pieces.transaction() as session:
+        journal.reverse(session, 4, reason="refund reversed")
+    accepted(pieces, against(6, "clawback", 1))
+
+
+@pytest.mark.parametrize("kind", ["clawback", "release"])
+@pytest.mark.parametrize("wrong", ["no piece", "no partner", "not a piece", "another partner's piece",
+                                   "another currency"])
+def test_a_clawback_or_release_names_a_piece_of_its_partner_and_currency(pieces, kind, wrong):
+    named = {"no piece": dict(piece=None), "no partner": dict(partner=None), "not a piece": dict(piece=3),
+             "another partner's piece": dict(piece=2), "another currency": dict(currency="EUR")}[wrong]
+    refused(pieces, against(4, kind, 10, **named), WITHIN_ITS_PIECE)
+    accepted(pieces, against(4, kind, 10))
+
+
+def test_a_reversed_piece_is_neither_clawed_nor_released(pieces):
+    with pieces.transaction() as session:
+        journal.reverse(session, 1, reason="posted in error")
+    for kind in ("clawback", "release"):
+        refused(pieces, against(5, kind, 10), WITHIN_ITS_PIECE)
+    accepted(pieces, against(5, "clawback", 10, piece=2, partner="southwind", from_account=chart.pending("southwind")))
+
+
+def test_what_stands_against_a_pieces_pending_amount_stays_within_it(pieces):
+    accepted(pieces, against(4, "clawback", 30))  # from pending, while held
+    refused(pieces, against(5, "release", 71), WITHIN_ITS_PIECE)
+    accepted(pieces, against(5, "release", 70))
+    refused(pieces, against(6, "clawback", 1), WITHIN_ITS_PIECE)  # from pending, after the release took the rest
+    accepted(pieces, against(6, "clawback", 70, from_account=AVAILABLE))  # from available, once released
+    refused(pieces, against(7, "clawback", 1, from_account=AVAILABLE), WITHIN_ITS_PIECE)
+
+
+def test_a_piece_is_released_once(pieces):
+    accepted(pieces, against(4, "release", 50))
+    refused(pieces, against(5, "release", 50), WITHIN_ITS_PIECE)
+    with pieces.transaction() as session:  # a late refund undid the release: the piece is released again
+        journal.reverse(session, 4, reason="held again")
+    accepted(pieces, against(6, "release", 100))

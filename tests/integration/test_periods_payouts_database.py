@@ -35,10 +35,11 @@ def closed(database):
     with database.transaction() as session:
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
-                             effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}")
+                             effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}",
+                             partner_id="northwind")
             for month in (1, 2, 3)] + [
             journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000, effective_at_us=at("2026-02-09"),
-                             idempotency_key="release-1")])
+                             idempotency_key="release-1", partner_id="northwind", accrual_id=1)])
         for period in ("2026-01", "2026-02", "2026-03"):
             periods.close_period(session, period, now_us=at("2026-04-02"))
     return database
@@ -317,14 +318,16 @@ def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_ur
             with database.transaction() as session:
                 journal.post(session, [journal.transfer(
                     "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
-                    effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}")])
+                    effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}",
+                    partner_id="northwind")])
                 periods.close_period(session, f"2026-0{month}", now_us=at("2026-04-02"))
         with database.reader() as session:
             assert session.execute(sa.text("SELECT count(*) FROM period_closes")).scalar() == 2
         upgrade(empty_url)
         with database.transaction() as session:
             journal.post(session, [journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000,
-                                                    effective_at_us=at("2026-03-09"), idempotency_key="release-1")])
+                                                    effective_at_us=at("2026-03-09"), idempotency_key="release-1",
+                                                    partner_id="northwind", accrual_id=1)])
             periods.close_period(session, "2026-03", now_us=at("2026-04-02"))
         with database.reader() as session:
             assert "statement_lines" not in sa.inspect(session.connection()).get_table_names()

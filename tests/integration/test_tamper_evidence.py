@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import holds, journal, partners, payouts, periods, revenue
+from ledger import holds, journal, partners, payouts, periods, revenue, reversals
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import revenue_events
 from ledger.verify import verify
@@ -76,7 +76,7 @@ def test_a_consistently_altered_transaction_is_still_named(booked):
 def test_a_line_moved_to_another_account_is_named(booked):
     with booked.transaction() as session:
         cash_id = chart.account_ids(session, [chart.CASH])[chart.CASH]
-        journal.post(session, [journal.transfer("payout", PENDING, chart.CASH, "USD", 1,
+        journal.post(session, [journal.transfer("adjustment", PENDING, chart.CASH, "USD", 1,
                                                 effective_at_us=9, idempotency_key="p")])
     with behind_the_triggers(booked) as execute:
         execute(
@@ -295,3 +295,65 @@ def test_the_newest_close_removed_behind_the_triggers_is_named_given_the_close_r
         found = verify(session, close=report.latest_close)
     assert [(p.code, p.message.split(",")[0]) for p in found.problems] == [
         ("close_missing", "the books hold no close of 2026-01")]
+
+
+def a_clawback(database) -> tuple[int, int, int]:
+    """(clawback id, its piece's id, the piece's amount) of the refund `accrued` posted."""
+    with database.engine.connect() as connection:
+        return connection.exec_driver_sql(
+            "SELECT c.id, c.accrual_id, l.amount_minor FROM journal_transactions c"
+            " JOIN journal_lines l ON l.transaction_id = c.accrual_id AND l.side = 'C'"
+            " WHERE c.kind = 'clawback' ORDER BY c.id LIMIT 1").one()
+
+
+def test_a_clawback_grown_past_its_piece_is_named(accrued):
+    clawback_id, piece_id, amount = a_clawback(accrued)
+    with behind_the_triggers(accrued) as execute:
+        execute(f"UPDATE journal_lines SET amount_minor = {amount + 1} WHERE transaction_id = {clawback_id}")
+    found = problems(accrued)
+    assert {(clawback_id, "content_altered"), (piece_id, "piece_overdrawn")} <= found
+    assert not any(code == "piece_link_broken" for _, code in found)
+
+
+def test_a_piece_released_twice_is_named(accrued):
+    with accrued.engine.connect() as connection:
+        first, second = connection.exec_driver_sql(
+            "SELECT id, accrual_id FROM journal_transactions WHERE kind = 'release' ORDER BY id LIMIT 2").all()
+    with behind_the_triggers(accrued) as execute:  # the second release now names the first's piece
+        execute(f"UPDATE journal_transactions SET accrual_id = {first[1]} WHERE id = {second[0]}")
+    assert (first[1], "piece_overdrawn") in problems(accrued)
+
+
+@pytest.mark.parametrize("names", ["a release", "nothing", "another partner's accrual"])
+def test_a_clawback_that_names_no_standing_piece_of_its_partner_is_named(accrued, names):
+    clawback_id, piece_id, _ = a_clawback(accrued)
+    with accrued.engine.connect() as connection:
+        other = {"a release": "(SELECT min(id) FROM journal_transactions WHERE kind = 'release')",
+                 "nothing": "NULL",
+                 "another partner's accrual": "(SELECT min(id) FROM journal_transactions WHERE kind = 'override')"}
+        target = connection.exec_driver_sql(f"SELECT {other[names]}").scalar()
+    with behind_the_triggers(accrued) as execute:
+        execute(f"UPDATE journal_transactions SET accrual_id = {'NULL' if target is None else target}"
+                f" WHERE id = {clawback_id}")
+    assert (clawback_id, "piece_link_broken") in problems(accrued)
+
+
+def test_a_clawback_that_stands_against_a_reversed_piece_is_named(accrued):
+    clawback_id, piece_id, _ = a_clawback(accrued)
+    with accrued.transaction() as session:  # reversing the piece reverses its clawback first
+        reversals.reverse(session, piece_id, reason="posted in error")
+    assert problems(accrued) == set()
+    with behind_the_triggers(accrued) as execute:
+        execute(f"DELETE FROM journal_transactions WHERE reverses_id = {clawback_id}")
+    assert (clawback_id, "piece_link_broken") in problems(accrued)
+
+
+def test_a_payout_posting_with_no_payout_record_is_named(enrolled):
+    database = enrolled
+    with database.transaction() as session:
+        payouts.adjust(session, "northwind", "available", 20_000, "USD", "earned", effective_at_us=1_000)
+        [payout] = payouts.run_payouts(session, 2_000).payouts
+    assert problems(database) == set()
+    with behind_the_triggers(database) as execute:
+        execute(f"DELETE FROM payouts WHERE id = {payout.id}")
+    assert problems(database) == {(payout.transaction_id, "payout_unrecorded")}
