@@ -99,6 +99,7 @@ class Piece:
     reversed: bool = False
     customer_id: str | None = None
     invoice_id: str | None = None
+    event_id: str | None = None  # the revenue event that accrued it, which its release names
     release_id: int | None = None  # the release transaction in force, if released
     released_minor: int = 0  # what that release moved from pending to available
     released_at_us: int | None = None  # that release's effective instant

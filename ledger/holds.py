@@ -69,9 +69,9 @@ def _replay(session: Session, invoice_ids: Iterable[str]) -> "_PieceReplay":
 
 
 # The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
-_PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.accrual_id, t.reverses_id,"
-                " t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor, a.name"
-                " FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
+_PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.event_id, t.accrual_id,"
+                " t.reverses_id, t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor,"
+                " a.name FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
                 " JOIN accounts a ON a.id = j.account_id")
 
 
@@ -91,13 +91,13 @@ class _PieceReplay:
 
     def apply(self, row: tuple) -> None:
         """One row of `_PIECE_LINES`."""
-        (transaction_id, kind, partner_id, customer_id, invoice_id, accrual_id, reverses_id, matures_at_us,
+        (transaction_id, kind, partner_id, customer_id, invoice_id, event_id, accrual_id, reverses_id, matures_at_us,
          plan_version_id, effective_at_us, currency, amount_minor, account_name) = row
         on_pending = account_name.endswith(":pending")
         if kind in EARNING_KINDS:
             piece = Piece(transaction_id, accrual_id or transaction_id, partner_id, kind, currency, amount_minor,
                           plan_version_id, matures_at_us, amount_minor, customer_id=customer_id, invoice_id=invoice_id,
-                          accrued_at_us=effective_at_us)
+                          event_id=event_id, accrued_at_us=effective_at_us)
             self.pieces[transaction_id] = piece
             self.by_invoice[invoice_id].append(piece)
         elif kind == "clawback" and accrual_id in self.pieces:
@@ -141,14 +141,18 @@ class _PieceReplay:
 def release_draft(piece: Piece, *, key_suffix: str = "") -> journal.Draft:
     """Move what is still pending of a matured piece to available, at its maturity instant. A piece
     released again (after a late refund undid its release) names the cause in `key_suffix`; without
-    one, a piece released before counts its earlier releases in its key."""
+    one, a piece released before counts its earlier releases in its key.
+
+    The release names the event that accrued the piece (for a won dispute's reinstatement, the
+    dispute), as the piece's other postings name theirs, so that each statement line traces to its
+    event; that event's replayed answer leaves releases out (`revenue.outcomes_of`)."""
     assert piece.pending_minor > 0 and not piece.released and not piece.reversed, piece
     suffix = key_suffix or (f":{piece.releases}" if piece.releases else "")
     return journal.transfer(
         "release", chart.pending(piece.partner_id), chart.available(piece.partner_id), piece.currency,
         piece.pending_minor, effective_at_us=piece.matures_at_us, idempotency_key=f"release:{piece.id}{suffix}",
         partner_id=piece.partner_id, customer_id=piece.customer_id, invoice_id=piece.invoice_id,
-        plan_version_id=piece.plan_version_id, accrual_id=piece.id)
+        event_id=piece.event_id, plan_version_id=piece.plan_version_id, accrual_id=piece.id)
 
 
 def release_pieces(batch: journal.Batch, pieces: Iterable[Piece], at_us: int, *, key_suffix: str = "") -> list[int]:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import holds, journal
-from ledger.commission import Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
+from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, invalid
@@ -396,7 +396,7 @@ class _Writer:
         line, transaction_id = self._post(draft, kind, amount_minor)
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
-                                    customer_id=event.customer_id, invoice_id=event.invoice_id,
+                                    customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
                                     accrued_at_us=self.batch.posting_instant(effective_at_us)))
         self.hold_rows.append((transaction_id, matures))
         return line, transaction_id
@@ -553,15 +553,21 @@ def _fill_replays(session: Session, results: list[Outcome | Refusal]) -> list[Ou
             if isinstance(r, Outcome) and r.replayed and not r.transaction_ids else r for r in results]
 
 
+# The kinds of an event's answer: what it posted itself. The releases of the pieces it accrued name
+# it too (ledger.holds.release_draft), and so do the reversals of those; neither was in its answer.
+_ANSWERED_KINDS = ", ".join(f"'{kind}'" for kind in (*EARNING_KINDS, "clawback"))
+
+
 def outcomes_of(session: Session, event_ids: list[str]) -> dict[str, tuple[tuple[CommissionLine, ...], tuple[int, ...]]]:
-    """{event id: (commission lines, transaction ids)} of stored events, from the journal."""
+    """{event id: (commission lines, transaction ids)} of stored events, from the journal: what the
+    first delivery answered, whatever has been posted against its pieces since."""
     found: dict[str, tuple[list, list]] = {}
     for condition, params in in_lists(session, "journal_transactions.event_id", event_ids):
         rows = driver_rows(
             session, "SELECT journal_transactions.event_id, journal_transactions.id, journal_transactions.kind,"
             " journal_transactions.partner_id, journal_lines.currency, max(journal_lines.amount_minor)"
             " FROM journal_transactions JOIN journal_lines ON journal_lines.transaction_id = journal_transactions.id"
-            f" WHERE {condition} AND journal_transactions.kind != 'reversal'"
+            f" WHERE {condition} AND journal_transactions.kind IN ({_ANSWERED_KINDS})"
             " GROUP BY journal_transactions.event_id, journal_transactions.id, journal_transactions.kind,"
             " journal_transactions.partner_id, journal_lines.currency ORDER BY journal_transactions.id", params)
         for event_id, transaction_id, kind, partner_id, currency, amount in rows:

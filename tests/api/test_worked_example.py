@@ -36,8 +36,8 @@ def statement(call, period: str) -> dict:
     [usd] = body["currencies"]
     return {"status": body["period_status"], "close_hash": body["close_hash"],
             "opening": (usd["opening"]["pending"], usd["opening"]["available"]),
-            "lines": [(line["kind"], line["effective_at"][:10], line["invoice_id"], line["pending"], line["available"])
-                      for line in usd["lines"]],
+            "lines": [(line["kind"], line["effective_at"][:10], line["invoice_id"], line["event_id"], line["pending"],
+                       line["available"]) for line in usd["lines"]],
             "totals": usd["totals"],
             "closing": (usd["closing"]["pending"], usd["closing"]["available"])}
 
@@ -78,16 +78,16 @@ def run_the_example(call) -> list[dict]:
     return [march, april]
 
 
-JANUARY = {"opening": ("0.00", "0.00"), "lines": [("accrual", "2026-01-20", "inv-1", "100.00", "0.00")],
+JANUARY = {"opening": ("0.00", "0.00"), "lines": [("accrual", "2026-01-20", "inv-1", "evt-inv-1", "100.00", "0.00")],
            "totals": {"accrual": "100.00"}, "closing": ("100.00", "0.00")}
 FEBRUARY = {"opening": ("100.00", "0.00"),
-            "lines": [("release", "2026-02-19", "inv-1", "-100.00", "100.00"),
-                      ("accrual", "2026-02-20", "inv-2", "100.00", "0.00")],
+            "lines": [("release", "2026-02-19", "inv-1", "evt-inv-1", "-100.00", "100.00"),
+                      ("accrual", "2026-02-20", "inv-2", "evt-inv-2", "100.00", "0.00")],
             "totals": {"accrual": "100.00", "release": "0.00"}, "closing": ("100.00", "100.00")}
 MARCH = {"opening": ("100.00", "100.00"),
-         "lines": [("payout", "2026-03-01", None, "0.00", "-100.00"),
-                   ("clawback", "2026-03-05", "inv-1", "0.00", "-40.00"),
-                   ("release", "2026-03-22", "inv-2", "-100.00", "100.00")],
+         "lines": [("payout", "2026-03-01", None, None, "0.00", "-100.00"),
+                   ("clawback", "2026-03-05", "inv-1", "evt-refund-1", "0.00", "-40.00"),
+                   ("release", "2026-03-22", "inv-2", "evt-inv-2", "-100.00", "100.00")],
          "totals": {"clawback": "-40.00", "payout": "-100.00", "release": "0.00"}, "closing": ("0.00", "60.00")}
 
 
@@ -141,5 +141,9 @@ def test_the_example_leaves_balanced_verified_books_that_a_replay_does_not_chang
     results = call.ok("/v1/revenue-events/batch", {"events": events}, as_="billing")["results"]
     assert [(r["id"], r["http_status"], r.get("replayed")) for r in results] == [
         ("evt-inv-1", 201, True), ("evt-inv-2", 201, True), ("evt-refund-1", 201, True)]
+    replayed = call.post("/v1/revenue-events", events[0], as_="billing")  # its release names it too
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert expect(replayed, 201) == {"id": "evt-inv-1", "status": "posted", "transaction_ids": [1], "commissions": [
+        {"partner_id": "northwind", "kind": "accrual", "amount": money("100.00")}]}
     assert call.ok("/v1/payout-runs", {"at": instant("2026-04-01")})["payouts"][0]["amount"] == money("60.00")
     assert call.read("/v1/integrity")["transactions_checked"] == integrity["transactions_checked"] == 8

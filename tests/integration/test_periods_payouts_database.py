@@ -12,13 +12,14 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, payouts, periods, statement_lines
+from ledger import holds, journal, payouts, periods, revenue, statement_lines
 from ledger.db import Database
 from ledger.errors import Conflict
 from ledger.instants import parse_instant, period_bounds_us
 from ledger.migrate import upgrade
 from ledger.periods import snapshot
 from ledger.verify import verify
+from tests import program
 from tests.integration.test_database_guards import refused_without_recursive_triggers
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
@@ -307,6 +308,32 @@ def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(clos
         ("2026-02", "northwind", "USD", [[4, at("2026-02-09"), line[0], "release", *line[1:], -10_000, 10_000],
                                          [2, at("2026-02-10"), line[0], "accrual", *line[1:], 20_000, 0]]),
         ("2026-03", "northwind", "USD", [[3, at("2026-03-10"), line[0], "accrual", *line[1:], 30_000, 0]])]
+
+
+def test_releases_that_name_no_event_keep_none_and_the_closes_storing_them_beside_named_ones_verify(
+        database, monkeypatch):
+    # Releases posted by earlier versions of the service name no event, and stay so: the journal is
+    # never rewritten. February's six pieces are released that way; January's name their payments.
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, program.monthly_events(months=2)[:6])
+        assert holds.release_matured(session, at("2026-02-15")) == 6
+    naming = holds.release_draft
+    with monkeypatch.context() as patched:
+        patched.setattr(holds, "release_draft", lambda piece, **kwargs: naming(piece, **kwargs)._replace(event_id=None))
+        with database.transaction() as session:
+            assert holds.release_matured(session, at("2026-03-15")) == 6
+    with database.transaction() as session:
+        for period in ("2026-01", "2026-02", "2026-03"):
+            periods.close_period(session, period, now_us=at("2026-04-02"))
+    with database.reader() as session:
+        released = {period: [(line.invoice_id, line.event_id) for lines in statement_lines.stored(
+            session, "northwind", period).values() for line in lines if line.kind == "release"]
+            for period in ("2026-02", "2026-03")}
+        report = verify(session)
+    assert released == {"2026-02": [(f"inv-{c}-1", f"e-inv-{c}-1") for c in ("acme", "globex-corp", "initrode")],
+                        "2026-03": [(f"inv-{c}-2", None) for c in ("acme", "globex-corp", "initrode")]}
+    assert report.problems == [] and report.ok
 
 
 @pytest.mark.parametrize("revision", ["0012", "0015"], ids=["before-stored-lines", "lines-stored-as-rows"])

@@ -128,6 +128,18 @@ def test_a_few_holds_to_a_transaction_give_the_books_of_one_transaction(twins):
             assert verify(session).ok
 
 
+def test_each_release_a_few_to_a_transaction_names_the_payment_that_accrued_its_piece(twins):
+    chunked = twins[1]
+    assert holds.release_in_transactions(chunked.transaction, RELEASE_AT, holds_per_transaction=7) == HOLDS
+    release, accrual = journal_transactions.alias("release"), journal_transactions.alias("accrual")
+    with chunked.reader() as session:
+        named = session.execute(select(release.c.event_id, accrual.c.event_id, accrual.c.invoice_id)
+                                .join(accrual, accrual.c.id == release.c.accrual_id)
+                                .where(release.c.kind == "release")).all()
+    assert len(named) == HOLDS
+    assert all(event_id == accrued_by == f"e-{invoice_id}" for event_id, accrued_by, invoice_id in named)
+
+
 def test_holds_queued_out_of_order_are_taken_oldest_maturity_first_and_one_ending_unreleased_does_not_stop(
         shuffled_twins):
     whole, chunked = shuffled_twins

@@ -52,6 +52,11 @@ def test_the_release_job_releases_what_matured_by_its_instant_once(books):
         after_refund = partner_balances(session, "northwind", before_us=at("2026-02-21"))["USD"]
     assert (pending, available) == (12_000, 12_000)  # February accrued, January released
     assert after_refund == (12_000, 12_000 - 500)  # the 2,500 refund of a 10,000 invoice claws 500 back
+    t = journal_transactions.c
+    with books.reader() as session:
+        named = session.execute(select(t.invoice_id, t.event_id).where(t.kind == "release")).all()
+    # Each names the payment that accrued its piece: the two the refund released too, not the refund.
+    assert len(named) == 12 and all(event_id == f"e-{invoice_id}" for invoice_id, event_id in named)
 
 
 def test_the_close_job_catches_up_on_every_overdue_month_oldest_first(books):

@@ -2,7 +2,8 @@
 chargebacks and won disputes, re-attributions, hold releases, payout runs, settlements, failures
 and month closes against the service, and the same steps against the small independent reference
 model in `reference_model.py`; after every step every partner's pending and available balances
-must agree, and at the end verify() must be clean."""
+must agree, and at the end verify() must be clean and every release must name the event that
+accrued what it released."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+from sqlalchemy import select
 
 from ledger import customers, holds, partners, payouts, periods, plans, revenue
 from ledger.balances import partner_balances
 from ledger.db import Database
 from ledger.instants import UTC, add_months, from_us, period_of, to_us
 from ledger.migrate import upgrade
+from ledger.schema import journal_transactions
 from ledger.verify import verify
 from tests.conftest import examples, new_sqlite_url, scaled
 from tests.reliability.reference_model import DAY_US, Model, Plan
@@ -76,10 +79,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if hasattr(self, "database"):
+            release, piece = journal_transactions.alias("release"), journal_transactions.alias("piece")
             with self.database.reader() as session:
                 report = verify(session)
+                untraced = session.execute(  # a release names the event that accrued its piece, whatever posted it
+                    select(release.c.id).join(piece, piece.c.id == release.c.accrual_id)
+                    .where(release.c.kind == "release", release.c.event_id.is_distinct_from(piece.c.event_id))).all()
             self.database.dispose()
             assert report.ok, report.problems
+            assert untraced == []
 
     # --- time ------------------------------------------------------------------------------------
     def _month_end(self) -> int:

@@ -146,6 +146,12 @@ class Books:
         assert report.ok, report.problems
         return True
 
+    def release_events(self, invoice_id: str) -> list[tuple[str, str | None]]:
+        """(partner, the event it names) of each release of the invoice's pieces, in posting order."""
+        return [tuple(row) for row in self.sql(
+            "SELECT partner_id, event_id FROM journal_transactions WHERE kind = 'release' AND invoice_id = :i"
+            " ORDER BY id", i=invoice_id)]
+
     def sql(self, statement: str, **params) -> list:
         """Rows of a raw read-only query, for looking at what the journal and the tables hold."""
         with self.database.reader() as session:

@@ -40,6 +40,25 @@ def test_the_same_event_again_replays_its_original_outcome_and_posts_nothing(boo
     assert books.balance("northwind") == (0, 8_000)
 
 
+def test_a_replay_after_the_releases_of_its_pieces_answers_exactly_what_the_first_delivery_answered(books):
+    # A release names the event that accrued what it releases (a won dispute's reinstatement: the
+    # dispute), and is no part of that event's answer.
+    paid = books.event("invoice_paid", "acme", "inv-1", "500.00", "2026-01-10", event_id="evt-paid")
+    chargeback = books.event("chargeback", "acme", "inv-1", "500.00", "2026-01-12", event_id="evt-chargeback")
+    won = books.event("chargeback_reversed", "acme", "inv-1", "500.00", "2026-01-14", event_id="evt-won")
+    first = [books.ingest(event)[0] for event in (paid, chargeback, won)]  # the chargeback releases the accrual
+    assert books.release("2026-01-20") == 1
+    assert books.release_events("inv-1") == [("northwind", "evt-paid"), ("northwind", "evt-won")]
+    before = head(books)
+    again = books.ingest(paid, chargeback, won)
+    assert [(r.status, r.commissions, r.transaction_ids, r.replayed) for r in again] == [
+        (r.status, r.commissions, r.transaction_ids, True) for r in first]
+    assert [commissions(r) for r in again] == [[("northwind", "accrual", 10_000)], [("northwind", "clawback", -10_000)],
+                                               [("northwind", "accrual", 10_000)]]
+    assert head(books) == before
+    assert books.balance("northwind") == (0, 10_000)
+
+
 def test_an_unattributed_event_replays_as_unattributed(books):
     event = books.event("invoice_paid", "initech", "inv-9", "500.00", "2026-01-10", event_id="evt-9")
     assert books.ingest(event) == [Outcome("evt-9", "unattributed", (), ())]

@@ -48,18 +48,20 @@ def test_the_worked_example_closes_each_month_with_the_statements_design_gives(d
     # Under `reset` everything is the same: available is never negative when a period closes
     # (it is -40.00 only between the 2026-03-05 clawback and the 2026-03-22 release).
     books = worked_example_program(database, policy)
-    books.paid("acme", "inv-1", "500.00", "2026-01-20")
+    books.paid("acme", "inv-1", "500.00", "2026-01-20", event_id="evt-inv-1")
     january = close(database, "2026-01", now="2026-02-01")
     assert (january.period, january.transaction_count) == ("2026-01", 1)
     assert summary(database, "northwind", "2026-01") == (
         ("0.00", "0.00"), [("accrual", "100.00", "0.00")], ("100.00", "0.00"))
 
-    books.paid("acme", "inv-2", "500.00", "2026-02-20")
+    books.paid("acme", "inv-2", "500.00", "2026-02-20", event_id="evt-inv-2")
     february = close(database, "2026-02", now="2026-03-01")  # the close releases inv-1 (matured 2026-02-19)
     assert february.transaction_count == 2 and february.prev_close_hash == january.close_hash
     assert summary(database, "northwind", "2026-02") == (
         ("100.00", "0.00"), [("release", "-100.00", "100.00"), ("accrual", "100.00", "0.00")],
         ("100.00", "100.00"))
+    assert [line["event_id"] for line in section(statement(database, "northwind", "2026-02"))["lines"]] == [
+        "evt-inv-1", "evt-inv-2"]  # the release names the payment that accrued it
 
     march_run = run(database, "2026-03-01")
     assert [(p.partner_id, p.amount_minor, p.status) for p in march_run.payouts] == [("northwind", 10_000, "pending")]
@@ -75,6 +77,8 @@ def test_the_worked_example_closes_each_month_with_the_statements_design_gives(d
     clawback = march["lines"][1]
     assert (clawback["customer_id"], clawback["invoice_id"], clawback["effective_at"]) == (
         "acme", "inv-1", "2026-03-05T00:00:00Z")
+    release = march["lines"][2]
+    assert (release["customer_id"], release["invoice_id"], release["event_id"]) == ("acme", "inv-2", "evt-inv-2")
 
     april_run = run(database, "2026-04-01")
     assert [(p.amount_minor, p.status) for p in april_run.payouts] == [(6_000, "pending")]

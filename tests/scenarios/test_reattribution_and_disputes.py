@@ -13,6 +13,7 @@ from ledger import reversals
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from tests.scenarios.books import Books, at, commissions
+from tests.scenarios.closing import section, statement
 
 
 @pytest.fixture
@@ -84,6 +85,20 @@ def test_a_won_dispute_after_release_reaccrues_into_pending_again(books):
     assert books.balance("northwind") == (8_000, 12_000)
     books.release("2026-03-27")
     assert books.balance("northwind") == (0, 20_000)
+
+
+def test_the_release_of_a_won_disputes_reinstatement_names_the_dispute_that_accrued_it(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10", event_id="evt-paid")
+    books.release("2026-02-09")
+    books.chargeback("acme", "inv-1", "400.00", "2026-02-15", event_id="evt-chargeback")
+    books.dispute_won("acme", "inv-1", "400.00", "2026-02-25", event_id="evt-won")
+    assert books.release("2026-03-27") == 2
+    assert books.release_events("inv-1") == [("northwind", "evt-paid"), ("dist", "evt-paid"),
+                                             ("northwind", "evt-won"), ("dist", "evt-won")]
+    march = section(statement(books.database, "northwind", "2026-03"))["lines"]
+    assert [(line["kind"], line["invoice_id"], line["event_id"], line["pending"], line["available"])
+            for line in march] == [("release", "inv-1", "evt-won", "-80.00", "80.00")]
+    assert books.verified()
 
 
 def test_a_won_dispute_beside_a_refund_restores_only_the_chargebacks_share(books):

@@ -243,6 +243,7 @@ def test_a_clawback_reversed_after_the_release_is_released_with_the_rest_at_the_
     assert books.balance("northwind", before="2026-02-09") == (10_000, 0)
     assert books.balance("northwind") == (0, 10_000)
     assert books.release("2026-03-01") == 0
+    assert books.release_events("inv-1") == [("northwind", "evt-1")] * 2  # both name the payment, evt-1
     assert books.trial_balance_is_zero() and books.verified()
 
 
@@ -359,6 +360,16 @@ def test_a_late_refund_dated_before_maturity_after_the_release_was_posted_claws_
     assert books.balance("northwind", before="2026-02-10") == (0, 7_500)
     assert books.balance("northwind") == (0, 7_500)
     assert books.release("2026-03-01") == 0  # nothing is left held
+
+
+def test_what_a_late_refund_releases_again_names_the_payment_that_accrued_it(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10", event_id="evt-paid")
+    books.release("2026-02-20")
+    books.refund("acme", "inv-1", "250.00", "2026-02-01", event_id="evt-refund")
+    assert books.release_events("inv-1") == [("northwind", "evt-paid"), ("northwind", "evt-paid")]
+    [(undone_event,)] = books.sql("SELECT event_id FROM journal_transactions WHERE kind = 'reversal'")
+    assert undone_event == "evt-paid"  # the mirror of the first release names what it names
+    assert books.verified()
 
 
 def test_two_late_refunds_each_undo_the_release_in_force_and_release_the_rest_again(books):

@@ -1,12 +1,14 @@
 """The public worked example of DESIGN.md ("Commission mechanics"), on SQLite and PostgreSQL:
 accruals, releases at maturity, payout runs (ledger.payouts), and the refund clawed back from
-available after the payout, row by row as the contract's table gives them."""
+available after the payout, row by row as the contract's table gives them; and its statements,
+every line traced to its customer, invoice and event."""
 
 import pytest
 
-from ledger import payouts
+from ledger import holds, payouts
 from ledger.balances import all_balances
 from tests.scenarios.books import Books, at, commissions
+from tests.scenarios.closing import close, section, statement
 
 
 def payout_run(books: Books, instant: str, *, settle: bool = True) -> list[tuple[str, str, int]]:
@@ -99,3 +101,31 @@ def test_at_every_instant_of_the_example_the_trial_balance_is_zero_per_currency(
     assert rows[("expense:commission", "USD")] == (20_000, 4_000)
     assert rows[("asset:cash", "USD")] == (0, 10_000)
     assert rows[("liability:payouts:in_transit", "USD")] == (10_000, 16_000)  # 60.00 sent, not yet settled
+
+
+def traced(books: Books, period: str) -> list[tuple]:
+    """(kind, customer, invoice, event) of each line of northwind's statement for `period`."""
+    lines = section(statement(books.database, "northwind", period))["lines"]
+    return [(line["kind"], line["customer_id"], line["invoice_id"], line["event_id"]) for line in lines]
+
+
+def test_the_example_statements_trace_every_line_to_its_customer_invoice_and_event(northwind):
+    # No release job runs at 2026-02-19: the payout run of 2026-03-01 releases inv-1 before it pays,
+    # and the hourly job's run releases inv-2. Each release names the payment that accrued it.
+    books = northwind
+    books.paid("acme", "inv-1", "500.00", "2026-01-20", event_id="evt-inv-1")
+    books.paid("acme", "inv-2", "500.00", "2026-02-20", event_id="evt-inv-2")
+    assert payout_run(books, "2026-03-01") == [("northwind", "USD", 10_000)]
+    books.refund("acme", "inv-1", "200.00", "2026-03-05", event_id="evt-refund-1")
+    assert holds.release_in_transactions(books.database.transaction, at("2026-03-22")) == 1
+    expected = {
+        "2026-01": [("accrual", "acme", "inv-1", "evt-inv-1")],
+        "2026-02": [("release", "acme", "inv-1", "evt-inv-1"), ("accrual", "acme", "inv-2", "evt-inv-2")],
+        "2026-03": [("payout", None, None, None), ("clawback", "acme", "inv-1", "evt-refund-1"),
+                    ("release", "acme", "inv-2", "evt-inv-2")],
+    }
+    assert {period: traced(books, period) for period in expected} == expected
+    for period, now in (("2026-01", "2026-02-01"), ("2026-02", "2026-03-01"), ("2026-03", "2026-04-01")):
+        close(books.database, period, now=now)
+    assert {period: traced(books, period) for period in expected} == expected  # as the closes stored them
+    assert books.verified()
