@@ -19,8 +19,10 @@ before where it stands; amounts and instants are integers and currencies ISO 421
 minor unit (SQLite's columns take any value, and a text amount broke every report); every account
 is as the chart of accounts has it (`verify_accounts`). And the queue of holds against the journal
 (`verify_holds`): each queued hold is an accrual's, with its maturity, and each partner's pending
-balance is what its queued pieces hold, so no hold has left the queue unreleased; and a customer's
-CPA bounty posted once (`verify_bounties`). All of it reads
+balance is what its queued pieces hold, so no hold has left the queue unreleased; a customer's
+CPA bounty posted once (`verify_bounties`); each clawback and release against a standing piece of
+its partner and currency (`verify_piece_links`), within the piece's amount (`verify_pieces_within`);
+and every payout posting with its payout record (`verify_payouts_recorded`). All of it reads
 one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
 
