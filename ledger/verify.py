@@ -346,29 +346,27 @@ def verify_piece_links(session: Session) -> list[Problem]:
 
 
 def verify_pieces_within(session: Session) -> list[Problem]:
-    """What stands against each piece stays within its amount (its credit): its clawbacks; its
-    clawbacks from the partner's pending account and its release, together; and one release at most.
-    Migration 0022 holds it for new rows; `ledger.commission` caps each clawback at what is left."""
-    c, j = journal_transactions.alias("c"), journal_lines.alias("l")
-    piece_lines = journal_lines.alias("m")
+    """What stands against each piece stays within its amount (its credit line `m`): its clawbacks;
+    its clawbacks from the account it credited (its partner's pending account) with its release;
+    and one release at most. Migration 0022 holds it for new rows; `ledger.commission` caps each
+    clawback at what is left."""
+    c, j, m = journal_transactions.alias("c"), journal_lines.alias("l"), journal_lines.alias("m")
     clawback, release = c.c.kind == "clawback", c.c.kind == "release"
-    from_pending = (accounts.c.partner_id == c.c.partner_id) & accounts.c.name.endswith(PENDING_SUFFIX)
     clawed = func.sum(case((clawback, j.c.amount_minor), else_=0))
-    against_pending = func.sum(case((release | (clawback & from_pending), j.c.amount_minor), else_=0))
+    against_pending = func.sum(case((release | (j.c.account_id == m.c.account_id), j.c.amount_minor), else_=0))
     releases = func.sum(case((release, 1), else_=0))
-    amount = (select(func.sum(piece_lines.c.amount_minor))
-              .where(piece_lines.c.transaction_id == c.c.accrual_id, piece_lines.c.side == CREDIT).scalar_subquery())
     rows = session.execute(
-        select(c.c.accrual_id, clawed, against_pending, releases, amount)
-        .join(j, (j.c.transaction_id == c.c.id) & (j.c.side == DEBIT)).join(accounts, accounts.c.id == j.c.account_id)
+        select(c.c.accrual_id, m.c.amount_minor, clawed, against_pending, releases)
+        .join(j, (j.c.transaction_id == c.c.id) & (j.c.side == DEBIT))
+        .join(m, (m.c.transaction_id == c.c.accrual_id) & (m.c.side == CREDIT))
         .where(c.c.kind.in_(PIECE_KINDS), c.c.accrual_id.is_not(None), _standing(c.c))
-        .group_by(c.c.accrual_id)
-        .having((clawed > func.coalesce(amount, 0)) | (against_pending > func.coalesce(amount, 0)) | (releases > 1))
+        .group_by(c.c.accrual_id, m.c.id, m.c.amount_minor)
+        .having((clawed > m.c.amount_minor) | (against_pending > m.c.amount_minor) | (releases > 1))
         .order_by(c.c.accrual_id))
     return [Problem(accrual_id, "piece_overdrawn",
-                    f"stands against by more than its amount {amount}: clawbacks {taken}, from pending with its "
+                    f"more stands against it than its amount {amount}: clawbacks {taken}, from pending with its "
                     f"release {pending}, releases {count}")
-            for accrual_id, taken, pending, count, amount in rows]
+            for accrual_id, amount, taken, pending, count in rows]
 
 
 def verify_event_links(session: Session) -> list[Problem]:

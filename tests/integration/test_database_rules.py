@@ -423,15 +423,15 @@ WITHIN_ITS_PIECE = "a clawback or release names a live accrual of its partner an
 
 @pytest.fixture
 def pieces(database):
-    """1: northwind's accrual of 100 USD; 2: southwind's of 50 USD; 3: an adjustment to northwind's
-    available account (no piece: it opens the account)."""
+    """1: northwind's accrual of 100 USD; 2: southwind's of 50 USD; 3: an adjustment of 100 USD to
+    northwind's available account (no piece: it opens the account)."""
     with database.transaction() as session:
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
                              idempotency_key="a1", partner_id="northwind"),
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("southwind"), "USD", 50,
                              effective_at_us=5, idempotency_key="a2", partner_id="southwind"),
-            journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, AVAILABLE, "USD", 1, effective_at_us=5,
+            journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, AVAILABLE, "USD", 100, effective_at_us=5,
                              idempotency_key="j3", partner_id="northwind")])
     return database
 

@@ -16,7 +16,9 @@ No timing is asserted anywhere.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -28,6 +30,13 @@ from ledger.statements import statement
 from ledger.trial_balance import trial_balance
 from tests import program
 from tests.program import at
+
+# Migration 0022's check of what is posted against a piece (its file name is no module name).
+_spec = importlib.util.spec_from_file_location(
+    "_revision_0022", Path(__file__).parents[2] / "migrations" / "versions" / "0022_pieces_held.py")
+_0022 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_0022)
+PIECE_GUARD = _0022.REFUSED_WHEN
 
 
 @contextlib.contextmanager
@@ -304,9 +313,15 @@ JOURNAL_SCAN = re.compile(r"Seq Scan on journal_|Hash Cond|Merge Cond")
 JOURNAL_BY_INDEX = re.compile(r"Index (?:Only )?Scan using \w+ on journal_|Bitmap Index Scan on (?:ix|pk)_journal_")
 
 
-def guard_plans(database, events) -> list[str]:
+def guard_plans(database, events, queries: tuple[str, ...] = GUARD_QUERIES) -> list[str]:
     """The plans PostgreSQL runs for the journal's statement guards while `events` are ingested in
     one transaction (auto_explain, reported to this connection as notices)."""
+    return plans_while(database, lambda session: revenue.ingest(session, events), queries)
+
+
+def plans_while(database, act, queries: tuple[str, ...]) -> list[str]:
+    """The plans PostgreSQL runs for the statements holding one of `queries` while `act(session)`
+    runs in one transaction (auto_explain, reported to this connection as notices)."""
     notices: list[str] = []
 
     def note(diagnostic) -> None:
@@ -320,10 +335,10 @@ def guard_plans(database, events) -> list[str]:
                             "SET LOCAL auto_explain.log_nested_statements = on",
                             "SET LOCAL auto_explain.log_level = 'notice'"):
                 driver.execute(setting)
-            revenue.ingest(session, events)
+            act(session)
         finally:
             driver.remove_notice_handler(note)
-    return [notice for notice in notices if any(query in notice for query in GUARD_QUERIES)]
+    return [notice for notice in notices if any(query in notice for query in queries)]
 
 
 @pytest.mark.postgres
@@ -347,6 +362,30 @@ def test_postgresql_guards_look_the_checked_rows_up_by_index_on_a_journal_of_any
     assert {name: sorted(config) for name, config in settings.items()} == dict.fromkeys(
         ("journal_lines_refuse_sealed", "journal_transactions_seal"),
         ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off"])
+
+
+def test_the_guard_of_what_is_posted_against_a_piece_reads_it_by_index(database):
+    """Migration 0022: each clawback and release is checked against its piece's postings, which the
+    guard finds by the index on accrual_id, however large the journal."""
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, program.monthly_events(months=2))
+    release = lambda session: holds.release_matured(session, at("2026-03-15"))  # noqa: E731
+    if database.engine.dialect.name == "postgresql":
+        [plan] = plans_while(database, release, ("FROM added n WHERE n.kind IN ('clawback', 'release') AND",))
+        assert not JOURNAL_SCAN.search(plan), plan
+        assert "Index Scan using ix_journal_transactions_accrual_id on journal_transactions" in plan, plan
+        return
+    with database.transaction() as session:
+        assert release(session) > 0
+    with database.engine.connect() as connection:
+        release_id, piece_id, partner_id = connection.exec_driver_sql(
+            "SELECT id, accrual_id, partner_id FROM journal_transactions WHERE kind = 'release' LIMIT 1").one()
+        condition = re.sub(r"\bn\.(\w+)\b", lambda found: {"id": str(release_id), "accrual_id": str(piece_id),
+                                                            "partner_id": f"'{partner_id}'"}[found[1]], PIECE_GUARD)
+        plan = "\n".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN SELECT {condition}"))
+    assert "SEARCH c USING INDEX ix_journal_transactions_accrual_id (accrual_id=?)" in plan, plan
+    assert not re.search(r"SCAN (?!CONSTANT)|ix_journal_lines_balance", plan), plan
 
 
 ONE_END_OF_THE_PERIOD_INDEX = {
