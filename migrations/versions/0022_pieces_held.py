@@ -9,21 +9,24 @@ accrual. Now a `clawback` or `release` transaction is refused unless:
 - it names its piece (`accrual_id`): an `accrual`, `cpa` or `override` transaction of the same
   partner, in the same currency, not reversed;
 - the piece's standing clawbacks (those not reversed) take no more than its amount;
-- what stands against its pending amount, the clawbacks from its partner's pending account and its
-  release, is no more than its amount;
+- what stands against its pending amount, the clawbacks from the account it credited (its
+  partner's pending account) and its release, is no more than its amount;
 - a release is the piece's only standing one.
 
 A piece's amount is its credit (an accrual is one transfer into the partner's pending account).
 Lines are written before their header, which seals them, so a header's trigger sees its lines and
-those of every transaction before it; on PostgreSQL an AFTER row trigger runs at the end of its
-statement, and so sees the totals the whole batch leaves, which are what must hold. Rows already
-written are left as they are: `revshare verify` names what breaks the rules (`piece_overdrawn`,
+those of every transaction before it; on PostgreSQL the trigger runs at the end of its statement,
+and so sees the totals the whole batch leaves, which are what must hold. Rows already written are
+left as they are: `revshare verify` names what breaks the rules (`piece_overdrawn`,
 `piece_link_broken`), and a `payout` transaction that no payout record names (`payout_unrecorded`).
 
 A partial index on `accrual_id` (the transactions posted against a piece: clawbacks, releases and
 won disputes' reinstatements; an accrual's is null) serves the trigger; the ingestion of paid
-invoices, whose accruals name no piece, does not write to it. SQLite: a row trigger after insert;
-PostgreSQL: a row trigger called only for clawbacks and releases (migration 0018's makers).
+invoices, whose accruals name no piece, does not write to it. SQLite: a row trigger after insert
+(migration 0018's maker), for clawbacks and releases only. PostgreSQL: a statement trigger (see
+`POSTGRES_GUARD`). Measured on 15,196 releases in one transaction (10,000 paid invoices, 200
+partners): the check adds about 10 µs to a release's 160-190 µs on PostgreSQL, and within noise on
+SQLite; about 18 µs to a single payment's posting on PostgreSQL, which holds no clawback or release.
 
 Revision ID: 0022
 Revises: 0021
