@@ -41,7 +41,7 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, func, select, text
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
@@ -324,25 +324,47 @@ def _standing(c) -> ColumnElement[bool]:
     return ~select(r.c.id).where(r.c.reverses_id == c.id).exists()
 
 
+# A clawback or release `n` whose piece is not one it may name (migration 0022 refuses such a row): the
+# one credit line `m` of an accrual, CPA or override of n's partner and invoice, on that partner's
+# pending account; n's lines in m's currency, on the accounts of its kind (a clawback debits pending
+# or available and credits expense:commission, a release debits pending and credits available); and
+# the piece not reversed while n stands. An account's name is read by the line's account id, a
+# subquery of its own: joined by name, SQLite and PostgreSQL would read the account's lines by the
+# balance index.
+_PIECE_LINK_BROKEN = """
+SELECT n.id, n.kind, n.accrual_id FROM journal_transactions n
+WHERE n.kind IN ('clawback', 'release') AND (n.accrual_id IS NULL OR n.partner_id IS NULL OR NOT EXISTS (
+  SELECT 1 FROM journal_lines m JOIN journal_transactions p ON p.id = m.transaction_id
+  WHERE m.transaction_id = n.accrual_id AND m.side = 'C'
+    AND (SELECT pa.name FROM accounts pa WHERE pa.id = m.account_id)
+        = 'liability:partner:' || n.partner_id || ':' || 'pending'
+    AND NOT EXISTS (SELECT 1 FROM journal_lines m2 WHERE m2.transaction_id = m.transaction_id AND m2.side = 'C'
+                    AND m2.id <> m.id)
+    AND p.kind IN ('accrual', 'cpa', 'override') AND p.partner_id = n.partner_id
+    AND (p.invoice_id = n.invoice_id OR p.invoice_id IS NULL AND n.invoice_id IS NULL)
+    AND NOT EXISTS (SELECT 1 FROM journal_lines o WHERE o.transaction_id = n.id AND (o.currency <> m.currency
+      OR NOT (o.side = 'D' AND (o.account_id = m.account_id OR n.kind = 'clawback'
+                                AND (SELECT a.name FROM accounts a WHERE a.id = o.account_id)
+                                    = 'liability:partner:' || n.partner_id || ':' || 'available')
+              OR o.side = 'C' AND (SELECT a.name FROM accounts a WHERE a.id = o.account_id)
+                                  = CASE n.kind WHEN 'clawback' THEN 'expense:commission'
+                                    ELSE 'liability:partner:' || n.partner_id || ':' || 'available' END)))
+    AND (NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = p.id)
+         OR EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = n.id))))
+ORDER BY n.id"""
+
+
 def verify_piece_links(session: Session) -> list[Problem]:
     """Each clawback and release names its piece (`accrual_id`): an accrual, CPA or override of the
-    same partner, in its currency, and one that is not reversed while the clawback or release stands
-    (reversing a piece reverses what stands against it first). Migration 0022 holds it for new rows."""
-    c, p = journal_transactions.alias("c"), journal_transactions.alias("p")
-    lines, piece_lines = journal_lines.alias("l"), journal_lines.alias("m")
-    other_currency = (select(lines.c.id).where(lines.c.transaction_id == c.c.id, lines.c.currency.not_in(
-        select(piece_lines.c.currency).where(piece_lines.c.transaction_id == c.c.accrual_id))).exists())
-    piece_reversed = ~_standing(p.c)
-    rows = session.execute(
-        select(c.c.id, c.c.kind, c.c.accrual_id).outerjoin(p, p.c.id == c.c.accrual_id)
-        .where(c.c.kind.in_(PIECE_KINDS), p.c.id.is_(None) | p.c.kind.not_in(EARNING_KINDS)
-               | p.c.partner_id.is_distinct_from(c.c.partner_id) | c.c.partner_id.is_(None) | other_currency
-               | (piece_reversed & _standing(c.c)))
-        .order_by(c.c.id))
+    same partner and invoice, one transfer into the partner's pending account; its own lines are in
+    the piece's currency and on the accounts of its kind; and the piece is not reversed while the
+    clawback or release stands (reversing a piece reverses what stands against it first). Migration
+    0022 holds it for new rows."""
     return [Problem(transaction_id, "piece_link_broken",
-                    f"a {kind} naming {'no accrual' if accrual_id is None else f'transaction {accrual_id}'}, "
-                    "which is not a standing accrual, CPA or override of its partner and currency")
-            for transaction_id, kind, accrual_id in rows]
+                    f"a {kind} naming {'no accrual' if accrual_id is None else f'transaction {accrual_id}'}, which "
+                    "is not a standing accrual, CPA or override of its partner, invoice and currency; or its lines "
+                    f"are on accounts a {kind} does not use")
+            for transaction_id, kind, accrual_id in session.execute(text(_PIECE_LINK_BROKEN))]
 
 
 def verify_pieces_within(session: Session) -> list[Problem]:

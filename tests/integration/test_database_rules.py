@@ -418,7 +418,7 @@ def test_an_adjustment_is_dated_at_most_five_minutes_after_it_was_recorded(booke
 # ---- what is posted against a piece stays within it (migration 0022) ----
 
 AVAILABLE = chart.available("northwind")
-WITHIN_ITS_PIECE = "a clawback or release names a live accrual of its partner and currency"
+WITHIN_ITS_PIECE = "a clawback or release names a live accrual of its partner"
 
 
 @pytest.fixture
@@ -437,15 +437,16 @@ def pieces(database):
 
 
 def against(transaction_id: int, kind: str, amount: int, *, piece: int | None = 1, partner: str | None = "northwind",
-            from_account: str = PENDING, currency: str = "USD"):
+            from_account: str = PENDING, to_account: str | None = None, currency: str = "USD",
+            invoice: str | None = None):
     """A clawback (to the expense account) or a release (to available) of `amount` against `piece`."""
     def post(connection):
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-        to_account = chart.EXPENSE_COMMISSION if kind == "clawback" else AVAILABLE
+        credit = to_account or (chart.EXPENSE_COMMISSION if kind == "clawback" else AVAILABLE)
         insert_line(connection, transaction_id, ids[from_account], "D", amount, currency=currency)
-        insert_line(connection, transaction_id, ids[to_account], "C", amount, currency=currency)
+        insert_line(connection, transaction_id, ids[credit], "C", amount, currency=currency)
         insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", kind=kind,
-                      accrual_id=piece, partner_id=partner)
+                      accrual_id=piece, partner_id=partner, invoice_id=invoice)
     return post
 
 
@@ -466,12 +467,42 @@ def test_a_reversed_clawback_no_longer_counts_against_its_piece(pieces):
 
 @pytest.mark.parametrize("kind", ["clawback", "release"])
 @pytest.mark.parametrize("wrong", ["no piece", "no partner", "not a piece", "another partner's piece",
-                                   "another currency"])
-def test_a_clawback_or_release_names_a_piece_of_its_partner_and_currency(pieces, kind, wrong):
+                                   "another currency", "another invoice", "another partner's account",
+                                   "a credit to the partner"])
+def test_a_clawback_or_release_names_a_piece_of_its_partner_and_invoice_on_the_accounts_of_its_kind(
+        pieces, kind, wrong):
     named = {"no piece": dict(piece=None), "no partner": dict(partner=None), "not a piece": dict(piece=3),
-             "another partner's piece": dict(piece=2), "another currency": dict(currency="EUR")}[wrong]
+             "another partner's piece": dict(piece=2), "another currency": dict(currency="EUR"),
+             "another invoice": dict(invoice="inv-2"), "another partner's account": dict(
+                 from_account=chart.pending("southwind")),
+             "a credit to the partner": dict(to_account=PENDING, from_account=chart.EXPENSE_COMMISSION)}[wrong]
     refused(pieces, against(4, kind, 10, **named), WITHIN_ITS_PIECE)
     accepted(pieces, against(4, kind, 10))
+
+
+def test_a_piece_is_one_credit_to_its_partners_pending_account(pieces):
+    def split_accrual(connection):  # 100 USD, half to pending and half to available
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        insert_line(connection, 4, ids[chart.EXPENSE_COMMISSION], "D", 100)
+        insert_line(connection, 4, ids[PENDING], "C", 50)
+        insert_line(connection, 4, ids[AVAILABLE], "C", 50)
+        insert_header(connection, 4, head_hash(connection), key="raw-4", kind="accrual", partner_id="northwind")
+    accepted(pieces, split_accrual)
+    refused(pieces, against(5, "clawback", 10, piece=4), WITHIN_ITS_PIECE)
+    accepted(pieces, against(5, "clawback", 10, piece=1))
+
+
+def test_a_piece_is_reversed_after_what_stands_against_it(pieces):
+    accepted(pieces, against(4, "clawback", 30))
+    accepted(pieces, against(5, "release", 70))
+    for standing in (4, 5):
+        with pytest.raises(sa.exc.DBAPIError, match="an accrual is reversed after the clawbacks and release"):
+            with pieces.transaction() as session:
+                journal.reverse(session, 1, reason="posted in error")
+        with pieces.transaction() as session:
+            journal.reverse(session, standing, reason="first what stands against it")
+    with pieces.transaction() as session:
+        journal.reverse(session, 1, reason="posted in error")
 
 
 def test_a_reversed_piece_is_neither_clawed_nor_released(pieces):

@@ -30,7 +30,7 @@ def test_every_journal_guard_trigger_exists(database):
             ("partners", "partner_statuses", "partner_plans", "plan_versions")} <= names
     assert any(name.startswith("trg_program_revision_") for name in names)
     assert {"trg_revenue_events_within_invoice", "trg_period_closes_statement_documents",
-            "trg_journal_transactions_adjustment_in_time"} <= names
+            "trg_journal_transactions_adjustment_in_time", "trg_journal_transactions_within_its_piece"} <= names
     for table in ("accounts", "journal_transactions", "journal_lines"):
         assert any(name.startswith(f"trg_{table}_no_") for name in names), table
 

@@ -375,14 +375,15 @@ def test_the_guard_of_what_is_posted_against_a_piece_reads_it_by_index(database)
         [plan] = plans_while(database, release, ("FROM added n WHERE n.kind IN ('clawback', 'release') AND",))
         assert not JOURNAL_SCAN.search(plan), plan
         assert "Index Scan using ix_journal_transactions_accrual_id on journal_transactions" in plan, plan
+        assert "ix_journal_lines_balance" not in plan, plan  # no account's lines read
         return
     with database.transaction() as session:
         assert release(session) > 0
     with database.engine.connect() as connection:
-        release_id, piece_id, partner_id = connection.exec_driver_sql(
-            "SELECT id, accrual_id, partner_id FROM journal_transactions WHERE kind = 'release' LIMIT 1").one()
-        condition = re.sub(r"\bn\.(\w+)\b", lambda found: {"id": str(release_id), "accrual_id": str(piece_id),
-                                                            "partner_id": f"'{partner_id}'"}[found[1]], PIECE_GUARD)
+        release = connection.exec_driver_sql("SELECT id, accrual_id, partner_id, invoice_id, kind"
+                                             " FROM journal_transactions WHERE kind = 'release' LIMIT 1").one()
+        values = {name: repr(value) for name, value in release._mapping.items()}  # SQL literals, ints and texts
+        condition = re.sub(r"\bn\.(\w+)\b", lambda found: values[found[1]], PIECE_GUARD)
         plan = "\n".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN SELECT {condition}"))
     assert "SEARCH c USING INDEX ix_journal_transactions_accrual_id (accrual_id=?)" in plan, plan
     assert not re.search(r"SCAN (?!CONSTANT)|ix_journal_lines_balance", plan), plan

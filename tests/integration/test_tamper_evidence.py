@@ -357,3 +357,16 @@ def test_a_payout_posting_with_no_payout_record_is_named(enrolled):
     with behind_the_triggers(database) as execute:
         execute(f"DELETE FROM payouts WHERE id = {payout.id}")
     assert problems(database) == {(payout.transaction_id, "payout_unrecorded")}
+
+
+@pytest.mark.parametrize("altered", ["its invoice", "the partner it debits"])
+def test_a_clawback_moved_off_its_piece_is_named(accrued, altered):
+    clawback_id, _, _ = a_clawback(accrued)
+    with accrued.engine.connect() as connection:
+        globex_pending = connection.exec_driver_sql(
+            f"SELECT id FROM accounts WHERE name = '{chart.pending('globex')}'").scalar_one()
+    with behind_the_triggers(accrued) as execute:
+        execute({"its invoice": f"UPDATE journal_transactions SET invoice_id = 'inv-other' WHERE id = {clawback_id}",
+                 "the partner it debits": f"UPDATE journal_lines SET account_id = {globex_pending}"
+                                          f" WHERE transaction_id = {clawback_id} AND side = 'D'"}[altered])
+    assert (clawback_id, "piece_link_broken") in problems(accrued)
