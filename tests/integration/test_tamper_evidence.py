@@ -192,13 +192,20 @@ def test_a_line_amount_that_is_not_an_integer_is_named_not_a_crash(sqlite_databa
     assert (1, "not_an_integer") in problems(sqlite_database)
 
 
-def test_a_payout_record_altered_from_its_posting_is_named(enrolled):
+@pytest.fixture
+def paid_out(enrolled):
+    """northwind paid 200.00 by a payout run; southwind enrolled beside it. (database, the payout)"""
     database = enrolled
     with database.transaction() as session:
         partners.create_partner(session, "southwind", "Southwind", "msp", "standard")
         payouts.adjust(session, "northwind", "available", 20_000, "USD", "earned", effective_at_us=1_000)
         [payout] = payouts.run_payouts(session, 2_000).payouts
     assert problems(database) == set()
+    return database, payout
+
+
+def test_a_payout_record_altered_from_its_posting_is_named(paid_out):
+    database, payout = paid_out
     with behind_the_triggers(database) as execute:
         execute(f"UPDATE payouts SET partner_id = 'southwind', amount_minor = 100000 WHERE id = {payout.id}")
     assert problems(database) == {(payout.transaction_id, "payout_mismatch")}
@@ -348,12 +355,8 @@ def test_a_clawback_that_stands_against_a_reversed_piece_is_named(accrued):
     assert (clawback_id, "piece_link_broken") in problems(accrued)
 
 
-def test_a_payout_posting_with_no_payout_record_is_named(enrolled):
-    database = enrolled
-    with database.transaction() as session:
-        payouts.adjust(session, "northwind", "available", 20_000, "USD", "earned", effective_at_us=1_000)
-        [payout] = payouts.run_payouts(session, 2_000).payouts
-    assert problems(database) == set()
+def test_a_payout_posting_with_no_payout_record_is_named(paid_out):
+    database, payout = paid_out
     with behind_the_triggers(database) as execute:
         execute(f"DELETE FROM payouts WHERE id = {payout.id}")
     assert problems(database) == {(payout.transaction_id, "payout_unrecorded")}
