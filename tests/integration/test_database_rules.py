@@ -480,6 +480,21 @@ def test_a_clawback_or_release_names_a_piece_of_its_partner_and_invoice_on_the_a
     accepted(pieces, against(4, kind, 10))
 
 
+def test_a_piece_is_an_accrual_cpa_or_override_of_its_partner_into_its_pending_account(pieces):
+    def raw(transaction_id: int, kind: str, debit: str, credit: str, partner: str):
+        def post(connection):
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            raw_transfer(connection, transaction_id, ids[debit], ids[credit], kind=kind, partner_id=partner)
+        return post
+    accepted(pieces, raw(4, "adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "northwind"))  # no earning
+    accepted(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, PENDING, "southwind"))  # another partner's
+    accepted(pieces, raw(6, "accrual", chart.EXPENSE_COMMISSION, AVAILABLE, "northwind"))  # not into pending
+    for piece in (4, 5, 6):
+        refused(pieces, against(7, "clawback", 10, piece=piece, from_account=AVAILABLE), WITHIN_ITS_PIECE)
+        refused(pieces, against(7, "clawback", 10, piece=piece), WITHIN_ITS_PIECE)
+    accepted(pieces, against(7, "clawback", 10, piece=1, from_account=AVAILABLE))
+
+
 def test_a_piece_is_one_credit_to_its_partners_pending_account(pieces):
     def split_accrual(connection):  # 100 USD, half to pending and half to available
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
