@@ -21,7 +21,8 @@ is as the chart of accounts has it (`verify_accounts`). And the queue of holds a
 (`verify_holds`): each queued hold is an accrual's, with its maturity, and each partner's pending
 balance is what its queued pieces hold, so no hold has left the queue unreleased; a customer's
 CPA bounty posted once (`verify_bounties`); each clawback and release against a standing piece of
-its partner and currency (`verify_piece_links`), within the piece's amount (`verify_pieces_within`);
+its partner, invoice and currency, on the accounts of its kind (`verify_piece_links`), within the
+piece's amount (`verify_pieces_within`);
 and every payout posting with its payout record (`verify_payouts_recorded`). All of it reads
 one snapshot. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.

@@ -114,7 +114,7 @@ REVERSED_MESSAGE = "journal_transactions: an accrual is reversed after the clawb
 # statement, the check cost the function about 90 µs a call, though the query itself ran in 4 µs
 # (pg_stat_statements): a statement with no clawback or release, such as a payment's posting, stops
 # after a small query (18 µs a call).
-BY_INDEX = "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
+BY_INDEX = "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"  # 0019's, as of it
 POSTGRES_GUARD = f"""
 CREATE FUNCTION journal_transactions_within_its_piece() RETURNS trigger LANGUAGE plpgsql {BY_INDEX} AS $$
 BEGIN
