@@ -9,6 +9,7 @@ from ledger import journal, partners, periods, plans
 from ledger.balances import partner_balances
 from ledger.db import Database
 from ledger.statements import statement
+from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
 from tests.program import PLAN, at
 
 pytestmark = pytest.mark.postgres
@@ -101,3 +102,31 @@ def test_the_application_role_may_not_rewrite_the_books(app_database, statement)
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
         with app_database.engine.begin() as connection:
             connection.exec_driver_sql(statement)
+
+
+def test_a_temporary_table_does_not_stand_in_for_the_books_in_the_guards(app_database):
+    # PostgreSQL searches a session's temporary schema first unless the search path names it: an
+    # empty `period_closes` of the role's own must not open a closed month to a raw posting.
+    with app_database.transaction() as session:
+        journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, chart.available("p4"), "USD",
+                                                100, effective_at_us=at("2026-01-10"), idempotency_key="jan")])
+        periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
+
+    def into_january(connection):
+        connection.exec_driver_sql("CREATE TEMP TABLE period_closes (ends_at_us bigint)")
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        insert_line(connection, 2, ids[chart.EXPENSE_ADJUSTMENT], "D", 100, at=at("2026-01-20"))
+        insert_line(connection, 2, ids[chart.available("p4")], "C", 100, at=at("2026-01-20"))
+        insert_header(connection, 2, head_hash(connection), at=at("2026-01-20"), recorded=at("2026-02-02"))
+    refused(app_database, into_january, "closed period")
+
+
+def test_every_function_of_the_schema_reads_it_before_temporary_objects(postgres_database):
+    with postgres_database.reader() as session:
+        unpinned = session.execute(sa.text(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'public' AND NOT coalesce('search_path=public, pg_temp' = ANY(p.proconfig), false) "
+            "ORDER BY 1")).scalars().all()
+        assert session.execute(sa.text("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                                       "WHERE n.nspname = 'public'")).scalar() > 40
+    assert unpinned == []

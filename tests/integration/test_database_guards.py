@@ -29,14 +29,15 @@ def insert_line(connection, transaction_id, account_id, side, amount, at=5, curr
 
 def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="adjustment",
                   reverses_id=None, original=None, customer_id=None, accrual_id=None, partner_id=None,
-                  invoice_id=None):
+                  invoice_id=None, recorded=1):
     connection.execute(sa.text(
         f"{verb} INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us, "
         "idempotency_key, request_hash, prev_hash, hash, reverses_id, customer_id, accrual_id, partner_id, "
-        "invoice_id) VALUES (:id, :kind, :at, :original, 1, :key, :h, :prev, :h, :reverses, :customer, :accrual, "
-        ":partner, :invoice)"),
+        "invoice_id) VALUES (:id, :kind, :at, :original, :recorded, :key, :h, :prev, :h, :reverses, :customer, "
+        ":accrual, :partner, :invoice)"),
         dict(id=transaction_id, kind=kind, at=at, original=original, key=key, h="f" * 64, prev=prev_hash,
-             reverses=reverses_id, customer=customer_id, accrual=accrual_id, partner=partner_id, invoice=invoice_id))
+             reverses=reverses_id, customer=customer_id, accrual=accrual_id, partner=partner_id, invoice=invoice_id,
+             recorded=recorded))
 
 
 def refused(database, statements, match: str):
