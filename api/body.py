@@ -48,24 +48,25 @@ def check_body() -> None:
 def json_body() -> Any:
     """The request's JSON body, parsed once; None when the body is empty."""
     if "json_body" not in g:
-        data = _body_bytes()
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        # Werkzeug stops a body without a declared length at the limit silently; treat reaching it as over.
-        if request.content_length is None and len(data) >= limit:
-            raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
-        g.json_body = _parse(data)
+        g.json_body = _parse(_body_bytes())
     return g.json_body
 
 
 def _body_bytes() -> bytes:
-    """The body as sent. Framing the server cannot read (a chunk size that is not hexadecimal, say:
-    gunicorn raises its own exception for it) is the client's error, a 400, not a 500."""
+    """The body as sent, read once. Framing the server cannot read (a chunk size that is not
+    hexadecimal, say: gunicorn raises its own exception for it) is the client's error, a 400, not a
+    500. Werkzeug stops a body without a declared length at the limit silently: reaching it is a 413,
+    whatever the part read holds (white space alone would otherwise pass for no body)."""
     try:
-        return request.get_data(cache=True)
+        data = request.get_data(cache=True)
     except HTTPException:
         raise
     except Exception as error:  # noqa: BLE001 - whatever the server's reader raises for a malformed body
         raise BadRequest(f"The request body could not be read: {str(error)[:120]}") from None
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and len(data) >= limit:
+        raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
+    return data
 
 
 def _parse(data: bytes) -> Any:
