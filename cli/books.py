@@ -133,6 +133,10 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
     from ledger.importer import detect_format, import_stream, open_events
 
     with open_events(path) as stream:
+        if not stream.seekable():  # a pipe: its start, read to choose the format, could not be read again
+            click.echo(f"error: PATH: {path!r} cannot be read twice (a pipe, a terminal or a process "
+                       "substitution): save the events to a file and import that", err=True)
+            sys.exit(2)
         head = stream.read(256).removeprefix("\ufeff")
         chosen = detect_format(path, head) if file_format == "auto" else file_format
         stream.seek(0)

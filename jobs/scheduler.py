@@ -12,6 +12,7 @@ the scheduler itself never stops on a job's failure.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
 from apscheduler.schedulers.base import BaseScheduler
@@ -25,11 +26,16 @@ from ledger.settings import Settings
 
 log = logging.getLogger("revshare.scheduler")
 MISFIRE_GRACE_SECONDS = 3600
+# The release job runs on a grid of its interval from this origin (on the hour, hourly), not counted
+# from the scheduler's start: counted so, every restart put the next release a whole interval off,
+# and a scheduler restarted more often than that (deploys, a supervisor) never released a hold.
+RELEASE_GRID_ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def triggers(settings: Settings) -> dict:
     return {
-        "release_holds": IntervalTrigger(minutes=settings.release_interval_minutes, timezone="UTC"),
+        "release_holds": IntervalTrigger(minutes=settings.release_interval_minutes, start_date=RELEASE_GRID_ORIGIN,
+                                         timezone="UTC"),
         "close_periods": CronTrigger(hour=0, minute=30, timezone="UTC"),
         "payout_run": CronTrigger(hour=1, timezone="UTC"),  # the body knows the day (jobs.bodies.payout_run)
         "verify": CronTrigger(hour=3, minute=0, timezone="UTC"),

@@ -446,3 +446,15 @@ def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run
     assert f"posted: {len(events) - interrupted}" in rerun.output, rerun.output
     assert invoke(clean.url, "import", str(path)).exit_code == 0
     assert audited_books(killed) == audited_books(clean)
+
+
+def test_importing_from_a_pipe_is_a_clear_error_not_a_traceback(seeded, tmp_path):
+    # `revshare import /dev/stdin < file` reads a file; `producer | revshare import /dev/stdin` (or a
+    # process substitution) reads a pipe, which cannot be read twice: the format is sniffed first.
+    data = write_ndjson(tmp_path / "events.ndjson", monthly_events(months=1)).read_bytes()
+    piped = subprocess.run([REVSHARE, "import", "/dev/stdin"], input=data, capture_output=True, timeout=60,
+                           env={**os.environ, "REVSHARE_DATABASE_URL": seeded.url})
+    assert piped.returncode == 2, piped.stderr
+    assert b"Traceback" not in piped.stderr and b"error: PATH: '/dev/stdin' cannot be read twice" in piped.stderr
+    with seeded.reader() as session:
+        assert session.execute(select(func.count()).select_from(revenue_events)).scalar_one() == 0

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -12,7 +13,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 
 from jobs import bodies
-from jobs.scheduler import build_scheduler
+from jobs.scheduler import build_scheduler, triggers
 from ledger import holds, revenue
 from ledger.balances import partner_balances
 from ledger.periods import close_period, list_periods
@@ -230,3 +231,16 @@ def test_the_production_schedule_has_one_entry_per_job_with_no_overlap(sqlite_da
     assert sorted(jobs) == ["close_periods", "payout_run", "release_holds", "verify"]
     assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
     assert str(jobs["payout_run"].trigger) == "cron[hour='1']"  # daily: the body knows the day
+
+
+def test_the_release_job_s_times_do_not_move_when_the_scheduler_restarts():
+    # Counted from each start, the first release came a whole interval after every restart: a
+    # scheduler restarted more often than that (deploys, a supervisor) never released a hold.
+    settings = Settings.build(database_url="sqlite://", release_interval_minutes=1440)
+    now = datetime.now(timezone.utc)
+    first = triggers(settings)["release_holds"].get_next_fire_time(None, now)
+    time.sleep(0.01)  # a restart
+    again = triggers(settings)["release_holds"].get_next_fire_time(None, now)
+    assert first == again and now <= first <= now + timedelta(days=1)
+    hourly = triggers(Settings.build(database_url="sqlite://"))["release_holds"].get_next_fire_time(None, now)
+    assert (hourly.minute, hourly.second, hourly.microsecond) == (0, 0, 0)  # on the hour
