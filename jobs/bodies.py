@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from ledger import holds, payouts, periods, verify
-from ledger.db import Database, is_postgres
+from ledger.db import Database, is_postgres, lock_journal
 from ledger.instants import add_months, format_instant, from_us, next_period, period_bounds_us, period_of, to_us
 from ledger.journal import now_us as clock_now_us
 from ledger.settings import Settings
@@ -129,9 +129,12 @@ def run_job(database: Database, name: str, body: Callable[[Session, int], dict],
 @contextlib.contextmanager
 def _job_transaction(database: Database, name: str) -> Iterator[Session]:
     """A writer transaction under the job's lock: on SQLite the write lock (`BEGIN IMMEDIATE`), on
-    PostgreSQL a transaction-scoped advisory lock of the job's own, before the journal lock."""
+    PostgreSQL a transaction-scoped advisory lock of the job's own, then the journal lock, before the
+    body reads anything: a close or payout run made by hand meanwhile is then seen by the body (which
+    reads the latest close and run to choose its work) instead of refusing the job's own as a conflict."""
     with database.transaction() as session:
         if is_postgres(session):
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                             {"key": JOB_LOCK_BASE + zlib.crc32(name.encode())})
+            lock_journal(session)
         yield session

@@ -10,12 +10,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from jobs import bodies
 from jobs.scheduler import build_scheduler, triggers
 from ledger import holds, revenue
 from ledger.balances import partner_balances
+from ledger.db import JOURNAL_LOCK_KEY
 from ledger.periods import close_period, list_periods
 from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts, period_closes
@@ -196,6 +197,22 @@ def test_two_schedulers_running_a_job_at_once_post_once(postgres_database, job):
     assert kinds["release"] == 24 and sum(r["released"] for r in results) == 24 - 2  # 2 by the refund
     if job == "payout_run":
         assert sorted(r["replayed"] for r in results) == [False, True] and payout_rows == 1
+
+
+@pytest.mark.postgres
+def test_a_job_reads_under_the_journal_lock(postgres_database):
+    # The close and payout bodies choose their work from the latest close and run: read before the
+    # lock, a close made by hand meanwhile made the job's own close of that period a conflict.
+    probes = []
+
+    def probe(session, at_us):
+        with postgres_database.engine.connect() as other:
+            probes.append(other.execute(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                        {"key": JOURNAL_LOCK_KEY}).scalar_one())
+            other.rollback()
+        return {}
+    bodies.run_job(postgres_database, "close_periods", probe, at("2026-06-01"))
+    assert probes == [False]
 
 
 def test_a_failing_job_is_logged_and_the_scheduler_keeps_running(sqlite_database, caplog):
