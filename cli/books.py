@@ -120,7 +120,7 @@ def demo(settings: Settings) -> None:
 
 
 @click.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto",
               show_default=True, help="auto: by the file name's extension (.csv; .ndjson, .jsonl, .json), "
                                       "else NDJSON when the file starts with '{' and CSV otherwise.")
@@ -128,26 +128,25 @@ def demo(settings: Settings) -> None:
               help="Events per transaction; each committed batch stands if the import is stopped.")
 @click.pass_obj
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
-    """Import revenue events from an NDJSON or CSV file (UTF-8). Safe to run again: nothing applies
-    twice. Exits 1 when any event was refused."""
+    """Import revenue events from an NDJSON or CSV file (UTF-8), or from standard input when PATH is
+    '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused."""
     from ledger.importer import detect_format, import_stream, open_events
 
     with open_events(path) as stream:
-        if not stream.seekable():  # a pipe: its start, read to choose the format, could not be read again
-            click.echo(f"error: PATH: {path!r} cannot be read twice (a pipe, a terminal or a process "
-                       "substitution): save the events to a file and import that", err=True)
-            sys.exit(2)
-        head = stream.read(256).removeprefix("\ufeff")
+        # The start is peeked at, not read, so a pipe (standard input, a process substitution) works as
+        # a file does; it has no size, so there is no progress bar.
+        head = stream.buffer.peek(256)[:256].decode("utf-8", errors="ignore").removeprefix("\ufeff")
         chosen = detect_format(path, head) if file_format == "auto" else file_format
-        stream.seek(0)
-        size = os.path.getsize(path)
-        with opened(settings) as database, click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
+        size = os.fstat(stream.fileno()).st_size if stream.seekable() else 0
+        with opened(settings) as database, (click.progressbar(length=size, label="importing", file=sys.stderr)
+                                            if size else contextlib.nullcontext()) as bar:
             last = [0]
 
             def advance(_events: int) -> None:
-                position = stream.buffer.tell()
-                bar.update(max(0, position - last[0]))
-                last[0] = position
+                if bar is not None:
+                    position = stream.buffer.tell()
+                    bar.update(max(0, position - last[0]))
+                    last[0] = position
 
             summary = import_stream(database, stream, chosen, batch_size=batch_size, progress=advance)
     click.echo(f"read {summary.read} events")

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterator
@@ -62,8 +63,9 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 def open_events(path: str) -> IO[str]:
     """An import file as text, for `records`: UTF-8, with bytes that are not UTF-8 kept as lone
     surrogates (`_NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
-    left in place for the CSV reader (`newline=""`)."""
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+    left in place for the CSV reader (`newline=""`). `-` is standard input."""
+    file = sys.stdin.fileno() if path == "-" else path
+    return open(file, encoding="utf-8", errors="surrogateescape", newline="", closefd=path != "-")
 
 
 def _lines(stream: IO[str]) -> Iterator[str]:
