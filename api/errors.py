@@ -7,6 +7,9 @@ Three sources, mapped here once:
   names the error class, so clients can tell an idempotency conflict from another conflict;
 - HTTP errors (routing, auth, body checks, webargs validation): the status's standard title and a
   fixed detail; validation messages are flattened to dotted field paths (`events.3.amount`);
+- the database unreachable or busy (a lost connection, a lock or statement timeout, a serialization
+  failure: the driver's `OperationalError`): a 503 with `Retry-After`, logged, since a retry may
+  well succeed and is safe (revenue events are keyed by their id, other POSTs by `Idempotency-Key`);
 - anything unexpected: a 500 whose detail says nothing about internals (Flask has logged it).
 """
 
@@ -20,6 +23,7 @@ from typing import Any
 import flask_smorest
 from flask import Flask, Response, current_app
 from flask_smorest.utils import prepare_response
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemSchema
@@ -39,7 +43,9 @@ _DETAILS = {
     415: "The request body must be JSON (Content-Type: application/json).",
     422: "The request is invalid; `errors` names each field.",
     500: "An unexpected error occurred. It has been logged.",
+    503: "The database could not be reached or was busy. Retry the request.",
 }
+RETRY_AFTER_SECONDS = 1
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate")
 
 
@@ -148,5 +154,12 @@ class Api(flask_smorest.Api):
         self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, response, lazy=True)
 
 
+def unavailable(error: Exception) -> Response:
+    current_app.logger.error("database unavailable: %s", error, exc_info=error)
+    return problem(503, _DETAILS[503], headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def install(app: Flask) -> None:
     app.register_error_handler(DomainError, domain_problem)
+    app.register_error_handler(OperationalError, unavailable)
+    app.register_error_handler(InterfaceError, unavailable)

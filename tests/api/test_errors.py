@@ -1,15 +1,21 @@
 """Every error is application/problem+json; bad input is a 4xx naming what is wrong, never a 500."""
 
+import contextlib
 import io
 import json
+import sqlite3
 
 import pytest
+import sqlalchemy as sa
 from gunicorn.http.errors import InvalidChunkSize
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from ledger import journal
-from tests.api.conftest import BODY_LIMIT_BYTES, bearer, new_transaction
+from ledger import db, journal
+from ledger.db import Database
+from ledger.schema import journal_transactions
+from tests.api.books import event_body
+from tests.api.conftest import BODY_LIMIT_BYTES, bearer, enroll, make_app, make_keys, new_transaction
 
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
 
@@ -231,3 +237,47 @@ def test_a_body_that_is_not_a_json_object_is_refused_even_where_the_body_is_opti
     response = client.post("/v1/holds/release", data=body, content_type="application/json",
                            headers={"Authorization": f"Bearer {keys.finance}"})
     assert response.status_code == 422 and response.mimetype == "application/problem+json"
+
+
+@contextlib.contextmanager
+def unavailable(database: Database):
+    """The database out of reach while the block runs: on PostgreSQL it takes no connections (and
+    those open are ended); on SQLite another writer holds the write lock past the busy timeout."""
+    if database.engine.dialect.name == "postgresql":
+        name = database.engine.url.database
+        admin = sa.create_engine(database.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            connection.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        admin.dispose()
+    else:
+        writer = sqlite3.connect(database.engine.url.database, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            writer.rollback()
+            writer.close()
+
+
+def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(database_url, monkeypatch):
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 100)  # the writer's wait for the lock, before the error
+    database = Database(database_url)
+    enroll(database)
+    keys = make_keys(database)
+    client = make_app(database).test_client()
+    event = event_body("outage-1", "p1-customer", "inv-outage-1", "100.00", "2026-01-20")
+    assert client.get("/v1/partners/p1/balance", headers=bearer(keys.finance)).status_code == 200
+    with unavailable(database):
+        refused = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
+    body = assert_problem(refused, 503)
+    assert refused.headers["Retry-After"] == "1" and "Retry" in body["detail"]
+    retried = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
+    assert retried.status_code == 201 and retried.get_json()["status"] == "posted"
+    with database.reader() as session:
+        assert [t.kind for t in session.execute(sa.select(journal_transactions.c.kind)).all()] == ["accrual"]
+    database.dispose()
