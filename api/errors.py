@@ -2,7 +2,7 @@
 plus `errors: {field: [messages]}` on a 422 (always) and on any error that names fields (an
 idempotency conflict names the fields that differ).
 
-Three sources, mapped here once:
+Four sources, mapped here once:
 - domain errors (`ledger.errors.DomainError`): their own status, title, detail and fields; `type`
   names the error class, so clients can tell an idempotency conflict from another conflict;
 - HTTP errors (routing, auth, body checks, webargs validation): the status's standard title and a
