@@ -8,8 +8,8 @@ Four sources, mapped here once:
 - HTTP errors (routing, auth, body checks, webargs validation): the status's standard title and a
   fixed detail; validation messages are flattened to dotted field paths (`events.3.amount`);
 - the database unreachable or busy (a lost connection, a lock or statement timeout, a serialization
-  failure: the driver's `OperationalError`): a 503 with `Retry-After`, logged, since a retry may
-  well succeed and is safe (revenue events are keyed by their id, other POSTs by `Idempotency-Key`);
+  failure: `ledger.db.retryable`): a 503 with `Retry-After`, logged, since a retry may well succeed
+  and is safe (revenue events are keyed by their id, other POSTs by `Idempotency-Key`);
 - anything unexpected: a 500 whose detail says nothing about internals (Flask has logged it).
 """
 
@@ -21,12 +21,13 @@ from http import HTTPStatus
 from typing import Any
 
 import flask_smorest
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from flask_smorest.utils import prepare_response
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemSchema
+from ledger.db import retryable
 from ledger.errors import DomainError
 
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -154,12 +155,17 @@ class Api(flask_smorest.Api):
         self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, response, lazy=True)
 
 
-def unavailable(error: Exception) -> Response:
+def database_problem(error: DBAPIError) -> Response:
+    """A 503 to retry when the database was out of reach or busy (`ledger.db.retryable`); any other
+    error the driver raised (a statement the database refused, a table missing) is a 500."""
+    if not retryable(error):
+        current_app.logger.error("Exception on %s [%s]", request.path, request.method, exc_info=error)
+        return problem(500, _DETAILS[500])
     current_app.logger.error("database unavailable: %s", error, exc_info=error)
     return problem(503, _DETAILS[503], headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def install(app: Flask) -> None:
     app.register_error_handler(DomainError, domain_problem)
-    app.register_error_handler(OperationalError, unavailable)
-    app.register_error_handler(InterfaceError, unavailable)
+    app.register_error_handler(OperationalError, database_problem)
+    app.register_error_handler(InterfaceError, database_problem)

@@ -3,7 +3,8 @@
 GET, HEAD and OPTIONS requests read (`Database.reader()`); every other method writes
 (`Database.writer()`, which on SQLite begins with `BEGIN IMMEDIATE`, so writers queue instead of
 failing on a stale snapshot). The request owns the transaction, the domain never commits: a 2xx
-response commits, anything else rolls back, and a commit that fails becomes a 500 that rolls back.
+response commits, anything else rolls back, and a commit that fails becomes a 500 that rolls back
+(a 503 when the database was out of reach or busy: see `_end_transaction`).
 
 A view whose outcome is decided, and whose retry replays it, may commit before its response is
 built (`commit_now`): the revenue event routes do, so that their lock on the journal (SQLite's write
@@ -16,9 +17,11 @@ import contextlib
 from typing import Iterator
 
 from flask import Flask, Response, current_app, g, request
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from ledger.db import Database
+from api.errors import database_problem
+from ledger.db import Database, retryable
 from ledger.settings import Settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -64,12 +67,23 @@ def separate_transaction() -> Iterator[Session]:
 
 
 def _end_transaction(response: Response) -> Response:
+    """Commit a 2xx, roll back anything else. The database out of reach or busy at the commit is a 503
+    to retry (whether the commit took effect is unknown, and a retry replays it or applies it once);
+    a rollback on a connection that was lost has nothing left to undo."""
     session = g.get("db_session")
-    if session is not None:
+    if session is None:
+        return response
+    try:
         if 200 <= response.status_code < 300:
             session.commit()
         else:
             session.rollback()
+    except (OperationalError, InterfaceError) as error:
+        if not retryable(error):
+            raise
+        with contextlib.suppress(OperationalError, InterfaceError):
+            session.rollback()
+        return response if response.status_code >= 300 else database_problem(error)
     return response
 
 

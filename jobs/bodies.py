@@ -3,7 +3,7 @@
 Each runs inside one writer transaction opened by `run_job`, after the releases of the holds matured
 by its instant, which take transactions of their own (see `run_job`): on SQLite `BEGIN IMMEDIATE`
 takes the database's write lock up front; on PostgreSQL the job takes its own transaction-scoped
-advisory lock and the domain takes the journal lock. A second scheduler, or a rerun, therefore
+advisory lock, then the journal lock, before its body reads. A second scheduler, or a rerun, therefore
 waits and then finds the work done: releases are keyed by accrual, closes by period, payout runs
 by instant. (Two schedulers share a catch-up of releases between them, a transaction at a time.)
 """

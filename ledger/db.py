@@ -463,7 +463,30 @@ def _database_error(connection, sql: str, error: Exception) -> Exception:
     the caller's transaction fails as a whole)."""
     if TOTAL_OUT_OF_RANGE in str(error) or getattr(error, "sqlstate", None) == _OUT_OF_RANGE_SQLSTATE:
         return _out_of_range(f"would take an account's running total past {2**63 - 1:,} minor units")
-    return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect)
+    lost = connection.dialect.is_disconnect(error, connection.connection.dbapi_connection, None)
+    if lost:  # as SQLAlchemy does for its own statements: the pool will not hand the dead connection out again
+        connection.invalidate(error)
+    return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect,
+                               connection_invalidated=lost)
+
+
+# Driver errors a retry may well get past: SQLite's busy and locked (extended codes keep the primary
+# code in their low byte); PostgreSQL's SQLSTATE classes 08 (connection), 40 (serialization failure,
+# deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, statement timeout) and
+# 55P03 (lock not available), and the client's own connection failures, which carry no SQLSTATE.
+_SQLITE_RETRYABLE = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_SQLSTATE_RETRYABLE = ("08", "40", "53", "57", "55P03")
+
+
+def retryable(error: DBAPIError) -> bool:
+    """Whether `error` is the database out of reach or busy, rather than a statement it refused."""
+    if error.connection_invalidated:
+        return True
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if isinstance(error.orig, sqlite3.Error):
+        return code is not None and code & 0xFF in _SQLITE_RETRYABLE
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(_SQLSTATE_RETRYABLE)
 
 
 def _out_of_range(message: str) -> OutOfRange:

@@ -5,13 +5,13 @@ the session's search path, which PostgreSQL searches after the session's own tem
 application role may create temporary tables and types (PUBLIC holds TEMPORARY on a database by
 default), and so could stand an empty `period_closes` in for the real one and post into a closed
 month, or an empty `journal_transactions` for the seal's reads. Each function now runs with
-`search_path = public, pg_temp`, as those that run as their owner always have (0008, 0010, 0016):
+`search_path = public, pg_temp`, as those that run as their owner always have (0008, 0010, 0013, 0016):
 `pg_catalog` first, then the service's schema, temporary objects last. Functions added later are made
 that way (a test lists any that is not). SQLite has no roles and resolves a trigger's tables in its
 own schema: nothing to do.
 
 The setting costs a call about 2-4 µs (the search path is set and restored around it). The guards
-that run for every posting are statement triggers or conditional row triggers, about seven calls a
+that run for every posting are statement triggers or conditional row triggers, about eight calls a
 posting; see the README's performance section.
 
 Revision ID: 0023

@@ -5,6 +5,7 @@ import io
 import json
 import sqlite3
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from gunicorn.http.errors import InvalidChunkSize
@@ -281,3 +282,53 @@ def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(data
     with database.reader() as session:
         assert [t.kind for t in session.execute(sa.select(journal_transactions.c.kind)).all()] == ["accrual"]
     database.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("lost_at", ["read", "commit"])
+def test_a_connection_lost_within_a_request_is_a_503_to_retry(postgres_database, monkeypatch, lost_at):
+    # The request's own connection ends in the middle: at the posting's reads, which go straight
+    # through the driver, or at the commit the end of the request makes (a route that does not commit
+    # before its answer). Whether a lost commit took effect is unknown; the retry finds out.
+    enroll(postgres_database)
+    keys = make_keys(postgres_database)
+    client = make_app(postgres_database).test_client()
+    admin = sa.create_engine(postgres_database.engine.url, isolation_level="AUTOCOMMIT")
+    ended = []
+
+    def end(dbapi_connection) -> None:
+        if not ended:
+            ended.append(dbapi_connection.info.backend_pid)
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f"SELECT pg_terminate_backend({ended[0]})")
+    if lost_at == "read":
+        driver_results = db.driver_results
+
+        def ending(session, statements):
+            end(session.connection().connection.driver_connection)
+            return driver_results(session, statements)
+        monkeypatch.setattr(db, "driver_results", ending)
+        request = dict(path="/v1/revenue-events", headers=bearer(keys.billing),
+                       json=event_body("lost-1", "p1-customer", "inv-lost-1", "100.00", "2026-01-20"))
+    else:
+        sa.event.listen(postgres_database.engine, "commit", lambda connection: end(
+            connection.connection.driver_connection))
+        request = dict(path="/v1/holds/release", headers={**bearer(keys.finance), "Idempotency-Key": "lost"})
+    lost = client.post(**request)
+    assert ended and lost.status_code == 503 and lost.headers["Retry-After"] == "1"
+    assert client.post(**request).status_code in (200, 201)
+    admin.dispose()
+
+
+def test_a_statement_the_database_refuses_is_a_500_not_a_503(scratch, monkeypatch):
+    # SQLite says OperationalError for a missing table too, PostgreSQL for a function that ended
+    # without RETURN (2F005): no retry gets past those.
+    refusal = (sqlite3.OperationalError("no such table: nowhere") if scratch.database.engine.dialect.name == "sqlite"
+               else psycopg.errors.FunctionExecutedNoReturnStatement("control reached end of function"))
+
+    def broken(session, statements):
+        raise sa.exc.OperationalError("SELECT", {}, refusal)
+    monkeypatch.setattr(db, "driver_results", broken)
+    response = scratch.client.post("/v1/revenue-events", headers=bearer(scratch.keys.billing),
+                                   json=event_body("broken-1", "p1-customer", "inv-broken-1", "1.00", "2026-01-20"))
+    assert_problem(response, 500)
