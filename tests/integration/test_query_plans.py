@@ -361,7 +361,7 @@ def test_postgresql_guards_look_the_checked_rows_up_by_index_on_a_journal_of_any
             "WHERE proname IN ('journal_lines_refuse_sealed', 'journal_transactions_seal')").all())
     assert {name: sorted(config) for name, config in settings.items()} == dict.fromkeys(
         ("journal_lines_refuse_sealed", "journal_transactions_seal"),
-        ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off"])
+        ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off", "search_path=public, pg_temp"])
 
 
 def test_the_guard_of_what_is_posted_against_a_piece_reads_it_by_index(database):
