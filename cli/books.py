@@ -130,13 +130,12 @@ def demo(settings: Settings) -> None:
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
     """Import revenue events from an NDJSON or CSV file (UTF-8), or from standard input when PATH is
     '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused."""
-    from ledger.importer import detect_format, import_stream, open_events
+    from ledger.importer import detect_format, head, import_stream, open_events
 
     with open_events(path) as stream:
-        # The start is peeked at, not read, so a pipe (standard input, a process substitution) works as
-        # a file does; it has no size, so there is no progress bar.
-        head = stream.buffer.peek(256)[:256].decode("utf-8", errors="ignore").removeprefix("\ufeff")
-        chosen = detect_format(path, head) if file_format == "auto" else file_format
+        # A pipe (standard input, a process substitution) is read as a file is, once; it has no size,
+        # so there is no progress bar.
+        chosen = detect_format(path, head(stream)) if file_format == "auto" else file_format
         size = os.fstat(stream.fileno()).st_size if stream.seekable() else 0
         with opened(settings) as database, (click.progressbar(length=size, label="importing", file=sys.stderr)
                                             if size else contextlib.nullcontext()) as bar:

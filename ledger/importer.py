@@ -60,12 +60,47 @@ class Summary:
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
+HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order mark and a `{`
+
+
 def open_events(path: str) -> IO[str]:
     """An import file as text, for `records`: UTF-8, with bytes that are not UTF-8 kept as lone
     surrogates (`_NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
-    left in place for the CSV reader (`newline=""`). `-` is standard input."""
-    file = sys.stdin.fileno() if path == "-" else path
-    return open(file, encoding="utf-8", errors="surrogateescape", newline="", closefd=path != "-")
+    left in place for the CSV reader (`newline=""`). `-` is standard input. A stream that cannot
+    seek (a pipe) has its first `HEAD_BYTES` read ahead, however many writes its producer makes of
+    them, and given again from the start: `head` sees them as it sees a file's."""
+    raw = open(sys.stdin.fileno() if path == "-" else path, "rb", buffering=0, closefd=path != "-")
+    binary = io.BufferedReader(raw if raw.seekable() else _ReadAhead(raw))
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def head(stream: IO[str]) -> str:
+    """The first characters of a stream from `open_events`, without reading them (for `detect_format`)."""
+    return stream.buffer.peek(HEAD_BYTES)[:HEAD_BYTES].decode("utf-8", errors="ignore").removeprefix("\ufeff")
+
+
+class _ReadAhead(io.RawIOBase):
+    """A pipe's first `HEAD_BYTES` read up front, given first, then the rest of it."""
+
+    def __init__(self, source: io.RawIOBase) -> None:
+        self._source = source
+        self._ahead = b""
+        while len(self._ahead) < HEAD_BYTES and (chunk := source.read(HEAD_BYTES - len(self._ahead))):
+            self._ahead += chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._ahead:
+            return self._source.readinto(buffer)
+        size = min(len(buffer), len(self._ahead))
+        buffer[:size], self._ahead = self._ahead[:size], self._ahead[size:]
+        return size
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
 
 
 def _lines(stream: IO[str]) -> Iterator[str]:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from cli.main import main
 from ledger import revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
+from ledger.importer import detect_format, head, open_events
 from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.schema import journal_lines, journal_transactions, partners, revenue_events
 from ledger.trial_balance import trial_balance
@@ -451,8 +453,8 @@ def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run
 @pytest.mark.parametrize("path", ["-", "/dev/stdin"])
 @pytest.mark.parametrize("writer", [write_ndjson, write_csv], ids=["ndjson", "csv"])
 def test_importing_from_a_pipe_reads_what_the_file_holds(seeded, tmp_path, path, writer):
-    # `producer | revshare import -`: the format is chosen from the stream's first bytes, peeked at,
-    # not read, since a pipe cannot be read twice (a byte-order mark first, as some exporters write).
+    # `producer | revshare import -`: the format is chosen from the stream's first bytes, read ahead and
+    # given again, since a pipe cannot be read twice (a byte-order mark first, as some exporters write).
     events = monthly_events(months=3)
     source = writer(tmp_path / "events", events)
     source.write_bytes(b"\xef\xbb\xbf" + source.read_bytes())
@@ -464,3 +466,24 @@ def test_importing_from_a_pipe_reads_what_the_file_holds(seeded, tmp_path, path,
     # Every event the file holds was posted from the pipe, with the same content (else a 409, refused).
     from_file = invoke(seeded.url, "import", str(source), "--format", writer.__name__.removeprefix("write_"))
     assert from_file.exit_code == 0 and f"replayed: {len(events)}" in from_file.output
+
+
+def test_a_pipes_first_bytes_are_read_ahead_however_its_producer_writes_them():
+    # A producer that writes a byte-order mark, then its events a moment later: a single read of the
+    # pipe would see the mark alone, nothing to tell NDJSON from CSV by.
+    reader, writer = os.pipe()
+    os.write(writer, b"\xef\xbb\xbf")
+
+    def rest() -> None:
+        time.sleep(0.2)
+        os.write(writer, b'{"id": "e-1"}\n')
+        os.close(writer)
+    producer = threading.Thread(target=rest)
+    producer.start()
+    try:
+        with open_events(f"/dev/fd/{reader}") as stream:
+            assert detect_format("-", head(stream)) == "ndjson"
+            assert stream.read() == '\ufeff{"id": "e-1"}\n'  # all of it, from the start
+    finally:
+        producer.join()
+        os.close(reader)
