@@ -199,3 +199,9 @@ def test_billing_may_not_replace_an_attribution_but_finance_may_try(shared):
     assert billing.status_code == 403 and billing.mimetype == "application/problem+json"
     finance = shared.client.post("/v1/attributions", json=body, headers=bearer(shared.keys.finance))
     assert finance.status_code == 409  # the same start as the current attribution; nothing is written
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_matched_without_regard_to_case(shared, scheme):
+    response = shared.client.get("/v1/transactions?limit=1", headers={"Authorization": f"{scheme} {shared.keys.p1}"})
+    assert response.status_code == 200

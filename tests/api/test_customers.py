@@ -45,6 +45,14 @@ def test_only_finance_may_replace_an_attribution(call):
         (first, "2026-01-01", "2026-03-01"), (second, "2026-03-01", None)]
 
 
+def test_an_admin_may_replace_an_attribution(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first, "2026-01-01")
+    replaced = call.created("/v1/attributions", attribution(customer, second, "2026-03-01", replace=True), as_="admin")
+    assert (replaced["partner_id"], replaced["effective_from"]) == (second, "2026-03-01")
+    assert [a["partner_id"] for a in call.read(f"/v1/customers/{customer}")["attributions"]] == [first, second]
+
+
 @pytest.mark.parametrize("replace", ["yes", "true", 1, 0, None, [True]])
 def test_replace_is_a_json_boolean_or_a_422_naming_it(call, replace):
     customer, first, second = unique("cust"), call.partner(), call.partner()

@@ -159,6 +159,29 @@ def test_a_body_that_is_not_json_is_a_415(shared, content_type):
     assert_problem(response, 415)
 
 
+def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_a_413(shared):
+    body = b'{"reason": ""}'
+    for size, status in ((BODY_LIMIT_BYTES, 422), (BODY_LIMIT_BYTES + 1, 413)):
+        response = shared.client.post("/v1/transactions/1/reversal", data=body.ljust(size),
+                                      content_type="application/json", headers=bearer(shared.keys.finance))
+        assert_problem(response, status, errors=status == 422)
+
+
+def test_a_chunked_body_that_is_not_json_is_a_415(shared):
+    builder = EnvironBuilder("/v1/transactions/1/reversal", method="POST", content_type="text/plain",
+                             headers=bearer(shared.keys.finance), data=b'{"reason": "x"}')
+    environ = builder.get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True})
+    assert_problem(shared.client.open(Request(environ)), 415)
+
+
+def test_a_patch_body_that_is_not_json_is_a_415(shared):
+    response = shared.client.patch("/v1/partners/p1", data=b'{"status": "suspended"}', content_type="text/plain",
+                                   headers=bearer(shared.keys.finance))
+    assert_problem(response, 415)
+
+
 def test_a_json_suffix_media_type_is_json(scratch):
     transaction_id = new_transaction(scratch.database)
     response = scratch.client.post(f"/v1/transactions/{transaction_id}/reversal", data=b'{"reason": "duplicate"}',

@@ -11,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
-from ledger import idempotency
+from ledger import idempotency, partners
 from ledger.schema import api_keys, idempotency_records, journal_transactions
-from tests.api.conftest import bearer, make_app, new_transaction
+from tests.api.conftest import STANDARD_TERMS, bearer, make_app, new_transaction
+from tests.api.test_access import ROUTES
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
 
@@ -94,6 +95,65 @@ def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):
     elsewhere = post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key)
     assert elsewhere.status_code == 409
     assert set(elsewhere.get_json()["errors"]) == {"Idempotency-Key"}
+
+
+def test_the_same_key_without_a_body_on_another_path_is_a_409_naming_the_header(client, keys):
+    key = unique()
+    assert post(client, keys.finance, "/v1/holds/release", None, key).status_code == 200
+    for body in (None, {}):
+        elsewhere = post(client, keys.finance, "/v1/payout-runs", body, key)
+        assert elsewhere.status_code == 409 and "Idempotent-Replayed" not in elsewhere.headers
+        assert set(elsewhere.get_json()["errors"]) == {"Idempotency-Key"}
+    assert client.get("/v1/payouts", headers=bearer(keys.finance)).get_json()["items"] == []
+
+
+def _paid_payout(call) -> int:
+    call.event(unique("evt"), "p1-customer", unique("inv"), "250.00", "2026-01-10")
+    [payout] = call.created("/v1/payout-runs", {"at": "2026-02-10T00:00:00Z"})["payouts"]
+    return payout["id"]
+
+
+def keyed_post(name: str, call, database) -> tuple[str, dict | None, str]:
+    """(path, body, role) of a request named as in test_access.ROUTES that succeeds on the `fresh` books."""
+    usd = {"amount": "5.00", "currency": "USD"}
+    if name == "create api key":
+        return "/v1/api-keys", {"role": "billing"}, "admin"
+    if name == "create plan":
+        return "/v1/plans", {"id": unique("plan"), "name": "Plan", **STANDARD_TERMS}, "finance"
+    if name == "add plan version":
+        return "/v1/plans/standard/versions", {**STANDARD_TERMS, "effective_from": "2026-06-01"}, "finance"
+    if name == "create partner":
+        return "/v1/partners", {"id": unique("pt"), "name": "P", "type": "msp", "plan_id": "standard"}, "finance"
+    if name == "attribute":
+        return "/v1/attributions", {"customer_id": unique("cust"), "partner_id": "p1", "effective_from": "2026-01-01",
+                                    "source": "manual"}, "billing"
+    if name == "reverse transaction":
+        return f"/v1/transactions/{new_transaction(database)}/reversal", {"reason": "x"}, "finance"
+    if name == "adjust":
+        return "/v1/adjustments", {"partner_id": "p1", "account": "available", "amount": usd, "reason": "x"}, "finance"
+    if name in ("release holds", "run payouts"):
+        path = "/v1/holds/release" if name == "release holds" else "/v1/payout-runs"
+        return path, {"at": "2026-02-10T00:00:00Z"}, "finance"
+    if name in ("settle payout", "fail payout"):
+        return f"/v1/payouts/{_paid_payout(call)}/{name.split()[0]}", {"reason": "wire"}, "finance"
+    assert name == "close period", name
+    return "/v1/periods/2026-01/close", None, "finance"
+
+
+# Every POST but revenue events, whose id is their key (see test_revenue_events.py).
+KEYED_POSTS = sorted(name for name, route in ROUTES.items()
+                     if route.method == "POST" and not name.startswith("post revenue"))
+
+
+@pytest.mark.parametrize("name", KEYED_POSTS)
+def test_every_post_replays_a_retry_with_the_same_idempotency_key(fresh, database, name):
+    path, body, role = keyed_post(name, fresh, database)
+    key = {"Idempotency-Key": unique()}
+    first = fresh.post(path, body, as_=role, headers=key)
+    assert first.status_code in (200, 201) and "Idempotent-Replayed" not in first.headers, first.data
+    again = fresh.post(path, body, as_=role, headers=key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (first.status_code, "true"), again.data
+    assert again.get_json() == {**first.get_json(), **({"key": None} if name == "create api key" else {})}
 
 
 def test_keys_belong_to_the_api_key_that_sent_them(scratch):
@@ -216,3 +276,18 @@ def test_concurrent_reversals_with_different_keys_apply_once(server, scratch):
     results = race(server, path, scratch.keys.finance, {"reason": "together"}, keys)
     assert sorted(status for status, _, _ in results) == [201] + [409] * (CONCURRENT_REQUESTS - 1)
     assert reversals_of(scratch.database, original_id) == 1
+
+
+def test_concurrent_duplicate_adjustments_with_one_key_apply_once(server, scratch):
+    """An adjustment without `effective_at` is dated when it runs, so duplicates that ran side by side
+    would differ: they must wait for the first (`claim`) and replay it."""
+    partner_id = unique("pt")
+    with scratch.database.transaction() as session:
+        partners.create_partner(session, partner_id, "Partner", "msp", "standard")
+    body = {"partner_id": partner_id, "account": "available", "amount": {"amount": "1.00", "currency": "USD"},
+            "reason": "together"}
+    results = race(server, "/v1/adjustments", scratch.keys.finance, body, [unique()] * CONCURRENT_REQUESTS)
+    assert [status for status, _, _ in results] == [201] * CONCURRENT_REQUESTS, results
+    assert len({json.dumps(answer, sort_keys=True) for _, answer, _ in results}) == 1
+    balance = scratch.client.get(f"/v1/partners/{partner_id}/balance", headers=bearer(scratch.keys.finance))
+    assert [usd["available"] for usd in balance.get_json()["balances"]] == ["1.00"]

@@ -60,3 +60,19 @@ def test_a_known_key_is_answered_from_the_process_cache_until_it_expires(databas
     monkeypatch.setattr(auth, "PRINCIPAL_TTL_S", 0.0)
     database.shared.pop("principals")
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
+
+
+def test_a_cached_key_is_asked_again_once_its_entry_expires(database, client, keys, monkeypatch):
+    """The cache entry of a key lasts PRINCIPAL_TTL_S: after that a deleted key is a 401."""
+    import time
+    from types import SimpleNamespace
+
+    from api import auth
+
+    headers = {"Authorization": f"Bearer {keys.finance}"}
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200
+    _delete_key(database, keys.finance)
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200  # cached
+    later = time.monotonic() + auth.PRINCIPAL_TTL_S + 1
+    monkeypatch.setattr(auth, "time", SimpleNamespace(monotonic=lambda: later))
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401

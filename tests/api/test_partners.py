@@ -53,11 +53,26 @@ def test_finance_lists_every_partner_in_id_order_page_by_page(call):
         body = call.read("/v1/partners?limit=2" + (f"&cursor={cursor}" if cursor else ""))
         assert len(body["items"]) <= 2
         seen += [item["id"] for item in body["items"]]
+        assert len(seen) == len(set(seen)), seen  # a cursor that went nowhere would give a page again
         cursor = body["next_cursor"]
         if cursor is None:
             break
     assert seen == sorted(seen) and len(seen) == len(set(seen))
     assert set(mine) <= set(seen) and {"p1", "p2"} <= set(seen)
+
+
+def test_pages_continue_after_a_partner_id_of_the_greatest_length(fresh):
+    longest = "a_" + "x.y-" * 15 + "zz"  # 64 characters of the partner id alphabet
+    assert len(longest) == 64
+    fresh.partner(longest)
+    seen, cursor = [], None
+    for _ in range(4):  # three pages, and a fourth only if the cursor went nowhere
+        body = fresh.read("/v1/partners?limit=1" + (f"&cursor={cursor}" if cursor else ""))
+        seen += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [longest, "p1", "p2"] and cursor is None
 
 
 def test_a_partner_key_lists_only_its_own_partner(shared):
