@@ -272,7 +272,8 @@ def unavailable(database: Database):
         admin = sa.create_engine(database.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.exec_driver_sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-            connection.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            connection.exec_driver_sql(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
             try:
                 yield
             finally:
