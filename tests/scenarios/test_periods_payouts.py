@@ -167,6 +167,24 @@ def test_reset_writes_off_only_what_is_still_negative_after_the_releases_the_clo
     verified(books)
 
 
+
+@sqlite_only
+def test_the_write_off_follows_the_policy_of_the_plan_in_effect_at_the_periods_end_not_at_the_close(database):
+    books = Books(database)
+    books.plan("resetting", "0.20", negative_balance="reset")
+    books.plan("carrying", "0.20", negative_balance="carry_forward")
+    books.partner("was-reset", "resetting")
+    books.partner("was-carried", "carrying")
+    for partner_id in ("was-reset", "was-carried"):
+        adjust(database, partner_id, "available", -4_000, effective_at="2026-01-10")
+    books.change_plan("was-reset", "carrying", "2026-02-10")  # after January ended, before it is closed
+    books.change_plan("was-carried", "resetting", "2026-02-10")
+    close(database, "2026-01", now="2026-03-01")
+    assert [row.partner_id for row in transactions(database, "kind = 'writeoff'")] == ["was-reset"]
+    assert summary(database, "was-reset", "2026-01")[2] == ("0.00", "0.00")
+    assert summary(database, "was-carried", "2026-01")[2] == ("0.00", "-40.00")
+
+
 # ---- late events and reversals after a close ----
 
 def test_late_revenue_events_post_at_the_first_open_period_and_never_change_a_closed_one(database):
@@ -306,6 +324,20 @@ def test_a_close_releases_the_holds_maturing_before_the_periods_end_and_not_at_i
     assert summary(database, "slow", "2026-02") == (
         ("100.00", "0.00"), [("release", "-100.00", "100.00")], ("0.00", "100.00"))
     verified(books)
+
+
+
+@sqlite_only
+def test_a_close_releases_a_hold_maturing_at_the_periods_last_microsecond_within_the_period(database):
+    books = Books(database)
+    books.plan("month-hold", "0.20", hold_days=30)
+    books.partner("edge", "month-hold")
+    books.attribute("c-edge", "edge", "2026-01-01")
+    books.paid("c-edge", "inv-e", "500.00", "2026-01-01T23:59:59.999999Z")  # matures 2026-01-31T23:59:59.999999Z
+    close(database, "2026-01", now="2026-02-01")
+    [release] = transactions(database, "kind = 'release'")
+    assert format_instant(release.effective_at_us) == "2026-01-31T23:59:59.999999Z"
+    assert summary(database, "edge", "2026-01")[2] == ("0.00", "100.00")
 
 
 # ---- payout runs ----
