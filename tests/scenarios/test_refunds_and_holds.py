@@ -393,3 +393,14 @@ def test_a_refund_at_the_instant_of_maturity_after_the_release_ran_claws_from_av
                              " JOIN accounts a ON a.id = j.account_id WHERE t.kind = 'clawback' AND j.side = 'D'")
     assert account == "liability:partner:northwind:available"
     assert books.balance("northwind") == (0, 9_000)
+
+
+@pytest.mark.parametrize("release_job_ran", [False, True])
+def test_a_clawback_reversal_may_be_dated_at_the_release_and_not_one_microsecond_after(books, release_job_ran):
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10" if release_job_ran else None)
+    with pytest.raises(InvalidInput) as refused:
+        reverse(books, clawback_id, effective_at_us=at("2026-02-09") + 1)
+    assert set(refused.value.fields) == {"effective_at"}
+    reverse(books, clawback_id, effective_at_us=at("2026-02-09"))
+    books.release("2026-03-01")  # a hold still queued releases the whole 100.00 when it comes
+    assert books.balance("northwind") == (0, 10_000)
