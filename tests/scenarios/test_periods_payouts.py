@@ -430,6 +430,32 @@ def test_a_run_first_releases_every_hold_matured_by_its_instant(database):
     assert release.effective_at_us == at("2026-02-19")
 
 
+
+@sqlite_only
+def test_the_minimum_payout_is_the_one_of_the_plan_in_effect_at_the_run(payees):
+    payees.plan("high-minimum", "0.20", min_payout={"USD": "200.00"})
+    payees.change_plan("alpha", "high-minimum", "2026-02-01")  # from USD 50.00 to USD 200.00
+    payees.change_plan("beta", "high-minimum", "2026-02-01")
+    payees.change_plan("beta", "tiered", "2026-02-15")  # and back
+    for partner_id in ("alpha", "beta"):
+        adjust(payees.database, partner_id, "available", 10_000, effective_at="2026-02-20")
+    assert [p.partner_id for p in run(payees.database, "2026-03-01").payouts] == ["beta"]
+
+
+@sqlite_only
+def test_a_payout_resolves_at_the_instant_it_was_made_and_not_one_microsecond_before(payees):
+    database = payees.database
+    adjust(database, "alpha", "available", 7_500, effective_at="2026-03-01")
+    adjust(database, "beta", "available", 7_500, effective_at="2026-03-01")
+    alpha, beta = run(database, "2026-03-01").payouts
+    for resolve, payout in ((settle, alpha), (fail, beta)):
+        with pytest.raises(InvalidInput) as refused:
+            resolve(database, payout.id, "2026-02-28T23:59:59.999999Z")
+        assert list(refused.value.fields) == ["at"]
+    assert settle(database, alpha.id, "2026-03-01").status == "settled"
+    assert fail(database, beta.id, "2026-03-01").status == "failed"
+
+
 @sqlite_only
 def test_settling_moves_in_transit_to_cash_once(payees):
     database = payees.database
