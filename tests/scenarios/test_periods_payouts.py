@@ -185,6 +185,23 @@ def test_the_write_off_follows_the_policy_of_the_plan_in_effect_at_the_periods_e
     assert summary(database, "was-carried", "2026-01")[2] == ("0.00", "-40.00")
 
 
+
+@sqlite_only
+def test_reset_writes_off_a_negative_balance_of_one_minor_unit_and_leaves_zero_alone(database):
+    books = Books(database)
+    books.plan("resetting", "0.20", negative_balance="reset")
+    books.partner("owes-a-cent", "resetting")
+    books.partner("owes-nothing", "resetting")
+    adjust(database, "owes-a-cent", "available", -1, effective_at="2026-01-10")
+    adjust(database, "owes-nothing", "available", -1, effective_at="2026-01-10")
+    adjust(database, "owes-nothing", "available", 1, effective_at="2026-01-11")
+    close(database, "2026-01", now="2026-02-01")
+    [writeoff] = transactions(database, "kind = 'writeoff'")
+    assert writeoff.partner_id == "owes-a-cent"
+    assert lines_of(database, writeoff.id) == [
+        (chart.EXPENSE_WRITEOFF, "D", 1), (chart.available("owes-a-cent"), "C", 1)]
+
+
 # ---- late events and reversals after a close ----
 
 def test_late_revenue_events_post_at_the_first_open_period_and_never_change_a_closed_one(database):
