@@ -473,6 +473,14 @@ def test_a_payout_resolves_at_the_instant_it_was_made_and_not_one_microsecond_be
     assert fail(database, beta.id, "2026-03-01").status == "failed"
 
 
+
+@sqlite_only
+def test_a_balance_of_zero_is_not_paid_even_in_a_currency_without_a_minimum(payees):
+    adjust(payees.database, "gamma", "available", 500, currency="GBP", effective_at="2026-02-10")
+    adjust(payees.database, "gamma", "available", -500, currency="GBP", effective_at="2026-02-11")
+    assert run(payees.database, "2026-03-01").payouts == ()
+
+
 @sqlite_only
 def test_settling_moves_in_transit_to_cash_once(payees):
     database = payees.database
