@@ -94,3 +94,11 @@ def test_the_database_records_which_invoice_claimed_the_customers_cpa(books):
     books.paid("acme", "inv-2", "500.00", "2026-02-05")
     rows = books.sql("SELECT invoice_id FROM revenue_events WHERE first_eligible_customer_id = 'acme'")
     assert [row.invoice_id for row in rows] == ["inv-1"]
+
+
+def test_a_first_eligible_invoice_that_earns_nothing_at_all_still_uses_up_the_cpa(books):
+    # Eligibility is the window's: 4 yen earns a revenue share of 0 and no CPA (none in JPY), but it
+    # is the customer's first eligible paid invoice, so the bounty is spent on it.
+    books.attribute("globex", "northwind", "2026-01-01")
+    assert books.paid("globex", "inv-jpy", "4", "2026-01-05", currency="JPY").status == "no_commission"
+    assert commissions(books.paid("globex", "inv-usd", "500.00", "2026-01-06")) == [("northwind", "accrual", 5_000)]

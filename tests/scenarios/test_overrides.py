@@ -106,3 +106,9 @@ def test_a_five_level_chain_pays_four_overrides_and_a_sixth_level_is_refused(sql
     with pytest.raises(InvalidInput) as refused, sqlite_database.transaction() as session:
         create_partner(session, "level6", "level6", "affiliate", "override", parent_id="level5")
     assert "parent_id" in refused.value.fields
+
+
+def test_an_override_that_rounds_to_nothing_is_not_posted(books):
+    tiny = books.paid("acme", "inv-1", "0.09", "2026-01-10")  # 2.7 -> 3; overrides 0.3 and 0.45 -> 0
+    assert (tiny.status, commissions(tiny)) == ("posted", [("aff", "accrual", 3)])
+    assert books.balance("msp") == (0, 0) and books.balance("dist") == (0, 0)

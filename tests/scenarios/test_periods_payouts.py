@@ -167,6 +167,41 @@ def test_reset_writes_off_only_what_is_still_negative_after_the_releases_the_clo
     verified(books)
 
 
+
+@sqlite_only
+def test_the_write_off_follows_the_policy_of_the_plan_in_effect_at_the_periods_end_not_at_the_close(database):
+    books = Books(database)
+    books.plan("resetting", "0.20", negative_balance="reset")
+    books.plan("carrying", "0.20", negative_balance="carry_forward")
+    books.partner("was-reset", "resetting")
+    books.partner("was-carried", "carrying")
+    for partner_id in ("was-reset", "was-carried"):
+        adjust(database, partner_id, "available", -4_000, effective_at="2026-01-10")
+    books.change_plan("was-reset", "carrying", "2026-02-10")  # after January ended, before it is closed
+    books.change_plan("was-carried", "resetting", "2026-02-10")
+    close(database, "2026-01", now="2026-03-01")
+    assert [row.partner_id for row in transactions(database, "kind = 'writeoff'")] == ["was-reset"]
+    assert summary(database, "was-reset", "2026-01")[2] == ("0.00", "0.00")
+    assert summary(database, "was-carried", "2026-01")[2] == ("0.00", "-40.00")
+
+
+
+@sqlite_only
+def test_reset_writes_off_a_negative_balance_of_one_minor_unit_and_leaves_zero_alone(database):
+    books = Books(database)
+    books.plan("resetting", "0.20", negative_balance="reset")
+    books.partner("owes-a-cent", "resetting")
+    books.partner("owes-nothing", "resetting")
+    adjust(database, "owes-a-cent", "available", -1, effective_at="2026-01-10")
+    adjust(database, "owes-nothing", "available", -1, effective_at="2026-01-10")
+    adjust(database, "owes-nothing", "available", 1, effective_at="2026-01-11")
+    close(database, "2026-01", now="2026-02-01")
+    [writeoff] = transactions(database, "kind = 'writeoff'")
+    assert writeoff.partner_id == "owes-a-cent"
+    assert lines_of(database, writeoff.id) == [
+        (chart.EXPENSE_WRITEOFF, "D", 1), (chart.available("owes-a-cent"), "C", 1)]
+
+
 # ---- late events and reversals after a close ----
 
 def test_late_revenue_events_post_at_the_first_open_period_and_never_change_a_closed_one(database):
@@ -308,6 +343,20 @@ def test_a_close_releases_the_holds_maturing_before_the_periods_end_and_not_at_i
     verified(books)
 
 
+
+@sqlite_only
+def test_a_close_releases_a_hold_maturing_at_the_periods_last_microsecond_within_the_period(database):
+    books = Books(database)
+    books.plan("month-hold", "0.20", hold_days=30)
+    books.partner("edge", "month-hold")
+    books.attribute("c-edge", "edge", "2026-01-01")
+    books.paid("c-edge", "inv-e", "500.00", "2026-01-01T23:59:59.999999Z")  # matures 2026-01-31T23:59:59.999999Z
+    close(database, "2026-01", now="2026-02-01")
+    [release] = transactions(database, "kind = 'release'")
+    assert format_instant(release.effective_at_us) == "2026-01-31T23:59:59.999999Z"
+    assert summary(database, "edge", "2026-01")[2] == ("0.00", "100.00")
+
+
 # ---- payout runs ----
 
 @pytest.fixture
@@ -396,6 +445,40 @@ def test_a_run_first_releases_every_hold_matured_by_its_instant(database):
     assert payout.amount_minor == 10_000
     [release] = transactions(database, "kind = 'release'")
     assert release.effective_at_us == at("2026-02-19")
+
+
+
+@sqlite_only
+def test_the_minimum_payout_is_the_one_of_the_plan_in_effect_at_the_run(payees):
+    payees.plan("high-minimum", "0.20", min_payout={"USD": "200.00"})
+    payees.change_plan("alpha", "high-minimum", "2026-02-01")  # from USD 50.00 to USD 200.00
+    payees.change_plan("beta", "high-minimum", "2026-02-01")
+    payees.change_plan("beta", "tiered", "2026-02-15")  # and back
+    for partner_id in ("alpha", "beta"):
+        adjust(payees.database, partner_id, "available", 10_000, effective_at="2026-02-20")
+    assert [p.partner_id for p in run(payees.database, "2026-03-01").payouts] == ["beta"]
+
+
+@sqlite_only
+def test_a_payout_resolves_at_the_instant_it_was_made_and_not_one_microsecond_before(payees):
+    database = payees.database
+    adjust(database, "alpha", "available", 7_500, effective_at="2026-03-01")
+    adjust(database, "beta", "available", 7_500, effective_at="2026-03-01")
+    alpha, beta = run(database, "2026-03-01").payouts
+    for resolve, payout in ((settle, alpha), (fail, beta)):
+        with pytest.raises(InvalidInput) as refused:
+            resolve(database, payout.id, "2026-02-28T23:59:59.999999Z")
+        assert list(refused.value.fields) == ["at"]
+    assert settle(database, alpha.id, "2026-03-01").status == "settled"
+    assert fail(database, beta.id, "2026-03-01").status == "failed"
+
+
+
+@sqlite_only
+def test_a_balance_of_zero_is_not_paid_even_in_a_currency_without_a_minimum(payees):
+    adjust(payees.database, "gamma", "available", 500, currency="GBP", effective_at="2026-02-10")
+    adjust(payees.database, "gamma", "available", -500, currency="GBP", effective_at="2026-02-11")
+    assert run(payees.database, "2026-03-01").payouts == ()
 
 
 @sqlite_only

@@ -400,3 +400,26 @@ def test_a_refunds_clawback_a_won_dispute_restored_is_not_reversed_as_it_would_p
             reversals.reverse(session, cpa_clawback, reason="goodwill")
     assert (books.sql("SELECT count(*) FROM journal_transactions")[0][0], books.balance("northwind")) == before
     assert sum(books.balance("northwind")) == 15_000  # half the accrual and the CPA, once
+
+
+def test_a_refund_after_a_won_dispute_claws_from_the_held_reinstatement_before_the_released_accrual(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, released 2026-02-09
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 from available
+    books.dispute_won("acme", "inv-1", "500.00", "2026-02-20")  # 10,000 again, held until 2026-03-22
+    assert books.balance_just_after("northwind", "2026-02-20") == (10_000, 10_000)
+    refund = books.refund("acme", "inv-1", "250.00", "2026-02-25")
+    assert commissions(refund)[0] == ("northwind", "clawback", -5_000)
+    assert books.balance_just_after("northwind", "2026-02-25") == (5_000, 10_000)  # from the held piece, pending
+    assert books.release("2026-03-22") == 2
+    assert books.balance("northwind") == (0, 15_000)
+
+
+def test_a_refund_while_both_pieces_are_held_claws_from_the_newest_and_the_older_releases_whole(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, matures 2026-02-09
+    books.chargeback("acme", "inv-1", "500.00", "2026-01-15")  # 10,000 from pending
+    books.dispute_won("acme", "inv-1", "500.00", "2026-01-20")  # 10,000 again, matures 2026-02-19
+    books.refund("acme", "inv-1", "250.00", "2026-01-25")  # 5,000 from the reinstatement, the newest
+    assert books.release("2026-02-09") == 2  # the accrual and its override
+    assert books.balance_just_after("northwind", "2026-02-09") == (5_000, 10_000)
+    assert books.release("2026-02-19") == 2
+    assert books.balance("northwind") == (0, 15_000)

@@ -382,3 +382,25 @@ def test_two_late_refunds_each_undo_the_release_in_force_and_release_the_rest_ag
     assert books.balance("northwind") == (0, 5_000)
     books.refund("acme", "inv-1", "500.00", "2026-03-01")  # after maturity: from available
     assert books.balance("northwind") == (0, 0)
+
+
+def test_a_refund_at_the_instant_of_maturity_after_the_release_ran_claws_from_available_and_undoes_nothing(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # matures 2026-02-09T00:00:00Z
+    assert books.release("2026-02-20") == 1
+    books.refund("acme", "inv-1", "100.00", "2026-02-09")  # matured at that very instant: released, not held
+    assert books.sql("SELECT count(*) FROM journal_transactions WHERE kind IN ('reversal', 'release')")[0][0] == 1
+    [(account,)] = books.sql("SELECT a.name FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
+                             " JOIN accounts a ON a.id = j.account_id WHERE t.kind = 'clawback' AND j.side = 'D'")
+    assert account == "liability:partner:northwind:available"
+    assert books.balance("northwind") == (0, 9_000)
+
+
+@pytest.mark.parametrize("release_job_ran", [False, True])
+def test_a_clawback_reversal_may_be_dated_at_the_release_and_not_one_microsecond_after(books, release_job_ran):
+    clawback_id = clawed_from_pending(books, released_at="2026-02-10" if release_job_ran else None)
+    with pytest.raises(InvalidInput) as refused:
+        reverse(books, clawback_id, effective_at_us=at("2026-02-09") + 1)
+    assert set(refused.value.fields) == {"effective_at"}
+    reverse(books, clawback_id, effective_at_us=at("2026-02-09"))
+    books.release("2026-03-01")  # a hold still queued releases the whole 100.00 when it comes
+    assert books.balance("northwind") == (0, 10_000)
