@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import Any
 
 import flask_smorest
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app
 from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -157,10 +157,10 @@ class Api(flask_smorest.Api):
 
 def database_problem(error: DBAPIError) -> Response:
     """A 503 to retry when the database was out of reach or busy (`ledger.db.retryable`); any other
-    error the driver raised (a statement the database refused, a table missing) is a 500."""
+    error the driver raised (a statement the database refused, a table missing) goes on to Flask's
+    handling of the unexpected: logged, and a 500."""
     if not retryable(error):
-        current_app.logger.error("Exception on %s [%s]", request.path, request.method, exc_info=error)
-        return problem(500, _DETAILS[500])
+        raise error
     current_app.logger.error("database unavailable: %s", error, exc_info=error)
     return problem(503, _DETAILS[503], headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 

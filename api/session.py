@@ -73,8 +73,9 @@ def _end_transaction(response: Response) -> Response:
     session = g.get("db_session")
     if session is None:
         return response
+    committing = 200 <= response.status_code < 300
     try:
-        if 200 <= response.status_code < 300:
+        if committing:
             session.commit()
         else:
             session.rollback()
@@ -83,7 +84,7 @@ def _end_transaction(response: Response) -> Response:
             raise
         with contextlib.suppress(OperationalError, InterfaceError):
             session.rollback()
-        return response if response.status_code >= 300 else database_problem(error)
+        return database_problem(error) if committing else response
     return response
 
 

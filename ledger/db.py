@@ -482,9 +482,8 @@ def retryable(error: DBAPIError) -> bool:
     """Whether `error` is the database out of reach or busy, rather than a statement it refused."""
     if error.connection_invalidated:
         return True
-    code = getattr(error.orig, "sqlite_errorcode", None)
     if isinstance(error.orig, sqlite3.Error):
-        return code is not None and code & 0xFF in _SQLITE_RETRYABLE
+        return getattr(error.orig, "sqlite_errorcode", 0) & 0xFF in _SQLITE_RETRYABLE
     sqlstate = getattr(error.orig, "sqlstate", None)
     return sqlstate is None or sqlstate.startswith(_SQLSTATE_RETRYABLE)
 
