@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import event, example, given
+from hypothesis import event as record_label, example, given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -58,7 +58,7 @@ COPIES = itertools.count()
 
 
 def note(label: str) -> None:
-    event(label)  # shown by --hypothesis-show-statistics: the histories reach every branch
+    record_label(label)  # shown by --hypothesis-show-statistics: the histories reach every branch
 
 
 def half_even(value: Decimal) -> int:
