@@ -95,6 +95,37 @@ def test_a_single_line_transaction_is_refused(booked):
     refused(booked, lonely, "two or more lines")
 
 
+def test_a_header_without_lines_is_refused(booked):
+    refused(booked, lambda c: insert_header(c, 2, head_hash(c)), "two or more lines")
+
+
+def test_every_line_carries_its_headers_instant(booked):
+    def one_line_moved(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100, at=5)
+        insert_line(connection, 2, pending, "C", 100, at=6)
+        insert_header(connection, 2, head_hash(connection), at=5)
+    refused(booked, one_line_moved, "every line carries its transaction")
+
+
+def test_the_first_transaction_names_the_genesis_hash(database):
+    def first(prev_hash: str):
+        def post(connection):
+            expense, pending = (connection.execute(sa.text(
+                "INSERT INTO accounts (name, type, normal_side, partner_id) VALUES (:n, :t, :s, :p) RETURNING id"),
+                dict(n=name, t=type_, s=side, p=partner)).scalar_one() for name, type_, side, partner in (
+                    (chart.EXPENSE_COMMISSION, "expense", "D", None), (PENDING, "liability", "C", "northwind")))
+            insert_line(connection, 1, expense, "D", 100)
+            insert_line(connection, 1, pending, "C", 100)
+            insert_header(connection, 1, prev_hash)
+        return post
+    refused(database, first("a" * 64), "hash chain without a gap")
+    with database.engine.begin() as connection:
+        first(GENESIS_HASH)(connection)
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM journal_transactions").scalar() == 1
+
+
 def test_a_line_cannot_be_added_to_a_sealed_transaction(booked):
     refused(booked, lambda c: insert_line(c, 1, account_ids(c)[0], "D", 1), "sealed")
 
