@@ -188,6 +188,18 @@ def test_truncate_is_refused_on_postgres(postgres_database, table):
     refused(postgres_database, lambda c: c.exec_driver_sql(f"TRUNCATE {table} CASCADE"), "append-only")
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("table, match", [
+    *((table, f"{table} is append-only: TRUNCATE refused") for table in (
+        "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
+        "revenue_events", "period_closes", "period_snapshots", "payout_runs", "payouts", "payout_resolutions",
+        "statement_documents")),
+    ("account_totals", "account_totals: totals are kept by the database from the journal lines: TRUNCATE refused"),
+])
+def test_truncate_of_every_other_table_of_record_is_refused_on_postgres(postgres_database, table, match):
+    refused(postgres_database, lambda c: c.exec_driver_sql(f"TRUNCATE {table} CASCADE"), match)
+
+
 def test_an_idempotency_key_and_a_reversal_are_unique(booked):
     def reused_key(connection):
         expense, pending = account_ids(connection)
