@@ -103,6 +103,13 @@ def test_a_total_past_a_64_bit_integer_is_refused_by_the_database(booked):
     assert totals(booked) == sums_of_lines(booked)
 
 
+def test_a_debit_total_past_a_64_bit_integer_is_refused_by_the_database(booked):
+    # The expense account's USD debits are at 350: one more raw debit line passes 2^63 - 1.
+    refused(booked, lambda connection: insert_line(connection, 4, account_ids(connection)[0], "D", INT64_MAX - 349),
+            match="range of a 64-bit integer|bigint out of range")
+    assert totals(booked) == sums_of_lines(booked)
+
+
 def test_a_posting_past_the_range_is_a_422_naming_the_amount_and_writes_nothing(booked):
     biggest = 999_999_999_999_999_999  # "999999999999999.999" BHD: 15 integer digits, as the contract allows
     for index in range(9):  # 9 x 1e18 fits under 2^63 - 1 (about 9.22e18); the tenth does not
@@ -160,6 +167,58 @@ def test_direct_writes_to_the_totals_are_refused(booked, number):
     statement = direct_writes(booked.engine.dialect.name == "postgresql")[number]
     refused(booked, lambda connection: connection.exec_driver_sql(statement), REFUSED)
     assert totals(booked) == before
+
+
+def line_of(connection, account_id: int, currency: str) -> tuple[int, int, int, int]:
+    """(id, debit, credit, instant) of the account's last line in the currency."""
+    return connection.exec_driver_sql(
+        "SELECT id, CASE side WHEN 'D' THEN amount_minor ELSE 0 END, CASE side WHEN 'C' THEN amount_minor ELSE 0 END,"
+        f" effective_at_us FROM journal_lines WHERE account_id = {account_id} AND currency = '{currency}'"
+        " ORDER BY id DESC LIMIT 1").one()
+
+
+def count_another_accounts_line(connection):
+    # The expense account's USD row (its last line: the debit of a2) counts the pending account's newer credit.
+    expense, pending = account_ids(connection)
+    line_id, _, credit, _ = line_of(connection, pending, "USD")
+    connection.exec_driver_sql(f"UPDATE account_totals SET credit_minor = credit_minor + {credit}, "
+                               f"last_line_id = {line_id} WHERE account_id = {expense} AND currency = 'USD'")
+
+
+def count_another_currencys_line(connection):
+    # The pending account's USD row counts its own newer EUR line.
+    _, pending = account_ids(connection)
+    line_id, _, credit, _ = line_of(connection, pending, "EUR")
+    connection.exec_driver_sql(f"UPDATE account_totals SET credit_minor = credit_minor + {credit}, "
+                               f"last_line_id = {line_id} WHERE account_id = {pending} AND currency = 'USD'")
+
+
+def row_for_a_currency_without_lines(connection):
+    # A GBP row for the pending account, which has no GBP line, carrying its last EUR line as its first.
+    _, pending = account_ids(connection)
+    line_id, debit, credit, instant = line_of(connection, pending, "EUR")
+    connection.exec_driver_sql(
+        "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, "
+        f"latest_effective_at_us) VALUES ({pending}, 'GBP', {debit}, {credit}, {line_id}, {instant})")
+
+
+def row_for_an_account_without_lines(connection):
+    # A USD row for the cash account, which has no line, carrying the pending account's last USD line.
+    _, pending = account_ids(connection)
+    cash = connection.exec_driver_sql(
+        "INSERT INTO accounts (name, type, normal_side) VALUES ('asset:cash', 'asset', 'D') RETURNING id").scalar_one()
+    line_id, debit, credit, instant = line_of(connection, pending, "USD")
+    connection.exec_driver_sql(
+        "INSERT INTO account_totals (account_id, currency, debit_minor, credit_minor, last_line_id, "
+        f"latest_effective_at_us) VALUES ({cash}, 'USD', {debit}, {credit}, {line_id}, {instant})")
+
+
+@pytest.mark.parametrize("write", [count_another_accounts_line, count_another_currencys_line,
+                                   row_for_a_currency_without_lines, row_for_an_account_without_lines])
+def test_the_totals_count_a_line_only_on_its_own_account_and_currency(booked, write):
+    before = totals(booked)
+    refused(booked, write, REFUSED)
+    assert totals(booked) == before == sums_of_lines(booked)
 
 
 def test_counting_a_new_line_twice_is_refused(booked):
