@@ -61,6 +61,18 @@ def test_a_reversal_undoes_its_original_exactly(booked):
     refused(booked, other_amount, "a reversal undoes its original exactly")
 
 
+def test_a_reversal_undoes_its_original_in_its_currency(booked):
+    def undone_in(currency: str):  # each account's amounts undone
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, 2, pending, "D", 100, currency=currency)
+            insert_line(connection, 2, expense, "C", 100, currency=currency)
+            insert_header(connection, 2, head_hash(connection), key="raw-2", kind="reversal", reverses_id=1)
+        return post
+    refused(booked, undone_in("EUR"), "a reversal undoes its original exactly")
+    accepted(booked, undone_in("USD"))
+
+
 def test_a_reversal_is_not_reversed(booked):
     with booked.transaction() as session:
         reversal_id = journal.reverse(session, 1, reason="once").id
@@ -323,6 +335,9 @@ ACCOUNT = "INSERT INTO accounts (name, type, normal_side, partner_id) VALUES (:n
     ("liability:partner:a:b:pending", "liability", "C", "a:b"),  # a partner id with ':'
     ("asset:cash", "asset", "D", "ghost"),  # a partner on a fixed account
     ("expense:commission", "liability", "C", None),
+    ("expense:commission", "expense", "C", None),  # the fixed accounts' sides and types, one at a time
+    ("asset:cash", "liability", "D", None),
+    ("liability:payouts:in_transit", "liability", "D", None),
 ])
 def test_an_account_is_as_the_chart_names_it(database, name, type_, side, partner):
     refused(database, raw(ACCOUNT, name=name, type=type_, side=side, partner=partner),
