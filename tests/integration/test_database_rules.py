@@ -140,6 +140,67 @@ def test_sqlite_keeps_revenue_event_amounts_integers(sqlite_database):
     accepted(sqlite_database, lambda c: c.execute(sa.text(statement), dict(amount=1025, h="a" * 64)))
 
 
+HEADER = ("INSERT INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us,"
+          " matures_at_us, idempotency_key, request_hash, prev_hash, hash)"
+          " VALUES (2, 'adjustment', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h)")
+
+
+@pytest.mark.parametrize("column, value", [("recorded", "x"), ("recorded", 1.5), ("original", 4.5),
+                                           ("matures", "soon"), ("matures", 7.5)])
+def test_sqlite_keeps_a_headers_instants_integers(sqlite_database, column, value):
+    database = sqlite_database
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a1")])
+
+    def header(**values):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, 2, expense, "D", 100)
+            insert_line(connection, 2, pending, "C", 100)
+            connection.execute(sa.text(HEADER), dict(dict(original=4, recorded=5, matures=7), **values,
+                                                     h="f" * 64, prev=head_hash(connection)))
+        return post
+    refused(database, header(**{column: value}), "journal_transactions: instants and links are integers")
+    accepted(database, header())
+
+
+EVENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
+         " recorded_at_us, request_hash, status) VALUES ('e1', 'invoice_paid', 'c1', 'i1', :currency, 1025, :occurred,"
+         " :recorded, :h, 'unattributed')")
+
+
+@pytest.mark.parametrize("currency", ["usd", "US1", "U D"])
+def test_a_revenue_events_currency_is_three_capital_letters(database, currency):
+    refused(database, raw(EVENT, currency=currency, occurred=5, recorded=5, h="a" * 64), "currenc")
+    accepted(database, raw(EVENT, currency="USD", occurred=5, recorded=5, h="a" * 64))
+
+
+@pytest.mark.parametrize("column", ["occurred", "recorded"])
+def test_sqlite_keeps_revenue_event_instants_integers(sqlite_database, column):
+    values = dict(currency="USD", occurred=5, recorded=5, h="a" * 64)
+    refused(sqlite_database, raw(EVENT, **{**values, column: 5.5}), "revenue_events: amounts and instants are integers")
+    accepted(sqlite_database, raw(EVENT, **values))
+
+
+@pytest.mark.parametrize("debit, currency", [(1.5, "USD"), ("lots", "USD"), (100, "usd")])
+def test_sqlite_keeps_snapshot_totals_integers_and_currencies_capital(sqlite_database, debit, currency):
+    booked = sqlite_database
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.EXPENSE_COMMISSION, PENDING])
+
+    def snapshot_then_close(debit, currency):
+        def write(connection):
+            expense, _ = account_ids(connection)
+            connection.execute(sa.text("INSERT INTO period_snapshots (period, account_id, currency, debit_minor,"
+                                       " credit_minor) VALUES ('2026-01', :a, :c, :d, 0)"), dict(a=expense, c=currency,
+                                                                                                d=debit))
+            raw_close("2026-01")(connection)
+        return write
+    refused(booked, snapshot_then_close(debit, currency), "period_snapshots: totals are integers")
+    accepted(booked, snapshot_then_close(100, "USD"))
+
+
 # ---- program facts ----
 
 STATUS = ("INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
