@@ -288,6 +288,11 @@ def next_month() -> str:
     return f"{today.year + today.month // 12}-{today.month % 12 + 1:02d}"
 
 
+def test_a_close_is_labelled_by_its_month_in_full(database):
+    refused(database, raw_close("2026-1", bounds=period_bounds_us("2026-01")), "covers the calendar month")
+    accepted(database, raw_close("2026-01"))
+
+
 def test_a_period_is_closed_once_it_has_ended_by_the_database_clock(database):
     refused(database, raw_close(next_month()), "a period is closed once it has ended")
     accepted(database, raw_close("2026-01"))
@@ -347,6 +352,37 @@ def test_a_payout_is_its_transaction_partner_and_amount(enrolled):
     refused(enrolled, raw(PAYOUT, amount=2_501, t=transaction_id), "a payout is its payout transaction")
     accepted(enrolled, raw(PAYOUT, amount=2_500, t=transaction_id))
     assert payout.amount_minor == 7_500
+
+
+def test_a_payout_is_its_partners_transaction_in_its_currency(enrolled):
+    transaction_id = raw_payout_transaction(enrolled, 2_500)  # northwind's, in USD
+    with enrolled.transaction() as session:
+        [southwinds] = journal.post(session, [journal.transfer(
+            "payout", chart.available("southwind"), chart.PAYOUTS_IN_TRANSIT, "USD", 2_500,
+            effective_at_us=at("2026-03-05"), idempotency_key="raw-payout-southwind", partner_id="southwind")])
+    accepted(enrolled, raw(RUN, id="raw-run", at=at("2026-03-06")))
+    payout = ("INSERT INTO payouts (run_id, partner_id, currency, amount_minor, transaction_id)"
+              " VALUES ('raw-run', :partner, :currency, 2500, :t)")
+    refused(enrolled, raw(payout, partner="northwind", currency="USD", t=southwinds.id),
+            "a payout is its payout transaction")
+    refused(enrolled, raw(payout, partner="northwind", currency="EUR", t=transaction_id),
+            "a payout is its payout transaction")
+    accepted(enrolled, raw(payout, partner="northwind", currency="USD", t=transaction_id))
+
+
+def test_a_resolution_is_of_the_payouts_partner_and_only_a_failure_is_its_reversal(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        [southwinds] = journal.post(session, [journal.transfer(
+            "payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", payout.amount_minor,
+            effective_at_us=at("2026-03-02"), idempotency_key="raw-settled-southwind", partner_id="southwind")])
+        reversal_id = journal.reverse(session, payout.transaction_id, reason="returned",
+                                      effective_at_us=at("2026-03-03")).id
+    refused(enrolled, raw(RESOLUTION, p=payout.id, o="settled", t=southwinds.id, at=at("2026-03-03")),
+            "a resolution is the transaction of its outcome")
+    refused(enrolled, raw(RESOLUTION, p=payout.id, o="settled", t=reversal_id, at=at("2026-03-03")),
+            "a resolution is the transaction of its outcome")
+    accepted(enrolled, raw(RESOLUTION, p=payout.id, o="failed", t=reversal_id, at=at("2026-03-03")))
 
 
 def test_a_resolution_is_the_transaction_of_its_outcome(enrolled):
