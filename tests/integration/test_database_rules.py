@@ -73,6 +73,20 @@ def test_a_reversal_undoes_its_original_in_its_currency(booked):
     accepted(booked, undone_in("USD"))
 
 
+def test_a_moved_reversal_is_asked_for_no_earlier_than_its_original(booked):
+    """A reversal moved forward out of a closed period is held to the instant it was asked for."""
+    def reversal(original: int):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, 2, pending, "D", 100, at=10)
+            insert_line(connection, 2, expense, "C", 100, at=10)
+            insert_header(connection, 2, head_hash(connection), key="raw-2", at=10, kind="reversal", reverses_id=1,
+                          original=original)
+        return post
+    refused(booked, reversal(4), "a reversal is not effective before the transaction it reverses")
+    accepted(booked, reversal(5))
+
+
 def test_a_reversal_is_not_reversed(booked):
     with booked.transaction() as session:
         reversal_id = journal.reverse(session, 1, reason="once").id
@@ -397,6 +411,37 @@ def test_a_resolution_is_the_transaction_of_its_outcome(enrolled):
     assert settled.status == "settled"
 
 
+def test_a_moved_resolution_is_asked_for_no_earlier_than_its_payout(enrolled):
+    """A settlement moved forward out of a closed period is held to the instant it was asked for."""
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        chart.account_ids(session, [chart.CASH])
+
+    def settled(asked_for: int):
+        def post(connection):
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            transaction_id = head_id(connection) + 1
+            insert_line(connection, transaction_id, ids[chart.PAYOUTS_IN_TRANSIT], "D", payout.amount_minor,
+                        at=at("2026-03-05"))
+            insert_line(connection, transaction_id, ids[chart.CASH], "C", payout.amount_minor, at=at("2026-03-05"))
+            insert_header(connection, transaction_id, head_hash(connection), key="raw-settled", at=at("2026-03-05"),
+                          kind="payout_settled", partner_id="northwind", original=asked_for,
+                          recorded=at("2026-03-05"))
+            raw(RESOLUTION, p=payout.id, o="settled", t=transaction_id, at=at("2026-03-05"))(connection)
+        return post
+    refused(enrolled, settled(at("2026-03-01") - 1), "a payout is not settled or failed before it was made")
+    accepted(enrolled, settled(at("2026-03-01")))
+
+
+def head_id(connection) -> int:
+    return connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar_one()
+
+
+def test_a_payout_run_within_the_clock_skew_is_accepted(enrolled):
+    now_us = time.time_ns() // 1000
+    accepted(enrolled, raw(RUN, id="a-minute-ahead", at=now_us + 60_000_000))
+
+
 def test_a_payout_run_is_not_dated_in_the_future_by_the_database_clock(enrolled):
     now_us = time.time_ns() // 1000
     refused(enrolled, raw(RUN, id="ahead", at=now_us + 86_400_000_000), "a run is not dated in the future")
@@ -630,6 +675,33 @@ def test_a_piece_is_reversed_after_what_stands_against_it(pieces):
             journal.reverse(session, standing, reason="first what stands against it")
     with pieces.transaction() as session:
         journal.reverse(session, 1, reason="posted in error")
+
+
+def test_a_piece_of_an_invoice_is_clawed_back_only_under_that_invoice(pieces):
+    with pieces.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a4", partner_id="northwind",
+                                                invoice_id="inv-1")])
+    refused(pieces, against(5, "clawback", 10, piece=4, invoice=None), WITHIN_ITS_PIECE)
+    accepted(pieces, against(5, "clawback", 10, piece=4, invoice="inv-1"))
+
+
+def test_a_release_debits_the_pending_account_not_the_available_one(pieces):
+    refused(pieces, against(4, "release", 10, from_account=AVAILABLE), WITHIN_ITS_PIECE)
+    accepted(pieces, against(4, "release", 10))
+
+
+def test_a_piece_is_reversed_though_a_reinstatement_names_it(pieces):
+    """Only clawbacks and releases stand against a piece: a won dispute's reinstatement names its original
+    as well, and does not hold the original's reversal back."""
+    def reinstatement(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 4, expense, pending, amount=10, kind="accrual", accrual_id=1, partner_id="northwind")
+    accepted(pieces, reinstatement)
+    with pieces.transaction() as session:
+        journal.reverse(session, 1, reason="posted in error")
+    with pieces.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM journal_transactions WHERE reverses_id = 1").scalar() == 1
 
 
 def test_a_reversed_piece_is_neither_clawed_nor_released(pieces):
