@@ -234,6 +234,30 @@ def test_counting_a_new_line_twice_is_refused(booked):
     refused(booked, twice, REFUSED)
 
 
+def test_a_raw_line_numbered_below_its_accounts_last_leaves_the_totals_on_the_last(booked):
+    # Line ids come from the database in increasing order; a raw line may name its own. SQLite refuses one
+    # below the last its account counted; PostgreSQL counts it and keeps the account's last line.
+    def numbered(transaction_id: int, debit_id: int, credit_id: int):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            connection.exec_driver_sql(
+                "INSERT INTO journal_lines (id, transaction_id, account_id, currency, side, amount_minor, "
+                f"effective_at_us) VALUES ({debit_id}, {transaction_id}, {expense}, 'USD', 'D', 40, 5), "
+                f"({credit_id}, {transaction_id}, {pending}, 'USD', 'C', 40, 5)")
+            insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}")
+        return post
+    with booked.engine.begin() as connection:
+        numbered(4, 100, 101)(connection)
+    if booked.engine.dialect.name == "sqlite":
+        refused(booked, numbered(5, 50, 51), REFUSED)
+    else:
+        with booked.engine.begin() as connection:
+            numbered(5, 50, 51)(connection)
+    found = totals(booked)
+    assert found == sums_of_lines(booked)
+    assert found[(PENDING, "USD")][2] == 101
+
+
 def test_the_first_line_of_an_account_creates_its_row(booked):
     # The guard on inserted rows is not blanket: a new (account, currency) gets its row.
     post(booked, accrual("g1", 9, "GBP"))
