@@ -437,6 +437,13 @@ def head_id(connection) -> int:
     return connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar_one()
 
 
+def test_a_payout_run_is_not_earlier_than_the_latest_though_later_than_others(enrolled):
+    accepted(enrolled, raw(RUN, id="first", at=at("2026-03-01")))
+    accepted(enrolled, raw(RUN, id="third", at=at("2026-03-03")))
+    refused(enrolled, raw(RUN, id="second", at=at("2026-03-02")), "must not be earlier than the latest")
+    accepted(enrolled, raw(RUN, id="fourth", at=at("2026-03-04")))
+
+
 def test_a_payout_run_within_the_clock_skew_is_accepted(enrolled):
     now_us = time.time_ns() // 1000
     accepted(enrolled, raw(RUN, id="a-minute-ahead", at=now_us + 60_000_000))
