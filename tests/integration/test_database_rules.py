@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import holds as holds_module
-from ledger import journal, partners, payouts, periods, plans, revenue
+from ledger import customers, journal, partners, payouts, periods, plans, revenue
 from ledger.instants import period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
@@ -85,6 +85,16 @@ def test_a_moved_reversal_is_asked_for_no_earlier_than_its_original(booked):
         return post
     refused(booked, reversal(4), "a reversal is not effective before the transaction it reverses")
     accepted(booked, reversal(5))
+
+
+def test_only_a_reversal_names_what_it_reverses(booked):
+    def mirror(kind: str):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            raw_transfer(connection, 2, pending, expense, kind=kind, reverses_id=1)
+        return post
+    refused(booked, mirror("adjustment"), "(?i)check")
+    accepted(booked, mirror("reversal"))
 
 
 def test_a_reversal_is_not_reversed(booked):
@@ -265,6 +275,29 @@ def test_a_plan_and_an_attribution_start_after_the_latest(database):
     accepted(database, raw(ATTRIBUTION, at=MAR_2026_US))
 
 
+def test_an_attribution_starts_after_the_latest_of_its_customer_not_of_its_partner(database):
+    enroll(database)  # p1-customer to p1 and p2-customer to p2, from 2026-01-01
+    with database.transaction() as session:
+        customers.attribute(session, "p1-customer", "p2", date(2026, 3, 1), "manual", replace=True)
+    feb_2026_us = at("2026-02-01")
+    customer_to_p1 = ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
+                      " VALUES (:customer, 'p1', :at, 'manual', :at)")
+    refused(database, raw(customer_to_p1, customer="p1-customer", at=feb_2026_us), "an attribution starts after the latest")
+    accepted(database, raw(customer_to_p1, customer="p2-customer", at=feb_2026_us))
+
+
+def test_plan_versions_are_numbered_and_dated_within_their_own_plan(database):
+    enroll(database)
+    terms = current_terms(database)
+    with database.transaction() as session:
+        plans.add_version(session, "standard", STANDARD_TERMS, MAR_2026_US)
+    other = ("INSERT INTO plan_versions (plan_id, version, effective_from_us, terms, created_at_us)"
+             " VALUES ('other', :version, :at, :terms, :at)")
+    accepted(database, raw("INSERT INTO plans (id, name, created_at_us) VALUES ('other', 'Other', 1)"))
+    refused(database, raw(other, version=2, at=JAN_2026_US, terms=terms), "versions are numbered in turn")
+    accepted(database, raw(other, version=1, at=JAN_2026_US, terms=terms))  # before the latest of another plan
+
+
 @pytest.mark.parametrize("step, effective_from, match", [
     (2, MAR_2026_US + 1, "versions are numbered in turn"),  # a number skipped
     (1, MAR_2026_US - 1, "each starting after the latest"),  # before version 2
@@ -324,6 +357,13 @@ def test_a_close_chains_the_previous_one(database):
     refused(database, raw_close("2026-03", prev=january.close_hash), "starts where the previous one ended")
     refused(database, raw_close("2026-02", prev="d" * 64), "starts where the previous one ended")
     accepted(database, raw_close("2026-02", prev=january.close_hash))
+
+
+def test_a_close_chains_the_latest_of_several(database):
+    with database.transaction() as session:
+        periods.close_period(session, "2026-01")
+        february = periods.close_period(session, "2026-02")
+    accepted(database, raw_close("2026-03", prev=february.close_hash))
 
 
 def test_nothing_is_added_to_a_closed_period_s_snapshot(booked):
