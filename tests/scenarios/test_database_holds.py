@@ -94,6 +94,12 @@ def test_refunds_and_chargebacks_are_refused_past_the_paid_amount_and_accepted_u
     refused(books, LATER, EXCEEDED, **raw("refund", 1, "2026-02-01", event_id="r2"))
 
 
+def test_each_invoice_is_held_to_its_own_paid_amount(books):
+    books.paid("acme", "inv-2", "50.00", "2026-01-11")  # inv-1 was paid 100.00
+    refused(books, LATER, EXCEEDED, **raw("refund", 5_001, "2026-01-20", event_id="r1", invoice="inv-2"))
+    accepted(books, LATER, **raw("refund", 5_000, "2026-01-20", event_id="r1", invoice="inv-2"))
+
+
 def test_won_disputes_are_refused_past_the_chargebacks(books):
     refused(books, LATER, OVER_REVERSED, **raw("chargeback_reversed", 1, "2026-01-20"))
     accepted(books, LATER, **raw("chargeback", 3_000, "2026-01-20", event_id="c1"))
