@@ -21,6 +21,7 @@ from ledger.schema import GENESIS_HASH
 from tests.api.conftest import STANDARD_TERMS, enroll
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
 from tests import program
+from tests.scenarios.books import Books
 from tests.integration.test_periods_payouts_database import at, new_payout
 
 
@@ -590,6 +591,24 @@ def test_a_customer_earns_one_cpa_bounty(booked):
     refused(booked, bounty(3, "acme"), "a customer earns one CPA bounty")
     accepted(booked, bounty(3, "acme", accrual_id=2))  # a won dispute's reinstatement names its original
     accepted(booked, bounty(4, "globex-corp"))
+
+
+def test_a_bounty_and_its_reinstatement_in_one_batch_are_one_bounty(database):
+    """A won dispute's reinstatement names the bounty it reinstates: no second bounty, even when both are
+    inserted by one statement and the guard sees them together."""
+    books = Books(database)
+    books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None)
+    books.partner("northwind", "hybrid")
+    books.attribute("acme", "northwind", "2026-01-01")
+    results = books.ingest(books.event("invoice_paid", "acme", "inv-1", "500.00", "2026-01-05"),
+                           books.event("chargeback", "acme", "inv-1", "500.00", "2026-01-06"),
+                           books.event("chargeback_reversed", "acme", "inv-1", "500.00", "2026-01-07"))
+    assert all(isinstance(result, revenue.Outcome) for result in results), results
+    with database.engine.connect() as connection:
+        bounties = connection.exec_driver_sql("SELECT id, accrual_id FROM journal_transactions"
+                                              " WHERE kind = 'cpa' AND customer_id = 'acme' ORDER BY id").all()
+    [(bounty_id, bountys_piece), (_, reinstated_id)] = bounties
+    assert bountys_piece is None and reinstated_id == bounty_id
 
 
 # ---- an adjustment, not dated in the future (migration 0021) ----
