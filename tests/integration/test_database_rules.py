@@ -571,6 +571,28 @@ def test_a_queued_hold_names_an_accrual_and_matures_when_it_does(queued):
     accepted(database, queue(accrual_id, matures_us))  # as it was queued
 
 
+def test_a_queued_hold_names_an_earning_transaction_whatever_else_matures(booked):
+    def header(transaction_id: int, kind: str):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, transaction_id, expense, "D", 100)
+            insert_line(connection, transaction_id, pending, "C", 100)
+            connection.execute(sa.text(
+                "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, matures_at_us,"
+                " idempotency_key, request_hash, prev_hash, hash, partner_id)"
+                " VALUES (:id, :kind, 5, 5, 7, :key, :h, :prev, :h, 'northwind')"),
+                dict(id=transaction_id, kind=kind, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection)))
+        return post
+    accepted(booked, header(2, "adjustment"))  # an adjustment that names a maturity all the same
+    accepted(booked, header(3, "accrual"))
+
+    def queue(accrual: int):
+        return lambda connection: connection.exec_driver_sql(
+            f"INSERT INTO open_holds (accrual_id, matures_at_us) VALUES ({accrual}, 7)")
+    refused(booked, queue(2), "a queued hold names an accrual and matures when it does")
+    accepted(booked, queue(3))
+
+
 def test_a_queued_hold_is_never_updated(queued):
     database, [(accrual_id, _), *_] = queued
     refused(database, lambda connection: connection.exec_driver_sql(
