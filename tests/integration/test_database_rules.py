@@ -283,7 +283,8 @@ def test_an_attribution_starts_after_the_latest_of_its_customer_not_of_its_partn
     feb_2026_us = at("2026-02-01")
     customer_to_p1 = ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
                       " VALUES (:customer, 'p1', :at, 'manual', :at)")
-    refused(database, raw(customer_to_p1, customer="p1-customer", at=feb_2026_us), "an attribution starts after the latest")
+    refused(database, raw(customer_to_p1, customer="p1-customer", at=feb_2026_us),
+            "an attribution starts after the latest")
     accepted(database, raw(customer_to_p1, customer="p2-customer", at=feb_2026_us))
 
 
@@ -789,7 +790,8 @@ def test_a_piece_is_reversed_though_a_reinstatement_names_it(pieces):
     with pieces.transaction() as session:
         journal.reverse(session, 1, reason="posted in error")
     with pieces.engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM journal_transactions WHERE reverses_id = 1").scalar() == 1
+        reversals = connection.exec_driver_sql("SELECT count(*) FROM journal_transactions WHERE reverses_id = 1")
+        assert reversals.scalar() == 1
 
 
 def test_a_reversed_piece_is_neither_clawed_nor_released(pieces):
