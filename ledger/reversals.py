@@ -24,7 +24,7 @@ true to the rules that depend on the transaction:
   returns to available and the reversal resolves the payout `failed`, so that it can no longer be
   settled (which would pay it twice). Once a payout is settled or failed, its posting and its
   resolution are final, a 409: the money has left (or come back) through the payment system, and a
-  correction is an adjustment.
+  correction is an adjustment (the database refuses their mirrors too: migration 0024).
 - A reversal is not reversed (409): post the original again instead.
 - Anything else: its mirror.
 """

@@ -1,8 +1,8 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migrations 0018 to 0022): reversals, values, program facts, period closes, payouts, keys, the
-queue of holds, a customer's CPA bounty, an adjustment's instant, what is posted against a piece.
-Each refusal has a control beside it that the same guard accepts, so that no guard passes by
-refusing everything."""
+SQL (migrations 0018 to 0024): reversals, values, program facts, period closes, payouts, keys, the
+queue of holds, a customer's CPA bounty, an adjustment's instant, what is posted against a piece, a
+resolved payout's postings. Each refusal has a control beside it that the same guard accepts, so
+that no guard passes by refusing everything."""
 
 from __future__ import annotations
 
@@ -451,6 +451,34 @@ def test_a_resolution_is_the_transaction_of_its_outcome(enrolled):
     with enrolled.transaction() as session:
         settled = payouts.settle(session, payout.id, at_us=at("2026-03-03"))
     assert settled.status == "settled"
+
+
+def resolution_of(database, payout_id: int) -> int:
+    with database.engine.connect() as connection:
+        return connection.exec_driver_sql(
+            f"SELECT transaction_id FROM payout_resolutions WHERE payout_id = {int(payout_id)}").scalar_one()
+
+
+def test_a_settled_or_failed_payout_is_final(enrolled):
+    """Migration 0024: the mirror of a payout's posting or of its resolution, once the payout is
+    settled or failed, is refused (`journal.reverse` writes the bare mirror, as raw SQL would: the
+    money would come back to available while the payout stays settled); a pending payout's posting
+    may be reversed, which is its failure."""
+    with enrolled.transaction() as session:
+        settled = new_payout(session, "2026-03-01")
+        payouts.settle(session, settled.id, at_us=at("2026-03-02"))
+        failed = new_payout(session, "2026-03-03", amount_minor=6_000)
+        payouts.fail(session, failed.id, at_us=at("2026-03-04"))
+        pending = new_payout(session, "2026-03-05", amount_minor=5_000)
+    final = [settled.transaction_id, resolution_of(enrolled, settled.id),
+             failed.transaction_id, resolution_of(enrolled, failed.id)]
+    for transaction_id in final:
+        with pytest.raises(sa.exc.DBAPIError, match="a settled or failed payout is final"):
+            with enrolled.transaction() as session:
+                journal.reverse(session, transaction_id, reason="raw", effective_at_us=at("2026-03-06"))
+    with enrolled.transaction() as session:
+        reversal = journal.reverse(session, pending.transaction_id, reason="returned", effective_at_us=at("2026-03-06"))
+    assert not reversal.replayed
 
 
 def test_a_moved_resolution_is_asked_for_no_earlier_than_its_payout(enrolled):
