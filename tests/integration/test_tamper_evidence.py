@@ -176,6 +176,12 @@ def test_a_posting_moved_back_in_time_is_named(booked):
     assert (2, "moved_back") in problems(booked)
 
 
+def test_a_posting_moved_to_the_very_instant_it_was_asked_for_is_named(booked):
+    with behind_the_triggers(booked) as execute:  # transaction 2 is effective at 1
+        execute("UPDATE journal_transactions SET original_effective_at_us = 1 WHERE id = 2")
+    assert problems(booked) == {(2, "moved_back"), (2, "hash_mismatch")}
+
+
 def test_a_line_in_an_unknown_currency_is_named(booked):
     with behind_the_triggers(booked) as execute:
         execute("UPDATE journal_lines SET currency = 'ZZZ' WHERE transaction_id = 2")
@@ -373,3 +379,37 @@ def test_a_clawback_moved_off_its_piece_is_named(accrued, altered):
                  "the partner it debits": f"UPDATE journal_lines SET account_id = {globex_pending}"
                                           f" WHERE transaction_id = {clawback_id} AND side = 'D'"}[altered])
     assert (clawback_id, "piece_link_broken") in problems(accrued)
+
+
+def test_a_head_recorded_before_later_postings_still_verifies(booked):
+    with booked.reader() as session:
+        before = verify(session)
+    with booked.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 700,
+                                                effective_at_us=9, idempotency_key="later")])
+    assert problems_with_head(booked, (before.head_id, before.chain_head)) == set()
+    assert problems_with_head(booked, (before.head_id - 1, before.chain_head)) == {(4, "head_rewritten")}
+
+
+def test_a_transaction_left_with_one_line_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("DELETE FROM journal_lines WHERE transaction_id = 3 AND side = 'D'")
+    assert problems(booked) == {(3, "too_few_lines"), (3, "content_altered"), (3, "unbalanced"),
+                                (None, "totals_mismatch")}
+
+
+def test_a_line_moved_to_another_instant_than_its_transaction_is_named(booked):
+    with behind_the_triggers(booked) as execute:  # still before the account's latest line: totals unchanged
+        execute("UPDATE journal_lines SET effective_at_us = 3 WHERE transaction_id = 2 AND side = 'C'")
+    assert problems(booked) == {(2, "line_instant_mismatch")}
+
+
+def test_a_line_amount_of_zero_is_named(sqlite_database):
+    with sqlite_database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a")])
+    with behind_the_triggers(sqlite_database) as execute:  # and past the CHECK constraint, as the file's owner can
+        execute("PRAGMA ignore_check_constraints = ON")
+        execute("UPDATE journal_lines SET amount_minor = 0 WHERE transaction_id = 1")
+    assert problems(sqlite_database) == {(1, "amount_not_positive"), (1, "content_altered"),
+                                         (None, "totals_mismatch")}
