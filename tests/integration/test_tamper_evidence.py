@@ -413,3 +413,27 @@ def test_a_line_amount_of_zero_is_named(sqlite_database):
         execute("UPDATE journal_lines SET amount_minor = 0 WHERE transaction_id = 1")
     assert problems(sqlite_database) == {(1, "amount_not_positive"), (1, "content_altered"),
                                          (None, "totals_mismatch")}
+
+
+CHAIN_HASH_FIELDS = [
+    pytest.param(["UPDATE journal_transactions SET recorded_at_us = recorded_at_us + 1 WHERE id = 2"],
+                 {(2, "hash_mismatch")}, id="recorded instant"),
+    pytest.param(["UPDATE journal_transactions SET effective_at_us = 2 WHERE id = 2"],
+                 {(2, "hash_mismatch"), (2, "content_altered"), (2, "line_instant_mismatch")}, id="effective instant"),
+    pytest.param(["UPDATE journal_transactions SET original_effective_at_us = 0 WHERE id = 2"],
+                 {(2, "hash_mismatch"), (2, "content_altered")}, id="requested instant"),
+    pytest.param(["UPDATE journal_transactions SET prev_hash = (SELECT hash FROM journal_transactions WHERE id = 1)"
+                  " WHERE id = 3"],
+                 {(3, "hash_mismatch"), (3, "chain_broken")}, id="previous hash"),
+    pytest.param(["UPDATE journal_lines SET transaction_id = 6 WHERE transaction_id = 5",
+                  "UPDATE journal_transactions SET id = 6 WHERE id = 5"],
+                 {(6, "hash_mismatch"), (6, "sequence_gap")}, id="id"),
+]
+
+
+@pytest.mark.parametrize(("statements", "expected"), CHAIN_HASH_FIELDS)
+def test_each_field_the_chain_hash_covers_altered_alone_is_a_hash_mismatch(booked, statements, expected):
+    with behind_the_triggers(booked) as execute:
+        for statement in statements:
+            execute(statement)
+    assert problems(booked) == expected
