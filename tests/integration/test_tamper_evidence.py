@@ -415,6 +415,63 @@ def test_a_line_amount_of_zero_is_named(sqlite_database):
                                          (None, "totals_mismatch")}
 
 
+@pytest.mark.parametrize("altered", ["partner_id = 'southwind'", "amount_minor = 100000", "currency = 'EUR'"],
+                         ids=["partner", "amount", "currency"])
+def test_a_payout_record_altered_in_any_one_field_from_its_posting_is_named(paid_out, altered):
+    database, payout = paid_out
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE payouts SET {altered} WHERE id = {payout.id}")
+    assert problems(database) == {(payout.transaction_id, "payout_mismatch")}
+
+
+def test_a_payout_record_moved_onto_a_transaction_that_is_no_payout_is_named(paid_out):
+    database, payout = paid_out  # the adjustment that made the balance: its partner, debits and currency
+    with database.engine.connect() as connection:
+        adjustment_id = connection.exec_driver_sql(
+            "SELECT id FROM journal_transactions WHERE kind = 'adjustment'").scalar_one()
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE payouts SET transaction_id = {adjustment_id} WHERE id = {payout.id}")
+    assert problems(database) == {(adjustment_id, "payout_mismatch"), (payout.transaction_id, "payout_unrecorded")}
+
+
+def test_a_resolution_of_a_payout_whose_record_was_removed_is_named(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:
+        settled = payouts.settle(session, payout.id)
+    with behind_the_triggers(database) as execute:
+        execute(f"DELETE FROM payout_resolutions WHERE payout_id = {payout.id}")
+        execute(f"DELETE FROM payouts WHERE id = {payout.id}")
+    with database.reader() as session:
+        found = verify(session).problems
+    assert {(p.transaction_id, p.code) for p in found} == {
+        (settled.resolution_transaction_id, "payout_resolution_mismatch"), (payout.transaction_id, "payout_unrecorded")}
+    assert f"resolves payout {payout.id}, which does not exist" in {p.message for p in found}
+
+
+def test_a_posting_of_a_resolutions_kind_made_by_hand_resolves_no_payout(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:  # keyed otherwise than `{kind}:{payout id}`: no payout's resolution
+        journal.post(session, [journal.transfer(
+            "payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", 1, effective_at_us=3_000,
+            idempotency_key=f"correction:{payout.id}", partner_id="northwind")])
+    assert problems(database) == set()
+
+
+def test_a_payout_failed_by_reversing_its_posting_then_settled_names_the_later_resolution(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:
+        failed_by = reversals.reverse(session, payout.transaction_id, reason="bank rejected it").id
+    assert problems(database) == set()  # the reversal of its posting failed it, as its record has it
+    with behind_the_triggers(database) as execute:  # its record gone, the payout looks pending again
+        execute(f"DELETE FROM payout_resolutions WHERE payout_id = {payout.id}")
+    with database.transaction() as session:
+        settled = payouts.settle(session, payout.id)
+    with database.reader() as session:
+        [problem] = verify(session).problems
+    assert (problem.code, problem.transaction_id) == ("payout_resolved_twice", settled.resolution_transaction_id)
+    assert failed_by < settled.resolution_transaction_id
+
+
 CHAIN_HASH_FIELDS = [
     pytest.param(["UPDATE journal_transactions SET recorded_at_us = recorded_at_us + 1 WHERE id = 2"],
                  {(2, "hash_mismatch")}, id="recorded instant"),
