@@ -494,3 +494,51 @@ def test_each_field_the_chain_hash_covers_altered_alone_is_a_hash_mismatch(booke
         for statement in statements:
             execute(statement)
     assert problems(booked) == expected
+
+
+AVAILABLE = chart.available("northwind")
+
+
+def against(kind: str, piece: int, amount: int, key: str, *, from_account: str = PENDING) -> journal.Draft:
+    """A clawback (to the expense account) or a release (to available) of northwind's `piece`."""
+    to_account = chart.EXPENSE_COMMISSION if kind == "clawback" else AVAILABLE
+    return journal.transfer(kind, from_account, to_account, "USD", amount, effective_at_us=10, idempotency_key=key,
+                            partner_id="northwind", accrual_id=piece)
+
+
+@pytest.fixture
+def two_pieces(database):
+    """1 and 2: northwind's accruals of 100 USD each, with nothing against them yet."""
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key=f"a{i}", partner_id="northwind")
+                               for i in (1, 2)])
+    return database
+
+
+def test_a_piece_clawed_back_whole_again_after_its_clawback_was_reversed_is_within_its_amount(two_pieces):
+    with two_pieces.transaction() as session:
+        [clawback] = journal.post(session, [against("clawback", 1, 100, "c1")])
+    assert problems(two_pieces) == set()  # the whole piece clawed back: within it
+    with two_pieces.transaction() as session:
+        journal.reverse(session, clawback.id, reason="refund reversed")
+        journal.post(session, [against("clawback", 1, 100, "c2")])
+    assert problems(two_pieces) == set()  # the reversed clawback no longer counts
+
+
+def test_a_release_grown_past_what_a_clawback_from_pending_left_is_named(two_pieces):
+    with two_pieces.transaction() as session:
+        _, release = journal.post(session, [against("clawback", 1, 30, "c1"), against("release", 1, 70, "r1")])
+    assert problems(two_pieces) == set()
+    with behind_the_triggers(two_pieces) as execute:
+        execute(f"UPDATE journal_lines SET amount_minor = 71 WHERE transaction_id = {release.id}")
+    assert (1, "piece_overdrawn") in problems(two_pieces)
+
+
+def test_a_second_release_of_a_piece_is_named_though_both_stay_within_its_amount(two_pieces):
+    with two_pieces.transaction() as session:
+        _, second = journal.post(session, [against("release", 1, 40, "r1"), against("release", 2, 40, "r2")])
+    assert problems(two_pieces) == set()
+    with behind_the_triggers(two_pieces) as execute:
+        execute(f"UPDATE journal_transactions SET accrual_id = 1 WHERE id = {second.id}")
+    assert problems(two_pieces) == {(second.id, "content_altered"), (1, "piece_overdrawn")}
