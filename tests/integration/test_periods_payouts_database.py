@@ -111,6 +111,8 @@ TAMPERED_CLOSE_FIELDS = [
                  {("close_count_mismatch", "2026-01"), ("close_hash_mismatch", "2026-01")}, id="count"),
     pytest.param([f"UPDATE period_closes SET chain_head_hash = '{F64}' WHERE period = '2026-02'"],
                  {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head"),
+    pytest.param(["UPDATE period_closes SET chain_head_id = 1 WHERE period = '2026-02'"],
+                 {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head id"),
 ]
 
 
@@ -146,6 +148,38 @@ def test_verify_names_every_other_altered_field_of_a_close(closed, statements, e
         for statement in statements:
             execute(statement)
     assert problems(closed) == expected
+
+
+def test_verify_gives_the_newest_close_to_record(closed):
+    with closed.reader() as session:
+        report = verify(session)
+        march = periods.get_close(session, "2026-03")
+    assert report.latest_close == ("2026-03", march.close_hash)
+
+
+def test_a_period_closed_on_an_empty_journal_records_the_genesis_head_and_verifies(database):
+    with database.transaction() as session:
+        close = periods.close_period(session, "2026-01", now_us=at("2026-02-02"))
+    with database.reader() as session:
+        report = verify(session)
+    assert (close.chain_head_id, close.chain_head_hash, close.transaction_count) == (0, journal.GENESIS_HASH, 0)
+    assert report.problems == [] and report.latest_close == ("2026-01", close.close_hash)
+
+
+def test_a_period_closes_at_the_instant_it_ends_and_a_posting_at_the_next_ones_start_is_not_in_it(database):
+    with database.transaction() as session:
+        journal.post(session, [
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=at(day),
+                             idempotency_key=f"accrual-{day}", partner_id="northwind")
+            for day in ("2026-01-10", "2026-03-01")])
+        periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
+        # February is empty (March's posting is at its first instant): it closes along with March.
+        periods.close_period(session, "2026-03", now_us=at("2026-04-01"))
+    with database.reader() as session:
+        closes = [(close.period, close.transaction_count) for close in periods.list_periods(session)]
+        report = verify(session)
+    assert closes == [("2026-01", 1), ("2026-02", 0), ("2026-03", 1)]
+    assert report.problems == []
 
 
 # ---- the database refuses, with Python bypassed ----
