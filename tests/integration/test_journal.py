@@ -94,6 +94,7 @@ def test_a_key_repeated_within_one_batch_with_other_content_is_a_conflict(databa
     ((Line(PENDING, "USD", CREDIT, 0), Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 0)), "positive integer"),
     ((Line(PENDING, "USD", CREDIT, -5), Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, -5)), "positive integer"),
     ((Line(PENDING, "USD", CREDIT, 1.0), Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1.0)), "positive integer"),
+    ((Line(PENDING, "USD", CREDIT, True), Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, True)), "positive integer"),
 ])
 def test_python_refuses_malformed_transactions_before_the_database(database, lines, message):
     with pytest.raises(InvalidInput) as refused, database.transaction() as session:
@@ -101,6 +102,19 @@ def test_python_refuses_malformed_transactions_before_the_database(database, lin
     assert message in refused.value.fields["lines"][0]
     with database.reader() as session:
         assert journal.chain_head(session) == (0, journal.GENESIS_HASH)
+
+
+def test_a_transaction_holds_up_to_100_lines_under_a_key_of_up_to_200_characters(database):
+    lines = (Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1),) * 50 + (Line(PENDING, "USD", CREDIT, 1),) * 50
+    with database.transaction() as session:
+        [posted] = journal.post(session, [Draft("adjustment", 1, lines, "k" * 200)])
+        assert journal.load_draft(session, posted.id).lines == lines
+    with pytest.raises(InvalidInput, match="2 to 100 lines"), database.transaction() as session:
+        journal.post(session, [Draft("adjustment", 1, lines + (Line(PENDING, "USD", DEBIT, 1),), "more lines")])
+    with pytest.raises(InvalidInput, match="1 to 200 characters"), database.transaction() as session:
+        journal.post(session, [Draft("adjustment", 1, lines, "k" * 201)])
+    with database.reader() as session:
+        assert verify(session).problems == [] and journal.chain_head(session)[0] == 1
 
 
 def test_a_reversal_mirrors_the_original_once(database):

@@ -98,6 +98,11 @@ TAMPERED_CLOSES = [
                    True: "UPDATE statement_documents SET lines = jsonb_set(lines::jsonb, '{0,0}', 'true')::json "
                          "WHERE period = '2026-01'"}],
                  {("statement_line_altered", "2026-01")}, id="a stored transaction id made true"),
+    pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 0.0) "
+                          "WHERE period = '2026-01'",
+                   True: "UPDATE statement_documents SET lines = jsonb_set(lines::jsonb, '{0,8}', '0.0')::json "
+                         "WHERE period = '2026-01'"}],
+                 {("statement_line_altered", "2026-01")}, id="a stored available amount made a float"),
     pytest.param(["UPDATE statement_documents SET lines = '" + "[" * 1500 + "]" * 1500 + "' WHERE period = '2026-03'"],
                  {("statement_line_altered", "2026-03")}, id="a statement document nested past Python's limit"),
     pytest.param(["INSERT INTO statement_documents (period, partner_id, currency, lines) "
@@ -111,6 +116,8 @@ TAMPERED_CLOSE_FIELDS = [
                  {("close_count_mismatch", "2026-01"), ("close_hash_mismatch", "2026-01")}, id="count"),
     pytest.param([f"UPDATE period_closes SET chain_head_hash = '{F64}' WHERE period = '2026-02'"],
                  {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head"),
+    pytest.param(["UPDATE period_closes SET chain_head_id = 1 WHERE period = '2026-02'"],
+                 {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head id"),
 ]
 
 
@@ -146,6 +153,38 @@ def test_verify_names_every_other_altered_field_of_a_close(closed, statements, e
         for statement in statements:
             execute(statement)
     assert problems(closed) == expected
+
+
+def test_verify_gives_the_newest_close_to_record(closed):
+    with closed.reader() as session:
+        report = verify(session)
+        march = periods.get_close(session, "2026-03")
+    assert report.latest_close == ("2026-03", march.close_hash)
+
+
+def test_a_period_closed_on_an_empty_journal_records_the_genesis_head_and_verifies(database):
+    with database.transaction() as session:
+        close = periods.close_period(session, "2026-01", now_us=at("2026-02-02"))
+    with database.reader() as session:
+        report = verify(session)
+    assert (close.chain_head_id, close.chain_head_hash, close.transaction_count) == (0, journal.GENESIS_HASH, 0)
+    assert report.problems == [] and report.latest_close == ("2026-01", close.close_hash)
+
+
+def test_a_period_closes_at_the_instant_it_ends_and_a_posting_at_the_next_ones_start_is_not_in_it(database):
+    with database.transaction() as session:
+        journal.post(session, [
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=at(day),
+                             idempotency_key=f"accrual-{day}", partner_id="northwind")
+            for day in ("2026-01-10", "2026-03-01")])
+        periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
+        # February is empty (March's posting is at its first instant): it closes along with March.
+        periods.close_period(session, "2026-03", now_us=at("2026-04-01"))
+    with database.reader() as session:
+        closes = [(close.period, close.transaction_count) for close in periods.list_periods(session)]
+        report = verify(session)
+    assert closes == [("2026-01", 1), ("2026-02", 0), ("2026-03", 1)]
+    assert report.problems == []
 
 
 # ---- the database refuses, with Python bypassed ----
@@ -295,6 +334,43 @@ def test_verify_names_the_first_few_stored_statement_lines_that_differ(closed):
         ("period 2026-02", 2, "not stored as the journal gives it"), ("period 2026-02", 2, "stored but not given by "
                                                                       "the journal"),
         ("period 2026-02", 4, "not stored as the journal gives it")], named
+
+
+def statement_problems(database) -> list[tuple[int | None, str]]:
+    with database.reader() as session:
+        return [(p.transaction_id, p.message) for p in verify(session).problems if p.code == "statement_line_altered"]
+
+
+def test_a_statement_document_removed_names_each_line_the_journal_gives_for_it(closed):
+    with behind_the_triggers(closed) as execute:
+        execute("DELETE FROM statement_documents WHERE period = '2026-02'")
+    assert statement_problems(closed) == [
+        (transaction_id, f"period 2026-02: partner northwind's USD statement line for transaction {transaction_id} "
+                         "is not stored as the journal gives it") for transaction_id in (2, 4)]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # its CHECK switched off, as the file's owner can
+def test_a_statement_document_emptied_is_named_as_no_array_of_lines(closed):
+    with behind_the_triggers(closed) as execute:
+        execute("PRAGMA ignore_check_constraints = ON")
+        execute("UPDATE statement_documents SET lines = '[]' WHERE period = '2026-02'")
+    assert statement_problems(closed) == [
+        (None, "period 2026-02: partner northwind's USD statement document is not a non-empty JSON array of "
+               "statement lines")]
+
+
+def test_a_document_stored_in_another_order_still_reads_in_posting_order_and_verifies(closed):
+    with behind_the_triggers(closed) as execute:  # February's two lines, the later one first
+        execute({False: "UPDATE statement_documents SET lines = json_array(json(lines -> 1), json(lines -> 0)) "
+                        "WHERE period = '2026-02'",
+                 True: "UPDATE statement_documents SET lines = json_build_array(lines -> 1, lines -> 0) "
+                       "WHERE period = '2026-02'"}[closed.engine.dialect.name == "postgresql"])
+    with closed.reader() as session:
+        [lines] = statement_lines.stored(session, "northwind", "2026-02").values()
+        report = verify(session)
+    assert [(line.transaction_id, line.effective_at_us) for line in lines] == [(4, at("2026-02-09")),
+                                                                               (2, at("2026-02-10"))]
+    assert report.problems == []
 
 
 def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(closed):

@@ -176,6 +176,12 @@ def test_a_posting_moved_back_in_time_is_named(booked):
     assert (2, "moved_back") in problems(booked)
 
 
+def test_a_posting_moved_to_the_very_instant_it_was_asked_for_is_named(booked):
+    with behind_the_triggers(booked) as execute:  # transaction 2 is effective at 1
+        execute("UPDATE journal_transactions SET original_effective_at_us = 1 WHERE id = 2")
+    assert problems(booked) == {(2, "moved_back"), (2, "hash_mismatch")}
+
+
 def test_a_line_in_an_unknown_currency_is_named(booked):
     with behind_the_triggers(booked) as execute:
         execute("UPDATE journal_lines SET currency = 'ZZZ' WHERE transaction_id = 2")
@@ -373,3 +379,166 @@ def test_a_clawback_moved_off_its_piece_is_named(accrued, altered):
                  "the partner it debits": f"UPDATE journal_lines SET account_id = {globex_pending}"
                                           f" WHERE transaction_id = {clawback_id} AND side = 'D'"}[altered])
     assert (clawback_id, "piece_link_broken") in problems(accrued)
+
+
+def test_a_head_recorded_before_later_postings_still_verifies(booked):
+    with booked.reader() as session:
+        before = verify(session)
+    with booked.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 700,
+                                                effective_at_us=9, idempotency_key="later")])
+    assert problems_with_head(booked, (before.head_id, before.chain_head)) == set()
+    assert problems_with_head(booked, (before.head_id - 1, before.chain_head)) == {(4, "head_rewritten")}
+
+
+def test_a_transaction_left_with_one_line_is_named(booked):
+    with behind_the_triggers(booked) as execute:
+        execute("DELETE FROM journal_lines WHERE transaction_id = 3 AND side = 'D'")
+    assert problems(booked) == {(3, "too_few_lines"), (3, "content_altered"), (3, "unbalanced"),
+                                (None, "totals_mismatch")}
+
+
+def test_a_line_moved_to_another_instant_than_its_transaction_is_named(booked):
+    with behind_the_triggers(booked) as execute:  # still before the account's latest line: totals unchanged
+        execute("UPDATE journal_lines SET effective_at_us = 3 WHERE transaction_id = 2 AND side = 'C'")
+    assert problems(booked) == {(2, "line_instant_mismatch")}
+
+
+def test_a_line_amount_of_zero_is_named(sqlite_database):
+    with sqlite_database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a")])
+    with behind_the_triggers(sqlite_database) as execute:  # and past the CHECK constraint, as the file's owner can
+        execute("PRAGMA ignore_check_constraints = ON")
+        execute("UPDATE journal_lines SET amount_minor = 0 WHERE transaction_id = 1")
+    assert problems(sqlite_database) == {(1, "amount_not_positive"), (1, "content_altered"),
+                                         (None, "totals_mismatch")}
+
+
+@pytest.mark.parametrize("altered", ["partner_id = 'southwind'", "amount_minor = 100000", "currency = 'EUR'"],
+                         ids=["partner", "amount", "currency"])
+def test_a_payout_record_altered_in_any_one_field_from_its_posting_is_named(paid_out, altered):
+    database, payout = paid_out
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE payouts SET {altered} WHERE id = {payout.id}")
+    assert problems(database) == {(payout.transaction_id, "payout_mismatch")}
+
+
+def test_a_payout_record_moved_onto_a_transaction_that_is_no_payout_is_named(paid_out):
+    database, payout = paid_out  # the adjustment that made the balance: its partner, debits and currency
+    with database.engine.connect() as connection:
+        adjustment_id = connection.exec_driver_sql(
+            "SELECT id FROM journal_transactions WHERE kind = 'adjustment'").scalar_one()
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE payouts SET transaction_id = {adjustment_id} WHERE id = {payout.id}")
+    assert problems(database) == {(adjustment_id, "payout_mismatch"), (payout.transaction_id, "payout_unrecorded")}
+
+
+def test_a_resolution_of_a_payout_whose_record_was_removed_is_named(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:
+        settled = payouts.settle(session, payout.id)
+    with behind_the_triggers(database) as execute:
+        execute(f"DELETE FROM payout_resolutions WHERE payout_id = {payout.id}")
+        execute(f"DELETE FROM payouts WHERE id = {payout.id}")
+    with database.reader() as session:
+        found = verify(session).problems
+    assert {(p.transaction_id, p.code) for p in found} == {
+        (settled.resolution_transaction_id, "payout_resolution_mismatch"), (payout.transaction_id, "payout_unrecorded")}
+    assert f"resolves payout {payout.id}, which does not exist" in {p.message for p in found}
+
+
+def test_a_posting_of_a_resolutions_kind_made_by_hand_resolves_no_payout(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:  # keyed otherwise than `{kind}:{payout id}`: no payout's resolution
+        journal.post(session, [journal.transfer(
+            "payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", 1, effective_at_us=3_000,
+            idempotency_key=f"correction:{payout.id}", partner_id="northwind")])
+    assert problems(database) == set()
+
+
+def test_a_payout_failed_by_reversing_its_posting_then_settled_names_the_later_resolution(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:
+        failed_by = reversals.reverse(session, payout.transaction_id, reason="bank rejected it").id
+    assert problems(database) == set()  # the reversal of its posting failed it, as its record has it
+    with behind_the_triggers(database) as execute:  # its record gone, the payout looks pending again
+        execute(f"DELETE FROM payout_resolutions WHERE payout_id = {payout.id}")
+    with database.transaction() as session:
+        settled = payouts.settle(session, payout.id)
+    with database.reader() as session:
+        [problem] = verify(session).problems
+    assert (problem.code, problem.transaction_id) == ("payout_resolved_twice", settled.resolution_transaction_id)
+    assert failed_by < settled.resolution_transaction_id
+
+
+CHAIN_HASH_FIELDS = [
+    pytest.param(["UPDATE journal_transactions SET recorded_at_us = recorded_at_us + 1 WHERE id = 2"],
+                 {(2, "hash_mismatch")}, id="recorded instant"),
+    pytest.param(["UPDATE journal_transactions SET effective_at_us = 2 WHERE id = 2"],
+                 {(2, "hash_mismatch"), (2, "content_altered"), (2, "line_instant_mismatch")}, id="effective instant"),
+    pytest.param(["UPDATE journal_transactions SET original_effective_at_us = 0 WHERE id = 2"],
+                 {(2, "hash_mismatch"), (2, "content_altered")}, id="requested instant"),
+    pytest.param(["UPDATE journal_transactions SET prev_hash = (SELECT hash FROM journal_transactions WHERE id = 1)"
+                  " WHERE id = 3"],
+                 {(3, "hash_mismatch"), (3, "chain_broken")}, id="previous hash"),
+    pytest.param(["UPDATE journal_lines SET transaction_id = 6 WHERE transaction_id = 5",
+                  "UPDATE journal_transactions SET id = 6 WHERE id = 5"],
+                 {(6, "hash_mismatch"), (6, "sequence_gap")}, id="id"),
+]
+
+
+@pytest.mark.parametrize(("statements", "expected"), CHAIN_HASH_FIELDS)
+def test_each_field_the_chain_hash_covers_altered_alone_is_a_hash_mismatch(booked, statements, expected):
+    with behind_the_triggers(booked) as execute:
+        for statement in statements:
+            execute(statement)
+    assert problems(booked) == expected
+
+
+AVAILABLE = chart.available("northwind")
+
+
+def against(kind: str, piece: int, amount: int, key: str, *, from_account: str = PENDING) -> journal.Draft:
+    """A clawback (to the expense account) or a release (to available) of northwind's `piece`."""
+    to_account = chart.EXPENSE_COMMISSION if kind == "clawback" else AVAILABLE
+    return journal.transfer(kind, from_account, to_account, "USD", amount, effective_at_us=10, idempotency_key=key,
+                            partner_id="northwind", accrual_id=piece)
+
+
+@pytest.fixture
+def two_pieces(database):
+    """1 and 2: northwind's accruals of 100 USD each, with nothing against them yet."""
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key=f"a{i}", partner_id="northwind")
+                               for i in (1, 2)])
+    return database
+
+
+def test_a_piece_clawed_back_whole_again_after_its_clawback_was_reversed_is_within_its_amount(two_pieces):
+    with two_pieces.transaction() as session:
+        [clawback] = journal.post(session, [against("clawback", 1, 100, "c1")])
+    assert problems(two_pieces) == set()  # the whole piece clawed back: within it
+    with two_pieces.transaction() as session:
+        journal.reverse(session, clawback.id, reason="refund reversed")
+        journal.post(session, [against("clawback", 1, 100, "c2")])
+    assert problems(two_pieces) == set()  # the reversed clawback no longer counts
+
+
+def test_a_release_grown_past_what_a_clawback_from_pending_left_is_named(two_pieces):
+    with two_pieces.transaction() as session:
+        _, release = journal.post(session, [against("clawback", 1, 30, "c1"), against("release", 1, 70, "r1")])
+    assert problems(two_pieces) == set()
+    with behind_the_triggers(two_pieces) as execute:
+        execute(f"UPDATE journal_lines SET amount_minor = 71 WHERE transaction_id = {release.id}")
+    assert (1, "piece_overdrawn") in problems(two_pieces)
+
+
+def test_a_second_release_of_a_piece_is_named_though_both_stay_within_its_amount(two_pieces):
+    with two_pieces.transaction() as session:
+        _, second = journal.post(session, [against("release", 1, 40, "r1"), against("release", 2, 40, "r2")])
+    assert problems(two_pieces) == set()
+    with behind_the_triggers(two_pieces) as execute:
+        execute(f"UPDATE journal_transactions SET accrual_id = 1 WHERE id = {second.id}")
+    assert problems(two_pieces) == {(second.id, "content_altered"), (1, "piece_overdrawn")}
