@@ -344,6 +344,15 @@ def test_a_key_or_a_column_given_twice_is_refused_not_read_as_the_last(seeded, t
     assert "posted: 0" in invoke(seeded.url, "import", str(tmp_path / "twice.ndjson")).output
 
 
+def test_a_csv_header_that_lacks_a_column_stops_the_import_naming_it(seeded, tmp_path):
+    rows = ["id,type,customer_id,invoice_id,amount,occurred_at",
+            "m-1,invoice_paid,acme,inv-m-1,10.00,2026-01-11T00:00:00Z"]
+    (tmp_path / "short.csv").write_text("\n".join(rows) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "short.csv"))
+    assert result.exit_code == 2 and "CSV header lacks currency" in result.output
+    assert "Traceback" not in result.output and stored_events(seeded) == 0
+
+
 def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_an_error(seeded, tmp_path):
     rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at",
             "cr-1,invoice_paid,acme,inv-cr-1,10.00,USD,2026-01-11T00:00:00Z",
