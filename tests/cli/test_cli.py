@@ -20,7 +20,7 @@ from cli.main import main
 from ledger import revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
-from ledger.importer import detect_format, head, open_events
+from ledger.importer import HEAD_BYTES, detect_format, head, open_events
 from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.schema import journal_lines, journal_transactions, partners, revenue_events
 from ledger.trial_balance import trial_balance
@@ -344,6 +344,15 @@ def test_a_key_or_a_column_given_twice_is_refused_not_read_as_the_last(seeded, t
     assert "posted: 0" in invoke(seeded.url, "import", str(tmp_path / "twice.ndjson")).output
 
 
+def test_a_csv_header_that_lacks_a_column_stops_the_import_naming_it(seeded, tmp_path):
+    rows = ["id,type,customer_id,invoice_id,amount,occurred_at",
+            "m-1,invoice_paid,acme,inv-m-1,10.00,2026-01-11T00:00:00Z"]
+    (tmp_path / "short.csv").write_text("\n".join(rows) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "short.csv"))
+    assert result.exit_code == 2 and "CSV header lacks currency" in result.output
+    assert "Traceback" not in result.output and stored_events(seeded) == 0
+
+
 def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_an_error(seeded, tmp_path):
     rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at",
             "cr-1,invoice_paid,acme,inv-cr-1,10.00,USD,2026-01-11T00:00:00Z",
@@ -356,6 +365,57 @@ def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_
     result = invoke(seeded.url, "import", str(tmp_path / "stray.csv"))
     assert result.exit_code == 2 and "not CSV the import can read" in result.output
     assert "Traceback" not in result.output
+
+
+def test_blank_lines_of_ndjson_are_skipped_not_refused_and_still_counted_in_line_numbers(seeded, tmp_path):
+    good = event_dict(paid("bl-1", "acme", "inv-bl-1", 10_000, "2026-01-10"))
+    lines = [json.dumps(good), "", "   \t", "{not json", json.dumps({**good, "id": "bl-2", "invoice_id": "inv-bl-2"})]
+    (tmp_path / "blank.ndjson").write_text("\r\n".join(lines) + "\r\n\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "blank.ndjson"))
+    assert result.exit_code == 1 and "read 3 events" in result.output
+    assert "posted: 2" in result.output and "refused: 1" in result.output
+    assert "line 4 event ?: malformed JSON" in result.output
+
+
+def test_a_file_named_neither_csv_nor_ndjson_is_ndjson_when_it_starts_with_a_brace_after_blank_space():
+    assert detect_format("events", '\n  \t{"id": "e-1"}') == "ndjson"
+    assert detect_format("events", "\r\nid,type") == "csv"
+    assert detect_format("events.csv", '{"id": "e-1"}') == "csv"
+
+
+def test_refusal_examples_are_the_first_lines_refused_in_line_order_whatever_order_they_were_refused_in(
+        seeded, tmp_path):
+    # Lines that cannot be read are refused as they are read, those the domain refuses with their
+    # batch, after them: the examples still give the lowest line numbers, in order.
+    refund = event_dict(paid("r-0", "acme", "nope", 1_000, "2026-01-10", kind="refund"))
+    few = [json.dumps({**refund, "id": "r-1"}), "{not json"]
+    (tmp_path / "few.ndjson").write_text("\n".join(few) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "few.ndjson"))
+    assert result.exit_code == 1 and refused_lines(result.output) == [1, 2]
+    # 60 lines, odd ones refused by the domain, even ones unreadable: more than the examples kept.
+    many = [json.dumps({**refund, "id": f"r-{n}"}) if n % 2 else "{not json" for n in range(1, 61)]
+    (tmp_path / "many.ndjson").write_text("\n".join(many) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "many.ndjson"))
+    assert result.exit_code == 1 and "refused: 60" in result.output
+    assert refused_lines(result.output) == list(range(1, 21))
+
+
+def refused_lines(output: str) -> list[int]:
+    return [int(line.split()[1]) for line in output.splitlines() if line.strip().startswith("line ")]
+
+
+def test_an_import_commits_a_batch_each_time_batch_size_events_are_read(database):
+    from ledger.importer import import_text
+
+    with database.transaction() as session:
+        seed(session)
+    batches = []
+    content = "".join(json.dumps(event_dict(event)) + "\n" for event in monthly_events(months=2))
+    summary = import_text(database, content, "ndjson", batch_size=2, progress=batches.append)
+    assert summary.read == 7 and batches == [2, 2, 2, 1]
+    batches.clear()
+    replayed = import_text(database, content, "ndjson", batch_size=4, progress=batches.append)
+    assert replayed.replayed == 7 and batches == [4, 3]
 
 
 def test_an_event_whose_total_is_out_of_range_is_refused_on_its_line_and_the_rest_imported(database, tmp_path):
@@ -484,6 +544,30 @@ def test_a_pipes_first_bytes_are_read_ahead_however_its_producer_writes_them():
         with open_events(f"/dev/fd/{reader}") as stream:
             assert detect_format("-", head(stream)) == "ndjson"
             assert stream.read() == '\ufeff{"id": "e-1"}\n'  # all of it, from the start
+    finally:
+        producer.join()
+        os.close(reader)
+
+
+def test_a_pipe_s_head_is_as_long_as_a_file_s_however_its_producer_writes_it(tmp_path):
+    # The first `{` at the last byte `head` gives, written a moment after the rest: a pipe read ahead
+    # a byte short would be taken for CSV.
+    content = b" " * (HEAD_BYTES - 1) + b'{"id": "e-1"}\n'
+    (tmp_path / "events").write_bytes(content)
+    reader, writer = os.pipe()
+    os.write(writer, content[:HEAD_BYTES - 1])
+
+    def rest() -> None:
+        time.sleep(0.2)
+        os.write(writer, content[HEAD_BYTES - 1:])
+        os.close(writer)
+    producer = threading.Thread(target=rest)
+    producer.start()
+    try:
+        with open_events(str(tmp_path / "events")) as file, open_events(f"/dev/fd/{reader}") as pipe:
+            assert head(pipe) == head(file) == content[:HEAD_BYTES].decode()
+            assert detect_format("-", head(pipe)) == "ndjson"
+            assert pipe.read() == content.decode()
     finally:
         producer.join()
         os.close(reader)

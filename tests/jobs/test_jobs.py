@@ -8,7 +8,9 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import tzlocal
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
 
@@ -152,6 +154,35 @@ def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
     assert count(books, "payout") == len(by_hand.payouts) == 1
 
 
+def test_the_close_job_closes_a_period_at_the_instant_its_settings_grace_days_have_passed(books):
+    # March ends on April 1: with 5 grace days it is due at 2026-04-06T00:00:00Z, not a moment before.
+    close = bodies.job_table(Settings.build(database_url=books.url, close_grace_days=5))["close_periods"]
+    early = bodies.run_job(books, "close_periods", close, at("2026-04-05T23:59:59Z"))
+    due = bodies.run_job(books, "close_periods", close, at("2026-04-06"))
+    assert early.figures["closed"] == ["2026-01", "2026-02"] and due.figures["closed"] == ["2026-03"]
+
+
+def test_the_payout_job_run_at_the_instant_a_run_falls_due_makes_that_run(books):
+    first = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01"))
+    assert first.figures["payouts"] == 1 and first.figures["replayed"] is False
+    assert run_instants(books) == [at("2026-04-01")]
+
+
+def test_a_payout_run_due_at_the_end_of_a_closed_period_lies_in_the_next_and_is_made(books):
+    with books.transaction() as session:
+        for period in ("2026-01", "2026-02", "2026-03"):
+            close_period(session, period)
+    made = bodies.run_job(books, "payout_run", bodies.payout_run, at("2026-04-01T01:00:00Z"))
+    assert made.figures["payouts"] == 1 and made.figures["replayed"] is False
+    assert run_instants(books) == [at("2026-04-01")]  # the first instant of April, which is open
+
+
+def test_the_payout_job_of_the_production_table_runs_on_the_settings_day(books):
+    job = bodies.job_table(Settings.build(database_url=books.url, payout_day_of_month=28))["payout_run"]
+    bodies.run_job(books, "payout_run", job, at("2026-05-02T01:00:00Z"))
+    assert run_instants(books) == [at("2026-04-28")]
+
+
 def test_the_verify_job_reports_figures(books):
     result = bodies.run_job(books, "verify", bodies.verify_books, at("2026-05-01"))
     assert result.figures["ok"] is True and result.figures["problems"] == 0
@@ -160,6 +191,21 @@ def test_the_verify_job_reports_figures(books):
     # accruals and overrides of 12 invoices, the refund's 2 clawbacks and the 2 releases before them
     assert result.figures["transactions_checked"] == 24 + 2 + 2 == sum(
         count(books, kind) for kind in ("accrual", "override", "clawback", "release"))
+
+
+def test_the_verify_job_gives_no_head_to_record_when_the_books_have_problems(sqlite_database):
+    with sqlite_database.transaction() as session:
+        seed(session)
+        revenue.ingest(session, monthly_events(months=1))
+    import sqlite3
+
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    connection.execute("DROP TRIGGER trg_journal_lines_no_update")
+    connection.execute("UPDATE journal_lines SET amount_minor = amount_minor + 1 WHERE id = 1")
+    connection.commit()
+    connection.close()
+    result = bodies.run_job(sqlite_database, "verify", bodies.verify_books, at("2026-05-01"))
+    assert result.figures["ok"] is False and result.figures["problems"] == 3 and result.figures["head"] is None
 
 
 @pytest.mark.postgres
@@ -239,6 +285,46 @@ def test_a_failing_job_is_logged_and_the_scheduler_keeps_running(sqlite_database
         scheduler.shutdown(wait=True)
     assert running and len(booms) >= 3 and len(ticks) >= 3
     assert "job boom failed: RuntimeError('the job broke')" in caplog.text
+
+
+def test_a_job_up_to_an_hour_late_still_runs_and_one_later_is_logged_missed(sqlite_database, caplog):
+    ran, now = [], datetime.now(timezone.utc)
+
+    def late(session, at_us):
+        ran.append(at_us)
+        return {}
+
+    def later(session, at_us):
+        raise AssertionError("a run missed by more than the misfire grace must not be made")
+
+    scheduler = build_scheduler(Settings.build(database_url=sqlite_database.url), sqlite_database,
+                                scheduler=BackgroundScheduler(timezone="UTC"), jobs={"late": late, "later": later},
+                                schedule={"late": DateTrigger(now - timedelta(minutes=50)),
+                                          "later": DateTrigger(now - timedelta(minutes=70))})
+    with caplog.at_level(logging.WARNING, logger="revshare.scheduler"):
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while (not ran or "missed its run" not in caplog.text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        scheduler.shutdown(wait=True)
+    assert len(ran) == 1
+    assert "job later missed its run at" in caplog.text and "job late missed" not in caplog.text
+
+
+def test_the_production_schedule_is_in_utc_whatever_the_host_s_time_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    tzlocal.reload_localzone()
+    try:
+        schedule = triggers(Settings.build(database_url="sqlite://"))
+    finally:
+        monkeypatch.undo()
+        tzlocal.reload_localzone()
+    noon = datetime(2026, 4, 1, 12, tzinfo=timezone.utc)
+    fire = {name: schedule[name].get_next_fire_time(None, noon).astimezone(timezone.utc)
+            for name in ("close_periods", "payout_run", "verify")}
+    assert fire == {"close_periods": datetime(2026, 4, 2, 0, 30, tzinfo=timezone.utc),
+                    "payout_run": datetime(2026, 4, 2, 1, tzinfo=timezone.utc),
+                    "verify": datetime(2026, 4, 2, 3, tzinfo=timezone.utc)}
 
 
 def test_the_production_schedule_has_one_entry_per_job_with_no_overlap(sqlite_database):
