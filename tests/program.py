@@ -45,3 +45,19 @@ def monthly_events(months: int = 4, customer_ids=("acme", "globex-corp", "initro
     if "acme" in customer_ids and months >= 2:
         events.append(paid("e-refund-acme-1", "acme", "inv-acme-1", 2_500, "2026-02-20", kind="refund"))
     return events
+
+
+def tampered_books(sqlite_database) -> None:
+    """Seed a month of books into an SQLite database, then alter a journal line behind its guard (as
+    someone with the file could): verify finds 3 problems (the line's amount, its transaction's
+    balance and its running totals)."""
+    import sqlite3
+
+    with sqlite_database.transaction() as session:
+        seed(session)
+        revenue.ingest(session, monthly_events(months=1))
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    connection.execute("DROP TRIGGER trg_journal_lines_no_update")
+    connection.execute("UPDATE journal_lines SET amount_minor = amount_minor + 1 WHERE id = 1")
+    connection.commit()
+    connection.close()

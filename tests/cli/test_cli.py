@@ -26,7 +26,7 @@ from ledger.schema import journal_lines, journal_transactions, partners, revenue
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url, scaled
-from tests.program import event_dict, monthly_events, paid, seed
+from tests.program import event_dict, monthly_events, paid, seed, tampered_books
 from tests.scenarios.books import Books
 
 REVSHARE = str(Path(sys.executable).parent / "revshare")
@@ -190,16 +190,7 @@ def test_a_bad_migration_url_stops_with_a_message_naming_the_variable(database_u
 
 
 def test_verify_exits_1_and_names_the_problem(sqlite_database):
-    with sqlite_database.transaction() as session:
-        seed(session)
-        revenue.ingest(session, monthly_events(months=1))
-    import sqlite3
-
-    connection = sqlite3.connect(sqlite_database.engine.url.database)
-    connection.execute("DROP TRIGGER trg_journal_lines_no_update")
-    connection.execute("UPDATE journal_lines SET amount_minor = amount_minor + 1 WHERE id = 1")
-    connection.commit()
-    connection.close()
+    tampered_books(sqlite_database)
     result = invoke(sqlite_database.url, "verify")
     assert result.exit_code == 1
     assert "PROBLEM transaction 1: content_altered" in result.output and "PROBLEM transaction 1: unbalanced" in result.output

@@ -24,7 +24,7 @@ from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts, period_closes
 from ledger.settings import Settings
 from ledger.verify import parse_head, verify
-from tests.program import at, monthly_events, seed
+from tests.program import at, monthly_events, seed, tampered_books
 
 
 @pytest.fixture
@@ -194,16 +194,7 @@ def test_the_verify_job_reports_figures(books):
 
 
 def test_the_verify_job_gives_no_head_to_record_when_the_books_have_problems(sqlite_database):
-    with sqlite_database.transaction() as session:
-        seed(session)
-        revenue.ingest(session, monthly_events(months=1))
-    import sqlite3
-
-    connection = sqlite3.connect(sqlite_database.engine.url.database)
-    connection.execute("DROP TRIGGER trg_journal_lines_no_update")
-    connection.execute("UPDATE journal_lines SET amount_minor = amount_minor + 1 WHERE id = 1")
-    connection.commit()
-    connection.close()
+    tampered_books(sqlite_database)
     result = bodies.run_job(sqlite_database, "verify", bodies.verify_books, at("2026-05-01"))
     assert result.figures["ok"] is False and result.figures["problems"] == 3 and result.figures["head"] is None
 
