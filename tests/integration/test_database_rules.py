@@ -453,25 +453,18 @@ def test_a_resolution_is_the_transaction_of_its_outcome(enrolled):
     assert settled.status == "settled"
 
 
-def resolution_of(database, payout_id: int) -> int:
-    with database.engine.connect() as connection:
-        return connection.exec_driver_sql(
-            f"SELECT transaction_id FROM payout_resolutions WHERE payout_id = {int(payout_id)}").scalar_one()
-
-
 def test_a_settled_or_failed_payout_is_final(enrolled):
     """Migration 0024: the mirror of a payout's posting or of its resolution, once the payout is
     settled or failed, is refused (`journal.reverse` writes the bare mirror, as raw SQL would: the
     money would come back to available while the payout stays settled); a pending payout's posting
     may be reversed, which is its failure."""
     with enrolled.transaction() as session:
-        settled = new_payout(session, "2026-03-01")
-        payouts.settle(session, settled.id, at_us=at("2026-03-02"))
-        failed = new_payout(session, "2026-03-03", amount_minor=6_000)
-        payouts.fail(session, failed.id, at_us=at("2026-03-04"))
+        settled = payouts.settle(session, new_payout(session, "2026-03-01").id, at_us=at("2026-03-02"))
+        failed = payouts.fail(session, new_payout(session, "2026-03-03", amount_minor=6_000).id,
+                              at_us=at("2026-03-04"))
         pending = new_payout(session, "2026-03-05", amount_minor=5_000)
-    final = [settled.transaction_id, resolution_of(enrolled, settled.id),
-             failed.transaction_id, resolution_of(enrolled, failed.id)]
+    final = [settled.transaction_id, settled.resolution_transaction_id,
+             failed.transaction_id, failed.resolution_transaction_id]
     for transaction_id in final:
         with pytest.raises(sa.exc.DBAPIError, match="a settled or failed payout is final"):
             with enrolled.transaction() as session:
