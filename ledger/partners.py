@@ -21,7 +21,7 @@ from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
 from ledger.db import after_commit, driver_results, driver_rows, in_lists, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
-from ledger.instants import within_horizon
+from ledger.instants import format_instant, within_horizon
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
 from ledger.schema import PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners
@@ -74,13 +74,14 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
 def set_status(session: Session, partner_id: str, status: str, effective_at_us: int | None = None) -> Partner:
     if status not in PARTNER_STATUSES:
         raise invalid("status", f"must be one of {', '.join(PARTNER_STATUSES)}")
-    current = get_partner(session, partner_id)
-    if current.status == "terminated":
-        raise Conflict(f"partner {partner_id!r} is terminated; termination is final")
+    get_partner(session, partner_id)
     at = now_us() if effective_at_us is None else within_horizon(effective_at_us, field="effective_at")
-    latest = session.execute(select(partner_statuses.c.effective_at_us)
-                             .where(partner_statuses.c.partner_id == partner_id)
-                             .order_by(partner_statuses.c.effective_at_us.desc()).limit(1)).scalar_one()
+    latest, latest_status = session.execute(
+        select(partner_statuses.c.effective_at_us, partner_statuses.c.status)
+        .where(partner_statuses.c.partner_id == partner_id)
+        .order_by(partner_statuses.c.effective_at_us.desc(), partner_statuses.c.id.desc()).limit(1)).one()
+    if latest_status == "terminated":  # also one dated ahead: nothing follows a termination
+        raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(latest)}; termination is final")
     if at < latest:
         raise Conflict("effective_at: a status change cannot start before the current status",
                        {"effective_at": ["must not be earlier than the current status's start"]})

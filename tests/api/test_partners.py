@@ -100,6 +100,19 @@ def test_a_status_change_applies_now_and_termination_is_final(call):
     assert errors_of(call.patch(f"/v1/partners/{partner_id}", {"status": "active"}), 409) == set()
 
 
+def test_a_termination_dated_ahead_is_final_too_no_status_may_follow_it(call):
+    # The partner is active now, terminated from a later day: a status after that day is a 409, as
+    # the database refuses it (a status never follows a termination), not a 500.
+    partner_id = call.partner()
+    ends, later = (date.today() + timedelta(days=days) for days in (2, 3))
+    body = expect(call.patch(f"/v1/partners/{partner_id}", {"status": "terminated", "effective_at": f"{ends}T00:00:00Z"}), 200)
+    assert body["status"] == "active"
+    for status in ("active", "suspended", "terminated"):
+        refused = call.patch(f"/v1/partners/{partner_id}", {"status": status, "effective_at": f"{later}T00:00:00Z"})
+        assert errors_of(refused, 409) == set(), status
+        assert "termination is final" in refused.get_json()["detail"]
+
+
 def test_a_suspended_partner_still_accrues(call):
     partner_id, customer = call.partner(), unique("cust")
     call.attribute(customer, partner_id)
