@@ -14,7 +14,7 @@ import bisect
 import threading
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
@@ -24,7 +24,8 @@ from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, within_horizon
 from ledger.journal import now_us
 from ledger.plans import PlanVersion, load_versions, plan_exists
-from ledger.schema import PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses, partners
+from ledger.schema import (PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, partner_plans, partner_statuses,
+                           partners, plan_versions)
 
 # Facts recorded at enrolment apply from the beginning of time: a partner enrolled today still
 # earns on an attribution that started last month.
@@ -95,6 +96,13 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
     if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
         raise invalid("plan_id", f"plan {plan_id!r} does not exist")
     within_horizon(effective_from_us, field="effective_from")
+    first_us = session.execute(select(func.min(plan_versions.c.effective_from_us))
+                               .where(plan_versions.c.plan_id == plan_id)).scalar_one()
+    if effective_from_us < first_us:
+        # Until then the partner would have no plan: it would earn nothing, and be paid any balance
+        # whatever the minimum of either plan.
+        raise invalid("effective_from", f"plan {plan_id!r} starts at {format_instant(first_us)}: a partner "
+                                        "cannot change to it before its first version")
     latest = session.execute(select(partner_plans.c.effective_from_us)
                              .where(partner_plans.c.partner_id == partner_id)
                              .order_by(partner_plans.c.effective_from_us.desc()).limit(1)).scalar_one()

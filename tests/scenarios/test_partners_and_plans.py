@@ -9,8 +9,9 @@ test run on PostgreSQL as well.
 
 import pytest
 
-from ledger.errors import Conflict
-from tests.scenarios.books import Books, at, commissions
+from ledger import plans
+from ledger.errors import Conflict, InvalidInput
+from tests.scenarios.books import Books, at, commissions, terms
 
 
 @pytest.fixture
@@ -87,3 +88,17 @@ def test_a_partner_plan_change_applies_to_revenue_from_its_date(books):
                      t=gold.transaction_ids[0])[0][0] == at("2026-04-06")
     with pytest.raises(Conflict):
         books.change_plan("northwind", "standard", "2026-04-01")
+
+
+def test_a_partner_cannot_change_to_a_plan_before_the_plan_starts(books):
+    # Between the change and the plan's first version the partner would have no plan at all: its
+    # revenue would earn nothing and a payout run would pay any balance, below either minimum.
+    with books.database.transaction() as session:
+        plans.create_plan(session, "spring", "Spring", terms("0.30"), at("2026-04-01"))
+    with pytest.raises(InvalidInput) as refused:
+        books.change_plan("northwind", "spring", "2026-03-01")
+    assert set(refused.value.fields) == {"effective_from"}
+    assert "2026-04-01T00:00:00Z" in refused.value.fields["effective_from"][0]
+    assert commissions(books.paid("acme", "inv-1", "100.00", "2026-03-10")) == [("northwind", "accrual", 2_000)]
+    books.change_plan("northwind", "spring", "2026-04-01")
+    assert commissions(books.paid("acme", "inv-2", "100.00", "2026-04-01")) == [("northwind", "accrual", 3_000)]
