@@ -9,7 +9,7 @@ test run on PostgreSQL as well.
 
 import pytest
 
-from ledger import plans
+from ledger import payouts, plans
 from ledger.errors import Conflict, InvalidInput
 from tests.scenarios.books import Books, at, commissions, terms
 
@@ -102,3 +102,13 @@ def test_a_partner_cannot_change_to_a_plan_before_the_plan_starts(books):
     assert commissions(books.paid("acme", "inv-1", "100.00", "2026-03-10")) == [("northwind", "accrual", 2_000)]
     books.change_plan("northwind", "spring", "2026-04-01")
     assert commissions(books.paid("acme", "inv-2", "100.00", "2026-04-01")) == [("northwind", "accrual", 3_000)]
+
+
+def test_a_won_dispute_restores_to_a_terminated_partner_what_a_chargeback_took_and_no_run_pays_it(books):
+    books.paid("acme", "inv-1", "100.00", "2026-01-10")
+    assert commissions(books.chargeback("acme", "inv-1", "100.00", "2026-01-12")) == [("northwind", "clawback", -2_000)]
+    books.status("northwind", "terminated", "2026-01-15")
+    assert commissions(books.dispute_won("acme", "inv-1", "100.00", "2026-01-20")) == [("northwind", "accrual", 2_000)]
+    with books.database.transaction() as session:
+        assert payouts.run_payouts(session, at("2026-03-01")).payouts == ()
+    assert books.balance("northwind") == (0, 2_000)
