@@ -107,7 +107,8 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
 
 
 def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:
-    """{(partner, currency): available} for active partners at or above their plan's minimum."""
+    """{(partner, currency): available} for active partners at or above the minimum of the plan in effect
+    at `at_us`; a partner whose plan has not begun is not paid."""
     balances = {(partner_id, currency): credits - debits for (partner_id, account, currency), (debits, credits)
                 in partner_account_sums(session, before_us=at_us + 1).items() if account == chart.available(partner_id)}
     program = program_for(session, {partner_id for partner_id, _ in balances})
@@ -116,8 +117,9 @@ def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:
         if available <= 0 or program.status_at(partner_id, at_us) != "active":
             continue
         version = program.version_at(partner_id, at_us)
-        minimum = version.terms.min_payout_minor.get(currency, 0) if version else 0
-        if available >= minimum:
+        if version is None:  # enrolled on a plan that has not begun: no minimum is known yet
+            continue
+        if available >= version.terms.min_payout_minor.get(currency, 0):
             payable[(partner_id, currency)] = available
     return payable
 

@@ -112,3 +112,19 @@ def test_a_won_dispute_restores_to_a_terminated_partner_what_a_chargeback_took_a
     with books.database.transaction() as session:
         assert payouts.run_payouts(session, at("2026-03-01")).payouts == ()
     assert books.balance("northwind") == (0, 2_000)
+
+
+def test_a_partner_whose_plan_has_not_begun_is_not_paid_until_it_has_and_then_by_its_minimum(books):
+    with books.database.transaction() as session:
+        plans.create_plan(session, "spring", "Spring", terms("0.30", min_payout={"USD": "50.00"}), at("2026-04-01"))
+    books.partner("bloom", "spring")
+    with books.database.transaction() as session:
+        payouts.adjust(session, "bloom", "available", 1_000, "USD", "goodwill", effective_at_us=at("2026-02-01"))
+    with books.database.transaction() as session:
+        assert payouts.run_payouts(session, at("2026-03-01")).payouts == ()  # no plan yet, no minimum known
+    with books.database.transaction() as session:
+        assert payouts.run_payouts(session, at("2026-04-01")).payouts == ()  # 10.00 under spring's 50.00
+    with books.database.transaction() as session:
+        payouts.adjust(session, "bloom", "available", 4_000, "USD", "goodwill", effective_at_us=at("2026-04-02"))
+        [paid] = payouts.run_payouts(session, at("2026-04-03")).payouts
+    assert (paid.partner_id, paid.amount_minor) == ("bloom", 5_000)
