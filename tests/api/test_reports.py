@@ -40,6 +40,15 @@ def test_as_of_counts_only_postings_effective_before_it(shared):
     assert trial_balance(shared, "?as_of=2026-01-01") == {"as_of": "2026-01-02T00:00:00Z", "rows": [], "totals": []}
 
 
+def test_an_as_of_with_digits_beyond_the_microsecond_counts_the_postings_before_it(shared):
+    # p1's accrual is effective at 2026-01-20T00:00:00Z, before 00:00:00.0000001Z: an exclusive bound
+    # is rounded up to the microsecond, never down onto the posting it must count.
+    just_after = trial_balance(shared, "?as_of=2026-01-20T00:00:00.0000001Z")
+    assert just_after["as_of"] == "2026-01-20T00:00:00.000001Z"
+    assert just_after["totals"] == [{"currency": "USD", "debit": "100.00", "credit": "100.00"}]
+    assert trial_balance(shared, "?as_of=2026-01-20T00:00:00.000000000Z")["totals"] == []
+
+
 def test_without_as_of_the_trial_balance_is_as_of_now(shared):
     body = trial_balance(shared)
     assert body["as_of"] > "2026-01-24" and body["as_of"].endswith("Z")
