@@ -49,6 +49,15 @@ def test_an_as_of_with_digits_beyond_the_microsecond_counts_the_postings_before_
     assert trial_balance(shared, "?as_of=2026-01-20T00:00:00.000000000Z")["totals"] == []
 
 
+def test_an_as_of_whose_plus_the_query_string_read_as_a_space_is_a_422_saying_so(shared):
+    # `?as_of=2026-01-21T00:00:00+10:00` sent unencoded: the server receives "...00:00:00 10:00".
+    response = shared.client.get("/v1/reports/trial-balance?as_of=2026-01-21T00:00:00+10:00",
+                                 headers=bearer(shared.keys.finance))
+    assert errors_of(response) == {"as_of"}
+    assert "%2B10:00" in response.get_json()["errors"]["as_of"][0]
+    assert trial_balance(shared, "?as_of=2026-01-21T00:00:00%2B10:00")["as_of"] == "2026-01-20T14:00:00Z"
+
+
 def test_without_as_of_the_trial_balance_is_as_of_now(shared):
     body = trial_balance(shared)
     assert body["as_of"] > "2026-01-24" and body["as_of"].endswith("Z")
