@@ -23,6 +23,7 @@ never passes through a float: a JSON number is refused.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -32,12 +33,15 @@ from moneyed import Money as MoneyedMoney
 
 from ledger.accounts import validate_partner_id
 from ledger.customers import validate_external_id
-from ledger.errors import InvalidInput
+from ledger.errors import InvalidInput, invalid
 from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period, start_of_day_us
 from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
 from ledger.verify import parse_close, parse_head
 
 AMOUNT_TEXT_MAX = 40
+# An instant whose offset's "+" an unencoded query string turned into a space.
+_PLUS_READ_AS_SPACE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? "
+                                 r"[0-9]{2}:[0-9]{2}")
 INSTANT_TEXT_MAX = 40
 
 
@@ -144,6 +148,9 @@ class AsOf(Instant):
                                                        "end of that day (UTC); postings effective before it count"}
 
     def parse(self, text: str, field: str) -> int:
+        if _PLUS_READ_AS_SPACE.fullmatch(text):  # `as_of` comes in a query string, where "+" is a space
+            raise invalid(field, f"reads as {text!r}: a '+' in a query string is a space; send the offset as "
+                                 f"%2B{text[-5:]}")
         return parse_as_of(text, field=field)
 
 

@@ -16,6 +16,7 @@ import functools
 import re
 import time as _time
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR
 
 from ledger.errors import invalid
 
@@ -24,9 +25,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_SECOND = 1_000_000
 _PERIOD_PATTERN = re.compile(r"([0-9]{4})-([0-9]{2})")
 _DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-# RFC 3339 date-time with a mandatory offset; fractional seconds up to microseconds.
+# RFC 3339 date-time with a mandatory offset. RFC 3339 allows any number of fractional digits, and
+# clients send more than six (.NET's round-trip format always writes seven, Go's RFC3339Nano up to
+# nine); the journal keeps microseconds, so the digits beyond are rounded away (`parse_instant`).
 _INSTANT_PATTERN = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]{1,6})([0-9]*))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 # Instants the service accepts: years 1970..9800, so that what is computed from them exists too: the
 # end of the longest window (terms.DURATION_MONTHS_MAX, 100 years) or hold (terms.HOLD_DAYS_MAX, 10
@@ -72,12 +75,19 @@ def format_instant(instant_us: int | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
-def parse_instant(text: str, *, field: str) -> int:
-    """An RFC 3339 instant with an offset, as microseconds since the epoch."""
-    if not isinstance(text, str) or not _INSTANT_PATTERN.fullmatch(text):
+def parse_instant(text: str, *, field: str, rounding: str = ROUND_FLOOR) -> int:
+    """An RFC 3339 instant with an offset, as microseconds since the epoch. Fractional digits beyond
+    the microsecond are rounded with `rounding`: ROUND_FLOOR (an instant that has happened, as clocks
+    truncate) or ROUND_CEILING (an exclusive bound, `parse_as_of`: what lies before the instant
+    written lies before the microsecond after it)."""
+    assert rounding in (ROUND_FLOOR, ROUND_CEILING), rounding
+    match = _INSTANT_PATTERN.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
         raise invalid(field, "must be an RFC 3339 instant with an offset, such as 2026-01-20T00:00:00Z")
+    beyond_us = match.group(2) or ""  # the fractional digits after the sixth
+    to_the_us = text[:match.start(2)] + text[match.end(2):] if beyond_us else text
     try:
-        instant = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+        instant = datetime.fromisoformat(to_the_us.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise invalid(field, f"{text!r} is not a valid instant") from None
     try:
@@ -86,7 +96,8 @@ def parse_instant(text: str, *, field: str) -> int:
         in_range = False
     if not in_range:
         raise invalid(field, f"must lie between {_YEAR_MIN} and {_YEAR_MAX}")
-    return to_us(instant)
+    rounded_up = rounding == ROUND_CEILING and beyond_us.strip("0") != ""
+    return to_us(instant) + (1 if rounded_up else 0)
 
 
 def parse_date(text: str, *, field: str) -> date:
@@ -110,10 +121,10 @@ def parse_as_of(text: str, *, field: str = "as_of") -> int:
     that a report as of a day counts every posting of that day."""
     if isinstance(text, str) and _DATE_PATTERN.fullmatch(text):
         return start_of_day_us(parse_date(text, field=field) + timedelta(days=1))
-    return parse_at(text, field=field)
+    return parse_at(text, field=field, rounding=ROUND_CEILING)
 
 
-def parse_at(text: str, *, field: str) -> int:
+def parse_at(text: str, *, field: str, rounding: str = ROUND_FLOOR) -> int:
     """The `at` of an action (a payout run, a release of holds): an instant, or a date meaning the
     start of that day in UTC, as the contract dates its worked example's actions. Read as the end
     of the day, a date would be the next day's first instant: a run on March 31 would pay in
@@ -123,7 +134,7 @@ def parse_at(text: str, *, field: str) -> int:
     if not isinstance(text, str) or not _INSTANT_PATTERN.fullmatch(text):
         raise invalid(field, "must be a date YYYY-MM-DD or an RFC 3339 instant with an offset, such as "
                              "2026-01-20T00:00:00Z")
-    return parse_instant(text, field=field)
+    return parse_instant(text, field=field, rounding=rounding)
 
 
 def add_months(instant: datetime, months: int) -> datetime:

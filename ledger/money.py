@@ -98,7 +98,8 @@ def parse_amount_minor(text: str, currency: str, *, field: str = "amount") -> in
     """
     exponent = currency_exponent(currency)
     if not isinstance(text, str):
-        raise invalid(field, "must be a decimal string such as \"123.45\", not a JSON number")
+        number = isinstance(text, (int, float)) and not isinstance(text, bool)
+        raise invalid(field, "must be a decimal string such as \"123.45\"" + (", not a JSON number" if number else ""))
     match = _AMOUNT_PATTERN.fullmatch(text)
     if match is None:
         if re.fullmatch(r"-?[0-9]{16,}(\.[0-9]*)?", text):

@@ -23,7 +23,7 @@ from flask import current_app
 
 from api.auth import allow
 from api.body import Blueprint
-from api.errors import domain_problem_data, validation_problem_data
+from api.errors import PROBLEM_MIMETYPE, domain_problem_data, validation_problem_data
 from api.fields import Amount, ExternalId, Instant, Money, Str
 from api.idempotency import REPLAYED_HEADER
 from api.schemas import ProblemSchema, Schema
@@ -114,7 +114,8 @@ def render_outcome(outcome: Outcome) -> dict:
 @allow("billing")
 @blp.arguments(RevenueEventSchema)
 @blp.response(201, OutcomeSchema)
-@blp.alt_response(409, schema=ProblemSchema, description="the id was already used with other content")
+@blp.alt_response(409, schema=ProblemSchema, content_type=PROBLEM_MIMETYPE,
+                  description="the id was already used with other content")
 def post_event(args):
     """Post one revenue event (its id is its idempotency key)"""
     [result] = revenue.ingest(current_session(), [to_event(args)])

@@ -42,6 +42,23 @@ def test_the_openapi_document_lists_every_route_with_bearer_security(shared):
     assert [p["name"] for p in reversal["parameters"]] == ["Idempotency-Key"]
 
 
+def test_every_documented_error_response_is_problem_json_as_served(shared):
+    spec = shared.client.get("/v1/openapi.json").get_json()
+    shared_responses = spec["components"]["responses"]
+    documented = {}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            for status, response in operation["responses"].items():
+                if status == "default" or int(status) >= 400:
+                    if "$ref" in response:
+                        response = shared_responses[response["$ref"].rsplit("/", 1)[1]]
+                    documented[(method, path, status)] = sorted(response.get("content", {}))
+    assert documented[("post", "/v1/revenue-events", "409")] == ["application/problem+json"]
+    assert {key: types for key, types in documented.items() if types != ["application/problem+json"]} == {}
+
+
 def test_every_string_a_client_sends_has_a_length_limit(shared):
     spec = shared.client.get("/v1/openapi.json").get_json()
     schemas = spec["components"]["schemas"]

@@ -40,6 +40,24 @@ def test_as_of_counts_only_postings_effective_before_it(shared):
     assert trial_balance(shared, "?as_of=2026-01-01") == {"as_of": "2026-01-02T00:00:00Z", "rows": [], "totals": []}
 
 
+def test_an_as_of_with_digits_beyond_the_microsecond_counts_the_postings_before_it(shared):
+    # p1's accrual is effective at 2026-01-20T00:00:00Z, before 00:00:00.0000001Z: an exclusive bound
+    # is rounded up to the microsecond, never down onto the posting it must count.
+    just_after = trial_balance(shared, "?as_of=2026-01-20T00:00:00.0000001Z")
+    assert just_after["as_of"] == "2026-01-20T00:00:00.000001Z"
+    assert just_after["totals"] == [{"currency": "USD", "debit": "100.00", "credit": "100.00"}]
+    assert trial_balance(shared, "?as_of=2026-01-20T00:00:00.000000000Z")["totals"] == []
+
+
+def test_an_as_of_whose_plus_the_query_string_read_as_a_space_is_a_422_saying_so(shared):
+    # `?as_of=2026-01-21T00:00:00+10:00` sent unencoded: the server receives "...00:00:00 10:00".
+    response = shared.client.get("/v1/reports/trial-balance?as_of=2026-01-21T00:00:00+10:00",
+                                 headers=bearer(shared.keys.finance))
+    assert errors_of(response) == {"as_of"}
+    assert "%2B10:00" in response.get_json()["errors"]["as_of"][0]
+    assert trial_balance(shared, "?as_of=2026-01-21T00:00:00%2B10:00")["as_of"] == "2026-01-20T14:00:00Z"
+
+
 def test_without_as_of_the_trial_balance_is_as_of_now(shared):
     body = trial_balance(shared)
     assert body["as_of"] > "2026-01-24" and body["as_of"].endswith("Z")

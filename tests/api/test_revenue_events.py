@@ -59,6 +59,19 @@ def test_a_refund_claws_back_with_a_negative_amount(acme):
     assert [(c["kind"], c["amount"]) for c in refund["commissions"]] == [("clawback", money("-40.00"))]
 
 
+def test_an_event_dated_with_more_than_six_fractional_digits_is_posted_at_its_microsecond(acme):
+    # RFC 3339 allows any number of fractional digits: .NET's round-trip format writes seven, Go's
+    # RFC3339Nano up to nine. The journal keeps microseconds; the digits beyond are floored.
+    call, customer = acme
+    event = event_body(unique("evt"), customer, unique("inv"), "10.00", "2026-01-20T09:00:00.1234567+09:00")
+    body = expect(call.post("/v1/revenue-events", event, as_="billing"), 201)
+    [transaction_id] = body["transaction_ids"]
+    assert call.read(f"/v1/transactions/{transaction_id}")["effective_at"] == "2026-01-20T00:00:00.123456Z"
+    at_the_microsecond = {**event, "occurred_at": "2026-01-20T00:00:00.123456Z"}
+    replay = call.post("/v1/revenue-events", at_the_microsecond, as_="billing")
+    assert (replay.status_code, replay.headers.get("Idempotent-Replayed")) == (201, "true")
+
+
 def test_revenue_of_a_customer_without_attribution_is_unattributed(call):
     body = call.event(unique("evt"), unique("nobody"), unique("inv"), "10.00", "2026-01-20")
     assert (body["status"], body["commissions"], body["transaction_ids"]) == ("unattributed", [], [])

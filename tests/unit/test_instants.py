@@ -43,6 +43,17 @@ def test_a_date_an_action_is_done_at_means_the_start_of_that_day():
         assert set(refused.value.fields) == {"at"}
 
 
+@pytest.mark.parametrize("text, instant, bound", [
+    ("2026-01-20T00:00:00.1234567Z", "2026-01-20T00:00:00.123456Z", "2026-01-20T00:00:00.123457Z"),  # .NET
+    ("2026-01-20T09:00:00.123456789+09:00", "2026-01-20T00:00:00.123456Z", "2026-01-20T00:00:00.123457Z"),  # Go
+    ("2026-01-20T00:00:00.9999999Z", "2026-01-20T00:00:00.999999Z", "2026-01-20T00:00:01Z"),
+    ("2026-01-20T00:00:00.1234560000Z", "2026-01-20T00:00:00.123456Z", "2026-01-20T00:00:00.123456Z"),
+])
+def test_digits_beyond_the_microsecond_floor_an_instant_and_raise_an_as_of_bound(text, instant, bound):
+    assert parse_instant(text, field="t") == parse_at(text, field="at") == at(instant)
+    assert parse_as_of(text) == at(bound)
+
+
 @pytest.mark.parametrize("start, months, end", [
     ("2026-01-15T00:00:00Z", 1, "2026-02-15T00:00:00Z"),
     ("2026-01-31T00:00:00Z", 1, "2026-02-28T00:00:00Z"),

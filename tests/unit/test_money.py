@@ -62,6 +62,15 @@ def test_bad_amounts_are_refused_naming_the_field(value, currency, reason):
     assert reason in refused.value.fields["amount"][0]
 
 
+@pytest.mark.parametrize("value", [None, True, [], {}, ["1.00"]], ids=repr)
+def test_an_amount_that_is_no_number_is_not_refused_as_a_json_number(value):
+    # null (or a missing amount), a boolean, an array or an object: the client sent no number, and
+    # being told not to send one would send it looking for a number somewhere.
+    with pytest.raises(InvalidInput) as refused:
+        parse_amount_minor(value, "USD", field="amount")
+    assert refused.value.fields["amount"] == ['must be a decimal string such as "123.45"']
+
+
 @pytest.mark.parametrize("code", ["usd", "US", "ZZZ", "", None, "USDD", "XXX", "XTS", "XAU"])
 def test_unknown_currencies_are_refused(code):
     with pytest.raises(InvalidInput) as refused:
