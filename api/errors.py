@@ -48,13 +48,16 @@ _DETAILS = {
 }
 RETRY_AFTER_SECONDS = 1
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate")
+# A 422 of the schema has the type of the domain's `InvalidInput`: clients switch on `type`.
+_TYPE_BY_STATUS = {422: "invalid-input"}
 
 
 def problem_data(status: int, detail: str, *, title: str | None = None, type_name: str | None = None,
                  errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """A problem object: the body of a problem+json response, or the `error` of a refused batch item."""
     title = title or _sentence_case(HTTPStatus(status).phrase)
-    body: dict[str, Any] = {"type": TYPE_PREFIX + (type_name or _slug(title)), "title": title, "status": status,
+    type_name = type_name or _TYPE_BY_STATUS.get(status) or _slug(title)
+    body: dict[str, Any] = {"type": TYPE_PREFIX + type_name, "title": title, "status": status,
                             "detail": detail}
     if errors is not None:
         body["errors"] = errors

@@ -220,11 +220,13 @@ def get_statement(partner_id: str, period: str, output: str | None):
     result = statements.statement(current_session(), partner_id, period)
     if (output or _negotiated()) == "csv":
         return current_app.response_class(statements.to_csv(result), mimetype=CSV_MIMETYPE, headers={
-            "Content-Disposition": f'attachment; filename="statement-{partner_id}-{period}.csv"'})
+            "Content-Disposition": f'attachment; filename="statement-{partner_id}-{period}.csv"', "Vary": "Accept"})
     # `to_data` builds the statement in StatementSchema's shape already (a test holds the two equal);
     # dumping it through the schema again would copy it field by field, which on a month of 13,000
     # lines cost more than reading the statement.
-    return jsonify(statements.to_data(result))
+    response = jsonify(statements.to_data(result))
+    response.vary.add("Accept")  # the same URL answers CSV to `Accept: text/csv`: caches must tell the two apart
+    return response
 
 
 def _negotiated() -> str:

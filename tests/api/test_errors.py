@@ -196,6 +196,14 @@ def test_an_invalid_body_is_a_422_naming_each_field(shared):
     assert all(isinstance(m, list) and m and all(isinstance(t, str) for t in m) for m in body["errors"].values())
 
 
+def test_a_422_has_one_type_whether_the_schema_or_the_domain_refused_the_input(shared):
+    by_schema = assert_problem(reversal(shared.client, shared.keys.finance, {}), 422, errors=True)
+    by_domain = assert_problem(shared.client.post("/v1/payout-runs", headers=bearer(shared.keys.finance),
+                                                  json={"at": "2999-01-01T00:00:00Z"}), 422, errors=True)
+    assert (set(by_schema["errors"]), set(by_domain["errors"])) == ({"reason"}, {"at"})
+    assert by_schema["type"] == by_domain["type"] == "urn:revshare:problem:invalid-input"
+
+
 def test_an_empty_body_is_a_422_naming_the_required_field(shared):
     response = shared.client.post("/v1/transactions/1/reversal", headers=bearer(shared.keys.finance))
     assert set(assert_problem(response, 422, errors=True)["errors"]) == {"reason"}

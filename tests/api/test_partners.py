@@ -238,6 +238,13 @@ def test_format_json_wins_over_an_accept_header_asking_for_csv(shared):
     assert response.status_code == 200 and response.mimetype == "application/json"
 
 
+@pytest.mark.parametrize("accept", ["application/json", "text/csv"])
+def test_a_statement_varies_by_accept_so_that_a_cache_keeps_its_json_and_csv_apart(shared, accept):
+    response = statement(shared, "?period=2026-01", Accept=accept)
+    assert response.status_code == 200 and response.mimetype == accept
+    assert "accept" in {value.strip().lower() for value in response.headers.get("Vary", "").split(",")}
+
+
 @pytest.mark.parametrize("query, named", [("", {"period"}), ("?period=2026-13", {"period"}),
                                           ("?period=2026-01&format=pdf", {"format"}),
                                           ("?period=2026-01&currency=USD", {"currency"})],
