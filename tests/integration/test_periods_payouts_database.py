@@ -66,8 +66,10 @@ TAMPERED_CLOSES = [
                  {("close_hash_mismatch", "2026-01"), ("close_chain_broken", "2026-02")}, id="close hash"),
     pytest.param(["DELETE FROM period_snapshots WHERE period = '2026-02'",
                   "DELETE FROM period_closes WHERE period = '2026-02'"],
-                 # (and its statement documents, now of a period that is not closed)
-                 {("close_chain_broken", "2026-03"), ("statement_line_altered", "2026-02")},
+                 # (and its statement documents, now of a period that is not closed; March starts
+                 # where no close ended)
+                 {("close_chain_broken", "2026-03"), ("close_bounds_altered", "2026-03"),
+                  ("statement_line_altered", "2026-02")},
                  id="a close cut out of the chain"),
     # A statement document's edits, as {postgres?: SQL} (its lines are `json` there, text on SQLite).
     pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 10001) "
@@ -118,6 +120,15 @@ TAMPERED_CLOSE_FIELDS = [
                  {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head"),
     pytest.param(["UPDATE period_closes SET chain_head_id = 1 WHERE period = '2026-02'"],
                  {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head id"),
+    # No hash covers a close's bounds, and no line lies where these moves take them: the snapshot and
+    # count still agree. A close ending a month late moves April's postings to May and leaves April
+    # a month that can never be closed.
+    pytest.param([f"UPDATE period_closes SET ends_at_us = {at('2026-05-01')} WHERE period = '2026-03'"],
+                 {("close_bounds_altered", "2026-03")}, id="end moved a month on"),
+    pytest.param([f"UPDATE period_closes SET ends_at_us = {at('2026-03-31')} WHERE period = '2026-03'"],
+                 {("close_bounds_altered", "2026-03")}, id="end moved a day back"),
+    pytest.param([f"UPDATE period_closes SET starts_at_us = {at('2025-12-01')} WHERE period = '2026-01'"],
+                 {("close_bounds_altered", "2026-01")}, id="start moved a month back"),
 ]
 
 
