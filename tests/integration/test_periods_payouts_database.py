@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import holds, journal, payouts, periods, revenue, statement_lines
+from ledger import holds, journal, partners, payouts, periods, plans, revenue, statement_lines
 from ledger.db import Database
 from ledger.errors import Conflict
 from ledger.instants import parse_instant, period_bounds_us
@@ -180,6 +180,31 @@ def test_a_period_closed_on_an_empty_journal_records_the_genesis_head_and_verifi
         report = verify(session)
     assert (close.chain_head_id, close.chain_head_hash, close.transaction_count) == (0, journal.GENESIS_HASH, 0)
     assert report.problems == [] and report.latest_close == ("2026-01", close.close_hash)
+
+
+STATEMENT_PARAMETERS_MAX = 65_535  # PostgreSQL's wire protocol: parameters of one statement
+
+
+def test_a_period_closes_and_writes_off_among_more_partner_accounts_than_one_statement_takes_parameters(
+        postgres_database):
+    """The close looks for negative available balances among every partner's accounts: chosen in
+    SQL, not bound as a list of ids that grows with the program."""
+    with postgres_database.transaction() as session:
+        plans.create_plan(session, "reset", "Reset", {
+            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
+            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "reset"})
+        partners.create_partner(session, "northwind", "Northwind", "msp", "reset")
+        session.execute(sa.text(  # the accounts of many partners, each created on first use
+            "INSERT INTO accounts (name, type, normal_side, partner_id) SELECT 'liability:partner:p' || g || chr(58)"
+            " || 'available', 'liability', 'C', 'p' || g FROM generate_series(1, :count) g"),
+            {"count": STATEMENT_PARAMETERS_MAX})
+        payouts.adjust(session, "northwind", "available", -500, "USD", "owed back", effective_at_us=at("2026-01-10"))
+    with postgres_database.transaction() as session:
+        periods.close_period(session, "2026-01", now_us=at("2026-02-02"))
+    with postgres_database.reader() as session:
+        written_off = session.execute(sa.text("SELECT partner_id, effective_at_us FROM journal_transactions "
+                                              "WHERE kind = 'writeoff'")).all()
+    assert [tuple(row) for row in written_off] == [("northwind", at("2026-02-01") - 1)]
 
 
 def test_a_period_closes_at_the_instant_it_ends_and_a_posting_at_the_next_ones_start_is_not_in_it(database):
