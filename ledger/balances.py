@@ -97,11 +97,6 @@ def sums(session: Session, account_ids: list[int] | None = None, *, before_us: i
     return total
 
 
-def balances_by_account_id(session: Session, account_ids: list[int], before_us: int | None = None) -> dict[tuple[int, str], int]:
-    """{(account id, currency): debits - credits}."""
-    return {key: debit - credit for key, (debit, credit) in sums(session, account_ids, before_us=before_us).items()}
-
-
 def debit_minus_credit(session: Session, account_names: Iterable[str], *, before_us: int | None = None,
                        since_us: int | None = None) -> dict[tuple[str, str], int]:
     """{(account, currency): debits - credits} over lines in [since_us, before_us)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from typing import NamedTuple
 
 from sqlalchemy import func, insert, select
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
 from ledger import holds, journal
-from ledger.balances import balances_by_account_id, sums
+from ledger.balances import partner_account_sums, sums
 from ledger.errors import Conflict, NotFound
 from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.partners import program_for
@@ -176,15 +175,15 @@ def _write_off_negative_balances(session: Session, batch: journal.Batch, end_us:
 
 
 def _negative_available(session: Session, before_us: int) -> dict[tuple[str, str], int]:
-    """{(partner, currency): amount owed} for available accounts below zero before the instant."""
-    rows = session.execute(select(accounts.c.id, accounts.c.partner_id)
-                           .where(accounts.c.partner_id.is_not(None), accounts.c.name.like("%:available"))).all()
-    partner_of = dict(rows)
-    owed: dict[tuple[str, str], int] = defaultdict(int)
-    for (account_id, currency), debit_minus_credit in balances_by_account_id(session, list(partner_of), before_us).items():
-        if debit_minus_credit > 0:  # a credit-normal account with a debit balance: the partner owes
-            owed[(partner_of[account_id], currency)] = debit_minus_credit
-    return dict(owed)
+    """{(partner, currency): amount owed} for available accounts below zero before the instant.
+    The partners' accounts are chosen in SQL (`partner_account_sums`), never bound as a list of
+    ids: a list would grow with the program, past the parameters one statement takes (65,535 on
+    PostgreSQL), and every close would fail."""
+    owed: dict[tuple[str, str], int] = {}
+    for (partner_id, account, currency), (debits, credits) in partner_account_sums(session, before_us=before_us).items():
+        if account == chart.available(partner_id) and debits > credits:  # a debit balance: the partner owes
+            owed[(partner_id, currency)] = debits - credits
+    return owed
 
 
 def list_periods(session: Session) -> list[Close]:

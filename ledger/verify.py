@@ -5,8 +5,8 @@ each transaction: the sequence has no gap; `prev_hash` is the previous transacti
 request hash recomputed from the stored content matches; the chain hash recomputed matches; there
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
-period close: its snapshot against the journal, its counts and head, and the chain of close
-hashes (`verify_closes`); the statement documents the closes stored against the journal
+period close: its snapshot against the journal, its counts and head, its month, and the chain of
+close hashes (`verify_closes`); the statement documents the closes stored against the journal
 (`verify_statement_lines`); the running totals against the sums of the lines (`verify_totals`);
 each payout's resolution against the journal's (`verify_payouts`: a payout resolved twice in the
 journal was paid twice) and each payout's record against its posting (`verify_payout_postings`:
@@ -51,6 +51,7 @@ from ledger.balances import line_sums
 from ledger.commission import EARNING_KINDS
 from ledger.db import one_snapshot
 from ledger.errors import InvalidInput, invalid
+from ledger.instants import format_instant, parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, RevenueEvent
@@ -415,7 +416,10 @@ def verify_events(session: Session) -> list[Problem]:
 
 def verify_closes(session: Session) -> list[Problem]:
     """Recompute every close from the journal: its snapshot (the previous one plus the period's
-    lines), its transaction count, its journal head, and the chain of close hashes."""
+    lines), its transaction count, its journal head, and the chain of close hashes; and its bounds,
+    which no hash covers: the calendar month it names, from where the previous close ended (the
+    rules migration 0018 holds for new rows: a close moved off its month moves where postings
+    land and leaves a month that can never be closed)."""
     from ledger.periods import close_hash, list_periods, snapshot  # periods builds on balances, which verify checks
 
     problems: list[Problem] = []
@@ -428,6 +432,7 @@ def verify_closes(session: Session) -> list[Problem]:
             old = expected_rows.get(key, (0, 0))
             expected_rows[key] = (old[0] + debit, old[1] + credit)
         where = f"period {close.period}"
+        problems.extend(_check_close_bounds(close, prev_end, where))
         stored = snapshot(session, close.period)
         if stored != expected_rows:
             differing = sorted(set(stored) ^ set(expected_rows) | {key for key in set(stored) & set(expected_rows)
@@ -458,6 +463,29 @@ def verify_closes(session: Session) -> list[Problem]:
             problems.append(Problem(None, "close_hash_mismatch", f"{where}: the close hash does not match its content"))
         prev_hash, prev_end = close.close_hash, close.ends_at_us
     return problems
+
+
+def _check_close_bounds(close, prev_end: int | None, where: str) -> list[Problem]:
+    """A close covers the calendar month it names and starts where the previous close ended."""
+    try:
+        month = period_bounds_us(parse_period(close.period))
+    except InvalidInput:
+        month = None
+    if (close.starts_at_us, close.ends_at_us) != month:
+        return [Problem(None, "close_bounds_altered", f"{where}: it covers [{_instant(close.starts_at_us)}, "
+                                                      f"{_instant(close.ends_at_us)}), not the calendar month it names")]
+    if prev_end is not None and close.starts_at_us != prev_end:
+        return [Problem(None, "close_bounds_altered", f"{where}: it starts at {_instant(close.starts_at_us)}, not where "
+                                                      f"the previous close ended, {_instant(prev_end)}")]
+    return []
+
+
+def _instant(instant_us) -> str:
+    """An instant as RFC 3339, or as stored when it is no instant the service can write."""
+    try:
+        return format_instant(instant_us)
+    except (TypeError, ValueError, OverflowError):
+        return repr(instant_us)
 
 
 def verify_statement_lines(session: Session) -> list[Problem]:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import holds, journal, payouts, periods, revenue, statement_lines
+from ledger import holds, journal, partners, payouts, periods, plans, revenue, statement_lines
 from ledger.db import Database
 from ledger.errors import Conflict
 from ledger.instants import parse_instant, period_bounds_us
@@ -66,8 +66,10 @@ TAMPERED_CLOSES = [
                  {("close_hash_mismatch", "2026-01"), ("close_chain_broken", "2026-02")}, id="close hash"),
     pytest.param(["DELETE FROM period_snapshots WHERE period = '2026-02'",
                   "DELETE FROM period_closes WHERE period = '2026-02'"],
-                 # (and its statement documents, now of a period that is not closed)
-                 {("close_chain_broken", "2026-03"), ("statement_line_altered", "2026-02")},
+                 # (and its statement documents, now of a period that is not closed; March starts
+                 # where no close ended)
+                 {("close_chain_broken", "2026-03"), ("close_bounds_altered", "2026-03"),
+                  ("statement_line_altered", "2026-02")},
                  id="a close cut out of the chain"),
     # A statement document's edits, as {postgres?: SQL} (its lines are `json` there, text on SQLite).
     pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 10001) "
@@ -118,6 +120,15 @@ TAMPERED_CLOSE_FIELDS = [
                  {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head"),
     pytest.param(["UPDATE period_closes SET chain_head_id = 1 WHERE period = '2026-02'"],
                  {("close_head_mismatch", "2026-02"), ("close_hash_mismatch", "2026-02")}, id="journal head id"),
+    # No hash covers a close's bounds, and no line lies where these moves take them: the snapshot and
+    # count still agree. A close ending a month late moves April's postings to May and leaves April
+    # a month that can never be closed.
+    pytest.param([f"UPDATE period_closes SET ends_at_us = {at('2026-05-01')} WHERE period = '2026-03'"],
+                 {("close_bounds_altered", "2026-03")}, id="end moved a month on"),
+    pytest.param([f"UPDATE period_closes SET ends_at_us = {at('2026-03-31')} WHERE period = '2026-03'"],
+                 {("close_bounds_altered", "2026-03")}, id="end moved a day back"),
+    pytest.param([f"UPDATE period_closes SET starts_at_us = {at('2025-12-01')} WHERE period = '2026-01'"],
+                 {("close_bounds_altered", "2026-01")}, id="start moved a month back"),
 ]
 
 
@@ -169,6 +180,31 @@ def test_a_period_closed_on_an_empty_journal_records_the_genesis_head_and_verifi
         report = verify(session)
     assert (close.chain_head_id, close.chain_head_hash, close.transaction_count) == (0, journal.GENESIS_HASH, 0)
     assert report.problems == [] and report.latest_close == ("2026-01", close.close_hash)
+
+
+STATEMENT_PARAMETERS_MAX = 65_535  # PostgreSQL's wire protocol: parameters of one statement
+
+
+def test_a_period_closes_and_writes_off_among_more_partner_accounts_than_one_statement_takes_parameters(
+        postgres_database):
+    """The close looks for negative available balances among every partner's accounts: chosen in
+    SQL, not bound as a list of ids that grows with the program."""
+    with postgres_database.transaction() as session:
+        plans.create_plan(session, "reset", "Reset", {
+            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
+            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "reset"})
+        partners.create_partner(session, "northwind", "Northwind", "msp", "reset")
+        session.execute(sa.text(  # the accounts of many partners, each created on first use
+            "INSERT INTO accounts (name, type, normal_side, partner_id) SELECT 'liability:partner:p' || g || chr(58)"
+            " || 'available', 'liability', 'C', 'p' || g FROM generate_series(1, :count) g"),
+            {"count": STATEMENT_PARAMETERS_MAX})
+        payouts.adjust(session, "northwind", "available", -500, "USD", "owed back", effective_at_us=at("2026-01-10"))
+    with postgres_database.transaction() as session:
+        periods.close_period(session, "2026-01", now_us=at("2026-02-02"))
+    with postgres_database.reader() as session:
+        written_off = session.execute(sa.text("SELECT partner_id, effective_at_us FROM journal_transactions "
+                                              "WHERE kind = 'writeoff'")).all()
+    assert [tuple(row) for row in written_off] == [("northwind", at("2026-02-01") - 1)]
 
 
 def test_a_period_closes_at_the_instant_it_ends_and_a_posting_at_the_next_ones_start_is_not_in_it(database):
