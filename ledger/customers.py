@@ -4,7 +4,9 @@ An attribution binds a customer to one partner from `effective_from` (a date, st
 until the next attribution of that customer starts. One partner at a time: attributing a customer
 to another partner is refused unless the request explicitly replaces the current attribution,
 which then ends where the new one starts (finance only; the API checks the role). Commission
-already earned stays with the partner that earned it.
+already earned stays with the partner that earned it. No attribution starts at or after its
+partner's termination (409; migration 0025 in the database): it could never earn, and the revenue
+billing posts for the customer would answer `no_commission` without saying why.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ledger.db import in_lists
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, start_of_day_us, within_horizon
 from ledger.journal import now_us
-from ledger.schema import ATTRIBUTION_SOURCES, attributions, customers, partners
+from ledger.schema import ATTRIBUTION_SOURCES, attributions, customers, partner_statuses, partners
 
 EXTERNAL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/\-]{0,63}")
 
@@ -71,6 +73,11 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
         if start_us <= current.effective_from_us:
             raise Conflict("effective_from: a replacing attribution must start after the current one",
                            {"effective_from": ["must be later than the current attribution's start"]})
+    terminated_us = session.execute(select(partner_statuses.c.effective_at_us).where(
+        partner_statuses.c.partner_id == partner_id, partner_statuses.c.status == "terminated")).scalar()
+    if terminated_us is not None and terminated_us <= start_us:
+        raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(terminated_us)}: an attribution "
+                       "from then on would earn nothing", {"partner_id": ["is terminated by effective_from"]})
     recorded = now_us()
     if not history and not _exists(session, customer_id):
         session.execute(insert(customers).values(id=customer_id, created_at_us=recorded))

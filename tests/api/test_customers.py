@@ -33,6 +33,23 @@ def test_attributing_a_customer_to_another_partner_without_replace_is_a_409(call
         assert first in response.get_json()["detail"]
 
 
+def test_an_attribution_from_its_partners_termination_on_is_a_409_and_one_before_it_is_accepted(call):
+    partner_id = call.partner()
+    expect(call.patch(f"/v1/partners/{partner_id}", {"status": "terminated", "effective_at": "2026-03-01T00:00:00Z"}),
+           200)
+    for day in ("2026-03-01", "2026-03-02"):
+        refused = call.post("/v1/attributions", attribution(unique("cust"), partner_id, day), as_="billing")
+        assert errors_of(refused, 409) == {"partner_id"}
+        assert "terminated from 2026-03-01T00:00:00Z" in refused.get_json()["detail"]
+    before = expect(call.post("/v1/attributions", attribution(unique("cust"), partner_id, "2026-02-28"),
+                              as_="billing"), 201)
+    assert before["effective_to"] is None
+    customer, other = unique("cust"), call.partner()
+    call.attribute(customer, other, "2026-01-01")
+    replacing = call.post("/v1/attributions", attribution(customer, partner_id, "2026-04-01", replace=True))
+    assert errors_of(replacing, 409) == {"partner_id"}
+
+
 def test_only_finance_may_replace_an_attribution(call):
     customer, first, second = unique("cust"), call.partner(), call.partner()
     call.attribute(customer, first, "2026-01-01")

@@ -288,6 +288,30 @@ def test_an_attribution_starts_after_the_latest_of_its_customer_not_of_its_partn
     accepted(database, raw(customer_to_p1, customer="p2-customer", at=feb_2026_us))
 
 
+def test_an_attribution_starts_before_its_partners_termination(database):
+    """Migration 0025: an attribution from the termination on could never earn."""
+    enroll(database)
+    with database.transaction() as session:
+        partners.set_status(session, "p2", "terminated", effective_at_us=MAR_2026_US)
+    refused(database, raw(ATTRIBUTION, at=MAR_2026_US), "an attribution starts before its partner is terminated")
+    refused(database, raw(ATTRIBUTION, at=MAR_2026_US + 1), "an attribution starts before its partner is terminated")
+    accepted(database, raw(ATTRIBUTION, at=MAR_2026_US - 1))
+
+
+def test_a_plan_change_starts_no_earlier_than_its_plans_first_version_though_an_enrolment_may(database):
+    """Migration 0025: in between, the partner would have no plan; its first plan row (the
+    enrolment, from the beginning of time) is exempt."""
+    enroll(database)
+    with database.transaction() as session:
+        plans.create_plan(session, "spring", "Spring", STANDARD_TERMS, MAR_2026_US)
+    change = ("INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us)"
+              " VALUES ('p1', 'spring', :at, :at)")
+    refused(database, raw(change, at=MAR_2026_US - 1), "a plan change starts no earlier than the first version")
+    accepted(database, raw(change, at=MAR_2026_US))
+    with database.transaction() as session:  # enrolled from the beginning of time, long before spring starts
+        partners.create_partner(session, "p3", "Partner p3", "msp", "spring")
+
+
 def test_plan_versions_are_numbered_and_dated_within_their_own_plan(database):
     enroll(database)
     terms = current_terms(database)
