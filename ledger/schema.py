@@ -413,5 +413,15 @@ payout_resolutions = Table(
     CheckConstraint("outcome IN ('settled', 'failed')", name="outcome"),
 )
 
+# A `payout` posting is recorded in `payouts` by the commit: a trigger after each payout header adds
+# its id here, where a foreign key deferred to the commit asks for the record (migration 0026).
+payout_records_due = Table(
+    "payout_records_due",
+    metadata,
+    Column("transaction_id", Id, ForeignKey("payouts.transaction_id", deferrable=True, initially="DEFERRED"),
+           primary_key=True, autoincrement=False),
+)
+
 APPEND_ONLY_TABLES = APPEND_ONLY_TABLES + (
-    "period_closes", "period_snapshots", "statement_documents", "payout_runs", "payouts", "payout_resolutions")
+    "period_closes", "period_snapshots", "statement_documents", "payout_runs", "payouts", "payout_resolutions",
+    "payout_records_due")

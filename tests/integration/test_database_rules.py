@@ -412,13 +412,21 @@ RESOLUTION = ("INSERT INTO payout_resolutions (payout_id, outcome, transaction_i
               " VALUES (:p, :o, :t, NULL, :at)")
 
 
-def raw_payout_transaction(database, amount_minor: int) -> int:
-    """A `payout` transaction of northwind posted around `payouts`, which would record the payout itself."""
-    with database.transaction() as session:
-        [posted] = journal.post(session, [journal.transfer(
-            "payout", chart.available("northwind"), chart.PAYOUTS_IN_TRANSIT, "USD", amount_minor,
-            effective_at_us=at("2026-03-05"), idempotency_key="raw-payout", partner_id="northwind")])
-    return posted.id
+def raw_payout(partner_id: str, amount_minor: int, record: str | None = None, **record_params):
+    """A USD `payout` transaction of `partner_id` written by raw SQL, then `record` (an insert into
+    `payouts` naming it as `:t`), in one transaction: a payout posting is recorded by the commit
+    (migration 0026)."""
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        transaction_id = (head_id(connection) or 0) + 1
+        insert_line(connection, transaction_id, ids[chart.available(partner_id)], "D", amount_minor,
+                    at=at("2026-03-05"))
+        insert_line(connection, transaction_id, ids[chart.PAYOUTS_IN_TRANSIT], "C", amount_minor, at=at("2026-03-05"))
+        insert_header(connection, transaction_id, head_hash(connection) or GENESIS_HASH, key=f"raw-payout-{transaction_id}",
+                      at=at("2026-03-05"), kind="payout", partner_id=partner_id, recorded=at("2026-03-05"))
+        if record is not None:
+            raw(record, t=transaction_id, **record_params)(connection)
+    return post
 
 
 def test_a_payout_is_its_transaction_partner_and_amount(enrolled):
@@ -426,28 +434,47 @@ def test_a_payout_is_its_transaction_partner_and_amount(enrolled):
         payout = new_payout(session, "2026-03-01")
         adjustment_id = payouts.adjust(session, "northwind", "available", 100, "USD", "some",
                                        effective_at_us=at("2026-03-02")).id
-    transaction_id = raw_payout_transaction(enrolled, 2_500)
     accepted(enrolled, raw(RUN, id="raw-run", at=at("2026-03-06")))
     refused(enrolled, raw(PAYOUT, amount=100, t=adjustment_id), "a payout is its payout transaction")
-    refused(enrolled, raw(PAYOUT, amount=2_501, t=transaction_id), "a payout is its payout transaction")
-    accepted(enrolled, raw(PAYOUT, amount=2_500, t=transaction_id))
+    refused(enrolled, raw_payout("northwind", 2_500, PAYOUT, amount=2_501), "a payout is its payout transaction")
+    accepted(enrolled, raw_payout("northwind", 2_500, PAYOUT, amount=2_500))
     assert payout.amount_minor == 7_500
 
 
 def test_a_payout_is_its_partners_transaction_in_its_currency(enrolled):
-    transaction_id = raw_payout_transaction(enrolled, 2_500)  # northwind's, in USD
     with enrolled.transaction() as session:
-        [southwinds] = journal.post(session, [journal.transfer(
-            "payout", chart.available("southwind"), chart.PAYOUTS_IN_TRANSIT, "USD", 2_500,
-            effective_at_us=at("2026-03-05"), idempotency_key="raw-payout-southwind", partner_id="southwind")])
+        chart.account_ids(session, [chart.available("southwind"), chart.PAYOUTS_IN_TRANSIT])
     accepted(enrolled, raw(RUN, id="raw-run", at=at("2026-03-06")))
     payout = ("INSERT INTO payouts (run_id, partner_id, currency, amount_minor, transaction_id)"
               " VALUES ('raw-run', :partner, :currency, 2500, :t)")
-    refused(enrolled, raw(payout, partner="northwind", currency="USD", t=southwinds.id),
+    refused(enrolled, raw_payout("southwind", 2_500, payout, partner="northwind", currency="USD"),
             "a payout is its payout transaction")
-    refused(enrolled, raw(payout, partner="northwind", currency="EUR", t=transaction_id),
+    with enrolled.transaction() as session:
+        chart.account_ids(session, [chart.available("northwind")])
+    refused(enrolled, raw_payout("northwind", 2_500, payout, partner="northwind", currency="EUR"),
             "a payout is its payout transaction")
-    accepted(enrolled, raw(payout, partner="northwind", currency="USD", t=transaction_id))
+    accepted(enrolled, raw_payout("northwind", 2_500, payout, partner="northwind", currency="USD"))
+
+
+def test_a_payout_posting_is_recorded_by_the_commit(enrolled):
+    """Migration 0026: a `payout` transaction without its record in `payouts` does not commit (the
+    record names the posting, so it is written after it: the check waits for the commit)."""
+    with enrolled.transaction() as session:
+        chart.account_ids(session, [chart.available("northwind"), chart.PAYOUTS_IN_TRANSIT])
+    accepted(enrolled, raw(RUN, id="raw-run", at=at("2026-03-06")))
+    unrecorded = "FOREIGN KEY constraint failed|fk_payout_records_due_transaction_id_payouts"
+    refused(enrolled, raw_payout("northwind", 2_500), unrecorded)
+    with pytest.raises(sa.exc.DBAPIError, match=unrecorded):
+        with enrolled.transaction() as session:  # through the journal, around `payouts`
+            journal.post(session, [journal.transfer(
+                "payout", chart.available("northwind"), chart.PAYOUTS_IN_TRANSIT, "USD", 2_500,
+                effective_at_us=at("2026-03-05"), idempotency_key="raw-payout", partner_id="northwind")])
+    accepted(enrolled, raw_payout("northwind", 2_500, PAYOUT, amount=2_500))
+    with enrolled.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM payouts").scalar() == 1
+        assert connection.exec_driver_sql(
+            "SELECT count(*) FROM payout_records_due d JOIN payouts p ON p.transaction_id = d.transaction_id"
+        ).scalar() == 1
 
 
 def test_a_resolution_is_of_the_payouts_partner_and_only_a_failure_is_its_reversal(enrolled):
