@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import click
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from ledger.db import Database
@@ -70,6 +70,27 @@ def database_errors(url: str) -> Iterator[None]:
         sys.exit(2)
 
 
+def refuse_unusable_database(url: str) -> None:
+    """Exit 2 for a database `revshare serve` and `revshare scheduler` could not use: one that
+    cannot be opened or reached, is not a database, or is not migrated to the latest revision.
+    Started on it, gunicorn would answer every request that reads the books with a 500, and the
+    scheduler fail every job, as long as they ran."""
+    from ledger.migrate import head_revision
+
+    refuse_missing_sqlite_file(url)
+    database = Database(url)
+    try:
+        with database_errors(url), database.reader() as session:
+            revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        database.dispose()
+    head = head_revision()
+    if revision != head:
+        click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
+                   f"the service's latest is {head}\n  run `revshare db upgrade` first", err=True)
+        sys.exit(2)
+
+
 def refuse_missing_sqlite_file(url: str) -> None:
     """Exit 2 for an SQLite file that does not exist, which connecting would create empty."""
     parsed = make_url(url)
@@ -99,10 +120,10 @@ def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]
 @click.pass_obj
 def scheduler(settings: Settings) -> None:
     """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped."""
-    from jobs.scheduler import run
+    from jobs import scheduler as process
 
-    refuse_missing_sqlite_file(settings.database_url)
-    run(settings)
+    refuse_unusable_database(settings.database_url)
+    process.run(settings)
 
 
 @click.command()

@@ -5,6 +5,7 @@ trial balance and chain equal those of one clean run."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -167,6 +168,56 @@ def test_the_server_and_the_scheduler_refuse_an_sqlite_file_that_does_not_exist(
     result = invoke(f"sqlite:///{tmp_path / 'typo.db'}", command)
     assert result.exit_code == 2 and "does not exist" in result.output and "run `revshare db upgrade`" in result.output
     assert list(tmp_path.iterdir()) == []  # nothing created: no database, no write-ahead log, no lock file
+
+
+@pytest.fixture
+def never_started(monkeypatch):
+    """`revshare serve` and `revshare scheduler` with gunicorn and the scheduler replaced by a record
+    of their start: a command that does not stop returns instead of running forever."""
+    from cli import server
+    from jobs import scheduler
+
+    calls = []
+    monkeypatch.setattr(server, "run", calls.append)
+    monkeypatch.setattr(scheduler, "run", calls.append)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["scheduler", "serve"])
+def test_the_server_and_the_scheduler_refuse_a_database_that_cannot_be_used_instead_of_failing_every_request(
+        tmp_path, never_started, command):
+    # Started on such a database, gunicorn answered every request that reads the books with a 500,
+    # and the scheduler failed every job, hour after hour; the other commands exit 2 with the reason.
+    (tmp_path / "empty.db").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a database, " * 100)
+    (tmp_path / "a-directory.db").mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    for url, reason in [(f"sqlite:///{tmp_path / 'empty.db'}", "run `revshare db upgrade` first"),
+                        (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
+                        (f"sqlite:///{tmp_path / 'a-directory.db'}", "unable to open database file"),
+                        (f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}", "unable to open database file"),
+                        (f"postgresql://nobody@127.0.0.1:{closed_port}/revshare", "connection")]:
+        result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
+        assert result.exit_code == 2 and "error: cannot use the database" in result.output, (url, result.output)
+        assert reason in result.output and "Traceback" not in result.output, (url, result.output)
+    assert never_started == []
+
+
+@pytest.mark.parametrize("command", ["scheduler", "serve"])
+def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_latest_revision(
+        tmp_path, never_started, command):
+    from ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade(url, "0023")
+    result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
+    assert result.exit_code == 2 and "is at revision 0023" in result.output, result.output
+    assert "run `revshare db upgrade` first" in result.output and never_started == []
+    upgrade(url)
+    assert CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url}).exit_code == 0
+    assert len(never_started) == 1
 
 
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
