@@ -92,15 +92,22 @@ def refuse_unusable_database(url: str) -> None:
 
 
 def refuse_missing_sqlite_file(url: str) -> None:
-    """Exit 2 for an SQLite file that does not exist, which connecting would create empty."""
+    """Exit 2 for an SQLite file that does not exist, which connecting would create empty, and for
+    one whose directory does not exist (the default `./var/` before `revshare db upgrade` made it),
+    where SQLite's own error would name neither the directory nor the command to run."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     path = Path(parsed.database)
-    if path.parent.is_dir() and not path.exists():  # no directory: SQLite's own error names it
-        click.echo(f"error: cannot use the database {parsed!r}: the file {str(path)!r} does not exist\n"
-                   "  it has no tables yet: run `revshare db upgrade` first", err=True)
-        sys.exit(2)
+    if not path.parent.exists():
+        missing = f"unable to open database file: the directory {str(path.parent.absolute())!r} does not exist"
+    elif path.parent.is_dir() and not path.exists():
+        missing = f"the file {str(path)!r} does not exist"
+    else:
+        return
+    click.echo(f"error: cannot use the database {parsed!r}: {missing}\n"
+               "  it has no tables yet: run `revshare db upgrade` first", err=True)
+    sys.exit(2)
 
 
 # SQLite's and PostgreSQL's words for a table that is not there.

@@ -170,6 +170,18 @@ def test_the_server_and_the_scheduler_refuse_an_sqlite_file_that_does_not_exist(
     assert list(tmp_path.iterdir()) == []  # nothing created: no database, no write-ahead log, no lock file
 
 
+@pytest.mark.parametrize("command", [("demo",), ("verify",), ("keys", "create", "--role", "admin"), ("scheduler",)])
+def test_a_command_run_before_db_upgrade_in_a_fresh_directory_names_the_missing_var_directory_and_the_fix(
+        tmp_path, monkeypatch, never_started, command):
+    # The default database is ./var/revshare.db; before `revshare db upgrade` there is no ./var, and
+    # SQLite's own "unable to open database file" named neither the directory nor the command to run.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, list(command), env={"REVSHARE_DATABASE_URL": None})
+    assert result.exit_code == 2, result.output
+    assert f"the directory {str(tmp_path / 'var')!r} does not exist" in result.output, result.output
+    assert "run `revshare db upgrade` first" in result.output and list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def never_started(monkeypatch):
     """`revshare serve` and `revshare scheduler` with gunicorn and the scheduler replaced by a record
