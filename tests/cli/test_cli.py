@@ -421,6 +421,28 @@ def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\r\n\n"], ids=["empty", "bom", "blank"])
+@pytest.mark.parametrize("name", ["events.ndjson", "events.csv", "events"])
+def test_an_input_with_no_events_imports_none_whatever_its_name_says_its_format_is(seeded, tmp_path, name, content):
+    # A nightly export with nothing in it: an empty .ndjson file imported nothing and exited 0, while
+    # the same bytes named .csv, without an extension, or piped in (both read as CSV) stopped the
+    # import with exit 2 and "CSV header lacks amount, currency, ...", though the input has no header.
+    (tmp_path / name).write_bytes(content)
+    result = invoke(seeded.url, "import", str(tmp_path / name))
+    assert result.exit_code == 0 and "read 0 events" in result.output and "refused: 0" in result.output, result.output
+    piped = subprocess.run([sys.executable, "-m", "cli.main", "import", "-"], input=content, capture_output=True,
+                           timeout=120, cwd=Path(__file__).parents[2],
+                           env={**os.environ, "REVSHARE_DATABASE_URL": seeded.url})
+    assert piped.returncode == 0 and b"read 0 events" in piped.stdout, piped.stderr
+    assert stored_events(seeded) == 0
+
+
+def test_a_csv_with_rows_but_no_header_line_is_still_refused_naming_the_columns(seeded, tmp_path):
+    (tmp_path / "rows.csv").write_text("h-1,invoice_paid,acme,inv-h-1,10.00,USD,2026-01-11T00:00:00Z\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "rows.csv"))
+    assert result.exit_code == 2 and "CSV header lacks" in result.output and stored_events(seeded) == 0
+
+
 def test_blank_lines_of_ndjson_are_skipped_not_refused_and_still_counted_in_line_numbers(seeded, tmp_path):
     good = event_dict(paid("bl-1", "acme", "inv-bl-1", 10_000, "2026-01-10"))
     lines = [json.dumps(good), "", "   \t", "{not json", json.dumps({**good, "id": "bl-2", "invoice_id": "inv-bl-2"})]
