@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import click
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from ledger.db import Database
@@ -70,16 +70,44 @@ def database_errors(url: str) -> Iterator[None]:
         sys.exit(2)
 
 
+def refuse_unusable_database(url: str) -> None:
+    """Exit 2 for a database `revshare serve` and `revshare scheduler` could not use: one that
+    cannot be opened or reached, is not a database, or is not migrated to the latest revision.
+    Started on it, gunicorn would answer every request that reads the books with a 500, and the
+    scheduler fail every job, as long as they ran."""
+    from ledger.migrate import head_revision
+
+    refuse_missing_sqlite_file(url)
+    database = Database(url)
+    try:
+        with database_errors(url), database.reader() as session:
+            revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        database.dispose()
+    head = head_revision()
+    if revision != head:
+        click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
+                   f"the service's latest is {head}\n  run `revshare db upgrade` first", err=True)
+        sys.exit(2)
+
+
 def refuse_missing_sqlite_file(url: str) -> None:
-    """Exit 2 for an SQLite file that does not exist, which connecting would create empty."""
+    """Exit 2 for an SQLite file that does not exist, which connecting would create empty, and for
+    one whose directory does not exist (the default `./var/` before `revshare db upgrade` made it),
+    where SQLite's own error would name neither the directory nor the command to run."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     path = Path(parsed.database)
-    if path.parent.is_dir() and not path.exists():  # no directory: SQLite's own error names it
-        click.echo(f"error: cannot use the database {parsed!r}: the file {str(path)!r} does not exist\n"
-                   "  it has no tables yet: run `revshare db upgrade` first", err=True)
-        sys.exit(2)
+    if not path.parent.exists():
+        missing = f"unable to open database file: the directory {str(path.parent.absolute())!r} does not exist"
+    elif path.parent.is_dir() and not path.exists():
+        missing = f"the file {str(path)!r} does not exist"
+    else:
+        return
+    click.echo(f"error: cannot use the database {parsed!r}: {missing}\n"
+               "  it has no tables yet: run `revshare db upgrade` first", err=True)
+    sys.exit(2)
 
 
 # SQLite's and PostgreSQL's words for a table that is not there.
@@ -99,10 +127,10 @@ def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]
 @click.pass_obj
 def scheduler(settings: Settings) -> None:
     """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped."""
-    from jobs.scheduler import run
+    from jobs import scheduler as process
 
-    refuse_missing_sqlite_file(settings.database_url)
-    run(settings)
+    refuse_unusable_database(settings.database_url)
+    process.run(settings)
 
 
 @click.command()

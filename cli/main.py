@@ -94,9 +94,9 @@ def verify(settings: Settings, head: str | None, close: str | None) -> None:
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     """Serve the HTTP API with gunicorn (wsgi:app)."""
     from cli import server
-    from cli.books import refuse_missing_sqlite_file
+    from cli.books import refuse_unusable_database
 
-    refuse_missing_sqlite_file(settings.database_url)
+    refuse_unusable_database(settings.database_url)
     server.run(server.gunicorn_options(host=host, port=port, workers=workers, log_level=settings.log_level))
 
 

@@ -7,7 +7,8 @@ rest is applied, so the books equal those of one clean run.
 
 CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
-UTF-8, a leading byte-order mark allowed. A line that is not UTF-8, is not JSON (NDJSON; an object
+UTF-8, a leading byte-order mark allowed; an input with no line but blank ones holds no events, in
+either format. A line that is not UTF-8, is not JSON (NDJSON; an object
 that gives a key twice is not taken either) or has more or fewer fields than the header (CSV) is
 refused with its line number, like an event the domain refuses; the import goes on.
 """
@@ -130,7 +131,10 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
 
 
 def _csv(stream: IO) -> Iterator[tuple[int, object]]:
-    reader = csv.DictReader(_lines(stream))
+    lines = _lines(stream)
+    reader = csv.DictReader(lines)
+    if not reader.fieldnames and not any(line.strip() for line in lines):
+        return  # no line but blank ones: no header, and no events, as in NDJSON
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})

@@ -5,6 +5,7 @@ trial balance and chain equal those of one clean run."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -167,6 +168,68 @@ def test_the_server_and_the_scheduler_refuse_an_sqlite_file_that_does_not_exist(
     result = invoke(f"sqlite:///{tmp_path / 'typo.db'}", command)
     assert result.exit_code == 2 and "does not exist" in result.output and "run `revshare db upgrade`" in result.output
     assert list(tmp_path.iterdir()) == []  # nothing created: no database, no write-ahead log, no lock file
+
+
+@pytest.mark.parametrize("command", [("demo",), ("verify",), ("keys", "create", "--role", "admin"), ("scheduler",)])
+def test_a_command_run_before_db_upgrade_in_a_fresh_directory_names_the_missing_var_directory_and_the_fix(
+        tmp_path, monkeypatch, never_started, command):
+    # The default database is ./var/revshare.db; before `revshare db upgrade` there is no ./var, and
+    # SQLite's own "unable to open database file" named neither the directory nor the command to run.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, list(command), env={"REVSHARE_DATABASE_URL": None})
+    assert result.exit_code == 2, result.output
+    assert f"the directory {str(tmp_path / 'var')!r} does not exist" in result.output, result.output
+    assert "run `revshare db upgrade` first" in result.output and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def never_started(monkeypatch):
+    """`revshare serve` and `revshare scheduler` with gunicorn and the scheduler replaced by a record
+    of their start: a command that does not stop returns instead of running forever."""
+    from cli import server
+    from jobs import scheduler
+
+    calls = []
+    monkeypatch.setattr(server, "run", calls.append)
+    monkeypatch.setattr(scheduler, "run", calls.append)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["scheduler", "serve"])
+def test_the_server_and_the_scheduler_refuse_a_database_that_cannot_be_used_instead_of_failing_every_request(
+        tmp_path, never_started, command):
+    # Started on such a database, gunicorn answered every request that reads the books with a 500,
+    # and the scheduler failed every job, hour after hour; the other commands exit 2 with the reason.
+    (tmp_path / "empty.db").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a database, " * 100)
+    (tmp_path / "a-directory.db").mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    for url, reason in [(f"sqlite:///{tmp_path / 'empty.db'}", "run `revshare db upgrade` first"),
+                        (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
+                        (f"sqlite:///{tmp_path / 'a-directory.db'}", "unable to open database file"),
+                        (f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}", "unable to open database file"),
+                        (f"postgresql://nobody@127.0.0.1:{closed_port}/revshare", "connection")]:
+        result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
+        assert result.exit_code == 2 and "error: cannot use the database" in result.output, (url, result.output)
+        assert reason in result.output and "Traceback" not in result.output, (url, result.output)
+    assert never_started == []
+
+
+@pytest.mark.parametrize("command", ["scheduler", "serve"])
+def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_latest_revision(
+        tmp_path, never_started, command):
+    from ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade(url, "0023")
+    result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
+    assert result.exit_code == 2 and "is at revision 0023" in result.output, result.output
+    assert "run `revshare db upgrade` first" in result.output and never_started == []
+    upgrade(url)
+    assert CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url}).exit_code == 0
+    assert len(never_started) == 1
 
 
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
@@ -356,6 +419,28 @@ def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_
     result = invoke(seeded.url, "import", str(tmp_path / "stray.csv"))
     assert result.exit_code == 2 and "not CSV the import can read" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\r\n\n"], ids=["empty", "bom", "blank"])
+@pytest.mark.parametrize("name", ["events.ndjson", "events.csv", "events"])
+def test_an_input_with_no_events_imports_none_whatever_its_name_says_its_format_is(seeded, tmp_path, name, content):
+    # A nightly export with nothing in it: an empty .ndjson file imported nothing and exited 0, while
+    # the same bytes named .csv, without an extension, or piped in (both read as CSV) stopped the
+    # import with exit 2 and "CSV header lacks amount, currency, ...", though the input has no header.
+    (tmp_path / name).write_bytes(content)
+    result = invoke(seeded.url, "import", str(tmp_path / name))
+    assert result.exit_code == 0 and "read 0 events" in result.output and "refused: 0" in result.output, result.output
+    piped = subprocess.run([sys.executable, "-m", "cli.main", "import", "-"], input=content, capture_output=True,
+                           timeout=120, cwd=Path(__file__).parents[2],
+                           env={**os.environ, "REVSHARE_DATABASE_URL": seeded.url})
+    assert piped.returncode == 0 and b"read 0 events" in piped.stdout, piped.stderr
+    assert stored_events(seeded) == 0
+
+
+def test_a_csv_with_rows_but_no_header_line_is_still_refused_naming_the_columns(seeded, tmp_path):
+    (tmp_path / "rows.csv").write_text("h-1,invoice_paid,acme,inv-h-1,10.00,USD,2026-01-11T00:00:00Z\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "rows.csv"))
+    assert result.exit_code == 2 and "CSV header lacks" in result.output and stored_events(seeded) == 0
 
 
 def test_blank_lines_of_ndjson_are_skipped_not_refused_and_still_counted_in_line_numbers(seeded, tmp_path):

@@ -130,3 +130,19 @@ def test_every_function_of_the_schema_reads_it_before_temporary_objects(postgres
         assert session.execute(sa.text("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                                        "WHERE n.nspname = 'public'")).scalar() > 40
     assert unpinned == []
+
+
+@pytest.mark.parametrize("command", ["serve", "scheduler"])
+def test_the_server_and_the_scheduler_start_as_the_application_role(app_database, monkeypatch, command):
+    # Both read the database's migration revision before they start, which the role may read.
+    from click.testing import CliRunner
+
+    from cli import server
+    from cli.main import main
+    from jobs import scheduler
+
+    started = []
+    monkeypatch.setattr(server, "run", started.append)
+    monkeypatch.setattr(scheduler, "run", started.append)
+    result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": app_database.url})
+    assert result.exit_code == 0 and len(started) == 1, result.output
