@@ -3,7 +3,9 @@
 Constant memory: the file is read line by line and handed to `revenue.ingest` in batches of
 `batch_size` events, each batch in its own committed transaction. Safe to run again on the same
 file, even after being killed halfway: committed batches replay (events are keyed by id) and the
-rest is applied, so the books equal those of one clean run.
+rest is applied, so the books equal those of one clean run. A line refused in an earlier run is
+tried anew (nothing of a refused event is stored): one refused for its order, a refund before its
+payment in the file, applies in a later run, once the payment is in.
 
 CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is

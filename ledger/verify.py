@@ -312,7 +312,8 @@ def verify_payout_postings(session: Session) -> list[Problem]:
 
 def verify_payouts_recorded(session: Session) -> list[Problem]:
     """Each `payout` transaction has its payout record: without one, the money it moved into transit
-    could never be settled or failed, and no payout list would show it."""
+    could never be settled or failed, and no payout list would show it. Migration 0026 holds it for
+    new rows (on SQLite, on a connection with `foreign_keys` on, as the service's are)."""
     t, p = journal_transactions.c, payouts.c
     rows = session.execute(select(t.id).where(t.kind == "payout", ~select(p.id).where(p.transaction_id == t.id)
                                               .exists()).order_by(t.id))
