@@ -31,6 +31,8 @@ from ledger.db import Database
 from ledger.errors import DomainError, InvalidInput, OutOfRange
 
 CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", "occurred_at")
+# The fields a refusal names that are the event's (or the line's, `_line`; not an object, `_schema`).
+_REASON_FIELDS = frozenset({*revenue.EVENT_FIELDS, "amount.amount", "amount.currency", "_line", "_schema"})
 BATCH_SIZE_DEFAULT = 5000
 REFUSAL_EXAMPLES_MAX = 20
 
@@ -46,7 +48,11 @@ class Summary:
 
     def refuse(self, line_number: int, event_id: str | None, error: DomainError) -> None:
         self.refused += 1
-        fields = ", ".join(sorted(error.fields)) or "-"
+        # A field the event does not have is counted as "unknown field", not under its own name: a
+        # file whose lines each carry another unknown name would otherwise keep (and print) a reason
+        # per line. The examples still name it.
+        named = {name if name in _REASON_FIELDS else "unknown field" for name in error.fields}
+        fields = ", ".join(sorted(named)) or "-"
         self.refusal_reasons[f"{error.title} ({fields})"] += 1
         # Lines refused while reading come before those of their batch refused by the domain: keep
         # the lowest line numbers, whatever the order they were refused in.

@@ -476,6 +476,19 @@ def test_refusal_examples_are_the_first_lines_refused_in_line_order_whatever_ord
     assert refused_lines(result.output) == list(range(1, 21))
 
 
+def test_lines_each_with_another_unknown_field_are_summed_under_one_reason(seeded, tmp_path):
+    # Counted under its own name, each unknown field would be a reason of its own: a summary (and
+    # memory) growing with the file, not the few lines of reasons a summary is.
+    event = event_dict(paid("e-0", "acme", "inv-0", 1_000, "2026-01-10"))
+    lines = [json.dumps({**event, "id": f"e-{n}", "invoice_id": f"inv-{n}", f"note_{n}": "x"}) for n in range(50)]
+    (tmp_path / "noted.ndjson").write_text("\n".join(lines) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "noted.ndjson"))
+    assert result.exit_code == 1 and "refused: 50" in result.output
+    reasons = [line.strip() for line in result.output.splitlines() if " x " in line]
+    assert reasons == ["50 x Unprocessable entity (unknown field)"]
+    assert "line 1 event e-0: note_0: unknown field" in result.output
+
+
 def refused_lines(output: str) -> list[int]:
     return [int(line.split()[1]) for line in output.splitlines() if line.strip().startswith("line ")]
 
