@@ -92,7 +92,7 @@ def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
     """Transactions in sequence order"""
     scope = partner_scope()
     if scope is not None and partner_id not in (None, scope):
-        raise NotFound(f"partner {partner_id} not found")
+        raise NotFound(f"partner {partner_id!r} not found")
     rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=scope or partner_id)
     return page(rows, limit, render)
 

@@ -186,6 +186,13 @@ def test_a_partner_cannot_list_another_partners_records_by_filter(shared, listin
     assert shared.client.get(f"{listing}?partner_id=p1", headers=bearer(shared.keys.p1)).status_code == 200
 
 
+def test_a_list_filtered_by_another_partner_is_the_404_of_that_partners_record(shared):
+    record = shared.client.get("/v1/partners/p2", headers=bearer(shared.keys.p1)).get_json()
+    for listing in ("/v1/transactions", "/v1/payouts"):
+        filtered = shared.client.get(f"{listing}?partner_id=p2", headers=bearer(shared.keys.p1)).get_json()
+        assert filtered == record, listing
+
+
 def test_a_partner_cannot_reverse_even_its_own_transaction(shared):
     response = shared.client.post(f"/v1/transactions/{shared.booked.p1[0]}/reversal", json={"reason": "mine"},
                                   headers=bearer(shared.keys.p1))
