@@ -32,8 +32,9 @@ SECURITY_SCHEME = "bearerAuth"
 # flask-smorest's own views (the OpenAPI document and the docs page) are public.
 DOCS_ENDPOINT_PREFIX = "api-docs."
 # A key found valid is trusted for this long without asking the database again (per process), so
-# that authentication costs no query and no transaction on the hot path. Keys have no revocation
-# route; a key row deleted by an operator stops working within this time.
+# that authentication costs no query and no transaction on the hot path. A revoked key
+# (`ledger.keys.revoke_key`) stops working within this time in other processes, at once in the
+# process that revoked it (`forget`).
 PRINCIPAL_TTL_S = 10.0
 PRINCIPALS_CACHED_MAX = 10_000
 
@@ -115,6 +116,13 @@ def _principal(token: str) -> Principal | None:
             cache.clear()
         cache[digest] = (principal, now + PRINCIPAL_TTL_S)
     return principal
+
+
+def forget(key_id: str) -> None:
+    """Drop a key from this process's cache of principals (it was revoked)."""
+    cache = current_database().shared.get("principals", {})
+    for digest in [digest for digest, (principal, _) in cache.items() if principal.key_id == key_id]:
+        del cache[digest]
 
 
 def _challenge() -> WWWAuthenticate:

@@ -121,6 +121,23 @@ def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
     click.echo(key)
 
 
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--reason", default=None, help="Why, kept with the revocation.")
+@click.pass_obj
+def keys_revoke(settings: Settings, key_id: str, reason: str | None) -> None:
+    """Revoke an API key by its id: it no longer authenticates (a running server's workers may take
+    it for up to 10 more seconds)."""
+    from cli.books import opened
+    from ledger.instants import format_instant
+    from ledger.keys import revoke_key
+
+    with opened(settings, {"reason": "--reason"}) as database, database.transaction() as session:
+        revocation, created = revoke_key(session, key_id, reason)
+    state = "revoked" if created else "already revoked"
+    click.echo(f"{state}: {revocation.key_id} at {format_instant(revocation.revoked_at_us)}")
+
+
 def _register_book_commands() -> None:
     from cli.books import COMMANDS
 

@@ -8,6 +8,10 @@ the API. Lookup is by hash (a unique index) and the stored hash is compared agai
 Roles: `admin` (everything), `finance` (everything but key management), `billing` (revenue events,
 attributions, customer reads) and `partner`, bound to exactly one partner id. The binding is checked
 here and by the table's `ck_api_keys_partner_binding` constraint.
+
+A key is revoked by a row in `api_key_revocations` (migration 0027), never by changing or deleting
+its own row: a revoked key no longer authenticates. Processes cache a key's principal for
+`api.auth.PRINCIPAL_TTL_S`; another process still takes a revoked key for that long at most.
 """
 
 from __future__ import annotations
@@ -18,17 +22,26 @@ import secrets
 import time
 from typing import NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import exists, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
-from ledger.errors import invalid
-from ledger.schema import API_ROLES, api_keys
+from ledger.errors import NotFound, invalid
+from ledger.schema import API_ROLES, api_key_revocations, api_keys
 
 KEY_PREFIX = "rsk_"
 KEY_ENTROPY_BYTES = 32
 # A presented key longer than this cannot be one of ours; refuse it before hashing.
 KEY_LENGTH_MAX = 200
+
+
+REASON_LENGTH_MAX = 500
+
+
+class Revocation(NamedTuple):
+    key_id: str
+    revoked_at_us: int
+    reason: str | None
 
 
 class Principal(NamedTuple):
@@ -72,8 +85,25 @@ def authenticate(session: Session, key: str) -> Principal | None:
     if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > KEY_LENGTH_MAX:
         return None
     presented = hash_key(key)
+    revoked = exists().where(api_key_revocations.c.api_key_id == api_keys.c.id)
     row = session.execute(select(api_keys.c.id, api_keys.c.key_hash, api_keys.c.role, api_keys.c.partner_id)
-                          .where(api_keys.c.key_hash == presented)).first()
+                          .where(api_keys.c.key_hash == presented, ~revoked)).first()
     if row is None or not hmac.compare_digest(row.key_hash, presented):
         return None
     return Principal(row.id, row.role, row.partner_id)
+
+
+def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tuple[Revocation, bool]:
+    """Revoke a key; returns (revocation, created). Revoking a revoked key again changes nothing and
+    returns the first revocation."""
+    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_LENGTH_MAX):
+        raise invalid("reason", f"must be text of at most {REASON_LENGTH_MAX} characters")
+    if session.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
+        raise NotFound(f"API key {key_id!r} does not exist")
+    earlier = session.execute(select(api_key_revocations).where(api_key_revocations.c.api_key_id == key_id)).first()
+    if earlier is not None:
+        return Revocation(earlier.api_key_id, earlier.revoked_at_us, earlier.reason), False
+    revocation = Revocation(key_id, time.time_ns() // 1000, reason)
+    session.execute(insert(api_key_revocations).values(api_key_id=key_id, revoked_at_us=revocation.revoked_at_us,
+                                                       reason=reason))
+    return revocation, True

@@ -157,6 +157,15 @@ api_keys = Table(
     CheckConstraint("(role = 'partner') = (partner_id IS NOT NULL)", name="partner_binding"),
 )
 
+# A revoked key (migration 0027): one row per key, never updated; the key no longer authenticates.
+api_key_revocations = Table(
+    "api_key_revocations",
+    metadata,
+    Column("api_key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("revoked_at_us", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=True),
+)
+
 idempotency_records = Table(
     "idempotency_records",
     metadata,

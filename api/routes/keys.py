@@ -1,11 +1,16 @@
 """POST /v1/api-keys (admin): create a key; the key is shown in this response only. A partner key
-must name a partner that exists (422 naming `partner_id` otherwise)."""
+must name a partner that exists (422 naming `partner_id` otherwise).
+
+POST /v1/api-keys/{id}/revocation (admin): revoke a key (201); it no longer authenticates, in every
+worker within `api.auth.PRINCIPAL_TTL_S`. Revoking it again answers the first revocation (200). Not
+in the contract, which is silent on revocation: a key that leaks must be stopped without editing
+the database (keys are never updated or deleted)."""
 
 from __future__ import annotations
 
 import marshmallow as ma
 
-from api.auth import allow
+from api.auth import allow, forget
 from api.body import Blueprint
 from api.fields import PartnerId, Str
 from api.idempotency import idempotent
@@ -13,6 +18,7 @@ from api.schemas import Schema
 from api.session import current_session
 from ledger import keys, partners
 from ledger.errors import NotFound, invalid
+from ledger.instants import format_instant
 from ledger.schema import API_ROLES
 
 blp = Blueprint("api-keys", __name__, description="API keys (admin only)")
@@ -51,3 +57,28 @@ def _require_partner(partner_id: str) -> None:
         partners.get_partner(current_session(), partner_id)
     except NotFound:
         raise invalid("partner_id", f"partner {partner_id!r} does not exist") from None
+
+
+class RevocationRequestSchema(Schema):
+    reason = Str(keys.REASON_LENGTH_MAX, load_default=None, allow_none=True)
+
+
+class RevocationSchema(Schema):
+    id = ma.fields.String(required=True)
+    revoked_at = ma.fields.String(required=True, metadata={"description": "RFC 3339 instant"})
+    reason = ma.fields.String(required=True, allow_none=True)
+
+
+@blp.route("/api-keys/<string(maxlength=32):key_id>/revocation", methods=["POST"])
+@allow("admin")
+@idempotent
+@blp.arguments(RevocationRequestSchema)
+@blp.response(201, RevocationSchema)
+@blp.alt_response(200, schema=RevocationSchema, description="the key was revoked already: the first revocation")
+def revoke_key(args, key_id: str):
+    """Revoke an API key"""
+    revocation, created = keys.revoke_key(current_session(), key_id, args["reason"])
+    forget(key_id)
+    body = {"id": revocation.key_id, "revoked_at": format_instant(revocation.revoked_at_us),
+            "reason": revocation.reason}
+    return body, 201 if created else 200

@@ -53,6 +53,21 @@ def test_keys_create_refuses_a_bad_role_or_binding_with_exit_code_2(sqlite_datab
     assert message in result.output
 
 
+def test_keys_revoke_stops_a_key_names_an_unknown_one_and_repeats_as_already_revoked(database):
+    created = run(["keys", "create", "--role", "finance"], database.url).output.strip().splitlines()
+    key, key_id = created[-1], created[0].removeprefix("id: ")
+    result = run(["keys", "revoke", key_id, "--reason", "leaked"], database.url)
+    assert result.exit_code == 0 and result.output.startswith(f"revoked: {key_id} at "), result.output
+    with database.reader() as session:
+        assert authenticate(session, key) is None
+    again = run(["keys", "revoke", key_id], database.url)
+    assert again.exit_code == 0 and again.output == result.output.replace("revoked:", "already revoked:", 1)
+    unknown = run(["keys", "revoke", "key_nobody"], database.url)
+    assert unknown.exit_code == 2 and "API key 'key_nobody' does not exist" in unknown.output
+    too_long = run(["keys", "revoke", key_id, "--reason", "x" * 501], database.url)
+    assert too_long.exit_code == 2 and "--reason" in too_long.output
+
+
 @pytest.fixture
 def started(monkeypatch):
     calls = []

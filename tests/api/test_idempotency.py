@@ -118,6 +118,9 @@ def keyed_post(name: str, call, database) -> tuple[str, dict | None, str]:
     usd = {"amount": "5.00", "currency": "USD"}
     if name == "create api key":
         return "/v1/api-keys", {"role": "billing"}, "admin"
+    if name == "revoke api key":
+        return f"/v1/api-keys/{call.created('/v1/api-keys', {'role': 'billing'}, as_='admin')['id']}/revocation", \
+            {"reason": "leaked"}, "admin"
     if name == "create plan":
         return "/v1/plans", {"id": unique("plan"), "name": "Plan", **STANDARD_TERMS}, "finance"
     if name == "add plan version":

@@ -76,3 +76,36 @@ def test_a_cached_key_is_asked_again_once_its_entry_expires(database, client, ke
     later = time.monotonic() + auth.PRINCIPAL_TTL_S + 1
     monkeypatch.setattr(auth, "time", SimpleNamespace(monotonic=lambda: later))
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
+
+
+def test_a_revoked_key_is_a_401_at_once_and_a_second_revocation_answers_the_first(call):
+    made = call.created("/v1/api-keys", {"role": "finance"}, as_="admin")
+    headers = {"Authorization": f"Bearer {made['key']}"}
+    assert call.client.get("/v1/transactions?limit=1", headers=headers).status_code == 200  # cached now
+    revoked = call.post(f"/v1/api-keys/{made['id']}/revocation", {"reason": "leaked"}, as_="admin")
+    body = expect(revoked, 201)
+    assert (body["id"], body["reason"]) == (made["id"], "leaked") and body["revoked_at"].endswith("Z")
+    assert call.client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
+    again = call.post(f"/v1/api-keys/{made['id']}/revocation", None, as_="admin")
+    assert expect(again, 200) == body
+
+
+def test_a_revoked_key_is_refused_by_a_process_that_had_not_cached_it(database, client, keys):
+    from api import auth
+
+    headers = {"Authorization": f"Bearer {keys.finance}"}
+    admin = {"Authorization": f"Bearer {keys.admin}"}
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200
+    key_id = database.shared["principals"][auth.keys.hash_key(keys.finance)][0].key_id
+    database.shared.pop("principals")
+    assert client.post(f"/v1/api-keys/{key_id}/revocation", headers=admin).status_code == 201
+    database.shared.pop("principals", None)  # another process: nothing cached, it asks the database
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("role", ["finance", "billing"])
+def test_only_an_admin_revokes_a_key_and_an_unknown_key_is_a_404(call, role):
+    made = call.created("/v1/api-keys", {"role": "billing"}, as_="admin")
+    assert call.post(f"/v1/api-keys/{made['id']}/revocation", None, as_=role).status_code == 403
+    assert call.post("/v1/api-keys/key_nobody/revocation", None, as_="admin").status_code == 404
+    assert errors_of(call.post(f"/v1/api-keys/{made['id']}/revocation", {"reason": ""}, as_="admin")) == {"reason"}

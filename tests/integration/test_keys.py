@@ -5,8 +5,8 @@ import hashlib
 import pytest
 import sqlalchemy as sa
 
-from ledger.errors import InvalidInput
-from ledger.keys import Principal, authenticate, create_key
+from ledger.errors import InvalidInput, NotFound
+from ledger.keys import Principal, authenticate, create_key, revoke_key
 from ledger.schema import api_keys
 
 
@@ -64,3 +64,30 @@ def test_the_database_refuses_a_partner_key_without_a_partner(database):
     with pytest.raises(sa.exc.IntegrityError), database.transaction() as session:
         session.execute(sa.insert(api_keys).values(id="k", key_hash="0" * 64, role="partner", partner_id=None,
                                                    created_at_us=0))
+
+
+def test_a_revoked_key_no_longer_authenticates_and_its_revocation_is_kept_as_first_made(database):
+    with database.transaction() as session:
+        key_id, key = create_key(session, "finance")
+        other_id, other = create_key(session, "finance")
+    with database.transaction() as session:
+        first, created = revoke_key(session, key_id, "leaked")
+    assert created and (first.key_id, first.reason) == (key_id, "leaked")
+    with database.transaction() as session:
+        assert revoke_key(session, key_id, "again") == (first, False)
+    with database.reader() as session:
+        assert authenticate(session, key) is None
+        assert authenticate(session, other) == Principal(other_id, "finance", None)
+    with pytest.raises(NotFound), database.transaction() as session:
+        revoke_key(session, "key_nobody")
+
+
+@pytest.mark.parametrize("statement", ["UPDATE api_key_revocations SET reason = 'forgotten'",
+                                       "DELETE FROM api_key_revocations"])
+def test_a_revocation_is_never_updated_or_deleted_in_the_database(database, statement):
+    with database.transaction() as session:
+        key_id, _ = create_key(session, "billing")
+        revoke_key(session, key_id)
+    with pytest.raises(sa.exc.DBAPIError, match="api_key_revocations is append-only"):
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql(statement)
