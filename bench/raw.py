@@ -22,7 +22,7 @@ from ledger.db import SQLITE_BUSY_TIMEOUT_MS, normalize_url
 LINE_COLUMNS = ("transaction_id", "account_id", "currency", "side", "amount_minor", "effective_at_us")
 HEADER_COLUMNS = ("id", "kind", "effective_at_us", "original_effective_at_us", "recorded_at_us", "idempotency_key",
                   "request_hash", "partner_id", "customer_id", "invoice_id", "event_id", "plan_version_id",
-                  "accrual_id", "reverses_id", "matures_at_us", "memo", "prev_hash", "hash")
+                  "accrual_id", "reverses_id", "matures_at_us", "memo", "prev_hash", "hash", "salt")
 EVENT_COLUMNS = ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
                  "recorded_at_us", "request_hash", "status", "first_eligible_customer_id")
 HOLD_COLUMNS = ("accrual_id", "matures_at_us")

@@ -8,8 +8,16 @@ updated or deleted; a correction is a new transaction (`reverse()`).
 
 Hashes. `request_hash` is SHA-256 over the canonical JSON of what was asked for (the draft); it is
 what idempotency compares. The chain hash of transaction n is SHA-256 over transaction n-1's hash,
-n, the recorded and effective instants and the request hash, so it covers every stored field.
-`verify.py` recomputes both from the stored rows.
+n, the recorded and effective instants, the request hash and the transaction's `salt`, so it
+covers every stored field. `verify.py` recomputes both from the stored rows.
+
+The salt (16 random bytes, hex; migration 0028) is stored and never shown over the API. A partner
+reads the hashes of its own transactions, and its neighbours in the chain are often another
+partner's postings whose content it can nearly name (a parent's override on the same invoice, a
+sub-partner's accrual): without the salt, it could try candidate amounts and plan versions against
+the two hashes around such a posting until one matched, and so learn another partner's commission.
+With it, no guess can be checked. Transactions written before migration 0028 have none (NULL); the
+chain hash of those is as it was.
 
 Closed periods. A draft whose effective instant lies in a closed period is posted at the start of
 the first open period, keeping the requested instant as `original_effective_at_us`; idempotency
@@ -21,6 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import secrets
 from collections import defaultdict
 from json.encoder import encode_basestring as _encode_string
 from typing import Iterable, NamedTuple, Sequence
@@ -45,6 +54,7 @@ DEBIT, CREDIT = "D", "C"
 LINES_PER_TRANSACTION_MAX = 100
 POST_BATCH_MAX = 100_000
 ACCOUNT_SPECS_CACHED_MAX = 65_536
+SALT_BYTES = 16  # per transaction, in its chain hash (see the module's docstring)
 
 
 class Line(NamedTuple):
@@ -155,10 +165,16 @@ def request_hash(draft: Draft) -> str:
 
 
 def chain_hash(prev_hash: str, transaction_id: int, recorded_at_us: int, effective_at_us: int,
-               original_effective_at_us: int | None, request_hash_hex: str) -> str:
+               original_effective_at_us: int | None, request_hash_hex: str, salt: str | None) -> str:
     original = "" if original_effective_at_us is None else original_effective_at_us
     content = f"{prev_hash}:{transaction_id}:{recorded_at_us}:{effective_at_us}:{original}:{request_hash_hex}"
+    if salt is not None:  # none before migration 0028
+        content += f":{salt}"
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+def new_salt() -> str:
+    return secrets.token_hex(SALT_BYTES)
 
 
 def chain_head(session: Session) -> tuple[int, str]:
@@ -220,11 +236,12 @@ class Batch:
         self.head_id += 1
         posted_at = self.posting_instant(draft.effective_at_us)
         original = None if posted_at == draft.effective_at_us else draft.effective_at_us
+        salt = new_salt()
         prev_hash, self.head_hash = self.head_hash, chain_hash(
-            self.head_hash, self.head_id, self.recorded_at_us, posted_at, original, hash_hex)
+            self.head_hash, self.head_id, self.recorded_at_us, posted_at, original, hash_hex, salt)
         self._known[draft.idempotency_key] = (self.head_id, hash_hex)
         self._headers.append(_header_row(draft, self.head_id, self.recorded_at_us, posted_at, original, hash_hex,
-                                         prev_hash, self.head_hash))
+                                         prev_hash, self.head_hash, salt))
         self._drafts.append(draft)
         return Posted(self.head_id, False)
 
@@ -267,14 +284,14 @@ def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | Non
 
 
 _HEADER_COLUMNS = ("id", "kind", "effective_at_us", "original_effective_at_us", "recorded_at_us", "idempotency_key",
-                   "request_hash", *_LINK_FIELDS, "prev_hash", "hash")
+                   "request_hash", *_LINK_FIELDS, "prev_hash", "hash", "salt")
 _LINE_COLUMNS = ("transaction_id", "account_id", "currency", "side", "amount_minor", "effective_at_us")
 
 
 def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, posted_at_us: int, original_us: int | None,
-                hash_hex: str, prev_hash: str, chained: str) -> tuple:
+                hash_hex: str, prev_hash: str, chained: str, salt: str) -> tuple:
     return (transaction_id, draft.kind, posted_at_us, original_us, recorded_at_us, draft.idempotency_key, hash_hex,
-            *draft[4:], prev_hash, chained)
+            *draft[4:], prev_hash, chained, salt)
 
 
 def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:

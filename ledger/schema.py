@@ -86,6 +86,8 @@ journal_transactions = Table(
     Column("memo", Text, nullable=True),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # In the chain hash, never shown over the API (ledger/journal.py); NULL before migration 0028.
+    Column("salt", String(32), nullable=True),
     CheckConstraint("id >= 1", name="id_positive"),
     CheckConstraint(f"kind IN ({', '.join(repr(k) for k in TRANSACTION_KINDS)})", name="kind"),
     CheckConstraint("reverses_id IS NULL OR kind = 'reversal'", name="reverses_only_reversal"),

@@ -657,7 +657,7 @@ def _check(header, lines: list, expected_id: int, prev_hash: str) -> list[Proble
     if recomputed_request != header.request_hash:
         found.append(Problem(tid, "content_altered", "the stored content does not match its request hash"))
     recomputed = chain_hash(header.prev_hash, tid, header.recorded_at_us, header.effective_at_us,
-                            header.original_effective_at_us, header.request_hash)
+                            header.original_effective_at_us, header.request_hash, header.salt)
     if recomputed != header.hash:
         found.append(Problem(tid, "hash_mismatch", "the stored hash does not match the recomputed hash"))
     found.extend(_check_lines(header, lines))

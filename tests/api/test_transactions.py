@@ -32,6 +32,18 @@ def test_a_transaction_carries_its_lines_hashes_sequence_and_links(shared):
     ]
 
 
+@pytest.mark.parametrize("role", ["finance", "p1"])
+def test_a_transaction_never_shows_the_salt_or_request_hash_its_hash_covers(shared, role):
+    response = shared.client.get(f"/v1/transactions/{shared.booked.p1[0]}", headers=bearer(getattr(shared.keys, role)))
+    listed = shared.client.get("/v1/transactions", headers=bearer(getattr(shared.keys, role))).get_json()["items"]
+    for body in (response.get_json(), *listed):
+        assert {"hash", "prev_hash"} <= set(body) and not {"salt", "request_hash"} & set(body)
+    with shared.database.reader() as session:
+        salt = session.execute(sa.text("SELECT salt FROM journal_transactions WHERE id = :t"),
+                               {"t": shared.booked.p1[0]}).scalar_one()
+    assert salt is not None and salt not in response.get_data(as_text=True)
+
+
 def test_amounts_use_the_minor_unit_of_their_currency(shared):
     body = shared.client.get(f"/v1/transactions/{shared.booked.p1[1]}", headers=bearer(shared.keys.finance)).get_json()
     assert {line["amount"] for line in body["lines"]} == {"1234"}  # JPY has no minor digits

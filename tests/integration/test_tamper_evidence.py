@@ -485,6 +485,9 @@ CHAIN_HASH_FIELDS = [
     pytest.param(["UPDATE journal_lines SET transaction_id = 6 WHERE transaction_id = 5",
                   "UPDATE journal_transactions SET id = 6 WHERE id = 5"],
                  {(6, "hash_mismatch"), (6, "sequence_gap")}, id="id"),
+    pytest.param(["UPDATE journal_transactions SET salt = '00000000000000000000000000000000' WHERE id = 2"],
+                 {(2, "hash_mismatch")}, id="salt"),
+    pytest.param(["UPDATE journal_transactions SET salt = NULL WHERE id = 2"], {(2, "hash_mismatch")}, id="salt removed"),
 ]
 
 
@@ -542,3 +545,20 @@ def test_a_second_release_of_a_piece_is_named_though_both_stay_within_its_amount
     with behind_the_triggers(two_pieces) as execute:
         execute(f"UPDATE journal_transactions SET accrual_id = 1 WHERE id = {second.id}")
     assert problems(two_pieces) == {(second.id, "content_altered"), (1, "piece_overdrawn")}
+
+
+def test_a_neighbours_content_cannot_be_checked_against_the_hashes_a_partner_reads(booked):
+    """A partner reads the hashes of its own transactions, and can nearly name a neighbouring
+    posting of another partner; the chain hash also covers a salt that is never shown, so no guess
+    of the neighbour's content, even the right one, reproduces its hash."""
+    with booked.reader() as session:
+        rows = session.execute(sa.text("SELECT id, prev_hash, hash, recorded_at_us, effective_at_us,"
+                                       " original_effective_at_us, request_hash, salt FROM journal_transactions"
+                                       " ORDER BY id")).all()
+    assert len(rows) >= 3 and len({row.salt for row in rows}) == len(rows)
+    for row in rows:
+        assert row.salt is not None and len(row.salt) == 32
+        known = (row.prev_hash, row.id, row.recorded_at_us, row.effective_at_us, row.original_effective_at_us,
+                 row.request_hash)  # the right guess of everything but the salt
+        assert journal.chain_hash(*known, row.salt) == row.hash
+        assert journal.chain_hash(*known, None) != row.hash
