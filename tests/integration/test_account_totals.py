@@ -4,6 +4,7 @@ refuses every other write to them, even when Python is bypassed with raw SQL."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
@@ -264,6 +265,7 @@ def test_the_first_line_of_an_account_creates_its_row(booked):
     assert totals(booked)[(PENDING, "GBP")][:2] == (0, 9)
 
 
+@pytest.mark.usefixtures("written_before_salts")
 def test_the_migration_fills_the_totals_from_the_lines_already_there(empty_url):
     upgrade(empty_url, "0007")
     database = Database(empty_url)
@@ -274,6 +276,23 @@ def test_the_migration_fills_the_totals_from_the_lines_already_there(empty_url):
         assert totals(database) == expected and len(expected) == 4
         post(database, accrual("a3", 5))
         assert totals(database) == sums_of_lines(database)
+    finally:
+        database.dispose()
+
+
+def test_books_written_before_salts_still_verify_and_the_chain_goes_on_salted(empty_url, written_before_salts,
+                                                                            monkeypatch):
+    upgrade(empty_url, "0027")
+    database = Database(empty_url)
+    try:
+        post(database, accrual("a1", 100), accrual("a2", 250))
+        monkeypatch.undo()  # the code of migration 0028 on
+        upgrade(empty_url)
+        post(database, accrual("a3", 5))
+        with database.reader() as session:
+            salts = session.execute(text("SELECT salt FROM journal_transactions ORDER BY id")).scalars().all()
+            assert salts[:2] == [None, None] and len(salts[2]) == 32
+            assert verify(session).ok
     finally:
         database.dispose()
 
