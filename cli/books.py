@@ -82,6 +82,8 @@ def refuse_unusable_database(url: str) -> None:
     try:
         with database_errors(url), database.reader() as session:
             revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            rewrites = database.engine.dialect.name == "postgresql" and session.execute(
+                text("SELECT has_table_privilege(current_user, 'journal_lines', 'UPDATE')")).scalar()
     finally:
         database.dispose()
     head = head_revision()
@@ -89,6 +91,10 @@ def refuse_unusable_database(url: str) -> None:
         click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
                    f"the service's latest is {head}\n  run `revshare db upgrade` first", err=True)
         sys.exit(2)
+    if rewrites:  # a warning, not a refusal: one URL for both is the simplest set-up, and a valid one
+        click.echo("warning: the database role may UPDATE the journal (it owns the tables): the guards stand, "
+                   "but the role could drop them\n  serve as a role granted revshare_app, and migrate as the "
+                   "owner with REVSHARE_MIGRATION_DATABASE_URL (README, Configuration)", err=True)
 
 
 def refuse_missing_sqlite_file(url: str) -> None:

@@ -7,6 +7,7 @@ scheduler build a `Settings` with `Settings.from_env()` and pass it down.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
@@ -24,10 +25,10 @@ def _default_database_url() -> str:
 
 
 def _int_in(name: str, text: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{name.upper()} must be an integer, got {text!r}") from None
+    # ASCII digits only, as the API's inputs: int() would also take "2_048", " 2048 " and other scripts' digits.
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise SettingsError(f"{PREFIX}{name.upper()} must be an integer, got {text!r}")
+    value = int(text)
     if not low <= value <= high:
         raise SettingsError(f"{PREFIX}{name.upper()} must be between {low} and {high}, got {value}")
     return value

@@ -584,7 +584,8 @@ def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int,
                            .join(journal_transactions, t.id == h.accrual_id, isouter=True)
                            .order_by(h.accrual_id)).all()
     found = [Problem(accrual_id, "hold_altered", f"queued hold of transaction {accrual_id} matures at {queued_us}, "
-                     f"but the transaction is {kind!r} maturing at {matures_us}")
+                     + ("but the journal holds no such transaction" if kind is None else
+                        f"but the transaction is {kind!r} maturing at {matures_us}"))
              for accrual_id, queued_us, kind, matures_us, _ in rows
              if kind not in EARNING_KINDS or matures_us != queued_us]
     queued = {row.accrual_id: row.invoice_id for row in rows if row.kind is not None}

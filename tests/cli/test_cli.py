@@ -66,6 +66,10 @@ def test_db_upgrade_creates_the_default_database_and_is_repeatable(tmp_path):
 
 @pytest.mark.parametrize("name, value, message", [
     ("REVSHARE_CLOSE_GRACE_DAYS", "soon", "REVSHARE_CLOSE_GRACE_DAYS must be an integer"),
+    ("REVSHARE_MAX_BODY_BYTES", "2_048", "REVSHARE_MAX_BODY_BYTES must be an integer"),
+    ("REVSHARE_MAX_BODY_BYTES", " 2048 ", "REVSHARE_MAX_BODY_BYTES must be an integer"),
+    ("REVSHARE_PAYOUT_DAY_OF_MONTH", "\u0661", "REVSHARE_PAYOUT_DAY_OF_MONTH must be an integer"),  # Arabic-Indic 1
+    ("REVSHARE_PAYOUT_DAY_OF_MONTH", "29", "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28"),
     ("REVSHARE_LOG_LEVEL", "critical", "REVSHARE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
 ])
 def test_a_bad_setting_stops_with_a_message_naming_the_variable(database_url, name, value, message):

@@ -146,3 +146,21 @@ def test_the_server_and_the_scheduler_start_as_the_application_role(app_database
     monkeypatch.setattr(scheduler, "run", started.append)
     result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": app_database.url})
     assert result.exit_code == 0 and len(started) == 1, result.output
+    assert "warning" not in result.output
+
+
+@pytest.mark.parametrize("command", ["serve", "scheduler"])
+def test_the_server_and_the_scheduler_warn_when_they_run_as_the_owner_who_could_drop_the_guards(
+        postgres_database, monkeypatch, command):
+    from click.testing import CliRunner
+
+    from cli import server
+    from cli.main import main
+    from jobs import scheduler
+
+    started = []
+    monkeypatch.setattr(server, "run", started.append)
+    monkeypatch.setattr(scheduler, "run", started.append)
+    result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": postgres_database.url})
+    assert result.exit_code == 0 and len(started) == 1, result.output
+    assert "warning: the database role may UPDATE the journal" in result.output

@@ -281,6 +281,16 @@ def test_a_queued_hold_whose_maturity_was_moved_or_that_names_no_accrual_is_name
     assert problems(accrued) == {(first, "hold_altered"), (release_id, "hold_altered"), (None, "holds_missing")}
 
 
+def test_a_queued_hold_naming_a_transaction_the_journal_does_not_hold_says_so(accrued):
+    missing = 10_000
+    with behind_the_triggers(accrued) as execute:
+        execute(f"UPDATE open_holds SET accrual_id = {missing} WHERE accrual_id = {queued_holds(accrued)[-1]}")
+    with accrued.reader() as session:
+        named = [p for p in verify(session).problems if p.code == "hold_altered"]
+    assert [(p.transaction_id, p.message.split(", ", 1)[1]) for p in named] == [
+        (missing, "but the journal holds no such transaction")]
+
+
 def test_a_second_cpa_bounty_for_a_customer_is_named(booked):
     with booked.transaction() as session:
         first, second = journal.post(session, [
