@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemSchema
 from ledger.db import retryable
-from ledger.errors import DomainError
+from ledger.errors import DomainError, InvalidInput
 
 PROBLEM_MIMETYPE = "application/problem+json"
 TYPE_PREFIX = "urn:revshare:problem:"
@@ -74,8 +74,9 @@ def problem(status: int, detail: str, *, title: str | None = None, type_name: st
 
 def domain_problem_data(error: DomainError) -> dict[str, Any]:
     errors = error.fields if error.fields or error.status == 422 else None
-    return problem_data(error.status, error.detail, title=error.title, type_name=_slug(type(error).__name__),
-                        errors=errors)
+    # Every kind of bad input (`OutOfRange` too) is the one 422 type: clients switch on `type`.
+    name = "InvalidInput" if isinstance(error, InvalidInput) else type(error).__name__
+    return problem_data(error.status, error.detail, title=error.title, type_name=_slug(name), errors=errors)
 
 
 def domain_problem(error: DomainError) -> Response:

@@ -297,6 +297,23 @@ def test_an_event_that_would_take_a_total_out_of_range_is_refused_alone_in_its_b
     assert all(r.get("replayed") for r in again)
 
 
+def test_an_event_whose_total_would_be_out_of_range_is_a_422_of_the_one_invalid_input_type(fresh):
+    # Every 422 of bad input has one problem type (README, Errors): the out-of-range amount too, alone
+    # and in a batch, not a type of its own that a client switching on `type` would not know.
+    fresh.created("/v1/plans", plan_body("all", rates=[{"from_month": 1, "rate": "1"}]))
+    fresh.partner("whale", plan_id="all")
+    fresh.attribute("whale-customer", "whale")
+    events = [event_body(f"big-{n}", "whale-customer", f"big-{n}", "999999999999999.999", "2026-01-20",
+                         currency="BHD") for n in range(10)]
+    results = expect(fresh.post("/v1/revenue-events/batch", {"events": events[:9]}, as_="billing"), 200)["results"]
+    assert [r["http_status"] for r in results] == [201] * 9
+    [refused] = expect(fresh.post("/v1/revenue-events/batch", {"events": events[9:]}, as_="billing"), 200)["results"]
+    assert refused["error"]["type"] == "urn:revshare:problem:invalid-input"
+    alone = fresh.post("/v1/revenue-events", events[9], as_="billing")
+    assert errors_of(alone, 422) == {"amount"}
+    assert alone.get_json()["type"] == "urn:revshare:problem:invalid-input"
+
+
 def test_a_batch_sent_again_is_replayed_event_by_event(acme, scratch):
     call, customer = acme
     events = [event_body(unique("evt"), customer, unique("inv"), f"{10 + i}.00", "2026-01-20") for i in range(3)]
