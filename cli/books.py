@@ -66,7 +66,7 @@ def database_errors(url: str) -> Iterator[None]:
         click.echo(f"error: cannot use the database {make_url(url)!r}: "
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
-            click.echo("  it has no tables yet: run `revshare db upgrade` first", err=True)
+            click.echo("  it is not migrated to the latest revision: run `revshare db upgrade` first", err=True)
         sys.exit(2)
 
 
@@ -116,8 +116,10 @@ def refuse_missing_sqlite_file(url: str) -> None:
     sys.exit(2)
 
 
-# SQLite's and PostgreSQL's words for a table that is not there.
-_UNMIGRATED = re.compile(r"no such table|relation \S+ does not exist")
+# SQLite's and PostgreSQL's words for a table or a column that is not there: a database with no
+# tables, or one a migration behind the code (a column or table the latest migration adds).
+_UNMIGRATED = re.compile(r"no such (table|column)|has no column named|(relation|column) \S+ does not exist"
+                         r"|column \S+ of relation \S+ does not exist")
 
 
 def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]) -> int | None:

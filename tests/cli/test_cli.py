@@ -236,6 +236,28 @@ def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_late
     assert len(never_started) == 1
 
 
+@pytest.mark.parametrize("command", ["verify", "demo", "keys revoke"])
+def test_a_command_on_a_database_a_migration_behind_the_code_names_the_fix(empty_url, command):
+    # New code deployed, `revshare db upgrade` not yet run: the database lacks a column (0028's
+    # salt) or a table (0027's revocations) the code uses. Each command stops with exit 2, and says
+    # what to run, as it does for a database with no tables at all (which it no longer calls that).
+    from ledger.keys import create_key
+    from ledger.migrate import upgrade
+
+    upgrade(empty_url, "0026")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            key_id, _ = create_key(session, "billing")
+    finally:
+        database.dispose()
+    arguments = [*command.split(), key_id] if command == "keys revoke" else [command]
+    result = CliRunner().invoke(main, arguments, env={"REVSHARE_DATABASE_URL": empty_url})
+    assert result.exit_code == 2 and "error: cannot use the database" in result.output, result.output
+    assert "it is not migrated to the latest revision: run `revshare db upgrade` first" in result.output, \
+        result.output
+
+
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
     with seeded.transaction() as session:
         revenue.ingest(session, monthly_events(months=1))  # holds mature in February 2026
