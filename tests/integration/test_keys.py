@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from ledger.errors import InvalidInput, NotFound
 from ledger.keys import Principal, authenticate, create_key, revoke_key
 from ledger.schema import api_keys
+from tests.integration.conftest import second_writer_behind_first
 
 
 def test_a_created_key_authenticates_as_its_role(database):
@@ -91,3 +92,17 @@ def test_a_revocation_is_never_updated_or_deleted_in_the_database(database, stat
     with pytest.raises(sa.exc.DBAPIError, match="api_key_revocations is append-only"):
         with database.engine.begin() as connection:
             connection.exec_driver_sql(statement)
+
+
+@pytest.mark.postgres
+def test_a_key_revoked_twice_at_once_answers_the_first_revocation_on_postgresql(postgres_database):
+    # Both found no revocation; the second's insert then failed on the key: a 500 over HTTP.
+    with postgres_database.transaction() as session:
+        key_id, _ = create_key(session, "billing")
+    revoked = {}
+
+    def first(session):
+        revoked["first"] = revoke_key(session, key_id, "leaked")[0]
+
+    outcome = second_writer_behind_first(postgres_database, first, lambda session: revoke_key(session, key_id, "again"))
+    assert outcome == (revoked["first"], False)
