@@ -19,7 +19,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import in_lists
+from ledger.db import in_lists, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, start_of_day_us, within_horizon
 from ledger.journal import now_us
@@ -56,6 +56,7 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
     validate_external_id(customer_id, field="customer_id")
     if source not in ATTRIBUTION_SOURCES:
         raise invalid("source", f"must be one of {', '.join(ATTRIBUTION_SOURCES)}")
+    lock_program(session)
     if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
         raise invalid("partner_id", f"partner {partner_id!r} does not exist")
     start_us = within_horizon(start_of_day_us(effective_from), field="effective_from")

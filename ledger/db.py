@@ -67,6 +67,7 @@ IN_ARRAY_MAX = 50_000
 # The PostgreSQL isolation level at which every statement of a transaction reads one snapshot.
 ONE_SNAPSHOT = "REPEATABLE READ"
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
+PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00  # "program"
 
 
 def normalize_url(url: str) -> str:
@@ -266,6 +267,20 @@ def lock_journal(session: Session) -> None:
     first (migration 0010): a journal writer never waits for that row while holding this lock."""
     if is_postgres(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
+
+
+def lock_program(session: Session) -> None:
+    """Serialize the writers of program facts (plans and versions, partners, their statuses and plan
+    changes, customers and attributions). Each reads the latest fact of its kind and decides from it
+    (an id already taken, a status after a termination, a start no later than the latest); at READ
+    COMMITTED two such writers would each read the facts before the other's and both insert: the
+    second then fails on a unique key (a 500) or records a fact its check, and the database's guard,
+    would have refused had the first committed. SQLite writers already hold the write lock.
+    PostgreSQL: a transaction-scoped advisory lock, taken before the writer reads; the lock order is
+    this lock, the program revision's row, then the journal lock (none of its holders posts but
+    `revshare demo`, which enrols before it posts)."""
+    if is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROGRAM_LOCK_KEY})
 
 
 def locked(session: Session, statements: list[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:

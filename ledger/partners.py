@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
-from ledger.db import after_commit, driver_results, driver_rows, in_lists, shared_cache
+from ledger.db import after_commit, driver_results, driver_rows, in_lists, lock_program, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, within_horizon
 from ledger.journal import now_us
@@ -50,6 +50,7 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
         raise invalid("name", "1 to 200 characters, not all blank")
     if partner_type not in PARTNER_TYPES:
         raise invalid("type", f"must be one of {', '.join(PARTNER_TYPES)}")
+    lock_program(session)
     if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
         raise invalid("plan_id", f"plan {plan_id!r} does not exist")
     depth, parent_depth = 1, None
@@ -75,6 +76,7 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
 def set_status(session: Session, partner_id: str, status: str, effective_at_us: int | None = None) -> Partner:
     if status not in PARTNER_STATUSES:
         raise invalid("status", f"must be one of {', '.join(PARTNER_STATUSES)}")
+    lock_program(session)
     get_partner(session, partner_id)
     at = now_us() if effective_at_us is None else within_horizon(effective_at_us, field="effective_at")
     latest, latest_status = session.execute(
@@ -92,6 +94,7 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
 
 
 def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_us: int) -> Partner:
+    lock_program(session)
     get_partner(session, partner_id)
     if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
         raise invalid("plan_id", f"plan {plan_id!r} does not exist")

@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger.db import driver_rows, in_lists
+from ledger.db import driver_rows, in_lists, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import within_horizon
 from ledger.journal import now_us
@@ -51,6 +51,7 @@ def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str,
         raise invalid("name", "1 to 200 characters, not all blank")
     terms = parse_terms(terms_data)
     first_us = BEGINNING_US if effective_from_us is None else within_horizon(effective_from_us, field="effective_from")
+    lock_program(session)
     if plan_exists(session, plan_id):
         raise Conflict(f"plan {plan_id!r} already exists")
     created = now_us()
@@ -62,6 +63,7 @@ def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str,
 def add_version(session: Session, plan_id: str, terms_data: dict[str, Any], effective_from_us: int) -> PlanVersion:
     terms = parse_terms(terms_data)
     within_horizon(effective_from_us, field="effective_from")
+    lock_program(session)
     plan = get_plan(session, plan_id)
     latest = plan.versions[-1]
     if effective_from_us <= latest.effective_from_us:

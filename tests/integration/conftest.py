@@ -34,3 +34,36 @@ def written_before_salts(monkeypatch):
     monkeypatch.setattr(journal, "_HEADER_COLUMNS", tuple(c for c in journal._HEADER_COLUMNS if c != "salt"))
     monkeypatch.setattr(journal, "_header_row", lambda *args: header_row(*args)[:-1])
     monkeypatch.setattr(journal, "new_salt", lambda: None)
+
+
+def second_writer_behind_first(database, first, second):
+    """PostgreSQL: run `first(session)` in a transaction, and while it is open start `second(session)`
+    in another (a thread), wait until that one waits for a lock, then commit the first. Returns what
+    the second returned, or the exception it raised: how a writer fares that raced another's commit."""
+    import threading
+    import time
+
+    outcome: dict = {}
+
+    def run_second() -> None:
+        try:
+            with database.transaction() as session:
+                outcome["value"] = second(session)
+        except Exception as error:  # noqa: BLE001 (the test looks at it)
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run_second)
+    with database.transaction() as session:
+        first(session)
+        worker.start()
+        with database.engine.connect() as watcher:
+            for _ in range(3000):  # until the second waits for a lock the first holds (at most 30 s)
+                if watcher.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar_one():
+                    break
+                watcher.rollback()
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the second writer never waited for the first")
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    return outcome.get("error", outcome.get("value"))

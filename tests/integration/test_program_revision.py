@@ -8,9 +8,13 @@ from __future__ import annotations
 import threading
 
 import pytest
+import sqlalchemy as sa
 
-from ledger import partners, plans, revenue
+from ledger import customers, partners, plans, revenue
 from ledger.db import Database
+from ledger.errors import Conflict
+from ledger.instants import parse_date
+from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_database_guards import refused, refused_without_recursive_triggers
 from tests.program import PLAN, at, paid, seed
 
@@ -148,3 +152,72 @@ def test_concurrent_program_changes_each_move_the_revision_on_postgresql(postgre
     worker.join(timeout=30)
     assert second_done.is_set()
     assert revision(database) == before + 2
+
+
+@pytest.mark.postgres
+def test_a_status_change_racing_a_termination_is_refused_on_postgresql_termination_is_final(postgres_database):
+    # At READ COMMITTED the second writer read the statuses before the termination committed, passed
+    # the checks (Python's and the database's guard alike) and then waited only for the revision row:
+    # it recorded a suspension after the termination. Program writers now queue before they read.
+    with postgres_database.transaction() as session:
+        seed(session)
+    outcome = second_writer_behind_first(
+        postgres_database,
+        lambda session: partners.set_status(session, "northwind", "terminated", at("2026-03-01")),
+        lambda session: partners.set_status(session, "northwind", "suspended", at("2026-04-01")))
+    assert isinstance(outcome, Conflict) and "termination is final" in str(outcome)
+    with postgres_database.reader() as session:
+        rows = session.execute(sa.text("SELECT status FROM partner_statuses WHERE partner_id = 'northwind' "
+                                       "ORDER BY id")).scalars().all()
+    assert rows == ["active", "terminated"]
+
+
+@pytest.mark.postgres
+def test_a_status_change_racing_a_later_one_is_refused_on_postgresql(postgres_database):
+    with postgres_database.transaction() as session:
+        seed(session)
+    outcome = second_writer_behind_first(
+        postgres_database,
+        lambda session: partners.set_status(session, "northwind", "suspended", at("2026-05-01")),
+        lambda session: partners.set_status(session, "northwind", "suspended", at("2026-04-01")))
+    assert isinstance(outcome, Conflict) and "effective_at" in outcome.fields
+
+
+@pytest.mark.postgres
+def test_a_plan_change_racing_a_later_one_is_refused_on_postgresql(postgres_database):
+    with postgres_database.transaction() as session:
+        seed(session)
+    outcome = second_writer_behind_first(
+        postgres_database,
+        lambda session: partners.change_plan(session, "northwind", "parent", at("2026-05-01")),
+        lambda session: partners.change_plan(session, "northwind", "standard", at("2026-04-01")))
+    assert isinstance(outcome, Conflict) and "effective_from" in outcome.fields
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("create", [
+    lambda session: plans.create_plan(session, "premium", "Premium", PLAN),
+    lambda session: partners.create_partner(session, "initech", "Initech", "msp", "standard"),
+    lambda session: customers.attribute(session, "hooli", "northwind", parse_date("2026-01-01", field="d"), "manual"),
+], ids=["plan", "partner", "attribution"])
+def test_the_same_fact_recorded_twice_at_once_is_a_conflict_not_a_database_error_on_postgresql(
+        postgres_database, create):
+    # Both writers found the id free; the second then failed on the unique key: a 500 over HTTP.
+    with postgres_database.transaction() as session:
+        seed(session)
+    outcome = second_writer_behind_first(postgres_database, create, create)
+    assert isinstance(outcome, (Conflict, tuple)), outcome
+    if isinstance(outcome, tuple):  # the attribution repeated: answered as the current one
+        assert outcome[1] is False
+
+
+@pytest.mark.postgres
+def test_a_customer_attributed_to_two_partners_at_once_keeps_the_first_on_postgresql(postgres_database):
+    with postgres_database.transaction() as session:
+        seed(session)
+    day = parse_date("2026-01-01", field="d")
+    outcome = second_writer_behind_first(
+        postgres_database,
+        lambda session: customers.attribute(session, "hooli", "northwind", day, "manual"),
+        lambda session: customers.attribute(session, "hooli", "globex", day, "manual"))
+    assert isinstance(outcome, Conflict) and "attributed to partner 'northwind'" in str(outcome)
