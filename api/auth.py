@@ -23,6 +23,7 @@ from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
 from api.session import current_database
 from ledger import keys
+from ledger.db import after_commit
 from ledger.errors import NotFound as DomainNotFound
 from ledger.keys import Principal
 from ledger.schema import API_ROLES
@@ -118,11 +119,17 @@ def _principal(token: str) -> Principal | None:
     return principal
 
 
-def forget(key_id: str) -> None:
-    """Drop a key from this process's cache of principals (it was revoked)."""
+def forget(key_id: str, session) -> None:
+    """Drop a key from this process's cache of principals (it is being revoked), now and again when
+    `session` commits: a request of another thread in between may have cached it anew."""
     cache = current_database().shared.get("principals", {})
-    for digest in [digest for digest, (principal, _) in cache.items() if principal.key_id == key_id]:
-        del cache[digest]
+
+    def drop() -> None:
+        for digest in [digest for digest, (principal, _) in list(cache.items()) if principal.key_id == key_id]:
+            cache.pop(digest, None)
+
+    drop()
+    after_commit(session, drop)
 
 
 def _challenge() -> WWWAuthenticate:

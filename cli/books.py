@@ -75,7 +75,7 @@ def refuse_unusable_database(url: str) -> None:
     cannot be opened or reached, is not a database, or is not migrated to the latest revision.
     Started on it, gunicorn would answer every request that reads the books with a 500, and the
     scheduler fail every job, as long as they ran."""
-    from ledger.migrate import head_revision
+    from ledger.migrate import head_revision, known_revisions
 
     refuse_missing_sqlite_file(url)
     database = Database(url)
@@ -88,12 +88,14 @@ def refuse_unusable_database(url: str) -> None:
         database.dispose()
     head = head_revision()
     if revision != head:
+        fix = ("run `revshare db upgrade` first" if revision is None or revision in known_revisions() else
+               "the database was migrated by newer code: run that code, or restore the database of this one")
         click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
-                   f"the service's latest is {head}\n  run `revshare db upgrade` first", err=True)
+                   f"the service's latest is {head}\n  {fix}", err=True)
         sys.exit(2)
     if rewrites:  # a warning, not a refusal: one URL for both is the simplest set-up, and a valid one
-        click.echo("warning: the database role may UPDATE the journal (it owns the tables): the guards stand, "
-                   "but the role could drop them\n  serve as a role granted revshare_app, and migrate as the "
+        click.echo("warning: the database role may UPDATE the journal (the tables' owner, or a superuser): the "
+                   "guards stand, but the role could drop them\n  serve as a role granted revshare_app, and migrate as the "
                    "owner with REVSHARE_MIGRATION_DATABASE_URL (README, Configuration)", err=True)
 
 

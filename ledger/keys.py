@@ -98,8 +98,8 @@ def authenticate(session: Session, key: str) -> Principal | None:
 def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tuple[Revocation, bool]:
     """Revoke a key; returns (revocation, created). Revoking a revoked key again changes nothing and
     returns the first revocation."""
-    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_LENGTH_MAX):
-        raise invalid("reason", f"must be text of at most {REASON_LENGTH_MAX} characters")
+    if reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_LENGTH_MAX):
+        raise invalid("reason", f"must be text of 1 to {REASON_LENGTH_MAX} characters, not all blank")
     if session.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
         raise NotFound(f"API key {key_id!r} does not exist")
     earlier = _revocation(session, key_id)

@@ -29,6 +29,15 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def head_revision() -> str:
     """The latest revision of the migrations, which the code expects the database to be at."""
+    return _scripts().get_current_head()
+
+
+def known_revisions() -> set[str]:
+    """Every revision of the migrations this code holds."""
+    return {script.revision for script in _scripts().walk_revisions()}
+
+
+def _scripts() -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)

@@ -77,8 +77,9 @@ class RevocationSchema(Schema):
 @blp.alt_response(200, schema=RevocationSchema, description="the key was revoked already: the first revocation")
 def revoke_key(args, key_id: str):
     """Revoke an API key"""
-    revocation, created = keys.revoke_key(current_session(), key_id, args["reason"])
-    forget(key_id)
+    session = current_session()
+    revocation, created = keys.revoke_key(session, key_id, args["reason"])
+    forget(key_id, session)
     body = {"id": revocation.key_id, "revoked_at": format_instant(revocation.revoked_at_us),
             "reason": revocation.reason}
     return body, 201 if created else 200

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -234,6 +235,11 @@ def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_late
     upgrade(url)
     assert CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url}).exit_code == 0
     assert len(never_started) == 1
+    with sqlite3.connect(tmp_path / "behind.db") as connection:  # as if newer code had migrated it
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    ahead = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
+    assert ahead.exit_code == 2 and "is at revision 9999" in ahead.output and "migrated by newer code" in ahead.output
+    assert "revshare db upgrade" not in ahead.output and len(never_started) == 1
 
 
 @pytest.mark.parametrize("command", ["verify", "demo", "keys revoke"])
