@@ -10,6 +10,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (the suite takes about 10 minutes in one process on 2 cores,
+# about half that in two); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 BENCH_ARGS ?= --quick
 
 .PHONY: install test soak run bench clean
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # SOAK=1 (read in tests/conftest.py) draws ten times the Hypothesis examples and doubles processes,
 # storm lengths, kills and state-machine steps; `make test` and CI never set it.
