@@ -35,9 +35,7 @@ KEY_PREFIX = "rsk_"
 KEY_ENTROPY_BYTES = 32
 # A presented key longer than this cannot be one of ours; refuse it before hashing.
 KEY_LENGTH_MAX = 200
-
-
-REASON_LENGTH_MAX = 500
+REASON_LENGTH_MAX = 500  # of a revocation's reason
 
 
 class Revocation(NamedTuple):
