@@ -100,22 +100,15 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
         raise invalid("reason", f"must be text of 1 to {REASON_LENGTH_MAX} characters, not all blank")
     if session.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
         raise NotFound(f"API key {key_id!r} does not exist")
-    earlier = _revocation(session, key_id)
-    if earlier is not None:
-        return earlier, False
     revocation = Revocation(key_id, time.time_ns() // 1000, reason)
-    # Two revocations of one key at once (PostgreSQL, READ COMMITTED): both read none above, and the
-    # second's insert waits for the first's. It then inserts nothing, and answers the first's.
+    # A key revoked already, or by a revocation racing this one (whose insert this one waits for on
+    # PostgreSQL), inserts nothing and answers the first revocation.
     dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
     inserted = session.execute(dialect_insert(api_key_revocations)
                                .values(api_key_id=key_id, revoked_at_us=revocation.revoked_at_us, reason=reason)
                                .on_conflict_do_nothing(index_elements=["api_key_id"])
                                .returning(api_key_revocations.c.api_key_id)).first()
-    if inserted is None:
-        return _revocation(session, key_id), False
-    return revocation, True
-
-
-def _revocation(session: Session, key_id: str) -> Revocation | None:
-    row = session.execute(select(api_key_revocations).where(api_key_revocations.c.api_key_id == key_id)).first()
-    return None if row is None else Revocation(row.api_key_id, row.revoked_at_us, row.reason)
+    if inserted is not None:
+        return revocation, True
+    first = session.execute(select(api_key_revocations).where(api_key_revocations.c.api_key_id == key_id)).one()
+    return Revocation(first.api_key_id, first.revoked_at_us, first.reason), False

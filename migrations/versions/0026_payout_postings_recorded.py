@@ -32,13 +32,7 @@ TABLE = "payout_records_due"
 SQLITE = f"""
 CREATE TRIGGER trg_journal_transactions_payout_record_due AFTER INSERT ON journal_transactions
 WHEN NEW.kind = 'payout'
-BEGIN INSERT INTO {TABLE} (transaction_id) VALUES (NEW.id); END;
-
-CREATE TRIGGER trg_{TABLE}_no_update BEFORE UPDATE ON {TABLE}
-BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: UPDATE refused'); END;
-
-CREATE TRIGGER trg_{TABLE}_no_delete BEFORE DELETE ON {TABLE}
-BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: DELETE refused'); END"""
+BEGIN INSERT INTO {TABLE} (transaction_id) VALUES (NEW.id); END"""
 
 POSTGRES = f"""
 CREATE FUNCTION journal_transactions_payout_record_due() RETURNS trigger LANGUAGE plpgsql
@@ -49,15 +43,21 @@ BEGIN
 END $$;
 
 CREATE TRIGGER trg_journal_transactions_payout_record_due AFTER INSERT ON journal_transactions
-FOR EACH ROW WHEN (NEW.kind = 'payout') EXECUTE FUNCTION journal_transactions_payout_record_due();
+FOR EACH ROW WHEN (NEW.kind = 'payout') EXECUTE FUNCTION journal_transactions_payout_record_due()"""
 
-CREATE TRIGGER trg_{TABLE}_no_change BEFORE UPDATE OR DELETE ON {TABLE}
-FOR EACH ROW EXECUTE FUNCTION journal_refuse_change();
 
-CREATE TRIGGER trg_{TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE}
-FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change();
-
-GRANT SELECT, INSERT ON {TABLE} TO {APP_ROLE}"""
+def append_only(table: str, postgres: bool) -> list[str]:
+    """A new table's guards: never updated or deleted from (on PostgreSQL never truncated either,
+    and the application role may SELECT and INSERT only). Migration 0027 makes its table's too."""
+    if not postgres:
+        return [f"CREATE TRIGGER trg_{table}_no_{operation.lower()} BEFORE {operation} ON {table}\n"
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: {operation} refused'); END"
+                for operation in ("UPDATE", "DELETE")]
+    return [f"CREATE TRIGGER trg_{table}_no_change BEFORE UPDATE OR DELETE ON {table}\n"
+            "FOR EACH ROW EXECUTE FUNCTION journal_refuse_change()",
+            f"CREATE TRIGGER trg_{table}_no_truncate BEFORE TRUNCATE ON {table}\n"
+            "FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change()",
+            f"GRANT SELECT, INSERT ON {table} TO {APP_ROLE}"]
 
 
 def upgrade() -> None:
@@ -71,7 +71,7 @@ def upgrade() -> None:
                                 initially="DEFERRED"),
     )
     postgres = op.get_bind().dialect.name == "postgresql"
-    for statement in (POSTGRES if postgres else SQLITE).split(";\n\n"):
+    for statement in [*(POSTGRES if postgres else SQLITE).split(";\n\n"), *append_only(TABLE, postgres)]:
         op.execute(statement)
 
 

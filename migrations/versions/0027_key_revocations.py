@@ -9,6 +9,9 @@ Revises: 0026
 Create Date: 2026-12-02
 """
 
+import importlib.util
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -17,24 +20,13 @@ down_revision = "0026"
 branch_labels = None
 depends_on = None
 
-APP_ROLE = "revshare_app"
 TABLE = "api_key_revocations"
 
-SQLITE = f"""
-CREATE TRIGGER trg_{TABLE}_no_update BEFORE UPDATE ON {TABLE}
-BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: UPDATE refused'); END;
-
-CREATE TRIGGER trg_{TABLE}_no_delete BEFORE DELETE ON {TABLE}
-BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: DELETE refused'); END"""
-
-POSTGRES = f"""
-CREATE TRIGGER trg_{TABLE}_no_change BEFORE UPDATE OR DELETE ON {TABLE}
-FOR EACH ROW EXECUTE FUNCTION journal_refuse_change();
-
-CREATE TRIGGER trg_{TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE}
-FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change();
-
-GRANT SELECT, INSERT ON {TABLE} TO {APP_ROLE}"""
+# Migration 0026's maker of a new table's append-only guards (its file name is no module name).
+_spec = importlib.util.spec_from_file_location("_revision_0026",
+                                               Path(__file__).with_name("0026_payout_postings_recorded.py"))
+_0026 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_0026)
 
 
 def upgrade() -> None:
@@ -46,8 +38,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("api_key_id", name=op.f(f"pk_{TABLE}")),
         sa.ForeignKeyConstraint(["api_key_id"], ["api_keys.id"], name=op.f(f"fk_{TABLE}_api_key_id_api_keys")),
     )
-    postgres = op.get_bind().dialect.name == "postgresql"
-    for statement in (POSTGRES if postgres else SQLITE).split(";\n\n"):
+    for statement in _0026.append_only(TABLE, op.get_bind().dialect.name == "postgresql"):
         op.execute(statement)
 
 
