@@ -7,6 +7,8 @@ accrued what it released."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from datetime import datetime
 from decimal import Decimal
@@ -49,7 +51,9 @@ _template: list[str] = []
 
 def template() -> str:
     if not _template:
-        path = Path(tempfile.mkdtemp(prefix="revshare-model-")) / "template.db"
+        directory = tempfile.mkdtemp(prefix="revshare-model-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        path = Path(directory) / "template.db"
         upgrade(f"sqlite:///{path}")
         _template.append(str(path))
     return _template[0]
@@ -60,7 +64,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize()
     def enrol(self) -> None:
-        self.database = Database(new_sqlite_url(template(), Path(tempfile.mkdtemp(prefix="revshare-model-"))))
+        self.directory = Path(tempfile.mkdtemp(prefix="revshare-model-"))  # removed in teardown
+        self.database = Database(new_sqlite_url(template(), self.directory))
         self.model = Model({p: PLANS[p][0] for p in PARTNERS}, PARENTS)
         self.now = to_us(START)
         self.counter = 0
@@ -86,6 +91,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     select(release.c.id).join(piece, piece.c.id == release.c.accrual_id)
                     .where(release.c.kind == "release", release.c.event_id.is_distinct_from(piece.c.event_id))).all()
             self.database.dispose()
+            shutil.rmtree(self.directory, ignore_errors=True)
             assert report.ok, report.problems
             assert untraced == []
 
