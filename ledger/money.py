@@ -65,8 +65,11 @@ _EXPONENTS: dict[str, int] = {}
 
 
 # ISO 4217 codes whose minor unit is "N.A.": precious metals, bond-market and IMF units, the testing
-# code and "no currency". py-moneyed gives them a minor unit of 1; nobody is paid commission in them.
-NOT_MONEY = frozenset({"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"})
+# code and "no currency", and the withdrawn units of account of that kind (the ECU, the gold and UIC
+# francs, RINET's funds code). py-moneyed gives them a minor unit of 1, as if they were counted in
+# whole units like the yen; nobody is paid commission in them.
+NOT_MONEY = frozenset({"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XEU", "XFO", "XFU", "XPD", "XPT", "XRE",
+                       "XSU", "XTS", "XUA", "XXX"})
 
 
 def _exponent_of(code: str) -> int:

@@ -78,6 +78,15 @@ def test_unknown_currencies_are_refused(code):
     assert "currency" in refused.value.fields
 
 
+@pytest.mark.parametrize("code", ["XEU", "XFO", "XFU", "XRE"])
+def test_withdrawn_units_of_account_that_py_moneyed_counts_in_whole_units_are_refused(code):
+    # py-moneyed (with babel's data) knows these X codes and gives each a minor unit of 1, as it does
+    # gold (XAU) and the SDR (XDR); ISO gives none of them a minor unit: no money is paid in them.
+    with pytest.raises(InvalidInput) as refused:
+        parse_amount_minor("1", code)
+    assert "no minor unit" in refused.value.fields["currency"][0]
+
+
 @pytest.mark.parametrize("minor, currency, text", [
     (12345, "USD", "123.45"), (-4000, "USD", "-40.00"), (5, "USD", "0.05"), (-5, "USD", "-0.05"),
     (0, "USD", "0.00"), (1500, "JPY", "1500"), (1, "BHD", "0.001"),
