@@ -10,9 +10,10 @@ close hashes (`verify_closes`); the statement documents the closes stored agains
 (`verify_statement_lines`); the running totals against the sums of the lines (`verify_totals`);
 each payout's resolution against the journal's (`verify_payouts`: a payout resolved twice in the
 journal was paid twice) and each payout's record against its posting (`verify_payout_postings`:
-settling or failing posts what the record holds); each revenue event's content against its
-request hash (`verify_events`: an altered amount would change what a later refund claws back), and
-every event a transaction names still stored (`verify_event_links`). The rules migration 0018
+settling or failing posts what the record holds) and its run (`verify_payout_runs`: a run moved
+back in time lets a run before it pay the same balances again); each revenue event's content
+against its request hash (`verify_events`: an altered amount would change what a later refund
+claws back), and every event a transaction names still stored (`verify_event_links`). The rules migration 0018
 makes the database hold for new rows are checked on every row: a reversal names what it reverses,
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
@@ -57,7 +58,7 @@ from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
-                           payout_resolutions, payouts, period_closes, revenue_events)
+                           payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
@@ -139,6 +140,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     problems.extend(verify_reversals(session))
     problems.extend(verify_payouts(session, resolutions, reversal_of))
     problems.extend(verify_payout_postings(session))
+    problems.extend(verify_payout_runs(session))
     problems.extend(verify_payouts_recorded(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
@@ -308,6 +310,26 @@ def verify_payout_postings(session: Session) -> list[Problem]:
     return [Problem(transaction_id, "payout_mismatch", f"payout {payout_id}: its partner, currency or amount is "
                                                        "not what its payout transaction posted")
             for payout_id, transaction_id in rows]
+
+
+def verify_payout_runs(session: Session) -> list[Problem]:
+    """Each payout against its run: the run is stored, at the instant the payout's posting was asked
+    for. The database keeps runs in time order by the latest run's instant (migration 0012), which no
+    hash covers: a run moved back in time, or removed, would let a run before the latest pay again
+    the balances the latest already paid; the posting, in the chain, still tells when its run was
+    made (a payout on a posting that is no payout is `payout_mismatch`)."""
+    p, r, t = payouts.c, payout_runs.c, journal_transactions.c
+    posted_at = func.coalesce(t.original_effective_at_us, t.effective_at_us)
+    rows = session.execute(
+        select(p.id, p.transaction_id, p.run_id, r.at_us, posted_at)
+        .join(journal_transactions, (t.id == p.transaction_id) & (t.kind == "payout"))
+        .outerjoin(payout_runs, r.id == p.run_id)
+        .where(r.id.is_(None) | (posted_at != r.at_us))
+        .order_by(p.id))
+    return [Problem(transaction_id, "payout_run_mismatch",
+                    f"payout {payout_id} was posted by a run at {_instant(posted_at_us)}, but its run {run_id!r} is "
+                    + ("not stored" if at_us is None else f"stored at {_instant(at_us)}"))
+            for payout_id, transaction_id, run_id, at_us, posted_at_us in rows]
 
 
 def verify_payouts_recorded(session: Session) -> list[Problem]:

@@ -444,6 +444,23 @@ def test_a_payout_record_moved_onto_a_transaction_that_is_no_payout_is_named(pai
     assert problems(database) == {(adjustment_id, "payout_mismatch"), (payout.transaction_id, "payout_unrecorded")}
 
 
+@pytest.mark.parametrize("tampered", ["UPDATE payout_runs SET at_us = 1500", "DELETE FROM payout_runs"],
+                         ids=["moved_back", "removed"])
+def test_a_payout_run_moved_back_or_removed_so_that_an_earlier_run_would_pay_the_same_balance_again_is_named(
+        paid_out, tampered):
+    # The database keeps runs in time order by the latest run's instant (migration 0012), which no
+    # hash covers: moved back to 1500, the run at 2000 lets a run at 1800 pay northwind's 200.00 again.
+    database, payout = paid_out
+    with behind_the_triggers(database) as execute:
+        execute(tampered)
+    assert problems(database) == {(payout.transaction_id, "payout_run_mismatch")}
+    if tampered.startswith("UPDATE"):
+        with database.transaction() as session:
+            [again] = payouts.run_payouts(session, 1_800).payouts
+        assert again.amount_minor == payout.amount_minor == 20_000
+        assert (payout.transaction_id, "payout_run_mismatch") in problems(database)
+
+
 def test_a_resolution_of_a_payout_whose_record_was_removed_is_named(paid_out):
     database, payout = paid_out
     with database.transaction() as session:
