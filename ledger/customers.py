@@ -6,7 +6,9 @@ to another partner is refused unless the request explicitly replaces the current
 which then ends where the new one starts (finance only; the API checks the role). Commission
 already earned stays with the partner that earned it. No attribution starts at or after its
 partner's termination (409; migration 0025 in the database): it could never earn, and the revenue
-billing posts for the customer would answer `no_commission` without saying why.
+billing posts for the customer would answer `no_commission` without saying why. Replacing the
+current attribution with one to the same partner, from a later day, starts that partner's window
+again (how finance extends a window).
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
         if current.partner_id != partner_id and not replace:
             raise Conflict(f"customer {customer_id!r} is attributed to partner {current.partner_id!r}; "
                            "only finance can replace an attribution (set replace: true)")
-        if current.partner_id == partner_id:
+        if current.partner_id == partner_id and not replace:
+            # Attributed anew to its own partner, the customer starts a new window: a replacement too.
             raise Conflict(f"customer {customer_id!r} is already attributed to partner {partner_id!r}, from "
-                           f"{format_instant(current.effective_from_us)}")
+                           f"{format_instant(current.effective_from_us)}; only finance can start its window "
+                           "again (set replace: true)")
         if start_us <= current.effective_from_us:
             raise Conflict("effective_from: a replacing attribution must start after the current one",
                            {"effective_from": ["must be later than the current attribution's start"]})

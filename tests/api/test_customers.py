@@ -104,6 +104,29 @@ def test_a_replacement_must_start_after_the_current_attribution(call):
     assert errors_of(response, 409) == {"effective_from"}
 
 
+def test_finance_extends_a_window_by_attributing_the_customer_to_its_own_partner_again_with_replace(call):
+    plan_id = unique("plan")
+    call.created("/v1/plans", {"id": plan_id, "name": "One month", "rates": [{"from_month": 1, "rate": "0.20"}],
+                               "duration_months": 1, "hold_days": 30, "min_payout": [],
+                               "negative_balance": "carry_forward"})
+    customer, partner_id = unique("cust"), call.partner(plan_id=plan_id)
+    call.attribute(customer, partner_id, "2026-01-01")
+    for role in ("billing", "finance"):  # without replace, a new start is refused, and nothing is written
+        response = call.post("/v1/attributions", attribution(customer, partner_id, "2026-03-01"), as_=role)
+        assert errors_of(response, 409) == set()
+        assert "replace" in response.get_json()["detail"]
+    outside = call.event(unique("evt"), customer, unique("inv"), "10.00", "2026-03-05")
+    assert outside["status"] == "no_commission"  # the one-month window of 2026-01-01 has ended
+    again = call.created("/v1/attributions", attribution(customer, partner_id, "2026-03-01", replace=True))
+    assert (again["partner_id"], again["effective_from"]) == (partner_id, "2026-03-01")
+    history = call.read(f"/v1/customers/{customer}")["attributions"]
+    assert [(a["partner_id"], a["effective_from"], a["effective_to"]) for a in history] == [
+        (partner_id, "2026-01-01", "2026-03-01"), (partner_id, "2026-03-01", None)]
+    inside = call.event(unique("evt"), customer, unique("inv"), "10.00", "2026-03-10")
+    assert [(c["partner_id"], c["kind"], c["amount"]["amount"]) for c in inside["commissions"]] == [
+        (partner_id, "accrual", "2.00")]
+
+
 def test_revenue_follows_the_attribution_in_effect_when_it_occurred(call):
     customer, first, second = unique("cust"), call.partner(), call.partner()
     call.attribute(customer, first, "2026-01-01")
