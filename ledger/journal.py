@@ -19,6 +19,15 @@ the two hashes around such a posting until one matched, and so learn another par
 With it, no guess can be checked. Transactions written before migration 0028 have none (NULL); the
 chain hash of those is as it was.
 
+The revenue event. An accrual, CPA, override or clawback posted from a revenue event has that
+event's request hash (`revenue.request_hash`: its id, type, customer, invoice, amount and instant)
+as the last element of its canonical JSON (`Draft.event_hash`; not a stored column). So the chain
+covers the event too: an event rewritten behind the triggers, with its own request hash recomputed
+to match (that hash has no secret), no longer matches the transactions posted from it, which a
+recorded chain head pins. Other transactions naming an event (a hold's release, a reversal) and
+those written before this rule leave it out; `verify.py` recomputes a transaction's request hash
+with its stored event's hash and, failing that, without.
+
 Closed periods. A draft whose effective instant lies in a closed period is posted at the start of
 the first open period, keeping the requested instant as `original_effective_at_us`; idempotency
 compares the requested content, so a retry after a close still replays.
@@ -78,10 +87,11 @@ class Draft(NamedTuple):
     reverses_id: int | None = None
     matures_at_us: int | None = None
     memo: str | None = None
+    event_hash: str | None = None  # in the request hash when set; never stored (see the module's docstring)
 
 
-# The draft fields a replay must repeat exactly, in canonical order.
-_LINK_FIELDS = Draft._fields[4:]
+# The stored draft fields a replay must repeat exactly, in canonical order (`event_hash` follows them).
+_LINK_FIELDS = Draft._fields[4:-1]
 
 
 class Posted(NamedTuple):
@@ -125,8 +135,9 @@ _account_spec = functools.lru_cache(maxsize=ACCOUNT_SPECS_CACHED_MAX)(chart.spec
 
 
 def _canonical(draft: Draft) -> list:
+    event_hash = [] if draft.event_hash is None else [draft.event_hash]
     return [draft.kind, draft.effective_at_us, *(getattr(draft, f) for f in _LINK_FIELDS),
-            [list(line) for line in draft.lines], draft.idempotency_key]
+            [list(line) for line in draft.lines], draft.idempotency_key, *event_hash]
 
 
 def canonical_json(draft: Draft) -> str:
@@ -136,7 +147,7 @@ def canonical_json(draft: Draft) -> str:
     `json.dumps`; a value that is not exactly None, int or str sends the draft to `json.dumps`.
     `tests/unit/test_canonical_json.py` checks that the two agree on arbitrary drafts."""
     parts = []
-    for value in (draft.kind, draft.effective_at_us, *draft[4:]):
+    for value in (draft.kind, draft.effective_at_us, *draft[4:-1]):
         value_type = type(value)
         if value_type is str:
             parts.append(_encode_string(value))
@@ -153,7 +164,12 @@ def canonical_json(draft: Draft) -> str:
         lines.append(f"[{_encode_string(account)},{_encode_string(currency)},{_encode_string(side)},{amount!r}]")
     if type(draft.idempotency_key) is not str:
         return _canonical_json_slow(draft)
-    return f"[{','.join(parts)},[{','.join(lines)}],{_encode_string(draft.idempotency_key)}]"
+    if draft.event_hash is None:
+        return f"[{','.join(parts)},[{','.join(lines)}],{_encode_string(draft.idempotency_key)}]"
+    if type(draft.event_hash) is not str:
+        return _canonical_json_slow(draft)
+    return (f"[{','.join(parts)},[{','.join(lines)}],{_encode_string(draft.idempotency_key)},"
+            f"{_encode_string(draft.event_hash)}]")
 
 
 def _canonical_json_slow(draft: Draft) -> str:
@@ -291,7 +307,7 @@ _LINE_COLUMNS = ("transaction_id", "account_id", "currency", "side", "amount_min
 def _header_row(draft: Draft, transaction_id: int, recorded_at_us: int, posted_at_us: int, original_us: int | None,
                 hash_hex: str, prev_hash: str, chained: str, salt: str) -> tuple:
     return (transaction_id, draft.kind, posted_at_us, original_us, recorded_at_us, draft.idempotency_key, hash_hex,
-            *draft[4:], prev_hash, chained, salt)
+            *draft[4:-1], prev_hash, chained, salt)
 
 
 def _existing_by_key(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -313,7 +329,7 @@ def _conflict(session: Session, draft: Draft, existing_id: int, pending_drafts: 
 
 
 def differing_fields(draft: Draft, stored: Draft) -> list[str]:
-    return [name for name in Draft._fields if getattr(draft, name) != getattr(stored, name)]
+    return [name for name in Draft._fields[:-1] if getattr(draft, name) != getattr(stored, name)]  # not event_hash
 
 
 def load_draft(session: Session, transaction_id: int) -> Draft:

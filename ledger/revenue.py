@@ -313,6 +313,7 @@ class _Writer:
         self.hold_rows: list[tuple] = []
         self.ended_holds: list[int] = []
         self.decided: dict[str, tuple[str, RevenueEvent, Outcome]] = {}  # event id -> its first in the batch
+        self.event_hash: str | None = None  # the request hash of the event being applied
 
     def decide(self, event: RevenueEvent, hash_hex: str, stored: dict[str, Any]) -> Outcome | Refusal:
         earlier = stored.get(event.id)
@@ -339,6 +340,7 @@ class _Writer:
                                          "what has happened")
         handler = self._paid if event.type == "invoice_paid" else (
             self._refund if event.type in REFUND_TYPES else self._dispute_won)
+        self.event_hash = hash_hex  # in the request hash of what the event posts (ledger/journal.py)
         status, lines, claim = handler(event)
         self.event_rows.append((*event, self.batch.recorded_at_us, hash_hex, status, claim))
         return Outcome(event.id, status, tuple(line for line, _ in lines), tuple(tid for _, tid in lines))
@@ -392,7 +394,7 @@ class _Writer:
             kind, chart.EXPENSE_COMMISSION, chart.pending(partner_id), event.currency, amount_minor,
             effective_at_us=effective_at_us, idempotency_key=f"{event.id}:{kind}:{suffix}",
             partner_id=partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
-            plan_version_id=plan_version_id, accrual_id=root_id, matures_at_us=matures)
+            plan_version_id=plan_version_id, accrual_id=root_id, matures_at_us=matures, event_hash=self.event_hash)
         line, transaction_id = self._post(draft, kind, amount_minor)
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
@@ -480,7 +482,8 @@ class _Writer:
             "clawback", account, chart.EXPENSE_COMMISSION, event.currency, plan.amount_minor,
             effective_at_us=effective_at_us, idempotency_key=f"{event.id}:clawback:{plan.piece_id}{key_suffix}",
             partner_id=plan.partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id,
-            event_id=event.id, plan_version_id=plan.plan_version_id, accrual_id=plan.piece_id)
+            event_id=event.id, plan_version_id=plan.plan_version_id, accrual_id=plan.piece_id,
+            event_hash=self.event_hash)
         piece.clawed_minor += plan.amount_minor
         if from_pending:
             piece.pending_minor -= plan.amount_minor

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from ledger import accounts as chart
 from ledger import holds, journal, partners, payouts, periods, revenue, reversals
 from ledger.revenue import RevenueEvent, request_hash
-from ledger.schema import revenue_events
+from ledger.schema import journal_transactions, revenue_events
 from ledger.verify import verify
 from tests import program
 
@@ -144,6 +144,29 @@ def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
     with booked.reader() as session:
         [problem] = verify(session).problems
     assert problem.code == "event_altered" and "'evt-1'" in problem.message
+
+
+def test_an_event_rewritten_with_its_request_hash_recomputed_is_named_by_what_was_posted_from_it(database):
+    """The event's own request hash has no secret; the accruals posted from it cover it (and a
+    recorded head pins them), and a refund and a release later naming it do not mask that."""
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, [program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10")])
+        holds.release_matured(session, program.at("2026-03-01"))
+        revenue.ingest(session, [program.paid("r1", "acme", "inv-1", 10_000, "2026-03-02", "refund")])
+    with database.reader() as session:
+        kinds = dict(session.execute(sa.select(journal_transactions.c.id, journal_transactions.c.kind)
+                                     .where(journal_transactions.c.event_id == "e1")).all())
+    assert sorted(kinds.values()) == ["accrual", "override", "release", "release"] and problems(database) == set()
+    forged = program.paid("e1", "acme", "inv-1", 25_000, "2026-01-10")
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE revenue_events SET amount_minor = 25000, request_hash = '{request_hash(forged)}'"
+                " WHERE id = 'e1'")
+    with database.reader() as session:
+        found = verify(session).problems
+    assert {(p.transaction_id, p.code) for p in found} == {
+        (tid, "content_altered") for tid, kind in kinds.items() if kind != "release"}
+    assert all("revenue event 'e1'" in p.message for p in found)
 
 
 # ---- the rules migration 0018 holds for new rows, checked on the rows already there ----
