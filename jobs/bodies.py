@@ -73,8 +73,12 @@ def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
     if made_us is None:
         latest = periods.latest_close(session)
         if latest is not None and due_us < latest.ends_at_us:
-            log.warning("payout run due at %s was missed, and lies in a closed period: make it by hand",
-                        format_instant(due_us))
+            # Made at its own instant it is refused (a closed period): say from when it can be made.
+            next_due_us = to_us(add_months(from_us(due_us), 1))
+            log.warning("payout run due at %s was missed, and lies in a closed period: make it by hand at or after "
+                        "%s, the start of the first open period (revshare payout-run, or POST /v1/payout-runs), "
+                        "or the run due at %s pays these balances", format_instant(due_us),
+                        format_instant(latest.ends_at_us), format_instant(next_due_us))
             return {"run_id": None, "missed": format_instant(due_us)}
     run = payouts.run_payouts(session, due_us if made_us is None else made_us)
     return {"run_id": run.id, "payouts": len(run.payouts), "replayed": run.replayed}

@@ -146,6 +146,23 @@ def test_a_payout_run_due_in_a_period_closed_since_is_reported_missed(books, cap
     assert "payout run due at 2026-03-28T00:00:00Z was missed" in caplog.text
 
 
+def test_a_missed_payout_run_s_warning_says_from_when_to_make_it_by_hand_and_that_run_is_the_months(books, caplog):
+    # Made at the instant it was due, it is refused (a closed period): the warning must name the
+    # first instant it can be made at, and when the next scheduled run would pay the balances anyway.
+    with books.transaction() as session:
+        for period in ("2026-01", "2026-02", "2026-03"):
+            close_period(session, period)
+    with caplog.at_level(logging.WARNING, logger="revshare.jobs"):
+        bodies.run_job(books, "payout_run", payout_job(28), at("2026-04-02T01:00:00Z"))
+    assert ("make it by hand at or after 2026-04-01T00:00:00Z, the start of the first open period "
+            "(revshare payout-run, or POST /v1/payout-runs), or the run due at 2026-04-28T00:00:00Z pays "
+            "these balances") in caplog.text
+    with books.transaction() as session:
+        by_hand = run_payouts(session, at("2026-04-01"))
+    job = bodies.run_job(books, "payout_run", payout_job(28), at("2026-04-03T01:00:00Z"))
+    assert job.figures == {"run_id": by_hand.id, "payouts": 1, "replayed": True, "released": 0}
+
+
 def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
     with books.transaction() as session:
         by_hand = run_payouts(session, at("2026-04-01T00:20:00Z"))
