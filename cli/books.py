@@ -279,13 +279,16 @@ def statement(settings: Settings, partner_id: str, period: str, output: str) -> 
 def trial_balance(settings: Settings, as_of: str | None) -> None:
     """Debits and credits of every account per currency, with totals."""
     from ledger.instants import format_instant, parse_as_of
+    from ledger.journal import now_us
     from ledger.money import format_minor
     from ledger.trial_balance import trial_balance as build
 
     before_us = parse_instant_option(as_of, "--as-of", parse_as_of)
+    if before_us is None:  # as of now, as the API's: a posting dated ahead (minutes, at most) has not happened yet
+        before_us = now_us()
     with opened(settings) as database, database.reader() as session:
         report = build(session, before_us=before_us)
-    click.echo(f"trial balance as of {'now' if before_us is None else format_instant(before_us)}")
+    click.echo(f"trial balance as of {format_instant(before_us)}")
     click.echo(f"{'account':<44}{'cur':<5}{'debit':>16}{'credit':>16}{'balance':>16}")
     for row in report.rows:
         money = lambda minor: format_minor(minor, row.currency)  # noqa: E731

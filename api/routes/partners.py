@@ -17,6 +17,7 @@ import time
 
 import marshmallow as ma
 from flask import current_app, jsonify, request
+from werkzeug.datastructures import MIMEAccept
 
 from api.auth import allow, partner_scope, require_visible
 from api.body import Blueprint
@@ -230,5 +231,9 @@ def get_statement(partner_id: str, period: str, output: str | None):
 
 
 def _negotiated() -> str:
-    best = request.accept_mimetypes.best_match(["application/json", CSV_MIMETYPE], default="application/json")
+    """JSON or CSV, as `Accept` prefers. A media range is compared by its type alone: werkzeug
+    matches `text/csv; charset=utf-8` (or RFC 7111's `header=present`) only to an offer with the
+    same parameters, so such a request for CSV was answered JSON."""
+    ranges = MIMEAccept([(value.split(";", 1)[0].strip(), quality) for value, quality in request.accept_mimetypes])
+    best = ranges.best_match(["application/json", CSV_MIMETYPE], default="application/json")
     return "csv" if best == CSV_MIMETYPE else "json"

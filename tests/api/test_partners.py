@@ -220,9 +220,12 @@ def test_a_later_statement_opens_where_the_last_closed(shared):
 
 
 @pytest.mark.parametrize("query, accept", [("?period=2026-01&format=csv", None), ("?period=2026-01", "text/csv"),
-                                           ("?period=2026-01", "text/csv;q=0.9, application/json;q=0.5")],
-                         ids=["format", "accept", "accept-preferred"])
+                                           ("?period=2026-01", "text/csv;q=0.9, application/json;q=0.5"),
+                                           ("?period=2026-01", "text/csv; charset=utf-8"),
+                                           ("?period=2026-01", "text/csv;header=present;q=0.9, application/json;q=0.5")],
+                         ids=["format", "accept", "accept-preferred", "accept-charset", "accept-parameters-preferred"])
 def test_a_statement_comes_as_csv_when_asked(shared, query, accept):
+    """Parameters of the media range (RFC 7111's `charset` and `header`) do not change what is asked for."""
     response = statement(shared, query, **({"Accept": accept} if accept else {}))
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"] == 'attachment; filename="statement-p1-2026-01.csv"'

@@ -129,6 +129,18 @@ def test_a_date_given_to_at_is_the_start_of_that_day_so_its_payout_is_in_that_mo
     assert balance.exit_code == 0 and "trial balance as of 2026-04-01T00:00:00Z" in balance.output
 
 
+def test_the_trial_balance_without_as_of_is_as_of_now_like_the_api_s_and_leaves_a_posting_dated_ahead_out(seeded):
+    # A revenue event may be dated up to five minutes ahead of the clock: as of now, it has not happened.
+    ahead_us = time.time_ns() // 1000 + 240_000_000
+    with seeded.transaction() as session:
+        [outcome] = revenue.ingest(session, [revenue.RevenueEvent("e-ahead", "invoice_paid", "acme", "inv-ahead",
+                                                                  "USD", 10_000, ahead_us)])
+    assert outcome.status == "posted", outcome
+    report = invoke(seeded.url, "trial-balance")
+    assert report.exit_code == 0 and report.output.startswith("trial balance as of 20"), report.output
+    assert "expense:commission" not in report.output, report.output
+
+
 def test_at_today_s_date_is_not_refused_as_in_the_future(seeded):
     today = datetime.now(timezone.utc).date().isoformat()
     released = invoke(seeded.url, "release-holds", "--at", today)
