@@ -1,12 +1,18 @@
 """The scheduler process: an APScheduler 3 BlockingScheduler in UTC with one entry per job.
 
 Schedules come from the validated settings: release matured holds every
-`release_interval_minutes`; close due periods daily (a period is due `close_grace_days` after it
-ends, and the job catches up on every overdue period after downtime); the payout run daily, which
-makes the month's run once `payout_day_of_month` has come (so it catches up after downtime too,
-and a run made by hand that day is the month's); verify nightly. Jobs coalesce missed runs, never overlap themselves
+`release_interval_minutes`; the payout run daily, which makes the month's run once
+`payout_day_of_month` has come (so it catches up after downtime too, and a run made by hand that
+day is the month's); close due periods daily after it (a period is due `close_grace_days` after it
+ends, and the job catches up on every overdue period after downtime); verify nightly. Jobs coalesce missed runs, never overlap themselves
 (max_instances=1), and a job that raises is logged with its error and runs again at its next time:
 the scheduler itself never stops on a job's failure.
+
+The payout job runs before the close job, on the schedule and once more when the scheduler starts
+(`start_up`): a run due is then made before a close can seal its month. With the close first, a
+scheduler down at the payout job's time (a restart, a deploy) and back by the next close let that
+close seal the month of a run not yet made, which then waited for finance; and a scheduler started
+after the day's job times did nothing until the next day.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ def triggers(settings: Settings) -> dict:
     return {
         "release_holds": IntervalTrigger(minutes=settings.release_interval_minutes, start_date=RELEASE_GRID_ORIGIN,
                                          timezone="UTC"),
-        "close_periods": CronTrigger(hour=0, minute=30, timezone="UTC"),
-        "payout_run": CronTrigger(hour=1, timezone="UTC"),  # the body knows the day (jobs.bodies.payout_run)
+        "payout_run": CronTrigger(hour=0, minute=30, timezone="UTC"),  # the body knows the day (jobs.bodies)
+        "close_periods": CronTrigger(hour=1, timezone="UTC"),  # after the payout run (the module's docstring)
         "verify": CronTrigger(hour=3, minute=0, timezone="UTC"),
     }
 
@@ -64,12 +70,26 @@ def build_scheduler(settings: Settings, database: Database, scheduler: BaseSched
     return scheduler
 
 
+START_UP_JOBS = ("payout_run", "close_periods")  # in this order: see the module's docstring
+
+
+def start_up(database: Database, bodies: dict, at_us: int | None = None) -> None:
+    """Run the payout job, then the close job, once, as the scheduler starts. A failure is logged as
+    on the schedule, and the scheduler starts all the same."""
+    for name in START_UP_JOBS:
+        try:
+            run_job(database, name, bodies[name], at_us)
+        except Exception as error:  # as the scheduler's own listener: logged, and on to the next
+            log.error("job %s failed at start: %r; it will run again at its next time", name, error)
+
+
 def run(settings: Settings) -> None:
     database = Database(settings.database_url)
     scheduler = build_scheduler(settings, database)
     for job in scheduler.get_jobs():
         log.info("scheduled %s: %s", job.id, job.trigger)
     try:
+        start_up(database, job_table(settings))
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
         log.info("scheduler stopped")

@@ -15,7 +15,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
 
 from jobs import bodies
-from jobs.scheduler import build_scheduler, triggers
+from jobs.scheduler import build_scheduler, start_up, triggers
 from ledger import holds, revenue
 from ledger.balances import partner_balances
 from ledger.db import JOURNAL_LOCK_KEY
@@ -161,6 +161,30 @@ def test_a_missed_payout_run_s_warning_says_from_when_to_make_it_by_hand_and_tha
         by_hand = run_payouts(session, at("2026-04-01"))
     job = bodies.run_job(books, "payout_run", payout_job(28), at("2026-04-03T01:00:00Z"))
     assert job.figures == {"run_id": by_hand.id, "payouts": 1, "replayed": True, "released": 0}
+
+
+def test_a_scheduler_started_after_the_day_s_job_times_makes_the_run_due_before_the_close_seals_its_month(books):
+    # Grace 0 and payout day 28, started on 2026-03-01 at 02:00, after the day's job times (a
+    # restart): February's run, due 2026-02-28T00:00Z, is made at once and before February closes.
+    settings = Settings.build(database_url=books.url, close_grace_days=0, payout_day_of_month=28)
+    start_up(books, bodies.job_table(settings), at("2026-03-01T02:00:00Z"))
+    with books.reader() as session:
+        runs = session.execute(select(payout_runs.c.at_us)).scalars().all()
+        closed = session.execute(select(period_closes.c.period).order_by(period_closes.c.period)).scalars().all()
+    assert runs == [at("2026-02-28")] and closed == ["2026-01", "2026-02"]
+    assert count(books, "payout") == 1
+
+
+def test_a_job_failing_at_start_is_logged_and_the_next_still_runs(books, caplog):
+    def failing(session, at_us):
+        raise RuntimeError("database unreachable")
+
+    with caplog.at_level(logging.ERROR, logger="revshare.scheduler"):
+        start_up(books, {"payout_run": failing, "close_periods": bodies.job_table(
+            Settings.build(database_url=books.url, close_grace_days=0))["close_periods"]}, at("2026-03-01T02:00:00Z"))
+    assert "job payout_run failed at start: RuntimeError('database unreachable')" in caplog.text
+    with books.reader() as session:
+        assert session.execute(select(func.count()).select_from(period_closes)).scalar_one() == 2
 
 
 def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
@@ -330,8 +354,8 @@ def test_the_production_schedule_is_in_utc_whatever_the_host_s_time_zone(monkeyp
     noon = datetime(2026, 4, 1, 12, tzinfo=timezone.utc)
     fire = {name: schedule[name].get_next_fire_time(None, noon).astimezone(timezone.utc)
             for name in ("close_periods", "payout_run", "verify")}
-    assert fire == {"close_periods": datetime(2026, 4, 2, 0, 30, tzinfo=timezone.utc),
-                    "payout_run": datetime(2026, 4, 2, 1, tzinfo=timezone.utc),
+    assert fire == {"payout_run": datetime(2026, 4, 2, 0, 30, tzinfo=timezone.utc),
+                    "close_periods": datetime(2026, 4, 2, 1, tzinfo=timezone.utc),
                     "verify": datetime(2026, 4, 2, 3, tzinfo=timezone.utc)}
 
 
@@ -341,7 +365,7 @@ def test_the_production_schedule_has_one_entry_per_job_with_no_overlap(sqlite_da
     jobs = {job.id: job for job in scheduler.get_jobs()}
     assert sorted(jobs) == ["close_periods", "payout_run", "release_holds", "verify"]
     assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
-    assert str(jobs["payout_run"].trigger) == "cron[hour='1']"  # daily: the body knows the day
+    assert str(jobs["payout_run"].trigger) == "cron[hour='0', minute='30']"  # daily: the body knows the day
 
 
 def test_the_release_job_s_times_do_not_move_when_the_scheduler_restarts():
