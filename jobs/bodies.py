@@ -40,7 +40,7 @@ def release_holds(session: Session, at_us: int) -> dict:
 
 def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
     """Close, oldest first, every period that ended `grace_days` or more before `at_us` (the job runs
-    at 00:30, so a period is closed 30 minutes past its grace: "more than the grace days ago")."""
+    at 01:00, so a period is closed an hour past its grace: "more than the grace days ago")."""
     cutoff_us = at_us - grace_days * 86_400_000_000
     last = periods.latest_close(session)
     if last is not None:
