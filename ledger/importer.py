@@ -138,9 +138,21 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
                                        {"_line": ["malformed JSON"]})
 
 
+class _Ending:
+    """Whether the latest line read ended with a line break: a line without one is the input's last."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines, self.ended = lines, True
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            self.ended = line.endswith(("\n", "\r"))
+            yield line
+
+
 def _csv(stream: IO) -> Iterator[tuple[int, object]]:
-    lines = _lines(stream)
-    reader = csv.DictReader(lines)
+    lines = _Ending(_lines(stream))
+    reader = csv.DictReader(iter(lines))
     if not reader.fieldnames and not any(line.strip() for line in lines):
         return  # no line but blank ones: no header, and no events, as in NDJSON
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
@@ -158,6 +170,13 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
                                                 {"_line": [f"{found} fields, the header has {width}"]})
         elif any(_NOT_UTF8.search(value) for value in row.values()):
             yield reader.line_num, _not_utf8(reader.line_num)
+        elif not lines.ended:
+            # A file cut short ends in the middle of a line, and a CSV row cut after a field's first
+            # characters can still be a whole event: "1500.00" cut to "150" when amount is the last
+            # column. Posted, it would stand, and the whole file sent again would be refused for it.
+            yield reader.line_num, InvalidInput(
+                "the last line has no line break, so the file may have been cut short: end it with one",
+                {"_line": ["no line break at the end of the file"]})
         else:
             data = {name: row[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
             data["amount"] = {"amount": row["amount"], "currency": row["currency"]}

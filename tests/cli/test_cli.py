@@ -465,6 +465,25 @@ def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_
     assert "Traceback" not in result.output
 
 
+def test_a_csv_cut_short_in_its_last_line_is_refused_there_and_the_whole_file_then_imports(seeded, tmp_path):
+    # With amount the last column, "1500.00" cut to "150" is an amount still: the event was posted
+    # at 150.00, and the whole file sent again was refused for it ("already received with other content").
+    rows = ["id,type,customer_id,invoice_id,currency,occurred_at,amount",
+            "t-1,invoice_paid,acme,inv-t-1,USD,2026-01-11T00:00:00Z,10.00",
+            "t-2,invoice_paid,acme,inv-t-2,USD,2026-01-12T00:00:00Z,1500.00"]
+    whole = "\n".join(rows) + "\n"
+    (tmp_path / "cut.csv").write_text(whole[:-5])
+    result = invoke(seeded.url, "import", str(tmp_path / "cut.csv"))
+    assert result.exit_code == 1 and "posted: 1" in result.output and "refused: 1" in result.output, result.output
+    assert "line 3 event ?: the last line has no line break, so the file may have been cut short" in result.output
+    (tmp_path / "whole.csv").write_text(whole)
+    result = invoke(seeded.url, "import", str(tmp_path / "whole.csv"))
+    assert result.exit_code == 0 and "posted: 1" in result.output and "refused: 0" in result.output, result.output
+    with seeded.reader() as session:
+        amounts = dict(session.execute(select(revenue_events.c.id, revenue_events.c.amount_minor)).all())
+    assert amounts == {"t-1": 1_000, "t-2": 150_000}
+
+
 @pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\r\n\n"], ids=["empty", "bom", "blank"])
 @pytest.mark.parametrize("name", ["events.ndjson", "events.csv", "events"])
 def test_an_input_with_no_events_imports_none_whatever_its_name_says_its_format_is(seeded, tmp_path, name, content):
