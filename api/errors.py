@@ -7,8 +7,8 @@ Four sources, mapped here once:
   names the error class, so clients can tell an idempotency conflict from another conflict;
 - HTTP errors (routing, auth, body checks, webargs validation): the status's standard title and a
   fixed detail; validation messages are flattened to dotted field paths (`events.3.amount`);
-- the database unreachable or busy (a lost connection, a lock or statement timeout, a serialization
-  failure: `ledger.db.retryable`): a 503 with `Retry-After`, logged, since a retry may well succeed
+- the database unreachable, busy or out of room (a lost connection, a lock or statement timeout, a
+  serialization failure, a full disk: `ledger.db.retryable`): a 503 with `Retry-After`, logged, since a retry may well succeed
   and is safe (revenue events are keyed by their id, other POSTs by `Idempotency-Key`);
 - anything unexpected: a 500 whose detail says nothing about internals (Flask has logged it).
 """
@@ -44,7 +44,7 @@ _DETAILS = {
     415: "The request body must be JSON (Content-Type: application/json).",
     422: "The request is invalid; `errors` names each field.",
     500: "An unexpected error occurred. It has been logged.",
-    503: "The database could not be reached or was busy. Retry the request.",
+    503: "The database could not be reached, was busy or could not write. Retry the request.",
 }
 RETRY_AFTER_SECONDS = 1
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate")

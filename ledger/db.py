@@ -485,16 +485,19 @@ def _database_error(connection, sql: str, error: Exception) -> Exception:
                                connection_invalidated=lost)
 
 
-# Driver errors a retry may well get past: SQLite's busy and locked (extended codes keep the primary
-# code in their low byte); PostgreSQL's SQLSTATE classes 08 (connection), 40 (serialization failure,
-# deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, statement timeout) and
-# 55P03 (lock not available), and the client's own connection failures, which carry no SQLSTATE.
-_SQLITE_RETRYABLE = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# Driver errors a retry may well get past: SQLite's busy and locked, and its disk full or failing to
+# write (SQLITE_FULL, SQLITE_IOERR: a file size limit reads as the latter), as PostgreSQL's class 53
+# (extended codes keep the primary code in their low byte); PostgreSQL's SQLSTATE classes 08
+# (connection), 40 (serialization failure, deadlock), 53 (insufficient resources: disk full, out of
+# memory), 57 (operator intervention: shutdown, statement timeout) and 55P03 (lock not available),
+# and the client's own connection failures, which carry no SQLSTATE.
+_SQLITE_RETRYABLE = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 _SQLSTATE_RETRYABLE = ("08", "40", "53", "57", "55P03")
 
 
 def retryable(error: DBAPIError) -> bool:
-    """Whether `error` is the database out of reach or busy, rather than a statement it refused."""
+    """Whether `error` is the database out of reach, busy or out of room, rather than a statement it
+    refused."""
     if error.connection_invalidated:
         return True
     if isinstance(error.orig, sqlite3.Error):

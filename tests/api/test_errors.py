@@ -316,6 +316,29 @@ def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(data
     database.dispose()
 
 
+def test_a_full_disk_is_a_503_to_retry_and_the_retry_posts_once(sqlite_database):
+    # SQLite says "database or disk is full" (SQLITE_FULL) when the file cannot grow: here no
+    # connection may grow it by a page while `full` holds. A retry once there is room posts once.
+    database, full = sqlite_database, [True]
+    enroll(database)
+    keys = make_keys(database)
+    database.engine.dispose()
+    sa.event.listen(database.engine, "connect", lambda connection, record: full and connection.execute(
+        "PRAGMA max_page_count = 1"))  # never below the file's own size: no page more
+    client = make_app(database).test_client()
+    events = {"events": [event_body(f"full-{n}", "p1-customer", f"inv-full-{n}", "100.00", "2026-01-20")
+                         for n in range(15)]}  # within the test app's body limit
+    refused = client.post("/v1/revenue-events/batch", json=events, headers=bearer(keys.billing))
+    body = assert_problem(refused, 503)
+    assert refused.headers["Retry-After"] == "1" and "Retry" in body["detail"]
+    full.clear()
+    database.engine.dispose()
+    retried = client.post("/v1/revenue-events/batch", json=events, headers=bearer(keys.billing))
+    assert retried.status_code == 200, retried.data
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(journal_transactions)).scalar_one() == 15
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("lost_at", ["read", "commit"])
 def test_a_connection_lost_within_a_request_is_a_503_to_retry(postgres_database, monkeypatch, lost_at):
