@@ -55,9 +55,11 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
 
 
 @contextlib.contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """A database that cannot be used (unreachable, not a database, not migrated) is `error: ...`
-    and exit 2; a broken invariant (IntegrityError) is a bug, whose traceback is wanted."""
+def database_errors(url: str, *, migrating: bool = False) -> Iterator[None]:
+    """A database that cannot be used (unreachable, not a database, not migrated, a role without the
+    privileges it needs) is `error: ...`, a line naming the fix where one is known, and exit 2; a
+    broken invariant (IntegrityError) is a bug, whose traceback is wanted. `migrating`: the URL is
+    the one `revshare db upgrade` migrates as."""
     try:
         yield
     except IntegrityError:
@@ -67,7 +69,27 @@ def database_errors(url: str) -> Iterator[None]:
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it is not migrated to the latest revision: run `revshare db upgrade` first", err=True)
+        elif getattr(error.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            click.echo(_privilege_fix(str(error.orig), make_url(url).username, migrating), err=True)
         sys.exit(2)
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a privilege the role lacks
+APP_ROLE = "revshare_app"  # the application role the migrations create (0005) and grant to
+
+
+def _privilege_fix(message: str, role: str | None, migrating: bool) -> str:
+    """What to do about a PostgreSQL privilege the role lacks: PostgreSQL names the privilege, not
+    the grant or the setting that gives it (README, Configuration; Backup and restore)."""
+    if "create role" in message:
+        return (f"  the migrations create the role {APP_ROLE}: give the migration role CREATEROLE, or have a "
+                f"DBA run `CREATE ROLE {APP_ROLE} NOLOGIN` first (README, Configuration)")
+    if migrating:
+        return ("  migrate as the owner of the database (or of its tables): set REVSHARE_MIGRATION_DATABASE_URL "
+                "to that role's URL (README, Configuration)")
+    return (f"  the role {role or ''} needs the privileges of {APP_ROLE}: `GRANT {APP_ROLE} TO {role or '<role>'}`; "
+            f"a database restored where the role {APP_ROLE} did not exist lost its grants: create the role, "
+            "then restore again (README, Configuration; Backup and restore)")
 
 
 def refuse_unusable_database(url: str) -> None:

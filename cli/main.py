@@ -45,7 +45,7 @@ def db_upgrade(settings: Settings) -> None:
     from ledger.migrate import upgrade
 
     url = settings.migration_database_url or settings.database_url
-    with database_errors(url):
+    with database_errors(url, migrating=True):
         upgrade(url)
     click.echo("database is at the latest revision")
 

@@ -24,6 +24,11 @@ def _default_database_url() -> str:
     return f"sqlite:///{Path.cwd() / 'var' / 'revshare.db'}"
 
 
+def _without_password(url: str) -> str:
+    """`url` with its password, if it has one, as `***`: an error message ends up in logs."""
+    return re.sub(r"^([^:/@]+://[^:/@]*:)[^/]*@", r"\1***@", url)
+
+
 def _int_in(name: str, text: str, low: int, high: int) -> int:
     # ASCII digits only, as the API's inputs: int() would also take "2_048", " 2048 " and other scripts' digits.
     if not re.fullmatch(r"-?[0-9]+", text):
@@ -55,6 +60,11 @@ class Settings:
             raise SettingsError(f"unknown setting {unknown[0]}; known: "
                                 + ", ".join(PREFIX + k.upper() for k in sorted(known)))
         get = lambda name: environ.get(PREFIX + name.upper())  # noqa: E731
+        if get("database_url") is not None and not get("database_url").strip():
+            # Set but empty (a secret that did not load, `${DB_URL}` of an unset variable): the default
+            # would have `revshare db upgrade` create an SQLite file, and the service run on it.
+            raise SettingsError(f"{PREFIX}DATABASE_URL is set but empty: give the database's URL, or unset "
+                                f"it for the default, {_default_database_url()}")
         return cls.build(
             database_url=get("database_url") or _default_database_url(),
             migration_database_url=get("migration_database_url") or None,
@@ -72,7 +82,8 @@ class Settings:
               release_interval_minutes: str | int | None = None) -> "Settings":
         for name, url in (("DATABASE_URL", database_url), ("MIGRATION_DATABASE_URL", migration_database_url)):
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
-                raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, got {url!r}")
+                raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
+                                    f"got {_without_password(url)!r}")
         level = log_level.upper()
         if level not in LOG_LEVELS:
             raise SettingsError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")

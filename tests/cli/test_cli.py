@@ -723,3 +723,24 @@ def test_a_pipe_s_head_is_as_long_as_a_file_s_however_its_producer_writes_it(tmp
     finally:
         producer.join()
         os.close(reader)
+
+
+def test_a_bad_database_url_is_named_without_its_password(tmp_path):
+    # The message goes to the terminal and the service's logs: `postgres://` (libpq's other scheme)
+    # used to print the password with the rest of the URL.
+    for name in ("REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"):
+        env = {"REVSHARE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+               name: "postgres://ledger:s3cr@t@db.internal:5432/revshare"}
+        result = CliRunner().invoke(main, ["verify"], env=env)
+        assert result.exit_code == 2 and f"{name} must be an sqlite:// or postgresql:// URL" in result.output
+        assert "s3cr" not in result.output and "postgres://ledger:***@db.internal:5432/revshare" in result.output
+
+
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("verify",)])
+def test_an_empty_database_url_is_refused_not_taken_for_the_default_sqlite_file(tmp_path, monkeypatch, command):
+    # `REVSHARE_DATABASE_URL=${DB_URL}` with DB_URL unset: `revshare db upgrade` created ./var/revshare.db,
+    # and the service then ran on SQLite while the operator thought it on PostgreSQL.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, list(command), env={"REVSHARE_DATABASE_URL": ""})
+    assert result.exit_code == 2 and "REVSHARE_DATABASE_URL is set but empty" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []

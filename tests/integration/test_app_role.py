@@ -164,3 +164,52 @@ def test_the_server_and_the_scheduler_warn_when_they_run_as_the_owner_who_could_
     result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": postgres_database.url})
     assert result.exit_code == 0 and len(started) == 1, result.output
     assert "warning: the database role may UPDATE the journal" in result.output
+
+
+def test_a_role_not_granted_the_application_role_is_told_the_grant_not_only_the_privilege(postgres_database):
+    # Before `GRANT revshare_app TO ...`, or on a database restored where `revshare_app` did not exist
+    # (pg_restore skipped its grants), PostgreSQL's own words named the table, not the fix.
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    with postgres_database.engine.begin() as connection:
+        connection.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') "
+                                   "THEN CREATE ROLE ungranted LOGIN; END IF; END $$")
+    url = postgres_database.url.replace("postgres@", "ungranted@", 1)
+    for command in (["verify"], ["serve"], ["keys", "create", "--role", "admin"]):
+        result = CliRunner().invoke(main, command, env={"REVSHARE_DATABASE_URL": url})
+        assert result.exit_code == 2 and "permission denied for table" in result.output, result.output
+        assert "`GRANT revshare_app TO ungranted`" in result.output, result.output
+
+
+def test_migrating_as_the_application_role_names_the_migration_url_to_set(app_database, pg_cluster):
+    # One URL, the service's role, for `revshare db upgrade` too: PostgreSQL 15 refuses it CREATE in
+    # `public`, and said only that.
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from tests.conftest import drop_pg_database, new_pg_url
+
+    empty = new_pg_url(pg_cluster, template=None)
+    try:
+        url = empty.replace("postgres@", "svc@", 1)
+        result = CliRunner().invoke(main, ["db", "upgrade"], env={"REVSHARE_DATABASE_URL": url})
+    finally:
+        drop_pg_database(pg_cluster, empty)
+    assert result.exit_code == 2 and "permission denied for schema public" in result.output, result.output
+    assert "set REVSHARE_MIGRATION_DATABASE_URL" in result.output, result.output
+
+
+def test_a_migration_role_without_createrole_is_told_to_get_it_or_have_the_role_made_first(app_database, capsys):
+    # Migration 0005 creates `revshare_app` when it does not exist; a migration role without
+    # CREATEROLE got "permission denied to create role" and nothing more.
+    from cli.books import database_errors
+
+    with pytest.raises(SystemExit) as stopped:
+        with database_errors(app_database.url, migrating=True), app_database.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE ROLE revshare_probe NOLOGIN")
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "permission denied to create role" in error and "CREATEROLE" in error, error
+    assert "`CREATE ROLE revshare_app NOLOGIN`" in error, error
