@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.config import KNOWN_SETTINGS
 
 APP_URI = "wsgi:app"
+# Gunicorn 25 and later open a control socket at one path per host user ($XDG_RUNTIME_DIR or
+# ~/.gunicorn), which every `revshare serve` on the host would share: each new one takes it over
+# and the first to stop removes it, and it makes ~/.gunicorn for a user who may have no home. The
+# service does not use it.
+_CONTROL_SOCKET = "control_socket_disable" in {setting.name for setting in KNOWN_SETTINGS}
 
 
 def gunicorn_options(*, host: str, port: int, workers: int, log_level: str) -> dict:
@@ -20,6 +26,7 @@ def gunicorn_options(*, host: str, port: int, workers: int, log_level: str) -> d
         "worker_class": "sync",
         "loglevel": log_level.lower(),
         "proc_name": "revshare",
+        **({"control_socket_disable": True} if _CONTROL_SOCKET else {}),
     }
 
 
