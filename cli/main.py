@@ -122,20 +122,41 @@ def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
 
 
 @keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key")
 @click.option("--reason", default=None, help="Why, kept with the revocation.")
 @click.pass_obj
-def keys_revoke(settings: Settings, key_id: str, reason: str | None) -> None:
-    """Revoke an API key by its id: it no longer authenticates (a running server's workers may take
-    it for up to 10 more seconds)."""
+def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
+    """Revoke an API key, named by its id or by the key itself (rsk_...): it no longer authenticates
+    (a running server's workers may take it for up to 10 more seconds)."""
     from cli.books import opened
     from ledger.instants import format_instant
-    from ledger.keys import revoke_key
+    from ledger.keys import KEY_PREFIX, key_id_of, revoke_key
 
     with opened(settings, {"reason": "--reason"}) as database, database.transaction() as session:
+        key_id = key_id_of(session, key) if key.startswith(KEY_PREFIX) else key
         revocation, created = revoke_key(session, key_id, reason)
     state = "revoked" if created else "already revoked"
     click.echo(f"{state}: {revocation.key_id} at {format_instant(revocation.revoked_at_us)}")
+
+
+@keys.command("list")
+@click.pass_obj
+def keys_list(settings: Settings) -> None:
+    """Every API key, oldest first: its id, role (and partner), when it was made and, if revoked,
+    when and why. The keys themselves are not stored, so not shown."""
+    from cli.books import opened
+    from ledger.instants import format_instant
+    from ledger.keys import list_keys
+
+    with opened(settings) as database, database.reader() as session:
+        records = list_keys(session)
+    for record in records:
+        role = record.role + (f" ({record.partner_id})" if record.partner_id else "")
+        line = f"{record.id}  {role}  created {format_instant(record.created_at_us)}"
+        if record.revocation is not None:
+            line += f"  revoked {format_instant(record.revocation.revoked_at_us)}"
+            line += f": {record.revocation.reason}" if record.revocation.reason else ""
+        click.echo(line)
 
 
 def _register_book_commands() -> None:

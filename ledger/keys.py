@@ -10,7 +10,8 @@ attributions, customer reads) and `partner`, bound to exactly one partner id. Th
 here and by the table's `ck_api_keys_partner_binding` constraint.
 
 A key is revoked by a row in `api_key_revocations` (migration 0027), never by changing or deleting
-its own row: a revoked key no longer authenticates. Processes cache a key's principal for
+its own row: a revoked key no longer authenticates. It is named by its id, or by the key itself
+(`key_id_of`): a key that leaked is at hand when its id was not kept. Processes cache a key's principal for
 `api.auth.PRINCIPAL_TTL_S`; another process still takes a revoked key for that long at most.
 """
 
@@ -42,6 +43,16 @@ class Revocation(NamedTuple):
     key_id: str
     revoked_at_us: int
     reason: str | None
+
+
+class KeyRecord(NamedTuple):
+    """A key as `revshare keys list` shows it: never the key itself, which is not stored."""
+
+    id: str
+    role: str
+    partner_id: str | None
+    created_at_us: int
+    revocation: Revocation | None
 
 
 class Principal(NamedTuple):
@@ -112,3 +123,23 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
         return revocation, True
     first = session.execute(select(api_key_revocations).where(api_key_revocations.c.api_key_id == key_id)).one()
     return Revocation(first.api_key_id, first.revoked_at_us, first.reason), False
+
+
+def list_keys(session: Session) -> list[KeyRecord]:
+    """Every key, oldest first, with its revocation if it has one."""
+    k, r = api_keys.c, api_key_revocations.c
+    rows = session.execute(select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason)
+                           .outerjoin(api_key_revocations, r.api_key_id == k.id).order_by(k.created_at_us, k.id))
+    return [KeyRecord(row.id, row.role, row.partner_id, row.created_at_us,
+                      None if row.revoked_at_us is None else Revocation(row.id, row.revoked_at_us, row.reason))
+            for row in rows]
+
+
+def key_id_of(session: Session, key: str) -> str:
+    """The id of a key given the key itself, revoked or not."""
+    key_id = None
+    if isinstance(key, str) and key.startswith(KEY_PREFIX) and len(key) <= KEY_LENGTH_MAX:
+        key_id = session.execute(select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(key))).scalar()
+    if key_id is None:
+        raise NotFound("no API key of this service is that key")
+    return key_id
