@@ -229,6 +229,23 @@ def test_a_job_time_that_passes_while_the_scheduler_starts_up_is_run_when_it_has
     assert len(ran) == 1
 
 
+def test_a_scheduler_started_on_books_with_no_posting_records_no_run_so_history_loaded_later_is_paid_in_order(
+        database):
+    # The scheduler now runs the payout job as it starts, often before anything is loaded: an empty
+    # run recorded at the run due would refuse every run before it (runs are made in time order),
+    # as the demo's monthly runs since 2025-11, or finance's after an import of history, need.
+    from ledger.demo import load_demo
+
+    start_up(database, bodies.job_table(Settings.build(database_url=database.url)), at("2026-12-02T02:00:00Z"))
+    with database.reader() as session:
+        assert session.execute(select(func.count()).select_from(payout_runs)).scalar_one() == 0
+    with database.transaction() as session:
+        loaded = load_demo(session, now=at("2026-12-02T03:00:00Z"))
+    assert loaded.closed_periods == 12
+    job = bodies.run_job(database, "payout_run", bodies.payout_run, at("2026-12-02T04:00:00Z"))
+    assert job.figures["replayed"] is False and job.figures["payouts"] > 0  # December's, after the demo's
+
+
 def test_a_run_made_by_hand_on_payout_day_is_the_months_run(books):
     with books.transaction() as session:
         by_hand = run_payouts(session, at("2026-04-01T00:20:00Z"))
