@@ -41,7 +41,8 @@ def release_holds(session: Session, at_us: int) -> dict:
 
 def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
     """Close, oldest first, every period that ended `grace_days` or more before `at_us` (the job runs
-    at 01:00, so a period is closed an hour past its grace: "more than the grace days ago")."""
+    at 01:00, so a period is closed an hour past its grace: "more than the grace days ago"; and as
+    the scheduler starts, when a period may be closed as soon as its grace has passed)."""
     cutoff_us = at_us - grace_days * 86_400_000_000
     last = periods.latest_close(session)
     if last is not None:
