@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ledger import holds, payouts, periods, verify
 from ledger.db import Database, is_postgres, lock_journal
 from ledger.instants import add_months, format_instant, from_us, next_period, period_bounds_us, period_of, to_us
+from ledger.journal import chain_head
 from ledger.journal import now_us as clock_now_us
 from ledger.settings import Settings
 
@@ -40,7 +41,8 @@ def release_holds(session: Session, at_us: int) -> dict:
 
 def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
     """Close, oldest first, every period that ended `grace_days` or more before `at_us` (the job runs
-    at 01:00, so a period is closed an hour past its grace: "more than the grace days ago")."""
+    at 01:00, so a period is closed an hour past its grace: "more than the grace days ago"; and as
+    the scheduler starts, when a period may be closed as soon as its grace has passed)."""
     cutoff_us = at_us - grace_days * 86_400_000_000
     last = periods.latest_close(session)
     if last is not None:
@@ -64,12 +66,17 @@ def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
     (a rerun of the job, or a run made by hand that morning) is the one due: it is answered as a
     replay, neither made twice nor refused as out of time order. A run due inside a period closed
     since cannot be made (its payouts would not be effective then): it is reported missed, with a
-    warning, for finance to make at a later instant."""
+    warning, for finance to make at a later instant. On books with no posting yet it makes none."""
     month = from_us(at_us).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     due_us = to_us(month.replace(day=day_of_month))
     if at_us < due_us:
         due_us = to_us(add_months(month, -1).replace(day=day_of_month))
     made_us = payouts.first_run_from(session, due_us)
+    if made_us is None and chain_head(session)[0] == 0:
+        # Nothing posted, nothing to pay. A run recorded now would refuse every run before it (runs
+        # are made in time order), which a history loaded later needs: the job runs as the
+        # scheduler starts, often before anything is loaded (an import, `revshare demo`).
+        return {"run_id": None, "payouts": 0, "replayed": False}
     if made_us is None:
         latest = periods.latest_close(session)
         if latest is not None and due_us < latest.ends_at_us:

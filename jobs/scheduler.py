@@ -63,10 +63,15 @@ def build_scheduler(settings: Settings, database: Database, scheduler: BaseSched
     scheduler.add_listener(_on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     bodies = jobs if jobs is not None else job_table(settings)
     when = schedule if schedule is not None else triggers(settings)
+    # Each job's first time is taken now, not when the scheduler starts (APScheduler's default):
+    # `run` makes the start-up runs in between, and a time that passed meanwhile would be skipped to
+    # the next (verify's 03:00 behind a catch-up from 02:50 to a day later, silently). Taken now,
+    # it is run when the scheduler starts, within the misfire grace, or logged as missed.
+    now = datetime.now(timezone.utc)
     for name, body in bodies.items():
         scheduler.add_job(run_job, when[name], args=(database, name, body), id=name, name=name,
                           coalesce=True, max_instances=1, misfire_grace_time=MISFIRE_GRACE_SECONDS,
-                          replace_existing=True)
+                          replace_existing=True, next_run_time=when[name].get_next_fire_time(None, now))
     return scheduler
 
 

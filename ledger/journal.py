@@ -333,7 +333,8 @@ def differing_fields(draft: Draft, stored: Draft) -> list[str]:
 
 
 def load_draft(session: Session, transaction_id: int) -> Draft:
-    """The draft a stored transaction was posted from (its requested instant, not a moved one)."""
+    """The draft a stored transaction was posted from (its requested instant, not a moved one),
+    without `event_hash`, which is not stored: its request hash may differ from the stored one."""
     header = session.execute(select(journal_transactions).where(journal_transactions.c.id == transaction_id)).first()
     if header is None:
         raise NotFound(f"transaction {transaction_id} does not exist")

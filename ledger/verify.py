@@ -2,7 +2,8 @@
 
 It walks the journal in sequence order, streaming headers and lines side by side, and checks for
 each transaction: the sequence has no gap; `prev_hash` is the previous transaction's hash; the
-request hash recomputed from the stored content matches; the chain hash recomputed matches; there
+request hash recomputed from the stored content matches (with the request hash of the stored
+revenue event it names, else without: `ledger/journal.py`); the chain hash recomputed matches; there
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, its month, and the chain of
