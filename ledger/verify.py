@@ -671,6 +671,9 @@ def _lines_grouped(session: Session) -> Iterator[tuple[int, list]]:
         yield current_id, group
 
 
+_POSTED_FROM_EVENTS = frozenset((*EARNING_KINDS, "clawback"))  # with the event's hash (ledger/revenue.py)
+
+
 def _check(header, lines: list, expected_id: int, prev_hash: str) -> list[Problem]:
     found: list[Problem] = []
     tid = header.id
@@ -681,12 +684,14 @@ def _check(header, lines: list, expected_id: int, prev_hash: str) -> list[Proble
     content = tuple(Line(row.name, row.currency, row.side, row.amount_minor) for row in lines)
     draft = draft_of(header, content)
     # Posted from its stored event (with the event's hash), or not (a release, a reversal, a posting
-    # older than the rule, a transaction of no event): see ledger/journal.py.
-    matches = (header.event_hash is not None
+    # older than the rule, a transaction of no event): see ledger/journal.py. Only the kinds posted
+    # from an event try with it first: a release, most of the others naming one, is hashed once.
+    matches = (header.event_hash is not None and header.kind in _POSTED_FROM_EVENTS
                and request_hash(draft._replace(event_hash=header.event_hash)) == header.request_hash
                or request_hash(draft) == header.request_hash)
     if not matches:
-        whose = "" if header.event_hash is None else f", or revenue event {header.event_id!r} it was posted from,"
+        whose = (f", or revenue event {header.event_id!r} it was posted from,"
+                 if header.event_hash is not None and header.kind in _POSTED_FROM_EVENTS else "")
         found.append(Problem(tid, "content_altered", f"the stored content{whose} does not match its request hash"))
     recomputed = chain_hash(header.prev_hash, tid, header.recorded_at_us, header.effective_at_us,
                             header.original_effective_at_us, header.request_hash, header.salt)
