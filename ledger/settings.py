@@ -80,6 +80,10 @@ class Settings:
               max_body_bytes: str | int | None = None, close_grace_days: str | int | None = None,
               payout_day_of_month: str | int | None = None,
               release_interval_minutes: str | int | None = None) -> "Settings":
+        # libpq's other scheme, which hosting providers often hand out; SQLAlchemy knows only postgresql://.
+        database_url, migration_database_url = (
+            None if url is None else re.sub(r"^postgres://", "postgresql://", url)
+            for url in (database_url, migration_database_url))
         for name, url in (("DATABASE_URL", database_url), ("MIGRATION_DATABASE_URL", migration_database_url)):
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "

@@ -25,6 +25,7 @@ from ledger.db import Database
 from ledger.importer import HEAD_BYTES, detect_format, head, open_events
 from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.schema import journal_lines, journal_transactions, partners, revenue_events
+from ledger.settings import Settings
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url, scaled
@@ -356,7 +357,6 @@ def test_importing_a_file_gives_the_books_of_the_api_batch_route_and_a_rerun_rep
         sqlite_template, tmp_path, seeded):
     from api import create_app
     from ledger.keys import create_key
-    from ledger.settings import Settings
 
     events = monthly_events(months=3)
     reference = Database(new_sqlite_url(sqlite_template, tmp_path))
@@ -726,14 +726,23 @@ def test_a_pipe_s_head_is_as_long_as_a_file_s_however_its_producer_writes_it(tmp
 
 
 def test_a_bad_database_url_is_named_without_its_password(tmp_path):
-    # The message goes to the terminal and the service's logs: `postgres://` (libpq's other scheme)
-    # used to print the password with the rest of the URL.
+    # The message goes to the terminal and the service's logs: a URL of another database used to
+    # print the password with the rest of it.
     for name in ("REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"):
         env = {"REVSHARE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
-               name: "postgres://ledger:s3cr@t@db.internal:5432/revshare"}
+               name: "mysql://ledger:s3cr@t@db.internal:3306/revshare"}
         result = CliRunner().invoke(main, ["verify"], env=env)
         assert result.exit_code == 2 and f"{name} must be an sqlite:// or postgresql:// URL" in result.output
-        assert "s3cr" not in result.output and "postgres://ledger:***@db.internal:5432/revshare" in result.output
+        assert "s3cr" not in result.output and "mysql://ledger:***@db.internal:3306/revshare" in result.output
+
+
+def test_libpq_s_postgres_scheme_is_taken_as_postgresql():
+    # Hosting providers often hand out postgres://, which SQLAlchemy no longer knows.
+    settings = Settings.build(database_url="postgres://ledger:pw@db.internal/revshare",
+                              migration_database_url="postgres://owner:pw@db.internal/revshare")
+    assert settings.database_url == "postgresql://ledger:pw@db.internal/revshare"
+    assert settings.migration_database_url == "postgresql://owner:pw@db.internal/revshare"
+    assert Settings.build(database_url="sqlite:///postgres://x").database_url == "sqlite:///postgres://x"
 
 
 @pytest.mark.parametrize("command", [("db", "upgrade"), ("verify",)])
