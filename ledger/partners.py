@@ -5,7 +5,8 @@ A partner's parent is fixed at enrolment and must already exist, so the hierarch
 depth is at most 5 (the database holds this with a composite foreign key). Status and plan are
 dated facts: the status or plan in effect at an instant is the latest fact that started at or
 before it. A terminated partner earns nothing on revenue after its termination; a suspended partner
-accrues but is not paid.
+accrues but is not paid. The latest status or plan change sent again, unchanged, changes nothing
+(a PATCH takes no Idempotency-Key: its retry must not be a 409 saying the change is refused).
 """
 
 from __future__ import annotations
@@ -83,11 +84,16 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
         select(partner_statuses.c.effective_at_us, partner_statuses.c.status)
         .where(partner_statuses.c.partner_id == partner_id)
         .order_by(partner_statuses.c.effective_at_us.desc(), partner_statuses.c.id.desc()).limit(1)).one()
+    if (latest_status, latest) == (status, at):
+        # The latest fact sent again (a retry of a request that committed): nothing changes.
+        return get_partner(session, partner_id)
     if latest_status == "terminated":  # also one dated ahead: nothing follows a termination
         raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(latest)}; termination is final")
     if at < latest:
-        raise Conflict("effective_at: a status change cannot start before the current status",
-                       {"effective_at": ["must not be earlier than the current status's start"]})
+        # The latest status may be dated ahead, and none can be withdrawn: name it, not "the current".
+        raise Conflict(f"effective_at: partner {partner_id!r} is {latest_status} from {format_instant(latest)}; "
+                       "a status change cannot start before the latest one",
+                       {"effective_at": [f"must not be earlier than {format_instant(latest)}"]})
     session.execute(insert(partner_statuses).values(partner_id=partner_id, status=status, effective_at_us=at,
                                                     recorded_at_us=now_us()))
     return get_partner(session, partner_id)
@@ -106,12 +112,17 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
         # whatever the minimum of either plan.
         raise invalid("effective_from", f"plan {plan_id!r} starts at {format_instant(first_us)}: a partner "
                                         "cannot change to it before its first version")
-    latest = session.execute(select(partner_plans.c.effective_from_us)
-                             .where(partner_plans.c.partner_id == partner_id)
-                             .order_by(partner_plans.c.effective_from_us.desc()).limit(1)).scalar_one()
+    latest, latest_plan_id = session.execute(select(partner_plans.c.effective_from_us, partner_plans.c.plan_id)
+                                             .where(partner_plans.c.partner_id == partner_id)
+                                             .order_by(partner_plans.c.effective_from_us.desc()).limit(1)).one()
+    if (latest_plan_id, latest) == (plan_id, effective_from_us):
+        # The latest plan change sent again (a retry of a request that committed): nothing changes.
+        return get_partner(session, partner_id)
     if effective_from_us <= latest:
-        raise Conflict("effective_from: a plan change must start after the current plan's start",
-                       {"effective_from": ["must be later than the current plan's start"]})
+        # The latest plan may start ahead, and none can be withdrawn: name it, not "the current".
+        raise Conflict(f"effective_from: partner {partner_id!r} is on plan {latest_plan_id!r} from "
+                       f"{format_instant(latest)}; a plan change must start after the latest one",
+                       {"effective_from": [f"must be later than {format_instant(latest)}"]})
     session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
                                                  effective_from_us=effective_from_us, recorded_at_us=now_us()))
     return get_partner(session, partner_id)

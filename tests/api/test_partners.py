@@ -3,6 +3,7 @@
 from datetime import date, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from api.routes.partners import StatementSchema
 
@@ -261,3 +262,52 @@ def test_another_partners_statement_and_balance_are_404_in_any_format(shared):
                  "/v1/partners/p2/balance"):
         response = shared.client.get(path, headers=bearer(shared.keys.p1) | {"Accept": "text/csv"})
         assert response.status_code == 404 and response.mimetype == "application/problem+json", path
+
+
+def _facts(scratch, table: str, partner_id: str) -> int:
+    with scratch.database.reader() as session:
+        return session.execute(sa.text(f"SELECT count(*) FROM {table} WHERE partner_id = :p"),
+                               {"p": partner_id}).scalar_one()
+
+
+def test_a_plan_change_sent_again_unchanged_answers_200_and_is_recorded_once(call, scratch):
+    # A retry of a PATCH that committed (its answer lost, or a 503 at commit) repeats the latest plan
+    # change: like an attribution sent again, it changes nothing, rather than a 409 saying the change
+    # must start after itself.
+    partner_id, plan_id = call.partner(), unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    change = {"plan_id": plan_id, "effective_from": "2026-02-01"}
+    first = expect(call.patch(f"/v1/partners/{partner_id}", change), 200)
+    assert expect(call.patch(f"/v1/partners/{partner_id}", change), 200) == first
+    assert _facts(scratch, "partner_plans", partner_id) == 2
+    other_plan = call.patch(f"/v1/partners/{partner_id}", {"plan_id": "standard", "effective_from": "2026-02-01"})
+    assert errors_of(other_plan, 409) == {"effective_from"}
+
+
+@pytest.mark.parametrize("status", ["suspended", "terminated"])
+def test_a_status_change_sent_again_with_its_instant_answers_200_and_is_recorded_once(call, scratch, status):
+    partner_id = call.partner()
+    change = {"status": status, "effective_at": "2026-02-01T00:00:00Z"}
+    first = expect(call.patch(f"/v1/partners/{partner_id}", change), 200)
+    assert expect(call.patch(f"/v1/partners/{partner_id}", change), 200) == first
+    assert _facts(scratch, "partner_statuses", partner_id) == 2
+    if status == "terminated":  # another instant is still refused: termination is final
+        later = call.patch(f"/v1/partners/{partner_id}", {"status": status, "effective_at": "2026-02-02T00:00:00Z"})
+        assert errors_of(later, 409) == set()
+
+
+def test_a_change_before_a_fact_dated_ahead_is_refused_naming_that_facts_start(call):
+    # The partner is active and on its first plan now; a suspension and a plan change dated ahead
+    # block earlier ones (none can be withdrawn): the refusal says which fact, and from when, rather
+    # than calling the partner's current status or plan the obstacle.
+    partner_id, plan_id = call.partner(), unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    ahead = (date.today() + timedelta(days=30)).isoformat()
+    expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended", "effective_at": f"{ahead}T00:00:00Z"}), 200)
+    expect(call.patch(f"/v1/partners/{partner_id}", {"plan_id": plan_id, "effective_from": ahead}), 200)
+    status = call.patch(f"/v1/partners/{partner_id}", {"status": "terminated"})
+    assert errors_of(status, 409) == {"effective_at"}
+    assert f"suspended from {ahead}T00:00:00Z" in status.get_json()["detail"]
+    plan = call.patch(f"/v1/partners/{partner_id}", {"plan_id": "standard", "effective_from": date.today().isoformat()})
+    assert errors_of(plan, 409) == {"effective_from"}
+    assert f"{plan_id!r} from {ahead}T00:00:00Z" in plan.get_json()["detail"]
