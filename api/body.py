@@ -2,7 +2,7 @@
 
 Checks run after authentication (see `create_app`): a POST, PUT or PATCH that carries a body must
 say `application/json` (or `+json`), else 415; a declared length over the limit is a 413 before
-anything is read, and a chunked body (no declared length) that reaches the limit while being read
+anything is read, and a chunked body (no declared length) that goes past the limit while being read
 is a 413 too. The body is parsed
 once per request by `json_body()`: a body the server cannot read (malformed chunks) and anything
 that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
@@ -55,16 +55,19 @@ def json_body() -> Any:
 def _body_bytes() -> bytes:
     """The body as sent, read once. Framing the server cannot read (a chunk size that is not
     hexadecimal, say: gunicorn raises its own exception for it) is the client's error, a 400, not a
-    500. Werkzeug stops a body without a declared length at the limit silently: reaching it is a 413,
-    whatever the part read holds (white space alone would otherwise pass for no body)."""
+    500. Werkzeug stops a body without a declared length at the limit silently: a byte beyond it is
+    a 413, whatever the part read holds (white space alone would otherwise pass for no body). A body
+    of exactly the limit is taken, as it is with a declared length."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
     try:
         data = request.get_data(cache=True)
+        # Werkzeug read up to the limit: one more byte from the server's stream tells whether it ended there.
+        beyond = request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1)
     except HTTPException:
         raise
     except Exception as error:  # noqa: BLE001 - whatever the server's reader raises for a malformed body
         raise BadRequest(f"The request body could not be read: {str(error)[:120]}") from None
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is None and len(data) >= limit:
+    if beyond:
         raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
     return data
 
