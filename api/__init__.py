@@ -24,11 +24,16 @@ from ledger.db import Database
 from ledger.settings import Settings
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+# A request waits this long at most for a lock (another posting, a close or a batch holding the
+# journal), then answers a 503 to retry: gunicorn ends a worker whose request runs past its timeout
+# (30 s), and the client got gunicorn's own HTML 500, not the problem+json 503 the contract promises
+# a busy database. Jobs and the command line wait as long as it takes.
+LOCK_WAIT_S = 10.0
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    database = database or Database(settings.database_url)
+    database = database or Database(settings.database_url, lock_wait_s=LOCK_WAIT_S)
     app = Flask(__name__, static_folder=None)
     app.config.update(_config(settings))
     app.logger.setLevel(settings.log_level)

@@ -40,11 +40,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import sqlite3
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ledger.errors import OutOfRange
@@ -76,15 +79,21 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, **kwargs) -> Engine:
+def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engine:
+    """An engine for `url`. `lock_wait_s` bounds each wait for a lock (the SQLite writers' queue and
+    busy handler; PostgreSQL's `lock_timeout`): past it, the statement fails as a busy database
+    (`retryable`), a 503 to retry in the API, instead of waiting as long as the holder takes."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
             kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "factory": _QueuedWriterConnection}
         engine = create_engine(url, **kwargs)
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine, lock_wait_s)
         return engine
+    if lock_wait_s is not None:
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}),
+                                  "options": f"-c lock_timeout={max(1, round(lock_wait_s * 1000))}"}
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
@@ -102,10 +111,17 @@ class _QueuedWriterConnection(sqlite3.Connection):
         self._changes_at_checkpoint = 0
         self.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}").close()
 
-    def queue_for_write(self) -> None:
+    def queue_for_write(self, wait_s: float | None = None) -> None:
+        """Take the writers' file lock, waiting for it at most `wait_s` (None: as long as it takes);
+        past that, sqlite3.OperationalError with SQLite's busy code, as its own busy handler gives."""
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        if wait_s is None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        elif not _flock_within(self._lock_fd, wait_s):
+            busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise busy
 
     def leave_queue(self) -> None:
         if self._lock_fd is not None:
@@ -145,13 +161,60 @@ class _QueuedWriterConnection(sqlite3.Connection):
                 self._lock_fd = None
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+class _WaitOver(Exception):
+    pass
+
+
+def _wait_over(_signal, _frame) -> None:
+    raise _WaitOver
+
+
+def _flock_within(fd: int, wait_s: float) -> bool:
+    """Take an exclusive flock of `fd` within `wait_s` seconds; whether it was taken.
+
+    A blocking flock has no timeout of its own. In the main thread (a gunicorn sync worker's, the
+    command line's) a SIGALRM interrupts it at the deadline, so the waiter still wakes the moment the
+    lock is free; elsewhere it polls, in steps of up to 2 ms."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    if threading.current_thread() is not threading.main_thread():
+        deadline, step = time.monotonic() + wait_s, 0.000_2
+        while time.monotonic() < deadline:
+            time.sleep(step)
+            step = min(step * 2, 0.002)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+        return False
+    previous = signal.signal(signal.SIGALRM, _wait_over)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, wait_s)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return True
+    except _WaitOver:
+        # The alarm may have come just after the lock was taken: let it go, taken or not.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> None:
+    busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS if lock_wait_s is None else max(1, round(lock_wait_s * 1000))
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         for pragma in ("foreign_keys=ON", "recursive_triggers=ON", "journal_mode=WAL",
-                       f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "synchronous=NORMAL"):
+                       f"busy_timeout={busy_timeout_ms}", "synchronous=NORMAL"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -163,7 +226,10 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         driver = connection.connection.driver_connection
         queued = isinstance(driver, _QueuedWriterConnection)
         if queued:
-            driver.queue_for_write()
+            try:
+                driver.queue_for_write(lock_wait_s)
+            except sqlite3.OperationalError as error:  # as SQLAlchemy wraps the driver's errors
+                raise OperationalError("BEGIN IMMEDIATE", (), error) from error
         try:
             _driver_execute(connection, "BEGIN IMMEDIATE", ())
         except BaseException:
@@ -187,9 +253,9 @@ class Database:
     `shared` holds this process's caches of append-only facts (account ids, the partner program),
     filled only from committed transactions: see `shared_cache` and `after_commit`."""
 
-    def __init__(self, url: str, **engine_kwargs) -> None:
+    def __init__(self, url: str, *, lock_wait_s: float | None = None, **engine_kwargs) -> None:
         self.url = normalize_url(url)
-        self.engine = make_engine(self.url, **engine_kwargs)
+        self.engine = make_engine(self.url, lock_wait_s=lock_wait_s, **engine_kwargs)
         self.shared: dict[str, Any] = {}
         info = {"database": self}
         readers = (self.engine.execution_options(isolation_level=ONE_SNAPSHOT)

@@ -1,9 +1,12 @@
 """Every error is application/problem+json; bad input is a 4xx naming what is wrong, never a 500."""
 
 import contextlib
+import fcntl
 import io
 import json
+import os
 import sqlite3
+import threading
 
 import psycopg
 import pytest
@@ -12,7 +15,10 @@ from gunicorn.http.errors import InvalidChunkSize
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from api import LOCK_WAIT_S, create_app
+from api import session as api_session
 from ledger import db, journal
+from ledger.settings import Settings
 from ledger.db import Database
 from ledger.schema import journal_transactions
 from tests.api.books import event_body
@@ -330,6 +336,68 @@ def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(data
     assert retried.status_code == 201 and retried.get_json()["status"] == "posted"
     with database.reader() as session:
         assert [t.kind for t in session.execute(sa.select(journal_transactions.c.kind)).all()] == ["accrual"]
+    database.dispose()
+
+
+@contextlib.contextmanager
+def journal_held(database: Database, *, at_most_s: float = 20.0):
+    """Another writer of the service holding the journal while the block runs, `at_most_s` at most
+    (a request that waits for ever is then let through, and fails its test, instead of hanging it):
+    on PostgreSQL its advisory lock, on SQLite the writers' file lock."""
+    if database.engine.dialect.name == "postgresql":
+        with database.engine.connect() as connection:
+            connection.begin()
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": db.JOURNAL_LOCK_KEY})
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            admin = sa.create_engine(database.engine.url, isolation_level="AUTOCOMMIT")
+            watchdog = threading.Timer(at_most_s, lambda: admin.connect().exec_driver_sql(
+                f"SELECT pg_terminate_backend({pid})"))
+            watchdog.start()
+            try:
+                yield
+            finally:
+                watchdog.cancel()
+                watchdog.join()
+                admin.dispose()
+                connection.invalidate()
+        return
+    fd = os.open(database.engine.url.database + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    watchdog = threading.Timer(at_most_s, fcntl.flock, (fd, fcntl.LOCK_UN))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        watchdog.start()
+        yield
+    finally:
+        watchdog.cancel()
+        watchdog.join()
+        os.close(fd)
+
+
+def test_a_request_waits_for_the_journal_a_bounded_time_then_is_a_503_to_retry(database_url):
+    # The wait was unbounded: past gunicorn's worker timeout (30 s) the worker was ended and the
+    # client got gunicorn's HTML 500. The service's bound is api.LOCK_WAIT_S; here a fraction of it.
+    database = Database(database_url, lock_wait_s=0.3)
+    enroll(database)
+    keys = make_keys(database)
+    client = make_app(database).test_client()
+    event = event_body("held-1", "p1-customer", "inv-held-1", "100.00", "2026-01-20")
+    with journal_held(database):
+        refused = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
+    body = assert_problem(refused, 503)
+    assert refused.headers["Retry-After"] == "1" and "Retry" in body["detail"]
+    retried = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
+    assert retried.status_code == 201 and retried.get_json()["status"] == "posted"
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(journal_transactions)).scalar_one() == 1
+    database.dispose()
+
+
+def test_the_service_s_own_database_waits_for_a_lock_the_bound_and_no_longer(sqlite_database):
+    app = create_app(Settings.build(database_url=sqlite_database.url))
+    database = app.extensions[api_session.EXTENSION]["database"]
+    with database.reader() as session:
+        busy_timeout_ms = session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+    assert busy_timeout_ms == LOCK_WAIT_S * 1000 < 30_000  # gunicorn's worker timeout
     database.dispose()
 
 
