@@ -142,7 +142,10 @@ def parse_terms(data: dict[str, Any]) -> Terms:
     unknown = sorted(set(data) - set(TERM_FIELDS))
     for field in unknown:
         errors.add(field, "unknown field")
-    for required in ("rates", "hold_days", "negative_balance"):
+    # Every term is stated, null or empty where that is meant: a version restates the plan, and a
+    # term left out of a version meant to change the rate would silently end the window (lifetime)
+    # or the minimum payout. `cpa` and `override` are optional, as in the contract.
+    for required in ("rates", "duration_months", "hold_days", "min_payout", "negative_balance"):
         if required not in data:
             errors.add(required, "missing required field")
     rates = _parse_rates(data.get("rates"), errors) if "rates" in data else ()

@@ -47,7 +47,7 @@ _TERM_DOCS: dict[str, dict[str, Any]] = {
                  "properties": {"rate": {"type": "string", "maxLength": 12},
                                 "basis": {"type": "string", "enum": ["revenue", "commission"]}}},
 }
-_REQUIRED_TERMS = ("rates", "hold_days", "negative_balance")
+_REQUIRED_TERMS = ("rates", "duration_months", "hold_days", "min_payout", "negative_balance")  # as parse_terms
 
 
 def _term_fields(*, for_request: bool) -> dict[str, ma.fields.Field]:

@@ -12,14 +12,15 @@ import pytest
 
 from tests.api.books import errors_of, money, plan_body, unique
 
-TERMS = {"rates": [{"from_month": 1, "rate": "0.20"}], "hold_days": 0, "negative_balance": "reset"}
+TERMS = {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 0,
+         "negative_balance": "reset", "min_payout": []}
 
 
 @pytest.mark.parametrize("scratch", ["sqlite"], indirect=True)  # parsing only: one engine is enough
 @pytest.mark.parametrize("term", ["cpa", "min_payout"])
 @pytest.mark.parametrize("currency", [[], {"code": "USD"}], ids=["array", "object"])
 def test_a_plan_whose_money_term_has_a_non_string_currency_is_a_422_naming_it(call, term, currency):
-    body = plan_body(unique("plan"), **TERMS, **{term: [money("1.00") | {"currency": currency}]})
+    body = plan_body(unique("plan"), **{**TERMS, term: [money("1.00") | {"currency": currency}]})
     response = call.post("/v1/plans", body)
     assert response.status_code == 422, (response.status_code, response.get_json())
     assert errors_of(response) == {f"{term}.0.currency"}

@@ -26,12 +26,20 @@ def test_a_new_plan_is_version_1_with_its_terms_in_canonical_form(call):
     assert call.read(f"/v1/plans/{plan_id}") == body
 
 
-def test_optional_terms_default_to_lifetime_without_cpa_or_override(call):
+def test_a_lifetime_window_and_no_minimum_are_stated_and_cpa_and_override_may_be_left_out(call):
     plan_id = unique("plan")
     terms = {"rates": [{"from_month": 1, "rate": "0.10"}], "hold_days": 0, "negative_balance": "carry_forward"}
-    [version] = call.created("/v1/plans", {"id": plan_id, "name": "Minimal", **terms})["versions"]
+    # A version restates the plan: one meant to change the rate alone silently ended the window and
+    # the minimum payout when it left them out.
+    refused = call.post("/v1/plans", {"id": plan_id, "name": "Minimal", **terms})
+    assert refused.status_code == 422 and errors_of(refused) == {"duration_months", "min_payout"}
+    assert call.get(f"/v1/plans/{plan_id}").status_code == 404
+    stated = {**terms, "duration_months": None, "min_payout": []}
+    [version] = call.created("/v1/plans", {"id": plan_id, "name": "Minimal", **stated})["versions"]
     assert (version["duration_months"], version["cpa"], version["min_payout"], version["override"]) == \
         (None, [], [], None)
+    refused = call.post(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-06-01"})
+    assert refused.status_code == 422 and errors_of(refused) == {"duration_months", "min_payout"}
 
 
 def test_every_bad_field_of_a_plan_is_named_in_one_422(call):
@@ -43,7 +51,7 @@ def test_every_bad_field_of_a_plan_is_named_in_one_422(call):
 
 def test_a_plan_without_its_required_terms_is_a_422_naming_them(call):
     assert errors_of(call.post("/v1/plans", {"id": unique("plan"), "name": "Empty"})) == {
-        "rates", "hold_days", "negative_balance"}
+        "rates", "duration_months", "hold_days", "min_payout", "negative_balance"}
 
 
 def test_a_plan_id_already_taken_is_a_409(call):
@@ -115,7 +123,7 @@ def test_a_version_needs_an_effective_from_and_valid_terms(call):
     plan_id = unique("plan")
     call.created("/v1/plans", plan_body(plan_id))
     response = call.post(f"/v1/plans/{plan_id}/versions", {"rates": [], "hold_days": 1, "negative_balance": "x"})
-    assert errors_of(response) == {"effective_from", "rates", "negative_balance"}
+    assert errors_of(response) == {"effective_from", "rates", "negative_balance", "duration_months", "min_payout"}
 
 
 def test_an_unknown_plan_is_a_404(shared):

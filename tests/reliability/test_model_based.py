@@ -35,14 +35,14 @@ CUSTOMERS = ("c1", "c2", "c3", "c4")
 PARTNERS = ("dist", "msp", "aff")
 PLANS = {
     "dist": (Plan(Decimal("0.15"), 2_000, 10, 1_000, False, Decimal("0.10")),
-             {"rates": [{"from_month": 1, "rate": "0.15"}], "hold_days": 10, "negative_balance": "carry_forward",
+             {"rates": [{"from_month": 1, "rate": "0.15"}], "duration_months": None, "hold_days": 10, "negative_balance": "carry_forward",
               "cpa": [{"amount": "20.00", "currency": "USD"}], "min_payout": [{"amount": "10.00", "currency": "USD"}],
               "override": {"rate": "0.10", "basis": "commission"}}),
     "msp": (Plan(Decimal("0.20"), 5_000, 30, 2_500, False),
-            {"rates": [{"from_month": 1, "rate": "0.20"}], "hold_days": 30, "negative_balance": "carry_forward",
+            {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30, "negative_balance": "carry_forward",
              "cpa": [{"amount": "50.00", "currency": "USD"}], "min_payout": [{"amount": "25.00", "currency": "USD"}]}),
     "aff": (Plan(Decimal("0.125"), 3_000, 5, 500, True),
-            {"rates": [{"from_month": 1, "rate": "0.125"}], "hold_days": 5, "negative_balance": "reset",
+            {"rates": [{"from_month": 1, "rate": "0.125"}], "duration_months": None, "hold_days": 5, "negative_balance": "reset",
              "cpa": [{"amount": "30.00", "currency": "USD"}], "min_payout": [{"amount": "5.00", "currency": "USD"}]}),
 }
 PARENTS = {"dist": None, "msp": "dist", "aff": None}

@@ -31,7 +31,7 @@ def earner(partner_id: str = "p", rate: str = "0.20", *, rates=None, duration_mo
     steps = rates or [(1, rate)]
     terms = parse_terms({
         "rates": [{"from_month": month, "rate": value} for month, value in steps],
-        "duration_months": duration_months, "hold_days": hold_days, "negative_balance": "carry_forward",
+        "duration_months": duration_months, "hold_days": hold_days, "negative_balance": "carry_forward", "min_payout": [],
         "cpa": [{"amount": amount, "currency": currency} for currency, amount in (cpa or {}).items()],
         "override": None if override is None else {"rate": override[0], "basis": override[1]},
     })

@@ -72,4 +72,4 @@ def test_bad_terms_are_refused_naming_the_field(change, field):
 def test_missing_required_terms_are_each_named():
     with pytest.raises(InvalidInput) as refused:
         parse_terms({})
-    assert set(refused.value.fields) == {"rates", "hold_days", "negative_balance"}
+    assert set(refused.value.fields) == {"rates", "duration_months", "hold_days", "min_payout", "negative_balance"}
