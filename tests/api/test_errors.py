@@ -322,13 +322,17 @@ def unavailable(database: Database):
 
 def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(database_url, monkeypatch):
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 100)  # the writer's wait for the lock, before the error
-    database = Database(database_url)
+    refused_then_posted_once(Database(database_url), unavailable)
+
+
+def refused_then_posted_once(database: Database, outage) -> None:
+    """A revenue event posted during `outage(database)` is a 503 to retry, and the retry posts it once."""
     enroll(database)
     keys = make_keys(database)
     client = make_app(database).test_client()
     event = event_body("outage-1", "p1-customer", "inv-outage-1", "100.00", "2026-01-20")
     assert client.get("/v1/partners/p1/balance", headers=bearer(keys.finance)).status_code == 200
-    with unavailable(database):
+    with outage(database):
         refused = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
     body = assert_problem(refused, 503)
     assert refused.headers["Retry-After"] == "1" and "Retry" in body["detail"]
@@ -376,20 +380,7 @@ def journal_held(database: Database, *, at_most_s: float = 20.0):
 def test_a_request_waits_for_the_journal_a_bounded_time_then_is_a_503_to_retry(database_url):
     # The wait was unbounded: past gunicorn's worker timeout (30 s) the worker was ended and the
     # client got gunicorn's HTML 500. The service's bound is api.LOCK_WAIT_S; here a fraction of it.
-    database = Database(database_url, lock_wait_s=0.3)
-    enroll(database)
-    keys = make_keys(database)
-    client = make_app(database).test_client()
-    event = event_body("held-1", "p1-customer", "inv-held-1", "100.00", "2026-01-20")
-    with journal_held(database):
-        refused = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
-    body = assert_problem(refused, 503)
-    assert refused.headers["Retry-After"] == "1" and "Retry" in body["detail"]
-    retried = client.post("/v1/revenue-events", json=event, headers=bearer(keys.billing))
-    assert retried.status_code == 201 and retried.get_json()["status"] == "posted"
-    with database.reader() as session:
-        assert session.execute(sa.select(sa.func.count()).select_from(journal_transactions)).scalar_one() == 1
-    database.dispose()
+    refused_then_posted_once(Database(database_url, lock_wait_s=0.3), journal_held)
 
 
 def test_the_service_s_own_database_waits_for_a_lock_the_bound_and_no_longer(sqlite_database):
