@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -69,11 +70,19 @@ def database_errors(url: str, *, migrating: bool = False) -> Iterator[None]:
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it is not migrated to the latest revision: run `revshare db upgrade` first", err=True)
+        elif getattr(error.orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+            click.echo(_READ_ONLY_FIX, err=True)
         elif getattr(error.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
             click.echo(_privilege_fix(str(error.orig), make_url(url).username, migrating), err=True)
         sys.exit(2)
 
 
+# SQLite's "attempt to write a readonly database" names neither the cause nor the fix.
+_READ_ONLY_FIX = (
+    "  this user may not write the database file or its directory: a command that writes needs both, and\n"
+    "  even reading a database in WAL mode (as the service keeps it) needs its directory writable, for the\n"
+    "  -wal and -shm files SQLite keeps beside it; to read a copy where nothing may be written, take it out\n"
+    "  of WAL mode before making it read-only: sqlite3 COPY 'PRAGMA journal_mode=DELETE' (README, SQLite)")
 _INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a privilege the role lacks
 APP_ROLE = "revshare_app"  # the application role the migrations create (0005) and grant to
 

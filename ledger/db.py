@@ -115,13 +115,38 @@ class _QueuedWriterConnection(sqlite3.Connection):
         """Take the writers' file lock, waiting for it at most `wait_s` (None: as long as it takes);
         past that, sqlite3.OperationalError with SQLite's busy code, as its own busy handler gives."""
         if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_fd = self._open_lock()
         if wait_s is None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         elif not _flock_within(self._lock_fd, wait_s):
             busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
             busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
             raise busy
+
+    def _open_lock(self) -> int:
+        """The writers' lock file, made with the database file's permissions: a writer that may
+        write the database may take the lock (made 0600, it shut out every other user, a group the
+        database is shared with included). One that cannot be opened is SQLite's CANTOPEN, naming
+        the file and the fix, not a PermissionError out of a driver hook (a traceback, a 500)."""
+        database = self._lock_path[:-len(_LOCK_SUFFIX)]
+        try:
+            try:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                return os.open(self._lock_path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, os.stat(database).st_mode & 0o666)
+            except OSError:
+                pass  # the database's mode unknown, or not ours to give: 0600 as made
+            return fd
+        except OSError as error:
+            cannot = sqlite3.OperationalError(
+                f"unable to open the writers' lock file {self._lock_path!r}: {error.strerror}: every process "
+                "that writes the database must be able to open it, or create it in the database's directory, "
+                "for writing: run them as one user, or give the file the database file's owner, group and mode "
+                "(README, SQLite)")
+            cannot.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
+            raise cannot from error
 
     def leave_queue(self) -> None:
         if self._lock_fd is not None:
@@ -213,9 +238,10 @@ def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> N
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        for pragma in ("foreign_keys=ON", "recursive_triggers=ON", "journal_mode=WAL",
-                       f"busy_timeout={busy_timeout_ms}", "synchronous=NORMAL"):
+        for pragma in ("foreign_keys=ON", "recursive_triggers=ON", f"busy_timeout={busy_timeout_ms}",
+                       "synchronous=NORMAL"):
             cursor.execute(f"PRAGMA {pragma}")
+        _write_ahead_log(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -235,6 +261,21 @@ def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> N
         except BaseException:
             if queued:
                 driver.leave_queue()
+            raise
+
+
+def _write_ahead_log(cursor: sqlite3.Cursor) -> None:
+    """Put the database in WAL mode, once: it is a property of the file, which keeps it. Asked of a
+    database this process may only read (a copy in an auditor's read-only directory, a file it may not
+    write, `mode=ro`), switching would be a write, and `PRAGMA journal_mode=WAL` on every connection
+    refused every read of it with "attempt to write a readonly database"; such a database is read in
+    the mode it is in (README, SQLite: a copy to read where nothing may be written)."""
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_READONLY:
             raise
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import make_url
 
 from ledger.db import normalize_url
 
@@ -22,8 +23,10 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    database = make_url(url).database if url.startswith("sqlite:") else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        # The path as SQLite will open it: the URL's, percent-decoded (`my%20books` is `my books`).
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
 
 

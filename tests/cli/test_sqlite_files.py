@@ -1,0 +1,102 @@
+"""The SQLite files an operator handles (README, SQLite): a copy read where nothing may be written,
+the writers' lock file beside the database, and a database path written percent-encoded in its URL."""
+
+import os
+import sqlite3
+import stat
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from cli.books import database_errors
+from cli.main import main
+from ledger.db import Database
+from ledger.keys import create_key
+from ledger.migrate import upgrade
+from ledger.trial_balance import trial_balance
+from ledger.verify import verify
+from tests.conftest import new_sqlite_url
+
+
+def invoke(url: str, *args: str):
+    return CliRunner().invoke(main, list(args), env={"REVSHARE_DATABASE_URL": url})
+
+
+def read_only_copy(template: str, tmp_path) -> str:
+    """A copy taken out of WAL mode, as the README tells an auditor, opened read-only (`mode=ro`:
+    what SQLite does with a file or directory this user may not write, root or not)."""
+    path = new_sqlite_url(template, tmp_path)[len("sqlite:///"):]
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA journal_mode=DELETE")
+    connection.close()
+    return f"sqlite:///file:{path}?mode=ro&uri=true"
+
+
+def test_a_copy_this_process_may_only_read_is_read_not_refused_for_switching_it_to_wal(sqlite_template, tmp_path):
+    # Every connection asked for `journal_mode=WAL`, a write on a database not in WAL mode: reading an
+    # auditor's read-only copy failed with "attempt to write a readonly database" before any query.
+    database = Database(read_only_copy(sqlite_template, tmp_path))
+    try:
+        with database.reader() as session:
+            assert session.execute(text("PRAGMA journal_mode")).scalar() == "delete"
+            assert verify(session).ok and trial_balance(session, before_us=None).balanced
+    finally:
+        database.dispose()
+
+
+def test_a_write_to_a_read_only_database_names_the_files_sqlite_needs_and_the_fix(sqlite_template, tmp_path, capsys):
+    database = Database(read_only_copy(sqlite_template, tmp_path))
+    try:
+        with pytest.raises(SystemExit) as exit_, database_errors(database.url), database.transaction() as session:
+            create_key(session, "admin", None)
+    finally:
+        database.dispose()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "attempt to write a readonly database" in err and "-wal and -shm" in err, err
+    assert "PRAGMA journal_mode=DELETE" in err and "README, SQLite" in err, err
+
+
+def test_the_writers_lock_file_is_made_with_the_database_files_mode(sqlite_template, tmp_path):
+    # Made 0600, it shut every other user out of writing a database shared with a group.
+    url = new_sqlite_url(sqlite_template, tmp_path)
+    path = url[len("sqlite:///"):]
+    os.chmod(path, 0o660)
+    database = Database(url)
+    try:
+        with database.transaction() as session:
+            create_key(session, "admin", None)
+    finally:
+        database.dispose()
+    assert stat.S_IMODE(os.stat(f"{path}-writer.lock").st_mode) == 0o660
+
+
+def test_a_writers_lock_file_that_cannot_be_opened_is_an_error_naming_it_not_a_traceback(sqlite_template, tmp_path):
+    # As for a lock file another user made 0600, or a directory this user may not create it in: the
+    # driver hook raised the OSError itself, a traceback on the command line and a 500 in the API.
+    url = new_sqlite_url(sqlite_template, tmp_path)
+    lock = f"{url[len('sqlite:///'):]}-writer.lock"
+    os.mkdir(lock)  # cannot be opened for writing, whoever runs the test
+    database = Database(url)
+    try:
+        with pytest.raises(OperationalError, match="unable to open the writers' lock file"):
+            with database.transaction() as session:
+                create_key(session, "admin", None)
+    finally:
+        database.dispose()
+    result = invoke(url, "keys", "create", "--role", "admin")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"unable to open the writers' lock file {lock!r}" in result.output, result.output
+    assert "run them as one user" in result.output, result.output
+
+
+def test_db_upgrade_makes_the_directory_of_a_percent_encoded_path_where_sqlite_opens_it(tmp_path):
+    # The directory was made from the URL's raw text: `my%20books/` beside the `my books/` SQLite then
+    # failed to open the database in ("unable to open database file").
+    url = f"sqlite:///{tmp_path}/my%20books/livres%C3%A9.db"
+    upgrade(url)
+    assert (tmp_path / "my books" / "livresé.db").is_file()
+    assert not (tmp_path / "my%20books").exists()
+    assert invoke(url, "verify").exit_code == 0
