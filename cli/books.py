@@ -49,10 +49,30 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
     refuse_missing_sqlite_file(settings.database_url)
     database = Database(settings.database_url)
     try:
+        with database_errors(settings.database_url):
+            with database.reader() as session:
+                revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        _refuse_other_revision(settings.database_url, revision)
         with database_errors(settings.database_url), domain_errors(options):
             yield database
     finally:
         database.dispose()
+
+
+def _refuse_other_revision(url: str, revision: str | None) -> None:
+    """Exit 2 unless the database is at the code's latest revision: a command run before `revshare db
+    upgrade` (new code deployed) failed only where it used a table or column the database lacked,
+    and one that used none (a close, a payout run) wrote its books without the rules of the
+    migrations not yet run."""
+    from ledger.migrate import head_revision, known_revisions
+
+    head = head_revision()
+    if revision != head:
+        fix = ("run `revshare db upgrade` first" if revision is None or revision in known_revisions() else
+               "the database was migrated by newer code: run that code, or restore the database of this one")
+        click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
+                   f"the service's latest is {head}\n  {fix}", err=True)
+        sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -106,8 +126,6 @@ def refuse_unusable_database(url: str) -> None:
     cannot be opened or reached, is not a database, or is not migrated to the latest revision.
     Started on it, gunicorn would answer every request that reads the books with a 500, and the
     scheduler fail every job, as long as they ran."""
-    from ledger.migrate import head_revision, known_revisions
-
     refuse_missing_sqlite_file(url)
     database = Database(url)
     try:
@@ -117,13 +135,7 @@ def refuse_unusable_database(url: str) -> None:
                 text("SELECT has_table_privilege(current_user, 'journal_lines', 'UPDATE')")).scalar()
     finally:
         database.dispose()
-    head = head_revision()
-    if revision != head:
-        fix = ("run `revshare db upgrade` first" if revision is None or revision in known_revisions() else
-               "the database was migrated by newer code: run that code, or restore the database of this one")
-        click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
-                   f"the service's latest is {head}\n  {fix}", err=True)
-        sys.exit(2)
+    _refuse_other_revision(url, revision)
     if rewrites:  # a warning, not a refusal: one URL for both is the simplest set-up, and a valid one
         click.echo("warning: the database role may UPDATE the journal (the tables' owner, or a superuser): the "
                    "guards stand, but the role could drop them\n  serve as a role granted revshare_app, and migrate as the "

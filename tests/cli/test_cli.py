@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cli.main import main
 from ledger import revenue, statements
@@ -255,11 +255,12 @@ def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_late
     assert "revshare db upgrade" not in ahead.output and len(never_started) == 1
 
 
-@pytest.mark.parametrize("command", ["verify", "demo", "keys revoke"])
+@pytest.mark.parametrize("command", ["verify", "demo", "keys revoke", "close 2026-01", "payout-run"])
 def test_a_command_on_a_database_a_migration_behind_the_code_names_the_fix(empty_url, command):
     # New code deployed, `revshare db upgrade` not yet run: the database lacks a column (0028's
     # salt) or a table (0027's revocations) the code uses. Each command stops with exit 2, and says
     # what to run, as it does for a database with no tables at all (which it no longer calls that).
+    # A close and a payout run used none of them, and ran on the older schema without its rules.
     from ledger.keys import create_key
     from ledger.migrate import upgrade
 
@@ -270,11 +271,18 @@ def test_a_command_on_a_database_a_migration_behind_the_code_names_the_fix(empty
             key_id, _ = create_key(session, "billing")
     finally:
         database.dispose()
-    arguments = [*command.split(), key_id] if command == "keys revoke" else [command]
+    arguments = [*command.split(), *([key_id] if command == "keys revoke" else [])]
     result = CliRunner().invoke(main, arguments, env={"REVSHARE_DATABASE_URL": empty_url})
     assert result.exit_code == 2 and "error: cannot use the database" in result.output, result.output
-    assert "it is not migrated to the latest revision: run `revshare db upgrade` first" in result.output, \
-        result.output
+    assert "it is at revision 0026, the service's latest is" in result.output, result.output
+    assert "run `revshare db upgrade` first" in result.output, result.output
+    database = Database(empty_url)
+    try:
+        with database.reader() as session:
+            assert session.execute(text("SELECT count(*) FROM period_closes")).scalar_one() == 0
+            assert session.execute(text("SELECT count(*) FROM payout_runs")).scalar_one() == 0
+    finally:
+        database.dispose()
 
 
 def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
