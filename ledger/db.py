@@ -91,10 +91,26 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
         engine = create_engine(url, **kwargs)
         _install_sqlite_hooks(engine, lock_wait_s)
         return engine
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if lock_wait_s is not None:
-        kwargs["connect_args"] = {**kwargs.get("connect_args", {}),
-                                  "options": f"-c lock_timeout={max(1, round(lock_wait_s * 1000))}"}
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+        _install_lock_timeout(engine, lock_wait_s)
+    return engine
+
+
+def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
+    """PostgreSQL's `lock_timeout`, set on each new connection. Not as libpq's `options` connection
+    parameter: that replaces the URL's own `options` (a search_path, a statement timeout, a hosting
+    provider's endpoint) and PGOPTIONS."""
+    lock_timeout_ms = max(1, round(lock_wait_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # the setting outlives the pool's rollbacks
+        try:
+            dbapi_connection.execute(f"SET lock_timeout = {lock_timeout_ms}")
+        finally:
+            dbapi_connection.autocommit = autocommit
 
 
 _LOCK_SUFFIX = "-writer.lock"
