@@ -190,13 +190,17 @@ def _flock_within(fd: int, wait_s: float) -> bool:
 
     A blocking flock has no timeout of its own. In the main thread (a gunicorn sync worker's, the
     command line's) a SIGALRM interrupts it at the deadline, so the waiter still wakes the moment the
-    lock is free; elsewhere it polls, in steps of up to 2 ms."""
+    lock is free; elsewhere it polls, in steps of up to 2 ms. It polls in the main thread too when the
+    alarm is not ours to take: the process's one ITIMER_REAL already set by the caller (the wait's
+    would replace it, and cancel it at the end), or a SIGALRM handler set outside Python, which could
+    not be put back. So does a wait of zero, for which setitimer would disarm the timer instead."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         pass
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread() or wait_s <= 0
+            or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0) or signal.getsignal(signal.SIGALRM) is None):
         deadline, step = time.monotonic() + wait_s, 0.000_2
         while time.monotonic() < deadline:
             time.sleep(step)
