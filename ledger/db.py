@@ -91,10 +91,26 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
         engine = create_engine(url, **kwargs)
         _install_sqlite_hooks(engine, lock_wait_s)
         return engine
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if lock_wait_s is not None:
-        kwargs["connect_args"] = {**kwargs.get("connect_args", {}),
-                                  "options": f"-c lock_timeout={max(1, round(lock_wait_s * 1000))}"}
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+        _install_lock_timeout(engine, lock_wait_s)
+    return engine
+
+
+def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
+    """PostgreSQL's `lock_timeout`, set on each new connection. Not as libpq's `options` connection
+    parameter: that replaces the URL's own `options` (a search_path, a statement timeout, a hosting
+    provider's endpoint) and PGOPTIONS."""
+    lock_timeout_ms = max(1, round(lock_wait_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # the setting outlives the pool's rollbacks
+        try:
+            dbapi_connection.execute(f"SET lock_timeout = {lock_timeout_ms}")
+        finally:
+            dbapi_connection.autocommit = autocommit
 
 
 _LOCK_SUFFIX = "-writer.lock"
@@ -199,13 +215,17 @@ def _flock_within(fd: int, wait_s: float) -> bool:
 
     A blocking flock has no timeout of its own. In the main thread (a gunicorn sync worker's, the
     command line's) a SIGALRM interrupts it at the deadline, so the waiter still wakes the moment the
-    lock is free; elsewhere it polls, in steps of up to 2 ms."""
+    lock is free; elsewhere it polls, in steps of up to 2 ms. It polls in the main thread too when the
+    alarm is not ours to take: the process's one ITIMER_REAL already set by the caller (the wait's
+    would replace it, and cancel it at the end), or a SIGALRM handler set outside Python, which could
+    not be put back. So does a wait of zero, for which setitimer would disarm the timer instead."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         pass
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread() or wait_s <= 0
+            or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0) or signal.getsignal(signal.SIGALRM) is None):
         deadline, step = time.monotonic() + wait_s, 0.000_2
         while time.monotonic() < deadline:
             time.sleep(step)

@@ -392,6 +392,22 @@ def test_the_service_s_own_database_waits_for_a_lock_the_bound_and_no_longer(sql
     database.dispose()
 
 
+@pytest.mark.postgres
+def test_the_service_s_postgresql_lock_timeout_keeps_the_options_the_url_gives(postgres_database):
+    # The lock timeout went as libpq's `options` connection parameter, which replaces the URL's own
+    # `options` (a search_path, a statement timeout, a hosting provider's endpoint) and PGOPTIONS:
+    # the service then ran without them, while the command line and the jobs had them.
+    url = postgres_database.url + "?options=-c%20statement_timeout%3D12345"
+    app = create_app(Settings.build(database_url=url))
+    database = app.extensions[api_session.EXTENSION]["database"]
+    for session in (database.reader(), database.writer()):
+        with session:
+            connection = session.connection()
+            assert connection.exec_driver_sql("SHOW statement_timeout").scalar_one() == "12345ms"
+            assert connection.exec_driver_sql("SHOW lock_timeout").scalar_one() == f"{LOCK_WAIT_S:g}s"
+    database.dispose()
+
+
 def test_a_full_disk_is_a_503_to_retry_and_the_retry_posts_once(sqlite_database):
     # SQLite says "database or disk is full" (SQLITE_FULL) when the file cannot grow: here no
     # connection may grow it by a page while `full` holds. A retry once there is room posts once.

@@ -5,9 +5,12 @@ checkpoint after they leave it."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -192,3 +195,49 @@ def test_a_failed_checkpoint_leaves_the_commit_standing(sqlite_database, monkeyp
     with database.reader() as session:
         assert session.execute(text("SELECT count(*) FROM customers WHERE id = 'b1'")).scalar() == 1
     assert _lock_is_free(f"{database.engine.url.database}-writer.lock")
+
+
+@contextlib.contextmanager
+def _queue_held_elsewhere(lock_path: str, *, at_most_s: float = 5.0):
+    """The writers' queue held by another open file (flock locks of two opens exclude each other in
+    one process too) while the block runs, `at_most_s` at most: a wait that does not end at its bound
+    is then let through, and fails its test, instead of hanging it. Yields a second open to wait on."""
+    holder = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    waiter = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    watchdog = threading.Timer(at_most_s, fcntl.flock, (holder, fcntl.LOCK_UN))
+    watchdog.start()
+    try:
+        yield waiter
+    finally:
+        watchdog.cancel()
+        watchdog.join()
+        os.close(waiter)
+        os.close(holder)
+
+
+def test_a_bounded_wait_for_the_sqlite_queue_leaves_the_caller_s_own_alarm_running(sqlite_database):
+    # In the main thread the wait is bounded by SIGALRM from ITIMER_REAL, of which a process has
+    # one: a timer the caller had set (a watchdog, a test's time limit) was replaced by the wait's
+    # and then cancelled, so it never fired. The caller's handler was put back; its alarm was not.
+    assert threading.current_thread() is threading.main_thread()  # where the alarm is used
+    alarms: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, _frame: alarms.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 3600)
+        with _queue_held_elsewhere(f"{sqlite_database.engine.url.database}-writer.lock") as waiter:
+            assert db._flock_within(waiter, 0.05) is False
+        remaining_s, _interval_s = signal.getitimer(signal.ITIMER_REAL)
+        assert remaining_s > 0, "the caller's alarm was cancelled"
+        assert signal.getsignal(signal.SIGALRM) is not db._wait_over and alarms == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_wait_of_zero_for_the_sqlite_queue_does_not_wait_for_its_holder(sqlite_database):
+    # setitimer(ITIMER_REAL, 0) disarms the timer: in the main thread a zero wait waited for as long
+    # as the holder took, where another thread did not wait at all.
+    assert threading.current_thread() is threading.main_thread()
+    with _queue_held_elsewhere(f"{sqlite_database.engine.url.database}-writer.lock") as waiter:
+        assert db._flock_within(waiter, 0) is False
