@@ -155,7 +155,8 @@ def keys_list(settings: Settings) -> None:
         line = f"{record.id}  {role}  created {format_instant(record.created_at_us)}"
         if record.revocation is not None:
             line += f"  revoked {format_instant(record.revocation.revoked_at_us)}"
-            line += f": {record.revocation.reason}" if record.revocation.reason else ""
+            reason = " ".join((record.revocation.reason or "").split())  # one line per key
+            line += f": {reason}" if reason else ""
         click.echo(line)
 
 

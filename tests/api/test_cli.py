@@ -73,7 +73,7 @@ def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_ta
     made = [run(["keys", "create", *args], database.url).output.strip().splitlines()
             for args in (["--role", "finance"], ["--role", "partner", "--partner", "p1"])]
     (finance_id, finance_key), (partner_id, partner_key) = [(m[0].removeprefix("id: "), m[-1]) for m in made]
-    revoked = run(["keys", "revoke", partner_key, "--reason", "leaked"], database.url)  # its id was not kept
+    revoked = run(["keys", "revoke", partner_key, "--reason", "leaked\nin a ticket"], database.url)  # no id kept
     assert revoked.exit_code == 0 and revoked.output.startswith(f"revoked: {partner_id} at "), revoked.output
     with database.reader() as session:
         assert authenticate(session, partner_key) is None and authenticate(session, finance_key) is not None
@@ -81,7 +81,7 @@ def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_ta
     assert listed.exit_code == 0, listed.output
     lines = {line.split()[0]: line for line in listed.output.splitlines()}
     assert "  finance  created " in lines[finance_id] and "revoked" not in lines[finance_id]
-    assert "  partner (p1)  created " in lines[partner_id] and lines[partner_id].endswith(": leaked")
+    assert "  partner (p1)  created " in lines[partner_id] and lines[partner_id].endswith(": leaked in a ticket")
     assert finance_key not in listed.output and partner_key not in listed.output
     unknown = run(["keys", "revoke", "rsk_" + "x" * 43], database.url)
     assert unknown.exit_code == 2 and "no API key of this service is that key" in unknown.output
