@@ -212,6 +212,32 @@ def test_a_line_in_an_unknown_currency_is_named(booked):
     assert (2, "currency_unknown") in found and (3, "currency_unknown") not in found
 
 
+def test_a_damaged_page_of_an_sqlite_file_is_named_and_nothing_else_is_checked(sqlite_database):
+    # A file restored over a stale write-ahead log, or a disk's fault: the rows verify reads can be
+    # whole while a page it does not read (here an index's) is not, and verify said ok.
+    database = sqlite_database
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100 * (i + 1),
+                                                effective_at_us=i, idempotency_key=f"a{i}", invoice_id=f"inv-{i}")
+                               for i in range(200)])
+    database.dispose()
+    path = database.engine.url.database
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'ix_journal_transactions_invoice_id'"
+                                ).fetchone()
+    page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+    connection.close()
+    with open(path, "r+b") as file:
+        file.seek((root - 1) * page_size + 100)
+        file.write(b"\xff" * 200)
+    with database.reader() as session:
+        report = verify(session)
+    assert not report.ok and report.transactions_checked == 0
+    assert {p.code for p in report.problems} == {"database_damaged"}
+    assert all(p.message.startswith("SQLite's quick_check: On tree page") for p in report.problems)
+
+
 def test_a_line_amount_that_is_not_an_integer_is_named_not_a_crash(sqlite_database):
     with sqlite_database.transaction() as session:
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
