@@ -14,9 +14,10 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 from sqlalchemy import select
 
 from ledger import customers, holds, partners, payouts, periods, plans, revenue
@@ -26,7 +27,7 @@ from ledger.instants import UTC, add_months, from_us, period_of, to_us
 from ledger.migrate import upgrade
 from ledger.schema import journal_transactions
 from ledger.verify import verify
-from tests.conftest import examples, new_sqlite_url, scaled
+from tests.conftest import drop_pg_database, examples, new_pg_url, new_sqlite_url, scaled
 from tests.reliability.reference_model import DAY_US, Model, Plan
 
 MINUTE_US = 60_000_000
@@ -65,7 +66,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @initialize()
     def enrol(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="revshare-model-"))  # removed in teardown
-        self.database = Database(new_sqlite_url(template(), self.directory))
+        self.database = self.new_database()
         self.model = Model({p: PLANS[p][0] for p in PARTNERS}, PARENTS)
         self.now = to_us(START)
         self.counter = 0
@@ -82,6 +83,12 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.model.attribution[customer_id] = partner_id
                 self.attributed_day[customer_id] = self.now
 
+    def new_database(self) -> Database:
+        return Database(new_sqlite_url(template(), self.directory))
+
+    def drop_database(self) -> None:
+        pass
+
     def teardown(self) -> None:
         if hasattr(self, "database"):
             release, piece = journal_transactions.alias("release"), journal_transactions.alias("piece")
@@ -91,6 +98,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     select(release.c.id).join(piece, piece.c.id == release.c.accrual_id)
                     .where(release.c.kind == "release", release.c.event_id.is_distinct_from(piece.c.event_id))).all()
             self.database.dispose()
+            self.drop_database()
             shutil.rmtree(self.directory, ignore_errors=True)
             assert report.ok, report.problems
             assert untraced == []
@@ -202,3 +210,24 @@ class LedgerMachine(RuleBasedStateMachine):
 LedgerMachine.TestCase.settings = settings(max_examples=examples(25), stateful_step_count=scaled(30, 4),
                                            deadline=None, suppress_health_check=[HealthCheck.too_slow])
 test_the_service_agrees_with_the_reference_model = LedgerMachine.TestCase
+
+
+class PostgresLedgerMachine(LedgerMachine):
+    """The same machine, each example on its own copy of the migrated PostgreSQL template."""
+
+    cluster = None
+
+    def new_database(self) -> Database:
+        self.url = new_pg_url(self.cluster)
+        return Database(self.url)
+
+    def drop_database(self) -> None:
+        drop_pg_database(self.cluster, self.url)
+
+
+@pytest.mark.postgres
+def test_the_service_agrees_with_the_reference_model_on_postgresql(pg_cluster) -> None:
+    # Few examples: each costs about a second on PostgreSQL; `make soak` runs ten times more.
+    machine = type("Machine", (PostgresLedgerMachine,), {"cluster": pg_cluster})
+    run_state_machine_as_test(machine, settings=settings(max_examples=examples(8), stateful_step_count=scaled(30, 4),
+                                                         deadline=None, suppress_health_check=[HealthCheck.too_slow]))
