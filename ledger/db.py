@@ -97,11 +97,16 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
     return engine
 
 
+def _milliseconds(seconds: float) -> int:
+    """A wait in whole milliseconds, at least one: 0 means no limit to SQLite and PostgreSQL alike."""
+    return max(1, round(seconds * 1000))
+
+
 def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
     """PostgreSQL's `lock_timeout`, set on each new connection. Not as libpq's `options` connection
     parameter: that replaces the URL's own `options` (a search_path, a statement timeout, a hosting
     provider's endpoint) and PGOPTIONS."""
-    lock_timeout_ms = max(1, round(lock_wait_s * 1000))
+    lock_timeout_ms = _milliseconds(lock_wait_s)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
@@ -252,7 +257,7 @@ def _flock_within(fd: int, wait_s: float) -> bool:
 
 
 def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> None:
-    busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS if lock_wait_s is None else max(1, round(lock_wait_s * 1000))
+    busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS if lock_wait_s is None else _milliseconds(lock_wait_s)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

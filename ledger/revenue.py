@@ -556,9 +556,11 @@ def _fill_replays(session: Session, results: list[Outcome | Refusal]) -> list[Ou
             if isinstance(r, Outcome) and r.replayed and not r.transaction_ids else r for r in results]
 
 
-# The kinds of an event's answer: what it posted itself. The releases of the pieces it accrued name
-# it too (ledger.holds.release_draft), and so do the reversals of those; neither was in its answer.
-_ANSWERED_KINDS = ", ".join(f"'{kind}'" for kind in (*EARNING_KINDS, "clawback"))
+# The kinds an event posts itself: its answer lists them, and their request hashes hold the event's
+# (ledger/journal.py). The releases of the pieces it accrued name it too (ledger.holds.release_draft),
+# and so do the reversals of those; neither was in its answer, nor holds its hash.
+EVENT_POSTING_KINDS = (*EARNING_KINDS, "clawback")
+_ANSWERED_KINDS = ", ".join(f"'{kind}'" for kind in EVENT_POSTING_KINDS)
 
 
 def outcomes_of(session: Session, event_ids: list[str]) -> dict[str, tuple[tuple[CommissionLine, ...], tuple[int, ...]]]:

@@ -58,7 +58,7 @@ from ledger.errors import InvalidInput, invalid
 from ledger.instants import format_instant, parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
-from ledger.revenue import EVENT_COLUMNS, RevenueEvent
+from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
                            payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
@@ -701,9 +701,6 @@ def _lines_grouped(session: Session) -> Iterator[tuple[int, list]]:
         yield current_id, group
 
 
-_POSTED_FROM_EVENTS = frozenset((*EARNING_KINDS, "clawback"))  # with the event's hash (ledger/revenue.py)
-
-
 def _check(header, lines: list, expected_id: int, prev_hash: str) -> list[Problem]:
     found: list[Problem] = []
     tid = header.id
@@ -716,12 +713,12 @@ def _check(header, lines: list, expected_id: int, prev_hash: str) -> list[Proble
     # Posted from its stored event (with the event's hash), or not (a release, a reversal, a posting
     # older than the rule, a transaction of no event): see ledger/journal.py. Only the kinds posted
     # from an event try with it first: a release, most of the others naming one, is hashed once.
-    matches = (header.event_hash is not None and header.kind in _POSTED_FROM_EVENTS
+    matches = (header.event_hash is not None and header.kind in EVENT_POSTING_KINDS
                and request_hash(draft._replace(event_hash=header.event_hash)) == header.request_hash
                or request_hash(draft) == header.request_hash)
     if not matches:
         whose = (f", or revenue event {header.event_id!r} it was posted from,"
-                 if header.event_hash is not None and header.kind in _POSTED_FROM_EVENTS else "")
+                 if header.event_hash is not None and header.kind in EVENT_POSTING_KINDS else "")
         found.append(Problem(tid, "content_altered", f"the stored content{whose} does not match its request hash"))
     recomputed = chain_hash(header.prev_hash, tid, header.recorded_at_us, header.effective_at_us,
                             header.original_effective_at_us, header.request_hash, header.salt)

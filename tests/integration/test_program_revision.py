@@ -173,25 +173,17 @@ def test_a_status_change_racing_a_termination_is_refused_on_postgresql_terminati
 
 
 @pytest.mark.postgres
-def test_a_status_change_racing_a_later_one_is_refused_on_postgresql(postgres_database):
+@pytest.mark.parametrize("later, earlier, field", [
+    (lambda session: partners.set_status(session, "northwind", "suspended", at("2026-05-01")),
+     lambda session: partners.set_status(session, "northwind", "suspended", at("2026-04-01")), "effective_at"),
+    (lambda session: partners.change_plan(session, "northwind", "parent", at("2026-05-01")),
+     lambda session: partners.change_plan(session, "northwind", "standard", at("2026-04-01")), "effective_from"),
+], ids=["status", "plan"])
+def test_a_change_racing_a_later_one_is_refused_on_postgresql(postgres_database, later, earlier, field):
     with postgres_database.transaction() as session:
         seed(session)
-    outcome = second_writer_behind_first(
-        postgres_database,
-        lambda session: partners.set_status(session, "northwind", "suspended", at("2026-05-01")),
-        lambda session: partners.set_status(session, "northwind", "suspended", at("2026-04-01")))
-    assert isinstance(outcome, Conflict) and "effective_at" in outcome.fields
-
-
-@pytest.mark.postgres
-def test_a_plan_change_racing_a_later_one_is_refused_on_postgresql(postgres_database):
-    with postgres_database.transaction() as session:
-        seed(session)
-    outcome = second_writer_behind_first(
-        postgres_database,
-        lambda session: partners.change_plan(session, "northwind", "parent", at("2026-05-01")),
-        lambda session: partners.change_plan(session, "northwind", "standard", at("2026-04-01")))
-    assert isinstance(outcome, Conflict) and "effective_from" in outcome.fields
+    outcome = second_writer_behind_first(postgres_database, later, earlier)
+    assert isinstance(outcome, Conflict) and field in outcome.fields
 
 
 @pytest.mark.postgres
