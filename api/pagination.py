@@ -99,10 +99,11 @@ class KeyCursor(ma.fields.String):
 
 
 class _Limit(ma.fields.Integer):
-    """A page size in ASCII digits: marshmallow's `Integer` would take "\uff15" (a fullwidth 5) as 5."""
+    """A page size in ASCII digits: marshmallow's `Integer` would take "\uff15" (a fullwidth 5) as 5.
+    A negative or long integer is one, refused by the range it is outside, not as "not an integer"."""
 
     def _deserialize(self, value, attr, data, **kwargs) -> int:
-        if not (isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value)):
+        if not (isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,30}", value)):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
 

@@ -128,34 +128,44 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
     return get_partner(session, partner_id)
 
 
-def _latest(session: Session, table, column, partner_id: str, at_us: int | None):
-    query = select(column).where(table.c.partner_id == partner_id)
+def _latest_by_partner(session: Session, table, column, partner_ids: list[str], at_us: int) -> dict[str, Any]:
+    """Each partner's latest value of a dated fact that started at or before `at_us` (ties: the
+    later recorded), in one query for the whole list; a partner with none is left out."""
     time_column = table.c.effective_at_us if "effective_at_us" in table.c else table.c.effective_from_us
-    if at_us is not None:
-        query = query.where(time_column <= at_us)
-    return session.execute(query.order_by(time_column.desc(), table.c.id.desc()).limit(1)).scalar()
+    query = (select(table.c.partner_id, column).where(table.c.partner_id.in_(partner_ids), time_column <= at_us)
+             .order_by(table.c.partner_id, time_column, table.c.id))
+    return dict(session.execute(query).all())  # later rows replace earlier ones
+
+
+def _partners_now(session: Session, rows) -> list[Partner]:
+    """Partners from their rows, each with its status and plan now: three queries for any number."""
+    ids = [row.id for row in rows]
+    now = now_us()
+    statuses = _latest_by_partner(session, partner_statuses, partner_statuses.c.status, ids, now)
+    plan_ids = _latest_by_partner(session, partner_plans, partner_plans.c.plan_id, ids, now)
+    if len(plan_ids) < len(ids):  # a plan change dated in the future: until then, the first plan
+        plan_ids = {**_latest_by_partner(session, partner_plans, partner_plans.c.plan_id, ids, BEGINNING_US),
+                    **plan_ids}
+    return [Partner(row.id, row.name, row.type, row.parent_id, row.depth, statuses.get(row.id), plan_ids.get(row.id),
+                    row.created_at_us) for row in rows]
 
 
 def get_partner(session: Session, partner_id: str) -> Partner:
     row = session.execute(select(partners).where(partners.c.id == partner_id)).first()
     if row is None:
         raise NotFound(f"partner {partner_id!r} does not exist")
-    now = now_us()
-    status = _latest(session, partner_statuses, partner_statuses.c.status, partner_id, now)
-    plan_id = _latest(session, partner_plans, partner_plans.c.plan_id, partner_id, now)
-    if plan_id is None:  # a plan change dated in the future: until then, the first plan
-        plan_id = _latest(session, partner_plans, partner_plans.c.plan_id, partner_id, BEGINNING_US)
-    return Partner(row.id, row.name, row.type, row.parent_id, row.depth, status, plan_id, row.created_at_us)
+    return _partners_now(session, [row])[0]
 
 
 def list_partners(session: Session, *, after_id: str | None = None, limit: int = 100,
                   partner_id: str | None = None) -> list[Partner]:
-    query = select(partners.c.id).order_by(partners.c.id).limit(limit)
+    query = select(partners).order_by(partners.c.id).limit(limit)
     if after_id is not None:
         query = query.where(partners.c.id > after_id)
     if partner_id is not None:
         query = query.where(partners.c.id == partner_id)
-    return [get_partner(session, pid) for pid in session.execute(query).scalars()]
+    rows = session.execute(query).all()
+    return _partners_now(session, rows) if rows else []
 
 
 class _Timeline:

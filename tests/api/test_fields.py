@@ -143,6 +143,17 @@ def test_page_limits_default_to_100_and_stop_at_1000():
     assert list(refused(PageQuery, {"limit": "1001"})) == ["limit"]
 
 
+@pytest.mark.parametrize("limit", ["0", "-1", "1001", "12345678901234567890"])
+def test_a_page_limit_out_of_range_is_refused_by_its_range_not_as_no_integer(limit):
+    assert refused(PageQuery, {"limit": limit}) == {"limit": ["Must be greater than or equal to 1 and less than or "
+                                                              "equal to 1000."]}
+
+
+@pytest.mark.parametrize("limit", ["1.5", "abc", "", " 5", "\uff15", "+5", "1" * 31])
+def test_a_page_limit_that_is_no_integer_in_ascii_digits_is_refused_as_such(limit):
+    assert refused(PageQuery, {"limit": limit}) == {"limit": ["Not a valid integer."]}
+
+
 class Event(Schema):
     amount = Money(required=True)
 
