@@ -7,8 +7,8 @@ no or a bad key is a 401 even when its body is invalid.
 Roles: `admin` passes everything; the others pass the views that list them. A role that is not
 listed gets 403, except a partner key, which gets the same 404 as an unknown URL: to a partner,
 anything but its own books does not exist. Inside views, `partner_scope()` is the partner id a
-partner key is bound to (None for other roles) and `require_visible()` turns another partner's
-record into that 404.
+partner key is bound to (None for other roles), `require_visible()` turns another partner's
+record into that 404, and `partner_filter()` is the partner a list is filtered by.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from flask import Flask, current_app, g, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
-from api.session import current_database
-from ledger import keys
+from api.session import current_database, current_session
+from ledger import keys, partners
 from ledger.db import after_commit
 from ledger.errors import NotFound as DomainNotFound
 from ledger.keys import Principal
@@ -146,6 +146,20 @@ def partner_scope() -> str | None:
     """The partner a partner key is bound to; None for every other role (they see all partners)."""
     principal = current_principal()
     return principal.partner_id if principal.role == "partner" else None
+
+
+def partner_filter(partner_id: str | None) -> str | None:
+    """The partner a list is to be filtered by: for a partner key its own, whether named or not
+    (another partner named is the 404 of a missing one); for other roles the one named, which must
+    exist: a mistyped filter is a 404 naming it, not an empty list that reads as "none"."""
+    scope = partner_scope()
+    if scope is not None:
+        if partner_id not in (None, scope):
+            raise DomainNotFound(f"partner {partner_id!r} not found")
+        return scope
+    if partner_id is not None and not partners.partner_exists(current_session(), partner_id):
+        raise DomainNotFound(f"partner {partner_id!r} does not exist")
+    return partner_id
 
 
 def require_visible(partner_id: str | None, what: str) -> None:

@@ -150,6 +150,10 @@ def _partners_now(session: Session, rows) -> list[Partner]:
                     row.created_at_us) for row in rows]
 
 
+def partner_exists(session: Session, partner_id: str) -> bool:
+    return session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is not None
+
+
 def get_partner(session: Session, partner_id: str) -> Partner:
     row = session.execute(select(partners).where(partners.c.id == partner_id)).first()
     if row is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from api.auth import allow, partner_scope
+from api.auth import allow, partner_filter
 from api.body import Blueprint
 from api.fields import Amount, Instant, Money, PartnerId, Str
 from api.idempotency import idempotent, request_token
@@ -22,7 +22,6 @@ from api.routes.transactions import render as render_transaction
 from api.schemas import Schema
 from api.session import current_session
 from ledger import holds, payouts, transactions
-from ledger.errors import NotFound
 from ledger.journal import now_us
 from ledger.payouts import Payout
 
@@ -115,11 +114,8 @@ def run_payouts(args):
 @blp.response(200, page_schema(PayoutSchema))
 def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id: str | None = None):
     """Payouts in id order (a partner key: its own)"""
-    scope = partner_scope()
-    if scope is not None and partner_id not in (None, scope):
-        raise NotFound(f"partner {partner_id!r} not found")
     rows = payouts.list_payouts(current_session(), after_id=cursor, limit=limit + 1, run_id=run_id,
-                                partner_id=scope or partner_id)
+                                partner_id=partner_filter(partner_id))
     return page(rows, limit, render)
 
 

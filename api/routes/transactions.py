@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from api.auth import allow, partner_scope, require_visible
+from api.auth import allow, partner_filter, require_visible
 from api.body import Blueprint
 from api.fields import Instant, PartnerId, Str
 from api.idempotency import idempotent, request_token
@@ -17,7 +17,6 @@ from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
 from ledger import journal, reversals, transactions
-from ledger.errors import NotFound
 from ledger.instants import format_instant
 from ledger.money import format_minor
 from ledger.transactions import Transaction
@@ -90,10 +89,7 @@ def render(transaction: Transaction) -> dict:
 @blp.response(200, page_schema(TransactionSchema))
 def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
     """Transactions in sequence order"""
-    scope = partner_scope()
-    if scope is not None and partner_id not in (None, scope):
-        raise NotFound(f"partner {partner_id!r} not found")
-    rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=scope or partner_id)
+    rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=partner_filter(partner_id))
     return page(rows, limit, render)
 
 

@@ -194,6 +194,17 @@ def test_a_list_filtered_by_another_partner_is_the_404_of_that_partners_record(s
         assert filtered == record, listing
 
 
+@pytest.mark.parametrize("listing", ["/v1/transactions", "/v1/payouts"])
+def test_finance_filtering_a_list_by_a_partner_that_does_not_exist_is_a_404_naming_it_not_an_empty_list(
+        shared, listing):
+    response = shared.client.get(f"{listing}?partner_id=nobody", headers=bearer(shared.keys.finance))
+    assert response.status_code == 404 and "'nobody'" in response.get_json()["detail"]
+    mine, missing = (shared.client.get(f"{listing}?partner_id={partner}", headers=bearer(shared.keys.p1))
+                     for partner in ("p2", "nobody"))
+    assert mine.status_code == missing.status_code == 404
+    assert mine.get_json()["detail"].replace("p2", "X") == missing.get_json()["detail"].replace("nobody", "X")
+
+
 def test_a_partner_cannot_reverse_even_its_own_transaction(shared):
     response = shared.client.post(f"/v1/transactions/{shared.booked.p1[0]}/reversal", json={"reason": "mine"},
                                   headers=bearer(shared.keys.p1))

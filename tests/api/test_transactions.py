@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, reversals
+from ledger import journal, partners, reversals
 from ledger.instants import parse_instant
 from ledger.verify import verify
 from tests.api.conftest import accrual, bearer, new_transaction
@@ -68,7 +68,7 @@ def test_a_list_pages_with_an_opaque_cursor_until_null(shared):
 
 
 def test_the_default_page_holds_up_to_100_and_the_maximum_is_1000(scratch):
-    partner = fresh_partner()
+    partner = fresh_partner(scratch)
     with scratch.database.transaction() as session:
         posted = journal.post(session, [accrual(partner, f"{partner}-{i}", 100 + i, 1_000 + i) for i in range(101)])
     finance, listing = bearer(scratch.keys.finance), f"/v1/transactions?partner_id={partner}"
@@ -81,13 +81,17 @@ def test_the_default_page_holds_up_to_100_and_the_maximum_is_1000(scratch):
 
 
 def test_a_partner_without_transactions_lists_nothing(scratch):
-    listing = f"/v1/transactions?partner_id={fresh_partner()}"
+    listing = f"/v1/transactions?partner_id={fresh_partner(scratch)}"
     response = scratch.client.get(listing, headers=bearer(scratch.keys.finance))
     assert response.get_json() == {"items": [], "next_cursor": None}
 
 
-def fresh_partner() -> str:
-    return f"pt-{uuid.uuid4().hex[:12]}"
+def fresh_partner(world) -> str:
+    """A partner of its own, enrolled in the world's database."""
+    partner_id = f"pt-{uuid.uuid4().hex[:12]}"
+    with world.database.transaction() as session:
+        partners.create_partner(session, partner_id, f"Partner {partner_id}", "msp", "standard")
+    return partner_id
 
 
 def reverse(shared, transaction_id, body, key=None):
