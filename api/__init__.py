@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.before_request(body.check_body)
     app.before_request(body.check_query)
     app.url_map.converters[pagination.ID_CONVERTER] = pagination.IdConverter
+    app.url_map.converters.update(pagination.TEXT_CONVERTERS)
     api = errors.Api(app)
     api.register_converter(pagination.IdConverter, pagination.IdConverter.openapi)
     api.spec.components.security_scheme(auth.SECURITY_SCHEME, {"type": "http", "scheme": "bearer"})

@@ -6,7 +6,8 @@ anything is read, and a chunked body (no declared length) that goes past the lim
 is a 413 too. The body is parsed
 once per request by `json_body()`: a body the server cannot read (malformed chunks) and anything
 that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
-parser) is a 400, never a 500; so is an object that gives a key twice.
+parser) is a 400, never a 500; so is an object that gives a key twice. A body that stops arriving
+(`revshare serve` drops a client idle for `cli.server.CLIENT_IDLE_S`) is a 408.
 
 `Blueprint` is flask-smorest's with that parser, and query strings refuse unknown parameters like
 bodies do, so `?asof=` is a 422 rather than a silently ignored filter; `check_query` refuses them
@@ -23,7 +24,7 @@ import flask_smorest
 from flask import current_app, g, request
 from webargs import core
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout, UnsupportedMediaType
 
 from api.schemas import Schema
 from ledger import json_input
@@ -63,7 +64,11 @@ def _body_bytes() -> bytes:
         data = request.get_data(cache=True)
         # Werkzeug read up to the limit: one more byte from the server's stream tells whether it ended there.
         beyond = request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1)
-    except HTTPException:
+    except (HTTPException, TimeoutError) as error:
+        # The server's idle limit on a client that stopped sending (`cli.server.CLIENT_IDLE_S`):
+        # Werkzeug's reader turns the socket's timeout into a ClientDisconnected (a bare 400).
+        if isinstance(error, TimeoutError) or isinstance(error.__context__, TimeoutError):
+            raise RequestTimeout("The request body stopped arriving before it was complete.") from None
         raise
     except Exception as error:  # noqa: BLE001 - whatever the server's reader raises for a malformed body
         raise BadRequest(f"The request body could not be read: {str(error)[:120]}") from None

@@ -6,6 +6,9 @@ costs the same however deep it is and rows added meanwhile are neither skipped n
 asks the domain for `limit + 1` rows; `page()` keeps `limit` and makes the next cursor if there was
 one more. Lists ordered by a text key (partners by id, periods by name) use `KeyPageQuery` and
 `page(..., encode=encode_key_cursor)`: the same, with "after key K".
+
+The path converters live here too: integer ids (`IdConverter`), and text ids that hold no NUL
+(`TEXT_CONVERTERS`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 from typing import Any, Callable, Sequence
 
 import marshmallow as ma
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import IntegerConverter, PathConverter, UnicodeConverter
 
 from api.schemas import Schema
 
@@ -44,6 +47,26 @@ class IdConverter(IntegerConverter):
     @staticmethod
     def openapi(_converter) -> dict:
         return {"type": "integer", "minimum": 1, "maximum": ID_MAX}
+
+
+class TextConverter(UnicodeConverter):
+    """Werkzeug's `string` converter (the default), matching no NUL: no id of ours holds one, and
+    PostgreSQL refuses a NUL in a text parameter, so `/v1/plans/x%00` looked up was a 500 there (a 404
+    on SQLite). A path with one is a 404 from routing, on both engines."""
+
+    def __init__(self, map, *args, **kwargs) -> None:
+        super().__init__(map, *args, **kwargs)
+        self.regex = self.regex.replace("[^/]", r"[^/\x00]", 1)
+
+
+class TextPathConverter(PathConverter):
+    """Werkzeug's `path` converter (customer ids may hold a `/`), matching no NUL, as `TextConverter`."""
+
+    regex = r"[^/\x00][^\x00]*?"
+
+
+# Installed in the app's URL map over Werkzeug's converters of the same names (`api.create_app`).
+TEXT_CONVERTERS = {"default": TextConverter, "string": TextConverter, "path": TextPathConverter}
 
 
 def encode_cursor(last_id: int) -> str:

@@ -2,20 +2,41 @@
 
 Gunicorn is driven through its Python API (a small `BaseApplication`), so the command needs no
 config file. Each worker imports `wsgi`, which builds the app from the environment's settings.
+
+The workers are gunicorn's sync workers (`Worker`) with two changes for clients that misbehave:
+- a client that stops sending its request, or stops reading the answer, for `CLIENT_IDLE_S` is
+  dropped. A sync worker serves one connection at a time, and gunicorn's own sockets block without
+  a limit: two connections that sent half a request line (or half a body) and nothing more held
+  both default workers until the 30-second worker timeout killed them, and every other client
+  waited that long, again on each reconnect. The limit is per read or write, not per request: a
+  client trickling a byte every few seconds still holds a worker, so a service reachable by
+  clients it does not trust belongs behind a buffering proxy (README, HTTP API);
+- what gunicorn refuses itself, before the app sees the request (a request line or header over its
+  limits, a malformed header, an `Expect` it cannot meet, a worker timeout's 500), is answered as
+  `application/problem+json` like every other error of the API, not gunicorn's HTML page.
 """
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
+
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.workers.sync import SyncWorker
 
 APP_URI = "wsgi:app"
+WORKER_CLASS = "cli.server.Worker"
 # Gunicorn 25 and later open a control socket at one path per host user ($XDG_RUNTIME_DIR or
 # ~/.gunicorn), which every `revshare serve` on the host would share: each new one takes it over
 # and the first to stop removes it, and it makes ~/.gunicorn for a user who may have no home. The
 # service does not use it.
 _CONTROL_SOCKET = "control_socket_disable" in {setting.name for setting in KNOWN_SETTINGS}
+# How long a worker waits on a client that neither sends nor reads, per socket operation.
+CLIENT_IDLE_S = 5.0
+PROBLEM_TYPE_PREFIX = "urn:revshare:problem:"  # as api.errors, which the arbiter does not import (Flask)
+_DETAIL_500 = "An unexpected error occurred. It has been logged."
 
 
 def gunicorn_options(*, host: str, port: int, workers: int, log_level: str) -> dict:
@@ -23,11 +44,43 @@ def gunicorn_options(*, host: str, port: int, workers: int, log_level: str) -> d
     return {
         "bind": f"{address}:{port}",
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": WORKER_CLASS,
         "loglevel": log_level.lower(),
         "proc_name": "revshare",
         **({"control_socket_disable": True} if _CONTROL_SOCKET else {}),
     }
+
+
+def problem_response(status: int, reason: str, detail: str) -> bytes:
+    """A whole HTTP response carrying a problem+json body, for what gunicorn answers itself."""
+    phrase = HTTPStatus(status).phrase
+    title = phrase[:1] + phrase[1:].lower()  # as api.errors titles a status: "Request header fields too large"
+    slug = "-".join(title.lower().replace("-", " ").split())
+    body = json.dumps({"type": PROBLEM_TYPE_PREFIX + slug, "title": title, "status": status,
+                       "detail": detail or _DETAIL_500}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def _write_problem(sock, status_int: int, reason: str, mesg: str) -> None:
+    util.write_nonblock(sock, problem_response(status_int, reason, mesg))
+
+
+class Worker(SyncWorker):
+    """Gunicorn's sync worker, with an idle limit on each client and problem+json refusals."""
+
+    def init_process(self) -> None:
+        # Gunicorn's workers write their refusals with `util.write_error` (an HTML page): in this
+        # worker process, which serves nothing but this API, they write the API's problem+json.
+        util.write_error = _write_problem
+        super().init_process()
+
+    def accept(self, listener) -> None:
+        client, addr = listener.accept()
+        client.settimeout(CLIENT_IDLE_S)
+        util.close_on_exec(client)
+        self.handle(listener, client, addr)
 
 
 class Server(BaseApplication):

@@ -1,6 +1,8 @@
 """`revshare keys create|revoke|list` and `revshare serve` (argument handling, the gunicorn configuration, and
-one real gunicorn started briefly on a free loopback port)."""
+real gunicorns started briefly on free loopback ports: answering, refusing as problem+json, dropping stalled clients)."""
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,8 +19,10 @@ from click.testing import CliRunner
 from cli import server
 from cli.main import main
 from ledger.keys import Principal, authenticate
+from tests.conftest import new_sqlite_url
 
 REVSHARE = Path(sys.executable).with_name("revshare")
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def run(args: list[str], database_url: str):
@@ -98,8 +102,8 @@ def test_serve_defaults_to_two_workers_on_loopback_port_8000(sqlite_database, st
     assert run(["serve"], sqlite_database.url).exit_code == 0
     [options] = started
     options.pop("control_socket_disable", None)  # where gunicorn has one (test_the_gunicorn_configuration_...)
-    assert options == {"bind": "127.0.0.1:8000", "workers": 2, "worker_class": "sync", "loglevel": "info",
-                       "proc_name": "revshare"}
+    assert options == {"bind": "127.0.0.1:8000", "workers": 2, "worker_class": "cli.server.Worker",
+                       "loglevel": "info", "proc_name": "revshare"}
 
 
 def test_serve_takes_host_port_and_workers(sqlite_database, started):
@@ -165,3 +169,93 @@ def test_serve_runs_gunicorn_answering_on_the_given_port(sqlite_database):
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
     assert process.returncode == 0, errors.decode()[-2000:]
+
+
+@contextlib.contextmanager
+def serving(database_url: str, *, workers: int = 1):
+    """`revshare serve` of this checkout (not the installed script's) on a free port, until the block
+    ends; yields the port and a list that holds the server's stderr once it has stopped."""
+    port = free_port()
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("REVSHARE_")}
+    environment["REVSHARE_DATABASE_URL"] = database_url
+    command = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
+               "serve", "--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=REPOSITORY)
+    errors: list[str] = []
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v1/health")
+        yield port, errors
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        errors.append(stderr.decode())
+
+
+@pytest.fixture(scope="module")
+def served(sqlite_template, tmp_path_factory) -> int:
+    """The port of one `revshare serve` shared by the tests of this module that only send it requests."""
+    with serving(new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("served"))) as (port, _):
+        yield port
+
+
+def raw_exchange(port: int, request: bytes, *, then=None) -> bytes:
+    """Send `request` on a connection of its own and read the answer until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(request)
+        if then is not None:
+            then()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def problem_of(answer: bytes) -> tuple[int, dict]:
+    """The status of a raw HTTP answer and its body, which must be a problem+json document."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    assert headers.get("content-type") == "application/problem+json", answer[:400]
+    problem = json.loads(body)
+    status = int(status_line.split()[1])
+    assert set(problem) == {"type", "title", "status", "detail"} and problem["status"] == status, problem
+    assert problem["type"].startswith("urn:revshare:problem:") and problem["title"] and problem["detail"], problem
+    return status, problem
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /v1/partners?" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(120)) + b"\r\n", 431),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    (b"NOT HTTP\r\n\r\n", 400),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nExpect: the-moon\r\n\r\n", 417),
+], ids=["request-line-too-long", "header-too-large", "too-many-headers", "bad-header-name", "two-lengths",
+        "not-http", "unmeetable-expect"])
+def test_what_gunicorn_refuses_before_the_app_is_a_problem_json_too(served, request_bytes, status):
+    assert problem_of(raw_exchange(served, request_bytes))[0] == status
+
+
+def test_a_client_that_stops_sending_is_dropped_without_the_worker_being_killed(sqlite_database):
+    """One worker: a client that sent half a request line and one that sent half a body held it until
+    gunicorn's worker timeout killed it (twice, 30 s each), the second got gunicorn's HTML 500, and
+    every other client waited. The worker now drops each after its idle limit, answers the second a
+    408, and serves the next client."""
+    key = run(["keys", "create", "--role", "finance"], sqlite_database.url).output.strip().splitlines()[-1]
+    with serving(sqlite_database.url) as (port, errors):
+        half_line = socket.create_connection(("127.0.0.1", port), timeout=120)
+        half_line.sendall(b"GET /v1/hea")
+        half_body = (b"POST /v1/holds/release HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"at\"")
+        answered = []
+        stalled = raw_exchange(port, half_body, then=lambda: answered.append(
+            wait_for(f"http://127.0.0.1:{port}/v1/health", seconds=120)))
+        half_line.settimeout(120)
+        assert half_line.recv(65536) == b""  # dropped: it never sent a request to answer
+        half_line.close()
+        assert answered == [(200, b'{"status":"ok"}\n')]
+        status, problem = problem_of(stalled)
+        assert status == 408 and "stopped arriving" in problem["detail"]
+    assert "WORKER TIMEOUT" not in errors[0], errors[0][-2000:]

@@ -139,6 +139,42 @@ def test_a_body_the_server_cannot_read_is_a_400_not_a_500(shared):
     assert "could not be read" in assert_problem(shared.client.open(Request(environ)), 400)["detail"]
 
 
+class _StalledBody(io.RawIOBase):
+    """A request stream whose client stopped sending: the server's socket timed out while reading."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, _buffer) -> int:
+        raise TimeoutError("timed out")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared-length", "chunked"])
+def test_a_body_that_stops_arriving_is_a_408_not_a_bare_400(shared, chunked):
+    builder = EnvironBuilder("/v1/transactions/1/reversal", method="POST", content_type="application/json",
+                             headers=bearer(shared.keys.finance), data=b'{"reason": "x"}')
+    environ = builder.get_environ()
+    if chunked:
+        del environ["CONTENT_LENGTH"]
+        environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True})
+    environ["wsgi.input"] = io.BufferedReader(_StalledBody())
+    assert "stopped arriving" in assert_problem(shared.client.open(Request(environ)), 408)["detail"]
+
+
+@pytest.mark.parametrize("method, path, role", [
+    ("GET", "/v1/partners/p1%00", "finance"), ("GET", "/v1/partners/p1%00/balance", "finance"),
+    ("GET", "/v1/partners/p1%00/statement?period=2026-01", "finance"), ("PATCH", "/v1/partners/p1%00", "finance"),
+    ("GET", "/v1/customers/p1-customer%00", "billing"), ("GET", "/v1/customers/a/b%00", "finance"),
+    ("GET", "/v1/plans/standard%00", "finance"), ("POST", "/v1/plans/standard%00/versions", "finance"),
+    ("GET", "/v1/periods/2026-0%00", "finance"), ("POST", "/v1/periods/2026-0%00/close", "finance"),
+    ("POST", "/v1/api-keys/key_%00/revocation", "admin"),
+])
+def test_a_nul_in_a_path_id_is_a_404_on_both_engines_never_a_500(shared, method, path, role):
+    # PostgreSQL refuses a NUL in a text parameter: the lookup of such an id was a 500 there.
+    response = shared.client.open(path, method=method, headers=bearer(getattr(shared.keys, role)))
+    assert_problem(response, 404)
+
+
 def test_a_body_over_the_limit_is_a_413(shared):
     response = reversal(shared.client, shared.keys.finance, {"reason": "x" * BODY_LIMIT_BYTES})
     assert_problem(response, 413)
