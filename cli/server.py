@@ -19,6 +19,7 @@ The workers are gunicorn's sync workers (`Worker`) with two changes for clients 
 from __future__ import annotations
 
 import json
+import socket
 from http import HTTPStatus
 
 from gunicorn import util
@@ -67,6 +68,18 @@ def _write_problem(sock, status_int: int, reason: str, mesg: str) -> None:
     util.write_nonblock(sock, problem_response(status_int, reason, mesg))
 
 
+class ClientSocket(socket.socket):
+    """A client's socket on which every wait is bounded by its timeout, a send's too: `sendall`
+    sends piece by piece, each piece within the timeout. Python's own `sendall` bounds the whole
+    answer by it, so a large answer (a hot partner's statement) to a client on a slow link, reading
+    steadily, was cut off after `CLIENT_IDLE_S`; only a client that reads nothing is dropped now."""
+
+    def sendall(self, data, flags: int = 0) -> None:
+        unsent = memoryview(data).cast("B")
+        while unsent:
+            unsent = unsent[self.send(unsent, flags):]
+
+
 class Worker(SyncWorker):
     """Gunicorn's sync worker, with an idle limit on each client and problem+json refusals."""
 
@@ -77,7 +90,8 @@ class Worker(SyncWorker):
         super().init_process()
 
     def accept(self, listener) -> None:
-        client, addr = listener.accept()
+        accepted, addr = listener.accept()
+        client = ClientSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
         client.settimeout(CLIENT_IDLE_S)
         util.close_on_exec(client)
         self.handle(listener, client, addr)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -259,3 +260,41 @@ def test_a_client_that_stops_sending_is_dropped_without_the_worker_being_killed(
         status, problem = problem_of(stalled)
         assert status == 408 and "stopped arriving" in problem["detail"]
     assert "WORKER TIMEOUT" not in errors[0], errors[0][-2000:]
+
+
+def client_and_peer(idle_s: float) -> tuple[server.ClientSocket, socket.socket]:
+    """A worker's client socket with the idle limit `idle_s`, and its peer, on small buffers so that a
+    large answer waits for the peer to read it."""
+    ours, peer = socket.socketpair()
+    client = server.ClientSocket(ours.family, ours.type, ours.proto, fileno=ours.detach())
+    client.settimeout(idle_s)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return client, peer
+
+
+def test_a_large_answer_to_a_client_reading_it_steadily_is_sent_whole_however_long_it_takes():
+    """Python's `sendall` bounds the whole send by the socket's timeout: a 4 MiB answer read 16 KiB
+    every 5 ms (about 1.3 s) was cut off at the idle limit, 0.2 s here (5 s in service)."""
+    client, peer = client_and_peer(0.2)
+    answer = bytes(range(256)) * 16_384  # 4 MiB
+    received = bytearray()
+
+    def read_steadily() -> None:
+        while chunk := peer.recv(16_384):
+            received.extend(chunk)
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=read_steadily)
+    reader.start()
+    with client, peer:
+        client.sendall(answer)
+        client.shutdown(socket.SHUT_WR)
+        reader.join(60)
+    assert not reader.is_alive() and received == answer
+
+
+def test_a_client_that_reads_nothing_of_a_large_answer_is_dropped_at_the_idle_limit():
+    client, peer = client_and_peer(0.2)
+    with client, peer, pytest.raises(TimeoutError):
+        client.sendall(bytes(4 * 1024 * 1024))
