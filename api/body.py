@@ -81,11 +81,15 @@ def _parse(data: bytes) -> Any:
     if not data.strip():
         return None
     try:
-        return json_input.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"The request body is not UTF-8 (byte {error.start + 1}).") from None
+    try:
+        return json_input.loads(text)
     except json_input.DuplicateKey as error:
         raise BadRequest(f"The request body is ambiguous JSON: {error}.") from None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("The request body is not valid JSON.") from None
+    except (ValueError, RecursionError) as error:
+        raise BadRequest(f"The request body is not valid JSON: {json_input.reason(error)}.") from None
 
 
 class JsonParser(FlaskParser):

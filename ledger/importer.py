@@ -133,9 +133,8 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
             yield number, json_input.loads(line)
         except json.JSONDecodeError as error:
             yield number, InvalidInput(f"malformed JSON ({error.msg})", {"_line": [error.msg]})
-        except (ValueError, RecursionError) as error:  # NaN, Infinity; nesting too deep for the parser
-            yield number, InvalidInput(f"malformed JSON ({str(error)[:80] or 'too deeply nested'})",
-                                       {"_line": ["malformed JSON"]})
+        except (ValueError, RecursionError) as error:  # NaN, Infinity; too many digits; nesting too deep
+            yield number, InvalidInput(f"malformed JSON ({json_input.reason(error)})", {"_line": ["malformed JSON"]})
 
 
 class _Ending:

@@ -15,14 +15,31 @@ class DuplicateKey(ValueError):
     pass
 
 
+class NotJson(ValueError):
+    pass
+
+
 def loads(text: str) -> Any:
-    """`json.loads`, strictly; raises ValueError (`json.JSONDecodeError`, `DuplicateKey`, or for a
-    non-JSON constant) or RecursionError (nesting too deep for the parser)."""
+    """`json.loads`, strictly; raises ValueError (`json.JSONDecodeError`, `DuplicateKey`, `NotJson`
+    for a non-JSON constant, or for an integer of more digits than Python converts) or
+    RecursionError (nesting too deep for the parser): `reason(error)` says which."""
     return json.loads(text, parse_constant=_not_json, object_pairs_hook=_object)
 
 
+def reason(error: ValueError | RecursionError) -> str:
+    """What `loads` refused, said to whoever sent the text, in its terms rather than Python's."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno}, column {error.colno}"
+    if isinstance(error, RecursionError):
+        return "arrays or objects nested too deeply to read"
+    if isinstance(error, (DuplicateKey, NotJson)):
+        return str(error)
+    # Python's limit on the digits of an integer it converts (sys.get_int_max_str_digits()).
+    return "a number with more digits than can be read"
+
+
 def _not_json(literal: str) -> Any:
-    raise ValueError(f"{literal} is not JSON")
+    raise NotJson(f"{literal} is not JSON")
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -45,7 +45,20 @@ def reversal(client, key, body, transaction_id=1):
 def test_malformed_json_is_a_400(shared):
     response = shared.client.post("/v1/transactions/1/reversal", data=b'{"reason": ',
                                   content_type="application/json", headers=bearer(shared.keys.finance))
-    assert assert_problem(response, 400)["detail"] == "The request body is not valid JSON."
+    assert assert_problem(response, 400)["detail"] == (
+        "The request body is not valid JSON: Expecting value at line 1, column 12.")
+
+
+@pytest.mark.parametrize("raw, detail", [
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON: arrays or objects nested too deeply to read"),
+    (b'{"reason": ' + b"9" * 5000 + b"}", "not valid JSON: a number with more digits than can be read"),
+    (b'{"reason": NaN}', "not valid JSON: NaN is not JSON"),
+    (b'{"reason": "\xff\xfe"}', "not UTF-8 (byte 13)"),
+], ids=["deep", "huge-int", "nan", "bad-utf8"])
+def test_a_body_that_is_not_json_is_a_400_saying_why_in_the_senders_terms(shared, raw, detail):
+    response = shared.roomy.post("/v1/transactions/1/reversal", data=raw, content_type="application/json",
+                                 headers=bearer(shared.keys.finance))
+    assert assert_problem(response, 400)["detail"] == f"The request body is {detail}."
 
 
 @pytest.mark.parametrize("raw", [
