@@ -110,6 +110,18 @@ def test_the_database_refuses_a_payout_failed_before_it_was_made(fresh, database
     assert available(fresh, "p1", "2026-02-10") == "0.00"
 
 
+@pytest.mark.parametrize("action", ["settle", "fail"])
+def test_a_payout_settled_or_failed_now_by_a_server_whose_clock_is_behind_the_runs_is_dated_at_the_payout(
+        fresh, action, skewed_clock):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {})["payouts"]  # at now, by this server's clock
+    made_at = fresh.read(f"/v1/transactions/{payout['transaction_id']}")["effective_at"]
+    skewed_clock.offset_us = -90 * 1_000_000  # another server, 90 s behind (or this one stepped back)
+    resolved = fresh.ok(f"/v1/payouts/{payout['id']}/{action}", {})
+    assert resolved["status"] == ("settled" if action == "settle" else "failed")
+    assert fresh.read(f"/v1/transactions/{resolved['resolution_transaction_id']}")["effective_at"] == made_at
+
+
 def test_reversing_a_pending_payouts_posting_fails_the_payout_so_it_cannot_also_be_settled(fresh):
     invoices(fresh, p1="250.00")
     [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]
