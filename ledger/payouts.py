@@ -35,9 +35,11 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.balances import partner_account_sums
+from ledger.db import database_now_us
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant
 from ledger.partners import program_for
+from ledger.revenue import CLOCK_SKEW_US
 from ledger.schema import journal_transactions, partners, payout_resolutions, payout_runs, payouts
 
 REASON_LENGTH_MAX = 500
@@ -81,6 +83,12 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
         # order, block every run until then.
         raise invalid("at", f"{format_instant(at_us)} is in the future: a payout run pays balances as of an "
                             "instant that has passed")
+    database_now = database_now_us(session)
+    if at_us > database_now + CLOCK_SKEW_US:
+        # This server's clock is ahead of the database's by more than its rule allows (migration 0018).
+        raise invalid("at", f"{format_instant(at_us)} is more than five minutes ahead of the database's clock, "
+                            f"{format_instant(database_now)}: a payout run pays balances as of an instant that "
+                            "has passed")
     latest_us = session.execute(select(func.max(payout_runs.c.at_us))).scalar()
     if latest_us is not None and at_us < latest_us:
         # As of t, a later run's payouts are not yet posted: the balances they paid would be paid again.

@@ -82,6 +82,16 @@ def test_a_run_in_the_future_is_a_422_naming_at_and_blocks_nothing(fresh):
     assert len(fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})["payouts"]) == 1
 
 
+def test_a_run_by_a_server_whose_clock_is_ahead_of_the_databases_is_a_422_naming_at_not_a_500(fresh, skewed_clock):
+    invoices(fresh, p1="250.00")
+    skewed_clock.offset_us = 6 * 60 * 1_000_000  # more than the five minutes the database allows a run ahead
+    response = fresh.post("/v1/payout-runs", {})
+    assert errors_of(response) == {"at"} and "database's clock" in response.get_json()["errors"]["at"][0]
+    assert fresh.read("/v1/payouts")["items"] == []
+    skewed_clock.offset_us = 4 * 60 * 1_000_000  # within them: made at this server's instant
+    assert len(fresh.created("/v1/payout-runs", {})["payouts"]) == 1
+
+
 def test_the_database_refuses_a_payout_run_before_the_latest(fresh, database):
     fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})
     with pytest.raises(sa.exc.DBAPIError, match="must not be earlier than the latest"):
