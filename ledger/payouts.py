@@ -14,6 +14,8 @@ A pending payout is then settled (Dr in transit / Cr cash) or failed (Dr in tran
 returning the money), at most once: the database's primary key on `payout_resolutions` refuses a
 second resolution even when two requests race. Its instant (default now) is not before the
 payout's nor in the future (422 naming `at`; the database refuses the first too: migration 0017).
+By default it is now, or the payout's own instant if that is later by this server's clock (the run
+was made by a server whose clock is ahead, or this one's clock was stepped back since).
 
 An adjustment is effective when it is made (default) or at an instant that has passed, not in the
 future (422 naming `effective_at`; the database refuses it too: migration 0021). Dated ahead, it
@@ -33,9 +35,11 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.balances import partner_account_sums
+from ledger.db import database_now_us
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant
 from ledger.partners import program_for
+from ledger.revenue import CLOCK_SKEW_US
 from ledger.schema import journal_transactions, partners, payout_resolutions, payout_runs, payouts
 
 REASON_LENGTH_MAX = 500
@@ -79,6 +83,12 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
         # order, block every run until then.
         raise invalid("at", f"{format_instant(at_us)} is in the future: a payout run pays balances as of an "
                             "instant that has passed")
+    database_now = database_now_us(session)
+    if at_us > database_now + CLOCK_SKEW_US:
+        # This server's clock is ahead of the database's by more than its rule allows (migration 0018).
+        raise invalid("at", f"{format_instant(at_us)} is more than five minutes ahead of the database's clock, "
+                            f"{format_instant(database_now)}: a payout run pays balances as of an instant that "
+                            "has passed")
     latest_us = session.execute(select(func.max(payout_runs.c.at_us))).scalar()
     if latest_us is not None and at_us < latest_us:
         # As of t, a later run's payouts are not yet posted: the balances they paid would be paid again.
@@ -133,7 +143,12 @@ def _resolve(session: Session, payout_id: int, outcome: str, reason: str | None,
         raise Conflict(f"payout {payout_id} is already {payout.status}")
     credit = chart.CASH if outcome == "settled" else chart.available(payout.partner_id)
     kind = "payout_settled" if outcome == "settled" else "payout_failed"
-    resolved_at = batch.recorded_at_us if at_us is None else _resolved_at(session, payout, at_us, batch.recorded_at_us)
+    if at_us is None:
+        # Now; but not before the payout was made, which a server whose clock is behind the one that
+        # made it (or one stepped back since) would date it (the database refuses that: a 500).
+        resolved_at = max(batch.recorded_at_us, _made_at(session, payout))
+    else:
+        resolved_at = _resolved_at(session, payout, at_us, batch.recorded_at_us)
     posted = batch.add(journal.transfer(
         kind, chart.PAYOUTS_IN_TRANSIT, credit, payout.currency, payout.amount_minor, effective_at_us=resolved_at,
         idempotency_key=f"{kind}:{payout_id}", partner_id=payout.partner_id, accrual_id=None,
@@ -148,13 +163,18 @@ def _resolved_at(session: Session, payout: Payout, at_us: int, now_us: int) -> i
     """A payout settles or fails after it was made, and not in the future: before it, the money
     would return to a balance that still holds it (paid twice, as of then); in the future, it would
     stay in transit in every report until then. The database holds the first (migration 0017)."""
-    made_at_us = session.execute(select(journal_transactions.c.effective_at_us)
-                                 .where(journal_transactions.c.id == payout.transaction_id)).scalar_one()
+    made_at_us = _made_at(session, payout)
     if at_us < made_at_us:
         raise invalid("at", f"{format_instant(at_us)} is before the payout was made, at {format_instant(made_at_us)}")
     if at_us > now_us:
         raise invalid("at", f"{format_instant(at_us)} is in the future")
     return at_us
+
+
+def _made_at(session: Session, payout: Payout) -> int:
+    """The instant the payout was made: its posting's."""
+    return session.execute(select(journal_transactions.c.effective_at_us)
+                           .where(journal_transactions.c.id == payout.transaction_id)).scalar_one()
 
 
 def settle(session: Session, payout_id: int, *, reason: str | None = None, at_us: int | None = None) -> Payout:

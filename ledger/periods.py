@@ -29,8 +29,9 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.balances import partner_account_sums, sums
+from ledger.db import database_now_us
 from ledger.errors import Conflict, NotFound
-from ledger.instants import next_period, period_bounds_us, period_of
+from ledger.instants import format_instant, next_period, period_bounds_us, period_of
 from ledger.partners import program_for
 from ledger.schema import (
     GENESIS_HASH,
@@ -95,6 +96,11 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
     start_us, end_us = period_bounds_us(period)
     if end_us > now:
         raise Conflict(f"period {period} has not ended yet; it can be closed from {period_of(end_us)}-01")
+    database_now = database_now_us(session)
+    if end_us > database_now:
+        # This server's clock is ahead of the database's, whose rules refuse the close (migration 0018).
+        raise Conflict(f"period {period} has not ended yet by the database's clock, "
+                       f"{format_instant(database_now)}, which is behind this server's; it can be closed once it has")
     batch = journal.Batch(session, recorded_at_us=now)
     if get_close(session, period) is not None:
         raise Conflict(f"period {period} is already closed")

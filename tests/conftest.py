@@ -161,3 +161,26 @@ def postgres_database(pg_cluster):
     yield db
     db.dispose()
     drop_pg_database(pg_cluster, url)
+
+
+class SkewedClock:
+    """The service's clock (`ledger.instants.now_us`) set `offset_us` away from the host's, as on an
+    app server whose clock disagrees with another's, or with the database's, or that was stepped."""
+
+    def __init__(self) -> None:
+        self.offset_us = 0
+
+    def time_ns(self) -> int:
+        import time
+        return time.time_ns() + self.offset_us * 1000
+
+
+@pytest.fixture
+def skewed_clock(monkeypatch) -> SkewedClock:
+    """The service's clock, to set ahead or behind with `skewed_clock.offset_us` (the database's own
+    clock, which its rules read, stays the host's)."""
+    from ledger import instants
+
+    clock = SkewedClock()
+    monkeypatch.setattr(instants, "_time", clock)
+    return clock

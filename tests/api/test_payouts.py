@@ -82,6 +82,16 @@ def test_a_run_in_the_future_is_a_422_naming_at_and_blocks_nothing(fresh):
     assert len(fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})["payouts"]) == 1
 
 
+def test_a_run_by_a_server_whose_clock_is_ahead_of_the_databases_is_a_422_naming_at_not_a_500(fresh, skewed_clock):
+    invoices(fresh, p1="250.00")
+    skewed_clock.offset_us = 6 * 60 * 1_000_000  # more than the five minutes the database allows a run ahead
+    response = fresh.post("/v1/payout-runs", {})
+    assert errors_of(response) == {"at"} and "database's clock" in response.get_json()["errors"]["at"][0]
+    assert fresh.read("/v1/payouts")["items"] == []
+    skewed_clock.offset_us = 4 * 60 * 1_000_000  # within them: made at this server's instant
+    assert len(fresh.created("/v1/payout-runs", {})["payouts"]) == 1
+
+
 def test_the_database_refuses_a_payout_run_before_the_latest(fresh, database):
     fresh.created("/v1/payout-runs", {"at": instant("2026-03-01")})
     with pytest.raises(sa.exc.DBAPIError, match="must not be earlier than the latest"):
@@ -108,6 +118,18 @@ def test_the_database_refuses_a_payout_failed_before_it_was_made(fresh, database
         with database.transaction() as session:
             payouts.fail(session, payout["id"], at_us=parse_instant("2026-02-01T00:00:00Z", field="at"))
     assert available(fresh, "p1", "2026-02-10") == "0.00"
+
+
+@pytest.mark.parametrize("action", ["settle", "fail"])
+def test_a_payout_settled_or_failed_now_by_a_server_whose_clock_is_behind_the_runs_is_dated_at_the_payout(
+        fresh, action, skewed_clock):
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {})["payouts"]  # at now, by this server's clock
+    made_at = fresh.read(f"/v1/transactions/{payout['transaction_id']}")["effective_at"]
+    skewed_clock.offset_us = -90 * 1_000_000  # another server, 90 s behind (or this one stepped back)
+    resolved = fresh.ok(f"/v1/payouts/{payout['id']}/{action}", {})
+    assert resolved["status"] == ("settled" if action == "settle" else "failed")
+    assert fresh.read(f"/v1/transactions/{resolved['resolution_transaction_id']}")["effective_at"] == made_at
 
 
 def test_reversing_a_pending_payouts_posting_fails_the_payout_so_it_cannot_also_be_settled(fresh):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ledger.instants import next_period, period_of
+from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.journal import now_us
 from tests.api.books import errors_of, expect, unique
 
@@ -140,6 +140,16 @@ def test_a_period_that_has_not_ended_cannot_close(shared):
     response = shared.client.post(f"/v1/periods/{current}/close",
                                   headers={"Authorization": f"Bearer {shared.keys.finance}"})
     assert errors_of(response, 409) == set() and "has not ended" in response.get_json()["detail"]
+
+
+def test_a_close_by_a_server_whose_clock_is_ahead_of_the_databases_is_a_409_not_a_500(fresh, skewed_clock):
+    period = period_of(now_us() + 60_000_000)  # a period whose end is a minute away at least
+    ends_us = period_bounds_us(period)[1]
+    skewed_clock.offset_us = ends_us + 30_000_000 - now_us()  # 30 s past its end here, not yet for the database
+    response = fresh.post(f"/v1/periods/{period}/close")
+    assert errors_of(response, 409) == set() and "database's clock" in response.get_json()["detail"]
+    skewed_clock.offset_us = 0
+    assert fresh.read(f"/v1/periods/{period}")["status"] == "open"
 
 
 def test_a_posting_dated_in_a_closed_period_lands_in_the_first_open_one(fresh):
