@@ -23,9 +23,9 @@ PENDING = chart.pending("northwind")
 REFUSED = "account_totals: totals are kept by the database"
 
 
-def post(database: Database, *transfers) -> None:
+def post(database: Database, *transfers, recorded_at_us: int | None = None) -> None:
     with database.transaction() as session:
-        journal.post(session, list(transfers))
+        journal.post(session, list(transfers), recorded_at_us=recorded_at_us)
 
 
 def accrual(key: str, amount: int, currency: str = "USD", at: int = 5):
@@ -300,8 +300,9 @@ def test_books_written_before_salts_still_verify_and_the_chain_goes_on_salted(em
 def test_a_line_dated_after_the_bound_sends_the_balance_to_the_lines(booked):
     # Totals count every line; as of an instant they answer only when no counted line is dated at or
     # after it. A line dated in the future (or exactly at the bound) must not count before then.
+    # Recorded then too: the database refuses a posting dated past its recording (migration 0029).
     future = 4_102_444_800_000_000  # 2100-01-01
-    post(booked, accrual("later", 1_000, at=future))
+    post(booked, accrual("later", 1_000, at=future), recorded_at_us=future)
     with booked.reader() as session:
         assert partner_balances(session, "northwind") == {"USD": (1_350, 0), "EUR": (70, 0)}
         assert partner_balances(session, "northwind", before_us=future) == {"USD": (350, 0), "EUR": (70, 0)}
@@ -317,10 +318,11 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
     # reader's transaction; on PostgreSQL at REPEATABLE READ). The pending account's EUR totals hold
     # no later line, yet come from its lines too: an account is read one way.
     # The later line is on the adjustment expense account, one of its own, but of kind accrual: the
-    # database refuses an adjustment dated in the future (migration 0021).
+    # database refuses an adjustment dated in the future (migration 0021). Recorded in the future too:
+    # no posting is dated past its recording (migration 0029).
     future = 4_102_444_800_000_000  # 2100-01-01
     post(booked, journal.transfer("accrual", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
-                                  effective_at_us=future, idempotency_key="later"))
+                                  effective_at_us=future, idempotency_key="later"), recorded_at_us=future)
     with booked.engine.connect() as connection:
         expected = {(name, currency): (int(debits), int(credits)) for name, currency, debits, credits in
                     connection.exec_driver_sql(
@@ -344,7 +346,8 @@ def test_at_read_committed_a_later_line_sends_every_account_to_the_lines(postgre
     # Each statement reads its own snapshot there: the totals and the lines are never added up.
     post(postgres_database, accrual("a1", 100),
          journal.transfer("accrual", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,  # as in the test above
-                          effective_at_us=4_102_444_800_000_000, idempotency_key="later"))
+                          effective_at_us=4_102_444_800_000_000, idempotency_key="later"),
+         recorded_at_us=4_102_444_800_000_000)
     with recorded(postgres_database.engine) as statements, Session(postgres_database.engine) as session:
         found = all_balances(session, before_us=4_102_444_800_000_000)
     assert found == {(chart.EXPENSE_COMMISSION, "USD"): (100, 0), (PENDING, "USD"): (0, 100)}

@@ -1,5 +1,5 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migrations 0018 to 0024): reversals, values, program facts, period closes, payouts, keys, the
+SQL (migrations 0018 to 0029): reversals, values, program facts, period closes, payouts, keys, the
 queue of holds, a customer's CPA bounty, an adjustment's instant, what is posted against a piece, a
 resolved payout's postings. Each refusal has a control beside it that the same guard accepts, so
 that no guard passes by refusing everything."""
@@ -727,16 +727,16 @@ def test_an_adjustment_is_dated_at_most_five_minutes_after_it_was_recorded(booke
     for ahead_us in (limit_us + 1, 4_102_444_800_000_000):  # a microsecond past the skew; 2100-01-01
         refused(booked, dated(2, ahead_us), "an adjustment is dated at most five minutes after it is recorded")
     accepted(booked, dated(2, limit_us))
-    accepted(booked, dated(3, 4_102_444_800_000_000, kind="accrual"))  # the rule is the adjustments' alone
     # The instant asked for counts, not the one a posting was moved forward to.
-    accepted(booked, dated(4, limit_us + 1, original=5))
-    refused(booked, dated(5, limit_us + 2, original=limit_us + 1), "an adjustment is dated at most five minutes")
+    accepted(booked, dated(3, limit_us + 1, original=5))
+    refused(booked, dated(4, limit_us + 2, original=limit_us + 1), "an adjustment is dated at most five minutes")
 
 
 # ---- what is posted against a piece stays within it (migration 0022) ----
 
 AVAILABLE = chart.available("northwind")
 WITHIN_ITS_PIECE = "a clawback or release names a live accrual of its partner"
+ELSEWHERE = "a transaction posts to the accounts of the partner it names"  # migration 0029
 
 
 @pytest.fixture
@@ -794,7 +794,9 @@ def test_a_clawback_or_release_names_a_piece_of_its_partner_and_invoice_on_the_a
              "another invoice": dict(invoice="inv-2"), "another partner's account": dict(
                  from_account=chart.pending("southwind")),
              "a credit to the partner": dict(to_account=PENDING, from_account=chart.EXPENSE_COMMISSION)}[wrong]
-    refused(pieces, against(4, kind, 10, **named), WITHIN_ITS_PIECE)
+    # Another partner's account is refused by migration 0029's rule as well, which comes first on PostgreSQL.
+    match = WITHIN_ITS_PIECE if wrong != "another partner's account" else f"{WITHIN_ITS_PIECE}|{ELSEWHERE}"
+    refused(pieces, against(4, kind, 10, **named), match)
     accepted(pieces, against(4, kind, 10))
 
 
@@ -805,12 +807,13 @@ def test_a_piece_is_an_accrual_cpa_or_override_of_its_partner_into_its_pending_a
             raw_transfer(connection, transaction_id, ids[debit], ids[credit], kind=kind, partner_id=partner)
         return post
     accepted(pieces, raw(4, "adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "northwind"))  # no earning
-    accepted(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, PENDING, "southwind"))  # another partner's
-    accepted(pieces, raw(6, "accrual", chart.EXPENSE_COMMISSION, AVAILABLE, "northwind"))  # not into pending
-    for piece in (4, 5, 6):
-        refused(pieces, against(7, "clawback", 10, piece=piece, from_account=AVAILABLE), WITHIN_ITS_PIECE)
-        refused(pieces, against(7, "clawback", 10, piece=piece), WITHIN_ITS_PIECE)
-    accepted(pieces, against(7, "clawback", 10, piece=1, from_account=AVAILABLE))
+    # Another partner's: an accrual naming southwind into northwind's account is refused itself (migration 0029).
+    refused(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, PENDING, "southwind"), ELSEWHERE)
+    accepted(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, AVAILABLE, "northwind"))  # not into pending
+    for piece in (4, 5):
+        refused(pieces, against(6, "clawback", 10, piece=piece, from_account=AVAILABLE), WITHIN_ITS_PIECE)
+        refused(pieces, against(6, "clawback", 10, piece=piece), WITHIN_ITS_PIECE)
+    accepted(pieces, against(6, "clawback", 10, piece=1, from_account=AVAILABLE))
 
 
 def test_a_piece_is_one_credit_to_its_partners_pending_account(pieces):
@@ -889,3 +892,134 @@ def test_a_piece_is_released_once(pieces):
     with pieces.transaction() as session:  # a late refund undid the release: the piece is released again
         journal.reverse(session, 4, reason="held again")
     accepted(pieces, against(6, "release", 100))
+
+
+# ---- a release at its maturity, a partner's own accounts, a resolution's amount, no posting dated
+# ahead, a plan version that exists (migration 0029) ----
+
+NOW_RECORDED_US = at("2026-06-01")  # recorded_at_us of the raw headers below: after every instant they name
+
+
+def raw_release(piece: tuple, transaction_id: int, at_us: int, *, original: int | None = None):
+    """A release of all of `piece` (accrual id, partner, invoice, currency, amount) effective at `at_us`."""
+    accrual_id, partner_id, invoice_id, currency, amount = piece
+
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        insert_line(connection, transaction_id, ids[chart.pending(partner_id)], "D", amount, at=at_us, currency=currency)
+        insert_line(connection, transaction_id, ids[chart.available(partner_id)], "C", amount, at=at_us,
+                    currency=currency)
+        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-release-{transaction_id}",
+                      at=at_us, kind="release", accrual_id=accrual_id, partner_id=partner_id, invoice_id=invoice_id,
+                      original=original, recorded=NOW_RECORDED_US)
+    return post
+
+
+def test_a_release_is_asked_for_no_earlier_than_its_accrual_matures(queued):
+    """`ledger.holds` releases a piece at its maturity: a release dated before it would make the amount
+    available, and payable, while it is still held."""
+    database, [(accrual_id, matures_us), *_] = queued
+    with database.engine.connect() as connection:
+        piece = connection.execute(sa.text(
+            "SELECT t.id, t.partner_id, t.invoice_id, l.currency, l.amount_minor FROM journal_transactions t"
+            " JOIN journal_lines l ON l.transaction_id = t.id AND l.side = 'C' WHERE t.id = :id"),
+            dict(id=accrual_id)).one()
+        next_id = head_id(connection) + 1
+    with database.transaction() as session:
+        chart.account_ids(session, [chart.available(piece.partner_id)])
+    early = "a release is not asked for before its accrual matures"
+    refused(database, raw_release(tuple(piece), next_id, matures_us - 1), early)
+    refused(database, raw_release(tuple(piece), next_id, matures_us + 1, original=matures_us - 1), early)
+    accepted(database, raw_release(tuple(piece), next_id, matures_us))
+
+
+def test_a_transaction_of_a_partner_posts_to_no_other_partners_account(booked):
+    """A partner's key reads the transactions that name it (`ledger.transactions.page`): a posting
+    naming one partner on another's account would show that other partner's money to it."""
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.available("contoso"), chart.pending("contoso")])
+
+    def accrual(transaction_id: int, partner: str | None, credit: str = PENDING):
+        def post(connection):
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            raw_transfer(connection, transaction_id, ids[chart.EXPENSE_COMMISSION], ids[credit], kind="accrual",
+                         partner_id=partner)
+        return post
+    refused(booked, accrual(2, "contoso"), ELSEWHERE)
+    refused(booked, accrual(2, "northwind", credit=chart.available("contoso")), ELSEWHERE)
+    accepted(booked, accrual(2, "northwind"))
+    accepted(booked, accrual(3, None))  # names no partner: shown to none
+
+
+def test_a_resolution_posts_its_payouts_amount_on_the_accounts_of_its_outcome(enrolled):
+    """Settling or failing posts the payout's amount, in its currency: Dr in transit / Cr cash, or
+    Cr the partner's available account on a failure. A failure of 10,000.00 on a payout of 75.00
+    would return the partner money it was never paid."""
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        chart.account_ids(session, [chart.CASH, chart.available("northwind")])
+
+    def resolved(transaction_id: int, kind: str, credit: str, amount: int, currency: str = "USD"):
+        def post(connection):
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            insert_line(connection, transaction_id, ids[chart.PAYOUTS_IN_TRANSIT], "D", amount, at=at("2026-03-05"),
+                        currency=currency)
+            insert_line(connection, transaction_id, ids[credit], "C", amount, at=at("2026-03-05"), currency=currency)
+            insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}",
+                          at=at("2026-03-05"), kind=kind, partner_id="northwind", recorded=NOW_RECORDED_US)
+            raw(RESOLUTION, p=payout.id, o=kind.removeprefix("payout_"), t=transaction_id,
+                at=NOW_RECORDED_US)(connection)
+        return post
+    with enrolled.engine.connect() as connection:
+        next_id = head_id(connection) + 1
+    amount = "a resolution posts the amount of its payout"
+    refused(enrolled, resolved(next_id, "payout_failed", AVAILABLE, 1_000_000), amount)
+    refused(enrolled, resolved(next_id, "payout_failed", AVAILABLE, 7_500, currency="EUR"), amount)
+    refused(enrolled, resolved(next_id, "payout_settled", AVAILABLE, 7_500), amount)
+    refused(enrolled, resolved(next_id, "payout_failed", chart.CASH, 7_500), amount)
+    accepted(enrolled, resolved(next_id, "payout_failed", AVAILABLE, 7_500))
+
+
+def test_no_transaction_is_asked_for_more_than_five_minutes_after_it_was_recorded(booked):
+    """Python refuses a reversal, release, payout run, settlement or adjustment dated ahead, and an
+    event's postings follow the event's instant: none is dated past the instant it is recorded at.
+    A reversal dated 2100 would leave its original standing in every report until then."""
+    limit_us = RAW_RECORDED_AT_US + CLOCK_SKEW_US
+    ahead = "a transaction is dated at most five minutes after it is recorded"
+    for kind in ("accrual", "writeoff", "payout_settled"):
+        refused(booked, dated(2, 4_102_444_800_000_000, kind=kind), ahead)
+        refused(booked, dated(2, limit_us + 1, kind=kind), ahead)
+    accepted(booked, dated(2, limit_us, kind="accrual"))
+
+    def reversal_of_the_first(at_us: int):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, 3, pending, "D", 100, at=at_us)
+            insert_line(connection, 3, expense, "C", 100, at=at_us)
+            insert_header(connection, 3, head_hash(connection), key="raw-3", at=at_us, kind="reversal", reverses_id=1)
+        return post
+    refused(booked, reversal_of_the_first(4_102_444_800_000_000), ahead)
+    accepted(booked, reversal_of_the_first(limit_us))
+
+
+def test_a_transactions_plan_version_exists(booked):
+    """A won dispute reads the hold of its piece's plan version: a version that does not exist
+    answered every such dispute with a 500."""
+    def with_version(transaction_id: int, version):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, transaction_id, expense, "D", 100)
+            insert_line(connection, transaction_id, pending, "C", 100)
+            connection.execute(sa.text(
+                "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
+                " request_hash, prev_hash, hash, partner_id, plan_version_id)"
+                " VALUES (:id, 'accrual', 5, 5, :key, :h, :prev, :h, 'northwind', "
+                + ("(SELECT max(id) FROM plan_versions)" if version == "latest" else ":version") + ")"),
+                dict(id=transaction_id, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection),
+                     version=version))
+        return post
+    with booked.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", STANDARD_TERMS)
+    refused(booked, with_version(2, 999_999), "a transaction names a plan version that exists")
+    accepted(booked, with_version(2, "latest"))
+    accepted(booked, with_version(3, None))

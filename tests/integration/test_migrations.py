@@ -63,3 +63,41 @@ def test_postgresql_readers_read_one_snapshot_and_writers_each_statements_own(po
         assert session.execute(text("SHOW transaction_isolation")).scalar() == "repeatable read"
     with postgres_database.transaction() as session:
         assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+
+
+def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post_on(empty_url):
+    """Books at revision 0028 holding every kind of posting (the demo's year: accruals, CPA, overrides,
+    clawbacks, releases, a won dispute, payouts settled and failed, write-offs, closes; plus an
+    adjustment and a reversal) upgrade to 0029 and on; the service posts on them under the new
+    guards, verify finds nothing wrong, and the revision goes down to 0028 and up again."""
+    from alembic import command
+
+    from ledger import demo, journal, payouts, revenue
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.migrate import alembic_config, upgrade
+    from ledger.verify import verify
+
+    upgrade(empty_url, "0028")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            loaded = demo.load_demo(session)
+            adjustment = payouts.adjust(session, "northwind", "available", 1_000, "USD", "goodwill")
+            journal.reverse(session, adjustment.id, reason="posted twice")
+        assert loaded.loaded and loaded.closed_periods >= 12
+        upgrade(empty_url)
+        with database.transaction() as session:
+            [outcome] = revenue.ingest(session, [revenue.RevenueEvent(
+                "after-0029", "invoice_paid", "cust-001", "inv-after-0029", "USD", 10_000, now_us())])
+            assert isinstance(outcome, revenue.Outcome), outcome
+            run = payouts.run_payouts(session, now_us())
+            for index, payout in enumerate(run.payouts):
+                (payouts.settle if index % 2 else payouts.fail)(session, payout.id)
+        with database.reader() as session:
+            report = verify(session)
+        assert report.ok, report.problems
+        command.downgrade(alembic_config(empty_url), "0028")
+        upgrade(empty_url)
+    finally:
+        database.dispose()
