@@ -1,4 +1,4 @@
-"""The database holds five more rules Python keeps, for a writer that goes around Python:
+"""The database holds seven more rules Python keeps, for a writer that goes around Python:
 
 - a release is asked for no earlier than its piece matures (`ledger.holds` releases a piece at its
   maturity, once the release's instant has come): dated before, it made the amount available, and
@@ -19,7 +19,9 @@
   minutes ahead (migration 0017). A reversal dated 2100 left its original standing in every report
   until then;
 - a transaction's plan version exists: a won dispute reads the hold of its piece's plan version,
-  and a version that did not exist answered every such dispute with a 500.
+  and a version that did not exist answered every such dispute with a 500;
+- a transaction has at most 100 lines, and an idempotency key of 1 to 200 characters
+  (`ledger.journal.check_draft`; PostgreSQL's VARCHAR(200) held the longest key, SQLite nothing).
 
 Rows already written are left as they are, as in migration 0018.
 
@@ -68,6 +70,13 @@ NAMES_A_VERSION = "n.plan_version_id IS NOT NULL"
 NO_SUCH_VERSION = "NOT EXISTS (SELECT 1 FROM plan_versions v WHERE v.id = n.plan_version_id)"
 NO_SUCH_VERSION_MESSAGE = "journal_transactions: a transaction names a plan version that exists"
 
+# `ledger.journal.check_draft`'s limits: PostgreSQL's VARCHAR(200) holds the key's longest, SQLite nothing.
+KEY_LENGTH = "length(n.idempotency_key) NOT BETWEEN 1 AND 200"
+KEY_LENGTH_MESSAGE = "journal_transactions: an idempotency key has 1 to 200 characters"
+EVERY_HEADER = "n.id IS NOT NULL"
+TOO_MANY_LINES = "(SELECT count(*) FROM journal_lines l WHERE l.transaction_id = n.id) > 100"
+TOO_MANY_LINES_MESSAGE = "journal_transactions: a transaction has at most 100 lines"
+
 # Migration 0021 holds the adjustments' (its message names them), with the same bound.
 AHEAD = f"n.kind <> 'adjustment' AND {ASKED_FOR} > n.recorded_at_us + {CLOCK_SKEW_US}"
 AHEAD_MESSAGE = "journal_transactions: a transaction is dated at most five minutes after it is recorded"
@@ -94,7 +103,8 @@ RESOLUTION_MESSAGE = ("payout_resolutions: a resolution posts the amount of its 
 BY_INDEX = "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
 STATEMENT_RULES = ((RELEASE, RELEASED_EARLY, RELEASED_EARLY_MESSAGE),
                    (NAMES_A_PARTNER, ANOTHER_PARTNERS, ANOTHER_PARTNERS_MESSAGE),
-                   (NAMES_A_VERSION, NO_SUCH_VERSION, NO_SUCH_VERSION_MESSAGE))
+                   (NAMES_A_VERSION, NO_SUCH_VERSION, NO_SUCH_VERSION_MESSAGE),
+                   (EVERY_HEADER, TOO_MANY_LINES, TOO_MANY_LINES_MESSAGE))
 STATEMENT_FUNCTION = "journal_transactions_in_their_place"
 POSTGRES_STATEMENT_GUARD = f"""
 CREATE FUNCTION {STATEMENT_FUNCTION}() RETURNS trigger LANGUAGE plpgsql {BY_INDEX}
@@ -109,15 +119,17 @@ END $$;
 CREATE TRIGGER trg_{STATEMENT_FUNCTION} AFTER INSERT ON journal_transactions
 REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {STATEMENT_FUNCTION}()"""
 
-# (table, name, refused when, message, only when) of the row rules: SQLite all, PostgreSQL the last two.
+# (table, name, refused when, message, only when) of the row rules: SQLite all, PostgreSQL the last three.
 ROW_RULES = (
     ("journal_transactions", "released_at_maturity", RELEASED_EARLY, RELEASED_EARLY_MESSAGE, RELEASE),
     ("journal_transactions", "partners_own", ANOTHER_PARTNERS, ANOTHER_PARTNERS_MESSAGE, NAMES_A_PARTNER),
     ("journal_transactions", "plan_version_known", NO_SUCH_VERSION, NO_SUCH_VERSION_MESSAGE, NAMES_A_VERSION),
+    ("journal_transactions", "lines_at_most_100", TOO_MANY_LINES, TOO_MANY_LINES_MESSAGE, None),
     ("journal_transactions", "not_ahead", AHEAD, AHEAD_MESSAGE, AHEAD),
+    ("journal_transactions", "key_length", KEY_LENGTH, KEY_LENGTH_MESSAGE, KEY_LENGTH),
     ("payout_resolutions", "amount_posted", RESOLUTION_MISPOSTED, RESOLUTION_MESSAGE, None),
 )
-POSTGRES_ROW_RULES = ROW_RULES[3:]
+POSTGRES_ROW_RULES = ROW_RULES[4:]
 
 
 def statements(engine: str) -> list[str]:

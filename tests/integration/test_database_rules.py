@@ -1023,3 +1023,33 @@ def test_a_transactions_plan_version_exists(booked):
     refused(booked, with_version(2, 999_999), "a transaction names a plan version that exists")
     accepted(booked, with_version(2, "latest"))
     accepted(booked, with_version(3, None))
+
+
+# ---- a transaction's size and its idempotency key (migration 0029) ----
+
+
+def test_a_transaction_has_at_most_100_lines(booked):
+    def with_lines(transaction_id: int, pairs: int):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            for _ in range(pairs):
+                insert_line(connection, transaction_id, expense, "D", 1)
+                insert_line(connection, transaction_id, pending, "C", 1)
+            insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}")
+        return post
+    refused(booked, with_lines(2, 51), "a transaction has at most 100 lines")
+    accepted(booked, with_lines(2, 50))
+
+
+@pytest.mark.parametrize("key, taken", [("", False), ("k" * 201, False), ("k", True), ("é" * 200, True)],
+                         ids=["empty", "201-characters", "one-character", "200-characters"])
+def test_an_idempotency_key_has_1_to_200_characters(booked, key, taken):
+    def keyed(connection):
+        expense, pending = account_ids(connection)
+        insert_line(connection, 2, expense, "D", 100)
+        insert_line(connection, 2, pending, "C", 100)
+        insert_header(connection, 2, head_hash(connection), key=key)
+    if taken:
+        accepted(booked, keyed)
+    else:  # PostgreSQL's VARCHAR(200) refuses the longest itself, in its own words
+        refused(booked, keyed, "an idempotency key has 1 to 200 characters|value too long")
