@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from ledger.accounts import validate_partner_id
 from ledger.db import is_postgres
 from ledger.errors import NotFound, invalid
+from ledger.partners import partner_exists
 from ledger.schema import API_ROLES, api_key_revocations, api_keys
 
 KEY_PREFIX = "rsk_"
@@ -72,7 +73,7 @@ def create_key(session: Session, role: str, partner_id: str | None = None) -> tu
 
     The key itself is returned here once and never stored.
     """
-    _check_binding(role, partner_id)
+    _check_binding(session, role, partner_id)
     key_id = "key_" + secrets.token_hex(12)
     key = KEY_PREFIX + secrets.token_urlsafe(KEY_ENTROPY_BYTES)
     session.execute(insert(api_keys).values(id=key_id, key_hash=hash_key(key), role=role, partner_id=partner_id,
@@ -80,13 +81,17 @@ def create_key(session: Session, role: str, partner_id: str | None = None) -> tu
     return key_id, key
 
 
-def _check_binding(role: str, partner_id: str | None) -> None:
+def _check_binding(session: Session, role: str, partner_id: str | None) -> None:
+    """A partner key is bound to a partner that exists (a mistyped id made a key that saw nothing,
+    whoever made it: the API and `revshare keys create` alike; the database holds it: migration 0029)."""
     if role not in API_ROLES:
         raise invalid("role", f"must be one of {', '.join(API_ROLES)}")
     if role == "partner":
         if partner_id is None:
             raise invalid("partner_id", "is required for the partner role")
         validate_partner_id(partner_id)
+        if not partner_exists(session, partner_id):
+            raise invalid("partner_id", f"partner {partner_id!r} does not exist")
     elif partner_id is not None:
         raise invalid("partner_id", "is only allowed for the partner role")
 

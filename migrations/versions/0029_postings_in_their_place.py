@@ -1,4 +1,4 @@
-"""The database holds seven more rules Python keeps, for a writer that goes around Python:
+"""The database holds eight more rules Python keeps, for a writer that goes around Python:
 
 - a release is asked for no earlier than its piece matures (`ledger.holds` releases a piece at its
   maturity, once the release's instant has come): dated before, it made the amount available, and
@@ -21,7 +21,9 @@
 - a transaction's plan version exists: a won dispute reads the hold of its piece's plan version,
   and a version that did not exist answered every such dispute with a 500;
 - a transaction has at most 100 lines, and an idempotency key of 1 to 200 characters
-  (`ledger.journal.check_draft`; PostgreSQL's VARCHAR(200) held the longest key, SQLite nothing).
+  (`ledger.journal.check_draft`; PostgreSQL's VARCHAR(200) held the longest key, SQLite nothing);
+- a partner key names a partner that exists (`ledger.keys.create_key`; `api_keys` has no foreign
+  key to `partners`, and a key made for a mistyped id saw nothing).
 
 Rows already written are left as they are, as in migration 0018.
 
@@ -77,6 +79,12 @@ EVERY_HEADER = "n.id IS NOT NULL"
 TOO_MANY_LINES = "(SELECT count(*) FROM journal_lines l WHERE l.transaction_id = n.id) > 100"
 TOO_MANY_LINES_MESSAGE = "journal_transactions: a transaction has at most 100 lines"
 
+# `ledger.keys.create_key`: a partner key is bound to a partner that exists (api_keys has no foreign
+# key to partners; a mistyped id made a key that saw nothing).
+PARTNER_KEY = "n.partner_id IS NOT NULL"
+NO_SUCH_PARTNER = "NOT EXISTS (SELECT 1 FROM partners p WHERE p.id = n.partner_id)"
+NO_SUCH_PARTNER_MESSAGE = "api_keys: a partner key names a partner that exists"
+
 # Migration 0021 holds the adjustments' (its message names them), with the same bound.
 AHEAD = f"n.kind <> 'adjustment' AND {ASKED_FOR} > n.recorded_at_us + {CLOCK_SKEW_US}"
 AHEAD_MESSAGE = "journal_transactions: a transaction is dated at most five minutes after it is recorded"
@@ -128,6 +136,7 @@ ROW_RULES = (
     ("journal_transactions", "not_ahead", AHEAD, AHEAD_MESSAGE, AHEAD),
     ("journal_transactions", "key_length", KEY_LENGTH, KEY_LENGTH_MESSAGE, KEY_LENGTH),
     ("payout_resolutions", "amount_posted", RESOLUTION_MISPOSTED, RESOLUTION_MESSAGE, None),
+    ("api_keys", "partner_known", NO_SUCH_PARTNER, NO_SUCH_PARTNER_MESSAGE, PARTNER_KEY),
 )
 POSTGRES_ROW_RULES = ROW_RULES[4:]
 

@@ -85,6 +85,8 @@ def client(app):
 
 @pytest.fixture
 def keys(database) -> Keys:
+    """A key of each role, `p1` and `p2` enrolled first: a partner key names a partner that exists."""
+    enroll(database)
     return make_keys(database)
 
 

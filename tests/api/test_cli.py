@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from cli import server
 from cli.main import main
 from ledger.keys import Principal, authenticate
+from tests.api.conftest import enroll
 from tests.conftest import new_sqlite_url
 
 REVSHARE = Path(sys.executable).with_name("revshare")
@@ -41,6 +42,7 @@ def test_keys_create_prints_the_key_alone_on_its_last_line(database):
 
 
 def test_keys_create_binds_a_partner_key_to_its_partner(database):
+    enroll(database)
     result = run(["keys", "create", "--role", "partner", "--partner", "p1"], database.url)
     assert result.exit_code == 0, result.output
     with database.reader() as session:
@@ -51,6 +53,7 @@ def test_keys_create_binds_a_partner_key_to_its_partner(database):
 @pytest.mark.parametrize("args, message", [
     (["--role", "partner"], "error: --partner: is required"), (["--role", "finance", "--partner", "p1"], "--partner"),
     (["--role", "root"], "root"), (["--role", "partner", "--partner", "a:b"], "--partner"),
+    (["--role", "partner", "--partner", "nobody"], "error: --partner: partner 'nobody' does not exist"),
 ])
 def test_keys_create_refuses_a_bad_role_or_binding_with_exit_code_2(sqlite_database, args, message):
     result = run(["keys", "create", *args], sqlite_database.url)
@@ -75,6 +78,7 @@ def test_keys_revoke_stops_a_key_names_an_unknown_one_and_repeats_as_already_rev
 
 
 def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_takes_the_key_itself(database):
+    enroll(database)
     made = [run(["keys", "create", *args], database.url).output.strip().splitlines()
             for args in (["--role", "finance"], ["--role", "partner", "--partner", "p1"])]
     (finance_id, finance_key), (partner_id, partner_key) = [(m[0].removeprefix("id: "), m[-1]) for m in made]

@@ -586,6 +586,18 @@ def test_keys_and_stored_responses_are_never_updated(database, statement):
         assert connection.exec_driver_sql("SELECT role FROM api_keys").scalar() == "partner"
 
 
+def test_a_partner_key_names_a_partner_that_exists(database):
+    """`api_keys` has no foreign key to `partners`; a key made for a mistyped id saw nothing (migration 0029)."""
+    enroll(database)
+    key = ("INSERT INTO api_keys (id, key_hash, role, partner_id, created_at_us)"
+           " VALUES (:id, :hash, 'partner', :partner, 1)")
+    refused(database, raw(key, id="key_nobody", hash="a" * 64, partner="nobody"),
+            "a partner key names a partner that exists")
+    accepted(database, raw(key, id="key_p1", hash="b" * 64, partner="p1"))
+    accepted(database, raw("INSERT INTO api_keys (id, key_hash, role, partner_id, created_at_us)"
+                           " VALUES ('key_finance', :hash, 'finance', NULL, 1)", hash="c" * 64))
+
+
 # ---- accounts ----
 
 ACCOUNT = "INSERT INTO accounts (name, type, normal_side, partner_id) VALUES (:name, :type, :side, :partner)"

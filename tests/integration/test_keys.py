@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from ledger.errors import InvalidInput, NotFound
 from ledger.keys import Principal, authenticate, create_key, revoke_key
 from ledger.schema import api_keys
+from tests.api.conftest import enroll
 from tests.integration.conftest import second_writer_behind_first
 
 
@@ -19,10 +20,17 @@ def test_a_created_key_authenticates_as_its_role(database):
 
 
 def test_a_partner_key_is_bound_to_its_partner(database):
+    enroll(database)
     with database.transaction() as session:
-        key_id, key = create_key(session, "partner", "northwind")
+        key_id, key = create_key(session, "partner", "p1")
     with database.reader() as session:
-        assert authenticate(session, key) == Principal(key_id, "partner", "northwind")
+        assert authenticate(session, key) == Principal(key_id, "partner", "p1")
+
+
+def test_a_partner_key_for_a_partner_that_does_not_exist_is_refused_naming_it(database):
+    with pytest.raises(InvalidInput) as refused, database.transaction() as session:
+        create_key(session, "partner", "nobody")
+    assert refused.value.fields == {"partner_id": ["partner 'nobody' does not exist"]}
 
 
 def test_only_the_hash_of_a_key_is_stored(database):
