@@ -64,6 +64,10 @@ LINES_PER_TRANSACTION_MAX = 100
 POST_BATCH_MAX = 100_000
 ACCOUNT_SPECS_CACHED_MAX = 65_536
 SALT_BYTES = 16  # per transaction, in its chain hash (see the module's docstring)
+# How far a transaction may be dated after the instant it is recorded, whatever its kind: the
+# clocks of billing, of the app servers and of the database may disagree a little (an event is
+# dated by billing, `ledger.revenue`). The database holds the bound (migrations 0017, 0021, 0029).
+CLOCK_SKEW_US = 5 * 60 * 1_000_000
 
 
 class Line(NamedTuple):
@@ -261,6 +265,19 @@ class Batch:
         self._drafts.append(draft)
         return Posted(self.head_id, False)
 
+    def refuse_dated_ahead(self, drafts: Iterable[Draft]) -> None:
+        """Conflict if a draft not yet posted is dated more than `CLOCK_SKEW_US` after this batch's
+        recording, which the database refuses (a 500). Only a default instant taken from the books
+        can be: a reversal's (its original's) or a resolution's (its payout's), set by a server whose
+        clock was ahead of this one's (or this one's, stepped back since); the next minutes cure it."""
+        for draft in drafts:
+            if draft.idempotency_key in self._known or draft.effective_at_us <= self.recorded_at_us + CLOCK_SKEW_US:
+                continue
+            raise Conflict(f"a {draft.kind} dated {format_instant(draft.effective_at_us)} would be more than five "
+                           f"minutes ahead of this server's clock, {format_instant(self.recorded_at_us)}, which the "
+                           "journal refuses: the instant it follows was set by a clock ahead of this one; retry "
+                           f"from {format_instant(draft.effective_at_us - CLOCK_SKEW_US)}")
+
     def posting_instant(self, effective_at_us: int) -> int:
         """The instant a draft effective at `effective_at_us` is posted at: its own, or the start of
         the first open period when it lies in a closed one."""
@@ -294,6 +311,7 @@ def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | Non
     assert len(drafts) <= POST_BATCH_MAX, len(drafts)
     batch = Batch(session, recorded_at_us=recorded_at_us)
     batch.preload(draft.idempotency_key for draft in drafts)
+    batch.refuse_dated_ahead(drafts)
     results = [batch.add(draft) for draft in drafts]
     batch.flush()
     return results

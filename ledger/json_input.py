@@ -28,6 +28,9 @@ def loads(text: str) -> Any:
 
 def reason(error: ValueError | RecursionError) -> str:
     """What `loads` refused, said to whoever sent the text, in its terms rather than Python's."""
+    if isinstance(error, json.JSONDecodeError) and error.msg.startswith("Unexpected UTF-8 BOM"):
+        # Python's message advises its own codec ("decode using utf-8-sig"), which the sender cannot use.
+        return "it starts with a byte order mark (U+FEFF), which JSON sent over a network may not have"
     if isinstance(error, json.JSONDecodeError):
         return f"{error.msg} at line {error.lineno}, column {error.colno}"
     if isinstance(error, RecursionError):

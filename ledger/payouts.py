@@ -15,7 +15,8 @@ returning the money), at most once: the database's primary key on `payout_resolu
 second resolution even when two requests race. Its instant (default now) is not before the
 payout's nor in the future (422 naming `at`; the database refuses the first too: migration 0017).
 By default it is now, or the payout's own instant if that is later by this server's clock (the run
-was made by a server whose clock is ahead, or this one's clock was stepped back since).
+was made by a server whose clock is ahead, or this one's clock was stepped back since); more than
+five minutes later, a 409 (`journal.Batch.refuse_dated_ahead`: the database refuses it, migration 0029).
 
 An adjustment is effective when it is made (default) or at an instant that has passed, not in the
 future (422 naming `effective_at`; the database refuses it too: migration 0021). Dated ahead, it
@@ -149,10 +150,11 @@ def _resolve(session: Session, payout_id: int, outcome: str, reason: str | None,
         resolved_at = max(batch.recorded_at_us, _made_at(session, payout))
     else:
         resolved_at = _resolved_at(session, payout, at_us, batch.recorded_at_us)
-    posted = batch.add(journal.transfer(
+    draft = journal.transfer(
         kind, chart.PAYOUTS_IN_TRANSIT, credit, payout.currency, payout.amount_minor, effective_at_us=resolved_at,
-        idempotency_key=f"{kind}:{payout_id}", partner_id=payout.partner_id, accrual_id=None,
-        memo=reason))
+        idempotency_key=f"{kind}:{payout_id}", partner_id=payout.partner_id, accrual_id=None, memo=reason)
+    batch.refuse_dated_ahead([draft])  # made by a server whose clock is more than five minutes ahead of this one's
+    posted = batch.add(draft)
     batch.flush()
     session.execute(insert(payout_resolutions).values(payout_id=payout_id, outcome=outcome, transaction_id=posted.id,
                                                       reason=reason, resolved_at_us=batch.recorded_at_us))

@@ -41,7 +41,7 @@ BATCH_EVENTS_MAX = 10_000
 # service may disagree a little; an event dated later than that is refused (422 naming
 # `occurred_at`; the database holds it too, migration 0017). A payment dated in the future would
 # accrue, and its hold mature, from an instant nobody has seen yet.
-CLOCK_SKEW_US = 5 * 60 * 1_000_000
+CLOCK_SKEW_US = journal.CLOCK_SKEW_US
 EVENT_FIELDS = ("id", "type", "customer_id", "invoice_id", "amount", "occurred_at")
 REFUND_TYPES = ("refund", "chargeback")
 # RevenueEvent's fields, then what the service adds, in table column order.

@@ -54,7 +54,9 @@ def test_malformed_json_is_a_400(shared):
     (b'{"reason": ' + b"9" * 5000 + b"}", "not valid JSON: a number with more digits than can be read"),
     (b'{"reason": NaN}', "not valid JSON: NaN is not JSON"),
     (b'{"reason": "\xff\xfe"}', "not UTF-8 (byte 13)"),
-], ids=["deep", "huge-int", "nan", "bad-utf8"])
+    (b'\xef\xbb\xbf{"reason": "x"}',
+     "not valid JSON: it starts with a byte order mark (U+FEFF), which JSON sent over a network may not have"),
+], ids=["deep", "huge-int", "nan", "bad-utf8", "byte-order-mark"])
 def test_a_body_that_is_not_json_is_a_400_saying_why_in_the_senders_terms(shared, raw, detail):
     response = shared.roomy.post("/v1/transactions/1/reversal", data=raw, content_type="application/json",
                                  headers=bearer(shared.keys.finance))

@@ -132,6 +132,22 @@ def test_a_payout_settled_or_failed_now_by_a_server_whose_clock_is_behind_the_ru
     assert fresh.read(f"/v1/transactions/{resolved['resolution_transaction_id']}")["effective_at"] == made_at
 
 
+@pytest.mark.parametrize("action", ["settle", "fail"])
+def test_a_payout_settled_or_failed_by_a_server_whose_clock_is_over_five_minutes_behind_the_runs_is_a_409_not_a_500(
+        fresh, action, skewed_clock):
+    # Dated at the payout, the resolution would be over five minutes ahead of its recording, which the
+    # database refuses (migration 0029): the server says so, and the payout stays pending.
+    invoices(fresh, p1="250.00")
+    [payout] = fresh.created("/v1/payout-runs", {})["payouts"]  # at now, by this server's clock
+    skewed_clock.offset_us = -6 * 60 * 1_000_000  # another server, 6 minutes behind (or this one stepped back)
+    response = fresh.post(f"/v1/payouts/{payout['id']}/{action}", {})
+    assert errors_of(response, 409) == set() and "more than five minutes ahead of this server's clock" in (
+        response.get_json()["detail"])
+    assert fresh.read(f"/v1/payouts?run_id={payout['run_id']}")["items"][0]["status"] == "pending"
+    skewed_clock.offset_us = 0
+    assert fresh.ok(f"/v1/payouts/{payout['id']}/{action}", {})["status"] in ("settled", "failed")
+
+
 def test_reversing_a_pending_payouts_posting_fails_the_payout_so_it_cannot_also_be_settled(fresh):
     invoices(fresh, p1="250.00")
     [payout] = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})["payouts"]

@@ -144,6 +144,30 @@ def test_the_database_refuses_a_reversal_effective_before_its_original(scratch, 
         assert journal.reversed_by(session, original_id) is None
 
 
+def test_a_reversal_by_a_server_whose_clock_is_over_five_minutes_behind_its_originals_is_a_409_not_a_500(
+        scratch, skewed_clock):
+    # At its original's instant, the reversal would be dated over five minutes after its recording, which
+    # the database refuses (migration 0029): the server says so and reverses nothing; a retry of a
+    # reversal already made replays.
+    key = f"fresh-{uuid.uuid4().hex}"
+    with scratch.database.transaction() as session:
+        [made] = journal.post(session, [accrual("p1", key, 100, journal.now_us())])
+        [replayed] = journal.post(session, [accrual("p1", f"{key}-replayed", 100, journal.now_us())])
+    skewed_clock.offset_us = -6 * 60 * 1_000_000  # another server, 6 minutes behind (or this one stepped back)
+    response = reverse(scratch, made.id, {"reason": "entered twice"})
+    assert response.status_code == 409 and "more than five minutes ahead of this server's clock" in (
+        response.get_json()["detail"])
+    assert scratch.client.get(f"/v1/transactions/{made.id}", headers=bearer(scratch.keys.finance)).get_json()[
+        "reversed_by_id"] is None
+    for offset_us in (0, -6 * 60 * 1_000_000):  # made, then retried by the server that is behind: a replay
+        skewed_clock.offset_us = offset_us
+        with scratch.database.transaction() as session:
+            retried = reversals.reverse(session, replayed.id, reason="entered twice", idempotency_key=f"{key}-retried")
+        assert retried.replayed == (offset_us != 0)
+    skewed_clock.offset_us = 0
+    assert reverse(scratch, made.id, {"reason": "entered twice"}).status_code == 201
+
+
 def test_a_second_reversal_is_a_409(scratch):
     original_id = new_transaction(scratch.database)
     assert reverse(scratch, original_id, {"reason": "first"}).status_code == 201
