@@ -208,12 +208,23 @@ def get_payout(session: Session, payout_id: int) -> Payout:
 
 def list_payouts(session: Session, *, run_id: str | None = None, partner_id: str | None = None,
                  after_id: int = 0, limit: int = 1000) -> list[Payout]:
+    """Payouts in id order, of one run and one partner if named. A run named that does not exist is
+    NotFound, not an empty list that reads as "none" (a mistyped id); so is one that paid the named
+    partner nothing, since a partner's key lists only its own payouts, and to it such a run is not."""
+    if run_id is not None and not _run_exists(session, run_id, partner_id):
+        raise NotFound(f"payout run {run_id!r} not found")
     query = _select().where(payouts.c.id > after_id).order_by(payouts.c.id).limit(limit)
     if run_id is not None:
         query = query.where(payouts.c.run_id == run_id)
     if partner_id is not None:
         query = query.where(payouts.c.partner_id == partner_id)
     return [_payout(row) for row in session.execute(query)]
+
+
+def _run_exists(session: Session, run_id: str, partner_id: str | None) -> bool:
+    query = (select(payout_runs.c.id).where(payout_runs.c.id == run_id) if partner_id is None else
+             select(payouts.c.id).where(payouts.c.run_id == run_id, payouts.c.partner_id == partner_id).limit(1))
+    return session.execute(query).first() is not None
 
 
 def adjust(session: Session, partner_id: str, account: str, amount_minor: int, currency: str, reason: str,

@@ -211,8 +211,19 @@ def test_payouts_list_page_by_page_and_each_partner_sees_its_own(fresh):
     assert [p["partner_id"] for p in fresh.read("/v1/payouts", as_="p2")["items"]] == ["p2"]
     assert [p["partner_id"] for p in fresh.read("/v1/payouts?partner_id=p1")["items"]] == ["p1"]
     assert [p["partner_id"] for p in fresh.read(f"/v1/payouts?run_id={run['id']}")["items"]] == ["p1", "p2"]
-    assert fresh.read("/v1/payouts?run_id=run_none")["items"] == []
     assert fresh.get("/v1/payouts?partner_id=p1", as_="p2").status_code == 404
+
+
+def test_a_payout_run_filter_naming_no_run_or_one_that_paid_the_partner_nothing_is_a_404_not_an_empty_list(fresh):
+    invoices(fresh, p1="250.00")  # p2 earns nothing: the run pays p1 alone
+    run = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})
+    assert [p["partner_id"] for p in run["payouts"]] == ["p1"]
+    missing = fresh.get("/v1/payouts?run_id=run_none")
+    assert missing.status_code == 404 and "'run_none'" in missing.get_json()["detail"]
+    assert [p["partner_id"] for p in fresh.read(f"/v1/payouts?run_id={run['id']}", as_="p1")["items"]] == ["p1"]
+    theirs, unknown = (fresh.get(f"/v1/payouts?run_id={run_id}", as_="p2") for run_id in (run["id"], "run_none"))
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.get_json()["detail"].replace(run["id"], "X") == unknown.get_json()["detail"].replace("run_none", "X")
 
 
 def instant_from_now(offset: timedelta) -> str:
