@@ -298,3 +298,68 @@ def test_a_client_that_reads_nothing_of_a_large_answer_is_dropped_at_the_idle_li
     client, peer = client_and_peer(0.2)
     with client, peer, pytest.raises(TimeoutError):
         client.sendall(bytes(4 * 1024 * 1024))
+
+
+def tcp_client_and_peer(idle_s: float) -> tuple[server.ClientSocket, socket.socket]:
+    """A worker's client socket on loopback TCP with the idle limit `idle_s`, and its peer. Its send
+    buffer is fixed at 1 MiB (Linux doubles it to 2 MiB), as Linux grows it for a client on its own."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    client = server.ClientSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
+    client.settimeout(idle_s)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+    return client, peer
+
+
+def test_a_large_answer_over_tcp_to_a_client_reading_it_steadily_is_sent_whole_and_beats_the_heartbeat():
+    """Linux reports a TCP socket writable again only once a third of its send buffer is free: a
+    4.5 MB statement to a client reading 160 KB every second, steadily, waited 7 s for its second
+    piece and was cut off at the idle limit (5 s). Here a 4 MiB answer read 16 KiB every 10 ms
+    waits about 0.4 s for room in a 2 MiB buffer, over an idle limit of 0.2 s. And a sync worker
+    tells gunicorn's arbiter it lives only between requests: sending for longer than the worker
+    timeout (30 s) got it killed mid-answer; each piece sent calls the worker's heartbeat now."""
+    client, peer = tcp_client_and_peer(0.2)
+    heartbeats = []
+    client.progress = lambda: heartbeats.append(1)
+    answer = bytes(range(256)) * 16_384  # 4 MiB
+    received = bytearray()
+
+    def read_steadily() -> None:
+        with contextlib.suppress(ConnectionResetError):  # a failed send closes the client with data unread
+            while chunk := peer.recv(16_384):
+                received.extend(chunk)
+                time.sleep(0.01)
+
+    reader = threading.Thread(target=read_steadily)
+    reader.start()
+    try:
+        with client:  # closed when a send fails, which ends the reader too
+            client.sendall(answer)
+    finally:
+        reader.join(60)
+        peer.close()
+    assert not reader.is_alive() and received == answer
+    assert len(heartbeats) > 1
+
+
+def test_a_client_over_tcp_that_stops_reading_is_dropped_at_the_idle_limit():
+    client, peer = tcp_client_and_peer(0.2)
+    with client, peer, pytest.raises(TimeoutError):
+        client.sendall(bytes(1000))
+        assert peer.recv(1000)  # read a little, then nothing
+        client.sendall(bytes(16 * 1024 * 1024))
+
+
+def test_the_worker_gives_each_client_socket_its_heartbeat_and_idle_limit():
+    from gunicorn.config import Config
+
+    worker = server.Worker(0, os.getpid(), [], None, 30, Config(), None)
+    handled = []
+    worker.handle = lambda listener, client, addr: handled.append(client)
+    with contextlib.closing(worker.tmp), socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()):
+        worker.accept(listener)
+    [client] = handled
+    with client:
+        assert client.gettimeout() == server.CLIENT_IDLE_S and client.progress == worker.notify
