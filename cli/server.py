@@ -82,11 +82,17 @@ class ClientSocket(socket.socket):
     reading 160 KB a second, steadily, waited 7 s for its second piece and was cut off. So a wait
     that times out is given another while the client took some of what the kernel holds for it
     (`SIOCOUTQ`: sent and not acknowledged, or not sent yet); a client that took nothing is dropped.
-    Each piece sent, and each wait the client made progress in, calls `progress` (the worker's
-    heartbeat): a sync worker tells the arbiter it lives only between requests, and an answer sent
-    steadily for longer than gunicorn's worker timeout (30 s) had its worker killed mid-answer."""
+    Each piece received or sent calls `progress` (the worker's heartbeat): a sync worker tells the
+    arbiter it lives only between requests, and a body or an answer that took longer than gunicorn's
+    worker timeout (30 s) to arrive or to be read, however steadily, had its worker killed midway.
+    The worker timeout bounds the app's own work still, from the request's last byte."""
 
     progress = staticmethod(lambda: None)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        data = super().recv(size, flags)
+        self.progress()
+        return data
 
     def sendall(self, data, flags: int = 0) -> None:
         unsent = memoryview(data).cast("B")

@@ -363,3 +363,17 @@ def test_the_worker_gives_each_client_socket_its_heartbeat_and_idle_limit():
     [client] = handled
     with client:
         assert client.gettimeout() == server.CLIENT_IDLE_S and client.progress == worker.notify
+
+
+def test_each_piece_of_a_request_received_beats_the_worker_s_heartbeat():
+    """A 10,000-event batch (2 MB) sent steadily at 53 KB/s took 37 s to arrive: gunicorn's worker
+    timeout (30 s) killed the worker midway (WORKER TIMEOUT), the client's pipe broke, and the batch
+    was lost. Each piece received is a heartbeat now, as each piece sent is."""
+    client, peer = client_and_peer(0.2)
+    heartbeats = []
+    client.progress = lambda: heartbeats.append(1)
+    with client, peer:
+        for piece in (b"POST / HTTP/1.1\r\n", b"Host: x\r\n"):
+            peer.sendall(piece)
+            assert client.recv(100) == piece
+    assert len(heartbeats) == 2
