@@ -22,6 +22,7 @@ import fcntl
 import json
 import socket
 import struct
+import sys
 import termios
 from http import HTTPStatus
 
@@ -116,17 +117,43 @@ def _held_bytes(sock: socket.socket) -> int | None:
         return None
 
 
+class IdleDropLog:
+    """Gunicorn's logger, except that a client dropped at the idle limit is one line at INFO.
+    Gunicorn logs a socket error it does not expect with its traceback at ERROR, and the idle
+    limit's `TimeoutError` is one to it: each client that opened a connection and sent nothing (a
+    browser's preconnect), or stopped reading its answer, wrote 25 lines at ERROR for no error of
+    the service's."""
+
+    def __init__(self, log, worker: Worker) -> None:
+        self._log = log
+        self._worker = worker
+
+    def __getattr__(self, name: str):
+        return getattr(self._log, name)
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        if isinstance(sys.exc_info()[1], TimeoutError):
+            self._log.info("Dropped client ip=%s: it sent nothing, or read nothing of its answer, for %g s",
+                           self._worker.client_ip, CLIENT_IDLE_S)
+        else:
+            self._log.exception(msg, *args, **kwargs)
+
+
 class Worker(SyncWorker):
     """Gunicorn's sync worker, with an idle limit on each client and problem+json refusals."""
+
+    client_ip = ""  # of the client being served, for the log
 
     def init_process(self) -> None:
         # Gunicorn's workers write their refusals with `util.write_error` (an HTML page): in this
         # worker process, which serves nothing but this API, they write the API's problem+json.
         util.write_error = _write_problem
+        self.log = IdleDropLog(self.log, self)
         super().init_process()
 
     def accept(self, listener) -> None:
         accepted, addr = listener.accept()
+        self.client_ip = addr[0] if isinstance(addr, tuple) else str(addr)
         client = ClientSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
         client.settimeout(CLIENT_IDLE_S)
         client.progress = self.notify

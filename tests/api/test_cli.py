@@ -2,6 +2,7 @@
 real gunicorns started briefly on free loopback ports: answering, refusing as problem+json, dropping stalled clients)."""
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -260,6 +262,9 @@ def test_a_client_that_stops_sending_is_dropped_without_the_worker_being_killed(
         status, problem = problem_of(stalled)
         assert status == 408 and "stopped arriving" in problem["detail"]
     assert "WORKER TIMEOUT" not in errors[0], errors[0][-2000:]
+    # One line for the client dropped, not gunicorn's traceback at ERROR ("Socket error processing request.")
+    assert "Traceback" not in errors[0] and "ERROR" not in errors[0], errors[0][-2000:]
+    assert errors[0].count("[INFO] Dropped client ip=127.0.0.1: it sent nothing") == 1, errors[0][-2000:]
 
 
 def client_and_peer(idle_s: float) -> tuple[server.ClientSocket, socket.socket]:
@@ -377,3 +382,26 @@ def test_each_piece_of_a_request_received_beats_the_worker_s_heartbeat():
             peer.sendall(piece)
             assert client.recv(100) == piece
     assert len(heartbeats) == 2
+
+
+def test_the_worker_log_writes_a_client_dropped_idle_as_one_line_and_other_errors_with_their_traceback():
+    records = []
+
+    class Log:
+        def info(self, msg, *args):
+            records.append(("info", msg % args))
+
+        def exception(self, msg, *args):
+            records.append(("exception", msg % args, sys.exc_info()[0]))
+
+    worker = types.SimpleNamespace(client_ip="192.0.2.7")
+    log = server.IdleDropLog(Log(), worker)
+    for error in (TimeoutError("timed out"), OSError(errno.EIO, "I/O error")):
+        try:
+            raise error
+        except OSError:
+            log.exception("Socket error processing request.")
+    assert records == [
+        ("info", "Dropped client ip=192.0.2.7: it sent nothing, or read nothing of its answer, for 5 s"),
+        ("exception", "Socket error processing request.", OSError)]
+    assert log.info == log._log.info  # the rest is gunicorn's logger's own
