@@ -18,8 +18,12 @@ The workers are gunicorn's sync workers (`Worker`) with two changes for clients 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
+import struct
+import sys
+import termios
 from http import HTTPStatus
 
 from gunicorn import util
@@ -72,27 +76,87 @@ class ClientSocket(socket.socket):
     """A client's socket on which every wait is bounded by its timeout, a send's too: `sendall`
     sends piece by piece, each piece within the timeout. Python's own `sendall` bounds the whole
     answer by it, so a large answer (a hot partner's statement) to a client on a slow link, reading
-    steadily, was cut off after `CLIENT_IDLE_S`; only a client that reads nothing is dropped now."""
+    steadily, was cut off after `CLIENT_IDLE_S`; only a client that reads nothing is dropped now.
+
+    A piece waits for room in the kernel's send buffer, which Linux grows to megabytes (`tcp_wmem`)
+    and reports as writable again only once a third of it is free: a 4.5 MB statement to a client
+    reading 160 KB a second, steadily, waited 7 s for its second piece and was cut off. So a wait
+    that times out is given another while the client took some of what the kernel holds for it
+    (`SIOCOUTQ`: sent and not acknowledged, or not sent yet); a client that took nothing is dropped.
+    Each piece received or sent calls `progress` (the worker's heartbeat): a sync worker tells the
+    arbiter it lives only between requests, and a body or an answer that took longer than gunicorn's
+    worker timeout (30 s) to arrive or to be read, however steadily, had its worker killed midway.
+    The worker timeout bounds the app's own work still, from the request's last byte."""
+
+    progress = staticmethod(lambda: None)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        data = super().recv(size, flags)
+        self.progress()
+        return data
 
     def sendall(self, data, flags: int = 0) -> None:
         unsent = memoryview(data).cast("B")
         while unsent:
-            unsent = unsent[self.send(unsent, flags):]
+            held = _held_bytes(self)
+            try:
+                unsent = unsent[self.send(unsent, flags):]
+            except TimeoutError:
+                still = _held_bytes(self)
+                if held is None or still is None or still >= held:
+                    raise  # the client took nothing for a whole idle limit
+            self.progress()
+
+
+def _held_bytes(sock: socket.socket) -> int | None:
+    """The bytes the kernel holds for the peer (not yet acknowledged by it), or None where the
+    kernel does not tell (`SIOCOUTQ`, Linux's `TIOCOUTQ` on a socket)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+    except OSError:
+        return None
+
+
+class IdleDropLog:
+    """Gunicorn's logger, except that a client dropped at the idle limit is one line at INFO.
+    Gunicorn logs a socket error it does not expect with its traceback at ERROR, and the idle
+    limit's `TimeoutError` is one to it: each client that opened a connection and sent nothing (a
+    browser's preconnect), or stopped reading its answer, wrote 25 lines at ERROR for no error of
+    the service's."""
+
+    def __init__(self, log, worker: Worker) -> None:
+        self._log = log
+        self._worker = worker
+
+    def __getattr__(self, name: str):
+        return getattr(self._log, name)
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        if isinstance(sys.exc_info()[1], TimeoutError):
+            self._log.info("Dropped client ip=%s: it sent nothing, or read nothing of its answer, for %g s",
+                           self._worker.client_ip, CLIENT_IDLE_S)
+        else:
+            self._log.exception(msg, *args, **kwargs)
 
 
 class Worker(SyncWorker):
     """Gunicorn's sync worker, with an idle limit on each client and problem+json refusals."""
 
+    client_ip = ""  # of the client being served, for the log
+
     def init_process(self) -> None:
         # Gunicorn's workers write their refusals with `util.write_error` (an HTML page): in this
         # worker process, which serves nothing but this API, they write the API's problem+json.
         util.write_error = _write_problem
+        self.log = IdleDropLog(self.log, self)
         super().init_process()
 
     def accept(self, listener) -> None:
         accepted, addr = listener.accept()
+        self.client_ip = addr[0] if isinstance(addr, tuple) else str(addr)
         client = ClientSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
         client.settimeout(CLIENT_IDLE_S)
+        client.progress = self.notify
         util.close_on_exec(client)
         self.handle(listener, client, addr)
 

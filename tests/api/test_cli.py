@@ -2,6 +2,7 @@
 real gunicorns started briefly on free loopback ports: answering, refusing as problem+json, dropping stalled clients)."""
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -264,6 +266,9 @@ def test_a_client_that_stops_sending_is_dropped_without_the_worker_being_killed(
         status, problem = problem_of(stalled)
         assert status == 408 and "stopped arriving" in problem["detail"]
     assert "WORKER TIMEOUT" not in errors[0], errors[0][-2000:]
+    # One line for the client dropped, not gunicorn's traceback at ERROR ("Socket error processing request.")
+    assert "Traceback" not in errors[0] and "ERROR" not in errors[0], errors[0][-2000:]
+    assert errors[0].count("[INFO] Dropped client ip=127.0.0.1: it sent nothing") == 1, errors[0][-2000:]
 
 
 def client_and_peer(idle_s: float) -> tuple[server.ClientSocket, socket.socket]:
@@ -302,3 +307,105 @@ def test_a_client_that_reads_nothing_of_a_large_answer_is_dropped_at_the_idle_li
     client, peer = client_and_peer(0.2)
     with client, peer, pytest.raises(TimeoutError):
         client.sendall(bytes(4 * 1024 * 1024))
+
+
+def tcp_client_and_peer(idle_s: float) -> tuple[server.ClientSocket, socket.socket]:
+    """A worker's client socket on loopback TCP with the idle limit `idle_s`, and its peer. Its send
+    buffer is fixed at 1 MiB (Linux doubles it to 2 MiB), as Linux grows it for a client on its own."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    client = server.ClientSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
+    client.settimeout(idle_s)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+    return client, peer
+
+
+def test_a_large_answer_over_tcp_to_a_client_reading_it_steadily_is_sent_whole_and_beats_the_heartbeat():
+    """Linux reports a TCP socket writable again only once a third of its send buffer is free: a
+    4.5 MB statement to a client reading 160 KB every second, steadily, waited 7 s for its second
+    piece and was cut off at the idle limit (5 s). Here a 4 MiB answer read 16 KiB every 10 ms
+    waits about 0.4 s for room in a 2 MiB buffer, over an idle limit of 0.2 s. And a sync worker
+    tells gunicorn's arbiter it lives only between requests: sending for longer than the worker
+    timeout (30 s) got it killed mid-answer; each piece sent calls the worker's heartbeat now."""
+    client, peer = tcp_client_and_peer(0.2)
+    heartbeats = []
+    client.progress = lambda: heartbeats.append(1)
+    answer = bytes(range(256)) * 16_384  # 4 MiB
+    received = bytearray()
+
+    def read_steadily() -> None:
+        with contextlib.suppress(ConnectionResetError):  # a failed send closes the client with data unread
+            while chunk := peer.recv(16_384):
+                received.extend(chunk)
+                time.sleep(0.01)
+
+    reader = threading.Thread(target=read_steadily)
+    reader.start()
+    try:
+        with client:  # closed when a send fails, which ends the reader too
+            client.sendall(answer)
+    finally:
+        reader.join(60)
+        peer.close()
+    assert not reader.is_alive() and received == answer
+    assert len(heartbeats) > 1
+
+
+def test_a_client_over_tcp_that_stops_reading_is_dropped_at_the_idle_limit():
+    client, peer = tcp_client_and_peer(0.2)
+    with client, peer, pytest.raises(TimeoutError):
+        client.sendall(bytes(1000))
+        assert peer.recv(1000)  # read a little, then nothing
+        client.sendall(bytes(16 * 1024 * 1024))
+
+
+def test_the_worker_gives_each_client_socket_its_heartbeat_and_idle_limit():
+    from gunicorn.config import Config
+
+    worker = server.Worker(0, os.getpid(), [], None, 30, Config(), None)
+    handled = []
+    worker.handle = lambda listener, client, addr: handled.append(client)
+    with contextlib.closing(worker.tmp), socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()):
+        worker.accept(listener)
+    [client] = handled
+    with client:
+        assert client.gettimeout() == server.CLIENT_IDLE_S and client.progress == worker.notify
+
+
+def test_each_piece_of_a_request_received_beats_the_worker_s_heartbeat():
+    """A 10,000-event batch (2 MB) sent steadily at 53 KB/s took 37 s to arrive: gunicorn's worker
+    timeout (30 s) killed the worker midway (WORKER TIMEOUT), the client's pipe broke, and the batch
+    was lost. Each piece received is a heartbeat now, as each piece sent is."""
+    client, peer = client_and_peer(0.2)
+    heartbeats = []
+    client.progress = lambda: heartbeats.append(1)
+    with client, peer:
+        for piece in (b"POST / HTTP/1.1\r\n", b"Host: x\r\n"):
+            peer.sendall(piece)
+            assert client.recv(100) == piece
+    assert len(heartbeats) == 2
+
+
+def test_the_worker_log_writes_a_client_dropped_idle_as_one_line_and_other_errors_with_their_traceback():
+    records = []
+
+    class Log:
+        def info(self, msg, *args):
+            records.append(("info", msg % args))
+
+        def exception(self, msg, *args):
+            records.append(("exception", msg % args, sys.exc_info()[0]))
+
+    worker = types.SimpleNamespace(client_ip="192.0.2.7")
+    log = server.IdleDropLog(Log(), worker)
+    for error in (TimeoutError("timed out"), OSError(errno.EIO, "I/O error")):
+        try:
+            raise error
+        except OSError:
+            log.exception("Socket error processing request.")
+    assert records == [
+        ("info", "Dropped client ip=192.0.2.7: it sent nothing, or read nothing of its answer, for 5 s"),
+        ("exception", "Socket error processing request.", OSError)]
+    assert log.info == log._log.info  # the rest is gunicorn's logger's own
