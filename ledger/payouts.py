@@ -39,9 +39,8 @@ from ledger.balances import partner_account_sums
 from ledger.db import database_now_us
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant
-from ledger.partners import program_for
-from ledger.revenue import CLOCK_SKEW_US
-from ledger.schema import journal_transactions, partners, payout_resolutions, payout_runs, payouts
+from ledger.partners import partner_exists, program_for
+from ledger.schema import journal_transactions, payout_resolutions, payout_runs, payouts
 
 REASON_LENGTH_MAX = 500
 
@@ -85,7 +84,7 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
         raise invalid("at", f"{format_instant(at_us)} is in the future: a payout run pays balances as of an "
                             "instant that has passed")
     database_now = database_now_us(session)
-    if at_us > database_now + CLOCK_SKEW_US:
+    if at_us > database_now + journal.CLOCK_SKEW_US:
         # This server's clock is ahead of the database's by more than its rule allows (migration 0018).
         raise invalid("at", f"{format_instant(at_us)} is more than five minutes ahead of the database's clock, "
                             f"{format_instant(database_now)}: a payout run pays balances as of an instant that "
@@ -238,7 +237,7 @@ def adjust(session: Session, partner_id: str, account: str, amount_minor: int, c
         raise invalid("amount", "must not be zero")
     if not isinstance(reason, str) or not 1 <= len(reason) <= REASON_LENGTH_MAX:
         raise invalid("reason", f"1 to {REASON_LENGTH_MAX} characters")
-    if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
+    if not partner_exists(session, partner_id):
         raise invalid("partner_id", f"partner {partner_id!r} does not exist")
     batch = journal.Batch(session)
     if effective_at_us is not None and effective_at_us > batch.recorded_at_us:
