@@ -3,14 +3,17 @@
 Gunicorn is driven through its Python API (a small `BaseApplication`), so the command needs no
 config file. Each worker imports `wsgi`, which builds the app from the environment's settings.
 
-The workers are gunicorn's sync workers (`Worker`) with two changes for clients that misbehave:
+The workers are gunicorn's sync workers (`Worker`) with three changes for clients that misbehave:
 - a client that stops sending its request, or stops reading the answer, for `CLIENT_IDLE_S` is
-  dropped. A sync worker serves one connection at a time, and gunicorn's own sockets block without
-  a limit: two connections that sent half a request line (or half a body) and nothing more held
-  both default workers until the 30-second worker timeout killed them, and every other client
-  waited that long, again on each reconnect. The limit is per read or write, not per request: a
-  client trickling a byte every few seconds still holds a worker, so a service reachable by
-  clients it does not trust belongs behind a buffering proxy (README, HTTP API);
+  dropped (`ClientSocket`). A sync worker serves one connection at a time, and gunicorn's own
+  sockets block without a limit: two connections that sent half a request line (or half a body)
+  and nothing more held both default workers until the 30-second worker timeout killed them, and
+  every other client waited that long, again on each reconnect. The limit is per read or write,
+  not per request, and each piece received or sent is the worker's heartbeat: a client that keeps
+  sending or reading, however slowly, is served to the end, and one trickling a byte every few
+  seconds holds a worker as long, so a service reachable by clients it does not trust belongs
+  behind a buffering proxy (README, HTTP API);
+- such a drop is one line at INFO (`IdleDropLog`), not gunicorn's traceback at ERROR;
 - what gunicorn refuses itself, before the app sees the request (a request line or header over its
   limits, a malformed header, an `Expect` it cannot meet, a worker timeout's 500), is answered as
   `application/problem+json` like every other error of the API, not gunicorn's HTML page.
