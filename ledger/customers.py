@@ -25,7 +25,8 @@ from ledger.db import in_lists, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, start_of_day_us, within_horizon
 from ledger.journal import now_us
-from ledger.schema import ATTRIBUTION_SOURCES, attributions, customers, partner_statuses, partners
+from ledger.partners import partner_exists
+from ledger.schema import ATTRIBUTION_SOURCES, attributions, customers, partner_statuses
 
 EXTERNAL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/\-]{0,63}")
 
@@ -59,7 +60,7 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
     if source not in ATTRIBUTION_SOURCES:
         raise invalid("source", f"must be one of {', '.join(ATTRIBUTION_SOURCES)}")
     lock_program(session)
-    if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
+    if not partner_exists(session, partner_id):
         raise invalid("partner_id", f"partner {partner_id!r} does not exist")
     start_us = within_horizon(start_of_day_us(effective_from), field="effective_from")
     history = get_customer(session, customer_id).attributions if _exists(session, customer_id) else ()

@@ -62,7 +62,7 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
         if parent.depth >= PARTNER_DEPTH_MAX:
             raise invalid("parent_id", f"the hierarchy is at most {PARTNER_DEPTH_MAX} levels deep")
         depth, parent_depth = parent.depth + 1, parent.depth
-    if session.execute(select(partners.c.id).where(partners.c.id == partner_id)).first():
+    if partner_exists(session, partner_id):
         raise Conflict(f"partner {partner_id!r} already exists")
     created = now_us()
     session.execute(insert(partners).values(id=partner_id, name=name, type=partner_type, parent_id=parent_id,

@@ -209,15 +209,17 @@ def list_payouts(session: Session, *, run_id: str | None = None, partner_id: str
                  after_id: int = 0, limit: int = 1000) -> list[Payout]:
     """Payouts in id order, of one run and one partner if named. A run named that does not exist is
     NotFound, not an empty list that reads as "none" (a mistyped id); so is one that paid the named
-    partner nothing, since a partner's key lists only its own payouts, and to it such a run is not."""
-    if run_id is not None and not _run_exists(session, run_id, partner_id):
-        raise NotFound(f"payout run {run_id!r} not found")
+    partner nothing, since a partner's key lists only its own payouts, and to it such a run is not.
+    A page with payouts shows the run is there: only an empty one asks."""
     query = _select().where(payouts.c.id > after_id).order_by(payouts.c.id).limit(limit)
     if run_id is not None:
         query = query.where(payouts.c.run_id == run_id)
     if partner_id is not None:
         query = query.where(payouts.c.partner_id == partner_id)
-    return [_payout(row) for row in session.execute(query)]
+    found = [_payout(row) for row in session.execute(query)]
+    if run_id is not None and not found and not _run_exists(session, run_id, partner_id):
+        raise NotFound(f"payout run {run_id!r} not found")
+    return found
 
 
 def _run_exists(session: Session, run_id: str, partner_id: str | None) -> bool:
