@@ -28,7 +28,7 @@ from typing import IO, Callable, Iterator
 
 from ledger import json_input, revenue
 from ledger.db import Database
-from ledger.errors import DomainError, InvalidInput, OutOfRange
+from ledger.errors import DomainError, InvalidInput
 
 CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", "occurred_at")
 # The fields a refusal names that are the event's (or the line's, `_line`; not an object, `_schema`).
@@ -232,7 +232,7 @@ def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], 
     try:
         with database.transaction() as session:
             results = revenue.ingest(session, events)
-    except OutOfRange:  # one event's total is out of range: refuse it, not its whole batch
+    except revenue.REFUSED_APART:  # one event fails the batch: refuse it, not its whole batch
         results = revenue.ingest_apart(events, database.transaction)
     for (number, event), result in zip(pending, results):
         if isinstance(result, revenue.Refusal):

@@ -218,6 +218,22 @@ def open_batch(session: Session, reads: Sequence[tuple[str, Sequence]] = (), *, 
     return Batch(session, recorded_at_us=recorded_at_us, start=start), results
 
 
+class DatedAhead(Conflict):
+    """A new posting dated more than `CLOCK_SKEW_US` after its batch's recording, which the database
+    refuses (migration 0029). A caller's own instant is refused before it is drafted (422 naming the
+    field); only an instant taken from the books can get here: a reversal's (its original's), a
+    resolution's (its payout's), a refund's completion (the invoice's latest event), set by a server
+    whose clock was ahead of this one's, or by this one before its clock stepped back. The next
+    minutes cure it. Raised by `Batch.add` before anything of the draft is kept, it fails the whole
+    unit of work: what was drafted before it in the batch is never written."""
+
+    def __init__(self, draft: Draft, recorded_at_us: int) -> None:
+        super().__init__(f"a {draft.kind} dated {format_instant(draft.effective_at_us)} would be more than five "
+                         f"minutes ahead of this server's clock, {format_instant(recorded_at_us)}, which the journal "
+                         "refuses: the instant it follows was set by a clock ahead of this one; retry from "
+                         f"{format_instant(draft.effective_at_us - CLOCK_SKEW_US)}")
+
+
 class Batch:
     """A run of postings under the journal lock, written with a few multi-row statements at `flush()`.
 
@@ -253,6 +269,8 @@ class Batch:
             if existing[1] != hash_hex:
                 raise _conflict(self.session, draft, existing[0], self._drafts, self._headers)
             return Posted(existing[0], True)
+        if draft.effective_at_us > self.recorded_at_us + CLOCK_SKEW_US:
+            raise DatedAhead(draft, self.recorded_at_us)
         self.head_id += 1
         posted_at = self.posting_instant(draft.effective_at_us)
         original = None if posted_at == draft.effective_at_us else draft.effective_at_us
@@ -264,19 +282,6 @@ class Batch:
                                          prev_hash, self.head_hash, salt))
         self._drafts.append(draft)
         return Posted(self.head_id, False)
-
-    def refuse_dated_ahead(self, drafts: Iterable[Draft]) -> None:
-        """Conflict if a draft not yet posted is dated more than `CLOCK_SKEW_US` after this batch's
-        recording, which the database refuses (a 500). Only a default instant taken from the books
-        can be: a reversal's (its original's) or a resolution's (its payout's), set by a server whose
-        clock was ahead of this one's (or this one's, stepped back since); the next minutes cure it."""
-        for draft in drafts:
-            if draft.idempotency_key in self._known or draft.effective_at_us <= self.recorded_at_us + CLOCK_SKEW_US:
-                continue
-            raise Conflict(f"a {draft.kind} dated {format_instant(draft.effective_at_us)} would be more than five "
-                           f"minutes ahead of this server's clock, {format_instant(self.recorded_at_us)}, which the "
-                           "journal refuses: the instant it follows was set by a clock ahead of this one; retry "
-                           f"from {format_instant(draft.effective_at_us - CLOCK_SKEW_US)}")
 
     def posting_instant(self, effective_at_us: int) -> int:
         """The instant a draft effective at `effective_at_us` is posted at: its own, or the start of
@@ -311,7 +316,6 @@ def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | Non
     assert len(drafts) <= POST_BATCH_MAX, len(drafts)
     batch = Batch(session, recorded_at_us=recorded_at_us)
     batch.preload(draft.idempotency_key for draft in drafts)
-    batch.refuse_dated_ahead(drafts)
     results = [batch.add(draft) for draft in drafts]
     batch.flush()
     return results

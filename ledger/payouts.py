@@ -16,7 +16,7 @@ second resolution even when two requests race. Its instant (default now) is not 
 payout's nor in the future (422 naming `at`; the database refuses the first too: migration 0017).
 By default it is now, or the payout's own instant if that is later by this server's clock (the run
 was made by a server whose clock is ahead, or this one's clock was stepped back since); more than
-five minutes later, a 409 (`journal.Batch.refuse_dated_ahead`: the database refuses it, migration 0029).
+five minutes later, a 409 (`journal.DatedAhead`: the database refuses it, migration 0029).
 
 An adjustment is effective when it is made (default) or at an instant that has passed, not in the
 future (422 naming `effective_at`; the database refuses it too: migration 0021). Dated ahead, it
@@ -152,8 +152,7 @@ def _resolve(session: Session, payout_id: int, outcome: str, reason: str | None,
     draft = journal.transfer(
         kind, chart.PAYOUTS_IN_TRANSIT, credit, payout.currency, payout.amount_minor, effective_at_us=resolved_at,
         idempotency_key=f"{kind}:{payout_id}", partner_id=payout.partner_id, accrual_id=None, memo=reason)
-    batch.refuse_dated_ahead([draft])  # made by a server whose clock is more than five minutes ahead of this one's
-    posted = batch.add(draft)
+    posted = batch.add(draft)  # DatedAhead if made by a server whose clock is over five minutes ahead of this one's
     batch.flush()
     session.execute(insert(payout_resolutions).values(payout_id=payout_id, outcome=outcome, transaction_id=posted.id,
                                                       reason=reason, resolved_at_us=batch.recorded_at_us))

@@ -245,16 +245,22 @@ def _event_reads(session: Session, column: str, values: set[str]) -> list[tuple[
 SPECULATIVE_READS_EVENTS_MAX = 100
 
 
+# An event's errors that fail its whole batch: found by the database at the batch's write
+# (`OutOfRange`), or part-way through the event's postings (`journal.DatedAhead`), when what it
+# drafted before is in the batch. The caller rolls back and ingests the batch `ingest_apart`.
+REFUSED_APART = (OutOfRange, journal.DatedAhead)
+
+
 def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]]
                  ) -> list[Outcome | Refusal]:
-    """`ingest` each event in a `transaction()` of its own, refusing those the database finds out of
-    range (`OutOfRange`): for a batch that failed as a whole for that reason, after its rollback."""
+    """`ingest` each event in a `transaction()` of its own, refusing those that fail with one of
+    `REFUSED_APART`: for a batch that failed as a whole for that reason, after its rollback."""
     results: list[Outcome | Refusal] = []
     for event in events:
         try:
             with transaction() as session:
                 [result] = ingest(session, [event])
-        except OutOfRange as error:
+        except REFUSED_APART as error:
             result = Refusal(event.id, error)
         results.append(result)
     return results
@@ -329,6 +335,8 @@ class _Writer:
             return outcome._replace(replayed=True)
         try:
             outcome = self._apply(event, hash_hex)
+        except journal.DatedAhead:
+            raise  # part-way through the event: what it drafted before is in the batch (REFUSED_APART)
         except DomainError as error:
             return Refusal(event.id, error)
         self.decided[event.id] = (hash_hex, event, outcome)

@@ -29,7 +29,6 @@ from api.idempotency import REPLAYED_HEADER
 from api.schemas import ProblemSchema, Schema
 from api.session import commit_now, current_session, separate_transaction
 from ledger import revenue
-from ledger.errors import OutOfRange
 from ledger.revenue import Outcome, RevenueEvent
 from ledger.schema import EVENT_STATUSES, EVENT_TYPES
 
@@ -145,7 +144,7 @@ def post_batch(args):
     try:
         ingested = revenue.ingest(current_session(), events) if events else []
         commit_now()
-    except OutOfRange:  # one event's total is out of range: refuse it, not the whole batch
+    except revenue.REFUSED_APART:  # one event fails the batch: refuse it, not the whole batch
         current_session().rollback()
         ingested = revenue.ingest_apart(events, separate_transaction)
     for (slot, _), result in zip(valid, ingested):

@@ -255,6 +255,41 @@ def test_an_event_dated_in_the_future_is_a_422_naming_occurred_at_past_five_minu
     assert call.created("/v1/revenue-events", skewed, as_="billing")["status"] == "posted"
 
 
+def test_a_refund_that_would_claw_at_an_instant_set_by_a_server_over_five_minutes_ahead_is_a_409_not_a_500(
+        call, scratch, skewed_clock):
+    # A server 10 minutes ahead posts a refund at its own instant. A refund dated before it, posted
+    # by a server with the right time, makes the invoice wholly refunded, and the CPA is clawed back
+    # at the completion, the later refund's instant: over five minutes after its recording, which the
+    # journal refuses. The refund is refused whole, and a retry once the clocks agree posts it.
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id, cpa=[money("5.00")]))
+    customer = unique("cust")
+    call.attribute(customer, call.partner(plan_id=plan_id))
+    now = datetime.now(timezone.utc)
+    invoice = unique("inv")
+    call.event(unique("evt"), customer, invoice, "100.00", (now - timedelta(days=10)).isoformat())
+    skewed_clock.offset_us = 10 * 60 * 1_000_000
+    call.event(unique("evt"), customer, invoice, "50.00", (now + timedelta(minutes=9)).isoformat(), kind="refund")
+    skewed_clock.offset_us = 0
+    refund = event_body(unique("evt"), customer, invoice, "50.00", (now - timedelta(days=1)).isoformat(), kind="refund")
+    alone = call.post("/v1/revenue-events", refund, as_="billing")
+    assert alone.status_code == 409 and "more than five minutes ahead of this server's clock" in (
+        alone.get_json()["detail"]), alone.data
+    assert transactions_of_event(scratch.database, refund["id"]) == 0
+    paid = event_body(unique("evt"), customer, unique("inv"), "10.00", (now - timedelta(days=1)).isoformat())
+    results = expect(call.post("/v1/revenue-events/batch", {"events": [paid, refund]}, as_="billing"), 200)["results"]
+    assert [(r["status"], r["http_status"]) for r in results] == [("posted", 201), ("refused", 409)]
+    assert "more than five minutes ahead" in results[1]["error"]["detail"]
+    assert (transactions_of_event(scratch.database, paid["id"]), transactions_of_event(scratch.database, refund["id"])
+            ) == (1, 0)
+    skewed_clock.offset_us = 10 * 60 * 1_000_000  # the retry, on the server that set the instant
+    results = expect(call.post("/v1/revenue-events/batch", {"events": [paid, refund]}, as_="billing"), 200)["results"]
+    assert [(r["status"], r["http_status"], r.get("replayed")) for r in results] == [
+        ("posted", 201, True), ("posted", 201, None)]
+    skewed_clock.offset_us = 0
+    assert transactions_of_event(scratch.database, refund["id"]) == 2  # the share, and the CPA at the completion
+
+
 def test_the_database_refuses_an_event_dated_past_five_minutes_after_it_was_recorded(database):
     row = {"i": "raw", "t": "invoice_paid", "c": "c1", "n": "inv", "k": "USD", "a": 100,
            "o": 1_000 + 5 * 60 * 1_000_000 + 1, "r": 1_000, "h": "0" * 64, "s": "unattributed"}

@@ -591,6 +591,36 @@ def test_an_event_whose_total_is_out_of_range_is_refused_on_its_line_and_the_res
     assert "line 11 event big-10:" in result.output
 
 
+def test_an_event_posting_at_an_instant_set_by_a_server_over_five_minutes_ahead_is_refused_on_its_line(
+        database, skewed_clock):
+    # A refund by a server 10 minutes ahead leaves the invoice's remainder (a minor unit of rounding)
+    # to be clawed back when it is wholly refunded, at that refund's instant. The refund that completes
+    # it, dated before it and imported by a server with the right time, would post there, which the
+    # journal refuses: that line is refused, the rest of its batch imported.
+    from ledger.importer import import_text
+
+    books = Books(database)
+    books.plan("twenty", "0.20")
+    books.partner("near", "twenty")
+    books.attribute("near-customer", "near", "2026-01-01")
+    now_s = time.time()
+    day = lambda offset_s: datetime.fromtimestamp(now_s + offset_s, timezone.utc).isoformat()
+    books.post("invoice_paid", "near-customer", "inv-0.06", "0.06", day(-10 * 86_400))  # accrues 0.01
+    skewed_clock.offset_us = 10 * 60 * 1_000_000
+    books.refund("near-customer", "inv-0.06", "0.03", day(9 * 60))  # half of 0.01 rounds to none
+    skewed_clock.offset_us = 0
+    lines = [books.event("invoice_paid", "near-customer", "inv-other", "1.00", day(-86_400), event_id="other"),
+             books.event("refund", "near-customer", "inv-0.06", "0.03", day(-86_400), event_id="completes")]
+    content = "".join(json.dumps(event_dict(event)) + "\n" for event in lines)
+    summary = import_text(database, content, "ndjson")
+    assert (summary.read, summary.statuses["posted"], summary.refused) == (2, 1, 1), summary
+    [example] = summary.refusal_examples
+    assert example.startswith("line 2 event completes: a clawback dated") and "more than five minutes ahead" in example
+    skewed_clock.offset_us = 10 * 60 * 1_000_000
+    retried = import_text(database, content, "ndjson")
+    assert (retried.replayed, retried.statuses["posted"], retried.refused) == (1, 1, 0), retried
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def killed_and_clean(request, sqlite_template, tmp_path):
     """Two databases on one engine, seeded with the same program: one for the killed import, one
