@@ -118,7 +118,7 @@ def to_csv(statement_: Statement) -> str:
     return out.getvalue()
 
 
-TEXT_HEADER = ("date", "transaction", "kind", "customer/invoice", "event", "dated", "pending", "available")
+TEXT_HEADER = ("date", "transaction", "kind", "customer", "invoice", "event", "dated", "pending", "available")
 
 
 def to_text(statement_: Statement) -> str:
@@ -128,14 +128,14 @@ def to_text(statement_: Statement) -> str:
     status = data["period_status"] + (f", close hash {data['close_hash']}" if data["close_hash"] else "")
     out = [f"Statement for partner {data['partner_id']}, period {data['period']} ({status})"]
     for section in data["currencies"]:
-        rows = [TEXT_HEADER, ("opening", "", "", "", "", "", section["opening"]["pending"],
-                              section["opening"]["available"])]
+        blank = ("",) * (len(TEXT_HEADER) - 3)
+        rows = [TEXT_HEADER, ("opening", *blank, section["opening"]["pending"], section["opening"]["available"])]
         for line in section["lines"]:
-            source = "/".join(x for x in (line["customer_id"], line["invoice_id"]) if x) or "-"
-            rows.append((line["effective_at"][:10], f"#{line['transaction_id']}", line["kind"], source,
-                         line["event_id"] or "-", (line["original_effective_at"] or "")[:10], line["pending"],
-                         line["available"]))
-        rows.append(("closing", "", "", "", "", "", section["closing"]["pending"], section["closing"]["available"]))
+            # Customer and invoice in columns of their own: either id may hold any separator.
+            rows.append((line["effective_at"][:10], f"#{line['transaction_id']}", line["kind"],
+                         line["customer_id"] or "-", line["invoice_id"] or "-", line["event_id"] or "-",
+                         (line["original_effective_at"] or "")[:10], line["pending"], line["available"]))
+        rows.append(("closing", *blank, section["closing"]["pending"], section["closing"]["available"]))
         widths = [max(len(row[column]) for row in rows) for column in range(len(TEXT_HEADER))]
         out.append(f"\n{section['currency']}")
         for row in rows:
