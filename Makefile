@@ -51,7 +51,7 @@ run: $(STAMP)
 	echo
 	$(BIN)/revshare serve --host $(HOST) --port $(PORT)
 
-# `make bench` runs the quick benchmarks (under 3 minutes); `make bench BENCH_ARGS=` the full ones.
+# `make bench` runs the quick benchmarks on both engines (under 3 minutes each); `make bench BENCH_ARGS=` the full ones.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -90,19 +90,31 @@ def database_errors(url: str, *, migrating: bool = False) -> Iterator[None]:
                    f"{str(error.orig).strip().splitlines()[0]}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it is not migrated to the latest revision: run `revshare db upgrade` first", err=True)
-        elif getattr(error.orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+        elif _cannot_write_beside(error.orig, url):
             click.echo(_READ_ONLY_FIX, err=True)
         elif getattr(error.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
             click.echo(_privilege_fix(str(error.orig), make_url(url).username, migrating), err=True)
         sys.exit(2)
 
 
+def _cannot_write_beside(error: BaseException, url: str) -> bool:
+    """SQLite refused for want of writing the database file or its directory. On a read-only file
+    system it says "unable to open database file" (of the -shm file it cannot create), which reads as
+    a missing or damaged file, so a directory that cannot be written decides there."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # SQLite's errors alone carry one
+    if code != sqlite3.SQLITE_CANTOPEN:
+        return code == sqlite3.SQLITE_READONLY
+    path = make_url(url).database
+    return bool(path) and not os.access(Path(path).absolute().parent, os.W_OK)
+
+
 # SQLite's "attempt to write a readonly database" names neither the cause nor the fix.
 _READ_ONLY_FIX = (
-    "  this user may not write the database file or its directory: a command that writes needs both, and\n"
-    "  even reading a database in WAL mode (as the service keeps it) needs its directory writable, for the\n"
-    "  -wal and -shm files SQLite keeps beside it; to read a copy where nothing may be written, take it out\n"
-    "  of WAL mode before making it read-only: sqlite3 COPY 'PRAGMA journal_mode=DELETE' (README, SQLite)")
+    "  this user may not write the database file or its directory, or they lie on a read-only file system:\n"
+    "  a command that writes needs both, and even reading a database in WAL mode (as the service keeps it)\n"
+    "  needs its directory writable, for the -wal and -shm files SQLite keeps beside it; to read a copy where\n"
+    "  nothing may be written, take it out of WAL mode last, just before making it read-only (every command\n"
+    "  that may write there puts it back): sqlite3 COPY 'PRAGMA journal_mode=DELETE' (README, SQLite)")
 _INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a privilege the role lacks
 APP_ROLE = "revshare_app"  # the application role the migrations create (0005) and grant to
 

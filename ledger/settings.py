@@ -65,6 +65,11 @@ class Settings:
             # would have `revshare db upgrade` create an SQLite file, and the service run on it.
             raise SettingsError(f"{PREFIX}DATABASE_URL is set but empty: give the database's URL, or unset "
                                 f"it for the default, {_default_database_url()}")
+        if get("migration_database_url") is not None and not get("migration_database_url").strip():
+            # The same for the owner's URL: migrating as the service's role, PostgreSQL's refusal would
+            # then be answered with "set REVSHARE_MIGRATION_DATABASE_URL".
+            raise SettingsError(f"{PREFIX}MIGRATION_DATABASE_URL is set but empty: give the owner role's URL, "
+                                f"or unset it to migrate as {PREFIX}DATABASE_URL")
         return cls.build(
             database_url=get("database_url") or _default_database_url(),
             migration_database_url=get("migration_database_url") or None,

@@ -791,3 +791,13 @@ def test_an_empty_database_url_is_refused_not_taken_for_the_default_sqlite_file(
     result = CliRunner().invoke(main, list(command), env={"REVSHARE_DATABASE_URL": ""})
     assert result.exit_code == 2 and "REVSHARE_DATABASE_URL is set but empty" in result.output, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_migration_database_url_is_refused_not_taken_for_the_database_url(tmp_path):
+    # `REVSHARE_MIGRATION_DATABASE_URL=${OWNER_URL}` with OWNER_URL unset migrated as the service's role,
+    # whose refusal on PostgreSQL then said to set the variable the operator had set.
+    env = {"REVSHARE_DATABASE_URL": f"sqlite:///{tmp_path / 'books.db'}", "REVSHARE_MIGRATION_DATABASE_URL": ""}
+    result = CliRunner().invoke(main, ["db", "upgrade"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "REVSHARE_MIGRATION_DATABASE_URL is set but empty" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []

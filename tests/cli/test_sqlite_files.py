@@ -2,8 +2,13 @@
 the writers' lock file beside the database, and a database path written percent-encoded in its URL."""
 
 import os
+import shlex
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +23,9 @@ from ledger.migrate import upgrade
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
 from tests.conftest import new_sqlite_url
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def invoke(url: str, *args: str):
@@ -100,3 +108,40 @@ def test_db_upgrade_makes_the_directory_of_a_percent_encoded_path_where_sqlite_o
     assert (tmp_path / "my books" / "livresé.db").is_file()
     assert not (tmp_path / "my%20books").exists()
     assert invoke(url, "verify").exit_code == 0
+
+
+def read_only_mount_run(source, mount_point, *args: str) -> subprocess.CompletedProcess | None:
+    """`revshare ARGS` on a read-only bind mount of `source` at `mount_point`, in a mount namespace
+    of its own; None where this process may not make one (not root, or no `unshare`)."""
+    mount = f"mount --bind -o ro {shlex.quote(str(source))} {shlex.quote(str(mount_point))}"
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "sh", "-c", mount], capture_output=True).returncode != 0:
+        return None
+    url = f"sqlite:///{mount_point}/revshare.db"
+    command = f"{mount} && exec {shlex.quote(sys.executable)} -m cli.main {' '.join(map(shlex.quote, args))}"
+    environment = {**os.environ, "REVSHARE_DATABASE_URL": url, "PYTHONPATH": str(REPOSITORY)}
+    return subprocess.run(["unshare", "-m", "sh", "-c", command], env=environment, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_copy_in_wal_mode_on_a_read_only_file_system_is_refused_naming_the_fix_and_read_once_out_of_it(
+        sqlite_template, tmp_path):
+    # SQLite says "unable to open database file" there, not "attempt to write a readonly database",
+    # and the fix an auditor needs was printed only for the second.
+    source, mount_point = tmp_path / "audit", tmp_path / "mounted"
+    source.mkdir(), mount_point.mkdir()
+    shutil.copyfile(sqlite_template, source / "revshare.db")
+    with sqlite3.connect(source / "revshare.db") as connection:
+        assert connection.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    connection.close()
+    refused = read_only_mount_run(source, mount_point, "verify")
+    if refused is None:
+        pytest.skip("no read-only mount can be made here (needs root and unshare)")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "unable to open database file" in refused.stderr, refused.stderr
+    assert "PRAGMA journal_mode=DELETE" in refused.stderr and "read-only file system" in refused.stderr, refused.stderr
+    with sqlite3.connect(source / "revshare.db") as connection:
+        assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    connection.close()
+    read = read_only_mount_run(source, mount_point, "verify")
+    assert read.returncode == 0 and read.stdout.endswith("ok\n"), read.stdout + read.stderr
