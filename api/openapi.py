@@ -3,8 +3,8 @@ answer, and when, so that a client generated from the document knows them.
 
 Most follow from how a request passes the service (`api/__init__.py`) and are derived here from
 the view and its operation, never written per route:
-- a key is needed: 401 (with `WWW-Authenticate`), and 503 (with `Retry-After`), since the key is
-  looked up in the database; a route that needs no key (health) reads no database either;
+- a key is needed: 401 (with `WWW-Authenticate`), and 503 (with `Retry-After`), since every such
+  route reads the database; health, which needs no key, reads none;
 - a role among finance and billing is not allowed: 403; the partner role is not allowed: 404,
   since to a partner key the operation does not exist;
 - POST and PATCH: 413 and 415; with a request body, 400 (not JSON) and 408 (the body stopped
@@ -14,8 +14,8 @@ the view and its operation, never written per route:
 - an `Idempotency-Key` header: 409 for a key used before with another body, 422 for a malformed
   key, and `Idempotent-Replayed` on its success responses.
 What the domain refuses (an unknown id, a conflict with the books) is declared on the view with
-`@refuses(status, when)`; `@replays` marks a view whose success may be a replay without the header
-(a revenue event's id is its key). `default` stays for what no operation can foresee: a 500, and
+`@refuses(status, when)`; `@replays` marks a view whose success may be a replay though it takes no
+`Idempotency-Key` (a revenue event's id is its key). `default` stays for what no operation can foresee: a 500, and
 what the server refuses before the app sees the request (`cli.server`: 414, 431, a malformed
 request line). A 405 is the answer of a method the path has no operation for, so no operation
 lists it.
@@ -24,7 +24,7 @@ lists it.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Callable
+from typing import Callable, Iterator
 
 from apispec import BasePlugin
 from flask import Flask
@@ -104,30 +104,33 @@ class ProblemsPlugin(BasePlugin):
 
 def _reasons(method: str, operation: dict, access: Access, refusals: tuple) -> dict[int, list[str]]:
     reasons: dict[int, list[str]] = {}
-    add = lambda status, when: reasons.setdefault(status, []).append(when)  # noqa: E731
+    for status, when in [*_derived(method, operation, access), *refusals]:
+        reasons.setdefault(status, []).append(when)
+    return reasons
+
+
+def _derived(method: str, operation: dict, access: Access) -> Iterator[tuple[int, str]]:
+    """(status, when) of what the request's way through the service gives (the module's docstring)."""
     if not access.public:
-        add(401, _AUTHENTICATION)
+        yield 401, _AUTHENTICATION
         refused = [role for role in STAFF_ROLES if role not in access.roles]
         if refused:
-            add(403, f"a {' or '.join(refused)} key: its role may not use this operation")
+            yield 403, f"a {' or '.join(refused)} key: its role may not use this operation"
         if "partner" not in access.roles:
-            add(404, _PARTNER_REFUSED)
-        add(503, _UNAVAILABLE)
+            yield 404, _PARTNER_REFUSED
+        yield 503, _UNAVAILABLE
     if method in BODY_METHODS:
-        add(413, _TOO_LARGE)
-        add(415, _NOT_JSON_TYPE)
+        yield 413, _TOO_LARGE
+        yield 415, _NOT_JSON_TYPE
     if "requestBody" in operation:
-        add(400, _NOT_JSON)
-        add(408, _STALLED)
+        yield 400, _NOT_JSON
+        yield 408, _STALLED
     if "requestBody" in operation or any(p.get("in") == "query" for p in operation.get("parameters", [])):
-        add(422, _FIELDS)
-    add(422, _QUERY)
+        yield 422, _FIELDS
+    yield 422, _QUERY
     if _keyed(operation):
-        add(409, _KEY_REUSED)
-        add(422, _KEY_FORMAT)
-    for status, when in refusals:
-        add(status, when)
-    return reasons
+        yield 409, _KEY_REUSED
+        yield 422, _KEY_FORMAT
 
 
 def _keyed(operation: dict) -> bool:
