@@ -73,7 +73,8 @@ def refuses(status: int, when: str) -> Callable[[Callable], Callable]:
     assert 400 <= status < 500, status
 
     def declare(view: Callable) -> Callable:
-        setattr(view, REFUSALS_ATTRIBUTE, (*getattr(view, REFUSALS_ATTRIBUTE, ()), (status, when)))
+        # Decorators apply bottom up: prepended, the refusals read in the order they are written.
+        setattr(view, REFUSALS_ATTRIBUTE, ((status, when), *getattr(view, REFUSALS_ATTRIBUTE, ())))
         return view
 
     return declare
