@@ -11,14 +11,15 @@ render. A request passes, in order:
 5. the domain: its errors map to 404, 409, 422 (`errors.py`);
 6. the response: the request's session (`session.py`) commits on 2xx and rolls back otherwise.
 
-OpenAPI 3 is served at `/v1/openapi.json` and Swagger UI at `/docs` (its assets come from a CDN).
+OpenAPI 3 is served at `/v1/openapi.json` and Swagger UI at `/docs` (its assets come from a CDN);
+each operation lists the problem responses it can give (`openapi.py`).
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
-from api import auth, body, errors, pagination, session
+from api import auth, body, errors, openapi, pagination, session
 from api.routes import BLUEPRINTS
 from ledger.db import Database
 from ledger.settings import Settings
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.before_request(body.check_query)
     app.url_map.converters[pagination.ID_CONVERTER] = pagination.IdConverter
     app.url_map.converters.update(pagination.TEXT_CONVERTERS)
-    api = errors.Api(app)
+    api = errors.Api(app, spec_kwargs={"extra_plugins": [openapi.ProblemsPlugin(app)]})
     api.register_converter(pagination.IdConverter, pagination.IdConverter.openapi)
     api.spec.components.security_scheme(auth.SECURITY_SCHEME, {"type": "http", "scheme": "bearer"})
     for blueprint in BLUEPRINTS:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import flask_smorest
+import marshmallow as ma
 from flask import current_app, g, request
 from webargs import core
 from webargs.flaskparser import FlaskParser
@@ -111,6 +112,8 @@ class Blueprint(flask_smorest.Blueprint):
     def arguments(self, schema, *args, **kwargs):
         if isinstance(schema, type):
             schema = schema()
+        if kwargs.get("location", "json") == "json":
+            kwargs.setdefault("required", _requires_body(schema))
         decorator = super().arguments(schema, *args, **kwargs)
         if kwargs.get("location") not in QUERY_LOCATIONS:
             return decorator
@@ -120,6 +123,16 @@ class Blueprint(flask_smorest.Blueprint):
             view.takes_query = True  # the decorators above copy it (functools.wraps) to the view
             return view
         return takes_query
+
+
+def _requires_body(schema: Schema) -> bool:
+    """Whether the document marks the body required: an empty body is no body, loaded as `{}`
+    (`JsonParser`), so a schema that takes `{}` (every field optional) takes no body too."""
+    try:
+        schema.load({})
+    except ma.ValidationError:
+        return True
+    return False
 
 
 def check_query() -> None:

@@ -16,6 +16,7 @@ from api.auth import allow, current_principal
 from api.body import Blueprint
 from api.fields import Bool, Date, ExternalId, Instant, PartnerId, Str
 from api.idempotency import idempotent
+from api.openapi import refuses
 from api.schemas import Schema
 from api.session import current_session
 from ledger import customers
@@ -66,6 +67,11 @@ def render_attribution(attribution: Attribution) -> dict:
 
 @blp.route("/attributions", methods=["POST"])
 @allow("billing", "finance")
+@refuses(403, "a billing key sends `\"replace\": true`: only finance may replace an attribution")
+@refuses(409, "the customer is attributed already (to another partner, or to this one from another day) and "
+              "`replace` is not true; a replacement that does not start after the current attribution; a "
+              "partner terminated by `effective_from`")
+@refuses(422, "the partner does not exist")
 @idempotent
 @blp.arguments(AttributionRequestSchema)
 @blp.response(201, AttributionSchema)
@@ -82,6 +88,7 @@ def attribute(args):
 
 @blp.route("/customers/<path:customer_id>", methods=["GET"])
 @allow("billing", "finance")
+@refuses(404, "no customer has this id")
 @blp.response(200, CustomerSchema)
 def get_customer(customer_id: str):
     """A customer with its attribution history"""

@@ -14,6 +14,7 @@ from api.auth import allow, forget
 from api.body import Blueprint
 from api.fields import PartnerId, Str
 from api.idempotency import idempotent
+from api.openapi import refuses
 from api.schemas import Schema
 from api.session import current_session
 from ledger import keys
@@ -39,6 +40,7 @@ class KeySchema(Schema):
 
 @blp.route("/api-keys", methods=["POST"])
 @allow("admin")
+@refuses(422, "`partner_id` missing for the partner role, given for another role, or naming no partner")
 @idempotent(redact=("key",))
 @blp.arguments(KeyRequestSchema)
 @blp.response(201, KeySchema)
@@ -60,6 +62,7 @@ class RevocationSchema(Schema):
 
 @blp.route("/api-keys/<string(maxlength=32):key_id>/revocation", methods=["POST"])
 @allow("admin")
+@refuses(404, "no API key has this id")
 @idempotent
 @blp.arguments(RevocationRequestSchema)
 @blp.response(201, RevocationSchema)

@@ -23,6 +23,7 @@ from api.auth import allow, partner_scope, require_visible
 from api.body import Blueprint
 from api.fields import AsOf, Instant, PartnerId, Period, Start, Str
 from api.idempotency import idempotent
+from api.openapi import refuses
 from api.pagination import KeyPageQuery, encode_key_cursor, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
@@ -154,6 +155,8 @@ def visible_partner(partner_id: str) -> Partner:
 
 @blp.route("/partners", methods=["POST"])
 @allow("finance")
+@refuses(409, "a partner with this id exists already")
+@refuses(422, "the plan or the parent does not exist, or the hierarchy would be more than 5 levels deep")
 @idempotent
 @blp.arguments(PartnerRequestSchema)
 @blp.response(201, PartnerSchema)
@@ -175,6 +178,7 @@ def list_partners(limit: int, cursor: str | None):
 
 @blp.route("/partners/<string(maxlength=64):partner_id>", methods=["GET"])
 @allow("finance", "partner")
+@refuses(404, "no partner has this id; for a partner key, any partner but its own (the same 404)")
 @blp.response(200, PartnerSchema)
 def get_partner(partner_id: str):
     """One partner with its current status and plan"""
@@ -183,6 +187,10 @@ def get_partner(partner_id: str):
 
 @blp.route("/partners/<string(maxlength=64):partner_id>", methods=["PATCH"])
 @allow("finance")
+@refuses(404, "no partner has this id")
+@refuses(409, "the partner is terminated (termination is final), or the change starts before its latest status "
+              "or plan change")
+@refuses(422, "the plan does not exist, or its first version starts after `effective_from`")
 @blp.arguments(PartnerChangeSchema)
 @blp.response(200, PartnerSchema)
 def change_partner(args, partner_id: str):
@@ -195,6 +203,7 @@ def change_partner(args, partner_id: str):
 
 @blp.route("/partners/<string(maxlength=64):partner_id>/balance", methods=["GET"])
 @allow("finance", "partner")
+@refuses(404, "no partner has this id; for a partner key, any partner but its own (the same 404)")
 @blp.arguments(BalanceQuery, location="query", as_kwargs=True)
 @blp.response(200, BalanceSchema)
 def get_balance(partner_id: str, as_of: int | None):
@@ -210,6 +219,7 @@ def get_balance(partner_id: str, as_of: int | None):
 
 @blp.route("/partners/<string(maxlength=64):partner_id>/statement", methods=["GET"])
 @allow("finance", "partner")
+@refuses(404, "no partner has this id; for a partner key, any partner but its own (the same 404)")
 @blp.arguments(StatementQuery, location="query", as_kwargs=True)
 @blp.response(200, StatementSchema)
 @blp.alt_response(200, schema={"type": "string"}, content_type=CSV_MIMETYPE, success=True,

@@ -16,6 +16,7 @@ from api.auth import allow, partner_filter
 from api.body import Blueprint
 from api.fields import Amount, Instant, Money, PartnerId, Str
 from api.idempotency import idempotent, request_token
+from api.openapi import refuses
 from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
 from api.routes.transactions import TransactionSchema
 from api.routes.transactions import render as render_transaction
@@ -29,6 +30,9 @@ blp = Blueprint("payouts", __name__, description="Hold releases, payout runs, pa
 
 REASON_LENGTH_MAX = payouts.REASON_LENGTH_MAX
 PAYOUT_STATUSES = ("pending", "settled", "failed")
+RESOLVED = ("the payout is settled or failed already; or the instant it defaults to (not before the payout was "
+            "made) is more than five minutes ahead of this server's clock: retry later")
+RESOLVED_AT = "`at` is before the payout was made, or in the future"
 
 
 class AtRequestSchema(Schema):
@@ -86,6 +90,7 @@ def render(payout: Payout) -> dict:
 
 @blp.route("/holds/release", methods=["POST"])
 @allow("finance")
+@refuses(422, "`at` is in the future")
 @idempotent
 @blp.arguments(AtRequestSchema)
 @blp.response(200, ReleasedSchema)
@@ -97,6 +102,9 @@ def release_holds(args):
 
 @blp.route("/payout-runs", methods=["POST"])
 @allow("finance")
+@refuses(409, "a run was made at a later instant (runs are made in time order), or `at` lies in a closed "
+              "period")
+@refuses(422, "`at` is in the future")
 @idempotent
 @blp.arguments(AtRequestSchema)
 @blp.response(201, PayoutRunSchema)
@@ -110,6 +118,8 @@ def run_payouts(args):
 
 @blp.route("/payouts", methods=["GET"])
 @allow("finance", "partner")
+@refuses(404, "`partner_id` names no partner (for a partner key, any partner but its own), or `run_id` no run "
+              "(for a partner key, none that paid it)")
 @blp.arguments(PayoutListQuery, location="query", as_kwargs=True)
 @blp.response(200, page_schema(PayoutSchema))
 def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id: str | None = None):
@@ -121,6 +131,9 @@ def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id:
 
 @blp.route(f"/payouts/<{ID_CONVERTER}:payout_id>/settle", methods=["POST"])
 @allow("finance")
+@refuses(404, "no payout has this id")
+@refuses(409, RESOLVED)
+@refuses(422, RESOLVED_AT)
 @idempotent
 @blp.arguments(ResolutionRequestSchema)
 @blp.response(200, PayoutSchema)
@@ -131,6 +144,9 @@ def settle_payout(args, payout_id: int):
 
 @blp.route(f"/payouts/<{ID_CONVERTER}:payout_id>/fail", methods=["POST"])
 @allow("finance")
+@refuses(404, "no payout has this id")
+@refuses(409, RESOLVED)
+@refuses(422, RESOLVED_AT)
 @idempotent
 @blp.arguments(ResolutionRequestSchema)
 @blp.response(200, PayoutSchema)
@@ -141,6 +157,7 @@ def fail_payout(args, payout_id: int):
 
 @blp.route("/adjustments", methods=["POST"])
 @allow("finance")
+@refuses(422, "the partner does not exist, the amount is zero, or `effective_at` is in the future")
 @idempotent
 @blp.arguments(AdjustmentRequestSchema)
 @blp.response(201, TransactionSchema)

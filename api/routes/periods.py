@@ -18,6 +18,7 @@ from api.auth import allow
 from api.body import Blueprint
 from api.fields import Instant
 from api.idempotency import idempotent
+from api.openapi import refuses
 from api.pagination import KeyPageQuery, encode_key_cursor, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
@@ -30,6 +31,8 @@ from ledger.money import format_minor
 from ledger.periods import BooksPeriod, Close
 
 blp = Blueprint("periods", __name__, description="Monthly periods: status, close chain and snapshots (finance)")
+
+NOT_A_PERIOD = "the path is not a period `YYYY-MM`"
 
 
 class CloseRequestSchema(Schema):
@@ -119,6 +122,7 @@ def list_periods(limit: int, cursor: str | None):
 
 @blp.route("/periods/<string(length=7):period>", methods=["GET"])
 @allow("finance")
+@refuses(404, NOT_A_PERIOD)
 @blp.response(200, PeriodDetailSchema)
 def get_period(period: str):
     """A period's status; a closed one with its close record and snapshot"""
@@ -130,6 +134,9 @@ def get_period(period: str):
 
 @blp.route("/periods/<string(length=7):period>/close", methods=["POST"])
 @allow("finance")
+@refuses(404, NOT_A_PERIOD)
+@refuses(409, "the period has not ended, is closed already, or lies before the latest closed period; or an "
+              "earlier period with postings is open (close it first)")
 @idempotent
 @blp.arguments(CloseRequestSchema)
 @blp.response(200, PeriodSchema)

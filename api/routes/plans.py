@@ -17,6 +17,7 @@ from api.auth import allow
 from api.body import Blueprint
 from api.fields import Instant, PartnerId, Start, Str
 from api.idempotency import idempotent
+from api.openapi import refuses
 from api.schemas import Schema
 from api.session import current_session
 from ledger import plans
@@ -117,6 +118,7 @@ def render(plan: Plan) -> dict:
 
 @blp.route("/plans", methods=["POST"])
 @allow("finance")
+@refuses(409, "a plan with this id exists already")
 @idempotent
 @blp.arguments(PlanRequestSchema)
 @blp.response(201, PlanSchema)
@@ -128,6 +130,8 @@ def create_plan(args):
 
 @blp.route("/plans/<string(maxlength=64):plan_id>/versions", methods=["POST"])
 @allow("finance")
+@refuses(404, "no plan has this id")
+@refuses(409, "`effective_from` is not after the latest version's start, or the plan changed meanwhile (retry)")
 @idempotent
 @blp.arguments(VersionRequestSchema)
 @blp.response(201, VersionSchema)
@@ -138,6 +142,7 @@ def add_version(args, plan_id: str):
 
 @blp.route("/plans/<string(maxlength=64):plan_id>", methods=["GET"])
 @allow("finance")
+@refuses(404, "no plan has this id")
 @blp.response(200, PlanSchema)
 def get_plan(plan_id: str):
     """A plan with all its versions"""

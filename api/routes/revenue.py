@@ -23,9 +23,10 @@ from flask import current_app
 
 from api.auth import allow
 from api.body import Blueprint
-from api.errors import PROBLEM_MIMETYPE, domain_problem_data, validation_problem_data
+from api.errors import domain_problem_data, validation_problem_data
 from api.fields import Amount, ExternalId, Instant, Money, Str
 from api.idempotency import REPLAYED_HEADER
+from api.openapi import refuses, replays
 from api.schemas import ProblemSchema, Schema
 from api.session import commit_now, current_session, separate_transaction
 from ledger import revenue
@@ -111,10 +112,13 @@ def render_outcome(outcome: Outcome) -> dict:
 
 @blp.route("/revenue-events", methods=["POST"])
 @allow("billing")
+@replays
+@refuses(409, "the id was already used with other content (`errors` names the fields that differ), or the "
+              "invoice is already paid")
+@refuses(422, "a refund or chargeback of an invoice never paid, of another customer or currency, dated before "
+              "its payment, or beyond what was paid; an instant in the future")
 @blp.arguments(RevenueEventSchema)
 @blp.response(201, OutcomeSchema)
-@blp.alt_response(409, schema=ProblemSchema, content_type=PROBLEM_MIMETYPE,
-                  description="the id was already used with other content")
 def post_event(args):
     """Post one revenue event (its id is its idempotency key)"""
     [result] = revenue.ingest(current_session(), [to_event(args)])
@@ -127,6 +131,8 @@ def post_event(args):
 
 @blp.route("/revenue-events/batch", methods=["POST"])
 @allow("billing")
+@refuses(422, "`events` is not an array, or holds more than 10,000 events (each event is refused in its own "
+              "result, not here)")
 @blp.arguments(BatchRequestSchema)
 @blp.response(200, BatchSchema)
 def post_batch(args):

@@ -13,6 +13,7 @@ from api.auth import allow, partner_filter, require_visible
 from api.body import Blueprint
 from api.fields import Instant, PartnerId, Str
 from api.idempotency import idempotent, request_token
+from api.openapi import refuses
 from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
@@ -85,6 +86,7 @@ def render(transaction: Transaction) -> dict:
 
 @blp.route("/transactions", methods=["GET"])
 @allow("finance", "partner")
+@refuses(404, "`partner_id` names no partner; for a partner key, any partner but its own")
 @blp.arguments(TransactionListQuery, location="query", as_kwargs=True)
 @blp.response(200, page_schema(TransactionSchema))
 def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
@@ -95,6 +97,7 @@ def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
 
 @blp.route(f"/transactions/<{ID_CONVERTER}:transaction_id>", methods=["GET"])
 @allow("finance", "partner")
+@refuses(404, "no transaction has this id; for a partner key, one that is not its own (the same 404)")
 @blp.response(200, TransactionSchema)
 def get_transaction(transaction_id: int):
     """One transaction with its lines"""
@@ -105,6 +108,13 @@ def get_transaction(transaction_id: int):
 
 @blp.route(f"/transactions/<{ID_CONVERTER}:transaction_id>/reversal", methods=["POST"])
 @allow("finance")
+@refuses(404, "no transaction has this id")
+@refuses(409, "the transaction is reversed already, or is not one that is reversed: a reversal, a release, a "
+              "payout's settlement or failure, the posting of a payout settled or failed, a clawback of an "
+              "accrual a won dispute reinstated")
+@refuses(409, "the instant it defaults to (its original's) is more than five minutes ahead of this server's "
+              "clock: retry later")
+@refuses(422, "`effective_at` is before the original, or in the future")
 @idempotent
 @blp.arguments(ReversalRequestSchema)
 @blp.response(201, TransactionSchema)

@@ -15,6 +15,7 @@ from ledger import idempotency, partners
 from ledger.schema import api_keys, idempotency_records, journal_transactions
 from tests.api.conftest import STANDARD_TERMS, bearer, make_app, new_transaction
 from tests.api.test_access import ROUTES
+from tests.api.test_openapi import documented_response
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
 
@@ -156,6 +157,7 @@ def test_every_post_replays_a_retry_with_the_same_idempotency_key(fresh, databas
     assert first.status_code in (200, 201) and "Idempotent-Replayed" not in first.headers, first.data
     again = fresh.post(path, body, as_=role, headers=key)
     assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (first.status_code, "true"), again.data
+    assert "Idempotent-Replayed" in documented_response(fresh.client, "POST", path, again.status_code)["headers"]
     assert again.get_json() == {**first.get_json(), **({"key": None} if name == "create api key" else {})}
 
 
