@@ -73,12 +73,14 @@ def run_id_for(at_us: int) -> str:
     return "run_" + hashlib.sha256(str(at_us).encode()).hexdigest()[:16]
 
 
-def run_payouts(session: Session, at_us: int) -> PayoutRun:
+def run_payouts(session: Session, at_us: int, *, own_instant: bool = False) -> PayoutRun:
+    """The run at `at_us` (the first, replayed, if one was made then). With `own_instant`, `at_us`
+    was read from the service's clock, which may have stepped back since (`journal.Batch.ahead`)."""
     batch = journal.Batch(session)
     existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
     if existing is not None:
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
-    if at_us > batch.recorded_at_us:
+    if batch.ahead(at_us, own_instant=own_instant):
         # It would pay balances that later postings may still change, and, runs being made in time
         # order, block every run until then.
         raise invalid("at", f"{format_instant(at_us)} is in the future: a payout run pays balances as of an "
@@ -98,7 +100,7 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
         # Its payouts would land at the first open period, where the balance as of t may no longer be.
         raise Conflict(f"at: {format_instant(at_us)} lies in a closed period; a payout run must be at or after "
                        f"{format_instant(batch.boundary_us)}", {"at": ["lies in a closed period"]})
-    holds.release_matured(session, at_us, batch=batch)
+    holds.release_matured(session, at_us, batch=batch, own_instant=own_instant)
     batch.flush()
     run_id = run_id_for(at_us)
     session.execute(insert(payout_runs).values(id=run_id, at_us=at_us, created_at_us=batch.recorded_at_us))

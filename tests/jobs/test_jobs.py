@@ -16,9 +16,10 @@ from sqlalchemy import func, select, text
 
 from jobs import bodies
 from jobs.scheduler import build_scheduler, start_up, triggers
-from ledger import holds, revenue
+from ledger import holds, journal, revenue
 from ledger.balances import partner_balances
 from ledger.db import JOURNAL_LOCK_KEY
+from ledger.errors import InvalidInput
 from ledger.periods import close_period, list_periods
 from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts, period_closes
@@ -438,3 +439,45 @@ def test_the_release_job_s_times_do_not_move_when_the_scheduler_restarts():
     assert first == again and now <= first <= now + timedelta(days=1)
     hourly = triggers(Settings.build(database_url="sqlite://"))["release_holds"].get_next_fire_time(None, now)
     assert (hourly.minute, hourly.second, hourly.microsecond) == (0, 0, 0)  # on the hour
+
+
+def clock_stepped_back_after_each_read(monkeypatch, skewed_clock, step_us: int) -> None:
+    """The clock a job reads its instant from is stepped back `step_us` just after (an NTP step)."""
+    read = bodies.clock_now_us
+
+    def read_then_step() -> int:
+        instant = read()
+        skewed_clock.offset_us -= step_us
+        return instant
+    monkeypatch.setattr(bodies, "clock_now_us", read_then_step)
+
+
+@pytest.mark.parametrize("job", ["release_holds", "close_periods", "payout_run"])
+def test_a_job_whose_clock_steps_back_two_seconds_after_it_reads_its_instant_still_does_its_work(
+        books, monkeypatch, skewed_clock, job):
+    clock_stepped_back_after_each_read(monkeypatch, skewed_clock, 2_000_000)
+    body = bodies.job_table(Settings.build(database_url=books.url))[job]
+    result = bodies.run_job(books, job, body)
+    # Every hold of January to April matured months ago: all released, but the 2 the refund released.
+    assert result.figures["released"] == 24 - 2 and count(books, "release") == 24
+    if job == "payout_run":
+        assert result.figures["payouts"] == 1 and not result.figures["replayed"]
+    if job == "close_periods":
+        assert result.figures["closed"][:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+
+
+def test_a_job_whose_clock_steps_back_past_the_skew_bound_is_refused_and_posts_nothing(
+        books, monkeypatch, skewed_clock):
+    clock_stepped_back_after_each_read(monkeypatch, skewed_clock, journal.CLOCK_SKEW_US + 1_000_000)
+    with pytest.raises(InvalidInput, match="in the future"):
+        bodies.run_job(books, "release_holds", bodies.release_holds)
+    assert count(books, "release") == 2
+
+
+def test_the_payout_job_a_second_after_its_run_falls_due_on_a_clock_stepped_back_two_seconds_makes_that_run(
+        books, skewed_clock):
+    due_us = at("2026-12-01")
+    skewed_clock.offset_us = due_us - 1_000_000 - bodies.clock_now_us()  # now reads 23:59:59 of the day before
+    result = bodies.run_job(books, "payout_run", bodies.payout_run, due_us + 1_000_000)
+    assert result.figures["payouts"] == 1 and not result.figures["replayed"]
+    assert run_instants(books) == [due_us]
