@@ -256,7 +256,8 @@ def release_holds(settings: Settings, at: str | None) -> None:
 
     at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database:
-        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us)
+        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us,
+                                           own_instant=at_us is None)
     click.echo(f"released: {released}")
 
 
@@ -272,7 +273,7 @@ def payout_run(settings: Settings, at: str | None) -> None:
 
     at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database, database.transaction() as session:
-        run = run_payouts(session, now_us() if at_us is None else at_us)
+        run = run_payouts(session, now_us() if at_us is None else at_us, own_instant=at_us is None)
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
     for payout in run.payouts:
         click.echo(f"  payout {payout.id}: {payout.partner_id} {format_minor(payout.amount_minor, payout.currency)} "

@@ -150,6 +150,17 @@ def test_at_today_s_date_is_not_refused_as_in_the_future(seeded):
     assert run.exit_code == 0 and f"at {today}T00:00:00Z" in run.output, run.output
 
 
+@pytest.mark.parametrize("command", ["release-holds", "payout-run"])
+def test_a_release_or_run_without_at_is_made_when_the_clock_steps_back_after_the_command_reads_now(
+        seeded, skewed_clock, command):
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events())
+    skewed_clock.step_back_per_read_us = 2_000_000  # the instant "now" read first is ahead of every later read
+    result = invoke(seeded.url, command)
+    assert result.exit_code == 0, result.output
+    assert ("released: 22\n" if command == "release-holds" else "payouts: 1\n") in result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (("close", "2026-13"), "period: must be a period YYYY-MM"),
     (("close", "2999-01"), "has not ended yet"),
