@@ -13,13 +13,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from jobs import bodies
-from jobs.scheduler import build_scheduler, start_up, triggers
+from jobs.scheduler import CatchUp, build_scheduler, start_up, triggers
 from ledger import holds, journal, revenue
 from ledger.balances import partner_balances
 from ledger.db import JOURNAL_LOCK_KEY
 from ledger.errors import InvalidInput
+from ledger.instants import from_us
 from ledger.periods import close_period, list_periods
 from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts, period_closes
@@ -481,3 +483,92 @@ def test_the_payout_job_a_second_after_its_run_falls_due_on_a_clock_stepped_back
     result = bodies.run_job(books, "payout_run", bodies.payout_run, due_us + 1_000_000)
     assert result.figures["payouts"] == 1 and not result.figures["replayed"]
     assert run_instants(books) == [due_us]
+
+
+def unavailable() -> OperationalError:
+    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused\nIs the server running?"))
+
+
+def flaky(failures: int, body):
+    """`body`, failing its first `failures` calls as on a database that is down."""
+    calls = []
+
+    def run(session, at_us):
+        calls.append(at_us)
+        if len(calls) <= failures:
+            raise unavailable()
+        return body(session, at_us)
+    return run
+
+
+def test_a_payout_job_failing_at_start_on_an_unavailable_database_runs_again_with_the_close_after_it(books, caplog):
+    settings = Settings.build(database_url=books.url, close_grace_days=0, payout_day_of_month=28)
+    table = bodies.job_table(settings)
+    catch_up = CatchUp(books, {"payout_run": flaky(1, table["payout_run"]), "close_periods": table["close_periods"]})
+    with caplog.at_level(logging.ERROR, logger="revshare.scheduler"):
+        catch_up.run(at("2026-03-01T02:00:00Z"))
+    assert catch_up.owed and run_instants(books) == [] and closed_periods(books) == []  # the close waits for the run
+    assert ("job payout_run failed at start: the database is unavailable: connection refused; it will run again "
+            "within 5 minutes") in caplog.text
+    catch_up.retry()  # at its own instant, now: the run due last and every period due by now
+    [due_us] = run_instants(books)
+    assert not catch_up.owed and from_us(due_us).day == 28 and due_us > at("2026-11-01")
+    assert closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+    catch_up.retry()  # nothing owed: nothing run
+    assert run_instants(books) == [due_us]
+
+
+def closed_periods(database) -> list[str]:
+    with database.reader() as session:
+        return session.execute(select(period_closes.c.period).order_by(period_closes.c.period)).scalars().all()
+
+
+def test_a_close_job_failing_at_its_time_on_an_unavailable_database_is_run_again_within_minutes_not_the_next_day(
+        books, monkeypatch, caplog):
+    from jobs import scheduler as process
+
+    monkeypatch.setattr(process, "RETRY_MINUTES", 0.005)  # 0.3 s
+    settings = Settings.build(database_url=books.url)
+    table = bodies.job_table(settings)
+    catch_up = CatchUp(books, table)
+    now = datetime.now(timezone.utc)
+    scheduler = build_scheduler(settings, books, scheduler=BackgroundScheduler(timezone="UTC"),
+                                jobs={"close_periods": flaky(1, table["close_periods"])},
+                                schedule={"close_periods": DateTrigger(now + timedelta(milliseconds=100))},
+                                catch_up=catch_up)
+    catch_up.schedule_retries(scheduler)
+    with caplog.at_level(logging.INFO):
+        scheduler.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not closed_periods(books) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            scheduler.shutdown(wait=True)
+    assert closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+    assert "job close_periods failed: the database is unavailable: connection refused" in caplog.text
+    # One line per failure to reach the database: neither its traceback nor APScheduler's.
+    assert "Traceback" not in caplog.text and "raised an exception" not in caplog.text
+
+
+def test_a_job_failing_for_another_reason_is_logged_once_with_its_traceback_and_not_retried(
+        sqlite_database, caplog):
+    def broken(session, at_us):
+        raise RuntimeError("the job broke")
+
+    catch_up = CatchUp(sqlite_database, {"payout_run": broken, "close_periods": broken})
+    scheduler = build_scheduler(Settings.build(database_url=sqlite_database.url), sqlite_database,
+                                scheduler=BackgroundScheduler(timezone="UTC"), jobs={"payout_run": broken},
+                                schedule={"payout_run": DateTrigger(datetime.now(timezone.utc))}, catch_up=catch_up)
+    with caplog.at_level(logging.INFO):
+        scheduler.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "job payout_run failed" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            scheduler.shutdown(wait=True)
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in failures] == [
+        "job payout_run failed: RuntimeError('the job broke'); it will run again at its next time"]
+    assert failures[0].exc_info is not None and not catch_up.owed
