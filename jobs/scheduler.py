@@ -26,6 +26,7 @@ show at DEBUG only.
 from __future__ import annotations
 
 import logging
+import signal
 from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
@@ -158,7 +159,31 @@ def start_up(database: Database, bodies: dict, at_us: int | None = None) -> None
     CatchUp(database, bodies).run(at_us)
 
 
+class _Stop:
+    """The handler of SIGTERM and SIGINT. SIGTERM is how systemd, Docker and Kubernetes stop a
+    process: Python's default for it ended the scheduler at once, with no line in the log, and as a
+    container's process 1 Python ignores it, so a stop waited out its grace period for a SIGKILL.
+
+    While the scheduler runs, its main thread only waits for the next job time (the jobs run in a
+    pool), and the signal raises SystemExit there: the scheduler stops, a job that is running runs
+    to its end (each of its transactions is complete on its own), and the log says so. During the
+    start-up jobs the main thread is inside a database driver, which an exception raised at an
+    arbitrary point leaves mid-statement (the rollback then fails, and that error hid the stop):
+    the first signal is kept until they end, a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.raise_now = False
+
+    def __call__(self, signal_number: int, frame) -> None:
+        if self.raise_now or self.requested:
+            raise SystemExit(0)
+        self.requested = True
+
+
 def run(settings: Settings) -> None:
+    stop = _Stop()
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     database = Database(settings.database_url)
     # APScheduler's INFO lines (a job added, running, done) repeat what the jobs' own lines say.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
@@ -170,8 +195,16 @@ def run(settings: Settings) -> None:
     try:
         log.info("running the payout job, then the close job, as the scheduler starts")
         catch_up.run()
+        stop.raise_now = True  # before the check: a signal after it raises, one before it is seen
+        if stop.requested:
+            raise SystemExit(0)
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
+        if scheduler.running:
+            log.info("scheduler stopping: a job that is running runs to its end first")
+            scheduler.shutdown(wait=True)
         log.info("scheduler stopped")
     finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         database.dispose()

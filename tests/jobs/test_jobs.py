@@ -3,9 +3,14 @@ job does not stop the scheduler."""
 
 import contextlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import tzlocal
@@ -572,3 +577,65 @@ def test_a_job_failing_for_another_reason_is_logged_once_with_its_traceback_and_
     assert [r.getMessage() for r in failures] == [
         "job payout_run failed: RuntimeError('the job broke'); it will run again at its next time"]
     assert failures[0].exc_info is not None and not catch_up.owed
+
+
+def test_the_scheduler_process_stops_on_sigterm_with_exit_status_0_and_says_so_in_its_log(books):
+    # SIGTERM is how systemd, Docker and Kubernetes stop it: it ended the process at once (status
+    # -15), with no line in the log, and as a container's process 1 it was ignored.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": books.url}
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        log, deadline = "", time.monotonic() + 60
+        while "job close_periods at" not in log and time.monotonic() < deadline:
+            log += process.stderr.readline()
+        assert "job close_periods at" in log, log
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+        log += process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 0 and "revshare.scheduler: scheduler stopped" in log, log
+    # One line per job: APScheduler's own (job added, running, done, started) show at DEBUG only.
+    assert "apscheduler" not in log, log
+
+
+def test_sigterm_while_the_start_up_jobs_run_lets_them_end_and_stops_before_the_scheduler_starts(
+        books, monkeypatch, caplog):
+    # Raised at once, inside the database driver, the stop left the connection mid-statement: its
+    # rollback failed, that error read as the database's being unavailable, and the scheduler started.
+    from jobs import scheduler as process
+
+    class NotTheScheduler(Exception):
+        pass
+
+    def outside(signal_number, frame):  # the handler in force unless the scheduler sets its own
+        raise NotTheScheduler()
+
+    table = bodies.job_table(Settings.build(database_url=books.url))
+
+    def payout_with_sigterm(session, at_us):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return table["payout_run"](session, at_us)
+
+    started = []
+
+    class Recorded(BackgroundScheduler):
+        def start(self, *args, **kwargs):
+            started.append(self)
+            super().start(*args, **kwargs)
+
+    monkeypatch.setattr(process, "BlockingScheduler", Recorded)
+    monkeypatch.setattr(process, "job_table", lambda settings: {**table, "payout_run": payout_with_sigterm})
+    previous = signal.signal(signal.SIGTERM, outside)
+    try:
+        with caplog.at_level(logging.INFO, logger="revshare.scheduler"):
+            process.run(Settings.build(database_url=books.url))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for scheduler in started:
+            scheduler.shutdown(wait=True)
+    assert started == [] and "failed" not in caplog.text and "scheduler stopped" in caplog.text
+    assert len(run_instants(books)) == 1 and closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
