@@ -213,6 +213,14 @@ def test_a_payout_run_or_close_by_hand_that_is_refused_posts_no_release_either(s
 
 
 @pytest.mark.parametrize("command", ["release-holds", "payout-run"])
+def test_an_at_asked_for_a_minute_ahead_is_refused_though_the_service_s_own_now_may_be_minutes_ahead(
+        seeded, command):
+    ahead = datetime.fromtimestamp(time.time() + 60, timezone.utc).isoformat()
+    result = invoke(seeded.url, command, "--at", ahead)
+    assert result.exit_code == 2 and "is in the future" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["release-holds", "payout-run"])
 def test_a_release_or_run_without_at_is_made_when_the_clock_steps_back_after_the_command_reads_now(
         seeded, skewed_clock, command):
     with seeded.transaction() as session:
