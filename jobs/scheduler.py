@@ -74,14 +74,17 @@ def log_failure(name: str, error: BaseException, *, when: str = "", then: str = 
         log.error("job %s failed%s: %r; it will run again %s", name, when, error, then, exc_info=error)
 
 
-class _DropJobTraceback(logging.Filter):
-    """APScheduler logs a job's exception with its traceback; `log_failure` logs each failure once."""
+class _DropRepeats(logging.Filter):
+    """APScheduler logs a job's failure (with its traceback) and a missed run at ERROR and WARNING;
+    the listener logs each once (`log_failure`, "missed its run")."""
+
+    REPEATED = ('Job "%s" raised an exception', 'Run time of job "%s" was missed by %s')
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != 'Job "%s" raised an exception'
+        return record.msg not in self.REPEATED
 
 
-_DROP_JOB_TRACEBACK = _DropJobTraceback()
+_DROP_REPEATS = _DropRepeats()
 
 
 def _listener(catch_up: CatchUp | None):
@@ -102,7 +105,7 @@ def build_scheduler(settings: Settings, database: Database, scheduler: BaseSched
     """Add every job to `scheduler` (a BlockingScheduler unless given), and `catch_up`'s retries
     when given. Tests pass their own scheduler, jobs and triggers."""
     scheduler = scheduler or BlockingScheduler(timezone="UTC")
-    logging.getLogger("apscheduler.executors.default").addFilter(_DROP_JOB_TRACEBACK)
+    logging.getLogger("apscheduler.executors.default").addFilter(_DROP_REPEATS)
     scheduler.add_listener(_listener(catch_up), EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     bodies = jobs if jobs is not None else job_table(settings)
     when = schedule if schedule is not None else triggers(settings)
