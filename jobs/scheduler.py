@@ -204,7 +204,7 @@ def run(settings: Settings) -> None:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
         if scheduler.running:
-            log.info("scheduler stopping: a job that is running runs to its end first")
+            log.info("scheduler stopping: waiting for any job that is running to end")
             scheduler.shutdown(wait=True)
         log.info("scheduler stopped")
     finally:
