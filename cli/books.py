@@ -268,7 +268,8 @@ def release_holds(settings: Settings, at: str | None) -> None:
 
     at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database:
-        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us)
+        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us,
+                                           own_instant=at_us is None)
     click.echo(f"released: {released}")
 
 
@@ -276,15 +277,17 @@ def release_holds(settings: Settings, at: str | None) -> None:
 @click.option("--at", "at", default=None, help=AT_HELP)
 @click.pass_obj
 def payout_run(settings: Settings, at: str | None) -> None:
-    """Pay every partner whose available balance reaches its plan's minimum."""
+    """Pay every partner whose available balance reaches its plan's minimum (releasing the matured
+    holds first, a hundred to a transaction)."""
     from ledger.instants import format_instant, parse_at
     from ledger.journal import now_us
     from ledger.money import format_minor
-    from ledger.payouts import run_payouts
+    from ledger.payouts import run_payouts_in_transactions
 
     at_us = parse_instant_option(at, "--at", parse_at)
-    with opened(settings, {"at": "--at"}) as database, database.transaction() as session:
-        run = run_payouts(session, now_us() if at_us is None else at_us)
+    with opened(settings, {"at": "--at"}) as database:
+        run = run_payouts_in_transactions(database.transaction, now_us() if at_us is None else at_us,
+                                          own_instant=at_us is None)
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
     for payout in run.payouts:
         click.echo(f"  payout {payout.id}: {payout.partner_id} {format_minor(payout.amount_minor, payout.currency)} "
@@ -296,14 +299,14 @@ def payout_run(settings: Settings, at: str | None) -> None:
 @click.argument("period")
 @click.pass_obj
 def close(settings: Settings, period: str) -> None:
-    """Close a period (YYYY-MM) that has ended, with its snapshot and close hash."""
+    """Close a period (YYYY-MM) that has ended, with its snapshot and close hash (releasing the holds
+    that matured in it first, a hundred to a transaction)."""
     from ledger.instants import parse_period
-    from ledger.periods import close_period
+    from ledger.periods import close_in_transactions
 
     with opened(settings) as database:
         parse_period(period)
-        with database.transaction() as session:
-            closed = close_period(session, period)
+        closed = close_in_transactions(database.transaction, period)
     click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}")
 
 

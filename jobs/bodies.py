@@ -6,6 +6,12 @@ takes the database's write lock up front; on PostgreSQL the job takes its own tr
 advisory lock, then the journal lock, before its body reads. A second scheduler, or a rerun, therefore
 waits and then finds the work done: releases are keyed by accrual, closes by period, payout runs
 by instant. (Two schedulers share a catch-up of releases between them, a transaction at a time.)
+
+A job's instant is the service's own, never asked for by a user: `run_job` reads it from the clock
+once, and the releases and the body then read the clock again as they record. A clock stepped back
+in between (an NTP step) puts the job's instant ahead of those reads: it is allowed up to
+`journal.CLOCK_SKEW_US`, the database's bound, where an instant asked for is refused
+(`journal.Batch.ahead`). Refused, the job failed until its next run (the next hour, or day).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ class JobResult(NamedTuple):
 
 
 def release_holds(session: Session, at_us: int) -> dict:
-    return {"released": holds.release_matured(session, at_us)}
+    return {"released": holds.release_matured(session, at_us, own_instant=True)}
 
 
 def close_due_periods(session: Session, at_us: int, *, grace_days: int) -> dict:
@@ -87,7 +93,7 @@ def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
                         "or the run due at %s pays these balances", format_instant(due_us),
                         format_instant(latest.ends_at_us), format_instant(next_due_us))
             return {"run_id": None, "missed": format_instant(due_us)}
-    run = payouts.run_payouts(session, due_us if made_us is None else made_us)
+    run = payouts.run_payouts(session, due_us if made_us is None else made_us, own_instant=True)
     return {"run_id": run.id, "payouts": len(run.payouts), "replayed": run.replayed}
 
 
@@ -130,7 +136,7 @@ def run_job(database: Database, name: str, body: Callable[[Session, int], dict],
         with database.reader() as session:
             figures = body(session, at)
     else:
-        released = holds.release_in_transactions(lambda: _job_transaction(database, name), at)
+        released = holds.release_in_transactions(lambda: _job_transaction(database, name), at, own_instant=True)
         with _job_transaction(database, name) as session:
             figures = body(session, at)
         figures = {**figures, "released": released + figures.get("released", 0)}

@@ -12,12 +12,21 @@ The payout job runs before the close job, on the schedule and once more when the
 (`start_up`): a run due is then made before a close can seal its month. With the close first, a
 scheduler down at the payout job's time (a restart, a deploy) and back by the next close let that
 close seal the month of a run not yet made, which then waited for finance; and a scheduler started
-after the day's job times did nothing until the next day.
+after the day's job times did nothing until the next day. Either of the two failing because the
+database was unavailable (at start, or at its time) has both run again, in that order, every
+`RETRY_MINUTES` until they succeed (`CatchUp`): a database restarted at 00:30 on payout day
+otherwise put the month's payout run, and the closes, off to the next day.
+
+The log says each job's outcome in one line: its figures, or its failure. A failure to reach the
+database is one line with the database's own words, not a traceback (APScheduler's is dropped);
+any other failure keeps its traceback. APScheduler's own INFO lines (a job added, running, done)
+show at DEBUG only.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
@@ -25,6 +34,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobs.bodies import job_table, run_job
 from ledger.db import Database
@@ -32,6 +42,8 @@ from ledger.settings import Settings
 
 log = logging.getLogger("revshare.scheduler")
 MISFIRE_GRACE_SECONDS = 3600
+RETRY_MINUTES = 5  # the payout and close jobs, after the database was unavailable (`CatchUp`)
+RETRY_JOB = "retry_payout_and_close"
 # The release job runs on a grid of its interval from this origin (on the hour, hourly), not counted
 # from the scheduler's start: counted so, every restart put the next release a whole interval off,
 # and a scheduler restarted more often than that (deploys, a supervisor) never released a hold.
@@ -48,19 +60,53 @@ def triggers(settings: Settings) -> dict:
     }
 
 
-def _on_event(event) -> None:
-    if event.code == EVENT_JOB_ERROR:
-        log.error("job %s failed: %r; it will run again at its next time", event.job_id, event.exception)
-    elif event.code == EVENT_JOB_MISSED:
-        log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` is the database's being unreachable, down, restarting or busy, which a later
+    run cures, rather than a fault of the job."""
+    return isinstance(error, (OperationalError, InterfaceError))
+
+
+def log_failure(name: str, error: BaseException, *, when: str = "", then: str = "at its next time") -> None:
+    if database_unavailable(error):
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        log.error("job %s failed%s: the database is unavailable: %s; it will run again %s", name, when, cause, then)
+    else:
+        log.error("job %s failed%s: %r; it will run again %s", name, when, error, then, exc_info=error)
+
+
+class _DropRepeats(logging.Filter):
+    """APScheduler logs a job's failure (with its traceback) and a missed run at ERROR and WARNING;
+    the listener logs each once (`log_failure`, "missed its run")."""
+
+    REPEATED = ('Job "%s" raised an exception', 'Run time of job "%s" was missed by %s')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.REPEATED
+
+
+_DROP_REPEATS = _DropRepeats()
+
+
+def _listener(catch_up: CatchUp | None):
+    def on_event(event) -> None:
+        if event.code == EVENT_JOB_ERROR:
+            owed = catch_up is not None and event.job_id in START_UP_JOBS and database_unavailable(event.exception)
+            log_failure(event.job_id, event.exception, then=RETRY_THEN if owed else "at its next time")
+            if owed:
+                catch_up.owed = True
+        elif event.code == EVENT_JOB_MISSED:
+            log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
+    return on_event
 
 
 def build_scheduler(settings: Settings, database: Database, scheduler: BaseScheduler | None = None,
-                    jobs: dict | None = None, schedule: dict | None = None) -> BaseScheduler:
-    """Add every job to `scheduler` (a BlockingScheduler unless given). Tests pass their own
-    scheduler, jobs and triggers."""
+                    jobs: dict | None = None, schedule: dict | None = None,
+                    catch_up: CatchUp | None = None) -> BaseScheduler:
+    """Add every job to `scheduler` (a BlockingScheduler unless given), and `catch_up`'s retries
+    when given. Tests pass their own scheduler, jobs and triggers."""
     scheduler = scheduler or BlockingScheduler(timezone="UTC")
-    scheduler.add_listener(_on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    logging.getLogger("apscheduler.executors.default").addFilter(_DROP_REPEATS)
+    scheduler.add_listener(_listener(catch_up), EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     bodies = jobs if jobs is not None else job_table(settings)
     when = schedule if schedule is not None else triggers(settings)
     # Each job's first time is taken now, not when the scheduler starts (APScheduler's default):
@@ -76,27 +122,92 @@ def build_scheduler(settings: Settings, database: Database, scheduler: BaseSched
 
 
 START_UP_JOBS = ("payout_run", "close_periods")  # in this order: see the module's docstring
+RETRY_THEN = f"within {RETRY_MINUTES} minutes, the payout job then the close job"
+
+
+class CatchUp:
+    """The payout job, then the close job: once as the scheduler starts, then again each time
+    `retry` is called (every `RETRY_MINUTES`) while `owed`, which a failure of either on an
+    unavailable database sets, at start or at its time (`_listener`). A failure is logged as on
+    the schedule; the scheduler starts and keeps running all the same."""
+
+    def __init__(self, database: Database, bodies: dict) -> None:
+        self.database, self.bodies = database, bodies
+        self.owed = False
+
+    def run(self, at_us: int | None = None, *, when: str = " at start") -> None:
+        self.owed = False
+        for name in START_UP_JOBS:
+            try:
+                run_job(self.database, name, self.bodies[name], at_us)
+            except Exception as error:  # as the scheduler's own listener: logged, and on to the next
+                if database_unavailable(error):
+                    log_failure(name, error, when=when, then=RETRY_THEN)
+                    self.owed = True
+                    return  # the close waits for the payout run, as on the schedule
+                log_failure(name, error, when=when)
+
+    def retry(self) -> None:
+        if self.owed:
+            self.run(when=" again")
+
+    def schedule_retries(self, scheduler: BaseScheduler) -> None:
+        scheduler.add_job(self.retry, IntervalTrigger(minutes=RETRY_MINUTES, timezone="UTC"), id=RETRY_JOB,
+                          name=RETRY_JOB, coalesce=True, max_instances=1, misfire_grace_time=MISFIRE_GRACE_SECONDS,
+                          replace_existing=True)
 
 
 def start_up(database: Database, bodies: dict, at_us: int | None = None) -> None:
-    """Run the payout job, then the close job, once, as the scheduler starts. A failure is logged as
-    on the schedule, and the scheduler starts all the same."""
-    for name in START_UP_JOBS:
-        try:
-            run_job(database, name, bodies[name], at_us)
-        except Exception as error:  # as the scheduler's own listener: logged, and on to the next
-            log.error("job %s failed at start: %r; it will run again at its next time", name, error)
+    """Run the payout job, then the close job, once, as the scheduler starts (`CatchUp.run`)."""
+    CatchUp(database, bodies).run(at_us)
+
+
+class _Stop:
+    """The handler of SIGTERM and SIGINT. SIGTERM is how systemd, Docker and Kubernetes stop a
+    process: Python's default for it ended the scheduler at once, with no line in the log, and as a
+    container's process 1 Python ignores it, so a stop waited out its grace period for a SIGKILL.
+
+    While the scheduler runs, its main thread only waits for the next job time (the jobs run in a
+    pool), and the signal raises SystemExit there: the scheduler stops, a job that is running runs
+    to its end (each of its transactions is complete on its own), and the log says so. During the
+    start-up jobs the main thread is inside a database driver, which an exception raised at an
+    arbitrary point leaves mid-statement (the rollback then fails, and that error hid the stop):
+    the first signal is kept until they end, a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.raise_now = False
+
+    def __call__(self, signal_number: int, frame) -> None:
+        if self.raise_now or self.requested:
+            raise SystemExit(0)
+        self.requested = True
 
 
 def run(settings: Settings) -> None:
+    stop = _Stop()
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     database = Database(settings.database_url)
-    scheduler = build_scheduler(settings, database)
+    # APScheduler's INFO lines (a job added, running, done) repeat what the jobs' own lines say.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    catch_up = CatchUp(database, job_table(settings))
+    scheduler = build_scheduler(settings, database, catch_up=catch_up)
+    catch_up.schedule_retries(scheduler)
     for job in scheduler.get_jobs():
         log.info("scheduled %s: %s", job.id, job.trigger)
     try:
-        start_up(database, job_table(settings))
+        log.info("running the payout job, then the close job, as the scheduler starts")
+        catch_up.run()
+        stop.raise_now = True  # before the check: a signal after it raises, one before it is seen
+        if stop.requested:
+            raise SystemExit(0)
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
+        if scheduler.running:
+            log.info("scheduler stopping: waiting for any job that is running to end")
+            scheduler.shutdown(wait=True)
         log.info("scheduler stopped")
     finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         database.dispose()

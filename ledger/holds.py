@@ -244,15 +244,18 @@ def end_holds(session: Session, accrual_ids: list[int]) -> None:
                              for condition, params in in_lists(session, "accrual_id", accrual_ids)])
 
 
-def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None = None) -> int:
+def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None = None,
+                    own_instant: bool = False) -> int:
     """Release every accrual matured by `at_us`; returns how many releases were posted. An instant
     in the future is refused (422 naming `at`), as for a payout run: holds are released as they
-    mature, and a release dated ahead would make an amount available before its time."""
-    return _release(session, at_us, batch, None)[0]
+    mature, and a release dated ahead would make an amount available before its time. With
+    `own_instant`, `at_us` was read from the service's clock, which may have stepped back since
+    (`journal.Batch.ahead`)."""
+    return _release(session, at_us, batch, None, own_instant=own_instant)[0]
 
 
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int, *,
-                            holds_per_transaction: int | None = None) -> int:
+                            holds_per_transaction: int | None = None, own_instant: bool = False) -> int:
     """`release_matured` in a `transaction()` per `holds_per_transaction` holds (by default
     HOLDS_PER_TRANSACTION), oldest maturity first, until none matured by `at_us` is left; returns
     how many releases were posted.
@@ -262,27 +265,30 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
     on its own: a hold leaves the queue in the transaction that posts its release, and the releases
     are keyed by accrual, so a crash between two leaves the rest queued for the next run, and that
     run posts what one uninterrupted run would have. Postings that come between two transactions
-    find the holds matured before their instant released already, or release them themselves."""
+    find the holds matured before their instant released already, or release them themselves.
+    `own_instant` as for `release_matured`: the later transactions read a clock that may have
+    stepped back since `at_us` was read from it."""
     holds_per_transaction = HOLDS_PER_TRANSACTION if holds_per_transaction is None else holds_per_transaction
     assert holds_per_transaction > 0, holds_per_transaction
     released, after = 0, None
     while True:
         with transaction() as session:
-            posted, taken, after = _release(session, at_us, None, holds_per_transaction, after)
+            posted, taken, after = _release(session, at_us, None, holds_per_transaction, after,
+                                            own_instant=own_instant)
         released += posted
         if taken < holds_per_transaction:
             return released
 
 
 def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: int | None,
-             after: tuple[int, int] | None = None) -> tuple[int, int, tuple[int, int] | None]:
+             after: tuple[int, int] | None = None, *, own_instant: bool) -> tuple[int, int, tuple[int, int] | None]:
     """(releases posted, holds taken from the queue, the last one's (maturity, accrual)): the
     `limit` holds matured first by `at_us`, by maturity then accrual, after `after`; or every one.
     Each call starts after the last hold the previous one took, so a run of calls ends even if a
     hold it takes cannot leave the queue (one whose piece was released already leaves it here)."""
     own_batch = batch is None
     batch = batch or journal.Batch(session)
-    if at_us > batch.recorded_at_us:
+    if batch.ahead(at_us, own_instant=own_instant):
         raise invalid("at", f"{format_instant(at_us)} is in the future: holds are released as they mature")
     t, h = journal_transactions.c, open_holds.c
     due = (select(h.accrual_id, t.invoice_id, h.matures_at_us)

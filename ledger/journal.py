@@ -283,6 +283,13 @@ class Batch:
         self._drafts.append(draft)
         return Posted(self.head_id, False)
 
+    def ahead(self, at_us: int, *, own_instant: bool) -> bool:
+        """Whether `at_us` is in the future of this batch's recording. An instant the service read from
+        its own clock (a job's, or now when none was asked for) is ahead only past `CLOCK_SKEW_US`, the
+        database's bound: the clock may have been stepped back since it was read (an NTP step), and
+        this batch's later read is then the earlier instant. An instant asked for may not be ahead."""
+        return at_us > self.recorded_at_us + (CLOCK_SKEW_US if own_instant else 0)
+
     def posting_instant(self, effective_at_us: int) -> int:
         """The instant a draft effective at `effective_at_us` is posted at: its own, or the start of
         the first open period when it lies in a closed one."""

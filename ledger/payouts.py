@@ -28,7 +28,7 @@ every read of its accounts as of now would sum their lines instead of reading th
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from typing import Callable, ContextManager, NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -73,12 +73,35 @@ def run_id_for(at_us: int) -> str:
     return "run_" + hashlib.sha256(str(at_us).encode()).hexdigest()[:16]
 
 
-def run_payouts(session: Session, at_us: int) -> PayoutRun:
+def run_payouts(session: Session, at_us: int, *, own_instant: bool = False) -> PayoutRun:
+    """The run at `at_us` (the first, replayed, if one was made then). With `own_instant`, `at_us`
+    was read from the service's clock, which may have stepped back since (`journal.Batch.ahead`)."""
     batch = journal.Batch(session)
     existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
     if existing is not None:
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
-    if at_us > batch.recorded_at_us:
+    _refuse_out_of_order(session, batch, at_us, own_instant)
+    holds.release_matured(session, at_us, batch=batch, own_instant=own_instant)
+    batch.flush()
+    run_id = run_id_for(at_us)
+    session.execute(insert(payout_runs).values(id=run_id, at_us=at_us, created_at_us=batch.recorded_at_us))
+    rows = []
+    for (partner_id, currency), amount in sorted(_payable(session, at_us).items()):
+        posted = batch.add(journal.transfer(
+            "payout", chart.available(partner_id), chart.PAYOUTS_IN_TRANSIT, currency, amount,
+            effective_at_us=at_us, idempotency_key=f"payout:{run_id}:{partner_id}:{currency}", partner_id=partner_id,
+            memo=f"payout run at {format_instant(at_us)}"))
+        rows.append({"run_id": run_id, "partner_id": partner_id, "currency": currency, "amount_minor": amount,
+                     "transaction_id": posted.id})
+    batch.flush()
+    if rows:
+        session.execute(insert(payouts), rows)
+    return PayoutRun(run_id, at_us, tuple(list_payouts(session, run_id=run_id)), False)
+
+
+def _refuse_out_of_order(session: Session, batch: journal.Batch, at_us: int, own_instant: bool) -> None:
+    """Refuse a new run at `at_us` in the future, before the latest run, or in a closed period."""
+    if batch.ahead(at_us, own_instant=own_instant):
         # It would pay balances that later postings may still change, and, runs being made in time
         # order, block every run until then.
         raise invalid("at", f"{format_instant(at_us)} is in the future: a payout run pays balances as of an "
@@ -98,22 +121,25 @@ def run_payouts(session: Session, at_us: int) -> PayoutRun:
         # Its payouts would land at the first open period, where the balance as of t may no longer be.
         raise Conflict(f"at: {format_instant(at_us)} lies in a closed period; a payout run must be at or after "
                        f"{format_instant(batch.boundary_us)}", {"at": ["lies in a closed period"]})
-    holds.release_matured(session, at_us, batch=batch)
-    batch.flush()
-    run_id = run_id_for(at_us)
-    session.execute(insert(payout_runs).values(id=run_id, at_us=at_us, created_at_us=batch.recorded_at_us))
-    rows = []
-    for (partner_id, currency), amount in sorted(_payable(session, at_us).items()):
-        posted = batch.add(journal.transfer(
-            "payout", chart.available(partner_id), chart.PAYOUTS_IN_TRANSIT, currency, amount,
-            effective_at_us=at_us, idempotency_key=f"payout:{run_id}:{partner_id}:{currency}", partner_id=partner_id,
-            memo=f"payout run at {format_instant(at_us)}"))
-        rows.append({"run_id": run_id, "partner_id": partner_id, "currency": currency, "amount_minor": amount,
-                     "transaction_id": posted.id})
-    batch.flush()
-    if rows:
-        session.execute(insert(payouts), rows)
-    return PayoutRun(run_id, at_us, tuple(list_payouts(session, run_id=run_id)), False)
+
+
+def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int, *,
+                                own_instant: bool = False) -> PayoutRun:
+    """`run_payouts` in a `transaction()` of its own, after the releases it posts first, made
+    `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the
+    scheduler's jobs make them: in its one transaction, a run after months without one held the
+    journal's lock through every release (`revshare payout-run` took 37 s over 73,000), and every
+    posting waited, or failed past its lock wait. The run is checked first, so a refused run posts
+    no release either; a run made at `at_us` already is answered without them."""
+    with transaction() as session:
+        batch = journal.Batch(session)
+        made = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
+        if made is None:
+            _refuse_out_of_order(session, batch, at_us, own_instant)
+    if made is None:
+        holds.release_in_transactions(transaction, at_us, own_instant=own_instant)
+    with transaction() as session:
+        return run_payouts(session, at_us, own_instant=own_instant)
 
 
 def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import NamedTuple
+from typing import Callable, ContextManager, NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -93,6 +93,29 @@ def first_posting_us(session: Session) -> int | None:
 def close_period(session: Session, period: str, *, now_us: int | None = None) -> Close:
     """Close `period` (and any empty open periods before it). The caller commits."""
     now = journal.now_us() if now_us is None else now_us
+    batch, first_open = _refuse_close(session, period, now)
+    closed = None
+    for target in _periods_between(first_open, period) + [period]:
+        closed = _close_one(session, batch, target, now)
+    return closed
+
+
+def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> Close:
+    """`close_period` in a `transaction()` of its own, after the releases it posts first (the holds
+    maturing before the period's end), made `holds.HOLDS_PER_TRANSACTION` to a transaction
+    (`holds.release_in_transactions`), as the scheduler's close job makes them: in its one
+    transaction, a close after months of holds held the journal's lock through every release, and
+    every posting waited, or failed past its lock wait. The close is checked first, so a refused
+    close posts no release either."""
+    with transaction() as session:
+        _refuse_close(session, period, journal.now_us())
+    holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
+    with transaction() as session:
+        return close_period(session, period)
+
+
+def _refuse_close(session: Session, period: str, now: int) -> tuple[journal.Batch, str]:
+    """(the batch to close in, the first open period) if `period` can be closed at `now`; else Conflict."""
     start_us, end_us = period_bounds_us(period)
     if end_us > now:
         raise Conflict(f"period {period} has not ended yet; it can be closed from {period_of(end_us)}-01")
@@ -112,10 +135,7 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
         bounds = period_bounds_us(earlier)
         if _has_postings(session, *bounds):
             raise Conflict(f"period {earlier} has postings and is open: close it first")
-    closed = None
-    for target in _periods_between(first_open, period) + [period]:
-        closed = _close_one(session, batch, target, now)
-    return closed
+    return batch, first_open
 
 
 def _first_open_without_closes(session: Session, period: str) -> str:

@@ -173,10 +173,13 @@ class SkewedClock:
 
     def __init__(self) -> None:
         self.offset_us = 0
+        self.step_back_per_read_us = 0  # a clock stepped back just after each read (NTP steps)
 
     def time_ns(self) -> int:
         import time
-        return time.time_ns() + self.offset_us * 1000
+        read_ns = time.time_ns() + self.offset_us * 1000
+        self.offset_us -= self.step_back_per_read_us
+        return read_ns
 
 
 @pytest.fixture

@@ -97,7 +97,8 @@ def render(payout: Payout) -> dict:
 def release_holds(args):
     """Release every hold matured by `at`"""
     at_us = now_us() if args["at"] is None else args["at"]
-    return {"released": holds.release_matured(current_session(), at_us), "at": at_us}
+    return {"released": holds.release_matured(current_session(), at_us, own_instant=args["at"] is None),
+            "at": at_us}
 
 
 @blp.route("/payout-runs", methods=["POST"])
@@ -111,7 +112,8 @@ def release_holds(args):
 @blp.alt_response(200, schema=PayoutRunSchema, success=True, description="the run already made at this instant")
 def run_payouts(args):
     """Release matured holds, then pay every balance that reaches its plan's minimum"""
-    run = payouts.run_payouts(current_session(), now_us() if args["at"] is None else args["at"])
+    run = payouts.run_payouts(current_session(), now_us() if args["at"] is None else args["at"],
+                              own_instant=args["at"] is None)
     body = {"id": run.id, "at": run.at_us, "payouts": [render(payout) for payout in run.payouts]}
     return body, 200 if run.replayed else 201
 

@@ -285,3 +285,14 @@ def test_a_bad_adjustment_is_a_422_naming_the_field(shared, body, named):
     response = shared.client.post("/v1/adjustments", json=body,
                                   headers={"Authorization": f"Bearer {shared.keys.finance}"})
     assert errors_of(response) == named
+
+
+@pytest.mark.parametrize("path", ["/v1/holds/release", "/v1/payout-runs"])
+def test_a_release_or_run_without_an_instant_is_made_when_the_clock_steps_back_after_the_server_reads_now(
+        fresh, skewed_clock, path):
+    invoices(fresh, p1="250.00")
+    skewed_clock.step_back_per_read_us = 2_000_000  # the instant "now" the server read is ahead of its next read
+    response = fresh.post(path, {})
+    assert response.status_code in (200, 201), response.get_json()
+    made = response.get_json()
+    assert (len(made["payouts"]) == 1) if path == "/v1/payout-runs" else (made["released"] == 1)

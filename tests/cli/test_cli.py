@@ -2,6 +2,7 @@
 halfway (several times under `make soak`) and run again, on both engines: the books, statements,
 trial balance and chain equal those of one clean run."""
 
+import contextlib
 import json
 import os
 import signal
@@ -19,12 +20,12 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from cli.main import main
-from ledger import revenue, statements
+from ledger import holds, revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
 from ledger.importer import HEAD_BYTES, detect_format, head, open_events
 from ledger.instants import next_period, period_bounds_us, period_of
-from ledger.schema import journal_lines, journal_transactions, partners, revenue_events
+from ledger.schema import journal_lines, journal_transactions, partners, period_closes, revenue_events
 from ledger.settings import Settings
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
@@ -148,6 +149,86 @@ def test_at_today_s_date_is_not_refused_as_in_the_future(seeded):
     run = invoke(seeded.url, "payout-run", "--at", today)
     assert released.exit_code == 0 and released.output == "released: 0\n", released.output
     assert run.exit_code == 0 and f"at {today}T00:00:00Z" in run.output, run.output
+
+
+def kinds_per_transaction(monkeypatch) -> list[tuple[int, int, int]]:
+    """(releases, payouts, closes) each writer transaction of the books adds, in order, as the
+    commands open them."""
+    opened, added = Database.transaction, []
+
+    @contextlib.contextmanager
+    def counting(self):
+        with opened(self) as session:
+            before = kind_counts(session)
+            yield session
+            added.append(tuple(after - then for after, then in zip(kind_counts(session), before)))
+
+    monkeypatch.setattr(Database, "transaction", counting)
+    return added
+
+
+def kind_counts(session) -> tuple[int, int, int]:
+    t = journal_transactions.c
+    kinds = dict(session.execute(select(t.kind, func.count()).group_by(t.kind)).all())
+    closes = session.execute(select(func.count()).select_from(period_closes)).scalar_one()
+    return kinds.get("release", 0), kinds.get("payout", 0), closes
+
+
+@pytest.mark.parametrize("args, last", [(("payout-run", "--at", "2026-04-01"), (0, 1, 0)),
+                                        (("close", "2026-03"), (0, 0, 1))])
+def test_a_payout_run_or_close_by_hand_releases_the_matured_holds_a_few_to_a_transaction_before_its_own(
+        seeded, monkeypatch, args, last):
+    # In its one transaction, a run or close after months of holds held the journal's lock through
+    # every release (37 s over 73,000), and postings waited or failed past their lock wait.
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events())
+    for period in ("2026-01", "2026-02"):  # January's 4 holds still held are released, February's 6 are not
+        assert invoke(seeded.url, "close", period).exit_code == 0
+    monkeypatch.setattr(holds, "HOLDS_PER_TRANSACTION", 5)
+    added = kinds_per_transaction(monkeypatch)
+    result = invoke(seeded.url, *args)
+    assert result.exit_code == 0, result.output
+    # A check first (nothing posted), February's 6 holds 5 to a transaction, then the run or close alone
+    assert added == [(0, 0, 0), (5, 0, 0), (1, 0, 0), last]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("payout-run", "--at", "2026-04-25"), "--at: a payout run was made at 2026-05-01T00:00:00Z"),
+    (("payout-run", "--at", "2062-01-01"), "--at: 2062-01-01T00:00:00Z is in the future"),
+    (("close", "2026-05"), "period 2026-04 has postings and is open: close it first"),
+    (("close", "2026-12"), "period 2026-12 has not ended yet")])
+def test_a_payout_run_or_close_by_hand_that_is_refused_posts_no_release_either(seeded, args, message):
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events())
+    for period in ("2026-01", "2026-02", "2026-03"):
+        assert invoke(seeded.url, "close", period).exit_code == 0
+    assert invoke(seeded.url, "payout-run", "--at", "2026-05-01").exit_code == 0
+    with seeded.transaction() as session:  # dated in closed March, posted at April 1; matures 2026-04-19
+        revenue.ingest(session, [paid("e-late", "acme", "inv-late", 10_000, "2026-03-20")])
+        before = kind_counts(session)
+    result = invoke(seeded.url, *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    with seeded.reader() as session:
+        assert kind_counts(session) == before
+
+
+@pytest.mark.parametrize("command", ["release-holds", "payout-run"])
+def test_an_at_asked_for_a_minute_ahead_is_refused_though_the_service_s_own_now_may_be_minutes_ahead(
+        seeded, command):
+    ahead = datetime.fromtimestamp(time.time() + 60, timezone.utc).isoformat()
+    result = invoke(seeded.url, command, "--at", ahead)
+    assert result.exit_code == 2 and "is in the future" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["release-holds", "payout-run"])
+def test_a_release_or_run_without_at_is_made_when_the_clock_steps_back_after_the_command_reads_now(
+        seeded, skewed_clock, command):
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events())
+    skewed_clock.step_back_per_read_us = 2_000_000  # the instant "now" read first is ahead of every later read
+    result = invoke(seeded.url, command)
+    assert result.exit_code == 0, result.output
+    assert ("released: 22\n" if command == "release-holds" else "payouts: 1\n") in result.output
 
 
 @pytest.mark.parametrize("args, message", [

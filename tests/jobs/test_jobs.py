@@ -3,9 +3,14 @@ job does not stop the scheduler."""
 
 import contextlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import tzlocal
@@ -13,12 +18,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from jobs import bodies
-from jobs.scheduler import build_scheduler, start_up, triggers
-from ledger import holds, revenue
+from jobs.scheduler import CatchUp, build_scheduler, start_up, triggers
+from ledger import holds, journal, revenue
 from ledger.balances import partner_balances
 from ledger.db import JOURNAL_LOCK_KEY
+from ledger.errors import InvalidInput
+from ledger.instants import from_us
 from ledger.periods import close_period, list_periods
 from ledger.payouts import run_payouts
 from ledger.schema import journal_transactions, payout_runs, payouts, period_closes
@@ -400,6 +408,7 @@ def test_a_job_up_to_an_hour_late_still_runs_and_one_later_is_logged_missed(sqli
         scheduler.shutdown(wait=True)
     assert len(ran) == 1
     assert "job later missed its run at" in caplog.text and "job late missed" not in caplog.text
+    assert "was missed by" not in caplog.text  # APScheduler's own line, a second one for the same miss
 
 
 def test_the_production_schedule_is_in_utc_whatever_the_host_s_time_zone(monkeypatch):
@@ -438,3 +447,196 @@ def test_the_release_job_s_times_do_not_move_when_the_scheduler_restarts():
     assert first == again and now <= first <= now + timedelta(days=1)
     hourly = triggers(Settings.build(database_url="sqlite://"))["release_holds"].get_next_fire_time(None, now)
     assert (hourly.minute, hourly.second, hourly.microsecond) == (0, 0, 0)  # on the hour
+
+
+def clock_stepped_back_after_each_read(monkeypatch, skewed_clock, step_us: int) -> None:
+    """The clock a job reads its instant from is stepped back `step_us` just after (an NTP step)."""
+    read = bodies.clock_now_us
+
+    def read_then_step() -> int:
+        instant = read()
+        skewed_clock.offset_us -= step_us
+        return instant
+    monkeypatch.setattr(bodies, "clock_now_us", read_then_step)
+
+
+@pytest.mark.parametrize("job", ["release_holds", "close_periods", "payout_run"])
+def test_a_job_whose_clock_steps_back_two_seconds_after_it_reads_its_instant_still_does_its_work(
+        books, monkeypatch, skewed_clock, job):
+    clock_stepped_back_after_each_read(monkeypatch, skewed_clock, 2_000_000)
+    body = bodies.job_table(Settings.build(database_url=books.url))[job]
+    result = bodies.run_job(books, job, body)
+    # Every hold of January to April matured months ago: all released, but the 2 the refund released.
+    assert result.figures["released"] == 24 - 2 and count(books, "release") == 24
+    if job == "payout_run":
+        assert result.figures["payouts"] == 1 and not result.figures["replayed"]
+    if job == "close_periods":
+        assert result.figures["closed"][:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+
+
+def test_a_job_whose_clock_steps_back_past_the_skew_bound_is_refused_and_posts_nothing(
+        books, monkeypatch, skewed_clock):
+    clock_stepped_back_after_each_read(monkeypatch, skewed_clock, journal.CLOCK_SKEW_US + 1_000_000)
+    with pytest.raises(InvalidInput, match="in the future"):
+        bodies.run_job(books, "release_holds", bodies.release_holds)
+    assert count(books, "release") == 2
+
+
+def test_the_payout_job_a_second_after_its_run_falls_due_on_a_clock_stepped_back_two_seconds_makes_that_run(
+        books, skewed_clock):
+    due_us = at("2026-12-01")
+    skewed_clock.offset_us = due_us - 1_000_000 - bodies.clock_now_us()  # now reads 23:59:59 of the day before
+    result = bodies.run_job(books, "payout_run", bodies.payout_run, due_us + 1_000_000)
+    assert result.figures["payouts"] == 1 and not result.figures["replayed"]
+    assert run_instants(books) == [due_us]
+
+
+def unavailable() -> OperationalError:
+    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused\nIs the server running?"))
+
+
+def flaky(failures: int, body):
+    """`body`, failing its first `failures` calls as on a database that is down."""
+    calls = []
+
+    def run(session, at_us):
+        calls.append(at_us)
+        if len(calls) <= failures:
+            raise unavailable()
+        return body(session, at_us)
+    return run
+
+
+def test_a_payout_job_failing_at_start_on_an_unavailable_database_runs_again_with_the_close_after_it(books, caplog):
+    settings = Settings.build(database_url=books.url, close_grace_days=0, payout_day_of_month=28)
+    table = bodies.job_table(settings)
+    catch_up = CatchUp(books, {"payout_run": flaky(1, table["payout_run"]), "close_periods": table["close_periods"]})
+    with caplog.at_level(logging.ERROR, logger="revshare.scheduler"):
+        catch_up.run(at("2026-03-01T02:00:00Z"))
+    assert catch_up.owed and run_instants(books) == [] and closed_periods(books) == []  # the close waits for the run
+    assert ("job payout_run failed at start: the database is unavailable: connection refused; it will run again "
+            "within 5 minutes") in caplog.text
+    catch_up.retry()  # at its own instant, now: the run due last and every period due by now
+    [due_us] = run_instants(books)
+    assert not catch_up.owed and from_us(due_us).day == 28 and due_us > at("2026-11-01")
+    assert closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+    catch_up.retry()  # nothing owed: nothing run
+    assert run_instants(books) == [due_us]
+
+
+def closed_periods(database) -> list[str]:
+    with database.reader() as session:
+        return session.execute(select(period_closes.c.period).order_by(period_closes.c.period)).scalars().all()
+
+
+def test_a_close_job_failing_at_its_time_on_an_unavailable_database_is_run_again_within_minutes_not_the_next_day(
+        books, monkeypatch, caplog):
+    from jobs import scheduler as process
+
+    monkeypatch.setattr(process, "RETRY_MINUTES", 0.005)  # 0.3 s
+    settings = Settings.build(database_url=books.url)
+    table = bodies.job_table(settings)
+    catch_up = CatchUp(books, table)
+    now = datetime.now(timezone.utc)
+    scheduler = build_scheduler(settings, books, scheduler=BackgroundScheduler(timezone="UTC"),
+                                jobs={"close_periods": flaky(1, table["close_periods"])},
+                                schedule={"close_periods": DateTrigger(now + timedelta(milliseconds=100))},
+                                catch_up=catch_up)
+    catch_up.schedule_retries(scheduler)
+    with caplog.at_level(logging.INFO):
+        scheduler.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not closed_periods(books) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            scheduler.shutdown(wait=True)
+    assert closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+    assert "job close_periods failed: the database is unavailable: connection refused" in caplog.text
+    # One line per failure to reach the database: neither its traceback nor APScheduler's.
+    assert "Traceback" not in caplog.text and "raised an exception" not in caplog.text
+
+
+def test_a_job_failing_for_another_reason_is_logged_once_with_its_traceback_and_not_retried(
+        sqlite_database, caplog):
+    def broken(session, at_us):
+        raise RuntimeError("the job broke")
+
+    catch_up = CatchUp(sqlite_database, {"payout_run": broken, "close_periods": broken})
+    scheduler = build_scheduler(Settings.build(database_url=sqlite_database.url), sqlite_database,
+                                scheduler=BackgroundScheduler(timezone="UTC"), jobs={"payout_run": broken},
+                                schedule={"payout_run": DateTrigger(datetime.now(timezone.utc))}, catch_up=catch_up)
+    with caplog.at_level(logging.INFO):
+        scheduler.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "job payout_run failed" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            scheduler.shutdown(wait=True)
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in failures] == [
+        "job payout_run failed: RuntimeError('the job broke'); it will run again at its next time"]
+    assert failures[0].exc_info is not None and not catch_up.owed
+
+
+def test_the_scheduler_process_stops_on_sigterm_with_exit_status_0_and_says_so_in_its_log(books):
+    # SIGTERM is how systemd, Docker and Kubernetes stop it: it ended the process at once (status
+    # -15), with no line in the log, and as a container's process 1 it was ignored.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": books.url}
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        log, deadline = "", time.monotonic() + 60
+        while "job close_periods at" not in log and time.monotonic() < deadline:
+            log += process.stderr.readline()
+        assert "job close_periods at" in log, log
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+        log += process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 0 and "revshare.scheduler: scheduler stopped" in log, log
+    # One line per job: APScheduler's own (job added, running, done, started) show at DEBUG only.
+    assert "apscheduler" not in log, log
+
+
+def test_sigterm_while_the_start_up_jobs_run_lets_them_end_and_stops_before_the_scheduler_starts(
+        books, monkeypatch, caplog):
+    # Raised at once, inside the database driver, the stop left the connection mid-statement: its
+    # rollback failed, that error read as the database's being unavailable, and the scheduler started.
+    from jobs import scheduler as process
+
+    class NotTheScheduler(Exception):
+        pass
+
+    def outside(signal_number, frame):  # the handler in force unless the scheduler sets its own
+        raise NotTheScheduler()
+
+    table = bodies.job_table(Settings.build(database_url=books.url))
+
+    def payout_with_sigterm(session, at_us):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return table["payout_run"](session, at_us)
+
+    started = []
+
+    class Recorded(BackgroundScheduler):
+        def start(self, *args, **kwargs):
+            started.append(self)
+            super().start(*args, **kwargs)
+
+    monkeypatch.setattr(process, "BlockingScheduler", Recorded)
+    monkeypatch.setattr(process, "job_table", lambda settings: {**table, "payout_run": payout_with_sigterm})
+    previous = signal.signal(signal.SIGTERM, outside)
+    try:
+        with caplog.at_level(logging.INFO, logger="revshare.scheduler"):
+            process.run(Settings.build(database_url=books.url))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for scheduler in started:
+            scheduler.shutdown(wait=True)
+    assert started == [] and "failed" not in caplog.text and "scheduler stopped" in caplog.text
+    assert len(run_instants(books)) == 1 and closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
