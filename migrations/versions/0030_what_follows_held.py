@@ -106,10 +106,7 @@ END;
 
 CREATE TRIGGER trg_{PIECES_DUE}_settled BEFORE DELETE ON {PIECES_DUE}
 WHEN NOT {SETTLED.format(piece='OLD.accrual_id')}
-BEGIN SELECT RAISE(ABORT, '{SETTLED_MESSAGE}'); END;
-
-CREATE TRIGGER trg_{PIECES_DUE}_no_update BEFORE UPDATE ON {PIECES_DUE}
-BEGIN SELECT RAISE(ABORT, '{PIECES_DUE}: rows are never updated'); END"""
+BEGIN SELECT RAISE(ABORT, '{SETTLED_MESSAGE}'); END"""
 
 # PostgreSQL: migration 0022's statement function, with the list kept after its checks: pieces of
 # the releases the statement reverses go on it, and leave it once reversed or settled again.
@@ -145,8 +142,8 @@ END $$"""
     return [within_its_piece(extended=True), settled,
             f"CREATE TRIGGER trg_{PIECES_DUE}_settled BEFORE DELETE ON {PIECES_DUE}\n"
             f"FOR EACH ROW EXECUTE FUNCTION {PIECES_DUE}_settled()",
-            f"CREATE TRIGGER trg_{PIECES_DUE}_no_update BEFORE UPDATE ON {PIECES_DUE}\n"
-            "FOR EACH ROW EXECUTE FUNCTION journal_refuse_change()",
+            *_0018.never_updated(PIECES_DUE, True).split(";\n\n"),
+            f"ALTER FUNCTION {PIECES_DUE}_no_update() {SEARCH_PATH}",
             f"CREATE TRIGGER trg_{PIECES_DUE}_no_truncate BEFORE TRUNCATE ON {PIECES_DUE}\n"
             "FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change()",
             f"GRANT SELECT, INSERT, DELETE ON {PIECES_DUE} TO {_0026.APP_ROLE}"]
@@ -201,7 +198,7 @@ def statements(engine: str) -> list[str]:
     assert "'" not in SETTLED_MESSAGE, SETTLED_MESSAGE
     found = [*(POSTGRES_RESOLUTIONS if postgres else SQLITE_RESOLUTIONS).split(";\n\n"),
              *_0026.append_only(RESOLUTIONS_DUE, postgres),
-             *(postgres_pieces() if postgres else SQLITE_PIECES.split(";\n\n"))]
+             *(postgres_pieces() if postgres else [*SQLITE_PIECES.split(";\n\n"), _0018.never_updated(PIECES_DUE, False)])]
     for table, name, refused_when, message, only_when in ROW_RULES:
         if postgres:
             found.extend(_0018.postgres_rule(table, name, refused_when, message, only_when).split(";\n\n"))
@@ -249,3 +246,4 @@ def downgrade() -> None:
     op.drop_table(RESOLUTIONS_DUE)
     if postgres:
         op.execute(f"DROP FUNCTION {PIECES_DUE}_settled()")
+        op.execute(f"DROP FUNCTION {PIECES_DUE}_no_update()")
