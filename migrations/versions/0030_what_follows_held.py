@@ -85,7 +85,6 @@ HOLDS_NOTHING = (
 SETTLED = f"({REVERSED} OR {HOLDS_NOTHING})"
 SETTLED_MESSAGE = (f"{PIECES_DUE}: a piece whose release was reversed is reversed, or holds nothing pending,"
                    " before it leaves the list")
-UNDONE_RELEASE = "(SELECT o.kind FROM journal_transactions o WHERE o.id = NEW.reverses_id) = 'release'"
 
 SQLITE_PIECES = f"""
 CREATE TRIGGER trg_journal_transactions_release_undone AFTER INSERT ON journal_transactions
@@ -152,7 +151,8 @@ END $$"""
 # ---- a resolution posting recorded ----
 
 RESOLVES = "NEW.kind IN ('payout_settled', 'payout_failed')"
-FAILS_BY_REVERSAL = "NEW.kind = 'reversal' AND (SELECT o.kind FROM journal_transactions o WHERE o.id = NEW.reverses_id) = 'payout'"
+FAILS_BY_REVERSAL = ("NEW.kind = 'reversal'"
+                     " AND (SELECT o.kind FROM journal_transactions o WHERE o.id = NEW.reverses_id) = 'payout'")
 
 SQLITE_RESOLUTIONS = f"""
 CREATE TRIGGER trg_journal_transactions_resolution_due AFTER INSERT ON journal_transactions
@@ -198,7 +198,8 @@ def statements(engine: str) -> list[str]:
     assert "'" not in SETTLED_MESSAGE, SETTLED_MESSAGE
     found = [*(POSTGRES_RESOLUTIONS if postgres else SQLITE_RESOLUTIONS).split(";\n\n"),
              *_0026.append_only(RESOLUTIONS_DUE, postgres),
-             *(postgres_pieces() if postgres else [*SQLITE_PIECES.split(";\n\n"), _0018.never_updated(PIECES_DUE, False)])]
+             *(postgres_pieces() if postgres
+               else [*SQLITE_PIECES.split(";\n\n"), _0018.never_updated(PIECES_DUE, False)])]
     for table, name, refused_when, message, only_when in ROW_RULES:
         if postgres:
             found.extend(_0018.postgres_rule(table, name, refused_when, message, only_when).split(";\n\n"))
