@@ -73,14 +73,17 @@ RESOLUTIONS_DUE = "payout_resolutions_due"
 
 REVERSED = "EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = {piece})"
 # The piece's one credit, into its partner's pending account (migration 0022 holds that a released
-# piece has one), against the debits to that account of the clawbacks and the release that stand.
+# piece has one), against the debits to that account of the clawbacks and the release that stand,
+# read by the index on accrual_id. The account is compared in the sum, not in the WHERE: there,
+# SQLite read every line of the partner's pending account by the balance index (a late refund's
+# posting took ten times as long).
 CREDIT = "(SELECT m.{column} FROM journal_lines m WHERE m.transaction_id = {piece} AND m.side = 'C')"
 HOLDS_NOTHING = (
     f"coalesce({CREDIT.format(column='amount_minor', piece='{piece}')}, 0)"
-    " <= (SELECT coalesce(sum(l.amount_minor), 0) FROM journal_transactions c"
+    f" <= (SELECT coalesce(sum(CASE WHEN l.account_id = {CREDIT.format(column='account_id', piece='{piece}')}"
+    " THEN l.amount_minor ELSE 0 END), 0) FROM journal_transactions c"
     " JOIN journal_lines l ON l.transaction_id = c.id AND l.side = 'D'"
     " WHERE c.accrual_id = {piece} AND c.accrual_id IS NOT NULL AND c.kind IN ('clawback', 'release')"
-    f" AND l.account_id = {CREDIT.format(column='account_id', piece='{piece}')}"
     " AND NOT EXISTS (SELECT 1 FROM journal_transactions u WHERE u.reverses_id = c.id))")
 SETTLED = f"({REVERSED} OR {HOLDS_NOTHING})"
 SETTLED_MESSAGE = (f"{PIECES_DUE}: a piece whose release was reversed is reversed, or holds nothing pending,"
