@@ -34,7 +34,16 @@ closes; clawbacks and releases probe the empty list by its key). On PostgreSQL t
 kept by the statement trigger of migration 0022, which every posting calls already and which reads
 it only when the statement holds a reversal, clawback or release; the other rules are row triggers
 called only for reversals, resolutions and closes. Ingesting paid invoices and posting payout runs
-write none of the rows these rules read. Rows already written are left as they are, as in 0018.
+write none of the rows these rules read. Measured on a seeded program (200 partners, 20,000
+paid invoices in batches of 10,000, 400 single postings, a release run of 30,656 holds, 5,000 late
+refunds in one batch and 400 one at a time, each undoing a release), each tree once after the other
+on a shared 2-core machine: on SQLite paid invoices 2,410 against 2,687 events/s, single postings
+1.33 against 1.34 ms, releases 3,818 against 4,582 a second, late refunds 213 against 249 events/s
+in a batch and 5.8 against 5.4 ms alone; on PostgreSQL 2,143 against 1,325 events/s, 5.6 against
+8.6 ms, 3,215 against 1,744 releases a second, 39 against 46 events/s and 27.0 against 27.5 ms.
+The machine's drift between two runs of one tree is as large as these differences, except for the
+late refunds (the path that writes and empties the list). Rows already written are left as they
+are, as in 0018.
 
 Revision ID: 0030
 Revises: 0029
