@@ -433,6 +433,27 @@ payout_records_due = Table(
            primary_key=True, autoincrement=False),
 )
 
+# A `payout_settled` or `payout_failed` posting, or the reversal of a `payout` posting, has its
+# resolution record by the commit: a trigger adds the posting here, where a foreign key deferred to
+# the commit asks for the record (migration 0030).
+payout_resolutions_due = Table(
+    "payout_resolutions_due",
+    metadata,
+    Column("transaction_id", Id, ForeignKey("payout_resolutions.transaction_id", deferrable=True,
+                                            initially="DEFERRED"), primary_key=True, autoincrement=False),
+)
+
+# The pieces whose release a transaction reversed, until the piece is reversed or holds nothing
+# pending again (a release and the clawbacks from pending take its amount); a foreign key deferred
+# to the commit asks for the piece's reversal of those still listed. Triggers write it, and it is
+# empty between transactions (migration 0030).
+unreleased_pieces_due = Table(
+    "unreleased_pieces_due",
+    metadata,
+    Column("accrual_id", Id, ForeignKey("journal_transactions.reverses_id", deferrable=True, initially="DEFERRED"),
+           primary_key=True, autoincrement=False),
+)
+
 APPEND_ONLY_TABLES = APPEND_ONLY_TABLES + (
     "period_closes", "period_snapshots", "statement_documents", "payout_runs", "payouts", "payout_resolutions",
-    "payout_records_due")
+    "payout_records_due", "payout_resolutions_due")

@@ -1,8 +1,8 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migrations 0018 to 0029): reversals, values, program facts, period closes, payouts, keys, the
+SQL (migrations 0018 to 0030): reversals, values, program facts, period closes, payouts, keys, the
 queue of holds, a customer's CPA bounty, an adjustment's instant, what is posted against a piece, a
-resolved payout's postings. Each refusal has a control beside it that the same guard accepts, so
-that no guard passes by refusing everything."""
+resolved payout's postings, what must follow in the same transaction. Each refusal has a control
+beside it that the same guard accepts, so that no guard passes by refusing everything."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import holds as holds_module
-from ledger import customers, journal, partners, payouts, periods, plans, revenue
+from ledger import customers, journal, partners, payouts, periods, plans, revenue, reversals
+from ledger.errors import Conflict
 from ledger.instants import period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
@@ -478,18 +479,26 @@ def test_a_payout_posting_is_recorded_by_the_commit(enrolled):
 
 
 def test_a_resolution_is_of_the_payouts_partner_and_only_a_failure_is_its_reversal(enrolled):
+    """Each posting with its resolution in one transaction: a resolution posting is recorded by the
+    commit (migration 0030)."""
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
-        [southwinds] = journal.post(session, [journal.transfer(
+
+    def southwinds(session) -> int:
+        return journal.post(session, [journal.transfer(
             "payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", payout.amount_minor,
-            effective_at_us=at("2026-03-02"), idempotency_key="raw-settled-southwind", partner_id="southwind")])
-        reversal_id = journal.reverse(session, payout.transaction_id, reason="returned",
-                                      effective_at_us=at("2026-03-03")).id
-    refused(enrolled, raw(RESOLUTION, p=payout.id, o="settled", t=southwinds.id, at=at("2026-03-03")),
-            "a resolution is the transaction of its outcome")
-    refused(enrolled, raw(RESOLUTION, p=payout.id, o="settled", t=reversal_id, at=at("2026-03-03")),
-            "a resolution is the transaction of its outcome")
-    accepted(enrolled, raw(RESOLUTION, p=payout.id, o="failed", t=reversal_id, at=at("2026-03-03")))
+            effective_at_us=at("2026-03-02"), idempotency_key="raw-settled-southwind", partner_id="southwind")])[0].id
+
+    def reversal(session) -> int:
+        return journal.reverse(session, payout.transaction_id, reason="returned", effective_at_us=at("2026-03-03")).id
+
+    def resolved(outcome: str, posting) -> None:
+        with enrolled.transaction() as session:
+            session.execute(sa.text(RESOLUTION), dict(p=payout.id, o=outcome, t=posting(session), at=at("2026-03-03")))
+    for posting in (southwinds, reversal):
+        with pytest.raises(sa.exc.DBAPIError, match="a resolution is the transaction of its outcome"):
+            resolved("settled", posting)
+    resolved("failed", reversal)
 
 
 def test_a_resolution_is_the_transaction_of_its_outcome(enrolled):
@@ -520,8 +529,9 @@ def test_a_settled_or_failed_payout_is_final(enrolled):
         with pytest.raises(sa.exc.DBAPIError, match="a settled or failed payout is final"):
             with enrolled.transaction() as session:
                 journal.reverse(session, transaction_id, reason="raw", effective_at_us=at("2026-03-06"))
-    with enrolled.transaction() as session:
+    with enrolled.transaction() as session:  # with its record, as `ledger.reversals` writes it (migration 0030)
         reversal = journal.reverse(session, pending.transaction_id, reason="returned", effective_at_us=at("2026-03-06"))
+        session.execute(sa.text(RESOLUTION), dict(p=pending.id, o="failed", t=reversal.id, at=at("2026-03-06")))
     assert not reversal.replayed
 
 
@@ -843,14 +853,15 @@ def test_a_piece_is_one_credit_to_its_partners_pending_account(pieces):
 def test_a_piece_is_reversed_after_what_stands_against_it(pieces):
     accepted(pieces, against(4, "clawback", 30))
     accepted(pieces, against(5, "release", 70))
-    for standing in (4, 5):
-        with pytest.raises(sa.exc.DBAPIError, match="an accrual is reversed after the clawbacks and release"):
-            with pieces.transaction() as session:
-                journal.reverse(session, 1, reason="posted in error")
+
+    def reversed_after(*standing: int) -> None:  # one transaction: a release is reversed with its piece (0030)
         with pieces.transaction() as session:
-            journal.reverse(session, standing, reason="first what stands against it")
-    with pieces.transaction() as session:
-        journal.reverse(session, 1, reason="posted in error")
+            for transaction_id in (*standing, 1):
+                journal.reverse(session, transaction_id, reason="posted in error")
+    for standing in ((), (4,), (5,)):
+        with pytest.raises(sa.exc.DBAPIError, match="an accrual is reversed after the clawbacks and release"):
+            reversed_after(*standing)
+    reversed_after(4, 5)
 
 
 def test_a_piece_of_an_invoice_is_clawed_back_only_under_that_invoice(pieces):
@@ -899,11 +910,14 @@ def test_what_stands_against_a_pieces_pending_amount_stays_within_it(pieces):
 
 
 def test_a_piece_is_released_once(pieces):
-    accepted(pieces, against(4, "release", 50))
-    refused(pieces, against(5, "release", 50), WITHIN_ITS_PIECE)
-    with pieces.transaction() as session:  # a late refund undid the release: the piece is released again
-        journal.reverse(session, 4, reason="held again")
-    accepted(pieces, against(6, "release", 100))
+    accepted(pieces, against(4, "release", 100))
+    refused(pieces, against(5, "release", 100), WITHIN_ITS_PIECE)
+
+    def released_again(connection):  # a late refund undid the release: the piece is released again
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        raw_transfer(connection, 5, ids[AVAILABLE], ids[PENDING], kind="reversal", reverses_id=4, partner_id="northwind")
+        against(6, "release", 100)(connection)
+    accepted(pieces, released_again)
 
 
 # ---- a release at its maturity, a partner's own accounts, a resolution's amount, no posting dated
@@ -1065,3 +1079,196 @@ def test_an_idempotency_key_has_1_to_200_characters(booked, key, taken):
         accepted(booked, keyed)
     else:  # PostgreSQL's VARCHAR(200) refuses the longest itself, in its own words
         refused(booked, keyed, "an idempotency key has 1 to 200 characters|value too long")
+
+
+# ---- what must follow in the same transaction, a reinstated chargeback, the first close (migration 0030) ----
+
+UNSETTLED = "FOREIGN KEY constraint failed|fk_unreleased_pieces_due_accrual_id_journal_transactions"
+UNRECORDED_RESOLUTION = "FOREIGN KEY constraint failed|fk_payout_resolutions_due_transaction_id_payout_resolutions"
+
+
+def in_turn(*steps):
+    """The raw writes `steps`, in one transaction."""
+    def post(connection):
+        for step in steps:
+            step(connection)
+    return post
+
+
+def mirror(transaction_id: int, reverses_id: int, debit: str, credit: str, amount: int = 100):
+    """The raw reversal of northwind's `reverses_id`, which debited `credit` and credited `debit`."""
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        raw_transfer(connection, transaction_id, ids[debit], ids[credit], amount=amount, kind="reversal",
+                     reverses_id=reverses_id, partner_id="northwind")
+    return post
+
+
+UNRELEASE = mirror(5, 4, AVAILABLE, PENDING)  # of the release 4 of all of piece 1
+
+
+def pieces_listed(database) -> int:
+    with database.engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT count(*) FROM unreleased_pieces_due").scalar_one()
+
+
+def test_a_release_is_reversed_only_with_its_piece_or_released_again_in_full(pieces):
+    """A release reversed alone left its amount pending after the maturity with no hold queued to
+    release it: the partner was never paid it, and verify named it only as a pending balance."""
+    accepted(pieces, against(4, "release", 100))
+    refused(pieces, UNRELEASE, UNSETTLED)
+    refused(pieces, in_turn(UNRELEASE, against(6, "release", 60)), UNSETTLED)  # 40 left pending
+    accepted(pieces, in_turn(UNRELEASE, against(6, "release", 100)))
+    assert pieces_listed(pieces) == 0
+
+
+def test_a_release_is_reversed_with_its_piece(pieces):
+    accepted(pieces, against(4, "release", 100))
+    accepted(pieces, in_turn(UNRELEASE, mirror(6, 1, PENDING, chart.EXPENSE_COMMISSION)))
+    assert pieces_listed(pieces) == 0
+
+
+@pytest.mark.parametrize("clawed, released, settled", [(100, None, True), (99, None, False), (30, 70, True),
+                                                      (30, 60, False)])
+def test_a_release_is_reversed_with_clawbacks_from_pending_and_a_release_that_take_the_whole_piece(
+        pieces, clawed, released, settled):
+    """A late refund dated before the maturity: the release is undone, the refund claws from pending,
+    and what is left is released again at the maturity (`ledger.holds.unrelease`)."""
+    accepted(pieces, against(4, "release", 100))
+    steps = [UNRELEASE, against(6, "clawback", clawed), *([against(7, "release", released)] if released else [])]
+    if settled:
+        accepted(pieces, in_turn(*steps))
+    else:
+        refused(pieces, in_turn(*steps), UNSETTLED)
+    assert pieces_listed(pieces) == 0
+
+
+def test_a_release_reversed_through_the_journal_alone_does_not_commit_and_the_service_refuses_it(pieces):
+    accepted(pieces, against(4, "release", 100))
+    with pytest.raises(sa.exc.DBAPIError, match=UNSETTLED):
+        with pieces.transaction() as session:  # the bare mirror, around `ledger.reversals`
+            journal.reverse(session, 4, reason="raw")
+    with pytest.raises(Conflict, match="is a release"):
+        with pieces.transaction() as session:
+            reversals.reverse(session, 4, reason="held again")
+    with pieces.transaction() as session:  # before its accrual's reversal, as `ledger.reversals` posts it
+        journal.reverse(session, 4, reason="with its accrual")
+        journal.reverse(session, 1, reason="posted in error")
+    assert pieces_listed(pieces) == 0
+
+
+def test_a_listed_piece_leaves_the_list_only_once_reversed_or_settled_again(pieces):
+    accepted(pieces, against(4, "release", 100))
+    listed = raw("INSERT INTO unreleased_pieces_due (accrual_id) VALUES (1)")
+    forget = raw("DELETE FROM unreleased_pieces_due")
+    refused(pieces, in_turn(UNRELEASE, forget), "a piece whose release was reversed is reversed, or holds nothing")
+    refused(pieces, in_turn(UNRELEASE, raw("UPDATE unreleased_pieces_due SET accrual_id = 2")),
+            "unreleased_pieces_due: rows are never updated")
+    refused(pieces, listed, UNSETTLED)  # a row asks for the piece's reversal
+    accepted(pieces, in_turn(UNRELEASE, against(6, "release", 100), listed, forget))
+
+
+@pytest.fixture
+def reinstated(database):
+    """northwind's accrual of 100.00 on inv-1, charged back in full (from pending) and won back: the
+    accrual, its chargeback's clawback and the reinstatement."""
+    books = Books(database)
+    books.plan("standard", "0.20")
+    books.partner("northwind", "standard")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "500.00", "2026-01-05")
+    books.chargeback("acme", "inv-1", "500.00", "2026-01-06")
+    books.dispute_won("acme", "inv-1", "500.00", "2026-01-07")
+    [(accrual,), (clawback,), (reinstatement,)] = books.sql(
+        "SELECT id FROM journal_transactions WHERE kind IN ('accrual', 'clawback') ORDER BY id")
+    return database, accrual, clawback, reinstatement
+
+
+def test_a_chargebacks_clawback_is_not_reversed_while_the_reinstatement_of_its_accrual_stands(reinstated):
+    """The won dispute restored what the chargeback took: the clawback's mirror as well would pay the
+    partner twice (`ledger.holds.released_again` refuses it, 409: reverse the accrual instead)."""
+    database, accrual, clawback, reinstatement = reinstated
+    with pytest.raises(Conflict, match="a won dispute reinstated accrual"):
+        with database.transaction() as session:
+            reversals.reverse(session, clawback, reason="by the service")
+    with pytest.raises(sa.exc.DBAPIError, match="a chargebacks clawback of an accrual is not reversed while"):
+        with database.transaction() as session:  # the bare mirror, around `ledger.reversals`
+            journal.reverse(session, clawback, reason="raw")
+    with database.transaction() as session:
+        journal.reverse(session, reinstatement, reason="the dispute was lost after all")
+    with database.transaction() as session:
+        journal.reverse(session, clawback, reason="the chargeback is undone too")
+
+
+def test_an_accrual_is_reversed_with_its_reinstatement_and_its_chargebacks_clawback(reinstated):
+    database, accrual, clawback, reinstatement = reinstated
+    with database.transaction() as session:
+        reversals.reverse(session, accrual, reason="posted in error")
+    with database.engine.connect() as connection:
+        undone = connection.exec_driver_sql("SELECT reverses_id FROM journal_transactions WHERE kind = 'reversal'"
+                                            " ORDER BY id").scalars().all()
+    assert undone == [reinstatement, clawback, accrual]
+
+
+def resolution_posting(transaction_id: int, kind: str, payout: payouts.Payout, record: bool):
+    """Northwind's settlement (`payout_settled`) or failure (`payout_failed`, or the reversal of the
+    payout's posting) of `payout`, by raw SQL, with its resolution record or without."""
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        credit = ids[chart.CASH if kind == "payout_settled" else AVAILABLE]
+        insert_line(connection, transaction_id, ids[chart.PAYOUTS_IN_TRANSIT], "D", payout.amount_minor,
+                    at=at("2026-03-05"))
+        insert_line(connection, transaction_id, credit, "C", payout.amount_minor, at=at("2026-03-05"))
+        reversal = kind == "reversal"
+        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}",
+                      at=at("2026-03-05"), kind=kind, partner_id="northwind", recorded=NOW_RECORDED_US,
+                      reverses_id=payout.transaction_id if reversal else None)
+        if record:
+            outcome = "settled" if kind == "payout_settled" else "failed"
+            raw(RESOLUTION, p=payout.id, o=outcome, t=transaction_id, at=NOW_RECORDED_US)(connection)
+    return post
+
+
+@pytest.mark.parametrize("kind", ["payout_settled", "payout_failed", "reversal"])
+def test_a_resolution_posting_is_recorded_by_the_commit(enrolled, kind):
+    """Without its record the payout stayed pending: settled or failed again, it was paid twice, or
+    its money returned twice."""
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+        chart.account_ids(session, [chart.CASH, AVAILABLE])
+    with enrolled.engine.connect() as connection:
+        next_id = head_id(connection) + 1
+    refused(enrolled, resolution_posting(next_id, kind, payout, record=False), UNRECORDED_RESOLUTION)
+    accepted(enrolled, resolution_posting(next_id, kind, payout, record=True))
+    with enrolled.transaction() as session:
+        assert payouts.get_payout(session, payout.id).status == ("settled" if kind == "payout_settled" else "failed")
+
+
+def test_a_payout_settled_through_the_journal_alone_does_not_commit(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+    with pytest.raises(sa.exc.DBAPIError, match=UNRECORDED_RESOLUTION):
+        with enrolled.transaction() as session:
+            journal.post(session, [journal.transfer(
+                "payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", payout.amount_minor,
+                effective_at_us=at("2026-03-02"), idempotency_key="raw-settled", partner_id="northwind")])
+    with pytest.raises(sa.exc.DBAPIError, match=UNRECORDED_RESOLUTION):
+        with enrolled.transaction() as session:
+            journal.reverse(session, payout.transaction_id, reason="raw", effective_at_us=at("2026-03-02"))
+    with enrolled.transaction() as session:
+        assert payouts.settle(session, payout.id, at_us=at("2026-03-02")).status == "settled"
+
+
+def test_the_first_close_starts_no_later_than_the_first_posting(database):
+    """`ledger.periods.close_period` closes the empty periods before a period with it, and refuses it
+    while an earlier one has postings: a first close of March over January's postings left January
+    open before a closed chain, where nothing could close it."""
+    with database.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=at("2026-01-20"), idempotency_key="a1")])
+    late = "the first close starts no later than the first posting"
+    refused(database, raw_close("2026-03"), late)
+    refused(database, raw_close("2026-02"), late)
+    accepted(database, raw_close("2026-01"))
+    with database.transaction() as session:  # then each month in turn, as the chain has it
+        assert periods.close_period(session, "2026-03").period == "2026-03"

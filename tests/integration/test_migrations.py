@@ -101,3 +101,51 @@ def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post
         upgrade(empty_url)
     finally:
         database.dispose()
+
+
+def test_the_guards_of_0030_upgrade_books_of_every_kind_and_let_the_service_post_on(empty_url):
+    """Books at revision 0029 holding every kind of posting (the demo's year, an adjustment and its
+    reversal, a payout failed by the reversal of its posting) upgrade to 0030; the service then posts
+    what the new rules read: an accrual reversed with its release, a won dispute's chargeback, and
+    payouts settled, failed and failed by reversal. Verify finds nothing wrong, no piece is left
+    listed, and the revision goes down to 0029 and up again."""
+    from alembic import command
+
+    from ledger import demo, journal, payouts, reversals, revenue
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.migrate import alembic_config, upgrade
+    from ledger.verify import verify
+
+    upgrade(empty_url, "0029")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            demo.load_demo(session)
+            adjustment = payouts.adjust(session, "northwind", "available", 1_000, "USD", "goodwill")
+            journal.reverse(session, adjustment.id, reason="posted twice")
+        upgrade(empty_url)
+        with database.transaction() as session:
+            released = session.execute(text(
+                "SELECT min(t.accrual_id) FROM journal_transactions t WHERE t.kind = 'release' AND NOT EXISTS"
+                " (SELECT 1 FROM journal_transactions r WHERE r.reverses_id IN (t.id, t.accrual_id))")).scalar_one()
+            reversals.reverse(session, released, reason="posted in error")
+            instant = now_us()
+            outcomes = revenue.ingest(session, [revenue.RevenueEvent(
+                f"after-0030-{kind}", kind, "cust-001", "inv-after-0030", "USD", 10_000, instant)
+                for kind in ("invoice_paid", "chargeback", "chargeback_reversed")])
+            assert all(isinstance(outcome, revenue.Outcome) for outcome in outcomes), outcomes
+            run = payouts.run_payouts(session, instant)
+            assert len(run.payouts) >= 3, run
+            payouts.settle(session, run.payouts[0].id)
+            payouts.fail(session, run.payouts[1].id)
+            reversals.reverse(session, run.payouts[2].transaction_id, reason="returned")
+        with database.reader() as session:
+            report = verify(session)
+            listed = session.execute(text("SELECT count(*) FROM unreleased_pieces_due")).scalar_one()
+        assert report.ok, report.problems
+        assert listed == 0
+        command.downgrade(alembic_config(empty_url), "0029")
+        upgrade(empty_url)
+    finally:
+        database.dispose()

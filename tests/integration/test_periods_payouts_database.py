@@ -573,8 +573,10 @@ def resolving_transaction(session, payout: payouts.Payout, outcome: str, at_us: 
 def test_a_raw_resolution_dated_before_its_payout_is_refused(enrolled):
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
-        early_id = resolving_transaction(session, payout, "failed", at("2026-03-01") - 1)
-    refused(enrolled, RESOLUTION, "not settled or failed before it was made", p=payout.id, o="failed", t=early_id)
+    with pytest.raises(sa.exc.DBAPIError, match="not settled or failed before it was made"):
+        with enrolled.transaction() as session:  # a resolution posting is recorded by the commit (0030)
+            early_id = resolving_transaction(session, payout, "failed", at("2026-03-01") - 1)
+            session.execute(sa.text(RESOLUTION), dict(p=payout.id, o="failed", t=early_id))
     with enrolled.reader() as session:
         assert payouts.get_payout(session, payout.id).status == "pending"
 
@@ -582,16 +584,11 @@ def test_a_raw_resolution_dated_before_its_payout_is_refused(enrolled):
 def test_two_raw_resolutions_of_a_pending_payout_are_refused_at_the_second(enrolled):
     with enrolled.transaction() as session:
         payout = new_payout(session, "2026-03-01")
-        settled_id = resolving_transaction(session, payout, "settled", at("2026-03-02"))
-        failed_id = resolving_transaction(session, payout, "failed", at("2026-03-03"))
-
-    def both(connection):
-        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="settled", t=settled_id))
-        connection.execute(sa.text(RESOLUTION), dict(p=payout.id, o="failed", t=failed_id))
-
     with pytest.raises(sa.exc.IntegrityError, match=SECOND_RESOLUTION):
-        with enrolled.engine.begin() as connection:
-            both(connection)
+        with enrolled.transaction() as session:  # each posting with its record (migration 0030)
+            for outcome, day in (("settled", "2026-03-02"), ("failed", "2026-03-03")):
+                posting_id = resolving_transaction(session, payout, outcome, at(day))
+                session.execute(sa.text(RESOLUTION), dict(p=payout.id, o=outcome, t=posting_id))
     with enrolled.reader() as session:
         assert payouts.get_payout(session, payout.id).status == "pending"
 
