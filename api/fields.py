@@ -43,6 +43,9 @@ AMOUNT_TEXT_MAX = 40
 _PLUS_READ_AS_SPACE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? "
                                  r"[0-9]{2}:[0-9]{2}")
 INSTANT_TEXT_MAX = 40
+# How far past its limit a value is still shown to its parser, for a message that names the form
+# the field takes; the parsers are regular expressions, linear in the text.
+_PARSE_OVERLONG_FACTOR = 4
 
 
 class Amount(NamedTuple):
@@ -116,12 +119,27 @@ class _Parsed(ma.fields.String):
     def _deserialize(self, value, attr, data, **kwargs) -> Any:
         if not isinstance(value, str):
             raise ma.ValidationError("must be a string")
+        field = self.data_key or self.name or "value"
         if len(value) > self.text_length_max:
-            raise ma.ValidationError(f"must be at most {self.text_length_max} characters")
+            raise ma.ValidationError(self._too_long(value, field))
         try:
-            return self.parse(value, self.data_key or self.name or "value")
+            return self.parse(value, field)
         except InvalidInput as error:
             raise ma.ValidationError(_messages(error)) from None
+
+    def _too_long(self, value: str, field: str) -> list[str]:
+        """What the parser says of a value a little too long, else the bare limit: an instant sent
+        for a date (`effective_from` of an attribution), a date for a period or a rate of eleven
+        decimals were answered "must be at most 10 characters", which says nothing of the form the
+        field takes. A long value goes no further than its length."""
+        length = f"must be at most {self.text_length_max} characters"
+        if len(value) > _PARSE_OVERLONG_FACTOR * self.text_length_max:
+            return [length]
+        try:
+            self.parse(value, field)
+        except InvalidInput as error:
+            return _messages(error)
+        return [length]
 
     def _serialize(self, value, attr, obj, **kwargs) -> str | None:
         return None if value is None else self.format(value)

@@ -151,6 +151,14 @@ def test_a_bad_attribution_is_a_422_naming_the_field(shared, change, named):
     assert errors_of(response) == named
 
 
+def test_an_attribution_dated_by_an_instant_is_told_that_it_takes_a_date(shared):
+    body = {**attribution("c-instant", "p1"), "effective_from": "2026-01-15T00:00:00Z"}
+    response = shared.client.post("/v1/attributions", json=body,
+                                  headers={"Authorization": f"Bearer {shared.keys.billing}"})
+    assert errors_of(response) == {"effective_from"}
+    assert response.get_json()["errors"]["effective_from"] == ["must be a date YYYY-MM-DD"]
+
+
 def test_a_customer_id_may_hold_slashes_and_colons(call):
     customer = f"org/{unique('acme')}:eu@billing"
     call.attribute(customer, call.partner())

@@ -118,6 +118,22 @@ def test_each_value_type_refuses_bad_input_naming_the_field(field, value):
     assert list(refused(ValuesSchema, {field: value})) == [field]
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("day", "2026-01-15T00:00:00Z", "must be a date YYYY-MM-DD"),
+    ("period", "2026-02-01", "must be a period YYYY-MM"),
+    ("rate", "0.12345678901", "with at most 10 decimals"),
+    ("currency", "USDX", "is not an ISO 4217 currency code"),
+    ("partner_id", "x" * 65, "must be 1-64 characters"),
+])
+def test_a_value_just_past_its_length_limit_is_told_the_form_its_field_takes(field, value, message):
+    [said] = refused(ValuesSchema, {field: value})[field]
+    assert message in said
+
+
+def test_a_value_far_past_its_length_limit_is_refused_by_its_length_alone():
+    assert refused(ValuesSchema, {"day": "2026-01-15" * 10}) == {"day": ["must be at most 10 characters"]}
+
+
 def test_unknown_fields_are_refused_by_name():
     assert list(refused(ValuesSchema, {"colour": "red"})) == ["colour"]
 
