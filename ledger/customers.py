@@ -8,7 +8,8 @@ already earned stays with the partner that earned it. No attribution starts at o
 partner's termination (409; migration 0025 in the database): it could never earn, and the revenue
 billing posts for the customer would answer `no_commission` without saying why. Replacing the
 current attribution with one to the same partner, from a later day, starts that partner's window
-again (how finance extends a window).
+again (how finance extends a window). The current attribution sent again is a repeat that
+changes nothing only when its source is the same too; another source is a 409.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
     current = history[-1] if history else None
     if current is not None:
         if current.partner_id == partner_id and current.effective_from_us == start_us:
-            return current, False
+            return _repeated(current, source), False
         if current.partner_id != partner_id and not replace:
             raise Conflict(f"customer {customer_id!r} is attributed to partner {current.partner_id!r}; "
                            "only finance can replace an attribution (set replace: true)")
@@ -90,6 +91,17 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
     session.execute(insert(attributions).values(customer_id=customer_id, partner_id=partner_id,
                                                 effective_from_us=start_us, source=source, recorded_at_us=recorded))
     return Attribution(customer_id, partner_id, start_us, None, source, recorded), True
+
+
+def _repeated(current: Attribution, source: str) -> Attribution:
+    """The current attribution, sent again. Another source is a conflict, not a repeat: answered
+    as one, the caller was told its source stood while the books kept the first."""
+    if current.source != source:
+        raise Conflict(f"customer {current.customer_id!r} is attributed to partner {current.partner_id!r} from "
+                       f"{format_instant(current.effective_from_us)} with source {current.source!r}; an "
+                       "attribution is never edited",
+                       {"source": [f"differs from the current attribution's, {current.source!r}"]})
+    return current
 
 
 def _exists(session: Session, customer_id: str) -> bool:

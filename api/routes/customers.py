@@ -2,9 +2,10 @@
 GET /v1/customers/{id}.
 
 An attribution starts at the beginning of its `effective_from` date (UTC) and lasts until the
-customer's next attribution starts. Posting the customer's current attribution again is a 200 that
-changes nothing (201 when it creates one). Moving a customer to another partner needs
-`"replace": true`, which only finance may send: billing gets a 403 for it, and a 409 without it.
+customer's next attribution starts. Posting the customer's current attribution again (its partner,
+day and source) is a 200 that changes nothing (201 when it creates one); with another source, a 409.
+Moving a customer to another partner needs `"replace": true`, which only finance may send: billing
+gets a 403 for it, and a 409 without it.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def render_attribution(attribution: Attribution) -> dict:
 @allow("billing", "finance")
 @refuses(403, "a billing key sends `\"replace\": true`: only finance may replace an attribution")
 @refuses(409, "the customer is attributed already (to another partner, or to this one from another day) and "
-              "`replace` is not true; a replacement that does not start after the current attribution; a "
-              "partner terminated by `effective_from`")
+              "`replace` is not true; the current attribution sent again with another `source`; a replacement "
+              "that does not start after the current attribution; a partner terminated by `effective_from`")
 @refuses(422, "the partner does not exist")
 @idempotent
 @blp.arguments(AttributionRequestSchema)

@@ -24,6 +24,15 @@ def test_an_attribution_is_created_then_repeating_it_changes_nothing(call):
     assert history == [body]
 
 
+def test_the_current_attribution_sent_again_with_another_source_is_a_409_naming_it_and_changes_nothing(call):
+    customer, partner_id = unique("cust"), call.partner()
+    body = expect(call.post("/v1/attributions", attribution(customer, partner_id), as_="billing"), 201)
+    for role, extra in (("billing", {}), ("finance", {"replace": True})):
+        again = call.post("/v1/attributions", attribution(customer, partner_id, source="import", **extra), as_=role)
+        assert errors_of(again, 409) == {"source"}
+    assert call.read(f"/v1/customers/{customer}", as_="billing")["attributions"] == [body]
+
+
 def test_attributing_a_customer_to_another_partner_without_replace_is_a_409(call):
     customer, first, second = unique("cust"), call.partner(), call.partner()
     call.attribute(customer, first)
