@@ -129,9 +129,9 @@ class _Parsed(ma.fields.String):
 
     def _too_long(self, value: str, field: str) -> list[str]:
         """What the parser says of a value a little too long, else the bare limit: an instant sent
-        for a date (`effective_from` of an attribution), a date for a period or a rate of eleven
-        decimals were answered "must be at most 10 characters", which says nothing of the form the
-        field takes. A long value goes no further than its length."""
+        for a date (an attribution's `effective_from`), a date for a period or a rate of eleven
+        decimals is a client's slip that a length alone does not name; the form the field takes
+        does. A value far past the limit is not parsed at all."""
         length = f"must be at most {self.text_length_max} characters"
         if len(value) > _PARSE_OVERLONG_FACTOR * self.text_length_max:
             return [length]
