@@ -112,8 +112,7 @@ def release_holds(args):
 @blp.alt_response(200, schema=PayoutRunSchema, success=True, description="the run already made at this instant")
 def run_payouts(args):
     """Release matured holds, then pay every balance that reaches its plan's minimum"""
-    run = payouts.run_payouts(current_session(), now_us() if args["at"] is None else args["at"],
-                              own_instant=args["at"] is None)
+    run = payouts.run_payouts(current_session(), args["at"])
     body = {"id": run.id, "at": run.at_us, "payouts": [render(payout) for payout in run.payouts]}
     return body, 200 if run.replayed else 201
 

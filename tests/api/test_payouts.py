@@ -9,7 +9,9 @@ import sqlalchemy as sa
 
 from ledger import payouts
 from ledger.instants import parse_instant
+from ledger.journal import now_us
 from tests.api.books import errors_of, expect, instant, money, unique
+from tests.interleaving import another_writer_first
 
 
 def invoices(call, **amounts: str) -> None:
@@ -296,3 +298,12 @@ def test_a_release_or_run_without_an_instant_is_made_when_the_clock_steps_back_a
     assert response.status_code in (200, 201), response.get_json()
     made = response.get_json()
     assert (len(made["payouts"]) == 1) if path == "/v1/payout-runs" else (made["released"] == 1)
+
+
+def test_a_run_without_an_instant_made_while_another_server_ran_one_is_made_at_a_later_now_not_a_409(
+        fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+    another_writer_first(monkeypatch, database, lambda session: payouts.run_payouts(session, now_us()))
+    made = fresh.created("/v1/payout-runs", {})
+    [paid] = fresh.read("/v1/payouts")["items"]
+    assert made["payouts"] == [] and paid["run_id"] != made["id"] and paid["amount"] == money("50.00")
