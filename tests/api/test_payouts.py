@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from ledger import payouts
+from ledger import holds, payouts
 from ledger.instants import parse_instant
 from ledger.journal import now_us
 from tests.api.books import errors_of, expect, instant, money, unique
@@ -307,3 +307,13 @@ def test_a_run_without_an_instant_made_while_another_server_ran_one_is_made_at_a
     made = fresh.created("/v1/payout-runs", {})
     [paid] = fresh.read("/v1/payouts")["items"]
     assert made["payouts"] == [] and paid["run_id"] != made["id"] and paid["amount"] == money("50.00")
+
+
+def test_a_release_without_an_instant_made_while_another_server_released_is_made_as_of_a_later_now(
+        fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+    others = []
+    another_writer_first(monkeypatch, database, lambda session: others.append(holds.release_now(session)))
+    made = fresh.ok("/v1/holds/release", {})
+    [(released, other_at_us)] = others
+    assert released == 1 and made["released"] == 0 and parse_instant(made["at"], field="at") > other_at_us
