@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from ledger import holds, payouts
+from ledger import holds, payouts, periods
 from ledger.instants import parse_instant
 from ledger.journal import now_us
 from tests.api.books import errors_of, expect, instant, money, unique
@@ -317,3 +317,17 @@ def test_a_release_without_an_instant_made_while_another_server_released_is_made
     made = fresh.ok("/v1/holds/release", {})
     [(released, other_at_us)] = others
     assert released == 1 and made["released"] == 0 and parse_instant(made["at"], field="at") > other_at_us
+
+
+def test_a_run_in_a_period_another_server_closed_while_it_waited_for_the_lock_is_a_409_and_posts_nothing(
+        fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+
+    def close_january_and_february(session):
+        periods.close_period(session, "2026-01")
+        periods.close_period(session, "2026-02")
+
+    another_writer_first(monkeypatch, database, close_january_and_february)
+    response = fresh.post("/v1/payout-runs", {"at": instant("2026-02-10")})
+    assert errors_of(response, 409) == {"at"} and "closed period" in response.get_json()["detail"]
+    assert fresh.read("/v1/payouts")["items"] == [] and available(fresh, "p1", "2026-03-01") == "50.00"
