@@ -280,14 +280,12 @@ def payout_run(settings: Settings, at: str | None) -> None:
     """Pay every partner whose available balance reaches its plan's minimum (releasing the matured
     holds first, a hundred to a transaction)."""
     from ledger.instants import format_instant, parse_at
-    from ledger.journal import now_us
     from ledger.money import format_minor
     from ledger.payouts import run_payouts_in_transactions
 
     at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database:
-        run = run_payouts_in_transactions(database.transaction, now_us() if at_us is None else at_us,
-                                          own_instant=at_us is None)
+        run = run_payouts_in_transactions(database.transaction, at_us)
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
     for payout in run.payouts:
         click.echo(f"  payout {payout.id}: {payout.partner_id} {format_minor(payout.amount_minor, payout.currency)} "

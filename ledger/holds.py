@@ -254,6 +254,16 @@ def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None
     return _release(session, at_us, batch, None, own_instant=own_instant)[0]
 
 
+def release_now(session: Session) -> tuple[int, int]:
+    """(releases posted, the instant): `release_matured` at now as read under the journal lock. Read
+    before it, a release that waited for the lock behind another writer was made as of an instant
+    before that writer's postings, and left unreleased what matured while it waited."""
+    batch = journal.Batch(session)
+    released = release_matured(session, batch.recorded_at_us, batch=batch, own_instant=True)
+    batch.flush()
+    return released, batch.recorded_at_us
+
+
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int, *,
                             holds_per_transaction: int | None = None, own_instant: bool = False) -> int:
     """`release_matured` in a `transaction()` per `holds_per_transaction` holds (by default

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
-from ledger.db import after_commit, driver_results, driver_rows, in_lists, lock_program, shared_cache
+from ledger.db import after_commit, driver_results, driver_rows, in_lists, lock_journal, lock_program, shared_cache
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, within_horizon
 from ledger.journal import now_us
@@ -78,6 +78,10 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
     if status not in PARTNER_STATUSES:
         raise invalid("status", f"must be one of {', '.join(PARTNER_STATUSES)}")
     lock_program(session)
+    # A status dated now is read under the journal lock too, so that every posting is either before
+    # it (decided with the partner's earlier status) or after it: read outside, a posting made while
+    # the status was being recorded could earn on revenue dated after the termination it records.
+    lock_journal(session)
     get_partner(session, partner_id)
     at = now_us() if effective_at_us is None else within_horizon(effective_at_us, field="effective_at")
     latest, latest_status = session.execute(

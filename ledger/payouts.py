@@ -73,10 +73,15 @@ def run_id_for(at_us: int) -> str:
     return "run_" + hashlib.sha256(str(at_us).encode()).hexdigest()[:16]
 
 
-def run_payouts(session: Session, at_us: int, *, own_instant: bool = False) -> PayoutRun:
-    """The run at `at_us` (the first, replayed, if one was made then). With `own_instant`, `at_us`
-    was read from the service's clock, which may have stepped back since (`journal.Batch.ahead`)."""
+def run_payouts(session: Session, at_us: int | None, *, own_instant: bool = False) -> PayoutRun:
+    """The run at `at_us` (the first, replayed, if one was made then), or at None now, read under the
+    journal lock: read before it, a run that waited for the lock was dated before a run another
+    writer made meanwhile, and refused as out of time order (a 409 naming an `at` nobody sent),
+    where the same requests one after the other both run. With `own_instant`, `at_us` was read from
+    the service's clock, which may have stepped back since (`journal.Batch.ahead`)."""
     batch = journal.Batch(session)
+    if at_us is None:
+        at_us, own_instant = batch.recorded_at_us, True
     existing = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
     if existing is not None:
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
@@ -123,21 +128,24 @@ def _refuse_out_of_order(session: Session, batch: journal.Batch, at_us: int, own
                        f"{format_instant(batch.boundary_us)}", {"at": ["lies in a closed period"]})
 
 
-def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int, *,
+def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
                                 own_instant: bool = False) -> PayoutRun:
     """`run_payouts` in a `transaction()` of its own, after the releases it posts first, made
     `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the
     scheduler's jobs make them: in its one transaction, a run after months without one held the
     journal's lock through every release (`revshare payout-run` took 37 s over 73,000), and every
     posting waited, or failed past its lock wait. The run is checked first, so a refused run posts
-    no release either; a run made at `at_us` already is answered without them."""
+    no release either; a run made at `at_us` already is answered without them. At None, the check
+    and the releases are made at now as read in their transactions, and the run at now as read in
+    its own (see `run_payouts`)."""
     with transaction() as session:
         batch = journal.Batch(session)
-        made = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == at_us)).scalar()
+        checked_us = batch.recorded_at_us if at_us is None else at_us
+        made = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == checked_us)).scalar()
         if made is None:
-            _refuse_out_of_order(session, batch, at_us, own_instant)
+            _refuse_out_of_order(session, batch, checked_us, own_instant or at_us is None)
     if made is None:
-        holds.release_in_transactions(transaction, at_us, own_instant=own_instant)
+        holds.release_in_transactions(transaction, checked_us, own_instant=own_instant or at_us is None)
     with transaction() as session:
         return run_payouts(session, at_us, own_instant=own_instant)
 

@@ -23,7 +23,6 @@ from api.routes.transactions import render as render_transaction
 from api.schemas import Schema
 from api.session import current_session
 from ledger import holds, payouts, transactions
-from ledger.journal import now_us
 from ledger.payouts import Payout
 
 blp = Blueprint("payouts", __name__, description="Hold releases, payout runs, payouts and adjustments (finance)")
@@ -96,9 +95,11 @@ def render(payout: Payout) -> dict:
 @blp.response(200, ReleasedSchema)
 def release_holds(args):
     """Release every hold matured by `at`"""
-    at_us = now_us() if args["at"] is None else args["at"]
-    return {"released": holds.release_matured(current_session(), at_us, own_instant=args["at"] is None),
-            "at": at_us}
+    if args["at"] is None:
+        released, at_us = holds.release_now(current_session())
+    else:
+        released, at_us = holds.release_matured(current_session(), args["at"]), args["at"]
+    return {"released": released, "at": at_us}
 
 
 @blp.route("/payout-runs", methods=["POST"])
@@ -112,8 +113,7 @@ def release_holds(args):
 @blp.alt_response(200, schema=PayoutRunSchema, success=True, description="the run already made at this instant")
 def run_payouts(args):
     """Release matured holds, then pay every balance that reaches its plan's minimum"""
-    run = payouts.run_payouts(current_session(), now_us() if args["at"] is None else args["at"],
-                              own_instant=args["at"] is None)
+    run = payouts.run_payouts(current_session(), args["at"])
     body = {"id": run.id, "at": run.at_us, "payouts": [render(payout) for payout in run.payouts]}
     return body, 200 if run.replayed else 201
 

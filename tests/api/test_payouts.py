@@ -7,9 +7,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from ledger import payouts
+from ledger import holds, payouts, periods
 from ledger.instants import parse_instant
+from ledger.journal import now_us
 from tests.api.books import errors_of, expect, instant, money, unique
+from tests.interleaving import another_writer_first
 
 
 def invoices(call, **amounts: str) -> None:
@@ -296,3 +298,36 @@ def test_a_release_or_run_without_an_instant_is_made_when_the_clock_steps_back_a
     assert response.status_code in (200, 201), response.get_json()
     made = response.get_json()
     assert (len(made["payouts"]) == 1) if path == "/v1/payout-runs" else (made["released"] == 1)
+
+
+def test_a_run_without_an_instant_made_while_another_server_ran_one_is_made_at_a_later_now_not_a_409(
+        fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+    another_writer_first(monkeypatch, database, lambda session: payouts.run_payouts(session, now_us()))
+    made = fresh.created("/v1/payout-runs", {})
+    [paid] = fresh.read("/v1/payouts")["items"]
+    assert made["payouts"] == [] and paid["run_id"] != made["id"] and paid["amount"] == money("50.00")
+
+
+def test_a_release_without_an_instant_made_while_another_server_released_is_made_as_of_a_later_now(
+        fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+    others = []
+    another_writer_first(monkeypatch, database, lambda session: others.append(holds.release_now(session)))
+    made = fresh.ok("/v1/holds/release", {})
+    [(released, other_at_us)] = others
+    assert released == 1 and made["released"] == 0 and parse_instant(made["at"], field="at") > other_at_us
+
+
+def test_a_run_in_a_period_another_server_closed_while_it_waited_for_the_lock_is_a_409_and_posts_nothing(
+        fresh, database, monkeypatch):
+    invoices(fresh, p1="250.00")
+
+    def close_january_and_february(session):
+        periods.close_period(session, "2026-01")
+        periods.close_period(session, "2026-02")
+
+    another_writer_first(monkeypatch, database, close_january_and_february)
+    response = fresh.post("/v1/payout-runs", {"at": instant("2026-02-10")})
+    assert errors_of(response, 409) == {"at"} and "closed period" in response.get_json()["detail"]
+    assert fresh.read("/v1/payouts")["items"] == [] and available(fresh, "p1", "2026-03-01") == "50.00"

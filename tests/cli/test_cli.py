@@ -109,6 +109,18 @@ def test_jobs_run_from_the_command_line_with_an_explicit_instant(seeded):
     assert closed.exit_code == 0 and closed.output.startswith("closed 2026-01: 6 transactions, close hash ")
 
 
+def test_a_payout_run_without_at_made_while_another_process_ran_one_is_made_at_a_later_now(seeded, monkeypatch):
+    from ledger import payouts
+    from ledger.journal import now_us
+    from tests.interleaving import another_writer_first
+
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=2))
+    another_writer_first(monkeypatch, seeded, lambda session: payouts.run_payouts(session, now_us()))
+    run = invoke(seeded.url, "payout-run")
+    assert run.exit_code == 0 and run.output.endswith("payouts: 0\n"), run.output
+
+
 def payout_lines(url: str, period: str) -> list[str]:
     document = json.loads(invoke(url, "statement", "northwind", "--period", period, "--format", "json").output)
     return [line["effective_at"] for currency in document["currencies"] for line in currency["lines"]
