@@ -1,12 +1,114 @@
-"""Retries and duplicates that arrive while the first attempt still runs: one wins, the other waits
-and then answers as a replay, never posting twice and never failing on what the first did."""
+"""Retries after a crash, and retries that arrive while the first attempt still runs: the books are
+those of one clean run, and a duplicate waits for the first, then answers as a replay, never posting
+twice and never failing on what the first did.
+
+The crash is real: `revshare payout-run` and `revshare close` are SIGKILLed in the middle of their
+catch-up of matured holds (100 to a transaction before their own), once a probe of the journal
+sees some of those transactions committed and not all; the same command is then run again."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import signal
+import subprocess
+import time
 
+import pytest
+from sqlalchemy import func, select
+
+from ledger import revenue
+from ledger.db import Database
 from ledger.demo import load_demo
+from ledger.holds import HOLDS_PER_TRANSACTION
+from ledger.schema import journal_transactions, period_closes, period_snapshots
+from tests.cli.test_cli import REVSHARE, audited_books, invoke
+from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 from tests.integration.conftest import second_writer_behind_first
+from tests.program import paid, seed
+
+CUSTOMERS = [f"cust-{n:03d}" for n in range(300)]
+HOLDS = 2 * len(CUSTOMERS)  # a month's invoices: each customer's partner's accrual and its parent's override
+KILL_AFTER = 2 * HOLDS_PER_TRANSACTION  # releases committed when the command is killed, at least
+
+
+def month_of_invoices(month: int) -> list[revenue.RevenueEvent]:
+    return [paid(f"e-{customer}-{month}", customer, f"inv-{customer}-{month}", 10_000, f"2026-{month:02d}-10")
+            for customer in CUSTOMERS]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def killed_and_clean(request, sqlite_template, tmp_path):
+    """Two databases of one engine with the same program and the invoices of January and March,
+    every hold still queued: one for the commands that are killed, one for their clean run."""
+    cluster = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster")
+    urls = [new_sqlite_url(sqlite_template, tmp_path) if cluster is None else new_pg_url(cluster) for _ in range(2)]
+    databases = [Database(url) for url in urls]
+    for database in databases:
+        with database.transaction() as session:
+            seed(session, customer_ids=CUSTOMERS)
+            revenue.ingest(session, month_of_invoices(1) + month_of_invoices(3))
+    yield databases
+    for database in databases:
+        database.dispose()
+    for url in urls if cluster is not None else ():
+        drop_pg_database(cluster, url)
+
+
+def releases(database: Database) -> int:
+    t = journal_transactions.c
+    with database.reader() as session:
+        return session.execute(select(func.count()).where(t.kind == "release")).scalar_one()
+
+
+def kill_midway(database: Database, *args: str) -> int:
+    """Start `revshare ARGS`, SIGKILL it once at least KILL_AFTER more releases have committed, and
+    return how many it had committed."""
+    before = releases(database)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
+           "REVSHARE_DATABASE_URL": database.url}
+    process = subprocess.Popen([REVSHARE, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen, deadline = 0, time.monotonic() + 60
+        while seen < KILL_AFTER and time.monotonic() < deadline and process.poll() is None:
+            seen = releases(database) - before
+            time.sleep(0.002)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    return releases(database) - before
+
+
+def test_a_payout_run_and_a_close_killed_in_their_catch_up_and_run_again_give_the_books_of_one_clean_run(
+        killed_and_clean):
+    killed, clean = killed_and_clean
+    commands = [("close", "2026-01"), ("close", "2026-02"), ("payout-run", "--at", "2026-05-01")]
+    with killed.reader() as session:
+        assert session.execute(select(func.count()).select_from(period_closes)).scalar_one() == 0
+    assert invoke(killed.url, *commands[0]).exit_code == 0  # nothing matured in January: nothing to release
+    for args in commands[1:]:  # each releases a month's holds (January's, then March's) before its own work
+        committed = kill_midway(killed, *args)
+        assert KILL_AFTER <= committed < HOLDS, f"{args} must be killed in its catch-up: {committed} released"
+        rerun = invoke(killed.url, *args)
+        assert rerun.exit_code == 0, rerun.output
+    for args in commands:
+        assert invoke(clean.url, *args).exit_code == 0
+    assert releases(killed) == releases(clean) == 2 * HOLDS
+    assert audited(killed) == audited(clean)
+
+
+def audited(database: Database) -> tuple:
+    """`audited_books` (verify clean), and each close's figures and snapshot. A close hash chains the
+    journal's head hash, which covers the recorded instants and salts: it differs between two runs,
+    so the statements are compared without it."""
+    books_, balance, statements_, chain = audited_books(database)
+    statements_ = [{name: value for name, value in statement.items() if name != "close_hash"}
+                   for statement in statements_]
+    c, s = period_closes.c, period_snapshots.c
+    with database.reader() as session:
+        closes = session.execute(select(c.period, c.transaction_count, c.chain_head_id).order_by(c.period)).all()
+        snapshots = session.execute(select(s.period, s.account_id, s.currency, s.debit_minor, s.credit_minor)
+                                    .order_by(s.period, s.account_id, s.currency)).all()
+    return books_, balance, statements_, chain, closes, snapshots
 
 
 @pytest.mark.postgres
