@@ -20,7 +20,7 @@ from ledger import revenue
 from ledger.db import Database
 from ledger.demo import load_demo
 from ledger.holds import HOLDS_PER_TRANSACTION
-from ledger.schema import journal_transactions, period_closes, period_snapshots
+from ledger.schema import accounts, journal_transactions, payout_runs, period_closes, period_snapshots
 from tests.cli.test_cli import REVSHARE, audited_books, invoke
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 from tests.integration.conftest import second_writer_behind_first
@@ -96,6 +96,40 @@ def test_a_payout_run_and_a_close_killed_in_their_catch_up_and_run_again_give_th
     assert audited(killed) == audited(clean)
 
 
+def started(database: Database, log_path) -> str:
+    """Run `revshare scheduler` until its start-up jobs (the payout job, then the close job) have
+    run, stop it with SIGTERM, and return its log."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
+           "REVSHARE_DATABASE_URL": database.url}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([REVSHARE, "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "job close_periods" not in log_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    return log_path.read_text()
+
+
+def test_a_scheduler_killed_in_its_start_up_catch_up_and_started_again_gives_the_books_of_one_clean_run(
+        killed_and_clean, tmp_path):
+    # The payout job at start releases every matured hold (both months') 100 to a transaction, then
+    # makes this month's run; the close job then closes every month ended three days ago or more.
+    killed, clean = killed_and_clean
+    committed = kill_midway(killed, "scheduler")
+    assert KILL_AFTER <= committed < 2 * HOLDS, f"the scheduler must be killed in its catch-up: {committed} released"
+    log = started(killed, tmp_path / "restarted.log")
+    assert "job payout_run at" in log and "failed" not in log and "Traceback" not in log, log
+    started(clean, tmp_path / "clean.log")
+    assert releases(killed) == releases(clean) == 2 * HOLDS
+    with killed.reader() as session:  # this month's run made, and January to March closed at least
+        assert session.execute(select(func.count()).select_from(payout_runs)).scalar_one() == 1
+        assert session.execute(select(func.count()).select_from(period_closes)).scalar_one() >= 3
+    assert audited(killed) == audited(clean)
+
 def audited(database: Database) -> tuple:
     """`audited_books` (verify clean), and each close's figures and snapshot. A close hash chains the
     journal's head hash, which covers the recorded instants and salts: it differs between two runs,
@@ -104,10 +138,11 @@ def audited(database: Database) -> tuple:
     statements_ = [{name: value for name, value in statement.items() if name != "close_hash"}
                    for statement in statements_]
     c, s = period_closes.c, period_snapshots.c
-    with database.reader() as session:
+    with database.reader() as session:  # accounts by name: a rolled-back one leaves a gap in PostgreSQL's ids
         closes = session.execute(select(c.period, c.transaction_count, c.chain_head_id).order_by(c.period)).all()
-        snapshots = session.execute(select(s.period, s.account_id, s.currency, s.debit_minor, s.credit_minor)
-                                    .order_by(s.period, s.account_id, s.currency)).all()
+        snapshots = session.execute(select(s.period, accounts.c.name, s.currency, s.debit_minor, s.credit_minor)
+                                    .join(accounts, accounts.c.id == s.account_id)
+                                    .order_by(s.period, accounts.c.name, s.currency)).all()
     return books_, balance, statements_, chain, closes, snapshots
 
 
