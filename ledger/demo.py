@@ -16,6 +16,7 @@ from typing import NamedTuple
 from sqlalchemy.orm import Session
 
 from ledger import customers, partners, payouts, periods, plans, revenue
+from ledger.db import lock_program
 from ledger.instants import UTC, add_months, period_of, to_us
 from ledger.journal import now_us
 
@@ -61,6 +62,9 @@ def _instant(day: date, hour: int = 0) -> int:
 
 def load_demo(session: Session, *, now: int | None = None) -> DemoResult:
     now = now_us() if now is None else now
+    # Under the program's lock before the check: a second load started while the first ran read
+    # "not loaded", then waited at the first plan and failed as "already exists".
+    lock_program(session)
     if plans.plan_exists(session, "msp-stepdown"):
         return DemoResult(False, 0, 0)
     rng = random.Random(SEED)
