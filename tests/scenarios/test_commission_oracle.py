@@ -1,0 +1,273 @@
+"""The service against an oracle of DESIGN.md's commission mechanics (`commission_oracle.py`), over
+random histories delivered in time order.
+
+The program stresses what the other properties do not: step-down schedules with windows of 1, 6 and
+9 months and a lifetime one; windows starting on the 29th, 30th and 31st of a month (month ends
+clamp); events dated exactly at a window's month boundary, at its end and at a hold's maturity;
+a chain of partners as deep as the hierarchy allows, with terminated ancestors skipped;
+overrides on revenue and on commission; CPAs in USD, JPY, BHD and KWD; amounts in currencies of 0, 2
+and 3 minor digits; partial, repeated, completing and excessive refunds and chargebacks, won
+disputes; re-attribution; suspension and termination.
+
+After every event: the service accepts or refuses it as the oracle does, with the oracle's status
+and commission lines (partner, kind, signed amount, in the currency of the invoice). At the end,
+after releasing every hold matured by the last instant: each partner's pending and available
+balance as of every instant an event or a maturity is dated (and just after each) is the oracle's,
+the trial balance is zero per currency and verify() is clean.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger import customers, holds, partners, plans
+from ledger.balances import all_balances, partner_balances
+from ledger.db import Database
+from ledger.instants import from_us
+from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
+from ledger.verify import verify
+from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
+from tests.scenarios.books import at, terms
+from tests.scenarios.commission_oracle import DAY_US, Oracle, OraclePlan, months_after
+from tests.scenarios.test_properties import new_pg_copy
+
+HOUR_US = 3_600_000_000
+START_US = at("2023-01-01")
+EXPONENTS = {"USD": 2, "JPY": 0, "BHD": 3, "KWD": 3}
+CURRENCIES = list(EXPONENTS)
+# plan id -> (step-down schedule, duration in months, hold days, CPA by currency, override)
+PLANS = {
+    "top": ([(1, "0.10")], None, 15, {}, ("0.03", "revenue")),
+    "mid": ([(1, "0.40"), (4, "0.20"), (7, "0.05")], 9, 30, {"USD": "25.00", "JPY": "3000", "BHD": "7.500"},
+            ("0.25", "commission")),
+    "leaf": ([(1, "0.333"), (3, "0.125")], 6, 7, {"USD": "10.01", "KWD": "1.234"}, None),
+    "flat": ([(1, "0.5")], 1, 0, {"JPY": "1"}, ("0.5", "commission")),
+}
+# A chain as deep as the hierarchy goes (five levels) and two partners alone.
+PARTNERS = {"a0": ("top", None), "a1": ("mid", "a0"), "a2": ("flat", "a1"), "a3": ("top", "a2"),
+            "a4": ("leaf", "a3"), "s1": ("leaf", None), "s2": ("flat", None)}
+PARTNER_IDS = list(PARTNERS)
+CUSTOMERS = ["c1", "c2", "c3", "c4", "c5"]  # and "c0", never attributed
+START_DATES = ["2023-01-01", "2023-01-29", "2023-01-30", "2023-01-31", "2023-02-28", "2023-03-31", "2023-02-15"]
+
+
+def minor_of(text: str, currency: str) -> int:
+    return int(Decimal(text).scaleb(EXPONENTS[currency]))
+
+
+def oracle_plans() -> dict[str, OraclePlan]:
+    found = {}
+    for partner_id, (plan_id, _) in PARTNERS.items():
+        rates, duration, hold_days, cpa, override = PLANS[plan_id]
+        found[partner_id] = OraclePlan(
+            tuple((month, Decimal(rate)) for month, rate in rates), duration, hold_days,
+            {code: minor_of(amount, code) for code, amount in cpa.items()},
+            None if override is None else (Decimal(override[0]), override[1]))
+    return found
+
+
+def build_program(database: Database) -> None:
+    with database.transaction() as session:
+        for plan_id, (rates, duration, hold_days, cpa, override) in PLANS.items():
+            plans.create_plan(session, plan_id, plan_id, terms(rates=rates, duration_months=duration,
+                                                               hold_days=hold_days, cpa=cpa, override=override))
+        for partner_id, (plan_id, parent) in PARTNERS.items():
+            partners.create_partner(session, partner_id, partner_id, "msp", plan_id, parent)
+
+
+amounts = st.one_of(st.integers(1, 12), st.integers(1, 2_000_000))
+payments = st.tuples(st.just("pay"), st.sampled_from([*CUSTOMERS, "c0"]), st.sampled_from(CURRENCIES), amounts)
+steps = st.lists(st.one_of(
+    payments, payments,
+    st.tuples(st.just("wait"), st.sampled_from([0, 1, 5, 24, 24 * 7, 24 * 20])),
+    st.tuples(st.just("jump"), st.integers(0, 50)),
+    st.tuples(st.sampled_from(["refund", "chargeback"]), st.integers(0, 30),
+              st.one_of(st.sampled_from(["rest", "over", "one"]), st.integers(1, 6))),
+    st.tuples(st.just("won"), st.integers(0, 30), st.one_of(st.just("all"), st.integers(1, 3))),
+    st.tuples(st.just("reattribute"), st.sampled_from(CUSTOMERS), st.sampled_from(PARTNER_IDS)),
+    st.tuples(st.just("status"), st.sampled_from(PARTNER_IDS), st.sampled_from(["suspended", "active", "terminated"])),
+), min_size=15, max_size=45)
+first_attributions = st.lists(st.tuples(st.sampled_from(PARTNER_IDS), st.sampled_from(START_DATES)),
+                              min_size=len(CUSTOMERS), max_size=len(CUSTOMERS))
+
+
+class History:
+    def __init__(self, database: Database, attributed: list[tuple[str, str]]) -> None:
+        self.database = database
+        self.oracle = Oracle(oracle_plans(), {p: parent for p, (_, parent) in PARTNERS.items()})
+        self.now_us = START_US
+        self.ids = itertools.count()
+        self.paid: list[str] = []
+        self.statuses = {partner_id: ("active", 0) for partner_id in PARTNER_IDS}
+        for customer_id, (partner_id, start) in zip(CUSTOMERS, attributed):
+            self._attribute(customer_id, partner_id, at(start))
+
+    def _attribute(self, customer_id: str, partner_id: str, start_us: int, replace: bool = False) -> None:
+        with self.database.transaction() as session:
+            customers.attribute(session, customer_id, partner_id, from_us(start_us).date(), "manual", replace=replace)
+        self.oracle.attribute(customer_id, partner_id, start_us)
+
+    def run(self, operations) -> None:
+        for operation in operations:
+            getattr(self, operation[0])(*operation[1:])
+        with self.database.transaction() as session:
+            holds.release_matured(session, self.now_us)
+        self.check_balances()
+        with self.database.reader() as session:
+            net: dict[str, int] = defaultdict(int)
+            for (_, currency), (debits, credits) in all_balances(session).items():
+                net[currency] += debits - credits
+            assert set(net.values()) <= {0}, net
+            report = verify(session)
+        assert report.ok, report.problems
+
+    # ---- time ----
+
+    def wait(self, hours: int) -> None:
+        self.now_us += hours * HOUR_US
+
+    def jump(self, choice: int) -> None:
+        """To the next window boundary of a customer, or maturity of a piece: the instants where an
+        off-by-one would show."""
+        candidates = sorted({instant for instant in self._boundaries() if instant >= self.now_us})
+        if candidates:
+            self.now_us = candidates[choice % min(len(candidates), 4)]
+
+    def _boundaries(self):
+        for attributions in self.oracle.attributions.values():
+            for start_us, _ in attributions:
+                yield from (months_after(start_us, months) for months in range(0, 13))
+        yield from (piece.matures_us for piece in self.oracle.pieces)
+
+    # ---- program changes ----
+
+    def reattribute(self, customer_id: str, partner_id: str) -> None:
+        start_us = (self.now_us // DAY_US + 1) * DAY_US
+        current_start, current = self.oracle.attributions[customer_id][-1]
+        if partner_id == current or start_us <= current_start or partner_id in self.oracle.terminated_us:
+            return
+        self._attribute(customer_id, partner_id, start_us, replace=True)
+
+    def status(self, partner_id: str, status: str) -> None:
+        current, since_us = self.statuses[partner_id]
+        if current == "terminated" or current == status or since_us >= self.now_us:
+            return
+        if status == "terminated" and any(start_us > self.now_us and partner == partner_id
+                                          for history in self.oracle.attributions.values()
+                                          for start_us, partner in history):
+            return  # an attribution starts later: the database refuses a termination before it
+        with self.database.transaction() as session:
+            partners.set_status(session, partner_id, status, self.now_us)
+        self.statuses[partner_id] = (status, self.now_us)
+        if status == "terminated":
+            self.oracle.terminate(partner_id, self.now_us)
+
+    # ---- revenue events ----
+
+    def pay(self, customer_id: str, currency: str, amount: int) -> None:
+        invoice_id = f"inv-{next(self.ids)}"
+        expected = self.oracle.paid(invoice_id, customer_id, currency, amount, self.now_us)
+        self._post("invoice_paid", customer_id, invoice_id, currency, amount, expected)
+        self.paid.append(invoice_id)
+
+    def refund(self, choice: int, how, *, chargeback: bool = False) -> None:
+        if not self.paid:
+            return
+        invoice_id = self.paid[choice % len(self.paid)]
+        invoice = self.oracle.invoices[invoice_id]
+        rest = invoice.paid - invoice.refunded
+        named = {"rest": rest, "over": rest + 1, "one": 1}
+        amount = named[how] if how in named else max(1, invoice.paid * how // 7)
+        if amount <= 0:
+            return
+        expected = self.oracle.refund(invoice_id, amount, self.now_us, chargeback)
+        self._post("chargeback" if chargeback else "refund", invoice.customer, invoice_id, invoice.currency, amount,
+                   expected)
+
+    def chargeback(self, choice: int, how) -> None:
+        self.refund(choice, how, chargeback=True)
+
+    def won(self, choice: int, how) -> None:
+        disputed = [i for i in self.paid if self.oracle.invoices[i].charged_back > 0]
+        if not disputed:
+            return
+        invoice_id = disputed[choice % len(disputed)]
+        invoice = self.oracle.invoices[invoice_id]
+        amount = invoice.charged_back if how == "all" else max(1, invoice.charged_back * how // 4)
+        expected = self.oracle.dispute_won(invoice_id, amount, self.now_us)
+        self._post("chargeback_reversed", invoice.customer, invoice_id, invoice.currency, amount, expected)
+
+    def _post(self, type_: str, customer_id: str, invoice_id: str, currency: str, amount: int, expected) -> None:
+        event = RevenueEvent(f"e-{next(self.ids)}", type_, customer_id, invoice_id, currency, amount, self.now_us)
+        with self.database.transaction() as session:
+            [result] = ingest(session, [event])
+        if expected is None:
+            assert isinstance(result, Refusal), (event, result)
+            return
+        assert isinstance(result, Outcome), (event, result)
+        got = sorted((line.partner_id, line.kind, line.amount_minor) for line in result.commissions)
+        assert {line.currency for line in result.commissions} <= {currency}, result
+        assert (result.status, got) == (expected[0], sorted(expected[1])), (event, result)
+
+    # ---- balances ----
+
+    def check_balances(self) -> None:
+        instants = {self.now_us + 1, *(p.at_us for p in self.oracle.pieces), *(p.matures_us for p in self.oracle.pieces)}
+        probes = sorted({probe for instant in instants for probe in (instant, instant + 1)})
+        with self.database.reader() as session:
+            for partner_id in PARTNER_IDS:
+                for probe in probes:
+                    found = partner_balances(session, partner_id, before_us=probe)
+                    for currency in CURRENCIES:
+                        want = self.oracle.balance(partner_id, currency, probe, self.now_us)
+                        assert found.get(currency, (0, 0)) == want, (partner_id, currency, from_us(probe))
+
+
+@pytest.fixture(scope="module")
+def oracle_program(sqlite_template, tmp_path_factory) -> str:
+    url = new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("oracle"))
+    database = Database(url)
+    build_program(database)
+    with database.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    database.dispose()
+    return url.removeprefix("sqlite:///")
+
+
+@pytest.fixture(scope="module")
+def oracle_pg_program(pg_cluster):
+    url = new_pg_url(pg_cluster)
+    database = Database(url)
+    build_program(database)
+    database.dispose()
+    yield url.rsplit("/", 1)[1]
+    drop_pg_database(pg_cluster, url)
+
+
+@database_property(40)
+@given(attributed=first_attributions, operations=steps)
+def test_the_service_posts_what_the_contract_says_on_sqlite(attributed, operations, oracle_program, tmp_path_factory):
+    database = Database(new_sqlite_url(oracle_program, tmp_path_factory.mktemp("history")))
+    try:
+        History(database, attributed).run(operations)
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+@database_property(6)
+@given(attributed=first_attributions, operations=steps)
+def test_the_service_posts_what_the_contract_says_on_postgres(attributed, operations, pg_cluster, oracle_pg_program):
+    url = new_pg_copy(pg_cluster, oracle_pg_program)
+    database = Database(url)
+    try:
+        History(database, attributed).run(operations)
+    finally:
+        database.dispose()
+        drop_pg_database(pg_cluster, url)
