@@ -10,6 +10,8 @@ each partner's pending and available accounts with its effective instant, so tha
 any instant can be compared with the service's.
 
 The rules, sentence by sentence:
+- each accrual pins the version of its earner's plan in effect at the event's `occurred_at`: its
+  rates, window, CPA, override and hold;
 - the window's month k is [start + (k - 1) calendar months, start + k calendar months), the day
   clamped to a shorter month's end; eligible while `occurred_at` < start + `duration_months` months;
 - the rate is the step with the greatest `from_month` <= the month index; revenue share is
@@ -77,6 +79,8 @@ class OraclePlan:
     hold_days: int
     cpa_minor: dict[str, int]
     override: tuple[Decimal, str] | None  # (rate, basis)
+    min_payout_minor: dict[str, int] = field(default_factory=dict)
+    reset: bool = False  # negative_balance: reset, else carry_forward
 
     def rate(self, month: int) -> Decimal:
         return max((step for step in self.rates if step[0] <= month), key=lambda step: step[0])[1]
@@ -91,6 +95,7 @@ class OraclePiece:
     amount: int
     at_us: int
     matures_us: int
+    hold_days: int
     clawed: int = 0
     clawed_from_pending: int = 0
 
@@ -112,10 +117,12 @@ class OracleInvoice:
 
 @dataclass
 class Oracle:
-    plans: dict[str, OraclePlan]  # by partner
+    plan_of: dict[str, str]  # partner -> plan id
     parents: dict[str, str | None]
+    versions: dict[str, list[tuple[int, OraclePlan]]]  # plan id -> [(start, terms)], the first from always
     attributions: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # customer -> [(start, partner)]
     terminated_us: dict[str, int] = field(default_factory=dict)
+    suspended: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)  # partner -> [(from, suspended)]
     invoices: dict[str, OracleInvoice] = field(default_factory=dict)
     pieces: list[OraclePiece] = field(default_factory=list)
     cpa_claimed: set[str] = field(default_factory=set)
@@ -124,11 +131,25 @@ class Oracle:
 
     # ---- the program ----
 
+    def add_version(self, plan_id: str, start_us: int, plan: OraclePlan) -> None:
+        self.versions[plan_id].append((start_us, plan))
+
+    def plan(self, partner: str, at_us: int) -> OraclePlan:
+        """The version of the partner's plan in effect at the instant (each accrual pins it)."""
+        return [plan for start_us, plan in self.versions[self.plan_of[partner]] if start_us <= at_us][-1]
+
     def attribute(self, customer: str, partner: str, start_us: int) -> None:
         self.attributions.setdefault(customer, []).append((start_us, partner))
 
     def terminate(self, partner: str, at_us: int) -> None:
         self.terminated_us[partner] = at_us
+
+    def suspend(self, partner: str, at_us: int, suspended: bool) -> None:
+        self.suspended.setdefault(partner, []).append((at_us, suspended))
+
+    def active(self, partner: str, at_us: int) -> bool:
+        changes = [suspended for start_us, suspended in self.suspended.get(partner, []) if start_us <= at_us]
+        return self.earns(partner, at_us) and not (changes and changes[-1])
 
     def earns(self, partner: str, at_us: int) -> bool:
         return partner not in self.terminated_us or at_us < self.terminated_us[partner]
@@ -146,7 +167,7 @@ class Oracle:
             invoice.status = "no_commission" if customer in self.attributions else "unattributed"
             return invoice.status, []
         start_us, partner = attribution
-        plan = self.plans[partner]
+        plan = self.plan(partner, at_us)
         eligible = self.earns(partner, at_us) and (
             plan.duration_months is None or at_us < months_after(start_us, plan.duration_months))
         lines: list[tuple[str, str, int]] = []
@@ -159,7 +180,8 @@ class Oracle:
             lines += self._overrides(partner, amount, share, at_us)
         lines = [line for line in lines if line[2] > 0]
         for earner, kind, minor in lines:
-            invoice.pieces.append(self._accrue(earner, currency, kind, minor, at_us, root=None))
+            hold_days = self.plan(earner, at_us).hold_days
+            invoice.pieces.append(self._accrue(earner, currency, kind, minor, at_us, hold_days, root=None))
         invoice.status = "posted" if lines else "no_commission"
         return invoice.status, lines
 
@@ -169,18 +191,19 @@ class Oracle:
         for _ in range(OVERRIDE_LEVELS_MAX):
             if ancestor is None:
                 break
-            override = self.plans[ancestor].override
+            override = self.plan(ancestor, at_us).override
             if override is not None and self.earns(ancestor, at_us):
                 basis = amount if override[1] == "revenue" else share
                 lines.append((ancestor, "override", half_even(Decimal(basis) * override[0])))
             ancestor = self.parents[ancestor]
         return lines
 
-    def _accrue(self, partner: str, currency: str, kind: str, amount: int, at_us: int, root: int | None) -> int:
+    def _accrue(self, partner: str, currency: str, kind: str, amount: int, at_us: int, hold_days: int,
+                root: int | None) -> int:
         index = len(self.pieces)
-        matures_us = at_us + self.plans[partner].hold_days * DAY_US
+        matures_us = at_us + hold_days * DAY_US
         self.pieces.append(OraclePiece(partner, currency, kind, index if root is None else root, amount, at_us,
-                                       matures_us))
+                                       matures_us, hold_days))
         self.postings.append((at_us, partner, currency, amount, 0))
         return index
 
@@ -235,7 +258,8 @@ class Oracle:
             else:
                 restored = min(half_even(Decimal(piece.amount) * amount / invoice.paid), clawed)
             if restored > 0:
-                invoice.pieces.append(self._accrue(piece.partner, piece.currency, piece.kind, restored, at_us, root))
+                invoice.pieces.append(self._accrue(piece.partner, piece.currency, piece.kind, restored, at_us,
+                                                   piece.hold_days, root))
                 lines.append((piece.partner, piece.kind, restored))
         invoice.refunded -= amount
         invoice.charged_back -= amount
@@ -250,6 +274,38 @@ class Oracle:
         if lines:
             return "posted"
         return "unattributed" if invoice.status == "unattributed" else "no_commission"
+
+    # ---- payouts and closes ----
+
+    def payout_run(self, partners: list[str], currencies: list[str], at_us: int) -> dict[tuple[str, str], int]:
+        """The payouts of a run at `at_us`: the whole available balance as of `at_us` (postings at it
+        included, README), holds matured by it released, of each active partner at or above its
+        plan's minimum for the currency (any positive balance where the plan names none, README)."""
+        paid = {}
+        for partner in partners:
+            if not self.active(partner, at_us):
+                continue
+            minimum = self.plan(partner, at_us).min_payout_minor
+            for currency in currencies:
+                available = self.balance(partner, currency, at_us + 1, at_us)[1]
+                if available > 0 and available >= minimum.get(currency, 0):
+                    paid[(partner, currency)] = available
+                    self.postings.append((at_us, partner, currency, 0, -available))
+        return paid
+
+    def payout_failed(self, partner: str, currency: str, amount: int, at_us: int) -> None:
+        self.postings.append((at_us, partner, currency, 0, amount))
+
+    def close(self, partners: list[str], currencies: list[str], end_us: int) -> None:
+        """Close the period ending at `end_us`: under a `reset` plan (its version at the period's
+        last instant), a negative available balance at the end is written off at that instant."""
+        for partner in partners:
+            if not self.plan(partner, end_us - 1).reset:
+                continue
+            for currency in currencies:
+                available = self.balance(partner, currency, end_us, end_us - 1)[1]
+                if available < 0:
+                    self.postings.append((end_us - 1, partner, currency, 0, -available))
 
     # ---- balances ----
 

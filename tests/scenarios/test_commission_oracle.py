@@ -7,7 +7,9 @@ clamp); events dated exactly at a window's month boundary, at its end and at a h
 a chain of partners as deep as the hierarchy allows, with terminated ancestors skipped;
 overrides on revenue and on commission; CPAs in USD, JPY, BHD and KWD; amounts in currencies of 0, 2
 and 3 minor digits; partial, repeated, completing and excessive refunds and chargebacks, won
-disputes; re-attribution; suspension and termination.
+disputes; re-attribution; suspension and termination; new plan versions in the middle of windows
+and holds; payout runs (minimums per currency, active partners only) with payouts settled or
+failed; closes of every ended month, with `reset` write-offs.
 
 After every event: the service accepts or refuses it as the oracle does, with the oracle's status
 and commission lines (partner, kind, signed amount, in the currency of the invoice). At the end,
@@ -26,10 +28,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import customers, holds, partners, plans
+from ledger import customers, holds, partners, payouts, periods, plans
 from ledger.balances import all_balances, partner_balances
 from ledger.db import Database
-from ledger.instants import from_us
+from ledger.instants import from_us, next_period, period_bounds_us
 from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
 from ledger.verify import verify
 from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
@@ -38,45 +40,57 @@ from tests.scenarios.commission_oracle import DAY_US, Oracle, OraclePlan, months
 from tests.scenarios.test_properties import new_pg_copy
 
 HOUR_US = 3_600_000_000
-START_US = at("2023-01-01")
+START_US = at("2023-03-30T18:00:00Z")
 EXPONENTS = {"USD": 2, "JPY": 0, "BHD": 3, "KWD": 3}
 CURRENCIES = list(EXPONENTS)
-# plan id -> (step-down schedule, duration in months, hold days, CPA by currency, override)
+# plan id -> (step-down schedule, duration in months, hold days, CPA by currency, override, minimum
+# payout by currency, negative balance policy)
 PLANS = {
-    "top": ([(1, "0.10")], None, 15, {}, ("0.03", "revenue")),
+    "top": ([(1, "0.10")], None, 15, {}, ("0.03", "revenue"), {"USD": "50.00"}, "carry_forward"),
     "mid": ([(1, "0.40"), (4, "0.20"), (7, "0.05")], 9, 30, {"USD": "25.00", "JPY": "3000", "BHD": "7.500"},
-            ("0.25", "commission")),
-    "leaf": ([(1, "0.333"), (3, "0.125")], 6, 7, {"USD": "10.01", "KWD": "1.234"}, None),
-    "flat": ([(1, "0.5")], 1, 0, {"JPY": "1"}, ("0.5", "commission")),
+            ("0.25", "commission"), {"USD": "50.00", "JPY": "5000"}, "reset"),
+    "leaf": ([(1, "0.333"), (3, "0.125")], 6, 7, {"USD": "10.01", "KWD": "1.234"}, None, {"KWD": "0.500"}, "reset"),
+    "flat": ([(1, "0.5")], 1, 0, {"JPY": "1"}, ("0.5", "commission"), {}, "carry_forward"),
+}
+# Terms of later versions, each plan's own: other rates, windows, holds, CPAs, overrides, minimums
+# and policies.
+LATER_PLANS = {
+    "top": ([(1, "0.07")], None, 3, {"JPY": "500"}, ("0.5", "commission"), {"BHD": "1.000"}, "reset"),
+    "mid": ([(1, "0.30"), (2, "0.15")], 4, 0, {}, None, {"USD": "0.01"}, "carry_forward"),
+    "leaf": ([(1, "0"), (2, "0.9")], 12, 45, {"BHD": "0.001"}, ("0.01", "revenue"), {}, "carry_forward"),
+    "flat": ([(1, "1")], 2, 1, {"USD": "0.01"}, None, {"JPY": "100000"}, "reset"),
 }
 # A chain as deep as the hierarchy goes (five levels) and two partners alone.
 PARTNERS = {"a0": ("top", None), "a1": ("mid", "a0"), "a2": ("flat", "a1"), "a3": ("top", "a2"),
             "a4": ("leaf", "a3"), "s1": ("leaf", None), "s2": ("flat", None)}
 PARTNER_IDS = list(PARTNERS)
 CUSTOMERS = ["c1", "c2", "c3", "c4", "c5"]  # and "c0", never attributed
-START_DATES = ["2023-01-01", "2023-01-29", "2023-01-30", "2023-01-31", "2023-02-28", "2023-03-31", "2023-02-15"]
+START_DATES = ["2023-03-30", "2023-01-29", "2023-02-28", "2023-03-31", "2022-12-31", "2023-01-30", "2023-04-30"]
 
 
 def minor_of(text: str, currency: str) -> int:
     return int(Decimal(text).scaleb(EXPONENTS[currency]))
 
 
-def oracle_plans() -> dict[str, OraclePlan]:
-    found = {}
-    for partner_id, (plan_id, _) in PARTNERS.items():
-        rates, duration, hold_days, cpa, override = PLANS[plan_id]
-        found[partner_id] = OraclePlan(
-            tuple((month, Decimal(rate)) for month, rate in rates), duration, hold_days,
-            {code: minor_of(amount, code) for code, amount in cpa.items()},
-            None if override is None else (Decimal(override[0]), override[1]))
-    return found
+def oracle_plan(spec) -> OraclePlan:
+    rates, duration, hold_days, cpa, override, min_payout, policy = spec
+    return OraclePlan(tuple((month, Decimal(rate)) for month, rate in rates), duration, hold_days,
+                      {code: minor_of(amount, code) for code, amount in cpa.items()},
+                      None if override is None else (Decimal(override[0]), override[1]),
+                      {code: minor_of(amount, code) for code, amount in min_payout.items()}, policy == "reset")
+
+
+def service_terms(spec) -> dict:
+    rates, duration, hold_days, cpa, override, min_payout, policy = spec
+    stated = terms(rates=rates, duration_months=duration, hold_days=hold_days, cpa=cpa, override=override,
+                   negative_balance=policy)
+    return {**stated, "min_payout": [{"amount": amount, "currency": code} for code, amount in min_payout.items()]}
 
 
 def build_program(database: Database) -> None:
     with database.transaction() as session:
-        for plan_id, (rates, duration, hold_days, cpa, override) in PLANS.items():
-            plans.create_plan(session, plan_id, plan_id, terms(rates=rates, duration_months=duration,
-                                                               hold_days=hold_days, cpa=cpa, override=override))
+        for plan_id, spec in PLANS.items():
+            plans.create_plan(session, plan_id, plan_id, service_terms(spec))
         for partner_id, (plan_id, parent) in PARTNERS.items():
             partners.create_partner(session, partner_id, partner_id, "msp", plan_id, parent)
 
@@ -87,11 +101,15 @@ steps = st.lists(st.one_of(
     payments, payments,
     st.tuples(st.just("wait"), st.sampled_from([0, 1, 5, 24, 24 * 7, 24 * 20])),
     st.tuples(st.just("jump"), st.integers(0, 50)),
-    st.tuples(st.sampled_from(["refund", "chargeback"]), st.integers(0, 30),
-              st.one_of(st.sampled_from(["rest", "over", "one"]), st.integers(1, 6))),
-    st.tuples(st.just("won"), st.integers(0, 30), st.one_of(st.just("all"), st.integers(1, 3))),
+    st.tuples(st.sampled_from(["chargeback", "refund"]), st.integers(0, 30),
+              st.one_of(st.integers(1, 6), st.sampled_from(["one", "rest", "over"]))),
+    st.tuples(st.just("won"), st.integers(0, 30), st.one_of(st.integers(1, 3), st.just("all"))),
+    st.tuples(st.just("won"), st.integers(0, 30), st.just("all")),
     st.tuples(st.just("reattribute"), st.sampled_from(CUSTOMERS), st.sampled_from(PARTNER_IDS)),
     st.tuples(st.just("status"), st.sampled_from(PARTNER_IDS), st.sampled_from(["suspended", "active", "terminated"])),
+    st.tuples(st.just("version"), st.sampled_from(list(PLANS))),
+    st.tuples(st.just("payout"), st.integers(0, 15)),
+    st.tuples(st.just("close"),),
 ), min_size=15, max_size=45)
 first_attributions = st.lists(st.tuples(st.sampled_from(PARTNER_IDS), st.sampled_from(START_DATES)),
                               min_size=len(CUSTOMERS), max_size=len(CUSTOMERS))
@@ -100,11 +118,15 @@ first_attributions = st.lists(st.tuples(st.sampled_from(PARTNER_IDS), st.sampled
 class History:
     def __init__(self, database: Database, attributed: list[tuple[str, str]]) -> None:
         self.database = database
-        self.oracle = Oracle(oracle_plans(), {p: parent for p, (_, parent) in PARTNERS.items()})
+        self.oracle = Oracle({p: plan_id for p, (plan_id, _) in PARTNERS.items()},
+                             {p: parent for p, (_, parent) in PARTNERS.items()},
+                             {plan_id: [(0, oracle_plan(spec))] for plan_id, spec in PLANS.items()})
         self.now_us = START_US
         self.ids = itertools.count()
         self.paid: list[str] = []
         self.statuses = {partner_id: ("active", 0) for partner_id in PARTNER_IDS}
+        self.last_run_us: int | None = None
+        self.next_period = "2022-12"  # the earliest an attribution starts: nothing is posted before
         for customer_id, (partner_id, start) in zip(CUSTOMERS, attributed):
             self._attribute(customer_id, partner_id, at(start))
 
@@ -154,6 +176,16 @@ class History:
             return
         self._attribute(customer_id, partner_id, start_us, replace=True)
 
+    def version(self, plan_id: str) -> None:
+        """A new version of the plan from now, the later terms and the first ones in turn."""
+        versions = self.oracle.versions[plan_id]
+        if versions[-1][0] >= self.now_us:
+            return
+        spec = (LATER_PLANS if len(versions) % 2 else PLANS)[plan_id]
+        with self.database.transaction() as session:
+            plans.add_version(session, plan_id, service_terms(spec), self.now_us)
+        self.oracle.add_version(plan_id, self.now_us, oracle_plan(spec))
+
     def status(self, partner_id: str, status: str) -> None:
         current, since_us = self.statuses[partner_id]
         if current == "terminated" or current == status or since_us >= self.now_us:
@@ -167,6 +199,35 @@ class History:
         self.statuses[partner_id] = (status, self.now_us)
         if status == "terminated":
             self.oracle.terminate(partner_id, self.now_us)
+        else:
+            self.oracle.suspend(partner_id, self.now_us, status == "suspended")
+
+    # ---- payouts and closes ----
+
+    def payout(self, failing: int) -> None:
+        """A payout run now; each payout settled, or failed where `failing` has its bit."""
+        if self.last_run_us == self.now_us:
+            return  # a second run at an instant is the first one (replayed)
+        self.last_run_us = self.now_us
+        with self.database.transaction() as session:
+            run = payouts.run_payouts(session, self.now_us)
+        expected = self.oracle.payout_run(PARTNER_IDS, CURRENCIES, self.now_us)
+        assert {(p.partner_id, p.currency): p.amount_minor for p in run.payouts} == expected, run
+        for index, made in enumerate(run.payouts):
+            with self.database.transaction() as session:
+                if failing >> index & 1:
+                    payouts.fail(session, made.id, at_us=self.now_us)
+                    self.oracle.payout_failed(made.partner_id, made.currency, made.amount_minor, self.now_us)
+                else:
+                    payouts.settle(session, made.id, at_us=self.now_us)
+
+    def close(self) -> None:
+        """Close every month that has ended by now, in turn."""
+        while (end_us := period_bounds_us(self.next_period)[1]) <= self.now_us:
+            with self.database.transaction() as session:
+                periods.close_period(session, self.next_period)
+            self.oracle.close(PARTNER_IDS, CURRENCIES, end_us)
+            self.next_period = next_period(self.next_period)
 
     # ---- revenue events ----
 
@@ -218,7 +279,8 @@ class History:
     # ---- balances ----
 
     def check_balances(self) -> None:
-        instants = {self.now_us + 1, *(p.at_us for p in self.oracle.pieces), *(p.matures_us for p in self.oracle.pieces)}
+        instants = {self.now_us + 1, *(posting[0] for posting in self.oracle.postings),
+                    *(piece.matures_us for piece in self.oracle.pieces)}
         probes = sorted({probe for instant in instants for probe in (instant, instant + 1)})
         with self.database.reader() as session:
             for partner_id in PARTNER_IDS:
