@@ -28,7 +28,10 @@ The rules, sentence by sentence:
   is a new piece with a new hold;
 - a piece is held until `occurred_at + hold_days` (whole days of 24 hours, UTC); a clawback at t
   takes from pending what is still held at t (maturity > t), else from available; among a root's
-  pieces, held ones first, newest first (README).
+  pieces, held ones first, newest first (README);
+- before posting against an accrual at t (a clawback, a payout run, a close), the service releases
+  what has matured by t, effective at the maturity; a posting dated in a closed period is made at
+  the start of the first open period.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class OraclePiece:
     hold_days: int
     clawed: int = 0
     clawed_from_pending: int = 0
+    released: bool = False
 
     @property
     def left(self) -> int:
@@ -128,6 +132,22 @@ class Oracle:
     cpa_claimed: set[str] = field(default_factory=set)
     # (effective instant, partner, currency, change of pending, change of available)
     postings: list[tuple[int, str, str, int, int]] = field(default_factory=list)
+    closed_until_us: int = 0  # the end of the latest closed period
+
+    def _post(self, at_us: int, partner: str, currency: str, pending: int, available: int) -> None:
+        """A posting dated in a closed period is made at the start of the first open one."""
+        self.postings.append((max(at_us, self.closed_until_us), partner, currency, pending, available))
+
+    def release_matured(self, by_us: int, pieces: list[int] | None = None) -> None:
+        """Release the held pieces matured by `by_us`, each effective at its maturity (moved out of a
+        closed period): what is left of it in pending becomes available."""
+        for index in range(len(self.pieces)) if pieces is None else pieces:
+            piece = self.pieces[index]
+            if not piece.released and piece.matures_us <= by_us:
+                piece.released = True
+                left = piece.amount - piece.clawed_from_pending
+                if left:
+                    self._post(piece.matures_us, piece.partner, piece.currency, -left, left)
 
     # ---- the program ----
 
@@ -204,13 +224,14 @@ class Oracle:
         matures_us = at_us + hold_days * DAY_US
         self.pieces.append(OraclePiece(partner, currency, kind, index if root is None else root, amount, at_us,
                                        matures_us, hold_days))
-        self.postings.append((at_us, partner, currency, amount, 0))
+        self._post(at_us, partner, currency, amount, 0)
         return index
 
     def refund(self, invoice_id: str, amount: int, at_us: int, chargeback: bool):
         invoice = self.invoices[invoice_id]
         if invoice.refunded + amount > invoice.paid:
             return None
+        self.release_matured(at_us, invoice.pieces)
         fully = invoice.refunded + amount == invoice.paid
         lines = []
         for root, group in self._groups(invoice):
@@ -239,7 +260,7 @@ class Oracle:
             held = piece.matures_us > at_us
             if held:
                 piece.clawed_from_pending += take
-            self.postings.append((at_us, piece.partner, piece.currency, -take if held else 0, 0 if held else -take))
+            self._post(at_us, piece.partner, piece.currency, -take if held else 0, 0 if held else -take)
             lines.append((piece.partner, "clawback", -take))
         assert target == 0
         return lines
@@ -281,46 +302,43 @@ class Oracle:
         """The payouts of a run at `at_us`: the whole available balance as of `at_us` (postings at it
         included, README), holds matured by it released, of each active partner at or above its
         plan's minimum for the currency (any positive balance where the plan names none, README)."""
+        self.release_matured(at_us)
         paid = {}
         for partner in partners:
             if not self.active(partner, at_us):
                 continue
             minimum = self.plan(partner, at_us).min_payout_minor
             for currency in currencies:
-                available = self.balance(partner, currency, at_us + 1, at_us)[1]
+                available = self.balance(partner, currency, at_us + 1)[1]
                 if available > 0 and available >= minimum.get(currency, 0):
                     paid[(partner, currency)] = available
-                    self.postings.append((at_us, partner, currency, 0, -available))
+                    self._post(at_us, partner, currency, 0, -available)
         return paid
 
     def payout_failed(self, partner: str, currency: str, amount: int, at_us: int) -> None:
-        self.postings.append((at_us, partner, currency, 0, amount))
+        self._post(at_us, partner, currency, 0, amount)
 
     def close(self, partners: list[str], currencies: list[str], end_us: int) -> None:
         """Close the period ending at `end_us`: under a `reset` plan (its version at the period's
-        last instant), a negative available balance at the end is written off at that instant."""
+        last instant), a negative available balance at the end is written off at that instant, after
+        the holds matured in the period are released."""
+        self.release_matured(end_us - 1)
         for partner in partners:
             if not self.plan(partner, end_us - 1).reset:
                 continue
             for currency in currencies:
-                available = self.balance(partner, currency, end_us, end_us - 1)[1]
+                available = self.balance(partner, currency, end_us)[1]
                 if available < 0:
-                    self.postings.append((end_us - 1, partner, currency, 0, -available))
+                    self._post(end_us - 1, partner, currency, 0, -available)
+        self.closed_until_us = end_us
 
     # ---- balances ----
 
-    def balance(self, partner: str, currency: str, before_us: int, released_by_us: int) -> tuple[int, int]:
-        """(pending, available) of the postings effective before `before_us`, every hold matured by
-        `released_by_us` released at its maturity."""
+    def balance(self, partner: str, currency: str, before_us: int) -> tuple[int, int]:
+        """(pending, available) of the postings effective before `before_us`."""
         pending = available = 0
         for at_us, earner, code, pending_change, available_change in self.postings:
             if earner == partner and code == currency and at_us < before_us:
                 pending += pending_change
                 available += available_change
-        for piece in self.pieces:
-            if (piece.partner, piece.currency) == (partner, currency) and piece.matures_us < before_us \
-                    and piece.matures_us <= released_by_us:
-                moved = piece.amount - piece.clawed_from_pending
-                pending -= moved
-                available += moved
         return pending, available

@@ -97,8 +97,10 @@ def build_program(database: Database) -> None:
 
 amounts = st.one_of(st.integers(1, 12), st.integers(1, 2_000_000))
 payments = st.tuples(st.just("pay"), st.sampled_from([*CUSTOMERS, "c0"]), st.sampled_from(CURRENCIES), amounts)
+late_payments = st.tuples(st.just("pay"), st.sampled_from(CUSTOMERS), st.sampled_from(CURRENCIES), amounts,
+                          st.sampled_from([1, 24 * 3, 24 * 20, 24 * 45]))
 steps = st.lists(st.one_of(
-    payments, payments,
+    payments, payments, late_payments,
     st.tuples(st.just("wait"), st.sampled_from([0, 1, 5, 24, 24 * 7, 24 * 20])),
     st.tuples(st.just("jump"), st.integers(0, 50)),
     st.tuples(st.sampled_from(["chargeback", "refund"]), st.integers(0, 30),
@@ -140,6 +142,7 @@ class History:
             getattr(self, operation[0])(*operation[1:])
         with self.database.transaction() as session:
             holds.release_matured(session, self.now_us)
+        self.oracle.release_matured(self.now_us)
         self.check_balances()
         with self.database.reader() as session:
             net: dict[str, int] = defaultdict(int)
@@ -231,10 +234,13 @@ class History:
 
     # ---- revenue events ----
 
-    def pay(self, customer_id: str, currency: str, amount: int) -> None:
+    def pay(self, customer_id: str, currency: str, amount: int, late_hours: int = 0) -> None:
+        """A payment now, or one delivered `late_hours` after it occurred (into a closed period, or
+        before a payout run, a release or a maturity)."""
         invoice_id = f"inv-{next(self.ids)}"
-        expected = self.oracle.paid(invoice_id, customer_id, currency, amount, self.now_us)
-        self._post("invoice_paid", customer_id, invoice_id, currency, amount, expected)
+        occurred_us = self.now_us - late_hours * HOUR_US
+        expected = self.oracle.paid(invoice_id, customer_id, currency, amount, occurred_us)
+        self._post("invoice_paid", customer_id, invoice_id, currency, amount, expected, occurred_us)
         self.paid.append(invoice_id)
 
     def refund(self, choice: int, how, *, chargeback: bool = False) -> None:
@@ -264,8 +270,10 @@ class History:
         expected = self.oracle.dispute_won(invoice_id, amount, self.now_us)
         self._post("chargeback_reversed", invoice.customer, invoice_id, invoice.currency, amount, expected)
 
-    def _post(self, type_: str, customer_id: str, invoice_id: str, currency: str, amount: int, expected) -> None:
-        event = RevenueEvent(f"e-{next(self.ids)}", type_, customer_id, invoice_id, currency, amount, self.now_us)
+    def _post(self, type_: str, customer_id: str, invoice_id: str, currency: str, amount: int, expected,
+              occurred_us: int | None = None) -> None:
+        event = RevenueEvent(f"e-{next(self.ids)}", type_, customer_id, invoice_id, currency, amount,
+                             self.now_us if occurred_us is None else occurred_us)
         with self.database.transaction() as session:
             [result] = ingest(session, [event])
         if expected is None:
@@ -287,7 +295,7 @@ class History:
                 for probe in probes:
                     found = partner_balances(session, partner_id, before_us=probe)
                     for currency in CURRENCIES:
-                        want = self.oracle.balance(partner_id, currency, probe, self.now_us)
+                        want = self.oracle.balance(partner_id, currency, probe)
                         assert found.get(currency, (0, 0)) == want, (partner_id, currency, from_us(probe))
 
 
