@@ -117,6 +117,7 @@ class OracleInvoice:
     pieces: list[int] = field(default_factory=list)
     refunded: int = 0
     charged_back: int = 0
+    latest_us: int = 0  # the latest instant of its events
 
 
 @dataclass
@@ -182,7 +183,7 @@ class Oracle:
 
     def paid(self, invoice_id: str, customer: str, currency: str, amount: int, at_us: int):
         attribution = self.attribution_at(customer, at_us)
-        invoice = self.invoices[invoice_id] = OracleInvoice(customer, currency, amount, "unattributed")
+        invoice = self.invoices[invoice_id] = OracleInvoice(customer, currency, amount, "unattributed", latest_us=at_us)
         if attribution is None:
             invoice.status = "no_commission" if customer in self.attributions else "unattributed"
             return invoice.status, []
@@ -246,6 +247,7 @@ class Oracle:
             lines += self._claw(group, target, at_us)
         invoice.refunded += amount
         invoice.charged_back += amount if chargeback else 0
+        invoice.latest_us = at_us
         return self._status(invoice, lines), lines
 
     def _claw(self, group: list[int], target: int, at_us: int) -> list[tuple[str, str, int]]:
@@ -260,6 +262,8 @@ class Oracle:
             held = piece.matures_us > at_us
             if held:
                 piece.clawed_from_pending += take
+                if piece.released:  # a refund delivered late: its release moved too much
+                    self._post(piece.matures_us, piece.partner, piece.currency, take, -take)
             self._post(at_us, piece.partner, piece.currency, -take if held else 0, 0 if held else -take)
             lines.append((piece.partner, "clawback", -take))
         assert target == 0
@@ -284,6 +288,7 @@ class Oracle:
                 lines.append((piece.partner, piece.kind, restored))
         invoice.refunded -= amount
         invoice.charged_back -= amount
+        invoice.latest_us = at_us
         return self._status(invoice, lines), lines
 
     def _groups(self, invoice: OracleInvoice) -> list[tuple[int, list[int]]]:

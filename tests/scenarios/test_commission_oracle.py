@@ -101,10 +101,14 @@ late_payments = st.tuples(st.just("pay"), st.sampled_from(CUSTOMERS), st.sampled
                           st.sampled_from([1, 24 * 3, 24 * 20, 24 * 45]))
 steps = st.lists(st.one_of(
     payments, payments, late_payments,
+    st.tuples(st.just("pay_on_boundary"), st.sampled_from(CUSTOMERS), st.sampled_from([1, 2, 3, 4, 6, 7, 9, 0]),
+              st.booleans(), st.sampled_from(CURRENCIES), amounts),
     st.tuples(st.just("wait"), st.sampled_from([0, 1, 5, 24, 24 * 7, 24 * 20])),
     st.tuples(st.just("jump"), st.integers(0, 50)),
     st.tuples(st.sampled_from(["chargeback", "refund"]), st.integers(0, 30),
               st.one_of(st.integers(1, 6), st.sampled_from(["one", "rest", "over"]))),
+    st.tuples(st.sampled_from(["refund", "chargeback"]), st.integers(0, 30), st.sampled_from([1, 3, "rest"]),
+              st.sampled_from([1, 24 * 3, 24 * 20, 24 * 45])),
     st.tuples(st.just("won"), st.integers(0, 30), st.one_of(st.integers(1, 3), st.just("all"))),
     st.tuples(st.just("won"), st.integers(0, 30), st.just("all")),
     st.tuples(st.just("reattribute"), st.sampled_from(CUSTOMERS), st.sampled_from(PARTNER_IDS)),
@@ -237,13 +241,17 @@ class History:
     def pay(self, customer_id: str, currency: str, amount: int, late_hours: int = 0) -> None:
         """A payment now, or one delivered `late_hours` after it occurred (into a closed period, or
         before a payout run, a release or a maturity)."""
+        self._pay(customer_id, currency, amount, self.now_us - late_hours * HOUR_US)
+
+    def _pay(self, customer_id: str, currency: str, amount: int, occurred_us: int) -> None:
         invoice_id = f"inv-{next(self.ids)}"
-        occurred_us = self.now_us - late_hours * HOUR_US
         expected = self.oracle.paid(invoice_id, customer_id, currency, amount, occurred_us)
         self._post("invoice_paid", customer_id, invoice_id, currency, amount, expected, occurred_us)
         self.paid.append(invoice_id)
 
-    def refund(self, choice: int, how, *, chargeback: bool = False) -> None:
+    def refund(self, choice: int, how, late_hours: int = 0, *, chargeback: bool = False) -> None:
+        """A refund now, or delivered `late_hours` after it occurred, but not dated before the
+        invoice's latest event (where the README's rules for events out of order take over)."""
         if not self.paid:
             return
         invoice_id = self.paid[choice % len(self.paid)]
@@ -253,12 +261,13 @@ class History:
         amount = named[how] if how in named else max(1, invoice.paid * how // 7)
         if amount <= 0:
             return
-        expected = self.oracle.refund(invoice_id, amount, self.now_us, chargeback)
+        occurred_us = max(self.now_us - late_hours * HOUR_US, invoice.latest_us)
+        expected = self.oracle.refund(invoice_id, amount, occurred_us, chargeback)
         self._post("chargeback" if chargeback else "refund", invoice.customer, invoice_id, invoice.currency, amount,
-                   expected)
+                   expected, occurred_us)
 
-    def chargeback(self, choice: int, how) -> None:
-        self.refund(choice, how, chargeback=True)
+    def chargeback(self, choice: int, how, late_hours: int = 0) -> None:
+        self.refund(choice, how, late_hours, chargeback=True)
 
     def won(self, choice: int, how) -> None:
         disputed = [i for i in self.paid if self.oracle.invoices[i].charged_back > 0]
@@ -269,6 +278,14 @@ class History:
         amount = invoice.charged_back if how == "all" else max(1, invoice.charged_back * how // 4)
         expected = self.oracle.dispute_won(invoice_id, amount, self.now_us)
         self._post("chargeback_reversed", invoice.customer, invoice_id, invoice.currency, amount, expected)
+
+    def pay_on_boundary(self, customer_id: str, months: int, before: bool, currency: str, amount: int) -> None:
+        """A payment dated at a boundary of the customer's window (a step of its schedule, its end),
+        or a microsecond before it: delivered late if that has passed, else when it comes."""
+        start_us = self.oracle.attributions[customer_id][-1][0]
+        occurred_us = months_after(start_us, months) - (1 if before else 0)
+        self.now_us = max(self.now_us, occurred_us)
+        self._pay(customer_id, currency, amount, occurred_us)
 
     def _post(self, type_: str, customer_id: str, invoice_id: str, currency: str, amount: int, expected,
               occurred_us: int | None = None) -> None:
