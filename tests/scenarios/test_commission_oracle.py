@@ -337,7 +337,7 @@ def oracle_pg_program(pg_cluster):
     drop_pg_database(pg_cluster, url)
 
 
-@database_property(40)
+@database_property(80)
 @given(attributed=first_attributions, operations=steps)
 def test_the_service_posts_what_the_contract_says_on_sqlite(attributed, operations, oracle_program, tmp_path_factory):
     database = Database(new_sqlite_url(oracle_program, tmp_path_factory.mktemp("history")))
@@ -348,7 +348,7 @@ def test_the_service_posts_what_the_contract_says_on_sqlite(attributed, operatio
 
 
 @pytest.mark.postgres
-@database_property(6)
+@database_property(8)
 @given(attributed=first_attributions, operations=steps)
 def test_the_service_posts_what_the_contract_says_on_postgres(attributed, operations, pg_cluster, oracle_pg_program):
     url = new_pg_copy(pg_cluster, oracle_pg_program)
