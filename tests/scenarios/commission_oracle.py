@@ -2,7 +2,8 @@
 
 It imports nothing from `ledger/`: plain integers, `Decimal`, `datetime` and the rules as the
 contract states them (and, where the contract is silent, as the README's "Decisions where the
-contract is silent" records them). Events are applied in time order, one at a time.
+contract is silent" records them). Events are applied one at a time, as delivered; a late event is
+dated no earlier than its invoice's latest one.
 
 What it computes, for each revenue event: whether the service accepts it, its status, and its
 commission lines (partner, kind, signed minor amount); and, for the whole history, every posting on
@@ -18,20 +19,24 @@ The rules, sentence by sentence:
   round_half_even(amount x rate), posted only when positive;
 - the CPA is paid on the customer's first eligible paid invoice, in its currency if the plan lists one
   (README: an eligible invoice in a currency without a CPA uses the customer's bounty up);
-- each ancestor up to five levels whose plan has an override earns round_half_even(rate x basis);
-  a terminated ancestor is skipped and still counts as a level (README);
+- each ancestor up to five levels up whose plan has an override earns round_half_even(rate x
+  basis), a terminated one skipped (README; the hierarchy has five levels, so four ancestors at most);
 - a terminated partner earns nothing from its termination on; a suspended one still earns;
 - a refund or chargeback of r claws round_half_even(A x r / paid) of each accrual A, capped at what
   is left, and all that is left when it completes the invoice; the CPA only then, in full;
 - a won dispute of d restores round_half_even(A x d / paid), capped at what is clawed, or everything
   clawed when nothing stays refunded; a clawed CPA is restored in full (README); a restored amount
-  is a new piece with a new hold;
+  is a new piece with a new hold, of the days of the version its accrual pinned (README);
 - a piece is held until `occurred_at + hold_days` (whole days of 24 hours, UTC); a clawback at t
   takes from pending what is still held at t (maturity > t), else from available; among a root's
   pieces, held ones first, newest first (README);
 - before posting against an accrual at t (a clawback, a payout run, a close), the service releases
   what has matured by t, effective at the maturity; a posting dated in a closed period is made at
-  the start of the first open period.
+  the start of the first open period;
+- a payout run at t pays each active partner's whole available balance as of t (postings at t
+  included, README) in each currency at or above its plan's minimum (any positive balance where the
+  plan names none, README); a failed payout returns the money;
+- closing a period writes off, under a `reset` plan, a negative available balance at its end.
 """
 
 from __future__ import annotations

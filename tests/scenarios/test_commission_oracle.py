@@ -1,5 +1,7 @@
 """The service against an oracle of DESIGN.md's commission mechanics (`commission_oracle.py`), over
-random histories delivered in time order.
+random histories delivered mostly in time order: some payments late (into closed periods, behind
+payout runs and maturities), some refunds and chargebacks late but not before their invoice's latest
+event (what the README decides for events out of order is left to `test_out_of_order.py`).
 
 The program stresses what the other properties do not: step-down schedules with windows of 1, 6 and
 9 months and a lifetime one; windows starting on the 29th, 30th and 31st of a month (month ends
