@@ -339,7 +339,7 @@ def oracle_pg_program(pg_cluster):
     drop_pg_database(pg_cluster, url)
 
 
-@database_property(80)
+@database_property(50)
 @given(attributed=first_attributions, operations=steps)
 def test_the_service_posts_what_the_contract_says_on_sqlite(attributed, operations, oracle_program, tmp_path_factory):
     database = Database(new_sqlite_url(oracle_program, tmp_path_factory.mktemp("history")))
