@@ -25,7 +25,9 @@ from ledger.instants import add_months_us, month_index
 from ledger.money import ROUND_HALF_EVEN, multiply_minor, prorate_minor, round_minor
 from ledger.terms import Terms, rate_for_month
 
-OVERRIDE_DEPTH_MAX = 5
+# The ancestors that can earn an override: DESIGN's "depth at most 5" is the hierarchy's depth
+# (`schema.PARTNER_DEPTH_MAX`, held by the database), a partner and at most four ancestors (README).
+OVERRIDE_DEPTH_MAX = 4
 EARNING_KINDS = ("accrual", "cpa", "override")
 
 

@@ -18,6 +18,7 @@ from ledger.commission import (
     invoice_earnings,
     refund_clawbacks,
 )
+from ledger.schema import PARTNER_DEPTH_MAX
 from ledger.instants import parse_instant
 from ledger.terms import parse_terms
 
@@ -151,6 +152,11 @@ def test_overrides_reach_at_most_the_depth_limit_of_ancestors():
     _, earnings = invoice_earnings(100_000, "USD", START, START, earner(), ancestors, False)
     overrides = [e.partner_id for e in earnings if e.kind == "override"]
     assert overrides == [f"a{level}" for level in range(OVERRIDE_DEPTH_MAX)]
+
+
+def test_the_overrides_cut_is_every_ancestor_the_deepest_hierarchy_has():
+    # A hierarchy of PARTNER_DEPTH_MAX levels: its deepest partner has one ancestor fewer.
+    assert OVERRIDE_DEPTH_MAX == PARTNER_DEPTH_MAX - 1 == 4
 
 
 # ---- refunds: proportional, capped, and the exact remainder on the last one ----
