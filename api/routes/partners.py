@@ -13,8 +13,6 @@ is still pending (see README, "Decisions"). A statement is JSON, or CSV with `?f
 
 from __future__ import annotations
 
-import time
-
 import marshmallow as ma
 from flask import current_app, jsonify, request
 from werkzeug.datastructures import MIMEAccept
@@ -29,6 +27,7 @@ from api.schemas import Schema
 from api.session import current_session
 from ledger import partners, statements
 from ledger.balances import partner_balances
+from ledger.instants import now_us
 from ledger.money import format_minor
 from ledger.partners import Partner
 from ledger.schema import PARTNER_STATUSES, PARTNER_TYPES
@@ -209,7 +208,7 @@ def change_partner(args, partner_id: str):
 def get_balance(partner_id: str, as_of: int | None):
     """Pending, available and total per currency"""
     visible_partner(partner_id)
-    as_of_us = time.time_ns() // 1000 if as_of is None else as_of
+    as_of_us = now_us() if as_of is None else as_of
     found = partner_balances(current_session(), partner_id, before_us=as_of_us)
     return {"partner_id": partner_id, "as_of": as_of_us, "balances": [
         {"currency": currency, "pending": format_minor(pending, currency),

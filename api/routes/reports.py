@@ -8,7 +8,6 @@ the request, so postings dated in the future do not count yet. In the liabilitie
 
 from __future__ import annotations
 
-import time
 
 import marshmallow as ma
 
@@ -17,7 +16,7 @@ from api.body import Blueprint
 from api.fields import AsOf, Head, RecordedClose
 from api.schemas import Schema
 from api.session import current_session
-from ledger.instants import format_instant
+from ledger.instants import format_instant, now_us
 from ledger.money import format_minor
 from ledger.reports import liabilities
 from ledger.trial_balance import trial_balance
@@ -108,7 +107,7 @@ class IntegrityQuery(Schema):
 @blp.response(200, TrialBalanceSchema)
 def get_trial_balance(as_of: int | None):
     """Trial balance: debits and credits per account and currency"""
-    as_of_us = time.time_ns() // 1000 if as_of is None else as_of
+    as_of_us = now_us() if as_of is None else as_of
     report = trial_balance(current_session(), before_us=as_of_us)
     return {
         "as_of": format_instant(as_of_us),
@@ -127,7 +126,7 @@ def get_trial_balance(as_of: int | None):
 @blp.response(200, LiabilitiesSchema)
 def get_liabilities(as_of: int | None):
     """What the vendor owes each partner, pending and available, per currency"""
-    as_of_us = time.time_ns() // 1000 if as_of is None else as_of
+    as_of_us = now_us() if as_of is None else as_of
     by_partner, totals = liabilities(current_session(), before_us=as_of_us)
     return {
         "as_of": format_instant(as_of_us),

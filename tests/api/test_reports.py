@@ -1,5 +1,6 @@
 """GET /v1/reports/trial-balance, GET /v1/reports/liabilities and GET /v1/integrity."""
 
+from ledger.instants import format_instant, now_us
 from tests.api.books import errors_of
 from tests.api.conftest import bearer
 from tests.integration.test_tamper_evidence import behind_the_triggers
@@ -155,3 +156,13 @@ def test_liabilities_show_what_partners_owe_back_apart(fresh):
 def test_a_bad_liabilities_as_of_is_a_422_naming_it(shared):
     response = shared.client.get("/v1/reports/liabilities?as_of=2026-02-30", headers=bearer(shared.keys.finance))
     assert response.status_code == 422 and list(response.get_json()["errors"]) == ["as_of"]
+
+
+def test_without_as_of_each_report_and_balance_is_as_of_the_services_own_clock(shared, skewed_clock):
+    skewed_clock.offset_us = 400 * 86_400 * 1_000_000  # this server's clock, 400 days ahead
+    ahead = format_instant(now_us())[:10]
+    finance = bearer(shared.keys.finance)
+    assert trial_balance(shared)["as_of"][:10] == ahead
+    for path in ("/v1/reports/liabilities", "/v1/partners/p1/balance"):
+        response = shared.client.get(path, headers=finance)
+        assert response.status_code == 200 and response.get_json()["as_of"][:10] == ahead, (path, response.data)
