@@ -121,6 +121,29 @@ def drop_pg_database(cluster: Cluster, url: str) -> None:
     admin.dispose()
 
 
+def built_sqlite_template(template: str, directory, build) -> str:
+    """The path of a copy of `template` with `build(database)` written into it, for tests to copy
+    again (`new_sqlite_url`): checkpointed, since a copy reads the main file only."""
+    url = new_sqlite_url(template, directory)
+    database = Database(url)
+    build(database)
+    with database.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    database.dispose()
+    return url.removeprefix("sqlite:///")
+
+
+def built_pg_template(cluster: Cluster, build):
+    """The name of a new database with `build(database)` written into it, for tests to copy again;
+    dropped when the generator ends (a module fixture's teardown)."""
+    url = new_pg_url(cluster)
+    database = Database(url)
+    build(database)
+    database.dispose()
+    yield url.rsplit("/", 1)[1]
+    drop_pg_database(cluster, url)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request, tmp_path):
     if request.param == "sqlite":

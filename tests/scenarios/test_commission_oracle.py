@@ -36,7 +36,7 @@ from ledger.db import Database
 from ledger.instants import from_us, next_period, period_bounds_us
 from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
 from ledger.verify import verify
-from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
+from tests.conftest import built_pg_template, built_sqlite_template, database_property, drop_pg_database, new_sqlite_url
 from tests.scenarios.books import at, terms
 from tests.scenarios.commission_oracle import DAY_US, Oracle, OraclePlan, months_after
 from tests.scenarios.test_properties import new_pg_copy
@@ -320,23 +320,12 @@ class History:
 
 @pytest.fixture(scope="module")
 def oracle_program(sqlite_template, tmp_path_factory) -> str:
-    url = new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("oracle"))
-    database = Database(url)
-    build_program(database)
-    with database.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    database.dispose()
-    return url.removeprefix("sqlite:///")
+    return built_sqlite_template(sqlite_template, tmp_path_factory.mktemp("program"), build_program)
 
 
 @pytest.fixture(scope="module")
 def oracle_pg_program(pg_cluster):
-    url = new_pg_url(pg_cluster)
-    database = Database(url)
-    build_program(database)
-    database.dispose()
-    yield url.rsplit("/", 1)[1]
-    drop_pg_database(pg_cluster, url)
+    yield from built_pg_template(pg_cluster, build_program)
 
 
 @database_property(50)

@@ -36,7 +36,7 @@ from ledger.instants import add_days_us, from_us
 from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
 from ledger.schema import journal_lines, journal_transactions
 from ledger.verify import verify
-from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
+from tests.conftest import built_pg_template, built_sqlite_template, database_property, drop_pg_database, new_sqlite_url
 from tests.scenarios.books import at, terms
 
 HOUR_US = 3_600 * 1_000_000
@@ -461,23 +461,12 @@ def build_program(database: Database) -> None:
 
 @pytest.fixture(scope="module")
 def sqlite_program(sqlite_template, tmp_path_factory) -> str:
-    url = new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("program"))
-    database = Database(url)
-    build_program(database)
-    with database.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the copies read the main file only
-    database.dispose()
-    return url.removeprefix("sqlite:///")
+    return built_sqlite_template(sqlite_template, tmp_path_factory.mktemp("program"), build_program)
 
 
 @pytest.fixture(scope="module")
 def pg_program(pg_cluster):
-    url = new_pg_url(pg_cluster)
-    database = Database(url)
-    build_program(database)
-    database.dispose()
-    yield url.rsplit("/", 1)[1]
-    drop_pg_database(pg_cluster, url)
+    yield from built_pg_template(pg_cluster, build_program)
 
 
 def new_pg_copy(cluster, template: str) -> str:
