@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import Any
 
 import flask_smorest
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -165,7 +165,11 @@ def database_problem(error: DBAPIError) -> Response:
     handling of the unexpected: logged, and a 500."""
     if not retryable(error):
         raise error
-    current_app.logger.error("database unavailable: %s", error, exc_info=error)
+    # One line at ERROR, as the scheduler logs it (`jobs.scheduler.log_failure`): the database's own
+    # words say why; a traceback per refused request buried them while the database was down.
+    cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    current_app.logger.error("%s %s: 503, the database is unavailable: %s", request.method, request.path, cause)
+    current_app.logger.debug("the database's error in full", exc_info=error)
     return problem(503, _DETAILS[503], headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 

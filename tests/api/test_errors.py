@@ -4,6 +4,7 @@ import contextlib
 import fcntl
 import io
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -371,9 +372,15 @@ def unavailable(database: Database):
             writer.close()
 
 
-def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(database_url, monkeypatch):
+def test_a_database_out_of_reach_is_a_503_to_retry_and_the_retry_posts_once(database_url, monkeypatch, caplog):
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 100)  # the writer's wait for the lock, before the error
+    caplog.set_level(logging.INFO)
     refused_then_posted_once(Database(database_url), unavailable)
+    [logged] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    line = logged.getMessage()
+    # One line naming the request and the database's words, without a traceback.
+    assert line.startswith("POST /v1/revenue-events: 503, the database is unavailable: ") and "\n" not in line
+    assert logged.levelno == logging.ERROR and logged.exc_info is None
 
 
 def refused_then_posted_once(database: Database, outage) -> None:
