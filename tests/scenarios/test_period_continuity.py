@@ -28,7 +28,7 @@ from ledger.instants import add_days_us, format_instant, next_period, period_bou
 from ledger.revenue import Outcome, parse_event
 from ledger.revenue import ingest as ingest_events
 from ledger.verify import verify
-from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
+from tests.conftest import built_sqlite_template, database_property, drop_pg_database, new_pg_url, new_sqlite_url
 from tests.scenarios.books import Books, at
 
 START = "2023-01-01"  # histories close up to about 33 months on, all before the clock of any run
@@ -230,13 +230,7 @@ def _all_ended_closed(database: Database, model: Model) -> bool:
 @pytest.fixture(scope="module")
 def program_template(sqlite_template, tmp_path_factory) -> str:
     """A migrated SQLite file holding the program, copied for each example."""
-    url = new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("program"))
-    database = Database(url)
-    program(database)
-    with database.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    database.dispose()
-    return url.removeprefix("sqlite:///")
+    return built_sqlite_template(sqlite_template, tmp_path_factory.mktemp("program"), program)
 
 
 @database_property(30)
