@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemSchema
-from ledger.db import retryable
+from ledger.db import database_words, retryable
 from ledger.errors import DomainError, InvalidInput
 
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -167,8 +167,8 @@ def database_problem(error: DBAPIError) -> Response:
         raise error
     # One line at ERROR, as the scheduler logs it (`jobs.scheduler.log_failure`): the database's own
     # words say why; a traceback per refused request buried them while the database was down.
-    cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    current_app.logger.error("%s %s: 503, the database is unavailable: %s", request.method, request.path, cause)
+    current_app.logger.error("%s %s: 503, the database is unavailable: %s", request.method, request.path,
+                             database_words(error))
     current_app.logger.debug("the database's error in full", exc_info=error)
     return problem(503, _DETAILS[503], headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 

@@ -19,7 +19,7 @@ import click
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
-from ledger.db import Database
+from ledger.db import Database, database_words
 from ledger.errors import DomainError
 from ledger.settings import Settings
 
@@ -87,7 +87,7 @@ def database_errors(url: str, *, migrating: bool = False) -> Iterator[None]:
         raise
     except DatabaseError as error:
         click.echo(f"error: cannot use the database {make_url(url)!r}: "
-                   f"{str(error.orig).strip().splitlines()[0]}", err=True)
+                   f"{database_words(error)}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it is not migrated to the latest revision: run `revshare db upgrade` first", err=True)
         elif _cannot_write_beside(error.orig, url):

@@ -37,7 +37,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobs.bodies import job_table, run_job
-from ledger.db import Database
+from ledger.db import Database, database_words
 from ledger.settings import Settings
 
 log = logging.getLogger("revshare.scheduler")
@@ -68,8 +68,8 @@ def database_unavailable(error: BaseException) -> bool:
 
 def log_failure(name: str, error: BaseException, *, when: str = "", then: str = "at its next time") -> None:
     if database_unavailable(error):
-        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        log.error("job %s failed%s: the database is unavailable: %s; it will run again %s", name, when, cause, then)
+        log.error("job %s failed%s: the database is unavailable: %s; it will run again %s", name, when,
+                  database_words(error), then)
     else:
         log.error("job %s failed%s: %r; it will run again %s", name, when, error, then, exc_info=error)
 

@@ -654,6 +654,12 @@ def retryable(error: DBAPIError) -> bool:
     return sqlstate is None or sqlstate.startswith(_SQLSTATE_RETRYABLE)
 
 
+def database_words(error: BaseException) -> str:
+    """The first line of what the database (or its driver) said, without SQLAlchemy's wrapping: the
+    SQL and the "Background on this error" link follow it."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
 def _out_of_range(message: str) -> OutOfRange:
     return OutOfRange(f"amount: {message}", {"amount": [message]})
 
