@@ -12,6 +12,15 @@ sent them. Under `@idempotent`:
 - concurrent duplicates apply once: `claim()` makes them wait for the first to finish, and a lost
   insert race rolls back this request's effect and answers with the winner's record.
 Non-2xx answers are not stored (their transaction rolls back), so a failed request can be retried.
+A view that commits transactions of its own before its effect (a payout run's or a close's releases
+of matured holds, a hundred to a transaction) makes them in `reclaim_after`. The claim and the lock
+on the journal last until a transaction ends (PostgreSQL: transaction-scoped advisory locks; SQLite:
+the writers' file lock and write lock, taken at the transaction's first statement), so the first of
+those commits lets them go, and a duplicate may come in between two of them, post releases of its
+own (keyed by accrual: each is posted once) and complete. After them the key is claimed and looked
+up again: a request with this key that completed meanwhile is then the answer (a replay, or a 409
+for another body), and the view makes nothing. The releases stay committed whatever the request
+answers: they are what any later run or close would post first.
 
 `redact` names top-level response fields never to store, for secrets shown once (a new API key):
 a replay shows them as null. `request_token()` gives a domain idempotency key for this request's
@@ -25,7 +34,7 @@ import json
 import uuid
 from copy import deepcopy
 from functools import wraps
-from typing import Callable
+from typing import Callable, TypeVar
 
 from flask import Response, current_app, g, request
 
@@ -80,7 +89,11 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     stored = idempotency.find(session, key_id, key)
     if stored is not None:
         return _answer(stored, key, asked, body)
-    response = current_app.make_response(run())
+    g.idempotency_claim = (key_id, key)
+    try:
+        response = current_app.make_response(run())
+    except _AnsweredMeanwhile as meanwhile:
+        return _answer(meanwhile.stored, key, asked, body)
     if not 200 <= response.status_code < 300:
         return response
     record = StoredRequest(request.method, path, asked, body, response.status_code, _stored_body(response, redact))
@@ -90,6 +103,32 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     winner = idempotency.find(session, key_id, key)
     assert winner is not None, "the record that won the race is gone"
     return _answer(winner, key, asked, body)
+
+
+T = TypeVar("T")
+
+
+class _AnsweredMeanwhile(Exception):
+    def __init__(self, stored: StoredRequest) -> None:
+        self.stored = stored
+
+
+def reclaim_after(work: Callable[[], T]) -> T:
+    """`work()`, which commits transactions of its own within the request
+    (`api.session.separate_transaction`); then, under `@idempotent` with a key, the key claimed
+    again, since a commit let the claim go: a request with the same key that completed meanwhile
+    is then this one's answer (a replay, or a 409 for another body), and the view goes no further.
+    Without that, a close whose duplicate closed the period meanwhile answered 409 "already
+    closed" to a retry that must replay."""
+    result = work()
+    claimed = g.get("idempotency_claim")
+    if claimed is not None:
+        session = current_session()
+        idempotency.claim(session, *claimed)
+        stored = idempotency.find(session, *claimed)
+        if stored is not None:
+            raise _AnsweredMeanwhile(stored)
+    return result
 
 
 _NO_BODY = frozenset({canonical_json(None), canonical_json({})})

@@ -8,7 +8,10 @@ response commits, anything else rolls back, and a commit that fails becomes a 50
 
 A view whose outcome is decided, and whose retry replays it, may commit before its response is
 built (`commit_now`): the revenue event routes do, so that their lock on the journal (SQLite's write
-lock, PostgreSQL's advisory lock) is not held while the response is serialized.
+lock, PostgreSQL's advisory lock) is not held while the response is serialized. A view may also
+commit work that stands on its own before its effect, in transactions of their own
+(`separate_transaction`): a payout run's and a close's releases of matured holds, so that the lock
+is let go between every hundred of them (see `api.idempotency.reclaim_after`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two copies of one database each hold the open holds of `events` paid invoices of
 one matured. On each, a poster process posts one paid invoice of a later month per transaction
 (`revenue.ingest`, the path of POST /v1/revenue-events without HTTP), pausing `PAUSE_S` between
 postings, while this process releases the matured holds: on one copy in one transaction
-(`holds.release_matured`, as `POST /v1/holds/release` and a close do), on the other
+(`holds.release_matured`, as `POST /v1/holds/release` does), on the other
 `holds.HOLDS_PER_TRANSACTION` holds to a transaction (`holds.release_in_transactions`, as the
 scheduler's jobs and `revshare release-holds` do). Reported: the postings' p99 and longest time
 while the release ran, and the release's own time. The poster waits for each posting before the

@@ -134,10 +134,19 @@ def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session
     `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the
     scheduler's jobs make them: in its one transaction, a run after months without one held the
     journal's lock through every release (`revshare payout-run` took 37 s over 73,000), and every
-    posting waited, or failed past its lock wait. The run is checked first, so a refused run posts
-    no release either; a run made at `at_us` already is answered without them. At None, the check
-    and the releases are made at now as read in their transactions, and the run at now as read in
-    its own (see `run_payouts`)."""
+    posting waited, or failed past its lock wait. At None, the run is at now as read in its own
+    transaction (see `run_payouts`)."""
+    release_before_run(transaction, at_us, own_instant=own_instant)
+    with transaction() as session:
+        return run_payouts(session, at_us, own_instant=own_instant)
+
+
+def release_before_run(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
+                       own_instant: bool = False) -> None:
+    """The releases `run_payouts` would post first, each `transaction()` of them committed on its own
+    (`run_payouts_in_transactions`). The run is checked first, so a refused run posts no release
+    either; a run made at `at_us` already posts none. At None, the check and the releases are made
+    at now as read in their transactions."""
     with transaction() as session:
         batch = journal.Batch(session)
         checked_us = batch.recorded_at_us if at_us is None else at_us
@@ -146,8 +155,6 @@ def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session
             _refuse_out_of_order(session, batch, checked_us, own_instant or at_us is None)
     if made is None:
         holds.release_in_transactions(transaction, checked_us, own_instant=own_instant or at_us is None)
-    with transaction() as session:
-        return run_payouts(session, at_us, own_instant=own_instant)
 
 
 def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:

@@ -105,13 +105,18 @@ def close_in_transactions(transaction: Callable[[], ContextManager[Session]], pe
     maturing before the period's end), made `holds.HOLDS_PER_TRANSACTION` to a transaction
     (`holds.release_in_transactions`), as the scheduler's close job makes them: in its one
     transaction, a close after months of holds held the journal's lock through every release, and
-    every posting waited, or failed past its lock wait. The close is checked first, so a refused
-    close posts no release either."""
+    every posting waited, or failed past its lock wait."""
+    release_before_close(transaction, period)
+    with transaction() as session:
+        return close_period(session, period)
+
+
+def release_before_close(transaction: Callable[[], ContextManager[Session]], period: str) -> None:
+    """The releases `close_period` would post first, each `transaction()` of them committed on its
+    own (`close_in_transactions`). The close is checked first, so a refused close posts no release."""
     with transaction() as session:
         _refuse_close(session, period, journal.now_us())
     holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
-    with transaction() as session:
-        return close_period(session, period)
 
 
 def _refuse_close(session: Session, period: str, now: int) -> tuple[journal.Batch, str]:
