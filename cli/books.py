@@ -264,12 +264,10 @@ def release_holds(settings: Settings, at: str | None) -> None:
     """Release every hold matured by the instant, a hundred to a transaction."""
     from ledger.holds import release_in_transactions
     from ledger.instants import parse_at
-    from ledger.journal import now_us
 
     at_us = parse_instant_option(at, "--at", parse_at)
-    with opened(settings, {"at": "--at"}) as database:
-        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us,
-                                           own_instant=at_us is None)
+    with opened(settings, {"at": "--at"}) as database:  # without --at: now, read under the journal lock
+        released = release_in_transactions(database.transaction, at_us)
     click.echo(f"released: {released}")
 
 

@@ -91,12 +91,13 @@ def first_posting_us(session: Session) -> int | None:
 
 
 def close_period(session: Session, period: str, *, now_us: int | None = None) -> Close:
-    """Close `period` (and any empty open periods before it). The caller commits."""
-    now = journal.now_us() if now_us is None else now_us
-    batch, first_open = _refuse_close(session, period, now)
+    """Close `period` (and any empty open periods before it), at `now_us`, or at None at now as
+    read under the journal lock: read before it, a close that waited behind another writer was
+    dated (`closed_at`) before postings that writer committed while it waited. The caller commits."""
+    batch, first_open = _refuse_close(session, period, now_us)
     closed = None
     for target in _periods_between(first_open, period) + [period]:
-        closed = _close_one(session, batch, target, now)
+        closed = _close_one(session, batch, target, batch.recorded_at_us)
     return closed
 
 
@@ -108,14 +109,17 @@ def close_in_transactions(transaction: Callable[[], ContextManager[Session]], pe
     every posting waited, or failed past its lock wait. The close is checked first, so a refused
     close posts no release either."""
     with transaction() as session:
-        _refuse_close(session, period, journal.now_us())
+        _refuse_close(session, period, None)
     holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
     with transaction() as session:
         return close_period(session, period)
 
 
-def _refuse_close(session: Session, period: str, now: int) -> tuple[journal.Batch, str]:
-    """(the batch to close in, the first open period) if `period` can be closed at `now`; else Conflict."""
+def _refuse_close(session: Session, period: str, now_us: int | None) -> tuple[journal.Batch, str]:
+    """(the batch to close in, recording at `now_us` or, at None, now as read under the journal
+    lock; the first open period) if `period` can be closed then; else Conflict."""
+    batch = journal.Batch(session, recorded_at_us=now_us)
+    now = batch.recorded_at_us
     start_us, end_us = period_bounds_us(period)
     if end_us > now:
         raise Conflict(f"period {period} has not ended yet; it can be closed from {period_of(end_us)}-01")
@@ -124,7 +128,6 @@ def _refuse_close(session: Session, period: str, now: int) -> tuple[journal.Batc
         # This server's clock is ahead of the database's, whose rules refuse the close (migration 0018).
         raise Conflict(f"period {period} has not ended yet by the database's clock, "
                        f"{format_instant(database_now)}, which is behind this server's; it can be closed once it has")
-    batch = journal.Batch(session, recorded_at_us=now)
     if get_close(session, period) is not None:
         raise Conflict(f"period {period} is already closed")
     last = latest_close(session)

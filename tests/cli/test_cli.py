@@ -121,6 +121,43 @@ def test_a_payout_run_without_at_made_while_another_process_ran_one_is_made_at_a
     assert run.exit_code == 0 and run.output.endswith("payouts: 0\n"), run.output
 
 
+
+def post_maturing_as_posted(session) -> None:
+    """Another writer's posting: the accrual (and its override) of a payment dated so that its hold
+    (30 days) matures at the instant it is posted."""
+    from ledger.journal import now_us
+
+    occurred_us = now_us() - 30 * 86_400_000_000
+    revenue.ingest(session, [revenue.RevenueEvent("e-waited", "invoice_paid", "acme", "inv-waited", "USD", 10_000,
+                                                  occurred_us)])
+
+
+def test_a_release_without_at_made_while_another_process_posted_releases_what_matured_while_it_waited(
+        seeded, monkeypatch):
+    # Read before the lock, now was an instant before the other process's posting: the hold that
+    # matured while the release waited for it was left held, as of an instant already past.
+    from tests.interleaving import another_writer_while_waiting
+
+    with another_writer_while_waiting(monkeypatch, seeded, post_maturing_as_posted):
+        released = invoke(seeded.url, "release-holds")
+    assert released.exit_code == 0 and released.output == "released: 2\n", released.output
+
+
+def test_a_close_made_while_another_process_posted_is_not_dated_before_that_posting(seeded, monkeypatch):
+    from ledger.periods import close_period
+    from tests.interleaving import another_writer_while_waiting
+
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=1))
+    with another_writer_while_waiting(monkeypatch, seeded, post_maturing_as_posted):
+        with seeded.transaction() as session:  # the close `revshare close` and the API make
+            closed = close_period(session, "2026-01")
+    with seeded.reader() as session:
+        recorded_us = session.execute(select(journal_transactions.c.recorded_at_us)
+                                      .where(journal_transactions.c.event_id == "e-waited")).scalars().all()
+    assert recorded_us and closed.closed_at_us >= max(recorded_us), (closed.closed_at_us, recorded_us)
+
+
 def payout_lines(url: str, period: str) -> list[str]:
     document = json.loads(invoke(url, "statement", "northwind", "--period", period, "--format", "json").output)
     return [line["effective_at"] for currency in document["currencies"] for line in currency["lines"]

@@ -360,6 +360,38 @@ def test_a_job_reads_under_the_journal_lock(postgres_database):
     assert probes == [False]
 
 
+
+def post_maturing_as_posted(session) -> None:
+    """Another writer's posting: the accrual (and its override) of a payment dated so that its hold
+    (30 days) matures at the instant it is posted."""
+    occurred_us = journal.now_us() - 30 * 86_400_000_000
+    revenue.ingest(session, [revenue.RevenueEvent("e-waited", "invoice_paid", "acme", "inv-waited", "USD", 10_000,
+                                                  occurred_us)])
+
+
+def test_the_release_job_made_while_another_writer_posted_releases_what_matured_while_it_waited(books, monkeypatch):
+    # Read before the job's lock, its instant was before the other writer's posting: the hold that
+    # matured while the job waited was left held until the next run, an hour later.
+    from tests.interleaving import another_writer_while_waiting
+
+    with another_writer_while_waiting(monkeypatch, books, post_maturing_as_posted):
+        result = bodies.run_job(books, "release_holds", bodies.release_holds)
+    assert result.figures == {"released": 22 + 2} and count(books, "release") == 24 + 2
+
+
+def test_the_close_job_made_while_another_writer_posted_is_not_dated_before_that_posting(books, monkeypatch):
+    from tests.interleaving import another_writer_while_waiting
+
+    body = bodies.job_table(Settings.build(database_url=books.url, close_grace_days=0))["close_periods"]
+    with another_writer_while_waiting(monkeypatch, books, post_maturing_as_posted):
+        result = bodies.run_job(books, "close_periods", body)
+    with books.reader() as session:
+        [closed_at_us] = session.execute(select(func.min(period_closes.c.closed_at_us))).scalars().all()
+        recorded_us = session.execute(select(func.max(journal_transactions.c.recorded_at_us))
+                                      .where(journal_transactions.c.event_id == "e-waited")).scalar_one()
+    assert result.figures["closed"][0] == "2026-01" and closed_at_us >= recorded_us, (closed_at_us, recorded_us)
+
+
 def test_a_failing_job_is_logged_and_the_scheduler_keeps_running(sqlite_database, caplog):
     ticks, booms = [], []
 
@@ -474,12 +506,13 @@ def test_a_job_whose_clock_steps_back_two_seconds_after_it_reads_its_instant_sti
         assert result.figures["closed"][:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
 
 
-def test_a_job_whose_clock_steps_back_past_the_skew_bound_is_refused_and_posts_nothing(
+def test_a_job_whose_clock_steps_back_past_the_skew_bound_after_it_reads_its_instant_is_refused(
         books, monkeypatch, skewed_clock):
     clock_stepped_back_after_each_read(monkeypatch, skewed_clock, journal.CLOCK_SKEW_US + 1_000_000)
     with pytest.raises(InvalidInput, match="in the future"):
         bodies.run_job(books, "release_holds", bodies.release_holds)
-    assert count(books, "release") == 2
+    # The releases made before the body, as of the instant their own transaction read, stand.
+    assert count(books, "release") == 24
 
 
 def test_the_payout_job_a_second_after_its_run_falls_due_on_a_clock_stepped_back_two_seconds_makes_that_run(
