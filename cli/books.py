@@ -296,14 +296,16 @@ def payout_run(settings: Settings, at: str | None) -> None:
 @click.pass_obj
 def close(settings: Settings, period: str) -> None:
     """Close a period (YYYY-MM) that has ended, with its snapshot and close hash (releasing the holds
-    that matured in it first, a hundred to a transaction)."""
-    from ledger.instants import parse_period
+    that matured in it first, a hundred to a transaction). A period closed already prints its close,
+    saying so, and changes nothing."""
+    from ledger.instants import format_instant, parse_period
     from ledger.periods import close_in_transactions
 
     with opened(settings) as database:
         parse_period(period)
-        closed = close_in_transactions(database.transaction, period)
-    click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}")
+        closed, already = close_in_transactions(database.transaction, period)
+    made = f" (already closed at {format_instant(closed.closed_at_us)})" if already else ""
+    click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}{made}")
 
 
 @click.command()

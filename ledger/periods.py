@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.balances import partner_account_sums, sums
-from ledger.db import database_now_us
+from ledger.db import database_now_us, lock_journal
 from ledger.errors import Conflict, NotFound
 from ledger.instants import format_instant, next_period, period_bounds_us, period_of
 from ledger.partners import program_for
@@ -101,18 +101,31 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
     return closed
 
 
-def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> Close:
-    """`close_period` in a `transaction()` of its own, after the releases it posts first (the holds
-    maturing before the period's end), made `holds.HOLDS_PER_TRANSACTION` to a transaction
-    (`holds.release_in_transactions`), as the scheduler's close job makes them: in its one
-    transaction, a close after months of holds held the journal's lock through every release, and
-    every posting waited, or failed past its lock wait. The close is checked first, so a refused
-    close posts no release either."""
+def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> tuple[Close, bool]:
+    """(the close of `period`, whether it was made before): `close_period` in a `transaction()` of
+    its own, after the releases it posts first (the holds maturing before the period's end), made
+    `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the
+    scheduler's close job makes them: in its one transaction, a close after months of holds held the
+    journal's lock through every release, and every posting waited, or failed past its lock wait.
+    The close is checked first, so a refused close posts no release either. A period closed
+    already is answered with its close, posting nothing, as a payout run made already is with its
+    run: for the command line (an operator, a cron job) it is a state reached, not a failure."""
     with transaction() as session:
-        _refuse_close(session, period, None)
+        made = _made_close(session, period)
+        if made is None:
+            _refuse_close(session, period, None)
+    if made is not None:
+        return made, True
     holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
     with transaction() as session:
-        return close_period(session, period)
+        made = _made_close(session, period)  # by another process while the releases were made
+        return (made, True) if made is not None else (close_period(session, period), False)
+
+
+def _made_close(session: Session, period: str) -> Close | None:
+    """The close of `period`, read under the journal lock: a close another writer is making is seen."""
+    lock_journal(session)
+    return get_close(session, period)
 
 
 def _refuse_close(session: Session, period: str, now_us: int | None) -> tuple[journal.Batch, str]:

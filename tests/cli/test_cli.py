@@ -158,6 +158,26 @@ def test_a_close_made_while_another_process_posted_is_not_dated_before_that_post
     assert recorded_us and closed.closed_at_us >= max(recorded_us), (closed.closed_at_us, recorded_us)
 
 
+
+def test_closing_a_period_closed_already_prints_its_close_and_exits_0_changing_nothing(seeded):
+    # For an operator or a cron job a closed period is a state reached, as a payout run made already
+    # is answered as a replay: it exited 2 "already closed", which reads as a failure to look into.
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=2))
+    first = invoke(seeded.url, "close", "2026-01")
+    with seeded.reader() as session:
+        before = session.execute(select(func.count()).select_from(journal_transactions)).scalar_one()
+        [close_hash] = session.execute(select(period_closes.c.close_hash)).scalars().all()
+    again = invoke(seeded.url, "close", "2026-01")
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    assert again.output.startswith(f"closed 2026-01: 6 transactions, close hash {close_hash} (already closed at ")
+    assert first.output.startswith(f"closed 2026-01: 6 transactions, close hash {close_hash}\n")
+    with seeded.reader() as session:
+        assert session.execute(select(func.count()).select_from(journal_transactions)).scalar_one() == before
+    before_the_chain = invoke(seeded.url, "close", "2025-12")  # closed, but with no close of its own to show
+    assert before_the_chain.exit_code == 2 and "lies before the latest closed period" in before_the_chain.output
+
+
 def payout_lines(url: str, period: str) -> list[str]:
     document = json.loads(invoke(url, "statement", "northwind", "--period", period, "--format", "json").output)
     return [line["effective_at"] for currency in document["currencies"] for line in currency["lines"]
