@@ -191,9 +191,12 @@ def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]
 @click.command()
 @click.pass_obj
 def scheduler(settings: Settings) -> None:
-    """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped."""
+    """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped. A
+    PostgreSQL server that does not take connections yet is waited for (stopped by SIGTERM or SIGINT)."""
     from jobs import scheduler as process
 
+    if not process.wait_for_database(settings.database_url):
+        return
     refuse_unusable_database(settings.database_url)
     process.run(settings)
 

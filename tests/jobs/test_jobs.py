@@ -673,3 +673,100 @@ def test_sigterm_while_the_start_up_jobs_run_lets_them_end_and_stops_before_the_
             scheduler.shutdown(wait=True)
     assert started == [] and "failed" not in caplog.text and "scheduler stopped" in caplog.text
     assert len(run_instants(books)) == 1 and closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+
+
+def scheduler_process(url: str, **settings: str) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": url,
+           **settings}
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def read_log_until(process: subprocess.Popen, words: str, log: str = "", timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while words not in log and time.monotonic() < deadline and process.poll() is None:
+        log += process.stderr.readline()
+    return log
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.postgres
+def test_a_scheduler_started_while_its_postgresql_is_down_waits_for_it_then_runs_its_jobs():
+    # A long-running process started with (or before) its database, as a host's boot or a compose
+    # file starts both: it exited 2 at once, and stayed down unless a supervisor restarted it.
+    import sqlalchemy as sa
+
+    from ledger.migrate import upgrade
+    from tests.pg_cluster import Cluster
+
+    cluster = Cluster().start()
+    process = None
+    try:
+        admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("CREATE DATABASE books"))
+        admin.dispose()
+        upgrade(cluster.url("books"))
+        cluster.pause()
+        process = scheduler_process(cluster.url("books"))
+        log = read_log_until(process, "trying again in")
+        assert "is unreachable: connection failed" in log and process.poll() is None, log
+        cluster.resume()
+        log = read_log_until(process, "job close_periods at", log)
+        assert "job close_periods at" in log, log
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+            process.stderr.close()
+        cluster.stop()
+
+
+def test_a_scheduler_waiting_for_its_database_stops_on_sigterm_with_exit_status_0():
+    process = scheduler_process(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare")
+    try:
+        log = read_log_until(process, "trying again in")
+        assert "is unreachable: connection failed" in log and "Connection refused" in log, log
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(10)
+        log += process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 0 and "revshare.scheduler: scheduler stopped" in log and "Traceback" not in log, log
+
+
+def test_a_scheduler_with_a_bad_setting_exits_2_at_once_though_its_database_is_unreachable():
+    process = scheduler_process(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare",
+                                REVSHARE_PAYOUT_DAY_OF_MONTH="31")
+    try:
+        status = process.wait(30)
+        log = process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 2 and "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28" in log, log
+
+
+@pytest.mark.postgres
+def test_a_scheduler_whose_database_server_refuses_its_database_or_role_exits_2_at_once(pg_cluster):
+    # The server answered: a name or a credential is wrong, which waiting does not cure.
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    for url in (pg_cluster.url("no_such_books"), pg_cluster.url("postgres", user="no_such_role")):
+        result = CliRunner().invoke(main, ["scheduler"], env={"REVSHARE_DATABASE_URL": url})
+        assert result.exit_code == 2 and "error: cannot use the database" in result.output, result.output
+        assert "does not exist" in result.output and "trying again" not in result.output, result.output
