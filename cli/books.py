@@ -191,9 +191,12 @@ def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]
 @click.command()
 @click.pass_obj
 def scheduler(settings: Settings) -> None:
-    """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped."""
+    """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped. A
+    PostgreSQL server that does not take connections yet is waited for (stopped by SIGTERM or SIGINT)."""
     from jobs import scheduler as process
 
+    if not process.wait_for_database(settings.database_url):
+        return
     refuse_unusable_database(settings.database_url)
     process.run(settings)
 
@@ -264,12 +267,10 @@ def release_holds(settings: Settings, at: str | None) -> None:
     """Release every hold matured by the instant, a hundred to a transaction."""
     from ledger.holds import release_in_transactions
     from ledger.instants import parse_at
-    from ledger.journal import now_us
 
     at_us = parse_instant_option(at, "--at", parse_at)
-    with opened(settings, {"at": "--at"}) as database:
-        released = release_in_transactions(database.transaction, now_us() if at_us is None else at_us,
-                                           own_instant=at_us is None)
+    with opened(settings, {"at": "--at"}) as database:  # without --at: now, read under the journal lock
+        released = release_in_transactions(database.transaction, at_us)
     click.echo(f"released: {released}")
 
 
@@ -298,14 +299,16 @@ def payout_run(settings: Settings, at: str | None) -> None:
 @click.pass_obj
 def close(settings: Settings, period: str) -> None:
     """Close a period (YYYY-MM) that has ended, with its snapshot and close hash (releasing the holds
-    that matured in it first, a hundred to a transaction)."""
-    from ledger.instants import parse_period
+    that matured in it first, a hundred to a transaction). A period closed already prints its close,
+    saying so, and changes nothing."""
+    from ledger.instants import format_instant, parse_period
     from ledger.periods import close_in_transactions
 
     with opened(settings) as database:
         parse_period(period)
-        closed = close_in_transactions(database.transaction, period)
-    click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}")
+        closed, already = close_in_transactions(database.transaction, period)
+    made = f" (already closed at {format_instant(closed.closed_at_us)})" if already else ""
+    click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}{made}")
 
 
 @click.command()

@@ -8,8 +8,9 @@ waits and then finds the work done: releases are keyed by accrual, closes by per
 by instant. (Two schedulers share a catch-up of releases between them, a transaction at a time.)
 
 A job's instant is the service's own, never asked for by a user: `run_job` reads it from the clock
-once, and the releases and the body then read the clock again as they record. A clock stepped back
-in between (an NTP step) puts the job's instant ahead of those reads: it is allowed up to
+once it holds its locks (the releases' in their first transaction, the body's in its own), and the
+releases and the body then read the clock again as they record. A clock stepped back in between (an
+NTP step) puts the job's instant ahead of those reads: it is allowed up to
 `journal.CLOCK_SKEW_US`, the database's bound, where an instant asked for is refused
 (`journal.Batch.ahead`). Refused, the job failed until its next run (the next hour, or day).
 """
@@ -130,14 +131,20 @@ def run_job(database: Database, name: str, body: Callable[[Session, int], dict],
     to a transaction (`holds.release_in_transactions`), and reports them as `released`: its own
     transaction then finds none left to release, and so holds the journal lock for its own work
     only. A close or payout run after a scheduler was down for days would otherwise catch up on
-    every release in the one transaction, and every posting would wait for it."""
-    at = clock_now_us() if at_us is None else at_us
+    every release in the one transaction, and every posting would wait for it.
+
+    Without `at_us`, a writer job's instant is read once it holds its locks: the releases' in their
+    first transaction, the body's in its own. Read before, a job that waited behind another writer
+    was dated before that writer's postings: a close's `closed_at` came before postings it had
+    waited for, and a release left held what matured while it waited."""
     if name in READ_ONLY_JOBS:
+        at = clock_now_us() if at_us is None else at_us
         with database.reader() as session:
             figures = body(session, at)
     else:
-        released = holds.release_in_transactions(lambda: _job_transaction(database, name), at, own_instant=True)
+        released = holds.release_in_transactions(lambda: _job_transaction(database, name), at_us, own_instant=True)
         with _job_transaction(database, name) as session:
+            at = clock_now_us() if at_us is None else at_us
             figures = body(session, at)
         figures = {**figures, "released": released + figures.get("released", 0)}
     log.info("job %s at %s: %s", name, from_us(at).isoformat(), figures)
@@ -155,4 +162,6 @@ def _job_transaction(database: Database, name: str) -> Iterator[Session]:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                             {"key": JOB_LOCK_BASE + zlib.crc32(name.encode())})
             lock_journal(session)
+        else:
+            session.connection()  # the write lock now, so that the job's instant is read under it
         yield session

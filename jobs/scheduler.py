@@ -21,12 +21,17 @@ The log says each job's outcome in one line: its figures, or its failure. A fail
 database is one line with the database's own words, not a traceback (APScheduler's is dropped);
 any other failure keeps its traceback. APScheduler's own INFO lines (a job added, running, done)
 show at DEBUG only.
+
+A PostgreSQL server that does not take connections when the scheduler starts is waited for
+(`wait_for_database`), with a line in the log per try, until it does or a signal stops the wait.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import signal
+import threading
 from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
@@ -34,10 +39,11 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobs.bodies import job_table, run_job
-from ledger.db import Database, database_words
+from ledger.db import Database, database_words, is_postgres
 from ledger.settings import Settings
 
 log = logging.getLogger("revshare.scheduler")
@@ -162,6 +168,58 @@ def start_up(database: Database, bodies: dict, at_us: int | None = None) -> None
     CatchUp(database, bodies).run(at_us)
 
 
+WAIT_FIRST_S = 1.0  # the first wait for a database out of reach at start, doubled each time ...
+WAIT_MAX_S = 60.0  # ... up to this
+# What a PostgreSQL server says while it does not take connections yet (or for now), which time
+# cures; any other refusal from the server (no such database or role, a password or pg_hba refusal)
+# is a setting to fix. psycopg gives no SQLSTATE for a refused connection, only the server's words.
+_SERVER_NOT_READY = re.compile(r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
+                               r"|too many clients|remaining connection slots")
+
+
+def out_of_reach(error: BaseException) -> bool:
+    """Whether a connection failed for want of a server taking connections (none listening, a name
+    not resolved yet, a server starting or restarting, its connections full), not for a setting."""
+    words = str(getattr(error, "orig", None) or error)
+    return isinstance(error, OperationalError) and ("FATAL:" not in words or bool(_SERVER_NOT_READY.search(words)))
+
+
+def wait_for_database(url: str) -> bool:
+    """Wait until the PostgreSQL server at `url` takes connections, trying again after 1, 2, 4, ...
+    seconds (at most `WAIT_MAX_S`), with a line in the log each time; whether to go on (False: a
+    SIGTERM or SIGINT came meanwhile). A long-running process started with its database (a host's
+    boot, a compose file, a database restarted by a deploy) otherwise exited 2, and stayed down
+    unless a supervisor restarted it. Anything else the database says (a name, a role, a password,
+    a schema not migrated) is left to the checks that follow, which exit 2 at once; so is SQLite, a
+    local file that waiting does not bring."""
+    database = Database(url)
+    if not is_postgres(database.engine):
+        database.dispose()
+        return True
+    stop = _Stop()
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    wait_s = WAIT_FIRST_S
+    try:
+        while not stop.requested:
+            try:
+                with database.engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return True
+            except OperationalError as error:
+                if not out_of_reach(error):
+                    return True
+                log.warning("the database %r is unreachable: %s; trying again in %g s", make_url(url),
+                            database_words(error), wait_s)
+            stop.wait(wait_s)
+            wait_s = min(wait_s * 2, WAIT_MAX_S)
+        log.info("scheduler stopped")
+        return False
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        database.dispose()
+
+
 class _Stop:
     """The handler of SIGTERM and SIGINT. SIGTERM is how systemd, Docker and Kubernetes stop a
     process: Python's default for it ended the scheduler at once, with no line in the log, and as a
@@ -177,11 +235,17 @@ class _Stop:
     def __init__(self) -> None:
         self.requested = False
         self.raise_now = False
+        self._event = threading.Event()
 
     def __call__(self, signal_number: int, frame) -> None:
         if self.raise_now or self.requested:
             raise SystemExit(0)
         self.requested = True
+        self._event.set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or until a signal comes."""
+        self._event.wait(seconds)
 
 
 def run(settings: Settings) -> None:

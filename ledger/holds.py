@@ -264,11 +264,13 @@ def release_now(session: Session) -> tuple[int, int]:
     return released, batch.recorded_at_us
 
 
-def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int, *,
+def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
                             holds_per_transaction: int | None = None, own_instant: bool = False) -> int:
     """`release_matured` in a `transaction()` per `holds_per_transaction` holds (by default
     HOLDS_PER_TRANSACTION), oldest maturity first, until none matured by `at_us` is left; returns
-    how many releases were posted.
+    how many releases were posted. At None, `at_us` is now as read under the journal lock in the
+    first transaction (as `release_now`): read before it, a run that waited behind another writer
+    was made as of an instant before that writer's postings, and left held what matured meanwhile.
 
     A catch-up of many holds in one transaction would hold the journal lock, and every posting
     behind it, for as long as it takes (a minute for 280,000 holds). Each transaction is complete
@@ -283,8 +285,12 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
     released, after = 0, None
     while True:
         with transaction() as session:
-            posted, taken, after = _release(session, at_us, None, holds_per_transaction, after,
+            batch = journal.Batch(session)
+            if at_us is None:
+                at_us, own_instant = batch.recorded_at_us, True
+            posted, taken, after = _release(session, at_us, batch, holds_per_transaction, after,
                                             own_instant=own_instant)
+            batch.flush()
         released += posted
         if taken < holds_per_transaction:
             return released

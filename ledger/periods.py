@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import holds, journal
 from ledger.balances import partner_account_sums, sums
-from ledger.db import database_now_us
+from ledger.db import database_now_us, lock_journal
 from ledger.errors import Conflict, NotFound
 from ledger.instants import format_instant, next_period, period_bounds_us, period_of
 from ledger.partners import program_for
@@ -91,36 +91,54 @@ def first_posting_us(session: Session) -> int | None:
 
 
 def close_period(session: Session, period: str, *, now_us: int | None = None) -> Close:
-    """Close `period` (and any empty open periods before it). The caller commits."""
-    now = journal.now_us() if now_us is None else now_us
-    batch, first_open = _refuse_close(session, period, now)
+    """Close `period` (and any empty open periods before it), at `now_us`, or at None at now as
+    read under the journal lock: read before it, a close that waited behind another writer was
+    dated (`closed_at`) before postings that writer committed while it waited. The caller commits."""
+    batch, first_open = _refuse_close(session, period, now_us)
     closed = None
     for target in _periods_between(first_open, period) + [period]:
-        closed = _close_one(session, batch, target, now)
+        closed = _close_one(session, batch, target, batch.recorded_at_us)
     return closed
 
 
-def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> Close:
-    """`close_period` in a `transaction()` of its own, after the releases it posts first (the holds
-    maturing before the period's end), made `holds.HOLDS_PER_TRANSACTION` to a transaction
-    (`holds.release_in_transactions`), as the scheduler's close job makes them: in its one
-    transaction, a close after months of holds held the journal's lock through every release, and
-    every posting waited, or failed past its lock wait."""
+def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> tuple[Close, bool]:
+    """(the close of `period`, whether it was made before): `close_period` in a `transaction()` of
+    its own, after the releases it posts first (the holds maturing before the period's end), made
+    `holds.HOLDS_PER_TRANSACTION` to a transaction (`release_before_close`), as the scheduler's
+    close job makes them: in its one transaction, a close after months of holds held the journal's
+    lock through every release, and every posting waited, or failed past its lock wait. A period
+    closed already is answered with its close, posting nothing, as a payout run made already is
+    with its run: for the command line (an operator, a cron job) it is a state reached, not a
+    failure."""
+    with transaction() as session:
+        made = _made_close(session, period)
+    if made is not None:
+        return made, True
     release_before_close(transaction, period)
     with transaction() as session:
-        return close_period(session, period)
+        made = _made_close(session, period)  # by another process while the releases were made
+        return (made, True) if made is not None else (close_period(session, period), False)
 
 
 def release_before_close(transaction: Callable[[], ContextManager[Session]], period: str) -> None:
     """The releases `close_period` would post first, each `transaction()` of them committed on its
     own (`close_in_transactions`). The close is checked first, so a refused close posts no release."""
     with transaction() as session:
-        _refuse_close(session, period, journal.now_us())
+        _refuse_close(session, period, None)
     holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
 
 
-def _refuse_close(session: Session, period: str, now: int) -> tuple[journal.Batch, str]:
-    """(the batch to close in, the first open period) if `period` can be closed at `now`; else Conflict."""
+def _made_close(session: Session, period: str) -> Close | None:
+    """The close of `period`, read under the journal lock: a close another writer is making is seen."""
+    lock_journal(session)
+    return get_close(session, period)
+
+
+def _refuse_close(session: Session, period: str, now_us: int | None) -> tuple[journal.Batch, str]:
+    """(the batch to close in, recording at `now_us` or, at None, now as read under the journal
+    lock; the first open period) if `period` can be closed then; else Conflict."""
+    batch = journal.Batch(session, recorded_at_us=now_us)
+    now = batch.recorded_at_us
     start_us, end_us = period_bounds_us(period)
     if end_us > now:
         raise Conflict(f"period {period} has not ended yet; it can be closed from {period_of(end_us)}-01")
@@ -129,7 +147,6 @@ def _refuse_close(session: Session, period: str, now: int) -> tuple[journal.Batc
         # This server's clock is ahead of the database's, whose rules refuse the close (migration 0018).
         raise Conflict(f"period {period} has not ended yet by the database's clock, "
                        f"{format_instant(database_now)}, which is behind this server's; it can be closed once it has")
-    batch = journal.Batch(session, recorded_at_us=now)
     if get_close(session, period) is not None:
         raise Conflict(f"period {period} is already closed")
     last = latest_close(session)

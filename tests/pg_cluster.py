@@ -61,11 +61,20 @@ class Cluster:
 
     def start(self) -> "Cluster":
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> "Cluster":
+        """Start the server (again, after `pause`), on the same port and data."""
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
         self.started = True
         return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data, as a database restarted or not yet up."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.started = False
 
     def url(self, database: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}"

@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,48 @@ def test_the_writers_lock_file_is_made_with_the_database_files_mode(sqlite_templ
     finally:
         database.dispose()
     assert stat.S_IMODE(os.stat(f"{path}-writer.lock").st_mode) == 0o660
+
+
+
+def test_writers_opening_one_database_through_a_symlink_and_its_real_path_queue_on_one_lock_file(
+        sqlite_template, tmp_path):
+    # The lock file was named after the path as given: a writer through a symlink queued on a lock
+    # file of its own beside the link, took it while another writer held the real one, and fell back
+    # on SQLite's busy handler, which polls in sleeps of up to 100 ms (or gives up as locked).
+    real_url = new_sqlite_url(sqlite_template, tmp_path)
+    real = Path(real_url[len("sqlite:///"):])
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "books.db"
+    link.symlink_to(real)
+    holding, release, failures = threading.Event(), threading.Event(), []
+
+    def hold_the_write_lock() -> None:
+        database = Database(real_url)
+        try:
+            with database.transaction() as session:
+                create_key(session, "admin", None)
+                holding.set()
+                release.wait(30)
+        except Exception as error:  # reported to the test below
+            failures.append(error)
+        finally:
+            holding.set()
+            database.dispose()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    through_link = Database(f"sqlite:///{link}", lock_wait_s=0.3)
+    try:
+        assert holding.wait(30) and not failures, failures
+        with pytest.raises(OperationalError, match="another writer held it past 0.3 s"):
+            with through_link.transaction() as session:
+                create_key(session, "admin", None)
+    finally:
+        release.set()
+        holder.join()
+        through_link.dispose()
+    assert not failures, failures
+    assert not (tmp_path / "elsewhere" / "books.db-writer.lock").exists()
 
 
 def test_a_writers_lock_file_that_cannot_be_opened_is_an_error_naming_it_not_a_traceback(sqlite_template, tmp_path):

@@ -360,6 +360,38 @@ def test_a_job_reads_under_the_journal_lock(postgres_database):
     assert probes == [False]
 
 
+
+def post_maturing_as_posted(session) -> None:
+    """Another writer's posting: the accrual (and its override) of a payment dated so that its hold
+    (30 days) matures at the instant it is posted."""
+    occurred_us = journal.now_us() - 30 * 86_400_000_000
+    revenue.ingest(session, [revenue.RevenueEvent("e-waited", "invoice_paid", "acme", "inv-waited", "USD", 10_000,
+                                                  occurred_us)])
+
+
+def test_the_release_job_made_while_another_writer_posted_releases_what_matured_while_it_waited(books, monkeypatch):
+    # Read before the job's lock, its instant was before the other writer's posting: the hold that
+    # matured while the job waited was left held until the next run, an hour later.
+    from tests.interleaving import another_writer_while_waiting
+
+    with another_writer_while_waiting(monkeypatch, books, post_maturing_as_posted):
+        result = bodies.run_job(books, "release_holds", bodies.release_holds)
+    assert result.figures == {"released": 22 + 2} and count(books, "release") == 24 + 2
+
+
+def test_the_close_job_made_while_another_writer_posted_is_not_dated_before_that_posting(books, monkeypatch):
+    from tests.interleaving import another_writer_while_waiting
+
+    body = bodies.job_table(Settings.build(database_url=books.url, close_grace_days=0))["close_periods"]
+    with another_writer_while_waiting(monkeypatch, books, post_maturing_as_posted):
+        result = bodies.run_job(books, "close_periods", body)
+    with books.reader() as session:
+        [closed_at_us] = session.execute(select(func.min(period_closes.c.closed_at_us))).scalars().all()
+        recorded_us = session.execute(select(func.max(journal_transactions.c.recorded_at_us))
+                                      .where(journal_transactions.c.event_id == "e-waited")).scalar_one()
+    assert result.figures["closed"][0] == "2026-01" and closed_at_us >= recorded_us, (closed_at_us, recorded_us)
+
+
 def test_a_failing_job_is_logged_and_the_scheduler_keeps_running(sqlite_database, caplog):
     ticks, booms = [], []
 
@@ -474,12 +506,13 @@ def test_a_job_whose_clock_steps_back_two_seconds_after_it_reads_its_instant_sti
         assert result.figures["closed"][:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
 
 
-def test_a_job_whose_clock_steps_back_past_the_skew_bound_is_refused_and_posts_nothing(
+def test_a_job_whose_clock_steps_back_past_the_skew_bound_after_it_reads_its_instant_is_refused(
         books, monkeypatch, skewed_clock):
     clock_stepped_back_after_each_read(monkeypatch, skewed_clock, journal.CLOCK_SKEW_US + 1_000_000)
     with pytest.raises(InvalidInput, match="in the future"):
         bodies.run_job(books, "release_holds", bodies.release_holds)
-    assert count(books, "release") == 2
+    # The releases made before the body, as of the instant their own transaction read, stand.
+    assert count(books, "release") == 24
 
 
 def test_the_payout_job_a_second_after_its_run_falls_due_on_a_clock_stepped_back_two_seconds_makes_that_run(
@@ -640,3 +673,100 @@ def test_sigterm_while_the_start_up_jobs_run_lets_them_end_and_stops_before_the_
             scheduler.shutdown(wait=True)
     assert started == [] and "failed" not in caplog.text and "scheduler stopped" in caplog.text
     assert len(run_instants(books)) == 1 and closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
+
+
+def scheduler_process(url: str, **settings: str) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": url,
+           **settings}
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def read_log_until(process: subprocess.Popen, words: str, log: str = "", timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while words not in log and time.monotonic() < deadline and process.poll() is None:
+        log += process.stderr.readline()
+    return log
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.postgres
+def test_a_scheduler_started_while_its_postgresql_is_down_waits_for_it_then_runs_its_jobs():
+    # A long-running process started with (or before) its database, as a host's boot or a compose
+    # file starts both: it exited 2 at once, and stayed down unless a supervisor restarted it.
+    import sqlalchemy as sa
+
+    from ledger.migrate import upgrade
+    from tests.pg_cluster import Cluster
+
+    cluster = Cluster().start()
+    process = None
+    try:
+        admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("CREATE DATABASE books"))
+        admin.dispose()
+        upgrade(cluster.url("books"))
+        cluster.pause()
+        process = scheduler_process(cluster.url("books"))
+        log = read_log_until(process, "trying again in")
+        assert "is unreachable: connection failed" in log and process.poll() is None, log
+        cluster.resume()
+        log = read_log_until(process, "job close_periods at", log)
+        assert "job close_periods at" in log, log
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+            process.stderr.close()
+        cluster.stop()
+
+
+def test_a_scheduler_waiting_for_its_database_stops_on_sigterm_with_exit_status_0():
+    process = scheduler_process(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare")
+    try:
+        log = read_log_until(process, "trying again in")
+        assert "is unreachable: connection failed" in log and "Connection refused" in log, log
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(10)
+        log += process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 0 and "revshare.scheduler: scheduler stopped" in log and "Traceback" not in log, log
+
+
+def test_a_scheduler_with_a_bad_setting_exits_2_at_once_though_its_database_is_unreachable():
+    process = scheduler_process(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare",
+                                REVSHARE_PAYOUT_DAY_OF_MONTH="31")
+    try:
+        status = process.wait(30)
+        log = process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 2 and "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28" in log, log
+
+
+@pytest.mark.postgres
+def test_a_scheduler_whose_database_server_refuses_its_database_or_role_exits_2_at_once(pg_cluster):
+    # The server answered: a name or a credential is wrong, which waiting does not cure.
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    for url in (pg_cluster.url("no_such_books"), pg_cluster.url("postgres", user="no_such_role")):
+        result = CliRunner().invoke(main, ["scheduler"], env={"REVSHARE_DATABASE_URL": url})
+        assert result.exit_code == 2 and "error: cannot use the database" in result.output, result.output
+        assert "does not exist" in result.output and "trying again" not in result.output, result.output
