@@ -104,7 +104,7 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
 def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> tuple[Close, bool]:
     """(the close of `period`, whether it was made before): `close_period` in a `transaction()` of
     its own, after the releases it posts first (the holds maturing before the period's end), made
-    `holds.HOLDS_PER_TRANSACTION` to a transaction (`release_before_close`), as the scheduler's
+    `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the scheduler's
     close job makes them: in its one transaction, a close after months of holds held the journal's
     lock through every release, and every posting waited, or failed past its lock wait. A period
     closed already is answered with its close, posting nothing, as a payout run made already is
@@ -112,9 +112,11 @@ def close_in_transactions(transaction: Callable[[], ContextManager[Session]], pe
     failure."""
     with transaction() as session:
         made = _made_close(session, period)
+        if made is None:
+            _refuse_close(session, period, None)  # a refused close posts no release either
     if made is not None:
         return made, True
-    release_before_close(transaction, period)
+    holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
     with transaction() as session:
         made = _made_close(session, period)  # by another process while the releases were made
         return (made, True) if made is not None else (close_period(session, period), False)
