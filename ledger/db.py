@@ -105,10 +105,10 @@ def _install_idle_ping(engine: Engine) -> None:
     """Ping a pooled PostgreSQL connection before use when it has sat in the pool PING_IDLE_S or
     longer; one that fails is replaced by a new one (the pool retries a checkout that raises
     DisconnectionError). SQLAlchemy's `pool_pre_ping` pinged on every checkout: a round trip of
-    every request, about a fifth of a single-event posting's (`bench/`). A connection the server
-    ended while it was idle is what a ping is for (a restart, an idle timeout, a proxy); one ended
-    within the last PING_IDLE_S fails its request instead, a 503 to retry (`retryable`), and is
-    discarded, as a connection lost in the middle of a request is."""
+    every request, beside a single-event posting's three (reads, writes, commit). A connection the
+    server ended while it sat idle is what a ping is for (a restart, an idle timeout, a proxy); one
+    ended within the last PING_IDLE_S fails its request instead, a 503 to retry (`retryable`), and
+    is discarded, as a connection lost in the middle of a request is."""
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection, record) -> None:
