@@ -1,10 +1,14 @@
-"""`python -m bench.profile [--engine sqlite|postgres] [--events N] [--single N] [--top N]`: where
-the ingestion path spends its time, by cProfile.
+"""`python -m bench.profile [--engine sqlite|postgres] [--events N] [--single N] [--http N] [--top N]`:
+where the ingestion path spends its time, by cProfile.
 
-Two shapes, on a seeded program with every partner account already created:
+Three shapes, on a seeded program with every partner account already created:
 - bulk: `revenue.ingest` of N paid invoices in batches of 10,000, one transaction per batch (the
   path of the importer and of POST /v1/revenue-events/batch);
-- single: N events one per transaction (the path of POST /v1/revenue-events, without HTTP).
+- single: N events one per transaction (the path of POST /v1/revenue-events, without HTTP);
+- http: N POST /v1/revenue-events through the app's WSGI callable in this process (a billing key,
+  request environments built before the profile starts), as a gunicorn worker serves them, with
+  the function calls and the process's CPU time per request: figures that the shared machine's
+  load moves far less than a rate over HTTP.
 
 Prints the functions with the highest cumulative and own time; the database's own work shows as
 time inside the driver's calls (`executemany`, `execute`, psycopg's `wait`). cProfile slows
@@ -16,12 +20,20 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
+import time
 
+from werkzeug.test import EnvironBuilder
+
+from api import create_app
 from ledger import revenue
 from ledger.db import Database
+from ledger.keys import create_key
+from ledger.settings import Settings
 
 from bench import ingestion, program
+from bench.importing import event_data
 from bench.sites import open_site
 
 
@@ -47,6 +59,34 @@ def profile_single(database: Database, seeded: program.Program, count: int) -> p
     return pstats.Stats(profiler)
 
 
+def profile_http(url: str, seeded: program.Program, count: int) -> tuple[pstats.Stats, float]:
+    """The profile of `count` single-event POSTs, and the CPU milliseconds a POST took unprofiled
+    (another `count` POSTs, timed first)."""
+    database = Database(url)
+    with database.transaction() as session:
+        _, key = create_key(session, "billing")
+    database.dispose()
+    app = create_app(Settings.build(database_url=url, log_level="WARNING"))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    environments = [EnvironBuilder(path="/v1/revenue-events", method="POST", headers=headers,
+                                   data=json.dumps(event_data(event))).get_environ()
+                    for event in program.paid_events(seeded, 2 * count, month_offset=3, prefix="http")]
+    statuses: list[str] = []
+
+    def post(batch: list[dict]) -> None:
+        for environment in batch:
+            b"".join(app(environment, lambda status, _headers, _info=None: statuses.append(status)))
+
+    started = time.process_time()
+    post(environments[:count])
+    cpu_ms = 1000 * (time.process_time() - started) / count
+    profiler = cProfile.Profile()
+    profiler.runcall(post, environments[count:])
+    app.extensions["revshare"]["database"].dispose()
+    assert all(status.startswith("201") for status in statuses), sorted(set(statuses))
+    return pstats.Stats(profiler), cpu_ms
+
+
 def report(title: str, stats: pstats.Stats, top: int) -> str:
     out = io.StringIO()
     stats.stream = out
@@ -62,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--events", type=int, default=20_000, help="bulk: events in batches of 10,000")
     parser.add_argument("--single", type=int, default=300, help="single: events one per transaction")
+    parser.add_argument("--http", type=int, default=0, help="http: POSTs through the app, in this process")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
-    assert 0 < args.events <= 1_000_000 and 0 <= args.single <= 100_000
+    assert 0 < args.events <= 1_000_000 and 0 <= args.single <= 100_000 and 0 <= args.http <= 100_000
     site = open_site(args.engine)
     try:
         url, seeded = ingestion.prepare(site, 200, 20_000)
@@ -77,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                              profile_single(database, seeded, args.single), args.top))
         finally:
             database.dispose()
+        if args.http:
+            stats, cpu_ms = profile_http(url, seeded, args.http)
+            print(report(f"{args.engine} http, {args.http:,} POSTs: {stats.total_calls / args.http:,.0f} function "
+                         f"calls and {cpu_ms:.2f} ms of CPU (unprofiled) a POST", stats, args.top))
     finally:
         site.close()
     return 0

@@ -48,7 +48,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ledger.errors import OutOfRange
@@ -72,6 +72,9 @@ IN_ARRAY_MAX = 50_000
 ONE_SNAPSHOT = "REPEATABLE READ"
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
 PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00  # "program"
+# A pooled PostgreSQL connection idle this long or longer is pinged before use (`_install_idle_ping`).
+PING_IDLE_S = 1.0
+_CHECKED_IN_AT = "revshare_checked_in_at"
 
 
 def normalize_url(url: str) -> str:
@@ -92,10 +95,35 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
         engine = create_engine(url, **kwargs)
         _install_sqlite_hooks(engine, lock_wait_s)
         return engine
-    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _install_idle_ping(engine)
     if lock_wait_s is not None:
         _install_lock_timeout(engine, lock_wait_s)
     return engine
+
+
+def _install_idle_ping(engine: Engine) -> None:
+    """Ping a pooled PostgreSQL connection before use when it has sat in the pool PING_IDLE_S or
+    longer; one that fails is replaced by a new one (the pool retries a checkout that raises
+    DisconnectionError). SQLAlchemy's `pool_pre_ping` pinged on every checkout: a round trip of
+    every request, beside a single-event posting's three (reads, writes, commit). A connection the
+    server ended while it sat idle is what a ping is for (a restart, an idle timeout, a proxy); one
+    ended within the last PING_IDLE_S fails its request instead, a 503 to retry (`retryable`), and
+    is discarded, as a connection lost in the middle of a request is."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy) -> None:
+        checked_in_at = record.info.get(_CHECKED_IN_AT)
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_IDLE_S:
+            return  # new, or in use moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError(f"the pooled connection failed its ping: {database_words(error)}") from error
 
 
 def _milliseconds(seconds: float) -> int:

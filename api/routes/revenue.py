@@ -24,12 +24,16 @@ from flask import current_app
 from api.auth import allow
 from api.body import Blueprint
 from api.errors import domain_problem_data, validation_problem_data
-from api.fields import Amount, ExternalId, Instant, Money, Str
+from api.fields import AMOUNT_TEXT_MAX, INSTANT_TEXT_MAX, Amount, ExternalId, Instant, Money, Str
 from api.idempotency import REPLAYED_HEADER
 from api.openapi import refuses, replays
 from api.schemas import ProblemSchema, Schema
 from api.session import commit_now, current_session, separate_transaction
 from ledger import revenue
+from ledger.customers import validate_external_id
+from ledger.errors import InvalidInput
+from ledger.instants import parse_instant
+from ledger.money import format_minor, parse_amount_minor
 from ledger.revenue import Outcome, RevenueEvent
 from ledger.schema import EVENT_STATUSES, EVENT_TYPES
 
@@ -46,6 +50,49 @@ class RevenueEventSchema(Schema):
     invoice_id = ExternalId(required=True, metadata={"example": "inv-1"})
     amount = Money(required=True, metadata={"description": "the amount paid, refunded or disputed; positive"})
     occurred_at = Instant(required=True)
+
+    def load(self, data, *, many=None, partial=None, unknown=None):
+        """An event every field of which is well formed is parsed by `plain_event`, with the fields'
+        own parsers: marshmallow's machinery around them cost a single-event posting about 5% of its
+        time (and a batch of 10,000 over a second). Anything else goes through the schema, whose
+        messages name what is wrong; both give the same result for what they both take."""
+        if many is None and partial is None:
+            loaded = plain_event(data)
+            if loaded is not None:
+                return loaded
+        return super().load(data, many=many, partial=partial, unknown=unknown)
+
+
+_EVENT_FIELDS = frozenset(RevenueEventSchema._declared_fields)
+
+
+def plain_event(data: Any) -> dict[str, Any] | None:
+    """What RevenueEventSchema loads from `data` when it holds exactly its fields, each well formed
+    (the same checks as its fields make); None for anything else."""
+    if type(data) is not dict or data.keys() != _EVENT_FIELDS or data["type"] not in EVENT_TYPES:
+        return None
+    money, instant = data["amount"], data["occurred_at"]
+    if (type(money) is not dict or money.keys() != _MONEY_KEYS or type(money["currency"]) is not str
+            or len(money["currency"]) != 3 or type(money["amount"]) is not str
+            or len(money["amount"]) > AMOUNT_TEXT_MAX or type(instant) is not str or len(instant) > INSTANT_TEXT_MAX):
+        return None
+    ids = [data["id"], data["customer_id"], data["invoice_id"]]
+    if not all(type(value) is str and len(value) <= ExternalId.text_length_max for value in ids):
+        return None
+    try:
+        for value, name in zip(ids, ("id", "customer_id", "invoice_id")):
+            validate_external_id(value, field=name)
+        amount_minor = parse_amount_minor(money["amount"], money["currency"], field="amount")
+        occurred_at_us = parse_instant(instant, field="occurred_at")
+    except InvalidInput:
+        return None
+    if amount_minor <= 0:
+        return None
+    return {"id": ids[0], "type": data["type"], "customer_id": ids[1], "invoice_id": ids[2],
+            "amount": Amount(amount_minor, money["currency"]), "occurred_at": occurred_at_us}
+
+
+_MONEY_KEYS = frozenset({"amount", "currency"})
 
 
 class CommissionSchema(Schema):
@@ -104,9 +151,12 @@ def to_event(args: dict[str, Any]) -> RevenueEvent:
 
 
 def render_outcome(outcome: Outcome) -> dict:
+    """The outcome in OutcomeSchema's JSON shape, built directly: dumping it through the schema (which
+    documents the answer) cost a single-event posting more than its commission rules."""
     return {"id": outcome.event_id, "status": outcome.status, "transaction_ids": list(outcome.transaction_ids),
             "commissions": [{"partner_id": line.partner_id, "kind": line.kind,
-                             "amount": Amount(line.amount_minor, line.currency)}
+                             "amount": {"amount": format_minor(line.amount_minor, line.currency),
+                                        "currency": line.currency}}
                             for line in outcome.commissions]}
 
 
@@ -126,7 +176,7 @@ def post_event(args):
         raise result.error
     commit_now()
     headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
-    return render_outcome(result), result.http_status, headers
+    return current_app.json.response(render_outcome(result)), result.http_status, headers
 
 
 @blp.route("/revenue-events/batch", methods=["POST"])

@@ -6,11 +6,14 @@ from decimal import Decimal
 
 import marshmallow as ma
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.auth import allow
 from api.body import Blueprint
 from api.fields import Amount, AsOf, Currency, Date, Instant, Money, PartnerId, Period, Rate, Str
 from api.pagination import PageQuery, decode_cursor, encode_cursor
+from api.routes.revenue import RevenueEventSchema, plain_event
 from api.schemas import Schema
 from tests.api.conftest import bearer, make_app
 
@@ -211,3 +214,59 @@ def test_a_422_names_nested_fields_by_dotted_path(probe):
     assert response.status_code == 422
     assert set(response.get_json()["errors"]) == {"events.1.amount", "events.2.extra"}
     assert client.post("/v1/probe", json={"events": events[:1]}, headers=headers).get_json() == {"events": 1}
+
+
+# Well-formed events, each field from a few values every field of the schema takes; and the same
+# with one field (or one key of its money) replaced by anything, well formed or not.
+_GOOD = {"id": ["evt-1", "a", "inv:2026/01@x", "x" * 64], "type": ["invoice_paid", "refund", "chargeback",
+                                                                   "chargeback_reversed"],
+         "customer_id": ["acme", "c.1_2"], "invoice_id": ["inv-1", "9"],
+         "occurred_at": ["2026-01-20T00:00:00Z", "2026-01-20T09:00:00.1234567+09:00", "1970-01-01T00:00:00-00:30"]}
+_GOOD_MONEY = st.fixed_dictionaries({"amount": st.sampled_from(["123.45", "0.01", "7", "999999999999999"]),
+                                     "currency": st.sampled_from(["USD", "JPY", "BHD"])})
+_WELL_FORMED = st.fixed_dictionaries({"amount": _GOOD_MONEY, **{k: st.sampled_from(v) for k, v in _GOOD.items()}})
+_ANY_VALUE = st.one_of(st.sampled_from(["", " ", "a b", "é", "x" * 65, "-lead", "0.00", "-1.00", "1.234", "1e3",
+                                        "NaN", "1" * 16, "1" * 41, "usd", "XXX", "2026-01-20", "2026-13-01T00:00:00Z",
+                                        "2026-01-20T00:00:00", "Refund", "refund", "١٢٣"]),
+                       st.text(max_size=70), st.integers(), st.floats(), st.none(), st.booleans(),
+                       st.lists(st.integers(), max_size=2), st.fixed_dictionaries({"amount": st.just("1.00")}))
+_FIELD_NAMES = st.sampled_from([*_GOOD, "amount", "amount.amount", "amount.currency", "extra"])
+
+
+def _changed(event: dict, name: str, value) -> dict:
+    if name.startswith("amount."):
+        return {**event, "amount": {**event["amount"], name.split(".")[1]: value}}
+    return {**event, name: value}
+
+
+_EVENTS = st.one_of(_WELL_FORMED, st.builds(_changed, _WELL_FORMED, _FIELD_NAMES, _ANY_VALUE),
+                    _WELL_FORMED.map(lambda event: {k: v for k, v in event.items() if k != "type"}),
+                    st.lists(_WELL_FORMED, max_size=1), _ANY_VALUE)
+
+
+def _schema_load(data):
+    try:
+        return ma.Schema.load(RevenueEventSchema(), data)  # the schema alone, without the plain path
+    except ma.ValidationError as error:
+        return ("refused", error.messages)
+
+
+@given(_EVENTS)
+@settings(max_examples=500, deadline=None, database=None)
+def test_a_revenue_event_parsed_on_the_plain_path_is_what_the_schema_loads(data):
+    loaded = _schema_load(data)
+    plain = plain_event(data)
+    assert plain is None or plain == loaded
+    try:
+        through_the_route_s_schema = RevenueEventSchema().load(data)
+    except ma.ValidationError as error:
+        through_the_route_s_schema = ("refused", error.messages)
+    assert through_the_route_s_schema == loaded
+
+
+def test_a_well_formed_revenue_event_takes_the_plain_path():
+    event = {"id": "evt-1", "type": "refund", "customer_id": "acme", "invoice_id": "inv-1",
+             "amount": {"amount": "12.30", "currency": "BHD"}, "occurred_at": "2026-01-20T09:00:00+09:00"}
+    assert plain_event(event) == {"id": "evt-1", "type": "refund", "customer_id": "acme", "invoice_id": "inv-1",
+                                  "amount": Amount(12_300, "BHD"), "occurred_at": _schema_load(event)["occurred_at"]}
+    assert plain_event({**event, "amount": {"amount": "0.00", "currency": "BHD"}}) is None
