@@ -22,6 +22,16 @@ def seed(session, customer_ids=("acme", "globex-corp", "initrode")) -> None:
         customers.attribute(session, customer_id, "northwind", parse_date("2026-01-01", field="d"), "manual")
 
 
+def enrol(session, *partner_ids: str) -> None:
+    """Enrol each partner not enrolled yet, on a plan of its own: a transaction that names a partner
+    names one of the program (migration 0031), also when a test posts through the journal alone."""
+    if not plans.plan_exists(session, "bare"):
+        plans.create_plan(session, "bare", "Bare", PLAN)
+    for partner_id in partner_ids:
+        if not partners.partner_exists(session, partner_id):
+            partners.create_partner(session, partner_id, partner_id.title(), "msp", "bare")
+
+
 def paid(event_id: str, customer_id: str, invoice_id: str, amount_minor: int, when: str,
          kind: str = "invoice_paid") -> revenue.RevenueEvent:
     return revenue.RevenueEvent(event_id, kind, customer_id, invoice_id, "USD", amount_minor, at(when))

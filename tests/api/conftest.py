@@ -180,7 +180,9 @@ def book(database: Database) -> Booked:
             accrual("p1", "p1-a", 10_000, JAN_20_2026_US),
             accrual("p2", "p2-a", 2_500, JAN_20_2026_US + DAY_US),
             accrual("p1", "p1-b", 1_234, JAN_20_2026_US + 2 * DAY_US, currency="JPY"),
-            journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, chart.CASH, "USD", 700,
+            # A posting naming no partner, on no partner's account (an adjustment names its partner:
+            # migration 0031).
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.CASH, "USD", 700,
                              effective_at_us=JAN_20_2026_US + 3 * DAY_US, idempotency_key="house"),
         ])
     ids = [p.id for p in posted]

@@ -15,6 +15,7 @@ from ledger.errors import InvalidInput
 from ledger.migrate import upgrade
 from ledger import verify as verify_module
 from ledger.verify import verify
+from tests import program
 from tests.integration.test_query_plans import plans_of_line_queries, reads_no_table, recorded
 from tests.integration.test_database_guards import (account_ids, head_hash, insert_header, insert_line, refused,
                                                      refused_without_recursive_triggers)
@@ -25,6 +26,7 @@ REFUSED = "account_totals: totals are kept by the database"
 
 def post(database: Database, *transfers, recorded_at_us: int | None = None) -> None:
     with database.transaction() as session:
+        program.enrol(session, *{transfer.partner_id for transfer in transfers if transfer.partner_id})
         journal.post(session, list(transfers), recorded_at_us=recorded_at_us)
 
 

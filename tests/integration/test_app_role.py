@@ -5,11 +5,12 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, periods, plans
+from ledger import journal, partners, payouts, periods, plans
 from ledger.balances import partner_balances
 from ledger.db import Database
 from ledger.statements import statement
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
+from tests import program
 from tests.program import PLAN, at
 
 pytestmark = pytest.mark.postgres
@@ -28,9 +29,8 @@ def app_database(postgres_database):
 
 def test_the_application_role_posts_and_reads(app_database):
     with app_database.transaction() as session:
-        [posted] = journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT,
-                                                           chart.available("p1"), "USD", 100, effective_at_us=1,
-                                                           idempotency_key="a")])
+        program.enrol(session, "p1")
+        posted = payouts.adjust(session, "p1", "available", 100, "USD", "opening", effective_at_us=1)
     with app_database.reader() as session:
         assert journal.load_draft(session, posted.id).lines[0].amount_minor == 100
         # The running totals are written by the database's trigger, which the role may not do itself.
@@ -50,8 +50,8 @@ def test_the_application_role_changes_the_program_and_the_database_moves_its_rev
 
 def test_the_application_role_closes_a_period_storing_its_statement_documents(app_database):
     with app_database.transaction() as session:
-        journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, chart.available("p3"), "USD",
-                                                250, effective_at_us=at("2026-01-10"), idempotency_key="jan")])
+        program.enrol(session, "p3")
+        payouts.adjust(session, "p3", "available", 250, "USD", "opening", effective_at_us=at("2026-01-10"))
         periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
     with app_database.reader() as session:
         [section] = statement(session, "p3", "2026-01").currencies
@@ -108,8 +108,8 @@ def test_a_temporary_table_does_not_stand_in_for_the_books_in_the_guards(app_dat
     # PostgreSQL searches a session's temporary schema first unless the search path names it: an
     # empty `period_closes` of the role's own must not open a closed month to a raw posting.
     with app_database.transaction() as session:
-        journal.post(session, [journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, chart.available("p4"), "USD",
-                                                100, effective_at_us=at("2026-01-10"), idempotency_key="jan")])
+        program.enrol(session, "p4")
+        payouts.adjust(session, "p4", "available", 100, "USD", "opening", effective_at_us=at("2026-01-10"))
         periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
 
     def into_january(connection):

@@ -69,11 +69,13 @@ def books(database):
             periods.close_period(session, period, now_us=at("2026-07-01"))
     with database.transaction() as session:
         payouts.run_payouts(session, at("2026-04-20"))
-    with database.transaction() as session:  # one transaction in two currencies: a statement line in each
-        journal.post(session, [journal.Draft("adjustment", at("2026-05-03"), (
-            journal.Line(chart.EXPENSE_ADJUSTMENT, "USD", "D", 500),
+    # One transaction in two currencies, a statement line in each: an accrual with no maturity (no kind
+    # of the service posts two currencies at once; an adjustment posts one, migration 0031).
+    with database.transaction() as session:
+        journal.post(session, [journal.Draft("accrual", at("2026-05-03"), (
+            journal.Line(chart.EXPENSE_COMMISSION, "USD", "D", 500),
             journal.Line(chart.pending("northwind"), "USD", "C", 500),
-            journal.Line(chart.EXPENSE_ADJUSTMENT, "EUR", "D", 300),
+            journal.Line(chart.EXPENSE_COMMISSION, "EUR", "D", 300),
             journal.Line(chart.available("northwind"), "EUR", "C", 300),
         ), "two-currencies", partner_id="northwind")])
     with database.transaction() as session:  # dated in closed February: posted at April's start
@@ -204,14 +206,14 @@ def test_a_closed_months_lines_are_stored_by_its_close_as_the_journal_gives_them
                              for currency, lines in kept.items() for line in lines}
         assert verify(session).ok
     assert {("accrual", "USD", False), ("accrual", "EUR", False), ("release", "USD", False), ("payout", "USD", False),
-            ("clawback", "USD", True), ("adjustment", "EUR", False)} <= compared, compared
+            ("clawback", "USD", True), ("adjustment", "USD", False)} <= compared, compared
 
 
 def test_a_transaction_in_two_currencies_is_a_statement_line_in_each(books):
     with books.reader() as session:
         found = statement(session, "northwind", "2026-05")
     two = {section.currency: [(line.pending_minor, line.available_minor) for line in section.lines
-                              if line.kind == "adjustment" and line.effective_at_us == at("2026-05-03")]
+                              if line.kind == "accrual" and line.effective_at_us == at("2026-05-03")]
            for section in found.currencies}
     assert two == {"USD": [(500, 0)], "EUR": [(0, 300)]}
 

@@ -27,17 +27,21 @@ def insert_line(connection, transaction_id, account_id, side, amount, at=5, curr
         "VALUES (:t, :a, :c, :s, :m, :e)"), dict(t=transaction_id, a=account_id, c=currency, s=side, m=amount, e=at))
 
 
-def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="adjustment",
+def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="accrual",
                   reverses_id=None, original=None, customer_id=None, accrual_id=None, partner_id=None,
-                  invoice_id=None, recorded=1):
+                  invoice_id=None, recorded=1, memo=None):
+    """A header sealing the lines inserted before it. By default an accrual naming no partner, as
+    `booked`'s first posting, whose lines (a debit of `expense:commission`, a credit to a partner's
+    pending account) are an accrual's: an adjustment names an enrolled partner and moves money
+    between `expense:commission:adjustment` and that partner's account (migration 0031)."""
     connection.execute(sa.text(
         f"{verb} INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us, "
         "idempotency_key, request_hash, prev_hash, hash, reverses_id, customer_id, accrual_id, partner_id, "
-        "invoice_id) VALUES (:id, :kind, :at, :original, :recorded, :key, :h, :prev, :h, :reverses, :customer, "
-        ":accrual, :partner, :invoice)"),
+        "invoice_id, memo) VALUES (:id, :kind, :at, :original, :recorded, :key, :h, :prev, :h, :reverses, :customer, "
+        ":accrual, :partner, :invoice, :memo)"),
         dict(id=transaction_id, kind=kind, at=at, original=original, key=key, h="f" * 64, prev=prev_hash,
              reverses=reverses_id, customer=customer_id, accrual=accrual_id, partner=partner_id, invoice=invoice_id,
-             recorded=recorded))
+             recorded=recorded, memo=memo))
 
 
 def refused(database, statements, match: str):

@@ -1,7 +1,9 @@
 """The rules Python enforces hold in the database too, for a writer that goes around Python with raw
-SQL (migrations 0018 to 0030): reversals, values, program facts, period closes, payouts, keys, the
-queue of holds, a customer's CPA bounty, an adjustment's instant, what is posted against a piece, a
-resolved payout's postings, what must follow in the same transaction. Each refusal has a control
+SQL (migrations 0018 to 0031): reversals, values, program facts, period closes, payouts, keys, the
+queue of holds, a customer's CPA bounty, an adjustment's instant and accounts, what is posted against
+a piece, a resolved payout's postings, what must follow in the same transaction, a transaction's
+partner enrolled, a payout run outside closed periods, the shapes of names, ids and reasons. Each
+refusal has a control
 beside it that the same guard accepts, so that no guard passes by refusing everything."""
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def test_sqlite_keeps_revenue_event_amounts_integers(sqlite_database):
 
 HEADER = ("INSERT INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us,"
           " matures_at_us, idempotency_key, request_hash, prev_hash, hash)"
-          " VALUES (2, 'adjustment', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h)")
+          " VALUES (2, 'accrual', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h)")
 
 
 @pytest.mark.parametrize("column, value", [("recorded", "x"), ("recorded", 1.5), ("original", 4.5),
@@ -444,6 +446,7 @@ def test_a_payout_is_its_transaction_partner_and_amount(enrolled):
 
 def test_a_payout_is_its_partners_transaction_in_its_currency(enrolled):
     with enrolled.transaction() as session:
+        program.enrol(session, "southwind")
         chart.account_ids(session, [chart.available("southwind"), chart.PAYOUTS_IN_TRANSIT])
     accepted(enrolled, raw(RUN, id="raw-run", at=at("2026-03-06")))
     payout = ("INSERT INTO payouts (run_id, partner_id, currency, amount_minor, transaction_id)"
@@ -482,6 +485,7 @@ def test_a_resolution_is_of_the_payouts_partner_and_only_a_failure_is_its_revers
     """Each posting with its resolution in one transaction: a resolution posting is recorded by the
     commit (migration 0030)."""
     with enrolled.transaction() as session:
+        program.enrol(session, "southwind")
         payout = new_payout(session, "2026-03-01")
 
     def southwinds(session) -> int:
@@ -667,15 +671,19 @@ def test_a_queued_hold_names_an_accrual_and_matures_when_it_does(queued):
 
 
 def test_a_queued_hold_names_an_earning_transaction_whatever_else_matures(booked):
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.EXPENSE_ADJUSTMENT])
+
     def header(transaction_id: int, kind: str):
         def post(connection):
-            expense, pending = account_ids(connection)
-            insert_line(connection, transaction_id, expense, "D", 100)
-            insert_line(connection, transaction_id, pending, "C", 100)
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            debit = chart.EXPENSE_ADJUSTMENT if kind == "adjustment" else chart.EXPENSE_COMMISSION
+            insert_line(connection, transaction_id, ids[debit], "D", 100)
+            insert_line(connection, transaction_id, ids[PENDING], "C", 100)
             connection.execute(sa.text(
                 "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, matures_at_us,"
-                " idempotency_key, request_hash, prev_hash, hash, partner_id)"
-                " VALUES (:id, :kind, 5, 5, 7, :key, :h, :prev, :h, 'northwind')"),
+                " idempotency_key, request_hash, prev_hash, hash, partner_id, memo)"
+                " VALUES (:id, :kind, 5, 5, 7, :key, :h, :prev, :h, 'northwind', 'goodwill')"),
                 dict(id=transaction_id, kind=kind, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection)))
         return post
     accepted(booked, header(2, "adjustment"))  # an adjustment that names a maturity all the same
@@ -735,16 +743,23 @@ CLOCK_SKEW_US = 5 * 60 * 1_000_000  # allowed, as for revenue events (migration 
 
 
 def dated(transaction_id: int, at_us: int, kind: str = "adjustment", original: int | None = None):
+    """A raw transaction of `kind` at `at_us`; an adjustment as `ledger.payouts.adjust` posts one
+    (northwind's, from `expense:commission:adjustment`, with its reason: migration 0031)."""
     def post(connection):
-        expense, pending = account_ids(connection)
-        insert_line(connection, transaction_id, expense, "D", 100, at=at_us)
-        insert_line(connection, transaction_id, pending, "C", 100, at=at_us)
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        adjustment = kind == "adjustment"
+        debit = ids[chart.EXPENSE_ADJUSTMENT if adjustment else chart.EXPENSE_COMMISSION]
+        insert_line(connection, transaction_id, debit, "D", 100, at=at_us)
+        insert_line(connection, transaction_id, ids[PENDING], "C", 100, at=at_us)
         insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=at_us,
-                      kind=kind, original=original)
+                      kind=kind, original=original, partner_id="northwind" if adjustment else None,
+                      memo="goodwill" if adjustment else None)
     return post
 
 
 def test_an_adjustment_is_dated_at_most_five_minutes_after_it_was_recorded(booked):
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.EXPENSE_ADJUSTMENT])
     limit_us = RAW_RECORDED_AT_US + CLOCK_SKEW_US
     for ahead_us in (limit_us + 1, 4_102_444_800_000_000):  # a microsecond past the skew; 2100-01-01
         refused(booked, dated(2, ahead_us), "an adjustment is dated at most five minutes after it is recorded")
@@ -766,13 +781,14 @@ def pieces(database):
     """1: northwind's accrual of 100 USD; 2: southwind's of 50 USD; 3: an adjustment of 100 USD to
     northwind's available account (no piece: it opens the account)."""
     with database.transaction() as session:
+        program.enrol(session, "northwind", "southwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
                              idempotency_key="a1", partner_id="northwind"),
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("southwind"), "USD", 50,
                              effective_at_us=5, idempotency_key="a2", partner_id="southwind"),
             journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, AVAILABLE, "USD", 100, effective_at_us=5,
-                             idempotency_key="j3", partner_id="northwind")])
+                             idempotency_key="j3", partner_id="northwind", memo="opening")])
     return database
 
 
@@ -823,12 +839,13 @@ def test_a_clawback_or_release_names_a_piece_of_its_partner_and_invoice_on_the_a
 
 
 def test_a_piece_is_an_accrual_cpa_or_override_of_its_partner_into_its_pending_account(pieces):
-    def raw(transaction_id: int, kind: str, debit: str, credit: str, partner: str):
+    def raw(transaction_id: int, kind: str, debit: str, credit: str, partner: str, memo: str | None = None):
         def post(connection):
             ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-            raw_transfer(connection, transaction_id, ids[debit], ids[credit], kind=kind, partner_id=partner)
+            raw_transfer(connection, transaction_id, ids[debit], ids[credit], kind=kind, partner_id=partner, memo=memo)
         return post
-    accepted(pieces, raw(4, "adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "northwind"))  # no earning
+    # No earning: an adjustment of northwind's.
+    accepted(pieces, raw(4, "adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "northwind", memo="goodwill"))
     # Another partner's: an accrual naming southwind into northwind's account is refused itself (migration 0029).
     refused(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, PENDING, "southwind"), ELSEWHERE)
     accepted(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, AVAILABLE, "northwind"))  # not into pending
@@ -963,6 +980,7 @@ def test_a_transaction_of_a_partner_posts_to_no_other_partners_account(booked):
     """A partner's key reads the transactions that name it (`ledger.transactions.page`): a posting
     naming one partner on another's account would show that other partner's money to it."""
     with booked.transaction() as session:
+        program.enrol(session, "contoso")
         chart.account_ids(session, [chart.available("contoso"), chart.pending("contoso")])
 
     def accrual(transaction_id: int, partner: str | None, credit: str = PENDING):
@@ -1272,3 +1290,187 @@ def test_the_first_close_starts_no_later_than_the_first_posting(database):
     accepted(database, raw_close("2026-01"))
     with database.transaction() as session:  # then each month in turn, as the chain has it
         assert periods.close_period(session, "2026-03").period == "2026-03"
+
+
+# ---- adjustments, enrolment, payout runs and the shapes of texts (migration 0031) ----
+
+ADJUSTMENT_MISPOSTED = "an adjustment moves money between the adjustment expense and one account of the partner"
+NOT_ENROLLED = "a transaction names a partner of the program"
+
+
+def raw_adjustment(transaction_id: int, *legs: tuple[str, str], partner: str | None = "northwind",
+                   memo: str | None = "goodwill"):
+    """A raw adjustment of 100 USD a leg, each leg (debit account, credit account)."""
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        for debit, credit in legs:
+            insert_line(connection, transaction_id, ids[debit], "D", 100)
+            insert_line(connection, transaction_id, ids[credit], "C", 100)
+        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}",
+                      kind="adjustment", partner_id=partner, memo=memo)
+    return post
+
+
+def test_an_adjustment_moves_money_between_its_expense_and_one_account_of_its_partner(booked):
+    """`ledger.payouts.adjust` posts the adjustment expense against the pending or available account
+    of the partner it names, with a reason: one naming no partner was read by no partner's key."""
+    available = chart.available("northwind")
+    with booked.transaction() as session:
+        program.enrol(session, "contoso")
+        chart.account_ids(session, [chart.EXPENSE_ADJUSTMENT, chart.CASH, available, chart.pending("contoso")])
+    expense = chart.EXPENSE_ADJUSTMENT
+    for wrong in (raw_adjustment(2, (expense, PENDING), partner=None),
+                  raw_adjustment(2, (expense, PENDING), memo=None),
+                  raw_adjustment(2, (expense, PENDING), memo=""),
+                  raw_adjustment(2, (expense, PENDING), memo="x" * 501),
+                  raw_adjustment(2, (chart.EXPENSE_COMMISSION, PENDING)),  # the commission expense
+                  raw_adjustment(2, (chart.CASH, PENDING)),
+                  raw_adjustment(2, (PENDING, available)),  # between the partner's own accounts
+                  raw_adjustment(2, (expense, chart.pending("contoso")), partner="contoso", memo=None),
+                  raw_adjustment(2, (expense, PENDING), (expense, available))):  # two legs
+        refused(booked, wrong, ADJUSTMENT_MISPOSTED)
+    accepted(booked, raw_adjustment(2, (expense, PENDING), memo="x" * 500))
+    accepted(booked, raw_adjustment(3, (available, expense), memo="clawed back"))
+    accepted(booked, raw_adjustment(4, (expense, chart.pending("contoso")), partner="contoso"))
+    with booked.transaction() as session:  # and Python's, as it posts them
+        payouts.adjust(session, "northwind", "pending", -40, "USD", "overpaid")
+    with booked.reader() as session:
+        assert [kind for (kind,) in session.execute(sa.text(
+            "SELECT kind FROM journal_transactions WHERE id > 1 ORDER BY id"))] == ["adjustment"] * 4
+
+
+def test_a_transaction_names_a_partner_of_the_program(booked):
+    """A posting for a partner never enrolled was read by no key and paid by no run."""
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.pending("ghost")])
+
+    def accrual(transaction_id: int, partner: str | None):
+        def post(connection):
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            raw_transfer(connection, transaction_id, ids[chart.EXPENSE_COMMISSION], ids[chart.pending("ghost")],
+                         partner_id=partner)
+        return post
+    refused(booked, accrual(2, "ghost"), NOT_ENROLLED)
+    with pytest.raises(sa.exc.DBAPIError, match=NOT_ENROLLED):  # one of a batch, through the journal
+        with booked.transaction() as session:
+            journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION,
+                                                    chart.pending(partner or "northwind"), "USD", 100,
+                                                    effective_at_us=5, idempotency_key=f"k{partner}",
+                                                    partner_id=partner)
+                                   for partner in ("northwind", None, "ghost")])
+    accepted(booked, accrual(2, None))  # names no partner: shown to none
+    with booked.transaction() as session:
+        program.enrol(session, "ghost")
+    accepted(booked, accrual(3, "ghost"))
+
+
+def test_a_payout_run_is_not_dated_in_a_closed_period(enrolled):
+    """Its payouts' postings would be refused there; a run paying nobody stood for a run made inside
+    a closed month (`ledger.payouts` answers 409)."""
+    with enrolled.transaction() as session:
+        periods.close_period(session, "2026-01", now_us=at("2026-02-02"))
+    end_us = period_bounds_us("2026-01")[1]
+    refused(enrolled, raw(RUN, id="in-january", at=end_us - 1), "a run is not dated in a closed period")
+    refused(enrolled, raw(RUN, id="in-january", at=at("2026-01-10")), "a run is not dated in a closed period")
+    with pytest.raises(Conflict, match="lies in a closed period"), enrolled.transaction() as session:
+        payouts.run_payouts(session, end_us - 1)
+    accepted(enrolled, raw(RUN, id="at-february", at=end_us))
+
+
+def test_a_payout_run_before_any_close_is_accepted(enrolled):
+    accepted(enrolled, raw(RUN, id="early", at=at("2026-01-10")))
+
+
+def _migration_0031():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "migrations" / "versions" / "0031_program_rules_held.py"
+    spec = importlib.util.spec_from_file_location("_revision_0031", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_blanks_the_database_trims_are_those_python_strips():
+    code_points = _migration_0031().WHITESPACE_CODE_POINTS
+    assert sorted(code_points) == [code for code in range(0x110000) if chr(code).isspace()]
+
+
+TEXT_REFUSED = "name has 1 to 200 characters|id is 1 to 64|reason has|value too long"
+PLAN_ROW = "INSERT INTO plans (id, name, created_at_us) VALUES (:id, :name, 1)"
+PARTNER_ROW = ("INSERT INTO partners (id, name, type, parent_id, parent_depth, depth, created_at_us)"
+               " VALUES (:id, :name, 'msp', NULL, NULL, 1, 1)")
+CUSTOMER_ROW = "INSERT INTO customers (id, created_at_us) VALUES (:id, 1)"
+
+
+@pytest.mark.parametrize("name", ["", " ", "\t\n", "\u3000\u00a0", "\u2003 \u2028", "x" * 201])
+@pytest.mark.parametrize("row", [PLAN_ROW, PARTNER_ROW])
+def test_a_name_has_1_to_200_characters_not_all_blank(database, row, name):
+    refused(database, raw(row, id="named", name=name), TEXT_REFUSED)
+
+
+@pytest.mark.parametrize("row", [PLAN_ROW, PARTNER_ROW])
+def test_a_name_of_200_characters_or_blanks_around_a_letter_is_accepted(database, row):
+    accepted(database, raw(row, id="long", name="x" * 200))
+    accepted(database, raw(row, id="spaced", name="\u3000 a \t"))
+
+
+def test_sqlite_keeps_names_text(sqlite_database):
+    """A number is stored as text by the column's affinity; a blob is stored as it is."""
+    refused(sqlite_database, raw(PLAN_ROW, id="odd", name=b"Bare"), "a name has 1 to 200 characters")
+
+
+@pytest.mark.parametrize("row", [PLAN_ROW, PARTNER_ROW])
+@pytest.mark.parametrize("id_", ["", "a:b", "-ab", "_ab", "a b", "a/b", "a@b", "é", "a\n", "x" * 65])
+def test_a_partners_or_plans_id_is_of_the_partner_alphabet(database, row, id_):
+    refused(database, raw(row, id=id_, name="Named"), TEXT_REFUSED)
+
+
+@pytest.mark.parametrize("id_", ["", "a b", ":ab", "/ab", "a,b", "a'b", "é", "x" * 65])
+def test_a_customers_id_is_of_the_external_alphabet(database, id_):
+    refused(database, raw(CUSTOMER_ROW, id=id_), TEXT_REFUSED)
+
+
+def test_ids_of_their_alphabets_are_accepted(database):
+    for index, id_ in enumerate(("a", "A-1.b_c", "9" + "x" * 63)):
+        accepted(database, raw(PLAN_ROW, id=id_, name="Named"))
+        accepted(database, raw(PARTNER_ROW, id=id_, name=f"Named {index}"))
+    for id_ in ("cust-1", "acme:eu@billing/42_x.y", "Z" * 64):
+        accepted(database, raw(CUSTOMER_ROW, id=id_))
+
+
+REVOCATION = "INSERT INTO api_key_revocations (api_key_id, revoked_at_us, reason) VALUES (:key, 1, :reason)"
+
+
+@pytest.mark.parametrize("reason", ["", " \u00a0", "x" * 501])
+def test_a_revocations_reason_has_1_to_500_characters_not_all_blank(database, reason):
+    with database.transaction() as session:
+        key_id, _ = create_key(session, "finance")
+    refused(database, raw(REVOCATION, key=key_id, reason=reason), TEXT_REFUSED)
+    accepted(database, raw(REVOCATION, key=key_id, reason=" " + "x" * 499))
+
+
+def test_a_revocation_without_a_reason_is_accepted(database):
+    with database.transaction() as session:
+        key_id, _ = create_key(session, "finance")
+    accepted(database, raw(REVOCATION, key=key_id, reason=None))
+
+
+def test_a_resolutions_reason_has_at_most_500_characters(enrolled):
+    with enrolled.transaction() as session:
+        payout = new_payout(session, "2026-03-01")
+
+    def settled_with(reason: str) -> None:  # the posting and its record in one transaction (migration 0030)
+        with enrolled.transaction() as session:
+            settled = journal.post(session, [journal.transfer(
+                "payout_settled", chart.PAYOUTS_IN_TRANSIT, chart.CASH, "USD", payout.amount_minor,
+                effective_at_us=at("2026-03-02"), idempotency_key=f"settled-{len(reason)}",
+                partner_id="northwind")])[0].id
+            session.execute(sa.text(
+                "INSERT INTO payout_resolutions (payout_id, outcome, transaction_id, reason, resolved_at_us)"
+                " VALUES (:p, 'settled', :t, :reason, :at)"), dict(p=payout.id, t=settled, reason=reason,
+                                                                  at=at("2026-03-03")))
+    with pytest.raises(sa.exc.DBAPIError, match=TEXT_REFUSED):
+        settled_with("x" * 501)
+    settled_with("")

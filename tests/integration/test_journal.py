@@ -8,6 +8,7 @@ from ledger.balances import all_balances, debit_minus_credit, normal_balance
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ledger.journal import CREDIT, DEBIT, Draft, Line
 from ledger.verify import verify
+from tests import program
 
 PENDING = chart.pending("northwind")
 AVAILABLE = chart.available("northwind")
@@ -16,6 +17,13 @@ AVAILABLE = chart.available("northwind")
 def accrual(key: str, amount_minor: int, at_us: int = 1_000, currency: str = "USD", **links) -> Draft:
     return journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, currency, amount_minor,
                             effective_at_us=at_us, idempotency_key=key, partner_id="northwind", **links)
+
+
+@pytest.fixture(autouse=True)
+def northwind_enrolled(database):
+    """The accruals below name northwind, a partner of the program (migration 0031)."""
+    with database.transaction() as session:
+        program.enrol(session, "northwind")
 
 
 def test_a_posted_transaction_moves_both_balances(database):
@@ -107,12 +115,12 @@ def test_python_refuses_malformed_transactions_before_the_database(database, lin
 def test_a_transaction_holds_up_to_100_lines_under_a_key_of_up_to_200_characters(database):
     lines = (Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1),) * 50 + (Line(PENDING, "USD", CREDIT, 1),) * 50
     with database.transaction() as session:
-        [posted] = journal.post(session, [Draft("adjustment", 1, lines, "k" * 200)])
+        [posted] = journal.post(session, [Draft("accrual", 1, lines, "k" * 200)])
         assert journal.load_draft(session, posted.id).lines == lines
     with pytest.raises(InvalidInput, match="2 to 100 lines"), database.transaction() as session:
-        journal.post(session, [Draft("adjustment", 1, lines + (Line(PENDING, "USD", DEBIT, 1),), "more lines")])
+        journal.post(session, [Draft("accrual", 1, lines + (Line(PENDING, "USD", DEBIT, 1),), "more lines")])
     with pytest.raises(InvalidInput, match="1 to 200 characters"), database.transaction() as session:
-        journal.post(session, [Draft("adjustment", 1, lines, "k" * 201)])
+        journal.post(session, [Draft("accrual", 1, lines, "k" * 201)])
     with database.reader() as session:
         assert verify(session).problems == [] and journal.chain_head(session)[0] == 1
 

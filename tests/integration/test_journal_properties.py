@@ -31,7 +31,9 @@ def draft_of(step: int, legs, at_us: int) -> Draft:
     lines = []
     for debit, credit, currency, amount in legs:
         lines += [Line(debit, currency, DEBIT, amount), Line(credit, currency, CREDIT, amount)]
-    return Draft("adjustment", at_us, tuple(lines), f"step-{step}")
+    # Any accounts, naming no partner: an accrual with no maturity, as no kind of the service moves
+    # money between any two accounts (an adjustment moves it between its expense and its partner's).
+    return Draft("accrual", at_us, tuple(lines), f"step-{step}")
 
 
 def run_history(database: Database, operations) -> None:

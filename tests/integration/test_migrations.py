@@ -149,3 +149,70 @@ def test_the_guards_of_0030_upgrade_books_of_every_kind_and_let_the_service_post
         upgrade(empty_url)
     finally:
         database.dispose()
+
+
+def guards_of(database) -> tuple[set[str], str | None]:
+    """The names of the schema's triggers, and on PostgreSQL the source of migration 0029's statement
+    function (which migration 0031 extends)."""
+    with database.engine.connect() as connection:
+        if database.engine.dialect.name != "postgresql":
+            return {row[0] for row in connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'")}, None
+        names = {row[0] for row in connection.exec_driver_sql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        source = connection.exec_driver_sql(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'journal_transactions_in_their_place'").scalar_one()
+        return names, source
+
+
+def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_they_were(empty_url):
+    """Books at revision 0030 holding every kind of posting (the demo's year, an adjustment and its
+    reversal) and a posting for a partner never enrolled, which 0031 would refuse, upgrade to 0031:
+    rows already written are left as they are. The service then posts adjustments to both accounts,
+    events, a payout run and a reversal of an adjustment; verify finds nothing wrong; and the
+    revision goes down to 0030, leaving exactly 0030's guards, and up again."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from ledger import accounts as chart
+    from ledger import demo, journal, payouts, revenue
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.migrate import alembic_config, upgrade
+    from ledger.verify import verify
+
+    upgrade(empty_url, "0030")
+    database = Database(empty_url)
+    try:
+        at_0030 = guards_of(database)
+        with database.transaction() as session:
+            demo.load_demo(session)
+            adjustment = payouts.adjust(session, "northwind", "available", 1_000, "USD", "goodwill")
+            journal.reverse(session, adjustment.id, reason="posted twice")
+            journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD",
+                                                    100, effective_at_us=now_us(), idempotency_key="ghost",
+                                                    partner_id="ghost")])
+        upgrade(empty_url)
+        with database.transaction() as session:
+            instant = now_us()
+            for account, amount in (("pending", 2_500), ("available", -700)):
+                payouts.adjust(session, "northwind", account, amount, "USD", f"{account} corrected")
+            [outcome] = revenue.ingest(session, [revenue.RevenueEvent(
+                "after-0031", "invoice_paid", "cust-001", "inv-after-0031", "USD", 10_000, instant)])
+            assert isinstance(outcome, revenue.Outcome), outcome
+            run = payouts.run_payouts(session, instant)
+            assert run.payouts, run
+            adjusted = payouts.adjust(session, "northwind", "available", 300, "USD", "to reverse")
+            journal.reverse(session, adjusted.id, reason="posted in error")
+        with database.reader() as session:
+            report = verify(session)
+        assert report.ok, report.problems
+        with pytest.raises(sa.exc.DBAPIError, match="a transaction names a partner of the program"):
+            with database.transaction() as session:
+                journal.post(session, [journal.transfer(
+                    "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
+                    idempotency_key="ghost-again", partner_id="ghost")])
+        command.downgrade(alembic_config(empty_url), "0030")
+        assert guards_of(database) == at_0030
+        upgrade(empty_url)
+    finally:
+        database.dispose()

@@ -34,6 +34,7 @@ def at(day: str) -> int:
 def closed(database):
     """Commission accrued in January, February and March, released once; all three months closed."""
     with database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
                              effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}",
@@ -209,6 +210,7 @@ def test_a_period_closes_and_writes_off_among_more_partner_accounts_than_one_sta
 
 def test_a_period_closes_at_the_instant_it_ends_and_a_posting_at_the_next_ones_start_is_not_in_it(database):
     with database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=at(day),
                              idempotency_key=f"accrual-{day}", partner_id="northwind")
@@ -233,8 +235,8 @@ def refused(database, statement: str, match: str, **params) -> None:
 
 def raw_transfer(connection, effective_at_us: int) -> None:
     """A balanced transaction continuing the sequence and the prev_hash link, in raw SQL (no journal.Batch
-    to move it out of a closed period), recorded at the instant it is effective (an adjustment is not
-    dated after it is recorded: migration 0021)."""
+    to move it out of a closed period), recorded at the instant it is effective (no transaction is
+    dated after it is recorded: migration 0029): an accrual naming no partner, as `closed`'s."""
     head_id, head_hash = connection.execute(sa.text(
         "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).one()
     accounts = dict(connection.execute(sa.text("SELECT name, id FROM accounts")).all())
@@ -244,7 +246,7 @@ def raw_transfer(connection, effective_at_us: int) -> None:
             "VALUES (:t, :a, 'USD', :s, 100, :e)"), dict(t=head_id + 1, a=accounts[account], s=side, e=effective_at_us))
     connection.execute(sa.text(
         "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, request_hash, "
-        "prev_hash, hash) VALUES (:id, 'adjustment', :e, :e, 'raw', :h, :prev, :h)"),
+        "prev_hash, hash) VALUES (:id, 'accrual', :e, :e, 'raw', :h, :prev, :h)"),
         dict(id=head_id + 1, e=effective_at_us, h="e" * 64, prev=head_hash))
 
 
@@ -465,6 +467,7 @@ def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_ur
             assert session.execute(sa.text("SELECT count(*) FROM period_closes")).scalar() == 2
         upgrade(empty_url)
         with database.transaction() as session:
+            program.enrol(session, "northwind")  # postings from here on name a partner of the program
             journal.post(session, [journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000,
                                                     effective_at_us=at("2026-03-09"), idempotency_key="release-1",
                                                     partner_id="northwind", accrual_id=1)])

@@ -93,9 +93,11 @@ def test_a_consistently_altered_transaction_is_still_named(booked):
 
 def test_a_line_moved_to_another_account_is_named(booked):
     with booked.transaction() as session:
+        program.enrol(session, "northwind")
         cash_id = chart.account_ids(session, [chart.CASH])[chart.CASH]
-        journal.post(session, [journal.transfer("adjustment", PENDING, chart.CASH, "USD", 1,
-                                                effective_at_us=9, idempotency_key="p")])
+        journal.post(session, [journal.transfer("adjustment", PENDING, chart.EXPENSE_ADJUSTMENT, "USD", 1,
+                                                effective_at_us=9, idempotency_key="p", partner_id="northwind",
+                                                memo="goodwill")])
     with behind_the_triggers(booked) as execute:
         execute(
             f"UPDATE journal_lines SET account_id = {cash_id} WHERE transaction_id = 4 AND side = 'C'")
@@ -608,6 +610,7 @@ def against(kind: str, piece: int, amount: int, key: str, *, from_account: str =
 def two_pieces(database):
     """1 and 2: northwind's accruals of 100 USD each, with nothing against them yet."""
     with database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=5, idempotency_key=f"a{i}", partner_id="northwind")
                                for i in (1, 2)])
