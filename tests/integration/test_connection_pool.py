@@ -1,14 +1,21 @@
 """PostgreSQL's pooled connections (ledger/db.py `_install_idle_ping`): one used moments ago is
 handed out as it is, one that sat idle is pinged first, and one the server ended while it sat idle
-is replaced before a request uses it."""
+is replaced before a request uses it; one the server ended within the idle time (a restart under
+load) fails its request with a 503 to retry, whose retry is served on a new connection."""
 
 from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
 
+from api.idempotency import REPLAYED_HEADER
 from ledger import db
 from ledger.db import Database
+from ledger.migrate import upgrade
+from ledger.schema import revenue_events
+from tests.api.books import event_body
+from tests.api.conftest import bearer, enroll, make_app, make_keys
+from tests.pg_cluster import Cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -46,3 +53,40 @@ def test_a_connection_that_sat_idle_is_pinged_and_one_the_server_ended_meanwhile
         assert connection.exec_driver_sql(f"SELECT pg_terminate_backend({first})").scalar_one()
     admin.dispose()
     assert backend_pid(database) != first and pings == [1, 1]
+
+
+def test_after_a_restart_a_request_on_a_connection_used_moments_before_is_a_503_and_its_retry_posts_once(monkeypatch):
+    # The connection is not pinged (used within PING_IDLE_S): the request that finds it ended must be
+    # a 503 to retry, never a 500, and the next one must be served on a new connection.
+    monkeypatch.setattr(db, "PING_IDLE_S", 60.0)
+    cluster = Cluster().start()
+    database = None
+    try:
+        admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql("CREATE DATABASE books")
+        admin.dispose()
+        upgrade(cluster.url("books"))
+        database = Database(cluster.url("books"))
+        enroll(database)
+        keys = make_keys(database)
+        client = make_app(database).test_client()
+
+        def post(event_id: str):
+            return client.post("/v1/revenue-events", headers=bearer(keys.billing),
+                               json=event_body(event_id, "p1-customer", f"inv-{event_id}", "250.00", "2026-01-01"))
+
+        assert post("evt-before").status_code == 201
+        cluster.pause()
+        cluster.resume()
+        refused = post("evt-after")
+        assert (refused.status_code, refused.headers.get("Retry-After")) == (503, "1"), refused.get_json()
+        retried = post("evt-after")
+        assert retried.status_code == 201 and REPLAYED_HEADER not in retried.headers, retried.get_json()
+        with database.reader() as session:
+            stored = session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one()
+        assert stored == 2
+    finally:
+        if database is not None:
+            database.dispose()
+        cluster.stop()
