@@ -56,12 +56,13 @@ from ledger.commission import EARNING_KINDS
 from ledger.db import one_snapshot
 from ledger.errors import InvalidInput, invalid
 from ledger.instants import format_instant, parse_period, period_bounds_us
-from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
+from ledger.journal import CLOCK_SKEW_US, CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
+from ledger.payouts import REASON_LENGTH_MAX
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
-                           payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
+                           partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
@@ -165,6 +166,9 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_bounties(session))
     problems.extend(verify_piece_links(session))
     problems.extend(verify_pieces_within(session))
+    problems.extend(verify_adjustments(session))
+    problems.extend(verify_partners_enrolled(session))
+    problems.extend(verify_runs_in_open_periods(session))
     return problems
 
 
@@ -456,6 +460,54 @@ def verify_pieces_within(session: Session) -> list[Problem]:
                     f"more stands against it than its amount {amount}: clawbacks {taken}, from pending with its "
                     f"release {pending}, releases {count}")
             for accrual_id, amount, taken, pending, count in rows]
+
+
+def verify_adjustments(session: Session) -> list[Problem]:
+    """Each adjustment as `payouts.adjust` posts it: two lines, one on `expense:commission:adjustment`
+    and one on an account of the partner it names, with a reason of 1 to `REASON_LENGTH_MAX`
+    characters. Migration 0031 holds it for new rows; one written before was read by no partner's
+    key (no partner named), or moved money the chart gives other postings (cash, payouts in transit,
+    a partner's two accounts) unseen as such by the statements."""
+    t, j, a = journal_transactions.c, journal_lines.c, accounts.c
+    expenses = func.sum(case((a.name == chart.EXPENSE_ADJUSTMENT, 1), else_=0))
+    partner_lines = func.sum(case((a.partner_id == t.partner_id, 1), else_=0))
+    rows = session.execute(
+        select(t.id).outerjoin(journal_lines, j.transaction_id == t.id).outerjoin(accounts, a.id == j.account_id)
+        .where(t.kind == "adjustment").group_by(t.id, t.partner_id, t.memo)
+        .having(t.partner_id.is_(None) | t.memo.is_(None) | ~func.length(t.memo).between(1, REASON_LENGTH_MAX)
+                | (func.count(j.id) != 2) | (expenses != 1) | (partner_lines != 1))
+        .order_by(t.id))
+    return [Problem(transaction_id, "adjustment_misposted", "an adjustment that does not move money between "
+                    "the adjustment expense and one account of the partner it names, with a reason")
+            for transaction_id in rows.scalars()]
+
+
+def verify_partners_enrolled(session: Session) -> list[Problem]:
+    """Every partner a transaction names is enrolled: a posting for a partner never enrolled is read
+    by no partner's key and paid by no payout run. Migration 0031 holds it for new rows; each such
+    partner is named once, at its first transaction."""
+    t, p = journal_transactions.c, partners.c
+    rows = session.execute(
+        select(t.partner_id, func.min(t.id)).outerjoin(partners, p.id == t.partner_id)
+        .where(t.partner_id.is_not(None), p.id.is_(None)).group_by(t.partner_id).order_by(func.min(t.id)))
+    return [Problem(transaction_id, "partner_not_enrolled", f"names partner {partner_id!r}, which is not enrolled")
+            for partner_id, transaction_id in rows]
+
+
+def verify_runs_in_open_periods(session: Session) -> list[Problem]:
+    """No payout run was made dated in a period already closed: `payouts.run_payouts` refuses one (409)
+    and migration 0031 holds it for new rows, but a run written before, paying nobody, stands for a
+    run made inside a closed month. "Already closed" is told by the clocks, the close's `closed_at`
+    more than `CLOCK_SKEW_US` before the run's `created_at`: the order of their commits is stored
+    nowhere else, and two servers' clocks may differ by that much (the journal's own bound)."""
+    r, c = payout_runs.c, period_closes.c
+    rows = session.execute(
+        select(r.id, r.at_us, func.min(c.period))
+        .join(period_closes, (c.ends_at_us > r.at_us) & (c.closed_at_us + CLOCK_SKEW_US < r.created_at_us))
+        .group_by(r.id, r.at_us).order_by(r.at_us))
+    return [Problem(None, "payout_run_in_closed_period", f"payout run {run_id!r} is dated {_instant(at_us)}, "
+                    f"before the end of period {period}, which was closed before the run was made")
+            for run_id, at_us, period in rows]
 
 
 def verify_event_links(session: Session) -> list[Problem]:
