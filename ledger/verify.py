@@ -25,7 +25,11 @@ balance is what its queued pieces hold, so no hold has left the queue unreleased
 CPA bounty posted once (`verify_bounties`); each clawback and release against a standing piece of
 its partner, invoice and currency, on the accounts of its kind (`verify_piece_links`), within the
 piece's amount (`verify_pieces_within`);
-and every payout posting with its payout record (`verify_payouts_recorded`). All of it reads
+and every payout posting with its payout record (`verify_payouts_recorded`). The rules migration
+0031 makes the database hold for new rows, on rows written before it: each adjustment between its
+expense and its partner, with a reason (`verify_adjustments`); each partner a transaction names
+enrolled (`verify_partners_enrolled`); no payout run dated in a period closed before it was made
+(`verify_runs_in_open_periods`). All of it reads
 one snapshot. On SQLite it first reads every page of the file (`PRAGMA quick_check`): a damaged
 file is named, and nothing more is checked. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
