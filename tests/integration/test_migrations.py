@@ -221,36 +221,42 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
         database.dispose()
 
 
-def test_a_posting_for_a_partner_never_enrolled_written_before_0031_can_still_be_reversed(empty_url):
-    """Its reversal names the partner its original names (`journal.reversal_draft`): refused as a
-    posting for a partner never enrolled, the one correction of such a row was a 500 through the
-    API. A new posting for that partner is still refused."""
+def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_written_before_0031_are_made(empty_url):
+    """A reversal names the partner its original names (`journal.reversal_draft`), a release or a
+    clawback its piece's: refused as postings for a partner never enrolled, the one correction of
+    such a row was a 500 through the API, and its queued hold failed every release after it (the
+    release job's, a payout run's, a close's). A new posting for that partner is still refused."""
     import sqlalchemy as sa
 
     from api import create_app
     from ledger import accounts as chart
-    from ledger import journal
+    from ledger import holds, journal
     from ledger.db import Database
     from ledger.instants import now_us
     from ledger.keys import create_key
     from ledger.migrate import upgrade
     from ledger.settings import Settings
+    from tests.program import at
 
     upgrade(empty_url, "0030")
     database = Database(empty_url)
     try:
         with database.transaction() as session:
-            [ghost] = journal.post(session, [journal.transfer(
-                "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
-                idempotency_key="ghost", partner_id="ghost")])
+            ghosts = journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100,
+                effective_at_us=at("2026-01-05"), idempotency_key=f"ghost-{invoice}", partner_id="ghost",
+                matures_at_us=at("2026-02-04"), invoice_id=invoice, customer_id="cust-g") for invoice in ("g1", "g2")])
+            session.execute(sa.text("INSERT INTO open_holds (accrual_id, matures_at_us) VALUES (:id, :at)"),
+                            {"id": ghosts[1].id, "at": at("2026-02-04")})
         upgrade(empty_url)
         with database.transaction() as session:
             _, key = create_key(session, "finance")
         client = create_app(Settings.build(database_url=empty_url), database).test_client()
-        response = client.post(f"/v1/transactions/{ghost.id}/reversal", json={"reason": "never enrolled"},
+        response = client.post(f"/v1/transactions/{ghosts[0].id}/reversal", json={"reason": "never enrolled"},
                                headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 201, response.get_json()
-        assert (response.get_json()["partner_id"], response.get_json()["reverses_id"]) == ("ghost", ghost.id)
+        assert (response.get_json()["partner_id"], response.get_json()["reverses_id"]) == ("ghost", ghosts[0].id)
+        assert holds.release_in_transactions(database.transaction, at("2026-03-01")) == 1
         with pytest.raises(sa.exc.DBAPIError, match="a transaction names a partner of the program"):
             with database.transaction() as session:
                 journal.post(session, [journal.transfer(
