@@ -28,8 +28,8 @@ piece's amount (`verify_pieces_within`);
 and every payout posting with its payout record (`verify_payouts_recorded`). The rules migration
 0031 makes the database hold for new rows, on rows written before it: each adjustment between its
 expense and its partner, with a reason (`verify_adjustments`); each partner a transaction names
-enrolled (`verify_partners_enrolled`); no payout run dated in a period closed before it was made
-(`verify_runs_in_open_periods`). All of it reads
+enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run
+was made before or after a close is stored nowhere but in two clocks' readings.) All of it reads
 one snapshot. On SQLite it first reads every page of the file (`PRAGMA quick_check`): a damaged
 file is named, and nothing more is checked. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
@@ -60,7 +60,7 @@ from ledger.commission import EARNING_KINDS
 from ledger.db import one_snapshot
 from ledger.errors import InvalidInput, invalid
 from ledger.instants import format_instant, parse_period, period_bounds_us
-from ledger.journal import CLOCK_SKEW_US, CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
+from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
@@ -172,7 +172,6 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_pieces_within(session))
     problems.extend(verify_adjustments(session))
     problems.extend(verify_partners_enrolled(session))
-    problems.extend(verify_runs_in_open_periods(session))
     return problems
 
 
@@ -496,22 +495,6 @@ def verify_partners_enrolled(session: Session) -> list[Problem]:
         .where(t.partner_id.is_not(None), p.id.is_(None)).group_by(t.partner_id).order_by(func.min(t.id)))
     return [Problem(transaction_id, "partner_not_enrolled", f"names partner {partner_id!r}, which is not enrolled")
             for partner_id, transaction_id in rows]
-
-
-def verify_runs_in_open_periods(session: Session) -> list[Problem]:
-    """No payout run was made dated in a period already closed: `payouts.run_payouts` refuses one (409)
-    and migration 0031 holds it for new rows, but a run written before, paying nobody, stands for a
-    run made inside a closed month. "Already closed" is told by the clocks, the close's `closed_at`
-    more than `CLOCK_SKEW_US` before the run's `created_at`: the order of their commits is stored
-    nowhere else, and two servers' clocks may differ by that much (the journal's own bound)."""
-    r, c = payout_runs.c, period_closes.c
-    rows = session.execute(
-        select(r.id, r.at_us, func.min(c.period))
-        .join(period_closes, (c.ends_at_us > r.at_us) & (c.closed_at_us + CLOCK_SKEW_US < r.created_at_us))
-        .group_by(r.id, r.at_us).order_by(r.at_us))
-    return [Problem(None, "payout_run_in_closed_period", f"payout run {run_id!r} is dated {_instant(at_us)}, "
-                    f"before the end of period {period}, which was closed before the run was made")
-            for run_id, at_us, period in rows]
 
 
 def verify_event_links(session: Session) -> list[Problem]:
