@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
-import threading
+import time
 from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
@@ -41,9 +41,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from jobs.bodies import job_table, run_job
-from ledger.db import Database, database_words, is_postgres
+from ledger.db import Database, database_words, make_engine, normalize_url
 from ledger.settings import Settings
 
 log = logging.getLogger("revshare.scheduler")
@@ -170,6 +171,9 @@ def start_up(database: Database, bodies: dict, at_us: int | None = None) -> None
 
 WAIT_FIRST_S = 1.0  # the first wait for a database out of reach at start, doubled each time ...
 WAIT_MAX_S = 60.0  # ... up to this
+# Each try's bound: a server that takes the TCP connection and never answers (stopped, or behind a
+# firewall that drops packets) otherwise held a try for psycopg's default of 130 s, silent.
+WAIT_CONNECT_TIMEOUT_S = 10
 # What a PostgreSQL server says while it does not take connections yet (or for now), which time
 # cures; any other refusal from the server (no such database or role, a password or pg_hba refusal)
 # is a setting to fix. psycopg gives no SQLSTATE for a refused connection, only the server's words.
@@ -191,18 +195,22 @@ def wait_for_database(url: str) -> bool:
     boot, a compose file, a database restarted by a deploy) otherwise exited 2, and stayed down
     unless a supervisor restarted it. Anything else the database says (a name, a role, a password,
     a schema not migrated) is left to the checks that follow, which exit 2 at once; so is SQLite, a
-    local file that waiting does not bring."""
-    database = Database(url)
-    if not is_postgres(database.engine):
-        database.dispose()
+    local file that waiting does not bring.
+
+    Nothing is in progress while it waits, so the first signal stops it at once, inside a try too:
+    kept until the try ended, it outlived a stop's grace period (Docker's 10 s)."""
+    if not normalize_url(url).startswith("postgresql"):
         return True
+    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": WAIT_CONNECT_TIMEOUT_S}
+    engine = make_engine(url, poolclass=NullPool, connect_args=timeout)
     stop = _Stop()
+    stop.raise_now = True
     previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     wait_s = WAIT_FIRST_S
     try:
-        while not stop.requested:
+        while True:
             try:
-                with database.engine.connect() as connection:
+                with engine.connect() as connection:
                     connection.execute(text("SELECT 1"))
                 return True
             except OperationalError as error:
@@ -210,14 +218,15 @@ def wait_for_database(url: str) -> bool:
                     return True
                 log.warning("the database %r is unreachable: %s; trying again in %g s", make_url(url),
                             database_words(error), wait_s)
-            stop.wait(wait_s)
+            time.sleep(wait_s)
             wait_s = min(wait_s * 2, WAIT_MAX_S)
+    except SystemExit:
         log.info("scheduler stopped")
         return False
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        database.dispose()
+        engine.dispose()
 
 
 class _Stop:
@@ -235,17 +244,11 @@ class _Stop:
     def __init__(self) -> None:
         self.requested = False
         self.raise_now = False
-        self._event = threading.Event()
 
     def __call__(self, signal_number: int, frame) -> None:
         if self.raise_now or self.requested:
             raise SystemExit(0)
         self.requested = True
-        self._event.set()
-
-    def wait(self, seconds: float) -> None:
-        """Sleep `seconds`, or until a signal comes."""
-        self._event.wait(seconds)
 
 
 def run(settings: Settings) -> None:

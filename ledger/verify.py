@@ -25,7 +25,11 @@ balance is what its queued pieces hold, so no hold has left the queue unreleased
 CPA bounty posted once (`verify_bounties`); each clawback and release against a standing piece of
 its partner, invoice and currency, on the accounts of its kind (`verify_piece_links`), within the
 piece's amount (`verify_pieces_within`);
-and every payout posting with its payout record (`verify_payouts_recorded`). All of it reads
+and every payout posting with its payout record (`verify_payouts_recorded`). The rules migration
+0031 makes the database hold for new rows, on rows written before it: each adjustment between its
+expense and its partner, with a reason (`verify_adjustments`); each partner a transaction names
+enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run
+was made before or after a close is stored nowhere but in two clocks' readings.) All of it reads
 one snapshot. On SQLite it first reads every page of the file (`PRAGMA quick_check`): a damaged
 file is named, and nothing more is checked. Problems are values (`Problem`), never exceptions: verify reports, the caller
 decides.
@@ -60,8 +64,9 @@ from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_ha
 from ledger.money import currency_exponent
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
+from ledger.payouts import REASON_LENGTH_MAX
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
-                           payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
+                           partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
@@ -165,6 +170,8 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_bounties(session))
     problems.extend(verify_piece_links(session))
     problems.extend(verify_pieces_within(session))
+    problems.extend(verify_adjustments(session))
+    problems.extend(verify_partners_enrolled(session))
     return problems
 
 
@@ -456,6 +463,38 @@ def verify_pieces_within(session: Session) -> list[Problem]:
                     f"more stands against it than its amount {amount}: clawbacks {taken}, from pending with its "
                     f"release {pending}, releases {count}")
             for accrual_id, amount, taken, pending, count in rows]
+
+
+def verify_adjustments(session: Session) -> list[Problem]:
+    """Each adjustment as `payouts.adjust` posts it: two lines, one on `expense:commission:adjustment`
+    and one on an account of the partner it names, with a reason of 1 to `REASON_LENGTH_MAX`
+    characters. Migration 0031 holds it for new rows; one written before was read by no partner's
+    key (no partner named), or moved money the chart gives other postings (cash, payouts in transit,
+    a partner's two accounts) unseen as such by the statements."""
+    t, j, a = journal_transactions.c, journal_lines.c, accounts.c
+    expenses = func.sum(case((a.name == chart.EXPENSE_ADJUSTMENT, 1), else_=0))
+    partner_lines = func.sum(case((a.partner_id == t.partner_id, 1), else_=0))
+    rows = session.execute(
+        select(t.id).outerjoin(journal_lines, j.transaction_id == t.id).outerjoin(accounts, a.id == j.account_id)
+        .where(t.kind == "adjustment").group_by(t.id, t.partner_id, t.memo)
+        .having(t.partner_id.is_(None) | t.memo.is_(None) | ~func.length(t.memo).between(1, REASON_LENGTH_MAX)
+                | (func.count(j.id) != 2) | (expenses != 1) | (partner_lines != 1))
+        .order_by(t.id))
+    return [Problem(transaction_id, "adjustment_misposted", "an adjustment that does not move money between "
+                    "the adjustment expense and one account of the partner it names, with a reason")
+            for transaction_id in rows.scalars()]
+
+
+def verify_partners_enrolled(session: Session) -> list[Problem]:
+    """Every partner a transaction names is enrolled: a posting for a partner never enrolled is read
+    by no partner's key and paid by no payout run. Migration 0031 holds it for new rows; each such
+    partner is named once, at its first transaction."""
+    t, p = journal_transactions.c, partners.c
+    rows = session.execute(
+        select(t.partner_id, func.min(t.id)).outerjoin(partners, p.id == t.partner_id)
+        .where(t.partner_id.is_not(None), p.id.is_(None)).group_by(t.partner_id).order_by(func.min(t.id)))
+    return [Problem(transaction_id, "partner_not_enrolled", f"names partner {partner_id!r}, which is not enrolled")
+            for partner_id, transaction_id in rows]
 
 
 def verify_event_links(session: Session) -> list[Problem]:

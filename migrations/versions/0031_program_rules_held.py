@@ -7,7 +7,9 @@
   accounts) moved money the chart of accounts gives other postings, unseen as an adjustment by the
   statements' totals.
 - A transaction's partner is enrolled: a partner row of that id exists (every posting of the
-  service names a partner of the program, or none). A posting for a partner never enrolled was
+  service names a partner of the program, or none), or it follows from a posting of that partner
+  (a reversal from its original, a release or clawback from its piece), so that a posting written
+  before this revision for a partner never enrolled can be reversed, and its hold released. A posting for a partner never enrolled was
   read by no key (a partner key names a partner that exists, migration 0029) and paid by no payout
   run, which pays the partners of the program.
 - A payout run is not dated in a closed period (`ledger.payouts`, 409): its payouts' postings
@@ -93,7 +95,12 @@ ADJUSTMENT_MESSAGE = ("journal_transactions: an adjustment moves money between t
 # ---- a transaction's partner is enrolled ----
 
 NAMES_A_PARTNER = "n.partner_id IS NOT NULL"
-NOT_ENROLLED = "NOT EXISTS (SELECT 1 FROM partners p WHERE p.id = n.partner_id)"
+# A reversal names its original's partner (`journal.reversal_draft`), a release or clawback its
+# piece's: refused, a posting written for a partner never enrolled before this revision could not be
+# reversed (a 500 through the API), and its queued hold failed every release after it.
+NOT_ENROLLED = ("NOT EXISTS (SELECT 1 FROM partners p WHERE p.id = n.partner_id)"
+                " AND NOT EXISTS (SELECT 1 FROM journal_transactions o"
+                " WHERE o.id IN (n.reverses_id, n.accrual_id) AND o.partner_id = n.partner_id)")
 NOT_ENROLLED_MESSAGE = "journal_transactions: a transaction names a partner of the program"
 
 # ---- a payout run, not in a closed period ----

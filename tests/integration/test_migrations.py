@@ -168,8 +168,9 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
     """Books at revision 0030 holding every kind of posting (the demo's year, an adjustment and its
     reversal) and a posting for a partner never enrolled, which 0031 would refuse, upgrade to 0031:
     rows already written are left as they are. The service then posts adjustments to both accounts,
-    events, a payout run and a reversal of an adjustment; verify finds nothing wrong; and the
-    revision goes down to 0030, leaving exactly 0030's guards, and up again."""
+    events, a payout run and a reversal of an adjustment; verify names the posting for the partner
+    never enrolled, and nothing else; and the revision goes down to 0030, leaving exactly 0030's
+    guards, and up again."""
     import sqlalchemy as sa
     from alembic import command
 
@@ -188,9 +189,9 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
             demo.load_demo(session)
             adjustment = payouts.adjust(session, "northwind", "available", 1_000, "USD", "goodwill")
             journal.reverse(session, adjustment.id, reason="posted twice")
-            journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD",
-                                                    100, effective_at_us=now_us(), idempotency_key="ghost",
-                                                    partner_id="ghost")])
+            [ghost] = journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
+                idempotency_key="ghost", partner_id="ghost")])
         upgrade(empty_url)
         with database.transaction() as session:
             instant = now_us()
@@ -205,7 +206,9 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
             journal.reverse(session, adjusted.id, reason="posted in error")
         with database.reader() as session:
             report = verify(session)
-        assert report.ok, report.problems
+        # Only the posting for a partner never enrolled, left as it was written.
+        assert [(problem.transaction_id, problem.code) for problem in report.problems] == [
+            (ghost.id, "partner_not_enrolled")]
         with pytest.raises(sa.exc.DBAPIError, match="a transaction names a partner of the program"):
             with database.transaction() as session:
                 journal.post(session, [journal.transfer(
@@ -214,5 +217,50 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
         command.downgrade(alembic_config(empty_url), "0030")
         assert guards_of(database) == at_0030
         upgrade(empty_url)
+    finally:
+        database.dispose()
+
+
+def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_written_before_0031_are_made(empty_url):
+    """A reversal names the partner its original names (`journal.reversal_draft`), a release or a
+    clawback its piece's: refused as postings for a partner never enrolled, the one correction of
+    such a row was a 500 through the API, and its queued hold failed every release after it (the
+    release job's, a payout run's, a close's). A new posting for that partner is still refused."""
+    import sqlalchemy as sa
+
+    from api import create_app
+    from ledger import accounts as chart
+    from ledger import holds, journal
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.keys import create_key
+    from ledger.migrate import upgrade
+    from ledger.settings import Settings
+    from tests.program import at
+
+    upgrade(empty_url, "0030")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            ghosts = journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100,
+                effective_at_us=at("2026-01-05"), idempotency_key=f"ghost-{invoice}", partner_id="ghost",
+                matures_at_us=at("2026-02-04"), invoice_id=invoice, customer_id="cust-g") for invoice in ("g1", "g2")])
+            session.execute(sa.text("INSERT INTO open_holds (accrual_id, matures_at_us) VALUES (:id, :at)"),
+                            {"id": ghosts[1].id, "at": at("2026-02-04")})
+        upgrade(empty_url)
+        with database.transaction() as session:
+            _, key = create_key(session, "finance")
+        client = create_app(Settings.build(database_url=empty_url), database).test_client()
+        response = client.post(f"/v1/transactions/{ghosts[0].id}/reversal", json={"reason": "never enrolled"},
+                               headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 201, response.get_json()
+        assert (response.get_json()["partner_id"], response.get_json()["reverses_id"]) == ("ghost", ghosts[0].id)
+        assert holds.release_in_transactions(database.transaction, at("2026-03-01")) == 1
+        with pytest.raises(sa.exc.DBAPIError, match="a transaction names a partner of the program"):
+            with database.transaction() as session:
+                journal.post(session, [journal.transfer(
+                    "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
+                    idempotency_key="ghost-again", partner_id="ghost")])
     finally:
         database.dispose()

@@ -660,3 +660,39 @@ def test_a_neighbours_content_cannot_be_checked_against_the_hashes_a_partner_rea
                  row.request_hash)  # the right guess of everything but the salt
         assert journal.chain_hash(*known, row.salt) == row.hash
         assert journal.chain_hash(*known, None) != row.hash
+
+
+def test_rows_written_before_migration_0031_that_break_its_posting_rules_are_named_and_the_service_s_are_not(empty_url):
+    """Migration 0031 leaves rows already written as they are: verify names an adjustment naming no
+    partner, one between cash and a partner, one without a reason, and a posting for a partner never
+    enrolled; not the adjustment, accrual and run the service made beside them."""
+    from ledger.db import Database
+    from ledger.migrate import upgrade
+
+    upgrade(empty_url, "0030")
+    database = Database(empty_url)
+    try:
+        january_us = program.at("2026-01-05")
+        with database.transaction() as session:
+            program.enrol(session, "northwind")
+            posted = journal.post(session, [
+                journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 100, memo="goodwill",
+                                 effective_at_us=january_us, idempotency_key="no-partner"),
+                journal.transfer("adjustment", chart.CASH, PENDING, "USD", 100, memo="goodwill",
+                                 effective_at_us=january_us, idempotency_key="from-cash", partner_id="northwind"),
+                journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 100,
+                                 effective_at_us=january_us, idempotency_key="no-reason", partner_id="northwind"),
+                journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100,
+                                 effective_at_us=january_us, idempotency_key="ghost", partner_id="ghost"),
+                journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                 effective_at_us=january_us, idempotency_key="enrolled", partner_id="northwind")])
+            kept = payouts.adjust(session, "northwind", "available", -40, "USD", "overpaid", effective_at_us=january_us)
+            payouts.run_payouts(session, program.at("2026-01-06"))
+        with database.transaction() as session:
+            periods.close_period(session, "2026-01")
+        upgrade(empty_url)
+        assert problems(database) == {(posted[0].id, "adjustment_misposted"), (posted[1].id, "adjustment_misposted"),
+                                      (posted[2].id, "adjustment_misposted"), (posted[3].id, "partner_not_enrolled")}
+        assert kept.id not in {transaction_id for transaction_id, _ in problems(database)}
+    finally:
+        database.dispose()

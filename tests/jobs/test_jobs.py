@@ -5,12 +5,14 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import tzlocal
@@ -743,6 +745,53 @@ def test_a_scheduler_waiting_for_its_database_stops_on_sigterm_with_exit_status_
         process.kill()
         process.wait()
         process.stderr.close()
+    assert status == 0 and "revshare.scheduler: scheduler stopped" in log and "Traceback" not in log, log
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[socket.socket]:
+    """A port that takes TCP connections and never answers, as a server stopped with SIGSTOP, a
+    host gone behind a firewall that drops packets, or a proxy whose database does not answer."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(60)
+        yield server
+
+
+def test_a_scheduler_whose_database_server_never_answers_says_so_within_its_connect_timeout():
+    """Not after psycopg's default of 130 s, silent in between (the bound is 10 s)."""
+    with silent_server() as server:
+        process = scheduler_process(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare")
+        try:
+            connection, _ = server.accept()
+            with connection:
+                tried_at = time.monotonic()
+                log = read_log_until(process, "trying again in")
+                waited_s = time.monotonic() - tried_at
+        finally:
+            process.kill()
+            process.wait()
+            process.stderr.close()
+    assert "is unreachable" in log and "timeout expired" in log, log
+    assert waited_s < 30, waited_s
+
+
+def test_a_scheduler_waiting_for_a_database_server_that_never_answers_stops_at_once_on_sigterm():
+    """Nothing is in progress while it waits: the first signal stops it, as a stop's grace period
+    (Docker's 10 s) would otherwise run out inside a connection attempt."""
+    with silent_server() as server:
+        process = scheduler_process(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare")
+        try:
+            connection, _ = server.accept()
+            with connection:
+                process.send_signal(signal.SIGTERM)
+                status = process.wait(3)
+                log = process.stderr.read()
+        finally:
+            process.kill()
+            process.wait()
+            process.stderr.close()
     assert status == 0 and "revshare.scheduler: scheduler stopped" in log and "Traceback" not in log, log
 
 
