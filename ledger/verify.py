@@ -62,9 +62,9 @@ from ledger.errors import InvalidInput, invalid
 from ledger.instants import format_instant, parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
+from ledger.payouts import REASON_LENGTH_MAX
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
-from ledger.payouts import REASON_LENGTH_MAX
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
                            partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
