@@ -618,13 +618,9 @@ def test_a_job_failing_for_another_reason_is_logged_once_with_its_traceback_and_
 def test_the_scheduler_process_stops_on_sigterm_with_exit_status_0_and_says_so_in_its_log(books):
     # SIGTERM is how systemd, Docker and Kubernetes stop it: it ended the process at once (status
     # -15), with no line in the log, and as a container's process 1 it was ignored.
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": books.url}
-    process = subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = scheduler_process(books.url)
     try:
-        log, deadline = "", time.monotonic() + 60
-        while "job close_periods at" not in log and time.monotonic() < deadline:
-            log += process.stderr.readline()
+        log = read_log_until(process, "job close_periods at")
         assert "job close_periods at" in log, log
         process.send_signal(signal.SIGTERM)
         status = process.wait(30)
