@@ -1,6 +1,6 @@
 """Benchmarks that print ratios against the machine's raw limits (DESIGN.md, "Targets").
 
-`python -m bench [--quick] [--engine sqlite|postgres|both]` (or `make bench BENCH_ARGS=--quick`)
+`python -m bench [--quick] [--engine sqlite|postgres|both] [--only NAME ...]` (or `make bench BENCH_ARGS=--quick`)
 prints the machine's facts and one table: metric, engine, measured value, target and verdict, and,
 for throughput, the raw baseline measured in the same run with the ratio to it. The machines this
 runs on are shared and noisy, so a throughput figure alone says little: the ratio to the bare
@@ -11,7 +11,7 @@ driver writing the very same rows a moment later is what to compare across runs.
 - `importing.py`: `revshare import` of an NDJSON file as a subprocess, wall time and peak RSS (2);
 - `books.py`: a journal grown through the domain path to 200k (quick) or 1M and 10M lines (full):
   a partner's balance, a month's statement, the trial balance, and closing a month (3, 4);
-- `http.py`: single-event POST under gunicorn, a placeholder until the route exists (5);
+- `http.py`: single-event POST under gunicorn, against GET /v1/health on the same server (5);
 - `jobs.py`: how long single-event postings wait while a job catches up on matured holds, in one
   transaction and `holds.HOLDS_PER_TRANSACTION` to a transaction (not a target of DESIGN.md);
 - `profile.py`: `python -m bench.profile`, cProfile of the ingestion path.

@@ -1,5 +1,7 @@
-"""`python -m bench [--quick] [--engine sqlite|postgres|both] [--no-json]`: run the benchmarks and
-print one table (see bench/__init__.py for what is measured and how)."""
+"""`python -m bench [--quick] [--engine sqlite|postgres|both] [--only NAME ...] [--no-json]`: run the
+benchmarks and print one table (see bench/__init__.py for what is measured and how). `--only` runs
+the named benchmarks alone (for instance `--only http` to measure again the HTTP rate at the full
+run's size, in minutes instead of an hour); the table then holds their rows only."""
 
 from __future__ import annotations
 
@@ -47,7 +49,11 @@ def _progress(started: float):
     return say
 
 
-def run_engine(engine_name: str, scale: Scale, quick: bool, say) -> tuple[list[Row], str | None]:
+BENCHMARKS = ("ingestion", "import", "books", "jobs", "http")
+
+
+def run_engine(engine_name: str, scale: Scale, quick: bool, say,
+               only: tuple[str, ...] = BENCHMARKS) -> tuple[list[Row], str | None]:
     from tests.pg_cluster import ClusterUnavailable
 
     try:
@@ -58,24 +64,28 @@ def run_engine(engine_name: str, scale: Scale, quick: bool, say) -> tuple[list[R
     rows: list[Row] = []
     try:
         version = site.server_version()
-        say(f"{engine_name}: ingestion, {scale.ingest_events:,} events")
-        url, seeded = ingestion.prepare(site, scale.partners, scale.customers)
-        rows += ingestion.rows_for(engine_name, ingestion.measure(site, url, seeded, scale.ingest_events))
-        say(f"{engine_name}: revshare import, {scale.import_events:,} events")
-        with tempfile.TemporaryDirectory(prefix="revshare-bench-import-") as directory:
-            results = importing.measure(site, Path(directory), scale.partners, scale.customers, scale.import_events)
-        rows += importing.rows_for(engine_name, results, quick=quick)
-        say(f"{engine_name}: growing the journal, {scale.books.months} months")
-        reads, closes = books.grow(site, scale.books, lambda message: say(f"{engine_name}: {message}"))
-        rows += books.rows_for(engine_name, reads, closes)
-        say(f"{engine_name}: postings during a release of the holds of {scale.release_events:,} invoices")
-        rows += jobs.rows_for(engine_name, jobs.measure(site, scale.partners, scale.customers, scale.release_events))
-        if http.revenue_route_exists():
+        if "ingestion" in only:
+            say(f"{engine_name}: ingestion, {scale.ingest_events:,} events")
+            url, seeded = ingestion.prepare(site, scale.partners, scale.customers)
+            rows += ingestion.rows_for(engine_name, ingestion.measure(site, url, seeded, scale.ingest_events))
+        if "import" in only:
+            say(f"{engine_name}: revshare import, {scale.import_events:,} events")
+            with tempfile.TemporaryDirectory(prefix="revshare-bench-import-") as directory:
+                results = importing.measure(site, Path(directory), scale.partners, scale.customers,
+                                            scale.import_events)
+            rows += importing.rows_for(engine_name, results, quick=quick)
+        if "books" in only:
+            say(f"{engine_name}: growing the journal, {scale.books.months} months")
+            reads, closes = books.grow(site, scale.books, lambda message: say(f"{engine_name}: {message}"))
+            rows += books.rows_for(engine_name, reads, closes)
+        if "jobs" in only:
+            say(f"{engine_name}: postings during a release of the holds of {scale.release_events:,} invoices")
+            rows += jobs.rows_for(engine_name,
+                                  jobs.measure(site, scale.partners, scale.customers, scale.release_events))
+        if "http" in only:
             say(f"{engine_name}: HTTP, up to {scale.http_requests:,} POSTs or {scale.http_deadline_s:g} s")
             results = http.measure(site, scale.http_requests, scale.partners, scale.customers, scale.http_deadline_s)
             rows += http.rows_for(engine_name, results, quick=quick)
-        else:
-            rows += http.placeholder_rows(engine_name)
     finally:
         site.close()
     return rows, version
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="scaled-down sizes; under 3 minutes on 2 cores")
     parser.add_argument("--engine", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
+                        help=f"run these benchmarks alone: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--no-json", action="store_true", help=f"do not write the table to {RESULTS_DIR}")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
@@ -92,19 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     say = _progress(started)
     facts = machine_facts([])
-    if not args.quick:
+    if not args.quick and {"import", "books"} & set(args.only):
         say("full mode: 1M-event import and a 10M-line journal per engine; expect an hour or more on 2 cores")
     rows: list[Row] = []
     versions: list[str] = []
     for engine_name in engines:
-        engine_rows, version = run_engine(engine_name, scale, args.quick, say)
+        engine_rows, version = run_engine(engine_name, scale, args.quick, say, tuple(args.only))
         rows += engine_rows
         versions += [version] if version else []
     facts = {**facts, **{k: v for k, v in machine_facts(versions).items() if k == "postgresql"}}
     mode = "quick" if args.quick else "full"
     elapsed_s = time.perf_counter() - started
     print(format_facts(facts))
-    print(f"mode: {mode}, engines: {', '.join(engines)}, {elapsed_s:.0f} s; '*' = measured at a smaller size than "
+    chosen = "" if len(args.only) == len(BENCHMARKS) else f", only: {', '.join(args.only)}"
+    print(f"mode: {mode}, engines: {', '.join(engines)}{chosen}, {elapsed_s:.0f} s; '*' = measured at a smaller size than "
           "the target's; ratios are to the raw driver limit measured in the same run")
     print(format_table(rows))
     if not args.no_json:

@@ -35,7 +35,6 @@ from bench import program
 from bench.importing import REPO_ROOT, event_data, revshare_command
 from bench.report import Row, median, percentile
 
-ROUTES_DIR = REPO_ROOT / "api" / "routes"
 HOST = "127.0.0.1"
 WORKERS = 2
 CLIENT_THREADS = 4
@@ -53,16 +52,6 @@ class Series(NamedTuple):
     seconds: float
     latencies_ms: list[float]
     failures: int
-
-
-def revenue_route_exists() -> bool:
-    return any('"/revenue-events"' in path.read_text(encoding="utf-8") for path in ROUTES_DIR.glob("*.py"))
-
-
-def placeholder_rows(engine_name: str) -> list[Row]:
-    return [Row("PLACEHOLDER http: POST /v1/revenue-events", engine_name, None, "events/s",
-                f">= {RATE_TARGET:,}/s, p99 < {P99_MS_MAX:g} ms", None,
-                note="NOT MEASURED: api/routes/ has no revenue-events route yet")]
 
 
 def _free_port() -> int:
