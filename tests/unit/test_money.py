@@ -40,7 +40,8 @@ ISO_MINOR_DIGITS_NOT_TWO = {
 def test_every_current_currency_has_the_minor_unit_iso_4217_gives_it():
     # Amounts are stored as integers of the minor unit that py-moneyed gives: an upgrade that moved
     # one (ISK to two digits, say) would read every stored amount of that currency a hundred times
-    # smaller. py-moneyed lists the countries of the currencies in use; the rest are withdrawn.
+    # smaller. py-moneyed lists the countries of the currencies it holds in use (a few of ISO's
+    # current ones, SVC for one, it does not, all of two digits).
     current = {code for code, currency in moneyed.CURRENCIES.items() if currency.countries and code not in NOT_MONEY}
     assert set(ISO_MINOR_DIGITS_NOT_TWO) <= current
     assert {code: currency_exponent(code) for code in current if currency_exponent(code) != 2} == \
