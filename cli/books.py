@@ -361,9 +361,9 @@ def trial_balance(settings: Settings, as_of: str | None) -> None:
 
 def trial_balance_table(rows: list[tuple[str, ...]]) -> str:
     """Account and currency left-aligned, amounts right-aligned, every column at least two spaces
-    wider than its widest cell: a book's totals reach 20 characters (BHD, or VND, which has no minor
-    digits) and an account name 92 (a partner id of 64), and columns of a fixed width ran one value
-    into the next."""
+    wider than its widest cell: an amount runs past 16 characters (a large book's totals in BHD, or
+    in VND, which has no minor digits) and an account name to 92 (a partner id of 64), and columns
+    of a fixed width ran one value into the next."""
     widths = [max(least, 2 + max(len(row[column]) for row in rows if len(row) > column))
               for column, least in enumerate((44, 5, 16, 16, 16))]
     return "\n".join((f"{row[0]:<{widths[0]}}{row[1]:<{widths[1]}}" + "".join(
