@@ -347,18 +347,27 @@ def trial_balance(settings: Settings, as_of: str | None) -> None:
         before_us = now_us()
     with opened(settings) as database, database.reader() as session:
         report = build(session, before_us=before_us)
+    rows = [(row.account, row.currency, *(format_minor(minor, row.currency) for minor in
+                                          (row.debit_minor, row.credit_minor, row.balance_minor)))
+            for row in report.rows]
+    rows += [("total", total.currency, format_minor(total.debit_minor, total.currency),
+              format_minor(total.credit_minor, total.currency)) for total in report.totals]
     click.echo(f"trial balance as of {format_instant(before_us)}")
-    click.echo(f"{'account':<44}{'cur':<5}{'debit':>16}{'credit':>16}{'balance':>16}")
-    for row in report.rows:
-        money = lambda minor: format_minor(minor, row.currency)  # noqa: E731
-        click.echo(f"{row.account:<44}{row.currency:<5}{money(row.debit_minor):>16}{money(row.credit_minor):>16}"
-                   f"{money(row.balance_minor):>16}")
-    for total in report.totals:
-        click.echo(f"{'total':<44}{total.currency:<5}{format_minor(total.debit_minor, total.currency):>16}"
-                   f"{format_minor(total.credit_minor, total.currency):>16}")
+    click.echo(trial_balance_table([("account", "cur", "debit", "credit", "balance"), *rows]))
     click.echo("balanced" if report.balanced else "NOT BALANCED")
     if not report.balanced:
         sys.exit(1)
+
+
+def trial_balance_table(rows: list[tuple[str, ...]]) -> str:
+    """Account and currency left-aligned, amounts right-aligned, every column at least two spaces
+    wider than its widest cell: an amount runs past 16 characters (a large book's totals in BHD, or
+    in VND, which has no minor digits) and an account name to 92 (a partner id of 64), and columns
+    of a fixed width ran one value into the next."""
+    widths = [max(least, 2 + max(len(row[column]) for row in rows if len(row) > column))
+              for column, least in enumerate((44, 5, 16, 16, 16))]
+    return "\n".join((f"{row[0]:<{widths[0]}}{row[1]:<{widths[1]}}" + "".join(
+        cell.rjust(width) for cell, width in zip(row[2:], widths[2:]))) for row in rows)
 
 
 COMMANDS = (scheduler, demo, import_events, release_holds, payout_run, close, statement, trial_balance)

@@ -25,6 +25,7 @@ from ledger.balances import all_balances
 from ledger.db import Database
 from ledger.importer import HEAD_BYTES, detect_format, head, open_events
 from ledger.instants import next_period, period_bounds_us, period_of
+from ledger.money import format_minor
 from ledger.schema import journal_lines, journal_transactions, partners, period_closes, revenue_events
 from ledger.settings import Settings
 from ledger.trial_balance import trial_balance
@@ -210,6 +211,39 @@ def test_the_trial_balance_without_as_of_is_as_of_now_like_the_api_s_and_leaves_
     report = invoke(seeded.url, "trial-balance")
     assert report.exit_code == 0 and report.output.startswith("trial balance as of 20"), report.output
     assert "expense:commission" not in report.output, report.output
+
+
+def test_the_trial_balance_prints_each_amount_in_a_column_of_its_own_however_many_digits_it_has(database):
+    # VND has no minor digits and BHD three: a book's totals in either reach 17 to 20 characters, and
+    # columns 16 wide ran the debit into the credit ("4999999999999999.9954999999999999999.995"); an
+    # account of a long partner id ran into its currency.
+    books = Books(database)
+    books.plan("all", "1", hold_days=0)
+    books.partner("whale", "all")
+    books.partner("a-partner-whose-id-takes-forty-characters", "all")
+    books.attribute("whale-customer", "whale", "2026-01-01")
+    books.attribute("long-customer", "a-partner-whose-id-takes-forty-characters", "2026-01-01")
+    books.paid("long-customer", "small", "1", "2026-01-20", currency="VND")
+    for n, (amount, currency) in enumerate([("999999999999999.999", "BHD")] * 4 + [("999999999999999", "VND")] * 2):
+        books.paid("whale-customer", f"big-{n}", amount, "2026-01-20", currency=currency)
+    books.release("2026-01-21")
+    with database.reader() as session:
+        report = trial_balance(session, before_us=None)
+    printed = invoke(database.url, "trial-balance", "--as-of", "2026-01-21")
+    assert printed.exit_code == 0, printed.output
+    rows = [line.split() for line in printed.output.splitlines()[2:-1]]
+    expected = [[row.account, row.currency, *(format_minor(minor, row.currency) for minor in
+                                             (row.debit_minor, row.credit_minor, row.balance_minor))]
+                for row in report.rows]
+    expected += [["total", total.currency, format_minor(total.debit_minor, total.currency),
+                  format_minor(total.credit_minor, total.currency)] for total in report.totals]
+    assert rows == expected
+    assert ["total", "BHD", "7999999999999999.992", "7999999999999999.992"] in rows
+    assert ["liability:partner:a-partner-whose-id-takes-forty-characters:available", "VND", "0", "1", "-1"] in rows
+    header, *lines = printed.output.splitlines()[1:-1]
+    for line in lines:  # every amount ends under the end of its column's name
+        assert line.rstrip().endswith(line.split()[-1]) and len(line.rstrip()) in (header.index("credit") + 6,
+                                                                                    len(header))
 
 
 def test_at_today_s_date_is_not_refused_as_in_the_future(seeded):

@@ -7,8 +7,8 @@ The program stresses what the other properties do not: step-down schedules with 
 9 months and a lifetime one; windows starting on the 29th, 30th and 31st of a month (month ends
 clamp); events dated exactly at a window's month boundary, at its end and at a hold's maturity;
 a chain of partners as deep as the hierarchy allows, with terminated ancestors skipped;
-overrides on revenue and on commission; CPAs in USD, JPY, BHD and KWD; amounts in currencies of 0, 2
-and 3 minor digits; partial, repeated, completing and excessive refunds and chargebacks, won
+overrides on revenue and on commission; CPAs in USD, JPY, BHD, KWD and CLF; amounts in currencies of 0,
+2, 3 and 4 minor digits (CLF, whose shares and clawbacks fall in ten-thousandths); partial, repeated, completing and excessive refunds and chargebacks, won
 disputes; re-attribution; suspension and termination; new plan versions in the middle of windows
 and holds; payout runs (minimums per currency, active partners only) with payouts settled or
 failed; closes of every ended month, with `reset` write-offs.
@@ -43,7 +43,7 @@ from tests.scenarios.test_properties import new_pg_copy
 
 HOUR_US = 3_600_000_000
 START_US = at("2023-03-30T18:00:00Z")
-EXPONENTS = {"USD": 2, "JPY": 0, "BHD": 3, "KWD": 3}
+EXPONENTS = {"USD": 2, "JPY": 0, "BHD": 3, "KWD": 3, "CLF": 4}
 CURRENCIES = list(EXPONENTS)
 # plan id -> (step-down schedule, duration in months, hold days, CPA by currency, override, minimum
 # payout by currency, negative balance policy)
@@ -51,13 +51,14 @@ PLANS = {
     "top": ([(1, "0.10")], None, 15, {}, ("0.03", "revenue"), {"USD": "50.00"}, "carry_forward"),
     "mid": ([(1, "0.40"), (4, "0.20"), (7, "0.05")], 9, 30, {"USD": "25.00", "JPY": "3000", "BHD": "7.500"},
             ("0.25", "commission"), {"USD": "50.00", "JPY": "5000"}, "reset"),
-    "leaf": ([(1, "0.333"), (3, "0.125")], 6, 7, {"USD": "10.01", "KWD": "1.234"}, None, {"KWD": "0.500"}, "reset"),
+    "leaf": ([(1, "0.333"), (3, "0.125")], 6, 7, {"USD": "10.01", "KWD": "1.234", "CLF": "0.0123"}, None,
+             {"KWD": "0.500", "CLF": "0.5000"}, "reset"),
     "flat": ([(1, "0.5")], 1, 0, {"JPY": "1"}, ("0.5", "commission"), {}, "carry_forward"),
 }
 # Terms of later versions, each plan's own: other rates, windows, holds, CPAs, overrides, minimums
 # and policies.
 LATER_PLANS = {
-    "top": ([(1, "0.07")], None, 3, {"JPY": "500"}, ("0.5", "commission"), {"BHD": "1.000"}, "reset"),
+    "top": ([(1, "0.07")], None, 3, {"JPY": "500", "CLF": "0.0001"}, ("0.5", "commission"), {"BHD": "1.000"}, "reset"),
     "mid": ([(1, "0.30"), (2, "0.15")], 4, 0, {}, None, {"USD": "0.01"}, "carry_forward"),
     "leaf": ([(1, "0"), (2, "0.9")], 12, 45, {"BHD": "0.001"}, ("0.01", "revenue"), {}, "carry_forward"),
     "flat": ([(1, "1")], 2, 1, {"USD": "0.01"}, None, {"JPY": "100000"}, "reset"),

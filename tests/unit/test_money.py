@@ -1,11 +1,13 @@
 from decimal import Decimal
 
+import moneyed
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import InvalidInput
 from ledger.money import (
+    NOT_MONEY,
     ROUND_HALF_EVEN,
     Money,
     currency_exponent,
@@ -24,6 +26,26 @@ from ledger.money import (
                                             ("XCD", 2)])
 def test_the_minor_unit_comes_from_the_currency(code, exponent):
     assert currency_exponent(code) == exponent
+
+
+# ISO 4217 list one: the current currencies and funds whose minor unit is not two digits.
+ISO_MINOR_DIGITS_NOT_TWO = {
+    **dict.fromkeys(["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV",
+                     "XAF", "XOF", "XPF"], 0),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
+
+
+def test_every_current_currency_has_the_minor_unit_iso_4217_gives_it():
+    # Amounts are stored as integers of the minor unit that py-moneyed gives: an upgrade that moved
+    # one (ISK to two digits, say) would read every stored amount of that currency a hundred times
+    # smaller. py-moneyed lists the countries of the currencies it holds in use (a few of ISO's
+    # current ones, SVC for one, it does not, all of two digits).
+    current = {code for code, currency in moneyed.CURRENCIES.items() if currency.countries and code not in NOT_MONEY}
+    assert set(ISO_MINOR_DIGITS_NOT_TWO) <= current
+    assert {code: currency_exponent(code) for code in current if currency_exponent(code) != 2} == \
+        ISO_MINOR_DIGITS_NOT_TWO
 
 
 @pytest.mark.parametrize("text, currency, minor", [
