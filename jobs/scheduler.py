@@ -174,18 +174,31 @@ WAIT_MAX_S = 60.0  # ... up to this
 # Each try's bound: a server that takes the TCP connection and never answers (stopped, or behind a
 # firewall that drops packets) otherwise held a try for psycopg's default of 130 s, silent.
 WAIT_CONNECT_TIMEOUT_S = 10
-# What a PostgreSQL server says while it does not take connections yet (or for now), which time
-# cures; any other refusal from the server (no such database or role, a password or pg_hba refusal)
-# is a setting to fix. psycopg gives no SQLSTATE for a refused connection, only the server's words.
-_SERVER_NOT_READY = re.compile(r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
-                               r"|too many clients|remaining connection slots")
+# What time cures, in the words psycopg gives a refused connection (no SQLSTATE, only libpq's words
+# and the server's). No server reached: none listening (libpq's hint "Is the server running", after a
+# refused TCP connection or a missing socket file), no answer within the bound, no route, a name not
+# resolved yet, a connection cut as the server went down. A server that does not take connections for
+# now: 57P03 cannot_connect_now (starting up, shutting down, in recovery, a standby not, or not yet,
+# accepting connections) and 53300 too_many_connections. Anything else is a setting to fix, whether
+# the server says it (a database or role that does not exist, a password or pg_hba refusal) or libpq
+# (SSL required and not offered, an option's bad value, an authentication the URL requires): it
+# exits 2 at once. A word not listed here exits too, which a supervisor's restart cures; a setting
+# waited on was logged every minute for ever.
+_OUT_OF_REACH = re.compile(
+    r"Is the server running|timeout expired|Connection timed out|No route to host|Network is unreachable"
+    r"|Host is unreachable|could not translate host name|failed to resolve host"
+    r"|server closed the connection unexpectedly|Connection reset by peer"
+    r"|the database system is (starting up|shutting down|in recovery mode|not yet accepting connections"
+    r"|not accepting connections)"
+    r"|too many clients|remaining connection slots|too many connections for (role|database)")
 
 
 def out_of_reach(error: BaseException) -> bool:
     """Whether a connection failed for want of a server taking connections (none listening, a name
-    not resolved yet, a server starting or restarting, its connections full), not for a setting."""
+    not resolved yet, a server starting, restarting or a standby, its connections full), not for a
+    setting."""
     words = str(getattr(error, "orig", None) or error)
-    return isinstance(error, OperationalError) and ("FATAL:" not in words or bool(_SERVER_NOT_READY.search(words)))
+    return isinstance(error, OperationalError) and bool(_OUT_OF_REACH.search(words))
 
 
 def wait_for_database(url: str) -> bool:
@@ -193,9 +206,9 @@ def wait_for_database(url: str) -> bool:
     seconds (at most `WAIT_MAX_S`), with a line in the log each time; whether to go on (False: a
     SIGTERM or SIGINT came meanwhile). A long-running process started with its database (a host's
     boot, a compose file, a database restarted by a deploy) otherwise exited 2, and stayed down
-    unless a supervisor restarted it. Anything else the database says (a name, a role, a password,
-    a schema not migrated) is left to the checks that follow, which exit 2 at once; so is SQLite, a
-    local file that waiting does not bring.
+    unless a supervisor restarted it. Anything else the database or libpq says (a name, a role, a
+    password, SSL required and not offered, a schema not migrated: `out_of_reach`) is left to the
+    checks that follow, which exit 2 at once; so is SQLite, a local file that waiting does not bring.
 
     Nothing is in progress while it waits, so the first signal stops it at once, inside a try too:
     kept until the try ended, it outlived a stop's grace period (Docker's 10 s)."""

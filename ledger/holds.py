@@ -250,7 +250,8 @@ def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None
     in the future is refused (422 naming `at`), as for a payout run: holds are released as they
     mature, and a release dated ahead would make an amount available before its time. With
     `own_instant`, `at_us` was read from the service's clock, which may have stepped back since
-    (`journal.Batch.ahead`)."""
+    (`journal.Batch.ahead`). The releases are written (`batch` flushed) before their holds leave
+    the queue, so what reads balances after it counts them."""
     return _release(session, at_us, batch, None, own_instant=own_instant)[0]
 
 
@@ -259,9 +260,7 @@ def release_now(session: Session) -> tuple[int, int]:
     before it, a release that waited for the lock behind another writer was made as of an instant
     before that writer's postings, and left unreleased what matured while it waited."""
     batch = journal.Batch(session)
-    released = release_matured(session, batch.recorded_at_us, batch=batch, own_instant=True)
-    batch.flush()
-    return released, batch.recorded_at_us
+    return release_matured(session, batch.recorded_at_us, batch=batch, own_instant=True), batch.recorded_at_us
 
 
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
@@ -290,7 +289,6 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
                 at_us, own_instant = batch.recorded_at_us, True
             posted, taken, after = _release(session, at_us, batch, holds_per_transaction, after,
                                             own_instant=own_instant)
-            batch.flush()
         released += posted
         if taken < holds_per_transaction:
             return released
@@ -301,8 +299,9 @@ def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: i
     """(releases posted, holds taken from the queue, the last one's (maturity, accrual)): the
     `limit` holds matured first by `at_us`, by maturity then accrual, after `after`; or every one.
     Each call starts after the last hold the previous one took, so a run of calls ends even if a
-    hold it takes cannot leave the queue (one whose piece was released already leaves it here)."""
-    own_batch = batch is None
+    hold it takes cannot leave the queue (one whose piece was released already leaves it here).
+    Whoever made `batch`, the releases are flushed before their holds leave the queue: one order for
+    every caller."""
     batch = batch or journal.Batch(session)
     if batch.ahead(at_us, own_instant=own_instant):
         raise invalid("at", f"{format_instant(at_us)} is in the future: holds are released as they mature")
@@ -324,8 +323,7 @@ def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: i
     before = batch.head_id
     ended = release_pieces(batch, sorted(pieces, key=lambda p: (p.matures_at_us, p.id)), at_us)
     released = batch.head_id - before
-    if own_batch:
-        batch.flush()
+    batch.flush()
     end_holds(session, sorted(set(ended) | stale | (wanted - {p.id for p in pieces})))
     last = matured[-1]
     return released, len(matured), (last.matures_at_us, last.accrual_id)

@@ -87,7 +87,6 @@ def run_payouts(session: Session, at_us: int | None, *, own_instant: bool = Fals
         return PayoutRun(existing, at_us, tuple(list_payouts(session, run_id=existing)), True)
     _refuse_out_of_order(session, batch, at_us, own_instant)
     holds.release_matured(session, at_us, batch=batch, own_instant=own_instant)
-    batch.flush()
     run_id = run_id_for(at_us)
     session.execute(insert(payout_runs).values(id=run_id, at_us=at_us, created_at_us=batch.recorded_at_us))
     rows = []

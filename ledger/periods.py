@@ -183,8 +183,8 @@ def _has_postings(session: Session, start_us: int, end_us: int) -> bool:
 
 def _close_one(session: Session, batch: journal.Batch, period: str, now: int) -> Close:
     start_us, end_us = period_bounds_us(period)
+    # The write-off reads balances from the database: `release_matured` writes the releases first.
     holds.release_matured(session, end_us - 1, batch=batch)
-    batch.flush()  # the write-off reads balances from the database: the releases must be in them
     _write_off_negative_balances(session, batch, end_us)
     batch.flush()
     previous = latest_close(session)

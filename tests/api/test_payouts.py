@@ -309,6 +309,18 @@ def test_a_run_without_an_instant_made_while_another_server_ran_one_is_made_at_a
     assert made["payouts"] == [] and paid["run_id"] != made["id"] and paid["amount"] == money("50.00")
 
 
+def test_a_run_without_an_instant_or_a_key_sent_twice_makes_a_second_run_that_pays_what_the_first_left(
+        fresh, database):
+    """Each is a run at now; only an `Idempotency-Key` makes a retry the same request."""
+    invoices(fresh, p1="250.00")
+    first, second = fresh.created("/v1/payout-runs", {}), fresh.created("/v1/payout-runs", {})
+    assert first["id"] != second["id"]
+    assert parse_instant(first["at"], field="at") < parse_instant(second["at"], field="at")
+    assert [payout["amount"] for payout in first["payouts"]] == [money("50.00")] and second["payouts"] == []
+    with database.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM payout_runs")).scalar_one() == 2
+
+
 def test_a_release_without_an_instant_made_while_another_server_released_is_made_as_of_a_later_now(
         fresh, database, monkeypatch):
     invoices(fresh, p1="250.00")

@@ -823,6 +823,90 @@ def test_a_scheduler_with_a_bad_setting_exits_2_at_once_though_its_database_is_u
     assert status == 2 and "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28" in log, log
 
 
+AT_SERVER = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize("words, waited", [
+    # 57P03 cannot_connect_now, each of PostgreSQL's words for it: states that pass.
+    (AT_SERVER + "FATAL:  the database system is starting up", True),
+    (AT_SERVER + "FATAL:  the database system is shutting down", True),
+    (AT_SERVER + "FATAL:  the database system is in recovery mode", True),
+    (AT_SERVER + "FATAL:  the database system is not yet accepting connections\nDETAIL:  Consistent recovery state"
+                 " has not been yet reached.", True),
+    (AT_SERVER + "FATAL:  the database system is not accepting connections\nDETAIL:  Hot standby mode is disabled.",
+     True),
+    # 53300 too_many_connections.
+    (AT_SERVER + "FATAL:  sorry, too many clients already", True),
+    (AT_SERVER + "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute", True),
+    (AT_SERVER + 'FATAL:  too many connections for role "revshare"', True),
+    # No server reached.
+    (AT_SERVER + "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?", True),
+    ('connection failed: connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed: No such file or'
+     " directory\n\tIs the server running locally and accepting connections on that socket?", True),
+    (AT_SERVER + "timeout expired", True),
+    ("failed to resolve host 'db': [Errno -3] Temporary failure in name resolution", True),
+    (AT_SERVER + "server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally",
+     True),
+    # Settings, the server's or the client's own words: waiting cures none.
+    (AT_SERVER + 'FATAL:  database "books" does not exist', False),
+    (AT_SERVER + 'FATAL:  password authentication failed for user "revshare"', False),
+    (AT_SERVER + "server does not support SSL, but SSL was required", False),
+    ('connection is bad: invalid sslmode value: "requir"', False),
+    ("connection is bad: GSSAPI encryption required but no credential cache", False),
+    (AT_SERVER + "channel binding required, but server authenticated client without channel binding", False),
+])
+def test_a_scheduler_waits_for_a_server_that_does_not_take_connections_yet_and_not_for_a_setting(words, waited):
+    """psycopg gives a refused connection no SQLSTATE, only libpq's and the server's words."""
+    import psycopg
+
+    from jobs.scheduler import out_of_reach
+
+    assert out_of_reach(OperationalError("connect", None, psycopg.OperationalError(words))) is waited
+
+
+@pytest.mark.postgres
+def test_a_scheduler_whose_url_requires_ssl_of_a_server_without_it_exits_2_at_once(pg_cluster):
+    """libpq's own refusal, with no FATAL from the server: it was waited on, a try logged every minute
+    for ever."""
+    process = scheduler_process(f"{pg_cluster.url()}?sslmode=require")
+    try:
+        status = process.wait(30)
+        log = process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert status == 2 and "server does not support SSL, but SSL was required" in log, log
+    assert "trying again" not in log, log
+
+
+@pytest.mark.postgres
+def test_a_scheduler_whose_server_is_a_standby_not_accepting_connections_waits_for_it():
+    """A standby without hot standby answers 57P03 "not accepting connections" until it is
+    promoted: it exited 2 at once, as for a setting."""
+    from tests.pg_cluster import Cluster
+
+    cluster = Cluster().start()
+    process = None
+    try:
+        cluster.pause()
+        (cluster.data / "standby.signal").touch()
+        with open(cluster.data / "postgresql.conf", "a") as conf:
+            conf.write("\nhot_standby = off\n")
+        cluster.resume()
+        process = scheduler_process(cluster.url())
+        log = read_log_until(process, "trying again in")
+        assert "the database system is not accepting connections" in log and process.poll() is None, log
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+            process.stderr.close()
+        cluster.stop()
+
+
 @pytest.mark.postgres
 def test_a_scheduler_whose_database_server_refuses_its_database_or_role_exits_2_at_once(pg_cluster):
     # The server answered: a name or a credential is wrong, which waiting does not cure.
