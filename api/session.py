@@ -41,11 +41,12 @@ def current_settings() -> Settings:
 
 def current_session() -> Session:
     """This request's session: a reader for GET/HEAD/OPTIONS, a writer otherwise."""
-    session = g.get("db_session")
+    context = g._get_current_object()  # bound once: see `api.auth.authenticate_request`
+    session = context.get("db_session")
     if session is None:
         database = current_database()
         session = database.reader() if request.method in READ_METHODS else database.writer()
-        g.db_session = session
+        context.db_session = session
     return session
 
 
