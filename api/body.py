@@ -3,11 +3,14 @@
 Checks run after authentication (see `create_app`): a POST, PUT or PATCH that carries a body must
 say `application/json` (or `+json`), else 415; a declared length over the limit is a 413 before
 anything is read, and a chunked body (no declared length) that goes past the limit while being read
-is a 413 too. The body is parsed
-once per request by `json_body()`: a body the server cannot read (malformed chunks) and anything
-that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
-parser) is a 400, never a 500; so is an object that gives a key twice. A body that stops arriving
-(`revshare serve` drops a client idle for `cli.server.CLIENT_IDLE_S`) is a 408.
+is a 413 too. The body is parsed once per request (`request_json()`, `json_body()`): a body the
+server cannot read (malformed chunks) and anything that is not JSON (bad UTF-8, bad syntax, numbers
+too long for Python, nesting too deep for the parser) is a 400, never a 500; so is an object that
+gives a key twice. A body that stops arriving (`revshare serve` drops a client idle for
+`cli.server.CLIENT_IDLE_S`) is a 408.
+
+`plain_body` lets a view take a body its own parser reads (a well-formed revenue event) straight,
+past webargs and flask-smorest, and sends any other through them for their messages.
 
 `Blueprint` is flask-smorest's with that parser, and query strings refuse unknown parameters like
 bodies do, so `?asof=` is a 422 rather than a silently ignored filter; `check_query` refuses them
@@ -123,8 +126,8 @@ class JsonParser(FlaskParser):
 def plain_body(parse: Callable[[Any], dict | None]) -> Callable[[Callable], Callable]:
     """A view (under `Blueprint.arguments`) that takes a body `parse` reads without a schema: a JSON
     body `parse` turns into the view's arguments is passed to the view as it is written, past webargs
-    and flask-smorest's wrappers, which cost a single-event POST about 100 function calls of their
-    own; any other body goes through them, for their messages. `parse` must give what the schema
+    and flask-smorest's wrappers, which cost a single-event POST about 90 function calls of their
+    own (and read its body twice); any other body goes through them, for their messages. `parse` must give what the schema
     loads, and the view must return a complete Response (flask-smorest's response wrapper returns
     one as it is), so that both paths answer alike; the OpenAPI document is the wrapped view's."""
 
