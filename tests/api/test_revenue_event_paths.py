@@ -14,7 +14,6 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from api.routes import revenue as revenue_routes
 from ledger.db import Database
 from tests.api.conftest import bearer, enroll, make_app, make_keys
 from tests.conftest import database_property, new_sqlite_url
@@ -66,9 +65,9 @@ _WRONG = st.sampled_from([None, 1, 1.5, "", "bad id", "Refund", "2026-02-01", "2
                           {"amount": "1.001", "currency": "USD"}, {"amount": "-5.00", "currency": "USD"},
                           {"amount": "0.00", "currency": "USD"}, {"amount": "5", "currency": "usd"},
                           {"amount": 5, "currency": "USD"}, {"amount": "5"}])
-_CHANGED = st.builds(lambda event, name, value: {**event, name: value}, _EVENT,
+_CHANGED = st.builds(lambda data, name, value: {**data, name: value}, _EVENT,
                      st.sampled_from(["id", "type", "customer_id", "amount", "occurred_at", "extra"]), _WRONG)
-_WITHOUT = st.builds(lambda event, name: {k: v for k, v in event.items() if k != name}, _EVENT,
+_WITHOUT = st.builds(lambda data, name: {k: v for k, v in data.items() if k != name}, _EVENT,
                      st.sampled_from(["invoice_id", "amount"]))
 _BODIES = st.one_of(_EVENT, _EVENT, _EVENT, _CHANGED, _WITHOUT, st.sampled_from(
     [b"", b"  ", b"null", b"[]", b"{", b'{"id": "e-1", "id": "e-2"}', b"\xff", b"1e999"]))
