@@ -7,7 +7,8 @@ render. A request passes, in order:
 1. routing: unknown URL 404, wrong method 405;
 2. authentication and role (`auth.py`): 401, 403, or 404 for a partner key;
 3. body checks (`body.py`): 413 too large, 415 not JSON;
-4. parsing and validation (webargs + `fields.py`): 400 not JSON, 422 naming the fields;
+4. parsing and validation (webargs + `fields.py`): 400 not JSON, 422 naming the fields (a
+   well-formed revenue event is read by its own parser instead: `body.plain_body`);
 5. the domain: its errors map to 404, 409, 422 (`errors.py`);
 6. the response: the request's session (`session.py`) commits on 2xx and rolls back otherwise.
 
@@ -16,6 +17,9 @@ each operation lists the problem responses it can give (`openapi.py`).
 """
 
 from __future__ import annotations
+
+from types import FunctionType
+from typing import Any, Callable
 
 from flask import Flask
 
@@ -30,12 +34,34 @@ SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
 # (30 s), and the client got gunicorn's own HTML 500, not the problem+json 503 the contract promises
 # a busy database. Jobs and the command line wait as long as it takes.
 LOCK_WAIT_S = 10.0
+# Functions `App.ensure_sync` remembers: the app's hooks and views, and the wrappers around them.
+SYNC_FUNCTIONS_CACHED_MAX = 1_000
+
+
+class App(Flask):
+    """Flask, remembering which functions are plain `def`s. Flask asks `inspect.iscoroutinefunction`
+    of every hook and view wrapper on every request (eight times a revenue event POST, nine function
+    calls each); the answer for a given function never changes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._synchronous: dict[Callable, Callable] = {}
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        sync = self._synchronous.get(func) if type(func) is FunctionType else None
+        if sync is not None:
+            return sync
+        sync = super().ensure_sync(func)
+        # Plain functions only: a bound method may be of an object made for one request (a MethodView's).
+        if sync is func and type(func) is FunctionType and len(self._synchronous) < SYNC_FUNCTIONS_CACHED_MAX:
+            self._synchronous[func] = func
+        return sync
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
     database = database or Database(settings.database_url, lock_wait_s=LOCK_WAIT_S)
-    app = Flask(__name__, static_folder=None)
+    app = App(__name__, static_folder=None)
     app.config.update(_config(settings))
     app.logger.setLevel(settings.log_level)
     session.install(app, settings, database)

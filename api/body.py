@@ -3,11 +3,14 @@
 Checks run after authentication (see `create_app`): a POST, PUT or PATCH that carries a body must
 say `application/json` (or `+json`), else 415; a declared length over the limit is a 413 before
 anything is read, and a chunked body (no declared length) that goes past the limit while being read
-is a 413 too. The body is parsed
-once per request by `json_body()`: a body the server cannot read (malformed chunks) and anything
-that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
-parser) is a 400, never a 500; so is an object that gives a key twice. A body that stops arriving
-(`revshare serve` drops a client idle for `cli.server.CLIENT_IDLE_S`) is a 408.
+is a 413 too. The body is parsed once per request (`request_json()`, `json_body()`): a body the
+server cannot read (malformed chunks) and anything that is not JSON (bad UTF-8, bad syntax, numbers
+too long for Python, nesting too deep for the parser) is a 400, never a 500; so is an object that
+gives a key twice. A body that stops arriving (`revshare serve` drops a client idle for
+`cli.server.CLIENT_IDLE_S`) is a 408.
+
+`plain_body` lets a view take a body its own parser reads (a well-formed revenue event) straight,
+past webargs and flask-smorest, and sends any other through them for their messages.
 
 `Blueprint` is flask-smorest's with that parser, and query strings refuse unknown parameters like
 bodies do, so `?asof=` is a 422 rather than a silently ignored filter; `check_query` refuses them
@@ -18,7 +21,9 @@ deep-copy the fields of) a new instance on every request. Our schemas keep no st
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from typing import Any, Callable
 
 import flask_smorest
 import marshmallow as ma
@@ -37,24 +42,38 @@ _NO_PARAMETERS = Schema()
 
 def check_body() -> None:
     """413 for a declared length over the limit; 415 for a body that is not JSON."""
-    if request.method not in BODY_METHODS:
+    req = request._get_current_object()  # bound once: see `api.auth.authenticate_request`
+    if req.method not in BODY_METHODS:
         return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
+    length = req.content_length
+    if length is not None and length > limit:
         raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
-    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if ((request.content_length or 0) > 0 or chunked) and not core.is_json(request.mimetype):
-        raise UnsupportedMediaType(f"The request body must be application/json, not {request.mimetype[:80]!r}.")
+    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    if ((length or 0) > 0 or chunked) and not core.is_json(req.mimetype):
+        raise UnsupportedMediaType(f"The request body must be application/json, not {req.mimetype[:80]!r}.")
 
 
 def json_body() -> Any:
     """The request's JSON body, parsed once; None when the body is empty."""
-    if "json_body" not in g:
-        g.json_body = _parse(_body_bytes())
-    return g.json_body
+    parsed = request_json()
+    return None if parsed is core.missing else parsed
 
 
-def _body_bytes() -> bytes:
+def request_json() -> Any:
+    """The request's JSON body, parsed once; `core.missing` when the body is empty (or white space
+    only), which a JSON body never parses to (`null` is None)."""
+    context = g._get_current_object()
+    parsed = context.get("json_body", _UNREAD)
+    if parsed is _UNREAD:
+        parsed = context.json_body = _parse(_body_bytes(request._get_current_object()))
+    return parsed
+
+
+_UNREAD = object()
+
+
+def _body_bytes(req) -> bytes:
     """The body as sent, read once. Framing the server cannot read (a chunk size that is not
     hexadecimal, say: gunicorn raises its own exception for it) is the client's error, a 400, not a
     500. Werkzeug stops a body without a declared length at the limit silently: a byte beyond it is
@@ -62,9 +81,9 @@ def _body_bytes() -> bytes:
     of exactly the limit is taken, as it is with a declared length."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     try:
-        data = request.get_data(cache=True)
+        data = req.get_data(cache=True)
         # Werkzeug read up to the limit: one more byte from the server's stream tells whether it ended there.
-        beyond = request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1)
+        beyond = req.content_length is None and len(data) >= limit and req.environ["wsgi.input"].read(1)
     except (HTTPException, TimeoutError) as error:
         # The server's idle limit on a client that stopped sending (`cli.server.CLIENT_IDLE_S`):
         # Werkzeug's reader turns the socket's timeout into a ClientDisconnected (a bare 400).
@@ -80,7 +99,7 @@ def _body_bytes() -> bytes:
 
 def _parse(data: bytes) -> Any:
     if not data.strip():
-        return None
+        return core.missing
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -99,9 +118,33 @@ class JsonParser(FlaskParser):
     def _raw_load_json(self, req) -> Any:
         """An empty body is missing (optional bodies may be left out); a body that is the JSON
         literal `null` is a value, which the schema refuses like any other non-object (422)."""
-        if not core.is_json(req.mimetype) or not _body_bytes().strip():
+        if not core.is_json(req.mimetype):
             return core.missing
-        return json_body()
+        return request_json()
+
+
+def plain_body(parse: Callable[[Any], dict | None]) -> Callable[[Callable], Callable]:
+    """A view (under `Blueprint.arguments`) that takes a body `parse` reads without a schema: a JSON
+    body `parse` turns into the view's arguments is passed to the view as it is written, past webargs
+    and flask-smorest's wrappers, which cost a single-event POST about 90 function calls of their
+    own (and read its body twice); any other body goes through them, for their messages. `parse` must give what the schema
+    loads, and the view must return a complete Response (flask-smorest's response wrapper returns
+    one as it is), so that both paths answer alike; the OpenAPI document is the wrapped view's."""
+
+    def decorate(view: Callable) -> Callable:
+        written = inspect.unwrap(view)
+
+        @functools.wraps(view)
+        def plain(*args, **kwargs):
+            if core.is_json(request.mimetype):
+                loaded = parse(request_json())
+                if loaded is not None:
+                    return written(*args, loaded, **kwargs)
+            return view(*args, **kwargs)
+
+        return plain
+
+    return decorate
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -138,10 +181,15 @@ def _requires_body(schema: Schema) -> bool:
 def check_query() -> None:
     """On a route of ours, a query parameter given twice (no parameter takes a list) is a 422 naming
     it, and so is any query parameter on a route that takes none."""
-    if not request.args or not isinstance(current_app.blueprints.get(request.blueprint), Blueprint):
+    req = request._get_current_object()
+    # An empty query string holds no parameter: no need to parse it (`args`) to know.
+    if not req.query_string or not req.args:
         return
-    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    app = current_app._get_current_object()
+    if not isinstance(app.blueprints.get(req.blueprint), Blueprint):
+        return
+    repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
     if repeated:
         flask_smorest.abort(422, messages={"query": {name: ["given more than once"] for name in repeated}})
-    if not getattr(current_app.view_functions.get(request.endpoint), "takes_query", False):
-        Blueprint.ARGUMENTS_PARSER.parse(_NO_PARAMETERS, request, location="query")
+    if not getattr(app.view_functions.get(req.endpoint), "takes_query", False):
+        Blueprint.ARGUMENTS_PARSER.parse(_NO_PARAMETERS, req, location="query")

@@ -22,7 +22,7 @@ import marshmallow as ma
 from flask import current_app
 
 from api.auth import allow
-from api.body import Blueprint
+from api.body import Blueprint, plain_body
 from api.errors import domain_problem_data, validation_problem_data
 from api.fields import AMOUNT_TEXT_MAX, INSTANT_TEXT_MAX, Amount, ExternalId, Instant, Money, Str
 from api.idempotency import REPLAYED_HEADER
@@ -167,6 +167,7 @@ def render_outcome(outcome: Outcome) -> dict:
               "invoice is already paid")
 @refuses(422, "a refund or chargeback of an invoice never paid, of another customer or currency, dated before "
               "its payment, or beyond what was paid; an instant in the future")
+@plain_body(plain_event)
 @blp.arguments(RevenueEventSchema)
 @blp.response(201, OutcomeSchema)
 def post_event(args):
@@ -175,8 +176,11 @@ def post_event(args):
     if isinstance(result, revenue.Refusal):
         raise result.error
     commit_now()
-    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
-    return current_app.json.response(render_outcome(result)), result.http_status, headers
+    response = current_app.json.response(render_outcome(result))
+    response.status_code = result.http_status
+    if result.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 @blp.route("/revenue-events/batch", methods=["POST"])
