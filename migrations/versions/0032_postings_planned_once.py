@@ -3,8 +3,8 @@
 Four statement triggers followed an insert into `journal_transactions` (the closed period of
 migration 0004, the seal of 0006, the rules of 0029 and 0031, the piece rules of 0022 and 0030),
 and a single posting's header ran eleven queries over the statement's transition table, each
-planned anew on every call (PostgreSQL keeps no plan of a query over a transition table), and
-read its lines five times (their count twice, their balance, their instants, their accounts).
+planned anew on every call, and read its lines three times (their accounts, their count, the
+seal's sums).
 
 Now one trigger, `trg_journal_transactions_seal`, holds the same rules and raises them in the order
 the four triggers raised them (closed period, then 0029's and 0031's rules, the seal's, the piece
@@ -64,7 +64,8 @@ LINE_FACTS = ("LEFT JOIN LATERAL (SELECT sum(c.lines) AS lines, bool_or(c.net <>
               " bool_or(c.moved) AS moved, bool_or(c.others) AS others"
               " FROM (SELECT count(*) AS lines,"
               " sum(CASE l.side WHEN 'D' THEN l.amount_minor ELSE -l.amount_minor END) AS net,"
-              " bool_or(l.effective_at_us <> n.effective_at_us) AS moved, bool_or(a.partner_id <> n.partner_id) AS others"
+              " bool_or(l.effective_at_us <> n.effective_at_us) AS moved,"
+              " bool_or(a.partner_id <> n.partner_id) AS others"
               " FROM journal_lines l LEFT JOIN accounts a ON a.id = l.account_id"
               " WHERE l.transaction_id = n.id GROUP BY l.currency) c) f ON true")
 RELEASED_EARLY, PARTNERS_OWN, VERSION_KNOWN, AT_MOST_100 = _0029.STATEMENT_RULES
@@ -82,9 +83,11 @@ SEAL_RULES = (
     (f"{_0031.NAMES_A_PARTNER} AND {_0031.NOT_ENROLLED}", _0031.NOT_ENROLLED_MESSAGE),
     ("coalesce(f.lines, 0) < 2", "journal_transactions: a transaction needs two or more lines"),
     ("f.unbalanced", "journal_transactions: debits do not equal credits per currency"),
-    ("f.moved", "journal_transactions: every line carries its transaction''s effective instant"),  # as 0006 worded it
+    # As migration 0006 worded it (its apostrophe doubled for SQL).
+    ("f.moved", "journal_transactions: every line carries its transaction''s effective instant"),
     (f"CASE WHEN n.id = 1 THEN n.prev_hash <> '{GENESIS_HASH}'"
-     " WHEN n.id > 1 THEN coalesce((SELECT p.hash <> n.prev_hash FROM journal_transactions p WHERE p.id = n.id - 1), true)"
+     " WHEN n.id > 1 THEN coalesce((SELECT p.hash <> n.prev_hash FROM journal_transactions p"
+     " WHERE p.id = n.id - 1), true)"
      " ELSE false END",
      "journal_transactions: the sequence continues the hash chain without a gap"),
 )
