@@ -30,7 +30,7 @@ def test_every_journal_guard_trigger_exists(database):
             ("partners", "partner_statuses", "partner_plans", "plan_versions")} <= names
     assert any(name.startswith("trg_program_revision_") for name in names)
     assert {"trg_revenue_events_within_invoice", "trg_period_closes_statement_documents",
-            "trg_journal_transactions_adjustment_in_time", "trg_journal_transactions_within_its_piece"} <= names
+            "trg_journal_transactions_adjustment_in_time"} <= names
     for table in ("accounts", "journal_transactions", "journal_lines"):
         assert any(name.startswith(f"trg_{table}_no_") for name in names), table
 
@@ -262,5 +262,89 @@ def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_writte
                 journal.post(session, [journal.transfer(
                     "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
                     idempotency_key="ghost-again", partner_id="ghost")])
+    finally:
+        database.dispose()
+
+
+def header_guards_of(database) -> dict[str, str]:
+    """On PostgreSQL, each statement trigger after an insert into `journal_transactions` with the
+    source of its function; on SQLite, every trigger's definition."""
+    with database.engine.connect() as connection:
+        if database.engine.dialect.name != "postgresql":
+            return dict(connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all())
+        return dict(connection.exec_driver_sql(
+            "SELECT t.tgname, pg_get_triggerdef(t.oid) || p.prosrc || array_to_string(p.proconfig, ',')"
+            " FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+            " WHERE t.tgrelid = 'journal_transactions'::regclass AND NOT t.tgisinternal").all())
+
+
+def refusal_of_a_header_breaking_three_rules(database) -> str:
+    """The message the database refuses a header with: one line, so too few and out of balance, and
+    naming a plan version that does not exist (0029's rule, raised before the seal's)."""
+    import sqlalchemy as sa
+
+    from ledger.instants import now_us
+
+    with pytest.raises(sa.exc.DBAPIError) as refused:
+        with database.transaction() as session:
+            [(head_id, head_hash)] = session.execute(text(
+                "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).all()
+            instant = now_us()
+            session.execute(text("INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor,"
+                                 " effective_at_us) SELECT :id, min(id), 'USD', 'D', 100, :at FROM accounts"),
+                            {"id": head_id + 1, "at": instant})
+            session.execute(text(
+                "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
+                " request_hash, plan_version_id, prev_hash, hash) VALUES (:id, 'accrual', :at, :at, 'three-rules',"
+                " :request, 999999, :prev, :hash)"),
+                {"id": head_id + 1, "at": instant, "request": "a" * 64, "prev": head_hash, "hash": "b" * 64})
+    diagnostic = getattr(refused.value.orig, "diag", None)  # psycopg's, without the function named in its context
+    return diagnostic.message_primary if diagnostic else str(refused.value.orig)
+
+
+def test_the_seal_of_0032_upgrades_books_of_every_kind_refuses_as_0031_did_and_goes_down_as_they_were(empty_url):
+    """Books at revision 0031 holding every kind of posting upgrade to 0032, whose one statement
+    trigger holds the rules of 0031's four: the service posts on (events, a late refund, a payout run
+    settled and failed, a reversal of an accrual with its release), verify finds nothing wrong, a
+    header breaking three rules is refused with the message 0031 gave it, and the revision goes down
+    to 0031, leaving exactly 0031's triggers and functions, and up again."""
+    from alembic import command
+
+    from ledger import demo, payouts, reversals, revenue
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.migrate import alembic_config, upgrade
+    from ledger.verify import verify
+
+    upgrade(empty_url, "0031")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            demo.load_demo(session)
+        at_0031 = header_guards_of(database)
+        refused_at_0031 = refusal_of_a_header_breaking_three_rules(database)
+        upgrade(empty_url)
+        assert refusal_of_a_header_breaking_three_rules(database) == refused_at_0031
+        assert "names a plan version that exists" in refused_at_0031, refused_at_0031
+        with database.transaction() as session:
+            released = session.execute(text(
+                "SELECT min(t.accrual_id) FROM journal_transactions t WHERE t.kind = 'release' AND NOT EXISTS"
+                " (SELECT 1 FROM journal_transactions r WHERE r.reverses_id IN (t.id, t.accrual_id))")).scalar_one()
+            reversals.reverse(session, released, reason="posted in error")
+            instant = now_us()
+            outcomes = revenue.ingest(session, [revenue.RevenueEvent(
+                f"after-0032-{kind}", kind, "cust-001", "inv-after-0032", "USD", amount, instant)
+                for kind, amount in (("invoice_paid", 10_000), ("refund", 2_500))])
+            assert all(isinstance(outcome, revenue.Outcome) for outcome in outcomes), outcomes
+            run = payouts.run_payouts(session, instant)
+            assert len(run.payouts) >= 2, run
+            payouts.settle(session, run.payouts[0].id)
+            payouts.fail(session, run.payouts[1].id)
+        with database.reader() as session:
+            report = verify(session)
+        assert report.ok, report.problems
+        command.downgrade(alembic_config(empty_url), "0031")
+        assert header_guards_of(database) == at_0031
+        upgrade(empty_url)
     finally:
         database.dispose()
