@@ -1394,9 +1394,6 @@ def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_th
         database.dispose()
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "migration 0031 lets any posting past the enrolment rule whose accrual_id names a piece of its partner,"
-    " whatever its kind: only a release or a clawback follows from its piece"))
 @pytest.mark.parametrize("kind", ["reversal", "accrual"])
 def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_piece_of_that_partner(empty_url, kind):
     """A reversal of an original naming no partner, or a new accrual, naming a partner never enrolled

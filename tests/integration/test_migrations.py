@@ -348,3 +348,48 @@ def test_the_seal_of_0032_upgrades_books_of_every_kind_refuses_as_0031_did_and_g
         upgrade(empty_url)
     finally:
         database.dispose()
+
+
+def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_down_as_0032_had_it(empty_url):
+    """At 0032 a raw accrual for a partner never enrolled passes by naming, in `accrual_id`, that
+    partner's piece written before 0031; at 0033 it is refused, while the reversal of that piece
+    still passes; and the revision goes down to 0032's guards exactly, the gap with them."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from ledger import accounts as chart
+    from ledger import journal
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+    from tests.integration.test_database_rules import NOT_ENROLLED, raw_transfer
+
+    upgrade(empty_url, "0030")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:  # as the service wrote it before 0031
+            [piece] = journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
+                idempotency_key="ghost-piece", partner_id="ghost")])
+
+        def written(kind: str, **header) -> None:
+            """The raw posting for ghost, written and rolled back; raises what the database refuses."""
+            with database.engine.connect() as connection, connection.begin() as transaction:
+                ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+                legs = [ids[chart.EXPENSE_COMMISSION], ids[chart.pending("ghost")]]
+                raw_transfer(connection, piece.id + 1, *(legs[::-1] if kind == "reversal" else legs), kind=kind,
+                             partner_id="ghost", **header)
+                transaction.rollback()
+
+        upgrade(empty_url, "0032")
+        at_0032 = header_guards_of(database)
+        written("accrual", accrual_id=piece.id)
+        upgrade(empty_url)
+        with pytest.raises(sa.exc.DBAPIError, match=NOT_ENROLLED):
+            written("accrual", accrual_id=piece.id)
+        written("reversal", reverses_id=piece.id)
+        command.downgrade(alembic_config(empty_url), "0032")
+        assert header_guards_of(database) == at_0032
+        written("accrual", accrual_id=piece.id)
+        upgrade(empty_url)
+    finally:
+        database.dispose()
