@@ -174,12 +174,18 @@ WAIT_MAX_S = 60.0  # ... up to this
 # Each try's bound: a server that takes the TCP connection and never answers (stopped, or behind a
 # firewall that drops packets) otherwise held a try for psycopg's default of 130 s, silent.
 WAIT_CONNECT_TIMEOUT_S = 10
-# What time cures, in the words psycopg gives a refused connection (no SQLSTATE, only libpq's words
-# and the server's). No server reached: none listening (libpq's hint "Is the server running", after a
-# refused TCP connection or a missing socket file), no answer within the bound, no route, a name not
-# resolved yet, a connection cut as the server went down. A server that does not take connections for
-# now: 57P03 cannot_connect_now (starting up, shutting down, in recovery, a standby not, or not yet,
-# accepting connections) and 53300 too_many_connections. Anything else is a setting to fix, whether
+# What time cures, by SQLSTATE where psycopg gives one: an error on a connection already made (the
+# check's query, SQLAlchemy's first queries), whose words a server's `lc_messages` translates. A
+# connection lost (08000, 08003, 08006), 57P01 admin_shutdown (a fast shutdown ending the sessions it
+# finds: a restart), 57P02 crash_shutdown, 57P03 cannot_connect_now and 53300 too_many_connections;
+# not 08P01, a protocol violation, which another service on the port gives for ever.
+_WAITED_SQLSTATES = frozenset({"08000", "08003", "08006", "57P01", "57P02", "57P03", "53300"})
+# A refused connection has no SQLSTATE, only libpq's words and the server's, in English. No server
+# reached: none listening (libpq's hint "Is the server running", after a refused TCP connection or a
+# missing socket file), no answer within the bound, no route, a name not resolved yet, a connection
+# cut as the server went down. A server that does not take connections for now: 57P03
+# cannot_connect_now (starting up, shutting down, in recovery, a standby not, or not yet, accepting
+# connections) and 53300 too_many_connections. Anything else is a setting to fix, whether
 # the server says it (a database or role that does not exist, a password or pg_hba refusal) or libpq
 # (SSL required and not offered, an option's bad value, an authentication the URL requires): it
 # exits 2 at once. A word not listed here exits too, which a supervisor's restart cures; a setting
@@ -197,8 +203,12 @@ def out_of_reach(error: BaseException) -> bool:
     """Whether a connection failed for want of a server taking connections (none listening, a name
     not resolved yet, a server starting, restarting or a standby, its connections full), not for a
     setting."""
-    words = str(getattr(error, "orig", None) or error)
-    return isinstance(error, OperationalError) and bool(_OUT_OF_REACH.search(words))
+    if not isinstance(error, OperationalError):
+        return False
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate in _WAITED_SQLSTATES
+    return bool(_OUT_OF_REACH.search(str(error.orig or error)))
 
 
 def wait_for_database(url: str) -> bool:

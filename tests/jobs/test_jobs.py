@@ -864,6 +864,62 @@ def test_a_scheduler_waits_for_a_server_that_does_not_take_connections_yet_and_n
     assert out_of_reach(OperationalError("connect", None, psycopg.OperationalError(words))) is waited
 
 
+@pytest.mark.parametrize("sqlstate, words, waited", [
+    # A server's words in its lc_messages (German here, as a server said them): the SQLSTATE decides.
+    ("57P01", "Verbindung wird abgebrochen aufgrund von Anweisung des Administrators", True),
+    ("57P03", "das Datenbanksystem nimmt keine Verbindungen an", True),
+    ("53300", "tut mir leid, schon zu viele Verbindungen", True),
+    ("08006", "Verbindung verloren", True),
+    # A setting, or a server that is not PostgreSQL, though its words hold a waited-for phrase.
+    ("08P01", "server closed the connection unexpectedly: invalid frontend message type 71", False),
+    ("3D000", 'database "too many clients" does not exist', False),
+    ("28P01", 'password authentication failed for user "Is the server running"', False),
+])
+def test_a_scheduler_goes_by_the_sqlstate_of_an_error_that_has_one_whatever_its_words(sqlstate, words, waited):
+    """An error on a connection already made (the check's query, SQLAlchemy's first queries) has a
+    SQLSTATE, which a server's `lc_messages` does not translate."""
+    import psycopg
+
+    from jobs.scheduler import out_of_reach
+
+    error = psycopg.errors.lookup(sqlstate)(words)
+    assert out_of_reach(OperationalError("SELECT 1", None, error)) is waited
+
+
+@pytest.mark.postgres
+def test_a_scheduler_whose_check_connection_is_ended_by_a_server_shutting_down_waits_and_tries_again(
+        pg_cluster, monkeypatch, caplog):
+    """A fast shutdown (a restart by a deploy) ends the sessions it finds with 57P01 admin_shutdown:
+    one made just before it, the check's, exited 2 as for a setting."""
+    import psycopg
+    from sqlalchemy import event
+
+    from jobs import scheduler
+
+    ended = []
+    engine_of = scheduler.make_engine
+
+    def ended_once(url, **kwargs):
+        engine = engine_of(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def end(dbapi_connection, _record):
+            if not ended:
+                ended.append(dbapi_connection.info.backend_pid)
+                with psycopg.connect(pg_cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", [ended[0]])
+
+        return engine
+
+    waits = []
+    monkeypatch.setattr(scheduler, "make_engine", ended_once)
+    monkeypatch.setattr(scheduler.time, "sleep", waits.append)
+    caplog.set_level(logging.WARNING, "revshare.scheduler")
+    assert scheduler.wait_for_database(pg_cluster.url()) is True
+    assert len(ended) == 1 and waits == [scheduler.WAIT_FIRST_S], (ended, waits, caplog.text)
+    assert "terminating connection due to administrator command" in caplog.text, caplog.text
+
+
 @pytest.mark.postgres
 def test_a_scheduler_whose_url_requires_ssl_of_a_server_without_it_exits_2_at_once(pg_cluster):
     """libpq's own refusal, with no FATAL from the server: it was waited on, a try logged every minute
