@@ -18,7 +18,7 @@ each operation lists the problem responses it can give (`openapi.py`).
 
 from __future__ import annotations
 
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any, Callable
 
 from flask import Flask
@@ -34,28 +34,35 @@ SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
 # (30 s), and the client got gunicorn's own HTML 500, not the problem+json 503 the contract promises
 # a busy database. Jobs and the command line wait as long as it takes.
 LOCK_WAIT_S = 10.0
-# Functions `App.ensure_sync` remembers: the app's hooks and views, and the wrappers around them.
-SYNC_FUNCTIONS_CACHED_MAX = 1_000
+# Code objects `App.ensure_sync` remembers: the app's hooks and views, the wrappers around them, and
+# the code of functions made per request (`after_this_request`'s), one entry for them all.
+SYNC_CODES_CACHED_MAX = 1_000
 
 
 class App(Flask):
     """Flask, remembering which functions are plain `def`s. Flask asks `inspect.iscoroutinefunction`
     of every hook and view wrapper on every request (eight times a revenue event POST, nine function
-    calls each); the answer for a given function never changes."""
+    calls each); for a plain function the answer is in its code's flags (and a mark
+    `inspect.markcoroutinefunction` leaves on the function, from Python 3.12), so the code is what is
+    remembered: a function made for one request and remembered itself kept that request's objects
+    alive (its closure) long after it, and filled the room meant for the app's own."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._synchronous: dict[Callable, Callable] = {}
+        self._synchronous_codes: set[CodeType] = set()
 
     def ensure_sync(self, func: Callable) -> Callable:
-        sync = self._synchronous.get(func) if type(func) is FunctionType else None
-        if sync is not None:
-            return sync
+        plain = type(func) is FunctionType and _COROUTINE_MARK not in func.__dict__
+        if plain and func.__code__ in self._synchronous_codes:
+            return func
         sync = super().ensure_sync(func)
         # Plain functions only: a bound method may be of an object made for one request (a MethodView's).
-        if sync is func and type(func) is FunctionType and len(self._synchronous) < SYNC_FUNCTIONS_CACHED_MAX:
-            self._synchronous[func] = func
+        if sync is func and plain and len(self._synchronous_codes) < SYNC_CODES_CACHED_MAX:
+            self._synchronous_codes.add(func.__code__)
         return sync
+
+
+_COROUTINE_MARK = "_is_coroutine_marker"  # inspect.markcoroutinefunction's attribute (Python 3.12+)
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:

@@ -1,8 +1,11 @@
 """The app factory, the OpenAPI document and docs, health, and the per-request session."""
 
+import gc
 import subprocess
 import sys
+import weakref
 
+from flask import after_this_request
 from sqlalchemy import func, select
 
 from api import auth
@@ -133,3 +136,33 @@ def test_a_failed_request_rolls_its_writes_back(scratch):
 def count_keys(database) -> int:
     with database.reader() as session:
         return session.execute(select(func.count()).select_from(api_keys)).scalar_one()
+
+
+def test_a_function_made_for_one_request_is_not_kept_after_it(shared):
+    """The app remembers which functions are plain `def`s (`api.App.ensure_sync`); a function made
+    for one request (`after_this_request`'s, say) holds that request's objects, and remembering it
+    kept them, up to a thousand requests' worth."""
+
+    class Held:
+        pass
+
+    held = []
+
+    def per_request():
+        made = Held()
+        held.append(weakref.ref(made))
+
+        @after_this_request
+        def keep(response):
+            assert made is not None
+            return response
+
+        return {"status": "ok"}
+
+    app = make_app(shared.database)
+    app.add_url_rule("/v1/per-request", view_func=auth.public(per_request))
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/v1/per-request").status_code == 200
+    gc.collect()
+    assert len(held) == 3 and [ref() for ref in held] == [None, None, None]
