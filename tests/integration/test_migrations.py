@@ -464,3 +464,102 @@ def won_dispute_on_a_piece_written_before_0031(empty_url, revision: str) -> None
         assert ghost_root == ghost_piece
     finally:
         database.dispose()
+
+
+# Statements each breaking several header rules at once, by the header that breaks them: which
+# rule the database names first is part of what migration 0032 keeps of 0031's four triggers.
+SEVERAL_RULES_BROKEN = {
+    "closed period, out of balance, unknown version": [({"at": "2026-01-20", "credit": 99},
+                                                       {"plan_version_id": 999_999})],
+    "101 lines out of balance": [({"lines": 101}, {})],
+    "one out of balance, the next of an unknown version": [({"credit": 99}, {}), ({}, {"plan_version_id": 999_999})],
+    "a clawback naming no piece, of one line": [({"lines": 1}, {"kind": "clawback", "partner_id": "northwind"})],
+    "a clawback naming no piece": [({}, {"kind": "clawback", "partner_id": "northwind"})],
+    "for a partner never enrolled, a line moved": [({"moved": True, "partner_account": False},
+                                                    {"partner_id": "ghost"})],
+    "on another partner's account, of an unknown version": [({}, {"partner_id": "globex",
+                                                                  "plan_version_id": 999_999})],
+    "out of the chain, out of balance": [({"credit": 99}, {"prev_hash": "a" * 64})],
+}
+
+
+def refusals_of_several_rules_broken(database) -> dict[str, str]:
+    """For each statement of SEVERAL_RULES_BROKEN, the message the database refuses it with."""
+    import sqlalchemy as sa
+
+    from ledger.instants import now_us
+    from tests.integration.test_database_guards import head_hash, insert_line
+    from tests.integration.test_header_statements import header, insert_headers
+    from tests.program import at
+
+    refusals = {}
+    for name, headers in SEVERAL_RULES_BROKEN.items():
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            with database.engine.begin() as connection:
+                ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+                expense, pending = ids["expense:commission"], ids["liability:partner:northwind:pending"]
+                first_id = connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar_one() + 1
+                rows, previous = [], head_hash(connection)
+                for offset, (lines, fields) in enumerate(headers):
+                    instant = at(lines.get("at", "2026-02-10"))
+                    credit = pending if lines.get("partner_account", True) else expense
+                    for _ in range(lines.get("lines", 2) - 1):
+                        insert_line(connection, first_id + offset, expense, "D", 100, at=instant)
+                    insert_line(connection, first_id + offset, credit, "C", lines.get("credit", 100),
+                                at=instant + (1 if lines.get("moved") else 0))
+                    rows.append({**header(first_id + offset, previous, effective_at_us=instant,
+                                          recorded_at_us=now_us()), **fields})
+                    previous = rows[-1]["hash"]
+                insert_headers(connection, rows)
+        diagnostic = getattr(refused.value.orig, "diag", None)
+        refusals[name] = diagnostic.message_primary if diagnostic else str(refused.value.orig)
+    return refusals
+
+
+def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_it(empty_url):
+    """Books at 0031 (northwind's accrual, January closed) refuse each statement of several rules
+    broken with one message; at the head, with migration 0032's one trigger, with the same. On
+    PostgreSQL that is the first rule broken in the order of 0031's triggers: the closed period,
+    0029's and 0031's rules, the seal's, the piece rules."""
+    from ledger import accounts as chart
+    from ledger import journal, periods
+    from ledger.db import Database
+    from ledger.migrate import upgrade
+    from tests import program
+
+    upgrade(empty_url, "0031")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            program.seed(session)
+            journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"), "USD", 100,
+                effective_at_us=program.at("2026-01-10"), idempotency_key="first", partner_id="northwind")])
+            periods.close_period(session, "2026-01", now_us=program.at("2026-02-02"))
+        at_0031 = refusals_of_several_rules_broken(database)
+        upgrade(empty_url)
+        assert refusals_of_several_rules_broken(database) == at_0031
+        if database.engine.dialect.name != "postgresql":
+            return  # SQLite's row triggers refuse the first header breaking a rule, by their own order
+        assert at_0031 == {
+            "closed period, out of balance, unknown version": "journal_transactions: effective instant lies in a"
+                                                              " closed period",
+            "101 lines out of balance": "journal_transactions: a transaction has at most 100 lines",
+            "one out of balance, the next of an unknown version": "journal_transactions: a transaction names a"
+                                                                  " plan version that exists",
+            "a clawback naming no piece, of one line": "journal_transactions: a transaction needs two or more lines",
+            "a clawback naming no piece": _0022_MESSAGE,
+            "for a partner never enrolled, a line moved": "journal_transactions: a transaction names a partner of"
+                                                          " the program",
+            "on another partner's account, of an unknown version": "journal_transactions: a transaction posts to"
+                                                                   " the accounts of the partner it names, and to"
+                                                                   " no other partner",
+            "out of the chain, out of balance": "journal_transactions: debits do not equal credits per currency",
+        }
+    finally:
+        database.dispose()
+
+
+_0022_MESSAGE = ("journal_transactions: a clawback or release names a live accrual of its partner, invoice and"
+                 " currency, on the accounts of its kind, and what stands against the accrual stays within its"
+                 " amount, released once")
