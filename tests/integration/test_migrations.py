@@ -418,6 +418,8 @@ def books_with_a_piece_for_a_partner_never_enrolled(empty_url, revision: str = "
                 effective_at_us=program.at("2026-01-10"), idempotency_key="e-g:accrual:ghost", partner_id="ghost",
                 customer_id="acme", invoice_id="inv-g", event_id="e-g", plan_version_id=version,
                 matures_at_us=program.at("2026-02-09"))])
+            session.execute(text("INSERT INTO open_holds (accrual_id, matures_at_us) VALUES (:id, :at)"),
+                            {"id": ghost.id, "at": program.at("2026-02-09")})
     finally:
         database.dispose()
     upgrade(empty_url, revision)
@@ -563,3 +565,36 @@ def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_i
 _0022_MESSAGE = ("journal_transactions: a clawback or release names a live accrual of its partner, invoice and"
                  " currency, on the accounts of its kind, and what stands against the accrual stays within its"
                  " amount, released once")
+
+
+def test_what_the_service_posts_after_a_piece_written_before_0031_for_a_partner_never_enrolled_is_made(empty_url):
+    """At the head, on books holding the ghost's piece: its release by the release job, the
+    chargeback's clawback of it from available, the reversal of that clawback, then the reversal of
+    the piece with its release (`ledger.reversals`): each follows from the ghost's posting by its
+    kind (0033), and each is made, with verify naming the piece alone."""
+    from ledger import holds, reversals, revenue
+    from ledger.db import Database
+    from ledger.verify import verify
+    from tests import program
+
+    ghost_piece = books_with_a_piece_for_a_partner_never_enrolled(empty_url)
+    database = Database(empty_url)
+    try:
+        assert holds.release_in_transactions(database.transaction, program.at("2026-02-15")) >= 1
+        with database.transaction() as session:
+            [outcome] = revenue.ingest(session, [
+                program.paid("e-g-cb", "acme", "inv-g", 10_000, "2026-02-20", kind="chargeback")])
+            assert isinstance(outcome, revenue.Outcome), outcome
+            clawback = session.execute(text("SELECT id FROM journal_transactions WHERE event_id = 'e-g-cb'"
+                                            " AND partner_id = 'ghost'")).scalar_one()
+            reversals.reverse(session, clawback, reason="chargeback entered in error")
+            reversals.reverse(session, ghost_piece, reason="never enrolled")
+        with database.reader() as session:
+            kinds = session.execute(text("SELECT kind FROM journal_transactions WHERE partner_id = 'ghost'"
+                                         " ORDER BY id")).scalars().all()
+            report = verify(session)
+        assert kinds == ["accrual", "release", "clawback", "reversal", "reversal", "reversal"]
+        assert {(problem.transaction_id, problem.code) for problem in report.problems} == {
+            (ghost_piece, "partner_not_enrolled")}
+    finally:
+        database.dispose()
