@@ -598,3 +598,40 @@ def test_what_the_service_posts_after_a_piece_written_before_0031_for_a_partner_
             (ghost_piece, "partner_not_enrolled")}
     finally:
         database.dispose()
+
+
+def schema_code_of(database) -> dict[str, str]:
+    """Every trigger and (PostgreSQL) every function of the schema, with what a CREATE sets of it:
+    its source, settings, security, volatility, owner and grants."""
+    with database.engine.connect() as connection:
+        if database.engine.dialect.name != "postgresql":
+            return dict(connection.exec_driver_sql(
+                "SELECT type || ' ' || name, sql FROM sqlite_master WHERE type IN ('trigger', 'index')").all())
+        triggers = connection.exec_driver_sql(
+            "SELECT 'trigger ' || tgname, pg_get_triggerdef(oid) || ' ' || tgenabled::text FROM pg_trigger"
+            " WHERE NOT tgisinternal").all()
+        functions = connection.exec_driver_sql(
+            "SELECT 'function ' || p.oid::regprocedure::text, concat_ws(' | ', p.prosrc,"
+            " array_to_string(p.proconfig, ','), p.prosecdef, p.provolatile, pg_get_userbyid(p.proowner),"
+            " array_to_string(p.proacl, ',')) FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace").all()
+        return dict(triggers + functions)
+
+
+def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_had_them(empty_url):
+    """Migrations 0033 and 0032 go down to 0031's triggers and functions, each as 0031 made it (its
+    source, settings, security, owner and grants), with nothing of theirs left."""
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    upgrade(empty_url, "0031")
+    database = Database(empty_url)
+    try:
+        at_0031 = schema_code_of(database)
+        upgrade(empty_url)
+        assert schema_code_of(database) != at_0031 or database.engine.dialect.name != "postgresql"
+        command.downgrade(alembic_config(empty_url), "0031")
+        assert schema_code_of(database) == at_0031
+    finally:
+        database.dispose()
