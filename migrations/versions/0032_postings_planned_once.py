@@ -8,11 +8,12 @@ seal's sums).
 
 Now one trigger, `trg_journal_transactions_seal`, holds the same rules and raises them in the order
 the four triggers raised them (closed period, then 0029's and 0031's rules, the seal's, the piece
-rules; PostgreSQL fires a table's triggers in the order of their names). Only its first query
-reads the transition table, for the new headers' ids; one query then checks every rule over those
-headers, read from `journal_transactions` by key, with one scan of each header's lines. That query
-binds the ids as an array, so plpgsql keeps its plan for the connection (`plan_cache_mode` forces
-the generic plan, which looks each header up by its key, and each line by `transaction_id`, for one
+rules; PostgreSQL fires a table's triggers in the order of their names). Its first query reads
+the transition table, for the new headers' ids (the piece rules read it again, only for a statement
+holding a clawback, release or reversal); one query then checks every rule over those headers,
+read from `journal_transactions` by key, with one scan of each header's lines. That query binds
+the ids as an array, so plpgsql keeps its plan for the connection (`plan_cache_mode` forces the
+generic plan, which looks each header up by its key, and each line by `transaction_id`, for one
 header as for ten thousand). The piece rules are 0030's as they were, run only for a statement that
 holds a clawback, release or reversal, as before.
 

@@ -393,3 +393,245 @@ def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_dow
         upgrade(empty_url)
     finally:
         database.dispose()
+
+
+def books_with_a_piece_for_a_partner_never_enrolled(empty_url, revision: str = "head") -> int:
+    """Books at revision 0030 where invoice `inv-g` paid northwind's accrual (and globex's override)
+    and, written as the code before 0031 let it be, an accrual of the same invoice for `ghost`, a
+    partner never enrolled; migrated to `revision`. Returns the ghost's piece."""
+    from ledger import accounts as chart
+    from ledger import journal, revenue
+    from ledger.db import Database
+    from ledger.migrate import upgrade
+    from tests import program
+
+    upgrade(empty_url, "0030")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            program.seed(session)
+            [outcome] = revenue.ingest(session, [program.paid("e-g", "acme", "inv-g", 10_000, "2026-01-10")])
+            assert isinstance(outcome, revenue.Outcome), outcome
+            version = session.execute(text("SELECT min(plan_version_id) FROM journal_transactions")).scalar_one()
+            [ghost] = journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 500,
+                effective_at_us=program.at("2026-01-10"), idempotency_key="e-g:accrual:ghost", partner_id="ghost",
+                customer_id="acme", invoice_id="inv-g", event_id="e-g", plan_version_id=version,
+                matures_at_us=program.at("2026-02-09"))])
+            session.execute(text("INSERT INTO open_holds (accrual_id, matures_at_us) VALUES (:id, :at)"),
+                            {"id": ghost.id, "at": program.at("2026-02-09")})
+    finally:
+        database.dispose()
+    upgrade(empty_url, revision)
+    return ghost.id
+
+
+@pytest.mark.xfail(strict=True, reason="migration 0033 lets a posting for a partner never enrolled follow from its "
+                                       "piece only as a release or clawback; a won dispute's reinstatement is posted "
+                                       "with the piece's own kind (accrual, cpa, override) and names its root piece "
+                                       "in accrual_id: it needs a migration that counts it among what follows")
+def test_a_won_dispute_reinstates_what_its_chargeback_clawed_back_from_a_piece_written_before_0031(empty_url):
+    won_dispute_on_a_piece_written_before_0031(empty_url, "head")
+
+
+def test_a_won_dispute_on_a_piece_written_before_0031_was_applied_under_0032(empty_url):
+    """The control of the test above: the same books and events, under 0032's enrolment rule."""
+    won_dispute_on_a_piece_written_before_0031(empty_url, "0032")
+
+
+def won_dispute_on_a_piece_written_before_0031(empty_url, revision: str) -> None:
+    """The chargeback of an invoice claws back every piece it produced, the ghost's too (a clawback
+    follows from its piece); the dispute won reinstates each of them as a new piece of the same kind
+    naming its root in `accrual_id` (`ledger.revenue`), the ghost's as well. Refused, the whole
+    event is refused: northwind, enrolled, never gets its commission back."""
+    from ledger import revenue
+    from ledger.db import Database
+    from tests import program
+
+    ghost_piece = books_with_a_piece_for_a_partner_never_enrolled(empty_url, revision)
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            outcomes = revenue.ingest(session, [
+                program.paid("e-g-cb", "acme", "inv-g", 10_000, "2026-01-20", kind="chargeback"),
+                program.paid("e-g-won", "acme", "inv-g", 10_000, "2026-01-25", kind="chargeback_reversed")])
+            assert all(isinstance(outcome, revenue.Outcome) for outcome in outcomes), outcomes
+        with database.reader() as session:
+            reinstated = dict(session.execute(text(
+                "SELECT partner_id, kind FROM journal_transactions WHERE event_id = 'e-g-won'")).all())
+            ghost_root = session.execute(text(
+                "SELECT accrual_id FROM journal_transactions WHERE event_id = 'e-g-won' AND partner_id = 'ghost'"
+            )).scalar_one()
+        assert reinstated == {"northwind": "accrual", "globex": "override", "ghost": "accrual"}
+        assert ghost_root == ghost_piece
+    finally:
+        database.dispose()
+
+
+# Statements each breaking several header rules at once, by the header that breaks them: which
+# rule the database names first is part of what migration 0032 keeps of 0031's four triggers.
+SEVERAL_RULES_BROKEN = {
+    "closed period, out of balance, unknown version": [({"at": "2026-01-20", "credit": 99},
+                                                       {"plan_version_id": 999_999})],
+    "101 lines out of balance": [({"lines": 101}, {})],
+    "one out of balance, the next of an unknown version": [({"credit": 99}, {}), ({}, {"plan_version_id": 999_999})],
+    "a clawback naming no piece, of one line": [({"lines": 1}, {"kind": "clawback", "partner_id": "northwind"})],
+    "a clawback naming no piece": [({}, {"kind": "clawback", "partner_id": "northwind"})],
+    "for a partner never enrolled, a line moved": [({"moved": True, "partner_account": False},
+                                                    {"partner_id": "ghost"})],
+    "on another partner's account, of an unknown version": [({}, {"partner_id": "globex",
+                                                                  "plan_version_id": 999_999})],
+    "out of the chain, out of balance": [({"credit": 99}, {"prev_hash": "a" * 64})],
+}
+
+
+def refusals_of_several_rules_broken(database) -> dict[str, str]:
+    """For each statement of SEVERAL_RULES_BROKEN, the message the database refuses it with."""
+    import sqlalchemy as sa
+
+    from ledger.instants import now_us
+    from tests.integration.test_database_guards import head_hash, insert_line
+    from tests.integration.test_header_statements import header, insert_headers
+    from tests.program import at
+
+    refusals = {}
+    for name, headers in SEVERAL_RULES_BROKEN.items():
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            with database.engine.begin() as connection:
+                ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+                expense, pending = ids["expense:commission"], ids["liability:partner:northwind:pending"]
+                first_id = connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar_one() + 1
+                rows, previous = [], head_hash(connection)
+                for offset, (lines, fields) in enumerate(headers):
+                    instant = at(lines.get("at", "2026-02-10"))
+                    credit = pending if lines.get("partner_account", True) else expense
+                    for _ in range(lines.get("lines", 2) - 1):
+                        insert_line(connection, first_id + offset, expense, "D", 100, at=instant)
+                    insert_line(connection, first_id + offset, credit, "C", lines.get("credit", 100),
+                                at=instant + (1 if lines.get("moved") else 0))
+                    rows.append({**header(first_id + offset, previous, effective_at_us=instant,
+                                          recorded_at_us=now_us()), **fields})
+                    previous = rows[-1]["hash"]
+                insert_headers(connection, rows)
+        diagnostic = getattr(refused.value.orig, "diag", None)
+        refusals[name] = diagnostic.message_primary if diagnostic else str(refused.value.orig)
+    return refusals
+
+
+def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_it(empty_url):
+    """Books at 0031 (northwind's accrual, January closed) refuse each statement of several rules
+    broken with one message; at the head, with migration 0032's one trigger, with the same. On
+    PostgreSQL that is the first rule broken in the order of 0031's triggers: the closed period,
+    0029's and 0031's rules, the seal's, the piece rules."""
+    from ledger import accounts as chart
+    from ledger import journal, periods
+    from ledger.db import Database
+    from ledger.migrate import upgrade
+    from tests import program
+
+    upgrade(empty_url, "0031")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            program.seed(session)
+            journal.post(session, [journal.transfer(
+                "accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"), "USD", 100,
+                effective_at_us=program.at("2026-01-10"), idempotency_key="first", partner_id="northwind")])
+            periods.close_period(session, "2026-01", now_us=program.at("2026-02-02"))
+        at_0031 = refusals_of_several_rules_broken(database)
+        upgrade(empty_url)
+        assert refusals_of_several_rules_broken(database) == at_0031
+        if database.engine.dialect.name != "postgresql":
+            return  # SQLite's row triggers refuse the first header breaking a rule, by their own order
+        assert at_0031 == {
+            "closed period, out of balance, unknown version": "journal_transactions: effective instant lies in a"
+                                                              " closed period",
+            "101 lines out of balance": "journal_transactions: a transaction has at most 100 lines",
+            "one out of balance, the next of an unknown version": "journal_transactions: a transaction names a"
+                                                                  " plan version that exists",
+            "a clawback naming no piece, of one line": "journal_transactions: a transaction needs two or more lines",
+            "a clawback naming no piece": _0022_MESSAGE,
+            "for a partner never enrolled, a line moved": "journal_transactions: a transaction names a partner of"
+                                                          " the program",
+            "on another partner's account, of an unknown version": "journal_transactions: a transaction posts to"
+                                                                   " the accounts of the partner it names, and to"
+                                                                   " no other partner",
+            "out of the chain, out of balance": "journal_transactions: debits do not equal credits per currency",
+        }
+    finally:
+        database.dispose()
+
+
+_0022_MESSAGE = ("journal_transactions: a clawback or release names a live accrual of its partner, invoice and"
+                 " currency, on the accounts of its kind, and what stands against the accrual stays within its"
+                 " amount, released once")
+
+
+def test_what_the_service_posts_after_a_piece_written_before_0031_for_a_partner_never_enrolled_is_made(empty_url):
+    """At the head, on books holding the ghost's piece: its release by the release job, the
+    chargeback's clawback of it from available, the reversal of that clawback, then the reversal of
+    the piece with its release (`ledger.reversals`): each follows from the ghost's posting by its
+    kind (0033), and each is made, with verify naming the piece alone."""
+    from ledger import holds, reversals, revenue
+    from ledger.db import Database
+    from ledger.verify import verify
+    from tests import program
+
+    ghost_piece = books_with_a_piece_for_a_partner_never_enrolled(empty_url)
+    database = Database(empty_url)
+    try:
+        assert holds.release_in_transactions(database.transaction, program.at("2026-02-15")) >= 1
+        with database.transaction() as session:
+            [outcome] = revenue.ingest(session, [
+                program.paid("e-g-cb", "acme", "inv-g", 10_000, "2026-02-20", kind="chargeback")])
+            assert isinstance(outcome, revenue.Outcome), outcome
+            clawback = session.execute(text("SELECT id FROM journal_transactions WHERE event_id = 'e-g-cb'"
+                                            " AND partner_id = 'ghost'")).scalar_one()
+            reversals.reverse(session, clawback, reason="chargeback entered in error")
+            reversals.reverse(session, ghost_piece, reason="never enrolled")
+        with database.reader() as session:
+            kinds = session.execute(text("SELECT kind FROM journal_transactions WHERE partner_id = 'ghost'"
+                                         " ORDER BY id")).scalars().all()
+            report = verify(session)
+        assert kinds == ["accrual", "release", "clawback", "reversal", "reversal", "reversal"]
+        assert {(problem.transaction_id, problem.code) for problem in report.problems} == {
+            (ghost_piece, "partner_not_enrolled")}
+    finally:
+        database.dispose()
+
+
+def schema_code_of(database) -> dict[str, str]:
+    """Every trigger and (PostgreSQL) every function of the schema, with what a CREATE sets of it:
+    its source, settings, security, volatility, owner and grants."""
+    with database.engine.connect() as connection:
+        if database.engine.dialect.name != "postgresql":
+            return dict(connection.exec_driver_sql(
+                "SELECT type || ' ' || name, sql FROM sqlite_master WHERE type IN ('trigger', 'index')").all())
+        triggers = connection.exec_driver_sql(
+            "SELECT 'trigger ' || tgname, pg_get_triggerdef(oid) || ' ' || tgenabled::text FROM pg_trigger"
+            " WHERE NOT tgisinternal").all()
+        functions = connection.exec_driver_sql(
+            "SELECT 'function ' || p.oid::regprocedure::text, concat_ws(' | ', p.prosrc,"
+            " array_to_string(p.proconfig, ','), p.prosecdef, p.provolatile, pg_get_userbyid(p.proowner),"
+            " array_to_string(p.proacl, ',')) FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace").all()
+        return dict(triggers + functions)
+
+
+def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_had_them(empty_url):
+    """Migrations 0033 and 0032 go down to 0031's triggers and functions, each as 0031 made it (its
+    source, settings, security, owner and grants), with nothing of theirs left."""
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    upgrade(empty_url, "0031")
+    database = Database(empty_url)
+    try:
+        at_0031 = schema_code_of(database)
+        upgrade(empty_url)
+        assert schema_code_of(database) != at_0031 or database.engine.dialect.name != "postgresql"
+        command.downgrade(alembic_config(empty_url), "0031")
+        assert schema_code_of(database) == at_0031
+    finally:
+        database.dispose()
