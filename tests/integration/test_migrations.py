@@ -426,10 +426,6 @@ def books_with_a_piece_for_a_partner_never_enrolled(empty_url, revision: str = "
     return ghost.id
 
 
-@pytest.mark.xfail(strict=True, reason="migration 0033 lets a posting for a partner never enrolled follow from its "
-                                       "piece only as a release or clawback; a won dispute's reinstatement is posted "
-                                       "with the piece's own kind (accrual, cpa, override) and names its root piece "
-                                       "in accrual_id: it needs a migration that counts it among what follows")
 def test_a_won_dispute_reinstates_what_its_chargeback_clawed_back_from_a_piece_written_before_0031(empty_url):
     won_dispute_on_a_piece_written_before_0031(empty_url, "head")
 
