@@ -127,9 +127,10 @@ def plain_body(parse: Callable[[Any], dict | None]) -> Callable[[Callable], Call
     """A view (under `Blueprint.arguments`) that takes a body `parse` reads without a schema: a JSON
     body `parse` turns into the view's arguments is passed to the view as it is written, past webargs
     and flask-smorest's wrappers, which cost a single-event POST about 90 function calls of their
-    own (and read its body twice); any other body goes through them, for their messages. `parse` must give what the schema
-    loads, and the view must return a complete Response (flask-smorest's response wrapper returns
-    one as it is), so that both paths answer alike; the OpenAPI document is the wrapped view's."""
+    own (and read its body twice); any other body goes through them, for their messages. `parse`
+    must give what the schema loads, and the view must return a complete Response (flask-smorest's
+    response wrapper returns one as it is), so that both paths answer alike; the OpenAPI document is
+    the wrapped view's."""
 
     def decorate(view: Callable) -> Callable:
         written = inspect.unwrap(view)
