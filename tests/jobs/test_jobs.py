@@ -618,17 +618,12 @@ def test_a_job_failing_for_another_reason_is_logged_once_with_its_traceback_and_
 def test_the_scheduler_process_stops_on_sigterm_with_exit_status_0_and_says_so_in_its_log(books):
     # SIGTERM is how systemd, Docker and Kubernetes stop it: it ended the process at once (status
     # -15), with no line in the log, and as a container's process 1 it was ignored.
-    process = scheduler_process(books.url)
-    try:
+    with running_scheduler(books.url) as process:
         log = read_log_until(process, "job close_periods at")
         assert "job close_periods at" in log, log
         process.send_signal(signal.SIGTERM)
         status = process.wait(30)
         log += process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
     assert status == 0 and "revshare.scheduler: scheduler stopped" in log, log
     # One line per job: APScheduler's own (job added, running, done, started) show at DEBUG only.
     assert "apscheduler" not in log, log
@@ -673,11 +668,20 @@ def test_sigterm_while_the_start_up_jobs_run_lets_them_end_and_stops_before_the_
     assert len(run_instants(books)) == 1 and closed_periods(books)[:4] == ["2026-01", "2026-02", "2026-03", "2026-04"]
 
 
-def scheduler_process(url: str, **settings: str) -> subprocess.Popen:
+@contextlib.contextmanager
+def running_scheduler(url: str, **settings: str) -> Iterator[subprocess.Popen]:
+    """`revshare scheduler` as a process of its own, its log on a pipe; killed at the end, whatever
+    the test made of it."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": url,
            **settings}
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "scheduler"], env=env, cwd=Path(__file__).parents[2],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
 
 
 def read_log_until(process: subprocess.Popen, words: str, log: str = "", timeout_s: float = 60) -> str:
@@ -705,7 +709,6 @@ def test_a_scheduler_started_while_its_postgresql_is_down_waits_for_it_then_runs
     from tests.pg_cluster import Cluster
 
     cluster = Cluster().start()
-    process = None
     try:
         admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
@@ -713,34 +716,25 @@ def test_a_scheduler_started_while_its_postgresql_is_down_waits_for_it_then_runs
         admin.dispose()
         upgrade(cluster.url("books"))
         cluster.pause()
-        process = scheduler_process(cluster.url("books"))
-        log = read_log_until(process, "trying again in")
-        assert "is unreachable: connection failed" in log and process.poll() is None, log
-        cluster.resume()
-        log = read_log_until(process, "job close_periods at", log)
-        assert "job close_periods at" in log, log
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        with running_scheduler(cluster.url("books")) as process:
+            log = read_log_until(process, "trying again in")
+            assert "is unreachable: connection failed" in log and process.poll() is None, log
+            cluster.resume()
+            log = read_log_until(process, "job close_periods at", log)
+            assert "job close_periods at" in log, log
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
     finally:
-        if process is not None:
-            process.kill()
-            process.wait()
-            process.stderr.close()
         cluster.stop()
 
 
 def test_a_scheduler_waiting_for_its_database_stops_on_sigterm_with_exit_status_0():
-    process = scheduler_process(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare")
-    try:
+    with running_scheduler(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare") as process:
         log = read_log_until(process, "trying again in")
         assert "is unreachable: connection failed" in log and "Connection refused" in log, log
         process.send_signal(signal.SIGTERM)
         status = process.wait(10)
         log += process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
     assert status == 0 and "revshare.scheduler: scheduler stopped" in log and "Traceback" not in log, log
 
 
@@ -759,15 +753,10 @@ def test_a_scheduler_whose_database_server_never_answers_says_so_within_its_conn
     """Not after psycopg's default of 130 s, silent in between (the bound is 10 s): libpq's
     "timeout expired" is its `connect_timeout` ending the try, which without one never ends so."""
     with silent_server() as server:
-        process = scheduler_process(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare")
-        try:
+        with running_scheduler(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare") as process:
             connection, _ = server.accept()
             with connection:
                 log = read_log_until(process, "trying again in")
-        finally:
-            process.kill()
-            process.wait()
-            process.stderr.close()
     assert "is unreachable" in log and "timeout expired" in log, log
 
 
@@ -796,30 +785,20 @@ def test_a_scheduler_waiting_for_a_database_server_that_never_answers_stops_at_o
     """Nothing is in progress while it waits: the first signal stops it, as a stop's grace period
     (Docker's 10 s) would otherwise run out inside a connection attempt."""
     with silent_server() as server:
-        process = scheduler_process(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare")
-        try:
+        with running_scheduler(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare") as process:
             connection, _ = server.accept()
             with connection:
                 process.send_signal(signal.SIGTERM)
                 status = process.wait(5)  # the try's own bound is 10 s
                 log = process.stderr.read()
-        finally:
-            process.kill()
-            process.wait()
-            process.stderr.close()
     assert status == 0 and "revshare.scheduler: scheduler stopped" in log and "Traceback" not in log, log
 
 
 def test_a_scheduler_with_a_bad_setting_exits_2_at_once_though_its_database_is_unreachable():
-    process = scheduler_process(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare",
-                                REVSHARE_PAYOUT_DAY_OF_MONTH="31")
-    try:
+    with running_scheduler(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare",
+                                REVSHARE_PAYOUT_DAY_OF_MONTH="31") as process:
         status = process.wait(30)
         log = process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
     assert status == 2 and "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28" in log, log
 
 
@@ -924,14 +903,9 @@ def test_a_scheduler_whose_check_connection_is_ended_by_a_server_shutting_down_w
 def test_a_scheduler_whose_url_requires_ssl_of_a_server_without_it_exits_2_at_once(pg_cluster):
     """libpq's own refusal, with no FATAL from the server: it was waited on, a try logged every minute
     for ever."""
-    process = scheduler_process(f"{pg_cluster.url()}?sslmode=require")
-    try:
+    with running_scheduler(f"{pg_cluster.url()}?sslmode=require") as process:
         status = process.wait(30)
         log = process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
     assert status == 2 and "server does not support SSL, but SSL was required" in log, log
     assert "trying again" not in log, log
 
@@ -943,23 +917,18 @@ def test_a_scheduler_whose_server_is_a_standby_not_accepting_connections_waits_f
     from tests.pg_cluster import Cluster
 
     cluster = Cluster().start()
-    process = None
     try:
         cluster.pause()
         (cluster.data / "standby.signal").touch()
         with open(cluster.data / "postgresql.conf", "a") as conf:
             conf.write("\nhot_standby = off\n")
         cluster.resume()
-        process = scheduler_process(cluster.url())
-        log = read_log_until(process, "trying again in")
-        assert "the database system is not accepting connections" in log and process.poll() is None, log
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        with running_scheduler(cluster.url()) as process:
+            log = read_log_until(process, "trying again in")
+            assert "the database system is not accepting connections" in log and process.poll() is None, log
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
     finally:
-        if process is not None:
-            process.kill()
-            process.wait()
-            process.stderr.close()
         cluster.stop()
 
 
