@@ -42,10 +42,9 @@ Revises: 0017
 Create Date: 2026-12-01
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0018"
 down_revision = "0017"
@@ -53,9 +52,7 @@ branch_labels = None
 depends_on = None
 
 # Migration 0017's trigger makers, `new_row` and `postgres_guard` (its file name is no module name).
-_spec = importlib.util.spec_from_file_location("_revision_0017", Path(__file__).with_name("0017_in_time.py"))
-_0017 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_0017)
+_0017 = _revision("0017_in_time.py")
 new_row = _0017.new_row
 
 GENESIS_HASH = "0" * 64

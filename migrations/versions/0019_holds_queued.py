@@ -24,10 +24,9 @@ Revises: 0018
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0019"
 down_revision = "0018"
@@ -35,9 +34,7 @@ branch_labels = None
 depends_on = None
 
 # Migration 0018's makers of a row rule on SQLite and of a never-updated guard.
-_spec = importlib.util.spec_from_file_location("_revision_0018", Path(__file__).with_name("0018_rules_held.py"))
-_0018 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_0018)
+_0018 = _revision("0018_rules_held.py")
 
 NOT_A_PIECE = ("NOT EXISTS (SELECT 1 FROM journal_transactions t WHERE t.id = n.accrual_id"
                " AND t.kind IN ('accrual', 'cpa', 'override') AND t.matures_at_us = n.matures_at_us)")

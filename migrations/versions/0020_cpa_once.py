@@ -18,20 +18,17 @@ Revises: 0019
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0020"
 down_revision = "0019"
 branch_labels = None
 depends_on = None
 
-_spec = importlib.util.spec_from_file_location("_revision_0018", Path(__file__).with_name("0018_rules_held.py"))
-_0018 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_0018)
+_0018 = _revision("0018_rules_held.py")
 
 BOUNTY = "kind = 'cpa' AND accrual_id IS NULL"
 A_SECOND_BOUNTY = ("EXISTS (SELECT 1 FROM journal_transactions o WHERE o.customer_id = n.customer_id"

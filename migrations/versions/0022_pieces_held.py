@@ -41,20 +41,17 @@ Revises: 0021
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0022"
 down_revision = "0021"
 branch_labels = None
 depends_on = None
 
-_spec = importlib.util.spec_from_file_location("_revision_0018", Path(__file__).with_name("0018_rules_held.py"))
-_0018 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_0018)
+_0018 = _revision("0018_rules_held.py")
 
 POSTED_AGAINST_A_PIECE = "accrual_id IS NOT NULL"
 ONLY_WHEN = "n.kind IN ('clawback', 'release')"

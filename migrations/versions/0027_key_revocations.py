@@ -9,11 +9,10 @@ Revises: 0026
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0027"
 down_revision = "0026"
@@ -23,10 +22,7 @@ depends_on = None
 TABLE = "api_key_revocations"
 
 # Migration 0026's maker of a new table's append-only guards (its file name is no module name).
-_spec = importlib.util.spec_from_file_location("_revision_0026",
-                                               Path(__file__).with_name("0026_payout_postings_recorded.py"))
-_0026 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_0026)
+_0026 = _revision("0026_payout_postings_recorded.py")
 
 
 def upgrade() -> None:

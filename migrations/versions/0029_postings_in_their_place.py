@@ -40,10 +40,9 @@ Revises: 0028
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0029"
 down_revision = "0028"
@@ -51,9 +50,7 @@ branch_labels = None
 depends_on = None
 
 # Migration 0018's rule makers, `sqlite_rule` and `postgres_rule` (its file name is no module name).
-_spec = importlib.util.spec_from_file_location("_revision_0018", Path(__file__).with_name("0018_rules_held.py"))
-_0018 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_0018)
+_0018 = _revision("0018_rules_held.py")
 
 CLOCK_SKEW_US = 5 * 60 * 1_000_000  # ledger.revenue's, as of this revision
 ASKED_FOR = "coalesce(n.original_effective_at_us, n.effective_at_us)"

@@ -50,24 +50,15 @@ Revises: 0029
 Create Date: 2026-12-03
 """
 
-import importlib.util
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0030"
 down_revision = "0029"
 branch_labels = None
 depends_on = None
-
-
-def _revision(file_name: str):
-    """An earlier revision's module (its file name is no module name)."""
-    spec = importlib.util.spec_from_file_location(f"_revision_{file_name[:4]}", Path(__file__).with_name(file_name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 _0018 = _revision("0018_rules_held.py")  # sqlite_rule, postgres_rule

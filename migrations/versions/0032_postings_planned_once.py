@@ -31,23 +31,14 @@ Revises: 0031
 Create Date: 2026-12-03
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from migrations.earlier import revision as _revision
 
 revision = "0032"
 down_revision = "0031"
 branch_labels = None
 depends_on = None
-
-
-def _revision(file_name: str):
-    """An earlier revision's module (its file name is no module name)."""
-    spec = importlib.util.spec_from_file_location(f"_revision_{file_name[:4]}", Path(__file__).with_name(file_name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 _0029 = _revision("0029_postings_in_their_place.py")  # the statement rules over new headers
