@@ -12,7 +12,14 @@ on a plain socket and the response read to its end and checked (status line, Con
 costs about half the CPU of `http.client` (0.17 against 0.33 ms a POST, measured side by side). The
 server is stopped (SIGTERM, then SIGKILL after a grace period) in a `finally`.
 
-The route is detected in `api/routes/`; without it the table gets a marked placeholder row.
+A rate on a shared machine moves with the machine's other work; the CPU a request costs moves far
+less. So each series also records the CPU time used by each group of processes while it ran (from
+Linux's /proc; not measured elsewhere): the server (gunicorn's master and workers: the process
+session `revshare serve` starts), the database server (the PostgreSQL cluster's postmaster and its
+children; on SQLite that work is in the workers) and the load generator (this process). A process
+that ends during the series (an autovacuum worker) is counted through its parent's time for its
+reaped children. The sum, a POST's CPU, bounds the rate: the machine's cores, busy with nothing
+else, would serve at most cores / CPU a POST.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import socket
 import subprocess
 import threading
 import time
-from typing import NamedTuple
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 from ledger.db import Database
 from ledger.keys import create_key
@@ -47,11 +55,81 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 
 
+class Cpu(NamedTuple):
+    """CPU seconds used by each group of processes over one series."""
+
+    server: float
+    database: float
+    client: float
+
+    @property
+    def total(self) -> float:
+        return self.server + self.database + self.client
+
+
 class Series(NamedTuple):
     requests: int
     seconds: float
     latencies_ms: list[float]
     failures: int
+    cpu: Cpu | None = None  # None where /proc is not there to read
+
+
+class _Process(NamedTuple):
+    parent: int
+    session: int
+    own_s: float  # user and system CPU seconds
+    reaped_s: float  # its ended children's, once it waited for them
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _processes() -> dict[int, _Process] | None:
+    """Every process's parent, session and CPU times, from /proc/<pid>/stat; None without /proc."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()  # the name before it may hold spaces
+        except OSError:  # ended since the listing
+            continue
+        # fields[0] is the 3rd field of stat(5): state; then ppid, pgrp, session, ... utime (14th) ...
+        own, reaped = (int(fields[11]) + int(fields[12])), (int(fields[13]) + int(fields[14]))
+        found[int(entry.name)] = _Process(int(fields[1]), int(fields[3]), own / _CLOCK_TICKS, reaped / _CLOCK_TICKS)
+    return found
+
+
+def _group_s(processes: dict[int, _Process], roots: Callable[[int, _Process], bool]) -> float:
+    """CPU seconds of the processes `roots` picks, their children, and their ended children."""
+    picked = {pid for pid, process in processes.items() if roots(pid, process)}
+    return sum(process.own_s + (process.reaped_s if pid in picked else 0.0)
+               for pid, process in processes.items() if pid in picked or process.parent in picked)
+
+
+def _cpu(before: dict[int, _Process] | None, after: dict[int, _Process] | None, client_s: float,
+         server_pid: int, database_pid: int | None) -> Cpu | None:
+    if before is None or after is None:
+        return None
+
+    def used(roots: Callable[[int, _Process], bool]) -> float:
+        return _group_s(after, roots) - _group_s(before, roots)
+
+    server = used(lambda pid, process: process.session == server_pid)
+    database = 0.0 if database_pid is None else used(lambda pid, process: pid == database_pid)
+    return Cpu(server, database, client_s)
+
+
+def _postmaster_pid(site) -> int | None:
+    """The PostgreSQL site's postmaster (the first line of its data directory's postmaster.pid)."""
+    cluster = getattr(site, "cluster", None)
+    if cluster is None:
+        return None
+    return int((cluster.data / "postmaster.pid").read_text().split()[0])
 
 
 def _free_port() -> int:
@@ -86,9 +164,10 @@ def _exchange(port: int, message: bytes) -> int:
     return int(match.group(1))
 
 
-def _load(port: int, requests: list[tuple[bytes, int]], deadline_s: float) -> Series:
+def _load(port: int, requests: list[tuple[bytes, int]], deadline_s: float, server_pid: int,
+          database_pid: int | None) -> Series:
     """Send every request (its bytes, the status expected) once, over CLIENT_THREADS threads, stopping
-    at the deadline."""
+    at the deadline; with the CPU each group of processes used meanwhile."""
     counter = itertools.count()
     latencies: list[float] = []
     failures = [0]
@@ -116,13 +195,17 @@ def _load(port: int, requests: list[tuple[bytes, int]], deadline_s: float) -> Se
                 latencies.extend(mine)
                 failures[0] += failed
 
+    processes = _processes()
+    client_started = time.process_time()
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=deadline_s + REQUEST_TIMEOUT_S)
-    return Series(len(latencies), time.perf_counter() - started, latencies, failures[0])
+    seconds = time.perf_counter() - started
+    cpu = _cpu(processes, _processes(), time.process_time() - client_started, server_pid, database_pid)
+    return Series(len(latencies), seconds, latencies, failures[0], cpu)
 
 
 def _wait_until_up(port: int, server: subprocess.Popen) -> None:
@@ -170,7 +253,9 @@ def measure(site, request_count: int, partner_count: int, customer_count: int, d
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_until_up(port, server)
-        return {"post": _load(port, posts, deadline_s), "health": _load(port, health, deadline_s)}
+        database_pid = _postmaster_pid(site)
+        return {"post": _load(port, posts, deadline_s, server.pid, database_pid),
+                "health": _load(port, health, deadline_s, server.pid, database_pid)}
     finally:
         _stop(server)
         if hasattr(site, "drop"):
@@ -192,4 +277,18 @@ def rows_for(engine_name: str, results: dict, *, quick: bool) -> list[Row]:
         Row("http: POST latency p50", engine_name, p50, "ms", "-", None, note="same requests"),
         Row("http: POST latency p99", engine_name, p99, "ms", f"< {P99_MS_MAX:g} ms", p99 < P99_MS_MAX,
             note="same requests"),
+        *_cpu_rows(engine_name, post, health),
     ]
+
+
+def _cpu_rows(engine_name: str, post: Series, health: Series) -> list[Row]:
+    if post.cpu is None or health.cpu is None or not post.requests or not health.requests:
+        return []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_post_ms = post.cpu.total * 1000 / post.requests
+    per_health_ms = health.cpu.total * 1000 / health.requests
+    parts = ", ".join(f"{name} {seconds * 1000 / post.requests:.2f}" for name, seconds in
+                      (("server", post.cpu.server), ("database", post.cpu.database), ("client", post.cpu.client)))
+    return [Row("http: CPU a POST, all processes", engine_name, per_post_ms, "ms", "-", None,
+                note=f"{parts} ms (a health GET: {per_health_ms:.2f}); {cores} cores would serve at most "
+                     f"{cores * 1000 / per_post_ms:,.0f} POSTs/s")]
