@@ -33,13 +33,13 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ledger.db import Database
 from ledger.keys import create_key
 
 from bench import program
+from bench.cpu import Process, group_s, postmaster_pid, processes
 from bench.importing import REPO_ROOT, event_data, revshare_command
 from bench.report import Row, median, percentile
 
@@ -75,61 +75,17 @@ class Series(NamedTuple):
     cpu: Cpu | None = None  # None where /proc is not there to read
 
 
-class _Process(NamedTuple):
-    parent: int
-    session: int
-    own_s: float  # user and system CPU seconds
-    reaped_s: float  # its ended children's, once it waited for them
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _processes() -> dict[int, _Process] | None:
-    """Every process's parent, session and CPU times, from /proc/<pid>/stat; None without /proc."""
-    if not Path("/proc/self/stat").exists():
-        return None
-    found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()  # the name before it may hold spaces
-        except OSError:  # ended since the listing
-            continue
-        # fields[0] is the 3rd field of stat(5): state; then ppid, pgrp, session, ... utime (14th) ...
-        own, reaped = (int(fields[11]) + int(fields[12])), (int(fields[13]) + int(fields[14]))
-        found[int(entry.name)] = _Process(int(fields[1]), int(fields[3]), own / _CLOCK_TICKS, reaped / _CLOCK_TICKS)
-    return found
-
-
-def _group_s(processes: dict[int, _Process], roots: Callable[[int, _Process], bool]) -> float:
-    """CPU seconds of the processes `roots` picks, their children, and their ended children."""
-    picked = {pid for pid, process in processes.items() if roots(pid, process)}
-    return sum(process.own_s + (process.reaped_s if pid in picked else 0.0)
-               for pid, process in processes.items() if pid in picked or process.parent in picked)
-
-
-def _cpu(before: dict[int, _Process] | None, after: dict[int, _Process] | None, client_s: float,
+def _cpu(before: dict[int, Process] | None, after: dict[int, Process] | None, client_s: float,
          server_pid: int, database_pid: int | None) -> Cpu | None:
     if before is None or after is None:
         return None
 
-    def used(roots: Callable[[int, _Process], bool]) -> float:
-        return _group_s(after, roots) - _group_s(before, roots)
+    def used(roots: Callable[[int, Process], bool]) -> float:
+        return group_s(after, roots) - group_s(before, roots)
 
     server = used(lambda pid, process: process.session == server_pid)
     database = 0.0 if database_pid is None else used(lambda pid, process: pid == database_pid)
     return Cpu(server, database, client_s)
-
-
-def _postmaster_pid(site) -> int | None:
-    """The PostgreSQL site's postmaster (the first line of its data directory's postmaster.pid)."""
-    cluster = getattr(site, "cluster", None)
-    if cluster is None:
-        return None
-    return int((cluster.data / "postmaster.pid").read_text().split()[0])
 
 
 def _free_port() -> int:
@@ -195,7 +151,7 @@ def _load(port: int, requests: list[tuple[bytes, int]], deadline_s: float, serve
                 latencies.extend(mine)
                 failures[0] += failed
 
-    processes = _processes()
+    before = processes()
     client_started = time.process_time()
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_THREADS)]
@@ -204,7 +160,7 @@ def _load(port: int, requests: list[tuple[bytes, int]], deadline_s: float, serve
     for thread in threads:
         thread.join(timeout=deadline_s + REQUEST_TIMEOUT_S)
     seconds = time.perf_counter() - started
-    cpu = _cpu(processes, _processes(), time.process_time() - client_started, server_pid, database_pid)
+    cpu = _cpu(before, processes(), time.process_time() - client_started, server_pid, database_pid)
     return Series(len(latencies), seconds, latencies, failures[0], cpu)
 
 
@@ -253,7 +209,7 @@ def measure(site, request_count: int, partner_count: int, customer_count: int, d
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_until_up(port, server)
-        database_pid = _postmaster_pid(site)
+        database_pid = postmaster_pid(site)
         return {"post": _load(port, posts, deadline_s, server.pid, database_pid),
                 "health": _load(port, health, deadline_s, server.pid, database_pid)}
     finally:
