@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -66,6 +67,14 @@ def _take_away(url: str, triggers: dict[str, list[str]], tables: tuple[str, ...]
         engine.dispose()
 
 
+def _discard(site, url: str) -> None:
+    if hasattr(site, "drop"):
+        site.drop(url)
+        return
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{site.path(url)}{suffix}").unlink(missing_ok=True)
+
+
 def _cpu_s(database_pid: int | None) -> float | None:
     """This process's CPU seconds, and the PostgreSQL cluster's; None without /proc."""
     if database_pid is None:
@@ -108,8 +117,7 @@ def measure(engine_name: str, event_count: int, rounds: int, say=print) -> list[
                 cpu_after = _cpu_s(database_pid)
                 if cpu_before is not None and cpu_after is not None:
                     cpu_seconds[name].append(cpu_after - cpu_before)
-                if hasattr(site, "drop"):
-                    site.drop(copy)
+                _discard(site, copy)
         say(f"{engine_name}: {len(events):,} paid events, " +
             ", ".join(f"{len(r):,} {t}" for t, r in rows.by_table.items()))
         return [(name, statistics.median(values), statistics.median(cpu_seconds[name]) if cpu_seconds[name] else None)
@@ -122,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--events", type=int, default=10_000, help="paid invoices in the batch")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     started = time.perf_counter()
     results = measure(args.engine, args.events, args.rounds)
