@@ -118,8 +118,7 @@ def grow(site, shape: Shape, progress: Callable[[str], None]) -> tuple[list[Read
                 reads.append(measure_reads(database, seeded, lines, closes[-1].period if closes else None))
     finally:
         database.dispose()
-        if hasattr(site, "drop"):
-            site.drop(url)
+        site.drop(url)
     return reads, closes
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -67,14 +66,6 @@ def _take_away(url: str, triggers: dict[str, list[str]], tables: tuple[str, ...]
         engine.dispose()
 
 
-def _discard(site, url: str) -> None:
-    if hasattr(site, "drop"):
-        site.drop(url)
-        return
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{site.path(url)}{suffix}").unlink(missing_ok=True)
-
-
 def _cpu_s(database_pid: int | None) -> float | None:
     """This process's CPU seconds, and the PostgreSQL cluster's; None without /proc."""
     if database_pid is None:
@@ -117,7 +108,7 @@ def measure(engine_name: str, event_count: int, rounds: int, say=print) -> list[
                 cpu_after = _cpu_s(database_pid)
                 if cpu_before is not None and cpu_after is not None:
                     cpu_seconds[name].append(cpu_after - cpu_before)
-                _discard(site, copy)
+                site.drop(copy)
         say(f"{engine_name}: {len(events):,} paid events, " +
             ", ".join(f"{len(r):,} {t}" for t, r in rows.by_table.items()))
         return [(name, statistics.median(values), statistics.median(cpu_seconds[name]) if cpu_seconds[name] else None)

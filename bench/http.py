@@ -214,8 +214,7 @@ def measure(site, request_count: int, partner_count: int, customer_count: int, d
                 "health": _load(port, health, deadline_s, server.pid, database_pid)}
     finally:
         _stop(server)
-        if hasattr(site, "drop"):
-            site.drop(url)
+        site.drop(url)
 
 
 def rows_for(engine_name: str, results: dict, *, quick: bool) -> list[Row]:

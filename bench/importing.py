@@ -95,8 +95,7 @@ def measure(site, directory: Path, partner_count: int, customer_count: int, even
         outcome = run_import(url, path)
         path.unlink()
         results[label] = {**outcome, "events": written}
-        if hasattr(site, "drop"):
-            site.drop(url)
+        site.drop(url)
     return results
 
 

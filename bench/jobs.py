@@ -109,9 +109,8 @@ def measure(site, partner_count: int, customer_count: int, events: int) -> dict[
     try:
         return {"one": _release(url, seeded, at_us, False), "chunked": _release(copy, seeded, at_us, True)}
     finally:
-        if hasattr(site, "drop"):
-            site.drop(url)
-            site.drop(copy)
+        site.drop(url)
+        site.drop(copy)
 
 
 def rows_for(engine_name: str, runs: dict[str, Run]) -> list[Row]:

@@ -30,6 +30,10 @@ class Site:
     def copy(self, url: str, name: str) -> str:
         raise NotImplementedError
 
+    def drop(self, url: str) -> None:
+        """Remove a database once a benchmark is done with it (its engines disposed)."""
+        raise NotImplementedError
+
     def server_version(self) -> str:
         raise NotImplementedError
 
@@ -61,6 +65,11 @@ class SqliteSite(Site):
         target = self.root / f"{name}-{next(self._counter)}.db"
         shutil.copyfile(self.path(url), target)
         return f"sqlite:///{target}"
+
+    def drop(self, url: str) -> None:
+        """The file, and those SQLite and the writers' queue keep beside it."""
+        for suffix in ("", "-wal", "-shm", "-writer.lock"):
+            Path(f"{self.path(url)}{suffix}").unlink(missing_ok=True)
 
     def server_version(self) -> str:
         import sqlite3
