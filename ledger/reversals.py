@@ -10,7 +10,9 @@ true to the rules that depend on the transaction:
   be paid out, although "a reversed accrual is never released"; the mirror of a partly clawed piece
   would claw the partner twice. Each of those reversals is effective at its original's instant, or
   at the requested instant when that is later, so that from the piece's reversal on, the piece adds
-  nothing to its partner's balances at any instant.
+  nothing to its partner's balances at any instant. A piece matured by the reversal's instant that
+  no release run has released yet is released first, at its maturity, as a run would have: whether
+  a piece is held is decided by time, never by when a job last ran.
 - A release is not reversed on its own (409): whether a piece is held is decided by time, so a
   matured piece would be released again at once. Reverse its accrual instead.
 - A clawback that took from pending, of a piece whose hold has left the queue (released, or ended
@@ -57,6 +59,7 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
                        "instead")
     undo, redo = [], []
     if kind in EARNING_KINDS:
+        _release_matured(session, transaction_id, draft, recorded_at_us)
         undo = _standing_reversals(session, transaction_id, draft, key, reason, effective_at_us)
     elif kind == "clawback":
         undo, redo = holds.released_again(session, transaction_id, draft.invoice_id, reason=reason, key=key,
@@ -70,6 +73,19 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
             payout_id=pending_payout, outcome="failed", transaction_id=posted.id, reason=reason,
             resolved_at_us=journal.now_us() if recorded_at_us is None else recorded_at_us))
     return posted
+
+
+def _release_matured(session: Session, piece_id: int, draft: journal.Draft, recorded_at_us: int | None) -> None:
+    """Release the piece, and each reinstatement of it, matured by the reversal's instant and not
+    released yet: whether a piece is held is decided by time, never by when a job last ran, so the
+    piece stands released from its maturity to the reversal whether or not a release run came by
+    first (the reversal then undoes that release with the rest)."""
+    pieces = [piece for piece in holds.load_pieces(session, [draft.invoice_id]).get(draft.invoice_id, [])
+              if piece_id in (piece.id, piece.root_id)]
+    batch = journal.Batch(session, recorded_at_us=recorded_at_us)
+    ended = holds.release_pieces(batch, pieces, draft.effective_at_us)
+    batch.flush()  # written before the holds leave the queue, as `holds.release_matured` does
+    holds.end_holds(session, ended)
 
 
 def _standing_reversals(session: Session, piece: int, draft: journal.Draft, key: str, reason: str,

@@ -182,12 +182,32 @@ def test_reversing_an_accrual_also_reverses_its_clawbacks_so_the_partner_is_not_
     assert books.trial_balance_is_zero() and books.verified()
 
 
-def test_a_reversal_at_a_later_instant_undoes_the_release_no_earlier_than_that(books):
+@pytest.mark.parametrize("release_job_ran", [True, False])
+def test_a_reversal_at_a_later_instant_undoes_the_release_no_earlier_than_that(books, release_job_ran):
+    # Held-ness follows time: with no release run before it, the reversal releases the matured
+    # accrual at its maturity first, and the books are those of a run that came by.
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
-    books.release("2026-02-10")
+    if release_job_ran:
+        books.release("2026-02-10")
     reverse(books, accrual_id, effective_at_us=at("2026-03-05"))
+    assert [(kind, instant) for _, kind, _, instant in kinds(books, "inv-1")] == [
+        ("accrual", at("2026-01-10")), ("release", at("2026-02-09")),
+        ("reversal", at("2026-03-05")), ("reversal", at("2026-03-05"))]
     assert books.balance("northwind", before="2026-03-05") == (0, 10_000)  # released, and owed until then
     assert books.balance_just_after("northwind", "2026-03-05") == (0, 0)
+    assert books.release("2026-04-01") == 0
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_reversal_releases_a_matured_reinstatement_with_its_accrual(books):
+    [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.chargeback("acme", "inv-1", "1000.00", "2026-01-12")
+    books.dispute_won("acme", "inv-1", "1000.00", "2026-01-14")  # 100.00 again, maturing 2026-02-13
+    reverse(books, accrual_id, effective_at_us=at("2026-03-05"))
+    assert books.balance("northwind", before="2026-03-05") == (0, 10_000)
+    assert books.balance_just_after("northwind", "2026-03-05") == (0, 0)
+    assert books.release("2026-04-01") == 0
+    assert books.trial_balance_is_zero() and books.verified()
 
 
 def test_a_reversal_at_an_instant_before_the_release_undoes_the_release_at_its_own_instant(books):
