@@ -255,6 +255,33 @@ def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None
     return _release(session, at_us, batch, None, own_instant=own_instant)[0]
 
 
+def first_release_due(session: Session, before_us: int) -> int | None:
+    """The maturity of the first queued hold, maturing before `before_us`, whose release would post
+    something (its piece neither reversed nor clawed to nothing), or None. A close reads it to
+    refuse skipping an open period that such a release would post into, as a release run that came
+    by first would have (`periods`)."""
+    h = open_holds.c
+    after = None
+    while True:
+        due = select(h.accrual_id, journal_transactions.c.invoice_id, h.matures_at_us).join(
+            journal_transactions, journal_transactions.c.id == h.accrual_id).where(h.matures_at_us < before_us)
+        if after is not None:
+            due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
+        rows = session.execute(due.order_by(h.matures_at_us, h.accrual_id).limit(_DUE_CHUNK)).all()
+        if not rows:
+            return None
+        wanted = {row.accrual_id for row in rows}
+        pieces = [piece for group in load_pieces(session, {row.invoice_id for row in rows}).values()
+                  for piece in group if piece.id in wanted and not piece.released and not piece.reversed
+                  and piece.pending_minor > 0]
+        if pieces:
+            return min(piece.matures_at_us for piece in pieces)
+        after = (rows[-1].matures_at_us, rows[-1].accrual_id)
+
+
+_DUE_CHUNK = 1_000
+
+
 def release_now(session: Session) -> tuple[int, int]:
     """(releases posted, the instant): `release_matured` at now as read under the journal lock. Read
     before it, a release that waited for the lock behind another writer was made as of an instant

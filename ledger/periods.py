@@ -159,6 +159,13 @@ def _refuse_close(session: Session, period: str, now_us: int | None) -> tuple[jo
         bounds = period_bounds_us(earlier)
         if _has_postings(session, *bounds):
             raise Conflict(f"period {earlier} has postings and is open: close it first")
+    due_us = holds.first_release_due(session, start_us) if first_open < period else None
+    if due_us is not None:
+        # The release is a posting of that period, whether a release run came by before this close
+        # or the close makes it: refused either way, and before anything is posted.
+        earlier = period_of(max(due_us, period_bounds_us(first_open)[0]))
+        raise Conflict(f"period {earlier} is open and a hold matures in it ({format_instant(due_us)}), whose "
+                       "release is a posting of it: close it first")
     return batch, first_open
 
 

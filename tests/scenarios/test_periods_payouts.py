@@ -304,6 +304,26 @@ def test_a_period_cannot_be_closed_while_an_earlier_one_with_postings_is_open(da
 
 
 @sqlite_only
+@pytest.mark.parametrize("how", ["released first", "one transaction", "releases in transactions"])
+def test_a_period_a_hold_matures_in_is_closed_first_whether_or_not_its_release_was_posted(database, how):
+    books = worked_example_program(database)
+    books.paid("acme", "inv-1", "500.00", "2026-01-20")  # matures 2026-02-19, in an otherwise empty February
+    close(database, "2026-01", now="2026-03-01")
+    if how == "released first":
+        assert books.release("2026-02-20") == 1
+    posted = books.sql("SELECT count(*) FROM journal_transactions")[0][0]
+    with pytest.raises(Conflict, match="period 2026-02 "):
+        if how == "releases in transactions":  # the API's and the command line's close
+            periods.close_in_transactions(database.transaction, "2026-03")
+        else:
+            close(database, "2026-03", now="2026-04-01")
+    assert books.sql("SELECT count(*) FROM journal_transactions")[0][0] == posted  # a refused close posts nothing
+    close(database, "2026-02", now="2026-04-01")
+    assert close(database, "2026-03", now="2026-04-01").transaction_count == 0
+    verified(books)
+
+
+@sqlite_only
 def test_empty_earlier_periods_are_closed_along_with_the_target_in_one_chain(database):
     books = worked_example_program(database)
     books.paid("acme", "inv-1", "500.00", "2026-01-20")  # matures 2026-02-19: February is not empty
