@@ -130,6 +130,8 @@ TAMPERED_CLOSE_FIELDS = [
                  {("close_bounds_altered", "2026-03")}, id="end moved a day back"),
     pytest.param([f"UPDATE period_closes SET starts_at_us = {at('2025-12-01')} WHERE period = '2026-01'"],
                  {("close_bounds_altered", "2026-01")}, id="start moved a month back"),
+    pytest.param([f"UPDATE period_closes SET closed_at_us = {at('2026-01-15')} WHERE period = '2026-01'"],
+                 {("close_time_altered", "2026-01")}, id="closed before the month ended"),
 ]
 
 
