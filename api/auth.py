@@ -6,9 +6,12 @@ no or a bad key is a 401 even when its body is invalid.
 
 Roles: `admin` passes everything; the others pass the views that list them. A role that is not
 listed gets 403, except a partner key, which gets the same 404 as an unknown URL: to a partner,
-anything but its own books does not exist. Inside views, `partner_scope()` is the partner id a
-partner key is bound to (None for other roles), `require_visible()` turns another partner's
-record into that 404, and `partner_filter()` is the partner a list is filtered by.
+anything but its own books does not exist. A partner key naming another partner, in the path
+(`/v1/partners/{id}/...`) or in a list's `partner_id` filter, gets that partner's 404 here too,
+before body and query are checked: a bad `?as_of=` about a partner it may not see is still about a
+partner it may not see, not a 422. Inside views, `partner_scope()` is the partner id a partner key
+is bound to (None for other roles), `require_visible()` turns another partner's record into that
+404, and `partner_filter()` is the partner a list is filtered by.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from ledger.keys import Principal
 from ledger.schema import API_ROLES
 
 ACCESS_ATTRIBUTE = "revshare_access"
+# The name a route's path and a list's filter give a partner id (`api.routes.partners`, the lists'
+# query schemas): a partner key naming another partner by it is a 404 before anything else.
+PARTNER_ARGUMENT = "partner_id"
 SECURITY_SCHEME = "bearerAuth"
 # flask-smorest's own views (the OpenAPI document and the docs page) are public.
 DOCS_ENDPOINT_PREFIX = "api-docs."
@@ -91,6 +97,27 @@ def authenticate_request() -> None:
         if principal.role == "partner":
             raise NotFound()
         raise Forbidden(f"The {principal.role} role may not use this resource.")
+    if principal.role == "partner":
+        _require_own_partner(req, app.view_functions[endpoint], principal.partner_id)
+
+
+def _require_own_partner(req, view: Callable, own: str) -> None:
+    """The 404 of a missing partner for a partner key naming another one in the path or in a
+    `partner_id` filter the view takes. Every value of the filter counts: one given twice is the
+    422 of a repeated parameter only when both name the key's own partner."""
+    named = req.view_args.get(PARTNER_ARGUMENT)
+    if named is not None and named != own:
+        raise missing_partner(named)
+    if PARTNER_ARGUMENT in getattr(view, "query_parameters", ()):
+        for named in req.args.getlist(PARTNER_ARGUMENT):
+            if named != own:
+                raise missing_partner(named)
+
+
+def missing_partner(partner_id: str) -> DomainNotFound:
+    """The 404 of a partner that does not exist, or that a partner key may not see: the same.
+    A partner id holds 64 characters at most; a longer text named is cut there in the detail."""
+    return DomainNotFound(f"partner {partner_id[:64]!r} not found")
 
 
 def _presented_principal(authorization: str, database: Database) -> Principal:
@@ -158,8 +185,8 @@ def partner_filter(partner_id: str | None) -> str | None:
     exist: a mistyped filter is a 404 naming it, not an empty list that reads as "none"."""
     scope = partner_scope()
     if scope is not None:
-        if partner_id not in (None, scope):
-            raise DomainNotFound(f"partner {partner_id!r} not found")
+        if partner_id not in (None, scope):  # refused already, before the query was parsed
+            raise missing_partner(partner_id)
         return scope
     if partner_id is not None and not partners.partner_exists(current_session(), partner_id):
         raise DomainNotFound(f"partner {partner_id!r} does not exist")

@@ -162,9 +162,12 @@ class Blueprint(flask_smorest.Blueprint):
         if kwargs.get("location") not in QUERY_LOCATIONS:
             return decorator
 
+        parameters = frozenset(field.data_key or name for name, field in schema.fields.items())
+
         def takes_query(func):
             view = decorator(func)
-            view.takes_query = True  # the decorators above copy it (functools.wraps) to the view
+            # The decorators above copy it (functools.wraps) to the view; `api.auth` reads it too.
+            view.query_parameters = parameters
             return view
         return takes_query
 
@@ -192,5 +195,5 @@ def check_query() -> None:
     repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
     if repeated:
         flask_smorest.abort(422, messages={"query": {name: ["given more than once"] for name in repeated}})
-    if not getattr(app.view_functions.get(req.endpoint), "takes_query", False):
+    if not getattr(app.view_functions.get(req.endpoint), "query_parameters", ()):
         Blueprint.ARGUMENTS_PARSER.parse(_NO_PARAMETERS, req, location="query")

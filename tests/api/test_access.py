@@ -2,12 +2,14 @@
 management, billing revenue events, attributions and customer reads, and a partner key its own
 partner record, balance, statement (JSON and CSV), transactions and payouts. To a partner, anything
 else does not exist: a route its role may not use is a 404 exactly like an unknown URL, and another
-partner's record is the same 404 as one that does not exist. No key or a bad key is a 401."""
+partner's record is the same 404 as one that does not exist, whatever the query asks (a query its
+owner or finance would get a 422 for is still that 404). No key or a bad key is a 401."""
 
 from typing import NamedTuple
 
 import pytest
 
+from tests.api.books import errors_of
 from tests.api.conftest import bearer
 
 
@@ -18,6 +20,8 @@ class Route(NamedTuple):
     roles: frozenset = frozenset({"finance"})  # besides admin
     owner: str | None = None  # a partner key may read it when this is its partner ("*": any partner, scoped)
     headers: dict | None = None
+    # Queries (each replacing the path's own) that the route refuses with a 422 naming the field given.
+    bad_queries: tuple[tuple[str, str], ...] = ()
 
 
 FINANCE, BILLING = frozenset({"finance"}), frozenset({"billing"})
@@ -26,15 +30,23 @@ BILLING_AND_FINANCE = frozenset({"billing", "finance"})
 
 def partner_routes(partner_id: str, transaction_id: int) -> dict[str, Route]:
     p = partner_id
+    bad_period = (("", "period"), ("period=2026-13", "period"), ("period=2026-01&as_of=2026-01-31", "as_of"))
+    bad_page = ((f"partner_id={p}&limit=0", "limit"), (f"partner_id={p}&cursor=x", "cursor"),
+                (f"partner_id={p}&partner={p}", "partner"), (f"partner_id={p}&partner_id={p}", "partner_id"))
     return {
-        f"get partner {p}": Route("GET", f"/v1/partners/{p}", owner=p),
+        f"get partner {p}": Route("GET", f"/v1/partners/{p}", owner=p, bad_queries=(("as_of=2026-01-31", "as_of"),)),
         f"patch partner {p}": Route("PATCH", f"/v1/partners/{p}", {}),
-        f"balance {p}": Route("GET", f"/v1/partners/{p}/balance", owner=p),
-        f"statement {p}": Route("GET", f"/v1/partners/{p}/statement?period=2026-01", owner=p),
-        f"statement csv {p}": Route("GET", f"/v1/partners/{p}/statement?period=2026-01&format=csv", owner=p),
+        f"balance {p}": Route("GET", f"/v1/partners/{p}/balance", owner=p,
+                              bad_queries=(("as_of=2026-02-30", "as_of"), ("asof=2026-01-31", "asof"))),
+        f"statement {p}": Route("GET", f"/v1/partners/{p}/statement?period=2026-01", owner=p,
+                                bad_queries=(*bad_period, ("period=2026-01&format=xml", "format"))),
+        f"statement csv {p}": Route("GET", f"/v1/partners/{p}/statement?period=2026-01&format=csv", owner=p,
+                                    bad_queries=(("format=csv", "period"), ("period=2026-13&format=csv", "period"))),
         f"statement accept csv {p}": Route("GET", f"/v1/partners/{p}/statement?period=2026-01", owner=p,
-                                           headers={"Accept": "text/csv"}),
+                                           headers={"Accept": "text/csv"}, bad_queries=bad_period),
         f"get transaction {p}": Route("GET", f"/v1/transactions/{transaction_id}", owner=p),
+        f"list transactions of {p}": Route("GET", f"/v1/transactions?partner_id={p}", owner=p, bad_queries=bad_page),
+        f"list payouts of {p}": Route("GET", f"/v1/payouts?partner_id={p}", owner=p, bad_queries=bad_page),
     }
 
 
@@ -99,6 +111,35 @@ def test_each_role_reaches_exactly_its_routes(shared, role, name):
     if expected == 404 and route.owner is None:  # refused for the role: exactly like an unknown URL
         unknown = shared.client.open("/v1/no-such-route", method=route.method, headers=bearer(shared.keys.p1))
         assert response.get_json() == unknown.get_json()
+
+
+BAD_QUERIES = sorted((name, query, field) for name, route in ROUTES.items() for query, field in route.bad_queries)
+
+
+@pytest.mark.parametrize("role", ("admin", "finance", *PARTNERS))
+@pytest.mark.parametrize("name, query, field", BAD_QUERIES)
+def test_a_bad_query_is_a_422_to_who_may_read_the_record_and_the_same_404_as_a_good_one_to_another_partner(
+        shared, role, name, query, field):
+    route = ROUTES[name]
+    refused = call(shared.client, getattr(shared.keys, role), route._replace(path=_with_query(route.path, query)))
+    if expected_status(role, route) == 404:
+        good = call(shared.client, getattr(shared.keys, role), route)
+        assert refused.status_code == good.status_code == 404, refused.data
+        assert refused.mimetype == "application/problem+json" and refused.get_json() == good.get_json()
+    else:
+        assert errors_of(refused) == {field}
+
+
+@pytest.mark.parametrize("listing", ["/v1/transactions", "/v1/payouts"])
+def test_a_partner_filter_given_twice_naming_another_partner_once_is_that_partners_404(shared, listing):
+    twice = shared.client.get(f"{listing}?partner_id=p1&partner_id=p2&limit=0", headers=bearer(shared.keys.p1))
+    record = shared.client.get("/v1/partners/p2", headers=bearer(shared.keys.p1))
+    assert twice.status_code == 404 and twice.get_json() == record.get_json()
+
+
+def _with_query(path: str, query: str) -> str:
+    bare = path.split("?")[0]
+    return f"{bare}?{query}" if query else bare
 
 
 @pytest.mark.parametrize("name", sorted(ROUTES))
