@@ -4,8 +4,10 @@ with `{"items": [...], "next_cursor": null | "..."}`.
 Pages are keyset pages on an integer id: the cursor is an opaque token for "after id N", so a page
 costs the same however deep it is and rows added meanwhile are neither skipped nor repeated. A route
 asks the domain for `limit + 1` rows; `page()` keeps `limit` and makes the next cursor if there was
-one more. Lists ordered by a text key (partners by id, periods by name) use `KeyPageQuery` and
-`page(..., encode=encode_key_cursor)`: the same, with "after key K".
+one more. Lists ordered by a text key (partners by id, periods by month) are each a `Listing`, and
+take `key_page_query(listing)` and `page(..., encode=listing.cursor)`: the same, with "<list> after
+key K". Such a cursor names its list and holds a key of it: one of another list, or one whose key
+the list does not order by, is refused like any text this API did not hand out.
 
 The path converters live here too: integer ids (`IdConverter`), and text ids that hold no NUL
 (`TEXT_CONVERTERS`).
@@ -16,12 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import marshmallow as ma
 from werkzeug.routing import IntegerConverter, PathConverter, UnicodeConverter
 
 from api.schemas import Schema
+from ledger.errors import InvalidInput
 
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 1000
@@ -31,8 +34,7 @@ ID_CONVERTER = "id"
 _CURSOR_TEXT_MAX = 64
 _CURSOR_CONTENT = re.compile(r"after:([0-9]{1,19})")
 _KEY_CURSOR_TEXT_MAX = 128
-# Text keys share the partner id alphabet (partner and plan ids, periods YYYY-MM).
-_KEY_CURSOR_CONTENT = re.compile(r"after-key:([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})")
+NOT_A_CURSOR = "is not a cursor returned by this API"
 
 
 class IdConverter(IntegerConverter):
@@ -73,10 +75,6 @@ def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
 
 
-def encode_key_cursor(last_key: str) -> str:
-    return base64.urlsafe_b64encode(f"after-key:{last_key}".encode()).decode().rstrip("=")
-
-
 def _content(text: str) -> str:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
@@ -88,7 +86,7 @@ def decode_cursor(text: str) -> int:
     """The id a cursor points after; ValidationError for anything this API did not hand out."""
     match = _CURSOR_CONTENT.fullmatch(_content(text))
     if match is None or int(match.group(1)) > ID_MAX:
-        raise ma.ValidationError("is not a cursor returned by this API")
+        raise ma.ValidationError(NOT_A_CURSOR)
     return int(match.group(1))
 
 
@@ -101,24 +99,42 @@ class Cursor(ma.fields.String):
 
     def _deserialize(self, value, attr, data, **kwargs) -> int:
         if not isinstance(value, str) or len(value) > _CURSOR_TEXT_MAX:
-            raise ma.ValidationError("is not a cursor returned by this API")
+            raise ma.ValidationError(NOT_A_CURSOR)
         return decode_cursor(value)
 
 
-class KeyCursor(ma.fields.String):
-    """An opaque cursor of a list ordered by a text key, loaded as the key to continue after."""
+class Listing(NamedTuple):
+    """A list ordered by a text key, as its cursors name it: "<name>:after:<key>" in base64url."""
 
-    def __init__(self, **kwargs) -> None:
+    name: str
+    parse_key: Callable[[str], str]  # the key as the list orders by it; InvalidInput for any other text
+
+    def cursor(self, last_key: str) -> str:
+        return base64.urlsafe_b64encode(f"{self.name}:after:{last_key}".encode()).decode().rstrip("=")
+
+    def key(self, text: Any) -> str:
+        """The key a cursor of this list points after; ValidationError for anything else: a cursor of
+        another list, one made before cursors named their list, a key the list does not hold."""
+        content = _content(text) if isinstance(text, str) and len(text) <= _KEY_CURSOR_TEXT_MAX else ""
+        prefix = f"{self.name}:after:"
+        if content.startswith(prefix):
+            try:
+                return self.parse_key(content.removeprefix(prefix))
+            except InvalidInput:
+                pass
+        raise ma.ValidationError(NOT_A_CURSOR)
+
+
+class KeyCursor(ma.fields.String):
+    """An opaque cursor of a `Listing`, loaded as the key to continue after."""
+
+    def __init__(self, listing: Listing, **kwargs) -> None:
         super().__init__(metadata={"maxLength": _KEY_CURSOR_TEXT_MAX,
                                    "description": "`next_cursor` of the previous page"}, **kwargs)
+        self.listing = listing
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
-        match = None
-        if isinstance(value, str) and len(value) <= _KEY_CURSOR_TEXT_MAX:
-            match = _KEY_CURSOR_CONTENT.fullmatch(_content(value))
-        if match is None:
-            raise ma.ValidationError("is not a cursor returned by this API")
-        return match.group(1)
+        return self.listing.key(value)
 
 
 class _Limit(ma.fields.Integer):
@@ -143,11 +159,10 @@ class PageQuery(Schema):
     cursor = Cursor(load_default=0, data_key="cursor")
 
 
-class KeyPageQuery(Schema):
-    """Query parameters of a list ordered by a text key; subclass it to add filters."""
-
-    limit = _limit()
-    cursor = KeyCursor(load_default=None, data_key="cursor")
+def key_page_query(listing: Listing) -> type[Schema]:
+    """Query parameters of a list ordered by a text key."""
+    return Schema.from_dict({"limit": _limit(), "cursor": KeyCursor(listing, load_default=None)},
+                            name=listing.name.title() + "PageQuery")
 
 
 def page(rows: Sequence[Any], limit: int, render: Callable[[Any], dict], *,

@@ -22,10 +22,11 @@ from api.body import Blueprint
 from api.fields import AsOf, Instant, PartnerId, Period, Start, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
-from api.pagination import KeyPageQuery, encode_key_cursor, page, page_schema
+from api.pagination import Listing, key_page_query, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
 from ledger import partners, statements
+from ledger.accounts import validate_partner_id
 from ledger.balances import partner_balances
 from ledger.instants import now_us
 from ledger.money import format_minor
@@ -38,6 +39,7 @@ NAME_LENGTH_MAX = 200
 STATUS_FIELDS = ("status", "effective_at")
 PLAN_FIELDS = ("plan_id", "effective_from")
 CSV_MIMETYPE = "text/csv"
+LISTING = Listing("partners", validate_partner_id)
 
 
 class PartnerRequestSchema(Schema):
@@ -167,12 +169,12 @@ def create_partner(args):
 
 @blp.route("/partners", methods=["GET"])
 @allow("finance", "partner")
-@blp.arguments(KeyPageQuery, location="query", as_kwargs=True)
+@blp.arguments(key_page_query(LISTING), location="query", as_kwargs=True)
 @blp.response(200, page_schema(PartnerSchema))
 def list_partners(limit: int, cursor: str | None):
     """Partners in id order (a partner key: only itself)"""
     rows = partners.list_partners(current_session(), after_id=cursor, limit=limit + 1, partner_id=partner_scope())
-    return page(rows, limit, render, encode=encode_key_cursor)
+    return page(rows, limit, render, encode=LISTING.cursor)
 
 
 @blp.route("/partners/<string(maxlength=64):partner_id>", methods=["GET"])

@@ -19,7 +19,7 @@ from api.body import Blueprint
 from api.fields import Instant
 from api.idempotency import idempotent, reclaim_after
 from api.openapi import refuses
-from api.pagination import KeyPageQuery, encode_key_cursor, page, page_schema
+from api.pagination import Listing, key_page_query, page, page_schema
 from api.schemas import Schema
 from api.session import current_session, separate_transaction
 from ledger import periods
@@ -33,6 +33,7 @@ from ledger.periods import BooksPeriod, Close
 blp = Blueprint("periods", __name__, description="Monthly periods: status, close chain and snapshots (finance)")
 
 NOT_A_PERIOD = "the path is not a period `YYYY-MM`"
+LISTING = Listing("periods", parse_period)
 
 
 class CloseRequestSchema(Schema):
@@ -106,7 +107,7 @@ def path_period(text: str) -> str:
 
 @blp.route("/periods", methods=["GET"])
 @allow("finance")
-@blp.arguments(KeyPageQuery, location="query", as_kwargs=True)
+@blp.arguments(key_page_query(LISTING), location="query", as_kwargs=True)
 @blp.response(200, page_schema(PeriodSchema))
 def list_periods(limit: int, cursor: str | None):
     """Periods with their status, oldest first: the closes, then the open periods through the current one
@@ -117,7 +118,7 @@ def list_periods(limit: int, cursor: str | None):
     single period's answer without `snapshot`, which only `GET /v1/periods/{period}` carries.
     """
     listed = periods.books_periods(current_session(), after=cursor, count=limit + 1, now_us=now_us())
-    return page(listed, limit, render_listed, id_of=lambda entry: entry.period, encode=encode_key_cursor)
+    return page(listed, limit, render_listed, id_of=lambda entry: entry.period, encode=LISTING.cursor)
 
 
 @blp.route("/periods/<string(length=7):period>", methods=["GET"])

@@ -7,6 +7,7 @@ its JSON. `unique()` makes ids no other test uses, for the shared `scratch` worl
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -93,3 +94,21 @@ def errors_of(response, status: int = 422) -> set[str]:
     assert response.status_code == status, (response.status_code, response.data[:2000])
     assert response.mimetype == "application/problem+json"
     return set(response.get_json().get("errors", {}))
+
+
+def next_cursor(shared, listing: str) -> str:
+    """The cursor of a list's second page (finance's view of the shared world)."""
+    cursor = expect(shared.client.get(f"{listing}?limit=1", headers=bearer(shared.keys.finance)), 200)["next_cursor"]
+    assert cursor is not None, listing
+    return cursor
+
+
+def crafted_cursor(content: str) -> str:
+    """A cursor as this API encodes one, around any content."""
+    return base64.urlsafe_b64encode(content.encode()).decode().rstrip("=")
+
+
+def assert_not_a_cursor(shared, listing: str, cursor: str) -> None:
+    response = shared.client.get(listing, query_string={"cursor": cursor}, headers=bearer(shared.keys.finance))
+    assert errors_of(response) == {"cursor"}, cursor
+    assert response.get_json()["errors"]["cursor"] == ["is not a cursor returned by this API"]

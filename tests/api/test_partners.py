@@ -7,7 +7,8 @@ import sqlalchemy as sa
 
 from api.routes.partners import StatementSchema
 
-from tests.api.books import errors_of, expect, plan_body, unique
+from tests.api.books import (assert_not_a_cursor, crafted_cursor, errors_of, expect, next_cursor, plan_body,
+                             unique)
 from tests.api.conftest import bearer
 
 
@@ -84,6 +85,16 @@ def test_a_partner_key_lists_only_its_own_partner(shared):
 def test_a_bad_partner_cursor_is_a_422(shared):
     response = shared.client.get("/v1/partners?cursor=nonsense", headers=bearer(shared.keys.finance))
     assert errors_of(response) == {"cursor"}
+
+
+def test_a_cursor_the_partner_list_did_not_hand_out_is_a_422_naming_it(shared):
+    """Another list's cursor, and one whose key is not a partner id (crafted, or made before
+    cursors named their list), would have listed the partners after a key no page ended on."""
+    foreign = [next_cursor(shared, listing) for listing in ("/v1/periods", "/v1/transactions")]
+    crafted = [crafted_cursor(content) for content in (
+        "after-key:p1", "partners:after:", "partners:after:-p1", "partners:after:p 1", "periods:after:p1")]
+    for cursor in (*foreign, *crafted):
+        assert_not_a_cursor(shared, "/v1/partners", cursor)
 
 
 def test_another_partner_is_a_404_like_a_missing_one(shared):

@@ -4,7 +4,7 @@ import pytest
 
 from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.journal import now_us
-from tests.api.books import errors_of, expect, unique
+from tests.api.books import assert_not_a_cursor, crafted_cursor, errors_of, expect, next_cursor, unique
 
 
 def book_january_and_february(call) -> None:
@@ -173,6 +173,17 @@ def test_a_bad_period_list_query_is_a_422_naming_it(shared):
     assert errors_of(shared.client.get("/v1/periods?cursor=abc", headers=headers)) == {"cursor"}
     for limit in ("0", "1001", "x"):
         assert errors_of(shared.client.get(f"/v1/periods?limit={limit}", headers=headers)) == {"limit"}
+
+
+def test_a_cursor_the_period_list_did_not_hand_out_is_a_422_naming_it(shared):
+    """Another list's cursor, and one whose key is not a period (crafted, or made before cursors
+    named their list), would have listed the periods after a key no page ended on."""
+    foreign = [next_cursor(shared, listing) for listing in ("/v1/partners", "/v1/transactions")]
+    crafted = [crafted_cursor(content) for content in (
+        "after-key:2026-1", "after-key:2026-01", "periods:after:2026-1", "periods:after:2026-13",
+        "periods:after:2026-01x", "periods:after:1969-12", "periods:after:p1", "partners:after:2026-01")]
+    for cursor in (*foreign, *crafted):
+        assert_not_a_cursor(shared, "/v1/periods", cursor)
 
 
 def test_the_period_list_is_finances_a_partner_finds_nothing_and_billing_is_refused(shared):
