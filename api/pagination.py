@@ -1,13 +1,15 @@
 """Cursor pagination for every list: `?limit=` (default 100, at most 1000) and `?cursor=`, answered
 with `{"items": [...], "next_cursor": null | "..."}`.
 
-Pages are keyset pages on an integer id: the cursor is an opaque token for "after id N", so a page
-costs the same however deep it is and rows added meanwhile are neither skipped nor repeated. A route
-asks the domain for `limit + 1` rows; `page()` keeps `limit` and makes the next cursor if there was
-one more. Lists ordered by a text key (partners by id, periods by month) are each a `Listing`, and
-take `key_page_query(listing)` and `page(..., encode=listing.cursor)`: the same, with "<list> after
-key K". Such a cursor names its list and holds a key of it: one of another list, or one whose key
-the list does not order by, is refused like any text this API did not hand out.
+Pages are keyset pages: the cursor is an opaque token for "after key K" (an id, or a text key:
+partners by id, periods by month), so a page costs the same however deep it is and rows added
+meanwhile are neither skipped nor repeated. A route asks the domain for `limit + 1` rows; `page()`
+keeps `limit` and makes the next cursor if there was one more.
+
+Each list is a `Listing`, and takes `page_query(listing)` (subclass it to add filters) and
+`page(..., encode=listing.cursor)`. A cursor names its list and holds a key of it: one of another
+list, or one whose key the list does not order by, is refused like any text this API did not hand
+out, not read as a place in this list.
 
 The path converters live here too: integer ids (`IdConverter`), and text ids that hold no NUL
 (`TEXT_CONVERTERS`).
@@ -31,9 +33,8 @@ LIMIT_MAX = 1000
 ID_MAX = 2**63 - 1
 # URL converter for integer ids (`IdConverter`, registered by `api.create_app`).
 ID_CONVERTER = "id"
-_CURSOR_TEXT_MAX = 64
-_CURSOR_CONTENT = re.compile(r"after:([0-9]{1,19})")
-_KEY_CURSOR_TEXT_MAX = 128
+_CURSOR_TEXT_MAX = 128
+_ID_KEY = re.compile(r"[0-9]{1,19}")
 NOT_A_CURSOR = "is not a cursor returned by this API"
 
 
@@ -71,10 +72,6 @@ class TextPathConverter(PathConverter):
 TEXT_CONVERTERS = {"default": TextConverter, "string": TextConverter, "path": TextPathConverter}
 
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
-
-
 def _content(text: str) -> str:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
@@ -82,58 +79,47 @@ def _content(text: str) -> str:
         return ""
 
 
-def decode_cursor(text: str) -> int:
-    """The id a cursor points after; ValidationError for anything this API did not hand out."""
-    match = _CURSOR_CONTENT.fullmatch(_content(text))
-    if match is None or int(match.group(1)) > ID_MAX:
-        raise ma.ValidationError(NOT_A_CURSOR)
-    return int(match.group(1))
-
-
-class Cursor(ma.fields.String):
-    """An opaque cursor, loaded as the id to continue after."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(metadata={"maxLength": _CURSOR_TEXT_MAX,
-                                   "description": "`next_cursor` of the previous page"}, **kwargs)
-
-    def _deserialize(self, value, attr, data, **kwargs) -> int:
-        if not isinstance(value, str) or len(value) > _CURSOR_TEXT_MAX:
-            raise ma.ValidationError(NOT_A_CURSOR)
-        return decode_cursor(value)
+def parse_id_key(text: str) -> int:
+    """The id key of a cursor of a list ordered by id; ValueError for any other text."""
+    if _ID_KEY.fullmatch(text) is None or int(text) > ID_MAX:
+        raise ValueError(text)
+    return int(text)
 
 
 class Listing(NamedTuple):
-    """A list ordered by a text key, as its cursors name it: "<name>:after:<key>" in base64url."""
+    """A list as its cursors name it: "<name>:after:<key>" in base64url."""
 
     name: str
-    parse_key: Callable[[str], str]  # the key as the list orders by it; InvalidInput for any other text
+    # The key as the list orders by it (an id, a partner id, a period); InvalidInput or ValueError
+    # for any other text.
+    parse_key: Callable[[str], Any]
+    first_key: Any = None  # the key a list without a cursor starts after: None, or 0 for ids
 
-    def cursor(self, last_key: str) -> str:
+    def cursor(self, last_key: Any) -> str:
         return base64.urlsafe_b64encode(f"{self.name}:after:{last_key}".encode()).decode().rstrip("=")
 
-    def key(self, text: Any) -> str:
+    def key(self, text: Any) -> Any:
         """The key a cursor of this list points after; ValidationError for anything else: a cursor of
         another list, one made before cursors named their list, a key the list does not hold."""
-        content = _content(text) if isinstance(text, str) and len(text) <= _KEY_CURSOR_TEXT_MAX else ""
+        content = _content(text) if isinstance(text, str) and len(text) <= _CURSOR_TEXT_MAX else ""
         prefix = f"{self.name}:after:"
         if content.startswith(prefix):
             try:
                 return self.parse_key(content.removeprefix(prefix))
-            except InvalidInput:
+            except (InvalidInput, ValueError):
                 pass
         raise ma.ValidationError(NOT_A_CURSOR)
 
 
-class KeyCursor(ma.fields.String):
+class Cursor(ma.fields.String):
     """An opaque cursor of a `Listing`, loaded as the key to continue after."""
 
     def __init__(self, listing: Listing, **kwargs) -> None:
-        super().__init__(metadata={"maxLength": _KEY_CURSOR_TEXT_MAX,
+        super().__init__(metadata={"maxLength": _CURSOR_TEXT_MAX,
                                    "description": "`next_cursor` of the previous page"}, **kwargs)
         self.listing = listing
 
-    def _deserialize(self, value, attr, data, **kwargs) -> str:
+    def _deserialize(self, value, attr, data, **kwargs) -> Any:
         return self.listing.key(value)
 
 
@@ -152,22 +138,14 @@ def _limit() -> ma.fields.Integer:
                   metadata={"description": f"page size, default {LIMIT_DEFAULT}, at most {LIMIT_MAX}"})
 
 
-class PageQuery(Schema):
-    """Query parameters of every list; subclass it to add filters."""
-
-    limit = _limit()
-    cursor = Cursor(load_default=0, data_key="cursor")
-
-
-def key_page_query(listing: Listing) -> type[Schema]:
-    """Query parameters of a list ordered by a text key."""
-    return Schema.from_dict({"limit": _limit(), "cursor": KeyCursor(listing, load_default=None)},
+def page_query(listing: Listing) -> type[Schema]:
+    """Query parameters of a list; subclass it to add filters."""
+    return Schema.from_dict({"limit": _limit(), "cursor": Cursor(listing, load_default=listing.first_key)},
                             name=listing.name.title() + "PageQuery")
 
 
 def page(rows: Sequence[Any], limit: int, render: Callable[[Any], dict], *,
-         id_of: Callable[[Any], Any] = lambda row: row.id,
-         encode: Callable[[Any], str] = encode_cursor) -> dict[str, Any]:
+         encode: Callable[[Any], str], id_of: Callable[[Any], Any] = lambda row: row.id) -> dict[str, Any]:
     """`{"items", "next_cursor"}` from up to `limit + 1` rows fetched in key order."""
     kept = rows[:limit]
     more = len(rows) > limit

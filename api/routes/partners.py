@@ -22,7 +22,7 @@ from api.body import Blueprint
 from api.fields import AsOf, Instant, PartnerId, Period, Start, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
-from api.pagination import Listing, key_page_query, page, page_schema
+from api.pagination import Listing, page_query, page, page_schema
 from api.schemas import Schema
 from api.session import current_session
 from ledger import partners, statements
@@ -169,7 +169,7 @@ def create_partner(args):
 
 @blp.route("/partners", methods=["GET"])
 @allow("finance", "partner")
-@blp.arguments(key_page_query(LISTING), location="query", as_kwargs=True)
+@blp.arguments(page_query(LISTING), location="query", as_kwargs=True)
 @blp.response(200, page_schema(PartnerSchema))
 def list_partners(limit: int, cursor: str | None):
     """Partners in id order (a partner key: only itself)"""

@@ -17,7 +17,7 @@ from api.body import Blueprint
 from api.fields import Amount, Instant, Money, PartnerId, Str
 from api.idempotency import idempotent, reclaim_after, request_token
 from api.openapi import refuses
-from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
+from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema, parse_id_key
 from api.routes.transactions import TransactionSchema
 from api.routes.transactions import render as render_transaction
 from api.schemas import Schema
@@ -28,6 +28,7 @@ from ledger.payouts import Payout
 blp = Blueprint("payouts", __name__, description="Hold releases, payout runs, payouts and adjustments (finance)")
 
 REASON_LENGTH_MAX = payouts.REASON_LENGTH_MAX
+LISTING = Listing("payouts", parse_id_key, first_key=0)
 PAYOUT_STATUSES = ("pending", "settled", "failed")
 RESOLVED = ("the payout is settled or failed already; or the instant it defaults to (not before the payout was "
             "made) is more than five minutes ahead of this server's clock: retry later")
@@ -61,7 +62,7 @@ class PayoutRunSchema(Schema):
     payouts = ma.fields.List(ma.fields.Nested(PayoutSchema), required=True)
 
 
-class PayoutListQuery(PageQuery):
+class PayoutListQuery(page_query(LISTING)):
     partner_id = PartnerId(metadata={"description": "only this partner's payouts"})
     run_id = Str(64, metadata={"description": "only this run's payouts"})
 
@@ -132,7 +133,7 @@ def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id:
     """Payouts in id order (a partner key: its own)"""
     rows = payouts.list_payouts(current_session(), after_id=cursor, limit=limit + 1, run_id=run_id,
                                 partner_id=partner_filter(partner_id))
-    return page(rows, limit, render)
+    return page(rows, limit, render, encode=LISTING.cursor)
 
 
 @blp.route(f"/payouts/<{ID_CONVERTER}:payout_id>/settle", methods=["POST"])

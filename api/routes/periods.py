@@ -19,7 +19,7 @@ from api.body import Blueprint
 from api.fields import Instant
 from api.idempotency import idempotent, reclaim_after
 from api.openapi import refuses
-from api.pagination import Listing, key_page_query, page, page_schema
+from api.pagination import Listing, page_query, page, page_schema
 from api.schemas import Schema
 from api.session import current_session, separate_transaction
 from ledger import periods
@@ -107,7 +107,7 @@ def path_period(text: str) -> str:
 
 @blp.route("/periods", methods=["GET"])
 @allow("finance")
-@blp.arguments(key_page_query(LISTING), location="query", as_kwargs=True)
+@blp.arguments(page_query(LISTING), location="query", as_kwargs=True)
 @blp.response(200, page_schema(PeriodSchema))
 def list_periods(limit: int, cursor: str | None):
     """Periods with their status, oldest first: the closes, then the open periods through the current one

@@ -14,7 +14,7 @@ from api.body import Blueprint
 from api.fields import Instant, PartnerId, Str
 from api.idempotency import idempotent, request_token
 from api.openapi import refuses
-from api.pagination import ID_CONVERTER, PageQuery, page, page_schema
+from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema, parse_id_key
 from api.schemas import Schema
 from api.session import current_session
 from ledger import journal, reversals, transactions
@@ -25,6 +25,7 @@ from ledger.transactions import Transaction
 blp = Blueprint("transactions", __name__, description="The journal: transactions with their lines")
 
 REASON_LENGTH_MAX = 500
+LISTING = Listing("transactions", parse_id_key, first_key=0)
 
 
 class LineSchema(Schema):
@@ -57,7 +58,7 @@ class TransactionSchema(Schema):
     lines = ma.fields.List(ma.fields.Nested(LineSchema), required=True)
 
 
-class TransactionListQuery(PageQuery):
+class TransactionListQuery(page_query(LISTING)):
     partner_id = PartnerId(metadata={"description": "only this partner's transactions"})
 
 
@@ -92,7 +93,7 @@ def render(transaction: Transaction) -> dict:
 def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
     """Transactions in sequence order"""
     rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=partner_filter(partner_id))
-    return page(rows, limit, render)
+    return page(rows, limit, render, encode=LISTING.cursor)
 
 
 @blp.route(f"/transactions/<{ID_CONVERTER}:transaction_id>", methods=["GET"])

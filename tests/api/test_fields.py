@@ -12,13 +12,18 @@ from hypothesis import strategies as st
 from api.auth import allow
 from api.body import Blueprint
 from api.fields import Amount, AsOf, Currency, Date, Instant, Money, PartnerId, Period, Rate, Str
-from api.pagination import PageQuery, decode_cursor, encode_cursor
+from api.pagination import Listing, page_query, parse_id_key
 from api.routes.revenue import COMMISSION_KINDS, OutcomeSchema, RevenueEventSchema, plain_event, render_outcome
 from api.schemas import Schema
 from ledger.money import MINOR_MAX
 from ledger.revenue import CommissionLine, Outcome
 from ledger.schema import EVENT_STATUSES
+from tests.api.books import crafted_cursor
 from tests.api.conftest import bearer, make_app
+
+
+THINGS = Listing("things", parse_id_key, first_key=0)  # a list ordered by id
+PageQuery = page_query(THINGS)
 
 
 class MoneySchema(Schema):
@@ -146,17 +151,19 @@ def test_unknown_fields_are_refused_by_name():
 
 @pytest.mark.parametrize("last_id", [1, 99, 2**63 - 1])
 def test_a_cursor_round_trips_and_is_not_a_bare_number(last_id):
-    cursor = encode_cursor(last_id)
-    assert decode_cursor(cursor) == last_id and not cursor.isdigit()
+    cursor = THINGS.cursor(last_id)
+    assert load(PageQuery, {"cursor": cursor})["cursor"] == last_id and not cursor.isdigit()
 
 
 @pytest.mark.parametrize("cursor", [
-    "", "abc", "12", encode_cursor(1)[:-1] + "!",
-    "YWZ0ZXI6LTE",  # "after:-1"
-    "YWZ0ZXI6OTIyMzM3MjAzNjg1NDc3NTgwOA",  # "after:9223372036854775808", one past the largest id
+    "", "abc", "12", THINGS.cursor(1)[:-1] + "!", "A" * 129,
+    crafted_cursor("things:after:-1"), crafted_cursor("things:after:"), crafted_cursor("things:after:1x"),
+    crafted_cursor("things:after:9223372036854775808"),  # one past the largest id
+    crafted_cursor("after:1"),  # as made before cursors named their list
+    crafted_cursor("others:after:1"), crafted_cursor("thing:after:1"), crafted_cursor("thingsx:after:1"),
 ])
 def test_a_cursor_this_api_did_not_hand_out_is_refused(cursor):
-    assert list(refused(PageQuery, {"cursor": cursor})) == ["cursor"]
+    assert refused(PageQuery, {"cursor": cursor}) == {"cursor": ["is not a cursor returned by this API"]}
 
 
 def test_page_limits_default_to_100_and_stop_at_1000():

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from ledger import holds, payouts, periods
 from ledger.instants import parse_instant
 from ledger.journal import now_us
-from tests.api.books import errors_of, expect, instant, money, unique
+from tests.api.books import (assert_not_a_cursor, crafted_cursor, errors_of, expect, instant, money, next_cursor,
+                             unique)
 from tests.interleaving import another_writer_first
 
 
@@ -343,3 +344,12 @@ def test_a_run_in_a_period_another_server_closed_while_it_waited_for_the_lock_is
     response = fresh.post("/v1/payout-runs", {"at": instant("2026-02-10")})
     assert errors_of(response, 409) == {"at"} and "closed period" in response.get_json()["detail"]
     assert fresh.read("/v1/payouts")["items"] == [] and available(fresh, "p1", "2026-03-01") == "50.00"
+
+
+def test_a_cursor_the_payout_list_did_not_hand_out_is_a_422_naming_it(shared):
+    """A transaction list's cursor was taken as a place in the payouts (an empty page, or payouts
+    skipped); so was a cursor made before cursors named their list ("after:N")."""
+    foreign = [next_cursor(shared, listing) for listing in ("/v1/transactions", "/v1/partners", "/v1/periods")]
+    crafted = [crafted_cursor(content) for content in ("after:1", "payouts:after:-1", "payouts:after:")]
+    for cursor in (*foreign, *crafted):
+        assert_not_a_cursor(shared, "/v1/payouts", cursor)

@@ -10,6 +10,7 @@ from ledger import accounts as chart
 from ledger import journal, partners, reversals
 from ledger.instants import parse_instant
 from ledger.verify import verify
+from tests.api.books import assert_not_a_cursor, crafted_cursor, next_cursor
 from tests.api.conftest import accrual, bearer, new_transaction
 
 RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
@@ -78,6 +79,17 @@ def test_the_default_page_holds_up_to_100_and_the_maximum_is_1000(scratch):
     assert [item["id"] for item in rest["items"]] == [posted[-1].id] and rest["next_cursor"] is None
     whole = scratch.client.get(f"{listing}&limit=1000", headers=finance).get_json()
     assert [item["id"] for item in whole["items"]] == [p.id for p in posted] and whole["next_cursor"] is None
+
+
+def test_a_cursor_the_transaction_list_did_not_hand_out_is_a_422_naming_it(shared):
+    """Another list's cursor (a payout list's is "payouts:after:N", as crafted here) would have
+    listed the transactions after an id of another table; so would a cursor made before cursors
+    named their list ("after:N")."""
+    foreign = [next_cursor(shared, listing) for listing in ("/v1/partners", "/v1/periods")]
+    crafted = [crafted_cursor(content) for content in (
+        "payouts:after:1", "after:1", "transactions:after:-1", "transactions:after:1x", "transactions:after:")]
+    for cursor in (*foreign, *crafted):
+        assert_not_a_cursor(shared, "/v1/transactions", cursor)
 
 
 def test_a_partner_without_transactions_lists_nothing(scratch):
