@@ -54,11 +54,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in environ if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in known)
-        if unknown:
-            raise SettingsError(f"unknown setting {unknown[0]}; known: "
-                                + ", ".join(PREFIX + k.upper() for k in sorted(known)))
+        names = sorted(PREFIX + f.name.upper() for f in fields(cls))
+        for key in sorted(environ):
+            # A name in another case is not read (the environment's names are case-sensitive): taken for
+            # known, REVSHARE_database_url was passed over for the default, and SQLite made there.
+            if key not in names and key.upper() in names:
+                raise SettingsError(f"unknown setting {key}: the names are upper case, as {key.upper()}")
+            if key not in names and key.startswith(PREFIX):
+                raise SettingsError(f"unknown setting {key}; known: " + ", ".join(names))
         get = lambda name: environ.get(PREFIX + name.upper())  # noqa: E731
         if get("database_url") is not None and not get("database_url").strip():
             # Set but empty (a secret that did not load, `${DB_URL}` of an unset variable): the default

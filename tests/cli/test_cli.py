@@ -75,6 +75,7 @@ def test_db_upgrade_creates_the_default_database_and_is_repeatable(tmp_path):
     ("REVSHARE_PAYOUT_DAY_OF_MONTH", "\u0661", "REVSHARE_PAYOUT_DAY_OF_MONTH must be an integer"),  # Arabic-Indic 1
     ("REVSHARE_PAYOUT_DAY_OF_MONTH", "29", "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28"),
     ("REVSHARE_LOG_LEVEL", "critical", "REVSHARE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+    ("REVSHARE_Log_Level", "bogus", "unknown setting REVSHARE_Log_Level: the names are upper case, as REVSHARE_LOG_LEVEL"),
 ])
 def test_a_bad_setting_stops_with_a_message_naming_the_variable(database_url, name, value, message):
     result = CliRunner().invoke(main, ["verify"], env={"REVSHARE_DATABASE_URL": database_url, name: value})
