@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
 PREFIX = "REVSHARE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -25,8 +28,24 @@ def _default_database_url() -> str:
 
 
 def _without_password(url: str) -> str:
-    """`url` with its password, if it has one, as `***`: an error message ends up in logs."""
-    return re.sub(r"^([^:/@]+://[^:/@]*:)[^/]*@", r"\1***@", url)
+    """`url` with its password, if it has one, as `***`: an error message ends up in logs.
+
+    A URL SQLAlchemy parses is shown as it renders it. One it does not parse (a port that is not a
+    number, one slash after the scheme), or whose host holds an `@` (a password's, not encoded),
+    has everything between the user's name and the last `@` masked, whatever it holds: a pattern of
+    what a password may not hold showed one with a `/` in it. A `password=` option is masked too."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        parsed = None
+    if parsed is not None and "@" not in (parsed.host or ""):
+        shown = parsed.render_as_string(hide_password=True)
+    elif (credentials := re.match(r"([A-Za-z][A-Za-z0-9+.-]*:/*)?(.*)@", url, re.DOTALL)) is None:
+        shown = url  # no `@`: no user, so no password
+    else:
+        scheme, user = credentials.group(1) or "", credentials.group(2).partition(":")[0]
+        shown = f"{scheme}{user + ':' if ':' in credentials.group(2) else ''}***{url[credentials.end() - 1:]}"
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
 
 
 def _int_in(name: str, text: str, low: int, high: int) -> int:

@@ -27,3 +27,18 @@ def test_a_setting_named_in_upper_case_is_read_and_an_unknown_one_refused_with_t
     message = refusal({"REVSHARE_DATABASE_URI": URL})
     assert message.startswith("unknown setting REVSHARE_DATABASE_URI; known: REVSHARE_CLOSE_GRACE_DAYS, ")
     assert Settings.from_env({"REVSHARE_DATABASE_URL": URL, "OTHER_database_url": "x"}).database_url == URL
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg2://app:s3cr/et@db/revshare", "postgresql+psycopg2://app:***@db/revshare"),
+    ("mysql://app:pa/ss@db/revshare", "mysql://app:***@db/revshare"),
+    ("postgresql:/app:s3cret@db/revshare", "postgresql:/app:***@db/revshare"),  # one slash: SQLAlchemy cannot parse it
+    ("mysql://db.internal/revshare?user=app&password=s3cret", "mysql://db.internal/revshare?password=***&user=app"),
+])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_a_url_in_a_refusal_is_shown_without_its_password_whatever_the_password_holds(name, url, shown):
+    # The pattern of the password took it to end at the first `/`: one with a `/` in it, or after a
+    # scheme with one slash, was printed whole, to the terminal and the logs.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message == f"{name} must be an sqlite:// or postgresql:// URL, got {shown!r}"
+    assert "s3c" not in message and "pa/ss" not in message
