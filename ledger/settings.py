@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
@@ -17,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 PREFIX = "REVSHARE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PORT_MAX = 65535
 
 
 class SettingsError(ValueError):
@@ -46,6 +48,45 @@ def _without_password(url: str) -> str:
         scheme, user = credentials.group(1) or "", credentials.group(2).partition(":")[0]
         shown = f"{scheme}{user + ':' if ':' in credentials.group(2) else ''}***{url[credentials.end() - 1:]}"
     return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
+
+
+def _unreadable(url: str) -> str | None:
+    """Why SQLAlchemy, or the arguments it makes for the driver, cannot take `url`; None if they can.
+    Found when the engine was made, it was a traceback from every command, and exit 1 (`verify`'s
+    books with problems)."""
+    try:
+        parsed = make_url(url)
+    except ValueError:  # SQLAlchemy's int() of what follows the host's last `:`
+        # After the last `@`, as `_without_password` shows it: a password may hold `/`, `:` and `?`.
+        host = re.split(r"[/?]", re.sub(r"^[^:]*:/*", "", url).rpartition("@")[2], maxsplit=1)[0]
+        if host.startswith("[") and "]" not in host:
+            return "the IPv6 address's [ is not closed"
+        port = host.partition("]")[2].removeprefix(":") if host.startswith("[") else host.partition(":")[2]
+        several = ", and several hosts go as ?host=HOST:PORT&host=HOST:PORT" if "," in host else ""
+        return f"the port must be a number, got {port!r}{several}"
+    except ArgumentError as error:
+        return str(error).splitlines()[0]
+    if parsed.port is not None and not 1 <= parsed.port <= PORT_MAX:
+        return f"the port must be between 1 and {PORT_MAX}, got {parsed.port}"
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # as ledger.db.normalize_url
+    dialect = parsed.get_dialect()()
+    for query in ({}, *({name: value} for name, value in parsed.query.items())):
+        # The whole URL without its options, then each option alone: the reason names the one refused.
+        try:
+            with warnings.catch_warnings():  # an option pysqlite ignores: the engine warns of it
+                warnings.simplefilter("ignore")
+                dialect.create_connect_args(parsed.set(query=query))
+        except (ArgumentError, ValueError, TypeError) as error:
+            reason = str(error).splitlines()[0]
+            return reason if not query else f"its option {_options(query)}: {reason}"
+    return None
+
+
+def _options(query: Mapping[str, str | tuple[str, ...]]) -> str:
+    """A URL's options as written (an option given twice is a tuple in SQLAlchemy's URL), a password's masked."""
+    return "&".join(f"{name}={'***' if name == 'password' else value}" for name, values in query.items()
+                    for value in ((values,) if isinstance(values, str) else values))
 
 
 def _int_in(name: str, text: str, low: int, high: int) -> int:
@@ -115,6 +156,9 @@ class Settings:
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {_without_password(url)!r}")
+            if url is not None and (reason := _unreadable(url)):
+                raise SettingsError(f"{PREFIX}{name} {_without_password(url)!r} is not a URL the database driver "
+                                    f"can read: {reason}")
         level = log_level.upper()
         if level not in LOG_LEVELS:
             raise SettingsError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")

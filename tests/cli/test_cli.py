@@ -961,6 +961,18 @@ def test_a_bad_database_url_is_named_without_its_password(tmp_path):
         assert "s3cr" not in result.output and "mysql://ledger:***@db.internal:3306/revshare" in result.output
 
 
+@pytest.mark.parametrize("url", ["postgresql://app:s3cret@db.internal:54x2/revshare", "postgresql://app@[::1/revshare",
+                                 "sqlite:////tmp/revshare-test/books.db?timeout=abc"])
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("verify",), ("scheduler",), ("serve",), ("demo",)])
+def test_a_database_url_the_driver_cannot_read_stops_every_command_with_exit_2_naming_the_variable(url, command):
+    # Each command raised the driver's ValueError where it made its engine: a traceback, and exit 1,
+    # which is verify's "the books have problems".
+    result = CliRunner().invoke(main, list(command), env={"REVSHARE_DATABASE_URL": url}, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "Error: REVSHARE_DATABASE_URL " in result.output and "is not a URL the database driver can read" in \
+        result.output and "s3cret" not in result.output
+
+
 def test_libpq_s_postgres_scheme_is_taken_as_postgresql():
     # Hosting providers often hand out postgres://, which SQLAlchemy no longer knows.
     settings = Settings.build(database_url="postgres://ledger:pw@db.internal/revshare",

@@ -42,3 +42,28 @@ def test_a_url_in_a_refusal_is_shown_without_its_password_whatever_the_password_
     message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
     assert message == f"{name} must be an sqlite:// or postgresql:// URL, got {shown!r}"
     assert "s3c" not in message and "pa/ss" not in message
+
+
+@pytest.mark.parametrize("url, shown, reason", [
+    ("postgresql://app:s3cret@db.internal:54x2/revshare", "postgresql://app:***@db.internal:54x2/revshare",
+     "the port must be a number, got '54x2'"),
+    ("postgresql://app:s3c/ret@db.internal:54x2/revshare", "postgresql://app:***@db.internal:54x2/revshare",
+     "the port must be a number, got '54x2'"),
+    ("postgresql://app@[::1/revshare", "postgresql://***@[::1/revshare", "the IPv6 address's [ is not closed"),
+    ("postgresql://app:s3cret@db.internal:70000/revshare", "postgresql://app:***@db.internal:70000/revshare",
+     "the port must be between 1 and 65535, got 70000"),
+    ("sqlite:////srv/revshare/revshare.db?timeout=abc", "sqlite:////srv/revshare/revshare.db?timeout=abc",
+     "its option timeout=abc: could not convert string to float: 'abc'"),
+    ("sqlite://db.internal/revshare.db", "sqlite://db.internal/revshare.db",
+     "Invalid SQLite URL: sqlite://db.internal/revshare.db"),
+])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_a_url_the_driver_cannot_read_is_refused_at_load_naming_the_variable_and_why(name, url, shown, reason):
+    # Taken as it was, each failed where the engine was made: a traceback from every command.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message == f"{name} {shown!r} is not a URL the database driver can read: {reason}"
+    assert "s3c" not in message
+    for url in ("postgresql://app:pw@[::1]:5432/revshare?sslmode=require&connect_timeout=5",
+                "postgresql+psycopg://app@/revshare?host=/run/postgresql",
+                "sqlite:////srv/revshare/revshare.db?timeout=5"):
+        assert Settings.from_env({"REVSHARE_DATABASE_URL": url}).database_url == url
