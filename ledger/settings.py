@@ -32,7 +32,8 @@ def _default_database_url() -> str:
 def _without_password(url: str) -> str:
     """`url` with its password, if it has one, as `***`: an error message ends up in logs.
 
-    A URL SQLAlchemy parses is shown as it renders it. One it does not parse (a port that is not a
+    A URL SQLAlchemy parses is shown as given when it has no password, else as SQLAlchemy renders it
+    (which percent-encodes an SQLite path's `:`). One it does not parse (a port that is not a
     number, one slash after the scheme), or whose host holds an `@` (a password's, not encoded),
     has everything between the user's name and the last `@` masked, whatever it holds: a pattern of
     what a password may not hold showed one with a `/` in it. A `password=` option is masked too."""
@@ -41,7 +42,7 @@ def _without_password(url: str) -> str:
     except (ArgumentError, ValueError):
         parsed = None
     if parsed is not None and "@" not in (parsed.host or ""):
-        shown = parsed.render_as_string(hide_password=True)
+        shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
     elif (credentials := re.match(r"([A-Za-z][A-Za-z0-9+.-]*:/*)?(.*)@", url, re.DOTALL)) is None:
         shown = url  # no `@`: no user, so no password
     else:

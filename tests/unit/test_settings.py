@@ -33,7 +33,7 @@ def test_a_setting_named_in_upper_case_is_read_and_an_unknown_one_refused_with_t
     ("postgresql+psycopg2://app:s3cr/et@db/revshare", "postgresql+psycopg2://app:***@db/revshare"),
     ("mysql://app:pa/ss@db/revshare", "mysql://app:***@db/revshare"),
     ("postgresql:/app:s3cret@db/revshare", "postgresql:/app:***@db/revshare"),  # one slash: SQLAlchemy cannot parse it
-    ("mysql://db.internal/revshare?user=app&password=s3cret", "mysql://db.internal/revshare?password=***&user=app"),
+    ("mysql://db.internal/revshare?user=app&password=s3cret", "mysql://db.internal/revshare?user=app&password=***"),
 ])
 @pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
 def test_a_url_in_a_refusal_is_shown_without_its_password_whatever_the_password_holds(name, url, shown):
