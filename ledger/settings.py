@@ -84,6 +84,19 @@ def _unreadable(url: str) -> str | None:
     return None
 
 
+def _in_memory(url: str) -> bool:
+    """Whether `url` (one `_unreadable` takes) is an SQLite database that lives as long as its connection:
+    `revshare db upgrade` migrated one and said so, and every other command then found no tables. An
+    empty name is SQLite's temporary database, deleted as it closes; `file:` is a URI filename's."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    modes = parsed.query.get("mode", ())
+    return (database.removeprefix("file:") in ("", ":memory:")
+            or "memory" in ((modes,) if isinstance(modes, str) else modes))
+
+
 def _options(query: Mapping[str, str | tuple[str, ...]]) -> str:
     """A URL's options as written (an option given twice is a tuple in SQLAlchemy's URL), a password's masked."""
     return "&".join(f"{name}={'***' if name == 'password' else value}" for name, values in query.items()
@@ -134,7 +147,7 @@ class Settings:
             # then be answered with "set REVSHARE_MIGRATION_DATABASE_URL".
             raise SettingsError(f"{PREFIX}MIGRATION_DATABASE_URL is set but empty: give the owner role's URL, "
                                 f"or unset it to migrate as {PREFIX}DATABASE_URL")
-        return cls.build(
+        settings = cls.build(
             database_url=get("database_url") or _default_database_url(),
             migration_database_url=get("migration_database_url") or None,
             log_level=get("log_level") or "INFO",
@@ -143,6 +156,14 @@ class Settings:
             payout_day_of_month=get("payout_day_of_month"),
             release_interval_minutes=get("release_interval_minutes"),
         )
+        # The service's books: `build` takes a database in memory, which tests and benchmarks use.
+        for name, url in (("DATABASE_URL", settings.database_url),
+                          ("MIGRATION_DATABASE_URL", settings.migration_database_url)):
+            if url is not None and _in_memory(url):
+                raise SettingsError(f"{PREFIX}{name} {_without_password(url)!r} is an SQLite database in memory, "
+                                    "gone when the process ends: give the path of a file "
+                                    "(sqlite:////srv/revshare/revshare.db) or a PostgreSQL server's URL")
+        return settings
 
     @classmethod
     def build(cls, *, database_url: str, log_level: str = "INFO", migration_database_url: str | None = None,

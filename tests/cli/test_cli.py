@@ -973,6 +973,14 @@ def test_a_database_url_the_driver_cannot_read_stops_every_command_with_exit_2_n
         result.output and "s3cret" not in result.output
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_db_upgrade_refuses_an_sqlite_database_in_memory_rather_than_migrate_one_that_vanishes(url):
+    result = CliRunner().invoke(main, ["db", "upgrade"], env={"REVSHARE_DATABASE_URL": url}, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert f"Error: REVSHARE_DATABASE_URL {url!r} is an SQLite database in memory" in result.output
+    assert "database is at the latest revision" not in result.output
+
+
 def test_libpq_s_postgres_scheme_is_taken_as_postgresql():
     # Hosting providers often hand out postgres://, which SQLAlchemy no longer knows.
     settings = Settings.build(database_url="postgres://ledger:pw@db.internal/revshare",

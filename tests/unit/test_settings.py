@@ -67,3 +67,16 @@ def test_a_url_the_driver_cannot_read_is_refused_at_load_naming_the_variable_and
                 "postgresql+psycopg://app@/revshare?host=/run/postgresql",
                 "sqlite:////srv/revshare/revshare.db?timeout=5"):
         assert Settings.from_env({"REVSHARE_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true",
+                                 "sqlite:///file:books?mode=memory&cache=shared&uri=true"])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_an_sqlite_database_in_memory_is_refused_as_the_service_s_books_naming_the_variable(name, url):
+    # `revshare db upgrade` migrated it and said so, and it was gone when the command ended: every
+    # other command then said to run `revshare db upgrade` first, for ever.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message.startswith(f"{name} {url!r} is an SQLite database in memory, gone when the process ends: ")
+    for file in ("sqlite:////srv/revshare/memory.db", "sqlite:///file:/srv/revshare/revshare.db?mode=ro&uri=true"):
+        assert Settings.from_env({"REVSHARE_DATABASE_URL": file}).database_url == file
+    assert Settings.build(database_url=url).database_url == url  # tests and benchmarks build one in code
