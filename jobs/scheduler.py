@@ -40,7 +40,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import make_url, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from jobs.bodies import job_table, run_job
@@ -236,7 +236,10 @@ def wait_for_database(url: str) -> bool:
                 with engine.connect() as connection:
                     connection.execute(text("SELECT 1"))
                 return True
-            except OperationalError as error:
+            except DBAPIError as error:
+                # Not only OperationalError: psycopg refuses an option's bad value (connect_timeout=abc)
+                # with a ProgrammingError, before it connects; escaping the wait, it was a traceback
+                # and exit 1, where `verify` on the same URL said it and exited 2.
                 if not out_of_reach(error):
                     return True
                 log.warning("the database %r is unreachable: %s; trying again in %g s", make_url(url),

@@ -802,6 +802,16 @@ def test_a_scheduler_with_a_bad_setting_exits_2_at_once_though_its_database_is_u
     assert status == 2 and "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28" in log, log
 
 
+def test_a_scheduler_whose_url_has_an_option_psycopg_refuses_exits_2_at_once_with_its_words():
+    # psycopg refuses the value before it connects, with a ProgrammingError, not an OperationalError:
+    # the wait let it through, a traceback and exit 1, where `revshare verify` exits 2 saying it.
+    with running_scheduler(f"postgresql://nobody@127.0.0.1:{closed_port()}/revshare?connect_timeout=abc") as process:
+        status = process.wait(30)
+        log = process.stderr.read()
+    assert status == 2 and "error: cannot use the database" in log, log
+    assert "bad value for connect_timeout: 'abc'" in log and "Traceback" not in log, log
+
+
 AT_SERVER = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
 
 
