@@ -9,8 +9,9 @@ payment in the file, applies in a later run, once the payment is in.
 
 CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
-UTF-8, a leading byte-order mark allowed; an input with no line but blank ones holds no events, in
-either format. A line that is not UTF-8, is not JSON (NDJSON; an object
+UTF-8, a leading byte-order mark allowed; a blank line (empty, or of white space only) holds no event,
+in either format, before a CSV header too, and is counted in the line numbers a refusal names; an
+input with no line but blank ones holds no events. A line that is not UTF-8, is not JSON (NDJSON; an object
 that gives a key twice is not taken either) or has more or fewer fields than the header (CSV) is
 refused with its line number, like an event the domain refuses; the import goes on.
 """
@@ -137,56 +138,70 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
             yield number, InvalidInput(f"malformed JSON ({json_input.reason(error)})", {"_line": ["malformed JSON"]})
 
 
-class _Ending:
-    """Whether the latest line read ended with a line break: a line without one is the input's last."""
+class _CsvLines:
+    """The lines the CSV reader takes, and what it took for its latest row: whether that row's lines
+    were all blank (`start_row` begins a row), and whether the latest line ended with a line break (a
+    line without one is the input's last). The reader takes a line at a time, never one ahead."""
 
     def __init__(self, lines: Iterator[str]) -> None:
         self._lines, self.ended = lines, True
+        self.start_row()
+
+    def start_row(self) -> None:
+        self.blank = True
 
     def __iter__(self) -> Iterator[str]:
         for line in self._lines:
+            self.blank = self.blank and not line.strip()
             self.ended = line.endswith(("\n", "\r"))
             yield line
 
 
 def _csv(stream: IO) -> Iterator[tuple[int, object]]:
-    lines = _Ending(_lines(stream))
-    reader = csv.DictReader(iter(lines))
-    if not reader.fieldnames and not any(line.strip() for line in lines):
+    lines = _CsvLines(_lines(stream))
+    reader = csv.reader(lines)
+    rows = _rows(reader, lines)
+    header = next(rows, (0, None))[1]
+    if header is None:
         return  # no line but blank ones: no header, and no events, as in NDJSON
-    missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
+    missing = set(CSV_COLUMNS) - set(header)
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
-    repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
-    if repeated:  # DictReader keeps the last column of a name, as Python keeps the last key of JSON (json_input)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # not read as the last column of a name, as Python keeps the last key of JSON (json_input)
         raise InvalidInput(f"CSV header names {', '.join(repeated)} more than once", {"header": ["repeated columns"]})
-    width = len(reader.fieldnames)
-    for row in _rows(reader):
-        # DictReader puts the fields past the header's under None and gives None for those missing.
-        found = width - sum(value is None for value in row.values()) + len(row.get(None) or ())
-        if found != width:
-            yield reader.line_num, InvalidInput(f"the row has {found} fields, the header {width}",
-                                                {"_line": [f"{found} fields, the header has {width}"]})
-        elif any(_NOT_UTF8.search(value) for value in row.values()):
-            yield reader.line_num, _not_utf8(reader.line_num)
+    width = len(header)
+    for number, row in rows:
+        if len(row) != width:
+            yield number, InvalidInput(f"the row has {len(row)} fields, the header {width}",
+                                       {"_line": [f"{len(row)} fields, the header has {width}"]})
+        elif any(_NOT_UTF8.search(value) for value in row):
+            yield number, _not_utf8(number)
         elif not lines.ended:
             # A file cut short ends in the middle of a line, and a CSV row cut after a field's first
             # characters can still be a whole event: "1500.00" cut to "150" when amount is the last
             # column. Posted, it would stand, and the whole file sent again would be refused for it.
-            yield reader.line_num, InvalidInput(
+            yield number, InvalidInput(
                 "the last line has no line break, so the file may have been cut short: end it with one",
                 {"_line": ["no line break at the end of the file"]})
         else:
-            data = {name: row[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
-            data["amount"] = {"amount": row["amount"], "currency": row["currency"]}
-            yield reader.line_num, data
+            fields = dict(zip(header, row))
+            data = {name: fields[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
+            data["amount"] = {"amount": fields["amount"], "currency": fields["currency"]}
+            yield number, data
 
 
-def _rows(reader: csv.DictReader) -> Iterator[dict]:
-    """The reader's rows; a line the CSV parser cannot read (an unbalanced quote runs on to the field
-    size limit) stops the import, naming where."""
+def _rows(reader, lines: _CsvLines) -> Iterator[tuple[int, list[str]]]:
+    """The reader's rows with the number of their last line, but none of blank lines (empty, or white
+    space only, as NDJSON's), before the header or among the rows: one before the header read as a
+    header that lacked every column, and one of spaces among the rows as an event of one field. A
+    line the CSV parser cannot read (an unbalanced quote runs on to the field size limit) stops the
+    import, naming where."""
     try:
-        yield from reader
+        for row in reader:
+            if not lines.blank:  # a blank line in a quoted field is in a row of lines that are not
+                yield reader.line_num, row
+            lines.start_row()
     except csv.Error as error:
         raise InvalidInput(f"line {reader.line_num}: not CSV the import can read ({error})",
                            {"_line": [f"line {reader.line_num}: {error}"]}) from None

@@ -711,6 +711,17 @@ def test_blank_lines_of_ndjson_are_skipped_not_refused_and_still_counted_in_line
     assert "line 4 event ?: malformed JSON" in result.output
 
 
+def test_blank_lines_of_csv_before_the_header_or_among_the_rows_are_skipped_as_ndjson_s(seeded, tmp_path):
+    # A blank line first refused the whole file ("CSV header lacks ...", exit 2), and a line of
+    # spaces among the rows was refused as an event of one field (exit 1).
+    rows = ["", "id,type,customer_id,invoice_id,amount,currency,occurred_at", "  ",
+            "b-1,invoice_paid,acme,inv-b-1,10.00,USD,2026-01-11T00:00:00Z", "\t", "{", "   "]
+    (tmp_path / "blank.csv").write_text("\r\n".join(rows) + "\r\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "blank.csv"))
+    assert result.exit_code == 1 and "read 2 events" in result.output and "posted: 1" in result.output, result.output
+    assert "line 6 event ?: the row has 1 fields, the header 7" in result.output
+
+
 def test_a_file_named_neither_csv_nor_ndjson_is_ndjson_when_it_starts_with_a_brace_after_blank_space():
     assert detect_format("events", '\n  \t{"id": "e-1"}') == "ndjson"
     assert detect_format("events", "\r\nid,type") == "csv"
