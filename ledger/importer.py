@@ -1,9 +1,10 @@
 """Streaming import of revenue events from NDJSON or CSV, in batches through the bulk path.
 
-Constant memory: the file is read line by line and handed to `revenue.ingest` in batches of
-`batch_size` events, each batch in its own committed transaction. Safe to run again on the same
-file, even after being killed halfway: committed batches replay (events are keyed by id) and the
-rest is applied, so the books equal those of one clean run. A line refused in an earlier run is
+Constant memory: the file is read line by line (a line longer than `LINE_CHARS_MAX` characters is
+read past in pieces, and refused) and handed to `revenue.ingest` in batches of `batch_size` events,
+each batch in its own committed transaction. Safe to run again on the same file, even after being
+killed halfway: committed batches replay (events are keyed by id) and the rest is applied, so the
+books equal those of one clean run. A line refused in an earlier run is
 tried anew (nothing of a refused event is stored): one refused for its order, a refund before its
 payment in the file, applies in a later run, once the payment is in.
 
@@ -11,21 +12,23 @@ CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (i
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
 UTF-8, a leading byte-order mark allowed; a blank line (empty, or of white space only) holds no event,
 in either format, before a CSV header too, and is counted in the line numbers a refusal names; an
-input with no line but blank ones holds no events. A line that is not UTF-8, is not JSON (NDJSON; an object
-that gives a key twice is not taken either) or has more or fewer fields than the header (CSV) is
-refused with its line number, like an event the domain refuses; the import goes on.
+input with no line but blank ones holds no events. A line that is too long, is not UTF-8, is not
+JSON (NDJSON; an object that gives a key twice is not taken either) or has more or fewer fields than
+the header (CSV) is refused with its line number, like an event the domain refuses; the import goes
+on.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, NamedTuple
 
 from ledger import json_input, revenue
 from ledger.db import Database
@@ -36,6 +39,10 @@ CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", 
 _REASON_FIELDS = frozenset({*revenue.EVENT_FIELDS, "amount.amount", "amount.currency", "_line", "_schema"})
 BATCH_SIZE_DEFAULT = 5000
 REFUSAL_EXAMPLES_MAX = 20
+# The longest line an import reads, in characters, its line break aside; a longer one is refused as
+# an event. An event's line is under a kilobyte; the CSV reader also bounds each field, to 131,072
+# characters (`csv.field_size_limit`, Python's default), which this bound leaves room for.
+LINE_CHARS_MAX = 1024 * 1024
 
 
 @dataclass
@@ -113,18 +120,47 @@ class _ReadAhead(io.RawIOBase):
         super().close()
 
 
-def _lines(stream: IO[str]) -> Iterator[str]:
-    """The stream's lines, a byte-order mark before the first dropped."""
-    for number, line in enumerate(stream, start=1):
-        yield line.removeprefix("\ufeff") if number == 1 else line
+class _TooLong(NamedTuple):
+    """A line longer than `LINE_CHARS_MAX`, read past: whether it holds an odd number of `"`, so that
+    the CSV reader is given a line that leaves a quoted field open, or closes one, as it would have."""
+    quotes_odd: bool
+
+
+def _lines(stream: IO[str]) -> Iterator[str | _TooLong]:
+    """The stream's lines, a byte-order mark before the first dropped; one longer than `LINE_CHARS_MAX`
+    (its line break aside) as `_TooLong`, read past a piece at a time and never held: read whole, a
+    line of 150 MB (a file concatenated without line breaks, a runaway field) took an import to 440 MB."""
+    piece_chars = LINE_CHARS_MAX + 1  # room for a longest line's line break, or its first character
+    split = False  # the latest piece ended at the bound in "\r": the "\n" of its "\r\n" comes alone next
+    for number in itertools.count(1):
+        piece = stream.readline(piece_chars)
+        if split and piece == "\n":
+            piece = stream.readline(piece_chars)
+        if not piece:
+            return
+        fits = len(piece) < piece_chars or piece.endswith(("\n", "\r"))
+        last, quotes = piece, piece.count('"')
+        while len(last) == piece_chars and not last.endswith(("\n", "\r")):
+            last = stream.readline(piece_chars)
+            quotes += last.count('"')
+        split = len(last) == piece_chars and last.endswith("\r")
+        yield (piece.removeprefix("\ufeff") if number == 1 else piece) if fits else _TooLong(quotes % 2 == 1)
 
 
 def _not_utf8(number: int) -> InvalidInput:
     return InvalidInput("not UTF-8 text", {"_line": [f"line {number} is not UTF-8 text"]})
 
 
+def _too_long(number: int) -> InvalidInput:
+    return InvalidInput(f"a line longer than {LINE_CHARS_MAX:,} characters",
+                        {"_line": [f"line {number} is longer than {LINE_CHARS_MAX:,} characters"]})
+
+
 def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
     for number, line in enumerate(_lines(stream), start=1):
+        if isinstance(line, _TooLong):
+            yield number, _too_long(number)
+            continue
         if not line.strip():
             continue
         if _NOT_UTF8.search(line):
@@ -140,19 +176,22 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
 
 class _CsvLines:
     """The lines the CSV reader takes, and what it took for its latest row: whether that row's lines
-    were all blank (`start_row` begins a row), and whether the latest line ended with a line break (a
-    line without one is the input's last). The reader takes a line at a time, never one ahead."""
+    were all blank (`start_row` begins a row), the number of one too long among them (given to the
+    reader as an empty line, or a quote alone), and whether the latest line ended with a line break
+    (a line without one is the input's last). The reader takes a line at a time, never one ahead."""
 
-    def __init__(self, lines: Iterator[str]) -> None:
+    def __init__(self, lines: Iterator[str | _TooLong]) -> None:
         self._lines, self.ended = lines, True
         self.start_row()
 
     def start_row(self) -> None:
-        self.blank = True
+        self.blank, self.too_long = True, 0
 
     def __iter__(self) -> Iterator[str]:
-        for line in self._lines:
-            self.blank = self.blank and not line.strip()
+        for number, line in enumerate(self._lines, start=1):
+            if isinstance(line, _TooLong):
+                self.too_long, line = self.too_long or number, '"\n' if line.quotes_odd else "\n"
+            self.blank = self.blank and not line.strip() and not self.too_long
             self.ended = line.endswith(("\n", "\r"))
             yield line
 
@@ -164,6 +203,8 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     header = next(rows, (0, None))[1]
     if header is None:
         return  # no line but blank ones: no header, and no events, as in NDJSON
+    if isinstance(header, InvalidInput):
+        raise header
     missing = set(CSV_COLUMNS) - set(header)
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
@@ -172,7 +213,9 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
         raise InvalidInput(f"CSV header names {', '.join(repeated)} more than once", {"header": ["repeated columns"]})
     width = len(header)
     for number, row in rows:
-        if len(row) != width:
+        if isinstance(row, InvalidInput):
+            yield number, row
+        elif len(row) != width:
             yield number, InvalidInput(f"the row has {len(row)} fields, the header {width}",
                                        {"_line": [f"{len(row)} fields, the header has {width}"]})
         elif any(_NOT_UTF8.search(value) for value in row):
@@ -191,15 +234,17 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
             yield number, data
 
 
-def _rows(reader, lines: _CsvLines) -> Iterator[tuple[int, list[str]]]:
+def _rows(reader, lines: _CsvLines) -> Iterator[tuple[int, list[str] | InvalidInput]]:
     """The reader's rows with the number of their last line, but none of blank lines (empty, or white
     space only, as NDJSON's), before the header or among the rows: one before the header read as a
     header that lacked every column, and one of spaces among the rows as an event of one field. A
-    line the CSV parser cannot read (an unbalanced quote runs on to the field size limit) stops the
-    import, naming where."""
+    row with a line too long is its refusal, numbered by that line. A line the CSV parser cannot read
+    (an unbalanced quote runs on to the field size limit) stops the import, naming where."""
     try:
         for row in reader:
-            if not lines.blank:  # a blank line in a quoted field is in a row of lines that are not
+            if lines.too_long:
+                yield lines.too_long, _too_long(lines.too_long)
+            elif not lines.blank:  # a blank line in a quoted field is in a row of lines that are not
                 yield reader.line_num, row
             lines.start_row()
     except csv.Error as error:

@@ -23,7 +23,7 @@ from cli.main import main
 from ledger import holds, revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
-from ledger.importer import HEAD_BYTES, detect_format, head, open_events
+from ledger.importer import HEAD_BYTES, LINE_CHARS_MAX, detect_format, head, open_events
 from ledger.instants import next_period, period_bounds_us, period_of
 from ledger.money import format_minor
 from ledger.schema import journal_lines, journal_transactions, partners, period_closes, revenue_events
@@ -720,6 +720,16 @@ def test_blank_lines_of_csv_before_the_header_or_among_the_rows_are_skipped_as_n
     result = invoke(seeded.url, "import", str(tmp_path / "blank.csv"))
     assert result.exit_code == 1 and "read 2 events" in result.output and "posted: 1" in result.output, result.output
     assert "line 6 event ?: the row has 1 fields, the header 7" in result.output
+
+
+def test_a_line_longer_than_the_import_s_bound_is_refused_naming_it_and_the_import_goes_on(seeded, tmp_path):
+    # Read whole, a line's length was the import's memory: 150 MB took it to 440 MB.
+    good = event_dict(paid("ll-1", "acme", "inv-ll-1", 10_000, "2026-01-10"))
+    long = json.dumps({**good, "id": "ll-0", "note": "x" * (LINE_CHARS_MAX + 1)})
+    (tmp_path / "long.ndjson").write_text(long + "\n" + json.dumps(good) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "long.ndjson"))
+    assert result.exit_code == 1 and "posted: 1" in result.output and "refused: 1" in result.output, result.output
+    assert f"line 1 event ?: a line longer than {LINE_CHARS_MAX:,} characters" in result.output
 
 
 def test_a_file_named_neither_csv_nor_ndjson_is_ndjson_when_it_starts_with_a_brace_after_blank_space():

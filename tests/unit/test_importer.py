@@ -2,7 +2,11 @@
 refusal names, without a database."""
 
 import io
+import tracemalloc
 
+import pytest
+
+from ledger import importer
 from ledger.errors import InvalidInput
 from ledger.importer import records
 
@@ -19,7 +23,7 @@ def read(text: str, file_format: str) -> list[tuple[int, object]]:
 
 def outcomes(text: str, file_format: str) -> list[tuple[int, str]]:
     """Each record's line number and its event's id, or its refusal's detail."""
-    return [(number, data.detail if isinstance(data, InvalidInput) else data["id"])
+    return [(number, data.detail if isinstance(data, InvalidInput) else data.get("id", data))
             for number, data in read(text, file_format)]
 
 
@@ -45,3 +49,51 @@ def test_blank_lines_among_csv_rows_hold_no_events_as_in_ndjson_and_a_quoted_bla
 
 def test_a_csv_input_of_blank_lines_only_holds_no_events():
     assert read(" \n\t\r\n\n", "csv") == [] and read(" \n\t\r\n\n", "ndjson") == []
+
+
+@pytest.fixture
+def line_chars_max_8(monkeypatch):
+    monkeypatch.setattr(importer, "LINE_CHARS_MAX", 8)
+
+
+def test_an_ndjson_line_longer_than_the_bound_is_refused_naming_it_and_the_next_lines_are_read(line_chars_max_8):
+    lines = ['{"a":1}', "x" * 30, '{"b":22}', '{"c":333}', "", "y" * 9, '{"d":4}']
+    assert outcomes("\r\n".join(lines) + "\r\n", "ndjson") == [
+        (1, {"a": 1}), (2, "a line longer than 8 characters"), (3, {"b": 22}), (4, "a line longer than 8 characters"),
+        (6, "a line longer than 8 characters"), (7, {"d": 4})]
+    refused = read("x" * 30 + "\n", "ndjson")[0][1]
+    assert refused.fields == {"_line": ["line 1 is longer than 8 characters"]}
+    # A line of the bound's length whose "\r\n" the bound splits is one line, not two.
+    assert outcomes('{"b":22}\r\n{"c":3}\r\n' + "z" * 16 + '\r\n{"d":4}', "ndjson") == [
+        (1, {"b": 22}), (2, {"c": 3}), (3, "a line longer than 8 characters"), (4, {"d": 4})]
+
+
+def test_a_csv_line_longer_than_the_bound_is_refused_as_its_row_and_a_header_that_long_stops_the_import(
+        monkeypatch):
+    monkeypatch.setattr(importer, "LINE_CHARS_MAX", len(row("e-1")))
+    # Its quotes are kept count of: a quoted field it opens, or one it goes on or closes, is its row's.
+    lines = [HEADER, row("e-1"), "y," * 40, row("e-2"), 'e-3,invoice_paid,"' + "z" * 80, '",x', row("e-4"),
+             'e-5,invoice_paid,"a', "z" * 80, '",x', row("e-6"), 'e-7,invoice_paid,"a', "z" * 80 + '",x', row("e-8")]
+    too_long = f"a line longer than {len(row('e-1'))} characters"
+    assert outcomes("\n".join(lines) + "\n", "csv") == [
+        (2, "e-1"), (3, too_long), (4, "e-2"), (5, too_long), (7, "e-4"), (9, too_long), (11, "e-6"), (13, too_long),
+        (14, "e-8")]
+    with pytest.raises(InvalidInput) as refused:
+        read("h" * 100 + "\n" + row("e-1") + "\n", "csv")
+    assert refused.value.fields == {"_line": [f"line 1 is longer than {len(row('e-1'))} characters"]}
+
+
+def test_a_line_far_longer_than_the_bound_is_read_past_without_being_held(tmp_path):
+    # Read whole, a line of 150 MB took an import to 440 MB; the bound is a megabyte of characters.
+    line_chars = 32 * importer.LINE_CHARS_MAX
+    (tmp_path / "long.ndjson").write_text('{"id": "' + "a" * line_chars + '"}\n{"id": "e-2"}\n')
+    tracemalloc.start()
+    try:
+        with importer.open_events(str(tmp_path / "long.ndjson")) as stream:
+            read_back = [(number, data if isinstance(data, dict) else data.detail)
+                         for number, data in records(stream, "ndjson")]
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 8 * importer.LINE_CHARS_MAX < line_chars
+    assert read_back == [(1, "a line longer than 1,048,576 characters"), (2, {"id": "e-2"})]
