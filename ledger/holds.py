@@ -259,15 +259,19 @@ def first_release_due(session: Session, before_us: int) -> int | None:
     """The maturity of the first queued hold, maturing before `before_us`, whose release would post
     something (its piece neither reversed nor clawed to nothing), or None. A close reads it to
     refuse skipping an open period that such a release would post into, as a release run that came
-    by first would have (`periods`)."""
-    h = open_holds.c
-    after = None
+    by first would have (`periods`). Reversed pieces are passed over in SQL; the others are
+    replayed a few invoices at a time, more each round, until one would post."""
+    t, h = journal_transactions.c, open_holds.c
+    reversal = journal_transactions.alias("reversal")
+    after, chunk = None, _DUE_CHUNK_FIRST
     while True:
-        due = select(h.accrual_id, journal_transactions.c.invoice_id, h.matures_at_us).join(
-            journal_transactions, journal_transactions.c.id == h.accrual_id).where(h.matures_at_us < before_us)
+        due = (select(h.accrual_id, t.invoice_id, h.matures_at_us)
+               .join(journal_transactions, t.id == h.accrual_id)
+               .where(h.matures_at_us < before_us,
+                      ~select(reversal.c.id).where(reversal.c.reverses_id == h.accrual_id).exists()))
         if after is not None:
             due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
-        rows = session.execute(due.order_by(h.matures_at_us, h.accrual_id).limit(_DUE_CHUNK)).all()
+        rows = session.execute(due.order_by(h.matures_at_us, h.accrual_id).limit(chunk)).all()
         if not rows:
             return None
         wanted = {row.accrual_id for row in rows}
@@ -276,10 +280,10 @@ def first_release_due(session: Session, before_us: int) -> int | None:
                   and piece.pending_minor > 0]
         if pieces:
             return min(piece.matures_at_us for piece in pieces)
-        after = (rows[-1].matures_at_us, rows[-1].accrual_id)
+        after, chunk = (rows[-1].matures_at_us, rows[-1].accrual_id), min(chunk * 4, _DUE_CHUNK_MAX)
 
 
-_DUE_CHUNK = 1_000
+_DUE_CHUNK_FIRST, _DUE_CHUNK_MAX = 10, 1_000
 
 
 def release_now(session: Session) -> tuple[int, int]:

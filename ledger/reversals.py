@@ -10,9 +10,9 @@ true to the rules that depend on the transaction:
   be paid out, although "a reversed accrual is never released"; the mirror of a partly clawed piece
   would claw the partner twice. Each of those reversals is effective at its original's instant, or
   at the requested instant when that is later, so that from the piece's reversal on, the piece adds
-  nothing to its partner's balances at any instant. A piece matured by the reversal's instant that
-  no release run has released yet is released first, at its maturity, as a run would have: whether
-  a piece is held is decided by time, never by when a job last ran.
+  nothing to its partner's balances at any instant. A piece matured before the reversal's instant
+  that no release run has released yet is released first, at its maturity, as a run would have:
+  whether a piece is held is decided by time, never by when a job last ran.
 - A release is not reversed on its own (409): whether a piece is held is decided by time, so a
   matured piece would be released again at once. Reverse its accrual instead.
 - A clawback that took from pending, of a piece whose hold has left the queue (released, or ended
@@ -80,8 +80,10 @@ def _release_matured(session: Session, piece_id: int, draft: journal.Draft, reco
     released yet: whether a piece is held is decided by time, never by when a job last ran, so the
     piece stands released from its maturity to the reversal whether or not a release run came by
     first (the reversal then undoes that release with the rest)."""
+    # One maturing at the reversal's very instant is not released: it would stand released for no time.
     pieces = [piece for piece in holds.load_pieces(session, [draft.invoice_id]).get(draft.invoice_id, [])
-              if piece_id in (piece.id, piece.root_id)]
+              if piece_id in (piece.id, piece.root_id) and piece.matures_at_us is not None
+              and piece.matures_at_us < draft.effective_at_us]
     batch = journal.Batch(session, recorded_at_us=recorded_at_us)
     ended = holds.release_pieces(batch, pieces, draft.effective_at_us)
     batch.flush()  # written before the holds leave the queue, as `holds.release_matured` does

@@ -522,8 +522,10 @@ def verify_closes(session: Session) -> list[Problem]:
     """Recompute every close from the journal: its snapshot (the previous one plus the period's
     lines), its transaction count, its journal head, and the chain of close hashes; and its bounds
     and its time, which no hash covers: the calendar month it names, from where the previous close
-    ended, closed once that month had ended (the rules migration 0018 holds for new rows: a close
-    moved off its month moves where postings land and leaves a month that can never be closed)."""
+    ended (the rules migration 0018 holds for new rows: a close moved off its month moves where
+    postings land and leaves a month that can never be closed), closed once that month had ended
+    (0018 refuses a close before the month's end by the database's clock, but not a `closed_at`
+    written earlier than the close was made)."""
     from ledger.periods import close_hash, list_periods, snapshot  # periods builds on balances, which verify checks
 
     problems: list[Problem] = []
@@ -581,7 +583,7 @@ def _check_close_bounds(close, prev_end: int | None, where: str) -> list[Problem
     if prev_end is not None and close.starts_at_us != prev_end:
         return [Problem(None, "close_bounds_altered", f"{where}: it starts at {_instant(close.starts_at_us)}, not where "
                                                       f"the previous close ended, {_instant(prev_end)}")]
-    if close.closed_at_us < close.ends_at_us:  # no hash covers it either; migration 0018 holds it for new rows
+    if close.closed_at_us < close.ends_at_us:  # no hash covers it, and no rule of the database
         return [Problem(None, "close_time_altered", f"{where}: closed at {_instant(close.closed_at_us)}, before the "
                                                     f"period ended at {_instant(close.ends_at_us)}")]
     return []

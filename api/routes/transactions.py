@@ -123,7 +123,8 @@ def reverse_transaction(args, transaction_id: int):
     """Reverse a transaction (at most once)
 
     The answer is the transaction's own reversal. Posted with it, in the same posting: for an
-    accrual, CPA or override, the reversals of its reinstatements, clawbacks and release; for a
+    accrual, CPA or override, the release of what matured before the reversal's instant and was
+    not released yet, then the reversals of its reinstatements, clawbacks and release; for a
     clawback that took from pending, once the accrual's hold has ended, the reversal of its release
     (if one was posted) and a new release of what is then pending. Reversing a pending payout's
     posting fails the payout. A

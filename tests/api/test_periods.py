@@ -135,6 +135,17 @@ def test_a_period_closes_once_after_the_earlier_ones_with_postings_and_a_keyed_r
     assert expect(again, 409)["detail"] == "period 2026-01 is already closed"
 
 
+def test_a_later_close_is_refused_while_a_hold_matures_in_a_month_between_and_posts_nothing(fresh):
+    fresh.event(unique("evt"), "p1-customer", unique("inv"), "100.00", "2026-01-20")  # matures 2026-02-19
+    fresh.ok("/v1/periods/2026-01/close")
+    march = fresh.post("/v1/periods/2026-03/close")
+    assert errors_of(march, 409) == set() and "period 2026-02 " in march.get_json()["detail"]
+    assert [item["kind"] for item in fresh.read("/v1/transactions")["items"]] == ["accrual"]  # no release left
+    assert fresh.read("/v1/periods/2026-02")["status"] == "open"
+    assert fresh.ok("/v1/periods/2026-02/close")["transaction_count"] == 1  # the release, made by this close
+    assert fresh.ok("/v1/periods/2026-03/close")["transaction_count"] == 0
+
+
 def test_a_period_that_has_not_ended_cannot_close(shared):
     current = period_of(now_us())
     response = shared.client.post(f"/v1/periods/{current}/close",

@@ -199,6 +199,22 @@ def test_a_reversal_at_a_later_instant_undoes_the_release_no_earlier_than_that(b
     assert books.trial_balance_is_zero() and books.verified()
 
 
+def test_a_reversal_posts_no_release_of_a_piece_maturing_at_its_instant_or_clawed_to_nothing(books):
+    books.plan("no-hold", "0.10", hold_days=0)
+    books.partner("instant", "no-hold")
+    books.attribute("zenith", "instant", "2026-01-01")
+    [maturing_at_once] = books.paid("zenith", "inv-0", "1000.00", "2026-01-10").transaction_ids
+    [clawed] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
+    books.refund("acme", "inv-1", "1000.00", "2026-01-20")  # all of it clawed, from pending
+    # At the accrual's own instant (no `effective_at`), and after the maturity of a piece left with nothing.
+    for accrual_id, invoice_id, instant in ((maturing_at_once, "inv-0", None), (clawed, "inv-1", at("2026-03-05"))):
+        before = kinds(books, invoice_id)
+        reverse(books, accrual_id, effective_at_us=instant)
+        assert "release" not in [kind for _, kind, _, _ in kinds(books, invoice_id)[len(before):]]
+    assert books.balance("northwind") == books.balance("instant") == (0, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
 def test_a_reversal_releases_a_matured_reinstatement_with_its_accrual(books):
     [accrual_id] = books.paid("acme", "inv-1", "1000.00", "2026-01-10").transaction_ids
     books.chargeback("acme", "inv-1", "1000.00", "2026-01-12")
