@@ -57,7 +57,7 @@ _UNAVAILABLE = ("the database was out of reach, busy or could not write: retry a
                 f"retry is safe: revenue events are keyed by their id, other POSTs by `{HEADER}`)")
 
 _HEADERS = {
-    401: {"WWW-Authenticate": {"description": "`Bearer realm=\"revshare\"`", "required": True,
+    401: {"WWW-Authenticate": {"description": "`Bearer realm=revshare`", "required": True,
                                "schema": {"type": "string"}}},
     503: {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
                           "schema": {"type": "integer", "minimum": 0}}},

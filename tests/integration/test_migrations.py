@@ -631,3 +631,61 @@ def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_h
         assert schema_code_of(database) == at_0031
     finally:
         database.dispose()
+
+
+@pytest.mark.parametrize("empty_url", ["postgres"], indirect=True)
+def test_an_upgrade_made_while_the_service_posts_waits_for_its_postings_and_they_for_it(empty_url):
+    """PostgreSQL: `revshare db upgrade` from 0028 while three writers post events. Holding the
+    program's and the journal's locks before its first change, the migration makes postings wait,
+    where their locks on the tables and its own met as a deadlock that ended the upgrade."""
+    import threading
+
+    from ledger import revenue
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.migrate import upgrade
+    from ledger.verify import verify
+    from tests.scenarios.books import Books
+
+    upgrade(empty_url, "0028")
+    database = Database(empty_url)
+    books = Books(database)
+    books.plan("standard", "0.20", hold_days=0)
+    books.partner("northwind", "standard")
+    books.attribute("acme", "northwind", "2026-01-01")
+    stop, failures, posted = threading.Event(), [], []
+
+    def post(writer: int) -> None:
+        number = 0
+        while not stop.is_set():
+            number += 1
+            event = revenue.RevenueEvent(f"w{writer}-{number}", "invoice_paid", "acme", f"inv-{writer}-{number}",
+                                         "USD", 1_000, now_us())
+            try:
+                with database.transaction() as session:
+                    revenue.ingest(session, [event])
+                posted.append(event.id)
+            except Exception as error:  # noqa: BLE001 -- every failure is the test's finding
+                failures.append(repr(error))
+
+    writers = [threading.Thread(target=post, args=(writer,)) for writer in range(3)]
+    for writer in writers:
+        writer.start()
+    try:
+        while len(posted) < 30 and not failures:
+            threading.Event().wait(0.05)
+        upgrade(empty_url)  # the head: raises on a deadlock
+        count = len(posted)
+        while len(posted) < count + 30 and not failures:  # and postings go on after it
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    try:
+        assert failures == []
+        with database.reader() as session:
+            report = verify(session)
+        assert report.ok, report.problems
+    finally:
+        database.dispose()
