@@ -76,11 +76,11 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
 
 
 def _release_matured(session: Session, piece_id: int, draft: journal.Draft, recorded_at_us: int | None) -> None:
-    """Release the piece, and each reinstatement of it, matured by the reversal's instant and not
+    """Release the piece, and each reinstatement of it, matured before the reversal's instant and not
     released yet: whether a piece is held is decided by time, never by when a job last ran, so the
     piece stands released from its maturity to the reversal whether or not a release run came by
-    first (the reversal then undoes that release with the rest)."""
-    # One maturing at the reversal's very instant is not released: it would stand released for no time.
+    first (the reversal then undoes that release with the rest). One maturing at the reversal's very
+    instant is not released: it would stand released for no time."""
     pieces = [piece for piece in holds.load_pieces(session, [draft.invoice_id]).get(draft.invoice_id, [])
               if piece_id in (piece.id, piece.root_id) and piece.matures_at_us is not None
               and piece.matures_at_us < draft.effective_at_us]
