@@ -36,7 +36,10 @@ from ledger.errors import DomainError, InvalidInput
 
 CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", "occurred_at")
 # The fields a refusal names that are the event's (or the line's, `_line`; not an object, `_schema`).
-_REASON_FIELDS = frozenset({*revenue.EVENT_FIELDS, "amount.amount", "amount.currency", "_line", "_schema"})
+_REASON_FIELDS = frozenset({*revenue.EVENT_FIELDS, "amount.amount", "amount.currency"})
+# What a refusal of a whole line, or of a whole event, names in the summary: the errors' own keys
+# for them (`_line`, marshmallow's `_schema`) are names of the code, not of the file.
+_REASON_WHOLE = {"_line": "the line", "_schema": "the event"}
 BATCH_SIZE_DEFAULT = 5000
 REFUSAL_EXAMPLES_MAX = 20
 # The longest line an import reads, in characters, its line break aside; a longer one is refused as
@@ -59,7 +62,7 @@ class Summary:
         # A field the event does not have is counted as "unknown field", not under its own name: a
         # file whose lines each carry another unknown name would otherwise keep (and print) a reason
         # per line. The examples still name it.
-        named = {name if name in _REASON_FIELDS else "unknown field" for name in error.fields}
+        named = {name if name in _REASON_FIELDS else _REASON_WHOLE.get(name, "unknown field") for name in error.fields}
         fields = ", ".join(sorted(named)) or "-"
         self.refusal_reasons[f"{error.title} ({fields})"] += 1
         # Lines refused while reading come before those of their batch refused by the domain: keep

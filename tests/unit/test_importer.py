@@ -97,3 +97,14 @@ def test_a_line_far_longer_than_the_bound_is_read_past_without_being_held(tmp_pa
         tracemalloc.stop()
     assert peak_bytes < 8 * importer.LINE_CHARS_MAX < line_chars
     assert read_back == [(1, "a line longer than 1,048,576 characters"), (2, {"id": "e-2"})]
+
+
+def test_a_summary_names_a_refused_line_or_event_in_words_of_the_file_and_an_unknown_field_as_one():
+    summary = importer.Summary()
+    summary.refuse(4, None, InvalidInput("malformed JSON", {"_line": ["malformed JSON"]}))
+    summary.refuse(5, "e-5", InvalidInput("invalid event", {"_schema": ["not an object"]}))
+    summary.refuse(6, "e-6", InvalidInput("unknown", {"colour": ["Unknown field."]}))
+    summary.refuse(7, "e-7", InvalidInput("bad amount", {"amount.amount": ["not a decimal"]}))
+    assert sorted(summary.refusal_reasons) == [
+        "Unprocessable entity (amount.amount)", "Unprocessable entity (the event)",
+        "Unprocessable entity (the line)", "Unprocessable entity (unknown field)"]
