@@ -261,25 +261,17 @@ def first_release_due(session: Session, before_us: int) -> int | None:
     refuse skipping an open period that such a release would post into, as a release run that came
     by first would have (`periods`). Reversed pieces are passed over in SQL; the others are
     replayed a few invoices at a time, more each round, until one would post."""
-    t, h = journal_transactions.c, open_holds.c
-    reversal = journal_transactions.alias("reversal")
+    h, reversal = open_holds.c, journal_transactions.alias("reversal")
+    unreversed = ~select(reversal.c.id).where(reversal.c.reverses_id == h.accrual_id).exists()
     after, chunk = None, _DUE_CHUNK_FIRST
     while True:
-        due = (select(h.accrual_id, t.invoice_id, h.matures_at_us)
-               .join(journal_transactions, t.id == h.accrual_id)
-               .where(h.matures_at_us < before_us,
-                      ~select(reversal.c.id).where(reversal.c.reverses_id == h.accrual_id).exists()))
-        if after is not None:
-            due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
-        rows = session.execute(due.order_by(h.matures_at_us, h.accrual_id).limit(chunk)).all()
+        rows, pieces = _queued(session, (h.matures_at_us < before_us, unreversed), after, chunk)
         if not rows:
             return None
-        wanted = {row.accrual_id for row in rows}
-        pieces = [piece for group in load_pieces(session, {row.invoice_id for row in rows}).values()
-                  for piece in group if piece.id in wanted and not piece.released and not piece.reversed
-                  and piece.pending_minor > 0]
-        if pieces:
-            return min(piece.matures_at_us for piece in pieces)
+        posting = [piece.matures_at_us for piece in pieces
+                   if not piece.released and not piece.reversed and piece.pending_minor > 0]
+        if posting:
+            return min(posting)
         after, chunk = (rows[-1].matures_at_us, rows[-1].accrual_id), min(chunk * 4, _DUE_CHUNK_MAX)
 
 
@@ -336,20 +328,10 @@ def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: i
     batch = batch or journal.Batch(session)
     if batch.ahead(at_us, own_instant=own_instant):
         raise invalid("at", f"{format_instant(at_us)} is in the future: holds are released as they mature")
-    t, h = journal_transactions.c, open_holds.c
-    due = (select(h.accrual_id, t.invoice_id, h.matures_at_us)
-           .join(journal_transactions, t.id == h.accrual_id)
-           .where(h.matures_at_us <= at_us))
-    if after is not None:
-        due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
-    if limit is not None:
-        due = due.order_by(h.matures_at_us, h.accrual_id).limit(limit)
-    matured = session.execute(due).all()
+    matured, pieces = _queued(session, (open_holds.c.matures_at_us <= at_us,), after, limit)
     if not matured:
         return 0, 0, after
     wanted = {row.accrual_id for row in matured}
-    by_invoice = load_pieces(session, {row.invoice_id for row in matured})
-    pieces = [p for group in by_invoice.values() for p in group if p.id in wanted]
     stale = {p.id for p in pieces if p.released}  # released already: its hold should have left the queue then
     before = batch.head_id
     ended = release_pieces(batch, sorted(pieces, key=lambda p: (p.matures_at_us, p.id)), at_us)
@@ -358,3 +340,22 @@ def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: i
     end_holds(session, sorted(set(ended) | stale | (wanted - {p.id for p in pieces})))
     last = matured[-1]
     return released, len(matured), (last.matures_at_us, last.accrual_id)
+
+
+def _queued(session: Session, conditions: tuple, after: tuple[int, int] | None, limit: int | None
+            ) -> tuple[list, list[Piece]]:
+    """(the queued holds `conditions` pick, after `after` and the first `limit` by maturity then
+    accrual, or every one; the pieces they hold, replayed from their invoices)."""
+    t, h = journal_transactions.c, open_holds.c
+    due = select(h.accrual_id, t.invoice_id, h.matures_at_us).join(journal_transactions, t.id == h.accrual_id)
+    due = due.where(*conditions)
+    if after is not None:
+        due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
+    if limit is not None:
+        due = due.order_by(h.matures_at_us, h.accrual_id).limit(limit)
+    rows = session.execute(due).all()
+    if not rows:
+        return rows, []
+    wanted = {row.accrual_id for row in rows}
+    by_invoice = load_pieces(session, {row.invoice_id for row in rows})
+    return rows, [piece for group in by_invoice.values() for piece in group if piece.id in wanted]
