@@ -22,7 +22,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import in_lists, lock_program
+from ledger.db import in_lists, lock_journal, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, start_of_day_us, within_horizon
 from ledger.journal import now_us
@@ -85,6 +85,11 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
     if terminated_us is not None and terminated_us <= start_us:
         raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(terminated_us)}: an attribution "
                        "from then on would earn nothing", {"partner_id": ["is terminated by effective_from"]})
+    if not history:
+        # A customer's first attribution changes what its payments are (`unattributed` or not, which
+        # the database holds as it stands when an event is written, migration 0034): not between a
+        # posting's read of the attributions and its commit.
+        lock_journal(session)
     recorded = now_us()
     if not history and not _exists(session, customer_id):
         session.execute(insert(customers).values(id=customer_id, created_at_us=recorded))

@@ -63,10 +63,10 @@ from ledger.instants import format_instant, parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.payouts import REASON_LENGTH_MAX
-from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
+from ledger.revenue import CLOCK_SKEW_US, EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
-from ledger.schema import (GENESIS_HASH, account_totals, accounts, journal_lines, journal_transactions, open_holds,
-                           partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
+from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
+                           open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
@@ -166,6 +166,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_payouts_recorded(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
+    problems.extend(verify_event_statuses(session))
     problems.extend(verify_holds(session, line_totals, not_pieces))
     problems.extend(verify_bounties(session))
     problems.extend(verify_piece_links(session))
@@ -506,6 +507,46 @@ def verify_event_links(session: Session) -> list[Problem]:
         .where(t.event_id.is_not(None), e.id.is_(None)).group_by(t.event_id).order_by(func.min(t.id)))
     return [Problem(transaction_id, "event_missing", f"names revenue event {event_id!r}, which is not stored")
             for event_id, transaction_id in rows]
+
+
+def verify_event_statuses(session: Session) -> list[Problem]:
+    """What each revenue event's status says against the rows it is decided from (migration 0034
+    holds it for new rows): `posted` when, and only when, a transaction names the event; a payment
+    `unattributed` when, and only when, no attribution of its customer had been recorded when it
+    was (five minutes of clock skew allowed either way: an attribution recorded within them of
+    the event is not counted against either status); a refund, chargeback or won dispute
+    `unattributed` when, and only when, its invoice's payment is. A row that says `no_commission`
+    with no transaction, for a customer attributed by then, passes: deciding it needs the plans,
+    statuses and windows as they stood."""
+    e, t, a = revenue_events.c, journal_transactions.c, attributions.c
+    named = select(t.id).where(t.event_id == e.id).exists()
+    posted = e.status == "posted"
+    problems = [Problem(None, "event_status_unlike_postings",
+                        f"revenue event {event_id!r} says {status}, but " + (
+                            "no transaction names it" if status == "posted" else "transactions name it"))
+                for event_id, status in session.execute(
+                    select(e.id, e.status).where((posted & ~named) | (~posted & named)).order_by(e.id))]
+
+    def attributed(before: ColumnElement) -> ColumnElement:
+        return select(a.id).where(a.customer_id == e.customer_id, a.recorded_at_us < before).exists()
+    unattributed = e.status == "unattributed"
+    payments = session.execute(select(e.id, e.status).where(e.type == "invoice_paid", (
+        unattributed & attributed(e.recorded_at_us - CLOCK_SKEW_US))
+        | (~unattributed & ~attributed(e.recorded_at_us + CLOCK_SKEW_US + 1))).order_by(e.id))
+    problems += [Problem(None, "event_status_unlike_attributions", f"revenue event {event_id!r} says {status}, but "
+                         + ("its customer was attributed before it was recorded" if status == "unattributed"
+                            else "its customer had no attribution when it was recorded"))
+                 for event_id, status in payments]
+    paid = revenue_events.alias("paid")
+    paid_unattributed = select(paid.c.id).where(paid.c.invoice_id == e.invoice_id, paid.c.type == "invoice_paid",
+                                                paid.c.status == "unattributed").exists()
+    undoing = session.execute(select(e.id, e.status).where(e.type != "invoice_paid", (
+        unattributed & ~paid_unattributed) | (~unattributed & paid_unattributed)).order_by(e.id))
+    problems += [Problem(None, "event_status_unlike_payment", f"revenue event {event_id!r} says {status}, but "
+                         + ("its invoice's payment is attributed" if status == "unattributed"
+                            else "its invoice's payment is unattributed"))
+                 for event_id, status in undoing]
+    return problems
 
 
 def verify_events(session: Session) -> list[Problem]:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from ledger import accounts as chart
 from ledger import holds as holds_module
 from ledger import customers, journal, partners, payouts, periods, plans, revenue, reversals
+from ledger.db import JOURNAL_LOCK_KEY
 from ledger.errors import Conflict
 from ledger.instants import period_bounds_us
 from ledger.keys import create_key
@@ -370,7 +371,8 @@ def test_a_close_is_labelled_by_its_month_in_full(database):
 
 
 def test_a_period_is_closed_once_it_has_ended_by_the_database_clock(database):
-    refused(database, raw_close(next_month()), "a period is closed once it has ended")
+    # Migration 0034's rule on `closed_at` refuses it too, whichever trigger comes first.
+    refused(database, raw_close(next_month()), "a period is closed once it has ended|a close is dated after its period")
     accepted(database, raw_close("2026-01"))
 
 
@@ -404,6 +406,121 @@ def test_nothing_is_added_to_a_closed_period_s_snapshot(booked):
         connection.execute(sa.text("INSERT INTO period_snapshots (period, account_id, currency, debit_minor,"
                                    " credit_minor) VALUES ('1970-01', :a, 'GBP', 100000000, 0)"), dict(a=expense))
     refused(booked, added, "the snapshot of a closed period is complete")
+
+
+CLOSE_AT = CLOSE.replace(":ends, 0,", ":closed, 0,")
+
+
+@pytest.mark.parametrize("closed", ["before_the_end", "ahead"])
+def test_a_close_is_dated_after_its_period_ends_and_not_in_the_future(database, closed):
+    """`closed_at` is what `verify` reads as the close's time (migration 0034): not before its
+    period's end, and not ahead of the database's clock by more than the five minutes' skew."""
+    _, ends = period_bounds_us("2026-01")
+    now = journal.now_us()
+    closed_at = {"before_the_end": ends - 1, "ahead": now + 3_600_000_000}[closed]
+
+    def close(closed_us):
+        return raw(CLOSE_AT, period="2026-01", starts=period_bounds_us("2026-01")[0], ends=ends, closed=closed_us,
+                   genesis=GENESIS_HASH, prev=GENESIS_HASH, hash="c" * 64)
+    refused(database, close(closed_at), "a close is dated after its period ends and not in the future")
+    accepted(database, close(now + 60_000_000))  # within the skew
+
+
+@pytest.mark.parametrize("closed_at", ["soon", 1.5e15])
+def test_sqlite_keeps_a_close_time_an_integer(sqlite_database, closed_at):
+    starts, ends = period_bounds_us("2026-01")
+
+    def close(closed_us):
+        return raw(CLOSE_AT, period="2026-01", starts=starts, ends=ends, closed=closed_us, genesis=GENESIS_HASH,
+                   prev=GENESIS_HASH, hash="c" * 64)
+    refused(sqlite_database, close(closed_at), "a close is dated after its period ends")
+    accepted(sqlite_database, close(ends))
+
+
+# ---- revenue event statuses (migration 0034) ----
+
+PAYMENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
+           " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, 'USD', 1025, 5, 5,"
+           " '" + "a" * 64 + "', :status)")
+
+
+def event(event_id: str, status: str, *, type: str = "invoice_paid", customer: str = "acme", invoice: str = "i1"):
+    return raw(PAYMENT, id=event_id, type=type, customer=customer, invoice=invoice, status=status)
+
+
+def attributed(database, *customer_ids: str) -> None:
+    with database.transaction() as session:
+        program.enrol(session, "northwind")
+        for customer_id in customer_ids:
+            customers.attribute(session, customer_id, "northwind", date(1970, 1, 1), "manual")
+
+
+def test_an_event_is_posted_when_a_transaction_names_it_and_only_then(booked):
+    """The row an event leaves says whether it posted: a row saying it posted nothing, for an event
+    billing has not sent yet, made billing's event a replay that posts nothing."""
+    attributed(booked, "acme")
+    with booked.transaction() as session:
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="e1:accrual", event_id="e1")])
+    refused(booked, event("e1", "no_commission"), "an event is posted when a transaction names it, and only then")
+    refused(booked, event("e2", "posted", invoice="i2"), "an event is posted when a transaction names it")
+    accepted(booked, event("e1", "posted"))
+    accepted(booked, event("e2", "no_commission", invoice="i2"))
+
+
+def test_a_payment_is_unattributed_when_its_customer_has_no_attribution_and_only_then(database):
+    attributed(database, "acme")
+    message = "a payment is unattributed when its customer has no attribution, and only then"
+    refused(database, event("e1", "unattributed"), message)
+    refused(database, event("e2", "no_commission", customer="globex", invoice="i2"), message)
+    accepted(database, event("e1", "no_commission"))
+    accepted(database, event("e2", "unattributed", customer="globex", invoice="i2"))
+
+
+def test_an_undoing_event_is_unattributed_when_its_payment_is_and_only_then(database):
+    attributed(database, "acme")
+    accepted(database, event("paid-acme", "no_commission", invoice="i1"))
+    accepted(database, event("paid-globex", "unattributed", customer="globex", invoice="i2"))
+    message = "a refund, chargeback or won dispute is unattributed when its payment is, and only then"
+    refused(database, event("r1", "unattributed", type="refund", invoice="i1"), message)
+    # globex attributed since its payment: its refund follows the payment, as the service decides it
+    attributed(database, "globex")
+    refused(database, event("r2", "no_commission", type="refund", customer="globex", invoice="i2"), message)
+    accepted(database, event("r1", "no_commission", type="refund", invoice="i1"))
+    accepted(database, event("r2", "unattributed", type="refund", customer="globex", invoice="i2"))
+
+
+def test_the_rules_hold_each_event_of_one_statement(database):
+    """A batch's events arrive in one statement (PostgreSQL's trigger reads them all at once)."""
+    attributed(database, "acme")
+    rows = [dict(id="ok", type="invoice_paid", customer="globex", invoice="i2", status="unattributed"),
+            dict(id="bad", type="invoice_paid", customer="acme", invoice="i1", status="unattributed")]
+    refused(database, lambda connection: connection.execute(sa.text(PAYMENT), rows), "a payment is unattributed")
+    accepted(database, lambda connection: connection.execute(sa.text(PAYMENT), rows[:1]))
+
+
+@pytest.mark.postgres
+def test_a_first_attribution_waits_for_the_journal_lock_and_a_replacement_does_not(postgres_database):
+    """Postings read the attributions under the journal lock, and the database decides a payment's
+    `unattributed` by the attributions as they stand when its row is written: a customer's first
+    attribution committed in between would make the database refuse the posting."""
+    database = postgres_database
+    with database.transaction() as session:
+        program.enrol(session, "northwind", "southwind")
+
+    def journal_lock_free() -> bool:
+        with database.engine.connect() as other:
+            free = other.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                 {"key": JOURNAL_LOCK_KEY}).scalar_one()
+            other.rollback()
+            return free
+    with database.transaction() as session:
+        customers.attribute(session, "acme", "northwind", date(2026, 1, 1), "manual")
+        first = journal_lock_free()
+    with database.transaction() as session:
+        customers.attribute(session, "acme", "southwind", date(2026, 2, 1), "manual", replace=True)
+        replacement = journal_lock_free()
+    assert (first, replacement) == (False, True)
 
 
 # ---- payouts ----

@@ -2,12 +2,13 @@
 
 import contextlib
 import sqlite3
+from datetime import date
 
 import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import holds, journal, partners, payouts, periods, revenue, reversals
+from ledger import customers, holds, journal, partners, payouts, periods, revenue, reversals
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import journal_transactions, revenue_events
 from ledger.verify import verify
@@ -189,6 +190,52 @@ def test_an_event_rewritten_with_its_request_hash_recomputed_is_named_by_what_wa
     assert all("revenue event 'e1'" in p.message for p in found)
 
 
+HOUR_US = 3_600_000_000
+
+
+@pytest.mark.parametrize("alter, expected", [
+    ("UPDATE revenue_events SET status = 'no_commission' WHERE id = 'e1'", {("event_status_unlike_postings", "e1")}),
+    ("UPDATE revenue_events SET status = 'posted' WHERE id = 'n1'", {("event_status_unlike_postings", "n1")}),
+    ("UPDATE revenue_events SET status = 'no_commission' WHERE id = 'u1'",
+     {("event_status_unlike_attributions", "u1"), ("event_status_unlike_payment", "u1-refund")}),
+    # acme's attribution was recorded moments before n1: within the skew, n1 itself is not named.
+    ("UPDATE revenue_events SET status = 'unattributed' WHERE id = 'n1'", {("event_status_unlike_payment", "n1-refund")}),
+    ("UPDATE revenue_events SET status = 'no_commission' WHERE id = 'u1-refund'",
+     {("event_status_unlike_payment", "u1-refund")}),
+    # An attribution of the unattributed customer recorded an hour before its payment was.
+    (f"INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
+     f" SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - {HOUR_US} FROM revenue_events WHERE id = 'u1'",
+     {("event_status_unlike_attributions", "u1")}),
+    # Recorded within the clock skew of it, the attribution may have come after it: not named.
+    (f"INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
+     f" SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - 60000000 FROM revenue_events WHERE id = 'u1'",
+     set()),
+    # The attributed customer's attributions moved to after its payments were recorded.
+    (f"UPDATE attributions SET recorded_at_us = recorded_at_us + {HOUR_US} WHERE customer_id = 'acme'",
+     {("event_status_unlike_attributions", "e1"), ("event_status_unlike_attributions", "n1")}),
+], ids=["posted-to-nothing", "nothing-to-posted", "unattributed-to-decided", "decided-to-unattributed",
+        "refund-unlike-payment", "attributed-before", "attributed-within-the-skew", "attributed-after"])
+def test_an_event_status_altered_from_what_decided_it_is_named(database, alter, expected):
+    """Migration 0034 holds an event's status for new rows; verify checks the rows there."""
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, [program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10"),
+                                 program.paid("n1", "acme", "inv-2", 20_000, "2025-06-10"),  # before its attribution
+                                 program.paid("n1-refund", "acme", "inv-2", 1_000, "2025-06-11", "refund"),
+                                 program.paid("u1", "stranger", "inv-3", 30_000, "2026-01-12"),
+                                 program.paid("u1-refund", "stranger", "inv-3", 1_000, "2026-01-13", "refund")])
+    with database.reader() as session:
+        statuses = dict(session.execute(sa.select(revenue_events.c.id, revenue_events.c.status)).all())
+    assert statuses == {"e1": "posted", "n1": "no_commission", "n1-refund": "no_commission",
+                        "u1": "unattributed", "u1-refund": "unattributed"}
+    assert problems(database) == set()
+    with behind_the_triggers(database) as execute:
+        execute(alter)
+    with database.reader() as session:
+        found = {(p.code, p.message.split("'")[1]) for p in verify(session).problems}
+    assert found == expected
+
+
 # ---- the rules migration 0018 holds for new rows, checked on the rows already there ----
 
 def test_a_reversal_altered_to_name_nothing_or_a_reversal_is_named(booked):
@@ -288,13 +335,15 @@ def test_a_payout_record_altered_from_its_posting_is_named(paid_out):
 
 def test_a_revenue_event_removed_from_under_its_postings_is_named(booked):
     event = RevenueEvent("evt-1", "invoice_paid", "acme", "inv-9", "USD", 10_000, 1_000)
-    with booked.engine.begin() as connection:
-        connection.execute(sa.insert(revenue_events).values(
-            **event._asdict(), recorded_at_us=1_000, request_hash=request_hash(event), status="posted"))
-    with booked.transaction() as session:
+    with booked.transaction() as session:  # its attribution and posting first, as the service writes them
+        program.enrol(session, "northwind")
+        customers.attribute(session, "acme", "northwind", date(1970, 1, 1), "manual")
         [posted] = journal.post(session, [journal.transfer(
             "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 2_000, effective_at_us=1_000,
             idempotency_key="evt-1:accrual", event_id="evt-1")])
+    with booked.engine.begin() as connection:
+        connection.execute(sa.insert(revenue_events).values(
+            **event._asdict(), recorded_at_us=journal.now_us(), request_hash=request_hash(event), status="posted"))
     assert problems(booked) == set()
     with behind_the_triggers(booked) as execute:
         execute("DELETE FROM revenue_events")

@@ -14,7 +14,7 @@ from tests.scenarios.books import Books
 
 EVENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
          "recorded_at_us, request_hash, status, first_eligible_customer_id) "
-         "VALUES (:id, :type, 'acme', :invoice, 'USD', 100, 1, 1, :hash, 'posted', :claim)")
+         "VALUES (:id, :type, 'acme', :invoice, 'USD', 100, 1, 1, :hash, 'no_commission', :claim)")
 PARTNER = ("INSERT INTO partners (id, name, type, parent_id, parent_depth, depth, created_at_us) "
            "VALUES (:id, :id, 'affiliate', :parent, :parent_depth, :depth, 1)")
 
@@ -59,7 +59,7 @@ def test_a_second_invoice_paid_row_for_the_same_invoice_is_refused(books):
 
 LATER = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
          "recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, :currency, :amount, :at, :at, "
-         "'" + "h" * 64 + "', 'posted')")
+         "'" + "h" * 64 + "', 'no_commission')")
 NOT_PAID = "needs its invoice paid by the same customer, in the same currency, at or before its instant"
 EXCEEDED = "refunds and chargebacks, less won disputes, would exceed the paid amount of the invoice"
 OVER_REVERSED = "won disputes would exceed the chargebacks of the invoice"
