@@ -14,7 +14,9 @@ journal was paid twice) and each payout's record against its posting (`verify_pa
 settling or failing posts what the record holds) and its run (`verify_payout_runs`: a run moved
 back in time lets a run before it pay the same balances again); each revenue event's content
 against its request hash (`verify_events`: an altered amount would change what a later refund
-claws back), and every event a transaction names still stored (`verify_event_links`). The rules migration 0018
+claws back), every event a transaction names still stored (`verify_event_links`), and what each
+event's status says against the transactions naming it, its customer's attributions and its
+payment (`verify_event_statuses`, migration 0034's rules on rows written before it). The rules migration 0018
 makes the database hold for new rows are checked on every row: a reversal names what it reverses,
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
@@ -565,8 +567,8 @@ def verify_closes(session: Session) -> list[Problem]:
     and its time, which no hash covers: the calendar month it names, from where the previous close
     ended (the rules migration 0018 holds for new rows: a close moved off its month moves where
     postings land and leaves a month that can never be closed), closed once that month had ended
-    (0018 refuses a close before the month's end by the database's clock, but not a `closed_at`
-    written earlier than the close was made)."""
+    (0018 refuses a close before the month's end by the database's clock; 0034 a new `closed_at`
+    before it, and this checks the closes written before 0034)."""
     from ledger.periods import close_hash, list_periods, snapshot  # periods builds on balances, which verify checks
 
     problems: list[Problem] = []
@@ -624,7 +626,7 @@ def _check_close_bounds(close, prev_end: int | None, where: str) -> list[Problem
     if prev_end is not None and close.starts_at_us != prev_end:
         return [Problem(None, "close_bounds_altered", f"{where}: it starts at {_instant(close.starts_at_us)}, not where "
                                                       f"the previous close ended, {_instant(prev_end)}")]
-    if close.closed_at_us < close.ends_at_us:  # no hash covers it, and no rule of the database
+    if close.closed_at_us < close.ends_at_us:  # no hash covers it; migration 0034 holds it for new closes
         return [Problem(None, "close_time_altered", f"{where}: closed at {_instant(close.closed_at_us)}, before the "
                                                     f"period ended at {_instant(close.ends_at_us)}")]
     return []
