@@ -279,14 +279,15 @@ def release_holds(settings: Settings, at: str | None) -> None:
 @click.pass_obj
 def payout_run(settings: Settings, at: str | None) -> None:
     """Pay every partner whose available balance reaches its plan's minimum (releasing the matured
-    holds first, a hundred to a transaction)."""
+    holds first, a hundred to a transaction, and printing how many)."""
     from ledger.instants import format_instant, parse_at
     from ledger.money import format_minor
     from ledger.payouts import run_payouts_in_transactions
 
     at_us = parse_instant_option(at, "--at", parse_at)
     with opened(settings, {"at": "--at"}) as database:
-        run = run_payouts_in_transactions(database.transaction, at_us)
+        run, released = run_payouts_in_transactions(database.transaction, at_us)
+    click.echo(f"released: {released}")
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
     for payout in run.payouts:
         click.echo(f"  payout {payout.id}: {payout.partner_id} {format_minor(payout.amount_minor, payout.currency)} "
@@ -299,14 +300,15 @@ def payout_run(settings: Settings, at: str | None) -> None:
 @click.pass_obj
 def close(settings: Settings, period: str) -> None:
     """Close a period (YYYY-MM) that has ended, with its snapshot and close hash (releasing the holds
-    that matured in it first, a hundred to a transaction). A period closed already prints its close,
-    saying so, and changes nothing."""
+    that matured in it first, a hundred to a transaction, and printing how many). A period closed
+    already prints its close, saying so, and changes nothing."""
     from ledger.instants import format_instant, parse_period
     from ledger.periods import close_in_transactions
 
     with opened(settings) as database:
         parse_period(period)
-        closed, already = close_in_transactions(database.transaction, period)
+        closed, already, released = close_in_transactions(database.transaction, period)
+    click.echo(f"released: {released}")
     made = f" (already closed at {format_instant(closed.closed_at_us)})" if already else ""
     click.echo(f"closed {closed.period}: {closed.transaction_count} transactions, close hash {closed.close_hash}{made}")
 

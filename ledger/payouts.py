@@ -128,32 +128,33 @@ def _refuse_out_of_order(session: Session, batch: journal.Batch, at_us: int, own
 
 
 def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
-                                own_instant: bool = False) -> PayoutRun:
-    """`run_payouts` in a `transaction()` of its own, after the releases it posts first, made
-    `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the
-    scheduler's jobs make them: in its one transaction, a run after months without one held the
-    journal's lock through every release (`revshare payout-run` took 37 s over 73,000), and every
-    posting waited, or failed past its lock wait. At None, the run is at now as read in its own
-    transaction (see `run_payouts`)."""
-    release_before_run(transaction, at_us, own_instant=own_instant)
+                                own_instant: bool = False) -> tuple[PayoutRun, int]:
+    """(the run, how many releases were posted first): `run_payouts` in a `transaction()` of its
+    own, after the releases it posts first, made `holds.HOLDS_PER_TRANSACTION` to a transaction
+    (`holds.release_in_transactions`), as the scheduler's jobs make them: in its one transaction, a
+    run after months without one held the journal's lock through every release (`revshare
+    payout-run` took 37 s over 73,000), and every posting waited, or failed past its lock wait. At
+    None, the run is at now as read in its own transaction (see `run_payouts`)."""
+    released = release_before_run(transaction, at_us, own_instant=own_instant)
     with transaction() as session:
-        return run_payouts(session, at_us, own_instant=own_instant)
+        return run_payouts(session, at_us, own_instant=own_instant), released
 
 
 def release_before_run(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
-                       own_instant: bool = False) -> None:
+                       own_instant: bool = False) -> int:
     """The releases `run_payouts` would post first, each `transaction()` of them committed on its own
-    (`run_payouts_in_transactions`). The run is checked first, so a refused run posts no release
-    either; a run made at `at_us` already posts none. At None, the check and the releases are made
-    at now as read in their transactions."""
+    (`run_payouts_in_transactions`); returns how many were posted. The run is checked first, so a
+    refused run posts no release either; a run made at `at_us` already posts none. At None, the
+    check and the releases are made at now as read in their transactions."""
     with transaction() as session:
         batch = journal.Batch(session)
         checked_us = batch.recorded_at_us if at_us is None else at_us
         made = session.execute(select(payout_runs.c.id).where(payout_runs.c.at_us == checked_us)).scalar()
         if made is None:
             _refuse_out_of_order(session, batch, checked_us, own_instant or at_us is None)
-    if made is None:
-        holds.release_in_transactions(transaction, checked_us, own_instant=own_instant or at_us is None)
+    if made is not None:
+        return 0
+    return holds.release_in_transactions(transaction, checked_us, own_instant=own_instant or at_us is None)
 
 
 def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:

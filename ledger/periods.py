@@ -101,8 +101,10 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
     return closed
 
 
-def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str) -> tuple[Close, bool]:
-    """(the close of `period`, whether it was made before): `close_period` in a `transaction()` of
+def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str
+                          ) -> tuple[Close, bool, int]:
+    """(the close of `period`, whether it was made before, how many releases were posted first):
+    `close_period` in a `transaction()` of
     its own, after the releases it posts first (the holds maturing before the period's end), made
     `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the scheduler's
     close job makes them: in its one transaction, a close after months of holds held the journal's
@@ -115,19 +117,20 @@ def close_in_transactions(transaction: Callable[[], ContextManager[Session]], pe
         if made is None:
             _refuse_close(session, period, None)  # a refused close posts no release either
     if made is not None:
-        return made, True
-    holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
+        return made, True, 0
+    released = holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
     with transaction() as session:
         made = _made_close(session, period)  # by another process while the releases were made
-        return (made, True) if made is not None else (close_period(session, period), False)
+        return (made, True, released) if made is not None else (close_period(session, period), False, released)
 
 
-def release_before_close(transaction: Callable[[], ContextManager[Session]], period: str) -> None:
+def release_before_close(transaction: Callable[[], ContextManager[Session]], period: str) -> int:
     """The releases `close_period` would post first, each `transaction()` of them committed on its
-    own (`close_in_transactions`). The close is checked first, so a refused close posts no release."""
+    own (`close_in_transactions`); returns how many were posted. The close is checked first, so a
+    refused close posts no release."""
     with transaction() as session:
         _refuse_close(session, period, None)
-    holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
+    return holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
 
 
 def _made_close(session: Session, period: str) -> Close | None:

@@ -106,9 +106,29 @@ def test_jobs_run_from_the_command_line_with_an_explicit_instant(seeded):
     again = invoke(seeded.url, "payout-run", "--at", "2026-03-01T00:00:00Z")
     closed = invoke(seeded.url, "close", "2026-01")
     assert released.output == "released: 4\n"  # January's pieces not already released by the refund
+    assert run.output.startswith("released: 0\n")  # released above
     assert "northwind 115.00 USD pending" in run.output and "payouts: 1" in run.output
     assert "(already run)" in again.output and "payouts: 1" in again.output
-    assert closed.exit_code == 0 and closed.output.startswith("closed 2026-01: 6 transactions, close hash ")
+    assert closed.exit_code == 0 and closed.output.startswith("released: 0\nclosed 2026-01: 6 transactions, close hash ")
+
+
+def test_a_payout_run_and_a_close_print_how_many_releases_they_posted_first(seeded):
+    def releases() -> int:
+        with seeded.reader() as session:
+            return session.execute(select(func.count()).select_from(journal_transactions)
+                                   .where(journal_transactions.c.kind == "release")).scalar_one()
+
+    def printed(result) -> int:
+        assert result.exit_code == 0, result.output
+        return int(result.output.splitlines()[0].removeprefix("released: "))
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=3))
+    counts = []
+    for command in (("close", "2026-01"), ("close", "2026-02"), ("payout-run", "--at", "2026-04-01"),
+                    ("close", "2026-03")):
+        before = releases()
+        counts.append((printed(invoke(seeded.url, *command)), releases() - before))
+    assert all(shown == posted for shown, posted in counts) and [posted for _, posted in counts][1:3] != [0, 0], counts
 
 
 def test_a_payout_run_without_at_made_while_another_process_ran_one_is_made_at_a_later_now(seeded, monkeypatch):
@@ -172,8 +192,9 @@ def test_closing_a_period_closed_already_prints_its_close_and_exits_0_changing_n
         [close_hash] = session.execute(select(period_closes.c.close_hash)).scalars().all()
     again = invoke(seeded.url, "close", "2026-01")
     assert first.exit_code == 0 and again.exit_code == 0, again.output
-    assert again.output.startswith(f"closed 2026-01: 6 transactions, close hash {close_hash} (already closed at ")
-    assert first.output.startswith(f"closed 2026-01: 6 transactions, close hash {close_hash}\n")
+    assert again.output.startswith(
+        f"released: 0\nclosed 2026-01: 6 transactions, close hash {close_hash} (already closed at ")
+    assert first.output.startswith(f"released: 0\nclosed 2026-01: 6 transactions, close hash {close_hash}\n")
     with seeded.reader() as session:
         assert session.execute(select(func.count()).select_from(journal_transactions)).scalar_one() == before
     before_the_chain = invoke(seeded.url, "close", "2025-12")  # closed, but with no close of its own to show
