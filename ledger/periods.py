@@ -152,6 +152,11 @@ def _refuse_close(session: Session, period: str, now_us: int | None) -> tuple[jo
         # This server's clock is ahead of the database's, whose rules refuse the close (migration 0018).
         raise Conflict(f"period {period} has not ended yet by the database's clock, "
                        f"{format_instant(database_now)}, which is behind this server's; it can be closed once it has")
+    if now > database_now + journal.CLOCK_SKEW_US:
+        # The close is dated by this server's clock, which is ahead of the database's by more than its
+        # rule on `closed_at` allows (migration 0034): a 409, not the database's refusal as a 500.
+        raise Conflict(f"this server's clock, {format_instant(now)}, is more than five minutes ahead of the "
+                       f"database's, {format_instant(database_now)}: a close is not dated in the future")
     if get_close(session, period) is not None:
         raise Conflict(f"period {period} is already closed")
     last = latest_close(session)

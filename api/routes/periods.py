@@ -137,7 +137,8 @@ def get_period(period: str):
 @allow("finance")
 @refuses(404, NOT_A_PERIOD)
 @refuses(409, "the period has not ended, is closed already, or lies before the latest closed period; or an "
-              "earlier period with postings, or a hold maturing in it, is open (close it first)")
+              "earlier period with postings, or a hold maturing in it, is open (close it first); or this server's "
+              "clock is more than five minutes ahead of the database's")
 @idempotent
 @blp.arguments(CloseRequestSchema)
 @blp.response(200, PeriodSchema)

@@ -163,6 +163,17 @@ def test_a_close_by_a_server_whose_clock_is_ahead_of_the_databases_is_a_409_not_
     assert fresh.read(f"/v1/periods/{period}")["status"] == "open"
 
 
+def test_a_close_by_a_server_more_than_five_minutes_ahead_of_the_database_is_a_409_not_a_500(fresh, skewed_clock):
+    """The close is dated by this server's clock, and migration 0034 refuses a `closed_at` more than
+    five minutes ahead of the database's: a period long ended by both clocks is refused as a 409."""
+    skewed_clock.offset_us = 10 * 60 * 1_000_000
+    response = fresh.post("/v1/periods/2026-01/close")
+    assert errors_of(response, 409) == set() and "database's" in response.get_json()["detail"]
+    skewed_clock.offset_us = 0
+    assert fresh.read("/v1/periods/2026-01")["status"] == "open"
+    assert fresh.ok("/v1/periods/2026-01/close")["status"] == "closed"
+
+
 def test_a_posting_dated_in_a_closed_period_lands_in_the_first_open_one(fresh):
     book_january_and_february(fresh)
     fresh.ok("/v1/periods/2026-01/close")
