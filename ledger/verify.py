@@ -71,6 +71,10 @@ from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions,
                            open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
+# How far apart an attribution's and an event's `recorded_at` may be read for rows written in the
+# other order (`verify_event_statuses`): each is read from the clock of the server that wrote it,
+# and two servers each within `CLOCK_SKEW_US` of the database's clock disagree by up to twice it.
+RECORDED_SKEW_US = 2 * CLOCK_SKEW_US
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
 STATEMENT_LINES_NAMED = 5  # stored statement lines differing from the journal: the first few are named
 HOLD_INVOICES_PER_READ = 5_000  # the queued invoices whose pieces are replayed at a time
@@ -515,8 +519,8 @@ def verify_event_statuses(session: Session) -> list[Problem]:
     """What each revenue event's status says against the rows it is decided from (migration 0034
     holds it for new rows): `posted` when, and only when, a transaction names the event; a payment
     `unattributed` when, and only when, no attribution of its customer had been recorded when it
-    was (five minutes of clock skew allowed either way: an attribution recorded within them of
-    the event is not counted against either status); a refund, chargeback or won dispute
+    was (ten minutes of clock skew allowed either way, `RECORDED_SKEW_US`: an attribution recorded
+    within them of the event is not counted against either status); a refund, chargeback or won dispute
     `unattributed` when, and only when, its invoice's payment is. A row that says `no_commission`
     with no transaction, for a customer attributed by then, passes: deciding it needs the plans,
     statuses and windows as they stood."""
@@ -533,8 +537,8 @@ def verify_event_statuses(session: Session) -> list[Problem]:
         return select(a.id).where(a.customer_id == e.customer_id, a.recorded_at_us < before).exists()
     unattributed = e.status == "unattributed"
     payments = session.execute(select(e.id, e.status).where(e.type == "invoice_paid", (
-        unattributed & attributed(e.recorded_at_us - CLOCK_SKEW_US))
-        | (~unattributed & ~attributed(e.recorded_at_us + CLOCK_SKEW_US + 1))).order_by(e.id))
+        unattributed & attributed(e.recorded_at_us - RECORDED_SKEW_US))
+        | (~unattributed & ~attributed(e.recorded_at_us + RECORDED_SKEW_US + 1))).order_by(e.id))
     problems += [Problem(None, "event_status_unlike_attributions", f"revenue event {event_id!r} says {status}, but "
                          + ("its customer was attributed before it was recorded" if status == "unattributed"
                             else "its customer had no attribution when it was recorded"))

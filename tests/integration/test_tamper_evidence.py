@@ -236,6 +236,33 @@ def test_an_event_status_altered_from_what_decided_it_is_named(database, alter, 
     assert found == expected
 
 
+@pytest.mark.parametrize("first", ["attributed", "paid"])
+def test_statuses_decided_by_servers_whose_clocks_disagree_within_their_bounds_are_not_named(database, skewed_clock,
+                                                                                          first):
+    """An attribution's and an event's `recorded_at` come from the clocks of the servers that wrote
+    them: two servers four minutes either side of the database's disagree by eight."""
+    minute_us = 60_000_000
+    with database.transaction() as session:
+        program.seed(session, customer_ids=())
+
+    def attribute():
+        with database.transaction() as session:
+            customers.attribute(session, "acme", "northwind", date(2026, 1, 1), "manual")
+
+    def pay():
+        with database.transaction() as session:
+            revenue.ingest(session, [program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10")])
+    for offset_us, step in zip((4 * minute_us, -4 * minute_us), (attribute, pay) if first == "attributed"
+                               else (pay, attribute)):
+        skewed_clock.offset_us = offset_us
+        step()
+    skewed_clock.offset_us = 0
+    with database.reader() as session:
+        status = session.execute(sa.select(revenue_events.c.status)).scalar_one()
+    assert status == ("posted" if first == "attributed" else "unattributed")
+    assert problems(database) == set()
+
+
 # ---- the rules migration 0018 holds for new rows, checked on the rows already there ----
 
 def test_a_reversal_altered_to_name_nothing_or_a_reversal_is_named(booked):
