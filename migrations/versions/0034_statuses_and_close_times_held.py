@@ -1,9 +1,10 @@
 """The database holds what a revenue event's status says, and when a close is dated, for a writer
 that goes around Python:
 
-- an event is `posted` when, and only when, a transaction names it (`ledger.revenue` writes an
-  event's row after its postings, in the same transaction; every transaction naming an event is
-  one of its commissions or clawbacks, or, later, a release of a piece it accrued);
+- an event is `posted` when, and only when, a commission (accrual, CPA, override) or clawback of its
+  invoice names it (`ledger.revenue` writes an event's row after its postings, in the same
+  transaction; a release names the event that accrued its piece, which is `posted`, and an
+  adjustment naming an event, which the service never writes, does not count);
 - a payment (`invoice_paid`) is `unattributed` when, and only when, its customer has no attribution
   at all (`AttributionIndex.knows`): a customer attributed from a later date is `no_commission`;
 - a refund, chargeback or won dispute is `unattributed` when, and only when, the payment of its
@@ -52,18 +53,31 @@ _0029 = _revision("0029_postings_in_their_place.py")  # BY_INDEX
 
 CLOCK_SKEW_US = 5 * 60 * 1_000_000  # ledger.revenue's, as of this revision
 
-# Each a condition on a new event `n` that is true of a row the rule refuses (booleans compared).
-POSTED_UNLIKE = "(n.status = 'posted') <> EXISTS (SELECT 1 FROM journal_transactions t WHERE t.event_id = n.id)"
-POSTED_MESSAGE = "revenue_events: an event is posted when a transaction names it, and only then"
-A_PAYMENT = "n.type = 'invoice_paid'"
-UNATTRIBUTED_UNLIKE = ("(n.status = 'unattributed')"
-                       " <> NOT EXISTS (SELECT 1 FROM attributions a WHERE a.customer_id = n.customer_id)")
-UNATTRIBUTED_MESSAGE = "revenue_events: a payment is unattributed when its customer has no attribution, and only then"
-AN_UNDOING = "n.type <> 'invoice_paid'"
-FOLLOWS_UNLIKE = ("(n.status = 'unattributed') <> EXISTS (SELECT 1 FROM revenue_events p WHERE p.invoice_id = n.invoice_id"
-                  " AND p.type = 'invoice_paid' AND p.status = 'unattributed')")
-FOLLOWS_MESSAGE = ("revenue_events: a refund, chargeback or won dispute is unattributed when its payment is,"
-                   " and only then")
+# Each event rule: (name, the rows it concerns, a condition on a new event `n`, a subquery, message):
+# the row is refused when the condition and the subquery's EXISTS disagree (a payment is decided,
+# `posted` or `no_commission`, when, and only when, its customer has an attribution).
+EVENT_POSTING_KINDS = "('accrual', 'cpa', 'override', 'clawback')"  # ledger.revenue's, as of this revision
+EVENT_RULES = (
+    ("posted_as_named", "true", "n.status = 'posted'",
+     "SELECT 1 FROM journal_transactions t WHERE t.event_id = n.id AND t.invoice_id = n.invoice_id"
+     f" AND t.kind IN {EVENT_POSTING_KINDS}",
+     "revenue_events: an event is posted when a commission or clawback of its invoice names it, and only then"),
+    ("attributed_as_known", "n.type = 'invoice_paid'", "n.status <> 'unattributed'",
+     "SELECT 1 FROM attributions a WHERE a.customer_id = n.customer_id",
+     "revenue_events: a payment is unattributed when its customer has no attribution, and only then"),
+    ("attributed_as_paid", "n.type <> 'invoice_paid'", "n.status = 'unattributed'",
+     "SELECT 1 FROM revenue_events p WHERE p.invoice_id = n.invoice_id AND p.type = 'invoice_paid'"
+     " AND p.status = 'unattributed'",
+     "revenue_events: a refund, chargeback or won dispute is unattributed when its payment is, and only then"),
+)
+# On PostgreSQL each rule is two: the condition with the subquery's EXISTS, and without it. An
+# EXISTS compared with a boolean is planned as a subplan that hashes the whole table it reads (every
+# attribution, every payment); on its own in a WHERE it is a semi- or anti-join, by index.
+POSTGRES_EVENT_CHECKS = tuple(
+    (f"{only_when} AND {condition} AND NOT EXISTS ({subquery})", message)
+    for _name, only_when, condition, subquery, message in EVENT_RULES) + tuple(
+    (f"{only_when} AND NOT ({condition}) AND EXISTS ({subquery})", message)
+    for _name, only_when, condition, subquery, message in EVENT_RULES)
 
 CLOSE_MESSAGE = "period_closes: a close is dated after its period ends and not in the future"
 
@@ -73,14 +87,13 @@ def close_misdated(now_us: str) -> str:
 
 
 # (table, name, refused when, message, only when), as in migration 0029.
-EVENT_RULES = (
-    ("revenue_events", "posted_as_named", POSTED_UNLIKE, POSTED_MESSAGE, None),
-    ("revenue_events", "attributed_as_known", UNATTRIBUTED_UNLIKE, UNATTRIBUTED_MESSAGE, A_PAYMENT),
-    ("revenue_events", "attributed_as_paid", FOLLOWS_UNLIKE, FOLLOWS_MESSAGE, AN_UNDOING),
+SQLITE_RULES = (
+    *(("revenue_events", name, f"({condition}) <> EXISTS ({subquery})", message,
+       None if only_when == "true" else only_when)
+      for name, only_when, condition, subquery, message in EVENT_RULES),
+    ("period_closes", "closed_in_time", f"typeof(n.closed_at_us) <> 'integer' OR {close_misdated(_0018.NOW_US_SQLITE)}",
+     CLOSE_MESSAGE, None),
 )
-SQLITE_CLOSE_RULE = ("period_closes", "closed_in_time",
-                     f"typeof(n.closed_at_us) <> 'integer' OR {close_misdated(_0018.NOW_US_SQLITE)}",
-                     CLOSE_MESSAGE, None)
 POSTGRES_CLOSE_RULE = ("period_closes", "closed_in_time", close_misdated(_0018.NOW_US_POSTGRES), CLOSE_MESSAGE, None)
 
 STATEMENT_FUNCTION = "revenue_events_as_posted"
@@ -88,10 +101,10 @@ POSTGRES_STATEMENT_GUARD = f"""
 CREATE FUNCTION {STATEMENT_FUNCTION}() RETURNS trigger LANGUAGE plpgsql {_0029.BY_INDEX}
 SET search_path = public, pg_temp AS $$
 BEGIN
-{"".join(f'''  IF EXISTS (SELECT 1 FROM added n WHERE {only_when or "true"} AND ({refused_when})) THEN
+{"".join(f'''  IF EXISTS (SELECT 1 FROM added n WHERE {refused_when}) THEN
     RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
   END IF;
-''' for _table, _name, refused_when, message, only_when in EVENT_RULES)}  RETURN NULL;
+''' for refused_when, message in POSTGRES_EVENT_CHECKS)}  RETURN NULL;
 END $$;
 
 CREATE TRIGGER trg_{STATEMENT_FUNCTION} AFTER INSERT ON revenue_events
@@ -99,10 +112,10 @@ REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {STATEMENT_FU
 
 
 def statements(engine: str) -> list[str]:
-    for *_, message, _only_when in (*EVENT_RULES, SQLITE_CLOSE_RULE):
+    for _table, _name, _refused_when, message, _only_when in SQLITE_RULES:
         assert "'" not in message, message  # quoted in SQL as it stands
     if engine != "postgresql":
-        return [statement for table, name, refused_when, message, only_when in (*EVENT_RULES, SQLITE_CLOSE_RULE)
+        return [statement for table, name, refused_when, message, only_when in SQLITE_RULES
                 for statement in _0018.sqlite_rule(table, name, refused_when, message, only_when).split(";\n\n")]
     table, name, refused_when, message, only_when = POSTGRES_CLOSE_RULE
     return [*POSTGRES_STATEMENT_GUARD.split(";\n\n"),
@@ -118,7 +131,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     """The guards of this revision only: they hold new rows, and nothing else depends on them."""
     if op.get_bind().dialect.name != "postgresql":
-        for table, name, *_ in (*EVENT_RULES, SQLITE_CLOSE_RULE):
+        for table, name, *_ in SQLITE_RULES:
             op.execute(f"DROP TRIGGER trg_{table}_{name}")
         return
     op.execute(f"DROP TRIGGER trg_{STATEMENT_FUNCTION} ON revenue_events")

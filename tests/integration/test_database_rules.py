@@ -460,12 +460,24 @@ def test_an_event_is_posted_when_a_transaction_names_it_and_only_then(booked):
     billing has not sent yet, made billing's event a replay that posts nothing."""
     attributed(booked, "acme")
     with booked.transaction() as session:
-        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="e1:accrual", event_id="e1")])
-    refused(booked, event("e1", "no_commission"), "an event is posted when a transaction names it, and only then")
-    refused(booked, event("e2", "posted", invoice="i2"), "an event is posted when a transaction names it")
+        journal.post(session, [
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
+                             idempotency_key="e1:accrual", invoice_id="i1", event_id="e1"),
+            # Neither names its event as a commission of its invoice would: an adjustment, and an
+            # accrual of another invoice.
+            journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 1, effective_at_us=5,
+                             idempotency_key="e2:goodwill", partner_id="northwind", memo="goodwill",
+                             invoice_id="i2", event_id="e2"),
+            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
+                             idempotency_key="e3:accrual", invoice_id="i9", event_id="e3")])
+    message = "an event is posted when a commission or clawback of its invoice names it, and only then"
+    refused(booked, event("e1", "no_commission"), message)
+    refused(booked, event("e2", "posted", invoice="i2"), message)
+    refused(booked, event("e3", "posted", invoice="i3"), message)
+    refused(booked, event("e4", "posted", invoice="i4"), message)
     accepted(booked, event("e1", "posted"))
     accepted(booked, event("e2", "no_commission", invoice="i2"))
+    accepted(booked, event("e3", "no_commission", invoice="i3"))
 
 
 def test_a_payment_is_unattributed_when_its_customer_has_no_attribution_and_only_then(database):

@@ -432,3 +432,23 @@ def test_a_page_of_the_books_periods_reads_a_page_of_closes_and_the_ends_of_the_
     assert listed_cheaply(database, None, 10) == months
     assert listed_cheaply(database, "2026-01", 3) == months[1:4]  # across the last close
     assert listed_cheaply(database, "2026-04", 10) == months[4:]  # past every close
+
+
+@pytest.mark.postgres
+def test_the_guard_of_what_an_events_status_says_reads_each_row_by_index(postgres_database):
+    """Migration 0034's six checks over a statement's new events: each a semi- or anti-join by index,
+    not a subplan hashing every attribution, payment or transaction naming an event."""
+    from migrations.earlier import revision
+    checks = [refused_when for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS]
+    with postgres_database.transaction() as session:
+        program.seed(session)
+    statements_to_ingest(postgres_database, paid_batch(40, "warm"))
+    batch = [*paid_batch(20, "mixed"), program.paid("u1", "stranger", "inv-u1", 5_000, "2026-02-01"),
+             program.paid("u1-refund", "stranger", "inv-u1", 1_000, "2026-02-02", "refund"),
+             program.paid("p1-refund", "acme", "mixed-inv-0", 1_000, "2026-03-01", "refund")]
+    plans = plans_while(postgres_database, lambda session: revenue.ingest(session, batch), tuple(checks))
+    assert len(plans) == len(checks), plans
+    for plan in plans:
+        assert not re.search(r"Seq Scan on (?!added)|hashed SubPlan|Hash Cond|Merge Cond", plan), plan
+        assert re.search(r"Index (?:Only )?Scan using \w+ on (?:attributions|revenue_events|journal_transactions)",
+                         plan), plan

@@ -236,6 +236,30 @@ def test_an_event_status_altered_from_what_decided_it_is_named(database, alter, 
     assert found == expected
 
 
+@pytest.mark.parametrize("named_by", ["adjustment", "another invoice's accrual"])
+def test_an_event_saying_posted_that_no_commission_of_its_invoice_names_is_named(booked, named_by):
+    """Only a commission or clawback of the event's invoice makes it `posted` (migration 0034): an
+    adjustment naming it, which the service never writes, does not."""
+    adjustment = named_by == "adjustment"
+    with booked.transaction() as session:
+        program.enrol(session, "northwind")
+        customers.attribute(session, "acme", "northwind", date(1970, 1, 1), "manual")
+        journal.post(session, [journal.transfer(
+            *(("adjustment", chart.EXPENSE_ADJUSTMENT) if adjustment else ("accrual", chart.EXPENSE_COMMISSION)),
+            PENDING, "USD", 1, effective_at_us=1_000, idempotency_key="evt-1:named", partner_id="northwind",
+            memo="goodwill" if adjustment else None, invoice_id="inv-9" if adjustment else "inv-8",
+            event_id="evt-1")])
+    event = RevenueEvent("evt-1", "invoice_paid", "acme", "inv-9", "USD", 10_000, 1_000)
+    with behind_the_triggers(booked) as execute:
+        execute(f"INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
+                f" recorded_at_us, request_hash, status) VALUES ('evt-1', 'invoice_paid', 'acme', 'inv-9', 'USD',"
+                f" 10000, 1000, {journal.now_us()}, '{request_hash(event)}', 'posted')")
+    with booked.reader() as session:
+        found = [(p.code, p.message) for p in verify(session).problems]
+    assert found == [("event_status_unlike_postings",
+                      "revenue event 'evt-1' says posted, but no commission or clawback of its invoice names it")]
+
+
 @pytest.mark.parametrize("first", ["attributed", "paid"])
 def test_statuses_decided_by_servers_whose_clocks_disagree_within_their_bounds_are_not_named(database, skewed_clock,
                                                                                           first):
@@ -367,7 +391,7 @@ def test_a_revenue_event_removed_from_under_its_postings_is_named(booked):
         customers.attribute(session, "acme", "northwind", date(1970, 1, 1), "manual")
         [posted] = journal.post(session, [journal.transfer(
             "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 2_000, effective_at_us=1_000,
-            idempotency_key="evt-1:accrual", event_id="evt-1")])
+            idempotency_key="evt-1:accrual", invoice_id="inv-9", event_id="evt-1")])
     with booked.engine.begin() as connection:
         connection.execute(sa.insert(revenue_events).values(
             **event._asdict(), recorded_at_us=journal.now_us(), request_hash=request_hash(event), status="posted"))
