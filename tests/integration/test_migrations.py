@@ -1,7 +1,9 @@
 """The migrated schema is exactly the metadata in ledger/schema.py, on both engines."""
 
+from datetime import date, timedelta
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -611,6 +613,60 @@ def schema_code_of(database) -> dict[str, str]:
             " array_to_string(p.proconfig, ','), p.prosecdef, p.provolatile, pg_get_userbyid(p.proowner),"
             " array_to_string(p.proacl, ',')) FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace").all()
         return dict(triggers + functions)
+
+
+def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_down_as_0033_had_them(empty_url):
+    """Books at 0033 holding every kind of posting and event status (the demo's year, an unattributed
+    payment and its refund) upgrade to 0034; the service posts on them, each status as 0034 holds
+    it, verify finds nothing wrong, and the revision goes down to 0033's triggers and up again."""
+    from alembic import command
+
+    from ledger import customers, demo, payouts, periods, revenue
+    from ledger.db import Database
+    from ledger.instants import next_period, now_us, period_of
+    from ledger.migrate import alembic_config, upgrade
+    from ledger.schema import revenue_events
+    from ledger.verify import verify
+
+    def paid(event_id: str, customer_id: str, invoice_id: str, kind: str = "invoice_paid"):
+        return revenue.RevenueEvent(event_id, kind, customer_id, invoice_id, "USD", 10_000 if kind == "invoice_paid"
+                                    else 1_000, now_us() - 60_000_000)
+
+    upgrade(empty_url, "0033")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            assert demo.load_demo(session).loaded
+            revenue.ingest(session, [paid("before", "stranger", "inv-before")])
+        at_0033 = schema_code_of(database)
+        upgrade(empty_url)
+        with database.transaction() as session:
+            revenue.ingest(session, [paid("before-refund", "stranger", "inv-before", "refund"),
+                                     paid("after", "cust-001", "inv-after"),
+                                     paid("after-refund", "cust-001", "inv-after", "refund")])
+            # attributed from tomorrow: known, so its next payment is decided, and earns nothing yet
+            customers.attribute(session, "stranger", "northwind", date.today() + timedelta(days=1), "manual")
+            revenue.ingest(session, [paid("later-refund", "stranger", "inv-before", "refund"),
+                                     paid("later", "stranger", "inv-later")])
+            last = periods.latest_close(session).period
+            month = next_period(last)
+            if month < period_of(now_us()):
+                periods.close_period(session, month)
+            payouts.run_payouts(session, now_us())
+        with database.reader() as session:
+            statuses = dict(session.execute(select(revenue_events.c.id, revenue_events.c.status).where(
+                revenue_events.c.id.in_(["before", "before-refund", "after", "after-refund", "later-refund",
+                                         "later"]))).all())
+            report = verify(session)
+        assert statuses.pop("after") == statuses.pop("after-refund")  # a refund claws what its payment posted
+        assert statuses == {"before": "unattributed", "before-refund": "unattributed", "later-refund": "unattributed",
+                            "later": "no_commission"}
+        assert report.ok, report.problems
+        command.downgrade(alembic_config(empty_url), "0033")
+        assert schema_code_of(database) == at_0033
+        upgrade(empty_url)
+    finally:
+        database.dispose()
 
 
 def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_had_them(empty_url):

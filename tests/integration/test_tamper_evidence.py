@@ -203,12 +203,12 @@ HOUR_US = 3_600_000_000
     ("UPDATE revenue_events SET status = 'no_commission' WHERE id = 'u1-refund'",
      {("event_status_unlike_payment", "u1-refund")}),
     # An attribution of the unattributed customer recorded an hour before its payment was.
-    (f"INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
+    ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
      f" SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - {HOUR_US} FROM revenue_events WHERE id = 'u1'",
      {("event_status_unlike_attributions", "u1")}),
     # Recorded within the clock skew of it, the attribution may have come after it: not named.
-    (f"INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
-     f" SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - 60000000 FROM revenue_events WHERE id = 'u1'",
+    ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
+     " SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - 60000000 FROM revenue_events WHERE id = 'u1'",
      set()),
     # The attributed customer's attributions moved to after its payments were recorded.
     (f"UPDATE attributions SET recorded_at_us = recorded_at_us + {HOUR_US} WHERE customer_id = 'acme'",
