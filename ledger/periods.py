@@ -104,14 +104,13 @@ def close_period(session: Session, period: str, *, now_us: int | None = None) ->
 def close_in_transactions(transaction: Callable[[], ContextManager[Session]], period: str
                           ) -> tuple[Close, bool, int]:
     """(the close of `period`, whether it was made before, how many releases were posted first):
-    `close_period` in a `transaction()` of
-    its own, after the releases it posts first (the holds maturing before the period's end), made
-    `holds.HOLDS_PER_TRANSACTION` to a transaction (`holds.release_in_transactions`), as the scheduler's
-    close job makes them: in its one transaction, a close after months of holds held the journal's
-    lock through every release, and every posting waited, or failed past its lock wait. A period
-    closed already is answered with its close, posting nothing, as a payout run made already is
-    with its run: for the command line (an operator, a cron job) it is a state reached, not a
-    failure."""
+    `close_period` in a `transaction()` of its own, after the releases it posts first (the holds
+    maturing before the period's end), made `holds.HOLDS_PER_TRANSACTION` to a transaction
+    (`holds.release_in_transactions`), as the scheduler's close job makes them: in its one
+    transaction, a close after months of holds held the journal's lock through every release, and
+    every posting waited, or failed past its lock wait. A period closed already is answered with its
+    close, posting nothing, as a payout run made already is with its run: for the command line (an
+    operator, a cron job) it is a state reached, not a failure."""
     with transaction() as session:
         made = _made_close(session, period)
         if made is None:

@@ -518,13 +518,12 @@ def verify_event_links(session: Session) -> list[Problem]:
 def verify_event_statuses(session: Session) -> list[Problem]:
     """What each revenue event's status says against the rows it is decided from (migration 0034
     holds it for new rows): `posted` when, and only when, a commission or clawback of its invoice
-    names the event; a payment
-    `unattributed` when, and only when, no attribution of its customer had been recorded when it
-    was (ten minutes of clock skew allowed either way, `RECORDED_SKEW_US`: an attribution recorded
-    within them of the event is not counted against either status); a refund, chargeback or won dispute
-    `unattributed` when, and only when, its invoice's payment is. A row that says `no_commission`
-    with no transaction, for a customer attributed by then, passes: deciding it needs the plans,
-    statuses and windows as they stood."""
+    names the event; a payment `unattributed` when, and only when, no attribution of its customer
+    had been recorded when it was (ten minutes of clock skew allowed either way, `RECORDED_SKEW_US`:
+    an attribution recorded within them of the event is not counted against either status); a
+    refund, chargeback or won dispute `unattributed` when, and only when, its invoice's payment is.
+    A row that says `no_commission` with no transaction, for a customer attributed by then, passes:
+    deciding it needs the plans, statuses and windows as they stood."""
     e, t, a = revenue_events.c, journal_transactions.c, attributions.c
     named = select(t.id).where(t.event_id == e.id, t.invoice_id == e.invoice_id,
                                t.kind.in_(EVENT_POSTING_KINDS)).exists()

@@ -14,8 +14,9 @@ Without them, a role that may write events (the service's own) could insert, for
 billing had not sent yet, a row saying it posted nothing: billing's event was then answered as its
 replay, its commission never posted, and nothing told the row from one the service decided. A row
 saying `no_commission` for an attributed customer with no transaction still passes: deciding that
-needs the plan, the statuses and the windows as they stood (`revshare verify` names the rest of
-what it can, `event_status_unlike_postings`).
+needs the plan, the statuses and the windows as they stood. `revshare verify` checks the same three
+rules on rows written before this revision (`event_status_unlike_postings`,
+`event_status_unlike_attributions`, `event_status_unlike_payment`).
 
 The second rule reads the attributions as they stand when the event is written, as Python does
 under the journal lock; on PostgreSQL a writer of attributions now takes the journal lock too
@@ -31,7 +32,8 @@ Rows already written are left as they are, as in migration 0018.
 SQLite: row triggers after insert (migration 0018's maker): an event row checks the transactions
 naming it, its customer's attributions and its invoice's payment, each by index. PostgreSQL: the
 three event rules in one statement trigger over the statement's new events (a batch's COPY is
-checked once), each lookup by index as in migration 0029; the close rule a row trigger. Every
+checked once), each rule as two checks, a semi-join and an anti-join by index under migration
+0029's settings; the close rule a row trigger. Every
 function runs with `search_path = public, pg_temp`.
 
 Revision ID: 0034
