@@ -75,6 +75,15 @@ def format_instant(instant_us: int | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
+def describe_instant(instant_us) -> str:
+    """An instant as RFC 3339, or as stored when it is no instant the service can write (a row
+    altered past the database's rules, as verify names it)."""
+    try:
+        return format_instant(instant_us)
+    except (TypeError, ValueError, OverflowError):
+        return repr(instant_us)
+
+
 def parse_instant(text: str, *, field: str, rounding: str = ROUND_FLOOR) -> int:
     """An RFC 3339 instant with an offset, as microseconds since the epoch. Fractional digits beyond
     the microsecond are rounded with `rounding`: ROUND_FLOOR (an instant that has happened, as clocks

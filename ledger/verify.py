@@ -61,20 +61,18 @@ from ledger.balances import line_sums
 from ledger.commission import EARNING_KINDS
 from ledger.db import one_snapshot
 from ledger.errors import InvalidInput, invalid
-from ledger.instants import format_instant, parse_period, period_bounds_us
+from ledger.instants import describe_instant as _instant
+from ledger.instants import parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.payouts import REASON_LENGTH_MAX
-from ledger.revenue import CLOCK_SKEW_US, EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
+from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
+from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
                            open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
 
 STREAM_CHUNK_ROWS = 10_000
-# How far apart an attribution's and an event's `recorded_at` may be read for rows written in the
-# other order (`verify_event_statuses`): each is read from the clock of the server that wrote it,
-# and two servers each within `CLOCK_SKEW_US` of the database's clock disagree by up to twice it.
-RECORDED_SKEW_US = 2 * CLOCK_SKEW_US
 SNAPSHOT_ROWS_NAMED = 5  # a snapshot altered in more rows names the first few
 STATEMENT_LINES_NAMED = 5  # stored statement lines differing from the journal: the first few are named
 HOLD_INVOICES_PER_READ = 5_000  # the queued invoices whose pieces are replayed at a time
@@ -173,6 +171,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
     problems.extend(verify_event_statuses(session))
+    problems.extend(Problem(*found) for found in verify_commissions(session))
     problems.extend(verify_holds(session, line_totals, not_pieces))
     problems.extend(verify_bounties(session))
     problems.extend(verify_piece_links(session))
@@ -636,14 +635,6 @@ def _check_close_bounds(close, prev_end: int | None, where: str) -> list[Problem
         return [Problem(None, "close_time_altered", f"{where}: closed at {_instant(close.closed_at_us)}, before the "
                                                     f"period ended at {_instant(close.ends_at_us)}")]
     return []
-
-
-def _instant(instant_us) -> str:
-    """An instant as RFC 3339, or as stored when it is no instant the service can write."""
-    try:
-        return format_instant(instant_us)
-    except (TypeError, ValueError, OverflowError):
-        return repr(instant_us)
 
 
 def verify_statement_lines(session: Session) -> list[Problem]:

@@ -59,8 +59,8 @@ def monthly_events(months: int = 4, customer_ids=("acme", "globex-corp", "initro
 
 def tampered_books(sqlite_database) -> None:
     """Seed a month of books into an SQLite database, then alter a journal line behind its guard (as
-    someone with the file could): verify finds 3 problems (the line's amount, its transaction's
-    balance and its running totals)."""
+    someone with the file could): verify finds 4 problems (the line's amount, its transaction's
+    balance, its running totals, and the accrual against what the program gives)."""
     import sqlite3
 
     with sqlite_database.transaction() as session:
