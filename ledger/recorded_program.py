@@ -213,7 +213,7 @@ def _outcome(payment: Payment, window_start_us: int, earners: tuple[Earner | Non
                                           window_start_us, earner, ancestors, payment.claims_cpa)
     return Outcome(eligible, tuple(sorted((
         Earned(e.partner_id, e.kind, e.amount_minor, payment.currency, e.plan_version_id,
-               matures_at_us(payment.occurred_at_us, e.hold_days)) for e in earnings), key=repr)))
+               matures_at_us(payment.occurred_at_us, e.hold_days)) for e in earnings), key=_order)))
 
 
 def verify_commissions(session: Session) -> list[tuple[int | None, str, str]]:
@@ -279,10 +279,16 @@ def _check_payments(session: Session, program: RecordedProgram, payments: list[P
     for payment in payments:
         held = earned.get(payment.id, [])
         problem = _check_payment(program, payment, attributions.get(payment.customer_id, []),
-                                 tuple(sorted((e for _, e in held), key=repr)), claimed_at.get(payment.customer_id))
+                                 tuple(sorted((e for _, e in held), key=_order)), claimed_at.get(payment.customer_id))
         if problem is not None:
             problems.append((min((tid for tid, _ in held), default=None), *problem))
     return problems
+
+
+def _order(earned: Earned) -> tuple[str, str]:
+    """Earnings by kind (accrual, cpa, override), then the rest of the row: a key that holds for
+    rows altered to values of other types too."""
+    return str(earned.kind), repr(earned)
 
 
 def _check_payment(program: RecordedProgram, payment: Payment, attributions: list[Fact],
