@@ -27,8 +27,8 @@ parse, which is named once on its own.
 from __future__ import annotations
 
 from collections import defaultdict
-from itertools import islice, product
-from typing import Any, Iterable, NamedTuple
+from itertools import product
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from sqlalchemy.orm import Session
 
@@ -119,7 +119,7 @@ class RecordedProgram:
                    ) -> list[Earner | None]:
         """What `Program.earner_at` could have answered a reader at `recorded_at_us`: None for a
         partner terminated, without a status or without a plan version at the instant. An Earner
-        on a version whose terms do not parse raises `_Unreadable`."""
+        on a version whose terms do not parse raises `Unchecked`."""
         found: dict[Any, Earner | None] = {}
         for status in facts_at(self.statuses.get(partner_id, []), instant_us, recorded_at_us, skew_us):
             if status is None or status.value == "terminated":
@@ -131,14 +131,15 @@ class RecordedProgram:
                     if version is None:
                         found[None] = None
                     elif version.value is None:
-                        raise _Unreadable(version.id)
+                        raise Unchecked(f"plan version id {version.id}: its terms do not parse")
                     else:
                         found[version.id] = Earner(partner_id, version.id, version.value)
         return list(found.values())
 
 
-class _Unreadable(Exception):
-    """A plan version whose terms do not parse: what it gives cannot be re-derived."""
+class Unchecked(Exception):
+    """What a payment earned cannot be re-derived: its plan version's terms do not parse, or the
+    facts recorded within the skew of it give too many outcomes."""
 
 
 def _facts(rows: Iterable[tuple]) -> dict[str, list[Fact]]:
@@ -184,25 +185,24 @@ class Outcome(NamedTuple):
 
 
 def outcomes(program: RecordedProgram, payment: Payment, attributions: list[Fact],
-             skew_us: int = RECORDED_SKEW_US) -> list[Outcome] | None:
-    """Every outcome `revenue._Writer._paid` could have reached for the payment, given what it
-    could have seen; None when there are more than `OUTCOMES_MAX` or a plan's terms do not parse."""
-    found: list[Outcome] = []
-    for attribution in facts_at(attributions, payment.occurred_at_us, payment.recorded_at_us, skew_us):
+             skew_us: int = RECORDED_SKEW_US) -> Iterator[Outcome]:
+    """Each outcome `revenue._Writer._paid` could have reached for the payment, given what it could
+    have seen, the one of every fact recorded by then first (the likeliest: it is the only one when
+    no fact was recorded within `skew_us` of the payment). Raises `Unchecked` past `OUTCOMES_MAX`
+    outcomes, or on a plan version whose terms do not parse."""
+    count = 0
+    for attribution in reversed(facts_at(attributions, payment.occurred_at_us, payment.recorded_at_us, skew_us)):
         if attribution is None:
-            found.append(Outcome(False, ()))
+            yield Outcome(False, ())
             continue
         chain = [attribution.value, *program.ancestors(attribution.value)]
-        try:
-            choices = [program.earners_at(partner_id, payment.occurred_at_us, payment.recorded_at_us, skew_us)
-                       for partner_id in chain]
-        except _Unreadable:
-            return None
-        found += [_outcome(payment, attribution.starts_us, earners)
-                  for earners in islice(product(*choices), OUTCOMES_MAX + 1 - len(found))]
-        if len(found) > OUTCOMES_MAX:
-            return None
-    return found
+        choices = [program.earners_at(partner_id, payment.occurred_at_us, payment.recorded_at_us, skew_us)[::-1]
+                   for partner_id in chain]
+        for earners in product(*choices):
+            count += 1
+            if count > OUTCOMES_MAX:
+                raise Unchecked(f"more than {OUTCOMES_MAX} outcomes")
+            yield _outcome(payment, attribution.starts_us, earners)
 
 
 def _outcome(payment: Payment, window_start_us: int, earners: tuple[Earner | None, ...]) -> Outcome:
@@ -286,25 +286,27 @@ def _check_payments(session: Session, program: RecordedProgram, payments: list[P
 
 
 def _order(earned: Earned) -> tuple[str, str]:
-    """Earnings by kind (accrual, cpa, override), then the rest of the row: a key that holds for
-    rows altered to values of other types too."""
-    return str(earned.kind), repr(earned)
+    """Earnings by kind (accrual, cpa, override), then partner: the journal holds one of each pair for
+    a payment, and the program gives one (`str`: a key that holds for rows altered to other types)."""
+    return str(earned.kind), str(earned.partner_id)
 
 
 def _check_payment(program: RecordedProgram, payment: Payment, attributions: list[Fact],
                    held: tuple[Earned, ...], claimed_at_us: int | None) -> tuple[str, str] | None:
     """(code, message) when no outcome the payment could have reached is what the journal holds."""
-    found = outcomes(program, payment, attributions)
-    if found is None:
+    earned_alike = False
+    try:
+        for outcome in outcomes(program, payment, attributions):
+            if outcome.earned == held:
+                if _claim_fits(outcome, payment, claimed_at_us):
+                    return None
+                earned_alike = True
+    except Unchecked:
         return None
-    same = [outcome for outcome in found if outcome.earned == held]
-    if not same:
-        expected = outcomes(program, payment, attributions, skew_us=0)
-        gives = _describe(expected[-1].earned) if expected else "more outcomes than are tried"
+    if not earned_alike:
+        expected = next(outcomes(program, payment, attributions, skew_us=0))
         return ("commission_unlike_program", f"revenue event {payment.id!r}: the journal holds {_describe(held)}, "
-                                             f"but the program as recorded by then gives {gives}")
-    if any(_claim_fits(outcome, payment, claimed_at_us) for outcome in same):
-        return None
+                                             f"but the program as recorded by then gives {_describe(expected.earned)}")
     if payment.claims_cpa:
         return ("cpa_claim_unlike_program", f"revenue event {payment.id!r} claims its customer's CPA, but it is "
                                             "outside the attribution window as the program was recorded by then")

@@ -16,7 +16,9 @@ back in time lets a run before it pay the same balances again); each revenue eve
 against its request hash (`verify_events`: an altered amount would change what a later refund
 claws back), every event a transaction names still stored (`verify_event_links`), and what each
 event's status says against the transactions naming it, its customer's attributions and its
-payment (`verify_event_statuses`, migration 0034's rules on rows written before it). The rules migration 0018
+payment (`verify_event_statuses`, migration 0034's rules on rows written before it), and each
+payment's earnings and CPA claim against what the program, as recorded when the payment was, gives
+(`ledger.recorded_program.verify_commissions`). The rules migration 0018
 makes the database hold for new rows are checked on every row: a reversal names what it reverses,
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a

@@ -3,12 +3,13 @@ instant could have found in force, and the outcomes a payment could have reached
 
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import recorded_program
 from ledger.partners import _Timeline
-from ledger.recorded_program import RECORDED_SKEW_US, Fact, Payment, RecordedProgram, facts_at, outcomes
+from ledger.recorded_program import RECORDED_SKEW_US, Fact, Payment, RecordedProgram, Unchecked, facts_at, outcomes
 from ledger.terms import RateStep, parse_terms
 
 LONG_BEFORE = 0
@@ -33,7 +34,7 @@ def test_facts_recorded_within_the_skew_give_one_answer_for_each_prefix_in_id_or
              Fact(4, 500, "d", WITHIN)]  # 3 starts before 2 does: once 2 is seen, 3 changes nothing
     assert facts_at(facts, 200, R) == [facts[0], facts[1]]
     assert facts_at(facts, 600, R) == [facts[0], facts[1], facts[3]]
-    assert facts_at(facts, 200, R, skew_us=0) == [facts[1]]  # with no skew, recorded before the reader is seen
+    assert facts_at(facts, 200, R, skew_us=0) == [facts[1]]  # no skew: recorded before the reader is seen
 
 
 @given(st.lists(st.tuples(st.integers(0, 20), st.sampled_from("abc")), max_size=8), st.integers(-1, 21))
@@ -64,22 +65,32 @@ PAYMENT = Payment("e1", "acme", "USD", 10_000, 100, R, False)
 ATTRIBUTED = [Fact(1, 0, "northwind", LONG_BEFORE)]
 
 
-def test_a_plan_version_recorded_within_the_skew_gives_both_outcomes():
-    found = outcomes(a_program(WITHIN), PAYMENT, ATTRIBUTED)
-    assert [[(e.amount_minor, e.plan_version_id) for e in outcome.earned] for outcome in found] == [
-        [(2_000, 1)], [(5_000, 2)]]
-    assert [[e.amount_minor for e in o.earned] for o in outcomes(a_program(LONG_BEFORE), PAYMENT, ATTRIBUTED)] == [
-        [5_000]]
-    assert [[e.amount_minor for e in o.earned] for o in outcomes(a_program(R + 2 * RECORDED_SKEW_US), PAYMENT,
-                                                                 ATTRIBUTED)] == [[2_000]]
+def amounts(program: RecordedProgram, attributions: list[Fact] = ATTRIBUTED) -> list[list[tuple[int, int]]]:
+    """(amount, plan version id) of each earning of each outcome, in the order they are tried."""
+    return [[(e.amount_minor, e.plan_version_id) for e in outcome.earned]
+            for outcome in outcomes(program, PAYMENT, attributions)]
+
+
+def test_a_plan_version_recorded_within_the_skew_gives_both_outcomes_the_one_of_every_fact_first():
+    assert amounts(a_program(WITHIN)) == [[(5_000, 2)], [(2_000, 1)]]
+    assert amounts(a_program(LONG_BEFORE)) == [[(5_000, 2)]]
+    assert amounts(a_program(R + 2 * RECORDED_SKEW_US)) == [[(2_000, 1)]]
 
 
 def test_an_attribution_recorded_within_the_skew_may_not_have_been_seen():
     found = outcomes(a_program(LONG_BEFORE), PAYMENT, [Fact(1, 0, "northwind", WITHIN)])
-    assert [(o.eligible, len(o.earned)) for o in found] == [(False, 0), (True, 1)]
+    assert [(o.eligible, len(o.earned)) for o in found] == [(True, 1), (False, 0)]
 
 
 def test_a_payment_whose_uncertain_facts_give_too_many_outcomes_goes_unchecked(monkeypatch):
     monkeypatch.setattr(recorded_program, "OUTCOMES_MAX", 1)
-    assert outcomes(a_program(WITHIN), PAYMENT, ATTRIBUTED) is None
-    assert outcomes(a_program(LONG_BEFORE), PAYMENT, ATTRIBUTED) is not None
+    with pytest.raises(Unchecked):
+        amounts(a_program(WITHIN))
+    assert amounts(a_program(LONG_BEFORE)) == [[(5_000, 2)]]
+
+
+def test_a_plan_version_whose_terms_do_not_parse_leaves_the_payments_on_it_unchecked():
+    unreadable = a_program(LONG_BEFORE)
+    unreadable.versions["standard"][1] = unreadable.versions["standard"][1]._replace(value=None)
+    with pytest.raises(Unchecked):
+        amounts(unreadable)
