@@ -58,24 +58,24 @@ def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[
     return dict(_replay(session, invoice_ids).by_invoice)
 
 
-def _replay(session: Session, invoice_ids: Iterable[str]) -> "_PieceReplay":
+def _replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
     """The invoices' partner-account lines, folded in sequence order."""
-    replay = _PieceReplay()
+    replay = PieceReplay()
     for condition, params in in_lists(session, "t.invoice_id", sorted(set(invoice_ids))):
-        for row in driver_rows(session, f"{_PIECE_LINES} WHERE {condition} AND a.partner_id IS NOT NULL"
+        for row in driver_rows(session, f"{PIECE_LINES} WHERE {condition} AND a.partner_id IS NOT NULL"
                                         " ORDER BY t.id, j.id", params):
             replay.apply(row)
     return replay
 
 
-# The partner-account lines of an invoice's transactions, in the column order `_PieceReplay.apply` unpacks.
-_PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.event_id, t.accrual_id,"
+# The partner-account lines of an invoice's transactions, in the column order `PieceReplay.apply` unpacks.
+PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.event_id, t.accrual_id,"
                 " t.reverses_id, t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor,"
                 " a.name FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
                 " JOIN accounts a ON a.id = j.account_id")
 
 
-class _PieceReplay:
+class PieceReplay:
     """Folds the partner-account lines of the journal, in sequence order, into pieces.
 
     An effect is (piece id, pending delta, clawed delta, released flag); a reversal of a clawback
@@ -90,7 +90,7 @@ class _PieceReplay:
         self.by_invoice: dict[str, list[Piece]] = defaultdict(list)
 
     def apply(self, row: tuple) -> None:
-        """One row of `_PIECE_LINES`."""
+        """One row of `PIECE_LINES`."""
         (transaction_id, kind, partner_id, customer_id, invoice_id, event_id, accrual_id, reverses_id, matures_at_us,
          plan_version_id, effective_at_us, currency, amount_minor, account_name) = row
         on_pending = account_name.endswith(":pending")
