@@ -76,13 +76,13 @@ class Posting(NamedTuple):
 
 def verify_clawbacks(session: Session) -> list[tuple[int | None, str, str]]:
     """(first transaction or None, `clawback_unlike_rules`, message) of each refund, chargeback or
-    won dispute of a paid invoice that posted commissions whose postings are not what the rules give
-    (module docstring)."""
+    won dispute, of an invoice whose payment posted commissions, whose postings are not what the
+    rules give (module docstring)."""
     problems: list[tuple[int | None, str, str]] = []
     after = ""
     while True:
         invoice_ids = [invoice_id for (invoice_id,) in driver_rows(
-            session, "SELECT invoice_id FROM revenue_events WHERE type = 'invoice_paid' AND status = 'posted'"
+            session, "SELECT DISTINCT invoice_id FROM revenue_events WHERE type <> 'invoice_paid'"
                      f" AND invoice_id > ? ORDER BY invoice_id LIMIT {INVOICES_PER_READ}", (after,))]
         if not invoice_ids:
             return problems
@@ -95,15 +95,15 @@ def _check_invoices(session: Session, invoice_ids: list[str]) -> list[tuple[int 
     events: dict[str, list[Event]] = defaultdict(list)
     postings: dict[str, list[Posting]] = defaultdict(list)
     for condition, params in in_lists(session, "invoice_id", invoice_ids):
-        for invoice_id, event_id, type_, amount_minor, recorded_us in driver_rows(
-                session, "SELECT invoice_id, id, type, amount_minor, recorded_at_us FROM revenue_events"
+        for invoice_id, event_id, type_, amount_minor, recorded_us, status in driver_rows(
+                session, "SELECT invoice_id, id, type, amount_minor, recorded_at_us, status FROM revenue_events"
                          f" WHERE {condition}", params):
-            if type_ == "invoice_paid":
-                paid[invoice_id] = amount_minor
-            else:
+            if type_ != "invoice_paid":
                 events[invoice_id].append(Event(event_id, type_, amount_minor, recorded_us))
+            elif status == "posted":  # the others have no pieces, and their events post nothing (migration 0034)
+                paid[invoice_id] = amount_minor
     lines = PIECE_LINES.replace("SELECT ", "SELECT t.recorded_at_us, ", 1)
-    undone = sorted(events)
+    undone = sorted(set(events) & set(paid))
     for condition, params in in_lists(session, "t.invoice_id", undone):
         for recorded_us, *row in driver_rows(session, f"{lines} WHERE {condition} AND a.partner_id IS NOT NULL"
                                                       " ORDER BY t.id, j.id", params):

@@ -295,3 +295,49 @@ def test_payments_of_a_history_recorded_step_by_step_verify_clean_whatever_was_d
         assert report.problems == []
     finally:
         database.dispose()
+
+
+def test_a_refund_row_saying_it_took_nothing_from_an_invoice_that_earned_is_named(decided, skewed_clock):
+    """The same forgery for a refund: for an id billing has not sent yet, a row saying
+    `no_commission`, so that billing's refund is answered as its replay and the partners keep what
+    it should take back (`ledger/clawbacks_rederived.py`)."""
+    refund = program.paid("r1", "acme", "inv-1", 10_000, "2026-01-20", "refund")
+    forge_payment(decided, refund, "no_commission")
+    assert found(decided) == {("clawback_unlike_rules", "r1")}
+    [message] = messages(decided)
+    assert message == ("revenue event 'r1' (refund): its postings take nothing of its invoice's commissions, but "
+                       "the rules take 2000 minor units of piece 1, 200 minor units of piece 2 of them as they stood")
+    [outcome] = revenue_ingest(decided, refund)
+    assert outcome.replayed and outcome.status == "no_commission"
+
+
+def test_refunds_chargebacks_and_won_disputes_posted_by_the_service_verify_clean_and_an_altered_one_is_named(
+        decided, skewed_clock):
+    skewed_clock.offset_us = -90 * MINUTE_US  # between e1 and the changes dated back
+    revenue_ingest(decided, program.paid("r1", "acme", "inv-1", 10_000, "2026-01-20", "refund"))
+    skewed_clock.offset_us = 0
+    revenue_ingest(decided, program.paid("c1", "acme", "inv-1", 40_000, "2026-01-21", "chargeback"),
+                   program.paid("w1", "acme", "inv-1", 40_000, "2026-01-25", "chargeback_reversed"),
+                   program.paid("r2", "acme", "inv-2", 50_000, "2026-01-26", "refund"))
+    with decided.reader() as session:
+        clawed = session.execute(sa.text("SELECT t.accrual_id, l.amount_minor FROM journal_transactions t JOIN"
+                                         " journal_lines l ON l.transaction_id = t.id AND l.side = 'C'"
+                                         " WHERE t.event_id = 'r1' ORDER BY t.accrual_id")).all()
+    assert [tuple(row) for row in clawed] == [(1, 2_000), (2, 200)]  # a fifth of e1's accrual and override
+    assert found(decided) == set()
+    with decided.reader() as session:
+        restored = session.execute(sa.text("SELECT min(id) FROM journal_transactions WHERE event_id = 'w1'"
+                                           " AND kind = 'accrual'")).scalar_one()
+    with behind_the_triggers(decided) as execute:
+        execute(f"UPDATE journal_lines SET amount_minor = amount_minor - 1 WHERE transaction_id = {restored}")
+    assert ("clawback_unlike_rules", "w1") in found(decided)
+
+
+def test_a_won_dispute_row_saying_it_restored_nothing_is_named(decided, skewed_clock):
+    skewed_clock.offset_us = -90 * MINUTE_US
+    revenue_ingest(decided, program.paid("c1", "acme", "inv-1", 50_000, "2026-01-21", "chargeback"))
+    skewed_clock.offset_us = 0
+    forge_payment(decided, program.paid("w1", "acme", "inv-1", 50_000, "2026-01-25", "chargeback_reversed"),
+                  "no_commission")
+    assert found(decided) == {("clawback_unlike_rules", "w1")}
+    assert "the rules restore 10000 minor units of piece 1, 1000 minor units of piece 2" in messages(decided)[0]
