@@ -134,7 +134,10 @@ def _check_event(event: Event, events: list[Event], paid_minor: int, postings: l
     for count in range(len(uncertain) + 1):
         for seen in combinations(uncertain, count):
             refunded_minor = sum(e.refunded_minor for e in (*certain, *seen))
-            expected = _expected(event, pieces, paid_minor, refunded_minor)
+            try:
+                expected = _expected(event, pieces, paid_minor, refunded_minor)
+            except AssertionError:  # the rules' own assertions, on pieces altered past the database's
+                return None         # rules: what stands against them is named by verify_pieces_within
             if expected is None or expected == held:
                 return None
     assert expected is not None
@@ -221,4 +224,5 @@ def _by_root(amounts) -> dict[int, int]:
 def _describe(amounts: dict[int, int]) -> str:
     if not amounts:
         return "nothing"
-    return ", ".join(f"{amount} minor units of piece {root_id}" for root_id, amount in sorted(amounts.items()))
+    return ", ".join(f"{amount} minor units of piece {root_id}"
+                     for root_id, amount in sorted(amounts.items(), key=lambda item: str(item[0])))

@@ -18,7 +18,9 @@ claws back), every event a transaction names still stored (`verify_event_links`)
 event's status says against the transactions naming it, its customer's attributions and its
 payment (`verify_event_statuses`, migration 0034's rules on rows written before it), and each
 payment's earnings and CPA claim against what the program, as recorded when the payment was, gives
-(`ledger.recorded_program.verify_commissions`). The rules migration 0018
+(`ledger.recorded_program.verify_commissions`), and each refund's, chargeback's and won dispute's
+clawbacks or reinstatements against what the rules take from, or restore to, its invoice's pieces as
+they stood (`ledger.clawbacks_rederived.verify_clawbacks`). The rules migration 0018
 makes the database hold for new rows are checked on every row: a reversal names what it reverses,
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
