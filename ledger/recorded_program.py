@@ -187,9 +187,10 @@ class Outcome(NamedTuple):
 def outcomes(program: RecordedProgram, payment: Payment, attributions: list[Fact],
              skew_us: int = RECORDED_SKEW_US) -> Iterator[Outcome]:
     """Each outcome `revenue._Writer._paid` could have reached for the payment, given what it could
-    have seen, the one of every fact recorded by then first (the likeliest: it is the only one when
-    no fact was recorded within `skew_us` of the payment). Raises `Unchecked` past `OUTCOMES_MAX`
-    outcomes, or on a plan version whose terms do not parse."""
+    have seen: first the one with every fact recorded within `skew_us` of it seen (when none was,
+    the only one; when the program was set up just before a load, the one that happened), then
+    those with fewer. Raises `Unchecked` past `OUTCOMES_MAX` outcomes, or on a plan version whose
+    terms do not parse."""
     count = 0
     for attribution in reversed(facts_at(attributions, payment.occurred_at_us, payment.recorded_at_us, skew_us)):
         if attribution is None:
