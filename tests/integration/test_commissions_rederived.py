@@ -228,24 +228,30 @@ def test_a_plan_version_whose_terms_do_not_parse_is_named_once(decided):
 
 # Random histories whose every step is recorded eleven minutes after the one before (beyond the
 # skew: each payment saw exactly the facts recorded before it), with program changes dated back
-# before payments already made: verify, re-deriving every payment from the program as recorded by
-# then, finds nothing. Were it to read the program as it stands now, it would name each payment a
-# change dated back before it was made after it.
+# before payments already made, and refunds, chargebacks and won disputes (two of an invoice in one
+# batch at times): verify, re-deriving every payment from the program as recorded by then and every
+# undoing from its invoice's pieces as they stood, finds nothing. Were it to read the program as it
+# stands now, it would name each payment a change dated back before it was made after it.
 STEP_US = 11 * MINUTE_US
 PARTNERS = ("globex", "northwind", "initech")
 CUSTOMERS = ("acme", "globex-corp", "initrode")
 days = st.integers(0, 180)
 history_steps = st.lists(st.one_of(
-    st.tuples(st.just("pay"), st.sampled_from(CUSTOMERS), st.integers(1, 100_000), days),
+    st.tuples(st.just("pay"), st.sampled_from(CUSTOMERS), st.integers(1_000, 100_000), days),
     st.tuples(st.just("version"), st.sampled_from(("standard", "bounty")), st.sampled_from(("0.05", "0.35")), days),
     st.tuples(st.just("status"), st.sampled_from(PARTNERS), st.sampled_from(("suspended", "active", "terminated")),
               days),
     st.tuples(st.just("plan"), st.sampled_from(PARTNERS[1:]), st.sampled_from(("standard", "bounty")), days),
     st.tuples(st.just("attribute"), st.sampled_from(CUSTOMERS), st.sampled_from(PARTNERS), days),
+    # Refunds, chargebacks and won disputes of the n-th payment so far: one, or two in one batch.
+    st.tuples(st.just("undo"), st.integers(0, 23), st.lists(st.tuples(
+        st.sampled_from(("refund", "chargeback", "chargeback_reversed")), st.integers(1, 100), st.integers(0, 40)),
+        min_size=1, max_size=2), st.just(0)),
 ), min_size=1, max_size=24)
 
 
-def history_step(session, step, index: int) -> None:
+def history_step(session, step, index: int, paid: list[RevenueEvent]) -> None:
+    """Apply one step; `paid` collects the payments made, for later steps to undo."""
     from ledger import customers
     from ledger.errors import DomainError
     from ledger.instants import from_us
@@ -254,8 +260,15 @@ def history_step(session, step, index: int) -> None:
     instant_us = program.at("2026-01-01") + day * 86_400_000_000
     try:
         if kind == "pay":
-            revenue.ingest(session, [revenue.RevenueEvent(f"e{index}", "invoice_paid", subject, f"inv-{index}", "USD",
-                                                          value, instant_us)])
+            payment = revenue.RevenueEvent(f"e{index}", "invoice_paid", subject, f"inv-{index}", "USD", value, instant_us)
+            paid += [payment] if isinstance(revenue.ingest(session, [payment])[0], revenue.Outcome) else []
+        elif kind == "undo":
+            if paid:
+                payment = paid[subject % len(paid)]
+                revenue.ingest(session, [revenue.RevenueEvent(
+                    f"u{index}-{n}", type_, payment.customer_id, payment.invoice_id, "USD",
+                    max(1, payment.amount_minor * percent // 100), payment.occurred_at_us + days_after * 86_400_000_000)
+                    for n, (type_, percent, days_after) in enumerate(value)])  # each refused or applied on its own
         elif kind == "version":
             plans.add_version(session, subject, {**(WITH_CPA if subject == "bounty" else program.PLAN),
                                                  "rates": [{"from_month": 1, "rate": value}]}, instant_us)
@@ -271,7 +284,7 @@ def history_step(session, step, index: int) -> None:
 
 @database_property(25)
 @given(steps=history_steps)
-def test_payments_of_a_history_recorded_step_by_step_verify_clean_whatever_was_dated_back(
+def test_events_of_a_history_recorded_step_by_step_verify_clean_whatever_was_dated_back(
         steps, sqlite_template, tmp_path_factory):
     from ledger import instants
     from tests.conftest import SkewedClock
@@ -286,10 +299,11 @@ def test_payments_of_a_history_recorded_step_by_step_verify_clean_whatever_was_d
                 program.seed(session)
                 plans.create_plan(session, "bounty", "Bounty", WITH_CPA)
                 partners.create_partner(session, "initech", "Initech", "referral", "bounty", "globex")
+            paid: list[RevenueEvent] = []
             for index, step in enumerate(steps):
                 clock.offset_us += STEP_US
                 with database.transaction() as session:
-                    history_step(session, step, index)
+                    history_step(session, step, index, paid)
         with database.reader() as session:
             report = verify(session)
         assert report.problems == []
