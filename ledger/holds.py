@@ -70,9 +70,9 @@ def _replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
 
 # The partner-account lines of an invoice's transactions, in the column order `PieceReplay.apply` unpacks.
 PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.event_id, t.accrual_id,"
-                " t.reverses_id, t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor,"
-                " a.name FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
-                " JOIN accounts a ON a.id = j.account_id")
+               " t.reverses_id, t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor,"
+               " a.name FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
+               " JOIN accounts a ON a.id = j.account_id")
 
 
 class PieceReplay:

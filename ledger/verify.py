@@ -62,6 +62,7 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import holds, statement_lines
 from ledger.balances import line_sums
+from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.commission import EARNING_KINDS
 from ledger.db import one_snapshot
 from ledger.errors import InvalidInput, invalid
@@ -70,7 +71,6 @@ from ledger.instants import parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.payouts import REASON_LENGTH_MAX
-from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
