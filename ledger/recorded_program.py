@@ -21,7 +21,9 @@ each lookup takes every prefix in id order (each table's ids follow the order it
 written), and a payment passes when one of the outcomes they give is what the journal holds. A
 payment whose lookups give more than `OUTCOMES_MAX` outcomes together passes unchecked (it would
 take many program changes within minutes of it); so does one whose plan version's terms do not
-parse, which is named once on its own.
+parse, which is named once on its own. A fact's `recorded_at` is read before its transaction
+commits: one left open longer than the skew while payments committed (no request, job or command
+of the service's holds a program change open that long) would be read as seen by them.
 """
 
 from __future__ import annotations
