@@ -104,22 +104,21 @@ def test_a_change_recorded_within_the_clock_skew_of_a_payment_may_have_applied_t
         assert (("commission_unlike_program", "e1") in found(database)) is named, (accrual, override)
 
 
-def forge_payment(database, event: RevenueEvent, status: str, claims: str | None = None) -> None:
+def forge_event(database, event: RevenueEvent, status: str) -> None:
     """A revenue_events row as a role that may write events could insert it, through the
     database's rules (migration 0034 lets a `no_commission` row of an attributed customer through)."""
     with database.engine.begin() as connection:
         connection.execute(sa.text(
             "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
             " recorded_at_us, request_hash, status, first_eligible_customer_id) VALUES (:id, :type, :customer_id,"
-            " :invoice_id, :currency, :amount_minor, :occurred_at_us, :recorded, :hash, :status, :claims)"),
-            {**event._asdict(), "recorded": journal.now_us(), "hash": request_hash(event), "status": status,
-             "claims": claims})
+            " :invoice_id, :currency, :amount_minor, :occurred_at_us, :recorded, :hash, :status, NULL)"),
+            {**event._asdict(), "recorded": journal.now_us(), "hash": request_hash(event), "status": status})
 
 
 def test_a_payment_row_saying_it_earned_nothing_for_an_earning_partner_is_named(decided):
     """The forgery migration 0034 cannot refuse: for an id billing has not sent yet, a row saying
     `no_commission`, so that billing's event is answered as its replay and posts nothing."""
-    forge_payment(decided, program.paid("e3", "acme", "inv-3", 10_000, "2026-01-12"), "no_commission")
+    forge_event(decided, program.paid("e3", "acme", "inv-3", 10_000, "2026-01-12"), "no_commission")
     assert found(decided) == {("commission_unlike_program", "e3")}
     [message] = messages(decided)
     assert message == ("revenue event 'e3': the journal holds no earnings, but the program as recorded by then gives "
@@ -164,8 +163,8 @@ def test_an_earning_of_a_payment_removed_behind_the_triggers_is_named(decided):
 
 @pytest.fixture
 def claimed(database, skewed_clock):
-    """acme on a plan with a 40.00 CPA from 2026-01-01: n1 before the window (no commission), e1 in it
-    two hours ago (its CPA), e2 in it now."""
+    """northwind on a plan with a 40.00 CPA; acme attributed to it from 2026-01-01: n1 before the
+    window (no commission), e1 in it two hours ago (its CPA), e2 in it now."""
     skewed_clock.offset_us = -3 * HOUR_US
     with database.transaction() as session:
         program.seed(session)
@@ -316,7 +315,7 @@ def test_a_refund_row_saying_it_took_nothing_from_an_invoice_that_earned_is_name
     `no_commission`, so that billing's refund is answered as its replay and the partners keep what
     it should take back (`ledger/clawbacks_rederived.py`)."""
     refund = program.paid("r1", "acme", "inv-1", 10_000, "2026-01-20", "refund")
-    forge_payment(decided, refund, "no_commission")
+    forge_event(decided, refund, "no_commission")
     assert found(decided) == {("clawback_unlike_rules", "r1")}
     [message] = messages(decided)
     assert message == ("revenue event 'r1' (refund): its postings take nothing of its invoice's commissions, but "
@@ -351,7 +350,7 @@ def test_a_won_dispute_row_saying_it_restored_nothing_is_named(decided, skewed_c
     skewed_clock.offset_us = -90 * MINUTE_US
     revenue_ingest(decided, program.paid("c1", "acme", "inv-1", 50_000, "2026-01-21", "chargeback"))
     skewed_clock.offset_us = 0
-    forge_payment(decided, program.paid("w1", "acme", "inv-1", 50_000, "2026-01-25", "chargeback_reversed"),
+    forge_event(decided, program.paid("w1", "acme", "inv-1", 50_000, "2026-01-25", "chargeback_reversed"),
                   "no_commission")
     assert found(decided) == {("clawback_unlike_rules", "w1")}
     assert "the rules restore 10000 minor units of piece 1, 1000 minor units of piece 2" in messages(decided)[0]
