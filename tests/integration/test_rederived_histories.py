@@ -8,7 +8,7 @@ of skew verify allows), so that every re-derivation takes its exact path."""
 
 import pytest
 
-from ledger import holds, periods, reversals
+from ledger import periods, reversals
 from ledger.verify import verify
 from tests.scenarios.books import Books, at
 
