@@ -110,24 +110,48 @@ def _check_invoices(session: Session, invoice_ids: list[str]) -> list[tuple[int 
             postings[row[4]].append(Posting(recorded_us, tuple(row)))
     problems = []
     for invoice_id in undone:
-        for event in events[invoice_id]:
-            problem = _check_event(event, events[invoice_id], paid[invoice_id], postings[invoice_id])
+        invoice = _Invoice.of(paid[invoice_id], events[invoice_id], postings[invoice_id])
+        for event in invoice.events:
+            problem = _check_event(event, invoice)
             if problem is not None:
                 problems.append(problem)
     return problems
 
 
-def _check_event(event: Event, events: list[Event], paid_minor: int, postings: list[Posting]
-                 ) -> tuple[int | None, str, str] | None:
-    own = [p for p in postings if p.event_id == event.id and (p.kind == "clawback" or p.kind in EARNING_KINDS)]
-    placed = _place(event, own, postings)
+class _Invoice(NamedTuple):
+    """An invoice's events undoing its payment and its journal, with what each event posted itself
+    (its clawbacks or reinstatements, in journal order) and each piece's root, read once."""
+
+    paid_minor: int
+    events: list[Event]
+    postings: list[Posting]
+    own: dict[str, list[Posting]]
+    roots: dict[int, int]
+
+    @classmethod
+    def of(cls, paid_minor: int, events: list[Event], postings: list[Posting]) -> "_Invoice":
+        own: dict[str, list[Posting]] = defaultdict(list)
+        for posting in postings:
+            if posting.event_id is not None and (posting.kind == "clawback" or posting.kind in EARNING_KINDS):
+                own[posting.event_id].append(posting)
+        roots = {piece.id: piece.root_id for piece in _pieces(postings, len(postings))}
+        return cls(paid_minor, events, postings, dict(own), roots)
+
+    def first_posted(self, event_id: str) -> int | None:
+        """The first transaction the event posted itself, if any."""
+        own = self.own.get(event_id)
+        return own[0].transaction_id if own else None
+
+
+def _check_event(event: Event, invoice: _Invoice) -> tuple[int | None, str, str] | None:
+    own = invoice.own.get(event.id, [])
+    placed = _place(event, own, invoice.postings)
     if placed is None:
         return None
     before, first_own = placed
-    pieces = _pieces(postings, before)
-    roots = {piece.id: piece.root_id for piece in _pieces(postings, len(postings))}
-    held = _held(own, roots)
-    certain, uncertain = _earlier(event, events, own, postings)
+    pieces = _pieces(invoice.postings, before)
+    held = _held(own, invoice.roots)
+    certain, uncertain = _earlier(event, invoice)
     if len(uncertain) > UNCERTAIN_EVENTS_MAX:
         return None
     expected = None
@@ -135,7 +159,7 @@ def _check_event(event: Event, events: list[Event], paid_minor: int, postings: l
         for seen in combinations(uncertain, count):
             refunded_minor = sum(e.refunded_minor for e in (*certain, *seen))
             try:
-                expected = _expected(event, pieces, paid_minor, refunded_minor)
+                expected = _expected(event, pieces, invoice.paid_minor, refunded_minor)
             except AssertionError:  # the rules' own assertions, on pieces altered past the database's
                 return None         # rules: what stands against them is named by verify_pieces_within
             if expected is None or expected == held:
@@ -151,7 +175,7 @@ def _place(event: Event, own: list[Posting], postings: list[Posting]) -> tuple[i
     """(how many of the postings came before the event, its first transaction), or None when a
     posting that changes the pieces was recorded within the skew of an event that posted nothing."""
     if own:
-        first = min(p.transaction_id for p in own)
+        first = own[0].transaction_id  # in journal order
         return sum(1 for p in postings if p.transaction_id < first), first
     low, high = event.recorded_at_us - RECORDED_SKEW_US, event.recorded_at_us + RECORDED_SKEW_US
     changes = [p for p in postings if p.kind in _PIECE_CHANGES]
@@ -169,19 +193,14 @@ def _pieces(postings: list[Posting], count: int) -> list[Piece]:
     return list(replay.pieces.values())
 
 
-def _earlier(event: Event, events: list[Event], own: list[Posting], postings: list[Posting]
-             ) -> tuple[list[Event], list[Event]]:
+def _earlier(event: Event, invoice: _Invoice) -> tuple[list[Event], list[Event]]:
     """The invoice's other events decided before this one for certain, and those that may have been."""
-    first_of: dict[str, int] = {}
-    for posting in postings:
-        if posting.event_id is not None and (posting.kind == "clawback" or posting.kind in EARNING_KINDS):
-            first_of.setdefault(posting.event_id, posting.transaction_id)
-    mine = min((p.transaction_id for p in own), default=None)
+    mine = invoice.first_posted(event.id)
     certain, uncertain = [], []
-    for other in events:
+    for other in invoice.events:
         if other.id == event.id:
             continue
-        theirs = first_of.get(other.id)
+        theirs = invoice.first_posted(other.id)
         if mine is not None and theirs is not None:  # both posted: the journal's order
             if theirs < mine:
                 certain.append(other)
