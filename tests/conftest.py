@@ -35,7 +35,7 @@ SOAK_EXAMPLES_FACTOR = 10
 SOAK_SIZE_FACTOR = 2
 _counter = itertools.count()
 
-# Under CI every Hypothesis test draws the same examples on every run, so that a submission's result
+# Under CI every Hypothesis test draws the same examples on every run, so that a commit's result
 # does not depend on luck; local runs (and `make soak`) keep exploring new examples. The soak profile
 # covers tests that name no `max_examples`; those that do ask `examples(n)`.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
