@@ -34,7 +34,8 @@ _DAY_US = 86_400 * 1_000_000
 # `bench/jobs.py` (15,196 matured holds, a process posting meanwhile, 2 cores): at 50 and at 100 a
 # transaction the postings' p99 waits were within the runs' noise of each other (27-44 ms on a quiet
 # machine, both engines, two runs each), against 2-3 s behind one transaction; 100 halved the
-# catch-up's time on PostgreSQL. README, "Performance", has the figures of a run.
+# catch-up's time on PostgreSQL. docs/performance.md, "Postings during a job's catch-up", has the
+# figures.
 HOLDS_PER_TRANSACTION = 100
 
 

@@ -206,7 +206,7 @@ def chain_head(session: Session) -> tuple[int, str]:
 
 # The chain head and the closed boundary, read in one round trip by two statements: every posting
 # starts with them. One statement of three subqueries cost PostgreSQL twice the server time of these
-# two, most of it planning (192 against 94 us a call; README, Performance).
+# two, most of it planning (192 against 94 us a call; docs/performance.md).
 _BATCH_START = (("SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1", ()),
                 ("SELECT max(ends_at_us) FROM period_closes", ()))
 
