@@ -14,6 +14,7 @@ a snapshot; statement lines are compared with the obvious merge of the lines, on
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 
 import pytest
@@ -207,6 +208,42 @@ def test_a_closed_months_lines_are_stored_by_its_close_as_the_journal_gives_them
         assert verify(session).ok
     assert {("accrual", "USD", False), ("accrual", "EUR", False), ("release", "USD", False), ("payout", "USD", False),
             ("clawback", "USD", True), ("adjustment", "USD", False)} <= compared, compared
+
+
+class _Decoder:
+    """Stands in for a stored document's decoder: records whether the collector ran meanwhile."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails, self.collecting = fails, []
+
+    def decode(self, text):
+        self.collecting.append(gc.isenabled())
+        if self.fails:
+            raise ValueError("the decoder failed")
+        return _DECODER.decode(text)
+
+
+_DECODER = statement_lines._DOCUMENT_LINES
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["decoded", "decoder failed"])
+@pytest.mark.parametrize("enabled", [True, False], ids=["collector on", "collector off"])
+def test_a_stored_document_is_decoded_with_the_collector_paused_and_left_as_it_was(books, monkeypatch, enabled, fails):
+    with books.transaction() as session:
+        periods.close_period(session, "2026-04", now_us=at("2026-07-01"))
+    decoder = _Decoder(fails)
+    monkeypatch.setattr(statement_lines, "_DOCUMENT_LINES", decoder)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with books.reader() as session:
+            if fails:
+                with pytest.raises(ValueError, match="the decoder failed"):
+                    statement_lines.stored(session, "northwind", "2026-04")
+            else:
+                assert statement_lines.stored(session, "northwind", "2026-04")["USD"]
+        assert set(decoder.collecting) == {False} and gc.isenabled() is enabled
+    finally:
+        gc.enable()
 
 
 def test_a_transaction_in_two_currencies_is_a_statement_line_in_each(books):
