@@ -10,7 +10,7 @@ Nothing can be posted inside a closed period (the database refuses it), so a clo
 are fixed. When a period's close is inserted, the database stores every partner's lines of it in
 `statement_documents`, in one statement: one JSON array per period, partner and currency, each line
 an array of StatementLine's fields (migration 0016, whose trigger sums the journal as
-`_EVERY_PARTNER` does here). A closed month's statement then reads one row per currency and parses
+`_EVERY_PARTNER` does here). A closed month's statement then reads one row per currency and decodes
 it in one call, instead of gathering the lines from the journal (the lines from the balance index,
 each with its row for the transaction id, and a header look-up per statement line: 106 ms on SQLite
 and 208-362 ms on PostgreSQL for a busy partner's month of 13,500 lines) or reading them as rows
