@@ -68,11 +68,28 @@ def from_us(instant_us: int) -> datetime:
 
 
 def format_instant(instant_us: int | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, microseconds only when present."""
+    """RFC 3339 in UTC with a `Z`, microseconds only when present: as `from_us(instant_us).isoformat()`
+    writes it, with `Z` for `+00:00` (a test holds the two equal), from integer arithmetic and each
+    day's date written once; a busy partner's statement writes tens of thousands of instants, and
+    making a datetime of each took twice as long."""
     if instant_us is None:
         return None
-    text = from_us(instant_us).isoformat()
-    return text.replace("+00:00", "Z")
+    day, of_day = divmod(instant_us, _US_PER_DAY)
+    second, micro = divmod(of_day, _US_PER_SECOND)
+    minute, second = divmod(second, 60)
+    hour, minute = divmod(minute, 60)
+    if micro:
+        return f"{_iso_day(day)}T{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
+    return f"{_iso_day(day)}T{hour:02d}:{minute:02d}:{second:02d}Z"
+
+
+_US_PER_DAY = 86_400 * _US_PER_SECOND
+
+
+@functools.lru_cache(maxsize=4_096)
+def _iso_day(day: int) -> str:
+    """The date `day` days after 1970-01-01, as `YYYY-MM-DD` (OverflowError outside years 1-9999)."""
+    return (EPOCH.date() + timedelta(days=day)).isoformat()
 
 
 def describe_instant(instant_us) -> str:

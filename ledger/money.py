@@ -14,6 +14,7 @@ call site.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
 import moneyed
@@ -126,6 +127,22 @@ def format_minor(amount_minor: int, currency: str) -> str:
     if exponent == 0:
         return sign + digits
     return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
+
+
+def minor_formatter(currency: str) -> Callable[[int], str]:
+    """`format_minor` for one currency, its minor unit looked up once: a busy partner's statement
+    writes tens of thousands of amounts, and this takes about half the time (a test holds the two
+    equal)."""
+    exponent = currency_exponent(currency)
+    if exponent == 0:
+        return str
+    scale = 10**exponent
+
+    def format_amount(amount_minor: int) -> str:
+        whole, fraction = divmod(-amount_minor if amount_minor < 0 else amount_minor, scale)
+        return f"{'-' if amount_minor < 0 else ''}{whole}.{fraction:0{exponent}d}"
+
+    return format_amount
 
 
 def to_money(amount_minor: int, currency: str) -> Money:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ledger import statement_lines
 from ledger.balances import partner_balances
 from ledger.instants import format_instant, period_bounds_us
-from ledger.money import format_minor
+from ledger.money import minor_formatter
 from ledger.periods import period_status
 from ledger.statement_lines import StatementLine
 
@@ -69,31 +69,31 @@ def statement(session: Session, partner_id: str, period: str) -> Statement:
 
 def to_data(statement_: Statement) -> dict:
     """The JSON shape of the HTTP contract, amounts as decimal strings."""
-    def money(minor: int, currency: str) -> str:
-        return format_minor(minor, currency)
-
     return {
         "partner_id": statement_.partner_id,
         "period": statement_.period,
         "period_status": statement_.period_status,
         "close_hash": statement_.close_hash,
-        "currencies": [{
-            "currency": section.currency,
-            "opening": {"pending": money(section.opening[0], section.currency),
-                        "available": money(section.opening[1], section.currency)},
-            "lines": [{
-                "transaction_id": line.transaction_id,
-                "effective_at": format_instant(line.effective_at_us),
-                "original_effective_at": format_instant(line.original_effective_at_us),
-                "kind": line.kind, "customer_id": line.customer_id, "invoice_id": line.invoice_id,
-                "event_id": line.event_id,
-                "pending": money(line.pending_minor, section.currency),
-                "available": money(line.available_minor, section.currency),
-            } for line in section.lines],
-            "totals": {kind: money(amount, section.currency) for kind, amount in sorted(section.totals.items())},
-            "closing": {"pending": money(section.closing[0], section.currency),
-                        "available": money(section.closing[1], section.currency)},
-        } for section in statement_.currencies],
+        "currencies": [_section_data(section) for section in statement_.currencies],
+    }
+
+
+def _section_data(section: CurrencyStatement) -> dict:
+    money = minor_formatter(section.currency)
+    return {
+        "currency": section.currency,
+        "opening": {"pending": money(section.opening[0]), "available": money(section.opening[1])},
+        "lines": [{
+            "transaction_id": line.transaction_id,
+            "effective_at": format_instant(line.effective_at_us),
+            "original_effective_at": format_instant(line.original_effective_at_us),
+            "kind": line.kind, "customer_id": line.customer_id, "invoice_id": line.invoice_id,
+            "event_id": line.event_id,
+            "pending": money(line.pending_minor),
+            "available": money(line.available_minor),
+        } for line in section.lines],
+        "totals": {kind: money(amount) for kind, amount in sorted(section.totals.items())},
+        "closing": {"pending": money(section.closing[0]), "available": money(section.closing[1])},
     }
 
 

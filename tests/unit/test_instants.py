@@ -1,10 +1,16 @@
+from datetime import datetime
+
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from ledger.errors import InvalidInput
 from ledger.instants import (
+    UTC,
     add_days_us,
     add_months_us,
     format_instant,
+    from_us,
     month_index,
     parse_as_of,
     parse_at,
@@ -13,6 +19,7 @@ from ledger.instants import (
     parse_period,
     period_bounds_us,
     period_of,
+    to_us,
 )
 from ledger.terms import DURATION_MONTHS_MAX, HOLD_DAYS_MAX
 
@@ -27,6 +34,27 @@ def test_instants_need_an_offset_and_are_normalized_to_utc():
         with pytest.raises(InvalidInput) as refused:
             parse_instant(bad, field="occurred_at")
         assert "occurred_at" in refused.value.fields
+
+
+_FIRST_US = to_us(datetime(1, 1, 1, tzinfo=UTC))
+_LAST_US = to_us(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
+@given(st.integers(_FIRST_US, _LAST_US) | st.integers(_FIRST_US // 1_000_000 + 1, _LAST_US // 1_000_000).map(
+    lambda second: second * 1_000_000))
+@example(0)
+@example(-1)
+@example(_FIRST_US)
+@example(_LAST_US)
+@example(951_782_400_000_000)  # 2000-02-29
+def test_an_instant_is_written_as_its_datetime_writes_it_with_z_for_utc(instant_us):
+    assert format_instant(instant_us) == from_us(instant_us).isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("instant_us", [_FIRST_US - 1, _LAST_US + 1])
+def test_an_instant_no_datetime_holds_cannot_be_written(instant_us):
+    with pytest.raises(OverflowError):
+        format_instant(instant_us)
 
 
 def test_a_date_as_of_means_the_end_of_that_day():

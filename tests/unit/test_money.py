@@ -13,6 +13,7 @@ from ledger.money import (
     currency_exponent,
     format_minor,
     from_money,
+    minor_formatter,
     multiply_minor,
     parse_amount_minor,
     parse_rate,
@@ -115,6 +116,12 @@ def test_withdrawn_units_of_account_that_py_moneyed_counts_in_whole_units_are_re
 ])
 def test_minor_units_format_as_decimal_strings(minor, currency, text):
     assert format_minor(minor, currency) == text
+    assert minor_formatter(currency)(minor) == text
+
+
+@given(st.integers(min_value=-(10**20), max_value=10**20), st.sampled_from(["USD", "JPY", "BHD", "CLF"]))
+def test_a_currency_s_formatter_writes_what_format_minor_writes(minor, currency):
+    assert minor_formatter(currency)(minor) == format_minor(minor, currency)
 
 
 @given(st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1), st.sampled_from(["USD", "JPY", "BHD"]))
