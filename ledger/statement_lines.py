@@ -22,17 +22,16 @@ of every document with the journal (`differences`).
 
 from __future__ import annotations
 
-import gc
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from itertools import groupby
 from operator import itemgetter
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, NamedTuple
 
 import msgspec
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
+from ledger import collector
 from ledger.db import driver_rows, driver_stream, is_postgres
 
 
@@ -95,7 +94,7 @@ def stored(session: Session, partner_id: str, period: str) -> dict[str, list[Sta
     """{currency: lines} in posting order, as stored when their period closed."""
     found = {}
     for currency, text in driver_rows(session, _STORED, (period, partner_id)):
-        with _collector_paused():
+        with collector.paused():
             lines = _DOCUMENT_LINES.decode(text)
             lines.sort(key=_IN_POSTING_ORDER)  # written in this order; SQLite does not promise to keep it
         found[currency] = lines
@@ -106,23 +105,6 @@ def stored(session: Session, partner_id: str, period: str) -> dict[str, list[Sta
 # type, in one pass in C: json.loads and a tuple made of each line took about three times as long.
 _DOCUMENT_LINES = msgspec.json.Decoder(list[StatementLine])
 _IN_POSTING_ORDER = itemgetter(1, 0)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off meanwhile. A busy partner's month is tens of thousands
-    of new tuples of strings and numbers, which hold no cycle, yet making them set off collections
-    that trace every object the process holds: about half a statement's time, a full collection
-    every few calls. Left as it is when something else turned it off; another thread's collections
-    wait too, which only delays them."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _by_currency(rows: Iterable[tuple]) -> dict[str, list[StatementLine]]:
@@ -185,7 +167,7 @@ def _compare(session: Session, document: str, key: tuple[str, str, str], given: 
     """One partner's lines in one currency as the journal gives them against its stored document
     (`key`: period, partner, currency; `document`: the query reading it)."""
     [(text,)] = driver_rows(session, document, key) or [(None,)]
-    with _collector_paused():
+    with collector.paused():
         stored = _lines_of(text)
     if stored is None:
         return [Difference(*key, None, "malformed")]

@@ -13,6 +13,7 @@ ledger/revenue.py `ingest`), on SQLite and PostgreSQL:
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -142,6 +143,32 @@ def two_databases(database_url, request, tmp_path):
         database.dispose()
     if cluster is not None:
         drop_pg_database(cluster, other_url)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["ingested", "raised"])
+def test_a_batch_is_ingested_with_the_collector_paused_and_leaves_it_on(database, monkeypatch, fails):
+    with database.transaction() as session:
+        seed(session, customer_ids=CUSTOMERS)
+    collecting, hash_of = [], revenue.request_hash
+
+    def recording_hash(event):
+        collecting.append(gc.isenabled())
+        if fails:
+            raise RuntimeError("hashing failed")
+        return hash_of(event)
+
+    monkeypatch.setattr(revenue, "request_hash", recording_hash)
+    events = [paid(f"gc-{n}", CUSTOMERS[n], f"inv-gc-{n}", 10_000, "2026-02-10") for n in range(3)]
+    assert gc.isenabled()
+    if fails:
+        with pytest.raises(RuntimeError, match="hashing failed"):
+            with database.transaction() as session:
+                revenue.ingest(session, events)
+    else:
+        with database.transaction() as session:
+            outcomes = revenue.ingest(session, events)
+        assert [type(outcome) for outcome in outcomes] == [revenue.Outcome] * 3
+    assert collecting and set(collecting) == {False} and gc.isenabled()
 
 
 def test_a_batch_gives_the_same_books_whether_it_reads_its_needs_up_front_or_after_its_replays(
