@@ -67,6 +67,9 @@ def from_us(instant_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=instant_us)
 
 
+_US_PER_DAY = 86_400 * _US_PER_SECOND
+
+
 def format_instant(instant_us: int | None) -> str | None:
     """RFC 3339 in UTC with a `Z`, microseconds only when present: as `from_us(instant_us).isoformat()`
     writes it, with `Z` for `+00:00` (a test holds the two equal), from integer arithmetic and each
@@ -81,9 +84,6 @@ def format_instant(instant_us: int | None) -> str | None:
     if micro:
         return f"{_iso_day(day)}T{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
     return f"{_iso_day(day)}T{hour:02d}:{minute:02d}:{second:02d}Z"
-
-
-_US_PER_DAY = 86_400 * _US_PER_SECOND
 
 
 @functools.lru_cache(maxsize=4_096)
