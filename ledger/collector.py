@@ -6,8 +6,10 @@ that survived the younger ones grow by a quarter of those the oldest generation 
 makes tens of thousands of objects and keeps them to its end sets off full collections over and
 over, and their cost follows the whole process, not the work: a busy partner's closed-month
 statement (a tuple a line; about half its time, a full collection every few calls) and a batch of
-revenue events (Python's objects of 10,000 events and their postings; 11% of a batch's time). Such
-work holds few cycles, and what it leaves is collected at the next collection after it.
+revenue events (Python's objects of 10,000 events and their postings; 11% of a batch's time), and
+`verify` (the chain walk's and re-derivations' objects: 57 full collections on a book of 2M lines,
+a tenth of its time). Such work holds few cycles, and what it leaves is collected at the next
+collection after it.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import holds, statement_lines
+from ledger import collector, holds, statement_lines
 from ledger.balances import line_sums
 from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.commission import EARNING_KINDS
@@ -100,6 +100,7 @@ class Report(NamedTuple):
     latest_close: tuple[str, str] | None = None  # (period, close hash) of the newest close, to record
 
 
+@collector.paused()  # the walk's objects set off full collections: a tenth of its time (ledger/collector.py)
 def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] | None = None,
            close: tuple[str, str] | None = None) -> Report:
     """Check the books as one snapshot shows them (given a fresh session; see `db.one_snapshot`):

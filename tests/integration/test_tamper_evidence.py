@@ -1,6 +1,7 @@
 """Behind the triggers' back (as the database owner), tampering is still found by verify()."""
 
 import contextlib
+import gc
 import sqlite3
 from datetime import date
 
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import customers, holds, journal, partners, payouts, periods, revenue, reversals
+from ledger import verify as verifying
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import journal_transactions, revenue_events
 from ledger.verify import verify
@@ -77,6 +79,26 @@ def problems(database) -> set[tuple[int, str]]:
 
 def test_an_untouched_journal_verifies_clean(booked):
     assert problems(booked) == set()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returned", "raised"])
+def test_verify_runs_with_the_collector_paused_and_leaves_it_on(booked, monkeypatch, fails):
+    collecting, check_closes = [], verifying.verify_closes
+
+    def recording_check(session):
+        collecting.append(gc.isenabled())
+        if fails:
+            raise RuntimeError("checking failed")
+        return check_closes(session)
+
+    monkeypatch.setattr(verifying, "verify_closes", recording_check)
+    assert gc.isenabled()
+    if fails:
+        with pytest.raises(RuntimeError, match="checking failed"):
+            problems(booked)
+    else:
+        assert problems(booked) == set()
+    assert collecting == [False] and gc.isenabled()
 
 
 def test_an_altered_line_amount_is_named(booked):
