@@ -131,8 +131,8 @@ def _ingest_month(database: Database, seeded: program.Program, month: int, count
 
 
 def _close(database: Database, period: str) -> Close:
-    """The release job up to the period's end (as the hourly job would have done by then), then the
-    close, each in its own transaction and timed apart."""
+    """The releases up to the period's end in one transaction (what the hourly job would have
+    released by then), then the close, each in its own transaction and timed apart."""
     end_us = period_bounds_us(period)[1]
     started = time.perf_counter()
     with database.transaction() as session:
@@ -214,10 +214,10 @@ def rows_for(engine_name: str, reads: list[Reads], closes: list[Close]) -> list[
         both = last.seconds + last.release_seconds
         rows.append(Row(f"close a month of {last.lines:,} lines", engine_name, last.seconds, "s",
                         f"< {CLOSE_S_MAX:g} s (1M lines)", last.seconds < CLOSE_S_MAX, scaled=scaled,
-                        note=f"{last.period}, {last.transactions:,} transactions; holds released beforehand by the "
-                             f"release job (next row), as the hourly job does" + ("; scaled down" if scaled else "")))
-        rows.append(Row("release job + close, same month", engine_name, both, "s",
+                        note=f"{last.period}, {last.transactions:,} transactions; holds released beforehand (next row), "
+                             f"as the hourly job does" + ("; scaled down" if scaled else "")))
+        rows.append(Row("the month's releases + close, same month", engine_name, both, "s",
                         f"< {CLOSE_S_MAX:g} s (1M lines)", both < CLOSE_S_MAX, scaled=scaled,
-                        note=f"a close catching up alone: {last.released:,} releases took "
+                        note=f"a close catching up alone: {last.released:,} releases in one transaction took "
                              f"{last.release_seconds:.1f} s"))
     return rows
