@@ -252,8 +252,23 @@ def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None
     mature, and a release dated ahead would make an amount available before its time. With
     `own_instant`, `at_us` was read from the service's clock, which may have stepped back since
     (`journal.Batch.ahead`). The releases are written (`batch` flushed) before their holds leave
-    the queue, so what reads balances after it counts them."""
-    return _release(session, at_us, batch, None, own_instant=own_instant)[0]
+    the queue, so what reads balances after it counts them.
+
+    The holds are taken `RELEASE_CHUNK_HOLDS` at a time, oldest maturity first, each chunk's
+    invoices replayed and its releases written before the next: the same postings in the same
+    order as all at once, in memory bounded by the chunk instead of growing with the backlog."""
+    batch = batch or journal.Batch(session)
+    released, after = 0, None
+    while True:
+        posted, taken, after = _release(session, at_us, batch, RELEASE_CHUNK_HOLDS, after, own_instant=own_instant)
+        released += posted
+        if taken < RELEASE_CHUNK_HOLDS:
+            return released
+
+
+# Holds replayed and released at a time within one transaction (`release_matured`). All at once, a
+# backlog of 91,351 matured holds took 294 MB of peak RSS in one process, about 3 KB a hold.
+RELEASE_CHUNK_HOLDS = 1_000
 
 
 def first_release_due(session: Session, before_us: int) -> int | None:
@@ -318,15 +333,14 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
             return released
 
 
-def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: int | None,
+def _release(session: Session, at_us: int, batch: journal.Batch, limit: int,
              after: tuple[int, int] | None = None, *, own_instant: bool) -> tuple[int, int, tuple[int, int] | None]:
     """(releases posted, holds taken from the queue, the last one's (maturity, accrual)): the
-    `limit` holds matured first by `at_us`, by maturity then accrual, after `after`; or every one.
+    `limit` holds matured first by `at_us`, by maturity then accrual, after `after`.
     Each call starts after the last hold the previous one took, so a run of calls ends even if a
     hold it takes cannot leave the queue (one whose piece was released already leaves it here).
     Whoever made `batch`, the releases are flushed before their holds leave the queue: one order for
     every caller."""
-    batch = batch or journal.Batch(session)
     if batch.ahead(at_us, own_instant=own_instant):
         raise invalid("at", f"{format_instant(at_us)} is in the future: holds are released as they mature")
     matured, pieces = _queued(session, (open_holds.c.matures_at_us <= at_us,), after, limit)
@@ -343,17 +357,16 @@ def _release(session: Session, at_us: int, batch: journal.Batch | None, limit: i
     return released, len(matured), (last.matures_at_us, last.accrual_id)
 
 
-def _queued(session: Session, conditions: tuple, after: tuple[int, int] | None, limit: int | None
+def _queued(session: Session, conditions: tuple, after: tuple[int, int] | None, limit: int
             ) -> tuple[list, list[Piece]]:
     """(the queued holds `conditions` pick, after `after` and the first `limit` by maturity then
-    accrual, or every one; the pieces they hold, replayed from their invoices)."""
+    accrual; the pieces they hold, replayed from their invoices)."""
     t, h = journal_transactions.c, open_holds.c
     due = select(h.accrual_id, t.invoice_id, h.matures_at_us).join(journal_transactions, t.id == h.accrual_id)
     due = due.where(*conditions)
     if after is not None:
         due = due.where(tuple_(h.matures_at_us, h.accrual_id) > tuple_(*after))
-    if limit is not None:
-        due = due.order_by(h.matures_at_us, h.accrual_id).limit(limit)
+    due = due.order_by(h.matures_at_us, h.accrual_id).limit(limit)
     rows = session.execute(due).all()
     if not rows:
         return rows, []

@@ -128,6 +128,33 @@ def test_a_few_holds_to_a_transaction_give_the_books_of_one_transaction(twins):
             assert verify(session).ok
 
 
+def released_a_chunk_at_a_time(monkeypatch, whole: Database, chunked: Database) -> None:
+    """`chunked` released in one transaction 3 holds at a time, `whole` as all the holds in one chunk:
+    the same releases in the same order, every hold taken."""
+    expected, taken, queued_of = in_one_transaction(whole), [], holds._queued
+
+    def recording(session, conditions, after, limit):
+        rows, pieces = queued_of(session, conditions, after, limit)
+        taken.append(len(rows))
+        return rows, pieces
+
+    monkeypatch.setattr(holds, "_queued", recording)
+    monkeypatch.setattr(holds, "RELEASE_CHUNK_HOLDS", 3)
+    assert in_one_transaction(chunked) == expected
+    assert taken == [3] * 13 + [1] and queued(chunked) == queued(whole) == 0  # 40 holds
+    assert books(chunked) == books(whole)
+    assert releases(chunked) == releases(whole) == sorted(releases(whole))
+
+
+def test_one_transaction_releases_a_chunk_of_holds_at_a_time_as_all_at_once(twins, monkeypatch):
+    released_a_chunk_at_a_time(monkeypatch, *twins)
+
+
+def test_one_transaction_releases_holds_queued_out_of_order_a_chunk_at_a_time_as_all_at_once(shuffled_twins,
+                                                                                            monkeypatch):
+    released_a_chunk_at_a_time(monkeypatch, *shuffled_twins)
+
+
 def test_each_release_a_few_to_a_transaction_names_the_payment_that_accrued_its_piece(twins):
     chunked = twins[1]
     assert holds.release_in_transactions(chunked.transaction, RELEASE_AT, holds_per_transaction=7) == HOLDS
