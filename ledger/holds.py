@@ -37,6 +37,10 @@ _DAY_US = 86_400 * 1_000_000
 # catch-up's time on PostgreSQL. docs/performance.md, "Postings during a job's catch-up", has the
 # figures.
 HOLDS_PER_TRANSACTION = 100
+# Holds replayed and released at a time within one transaction (`release_matured`). All at once, a
+# backlog of 91,351 matured holds took 294 MB of peak RSS in one process, about 3 KB a hold; 1,000 at
+# a time, 86 MB (docs/performance.md, "Hold releases").
+RELEASE_CHUNK_HOLDS = 1_000
 
 
 def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
@@ -264,11 +268,6 @@ def release_matured(session: Session, at_us: int, *, batch: journal.Batch | None
         released += posted
         if taken < RELEASE_CHUNK_HOLDS:
             return released
-
-
-# Holds replayed and released at a time within one transaction (`release_matured`). All at once, a
-# backlog of 91,351 matured holds took 294 MB of peak RSS in one process, about 3 KB a hold.
-RELEASE_CHUNK_HOLDS = 1_000
 
 
 def first_release_due(session: Session, before_us: int) -> int | None:
