@@ -733,24 +733,40 @@ def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int,
     something pending is queued until it is released. The queue is the one table rows leave, and
     PostgreSQL's application role may delete from it: a hold deleted behind the application would
     leave its amount pending for ever, never released nor paid. The pieces are replayed for the
-    queued invoices only: a hold period's worth of the journal."""
+    queued invoices only: a hold period's worth of the journal, streamed by invoice and replayed
+    `HOLD_INVOICES_PER_READ` invoices at a time, so that memory follows those invoices, not the
+    queue (all at once, 531,560 queued holds took 220 MB)."""
     t, h = journal_transactions.c, open_holds.c
     rows = session.execute(select(h.accrual_id, h.matures_at_us, t.kind, t.matures_at_us, t.invoice_id)
                            .join(journal_transactions, t.id == h.accrual_id, isouter=True)
-                           .order_by(h.accrual_id)).all()
-    found = [Problem(accrual_id, "hold_altered", f"queued hold of transaction {accrual_id} matures at {queued_us}, "
-                     + ("but the journal holds no such transaction" if kind is None else
-                        f"but the transaction is {kind!r} maturing at {matures_us}"))
-             for accrual_id, queued_us, kind, matures_us, _ in rows
-             if kind not in EARNING_KINDS or matures_us != queued_us]
-    queued = {row.accrual_id: row.invoice_id for row in rows if row.kind is not None}
+                           .order_by(t.invoice_id, h.accrual_id).execution_options(yield_per=STREAM_CHUNK_ROWS))
+    found: list[Problem] = []
     held: dict[tuple[str, str], int] = defaultdict(int)
-    invoices = sorted({invoice_id for invoice_id in queued.values() if invoice_id is not None})
-    for start in range(0, len(invoices), HOLD_INVOICES_PER_READ):
-        for pieces in holds.load_pieces(session, invoices[start:start + HOLD_INVOICES_PER_READ]).values():
+    queued: set[int] = set()  # the queued earning pieces of `invoices`
+    invoices: list[str] = []
+
+    def replay() -> None:
+        for pieces in (holds.load_pieces(session, invoices) if invoices else {}).values():
             for piece in pieces:
                 if piece.id in queued and not piece.reversed:
                     held[(chart.pending(piece.partner_id), piece.currency)] += piece.pending_minor
+        queued.clear()
+        invoices.clear()
+
+    for accrual_id, queued_us, kind, matures_us, invoice_id in rows:
+        if kind not in EARNING_KINDS or matures_us != queued_us:
+            found.append(Problem(accrual_id, "hold_altered", f"queued hold of transaction {accrual_id} matures at "
+                                 f"{queued_us}, " + ("but the journal holds no such transaction" if kind is None else
+                                                     f"but the transaction is {kind!r} maturing at {matures_us}")))
+        if kind is None or invoice_id is None:
+            continue
+        if not invoices or invoices[-1] != invoice_id:
+            if len(invoices) == HOLD_INVOICES_PER_READ:
+                replay()
+            invoices.append(invoice_id)
+        queued.add(accrual_id)
+    replay()
+    found.sort(key=lambda problem: problem.transaction_id)
     names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
     pending = {}
     for (account_id, currency), (debits, credits, _, _) in line_totals.items():

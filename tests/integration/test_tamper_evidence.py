@@ -458,7 +458,14 @@ def queued_holds(database) -> list[int]:
         return connection.exec_driver_sql("SELECT accrual_id FROM open_holds ORDER BY accrual_id").scalars().all()
 
 
-def test_a_hold_taken_off_the_queue_behind_the_application_is_named(accrued):
+@pytest.fixture(params=[1, 2, verifying.HOLD_INVOICES_PER_READ], ids=lambda n: f"replayed-{n}-at-a-time")
+def replayed_at_a_time(request, monkeypatch) -> int:
+    """The queued invoices verify replays at a time: one, two, or all of these books' at once."""
+    monkeypatch.setattr(verifying, "HOLD_INVOICES_PER_READ", request.param)
+    return request.param
+
+
+def test_a_hold_taken_off_the_queue_behind_the_application_is_named(accrued, replayed_at_a_time):
     assert problems(accrued) == set() and len(queued_holds(accrued)) == 6
     with accrued.engine.begin() as connection:  # allowed to the application: no trigger to pass
         connection.exec_driver_sql(f"DELETE FROM open_holds WHERE accrual_id = {queued_holds(accrued)[0]}")
@@ -467,7 +474,7 @@ def test_a_hold_taken_off_the_queue_behind_the_application_is_named(accrued):
     assert problem.code == "holds_missing" and problem.message.startswith(f"{PENDING} USD: ")
 
 
-def test_a_queued_hold_whose_maturity_was_moved_or_that_names_no_accrual_is_named(accrued):
+def test_a_queued_hold_whose_maturity_was_moved_or_that_names_no_accrual_is_named(accrued, replayed_at_a_time):
     first, *_, last = queued_holds(accrued)
     with accrued.engine.connect() as connection:
         release_id = connection.exec_driver_sql("SELECT min(id) FROM journal_transactions WHERE kind = 'release'"
