@@ -742,7 +742,7 @@ def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int,
                            .order_by(t.invoice_id, h.accrual_id).execution_options(yield_per=STREAM_CHUNK_ROWS))
     found: list[Problem] = []
     held: dict[tuple[str, str], int] = defaultdict(int)
-    queued: set[int] = set()  # the queued earning pieces of `invoices`
+    queued: set[int] = set()  # the accruals of `invoices` whose holds are queued
     invoices: list[str] = []
 
     def replay() -> None:
