@@ -13,6 +13,7 @@ call site.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
@@ -127,16 +128,40 @@ def format_minor(amount_minor: int, currency: str) -> str:
 def minor_formatter(currency: str) -> Callable[[int], str]:
     """`format_minor` for one currency, its minor unit looked up once: a busy partner's statement
     writes tens of thousands of amounts."""
-    exponent = currency_exponent(currency)
+    return _formatter(currency_exponent(currency))
+
+
+@functools.lru_cache(maxsize=None)  # one per minor unit: 0 to 4 decimal digits (CLF) among ISO's
+def _formatter(exponent: int) -> Callable[[int], str]:
+    """The formatter of amounts with `exponent` decimal digits, the digits of each fraction written
+    once (at most 10,000 of them, for the exponents ISO gives), zero written once (a statement line
+    leaves one of its two balances alone, save a release's): 0.42 -> 0.13 µs an amount, two in five zero."""
     if exponent == 0:
         return str
     scale = 10**exponent
+    fractions = [f"{fraction:0{exponent}d}" for fraction in range(scale)] if exponent <= 4 else _Digits(exponent)
+    zero = f"0.{fractions[0]}"
 
     def format_amount(amount_minor: int) -> str:
-        whole, fraction = divmod(-amount_minor if amount_minor < 0 else amount_minor, scale)
-        return f"{'-' if amount_minor < 0 else ''}{whole}.{fraction:0{exponent}d}"
+        if amount_minor > 0:
+            whole, fraction = divmod(amount_minor, scale)
+            return f"{whole}.{fractions[fraction]}"
+        if amount_minor < 0:
+            whole, fraction = divmod(-amount_minor, scale)
+            return f"-{whole}.{fractions[fraction]}"
+        return zero
 
     return format_amount
+
+
+class _Digits:
+    """The fractions of a minor unit finer than any ISO currency's, written as asked for."""
+
+    def __init__(self, exponent: int) -> None:
+        self.exponent = exponent
+
+    def __getitem__(self, fraction: int) -> str:
+        return f"{fraction:0{self.exponent}d}"
 
 
 def to_money(amount_minor: int, currency: str) -> Money:

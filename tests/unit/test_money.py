@@ -10,6 +10,7 @@ from ledger.money import (
     NOT_MONEY,
     ROUND_HALF_EVEN,
     Money,
+    _formatter,
     currency_exponent,
     format_minor,
     from_money,
@@ -117,6 +118,13 @@ def test_withdrawn_units_of_account_that_py_moneyed_counts_in_whole_units_are_re
 def test_minor_units_format_as_decimal_strings(minor, currency, text):
     assert format_minor(minor, currency) == text
     assert minor_formatter(currency)(minor) == text
+
+
+@given(st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1) | st.integers(-10_001, 10_001),
+       st.sampled_from([0, 2, 3, 4, 6]))
+def test_an_amount_is_written_as_decimal_writes_it(minor, exponent):
+    # 6: finer than any ISO currency's minor unit, whose fractions are written as asked for
+    assert _formatter(exponent)(minor) == format(Decimal(minor).scaleb(-exponent), "f")
 
 
 @given(st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1), st.sampled_from(["USD", "JPY", "BHD", "CLF"]))
