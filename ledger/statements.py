@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 import msgspec.structs
@@ -83,7 +84,11 @@ def to_json(statement_: Statement) -> bytes:
     return msgspec.json.encode(_shaped(statement_, _line_bodies))
 
 
-def _shaped(statement_: Statement, lines: Callable[[CurrencyStatement, Callable[[int], str]], list]) -> dict:
+# What writes a section's lines, given the section and its currency's amount formatter.
+_Lines = Callable[[CurrencyStatement, Callable[[int], str]], list]
+
+
+def _shaped(statement_: Statement, lines: _Lines) -> dict:
     return {
         "partner_id": statement_.partner_id,
         "period": statement_.period,
@@ -93,7 +98,7 @@ def _shaped(statement_: Statement, lines: Callable[[CurrencyStatement, Callable[
     }
 
 
-def _section_data(section: CurrencyStatement, lines: Callable[[CurrencyStatement, Callable[[int], str]], list]) -> dict:
+def _section_data(section: CurrencyStatement, lines: _Lines) -> dict:
     money = minor_formatter(section.currency)
     return {
         "currency": section.currency,

@@ -233,7 +233,7 @@ def get_statement(partner_id: str, period: str, output: str | None):
     if (output or _negotiated()) == "csv":
         return current_app.response_class(statements.to_csv(result), mimetype=CSV_MIMETYPE, headers={
             "Content-Disposition": f'attachment; filename="statement-{partner_id}-{period}.csv"', "Vary": "Accept"})
-    # `to_data` builds the statement in StatementSchema's shape already (a test holds the two equal);
+    # `to_json` writes the statement in StatementSchema's shape already (a test holds the two equal);
     # dumping it through the schema again would copy it field by field, which on a month of 13,000
     # lines cost more than reading the statement.
     response = current_app.response_class(statements.to_json(result), mimetype="application/json")
