@@ -134,8 +134,8 @@ def _line_bodies(section: CurrencyStatement, money: Callable[[int], str]) -> lis
                  pending_minor, available_minor) in section.lines]
 
 
-CSV_COLUMNS = ("partner_id", "period", "currency", "row", "transaction_id", "effective_at", "original_effective_at",
-               "kind", "customer_id", "invoice_id", "event_id", "pending", "available")
+# The statement's, then a line's columns, as `_LineBody` names them.
+CSV_COLUMNS = ("partner_id", "period", "currency", "row", *_LineBody.__struct_fields__)
 
 
 def to_csv(statement_: Statement) -> str:
@@ -149,7 +149,7 @@ def to_csv(statement_: Statement) -> str:
         writer.writerow(base + ["opening", "", "", "", "", "", "", "", section["opening"]["pending"],
                                 section["opening"]["available"]])
         for line in section["lines"]:
-            writer.writerow(base + ["line"] + [line[k] if line[k] is not None else "" for k in CSV_COLUMNS[4:]])
+            writer.writerow(base + ["line"] + [value if value is not None else "" for value in line.values()])
         writer.writerow(base + ["closing", "", "", "", "", "", "", "", section["closing"]["pending"],
                                 section["closing"]["available"]])
     return out.getvalue()
