@@ -6,8 +6,8 @@ before P's end are released; negative available balances of partners on a `reset
 off at P's last instant; then every account's cumulative debits and credits at P's end are stored
 as P's snapshot, with the period's transaction count, the journal head, and a close hash over all
 of it chained to the previous close; inserting the close makes the database store every
-partner's statement lines of P as documents (statement_lines.py), which a closed month's
-statement reads.
+partner's statement lines of P as documents (statement_lines.py), and the service writes them
+again as the API writes them (statement_bodies.py), which a closed month's statement serves.
 After that, a posting dated inside P is made at the start of the first open period
 (journal.Batch), and the database refuses one dated inside it.
 
@@ -27,7 +27,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import holds, journal
+from ledger import holds, journal, statement_bodies
 from ledger.balances import partner_account_sums, sums
 from ledger.db import database_now_us, lock_journal
 from ledger.errors import Conflict, NotFound
@@ -215,7 +215,8 @@ def _close_one(session: Session, batch: journal.Batch, period: str, now: int) ->
         session.execute(insert(period_snapshots), [
             {"period": period, "account_id": a, "currency": c, "debit_minor": d, "credit_minor": k}
             for (a, c), (d, k) in sorted(rows.items())])
-    session.execute(insert(period_closes).values(**close._asdict()))
+    session.execute(insert(period_closes).values(**close._asdict()))  # which stores its documents
+    statement_bodies.store(session, period)
     batch.boundary_us = end_us
     return close
 

@@ -390,6 +390,21 @@ statement_documents = Table(
     Column("lines", Text().with_variant(JSON(), "postgresql"), nullable=False),
 )
 
+# A closed period's statement lines as the API writes them, per period, partner and currency, with
+# its totals as written and the sums of pending and available, written by the close beside its
+# document (ledger/statement_bodies.py, migration 0035).
+statement_bodies = Table(
+    "statement_bodies",
+    metadata,
+    Column("period", String(7), ForeignKey("period_closes.period"), primary_key=True),
+    Column("partner_id", String(64), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("lines", Text().with_variant(JSON(), "postgresql"), nullable=False),
+    Column("totals", Text().with_variant(JSON(), "postgresql"), nullable=False),
+    Column("pending_minor", BigInteger, nullable=False),
+    Column("available_minor", BigInteger, nullable=False),
+)
+
 payout_runs = Table(
     "payout_runs",
     metadata,
@@ -455,5 +470,5 @@ unreleased_pieces_due = Table(
 )
 
 APPEND_ONLY_TABLES = APPEND_ONLY_TABLES + (
-    "period_closes", "period_snapshots", "statement_documents", "payout_runs", "payouts", "payout_resolutions",
-    "payout_records_due", "payout_resolutions_due")
+    "period_closes", "period_snapshots", "statement_documents", "statement_bodies", "payout_runs", "payouts",
+    "payout_resolutions", "payout_records_due", "payout_resolutions_due")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from itertools import groupby
 from operator import itemgetter
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import msgspec
 from sqlalchemy.orm import Session
@@ -95,10 +95,15 @@ def stored(session: Session, partner_id: str, period: str) -> dict[str, list[Sta
     found = {}
     for currency, text in driver_rows(session, _STORED, (period, partner_id)):
         with collector.paused():
-            lines = _DOCUMENT_LINES.decode(text)
-            lines.sort(key=_IN_POSTING_ORDER)  # written in this order; SQLite does not promise to keep it
-        found[currency] = lines
+            found[currency] = decoded(text)
     return found
+
+
+def decoded(text: str) -> list[StatementLine]:
+    """A stored document's lines, in posting order."""
+    lines = _DOCUMENT_LINES.decode(text)
+    lines.sort(key=_IN_POSTING_ORDER)  # written in this order; SQLite does not promise to keep it
+    return lines
 
 
 # A stored document decoded straight into StatementLines, each value checked against its field's
@@ -122,7 +127,10 @@ class Difference(NamedTuple):
     currency: str
     transaction_id: int | None  # None for a malformed document
     side: str  # "journal": the journal gives the line, its document does not hold it (as often);
-    #            "stored": the reverse; "malformed": the document is not a non-empty JSON array of lines
+    #            "stored": the reverse; "malformed": the document is not a non-empty JSON array of lines;
+    #            for the lines as written (statement_bodies.py): "written", the line is not written as
+    #            the journal gives it; "written_totals", the totals or sums are not the lines'; and
+    #            "written_unlisted", written for a partner and currency the journal gives no lines for
 
 
 # The period's lines of every partner in (partner, currency) groups, each in posting order.
@@ -135,22 +143,34 @@ _DOCUMENTS = "SELECT partner_id, currency FROM statement_documents WHERE period 
 _STREAM_ROWS = 10_000
 
 
-def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, limit: int) -> list[Difference]:
+# What else is compared with each (period, partner, currency)'s lines as the journal gives them,
+# and then names what it holds of a period that the journal gives no lines for.
+class Also(NamedTuple):
+    compare: Callable[[Session, tuple[str, str, str], list[StatementLine]], list[Difference]]
+    unlisted: Callable[[Session, str, set[tuple[str, str]]], list[Difference]]
+
+
+def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, limit: int,
+                also: Also | None = None) -> list[Difference]:
     """Each closed period's documents, (period, start, end), against the lines the journal gives for
     it, line for line (a line held twice counts twice; the order within a document is not
     compared, since the reader sorts): the journal's lines streamed in (partner, currency) groups,
-    each against its document, then the period's documents no group had. Up to `limit`."""
+    each against its document (and `also`'s), then the period's documents no group had. Up to
+    `limit`."""
     found: list[Difference] = []
     document = _DOCUMENT.format(type="TEXT" if is_postgres(session) else "BLOB")
+    make = StatementLine._make
     for period, start_us, end_us in periods:
         had = set()
         rows = driver_stream(session, _EVERY_PARTNER_GROUPED, (start_us, end_us), rows_per_fetch=_STREAM_ROWS)
         try:
             for (partner_id, currency), group in groupby(rows, key=itemgetter(0, 10)):
                 # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
-                given = [(*row[1:8], int(row[8]), int(row[9])) for row in group]
+                given = [make((*row[1:8], int(row[8]), int(row[9]))) for row in group]
                 had.add((partner_id, currency))
                 found += _compare(session, document, (period, partner_id, currency), given)
+                if also is not None:
+                    found += also.compare(session, (period, partner_id, currency), given)
                 if len(found) >= limit:
                     return found[:limit]
         finally:
@@ -160,6 +180,10 @@ def differences(session: Session, periods: Iterable[tuple[str, int, int]], *, li
                 found += _compare(session, document, (period, partner_id, currency), [])
                 if len(found) >= limit:
                     return found[:limit]
+        if also is not None:
+            found += also.unlisted(session, period, had)
+            if len(found) >= limit:
+                return found[:limit]
     return found
 
 

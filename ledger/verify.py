@@ -7,7 +7,7 @@ revenue event it names, else without: `ledger/journal.py`); the chain hash recom
 are at least two lines, every amount is positive, every line carries its header's instant, and
 debits equal credits per currency. Lines whose header is missing are named too. Then every
 period close: its snapshot against the journal, its counts and head, its month, and the chain of
-close hashes (`verify_closes`); the statement documents the closes stored against the journal
+close hashes (`verify_closes`); the statement documents and bodies the closes stored against the journal
 (`verify_statement_lines`); the running totals against the sums of the lines (`verify_totals`);
 each payout's resolution against the journal's (`verify_payouts`: a payout resolved twice in the
 journal was paid twice) and each payout's record against its posting (`verify_payout_postings`:
@@ -60,7 +60,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import collector, holds, statement_lines
+from ledger import collector, holds, statement_bodies, statement_lines
 from ledger.balances import line_sums
 from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.commission import EARNING_KINDS
@@ -648,17 +648,21 @@ def verify_statement_lines(session: Session) -> list[Problem]:
     """The statement documents the closes stored against the lines the journal gives for each closed
     period, line for line: a line the journal gives that its document does not hold, and a stored
     line the journal does not give (an altered line is both); a document that is not a JSON array
-    of lines; then documents of a period that is not closed."""
+    of lines; likewise the lines as the closes wrote them for the API (statement_bodies.py), each
+    body against the journal's lines written as the API writes them; then documents and bodies of
+    a period that is not closed."""
     from ledger.periods import list_periods  # periods builds on balances, which verify checks
 
     closes = [(close.period, close.starts_at_us, close.ends_at_us) for close in list_periods(session)]
     problems = [Problem(d.transaction_id, "statement_line_altered",
                         f"period {d.period}: partner {d.partner_id}'s {d.currency} "
                         + _STATEMENT_DIFFERENCE[d.side].format(transaction=d.transaction_id))
-                for d in statement_lines.differences(session, closes, limit=STATEMENT_LINES_NAMED)]
-    problems += [Problem(None, "statement_line_altered", f"period {period}: statement documents are stored, and the "
+                for d in statement_lines.differences(session, closes, limit=STATEMENT_LINES_NAMED,
+                                                     also=statement_bodies.ALSO)]
+    problems += [Problem(None, "statement_line_altered", f"period {period}: statement {what} are stored, and the "
                                                          "period is not closed")
-                 for period in statement_lines.periods_not_closed(session)]
+                 for what, stored in (("documents", statement_lines), ("bodies", statement_bodies))
+                 for period in stored.periods_not_closed(session)]
     return problems
 
 
@@ -666,6 +670,9 @@ _STATEMENT_DIFFERENCE = {
     "journal": "statement line for transaction {transaction} is not stored as the journal gives it",
     "stored": "statement line for transaction {transaction} is stored but not given by the journal",
     "malformed": "statement document is not a non-empty JSON array of statement lines",
+    "written": "statement line for transaction {transaction} is not written as the journal gives it",
+    "written_totals": "statement totals or sums are not written as the journal's lines give them",
+    "written_unlisted": "statement lines are written where the journal gives none",
 }
 
 

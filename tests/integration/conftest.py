@@ -3,7 +3,7 @@
 import pytest
 
 from ledger import accounts as chart
-from ledger import journal, partners, plans
+from ledger import journal, partners, plans, statement_bodies
 from tests import program
 
 
@@ -37,6 +37,13 @@ def written_before_salts(monkeypatch):
     monkeypatch.setattr(journal, "_HEADER_COLUMNS", tuple(c for c in journal._HEADER_COLUMNS if c != "salt"))
     monkeypatch.setattr(journal, "_header_row", lambda *args: header_row(*args)[:-1])
     monkeypatch.setattr(journal, "new_salt", lambda: None)
+
+
+@pytest.fixture
+def closed_before_bodies(monkeypatch):
+    """Close as the code before migration 0035 did, writing no statement bodies: for tests that
+    close periods at an older revision of the schema, then migrate them."""
+    monkeypatch.setattr(statement_bodies, "store", lambda session, period: 0)
 
 
 def second_writer_behind_first(database, first, second):

@@ -67,6 +67,7 @@ def test_postgresql_readers_read_one_snapshot_and_writers_each_statements_own(po
         assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
 
 
+@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
 def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post_on(empty_url):
     """Books at revision 0028 holding every kind of posting (the demo's year: accruals, CPA, overrides,
     clawbacks, releases, a won dispute, payouts settled and failed, write-offs, closes; plus an
@@ -105,6 +106,7 @@ def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post
         database.dispose()
 
 
+@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
 def test_the_guards_of_0030_upgrade_books_of_every_kind_and_let_the_service_post_on(empty_url):
     """Books at revision 0029 holding every kind of posting (the demo's year, an adjustment and its
     reversal, a payout failed by the reversal of its posting) upgrade to 0030; the service then posts
@@ -166,6 +168,7 @@ def guards_of(database) -> tuple[set[str], str | None]:
         return names, source
 
 
+@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
 def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_they_were(empty_url):
     """Books at revision 0030 holding every kind of posting (the demo's year, an adjustment and its
     reversal) and a posting for a partner never enrolled, which 0031 would refuse, upgrade to 0031:
@@ -304,6 +307,7 @@ def refusal_of_a_header_breaking_three_rules(database) -> str:
     return diagnostic.message_primary if diagnostic else str(refused.value.orig)
 
 
+@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
 def test_the_seal_of_0032_upgrades_books_of_every_kind_refuses_as_0031_did_and_goes_down_as_they_were(empty_url):
     """Books at revision 0031 holding every kind of posting upgrade to 0032, whose one statement
     trigger holds the rules of 0031's four: the service posts on (events, a late refund, a payout run
@@ -516,6 +520,7 @@ def refusals_of_several_rules_broken(database) -> dict[str, str]:
     return refusals
 
 
+@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
 def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_it(empty_url):
     """Books at 0031 (northwind's accrual, January closed) refuse each statement of several rules
     broken with one message; at the head, with migration 0032's one trigger, with the same. On
@@ -618,6 +623,7 @@ def schema_code_of(database) -> dict[str, str]:
         return dict(triggers + functions)
 
 
+@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
 def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_down_as_0033_had_them(empty_url):
     """Books at 0033 holding every kind of posting and event status (the demo's year, an unattributed
     payment and its refund) upgrade to 0034; the service posts on them, each status as 0034 holds

@@ -453,7 +453,7 @@ def test_releases_that_name_no_event_keep_none_and_the_closes_storing_them_besid
 
 
 @pytest.mark.parametrize("revision", ["0012", "0015"], ids=["before-stored-lines", "lines-stored-as-rows"])
-@pytest.mark.usefixtures("written_before_salts")
+@pytest.mark.usefixtures("written_before_salts", "closed_before_bodies")
 def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_url, revision):
     upgrade(empty_url, revision)
     database = Database(empty_url)
@@ -498,7 +498,7 @@ def closed_at_0015(url: str) -> Database:
     return database
 
 
-@pytest.mark.usefixtures("written_before_salts")
+@pytest.mark.usefixtures("written_before_salts", "closed_before_bodies")
 def test_the_migration_carries_the_rows_as_stored_so_verify_still_names_an_altered_one(empty_url):
     database = closed_at_0015(empty_url)
     try:
@@ -514,7 +514,7 @@ def test_the_migration_carries_the_rows_as_stored_so_verify_still_names_an_alter
         database.dispose()
 
 
-@pytest.mark.usefixtures("written_before_salts")
+@pytest.mark.usefixtures("written_before_salts", "closed_before_bodies")
 def test_the_migration_stops_at_a_stored_row_outside_every_closed_period(empty_url):
     database = closed_at_0015(empty_url)
     try:
