@@ -160,26 +160,25 @@ def compare(session: Session, key: tuple[str, str, str], given: list[StatementLi
     if row is None:
         return []
     expected = written(key[2], given)
-    if row[0] != expected.lines:
-        return [Difference(*key, _first_unlike(row[0], given, key[2]), "written")]
-    if Body(*row) != expected:
-        return [Difference(*key, None, "written_totals")]
-    return []
-
-
-def _first_unlike(text: str, given: list[StatementLine], currency: str) -> int | None:
-    """The transaction of the first line a body does not write as the journal gives it (None when
-    the body is not a JSON array of objects)."""
+    if row[0] == expected.lines:
+        return [] if Body(*row) == expected else [Difference(*key, None, "written_totals")]
     try:
-        stored_lines = msgspec.json.decode(text, type=list[dict])
+        found = msgspec.json.decode(row[0], type=list[dict])
     except msgspec.MsgspecError:
-        return None
-    for found, line in zip(stored_lines, line_bodies(given, minor_formatter(currency))):
-        if found != msgspec.structs.asdict(line):
-            return line.transaction_id
-    longer = stored_lines[len(given):] or given[len(stored_lines):]
-    first = longer[0] if longer else None
-    return first.get("transaction_id") if isinstance(first, dict) else getattr(first, "transaction_id", None)
+        return [Difference(*key, None, "written_malformed")]
+    return [Difference(*key, _first_unlike(found, line_bodies(given, minor_formatter(key[2]))), "written")]
+
+
+def _first_unlike(found: list[dict], wanted: list[_LineBody]) -> int | None:
+    """The transaction of the first line written otherwise than the journal gives it: the first
+    that differs, else the first of the longer list's lines beyond the other's."""
+    for line, expected in zip(found, wanted):
+        if line != msgspec.structs.asdict(expected):
+            return expected.transaction_id
+    if len(wanted) > len(found):
+        return wanted[len(found)].transaction_id
+    beyond = found[len(wanted)].get("transaction_id")
+    return beyond if isinstance(beyond, int) else None
 
 
 def unlisted(session: Session, period: str, had: set[tuple[str, str]]) -> list[Difference]:

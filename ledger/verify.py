@@ -673,6 +673,7 @@ _STATEMENT_DIFFERENCE = {
     "written": "statement line for transaction {transaction} is not written as the journal gives it",
     "written_totals": "statement totals or sums are not written as the journal's lines give them",
     "written_unlisted": "statement lines are written where the journal gives none",
+    "written_malformed": "statement lines as written are not a JSON array of lines",
 }
 
 

@@ -38,6 +38,7 @@ UNLIKE = ("statement_bodies: a body must be a JSON array of as many lines as the
 DOCUMENT_LINES = ("SELECT json_array_length(d.lines) FROM statement_documents d"
                   " WHERE d.period = NEW.period AND d.partner_id = NEW.partner_id AND d.currency = NEW.currency")
 
+# SQLite fires an event's triggers newest first: the period is checked before the lines.
 SQLITE_GUARDS = f"""
 CREATE TRIGGER trg_statement_bodies_no_update BEFORE UPDATE ON statement_bodies
 BEGIN SELECT RAISE(ABORT, 'statement_bodies is append-only: UPDATE refused'); END;
@@ -50,14 +51,14 @@ WHEN EXISTS (SELECT 1 FROM statement_bodies b WHERE b.period = NEW.period AND b.
              AND b.currency = NEW.currency)
 BEGIN SELECT RAISE(ABORT, 'statement_bodies is append-only: REPLACE refused'); END;
 
-CREATE TRIGGER trg_statement_bodies_latest_close BEFORE INSERT ON statement_bodies
-WHEN NEW.period IS NOT (SELECT period FROM period_closes ORDER BY ends_at_us DESC LIMIT 1)
-BEGIN SELECT RAISE(ABORT, '{OUTSIDE}'); END;
-
 CREATE TRIGGER trg_statement_bodies_as_document BEFORE INSERT ON statement_bodies
 WHEN (CASE WHEN json_valid(NEW.lines) AND json_type(NEW.lines) = 'array' THEN json_array_length(NEW.lines) END)
      IS NOT ({DOCUMENT_LINES})
-BEGIN SELECT RAISE(ABORT, '{UNLIKE}'); END
+BEGIN SELECT RAISE(ABORT, '{UNLIKE}'); END;
+
+CREATE TRIGGER trg_statement_bodies_latest_close BEFORE INSERT ON statement_bodies
+WHEN NEW.period IS NOT (SELECT period FROM period_closes ORDER BY ends_at_us DESC LIMIT 1)
+BEGIN SELECT RAISE(ABORT, '{OUTSIDE}'); END
 """
 
 POSTGRES_GUARDS = f"""

@@ -5,10 +5,10 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts, periods, plans
+from ledger import journal, partners, payouts, periods, plans, statement_bodies
 from ledger.balances import partner_balances
 from ledger.db import Database
-from ledger.statements import statement
+from ledger.statements import statement, statement_json, to_json
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
 from tests import program
 from tests.program import PLAN, at
@@ -48,7 +48,7 @@ def test_the_application_role_changes_the_program_and_the_database_moves_its_rev
         assert session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one() > before
 
 
-def test_the_application_role_closes_a_period_storing_its_statement_documents(app_database):
+def test_the_application_role_closes_a_period_storing_its_statement_documents_and_bodies(app_database):
     with app_database.transaction() as session:
         program.enrol(session, "p3")
         payouts.adjust(session, "p3", "available", 250, "USD", "opening", effective_at_us=at("2026-01-10"))
@@ -58,6 +58,9 @@ def test_the_application_role_closes_a_period_storing_its_statement_documents(ap
         assert [(line.kind, line.available_minor) for line in section.lines] == [("adjustment", 250)]
         assert session.execute(sa.text("SELECT count(*) FROM statement_documents WHERE partner_id = 'p3'")
                                ).scalar() == 1
+        # and the lines as the API writes them, which it may insert, and serves
+        assert statement_bodies.stored(session, "p3", "2026-01").keys() == {"USD"}
+        assert statement_json(session, "p3", "2026-01") == to_json(statement(session, "p3", "2026-01"))
 
 
 @pytest.mark.parametrize("function", [
@@ -97,6 +100,9 @@ def test_the_application_role_may_not_create_in_the_public_schema(app_database):
     "UPDATE statement_documents SET currency = 'EUR'",
     "INSERT INTO statement_documents (period, partner_id, currency, lines) VALUES ('2026-01', 'p1', 'USD', '[]')",
     "DELETE FROM statement_documents",
+    "UPDATE statement_bodies SET pending_minor = 0",
+    "DELETE FROM statement_bodies",
+    "TRUNCATE statement_bodies",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
