@@ -85,7 +85,7 @@ def statement_json(session: Session, partner_id: str, period: str) -> bytes:
         sections.append(_section_data(currency, (pending, available), msgspec.Raw(body.lines),
                                       msgspec.Raw(body.totals),
                                       (pending + body.pending_minor, available + body.available_minor)))
-    return _ENCODE(_frame(partner_id, period, status, close.close_hash, sections))
+    return _ENCODE(_frame(partner_id, period, status, close.close_hash if close else None, sections))
 
 
 _NO_LINES = statement_bodies.Body("[]", "{}", 0, 0)

@@ -112,6 +112,14 @@ def test_a_partner_with_no_lines_in_a_closed_month_gets_its_balances_and_no_line
         ("USD", [], {"pending": "3.33", "available": "0.00"})]
 
 
+def test_a_month_before_the_first_close_is_served_closed_with_no_close_of_its_own(closed):
+    with closed.reader() as session:
+        served = statement_json(session, "northwind", "2025-12")
+        assert served == to_json(statement(session, "northwind", "2025-12"))
+    assert json.loads(served) == {"partner_id": "northwind", "period": "2025-12", "period_status": "closed",
+                                  "close_hash": None, "currencies": []}
+
+
 @pytest.mark.usefixtures("closed_before_bodies")
 def test_a_month_closed_without_bodies_is_written_from_its_documents(database):
     book(database)
