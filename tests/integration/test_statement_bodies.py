@@ -87,6 +87,16 @@ def test_a_close_writes_each_partners_lines_of_its_period_as_the_api_writes_them
     assert json.loads(found[5][3])[0]["customer_id"] == 'cust "é\\/\n'
 
 
+def test_a_close_writes_its_bodies_a_few_at_a_time_while_it_reads_the_documents(database, monkeypatch):
+    # Two to an insert, one document a fetch: the inserts come between the fetches of one cursor.
+    monkeypatch.setattr(statement_bodies, "_BODIES_PER_INSERT", 2)
+    monkeypatch.setattr(statement_bodies, "_DOCUMENTS_PER_FETCH", 1)
+    book(database)
+    assert [row[:3] for row in bodies(database) if row[0] == "2026-01"] == [
+        ("2026-01", "contoso", "USD"), ("2026-01", "northwind", "EUR"), ("2026-01", "northwind", "USD")]
+    assert named(database) == []
+
+
 def test_a_closed_months_statement_is_served_from_its_bodies_as_written_line_by_line(closed):
     with closed.reader() as session:
         for partner_id in PARTNERS:
