@@ -7,7 +7,9 @@ the period's postings on the partner's two accounts, one statement line per tran
 currency (a release, pending to available, is one line with both amounts): an open period's
 gathered from the journal, a closed period's as stored when it closed (statement_lines.py).
 Closing = opening + the lines, always; a closed period's statement is therefore fixed once its
-period is closed.
+period is closed. The API's JSON body of a closed period is its lines as its close wrote them for
+the API (statement_bodies.py), set into the frame of opening and closing balances
+(`statement_json`).
 """
 
 from __future__ import annotations

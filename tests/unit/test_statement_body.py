@@ -7,6 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger import statement_bodies
 from ledger.instants import format_instant
 from ledger.statement_lines import StatementLine
 from ledger.statements import LINE_KINDS, CurrencyStatement, Statement, to_data, to_json
@@ -43,3 +44,17 @@ def test_a_line_s_data_is_written_from_its_fields():
         "kind": "accrual", "customer_id": "c1", "invoice_id": None, "event_id": "e1", "pending": "123.45",
         "available": "0.00"}]
     assert format_instant(1_768_867_200_000_001) == "2026-01-20T00:00:00.000001Z"
+
+
+@given(st.sampled_from(["USD", "JPY", "BHD", "CLF", "EUR"]), st.lists(_LINES, max_size=6))
+def test_a_section_as_its_close_writes_it_is_the_bytes_the_json_body_writes(currency, lines):
+    # What a closed month's statement serves (statement_bodies.written, set into the frame) against
+    # the section to_json writes for the same lines: byte for byte, so clients see no difference.
+    body = statement_bodies.written(currency, lines)
+    totals, pending, available = statement_bodies.tally(lines)
+    section = CurrencyStatement(currency, (0, 0), tuple(lines), totals, (pending, available))
+    written = to_json(Statement("p1", "2026-01", "closed", None, (section,)))
+    assert (body.pending_minor, body.available_minor) == (sum(line.pending_minor for line in lines),
+                                                         sum(line.available_minor for line in lines))
+    assert f'"lines":{body.lines},"totals":{body.totals},'.encode() in written
+    assert list(json.loads(body.totals)) == sorted({line.kind for line in lines})  # by kind, in order
