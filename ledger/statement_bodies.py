@@ -107,7 +107,7 @@ _BODIES_PER_INSERT = 500
 
 def store(session: Session, period: str) -> int:
     """Write the bodies of `period`, just closed, from the documents its close stored; returns how
-    many. A few hundred documents at a time: a month of 1M journal lines is some 150 MB of bodies."""
+    many. A few hundred documents at a time: a month of 1M journal lines is some 120 MB of bodies."""
     stored, pending = 0, []
     rows = driver_stream(session, _DOCUMENTS, (period,), rows_per_fetch=_DOCUMENTS_PER_FETCH)
     try:

