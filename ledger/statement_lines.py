@@ -129,9 +129,9 @@ class Difference(NamedTuple):
     side: str  # "journal": the journal gives the line, its document does not hold it (as often);
     #            "stored": the reverse; "malformed": the document is not a non-empty JSON array of lines;
     #            for the lines as written (statement_bodies.py): "written", the line is not written as
-    #            the journal gives it; "written_totals", the totals or sums are not the lines'; and
+    #            the journal gives it; "written_totals", the totals or sums are not the lines';
     #            "written_unlisted", written for a partner and currency the journal gives no lines for;
-    #            "written_malformed", not a JSON array of objects
+    #            and "written_malformed", not a JSON array of objects
 
 
 # The period's lines of every partner in (partner, currency) groups, each in posting order.
