@@ -284,3 +284,17 @@ def test_a_body_that_is_not_json_is_named_as_such(closed):
         execute("UPDATE statement_bodies SET lines = '[{' WHERE period = '2026-03' AND partner_id = 'contoso'")
     assert named(closed) == [(None, "period 2026-03: partner contoso's EUR statement lines as written are not a "
                                     "JSON array of lines")]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_on_postgresql_the_lines_are_compressed_with_lz4_where_the_server_has_it(closed):
+    with behind_the_triggers(closed) as execute:  # lines long enough to be compressed
+        execute("INSERT INTO statement_bodies VALUES ('2026-02', 'contoso', 'USD',"
+                " CAST('[' || repeat('{\"transaction_id\": 1}, ', 20000) || '1]' AS json), '{}', 0, 0)")
+    with closed.reader() as session:
+        built = session.execute(sa.text(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")).scalar()
+        method = session.execute(sa.text("SELECT pg_column_compression(lines) FROM statement_bodies"
+                                         " WHERE period = '2026-02' AND partner_id = 'contoso'")).scalar()
+    assert method == ("lz4" if built else "pglz")
