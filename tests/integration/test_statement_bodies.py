@@ -1,7 +1,7 @@
 """A closed period's statement lines as the API writes them (ledger/statement_bodies.py, migration
 0035): written by the close, served byte for byte as the statement read and written line by line
-would be, held by the database (append-only, of the latest close, as long as its document), and
-checked against the journal by verify."""
+would be, held by the database (append-only, of the latest close, as many lines as its document),
+and checked against the journal by verify."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def book(database) -> None:
     """Two partners, USD and EUR, January to March: accruals with and without their sources, a
     release, an accrual with an amount that is not a whole unit; northwind's EUR has lines in
     January only, so February and March open and close on it with no lines; contoso has nothing in
-    February. March's accrual on a string needing JSON escapes."""
+    February. Northwind's March accrual names a customer whose id JSON must escape."""
     with database.transaction() as session:
         for partner_id in PARTNERS:
             program.enrol(session, partner_id)
