@@ -225,13 +225,13 @@ def rows_for(engine_name: str, reads: list[Reads], closes: list[Close]) -> list[
         st50, st99 = median(served), percentile(served, 0.99)
         rows.append(Row(f"statement: month {read.closed_through}, p50/p99 ({where10})", engine_name, st50, "ms",
                         f"< {STATEMENT_MS_MAX:g} ms", st99 < STATEMENT_MS_MAX, scaled=scaled10,
-                        note=f"p99 {st99:.1f} ms over {STATEMENT_CALLS} random partners, read and written as the "
-                             f"JSON body; {_read_alone(read.statement_ms)}"))
+                        note=f"p99 {st99:.1f} ms over {STATEMENT_CALLS} random partners, served as the JSON body; "
+                             f"{_read_alone(read.statement_ms)}"))
         hot_st = median([timed.served for timed in read.hot_statement_ms])
         rows.append(Row(f"statement: hot partner ({where10})", engine_name, hot_st, "ms", f"< {STATEMENT_MS_MAX:g} ms",
                         hot_st < STATEMENT_MS_MAX, scaled=scaled10,
                         note=f"median, with the JSON body; {read.statement_lines_hot:,} lines in the month, as its "
-                             f"close stored them; {_read_alone(read.hot_statement_ms)}"))
+                             f"close wrote them; {_read_alone(read.hot_statement_ms)}"))
         rows.append(Row(f"statement: hot partner, open month {next_period(read.closed_through)} ({where10})",
                         engine_name, median([timed.served for timed in read.open_statement_ms]), "ms", "-", None,
                         scaled=scaled10,
