@@ -7,10 +7,12 @@ of 50. So when a period closes, the service also writes every partner's lines of
 as the API's JSON array of lines, with the totals by kind as the API writes them and the sums of the
 pending and available amounts, into `statement_bodies`, in the close's transaction
 (`store`). A closed month's statement is then that text set into its frame of opening and closing
-balances (`statements.statement_json`), with no object made per line.
+balances (`statements.statement_json`), with no object made per line: 3.1 ms on SQLite and 9-10 ms
+on PostgreSQL for that month.
 
-The rendering is `written`, the same code `statements.to_json` writes an open month's lines with,
-so a stored body is byte for byte what the API would write from the document. The database holds
+The rendering is `written`, made of the code `statements.to_json` writes every statement's lines
+and totals with (`line_bodies`, `written_totals`), so a stored body is byte for byte what the API
+would write from the document. The database holds
 that a body is of the latest closed period, of a document stored for it, with as many lines as
 that document, and never changes (migration 0035); that it is the journal's lines as the API writes
 them, `ledger.verify` checks with the documents, line for line (`compare`). A period closed before
