@@ -27,7 +27,7 @@ from ledger import statement_bodies, statement_lines
 from ledger.balances import partner_balances
 from ledger.instants import period_bounds_us
 from ledger.money import minor_formatter
-from ledger.periods import period_status
+from ledger.periods import Close, period_status
 from ledger.statement_bodies import LINE_FIELDS, line_bodies, tally, written_totals
 from ledger.statement_lines import StatementLine
 
@@ -52,8 +52,11 @@ class Statement(NamedTuple):
 
 
 def statement(session: Session, partner_id: str, period: str) -> Statement:
+    return _statement(session, partner_id, period, *period_status(session, period))
+
+
+def _statement(session: Session, partner_id: str, period: str, status: str, close: Close | None) -> Statement:
     start_us, end_us = period_bounds_us(period)
-    status, close = period_status(session, period)
     opening = partner_balances(session, partner_id, before_us=start_us)
     if status == "closed":
         lines = statement_lines.stored(session, partner_id, period)
@@ -77,8 +80,8 @@ def statement_json(session: Session, partner_id: str, period: str) -> bytes:
     PostgreSQL, against 54.6 and 60.3 ms read and written line by line (bench/books.py)."""
     status, close = period_status(session, period)
     bodies = statement_bodies.stored(session, partner_id, period) if status == "closed" else None
-    if bodies is None:
-        return to_json(statement(session, partner_id, period))
+    if bodies is None:  # the period's status read once
+        return to_json(_statement(session, partner_id, period, status, close))
     opening = partner_balances(session, partner_id, before_us=period_bounds_us(period)[0])
     sections = []
     for currency in sorted(set(opening) | set(bodies)):
