@@ -3,7 +3,8 @@
 Gunicorn is driven through its Python API (a small `BaseApplication`), so the command needs no
 config file. Each worker imports `wsgi`, which builds the app from the environment's settings.
 
-The workers are gunicorn's sync workers (`Worker`) with three changes for clients that misbehave:
+The workers are gunicorn's sync workers (`Worker`) with four changes, for clients that misbehave or
+keep their connections open:
 - a client that stops sending its request, or stops reading the answer, for `CLIENT_IDLE_S` is
   dropped (`ClientSocket`). A sync worker serves one connection at a time, and gunicorn's own
   sockets block without a limit: two connections that sent half a request line (or half a body)
@@ -16,11 +17,19 @@ The workers are gunicorn's sync workers (`Worker`) with three changes for client
 - such a drop is one line at INFO (`IdleDropLog`), not gunicorn's traceback at ERROR;
 - what gunicorn refuses itself, before the app sees the request (a request line or header over its
   limits, a malformed header, an `Expect` it cannot meet, a worker timeout's 500), is answered as
-  `application/problem+json` like every other error of the API, not gunicorn's HTML page.
+  `application/problem+json` like every other error of the API, not gunicorn's HTML page;
+- a connection whose request was read to its end, with nothing more from the client waiting, is
+  closed as soon as its answer is written (`close_answered`). Gunicorn 27 and later linger after
+  every answer until the client closes its side, for up to 2 seconds (RFC 9112, section 9.6): that
+  keeps a reset from cutting an answer short when request bytes are left unread (a 401 or 413
+  answered before its body was read), which still lingers, but with nothing left unread it only holds
+  the worker. Two clients that read their answers and kept their connections open a moment longer
+  (a connection pool) held both default workers, and a third client's health check waited 1.7 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import socket
@@ -32,6 +41,7 @@ from http import HTTPStatus
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.sync import SyncWorker
 
 APP_URI = "wsgi:app"
@@ -45,6 +55,8 @@ _CONTROL_SOCKET = "control_socket_disable" in {setting.name for setting in KNOWN
 CLIENT_IDLE_S = 5.0
 PROBLEM_TYPE_PREFIX = "urn:revshare:problem:"  # as api.errors, which the arbiter does not import (Flask)
 _DETAIL_500 = "An unexpected error occurred. It has been logged."
+# Gunicorn's close after an answer: lingering (27 and later) or, before 27, none to replace.
+_LINGERING_CLOSE = getattr(util, "close_graceful", None)
 
 
 def gunicorn_options(*, host: str, port: int, workers: int, log_level: str) -> dict:
@@ -92,6 +104,7 @@ class ClientSocket(socket.socket):
     The worker timeout bounds the app's own work still, from the request's last byte."""
 
     progress = staticmethod(lambda: None)
+    request_read_whole = False  # set once the app answered a request it read to its end (`Worker`)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         data = super().recv(size, flags)
@@ -120,6 +133,33 @@ def _held_bytes(sock: socket.socket) -> int | None:
         return None
 
 
+def _unread_bytes(sock: socket.socket) -> int | None:
+    """The bytes the kernel received from the peer and no one has read yet (`FIONREAD`), or None
+    where the kernel does not tell."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0]
+    except OSError:
+        return None
+
+
+def close_answered(sock: socket.socket, *args, **kwargs) -> None:
+    """Close a client's connection after its answer: at once when its request was read to its end
+    and the client sent nothing more, or else as gunicorn does, lingering to read what the client
+    still sends (so that the kernel does not answer it with a reset that cuts the answer short)."""
+    if getattr(sock, "request_read_whole", False) and _unread_bytes(sock) == 0:
+        with contextlib.suppress(OSError):
+            sock.close()
+        return
+    _LINGERING_CLOSE(sock, *args, **kwargs)
+
+
+def read_to_its_end(req) -> bool:
+    """Whether a request's body, of a stated length (none is a length of 0), was all read: then
+    the client has nothing more to send for it. A chunked body is not told, and lingers."""
+    reader = getattr(getattr(req, "body", None), "reader", None)
+    return isinstance(reader, LengthReader) and reader.length == 0
+
+
 class IdleDropLog:
     """Gunicorn's logger, except that a client dropped at the idle limit is one line at INFO.
     Gunicorn logs a socket error it does not expect with its traceback at ERROR, and the idle
@@ -143,7 +183,8 @@ class IdleDropLog:
 
 
 class Worker(SyncWorker):
-    """Gunicorn's sync worker, with an idle limit on each client and problem+json refusals."""
+    """Gunicorn's sync worker, with an idle limit on each client, problem+json refusals, and no
+    lingering after an answer to a request read to its end."""
 
     client_ip = ""  # of the client being served, for the log
 
@@ -151,6 +192,8 @@ class Worker(SyncWorker):
         # Gunicorn's workers write their refusals with `util.write_error` (an HTML page): in this
         # worker process, which serves nothing but this API, they write the API's problem+json.
         util.write_error = _write_problem
+        if _LINGERING_CLOSE is not None:
+            util.close_graceful = close_answered
         self.log = IdleDropLog(self.log, self)
         super().init_process()
 
@@ -162,6 +205,10 @@ class Worker(SyncWorker):
         client.progress = self.notify
         util.close_on_exec(client)
         self.handle(listener, client, addr)
+
+    def handle_request(self, listener, req, client, addr) -> None:
+        super().handle_request(listener, req, client, addr)
+        client.request_read_whole = read_to_its_end(req)
 
 
 class Server(BaseApplication):

@@ -409,3 +409,96 @@ def test_the_worker_log_writes_a_client_dropped_idle_as_one_line_and_other_error
         ("info", "Dropped client ip=192.0.2.7: it sent nothing, or read nothing of its answer, for 5 s"),
         ("exception", "Socket error processing request.", OSError)]
     assert log.info == log._log.info  # the rest is gunicorn's logger's own
+
+
+def recording_recv(client: server.ClientSocket) -> list[bytes | None]:
+    """What each `recv` on `client` returned, None for a call that raised (a timeout)."""
+    received: list[bytes | None] = []
+    real = client.recv
+
+    def recv(size: int, flags: int = 0) -> bytes:
+        received.append(None)
+        received[-1] = real(size, flags)
+        return received[-1]
+
+    client.recv = recv
+    return received
+
+
+def test_an_answered_request_read_to_its_end_is_closed_at_once_without_waiting_for_the_client():
+    """Gunicorn 27 lingers after each answer, reading until the client closes (up to 2 s): two pooled
+    clients that kept their connections open a moment held both workers. With the request read whole
+    and nothing more sent, the connection is closed with no read at all; the client sees the end."""
+    client, peer = client_and_peer(5.0)
+    client.request_read_whole = True
+    received = recording_recv(client)
+    with peer:
+        server.close_answered(client)
+        assert client.fileno() == -1 and received == []
+        peer.settimeout(5)
+        assert peer.recv(100) == b""
+
+
+@pytest.mark.parametrize("read_whole, unread", [(True, b"the rest of a pipelined request"), (False, b""),
+                                                (False, b"the body the app did not read")],
+                         ids=["bytes-left-unread", "request-not-read-whole", "body-not-read"])
+def test_a_connection_with_request_bytes_left_or_possibly_coming_lingers_as_gunicorn_does(read_whole, unread):
+    """Closed with bytes unread, the kernel would answer the client with a reset, which may cut its
+    answer short: gunicorn's close reads what the client still sends, until it closes its side."""
+    client, peer = client_and_peer(5.0)
+    client.request_read_whole = read_whole
+    received = recording_recv(client)
+    with peer:
+        if unread:
+            peer.sendall(unread)
+        peer.shutdown(socket.SHUT_WR)  # the client is done sending: the lingering read sees its end
+        server.close_answered(client)
+        assert client.fileno() == -1 and b"".join(received) == unread and received[-1] == b""
+
+
+def parsed_request(raw: bytes):
+    """Gunicorn's parse of a request received on a socket (its body not read yet), and the peer."""
+    from gunicorn import http
+    from gunicorn.config import Config
+
+    ours, peer = socket.socketpair()
+    peer.sendall(raw)
+    return next(http.get_parser(Config(), ours, ("127.0.0.1", 1))), ours, peer
+
+
+@pytest.mark.parametrize("raw, read_whole_unread, read_whole_after", [
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", True, True),
+    (b"POST /v1/holds/release HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False, True),
+    (b"POST /v1/holds/release HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+     False, False),
+], ids=["no-body", "a-body-of-stated-length", "chunked"])
+def test_a_request_is_read_to_its_end_once_its_body_of_stated_length_was_all_read(raw, read_whole_unread,
+                                                                                  read_whole_after):
+    request, ours, peer = parsed_request(raw)
+    with ours, peer:
+        assert server.read_to_its_end(request) is read_whole_unread
+        request.body.read()
+        assert server.read_to_its_end(request) is read_whole_after
+
+
+def test_a_served_answer_to_a_request_read_whole_ends_the_connection_at_once(sqlite_database):
+    """Through a real worker: a client that read its answer to the end and kept its connection open
+    finds it closed when it sends more (a reset), where a lingering worker would read what it sends
+    for up to 2 s; the one worker then serves the next client."""
+    key = run(["keys", "create", "--role", "finance"], sqlite_database.url).output.strip().splitlines()[-1]
+    with serving(sqlite_database.url) as (port, _):
+        for request in (b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"POST /v1/holds/release HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+                        + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as pooled:
+                pooled.sendall(request)
+                answer = b""
+                while chunk := pooled.recv(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+                with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                    for _ in range(10):  # the reset comes back as the bytes arrive; well within 2 s
+                        pooled.sendall(b"more")
+                        pooled.recv(100)
+                        time.sleep(0.02)
+            assert wait_for(f"http://127.0.0.1:{port}/v1/health") == (200, b'{"status":"ok"}\n')
