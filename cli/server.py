@@ -55,8 +55,9 @@ _CONTROL_SOCKET = "control_socket_disable" in {setting.name for setting in KNOWN
 CLIENT_IDLE_S = 5.0
 PROBLEM_TYPE_PREFIX = "urn:revshare:problem:"  # as api.errors, which the arbiter does not import (Flask)
 _DETAIL_500 = "An unexpected error occurred. It has been logged."
-# Gunicorn's close after an answer: lingering (27 and later) or, before 27, none to replace.
-_LINGERING_CLOSE = getattr(util, "close_graceful", None)
+# Gunicorn's close after an answer: lingering from 27 on; before 27 a plain close, left as it is.
+_LINGERS = hasattr(util, "close_graceful")
+_LINGERING_CLOSE = util.close_graceful if _LINGERS else util.close
 
 
 def gunicorn_options(*, host: str, port: int, workers: int, log_level: str) -> dict:
@@ -192,7 +193,7 @@ class Worker(SyncWorker):
         # Gunicorn's workers write their refusals with `util.write_error` (an HTML page): in this
         # worker process, which serves nothing but this API, they write the API's problem+json.
         util.write_error = _write_problem
-        if _LINGERING_CLOSE is not None:
+        if _LINGERS:
             util.close_graceful = close_answered
         self.log = IdleDropLog(self.log, self)
         super().init_process()
