@@ -484,7 +484,7 @@ def test_a_request_is_read_to_its_end_once_its_body_of_stated_length_was_all_rea
 def test_a_served_answer_to_a_request_read_whole_ends_the_connection_at_once(sqlite_database):
     """Through a real worker: a client that read its answer to the end and kept its connection open
     finds it closed when it sends more (a reset), where a lingering worker would read what it sends
-    for up to 2 s; the one worker then serves the next client."""
+    for up to 2 s; the one worker serves the next client while that connection is still open."""
     key = run(["keys", "create", "--role", "finance"], sqlite_database.url).output.strip().splitlines()[-1]
     with serving(sqlite_database.url) as (port, _):
         for request in (b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -501,4 +501,4 @@ def test_a_served_answer_to_a_request_read_whole_ends_the_connection_at_once(sql
                         pooled.sendall(b"more")
                         pooled.recv(100)
                         time.sleep(0.02)
-            assert wait_for(f"http://127.0.0.1:{port}/v1/health") == (200, b'{"status":"ok"}\n')
+                assert wait_for(f"http://127.0.0.1:{port}/v1/health") == (200, b'{"status":"ok"}\n')
