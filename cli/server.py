@@ -115,30 +115,22 @@ class ClientSocket(socket.socket):
     def sendall(self, data, flags: int = 0) -> None:
         unsent = memoryview(data).cast("B")
         while unsent:
-            held = _held_bytes(self)
+            held = _queued_bytes(self, termios.TIOCOUTQ)
             try:
                 unsent = unsent[self.send(unsent, flags):]
             except TimeoutError:
-                still = _held_bytes(self)
+                still = _queued_bytes(self, termios.TIOCOUTQ)
                 if held is None or still is None or still >= held:
                     raise  # the client took nothing for a whole idle limit
             self.progress()
 
 
-def _held_bytes(sock: socket.socket) -> int | None:
-    """The bytes the kernel holds for the peer (not yet acknowledged by it), or None where the
-    kernel does not tell (`SIOCOUTQ`, Linux's `TIOCOUTQ` on a socket)."""
+def _queued_bytes(sock: socket.socket, request: int) -> int | None:
+    """A count of bytes the kernel keeps for a socket, or None where the kernel does not tell:
+    `TIOCOUTQ` (Linux's `SIOCOUTQ` on a socket), held for the peer and not yet acknowledged by it;
+    `FIONREAD`, received from the peer and not yet read."""
     try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
-    except OSError:
-        return None
-
-
-def _unread_bytes(sock: socket.socket) -> int | None:
-    """The bytes the kernel received from the peer and no one has read yet (`FIONREAD`), or None
-    where the kernel does not tell."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0]
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, bytes(4)))[0]
     except OSError:
         return None
 
@@ -147,7 +139,7 @@ def close_answered(sock: socket.socket, *args, **kwargs) -> None:
     """Close a client's connection after its answer: at once when its request was read to its end
     and the client sent nothing more, or else as gunicorn does, lingering to read what the client
     still sends (so that the kernel does not answer it with a reset that cuts the answer short)."""
-    if getattr(sock, "request_read_whole", False) and _unread_bytes(sock) == 0:
+    if getattr(sock, "request_read_whole", False) and _queued_bytes(sock, termios.FIONREAD) == 0:
         with contextlib.suppress(OSError):
             sock.close()
         return
