@@ -59,6 +59,13 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 CHECKPOINT_ROWS = 1_000
 # SQLite's automatic checkpoint for those writers: only ever reached when ours cannot keep up.
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000
+# Each SQLite connection's page cache, in KiB (SQLite's default is 2,000). A connection keeps its
+# cache from one transaction to the next while no other connection writes: a bulk writer (an
+# import, batches, a job's catch-up) on a grown book re-read the pages of its indexes from the
+# operating system at every insert with the default. Memory is taken as pages are read, up to this
+# much a connection; a connection whose cache another's write made stale reads its pages again
+# either way (docs/performance.md, "SQLite's page cache").
+SQLITE_CACHE_KIB = 32_768
 # PostgreSQL: a write of more rows than this is a COPY; fewer go in one multi-row INSERT, which
 # costs one round trip where COPY costs two (single events write one to three rows per table).
 COPY_ROWS_MIN = 50
@@ -295,7 +302,7 @@ def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> N
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         for pragma in ("foreign_keys=ON", "recursive_triggers=ON", f"busy_timeout={busy_timeout_ms}",
-                       "synchronous=NORMAL"):
+                       "synchronous=NORMAL", f"cache_size=-{SQLITE_CACHE_KIB}"):
             cursor.execute(f"PRAGMA {pragma}")
         _write_ahead_log(cursor)
         cursor.close()

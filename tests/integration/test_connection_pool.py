@@ -1,18 +1,21 @@
 """PostgreSQL's pooled connections (ledger/db.py `_install_idle_ping`): one used moments ago is
 handed out as it is, one that sat idle is pinged first, and one the server ended while it sat idle
 is replaced before a request uses it; one the server ended within the idle time (a restart under
-load) fails its request with a 503 to retry, whose retry is served on a new connection."""
+load) fails its request with a 503 to retry, whose retry is served on a new connection. On the
+database's own host the service may connect over PostgreSQL's Unix socket instead of TCP."""
 
 from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
 
+from api import create_app
 from api.idempotency import REPLAYED_HEADER
 from ledger import db
 from ledger.db import Database
 from ledger.migrate import upgrade
 from ledger.schema import revenue_events
+from ledger.settings import Settings
 from tests.api.books import event_body
 from tests.api.conftest import bearer, enroll, make_app, make_keys
 from tests.pg_cluster import Cluster
@@ -90,3 +93,24 @@ def test_after_a_restart_a_request_on_a_connection_used_moments_before_is_a_503_
         if database is not None:
             database.dispose()
         cluster.stop()
+
+
+def test_the_service_reaches_postgresql_on_its_host_over_the_unix_socket(postgres_database, pg_cluster):
+    # README, PostgreSQL, step by step: a URL naming the socket's directory as `host`. The settings
+    # take it, the app makes its own engine from it, and a posting is made over it.
+    tcp = sa.make_url(postgres_database.url)
+    url = f"postgresql://{tcp.username}@/{tcp.database}?host={pg_cluster.root}&port={tcp.port}"
+    enroll(postgres_database)
+    keys = make_keys(postgres_database)
+    app = create_app(Settings.build(database_url=url))
+    database = app.extensions["revshare"]["database"]
+    try:
+        posted = app.test_client().post("/v1/revenue-events", headers=bearer(keys.billing),
+                                        json=event_body("evt-1", "p1-customer", "inv-1", "250.00", "2026-01-01"))
+        assert posted.status_code == 201, posted.get_json()
+        with database.reader() as session:
+            assert session.execute(sa.text("SELECT inet_client_addr()")).scalar_one() is None  # no TCP peer
+        with postgres_database.reader() as session:
+            assert session.execute(sa.select(revenue_events.c.id)).scalars().all() == ["evt-1"]
+    finally:
+        database.dispose()

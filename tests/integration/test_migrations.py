@@ -8,6 +8,7 @@ from sqlalchemy import select, text
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from ledger.db import SQLITE_CACHE_KIB
 from ledger.schema import metadata
 
 
@@ -40,8 +41,10 @@ def test_every_journal_guard_trigger_exists(database):
 def test_sqlite_connections_carry_the_required_pragmas(sqlite_database):
     with sqlite_database.engine.connect() as connection:
         pragmas = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
-                   for name in ("foreign_keys", "recursive_triggers", "journal_mode", "busy_timeout")}
-    assert pragmas == {"foreign_keys": 1, "recursive_triggers": 1, "journal_mode": "wal", "busy_timeout": 30000}
+                   for name in ("foreign_keys", "recursive_triggers", "journal_mode", "busy_timeout", "cache_size")}
+    assert pragmas == {"foreign_keys": 1, "recursive_triggers": 1, "journal_mode": "wal", "busy_timeout": 30000,
+                       "cache_size": -SQLITE_CACHE_KIB}
+    assert SQLITE_CACHE_KIB > 2_000  # SQLite's default
 
 
 @pytest.mark.postgres
