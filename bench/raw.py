@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from ledger.db import SQLITE_BUSY_TIMEOUT_MS, SQLITE_CACHE_KIB, normalize_url
+from ledger.db import normalize_url, sqlite_pragmas
 
 LINE_COLUMNS = ("transaction_id", "account_id", "currency", "side", "amount_minor", "effective_at_us")
 HEADER_COLUMNS = ("id", "kind", "effective_at_us", "original_effective_at_us", "recorded_at_us", "idempotency_key",
@@ -81,9 +81,7 @@ def write(url: str, rows: Rows) -> float:
 def _write_sqlite(url: str, rows: Rows) -> float:
     connection = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
     try:
-        for pragma in ("foreign_keys=ON", "recursive_triggers=ON", "journal_mode=WAL",
-                       f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "synchronous=NORMAL",
-                       f"cache_size=-{SQLITE_CACHE_KIB}"):
+        for pragma in ("journal_mode=WAL", *sqlite_pragmas()):
             connection.execute(f"PRAGMA {pragma}")
         started = time.perf_counter()
         connection.execute("BEGIN IMMEDIATE")

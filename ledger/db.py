@@ -294,6 +294,13 @@ def _flock_within(fd: int, wait_s: float) -> bool:
         signal.signal(signal.SIGALRM, previous)
 
 
+def sqlite_pragmas(busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> tuple[str, ...]:
+    """The pragmas every SQLite connection of the service is opened with (the write-ahead log apart,
+    a property of the file: `_write_ahead_log`)."""
+    return ("foreign_keys=ON", "recursive_triggers=ON", f"busy_timeout={busy_timeout_ms}", "synchronous=NORMAL",
+            f"cache_size=-{SQLITE_CACHE_KIB}")
+
+
 def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> None:
     busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS if lock_wait_s is None else _milliseconds(lock_wait_s)
 
@@ -301,8 +308,7 @@ def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> N
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        for pragma in ("foreign_keys=ON", "recursive_triggers=ON", f"busy_timeout={busy_timeout_ms}",
-                       "synchronous=NORMAL", f"cache_size=-{SQLITE_CACHE_KIB}"):
+        for pragma in sqlite_pragmas(busy_timeout_ms):
             cursor.execute(f"PRAGMA {pragma}")
         _write_ahead_log(cursor)
         cursor.close()
