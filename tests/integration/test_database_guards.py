@@ -6,7 +6,9 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal
+from ledger import journal, reversals
+from ledger.demo import load_demo
+from ledger.keys import create_key, revoke_key
 from ledger.schema import GENESIS_HASH
 
 PENDING = chart.pending("northwind")
@@ -184,6 +186,74 @@ def test_insert_or_replace_is_refused(booked):
             "INSERT INTO accounts (id, name, type, normal_side) VALUES (1, 'asset:cash', 'asset', 'D') "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name")
     refused(booked, replace, "append-only")
+
+
+def unique_keys(connection: sqlite3.Connection, table: str) -> list[tuple[str, ...]]:
+    """The table's primary key and unique keys, from SQLite's own catalogue (an INTEGER PRIMARY KEY is
+    the rowid, which no index lists)."""
+    primary = [(position, name) for _, name, _, _, _, position in connection.execute(f"PRAGMA table_info({table})")
+               if position]
+    keys = [tuple(name for _, name in sorted(primary))]
+    for _, index, unique, _, _ in connection.execute(f"PRAGMA index_list({table})"):
+        key = tuple(name for _, _, name in connection.execute(f"PRAGMA index_info({index})"))
+        if unique and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def a_row_taking_only(connection: sqlite3.Connection, table: str, key: tuple[str, ...]) -> tuple[str, list]:
+    """An INSERT OR REPLACE of a stored row of `table` whose other keys' columns are given new values:
+    it meets one stored row, by `key` alone."""
+    columns = [name for _, name, *_ in connection.execute(f"PRAGMA table_info({table})")]
+    # The newest row holding the key (a NULL takes no unique key), which the rules of what may be
+    # inserted next let through (a statement of the latest close), a paid invoice's where there is
+    # one (the partial index of paid invoices).
+    holding = " AND ".join([f"{column} IS NOT NULL" for column in key]
+                           + (["type = 'invoice_paid'"] if table == "revenue_events" else []))
+    row = list(connection.execute(f"SELECT * FROM {table} WHERE {holding} ORDER BY rowid DESC LIMIT 1").fetchone()
+               or [])
+    assert row, f"{table} holds no row to replace"
+    others = {column for other in unique_keys(connection, table) if other != key for column in other} - set(key)
+    for column in others:
+        at = columns.index(column)
+        if isinstance(row[at], int):
+            row[at] = connection.execute(f"SELECT max({column}) + 1 FROM {table}").fetchone()[0]
+        elif isinstance(row[at], str):
+            row[at] = f"{row[at]}-new"
+    return f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(columns))})", row
+
+
+# Lines are refused as lines added to a sealed transaction: every stored line's transaction is sealed.
+REPLACE_REFUSED = {"journal_lines": "^journal_lines: transaction is sealed, lines cannot be added$"}
+
+
+def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plain_sqlite_connection(
+        sqlite_database):
+    """The sqlite3 shell's connections leave `recursive_triggers` off, so a REPLACE deletes the row it
+    meets without firing the delete guard: the guards before each insert refuse it (migration 0036
+    and those before it). Each key is met alone, a stored row given new values for the others'
+    columns."""
+    with sqlite_database.transaction() as session:
+        load_demo(session)
+        revoke_key(session, create_key(session, "finance")[0])
+        accrual = session.execute(sa.text("SELECT max(id) FROM journal_transactions WHERE kind = 'accrual'")).scalar()
+        reversals.reverse(session, accrual, reason="a reversal's row to replace")
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    try:
+        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
+        append_only = [table for (table,) in connection.execute(
+            "SELECT tbl_name FROM sqlite_master WHERE type = 'trigger' AND name = 'trg_' || tbl_name || '_no_delete'"
+            " ORDER BY tbl_name")]
+        assert len(append_only) >= 20, append_only
+        for table in append_only:
+            for key in unique_keys(connection, table):
+                sql, row = a_row_taking_only(connection, table, key)
+                with pytest.raises(sqlite3.IntegrityError, match=REPLACE_REFUSED.get(
+                        table, f"^{table} is append-only: REPLACE refused$")):
+                    connection.execute(sql, row)
+                connection.rollback()
+    finally:
+        connection.close()
 
 
 @pytest.mark.postgres
