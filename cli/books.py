@@ -226,6 +226,31 @@ def demo(settings: Settings) -> None:
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
     """Import revenue events from an NDJSON or CSV file (UTF-8), or from standard input when PATH is
     '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused."""
+    from ledger.importer import Unreadable
+
+    try:
+        summary = _import(settings, path, file_format, batch_size)
+    except Unreadable as error:
+        committed = ("; the batches read before it have committed: run the import again once it reads, and "
+                     "they replay" if error.line_number > 1 else "")
+        click.echo(f"error: cannot read {'standard input' if path == '-' else repr(path)}: {error}{committed}",
+                   err=True)
+        sys.exit(2)
+    click.echo(f"read {summary.read} events")
+    for status in ("posted", "unattributed", "no_commission"):
+        click.echo(f"  {status}: {summary.statuses.get(status, 0)}")
+    click.echo(f"  replayed: {summary.replayed}")
+    click.echo(f"  refused: {summary.refused}")
+    for reason, count in summary.refusal_reasons.most_common():
+        click.echo(f"    {count} x {reason}")
+    for example in summary.refusal_examples:
+        click.echo(f"    {example}")
+    if summary.refused:
+        sys.exit(1)
+
+
+def _import(settings: Settings, path: str, file_format: str, batch_size: int):
+    """The import's summary, with a progress bar on standard error while the input's size is known."""
     from ledger.importer import detect_format, head, import_stream, open_events
 
     with open_events(path) as stream:
@@ -243,18 +268,7 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
                     bar.update(max(0, position - last[0]))
                     last[0] = position
 
-            summary = import_stream(database, stream, chosen, batch_size=batch_size, progress=advance)
-    click.echo(f"read {summary.read} events")
-    for status in ("posted", "unattributed", "no_commission"):
-        click.echo(f"  {status}: {summary.statuses.get(status, 0)}")
-    click.echo(f"  replayed: {summary.replayed}")
-    click.echo(f"  refused: {summary.refused}")
-    for reason, count in summary.refusal_reasons.most_common():
-        click.echo(f"    {count} x {reason}")
-    for example in summary.refusal_examples:
-        click.echo(f"    {example}")
-    if summary.refused:
-        sys.exit(1)
+            return import_stream(database, stream, chosen, batch_size=batch_size, progress=advance)
 
 
 AT_HELP = "Instant (RFC 3339) or date (the start of that day, UTC); not ahead of now; default now."

@@ -12,15 +12,17 @@ CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (i
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
 UTF-8, a leading byte-order mark allowed; a blank line (empty, or of white space only) holds no event,
 in either format, before a CSV header too, and is counted in the line numbers a refusal names; an
-input with no line but blank ones holds no events. A line that is too long, is not UTF-8, is not
-JSON (NDJSON; an object that gives a key twice is not taken either) or has more or fewer fields than
-the header (CSV) is refused with its line number, like an event the domain refuses; the import goes
-on.
+input with no line but blank ones holds no events. A CSV row is one line: no field of an event holds
+a line break, so a quoted field closes on the line it opens on. A line that is too long, is not
+UTF-8, is not JSON (NDJSON; an object that gives a key twice is not taken either), is not CSV (a
+quote left open, or not ending its field) or has more or fewer fields than the header (CSV) is
+refused with its line number, like an event the domain refuses; the import goes on.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import itertools
 import json
@@ -28,7 +30,7 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterator, NamedTuple
+from typing import IO, Callable, Iterator
 
 from ledger import json_input, revenue
 from ledger.db import Database
@@ -83,12 +85,24 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order mark and a `{`
 
 
+class Unreadable(Exception):
+    """The input failed to read (an I/O error of a failing disk or a network file system, standard
+    input closed): not an event refused, but the import stopped. The batches before `line_number`
+    have committed; run again once the input reads, they replay."""
+
+    def __init__(self, line_number: int, error: OSError) -> None:
+        super().__init__(f"{error.strerror or error}" + (f", at line {line_number}" if line_number else ""))
+        self.line_number = line_number
+
+
 def open_events(path: str) -> IO[str]:
     """An import file as text, for `records`: UTF-8, with bytes that are not UTF-8 kept as lone
     surrogates (`_NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
     left in place for the CSV reader (`newline=""`). `-` is standard input. A stream that cannot
     seek (a pipe) has its first `HEAD_BYTES` read ahead, however many writes its producer makes of
     them, and given again from the start: `head` sees them as it sees a file's."""
+    if path == "-" and sys.stdin is None:  # started with its standard input closed
+        raise Unreadable(0, OSError(errno.EBADF, "standard input is closed"))
     raw = open(sys.stdin.fileno() if path == "-" else path, "rb", buffering=0, closefd=path != "-")
     binary = io.BufferedReader(raw if raw.seekable() else _ReadAhead(raw))
     return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
@@ -96,7 +110,11 @@ def open_events(path: str) -> IO[str]:
 
 def head(stream: IO[str]) -> str:
     """The first characters of a stream from `open_events`, without reading them (for `detect_format`)."""
-    return stream.buffer.peek(HEAD_BYTES)[:HEAD_BYTES].decode("utf-8", errors="ignore").removeprefix("\ufeff")
+    try:
+        ahead = stream.buffer.peek(HEAD_BYTES)
+    except OSError as error:
+        raise Unreadable(1, error) from error
+    return ahead[:HEAD_BYTES].decode("utf-8", errors="ignore").removeprefix("\ufeff")
 
 
 class _ReadAhead(io.RawIOBase):
@@ -123,31 +141,30 @@ class _ReadAhead(io.RawIOBase):
         super().close()
 
 
-class _TooLong(NamedTuple):
-    """A line longer than `LINE_CHARS_MAX`, read past: whether it holds an odd number of `"`, so that
-    the CSV reader is given a line that leaves a quoted field open, or closes one, as it would have."""
-    quotes_odd: bool
+_TOO_LONG = object()  # what `_lines` gives for a line longer than `LINE_CHARS_MAX`, read past
 
 
-def _lines(stream: IO[str]) -> Iterator[str | _TooLong]:
+def _lines(stream: IO[str]) -> Iterator[str | object]:
     """The stream's lines, a byte-order mark before the first dropped; one longer than `LINE_CHARS_MAX`
-    (its line break aside) as `_TooLong`, read past a piece at a time and never held: read whole, a
+    (its line break aside) as `_TOO_LONG`, read past a piece at a time and never held: read whole, a
     line of 150 MB (a file concatenated without line breaks, a runaway field) took an import to 440 MB."""
     piece_chars = LINE_CHARS_MAX + 1  # room for a longest line's line break, or its first character
     split = False  # the latest piece ended at the bound in "\r": the "\n" of its "\r\n" comes alone next
     for number in itertools.count(1):
-        piece = stream.readline(piece_chars)
-        if split and piece == "\n":
+        try:
             piece = stream.readline(piece_chars)
-        if not piece:
-            return
-        fits = len(piece) < piece_chars or piece.endswith(("\n", "\r"))
-        last, quotes = piece, piece.count('"')
-        while len(last) == piece_chars and not last.endswith(("\n", "\r")):
-            last = stream.readline(piece_chars)
-            quotes += last.count('"')
+            if split and piece == "\n":
+                piece = stream.readline(piece_chars)
+            if not piece:
+                return
+            fits = len(piece) < piece_chars or piece.endswith(("\n", "\r"))
+            last = piece
+            while len(last) == piece_chars and not last.endswith(("\n", "\r")):
+                last = stream.readline(piece_chars)
+        except OSError as error:
+            raise Unreadable(number, error) from error
         split = len(last) == piece_chars and last.endswith("\r")
-        yield (piece.removeprefix("\ufeff") if number == 1 else piece) if fits else _TooLong(quotes % 2 == 1)
+        yield (piece.removeprefix("\ufeff") if number == 1 else piece) if fits else _TOO_LONG
 
 
 def _not_utf8(number: int) -> InvalidInput:
@@ -161,7 +178,7 @@ def _too_long(number: int) -> InvalidInput:
 
 def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
     for number, line in enumerate(_lines(stream), start=1):
-        if isinstance(line, _TooLong):
+        if line is _TOO_LONG:
             yield number, _too_long(number)
             continue
         if not line.strip():
@@ -177,33 +194,9 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
             yield number, InvalidInput(f"malformed JSON ({json_input.reason(error)})", {"_line": ["malformed JSON"]})
 
 
-class _CsvLines:
-    """The lines the CSV reader takes, and what it took for its latest row: whether that row's lines
-    were all blank (`start_row` begins a row), the number of one too long among them (given to the
-    reader as an empty line, or a quote alone), and whether the latest line ended with a line break
-    (a line without one is the input's last). The reader takes a line at a time, never one ahead."""
-
-    def __init__(self, lines: Iterator[str | _TooLong]) -> None:
-        self._lines, self.ended = lines, True
-        self.start_row()
-
-    def start_row(self) -> None:
-        self.blank, self.too_long = True, 0
-
-    def __iter__(self) -> Iterator[str]:
-        for number, line in enumerate(self._lines, start=1):
-            if isinstance(line, _TooLong):
-                self.too_long, line = self.too_long or number, '"\n' if line.quotes_odd else "\n"
-            self.blank = self.blank and not line.strip() and not self.too_long
-            self.ended = line.endswith(("\n", "\r"))
-            yield line
-
-
 def _csv(stream: IO) -> Iterator[tuple[int, object]]:
-    lines = _CsvLines(_lines(stream))
-    reader = csv.reader(lines)
-    rows = _rows(reader, lines)
-    header = next(rows, (0, None))[1]
+    rows = _rows(_lines(stream))
+    header = next(rows, (0, None, True))[1]
     if header is None:
         return  # no line but blank ones: no header, and no events, as in NDJSON
     if isinstance(header, InvalidInput):
@@ -215,7 +208,7 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     if repeated:  # not read as the last column of a name, as Python keeps the last key of JSON (json_input)
         raise InvalidInput(f"CSV header names {', '.join(repeated)} more than once", {"header": ["repeated columns"]})
     width = len(header)
-    for number, row in rows:
+    for number, row, ended in rows:
         if isinstance(row, InvalidInput):
             yield number, row
         elif len(row) != width:
@@ -223,7 +216,7 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
                                        {"_line": [f"{len(row)} fields, the header has {width}"]})
         elif any(_NOT_UTF8.search(value) for value in row):
             yield number, _not_utf8(number)
-        elif not lines.ended:
+        elif not ended:
             # A file cut short ends in the middle of a line, and a CSV row cut after a field's first
             # characters can still be a whole event: "1500.00" cut to "150" when amount is the last
             # column. Posted, it would stand, and the whole file sent again would be refused for it.
@@ -237,22 +230,36 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
             yield number, data
 
 
-def _rows(reader, lines: _CsvLines) -> Iterator[tuple[int, list[str] | InvalidInput]]:
-    """The reader's rows with the number of their last line, but none of blank lines (empty, or white
-    space only, as NDJSON's), before the header or among the rows: one before the header read as a
-    header that lacked every column, and one of spaces among the rows as an event of one field. A
-    row with a line too long is its refusal, numbered by that line. A line the CSV parser cannot read
-    (an unbalanced quote runs on to the field size limit) stops the import, naming where."""
-    try:
-        for row in reader:
-            if lines.too_long:
-                yield lines.too_long, _too_long(lines.too_long)
-            elif not lines.blank:  # a blank line in a quoted field is in a row of lines that are not
-                yield reader.line_num, row
-            lines.start_row()
-    except csv.Error as error:
-        raise InvalidInput(f"line {reader.line_num}: not CSV the import can read ({error})",
-                           {"_line": [f"line {reader.line_num}: {error}"]}) from None
+def _rows(lines: Iterator[str | object]) -> Iterator[tuple[int, list[str] | InvalidInput, bool]]:
+    """Each line that is not blank (empty, or white space only, as in NDJSON) read as one CSV row,
+    with its number and whether it ends with a line break (a line without one is the input's last).
+
+    A row is one line: no field of an event holds a line break, so a quoted field must close on the
+    line it opens on, and one left open is its line's refusal, the next line read as a row of its
+    own. Read as CSV allows, on to the line where its quote closes, a quote left open took every
+    line after it into one field: the rest of the file was refused as one row numbered by the
+    file's last line, or, past the CSV reader's bound on a field (131,072 characters), stopped the
+    import after the batches before it had committed."""
+    for number, line in enumerate(lines, start=1):
+        if line is _TOO_LONG:
+            yield number, _too_long(number), True
+            continue
+        if not line.strip():
+            continue
+        try:
+            [row] = csv.reader([line], strict=True)
+        except csv.Error as error:
+            words = _csv_words(error)
+            yield number, InvalidInput(f"not CSV the import can read: {words}",
+                                       {"_line": [f"line {number}: {words}"]}), True
+            continue
+        yield number, row, line.endswith(("\n", "\r"))
+
+
+def _csv_words(error: csv.Error) -> str:
+    """What the CSV parser says of a line, in words of the file: a quoted field it could not close."""
+    said = str(error)
+    return "a quoted field is not closed on its line" if said == "unexpected end of data" else said
 
 
 def records(stream: IO, file_format: str) -> Iterator[tuple[int, object]]:

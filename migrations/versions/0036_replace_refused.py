@@ -15,7 +15,10 @@ row was refused already, by the unique index; now by the guard, first. The table
 such a guard keep theirs (`account_totals`, 0008; `program_revision`, 0010; `statement_documents`,
 0016; `statement_bodies`, 0035), and so do the journal's lines, which nothing may be added to once
 their transaction is sealed. The queues (`open_holds`, `unreleased_pieces_due`), keys and idempotency
-records are not append-only: the service deletes from them.
+records are not append-only: the service deletes from them. Nor is a key's revocation guarded: it is
+inserted `ON CONFLICT DO NOTHING` (a second revocation answers the first), which a guard before the
+insert would refuse, and a REPLACE there can only restate when and why a key was revoked, which
+stays revoked.
 
 A guard costs an index probe per key per row inserted; on the two tables every posting writes (a
 header, a revenue event), three probes each (docs/performance.md, "Bulk ingestion").
@@ -39,7 +42,6 @@ depends_on = None
 # indexes let NULLs repeat, and `= NULL` matches nothing).
 KEYS = {
     "accounts": (("id",), ("name",)),
-    "api_key_revocations": (("api_key_id",),),
     "attributions": (("id",), ("customer_id", "effective_from_us")),
     "customers": (("id",),),
     "journal_transactions": (("id",), ("idempotency_key",), ("reverses_id",)),

@@ -667,18 +667,33 @@ def test_a_csv_header_that_lacks_a_column_stops_the_import_naming_it(seeded, tmp
     assert "Traceback" not in result.output and stored_events(seeded) == 0
 
 
-def test_csv_with_carriage_return_line_endings_imports_and_an_unreadable_csv_is_an_error(seeded, tmp_path):
+def test_csv_with_carriage_return_line_endings_imports_and_a_quote_left_open_refuses_its_line_alone(
+        seeded, tmp_path):
     rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at",
             "cr-1,invoice_paid,acme,inv-cr-1,10.00,USD,2026-01-11T00:00:00Z",
             "cr-2,invoice_paid,acme,inv-cr-2,10.00,USD,2026-01-12T00:00:00Z"]
     (tmp_path / "mac.csv").write_bytes("\r".join(rows).encode() + b"\r")
     result = invoke(seeded.url, "import", str(tmp_path / "mac.csv"))
     assert result.exit_code == 0 and "posted: 2" in result.output
-    stray = [rows[0], 'q-1,invoice_paid,acme,"inv-q-1,10.00,USD,2026-01-11T00:00:00Z'] + ["x" * 1000] * 200
+    # Read on to where the quote closed, the rest of the file was one field: past the CSV reader's
+    # bound (131,072 characters) the import stopped, with exit 2, after its first batch had committed.
+    after = [f"q-{n},invoice_paid,acme,inv-q-{n},10.00,USD,2026-01-11T00:00:00Z" for n in range(2, 3_002)]
+    stray = [rows[0], 'q-1,invoice_paid,acme,"inv-q-1,10.00,USD,2026-01-11T00:00:00Z', *after]
     (tmp_path / "stray.csv").write_text("\n".join(stray) + "\n")
-    result = invoke(seeded.url, "import", str(tmp_path / "stray.csv"))
-    assert result.exit_code == 2 and "not CSV the import can read" in result.output
-    assert "Traceback" not in result.output
+    result = invoke(seeded.url, "import", "--batch-size", "1000", str(tmp_path / "stray.csv"))
+    assert result.exit_code == 1 and "posted: 3000" in result.output and "refused: 1" in result.output, result.output
+    assert "line 2 event ?: not CSV the import can read: a quoted field is not closed on its line" in result.output
+    assert "Traceback" not in result.output and stored_events(seeded) == 2 + 3_000
+
+
+def test_an_input_that_fails_to_read_stops_the_import_naming_it_without_a_traceback(seeded, tmp_path):
+    # /proc/self/mem fails every read at its start (EIO), as a failing disk or a lost network file
+    # system does; it was a traceback, with the exit status of events refused (1).
+    for format_args in ((), ("--format", "csv")):
+        result = invoke(seeded.url, "import", *format_args, "/proc/self/mem")
+        assert result.exit_code == 2, result.output
+        assert "error: cannot read '/proc/self/mem': Input/output error, at line 1" in result.output
+        assert "Traceback" not in result.output and stored_events(seeded) == 0
 
 
 def test_a_csv_cut_short_in_its_last_line_is_refused_there_and_the_whole_file_then_imports(seeded, tmp_path):

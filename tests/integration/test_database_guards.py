@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from ledger import accounts as chart
 from ledger import journal, reversals
 from ledger.demo import load_demo
-from ledger.keys import create_key, revoke_key
 from ledger.schema import GENESIS_HASH
 
 PENDING = chart.pending("northwind")
@@ -225,6 +224,9 @@ def a_row_taking_only(connection: sqlite3.Connection, table: str, key: tuple[str
 
 # Lines are refused as lines added to a sealed transaction: every stored line's transaction is sealed.
 REPLACE_REFUSED = {"journal_lines": "^journal_lines: transaction is sealed, lines cannot be added$"}
+# A key's revocation is inserted ON CONFLICT DO NOTHING, which a guard before the insert would refuse
+# (migration 0036).
+REPLACE_LET_THROUGH = {"api_key_revocations"}
 
 
 def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plain_sqlite_connection(
@@ -235,7 +237,6 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
     columns."""
     with sqlite_database.transaction() as session:
         load_demo(session)
-        revoke_key(session, create_key(session, "finance")[0])
         accrual = session.execute(sa.text("SELECT max(id) FROM journal_transactions WHERE kind = 'accrual'")).scalar()
         reversals.reverse(session, accrual, reason="a reversal's row to replace")
     connection = sqlite3.connect(sqlite_database.engine.url.database)
@@ -245,7 +246,7 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
             "SELECT tbl_name FROM sqlite_master WHERE type = 'trigger' AND name = 'trg_' || tbl_name || '_no_delete'"
             " ORDER BY tbl_name")]
         assert len(append_only) >= 20, append_only
-        for table in append_only:
+        for table in sorted(set(append_only) - REPLACE_LET_THROUGH):
             for key in unique_keys(connection, table):
                 sql, row = a_row_taking_only(connection, table, key)
                 with pytest.raises(sqlite3.IntegrityError, match=REPLACE_REFUSED.get(

@@ -35,16 +35,40 @@ def test_blank_lines_before_a_csv_header_are_skipped_and_the_rows_numbered_by_th
         assert outcomes(text, "csv") == [(first, "e-1"), (first + 1, "e-2")]
 
 
-def test_blank_lines_among_csv_rows_hold_no_events_as_in_ndjson_and_a_quoted_blank_field_is_a_row():
+def test_blank_lines_among_csv_rows_hold_no_events_as_in_ndjson_and_a_quoted_field_closes_on_its_line():
     # A line of spaces (the end of a hand-edited or exported file) was refused as a row of one field.
     lines = [HEADER, row("e-1"), "  ", "", "\t", row("e-2"), '"  "', row("e-3"), "   "]
     assert outcomes("\r\n".join(lines) + "\r\n", "csv") == [
         (2, "e-1"), (6, "e-2"), (7, "the row has 1 fields, the header 7"), (8, "e-3")]
     # The last line of spaces without a line break holds no event either: nothing of a row was cut.
     assert outcomes("\n".join(lines), "csv") == outcomes("\n".join(lines) + "\n", "csv")
-    # A field's blank line inside quotes is the field's, and its row's lines are numbered on.
+    # A row is one line: a quoted field left open is its line's refusal, and a blank line after it
+    # is blank, not the field's.
     quoted = [HEADER, 'e-4,invoice_paid,acme,inv-e-4,10.00,USD,"2026-01-11T00:00:00Z', "", '  "', row("e-5")]
-    assert [number for number, _ in read("\n".join(quoted) + "\n", "csv")] == [4, 5]
+    assert outcomes("\n".join(quoted) + "\n", "csv") == [
+        (2, "not CSV the import can read: a quoted field is not closed on its line"),
+        (4, "the row has 1 fields, the header 7"), (5, "e-5")]
+
+
+def test_a_csv_quote_left_open_refuses_its_line_alone_and_every_row_after_it_is_read():
+    # Read on to where it closed, the quote took the rest of the file into one field: refused as one
+    # row numbered by the last line, or, past the CSV reader's field bound (131,072 characters),
+    # the import stopped with batches before it committed.
+    rows = [row(f"e-{number}") for number in range(3, 3_003)]
+    lines = [HEADER, row("e-1"), 'e-2,invoice_paid,acme,"inv-e-2,10.00,USD,2026-01-11T00:00:00Z', *rows]
+    assert sum(map(len, rows)) > 131_072
+    read_back = read("\r\n".join(lines) + "\r\n", "csv")
+    assert read_back[1][0] == 3
+    assert read_back[1][1].fields == {"_line": ["line 3: a quoted field is not closed on its line"]}
+    assert [(number, data["id"]) for number, data in read_back[:1] + read_back[2:]] == [
+        (2, "e-1"), *((number + 1, f"e-{number}") for number in range(3, 3_003))]
+    # A quote that does not end its field is refused as the CSV parser words it, not read around.
+    assert outcomes(f"{HEADER}\n" + 'e-9,invoice_paid,"acme"x,inv-e-9,10.00,USD,2026-01-11T00:00:00Z\n', "csv") == [
+        (2, "not CSV the import can read: ',' expected after '\"'")]
+    # In the header, the import stops before anything is imported, naming the line.
+    with pytest.raises(InvalidInput) as refused:
+        read('id,"type,customer_id,invoice_id,amount,currency,occurred_at\n' + row("e-1") + "\n", "csv")
+    assert refused.value.fields == {"_line": ["line 1: a quoted field is not closed on its line"]}
 
 
 def test_a_csv_input_of_blank_lines_only_holds_no_events():
@@ -71,13 +95,14 @@ def test_an_ndjson_line_longer_than_the_bound_is_refused_naming_it_and_the_next_
 def test_a_csv_line_longer_than_the_bound_is_refused_as_its_row_and_a_header_that_long_stops_the_import(
         monkeypatch):
     monkeypatch.setattr(importer, "LINE_CHARS_MAX", len(row("e-1")))
-    # Its quotes are kept count of: a quoted field it opens, or one it goes on or closes, is its row's.
+    # A quote it opens or closes is its own: each line around it is a row of its own.
     lines = [HEADER, row("e-1"), "y," * 40, row("e-2"), 'e-3,invoice_paid,"' + "z" * 80, '",x', row("e-4"),
              'e-5,invoice_paid,"a', "z" * 80, '",x', row("e-6"), 'e-7,invoice_paid,"a', "z" * 80 + '",x', row("e-8")]
     too_long = f"a line longer than {len(row('e-1'))} characters"
+    open_quote = "not CSV the import can read: a quoted field is not closed on its line"
     assert outcomes("\n".join(lines) + "\n", "csv") == [
-        (2, "e-1"), (3, too_long), (4, "e-2"), (5, too_long), (7, "e-4"), (9, too_long), (11, "e-6"), (13, too_long),
-        (14, "e-8")]
+        (2, "e-1"), (3, too_long), (4, "e-2"), (5, too_long), (6, open_quote), (7, "e-4"), (8, open_quote),
+        (9, too_long), (10, open_quote), (11, "e-6"), (12, open_quote), (13, too_long), (14, "e-8")]
     with pytest.raises(InvalidInput) as refused:
         read("h" * 100 + "\n" + row("e-1") + "\n", "csv")
     assert refused.value.fields == {"_line": [f"line 1 is longer than {len(row('e-1'))} characters"]}
@@ -108,3 +133,28 @@ def test_a_summary_names_a_refused_line_or_event_in_words_of_the_file_and_an_unk
     assert sorted(summary.refusal_reasons) == [
         "Unprocessable entity (amount.amount)", "Unprocessable entity (the event)",
         "Unprocessable entity (the line)", "Unprocessable entity (unknown field)"]
+
+
+class FailingAfter(io.StringIO):
+    """A stream whose reads fail (EIO, as a failing disk's) once `lines` lines were read."""
+
+    def __init__(self, text: str, lines: int) -> None:
+        super().__init__(text, newline="")
+        self.lines_left = lines
+
+    def readline(self, size: int = -1) -> str:
+        if self.lines_left == 0:
+            raise OSError(5, "Input/output error")
+        self.lines_left -= 1
+        return super().readline(size)
+
+
+@pytest.mark.parametrize("file_format", ["csv", "ndjson"])
+def test_an_input_failing_to_read_stops_the_reading_naming_the_line_it_failed_at(file_format):
+    text = "\n".join([HEADER, row("e-1"), row("e-2")] if file_format == "csv" else
+                     ['{"id": "e-1"}', '{"id": "e-2"}', '{"id": "e-3"}']) + "\n"
+    read_back = []
+    with pytest.raises(importer.Unreadable) as stopped:
+        read_back.extend(records(FailingAfter(text, 2), file_format))
+    assert stopped.value.line_number == 3 and str(stopped.value) == "Input/output error, at line 3"
+    assert [number for number, _ in read_back] == ([2] if file_format == "csv" else [1, 2])
