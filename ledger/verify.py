@@ -71,6 +71,7 @@ from ledger.instants import parse_period, period_bounds_us
 from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.payouts import REASON_LENGTH_MAX
+from ledger.payouts_rederived import verify_payouts_rederived
 from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
@@ -174,6 +175,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_payout_postings(session))
     problems.extend(verify_payout_runs(session))
     problems.extend(verify_payouts_recorded(session))
+    problems.extend(Problem(*found) for found in verify_payouts_rederived(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
     problems.extend(verify_event_statuses(session))

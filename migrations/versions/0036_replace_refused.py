@@ -10,8 +10,9 @@ books are derived from, and a rewritten one changed what the next payout run pai
 
 So each append-only table whose REPLACE was still let through gets a guard before each insert that
 refuses a row whose primary key, or any of its unique keys, is already taken, with the message its
-update and delete guards give (`<table> is append-only: REPLACE refused`). A plain INSERT of such a
-row was refused already, by the unique index; now by the guard, first. The tables that already had
+update and delete guards begin with, naming the key as SQLite's unique constraints do (`<table> is
+append-only: its unique key <table>.<column> is taken`). A plain INSERT of such a row was refused
+already, by the unique index; now by the guard, first, in the same words for both. The tables that already had
 such a guard keep theirs (`account_totals`, 0008; `program_revision`, 0010; `statement_documents`,
 0016; `statement_bodies`, 0035), and so do the journal's lines, which nothing may be added to once
 their transaction is sealed. The queues (`open_holds`, `unreleased_pieces_due`), keys and idempotency
@@ -73,10 +74,15 @@ def taken(table: str, key: tuple[str, ...]) -> str:
     return f"EXISTS (SELECT 1 FROM {table} t WHERE {' AND '.join(matches)})"
 
 
+def refusal(table: str, key: tuple[str, ...]) -> str:
+    """What a row taking `key` is refused with: for a plain INSERT as for a REPLACE, naming the key
+    as SQLite's own unique constraint does (`table.column`)."""
+    return f"{table} is append-only: its unique key {', '.join(f'{table}.{column}' for column in key)} is taken"
+
+
 def guard(table: str) -> str:
-    return (f"CREATE TRIGGER trg_{table}_no_replace BEFORE INSERT ON {table}\n"
-            f"WHEN {' OR '.join(taken(table, key) for key in KEYS[table])}\n"
-            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: REPLACE refused'); END")
+    cases = "".join(f"\n    WHEN {taken(table, key)} THEN RAISE(ABORT, '{refusal(table, key)}')" for key in KEYS[table])
+    return f"CREATE TRIGGER trg_{table}_no_replace BEFORE INSERT ON {table}\nBEGIN\n  SELECT CASE{cases}\n  END;\nEND"
 
 
 def upgrade() -> None:

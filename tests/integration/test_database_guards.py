@@ -1,5 +1,6 @@
 """The database holds the journal's invariants even when Python is bypassed with raw SQL."""
 
+import re
 import sqlite3
 
 import pytest
@@ -189,7 +190,7 @@ def test_insert_or_replace_is_refused(booked):
 
 def unique_keys(connection: sqlite3.Connection, table: str) -> list[tuple[str, ...]]:
     """The table's primary key and unique keys, from SQLite's own catalogue (an INTEGER PRIMARY KEY is
-    the rowid, which no index lists)."""
+    the rowid, which no index lists), but those holding another."""
     primary = [(position, name) for _, name, _, _, _, position in connection.execute(f"PRAGMA table_info({table})")
                if position]
     keys = [tuple(name for _, name in sorted(primary))]
@@ -197,7 +198,8 @@ def unique_keys(connection: sqlite3.Connection, table: str) -> list[tuple[str, .
         key = tuple(name for _, _, name in connection.execute(f"PRAGMA index_info({index})"))
         if unique and key not in keys:
             keys.append(key)
-    return keys
+    # A key holding another (partners' (id, depth) for a parent's depth) is taken only when that one is.
+    return [key for key in keys if not any(set(other) < set(key) for other in keys)]
 
 
 def a_row_taking_only(connection: sqlite3.Connection, table: str, key: tuple[str, ...]) -> tuple[str, list]:
@@ -222,8 +224,12 @@ def a_row_taking_only(connection: sqlite3.Connection, table: str, key: tuple[str
     return f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(columns))})", row
 
 
-# Lines are refused as lines added to a sealed transaction: every stored line's transaction is sealed.
-REPLACE_REFUSED = {"journal_lines": "^journal_lines: transaction is sealed, lines cannot be added$"}
+# Tables whose refusal of a REPLACE came before migration 0036, in their own words; lines are refused
+# as lines added to a sealed transaction: every stored line's transaction is sealed.
+REPLACE_REFUSED = {
+    "journal_lines": "^journal_lines: transaction is sealed, lines cannot be added$",
+    **{table: f"^{table} is append-only: REPLACE refused$" for table in ("statement_documents", "statement_bodies")},
+}
 # A key's revocation is inserted ON CONFLICT DO NOTHING, which a guard before the insert would refuse
 # (migration 0036).
 REPLACE_LET_THROUGH = {"api_key_revocations"}
@@ -249,8 +255,9 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
         for table in sorted(set(append_only) - REPLACE_LET_THROUGH):
             for key in unique_keys(connection, table):
                 sql, row = a_row_taking_only(connection, table, key)
+                qualified = ", ".join(f"{table}.{column}" for column in key)
                 with pytest.raises(sqlite3.IntegrityError, match=REPLACE_REFUSED.get(
-                        table, f"^{table} is append-only: REPLACE refused$")):
+                        table, f"^{table} is append-only: its unique key {re.escape(qualified)} is taken$")):
                     connection.execute(sql, row)
                 connection.rollback()
     finally:

@@ -416,6 +416,47 @@ def test_a_payout_record_altered_from_its_posting_is_named(paid_out):
     assert problems(database) == {(payout.transaction_id, "payout_mismatch")}
 
 
+def test_a_partner_status_or_plan_minimum_rewritten_under_what_a_run_paid_is_named_at_the_payout(paid_out):
+    """What the next runs pay follows the program's rows, which no hash covers: a partner suspended
+    from its enrolment, or a minimum raised past what was paid, behind the triggers, is named at the
+    payouts the run made before it (`ledger.payouts_rederived`)."""
+    database, payout = paid_out
+    with behind_the_triggers(database) as execute:
+        execute("UPDATE partner_statuses SET status = 'suspended' WHERE partner_id = 'northwind'")
+    assert problems(database) == {(payout.transaction_id, "payout_unlike_program")}
+    with behind_the_triggers(database) as execute:
+        execute("UPDATE partner_statuses SET status = 'active' WHERE partner_id = 'northwind'")
+        execute("UPDATE plan_versions SET terms = replace(terms, '\"50.00\"', '\"250.00\"')")
+    assert problems(database) == {(payout.transaction_id, "payout_unlike_program")}
+
+
+def test_a_payout_of_other_than_the_balance_the_run_read_is_named_and_later_postings_do_not_count(paid_out):
+    database, payout = paid_out
+    with database.transaction() as session:  # dated before the run, posted after it: not what it read
+        payouts.adjust(session, "northwind", "available", 5_000, "USD", "late", effective_at_us=1_500)
+    assert problems(database) == set()
+    with behind_the_triggers(database) as execute:  # the payout's lines and record grown alike
+        execute(f"UPDATE journal_lines SET amount_minor = 25000 WHERE transaction_id = {payout.transaction_id}")
+        execute(f"UPDATE payouts SET amount_minor = 25000 WHERE id = {payout.id}")
+    found = problems(database)
+    assert (payout.transaction_id, "payout_unlike_balance") in found
+    assert (payout.transaction_id, "content_altered") in found  # the chain names it too
+
+
+def test_a_partner_a_run_left_unpaid_though_the_program_as_rewritten_lets_it_be_paid_is_named(enrolled):
+    database = enrolled
+    with database.transaction() as session:
+        partners.create_partner(session, "southwind", "Southwind", "msp", "standard")
+        for partner_id in ("northwind", "southwind"):
+            payouts.adjust(session, partner_id, "available", 20_000, "USD", "earned", effective_at_us=1_000)
+        partners.set_status(session, "southwind", "suspended", effective_at_us=1_500)
+        run = payouts.run_payouts(session, 2_000)
+    assert [payout.partner_id for payout in run.payouts] == ["northwind"] and problems(database) == set()
+    with behind_the_triggers(database) as execute:
+        execute("UPDATE partner_statuses SET status = 'active' WHERE partner_id = 'southwind'")
+    assert problems(database) == {(None, "payout_missing")}
+
+
 def test_a_revenue_event_removed_from_under_its_postings_is_named(booked):
     event = RevenueEvent("evt-1", "invoice_paid", "acme", "inv-9", "USD", 10_000, 1_000)
     with booked.transaction() as session:

@@ -1,0 +1,135 @@
+"""Each payout run's payouts re-derived from the balances it read and the program as recorded when it
+was made.
+
+A run at instant t pays each partner active at t, in each currency whose available balance as of t
+is positive and reaches the minimum of the partner's plan version in effect at t, the whole balance
+(`ledger.payouts`). What balance the run read, the journal holds exactly: the run posts its payouts
+in one batch under the journal lock, after the releases it posts first, so every transaction with
+an id below its first payout's was committed when it read the balances, and no other was. A
+partner's balance before the run is the sum of its available account's lines of those transactions
+effective at or before t (a line moved out of a closed period keeps the instant it was posted at).
+
+What the program said is read as `ledger.recorded_program` reads it for payments: as recorded when
+the run was made (its `created_at`), a status or plan dated back but recorded later not counted,
+and one recorded within `RECORDED_SKEW_US` of the run either seen or not. A run passes when one of
+those readings gives what it paid.
+
+`verify_payouts_rederived` names a payout of other than the whole balance (`payout_unlike_balance`),
+one to a partner the program did not let the run pay, not active at t, without a plan version, or
+under its minimum (`payout_unlike_program`), and a partner and currency a run paid nothing though
+every reading of the program lets it be paid (`payout_missing`). So a partner's status or plan
+rewritten past the database's guards (a suspension dated from the partner's enrolment, a minimum
+raised), which changes what the next runs pay and nothing in the journal, is named at the payouts
+made before it. A run that paid no one has no payout to place it among the transactions: what it
+left unpaid is not re-derived.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sqlalchemy.orm import Session
+
+from ledger import accounts as chart
+from ledger.db import driver_rows
+from ledger.instants import format_instant
+from ledger.money import format_minor
+from ledger.recorded_program import RECORDED_SKEW_US, RecordedProgram, facts_at
+
+
+_PARTNERS = "liability:partner:%"  # LIKE: every partner's accounts (partner ids hold no ':')
+
+
+class Run(NamedTuple):
+    at_us: int
+    recorded_at_us: int
+    first_transaction_id: int  # of its first payout: every transaction below it was there when it read
+    paid: dict[tuple[str, str], tuple[int, int]]  # (partner, currency) -> (payout transaction, amount)
+
+
+def verify_payouts_rederived(session: Session) -> list[tuple[int | None, str, str]]:
+    """(transaction id, code, message) of each payout, or each partner and currency left unpaid,
+    that the balances a run read and the program as recorded then do not give (module docstring)."""
+    accounts = {}  # account id -> partner, of every partner's available account
+    for account_id, name in driver_rows(session, "SELECT id, name FROM accounts WHERE name LIKE ?", (_PARTNERS,)):
+        entry = chart.entry(name)
+        if entry is not None and name == chart.available(entry.partner_id):
+            accounts[account_id] = entry.partner_id
+    runs = _runs(session, accounts)
+    if not runs:
+        return []
+    program, _ = RecordedProgram.load(session)  # unreadable terms are named by `verify_commissions`
+    problems: list[tuple[int | None, str, str]] = []
+    for run in runs:
+        balances = _balances(session, run, accounts)
+        for key in sorted(set(balances) | set(run.paid)):
+            problems += _check(program, run, key, balances.get(key, 0))
+    return problems
+
+
+def _runs(session: Session, accounts: dict[int, str]) -> list[Run]:
+    """The runs as the journal holds their payouts: a run's payouts are posted in one batch, effective
+    at its instant and recorded together; the partner is the one whose available account each
+    debits (the records in `payouts` and `payout_runs` are checked against these postings apart:
+    `verify_payout_postings`, `verify_payout_runs`)."""
+    runs: dict[int, Run] = {}
+    for transaction_id, at_us, recorded_us, account_id, currency, amount in driver_rows(
+            session, "SELECT t.id, t.effective_at_us, t.recorded_at_us, l.account_id, l.currency, l.amount_minor"
+                     " FROM journal_transactions t JOIN journal_lines l ON l.transaction_id = t.id AND l.side = 'D'"
+                     " WHERE t.kind = 'payout' ORDER BY t.effective_at_us, t.id"):
+        run = runs.setdefault(at_us, Run(at_us, recorded_us, transaction_id, {}))
+        run.paid[(accounts.get(account_id, f"account id {account_id}"), currency)] = (transaction_id, amount)
+    return list(runs.values())
+
+
+def _balances(session: Session, run: Run, accounts: dict[int, str]) -> dict[tuple[str, str], int]:
+    """{(partner, currency): available balance} as the run read it."""
+    rows = driver_rows(session, "SELECT l.account_id, l.currency,"
+                                " sum(CASE l.side WHEN 'C' THEN l.amount_minor ELSE -l.amount_minor END)"
+                                " FROM journal_lines l JOIN accounts a ON a.id = l.account_id"
+                                " WHERE a.name LIKE ? AND l.effective_at_us <= ? AND l.transaction_id < ?"
+                                " GROUP BY l.account_id, l.currency",
+                       (f"{_PARTNERS}:available", run.at_us, run.first_transaction_id))
+    return {(accounts[account_id], currency): int(balance) for account_id, currency, balance in rows
+            if account_id in accounts}
+
+
+def _check(program: RecordedProgram, run: Run, key: tuple[str, str], balance: int
+           ) -> list[tuple[int | None, str, str]]:
+    partner_id, currency = key
+    minimums = _minimums(program, partner_id, currency, run)
+    paid = run.paid.get(key)
+    at = f"the run at {format_instant(run.at_us)}"
+    if paid is None:
+        if balance > 0 and None not in minimums and all(balance >= minimum for minimum in minimums):
+            return [(None, "payout_missing", f"{at} paid {partner_id!r} nothing in {currency}, though its available "
+                                             f"balance was {format_minor(balance, currency)} and the program, "
+                                             "as recorded then, lets it be paid")]
+        return []
+    transaction_id, amount = paid
+    if amount != balance:
+        return [(transaction_id, "payout_unlike_balance",
+                 f"{at} paid {partner_id!r} {format_minor(amount, currency)} {currency}, but its available balance "
+                 f"was {format_minor(balance, currency)}")]
+    if not any(minimum is not None and amount >= minimum for minimum in minimums):
+        return [(transaction_id, "payout_unlike_program",
+                 f"{at} paid {partner_id!r} {format_minor(amount, currency)} {currency}, which the program as "
+                 "recorded then does not let it pay: the partner not active, without a plan, or under its minimum")]
+    return []
+
+
+def _minimums(program: RecordedProgram, partner_id: str, currency: str, run: Run) -> set[int | None]:
+    """Each minimum payout in `currency` a reading of the program at the run gives the partner, None
+    for a reading that does not let it be paid at all (not active, no plan version in effect, terms
+    that do not parse)."""
+    found: set[int | None] = set()
+    for status in facts_at(program.statuses.get(partner_id, []), run.at_us, run.recorded_at_us, RECORDED_SKEW_US):
+        if status is None or status.value != "active":
+            found.add(None)
+            continue
+        for plan in facts_at(program.plans.get(partner_id, []), run.at_us, run.recorded_at_us, RECORDED_SKEW_US):
+            versions = program.versions.get(plan.value, []) if plan is not None else []
+            for version in facts_at(versions, run.at_us, run.recorded_at_us, RECORDED_SKEW_US):
+                terms = None if version is None else version.value
+                found.add(None if terms is None else terms.min_payout_minor.get(currency, 0))
+    return found
