@@ -4,9 +4,9 @@ costs, and what its re-derivations cost of it.
 The book is grown through the domain path (`revenue.ingest` in batches of 10,000): the bench's
 program (2,000 partners, 20,000 customers), N paid invoices over four months, a refund of a third
 of every fifth invoice a day after its payment, and a chargeback of every twentieth two days after
-it, won back the day after. Then, round after round: the whole of `verify`, and each
-re-derivation alone, each on a fresh reader session (wall time; the machine's drift falls on every
-round alike).
+it, won back the day after; and a payout run at the start of each month after the first. Then,
+round after round: the whole of `verify`, and each re-derivation alone, each on a fresh reader
+session (wall time; the machine's drift falls on every round alike).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from ledger import revenue
+from ledger import payouts, revenue
 from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.db import Database
+from ledger.payouts_rederived import verify_payouts_rederived
 from ledger.recorded_program import verify_commissions
 from ledger.verify import verify
 
@@ -56,6 +57,8 @@ def grow(database: Database, payments: int) -> int:
             with database.transaction() as session:
                 results = revenue.ingest(session, batch)
             assert not any(isinstance(result, revenue.Refusal) for result in results)
+        if month:
+            payouts.run_payouts_in_transactions(database.transaction, program.month_start_us(month))
     return undone
 
 
@@ -79,12 +82,15 @@ def main() -> None:
     try:
         undone = grow(database, args.payments)
         print(f"{args.engine}: {args.payments:,} payments, {undone:,} events undoing them")
-        print(f"{'round':>5} {'verify':>9} {'payments re-derived':>20} {'undoings re-derived':>20} {'problems':>9}")
+        print(f"{'round':>5} {'verify':>9} {'payments re-derived':>20} {'undoings re-derived':>20} "
+              f"{'payout runs re-derived':>23} {'problems':>9}")
         for round_number in range(1, args.rounds + 1):
             whole_s, problems = timed_s(database, lambda session: len(verify(session).problems))
             payments_s, _ = timed_s(database, lambda session: len(verify_commissions(session)))
             undoings_s, _ = timed_s(database, lambda session: len(verify_clawbacks(session)))
-            print(f"{round_number:>5} {whole_s:8.2f}s {payments_s:19.2f}s {undoings_s:19.2f}s {problems:>9}")
+            runs_s, _ = timed_s(database, lambda session: len(verify_payouts_rederived(session)))
+            print(f"{round_number:>5} {whole_s:8.2f}s {payments_s:19.2f}s {undoings_s:19.2f}s {runs_s:22.2f}s "
+                  f"{problems:>9}")
     finally:
         database.dispose()
         site.drop(url)

@@ -12,7 +12,9 @@ close hashes (`verify_closes`); the statement documents and bodies the closes st
 each payout's resolution against the journal's (`verify_payouts`: a payout resolved twice in the
 journal was paid twice) and each payout's record against its posting (`verify_payout_postings`:
 settling or failing posts what the record holds) and its run (`verify_payout_runs`: a run moved
-back in time lets a run before it pay the same balances again); each revenue event's content
+back in time lets a run before it pay the same balances again), and each run's payouts against the
+balances it read and the program as recorded when it was made (`ledger.payouts_rederived`: a
+partner's status or plan rewritten changes what later runs pay); each revenue event's content
 against its request hash (`verify_events`: an altered amount would change what a later refund
 claws back), every event a transaction names still stored (`verify_event_links`), and what each
 event's status says against the transactions naming it, its customer's attributions and its

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import customers, holds, journal, partners, payouts, periods, revenue, reversals
+from ledger import customers, holds, journal, partners, payouts, periods, plans, revenue, reversals
 from ledger import verify as verifying
 from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import journal_transactions, revenue_events
@@ -443,13 +443,23 @@ def test_a_payout_of_other_than_the_balance_the_run_read_is_named_and_later_post
     assert (payout.transaction_id, "content_altered") in found  # the chain names it too
 
 
-def test_a_partner_a_run_left_unpaid_though_the_program_as_rewritten_lets_it_be_paid_is_named(enrolled):
-    database = enrolled
+def test_a_partner_a_run_left_unpaid_though_the_program_as_rewritten_lets_it_be_paid_is_named(
+        database, skewed_clock):
+    """Only a partner every reading of the program lets the run pay is named: one recorded within
+    `RECORDED_SKEW_US` of the run may not have been seen by it, so the program is recorded an hour
+    before the run here."""
+    skewed_clock.offset_us = -3_600_000_000
     with database.transaction() as session:
-        partners.create_partner(session, "southwind", "Southwind", "msp", "standard")
+        plans.create_plan(session, "standard", "Standard", {
+            "rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
+            "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"})
+        for partner_id in ("northwind", "southwind"):
+            partners.create_partner(session, partner_id, partner_id.title(), "msp", "standard")
         for partner_id in ("northwind", "southwind"):
             payouts.adjust(session, partner_id, "available", 20_000, "USD", "earned", effective_at_us=1_000)
         partners.set_status(session, "southwind", "suspended", effective_at_us=1_500)
+    skewed_clock.offset_us = 0
+    with database.transaction() as session:
         run = payouts.run_payouts(session, 2_000)
     assert [payout.partner_id for payout in run.payouts] == ["northwind"] and problems(database) == set()
     with behind_the_triggers(database) as execute:
