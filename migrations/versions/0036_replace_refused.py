@@ -22,7 +22,8 @@ insert would refuse, and a REPLACE there can only restate when and why a key was
 stays revoked.
 
 A guard costs an index probe per key per row inserted; on the two tables every posting writes (a
-header, a revenue event), three probes each (docs/performance.md, "Bulk ingestion").
+header, a revenue event), three probes each, which bulk ingestion does not show beyond the
+machine's drift (docs/performance.md, "Bulk ingestion").
 
 PostgreSQL has no REPLACE: `INSERT ... ON CONFLICT DO UPDATE` fires the update guards, which refuse
 it. Nothing changes there.
