@@ -231,8 +231,8 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
     try:
         summary = _import(settings, path, file_format, batch_size)
     except Unreadable as error:
-        committed = ("; the batches read before it have committed: run the import again once it reads, and "
-                     "they replay" if error.line_number > 1 else "")
+        committed = ("; any batch read before it has committed: run the import again once it reads, and "
+                     "what committed replays" if error.line_number > 1 else "")
         click.echo(f"error: cannot read {'standard input' if path == '-' else repr(path)}: {error}{committed}",
                    err=True)
         sys.exit(2)
