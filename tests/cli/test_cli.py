@@ -694,6 +694,10 @@ def test_an_input_that_fails_to_read_stops_the_import_naming_it_without_a_traceb
         assert result.exit_code == 2, result.output
         assert "error: cannot read '/proc/self/mem': Input/output error, at line 1" in result.output
         assert "Traceback" not in result.output and stored_events(seeded) == 0
+    # Standard input closed (`revshare import - <&-`) was an AttributeError's traceback.
+    closed = subprocess.run([REVSHARE, "import", "-"], capture_output=True, timeout=120, preexec_fn=lambda: os.close(0),
+                            env={**os.environ, "REVSHARE_DATABASE_URL": seeded.url})
+    assert closed.returncode == 2 and closed.stderr == b"error: cannot read standard input: standard input is closed\n"
 
 
 def test_a_csv_cut_short_in_its_last_line_is_refused_there_and_the_whole_file_then_imports(seeded, tmp_path):
