@@ -468,9 +468,10 @@ def lock_program(session: Session) -> None:
     would have refused had the first committed. SQLite writers already hold the write lock.
     PostgreSQL: a transaction-scoped advisory lock, taken before the writer reads; the lock order is
     this lock, the program revision's row, then the journal lock (none of its holders posts but
-    `revshare demo`, which enrols before it posts). A status change takes the journal lock before
-    the revision's row (`partners.set_status`): every holder of both takes this lock first, so the
-    two orders never meet."""
+    `revshare demo`, which enrols before it posts). A status change, a plan version and a plan change
+    take the journal lock before the revision's row (`partners.set_status`, `plans.add_version`,
+    `partners.change_plan`): every holder of both takes this lock first, so the two orders never
+    meet."""
     if is_postgres(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROGRAM_LOCK_KEY})
 

@@ -105,6 +105,7 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
 
 def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_us: int) -> Partner:
     lock_program(session)
+    lock_journal(session)  # recorded among postings and payout runs, as a plan version (`plans.add_version`)
     get_partner(session, partner_id)
     if not isinstance(plan_id, str) or not plan_exists(session, plan_id):
         raise invalid("plan_id", f"plan {plan_id!r} does not exist")

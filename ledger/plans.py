@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger.db import driver_rows, in_lists, lock_program
+from ledger.db import driver_rows, in_lists, lock_journal, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import within_horizon
 from ledger.journal import now_us
@@ -64,6 +64,12 @@ def add_version(session: Session, plan_id: str, terms_data: dict[str, Any], effe
     terms = parse_terms(terms_data)
     within_horizon(effective_from_us, field="effective_from")
     lock_program(session)
+    # Recorded under the journal lock, so that a posting or payout run, which reads the program and
+    # its own recorded time under that lock, either saw the version or was recorded before it:
+    # `verify` places facts among them by their recorded times (`ledger.recorded_program`), and two
+    # servers' clocks up to ten minutes apart left a version committed a few seconds into a run read
+    # as seen by it, a payout the version forbade named wrongly (`ledger.payouts_rederived`).
+    lock_journal(session)
     plan = get_plan(session, plan_id)
     latest = plan.versions[-1]
     if effective_from_us <= latest.effective_from_us:

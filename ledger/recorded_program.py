@@ -22,8 +22,12 @@ written), and a payment passes when one of the outcomes they give is what the jo
 payment whose lookups give more than `OUTCOMES_MAX` outcomes together passes unchecked (it would
 take many program changes within minutes of it); so does one whose plan version's terms do not
 parse, which is named once on its own. A fact's `recorded_at` is read before its transaction
-commits: one left open longer than the skew while payments committed (no request, job or command
-of the service's holds a program change open that long) would be read as seen by them.
+commits. Statuses, plan versions, plan changes and a customer's first attribution are recorded
+under the journal lock, under which payments and payout runs read the program and their own
+recorded time: each such fact was there when they read, or is recorded after them, and the clocks
+place it so. Another fact (an attribution replacing one) left open longer than the skew while
+payments committed (no request, job or command of the service's holds a program change open that
+long) would be read as seen by them.
 """
 
 from __future__ import annotations

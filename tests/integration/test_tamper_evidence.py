@@ -15,8 +15,11 @@ from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import journal_transactions, revenue_events
 from ledger.verify import verify
 from tests import program
+from tests.integration.conftest import second_writer_behind_first
 
 PENDING = chart.pending("northwind")
+TERMS = {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
+         "min_payout": [{"amount": "50.00", "currency": "USD"}], "negative_balance": "carry_forward"}
 
 
 @pytest.fixture
@@ -465,6 +468,34 @@ def test_a_partner_a_run_left_unpaid_though_the_program_as_rewritten_lets_it_be_
     with behind_the_triggers(database) as execute:
         execute("UPDATE partner_statuses SET status = 'active' WHERE partner_id = 'southwind'")
     assert problems(database) == {(None, "payout_missing")}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["a plan version", "a plan change"])
+def test_a_plan_version_or_change_waits_for_a_payout_run_and_is_recorded_after_it_on_postgresql(
+        postgres_database, change):
+    """`verify` places a program fact among payout runs by the instants each was recorded at: a
+    version raising the minimum, recorded before a run but committed after it read the program, was
+    taken as seen by the run (`payout_unlike_program`) when the two servers' clocks were minutes
+    apart. Program writers record under the journal lock, which a run holds throughout."""
+    database = postgres_database
+    raised = {**TERMS, "min_payout": [{"amount": "500.00", "currency": "USD"}]}
+    with database.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", TERMS)
+        plans.create_plan(session, "premium", "Premium", raised)
+        partners.create_partner(session, "northwind", "Northwind", "msp", "standard")
+        payouts.adjust(session, "northwind", "available", 20_000, "USD", "earned", effective_at_us=1_000)
+    second = {"a plan version": lambda session: plans.add_version(session, "standard", raised, 1_500),
+              "a plan change": lambda session: partners.change_plan(session, "northwind", "premium", 1_500)}[change]
+    second_writer_behind_first(database, lambda session: payouts.run_payouts(session, 2_000), second)
+    with database.reader() as session:
+        run_recorded_us = session.execute(sa.text("SELECT recorded_at_us FROM journal_transactions "
+                                                  "WHERE kind = 'payout'")).scalar_one()
+        fact_recorded_us = session.execute(sa.text(
+            "SELECT max(created_at_us) FROM plan_versions" if change == "a plan version" else
+            "SELECT max(recorded_at_us) FROM partner_plans")).scalar_one()
+    assert fact_recorded_us > run_recorded_us
+    assert problems(database) == set()
 
 
 def test_a_revenue_event_removed_from_under_its_postings_is_named(booked):
