@@ -22,6 +22,11 @@ rewritten past the database's guards (a suspension dated from the partner's enro
 raised), which changes what the next runs pay and nothing in the journal, is named at the payouts
 made before it. A run that paid no one has no payout to place it among the transactions: what it
 left unpaid is not re-derived.
+
+Each run sums its partners' available lines anew, so the cost grows with runs times lines: about
+0.25 s a run on SQLite, 0.1 s on PostgreSQL, over the lines of 100,000 payments (`python -m
+bench.verifying`). Runs are made in time order, so their balances could be summed as the runs go,
+each line read once; not built while a verify of such a book takes twenty seconds and more.
 """
 
 from __future__ import annotations
