@@ -12,10 +12,10 @@ So each append-only table whose REPLACE was still let through gets a guard befor
 refuses a row whose primary key, or any of its unique keys, is already taken, with the message its
 update and delete guards begin with, naming the key as SQLite's unique constraints do (`<table> is
 append-only: its unique key <table>.<column> is taken`). A plain INSERT of such a row was refused
-already, by the unique index; now by the guard, first, in the same words for both. The tables that already had
-such a guard keep theirs (`account_totals`, 0008; `program_revision`, 0010; `statement_documents`,
-0016; `statement_bodies`, 0035), and so do the journal's lines, which nothing may be added to once
-their transaction is sealed. The queues (`open_holds`, `unreleased_pieces_due`), keys and idempotency
+already, by the unique index; now by the guard, first, in the same words for both. The tables that
+already had such a guard keep theirs (`account_totals`, 0008; `program_revision`, 0010;
+`statement_documents`, 0016; `statement_bodies`, 0035), and so do the journal's lines, which
+nothing may be added to once their transaction is sealed. The queues (`open_holds`, `unreleased_pieces_due`), keys and idempotency
 records are not append-only: the service deletes from them. Nor is a key's revocation guarded: it is
 inserted `ON CONFLICT DO NOTHING` (a second revocation answers the first), which a guard before the
 insert would refuse, and a REPLACE there can only restate when and why a key was revoked, which
