@@ -433,6 +433,37 @@ def test_a_partner_status_or_plan_minimum_rewritten_under_what_a_run_paid_is_nam
     assert problems(database) == {(payout.transaction_id, "payout_unlike_program")}
 
 
+def test_runs_in_turn_are_re_derived_from_the_lines_each_read_those_dated_between_runs_included(enrolled):
+    """The balances are summed from run to run (`payouts_rederived.balances_read`): a line posted
+    before a run but dated after its instant is the next run's, and every run of a clean book
+    verifies clean, each paid what the service paid it."""
+    database = enrolled
+
+    def earn(session, partner_id: str, amount_minor: int, at_us: int) -> None:
+        payouts.adjust(session, partner_id, "available", amount_minor, "USD", "earned", effective_at_us=at_us)
+
+    with database.transaction() as session:
+        partners.create_partner(session, "southwind", "Southwind", "msp", "standard")
+        earn(session, "northwind", 20_000, 1_000)
+        earn(session, "southwind", 30_000, 1_000)
+        earn(session, "northwind", 7_000, 2_500)  # posted before the first run, dated after it
+        first = payouts.run_payouts(session, 2_000)
+    with database.transaction() as session:
+        earn(session, "southwind", 9_000, 2_800)
+        earn(session, "northwind", 6_000, 3_500)  # posted before the second run, dated after it
+        second = payouts.run_payouts(session, 3_000)
+    with database.transaction() as session:
+        third = payouts.run_payouts(session, 4_000)
+    assert [sorted((payout.partner_id, payout.amount_minor) for payout in run.payouts)
+            for run in (first, second, third)] == [
+        [("northwind", 20_000), ("southwind", 30_000)], [("northwind", 7_000), ("southwind", 9_000)],
+        [("northwind", 6_000)]]
+    assert problems(database) == set()
+    with behind_the_triggers(database) as execute:  # the last run's payout grown, lines and record alike
+        execute(f"UPDATE journal_lines SET amount_minor = 6500 WHERE transaction_id = {third.payouts[0].transaction_id}")
+    assert (third.payouts[0].transaction_id, "payout_unlike_balance") in problems(database)
+
+
 def test_a_payout_of_other_than_the_balance_the_run_read_is_named_and_later_postings_do_not_count(paid_out):
     database, payout = paid_out
     with database.transaction() as session:  # dated before the run, posted after it: not what it read
