@@ -7,7 +7,8 @@ is positive and reaches the minimum of the partner's plan version in effect at t
 in one batch under the journal lock, after the releases it posts first, so every transaction with
 an id below its first payout's was committed when it read the balances, and no other was. A
 partner's balance before the run is the sum of its available account's lines of those transactions
-effective at or before t (a line moved out of a closed period keeps the instant it was posted at).
+effective at or before t (a posting moved out of a closed period counts at the instant its lines
+were moved to, as the run read it).
 
 What the program said is read as `ledger.recorded_program` reads it for payments: as recorded when
 the run was made (its `created_at`), a status or plan dated back but recorded later not counted,
