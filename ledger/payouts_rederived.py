@@ -39,10 +39,7 @@ from ledger import accounts as chart
 from ledger.db import driver_rows
 from ledger.instants import format_instant
 from ledger.money import format_minor
-from ledger.recorded_program import RECORDED_SKEW_US, RecordedProgram, facts_at
-
-
-_PARTNERS = "liability:partner:%"  # LIKE: every partner's accounts (partner ids hold no ':')
+from ledger.recorded_program import RECORDED_SKEW_US, RecordedProgram
 
 
 class Run(NamedTuple):
@@ -55,11 +52,11 @@ class Run(NamedTuple):
 def verify_payouts_rederived(session: Session) -> list[tuple[int | None, str, str]]:
     """(transaction id, code, message) of each payout, or each partner and currency left unpaid,
     that the balances a run read and the program as recorded then do not give (module docstring)."""
-    accounts = {}  # account id -> partner, of every partner's available account
-    for account_id, name in driver_rows(session, "SELECT id, name FROM accounts WHERE name LIKE ?", (_PARTNERS,)):
-        entry = chart.entry(name)
-        if entry is not None and name == chart.available(entry.partner_id):
-            accounts[account_id] = entry.partner_id
+    # account id -> partner, of every partner's available account (the partner as the account stores
+    # it, which `verify_accounts` holds to the chart)
+    accounts = {account_id: partner_id for account_id, partner_id, name in driver_rows(
+        session, "SELECT id, partner_id, name FROM accounts WHERE partner_id IS NOT NULL")
+        if name == chart.available(partner_id)}
     runs = _runs(session, accounts)
     if not runs:
         return []
@@ -158,14 +155,6 @@ def _minimums(program: RecordedProgram, partner_id: str, currency: str, run: Run
     """Each minimum payout in `currency` a reading of the program at the run gives the partner, None
     for a reading that does not let it be paid at all (not active, no plan version in effect, terms
     that do not parse)."""
-    found: set[int | None] = set()
-    for status in facts_at(program.statuses.get(partner_id, []), run.at_us, run.recorded_at_us, RECORDED_SKEW_US):
-        if status is None or status.value != "active":
-            found.add(None)
-            continue
-        for plan in facts_at(program.plans.get(partner_id, []), run.at_us, run.recorded_at_us, RECORDED_SKEW_US):
-            versions = program.versions.get(plan.value, []) if plan is not None else []
-            for version in facts_at(versions, run.at_us, run.recorded_at_us, RECORDED_SKEW_US):
-                terms = None if version is None else version.value
-                found.add(None if terms is None else terms.min_payout_minor.get(currency, 0))
-    return found
+    return {None if status != "active" or version is None or version.value is None
+            else version.value.min_payout_minor.get(currency, 0)
+            for status, version in program.readings(partner_id, run.at_us, run.recorded_at_us, RECORDED_SKEW_US)}

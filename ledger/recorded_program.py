@@ -121,25 +121,33 @@ class RecordedProgram:
             parent = self.parents.get(parent)
         return chain
 
+    def readings(self, partner_id: str, instant_us: int, recorded_at_us: int, skew_us: int
+                 ) -> Iterator[tuple[str | None, Fact | None]]:
+        """Each (status, plan version) a reader at `recorded_at_us` could have found the partner in
+        at the instant: None for no status, or no plan version in effect (the version's terms are
+        None where they do not parse)."""
+        for status in facts_at(self.statuses.get(partner_id, []), instant_us, recorded_at_us, skew_us):
+            if status is None:
+                yield None, None
+                continue
+            for plan in facts_at(self.plans.get(partner_id, []), instant_us, recorded_at_us, skew_us):
+                versions = self.versions.get(plan.value, []) if plan is not None else []
+                for version in facts_at(versions, instant_us, recorded_at_us, skew_us):
+                    yield status.value, version
+
     def earners_at(self, partner_id: str, instant_us: int, recorded_at_us: int, skew_us: int
                    ) -> list[Earner | None]:
         """What `Program.earner_at` could have answered a reader at `recorded_at_us`: None for a
         partner terminated, without a status or without a plan version at the instant. An Earner
         on a version whose terms do not parse raises `Unchecked`."""
         found: dict[Any, Earner | None] = {}
-        for status in facts_at(self.statuses.get(partner_id, []), instant_us, recorded_at_us, skew_us):
-            if status is None or status.value == "terminated":
+        for status, version in self.readings(partner_id, instant_us, recorded_at_us, skew_us):
+            if status in (None, "terminated") or version is None:
                 found[None] = None
-                continue
-            for plan in facts_at(self.plans.get(partner_id, []), instant_us, recorded_at_us, skew_us):
-                versions = self.versions.get(plan.value, []) if plan is not None else []
-                for version in facts_at(versions, instant_us, recorded_at_us, skew_us):
-                    if version is None:
-                        found[None] = None
-                    elif version.value is None:
-                        raise Unchecked(f"plan version id {version.id}: its terms do not parse")
-                    else:
-                        found[version.id] = Earner(partner_id, version.id, version.value)
+            elif version.value is None:
+                raise Unchecked(f"plan version id {version.id}: its terms do not parse")
+            else:
+                found[version.id] = Earner(partner_id, version.id, version.value)
         return list(found.values())
 
 
