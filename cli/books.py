@@ -21,7 +21,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from ledger.db import Database, database_words
 from ledger.errors import DomainError
-from ledger.settings import Settings
+from ledger.settings import Settings, without_password
 
 
 @contextlib.contextmanager
@@ -59,6 +59,9 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
         database.dispose()
 
 
+NEWER_CODE = "the database was migrated by newer code: run that code, or restore the database of this one"
+
+
 def _refuse_other_revision(url: str, revision: str | None) -> None:
     """Exit 2 unless the database is at the code's latest revision: a command run before `revshare db
     upgrade` (new code deployed) failed only where it used a table or column the database lacked,
@@ -68,9 +71,8 @@ def _refuse_other_revision(url: str, revision: str | None) -> None:
 
     head = head_revision()
     if revision != head:
-        fix = ("run `revshare db upgrade` first" if revision is None or revision in known_revisions() else
-               "the database was migrated by newer code: run that code, or restore the database of this one")
-        click.echo(f"error: cannot use the database {make_url(url)!r}: it is at revision {revision}, "
+        fix = "run `revshare db upgrade` first" if revision is None or revision in known_revisions() else NEWER_CODE
+        click.echo(f"error: cannot use the database {without_password(url)!r}: it is at revision {revision}, "
                    f"the service's latest is {head}\n  {fix}", err=True)
         sys.exit(2)
 
@@ -86,7 +88,7 @@ def database_errors(url: str, *, migrating: bool = False) -> Iterator[None]:
     except IntegrityError:
         raise
     except DatabaseError as error:
-        click.echo(f"error: cannot use the database {make_url(url)!r}: "
+        click.echo(f"error: cannot use the database {without_password(url)!r}: "
                    f"{database_words(error)}", err=True)
         if _UNMIGRATED.search(str(error.orig)):
             click.echo("  it is not migrated to the latest revision: run `revshare db upgrade` first", err=True)

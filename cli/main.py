@@ -12,7 +12,7 @@ import sys
 import click
 
 from ledger.schema import API_ROLES
-from ledger.settings import Settings, SettingsError
+from ledger.settings import Settings, SettingsError, without_password
 
 
 def load_settings() -> Settings:
@@ -41,12 +41,19 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(settings: Settings) -> None:
     """Apply every migration (as the owner URL when REVSHARE_MIGRATION_DATABASE_URL is set)."""
-    from cli.books import database_errors
+    from alembic.util.exc import CommandError
+
+    from cli.books import NEWER_CODE, database_errors
     from ledger.migrate import upgrade
 
     url = settings.migration_database_url or settings.database_url
     with database_errors(url, migrating=True):
-        upgrade(url)
+        try:
+            upgrade(url)
+        except CommandError as error:  # the database is at a revision these migrations do not hold
+            click.echo(f"error: cannot migrate the database {without_password(url)!r}: {error}\n  {NEWER_CODE}",
+                       err=True)
+            sys.exit(2)
     click.echo("database is at the latest revision")
 
 

@@ -45,7 +45,7 @@ from sqlalchemy.pool import NullPool
 
 from jobs.bodies import job_table, run_job
 from ledger.db import Database, database_words, make_engine, normalize_url
-from ledger.settings import Settings
+from ledger.settings import Settings, without_password
 
 log = logging.getLogger("revshare.scheduler")
 MISFIRE_GRACE_SECONDS = 3600
@@ -242,7 +242,7 @@ def wait_for_database(url: str) -> bool:
                 # and exit 1, where `verify` on the same URL said it and exited 2.
                 if not out_of_reach(error):
                     return True
-                log.warning("the database %r is unreachable: %s; trying again in %g s", make_url(url),
+                log.warning("the database %r is unreachable: %s; trying again in %g s", without_password(url),
                             database_words(error), wait_s)
             time.sleep(wait_s)
             wait_s = min(wait_s * 2, WAIT_MAX_S)

@@ -29,19 +29,21 @@ def _default_database_url() -> str:
     return f"sqlite:///{Path.cwd() / 'var' / 'revshare.db'}"
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """`url` with its password, if it has one, as `***`: an error message ends up in logs.
 
     A URL SQLAlchemy parses is shown as given when it has no password, else as SQLAlchemy renders it
     (which percent-encodes an SQLite path's `:`). One it does not parse (a port that is not a
-    number, one slash after the scheme), or whose host holds an `@` (a password's, not encoded),
+    number, one slash after the scheme), or whose host or database name holds an `@` (a password's,
+    not encoded),
     has everything between the user's name and the last `@` masked, whatever it holds: a pattern of
     what a password may not hold showed one with a `/` in it. A `password=` option is masked too."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         parsed = None
-    if parsed is not None and "@" not in (parsed.host or ""):
+    # A password's `@` not encoded leaves the rest in the host, or, after a `/`, in the database name.
+    if parsed is not None and "@" not in (parsed.host or "") and not (parsed.host and "@" in (parsed.database or "")):
         shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
     elif (credentials := re.match(r"([A-Za-z][A-Za-z0-9+.-]*:/*)?(.*)@", url, re.DOTALL)) is None:
         shown = url  # no `@`: no user, so no password
@@ -58,7 +60,7 @@ def _unreadable(url: str) -> str | None:
     try:
         parsed = make_url(url)
     except ValueError:  # SQLAlchemy's int() of what follows the host's last `:`
-        # After the last `@`, as `_without_password` shows it: a password may hold `/`, `:` and `?`.
+        # After the last `@`, as `without_password` shows it: a password may hold `/`, `:` and `?`.
         host = re.split(r"[/?]", re.sub(r"^[^:]*:/*", "", url).rpartition("@")[2], maxsplit=1)[0]
         if host.startswith("[") and "]" not in host:
             return "the IPv6 address's [ is not closed"
@@ -150,7 +152,7 @@ class Settings:
         settings = cls.build(
             database_url=get("database_url") or _default_database_url(),
             migration_database_url=get("migration_database_url") or None,
-            log_level=get("log_level") or "INFO",
+            log_level="INFO" if get("log_level") is None else get("log_level"),
             max_body_bytes=get("max_body_bytes"),
             close_grace_days=get("close_grace_days"),
             payout_day_of_month=get("payout_day_of_month"),
@@ -160,7 +162,7 @@ class Settings:
         for name, url in (("DATABASE_URL", settings.database_url),
                           ("MIGRATION_DATABASE_URL", settings.migration_database_url)):
             if url is not None and _in_memory(url):
-                raise SettingsError(f"{PREFIX}{name} {_without_password(url)!r} is an SQLite database in memory, "
+                raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is an SQLite database in memory, "
                                     "gone when the process ends: give the path of a file "
                                     "(sqlite:////srv/revshare/revshare.db) or a PostgreSQL server's URL")
         return settings
@@ -177,9 +179,9 @@ class Settings:
         for name, url in (("DATABASE_URL", database_url), ("MIGRATION_DATABASE_URL", migration_database_url)):
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
-                                    f"got {_without_password(url)!r}")
+                                    f"got {without_password(url)!r}")
             if url is not None and (reason := _unreadable(url)):
-                raise SettingsError(f"{PREFIX}{name} {_without_password(url)!r} is not a URL the database driver "
+                raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is not a URL the database driver "
                                     f"can read: {reason}")
         level = log_level.upper()
         if level not in LOG_LEVELS:

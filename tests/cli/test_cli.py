@@ -68,6 +68,18 @@ def test_db_upgrade_creates_the_default_database_and_is_repeatable(tmp_path):
     assert invoke(url, "verify").exit_code == 0
 
 
+def test_db_upgrade_of_a_database_migrated_by_newer_code_stops_with_exit_2_naming_it(tmp_path):
+    # Alembic's "Can't locate revision" was a traceback and exit 1; verify and serve said it plainly.
+    url = f"sqlite:///{tmp_path / 'revshare.db'}"
+    assert invoke(url, "db", "upgrade").exit_code == 0
+    with sqlite3.connect(tmp_path / "revshare.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    result = invoke(url, "db", "upgrade")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: cannot migrate the database {url!r}: ")
+    assert "'9999'" in result.output and "migrated by newer code: run that code" in result.output
+
+
 @pytest.mark.parametrize("name, value, message", [
     ("REVSHARE_CLOSE_GRACE_DAYS", "soon", "REVSHARE_CLOSE_GRACE_DAYS must be an integer"),
     ("REVSHARE_MAX_BODY_BYTES", "2_048", "REVSHARE_MAX_BODY_BYTES must be an integer"),
@@ -75,6 +87,7 @@ def test_db_upgrade_creates_the_default_database_and_is_repeatable(tmp_path):
     ("REVSHARE_PAYOUT_DAY_OF_MONTH", "\u0661", "REVSHARE_PAYOUT_DAY_OF_MONTH must be an integer"),  # Arabic-Indic 1
     ("REVSHARE_PAYOUT_DAY_OF_MONTH", "29", "REVSHARE_PAYOUT_DAY_OF_MONTH must be between 1 and 28"),
     ("REVSHARE_LOG_LEVEL", "critical", "REVSHARE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+    ("REVSHARE_LOG_LEVEL", "", "REVSHARE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got ''"),  # not the default
     ("REVSHARE_Log_Level", "bogus", "unknown setting REVSHARE_Log_Level: the names are upper case, as REVSHARE_LOG_LEVEL"),
 ])
 def test_a_bad_setting_stops_with_a_message_naming_the_variable(database_url, name, value, message):
@@ -1020,6 +1033,20 @@ def test_a_bad_database_url_is_named_without_its_password(tmp_path):
         result = CliRunner().invoke(main, ["verify"], env=env)
         assert result.exit_code == 2 and f"{name} must be an sqlite:// or postgresql:// URL" in result.output
         assert "s3cr" not in result.output and "mysql://ledger:***@db.internal:3306/revshare" in result.output
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://app@127.0.0.1:1/revshare?password=s3cret&connect_timeout=1",
+     "postgresql://app@127.0.0.1:1/revshare?password=***&connect_timeout=1"),
+    ("postgresql://app:s3cr@t/pw@127.0.0.1:1/revshare?connect_timeout=1",
+     "postgresql://app:***@127.0.0.1:1/revshare?connect_timeout=1"),
+])
+def test_a_database_out_of_reach_is_named_without_its_password(url, shown):
+    # The settings' check masked the URL, but a database that failed once connected to was named as
+    # SQLAlchemy renders it: a password= option in full, and an `@` of a password cut in two.
+    result = CliRunner().invoke(main, ["verify"], env={"REVSHARE_DATABASE_URL": url})
+    assert result.exit_code == 2 and f"error: cannot use the database {shown!r}" in result.output
+    assert "s3cr" not in result.output
 
 
 @pytest.mark.parametrize("url", ["postgresql://app:s3cret@db.internal:54x2/revshare", "postgresql://app@[::1/revshare",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ledger.settings import Settings, SettingsError
+from ledger.settings import Settings, SettingsError, without_password
 
 URL = "sqlite:////srv/revshare/revshare.db"
 
@@ -27,6 +27,16 @@ def test_a_setting_named_in_upper_case_is_read_and_an_unknown_one_refused_with_t
     message = refusal({"REVSHARE_DATABASE_URI": URL})
     assert message.startswith("unknown setting REVSHARE_DATABASE_URI; known: REVSHARE_CLOSE_GRACE_DAYS, ")
     assert Settings.from_env({"REVSHARE_DATABASE_URL": URL, "OTHER_database_url": "x"}).database_url == URL
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://app:pa@s/s@db/revshare", "postgresql://app:***@db/revshare"),  # host "s", database "s@db/..."
+    ("postgresql://app@db/revshare?password=pa@ss", "postgresql://app@db/revshare?password=***"),
+    ("postgresql://app:p%40ss@db/revshare", "postgresql://app:***@db/revshare"),
+    ("sqlite:////srv/app@host/books.db", "sqlite:////srv/app@host/books.db"),  # a path's `@`: no password
+])
+def test_a_url_is_shown_without_its_password_wherever_an_unencoded_at_leaves_the_rest(url, shown):
+    assert without_password(url) == shown
 
 
 @pytest.mark.parametrize("url, shown", [
