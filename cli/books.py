@@ -19,7 +19,7 @@ import click
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
-from ledger.db import Database, database_words
+from ledger.db import Database, database_words, writer_lock_path
 from ledger.errors import DomainError
 from ledger.settings import Settings, without_password
 
@@ -150,10 +150,32 @@ def refuse_unusable_database(url: str) -> None:
     finally:
         database.dispose()
     _refuse_other_revision(url, revision)
+    _refuse_unwritable_sqlite_file(url)
     if rewrites:  # a warning, not a refusal: one URL for both is the simplest set-up, and a valid one
         click.echo("warning: the database role may UPDATE the journal (the tables' owner, or a superuser): the "
                    "guards stand, but the role could drop them\n  serve as a role granted revshare_app, and migrate as the "
                    "owner with REVSHARE_MIGRATION_DATABASE_URL (README, Configuration)", err=True)
+
+
+def _refuse_unwritable_sqlite_file(url: str) -> None:
+    """Exit 2 for an SQLite database this user may not write: its file, its directory (the -wal and
+    -shm files) or the writers' lock file. The service and the scheduler both write; started on it,
+    gunicorn answered every write with a 500 while reads went on, and the scheduler retried its jobs
+    for ever. (As root, only a read-only file system or mount refuses.)"""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(os.path.realpath(parsed.database))
+    lock = Path(writer_lock_path(parsed.database))
+    refused = [str(place) for place in (path, path.parent) if not os.access(place, os.W_OK)]
+    if lock.exists() and not os.access(lock, os.R_OK | os.W_OK):
+        refused.append(str(lock))
+    if refused:
+        click.echo(f"error: cannot use the database {without_password(url)!r}: this user may not write "
+                   f"{' nor '.join(map(repr, refused))}, which the service and the scheduler write\n"
+                   "  every process that writes needs the database file, its directory and the writers' lock "
+                   "file writable: run them as one user, or give a group the three (README, SQLite)", err=True)
+        sys.exit(2)
 
 
 def refuse_missing_sqlite_file(url: str) -> None:

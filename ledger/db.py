@@ -158,14 +158,19 @@ _LOCK_SUFFIX = "-writer.lock"
 _log = logging.getLogger(__name__)
 
 
+def writer_lock_path(database: str) -> str:
+    """The writers' lock file of an SQLite database file. Named after the file itself, as SQLite names
+    its -wal and -shm files: writers opening the database through a symlink and through its real path
+    would otherwise queue apart."""
+    return f"{os.path.realpath(os.fspath(database))}{_LOCK_SUFFIX}"
+
+
 class _QueuedWriterConnection(sqlite3.Connection):
     """An sqlite3 connection whose writers queue on a file lock (see the module docstring)."""
 
     def __init__(self, database, *args, **kwargs) -> None:
         super().__init__(database, *args, **kwargs)
-        # Named after the file itself, as SQLite names its -wal and -shm files: writers opening the
-        # database through a symlink and through its real path would otherwise queue apart.
-        self._lock_path = f"{os.path.realpath(os.fspath(database))}{_LOCK_SUFFIX}"
+        self._lock_path = writer_lock_path(database)
         self._lock_fd: int | None = None
         self._changes_at_checkpoint = 0
         self.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}").close()

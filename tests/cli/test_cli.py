@@ -457,6 +457,36 @@ def test_the_server_and_the_scheduler_refuse_a_database_that_cannot_be_used_inst
 
 
 @pytest.mark.parametrize("command", ["scheduler", "serve"])
+@pytest.mark.parametrize("place", ["file", "directory", "lock file"])
+def test_the_server_and_the_scheduler_refuse_an_sqlite_database_this_user_may_not_write(
+        tmp_path, monkeypatch, never_started, command, place):
+    # Started on it, gunicorn answered every write with a 500 (reads went on) and the scheduler
+    # retried its jobs for ever. What the operating system says (`os.access`: a read-only mount, or
+    # another user's file) is stood in for here, since the tests may run as root, whom modes do not stop.
+    from cli import books as cli_books
+    from ledger.db import writer_lock_path
+    from ledger.migrate import upgrade
+
+    path = tmp_path / "books.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    Database(url).dispose()
+    lock = Path(writer_lock_path(str(path)))
+    lock.touch()
+    refused = {"file": path, "directory": tmp_path, "lock file": lock}[place]
+    real_access = os.access
+    monkeypatch.setattr(cli_books.os, "access", lambda where, mode: (
+        not mode & os.W_OK and real_access(where, mode)) if Path(where) == refused else real_access(where, mode))
+    result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
+    assert result.exit_code == 2, result.output
+    assert f"this user may not write {str(refused)!r}" in result.output and "(README, SQLite)" in result.output
+    assert never_started == []
+    monkeypatch.setattr(cli_books.os, "access", real_access)
+    assert CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url}).exit_code == 0
+    assert len(never_started) == 1
+
+
+@pytest.mark.parametrize("command", ["scheduler", "serve"])
 def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_latest_revision(
         tmp_path, never_started, command):
     from ledger.migrate import upgrade
