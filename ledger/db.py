@@ -175,17 +175,20 @@ class _QueuedWriterConnection(sqlite3.Connection):
         self._changes_at_checkpoint = 0
         self.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}").close()
 
-    def queue_for_write(self, wait_s: float | None = None) -> None:
+    def queue_for_write(self, wait_s: float | None = None) -> float:
         """Take the writers' file lock, waiting for it at most `wait_s` (None: as long as it takes);
-        past that, sqlite3.OperationalError with SQLite's busy code, as its own busy handler gives."""
+        past that, sqlite3.OperationalError with SQLite's busy code, as its own busy handler gives.
+        Returns the seconds it waited."""
         if self._lock_fd is None:
             self._lock_fd = self._open_lock()
+        started = time.monotonic()
         if wait_s is None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         elif not _flock_within(self._lock_fd, wait_s):
             busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
             busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
             raise busy
+        return time.monotonic() - started
 
     def _open_lock(self) -> int:
         """The writers' lock file, made with the database file's permissions: a writer that may
@@ -325,13 +328,23 @@ def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> N
             return
         driver = connection.connection.driver_connection
         queued = isinstance(driver, _QueuedWriterConnection)
+        waited_s = 0.0
         if queued:
             try:
-                driver.queue_for_write(lock_wait_s)
+                waited_s = driver.queue_for_write(lock_wait_s)
             except sqlite3.OperationalError as error:  # as SQLAlchemy wraps the driver's errors
                 raise OperationalError("BEGIN IMMEDIATE", (), error) from error
         try:
-            _driver_execute(connection, "BEGIN IMMEDIATE", ())
+            if lock_wait_s is not None and waited_s >= 0.001:
+                # SQLite's busy handler gets what is left of the wait (a writer that does not queue,
+                # the sqlite3 shell, may hold the database): the queue and it were a wait each.
+                driver.execute(f"PRAGMA busy_timeout={_milliseconds(lock_wait_s - waited_s)}").close()
+                try:
+                    _driver_execute(connection, "BEGIN IMMEDIATE", ())
+                finally:
+                    driver.execute(f"PRAGMA busy_timeout={busy_timeout_ms}").close()
+            else:
+                _driver_execute(connection, "BEGIN IMMEDIATE", ())
         except BaseException:
             if queued:
                 driver.leave_queue()

@@ -1,6 +1,7 @@
 """The SQLite files an operator handles (README, SQLite): a copy read where nothing may be written,
 the writers' lock file beside the database, and a database path written percent-encoded in its URL."""
 
+import fcntl
 import os
 import shlex
 import shutil
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import OperationalError
 
 from cli.books import database_errors
 from cli.main import main
-from ledger.db import Database
+from ledger.db import Database, writer_lock_path
 from ledger.keys import create_key
 from ledger.migrate import upgrade
 from ledger.trial_balance import trial_balance
@@ -188,3 +189,38 @@ def test_a_copy_in_wal_mode_on_a_read_only_file_system_is_refused_naming_the_fix
     connection.close()
     read = read_only_mount_run(source, mount_point, "verify")
     assert read.returncode == 0 and read.stdout.endswith("ok\n"), read.stdout + read.stderr
+
+
+def test_a_writer_that_queued_gives_sqlites_busy_handler_only_what_is_left_of_its_wait(sqlite_template, tmp_path):
+    # A writer that does not queue (the sqlite3 shell) holds the database; the writers' lock is held
+    # a while too. The writer that queued behind it then waited its whole wait again in SQLite's busy
+    # handler: a request answered its 503 after 20 s where the README says 10.
+    url = new_sqlite_url(sqlite_template, tmp_path)
+    path = make_url(url).database
+    shell = sqlite3.connect(path, isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    queue = os.open(writer_lock_path(path), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(queue, fcntl.LOCK_EX)
+    releaser = threading.Timer(0.3, fcntl.flock, (queue, fcntl.LOCK_UN))
+    database = Database(url, lock_wait_s=0.5)
+    statements: list[str] = []
+    try:
+        with database.engine.connect() as connection:
+            driver = connection.connection.driver_connection
+            driver.set_trace_callback(statements.append)
+            releaser.start()
+            with pytest.raises(OperationalError, match="database is locked"):
+                connection.execution_options(writer=True).begin()
+            releaser.join()
+            driver.set_trace_callback(None)
+            assert driver.execute("PRAGMA busy_timeout").fetchone() == (500,)  # put back for the next writer
+    finally:
+        releaser.cancel()
+        os.close(queue)
+        shell.rollback()
+        shell.close()
+        database.dispose()
+    pragmas = [statement for statement in statements if statement.startswith("PRAGMA busy_timeout=")]
+    assert statements.index(pragmas[0]) < statements.index("BEGIN IMMEDIATE"), statements
+    assert 1 <= int(pragmas[0].partition("=")[2]) <= 200, statements  # 500 ms less the 300 or more queued
+    assert pragmas[-1] == "PRAGMA busy_timeout=500", statements
