@@ -81,7 +81,9 @@ def domain_problem_data(error: DomainError) -> dict[str, Any]:
 
 def domain_problem(error: DomainError) -> Response:
     body = domain_problem_data(error)
-    return current_app.response_class(json.dumps(body), status=error.status, mimetype=PROBLEM_MIMETYPE)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status == 503 else None  # `Unfinished`
+    return current_app.response_class(json.dumps(body), status=error.status, mimetype=PROBLEM_MIMETYPE,
+                                      headers=headers)
 
 
 def validation_problem_data(messages: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ is let go between every hundred of them (see `api.idempotency.reclaim_after`).
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 from flask import Flask, Response, current_app, g, request
@@ -55,6 +56,20 @@ def commit_now() -> None:
     the commit standing and a retry replays it; the end of the request finds nothing left to commit
     (a session that runs no statement after its commit opens no transaction)."""
     current_session().commit()
+
+
+# What the work of a view that commits transactions of its own may take: past it, the view begins
+# no further transaction and answers 503 to retry (`ledger.errors.Unfinished`), what it committed
+# standing. Under gunicorn's 30-second worker timeout, which killed the worker of a payout run
+# releasing a backlog of holds, or of a batch applied in parts (a 500), with time left for the
+# transaction under way and the answer.
+WORK_BUDGET_S = 20.0
+
+
+def work_deadline() -> float:
+    """The `time.monotonic()` instant the request's work stops at: WORK_BUDGET_S after the first call
+    in the request (the view's start)."""
+    return g.setdefault("work_deadline", time.monotonic() + WORK_BUDGET_S)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,17 @@ class InvalidInput(DomainError):
 class OutOfRange(InvalidInput):
     """A posting would take an account's running total past what the database keeps (a 64-bit
     integer of minor units). The database refuses it when the batch is written, so it fails the
-    whole batch: `revenue.ingest_apart` then applies each event on its own."""
+    whole batch: `revenue.ingest_apart` then applies it in parts, down to that event alone."""
+
+
+class Unfinished(DomainError):
+    """Work that one request may not see through in its time (a catch-up of matured holds, a batch
+    applied in parts) stopped between two of its transactions: what those committed stays, and the
+    same request, retried, goes on from there. The API answers 503 with `Retry-After`; the command
+    line and the jobs give their work no such budget."""
+
+    status = 503
+    title = "Unfinished"
 
 
 class NotFound(DomainError):

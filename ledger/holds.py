@@ -15,6 +15,7 @@ from pending, and what is left is released again at the maturity instant.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Callable, ContextManager, Iterable
 
@@ -25,7 +26,7 @@ from ledger import accounts as chart
 from ledger import journal
 from ledger.commission import EARNING_KINDS, Piece
 from ledger.db import driver_results, driver_rows, in_lists
-from ledger.errors import Conflict, invalid
+from ledger.errors import Conflict, Unfinished, invalid
 from ledger.instants import format_instant
 from ledger.schema import journal_transactions, open_holds
 
@@ -302,7 +303,8 @@ def release_now(session: Session) -> tuple[int, int]:
 
 
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
-                            holds_per_transaction: int | None = None, own_instant: bool = False) -> int:
+                            holds_per_transaction: int | None = None, own_instant: bool = False,
+                            deadline: float | None = None) -> int:
     """`release_matured` in a `transaction()` per `holds_per_transaction` holds (by default
     HOLDS_PER_TRANSACTION), oldest maturity first, until none matured by `at_us` is left; returns
     how many releases were posted. At None, `at_us` is now as read under the journal lock in the
@@ -316,7 +318,9 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
     run posts what one uninterrupted run would have. Postings that come between two transactions
     find the holds matured before their instant released already, or release them themselves.
     `own_instant` as for `release_matured`: the later transactions read a clock that may have
-    stepped back since `at_us` was read from it."""
+    stepped back since `at_us` was read from it. `deadline` (a `time.monotonic()` instant): past it,
+    once a release is posted, no further transaction is begun and `Unfinished` is raised (a
+    request's budget: `api.session`)."""
     holds_per_transaction = HOLDS_PER_TRANSACTION if holds_per_transaction is None else holds_per_transaction
     assert holds_per_transaction > 0, holds_per_transaction
     released, after = 0, None
@@ -330,6 +334,9 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
         released += posted
         if taken < holds_per_transaction:
             return released
+        if released and deadline is not None and time.monotonic() >= deadline:  # a retry goes further
+            raise Unfinished(f"{released} matured holds were released, in transactions committed on their own, and "
+                             f"more matured by {format_instant(at_us)} are left: retry the request to go on")
 
 
 def _release(session: Session, at_us: int, batch: journal.Batch, limit: int,

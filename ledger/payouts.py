@@ -141,11 +141,12 @@ def run_payouts_in_transactions(transaction: Callable[[], ContextManager[Session
 
 
 def release_before_run(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
-                       own_instant: bool = False) -> int:
+                       own_instant: bool = False, deadline: float | None = None) -> int:
     """The releases `run_payouts` would post first, each `transaction()` of them committed on its own
     (`run_payouts_in_transactions`); returns how many were posted. The run is checked first, so a
     refused run posts no release either; a run made at `at_us` already posts none. At None, the
-    check and the releases are made at now as read in their transactions."""
+    check and the releases are made at now as read in their transactions. `deadline` as for
+    `holds.release_in_transactions`."""
     with transaction() as session:
         batch = journal.Batch(session)
         checked_us = batch.recorded_at_us if at_us is None else at_us
@@ -154,7 +155,8 @@ def release_before_run(transaction: Callable[[], ContextManager[Session]], at_us
             _refuse_out_of_order(session, batch, checked_us, own_instant or at_us is None)
     if made is not None:
         return 0
-    return holds.release_in_transactions(transaction, checked_us, own_instant=own_instant or at_us is None)
+    return holds.release_in_transactions(transaction, checked_us, own_instant=own_instant or at_us is None,
+                                         deadline=deadline)
 
 
 def _payable(session: Session, at_us: int) -> dict[tuple[str, str], int]:

@@ -123,13 +123,14 @@ def close_in_transactions(transaction: Callable[[], ContextManager[Session]], pe
         return (made, True, released) if made is not None else (close_period(session, period), False, released)
 
 
-def release_before_close(transaction: Callable[[], ContextManager[Session]], period: str) -> int:
+def release_before_close(transaction: Callable[[], ContextManager[Session]], period: str, *,
+                         deadline: float | None = None) -> int:
     """The releases `close_period` would post first, each `transaction()` of them committed on its
     own (`close_in_transactions`); returns how many were posted. The close is checked first, so a
-    refused close posts no release."""
+    refused close posts no release. `deadline` as for `holds.release_in_transactions`."""
     with transaction() as session:
         _refuse_close(session, period, None)
-    return holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1)
+    return holds.release_in_transactions(transaction, period_bounds_us(period)[1] - 1, deadline=deadline)
 
 
 def _made_close(session: Session, period: str) -> Close | None:

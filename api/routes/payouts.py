@@ -21,7 +21,7 @@ from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema,
 from api.routes.transactions import TransactionSchema
 from api.routes.transactions import render as render_transaction
 from api.schemas import Schema
-from api.session import current_session, separate_transaction
+from api.session import current_session, separate_transaction, work_deadline
 from ledger import holds, payouts, transactions
 from ledger.payouts import Payout
 
@@ -116,8 +116,10 @@ def run_payouts(args):
     """Release matured holds, then pay every balance that reaches its plan's minimum"""
     # The releases first, a hundred to a transaction, as the CLI and the jobs make them: in the run's
     # one transaction, a run after days without the release job held the journal's lock through
-    # every release, and every posting waited, or failed past its lock wait.
-    reclaim_after(lambda: payouts.release_before_run(separate_transaction, args["at"]))
+    # every release, and every posting waited, or failed past its lock wait. A backlog past the
+    # request's budget is a 503 to retry, the releases made standing (`api.session.work_deadline`).
+    deadline = work_deadline()
+    reclaim_after(lambda: payouts.release_before_run(separate_transaction, args["at"], deadline=deadline))
     run = payouts.run_payouts(current_session(), args["at"])
     body = {"id": run.id, "at": run.at_us, "payouts": [render(payout) for payout in run.payouts]}
     return body, 200 if run.replayed else 201

@@ -21,7 +21,7 @@ from api.idempotency import idempotent, reclaim_after
 from api.openapi import refuses
 from api.pagination import Listing, page_query, page, page_schema
 from api.schemas import Schema
-from api.session import current_session, separate_transaction
+from api.session import current_session, separate_transaction, work_deadline
 from ledger import periods
 from ledger.balances import all_balances
 from ledger.errors import InvalidInput, NotFound
@@ -144,8 +144,9 @@ def get_period(period: str):
 @blp.response(200, PeriodSchema)
 def close_period(_args, period: str):
     """Close an ended period: release matured holds, write off under `reset`, snapshot, hash"""
+    deadline = work_deadline()
     period = path_period(period)
     # The releases first, a hundred to a transaction, as the CLI and the jobs make them (see
     # `run_payouts` in api/routes/payouts.py).
-    reclaim_after(lambda: periods.release_before_close(separate_transaction, period))
+    reclaim_after(lambda: periods.release_before_close(separate_transaction, period, deadline=deadline))
     return render(periods.close_period(current_session(), period))

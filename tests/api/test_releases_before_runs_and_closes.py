@@ -177,3 +177,35 @@ def test_a_run_or_close_refused_before_its_releases_posts_none(fresh, path, body
     response = fresh.post(path, body)
     assert response.status_code in (409, 422), response.get_json()
     assert [balance(fresh, partner) for partner in ("p1", "p2")] == [("50.00", "0.00"), ("60.00", "0.00")]
+
+
+@pytest.mark.parametrize("path, body", [(RUN, {"at": instant("2026-02-01")}), (CLOSE, None)], ids=["run", "close"])
+def test_a_backlog_of_releases_past_the_requests_budget_is_a_503_to_retry_and_each_retry_goes_further(
+        fresh, database, monkeypatch, one_hold_a_transaction, path, body):
+    # A run or close that had a backlog of matured holds to release ran past gunicorn's worker
+    # timeout, which killed the worker midway: a 500. Past its budget (here none at all) the request
+    # stops between two release transactions: a 503 to retry, what it released standing.
+    from api import session as api_session
+
+    monkeypatch.setattr(api_session, "WORK_BUDGET_S", 0.0)
+    for partner_id, amount in (("p1", "250.00"), ("p2", "300.00"), ("p1", "100.00"), ("p2", "50.00")):
+        fresh.event(unique("evt"), f"{partner_id}-customer", unique("inv"), amount, "2026-01-01")
+    headers = {"Idempotency-Key": unique("key")}
+    answers = []
+    while len(answers) < 10:
+        answers.append(fresh.post(path, body, headers=headers))
+        if answers[-1].status_code != 503:
+            break
+    # One hold a transaction: each request releases one, and cannot tell the fourth was the last.
+    assert [answer.status_code for answer in answers] == [503] * 4 + [201 if path == RUN else 200], [
+        answer.get_json() for answer in answers]
+    assert all(answer.headers["Retry-After"] == "1" for answer in answers[:-1])
+    assert [answer.get_json()["detail"].split(" ")[0] for answer in answers[:-1]] == ["1"] * 4
+    assert "retry the request to go on" in answers[0].get_json()["detail"]
+    if path == RUN:
+        assert [payout["amount"] for payout in answers[-1].get_json()["payouts"]] == [money("70.00")] * 2
+        assert [balance(fresh, partner) for partner in ("p1", "p2")] == [("0.00", "0.00")] * 2
+    else:
+        assert [balance(fresh, partner) for partner in ("p1", "p2")] == [("0.00", "70.00")] * 2
+    again = fresh.post(path, body, headers=headers)
+    assert (again.status_code, again.get_json()) == (answers[-1].status_code, answers[-1].get_json())

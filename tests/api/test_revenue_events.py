@@ -19,7 +19,7 @@ from ledger.instants import parse_instant
 from ledger.revenue import RevenueEvent
 from ledger.schema import journal_transactions, revenue_events
 from tests.api.books import errors_of, event_body, expect, money, plan_body, unique
-from tests.api.conftest import enroll, make_app
+from tests.api.conftest import enroll, make_app, make_keys
 
 
 @pytest.fixture
@@ -331,6 +331,83 @@ def test_an_event_that_would_take_a_total_out_of_range_is_refused_alone_in_its_b
         assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 9
     again = expect(fresh.post("/v1/revenue-events/batch", {"events": events[:9]}, as_="billing"), 200)["results"]
     assert all(r.get("replayed") for r in again)
+
+
+@pytest.fixture
+def roomy(database):
+    """As `fresh`, taking bodies of up to 1 MiB: batches of hundreds of events."""
+    from tests.api.books import Caller
+
+    enroll(database)
+    return Caller(make_app(database, 2**20).test_client(), make_keys(database))
+
+
+def whale_batch(call, small: int) -> list[dict]:
+    """`small` payments of 10.000 BHD with 11 of 999,999,999,999,999.999 among them, spread evenly:
+    the 10th and 11th of those would take the whale's pending total out of range (as above)."""
+    call.created("/v1/plans", plan_body("all", rates=[{"from_month": 1, "rate": "1"}]))
+    call.partner("whale", plan_id="all")
+    call.attribute("whale-customer", "whale")
+    events = [event_body(f"small-{n}", "whale-customer", f"small-{n}", "10.000", "2026-01-20", currency="BHD")
+              for n in range(small)]
+    for n in range(11):
+        events.insert((n + 1) * len(events) // 12, event_body(f"big-{n}", "whale-customer", f"big-{n}",
+                                                              "999999999999999.999", "2026-01-20", currency="BHD"))
+    return events
+
+
+def counting_transactions(monkeypatch) -> list[int]:
+    """The batch route's transactions of its own (`ingest_apart`'s parts), counted."""
+    counted = []
+    separate = revenue_routes.separate_transaction
+
+    def counting():
+        counted.append(1)
+        return separate()
+
+    monkeypatch.setattr(revenue_routes, "separate_transaction", counting)
+    return counted
+
+
+def test_a_batch_failed_by_events_out_of_range_is_applied_in_halves_not_one_transaction_an_event(
+        roomy, database, monkeypatch):
+    # One transaction an event made a batch of 10,000 with five such events take 10-30 s, and each
+    # retry too (its replays one a transaction as well), past gunicorn's worker timeout: a 500.
+    events = whale_batch(roomy, 400)
+    counted = counting_transactions(monkeypatch)
+    results = expect(roomy.post("/v1/revenue-events/batch", {"events": events}, as_="billing"), 200)["results"]
+    refused = [r["id"] for r in results if r["http_status"] != 201]
+    assert refused == ["big-9", "big-10"] and [r["id"] for r in results] == [e["id"] for e in events]
+    assert {r["error"]["status"] for r in results if r["id"] in refused} == {422}
+    assert 2 <= len(counted) <= 40, len(counted)  # halves down to the two events: 411 one an event
+    counted.clear()
+    again = expect(roomy.post("/v1/revenue-events/batch", {"events": events}, as_="billing"), 200)["results"]
+    assert [(r["id"], r.get("replayed")) for r in again if r["http_status"] == 201] == [
+        (r["id"], True) for r in results if r["http_status"] == 201]
+    assert [r["id"] for r in again if r["http_status"] != 201] == refused and len(counted) <= 40
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 409
+
+
+def test_a_batch_applied_in_parts_past_the_requests_budget_is_a_503_and_each_retry_goes_further(
+        roomy, database, monkeypatch):
+    from api import session as api_session
+
+    monkeypatch.setattr(api_session, "WORK_BUDGET_S", 0.0)  # each request: one part that posts, then a 503
+    events = whale_batch(roomy, 60)
+    stored, answers = [], []
+    while len(answers) < 30:
+        answers.append(roomy.post("/v1/revenue-events/batch", {"events": events}, as_="billing"))
+        with database.reader() as session:
+            stored.append(session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one())
+        if answers[-1].status_code != 503:
+            break
+    assert [answer.status_code for answer in answers[:-1]] == [503] * (len(answers) - 1) and len(answers) > 2
+    assert answers[-1].status_code == 200 and all(a.headers["Retry-After"] == "1" for a in answers[:-1])
+    assert "retry the batch to go on" in answers[0].get_json()["detail"]
+    assert stored == sorted(set(stored)) and stored[-1] == 69  # each retry posted more; all but the two
+    results = answers[-1].get_json()["results"]
+    assert [r["id"] for r in results if r["http_status"] != 201] == ["big-9", "big-10"]
 
 
 def test_an_event_whose_total_would_be_out_of_range_is_a_422_of_the_one_invalid_input_type(fresh):
