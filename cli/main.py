@@ -44,15 +44,16 @@ def db_upgrade(settings: Settings) -> None:
     from alembic.util.exc import CommandError
 
     from cli.books import NEWER_CODE, database_errors
-    from ledger.migrate import upgrade
+    from ledger.migrate import current_revision, known_revisions, upgrade
 
     url = settings.migration_database_url or settings.database_url
     with database_errors(url, migrating=True):
         try:
             upgrade(url)
-        except CommandError as error:  # the database is at a revision these migrations do not hold
-            click.echo(f"error: cannot migrate the database {without_password(url)!r}: {error}\n  {NEWER_CODE}",
-                       err=True)
+        except CommandError as error:  # alembic's: above all, a revision these migrations do not hold
+            newer = current_revision(url) not in known_revisions()
+            click.echo(f"error: cannot migrate the database {without_password(url)!r}: {error}"
+                       + (f"\n  {NEWER_CODE}" if newer else ""), err=True)
             sys.exit(2)
     click.echo("database is at the latest revision")
 

@@ -165,6 +165,32 @@ def writer_lock_path(database: str) -> str:
     return f"{os.path.realpath(os.fspath(database))}{_LOCK_SUFFIX}"
 
 
+def open_writer_lock(lock_path: str) -> int:
+    """The writers' lock file, made with the database file's permissions: a writer that may write
+    the database may take the lock (made 0600, it shut out every other user, a group the database is
+    shared with included). One that cannot be opened is SQLite's CANTOPEN, naming the file and the
+    fix, not a PermissionError out of a driver hook (a traceback, a 500)."""
+    database = lock_path[:-len(_LOCK_SUFFIX)]
+    try:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, os.stat(database).st_mode & 0o666)
+        except OSError:
+            pass  # the database's mode unknown, or not ours to give: 0600 as made
+        return fd
+    except OSError as error:
+        cannot = sqlite3.OperationalError(
+            f"unable to open the writers' lock file {lock_path!r}: {error.strerror}: every process "
+            "that writes the database must be able to open it, or create it in the database's directory, "
+            "for writing: run them as one user, or give the file the database file's owner, group and mode "
+            "(README, SQLite)")
+        cannot.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
+        raise cannot from error
+
+
 class _QueuedWriterConnection(sqlite3.Connection):
     """An sqlite3 connection whose writers queue on a file lock (see the module docstring)."""
 
@@ -180,7 +206,7 @@ class _QueuedWriterConnection(sqlite3.Connection):
         past that, sqlite3.OperationalError with SQLite's busy code, as its own busy handler gives.
         Returns the seconds it waited."""
         if self._lock_fd is None:
-            self._lock_fd = self._open_lock()
+            self._lock_fd = open_writer_lock(self._lock_path)
         started = time.monotonic()
         if wait_s is None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -189,31 +215,6 @@ class _QueuedWriterConnection(sqlite3.Connection):
             busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
             raise busy
         return time.monotonic() - started
-
-    def _open_lock(self) -> int:
-        """The writers' lock file, made with the database file's permissions: a writer that may
-        write the database may take the lock (made 0600, it shut out every other user, a group the
-        database is shared with included). One that cannot be opened is SQLite's CANTOPEN, naming
-        the file and the fix, not a PermissionError out of a driver hook (a traceback, a 500)."""
-        database = self._lock_path[:-len(_LOCK_SUFFIX)]
-        try:
-            try:
-                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                return os.open(self._lock_path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                os.fchmod(fd, os.stat(database).st_mode & 0o666)
-            except OSError:
-                pass  # the database's mode unknown, or not ours to give: 0600 as made
-            return fd
-        except OSError as error:
-            cannot = sqlite3.OperationalError(
-                f"unable to open the writers' lock file {self._lock_path!r}: {error.strerror}: every process "
-                "that writes the database must be able to open it, or create it in the database's directory, "
-                "for writing: run them as one user, or give the file the database file's owner, group and mode "
-                "(README, SQLite)")
-            cannot.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
-            raise cannot from error
 
     def leave_queue(self) -> None:
         if self._lock_fd is not None:

@@ -68,6 +68,20 @@ def test_db_upgrade_creates_the_default_database_and_is_repeatable(tmp_path):
     assert invoke(url, "verify").exit_code == 0
 
 
+def test_db_upgrades_started_at_once_on_a_new_sqlite_file_all_succeed_one_migrating_it(tmp_path):
+    # Each migration commits on its own on SQLite: begun together, the upgrades all read the file
+    # empty, and the later ones failed with "database is locked" or "table already exists".
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
+           "REVSHARE_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}
+    processes = [subprocess.Popen([REVSHARE, "db", "upgrade"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [(process.wait(timeout=120), process.stdout.read()) for process in processes]
+    for process in processes:
+        process.stdout.close()
+    assert outputs == [(0, "database is at the latest revision\n")] * 3, outputs
+    assert invoke(env["REVSHARE_DATABASE_URL"], "verify").exit_code == 0
+
+
 def test_db_upgrade_of_a_database_migrated_by_newer_code_stops_with_exit_2_naming_it(tmp_path):
     # Alembic's "Can't locate revision" was a traceback and exit 1; verify and serve said it plainly.
     url = f"sqlite:///{tmp_path / 'revshare.db'}"
