@@ -302,15 +302,6 @@ def release_now(session: Session) -> tuple[int, int]:
     return release_matured(session, batch.recorded_at_us, batch=batch, own_instant=True), batch.recorded_at_us
 
 
-def release_now_in_transactions(transaction: Callable[[], ContextManager[Session]], *,
-                                deadline: float | None = None) -> tuple[int, int]:
-    """(releases posted, the instant): `release_in_transactions` at now as read under the journal
-    lock, in a first `transaction()` (as `release_now`)."""
-    with transaction() as session:
-        at_us = journal.Batch(session).recorded_at_us
-    return release_in_transactions(transaction, at_us, own_instant=True, deadline=deadline), at_us
-
-
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
                             holds_per_transaction: int | None = None, own_instant: bool = False,
                             deadline: float | None = None) -> int:

@@ -96,17 +96,10 @@ def render(payout: Payout) -> dict:
 @blp.response(200, ReleasedSchema)
 def release_holds(args):
     """Release every hold matured by `at`"""
-    # A hundred to a transaction, as the CLI and the jobs release them: in one transaction, a backlog
-    # held the journal's lock throughout, and past the request's budget is a 503 to retry (see
-    # `run_payouts` below). `released` counts this request's releases.
-    deadline = work_deadline()
     if args["at"] is None:
-        released, at_us = reclaim_after(lambda: holds.release_now_in_transactions(separate_transaction,
-                                                                                  deadline=deadline))
+        released, at_us = holds.release_now(current_session())
     else:
-        at_us = args["at"]
-        released = reclaim_after(lambda: holds.release_in_transactions(separate_transaction, at_us,
-                                                                       deadline=deadline))
+        released, at_us = holds.release_matured(current_session(), args["at"]), args["at"]
     return {"released": released, "at": at_us}
 
 
