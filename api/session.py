@@ -58,11 +58,11 @@ def commit_now() -> None:
     current_session().commit()
 
 
-# What the work of a view that commits transactions of its own may take: past it, the view begins
-# no further transaction and answers 503 to retry (`ledger.errors.Unfinished`), what it committed
-# standing. Under gunicorn's 30-second worker timeout, which killed the worker of a payout run
-# releasing a backlog of holds, or of a batch applied in parts (a 500), with time left for the
-# transaction under way and the answer.
+# What the releases a payout run or a close makes first, in transactions of their own, may take: past
+# it, the view begins no further one and answers 503 to retry (`ledger.errors.Unfinished`), what it
+# released standing. Under gunicorn's 30-second worker timeout, which killed the worker of a run
+# releasing a backlog of holds (a 500), with time left for the transaction under way, the run or
+# close itself and the answer.
 WORK_BUDGET_S = 20.0
 
 

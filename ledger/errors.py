@@ -34,9 +34,9 @@ class OutOfRange(InvalidInput):
 
 
 class Unfinished(DomainError):
-    """Work that one request may not see through in its time (a catch-up of matured holds, a batch
-    applied in parts) stopped between two of its transactions: what those committed stays, and the
-    same request, retried, goes on from there. The API answers 503 with `Retry-After`; the command
+    """Work that one request may not see through in its time (a catch-up of matured holds before a
+    payout run or a close) stopped between two of its transactions: what those committed stays, and
+    the same request, retried, goes on from there. The API answers 503 with `Retry-After`; the command
     line and the jobs give their work no such budget."""
 
     status = 503

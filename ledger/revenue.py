@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, NamedTuple, Sequence
@@ -31,8 +30,7 @@ from ledger import collector, holds, journal
 from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
-from ledger.errors import (Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, Unfinished,
-                           invalid)
+from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, invalid
 from ledger.instants import format_instant, parse_instant
 from ledger.money import currency_exponent, format_minor, parse_amount_minor
 from ledger.partners import PROGRAM_REVISION, Program, program_for
@@ -253,8 +251,8 @@ SPECULATIVE_READS_EVENTS_MAX = 100
 REFUSED_APART = (OutOfRange, journal.DatedAhead)
 
 
-def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]], *,
-                 deadline: float | None = None) -> list[Outcome | Refusal]:
+def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]]
+                 ) -> list[Outcome | Refusal]:
     """`ingest` a batch that failed as a whole with one of `REFUSED_APART` (after its rollback), in
     parts, each in a `transaction()` of its own: a part that fails too is halved, and an event that
     fails alone is refused. The parts go in the batch's order, so each event is decided after every
@@ -262,23 +260,16 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
     transaction an event cost a batch of 10,000 with five of them 10-30 s, and so did each retry,
     its replays one a transaction too.
 
-    `deadline` (a `time.monotonic()` instant): past it, once a part has posted an event (not only
-    replayed them), no further part is begun and `Unfinished` is raised. The parts done are
-    committed, and a retry replays them, so each retry goes further than the one before."""
+    No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): a retry
+    would decide anew the events this call refused, after later events of the batch were committed
+    (a refund before its payment, refused, would then be accepted)."""
     results: list[Outcome | Refusal] = []
     todo = [*reversed(_halves(events))]  # a stack: the next part last
-    posted = False
     while todo:
         part = todo.pop()
-        if posted and deadline is not None and time.monotonic() >= deadline:
-            raise Unfinished(f"{len(results)} of the batch's {len(events)} events were applied or refused, in parts "
-                             "of the batch committed on their own, since an event of it fails the batch as a whole: "
-                             "retry the batch to go on (those are replayed)")
         try:
             with transaction() as session:
-                done = ingest(session, part)
-            results += done
-            posted = posted or any(isinstance(result, Outcome) and not result.replayed for result in done)
+                results += ingest(session, part)
         except REFUSED_APART as error:
             if len(part) == 1:
                 results.append(Refusal(part[0].id, error))

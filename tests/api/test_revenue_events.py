@@ -389,27 +389,6 @@ def test_a_batch_failed_by_events_out_of_range_is_applied_in_halves_not_one_tran
         assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 409
 
 
-def test_a_batch_applied_in_parts_past_the_requests_budget_is_a_503_and_each_retry_goes_further(
-        roomy, database, monkeypatch):
-    from api import session as api_session
-
-    monkeypatch.setattr(api_session, "WORK_BUDGET_S", 0.0)  # each request: one part that posts, then a 503
-    events = whale_batch(roomy, 60)
-    stored, answers = [], []
-    while len(answers) < 30:
-        answers.append(roomy.post("/v1/revenue-events/batch", {"events": events}, as_="billing"))
-        with database.reader() as session:
-            stored.append(session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one())
-        if answers[-1].status_code != 503:
-            break
-    assert [answer.status_code for answer in answers[:-1]] == [503] * (len(answers) - 1) and len(answers) > 2
-    assert answers[-1].status_code == 200 and all(a.headers["Retry-After"] == "1" for a in answers[:-1])
-    assert "retry the batch to go on" in answers[0].get_json()["detail"]
-    assert stored == sorted(set(stored)) and stored[-1] == 69  # each retry posted more; all but the two
-    results = answers[-1].get_json()["results"]
-    assert [r["id"] for r in results if r["http_status"] != 201] == ["big-9", "big-10"]
-
-
 def test_an_event_whose_total_would_be_out_of_range_is_a_422_of_the_one_invalid_input_type(fresh):
     # Every 422 of bad input has one problem type (README, Errors): the out-of-range amount too, alone
     # and in a batch, not a type of its own that a client switching on `type` would not know.
