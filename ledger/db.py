@@ -166,10 +166,12 @@ def writer_lock_path(database: str) -> str:
 
 
 def open_writer_lock(lock_path: str) -> int:
-    """The writers' lock file, made with the database file's permissions: a writer that may write
-    the database may take the lock (made 0600, it shut out every other user, a group the database is
-    shared with included). One that cannot be opened is SQLite's CANTOPEN, naming the file and the
-    fix, not a PermissionError out of a driver hook (a traceback, a 500)."""
+    """The writers' lock file, made with the database file's permissions, and, made by root, its
+    owner and group, as SQLite makes its -wal and -shm files: a writer that may write the database
+    may take the lock (made 0600, it shut out every other user, a group the database is shared with
+    included; made by root, as by a `revshare db upgrade` run as root, the service's user could not
+    open it). One that cannot be opened is SQLite's CANTOPEN, naming the file and the fix, not a
+    PermissionError out of a driver hook (a traceback, a 500)."""
     database = lock_path[:-len(_LOCK_SUFFIX)]
     try:
         try:
@@ -177,7 +179,10 @@ def open_writer_lock(lock_path: str) -> int:
         except FileExistsError:
             return os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            os.fchmod(fd, os.stat(database).st_mode & 0o666)
+            made = os.stat(database)
+            if os.geteuid() == 0:
+                os.fchown(fd, made.st_uid, made.st_gid)
+            os.fchmod(fd, made.st_mode & 0o666)
         except OSError:
             pass  # the database's mode unknown, or not ours to give: 0600 as made
         return fd
@@ -189,6 +194,24 @@ def open_writer_lock(lock_path: str) -> int:
             "(README, SQLite)")
         cannot.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
         raise cannot from error
+
+
+@contextlib.contextmanager
+def writers_queue(database: str, wait_s: float) -> Iterator[None]:
+    """Hold the writers' queue of the SQLite database file `database` for the block, as a writer
+    holds it for its transaction, waiting for it at most `wait_s`: past that, the OperationalError
+    of a busy database, as a writer's wait ends (for work that is not one writer's transaction:
+    the migrations)."""
+    lock_path = writer_lock_path(database)
+    queue = open_writer_lock(lock_path)
+    try:
+        if not _flock_within(queue, wait_s):
+            busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise OperationalError("BEGIN IMMEDIATE", (), busy)
+        yield
+    finally:
+        os.close(queue)  # and the lock with it
 
 
 class _QueuedWriterConnection(sqlite3.Connection):

@@ -14,6 +14,9 @@ from sqlalchemy.pool import NullPool
 from ledger.db import make_engine, normalize_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# How long an upgrade waits on SQLite for the writers ahead of it (a posting holds their queue for
+# milliseconds, an import's batch for a second or two): past it, one that does not let go.
+LOCK_WAIT_S = 30.0
 
 
 def alembic_config(url: str) -> Config:

@@ -37,20 +37,22 @@ def without_password(url: str) -> str:
     number, one slash after the scheme), or whose host or database name holds an `@` (a password's,
     not encoded),
     has everything between the user's name and the last `@` masked, whatever it holds: a pattern of
-    what a password may not hold showed one with a `/` in it. A `password=` option is masked too."""
+    what a password may not hold showed one with a `/` in it. A `password=` or `sslpassword=` option
+    (libpq's, for the client key) is masked too, in any case."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         parsed = None
     # A password's `@` not encoded leaves the rest in the host, or, after a `/`, in the database name.
-    if parsed is not None and "@" not in (parsed.host or "") and not (parsed.host and "@" in (parsed.database or "")):
+    if parsed is not None and "@" not in (parsed.host or "") and not (
+            parsed.password is not None and parsed.host and "@" in (parsed.database or "")):
         shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
     elif (credentials := re.match(r"([A-Za-z][A-Za-z0-9+.-]*:/*)?(.*)@", url, re.DOTALL)) is None:
         shown = url  # no `@`: no user, so no password
     else:
         scheme, user = credentials.group(1) or "", credentials.group(2).partition(":")[0]
         shown = f"{scheme}{user + ':' if ':' in credentials.group(2) else ''}***{url[credentials.end() - 1:]}"
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
+    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
 def _unreadable(url: str) -> str | None:

@@ -1,15 +1,13 @@
 """Alembic environment: runs online against the URL given by ledger.migrate (never the environment)."""
 
 import contextlib
-import fcntl
-import os
-from typing import Iterator
 
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
-from ledger.db import JOURNAL_LOCK_KEY, PROGRAM_LOCK_KEY, make_engine, open_writer_lock, writer_lock_path
+from ledger import migrate
+from ledger.db import JOURNAL_LOCK_KEY, PROGRAM_LOCK_KEY, make_engine, writers_queue
 from ledger.schema import metadata
 
 config = context.config
@@ -26,23 +24,16 @@ def run_migrations_online() -> None:
     engine.dispose()
 
 
-@contextlib.contextmanager
-def _writers_queue(connection) -> Iterator[None]:
-    """On SQLite, the migrations hold the writers' queue (`ledger.db`) from their first read of the
-    revision to their last commit: each migration commits on its own there, and two `revshare db
-    upgrade` at once on a new file both read it empty, then the second to write failed ("database
-    is locked", "table already exists"). Taken once connected, so that the file exists and the lock
-    file is made with its mode. PostgreSQL's migrations hold the writers' locks instead (`_run`)."""
+def _writers_queue(connection) -> contextlib.AbstractContextManager:
+    """On SQLite, the migrations hold the writers' queue (`ledger.db.writers_queue`) from their first
+    read of the revision to their last commit: each migration commits on its own there, and two
+    `revshare db upgrade` at once on a new file both read it empty, then the second to write failed
+    ("database is locked", "table already exists"). Taken once connected, so that the file exists
+    and the lock file is made after it. PostgreSQL's migrations hold the writers' locks instead (`_run`)."""
     database = connection.engine.url.database
     if connection.dialect.name != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
-        yield
-        return
-    queue = open_writer_lock(writer_lock_path(database))
-    try:
-        fcntl.flock(queue, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(queue)  # and the lock with it
+        return contextlib.nullcontext()
+    return writers_queue(database, migrate.LOCK_WAIT_S)
 
 
 def _run(connection) -> None:

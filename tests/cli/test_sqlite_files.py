@@ -83,6 +83,19 @@ def test_the_writers_lock_file_is_made_with_the_database_files_mode(sqlite_templ
     assert stat.S_IMODE(os.stat(f"{path}-writer.lock").st_mode) == 0o660
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file another owner")
+def test_the_writers_lock_file_made_by_root_is_given_the_database_files_owner_and_group(sqlite_template, tmp_path):
+    # `revshare db upgrade` run as root made it root's, 0644 as the database: the service's own user
+    # could then not open it, and every write failed (SQLite gives its -wal and -shm files the
+    # database file's owner when run as root).
+    url = new_sqlite_url(sqlite_template, tmp_path)
+    path = url[len("sqlite:///"):]
+    os.chown(path, 65534, 65534)
+    upgrade(url)
+    made = os.stat(f"{path}-writer.lock")
+    assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (65534, 65534, stat.S_IMODE(os.stat(path).st_mode))
+
+
 
 def test_writers_opening_one_database_through_a_symlink_and_its_real_path_queue_on_one_lock_file(
         sqlite_template, tmp_path):
@@ -224,3 +237,22 @@ def test_a_writer_that_queued_gives_sqlites_busy_handler_only_what_is_left_of_it
     assert statements.index(pragmas[0]) < statements.index("BEGIN IMMEDIATE"), statements
     assert 1 <= int(pragmas[0].partition("=")[2]) <= 200, statements  # 500 ms less the 300 or more queued
     assert pragmas[-1] == "PRAGMA busy_timeout=500", statements
+
+
+def test_an_upgrade_waits_for_the_writer_ahead_of_it_a_bounded_while_then_names_the_busy_database(
+        sqlite_template, tmp_path, monkeypatch):
+    # The migrations hold the writers' queue on SQLite; behind a writer that does not let go, an
+    # upgrade waited without end and without a word.
+    from ledger import migrate
+
+    url = new_sqlite_url(sqlite_template, tmp_path)
+    path = make_url(url).database
+    monkeypatch.setattr(migrate, "LOCK_WAIT_S", 0.2)
+    queue = os.open(writer_lock_path(path), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(queue, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(OperationalError, match="another writer held it past 0.2 s"):
+            upgrade(url)
+    finally:
+        os.close(queue)
+    upgrade(url)  # the writer gone: at the latest revision already, nothing to do

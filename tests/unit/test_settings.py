@@ -34,6 +34,8 @@ def test_a_setting_named_in_upper_case_is_read_and_an_unknown_one_refused_with_t
     ("postgresql://app@db/revshare?password=pa@ss", "postgresql://app@db/revshare?password=***"),
     ("postgresql://app:p%40ss@db/revshare", "postgresql://app:***@db/revshare"),
     ("sqlite:////srv/app@host/books.db", "sqlite:////srv/app@host/books.db"),  # a path's `@`: no password
+    ("postgresql://app@db/re@v", "postgresql://app@db/re@v"),  # a database name's `@`, and no password
+    ("postgresql://app@db/revshare?sslpassword=s3c&PASSWORD=s3c", "postgresql://app@db/revshare?sslpassword=***&PASSWORD=***"),
 ])
 def test_a_url_is_shown_without_its_password_wherever_an_unencoded_at_leaves_the_rest(url, shown):
     assert without_password(url) == shown
