@@ -384,10 +384,11 @@ def test_postgresql_guards_look_the_checked_rows_up_by_index_on_a_journal_of_any
         settings = dict(connection.exec_driver_sql(
             "SELECT proname, proconfig FROM pg_proc "
             "WHERE proname IN ('journal_lines_refuse_sealed', 'journal_transactions_seal')").all())
-    by_index = ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off", "search_path=public, pg_temp"]
+    by_index = ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off", "jit=off",
+                "search_path=public, pg_temp"]
     assert {name: sorted(config) for name, config in settings.items()} == {
         "journal_lines_refuse_sealed": by_index,
-        "journal_transactions_seal": sorted([*by_index, "plan_cache_mode=force_generic_plan"])}
+        "journal_transactions_seal": sorted([*by_index, "enable_bitmapscan=off", "plan_cache_mode=force_generic_plan"])}
 
 
 def test_the_guard_of_what_is_posted_against_a_piece_reads_it_by_index(database):
