@@ -202,16 +202,31 @@ def writers_queue(database: str, wait_s: float) -> Iterator[None]:
     holds it for its transaction, waiting for it at most `wait_s`: past that, the OperationalError
     of a busy database, as a writer's wait ends (for work that is not one writer's transaction:
     the migrations)."""
-    lock_path = writer_lock_path(database)
-    queue = open_writer_lock(lock_path)
     try:
-        if not _flock_within(queue, wait_s):
-            busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
-            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
-            raise OperationalError("BEGIN IMMEDIATE", (), busy)
+        queue = open_writer_lock(writer_lock_path(database))
+        try:
+            _take_queue(queue, wait_s)
+        except BaseException:
+            os.close(queue)
+            raise
+    except sqlite3.OperationalError as error:  # as SQLAlchemy wraps the driver's errors
+        raise OperationalError("BEGIN IMMEDIATE", (), error) from error
+    try:
         yield
     finally:
         os.close(queue)  # and the lock with it
+
+
+def _take_queue(fd: int, wait_s: float | None) -> None:
+    """An exclusive flock of the writers' lock file `fd`, waiting for it at most `wait_s` (None: as
+    long as it takes); past that, sqlite3.OperationalError with SQLite's busy code, as its own busy
+    handler gives."""
+    if wait_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    elif not _flock_within(fd, wait_s):
+        busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
+        busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+        raise busy
 
 
 class _QueuedWriterConnection(sqlite3.Connection):
@@ -231,12 +246,7 @@ class _QueuedWriterConnection(sqlite3.Connection):
         if self._lock_fd is None:
             self._lock_fd = open_writer_lock(self._lock_path)
         started = time.monotonic()
-        if wait_s is None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        elif not _flock_within(self._lock_fd, wait_s):
-            busy = sqlite3.OperationalError(f"database is locked: another writer held it past {wait_s:g} s")
-            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
-            raise busy
+        _take_queue(self._lock_fd, wait_s)
         return time.monotonic() - started
 
     def leave_queue(self) -> None:
