@@ -35,10 +35,9 @@ def without_password(url: str) -> str:
     A URL SQLAlchemy parses is shown as given when it has no password, else as SQLAlchemy renders it
     (which percent-encodes an SQLite path's `:`). One it does not parse (a port that is not a
     number, one slash after the scheme), or whose host or database name holds an `@` (a password's,
-    not encoded),
-    has everything between the user's name and the last `@` masked, whatever it holds: a pattern of
-    what a password may not hold showed one with a `/` in it. A `password=` or `sslpassword=` option
-    (libpq's, for the client key) is masked too, in any case."""
+    not encoded), has everything between the user's name and the last `@` masked, whatever it
+    holds: a pattern of what a password may not hold showed one with a `/` in it. A `password=` or
+    `sslpassword=` option (libpq's, for the client key) is masked too, in any case."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
