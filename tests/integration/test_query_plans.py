@@ -384,11 +384,25 @@ def test_postgresql_guards_look_the_checked_rows_up_by_index_on_a_journal_of_any
         settings = dict(connection.exec_driver_sql(
             "SELECT proname, proconfig FROM pg_proc "
             "WHERE proname IN ('journal_lines_refuse_sealed', 'journal_transactions_seal')").all())
-    by_index = ["enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off", "jit=off",
-                "search_path=public, pg_temp"]
+    by_index = ["enable_bitmapscan=off", "enable_hashjoin=off", "enable_material=off", "enable_mergejoin=off",
+                "enable_seqscan=off", "jit=off", "search_path=public, pg_temp"]
     assert {name: sorted(config) for name, config in settings.items()} == {
         "journal_lines_refuse_sealed": by_index,
-        "journal_transactions_seal": sorted([*by_index, "enable_bitmapscan=off", "plan_cache_mode=force_generic_plan"])}
+        "journal_transactions_seal": sorted([*by_index, "plan_cache_mode=force_generic_plan"])}
+
+
+def test_every_guard_that_reads_by_key_refuses_the_plans_of_a_table_taken_for_small(postgres_database):
+    # Migration 0037: before a table's first ANALYZE, the holds queue's guard read the accruals whole
+    # into a materialized side and compared every queued hold with each (bulk ingestion grew
+    # quadratic), and the seal ANDed a bitmap of the lines' period index by `side`.
+    with postgres_database.engine.connect() as connection:
+        settings = dict(connection.exec_driver_sql(
+            "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+            " AND 'enable_seqscan=off' = ANY(proconfig)").all())
+    assert sorted(settings) == ["journal_lines_refuse_sealed", "journal_transactions_seal", "open_holds_of_a_piece",
+                                "revenue_events_as_posted"]
+    by_key = {"enable_bitmapscan=off", "enable_hashjoin=off", "enable_material=off", "enable_mergejoin=off"}
+    assert {name: by_key - set(config) for name, config in settings.items()} == {name: set() for name in settings}
 
 
 def test_the_guard_of_what_is_posted_against_a_piece_reads_it_by_index(database):
