@@ -16,7 +16,7 @@ the seal reads each row it needs by its key. With `jit = off` on every function 
 `enable_bitmapscan = off` on the seal besides its other planner settings, the same statement costs
 0.02-0.04 s (0.38 s with JIT alone off), and 0.013-0.017 s once the tables are analyzed, either way.
 
-The guard of the holds queue (`open_holds_of_a_piece`, migration 0026) did worse: on such a book the
+The guard of the holds queue (`open_holds_of_a_piece`, migration 0019) did worse: on such a book the
 planner took `journal_transactions` for a few rows, read the accruals whole through its primary key
 into a materialized inner side, and compared every queued hold of the statement with every one of
 them. Bulk ingestion grew quadratic: batches of 1,000 payments took 0.35 s at first and 2.7 s by
@@ -51,7 +51,7 @@ BEGIN
 END $$"""
 
 
-# The statement guards that read each new row's facts by key (migrations 0009, 0026, 0032, 0034:
+# The statement guards that read each new row's facts by key (migrations 0009, 0019, 0032, 0034:
 # sequential scans, hash and merge joins off already): nor bitmap scans, nor a materialized inner side.
 BY_KEY = ("journal_lines_refuse_sealed", "journal_transactions_seal", "open_holds_of_a_piece",
           "revenue_events_as_posted")
