@@ -19,7 +19,7 @@ import click
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
-from ledger.db import Database, database_words, writer_lock_path
+from ledger.db import Database, database_words, sqlite_file, writer_lock_path
 from ledger.errors import DomainError
 from ledger.settings import Settings, without_password
 
@@ -162,11 +162,11 @@ def _refuse_unwritable_sqlite_file(url: str) -> None:
     -shm files) or the writers' lock file. The service and the scheduler both write; started on it,
     gunicorn answered every write with a 500 while reads went on, and the scheduler retried its jobs
     for ever. (As root, only a read-only file system or mount refuses.)"""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database = sqlite_file(url)
+    if database is None:
         return
-    path = Path(os.path.realpath(parsed.database))
-    lock = Path(writer_lock_path(parsed.database))
+    path = Path(os.path.realpath(database))
+    lock = Path(writer_lock_path(database))
     refused = [str(place) for place in (path, path.parent) if not os.access(place, os.W_OK)]
     if lock.exists() and not os.access(lock, os.R_OK | os.W_OK):
         refused.append(str(lock))

@@ -47,7 +47,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -96,8 +96,7 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
     (`retryable`), a 503 to retry in the API, instead of waiting as long as the holder takes."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:" and not database.startswith("file:"):
+        if sqlite_file(url) is not None:
             kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "factory": _QueuedWriterConnection}
         engine = create_engine(url, **kwargs)
         _install_sqlite_hooks(engine, lock_wait_s)
@@ -156,6 +155,16 @@ def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
 
 _LOCK_SUFFIX = "-writer.lock"
 _log = logging.getLogger(__name__)
+
+
+def sqlite_file(url: str | URL) -> str | None:
+    """The path of the SQLite database file `url` names, as SQLite opens it (percent-decoded); None
+    for another engine, a database in memory or a URI filename, which have no writers' queue."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
 
 
 def writer_lock_path(database: str) -> str:

@@ -8,10 +8,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import make_url
 from sqlalchemy.pool import NullPool
 
-from ledger.db import make_engine, normalize_url
+from ledger.db import make_engine, normalize_url, sqlite_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # How long an upgrade waits on SQLite for the writers ahead of it (a posting holds their queue for
@@ -28,8 +27,8 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    database = make_url(url).database if url.startswith("sqlite:") else None
-    if database and database != ":memory:" and not database.startswith("file:"):
+    database = sqlite_file(url)
+    if database is not None:
         # The path as SQLite will open it: the URL's, percent-decoded (`my%20books` is `my books`).
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)

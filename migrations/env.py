@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from ledger import migrate
-from ledger.db import JOURNAL_LOCK_KEY, PROGRAM_LOCK_KEY, make_engine, writers_queue
+from ledger.db import JOURNAL_LOCK_KEY, PROGRAM_LOCK_KEY, make_engine, sqlite_file, writers_queue
 from ledger.schema import metadata
 
 config = context.config
@@ -30,10 +30,8 @@ def _writers_queue(connection) -> contextlib.AbstractContextManager:
     `revshare db upgrade` at once on a new file both read it empty, then the second to write failed
     ("database is locked", "table already exists"). Taken once connected, so that the file exists
     and the lock file is made after it. PostgreSQL's migrations hold the writers' locks instead (`_run`)."""
-    database = connection.engine.url.database
-    if connection.dialect.name != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
-        return contextlib.nullcontext()
-    return writers_queue(database, migrate.LOCK_WAIT_S)
+    database = sqlite_file(connection.engine.url)
+    return contextlib.nullcontext() if database is None else writers_queue(database, migrate.LOCK_WAIT_S)
 
 
 def _run(connection) -> None:
