@@ -11,8 +11,8 @@ what it earns (revenue share, CPA, overrides: partner, amount, plan version, hol
 as recorded by then, and compares that with the earnings the journal holds for it and with the CPA
 claim its row makes. It finds what the rows' own rules cannot: a payment that says it earned
 nothing, for a customer whose partner was earning; an accrual of another amount, partner or plan
-version than the program gives; a CPA claimed by a payment outside its customer's window, or by
-none while an eligible payment exists.
+version than the program gives; a CPA claimed by a payment outside its customer's window, or not
+claimed by an eligible payment dated before every claim recorded before it.
 
 Which facts a payment saw is read from clocks: a fact recorded more than `RECORDED_SKEW_US` before
 the payment was seen, one recorded more than that after it was not, and one recorded within it may
@@ -179,7 +179,7 @@ class Payment(NamedTuple):
     amount_minor: int
     occurred_at_us: int
     recorded_at_us: int
-    claims_cpa: bool  # it is its customer's first eligible payment (`first_eligible_customer_id`)
+    claims_cpa: bool  # it claimed its customer's CPA: first (`first_eligible_customer_id`), or taken (`cpa_claims_taken`)
 
 
 class Earned(NamedTuple):
@@ -252,10 +252,12 @@ def verify_commissions(session: Session) -> list[tuple[int | None, str, str]]:
 
 def _payments(session: Session, after: str | None) -> list[Payment]:
     rows = driver_rows(session, "SELECT id, customer_id, currency, amount_minor, occurred_at_us, recorded_at_us,"
-                                " first_eligible_customer_id FROM revenue_events WHERE type = 'invoice_paid'"
+                                " CASE WHEN first_eligible_customer_id IS NOT NULL OR EXISTS (SELECT 1 FROM"
+                                " cpa_claims_taken c WHERE c.event_id = revenue_events.id) THEN 1 ELSE 0 END"
+                                " FROM revenue_events WHERE type = 'invoice_paid'"
                                 + ("" if after is None else " AND id > ?")
                                 + f" ORDER BY id LIMIT {PAYMENTS_PER_READ}", () if after is None else (after,))
-    return [Payment(*row[:6], row[6] is not None) for row in rows]
+    return [Payment(*row[:6], row[6] == 1) for row in rows]
 
 
 _EARNED = ("SELECT journal_transactions.event_id, journal_transactions.id, journal_transactions.partner_id,"
@@ -275,15 +277,19 @@ def _check_payments(session: Session, program: RecordedProgram, payments: list[P
     statements per `in_lists` condition, then each payment against its outcomes."""
     customer_ids = sorted({p.customer_id for p in payments})
     attributions: dict[str, list[Fact]] = defaultdict(list)
-    claimed_at: dict[str, int] = {}
+    claims: dict[str, list[tuple[int, int]]] = defaultdict(list)  # customer: (recorded, occurred) of each claim
     for condition, params in in_lists(session, "customer_id", customer_ids):
         for customer_id, fact_id, starts_us, partner_id, recorded_us in driver_rows(
                 session, "SELECT customer_id, id, effective_from_us, partner_id, recorded_at_us FROM attributions"
                          f" WHERE {condition} ORDER BY id", params):
             attributions[customer_id].append(Fact(fact_id, starts_us, partner_id, recorded_us))
-    for condition, params in in_lists(session, "first_eligible_customer_id", customer_ids):
-        claimed_at.update(driver_rows(session, "SELECT first_eligible_customer_id, recorded_at_us FROM revenue_events"
-                                               f" WHERE {condition}", params))
+    for column, claimed in (("first_eligible_customer_id", "revenue_events e"),
+                            ("c.customer_id", "cpa_claims_taken c JOIN revenue_events e ON e.id = c.event_id")):
+        for condition, params in in_lists(session, column, customer_ids):
+            for customer_id, recorded_us, occurred_us in driver_rows(
+                    session, f"SELECT {column}, e.recorded_at_us, e.occurred_at_us FROM {claimed} WHERE {condition}",
+                    params):
+                claims[customer_id].append((recorded_us, occurred_us))
     earned: dict[str, list[tuple[int, Earned]]] = defaultdict(list)
     for condition, params in in_lists(session, "journal_transactions.event_id", [p.id for p in payments]):
         for event_id, transaction_id, partner_id, kind, currency, amount, version_id, matures_us in driver_rows(
@@ -294,7 +300,7 @@ def _check_payments(session: Session, program: RecordedProgram, payments: list[P
     for payment in payments:
         held = earned.get(payment.id, [])
         problem = _check_payment(program, payment, attributions.get(payment.customer_id, []),
-                                 tuple(sorted((e for _, e in held), key=_order)), claimed_at.get(payment.customer_id))
+                                 tuple(sorted((e for _, e in held), key=_order)), claims.get(payment.customer_id, []))
         if problem is not None:
             problems.append((min((tid for tid, _ in held), default=None), *problem))
     return problems
@@ -307,13 +313,13 @@ def _order(earned: Earned) -> tuple[str, str]:
 
 
 def _check_payment(program: RecordedProgram, payment: Payment, attributions: list[Fact],
-                   held: tuple[Earned, ...], claimed_at_us: int | None) -> tuple[str, str] | None:
+                   held: tuple[Earned, ...], claims: list[tuple[int, int]]) -> tuple[str, str] | None:
     """(code, message) when no outcome the payment could have reached is what the journal holds."""
     earned_alike = False
     try:
         for outcome in outcomes(program, payment, attributions):
             if outcome.earned == held:
-                if _claim_fits(outcome, payment, claimed_at_us):
+                if _claim_fits(outcome, payment, claims):
                     return None
                 earned_alike = True
     except Unchecked:
@@ -326,18 +332,21 @@ def _check_payment(program: RecordedProgram, payment: Payment, attributions: lis
         return ("cpa_claim_unlike_program", f"revenue event {payment.id!r} claims its customer's CPA, but it is "
                                             "outside the attribution window as the program was recorded by then")
     return ("cpa_claim_unlike_program", f"revenue event {payment.id!r} is within its customer's attribution window, "
-                                        "but " + ("no payment claims the customer's CPA" if claimed_at_us is None
-                                                  else "the payment claiming the customer's CPA was recorded "
-                                                  f"after it, at {format_instant(claimed_at_us)}"))
+                                        "but " + ("no payment claims the customer's CPA" if not claims
+                                                  else "no payment dated at or before it claimed the customer's "
+                                                  "CPA before it was recorded (claims recorded at "
+                                                  + ", ".join(format_instant(recorded_us)
+                                                              for recorded_us, _ in sorted(claims)) + ")"))
 
 
-def _claim_fits(outcome: Outcome, payment: Payment, claimed_at_us: int | None) -> bool:
-    """A payment claims its customer's CPA when, and only when, it is eligible and no payment
-    recorded before it claimed it (`revenue._Writer._paid`)."""
+def _claim_fits(outcome: Outcome, payment: Payment, claims: list[tuple[int, int]]) -> bool:
+    """A payment claims its customer's CPA when, and only when, it is eligible and no payment dated at
+    or before it claimed it before it was recorded (`revenue._Writer._paid`): (recorded, occurred)
+    of each claim of the customer, first or taken."""
     if payment.claims_cpa:
         return outcome.eligible
-    return not outcome.eligible or (claimed_at_us is not None
-                                    and claimed_at_us <= payment.recorded_at_us + RECORDED_SKEW_US)
+    return not outcome.eligible or any(recorded_us <= payment.recorded_at_us + RECORDED_SKEW_US
+                                       and occurred_us <= payment.occurred_at_us for recorded_us, occurred_us in claims)
 
 
 def _describe(earned: tuple[Earned, ...]) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import collector, holds, journal
+from ledger import collector, holds, journal, reversals
 from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
@@ -34,7 +34,7 @@ from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInp
 from ledger.instants import format_instant, parse_instant
 from ledger.money import currency_exponent, format_minor, parse_amount_minor
 from ledger.partners import PROGRAM_REVISION, Program, program_for
-from ledger.schema import EVENT_TYPES, open_holds, revenue_events
+from ledger.schema import EVENT_TYPES, cpa_claims_taken, open_holds, revenue_events
 
 BATCH_EVENTS_MAX = 10_000
 # How far an event may be dated after the instant it is recorded: the clocks of billing and of the
@@ -184,40 +184,56 @@ class _Invoice:
 
 class _Needs:
     """The reads fresh events need, as statements for `db.driver_results` (their invoices' events,
-    the events that claimed their customers' CPA, their customers' attributions, the program's
+    the payments that claimed their customers' CPA, their customers' attributions, the program's
     revision), and what the rows answer once read."""
 
     def __init__(self, session: Session, events: Sequence[RevenueEvent]) -> None:
         paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
-        self._events = _event_reads(session, "invoice_id", {e.invoice_id for e in events}) + _event_reads(
-            session, "first_eligible_customer_id", paid_customers)
+        self._events = _event_reads(session, "invoice_id", {e.invoice_id for e in events})
+        self._claims = _event_reads(session, "first_eligible_customer_id", paid_customers) + [
+            (f"{_STORED_EVENTS} WHERE id IN (SELECT event_id FROM cpa_claims_taken WHERE {condition})", params)
+            for condition, params in in_lists(session, "customer_id", sorted(paid_customers))]
         self._attributions = AttributionIndex.statements(session, paid_customers)
-        self.statements = [*self._events, *self._attributions, (PROGRAM_REVISION, ())]
+        self.statements = [*self._events, *self._claims, *self._attributions, (PROGRAM_REVISION, ())]
 
     def context(self, session: Session, fresh: list[RevenueEvent], results: list[list[tuple]]) -> "_Context":
         """The context of the fresh events, from the rows of `statements` (in order, nothing else)."""
         assert len(results) == len(self.statements), (len(results), len(self.statements))
         events_end = len(self._events)
-        rows = {row[0]: StoredEvent(*row) for found in results[:events_end] for row in found}
-        attributions = AttributionIndex(results[events_end:-1])
+        claims_end = events_end + len(self._claims)
+        rows = {row[0]: StoredEvent(*row) for found in results[:claims_end] for row in found}
+        claims = [StoredEvent(*row) for found in results[events_end:claims_end] for row in found]
+        attributions = AttributionIndex(results[claims_end:-1])
         [(revision,)] = results[-1]
-        return _Context(session, fresh, list(rows.values()), attributions, revision)
+        return _Context(session, fresh, list(rows.values()), claims, attributions, revision)
+
+
+class _Claimant(NamedTuple):
+    """The payment that holds its customer's CPA claim: the earliest-dated that claimed it."""
+
+    event_id: str
+    invoice_id: str
+    occurred_at_us: int
 
 
 class _Context:
     """What a batch of new events needs, loaded up front."""
 
     def __init__(self, session: Session, events: list[RevenueEvent], stored: list[StoredEvent],
-                 attributions: AttributionIndex, program_revision: int) -> None:
+                 claims: list[StoredEvent], attributions: AttributionIndex, program_revision: int) -> None:
         self.invoices = _invoices(stored, {e.invoice_id for e in events})
         refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
         self.attributions = attributions
         self.program = program_for(session, attributions.partner_ids(), revision=program_revision)
-        paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
-        self.cpa_claimed = {row.first_eligible_customer_id for row in stored
-                            if row.first_eligible_customer_id in paid_customers}
+        # Each customer's claims: its first, then each taken by a payment dated before the claimant
+        # (migration 0038). The earliest-dated holds the claim.
+        self.cpa_claimants: dict[str, _Claimant] = {}
+        for row in claims:
+            held = self.cpa_claimants.get(row.customer_id)
+            if held is None or row.occurred_at_us < held.occurred_at_us:
+                self.cpa_claimants[row.customer_id] = _Claimant(row.id, row.invoice_id, row.occurred_at_us)
 
 
 def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _Invoice]:
@@ -336,6 +352,7 @@ class _Writer:
         self.event_rows: list[tuple] = []
         self.hold_rows: list[tuple] = []
         self.ended_holds: list[int] = []
+        self.claims_taken: list[tuple] = []  # cpa_claims_taken rows
         self.decided: dict[str, tuple[str, RevenueEvent, Outcome]] = {}  # event id -> its first in the batch
         self.event_hash: str | None = None  # the request hash of the event being applied
 
@@ -391,20 +408,51 @@ class _Writer:
         window_start_us, partner_id = attribution
         earner = context.program.earner_at(partner_id, event.occurred_at_us)
         eligible, earnings = False, []
+        claimant = context.cpa_claimants.get(event.customer_id)
+        unclaimed = claimant is None or event.occurred_at_us < claimant.occurred_at_us
         if earner is not None:
             ancestors = [context.program.earner_at(a, event.occurred_at_us) for a in context.program.ancestors(partner_id)]
-            unclaimed = event.customer_id not in context.cpa_claimed
             eligible, earnings = invoice_earnings(event.amount_minor, event.currency, event.occurred_at_us,
                                                   window_start_us, earner, ancestors, unclaimed)
         claim = None
-        if eligible and event.customer_id not in context.cpa_claimed:
-            context.cpa_claimed.add(event.customer_id)
-            claim = event.customer_id
+        if eligible and unclaimed:
+            if claimant is None:
+                claim = event.customer_id
+            else:
+                self._take_claim(event, claimant)
+            context.cpa_claimants[event.customer_id] = _Claimant(event.id, event.invoice_id, event.occurred_at_us)
         lines = [self._accrue(event, earning.partner_id, earning.kind, earning.amount_minor, earning.plan_version_id,
                               earning.hold_days, invoice, root_id=None) for earning in earnings]
         invoice.paid_status = "posted" if lines else "no_commission"
         context.invoices[event.invoice_id] = invoice
         return invoice.paid_status, lines, claim
+
+    def _take_claim(self, event: RevenueEvent, claimant: _Claimant) -> None:
+        """The CPA goes to the customer's first eligible paid invoice by date: a payment dated before
+        the claimant (delivered after it) takes the claim, and the claimant's bounty, if it earned
+        one and it stands, is reversed with what stands against it (its release, clawbacks and
+        reinstatements; `ledger.reversals`), effective at its own instants, before the payment
+        accrues its own. So the books are, from the claimant's instant on, those of the two in time
+        order; a claimant in a closed period is reversed in the first open one, as any reversal.
+
+        The reversal reads the journal, so what the batch drafted so far is written first, and the
+        batch goes on with the chain after the reversal. It is in the journal, not in the payment's
+        answer (the commissions it posts); its reason names the payment. A bounty finance reversed
+        already leaves nothing to reverse: the claim moves all the same."""
+        self.flush()
+        standing = driver_rows(self.session, _STANDING_BOUNTY, (claimant.event_id,))
+        if standing:
+            [(bounty_id,)] = standing
+            recorded_at_us = self.batch.recorded_at_us
+            reversals.reverse(self.session, bounty_id, recorded_at_us=recorded_at_us,
+                              idempotency_key=f"{event.id}:takes-cpa:{bounty_id}",
+                              reason=f"the customer's CPA goes to invoice {event.invoice_id} (revenue event "
+                                     f"{event.id}), paid before this one")
+            self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
+            invoice = self.context.invoices.get(claimant.invoice_id)
+            if invoice is not None:  # its pieces as the reversal left them
+                invoice.pieces = holds.load_pieces(self.session, [claimant.invoice_id]).get(claimant.invoice_id, [])
+        self.claims_taken.append((event.id, event.customer_id, claimant.event_id))
 
     def _accrue(self, event: RevenueEvent, partner_id: str, kind: str, amount_minor: int, plan_version_id: int | None,
                 hold_days: int, invoice: _Invoice, *, root_id: int | None, later_at_us: int | None = None
@@ -542,9 +590,19 @@ class _Writer:
         return "unattributed" if invoice.paid_status == "unattributed" else "no_commission"
 
     def flush(self) -> None:
+        """Write what the batch decided so far (the claims taken after the events that took them)."""
         insert_all(self.session, [*self.batch.take_writes(), (revenue_events, EVENT_COLUMNS, self.event_rows),
+                                  (cpa_claims_taken, CLAIM_TAKEN_COLUMNS, self.claims_taken),
                                   (open_holds, holds.HOLD_COLUMNS, self.hold_rows)])
         holds.end_holds(self.session, sorted(set(self.ended_holds)))
+        self.event_rows, self.hold_rows, self.ended_holds, self.claims_taken = [], [], [], []
+
+
+CLAIM_TAKEN_COLUMNS = ("event_id", "customer_id", "from_event_id")
+# A payment's CPA bounty that no reversal names (at most one: migration 0038).
+_STANDING_BOUNTY = ("SELECT t.id FROM journal_transactions t WHERE t.event_id = ? AND t.kind = 'cpa'"
+                    " AND t.accrual_id IS NULL"
+                    " AND NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = t.id)")
 
 
 def _hold_days(session: Session, program: Program, plan_version_id: int | None) -> int:

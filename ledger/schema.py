@@ -292,8 +292,9 @@ attributions = Table(
     UniqueConstraint("customer_id", "effective_from_us"),
 )
 
-# Revenue events are the source documents. `first_eligible_customer_id` is set on the customer's
-# first eligible paid invoice: unique, so the database itself pays a CPA at most once per customer.
+# Revenue events are the source documents. `first_eligible_customer_id` is set on the first payment
+# that claims its customer's CPA: unique, so a customer is claimed first once (`cpa_claims_taken`
+# holds the later claims).
 revenue_events = Table(
     "revenue_events",
     metadata,
@@ -312,6 +313,18 @@ revenue_events = Table(
     CheckConstraint(f"status IN ({', '.join(repr(t) for t in EVENT_STATUSES)})", name="status"),
     CheckConstraint("amount_minor > 0", name="amount_positive"),
     Index(None, "invoice_id"),
+)
+
+# A payment dated before its customer's CPA claimant takes the claim from it, once the claimant's
+# bounty is reversed: the CPA goes to the first eligible paid invoice by date, in whatever order
+# billing sends them (migration 0038, whose guards hold the rest).
+cpa_claims_taken = Table(
+    "cpa_claims_taken",
+    metadata,
+    Column("event_id", String(64), ForeignKey("revenue_events.id"), primary_key=True),
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("from_event_id", String(64), ForeignKey("revenue_events.id"), nullable=False, unique=True),
+    CheckConstraint("event_id <> from_event_id", name="another"),
 )
 
 # One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
@@ -343,7 +356,7 @@ open_holds = Table(
 
 APPEND_ONLY_TABLES = JOURNAL_TABLES + (
     "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
-    "revenue_events",
+    "revenue_events", "cpa_claims_taken",
 )
 
 # ---- periods and payouts (append-only) ----

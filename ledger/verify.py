@@ -57,7 +57,7 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, case, func, select, text
+from sqlalchemy import ColumnElement, case, exists, func, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -793,12 +793,16 @@ def verify_holds(session: Session, line_totals: dict[tuple[int, str], tuple[int,
 
 
 def verify_bounties(session: Session) -> list[Problem]:
-    """A customer's CPA bounty is posted once (`cpa_twice` names each after the first): a `cpa`
-    transaction that is no won dispute's reinstatement (`accrual_id` is null) is a bounty."""
+    """A customer has one standing CPA bounty at most (`cpa_twice` names each after the first): a
+    `cpa` transaction that is no won dispute's reinstatement (`accrual_id` is null) is a bounty, and
+    one a reversal names stands no more (a payment dated before the claimant took the claim, or
+    finance reversed it; migration 0038)."""
     t = journal_transactions.c
-    bounties = (select(t.customer_id, t.id).where(t.kind == "cpa", t.accrual_id.is_(None), t.customer_id.in_(
-        select(t.customer_id).where(t.kind == "cpa", t.accrual_id.is_(None)).group_by(t.customer_id)
-        .having(func.count() > 1))).order_by(t.customer_id, t.id))
+    reversal = journal_transactions.alias("reversal")
+    standing = (t.kind == "cpa") & t.accrual_id.is_(None) & ~exists().where(reversal.c.reverses_id == t.id)
+    bounties = (select(t.customer_id, t.id).where(standing, t.customer_id.in_(
+        select(t.customer_id).where(standing).group_by(t.customer_id).having(func.count() > 1)))
+        .order_by(t.customer_id, t.id))
     first: dict[str, int] = {}
     found = []
     for customer_id, transaction_id in session.execute(bounties):

@@ -102,3 +102,24 @@ def test_a_first_eligible_invoice_that_earns_nothing_at_all_still_uses_up_the_cp
     books.attribute("globex", "northwind", "2026-01-01")
     assert books.paid("globex", "inv-jpy", "4", "2026-01-05", currency="JPY").status == "no_commission"
     assert commissions(books.paid("globex", "inv-usd", "500.00", "2026-01-06")) == [("northwind", "accrual", 5_000)]
+
+
+# ---- the first eligible paid invoice by date, in whatever order billing sends them ----
+
+
+def test_an_earlier_invoice_delivered_late_takes_the_cpa_from_the_later_one(books):
+    february = books.paid("acme", "inv-feb", "500.00", "2026-02-05")
+    assert commissions(february) == [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]
+    january = books.paid("acme", "inv-jan", "500.00", "2026-01-05")
+    assert commissions(january) == [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]
+    # February's bounty is reversed at its own instant: from any instant on, the books are those of
+    # the two invoices delivered in time order.
+    assert books.balance_just_after("northwind", "2026-01-05") == (20_000, 0)
+    assert books.balance_just_after("northwind", "2026-02-05") == (25_000, 0)
+    [(bounty, reversal_reason)] = books.sql(
+        "SELECT t.id, r.memo FROM journal_transactions t JOIN journal_transactions r ON r.reverses_id = t.id"
+        " WHERE t.kind = 'cpa' AND t.invoice_id = 'inv-feb'")
+    assert "inv-jan" in reversal_reason
+    assert books.sql("SELECT event_id, customer_id, from_event_id FROM cpa_claims_taken") == [
+        (january.event_id, "acme", february.event_id)]
+    assert books.verified()
