@@ -216,7 +216,41 @@ def test_an_eligible_payment_that_claimed_nothing_while_a_later_one_did_is_named
     with behind_the_triggers(database) as execute:
         execute("UPDATE revenue_events SET first_eligible_customer_id = 'acme' WHERE id = 'e2'")
     assert found(database) == {("cpa_claim_unlike_program", "e1")}
-    assert "the payment claiming the customer's CPA was recorded after it" in messages(database)[0]
+    assert "no payment dated at or before it claimed the customer's CPA before it was recorded" in messages(database)[0]
+
+
+def test_a_claim_taken_by_a_payment_dated_before_the_claimant_passes_and_its_bounty_without_it_is_named(claimed):
+    """e0, dated before e1 and delivered after it, takes the claim and its CPA, e1's bounty reversed
+    (migration 0038): the program as recorded gives that. Behind the triggers, without the claim
+    taken, e0's CPA is unlike the program."""
+    revenue_ingest(claimed, program.paid("e0", "acme", "inv-00", 50_000, "2026-01-05"))
+    assert earnings(claimed, "e0") == {"accrual": 10_000, "cpa": 4_000, "override": 1_000}
+    assert found(claimed) == set()
+    with behind_the_triggers(claimed) as execute:
+        execute("DELETE FROM cpa_claims_taken WHERE event_id = 'e0'")
+    assert found(claimed) == {("commission_unlike_program", "e0")}
+
+
+def test_an_eligible_payment_dated_before_the_claimant_that_did_not_take_the_claim_is_named(database, skewed_clock):
+    """On a plan without a CPA taking the claim posts nothing: only the claim taken tells."""
+    skewed_clock.offset_us = -3 * HOUR_US
+    with database.transaction() as session:
+        program.seed(session)
+    skewed_clock.offset_us = -2 * HOUR_US
+    revenue_ingest(database, program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10"))
+    skewed_clock.offset_us = 0
+    revenue_ingest(database, program.paid("e0", "acme", "inv-0", 50_000, "2026-01-05"))
+    assert [tuple(row) for row in database_rows(database, "SELECT event_id, from_event_id FROM cpa_claims_taken")] == [
+        ("e0", "e1")]
+    assert found(database) == set()
+    with behind_the_triggers(database) as execute:
+        execute("DELETE FROM cpa_claims_taken")
+    assert found(database) == {("cpa_claim_unlike_program", "e0")}
+
+
+def database_rows(database, statement: str) -> list:
+    with database.reader() as session:
+        return session.execute(sa.text(statement)).all()
 
 
 def test_a_plan_version_whose_terms_do_not_parse_is_named_once(decided):

@@ -10,6 +10,7 @@ from ledger import accounts as chart
 from ledger import journal, reversals
 from ledger.demo import load_demo
 from ledger.schema import GENESIS_HASH
+from tests.scenarios.books import Books
 
 PENDING = chart.pending("northwind")
 
@@ -245,6 +246,7 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
         load_demo(session)
         accrual = session.execute(sa.text("SELECT max(id) FROM journal_transactions WHERE kind = 'accrual'")).scalar()
         reversals.reverse(session, accrual, reason="a reversal's row to replace")
+    a_claim_taken(Books(sqlite_database))
     connection = sqlite3.connect(sqlite_database.engine.url.database)
     try:
         assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
@@ -301,3 +303,13 @@ def test_an_idempotency_key_and_a_reversal_are_unique(booked):
             "request_hash, prev_hash, hash, reverses_id) VALUES (3, 'reversal', 5, 1, 'r2', :h, :p, :h, 1)"),
             dict(h="e" * 64, p=head_hash(connection)))
     refused(booked, second_reversal, "(?i)unique|duplicate")
+
+
+def a_claim_taken(books: Books) -> None:
+    """A row of `cpa_claims_taken`: a customer's payment delivered after a later-dated one."""
+    books.plan("claims", "0.10", cpa={"USD": "150.00"})
+    books.partner("claims-partner", "claims")
+    books.attribute("claims-customer", "claims-partner", "2026-01-01")
+    books.paid("claims-customer", "claims-feb", "500.00", "2026-02-05", event_id="claims-feb")
+    books.paid("claims-customer", "claims-jan", "500.00", "2026-01-05", event_id="claims-jan")
+    assert books.sql("SELECT event_id, from_event_id FROM cpa_claims_taken") == [("claims-jan", "claims-feb")]
