@@ -847,6 +847,25 @@ def test_a_customer_earns_one_cpa_bounty(booked):
     accepted(booked, bounty(4, "globex-corp"))
 
 
+def test_a_customers_bounty_reversed_stands_no_more_and_another_may_follow_it_once(booked):
+    """Migration 0038: a payment dated before the claimant takes the claim once the claimant's bounty
+    is reversed, and earns its own. One bounty at most stands."""
+    def bounty(transaction_id: int):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            raw_transfer(connection, transaction_id, expense, pending, kind="cpa", customer_id="acme")
+        return post
+
+    def reversal(connection):
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 3, pending, expense, kind="reversal", reverses_id=2, customer_id="acme")
+    accepted(booked, bounty(2))
+    refused(booked, bounty(3), "a customer earns one CPA bounty")
+    accepted(booked, reversal)
+    accepted(booked, bounty(4))
+    refused(booked, bounty(5), "a customer earns one CPA bounty")
+
+
 def test_a_bounty_and_its_reinstatement_in_one_batch_are_one_bounty(database):
     """A won dispute's reinstatement names the bounty it reinstates: no second bounty, even when both are
     inserted by one statement and the guard sees them together."""

@@ -18,7 +18,9 @@ The rules, sentence by sentence:
 - the rate is the step with the greatest `from_month` <= the month index; revenue share is
   round_half_even(amount x rate), posted only when positive;
 - the CPA is paid on the customer's first eligible paid invoice, in its currency if the plan lists one
-  (README: an eligible invoice in a currency without a CPA uses the customer's bounty up);
+  (README: an eligible invoice in a currency without a CPA uses the customer's bounty up); first by
+  date: one delivered after a later-dated claimant takes the CPA, and the claimant's bounty is
+  reversed with all that was posted against it, each posting undone at its own instant (README);
 - each ancestor up to five levels up whose plan has an override earns round_half_even(rate x
   basis), a terminated one skipped (README; the hierarchy has five levels, so four ancestors at most);
 - a terminated partner earns nothing from its termination on; a suspended one still earns;
@@ -107,6 +109,7 @@ class OraclePiece:
     clawed: int = 0
     clawed_from_pending: int = 0
     released: bool = False
+    reversed: bool = False
 
     @property
     def left(self) -> int:
@@ -135,25 +138,39 @@ class Oracle:
     suspended: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)  # partner -> [(from, suspended)]
     invoices: dict[str, OracleInvoice] = field(default_factory=dict)
     pieces: list[OraclePiece] = field(default_factory=list)
-    cpa_claimed: set[str] = field(default_factory=set)
+    cpa_claimants: dict[str, tuple[int, str]] = field(default_factory=dict)  # customer -> (instant, invoice)
     # (effective instant, partner, currency, change of pending, change of available)
     postings: list[tuple[int, str, str, int, int]] = field(default_factory=list)
+    of_root: dict[int, list[int]] = field(default_factory=dict)  # a root piece -> the postings of its pieces
     closed_until_us: int = 0  # the end of the latest closed period
 
-    def _post(self, at_us: int, partner: str, currency: str, pending: int, available: int) -> None:
+    def _post(self, at_us: int, partner: str, currency: str, pending: int, available: int,
+              root: int | None = None) -> None:
         """A posting dated in a closed period is made at the start of the first open one."""
+        if root is not None:
+            self.of_root.setdefault(root, []).append(len(self.postings))
         self.postings.append((max(at_us, self.closed_until_us), partner, currency, pending, available))
+
+    def _reverse(self, root: int) -> None:
+        """Undo each posting of a root piece's pieces at its own instant (moved out of a closed
+        period); the pieces are never released, clawed or restored again."""
+        for index in self.of_root.get(root, []):
+            at_us, partner, currency, pending, available = self.postings[index]
+            self._post(at_us, partner, currency, -pending, -available)
+        for piece in self.pieces:
+            if piece.root == root:
+                piece.reversed = True
 
     def release_matured(self, by_us: int, pieces: list[int] | None = None) -> None:
         """Release the held pieces matured by `by_us`, each effective at its maturity (moved out of a
         closed period): what is left of it in pending becomes available."""
         for index in range(len(self.pieces)) if pieces is None else pieces:
             piece = self.pieces[index]
-            if not piece.released and piece.matures_us <= by_us:
+            if not piece.released and not piece.reversed and piece.matures_us <= by_us:
                 piece.released = True
                 left = piece.amount - piece.clawed_from_pending
                 if left:
-                    self._post(piece.matures_us, piece.partner, piece.currency, -left, left)
+                    self._post(piece.matures_us, piece.partner, piece.currency, -left, left, piece.root)
 
     # ---- the program ----
 
@@ -200,8 +217,14 @@ class Oracle:
         if eligible:
             share = half_even(Decimal(amount) * plan.rate(month_number(start_us, at_us)))
             lines.append((partner, "accrual", share))
-            if customer not in self.cpa_claimed:
-                self.cpa_claimed.add(customer)
+            claimant = self.cpa_claimants.get(customer)
+            if claimant is None or at_us < claimant[0]:
+                if claimant is not None:
+                    for index in self.invoices[claimant[1]].pieces:
+                        piece = self.pieces[index]
+                        if piece.kind == "cpa" and piece.root == index and not piece.reversed:
+                            self._reverse(index)
+                self.cpa_claimants[customer] = (at_us, invoice_id)
                 lines.append((partner, "cpa", plan.cpa_minor.get(currency, 0)))
             lines += self._overrides(partner, amount, share, at_us)
         lines = [line for line in lines if line[2] > 0]
@@ -230,7 +253,7 @@ class Oracle:
         matures_us = at_us + hold_days * DAY_US
         self.pieces.append(OraclePiece(partner, currency, kind, index if root is None else root, amount, at_us,
                                        matures_us, hold_days))
-        self._post(at_us, partner, currency, amount, 0)
+        self._post(at_us, partner, currency, amount, 0, index if root is None else root)
         return index
 
     def refund(self, invoice_id: str, amount: int, at_us: int, chargeback: bool):
@@ -268,8 +291,8 @@ class Oracle:
             if held:
                 piece.clawed_from_pending += take
                 if piece.released:  # a refund delivered late: its release moved too much
-                    self._post(piece.matures_us, piece.partner, piece.currency, take, -take)
-            self._post(at_us, piece.partner, piece.currency, -take if held else 0, 0 if held else -take)
+                    self._post(piece.matures_us, piece.partner, piece.currency, take, -take, piece.root)
+            self._post(at_us, piece.partner, piece.currency, -take if held else 0, 0 if held else -take, piece.root)
             lines.append((piece.partner, "clawback", -take))
         assert target == 0
         return lines
@@ -297,7 +320,7 @@ class Oracle:
         return self._status(invoice, lines), lines
 
     def _groups(self, invoice: OracleInvoice) -> list[tuple[int, list[int]]]:
-        roots = sorted({self.pieces[index].root for index in invoice.pieces})
+        roots = sorted({self.pieces[index].root for index in invoice.pieces if not self.pieces[index].reversed})
         return [(root, [index for index in invoice.pieces if self.pieces[index].root == root]) for root in roots]
 
     @staticmethod

@@ -123,3 +123,76 @@ def test_an_earlier_invoice_delivered_late_takes_the_cpa_from_the_later_one(book
     assert books.sql("SELECT event_id, customer_id, from_event_id FROM cpa_claims_taken") == [
         (january.event_id, "acme", february.event_id)]
     assert books.verified()
+
+
+def test_the_cpa_taken_follows_its_invoice_the_full_refund_of_the_later_one_leaves_it(books):
+    books.paid("acme", "inv-feb", "500.00", "2026-02-05")
+    books.paid("acme", "inv-jan", "500.00", "2026-01-05")
+    assert commissions(books.refund("acme", "inv-feb", "500.00", "2026-02-10")) == [("northwind", "clawback", -5_000)]
+    assert commissions(books.refund("acme", "inv-jan", "500.00", "2026-02-11")) == [
+        ("northwind", "clawback", -5_000), ("northwind", "clawback", -15_000)]
+    assert books.balance("northwind") == (0, 0)
+    assert books.verified()
+
+
+def test_a_bounty_clawed_back_then_taken_is_reversed_with_its_clawback(books):
+    books.paid("acme", "inv-feb", "500.00", "2026-02-05")
+    books.refund("acme", "inv-feb", "500.00", "2026-02-10")  # the bounty clawed back in full
+    january = books.paid("acme", "inv-jan", "500.00", "2026-01-05")
+    assert commissions(january) == [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]
+    assert books.balance("northwind") == (20_000, 0)
+    assert books.balance_just_after("northwind", "2026-02-05") == (25_000, 0)
+    assert books.sql("SELECT count(*) FROM journal_transactions WHERE kind = 'reversal'") == [(2,)]
+    assert books.verified()
+
+
+def test_a_released_bounty_taken_is_reversed_with_its_release(books):
+    books.paid("acme", "inv-feb", "500.00", "2026-02-05")
+    assert books.release("2026-03-10") == 2  # hold of 30 days: the accrual and the bounty
+    assert books.balance("northwind") == (0, 20_000)
+    books.paid("acme", "inv-jan", "500.00", "2026-01-05")
+    # January's pieces matured on 2026-02-04 and wait for a release; February's bounty left available.
+    assert books.balance("northwind") == (20_000, 5_000)
+    assert books.release("2026-03-10") == 2
+    assert books.balance("northwind") == (0, 25_000)
+    assert books.balance_just_after("northwind", "2026-03-07") == books.balance("northwind")
+    assert books.verified()
+
+
+def test_an_earlier_invoice_in_a_currency_without_a_cpa_takes_the_claim_and_no_cpa_is_paid(books):
+    books.attribute("globex", "contoso", "2026-01-01")
+    assert commissions(books.paid("globex", "inv-usd", "500.00", "2026-02-05")) == [
+        ("contoso", "accrual", 5_000), ("contoso", "cpa", 15_000)]
+    assert commissions(books.paid("globex", "inv-eur", "500.00", "2026-01-05", currency="EUR")) == [
+        ("contoso", "accrual", 5_000)]
+    assert books.balance("contoso") == (5_000, 0)
+    assert books.balance("contoso", currency="EUR") == (5_000, 0)
+    assert books.verified()
+
+
+def test_invoices_delivered_against_their_order_in_one_batch_leave_the_cpa_on_the_earliest_and_replay(books):
+    events = [books.event("invoice_paid", "acme", f"inv-{month}", "500.00", f"2026-{month}-05")
+              for month in ("03", "02", "01")]
+    results = books.ingest(*events)
+    assert [commissions(result) for result in results] == [
+        [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]] * 3
+    assert books.sql("SELECT event_id, from_event_id FROM cpa_claims_taken ORDER BY event_id") == [
+        (events[1].id, events[0].id), (events[2].id, events[1].id)]
+    assert books.sql("SELECT t.invoice_id FROM journal_transactions t WHERE t.kind = 'cpa' AND NOT EXISTS"
+                     " (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = t.id)") == [("inv-01",)]
+    assert books.balance("northwind") == (30_000, 0)
+    transactions = books.sql("SELECT count(*) FROM journal_transactions")
+    again = books.ingest(*events)
+    assert [(result.replayed, commissions(result)) for result in again] == [
+        (True, commissions(result)) for result in results]
+    assert books.sql("SELECT count(*) FROM journal_transactions") == transactions
+    assert books.verified()
+
+
+def test_a_payment_at_the_claimants_instant_or_outside_the_window_does_not_take_the_claim(books):
+    books.attribute("globex", "northwind", "2026-02-01")
+    books.paid("globex", "inv-1", "500.00", "2026-02-05")
+    assert commissions(books.paid("globex", "inv-same", "500.00", "2026-02-05")) == [("northwind", "accrual", 5_000)]
+    assert books.paid("globex", "inv-early", "500.00", "2026-01-20").status == "no_commission"
+    assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(0,)]
+    assert books.verified()

@@ -1,5 +1,6 @@
 """The database holds the partner program's invariants even when Python is bypassed with raw SQL:
-a customer's CPA is claimed once, an invoice is paid once, refunds, chargebacks and won disputes
+a customer's CPA is claimed first once, and taken from its claimant only by a payment dated before
+it, once the claimant's bounty is reversed; an invoice is paid once, refunds, chargebacks and won disputes
 stay within their invoice at every instant, the hierarchy is at most five deep with consistent
 depths, and the program's facts are append-only."""
 
@@ -8,6 +9,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from ledger import reversals
 from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.program import at
 from tests.scenarios.books import Books
@@ -49,6 +51,51 @@ def test_a_second_row_claiming_the_same_customers_cpa_is_refused(books):
     refused(books, EVENT, "first_eligible_customer_id|UNIQUE|unique",
             id="raw-1", type="invoice_paid", invoice="inv-2", hash="h" * 64, claim="acme")
     accepted(books, EVENT, id="raw-2", type="invoice_paid", invoice="inv-2", hash="h" * 64, claim=None)
+
+
+PAYMENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
+           "recorded_at_us, request_hash, status, first_eligible_customer_id) VALUES (:id, 'invoice_paid', :customer, "
+           ":id, 'USD', 100, :occurred, :recorded, :hash, :status, NULL)")
+CLAIM_TAKEN = "INSERT INTO cpa_claims_taken (event_id, customer_id, from_event_id) VALUES (:taker, :customer, :claimant)"
+
+
+@pytest.fixture
+def claimed(database) -> Books:
+    """acme's CPA claimed by a payment on 2026-02-05, which earned a bounty; payments of acme on
+    2026-01-01, 2026-01-05 and 2026-03-05 and of globex on 2026-01-05 written by raw SQL, none claiming."""
+    books = Books(database)
+    books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None)
+    books.partner("northwind", "hybrid")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-feb", "500.00", "2026-02-05", event_id="feb")
+    for event_id, customer, day in (("jan-1", "acme", "2026-01-01"), ("jan-5", "acme", "2026-01-05"),
+                                    ("mar", "acme", "2026-03-05"), ("globex-jan", "globex", "2026-01-05")):
+        accepted(books, PAYMENT, id=event_id, customer=customer, occurred=at(day), recorded=at("2026-03-10"),
+                 hash="h" * 64, status="no_commission" if customer == "acme" else "unattributed")
+    return books
+
+
+def test_a_claim_is_taken_by_a_payment_of_its_customer_dated_before_the_claimant_once_its_bounty_is_reversed(
+        claimed):
+    def take(taker: str, claimant: str, customer: str = "acme") -> dict:
+        return {"taker": taker, "claimant": claimant, "customer": customer}
+    refused(claimed, CLAIM_TAKEN, "a claim is taken by a payment of its customer that is no first claim",
+            **take("globex-jan", "feb"))
+    refused(claimed, CLAIM_TAKEN, "a claim is taken from the claimant of its customer", **take("jan-5", "mar"))
+    refused(claimed, CLAIM_TAKEN, "a claim is taken by a payment dated before its claimant", **take("mar", "feb"))
+    refused(claimed, CLAIM_TAKEN, "a claim is taken once the CPA bounty of its claimant is reversed",
+            **take("jan-5", "feb"))
+    [(bounty,)] = claimed.sql("SELECT id FROM journal_transactions WHERE kind = 'cpa'")
+    with claimed.database.transaction() as session:
+        reversals.reverse(session, bounty, reason="taken by jan-5")
+    accepted(claimed, CLAIM_TAKEN, **take("jan-5", "feb"))
+    refused(claimed, CLAIM_TAKEN, "from_event_id", **take("jan-1", "feb"))  # taken once
+    refused(claimed, CLAIM_TAKEN, "a claim is taken by a payment dated before its claimant", **take("mar", "jan-5"))
+    accepted(claimed, CLAIM_TAKEN, **take("jan-1", "jan-5"))  # jan-5 earned no bounty
+    for statement in ("UPDATE cpa_claims_taken SET from_event_id = 'mar'", "DELETE FROM cpa_claims_taken"):
+        refused(claimed, statement, "append-only")
+    assert claimed.sql("SELECT event_id, from_event_id FROM cpa_claims_taken ORDER BY event_id") == [
+        ("jan-1", "jan-5"), ("jan-5", "feb")]
 
 
 def test_a_second_invoice_paid_row_for_the_same_invoice_is_refused(books):
