@@ -1,7 +1,8 @@
 """The commission rules of the contract, as pure functions over plain values (no database).
 
 - `invoice_earnings`: what one paid invoice earns: revenue share at the step-down rate of its month
-  in the attribution window, the CPA on the customer's first eligible paid invoice, and overrides
+  in the attribution window, the CPA on the customer's first eligible paid invoice (by date:
+  `ledger.revenue` decides which payment claims it), and overrides
   for each ancestor whose plan has one (basis: the invoice amount or the revenue share).
 - `Piece`: one accrued amount in the journal (an accrual, CPA or override, or a reinstatement of
   one after a won dispute), with what has been clawed back from it and whether it is still held.

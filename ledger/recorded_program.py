@@ -179,7 +179,7 @@ class Payment(NamedTuple):
     amount_minor: int
     occurred_at_us: int
     recorded_at_us: int
-    claims_cpa: bool  # it claimed its customer's CPA: first (`first_eligible_customer_id`), or taken (`cpa_claims_taken`)
+    claims_cpa: bool  # it claimed its customer's CPA: `first_eligible_customer_id`, or in `cpa_claims_taken`
 
 
 class Earned(NamedTuple):

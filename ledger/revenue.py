@@ -190,9 +190,8 @@ class _Needs:
     def __init__(self, session: Session, events: Sequence[RevenueEvent]) -> None:
         paid_customers = {e.customer_id for e in events if e.type == "invoice_paid"}
         self._events = _event_reads(session, "invoice_id", {e.invoice_id for e in events})
-        self._claims = _event_reads(session, "first_eligible_customer_id", paid_customers) + [
-            (f"{_STORED_EVENTS} WHERE id IN (SELECT event_id FROM cpa_claims_taken WHERE {condition})", params)
-            for condition, params in in_lists(session, "customer_id", sorted(paid_customers))]
+        self._claims = _event_reads(session, "first_eligible_customer_id", paid_customers) + _claims_taken_reads(
+            session, paid_customers)
         self._attributions = AttributionIndex.statements(session, paid_customers)
         self.statements = [*self._events, *self._claims, *self._attributions, (PROGRAM_REVISION, ())]
 
@@ -247,6 +246,12 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
             continue
         invoices[row.invoice_id].add(row)
     return invoices
+
+
+def _claims_taken_reads(session: Session, customer_ids: set[str]) -> list[tuple[str, tuple]]:
+    """The payments that took these customers' CPA claims from their claimants (migration 0038)."""
+    return [(f"{_STORED_EVENTS} WHERE id IN (SELECT event_id FROM cpa_claims_taken WHERE {condition})", params)
+            for condition, params in in_lists(session, "customer_id", sorted(customer_ids))]
 
 
 def _event_reads(session: Session, column: str, values: set[str]) -> list[tuple[str, tuple]]:
@@ -370,8 +375,9 @@ class _Writer:
             return outcome._replace(replayed=True)
         try:
             outcome = self._apply(event, hash_hex)
-        except journal.DatedAhead:
-            raise  # part-way through the event: what it drafted before is in the batch (REFUSED_APART)
+        except REFUSED_APART:
+            raise  # part-way through the event (what it drafted before is in the batch), or a claim
+            # taken wrote what the batch drafted before it (`_take_claim`): the batch's to refuse apart
         except DomainError as error:
             return Refusal(event.id, error)
         self.decided[event.id] = (hash_hex, event, outcome)

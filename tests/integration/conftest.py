@@ -3,7 +3,7 @@
 import pytest
 
 from ledger import accounts as chart
-from ledger import journal, partners, plans, statement_bodies
+from ledger import journal, partners, plans, revenue, statement_bodies
 from tests import program
 
 
@@ -44,6 +44,14 @@ def closed_before_bodies(monkeypatch):
     """Close as the code before migration 0035 did, writing no statement bodies: for tests that
     close periods at an older revision of the schema, then migrate them."""
     monkeypatch.setattr(statement_bodies, "store", lambda session, period: 0)
+
+
+@pytest.fixture
+def posting_before_claims_taken(monkeypatch):
+    """Post as the code before migration 0038 did, reading no CPA claims taken (no claim is taken
+    unless a payment is delivered after a later-dated one): for tests that post at an older revision
+    of the schema, then migrate it."""
+    monkeypatch.setattr(revenue, "_claims_taken_reads", lambda session, customer_ids: [])
 
 
 def second_writer_behind_first(database, first, second):

@@ -70,7 +70,7 @@ def test_postgresql_readers_read_one_snapshot_and_writers_each_statements_own(po
         assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
 
 
-@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
+@pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post_on(empty_url):
     """Books at revision 0028 holding every kind of posting (the demo's year: accruals, CPA, overrides,
     clawbacks, releases, a won dispute, payouts settled and failed, write-offs, closes; plus an
@@ -109,7 +109,7 @@ def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post
         database.dispose()
 
 
-@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
+@pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_the_guards_of_0030_upgrade_books_of_every_kind_and_let_the_service_post_on(empty_url):
     """Books at revision 0029 holding every kind of posting (the demo's year, an adjustment and its
     reversal, a payout failed by the reversal of its posting) upgrade to 0030; the service then posts
@@ -171,7 +171,7 @@ def guards_of(database) -> tuple[set[str], str | None]:
         return names, source
 
 
-@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
+@pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_they_were(empty_url):
     """Books at revision 0030 holding every kind of posting (the demo's year, an adjustment and its
     reversal) and a posting for a partner never enrolled, which 0031 would refuse, upgrade to 0031:
@@ -310,7 +310,7 @@ def refusal_of_a_header_breaking_three_rules(database) -> str:
     return diagnostic.message_primary if diagnostic else str(refused.value.orig)
 
 
-@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
+@pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_the_seal_of_0032_upgrades_books_of_every_kind_refuses_as_0031_did_and_goes_down_as_they_were(empty_url):
     """Books at revision 0031 holding every kind of posting upgrade to 0032, whose one statement
     trigger holds the rules of 0031's four: the service posts on (events, a late refund, a payout run
@@ -435,10 +435,12 @@ def books_with_a_piece_for_a_partner_never_enrolled(empty_url, revision: str = "
     return ghost.id
 
 
+@pytest.mark.usefixtures("posting_before_claims_taken")  # posting at an earlier revision
 def test_a_won_dispute_reinstates_what_its_chargeback_clawed_back_from_a_piece_written_before_0031(empty_url):
     won_dispute_on_a_piece_written_before_0031(empty_url, "head")
 
 
+@pytest.mark.usefixtures("posting_before_claims_taken")  # posting at an earlier revision
 def test_a_won_dispute_on_a_piece_written_before_0031_was_applied_under_0032(empty_url):
     """The control of the test above: the same books and events, under 0032's enrolment rule."""
     won_dispute_on_a_piece_written_before_0031(empty_url, "0032")
@@ -523,7 +525,7 @@ def refusals_of_several_rules_broken(database) -> dict[str, str]:
     return refusals
 
 
-@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
+@pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_it(empty_url):
     """Books at 0031 (northwind's accrual, January closed) refuse each statement of several rules
     broken with one message; at the head, with migration 0032's one trigger, with the same. On
@@ -573,6 +575,7 @@ _0022_MESSAGE = ("journal_transactions: a clawback or release names a live accru
                  " amount, released once")
 
 
+@pytest.mark.usefixtures("posting_before_claims_taken")  # posting at an earlier revision
 def test_what_the_service_posts_after_a_piece_written_before_0031_for_a_partner_never_enrolled_is_made(empty_url):
     """At the head, on books holding the ghost's piece: its release by the release job, the
     chargeback's clawback of it from available, the reversal of that clawback, then the reversal of
@@ -626,7 +629,7 @@ def schema_code_of(database) -> dict[str, str]:
         return dict(triggers + functions)
 
 
-@pytest.mark.usefixtures("closed_before_bodies")  # closes made at an earlier revision
+@pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_down_as_0033_had_them(empty_url):
     """Books at 0033 holding every kind of posting and event status (the demo's year, an unattributed
     payment and its refund) upgrade to 0034; the service posts on them, each status as 0034 holds
@@ -702,6 +705,7 @@ def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_h
 
 
 @pytest.mark.parametrize("empty_url", ["postgres"], indirect=True)
+@pytest.mark.usefixtures("posting_before_claims_taken")  # posting at 0028, then at the head
 def test_an_upgrade_made_while_the_service_posts_waits_for_its_postings_and_they_for_it(empty_url):
     """PostgreSQL: `revshare db upgrade` from 0028 while three writers post events. Holding the
     program's and the journal's locks before its first change, the migration makes postings wait,

@@ -56,7 +56,8 @@ def test_a_second_row_claiming_the_same_customers_cpa_is_refused(books):
 PAYMENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
            "recorded_at_us, request_hash, status, first_eligible_customer_id) VALUES (:id, 'invoice_paid', :customer, "
            ":id, 'USD', 100, :occurred, :recorded, :hash, :status, NULL)")
-CLAIM_TAKEN = "INSERT INTO cpa_claims_taken (event_id, customer_id, from_event_id) VALUES (:taker, :customer, :claimant)"
+CLAIM_TAKEN = ("INSERT INTO cpa_claims_taken (event_id, customer_id, from_event_id)"
+               " VALUES (:taker, :customer, :claimant)")
 
 
 @pytest.fixture
