@@ -49,19 +49,18 @@ def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
 
 
 def standing_against(session: Session, piece: int, invoice_id: str) -> list[int]:
-    """What stands against an earning piece of `invoice_id`, to be reversed before it, in that
-    order: each reinstatement of it (a won dispute's accrual) with its own clawbacks and release
-    before it, then the piece's clawbacks and release."""
-    replay = _replay(session, [invoice_id])
-    reinstatements = [other.id for other in replay.pieces.values()
-                      if other.root_id == piece and other.id != piece and not other.reversed]
-    return [*(found for other in reinstatements for found in (*replay.standing(other), other)),
-            *replay.standing(piece)]
+    """What stands against an earning piece of `invoice_id` (`PieceReplay.standing_against`)."""
+    return _replay(session, [invoice_id]).standing_against(piece)
 
 
 def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
     """{invoice_id: pieces}, replaying the invoice's accruals, clawbacks, releases and reversals."""
     return dict(_replay(session, invoice_ids).by_invoice)
+
+
+def replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
+    """The invoices' partner-account lines, folded in sequence order, in one statement."""
+    return _replay(session, invoice_ids)
 
 
 def _replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
@@ -91,6 +90,7 @@ class PieceReplay:
     def __init__(self) -> None:
         self.pieces: dict[int, Piece] = {}
         self.effects: dict[int, tuple[int, int, int, int]] = {}
+        self.effects_on: dict[int, list[int]] = defaultdict(list)  # piece id -> its effects' ids, in order
         self.reversals_seen: set[int] = set()
         self.undone: set[int] = set()  # clawbacks and releases since reversed
         self.by_invoice: dict[str, list[Piece]] = defaultdict(list)
@@ -127,13 +127,24 @@ class PieceReplay:
                     piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor, piece.released_at_us = None, 0, None
 
+    def standing_against(self, piece_id: int) -> list[int]:
+        """What stands against an earning piece, to be reversed before it, in that order: each
+        reinstatement of it (a won dispute's accrual) with its own clawbacks and release before it,
+        then the piece's clawbacks and release."""
+        invoice_id = self.pieces[piece_id].invoice_id
+        reinstatements = [other.id for other in self.by_invoice[invoice_id]
+                          if other.root_id == piece_id and other.id != piece_id and not other.reversed]
+        return [*(found for other in reinstatements for found in (*self.standing(other), other)),
+                *self.standing(piece_id)]
+
     def standing(self, piece_id: int) -> list[int]:
         """The clawbacks and release of a piece that have not been reversed, in sequence order."""
-        return [transaction_id for transaction_id, effect in self.effects.items()
-                if effect[0] == piece_id and transaction_id not in self.undone]
+        return [transaction_id for transaction_id in self.effects_on.get(piece_id, ())
+                if transaction_id not in self.undone]
 
     def _record(self, transaction_id: int, effect: tuple[int, int, int, int]) -> None:
         self.effects[transaction_id] = effect
+        self.effects_on[effect[0]].append(transaction_id)
         self._change(effect, +1)
 
     def _change(self, effect: tuple[int, int, int, int], sign: int) -> None:

@@ -422,10 +422,32 @@ def reversal_draft(session: Session, transaction_id: int, *, reason: str, effect
                                 .where(journal_transactions.c.id == transaction_id)).scalar_one()
     if effective_at_us is not None:
         _check_reversal_instant(transaction_id, posted_at, effective_at_us)
+    return _mirror(original, transaction_id, posted_at if effective_at_us is None else effective_at_us, reason, key)
+
+
+def reversal_sources(session: Session, transaction_ids: Sequence[int]) -> dict[int, tuple[Draft, int]]:
+    """{id: (the draft it was posted from, its posted instant)} of stored transactions, in two
+    statements whatever their number: what `standing_reversal_draft` mirrors."""
+    headers = {header.id: header for start in range(0, len(transaction_ids), 500)
+               for header in session.execute(select(journal_transactions).where(
+                   journal_transactions.c.id.in_(transaction_ids[start:start + 500])))}
+    lines = load_lines(session, list(transaction_ids))
+    return {transaction_id: (draft_of(header, lines[transaction_id]), header.effective_at_us)
+            for transaction_id, header in headers.items()}
+
+
+def standing_reversal_draft(source: tuple[Draft, int], transaction_id: int, *, reason: str, key: str) -> Draft:
+    """`reversal_draft` of a transaction the caller knows stands (a replay of its invoice shows no
+    reversal of it, and it is no reversal), at its original's instant, from its `reversal_sources`."""
+    original, posted_at = source
+    assert original.kind != "reversal", transaction_id
+    return _mirror(original, transaction_id, posted_at, reason, key)
+
+
+def _mirror(original: Draft, transaction_id: int, effective_at_us: int, reason: str, key: str) -> Draft:
     mirrored = tuple(line._replace(side=CREDIT if line.side == DEBIT else DEBIT) for line in original.lines)
     return original._replace(kind="reversal", lines=mirrored, idempotency_key=key, reverses_id=transaction_id,
-                             effective_at_us=posted_at if effective_at_us is None else effective_at_us,
-                             matures_at_us=None, memo=reason)
+                             effective_at_us=effective_at_us, matures_at_us=None, memo=reason)
 
 
 def _check_reversal_instant(transaction_id: int, posted_at_us: int, effective_at_us: int) -> None:

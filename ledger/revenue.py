@@ -323,6 +323,8 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
         context = needs.context(session, fresh, driver_results(session, needs.statements))
     hashes = [request_hash(event) for event in events]
     writer = _Writer(session, batch, context)
+    if context is not None:
+        writer.prefetch_bounties(fresh)
     outcomes: list[Outcome | Refusal] = []
     for event, hash_hex in zip(events, hashes):
         outcomes.append(writer.decide(event, hash_hex, stored))
@@ -358,6 +360,10 @@ class _Writer:
         self.hold_rows: list[tuple] = []
         self.ended_holds: list[int] = []
         self.claims_taken: list[tuple] = []  # cpa_claims_taken rows
+        # Claimant's invoice: (its standing bounty, `reversals.piece_reversal_order`), or None when none
+        # stands; and the transactions to mirror (`prefetch_bounties`).
+        self.bounties: dict[str, tuple[Piece, list[int] | None] | None] = {}
+        self.sources: dict[int, tuple[journal.Draft, int]] = {}
         self.decided: dict[str, tuple[str, RevenueEvent, Outcome]] = {}  # event id -> its first in the batch
         self.event_hash: str | None = None  # the request hash of the event being applied
 
@@ -433,6 +439,28 @@ class _Writer:
         context.invoices[event.invoice_id] = invoice
         return invoice.paid_status, lines, claim
 
+    def prefetch_bounties(self, fresh: list[RevenueEvent]) -> None:
+        """What the batch's payments may take (`_take_claim`), read for the whole batch at once (three
+        statements): the standing bounty of each claimant stored before the batch that a payment of
+        its customer in the batch is dated before, when no event of the batch names its invoice,
+        and the transactions its reversal mirrors. A batch in time order takes nothing, reads nothing."""
+        context = self.context
+        invoice_ids = {claimant.invoice_id for event in fresh if event.type == "invoice_paid"
+                       for claimant in [context.cpa_claimants.get(event.customer_id)]
+                       if claimant is not None and event.occurred_at_us < claimant.occurred_at_us
+                       and claimant.invoice_id not in context.invoices}
+        if not invoice_ids:
+            return
+        replay = holds.replay(self.session, invoice_ids)
+        for invoice_id in invoice_ids:
+            bounty = next((piece for piece in replay.by_invoice.get(invoice_id, [])
+                           if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
+            self.bounties[invoice_id] = None if bounty is None else (bounty, reversals.piece_reversal_order(replay,
+                                                                                                            bounty))
+        self.sources = journal.reversal_sources(self.session, [
+            transaction_id for found in self.bounties.values() if found is not None and found[1] is not None
+            for transaction_id in found[1]])
+
     def _take_claim(self, event: RevenueEvent, claimant: _Claimant) -> None:
         """The CPA goes to the customer's first eligible paid invoice by date: a payment dated before
         the claimant (delivered after it) takes the claim, and the claimant's bounty, if it earned
@@ -441,24 +469,41 @@ class _Writer:
         accrues its own. So the books are, from the claimant's instant on, those of the two in time
         order; a claimant in a closed period is reversed in the first open one, as any reversal.
 
-        The reversal reads the journal, so what the batch drafted so far is written first, and the
-        batch goes on with the chain after the reversal. It is in the journal, not in the payment's
-        answer (the commissions it posts); its reason names the payment. A bounty finance reversed
-        already leaves nothing to reverse: the claim moves all the same."""
+        The reversal is in the journal, not in the payment's answer (the commissions it posts); its
+        reason names the payment. A bounty finance reversed already leaves nothing to reverse: the
+        claim moves all the same. A claimant stored before the batch, whose invoice no event of the
+        batch names, is reversed within the batch from what `prefetch_bounties` read; otherwise
+        (a claimant paid earlier in the batch, or its invoice refunded in it) what the batch drafted
+        so far is written first and `reversals.reverse` reads the journal (some fifteen statements
+        a claim: a batch of 1,000 took 10.7 s on PostgreSQL, against 0.2 s prefetched)."""
+        self._reverse_bounty(event, claimant)
+        self.claims_taken.append((event.id, event.customer_id, claimant.event_id))  # written after the payment
+
+    def _reverse_bounty(self, event: RevenueEvent, claimant: _Claimant) -> None:
+        reason = (f"the customer's CPA goes to invoice {event.invoice_id} (revenue event {event.id}), "
+                  "paid before this one")
+        if claimant.invoice_id in self.bounties:  # stored before the batch, and its invoice untouched by it
+            found = self.bounties.pop(claimant.invoice_id)
+            if found is None:
+                return
+            bounty, order = found
+            if order is not None:
+                for draft in reversals.piece_reversal_drafts(self.sources, order, reason=reason,
+                                                             key=f"{event.id}:takes-cpa:{bounty.id}"):
+                    self.batch.add(draft)
+                return
         self.flush()
         standing = driver_rows(self.session, _STANDING_BOUNTY, (claimant.event_id,))
-        if standing:
-            [(bounty_id,)] = standing
-            recorded_at_us = self.batch.recorded_at_us
-            reversals.reverse(self.session, bounty_id, recorded_at_us=recorded_at_us,
-                              idempotency_key=f"{event.id}:takes-cpa:{bounty_id}",
-                              reason=f"the customer's CPA goes to invoice {event.invoice_id} (revenue event "
-                                     f"{event.id}), paid before this one")
-            self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
-            invoice = self.context.invoices.get(claimant.invoice_id)
-            if invoice is not None:  # its pieces as the reversal left them
-                invoice.pieces = holds.load_pieces(self.session, [claimant.invoice_id]).get(claimant.invoice_id, [])
-        self.claims_taken.append((event.id, event.customer_id, claimant.event_id))
+        if not standing:
+            return
+        [(bounty_id,)] = standing
+        recorded_at_us = self.batch.recorded_at_us
+        reversals.reverse(self.session, bounty_id, reason=reason, idempotency_key=f"{event.id}:takes-cpa:{bounty_id}",
+                          recorded_at_us=recorded_at_us)
+        self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
+        invoice = self.context.invoices.get(claimant.invoice_id)
+        if invoice is not None:  # its pieces as the reversal left them
+            invoice.pieces = holds.load_pieces(self.session, [claimant.invoice_id]).get(claimant.invoice_id, [])
 
     def _accrue(self, event: RevenueEvent, partner_id: str, kind: str, amount_minor: int, plan_version_id: int | None,
                 hold_days: int, invoice: _Invoice, *, root_id: int | None, later_at_us: int | None = None

@@ -37,7 +37,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from ledger import holds, journal
-from ledger.commission import EARNING_KINDS
+from ledger.commission import EARNING_KINDS, Piece
 from ledger.errors import Conflict
 from ledger.schema import payout_resolutions, payouts
 
@@ -90,10 +90,41 @@ def _release_matured(session: Session, piece_id: int, draft: journal.Draft, reco
     holds.end_holds(session, ended)
 
 
+def piece_reversal_order(replay: holds.PieceReplay, piece: Piece) -> list[int] | None:
+    """What `reverse` reverses for a standing earning piece at its instant, in order, from a replay of
+    its invoice (`holds.replay`): what stands against it, then the piece. None when the piece, or one
+    of its reinstatements, matured before the piece's instant (it was posted into an open period
+    after its own had closed) and is not released yet: `reverse` releases it first."""
+    assert not piece.reversed and piece.root_id == piece.id, piece
+    if any(other.matures_at_us is not None and other.matures_at_us < piece.accrued_at_us
+           and not other.released and not other.reversed
+           for other in replay.by_invoice[piece.invoice_id] if piece.id in (other.id, other.root_id)):
+        return None
+    return [*replay.standing_against(piece.id), piece.id]
+
+
+def piece_reversal_drafts(sources: dict[int, tuple[journal.Draft, int]], order: list[int], *, reason: str,
+                          key: str) -> list[journal.Draft]:
+    """The drafts `reverse` posts for the piece last in `order` (`piece_reversal_order`), from the
+    transactions' `journal.reversal_sources`: the same reasons and keys."""
+    *standing, piece = order
+    return [*(journal.standing_reversal_draft(sources[other], other, reason=_with(reason, piece),
+                                              key=_with_key(key, other)) for other in standing),
+            journal.standing_reversal_draft(sources[piece], piece, reason=reason, key=key)]
+
+
+def _with(reason: str, piece: int) -> str:
+    return f"{reason} (with transaction {piece})"
+
+
+def _with_key(key: str, standing: int) -> str:
+    return f"{key}:with:{standing}"
+
+
 def _standing_reversals(session: Session, piece: int, draft: journal.Draft, key: str, reason: str,
                         effective_at_us: int | None) -> list[journal.Draft]:
-    undo = [journal.reversal_draft(session, standing, reason=f"{reason} (with transaction {piece})",
-                                   idempotency_key=f"{key}:with:{standing}")
+    undo = [journal.reversal_draft(session, standing, reason=_with(reason, piece),
+                                   idempotency_key=_with_key(key, standing))
             for standing in holds.standing_against(session, piece, draft.invoice_id)]
     if effective_at_us is None:
         return undo

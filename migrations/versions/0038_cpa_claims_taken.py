@@ -59,8 +59,9 @@ RULES = (
     ("(SELECT e.occurred_at_us FROM revenue_events e WHERE e.id = NEW.event_id)"
      " >= (SELECT f.occurred_at_us FROM revenue_events f WHERE f.id = NEW.from_event_id)",
      f"{TABLE}: a claim is taken by a payment dated before its claimant"),
-    ("EXISTS (SELECT 1 FROM journal_transactions t WHERE t.event_id = NEW.from_event_id"
-     f" AND t.{_0020.BOUNTY.replace(' AND ', ' AND t.')} AND {STANDS.format(t='t')})",
+    # By the customer: the bounties' partial index (migration 0020) finds the claimant's by its key.
+    ("EXISTS (SELECT 1 FROM journal_transactions t WHERE t.customer_id = NEW.customer_id"
+     f" AND t.{_0020.BOUNTY.replace(' AND ', ' AND t.')} AND t.event_id = NEW.from_event_id AND {STANDS.format(t='t')})",
      f"{TABLE}: a claim is taken once the CPA bounty of its claimant is reversed"),
 )
 
