@@ -61,7 +61,8 @@ RULES = (
      f"{TABLE}: a claim is taken by a payment dated before its claimant"),
     # By the customer: the bounties' partial index (migration 0020) finds the claimant's by its key.
     ("EXISTS (SELECT 1 FROM journal_transactions t WHERE t.customer_id = NEW.customer_id"
-     f" AND t.{_0020.BOUNTY.replace(' AND ', ' AND t.')} AND t.event_id = NEW.from_event_id AND {STANDS.format(t='t')})",
+     f" AND t.{_0020.BOUNTY.replace(' AND ', ' AND t.')} AND t.event_id = NEW.from_event_id"
+     f" AND {STANDS.format(t='t')})",
      f"{TABLE}: a claim is taken once the CPA bounty of its claimant is reversed"),
 )
 

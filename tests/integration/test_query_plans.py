@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event
 
-from ledger import holds, periods, revenue
+from ledger import holds, periods, reversals, revenue
 from ledger.balances import partner_balances
 from ledger.statements import statement, statement_json
 from ledger.trial_balance import trial_balance
@@ -492,3 +493,41 @@ def test_the_guard_of_what_an_events_status_says_reads_each_row_by_index(postgre
         assert not re.search(r"Seq Scan on (?!added)|hashed SubPlan|Hash Cond|Merge Cond", plan), plan
         assert re.search(r"Index (?:Only )?Scan using \w+ on (?:attributions|revenue_events|journal_transactions)",
                          plan), plan
+
+
+@pytest.mark.postgres
+def test_the_guard_of_a_reversals_mirror_reads_the_two_transactions_lines_by_index(postgres_database):
+    """Migration 0039: an `EXISTS` over the two transactions' lines grouped by account read every line
+    of the journal in the balance index's order, for its first row; the count of unbalanced groups
+    reads the lines of the two transactions through their index."""
+    with postgres_database.transaction() as session:
+        program.seed(session)
+    statements_to_ingest(postgres_database, paid_batch(300, "lines"))
+    with postgres_database.reader() as session:
+        accrual = session.execute(sa.text("SELECT max(id) FROM journal_transactions WHERE kind = 'accrual'")).scalar()
+    plans = plans_while(postgres_database, lambda session: reversals.reverse(session, accrual, reason="a plan"),
+                        ("journal_lines l WHERE l.transaction_id IN (NEW.id, NEW.reverses_id)",))
+    assert plans, "the guard ran no query"
+    for plan in plans:
+        assert "ix_journal_lines_transaction_id" in plan and "ix_journal_lines_balance" not in plan, plan
+
+
+def test_a_batch_taking_cpa_claims_from_claimants_stored_before_it_sends_a_bounded_number_of_statements(database):
+    """Each payment dated before its customer's claimant takes the claim and reverses the claimant's
+    bounty; what the reversals need is read once for the batch (`revenue._Writer.prefetch_bounties`)."""
+    from tests.scenarios.books import Books
+
+    books = Books(database)
+    books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None)
+    books.partner("northwind", "hybrid")
+    for n in range(60):
+        books.attribute(f"c{n}", "northwind", "2026-01-01")
+
+    def payments(count: int, month: str) -> list[revenue.RevenueEvent]:
+        return [books.event("invoice_paid", f"c{n}", f"{month}-{n}", "500.00", f"2026-{month}-05",
+                            event_id=f"{month}-{n}") for n in range(count)]
+    statements_to_ingest(database, payments(60, "03"))
+    few = statements_to_ingest(database, payments(5, "02"))
+    many = statements_to_ingest(database, payments(60, "01"))
+    assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(65,)]
+    assert many <= few + 2 and few < 40, (few, many)

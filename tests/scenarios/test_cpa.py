@@ -196,3 +196,15 @@ def test_a_payment_at_the_claimants_instant_or_outside_the_window_does_not_take_
     assert books.paid("globex", "inv-early", "500.00", "2026-01-20").status == "no_commission"
     assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(0,)]
     assert books.verified()
+
+
+def test_a_claimant_whose_invoice_the_same_batch_refunds_is_reversed_before_the_refund_reads_it(books):
+    # The claimant's invoice is named by the batch, so its reversal is posted from the journal (not
+    # from what the batch read first), and the refund after it finds no CPA left to claw back.
+    books.paid("acme", "inv-feb", "500.00", "2026-02-05")
+    results = books.ingest(books.event("invoice_paid", "acme", "inv-jan", "500.00", "2026-01-05"),
+                           books.event("refund", "acme", "inv-feb", "500.00", "2026-02-10"))
+    assert [commissions(result) for result in results] == [
+        [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)], [("northwind", "clawback", -5_000)]]
+    assert books.balance("northwind") == (20_000, 0)
+    assert books.verified()
