@@ -208,3 +208,15 @@ def test_a_claimant_whose_invoice_the_same_batch_refunds_is_reversed_before_the_
         [("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)], [("northwind", "clawback", -5_000)]]
     assert books.balance("northwind") == (20_000, 0)
     assert books.verified()
+
+
+def test_a_payment_dated_between_a_claim_taken_and_the_first_claim_takes_nothing_and_an_earlier_one_does(books):
+    books.paid("acme", "inv-feb", "500.00", "2026-02-05", event_id="feb")
+    books.paid("acme", "inv-jan-20", "500.00", "2026-01-20", event_id="jan-20")
+    assert commissions(books.paid("acme", "inv-jan-25", "500.00", "2026-01-25")) == [("northwind", "accrual", 5_000)]
+    assert commissions(books.paid("acme", "inv-jan-10", "500.00", "2026-01-10", event_id="jan-10")) == [
+        ("northwind", "accrual", 5_000), ("northwind", "cpa", 15_000)]
+    assert books.sql("SELECT event_id, from_event_id FROM cpa_claims_taken ORDER BY event_id") == [
+        ("jan-10", "jan-20"), ("jan-20", "feb")]
+    assert books.balance("northwind") == (35_000, 0)
+    assert books.verified()
