@@ -241,13 +241,16 @@ def verify_commissions(session: Session) -> list[tuple[int | None, str, str]]:
         (None, "plan_terms_unreadable", f"plan {plan_id!r} version id {version_id}: its terms do not parse, "
                                         "and the payments it applies to are not re-derived")
         for version_id, plan_id in unreadable]
+    # Without its row (only raw SQL behind the triggers could remove it) every payment is judged by date.
+    by_date_since_us = min((since_us for since_us, in driver_rows(
+        session, "SELECT since_us FROM rules_since WHERE rule = 'cpa_first_by_date'")), default=0)
     after = None
     while True:
         payments = _payments(session, after)
         if not payments:
             return problems
         after = payments[-1].id
-        problems += _check_payments(session, program, payments)
+        problems += _check_payments(session, program, payments, by_date_since_us)
 
 
 def _payments(session: Session, after: str | None) -> list[Payment]:
@@ -271,7 +274,7 @@ _EARNED = ("SELECT journal_transactions.event_id, journal_transactions.id, journ
            " journal_transactions.matures_at_us")
 
 
-def _check_payments(session: Session, program: RecordedProgram, payments: list[Payment]
+def _check_payments(session: Session, program: RecordedProgram, payments: list[Payment], by_date_since_us: int
                     ) -> list[tuple[int | None, str, str]]:
     """One read's payments: their attributions, earnings and their customers' CPA claims in three
     statements per `in_lists` condition, then each payment against its outcomes."""
@@ -300,7 +303,8 @@ def _check_payments(session: Session, program: RecordedProgram, payments: list[P
     for payment in payments:
         held = earned.get(payment.id, [])
         problem = _check_payment(program, payment, attributions.get(payment.customer_id, []),
-                                 tuple(sorted((e for _, e in held), key=_order)), claims.get(payment.customer_id, []))
+                                 tuple(sorted((e for _, e in held), key=_order)), claims.get(payment.customer_id, []),
+                                 by_date_since_us)
         if problem is not None:
             problems.append((min((tid for tid, _ in held), default=None), *problem))
     return problems
@@ -313,13 +317,14 @@ def _order(earned: Earned) -> tuple[str, str]:
 
 
 def _check_payment(program: RecordedProgram, payment: Payment, attributions: list[Fact],
-                   held: tuple[Earned, ...], claims: list[tuple[int, int]]) -> tuple[str, str] | None:
+                   held: tuple[Earned, ...], claims: list[tuple[int, int]], by_date_since_us: int
+                   ) -> tuple[str, str] | None:
     """(code, message) when no outcome the payment could have reached is what the journal holds."""
     earned_alike = False
     try:
         for outcome in outcomes(program, payment, attributions):
             if outcome.earned == held:
-                if _claim_fits(outcome, payment, claims):
+                if _claim_fits(outcome, payment, claims, by_date_since_us):
                     return None
                 earned_alike = True
     except Unchecked:
@@ -339,14 +344,21 @@ def _check_payment(program: RecordedProgram, payment: Payment, attributions: lis
                                                               for recorded_us, _ in sorted(claims)) + ")"))
 
 
-def _claim_fits(outcome: Outcome, payment: Payment, claims: list[tuple[int, int]]) -> bool:
+def _claim_fits(outcome: Outcome, payment: Payment, claims: list[tuple[int, int]], by_date_since_us: int) -> bool:
     """A payment claims its customer's CPA when, and only when, it is eligible and no payment dated at
     or before it claimed it before it was recorded (`revenue._Writer._paid`): (recorded, occurred)
-    of each claim of the customer, first or taken."""
+    of each claim of the customer, first or taken. A payment recorded before that rule took effect
+    (migration 0038, `rules_since`) may also have followed the rule of its time: it claimed when no
+    payment recorded before it had claimed, whatever its date. (The upgrade holds the journal lock
+    from before it reads the instant: a payment recorded after it was decided by the new rule.)"""
     if payment.claims_cpa:
         return outcome.eligible
-    return not outcome.eligible or any(recorded_us <= payment.recorded_at_us + RECORDED_SKEW_US
-                                       and occurred_us <= payment.occurred_at_us for recorded_us, occurred_us in claims)
+    if not outcome.eligible:
+        return True
+    seen = [occurred_us for recorded_us, occurred_us in claims
+            if recorded_us <= payment.recorded_at_us + RECORDED_SKEW_US]
+    return (any(occurred_us <= payment.occurred_at_us for occurred_us in seen)
+            or (bool(seen) and payment.recorded_at_us < by_date_since_us))
 
 
 def _describe(earned: tuple[Earned, ...]) -> str:

@@ -327,6 +327,15 @@ cpa_claims_taken = Table(
     CheckConstraint("event_id <> from_event_id", name="another"),
 )
 
+# The instant a rule took effect, for `verify` to judge the rows written before it by the rule of
+# their time: `cpa_first_by_date`, the CPA's claims taken by date (migration 0038).
+rules_since = Table(
+    "rules_since",
+    metadata,
+    Column("rule", String(64), primary_key=True),
+    Column("since_us", BigInteger, nullable=False),
+)
+
 # One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
 # A customer's CPA bounty is posted once (migration 0020's trigger, which this index serves); a
 # reinstatement names its original.
@@ -356,7 +365,7 @@ open_holds = Table(
 
 APPEND_ONLY_TABLES = JOURNAL_TABLES + (
     "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
-    "revenue_events", "cpa_claims_taken",
+    "revenue_events", "cpa_claims_taken", "rules_since",
 )
 
 # ---- periods and payouts (append-only) ----

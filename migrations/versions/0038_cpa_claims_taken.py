@@ -16,14 +16,22 @@ payment dated before it, and only once the claimant's bounty, if it earned one, 
 customer's bounties (migration 0020) may now be more than one, so long as one at most stands: a
 new bounty is refused while another of the customer's is not reversed.
 
-Going down drops the table and restores migration 0020's rule (one bounty per customer, reversed
-or not), which refuses only rows written after it: books that moved a claim keep both bounties,
-and `verify` at that revision names the second.
+Payments recorded before this revision keep the claims they made, by the order they were
+processed in: `rules_since` records the instant the rule by date took effect (`cpa_first_by_date`),
+and `verify` judges a payment recorded before it by the rule of its time. A customer whose
+earlier-dated payment was delivered after its claimant under that rule keeps the claimant, and a
+later payment takes the claim only if dated before it. `rules_since` is append-only.
+
+Going down restores migration 0020's rule (one bounty per customer, reversed or not) and drops both
+tables, and is refused while a claim has been taken: the claims taken would be lost, and the
+claimant whose bounty was reversed would be taken for the claimant again.
 
 Revision ID: 0038
 Revises: 0037
 Create Date: 2026-12-05
 """
+
+import time
 
 import sqlalchemy as sa
 from alembic import op
@@ -40,6 +48,8 @@ _0020 = _revision("0020_cpa_once.py")
 
 APP_ROLE = "revshare_app"
 TABLE = "cpa_claims_taken"
+RULES_SINCE = "rules_since"
+RULE = "cpa_first_by_date"
 
 # A bounty that no reversal names.
 STANDS = "NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = {t}.id)"
@@ -67,9 +77,12 @@ RULES = (
 )
 
 SQLITE_GUARDS = ";\n\n".join([
-    *(f"CREATE TRIGGER trg_{TABLE}_no_{operation.lower()} BEFORE {operation} ON {TABLE}\n"
-      f"BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: {operation} refused'); END"
-      for operation in ("UPDATE", "DELETE")),
+    *(f"CREATE TRIGGER trg_{table}_no_{operation.lower()} BEFORE {operation} ON {table}\n"
+      f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: {operation} refused'); END"
+      for table in (TABLE, RULES_SINCE) for operation in ("UPDATE", "DELETE")),
+    f"CREATE TRIGGER trg_{RULES_SINCE}_no_replace BEFORE INSERT ON {RULES_SINCE}\n"
+    f"WHEN EXISTS (SELECT 1 FROM {RULES_SINCE} t WHERE t.rule = NEW.rule)\n"
+    f"BEGIN SELECT RAISE(ABORT, '{RULES_SINCE} is append-only: its unique key {RULES_SINCE}.rule is taken'); END",
     # As migration 0036's: a REPLACE meeting a stored row by either key is refused before it deletes it.
     f"CREATE TRIGGER trg_{TABLE}_no_replace BEFORE INSERT ON {TABLE}\nBEGIN\n  SELECT CASE"
     + "".join(f"\n    WHEN EXISTS (SELECT 1 FROM {TABLE} t WHERE t.{column} = NEW.{column}) THEN RAISE(ABORT, "
@@ -81,13 +94,13 @@ SQLITE_GUARDS = ";\n\n".join([
     + "\n  END;\nEND",
 ])
 
-POSTGRES_GUARDS = f"""
-CREATE TRIGGER trg_{TABLE}_no_change BEFORE UPDATE OR DELETE ON {TABLE}
+POSTGRES_GUARDS = "".join(f"""
+CREATE TRIGGER trg_{table}_no_change BEFORE UPDATE OR DELETE ON {table}
 FOR EACH ROW EXECUTE FUNCTION journal_refuse_change();
 
-CREATE TRIGGER trg_{TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE}
+CREATE TRIGGER trg_{table}_no_truncate BEFORE TRUNCATE ON {table}
 FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change();
-
+""" for table in (TABLE, RULES_SINCE)) + f"""
 CREATE FUNCTION {TABLE}_held() RETURNS trigger LANGUAGE plpgsql
 SET search_path = public, pg_temp SET jit = off AS $$
 BEGIN{"".join(f'''
@@ -136,18 +149,29 @@ def upgrade() -> None:
         sa.CheckConstraint("event_id <> from_event_id", name=op.f(f"ck_{TABLE}_another")),
     )
     op.create_index(op.f(f"ix_{TABLE}_customer_id"), TABLE, ["customer_id"])
+    rules = op.create_table(
+        RULES_SINCE,
+        sa.Column("rule", sa.String(64), nullable=False),
+        sa.Column("since_us", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("rule", name=op.f(f"pk_{RULES_SINCE}")),
+    )
+    op.bulk_insert(rules, [{"rule": RULE, "since_us": time.time_ns() // 1_000}])
     for statement in (POSTGRES_GUARDS if postgres else SQLITE_GUARDS).split(";\n\n"):
         op.execute(statement)
     for statement in _bounty_rule(ANOTHER_STANDING_BOUNTY, postgres):
         op.execute(statement)
     if postgres:
         op.execute(f"GRANT SELECT, INSERT ON {TABLE} TO {APP_ROLE}")
+        op.execute(f"GRANT SELECT ON {RULES_SINCE} TO {APP_ROLE}")
 
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
+    if op.get_bind().exec_driver_sql(f"SELECT count(*) FROM {TABLE}").scalar():
+        raise RuntimeError(f"{TABLE} holds claims taken, which going below revision 0038 would lose")
     for statement in _bounty_rule(_0020.A_SECOND_BOUNTY, postgres):
         op.execute(statement)
     op.drop_table(TABLE)  # and its triggers with it
+    op.drop_table(RULES_SINCE)
     if postgres:
         op.execute(f"DROP FUNCTION {TABLE}_held()")

@@ -246,6 +246,11 @@ def test_an_eligible_payment_dated_before_the_claimant_that_did_not_take_the_cla
     with behind_the_triggers(database) as execute:
         execute("DELETE FROM cpa_claims_taken")
     assert found(database) == {("cpa_claim_unlike_program", "e0")}
+    # Recorded before the rule by date took effect (migration 0038), e0 followed the rule of its time:
+    # e1, recorded before it, had claimed.
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE rules_since SET since_us = {program.at('2030-01-01')} WHERE rule = 'cpa_first_by_date'")
+    assert found(database) == set()
 
 
 def database_rows(database, statement: str) -> list:

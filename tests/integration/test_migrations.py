@@ -761,3 +761,40 @@ def test_an_upgrade_made_while_the_service_posts_waits_for_its_postings_and_they
         assert report.ok, report.problems
     finally:
         database.dispose()
+
+
+def test_0038_records_when_the_cpa_went_by_date_and_refuses_to_go_down_once_a_claim_was_taken(empty_url):
+    """Going below 0038 would lose the claims taken, and the claimant whose bounty was reversed would
+    be taken for the claimant again: refused while a claim has been taken; without one, it goes down
+    and up again."""
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.instants import now_us
+    from ledger.migrate import alembic_config, current_revision, upgrade
+    from tests.scenarios.books import Books
+
+    before_us = now_us()
+    upgrade(empty_url)
+    database = Database(empty_url)
+    try:
+        books = Books(database)
+        [(since_us,)] = books.sql("SELECT since_us FROM rules_since WHERE rule = 'cpa_first_by_date'")
+        assert before_us <= since_us <= now_us()
+        command.downgrade(alembic_config(empty_url), "0037")
+        assert current_revision(empty_url) == "0037"
+        upgrade(empty_url)
+        books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None)
+        books.partner("northwind", "hybrid")
+        books.attribute("acme", "northwind", "2026-01-01")
+        books.paid("acme", "inv-feb", "500.00", "2026-02-05")
+        books.paid("acme", "inv-jan", "500.00", "2026-01-05")
+        database.dispose()
+        with pytest.raises(RuntimeError, match="cpa_claims_taken holds claims taken"):
+            command.downgrade(alembic_config(empty_url), "0037")
+        # PostgreSQL rolls the whole step down back; SQLite keeps 0039's step (nothing on SQLite).
+        assert current_revision(empty_url) == ("0039" if database.engine.dialect.name == "postgresql" else "0038")
+        assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(1,)]
+        upgrade(empty_url)
+    finally:
+        database.dispose()

@@ -93,7 +93,8 @@ def test_a_claim_is_taken_by_a_payment_of_its_customer_dated_before_the_claimant
     refused(claimed, CLAIM_TAKEN, "from_event_id", **take("jan-1", "feb"))  # taken once
     refused(claimed, CLAIM_TAKEN, "a claim is taken by a payment dated before its claimant", **take("mar", "jan-5"))
     accepted(claimed, CLAIM_TAKEN, **take("jan-1", "jan-5"))  # jan-5 earned no bounty
-    for statement in ("UPDATE cpa_claims_taken SET from_event_id = 'mar'", "DELETE FROM cpa_claims_taken"):
+    for statement in ("UPDATE cpa_claims_taken SET from_event_id = 'mar'", "DELETE FROM cpa_claims_taken",
+                      "UPDATE rules_since SET since_us = 0", "DELETE FROM rules_since"):
         refused(claimed, statement, "append-only")
     assert claimed.sql("SELECT event_id, from_event_id FROM cpa_claims_taken ORDER BY event_id") == [
         ("jan-1", "jan-5"), ("jan-5", "feb")]
