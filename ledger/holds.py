@@ -50,20 +50,15 @@ def matures_at_us(occurred_at_us: int, hold_days: int) -> int:
 
 def standing_against(session: Session, piece: int, invoice_id: str) -> list[int]:
     """What stands against an earning piece of `invoice_id` (`PieceReplay.standing_against`)."""
-    return _replay(session, [invoice_id]).standing_against(piece)
+    return replay(session, [invoice_id]).standing_against(piece)
 
 
 def load_pieces(session: Session, invoice_ids: Iterable[str]) -> dict[str, list[Piece]]:
     """{invoice_id: pieces}, replaying the invoice's accruals, clawbacks, releases and reversals."""
-    return dict(_replay(session, invoice_ids).by_invoice)
+    return dict(replay(session, invoice_ids).by_invoice)
 
 
 def replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
-    """The invoices' partner-account lines, folded in sequence order, in one statement."""
-    return _replay(session, invoice_ids)
-
-
-def _replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
     """The invoices' partner-account lines, folded in sequence order."""
     replay = PieceReplay()
     for condition, params in in_lists(session, "t.invoice_id", sorted(set(invoice_ids))):
@@ -215,17 +210,17 @@ def released_again(session: Session, clawback_id: int, invoice_id: str, *, reaso
     a piece a won dispute reinstated (the dispute restored it already: reverse the accrual). A
     refund's clawback may still be reversed, unless the accrual would then keep more than it earned:
     a won dispute restores what a completing refund took of a CPA, say."""
-    replay = _replay(session, [invoice_id])
-    effect = replay.effects.get(clawback_id)
-    piece = replay.pieces[effect[0]] if effect else None
-    if piece is None or clawback_id in replay.undone:  # reversed already: its reversal is replayed alone
+    folded = replay(session, [invoice_id])
+    effect = folded.effects.get(clawback_id)
+    piece = folded.pieces[effect[0]] if effect else None
+    if piece is None or clawback_id in folded.undone:  # reversed already: its reversal is replayed alone
         return [], []
     if any(other.root_id == piece.id and other.id != piece.id and not other.reversed
-           for other in replay.pieces.values()) and _by_chargeback(session, clawback_id):
+           for other in folded.pieces.values()) and _by_chargeback(session, clawback_id):
         raise Conflict(f"a won dispute reinstated accrual {piece.id}, restoring what its chargebacks took: "
                        f"reverse the accrual instead")
-    root = replay.pieces[piece.root_id]
-    kept = sum(other.unclawed_minor for other in replay.pieces.values()
+    root = folded.pieces[piece.root_id]
+    kept = sum(other.unclawed_minor for other in folded.pieces.values()
                if other.root_id == root.id and not other.reversed)
     if not root.reversed and kept + effect[2] > root.amount_minor:
         raise Conflict(f"a won dispute restored part of what was clawed from accrual {root.id}: reversing this "

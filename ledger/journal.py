@@ -427,7 +427,7 @@ def reversal_draft(session: Session, transaction_id: int, *, reason: str, effect
 
 def reversal_sources(session: Session, transaction_ids: Sequence[int]) -> dict[int, tuple[Draft, int]]:
     """{id: (the draft it was posted from, its posted instant)} of stored transactions, in two
-    statements whatever their number: what `standing_reversal_draft` mirrors."""
+    statements for every 500: what `standing_reversal_draft` mirrors."""
     headers = {header.id: header for start in range(0, len(transaction_ids), 500)
                for header in session.execute(select(journal_transactions).where(
                    journal_transactions.c.id.in_(transaction_ids[start:start + 500])))}
