@@ -118,19 +118,24 @@ FOR EACH ROW EXECUTE FUNCTION {TABLE}_held()
 assert not any("'" in message for _, message in RULES)
 
 
+def row_rule_function(function: str, refused_when: str, message: str) -> str:
+    """PostgreSQL: the function of a row trigger after insert (migration 0017's `postgres_guard`)
+    remade with a new condition on the NEW row, with the settings of migrations 0023 and 0037."""
+    return f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql
+SET search_path = public, pg_temp SET jit = off AS $$
+BEGIN
+  IF {refused_when} THEN
+    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END $$"""
+
+
 def _bounty_rule(refused_when: str, postgres: bool) -> list[str]:
     """Migration 0020's rule on a new bounty, refused when `refused_when` holds of it."""
     only_when = " AND ".join(f"n.{condition}" for condition in _0020.BOUNTY.split(" AND "))
     if postgres:
-        condition = _0018.new_row(refused_when)
-        return [f"""CREATE OR REPLACE FUNCTION journal_transactions_cpa_once() RETURNS trigger LANGUAGE plpgsql
-SET search_path = public, pg_temp SET jit = off AS $$
-BEGIN
-  IF {condition} THEN
-    RAISE EXCEPTION '{_0020.MESSAGE}' USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NULL;
-END $$"""]
+        return [row_rule_function("journal_transactions_cpa_once", _0018.new_row(refused_when), _0020.MESSAGE)]
     return ["DROP TRIGGER trg_journal_transactions_cpa_once",
             _0018.sqlite_rule("journal_transactions", "cpa_once", refused_when, _0020.MESSAGE, only_when)]
 

@@ -29,6 +29,7 @@ branch_labels = None
 depends_on = None
 
 _0018 = _revision("0018_rules_held.py")
+_0038 = _revision("0038_cpa_claims_taken.py")
 
 UNBALANCED = ("SELECT 1 FROM journal_lines l WHERE l.transaction_id IN (NEW.id, NEW.reverses_id)"
               f" GROUP BY l.account_id, l.currency HAVING sum({_0018.SIGNED_AMOUNT}) <> 0")
@@ -37,14 +38,7 @@ MESSAGE = next(message for table, name, _, message, _, _ in _0018.RULES
 
 
 def _function(condition: str) -> str:
-    return f"""CREATE OR REPLACE FUNCTION journal_transactions_reversal_mirrors() RETURNS trigger LANGUAGE plpgsql
-SET search_path = public, pg_temp SET jit = off AS $$
-BEGIN
-  IF {condition} THEN
-    RAISE EXCEPTION '{MESSAGE}' USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NULL;
-END $$"""
+    return _0038.row_rule_function("journal_transactions_reversal_mirrors", condition, MESSAGE)
 
 
 def upgrade() -> None:

@@ -199,14 +199,21 @@ def test_a_cpa_claim_moved_to_a_later_payment_is_named_at_the_earlier_one(claime
     assert found(claimed) == {("commission_unlike_program", "e1"), ("commission_unlike_program", "e2")}
 
 
-def test_an_eligible_payment_that_claimed_nothing_while_a_later_one_did_is_named(database, skewed_clock):
-    """On a plan without a CPA the claim posts nothing: only the claim itself tells."""
+@pytest.fixture
+def claimed_without_cpa(database, skewed_clock):
+    """The program three hours ago, on a plan without a CPA (a claim posts nothing: only the claim
+    itself tells); acme's e1 on 2026-01-10 two hours ago, which claimed; the clock back to now."""
     skewed_clock.offset_us = -3 * HOUR_US
     with database.transaction() as session:
         program.seed(session)
     skewed_clock.offset_us = -2 * HOUR_US
     revenue_ingest(database, program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10"))
     skewed_clock.offset_us = 0
+    return database
+
+
+def test_an_eligible_payment_that_claimed_nothing_while_a_later_one_did_is_named(claimed_without_cpa):
+    database = claimed_without_cpa
     revenue_ingest(database, program.paid("e2", "acme", "inv-2", 50_000, "2026-01-11"))
     assert found(database) == set()
     with behind_the_triggers(database) as execute:
@@ -231,14 +238,8 @@ def test_a_claim_taken_by_a_payment_dated_before_the_claimant_passes_and_its_bou
     assert found(claimed) == {("commission_unlike_program", "e0")}
 
 
-def test_an_eligible_payment_dated_before_the_claimant_that_did_not_take_the_claim_is_named(database, skewed_clock):
-    """On a plan without a CPA taking the claim posts nothing: only the claim taken tells."""
-    skewed_clock.offset_us = -3 * HOUR_US
-    with database.transaction() as session:
-        program.seed(session)
-    skewed_clock.offset_us = -2 * HOUR_US
-    revenue_ingest(database, program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10"))
-    skewed_clock.offset_us = 0
+def test_an_eligible_payment_dated_before_the_claimant_that_did_not_take_the_claim_is_named(claimed_without_cpa):
+    database = claimed_without_cpa
     revenue_ingest(database, program.paid("e0", "acme", "inv-0", 50_000, "2026-01-05"))
     assert [tuple(row) for row in database_rows(database, "SELECT event_id, from_event_id FROM cpa_claims_taken")] == [
         ("e0", "e1")]
