@@ -241,12 +241,17 @@ class _Context:
         claim is only ever taken by a payment dated before its claimant, so a payment dated at or
         after its customer's first claim can take none, whoever holds it now: a batch in time order
         reads nothing for them (one statement less for every single-event POST)."""
-        customer_ids = {event.customer_id for event in fresh if event.type == "invoice_paid"
-                        for first in [self.cpa_claimants.get(event.customer_id)]
-                        if first is not None and event.occurred_at_us < first.occurred_at_us}
+        customer_ids = {event.customer_id for event, _ in self.dated_before_claimants(fresh)}
         if customer_ids:
             taken = driver_results(session, _claims_taken_reads(session, customer_ids))
             self._claim(StoredEvent(*row) for rows in taken for row in rows)
+
+    def dated_before_claimants(self, fresh: list[RevenueEvent]) -> list[tuple[RevenueEvent, _Claimant]]:
+        """The fresh payments dated before their customers' claimants as read so far, with them: the
+        payments that may take a claim."""
+        return [(event, claimant) for event in fresh if event.type == "invoice_paid"
+                for claimant in [self.cpa_claimants.get(event.customer_id)]
+                if claimant is not None and event.occurred_at_us < claimant.occurred_at_us]
 
 
 def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _Invoice]:
@@ -459,17 +464,13 @@ class _Writer:
         statements): the standing bounty of each claimant stored before the batch that a payment of
         its customer in the batch is dated before, when no event of the batch names its invoice,
         and the transactions its reversal mirrors. A batch in time order takes nothing, reads nothing."""
-        context = self.context
-        invoice_ids = {claimant.invoice_id for event in fresh if event.type == "invoice_paid"
-                       for claimant in [context.cpa_claimants.get(event.customer_id)]
-                       if claimant is not None and event.occurred_at_us < claimant.occurred_at_us
-                       and claimant.invoice_id not in context.invoices}
+        invoice_ids = {claimant.invoice_id for _, claimant in self.context.dated_before_claimants(fresh)
+                       if claimant.invoice_id not in self.context.invoices}
         if not invoice_ids:
             return
         replay = holds.replay(self.session, invoice_ids)
         for invoice_id in invoice_ids:
-            bounty = next((piece for piece in replay.by_invoice.get(invoice_id, [])
-                           if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
+            bounty = _standing_bounty(replay, invoice_id)
             self.bounties[invoice_id] = None if bounty is None else (bounty, reversals.piece_reversal_order(replay,
                                                                                                             bounty))
         self.sources = journal.reversal_sources(self.session, [
@@ -489,8 +490,8 @@ class _Writer:
         claim moves all the same. A claimant stored before the batch, whose invoice no event of the
         batch names, is reversed within the batch from what `prefetch_bounties` read; otherwise
         (a claimant paid earlier in the batch, or its invoice refunded in it) what the batch drafted
-        so far is written first and `reversals.reverse` reads the journal (some fifteen statements
-        a claim: a batch of 1,000 took 10.7 s on PostgreSQL, against 0.2 s prefetched)."""
+        so far is written first and `reversals.reverse` reads the journal: some fifteen statements a
+        claim, where a prefetched one costs none (docs/performance.md, "CPA claims taken")."""
         self._reverse_bounty(event, claimant)
         self.claims_taken.append((event.id, event.customer_id, claimant.event_id))  # written after the payment
 
@@ -508,12 +509,11 @@ class _Writer:
                     self.batch.add(draft)
                 return
         self.flush()
-        standing = driver_rows(self.session, _STANDING_BOUNTY, (claimant.event_id,))
-        if not standing:
+        bounty = _standing_bounty(holds.replay(self.session, [claimant.invoice_id]), claimant.invoice_id)
+        if bounty is None:
             return
-        [(bounty_id,)] = standing
         recorded_at_us = self.batch.recorded_at_us
-        reversals.reverse(self.session, bounty_id, reason=reason, idempotency_key=f"{event.id}:takes-cpa:{bounty_id}",
+        reversals.reverse(self.session, bounty.id, reason=reason, idempotency_key=f"{event.id}:takes-cpa:{bounty.id}",
                           recorded_at_us=recorded_at_us)
         self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
         invoice = self.context.invoices.get(claimant.invoice_id)
@@ -665,10 +665,12 @@ class _Writer:
 
 
 CLAIM_TAKEN_COLUMNS = ("event_id", "customer_id", "from_event_id")
-# A payment's CPA bounty that no reversal names (at most one: migration 0038).
-_STANDING_BOUNTY = ("SELECT t.id FROM journal_transactions t WHERE t.event_id = ? AND t.kind = 'cpa'"
-                    " AND t.accrual_id IS NULL"
-                    " AND NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_id = t.id)")
+
+
+def _standing_bounty(replay: holds.PieceReplay, invoice_id: str) -> Piece | None:
+    """The CPA bounty of a claimant's invoice (a reinstatement names another piece), unless reversed."""
+    return next((piece for piece in replay.by_invoice.get(invoice_id, [])
+                 if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
 
 
 def _hold_days(session: Session, program: Program, plan_version_id: int | None) -> int:
