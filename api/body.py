@@ -1,13 +1,13 @@
 """Request bodies: size, media type and JSON parsing, and the Blueprint whose parser uses them.
 
 Checks run after authentication (see `create_app`): a POST, PUT or PATCH that carries a body must
-say `application/json` (or `+json`), else 415; a declared length over the limit is a 413 before
-anything is read, and a chunked body (no declared length) that goes past the limit while being read
-is a 413 too. The body is parsed once per request (`request_json()`, `json_body()`): a body the
-server cannot read (malformed chunks) and anything that is not JSON (bad UTF-8, bad syntax, numbers
-too long for Python, nesting too deep for the parser) is a 400, never a 500; so is an object that
-gives a key twice. A body that stops arriving (`revshare serve` drops a client idle for
-`cli.server.CLIENT_IDLE_S`) is a 408.
+say `application/json` (or `+json`) and come without a `Content-Encoding` (gzip, say), else 415; a
+declared length over the limit is a 413 before anything is read, and a chunked body (no declared
+length) that goes past the limit while being read is a 413 too. The body is parsed once per request
+(`request_json()`, `json_body()`): a body the server cannot read (malformed chunks) and anything
+that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
+parser) is a 400, never a 500; so is an object that gives a key twice. A body that stops arriving
+(`revshare serve` drops a client idle for `cli.server.CLIENT_IDLE_S`) is a 408.
 
 `plain_body` lets a view take a body its own parser reads (a well-formed revenue event) straight,
 past webargs and flask-smorest, and sends any other through them for their messages.
@@ -41,7 +41,7 @@ _NO_PARAMETERS = Schema()
 
 
 def check_body() -> None:
-    """413 for a declared length over the limit; 415 for a body that is not JSON."""
+    """413 for a declared length over the limit; 415 for a body that is not JSON, or is encoded."""
     req = request._get_current_object()  # bound once: see `api.auth.authenticate_request`
     if req.method not in BODY_METHODS:
         return
@@ -50,8 +50,14 @@ def check_body() -> None:
     if length is not None and length > limit:
         raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
     chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
-    if ((length or 0) > 0 or chunked) and not core.is_json(req.mimetype):
+    if not ((length or 0) > 0 or chunked):
+        return
+    if not core.is_json(req.mimetype):
         raise UnsupportedMediaType(f"The request body must be application/json, not {req.mimetype[:80]!r}.")
+    # A compressed body is an unsupported content coding (RFC 9110, 15.5.16), not JSON that is not UTF-8.
+    coding = req.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("identity", ""):
+        raise UnsupportedMediaType(f"The request body must be sent as it is, not encoded ({coding[:40]!r}).")
 
 
 def json_body() -> Any:

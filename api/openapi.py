@@ -52,7 +52,8 @@ _NOT_JSON = ("the body is not JSON the service can read (malformed, not UTF-8, a
              "its framing cannot be read")
 _STALLED = "the body stopped arriving before it was complete"
 _TOO_LARGE = "the body is larger than the service's limit (`REVSHARE_MAX_BODY_BYTES`)"
-_NOT_JSON_TYPE = "a body whose `Content-Type` is not `application/json` (or `+json`)"
+_NOT_JSON_TYPE = ("a body whose `Content-Type` is not `application/json` (or `+json`), or which comes with a "
+                  "`Content-Encoding` (gzip, say): send it as it is")
 _UNAVAILABLE = ("the database was out of reach, busy or could not write, or (a payout run, a close) the releases "
                 "it makes first passed the time one request may take, those made standing: retry after `Retry-After` "
                 f"seconds (a retry is safe: revenue events are keyed by their id, other POSTs by `{HEADER}`)")

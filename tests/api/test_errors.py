@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import gzip
 import io
 import json
 import logging
@@ -537,3 +538,25 @@ def test_a_statement_the_database_refuses_is_a_500_not_a_503(scratch, monkeypatc
     response = scratch.client.post("/v1/revenue-events", headers=bearer(scratch.keys.billing),
                                    json=event_body("broken-1", "p1-customer", "inv-broken-1", "1.00", "2026-01-20"))
     assert_problem(response, 500)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", " GZIP "])
+def test_an_encoded_body_is_a_415_naming_its_coding_and_changes_nothing(scratch, coding):
+    # Read as it came, a compressed body was a 400 saying it is not UTF-8, which hid what the client did.
+    transaction_id = new_transaction(scratch.database)
+    before = scratch.client.get("/v1/integrity", headers=bearer(scratch.keys.finance)).get_json()
+    response = scratch.client.post(f"/v1/transactions/{transaction_id}/reversal",
+                                   data=gzip.compress(b'{"reason": "duplicate"}'), content_type="application/json",
+                                   headers={**bearer(scratch.keys.finance), "Content-Encoding": coding})
+    body = assert_problem(response, 415)
+    assert coding.strip().lower() in body["detail"]
+    assert scratch.client.get("/v1/integrity", headers=bearer(scratch.keys.finance)).get_json() == before
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity"])
+def test_a_body_said_to_be_identity_coded_is_read_as_sent(scratch, coding):
+    transaction_id = new_transaction(scratch.database)
+    response = scratch.client.post(f"/v1/transactions/{transaction_id}/reversal", data=b'{"reason": "duplicate"}',
+                                   content_type="application/json",
+                                   headers={**bearer(scratch.keys.finance), "Content-Encoding": coding})
+    assert response.status_code == 201, response.data
