@@ -1,7 +1,8 @@
 """HTTP idempotency for POSTs (all but revenue events, whose `id` is their key).
 
-A client may send `Idempotency-Key` (1-200 printable characters). Keys belong to the API key that
-sent them. Under `@idempotent`:
+A client may send `Idempotency-Key` (1-200 printable characters, no comma: a header sent twice
+reaches a WSGI app as its values joined by commas). Keys belong to the API key that sent them.
+Under `@idempotent`:
 - the first request with a key runs; a 2xx answer is stored with the request (`ledger.idempotency`)
   in the same database transaction as its effect, so the record exists exactly when the effect does;
 - a retry with the same method, path and JSON body (compared canonically: key order and spacing do
@@ -52,7 +53,7 @@ _HEADER_DOC = {
     "in": "header",
     "name": HEADER,
     "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.KEY_LENGTH_MAX},
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.KEY_LENGTH_MAX, "pattern": "^[^,]*$"},
     "description": "Retry safely: the same key and body replay the original answer "
                    f"(with `{REPLAYED_HEADER}: true`); the same key with another body is a 409.",
 }
@@ -137,6 +138,9 @@ _NO_BODY = frozenset({canonical_json(None), canonical_json({})})
 def _check_key(key: str) -> None:
     if not 1 <= len(key) <= idempotency.KEY_LENGTH_MAX or not key.isprintable():
         raise invalid(HEADER, f"must be 1 to {idempotency.KEY_LENGTH_MAX} printable characters")
+    if "," in key:  # WSGI servers join a header sent twice with commas: "k1,k2" would run as a key of its own
+        raise invalid(HEADER, "must be sent once and hold no comma (a header sent twice reaches the service as its "
+                              "values joined by commas)")
 
 
 def _stored_body(response: Response, redact: tuple[str, ...]) -> str:

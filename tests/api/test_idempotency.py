@@ -175,11 +175,22 @@ def test_a_failed_request_is_not_stored_and_may_be_retried_with_the_same_key(scr
     assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
 
 
-@pytest.mark.parametrize("value", ["", "k" * 201, "tab\there"])
+@pytest.mark.parametrize("value", ["", "k" * 201, "tab\there", "k1,k2", "k1, k2"])
 def test_a_bad_idempotency_key_is_a_422_naming_the_header(shared, value):
     response = post(shared.client, shared.keys.finance, "/v1/transactions/1/reversal", {"reason": "x"}, value)
     assert response.status_code == 422
     assert list(response.get_json()["errors"]) == ["Idempotency-Key"]
+
+
+def test_a_key_sent_twice_is_a_422_naming_the_header_and_changes_nothing(scratch):
+    # A proxy or client that adds the header twice: joined into "k1, k2", it ran as a key of its own,
+    # and a retry holding either key alone ran again.
+    path, key = reversal_path(scratch), unique()
+    headers = [*bearer(scratch.keys.finance).items(), ("Idempotency-Key", key), ("Idempotency-Key", key + "-2")]
+    response = scratch.client.post(path, json={"reason": "x"}, headers=headers)
+    assert response.status_code == 422
+    assert list(response.get_json()["errors"]) == ["Idempotency-Key"]
+    assert post(scratch.client, scratch.keys.finance, path, {"reason": "x"}, key).status_code == 201
 
 
 def test_a_key_of_200_characters_is_accepted(scratch):
