@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.before_request(body.check_body)
     app.before_request(body.check_query)
     app.url_map.converters[pagination.ID_CONVERTER] = pagination.IdConverter
+    # A path is matched as sent: `/v1//periods` is a 404 problem, not an HTML redirect to `/v1/periods`.
+    app.url_map.merge_slashes = False
     app.url_map.converters.update(pagination.TEXT_CONVERTERS)
     api = errors.Api(app, spec_kwargs={"extra_plugins": [openapi.ProblemsPlugin(app)]})
     api.register_converter(pagination.IdConverter, pagination.IdConverter.openapi)

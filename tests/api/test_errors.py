@@ -114,6 +114,12 @@ def test_an_unknown_route_is_a_404(shared):
         assert_problem(shared.client.get(f"/v1/transactions/{digit_one}", headers=bearer(shared.keys.finance)), 404)
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/v1//periods"), ("GET", "/v1/periods//2026-01"),
+                                          ("POST", "/v1//revenue-events")])
+def test_a_path_with_a_doubled_slash_is_a_404_problem_not_a_redirect(shared, method, path):
+    assert_problem(shared.client.open(path, method=method, headers=bearer(shared.keys.finance)), 404)
+
+
 def test_an_unknown_transaction_is_a_404(shared):
     body = assert_problem(shared.client.get("/v1/transactions/99", headers=bearer(shared.keys.finance)), 404)
     assert body["detail"] == "transaction 99 not found"
