@@ -104,8 +104,10 @@ class Model:
 
     attributions: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     invoices: dict[str, Invoice] = field(default_factory=dict)
-    cpa_claimed: set[str] = field(default_factory=set)
+    # customer -> (its claimant's instant, the claimant's bounty, once earned): the CPA's claim
+    cpa_claims: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     roots: dict[int, Root] = field(default_factory=dict)  # by the journal id the ledger gave it
+    withdrawn: set[int] = field(default_factory=set)  # bounties whose claim a payment dated earlier took
 
     def partner_at(self, customer_id: str, instant_us: int) -> str | None:
         found = None
@@ -123,8 +125,11 @@ class Model:
         plan = PLANS[partner_id]
         share = half_even(Decimal(event.amount_minor) * Decimal(plan["rate"]))
         lines = [(partner_id, "accrual", share)] if share else []
-        if event.customer_id not in self.cpa_claimed:
-            self.cpa_claimed.add(event.customer_id)
+        claim = self.cpa_claims.get(event.customer_id)
+        if claim is None or event.occurred_at_us < claim[0]:  # the first eligible payment by date claims it
+            if claim is not None and claim[1] is not None:
+                self.withdraw(claim[1])
+            self.cpa_claims[event.customer_id] = (event.occurred_at_us, None)
             cpa = plan.get("cpa", {}).get(event.currency)
             if cpa:
                 lines.append((partner_id, "cpa", int(Decimal(cpa) * (100 if event.currency == "USD" else 1))))
@@ -160,10 +165,20 @@ class Model:
         return all(fits)
 
     def earned(self, invoice_id: str, transaction_ids, lines) -> None:
+        invoice = self.invoices[invoice_id]
         for transaction_id, (_, kind, amount) in zip(transaction_ids, lines):
             root = Root(kind, amount, amount)
-            self.invoices[invoice_id].roots.append(root)
+            invoice.roots.append(root)
             self.roots[transaction_id] = root
+            if kind == "cpa":
+                self.cpa_claims[invoice.customer_id] = (invoice.paid_at_us, transaction_id)
+
+    def withdraw(self, root_id: int) -> None:
+        """A claimant's bounty, reversed with all that stands against it: it no longer counts."""
+        root = self.roots.pop(root_id)
+        for invoice in self.invoices.values():
+            invoice.roots = [other for other in invoice.roots if other is not root]  # Root compares by value
+        self.withdrawn.add(root_id)
 
     def adjust(self, event: RevenueEvent) -> int:
         """Apply a refund, chargeback or won dispute; returns the signed change of commission.
@@ -386,8 +401,16 @@ def check_pieces(session, model: Model) -> None:
     by_id = {row.id: row for row in everything}
     # A refund dated before maturity but delivered after the release reverses that release
     # (holds.unrelease): only releases that stand count.
+    # So does a payment that takes a CPA claim: the claimant's bounty and all that stands against it.
     reversed_ids = {row.reverses_id for row in everything if row.kind == "reversal"}
-    assert all(by_id[r].kind == "release" for r in reversed_ids), "only releases are ever reversed here"
+
+    def root_id(row) -> int:
+        piece = row if row.kind in EARNING_KINDS else by_id[row.accrual_id]
+        return piece.accrual_id or piece.id
+
+    assert all(by_id[r].kind == "release" or root_id(by_id[r]) in model.withdrawn for r in reversed_ids), \
+        "only releases and the bounties of claims taken are ever reversed here"
+    assert model.withdrawn <= reversed_ids
     rows = [row for row in everything if row.kind != "reversal" and row.id not in reversed_ids]
     assert all(row.kind in (*EARNING_KINDS, "clawback", "release") for row in rows)
     root_of = {row.id: row.accrual_id or row.id for row in rows if row.kind in EARNING_KINDS}
