@@ -109,6 +109,13 @@ class Piece:
     clawbacks: dict[int, tuple[int, int]] = field(default_factory=dict)  # standing: id -> (instant, amount)
     releases: int = 0  # releases posted, standing or since reversed: the next one's key counts them
     accrued_at_us: int | None = None  # its effective instant in the journal
+    # The instant it was accrued as dated, which a closed period moves to the first open one's start
+    # in the journal (`accrued_at_us`): what lies before what is decided by these (None: accrued_at_us).
+    dated_at_us: int | None = None
+
+    @property
+    def dated_or_accrued_at_us(self) -> int | None:
+        return self.accrued_at_us if self.dated_at_us is None else self.dated_at_us
 
     @property
     def unclawed_minor(self) -> int:
@@ -144,13 +151,16 @@ def _groups(pieces: list[Piece]) -> list[tuple[Piece, list[Piece]]]:
 
 
 def _take(group: list[Piece], amount_minor: int, at_us: int | None) -> list[Clawback]:
-    """Split a clawback effective at `at_us` over a root's pieces: those accrued by then first (a
+    """Split a clawback dated `at_us` over a root's pieces: those accrued by then first (a
     reinstatement dated later is not yet in the partner's accounts at that instant), then held ones
     first (from pending), newest first. A later piece is drawn on only when the earlier ones hold
     less than the clawback (an event dated later took from them, or rounding left them a minor unit
-    short); the caller dates that part no earlier than the piece's arrival."""
+    short); the caller dates that part no earlier than the piece's arrival. Instants as dated: a
+    closed period moves a refund and a reinstatement dated after it alike to the first open period's
+    start, where the journal no longer tells which came first."""
     def later(piece: Piece) -> bool:
-        return at_us is not None and piece.accrued_at_us is not None and piece.accrued_at_us > at_us
+        dated_us = piece.dated_or_accrued_at_us
+        return at_us is not None and dated_us is not None and dated_us > at_us
 
     ordered = sorted(group, key=lambda p: (later(p), p.released, -p.id))
     plans: list[Clawback] = []
@@ -170,7 +180,7 @@ def _take(group: list[Piece], amount_minor: int, at_us: int | None) -> list[Claw
 def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
                      fully_refunded: bool, at_us: int | None = None) -> list[Clawback]:
     """The clawbacks of one refund or chargeback of `refund_minor` on an invoice paid `paid_minor`,
-    effective at `at_us` (None: every piece counts as accrued by then)."""
+    dated `at_us` (None: every piece counts as accrued by then)."""
     assert 0 < refund_minor <= paid_minor, (refund_minor, paid_minor)
     plans: list[Clawback] = []
     for root, group in _groups(pieces):

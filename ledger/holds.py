@@ -71,7 +71,8 @@ def replay(session: Session, invoice_ids: Iterable[str]) -> "PieceReplay":
 # The partner-account lines of an invoice's transactions, in the column order `PieceReplay.apply` unpacks.
 PIECE_LINES = ("SELECT t.id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.event_id, t.accrual_id,"
                " t.reverses_id, t.matures_at_us, t.plan_version_id, t.effective_at_us, j.currency, j.amount_minor,"
-               " a.name FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
+               " a.name, t.original_effective_at_us"
+               " FROM journal_transactions t JOIN journal_lines j ON j.transaction_id = t.id"
                " JOIN accounts a ON a.id = j.account_id")
 
 
@@ -93,12 +94,12 @@ class PieceReplay:
     def apply(self, row: tuple) -> None:
         """One row of `PIECE_LINES`."""
         (transaction_id, kind, partner_id, customer_id, invoice_id, event_id, accrual_id, reverses_id, matures_at_us,
-         plan_version_id, effective_at_us, currency, amount_minor, account_name) = row
+         plan_version_id, effective_at_us, currency, amount_minor, account_name, dated_at_us) = row
         on_pending = account_name.endswith(":pending")
         if kind in EARNING_KINDS:
             piece = Piece(transaction_id, accrual_id or transaction_id, partner_id, kind, currency, amount_minor,
                           plan_version_id, matures_at_us, amount_minor, customer_id=customer_id, invoice_id=invoice_id,
-                          event_id=event_id, accrued_at_us=effective_at_us)
+                          event_id=event_id, accrued_at_us=effective_at_us, dated_at_us=dated_at_us)
             self.pieces[transaction_id] = piece
             self.by_invoice[invoice_id].append(piece)
         elif kind == "clawback" and accrual_id in self.pieces:

@@ -539,7 +539,8 @@ class _Writer:
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
                                     customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
-                                    accrued_at_us=self.batch.posting_instant(effective_at_us)))
+                                    accrued_at_us=self.batch.posting_instant(effective_at_us),
+                                    dated_at_us=effective_at_us))
         self.hold_rows.append((transaction_id, matures))
         return line, transaction_id
 
@@ -563,10 +564,10 @@ class _Writer:
         if most_minor + event.amount_minor > invoice.paid_minor:  # a won dispute dated later brought it back under
             raise invalid("occurred_at", "refunds and chargebacks dated up to "
                                          f"{format_instant(most_at_us)} would exceed the paid amount")
-        at_us = self.batch.posting_instant(event.occurred_at_us)
+        dated_us = event.occurred_at_us  # instants as dated, not as moved out of closed periods (`commission._take`)
         held = [piece for piece in invoice.pieces  # released by a job, but accrued and still held at this instant
                 if piece.released and not piece.reversed and piece.release_id is not None
-                and piece.matures_at_us > event.occurred_at_us and piece.accrued_at_us <= at_us]
+                and piece.matures_at_us > dated_us and piece.dated_or_accrued_at_us <= dated_us]
         for piece in held:
             holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}",
                             reason=f"refund {event.id} is dated before this accrual matured")
@@ -577,18 +578,17 @@ class _Writer:
         # rounding remainder, the CPA) when the invoice is wholly refunded: at the latest of them.
         later_us = invoice.latest_us
         completes_at_us = later_us if fully and later_us is not None and later_us > event.occurred_at_us else None
-        lines = [self._claw(event, invoice, plan, at_us, held) for plan in refund_clawbacks(
-            invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, at_us)]
+        lines = [self._claw(event, invoice, plan, dated_us, held) for plan in refund_clawbacks(
+            invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, dated_us)]
         if completes_at_us is not None:
             # What matured by the completion was released by then; what had not is still held at it.
             for piece in [piece for piece in held if piece.matures_at_us <= completes_at_us]:
                 self._release_again(event, piece, held)
             self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, completes_at_us)
-            completed_us = self.batch.posting_instant(completes_at_us)
-            lines += [self._claw(event, invoice, plan, completed_us, held, effective_at_us=completes_at_us,
+            lines += [self._claw(event, invoice, plan, completes_at_us, held, effective_at_us=completes_at_us,
                                  key_suffix=":completed")
                       for plan in refund_clawbacks(invoice.pieces, event.amount_minor, invoice.paid_minor, True,
-                                                   completed_us)]
+                                                   completes_at_us)]
         for piece in list(held):  # what is left matured when it matured
             self._release_again(event, piece, held)
         invoice.add(event)
@@ -599,18 +599,18 @@ class _Writer:
         holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
         held.remove(piece)
 
-    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan: Clawback, accrued_by_us: int, held: list[Piece],
+    def _claw(self, event: RevenueEvent, invoice: _Invoice, plan: Clawback, dated_us: int, held: list[Piece],
               *, effective_at_us: int | None = None, key_suffix: str = "") -> tuple[CommissionLine, int]:
         """Post one clawback of a refund, effective at `effective_at_us` (by default the refund's
-        instant), which is posted at `accrued_by_us`. What it takes from a piece accrued after that (a
-        won dispute's reinstatement, delivered before a refund dated earlier) is taken from pending
+        instant), which is dated `dated_us`. What it takes from a piece dated after that (a won
+        dispute's reinstatement, delivered before a refund dated earlier) is taken from pending
         at the piece's accrual, so that no balance goes below zero in between: the piece is held
         then, whether or not a release job has come by since (its release is undone, the piece is
         added to `held`, and what is left of it is released again at its maturity). The plan's
         `from_pending` was decided before that undoing: the account is decided here."""
         piece = next(p for p in invoice.pieces if p.id == plan.piece_id)
         effective_at_us = event.occurred_at_us if effective_at_us is None else effective_at_us
-        if piece.accrued_at_us is not None and piece.accrued_at_us > accrued_by_us:
+        if piece.dated_or_accrued_at_us is not None and piece.dated_or_accrued_at_us > dated_us:
             if piece.released and piece.release_id is not None:
                 holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}{key_suffix}",
                                 reason=f"refund {event.id} claws from this accrual while it was held")

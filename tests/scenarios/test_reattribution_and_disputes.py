@@ -13,7 +13,7 @@ from ledger import reversals
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from tests.scenarios.books import Books, at, commissions
-from tests.scenarios.closing import section, statement
+from tests.scenarios.closing import close, section, statement
 
 
 @pytest.fixture
@@ -198,6 +198,27 @@ def test_a_late_refund_dated_before_a_reinstatement_claws_from_the_accrual_it_wa
             pending, available = books.balance_just_after(partner_id, instant)
             assert pending >= 0 and available >= 0, (partner_id, instant, pending, available)
     assert books.balance("northwind") == (10_000, 0) and books.balance("dist") == (2_500, 0)
+    assert books.trial_balance_is_zero() and books.verified()
+
+
+def test_a_late_refund_in_a_closed_month_claws_from_the_accrual_it_was_dated_after_not_the_reinstatement(books):
+    # The same, with February and March closed before the two late events: both are posted at April's
+    # start, where the journal no longer tells that the refund (Feb 20) came before the reinstatement
+    # (Mar 1). Decided by the posted instants, the refund clawed the held reinstatement, and a payout
+    # run on April 2 paid out what was still held until March 31 + 30 days.
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, matures 2026-02-09
+    books.release("2026-02-10")
+    books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 from available
+    for period in ("2026-01", "2026-02", "2026-03"):
+        close(books.database, period, now="2026-04-01T01:00:00Z")
+    books.dispute_won("acme", "inv-1", "500.00", "2026-03-01")  # 10,000 at April's start, held until 2026-03-31
+    refund = books.refund("acme", "inv-1", "500.00", "2026-02-20")
+    assert commissions(refund) == [("northwind", "clawback", -10_000), ("dist", "clawback", -2_500)]
+    assert books.sql("SELECT a.name FROM journal_lines l JOIN accounts a ON a.id = l.account_id "
+                     "WHERE l.transaction_id = :t AND l.side = 'D'", t=refund.transaction_ids[0])[0].name == \
+        "liability:partner:northwind:available"
+    assert books.balance_just_after("northwind", "2026-04-01") == (10_000, 0)
+    assert books.balance_just_after("dist", "2026-04-01") == (2_500, 0)
     assert books.trial_balance_is_zero() and books.verified()
 
 
