@@ -5,12 +5,14 @@ held it when the event was decided.
 override, with the reinstatements of it), `commission.refund_clawbacks`' share; `_dispute_won`
 restores `commission.dispute_reinstatements`' amount. Both follow from the pieces as they stood
 (what was clawed back, reinstated or reversed before) and from what had been refunded of the invoice
-before. `verify_clawbacks` folds the invoice's journal lines up to the event (`holds.PieceReplay`),
-computes the amount per root piece the rules give, and compares it with what the event posted:
-`clawback_unlike_rules` names an event that took or restored other amounts, or nothing where the
-rules take something. So a refund row inserted past the service saying `no_commission` for an id
-billing has not sent yet (billing's refund would be answered as its replay, and the partner would
-keep what the refund should take back) is named.
+before; a won dispute dated before events decided before it restores what leaves the invoice as time
+order would, or its share (which books recorded before that rule hold). `verify_clawbacks` folds the
+invoice's journal lines up to the event (`holds.PieceReplay`), computes the amount per root piece
+the rules give, and compares it with what the event posted: `clawback_unlike_rules` names an event
+that took or restored other amounts, or nothing where the rules take something. So a refund row
+inserted past the service saying `no_commission` for an id billing has not sent yet (billing's
+refund would be answered as its replay, and the partner would keep what the refund should take back)
+is named.
 
 Where the event stands among the invoice's postings: an event that posted stands before its first
 posting, exactly. One that posted nothing is placed by clocks: a posting recorded more than
@@ -44,6 +46,7 @@ class Event(NamedTuple):
     type: str
     amount_minor: int
     recorded_at_us: int
+    occurred_at_us: int
 
     @property
     def refunded_minor(self) -> int:
@@ -95,11 +98,11 @@ def _check_invoices(session: Session, invoice_ids: list[str]) -> list[tuple[int 
     events: dict[str, list[Event]] = defaultdict(list)
     postings: dict[str, list[Posting]] = defaultdict(list)
     for condition, params in in_lists(session, "invoice_id", invoice_ids):
-        for invoice_id, event_id, type_, amount_minor, recorded_us, status in driver_rows(
-                session, "SELECT invoice_id, id, type, amount_minor, recorded_at_us, status FROM revenue_events"
-                         f" WHERE {condition}", params):
+        for invoice_id, event_id, type_, amount_minor, recorded_us, occurred_us, status in driver_rows(
+                session, "SELECT invoice_id, id, type, amount_minor, recorded_at_us, occurred_at_us, status"
+                         f" FROM revenue_events WHERE {condition}", params):
             if type_ != "invoice_paid":
-                events[invoice_id].append(Event(event_id, type_, amount_minor, recorded_us))
+                events[invoice_id].append(Event(event_id, type_, amount_minor, recorded_us, occurred_us))
             elif status == "posted":  # the others have no pieces, and their events post nothing (migration 0034)
                 paid[invoice_id] = amount_minor
     lines = PIECE_LINES.replace("SELECT ", "SELECT t.recorded_at_us, ", 1)
@@ -157,13 +160,13 @@ def _check_event(event: Event, invoice: _Invoice) -> tuple[int | None, str, str]
     expected = None
     for count in range(len(uncertain) + 1):
         for seen in combinations(uncertain, count):
-            refunded_minor = sum(e.refunded_minor for e in (*certain, *seen))
             try:
-                expected = _expected(event, pieces, invoice.paid_minor, refunded_minor)
+                candidates = _expected(event, pieces, invoice.paid_minor, [*certain, *seen])
             except AssertionError:  # the rules' own assertions, on pieces altered past the database's
                 return None         # rules: what stands against them is named by verify_pieces_within
-            if expected is None or expected == held:
+            if candidates is None or held in candidates:
                 return None
+            expected = candidates[0]
     assert expected is not None
     verb = "restore" if event.type == "chargeback_reversed" else "take"
     return (first_own, "clawback_unlike_rules",
@@ -211,21 +214,30 @@ def _earlier(event: Event, invoice: _Invoice) -> tuple[list[Event], list[Event]]
     return certain, uncertain
 
 
-def _expected(event: Event, pieces: list[Piece], paid_minor: int, refunded_minor: int) -> dict[int, int] | None:
-    """{root piece: amount} the rules take (or restore) for the event; None when the amounts lie
-    outside what the service accepts (the events' own checks name those)."""
+def _expected(event: Event, pieces: list[Piece], paid_minor: int, earlier: list[Event]) -> list[dict[int, int]] | None:
+    """The {root piece: amount} the rules take (or restore) for the event, after the `earlier` events
+    of its invoice; None when the amounts lie outside what the service accepts (the events' own
+    checks name those). A won dispute dated before one of them restores what leaves its invoice as
+    time order would (`commission.dispute_reinstatements`' `dated`), or, as the service did before it
+    did so, its share: either is the rules'."""
+    refunded_minor = sum(e.refunded_minor for e in earlier)
     if event.type == "chargeback_reversed":
         refunded_after = refunded_minor - event.amount_minor
         if not (0 < event.amount_minor <= paid_minor and 0 <= refunded_after < paid_minor):
             return None
         plans = dispute_reinstatements(pieces, event.amount_minor, paid_minor, refunded_after)
-        return _by_root((plan.root_id, plan.amount_minor) for plan in plans)
+        shares = _by_root((plan.root_id, plan.amount_minor) for plan in plans)
+        if all(e.occurred_at_us <= event.occurred_at_us for e in earlier):
+            return [shares]
+        dated = [(e.occurred_at_us, e.type, e.amount_minor) for e in (*earlier, event)]
+        plans = dispute_reinstatements(pieces, event.amount_minor, paid_minor, refunded_after, dated=dated)
+        return [_by_root((plan.root_id, plan.amount_minor) for plan in plans), shares]
     if not (0 < event.amount_minor <= paid_minor and refunded_minor + event.amount_minor <= paid_minor):
         return None
     fully = refunded_minor + event.amount_minor == paid_minor
     roots = {piece.id: piece.root_id for piece in pieces}
     plans = refund_clawbacks(pieces, event.amount_minor, paid_minor, fully)
-    return _by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans)
+    return [_by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans)]
 
 
 def _held(own: list[Posting], roots: dict[int, int]) -> dict[int, int]:

@@ -198,26 +198,71 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
 
 
 def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor: int,
-                           refunded_after_minor: int, at_us: int | None = None) -> list[Reinstatement]:
+                           refunded_after_minor: int, at_us: int | None = None, *,
+                           dated: list[tuple[int, str, int]] | None = None) -> list[Reinstatement]:
     """What a won dispute of `reversed_minor` at `at_us` restores; `refunded_after_minor` is the
     invoice's net refunded amount once the dispute is reversed (0 restores every clawed amount
     exactly). What it restores of clawbacks dated after it (delivered before it) is restored at their
-    instants (`_restore_instants`)."""
+    instants (`_restore_instants`).
+
+    A dispute delivered after refunds or chargebacks dated after it gives `dated`: the invoice's
+    (occurred_at, type, amount) events, this one included. Its share alone would leave the books
+    off time order's by what its absence changed in those later clawbacks (one capped by rounding,
+    say, where time order would have taken its whole share): it restores instead what lets each root
+    end as clawed as time order leaves it (`dated_clawed_minor`), when time order can be replayed."""
     assert 0 < reversed_minor <= paid_minor and 0 <= refunded_after_minor < paid_minor
+    reversed_roots = {piece.root_id for piece in pieces if piece.reversed}
     plans: list[Reinstatement] = []
     for root, group in _groups(pieces):
         net_clawed = root.amount_minor - sum(piece.unclawed_minor for piece in group)
         if net_clawed <= 0:
             continue
-        if root.kind == "cpa" or refunded_after_minor == 0:
+        in_time_order = (None if dated is None or root.id in reversed_roots
+                         else dated_clawed_minor(root.kind, root.amount_minor, paid_minor, dated))
+        if in_time_order is not None:
+            amount = max(0, net_clawed - in_time_order)
+        elif root.kind == "cpa" or refunded_after_minor == 0:
             amount = net_clawed
         else:
             share = round_minor(prorate_minor(root.amount_minor, reversed_minor, paid_minor), rounding=ROUND_HALF_EVEN)
             amount = min(share, net_clawed)
+        if amount == 0:
+            continue
         for instant_us, part in _restore_instants(group, amount, at_us):
             plans.append(Reinstatement(root.id, root.partner_id, root.kind, part, root.plan_version_id,
                                        None if instant_us == at_us else instant_us))
     return plans
+
+
+# Events of one instant, in the order time order applies them: chargebacks, then the disputes won
+# on them, then refunds (so that no prefix reverses a chargeback not yet made or refunds more than
+# was paid, where the events of that instant together do neither).
+_SAME_INSTANT_ORDER = {"chargeback": 0, "chargeback_reversed": 1, "refund": 2}
+
+
+def dated_clawed_minor(kind: str, amount_minor: int, paid_minor: int, dated: list[tuple[int, str, int]]) -> int | None:
+    """What an invoice's refunds, chargebacks and won disputes, (occurred_at, type, amount), leave
+    clawed of a root piece of `kind` and `amount_minor` when applied in time order by the rules of
+    `refund_clawbacks` and `dispute_reinstatements`. None when some prefix of that order is not one
+    the service accepts (it checks the events of one instant together)."""
+    model = Piece(0, 0, "", kind, "", amount_minor, None, None, 0, released=True)
+    refunded_minor = charged_back_minor = 0
+    for _, type_, minor in sorted(dated, key=lambda event: (event[0], _SAME_INSTANT_ORDER[event[1]])):
+        if type_ == "chargeback_reversed":
+            if not (minor <= charged_back_minor and 0 <= refunded_minor - minor < paid_minor):
+                return None
+            refunded_minor -= minor
+            charged_back_minor -= minor
+            model.clawed_minor -= sum(plan.amount_minor for plan in dispute_reinstatements(
+                [model], minor, paid_minor, refunded_minor))
+        else:
+            if refunded_minor + minor > paid_minor:
+                return None
+            fully = refunded_minor + minor == paid_minor
+            refunded_minor += minor
+            charged_back_minor += minor if type_ == "chargeback" else 0
+            model.clawed_minor += sum(plan.amount_minor for plan in refund_clawbacks([model], minor, paid_minor, fully))
+    return model.clawed_minor
 
 
 def _restore_instants(group: list[Piece], amount_minor: int, at_us: int | None) -> list[tuple[int | None, int]]:

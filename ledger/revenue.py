@@ -140,9 +140,11 @@ class _Invoice:
     refunded_changes: list[tuple[int, int]] = field(default_factory=list)
     charged_back_changes: list[tuple[int, int]] = field(default_factory=list)
     latest_us: int | None = None  # the latest occurred_at of those
+    dated: list[tuple[int, str, int]] = field(default_factory=list)  # each one's (occurred_at, type, amount)
 
     def add(self, event: RevenueEvent | StoredEvent) -> None:
         """Count a refund, chargeback or won dispute."""
+        self.dated.append((event.occurred_at_us, event.type, event.amount_minor))
         signed = -event.amount_minor if event.type == "chargeback_reversed" else event.amount_minor
         self.refunded_minor += signed
         self.refunded_changes.append((event.occurred_at_us, signed))
@@ -640,8 +642,11 @@ class _Writer:
             raise invalid("occurred_at", f"only {format_minor(least_minor, event.currency)} is charged back and "
                                          f"not yet reversed at {format_instant(least_at_us)}")
         refunded_after = invoice.refunded_minor - event.amount_minor
+        late = invoice.latest_us is not None and invoice.latest_us > event.occurred_at_us
         plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after,
-                                       self.batch.posting_instant(event.occurred_at_us))
+                                       self.batch.posting_instant(event.occurred_at_us),
+                                       dated=[*invoice.dated, (event.occurred_at_us, event.type, event.amount_minor)]
+                                       if late else None)
         lines = [self._accrue(event, plan.partner_id, plan.kind, plan.amount_minor, plan.plan_version_id,
                               _hold_days(self.session, self.context.program, plan.plan_version_id), invoice,
                               root_id=plan.root_id, later_at_us=plan.at_us)

@@ -8,8 +8,9 @@ of skew verify allows), so that every re-derivation takes its exact path."""
 
 import pytest
 
-from ledger import periods, reversals
+from ledger import periods, revenue, reversals
 from ledger.verify import verify
+from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.scenarios.books import Books, at
 
 MINUTE_US = 60_000_000
@@ -123,6 +124,45 @@ def test_refunds_delivered_after_later_dated_events_verify_clean(books):
     books.refund("acme", "inv-1", "200.00", "2026-01-15", event_id="r1")
     books.refund("acme", "inv-1", "400.00", "2026-03-01", event_id="r2")
     assert books.problems() == []
+
+
+def small_invoice_with_chargebacks_dated_after_its_won_dispute(books) -> None:
+    """An accrual of 0.25 on 2.50 at 10%: chargebacks of 0.75, 0.75 and 1.00 dated the 5th, 7th and
+    8th, then a dispute of 0.75 won on the 6th, delivered last."""
+    books.plan("tenth", "0.10", hold_days=30)
+    books.partner("contoso", "tenth")
+    books.attribute("globex", "contoso", "2026-01-01")
+    books.paid("globex", "inv-1", "2.50", "2026-01-01", event_id="p1")
+    books.chargeback("globex", "inv-1", "0.75", "2026-01-05", event_id="c1")
+    books.chargeback("globex", "inv-1", "0.75", "2026-01-07", event_id="c2")
+    books.chargeback("globex", "inv-1", "1.00", "2026-01-08", event_id="c3")
+    books.dispute_won("globex", "inv-1", "0.75", "2026-01-06", event_id="w1")
+
+
+def test_a_won_dispute_delivered_after_chargebacks_dated_after_it_verifies_clean(books):
+    small_invoice_with_chargebacks_dated_after_its_won_dispute(books)
+    # In time order 0.08 clawed, 0.08 restored, 0.08 and 0.10 clawed: 0.07 stays owed. Delivered last,
+    # the third chargeback was capped at 0.09, and the dispute's share (0.08) would leave 0.08.
+    assert books.balance("contoso") == (7, 0)
+    assert books.problems() == []
+
+
+def test_a_late_won_dispute_that_restored_its_share_as_the_service_once_did_verifies_clean(books, monkeypatch):
+    # Books recorded before a late dispute restored what time order leaves: its share, by the rule of
+    # a dispute delivered in time order, is the rules' too.
+    original = revenue.dispute_reinstatements
+    monkeypatch.setattr(revenue, "dispute_reinstatements", lambda *args, dated=None: original(*args))
+    small_invoice_with_chargebacks_dated_after_its_won_dispute(books)
+    assert books.balance("contoso") == (8, 0)
+    assert books.problems() == []
+
+
+def test_a_late_won_dispute_restoring_neither_its_share_nor_what_time_order_leaves_is_named(books):
+    small_invoice_with_chargebacks_dated_after_its_won_dispute(books)
+    restored = books.tx("w1", "accrual", "contoso")
+    with behind_the_triggers(books.database) as execute:
+        execute(f"UPDATE journal_lines SET amount_minor = amount_minor + 2 WHERE transaction_id = {restored}")
+    assert "clawback_unlike_rules" in {code for code, _ in books.problems()}
 
 
 def test_a_completing_refund_dated_before_an_earlier_delivered_one_verifies_clean(books):

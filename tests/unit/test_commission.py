@@ -13,6 +13,7 @@ from ledger.commission import (
     Earner,
     Earning,
     Piece,
+    dated_clawed_minor,
     dispute_reinstatements,
     eligible_month,
     invoice_earnings,
@@ -244,6 +245,33 @@ def test_a_reinstatement_dated_between_counts_against_what_a_won_dispute_can_res
     restored = dated(2, 500, [], root_id=1, accrued_at_us=25)
     plans = dispute_reinstatements([root, restored], 50, 100, 0, 20)
     assert [(plan.amount_minor, plan.at_us) for plan in plans] == [(500, 40)]
+
+
+def test_a_late_won_dispute_restores_what_leaves_the_root_as_clawed_as_time_order():
+    # Paid 250, an accrual of 25: chargebacks of 75 at 5, 75 at 7 and 100 at 8, the dispute of 75 won
+    # at 6 delivered last. In time order: 8 clawed, 8 restored, 8 and 10 clawed: 18 stays clawed.
+    # Delivered last, the third chargeback was capped at the 9 left; its share (8) would leave 17.
+    events = [(5, "chargeback", 75), (7, "chargeback", 75), (8, "chargeback", 100), (6, "chargeback_reversed", 75)]
+    assert dated_clawed_minor("accrual", 25, 250, events) == 18
+    root = dated(1, 25, [(5, 8), (7, 8), (8, 9)])
+    assert [plan.amount_minor for plan in dispute_reinstatements([root], 75, 250, 175, 6)] == [8]
+    assert [plan.amount_minor for plan in dispute_reinstatements([root], 75, 250, 175, 6, dated=events)] == [7]
+
+
+def test_a_cpa_is_clawed_in_time_order_only_while_its_invoice_is_wholly_refunded():
+    events = [(5, "chargeback", 250), (9, "chargeback_reversed", 100), (7, "refund", 1)]
+    assert dated_clawed_minor("cpa", 5_000, 250, events) is None  # a refund of 1 at 7 exceeds what is paid
+    assert dated_clawed_minor("cpa", 5_000, 250, [(5, "chargeback", 250), (9, "chargeback_reversed", 100)]) == 0
+    assert dated_clawed_minor("cpa", 5_000, 250, [(9, "chargeback_reversed", 100), (5, "chargeback", 250)]) == 0
+    assert dated_clawed_minor("cpa", 5_000, 250, [(5, "chargeback", 150), (6, "refund", 100)]) == 5_000
+
+
+def test_events_of_one_instant_replay_chargebacks_then_won_disputes_then_refunds():
+    # Alone in delivery order, the dispute would come before its chargeback, the refund before the dispute.
+    # 25 clawed by the chargeback, 10 restored, 5 clawed by the refund.
+    events = [(5, "refund", 50), (5, "chargeback_reversed", 100), (5, "chargeback", 250)]
+    assert dated_clawed_minor("accrual", 25, 250, events) == 20
+    assert dated_clawed_minor("accrual", 25, 250, [(5, "chargeback_reversed", 100)]) is None
 
 
 @given(events=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 500), st.booleans()), min_size=1, max_size=8),
