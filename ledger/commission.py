@@ -112,6 +112,7 @@ class Piece:
     # The instant it was accrued as dated, which a closed period moves to the first open one's start
     # in the journal (`accrued_at_us`): what lies before what is decided by these (None: accrued_at_us).
     dated_at_us: int | None = None
+    clawback_reversed: bool = False  # one of its clawbacks was reversed (by finance): no refund's own doing
 
     @property
     def dated_or_accrued_at_us(self) -> int | None:
@@ -209,9 +210,10 @@ def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor:
     (occurred_at, type, amount) events, this one included. Its share alone would leave the books
     off time order's by what its absence changed in those later clawbacks (one capped by rounding,
     say, where time order would have taken its whole share): it restores instead what lets each root
-    end as clawed as time order leaves it (`dated_clawed_minor`), when time order can be replayed."""
+    end as clawed as time order leaves it (`dated_clawed_minor`), when time order can be replayed:
+    not where finance reversed a piece of the root or a clawback of one, which no event replays."""
     assert 0 < reversed_minor <= paid_minor and 0 <= refunded_after_minor < paid_minor
-    reversed_roots = {piece.root_id for piece in pieces if piece.reversed}
+    reversed_roots = {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
     plans: list[Reinstatement] = []
     for root, group in _groups(pieces):
         net_clawed = root.amount_minor - sum(piece.unclawed_minor for piece in group)

@@ -119,6 +119,8 @@ class PieceReplay:
                 self.undone.add(reverses_id)
                 self._change(effect, -1)
                 self.pieces[effect[0]].clawbacks.pop(reverses_id, None)
+                if effect[2]:
+                    self.pieces[effect[0]].clawback_reversed = True
                 if effect[3]:  # a release undone: the piece is held again
                     piece = self.pieces[effect[0]]
                     piece.release_id, piece.released_minor, piece.released_at_us = None, 0, None

@@ -423,6 +423,20 @@ def test_a_refunds_clawback_a_won_dispute_restored_is_not_reversed_as_it_would_p
     assert sum(books.balance("northwind")) == 15_000  # half the accrual and the CPA, once
 
 
+def test_a_late_won_dispute_restores_its_share_where_finance_reversed_a_clawback_of_the_accrual(books):
+    # Time order replayed from the events alone knows nothing of the reversal: by it, the dispute would
+    # restore 6,000 and take back the 4,000 finance gave the partner.
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, and 5,000 for dist
+    books.chargeback("acme", "inv-1", "500.00", "2026-01-15")  # 10,000 and 2,500 clawed
+    refund = books.refund("acme", "inv-1", "200.00", "2026-02-01")  # 4,000 clawed
+    with books.database.transaction() as session:
+        reversals.reverse(session, refund.transaction_ids[0], reason="the refund was billed in error")
+    assert sum(books.balance("northwind")) == 10_000
+    won = books.dispute_won("acme", "inv-1", "500.00", "2026-01-20")  # dated before the refund: late
+    assert commissions(won) == [("northwind", "accrual", 10_000), ("dist", "override", 2_500)]
+    assert sum(books.balance("northwind")) == 20_000 and books.trial_balance_is_zero() and books.verified()
+
+
 def test_a_refund_after_a_won_dispute_claws_from_the_held_reinstatement_before_the_released_accrual(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, released 2026-02-09
     books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 from available
