@@ -218,8 +218,9 @@ def _expected(event: Event, pieces: list[Piece], paid_minor: int, earlier: list[
     """The {root piece: amount} the rules take (or restore) for the event, after the `earlier` events
     of its invoice; None when the amounts lie outside what the service accepts (the events' own
     checks name those). A won dispute dated before one of them restores what leaves its invoice as
-    time order would (`commission.dispute_reinstatements`' `dated`), or, as the service did before it
-    did so, its share: either is the rules'."""
+    time order would (`commission.dispute_reinstatements`' `dated`), and a refund dated before a won
+    dispute among them takes at least that (`refund_clawbacks`' `dated`); or, as the service did
+    before it did so, its share: either is the rules'."""
     refunded_minor = sum(e.refunded_minor for e in earlier)
     if event.type == "chargeback_reversed":
         refunded_after = refunded_minor - event.amount_minor
@@ -237,7 +238,12 @@ def _expected(event: Event, pieces: list[Piece], paid_minor: int, earlier: list[
     fully = refunded_minor + event.amount_minor == paid_minor
     roots = {piece.id: piece.root_id for piece in pieces}
     plans = refund_clawbacks(pieces, event.amount_minor, paid_minor, fully)
-    return [_by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans)]
+    shares = _by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans)
+    if fully or not any(e.type == "chargeback_reversed" and e.occurred_at_us > event.occurred_at_us for e in earlier):
+        return [shares]
+    dated = [(e.occurred_at_us, e.type, e.amount_minor) for e in (*earlier, event)]
+    plans = refund_clawbacks(pieces, event.amount_minor, paid_minor, fully, dated=dated)
+    return [_by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans), shares]
 
 
 def _held(own: list[Posting], roots: dict[int, int]) -> dict[int, int]:

@@ -179,10 +179,17 @@ def _take(group: list[Piece], amount_minor: int, at_us: int | None) -> list[Claw
 
 
 def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
-                     fully_refunded: bool, at_us: int | None = None) -> list[Clawback]:
+                     fully_refunded: bool, at_us: int | None = None, *,
+                     dated: list[tuple[int, str, int]] | None = None) -> list[Clawback]:
     """The clawbacks of one refund or chargeback of `refund_minor` on an invoice paid `paid_minor`,
-    dated `at_us` (None: every piece counts as accrued by then)."""
+    dated `at_us` (None: every piece counts as accrued by then).
+
+    One delivered after a won dispute dated after it gives `dated` (as `dispute_reinstatements`): if
+    time order leaves a root more clawed than its share would (the refund made the invoice wholly
+    refunded until that dispute: time order clawed the rounding remainder then, and the dispute gave
+    back only its share), it takes that much instead."""
     assert 0 < refund_minor <= paid_minor, (refund_minor, paid_minor)
+    unreplayable = {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
     plans: list[Clawback] = []
     for root, group in _groups(pieces):
         unclawed = sum(piece.unclawed_minor for piece in group)
@@ -193,6 +200,10 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
         else:
             share = round_minor(prorate_minor(root.amount_minor, refund_minor, paid_minor), rounding=ROUND_HALF_EVEN)
             target = min(share, unclawed)
+        in_time_order = (None if dated is None or fully_refunded or root.id in unreplayable
+                         else dated_clawed_minor(root.kind, root.amount_minor, paid_minor, dated))
+        if in_time_order is not None:
+            target = min(max(target, in_time_order - (root.amount_minor - unclawed)), unclawed)
         if target > 0:
             plans.extend(_take(group, target, at_us))
     return plans
@@ -213,13 +224,13 @@ def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor:
     end as clawed as time order leaves it (`dated_clawed_minor`), when time order can be replayed:
     not where finance reversed a piece of the root or a clawback of one, which no event replays."""
     assert 0 < reversed_minor <= paid_minor and 0 <= refunded_after_minor < paid_minor
-    reversed_roots = {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
+    unreplayable = {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
     plans: list[Reinstatement] = []
     for root, group in _groups(pieces):
         net_clawed = root.amount_minor - sum(piece.unclawed_minor for piece in group)
         if net_clawed <= 0:
             continue
-        in_time_order = (None if dated is None or root.id in reversed_roots
+        in_time_order = (None if dated is None or root.id in unreplayable
                          else dated_clawed_minor(root.kind, root.amount_minor, paid_minor, dated))
         if in_time_order is not None:
             amount = max(0, net_clawed - in_time_order)

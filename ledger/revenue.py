@@ -580,8 +580,12 @@ class _Writer:
         # rounding remainder, the CPA) when the invoice is wholly refunded: at the latest of them.
         later_us = invoice.latest_us
         completes_at_us = later_us if fully and later_us is not None and later_us > event.occurred_at_us else None
+        # One that does not, delivered after a won dispute dated after it, takes what time order leaves.
+        won_later = not fully and any(type_ == "chargeback_reversed" and at_us > dated_us
+                                      for at_us, type_, _ in invoice.dated)
         lines = [self._claw(event, invoice, plan, dated_us, held) for plan in refund_clawbacks(
-            invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, dated_us)]
+            invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, dated_us,
+            dated=[*invoice.dated, (dated_us, event.type, event.amount_minor)] if won_later else None)]
         if completes_at_us is not None:
             # What matured by the completion was released by then; what had not is still held at it.
             for piece in [piece for piece in held if piece.matures_at_us <= completes_at_us]:

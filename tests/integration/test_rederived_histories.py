@@ -157,6 +157,29 @@ def test_a_late_won_dispute_that_restored_its_share_as_the_service_once_did_veri
     assert books.problems() == []
 
 
+def invoice_wholly_refunded_until_a_won_dispute_then_a_late_refund(books) -> None:
+    books.plan("fifth", "0.20", hold_days=30)
+    books.partner("initech", "fifth")
+    books.attribute("globex", "initech", "2026-01-01")
+    books.paid("globex", "inv-1", "3.33", "2026-01-10")  # 0.67
+    books.refund("globex", "inv-1", "1.66", "2026-01-11")
+    books.chargeback("globex", "inv-1", "1.66", "2026-01-12")
+    books.dispute_won("globex", "inv-1", "0.33", "2026-01-15")
+    books.refund("globex", "inv-1", "0.01", "2026-01-13", event_id="r-late")  # wholly refunded until the 15th
+
+
+def test_a_late_refund_taking_what_time_order_leaves_clawed_verifies_clean(books):
+    invoice_wholly_refunded_until_a_won_dispute_then_a_late_refund(books)
+    assert books.balance("initech") == (7, 0) and books.problems() == []
+
+
+def test_a_late_refund_that_took_its_share_as_the_service_once_did_verifies_clean(books, monkeypatch):
+    original = revenue.refund_clawbacks
+    monkeypatch.setattr(revenue, "refund_clawbacks", lambda *args, dated=None: original(*args))
+    invoice_wholly_refunded_until_a_won_dispute_then_a_late_refund(books)
+    assert books.balance("initech") == (8, 0) and books.problems() == []
+
+
 def test_a_late_won_dispute_restoring_neither_its_share_nor_what_time_order_leaves_is_named(books):
     small_invoice_with_chargebacks_dated_after_its_won_dispute(books)
     restored = books.tx("w1", "accrual", "contoso")

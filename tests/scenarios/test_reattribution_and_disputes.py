@@ -437,6 +437,22 @@ def test_a_late_won_dispute_restores_its_share_where_finance_reversed_a_clawback
     assert sum(books.balance("northwind")) == 20_000 and books.trial_balance_is_zero() and books.verified()
 
 
+def test_a_late_refund_that_wholly_refunded_the_invoice_until_a_won_dispute_takes_the_rounding_remainder(books):
+    # Time order: the refunds and the chargeback of the 11th refund the invoice wholly, the accrual is
+    # clawed whole (its remainder, 0.01, too), and the dispute of the 15th restores its share (0.07).
+    # Delivered last, the 0.01 refund's share is nothing: the partner kept 0.08 for good.
+    books.plan("fifth", "0.20", hold_days=0, cpa={"USD": "50.00"})
+    books.partner("initech", "fifth")
+    books.attribute("globex", "initech", "2026-01-01")
+    books.paid("globex", "inv-9", "3.33", "2026-01-10")  # 0.67, and the CPA
+    books.refund("globex", "inv-9", "1.66", "2026-01-11")  # 0.33
+    books.chargeback("globex", "inv-9", "1.66", "2026-01-11T01:00:00Z")  # 0.33
+    books.dispute_won("globex", "inv-9", "0.33", "2026-01-15")  # 0.07
+    late = books.refund("globex", "inv-9", "0.01", "2026-01-11T02:00:00Z")
+    assert commissions(late) == [("initech", "clawback", -1)]
+    assert sum(books.balance("initech")) == 5_000 + 7 and books.trial_balance_is_zero() and books.verified()
+
+
 def test_a_refund_after_a_won_dispute_claws_from_the_held_reinstatement_before_the_released_accrual(books):
     books.paid("acme", "inv-1", "1000.00", "2026-01-10")  # 20,000, released 2026-02-09
     books.chargeback("acme", "inv-1", "500.00", "2026-02-15")  # 10,000 from available
