@@ -112,7 +112,7 @@ class Piece:
     # The instant it was accrued as dated, which a closed period moves to the first open one's start
     # in the journal (`accrued_at_us`): what lies before what is decided by these (None: accrued_at_us).
     dated_at_us: int | None = None
-    clawback_reversed: bool = False  # one of its clawbacks was reversed (by finance): no refund's own doing
+    clawback_reversed: bool = False  # one of its clawbacks was reversed (by finance), which no event replays
 
     @property
     def dated_or_accrued_at_us(self) -> int | None:
