@@ -230,8 +230,8 @@ def _expected(event: Event, pieces: list[Piece], paid_minor: int, earlier: list[
         shares = _by_root((plan.root_id, plan.amount_minor) for plan in plans)
         if all(e.occurred_at_us <= event.occurred_at_us for e in earlier):
             return [shares]
-        dated = [(e.occurred_at_us, e.type, e.amount_minor) for e in (*earlier, event)]
-        plans = dispute_reinstatements(pieces, event.amount_minor, paid_minor, refunded_after, dated=dated)
+        plans = dispute_reinstatements(pieces, event.amount_minor, paid_minor, refunded_after,
+                                       dated=_dated(earlier, event))
         return [_by_root((plan.root_id, plan.amount_minor) for plan in plans), shares]
     if not (0 < event.amount_minor <= paid_minor and refunded_minor + event.amount_minor <= paid_minor):
         return None
@@ -241,9 +241,13 @@ def _expected(event: Event, pieces: list[Piece], paid_minor: int, earlier: list[
     shares = _by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans)
     if fully or not any(e.type == "chargeback_reversed" and e.occurred_at_us > event.occurred_at_us for e in earlier):
         return [shares]
-    dated = [(e.occurred_at_us, e.type, e.amount_minor) for e in (*earlier, event)]
-    plans = refund_clawbacks(pieces, event.amount_minor, paid_minor, fully, dated=dated)
+    plans = refund_clawbacks(pieces, event.amount_minor, paid_minor, fully, dated=_dated(earlier, event))
     return [_by_root((roots[plan.piece_id], plan.amount_minor) for plan in plans), shares]
+
+
+def _dated(earlier: list[Event], event: Event) -> list[tuple[int, str, int]]:
+    """The events as `commission.dated_clawed_minor` replays them."""
+    return [(e.occurred_at_us, e.type, e.amount_minor) for e in (*earlier, event)]
 
 
 def _held(own: list[Posting], roots: dict[int, int]) -> dict[int, int]:

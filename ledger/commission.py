@@ -151,6 +151,11 @@ def _groups(pieces: list[Piece]) -> list[tuple[Piece, list[Piece]]]:
     return [(roots[root_id], group) for root_id, group in sorted(by_root.items()) if root_id in roots]
 
 
+def _reversed_by_finance(pieces: list[Piece]) -> set[int]:
+    """The roots with a piece or a clawback reversed: no replay of the invoice's events gives them."""
+    return {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
+
+
 def _take(group: list[Piece], amount_minor: int, at_us: int | None) -> list[Clawback]:
     """Split a clawback dated `at_us` over a root's pieces: those accrued by then first (a
     reinstatement dated later is not yet in the partner's accounts at that instant), then held ones
@@ -189,7 +194,7 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
     refunded until that dispute: time order clawed the rounding remainder then, and the dispute gave
     back only its share), it takes that much instead."""
     assert 0 < refund_minor <= paid_minor, (refund_minor, paid_minor)
-    unreplayable = {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
+    unreplayable = _reversed_by_finance(pieces)
     plans: list[Clawback] = []
     for root, group in _groups(pieces):
         unclawed = sum(piece.unclawed_minor for piece in group)
@@ -224,7 +229,7 @@ def dispute_reinstatements(pieces: list[Piece], reversed_minor: int, paid_minor:
     end as clawed as time order leaves it (`dated_clawed_minor`), when time order can be replayed:
     not where finance reversed a piece of the root or a clawback of one, which no event replays."""
     assert 0 < reversed_minor <= paid_minor and 0 <= refunded_after_minor < paid_minor
-    unreplayable = {piece.root_id for piece in pieces if piece.reversed or piece.clawback_reversed}
+    unreplayable = _reversed_by_finance(pieces)
     plans: list[Reinstatement] = []
     for root, group in _groups(pieces):
         net_clawed = root.amount_minor - sum(piece.unclawed_minor for piece in group)

@@ -125,6 +125,10 @@ def request_hash(event: RevenueEvent) -> str:
     return hashlib.sha256(json.dumps(list(event), separators=(",", ":")).encode()).hexdigest()
 
 
+_UNDOING_TYPES = frozenset({"refund", "chargeback", "chargeback_reversed"})
+_DISPUTE_TYPES = frozenset({"chargeback", "chargeback_reversed"})
+
+
 @dataclass
 class _Invoice:
     invoice_id: str
@@ -136,9 +140,6 @@ class _Invoice:
     pieces: list[Piece] = field(default_factory=list)
     refunded_minor: int = 0  # refunds + chargebacks - reversed chargebacks
     charged_back_minor: int = 0  # chargebacks - reversed chargebacks
-    # The changes of each, (occurred_at, signed amount), in the order they were posted.
-    refunded_changes: list[tuple[int, int]] = field(default_factory=list)
-    charged_back_changes: list[tuple[int, int]] = field(default_factory=list)
     latest_us: int | None = None  # the latest occurred_at of those
     dated: list[tuple[int, str, int]] = field(default_factory=list)  # each one's (occurred_at, type, amount)
 
@@ -147,35 +148,37 @@ class _Invoice:
         self.dated.append((event.occurred_at_us, event.type, event.amount_minor))
         signed = -event.amount_minor if event.type == "chargeback_reversed" else event.amount_minor
         self.refunded_minor += signed
-        self.refunded_changes.append((event.occurred_at_us, signed))
         if event.type != "refund":
             self.charged_back_minor += signed
-            self.charged_back_changes.append((event.occurred_at_us, signed))
         self.latest_us = max(event.occurred_at_us, self.latest_us or event.occurred_at_us)
+
+    def dated_with(self, event: RevenueEvent) -> list[tuple[int, str, int]]:
+        """The invoice's events as `commission.dated_clawed_minor` replays them, `event` with them."""
+        return [*self.dated, (event.occurred_at_us, event.type, event.amount_minor)]
 
     def refunded_most_from(self, instant_us: int) -> tuple[int, int]:
         """(instant, amount): the most that is refunded and charged back, less reversed chargebacks,
         at any instant from `instant_us` on (counting the events dated up to each), and the first
         instant it is reached."""
-        return max(self._running(self.refunded_changes, self.refunded_minor, instant_us),
+        return max(self._running(_UNDOING_TYPES, self.refunded_minor, instant_us),
                    key=lambda found: (found[1], -found[0]))
 
     def charged_back_least_from(self, instant_us: int) -> tuple[int, int]:
         """(instant, amount): the least that is charged back and not yet reversed at any instant from
         `instant_us` on, and the first instant it is reached."""
-        return min(self._running(self.charged_back_changes, self.charged_back_minor, instant_us),
+        return min(self._running(_DISPUTE_TYPES, self.charged_back_minor, instant_us),
                    key=lambda found: (found[1], found[0]))
 
-    def _running(self, changes: list[tuple[int, int]], total: int, instant_us: int) -> list[tuple[int, int]]:
-        """(instant, sum of the changes dated up to it) at `instant_us` and at each later instant a
-        change is dated: every value the sum takes from `instant_us` on. Events delivered in time
-        order have no later change: the total, without looking at them."""
+    def _running(self, types: frozenset[str], total: int, instant_us: int) -> list[tuple[int, int]]:
+        """(instant, sum of the signed amounts of the events of `types` dated up to it) at
+        `instant_us` and at each later instant such an event is dated: every value the sum takes from
+        `instant_us` on. Events delivered in time order have none later: the total, without looking."""
         if self.latest_us is None or self.latest_us <= instant_us:
             return [(instant_us, total)]
         later: dict[int, int] = defaultdict(int)
-        for at_us, amount in changes:
-            if at_us > instant_us:
-                later[at_us] += amount
+        for at_us, type_, amount_minor in self.dated:
+            if at_us > instant_us and type_ in types:
+                later[at_us] += -amount_minor if type_ == "chargeback_reversed" else amount_minor
         value = total - sum(later.values())
         found = [(instant_us, value)]
         for at_us in sorted(later):
@@ -585,7 +588,7 @@ class _Writer:
                                       for at_us, type_, _ in invoice.dated)
         lines = [self._claw(event, invoice, plan, dated_us, held) for plan in refund_clawbacks(
             invoice.pieces, event.amount_minor, invoice.paid_minor, fully and completes_at_us is None, dated_us,
-            dated=[*invoice.dated, (dated_us, event.type, event.amount_minor)] if won_later else None)]
+            dated=invoice.dated_with(event) if won_later else None)]
         if completes_at_us is not None:
             # What matured by the completion was released by then; what had not is still held at it.
             for piece in [piece for piece in held if piece.matures_at_us <= completes_at_us]:
@@ -649,8 +652,7 @@ class _Writer:
         late = invoice.latest_us is not None and invoice.latest_us > event.occurred_at_us
         plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after,
                                        self.batch.posting_instant(event.occurred_at_us),
-                                       dated=[*invoice.dated, (event.occurred_at_us, event.type, event.amount_minor)]
-                                       if late else None)
+                                       dated=invoice.dated_with(event) if late else None)
         lines = [self._accrue(event, plan.partner_id, plan.kind, plan.amount_minor, plan.plan_version_id,
                               _hold_days(self.session, self.context.program, plan.plan_version_id), invoice,
                               root_id=plan.root_id, later_at_us=plan.at_us)
