@@ -4,7 +4,8 @@ revenue path uses to decide who earns what at an instant.
 A partner's parent is fixed at enrolment and must already exist, so the hierarchy has no cycles;
 depth is at most 5 (the database holds this with a composite foreign key). Status and plan are
 dated facts: the status or plan in effect at an instant is the latest fact that started at or
-before it. A terminated partner earns nothing on revenue after its termination; a suspended partner
+before it. A change that has not started can be withdrawn (`withdraw_change`), by finance, until
+ten minutes before it starts. A terminated partner earns nothing on revenue after its termination; a suspended partner
 accrues but is not paid. The latest status or plan change sent again, unchanged, changes nothing
 (a PATCH takes no Idempotency-Key: its retry must not be a 409 saying the change is refused).
 """
@@ -12,12 +13,14 @@ accrues but is not paid. The latest status or plan change sent again, unchanged,
 from __future__ import annotations
 
 import bisect
+import re
 import threading
 from typing import Any, Iterable, NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from ledger import withdrawals
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
 from ledger.db import after_commit, driver_results, driver_rows, in_lists, lock_journal, lock_program, shared_cache
@@ -33,6 +36,15 @@ from ledger.schema import (PARTNER_DEPTH_MAX, PARTNER_STATUSES, PARTNER_TYPES, p
 BEGINNING_US = 0
 
 
+class Scheduled(NamedTuple):
+    """A status or plan change that has not started yet; `id` (`status-12`, `plan-7`) names it for
+    `withdraw_change`."""
+    id: str
+    starts_us: int
+    status: str | None
+    plan_id: str | None
+
+
 class Partner(NamedTuple):
     id: str
     name: str
@@ -42,6 +54,12 @@ class Partner(NamedTuple):
     status: str
     plan_id: str
     created_at_us: int
+    scheduled: tuple[Scheduled, ...] = ()
+
+
+# A scheduled change's id: its kind and its row's id.
+CHANGE_ID = re.compile(r"(status|plan)-([1-9][0-9]{0,17})")
+CHANGES = {"status": partner_statuses, "plan": partner_plans}
 
 
 def create_partner(session: Session, partner_id: str, name: str, partner_type: str, plan_id: str,
@@ -68,9 +86,11 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
     session.execute(insert(partners).values(id=partner_id, name=name, type=partner_type, parent_id=parent_id,
                                             parent_depth=parent_depth, depth=depth, created_at_us=created))
     session.execute(insert(partner_statuses).values(partner_id=partner_id, status="active",
-                                                    effective_at_us=BEGINNING_US, recorded_at_us=created))
+                                                    effective_at_us=BEGINNING_US, recorded_at_us=created,
+                                                    **withdrawals.new_id(session, "partner_statuses")))
     session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
-                                                 effective_from_us=BEGINNING_US, recorded_at_us=created))
+                                                 effective_from_us=BEGINNING_US, recorded_at_us=created,
+                                                 **withdrawals.new_id(session, "partner_plans")))
     return get_partner(session, partner_id)
 
 
@@ -92,14 +112,16 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
         # The latest fact sent again (a retry of a request that committed): nothing changes.
         return get_partner(session, partner_id)
     if latest_status == "terminated":  # also one dated ahead: nothing follows a termination
-        raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(latest)}; termination is final")
+        raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(latest)}; termination is final"
+                       + _withdrawable(latest))
     if at < latest:
-        # The latest status may be dated ahead, and none can be withdrawn: name it, not "the current".
+        # The latest status may be dated ahead: name it, not "the current".
         raise Conflict(f"effective_at: partner {partner_id!r} is {latest_status} from {format_instant(latest)}; "
-                       "a status change cannot start before the latest one",
+                       "a status change cannot start before the latest one" + _withdrawable(latest),
                        {"effective_at": [f"must not be earlier than {format_instant(latest)}"]})
     session.execute(insert(partner_statuses).values(partner_id=partner_id, status=status, effective_at_us=at,
-                                                    recorded_at_us=now_us()))
+                                                    recorded_at_us=now_us(),
+                                                    **withdrawals.new_id(session, "partner_statuses")))
     return get_partner(session, partner_id)
 
 
@@ -124,13 +146,22 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
         # The latest plan change sent again (a retry of a request that committed): nothing changes.
         return get_partner(session, partner_id)
     if effective_from_us <= latest:
-        # The latest plan may start ahead, and none can be withdrawn: name it, not "the current".
+        # The latest plan may start ahead: name it, not "the current".
         raise Conflict(f"effective_from: partner {partner_id!r} is on plan {latest_plan_id!r} from "
-                       f"{format_instant(latest)}; a plan change must start after the latest one",
+                       f"{format_instant(latest)}; a plan change must start after the latest one"
+                       + _withdrawable(latest),
                        {"effective_from": [f"must be later than {format_instant(latest)}"]})
     session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
-                                                 effective_from_us=effective_from_us, recorded_at_us=now_us()))
+                                                 effective_from_us=effective_from_us, recorded_at_us=now_us(),
+                                                 **withdrawals.new_id(session, "partner_plans")))
     return get_partner(session, partner_id)
+
+
+def _withdrawable(starts_us: int) -> str:
+    """What a refusal by a change that has not started adds: how to take it back."""
+    if starts_us <= now_us():
+        return ""
+    return " (a change that has not started can be withdrawn: see the partner's `scheduled`)"
 
 
 def _latest_by_partner(session: Session, table, column, partner_ids: list[str], at_us: int) -> dict[str, Any]:
@@ -143,7 +174,8 @@ def _latest_by_partner(session: Session, table, column, partner_ids: list[str], 
 
 
 def _partners_now(session: Session, rows) -> list[Partner]:
-    """Partners from their rows, each with its status and plan now: three queries for any number."""
+    """Partners from their rows, each with its status and plan now and its scheduled changes: five
+    queries for any number."""
     ids = [row.id for row in rows]
     now = now_us()
     statuses = _latest_by_partner(session, partner_statuses, partner_statuses.c.status, ids, now)
@@ -151,8 +183,53 @@ def _partners_now(session: Session, rows) -> list[Partner]:
     if len(plan_ids) < len(ids):  # a plan change dated in the future: until then, the first plan
         plan_ids = {**_latest_by_partner(session, partner_plans, partner_plans.c.plan_id, ids, BEGINNING_US),
                     **plan_ids}
+    scheduled = _scheduled(session, ids, now)
     return [Partner(row.id, row.name, row.type, row.parent_id, row.depth, statuses.get(row.id), plan_ids.get(row.id),
-                    row.created_at_us) for row in rows]
+                    row.created_at_us, tuple(scheduled.get(row.id, ()))) for row in rows]
+
+
+def _scheduled(session: Session, partner_ids: list[str], now: int) -> dict[str, list[Scheduled]]:
+    """Each partner's status and plan changes that start after `now`, by start (a status before a
+    plan change of the same instant)."""
+    found: dict[str, list[Scheduled]] = {}
+    for kind, table in CHANGES.items():
+        starts = table.c.effective_at_us if kind == "status" else table.c.effective_from_us
+        value = table.c.status if kind == "status" else table.c.plan_id
+        for partner_id, fact_id, start, said in session.execute(
+                select(table.c.partner_id, table.c.id, starts, value)
+                .where(table.c.partner_id.in_(partner_ids), starts > now).order_by(starts, table.c.id)):
+            found.setdefault(partner_id, []).append(Scheduled(
+                f"{kind}-{fact_id}", start, said if kind == "status" else None, said if kind == "plan" else None))
+    for changes in found.values():
+        changes.sort(key=lambda change: change.starts_us)  # stable: statuses first at one instant
+    return found
+
+
+def withdraw_change(session: Session, partner_id: str, change_id: str) -> Partner:
+    """Withdraw a status or plan change that has not started (a termination scheduled for the end of
+    a contract that was renewed, a plan change typed a year wrong). The same withdrawal asked again
+    changes nothing; a change that starts within `withdrawals.MARGIN_US`, or has started, is a 409.
+    Recorded under the journal lock, as the change was (`set_status`, `change_plan`)."""
+    lock_program(session)
+    lock_journal(session)
+    get_partner(session, partner_id)
+    match = CHANGE_ID.fullmatch(change_id)
+    table = CHANGES[match.group(1)] if match else None
+    fact_id = int(match.group(2)) if match else 0
+    row = None if table is None else session.execute(
+        select(table).where(table.c.id == fact_id, table.c.partner_id == partner_id)).first()
+    if row is None:
+        if table is not None and withdrawals.withdrawn(session, table.name, fact_id, partner_id):
+            return get_partner(session, partner_id)
+        raise NotFound(f"partner {partner_id!r} has no change {change_id!r} (a scheduled change's id is in the "
+                       "partner's `scheduled`)")
+    if table is partner_statuses:
+        starts_us, value = row.effective_at_us, row.status
+    else:
+        starts_us, value = row.effective_from_us, row.plan_id
+    withdrawals.withdraw(session, table.name, row.id, partner_id, starts_us, value, row.recorded_at_us,
+                         what=f"partner {partner_id!r}'s change {change_id!r}")
+    return get_partner(session, partner_id)
 
 
 def partner_exists(session: Session, partner_id: str) -> bool:
@@ -198,9 +275,9 @@ class Program:
     """Partners with their ancestors, statuses, plans and plan versions, loaded in a few queries,
     answering "who can earn at instant t, and on which plan version?" without further queries.
 
-    `program_for` keeps one per process and Database: every table it reads is append-only, so a
-    Program stays exact until one of them gains a row, and the program's revision tells when that
-    happened.
+    `program_for` keeps one per process and Database: every table it reads is append-only but for
+    the withdrawal of a fact that has not started (migration 0040), so a Program stays exact until
+    one of them gains or loses a row, and the program's revision tells when that happened.
     """
 
     def __init__(self) -> None:
@@ -291,9 +368,9 @@ def program_for(session: Session, partner_ids: Iterable[str], *, revision: int |
     """A Program that knows these partners: this process's shared one while the program's revision
     is the one it was built at, else a new one, shared from this transaction's commit.
 
-    The database moves the revision up with every insert into the program tables (per row on
-    SQLite, per statement on PostgreSQL), which refuse UPDATE and DELETE: an equal revision means
-    equal rows (migration 0010). A shared Program is only ever built from, or extended with,
+    The database moves the revision up with every insert into the program tables and every fact
+    withdrawn from them (per row on SQLite, per statement on PostgreSQL), which refuse UPDATE and any
+    other DELETE: an equal revision means equal rows (migrations 0010 and 0040). A shared Program is only ever built from, or extended with,
     committed rows: one this transaction built is shared once it commits, and a transaction that
     sees the shared revision has written no program rows of its own. `revision` is what
     `PROGRAM_REVISION` gave when the caller read it already, in this transaction.

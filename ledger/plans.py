@@ -3,6 +3,8 @@
 A plan is created with version 1; each later version starts at its `effective_from` and applies to
 events that occur from then on. Every accrual pins the version in effect at its event's instant
 (`journal_transactions.plan_version_id`). Versions are never edited: a change is a new version.
+A version that has not started can be withdrawn (`withdraw_version`), but a plan's first: its number
+is not given again, so that a number names one version for good.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ledger import withdrawals
 from ledger.db import driver_rows, in_lists, lock_journal, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import within_horizon
@@ -32,10 +35,17 @@ class PlanVersion(NamedTuple):
     terms: Terms
 
 
+class WithdrawnVersion(NamedTuple):
+    version: int
+    effective_from_us: int
+    withdrawn_at_us: int
+
+
 class Plan(NamedTuple):
     id: str
     name: str
     versions: tuple[PlanVersion, ...]
+    withdrawn: tuple[WithdrawnVersion, ...] = ()
 
 
 def validate_plan_id(plan_id: Any, *, field: str = "id") -> str:
@@ -73,9 +83,34 @@ def add_version(session: Session, plan_id: str, terms_data: dict[str, Any], effe
     plan = get_plan(session, plan_id)
     latest = plan.versions[-1]
     if effective_from_us <= latest.effective_from_us:
-        raise Conflict(f"effective_from: a new version must start after version {latest.version} starts",
-                       {"effective_from": ["must be later than the latest version's start"]})
-    return _insert_version(session, plan_id, latest.version + 1, effective_from_us, terms)
+        withdrawable = (" (a version that has not started can be withdrawn)"
+                        if latest.version > 1 and latest.effective_from_us > now_us() else "")
+        raise Conflict(f"effective_from: a new version must start after version {latest.version} starts"
+                       + withdrawable, {"effective_from": ["must be later than the latest version's start"]})
+    number = max([latest.version, *(withdrawn.version for withdrawn in plan.withdrawn)]) + 1
+    return _insert_version(session, plan_id, number, effective_from_us, terms)
+
+
+def withdraw_version(session: Session, plan_id: str, version: int) -> Plan:
+    """Withdraw a version that has not started (new rates scheduled, then called off). The same
+    withdrawal asked again changes nothing; version 1, and a version that starts within
+    `withdrawals.MARGIN_US` or has started, is a 409. Recorded under the journal lock, as a version
+    is (`add_version`)."""
+    lock_program(session)
+    lock_journal(session)
+    plan = get_plan(session, plan_id)
+    if any(withdrawn.version == version for withdrawn in plan.withdrawn):
+        return plan
+    found = next((v for v in plan.versions if v.version == version), None)
+    if found is None:
+        raise NotFound(f"plan {plan_id!r} has no version {version}")
+    if version == 1:
+        raise Conflict(f"plan {plan_id!r} keeps its first version: partners' plan changes start after it")
+    row = session.execute(select(plan_versions.c.terms, plan_versions.c.created_at_us)
+                          .where(plan_versions.c.id == found.id)).one()
+    withdrawals.withdraw(session, "plan_versions", found.id, plan_id, found.effective_from_us, str(version),
+                         row.created_at_us, terms=row.terms, what=f"version {version} of plan {plan_id!r}")
+    return get_plan(session, plan_id)
 
 
 def _insert_version(session: Session, plan_id: str, version: int, effective_from_us: int, terms: Terms) -> PlanVersion:
@@ -83,7 +118,8 @@ def _insert_version(session: Session, plan_id: str, version: int, effective_from
         with session.begin_nested():
             result = session.execute(insert(plan_versions).values(
                 plan_id=plan_id, version=version, effective_from_us=effective_from_us,
-                terms=terms_to_json(terms), created_at_us=now_us()).returning(plan_versions.c.id))
+                terms=terms_to_json(terms), created_at_us=now_us(), **withdrawals.new_id(session, "plan_versions"))
+                .returning(plan_versions.c.id))
             version_id = result.scalar_one()
     except IntegrityError:
         raise Conflict(f"plan {plan_id!r} changed concurrently; retry") from None
@@ -96,8 +132,11 @@ def get_plan(session: Session, plan_id: str) -> Plan:
         raise NotFound(f"plan {plan_id!r} does not exist")
     versions = session.execute(select(plan_versions).where(plan_versions.c.plan_id == plan_id)
                                .order_by(plan_versions.c.version)).all()
+    withdrawn = tuple(WithdrawnVersion(int(number), starts_us, withdrawn_at_us) for number, starts_us, withdrawn_at_us
+                      in withdrawals.withdrawn_values(session, "plan_versions", plan_id))
     return Plan(row.id, row.name, tuple(
-        PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)) for v in versions))
+        PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)) for v in versions),
+        withdrawn)
 
 
 def plan_exists(session: Session, plan_id: str) -> bool:

@@ -260,8 +260,29 @@ partner_plans = Table(
     UniqueConstraint("partner_id", "effective_from_us"),
 )
 
+# A program fact withdrawn before it started (migration 0040): a partner's status or plan change, or
+# a plan's version, as it stood in its table, from which inserting this row removes it. `value` is
+# what the fact said: the status, the plan, or the version's number (`terms` its terms).
+WITHDRAWN_FACT_TABLES = ("partner_statuses", "partner_plans", "plan_versions")
+program_withdrawals = Table(
+    "program_withdrawals",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("fact_table", String(32), nullable=False),
+    Column("fact_id", BigInteger, nullable=False),
+    Column("subject_id", String(64), nullable=False, index=True),
+    Column("starts_us", BigInteger, nullable=False),
+    Column("value", String(64), nullable=False),
+    Column("terms", Text, nullable=True),
+    Column("fact_recorded_at_us", BigInteger, nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    UniqueConstraint("fact_table", "fact_id"),
+    CheckConstraint(f"fact_table IN ({', '.join(repr(t) for t in WITHDRAWN_FACT_TABLES)})", name="fact_table"),
+)
+
 # The partner program's revision: one row, which the database moves up by one with every insert
-# into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py). Equal
+# into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py), and with
+# every fact withdrawn from them (0040). Equal
 # revisions mean equal programs, so a process keeps its Program while the revision stands. Python
 # never writes it.
 program_revision = Table(

@@ -1,10 +1,13 @@
 """Partners: enrolment and dated changes (finance), and the partner's own books (finance, or a
 partner key for itself): POST /v1/partners, GET /v1/partners, GET /v1/partners/{id},
-PATCH /v1/partners/{id}, GET /v1/partners/{id}/balance, GET /v1/partners/{id}/statement.
+PATCH /v1/partners/{id}, DELETE /v1/partners/{id}/scheduled/{change},
+GET /v1/partners/{id}/balance, GET /v1/partners/{id}/statement.
 
 A partner key sees its own record, balance and statement; any other partner id, existing or not,
 is the same 404. A PATCH is exactly one of two changes: a status (`{"status", "effective_at"?}`)
-or a plan (`{"plan_id", "effective_from"}`); both or neither is a 422.
+or a plan (`{"plan_id", "effective_from"}`); both or neither is a 422. A partner's changes that have
+not started are listed in its `scheduled`, each with an id (`status-12`, `plan-7`) that finance
+withdraws it by until ten minutes before it starts (`partners.withdraw_change`).
 
 Balances and statements read what the books hold: a matured accrual that nothing has released yet
 is still pending (see README, "Decisions"). A statement is JSON, or CSV with `?format=csv` or
@@ -73,6 +76,15 @@ class PartnerChangeSchema(Schema):
             raise ma.ValidationError({name: ["missing required field"] for name in missing})
 
 
+class ScheduledChangeSchema(Schema):
+    id = ma.fields.String(required=True, metadata={"example": "status-12", "description": "withdraws it: DELETE "
+                                                   "/v1/partners/{id}/scheduled/{this id}"})
+    status = ma.fields.String(metadata={"enum": list(PARTNER_STATUSES), "description": "a status change"})
+    effective_at = Instant(metadata={"description": "with `status`: when it starts"})
+    plan_id = ma.fields.String(metadata={"description": "a plan change"})
+    effective_from = Instant(metadata={"description": "with `plan_id`: when the plan starts"})
+
+
 class PartnerSchema(Schema):
     id = ma.fields.String(required=True)
     name = ma.fields.String(required=True)
@@ -82,6 +94,8 @@ class PartnerSchema(Schema):
     status = ma.fields.String(required=True, metadata={"enum": list(PARTNER_STATUSES), "description": "now"})
     plan_id = ma.fields.String(required=True, metadata={"description": "the plan in effect now"})
     created_at = Instant(required=True)
+    scheduled = ma.fields.List(ma.fields.Nested(ScheduledChangeSchema), required=True, metadata={
+        "description": "status and plan changes that have not started, by start"})
 
 
 class BalanceQuery(Schema):
@@ -145,7 +159,10 @@ class StatementSchema(Schema):
 def render(partner: Partner) -> dict:
     return {"id": partner.id, "name": partner.name, "type": partner.type, "parent_id": partner.parent_id,
             "depth": partner.depth, "status": partner.status, "plan_id": partner.plan_id,
-            "created_at": partner.created_at_us}
+            "created_at": partner.created_at_us, "scheduled": [
+                {"id": change.id, "status": change.status, "effective_at": change.starts_us} if change.status else
+                {"id": change.id, "plan_id": change.plan_id, "effective_from": change.starts_us}
+                for change in partner.scheduled]}
 
 
 def visible_partner(partner_id: str) -> Partner:
@@ -200,6 +217,17 @@ def change_partner(args, partner_id: str):
     if "status" in args:
         return render(partners.set_status(session, partner_id, args["status"], args.get("effective_at")))
     return render(partners.change_plan(session, partner_id, args["plan_id"], args["effective_from"]))
+
+
+@blp.route("/partners/<string(maxlength=64):partner_id>/scheduled/<string(maxlength=32):change_id>",
+           methods=["DELETE"])
+@allow("finance")
+@refuses(404, "no partner has this id, or the partner has no change of this id")
+@refuses(409, "the change starts within ten minutes, or has started")
+@blp.response(200, PartnerSchema)
+def withdraw_change(partner_id: str, change_id: str):
+    """Withdraw a status or plan change that has not started (asked again: the partner, unchanged)"""
+    return render(partners.withdraw_change(current_session(), partner_id, change_id))
 
 
 @blp.route("/partners/<string(maxlength=64):partner_id>/balance", methods=["GET"])

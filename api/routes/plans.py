@@ -1,10 +1,13 @@
-"""Commission plans (finance): POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id}.
+"""Commission plans (finance): POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id},
+DELETE /v1/plans/{id}/versions/{version}.
 
 The terms of a version (`rates`, `duration_months`, `cpa`, `hold_days`, `min_payout`,
 `negative_balance`, `override`) are parsed by the domain's own strict parser (`terms.parse_terms`),
 so a 422 names the exact place (`rates.1.from_month`, `cpa.0.amount`) together with any other bad
 field of the request. A version never changes: a change of terms is a new version that starts at
-its `effective_from` (an instant, or a date meaning the start of that day, UTC).
+its `effective_from` (an instant, or a date meaning the start of that day, UTC). A version that has
+not started can be withdrawn until ten minutes before it starts (`plans.withdraw_version`), but
+version 1; its number is not given again, and the plan lists it under `withdrawn_versions`.
 """
 
 from __future__ import annotations
@@ -99,12 +102,20 @@ VersionSchema = Schema.from_dict({
 }, name="PlanVersion")
 
 
+class WithdrawnVersionSchema(Schema):
+    version = ma.fields.Integer(required=True)
+    effective_from = Instant(required=True, metadata={"description": "when it was to start"})
+    withdrawn_at = Instant(required=True)
+
+
 class PlanSchema(Schema):
     id = ma.fields.String(required=True)
     name = ma.fields.String(required=True)
     version = ma.fields.Integer(required=True, metadata={"description": "the latest version's number"})
     versions = ma.fields.List(ma.fields.Nested(VersionSchema), required=True, metadata={
         "description": "every version, oldest first"})
+    withdrawn_versions = ma.fields.List(ma.fields.Nested(WithdrawnVersionSchema), required=True, metadata={
+        "description": "versions withdrawn before they started, in the order withdrawn"})
 
 
 def render_version(version: PlanVersion) -> dict:
@@ -114,7 +125,9 @@ def render_version(version: PlanVersion) -> dict:
 
 def render(plan: Plan) -> dict:
     return {"id": plan.id, "name": plan.name, "version": plan.versions[-1].version,
-            "versions": [render_version(version) for version in plan.versions]}
+            "versions": [render_version(version) for version in plan.versions],
+            "withdrawn_versions": [{"version": withdrawn.version, "effective_from": withdrawn.effective_from_us,
+                                    "withdrawn_at": withdrawn.withdrawn_at_us} for withdrawn in plan.withdrawn]}
 
 
 @blp.route("/plans", methods=["POST"])
@@ -148,3 +161,13 @@ def add_version(args, plan_id: str):
 def get_plan(plan_id: str):
     """A plan with all its versions"""
     return render(plans.get_plan(current_session(), plan_id))
+
+
+@blp.route("/plans/<string(maxlength=64):plan_id>/versions/<int(max=2147483647):version>", methods=["DELETE"])
+@allow("finance")
+@refuses(404, "no plan has this id, or the plan has no version of this number")
+@refuses(409, "the version is the plan's first, or it starts within ten minutes or has started")
+@blp.response(200, PlanSchema)
+def withdraw_version(plan_id: str, version: int):
+    """Withdraw a version that has not started (asked again: the plan, unchanged)"""
+    return render(plans.withdraw_version(current_session(), plan_id, version))

@@ -1,0 +1,70 @@
+"""Program facts withdrawn before they start: a partner's status or plan change, or a plan's version,
+dated ahead.
+
+A fact dated ahead has decided nothing yet: revenue events, postings and payout runs are dated at
+most `CLOCK_SKEW_US` after they are recorded. Withdrawing one writes a row of `program_withdrawals`
+with the fact as it stood, and the database removes the fact from its table in the same statement
+(migration 0040): the program's tables keep the facts in force, read as before, and the
+withdrawals keep the rest for the audit. The database takes a fact that starts more than
+`CLOCK_SKEW_US` after its own clock; the service asks for twice that after its own, so that a
+server whose clock is behind the database's by up to the skew is refused here, with a message,
+and never by the database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, insert, select, union_all
+from sqlalchemy.orm import Session
+
+from ledger.errors import Conflict
+from ledger.instants import format_instant
+from ledger.journal import CLOCK_SKEW_US, now_us
+from ledger.schema import partner_plans, partner_statuses, plan_versions, program_withdrawals
+
+_TABLES = {table.name: table for table in (partner_statuses, partner_plans, plan_versions)}
+
+MARGIN_US = 2 * CLOCK_SKEW_US
+MARGIN_TEXT = "ten minutes"
+assert MARGIN_US == 10 * 60 * 1_000_000
+
+
+def new_id(session: Session, table: str) -> dict[str, int]:
+    """The id to give a new fact of `table` (as `insert(...).values(**new_id(...))`): on SQLite one
+    above every id the table holds or had withdrawn, which SQLite would otherwise give again once
+    the row of its largest id is withdrawn; on PostgreSQL none (its sequence never gives one twice).
+    The database refuses a fact whose id was withdrawn (migration 0040). The caller holds the
+    program's lock."""
+    if session.get_bind().dialect.name != "sqlite":
+        return {}
+    ids = union_all(select(func.max(_TABLES[table].c.id).label("id")),
+                    select(func.max(program_withdrawals.c.fact_id)).where(program_withdrawals.c.fact_table == table))
+    return {"id": (session.execute(select(func.max(ids.subquery().c.id))).scalar() or 0) + 1}
+
+
+def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts_us: int, value: str,
+             fact_recorded_at_us: int, *, terms: str | None = None, what: str) -> None:
+    """Withdraw the fact, as it stands in `table`; `what` names it in a refusal. The caller holds
+    the program's and the journal's locks, as a fact's writer does."""
+    now = now_us()
+    if starts_us <= now + MARGIN_US:
+        started = "started" if starts_us <= now else "starts"
+        raise Conflict(f"{what} {started} at {format_instant(starts_us)}: a change is withdrawn only while it starts "
+                       f"more than {MARGIN_TEXT} ahead; record a new one instead")
+    session.execute(insert(program_withdrawals).values(
+        fact_table=table, fact_id=fact_id, subject_id=subject_id, starts_us=starts_us, value=value, terms=terms,
+        fact_recorded_at_us=fact_recorded_at_us, recorded_at_us=now))
+
+
+def withdrawn(session: Session, table: str, fact_id: int, subject_id: str) -> bool:
+    """Whether the subject's fact of this id was withdrawn (its withdrawal asked again changes nothing)."""
+    return session.execute(select(program_withdrawals.c.id).where(
+        program_withdrawals.c.fact_table == table, program_withdrawals.c.fact_id == fact_id,
+        program_withdrawals.c.subject_id == subject_id)).first() is not None
+
+
+def withdrawn_values(session: Session, table: str, subject_id: str) -> list[tuple[str, int, int]]:
+    """The subject's withdrawn facts of `table`: (value, starts_us, withdrawn at), in the order withdrawn."""
+    return [tuple(row) for row in session.execute(
+        select(program_withdrawals.c.value, program_withdrawals.c.starts_us, program_withdrawals.c.recorded_at_us)
+        .where(program_withdrawals.c.fact_table == table, program_withdrawals.c.subject_id == subject_id)
+        .order_by(program_withdrawals.c.id))]
