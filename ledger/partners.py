@@ -164,44 +164,45 @@ def _withdrawable(starts_us: int) -> str:
     return " (a change that has not started can be withdrawn: see the partner's `scheduled`)"
 
 
-def _latest_by_partner(session: Session, table, column, partner_ids: list[str], at_us: int) -> dict[str, Any]:
-    """Each partner's latest value of a dated fact that started at or before `at_us` (ties: the
-    later recorded), in one query for the whole list; a partner with none is left out."""
-    time_column = table.c.effective_at_us if "effective_at_us" in table.c else table.c.effective_from_us
-    query = (select(table.c.partner_id, column).where(table.c.partner_id.in_(partner_ids), time_column <= at_us)
-             .order_by(table.c.partner_id, time_column, table.c.id))
-    return dict(session.execute(query).all())  # later rows replace earlier ones
+def _facts_by_partner(session: Session, kind: str, partner_ids: list[str]) -> dict[str, list[tuple[int, int, str]]]:
+    """Each partner's status or plan facts, (start, id, value) in the order they take effect (at one
+    start, the later recorded last), in one query for the whole list."""
+    table = CHANGES[kind]
+    start = table.c.effective_at_us if kind == "status" else table.c.effective_from_us
+    value = table.c.status if kind == "status" else table.c.plan_id
+    found: dict[str, list[tuple[int, int, str]]] = {}
+    for partner_id, starts_us, fact_id, said in session.execute(
+            select(table.c.partner_id, start, table.c.id, value).where(table.c.partner_id.in_(partner_ids))
+            .order_by(table.c.partner_id, start, table.c.id)):
+        found.setdefault(partner_id, []).append((starts_us, fact_id, said))
+    return found
+
+
+def _latest(facts: list[tuple[int, int, str]], at_us: int) -> str | None:
+    """The value of the latest fact that started at or before `at_us`."""
+    started = [said for starts_us, _, said in facts if starts_us <= at_us]
+    return started[-1] if started else None
 
 
 def _partners_now(session: Session, rows) -> list[Partner]:
-    """Partners from their rows, each with its status and plan now and its scheduled changes: five
-    queries for any number."""
+    """Partners from their rows, each with its status and plan now and the changes that have not
+    started: three queries for any number."""
     ids = [row.id for row in rows]
     now = now_us()
-    statuses = _latest_by_partner(session, partner_statuses, partner_statuses.c.status, ids, now)
-    plan_ids = _latest_by_partner(session, partner_plans, partner_plans.c.plan_id, ids, now)
-    if len(plan_ids) < len(ids):  # a plan change dated in the future: until then, the first plan
-        plan_ids = {**_latest_by_partner(session, partner_plans, partner_plans.c.plan_id, ids, BEGINNING_US),
-                    **plan_ids}
-    scheduled = _scheduled(session, ids, now)
-    return [Partner(row.id, row.name, row.type, row.parent_id, row.depth, statuses.get(row.id), plan_ids.get(row.id),
-                    row.created_at_us, tuple(scheduled.get(row.id, ()))) for row in rows]
-
-
-def _scheduled(session: Session, partner_ids: list[str], now: int) -> dict[str, list[Scheduled]]:
-    """Each partner's status and plan changes that start after `now`, by start (a status before a
-    plan change of the same instant)."""
-    found: dict[str, list[Scheduled]] = {}
-    for kind, table in CHANGES.items():
-        starts = table.c.effective_at_us if kind == "status" else table.c.effective_from_us
-        value = table.c.status if kind == "status" else table.c.plan_id
-        for partner_id, fact_id, start, said in session.execute(
-                select(table.c.partner_id, table.c.id, starts, value)
-                .where(table.c.partner_id.in_(partner_ids), starts > now).order_by(starts, table.c.id)):
-            found.setdefault(partner_id, []).append(Scheduled(
-                f"{kind}-{fact_id}", start, said if kind == "status" else None, said if kind == "plan" else None))
-    for changes in found.values():
-        changes.sort(key=lambda change: change.starts_us)  # stable: statuses first at one instant
+    statuses = _facts_by_partner(session, "status", ids)
+    plans = _facts_by_partner(session, "plan", ids)
+    found = []
+    for row in rows:
+        status_facts, plan_facts = statuses.get(row.id, []), plans.get(row.id, [])
+        # A plan change dated in the future: until then, the first plan.
+        plan_id = _latest(plan_facts, now) or _latest(plan_facts, BEGINNING_US)
+        scheduled = sorted([Scheduled(f"status-{fact_id}", starts_us, said, None)
+                            for starts_us, fact_id, said in status_facts if starts_us > now]
+                           + [Scheduled(f"plan-{fact_id}", starts_us, None, said)
+                              for starts_us, fact_id, said in plan_facts if starts_us > now],
+                           key=lambda change: change.starts_us)  # stable: a status first at one instant
+        found.append(Partner(row.id, row.name, row.type, row.parent_id, row.depth, _latest(status_facts, now), plan_id,
+                             row.created_at_us, tuple(scheduled)))
     return found
 
 

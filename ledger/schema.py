@@ -386,7 +386,7 @@ open_holds = Table(
 
 APPEND_ONLY_TABLES = JOURNAL_TABLES + (
     "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
-    "revenue_events", "cpa_claims_taken", "rules_since",
+    "revenue_events", "cpa_claims_taken", "rules_since", "program_withdrawals",
 )
 
 # ---- periods and payouts (append-only) ----

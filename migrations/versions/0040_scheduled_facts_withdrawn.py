@@ -180,6 +180,7 @@ END $$""",
             *_0018.postgres_rule(table, "id_fresh", ID_TAKEN.format(withdrawals=TABLE, table=table),
                                  ID_MESSAGE.format(table=table), None).split(";\n\n"),
             f"ALTER FUNCTION {table}_id_fresh() SET search_path = public, pg_temp",
+            f"ALTER FUNCTION {table}_id_fresh() SET jit = off",
         ]
     return statements + [f"GRANT SELECT, INSERT ON {TABLE} TO {APP_ROLE}",
                          f"GRANT USAGE, SELECT ON SEQUENCE {TABLE}_id_seq TO {APP_ROLE}"]

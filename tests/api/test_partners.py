@@ -20,7 +20,7 @@ def test_a_new_partner_is_active_on_its_plan(call):
     partner_id = unique("pt")
     body = call.created("/v1/partners", partner_body(partner_id))
     assert body == {"id": partner_id, "name": f"Partner {partner_id}", "type": "var", "parent_id": None, "depth": 1,
-                    "status": "active", "plan_id": "standard", "created_at": body["created_at"]}
+                    "status": "active", "plan_id": "standard", "created_at": body["created_at"], "scheduled": []}
     assert body["created_at"].endswith("Z")
     assert call.read(f"/v1/partners/{partner_id}") == body
 

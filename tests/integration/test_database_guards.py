@@ -10,7 +10,7 @@ from ledger import accounts as chart
 from ledger import journal, reversals
 from ledger.demo import load_demo
 from ledger.schema import GENESIS_HASH
-from tests.scenarios.books import Books
+from tests.scenarios.books import Books, ahead
 
 PENDING = chart.pending("northwind")
 
@@ -247,6 +247,10 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
         accrual = session.execute(sa.text("SELECT max(id) FROM journal_transactions WHERE kind = 'accrual'")).scalar()
         reversals.reverse(session, accrual, reason="a reversal's row to replace")
     a_claim_taken(Books(sqlite_database))
+    books = Books(sqlite_database)
+    books.plan("withdrawn")
+    books.plan_version("withdrawn", ahead(30))
+    books.withdraw_version("withdrawn", 2)
     connection = sqlite3.connect(sqlite_database.engine.url.database)
     try:
         assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +28,11 @@ MICROSECOND = 1
 def at(text: str) -> int:
     """Microseconds of a day ("2026-01-20", meaning 00:00 UTC) or of a full RFC 3339 instant."""
     return parse_instant(text if "T" in text else f"{text}T00:00:00Z", field="at")
+
+
+def ahead(days: int) -> str:
+    """The day `days` days after today (UTC), as "2027-01-20": for facts that must not have started."""
+    return (datetime.now(timezone.utc).date() + timedelta(days=days)).isoformat()
 
 
 def terms(rate: str | None = "0.20", *, rates: list[tuple[int, str]] | None = None, duration_months: int | None = 12,
@@ -73,6 +79,18 @@ class Books:
     def change_plan(self, partner_id: str, plan_id: str, effective_from: str) -> None:
         with self.database.transaction() as session:
             partners.change_plan(session, partner_id, plan_id, at(effective_from))
+
+    def scheduled(self, partner_id: str) -> tuple[partners.Scheduled, ...]:
+        with self.database.reader() as session:
+            return partners.get_partner(session, partner_id).scheduled
+
+    def withdraw_change(self, partner_id: str, change_id: str) -> partners.Partner:
+        with self.database.transaction() as session:
+            return partners.withdraw_change(session, partner_id, change_id)
+
+    def withdraw_version(self, plan_id: str, version: int) -> plans.Plan:
+        with self.database.transaction() as session:
+            return plans.withdraw_version(session, plan_id, version)
 
     def attribute(self, customer_id: str, partner_id: str, effective_from: str, *, replace: bool = False) -> None:
         with self.database.transaction() as session:
