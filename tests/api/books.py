@@ -57,6 +57,9 @@ class Caller:
     def patch(self, path: str, body: Any, *, as_: str = "finance"):
         return self.client.patch(path, json=body, headers=self.headers(as_))
 
+    def delete(self, path: str, *, as_: str = "finance"):
+        return self.client.delete(path, headers=self.headers(as_))
+
     def get(self, path: str, *, as_: str = "finance", headers: dict | None = None):
         return self.client.get(path, headers=self.headers(as_, headers))
 

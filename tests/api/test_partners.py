@@ -1,6 +1,6 @@
 """Partners: POST, GET (list and one), PATCH (status or plan), balance and statement (JSON and CSV)."""
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -322,3 +322,58 @@ def test_a_change_before_a_fact_dated_ahead_is_refused_naming_that_facts_start(c
     plan = call.patch(f"/v1/partners/{partner_id}", {"plan_id": "standard", "effective_from": date.today().isoformat()})
     assert errors_of(plan, 409) == {"effective_from"}
     assert f"{plan_id!r} from {ahead}T00:00:00Z" in plan.get_json()["detail"]
+
+
+def _ahead(days: int) -> str:
+    return (datetime.now(timezone.utc).date() + timedelta(days=days)).isoformat() + "T00:00:00Z"
+
+
+def test_a_scheduled_termination_is_listed_and_withdrawn_by_finance_alone_each_partner_seeing_its_own(call):
+    """Two partners, each with a key: each sees its own scheduled changes, neither sees the other's
+    nor may withdraw any; finance withdraws one, and asking again answers the same."""
+    first, second = call.partner(), call.partner()
+    for partner_id in (first, second):
+        call.partner_key(partner_id)
+    ends = _ahead(60)
+    body = expect(call.patch(f"/v1/partners/{first}", {"status": "terminated", "effective_at": ends}), 200)
+    [change] = body["scheduled"]
+    assert change == {"id": change["id"], "status": "terminated", "effective_at": ends} and body["status"] == "active"
+    moved = expect(call.patch(f"/v1/partners/{second}", {"plan_id": "standard", "effective_from": _ahead(30)}), 200)
+    [other] = moved["scheduled"]
+    assert other == {"id": other["id"], "plan_id": "standard", "effective_from": _ahead(30)}
+    assert call.read(f"/v1/partners/{first}", as_=first)["scheduled"] == [change]
+    assert call.get(f"/v1/partners/{second}", as_=first).status_code == 404
+    unknown = call.client.delete("/v1/no-such-route", headers=call.headers(first)).get_json()
+    for as_, path in ((first, f"/v1/partners/{first}/scheduled/{change['id']}"),
+                      (first, f"/v1/partners/{second}/scheduled/{other['id']}"),
+                      (second, f"/v1/partners/{first}/scheduled/{change['id']}")):
+        refused = call.delete(path, as_=as_)
+        assert refused.status_code == 404 and refused.get_json() == unknown  # a route a partner may not use
+    assert errors_of(call.delete(f"/v1/partners/{first}/scheduled/{change['id']}", as_="billing"), 403) == set()
+    # Another partner's change, named under this partner: none of its.
+    assert errors_of(call.delete(f"/v1/partners/{first}/scheduled/{other['id']}"), 404) == set()
+    assert call.read(f"/v1/partners/{second}")["scheduled"] == [other]
+    withdrawn = expect(call.delete(f"/v1/partners/{first}/scheduled/{change['id']}"), 200)
+    assert withdrawn == {**body, "scheduled": []}
+    assert expect(call.delete(f"/v1/partners/{first}/scheduled/{change['id']}"), 200) == withdrawn
+    # What the termination blocked is taken.
+    assert expect(call.patch(f"/v1/partners/{first}", {"status": "suspended", "effective_at": _ahead(90)}),
+                  200)["scheduled"][0]["status"] == "suspended"
+
+
+@pytest.mark.parametrize("change", ["status-abc", "status-0", "plan--1", "x" * 32])
+def test_a_change_id_that_names_nothing_is_a_404(call, change):
+    partner_id = call.partner()
+    assert errors_of(call.delete(f"/v1/partners/{partner_id}/scheduled/{change}"), 404) == set()
+    assert errors_of(call.delete(f"/v1/partners/nobody-{unique('x')}/scheduled/status-1"), 404) == set()
+
+
+def test_a_change_starting_within_ten_minutes_is_a_409_and_stays(call):
+    partner_id = call.partner()
+    starts = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
+    body = expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended", "effective_at": starts}), 200)
+    [change] = body["scheduled"]
+    refused = call.delete(f"/v1/partners/{partner_id}/scheduled/{change['id']}")
+    assert errors_of(refused, 409) == set()
+    assert "more than ten minutes ahead" in refused.get_json()["detail"]
+    assert call.read(f"/v1/partners/{partner_id}")["scheduled"] == [change]

@@ -1,4 +1,4 @@
-"""POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id}."""
+"""POST /v1/plans, POST /v1/plans/{id}/versions, GET /v1/plans/{id}, DELETE /v1/plans/{id}/versions/{n}."""
 
 from datetime import date, timedelta
 
@@ -133,3 +133,27 @@ def test_an_unknown_plan_is_a_404(shared):
     response = shared.client.post("/v1/plans/nope/versions", json={**terms, "effective_from": "2026-01-01"},
                                   headers=headers)
     assert expect(response, 404)["detail"] == "plan 'nope' does not exist"
+
+
+def test_a_version_not_started_is_withdrawn_by_finance_its_number_kept_and_a_partner_sees_no_plans(call):
+    plan_id = unique("plan")
+    call.created("/v1/plans", plan_body(plan_id))
+    terms = {key: value for key, value in plan_body(plan_id).items() if key not in ("id", "name")}
+    ahead = (date.today() + timedelta(days=45)).isoformat()
+    version = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": ahead})
+    partner_id = call.partner(plan_id=plan_id)
+    call.partner_key(partner_id)
+    path = f"/v1/plans/{plan_id}/versions/2"
+    assert call.delete(path, as_=partner_id).status_code == 404
+    assert errors_of(call.delete(path, as_="billing"), 403) == set()
+    plan = expect(call.delete(path), 200)
+    assert (plan["version"], [v["version"] for v in plan["versions"]]) == (1, [1])
+    [withdrawn] = plan["withdrawn_versions"]
+    assert (withdrawn["version"], withdrawn["effective_from"]) == (2, version["effective_from"])
+    assert withdrawn["withdrawn_at"].endswith("Z")
+    assert expect(call.delete(path), 200) == plan == call.read(f"/v1/plans/{plan_id}")  # asked again: the same
+    later = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": ahead})
+    assert later["version"] == 3 and later["plan_version_id"] != version["plan_version_id"]
+    assert errors_of(call.delete(f"/v1/plans/{plan_id}/versions/1"), 409) == set()
+    assert errors_of(call.delete(f"/v1/plans/{plan_id}/versions/4"), 404) == set()
+    assert call.delete(f"/v1/plans/{plan_id}/versions/x").status_code == 404

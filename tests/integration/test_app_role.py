@@ -48,6 +48,20 @@ def test_the_application_role_changes_the_program_and_the_database_moves_its_rev
         assert session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one() > before
 
 
+def test_the_application_role_withdraws_a_change_dated_ahead_which_the_database_removes_as_the_owner(app_database):
+    with app_database.transaction() as session:
+        plans.create_plan(session, "standard", "Standard", PLAN)
+        partners.create_partner(session, "p4", "P4", "msp", "standard")
+        [change] = partners.set_status(session, "p4", "terminated", journal.now_us() + 86_400_000_000).scheduled
+        before = session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one()
+    with app_database.transaction() as session:
+        assert partners.withdraw_change(session, "p4", change.id).scheduled == ()
+    with app_database.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM partner_statuses WHERE partner_id = 'p4'")
+                               ).scalar() == 1
+        assert session.execute(sa.text("SELECT revision FROM program_revision")).scalar_one() > before
+
+
 def test_the_application_role_closes_a_period_storing_its_statement_documents_and_bodies(app_database):
     with app_database.transaction() as session:
         program.enrol(session, "p3")
@@ -103,6 +117,11 @@ def test_the_application_role_may_not_create_in_the_public_schema(app_database):
     "UPDATE statement_bodies SET pending_minor = 0",
     "DELETE FROM statement_bodies",
     "TRUNCATE statement_bodies",
+    "DELETE FROM partner_statuses",
+    "DELETE FROM partner_plans",
+    "DELETE FROM plan_versions",
+    "UPDATE program_withdrawals SET value = 'x'",
+    "DELETE FROM program_withdrawals",
 ])
 def test_the_application_role_may_not_rewrite_the_books(app_database, statement):
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):

@@ -1,0 +1,195 @@
+"""A partner's status or plan change, or a plan's version, dated ahead can be withdrawn before it
+starts (`ledger.withdrawals`, migration 0040): in Python, and in the database whoever writes the row.
+The fact leaves its table, the withdrawal keeps it, and every reader (the posting path, `verify`)
+reads the program as if it had never been recorded."""
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import partners, plans
+from ledger.errors import Conflict, NotFound
+from ledger.journal import now_us
+from ledger.partners import program_for
+from tests.scenarios.books import Books, ahead, at, terms
+
+MINUTE_US = 60 * 1_000_000
+
+
+@pytest.fixture
+def books(database) -> Books:
+    books = Books(database)
+    books.plan("standard", "0.20", hold_days=0)
+    books.plan("premium", "0.30", hold_days=0)
+    books.partner("northwind", "standard")
+    books.partner("contoso", "standard")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "100.00", "2026-02-01")
+    return books
+
+
+def revision(books: Books) -> int:
+    [(found,)] = books.sql("SELECT revision FROM program_revision")
+    return found
+
+
+def test_a_termination_scheduled_for_a_contract_end_is_withdrawn_and_the_partner_goes_on(books):
+    books.status("northwind", "terminated", ahead(60))
+    with pytest.raises(Conflict, match="termination is final.*can be withdrawn"):
+        books.status("northwind", "suspended", ahead(90))
+    [change] = books.scheduled("northwind")
+    assert (change.status, change.starts_us) == ("terminated", at(ahead(60)))
+    before = revision(books)
+    partner = books.withdraw_change("northwind", change.id)
+    assert partner.scheduled == () and partner.status == "active"
+    assert revision(books) > before  # every process reads the program anew
+    assert books.sql("SELECT count(*) FROM partner_statuses WHERE status = 'terminated'") == [(0,)]
+    assert books.sql("SELECT fact_table, subject_id, value, starts_us FROM program_withdrawals") == [
+        ("partner_statuses", "northwind", "terminated", at(ahead(60)))]
+    # What the termination refused is accepted: a later status, an attribution after its date.
+    books.status("northwind", "suspended", ahead(90))
+    books.attribute("globex", "northwind", ahead(61))
+    # The same withdrawal asked again changes nothing.
+    assert books.withdraw_change("northwind", change.id).scheduled == books.scheduled("northwind")
+    assert books.sql("SELECT count(*) FROM program_withdrawals") == [(1,)]
+    assert books.paid("acme", "inv-2", "50.00", "2026-03-01").commissions  # still earning
+    assert books.verified()
+
+
+def test_a_plan_change_is_withdrawn_and_an_earlier_one_recorded_in_its_place(books):
+    books.change_plan("northwind", "premium", ahead(200))
+    with pytest.raises(Conflict, match="must start after the latest one.*can be withdrawn"):
+        books.change_plan("northwind", "premium", ahead(30))
+    [change] = books.scheduled("northwind")
+    assert change.plan_id == "premium" and change.id.startswith("plan-")
+    books.withdraw_change("northwind", change.id)
+    books.change_plan("northwind", "premium", ahead(30))
+    [now_scheduled] = books.scheduled("northwind")
+    assert now_scheduled.starts_us == at(ahead(30)) and now_scheduled.id != change.id
+    assert books.verified()
+
+
+def test_a_change_id_names_one_change_of_one_partner_for_good(books):
+    books.status("northwind", "suspended", ahead(10))
+    [change] = books.scheduled("northwind")
+    with pytest.raises(NotFound, match="has no change"):
+        books.withdraw_change("contoso", change.id)  # another partner's
+    for bad in ("status-0", "status-x", "plan", "", change.id.replace("status", "plan")):
+        with pytest.raises(NotFound):
+            books.withdraw_change("northwind", bad)
+    books.withdraw_change("northwind", change.id)
+    books.status("northwind", "suspended", ahead(20))  # SQLite would give the largest id again
+    [again] = books.scheduled("northwind")
+    assert again.id != change.id
+    books.withdraw_change("northwind", change.id)  # a retry of the first withdrawal: the new change stays
+    assert books.scheduled("northwind") == (again,)
+
+
+def test_a_change_is_withdrawn_only_while_it_starts_more_than_ten_minutes_ahead(books):
+    with books.database.transaction() as session:
+        soon = partners.set_status(session, "northwind", "suspended", now_us() + 9 * MINUTE_US).scheduled[0]
+    with pytest.raises(Conflict, match="starts at .* more than ten minutes ahead"):
+        books.withdraw_change("northwind", soon.id)
+    [(enrolment,)] = books.sql("SELECT id FROM partner_plans WHERE partner_id = 'northwind'")
+    with pytest.raises(Conflict, match="started at .* more than ten minutes ahead"):
+        books.withdraw_change("northwind", f"plan-{enrolment}")
+    assert books.sql("SELECT count(*) FROM program_withdrawals") == [(0,)]
+
+
+def test_a_plan_version_is_withdrawn_its_number_is_not_given_again_and_the_first_stays(books):
+    books.plan_version("standard", ahead(40), "0.25")
+    before = revision(books)
+    with books.database.transaction() as session:
+        plan = plans.withdraw_version(session, "standard", 2)
+    assert [v.version for v in plan.versions] == [1]
+    assert [(w.version, w.effective_from_us) for w in plan.withdrawn] == [(2, at(ahead(40)))]
+    assert revision(books) > before
+    books.plan_version("standard", ahead(20), "0.22")  # before the withdrawn one's start
+    with books.database.reader() as session:
+        plan = plans.get_plan(session, "standard")
+    assert [(v.version, v.effective_from_us) for v in plan.versions] == [(1, 0), (3, at(ahead(20)))]
+    assert books.withdraw_version("standard", 2) == plan  # asked again: nothing changes
+    with pytest.raises(Conflict, match="keeps its first version"):
+        books.withdraw_version("standard", 1)
+    with pytest.raises(NotFound, match="has no version 4"):
+        books.withdraw_version("standard", 4)
+    with pytest.raises(NotFound):
+        books.withdraw_version("nobody", 2)
+    assert books.verified()
+
+
+def test_a_process_s_shared_program_forgets_a_withdrawn_fact(books):
+    books.change_plan("northwind", "premium", ahead(50))
+    with books.database.reader() as session:
+        shared = program_for(session, ["northwind"])
+        assert shared.plans["northwind"].at(at(ahead(51))) == "premium"
+    books.withdraw_change("northwind", books.scheduled("northwind")[0].id)
+    with books.database.reader() as session:
+        assert program_for(session, ["northwind"]).plans["northwind"].at(at(ahead(51))) == "standard"
+
+
+# ---- the database's own rules, Python bypassed ----
+
+WITHDRAWAL = ("INSERT INTO program_withdrawals (fact_table, fact_id, subject_id, starts_us, value, terms,"
+              " fact_recorded_at_us, recorded_at_us) SELECT '{table}', f.id, f.{subject}, f.{start}, {value}, {terms},"
+              " f.{recorded}, 1 FROM {table} f WHERE f.id = :id")
+STATUS = WITHDRAWAL.format(table="partner_statuses", subject="partner_id", start="effective_at_us", value="f.status",
+                           terms="NULL", recorded="recorded_at_us")
+VERSION = WITHDRAWAL.format(table="plan_versions", subject="plan_id", start="effective_from_us",
+                            value="CAST(f.version AS TEXT)", terms="f.terms", recorded="created_at_us")
+
+
+def refused(books: Books, statement: str, match: str, **params) -> None:
+    with pytest.raises(sa.exc.DBAPIError, match=match):
+        with books.database.engine.begin() as connection:
+            connection.execute(sa.text(statement), params)
+
+
+def accepted(books: Books, statement: str, **params) -> None:
+    with books.database.engine.begin() as connection:
+        connection.execute(sa.text(statement), params)
+
+
+def status_id(books: Books, partner_id: str, status: str) -> int:
+    [(found,)] = books.sql("SELECT id FROM partner_statuses WHERE partner_id = :p AND status = :s",
+                           p=partner_id, s=status)
+    return found
+
+
+def test_the_database_removes_a_fact_only_by_a_withdrawal_of_it_as_it_stands_before_it_starts(books):
+    books.status("northwind", "suspended", ahead(30))
+    scheduled = status_id(books, "northwind", "suspended")
+    started = status_id(books, "contoso", "active")
+    for table in ("partner_statuses", "partner_plans", "plan_versions"):
+        refused(books, f"DELETE FROM {table}", f"{table} is append-only: DELETE refused")
+    refused(books, "DELETE FROM partner_statuses WHERE id = :id", "append-only", id=scheduled)
+    refused(books, STATUS, "withdrawn only while it starts more than five minutes ahead", id=started)
+    refused(books, STATUS.replace("f.status,", "'terminated',"), "a withdrawal names a fact as it stands", id=scheduled)
+    refused(books, STATUS.replace("f.effective_at_us,", "f.effective_at_us + 1,"), "as it stands", id=scheduled)
+    refused(books, STATUS.replace("f.partner_id,", "'contoso',"), "as it stands", id=scheduled)
+    refused(books, STATUS.replace("'partner_statuses', f.id", "'partner_plans', f.id"), "as it stands", id=scheduled)
+    refused(books, STATUS.replace("NULL,", "'{}',"), "as it stands", id=scheduled)
+    before = revision(books)
+    accepted(books, STATUS, id=scheduled)
+    assert books.sql("SELECT count(*) FROM partner_statuses WHERE id = :id", id=scheduled) == [(0,)]
+    assert revision(books) > before
+    for statement in ("UPDATE program_withdrawals SET value = 'active'", "DELETE FROM program_withdrawals"):
+        refused(books, statement, "program_withdrawals is append-only")
+    # The withdrawn id is not given again.
+    refused(books, "INSERT INTO partner_statuses (id, partner_id, status, effective_at_us, recorded_at_us)"
+                   " VALUES (:id, 'northwind', 'suspended', :at, :rec)", "the id of a fact withdrawn is not given again",
+            id=scheduled, at=at(ahead(31)), rec=now_us())
+
+
+def test_the_database_keeps_a_plan_s_first_version_and_numbers_versions_after_the_withdrawn(books):
+    books.plan("later", "0.10")
+    with books.database.transaction() as session:  # a plan whose first version starts ahead
+        plans.create_plan(session, "future", "Future", terms("0.10"), at(ahead(30)))
+    [(first,)] = books.sql("SELECT id FROM plan_versions WHERE plan_id = 'future'")
+    refused(books, VERSION, "a plan keeps its first version", id=first)
+    second = books.plan_version("later", ahead(30))
+    accepted(books, VERSION, id=second)
+    numbered = ("INSERT INTO plan_versions (id, plan_id, version, effective_from_us, terms, created_at_us)"
+                " SELECT (SELECT max(w.fact_id) + 100 FROM program_withdrawals w), 'later', :version, :at, terms, :rec"
+                " FROM plan_versions WHERE plan_id = 'later'")  # an id above the withdrawn (SQLite gives it again)
+    refused(books, numbered, "versions are numbered in turn", version=2, at=at(ahead(31)), rec=now_us())
+    accepted(books, numbered, version=3, at=at(ahead(31)), rec=now_us())
