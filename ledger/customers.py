@@ -9,7 +9,8 @@ partner's termination (409; migration 0025 in the database): it could never earn
 billing posts for the customer would answer `no_commission` without saying why. Replacing the
 current attribution with one to the same partner, from a later day, starts that partner's window
 again (how finance extends a window). The current attribution sent again is a repeat that
-changes nothing only when its source is the same too; another source is a 409.
+changes nothing only when its source is the same too; another source is a 409. An attribution that
+has not started can be withdrawn by finance (`withdraw_attribution`), but a customer's only one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from ledger import withdrawals
 from ledger.db import in_lists, lock_journal, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, start_of_day_us, within_horizon
@@ -39,6 +41,7 @@ class Attribution(NamedTuple):
     effective_to_us: int | None
     source: str
     recorded_at_us: int
+    id: int | None = None  # names it for `withdraw_attribution`
 
 
 class Customer(NamedTuple):
@@ -93,9 +96,10 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
     recorded = now_us()
     if not history and not _exists(session, customer_id):
         session.execute(insert(customers).values(id=customer_id, created_at_us=recorded))
-    session.execute(insert(attributions).values(customer_id=customer_id, partner_id=partner_id,
-                                                effective_from_us=start_us, source=source, recorded_at_us=recorded))
-    return Attribution(customer_id, partner_id, start_us, None, source, recorded), True
+    attribution_id = session.execute(insert(attributions).values(
+        customer_id=customer_id, partner_id=partner_id, effective_from_us=start_us, source=source,
+        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions")).returning(attributions.c.id)).scalar_one()
+    return Attribution(customer_id, partner_id, start_us, None, source, recorded, attribution_id), True
 
 
 def _repeated(current: Attribution, source: str) -> Attribution:
@@ -122,8 +126,32 @@ def get_customer(session: Session, customer_id: str) -> Customer:
     history = []
     for index, a in enumerate(rows):
         ends = rows[index + 1].effective_from_us if index + 1 < len(rows) else None
-        history.append(Attribution(a.customer_id, a.partner_id, a.effective_from_us, ends, a.source, a.recorded_at_us))
+        history.append(Attribution(a.customer_id, a.partner_id, a.effective_from_us, ends, a.source, a.recorded_at_us,
+                                   a.id))
     return Customer(row.id, row.created_at_us, tuple(history))
+
+
+def withdraw_attribution(session: Session, customer_id: str, attribution_id: int) -> Customer:
+    """Withdraw an attribution that has not started (a move to another partner called off, a date
+    typed a year wrong), but the customer's only one: whether a customer has any attribution decides
+    whether its payments are `unattributed`, as its stored payments say (migration 0034). The same
+    withdrawal asked again changes nothing; one that starts within `withdrawals.MARGIN_US`, or has
+    started, is a 409."""
+    lock_program(session)
+    lock_journal(session)  # as a customer's first attribution is recorded (`attribute`)
+    customer = get_customer(session, customer_id)
+    found = next((a for a in customer.attributions if a.id == attribution_id), None)
+    if found is None:
+        if withdrawals.withdrawn(session, "attributions", attribution_id, customer_id):
+            return customer
+        raise NotFound(f"customer {customer_id!r} has no attribution {attribution_id}")
+    if len(customer.attributions) == 1:
+        raise Conflict(f"attribution {attribution_id} is customer {customer_id!r}'s only one, which is not withdrawn: "
+                       "whether the customer has one decides whether its payments are unattributed")
+    withdrawals.withdraw(session, "attributions", attribution_id, customer_id, found.effective_from_us,
+                         found.partner_id, found.recorded_at_us, detail=found.source,
+                         what=f"attribution {attribution_id} of customer {customer_id!r}")
+    return get_customer(session, customer_id)
 
 
 class AttributionIndex:

@@ -5,8 +5,8 @@ A partner's parent is fixed at enrolment and must already exist, so the hierarch
 depth is at most 5 (the database holds this with a composite foreign key). Status and plan are
 dated facts: the status or plan in effect at an instant is the latest fact that started at or
 before it. A change that has not started can be withdrawn (`withdraw_change`), by finance, until
-ten minutes before it starts. A terminated partner earns nothing on revenue after its termination; a suspended partner
-accrues but is not paid. The latest status or plan change sent again, unchanged, changes nothing
+fifteen minutes before it starts. A terminated partner earns nothing on revenue after its
+termination; a suspended partner accrues but is not paid. The latest status or plan change sent again, unchanged, changes nothing
 (a PATCH takes no Idempotency-Key: its retry must not be a 409 saying the change is refused).
 """
 

@@ -109,7 +109,7 @@ def withdraw_version(session: Session, plan_id: str, version: int) -> Plan:
     row = session.execute(select(plan_versions.c.terms, plan_versions.c.created_at_us)
                           .where(plan_versions.c.id == found.id)).one()
     withdrawals.withdraw(session, "plan_versions", found.id, plan_id, found.effective_from_us, str(version),
-                         row.created_at_us, terms=row.terms, what=f"version {version} of plan {plan_id!r}")
+                         row.created_at_us, detail=row.terms, what=f"version {version} of plan {plan_id!r}")
     return get_plan(session, plan_id)
 
 

@@ -260,10 +260,11 @@ partner_plans = Table(
     UniqueConstraint("partner_id", "effective_from_us"),
 )
 
-# A program fact withdrawn before it started (migration 0040): a partner's status or plan change, or
-# a plan's version, as it stood in its table, from which inserting this row removes it. `value` is
-# what the fact said: the status, the plan, or the version's number (`terms` its terms).
-WITHDRAWN_FACT_TABLES = ("partner_statuses", "partner_plans", "plan_versions")
+# A program fact withdrawn before it started (migration 0040): a partner's status or plan change, a
+# plan's version or a customer's attribution, as it stood in its table, from which inserting this row
+# removes it. `value` is what the fact said: the status, the plan, the version's number, the
+# attribution's partner; `detail` the version's terms or the attribution's source.
+WITHDRAWN_FACT_TABLES = ("partner_statuses", "partner_plans", "plan_versions", "attributions")
 program_withdrawals = Table(
     "program_withdrawals",
     metadata,
@@ -273,7 +274,7 @@ program_withdrawals = Table(
     Column("subject_id", String(64), nullable=False, index=True),
     Column("starts_us", BigInteger, nullable=False),
     Column("value", String(64), nullable=False),
-    Column("terms", Text, nullable=True),
+    Column("detail", Text, nullable=True),
     Column("fact_recorded_at_us", BigInteger, nullable=False),
     Column("recorded_at_us", BigInteger, nullable=False),
     UniqueConstraint("fact_table", "fact_id"),

@@ -1,14 +1,15 @@
 """Program facts withdrawn before they start: a partner's status or plan change, or a plan's version,
 dated ahead.
 
-A fact dated ahead has decided nothing yet: revenue events, postings and payout runs are dated at
-most `CLOCK_SKEW_US` after they are recorded. Withdrawing one writes a row of `program_withdrawals`
-with the fact as it stood, and the database removes the fact from its table in the same statement
-(migration 0040): the program's tables keep the facts in force, read as before, and the
-withdrawals keep the rest for the audit. The database takes a fact that starts more than
-`CLOCK_SKEW_US` after its own clock; the service asks for twice that after its own, so that a
-server whose clock is behind the database's by up to the skew is refused here, with a message,
-and never by the database.
+A fact withdrawn must have decided nothing yet. Revenue events and postings are dated at most
+`CLOCK_SKEW_US` after they are recorded, by their server's clock, which is within `CLOCK_SKEW_US` of
+the database's: the database takes a withdrawal of a fact that starts more than twice the skew after
+its own clock, while no journal transaction is dated at or after that start (nor pins it, for a
+version). The service asks for three times the skew after its own clock, so that a server whose
+clock is behind the database's by up to the skew is refused here, with a message, and not by the
+database. Withdrawing writes a row of `program_withdrawals` with the fact as it stood, and the
+database removes the fact from its table in the same statement (migration 0040): the program's
+tables keep the facts in force, read as before, and the withdrawals keep the rest for the audit.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from sqlalchemy.orm import Session
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from ledger.journal import CLOCK_SKEW_US, now_us
-from ledger.schema import partner_plans, partner_statuses, plan_versions, program_withdrawals
+from ledger.schema import (attributions, journal_transactions, partner_plans, partner_statuses, plan_versions,
+                           program_withdrawals)
 
-_TABLES = {table.name: table for table in (partner_statuses, partner_plans, plan_versions)}
+_TABLES = {table.name: table for table in (partner_statuses, partner_plans, plan_versions, attributions)}
 
-MARGIN_US = 2 * CLOCK_SKEW_US
-MARGIN_TEXT = "ten minutes"
-assert MARGIN_US == 10 * 60 * 1_000_000
+MARGIN_US = 3 * CLOCK_SKEW_US
+MARGIN_TEXT = "fifteen minutes"
+assert MARGIN_US == 15 * 60 * 1_000_000
 
 
 def new_id(session: Session, table: str) -> dict[str, int]:
@@ -52,7 +54,7 @@ def _recorded(session: Session) -> bool:
 
 
 def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts_us: int, value: str,
-             fact_recorded_at_us: int, *, terms: str | None = None, what: str) -> None:
+             fact_recorded_at_us: int, *, detail: str | None = None, what: str) -> None:
     """Withdraw the fact, as it stands in `table`; `what` names it in a refusal. The caller holds
     the program's and the journal's locks, as a fact's writer does."""
     now = now_us()
@@ -60,8 +62,15 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
         started = "started" if starts_us <= now else "starts"
         raise Conflict(f"{what} {started} at {format_instant(starts_us)}: a change is withdrawn only while it starts "
                        f"more than {MARGIN_TEXT} ahead; record a new one instead")
+    read = select(journal_transactions.c.id).where(journal_transactions.c.effective_at_us >= starts_us)
+    if table == "plan_versions":
+        read = read.union_all(select(journal_transactions.c.id).where(journal_transactions.c.plan_version_id == fact_id))
+    if session.execute(read.limit(1)).first() is not None:
+        # A server whose clock is ahead of the others' by more than the skew allowed posted after it.
+        raise Conflict(f"{what} starts at {format_instant(starts_us)}, and a posting is dated at or after it (or pins "
+                       "it): it may have decided the posting, and stays")
     session.execute(insert(program_withdrawals).values(
-        fact_table=table, fact_id=fact_id, subject_id=subject_id, starts_us=starts_us, value=value, terms=terms,
+        fact_table=table, fact_id=fact_id, subject_id=subject_id, starts_us=starts_us, value=value, detail=detail,
         fact_recorded_at_us=fact_recorded_at_us, recorded_at_us=now))
 
 

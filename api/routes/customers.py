@@ -1,14 +1,17 @@
-"""Attribution of customers to partners (billing, finance): POST /v1/attributions and
-GET /v1/customers/{id}.
+"""Attribution of customers to partners (billing, finance): POST /v1/attributions,
+GET /v1/customers/{id}, and DELETE /v1/customers/{id}/attributions/{attribution id} (finance).
 
 An attribution starts at the beginning of its `effective_from` date (UTC) and lasts until the
 customer's next attribution starts. Posting the customer's current attribution again (its partner,
 day and source) is a 200 that changes nothing (201 when it creates one); with another source, a 409.
 Moving a customer to another partner needs `"replace": true`, which only finance may send: billing
-gets a 403 for it, and a 409 without it.
+gets a 403 for it, and a 409 without it. An attribution that has not started can be withdrawn by
+finance until fifteen minutes before it starts, but a customer's only one (`customers.withdraw_attribution`).
 """
 
 from __future__ import annotations
+
+import re
 
 import marshmallow as ma
 from werkzeug.exceptions import Forbidden
@@ -22,12 +25,14 @@ from api.schemas import Schema
 from api.session import current_session
 from ledger import customers
 from ledger.customers import Attribution
+from ledger.errors import NotFound
 from ledger.instants import from_us
 from ledger.schema import ATTRIBUTION_SOURCES
 
 blp = Blueprint("customers", __name__, description="Customers and their attribution to partners")
 
 REPLACING_ROLES = frozenset({"finance", "admin"})
+ATTRIBUTION_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 
 class AttributionRequestSchema(Schema):
@@ -40,6 +45,8 @@ class AttributionRequestSchema(Schema):
 
 
 class AttributionSchema(Schema):
+    id = ma.fields.Integer(required=True, metadata={
+        "description": "withdraws it before it starts: DELETE /v1/customers/{customer_id}/attributions/{this id}"})
     customer_id = ma.fields.String(required=True)
     partner_id = ma.fields.String(required=True)
     effective_from = ma.fields.String(required=True, metadata={"format": "date"})
@@ -62,7 +69,7 @@ def _day(instant_us: int | None) -> str | None:
 
 def render_attribution(attribution: Attribution) -> dict:
     a = attribution
-    return {"customer_id": a.customer_id, "partner_id": a.partner_id, "effective_from": _day(a.effective_from_us),
+    return {"id": a.id, "customer_id": a.customer_id, "partner_id": a.partner_id, "effective_from": _day(a.effective_from_us),
             "effective_to": _day(a.effective_to_us), "source": a.source, "recorded_at": a.recorded_at_us}
 
 
@@ -93,6 +100,23 @@ def attribute(args):
 @blp.response(200, CustomerSchema)
 def get_customer(customer_id: str):
     """A customer with its attribution history"""
-    customer = customers.get_customer(current_session(), customer_id)
+    return render_customer(customers.get_customer(current_session(), customer_id))
+
+
+# Any last segment, not an `int` converter: a customer id may hold slashes, so a path this rule did
+# not take (`.../attributions/-1`) would be taken for a customer's by the GET rule, and a 405.
+@blp.route("/customers/<path:customer_id>/attributions/<string:attribution_id>", methods=["DELETE"])
+@allow("finance")
+@refuses(404, "no customer has this id, or the customer has no attribution of this id")
+@refuses(409, "the attribution starts within fifteen minutes or has started, or it is the customer's only one")
+@blp.response(200, CustomerSchema)
+def withdraw_attribution(customer_id: str, attribution_id: str):
+    """Withdraw an attribution that has not started (asked again: the customer, unchanged)"""
+    if not ATTRIBUTION_ID.fullmatch(attribution_id):
+        raise NotFound(f"customer {customer_id!r} has no attribution {attribution_id!r}")
+    return render_customer(customers.withdraw_attribution(current_session(), customer_id, int(attribution_id)))
+
+
+def render_customer(customer) -> dict:
     return {"id": customer.id, "created_at": customer.created_at_us,
             "attributions": [render_attribution(a) for a in customer.attributions]}

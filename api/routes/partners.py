@@ -7,7 +7,7 @@ A partner key sees its own record, balance and statement; any other partner id, 
 is the same 404. A PATCH is exactly one of two changes: a status (`{"status", "effective_at"?}`)
 or a plan (`{"plan_id", "effective_from"}`); both or neither is a 422. A partner's changes that have
 not started are listed in its `scheduled`, each with an id (`status-12`, `plan-7`) that finance
-withdraws it by until ten minutes before it starts (`partners.withdraw_change`).
+withdraws it by until fifteen minutes before it starts (`partners.withdraw_change`).
 
 Balances and statements read what the books hold: a matured accrual that nothing has released yet
 is still pending (see README, "Decisions"). A statement is JSON, or CSV with `?format=csv` or
@@ -223,7 +223,7 @@ def change_partner(args, partner_id: str):
            methods=["DELETE"])
 @allow("finance")
 @refuses(404, "no partner has this id, or the partner has no change of this id")
-@refuses(409, "the change starts within ten minutes, or has started")
+@refuses(409, "the change starts within fifteen minutes, or has started")
 @blp.response(200, PartnerSchema)
 def withdraw_change(partner_id: str, change_id: str):
     """Withdraw a status or plan change that has not started (asked again: the partner, unchanged)"""

@@ -6,7 +6,7 @@ The terms of a version (`rates`, `duration_months`, `cpa`, `hold_days`, `min_pay
 so a 422 names the exact place (`rates.1.from_month`, `cpa.0.amount`) together with any other bad
 field of the request. A version never changes: a change of terms is a new version that starts at
 its `effective_from` (an instant, or a date meaning the start of that day, UTC). A version that has
-not started can be withdrawn until ten minutes before it starts (`plans.withdraw_version`), but
+not started can be withdrawn until fifteen minutes before it starts (`plans.withdraw_version`), but
 version 1; its number is not given again, and the plan lists it under `withdrawn_versions`.
 """
 
@@ -166,7 +166,7 @@ def get_plan(plan_id: str):
 @blp.route("/plans/<string(maxlength=64):plan_id>/versions/<int(max=2147483647):version>", methods=["DELETE"])
 @allow("finance")
 @refuses(404, "no plan has this id, or the plan has no version of this number")
-@refuses(409, "the version is the plan's first, or it starts within ten minutes or has started")
+@refuses(409, "the version is the plan's first, or it starts within fifteen minutes or has started")
 @blp.response(200, PlanSchema)
 def withdraw_version(plan_id: str, version: int):
     """Withdraw a version that has not started (asked again: the plan, unchanged)"""

@@ -1,28 +1,39 @@
 """A program fact dated ahead can be withdrawn before it starts.
 
 A partner's status change (a termination at the end of a contract, a suspension), a partner's plan
-change, and a plan's version can be dated up to 366 days ahead (migration 0017), and each must start
-after the latest of its kind (migration 0018). None could be withdrawn: a termination scheduled for
-a contract's end stayed when the contract was renewed (termination is final, so the partner could
-never be made active again), and a plan version or plan change typed a year wrong blocked every
-later one of its kind until then.
+change, a plan's version and a customer's attribution can be dated up to 366 days ahead (migration
+0017), and each must start after the latest of its kind (migration 0018). None could be withdrawn:
+a termination scheduled for a contract's end stayed when the contract was renewed (termination is
+final, so the partner could never be made active again), a customer's move to another partner
+stayed when the deal fell through, and a fact typed a year wrong blocked every later one of its
+kind until then.
 
-`program_withdrawals` records each withdrawal: which fact (its table and id), whose (the partner, or
-the plan of a version), when it was to start, what it said (the status, the plan, or the version's
-number and terms), when it was recorded, and when it was withdrawn. Inserting the row removes the
-fact from its table, in the same statement: the tables the program is read from keep only the facts
-in force, and every reader (the posting path, `verify`'s re-derivation of the program as recorded)
-reads them as before. A fact that has not started has decided nothing: a revenue event, a posting
-and a payout run are dated at most five minutes after the database's clock (migrations 0017 and
-0018), and the fact must start later than that.
+`program_withdrawals` records each withdrawal: which fact (its table and id), whose (the partner,
+the plan of a version, the customer of an attribution), when it was to start, what it said (the
+status, the plan, the version's number, the attribution's partner; `detail`: the version's terms,
+the attribution's source), when it was recorded, and when it was withdrawn. Inserting the row
+removes the fact from its table, in the same statement: the tables the program is read from keep
+only the facts in force, and every reader (the posting path, `verify`'s re-derivation of the
+program as recorded) reads them as before.
+
+A fact withdrawn must have decided nothing. A revenue event or a posting is dated at most five
+minutes after its own recording (migrations 0017 and 0029), by the clock of the server that wrote
+it, which is within five minutes of the database's: at most ten minutes after the database's
+clock; a payout run at most five (migration 0018). So a fact is withdrawn only while it starts more
+than ten minutes after the database's clock, and while no journal transaction is dated at or after
+its start (one index probe; a posting made by a server whose clock is further ahead than the skew
+allowed would otherwise have read it), nor pins it, for a version (a scan of the headers: a
+version is rarely withdrawn).
 
 What the database holds, on both engines: `program_withdrawals` is append-only (on SQLite a REPLACE
-is refused too); a withdrawal names a fact as it stands in its table (every column but the id of
-what it said), that starts more than five minutes after the database's clock, and not a plan's
-first version (a plan change was checked against the plan's first version, migration 0025). The
-three tables refuse a DELETE of a fact no withdrawal names, as they refused every DELETE before.
-The program's revision moves with each fact withdrawn (migration 0010), so processes read the
-program anew. A fact's id and a version's number name one fact for good: a new fact's id is above
+is refused too); a withdrawal is recorded within five minutes of the database's clock and names a
+fact as it stands in its table (every column of it), that has decided nothing (above); not a
+plan's first version (a plan change was checked against the plan's first version, migration
+0025), nor a customer's only attribution (whether a customer has any decides whether its payments
+are `unattributed`, migration 0034, which its stored payments would then contradict). The four tables refuse a DELETE of a fact
+no withdrawal names, as they refused every DELETE before. The program's revision moves with each
+status, plan or version withdrawn (migration 0010; attributions are read by each batch, not kept),
+so processes read the program anew. A fact's id and a version's number name one fact for good: a new fact's id is above
 every id withdrawn from its table (on SQLite, which would give the largest id again once its row is
 gone, the service gives the ids), and a plan's versions are numbered after the versions withdrawn.
 
@@ -52,12 +63,15 @@ _0038 = _revision("0038_cpa_claims_taken.py")
 
 APP_ROLE = "revshare_app"
 TABLE = "program_withdrawals"
-# Each withdrawable fact: its table, its subject column, its start column, what it said, and when it was recorded.
+# Each withdrawable fact: its table, its subject column, its start column, what it said, its detail
+# (or None), and when it was recorded.
 FACTS = (
-    ("partner_statuses", "partner_id", "effective_at_us", "status", "recorded_at_us"),
-    ("partner_plans", "partner_id", "effective_from_us", "plan_id", "recorded_at_us"),
-    ("plan_versions", "plan_id", "effective_from_us", "CAST(f.version AS TEXT)", "created_at_us"),
+    ("partner_statuses", "partner_id", "effective_at_us", "status", None, "recorded_at_us"),
+    ("partner_plans", "partner_id", "effective_from_us", "plan_id", None, "recorded_at_us"),
+    ("plan_versions", "plan_id", "effective_from_us", "CAST(f.version AS TEXT)", "terms", "created_at_us"),
+    ("attributions", "customer_id", "effective_from_us", "partner_id", "source", "recorded_at_us"),
 )
+PROGRAM_TABLES = ("partner_statuses", "partner_plans", "plan_versions")  # those migration 0010's revision follows
 CLOCK_SKEW_US = 5 * 60 * 1_000_000  # ledger.journal's, as of this revision
 
 
@@ -69,17 +83,25 @@ AS_IT_STANDS = " OR ".join(
     f"NEW.fact_table = '{table}' AND EXISTS (SELECT 1 FROM {table} f WHERE f.id = NEW.fact_id"
     f" AND f.{subject} = NEW.subject_id AND f.{start} = NEW.starts_us AND {_said(said)} = NEW.value"
     f" AND f.{recorded} = NEW.fact_recorded_at_us"
-    + (" AND f.terms = NEW.terms)" if table == "plan_versions" else " AND NEW.terms IS NULL)")
-    for table, subject, start, said, recorded in FACTS)
+    + (f" AND f.{detail} = NEW.detail)" if detail else " AND NEW.detail IS NULL)")
+    for table, subject, start, said, detail, recorded in FACTS)
 
 
 def rules(now_us: str) -> tuple[tuple[str, str], ...]:
     """(when a new withdrawal NEW is refused, the message), with the database's clock `now_us`."""
     return (
+        (f"NEW.recorded_at_us NOT BETWEEN {now_us} - {CLOCK_SKEW_US} AND {now_us} + {CLOCK_SKEW_US}",
+         f"{TABLE}: a withdrawal is recorded within five minutes of the database clock"),
         (f"NOT ({AS_IT_STANDS})", f"{TABLE}: a withdrawal names a fact as it stands"),
-        (f"NEW.starts_us <= {now_us} + {CLOCK_SKEW_US}",
-         f"{TABLE}: a fact is withdrawn only while it starts more than five minutes ahead"),
+        (f"NEW.starts_us <= {now_us} + {2 * CLOCK_SKEW_US}"
+         " OR EXISTS (SELECT 1 FROM journal_transactions t WHERE t.effective_at_us >= NEW.starts_us)"
+         " OR NEW.fact_table = 'plan_versions'"
+         " AND EXISTS (SELECT 1 FROM journal_transactions t WHERE t.plan_version_id = NEW.fact_id)",
+         f"{TABLE}: a fact is withdrawn only while it starts more than ten minutes ahead and no posting"
+         " could have read it"),
         ("NEW.fact_table = 'plan_versions' AND NEW.value = '1'", f"{TABLE}: a plan keeps its first version"),
+        ("NEW.fact_table = 'attributions' AND NOT EXISTS (SELECT 1 FROM attributions a"
+         " WHERE a.customer_id = NEW.subject_id AND a.id <> NEW.fact_id)", f"{TABLE}: a customer keeps an attribution"),
     )
 
 
@@ -130,7 +152,8 @@ def _sqlite() -> list[str]:
             f"CREATE TRIGGER trg_{table}_no_delete BEFORE DELETE ON {table}\n"
             f"WHEN NOT {WITHDRAWN.format(table=table)}\n"
             f"BEGIN SELECT RAISE(ABORT, '{DELETE_REFUSED.format(table=table)}'); END",
-            f"CREATE TRIGGER trg_{table}_program_revision_withdrawn AFTER DELETE ON {table} BEGIN {_0010.BUMP}; END",
+            *([f"CREATE TRIGGER trg_{table}_program_revision_withdrawn AFTER DELETE ON {table} BEGIN {_0010.BUMP}; END"]
+              if table in PROGRAM_TABLES else []),
             _0018.sqlite_rule(table, "id_fresh", ID_TAKEN.format(withdrawals=TABLE, table=table),
                               ID_MESSAGE.format(table=table), None),
         ]
@@ -175,8 +198,8 @@ END $$""",
             "FOR EACH ROW EXECUTE FUNCTION journal_refuse_change()",
             f"CREATE TRIGGER trg_{table}_no_delete BEFORE DELETE ON {table} "
             "FOR EACH ROW EXECUTE FUNCTION program_facts_withdrawn_only()",
-            f"CREATE TRIGGER trg_{table}_program_revision_withdrawn AFTER DELETE ON {table} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION program_revision_bump()",
+            *([f"CREATE TRIGGER trg_{table}_program_revision_withdrawn AFTER DELETE ON {table} "
+               "FOR EACH STATEMENT EXECUTE FUNCTION program_revision_bump()"] if table in PROGRAM_TABLES else []),
             *_0018.postgres_rule(table, "id_fresh", ID_TAKEN.format(withdrawals=TABLE, table=table),
                                  ID_MESSAGE.format(table=table), None).split(";\n\n"),
             f"ALTER FUNCTION {table}_id_fresh() SET search_path = public, pg_temp",
@@ -196,12 +219,12 @@ def upgrade() -> None:
         sa.Column("subject_id", sa.String(64), nullable=False),
         sa.Column("starts_us", sa.BigInteger(), nullable=False),
         sa.Column("value", sa.String(64), nullable=False),
-        sa.Column("terms", sa.Text(), nullable=True),
+        sa.Column("detail", sa.Text(), nullable=True),
         sa.Column("fact_recorded_at_us", sa.BigInteger(), nullable=False),
         sa.Column("recorded_at_us", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{TABLE}")),
         sa.UniqueConstraint("fact_table", "fact_id", name=op.f(f"uq_{TABLE}_fact_table_fact_id")),
-        sa.CheckConstraint("fact_table IN ('partner_statuses', 'partner_plans', 'plan_versions')",
+        sa.CheckConstraint(f"fact_table IN ({', '.join(repr(table) for table, *_ in FACTS)})",
                            name=op.f(f"ck_{TABLE}_fact_table")),
     )
     op.create_index(op.f(f"ix_{TABLE}_subject_id"), TABLE, ["subject_id"])
@@ -217,8 +240,9 @@ def downgrade() -> None:
         statements = [_0038.row_rule_function("plan_versions_in_order", _0018.new_row(_0018.VERSION_OUT_OF_ORDER),
                                               VERSION_MESSAGE)]
         for table, *_ in FACTS:
-            statements += [*(f"DROP TRIGGER trg_{table}_{name} ON {table}"
-                             for name in ("no_change", "no_delete", "program_revision_withdrawn", "id_fresh")),
+            statements += [*(f"DROP TRIGGER trg_{table}_{name} ON {table}" for name in (
+                                 "no_change", "no_delete", "id_fresh",
+                                 *(["program_revision_withdrawn"] if table in PROGRAM_TABLES else []))),
                            f"DROP FUNCTION {table}_id_fresh()",
                            f"CREATE TRIGGER trg_{table}_no_change BEFORE UPDATE OR DELETE ON {table} "
                            "FOR EACH ROW EXECUTE FUNCTION journal_refuse_change()"]
@@ -228,8 +252,9 @@ def downgrade() -> None:
         statements = ["DROP TRIGGER trg_plan_versions_in_order",
                       _0018.sqlite_rule("plan_versions", "in_order", _0018.VERSION_OUT_OF_ORDER, VERSION_MESSAGE, None)]
         for table, *_ in FACTS:
-            statements += [f"DROP TRIGGER trg_{table}_no_delete", f"DROP TRIGGER trg_{table}_program_revision_withdrawn",
-                           f"DROP TRIGGER trg_{table}_id_fresh",
+            statements += [f"DROP TRIGGER trg_{table}_no_delete", f"DROP TRIGGER trg_{table}_id_fresh",
+                           *([f"DROP TRIGGER trg_{table}_program_revision_withdrawn"] if table in PROGRAM_TABLES
+                             else []),
                            f"CREATE TRIGGER trg_{table}_no_delete BEFORE DELETE ON {table} "
                            f"BEGIN SELECT RAISE(ABORT, '{DELETE_REFUSED.format(table=table)}'); END"]
         statements.append(f"DROP TABLE {TABLE}")

@@ -65,6 +65,7 @@ ROUTES = {
     **partner_routes("p2", 2),
     "attribute": Route("POST", "/v1/attributions", {}, roles=BILLING_AND_FINANCE),
     "get customer": Route("GET", "/v1/customers/p1-customer", roles=BILLING_AND_FINANCE),
+    "withdraw attribution": Route("DELETE", "/v1/customers/p1-customer/attributions/0", allowed=404),
     "post revenue event": Route("POST", "/v1/revenue-events", {}, roles=BILLING),
     "post revenue batch": Route("POST", "/v1/revenue-events/batch", {}, roles=BILLING),
     "list transactions": Route("GET", "/v1/transactions", owner="*"),

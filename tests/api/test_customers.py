@@ -1,6 +1,6 @@
-"""POST /v1/attributions and GET /v1/customers/{id}."""
+"""POST /v1/attributions, GET /v1/customers/{id} and DELETE /v1/customers/{id}/attributions/{id}."""
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
@@ -16,8 +16,9 @@ def test_an_attribution_is_created_then_repeating_it_changes_nothing(call):
     customer, partner_id = unique("cust"), call.partner()
     first = call.post("/v1/attributions", attribution(customer, partner_id), as_="billing")
     body = expect(first, 201)
-    assert body == {"customer_id": customer, "partner_id": partner_id, "effective_from": "2026-01-15",
+    assert body == {"id": body["id"], "customer_id": customer, "partner_id": partner_id, "effective_from": "2026-01-15",
                     "effective_to": None, "source": "deal_registration", "recorded_at": body["recorded_at"]}
+    assert isinstance(body["id"], int)
     again = call.post("/v1/attributions", attribution(customer, partner_id), as_="finance")
     assert expect(again, 200) == body
     history = call.read(f"/v1/customers/{customer}", as_="billing")["attributions"]
@@ -186,3 +187,28 @@ def test_a_customer_reads_with_its_history(shared):
     assert body["id"] == "p2-customer" and body["created_at"].endswith("Z")
     assert [(a["partner_id"], a["effective_from"], a["effective_to"], a["source"]) for a in body["attributions"]] == [
         ("p2", "2026-01-01", None, "manual")]
+
+
+def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_not_the_only_attribution(call):
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    for partner_id in (first, second):
+        call.partner_key(partner_id)
+    current = expect(call.post("/v1/attributions", attribution(customer, first), as_="billing"), 201)
+    ahead = (datetime.now(timezone.utc).date() + timedelta(days=40)).isoformat()
+    moved = call.created("/v1/attributions", attribution(customer, second, ahead, replace=True))
+    path = f"/v1/customers/{customer}/attributions/{moved['id']}"
+    unknown = call.client.delete("/v1/no-such-route", headers=call.headers(first)).get_json()
+    for partner_id in (first, second):
+        refused = call.delete(path, as_=partner_id)
+        assert refused.status_code == 404 and refused.get_json() == unknown
+    assert errors_of(call.delete(path, as_="billing"), 403) == set()
+    body = expect(call.delete(path), 200)
+    assert body["attributions"] == [current]  # the first attribution is current again, with no end
+    assert expect(call.delete(path), 200) == body == call.read(f"/v1/customers/{customer}")  # asked again: the same
+    only = call.delete(f"/v1/customers/{customer}/attributions/{current['id']}")
+    assert errors_of(only, 409) == set() and "only one" in only.get_json()["detail"]
+    assert errors_of(call.delete(f"/v1/customers/{customer}/attributions/{moved['id'] + 1000}"), 404) == set()
+    # What the move blocked is taken: a move from an earlier day.
+    sooner = (datetime.now(timezone.utc).date() + timedelta(days=20)).isoformat()
+    assert call.created("/v1/attributions", attribution(customer, second, sooner, replace=True)
+                        )["effective_from"] == sooner

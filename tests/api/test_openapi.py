@@ -161,10 +161,11 @@ def domain_cases(call: Caller, database: Database) -> list[Case]:
     all give, and a few more."""
     terminated = call.partner()
     assert call.patch(f"/v1/partners/{terminated}", {"status": "terminated"}).status_code == 200
-    soon = call.partner()  # a change that starts within the ten minutes a withdrawal needs
+    soon = call.partner()  # a change that starts within the fifteen minutes a withdrawal needs
     starts = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
     scheduled = call.patch(f"/v1/partners/{soon}", {"status": "suspended", "effective_at": starts})
     [change] = scheduled.get_json()["scheduled"]
+    [only_attribution] = [a["id"] for a in call.read("/v1/customers/p1-customer")["attributions"]]
     event = event_body(unique("evt"), "p1-customer", unique("inv"), "10.00", "2026-01-20")
     call.created("/v1/revenue-events", event, as_="billing")
     reversed_id = new_transaction(database)
@@ -178,6 +179,8 @@ def domain_cases(call: Caller, database: Database) -> list[Case]:
         Case(404, "DELETE", f"/v1/partners/{soon}/scheduled/plan-999999999", "finance"),
         Case(409, "DELETE", "/v1/plans/standard/versions/1", "finance"),
         Case(404, "DELETE", "/v1/plans/standard/versions/99", "finance"),
+        Case(409, "DELETE", f"/v1/customers/p1-customer/attributions/{only_attribution}", "finance"),
+        Case(404, "DELETE", "/v1/customers/nobody/attributions/1", "finance"),
         Case(409, "POST", "/v1/revenue-events", "billing", {**event, "amount": money("11.00")}),
         Case(409, "POST", f"/v1/transactions/{reversed_id}/reversal", "finance", {"reason": "again"}),
         Case(404, "POST", "/v1/transactions/999999999/reversal", "finance", {"reason": "x"}),

@@ -368,12 +368,12 @@ def test_a_change_id_that_names_nothing_is_a_404(call, change):
     assert errors_of(call.delete(f"/v1/partners/nobody-{unique('x')}/scheduled/status-1"), 404) == set()
 
 
-def test_a_change_starting_within_ten_minutes_is_a_409_and_stays(call):
+def test_a_change_starting_within_fifteen_minutes_is_a_409_and_stays(call):
     partner_id = call.partner()
     starts = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
     body = expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended", "effective_at": starts}), 200)
     [change] = body["scheduled"]
     refused = call.delete(f"/v1/partners/{partner_id}/scheduled/{change['id']}")
     assert errors_of(refused, 409) == set()
-    assert "more than ten minutes ahead" in refused.get_json()["detail"]
+    assert "more than fifteen minutes ahead" in refused.get_json()["detail"]
     assert call.read(f"/v1/partners/{partner_id}")["scheduled"] == [change]
