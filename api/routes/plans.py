@@ -21,6 +21,7 @@ from api.body import Blueprint
 from api.fields import Instant, PartnerId, Start, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
+from api.pagination import ID_CONVERTER
 from api.schemas import Schema
 from api.session import current_session
 from ledger import plans
@@ -163,7 +164,7 @@ def get_plan(plan_id: str):
     return render(plans.get_plan(current_session(), plan_id))
 
 
-@blp.route("/plans/<string(maxlength=64):plan_id>/versions/<int(max=2147483647):version>", methods=["DELETE"])
+@blp.route(f"/plans/<string(maxlength=64):plan_id>/versions/<{ID_CONVERTER}:version>", methods=["DELETE"])
 @allow("finance")
 @refuses(404, "no plan has this id, or the plan has no version of this number")
 @refuses(409, "the version is the plan's first, or it starts within fifteen minutes or has started")

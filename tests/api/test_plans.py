@@ -156,4 +156,6 @@ def test_a_version_not_started_is_withdrawn_by_finance_its_number_kept_and_a_par
     assert later["version"] == 3 and later["plan_version_id"] != version["plan_version_id"]
     assert errors_of(call.delete(f"/v1/plans/{plan_id}/versions/1"), 409) == set()
     assert errors_of(call.delete(f"/v1/plans/{plan_id}/versions/4"), 404) == set()
-    assert call.delete(f"/v1/plans/{plan_id}/versions/x").status_code == 404
+    for other in ("x", "\uff13", "-3", "3.0"):  # a full-width 3, ...: no version's number
+        assert call.delete(f"/v1/plans/{plan_id}/versions/{other}").status_code == 404
+    assert call.read(f"/v1/plans/{plan_id}")["version"] == 3
