@@ -17,6 +17,7 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select, text, union_all
 from sqlalchemy.orm import Session
 
+from ledger.db import database_now_us
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from ledger.journal import CLOCK_SKEW_US, now_us
@@ -57,7 +58,11 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
              fact_recorded_at_us: int, *, detail: str | None = None, what: str) -> None:
     """Withdraw the fact, as it stands in `table`; `what` names it in a refusal. The caller holds
     the program's and the journal's locks, as a fact's writer does."""
-    now = now_us()
+    now, database_now = now_us(), database_now_us(session)
+    if abs(now - database_now) > CLOCK_SKEW_US:
+        # The database's rule on when a withdrawal is recorded (migration 0040): a 409, not its refusal as a 500.
+        raise Conflict(f"this server's clock, {format_instant(now)}, is more than five minutes off the database's, "
+                       f"{format_instant(database_now)}: a withdrawal is recorded by it")
     if starts_us <= now + MARGIN_US:
         started = "started" if starts_us <= now else "starts"
         raise Conflict(f"{what} {started} at {format_instant(starts_us)}: a change is withdrawn only while it starts "

@@ -271,3 +271,15 @@ def test_a_version_a_transaction_pins_is_not_withdrawn(books):
     with pytest.raises(Conflict, match="or pins it"):
         books.withdraw_version("standard", 2)
     refused(books, VERSION, "no posting could have read it", id=version)
+
+
+def test_a_server_whose_clock_is_off_the_database_s_by_more_than_the_skew_is_refused_with_a_message(
+        books, skewed_clock):
+    books.status("northwind", "suspended", ahead(30))
+    [change] = books.scheduled("northwind")
+    for offset_minutes in (6, -6):
+        skewed_clock.offset_us = offset_minutes * MINUTE_US
+        with pytest.raises(Conflict, match="more than five minutes off the database's"):
+            books.withdraw_change("northwind", change.id)
+    skewed_clock.offset_us = 4 * MINUTE_US
+    assert books.withdraw_change("northwind", change.id).scheduled == ()
