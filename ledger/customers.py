@@ -98,7 +98,8 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
         session.execute(insert(customers).values(id=customer_id, created_at_us=recorded))
     attribution_id = session.execute(insert(attributions).values(
         customer_id=customer_id, partner_id=partner_id, effective_from_us=start_us, source=source,
-        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions")).returning(attributions.c.id)).scalar_one()
+        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions"))
+        .returning(attributions.c.id)).scalar_one()
     return Attribution(customer_id, partner_id, start_us, None, source, recorded, attribution_id), True
 
 

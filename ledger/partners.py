@@ -6,8 +6,9 @@ depth is at most 5 (the database holds this with a composite foreign key). Statu
 dated facts: the status or plan in effect at an instant is the latest fact that started at or
 before it. A change that has not started can be withdrawn (`withdraw_change`), by finance, until
 fifteen minutes before it starts. A terminated partner earns nothing on revenue after its
-termination; a suspended partner accrues but is not paid. The latest status or plan change sent again, unchanged, changes nothing
-(a PATCH takes no Idempotency-Key: its retry must not be a 409 saying the change is refused).
+termination; a suspended partner accrues but is not paid. The latest status or plan change sent
+again, unchanged, changes nothing (a PATCH takes no Idempotency-Key: its retry must not be a 409
+saying the change is refused).
 """
 
 from __future__ import annotations
@@ -371,9 +372,10 @@ def program_for(session: Session, partner_ids: Iterable[str], *, revision: int |
 
     The database moves the revision up with every insert into the program tables and every fact
     withdrawn from them (per row on SQLite, per statement on PostgreSQL), which refuse UPDATE and any
-    other DELETE: an equal revision means equal rows (migrations 0010 and 0040). A shared Program is only ever built from, or extended with,
-    committed rows: one this transaction built is shared once it commits, and a transaction that
-    sees the shared revision has written no program rows of its own. `revision` is what
+    other DELETE: an equal revision means equal rows (migrations 0010 and 0040). A shared Program is
+    only ever built from, or extended with, committed rows: one this transaction built is shared
+    once it commits, and a transaction that sees the shared revision has written no program rows of
+    its own. `revision` is what
     `PROGRAM_REVISION` gave when the caller read it already, in this transaction.
     """
     cache = shared_cache(session, "program")

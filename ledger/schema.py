@@ -283,9 +283,8 @@ program_withdrawals = Table(
 
 # The partner program's revision: one row, which the database moves up by one with every insert
 # into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py), and with
-# every fact withdrawn from them (0040). Equal
-# revisions mean equal programs, so a process keeps its Program while the revision stands. Python
-# never writes it.
+# every fact withdrawn from them (0040). Equal revisions mean equal programs, so a process keeps its
+# Program while the revision stands. Python never writes it.
 program_revision = Table(
     "program_revision",
     metadata,

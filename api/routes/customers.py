@@ -6,7 +6,8 @@ customer's next attribution starts. Posting the customer's current attribution a
 day and source) is a 200 that changes nothing (201 when it creates one); with another source, a 409.
 Moving a customer to another partner needs `"replace": true`, which only finance may send: billing
 gets a 403 for it, and a 409 without it. An attribution that has not started can be withdrawn by
-finance until fifteen minutes before it starts, but a customer's only one (`customers.withdraw_attribution`).
+finance until fifteen minutes before it starts, but a customer's only one
+(`customers.withdraw_attribution`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def _day(instant_us: int | None) -> str | None:
 
 def render_attribution(attribution: Attribution) -> dict:
     a = attribution
-    return {"id": a.id, "customer_id": a.customer_id, "partner_id": a.partner_id, "effective_from": _day(a.effective_from_us),
-            "effective_to": _day(a.effective_to_us), "source": a.source, "recorded_at": a.recorded_at_us}
+    return {"id": a.id, "customer_id": a.customer_id, "partner_id": a.partner_id,
+            "effective_from": _day(a.effective_from_us), "effective_to": _day(a.effective_to_us), "source": a.source,
+            "recorded_at": a.recorded_at_us}
 
 
 @blp.route("/attributions", methods=["POST"])

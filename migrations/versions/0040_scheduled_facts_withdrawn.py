@@ -30,12 +30,13 @@ is refused too); a withdrawal is recorded within five minutes of the database's 
 fact as it stands in its table (every column of it), that has decided nothing (above); not a
 plan's first version (a plan change was checked against the plan's first version, migration
 0025), nor a customer's only attribution (whether a customer has any decides whether its payments
-are `unattributed`, migration 0034, which its stored payments would then contradict). The four tables refuse a DELETE of a fact
-no withdrawal names, as they refused every DELETE before. The program's revision moves with each
-status, plan or version withdrawn (migration 0010; attributions are read by each batch, not kept),
-so processes read the program anew. A fact's id and a version's number name one fact for good: a new fact's id is above
-every id withdrawn from its table (on SQLite, which would give the largest id again once its row is
-gone, the service gives the ids), and a plan's versions are numbered after the versions withdrawn.
+are `unattributed`, migration 0034, which its stored payments would then contradict). The four
+tables refuse a DELETE of a fact no withdrawal names, as they refused every DELETE before. The
+program's revision moves with each status, plan or version withdrawn (migration 0010; attributions
+are read by each batch, not kept), so processes read the program anew. A fact's id and a version's
+number name one fact for good: a new fact's id is above every id withdrawn from its table (on
+SQLite, which would give the largest id again once its row is gone, the service gives the ids), and
+a plan's versions are numbered after the versions withdrawn.
 
 SQLite: one trigger after the insert checks the row and deletes the fact; the delete guards are
 `trg_{table}_no_delete`, now with a `WHEN`. PostgreSQL: the same as a row trigger whose function

@@ -184,8 +184,8 @@ def test_the_database_removes_a_fact_only_by_a_withdrawal_of_it_as_it_stands_bef
         refused(books, statement, "program_withdrawals is append-only")
     # The withdrawn id is not given again.
     refused(books, "INSERT INTO partner_statuses (id, partner_id, status, effective_at_us, recorded_at_us)"
-                   " VALUES (:id, 'northwind', 'suspended', :at, :rec)", "the id of a fact withdrawn is not given again",
-            id=scheduled, at=at(ahead(31)), rec=now_us())
+                   " VALUES (:id, 'northwind', 'suspended', :at, :rec)",
+            "the id of a fact withdrawn is not given again", id=scheduled, at=at(ahead(31)))
 
 
 def test_the_database_keeps_a_plan_s_first_version_and_numbers_versions_after_the_withdrawn(books):
