@@ -10,7 +10,7 @@ billing posts for the customer would answer `no_commission` without saying why. 
 current attribution with one to the same partner, from a later day, starts that partner's window
 again (how finance extends a window). The current attribution sent again is a repeat that
 changes nothing only when its source is the same too; another source is a 409. An attribution that
-has not started can be withdrawn by finance (`withdraw_attribution`), but a customer's only one.
+has not started can be withdrawn by finance (`withdraw_attribution`), but a customer's first.
 """
 
 from __future__ import annotations
@@ -133,11 +133,11 @@ def get_customer(session: Session, customer_id: str) -> Customer:
 
 
 def withdraw_attribution(session: Session, customer_id: str, attribution_id: int) -> Customer:
-    """Withdraw an attribution that has not started (a move to another partner called off, a date
-    typed a year wrong), but the customer's only one: whether a customer has any attribution decides
-    whether its payments are `unattributed`, as its stored payments say (migration 0034). The same
-    withdrawal asked again changes nothing; one that starts within `withdrawals.MARGIN_US`, or has
-    started, is a 409."""
+    """Withdraw an attribution that has not started (a move to another partner called off), but the
+    customer's first: whether a customer had any attribution when a payment was recorded, started or
+    not, decides whether the payment is `unattributed`, as its stored payments say (migration 0034),
+    and the first, kept, was recorded before every payment that found one. The same withdrawal asked
+    again changes nothing; one that starts within `withdrawals.MARGIN_US`, or has started, is a 409."""
     lock_program(session)
     lock_journal(session)  # as a customer's first attribution is recorded (`attribute`)
     customer = get_customer(session, customer_id)
@@ -146,9 +146,10 @@ def withdraw_attribution(session: Session, customer_id: str, attribution_id: int
         if withdrawals.withdrawn(session, "attributions", attribution_id, customer_id):
             return customer
         raise NotFound(f"customer {customer_id!r} has no attribution {attribution_id}")
-    if len(customer.attributions) == 1:
-        raise Conflict(f"attribution {attribution_id} is customer {customer_id!r}'s only one, which is not withdrawn: "
-                       "whether the customer has one decides whether its payments are unattributed")
+    if attribution_id == min(a.id for a in customer.attributions):
+        raise Conflict(f"attribution {attribution_id} is customer {customer_id!r}'s first, which is not withdrawn: "
+                       "whether the customer had one when a payment was recorded decides whether the payment is "
+                       "unattributed")
     withdrawals.withdraw(session, "attributions", attribution_id, customer_id, found.effective_from_us,
                          found.partner_id, found.recorded_at_us, detail=found.source,
                          what=f"attribution {attribution_id} of customer {customer_id!r}")

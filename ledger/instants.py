@@ -40,7 +40,7 @@ _YEAR_MIN, _YEAR_MAX = 1970, 9800
 # A program fact (a plan version, a partner's status or plan, an attribution) may be dated at most
 # this far ahead. Each fact must start after the latest of its kind, so one dated in a far year by
 # mistake blocks every later fact of its kind until it is withdrawn (`ledger.withdrawals`; a
-# customer's only attribution cannot be) or starts.
+# customer's first attribution cannot be) or starts.
 FACT_HORIZON_DAYS = 366
 
 

@@ -68,10 +68,10 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
         raise Conflict(f"{what} {started} at {format_instant(starts_us)}: a change is withdrawn only while it starts "
                        f"more than {MARGIN_TEXT} ahead; record a new one instead")
     headers = journal_transactions.c
-    read = select(headers.id).where(headers.effective_at_us >= starts_us)
-    if table == "plan_versions":
-        read = read.union_all(select(headers.id).where(headers.plan_version_id == fact_id))
-    if session.execute(read.limit(1)).first() is not None:
+    latest_us = session.execute(select(func.max(headers.effective_at_us))).scalar()
+    pinned = table == "plan_versions" and session.execute(
+        select(headers.id).where(headers.plan_version_id == fact_id).limit(1)).first() is not None
+    if pinned or (latest_us is not None and latest_us >= starts_us):
         # A server whose clock is ahead of the others' by more than the skew allowed posted after it.
         raise Conflict(f"{what} starts at {format_instant(starts_us)}, and a posting is dated at or after it (or pins "
                        "it): it may have decided the posting, and stays")

@@ -6,7 +6,7 @@ customer's next attribution starts. Posting the customer's current attribution a
 day and source) is a 200 that changes nothing (201 when it creates one); with another source, a 409.
 Moving a customer to another partner needs `"replace": true`, which only finance may send: billing
 gets a 403 for it, and a 409 without it. An attribution that has not started can be withdrawn by
-finance until fifteen minutes before it starts, but a customer's only one
+finance until fifteen minutes before it starts, but a customer's first
 (`customers.withdraw_attribution`).
 """
 
@@ -110,7 +110,7 @@ def get_customer(customer_id: str):
 @blp.route("/customers/<path:customer_id>/attributions/<string:attribution_id>", methods=["DELETE"])
 @allow("finance")
 @refuses(404, "no customer has this id, or the customer has no attribution of this id")
-@refuses(409, "the attribution starts within fifteen minutes or has started, or it is the customer's only one")
+@refuses(409, "the attribution starts within fifteen minutes or has started, or it is the customer's first")
 @blp.response(200, CustomerSchema)
 def withdraw_attribution(customer_id: str, attribution_id: str):
     """Withdraw an attribution that has not started (asked again: the customer, unchanged)"""

@@ -189,7 +189,7 @@ def test_a_customer_reads_with_its_history(shared):
         ("p2", "2026-01-01", None, "manual")]
 
 
-def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_not_the_only_attribution(call):
+def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_not_the_first_attribution(call):
     customer, first, second = unique("cust"), call.partner(), call.partner()
     for partner_id in (first, second):
         call.partner_key(partner_id)
@@ -206,7 +206,7 @@ def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_
     assert body["attributions"] == [current]  # the first attribution is current again, with no end
     assert expect(call.delete(path), 200) == body == call.read(f"/v1/customers/{customer}")  # asked again: the same
     only = call.delete(f"/v1/customers/{customer}/attributions/{current['id']}")
-    assert errors_of(only, 409) == set() and "only one" in only.get_json()["detail"]
+    assert errors_of(only, 409) == set() and "first, which is not withdrawn" in only.get_json()["detail"]
     assert errors_of(call.delete(f"/v1/customers/{customer}/attributions/{moved['id'] + 1000}"), 404) == set()
     # What the move blocked is taken: a move from an earlier day.
     sooner = (datetime.now(timezone.utc).date() + timedelta(days=20)).isoformat()

@@ -212,19 +212,19 @@ def test_a_customer_s_move_called_off_is_withdrawn_and_its_first_partner_earns_o
     assert [(a.partner_id, a.effective_to_us) for a in customer.attributions] == [("northwind", None)]
     assert books.sql("SELECT value, detail FROM program_withdrawals WHERE fact_table = 'attributions'") == [
         ("contoso", "deal_registration")]
-    with pytest.raises(Conflict, match="only one"), books.database.transaction() as session:
+    with pytest.raises(Conflict, match="first, which is not withdrawn"), books.database.transaction() as session:
         customers.withdraw_attribution(session, "acme", customer.attributions[0].id)
     books.attribute("acme", "contoso", ahead(10), replace=True)  # sooner than the move withdrawn
     assert books.paid("acme", "inv-2", "50.00", "2026-03-01").commissions[0].partner_id == "northwind"
     assert books.verified()
 
 
-def test_the_database_keeps_a_customer_s_only_attribution(books):
+def test_the_database_keeps_a_customer_s_first_attribution(books):
     books.attribute("globex", "northwind", ahead(30))
     [(only,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'globex'")
     attribution = WITHDRAWAL.format(table="attributions", subject="customer_id", start="effective_from_us",
                                     value="f.partner_id", detail="f.source", recorded="recorded_at_us")
-    refused(books, attribution, "a customer keeps an attribution", id=only)
+    refused(books, attribution, "a customer keeps its first attribution", id=only)
     refused(books, attribution.replace("f.source,", "'import',"), "as it stands", id=only)
     refused(books, "DELETE FROM attributions WHERE id = :id", "attributions is append-only", id=only)
     books.attribute("globex", "contoso", ahead(40), replace=True)
@@ -283,3 +283,25 @@ def test_a_server_whose_clock_is_off_the_database_s_by_more_than_the_skew_is_ref
             books.withdraw_change("northwind", change.id)
     skewed_clock.offset_us = 4 * MINUTE_US
     assert books.withdraw_change("northwind", change.id).scheduled == ()
+
+
+def test_a_customer_s_first_attribution_stays_though_another_follows_it(books, skewed_clock):
+    """A payment recorded while the customer's only attribution had not started is `no_commission`,
+    not `unattributed` (migration 0034): withdrawn, that attribution would leave the payment saying
+    its customer had one when it was recorded, and none recorded then."""
+    skewed_clock.offset_us = -20 * MINUTE_US  # recorded twenty minutes before what follows
+    books.attribute("globex", "northwind", ahead(30))
+    assert books.paid("globex", "inv-g", "80.00", format_instant(now_us())).status == "no_commission"
+    skewed_clock.offset_us = 0
+    books.attribute("globex", "contoso", ahead(60), replace=True)
+    with books.database.reader() as session:
+        first, moved = customers.get_customer(session, "globex").attributions
+    with pytest.raises(Conflict, match="first, which is not withdrawn"), books.database.transaction() as session:
+        customers.withdraw_attribution(session, "globex", first.id)
+    attribution = WITHDRAWAL.format(table="attributions", subject="customer_id", start="effective_from_us",
+                                    value="f.partner_id", detail="f.source", recorded="recorded_at_us")
+    refused(books, attribution, "a customer keeps its first attribution", id=first.id)
+    with books.database.transaction() as session:
+        assert customers.withdraw_attribution(session, "globex", moved.id).attributions == (
+            first._replace(effective_to_us=None),)
+    assert books.verified()
