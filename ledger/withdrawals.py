@@ -37,14 +37,14 @@ def new_id(session: Session, table: str) -> dict[str, int]:
     the row of its largest id is withdrawn; on PostgreSQL none (its sequence never gives one twice).
     The database refuses a fact whose id was withdrawn (migration 0040). The caller holds the
     program's lock."""
-    if session.get_bind().dialect.name != "sqlite" or not _recorded(session):
+    if session.get_bind().dialect.name != "sqlite" or not recorded(session):
         return {}
     ids = union_all(select(func.max(_TABLES[table].c.id).label("id")),
                     select(func.max(program_withdrawals.c.fact_id)).where(program_withdrawals.c.fact_table == table))
     return {"id": (session.execute(select(func.max(ids.subquery().c.id))).scalar() or 0) + 1}
 
 
-def _recorded(session: Session) -> bool:
+def recorded(session: Session) -> bool:
     """Whether the books record withdrawals: those below revision 0040, as the tests of earlier
     migrations write them with today's code, have no table for them (and no withdrawals)."""
     if session.get_bind().dialect.name == "sqlite":
@@ -87,9 +87,30 @@ def withdrawn(session: Session, table: str, fact_id: int, subject_id: str) -> bo
         program_withdrawals.c.subject_id == subject_id)).first() is not None
 
 
+def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:
+    """What `verify` names of the withdrawals, as (None, code, detail): a fact a withdrawal names that
+    is still in its table (`withdrawal_not_applied`), and one withdrawn after it started
+    (`withdrawn_after_start`). The database holds both for every row (migration 0040); rows written
+    around its triggers are found here."""
+    if not recorded(session):
+        return []
+    w = program_withdrawals.c
+    problems = []
+    for name, table in _TABLES.items():
+        for withdrawal_id, fact_id in session.execute(
+                select(w.id, w.fact_id).join(table, table.c.id == w.fact_id).where(w.fact_table == name)):
+            problems.append((None, "withdrawal_not_applied",
+                             f"withdrawal {withdrawal_id} names {name} row {fact_id}, which is still there"))
+    for withdrawal_id, name, fact_id in session.execute(
+            select(w.id, w.fact_table, w.fact_id).where(w.starts_us <= w.recorded_at_us).order_by(w.id)):
+        problems.append((None, "withdrawn_after_start",
+                         f"withdrawal {withdrawal_id} of {name} row {fact_id} was recorded after the fact started"))
+    return problems
+
+
 def withdrawn_values(session: Session, table: str, subject_id: str) -> list[tuple[str, int, int]]:
     """The subject's withdrawn facts of `table`: (value, starts_us, withdrawn at), in the order withdrawn."""
-    if not _recorded(session):
+    if not recorded(session):
         return []
     return [tuple(row) for row in session.execute(
         select(program_withdrawals.c.value, program_withdrawals.c.starts_us, program_withdrawals.c.recorded_at_us)

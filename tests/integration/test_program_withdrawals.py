@@ -12,6 +12,8 @@ from ledger.errors import Conflict, NotFound
 from ledger.instants import format_instant
 from ledger.journal import now_us
 from ledger.partners import program_for
+from ledger.verify import verify
+from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.scenarios.books import Books, ahead, at, terms
 
 MINUTE_US = 60 * 1_000_000
@@ -305,3 +307,20 @@ def test_a_customer_s_first_attribution_stays_though_another_follows_it(books, s
         assert customers.withdraw_attribution(session, "globex", moved.id).attributions == (
             first._replace(effective_to_us=None),)
     assert books.verified()
+
+
+def test_verify_names_a_withdrawal_written_around_the_database_s_rules(books):
+    books.status("northwind", "suspended", ahead(30))
+    scheduled = status_id(books, "northwind", "suspended")
+    started = status_id(books, "contoso", "active")
+    assert books.verified()
+    with behind_the_triggers(books.database) as execute:
+        for fact_id, starts_us in ((scheduled, at(ahead(30))), (started, 0)):
+            execute("INSERT INTO program_withdrawals (fact_table, fact_id, subject_id, starts_us, value,"
+                    f" fact_recorded_at_us, recorded_at_us) VALUES ('partner_statuses', {fact_id}, 'x', {starts_us},"
+                    f" 'suspended', 1, {now_us()})")
+    with books.database.reader() as session:
+        named = [(problem.code, problem.message) for problem in verify(session).problems]
+    assert [code for code, _ in named] == ["withdrawal_not_applied", "withdrawal_not_applied",
+                                           "withdrawn_after_start"], named
+    assert f"partner_statuses row {started} was recorded after the fact started" in named[-1][1]
