@@ -2,12 +2,13 @@
 withdrawal of a fact that has not started costs on a grown book (migration 0040).
 
 The book is grown through the domain path (`revenue.ingest` in batches of 10,000): the bench's
-program (2,000 partners, 20,000 customers) and N paid invoices over one month (about one and a
-half journal headers each: accruals, overrides). Then, round after round, each in its own transaction and each timed alone (wall
-time): a partner's status change scheduled and withdrawn, a plan version and a customer's move to
-another partner alike. The service and the database each look for a journal transaction dated at or
-after the fact's start (one probe of the headers' instant index), and for a version, for one that
-pins it, which no index serves: a scan of the headers, paid once a version is withdrawn.
+program (2,000 partners, 20,000 customers) and N paid invoices over one month (about one and a half
+journal headers each: accruals, overrides). Then, round after round, each in its own transaction and
+each timed alone (wall time): a partner's status change scheduled and withdrawn, a plan version and
+a customer's move to another partner alike. The service and the database each look for a journal
+transaction dated at or after the fact's start (the headers' instant index's last entry), and for a
+version, for one that pins it, which no index serves: a scan of the headers, paid twice when a
+version is withdrawn.
 """
 
 from __future__ import annotations

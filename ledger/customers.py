@@ -10,7 +10,7 @@ billing posts for the customer would answer `no_commission` without saying why. 
 current attribution with one to the same partner, from a later day, starts that partner's window
 again (how finance extends a window). The current attribution sent again is a repeat that
 changes nothing only when its source is the same too; another source is a 409. An attribution that
-has not started can be withdrawn by finance (`withdraw_attribution`), but a customer's first.
+has not started can be withdrawn by finance (`withdraw_attribution`), except a customer's first.
 """
 
 from __future__ import annotations

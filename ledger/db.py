@@ -531,8 +531,9 @@ def lock_program(session: Session) -> None:
     this lock, the program revision's row, then the journal lock (none of its holders posts but
     `revshare demo`, which enrols before it posts). A status change, a plan version and a plan change
     take the journal lock before the revision's row (`partners.set_status`, `plans.add_version`,
-    `partners.change_plan`): every holder of both takes this lock first, so the two orders never
-    meet."""
+    `partners.change_plan`), and so do their withdrawals and an attribution's (`partners.withdraw_change`,
+    `plans.withdraw_version`, `customers.withdraw_attribution`): every holder of both takes this lock
+    first, so the two orders never meet."""
     if is_postgres(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROGRAM_LOCK_KEY})
 

@@ -160,7 +160,7 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
 
 def _withdrawable(starts_us: int) -> str:
     """What a refusal by a change that has not started adds: how to take it back."""
-    if starts_us <= now_us():
+    if starts_us <= now_us() + withdrawals.MARGIN_US:
         return ""
     return " (a change that has not started can be withdrawn: see the partner's `scheduled`)"
 
@@ -172,16 +172,16 @@ def _facts_by_partner(session: Session, kind: str, partner_ids: list[str]) -> di
     start = table.c.effective_at_us if kind == "status" else table.c.effective_from_us
     value = table.c.status if kind == "status" else table.c.plan_id
     found: dict[str, list[tuple[int, int, str]]] = {}
-    for partner_id, starts_us, fact_id, said in session.execute(
+    for partner_id, starts_us, fact_id, fact_value in session.execute(
             select(table.c.partner_id, start, table.c.id, value).where(table.c.partner_id.in_(partner_ids))
             .order_by(table.c.partner_id, start, table.c.id)):
-        found.setdefault(partner_id, []).append((starts_us, fact_id, said))
+        found.setdefault(partner_id, []).append((starts_us, fact_id, fact_value))
     return found
 
 
 def _latest(facts: list[tuple[int, int, str]], at_us: int) -> str | None:
     """The value of the latest fact that started at or before `at_us`."""
-    started = [said for starts_us, _, said in facts if starts_us <= at_us]
+    started = [value for starts_us, _, value in facts if starts_us <= at_us]
     return started[-1] if started else None
 
 
@@ -195,15 +195,14 @@ def _partners_now(session: Session, rows) -> list[Partner]:
     found = []
     for row in rows:
         status_facts, plan_facts = statuses.get(row.id, []), plans.get(row.id, [])
-        # A plan change dated in the future: until then, the first plan.
-        plan_id = _latest(plan_facts, now) or _latest(plan_facts, BEGINNING_US)
-        scheduled = sorted([Scheduled(f"status-{fact_id}", starts_us, said, None)
-                            for starts_us, fact_id, said in status_facts if starts_us > now]
-                           + [Scheduled(f"plan-{fact_id}", starts_us, None, said)
-                              for starts_us, fact_id, said in plan_facts if starts_us > now],
+        # Every partner's first status and plan start at its enrolment's BEGINNING_US: both are found.
+        scheduled = sorted([Scheduled(f"status-{fact_id}", starts_us, value, None)
+                            for starts_us, fact_id, value in status_facts if starts_us > now]
+                           + [Scheduled(f"plan-{fact_id}", starts_us, None, value)
+                              for starts_us, fact_id, value in plan_facts if starts_us > now],
                            key=lambda change: change.starts_us)  # stable: a status first at one instant
-        found.append(Partner(row.id, row.name, row.type, row.parent_id, row.depth, _latest(status_facts, now), plan_id,
-                             row.created_at_us, tuple(scheduled)))
+        found.append(Partner(row.id, row.name, row.type, row.parent_id, row.depth, _latest(status_facts, now),
+                             _latest(plan_facts, now), row.created_at_us, tuple(scheduled)))
     return found
 
 

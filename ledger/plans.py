@@ -84,7 +84,7 @@ def add_version(session: Session, plan_id: str, terms_data: dict[str, Any], effe
     latest = plan.versions[-1]
     if effective_from_us <= latest.effective_from_us:
         withdrawable = (" (a version that has not started can be withdrawn)"
-                        if latest.version > 1 and latest.effective_from_us > now_us() else "")
+                        if latest.version > 1 and latest.effective_from_us > now_us() + withdrawals.MARGIN_US else "")
         raise Conflict(f"effective_from: a new version must start after version {latest.version} starts"
                        + withdrawable, {"effective_from": ["must be later than the latest version's start"]})
     number = max([latest.version, *(withdrawn.version for withdrawn in plan.withdrawn)]) + 1

@@ -36,13 +36,12 @@ piece's amount (`verify_pieces_within`);
 and every payout posting with its payout record (`verify_payouts_recorded`). The rules migration
 0031 makes the database hold for new rows, on rows written before it: each adjustment between its
 expense and its partner, with a reason (`verify_adjustments`); each partner a transaction names
-enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run
-was made before or after a close is stored nowhere but in two clocks' readings.) And each program
-fact withdrawn gone from its table, withdrawn before it started (`ledger.withdrawals`, migration
-0040's rules, for rows written around its triggers). All of it reads
-one snapshot. On SQLite it first reads every page of the file (`PRAGMA quick_check`): a damaged
-file is named, and nothing more is checked. Problems are values (`Problem`), never exceptions: verify reports, the caller
-decides.
+enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run was
+made before or after a close is stored nowhere but in two clocks' readings.) And each program fact
+withdrawn gone from its table, withdrawn before it started (`ledger.withdrawals`, migration 0040's
+rules, for rows written around its triggers). All of it reads one snapshot. On SQLite it first reads
+every page of the file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked.
+Problems are values (`Problem`), never exceptions: verify reports, the caller decides.
 
 What the database holds cannot prove what it no longer holds: the newest transactions, or the
 newest close, removed by someone who can write the file (past the triggers) leave a shorter chain

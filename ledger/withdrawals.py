@@ -1,5 +1,5 @@
-"""Program facts withdrawn before they start: a partner's status or plan change, or a plan's version,
-dated ahead.
+"""Program facts withdrawn before they start: a partner's status or plan change, a plan's version or
+a customer's attribution, dated ahead.
 
 A fact withdrawn must have decided nothing yet. Revenue events and postings are dated at most
 `CLOCK_SKEW_US` after they are recorded, by their server's clock, which is within `CLOCK_SKEW_US` of
@@ -7,9 +7,13 @@ the database's: the database takes a withdrawal of a fact that starts more than 
 its own clock, while no journal transaction is dated at or after that start (nor pins it, for a
 version). The service asks for three times the skew after its own clock, so that a server whose
 clock is behind the database's by up to the skew is refused here, with a message, and not by the
-database. Withdrawing writes a row of `program_withdrawals` with the fact as it stood, and the
-database removes the fact from its table in the same statement (migration 0040): the program's
-tables keep the facts in force, read as before, and the withdrawals keep the rest for the audit.
+database, and looks for a posting dated at or after the start too: a server whose clock is further
+ahead than the skew allows may have made one. A revenue event such a server stored without a posting
+(a payment after a termination, `no_commission`) is not looked for: no index serves the events by
+instant, and one would cost every event on the bulk path. Withdrawing writes a row of
+`program_withdrawals` with the fact as it stood, and the database removes the fact from its table in
+the same statement (migration 0040): the program's tables keep the facts in force, read as before,
+and the withdrawals keep the rest for the audit.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
                        f"more than {MARGIN_TEXT} ahead; record a new one instead")
     headers = journal_transactions.c
     latest_us = session.execute(select(func.max(headers.effective_at_us))).scalar()
+    # A version is pinned only by postings dated from its start, which the first read finds, but for
+    # rows written around the service: the database looks for those too (a scan of the headers).
     pinned = table == "plan_versions" and session.execute(
         select(headers.id).where(headers.plan_version_id == fact_id).limit(1)).first() is not None
     if pinned or (latest_us is not None and latest_us >= starts_us):
@@ -88,23 +94,36 @@ def withdrawn(session: Session, table: str, fact_id: int, subject_id: str) -> bo
 
 
 def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:
-    """What `verify` names of the withdrawals, as (None, code, detail): a fact a withdrawal names that
-    is still in its table (`withdrawal_not_applied`), and one withdrawn after it started
-    (`withdrawn_after_start`). The database holds both for every row (migration 0040); rows written
-    around its triggers are found here."""
+    """What `verify` names of the withdrawals, as (None, code, message) (as `verify.Problem` takes
+    them): a fact a withdrawal names that is still in its table (`withdrawal_not_applied`); one
+    withdrawn less than `CLOCK_SKEW_US` before it started by the withdrawal's own clock
+    (`withdrawn_too_late`: the database asks for twice that by its clock, which is within the skew of
+    the writer's); a plan's first version or a customer's first attribution withdrawn
+    (`withdrawal_of_a_first`). The database holds each for every row (migration 0040); rows written
+    around its triggers are found here, in the order written."""
     if not recorded(session):
         return []
     w = program_withdrawals.c
     problems = []
     for name, table in _TABLES.items():
         for withdrawal_id, fact_id in session.execute(
-                select(w.id, w.fact_id).join(table, table.c.id == w.fact_id).where(w.fact_table == name)):
+                select(w.id, w.fact_id).join(table, table.c.id == w.fact_id).where(w.fact_table == name)
+                .order_by(w.id)):
             problems.append((None, "withdrawal_not_applied",
                              f"withdrawal {withdrawal_id} names {name} row {fact_id}, which is still there"))
     for withdrawal_id, name, fact_id in session.execute(
-            select(w.id, w.fact_table, w.fact_id).where(w.starts_us <= w.recorded_at_us).order_by(w.id)):
-        problems.append((None, "withdrawn_after_start",
-                         f"withdrawal {withdrawal_id} of {name} row {fact_id} was recorded after the fact started"))
+            select(w.id, w.fact_table, w.fact_id).where(w.starts_us <= w.recorded_at_us + CLOCK_SKEW_US)
+            .order_by(w.id)):
+        problems.append((None, "withdrawn_too_late", f"withdrawal {withdrawal_id} of {name} row {fact_id} was "
+                                                     "recorded less than five minutes before the fact started"))
+    a = attributions.c
+    earlier = select(a.id).where(a.customer_id == w.subject_id, a.id < w.fact_id).exists()
+    for withdrawal_id, name, fact_id in session.execute(
+            select(w.id, w.fact_table, w.fact_id).where(
+                (w.fact_table == "plan_versions") & (w.value == "1")
+                | (w.fact_table == "attributions") & ~earlier).order_by(w.id)):
+        problems.append((None, "withdrawal_of_a_first", f"withdrawal {withdrawal_id} of {name} row {fact_id}: a "
+                                                        "plan's first version or a customer's first attribution"))
     return problems
 
 

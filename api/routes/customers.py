@@ -6,7 +6,7 @@ customer's next attribution starts. Posting the customer's current attribution a
 day and source) is a 200 that changes nothing (201 when it creates one); with another source, a 409.
 Moving a customer to another partner needs `"replace": true`, which only finance may send: billing
 gets a 403 for it, and a 409 without it. An attribution that has not started can be withdrawn by
-finance until fifteen minutes before it starts, but a customer's first
+finance until fifteen minutes before it starts, except a customer's first
 (`customers.withdraw_attribution`).
 """
 

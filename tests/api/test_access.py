@@ -37,7 +37,7 @@ def partner_routes(partner_id: str, transaction_id: int) -> dict[str, Route]:
     return {
         f"get partner {p}": Route("GET", f"/v1/partners/{p}", owner=p, bad_queries=(("as_of=2026-01-31", "as_of"),)),
         f"patch partner {p}": Route("PATCH", f"/v1/partners/{p}", {}),
-        f"withdraw change of {p}": Route("DELETE", f"/v1/partners/{p}/scheduled/status-0", allowed=404),
+        f"withdraw change of {p}": Route("DELETE", f"/v1/partners/{p}/scheduled/status-999999999", allowed=404),
         f"balance {p}": Route("GET", f"/v1/partners/{p}/balance", owner=p,
                               bad_queries=(("as_of=2026-02-30", "as_of"), ("asof=2026-01-31", "asof"))),
         f"statement {p}": Route("GET", f"/v1/partners/{p}/statement?period=2026-01", owner=p,
@@ -65,7 +65,7 @@ ROUTES = {
     **partner_routes("p2", 2),
     "attribute": Route("POST", "/v1/attributions", {}, roles=BILLING_AND_FINANCE),
     "get customer": Route("GET", "/v1/customers/p1-customer", roles=BILLING_AND_FINANCE),
-    "withdraw attribution": Route("DELETE", "/v1/customers/p1-customer/attributions/0", allowed=404),
+    "withdraw attribution": Route("DELETE", "/v1/customers/p1-customer/attributions/999999999", allowed=404),
     "post revenue event": Route("POST", "/v1/revenue-events", {}, roles=BILLING),
     "post revenue batch": Route("POST", "/v1/revenue-events/batch", {}, roles=BILLING),
     "list transactions": Route("GET", "/v1/transactions", owner="*"),

@@ -338,9 +338,10 @@ def test_a_scheduled_termination_is_listed_and_withdrawn_by_finance_alone_each_p
     body = expect(call.patch(f"/v1/partners/{first}", {"status": "terminated", "effective_at": ends}), 200)
     [change] = body["scheduled"]
     assert change == {"id": change["id"], "status": "terminated", "effective_at": ends} and body["status"] == "active"
-    moved = expect(call.patch(f"/v1/partners/{second}", {"plan_id": "standard", "effective_from": _ahead(30)}), 200)
+    moves = _ahead(30)
+    moved = expect(call.patch(f"/v1/partners/{second}", {"plan_id": "standard", "effective_from": moves}), 200)
     [other] = moved["scheduled"]
-    assert other == {"id": other["id"], "plan_id": "standard", "effective_from": _ahead(30)}
+    assert other == {"id": other["id"], "plan_id": "standard", "effective_from": moves}
     assert call.read(f"/v1/partners/{first}", as_=first)["scheduled"] == [change]
     assert call.get(f"/v1/partners/{second}", as_=first).status_code == 404
     unknown = call.client.delete("/v1/no-such-route", headers=call.headers(first)).get_json()

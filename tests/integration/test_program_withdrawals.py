@@ -1,5 +1,6 @@
-"""A partner's status or plan change, or a plan's version, dated ahead can be withdrawn before it
-starts (`ledger.withdrawals`, migration 0040): in Python, and in the database whoever writes the row.
+"""A partner's status or plan change, a plan's version or a customer's attribution (not its first),
+dated ahead, can be withdrawn before it starts (`ledger.withdrawals`, migration 0040): in Python, and
+in the database whoever writes the row.
 The fact leaves its table, the withdrawal keeps it, and every reader (the posting path, `verify`)
 reads the program as if it had never been recorded."""
 
@@ -11,6 +12,8 @@ from ledger import customers, journal, partners, plans
 from ledger.errors import Conflict, NotFound
 from ledger.instants import format_instant
 from ledger.journal import now_us
+from ledger.customers import AttributionIndex
+from ledger.db import driver_results
 from ledger.partners import program_for
 from ledger.verify import verify
 from tests.integration.test_tamper_evidence import behind_the_triggers
@@ -37,25 +40,29 @@ def revision(books: Books) -> int:
 
 
 def test_a_termination_scheduled_for_a_contract_end_is_withdrawn_and_the_partner_goes_on(books):
-    books.status("northwind", "terminated", ahead(60))
+    ends = ahead(60)  # one reading of the date: a test run across midnight reads it once
+    books.status("northwind", "terminated", ends)
     with pytest.raises(Conflict, match="termination is final.*can be withdrawn"):
         books.status("northwind", "suspended", ahead(90))
     [change] = books.scheduled("northwind")
-    assert (change.status, change.starts_us) == ("terminated", at(ahead(60)))
+    assert (change.status, change.starts_us) == ("terminated", at(ends))
+    with books.database.reader() as session:
+        assert program_for(session, ["northwind"]).status_at("northwind", at(ends) + 1) == "terminated"
     before = revision(books)
     partner = books.withdraw_change("northwind", change.id)
     assert partner.scheduled == () and partner.status == "active"
     assert revision(books) > before  # every process reads the program anew
     assert books.sql("SELECT count(*) FROM partner_statuses WHERE status = 'terminated'") == [(0,)]
     assert books.sql("SELECT fact_table, subject_id, value, starts_us FROM program_withdrawals") == [
-        ("partner_statuses", "northwind", "terminated", at(ahead(60)))]
+        ("partner_statuses", "northwind", "terminated", at(ends))]
+    with books.database.reader() as session:  # what a posting dated after it would be decided by
+        assert program_for(session, ["northwind"]).status_at("northwind", at(ends) + 1) == "active"
     # What the termination refused is accepted: a later status, an attribution after its date.
     books.status("northwind", "suspended", ahead(90))
-    books.attribute("globex", "northwind", ahead(61))
+    books.attribute("globex", "northwind", ahead(61))  # migration 0025 refused it
     # The same withdrawal asked again changes nothing.
     assert books.withdraw_change("northwind", change.id).scheduled == books.scheduled("northwind")
     assert books.sql("SELECT count(*) FROM program_withdrawals") == [(1,)]
-    assert books.paid("acme", "inv-2", "50.00", "2026-03-01").commissions  # still earning
     assert books.verified()
 
 
@@ -216,8 +223,10 @@ def test_a_customer_s_move_called_off_is_withdrawn_and_its_first_partner_earns_o
         ("contoso", "deal_registration")]
     with pytest.raises(Conflict, match="first, which is not withdrawn"), books.database.transaction() as session:
         customers.withdraw_attribution(session, "acme", customer.attributions[0].id)
+    with books.database.reader() as session:  # what a payment dated after its start would be decided by
+        index = AttributionIndex(driver_results(session, AttributionIndex.statements(session, ["acme"])))
+    assert index.at("acme", moved.effective_from_us + 1)[1] == "northwind"
     books.attribute("acme", "contoso", ahead(10), replace=True)  # sooner than the move withdrawn
-    assert books.paid("acme", "inv-2", "50.00", "2026-03-01").commissions[0].partner_id == "northwind"
     assert books.verified()
 
 
@@ -313,14 +322,32 @@ def test_verify_names_a_withdrawal_written_around_the_database_s_rules(books):
     books.status("northwind", "suspended", ahead(30))
     scheduled = status_id(books, "northwind", "suspended")
     started = status_id(books, "contoso", "active")
+    [(first_version,)] = books.sql("SELECT id FROM plan_versions WHERE plan_id = 'standard'")
+    [(first_attribution,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'acme'")
     assert books.verified()
     with behind_the_triggers(books.database) as execute:
-        for fact_id, starts_us in ((scheduled, at(ahead(30))), (started, 0)):
+        for table, fact_id, starts_us in (("partner_statuses", scheduled, at(ahead(30))),
+                                          ("partner_statuses", started, 0), ("plan_versions", first_version, 0),
+                                          ("attributions", first_attribution, 0)):
             execute("INSERT INTO program_withdrawals (fact_table, fact_id, subject_id, starts_us, value,"
-                    f" fact_recorded_at_us, recorded_at_us) VALUES ('partner_statuses', {fact_id}, 'x', {starts_us},"
-                    f" 'suspended', 1, {now_us()})")
+                    f" fact_recorded_at_us, recorded_at_us) VALUES ('{table}', {fact_id}, 'acme', {starts_us},"
+                    f" '1', 1, {now_us()})")
     with books.database.reader() as session:
         named = [(problem.code, problem.message) for problem in verify(session).problems]
-    assert [code for code, _ in named] == ["withdrawal_not_applied", "withdrawal_not_applied",
-                                           "withdrawn_after_start"], named
-    assert f"partner_statuses row {started} was recorded after the fact started" in named[-1][1]
+    assert [code for code, _ in named] == [*["withdrawal_not_applied"] * 4, *["withdrawn_too_late"] * 3,
+                                           *["withdrawal_of_a_first"] * 2], named
+    assert f"partner_statuses row {started} was recorded less than five minutes before" in named[4][1]
+    assert f"plan_versions row {first_version}: a plan's first version" in named[-2][1]
+    assert f"attributions row {first_attribution}: a plan's first version or a customer's first" in named[-1][1]
+
+
+def test_the_database_takes_a_withdrawal_only_of_a_fact_that_starts_over_ten_minutes_after_its_clock(books):
+    """Between the database's ten minutes and the service's fifteen: the database alone decides."""
+    with books.database.transaction() as session:
+        partners.set_status(session, "contoso", "suspended", now_us() + 8 * MINUTE_US)
+        partners.set_status(session, "contoso", "active", now_us() + 12 * MINUTE_US)
+    [(soon,), (later,)] = books.sql("SELECT id FROM partner_statuses WHERE partner_id = 'contoso' AND"
+                                    " effective_at_us > 0 ORDER BY effective_at_us")
+    refused(books, STATUS, "withdrawn only while it starts more than ten minutes ahead", id=soon)
+    accepted(books, STATUS, id=later)
+    assert [change.status for change in books.scheduled("contoso")] == ["suspended"]
