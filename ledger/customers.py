@@ -133,8 +133,8 @@ def get_customer(session: Session, customer_id: str) -> Customer:
 
 
 def withdraw_attribution(session: Session, customer_id: str, attribution_id: int) -> Customer:
-    """Withdraw an attribution that has not started (a move to another partner called off), but the
-    customer's first: whether a customer had any attribution when a payment was recorded, started or
+    """Withdraw an attribution that has not started (a move to another partner called off), except
+    the customer's first: whether a customer had any attribution when a payment was recorded, started or
     not, decides whether the payment is `unattributed`, as its stored payments say (migration 0034),
     and the first, kept, was recorded before every payment that found one. The same withdrawal asked
     again changes nothing; one that starts within `withdrawals.MARGIN_US`, or has started, is a 409."""
