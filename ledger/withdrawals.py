@@ -25,10 +25,9 @@ from ledger.db import database_now_us
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from ledger.journal import CLOCK_SKEW_US, now_us
-from ledger.schema import (attributions, journal_transactions, partner_plans, partner_statuses, plan_versions,
-                           program_withdrawals)
+from ledger.schema import WITHDRAWN_FACT_TABLES, attributions, journal_transactions, metadata, program_withdrawals
 
-_TABLES = {table.name: table for table in (partner_statuses, partner_plans, plan_versions, attributions)}
+_TABLES = {name: metadata.tables[name] for name in WITHDRAWN_FACT_TABLES}
 
 MARGIN_US = 3 * CLOCK_SKEW_US
 MARGIN_TEXT = "fifteen minutes"

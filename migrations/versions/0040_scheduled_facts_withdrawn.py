@@ -66,25 +66,21 @@ _0038 = _revision("0038_cpa_claims_taken.py")
 
 APP_ROLE = "revshare_app"
 TABLE = "program_withdrawals"
-# Each withdrawable fact: its table, its subject column, its start column, what it said, its detail
-# (or None), and when it was recorded.
+# Each withdrawable fact: its table, its subject column, its start column, what it said (of its row
+# `f`), its detail (or None), and when it was recorded.
 FACTS = (
-    ("partner_statuses", "partner_id", "effective_at_us", "status", None, "recorded_at_us"),
-    ("partner_plans", "partner_id", "effective_from_us", "plan_id", None, "recorded_at_us"),
+    ("partner_statuses", "partner_id", "effective_at_us", "f.status", None, "recorded_at_us"),
+    ("partner_plans", "partner_id", "effective_from_us", "f.plan_id", None, "recorded_at_us"),
     ("plan_versions", "plan_id", "effective_from_us", "CAST(f.version AS TEXT)", "terms", "created_at_us"),
-    ("attributions", "customer_id", "effective_from_us", "partner_id", "source", "recorded_at_us"),
+    ("attributions", "customer_id", "effective_from_us", "f.partner_id", "source", "recorded_at_us"),
 )
 PROGRAM_TABLES = ("partner_statuses", "partner_plans", "plan_versions")  # those migration 0010's revision follows
 CLOCK_SKEW_US = 5 * 60 * 1_000_000  # ledger.journal's, as of this revision
 
 
-def _said(said: str) -> str:
-    return said if said.startswith("CAST") else f"f.{said}"
-
-
 AS_IT_STANDS = " OR ".join(
     f"NEW.fact_table = '{table}' AND EXISTS (SELECT 1 FROM {table} f WHERE f.id = NEW.fact_id"
-    f" AND f.{subject} = NEW.subject_id AND f.{start} = NEW.starts_us AND {_said(said)} = NEW.value"
+    f" AND f.{subject} = NEW.subject_id AND f.{start} = NEW.starts_us AND {said} = NEW.value"
     f" AND f.{recorded} = NEW.fact_recorded_at_us"
     + (f" AND f.{detail} = NEW.detail)" if detail else " AND NEW.detail IS NULL)")
     for table, subject, start, said, detail, recorded in FACTS)
