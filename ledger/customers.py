@@ -10,7 +10,8 @@ billing posts for the customer would answer `no_commission` without saying why. 
 current attribution with one to the same partner, from a later day, starts that partner's window
 again (how finance extends a window). The current attribution sent again is a repeat that
 changes nothing only when its source is the same too; another source is a 409. An attribution that
-has not started can be withdrawn by finance (`withdraw_attribution`), except a customer's first.
+has not started can be withdrawn by finance (`withdraw_attribution`), a customer's first or only one
+too: the customer stays known, and its record lists what was withdrawn.
 """
 
 from __future__ import annotations
@@ -44,10 +45,20 @@ class Attribution(NamedTuple):
     id: int | None = None  # names it for `withdraw_attribution`
 
 
+class WithdrawnAttribution(NamedTuple):
+    id: int
+    partner_id: str
+    effective_from_us: int
+    source: str
+    recorded_at_us: int
+    withdrawn_at_us: int
+
+
 class Customer(NamedTuple):
     id: str
     created_at_us: int
     attributions: tuple[Attribution, ...]
+    withdrawn: tuple[WithdrawnAttribution, ...] = ()
 
 
 def validate_external_id(value, *, field: str) -> str:
@@ -129,27 +140,28 @@ def get_customer(session: Session, customer_id: str) -> Customer:
         ends = rows[index + 1].effective_from_us if index + 1 < len(rows) else None
         history.append(Attribution(a.customer_id, a.partner_id, a.effective_from_us, ends, a.source, a.recorded_at_us,
                                    a.id))
-    return Customer(row.id, row.created_at_us, tuple(history))
+    withdrawn = tuple(WithdrawnAttribution(w.fact_id, w.value, w.starts_us, w.detail, w.fact_recorded_at_us,
+                                           w.recorded_at_us)
+                      for w in withdrawals.withdrawn_facts(session, "attributions", customer_id))
+    return Customer(row.id, row.created_at_us, tuple(history), withdrawn)
 
 
 def withdraw_attribution(session: Session, customer_id: str, attribution_id: int) -> Customer:
-    """Withdraw an attribution that has not started (a move to another partner called off), except
-    the customer's first: whether a customer had any attribution when a payment was recorded, started or
-    not, decides whether the payment is `unattributed`, as its stored payments say (migration 0034),
-    and the first, kept, was recorded before every payment that found one. The same withdrawal asked
-    again changes nothing; one that starts within `withdrawals.MARGIN_US`, or has started, is a 409."""
+    """Withdraw an attribution that has not started (a move to another partner called off, a new
+    customer's attribution dated a year wrong). A customer's first or only attribution too: whether a
+    customer had one when a payment was recorded decides whether the payment is `unattributed`
+    (migration 0034), and `verify` reads the attributions withdrawn for that, as they stood when each
+    payment was recorded. The customer stays known, with what was withdrawn. The same withdrawal
+    asked again changes nothing; one that starts within `withdrawals.MARGIN_US`, or has started, is a
+    409."""
     lock_program(session)
     lock_journal(session)  # as a customer's first attribution is recorded (`attribute`)
     customer = get_customer(session, customer_id)
     found = next((a for a in customer.attributions if a.id == attribution_id), None)
     if found is None:
-        if withdrawals.withdrawn(session, "attributions", attribution_id, customer_id):
+        if any(w.id == attribution_id for w in customer.withdrawn):
             return customer
         raise NotFound(f"customer {customer_id!r} has no attribution {attribution_id}")
-    if attribution_id == min(a.id for a in customer.attributions):
-        raise Conflict(f"attribution {attribution_id} is customer {customer_id!r}'s first, which is not withdrawn: "
-                       "whether the customer had one when a payment was recorded decides whether the payment is "
-                       "unattributed")
     withdrawals.withdraw(session, "attributions", attribution_id, customer_id, found.effective_from_us,
                          found.partner_id, found.recorded_at_us, detail=found.source,
                          what=f"attribution {attribution_id} of customer {customer_id!r}")

@@ -39,8 +39,7 @@ _YEAR_MIN, _YEAR_MAX = 1970, 9800
 
 # A program fact (a plan version, a partner's status or plan, an attribution) may be dated at most
 # this far ahead. Each fact must start after the latest of its kind, so one dated in a far year by
-# mistake blocks every later fact of its kind until it is withdrawn (`ledger.withdrawals`; a
-# customer's first attribution cannot be) or starts.
+# mistake blocks every later fact of its kind until it is withdrawn (`ledger.withdrawals`) or starts.
 FACT_HORIZON_DAYS = 366
 
 

@@ -132,8 +132,8 @@ def get_plan(session: Session, plan_id: str) -> Plan:
         raise NotFound(f"plan {plan_id!r} does not exist")
     versions = session.execute(select(plan_versions).where(plan_versions.c.plan_id == plan_id)
                                .order_by(plan_versions.c.version)).all()
-    withdrawn = tuple(WithdrawnVersion(int(number), starts_us, withdrawn_at_us) for number, starts_us, withdrawn_at_us
-                      in withdrawals.withdrawn_values(session, "plan_versions", plan_id))
+    withdrawn = tuple(WithdrawnVersion(int(w.value), w.starts_us, w.recorded_at_us)
+                      for w in withdrawals.withdrawn_facts(session, "plan_versions", plan_id))
     return Plan(row.id, row.name, tuple(
         PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)) for v in versions),
         withdrawn)

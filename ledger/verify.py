@@ -63,7 +63,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import collector, holds, statement_bodies, statement_lines
+from ledger import collector, holds, statement_bodies, statement_lines, withdrawals
 from ledger.balances import line_sums
 from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.commission import EARNING_KINDS
@@ -79,7 +79,8 @@ from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
-                           open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes, revenue_events)
+                           open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
+                           program_withdrawals, revenue_events)
 from ledger.withdrawals import verify_withdrawals
 
 STREAM_CHUNK_ROWS = 10_000
@@ -532,8 +533,9 @@ def verify_event_statuses(session: Session) -> list[Problem]:
     """What each revenue event's status says against the rows it is decided from (migration 0034
     holds it for new rows): `posted` when, and only when, a commission or clawback of its invoice
     names the event; a payment `unattributed` when, and only when, no attribution of its customer
-    had been recorded when it was (ten minutes of clock skew allowed either way, `RECORDED_SKEW_US`:
-    an attribution recorded within them of the event is not counted against either status); a
+    stood when it was recorded: recorded before it and not withdrawn by then (ten minutes of clock
+    skew allowed either way, `RECORDED_SKEW_US`: an attribution recorded or withdrawn within them of
+    the event is not counted against either status); a
     refund, chargeback or won dispute `unattributed` when, and only when, its invoice's payment is.
     A row that says `no_commission` with no transaction, for a customer attributed by then, passes:
     deciding it needs the plans, statuses and windows as they stood."""
@@ -548,12 +550,25 @@ def verify_event_statuses(session: Session) -> list[Problem]:
                 for event_id, status in session.execute(
                     select(e.id, e.status).where((posted & ~named) | (~posted & named)).order_by(e.id))]
 
-    def attributed(before: ColumnElement) -> ColumnElement:
-        return select(a.id).where(a.customer_id == e.customer_id, a.recorded_at_us < before).exists()
+    w = program_withdrawals.c
+    with_withdrawals = withdrawals.recorded(session)
+
+    def attributed(recorded_before: ColumnElement, withdrawn_after: ColumnElement) -> ColumnElement:
+        # An attribution recorded before the instant, and one withdrawn since (migration 0040) that
+        # stood then: a customer's first may be withdrawn before it starts.
+        standing = select(a.id).where(a.customer_id == e.customer_id, a.recorded_at_us < recorded_before).exists()
+        if not with_withdrawals:
+            return standing
+        return standing | select(w.id).where(
+            w.fact_table == "attributions", w.subject_id == e.customer_id, w.fact_recorded_at_us < recorded_before,
+            w.recorded_at_us > withdrawn_after).exists()
     unattributed = e.status == "unattributed"
-    payments = session.execute(select(e.id, e.status).where(e.type == "invoice_paid", (
-        unattributed & attributed(e.recorded_at_us - RECORDED_SKEW_US))
-        | (~unattributed & ~attributed(e.recorded_at_us + RECORDED_SKEW_US + 1))).order_by(e.id))
+    # Attributed for certain: by an attribution recorded, and not withdrawn, within the skew of it.
+    surely = attributed(e.recorded_at_us - RECORDED_SKEW_US, e.recorded_at_us + RECORDED_SKEW_US)
+    # Perhaps: by one that may have been recorded, and not yet withdrawn, when the payment was.
+    perhaps = attributed(e.recorded_at_us + RECORDED_SKEW_US + 1, e.recorded_at_us - RECORDED_SKEW_US - 1)
+    payments = session.execute(select(e.id, e.status).where(
+        e.type == "invoice_paid", (unattributed & surely) | (~unattributed & ~perhaps)).order_by(e.id))
     problems += [Problem(None, "event_status_unlike_attributions", f"revenue event {event_id!r} says {status}, but "
                          + ("its customer was attributed before it was recorded" if status == "unattributed"
                             else "its customer had no attribution when it was recorded"))

@@ -25,7 +25,7 @@ from ledger.db import database_now_us
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from ledger.journal import CLOCK_SKEW_US, now_us
-from ledger.schema import WITHDRAWN_FACT_TABLES, attributions, journal_transactions, metadata, program_withdrawals
+from ledger.schema import WITHDRAWN_FACT_TABLES, journal_transactions, metadata, program_withdrawals
 
 _TABLES = {name: metadata.tables[name] for name in WITHDRAWN_FACT_TABLES}
 
@@ -97,9 +97,9 @@ def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:
     them): a fact a withdrawal names that is still in its table (`withdrawal_not_applied`); one
     withdrawn less than `CLOCK_SKEW_US` before it started by the withdrawal's own clock
     (`withdrawn_too_late`: the database asks for twice that by its clock, which is within the skew of
-    the writer's); a plan's first version or a customer's first attribution withdrawn
-    (`withdrawal_of_a_first`). The database holds each for every row (migration 0040); rows written
-    around its triggers are found here, in the order written."""
+    the writer's); a plan's first version withdrawn (`withdrawal_of_a_first`). The database holds
+    each for every row (migrations 0040 and 0041); rows written around its triggers are found here,
+    in the order written."""
     if not recorded(session):
         return []
     w = program_withdrawals.c
@@ -115,22 +115,19 @@ def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:
             .order_by(w.id)):
         problems.append((None, "withdrawn_too_late", f"withdrawal {withdrawal_id} of {name} row {fact_id} was "
                                                      "recorded less than five minutes before the fact started"))
-    a = attributions.c
-    earlier = select(a.id).where(a.customer_id == w.subject_id, a.id < w.fact_id).exists()
-    for withdrawal_id, name, fact_id in session.execute(
-            select(w.id, w.fact_table, w.fact_id).where(
-                (w.fact_table == "plan_versions") & (w.value == "1")
-                | (w.fact_table == "attributions") & ~earlier).order_by(w.id)):
-        problems.append((None, "withdrawal_of_a_first", f"withdrawal {withdrawal_id} of {name} row {fact_id}: a "
-                                                        "plan's first version or a customer's first attribution"))
+    for withdrawal_id, fact_id in session.execute(
+            select(w.id, w.fact_id).where(w.fact_table == "plan_versions", w.value == "1").order_by(w.id)):
+        problems.append((None, "withdrawal_of_a_first",
+                         f"withdrawal {withdrawal_id} of plan_versions row {fact_id}: a plan's first version"))
     return problems
 
 
-def withdrawn_values(session: Session, table: str, subject_id: str) -> list[tuple[str, int, int]]:
-    """The subject's withdrawn facts of `table`: (value, starts_us, withdrawn at), in the order withdrawn."""
+def withdrawn_facts(session: Session, table: str, subject_id: str) -> list:
+    """The subject's withdrawn facts of `table`, as their rows of `program_withdrawals` (`fact_id`,
+    `value`, `detail`, `starts_us`, `fact_recorded_at_us`, `recorded_at_us`: when withdrawn), in the
+    order withdrawn."""
     if not recorded(session):
         return []
-    return [tuple(row) for row in session.execute(
-        select(program_withdrawals.c.value, program_withdrawals.c.starts_us, program_withdrawals.c.recorded_at_us)
-        .where(program_withdrawals.c.fact_table == table, program_withdrawals.c.subject_id == subject_id)
-        .order_by(program_withdrawals.c.id))]
+    w = program_withdrawals.c
+    return session.execute(select(w.fact_id, w.value, w.detail, w.starts_us, w.fact_recorded_at_us, w.recorded_at_us)
+                           .where(w.fact_table == table, w.subject_id == subject_id).order_by(w.id)).all()

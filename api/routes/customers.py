@@ -6,8 +6,8 @@ customer's next attribution starts. Posting the customer's current attribution a
 day and source) is a 200 that changes nothing (201 when it creates one); with another source, a 409.
 Moving a customer to another partner needs `"replace": true`, which only finance may send: billing
 gets a 403 for it, and a 409 without it. An attribution that has not started can be withdrawn by
-finance until fifteen minutes before it starts, except a customer's first
-(`customers.withdraw_attribution`).
+finance until fifteen minutes before it starts (`customers.withdraw_attribution`); the customer's
+record lists it under `withdrawn_attributions`.
 """
 
 from __future__ import annotations
@@ -57,11 +57,22 @@ class AttributionSchema(Schema):
     recorded_at = Instant(required=True)
 
 
+class WithdrawnAttributionSchema(Schema):
+    id = ma.fields.Integer(required=True)
+    partner_id = ma.fields.String(required=True)
+    effective_from = ma.fields.String(required=True, metadata={"format": "date", "description": "when it was to start"})
+    source = ma.fields.String(required=True, metadata={"enum": list(ATTRIBUTION_SOURCES)})
+    recorded_at = Instant(required=True)
+    withdrawn_at = Instant(required=True)
+
+
 class CustomerSchema(Schema):
     id = ma.fields.String(required=True)
     created_at = Instant(required=True)
     attributions = ma.fields.List(ma.fields.Nested(AttributionSchema), required=True, metadata={
-        "description": "the attribution history, oldest first"})
+        "description": "the attribution history, oldest first (empty once every attribution was withdrawn)"})
+    withdrawn_attributions = ma.fields.List(ma.fields.Nested(WithdrawnAttributionSchema), required=True, metadata={
+        "description": "attributions withdrawn before they started, in the order withdrawn"})
 
 
 def _day(instant_us: int | None) -> str | None:
@@ -110,7 +121,7 @@ def get_customer(customer_id: str):
 @blp.route("/customers/<path:customer_id>/attributions/<string:attribution_id>", methods=["DELETE"])
 @allow("finance")
 @refuses(404, "no customer has this id, or the customer has no attribution of this id")
-@refuses(409, "the attribution starts within fifteen minutes or has started, or it is the customer's first")
+@refuses(409, "the attribution starts within fifteen minutes or has started")
 @blp.response(200, CustomerSchema)
 def withdraw_attribution(customer_id: str, attribution_id: str):
     """Withdraw an attribution that has not started (asked again: the customer, unchanged)"""
@@ -121,4 +132,8 @@ def withdraw_attribution(customer_id: str, attribution_id: str):
 
 def render_customer(customer) -> dict:
     return {"id": customer.id, "created_at": customer.created_at_us,
-            "attributions": [render_attribution(a) for a in customer.attributions]}
+            "attributions": [render_attribution(a) for a in customer.attributions],
+            "withdrawn_attributions": [
+                {"id": w.id, "partner_id": w.partner_id, "effective_from": _day(w.effective_from_us),
+                 "source": w.source, "recorded_at": w.recorded_at_us, "withdrawn_at": w.withdrawn_at_us}
+                for w in customer.withdrawn]}

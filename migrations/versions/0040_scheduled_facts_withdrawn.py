@@ -103,9 +103,11 @@ def rules(now_us: str) -> tuple[tuple[str, str], ...]:
         ("NEW.fact_table = 'plan_versions' AND NEW.value = '1'", f"{TABLE}: a plan keeps its first version"),
         # Ids follow the order rows are written in: the customer's first attribution has the least.
         ("NEW.fact_table = 'attributions' AND NOT EXISTS (SELECT 1 FROM attributions a"
-         " WHERE a.customer_id = NEW.subject_id AND a.id < NEW.fact_id)",
-         f"{TABLE}: a customer keeps its first attribution"),
+         " WHERE a.customer_id = NEW.subject_id AND a.id < NEW.fact_id)", FIRST_ATTRIBUTION_KEPT),
     )
+
+
+FIRST_ATTRIBUTION_KEPT = f"{TABLE}: a customer keeps its first attribution"  # until migration 0041
 
 
 # A plan's next version: one more than any of its versions, withdrawn or not (migration 0018's rule,
@@ -127,11 +129,37 @@ WITHDRAWN = f"EXISTS (SELECT 1 FROM {TABLE} w WHERE w.fact_table = '{{table}}' A
 DELETE_REFUSED = "{table} is append-only: DELETE refused"
 
 
-def _sqlite() -> list[str]:
-    checks = "".join(f"\n    WHEN {refused} THEN RAISE(ABORT, '{message}')"
-                     for refused, message in rules(_0018.NOW_US_SQLITE))
+def sqlite_held(held_rules: tuple[tuple[str, str], ...]) -> str:
+    """The SQLite trigger that checks a new withdrawal by `held_rules` (as `rules` gives them) and
+    removes its fact."""
+    checks = "".join(f"\n    WHEN {refused} THEN RAISE(ABORT, '{message}')" for refused, message in held_rules)
     deletes = "".join(f"\n  DELETE FROM {table} WHERE NEW.fact_table = '{table}' AND id = NEW.fact_id;"
                       for table, *_ in FACTS)
+    return (f"CREATE TRIGGER trg_{TABLE}_held AFTER INSERT ON {TABLE}\nBEGIN\n  SELECT CASE"
+            f"\n    WHEN typeof(NEW.recorded_at_us) <> 'integer' THEN RAISE(ABORT, '{TABLE}: recorded_at_us is an integer')"
+            f"{checks}\n  END;{deletes}\nEND")
+
+
+def postgres_held(held_rules: tuple[tuple[str, str], ...], create: str = "CREATE") -> str:
+    """The PostgreSQL function (`create`: `CREATE` or `CREATE OR REPLACE`) that checks a new
+    withdrawal by `held_rules` and removes its fact, as the owner: the application role may not
+    delete from the program's tables."""
+    checks = "".join(f"""
+  IF {refused} THEN
+    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
+  END IF;""" for refused, message in held_rules)
+    deletes = "\n  ELS".join(f"IF NEW.fact_table = '{table}' THEN\n    DELETE FROM {table} WHERE id = NEW.fact_id;"
+                             for table, *_ in FACTS)
+    return f"""{create} FUNCTION {TABLE}_held() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp SET jit = off AS $$
+BEGIN{checks}
+  {deletes}
+  END IF;
+  RETURN NULL;
+END $$"""
+
+
+def _sqlite() -> list[str]:
     statements = [
         *(f"CREATE TRIGGER trg_{TABLE}_no_{operation.lower()} BEFORE {operation} ON {TABLE}\n"
           f"BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: {operation} refused'); END"
@@ -143,9 +171,7 @@ def _sqlite() -> list[str]:
         f"\n    WHEN EXISTS (SELECT 1 FROM {TABLE} t WHERE t.fact_table = NEW.fact_table AND t.fact_id = NEW.fact_id)"
         f" THEN RAISE(ABORT, '{TABLE} is append-only: its unique key {TABLE}.fact_table, {TABLE}.fact_id is taken')"
         "\n  END;\nEND",
-        f"CREATE TRIGGER trg_{TABLE}_held AFTER INSERT ON {TABLE}\nBEGIN\n  SELECT CASE"
-        f"\n    WHEN typeof(NEW.recorded_at_us) <> 'integer' THEN RAISE(ABORT, '{TABLE}: recorded_at_us is an integer')"
-        f"{checks}\n  END;{deletes}\nEND",
+        sqlite_held(rules(_0018.NOW_US_SQLITE)),
         "DROP TRIGGER trg_plan_versions_in_order",
         _0018.sqlite_rule("plan_versions", "in_order", VERSION_OUT_OF_ORDER, VERSION_MESSAGE, None),
     ]
@@ -164,25 +190,12 @@ def _sqlite() -> list[str]:
 
 
 def _postgres() -> list[str]:
-    checks = "".join(f"""
-  IF {refused} THEN
-    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
-  END IF;""" for refused, message in rules(_0018.NOW_US_POSTGRES))
-    deletes = "\n  ELS".join(f"IF NEW.fact_table = '{table}' THEN\n    DELETE FROM {table} WHERE id = NEW.fact_id;"
-                             for table, *_ in FACTS)
     statements = [
         *(f"CREATE TRIGGER trg_{TABLE}_no_change BEFORE UPDATE OR DELETE ON {TABLE} "
           "FOR EACH ROW EXECUTE FUNCTION journal_refuse_change()",
           f"CREATE TRIGGER trg_{TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE} "
           "FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change()"),
-        # As the owner: the application role may not delete from the program's tables.
-        f"""CREATE FUNCTION {TABLE}_held() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = public, pg_temp SET jit = off AS $$
-BEGIN{checks}
-  {deletes}
-  END IF;
-  RETURN NULL;
-END $$""",
+        postgres_held(rules(_0018.NOW_US_POSTGRES)),
         f"CREATE TRIGGER trg_{TABLE}_held AFTER INSERT ON {TABLE} FOR EACH ROW EXECUTE FUNCTION {TABLE}_held()",
         f"""CREATE FUNCTION program_facts_withdrawn_only() RETURNS trigger LANGUAGE plpgsql
 SET search_path = public, pg_temp SET jit = off AS $$

@@ -189,7 +189,7 @@ def test_a_customer_reads_with_its_history(shared):
         ("p2", "2026-01-01", None, "manual")]
 
 
-def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_not_the_first_attribution(call):
+def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_not_one_started(call):
     customer, first, second = unique("cust"), call.partner(), call.partner()
     for partner_id in (first, second):
         call.partner_key(partner_id)
@@ -204,11 +204,40 @@ def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_
     assert errors_of(call.delete(path, as_="billing"), 403) == set()
     body = expect(call.delete(path), 200)
     assert body["attributions"] == [current]  # the first attribution is current again, with no end
+    [withdrawn] = body["withdrawn_attributions"]
+    assert withdrawn == {key: moved[key] for key in ("id", "partner_id", "effective_from", "source", "recorded_at")
+                         } | {"withdrawn_at": withdrawn["withdrawn_at"]} and withdrawn["withdrawn_at"].endswith("Z")
     assert expect(call.delete(path), 200) == body == call.read(f"/v1/customers/{customer}")  # asked again: the same
-    only = call.delete(f"/v1/customers/{customer}/attributions/{current['id']}")
-    assert errors_of(only, 409) == set() and "first, which is not withdrawn" in only.get_json()["detail"]
+    started = call.delete(f"/v1/customers/{customer}/attributions/{current['id']}")
+    assert errors_of(started, 409) == set() and "started at 2026-01-15" in started.get_json()["detail"]
     assert errors_of(call.delete(f"/v1/customers/{customer}/attributions/{moved['id'] + 1000}"), 404) == set()
     # What the move blocked is taken: a move from an earlier day.
     sooner = (datetime.now(timezone.utc).date() + timedelta(days=20)).isoformat()
     assert call.created("/v1/attributions", attribution(customer, second, sooner, replace=True)
                         )["effective_from"] == sooner
+
+
+def test_a_new_customer_s_only_attribution_dated_wrong_is_withdrawn_and_the_customer_stays_known(call):
+    """A customer's first attribution, dated a year ahead by mistake, blocked every other attribution
+    of the customer until it started. Withdrawn, the customer is known with none; its revenue is
+    `unattributed` until the attribution recorded in its place starts being the customer's."""
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    for partner_id in (first, second):
+        call.partner_key(partner_id)
+    year_wrong = (datetime.now(timezone.utc).date() + timedelta(days=365)).isoformat()
+    wrong = call.created("/v1/attributions", attribution(customer, first, year_wrong), as_="billing")
+    meant = (datetime.now(timezone.utc).date() - timedelta(days=10)).isoformat()
+    assert errors_of(call.post("/v1/attributions", attribution(customer, first, meant), as_="billing"), 409) == set()
+    path = f"/v1/customers/{customer}/attributions/{wrong['id']}"
+    for partner_id in (first, second):
+        assert errors_of(call.delete(path, as_=partner_id), 404) == set()
+    body = expect(call.delete(path), 200)
+    assert body["attributions"] == [] and [w["effective_from"] for w in body["withdrawn_attributions"]] == [
+        year_wrong]
+    assert call.read(f"/v1/customers/{customer}", as_="billing") == body
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert call.event(unique("evt"), customer, unique("inv"), "50.00", today)["status"] == "unattributed"
+    assert call.created("/v1/attributions", attribution(customer, first, meant), as_="billing")["effective_from"] == meant
+    later = call.event(unique("evt"), customer, unique("inv"), "50.00", today)
+    assert later["status"] == "posted" and [c["partner_id"] for c in later["commissions"]] == [first]
+    assert call.read("/v1/integrity")["ok"] is True

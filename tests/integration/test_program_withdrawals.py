@@ -1,6 +1,6 @@
-"""A partner's status or plan change, a plan's version or a customer's attribution (not its first),
-dated ahead, can be withdrawn before it starts (`ledger.withdrawals`, migration 0040): in Python, and
-in the database whoever writes the row.
+"""A partner's status or plan change, a plan's version (not its first) or a customer's attribution,
+dated ahead, can be withdrawn before it starts (`ledger.withdrawals`, migrations 0040 and 0041): in
+Python, and in the database whoever writes the row.
 The fact leaves its table, the withdrawal keeps it, and every reader (the posting path, `verify`)
 reads the program as if it had never been recorded."""
 
@@ -221,8 +221,6 @@ def test_a_customer_s_move_called_off_is_withdrawn_and_its_first_partner_earns_o
     assert [(a.partner_id, a.effective_to_us) for a in customer.attributions] == [("northwind", None)]
     assert books.sql("SELECT value, detail FROM program_withdrawals WHERE fact_table = 'attributions'") == [
         ("contoso", "deal_registration")]
-    with pytest.raises(Conflict, match="first, which is not withdrawn"), books.database.transaction() as session:
-        customers.withdraw_attribution(session, "acme", customer.attributions[0].id)
     with books.database.reader() as session:  # what a payment dated after its start would be decided by
         index = AttributionIndex(driver_results(session, AttributionIndex.statements(session, ["acme"])))
     assert index.at("acme", moved.effective_from_us + 1)[1] == "northwind"
@@ -230,20 +228,22 @@ def test_a_customer_s_move_called_off_is_withdrawn_and_its_first_partner_earns_o
     assert books.verified()
 
 
-def test_the_database_keeps_a_customer_s_first_attribution(books):
+def test_the_database_takes_a_customer_s_first_and_only_attribution_withdrawn(books):
     books.attribute("globex", "northwind", ahead(30))
-    [(only,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'globex'")
+    books.attribute("globex", "contoso", ahead(40), replace=True)
+    [(first,), (moved,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'globex' ORDER BY id")
     attribution = WITHDRAWAL.format(table="attributions", subject="customer_id", start="effective_from_us",
                                     value="f.partner_id", detail="f.source", recorded="recorded_at_us")
-    refused(books, attribution, "a customer keeps its first attribution", id=only)
-    refused(books, attribution.replace("f.source,", "'import',"), "as it stands", id=only)
-    refused(books, "DELETE FROM attributions WHERE id = :id", "attributions is append-only", id=only)
-    books.attribute("globex", "contoso", ahead(40), replace=True)
-    [(moved,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'globex' AND partner_id = 'contoso'")
+    refused(books, attribution.replace("f.source,", "'import',"), "as it stands", id=first)
+    refused(books, "DELETE FROM attributions WHERE id = :id", "attributions is append-only", id=first)
     before = revision(books)
+    accepted(books, attribution, id=first)  # migration 0040 kept it
+    assert books.sql("SELECT partner_id FROM attributions WHERE customer_id = 'globex'") == [("contoso",)]
     accepted(books, attribution, id=moved)
-    assert books.sql("SELECT partner_id FROM attributions WHERE customer_id = 'globex'") == [("northwind",)]
+    assert books.sql("SELECT count(*) FROM attributions WHERE customer_id = 'globex'") == [(0,)]
+    assert books.sql("SELECT count(*) FROM customers WHERE id = 'globex'") == [(1,)]
     assert revision(books) == before  # attributions are read by each batch, not kept by a process
+    assert books.verified()
 
 
 def test_a_fact_a_posting_may_have_read_is_not_withdrawn_whatever_the_clocks(books, skewed_clock):
@@ -296,26 +296,60 @@ def test_a_server_whose_clock_is_off_the_database_s_by_more_than_the_skew_is_ref
     assert books.withdraw_change("northwind", change.id).scheduled == ()
 
 
-def test_a_customer_s_first_attribution_stays_though_another_follows_it(books, skewed_clock):
+def test_a_customer_s_first_attribution_is_withdrawn_and_verify_reads_it_as_it_stood(books, skewed_clock):
     """A payment recorded while the customer's only attribution had not started is `no_commission`,
-    not `unattributed` (migration 0034): withdrawn, that attribution would leave the payment saying
-    its customer had one when it was recorded, and none recorded then."""
-    skewed_clock.offset_us = -20 * MINUTE_US  # recorded twenty minutes before what follows
+    not `unattributed` (migration 0034). Withdrawn, that attribution leaves the payment saying its
+    customer had one when it was recorded: `verify` reads it among the withdrawn, as standing from
+    when it was recorded until it was withdrawn, and so is the payment's status judged."""
+    skewed_clock.offset_us = -40 * MINUTE_US  # recorded forty minutes before what follows
     books.attribute("globex", "northwind", ahead(30))
+    skewed_clock.offset_us = -20 * MINUTE_US
     assert books.paid("globex", "inv-g", "80.00", format_instant(now_us())).status == "no_commission"
     skewed_clock.offset_us = 0
     books.attribute("globex", "contoso", ahead(60), replace=True)
     with books.database.reader() as session:
         first, moved = customers.get_customer(session, "globex").attributions
-    with pytest.raises(Conflict, match="first, which is not withdrawn"), books.database.transaction() as session:
-        customers.withdraw_attribution(session, "globex", first.id)
-    attribution = WITHDRAWAL.format(table="attributions", subject="customer_id", start="effective_from_us",
-                                    value="f.partner_id", detail="f.source", recorded="recorded_at_us")
-    refused(books, attribution, "a customer keeps its first attribution", id=first.id)
     with books.database.transaction() as session:
-        assert customers.withdraw_attribution(session, "globex", moved.id).attributions == (
-            first._replace(effective_to_us=None),)
+        assert customers.withdraw_attribution(session, "globex", first.id).attributions == (moved,)
+    assert books.verified()  # migration 0040's verify named inv-g: `event_status_unlike_attributions`
+    with books.database.transaction() as session:
+        customer = customers.withdraw_attribution(session, "globex", moved.id)
+    assert customer.attributions == ()  # the customer stays known, with what was withdrawn
+    assert [(w.id, w.partner_id, w.effective_from_us, w.source) for w in customer.withdrawn] == [
+        (first.id, "northwind", first.effective_from_us, first.source),
+        (moved.id, "contoso", moved.effective_from_us, moved.source)]
+    skewed_clock.offset_us = 0
+    assert books.paid("globex", "inv-h", "80.00", format_instant(now_us())).status == "unattributed"
+    books.attribute("globex", "contoso", ahead(90))  # the customer's first attribution, again
     assert books.verified()
+
+
+@pytest.mark.parametrize("withdrawn_minutes, invoice, named", [
+    (-30, "inv-g", "says no_commission, but its customer had no attribution when it was recorded"),
+    (+30, "inv-h", "says unattributed, but its customer was attributed before it was recorded")])
+def test_verify_judges_a_payment_s_status_by_the_attributions_withdrawn_as_they_stood(
+        books, skewed_clock, withdrawn_minutes, invoice, named):
+    """The withdrawal's time moved around the triggers: to before a payment that found the customer's
+    attribution, or to after one that found none. `verify` names the payment either way, by the
+    withdrawal alone (the customer has no other attribution)."""
+    skewed_clock.offset_us = -60 * MINUTE_US
+    books.attribute("globex", "northwind", ahead(30))
+    skewed_clock.offset_us = -15 * MINUTE_US
+    assert books.paid("globex", "inv-g", "80.00", format_instant(now_us())).status == "no_commission"
+    skewed_clock.offset_us = 0
+    [(only,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'globex'")
+    with books.database.transaction() as session:
+        customers.withdraw_attribution(session, "globex", only)
+    skewed_clock.offset_us = 15 * MINUTE_US
+    assert books.paid("globex", "inv-h", "80.00", format_instant(now_us())).status == "unattributed"
+    skewed_clock.offset_us = 0
+    assert books.verified()
+    with behind_the_triggers(books.database) as execute:
+        execute(f"UPDATE program_withdrawals SET recorded_at_us = recorded_at_us + {withdrawn_minutes * MINUTE_US}")
+    with books.database.reader() as session:
+        found = [(p.code, p.message) for p in verify(session).problems if p.code.startswith("event_status")]
+    [(event_id,)] = books.sql("SELECT id FROM revenue_events WHERE invoice_id = :invoice", invoice=invoice)
+    assert found == [("event_status_unlike_attributions", f"revenue event {event_id!r} {named}")]
 
 
 def test_verify_names_a_withdrawal_written_around_the_database_s_rules(books):
@@ -328,17 +362,16 @@ def test_verify_names_a_withdrawal_written_around_the_database_s_rules(books):
     with behind_the_triggers(books.database) as execute:
         for table, fact_id, starts_us in (("partner_statuses", scheduled, at(ahead(30))),
                                           ("partner_statuses", started, 0), ("plan_versions", first_version, 0),
-                                          ("attributions", first_attribution, 0)):
+                                          ("attributions", first_attribution, at(ahead(30)))):
             execute("INSERT INTO program_withdrawals (fact_table, fact_id, subject_id, starts_us, value,"
                     f" fact_recorded_at_us, recorded_at_us) VALUES ('{table}', {fact_id}, 'acme', {starts_us},"
                     f" '1', 1, {now_us()})")
     with books.database.reader() as session:
         named = [(problem.code, problem.message) for problem in verify(session).problems]
-    assert [code for code, _ in named] == [*["withdrawal_not_applied"] * 4, *["withdrawn_too_late"] * 3,
-                                           *["withdrawal_of_a_first"] * 2], named
+    assert [code for code, _ in named] == [*["withdrawal_not_applied"] * 4, *["withdrawn_too_late"] * 2,
+                                           "withdrawal_of_a_first"], named
     assert f"partner_statuses row {started} was recorded less than five minutes before" in named[4][1]
-    assert f"plan_versions row {first_version}: a plan's first version" in named[-2][1]
-    assert f"attributions row {first_attribution}: a plan's first version or a customer's first" in named[-1][1]
+    assert f"plan_versions row {first_version}: a plan's first version" in named[-1][1]
 
 
 def test_the_database_takes_a_withdrawal_only_of_a_fact_that_starts_over_ten_minutes_after_its_clock(books):
