@@ -248,18 +248,21 @@ def get_payout(session: Session, payout_id: int) -> Payout:
 
 
 def list_payouts(session: Session, *, run_id: str | None = None, partner_id: str | None = None,
-                 after_id: int = 0, limit: int = 1000) -> list[Payout]:
+                 after_id: int = 0, limit: int = 1000, runs_seen_by_partner: bool = False) -> list[Payout]:
     """Payouts in id order, of one run and one partner if named. A run named that does not exist is
-    NotFound, not an empty list that reads as "none" (a mistyped id); so is one that paid the named
-    partner nothing, since a partner's key lists only its own payouts, and to it such a run is not.
-    A page with payouts shows the run is there: only an empty one asks."""
+    NotFound, not an empty list that reads as "none" (a mistyped id). With `runs_seen_by_partner`
+    (the partner is the one a partner's key reads as) so is a run that paid the partner nothing: the
+    key lists only its own payouts, and to it such a run is not; to finance, filtering by a partner,
+    the run is there and paid it nothing (an empty list). A page with payouts shows the run is there:
+    only an empty one asks."""
     query = _select().where(payouts.c.id > after_id).order_by(payouts.c.id).limit(limit)
     if run_id is not None:
         query = query.where(payouts.c.run_id == run_id)
     if partner_id is not None:
         query = query.where(payouts.c.partner_id == partner_id)
     found = [_payout(row) for row in session.execute(query)]
-    if run_id is not None and not found and not _run_exists(session, run_id, partner_id):
+    if run_id is not None and not found and not _run_exists(
+            session, run_id, partner_id if runs_seen_by_partner else None):
         raise NotFound(f"payout run {run_id!r} not found")
     return found
 

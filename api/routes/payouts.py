@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from api.auth import allow, partner_filter
+from api.auth import allow, partner_filter, partner_scope
 from api.body import Blueprint
 from api.fields import Amount, Instant, Money, PartnerId, Str
 from api.idempotency import idempotent, reclaim_after, request_token
@@ -134,7 +134,7 @@ def run_payouts(args):
 def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id: str | None = None):
     """Payouts in id order (a partner key: its own)"""
     rows = payouts.list_payouts(current_session(), after_id=cursor, limit=limit + 1, run_id=run_id,
-                                partner_id=partner_filter(partner_id))
+                                partner_id=partner_filter(partner_id), runs_seen_by_partner=partner_scope() is not None)
     return page(rows, limit, render, encode=LISTING.cursor)
 
 

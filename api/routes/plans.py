@@ -72,7 +72,11 @@ class _TermsRequest(Schema):
         try:
             parse_terms(terms_data(data))
         except InvalidInput as error:
-            raise ma.ValidationError(error.fields) from None
+            # A required term left out is named by its field already: not a second time.
+            fields = {name: messages for name, messages in error.fields.items()
+                      if name in data or name not in _REQUIRED_TERMS}
+            if fields:
+                raise ma.ValidationError(fields) from None
 
 
 def terms_data(args: dict) -> dict[str, Any]:

@@ -217,7 +217,8 @@ def test_payouts_list_page_by_page_and_each_partner_sees_its_own(fresh):
     assert fresh.get("/v1/payouts?partner_id=p1", as_="p2").status_code == 404
 
 
-def test_a_payout_run_filter_naming_no_run_or_one_that_paid_the_partner_nothing_is_a_404_not_an_empty_list(fresh):
+def test_a_payout_run_filter_naming_no_run_or_one_that_paid_the_partner_s_key_nothing_is_a_404_not_an_empty_list(
+        fresh):
     invoices(fresh, p1="250.00")  # p2 earns nothing: the run pays p1 alone
     run = fresh.created("/v1/payout-runs", {"at": instant("2026-02-10")})
     assert [p["partner_id"] for p in run["payouts"]] == ["p1"]
@@ -227,6 +228,9 @@ def test_a_payout_run_filter_naming_no_run_or_one_that_paid_the_partner_nothing_
     theirs, unknown = (fresh.get(f"/v1/payouts?run_id={run_id}", as_="p2") for run_id in (run["id"], "run_none"))
     assert theirs.status_code == unknown.status_code == 404
     assert theirs.get_json()["detail"].replace(run["id"], "X") == unknown.get_json()["detail"].replace("run_none", "X")
+    # To finance the run is there, and paid p2 nothing; a run that is not there is still a 404.
+    assert fresh.read(f"/v1/payouts?run_id={run['id']}&partner_id=p2") == {"items": [], "next_cursor": None}
+    assert fresh.get("/v1/payouts?run_id=run_none&partner_id=p2").status_code == 404
 
 
 def instant_from_now(offset: timedelta) -> str:

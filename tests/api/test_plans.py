@@ -40,6 +40,9 @@ def test_a_lifetime_window_and_no_minimum_are_stated_and_cpa_and_override_may_be
         (None, [], [], None)
     refused = call.post(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-06-01"})
     assert refused.status_code == 422 and errors_of(refused) == {"duration_months", "min_payout"}
+    # Each named once: the field's own message, not the terms parser's as well.
+    assert refused.get_json()["errors"] == {name: ["Missing data for required field."]
+                                            for name in ("duration_months", "min_payout")}
 
 
 def test_every_bad_field_of_a_plan_is_named_in_one_422(call):
