@@ -142,7 +142,7 @@ def get_customer(session: Session, customer_id: str) -> Customer:
                                    a.id))
     withdrawn = tuple(WithdrawnAttribution(w.fact_id, w.value, w.starts_us, w.detail, w.fact_recorded_at_us,
                                            w.recorded_at_us)
-                      for w in withdrawals.withdrawn_facts(session, "attributions", customer_id))
+                      for w in withdrawals.withdrawn_facts(session, ("attributions",), [customer_id]))
     return Customer(row.id, row.created_at_us, tuple(history), withdrawn)
 
 

@@ -46,6 +46,15 @@ class Scheduled(NamedTuple):
     plan_id: str | None
 
 
+class Withdrawn(NamedTuple):
+    """A status or plan change withdrawn before it started, by its id (`status-12`, `plan-7`)."""
+    id: str
+    starts_us: int
+    status: str | None
+    plan_id: str | None
+    withdrawn_at_us: int
+
+
 class Partner(NamedTuple):
     id: str
     name: str
@@ -56,6 +65,7 @@ class Partner(NamedTuple):
     plan_id: str
     created_at_us: int
     scheduled: tuple[Scheduled, ...] = ()
+    withdrawn: tuple[Withdrawn, ...] = ()
 
 
 # A scheduled change's id: its kind and its row's id.
@@ -186,12 +196,18 @@ def _latest(facts: list[tuple[int, int, str]], at_us: int) -> str | None:
 
 
 def _partners_now(session: Session, rows) -> list[Partner]:
-    """Partners from their rows, each with its status and plan now and the changes that have not
-    started: three queries for any number."""
+    """Partners from their rows, each with its status and plan now, the changes that have not
+    started and those withdrawn: four queries for any number."""
     ids = [row.id for row in rows]
     now = now_us()
     statuses = _facts_by_partner(session, "status", ids)
     plans = _facts_by_partner(session, "plan", ids)
+    withdrawn: dict[str, list[Withdrawn]] = {}
+    for w in withdrawals.withdrawn_facts(session, tuple(table.name for table in CHANGES.values()), ids):
+        status = w.fact_table == partner_statuses.name
+        withdrawn.setdefault(w.subject_id, []).append(Withdrawn(
+            f"{'status' if status else 'plan'}-{w.fact_id}", w.starts_us, w.value if status else None,
+            None if status else w.value, w.recorded_at_us))
     found = []
     for row in rows:
         status_facts, plan_facts = statuses.get(row.id, []), plans.get(row.id, [])
@@ -202,7 +218,8 @@ def _partners_now(session: Session, rows) -> list[Partner]:
                               for starts_us, fact_id, value in plan_facts if starts_us > now],
                            key=lambda change: change.starts_us)  # stable: a status first at one instant
         found.append(Partner(row.id, row.name, row.type, row.parent_id, row.depth, _latest(status_facts, now),
-                             _latest(plan_facts, now), row.created_at_us, tuple(scheduled)))
+                             _latest(plan_facts, now), row.created_at_us, tuple(scheduled),
+                             tuple(withdrawn.get(row.id, ()))))
     return found
 
 

@@ -133,7 +133,7 @@ def get_plan(session: Session, plan_id: str) -> Plan:
     versions = session.execute(select(plan_versions).where(plan_versions.c.plan_id == plan_id)
                                .order_by(plan_versions.c.version)).all()
     withdrawn = tuple(WithdrawnVersion(int(w.value), w.starts_us, w.recorded_at_us)
-                      for w in withdrawals.withdrawn_facts(session, "plan_versions", plan_id))
+                      for w in withdrawals.withdrawn_facts(session, ("plan_versions",), [plan_id]))
     return Plan(row.id, row.name, tuple(
         PlanVersion(v.id, v.plan_id, v.version, v.effective_from_us, terms_from_json(v.terms)) for v in versions),
         withdrawn)

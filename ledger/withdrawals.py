@@ -122,12 +122,13 @@ def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:
     return problems
 
 
-def withdrawn_facts(session: Session, table: str, subject_id: str) -> list:
-    """The subject's withdrawn facts of `table`, as their rows of `program_withdrawals` (`fact_id`,
-    `value`, `detail`, `starts_us`, `fact_recorded_at_us`, `recorded_at_us`: when withdrawn), in the
-    order withdrawn."""
-    if not recorded(session):
+def withdrawn_facts(session: Session, tables: tuple[str, ...], subject_ids: list[str]) -> list:
+    """The subjects' withdrawn facts of `tables`, as their rows of `program_withdrawals`
+    (`fact_table`, `fact_id`, `subject_id`, `value`, `detail`, `starts_us`, `fact_recorded_at_us`,
+    `recorded_at_us`: when withdrawn), in the order withdrawn: one query for any number."""
+    if not subject_ids or not recorded(session):
         return []
     w = program_withdrawals.c
-    return session.execute(select(w.fact_id, w.value, w.detail, w.starts_us, w.fact_recorded_at_us, w.recorded_at_us)
-                           .where(w.fact_table == table, w.subject_id == subject_id).order_by(w.id)).all()
+    return session.execute(select(w.fact_table, w.fact_id, w.subject_id, w.value, w.detail, w.starts_us,
+                                  w.fact_recorded_at_us, w.recorded_at_us)
+                           .where(w.fact_table.in_(tables), w.subject_id.in_(subject_ids)).order_by(w.id)).all()

@@ -7,7 +7,8 @@ A partner key sees its own record, balance and statement; any other partner id, 
 is the same 404. A PATCH is exactly one of two changes: a status (`{"status", "effective_at"?}`)
 or a plan (`{"plan_id", "effective_from"}`); both or neither is a 422. A partner's changes that have
 not started are listed in its `scheduled`, each with an id (`status-12`, `plan-7`) that finance
-withdraws it by until fifteen minutes before it starts (`partners.withdraw_change`).
+withdraws it by until fifteen minutes before it starts (`partners.withdraw_change`); those withdrawn
+are listed in its `withdrawn_changes`.
 
 Balances and statements read what the books hold: a matured accrual that nothing has released yet
 is still pending (see README, "Decisions"). A statement is JSON, or CSV with `?format=csv` or
@@ -33,7 +34,7 @@ from ledger.accounts import validate_partner_id
 from ledger.balances import partner_balances
 from ledger.instants import now_us
 from ledger.money import format_minor
-from ledger.partners import Partner
+from ledger.partners import Partner, Scheduled, Withdrawn
 from ledger.schema import PARTNER_STATUSES, PARTNER_TYPES
 
 blp = Blueprint("partners", __name__, description="Partners, their balances and statements")
@@ -85,6 +86,11 @@ class ScheduledChangeSchema(Schema):
     effective_from = Instant(metadata={"description": "with `plan_id`: when the plan starts"})
 
 
+class WithdrawnChangeSchema(ScheduledChangeSchema):
+    id = ma.fields.String(required=True, metadata={"example": "status-12"})
+    withdrawn_at = Instant(required=True)
+
+
 class PartnerSchema(Schema):
     id = ma.fields.String(required=True)
     name = ma.fields.String(required=True)
@@ -96,6 +102,8 @@ class PartnerSchema(Schema):
     created_at = Instant(required=True)
     scheduled = ma.fields.List(ma.fields.Nested(ScheduledChangeSchema), required=True, metadata={
         "description": "status and plan changes that have not started, by start"})
+    withdrawn_changes = ma.fields.List(ma.fields.Nested(WithdrawnChangeSchema), required=True, metadata={
+        "description": "status and plan changes withdrawn before they started, in the order withdrawn"})
 
 
 class BalanceQuery(Schema):
@@ -156,13 +164,18 @@ class StatementSchema(Schema):
     currencies = ma.fields.List(ma.fields.Nested(CurrencyStatementSchema), required=True)
 
 
+def _change(change: Scheduled | Withdrawn) -> dict:
+    if change.status:
+        return {"id": change.id, "status": change.status, "effective_at": change.starts_us}
+    return {"id": change.id, "plan_id": change.plan_id, "effective_from": change.starts_us}
+
+
 def render(partner: Partner) -> dict:
     return {"id": partner.id, "name": partner.name, "type": partner.type, "parent_id": partner.parent_id,
             "depth": partner.depth, "status": partner.status, "plan_id": partner.plan_id,
-            "created_at": partner.created_at_us, "scheduled": [
-                {"id": change.id, "status": change.status, "effective_at": change.starts_us} if change.status else
-                {"id": change.id, "plan_id": change.plan_id, "effective_from": change.starts_us}
-                for change in partner.scheduled]}
+            "created_at": partner.created_at_us, "scheduled": [_change(change) for change in partner.scheduled],
+            "withdrawn_changes": [_change(change) | {"withdrawn_at": change.withdrawn_at_us}
+                                  for change in partner.withdrawn]}
 
 
 def visible_partner(partner_id: str) -> Partner:

@@ -20,7 +20,8 @@ def test_a_new_partner_is_active_on_its_plan(call):
     partner_id = unique("pt")
     body = call.created("/v1/partners", partner_body(partner_id))
     assert body == {"id": partner_id, "name": f"Partner {partner_id}", "type": "var", "parent_id": None, "depth": 1,
-                    "status": "active", "plan_id": "standard", "created_at": body["created_at"], "scheduled": []}
+                    "status": "active", "plan_id": "standard", "created_at": body["created_at"], "scheduled": [],
+                    "withdrawn_changes": []}
     assert body["created_at"].endswith("Z")
     assert call.read(f"/v1/partners/{partner_id}") == body
 
@@ -355,8 +356,13 @@ def test_a_scheduled_termination_is_listed_and_withdrawn_by_finance_alone_each_p
     assert errors_of(call.delete(f"/v1/partners/{first}/scheduled/{other['id']}"), 404) == set()
     assert call.read(f"/v1/partners/{second}")["scheduled"] == [other]
     withdrawn = expect(call.delete(f"/v1/partners/{first}/scheduled/{change['id']}"), 200)
-    assert withdrawn == {**body, "scheduled": []}
+    [kept] = withdrawn["withdrawn_changes"]  # listed for the audit, with when it was withdrawn
+    assert kept == change | {"withdrawn_at": kept["withdrawn_at"]} and kept["withdrawn_at"].endswith("Z")
+    assert withdrawn == {**body, "scheduled": [], "withdrawn_changes": [kept]}
     assert expect(call.delete(f"/v1/partners/{first}/scheduled/{change['id']}"), 200) == withdrawn
+    assert call.read(f"/v1/partners/{first}", as_=first) == withdrawn  # the partner sees its own
+    assert call.read(f"/v1/partners/{second}", as_=second)["withdrawn_changes"] == []
+    assert call.read("/v1/partners", as_=first)["items"] == [withdrawn]  # the list, of one for its key
     # What the termination blocked is taken.
     assert expect(call.patch(f"/v1/partners/{first}", {"status": "suspended", "effective_at": _ahead(90)}),
                   200)["scheduled"][0]["status"] == "suspended"
