@@ -39,7 +39,8 @@ expense and its partner, with a reason (`verify_adjustments`); each partner a tr
 enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run was
 made before or after a close is stored nowhere but in two clocks' readings.) And each program fact
 withdrawn gone from its table, withdrawn before it started (`ledger.withdrawals`, migration 0040's
-rules, for rows written around its triggers). All of it reads one snapshot. On SQLite it first reads
+rules, for rows written around its triggers). And the triggers themselves, each as the migrations
+made it and firing (`ledger.guards`). All of it reads one snapshot. On SQLite it first reads
 every page of the file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked.
 Problems are values (`Problem`), never exceptions: verify reports, the caller decides.
 
@@ -81,6 +82,7 @@ from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
                            open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
                            program_withdrawals, revenue_events)
+from ledger.guards import verify_guards
 from ledger.withdrawals import verify_withdrawals
 
 STREAM_CHUNK_ROWS = 10_000
@@ -193,6 +195,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_adjustments(session))
     problems.extend(verify_partners_enrolled(session))
     problems.extend(Problem(*found) for found in verify_withdrawals(session))
+    problems.extend(Problem(*found) for found in verify_guards(session))
     return problems
 
 

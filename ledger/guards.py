@@ -1,0 +1,117 @@
+"""The database's guards (its triggers) against the ones the migrations make, for `verify`.
+
+The journal's promises rest on the triggers: the append-only tables refuse UPDATE and DELETE, and
+the rules refuse rows Python would not write. Someone who can change the schema can drop a trigger,
+or on PostgreSQL disable it, and the books then take what the guard refused, while every row written
+so far still verifies. `verify` names each guard the migrations make at the head revision that the
+database lacks (`guard_missing`), holds in another form (`guard_altered`), or, on PostgreSQL, does
+not fire (`guard_disabled`: disabled, or set to fire only on a replica). What each trigger should be
+is `GUARDS` in `ledger/guards_at_head.py`, a digest of each trigger as a fresh database migrated to
+head holds it: on SQLite its table and its SQL as written; on PostgreSQL its table, its timing and
+events (`tgtype`) and its function's name, body and settings, not `pg_get_triggerdef`, whose
+spelling PostgreSQL's versions may change. A trigger added by hand, not in the list, is not named.
+A database at another revision (an upgrade not yet run) is not checked. The application role's
+privileges are not checked here: the service warns at its start when its role may rewrite the
+journal (`cli.books`).
+
+`python -m ledger.guards SQLITE_URL POSTGRES_URL` writes `ledger/guards_at_head.py` from two
+databases migrated to head; `tests/integration/test_guards.py` fails, saying so, until it is
+written again after a migration that makes, drops or changes a trigger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from ledger.guards_at_head import GUARDS, REVISION
+
+_SQLITE = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+_POSTGRES = """
+SELECT t.tgname, c.relname, t.tgenabled, p.proname, t.tgtype, p.prosrc, p.prosecdef,
+       array_to_string(p.proconfig, ',')
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE NOT t.tgisinternal AND n.nspname = current_schema()
+ORDER BY t.tgname, c.relname"""
+FIRING = ("O", "A")  # PostgreSQL's `tgenabled`: fires in a session as the service opens it
+
+
+class Trigger(NamedTuple):
+    table: str
+    digest: str
+    fires: bool
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()[:16]
+
+
+def triggers(session: Session) -> dict[str, Trigger]:
+    """The database's triggers by name (on PostgreSQL, by name and table: names are per table)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return {name: Trigger(table, _digest(table, sql), True)
+                for name, table, sql in session.execute(text(_SQLITE))}
+    return {f"{name} ON {table}": Trigger(table, _digest(table, function, kind, body, definer, settings),
+                                          enabled in FIRING)
+            for name, table, enabled, function, kind, body, definer, settings in session.execute(text(_POSTGRES))}
+
+
+def verify_guards(session: Session) -> list[tuple[None, str, str]]:
+    """What `verify` names of the guards, as (None, code, message), by trigger name."""
+    engine = session.get_bind().dialect.name
+    revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision != REVISION or engine not in GUARDS:
+        return []
+    found = triggers(session)
+    problems = []
+    for name, (table, digest) in sorted(GUARDS[engine].items()):
+        trigger = found.get(name)
+        if trigger is None:
+            problems.append((None, "guard_missing", f"the database has no trigger {name} (on {table}): what it "
+                                                    "refuses, the books now take"))
+        elif trigger.digest != digest:
+            problems.append((None, "guard_altered", f"trigger {name} (on {table}) is not as the migrations made it"))
+        elif not trigger.fires:
+            problems.append((None, "guard_disabled", f"trigger {name} (on {table}) is disabled: what it refuses, "
+                                                     "the books now take"))
+    return problems
+
+
+def _write(sqlite_url: str, postgres_url: str) -> None:
+    from ledger.db import Database
+    from ledger.migrate import head_revision
+
+    manifests = {}
+    for url in (sqlite_url, postgres_url):
+        database = Database(url)
+        try:
+            with database.reader() as session:
+                revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                assert revision == head_revision(), f"{url} is at {revision}, not at head {head_revision()}"
+                manifests[database.engine.dialect.name] = {
+                    name: (trigger.table, trigger.digest) for name, trigger in sorted(triggers(session).items())}
+        finally:
+            database.dispose()
+    lines = ['"""Each trigger the migrations make, at the head revision: its table and digest', "(`ledger.guards`). "
+             "Written by `python -m ledger.guards SQLITE_URL POSTGRES_URL`; not edited by hand."
+             '"""', "", f"REVISION = {head_revision()!r}", "", "GUARDS = {"]
+    for engine, manifest in manifests.items():
+        lines.append(f"    {engine!r}: {{")
+        for name, guard in manifest.items():
+            entry = f"        {name!r}: {guard!r},"
+            lines += [entry] if len(entry) <= 120 else [f"        {name!r}:", f"            {guard!r},"]
+        lines.append("    },")
+    lines.append("}")
+    Path(__file__).with_name("guards_at_head.py").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    _write(*sys.argv[1:3])

@@ -1,0 +1,100 @@
+"""`verify` names a guard (a trigger the migrations make) that the database lacks, holds in another
+form, or does not fire (`ledger.guards`), on both engines."""
+
+import pytest
+
+from ledger.guards import triggers
+from ledger.guards_at_head import GUARDS, REVISION
+from ledger.migrate import head_revision
+from ledger.verify import verify
+from tests.scenarios.books import Books
+
+# The journal's lines refuse an UPDATE: the trigger, by engine.
+GUARDS_OF_LINES = {"sqlite": "trg_journal_lines_no_update", "postgresql": "trg_journal_lines_no_change"}
+
+
+def named(database) -> list[tuple[str, str]]:
+    with database.reader() as session:
+        return [(problem.code, problem.message) for problem in verify(session).problems]
+
+
+def guard(database) -> str:
+    return GUARDS_OF_LINES[database.engine.dialect.name]
+
+
+def guard_name(database) -> str:
+    """As `verify` names it: on PostgreSQL, whose trigger names are a table's, with its table."""
+    return guard(database) if database.engine.dialect.name == "sqlite" else f"{guard(database)} ON journal_lines"
+
+
+def test_the_list_of_guards_is_the_one_a_database_migrated_to_head_holds(database):
+    """Written again after a migration that makes, drops or changes a trigger: `python -m ledger.guards
+    SQLITE_URL POSTGRES_URL` on two databases migrated to head."""
+    assert REVISION == head_revision(), "ledger/guards_at_head.py is of another revision: write it again"
+    engine = database.engine.dialect.name
+    with database.reader() as session:
+        found = {name: (trigger.table, trigger.digest) for name, trigger in triggers(session).items()}
+    assert found == GUARDS[engine], "ledger/guards_at_head.py is not what the migrations make: write it again"
+    assert guard_name(database) in found and all(trigger.fires for trigger in triggers(session).values())
+
+
+@pytest.fixture
+def books(database) -> Books:
+    books = Books(database)
+    books.plan("standard", "0.20")
+    books.partner("northwind", "standard")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "100.00", "2026-02-01")
+    assert books.verified()
+    return books
+
+
+def test_verify_names_a_guard_dropped(books):
+    database = books.database
+    with database.transaction() as session:
+        table = "" if database.engine.dialect.name == "sqlite" else " ON journal_lines"
+        session.connection().exec_driver_sql(f"DROP TRIGGER {guard(database)}{table}")
+    assert named(database) == [("guard_missing", f"the database has no trigger {guard_name(database)} (on "
+                                                 "journal_lines): what it refuses, the books now take")]
+
+
+def test_verify_names_a_guard_made_again_in_another_form(books):
+    database = books.database
+    with database.transaction() as session:
+        connection = session.connection()
+        if database.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(f"DROP TRIGGER {guard(database)}")
+            connection.exec_driver_sql(f"CREATE TRIGGER {guard(database)} BEFORE UPDATE ON journal_lines"
+                                       " BEGIN SELECT 1; END")
+        else:  # the function behind it, made to let the update through
+            function = connection.exec_driver_sql(
+                "SELECT p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+                f" WHERE t.tgname = '{guard(database)}'").scalar_one()
+            connection.exec_driver_sql(f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger"
+                                       " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+    problems = named(database)
+    assert ("guard_altered", f"trigger {guard_name(database)} (on journal_lines) is not as the migrations made it"
+            ) in problems
+    assert {code for code, _ in problems} == {"guard_altered"}  # (on PostgreSQL, every trigger of the function)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("setting", ["DISABLE TRIGGER", "ENABLE REPLICA TRIGGER"])
+def test_verify_names_a_guard_disabled_on_postgres(postgres_database, setting):
+    books = Books(postgres_database)
+    books.plan("standard", "0.20")
+    assert books.verified()
+    with postgres_database.transaction() as session:
+        session.connection().exec_driver_sql(f"ALTER TABLE journal_lines {setting} {guard(postgres_database)}")
+    assert named(postgres_database) == [
+        ("guard_disabled", f"trigger {guard_name(postgres_database)} (on journal_lines) is disabled: what it "
+                           "refuses, the books now take")]
+
+
+def test_a_database_at_another_revision_is_not_checked(books):
+    database = books.database
+    with database.transaction() as session:
+        session.connection().exec_driver_sql("UPDATE alembic_version SET version_num = '0040'")
+        session.connection().exec_driver_sql(f"DROP TRIGGER {guard(database)}" + (
+            "" if database.engine.dialect.name == "sqlite" else " ON journal_lines"))
+    assert named(database) == []
