@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from ledger.db import Database, database_words, sqlite_file, writer_lock_path
 from ledger.errors import DomainError
+from ledger.guards import verify_guards
 from ledger.settings import Settings, without_password
 
 
@@ -145,16 +147,22 @@ def refuse_unusable_database(url: str) -> None:
     try:
         with database_errors(url), database.reader() as session:
             revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            rewrites = database.engine.dialect.name == "postgresql" and session.execute(
-                text("SELECT has_table_privilege(current_user, 'journal_lines', 'UPDATE')")).scalar()
+            rewriter = None if database.engine.dialect.name != "postgresql" else session.execute(text(
+                "SELECT current_user WHERE has_table_privilege(current_user, 'journal_lines', 'UPDATE')")).scalar()
+            unguarded = verify_guards(session)
     finally:
         database.dispose()
     _refuse_other_revision(url, revision)
     _refuse_unwritable_sqlite_file(url)
-    if rewrites:  # a warning, not a refusal: one URL for both is the simplest set-up, and a valid one
-        click.echo("warning: the database role may UPDATE the journal (the tables' owner, or a superuser): the "
-                   "guards stand, but the role could drop them\n  serve as a role granted revshare_app, and migrate as the "
-                   "owner with REVSHARE_MIGRATION_DATABASE_URL (README, Configuration)", err=True)
+    # Warnings, not refusals: one URL for both is the simplest set-up, and a valid one; and the books
+    # go on (`revshare verify` names each guard astray, and the nightly verify logs it).
+    if rewriter is not None:
+        click.echo(f"warning: the database role {rewriter} may UPDATE the journal (it owns the tables, is a "
+                   "superuser or was granted UPDATE): it could drop the guards, or write past them\n  serve as a "
+                   "role granted revshare_app, and migrate as the owner with REVSHARE_MIGRATION_DATABASE_URL "
+                   "(README, Configuration)", err=True)
+    for _, code, message in unguarded:
+        click.echo(f"warning: {code}: {message}", err=True)
 
 
 def _refuse_unwritable_sqlite_file(url: str) -> None:
@@ -239,6 +247,14 @@ def demo(settings: Settings) -> None:
         click.echo("demo already loaded; nothing changed")
 
 
+class _Stopped(Exception):
+    """SIGINT or SIGTERM asked an import to stop: raised between its batches, after one committed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @click.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto",
@@ -249,17 +265,52 @@ def demo(settings: Settings) -> None:
 @click.pass_obj
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
     """Import revenue events from an NDJSON or CSV file (UTF-8), or from standard input when PATH is
-    '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused."""
-    from ledger.importer import Unreadable
+    '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused. SIGINT
+    (Ctrl-C) or SIGTERM stops it once the batch it is applying has committed: it prints what the
+    batches did and exits 130 or 143; a second signal stops it at once, as SIGKILL would (the batch
+    being applied is rolled back). Either way, run it again: what committed replays."""
+    from ledger.importer import Summary, Unreadable
 
+    summary, asked = Summary(), []
+
+    def ask_to_stop(signum, frame) -> None:
+        if asked:  # asked again: at once, by the signal itself
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        asked.append(signum)
+
+    def between_batches() -> None:
+        if asked:
+            raise _Stopped(asked[0])
+
+    previous = {signum: signal.signal(signum, ask_to_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    again = "run the import again, and what committed replays"
     try:
-        summary = _import(settings, path, file_format, batch_size)
+        _import(settings, path, file_format, batch_size, summary, between_batches)
     except Unreadable as error:
-        committed = ("; any batch read before it has committed: run the import again once it reads, and "
-                     "what committed replays" if error.line_number > 1 else "")
+        committed = (f"; any batch read before it has committed: {again} once it reads"
+                     if error.line_number > 1 else "")
         click.echo(f"error: cannot read {'standard input' if path == '-' else repr(path)}: {error}{committed}",
                    err=True)
         sys.exit(2)
+    except _Stopped as stopped:
+        click.echo(f"stopped by {stopped} after reading {summary.read} events, each batch applied committed: "
+                   f"{again}", err=True)
+        _print_summary(summary)
+        sys.exit(128 + stopped.signum)
+    except SystemExit as exit_:  # the database failed (`opened`): said already, with its fix
+        if exit_.code == 2 and summary.read:
+            click.echo(f"  the batches applied before it committed; {again}", err=True)
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    _print_summary(summary)
+    if summary.refused:
+        sys.exit(1)
+
+
+def _print_summary(summary) -> None:
     click.echo(f"read {summary.read} events")
     for status in ("posted", "unattributed", "no_commission"):
         click.echo(f"  {status}: {summary.statuses.get(status, 0)}")
@@ -267,14 +318,18 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
     click.echo(f"  refused: {summary.refused}")
     for reason, count in summary.refusal_reasons.most_common():
         click.echo(f"    {count} x {reason}")
-    for example in summary.refusal_examples:
+    examples = summary.refusal_examples
+    for example in examples:
         click.echo(f"    {example}")
-    if summary.refused:
-        sys.exit(1)
+    if summary.refused > len(examples):
+        click.echo(f"    ... and {summary.refused - len(examples)} more refused (the first {len(examples)} lines "
+                   "are shown; the counts above are of all)")
 
 
-def _import(settings: Settings, path: str, file_format: str, batch_size: int):
-    """The import's summary, with a progress bar on standard error while the input's size is known."""
+def _import(settings: Settings, path: str, file_format: str, batch_size: int, summary,
+            between_batches: Callable[[], None]) -> None:
+    """The import into `summary`, with a progress bar on standard error while the input's size is
+    known; `between_batches` is called after each batch commits."""
     from ledger.importer import detect_format, head, import_stream, open_events
 
     with open_events(path) as stream:
@@ -291,8 +346,9 @@ def _import(settings: Settings, path: str, file_format: str, batch_size: int):
                     position = stream.buffer.tell()
                     bar.update(max(0, position - last[0]))
                     last[0] = position
+                between_batches()
 
-            return import_stream(database, stream, chosen, batch_size=batch_size, progress=advance)
+            import_stream(database, stream, chosen, batch_size=batch_size, progress=advance, summary=summary)
 
 
 AT_HELP = "Instant (RFC 3339) or date (the start of that day, UTC); not ahead of now; default now."

@@ -218,5 +218,20 @@ class Server(BaseApplication):
         return util.import_app(self.app_uri)
 
 
+def unbindable(host: str, port: int) -> str | None:
+    """Why gunicorn could not listen on the address (in use, not this machine's, a name that does
+    not resolve), or None: it would retry for five seconds and exit 1, which this command's exit
+    codes give to problems found, not to a setting that cannot work (2)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, protocol) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            listener.bind(address)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def run(options: dict) -> None:
     Server(options).run()

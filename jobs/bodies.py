@@ -103,8 +103,9 @@ def verify_books(session: Session, at_us: int) -> dict:
     record when the books are whole, which `revshare verify --head` proves later: that nothing up to
     it was removed."""
     report = verify.verify(session)
-    for problem in report.problems:
-        log.error("verify: transaction %s: %s: %s", problem.transaction_id, problem.code, problem.message)
+    for problem in report.problems:  # as `revshare verify` prints them: a transaction's named, if any
+        where = "" if problem.transaction_id is None else f"transaction {problem.transaction_id}: "
+        log.error("verify: %s%s: %s", where, problem.code, problem.message)
     head = f"{report.head_id}:{report.chain_head}" if report.ok and report.head_id else None
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "problems": len(report.problems),
             "head": head}

@@ -69,13 +69,20 @@ class Summary:
         self.refusal_reasons[f"{error.title} ({fields})"] += 1
         # Lines refused while reading come before those of their batch refused by the domain: keep
         # the lowest line numbers, whatever the order they were refused in.
-        self.examples.append((line_number, f"line {line_number} event {event_id or '?'}: {error.detail}"))
+        self.examples.append((line_number, _printable(f"line {line_number} event {event_id or '?'}: {error.detail}")))
         if len(self.examples) > 2 * REFUSAL_EXAMPLES_MAX:
             self.examples = sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]
 
     @property
     def refusal_examples(self) -> list[str]:
         return [text for _, text in sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]]
+
+
+def _printable(text: str) -> str:
+    """The text with each character that does not print escaped (`\\r`, `\\x1b`, `\\udc80`): an
+    id from the file is shown, never run by the terminal, nor a line break of it taken for the
+    summary's own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # What `_lines` makes of bytes that are not UTF-8 (the "surrogateescape" error handler).
@@ -276,8 +283,10 @@ def detect_format(path: str, head: str) -> str:
 
 
 def import_stream(database: Database, stream: IO, file_format: str, *, batch_size: int = BATCH_SIZE_DEFAULT,
-                  progress: Callable[[int], None] = lambda n: None) -> Summary:
-    summary = Summary()
+                  progress: Callable[[int], None] = lambda n: None, summary: Summary | None = None) -> Summary:
+    """The events of the stream applied a batch a transaction, into `summary` (a new one unless given:
+    a caller stopped midway still holds what the batches that committed did)."""
+    summary = Summary() if summary is None else summary
     pending: list[tuple[int, revenue.RevenueEvent]] = []
     for number, data in records(stream, file_format):
         summary.read += 1

@@ -13,7 +13,9 @@ ahead than the skew allows may have made one. A revenue event such a server stor
 instant, and one would cost every event on the bulk path. Withdrawing writes a row of
 `program_withdrawals` with the fact as it stood, and the database removes the fact from its table in
 the same statement (migration 0040): the program's tables keep the facts in force, read as before,
-and the withdrawals keep the rest for the audit.
+and the withdrawals keep the rest for the audit, and for `verify`, which judges whether a payment
+found its customer attributed by the attributions as they stood when it was recorded, withdrawn
+ones included (`verify.verify_event_statuses`).
 """
 
 from __future__ import annotations

@@ -59,15 +59,18 @@ def monthly_events(months: int = 4, customer_ids=("acme", "globex-corp", "initro
 
 def tampered_books(sqlite_database) -> None:
     """Seed a month of books into an SQLite database, then alter a journal line behind its guard (as
-    someone with the file could): verify finds 4 problems (the line's amount, its transaction's
-    balance, its running totals, and the accrual against what the program gives)."""
+    someone with the file could), and put the guard back: verify finds 4 problems (the line's
+    amount, its transaction's balance, its running totals, and the accrual against what the program
+    gives)."""
     import sqlite3
 
     with sqlite_database.transaction() as session:
         seed(session)
         revenue.ingest(session, monthly_events(months=1))
     connection = sqlite3.connect(sqlite_database.engine.url.database)
+    [(guard,)] = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'trg_journal_lines_no_update'")
     connection.execute("DROP TRIGGER trg_journal_lines_no_update")
     connection.execute("UPDATE journal_lines SET amount_minor = amount_minor + 1 WHERE id = 1")
+    connection.execute(guard)
     connection.commit()
     connection.close()

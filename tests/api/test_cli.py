@@ -102,6 +102,7 @@ def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_ta
 def started(monkeypatch):
     calls = []
     monkeypatch.setattr(server, "run", calls.append)
+    monkeypatch.setattr(server, "unbindable", lambda host, port: None)  # (its own test)
     return calls
 
 
@@ -127,6 +128,22 @@ def test_serve_brackets_an_ipv6_host(sqlite_database, started):
 def test_serve_refuses_bad_arguments_with_exit_code_2(sqlite_database, started, args):
     assert run(["serve", *args], sqlite_database.url).exit_code == 2
     assert started == []
+
+
+def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_it(sqlite_database, monkeypatch):
+    calls = []
+    monkeypatch.setattr(server, "run", calls.append)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = run(["serve", "--port", str(port)], sqlite_database.url)
+    assert refused.exit_code == 2 and calls == []
+    assert f"error: cannot listen on 127.0.0.1 port {port}: Address already in use" in refused.output
+    assert run(["serve", "--port", str(port)], sqlite_database.url).exit_code == 0 and len(calls) == 1  # free again
+    elsewhere = run(["serve", "--host", "192.0.2.1"], sqlite_database.url)  # an address of no host here
+    assert elsewhere.exit_code == 2 and "error: cannot listen on 192.0.2.1 port 8000: Cannot assign requested" in (
+        elsewhere.output) and len(calls) == 1
 
 
 def test_the_gunicorn_configuration_is_accepted_by_gunicorn():

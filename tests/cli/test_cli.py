@@ -4,6 +4,7 @@ trial balance and chain equal those of one clean run."""
 
 import contextlib
 import json
+import re
 import os
 import signal
 import socket
@@ -442,6 +443,7 @@ def never_started(monkeypatch):
 
     calls = []
     monkeypatch.setattr(server, "run", calls.append)
+    monkeypatch.setattr(server, "unbindable", lambda host, port: None)  # (its own test)
     monkeypatch.setattr(scheduler, "run", calls.append)
     return calls
 
@@ -850,6 +852,18 @@ def test_refusal_examples_are_the_first_lines_refused_in_line_order_whatever_ord
     result = invoke(seeded.url, "import", str(tmp_path / "many.ndjson"))
     assert result.exit_code == 1 and "refused: 60" in result.output
     assert refused_lines(result.output) == list(range(1, 21))
+    assert "    ... and 40 more refused (the first 20 lines are shown; the counts above are of all)" in result.output
+    assert "more refused" not in invoke(seeded.url, "import", str(tmp_path / "few.ndjson")).output
+
+
+def test_a_refused_event_s_id_is_shown_escaped_not_run_by_the_terminal(seeded, tmp_path):
+    # An id holding a line break, an escape sequence or a NUL: shown as Python writes it in a string.
+    for raw, shown in (("e\r\nFAKE: all good", "e\\r\\nFAKE: all good"), ("e\x1b[2J", "e\\x1b[2J"),
+                       ("e\x00", "e\\x00")):
+        (tmp_path / "odd.ndjson").write_text(json.dumps({"id": raw, "type": "invoice_paid"}) + "\n")
+        result = invoke(seeded.url, "import", str(tmp_path / "odd.ndjson"))
+        assert result.exit_code == 1 and f"line 1 event {shown}: " in result.output, result.output
+        assert not any(character in result.output for character in "\r\x1b\x00")
 
 
 def test_lines_each_with_another_unknown_field_are_summed_under_one_reason(seeded, tmp_path):
@@ -1003,6 +1017,37 @@ def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run
     assert f"posted: {len(events) - interrupted}" in rerun.output, rerun.output
     assert invoke(clean.url, "import", str(path)).exit_code == 0
     assert audited_books(killed) == audited_books(clean)
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_an_import_stopped_by_a_signal_says_what_committed_and_run_again_gives_the_books_of_one_clean_run(
+        killed_and_clean, tmp_path, stop, code):
+    """Ctrl-C or a supervisor's SIGTERM: not an exit 1 ("events refused") with no summary, but the
+    signal's own status once the batch being applied has committed, what the batches did, and how
+    to go on."""
+    (stopped, clean), customer_ids = killed_and_clean
+    events = monthly_events(months=11, customer_ids=customer_ids)
+    path = write_ndjson(tmp_path / "big.ndjson", events)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
+           "REVSHARE_DATABASE_URL": stopped.url}
+    process = subprocess.Popen([REVSHARE, "import", str(path), "--batch-size", "20"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while stored_events(stopped) < 200 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == code, (out, err)
+    assert f"stopped by {stop.name} after reading" in err and "run the import again" in err, err
+    printed = sum(int(re.search(rf"^  {status}: ([0-9]+)$", out, re.MULTILINE).group(1))
+                  for status in ("posted", "unattributed", "no_commission", "replayed", "refused"))
+    stored = stored_events(stopped)
+    assert 200 <= stored < len(events), "the import must be stopped halfway"
+    assert printed == stored and f"read {stored} events" in out  # it stopped after a batch committed
+    rerun = invoke(stopped.url, "import", str(path))
+    assert rerun.exit_code == 0 and f"replayed: {stored}" in rerun.output, rerun.output
+    assert invoke(clean.url, "import", str(path)).exit_code == 0
+    assert audited_books(stopped) == audited_books(clean)
 
 
 @pytest.mark.parametrize("path", ["-", "/dev/stdin"])

@@ -98,3 +98,25 @@ def test_a_database_at_another_revision_is_not_checked(books):
         session.connection().exec_driver_sql(f"DROP TRIGGER {guard(database)}" + (
             "" if database.engine.dialect.name == "sqlite" else " ON journal_lines"))
     assert named(database) == []
+
+
+def test_the_server_and_the_scheduler_warn_at_their_start_of_a_guard_dropped(books, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import server
+    from cli.main import main
+    from jobs import scheduler
+
+    database = books.database
+    with database.transaction() as session:
+        session.connection().exec_driver_sql(f"DROP TRIGGER {guard(database)}" + (
+            "" if database.engine.dialect.name == "sqlite" else " ON journal_lines"))
+    started = []
+    monkeypatch.setattr(server, "run", started.append)
+    monkeypatch.setattr(server, "unbindable", lambda host, port: None)  # (its own test)
+    monkeypatch.setattr(scheduler, "run", started.append)
+    for command in ("serve", "scheduler"):
+        result = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": database.url})
+        assert result.exit_code == 0, result.output
+        assert f"warning: guard_missing: the database has no trigger {guard_name(database)}" in result.output
+    assert len(started) == 2

@@ -799,3 +799,46 @@ def test_0038_records_when_the_cpa_went_by_date_and_refuses_to_go_down_once_a_cl
         upgrade(empty_url)
     finally:
         database.dispose()
+
+
+def test_0041_lets_a_customer_s_first_attribution_be_withdrawn_and_goes_down_only_while_none_was(empty_url):
+    """Below 0041 the database keeps a customer's first attribution (0040's rule): going down is
+    refused once one was withdrawn; with only a later one withdrawn, it goes down, 0040's rule holds
+    again, and it goes up again."""
+    from alembic import command
+
+    from ledger import customers
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, current_revision, head_revision, upgrade
+    from tests.scenarios.books import Books, ahead
+
+    upgrade(empty_url)
+    database = Database(empty_url)
+    try:
+        books = Books(database)
+        books.plan("standard", "0.20")
+        books.partner("northwind", "standard")
+        books.partner("contoso", "standard")
+        books.attribute("acme", "northwind", ahead(30))
+        books.attribute("acme", "contoso", ahead(40), replace=True)
+        with database.reader() as session:
+            first, moved = (a.id for a in customers.get_customer(session, "acme").attributions)
+        with database.transaction() as session:
+            customers.withdraw_attribution(session, "acme", moved)
+        database.dispose()
+        command.downgrade(alembic_config(empty_url), "0040")
+        assert current_revision(empty_url) == "0040"
+        with pytest.raises(Exception, match="a customer keeps its first attribution"), \
+                database.transaction() as session:
+            customers.withdraw_attribution(session, "acme", first)
+        upgrade(empty_url)
+        with database.transaction() as session:
+            assert customers.withdraw_attribution(session, "acme", first).attributions == ()
+        database.dispose()
+        with pytest.raises(RuntimeError, match="withdrawals of a customer's first attribution"):
+            command.downgrade(alembic_config(empty_url), "0040")
+        # PostgreSQL rolls the step down back; SQLite keeps the steps above 0041 (here, none).
+        assert current_revision(empty_url) == head_revision()
+        assert books.verified()
+    finally:
+        database.dispose()

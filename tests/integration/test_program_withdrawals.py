@@ -2,7 +2,8 @@
 dated ahead, can be withdrawn before it starts (`ledger.withdrawals`, migrations 0040 and 0041): in
 Python, and in the database whoever writes the row.
 The fact leaves its table, the withdrawal keeps it, and every reader (the posting path, `verify`)
-reads the program as if it had never been recorded."""
+reads the program as if it had never been recorded, but `verify`'s judging of a payment's
+`unattributed`, which reads a withdrawn attribution as standing until it was withdrawn."""
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from ledger.journal import now_us
 from ledger.customers import AttributionIndex
 from ledger.db import driver_results
 from ledger.partners import program_for
+from ledger.recorded_program import RECORDED_SKEW_US
 from ledger.verify import verify
 from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.scenarios.books import Books, ahead, at, terms
@@ -350,6 +352,41 @@ def test_verify_judges_a_payment_s_status_by_the_attributions_withdrawn_as_they_
         found = [(p.code, p.message) for p in verify(session).problems if p.code.startswith("event_status")]
     [(event_id,)] = books.sql("SELECT id FROM revenue_events WHERE invoice_id = :invoice", invoice=invoice)
     assert found == [("event_status_unlike_attributions", f"revenue event {event_id!r} {named}")]
+
+
+SKEW_US = RECORDED_SKEW_US
+
+
+@pytest.mark.parametrize("invoice, column, offset_us, passes", [
+    # A payment that found the attribution (`no_commission`): it may have stood if recorded up to the
+    # skew after the payment, or withdrawn up to the skew before it.
+    ("inv-g", "fact_recorded_at_us", SKEW_US, True), ("inv-g", "fact_recorded_at_us", SKEW_US + 1, False),
+    ("inv-g", "recorded_at_us", -SKEW_US, True), ("inv-g", "recorded_at_us", -SKEW_US - 1, False),
+    # A payment that found none (`unattributed`): the attribution surely stood only if withdrawn more
+    # than the skew after it.
+    ("inv-h", "recorded_at_us", SKEW_US, True), ("inv-h", "recorded_at_us", SKEW_US + 1, False)])
+def test_a_payment_recorded_just_before_its_customer_s_only_attribution_is_withdrawn_passes_within_the_skew(
+        books, invoice, column, offset_us, passes):
+    """The common case: a payment comes in, then the attribution it found is withdrawn at once, and
+    a payment after it finds none. `verify` passes both; each instant moved around the triggers to
+    the skew's bound passes, and one microsecond beyond is named."""
+    books.attribute("globex", "northwind", ahead(30))
+    assert books.paid("globex", "inv-g", "80.00", format_instant(now_us())).status == "no_commission"
+    [(only,)] = books.sql("SELECT id FROM attributions WHERE customer_id = 'globex'")
+    with books.database.transaction() as session:
+        customers.withdraw_attribution(session, "globex", only)
+    assert books.paid("globex", "inv-h", "80.00", format_instant(now_us())).status == "unattributed"
+    assert books.verified()
+    [(event_id, recorded_us)] = books.sql("SELECT id, recorded_at_us FROM revenue_events WHERE invoice_id = :invoice",
+                                          invoice=invoice)
+    with behind_the_triggers(books.database) as execute:
+        execute(f"UPDATE program_withdrawals SET {column} = {recorded_us + offset_us}")
+        if column == "recorded_at_us":  # recorded before it was withdrawn, whichever way the withdrawal moved
+            execute(f"UPDATE program_withdrawals SET fact_recorded_at_us = {recorded_us - 2 * SKEW_US}")
+    with books.database.reader() as session:
+        found = [(p.code, p.message) for p in verify(session).problems if p.code.startswith("event_status")]
+    assert found == ([] if passes else [("event_status_unlike_attributions", found[0][1])])
+    assert passes or f"revenue event {event_id!r}" in found[0][1]
 
 
 def test_verify_names_a_withdrawal_written_around_the_database_s_rules(books):

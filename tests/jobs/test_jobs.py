@@ -4,6 +4,7 @@ job does not stop the scheduler."""
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -303,10 +304,17 @@ def test_the_verify_job_reports_figures(books):
         count(books, kind) for kind in ("accrual", "override", "clawback", "release"))
 
 
-def test_the_verify_job_gives_no_head_to_record_when_the_books_have_problems(sqlite_database):
+def test_the_verify_job_gives_no_head_to_record_when_the_books_have_problems(sqlite_database, caplog):
     tampered_books(sqlite_database)
-    result = bodies.run_job(sqlite_database, "verify", bodies.verify_books, at("2026-05-01"))
-    assert result.figures["ok"] is False and result.figures["problems"] == 4 and result.figures["head"] is None
+    with sqlite_database.transaction() as session:  # and a problem of no transaction: a guard dropped
+        session.connection().exec_driver_sql("DROP TRIGGER trg_journal_lines_no_update")
+    with caplog.at_level(logging.ERROR, logger="revshare.jobs"):
+        result = bodies.run_job(sqlite_database, "verify", bodies.verify_books, at("2026-05-01"))
+    assert result.figures["ok"] is False and result.figures["problems"] == 5 and result.figures["head"] is None
+    logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith("verify: ")]
+    assert len(logged) == 5 and "verify: guard_missing: the database has no trigger trg_journal_lines_no_update" in (
+        "\n".join(logged))
+    assert all(re.fullmatch(r"verify: (transaction [0-9]+: )?[a-z_]+: .+", line) for line in logged), logged
 
 
 @pytest.mark.postgres
