@@ -856,6 +856,31 @@ def test_refusal_examples_are_the_first_lines_refused_in_line_order_whatever_ord
     assert "more refused" not in invoke(seeded.url, "import", str(tmp_path / "few.ndjson")).output
 
 
+def test_an_import_whose_database_fails_midway_says_the_batches_before_it_stand(seeded, tmp_path, monkeypatch):
+    """The database lost after some batches committed (a PostgreSQL server stopped): its own words,
+    exit 2, and that running the import again is safe."""
+    import sqlalchemy.exc
+
+    from ledger import importer
+
+    apply, calls = importer._apply, []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise sqlalchemy.exc.OperationalError("COMMIT", None, Exception("server closed the connection"))
+        return apply(*args, **kwargs)
+    monkeypatch.setattr(importer, "_apply", fails_second)
+    events = [event_dict(paid(f"e-{n}", "acme", f"inv-{n}", 1_000, "2026-01-10")) for n in range(30)]
+    (tmp_path / "lost.ndjson").write_text("".join(json.dumps(event) + "\n" for event in events))
+    result = CliRunner().invoke(main, ["import", str(tmp_path / "lost.ndjson"), "--batch-size", "10"],
+                                env={"REVSHARE_DATABASE_URL": seeded.url})
+    assert result.exit_code == 2 and "server closed the connection" in result.output, result.output
+    assert "the batches applied before it committed; run the import again, and what committed replays" in (
+        result.output)
+    assert stored_events(seeded) == 10
+
+
 def test_a_refused_event_s_id_is_shown_escaped_not_run_by_the_terminal(seeded, tmp_path):
     # An id holding a line break, an escape sequence or a NUL: shown as Python writes it in a string.
     for raw, shown in (("e\r\nFAKE: all good", "e\\r\\nFAKE: all good"), ("e\x1b[2J", "e\\x1b[2J"),
