@@ -94,8 +94,33 @@ def payout_run(session: Session, at_us: int, *, day_of_month: int = 1) -> dict:
                         "or the run due at %s pays these balances", format_instant(due_us),
                         format_instant(latest.ends_at_us), format_instant(next_due_us))
             return {"run_id": None, "missed": format_instant(due_us)}
+    if made_us is None:
+        _say_which_runs_were_not_made(session, due_us)
     run = payouts.run_payouts(session, due_us if made_us is None else made_us, own_instant=True)
     return {"run_id": run.id, "payouts": len(run.payouts), "replayed": run.replayed}
+
+
+SKIPPED_NAMED_MAX = 12
+
+
+def _say_which_runs_were_not_made(session: Session, due_us: int) -> None:
+    """A warning naming the runs due since the latest run made, before the one due now (the scheduler
+    was not running on their days): the job makes the run due last alone, which pays every balance
+    they would have paid, and a run made at their instants now would come after this one."""
+    latest_us = payouts.latest_run_before(session, due_us)
+    if latest_us is None:
+        return
+    skipped, month = [], from_us(due_us)
+    while len(skipped) <= SKIPPED_NAMED_MAX:
+        month = add_months(month, -1)
+        if to_us(month) <= latest_us:
+            break
+        skipped.append(format_instant(to_us(month)))
+    if skipped:
+        named = ", ".join(reversed(skipped[:SKIPPED_NAMED_MAX])) + (" and earlier" if len(skipped) > SKIPPED_NAMED_MAX
+                                                                     else "")
+        log.warning("payout runs due at %s were not made (the scheduler was not running then): the run due at %s "
+                    "pays every balance they would have paid", named, format_instant(due_us))
 
 
 def verify_books(session: Session, at_us: int) -> dict:

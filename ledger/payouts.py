@@ -69,6 +69,11 @@ def first_run_from(session: Session, at_us: int) -> int | None:
     return session.execute(select(func.min(payout_runs.c.at_us)).where(payout_runs.c.at_us >= at_us)).scalar()
 
 
+def latest_run_before(session: Session, at_us: int) -> int | None:
+    """The instant of the latest payout run made before `at_us`, if any."""
+    return session.execute(select(func.max(payout_runs.c.at_us)).where(payout_runs.c.at_us < at_us)).scalar()
+
+
 def run_id_for(at_us: int) -> str:
     return "run_" + hashlib.sha256(str(at_us).encode()).hexdigest()[:16]
 

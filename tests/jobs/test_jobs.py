@@ -157,6 +157,22 @@ def test_a_payout_run_due_in_a_period_closed_since_is_reported_missed(books, cap
     assert "payout run due at 2026-03-28T00:00:00Z was missed" in caplog.text
 
 
+def test_the_payout_runs_not_made_while_the_scheduler_was_down_are_named_and_the_one_due_last_made(books, caplog):
+    assert bodies.run_job(books, "payout_run", payout_job(1), at("2026-02-01T01:00:00Z")).figures["run_id"]
+    with caplog.at_level(logging.WARNING, logger="revshare.jobs"):
+        bodies.run_job(books, "payout_run", payout_job(1), at("2026-03-01T01:00:00Z"))  # the next, on its day
+    assert "were not made" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="revshare.jobs"):  # down from March 2 to May 5
+        bodies.run_job(books, "payout_run", payout_job(1), at("2026-05-05T01:00:00Z"))
+    assert ("payout runs due at 2026-04-01T00:00:00Z were not made (the scheduler was not running then): the run "
+            "due at 2026-05-01T00:00:00Z pays every balance they would have paid") in caplog.text
+    assert run_instants(books) == [at("2026-02-01"), at("2026-03-01"), at("2026-05-01")]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="revshare.jobs"):  # the job again that day: a replay, said once
+        assert bodies.run_job(books, "payout_run", payout_job(1), at("2026-05-05T02:00:00Z")).figures["replayed"]
+    assert "were not made" not in caplog.text
+
+
 def test_a_missed_payout_run_s_warning_says_from_when_to_make_it_by_hand_and_that_run_is_the_months(books, caplog):
     # Made at the instant it was due, it is refused (a closed period): the warning must name the
     # first instant it can be made at, and when the next scheduled run would pay the balances anyway.
