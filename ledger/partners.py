@@ -197,7 +197,7 @@ def _latest(facts: list[tuple[int, int, str]], at_us: int) -> str | None:
 
 def _partners_now(session: Session, rows) -> list[Partner]:
     """Partners from their rows, each with its status and plan now, the changes that have not
-    started and those withdrawn: four queries for any number."""
+    started and those withdrawn: five queries for any number."""
     ids = [row.id for row in rows]
     now = now_us()
     statuses = _facts_by_partner(session, "status", ids)
