@@ -67,22 +67,32 @@ def triggers(session: Session) -> dict[str, Trigger]:
 def verify_guards(session: Session) -> list[tuple[None, str, str]]:
     """What `verify` names of the guards, as (None, code, message), by trigger name."""
     engine = session.get_bind().dialect.name
-    revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    if revision != REVISION or engine not in GUARDS:
+    if engine not in GUARDS or _revision(session) != REVISION:
         return []
     found = triggers(session)
     problems = []
     for name, (table, digest) in sorted(GUARDS[engine].items()):
-        trigger = found.get(name)
+        trigger, named = found.get(name), name if " ON " in name else f"{name} on {table}"
         if trigger is None:
-            problems.append((None, "guard_missing", f"the database has no trigger {name} (on {table}): what it "
-                                                    "refuses, the books now take"))
+            problems.append((None, "guard_missing", f"the database has no trigger {named}: what it refuses, the books "
+                                                    "now take"))
         elif trigger.digest != digest:
-            problems.append((None, "guard_altered", f"trigger {name} (on {table}) is not as the migrations made it"))
+            problems.append((None, "guard_altered", f"trigger {named} is not as the migrations made it"))
         elif not trigger.fires:
-            problems.append((None, "guard_disabled", f"trigger {name} (on {table}) is disabled: what it refuses, "
-                                                     "the books now take"))
+            problems.append((None, "guard_disabled", f"trigger {named} is disabled: what it refuses, the books now "
+                                                     "take"))
     return problems
+
+
+def _revision(session: Session) -> str | None:
+    """The revision the database is at, or None for one alembic never migrated (no table for it)."""
+    if session.get_bind().dialect.name == "sqlite":
+        kept = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    else:
+        kept = "SELECT 1 WHERE to_regclass('alembic_version') IS NOT NULL"
+    if session.execute(text(kept)).first() is None:
+        return None
+    return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _write(sqlite_url: str, postgres_url: str) -> None:
@@ -94,7 +104,7 @@ def _write(sqlite_url: str, postgres_url: str) -> None:
         database = Database(url)
         try:
             with database.reader() as session:
-                revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                revision = _revision(session)
                 assert revision == head_revision(), f"{url} is at {revision}, not at head {head_revision()}"
                 manifests[database.engine.dialect.name] = {
                     name: (trigger.table, trigger.digest) for name, trigger in sorted(triggers(session).items())}
