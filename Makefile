@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 BENCH_ARGS ?= --quick
 
-.PHONY: install test soak run bench clean
+.PHONY: install test soak run bench guards clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ run: $(STAMP)
 # `make bench` runs the quick benchmarks on both engines (under 3 minutes each); `make bench BENCH_ARGS=` the full ones.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# After a migration that makes, drops or changes a trigger: the list `verify` checks the guards against.
+guards: $(STAMP)
+	$(BIN)/python -m tests.guards_list
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

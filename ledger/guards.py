@@ -14,8 +14,9 @@ A database at another revision (an upgrade not yet run) is not checked. The appl
 privileges are not checked here: the service warns at its start when its role may rewrite the
 journal (`cli.books`).
 
-`python -m ledger.guards SQLITE_URL POSTGRES_URL` writes `ledger/guards_at_head.py` from two
-databases migrated to head; `tests/integration/test_guards.py` fails, saying so, until it is
+`make guards` (`python -m tests.guards_list`: an SQLite file and a throwaway PostgreSQL cluster) or
+`python -m ledger.guards SQLITE_URL POSTGRES_URL` (two databases migrated to head) writes
+`ledger/guards_at_head.py`; `tests/integration/test_guards.py` fails, saying so, until it is
 written again after a migration that makes, drops or changes a trigger.
 """
 
@@ -95,7 +96,8 @@ def _revision(session: Session) -> str | None:
     return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def _write(sqlite_url: str, postgres_url: str) -> None:
+def write(sqlite_url: str, postgres_url: str) -> None:
+    """`ledger/guards_at_head.py` from two databases migrated to head, one of each engine."""
     from ledger.db import Database
     from ledger.migrate import head_revision
 
@@ -124,4 +126,4 @@ def _write(sqlite_url: str, postgres_url: str) -> None:
 
 
 if __name__ == "__main__":
-    _write(*sys.argv[1:3])
+    write(*sys.argv[1:3])

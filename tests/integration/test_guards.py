@@ -33,13 +33,12 @@ def named_as(database) -> str:
 
 
 def test_the_list_of_guards_is_the_one_a_database_migrated_to_head_holds(database):
-    """Written again after a migration that makes, drops or changes a trigger: `python -m ledger.guards
-    SQLITE_URL POSTGRES_URL` on two databases migrated to head."""
-    assert REVISION == head_revision(), "ledger/guards_at_head.py is of another revision: write it again"
+    """Written again after a migration that makes, drops or changes a trigger: `make guards`."""
+    assert REVISION == head_revision(), "ledger/guards_at_head.py is of another revision: run `make guards`"
     engine = database.engine.dialect.name
     with database.reader() as session:
         found = {name: (trigger.table, trigger.digest) for name, trigger in triggers(session).items()}
-    assert found == GUARDS[engine], "ledger/guards_at_head.py is not what the migrations make: write it again"
+    assert found == GUARDS[engine], "ledger/guards_at_head.py is not what the migrations make: run `make guards`"
     assert guard_name(database) in found and all(trigger.fires for trigger in triggers(session).values())
 
 
