@@ -248,7 +248,7 @@ def demo(settings: Settings) -> None:
 
 
 class _Stopped(Exception):
-    """SIGINT or SIGTERM asked an import to stop: raised between its batches, after one committed."""
+    """SIGINT or SIGTERM asked an import to stop: raised while it reads, or once a batch committed."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -266,27 +266,39 @@ class _Stopped(Exception):
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
     """Import revenue events from an NDJSON or CSV file (UTF-8), or from standard input when PATH is
     '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused. SIGINT
-    (Ctrl-C) or SIGTERM stops it once the batch it is applying has committed: it prints what the
-    batches did and exits 130 or 143; a second signal stops it at once, as SIGKILL would (the batch
-    being applied is rolled back). Either way, run it again: what committed replays."""
+    (Ctrl-C) or SIGTERM stops it at once while it reads, and once the batch it is applying has
+    committed: it prints what the batches did and exits 130 or 143; a second signal stops a batch
+    too, as SIGKILL would (rolled back). Either way, run it again: what committed replays. A signal
+    the import was started ignoring (`nohup`, a shell's background job) stays ignored."""
     from ledger.importer import Summary, Unreadable
 
-    summary, asked = Summary(), []
+    summary, state = Summary(), {"applying": False, "asked": None}
 
     def ask_to_stop(signum, frame) -> None:
-        if asked:  # asked again: at once, by the signal itself
+        if state["asked"] is not None:  # asked again: at once, by the signal itself
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
-        asked.append(signum)
+        state["asked"] = signum
+        if not state["applying"]:  # reading: nothing is being written
+            raise _Stopped(signum)
 
-    def between_batches() -> None:
-        if asked:
-            raise _Stopped(asked[0])
+    @contextlib.contextmanager
+    def applying() -> Iterator[None]:
+        state["applying"] = True
+        try:
+            yield
+        finally:
+            state["applying"] = False
+        if state["asked"] is not None:  # asked while the batch was applied: it has committed
+            raise _Stopped(state["asked"])
 
-    previous = {signum: signal.signal(signum, ask_to_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, ask_to_stop)
     again = "run the import again, and what committed replays"
     try:
-        _import(settings, path, file_format, batch_size, summary, between_batches)
+        _import(settings, path, file_format, batch_size, summary, applying)
     except Unreadable as error:
         committed = (f"; any batch read before it has committed: {again} once it reads"
                      if error.line_number > 1 else "")
@@ -294,12 +306,12 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
                    err=True)
         sys.exit(2)
     except _Stopped as stopped:
-        click.echo(f"stopped by {stopped} after reading {summary.read} events, each batch applied committed: "
-                   f"{again}", err=True)
+        click.echo(f"stopped by {stopped} after reading {summary.read} events: the batches applied committed, "
+                   f"the events read since were not applied; {again}", err=True)
         _print_summary(summary)
         sys.exit(128 + stopped.signum)
     except SystemExit as exit_:  # the database failed (`opened`): said already, with its fix
-        if exit_.code == 2 and summary.read:
+        if exit_.code == 2 and sum(summary.statuses.values()) + summary.replayed:
             click.echo(f"  the batches applied before it committed; {again}", err=True)
         raise
     finally:
@@ -327,9 +339,9 @@ def _print_summary(summary) -> None:
 
 
 def _import(settings: Settings, path: str, file_format: str, batch_size: int, summary,
-            between_batches: Callable[[], None]) -> None:
+            applying: Callable[[], contextlib.AbstractContextManager]) -> None:
     """The import into `summary`, with a progress bar on standard error while the input's size is
-    known; `between_batches` is called after each batch commits."""
+    known; `applying` is entered around each batch."""
     from ledger.importer import detect_format, head, import_stream, open_events
 
     with open_events(path) as stream:
@@ -346,9 +358,9 @@ def _import(settings: Settings, path: str, file_format: str, batch_size: int, su
                     position = stream.buffer.tell()
                     bar.update(max(0, position - last[0]))
                     last[0] = position
-                between_batches()
 
-            import_stream(database, stream, chosen, batch_size=batch_size, progress=advance, summary=summary)
+            import_stream(database, stream, chosen, batch_size=batch_size, progress=advance, summary=summary,
+                          applying=applying)
 
 
 AT_HELP = "Instant (RFC 3339) or date (the start of that day, UTC); not ahead of now; default now."

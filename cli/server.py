@@ -221,13 +221,13 @@ class Server(BaseApplication):
 def unbindable(host: str, port: int) -> str | None:
     """Why gunicorn could not listen on the address (in use, not this machine's, a name that does
     not resolve), or None: it would retry for five seconds and exit 1, which this command's exit
-    codes give to problems found, not to a setting that cannot work (2)."""
+    codes give to problems found, not to a setting that cannot work (2). Bound as gunicorn binds it:
+    an IPv6 literal over IPv6, anything else (a name too) over IPv4, with SO_REUSEADDR."""
+    family = socket.AF_INET6 if util.is_ipv6(host) else socket.AF_INET
     try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                                flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, protocol) as listener:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-            listener.bind(address)
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
     except OSError as error:
         return error.strerror or str(error)
     return None

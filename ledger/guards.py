@@ -8,11 +8,14 @@ database lacks (`guard_missing`), holds in another form (`guard_altered`), or, o
 not fire (`guard_disabled`: disabled, or set to fire only on a replica). What each trigger should be
 is `GUARDS` in `ledger/guards_at_head.py`, a digest of each trigger as a fresh database migrated to
 head holds it: on SQLite its table and its SQL as written; on PostgreSQL its table, its timing and
-events (`tgtype`) and its function's name, body and settings, not `pg_get_triggerdef`, whose
-spelling PostgreSQL's versions may change. A trigger added by hand, not in the list, is not named.
-A database at another revision (an upgrade not yet run) is not checked. The application role's
-privileges are not checked here: the service warns at its start when its role may rewrite the
-journal (`cli.books`).
+events (`tgtype`), its `WHEN` condition as PostgreSQL writes it back (that part of
+`pg_get_triggerdef`, not the rest, whose spelling follows the search path), its `UPDATE OF` columns
+and arguments, and its function's name, body and settings; and every function of the journal's
+schema (those the rules call too), by body and settings. On PostgreSQL a `session_replication_role`
+other than `origin` set for the database or the role (no trigger then fires) is named too. A
+trigger or function added by hand, not in the list, is not named. A database at another revision
+(an upgrade not yet run) is not checked. The application role's privileges are not checked here:
+the service warns at its start when its role may rewrite the journal (`cli.books`).
 
 `make guards` (`python -m tests.guards_list`: an SQLite file and a throwaway PostgreSQL cluster) or
 `python -m ledger.guards SQLITE_URL POSTGRES_URL` (two databases migrated to head) writes
@@ -33,16 +36,27 @@ from sqlalchemy.orm import Session
 from ledger.guards_at_head import GUARDS, REVISION
 
 _SQLITE = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
-_POSTGRES = """
-SELECT t.tgname, c.relname, t.tgenabled, p.proname, t.tgtype, p.prosrc, p.prosecdef,
-       array_to_string(p.proconfig, ',')
+# The schema the journal's tables are in (the migrations make them in `public`), whatever the
+# role's search path puts first (a schema of its own, named after it, comes before `public`).
+_SCHEMA = "(SELECT relnamespace FROM pg_class WHERE oid = to_regclass('journal_lines'))"
+_POSTGRES_TRIGGERS = rf"""
+SELECT t.tgname, c.relname, t.tgenabled, p.proname, t.tgtype,
+       coalesce(substring(pg_get_triggerdef(t.oid) from ' WHEN \((.*)\) EXECUTE '), ''),
+       t.tgattr::text, encode(t.tgargs, 'hex'), p.prosrc, p.prosecdef, array_to_string(p.proconfig, ',')
 FROM pg_trigger t
 JOIN pg_class c ON c.oid = t.tgrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE NOT t.tgisinternal AND n.nspname = current_schema()
-ORDER BY t.tgname, c.relname"""
+WHERE NOT t.tgisinternal AND c.relnamespace = {_SCHEMA}"""
+# Every function of that schema: a trigger's own, and those its rules call (`revshare_is_json_object`).
+_POSTGRES_FUNCTIONS = f"""
+SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.prosrc, p.prosecdef,
+       array_to_string(p.proconfig, ','), p.provolatile
+FROM pg_proc p
+WHERE p.pronamespace = {_SCHEMA} AND p.prokind = 'f'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                  AND d.deptype = 'e')"""
 FIRING = ("O", "A")  # PostgreSQL's `tgenabled`: fires in a session as the service opens it
+FUNCTION = "(function)"  # the table a function is listed under
 
 
 class Trigger(NamedTuple):
@@ -56,13 +70,16 @@ def _digest(*parts) -> str:
 
 
 def triggers(session: Session) -> dict[str, Trigger]:
-    """The database's triggers by name (on PostgreSQL, by name and table: names are per table)."""
+    """The database's triggers by name (on PostgreSQL, by name and table: names are per table, and
+    with them every function of the journal's schema, as `function name(arguments)`)."""
     if session.get_bind().dialect.name == "sqlite":
         return {name: Trigger(table, _digest(table, sql), True)
                 for name, table, sql in session.execute(text(_SQLITE))}
-    return {f"{name} ON {table}": Trigger(table, _digest(table, function, kind, body, definer, settings),
-                                          enabled in FIRING)
-            for name, table, enabled, function, kind, body, definer, settings in session.execute(text(_POSTGRES))}
+    found = {f"{name} ON {table}": Trigger(table, _digest(table, *definition), enabled in FIRING)
+             for name, table, enabled, *definition in session.execute(text(_POSTGRES_TRIGGERS))}
+    found.update({f"function {name}": Trigger(FUNCTION, _digest(*definition), True)
+                  for name, *definition in session.execute(text(_POSTGRES_FUNCTIONS))})
+    return found
 
 
 def verify_guards(session: Session) -> list[tuple[None, str, str]]:
@@ -72,13 +89,20 @@ def verify_guards(session: Session) -> list[tuple[None, str, str]]:
         return []
     found = triggers(session)
     problems = []
+    if engine == "postgresql":
+        role = session.execute(text("SELECT current_setting('session_replication_role')")).scalar()
+        if role != "origin":  # set for the database or the role: no trigger fires but ALWAYS ones
+            problems.append((None, "guard_disabled", f"the service's sessions run with session_replication_role "
+                                                     f"{role}: no guard fires, and the books take what they refuse"))
     for name, (table, digest) in sorted(GUARDS[engine].items()):
-        trigger, named = found.get(name), name if " ON " in name else f"{name} on {table}"
+        trigger, named = found.get(name), name if table == FUNCTION or " ON " in name else f"{name} on {table}"
         if trigger is None:
-            problems.append((None, "guard_missing", f"the database has no trigger {named}: what it refuses, the books "
-                                                    "now take"))
+            what = named if table == FUNCTION else f"trigger {named}"
+            problems.append((None, "guard_missing", f"the database has no {what}: what it refuses, the books now "
+                                                    "take"))
         elif trigger.digest != digest:
-            problems.append((None, "guard_altered", f"trigger {named} is not as the migrations made it"))
+            problems.append((None, "guard_altered", f"{named if table == FUNCTION else f'trigger {named}'} is not as "
+                                                    "the migrations made it"))
         elif not trigger.fires:
             problems.append((None, "guard_disabled", f"trigger {named} is disabled: what it refuses, the books now "
                                                      "take"))

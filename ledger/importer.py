@@ -21,6 +21,7 @@ refused with its line number, like an event the domain refuses; the import goes 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -30,7 +31,7 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, ContextManager, Iterator
 
 from ledger import json_input, revenue
 from ledger.db import Database
@@ -283,9 +284,11 @@ def detect_format(path: str, head: str) -> str:
 
 
 def import_stream(database: Database, stream: IO, file_format: str, *, batch_size: int = BATCH_SIZE_DEFAULT,
-                  progress: Callable[[int], None] = lambda n: None, summary: Summary | None = None) -> Summary:
+                  progress: Callable[[int], None] = lambda n: None, summary: Summary | None = None,
+                  applying: Callable[[], ContextManager] = contextlib.nullcontext) -> Summary:
     """The events of the stream applied a batch a transaction, into `summary` (a new one unless given:
-    a caller stopped midway still holds what the batches that committed did)."""
+    a caller stopped midway still holds what the batches that committed did). `applying` is entered
+    around each batch, from its first statement until it has committed (or failed)."""
     summary = Summary() if summary is None else summary
     pending: list[tuple[int, revenue.RevenueEvent]] = []
     for number, data in records(stream, file_format):
@@ -297,11 +300,13 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
         except DomainError as error:
             summary.refuse(number, data.get("id") if isinstance(data, dict) else None, error)
         if len(pending) >= batch_size:
-            _apply(database, pending, summary)
+            with applying():
+                _apply(database, pending, summary)
             progress(len(pending))
             pending = []
     if pending:
-        _apply(database, pending, summary)
+        with applying():
+            _apply(database, pending, summary)
         progress(len(pending))
     return summary
 

@@ -856,6 +856,36 @@ def test_refusal_examples_are_the_first_lines_refused_in_line_order_whatever_ord
     assert "more refused" not in invoke(seeded.url, "import", str(tmp_path / "few.ndjson")).output
 
 
+def test_an_import_reading_a_pipe_stops_at_once_on_a_signal_and_keeps_one_it_was_started_ignoring(seeded):
+    """A slow producer: the stop is not put off until a batch fills. Started ignoring SIGINT (as
+    `nohup` or a shell's background job starts it), the import keeps ignoring it."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": seeded.url}
+    lines = "".join(json.dumps(event_dict(paid(f"p-{n}", "acme", f"inv-p{n}", 1_000, "2026-01-10"))) + "\n"
+                    for n in range(10))
+    reading = subprocess.Popen([REVSHARE, "import", "-"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    reading.stdin.write(lines)
+    reading.stdin.flush()
+    time.sleep(1)  # read, and waiting for more: the batch of 5,000 is far from full
+    reading.send_signal(signal.SIGTERM)
+    try:
+        out, err = reading.communicate(timeout=20)  # the pipe is still open: it stops without it closing
+    finally:
+        reading.kill()
+    assert reading.returncode == 143 and "stopped by SIGTERM after reading 10 events" in err, (out, err)
+    assert "events read since were not applied" in err and stored_events(seeded) == 0
+
+    ignoring = subprocess.Popen([REVSHARE, "import", "-"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ignoring.stdin.write(lines)
+    ignoring.stdin.flush()
+    time.sleep(1)
+    ignoring.send_signal(signal.SIGINT)
+    out, err = ignoring.communicate(timeout=60)  # closes its input: the import ends as it would have
+    assert ignoring.returncode == 0 and "posted: 10" in out, (out, err)
+
+
 def test_an_import_whose_database_fails_midway_says_the_batches_before_it_stand(seeded, tmp_path, monkeypatch):
     """The database lost after some batches committed (a PostgreSQL server stopped): its own words,
     exit 2, and that running the import again is safe."""
@@ -1048,8 +1078,8 @@ def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run
 def test_an_import_stopped_by_a_signal_says_what_committed_and_run_again_gives_the_books_of_one_clean_run(
         killed_and_clean, tmp_path, stop, code):
     """Ctrl-C or a supervisor's SIGTERM: not an exit 1 ("events refused") with no summary, but the
-    signal's own status once the batch being applied has committed, what the batches did, and how
-    to go on."""
+    signal's own status (at once while reading, once the batch being applied has committed), what
+    the batches did, and how to go on."""
     (stopped, clean), customer_ids = killed_and_clean
     events = monthly_events(months=11, customer_ids=customer_ids)
     path = write_ndjson(tmp_path / "big.ndjson", events)
@@ -1068,7 +1098,10 @@ def test_an_import_stopped_by_a_signal_says_what_committed_and_run_again_gives_t
                   for status in ("posted", "unattributed", "no_commission", "replayed", "refused"))
     stored = stored_events(stopped)
     assert 200 <= stored < len(events), "the import must be stopped halfway"
-    assert printed == stored and f"read {stored} events" in out  # it stopped after a batch committed
+    read = int(re.search(r"^read ([0-9]+) events$", out, re.MULTILINE).group(1))
+    # The batches applied committed, and are what it prints; stopped while reading, it had read a
+    # part of the next batch, not applied.
+    assert printed == stored and stored <= read < stored + 20
     rerun = invoke(stopped.url, "import", str(path))
     assert rerun.exit_code == 0 and f"replayed: {stored}" in rerun.output, rerun.output
     assert invoke(clean.url, "import", str(path)).exit_code == 0

@@ -1,7 +1,10 @@
 """`verify` names a guard (a trigger the migrations make) that the database lacks, holds in another
 form, or does not fire (`ledger.guards`), on both engines."""
 
+import re
+
 import pytest
+import sqlalchemy as sa
 
 from ledger.guards import triggers
 from ledger.guards_at_head import GUARDS, REVISION
@@ -92,6 +95,70 @@ def test_verify_names_a_guard_disabled_on_postgres(postgres_database, setting):
     assert named(postgres_database) == [
         ("guard_disabled", f"trigger {named_as(postgres_database)} is disabled: what it refuses, the books now "
                            "take")]
+
+
+def postgres_books(database) -> Books:
+    books = Books(database)
+    books.plan("standard", "0.20")
+    assert books.verified()
+    return books
+
+
+def ddl(database, *statements: str) -> None:
+    with database.transaction() as session:
+        for statement in statements:
+            session.connection().exec_driver_sql(statement)
+    database.engine.dispose()  # new connections: a setting made for the database applies to them
+
+
+@pytest.mark.postgres
+def test_a_role_whose_search_path_puts_a_schema_of_its_own_first_finds_every_guard(postgres_database):
+    """A role with a schema named after it has it first on PostgreSQL's default search path; the
+    journal's tables and their guards stay in `public`, where the service still finds them."""
+    postgres_books(postgres_database)
+    ddl(postgres_database, "CREATE SCHEMA own", "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET search_path = "
+        "own, public', current_database()); END $$")
+    with postgres_database.reader() as session:
+        assert session.execute(sa.text("SELECT current_schema()")).scalar() == "own"
+    assert named(postgres_database) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change, named_as_altered", [
+    # a rule's WHEN made false: the trigger stands, and never fires
+    ("when", None),
+    # the journal lines' guard made to refuse only an UPDATE of their currency
+    ("DROP TRIGGER trg_journal_lines_no_change ON journal_lines; CREATE TRIGGER trg_journal_lines_no_change "
+     "BEFORE DELETE OR UPDATE OF currency ON journal_lines FOR EACH ROW EXECUTE FUNCTION journal_refuse_change()",
+     "trigger trg_journal_lines_no_change ON journal_lines"),
+    # a function a rule calls, made to accept anything
+    ("CREATE OR REPLACE FUNCTION revshare_is_json_object(value text) RETURNS boolean LANGUAGE sql IMMUTABLE "
+     "AS $$ SELECT true $$", "function revshare_is_json_object(value text)")])
+def test_verify_names_a_guard_s_condition_columns_or_the_function_it_calls_changed(
+        postgres_database, change, named_as_altered):
+    postgres_books(postgres_database)
+    if change == "when":
+        with postgres_database.reader() as session:
+            name, table, definition = session.execute(sa.text(
+                "SELECT t.tgname, c.relname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c"
+                " ON c.oid = t.tgrelid WHERE t.tgqual IS NOT NULL ORDER BY t.tgname LIMIT 1")).one()
+        never = re.sub(r" WHEN \(.*\) EXECUTE ", " WHEN (false) EXECUTE ", definition)
+        assert never != definition
+        ddl(postgres_database, f"DROP TRIGGER {name} ON {table}", never)
+        named_as_altered = f"trigger {name} ON {table}"
+    else:
+        ddl(postgres_database, *change.split("; "))
+    assert named(postgres_database) == [("guard_altered", f"{named_as_altered} is not as the migrations made it")]
+
+
+@pytest.mark.postgres
+def test_verify_names_the_guards_switched_off_for_every_session_of_the_database(postgres_database):
+    postgres_books(postgres_database)
+    ddl(postgres_database, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET session_replication_role = replica', "
+        "current_database()); END $$")
+    assert named(postgres_database) == [
+        ("guard_disabled", "the service's sessions run with session_replication_role replica: no guard fires, and "
+                           "the books take what they refuse")]
 
 
 def test_a_database_at_another_revision_is_not_checked(books):
