@@ -94,13 +94,13 @@ def verify_guards(session: Session) -> list[tuple[None, str, str]]:
         if role != "origin":  # set for the database or the role: no trigger fires but ALWAYS ones
             problems.append((None, "guard_disabled", f"the service's sessions run with session_replication_role "
                                                      f"{role}: no guard fires, and the books take what they refuse"))
-    for name, (table, digest) in sorted(GUARDS[engine].items()):
+    for name, (table, *digests) in sorted(GUARDS[engine].items()):
         trigger, named = found.get(name), name if table == FUNCTION or " ON " in name else f"{name} on {table}"
         if trigger is None:
             what = named if table == FUNCTION else f"trigger {named}"
             problems.append((None, "guard_missing", f"the database has no {what}: what it refuses, the books now "
                                                     "take"))
-        elif trigger.digest != digest:
+        elif trigger.digest not in digests:
             problems.append((None, "guard_altered", f"{named if table == FUNCTION else f'trigger {named}'} is not as "
                                                     "the migrations made it"))
         elif not trigger.fires:
@@ -132,13 +132,17 @@ def write(sqlite_url: str, postgres_url: str) -> None:
             with database.reader() as session:
                 revision = _revision(session)
                 assert revision == head_revision(), f"{url} is at {revision}, not at head {head_revision()}"
-                manifests[database.engine.dialect.name] = {
-                    name: (trigger.table, trigger.digest) for name, trigger in sorted(triggers(session).items())}
+                made = triggers(session)
+            remade = _remade(database) if database.engine.dialect.name == "postgresql" else {}
+            manifests[database.engine.dialect.name] = {
+                name: (trigger.table, trigger.digest, *(d for d in remade.get(name, ()) if d != trigger.digest))
+                for name, trigger in sorted(made.items())}
         finally:
             database.dispose()
-    lines = ['"""Each trigger the migrations make, at the head revision: its table and digest', "(`ledger.guards`). "
-             "Written by `python -m ledger.guards SQLITE_URL POSTGRES_URL`; not edited by hand."
-             '"""', "", f"REVISION = {head_revision()!r}", "", "GUARDS = {"]
+    lines = ['"""Each trigger the migrations make, at the head revision: its table and digest (and, for a',
+             "trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what it wrote, as a",
+             "restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not",
+             'edited by hand."""', "", f"REVISION = {head_revision()!r}", "", "GUARDS = {"]
     for engine, manifest in manifests.items():
         lines.append(f"    {engine!r}: {{")
         for name, guard in manifest.items():
@@ -147,6 +151,35 @@ def write(sqlite_url: str, postgres_url: str) -> None:
         lines.append("    },")
     lines.append("}")
     Path(__file__).with_name("guards_at_head.py").write_text("\n".join(lines) + "\n")
+
+
+def _remade(database) -> dict[str, list[str]]:
+    """The digests a PostgreSQL trigger with a `WHEN` takes when made again from its own
+    `pg_get_triggerdef`, as `pg_dump` writes it and a restore makes it, until that is a fixed point
+    (one condition, `kind IN (...)` over a varchar column, is written back with its casts moved), each
+    remade in a transaction rolled back."""
+    remade: dict[str, list[str]] = {}
+    with database.reader() as session:
+        conditioned = session.execute(text(
+            f"SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            f" WHERE t.tgqual IS NOT NULL AND NOT t.tgisinternal AND c.relnamespace = {_SCHEMA}")).all()
+    for name, table in conditioned:
+        key, seen = f"{name} ON {table}", []
+        with database.engine.connect() as connection:
+            with connection.begin():
+                for _ in range(3):
+                    definition = connection.execute(text(
+                        "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                        " WHERE t.tgname = :name AND c.relname = :table"), {"name": name, "table": table}).scalar_one()
+                    connection.exec_driver_sql(f"DROP TRIGGER {name} ON {table}")
+                    connection.exec_driver_sql(definition)
+                    digest = triggers(Session(bind=connection))[key].digest
+                    if digest in seen:
+                        break
+                    seen.append(digest)
+                connection.rollback()
+        remade[key] = seen
+    return remade
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Each trigger the migrations make, at the head revision: its table and digest
-(`ledger.guards`). Written by `python -m ledger.guards SQLITE_URL POSTGRES_URL`; not edited by hand."""
+"""Each trigger the migrations make, at the head revision: its table and digest (and, for a
+trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what it wrote, as a
+restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
+edited by hand."""
 
 REVISION = '0041'
 
@@ -296,7 +298,8 @@ GUARDS = {
             ('journal_transactions', '549067ec5105af07'),
         'trg_journal_transactions_reinstated_chargeback ON journal_transactions':
             ('journal_transactions', 'e2e4a163740a7836'),
-        'trg_journal_transactions_resolution_due ON journal_transactions': ('journal_transactions', '120877ddcbe08456'),
+        'trg_journal_transactions_resolution_due ON journal_transactions':
+            ('journal_transactions', '120877ddcbe08456', 'a425f0f0bbe39bb1'),
         'trg_journal_transactions_reversal_final ON journal_transactions': ('journal_transactions', '01cc80827c4c5661'),
         'trg_journal_transactions_reversal_in_time ON journal_transactions':
             ('journal_transactions', 'b7500a356cfb134a'),
