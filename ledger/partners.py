@@ -230,15 +230,15 @@ def withdraw_change(session: Session, partner_id: str, change_id: str) -> Partne
     Recorded under the journal lock, as the change was (`set_status`, `change_plan`)."""
     lock_program(session)
     lock_journal(session)
-    get_partner(session, partner_id)
+    partner = get_partner(session, partner_id)
     match = CHANGE_ID.fullmatch(change_id)
     table = CHANGES[match.group(1)] if match else None
     fact_id = int(match.group(2)) if match else 0
     row = None if table is None else session.execute(
         select(table).where(table.c.id == fact_id, table.c.partner_id == partner_id)).first()
     if row is None:
-        if table is not None and withdrawals.withdrawn(session, table.name, fact_id, partner_id):
-            return get_partner(session, partner_id)
+        if any(withdrawn.id == change_id for withdrawn in partner.withdrawn):  # ids as CHANGE_ID spells them
+            return partner
         raise NotFound(f"partner {partner_id!r} has no change {change_id!r} (a scheduled change's id is in the "
                        "partner's `scheduled`)")
     if table is partner_statuses:

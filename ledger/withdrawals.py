@@ -87,13 +87,6 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
         fact_recorded_at_us=fact_recorded_at_us, recorded_at_us=now))
 
 
-def withdrawn(session: Session, table: str, fact_id: int, subject_id: str) -> bool:
-    """Whether the subject's fact of this id was withdrawn (its withdrawal asked again changes nothing)."""
-    return session.execute(select(program_withdrawals.c.id).where(
-        program_withdrawals.c.fact_table == table, program_withdrawals.c.fact_id == fact_id,
-        program_withdrawals.c.subject_id == subject_id)).first() is not None
-
-
 def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:
     """What `verify` names of the withdrawals, as (None, code, message) (as `verify.Problem` takes
     them): a fact a withdrawal names that is still in its table (`withdrawal_not_applied`); one
