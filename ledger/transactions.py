@@ -1,8 +1,13 @@
-"""Reading posted transactions: one by id, or pages in sequence order, optionally for one partner.
+"""Reading posted transactions: one by id, or pages in sequence order, optionally for one partner,
+one invoice or one revenue event.
 
 Reads only: posting lives in `journal.py`. A page is keyset-paginated on the transaction id (the
 gap-free sequence), so a page costs the same at the millionth transaction as at the first; a
-partner's page walks the (partner_id, id) index. Each transaction comes with its lines (in the
+partner's page walks the (partner_id, id) index, an invoice's or an event's reads its few headers
+through the index on `invoice_id` or `event_id`. An invoice's transactions are its whole trace:
+accruals, CPA, overrides, clawbacks, releases and their reversals all carry the invoice; a release
+or a reversal names the event of what it releases or mirrors. There is no filter by customer or
+kind: no index serves either, and a page of a rare kind on a journal of millions would read it whole. Each transaction comes with its lines (in the
 order they were posted) and the id of the reversal that mirrors it, if any.
 """
 
@@ -61,13 +66,15 @@ def get(session: Session, transaction_id: int) -> Transaction:
     return _assemble(session, rows)[0]
 
 
-def page(session: Session, *, after_id: int = 0, limit: int, partner_id: str | None = None) -> list[Transaction]:
-    """Up to `limit` transactions with id > `after_id`, in id order; only `partner_id`'s when given."""
+def page(session: Session, *, after_id: int = 0, limit: int, partner_id: str | None = None,
+         invoice_id: str | None = None, event_id: str | None = None) -> list[Transaction]:
+    """Up to `limit` transactions with id > `after_id`, in id order; only those of each filter given."""
     assert 1 <= limit <= PAGE_SIZE_MAX + 1, limit
     t = journal_transactions.c
     query = select(*_HEADER_COLUMNS).where(t.id > after_id).order_by(t.id).limit(limit)
-    if partner_id is not None:
-        query = query.where(t.partner_id == partner_id)
+    for column, value in ((t.partner_id, partner_id), (t.invoice_id, invoice_id), (t.event_id, event_id)):
+        if value is not None:
+            query = query.where(column == value)
     return _assemble(session, session.execute(query).all())
 
 

@@ -11,7 +11,7 @@ import marshmallow as ma
 
 from api.auth import allow, partner_filter, require_visible
 from api.body import Blueprint
-from api.fields import Instant, PartnerId, Str
+from api.fields import ExternalId, Instant, PartnerId, Str
 from api.idempotency import idempotent, request_token
 from api.openapi import refuses
 from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema, parse_id_key
@@ -60,6 +60,10 @@ class TransactionSchema(Schema):
 
 class TransactionListQuery(page_query(LISTING)):
     partner_id = PartnerId(metadata={"description": "only this partner's transactions"})
+    invoice_id = ExternalId(metadata={"description": "only this invoice's transactions: its accruals, CPA, "
+                                                     "overrides, clawbacks, releases and their reversals"})
+    event_id = ExternalId(metadata={"description": "only the transactions that name this revenue event: what it "
+                                                   "posted, and the releases and reversals of that"})
 
 
 class ReversalRequestSchema(Schema):
@@ -90,9 +94,11 @@ def render(transaction: Transaction) -> dict:
 @refuses(404, "`partner_id` names no partner; for a partner key, any partner but its own")
 @blp.arguments(TransactionListQuery, location="query", as_kwargs=True)
 @blp.response(200, page_schema(TransactionSchema))
-def list_transactions(limit: int, cursor: int, partner_id: str | None = None):
-    """Transactions in sequence order"""
-    rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=partner_filter(partner_id))
+def list_transactions(limit: int, cursor: int, partner_id: str | None = None, invoice_id: str | None = None,
+                      event_id: str | None = None):
+    """Transactions in sequence order; filters combine (an invoice or event no transaction names lists nothing)"""
+    rows = transactions.page(current_session(), after_id=cursor, limit=limit + 1, partner_id=partner_filter(partner_id),
+                             invoice_id=invoice_id, event_id=event_id)
     return page(rows, limit, render, encode=LISTING.cursor)
 
 

@@ -2,6 +2,8 @@
 
 import re
 import uuid
+from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -10,7 +12,7 @@ from ledger import accounts as chart
 from ledger import journal, partners, reversals
 from ledger.instants import parse_instant
 from ledger.verify import verify
-from tests.api.books import assert_not_a_cursor, crafted_cursor, next_cursor
+from tests.api.books import assert_not_a_cursor, crafted_cursor, errors_of, next_cursor, plan_body, unique
 from tests.api.conftest import accrual, bearer, new_transaction
 
 RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
@@ -199,3 +201,83 @@ def test_reversing_a_missing_transaction_is_a_404(shared, transaction_id):
     response = reverse(shared, transaction_id, {"reason": "gone"})
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
+
+
+@pytest.fixture
+def traced(call):
+    """An invoice of a reseller's customer, with the reseller's parent earning an override on it,
+    refunded by half after both holds matured; the ids its events and transactions took."""
+    parent = call.partner(plan_id=override_plan(call))
+    child = call.partner(parent_id=parent)
+    customer, invoice = unique("cust"), unique("inv")
+    call.attribute(customer, child)
+    paid, refund = unique("paid"), unique("refund")
+    call.event(paid, customer, invoice, "500.00", "2026-01-20")
+    call.event(refund, customer, invoice, "250.00", "2026-03-05", kind="refund")
+    other = unique("inv")  # a second invoice of the same customer, which no filter of the first shows
+    call.event(unique("paid"), customer, other, "100.00", "2026-01-21")
+    listed = [item for partner in (parent, child) for item in every_page(call, f"/v1/transactions?partner_id={partner}")]
+    return SimpleNamespace(call=call, parent=parent, child=child, invoice=invoice, paid=paid, refund=refund,
+                           listed=sorted(listed, key=lambda item: item["id"]))
+
+
+def override_plan(call) -> str:
+    plan_id = unique("over")
+    call.created("/v1/plans", plan_body(plan_id, override={"rate": "0.05", "basis": "revenue"}))
+    return plan_id
+
+
+def every_page(call, listing: str, *, as_: str = "finance", limit: int = 1000) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        body = call.read(f"{listing}&limit={limit}" + (f"&cursor={cursor}" if cursor else ""), as_=as_)
+        items, cursor = items + body["items"], body["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def test_an_invoices_transactions_are_its_whole_trace_in_sequence_order(traced):
+    listed = every_page(traced.call, f"/v1/transactions?invoice_id={traced.invoice}")
+    assert listed == [item for item in traced.listed if item["invoice_id"] == traced.invoice]
+    kinds = [(item["partner_id"], item["kind"]) for item in listed]
+    assert sorted(kinds) == sorted([(traced.child, "accrual"), (traced.parent, "override"),
+                                    (traced.child, "release"), (traced.parent, "release"),
+                                    (traced.child, "clawback"), (traced.parent, "clawback")]), kinds
+    # One to a page, the cursor walks the same list.
+    assert every_page(traced.call, f"/v1/transactions?invoice_id={traced.invoice}", limit=1) == listed
+
+
+def test_an_events_transactions_are_what_it_posted_and_the_releases_of_that(traced):
+    paid = every_page(traced.call, f"/v1/transactions?event_id={traced.paid}")
+    assert sorted(item["kind"] for item in paid) == ["accrual", "override", "release", "release"]
+    refund = every_page(traced.call, f"/v1/transactions?event_id={traced.refund}")
+    assert sorted(item["kind"] for item in refund) == ["clawback", "clawback"]
+    assert paid + refund == [item for item in traced.listed if item["event_id"] in (traced.paid, traced.refund)]
+    assert {item["id"] for item in paid}.isdisjoint(item["id"] for item in refund)
+
+
+def test_the_filters_combine_and_a_partner_key_lists_only_its_own_transactions_of_an_invoice(traced):
+    call = traced.call
+    for partner in (traced.parent, traced.child):
+        call.partner_key(partner)
+        own = [item for item in traced.listed if item["invoice_id"] == traced.invoice and item["partner_id"] == partner]
+        assert len(own) == 3, own
+        assert every_page(call, f"/v1/transactions?invoice_id={traced.invoice}", as_=partner) == own
+        assert every_page(call, f"/v1/transactions?invoice_id={traced.invoice}&partner_id={partner}") == own
+        assert every_page(call, f"/v1/transactions?event_id={traced.refund}", as_=partner) == [
+            item for item in own if item["kind"] == "clawback"]
+    # Another partner's key lists nothing of the invoice, as for an invoice no transaction names.
+    assert call.read(f"/v1/transactions?invoice_id={traced.invoice}", as_="p1")["items"] == []
+    assert call.read(f"/v1/transactions?invoice_id={unique('inv')}")["items"] == []
+    # Both filters, of an event that is not the invoice's: nothing.
+    assert call.read(f"/v1/transactions?invoice_id={traced.invoice}&event_id={unique('paid')}")["items"] == []
+    other_partners = call.get(f"/v1/transactions?invoice_id={traced.invoice}&partner_id={traced.child}",
+                              as_="p1")
+    assert other_partners.status_code == 404
+
+
+@pytest.mark.parametrize("field", ["invoice_id", "event_id"])
+@pytest.mark.parametrize("value", ["-starts-with-a-dash", "x" * 65, "with space"])
+def test_an_id_filter_that_is_no_id_is_a_422_naming_it(call, field, value):
+    response = call.get(f"/v1/transactions?{field}={quote(value)}")
+    assert errors_of(response) == {field}

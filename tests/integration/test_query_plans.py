@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ledger import holds, periods, reversals, revenue
+from ledger import holds, periods, reversals, revenue, transactions
 from ledger.balances import partner_balances
 from ledger.statements import statement, statement_json
 from ledger.trial_balance import trial_balance
@@ -531,3 +531,40 @@ def test_a_batch_taking_cpa_claims_from_claimants_stored_before_it_sends_a_bound
     many = statements_to_ingest(database, payments(60, "01"))
     assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(65,)]
     assert many <= few + 2 and few < 40, (few, many)
+
+
+def plan_of_header_page(database, by: str, value: str, *, without: tuple[str, ...] = ()) -> str:
+    """The plan of the query over journal_transactions that a page of one invoice's or one event's
+    transactions sends, explained as `plans_of_line_queries` explains (seqscan off on PostgreSQL)."""
+    with recorded(database.engine) as statements, database.reader() as session:
+        listed = transactions.page(session, limit=101, **{by: value})
+    assert listed and all(getattr(item, by) == value for item in listed), listed
+    [(sql, parameters)] = [(sql, parameters) for sql, parameters in statements
+                           if "FROM journal_transactions" in sql and "journal_lines" not in sql
+                           and "reverses_id IN" not in sql]
+    with database.engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        for index in without:
+            connection.exec_driver_sql(f"DROP INDEX {index}")
+        prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        plan = " | ".join(str(row[-1]) for row in connection.exec_driver_sql(prefix + sql, parameters))
+        connection.rollback()
+    return plan
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["with-its-index", "without-it"])
+@pytest.mark.parametrize("by", ["invoice_id", "event_id"])
+def test_a_page_of_one_invoices_or_events_transactions_searches_its_index(closed_books, by, dropped):
+    """Without the index (the negative space) the same page walks the table or its key instead. The two
+    cases take a database each: SQLite does not prepare a cached EXPLAIN again after a DROP INDEX."""
+    with closed_books.reader() as session:
+        value = session.execute(sa.select(sa.column(by)).select_from(sa.table("journal_transactions"))
+                                .where(sa.column("kind") == "release").limit(1)).scalar_one()
+    index = f"ix_journal_transactions_{by}"
+    postgres = closed_books.engine.dialect.name == "postgresql"
+    searched = (f"Index Scan using {index} on journal_transactions" if postgres
+                else f"SEARCH journal_transactions USING INDEX {index} ({by}=?")
+    plan = plan_of_header_page(closed_books, by, value, without=(index,) if dropped else ())
+    assert (searched not in plan) if dropped else (searched in plan), plan
