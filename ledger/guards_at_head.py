@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0041'
+REVISION = '0042'
 
 GUARDS = {
     'sqlite': {
@@ -18,6 +18,8 @@ GUARDS = {
         'trg_api_key_revocations_no_delete': ('api_key_revocations', 'c9b1e76c34de8911'),
         'trg_api_key_revocations_no_update': ('api_key_revocations', '190f478e386c8a0d'),
         'trg_api_key_revocations_reason_shape': ('api_key_revocations', 'aacf0b5eb1f0ed3e'),
+        'trg_api_keys_no_delete': ('api_keys', '8b34da1c18e7e651'),
+        'trg_api_keys_no_replace': ('api_keys', '06aea12038a630d9'),
         'trg_api_keys_no_update': ('api_keys', 'a1b565f19f4fa539'),
         'trg_api_keys_partner_known': ('api_keys', '5e5294c27dd214c7'),
         'trg_attributions_id_fresh': ('attributions', '6793163456277ed8'),
@@ -35,6 +37,7 @@ GUARDS = {
         'trg_customers_no_delete': ('customers', 'a44c46328439b22b'),
         'trg_customers_no_replace': ('customers', '7dabaae28f6a1ebb'),
         'trg_customers_no_update': ('customers', 'bdc0e15aba672b21'),
+        'trg_idempotency_records_no_delete': ('idempotency_records', 'e14e8b06db579daa'),
         'trg_idempotency_records_no_update': ('idempotency_records', '85f83319fce2dab7'),
         'trg_journal_lines_no_delete': ('journal_lines', '177bc57f2a675f3e'),
         'trg_journal_lines_no_update': ('journal_lines', 'f8a6e0238bf53fee'),
@@ -262,6 +265,8 @@ GUARDS = {
         'trg_api_key_revocations_no_change ON api_key_revocations': ('api_key_revocations', '7ec3e95d480f6fa8'),
         'trg_api_key_revocations_no_truncate ON api_key_revocations': ('api_key_revocations', '25ecaa823efca2f9'),
         'trg_api_key_revocations_reason_shape ON api_key_revocations': ('api_key_revocations', '270c1ad4f8198543'),
+        'trg_api_keys_no_delete ON api_keys': ('api_keys', '2d01d767a56d6921'),
+        'trg_api_keys_no_truncate ON api_keys': ('api_keys', '63c0ea969106c8bb'),
         'trg_api_keys_no_update ON api_keys': ('api_keys', '57db22230bf8447a'),
         'trg_api_keys_partner_known ON api_keys': ('api_keys', '739d9d1d61a6f36f'),
         'trg_attributions_id_fresh ON attributions': ('attributions', '61011e4b3d85394b'),
@@ -277,6 +282,8 @@ GUARDS = {
         'trg_customers_id_shape ON customers': ('customers', '79b39f834fee87fa'),
         'trg_customers_no_change ON customers': ('customers', '05707a3d7fe0e9a9'),
         'trg_customers_no_truncate ON customers': ('customers', '63221adb5ee719cf'),
+        'trg_idempotency_records_no_delete ON idempotency_records': ('idempotency_records', 'b281335e35f01eaa'),
+        'trg_idempotency_records_no_truncate ON idempotency_records': ('idempotency_records', 'bb7f02754a3457a7'),
         'trg_idempotency_records_no_update ON idempotency_records': ('idempotency_records', '35b184e6d54ca09e'),
         'trg_journal_lines_currency ON journal_lines': ('journal_lines', 'babd51383bfbd786'),
         'trg_journal_lines_no_change ON journal_lines': ('journal_lines', 'f7b520b6035b7fec'),

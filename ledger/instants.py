@@ -46,8 +46,9 @@ FACT_HORIZON_DAYS = 366
 def within_horizon(at_us: int, *, field: str) -> int:
     """`at_us`, unless it is more than FACT_HORIZON_DAYS after now (a 422 naming `field`)."""
     if at_us > now_us() + FACT_HORIZON_DAYS * 86_400 * _US_PER_SECOND:
-        raise invalid(field, f"{format_instant(at_us)} is more than {FACT_HORIZON_DAYS} days ahead: a fact cannot "
-                             "be withdrawn, and one dated that far would block every later one of its kind until then")
+        raise invalid(field, f"{format_instant(at_us)} is more than {FACT_HORIZON_DAYS} days ahead: each fact starts "
+                             "after the latest of its kind, and one dated that far would block every later one of "
+                             "its kind until it was withdrawn or started")
     return at_us
 
 

@@ -21,7 +21,8 @@ class ClusterUnavailable(RuntimeError):
 
 
 def find_bin_dir() -> Path | None:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    """The server binaries on PATH, else the newest under /usr/lib/postgresql (by version: 15 after 9.6)."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version, reverse=True)
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.insert(0, str(Path(os.path.realpath(on_path)).parent))
@@ -29,6 +30,12 @@ def find_bin_dir() -> Path | None:
         if (Path(directory) / "initdb").exists() and (Path(directory) / "pg_ctl").exists():
             return Path(directory)
     return None
+
+
+def _version(bin_dir: str) -> tuple[int, ...]:
+    """`/usr/lib/postgresql/9.6/bin` -> (9, 6); a directory not named by a version sorts first."""
+    name = Path(bin_dir).parent.name
+    return tuple(int(part) for part in name.split(".")) if all(p.isdigit() for p in name.split(".")) else ()
 
 
 def _free_port() -> int:

@@ -28,18 +28,23 @@ def test_a_partner_binding_that_does_not_fit_the_role_is_a_422_naming_it(shared,
     assert errors_of(response) == {"partner_id"}
 
 
-def _delete_key(database, key: str) -> None:
+def _revoke_elsewhere(database, key: str) -> None:
+    """Revoke the key as another process would: in the database alone, past this process's cache."""
+    import time
+
     from sqlalchemy import text
 
     from ledger.keys import hash_key
 
     with database.transaction() as session:
-        session.execute(text("DELETE FROM api_keys WHERE key_hash = :hash"), {"hash": hash_key(key)})
+        session.execute(text("INSERT INTO api_key_revocations (api_key_id, revoked_at_us, reason) "
+                             "SELECT id, :now_us, 'elsewhere' FROM api_keys WHERE key_hash = :hash"),
+                        {"hash": hash_key(key), "now_us": time.time_ns() // 1000})
 
 
 def test_a_known_key_is_answered_from_the_process_cache_until_it_expires(database, client, keys, monkeypatch):
     """Authentication of a known key asks the database nothing (and so opens no writer transaction
-    before the body is validated); a key row deleted by an operator stops working once its cached
+    before the body is validated); a key revoked by another process stops working once its cached
     entry expires."""
     from sqlalchemy import event
 
@@ -55,7 +60,7 @@ def test_a_known_key_is_answered_from_the_process_cache_until_it_expires(databas
                        ).status_code == 422
     assert len([sql for sql in statements if "api_keys" in sql]) == 1  # the first POST's only
     assert not [sql for sql in statements if "BEGIN IMMEDIATE" in sql or "advisory" in sql]
-    _delete_key(database, keys.finance)
+    _revoke_elsewhere(database, keys.finance)
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200  # cached
     monkeypatch.setattr(auth, "PRINCIPAL_TTL_S", 0.0)
     database.shared.pop("principals")
@@ -63,7 +68,7 @@ def test_a_known_key_is_answered_from_the_process_cache_until_it_expires(databas
 
 
 def test_a_cached_key_is_asked_again_once_its_entry_expires(database, client, keys, monkeypatch):
-    """The cache entry of a key lasts PRINCIPAL_TTL_S: after that a deleted key is a 401."""
+    """The cache entry of a key lasts PRINCIPAL_TTL_S: after that a key revoked elsewhere is a 401."""
     import time
     from types import SimpleNamespace
 
@@ -71,7 +76,7 @@ def test_a_cached_key_is_asked_again_once_its_entry_expires(database, client, ke
 
     headers = {"Authorization": f"Bearer {keys.finance}"}
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200
-    _delete_key(database, keys.finance)
+    _revoke_elsewhere(database, keys.finance)
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200  # cached
     later = time.monotonic() + auth.PRINCIPAL_TTL_S + 1
     monkeypatch.setattr(auth, "time", SimpleNamespace(monotonic=lambda: later))

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from ledger import accounts as chart
 from ledger import journal, reversals
 from ledger.demo import load_demo
+from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from tests.scenarios.books import Books, ahead
 
@@ -231,9 +232,9 @@ REPLACE_REFUSED = {
     "journal_lines": "^journal_lines: transaction is sealed, lines cannot be added$",
     **{table: f"^{table} is append-only: REPLACE refused$" for table in ("statement_documents", "statement_bodies")},
 }
-# A key's revocation is inserted ON CONFLICT DO NOTHING, which a guard before the insert would refuse
-# (migration 0036).
-REPLACE_LET_THROUGH = {"api_key_revocations"}
+# A key's revocation and a stored answer are inserted ON CONFLICT DO NOTHING, which a guard before the
+# insert would refuse (migrations 0036 and 0042).
+REPLACE_LET_THROUGH = {"api_key_revocations", "idempotency_records"}
 
 
 def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plain_sqlite_connection(
@@ -251,6 +252,8 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
     books.plan("withdrawn")
     books.plan_version("withdrawn", ahead(30))
     books.withdraw_version("withdrawn", 2)
+    with sqlite_database.transaction() as session:
+        create_key(session, "finance")
     connection = sqlite3.connect(sqlite_database.engine.url.database)
     try:
         assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
@@ -281,7 +284,7 @@ def test_truncate_is_refused_on_postgres(postgres_database, table):
     *((table, f"{table} is append-only: TRUNCATE refused") for table in (
         "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
         "revenue_events", "period_closes", "period_snapshots", "payout_runs", "payouts", "payout_resolutions",
-        "statement_documents")),
+        "statement_documents", "api_keys", "idempotency_records", "api_key_revocations")),
     ("account_totals", "account_totals: totals are kept by the database from the journal lines: TRUNCATE refused"),
 ])
 def test_truncate_of_every_other_table_of_record_is_refused_on_postgres(postgres_database, table, match):

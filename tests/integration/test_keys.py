@@ -1,10 +1,12 @@
 """API keys: random, stored only as a SHA-256 hash, bound to a role (and a partner for partner keys)."""
 
 import hashlib
+import sqlite3
 
 import pytest
 import sqlalchemy as sa
 
+from ledger import idempotency
 from ledger.errors import InvalidInput, NotFound
 from ledger.keys import Principal, authenticate, create_key, revoke_key
 from ledger.schema import api_keys
@@ -100,6 +102,54 @@ def test_a_revocation_is_never_updated_or_deleted_in_the_database(database, stat
     with pytest.raises(sa.exc.DBAPIError, match="api_key_revocations is append-only"):
         with database.engine.begin() as connection:
             connection.exec_driver_sql(statement)
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM api_keys", "DELETE FROM idempotency_records",
+    # A key given another role in place: a REPLACE deletes the row it meets (the service's connections
+    # set recursive_triggers, so the delete guard fires); PostgreSQL's upsert meets the update guard.
+    "INSERT OR REPLACE INTO api_keys (id, key_hash, role, partner_id, created_at_us) "
+    "SELECT id, key_hash, 'admin', NULL, created_at_us FROM api_keys",
+])
+def test_a_key_and_a_stored_answer_are_never_deleted_or_replaced_in_the_database(database, statement):
+    """Migration 0042 (0018 refused their UPDATE). A stored answer deleted would let its key be sent
+    again with another body; a key replaced would have its answers and revocation name another key."""
+    with database.transaction() as session:
+        key_id, _ = create_key(session, "billing")
+        assert idempotency.record(session, key_id, "k1", idempotency.StoredRequest(
+            "POST", "/v1/adjustments", "0" * 64, "{}", 201, "{}"))
+    if database.engine.dialect.name == "postgresql" and statement.startswith("INSERT OR REPLACE"):
+        statement = ("INSERT INTO api_keys (id, key_hash, role, partner_id, created_at_us) SELECT id, key_hash, "
+                     "'admin', NULL, created_at_us FROM api_keys ON CONFLICT (id) DO UPDATE SET role = 'admin'")
+    table = statement.split()[2] if statement.startswith("DELETE") else "api_keys"
+    # Refused by the delete guard, by the guard before an insert (SQLite's REPLACE) or by the update
+    # guard (PostgreSQL's upsert).
+    with pytest.raises(sa.exc.DBAPIError, match=f"{table} is append-only: (DELETE refused|its unique key)|"
+                                                f"{table}: rows are never updated"):
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql(statement)
+    with database.reader() as session:
+        assert session.execute(sa.select(api_keys.c.role).where(api_keys.c.id == key_id)).scalar_one() == "billing"
+        assert idempotency.find(session, key_id, "k1") is not None
+
+
+def test_a_key_is_not_replaced_from_a_plain_sqlite_connection(sqlite_database):
+    """The sqlite3 shell leaves recursive_triggers off, so a REPLACE deletes unguarded: the guard
+    before each insert refuses a taken id or key hash (migration 0042, as 0036 for the books)."""
+    with sqlite_database.transaction() as session:
+        key_id, _ = create_key(session, "billing")
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    try:
+        for new_id, taken in ((key_id, "api_keys.id"), ("key_other", "api_keys.key_hash")):
+            with pytest.raises(sqlite3.IntegrityError, match=f"^api_keys is append-only: its unique key {taken} is "
+                                                             "taken$"):
+                connection.execute("INSERT OR REPLACE INTO api_keys (id, key_hash, role, partner_id, created_at_us) "
+                                   "SELECT ?, key_hash, 'admin', NULL, created_at_us FROM api_keys WHERE id = ?",
+                                   (new_id, key_id))
+    finally:
+        connection.close()
+    with sqlite_database.reader() as session:
+        assert session.execute(sa.select(api_keys.c.role)).scalars().all() == ["billing"]
 
 
 @pytest.mark.postgres

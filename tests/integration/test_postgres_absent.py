@@ -40,3 +40,17 @@ def test_without_postgresql_binaries_under_ci_its_tests_fail(tmp_path):
     assert run.returncode == 1, run.stdout[-3000:]
     assert run.stdout.splitlines()[-1].startswith("1 error in"), run.stdout[-3000:]
     assert "CI=true and PostgreSQL cannot start: no PostgreSQL server binaries" in run.stdout, run.stdout[-3000:]
+
+
+def test_the_newest_installed_postgresql_is_found_by_version_not_by_name(tmp_path, monkeypatch):
+    """README, Quick start: "else the newest under /usr/lib/postgresql". As names, 9.6 sorted after 15."""
+    from tests import pg_cluster
+
+    for version in ("9.6", "15", "10"):
+        directory = tmp_path / version / "bin"
+        directory.mkdir(parents=True)
+        for binary in ("initdb", "pg_ctl"):
+            (directory / binary).touch()
+    monkeypatch.setattr(pg_cluster.glob, "glob", lambda pattern: [str(p) for p in tmp_path.glob("*/bin")])
+    monkeypatch.setattr(pg_cluster.shutil, "which", lambda name: None)
+    assert pg_cluster.find_bin_dir() == tmp_path / "15" / "bin"
