@@ -3,14 +3,17 @@ halfway (several times under `make soak`) and run again, on both engines: the bo
 trial balance and chain equal those of one clean run."""
 
 import contextlib
+import fcntl
 import json
 import re
 import os
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from datetime import datetime, timezone
@@ -866,7 +869,7 @@ def test_an_import_reading_a_pipe_stops_at_once_on_a_signal_and_keeps_one_it_was
                                stderr=subprocess.PIPE, text=True)
     reading.stdin.write(lines)
     reading.stdin.flush()
-    time.sleep(1)  # read, and waiting for more: the batch of 5,000 is far from full
+    read_from(reading.stdin)  # and waiting for more: the batch of 5,000 is far from full
     reading.send_signal(signal.SIGTERM)
     try:
         out, err = reading.communicate(timeout=20)  # the pipe is still open: it stops without it closing
@@ -884,6 +887,18 @@ def test_an_import_reading_a_pipe_stops_at_once_on_a_signal_and_keeps_one_it_was
     ignoring.send_signal(signal.SIGINT)
     out, err = ignoring.communicate(timeout=60)  # closes its input: the import ends as it would have
     assert ignoring.returncode == 0 and "posted: 10" in out, (out, err)
+
+
+def read_from(pipe, timeout_s: float = 60.0) -> None:
+    """Wait until the process at the other end of `pipe` has read all that was written to it (the
+    kernel's count of a pipe's unread bytes, asked of either end), and a moment more for it to take
+    in what it read. A fixed wait was not enough on a loaded machine: the import had not started
+    reading yet."""
+    deadline = time.monotonic() + timeout_s
+    while struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, bytes(4)))[0] > 0:
+        assert time.monotonic() < deadline, "the process did not read its input"
+        time.sleep(0.05)
+    time.sleep(0.5)
 
 
 def test_an_import_whose_database_fails_midway_says_the_batches_before_it_stand(seeded, tmp_path, monkeypatch):
