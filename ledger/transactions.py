@@ -7,8 +7,9 @@ partner's page walks the (partner_id, id) index, an invoice's or an event's read
 through the index on `invoice_id` or `event_id`. An invoice's transactions are its whole trace:
 accruals, CPA, overrides, clawbacks, releases and their reversals all carry the invoice; a release
 or a reversal names the event of what it releases or mirrors. There is no filter by customer or
-kind: no index serves either, and a page of a rare kind on a journal of millions would read it whole. Each transaction comes with its lines (in the
-order they were posted) and the id of the reversal that mirrors it, if any.
+kind: no index serves either, and a page of a rare kind on a journal of millions would read it
+whole. Each transaction comes with its lines (in the order they were posted) and the id of the
+reversal that mirrors it, if any.
 """
 
 from __future__ import annotations

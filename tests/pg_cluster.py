@@ -33,7 +33,7 @@ def find_bin_dir() -> Path | None:
 
 
 def _version(bin_dir: str) -> tuple[int, ...]:
-    """`/usr/lib/postgresql/9.6/bin` -> (9, 6); a directory not named by a version sorts first."""
+    """`/usr/lib/postgresql/9.6/bin` -> (9, 6); a directory not named by a version is tried last."""
     name = Path(bin_dir).parent.name
     return tuple(int(part) for part in name.split(".")) if all(p.isdigit() for p in name.split(".")) else ()
 

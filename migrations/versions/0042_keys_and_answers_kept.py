@@ -2,8 +2,8 @@
 
 Migration 0018 refused their UPDATE; their DELETE was left open, from the time an operator took a
 key away by deleting its row. Since migration 0027 a key is revoked instead, and nothing of the
-service deletes either table's rows. An answer deleted lets its key be sent again with another
-body, which a 409 must refuse; a key deleted, or replaced in place with another role (SQLite's
+service deletes either table's rows. An answer deleted no longer refuses its key sent again with
+another body (a 409 naming what differs); a key deleted, or replaced in place with another role (SQLite's
 `INSERT OR REPLACE` deletes the row it meets, and neither table had a delete guard to refuse it),
 leaves answers and revocations naming a key that is not the one that sent them.
 

@@ -216,7 +216,8 @@ def traced(call):
     call.event(refund, customer, invoice, "250.00", "2026-03-05", kind="refund")
     other = unique("inv")  # a second invoice of the same customer, which no filter of the first shows
     call.event(unique("paid"), customer, other, "100.00", "2026-01-21")
-    listed = [item for partner in (parent, child) for item in every_page(call, f"/v1/transactions?partner_id={partner}")]
+    listed = [item for partner in (parent, child)
+              for item in every_page(call, f"/v1/transactions?partner_id={partner}")]
     return SimpleNamespace(call=call, parent=parent, child=child, invoice=invoice, paid=paid, refund=refund,
                            listed=sorted(listed, key=lambda item: item["id"]))
 
