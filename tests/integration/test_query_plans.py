@@ -68,21 +68,24 @@ def closed_books(database):
 
 
 def plans_of_line_queries(database, statements, *, without: tuple[str, ...] = ()) -> list[str]:
-    """The plan (one string) of every recorded SELECT that reads journal_lines, explained with the
-    indexes `without` names dropped (in a transaction that is rolled back)."""
-    plans = []
+    """The plan of every recorded SELECT that reads journal_lines (`explained`)."""
+    return explained(database, [(sql, parameters) for sql, parameters in statements
+                                if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "journal_lines" in sql],
+                     without=without)
+
+
+def explained(database, statements, *, without: tuple[str, ...] = ()) -> list[str]:
+    """The plan (one string) of each statement, explained with the indexes `without` names dropped
+    (in a transaction that is rolled back)."""
     with database.engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
         if postgres:
             connection.exec_driver_sql("SET enable_seqscan = off")
         for index in without:
             connection.exec_driver_sql(f"DROP INDEX {index}")
-        for sql, parameters in statements:
-            if not sql.lstrip().upper().startswith(("SELECT", "WITH")) or "journal_lines" not in sql:
-                continue
-            prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
-            rows = connection.exec_driver_sql(prefix + sql, parameters).all()
-            plans.append(" | ".join(str(row[-1]) for row in rows))
+        prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        plans = [" | ".join(str(row[-1]) for row in connection.exec_driver_sql(prefix + sql, parameters).all())
+                 for sql, parameters in statements]
         connection.rollback()
     return plans
 
@@ -535,22 +538,14 @@ def test_a_batch_taking_cpa_claims_from_claimants_stored_before_it_sends_a_bound
 
 def plan_of_header_page(database, by: str, value: str, *, without: tuple[str, ...] = ()) -> str:
     """The plan of the query over journal_transactions that a page of one invoice's or one event's
-    transactions sends, explained as `plans_of_line_queries` explains (seqscan off on PostgreSQL)."""
+    transactions sends (`explained`: seqscan off on PostgreSQL)."""
     with recorded(database.engine) as statements, database.reader() as session:
         listed = transactions.page(session, limit=101, **{by: value})
     assert listed and all(getattr(item, by) == value for item in listed), listed
-    [(sql, parameters)] = [(sql, parameters) for sql, parameters in statements
-                           if "FROM journal_transactions" in sql and "journal_lines" not in sql
-                           and "reverses_id IN" not in sql]
-    with database.engine.connect() as connection:
-        postgres = connection.dialect.name == "postgresql"
-        if postgres:
-            connection.exec_driver_sql("SET enable_seqscan = off")
-        for index in without:
-            connection.exec_driver_sql(f"DROP INDEX {index}")
-        prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
-        plan = " | ".join(str(row[-1]) for row in connection.exec_driver_sql(prefix + sql, parameters))
-        connection.rollback()
+    [header_page] = [(sql, parameters) for sql, parameters in statements
+                     if "FROM journal_transactions" in sql and "journal_lines" not in sql
+                     and "reverses_id IN" not in sql]
+    [plan] = explained(database, [header_page], without=without)
     return plan
 
 
