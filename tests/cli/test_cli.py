@@ -883,7 +883,7 @@ def test_an_import_reading_a_pipe_stops_at_once_on_a_signal_and_keeps_one_it_was
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     ignoring.stdin.write(lines)
     ignoring.stdin.flush()
-    time.sleep(1)
+    read_from(ignoring.stdin)  # past where it chose its handlers: the signal finds the one it kept
     ignoring.send_signal(signal.SIGINT)
     out, err = ignoring.communicate(timeout=60)  # closes its input: the import ends as it would have
     assert ignoring.returncode == 0 and "posted: 10" in out, (out, err)

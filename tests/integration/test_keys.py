@@ -106,8 +106,9 @@ def test_a_revocation_is_never_updated_or_deleted_in_the_database(database, stat
 
 @pytest.mark.parametrize("statement", [
     "DELETE FROM api_keys", "DELETE FROM idempotency_records",
-    # A key given another role in place: a REPLACE deletes the row it meets (the service's connections
-    # set recursive_triggers, so the delete guard fires); PostgreSQL's upsert meets the update guard.
+    # A key given another role in place: SQLite's REPLACE is refused by the guard before the insert
+    # (0042), before it could delete the row it meets; PostgreSQL has no REPLACE, and its upsert meets
+    # the update guard (0018): a control, refused before 0042 too.
     "INSERT OR REPLACE INTO api_keys (id, key_hash, role, partner_id, created_at_us) "
     "SELECT id, key_hash, 'admin', NULL, created_at_us FROM api_keys",
 ])
