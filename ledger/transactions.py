@@ -73,11 +73,7 @@ def page(session: Session, *, after_id: int = 0, limit: int, partner_id: str | N
     assert 1 <= limit <= PAGE_SIZE_MAX + 1, limit
     t = journal_transactions.c
     query = select(*_HEADER_COLUMNS).where(t.id > after_id).order_by(t.id).limit(limit)
-    # With an invoice or an event, their few rows are read by its index and filtered by partner: the
-    # partner's column is wrapped so that no index serves it. A PostgreSQL planner without statistics
-    # (a database just loaded) ANDed the partner's index in, reading every entry of a big partner.
-    by_partner = t.partner_id if invoice_id is None and event_id is None else t.partner_id.concat("")
-    for column, value in ((by_partner, partner_id), (t.invoice_id, invoice_id), (t.event_id, event_id)):
+    for column, value in ((t.partner_id, partner_id), (t.invoice_id, invoice_id), (t.event_id, event_id)):
         if value is not None:
             query = query.where(column == value)
     return _assemble(session, session.execute(query).all())

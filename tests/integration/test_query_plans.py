@@ -536,14 +536,12 @@ def test_a_batch_taking_cpa_claims_from_claimants_stored_before_it_sends_a_bound
     assert many <= few + 2 and few < 40, (few, many)
 
 
-def plan_of_header_page(database, by: str, value: str, *, without: tuple[str, ...] = (),
-                        partner_id: str | None = None) -> str:
+def plan_of_header_page(database, by: str, value: str, *, without: tuple[str, ...] = ()) -> str:
     """The plan of the query over journal_transactions that a page of one invoice's or one event's
-    transactions sends, of one partner's if given (`explained`: seqscan off on PostgreSQL)."""
+    transactions sends (`explained`: seqscan off on PostgreSQL)."""
     with recorded(database.engine) as statements, database.reader() as session:
-        listed = transactions.page(session, limit=101, partner_id=partner_id, **{by: value})
+        listed = transactions.page(session, limit=101, **{by: value})
     assert listed and all(getattr(item, by) == value for item in listed), listed
-    assert partner_id is None or all(item.partner_id == partner_id for item in listed), listed
     [header_page] = [(sql, parameters) for sql, parameters in statements
                      if "FROM journal_transactions" in sql and "journal_lines" not in sql
                      and "reverses_id IN" not in sql]
@@ -572,18 +570,3 @@ def test_a_page_of_one_invoices_or_events_transactions_searches_its_index(closed
         assert walked.search(plan) and searched not in plan, plan
     else:
         assert searched in plan and not walked.search(plan), plan
-
-
-@pytest.mark.parametrize("by", ["invoice_id", "event_id"])
-def test_a_partners_page_of_one_invoice_or_event_reads_by_the_invoices_or_events_index_alone(closed_books, by):
-    """As a partner key asks (its partner always named): the partner's index is not ANDed in, which
-    on PostgreSQL before statistics read every entry of a big partner (`transactions.page`)."""
-    with closed_books.reader() as session:
-        value, partner_id = session.execute(
-            sa.select(sa.column(by), sa.column("partner_id")).select_from(sa.table("journal_transactions"))
-            .where(sa.column("kind") == "release").limit(1)).one()
-    postgres = closed_books.engine.dialect.name == "postgresql"
-    plan = plan_of_header_page(closed_books, by, value, partner_id=partner_id)
-    searched = (f"Index Scan using ix_journal_transactions_{by} on journal_transactions" if postgres
-                else f"SEARCH journal_transactions USING INDEX ix_journal_transactions_{by} ({by}=?")
-    assert searched in plan and "ix_journal_transactions_partner_id_id" not in plan, plan
