@@ -30,7 +30,7 @@ from ledger import collector, holds, journal, reversals
 from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
-from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, OutOfRange, invalid
+from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, NotFound, OutOfRange, invalid
 from ledger.instants import format_instant, parse_instant
 from ledger.money import currency_exponent, format_minor, parse_amount_minor
 from ledger.partners import PROGRAM_REVISION, Program, program_for
@@ -717,6 +717,18 @@ def _fill_replays(session: Session, results: list[Outcome | Refusal]) -> list[Ou
     return [r._replace(commissions=posted.get(r.event_id, ((), ()))[0],
                        transaction_ids=posted.get(r.event_id, ((), ()))[1])
             if isinstance(r, Outcome) and r.replayed and not r.transaction_ids else r for r in results]
+
+
+def received(session: Session, event_id: str) -> tuple["StoredEvent", Outcome]:
+    """A stored event as it was received, and what its first delivery answered (as a replay does:
+    `outcomes_of`); NotFound when no event has this id."""
+    row = session.execute(select(*(revenue_events.c[name] for name in EVENT_COLUMNS))
+                          .where(revenue_events.c.id == event_id)).first()
+    if row is None:
+        raise NotFound(f"revenue event {event_id!r} not found")
+    event = StoredEvent(*row)
+    commissions, transaction_ids = outcomes_of(session, [event_id]).get(event_id, ((), ()))
+    return event, Outcome(event_id, event.status, commissions, transaction_ids)
 
 
 # The kinds an event posts itself: its answer lists them, and their request hashes hold the event's

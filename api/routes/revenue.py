@@ -1,4 +1,6 @@
-"""Revenue events from billing: POST /v1/revenue-events (one) and POST /v1/revenue-events/batch.
+"""Revenue events from billing: POST /v1/revenue-events (one) and POST /v1/revenue-events/batch; and,
+beyond the contract, GET /v1/revenue-events/{id} (billing and finance): an event as received, with
+the answer a replay of it gives, so that billing can reconcile without sending the event again.
 
 An event's `id` is its idempotency key (the `Idempotency-Key` header plays no part here): the same
 id with the same content is a replay, answered with the original status and body and
@@ -32,7 +34,7 @@ from api.session import commit_now, current_session, separate_transaction
 from ledger import revenue
 from ledger.customers import validate_external_id
 from ledger.errors import InvalidInput
-from ledger.instants import parse_instant
+from ledger.instants import format_instant, parse_instant
 from ledger.money import format_minor, parse_amount_minor
 from ledger.revenue import Outcome, RevenueEvent
 from ledger.schema import EVENT_STATUSES, EVENT_TYPES
@@ -108,6 +110,16 @@ class OutcomeSchema(Schema):
     transaction_ids = ma.fields.List(ma.fields.Integer(), required=True)
 
 
+class ReceivedEventSchema(OutcomeSchema):
+    type = ma.fields.String(required=True, metadata={"enum": list(EVENT_TYPES)})
+    customer_id = ma.fields.String(required=True)
+    invoice_id = ma.fields.String(required=True)
+    amount = Money(required=True)
+    occurred_at = ma.fields.String(required=True, metadata={"format": "date-time"})
+    recorded_at = ma.fields.String(required=True, metadata={"format": "date-time", "description": "when it was "
+                                                            "first received"})
+
+
 class EventList(ma.fields.Field):
     """A JSON array of at most 10,000 items, kept raw: each item is checked on its own in the view,
     so that one bad event does not refuse the others."""
@@ -181,6 +193,23 @@ def post_event(args):
     if result.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
+
+
+# A path converter: an event id may hold slashes. `GET /revenue-events/batch` is the event named
+# `batch` (the batch route takes POST only).
+@blp.route("/revenue-events/<path:event_id>", methods=["GET"])
+@allow("billing", "finance")
+@refuses(404, "no revenue event has this id")
+@blp.response(200, ReceivedEventSchema)
+def get_event(event_id: str):
+    """A revenue event as it was received, with what its first delivery answered (a replay's body)"""
+    event, outcome = revenue.received(current_session(), event_id)
+    # Built in its JSON shape, as render_outcome's answer is (the schema documents it).
+    return current_app.json.response({
+        **render_outcome(outcome), "type": event.type, "customer_id": event.customer_id,
+        "invoice_id": event.invoice_id,
+        "amount": {"amount": format_minor(event.amount_minor, event.currency), "currency": event.currency},
+        "occurred_at": format_instant(event.occurred_at_us), "recorded_at": format_instant(event.recorded_at_us)})
 
 
 @blp.route("/revenue-events/batch", methods=["POST"])

@@ -68,6 +68,7 @@ ROUTES = {
     "withdraw attribution": Route("DELETE", "/v1/customers/p1-customer/attributions/999999999", allowed=404),
     "post revenue event": Route("POST", "/v1/revenue-events", {}, roles=BILLING),
     "post revenue batch": Route("POST", "/v1/revenue-events/batch", {}, roles=BILLING),
+    "get revenue event": Route("GET", "/v1/revenue-events/nobody", roles=BILLING_AND_FINANCE, allowed=404),
     "list transactions": Route("GET", "/v1/transactions", owner="*"),
     "reverse transaction": Route("POST", "/v1/transactions/1/reversal", {}),
     "adjust": Route("POST", "/v1/adjustments", {}),

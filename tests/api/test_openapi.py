@@ -192,6 +192,7 @@ def domain_cases(call: Caller, database: Database) -> list[Case]:
         Case(404, "GET", "/v1/periods/2026-1x", "finance"),
         Case(403, "POST", "/v1/attributions", "billing", replace),
         Case(404, "GET", "/v1/customers/nobody", "billing"),
+        Case(404, "GET", "/v1/revenue-events/nobody", "billing"),
         Case(404, "POST", "/v1/api-keys/key_nobody/revocation", "admin", {"reason": "x"}),
         Case(404, "GET", "/v1/partners/p2", "p1"),
         Case(404, "GET", "/v1/partners/nobody/balance", "finance"),

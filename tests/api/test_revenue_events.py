@@ -524,3 +524,52 @@ def test_a_posted_event_commits_its_transaction_once(acme):
     finally:
         sa.event.remove(Session, "after_commit", committed)
     assert len(commits) == 1
+
+
+def test_an_event_read_back_is_as_received_with_the_answer_a_replay_gives(acme):
+    """GET /v1/revenue-events/{id}, beyond the contract: what billing reconciles against without
+    sending the event again. The payment keeps its first answer after its refund claws back."""
+    call, customer = acme
+    paid_id, refund_id, invoice = unique("evt"), unique("evt"), unique("inv")
+    paid = call.event(paid_id, customer, invoice, "500.00", "2026-01-20")
+    refund = call.event(refund_id, customer, invoice, "200.00", "2026-01-25", kind="refund")
+    for event_id, answer, kind, amount, day in ((paid_id, paid, "invoice_paid", "500.00", "2026-01-20"),
+                                                (refund_id, refund, "refund", "200.00", "2026-01-25")):
+        for role in ("billing", "finance"):
+            read = call.read(f"/v1/revenue-events/{event_id}", as_=role)
+            recorded_at = read.pop("recorded_at")
+            assert read == {**answer, "type": kind, "customer_id": customer, "invoice_id": invoice,
+                            "amount": money(amount), "occurred_at": f"{day}T00:00:00Z"}, read
+            assert parse_instant(recorded_at, field="recorded_at") > parse_instant(f"{day}T00:00:00Z",
+                                                                                   field="day")
+    assert [c["kind"] for c in paid["commissions"]] == ["accrual"]
+    assert [(c["kind"], c["amount"]["amount"]) for c in refund["commissions"]] == [("clawback", "-40.00")]
+
+
+def test_an_unattributed_event_reads_back_with_no_commissions(call):
+    event_id = unique("evt")
+    call.event(event_id, unique("stranger"), unique("inv"), "10.00", "2026-01-20")
+    read = call.read(f"/v1/revenue-events/{event_id}")
+    assert (read["status"], read["commissions"], read["transaction_ids"]) == ("unattributed", [], [])
+
+
+def test_an_event_id_with_slashes_or_named_batch_reads_back(acme):
+    call, customer = acme
+    for event_id in (f"{unique('evt')}/2026/01", "batch"):
+        posted = call.post("/v1/revenue-events", event_body(event_id, customer, unique("inv"), "10.00",
+                                                            "2026-01-20"), as_="billing")
+        assert posted.status_code == 201, posted.data  # the scratch world's only event named `batch`
+        assert call.read(f"/v1/revenue-events/{event_id}")["id"] == event_id
+
+
+def test_an_event_is_no_partners_to_read_and_an_unknown_one_is_a_404(acme):
+    """A partner key gets the 404 of a route it may not call, for its own customer's event as for
+    any; billing and finance get a 404 naming the id for an event never received."""
+    call, customer = acme
+    event_id = unique("evt")
+    call.event(event_id, customer, unique("inv"), "10.00", "2026-01-20")
+    for partner in ("p1", "p2"):
+        assert call.get(f"/v1/revenue-events/{event_id}", as_=partner).status_code == 404
+    missing = call.get(f"/v1/revenue-events/{unique('evt')}", as_="billing")
+    assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
+    assert "revenue event" in missing.get_json()["detail"]
