@@ -61,6 +61,12 @@ class Customer(NamedTuple):
     withdrawn: tuple[WithdrawnAttribution, ...] = ()
 
 
+def named(external_id: str) -> str:
+    """An id asked for in a path, as a 404's detail names it: quoted, and cut at the 64 characters an
+    id may hold (a path takes any length, and the detail is not to echo kilobytes back)."""
+    return repr(external_id[:64])
+
+
 def validate_external_id(value, *, field: str) -> str:
     """Ids that come from billing (customers, invoices, events): 1-64 visible characters."""
     if not isinstance(value, str) or not EXTERNAL_ID_PATTERN.fullmatch(value):
@@ -132,7 +138,7 @@ def _exists(session: Session, customer_id: str) -> bool:
 def get_customer(session: Session, customer_id: str) -> Customer:
     row = session.execute(select(customers).where(customers.c.id == customer_id)).first()
     if row is None:
-        raise NotFound(f"customer {customer_id!r} does not exist")
+        raise NotFound(f"customer {named(customer_id)} does not exist")
     rows = session.execute(select(attributions).where(attributions.c.customer_id == customer_id)
                            .order_by(attributions.c.effective_from_us)).all()
     history = []
@@ -161,7 +167,7 @@ def withdraw_attribution(session: Session, customer_id: str, attribution_id: int
     if found is None:
         if any(w.id == attribution_id for w in customer.withdrawn):
             return customer
-        raise NotFound(f"customer {customer_id!r} has no attribution {attribution_id}")
+        raise NotFound(f"customer {named(customer_id)} has no attribution {attribution_id}")
     withdrawals.withdraw(session, "attributions", attribution_id, customer_id, found.effective_from_us,
                          found.partner_id, found.recorded_at_us, detail=found.source,
                          what=f"attribution {attribution_id} of customer {customer_id!r}")

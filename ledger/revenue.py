@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from ledger import accounts as chart
 from ledger import collector, holds, journal, reversals
 from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
-from ledger.customers import AttributionIndex, validate_external_id
+from ledger.customers import AttributionIndex, named, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, NotFound, OutOfRange, invalid
 from ledger.instants import format_instant, parse_instant
@@ -725,7 +725,7 @@ def received(session: Session, event_id: str) -> tuple["StoredEvent", Outcome]:
     row = session.execute(select(*(revenue_events.c[name] for name in EVENT_COLUMNS))
                           .where(revenue_events.c.id == event_id)).first()
     if row is None:
-        raise NotFound(f"revenue event {event_id!r} not found")
+        raise NotFound(f"revenue event {named(event_id)} not found")
     event = StoredEvent(*row)
     commissions, transaction_ids = outcomes_of(session, [event_id]).get(event_id, ((), ()))
     return event, Outcome(event_id, event.status, commissions, transaction_ids)

@@ -573,3 +573,11 @@ def test_an_event_is_no_partners_to_read_and_an_unknown_one_is_a_404(acme):
     missing = call.get(f"/v1/revenue-events/{unique('evt')}", as_="billing")
     assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
     assert "revenue event" in missing.get_json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/revenue-events/{id}", "/v1/customers/{id}"])
+def test_a_404_names_an_id_asked_for_cut_at_the_64_characters_an_id_may_hold(call, path):
+    asked = "x" * 5_000
+    missing = call.get(path.format(id=asked), as_="billing")
+    assert missing.status_code == 404 and repr("x" * 64) in missing.get_json()["detail"]
+    assert "x" * 65 not in missing.get_json()["detail"]
