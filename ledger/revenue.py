@@ -12,6 +12,7 @@ An event is dated at most `CLOCK_SKEW_US` after it is recorded (a payment in the
 Exactly once: an event's `id` is its key. The same id with the same content returns the original
 outcome (`replayed`); with other content it is refused with a conflict naming the fields. The
 event row and its postings commit together, so a crash followed by a retry applies each event once.
+`received(session, id)` reads an event back, with the answer a replay of it gives.
 """
 
 from __future__ import annotations
@@ -719,7 +720,7 @@ def _fill_replays(session: Session, results: list[Outcome | Refusal]) -> list[Ou
             if isinstance(r, Outcome) and r.replayed and not r.transaction_ids else r for r in results]
 
 
-def received(session: Session, event_id: str) -> tuple["StoredEvent", Outcome]:
+def received(session: Session, event_id: str) -> tuple[StoredEvent, Outcome]:
     """A stored event as it was received, and what its first delivery answered (as a replay does:
     `outcomes_of`); NotFound when no event has this id."""
     row = session.execute(select(*(revenue_events.c[name] for name in EVENT_COLUMNS))
