@@ -195,14 +195,18 @@ def post_event(args):
     return response
 
 
-# A path converter: an event id may hold slashes. `GET /revenue-events/batch` is the event named
-# `batch` (the batch route takes POST only).
+# A path converter: an event id may hold slashes.
 @blp.route("/revenue-events/<path:event_id>", methods=["GET"])
 @allow("billing", "finance")
 @refuses(404, "no revenue event has this id")
 @blp.response(200, ReceivedEventSchema)
 def get_event(event_id: str):
-    """A revenue event as it was received, with what its first delivery answered (a replay's body)"""
+    """A revenue event as it was received, with what its first delivery answered (a replay's body)
+
+    An id holding `/` may be sent as it is or percent-encoded (`%2F`), as a client following this
+    document sends it. The event whose id is `batch` is read here too: the batch route takes POST only.
+    `occurred_at` and `amount` are normalised (UTC, the currency's digits), not echoed as sent.
+    """
     event, outcome = revenue.received(current_session(), event_id)
     # Built in its JSON shape, as render_outcome's answer is (the schema documents it).
     return current_app.json.response({
