@@ -317,5 +317,10 @@ class Money(ma.fields.Field):
     def _serialize(self, value, attr, obj, **kwargs) -> dict[str, str] | None:
         if value is None:
             return None
-        return {"amount": format_minor(value.amount_minor, value.currency), "currency": value.currency}
+        return money_json(value.amount_minor, value.currency)
+
+
+def money_json(amount_minor: int, currency: str) -> dict[str, str]:
+    """A Money object as the API writes it: the amount a decimal string in the currency's digits."""
+    return {"amount": format_minor(amount_minor, currency), "currency": currency}
 

@@ -26,7 +26,7 @@ from flask import current_app
 from api.auth import allow
 from api.body import Blueprint, plain_body
 from api.errors import domain_problem_data, validation_problem_data
-from api.fields import AMOUNT_TEXT_MAX, INSTANT_TEXT_MAX, Amount, ExternalId, Instant, Money, Str
+from api.fields import AMOUNT_TEXT_MAX, INSTANT_TEXT_MAX, Amount, ExternalId, Instant, Money, Str, money_json
 from api.idempotency import REPLAYED_HEADER
 from api.openapi import refuses, replays
 from api.schemas import ProblemSchema, Schema
@@ -35,7 +35,7 @@ from ledger import revenue
 from ledger.customers import validate_external_id
 from ledger.errors import InvalidInput
 from ledger.instants import format_instant, parse_instant
-from ledger.money import format_minor, parse_amount_minor
+from ledger.money import parse_amount_minor
 from ledger.revenue import Outcome, RevenueEvent
 from ledger.schema import EVENT_STATUSES, EVENT_TYPES
 
@@ -167,8 +167,7 @@ def render_outcome(outcome: Outcome) -> dict:
     documents the answer) cost a single-event posting more than its commission rules."""
     return {"id": outcome.event_id, "status": outcome.status, "transaction_ids": list(outcome.transaction_ids),
             "commissions": [{"partner_id": line.partner_id, "kind": line.kind,
-                             "amount": {"amount": format_minor(line.amount_minor, line.currency),
-                                        "currency": line.currency}}
+                             "amount": money_json(line.amount_minor, line.currency)}
                             for line in outcome.commissions]}
 
 
@@ -212,7 +211,7 @@ def get_event(event_id: str):
     return current_app.json.response({
         **render_outcome(outcome), "type": event.type, "customer_id": event.customer_id,
         "invoice_id": event.invoice_id,
-        "amount": {"amount": format_minor(event.amount_minor, event.currency), "currency": event.currency},
+        "amount": money_json(event.amount_minor, event.currency),
         "occurred_at": format_instant(event.occurred_at_us), "recorded_at": format_instant(event.recorded_at_us)})
 
 

@@ -81,8 +81,11 @@ def refusal(table: str, key: tuple[str, ...]) -> str:
     return f"{table} is append-only: its unique key {', '.join(f'{table}.{column}' for column in key)} is taken"
 
 
-def guard(table: str) -> str:
-    cases = "".join(f"\n    WHEN {taken(table, key)} THEN RAISE(ABORT, '{refusal(table, key)}')" for key in KEYS[table])
+def guard(table: str, keys: tuple[tuple[str, ...], ...] | None = None) -> str:
+    """The guard before each insert into `table`, of its `keys` (by default, this migration's list of
+    them); migration 0042 makes `api_keys`' with it."""
+    cases = "".join(f"\n    WHEN {taken(table, key)} THEN RAISE(ABORT, '{refusal(table, key)}')"
+                    for key in keys or KEYS[table])
     return f"CREATE TRIGGER trg_{table}_no_replace BEFORE INSERT ON {table}\nBEGIN\n  SELECT CASE{cases}\n  END;\nEND"
 
 

@@ -3,9 +3,9 @@
 Migration 0018 refused their UPDATE; their DELETE was left open, from the time an operator took a
 key away by deleting its row. Since migration 0027 a key is revoked instead, and nothing of the
 service deletes either table's rows. An answer deleted no longer refuses its key sent again with
-another body (a 409 naming what differs); a key deleted, or replaced in place with another role (SQLite's
-`INSERT OR REPLACE` deletes the row it meets, and neither table had a delete guard to refuse it),
-leaves answers and revocations naming a key that is not the one that sent them.
+another body (a 409 naming what differs); a key deleted, or replaced in place with another role
+(SQLite's `INSERT OR REPLACE` deletes the row it meets, and neither table had a delete guard to
+refuse it), leaves answers and revocations naming a key that is not the one that sent them.
 
 Both engines: each table refuses DELETE (PostgreSQL: TRUNCATE too; its application role had no
 DELETE grant already, and now the owner meets a trigger as well), in the words of every append-only
@@ -39,10 +39,7 @@ API_KEYS_KEYS = (("id",), ("key_hash",))
 def sqlite_statements() -> list[str]:
     deletes = [f"CREATE TRIGGER trg_{table}_no_delete BEFORE DELETE ON {table}\n"
                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END" for table in TABLES]
-    cases = "".join(f"\n    WHEN {_0036.taken('api_keys', key)} THEN RAISE(ABORT, '{_0036.refusal('api_keys', key)}')"
-                    for key in API_KEYS_KEYS)
-    return [*deletes, f"CREATE TRIGGER trg_api_keys_no_replace BEFORE INSERT ON api_keys\nBEGIN\n  SELECT CASE{cases}\n"
-                      "  END;\nEND"]
+    return [*deletes, _0036.guard("api_keys", API_KEYS_KEYS)]
 
 
 def postgres_statements() -> list[str]:
