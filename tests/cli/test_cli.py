@@ -90,7 +90,7 @@ def test_db_upgrade_of_a_database_migrated_by_newer_code_stops_with_exit_2_namin
     # Alembic's "Can't locate revision" was a traceback and exit 1; verify and serve said it plainly.
     url = f"sqlite:///{tmp_path / 'revshare.db'}"
     assert invoke(url, "db", "upgrade").exit_code == 0
-    with sqlite3.connect(tmp_path / "revshare.db") as connection:
+    with contextlib.closing(sqlite3.connect(tmp_path / "revshare.db")) as connection, connection:
         connection.execute("UPDATE alembic_version SET version_num = '9999'")
     result = invoke(url, "db", "upgrade")
     assert result.exit_code == 2, result.output
@@ -518,7 +518,7 @@ def test_the_server_and_the_scheduler_refuse_a_database_not_migrated_to_the_late
     upgrade(url)
     assert CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url}).exit_code == 0
     assert len(never_started) == 1
-    with sqlite3.connect(tmp_path / "behind.db") as connection:  # as if newer code had migrated it
+    with contextlib.closing(sqlite3.connect(tmp_path / "behind.db")) as connection, connection:  # as newer code would
         connection.execute("UPDATE alembic_version SET version_num = '9999'")
     ahead = CliRunner().invoke(main, [command], env={"REVSHARE_DATABASE_URL": url})
     assert ahead.exit_code == 2 and "is at revision 9999" in ahead.output and "migrated by newer code" in ahead.output

@@ -40,10 +40,11 @@ def test_the_list_of_guards_is_the_one_a_database_migrated_to_head_holds(databas
     assert REVISION == head_revision(), "ledger/guards_at_head.py is of another revision: run `make guards`"
     engine = database.engine.dialect.name
     with database.reader() as session:
-        found = {name: (trigger.table, trigger.digest) for name, trigger in triggers(session).items()}
+        made = triggers(session)
+    found = {name: (trigger.table, trigger.digest) for name, trigger in made.items()}
     listed = {name: guard[:2] for name, guard in GUARDS[engine].items()}  # (a trigger remade may have another)
     assert found == listed, "ledger/guards_at_head.py is not what the migrations make: run `make guards`"
-    assert guard_name(database) in found and all(trigger.fires for trigger in triggers(session).values())
+    assert guard_name(database) in found and all(trigger.fires for trigger in made.values())
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from jobs import bodies
 from jobs.scheduler import CatchUp, build_scheduler, start_up, triggers
 from ledger import holds, journal, revenue
 from ledger.balances import partner_balances
-from ledger.db import JOURNAL_LOCK_KEY
+from ledger.db import JOURNAL_LOCK_KEY, Database
 from ledger.errors import InvalidInput
 from ledger.instants import from_us
 from ledger.periods import close_period, list_periods
@@ -239,8 +239,15 @@ def test_a_job_time_that_passes_while_the_scheduler_starts_up_is_run_when_it_has
             started.append(self)
             super().start(*args, **kwargs)
 
+    made: list[Database] = []  # run() disposes of its database as start() returns: the jobs after it connect anew
+
+    def recorded_database(url: str) -> Database:
+        made.append(Database(url))
+        return made[-1]
+
     never = DateTrigger(datetime(2100, 1, 1, tzinfo=timezone.utc))
     monkeypatch.setattr(process, "BlockingScheduler", Recorded)
+    monkeypatch.setattr(process, "Database", recorded_database)
     monkeypatch.setattr(process, "job_table", lambda settings: {
         "tick": tick, "payout_run": long_catch_up, "close_periods": lambda session, at_us: {}})
     monkeypatch.setattr(process, "triggers", lambda settings: {
@@ -253,6 +260,8 @@ def test_a_job_time_that_passes_while_the_scheduler_starts_up_is_run_when_it_has
             time.sleep(0.05)
     finally:
         scheduler.shutdown(wait=True)
+        for database in made:
+            database.dispose()
     assert len(ran) == 1
 
 
