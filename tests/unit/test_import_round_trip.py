@@ -12,14 +12,14 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.customers import EXTERNAL_ID_PATTERN
 from ledger.importer import CSV_COLUMNS, records
 from ledger.instants import format_instant
 from ledger.money import format_minor
 from ledger.revenue import EVENT_TYPES, RevenueEvent, parse_event
 from tests.conftest import examples
 
-# Ids as billing systems write them: the characters an id may hold (ledger.customers.EXTERNAL_ID_PATTERN).
-IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:@/\-]{0,63}", fullmatch=True)
+IDS = st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True)  # every character an id may hold, up to its 64
 CURRENCIES = st.sampled_from(["USD", "JPY", "BHD", "CLF", "EUR"])
 INSTANTS_US = st.integers(min_value=0, max_value=4_102_444_799_999_999)  # 1970 to the end of 2099
 
@@ -65,8 +65,8 @@ def test_events_written_as_ndjson_are_read_back_exactly_on_their_lines(written, 
         body = {name: fields[name] for name in CSV_COLUMNS if name not in ("amount", "currency")}
         body["amount"] = {"amount": fields["amount"], "currency": fields["currency"]}
         keys = data.draw(st.permutations(list(body)))
-        objects.append(json.dumps({key: body[key] for key in keys}, indent=data.draw(st.sampled_from([None, 0]))
-                                  ).replace("\n", " "))
+        indent = data.draw(st.sampled_from([None, 0]))  # 0: a line break after each member, made a space below
+        objects.append(json.dumps({key: body[key] for key in keys}, indent=indent).replace("\n", " "))
     blanks = data.draw(st.lists(st.booleans(), min_size=len(written), max_size=len(written)))
     text, numbers = _written(_with_blanks(objects, blanks), line_ending, byte_order_mark)
     assert _read(text, "ndjson") == list(zip(numbers, written))
