@@ -25,7 +25,7 @@ from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
 from api.session import EXTENSION, current_database, current_session
-from ledger import keys, partners
+from ledger import customers, keys, partners
 from ledger.db import Database, after_commit
 from ledger.errors import NotFound as DomainNotFound
 from ledger.keys import Principal
@@ -117,7 +117,7 @@ def _require_own_partner(req, view: Callable, own: str) -> None:
 def missing_partner(partner_id: str) -> DomainNotFound:
     """The 404 of a partner that does not exist, or that a partner key may not see: the same.
     A partner id holds 64 characters at most; a longer text named is cut there in the detail."""
-    return DomainNotFound(f"partner {partner_id[:64]!r} not found")
+    return DomainNotFound(f"partner {customers.named(partner_id)} not found")
 
 
 def _presented_principal(authorization: str, database: Database) -> Principal:
