@@ -126,7 +126,7 @@ def get_customer(customer_id: str):
 def withdraw_attribution(customer_id: str, attribution_id: str):
     """Withdraw an attribution that has not started (asked again: the customer, unchanged)"""
     if not ATTRIBUTION_ID.fullmatch(attribution_id):
-        raise NotFound(f"customer {customer_id!r} has no attribution {attribution_id!r}")
+        raise NotFound(f"customer {customers.named(customer_id)} has no attribution {customers.named(attribution_id)}")
     return render_customer(customers.withdraw_attribution(current_session(), customer_id, int(attribution_id)))
 
 

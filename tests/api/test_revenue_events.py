@@ -575,9 +575,11 @@ def test_an_event_is_no_partners_to_read_and_an_unknown_one_is_a_404(acme):
     assert "revenue event" in missing.get_json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/v1/revenue-events/{id}", "/v1/customers/{id}"])
-def test_a_404_names_an_id_asked_for_cut_at_the_64_characters_an_id_may_hold(call, path):
+@pytest.mark.parametrize("path, method", [
+    ("/v1/revenue-events/{id}", "get"), ("/v1/customers/{id}", "get"),
+    ("/v1/customers/{id}/attributions/1", "delete"), ("/v1/customers/acme/attributions/{id}", "delete")])
+def test_a_404_names_an_id_asked_for_cut_at_the_64_characters_an_id_may_hold(call, path, method):
     asked = "x" * 5_000
-    missing = call.get(path.format(id=asked), as_="billing")
+    missing = getattr(call, method)(path.format(id=asked), as_="billing" if method == "get" else "finance")
     assert missing.status_code == 404 and repr("x" * 64) in missing.get_json()["detail"]
     assert "x" * 65 not in missing.get_json()["detail"]
