@@ -1100,8 +1100,11 @@ def test_an_import_stopped_by_a_signal_says_what_committed_and_run_again_gives_t
     path = write_ndjson(tmp_path / "big.ndjson", events)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
            "REVSHARE_DATABASE_URL": stopped.url}
+    # Started with the signal's default action, as a terminal's foreground job is: a runner started
+    # as a background job of a script (`make soak &`) ignores SIGINT, and the import would keep that.
     process = subprocess.Popen([REVSHARE, "import", str(path), "--batch-size", "20"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(stop, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while stored_events(stopped) < 200 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.005)
