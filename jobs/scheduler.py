@@ -281,8 +281,10 @@ def run(settings: Settings) -> None:
     stop = _Stop()
     previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     database = Database(settings.database_url)
-    # APScheduler's INFO lines (a job added, running, done) repeat what the jobs' own lines say.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    # APScheduler's INFO lines (a job added, running, done) repeat what the jobs' own lines say: shown
+    # at DEBUG, where they tell what the scheduler did when, and from WARNING up otherwise.
+    level = logging.getLevelName(settings.log_level)
+    logging.getLogger("apscheduler").setLevel(level if level <= logging.DEBUG else max(logging.WARNING, level))
     catch_up = CatchUp(database, job_table(settings))
     scheduler = build_scheduler(settings, database, catch_up=catch_up)
     catch_up.schedule_retries(scheduler)

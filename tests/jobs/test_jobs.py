@@ -662,6 +662,17 @@ def test_the_scheduler_process_stops_on_sigterm_with_exit_status_0_and_says_so_i
     assert "apscheduler" not in log, log
 
 
+def test_at_log_level_debug_the_scheduler_log_holds_apschedulers_own_lines(books):
+    with running_scheduler(books.url, REVSHARE_LOG_LEVEL="DEBUG") as process:
+        log = read_log_until(process, "job close_periods at")  # the start-up jobs' line, at every level
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+        log += process.stderr.read()
+    assert status == 0 and "job close_periods at" in log, log
+    # A job added before the scheduler starts (as `run` adds them all) says so.
+    assert "INFO apscheduler.scheduler: Adding job tentatively" in log, log
+
+
 def test_sigterm_while_the_start_up_jobs_run_lets_them_end_and_stops_before_the_scheduler_starts(
         books, monkeypatch, caplog):
     # Raised at once, inside the database driver, the stop left the connection mid-statement: its
