@@ -26,6 +26,27 @@ from ledger.guards import verify_guards
 from ledger.settings import Settings, without_password
 
 
+class _Text(click.ParamType):
+    """Text typed on the command line. Python holds an argument's bytes that are not UTF-8 as lone
+    surrogates ("surrogateescape"), which no database driver can send: refused here, naming the
+    argument (exit 2), instead of a traceback from the driver. File names are not text: `import`
+    takes any."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                byte = ord(value[error.start]) - 0xDC00  # where surrogateescape put it
+                self.fail(f"not UTF-8 text: byte 0x{byte:02x} at character {error.start + 1}", param, ctx)
+        return value
+
+
+TEXT = _Text()
+
+
 @contextlib.contextmanager
 def domain_errors(options: dict[str, str] | None = None) -> Iterator[None]:
     """Print a domain error and exit 2. `options` names the command-line option that gave a field
@@ -420,7 +441,7 @@ def close(settings: Settings, period: str) -> None:
 
 
 @click.command()
-@click.argument("partner_id")
+@click.argument("partner_id", type=TEXT)
 @click.option("--period", required=True, help="YYYY-MM")
 @click.option("--format", "output", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
 @click.pass_obj

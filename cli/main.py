@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from cli.books import TEXT
 from ledger.schema import API_ROLES
 from ledger.settings import Settings, SettingsError, without_password
 
@@ -95,7 +96,7 @@ def verify(settings: Settings, head: str | None, close: str | None) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", type=TEXT, default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
 @click.pass_obj
@@ -120,7 +121,7 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--role", required=True, type=click.Choice(API_ROLES))
-@click.option("--partner", "partner_id", default=None, help="The partner a partner key is bound to.")
+@click.option("--partner", "partner_id", type=TEXT, default=None, help="The partner a partner key is bound to.")
 @click.pass_obj
 def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
     """Create an API key and print it (alone, on the last line); it is not shown again."""
@@ -135,8 +136,8 @@ def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
 
 
 @keys.command("revoke")
-@click.argument("key")
-@click.option("--reason", default=None, help="Why, kept with the revocation.")
+@click.argument("key", type=TEXT)
+@click.option("--reason", type=TEXT, default=None, help="Why, kept with the revocation.")
 @click.pass_obj
 def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
     """Revoke an API key, named by its id or by the key itself (rsk_...): it no longer authenticates

@@ -230,6 +230,8 @@ def unbindable(host: str, port: int) -> str | None:
             listener.bind((host, port))
     except OSError as error:
         return error.strerror or str(error)
+    except TypeError as error:  # a name IDNA cannot encode (`a..b` passes, to fail resolving: OSError)
+        return f"not a host name: {error}"
     return None
 
 

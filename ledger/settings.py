@@ -74,6 +74,11 @@ def _unreadable(url: str) -> str | None:
         return f"the port must be between 1 and {PORT_MAX}, got {parsed.port}"
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # as ledger.db.normalize_url
+    if parsed.get_backend_name() == "postgresql" and not _utf8(url):
+        # Python holds an environment's bytes that are not UTF-8 as lone surrogates, which psycopg
+        # cannot send; SQLite's path goes to the file system as the bytes given. Neither the byte nor
+        # where it stands is named: it may be in the password.
+        return "it holds a byte that is not UTF-8 (a file saved in another encoding?): write it in UTF-8"
     dialect = parsed.get_dialect()()
     for query in ({}, *({name: value} for name, value in parsed.query.items())):
         # The whole URL without its options, then each option alone: the reason names the one refused.
@@ -85,6 +90,14 @@ def _unreadable(url: str) -> str | None:
             reason = str(error).splitlines()[0]
             return reason if not query else f"its option {_options(query)}: {reason}"
     return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _in_memory(url: str) -> bool:

@@ -79,6 +79,25 @@ def test_keys_revoke_stops_a_key_names_an_unknown_one_and_repeats_as_already_rev
         assert refused.exit_code == 2 and "--reason" in refused.output
 
 
+@pytest.mark.parametrize("args, named", [
+    (["keys", "revoke", "KEY_ID", "--reason", "caf\udce9"], "'--reason'"),
+    (["keys", "revoke", "key_\udce9"], "'KEY'"),
+    (["keys", "revoke", "rsk_\udce9"], "'KEY'"),
+    (["keys", "create", "--role", "partner", "--partner", "p\udce9"], "'--partner'"),
+    (["statement", "caf\udce9", "--period", "2026-01"], "'PARTNER_ID'"),
+])
+def test_an_argument_holding_a_byte_that_is_not_utf8_exits_2_naming_it_and_changes_nothing(database, args, named):
+    # Bytes that are not UTF-8 (a Latin-1 terminal), which Python's argv holds as lone surrogates: the
+    # database driver could not send them, and the command stopped with its traceback, exit 1.
+    enroll(database)
+    key_id = run(["keys", "create", "--role", "finance"], database.url).output.strip().splitlines()[0][len("id: "):]
+    result = run([key_id if arg == "KEY_ID" else arg for arg in args], database.url)
+    assert result.exit_code == 2, result.output
+    assert f"Error: Invalid value for {named}: not UTF-8 text: byte 0xe9 at character " in result.output
+    listed = run(["keys", "list"], database.url).output
+    assert len(listed.splitlines()) == 1 and "revoked" not in listed, listed
+
+
 def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_takes_the_key_itself(database):
     enroll(database)
     made = [run(["keys", "create", *args], database.url).output.strip().splitlines()
@@ -124,7 +143,8 @@ def test_serve_brackets_an_ipv6_host(sqlite_database, started):
     assert started[0]["bind"] == "[::1]:8000"
 
 
-@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "http"], ["--workers", "0"]])
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "http"], ["--workers", "0"],
+                                  ["--host", "h\udcffst"]])  # a byte that is not UTF-8, as Python holds it
 def test_serve_refuses_bad_arguments_with_exit_code_2(sqlite_database, started, args):
     assert run(["serve", *args], sqlite_database.url).exit_code == 2
     assert started == []
@@ -144,6 +164,10 @@ def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_it(sqlite_databa
     elsewhere = run(["serve", "--host", "192.0.2.1"], sqlite_database.url)  # an address of no host here
     assert elsewhere.exit_code == 2 and "error: cannot listen on 192.0.2.1 port 8000: Cannot assign requested" in (
         elsewhere.output) and len(calls) == 1
+    unencodable = run(["serve", "--host", "\u00e9..x"], sqlite_database.url)  # IDNA refuses the empty label
+    assert unencodable.exit_code == 2 and len(calls) == 1
+    assert "error: cannot listen on \u00e9..x port 8000: not a host name: encoding of hostname failed" in (
+        unencodable.output)
 
 
 def test_the_gunicorn_configuration_is_accepted_by_gunicorn():
