@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SAWarning
 
 PREFIX = "REVSHARE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -83,12 +83,20 @@ def _unreadable(url: str) -> str | None:
     for query in ({}, *({name: value} for name, value in parsed.query.items())):
         # The whole URL without its options, then each option alone: the reason names the one refused.
         try:
-            with warnings.catch_warnings():  # an option pysqlite ignores: the engine warns of it
+            with warnings.catch_warnings():  # an option pysqlite ignores: the whole URL's, below
                 warnings.simplefilter("ignore")
                 dialect.create_connect_args(parsed.set(query=query))
         except (ArgumentError, ValueError, TypeError) as error:
             reason = str(error).splitlines()[0]
             return reason if not query else f"its option {_options(query)}: {reason}"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        dialect.create_connect_args(parsed)
+    for warning in warned:
+        if issubclass(warning.category, SAWarning):
+            # pysqlite's: an option it does not know, left out with a warning. `?mode=ro` without
+            # `uri=true` opened the file for writing, and every command wrote to it.
+            return str(warning.message).partition(" (Background on this")[0]
     return None
 
 

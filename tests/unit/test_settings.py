@@ -68,6 +68,10 @@ def test_a_url_in_a_refusal_is_shown_without_its_password_whatever_the_password_
      "its option timeout=abc: could not convert string to float: 'abc'"),
     ("sqlite://db.internal/revshare.db", "sqlite://db.internal/revshare.db",
      "Invalid SQLite URL: sqlite://db.internal/revshare.db"),
+    # Left out by the driver with a warning: the file was opened for writing, and written.
+    ("sqlite:////srv/revshare/revshare.db?mode=ro", "sqlite:////srv/revshare/revshare.db?mode=ro",
+     "Query string argument(s) 'mode' are not accepted by the pysqlite driver and are being ignored; "
+     "SQLite URI arguments require that 'uri=true' also be present in the URL."),
     # A byte that is not UTF-8 (a .env saved in Latin-1), held by Python as a lone surrogate: psycopg
     # cannot send it. Neither named nor placed, in a password or anywhere.
     *((url, shown, "it holds a byte that is not UTF-8 (a file saved in another encoding?): write it in UTF-8")
@@ -84,7 +88,7 @@ def test_a_url_the_driver_cannot_read_is_refused_at_load_naming_the_variable_and
     assert "s3c" not in message
     for url in ("postgresql://app:pw@[::1]:5432/revshare?sslmode=require&connect_timeout=5",
                 "postgresql+psycopg://app@/revshare?host=/run/postgresql",
-                "sqlite:////srv/revshare/revshare.db?timeout=5",
+                "sqlite:////srv/revshare/revshare.db?timeout=5", "sqlite:////srv/revshare/revshare.db?mode=ro&uri=true",
                 "sqlite:////srv/revshare/caf\udce9.db"):  # a path goes to the file system as its bytes
         assert Settings.from_env({"REVSHARE_DATABASE_URL": url}).database_url == url
 
