@@ -189,4 +189,6 @@ def to_text(statement_: Statement) -> str:
             out.append(("  " + "  ".join(cells)).rstrip())
         totals = ", ".join(f"{kind} {amount}" for kind, amount in section["totals"].items())
         out.append(f"  totals: {totals or 'no lines'}")
+    if not data["currencies"]:  # nothing ever earned or posted in any currency up to the period's end
+        out.append("\nno balance and no lines in any currency")
     return "\n".join(out) + "\n"

@@ -105,6 +105,12 @@ def test_a_statement_renders_as_csv_and_text_with_opening_lines_and_closing(data
     assert f"(closed, close hash {january.close_hash})" in text
     [line] = [row.split() for row in text.splitlines() if row.split()[2:3] == ["accrual"]]
     assert line[3:5] == ["acme", "inv-1"], line
+    assert "no balance" not in text
+    # A partner with nothing in any currency: the text says so, rather than stopping at its heading.
+    books.partner("quiet", "msp-standard")
+    with database.reader() as session:
+        quiet = statements.to_text(statements.statement(session, "quiet", "2026-01"))
+    assert quiet.splitlines()[1:] == ["", "no balance and no lines in any currency"], quiet
 
 
 # ---- negative balances: reset against carry_forward ----
