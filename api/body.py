@@ -43,8 +43,8 @@ _NO_PARAMETERS = Schema()
 def check_body() -> None:
     """413 for a declared length over the limit; 415 for a body that is not JSON, or is encoded."""
     req = request._get_current_object()  # bound once: see `api.auth.authenticate_request`
-    if req.method not in BODY_METHODS:
-        return
+    if req.method not in BODY_METHODS or req.routing_exception is not None:
+        return  # a request no route serves is its 404 or 405 (Flask raises it after these hooks)
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     length = req.content_length
     if length is not None and length > limit:

@@ -131,6 +131,22 @@ def test_a_wrong_method_is_a_405_naming_the_allowed_ones(shared):
     assert "GET" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize("key", ["finance", "p1", None])
+@pytest.mark.parametrize("path, status", [("/v1/nothing-here", 404), ("/v1/periods", 405)])
+def test_a_request_no_route_serves_is_its_404_or_405_whatever_its_body(shared, key, path, status):
+    # The body's checks (413, 415) answered first: a partner key told an unknown URL (415 to a text
+    # body) from a route it may not call (404 whatever the body), and any caller an unknown URL from a
+    # method a path does not serve.
+    headers = {} if key is None else bearer(getattr(shared.keys, key))
+    limit = shared.client.application.config["MAX_CONTENT_LENGTH"]
+    for body, content_type in ((b"x", "text/plain"), (b"{}", "application/json"),
+                               (b"{" + b" " * limit + b"}", "application/json")):
+        assert_problem(shared.client.post(path, data=body, content_type=content_type, headers=headers), status)
+    encoded = shared.client.post(path, data=b"{}", content_type="application/json",
+                                 headers={**headers, "Content-Encoding": "gzip"})
+    assert_problem(encoded, status)
+
+
 def test_an_object_giving_a_key_twice_is_a_400_naming_it(scratch):
     original_id = new_transaction(scratch.database)
     raw = b'{"reason": "first", "reason": "second"}'
