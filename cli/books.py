@@ -7,7 +7,9 @@ runs until stopped, logging each job that fails."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import re
 import signal
@@ -23,7 +25,30 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 from ledger.db import Database, database_words, sqlite_file, writer_lock_path
 from ledger.errors import DomainError
 from ledger.guards import verify_guards
-from ledger.settings import Settings, without_password
+from ledger.settings import Settings, SettingsError, without_password
+
+
+def pass_settings(command: Callable) -> Callable:
+    """Give `command` the settings as its first argument, read from the environment when a command
+    first runs, not when `revshare` starts: a bad setting's error then answered `revshare statement
+    --help` too, which has no use for settings."""
+    @functools.wraps(command)
+    def with_settings(*args, **kwargs):
+        return command(_settings(click.get_current_context().find_root()), *args, **kwargs)
+    return with_settings
+
+
+def _settings(root: click.Context) -> Settings:
+    """The settings, read once a run (kept in the root context) and the logging set by them."""
+    if root.obj is None:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as error:
+            raise click.UsageError(str(error), ctx=root) from None
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+        root.obj = settings
+    return root.obj
 
 
 class _Text(click.ParamType):
@@ -242,7 +267,7 @@ def parse_instant_option(value: str | None, name: str, parse: Callable[..., int]
 
 
 @click.command()
-@click.pass_obj
+@pass_settings
 def scheduler(settings: Settings) -> None:
     """Run the scheduled jobs (release holds, close periods, payout runs, verify) until stopped. A
     PostgreSQL server that does not take connections yet is waited for (stopped by SIGTERM or SIGINT)."""
@@ -255,7 +280,7 @@ def scheduler(settings: Settings) -> None:
 
 
 @click.command()
-@click.pass_obj
+@pass_settings
 def demo(settings: Settings) -> None:
     """Load a realistic demo program (idempotent: a second load changes nothing)."""
     from ledger.demo import load_demo
@@ -283,7 +308,7 @@ class _Stopped(Exception):
                                       "else NDJSON when the file starts with '{' and CSV otherwise.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=5000, show_default=True,
               help="Events per transaction; each committed batch stands if the import is stopped.")
-@click.pass_obj
+@pass_settings
 def import_events(settings: Settings, path: str, file_format: str, batch_size: int) -> None:
     """Import revenue events from an NDJSON or CSV file (UTF-8), or from standard input when PATH is
     '-'. Safe to run again: nothing applies twice. Exits 1 when any event was refused. SIGINT
@@ -389,7 +414,7 @@ AT_HELP = "Instant (RFC 3339) or date (the start of that day, UTC); not ahead of
 
 @click.command("release-holds")
 @click.option("--at", "at", default=None, help=AT_HELP)
-@click.pass_obj
+@pass_settings
 def release_holds(settings: Settings, at: str | None) -> None:
     """Release every hold matured by the instant, a hundred to a transaction."""
     from ledger.holds import release_in_transactions
@@ -403,7 +428,7 @@ def release_holds(settings: Settings, at: str | None) -> None:
 
 @click.command("payout-run")
 @click.option("--at", "at", default=None, help=AT_HELP)
-@click.pass_obj
+@pass_settings
 def payout_run(settings: Settings, at: str | None) -> None:
     """Pay every partner whose available balance reaches its plan's minimum (releasing the matured
     holds first, a hundred to a transaction, and printing how many)."""
@@ -424,7 +449,7 @@ def payout_run(settings: Settings, at: str | None) -> None:
 
 @click.command()
 @click.argument("period")
-@click.pass_obj
+@pass_settings
 def close(settings: Settings, period: str) -> None:
     """Close a period (YYYY-MM) that has ended, with its snapshot and close hash (releasing the holds
     that matured in it first, a hundred to a transaction, and printing how many). A period closed
@@ -444,7 +469,7 @@ def close(settings: Settings, period: str) -> None:
 @click.argument("partner_id", type=TEXT)
 @click.option("--period", required=True, help="YYYY-MM")
 @click.option("--format", "output", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
-@click.pass_obj
+@pass_settings
 def statement(settings: Settings, partner_id: str, period: str, output: str) -> None:
     """A partner's statement for a period."""
     from ledger.instants import parse_period
@@ -463,7 +488,7 @@ def statement(settings: Settings, partner_id: str, period: str, output: str) -> 
 @click.command("trial-balance")
 @click.option("--as-of", "as_of", default=None,
               help="Instant (RFC 3339) or date (the end of that day, UTC: the day's postings count); default now.")
-@click.pass_obj
+@pass_settings
 def trial_balance(settings: Settings, as_of: str | None) -> None:
     """Debits and credits of every account per currency, with totals."""
     from ledger.instants import format_instant, parse_as_of

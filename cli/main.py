@@ -6,31 +6,18 @@ balance does not balance; 2 bad usage or bad input, or a database that cannot be
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
-from cli.books import TEXT
+from cli.books import TEXT, pass_settings
 from ledger.schema import API_ROLES
-from ledger.settings import Settings, SettingsError, without_password
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as error:
-        raise click.UsageError(str(error)) from None
+from ledger.settings import Settings, without_password
 
 
 @click.group()
-@click.pass_context
-def main(context: click.Context) -> None:
+def main() -> None:
     """revshare-ledger: double-entry commission accounting for partner programs."""
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
-    context.obj = settings
 
 
 @main.group()
@@ -39,7 +26,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.pass_obj
+@pass_settings
 def db_upgrade(settings: Settings) -> None:
     """Apply every migration (as the owner URL when REVSHARE_MIGRATION_DATABASE_URL is set)."""
     from alembic.util.exc import CommandError
@@ -64,7 +51,7 @@ def db_upgrade(settings: Settings) -> None:
               help="A chain head recorded earlier (as this command prints it): prove the journal still holds it.")
 @click.option("--close", default=None, metavar="PERIOD:HASH",
               help="A close recorded earlier (as this command prints it): prove the books still hold it.")
-@click.pass_obj
+@pass_settings
 def verify(settings: Settings, head: str | None, close: str | None) -> None:
     """Recompute the hash chain, the balance of every transaction and every snapshot.
 
@@ -99,7 +86,7 @@ def verify(settings: Settings, head: str | None, close: str | None) -> None:
 @click.option("--host", type=TEXT, default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
-@click.pass_obj
+@pass_settings
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     """Serve the HTTP API with gunicorn (wsgi:app)."""
     from cli import server
@@ -122,7 +109,7 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--role", required=True, type=click.Choice(API_ROLES))
 @click.option("--partner", "partner_id", type=TEXT, default=None, help="The partner a partner key is bound to.")
-@click.pass_obj
+@pass_settings
 def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
     """Create an API key and print it (alone, on the last line); it is not shown again."""
     from cli.books import opened
@@ -138,7 +125,7 @@ def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
 @keys.command("revoke")
 @click.argument("key", type=TEXT)
 @click.option("--reason", type=TEXT, default=None, help="Why, kept with the revocation.")
-@click.pass_obj
+@pass_settings
 def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
     """Revoke an API key, named by its id or by the key itself (rsk_...): it no longer authenticates
     (a running server's workers may take it for up to 10 more seconds)."""
@@ -154,7 +141,7 @@ def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
 
 
 @keys.command("list")
-@click.pass_obj
+@pass_settings
 def keys_list(settings: Settings) -> None:
     """Every API key, oldest first: its id, role (and partner), when it was made and, if revoked,
     when and why. The keys themselves are not stored, so not shown."""

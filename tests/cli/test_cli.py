@@ -1226,6 +1226,19 @@ def test_a_database_url_the_driver_cannot_read_stops_every_command_with_exit_2_n
         result.output and "s3cret" not in result.output
 
 
+def test_a_command_s_help_is_shown_whatever_the_settings_and_running_it_names_the_bad_one():
+    # The settings were read as `revshare` started, before its command's arguments: asking a command
+    # for its help answered a bad setting's error.
+    env = {"REVSHARE_DATABASE_URL": "sqlite:////tmp/revshare-test/books.db", "REVSHARE_LOG_LEVEL": "loud"}
+    for command in (["statement"], ["keys", "create"], ["db", "upgrade"], ["serve"], ["scheduler"], ["verify"]):
+        shown = CliRunner().invoke(main, [*command, "--help"], env=env, catch_exceptions=False, prog_name="revshare")
+        assert shown.exit_code == 0 and shown.output.startswith(f"Usage: revshare {' '.join(command)} "), shown.output
+    refused = CliRunner().invoke(main, ["verify"], env=env, catch_exceptions=False, prog_name="revshare")
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.startswith("Usage: revshare [OPTIONS] COMMAND [ARGS]...\n"), refused.output
+    assert "Error: REVSHARE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got 'loud'" in refused.output
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
 def test_db_upgrade_refuses_an_sqlite_database_in_memory_rather_than_migrate_one_that_vanishes(url):
     result = CliRunner().invoke(main, ["db", "upgrade"], env={"REVSHARE_DATABASE_URL": url}, catch_exceptions=False)
