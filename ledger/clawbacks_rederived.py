@@ -218,9 +218,9 @@ def _expected(event: Event, pieces: list[Piece], paid_minor: int, earlier: list[
     """The {root piece: amount} the rules take (or restore) for the event, after the `earlier` events
     of its invoice; None when the amounts lie outside what the service accepts (the events' own
     checks name those). A won dispute dated before one of them restores what leaves its invoice as
-    time order would (`commission.dispute_reinstatements`' `dated`), and a refund dated before a won
-    dispute among them takes at least that (`refund_clawbacks`' `dated`); or, as the service did
-    before it did so, its share: either is the rules'."""
+    time order would (`commission.dispute_reinstatements`' `dated`), and so does a refund dated
+    before a won dispute among them (`refund_clawbacks`' `dated`); or, as the service did before it
+    did so, its share: either is the rules'."""
     refunded_minor = sum(e.refunded_minor for e in earlier)
     if event.type == "chargeback_reversed":
         refunded_after = refunded_minor - event.amount_minor

@@ -189,10 +189,11 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
     """The clawbacks of one refund or chargeback of `refund_minor` on an invoice paid `paid_minor`,
     dated `at_us` (None: every piece counts as accrued by then).
 
-    One delivered after a won dispute dated after it gives `dated` (as `dispute_reinstatements`): if
-    time order leaves a root more clawed than its share would (the refund made the invoice wholly
-    refunded until that dispute: time order clawed the rounding remainder then, and the dispute gave
-    back only its share), it takes that much instead."""
+    One delivered after a won dispute dated after it gives `dated` (as `dispute_reinstatements`): it
+    takes what leaves each root as clawed as time order does, which may be more than its share (the
+    refund made the invoice wholly refunded until that dispute: time order clawed the rounding
+    remainder then, and the dispute gave back only its share) or less (time order capped the refund
+    by rounding, at what was left of the root then, and the dispute gave back a part of it after)."""
     assert 0 < refund_minor <= paid_minor, (refund_minor, paid_minor)
     unreplayable = _reversed_by_finance(pieces)
     plans: list[Clawback] = []
@@ -208,7 +209,7 @@ def refund_clawbacks(pieces: list[Piece], refund_minor: int, paid_minor: int,
         in_time_order = (None if dated is None or fully_refunded or root.id in unreplayable
                          else dated_clawed_minor(root.kind, root.amount_minor, paid_minor, dated))
         if in_time_order is not None:
-            target = min(max(target, in_time_order - (root.amount_minor - unclawed)), unclawed)
+            target = min(max(0, in_time_order - (root.amount_minor - unclawed)), unclawed)
         if target > 0:
             plans.extend(_take(group, target, at_us))
     return plans

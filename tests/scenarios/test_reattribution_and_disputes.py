@@ -320,16 +320,20 @@ def test_what_a_late_refund_takes_from_a_later_reinstatement_does_not_depend_on_
     assert books.trial_balance_is_zero() and books.verified()
 
 
-def test_the_minor_unit_a_late_refund_must_take_from_a_later_reinstatement_is_clawed_at_its_accrual(books):
+def test_a_late_refund_dated_before_a_won_dispute_takes_what_time_order_leaves_clawed_not_its_rounded_share(books):
     books.paid("acme", "inv-1", "0.60", "2026-01-10")  # northwind 12, dist 3 (5% of revenue)
     books.chargeback("acme", "inv-1", "0.30", "2026-01-12")  # dist: 1.5 -> 2
     books.dispute_won("acme", "inv-1", "0.30", "2026-01-20")  # dist: the 2 back, on 01-20
-    refund = books.refund("acme", "inv-1", "0.30", "2026-01-15")  # dist: 1.5 -> 2, but 1 is left before 01-20
+    refund = books.refund("acme", "inv-1", "0.30", "2026-01-15")  # delivered last
+    # Time order: the refund's share of dist's 3 (1.5 -> 2) is capped at the 1 the chargeback left,
+    # and the dispute, the refund standing, gives back its share, 2: dist keeps 2, northwind 6. Its
+    # share taken whole, the late refund also took 1 of the reinstatement (at 01-20): dist kept 1.
     assert sorted(clawback_instants(books, refund.event_id)) == [
-        ("dist", "pending", at("2026-01-15")), ("dist", "pending", at("2026-01-20")),
-        ("northwind", "pending", at("2026-01-15"))]
+        ("dist", "pending", at("2026-01-15")), ("northwind", "pending", at("2026-01-15"))]
+    assert commissions(refund) == [("northwind", "clawback", -6), ("dist", "clawback", -1)]
     never_negative(books, "northwind", "dist")
-    assert books.balance("dist") == (1, 0) and books.trial_balance_is_zero()
+    assert books.balance("dist") == (2, 0) and books.balance("northwind") == (6, 0)
+    assert books.trial_balance_is_zero() and books.verified()
 
 
 def total_owed(books: Books, partner_id: str, instant: str) -> int:
