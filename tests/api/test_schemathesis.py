@@ -96,7 +96,11 @@ def test_no_generated_request_gets_a_server_error_or_breaks_the_document(fuzzed,
               suppress_health_check=list(HealthCheck))
     @given(case=operations[label].as_strategy(mode))
     def exercise(case):
-        listed_explicitly(case, case.call_and_validate(headers=headers, excluded_checks=excluded))
+        # White space sent as a JSON body is no body (README, Pipeline), which a route whose fields are
+        # all optional takes: schemathesis draws it as "random bytes", invalid syntax to be refused.
+        no_body = mode is GenerationMode.NEGATIVE and isinstance(case.body, (bytes, str)) and not case.body.strip()
+        checks_left_out = [*excluded, negative_data_rejection] if no_body else excluded
+        listed_explicitly(case, case.call_and_validate(headers=headers, excluded_checks=checks_left_out))
 
     exercise()
 
