@@ -25,7 +25,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 from ledger.db import Database, database_words, sqlite_file, writer_lock_path
 from ledger.errors import DomainError
 from ledger.guards import verify_guards
-from ledger.settings import Settings, SettingsError, without_password
+from ledger.settings import NOT_UTF8, Settings, SettingsError, without_password
 
 
 def pass_settings(command: Callable) -> Callable:
@@ -60,12 +60,9 @@ class _Text(click.ParamType):
     name = "text"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as error:
-                byte = ord(value[error.start]) - 0xDC00  # where surrogateescape put it
-                self.fail(f"not UTF-8 text: byte 0x{byte:02x} at character {error.start + 1}", param, ctx)
+        if isinstance(value, str) and (found := NOT_UTF8.search(value)):
+            byte = ord(found.group()) - 0xDC00  # where surrogateescape put it
+            self.fail(f"not UTF-8 text: byte 0x{byte:02x} at character {found.start() + 1}", param, ctx)
         return value
 
 

@@ -27,7 +27,6 @@ import errno
 import io
 import itertools
 import json
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import IO, Callable, ContextManager, Iterator
 from ledger import json_input, revenue
 from ledger.db import Database
 from ledger.errors import DomainError, InvalidInput
+from ledger.settings import NOT_UTF8
 
 CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", "occurred_at")
 # The fields a refusal names that are the event's (or the line's, `_line`; not an object, `_schema`).
@@ -86,10 +86,6 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-# What `_lines` makes of bytes that are not UTF-8 (the "surrogateescape" error handler).
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
-
-
 HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order mark and a `{`
 
 
@@ -105,7 +101,7 @@ class Unreadable(Exception):
 
 def open_events(path: str) -> IO[str]:
     """An import file as text, for `records`: UTF-8, with bytes that are not UTF-8 kept as lone
-    surrogates (`_NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
+    surrogates (`NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
     left in place for the CSV reader (`newline=""`). `-` is standard input. A stream that cannot
     seek (a pipe) has its first `HEAD_BYTES` read ahead, however many writes its producer makes of
     them, and given again from the start: `head` sees them as it sees a file's."""
@@ -191,7 +187,7 @@ def _ndjson(stream: IO) -> Iterator[tuple[int, object]]:
             continue
         if not line.strip():
             continue
-        if _NOT_UTF8.search(line):
+        if NOT_UTF8.search(line):
             yield number, _not_utf8(number)
             continue
         try:
@@ -222,7 +218,7 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
         elif len(row) != width:
             yield number, InvalidInput(f"the row has {len(row)} fields, the header {width}",
                                        {"_line": [f"{len(row)} fields, the header has {width}"]})
-        elif any(_NOT_UTF8.search(value) for value in row):
+        elif any(NOT_UTF8.search(value) for value in row):
             yield number, _not_utf8(number)
         elif not ended:
             # A file cut short ends in the middle of a line, and a CSV row cut after a field's first

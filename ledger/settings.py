@@ -16,6 +16,10 @@ from typing import Mapping
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, SAWarning
 
+# What Python makes of bytes that are not UTF-8 in the environment, the command line's arguments or a
+# file read with the "surrogateescape" error handler: one lone surrogate a byte, U+DC80-U+DCFF.
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
 PREFIX = "REVSHARE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PORT_MAX = 65535
@@ -74,7 +78,7 @@ def _unreadable(url: str) -> str | None:
         return f"the port must be between 1 and {PORT_MAX}, got {parsed.port}"
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # as ledger.db.normalize_url
-    if parsed.get_backend_name() == "postgresql" and not _utf8(url):
+    if parsed.get_backend_name() == "postgresql" and NOT_UTF8.search(url):
         # Python holds an environment's bytes that are not UTF-8 as lone surrogates, which psycopg
         # cannot send; SQLite's path goes to the file system as the bytes given. Neither the byte nor
         # where it stands is named: it may be in the password.
@@ -98,14 +102,6 @@ def _unreadable(url: str) -> str | None:
             # `uri=true` opened the file for writing, and every command wrote to it.
             return str(warning.message).partition(" (Background on this")[0]
     return None
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _in_memory(url: str) -> bool:
