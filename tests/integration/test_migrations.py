@@ -724,15 +724,16 @@ def test_an_upgrade_made_while_the_service_posts_waits_for_its_postings_and_they
     books = Books(database)
     books.plan("standard", "0.20", hold_days=0)
     books.partner("northwind", "standard")
-    books.attribute("acme", "northwind", "2026-01-01")
+    for writer in range(3):  # a customer each: no payment is delivered after a later-dated one of its customer,
+        books.attribute(f"acme-{writer}", "northwind", "2026-01-01")  # which would take a claim before 0038
     stop, failures, posted = threading.Event(), [], []
 
     def post(writer: int) -> None:
         number = 0
         while not stop.is_set():
             number += 1
-            event = revenue.RevenueEvent(f"w{writer}-{number}", "invoice_paid", "acme", f"inv-{writer}-{number}",
-                                         "USD", 1_000, now_us())
+            event = revenue.RevenueEvent(f"w{writer}-{number}", "invoice_paid", f"acme-{writer}",
+                                         f"inv-{writer}-{number}", "USD", 1_000, now_us())
             try:
                 with database.transaction() as session:
                     revenue.ingest(session, [event])
