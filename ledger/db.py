@@ -77,7 +77,9 @@ IN_LIST_MAX = 500
 IN_ARRAY_MAX = 50_000
 # The PostgreSQL isolation level at which every statement of a transaction reads one snapshot.
 ONE_SNAPSHOT = "REPEATABLE READ"
-JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # "revshare"
+# "revshare". The database takes it too, before each statement writing journal lines, headers or a
+# close (migration 0043), and before refunds (0014): a writer sending its own SQL takes its turn.
+JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF
 PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00  # "program"
 # A pooled PostgreSQL connection idle this long or longer is pinged before use (`_install_idle_ping`).
 PING_IDLE_S = 1.0

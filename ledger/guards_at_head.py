@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0042'
+REVISION = '0043'
 
 GUARDS = {
     'sqlite': {
@@ -40,6 +40,7 @@ GUARDS = {
         'trg_idempotency_records_no_delete': ('idempotency_records', 'e14e8b06db579daa'),
         'trg_idempotency_records_no_update': ('idempotency_records', '85f83319fce2dab7'),
         'trg_journal_lines_no_delete': ('journal_lines', '177bc57f2a675f3e'),
+        'trg_journal_lines_no_replace': ('journal_lines', '63dfcc6b3d871cb1'),
         'trg_journal_lines_no_update': ('journal_lines', 'f8a6e0238bf53fee'),
         'trg_journal_lines_sealed': ('journal_lines', '8dd710311b71fa46'),
         'trg_journal_lines_totals': ('journal_lines', '5ef3d13c1ce958e8'),
@@ -213,6 +214,7 @@ GUARDS = {
         'function journal_transactions_reversal_linked()': ('(function)', '486dbdc3c17b1300'),
         'function journal_transactions_reversal_mirrors()': ('(function)', '33af73e79a449427'),
         'function journal_transactions_seal()': ('(function)', 'c8e98398ad550d23'),
+        'function journal_writer_in_turn()': ('(function)', 'e1d96cc17508dd1a'),
         'function open_holds_no_update()': ('(function)', '714a179c5fed4e1a'),
         'function open_holds_of_a_piece()': ('(function)', '8ca9ff5188c5e2b8'),
         'function partner_plans_id_fresh()': ('(function)', '3e991a691373550f'),
@@ -286,6 +288,7 @@ GUARDS = {
         'trg_idempotency_records_no_truncate ON idempotency_records': ('idempotency_records', 'bb7f02754a3457a7'),
         'trg_idempotency_records_no_update ON idempotency_records': ('idempotency_records', '35b184e6d54ca09e'),
         'trg_journal_lines_currency ON journal_lines': ('journal_lines', 'babd51383bfbd786'),
+        'trg_journal_lines_in_turn ON journal_lines': ('journal_lines', 'b250947cb1db58be'),
         'trg_journal_lines_no_change ON journal_lines': ('journal_lines', 'f7b520b6035b7fec'),
         'trg_journal_lines_no_truncate ON journal_lines': ('journal_lines', '0efe0a8542699603'),
         'trg_journal_lines_sealed ON journal_lines': ('journal_lines', 'b227c0635e99fd23'),
@@ -295,6 +298,7 @@ GUARDS = {
         'trg_journal_transactions_adjustment_posted ON journal_transactions':
             ('journal_transactions', '27caf6bbca377633'),
         'trg_journal_transactions_cpa_once ON journal_transactions': ('journal_transactions', 'cfc82400d8f0ec16'),
+        'trg_journal_transactions_in_turn ON journal_transactions': ('journal_transactions', 'd3680d44d8705f9d'),
         'trg_journal_transactions_key_length ON journal_transactions': ('journal_transactions', '6f22862955bd309e'),
         'trg_journal_transactions_moved_forward ON journal_transactions': ('journal_transactions', 'd6e51e2730ae4a3f'),
         'trg_journal_transactions_no_change ON journal_transactions': ('journal_transactions', 'c0093e00d0d83fed'),
@@ -362,6 +366,7 @@ GUARDS = {
         'trg_period_closes_closed_in_time ON period_closes': ('period_closes', 'a786f0c4345973e6'),
         'trg_period_closes_ended ON period_closes': ('period_closes', 'b6ca530eabd4cf02'),
         'trg_period_closes_from_the_first_posting ON period_closes': ('period_closes', '026b7ff36251000e'),
+        'trg_period_closes_in_turn ON period_closes': ('period_closes', 'c01dc99fa4f5b9ad'),
         'trg_period_closes_month ON period_closes': ('period_closes', 'ff74c71bfaadf545'),
         'trg_period_closes_no_change ON period_closes': ('period_closes', 'e08939513d2da87c'),
         'trg_period_closes_no_truncate ON period_closes': ('period_closes', 'ea7a78295c7ab72e'),

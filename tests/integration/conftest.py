@@ -59,7 +59,6 @@ def second_writer_behind_first(database, first, second):
     in another (a thread), wait until that one waits for a lock, then commit the first. Returns what
     the second returned, or the exception it raised: how a writer fares that raced another's commit."""
     import threading
-    import time
 
     outcome: dict = {}
 
@@ -74,14 +73,23 @@ def second_writer_behind_first(database, first, second):
     with database.transaction() as session:
         first(session)
         worker.start()
-        with database.engine.connect() as watcher:
-            for _ in range(3000):  # until the second waits for a lock the first holds (at most 30 s)
-                if watcher.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar_one():
-                    break
-                watcher.rollback()
-                time.sleep(0.01)
-            else:
-                raise AssertionError("the second writer never waited for the first")
+        assert one_waits(database, worker), "the second writer never waited for the first"
     worker.join(timeout=60)
     assert not worker.is_alive()
     return outcome.get("error", outcome.get("value"))
+
+
+def one_waits(database, worker) -> bool:
+    """PostgreSQL: whether a session comes to wait for a lock (at most 30 s), before `worker` (a
+    thread) ends; False when it ends without waiting."""
+    import time
+
+    with database.engine.connect() as watcher:
+        for _ in range(3000):
+            if watcher.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar_one():
+                return True
+            if not worker.is_alive():
+                return False
+            watcher.rollback()
+            time.sleep(0.01)
+    return False

@@ -11,6 +11,7 @@ from ledger import journal, reversals
 from ledger.demo import load_demo
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
+from tests.integration.conftest import one_waits, second_writer_behind_first
 from tests.scenarios.books import Books, ahead
 
 PENDING = chart.pending("northwind")
@@ -142,6 +143,82 @@ def test_a_line_without_a_header_never_commits(booked):
     refused(booked, lambda c: insert_line(c, 2, account_ids(c)[0], "D", 1), "(?i)foreign key")
 
 
+def post_the_next(session) -> None:
+    """The service's next posting: `booked`'s transaction 2."""
+    journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                            effective_at_us=6, idempotency_key="a2")])
+
+
+def lines_of(database, transaction_id: int) -> int:
+    with database.engine.connect() as connection:
+        return connection.execute(sa.text("SELECT count(*) FROM journal_lines WHERE transaction_id = :t"),
+                                  {"t": transaction_id}).scalar_one()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_line_sent_while_the_service_posts_waits_for_the_posting_and_meets_its_seal(booked):
+    """PostgreSQL: a line sent by a writer of its own SQL, which takes no journal lock, for the
+    transaction the service is posting: it waits for the posting (migration 0043), then meets the
+    seal. The seal had read before the posting committed and let the line into a sealed transaction."""
+    error = second_writer_behind_first(booked, post_the_next, lambda session: insert_line(
+        session.connection(), 2, account_ids(session.connection())[1], "C", 5_000))
+    assert isinstance(error, sa.exc.DBAPIError) and "transaction is sealed" in str(error), error
+    assert lines_of(booked, 2) == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_line_sent_before_the_service_posts_holds_the_posting_back_and_never_commits(booked):
+    """PostgreSQL: a line sent for the id the service's next posting takes, before that posting, and
+    committed after it: the posting now waits for the line's transaction (migration 0043), whose
+    deferred foreign key then finds no header. The posting had been sealed without the line, the
+    line's key was then met, and the transaction committed unbalanced (a payout run paid the line)."""
+    import threading
+
+    posted: list = []
+
+    def post() -> None:
+        with booked.transaction() as session:
+            post_the_next(session)
+        posted.append(2)
+
+    posting = threading.Thread(target=post)
+    with booked.engine.connect() as raw:
+        # In euros: a running total the posting does not write, whose row lock would hold it back too.
+        insert_line(raw, 2, account_ids(raw)[1], "C", 5_000, currency="EUR")
+        posting.start()
+        waited = one_waits(booked, posting)
+        with pytest.raises(sa.exc.IntegrityError, match="foreign key"):
+            raw.commit()
+    posting.join(timeout=60)
+    assert waited and posted == [2] and lines_of(booked, 2) == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("table", ["journal_lines", "journal_transactions", "period_closes"])
+def test_on_postgresql_the_journal_is_written_at_read_committed_only(booked, isolation, table):
+    """A transaction at REPEATABLE READ or above reads what was committed when it began, before its
+    statement took the journal lock: its guards would miss a posting or close committed since
+    (migration 0043). Each statement is refused before its first row, whatever the row; the same
+    rows at READ COMMITTED meet their own guards."""
+    rows = {"journal_lines": lambda c: insert_line(c, 2, account_ids(c)[0], "D", 1),
+            "journal_transactions": lambda c: insert_header(c, 2, head_hash(c)),
+            "period_closes": lambda c: c.exec_driver_sql("INSERT INTO period_closes (period) VALUES ('1970-01')"),
+            }[table]
+    refusal = f"{table}: the journal is written at READ COMMITTED only, not {isolation}"
+    with pytest.raises(sa.exc.DBAPIError, match=refusal):
+        with booked.engine.connect().execution_options(isolation_level=isolation) as connection:
+            with connection.begin():
+                rows(connection)
+    with pytest.raises(sa.exc.DBAPIError) as at_read_committed:
+        with booked.engine.begin() as connection:
+            rows(connection)
+    assert "READ COMMITTED only" not in str(at_read_committed.value)
+
+
 def test_the_sequence_cannot_skip_a_number(booked):
     def gap(connection):
         expense, pending = account_ids(connection)
@@ -226,12 +303,9 @@ def a_row_taking_only(connection: sqlite3.Connection, table: str, key: tuple[str
     return f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(columns))})", row
 
 
-# Tables whose refusal of a REPLACE came before migration 0036, in their own words; lines are refused
-# as lines added to a sealed transaction: every stored line's transaction is sealed.
-REPLACE_REFUSED = {
-    "journal_lines": "^journal_lines: transaction is sealed, lines cannot be added$",
-    **{table: f"^{table} is append-only: REPLACE refused$" for table in ("statement_documents", "statement_bodies")},
-}
+# Tables whose refusal of a REPLACE came before migration 0036, in their own words.
+REPLACE_REFUSED = {table: f"^{table} is append-only: REPLACE refused$" for table in ("statement_documents",
+                                                                                      "statement_bodies")}
 # A key's revocation and a stored answer are inserted ON CONFLICT DO NOTHING, which a guard before the
 # insert would refuse (migrations 0036 and 0042).
 REPLACE_LET_THROUGH = {"api_key_revocations", "idempotency_records"}
@@ -271,6 +345,32 @@ def test_every_append_only_table_refuses_a_replace_by_each_of_its_keys_on_a_plai
                 connection.rollback()
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_sealed_line_is_not_replaced_by_a_line_of_a_new_transaction_on_a_plain_sqlite_connection(booked):
+    """With `recursive_triggers` off (the sqlite3 shell), a REPLACE of transaction 1's line by a line
+    of a new transaction, sealed with a second line of its own, deleted the old line unguarded: the
+    seal reads the new line's transaction, and accounts with no running total yet met no totals
+    guard. Transaction 1 was left unbalanced in its period. Migration 0043 refuses a taken line id."""
+    with booked.transaction() as session:
+        ids = chart.account_ids(session, [chart.EXPENSE_ADJUSTMENT, chart.available("northwind")])
+    plain = sa.create_engine(booked.engine.url)  # SQLAlchemy's own connections set no pragma
+    try:
+        with pytest.raises(sa.exc.IntegrityError, match="^.*journal_lines is append-only: its unique key "
+                                                        r"journal_lines\.id is taken"):
+            with plain.begin() as connection:
+                assert connection.exec_driver_sql("PRAGMA recursive_triggers").scalar() == 0
+                connection.execute(sa.text(
+                    "INSERT OR REPLACE INTO journal_lines (id, transaction_id, account_id, currency, side,"
+                    " amount_minor, effective_at_us) VALUES (1, 2, :a, 'USD', 'D', 100, 6)"),
+                    {"a": ids[chart.EXPENSE_ADJUSTMENT]})
+                insert_line(connection, 2, ids[chart.available("northwind")], "C", 100, at=6)
+                insert_header(connection, 2, head_hash(connection), at=6, kind="adjustment", partner_id="northwind",
+                              memo="goodwill")
+    finally:
+        plain.dispose()
+    assert lines_of(booked, 1) == 2
 
 
 @pytest.mark.postgres

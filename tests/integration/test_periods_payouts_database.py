@@ -20,6 +20,7 @@ from ledger.migrate import upgrade
 from ledger.periods import snapshot
 from ledger.verify import verify
 from tests import program
+from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_database_guards import refused_without_recursive_triggers
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
@@ -258,6 +259,20 @@ def test_a_transaction_dated_inside_a_closed_period_is_refused_by_the_database(c
             raw_transfer(connection, at("2026-03-31"))
     with closed.engine.begin() as connection:  # the first open period's first instant is accepted
         raw_transfer(connection, at("2026-04-01"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_posting_sent_while_its_month_closes_waits_for_the_close_and_is_refused(closed):
+    """PostgreSQL: a writer sending its own SQL, which takes no journal lock, posts into April while
+    April's close reads the journal. Its first line now waits for the close (migration 0043), and its
+    header then meets the closed period; it had landed in a month whose snapshot and statements leave
+    it out (`close_count_mismatch`, `snapshot_altered` by verify)."""
+    error = second_writer_behind_first(
+        closed, lambda session: periods.close_period(session, "2026-04", now_us=at("2026-05-02")),
+        lambda session: raw_transfer(session.connection(), at("2026-04-15")))
+    assert isinstance(error, sa.exc.DBAPIError) and "lies in a closed period" in str(error), error
+    assert problems(closed) == set()
 
 
 def test_closes_and_snapshots_refuse_update_and_delete(closed):
