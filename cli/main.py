@@ -95,7 +95,8 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     refuse_unusable_database(settings.database_url)
     refused = server.unbindable(host, port)
     if refused is not None:
-        click.echo(f"error: cannot listen on {host} port {port}: {refused}\n  stop what listens there, or give "
+        shown = host or '""'
+        click.echo(f"error: cannot listen on {shown} port {port}: {refused}\n  stop what listens there, or give "
                    "another --host or --port", err=True)
         sys.exit(2)
     server.run(server.gunicorn_options(host=host, port=port, workers=workers, log_level=settings.log_level))

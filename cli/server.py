@@ -222,7 +222,11 @@ def unbindable(host: str, port: int) -> str | None:
     """Why gunicorn could not listen on the address (in use, not this machine's, a name that does
     not resolve), or None: it would retry for five seconds and exit 1, which this command's exit
     codes give to problems found, not to a setting that cannot work (2). Bound as gunicorn binds it:
-    an IPv6 literal over IPv6, anything else (a name too) over IPv4, with SO_REUSEADDR."""
+    an IPv6 literal over IPv6, anything else (a name too) over IPv4, with SO_REUSEADDR. An empty host
+    would listen on every interface (`--host "$HOST"` with the variable unset): refused, where every
+    interface is meant it is said as 0.0.0.0."""
+    if host == "":
+        return "an empty host listens on every interface: give 0.0.0.0 (or ::) to mean that"
     family = socket.AF_INET6 if util.is_ipv6(host) else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as listener:

@@ -17,6 +17,7 @@ import functools
 import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from typing import Any
 
 import moneyed
 from moneyed import Money
@@ -102,6 +103,19 @@ def parse_amount_minor(text: str, currency: str, *, field: str = "amount") -> in
     12345
     """
     exponent = currency_exponent(currency)
+    match = decimal_text(text, field=field)
+    fraction = match.group(2) or ""
+    if len(fraction) > exponent:
+        raise invalid(field, f"{currency} allows at most {exponent} decimal places, got {len(fraction)}")
+    integer = int(match.group(1) + fraction.ljust(exponent, "0"))
+    if integer > MINOR_MAX:
+        raise invalid(field, f"at most {format_minor(MINOR_MAX, currency)} {currency}")
+    return -integer if text.startswith("-") else integer
+
+
+def decimal_text(text: Any, *, field: str = "amount") -> re.Match:
+    """`text` read as an amount's decimal string, whatever its currency allows (`parse_amount_minor`):
+    a request whose currency is bad has its amount checked this far."""
     if not isinstance(text, str):
         number = isinstance(text, (int, float)) and not isinstance(text, bool)
         raise invalid(field, "must be a decimal string such as \"123.45\"" + (", not a JSON number" if number else ""))
@@ -110,13 +124,7 @@ def parse_amount_minor(text: str, currency: str, *, field: str = "amount") -> in
         if re.fullmatch(r"-?[0-9]{16,}(\.[0-9]*)?", text):
             raise invalid(field, f"more than {INTEGER_DIGITS_MAX} integer digits")
         raise invalid(field, f"{text[:40]!r} is not a decimal string such as \"123.45\"")
-    fraction = match.group(2) or ""
-    if len(fraction) > exponent:
-        raise invalid(field, f"{currency} allows at most {exponent} decimal places, got {len(fraction)}")
-    integer = int(match.group(1) + fraction.ljust(exponent, "0"))
-    if integer > MINOR_MAX:
-        raise invalid(field, f"at most {format_minor(MINOR_MAX, currency)} {currency}")
-    return -integer if text.startswith("-") else integer
+    return match
 
 
 def format_minor(amount_minor: int, currency: str) -> str:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from ledger.errors import InvalidInput
-from ledger.money import currency_exponent, format_minor, parse_amount_minor, parse_rate
+from ledger.money import currency_exponent, decimal_text, format_minor, parse_amount_minor, parse_rate
 
 NEGATIVE_BALANCE_POLICIES = ("carry_forward", "reset")
 OVERRIDE_BASES = ("revenue", "commission")
@@ -81,12 +81,12 @@ def _parse_rates(data: Any, errors: _Errors) -> tuple[RateStep, ...]:
             errors.add(f"rates.{index}", "a step has exactly the fields from_month and rate")
             continue
         month = step["from_month"]
+        rate = errors.capture(parse_rate, step["rate"], field=f"rates.{index}.rate")  # named beside a bad month
         if not _is_int(month) or not 1 <= month <= DURATION_MONTHS_MAX:
             errors.add(f"rates.{index}.from_month", f"an integer from 1 to {DURATION_MONTHS_MAX}")
             continue
         if steps and month <= steps[-1].from_month:
             errors.add(f"rates.{index}.from_month", "steps must be in increasing from_month order")
-        rate = errors.capture(parse_rate, step["rate"], field=f"rates.{index}.rate")
         if rate is not None:
             steps.append(RateStep(month, rate))
     if steps and steps[0].from_month != 1:
@@ -110,6 +110,10 @@ def _parse_money_list(data: Any, name: str, errors: _Errors) -> dict[str, int]:
             currency_exponent(currency)
         except InvalidInput as error:
             errors.add(f"{name}.{index}.currency", error.fields["currency"][0])
+            # The amount as far as no currency decides it: a decimal string, not negative.
+            if errors.capture(decimal_text, item["amount"], field=f"{name}.{index}.amount") is not None \
+                    and Decimal(item["amount"]) < 0:
+                errors.add(f"{name}.{index}.amount", "must not be negative")
             continue
         minor = errors.capture(parse_amount_minor, item["amount"], currency, field=f"{name}.{index}.amount")
         if minor is None:

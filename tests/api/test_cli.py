@@ -168,6 +168,9 @@ def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_it(sqlite_databa
     assert unencodable.exit_code == 2 and len(calls) == 1
     assert "error: cannot listen on \u00e9..x port 8000: not a host name: encoding of hostname failed" in (
         unencodable.output)
+    empty = run(["serve", "--host", ""], sqlite_database.url)  # `--host "$HOST"`, unset: every interface
+    assert empty.exit_code == 2 and len(calls) == 1
+    assert 'error: cannot listen on "" port 8000: an empty host listens on every interface' in empty.output
 
 
 def test_the_gunicorn_configuration_is_accepted_by_gunicorn():

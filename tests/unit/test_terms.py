@@ -69,6 +69,25 @@ def test_bad_terms_are_refused_naming_the_field(change, field):
     assert field in refused.value.fields
 
 
+@pytest.mark.parametrize("change, fields", [
+    ({"rates": [{"from_month": 0, "rate": "7"}]}, {"rates.0.from_month", "rates.0.rate"}),
+    ({"rates": [{"from_month": 1, "rate": "0.1"}, {"from_month": "2", "rate": 0.1}]},
+     {"rates.1.from_month", "rates.1.rate"}),
+    ({"min_payout": [{"amount": 5, "currency": "QQQ"}]}, {"min_payout.0.amount", "min_payout.0.currency"}),
+    ({"cpa": [{"amount": "-1.00", "currency": "usd"}]}, {"cpa.0.amount", "cpa.0.currency"}),
+    ({"cpa": [{"amount": "1.2.3", "currency": None}]}, {"cpa.0.amount", "cpa.0.currency"}),
+    # What a currency decides is not decided without one: no more decimals than it allows, zero not negative.
+    ({"cpa": [{"amount": "1.00001", "currency": "QQQ"}]}, {"cpa.0.currency"}),
+    ({"min_payout": [{"amount": "-0.00", "currency": "QQQ"}]}, {"min_payout.0.currency"}),
+])
+def test_both_parts_of_a_bad_step_or_money_object_are_named_at_once(change, fields):
+    """A 422 names each bad field: a step's bad rate beside its bad month, an amount that is bad in any
+    currency beside a bad currency, so that a client does not find them one request at a time."""
+    with pytest.raises(InvalidInput) as refused:
+        parse_terms({**STEP_DOWN, **change})
+    assert set(refused.value.fields) == fields
+
+
 def test_missing_required_terms_are_each_named():
     with pytest.raises(InvalidInput) as refused:
         parse_terms({})
