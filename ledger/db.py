@@ -75,8 +75,10 @@ IN_LIST_MAX = 500
 # Values in one PostgreSQL array condition: bounds the size of one statement (and of its rows) when
 # a catch-up (a release job after a long pause, a close) names hundreds of thousands of ids.
 IN_ARRAY_MAX = 50_000
-# The PostgreSQL isolation level at which every statement of a transaction reads one snapshot.
+# The PostgreSQL isolation level at which every statement of a transaction reads one snapshot, and
+# the one writers run at, where each statement reads what was committed when it started.
 ONE_SNAPSHOT = "REPEATABLE READ"
+WRITERS_ISOLATION = "READ COMMITTED"
 # "revshare". The database takes it too, before each statement writing journal lines, headers or a
 # close (migration 0043), and before refunds (0014): a writer sending its own SQL takes its turn.
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF
@@ -103,7 +105,10 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
         engine = create_engine(url, **kwargs)
         _install_sqlite_hooks(engine, lock_wait_s)
         return engine
-    engine = create_engine(url, **kwargs)
+    # Writers at READ COMMITTED whatever the server's `default_transaction_isolation` says: after
+    # the journal lock, each statement must read what the writers before committed, and the
+    # database refuses journal rows written at another level (migration 0043). Readers ask for theirs.
+    engine = create_engine(url, **{"isolation_level": WRITERS_ISOLATION, **kwargs})
     _install_idle_ping(engine)
     if lock_wait_s is not None:
         _install_lock_timeout(engine, lock_wait_s)

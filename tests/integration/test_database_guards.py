@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from ledger import accounts as chart
 from ledger import journal, reversals
+from ledger.db import Database
 from ledger.demo import load_demo
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
@@ -217,6 +218,30 @@ def test_on_postgresql_the_journal_is_written_at_read_committed_only(booked, iso
         with booked.engine.begin() as connection:
             rows(connection)
     assert "READ COMMITTED only" not in str(at_read_committed.value)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_service_writes_at_read_committed_whatever_the_servers_default_isolation(booked):
+    """A database set to `default_transaction_isolation = 'repeatable read'` by its DBA: the service's
+    writers still run at READ COMMITTED (`ledger.db.WRITERS_ISOLATION`), so that their postings meet
+    migration 0043's rule, and its readers at REPEATABLE READ."""
+    with booked.engine.connect() as connection:
+        name = connection.exec_driver_sql("SELECT current_database()").scalar()
+        connection.exec_driver_sql(f'ALTER DATABASE "{name}" SET default_transaction_isolation = "repeatable read"')
+        connection.commit()
+    fresh = Database(booked.url)  # connections made since read the new default
+    try:
+        with fresh.engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW default_transaction_isolation").scalar() == "repeatable read"
+        with fresh.transaction() as session:
+            assert session.execute(sa.text("SHOW transaction_isolation")).scalar() == "read committed"
+            post_the_next(session)
+        with fresh.reader() as session:
+            assert session.execute(sa.text("SHOW transaction_isolation")).scalar() == "repeatable read"
+    finally:
+        fresh.dispose()
+    assert lines_of(booked, 2) == 2
 
 
 def test_the_sequence_cannot_skip_a_number(booked):
