@@ -79,10 +79,11 @@ IN_ARRAY_MAX = 50_000
 # the one writers run at, where each statement reads what was committed when it started.
 ONE_SNAPSHOT = "REPEATABLE READ"
 WRITERS_ISOLATION = "READ COMMITTED"
-# "revshare". The database takes it too, before each statement writing journal lines, headers or a
-# close (migration 0043), and before refunds (0014): a writer sending its own SQL takes its turn.
+# "revshare" and "program". The database takes them too, before each statement writing the journal
+# (lines, headers, closes, payout runs) or the program's facts (migration 0043), and the journal's
+# before refunds (0014): a writer sending its own SQL takes its turn.
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF
-PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00  # "program"
+PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00
 # A pooled PostgreSQL connection idle this long or longer is pinged before use (`_install_idle_ping`).
 PING_IDLE_S = 1.0
 _CHECKED_IN_AT = "revshare_checked_in_at"

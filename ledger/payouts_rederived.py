@@ -15,10 +15,11 @@ the run was made (its `created_at`), a status or plan dated back but recorded la
 and one recorded within `RECORDED_SKEW_US` of the run either seen or not. A run passes when one of
 those readings gives what it paid.
 
-`verify_payouts_rederived` names a payout of other than the whole balance (`payout_unlike_balance`),
-one to a partner the program did not let the run pay, not active at t, without a plan version, or
-under its minimum (`payout_unlike_program`), and a partner and currency a run paid nothing though
-every reading of the program lets it be paid (`payout_missing`). So a partner's status or plan
+`verify_payouts_rederived` names two runs out of time order (`payout_runs_out_of_order`: the one
+dated before paid again what the other paid), a payout of other than the whole balance
+(`payout_unlike_balance`), one to a partner the program did not let the run pay, not active at t,
+without a plan version, or under its minimum (`payout_unlike_program`), and a partner and currency
+a run paid nothing though every reading of the program lets it be paid (`payout_missing`). So a partner's status or plan
 rewritten past the database's guards (a suspension dated from the partner's enrolment, a minimum
 raised), which changes what the next runs pay and nothing in the journal, is named at the payouts
 made before it. A run that paid no one has no payout to place it among the transactions: what it
@@ -61,7 +62,7 @@ def verify_payouts_rederived(session: Session) -> list[tuple[int | None, str, st
     if not runs:
         return []
     program, _ = RecordedProgram.load(session)  # unreadable terms are named by `verify_commissions`
-    problems: list[tuple[int | None, str, str]] = []
+    problems = _out_of_order(runs)
     for run, balances in balances_read(session, runs, accounts):
         for key in sorted(set(balances) | set(run.paid)):
             problems += _check(program, run, key, balances.get(key, 0))
@@ -83,6 +84,27 @@ def _runs(session: Session, accounts: dict[int, str]) -> list[Run]:
     return list(runs.values())
 
 
+def _out_of_order(runs: list[Run]) -> list[tuple[int | None, str, str]]:
+    """Each run whose payouts the journal holds before those of a run dated before it
+    (`payout_runs_out_of_order`). Runs are made in time order, which the database holds for every
+    writer from migration 0043 on: before it, a session writing its own SQL could make a run dated
+    before the latest once the latest had paid. Each of the two paid the balance as of its own
+    instant, which the other's payouts do not lower, so each passes alone, and the same balance was
+    paid twice."""
+    problems: list[tuple[int | None, str, str]] = []
+    latest: Run | None = None  # of the runs dated before, the one whose payouts came last
+    for run in runs:
+        if latest is None or run.first_transaction_id > latest.first_transaction_id:
+            latest = run
+            continue
+        problems.append((run.first_transaction_id, "payout_runs_out_of_order",
+                         f"the run at {format_instant(run.at_us)} posted its payouts (from transaction "
+                         f"{run.first_transaction_id}) before the run at {format_instant(latest.at_us)} (from "
+                         f"transaction {latest.first_transaction_id}), which is dated before it and so paid again "
+                         "the balances it paid"))
+    return problems
+
+
 def balances_read(session: Session, runs: list[Run], accounts: dict[int, str]
                   ) -> Iterator[tuple[Run, dict[tuple[str, str], int]]]:
     """Each run (in time order) with {(partner, currency): available balance} as it read them.
@@ -92,7 +114,7 @@ def balances_read(session: Session, runs: list[Run], accounts: dict[int, str]
     payouts, the lines effective by the run's instant; of the transactions before, the lines
     effective after the previous run's instant and by this one's (dated ahead, or an adjustment dated
     between the two). The sums are carried from run to run, each line read about once. A run out of
-    that order (a tampered book: `verify_payout_runs` names it) is summed on its own."""
+    that order (`payout_runs_out_of_order`) is summed on its own."""
     sums: dict[tuple[str, str], int] = defaultdict(int)
     below_id, before_us = 0, None
     for run in runs:

@@ -1,23 +1,33 @@
-"""Every writer of the journal takes its turn, in the database too; and on SQLite a journal line cannot
-be replaced from a connection without `recursive_triggers`.
+"""Every writer of the journal, and of the partner program, takes its turn in the database too; and on
+SQLite a journal line cannot be replaced from a connection without `recursive_triggers`.
 
-PostgreSQL. The journal's guards read what is committed: a line is refused when its transaction's
-header is (the seal), a header when its instant lies in a closed period. The service's writers take
-the journal's advisory lock (`ledger.db.JOURNAL_LOCK_KEY`) before they read, so each sees every
-posting and close before its own. A writer that does not, a session of the application role sending
-its own SQL, could slip between them:
+PostgreSQL. The guards read what is committed: a line is refused when its transaction's header is
+(the seal), a header when its instant lies in a closed period, a payout run dated before the latest
+run, a partner's status after its termination, an attribution, plan change or plan version starting
+no later than the latest of its kind. The service's writers take an advisory lock before they read
+(`ledger.db.JOURNAL_LOCK_KEY`, and `PROGRAM_LOCK_KEY` for the program's facts), so each sees every
+writer before it. A writer that does not, a session of the application role sending its own SQL,
+could slip between them:
 - a line inserted for the id the service's next posting takes, before that posting, committed after
   it: its deferred foreign key is then met, and the line joins a transaction sealed without it
   (unbalanced, and in whatever period the line names: a payout run paid the line's credit);
 - a posting whose header is inserted while a close of its month reads the journal, committed after
-  it: the closed period then holds a transaction its snapshot and statements leave out.
-`verify` named both afterwards. Now a statement inserting journal lines, headers or a period's close
-takes the journal lock before its first row (a trigger before each such statement), so its guards,
-after the statement, read every writer before it: at READ COMMITTED each query of a guard reads what
-was committed when it started. A transaction at REPEATABLE READ or SERIALIZABLE reads what was
-committed when it began, before the lock, so such a statement is refused there. The service writes
-at READ COMMITTED and holds the lock already (a second take costs a lookup in the session's own lock
-table); its readers, at REPEATABLE READ, write nothing.
+  it: the closed period then holds a transaction its snapshot and statements leave out;
+- a payout run's row inserted before the service's later-dated run, its payouts posted after that
+  run's: two runs out of time order, the earlier-dated paying again what the later paid (each paid
+  the balance as of its own instant, so `verify` named nothing until `payout_runs_out_of_order`);
+- two statuses, attributions, plan changes or plan versions of one partner, plan or customer, each
+  checked against the facts committed before either: a partner active again after its termination,
+  attributions out of the order of their starts (nothing waited but the program revision's row,
+  whose lock comes after the checks).
+Now a statement inserting into those tables takes the lock of its kind before its first row (a
+trigger before each such statement), so the guards after it read every writer before it: at READ
+COMMITTED each query of a guard reads what was committed when it started. A transaction at
+REPEATABLE READ or SERIALIZABLE reads what was committed when it began, before the lock, so such a
+statement is refused there. The service writes at READ COMMITTED (`ledger.db.WRITERS_ISOLATION`) and
+holds the lock already (a second take costs a lookup in the session's own lock table): the program's
+writers take the program's lock before the journal's, as the triggers do; its readers, at REPEATABLE
+READ, write nothing.
 
 SQLite has one writer at a time. There, a connection that leaves `recursive_triggers` off (the
 sqlite3 shell) could `INSERT OR REPLACE` a line of a sealed transaction with a line of a new one:
@@ -42,17 +52,26 @@ depends_on = None
 
 _0036 = _revision("0036_replace_refused.py")
 
-JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF  # ledger.db's, as of this revision
-TABLES = ("journal_lines", "journal_transactions", "period_closes")
+# ledger.db's, as of this revision
+JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF
+PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00
+# Each lock, its key and the tables whose inserting statements take it.
+IN_TURN = {
+    "journal": (JOURNAL_LOCK_KEY, ("journal_lines", "journal_transactions", "period_closes", "payout_runs")),
+    "program": (PROGRAM_LOCK_KEY, ("plans", "plan_versions", "partners", "partner_statuses", "partner_plans",
+                                   "customers", "attributions", "program_withdrawals")),
+}
 
-POSTGRES_FUNCTION = f"""CREATE FUNCTION journal_writer_in_turn() RETURNS trigger LANGUAGE plpgsql
+
+def function(kind: str, key: int) -> str:
+    return f"""CREATE FUNCTION {kind}_writer_in_turn() RETURNS trigger LANGUAGE plpgsql
 SET search_path = public, pg_temp SET jit = off AS $$
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
-    RAISE EXCEPTION '%: the journal is written at READ COMMITTED only, not %', TG_TABLE_NAME,
+    RAISE EXCEPTION '%: the {kind} is written at READ COMMITTED only, not %', TG_TABLE_NAME,
       upper(current_setting('transaction_isolation')) USING ERRCODE = 'check_violation';
   END IF;
-  PERFORM pg_advisory_xact_lock({JOURNAL_LOCK_KEY});
+  PERFORM pg_advisory_xact_lock({key});
   RETURN NULL;
 END $$"""
 
@@ -61,16 +80,18 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         op.execute(_0036.guard("journal_lines", (("id",),)))
         return
-    op.execute(POSTGRES_FUNCTION)
-    for table in TABLES:
-        op.execute(f"CREATE TRIGGER trg_{table}_in_turn BEFORE INSERT ON {table}\n"
-                   "FOR EACH STATEMENT EXECUTE FUNCTION journal_writer_in_turn()")
+    for kind, (key, tables) in IN_TURN.items():
+        op.execute(function(kind, key))
+        for table in tables:
+            op.execute(f"CREATE TRIGGER trg_{table}_in_turn BEFORE INSERT ON {table}\n"
+                       f"FOR EACH STATEMENT EXECUTE FUNCTION {kind}_writer_in_turn()")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         op.execute("DROP TRIGGER trg_journal_lines_no_replace")
         return
-    for table in TABLES:
-        op.execute(f"DROP TRIGGER trg_{table}_in_turn ON {table}")
-    op.execute("DROP FUNCTION journal_writer_in_turn()")
+    for kind, (_, tables) in IN_TURN.items():
+        for table in tables:
+            op.execute(f"DROP TRIGGER trg_{table}_in_turn ON {table}")
+        op.execute(f"DROP FUNCTION {kind}_writer_in_turn()")

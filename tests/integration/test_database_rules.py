@@ -23,6 +23,7 @@ from ledger.instants import period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from tests.api.conftest import STANDARD_TERMS, enroll
+from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
 from tests import program
 from tests.scenarios.books import Books
@@ -290,6 +291,25 @@ def test_an_attribution_starts_after_the_latest_of_its_customer_not_of_its_partn
     refused(database, raw(customer_to_p1, customer="p1-customer", at=feb_2026_us),
             "an attribution starts after the latest")
     accepted(database, raw(customer_to_p1, customer="p2-customer", at=feb_2026_us))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("first, second, match", [
+    (raw(STATUS, p="p1", s="terminated", at=MAR_2026_US), raw(STATUS, p="p1", s="active", at=MAR_2026_US + 1),
+     "none follows a termination"),
+    (raw(PLAN, p="p1", at=MAR_2026_US + 1), raw(PLAN, p="p1", at=MAR_2026_US), "a plan starts after the latest"),
+    (raw(ATTRIBUTION, at=MAR_2026_US + 1), raw(ATTRIBUTION, at=MAR_2026_US), "an attribution starts after the latest"),
+], ids=["status after a termination", "plan change", "attribution"])
+def test_two_raw_writers_of_a_fact_take_their_turns_and_the_second_meets_the_first(database, first, second, match):
+    """PostgreSQL: two sessions sending their own SQL, which take no program lock, each insert a fact
+    of one partner or customer. Each was checked against the facts committed before either: both
+    committed, a partner active again after its termination, plan changes and attributions out of the
+    order of their starts. The second now waits for the first (migration 0043) and meets its rule."""
+    enroll(database)
+    error = second_writer_behind_first(database, lambda session: first(session.connection()),
+                                       lambda session: second(session.connection()))
+    assert isinstance(error, sa.exc.DBAPIError) and match in str(error), error
 
 
 def test_an_attribution_starts_before_its_partners_termination(database):

@@ -667,6 +667,23 @@ def test_a_settle_and_a_fail_racing_on_one_payout_resolve_it_once(enrolled):
     assert in_transit == 0
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_payout_run_holds_the_services_later_run_back_until_it_commits(enrolled):
+    """PostgreSQL: a run's row inserted by a session sending its own SQL, which takes no journal
+    lock, before the service's run at a later instant: the service's run now waits for it (migration
+    0043). It did not, and the raw run, dated before the service's, then posted its payouts after
+    them: both paid the same balance (each the balance as of its own instant)."""
+    database = enrolled
+    with database.transaction() as session:
+        payouts.adjust(session, "northwind", "available", 10_000, "USD", "earned", effective_at_us=at("2026-02-10"))
+    run = second_writer_behind_first(database, lambda session: session.execute(sa.text(
+        "INSERT INTO payout_runs (id, at_us, created_at_us) VALUES ('run-raw', :at, :at)"), {"at": at("2026-03-01")}),
+        lambda session: payouts.run_payouts(session, at("2026-03-15")))
+    assert isinstance(run, payouts.PayoutRun) and [payout.amount_minor for payout in run.payouts] == [10_000], run
+    assert problems(database) == set()
+
+
 def test_two_payout_runs_racing_at_the_same_instant_post_once(enrolled):
     database = enrolled
     with database.transaction() as session:

@@ -56,21 +56,26 @@ def behind_the_triggers(database):
 
 
 @contextlib.contextmanager
-def unlisted_resolutions(database):
-    """A transaction in which a resolution posting is not asked for its record, as before migration
-    0030: the trigger that lists the posting is dropped, and created again before the commit."""
-    trigger = "trg_journal_transactions_resolution_due"
+def without_trigger(database, table: str, trigger: str):
+    """A writer transaction in which `trigger` of `table` does not fire: dropped, and created again
+    before the commit."""
     with database.transaction() as session:
         connection = session.connection()
         if database.engine.dialect.name == "postgresql":
             sql = connection.exec_driver_sql(
                 f"SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = '{trigger}'").scalar_one()
-            connection.exec_driver_sql(f"DROP TRIGGER {trigger} ON journal_transactions")
+            connection.exec_driver_sql(f"DROP TRIGGER {trigger} ON {table}")
         else:
             sql = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{trigger}'").scalar_one()
             connection.exec_driver_sql(f"DROP TRIGGER {trigger}")
         yield session
         connection.exec_driver_sql(sql)
+
+
+def unlisted_resolutions(database):
+    """A transaction in which a resolution posting is not asked for its record, as before migration
+    0030."""
+    return without_trigger(database, "journal_transactions", "trg_journal_transactions_resolution_due")
 
 
 def problems(database) -> set[tuple[int, str]]:
@@ -431,6 +436,20 @@ def test_a_partner_status_or_plan_minimum_rewritten_under_what_a_run_paid_is_nam
         execute("UPDATE partner_statuses SET status = 'active' WHERE partner_id = 'northwind'")
         execute("UPDATE plan_versions SET terms = replace(terms, '\"50.00\"', '\"250.00\"')")
     assert problems(database) == {(payout.transaction_id, "payout_unlike_program")}
+
+
+def test_a_run_made_after_a_later_dated_one_is_named_though_each_paid_the_balance_as_of_its_instant(
+        paid_out, monkeypatch):
+    """Runs are made in time order. Past the database's guard of it (a session sending its own SQL
+    could race the service's run before migration 0043), a run dated before the latest and made after
+    it paid again what the latest paid: the balance as of its own instant, which the latest's payouts,
+    dated after it, do not lower. Each run passes alone; verify names the two out of order."""
+    database, payout = paid_out  # northwind's 200.00 paid by the run at 2_000
+    monkeypatch.setattr(payouts, "_refuse_out_of_order", lambda *args: None)
+    with without_trigger(database, "payout_runs", "trg_payout_runs_in_order") as session:
+        [again] = payouts.run_payouts(session, 1_500).payouts
+    assert (again.partner_id, again.amount_minor) == ("northwind", 20_000)
+    assert problems(database) == {(payout.transaction_id, "payout_runs_out_of_order")}
 
 
 def test_runs_in_turn_are_re_derived_from_the_lines_each_read_those_dated_between_runs_included(enrolled):
