@@ -8,6 +8,8 @@ sees some of those transactions committed and not all; the same command is then 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ledger import revenue
-from ledger.db import Database
+from ledger.db import JOURNAL_LOCK_KEY, Database, open_writer_lock, writer_lock_path
 from ledger.demo import load_demo
 from ledger.holds import HOLDS_PER_TRANSACTION
 from ledger.schema import accounts, journal_transactions, payout_runs, period_closes, period_snapshots
@@ -62,20 +64,46 @@ def releases(database: Database) -> int:
 
 def kill_midway(database: Database, *args: str) -> int:
     """Start `revshare ARGS`, SIGKILL it once at least KILL_AFTER more releases have committed, and
-    return how many it had committed."""
+    return how many it had committed. Each look is taken holding the journal's writers back
+    (`writers_held`), so that none commits between the count and the kill: on a loaded machine the
+    command had finished its catch-up while the probe waited for a core."""
     before = releases(database)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
            "REVSHARE_DATABASE_URL": database.url}
     process = subprocess.Popen([REVSHARE, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        seen, deadline = 0, time.monotonic() + 60
-        while seen < KILL_AFTER and time.monotonic() < deadline and process.poll() is None:
-            seen = releases(database) - before
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            with writers_held(database):
+                if releases(database) - before >= KILL_AFTER:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(30)
+                    break
             time.sleep(0.002)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     return releases(database) - before
+
+
+@contextlib.contextmanager
+def writers_held(database: Database):
+    """No writer of the journal commits meanwhile: the SQLite writers' queue, or on PostgreSQL the
+    journal's advisory lock (for the session), taken once the writer holding it has finished."""
+    if database.engine.dialect.name == "postgresql":
+        with database.engine.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({JOURNAL_LOCK_KEY})")
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({JOURNAL_LOCK_KEY})")
+        return
+    fd = open_writer_lock(writer_lock_path(database.engine.url.database))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def test_a_payout_run_and_a_close_killed_in_their_catch_up_and_run_again_give_the_books_of_one_clean_run(
