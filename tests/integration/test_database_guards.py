@@ -199,17 +199,19 @@ def test_a_raw_line_sent_before_the_service_posts_holds_the_posting_back_and_nev
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 @pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
-@pytest.mark.parametrize("table", ["journal_lines", "journal_transactions", "period_closes"])
-def test_on_postgresql_the_journal_is_written_at_read_committed_only(booked, isolation, table):
+@pytest.mark.parametrize("table, kind", [("journal_lines", "journal"), ("journal_transactions", "journal"),
+                                         ("period_closes", "journal"), ("payout_runs", "journal"),
+                                         ("partner_statuses", "program"), ("attributions", "program")])
+def test_on_postgresql_the_journal_and_the_program_are_written_at_read_committed_only(booked, isolation, table,
+                                                                                      kind):
     """A transaction at REPEATABLE READ or above reads what was committed when it began, before its
-    statement took the journal lock: its guards would miss a posting or close committed since
-    (migration 0043). Each statement is refused before its first row, whatever the row; the same
-    rows at READ COMMITTED meet their own guards."""
+    statement took the journal's or the program's lock: its guards would miss a posting, close, run
+    or fact committed since (migration 0043). Each statement is refused before its first row,
+    whatever the row; the same rows at READ COMMITTED meet their own guards."""
     rows = {"journal_lines": lambda c: insert_line(c, 2, account_ids(c)[0], "D", 1),
             "journal_transactions": lambda c: insert_header(c, 2, head_hash(c)),
-            "period_closes": lambda c: c.exec_driver_sql("INSERT INTO period_closes (period) VALUES ('1970-01')"),
-            }[table]
-    refusal = f"{table}: the journal is written at READ COMMITTED only, not {isolation}"
+            }.get(table, lambda c: c.exec_driver_sql(f"INSERT INTO {table} DEFAULT VALUES"))
+    refusal = f"{table}: the {kind} is written at READ COMMITTED only, not {isolation}"
     with pytest.raises(sa.exc.DBAPIError, match=refusal):
         with booked.engine.connect().execution_options(isolation_level=isolation) as connection:
             with connection.begin():
