@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0043'
+REVISION = '0044'
 
 GUARDS = {
     'sqlite': {
@@ -18,6 +18,7 @@ GUARDS = {
         'trg_api_key_revocations_no_delete': ('api_key_revocations', 'c9b1e76c34de8911'),
         'trg_api_key_revocations_no_update': ('api_key_revocations', '190f478e386c8a0d'),
         'trg_api_key_revocations_reason_shape': ('api_key_revocations', 'aacf0b5eb1f0ed3e'),
+        'trg_api_key_revocations_reason_without_nul': ('api_key_revocations', 'd398811015037dc3'),
         'trg_api_keys_no_delete': ('api_keys', '8b34da1c18e7e651'),
         'trg_api_keys_no_replace': ('api_keys', '06aea12038a630d9'),
         'trg_api_keys_no_update': ('api_keys', 'a1b565f19f4fa539'),
@@ -34,6 +35,7 @@ GUARDS = {
         'trg_cpa_claims_taken_no_replace': ('cpa_claims_taken', 'e4fc135939aabf22'),
         'trg_cpa_claims_taken_no_update': ('cpa_claims_taken', 'c4e6a829af6f0358'),
         'trg_customers_id_shape': ('customers', '5a94e7ee84e5ba2f'),
+        'trg_customers_id_without_nul': ('customers', '00f68d2008b79c0d'),
         'trg_customers_no_delete': ('customers', 'a44c46328439b22b'),
         'trg_customers_no_replace': ('customers', '7dabaae28f6a1ebb'),
         'trg_customers_no_update': ('customers', 'bdc0e15aba672b21'),
@@ -52,6 +54,7 @@ GUARDS = {
         'trg_journal_transactions_integers': ('journal_transactions', 'f07fffb62a5e89fe'),
         'trg_journal_transactions_key_length': ('journal_transactions', '6830822770d5f10b'),
         'trg_journal_transactions_lines_at_most_100': ('journal_transactions', 'f9f9486b40345bb7'),
+        'trg_journal_transactions_memo_without_nul': ('journal_transactions', '5ad9e3b47b37b2f9'),
         'trg_journal_transactions_moved_forward': ('journal_transactions', 'b7af442e3b3d2413'),
         'trg_journal_transactions_no_delete': ('journal_transactions', '911fefbce5d9ba7c'),
         'trg_journal_transactions_no_replace': ('journal_transactions', '507daa7c1aaf7053'),
@@ -94,7 +97,9 @@ GUARDS = {
         'trg_partner_statuses_program_revision_withdrawn': ('partner_statuses', 'b6b51d25ad39f411'),
         'trg_partner_statuses_within_horizon': ('partner_statuses', '5e7d87eb31505d8e'),
         'trg_partners_id_shape': ('partners', '731c5b8a1c09abc1'),
+        'trg_partners_id_without_nul': ('partners', '172452cef85bc3e3'),
         'trg_partners_name_shape': ('partners', 'eb6e7608fbda4c37'),
+        'trg_partners_name_without_nul': ('partners', '1abe1dcf1d2e101f'),
         'trg_partners_no_delete': ('partners', '9dbebdc59cc9eefd'),
         'trg_partners_no_replace': ('partners', '77a59528153c3cd2'),
         'trg_partners_no_update': ('partners', 'cc3646f1ec32d95f'),
@@ -112,6 +117,7 @@ GUARDS = {
         'trg_payout_resolutions_no_update': ('payout_resolutions', '003dde2c09ad566d'),
         'trg_payout_resolutions_posted': ('payout_resolutions', '2252c1edb2745c1d'),
         'trg_payout_resolutions_reason_shape': ('payout_resolutions', '8bb070a1df3fc9f0'),
+        'trg_payout_resolutions_reason_without_nul': ('payout_resolutions', '8ddfba3ff3aea008'),
         'trg_payout_runs_in_an_open_period': ('payout_runs', '1948e5e3beeb84e8'),
         'trg_payout_runs_in_order': ('payout_runs', 'e59133f086971d43'),
         'trg_payout_runs_no_delete': ('payout_runs', 'c65e49a34766ca28'),
@@ -147,7 +153,9 @@ GUARDS = {
         'trg_plan_versions_terms': ('plan_versions', '540a954a07a81b32'),
         'trg_plan_versions_within_horizon': ('plan_versions', '4625b89d834d956a'),
         'trg_plans_id_shape': ('plans', '5126257ecb856dfe'),
+        'trg_plans_id_without_nul': ('plans', '7e9f3a1f6f4349f5'),
         'trg_plans_name_shape': ('plans', '501b8afdd7f5c8f3'),
+        'trg_plans_name_without_nul': ('plans', '560d4bda1caa9f20'),
         'trg_plans_no_delete': ('plans', 'f2f7fbf1835d9d74'),
         'trg_plans_no_replace': ('plans', 'b53dc636ce1d73f2'),
         'trg_plans_no_update': ('plans', '9e7f2d97118b641a'),
@@ -239,6 +247,7 @@ GUARDS = {
         'function period_closes_from_the_first_posting()': ('(function)', '9bed3a4b8e3d184b'),
         'function period_closes_month()': ('(function)', '400334b7ed0fca2e'),
         'function period_closes_store_statement_documents()': ('(function)', '39375b74c3c7b6f6'),
+        'function period_snapshots_currency()': ('(function)', 'd24eb95662de5b06'),
         'function period_snapshots_sealed()': ('(function)', 'caeff61a871bf445'),
         'function plan_versions_id_fresh()': ('(function)', 'eac1ff8ef2206eab'),
         'function plan_versions_in_order()': ('(function)', '0b854346628ce015'),
@@ -249,6 +258,7 @@ GUARDS = {
         'function program_facts_withdrawn_only()': ('(function)', '8c50f346b754ec31'),
         'function program_revision_bump()': ('(function)', 'aceb9838401b11de'),
         'function program_revision_refuse_direct()': ('(function)', 'a9a8d44b0e8601da'),
+        'function program_withdrawal_in_turn()': ('(function)', 'f1c9d129056d7007'),
         'function program_withdrawals_held()': ('(function)', '7140c3c84a527f70'),
         'function program_writer_in_turn()': ('(function)', 'e4b353ca98014615'),
         'function revenue_events_as_posted()': ('(function)', 'c8cc3dd260a389da'),
@@ -378,6 +388,8 @@ GUARDS = {
         'trg_period_closes_no_change ON period_closes': ('period_closes', 'e08939513d2da87c'),
         'trg_period_closes_no_truncate ON period_closes': ('period_closes', 'ea7a78295c7ab72e'),
         'trg_period_closes_statement_documents ON period_closes': ('period_closes', 'bc0fa20720e6de92'),
+        'trg_period_snapshots_currency ON period_snapshots': ('period_snapshots', '68b913602e1e47f7'),
+        'trg_period_snapshots_in_turn ON period_snapshots': ('period_snapshots', 'c4cdfdc34ddc8a2f'),
         'trg_period_snapshots_no_change ON period_snapshots': ('period_snapshots', 'f2e796fe29e57892'),
         'trg_period_snapshots_no_truncate ON period_snapshots': ('period_snapshots', 'a992eec8d481e2c7'),
         'trg_period_snapshots_sealed ON period_snapshots': ('period_snapshots', '8666c3a6bcb389c1'),
@@ -399,7 +411,7 @@ GUARDS = {
         'trg_program_revision_direct ON program_revision': ('program_revision', 'bd4bc8044ce556bf'),
         'trg_program_revision_no_truncate ON program_revision': ('program_revision', '4f27f0c6e55d847d'),
         'trg_program_withdrawals_held ON program_withdrawals': ('program_withdrawals', '8e4e0fc4f62521a2'),
-        'trg_program_withdrawals_in_turn ON program_withdrawals': ('program_withdrawals', '111b062b0678e0e3'),
+        'trg_program_withdrawals_in_turn ON program_withdrawals': ('program_withdrawals', 'f9db3e4ae66f2fcc'),
         'trg_program_withdrawals_no_change ON program_withdrawals': ('program_withdrawals', '4cf6e380b6c9852e'),
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
         'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '1ca7388af2e3f79c'),
@@ -411,6 +423,7 @@ GUARDS = {
         'trg_rules_since_no_change ON rules_since': ('rules_since', '3cec607c33dbf532'),
         'trg_rules_since_no_truncate ON rules_since': ('rules_since', '4ac375d11fe02dcd'),
         'trg_statement_bodies_as_documents ON statement_bodies': ('statement_bodies', 'ee7149c47ac0c47d'),
+        'trg_statement_bodies_in_turn ON statement_bodies': ('statement_bodies', '1c1f128d5c37921d'),
         'trg_statement_bodies_no_change ON statement_bodies': ('statement_bodies', '0799b1bafcc56dfa'),
         'trg_statement_bodies_no_truncate ON statement_bodies': ('statement_bodies', '0ab37e88c42b15ac'),
         'trg_statement_documents_direct ON statement_documents': ('statement_documents', 'd45996d2d07375de'),

@@ -213,22 +213,34 @@ def test_sqlite_keeps_revenue_event_instants_integers(sqlite_database, column):
     accepted(sqlite_database, raw(EVENT, **values))
 
 
+def snapshot_then_close(debit, currency):
+    """A snapshot row of `expense:commission` for January, then January's close over it."""
+    def write(connection):
+        expense, _ = account_ids(connection)
+        connection.execute(sa.text("INSERT INTO period_snapshots (period, account_id, currency, debit_minor,"
+                                   " credit_minor) VALUES ('2026-01', :a, :c, :d, 0)"), dict(a=expense, c=currency,
+                                                                                            d=debit))
+        raw_close("2026-01")(connection)
+    return write
+
+
 @pytest.mark.parametrize("debit, currency", [(1.5, "USD"), ("lots", "USD"), (100, "usd")])
 def test_sqlite_keeps_snapshot_totals_integers_and_currencies_capital(sqlite_database, debit, currency):
     booked = sqlite_database
     with booked.transaction() as session:
         chart.account_ids(session, [chart.EXPENSE_COMMISSION, PENDING])
-
-    def snapshot_then_close(debit, currency):
-        def write(connection):
-            expense, _ = account_ids(connection)
-            connection.execute(sa.text("INSERT INTO period_snapshots (period, account_id, currency, debit_minor,"
-                                       " credit_minor) VALUES ('2026-01', :a, :c, :d, 0)"), dict(a=expense, c=currency,
-                                                                                                d=debit))
-            raw_close("2026-01")(connection)
-        return write
     refused(booked, snapshot_then_close(debit, currency), "period_snapshots: totals are integers")
     accepted(booked, snapshot_then_close(100, "USD"))
+
+
+@pytest.mark.parametrize("currency", ["us$", "usd", "U$D"])
+def test_a_snapshot_rows_currency_is_three_capital_letters(database, currency):
+    """Held on SQLite by migration 0018's rule over a snapshot row's values, on PostgreSQL since 0044
+    (a close's transaction could carry `us$` into every balance read from its snapshot)."""
+    with database.transaction() as session:
+        chart.account_ids(session, [chart.EXPENSE_COMMISSION, PENDING])
+    refused(database, snapshot_then_close(100, currency), "period_snapshots: (totals are integers and |a )currenc")
+    accepted(database, snapshot_then_close(100, "USD"))
 
 
 # ---- program facts ----
@@ -1667,6 +1679,38 @@ def test_ids_of_their_alphabets_are_accepted(database):
         accepted(database, raw(PARTNER_ROW, id=id_, name=f"Named {index}"))
     for id_ in ("cust-1", "acme:eu@billing/42_x.y", "Z" * 64):
         accepted(database, raw(CUSTOMER_ROW, id=id_))
+
+
+@pytest.mark.parametrize("row, cut, values", [
+    (PLAN_ROW, {"id": "gold", "name": "Gold"}, {"id": "gold\x00 has spaces:and:colons", "name": "Gold"}),
+    (PLAN_ROW, {"id": "gold", "name": "Gold"}, {"id": "gold", "name": "Gold\x00" + "!" * 400}),
+    (PARTNER_ROW, {"id": "acme", "name": "Acme"}, {"id": "acme\x00 <script>", "name": "Acme"}),
+    (PARTNER_ROW, {"id": "acme", "name": "Acme"}, {"id": "acme", "name": "Acme\x00" + "!" * 400}),
+    (CUSTOMER_ROW, {"id": "acme"}, {"id": "acme\x00 /../" + "z" * 100}),
+], ids=["plan id", "plan name", "partner id", "partner name", "customer id"])
+def test_a_nul_character_does_not_cut_an_id_or_a_name_short(database, row, cut, values):
+    """SQLite's `length()` and `GLOB` read a text up to its first NUL: an id or name went past its
+    rules as what came before it (migration 0044). PostgreSQL takes no NUL in any text. What comes
+    before the NUL, alone, is accepted."""
+    refused(database, raw(row, **values), "holds no NUL character|NUL")
+    accepted(database, raw(row, **cut))
+
+
+def test_an_adjustments_reason_holds_no_nul_character(booked):
+    """The reason (memo) of an adjustment, 1 to 500 characters (migration 0031), went past its length
+    on SQLite as the characters before a NUL (migration 0044)."""
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.EXPENSE_ADJUSTMENT, chart.available("northwind")])
+
+    def adjustment(memo: str):
+        def write(connection):
+            ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+            insert_line(connection, 2, ids[chart.EXPENSE_ADJUSTMENT], "D", 100)
+            insert_line(connection, 2, ids[chart.available("northwind")], "C", 100)
+            insert_header(connection, 2, head_hash(connection), kind="adjustment", partner_id="northwind", memo=memo)
+        return write
+    refused(booked, adjustment("goodwill\x00" + "!" * 600), "holds no NUL character|NUL")
+    accepted(booked, adjustment("goodwill"))
 
 
 REVOCATION = "INSERT INTO api_key_revocations (api_key_id, revoked_at_us, reason) VALUES (:key, 1, :reason)"

@@ -275,6 +275,22 @@ def test_a_raw_posting_sent_while_its_month_closes_waits_for_the_close_and_is_re
     assert problems(closed) == set()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_snapshot_row_sent_while_its_month_closes_waits_for_the_close_and_is_refused(closed):
+    """PostgreSQL: a snapshot row for April sent as SQL of its own while April closes: it waits for
+    the close (migration 0043) and meets the sealed snapshot. It had been checked before the close
+    committed, and its key to the close met at its own commit: a row the close never covered, in
+    every balance read from that snapshot."""
+    error = second_writer_behind_first(
+        closed, lambda session: periods.close_period(session, "2026-04", now_us=at("2026-05-02")),
+        lambda session: session.execute(sa.text(
+            "INSERT INTO period_snapshots (period, account_id, currency, debit_minor, credit_minor)"
+            f" VALUES ('2026-04', {PENDING_ID}, 'EUR', 0, 999999)")))
+    assert isinstance(error, sa.exc.DBAPIError) and "the snapshot of a closed period is complete" in str(error), error
+    assert problems(closed) == set()
+
+
 def test_closes_and_snapshots_refuse_update_and_delete(closed):
     for statement in ("UPDATE period_closes SET closed_at_us = 0", "DELETE FROM period_closes WHERE period = '2026-03'",
                       "UPDATE period_snapshots SET debit_minor = debit_minor + 1", "DELETE FROM period_snapshots"):

@@ -18,6 +18,7 @@ from ledger.db import driver_results
 from ledger.partners import program_for
 from ledger.recorded_program import RECORDED_SKEW_US
 from ledger.verify import verify
+from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.scenarios.books import Books, ahead, at, terms
 
@@ -284,6 +285,27 @@ def test_a_version_a_transaction_pins_is_not_withdrawn(books):
     with pytest.raises(Conflict, match="or pins it"):
         books.withdraw_version("standard", 2)
     refused(books, VERSION, "no posting could have read it", id=version)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_withdrawal_sent_while_a_posting_pins_the_version_waits_for_it_and_is_refused(books):
+    """PostgreSQL: a withdrawal sent as SQL of its own while a posting naming the version is made:
+    it takes the program's lock and then the journal's (migration 0043), waits for the posting, and
+    meets it. It took neither, read no posting naming the version, and both committed: a
+    transaction naming a version that no longer exists."""
+    version = books.plan_version("standard", ahead(30), "0.25")
+
+    def pin(session) -> None:
+        journal.post(session, [journal.transfer(
+            "adjustment", chart.EXPENSE_ADJUSTMENT, chart.available("northwind"), "USD", 100, effective_at_us=now_us(),
+            idempotency_key="pins-version-2", partner_id="northwind", memo="pins version 2",
+            plan_version_id=version)])
+
+    error = second_writer_behind_first(books.database, pin, lambda session: session.execute(
+        sa.text(VERSION), {"id": version, "rec": now_us()}))
+    assert isinstance(error, sa.exc.DBAPIError) and "no posting could have read it" in str(error), error
+    assert books.sql("SELECT count(*) FROM plan_versions WHERE id = :id", id=version) == [(1,)]
 
 
 def test_a_server_whose_clock_is_off_the_database_s_by_more_than_the_skew_is_refused_with_a_message(
