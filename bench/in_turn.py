@@ -24,7 +24,8 @@ from bench.cpu import group_s, postmaster_pid, processes
 from bench.sites import open_site
 
 TRIGGERS = {table: f"trg_{table}_in_turn" for table in
-            ("journal_lines", "journal_transactions", "period_closes", "payout_runs")}
+            ("journal_lines", "journal_transactions", "period_closes", "period_snapshots", "statement_bodies",
+             "payout_runs")}
 
 
 def main() -> None:
