@@ -62,8 +62,10 @@ def verify_payouts_rederived(session: Session) -> list[tuple[int | None, str, st
     if not runs:
         return []
     program, _ = RecordedProgram.load(session)  # unreadable terms are named by `verify_commissions`
-    problems = _out_of_order(runs)
-    for run, balances in balances_read(session, runs, accounts):
+    problems: list[tuple[int | None, str, str]] = []
+    for run, balances, ahead in balances_read(session, runs, accounts):
+        if ahead is not None:
+            problems.append(_out_of_order(run, ahead))
         for key in sorted(set(balances) | set(run.paid)):
             problems += _check(program, run, key, balances.get(key, 0))
     return problems
@@ -84,52 +86,45 @@ def _runs(session: Session, accounts: dict[int, str]) -> list[Run]:
     return list(runs.values())
 
 
-def _out_of_order(runs: list[Run]) -> list[tuple[int | None, str, str]]:
-    """Each run whose payouts the journal holds before those of a run dated before it
-    (`payout_runs_out_of_order`). Runs are made in time order, which the database holds for every
-    writer from migration 0043 on: before it, a session writing its own SQL could make a run dated
-    before the latest once the latest had paid. Each of the two paid the balance as of its own
-    instant, which the other's payouts do not lower, so each passes alone, and the same balance was
-    paid twice."""
-    problems: list[tuple[int | None, str, str]] = []
-    latest: Run | None = None  # of the runs dated before, the one whose payouts came last
-    for run in runs:
-        if latest is None or run.first_transaction_id > latest.first_transaction_id:
-            latest = run
-            continue
-        problems.append((run.first_transaction_id, "payout_runs_out_of_order",
-                         f"the run at {format_instant(run.at_us)} posted its payouts (from transaction "
-                         f"{run.first_transaction_id}) before the run at {format_instant(latest.at_us)} (from "
-                         f"transaction {latest.first_transaction_id}), which is dated before it and so paid again "
-                         "the balances it paid"))
-    return problems
+def _out_of_order(run: Run, ahead: Run) -> tuple[int | None, str, str]:
+    """`payout_runs_out_of_order`: the journal holds `run`'s payouts before those of `ahead`, a run
+    dated before it. Runs are made in time order, which the database holds for every writer from
+    migration 0043 on: before it, a session writing its own SQL could make a run dated before the
+    latest once the latest had paid. Each of the two paid the balance as of its own instant, which
+    the other's payouts do not lower, so each passes alone, and the same balance was paid twice."""
+    return (run.first_transaction_id, "payout_runs_out_of_order",
+            f"the run at {format_instant(run.at_us)} posted its payouts (from transaction {run.first_transaction_id})"
+            f" before the run at {format_instant(ahead.at_us)} (from transaction {ahead.first_transaction_id}), which "
+            "is dated before it and so paid again the balances it paid")
 
 
 def balances_read(session: Session, runs: list[Run], accounts: dict[int, str]
-                  ) -> Iterator[tuple[Run, dict[tuple[str, str], int]]]:
-    """Each run (in time order) with {(partner, currency): available balance} as it read them.
+                  ) -> Iterator[tuple[Run, dict[tuple[str, str], int], Run | None]]:
+    """Each run (in time order) with {(partner, currency): available balance} as it read them, and
+    the run dated before it whose payouts the journal holds after its own, if any.
 
     Runs are made in time order, later runs after earlier ones, so the lines a run read are the
     previous run's and those that came between: of the transactions between the two runs' first
     payouts, the lines effective by the run's instant; of the transactions before, the lines
     effective after the previous run's instant and by this one's (dated ahead, or an adjustment dated
     between the two). The sums are carried from run to run, each line read about once. A run out of
-    that order (`payout_runs_out_of_order`) is summed on its own."""
+    that order (`payout_runs_out_of_order`) is summed on its own, and yielded with the run in order
+    whose payouts came last."""
     sums: dict[tuple[str, str], int] = defaultdict(int)
-    below_id, before_us = 0, None
+    latest: Run | None = None  # the last run in order
     for run in runs:
+        below_id = 0 if latest is None else latest.first_transaction_id
         if run.first_transaction_id < below_id:
-            alone = _sums(session, accounts, _EARLIER, (run.first_transaction_id, run.at_us))
-            yield run, alone
+            yield run, _sums(session, accounts, _EARLIER, (run.first_transaction_id, run.at_us)), latest
             continue
         found = [_sums(session, accounts, _BETWEEN, (below_id, run.first_transaction_id, run.at_us))]
-        if before_us is not None:
-            found.append(_sums(session, accounts, _LATER_DATED, (below_id, before_us, run.at_us)))
+        if latest is not None:
+            found.append(_sums(session, accounts, _LATER_DATED, (below_id, latest.at_us, run.at_us)))
         for part in found:
             for key, amount in part.items():
                 sums[key] += amount
-        below_id, before_us = run.first_transaction_id, run.at_us
-        yield run, dict(sums)
+        latest = run
+        yield run, dict(sums), None
 
 
 # The lines of partners' accounts a run read, in parts (`balances_read`). Each part is read by the
