@@ -423,8 +423,9 @@ def is_postgres(session_or_engine) -> bool:
 
 
 # The database's clock as its rules read it (migration 0018: a close has ended, a payout run is not
-# ahead), in microseconds since the epoch; SQLite's to the second, as there.
-_NOW_US_SQLITE = "SELECT CAST(strftime('%s', 'now') AS INTEGER) * 1000000"
+# ahead), in microseconds since the epoch; SQLite's to the millisecond, as it keeps it (migration 0045).
+_NOW_US_SQLITE = ("SELECT CAST(strftime('%s', 'now') AS INTEGER) * 1000000"
+                  " + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER) * 1000")
 _NOW_US_POSTGRES = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
 

@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0044'
+REVISION = '0045'
 
 GUARDS = {
     'sqlite': {
@@ -123,15 +123,15 @@ GUARDS = {
         'trg_payout_runs_no_delete': ('payout_runs', 'c65e49a34766ca28'),
         'trg_payout_runs_no_replace': ('payout_runs', '666e2d8209f35fb5'),
         'trg_payout_runs_no_update': ('payout_runs', 'fafcde3ccbbe9317'),
-        'trg_payout_runs_not_ahead': ('payout_runs', 'c93e5f14f01bf088'),
+        'trg_payout_runs_not_ahead': ('payout_runs', '1bd275c81c259024'),
         'trg_payouts_no_delete': ('payouts', 'a7320303c31953c3'),
         'trg_payouts_no_replace': ('payouts', '16521e4435797b29'),
         'trg_payouts_no_update': ('payouts', '44bd88334aecf4a7'),
         'trg_payouts_posted': ('payouts', '04b8933ca2a056a5'),
         'trg_payouts_values': ('payouts', '9fcb913e66b1b49b'),
         'trg_period_closes_chained': ('period_closes', '99d3992d34918573'),
-        'trg_period_closes_closed_in_time': ('period_closes', '0d31db446ea6cb0c'),
-        'trg_period_closes_ended': ('period_closes', 'fd3e80783c9de78c'),
+        'trg_period_closes_closed_in_time': ('period_closes', '290222a51be26c25'),
+        'trg_period_closes_ended': ('period_closes', 'c566786c66784490'),
         'trg_period_closes_from_the_first_posting': ('period_closes', '8543a91a2372cc4f'),
         'trg_period_closes_month': ('period_closes', 'b24e3bf05c0c8f6e'),
         'trg_period_closes_no_delete': ('period_closes', '70e19d636c3978ee'),
@@ -162,7 +162,7 @@ GUARDS = {
         'trg_program_revision_delete': ('program_revision', 'f5506285f2a50652'),
         'trg_program_revision_insert': ('program_revision', 'd3f52acb2cace748'),
         'trg_program_revision_update': ('program_revision', '2ccf44856f65b4ec'),
-        'trg_program_withdrawals_held': ('program_withdrawals', '82aebb7637322cd3'),
+        'trg_program_withdrawals_held': ('program_withdrawals', 'd71483dfdadfb67c'),
         'trg_program_withdrawals_no_delete': ('program_withdrawals', '8b7eea2630ef16fe'),
         'trg_program_withdrawals_no_replace': ('program_withdrawals', 'a2fff7a2bb9dbb04'),
         'trg_program_withdrawals_no_update': ('program_withdrawals', 'adf2de527d7433b0'),

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from ledger import accounts as chart
 from ledger import holds as holds_module
 from ledger import customers, journal, partners, payouts, periods, plans, revenue, reversals
-from ledger.db import JOURNAL_LOCK_KEY
+from ledger.db import JOURNAL_LOCK_KEY, database_now_us
 from ledger.errors import Conflict
 from ledger.instants import period_bounds_us
 from ledger.keys import create_key
@@ -456,6 +456,26 @@ def test_a_close_is_dated_after_its_period_ends_and_not_in_the_future(database, 
                    genesis=GENESIS_HASH, prev=GENESIS_HASH, hash="c" * 64)
     refused(database, close(closed_at), "a close is dated after its period ends and not in the future")
     accepted(database, close(now + 60_000_000))  # within the skew
+
+
+A_MILLISECOND_US = 1_000
+
+
+def test_the_database_clock_the_rules_read_is_read_to_the_millisecond(database):
+    """SQLite's clock is read to the millisecond it keeps (migration 0045), not the second: read to
+    the second it lagged by up to one, and its rules refused what was within their bounds (the
+    service reads the same clock, `database_now_us`, to answer their 409s)."""
+    before = journal.now_us()
+    with database.reader() as session:
+        read = database_now_us(session)
+    assert before - A_MILLISECOND_US < read <= journal.now_us()
+    # A close and a payout run dated a millisecond inside the skew ahead, at any instant of the second.
+    now = journal.now_us()
+    starts, ends = period_bounds_us("2026-01")
+    accepted(database, raw(CLOSE_AT, period="2026-01", starts=starts, ends=ends,
+                           closed=now + CLOCK_SKEW_US - A_MILLISECOND_US, genesis=GENESIS_HASH, prev=GENESIS_HASH,
+                           hash="c" * 64))
+    accepted(database, raw(RUN, id="inside-the-skew", at=journal.now_us() + CLOCK_SKEW_US - A_MILLISECOND_US))
 
 
 @pytest.mark.parametrize("closed_at", ["soon", 1.5e15])

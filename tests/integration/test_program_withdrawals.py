@@ -443,3 +443,12 @@ def test_the_database_takes_a_withdrawal_only_of_a_fact_that_starts_over_ten_min
     refused(books, STATUS, "withdrawn only while it starts more than ten minutes ahead", id=soon)
     accepted(books, STATUS, id=later)
     assert [change.status for change in books.scheduled("contoso")] == ["suspended"]
+
+
+def test_the_database_holds_the_ten_minutes_to_the_millisecond(books):
+    """SQLite's clock is read to the millisecond (migration 0045): read to the second, it lagged by
+    up to one, and a fact starting a millisecond short of ten minutes ahead was withdrawn."""
+    with books.database.transaction() as session:
+        partners.set_status(session, "contoso", "suspended", now_us() + 10 * MINUTE_US - 1_000)
+    [(short,)] = books.sql("SELECT id FROM partner_statuses WHERE partner_id = 'contoso' AND effective_at_us > 0")
+    refused(books, STATUS, "withdrawn only while it starts more than ten minutes ahead", id=short)
