@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0045'
+REVISION = '0046'
 
 GUARDS = {
     'sqlite': {
@@ -202,6 +202,7 @@ GUARDS = {
         'function attributions_within_horizon()': ('(function)', '1249b570c11ace02'),
         'function cpa_claims_taken_held()': ('(function)', '382502796f03383d'),
         'function customers_id_shape()': ('(function)', '6192013dcfc3bffc'),
+        'function first_attribution_in_turn()': ('(function)', 'd74188c5c69ea935'),
         'function idempotency_records_no_update()': ('(function)', '8c6a046ed4be051a'),
         'function journal_lines_add_to_totals()': ('(function)', 'e39f339eca0f9a7a'),
         'function journal_lines_currency()': ('(function)', '7beda51f2120c083'),
@@ -282,6 +283,7 @@ GUARDS = {
         'trg_api_keys_no_truncate ON api_keys': ('api_keys', '63c0ea969106c8bb'),
         'trg_api_keys_no_update ON api_keys': ('api_keys', '57db22230bf8447a'),
         'trg_api_keys_partner_known ON api_keys': ('api_keys', '739d9d1d61a6f36f'),
+        'trg_attributions_first_in_turn ON attributions': ('attributions', '0b91e26d71f61749'),
         'trg_attributions_id_fresh ON attributions': ('attributions', '61011e4b3d85394b'),
         'trg_attributions_in_order ON attributions': ('attributions', 'c42a55ca1ca4538c'),
         'trg_attributions_in_turn ON attributions': ('attributions', '97aad5c3ba1b9b6d'),

@@ -22,6 +22,7 @@ from ledger.errors import Conflict
 from ledger.instants import period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
+from ledger.verify import verify
 from tests.api.conftest import STANDARD_TERMS, enroll
 from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
@@ -322,6 +323,32 @@ def test_two_raw_writers_of_a_fact_take_their_turns_and_the_second_meets_the_fir
     error = second_writer_behind_first(database, lambda session: first(session.connection()),
                                        lambda session: second(session.connection()))
     assert isinstance(error, sa.exc.DBAPIError) and match in str(error), error
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_raw_first_attribution_and_a_posting_of_its_customer_take_their_turns(database):
+    """PostgreSQL: a session sending its own SQL records a customer's first attribution while the
+    service posts a payment of that customer. It took only the program's lock: the posting read no
+    attribution and committed `unattributed`, though one was recorded before it (within the clock skew
+    `verify` allows). The attribution now takes the journal's lock too (migration 0046): the posting
+    waits, then reads it."""
+    enroll(database)
+
+    def first_attribution(session) -> None:
+        recorded = journal.now_us()
+        session.execute(sa.text("INSERT INTO customers (id, created_at_us) VALUES ('newcomer', :at)"), {"at": recorded})
+        session.execute(sa.text("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source,"
+                                " recorded_at_us) VALUES ('newcomer', 'p1', :starts, 'manual', :at)"),
+                        {"starts": JAN_2026_US, "at": recorded})
+
+    payment = revenue.RevenueEvent("newcomer-paid", "invoice_paid", "newcomer", "newcomer-inv", "USD", 10_000,
+                                   MAR_2026_US)
+    outcome = second_writer_behind_first(database, first_attribution,
+                                         lambda session: revenue.ingest(session, [payment]))
+    assert [result.status for result in outcome] == ["posted"], outcome
+    with database.reader() as session:
+        assert verify(session).ok
 
 
 def test_an_attribution_starts_before_its_partners_termination(database):
