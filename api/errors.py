@@ -89,7 +89,7 @@ def domain_problem(error: DomainError) -> Response:
 def validation_problem_data(messages: Any) -> dict[str, Any]:
     """The 422 problem of marshmallow validation messages, with dotted field paths."""
     flat: dict[str, list[str]] = {}
-    _flatten(messages, "", flat)
+    _flatten(messages, "", flat, "body")
     return problem_data(422, _DETAILS[422], errors=flat)
 
 
@@ -112,19 +112,21 @@ def validation_errors(error: HTTPException) -> dict[str, list[str]]:
     """webargs's `{location: {field: messages}}` as `{dotted.field: [messages]}`."""
     data = getattr(error, "data", None) or {}
     flat: dict[str, list[str]] = {}
-    for by_location in (data.get("messages") or {}).values():
-        _flatten(by_location, "", flat)
+    for location, by_location in (data.get("messages") or {}).items():
+        _flatten(by_location, "", flat, "body" if location == "json" else location)
     return flat
 
 
-def _flatten(messages: Any, path: str, into: dict[str, list[str]]) -> None:
+def _flatten(messages: Any, path: str, into: dict[str, list[str]], whole: str) -> None:
+    """`whole` names what a message of no field is about: the body, or the query (a parameter
+    sent with an empty name)."""
     if isinstance(messages, dict):
         for key, value in messages.items():
             name = path if key == "_schema" else f"{path}.{key}" if path else str(key)
-            _flatten(value, name, into)
+            _flatten(value, name, into, whole)
         return
     texts = messages if isinstance(messages, list) else [messages]
-    into.setdefault(path or "body", []).extend(str(text) for text in texts)
+    into.setdefault(path or whole, []).extend(str(text) for text in texts)
 
 
 def _sentence_case(phrase: str) -> str:

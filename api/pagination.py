@@ -140,7 +140,10 @@ def _limit() -> ma.fields.Integer:
 
 def page_query(listing: Listing) -> type[Schema]:
     """Query parameters of a list; subclass it to add filters."""
-    return Schema.from_dict({"limit": _limit(), "cursor": Cursor(listing, load_default=listing.first_key)},
+    # Without a cursor a list starts at its first key, which is no cursor (an id list's 0 is refused as
+    # one): given as a function, so that the document shows no default for it.
+    cursor = Cursor(listing, load_default=lambda: listing.first_key)
+    return Schema.from_dict({"limit": _limit(), "cursor": cursor},
                             name=listing.name.title() + "PageQuery")
 
 

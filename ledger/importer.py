@@ -203,8 +203,8 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     header = next(rows, (0, None, True))[1]
     if header is None:
         return  # no line but blank ones: no header, and no events, as in NDJSON
-    if isinstance(header, InvalidInput):
-        raise header
+    if isinstance(header, InvalidInput):  # the header's line, named as the header, as its other refusals are
+        raise InvalidInput(header.detail, {"header": header.fields["_line"]})
     missing = set(CSV_COLUMNS) - set(header)
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})

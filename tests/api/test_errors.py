@@ -319,6 +319,13 @@ def test_query_parameters_on_a_route_that_takes_none_are_a_422(shared, path):
     assert set(assert_problem(response, 422, errors=True)["errors"]) == {path.split("?")[1].split("=")[0]}
 
 
+@pytest.mark.parametrize("path", ["/v1/partners?=x", "/v1/health?=x", "/v1/transactions?limit=5&=x"])
+def test_a_query_parameter_without_a_name_is_a_422_naming_the_query_not_the_body(shared, path):
+    """A GET has no body: the message of a parameter named "" is the query's."""
+    response = shared.client.get(path, headers=bearer(shared.keys.finance))
+    assert assert_problem(response, 422, errors=True)["errors"] == {"query": ["Unknown field."]}
+
+
 def test_a_query_parameter_given_twice_is_a_422_naming_it(shared):
     response = shared.client.get("/v1/transactions?limit=5&limit=10", headers=bearer(shared.keys.finance))
     assert assert_problem(response, 422, errors=True)["errors"] == {"limit": ["given more than once"]}

@@ -68,7 +68,7 @@ def test_a_csv_quote_left_open_refuses_its_line_alone_and_every_row_after_it_is_
     # In the header, the import stops before anything is imported, naming the line.
     with pytest.raises(InvalidInput) as refused:
         read('id,"type,customer_id,invoice_id,amount,currency,occurred_at\n' + row("e-1") + "\n", "csv")
-    assert refused.value.fields == {"_line": ["line 1: a quoted field is not closed on its line"]}
+    assert refused.value.fields == {"header": ["line 1: a quoted field is not closed on its line"]}
 
 
 def test_a_csv_input_of_blank_lines_only_holds_no_events():
@@ -105,7 +105,7 @@ def test_a_csv_line_longer_than_the_bound_is_refused_as_its_row_and_a_header_tha
         (9, too_long), (10, open_quote), (11, "e-6"), (12, open_quote), (13, too_long), (14, "e-8")]
     with pytest.raises(InvalidInput) as refused:
         read("h" * 100 + "\n" + row("e-1") + "\n", "csv")
-    assert refused.value.fields == {"_line": [f"line 1 is longer than {len(row('e-1'))} characters"]}
+    assert refused.value.fields == {"header": [f"line 1 is longer than {len(row('e-1'))} characters"]}
 
 
 def test_a_line_far_longer_than_the_bound_is_read_past_without_being_held(tmp_path):
