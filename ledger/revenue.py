@@ -126,6 +126,23 @@ def request_hash(event: RevenueEvent) -> str:
     return hashlib.sha256(json.dumps(list(event), separators=(",", ":")).encode()).hexdigest()
 
 
+def event_key(event_id: str, *parts: object) -> str:
+    """The idempotency key of a posting an event makes: `#`, the event's id as `in_key` writes it,
+    then what of the event the posting is (`accrual:northwind`, `clawback:12`).
+
+    An event id may hold `:`, and may be shaped like another key: the payment `release:1:after:x`
+    took the key a re-release of piece 1 after the refund `x:accrual:northwind` takes, and both
+    events could never be posted. No other key starts with `#`, and the id ends at the first `:`,
+    so an event's keys are its own. Books written before keep their keys, none of which starts
+    with `#`: no new key equals one."""
+    return ":".join((f"#{in_key(event_id)}", *map(str, parts)))
+
+
+def in_key(event_id: str) -> str:
+    """An event id in a key: its `:`s written `|`, which no id holds (`customers.EXTERNAL_ID_PATTERN`)."""
+    return event_id.replace(":", "|")
+
+
 _UNDOING_TYPES = frozenset({"refund", "chargeback", "chargeback_reversed"})
 _DISPUTE_TYPES = frozenset({"chargeback", "chargeback_reversed"})
 
@@ -511,7 +528,7 @@ class _Writer:
             bounty, order = found
             if order is not None:
                 for draft in reversals.piece_reversal_drafts(self.sources, order, reason=reason,
-                                                             key=f"{event.id}:takes-cpa:{bounty.id}"):
+                                                             key=event_key(event.id, "takes-cpa", bounty.id)):
                     self.batch.add(draft)
                 return
         self.flush()
@@ -519,7 +536,8 @@ class _Writer:
         if bounty is None:
             return
         recorded_at_us = self.batch.recorded_at_us
-        reversals.reverse(self.session, bounty.id, reason=reason, idempotency_key=f"{event.id}:takes-cpa:{bounty.id}",
+        reversals.reverse(self.session, bounty.id, reason=reason,
+                          idempotency_key=event_key(event.id, "takes-cpa", bounty.id),
                           recorded_at_us=recorded_at_us)
         self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
         invoice = self.context.invoices.get(claimant.invoice_id)
@@ -538,7 +556,7 @@ class _Writer:
             suffix += f":at:{later_at_us}"
         draft = journal.transfer(
             kind, chart.EXPENSE_COMMISSION, chart.pending(partner_id), event.currency, amount_minor,
-            effective_at_us=effective_at_us, idempotency_key=f"{event.id}:{kind}:{suffix}",
+            effective_at_us=effective_at_us, idempotency_key=event_key(event.id, kind, suffix),
             partner_id=partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
             plan_version_id=plan_version_id, accrual_id=root_id, matures_at_us=matures, event_hash=self.event_hash)
         line, transaction_id = self._post(draft, kind, amount_minor)
@@ -575,7 +593,7 @@ class _Writer:
                 if piece.released and not piece.reversed and piece.release_id is not None
                 and piece.matures_at_us > dated_us and piece.dated_or_accrued_at_us <= dated_us]
         for piece in held:
-            holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}",
+            holds.unrelease(self.batch, piece, key=event_key(event.id, "unrelease", piece.id),
                             reason=f"refund {event.id} is dated before this accrual matured")
         self.ended_holds += holds.release_pieces(self.batch, invoice.pieces, event.occurred_at_us)
         fully = invoice.refunded_minor + event.amount_minor == invoice.paid_minor
@@ -606,7 +624,7 @@ class _Writer:
 
     def _release_again(self, event: RevenueEvent, piece: Piece, held: list[Piece]) -> None:
         """Release at its maturity what is left of a piece a refund held again, once."""
-        holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{event.id}")
+        holds.release_pieces(self.batch, [piece], piece.matures_at_us, key_suffix=f":after:{in_key(event.id)}")
         held.remove(piece)
 
     def _claw(self, event: RevenueEvent, invoice: _Invoice, plan: Clawback, dated_us: int, held: list[Piece],
@@ -622,7 +640,7 @@ class _Writer:
         effective_at_us = event.occurred_at_us if effective_at_us is None else effective_at_us
         if piece.dated_or_accrued_at_us is not None and piece.dated_or_accrued_at_us > dated_us:
             if piece.released and piece.release_id is not None:
-                holds.unrelease(self.batch, piece, key=f"{event.id}:unrelease:{piece.id}{key_suffix}",
+                holds.unrelease(self.batch, piece, key=event_key(event.id, "unrelease", f"{piece.id}{key_suffix}"),
                                 reason=f"refund {event.id} claws from this accrual while it was held")
                 held.append(piece)
             effective_at_us = piece.accrued_at_us
@@ -630,7 +648,8 @@ class _Writer:
         account = (chart.pending if from_pending else chart.available)(plan.partner_id)
         draft = journal.transfer(
             "clawback", account, chart.EXPENSE_COMMISSION, event.currency, plan.amount_minor,
-            effective_at_us=effective_at_us, idempotency_key=f"{event.id}:clawback:{plan.piece_id}{key_suffix}",
+            effective_at_us=effective_at_us,
+            idempotency_key=event_key(event.id, "clawback", f"{plan.piece_id}{key_suffix}"),
             partner_id=plan.partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id,
             event_id=event.id, plan_version_id=plan.plan_version_id, accrual_id=plan.piece_id,
             event_hash=self.event_hash)

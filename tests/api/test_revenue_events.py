@@ -583,3 +583,44 @@ def test_a_404_names_an_id_asked_for_cut_at_the_64_characters_an_id_may_hold(cal
     missing = getattr(call, method)(path.format(id=asked), as_="billing" if method == "get" else "finance")
     assert missing.status_code == 404 and repr("x" * 64) in missing.get_json()["detail"]
     assert "x" * 65 not in missing.get_json()["detail"]
+
+
+def _event(event_id, type_, customer, invoice, amount, occurred_at) -> dict:
+    return {"id": event_id, "type": type_, "customer_id": customer, "invoice_id": invoice,
+            "amount": {"amount": amount, "currency": "USD"}, "occurred_at": occurred_at}
+
+
+def test_an_event_id_shaped_like_another_postings_key_takes_no_key_but_its_own(database):
+    """An event id may hold `:`. A posting's key was the event's id and what it posts
+    (`release:1:after:x` + `:accrual:northwind`), so the payment `release:1:after:x` took the key of
+    piece 1's release again after the refund `x:accrual:northwind` (`release:1:after:` + its id):
+    the refund was a 500 on every try, and a batch holding it failed every event of it. Event keys
+    now start with `#` and write the id's `:`s as `|` (`revenue.event_key`)."""
+    from ledger import holds
+    from ledger.keys import create_key
+    from tests.program import at, seed
+
+    with database.transaction() as session:
+        seed(session, customer_ids=["acme", "initrode", "umbrella"])  # northwind at 20%, held 30 days
+        _, key = create_key(session, "billing")
+    client, headers = make_app(database).test_client(), {"Authorization": f"Bearer {key}"}
+    paid = client.post("/v1/revenue-events", headers=headers,
+                       json=_event("p1", "invoice_paid", "acme", "inv1", "100.00", "2026-01-10T00:00:00Z"))
+    [accrual_id, *_] = expect(paid, 201)["transaction_ids"]
+    with database.transaction() as session:
+        assert holds.release_matured(session, at("2026-03-01")) == 2  # the accrual and its override
+    payment_id = f"release:{accrual_id}:after:x"
+    expect(client.post("/v1/revenue-events", headers=headers, json=_event(
+        payment_id, "invoice_paid", "initrode", "inv2", "50.00", "2026-03-02T00:00:00Z")), 201)
+    # Dated before the accrual matured, delivered after its release: the accrual is released again.
+    refund = _event("x:accrual:northwind", "refund", "acme", "inv1", "10.00", "2026-01-15T00:00:00Z")
+    other = _event("p9", "invoice_paid", "umbrella", "inv9", "10.00", "2026-03-03T00:00:00Z")
+    batch = expect(client.post("/v1/revenue-events/batch", headers=headers, json={"events": [refund, other]}), 200)
+    assert [(result["status"], result["http_status"]) for result in batch["results"]] == [
+        ("posted", 201), ("posted", 201)], batch
+    with database.reader() as session:
+        keys = dict(session.execute(sa.select(journal_transactions.c.idempotency_key, journal_transactions.c.event_id)
+                                    .where(journal_transactions.c.event_id.is_not(None))).all())
+    assert f"release:{accrual_id}:after:x|accrual|northwind" in keys  # the release again, naming the refund
+    assert all(key.startswith("#") for key, event_id in keys.items() if not key.startswith("release:")), keys
+    assert {event_id for event_id in keys.values()} == {"p1", payment_id, "x:accrual:northwind", "p9"}
