@@ -303,21 +303,13 @@ def first_release_due(session: Session, before_us: int) -> int | None:
 _DUE_CHUNK_FIRST, _DUE_CHUNK_MAX = 10, 1_000
 
 
-def release_now(session: Session) -> tuple[int, int]:
-    """(releases posted, the instant): `release_matured` at now as read under the journal lock. Read
-    before it, a release that waited for the lock behind another writer was made as of an instant
-    before that writer's postings, and left unreleased what matured while it waited."""
-    batch = journal.Batch(session)
-    return release_matured(session, batch.recorded_at_us, batch=batch, own_instant=True), batch.recorded_at_us
-
-
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
                             holds_per_transaction: int | None = None, own_instant: bool = False,
                             deadline: float | None = None) -> int:
     """`release_matured` in a `transaction()` per `holds_per_transaction` holds (by default
     HOLDS_PER_TRANSACTION), oldest maturity first, until none matured by `at_us` is left; returns
     how many releases were posted. At None, `at_us` is now as read under the journal lock in the
-    first transaction (as `release_now`): read before it, a run that waited behind another writer
+    first transaction: read before it, a run that waited behind another writer
     was made as of an instant before that writer's postings, and left held what matured meanwhile.
 
     A catch-up of many holds in one transaction would hold the journal lock, and every posting

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from ledger import holds, payouts, periods
+from ledger import holds, journal, payouts, periods
 from ledger.instants import parse_instant
 from ledger.journal import now_us
 from tests.api.books import (assert_not_a_cursor, crafted_cursor, errors_of, expect, instant, money, next_cursor,
@@ -330,7 +330,12 @@ def test_a_release_without_an_instant_made_while_another_server_released_is_made
         fresh, database, monkeypatch):
     invoices(fresh, p1="250.00")
     others = []
-    another_writer_first(monkeypatch, database, lambda session: others.append(holds.release_now(session)))
+
+    def release_now(session) -> None:
+        batch = journal.Batch(session)
+        others.append((holds.release_matured(session, batch.recorded_at_us, batch=batch, own_instant=True),
+                       batch.recorded_at_us))
+    another_writer_first(monkeypatch, database, release_now)
     made = fresh.ok("/v1/holds/release", {})
     [(released, other_at_us)] = others
     assert released == 1 and made["released"] == 0 and parse_instant(made["at"], field="at") > other_at_us

@@ -209,3 +209,28 @@ def test_a_backlog_of_releases_past_the_requests_budget_is_a_503_to_retry_and_ea
         assert [balance(fresh, partner) for partner in ("p1", "p2")] == [("0.00", "70.00")] * 2
     again = fresh.post(path, body, headers=headers)
     assert (again.status_code, again.get_json()) == (answers[-1].status_code, answers[-1].get_json())
+
+
+@pytest.mark.parametrize("body", [{"at": instant("2026-02-01")}, {}], ids=["at", "now"])
+def test_a_release_past_the_requests_budget_is_a_503_to_retry_and_each_retry_goes_further(
+        fresh, monkeypatch, one_hold_a_transaction, body):
+    """POST /v1/holds/release released a backlog in one transaction: past gunicorn's worker timeout a
+    500, all of it rolled back, and its retries failed alike. It now releases as runs and closes do,
+    and answers the releases it posted."""
+    from api import session as api_session
+
+    monkeypatch.setattr(api_session, "WORK_BUDGET_S", 0.0)
+    for partner_id, amount in (("p1", "250.00"), ("p2", "300.00"), ("p1", "100.00"), ("p2", "50.00")):
+        fresh.event(unique("evt"), f"{partner_id}-customer", unique("inv"), amount, "2026-01-01")
+    headers = {"Idempotency-Key": unique("key")}
+    answers = [fresh.post("/v1/holds/release", body, headers=headers) for _ in range(5)]
+    assert [answer.status_code for answer in answers] == [503] * 4 + [200], [answer.get_json() for answer in answers]
+    assert [answer.get_json()["detail"].split(" ")[0] for answer in answers[:-1]] == ["1"] * 4
+    assert answers[-1].get_json()["released"] == 0  # the four before it released one each
+    assert [balance(fresh, partner) for partner in ("p1", "p2")] == [("0.00", "70.00")] * 2
+    again = fresh.post("/v1/holds/release", body, headers=headers)
+    assert (again.status_code, again.get_json()) == (200, answers[-1].get_json())
+    assert again.headers[REPLAYED_HEADER] == "true"
+    monkeypatch.setattr(api_session, "WORK_BUDGET_S", 60.0)
+    fresh.event(unique("evt"), "p1-customer", unique("inv"), "10.00", "2026-01-02")
+    assert fresh.ok("/v1/holds/release", {"at": instant("2026-02-02")})["released"] == 1
