@@ -317,33 +317,35 @@ REFUSED_APART = (OutOfRange, journal.DatedAhead)
 def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]]
                  ) -> list[Outcome | Refusal]:
     """`ingest` a batch that failed as a whole with one of `REFUSED_APART` (after its rollback), in
-    parts, each in a `transaction()` of its own: a part that fails too is halved, and an event that
-    fails alone is refused. The parts go in the batch's order, so each event is decided after every
-    event before it, as in one batch. k such events among n cost about n log2(2k) events' work; one
-    transaction an event cost a batch of 10,000 with five of them 10-30 s, and so did each retry,
-    its replays one a transaction too.
+    parts, each in a `transaction()` of its own, in the batch's order, so each event is decided
+    after every event before it, as in one batch: a part that fails is halved, an event that fails
+    alone is refused, and after each part that succeeds the next is twice as long (up to the batch).
+
+    The parts adapt to where the failing events lie: among k such events in n, few and far apart,
+    about n log2(2k) events' work, as halving the batch; many close together (running totals at
+    their limit, so that every large event after some point fails), about the length of the gaps
+    between them, where halving the whole batch into parts took n events' work for each halving, 30
+    s and more for 10,000 events with every tenth one failing. One transaction an event cost a batch
+    of 10,000 with five of them 10-30 s, its replays one a transaction too.
 
     No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): a retry
     would decide anew the events this call refused, after later events of the batch were committed
     (a refund before its payment, refused, would then be accepted)."""
     results: list[Outcome | Refusal] = []
-    todo = [*reversed(_halves(events))]  # a stack: the next part last
-    while todo:
-        part = todo.pop()
+    start, size = 0, (len(events) + 1) // 2  # the whole batch failed already
+    while start < len(events):
+        part = events[start:start + size]
         try:
             with transaction() as session:
                 results += ingest(session, part)
         except REFUSED_APART as error:
-            if len(part) == 1:
-                results.append(Refusal(part[0].id, error))
-            else:
-                todo += reversed(_halves(part))
+            if len(part) > 1:
+                size = (len(part) + 1) // 2
+                continue
+            results.append(Refusal(part[0].id, error))
+        start += len(part)
+        size = min(2 * len(part), len(events))
     return results
-
-
-def _halves(events: Sequence[RevenueEvent]) -> list[Sequence[RevenueEvent]]:
-    middle = (len(events) + 1) // 2
-    return [part for part in (events[:middle], events[middle:]) if part]
 
 
 @collector.paused()  # a batch's objects set off full collections: 11% of its time (ledger/collector.py)
