@@ -323,10 +323,11 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
 
     The parts adapt to where the failing events lie: among k such events in n, few and far apart,
     about n log2(2k) events' work, as halving the batch; many close together (running totals at
-    their limit, so that every large event after some point fails), about the length of the gaps
-    between them, where halving the whole batch into parts took n events' work for each halving, 30
-    s and more for 10,000 events with every tenth one failing. One transaction an event cost a batch
-    of 10,000 with five of them 10-30 s, its replays one a transaction too.
+    their limit, so that every large event after some point fails), about the gaps between them,
+    where halving the whole batch took about n events' work for each halving: half the work in all
+    for 10,000 events with every tenth failing, 14.9 s instead of 18.3 s on PostgreSQL (README,
+    "Running totals"). One transaction an event cost a batch of 10,000 with five of them 10-30 s,
+    its replays one a transaction too.
 
     No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): a retry
     would decide anew the events this call refused, after later events of the batch were committed
