@@ -306,11 +306,20 @@ _DUE_CHUNK_FIRST, _DUE_CHUNK_MAX = 10, 1_000
 def release_in_transactions(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
                             holds_per_transaction: int | None = None, own_instant: bool = False,
                             deadline: float | None = None) -> int:
+    """How many releases `release_in_transactions_at` posted."""
+    return release_in_transactions_at(transaction, at_us, holds_per_transaction=holds_per_transaction,
+                                      own_instant=own_instant, deadline=deadline)[0]
+
+
+def release_in_transactions_at(transaction: Callable[[], ContextManager[Session]], at_us: int | None, *,
+                               holds_per_transaction: int | None = None, own_instant: bool = False,
+                               deadline: float | None = None) -> tuple[int, int]:
     """`release_matured` in a `transaction()` per `holds_per_transaction` holds (by default
     HOLDS_PER_TRANSACTION), oldest maturity first, until none matured by `at_us` is left; returns
-    how many releases were posted. At None, `at_us` is now as read under the journal lock in the
-    first transaction: read before it, a run that waited behind another writer
-    was made as of an instant before that writer's postings, and left held what matured meanwhile.
+    how many releases were posted, and the instant they were made as of. At None, `at_us` is now as
+    read under the journal lock in the first transaction: read before it, a run that waited behind
+    another writer was made as of an instant before that writer's postings, and left held what
+    matured meanwhile.
 
     A catch-up of many holds in one transaction would hold the journal lock, and every posting
     behind it, for as long as it takes (a minute for 280,000 holds). Each transaction is complete
@@ -334,7 +343,7 @@ def release_in_transactions(transaction: Callable[[], ContextManager[Session]], 
                                             own_instant=own_instant)
         released += posted
         if taken < holds_per_transaction:
-            return released
+            return released, at_us
         if released and deadline is not None and time.monotonic() >= deadline:  # a retry goes further
             raise Unfinished(f"{released} matured holds were released, in transactions committed on their own, and "
                              f"more matured by {format_instant(at_us)} are left: retry the request to go on")

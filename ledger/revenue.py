@@ -134,7 +134,7 @@ def event_key(event_id: str, *parts: object) -> str:
     took the key a re-release of piece 1 after the refund `x:accrual:northwind` takes, and both
     events could never be posted. No other key starts with `#`, and the id ends at the first `:`,
     so an event's keys are its own. Books written before keep their keys, none of which starts
-    with `#`: no new key equals one."""
+    with `#`: no new event key equals one (README, "Idempotency")."""
     return ":".join((f"#{in_key(event_id)}", *map(str, parts)))
 
 

@@ -22,7 +22,7 @@ from api.routes.transactions import TransactionSchema
 from api.routes.transactions import render as render_transaction
 from api.schemas import Schema
 from api.session import current_session, separate_transaction, work_deadline
-from ledger import holds, journal, payouts, transactions
+from ledger import holds, payouts, transactions
 from ledger.payouts import Payout
 
 blp = Blueprint("payouts", __name__, description="Hold releases, payout runs, payouts and adjustments (finance)")
@@ -100,13 +100,12 @@ def release_holds(args):
     # outlived gunicorn's worker timeout (a 500, all of it rolled back, so that its retries failed
     # alike). Past the request's budget, a 503 to retry, the releases made standing; the answer counts
     # the releases this request posted.
-    at_us, own_instant = args["at"], False
-    if at_us is None:
-        with separate_transaction() as session:  # now, read under the journal lock, as the releases' first reads it
-            at_us, own_instant = journal.Batch(session).recorded_at_us, True
+    # Without `at`, now as the first release transaction reads it under the journal lock: read in a
+    # transaction before it, a posting committed between the two was not waited for, and what
+    # matured before it stayed held.
     deadline = work_deadline()
-    released = reclaim_after(lambda: holds.release_in_transactions(separate_transaction, at_us, own_instant=own_instant,
-                                                                   deadline=deadline))
+    released, at_us = reclaim_after(lambda: holds.release_in_transactions_at(separate_transaction, args["at"],
+                                                                             deadline=deadline))
     return {"released": released, "at": at_us}
 
 

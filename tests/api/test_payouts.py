@@ -7,12 +7,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from ledger import holds, journal, payouts, periods
+from ledger import holds, journal, payouts, periods, revenue
 from ledger.instants import parse_instant
 from ledger.journal import now_us
+from ledger.schema import open_holds
 from tests.api.books import (assert_not_a_cursor, crafted_cursor, errors_of, expect, instant, money, next_cursor,
                              unique)
 from tests.interleaving import another_writer_first
+
+DAY_US = 86_400 * 1_000_000
 
 
 def invoices(call, **amounts: str) -> None:
@@ -362,3 +365,26 @@ def test_a_cursor_the_payout_list_did_not_hand_out_is_a_422_naming_it(shared):
     crafted = [crafted_cursor(content) for content in ("after:1", "payouts:after:-1", "payouts:after:")]
     for cursor in (*foreign, *crafted):
         assert_not_a_cursor(shared, "/v1/payouts", cursor)
+
+
+def test_a_release_without_an_instant_reads_now_in_the_transaction_that_releases(fresh, database, monkeypatch):
+    """Read in a transaction of its own, committed before the releases' first, now let a posting of
+    another server made between the two go unwaited for: a hold that matured before that posting
+    stayed held, answered with an instant before it. Now and the releases share one lock."""
+    taking, took = journal.locked, []
+
+    def a_posting_before_the_second_take(session, statements):
+        took.append(1)
+        if len(took) == 2:  # another server's late payment, whose accrual matured a microsecond before it
+            with database.transaction() as other:
+                revenue.ingest(other, [revenue.RevenueEvent("late-pay", "invoice_paid", "p1-customer", "late-inv",
+                                                             "USD", 25_000, now_us() - 30 * DAY_US - 1)])
+        return taking(session, statements)
+
+    monkeypatch.setattr(journal, "locked", a_posting_before_the_second_take)
+    made = fresh.ok("/v1/holds/release", {})
+    monkeypatch.setattr(journal, "locked", taking)
+    with database.reader() as session:
+        held = session.execute(sa.select(sa.func.count()).select_from(open_holds)
+                               .where(open_holds.c.matures_at_us <= now_us())).scalar()  # matured, still held
+    assert (len(took), made["released"], held) == (1, 0, 0), made
