@@ -99,10 +99,9 @@ def release_holds(args):
     # A hundred to a transaction, as the payout runs and closes release: in one transaction, a backlog
     # outlived gunicorn's worker timeout (a 500, all of it rolled back, so that its retries failed
     # alike). Past the request's budget, a 503 to retry, the releases made standing; the answer counts
-    # the releases this request posted.
-    # Without `at`, now as the first release transaction reads it under the journal lock: read in a
-    # transaction before it, a posting committed between the two was not waited for, and what
-    # matured before it stayed held.
+    # the releases this request posted. Without `at`, now as the first release transaction reads it
+    # under the journal lock: read in a transaction before it, a posting committed between the two
+    # was not waited for, and what matured before it stayed held.
     deadline = work_deadline()
     released, at_us = reclaim_after(lambda: holds.release_in_transactions_at(separate_transaction, args["at"],
                                                                              deadline=deadline))
