@@ -13,9 +13,8 @@ from ledger.journal import now_us
 from ledger.schema import open_holds
 from tests.api.books import (assert_not_a_cursor, crafted_cursor, errors_of, expect, instant, money, next_cursor,
                              unique)
+from tests.api.conftest import DAY_US
 from tests.interleaving import another_writer_first
-
-DAY_US = 86_400 * 1_000_000
 
 
 def invoices(call, **amounts: str) -> None:

@@ -13,13 +13,15 @@ from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
 from api.routes import revenue as revenue_routes
-from ledger import revenue
+from ledger import holds, revenue
 from ledger.errors import OutOfRange
 from ledger.instants import parse_instant
+from ledger.keys import create_key
 from ledger.revenue import RevenueEvent
 from ledger.schema import journal_transactions, revenue_events
 from tests.api.books import errors_of, event_body, expect, money, plan_body, unique
 from tests.api.conftest import enroll, make_app, make_keys
+from tests.program import at, seed
 
 
 @pytest.fixture
@@ -596,10 +598,6 @@ def test_an_event_id_shaped_like_another_postings_key_takes_no_key_but_its_own(d
     piece 1's release again after the refund `x:accrual:northwind` (`release:1:after:` + its id):
     the refund was a 500 on every try, and a batch holding it failed every event of it. Event keys
     now start with `#` and write the id's `:`s as `|` (`revenue.event_key`)."""
-    from ledger import holds
-    from ledger.keys import create_key
-    from tests.program import at, seed
-
     with database.transaction() as session:
         seed(session, customer_ids=["acme", "initrode", "umbrella"])  # northwind at 20%, held 30 days
         _, key = create_key(session, "billing")
