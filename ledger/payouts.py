@@ -278,6 +278,17 @@ def _run_exists(session: Session, run_id: str, partner_id: str | None) -> bool:
     return session.execute(query).first() is not None
 
 
+def _adjustment_key(partner_id: str, account: str, currency: str, amount_minor: int, at: int, reason: str) -> str:
+    """The key of an adjustment posted without one: its fields, the reason last; a key past the journal's 200
+    characters holds the reason's SHA-256 instead (at most 200 with a 64-character partner id and 19-character
+    amount and instant), so two reasons alike in their first characters stay two keys. Keys that fit are the ones
+    books written before this rule hold."""
+    fields = f"adjustment:{partner_id}:{account}:{currency}:{amount_minor}:{at}"
+    if len(fields) + 1 + len(reason) <= 200:
+        return f"{fields}:{reason}"
+    return f"{fields}:sha256:{hashlib.sha256(reason.encode()).hexdigest()}"
+
+
 def adjust(session: Session, partner_id: str, account: str, amount_minor: int, currency: str, reason: str,
            *, effective_at_us: int | None = None, idempotency_key: str | None = None) -> journal.Posted:
     """A manual adjustment by finance: a positive amount credits the partner's account (the vendor
@@ -297,7 +308,7 @@ def adjust(session: Session, partner_id: str, account: str, amount_minor: int, c
     target = (chart.pending if account == "pending" else chart.available)(partner_id)
     debit, credit = (chart.EXPENSE_ADJUSTMENT, target) if amount_minor > 0 else (target, chart.EXPENSE_ADJUSTMENT)
     at = batch.recorded_at_us if effective_at_us is None else effective_at_us
-    key = idempotency_key or f"adjustment:{partner_id}:{account}:{currency}:{amount_minor}:{at}:{reason}"[:200]
+    key = idempotency_key or _adjustment_key(partner_id, account, currency, amount_minor, at, reason)
     batch.preload([key])
     posted = batch.add(journal.transfer("adjustment", debit, credit, currency, abs(amount_minor), effective_at_us=at,
                                         idempotency_key=key, partner_id=partner_id, memo=reason))

@@ -568,6 +568,21 @@ def test_adjustments_credit_or_debit_a_partner_account_against_adjustment_expens
 
 
 @sqlite_only
+def test_adjustments_whose_reasons_differ_only_past_the_keys_length_are_two_adjustments(payees):
+    database = payees.database
+    first, second = ("x" * 400 + "first"), ("x" * 400 + "second")
+    one = adjust(database, "alpha", "available", 2_500, effective_at="2026-03-01", reason=first)
+    two = adjust(database, "alpha", "available", 2_500, effective_at="2026-03-01", reason=second)
+    assert not one.replayed and not two.replayed and one.id != two.id
+    assert adjust(database, "alpha", "available", 2_500, effective_at="2026-03-01", reason=second) == (two.id, True)
+    short = adjust(database, "alpha", "available", 100, effective_at="2026-03-01", reason="goodwill")
+    key = f"adjustment:alpha:available:USD:100:{at('2026-03-01')}:goodwill"
+    [row] = transactions(database, "idempotency_key = :k", k=key)
+    assert row.id == short.id
+    assert payees.balance("alpha") == (0, 5_100)
+
+
+@sqlite_only
 @pytest.mark.parametrize(("partner_id", "account", "amount_minor", "reason", "field"), [
     ("alpha", "available", 0, "correction", "amount"),
     ("nobody", "available", 100, "correction", "partner_id"),
