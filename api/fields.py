@@ -34,7 +34,8 @@ from moneyed import Money as MoneyedMoney
 from ledger.accounts import validate_partner_id
 from ledger.customers import validate_external_id
 from ledger.errors import InvalidInput, invalid
-from ledger.instants import format_instant, parse_as_of, parse_date, parse_instant, parse_period, start_of_day_us
+from ledger.instants import (INSTANT_TEXT_MAX, format_instant, parse_as_of, parse_date, parse_instant, parse_period,
+                             start_of_day_us)
 from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
 from ledger.verify import parse_close, parse_head
 
@@ -42,7 +43,6 @@ AMOUNT_TEXT_MAX = 40
 # An instant whose offset's "+" an unencoded query string turned into a space.
 _PLUS_READ_AS_SPACE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? "
                                  r"[0-9]{2}:[0-9]{2}")
-INSTANT_TEXT_MAX = 40
 # How far past its limit a value is still shown to its parser, for a message that names the form
 # the field takes; the parsers are regular expressions, linear in the text.
 _PARSE_OVERLONG_FACTOR = 4

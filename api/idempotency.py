@@ -1,7 +1,10 @@
 """HTTP idempotency for POSTs (all but revenue events, whose `id` is their key).
 
-A client may send `Idempotency-Key` (1-200 printable characters, no comma: a header sent twice
-reaches a WSGI app as its values joined by commas). Keys belong to the API key that sent them.
+A client may send `Idempotency-Key` (1-200 printable ASCII characters, as the header's draft
+standard has it, a Structured Field string; no comma: a header sent twice reaches a WSGI app as its
+values joined by commas). A WSGI server hands a header's bytes over one character each (latin-1),
+so a key past ASCII was taken or refused by its UTF-8 bytes (`é` taken, `–` refused, a 124-character
+key refused as 245 bytes); it is refused now, whatever its bytes. Keys belong to the API key that sent them.
 Under `@idempotent`:
 - the first request with a key runs; a 2xx answer is stored with the request (`ledger.idempotency`)
   in the same database transaction as its effect, so the record exists exactly when the effect does;
@@ -136,8 +139,8 @@ _NO_BODY = frozenset({canonical_json(None), canonical_json({})})
 
 
 def _check_key(key: str) -> None:
-    if not 1 <= len(key) <= idempotency.KEY_LENGTH_MAX or not key.isprintable():
-        raise invalid(HEADER, f"must be 1 to {idempotency.KEY_LENGTH_MAX} printable characters")
+    if not 1 <= len(key) <= idempotency.KEY_LENGTH_MAX or not key.isascii() or not key.isprintable():
+        raise invalid(HEADER, f"must be 1 to {idempotency.KEY_LENGTH_MAX} printable ASCII characters")
     if "," in key:  # WSGI servers join a header sent twice with commas: "k1,k2" would run as a key of its own
         raise invalid(HEADER, "must be sent once and hold no comma (a header sent twice reaches the service as its "
                               "values joined by commas)")

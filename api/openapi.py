@@ -45,7 +45,7 @@ _AUTHENTICATION = "no `Authorization: Bearer <key>`, or a key that is not valid 
 _PARTNER_REFUSED = "a partner key: this operation does not exist for a partner (the 404 of an unknown URL)"
 _QUERY = "a query parameter the operation does not take, or one given more than once"
 _FIELDS = "a field is invalid: `errors` names each, with dotted paths for nested fields"
-_KEY_FORMAT = f"`{HEADER}` is not 1 to {KEY_LENGTH_MAX} printable characters without a comma, or was sent twice"
+_KEY_FORMAT = f"`{HEADER}` is not 1 to {KEY_LENGTH_MAX} printable ASCII characters without a comma, or was sent twice"
 _KEY_REUSED = (f"`{HEADER}` was used before with another body (`errors` names the fields that differ), or on "
                "another method or path")
 _NOT_JSON = ("the body is not JSON the service can read (malformed, not UTF-8, a key given twice, too deep), or "

@@ -28,9 +28,15 @@ _DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # RFC 3339 date-time with a mandatory offset. RFC 3339 allows any number of fractional digits, and
 # clients send more than six (.NET's round-trip format always writes seven, Go's RFC3339Nano up to
 # nine); the journal keeps microseconds, so the digits beyond are rounded away (`parse_instant`).
+# An offset's minutes are 00-59 and its hours 00-23 (RFC 3339's time-numoffset); `datetime` reads
+# "+00:99" as 1 h 39 min.
 _INSTANT_PATTERN = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]{1,6})([0-9]*))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]{1,6})([0-9]*))?"
+    r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
+# The longest instant text taken, fractional digits included: the API documents it (maxLength), and
+# every other way in (`revshare import`, the command line) takes the same.
+INSTANT_TEXT_MAX = 40
 # Instants the service accepts: years 1970..9800, so that what is computed from them exists too: the
 # end of the longest window (terms.DURATION_MONTHS_MAX, 100 years) or hold (terms.HOLD_DAYS_MAX, 10
 # years) still falls before datetime's last year, 9999.
@@ -113,6 +119,8 @@ def parse_instant(text: str, *, field: str, rounding: str = ROUND_FLOOR) -> int:
     truncate) or ROUND_CEILING (an exclusive bound, `parse_as_of`: what lies before the instant
     written lies before the microsecond after it)."""
     assert rounding in (ROUND_FLOOR, ROUND_CEILING), rounding
+    if isinstance(text, str) and len(text) > INSTANT_TEXT_MAX:
+        raise invalid(field, f"must be at most {INSTANT_TEXT_MAX} characters")
     match = _INSTANT_PATTERN.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise invalid(field, "must be an RFC 3339 instant with an offset, such as 2026-01-20T00:00:00Z")

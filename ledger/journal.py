@@ -131,6 +131,22 @@ def check_draft(draft: Draft) -> None:
         unbalanced = sorted(currency for currency, total in net.items() if total != 0)
         message = f"debits do not equal credits in {', '.join(unbalanced)}"
         raise InvalidInput(f"lines: {message}", {"lines": [message]})
+    placed = _PLACED.get(draft.kind)
+    if placed is not None:
+        expense, partner_account, message = placed
+        credited = None if draft.partner_id is None else partner_account(draft.partner_id)
+        if credited is None or any((line.account, line.side) not in ((expense, DEBIT), (credited, CREDIT))
+                                   for line in draft.lines):
+            raise InvalidInput(f"lines: {message}", {"lines": [message]})
+
+
+# The accounts of a commission and of a write-off: the expense each line debits, or the account of
+# the partner the transaction names that each other line credits (migration 0047 holds the same).
+_PLACED = {**{kind: (chart.EXPENSE_COMMISSION, chart.pending, "an accrual, CPA or override moves money from "
+                     "expense:commission to the pending account of the partner it names")
+              for kind in ("accrual", "cpa", "override")},
+           "writeoff": (chart.EXPENSE_WRITEOFF, chart.available, "a write-off moves money from "
+                        "expense:commission:writeoff to the available account of the partner it names")}
 
 
 # Account names are checked against the chart on every line of every draft; the answer for a name

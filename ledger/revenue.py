@@ -727,7 +727,8 @@ def _event_conflict(event: RevenueEvent, stored, how: str) -> IdempotencyConflic
         ("invoice_id", event.invoice_id == stored.invoice_id),
         ("amount", (event.amount_minor, event.currency) == (stored.amount_minor, stored.currency)),
         ("occurred_at", event.occurred_at_us == stored.occurred_at_us)) if not same]
-    return IdempotencyConflict(f"event {event.id!r} {how}",
+    named = f": {', '.join(differing)} differ{'s' if len(differing) == 1 else ''}" if differing else ""
+    return IdempotencyConflict(f"event {event.id!r} {how}{named}",
                                {name: ["differs from the original event"] for name in differing})
 
 

@@ -59,7 +59,7 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, case, exists, func, select, text
+from sqlalchemy import ColumnElement, String, case, exists, func, literal, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -79,9 +79,10 @@ from ledger.payouts_rederived import verify_payouts_rederived
 from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
+from ledger.terms import terms_from_json
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
                            open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
-                           program_withdrawals, revenue_events)
+                           plan_versions, program_withdrawals, revenue_events)
 from ledger.guards import verify_guards
 from ledger.withdrawals import verify_withdrawals
 
@@ -91,6 +92,7 @@ STATEMENT_LINES_NAMED = 5  # stored statement lines differing from the journal: 
 HOLD_INVOICES_PER_READ = 5_000  # the queued invoices whose pieces are replayed at a time
 PIECE_KINDS = ("clawback", "release")  # posted against a piece, named by accrual_id
 PENDING_SUFFIX = ":pending"  # of every partner's pending account, chart.pending(partner_id), and no other
+AVAILABLE_SUFFIX = ":available"  # the same of chart.available(partner_id)
 
 
 class Problem(NamedTuple):
@@ -116,10 +118,10 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     is a chain head recorded earlier, outside the database; `close`, (period, close hash), a close
     recorded earlier: the books still hold it, so none up to it was removed (closes chain)."""
     one_snapshot(session)
-    damaged = _damaged_pages(session)
+    damaged, unconstrained = _quick_check(session)
     if damaged:  # the rows read below may be wrong, or fail to read: nothing else is checked
         return Report(False, 0, GENESIS_HASH, damaged[:problems_max])
-    problems: list[Problem] = []
+    problems: list[Problem] = unconstrained
     expected_id, prev_hash, checked = 1, GENESIS_HASH, 0
     resolutions: dict[int, list[tuple[int, str]]] = defaultdict(list)  # payout id -> (transaction, outcome)
     reversal_of: dict[int, int] = {}  # reversed transaction -> its reversal
@@ -193,35 +195,39 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_piece_links(session))
     problems.extend(verify_pieces_within(session))
     problems.extend(verify_adjustments(session))
+    problems.extend(verify_earnings_and_writeoffs(session))
     problems.extend(verify_partners_enrolled(session))
     problems.extend(Problem(*found) for found in verify_withdrawals(session))
     problems.extend(Problem(*found) for found in verify_guards(session))
     return problems
 
 
-QUICK_CHECK_ERRORS_MAX = 20  # named; quick_check is asked for five times as many (CHECK failures are left out)
+QUICK_CHECK_ERRORS_MAX = 20  # named of each kind; quick_check is asked for five times as many
 
 
-def _damaged_pages(session: Session) -> list[Problem]:
-    """SQLite: the file's pages, by `PRAGMA quick_check` (every page and b-tree read once, in about
-    the time of reading the file). The books' rows can read whole from a damaged file (a database
-    file copied over a stale write-ahead log, README: SQLite), and a damaged page can give a row
-    that is not the one written. PostgreSQL keeps its own pages' checksums where the cluster has
-    them on."""
+def _quick_check(session: Session) -> tuple[list[Problem], list[Problem]]:
+    """SQLite: (the file's damaged pages, its rows against their CHECK and NOT NULL constraints), by
+    `PRAGMA quick_check` (every page and b-tree read once, in about the time of reading the file).
+    The books' rows can read whole from a damaged file (a database file copied over a stale
+    write-ahead log, README: SQLite), and a damaged page can give a row that is not the one written.
+    A row against its constraints was written by a connection that turned them off (`PRAGMA
+    ignore_check_constraints`): a line whose side is neither D nor C passed the seal, which sums
+    every side but D as a credit, and no content check below reads the side. PostgreSQL keeps its
+    own pages' checksums where the cluster has them on, and has no such pragma."""
     if session.connection().dialect.name != "sqlite":
-        return []
+        return [], []
     try:
         found = session.execute(text(f"PRAGMA quick_check({5 * QUICK_CHECK_ERRORS_MAX})")).scalars().all()
     except DatabaseError as error:  # too damaged to be checked ("database disk image is malformed")
-        return [Problem(None, "database_damaged", f"SQLite could not check the file: {error.orig}")]
+        return [Problem(None, "database_damaged", f"SQLite could not check the file: {error.orig}")], []
     if found == ["ok"]:
-        return []
-    # Rows against their CHECK and NOT NULL constraints are the content checks below, which name the
-    # transaction: only the file's structure is left to this one.
-    lines = [line for message in found for line in message.splitlines()
-             if not line.startswith(("*** in database", "CHECK constraint failed", "NULL value in"))]
-    return [Problem(None, "database_damaged", f"SQLite's quick_check: {line}")
-            for line in lines[:QUICK_CHECK_ERRORS_MAX]]
+        return [], []
+    lines = [line for message in found for line in message.splitlines() if not line.startswith("*** in database")]
+    constraints = [line for line in lines if line.startswith(("CHECK constraint failed", "NULL value in"))]
+    return ([Problem(None, "database_damaged", f"SQLite's quick_check: {line}")
+             for line in lines if line not in constraints][:QUICK_CHECK_ERRORS_MAX],
+            [Problem(None, "row_against_its_constraints", f"SQLite's quick_check: {line}")
+             for line in constraints][:QUICK_CHECK_ERRORS_MAX])
 
 
 _HEAD = re.compile(r"([1-9][0-9]{0,18}):([0-9a-f]{64})")  # ASCII digits only: "²".isdigit() is true
@@ -507,6 +513,75 @@ def verify_adjustments(session: Session) -> list[Problem]:
     return [Problem(transaction_id, "adjustment_misposted", "an adjustment that does not move money between "
                     "the adjustment expense and one account of the partner it names, with a reason")
             for transaction_id in rows.scalars()]
+
+
+def verify_earnings_and_writeoffs(session: Session) -> list[Problem]:
+    """Each accrual, CPA and override as `ledger.revenue` posts it, and each write-off as
+    `ledger.periods` posts it at a close; migration 0047 holds the same for new rows. An earning
+    names its partner and moves money from `expense:commission` to that partner's pending account
+    (`earning_misposted`). A write-off names its partner, moves money from the write-off expense to
+    that partner's available account at the last microsecond of a closed month, on a plan version
+    whose policy is `reset` (`writeoff_misposted`), and leaves that account at zero as of then: it
+    forgives exactly the negative balance (`writeoff_unlike_balance`). Written around the service,
+    either took money from accounts the chart gives other postings (a write-off from cash, paid out
+    by the next run) unseen by every other check."""
+    t, j, a = journal_transactions.c, journal_lines.c, accounts.c
+    # By name, as the database's rule reads it: an account whose partner was altered is named apart.
+    partners_account = literal("liability:partner:", String) + t.partner_id
+    pending_account = (j.side == CREDIT) & (a.name == partners_account + PENDING_SUFFIX)
+    available_account = (j.side == CREDIT) & (a.name == partners_account + AVAILABLE_SUFFIX)
+    problems = []
+    for kinds, expense, credited, code, what in (
+            (EARNING_KINDS, chart.EXPENSE_COMMISSION, pending_account, "earning_misposted",
+             "a commission that does not move money from expense:commission to the pending account of the partner "
+             "it names"),
+            (("writeoff",), chart.EXPENSE_WRITEOFF, available_account, "writeoff_misposted",
+             "a write-off that does not move money from the write-off expense to the available account of the "
+             "partner it names")):
+        placed = func.sum(case(((j.side == DEBIT) & (a.name == expense), 1), (credited, 1), else_=0))
+        rows = session.execute(  # how many lines, and that they balance, `_check` reads
+            select(t.id).join(journal_lines, j.transaction_id == t.id).outerjoin(accounts, a.id == j.account_id)
+            .where(t.kind.in_(kinds)).group_by(t.id, t.partner_id)
+            .having(t.partner_id.is_(None) | (placed != func.count(j.id))).order_by(t.id))
+        problems.extend(Problem(transaction_id, code, what) for transaction_id in rows.scalars())
+    misposted = {problem.transaction_id for problem in problems}
+    return problems + _writeoffs_unlike_closes(session, misposted)
+
+
+def _writeoffs_unlike_closes(session: Session, misposted: set[int]) -> list[Problem]:
+    """The write-offs well posted (`verify_earnings_and_writeoffs`), each against its close, its plan
+    version and the balance it leaves: a close writes off few partners, and each is read alone."""
+    t, j, c = journal_transactions.c, journal_lines.c, period_closes.c
+    closed_ends = set(session.execute(select(c.ends_at_us)).scalars())
+    policies = {version_id: _policy_of(terms) for version_id, terms in
+                session.execute(select(plan_versions.c.id, plan_versions.c.terms))}
+    problems = []
+    writeoffs = session.execute(
+        select(t.id, t.effective_at_us, t.plan_version_id, j.account_id, j.currency).distinct()
+        .join(journal_lines, (j.transaction_id == t.id) & (j.side == CREDIT))
+        .where(t.kind == "writeoff").order_by(t.id))
+    for transaction_id, at_us, version_id, account_id, currency in writeoffs:
+        if transaction_id in misposted:
+            continue
+        if at_us + 1 not in closed_ends or policies.get(version_id) != "reset":
+            problems.append(Problem(transaction_id, "writeoff_misposted", "a write-off that is not dated at the end "
+                                    "of a closed month, or not on a plan version whose policy is reset"))
+            continue
+        signed = case((j.side == CREDIT, j.amount_minor), else_=-j.amount_minor)
+        left = session.execute(select(func.coalesce(func.sum(signed), 0)).where(
+            j.account_id == account_id, j.currency == currency, j.effective_at_us <= at_us)).scalar_one()
+        if left != 0:
+            problems.append(Problem(transaction_id, "writeoff_unlike_balance", f"leaves the available balance at "
+                                    f"{int(left)} minor units of {currency} as of its instant, not zero: a write-off "
+                                    "forgives exactly the negative balance"))
+    return problems
+
+
+def _policy_of(terms: str) -> str | None:
+    try:
+        return terms_from_json(terms).negative_balance
+    except (InvalidInput, ValueError, TypeError, KeyError):  # named by `verify_commissions`
+        return None
 
 
 def verify_partners_enrolled(session: Session) -> list[Problem]:

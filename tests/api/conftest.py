@@ -44,11 +44,10 @@ class Keys(NamedTuple):
 
 
 class Booked(NamedTuple):
-    """Transaction ids: two accruals of p1, one of p2, and a cash movement without a partner."""
+    """Transaction ids: two accruals of p1 and one of p2."""
 
     p1: tuple[int, int]
     p2: int
-    house: int
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -180,10 +179,6 @@ def book(database: Database) -> Booked:
             accrual("p1", "p1-a", 10_000, JAN_20_2026_US),
             accrual("p2", "p2-a", 2_500, JAN_20_2026_US + DAY_US),
             accrual("p1", "p1-b", 1_234, JAN_20_2026_US + 2 * DAY_US, currency="JPY"),
-            # A posting naming no partner, on no partner's account (an adjustment names its partner:
-            # migration 0031).
-            journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.CASH, "USD", 700,
-                             effective_at_us=JAN_20_2026_US + 3 * DAY_US, idempotency_key="house"),
         ])
     ids = [p.id for p in posted]
-    return Booked((ids[0], ids[2]), ids[1], ids[3])
+    return Booked((ids[0], ids[2]), ids[1])

@@ -11,6 +11,7 @@ import pytest
 
 from tests.api.books import errors_of
 from tests.api.conftest import bearer
+from tests.integration.test_tamper_evidence import behind_the_triggers
 
 
 class Route(NamedTuple):
@@ -194,7 +195,7 @@ def test_a_partner_lists_only_its_own_transactions(shared):
 def test_finance_lists_every_transaction_and_may_filter_by_partner(shared):
     booked = shared.booked
     everything = ids(shared.client.get("/v1/transactions", headers=bearer(shared.keys.finance)))
-    assert everything == sorted([*booked.p1, booked.p2, booked.house])
+    assert everything == sorted([*booked.p1, booked.p2])
     assert ids(shared.client.get("/v1/transactions?partner_id=p2", headers=bearer(shared.keys.finance))) == [booked.p2]
 
 
@@ -222,9 +223,16 @@ def test_another_partners_records_are_the_same_404_as_missing_ones(shared, suffi
     assert theirs.get_json()["detail"].replace("p2", "X") == missing.get_json()["detail"].replace("nobody", "X")
 
 
-def test_a_transaction_without_a_partner_is_hidden_from_partners(shared):
-    response = shared.client.get(f"/v1/transactions/{shared.booked.house}", headers=bearer(shared.keys.p2))
-    assert response.status_code == 404
+def test_a_transaction_without_a_partner_is_hidden_from_partners(scratch):
+    # Books written before migration 0047 may hold one (a posting of the service names its partner).
+    with behind_the_triggers(scratch.database) as execute:
+        execute(f"INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
+                f" request_hash, prev_hash, hash) VALUES (4, 'accrual', 5, 5, 'house', '{'0' * 64}',"
+                f" '{'1' * 64}', '{'2' * 64}')")
+    for key in (scratch.keys.p1, scratch.keys.p2):
+        assert scratch.client.get("/v1/transactions/4", headers=bearer(key)).status_code == 404
+        assert 4 not in ids(scratch.client.get("/v1/transactions", headers=bearer(key)))
+    assert scratch.client.get("/v1/transactions/4", headers=bearer(scratch.keys.finance)).status_code == 200
 
 
 @pytest.mark.parametrize("listing", ["/v1/transactions", "/v1/payouts"])

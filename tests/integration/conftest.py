@@ -9,12 +9,13 @@ from tests import program
 
 @pytest.fixture
 def booked(database):
-    """A journal holding one balanced accrual (so both accounts exist), naming no partner, with
-    northwind enrolled (postings naming it name a partner of the program), and its raw engine."""
+    """A journal holding one balanced accrual of northwind (so both accounts exist), with northwind
+    enrolled (postings naming it name a partner of the program), and its raw engine."""
     with database.transaction() as session:
         program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"),
-                                                "USD", 100, effective_at_us=5, idempotency_key="a1")])
+                                                "USD", 100, effective_at_us=5, idempotency_key="a1",
+                                                partner_id="northwind")])
     return database
 
 

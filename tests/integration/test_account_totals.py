@@ -317,14 +317,15 @@ def test_a_line_dated_after_the_bound_sends_the_balance_to_the_lines(booked):
 def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booked):
     # The trial balance as of an instant before one posting's lines reads those two accounts'
     # snapshot and lines, by name, and every other account's running totals, in one snapshot (a
-    # reader's transaction; on PostgreSQL at REPEATABLE READ). The pending account's EUR totals hold
-    # no later line, yet come from its lines too: an account is read one way.
-    # The later line is on the adjustment expense account, one of its own, but of kind accrual: the
-    # database refuses an adjustment dated in the future (migration 0021). Recorded in the future too:
-    # no posting is dated past its recording (migration 0029).
+    # reader's transaction; on PostgreSQL at REPEATABLE READ). The commission expense's EUR totals
+    # hold no later line, yet come from its lines too: an account is read one way.
+    # The later posting is another partner's accrual, so that northwind's pending account has none.
+    # Recorded in the future too: no posting is dated past its recording (migration 0029).
     future = 4_102_444_800_000_000  # 2100-01-01
-    post(booked, journal.transfer("accrual", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,
-                                  effective_at_us=future, idempotency_key="later"), recorded_at_us=future)
+    southwind = chart.pending("southwind")
+    post(booked, journal.transfer("accrual", chart.EXPENSE_COMMISSION, southwind, "USD", 40,
+                                  effective_at_us=future, idempotency_key="later",
+                                  partner_id="southwind"), recorded_at_us=future)
     with booked.engine.connect() as connection:
         expected = {(name, currency): (int(debits), int(credits)) for name, currency, debits, credits in
                     connection.exec_driver_sql(
@@ -334,10 +335,11 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
                         "GROUP BY a.name, l.currency")}
     with recorded(booked.engine) as statements, booked.reader() as session:
         found = all_balances(session, before_us=future)
-    assert found == expected and found[(PENDING, "EUR")] == (0, 70) and found[(PENDING, "USD")] == (0, 350)
+    assert found == expected and found[(chart.EXPENSE_COMMISSION, "EUR")] == (70, 0)
+    assert found[(chart.EXPENSE_COMMISSION, "USD")] == (350, 0) and (southwind, "USD") not in found
     [(_, parameters)] = [(sql, parameters) for sql, parameters in statements if "period_snapshots" in sql]
     bound = set(parameters.values() if isinstance(parameters, dict) else parameters)
-    assert {chart.EXPENSE_ADJUSTMENT, PENDING} <= bound and chart.EXPENSE_COMMISSION not in bound
+    assert {chart.EXPENSE_COMMISSION, southwind} <= bound and PENDING not in bound
     postgres = booked.engine.dialect.name == "postgresql"
     plans = plans_of_line_queries(booked, statements)
     assert plans and all(reads_no_table(plan, postgres) and "ix_journal_lines" in plan for plan in plans), plans
@@ -347,8 +349,8 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
 def test_at_read_committed_a_later_line_sends_every_account_to_the_lines(postgres_database):
     # Each statement reads its own snapshot there: the totals and the lines are never added up.
     post(postgres_database, accrual("a1", 100),
-         journal.transfer("accrual", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 40,  # as in the test above
-                          effective_at_us=4_102_444_800_000_000, idempotency_key="later"),
+         journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("southwind"), "USD", 40,  # as above
+                          effective_at_us=4_102_444_800_000_000, idempotency_key="later", partner_id="southwind"),
          recorded_at_us=4_102_444_800_000_000)
     with recorded(postgres_database.engine) as statements, Session(postgres_database.engine) as session:
         found = all_balances(session, before_us=4_102_444_800_000_000)

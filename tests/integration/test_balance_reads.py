@@ -71,13 +71,14 @@ def books(database):
     with database.transaction() as session:
         payouts.run_payouts(session, at("2026-04-20"))
     # One transaction in two currencies, a statement line in each: an accrual with no maturity (no kind
-    # of the service posts two currencies at once; an adjustment posts one, migration 0031).
+    # of the service posts two currencies at once; an adjustment posts one, migration 0031; an accrual
+    # credits its partner's pending account, migration 0047).
     with database.transaction() as session:
         journal.post(session, [journal.Draft("accrual", at("2026-05-03"), (
             journal.Line(chart.EXPENSE_COMMISSION, "USD", "D", 500),
             journal.Line(chart.pending("northwind"), "USD", "C", 500),
             journal.Line(chart.EXPENSE_COMMISSION, "EUR", "D", 300),
-            journal.Line(chart.available("northwind"), "EUR", "C", 300),
+            journal.Line(chart.pending("northwind"), "EUR", "C", 300),
         ), "two-currencies", partner_id="northwind")])
     with database.transaction() as session:  # dated in closed February: posted at April's start
         revenue.ingest(session, [paid("e-late-refund", "globex-corp", "inv-globex-corp-2", 4_000, "2026-02-25",
@@ -252,7 +253,7 @@ def test_a_transaction_in_two_currencies_is_a_statement_line_in_each(books):
     two = {section.currency: [(line.pending_minor, line.available_minor) for line in section.lines
                               if line.kind == "accrual" and line.effective_at_us == at("2026-05-03")]
            for section in found.currencies}
-    assert two == {"USD": [(500, 0)], "EUR": [(0, 300)]}
+    assert two == {"USD": [(500, 0)], "EUR": [(300, 0)]}
 
 
 def test_a_payout_run_reads_the_available_balances_from_the_running_totals(books):

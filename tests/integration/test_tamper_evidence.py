@@ -25,9 +25,10 @@ TERMS = {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, 
 @pytest.fixture
 def booked(database):
     with database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100 * (i + 1),
-                             effective_at_us=i, idempotency_key=f"a{i}", invoice_id=f"inv-{i}")
+                             effective_at_us=i, idempotency_key=f"a{i}", invoice_id=f"inv-{i}", partner_id="northwind")
             for i in range(5)])
     return database
 
@@ -132,7 +133,7 @@ def test_a_line_moved_to_another_account_is_named(booked):
     with behind_the_triggers(booked) as execute:
         execute(
             f"UPDATE journal_lines SET account_id = {cash_id} WHERE transaction_id = 4 AND side = 'C'")
-    assert problems(booked) == {(4, "content_altered"), (None, "totals_mismatch")}
+    assert problems(booked) == {(4, "content_altered"), (None, "totals_mismatch"), (4, "earning_misposted")}
 
 
 def test_an_altered_header_and_hash_are_named(booked):
@@ -375,8 +376,10 @@ def test_a_damaged_page_of_an_sqlite_file_is_named_and_nothing_else_is_checked(s
     # whole while a page it does not read (here an index's) is not, and verify said ok.
     database = sqlite_database
     with database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100 * (i + 1),
-                                                effective_at_us=i, idempotency_key=f"a{i}", invoice_id=f"inv-{i}")
+                                                effective_at_us=i, idempotency_key=f"a{i}", invoice_id=f"inv-{i}",
+                                                partner_id="northwind")
                                for i in range(200)])
     database.dispose()
     path = database.engine.url.database
@@ -398,8 +401,9 @@ def test_a_damaged_page_of_an_sqlite_file_is_named_and_nothing_else_is_checked(s
 
 def test_a_line_amount_that_is_not_an_integer_is_named_not_a_crash(sqlite_database):
     with sqlite_database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a")])
+                                                effective_at_us=5, idempotency_key="a", partner_id="northwind")])
     with behind_the_triggers(sqlite_database) as execute:
         execute("UPDATE journal_lines SET amount_minor = 'abc' WHERE side = 'D'")
     assert (1, "not_an_integer") in problems(sqlite_database)
@@ -632,7 +636,7 @@ def test_a_second_cpa_bounty_for_a_customer_is_named(booked):
     with booked.transaction() as session:
         first, second = journal.post(session, [
             journal.transfer("cpa", chart.EXPENSE_COMMISSION, PENDING, "USD", 5_000, effective_at_us=10,
-                             idempotency_key=f"cpa-{customer_id}", customer_id=customer_id)
+                             idempotency_key=f"cpa-{customer_id}", customer_id=customer_id, partner_id="northwind")
             for customer_id in ("acme", "globex-corp")])
     assert problems(booked) == set()
     with behind_the_triggers(booked) as execute:
@@ -733,7 +737,7 @@ def test_a_head_recorded_before_later_postings_still_verifies(booked):
         before = verify(session)
     with booked.transaction() as session:
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 700,
-                                                effective_at_us=9, idempotency_key="later")])
+                                                effective_at_us=9, idempotency_key="later", partner_id="northwind")])
     assert problems_with_head(booked, (before.head_id, before.chain_head)) == set()
     assert problems_with_head(booked, (before.head_id - 1, before.chain_head)) == {(4, "head_rewritten")}
 
@@ -753,13 +757,14 @@ def test_a_line_moved_to_another_instant_than_its_transaction_is_named(booked):
 
 def test_a_line_amount_of_zero_is_named(sqlite_database):
     with sqlite_database.transaction() as session:
+        program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a")])
+                                                effective_at_us=5, idempotency_key="a", partner_id="northwind")])
     with behind_the_triggers(sqlite_database) as execute:  # and past the CHECK constraint, as the file's owner can
         execute("PRAGMA ignore_check_constraints = ON")
         execute("UPDATE journal_lines SET amount_minor = 0 WHERE transaction_id = 1")
     assert problems(sqlite_database) == {(1, "amount_not_positive"), (1, "content_altered"),
-                                         (None, "totals_mismatch")}
+                                         (None, "totals_mismatch"), (None, "row_against_its_constraints")}
 
 
 @pytest.mark.parametrize("altered", ["partner_id = 'southwind'", "amount_minor = 100000", "currency = 'EUR'"],

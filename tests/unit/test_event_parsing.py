@@ -22,6 +22,8 @@ def test_a_good_event_parses_to_exact_minor_units():
     ({"amount": "500.00"}, "amount"),
     ({"type": "gift"}, "type"),
     ({"occurred_at": "2026-01-20"}, "occurred_at"),
+    # past the API's 40 characters: a file's event the API then refused, so billing's retry was a 422, not a replay
+    ({"occurred_at": "2026-01-20T00:00:00." + "0" * 20 + "Z"}, "occurred_at"),
     ({"id": ""}, "id"),
     ({"customer_id": "a b"}, "customer_id"),
     ({"surprise": True}, "surprise"),
@@ -30,6 +32,12 @@ def test_each_bad_field_is_named(change, field):
     with pytest.raises(InvalidInput) as refused:
         parse_event({**GOOD, **change})
     assert field in refused.value.fields
+
+
+def test_an_instant_of_forty_characters_is_taken():
+    occurred_at = "2026-01-20T00:00:00." + "9" * 19 + "Z"
+    assert len(occurred_at) == 40 and parse_event({**GOOD, "occurred_at": occurred_at}) == parse_event(GOOD)._replace(
+        occurred_at_us=1_768_867_200_999_999)
 
 
 def test_missing_fields_are_each_named():

@@ -30,7 +30,11 @@ def at(text: str) -> int:
 
 def test_instants_need_an_offset_and_are_normalized_to_utc():
     assert format_instant(at("2026-01-20T02:00:00+02:00")) == "2026-01-20T00:00:00Z"
-    for bad in ["2026-01-20T00:00:00", "2026-01-20", "yesterday", "2026-13-01T00:00:00Z", 5]:
+    assert format_instant(at("2026-01-20T00:00:00-23:59")) == "2026-01-20T23:59:00Z"
+    for bad in ["2026-01-20T00:00:00", "2026-01-20", "yesterday", "2026-13-01T00:00:00Z", 5,
+                # RFC 3339's offsets: minutes 00-59, hours 00-23 (datetime read "+00:99" as 1 h 39 min)
+                "2026-01-20T00:00:00+00:60", "2026-01-20T00:00:00+00:99", "2026-01-20T00:00:00-05:75",
+                "2026-01-20T00:00:00+24:00"]:
         with pytest.raises(InvalidInput) as refused:
             parse_instant(bad, field="occurred_at")
         assert "occurred_at" in refused.value.fields
