@@ -1274,3 +1274,20 @@ def test_an_empty_migration_database_url_is_refused_not_taken_for_the_database_u
     assert result.exit_code == 2, result.output
     assert "REVSHARE_MIGRATION_DATABASE_URL is set but empty" in result.output, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_changed_event_imported_again_is_refused_naming_the_fields_that_differ(seeded, tmp_path):
+    # The summary's examples said only "was already received with other content": with several
+    # conflicts, which line differed where was not told.
+    rows = ["id,type,customer_id,invoice_id,currency,occurred_at,amount",
+            "c-1,invoice_paid,acme,inv-c-1,USD,2026-01-11T00:00:00Z,10.00",
+            "c-2,invoice_paid,acme,inv-c-2,USD,2026-01-12T00:00:00Z,20.00"]
+    (tmp_path / "first.csv").write_text("\n".join(rows) + "\n")
+    assert invoke(seeded.url, "import", str(tmp_path / "first.csv")).exit_code == 0
+    changed = [rows[0], rows[1].replace("10.00", "11.00"), rows[2].replace("12T", "13T").replace("20.00", "21.00")]
+    (tmp_path / "changed.csv").write_text("\n".join(changed) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "changed.csv"))
+    assert result.exit_code == 1 and "refused: 2" in result.output, result.output
+    assert "line 2 event c-1: event 'c-1' was already received with other content: amount differs" in result.output
+    assert ("line 3 event c-2: event 'c-2' was already received with other content: amount, occurred_at differ"
+            in result.output)
