@@ -322,6 +322,13 @@ def verify_payouts(session: Session, resolutions: dict[int, list[tuple[int, str]
     problems += [Problem(transactions[0][0], "payout_resolution_mismatch",
                          f"resolves payout {payout_id}, which does not exist")
                  for payout_id, transactions in sorted(resolutions.items()) if payout_id not in known]
+    # The reason the API shows is the record's; the chain covers it as the posting's memo.
+    t = journal_transactions.c
+    problems += [Problem(transaction_id, "payout_resolution_mismatch",
+                         f"payout {payout_id}: its resolution record's reason is not its posting's")
+                 for payout_id, transaction_id in session.execute(
+                     select(r.payout_id, r.transaction_id).join(journal_transactions, t.id == r.transaction_id)
+                     .where(r.reason.is_distinct_from(t.memo)).order_by(r.payout_id))]
     return problems
 
 

@@ -421,6 +421,18 @@ def paid_out(enrolled):
     return database, payout
 
 
+@pytest.mark.parametrize("reason", ["wire returned", None])
+def test_a_resolutions_reason_altered_from_its_postings_memo_is_named(paid_out, reason):
+    database, payout = paid_out
+    with database.transaction() as session:
+        failed = payouts.fail(session, payout.id, reason=reason, at_us=3_000)
+    assert problems(database) == set()
+    with behind_the_triggers(database) as execute:  # the reason the API shows, not the one the chain covers
+        execute(f"UPDATE payout_resolutions SET reason = 'bank account closed' WHERE payout_id = {failed.id}")
+    [(transaction_id, code)] = problems(database)
+    assert code == "payout_resolution_mismatch" and transaction_id != payout.transaction_id
+
+
 def test_a_payout_record_altered_from_its_posting_is_named(paid_out):
     database, payout = paid_out
     with behind_the_triggers(database) as execute:
