@@ -223,16 +223,16 @@ def test_another_partners_records_are_the_same_404_as_missing_ones(shared, suffi
     assert theirs.get_json()["detail"].replace("p2", "X") == missing.get_json()["detail"].replace("nobody", "X")
 
 
-def test_a_transaction_without_a_partner_is_hidden_from_partners(scratch):
+def test_a_transaction_without_a_partner_is_hidden_from_partners(database, client, keys, booked):
     # Books written before migration 0047 may hold one (a posting of the service names its partner).
-    with behind_the_triggers(scratch.database) as execute:
+    with behind_the_triggers(database) as execute:
         execute(f"INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
                 f" request_hash, prev_hash, hash) VALUES (4, 'accrual', 5, 5, 'house', '{'0' * 64}',"
                 f" '{'1' * 64}', '{'2' * 64}')")
-    for key in (scratch.keys.p1, scratch.keys.p2):
-        assert scratch.client.get("/v1/transactions/4", headers=bearer(key)).status_code == 404
-        assert 4 not in ids(scratch.client.get("/v1/transactions", headers=bearer(key)))
-    assert scratch.client.get("/v1/transactions/4", headers=bearer(scratch.keys.finance)).status_code == 200
+    for key in (keys.p1, keys.p2):
+        assert client.get("/v1/transactions/4", headers=bearer(key)).status_code == 404
+        assert 4 not in ids(client.get("/v1/transactions", headers=bearer(key)))
+    assert client.get("/v1/transactions/4", headers=bearer(keys.finance)).status_code == 200
 
 
 @pytest.mark.parametrize("listing", ["/v1/transactions", "/v1/payouts"])

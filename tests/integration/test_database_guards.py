@@ -12,6 +12,7 @@ from ledger.db import Database
 from ledger.demo import load_demo
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
+from tests import program
 from tests.integration.conftest import one_waits, second_writer_behind_first
 from tests.scenarios.books import Books, ahead
 
@@ -34,12 +35,12 @@ def insert_line(connection, transaction_id, account_id, side, amount, at=5, curr
 
 
 def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="accrual",
-                  reverses_id=None, original=None, customer_id=None, accrual_id=None, partner_id=None,
+                  reverses_id=None, original=None, customer_id=None, accrual_id=None, partner_id="northwind",
                   invoice_id=None, recorded=1, memo=None):
-    """A header sealing the lines inserted before it. By default an accrual naming no partner, as
-    `booked`'s first posting, whose lines (a debit of `expense:commission`, a credit to a partner's
-    pending account) are an accrual's: an adjustment names an enrolled partner and moves money
-    between `expense:commission:adjustment` and that partner's account (migration 0031)."""
+    """A header sealing the lines inserted before it. By default an accrual of northwind, as
+    `booked`'s first posting, whose lines (a debit of `expense:commission`, a credit to northwind's
+    pending account) are an accrual's (migration 0047); an adjustment names an enrolled partner and
+    moves money between `expense:commission:adjustment` and that partner's account (migration 0031)."""
     connection.execute(sa.text(
         f"{verb} INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us, "
         "idempotency_key, request_hash, prev_hash, hash, reverses_id, customer_id, accrual_id, partner_id, "
@@ -119,6 +120,9 @@ def test_every_line_carries_its_headers_instant(booked):
 
 
 def test_the_first_transaction_names_the_genesis_hash(database):
+    with database.transaction() as session:  # the accrual names northwind: a partner of the program
+        program.enrol(session, "northwind")
+
     def first(prev_hash: str):
         def post(connection):
             expense, pending = (connection.execute(sa.text(
@@ -147,7 +151,7 @@ def test_a_line_without_a_header_never_commits(booked):
 def post_the_next(session) -> None:
     """The service's next posting: `booked`'s transaction 2."""
     journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                            effective_at_us=6, idempotency_key="a2")])
+                                            effective_at_us=6, idempotency_key="a2", partner_id="northwind")])
 
 
 def lines_of(database, transaction_id: int) -> int:

@@ -8,6 +8,7 @@ beside it that the same guard accepts, so that no guard passes by refusing every
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import date
 
@@ -18,11 +19,12 @@ from ledger import accounts as chart
 from ledger import holds as holds_module
 from ledger import customers, journal, partners, payouts, periods, plans, revenue, reversals
 from ledger.db import JOURNAL_LOCK_KEY, database_now_us
-from ledger.errors import Conflict
-from ledger.instants import period_bounds_us
+from ledger.errors import Conflict, InvalidInput
+from ledger.instants import now_us, period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from ledger.verify import verify
+from migrations.earlier import revision
 from tests.api.conftest import STANDARD_TERMS, enroll
 from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
@@ -34,6 +36,38 @@ from tests.integration.test_periods_payouts_database import at, new_payout
 def accepted(database, statements) -> None:
     with database.engine.begin() as connection:
         statements(connection)
+
+
+@contextlib.contextmanager
+def posting_before_0047(monkeypatch):
+    """Python posting as it did before migration 0047, holding no commission or write-off to its
+    accounts (an accrual naming no partner is posted): for books written at an older revision."""
+    with monkeypatch.context() as patch:
+        patch.setattr(journal, "_PLACED", {})
+        yield
+
+
+@contextlib.contextmanager
+def written_before_0047(database):
+    """A connection on which a commission is written as before migration 0047, on any accounts: the
+    rows that revision leaves as they are, which the rules of earlier revisions still read. SQLite
+    drops its trigger and makes it again; PostgreSQL puts back the statement function as it stood
+    before, then 0047's (both in the connection's transaction)."""
+    earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
+    with database.engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            trigger = "trg_journal_transactions_earning_posted"
+            made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{trigger}'").scalar_one()
+            connection.exec_driver_sql(f"DROP TRIGGER {trigger}")
+            yield connection
+            connection.exec_driver_sql(made)
+            return
+        settings = f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}"
+        for statement in (earnings.seal_function(extended=False), settings):
+            connection.exec_driver_sql(statement)
+        yield connection
+        for statement in (earnings.seal_function(extended=True), settings):
+            connection.exec_driver_sql(statement)
 
 
 # ---- reversals ----
@@ -147,8 +181,9 @@ def test_sqlite_keeps_amounts_and_instants_integers(sqlite_database, column, val
     """SQLite columns take any value whatever their type; PostgreSQL's bigint refuses these itself."""
     database = sqlite_database
     with database.transaction() as session:
+        program.enrol(session, "northwind")  # its accruals name a partner of the program
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a1")])
+                                                effective_at_us=5, idempotency_key="a1", partner_id="northwind")])
 
     def not_an_integer(connection):
         expense, pending = account_ids(connection)
@@ -172,8 +207,8 @@ def test_sqlite_keeps_revenue_event_amounts_integers(sqlite_database):
 
 
 HEADER = ("INSERT INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us,"
-          " matures_at_us, idempotency_key, request_hash, prev_hash, hash)"
-          " VALUES (2, 'accrual', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h)")
+          " matures_at_us, idempotency_key, request_hash, prev_hash, hash, partner_id)"
+          " VALUES (2, 'accrual', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h, 'northwind')")
 
 
 @pytest.mark.parametrize("column, value", [("recorded", "x"), ("recorded", 1.5), ("original", 4.5),
@@ -181,8 +216,9 @@ HEADER = ("INSERT INTO journal_transactions (id, kind, effective_at_us, original
 def test_sqlite_keeps_a_headers_instants_integers(sqlite_database, column, value):
     database = sqlite_database
     with database.transaction() as session:
+        program.enrol(session, "northwind")  # its accruals name a partner of the program
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a1")])
+                                                effective_at_us=5, idempotency_key="a1", partner_id="northwind")])
 
     def header(**values):
         def post(connection):
@@ -541,14 +577,14 @@ def test_an_event_is_posted_when_a_transaction_names_it_and_only_then(booked):
     with booked.transaction() as session:
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
-                             idempotency_key="e1:accrual", invoice_id="i1", event_id="e1"),
+                             idempotency_key="e1:accrual", invoice_id="i1", event_id="e1", partner_id="northwind"),
             # Neither names its event as a commission of its invoice would: an adjustment, and an
             # accrual of another invoice.
             journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 1, effective_at_us=5,
                              idempotency_key="e2:goodwill", partner_id="northwind", memo="goodwill",
                              invoice_id="i2", event_id="e2"),
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
-                             idempotency_key="e3:accrual", invoice_id="i9", event_id="e3")])
+                             idempotency_key="e3:accrual", invoice_id="i9", event_id="e3", partner_id="northwind")])
     message = "an event is posted when a commission or clawback of its invoice names it, and only then"
     refused(booked, event("e1", "no_commission"), message)
     refused(booked, event("e2", "posted", invoice="i2"), message)
@@ -969,18 +1005,26 @@ RAW_RECORDED_AT_US = 1  # every raw header's recorded_at_us (insert_header)
 CLOCK_SKEW_US = 5 * 60 * 1_000_000  # allowed, as for revenue events (migration 0017)
 
 
-def dated(transaction_id: int, at_us: int, kind: str = "adjustment", original: int | None = None):
-    """A raw transaction of `kind` at `at_us`; an adjustment as `ledger.payouts.adjust` posts one
-    (northwind's, from `expense:commission:adjustment`, with its reason: migration 0031)."""
+# The accounts of the kinds `dated` names northwind on, as the service posts them: an adjustment's
+# (migration 0031), an accrual's and a write-off's (migration 0047).
+DATED_ON = {"adjustment": (chart.EXPENSE_ADJUSTMENT, PENDING), "accrual": (chart.EXPENSE_COMMISSION, PENDING),
+            "writeoff": (chart.EXPENSE_WRITEOFF, chart.available("northwind"))}
+
+
+def dated(transaction_id: int, at_us: int, kind: str = "adjustment", original: int | None = None,
+          recorded: int = RAW_RECORDED_AT_US):
+    """A raw transaction of 100 USD of `kind` at `at_us`; an adjustment as `ledger.payouts.adjust`
+    posts one (northwind's, from `expense:commission:adjustment`, with its reason), an accrual or a
+    write-off of northwind on its accounts (`DATED_ON`), another kind from `expense:commission` to
+    northwind's pending account, naming no partner."""
     def post(connection):
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-        adjustment = kind == "adjustment"
-        debit = ids[chart.EXPENSE_ADJUSTMENT if adjustment else chart.EXPENSE_COMMISSION]
-        insert_line(connection, transaction_id, debit, "D", 100, at=at_us)
-        insert_line(connection, transaction_id, ids[PENDING], "C", 100, at=at_us)
+        debit, credit = DATED_ON.get(kind, (chart.EXPENSE_COMMISSION, PENDING))
+        insert_line(connection, transaction_id, ids[debit], "D", 100, at=at_us)
+        insert_line(connection, transaction_id, ids[credit], "C", 100, at=at_us)
         insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=at_us,
-                      kind=kind, original=original, partner_id="northwind" if adjustment else None,
-                      memo="goodwill" if adjustment else None)
+                      kind=kind, original=original, partner_id="northwind" if kind in DATED_ON else None,
+                      memo="goodwill" if kind == "adjustment" else None, recorded=recorded)
     return post
 
 
@@ -1073,9 +1117,16 @@ def test_a_piece_is_an_accrual_cpa_or_override_of_its_partner_into_its_pending_a
         return post
     # No earning: an adjustment of northwind's.
     accepted(pieces, raw(4, "adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "northwind", memo="goodwill"))
-    # Another partner's: an accrual naming southwind into northwind's account is refused itself (migration 0029).
-    refused(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, PENDING, "southwind"), ELSEWHERE)
-    accepted(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, AVAILABLE, "northwind"))  # not into pending
+    # Another partner's: an accrual naming southwind into northwind's account is refused itself
+    # (migration 0029, and 0047, whose rule comes first on SQLite).
+    refused(pieces, raw(5, "accrual", chart.EXPENSE_COMMISSION, PENDING, "southwind"),
+            f"{ELSEWHERE}|{EARNING_MISPOSTED}")
+    # Not into pending: an accrual of northwind into its available account, refused since migration
+    # 0047, which leaves those written before it as they are.
+    into_available = raw(5, "accrual", chart.EXPENSE_COMMISSION, AVAILABLE, "northwind")
+    refused(pieces, into_available, EARNING_MISPOSTED)
+    with written_before_0047(pieces) as connection:
+        into_available(connection)
     for piece in (4, 5):
         refused(pieces, against(6, "clawback", 10, piece=piece, from_account=AVAILABLE), WITHIN_ITS_PIECE)
         refused(pieces, against(6, "clawback", 10, piece=piece), WITHIN_ITS_PIECE)
@@ -1083,11 +1134,11 @@ def test_a_piece_is_an_accrual_cpa_or_override_of_its_partner_into_its_pending_a
 
 
 def test_a_piece_is_one_credit_to_its_partners_pending_account(pieces):
-    def split_accrual(connection):  # 100 USD, half to pending and half to available
+    def split_accrual(connection):  # 100 USD, in two credits of 50 to pending (an accrual's accounts: 0047)
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
         insert_line(connection, 4, ids[chart.EXPENSE_COMMISSION], "D", 100)
         insert_line(connection, 4, ids[PENDING], "C", 50)
-        insert_line(connection, 4, ids[AVAILABLE], "C", 50)
+        insert_line(connection, 4, ids[PENDING], "C", 50)
         insert_header(connection, 4, head_hash(connection), key="raw-4", kind="accrual", partner_id="northwind")
     accepted(pieces, split_accrual)
     refused(pieces, against(5, "clawback", 10, piece=4), WITHIN_ITS_PIECE)
@@ -1159,7 +1210,8 @@ def test_a_piece_is_released_once(pieces):
 
     def released_again(connection):  # a late refund undid the release: the piece is released again
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-        raw_transfer(connection, 5, ids[AVAILABLE], ids[PENDING], kind="reversal", reverses_id=4, partner_id="northwind")
+        raw_transfer(connection, 5, ids[AVAILABLE], ids[PENDING], kind="reversal", reverses_id=4,
+                     partner_id="northwind")
         against(6, "release", 100)(connection)
     accepted(pieces, released_again)
 
@@ -1206,20 +1258,24 @@ def test_a_release_is_asked_for_no_earlier_than_its_accrual_matures(queued):
 def test_a_transaction_of_a_partner_posts_to_no_other_partners_account(booked):
     """A partner's key reads the transactions that name it (`ledger.transactions.page`): a posting
     naming one partner on another's account would show that other partner's money to it."""
-    with booked.transaction() as session:
+    with booked.transaction() as session:  # 2: contoso's accrual, beside northwind's (1)
         program.enrol(session, "contoso")
-        chart.account_ids(session, [chart.available("contoso"), chart.pending("contoso")])
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("contoso"), "USD",
+                                                100, effective_at_us=5, idempotency_key="a2", partner_id="contoso")])
 
-    def accrual(transaction_id: int, partner: str | None, credit: str = PENDING):
+    # Reversals, which mirror their originals whichever partner they name: an accrual on another
+    # partner's account breaks its own rule as well (migration 0047), which SQLite checks first.
+    def reversal(transaction_id: int, original: int, partner: str | None):
         def post(connection):
             ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-            raw_transfer(connection, transaction_id, ids[chart.EXPENSE_COMMISSION], ids[credit], kind="accrual",
-                         partner_id=partner)
+            pending = chart.pending("northwind" if original == 1 else "contoso")
+            raw_transfer(connection, transaction_id, ids[pending], ids[chart.EXPENSE_COMMISSION], kind="reversal",
+                         reverses_id=original, partner_id=partner)
         return post
-    refused(booked, accrual(2, "contoso"), ELSEWHERE)
-    refused(booked, accrual(2, "northwind", credit=chart.available("contoso")), ELSEWHERE)
-    accepted(booked, accrual(2, "northwind"))
-    accepted(booked, accrual(3, None))  # names no partner: shown to none
+    refused(booked, reversal(3, 1, "contoso"), ELSEWHERE)
+    refused(booked, reversal(3, 2, "northwind"), ELSEWHERE)
+    accepted(booked, reversal(3, 1, "northwind"))
+    accepted(booked, reversal(4, 2, None))  # names no partner: shown to none
 
 
 def test_a_resolution_posts_its_payouts_amount_on_the_accounts_of_its_outcome(enrolled):
@@ -1255,19 +1311,28 @@ def test_no_transaction_is_asked_for_more_than_five_minutes_after_it_was_recorde
     """Python refuses a reversal, release, payout run, settlement or adjustment dated ahead, and an
     event's postings follow the event's instant: none is dated past the instant it is recorded at.
     A reversal dated 2100 would leave its original standing in every report until then."""
+    with booked.transaction() as session:  # 2: what a write-off of 100 USD forgives, as of any instant from 5
+        chart.account_ids(session, [chart.EXPENSE_WRITEOFF])
+        payouts.adjust(session, "northwind", "available", -100, "USD", "overpaid", effective_at_us=5)
     limit_us = RAW_RECORDED_AT_US + CLOCK_SKEW_US
     ahead = "a transaction is dated at most five minutes after it is recorded"
-    for kind in ("accrual", "writeoff", "payout_settled"):
-        refused(booked, dated(2, 4_102_444_800_000_000, kind=kind), ahead)
-        refused(booked, dated(2, limit_us + 1, kind=kind), ahead)
-    accepted(booked, dated(2, limit_us, kind="accrual"))
+    for kind in ("accrual", "payout_settled"):
+        refused(booked, dated(3, 4_102_444_800_000_000, kind=kind), ahead)
+        refused(booked, dated(3, limit_us + 1, kind=kind), ahead)
+    # A write-off is dated at a month's last microsecond (migration 0047): 2099-12-31's, and January
+    # 1970's, one microsecond past the skew after the instant it is recorded at, then at the skew.
+    refused(booked, dated(3, period_bounds_us("2099-12")[1] - 1, kind="writeoff"), ahead)
+    january_end_us = period_bounds_us("1970-01")[1] - 1
+    refused(booked, dated(3, january_end_us, kind="writeoff", recorded=january_end_us - CLOCK_SKEW_US - 1), ahead)
+    accepted(booked, dated(3, january_end_us, kind="writeoff", recorded=january_end_us - CLOCK_SKEW_US))
+    accepted(booked, dated(4, limit_us, kind="accrual"))
 
     def reversal_of_the_first(at_us: int):
         def post(connection):
             expense, pending = account_ids(connection)
-            insert_line(connection, 3, pending, "D", 100, at=at_us)
-            insert_line(connection, 3, expense, "C", 100, at=at_us)
-            insert_header(connection, 3, head_hash(connection), key="raw-3", at=at_us, kind="reversal", reverses_id=1)
+            insert_line(connection, 5, pending, "D", 100, at=at_us)
+            insert_line(connection, 5, expense, "C", 100, at=at_us)
+            insert_header(connection, 5, head_hash(connection), key="raw-5", at=at_us, kind="reversal", reverses_id=1)
         return post
     refused(booked, reversal_of_the_first(4_102_444_800_000_000), ahead)
     accepted(booked, reversal_of_the_first(limit_us))
@@ -1509,8 +1574,10 @@ def test_the_first_close_starts_no_later_than_the_first_posting(database):
     while an earlier one has postings: a first close of March over January's postings left January
     open before a closed chain, where nothing could close it."""
     with database.transaction() as session:
+        program.enrol(session, "northwind")  # its accrual names a partner of the program
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=at("2026-01-20"), idempotency_key="a1")])
+                                                effective_at_us=at("2026-01-20"), idempotency_key="a1",
+                                                partner_id="northwind")])
     late = "the first close starts no later than the first posting"
     refused(database, raw_close("2026-03"), late)
     refused(database, raw_close("2026-02"), late)
@@ -1580,18 +1647,21 @@ def test_a_transaction_names_a_partner_of_the_program(booked):
     refused(booked, accrual(2, "ghost"), NOT_ENROLLED)
     with pytest.raises(sa.exc.DBAPIError, match=NOT_ENROLLED):  # one of a batch, through the journal
         with booked.transaction() as session:
-            journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION,
-                                                    chart.pending(partner or "northwind"), "USD", 100,
-                                                    effective_at_us=5, idempotency_key=f"k{partner}",
+            journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending(partner), "USD",
+                                                    100, effective_at_us=5, idempotency_key=f"k{partner}",
                                                     partner_id=partner)
-                                   for partner in ("northwind", None, "ghost")])
-    accepted(booked, accrual(2, None))  # names no partner: shown to none
+                                   for partner in ("northwind", "ghost")])
+
+    def unnamed_reversal(connection):  # names no partner: shown to none (an accrual names its partner: 0047)
+        expense, pending = account_ids(connection)
+        raw_transfer(connection, 2, pending, expense, kind="reversal", reverses_id=1, partner_id=None)
+    accepted(booked, unnamed_reversal)
     with booked.transaction() as session:
         program.enrol(session, "ghost")
     accepted(booked, accrual(3, "ghost"))
 
 
-def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_that_partner(empty_url):
+def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_that_partner(empty_url, monkeypatch):
     """The one way past the rule for a reversal is its original's partner (a posting written for a
     partner never enrolled before migration 0031 can be reversed): a reversal naming a partner never
     enrolled, of an original on that partner's accounts that names no partner, is a new posting for
@@ -1602,7 +1672,8 @@ def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_th
     upgrade(empty_url, "0030")
     database = Database(empty_url)
     try:
-        with database.transaction() as session:  # as the service wrote them before 0031
+        # As the service wrote them before 0031 (and 0047: the first names no partner).
+        with posting_before_0047(monkeypatch), database.transaction() as session:
             unnamed, named = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
                 idempotency_key=f"ghost-{partner}", partner_id=partner) for partner in (None, "ghost")])
@@ -1622,7 +1693,8 @@ def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_th
 
 
 @pytest.mark.parametrize("kind", ["reversal", "accrual"])
-def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_piece_of_that_partner(empty_url, kind):
+def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_piece_of_that_partner(empty_url, kind,
+                                                                                                  monkeypatch):
     """A reversal of an original naming no partner, or a new accrual, naming a partner never enrolled
     and, in `accrual_id`, that partner's piece written before migration 0031: a new posting for that
     partner, which neither reverses its original nor releases or claws back its piece."""
@@ -1632,7 +1704,8 @@ def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_pie
     upgrade(empty_url, "0030")
     database = Database(empty_url)
     try:
-        with database.transaction() as session:  # as the service wrote them before 0031
+        # As the service wrote them before 0031 (and 0047: the first names no partner).
+        with posting_before_0047(monkeypatch), database.transaction() as session:
             unnamed, piece = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
                 idempotency_key=f"ghost-{partner}", partner_id=partner) for partner in (None, "ghost")])
@@ -1647,7 +1720,10 @@ def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_pie
                              reverses_id=unnamed.id if kind == "reversal" else None, partner_id=partner)
             return post
         refused(database, posting("ghost"), NOT_ENROLLED)
-        accepted(database, posting(None))
+        if kind == "accrual":  # the same accrual once ghost is enrolled (one naming no partner is refused: 0047)
+            with database.transaction() as session:
+                program.enrol(session, "ghost")
+        accepted(database, posting(None if kind == "reversal" else "ghost"))
     finally:
         database.dispose()
 
@@ -1794,3 +1870,65 @@ def test_a_resolutions_reason_has_at_most_500_characters(enrolled):
     with pytest.raises(sa.exc.DBAPIError, match=TEXT_REFUSED):
         settled_with("x" * 501)
     settled_with("")
+
+
+# ---- commissions and write-offs on their accounts (migration 0047) ----
+
+EARNING_MISPOSTED = "an accrual, CPA or override moves money from expense:commission to the pending account"
+WRITEOFF_MISPOSTED = "a write-off moves money from expense:commission:writeoff to the available account"
+AVAILABLE = chart.available("northwind")
+
+
+def raw_posting(transaction_id: int, kind: str, *legs: tuple[str, str, int], partner: str | None = "northwind",
+                at_us: int = 5):
+    """A raw transaction of `kind` at `at_us`, each leg (debit account, credit account, amount)."""
+    def post(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        for debit, credit, amount in legs:
+            insert_line(connection, transaction_id, ids[debit], "D", amount, at=at_us)
+            insert_line(connection, transaction_id, ids[credit], "C", amount, at=at_us)
+        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=at_us,
+                      kind=kind, partner_id=partner, recorded=now_us())
+    return post
+
+
+@pytest.mark.parametrize("kind", ["accrual", "cpa", "override"])
+def test_a_commission_moves_money_from_the_commission_expense_to_its_partners_pending_account(booked, kind):
+    """A write-off from cash to a partner's available account was paid by the next payout run; a
+    commission on the wrong accounts likewise (`revshare verify` said ok of both)."""
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.CASH, AVAILABLE, chart.EXPENSE_WRITEOFF])
+    expense = chart.EXPENSE_COMMISSION
+    for wrong in (raw_posting(2, kind, (expense, PENDING, 100), partner=None),
+                  raw_posting(2, kind, (expense, AVAILABLE, 100)),  # past the hold
+                  raw_posting(2, kind, (chart.CASH, PENDING, 100)),
+                  raw_posting(2, kind, (chart.EXPENSE_WRITEOFF, PENDING, 100)),
+                  raw_posting(2, kind, (PENDING, expense, 100)),  # a clawback's sides
+                  raw_posting(2, kind, (expense, PENDING, 100), (expense, AVAILABLE, 50))):  # a leg astray
+        refused(booked, wrong, EARNING_MISPOSTED)
+    accepted(booked, raw_posting(2, kind, (expense, PENDING, 100), (expense, PENDING, 50)))
+    with pytest.raises(InvalidInput, match=EARNING_MISPOSTED):
+        journal.check_draft(journal.transfer(kind, chart.CASH, PENDING, "USD", 1, effective_at_us=5,
+                                             idempotency_key="python", partner_id="northwind"))
+
+
+def test_a_writeoff_forgives_exactly_a_negative_available_balance_at_a_months_end(booked):
+    """Read from the lines before any close, then from the latest close's snapshot plus the lines after it."""
+    january_end, february_end = period_bounds_us("1970-01")[1], period_bounds_us("1970-02")[1]
+    with booked.transaction() as session:
+        chart.account_ids(session, [chart.CASH, chart.EXPENSE_WRITEOFF, AVAILABLE])
+        payouts.adjust(session, "northwind", "available", -300, "USD", "overpaid", effective_at_us=at("1970-01-10"))
+    writeoff = chart.EXPENSE_WRITEOFF
+    for wrong in (raw_posting(3, "writeoff", (writeoff, AVAILABLE, 200), at_us=january_end - 1),  # -100 left
+                  raw_posting(3, "writeoff", (writeoff, AVAILABLE, 400), at_us=january_end - 1),  # 100 left
+                  raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), at_us=january_end - 2),
+                  raw_posting(3, "writeoff", (chart.CASH, AVAILABLE, 300), at_us=january_end - 1),
+                  raw_posting(3, "writeoff", (writeoff, PENDING, 300), at_us=january_end - 1),
+                  raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), partner=None, at_us=january_end - 1)):
+        refused(booked, wrong, WRITEOFF_MISPOSTED)
+    accepted(booked, raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), at_us=january_end - 1))
+    with booked.transaction() as session:
+        periods.close_period(session, "1970-01", now_us=at("2026-01-01"))
+        payouts.adjust(session, "northwind", "available", -50, "USD", "overpaid", effective_at_us=at("1970-02-10"))
+    refused(booked, raw_posting(5, "writeoff", (writeoff, AVAILABLE, 350), at_us=february_end - 1), WRITEOFF_MISPOSTED)
+    accepted(booked, raw_posting(5, "writeoff", (writeoff, AVAILABLE, 50), at_us=february_end - 1))

@@ -32,9 +32,10 @@ def insert_headers(connection, headers: list[dict]) -> None:
 
 
 def header(transaction_id: int, prev_hash: str, **fields) -> dict:
+    """By default an accrual of northwind, as `booked`'s (an accrual names its partner: migration 0047)."""
     return {"id": transaction_id, "kind": "accrual", "effective_at_us": 5, "recorded_at_us": 1,
             "idempotency_key": f"raw-{transaction_id}", "request_hash": "f" * 64, "prev_hash": prev_hash,
-            "hash": "f" * 64, **fields}
+            "hash": "f" * 64, "partner_id": "northwind", **fields}
 
 
 def lines_of_the_last(connection, breaks: str) -> dict:
@@ -48,11 +49,16 @@ def lines_of_the_last(connection, breaks: str) -> dict:
             insert_line(connection, 4, expense, "D", 1)
         insert_line(connection, 4, pending, "C", 100)
         return {}
-    debit, credit = (expense, expense) if breaks == "not_enrolled" else (expense, pending)
+    # An accrual of ghost moves money to ghost's pending account (migration 0047), and so to no other
+    # partner's; the header naming another partner's account is a reversal of header 2 naming globex:
+    # an accrual on another partner's account breaks 0047's rule as well, which SQLite checks first.
+    ghost = connection.execute(sa.text("SELECT id FROM accounts WHERE name = :name"),
+                               {"name": chart.pending("ghost")}).scalar_one()
+    debit, credit = {"not_enrolled": (expense, ghost), "others": (pending, expense)}.get(breaks, (expense, pending))
     insert_line(connection, 4, debit, "D", 100, at=6 if breaks == "moved" else 5)
     insert_line(connection, 4, credit, "C", 99 if breaks == "unbalanced" else 100)
     return {"version": {"plan_version_id": 999_999}, "not_enrolled": {"partner_id": "ghost"},
-            "others": {"partner_id": "globex"}, "chain": {"prev_hash": "a" * 64},
+            "others": {"kind": "reversal", "reverses_id": 2, "partner_id": "globex"}, "chain": {"prev_hash": "a" * 64},
             "piece": {"kind": "clawback", "partner_id": "northwind"}}.get(breaks, {})
 
 
@@ -74,6 +80,7 @@ BROKEN_BY_THE_LAST = {
 def test_a_rule_broken_by_the_last_header_of_a_statement_mixing_kinds_refuses_the_statement(booked, breaks):
     with booked.transaction() as session:
         program.enrol(session, "globex")
+        chart.account_ids(session, [chart.pending("ghost")])  # for an accrual of ghost, never enrolled
 
     def three_headers(connection) -> None:
         expense, pending = account_ids(connection)

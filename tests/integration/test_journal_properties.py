@@ -14,31 +14,51 @@ from ledger.db import Database
 from ledger.errors import Conflict
 from ledger.journal import CREDIT, DEBIT, Draft, Line
 from ledger.verify import verify
+from tests import program
 from tests.conftest import database_property, drop_pg_database, new_pg_url, new_sqlite_url
 
-ACCOUNTS = [chart.EXPENSE_COMMISSION, chart.EXPENSE_ADJUSTMENT, chart.CASH, chart.PAYOUTS_IN_TRANSIT,
-            *(chart.pending(p) for p in ("p1", "p2")), *(chart.available(p) for p in ("p1", "p2"))]
+PARTNERS = ("p1", "p2")
+ACCOUNTS = [chart.EXPENSE_COMMISSION, chart.EXPENSE_ADJUSTMENT,
+            *(chart.pending(p) for p in PARTNERS), *(chart.available(p) for p in PARTNERS)]
 
-line_strategy = st.tuples(st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
-                          st.sampled_from(["USD", "JPY", "BHD"]), st.integers(1, 10**12))
-post_op = st.tuples(st.just("post"), st.lists(line_strategy, min_size=1, max_size=3), st.integers(0, 10**9))
+leg_strategy = st.tuples(st.sampled_from(["USD", "JPY", "BHD"]), st.integers(1, 10**12))
+# Every kind of the service moves money on the accounts of its kind (migrations 0031 and 0047): an
+# accrual of one to three legs, in any currencies, from the commission expense to its partner's
+# pending account; an adjustment of one leg between the adjustment expense and either account of
+# its partner, either way.
+accrual_strategy = st.tuples(st.just("accrual"), st.sampled_from(PARTNERS),
+                             st.lists(leg_strategy, min_size=1, max_size=3), st.none())
+adjustment_strategy = st.tuples(st.just("adjustment"), st.sampled_from(PARTNERS),
+                                st.lists(leg_strategy, min_size=1, max_size=1),
+                                st.tuples(st.sampled_from(["pending", "available"]), st.booleans()))
+post_op = st.tuples(st.just("post"), st.one_of(accrual_strategy, accrual_strategy, adjustment_strategy),
+                    st.integers(0, 10**9))
 reverse_op = st.tuples(st.just("reverse"), st.integers(0, 50), st.none())
 replay_op = st.tuples(st.just("replay"), st.integers(0, 50), st.none())
 history = st.lists(st.one_of(post_op, post_op, reverse_op, replay_op), min_size=1, max_size=12)
 
 
-def draft_of(step: int, legs, at_us: int) -> Draft:
-    lines = []
-    for debit, credit, currency, amount in legs:
-        lines += [Line(debit, currency, DEBIT, amount), Line(credit, currency, CREDIT, amount)]
-    # Any accounts, naming no partner: an accrual with no maturity, as no kind of the service moves
-    # money between any two accounts (an adjustment moves it between its expense and its partner's).
-    return Draft("accrual", at_us, tuple(lines), f"step-{step}")
+def draft_of(step: int, posting, at_us: int) -> Draft:
+    kind, partner, legs, adjusted = posting
+    if kind == "accrual":  # with no maturity: no hold is queued for it
+        lines = []
+        for currency, amount in legs:
+            lines += [Line(chart.EXPENSE_COMMISSION, currency, DEBIT, amount),
+                      Line(chart.pending(partner), currency, CREDIT, amount)]
+        return Draft("accrual", at_us, tuple(lines), f"step-{step}", partner_id=partner)
+    account, to_partner = adjusted
+    [(currency, amount)] = legs
+    partners = chart.pending(partner) if account == "pending" else chart.available(partner)
+    debit, credit = (chart.EXPENSE_ADJUSTMENT, partners) if to_partner else (partners, chart.EXPENSE_ADJUSTMENT)
+    return Draft("adjustment", at_us, (Line(debit, currency, DEBIT, amount), Line(credit, currency, CREDIT, amount)),
+                 f"step-{step}", partner_id=partner, memo="property")
 
 
 def run_history(database: Database, operations) -> None:
     expected: dict[tuple[str, str], int] = defaultdict(int)
     posted: list[tuple[int, Draft]] = []
+    with database.transaction() as session:  # every posting names a partner of the program (migration 0031)
+        program.enrol(session, *PARTNERS)
     for step, (op, arg, at_us) in enumerate(operations):
         with database.transaction() as session:
             if op == "post":

@@ -288,7 +288,9 @@ def header_guards_of(database) -> dict[str, str]:
 
 def refusal_of_a_header_breaking_three_rules(database) -> str:
     """The message the database refuses a header with: one line, so too few and out of balance, and
-    naming a plan version that does not exist (0029's rule, raised before the seal's)."""
+    naming a plan version that does not exist (0029's rule, raised before the seal's). It is an
+    accrual of a partner of the program whose line debits the commission expense, and so breaks no
+    rule of migration 0047 (whose trigger SQLite runs first)."""
     import sqlalchemy as sa
 
     from ledger.instants import now_us
@@ -299,12 +301,13 @@ def refusal_of_a_header_breaking_three_rules(database) -> str:
                 "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).all()
             instant = now_us()
             session.execute(text("INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor,"
-                                 " effective_at_us) SELECT :id, min(id), 'USD', 'D', 100, :at FROM accounts"),
+                                 " effective_at_us) SELECT :id, id, 'USD', 'D', 100, :at FROM accounts"
+                                 " WHERE name = 'expense:commission'"),
                             {"id": head_id + 1, "at": instant})
             session.execute(text(
                 "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
-                " request_hash, plan_version_id, prev_hash, hash) VALUES (:id, 'accrual', :at, :at, 'three-rules',"
-                " :request, 999999, :prev, :hash)"),
+                " request_hash, plan_version_id, prev_hash, hash, partner_id) VALUES (:id, 'accrual', :at, :at,"
+                " 'three-rules', :request, 999999, :prev, :hash, (SELECT min(id) FROM partners))"),
                 {"id": head_id + 1, "at": instant, "request": "a" * 64, "prev": head_hash, "hash": "b" * 64})
     diagnostic = getattr(refused.value.orig, "diag", None)  # psycopg's, without the function named in its context
     return diagnostic.message_primary if diagnostic else str(refused.value.orig)
@@ -476,7 +479,13 @@ def won_dispute_on_a_piece_written_before_0031(empty_url, revision: str) -> None
 
 
 # Statements each breaking several header rules at once, by the header that breaks them: which
-# rule the database names first is part of what migration 0032 keeps of 0031's four triggers.
+# rule the database names first is part of what migration 0032 keeps of 0031's four triggers. Each
+# header is an accrual of northwind (`test_header_statements.header`), its lines debits of
+# `expense:commission` and a credit to northwind's pending account, unless named otherwise. None
+# breaks migration 0047's rule (an accrual moves money from the commission expense to the pending
+# account of the partner it names), which SQLite checks first at the head: so the accrual of ghost
+# credits ghost's pending account, and the posting on another partner's account is a reversal of
+# northwind's accrual (the books' first) naming globex.
 SEVERAL_RULES_BROKEN = {
     "closed period, out of balance, unknown version": [({"at": "2026-01-20", "credit": 99},
                                                        {"plan_version_id": 999_999})],
@@ -484,10 +493,11 @@ SEVERAL_RULES_BROKEN = {
     "one out of balance, the next of an unknown version": [({"credit": 99}, {}), ({}, {"plan_version_id": 999_999})],
     "a clawback naming no piece, of one line": [({"lines": 1}, {"kind": "clawback", "partner_id": "northwind"})],
     "a clawback naming no piece": [({}, {"kind": "clawback", "partner_id": "northwind"})],
-    "for a partner never enrolled, a line moved": [({"moved": True, "partner_account": False},
-                                                    {"partner_id": "ghost"})],
-    "on another partner's account, of an unknown version": [({}, {"partner_id": "globex",
-                                                                  "plan_version_id": 999_999})],
+    "for a partner never enrolled, a line moved": [
+        ({"moved": True, "credit_account": "liability:partner:ghost:pending"}, {"partner_id": "ghost"})],
+    "on another partner's account, of an unknown version": [
+        ({"debit_account": "liability:partner:northwind:pending", "credit_account": "expense:commission"},
+         {"kind": "reversal", "reverses_id": 1, "partner_id": "globex", "plan_version_id": 999_999})],
     "out of the chain, out of balance": [({"credit": 99}, {"prev_hash": "a" * 64})],
 }
 
@@ -506,14 +516,14 @@ def refusals_of_several_rules_broken(database) -> dict[str, str]:
         with pytest.raises(sa.exc.DBAPIError) as refused:
             with database.engine.begin() as connection:
                 ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-                expense, pending = ids["expense:commission"], ids["liability:partner:northwind:pending"]
                 first_id = connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar_one() + 1
                 rows, previous = [], head_hash(connection)
                 for offset, (lines, fields) in enumerate(headers):
                     instant = at(lines.get("at", "2026-02-10"))
-                    credit = pending if lines.get("partner_account", True) else expense
+                    debit = ids[lines.get("debit_account", "expense:commission")]
+                    credit = ids[lines.get("credit_account", "liability:partner:northwind:pending")]
                     for _ in range(lines.get("lines", 2) - 1):
-                        insert_line(connection, first_id + offset, expense, "D", 100, at=instant)
+                        insert_line(connection, first_id + offset, debit, "D", 100, at=instant)
                     insert_line(connection, first_id + offset, credit, "C", lines.get("credit", 100),
                                 at=instant + (1 if lines.get("moved") else 0))
                     rows.append({**header(first_id + offset, previous, effective_at_us=instant,
@@ -546,6 +556,7 @@ def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_i
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"), "USD", 100,
                 effective_at_us=program.at("2026-01-10"), idempotency_key="first", partner_id="northwind")])
             periods.close_period(session, "2026-01", now_us=program.at("2026-02-02"))
+            chart.account_ids(session, [chart.pending("ghost")])  # for the accrual of a partner never enrolled
         at_0031 = refusals_of_several_rules_broken(database)
         upgrade(empty_url)
         assert refusals_of_several_rules_broken(database) == at_0031

@@ -239,7 +239,8 @@ def refused(database, statement: str, match: str, **params) -> None:
 def raw_transfer(connection, effective_at_us: int) -> None:
     """A balanced transaction continuing the sequence and the prev_hash link, in raw SQL (no journal.Batch
     to move it out of a closed period), recorded at the instant it is effective (no transaction is
-    dated after it is recorded: migration 0029): an accrual naming no partner, as `closed`'s."""
+    dated after it is recorded: migration 0029): an accrual of northwind into its pending account, as
+    `closed`'s (migration 0047)."""
     head_id, head_hash = connection.execute(sa.text(
         "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).one()
     accounts = dict(connection.execute(sa.text("SELECT name, id FROM accounts")).all())
@@ -249,7 +250,7 @@ def raw_transfer(connection, effective_at_us: int) -> None:
             "VALUES (:t, :a, 'USD', :s, 100, :e)"), dict(t=head_id + 1, a=accounts[account], s=side, e=effective_at_us))
     connection.execute(sa.text(
         "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, request_hash, "
-        "prev_hash, hash) VALUES (:id, 'accrual', :e, :e, 'raw', :h, :prev, :h)"),
+        "prev_hash, hash, partner_id) VALUES (:id, 'accrual', :e, :e, 'raw', :h, :prev, :h, 'northwind')"),
         dict(id=head_id + 1, e=effective_at_us, h="e" * 64, prev=head_hash))
 
 
@@ -524,7 +525,8 @@ def closed_at_0015(url: str) -> Database:
     database = Database(url)
     with database.transaction() as session:
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000,
-                                                effective_at_us=at("2026-01-10"), idempotency_key="accrual-1")])
+                                                effective_at_us=at("2026-01-10"), idempotency_key="accrual-1",
+                                                partner_id="northwind")])
         periods.close_period(session, "2026-01", now_us=at("2026-04-02"))
     return database
 
@@ -536,6 +538,8 @@ def test_the_migration_carries_the_rows_as_stored_so_verify_still_names_an_alter
         with behind_the_triggers(database) as execute:
             execute("UPDATE statement_lines SET pending_minor = pending_minor + 1")
         upgrade(empty_url)
+        with database.transaction() as session:
+            program.enrol(session, "northwind")  # January's accrual names a partner of the program
         with database.reader() as session:
             assert statement_lines.stored(session, "northwind", "2026-01")["USD"][0].pending_minor == 10_001
             named = [(p.code, p.transaction_id, p.message.split(" is ")[-1]) for p in verify(session).problems]
