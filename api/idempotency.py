@@ -56,7 +56,8 @@ _HEADER_DOC = {
     "in": "header",
     "name": HEADER,
     "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.KEY_LENGTH_MAX, "pattern": "^[^,]*$"},
+    # Printable ASCII but the comma.
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.KEY_LENGTH_MAX, "pattern": "^[ -+\\--~]*$"},
     "description": "Retry safely: the same key and body replay the original answer "
                    f"(with `{REPLAYED_HEADER}: true`); the same key with another body is a 409.",
 }

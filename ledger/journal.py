@@ -136,7 +136,7 @@ def check_draft(draft: Draft) -> None:
         expense, partner_account, message = placed
         credited = None if draft.partner_id is None else partner_account(draft.partner_id)
         if credited is None or any((line.account, line.side) not in ((expense, DEBIT), (credited, CREDIT))
-                                   for line in draft.lines):
+                                   for line in draft.lines) or (draft.kind == "writeoff" and len(net) > 1):
             raise InvalidInput(f"lines: {message}", {"lines": [message]})
 
 
@@ -146,7 +146,8 @@ _PLACED = {**{kind: (chart.EXPENSE_COMMISSION, chart.pending, "an accrual, CPA o
                      "expense:commission to the pending account of the partner it names")
               for kind in ("accrual", "cpa", "override")},
            "writeoff": (chart.EXPENSE_WRITEOFF, chart.available, "a write-off moves money from "
-                        "expense:commission:writeoff to the available account of the partner it names")}
+                        "expense:commission:writeoff to the available account of the partner it names, in one "
+                        "currency")}
 
 
 # Account names are checked against the chart on every line of every draft; the answer for a name

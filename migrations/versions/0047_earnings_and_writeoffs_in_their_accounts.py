@@ -6,8 +6,10 @@ writer that goes around Python:
   expense or a credit of the pending account (the service writes two);
 - a write-off (`ledger.periods`, at a close under the `reset` policy) names its partner and moves
   money from `expense:commission:writeoff` to that partner's available account, each line a debit
-  of the one or a credit of the other, at the last microsecond of a month, and leaves that account
-  at zero as of then: what it forgives is exactly the negative balance.
+  of the one or a credit of the other, in one currency, at the last microsecond of a month, and
+  leaves that account at zero as of then: what it forgives is exactly the negative balance (one
+  currency: the balance is read in the currency of its first credit, and a second currency's lines
+  forgave what no balance owed).
 
 Migrations 0022, 0026, 0029 and 0031 held the accounts of every other kind (clawbacks, releases,
 payouts, adjustments; a reversal mirrors its original). These two were held by nothing: a write-off
@@ -67,7 +69,8 @@ WRITEOFF = "n.kind = 'writeoff'"
 WRITEOFF_LINE = ("(l.side = 'D' AND a.name = 'expense:commission:writeoff')"
                  " OR (l.side = 'C' AND a.name = 'liability:partner:' || n.partner_id || ':' || 'available')")
 WRITEOFF_MESSAGE = ("journal_transactions: a write-off moves money from expense:commission:writeoff to the"
-                    " available account of the partner it names, at the end of a month, and leaves it at zero")
+                    " available account of the partner it names, in one currency, at the end of a month, and"
+                    " leaves it at zero")
 
 
 def misposted(line: str) -> str:
@@ -100,8 +103,11 @@ BALANCE_LEFT = (
 # (A write-off's lines are one account's credits once `misposted` passes: the first is read.)
 
 
+ONE_CURRENCY = "(SELECT count(DISTINCT c.currency) FROM journal_lines c WHERE c.transaction_id = n.id) <> 1"
+
+
 def writeoff_refused(engine: str) -> str:
-    return f"{misposted(WRITEOFF_LINE)} OR {month_end(engine)} OR {BALANCE_LEFT} <> 0"
+    return f"{misposted(WRITEOFF_LINE)} OR {ONE_CURRENCY} OR {month_end(engine)} OR {BALANCE_LEFT} <> 0"
 
 
 # ---- PostgreSQL: the commission's rule in migration 0032's statement function ----

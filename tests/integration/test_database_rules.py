@@ -1879,14 +1879,14 @@ WRITEOFF_MISPOSTED = "a write-off moves money from expense:commission:writeoff t
 AVAILABLE = chart.available("northwind")
 
 
-def raw_posting(transaction_id: int, kind: str, *legs: tuple[str, str, int], partner: str | None = "northwind",
-                at_us: int = 5):
-    """A raw transaction of `kind` at `at_us`, each leg (debit account, credit account, amount)."""
+def raw_posting(transaction_id: int, kind: str, *legs: tuple, partner: str | None = "northwind", at_us: int = 5):
+    """A raw transaction of `kind` at `at_us`, each leg (debit account, credit account, amount[, currency])."""
     def post(connection):
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-        for debit, credit, amount in legs:
-            insert_line(connection, transaction_id, ids[debit], "D", amount, at=at_us)
-            insert_line(connection, transaction_id, ids[credit], "C", amount, at=at_us)
+        for debit, credit, amount, *currency in legs:
+            code = currency[0] if currency else "USD"
+            insert_line(connection, transaction_id, ids[debit], "D", amount, at=at_us, currency=code)
+            insert_line(connection, transaction_id, ids[credit], "C", amount, at=at_us, currency=code)
         insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=at_us,
                       kind=kind, partner_id=partner, recorded=now_us())
     return post
@@ -1924,8 +1924,16 @@ def test_a_writeoff_forgives_exactly_a_negative_available_balance_at_a_months_en
                   raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), at_us=january_end - 2),
                   raw_posting(3, "writeoff", (chart.CASH, AVAILABLE, 300), at_us=january_end - 1),
                   raw_posting(3, "writeoff", (writeoff, PENDING, 300), at_us=january_end - 1),
-                  raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), partner=None, at_us=january_end - 1)):
+                  raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), partner=None, at_us=january_end - 1),
+                  # its USD leaves USD at zero; what would its EUR forgive? (the next run paid it)
+                  raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), (writeoff, AVAILABLE, 500, "EUR"),
+                              at_us=january_end - 1)):
         refused(booked, wrong, WRITEOFF_MISPOSTED)
+    with pytest.raises(InvalidInput, match="in one currency"):
+        journal.check_draft(journal.Draft("writeoff", january_end - 1, (
+            journal.Line(writeoff, "USD", "D", 300), journal.Line(AVAILABLE, "USD", "C", 300),
+            journal.Line(writeoff, "EUR", "D", 500), journal.Line(AVAILABLE, "EUR", "C", 500)), "python",
+            partner_id="northwind"))
     accepted(booked, raw_posting(3, "writeoff", (writeoff, AVAILABLE, 300), at_us=january_end - 1))
     with booked.transaction() as session:
         periods.close_period(session, "1970-01", now_us=at("2026-01-01"))
