@@ -2,9 +2,9 @@
 
 A client may send `Idempotency-Key` (1-200 printable ASCII characters, as the header's draft
 standard has it, a Structured Field string; no comma: a header sent twice reaches a WSGI app as its
-values joined by commas). A WSGI server hands a header's bytes over one character each (latin-1),
-so a key past ASCII was taken or refused by its UTF-8 bytes (`é` taken, `–` refused, a 124-character
-key refused as 245 bytes); it is refused now, whatever its bytes. Keys belong to the API key that sent them.
+values joined by commas). A WSGI server hands a header's bytes over one character each (latin-1):
+past ASCII, whether a key printed would depend on its UTF-8 bytes (`é` would, `–` would not) and
+its length would count bytes, so a key is ASCII. Keys belong to the API key that sent them.
 Under `@idempotent`:
 - the first request with a key runs; a 2xx answer is stored with the request (`ledger.idempotency`)
   in the same database transaction as its effect, so the record exists exactly when the effect does;

@@ -79,10 +79,10 @@ from ledger.payouts_rederived import verify_payouts_rederived
 from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
-from ledger.terms import terms_from_json
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
                            open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
                            plan_versions, program_withdrawals, revenue_events)
+from ledger.terms import terms_from_json
 from ledger.guards import verify_guards
 from ledger.withdrawals import verify_withdrawals
 
@@ -567,12 +567,13 @@ def _writeoffs_unlike_closes(session: Session, misposted: set[int]) -> list[Prob
         select(t.id, t.effective_at_us, t.plan_version_id, j.account_id, j.currency).distinct()
         .join(journal_lines, (j.transaction_id == t.id) & (j.side == CREDIT))
         .where(t.kind == "writeoff").order_by(t.id))
-    for transaction_id, at_us, version_id, account_id, currency in writeoffs:
+    for transaction_id, at_us, version_id, account_id, currency in writeoffs:  # a row per currency credited
         if transaction_id in misposted:
             continue
         if at_us + 1 not in closed_ends or policies.get(version_id) != "reset":
             problems.append(Problem(transaction_id, "writeoff_misposted", "a write-off that is not dated at the end "
                                     "of a closed month, or not on a plan version whose policy is reset"))
+            misposted.add(transaction_id)
             continue
         signed = case((j.side == CREDIT, j.amount_minor), else_=-j.amount_minor)
         left = session.execute(select(func.coalesce(func.sum(signed), 0)).where(
