@@ -557,28 +557,34 @@ def verify_earnings_and_writeoffs(session: Session) -> list[Problem]:
 
 def _writeoffs_unlike_closes(session: Session, misposted: set[int]) -> list[Problem]:
     """The write-offs well posted (`verify_earnings_and_writeoffs`), each against its close, its plan
-    version and the balance it leaves: a close writes off few partners, and each is read alone."""
+    version and the balance it leaves, read for every write-off in one query: each account and
+    currency a write-off credits, summed over that account's lines up to the write-off's instant."""
     t, j, c = journal_transactions.c, journal_lines.c, period_closes.c
     closed_ends = set(session.execute(select(c.ends_at_us)).scalars())
     policies = {version_id: _policy_of(terms) for version_id, terms in
                 session.execute(select(plan_versions.c.id, plan_versions.c.terms))}
-    problems = []
+    credited = (select(j.transaction_id, j.account_id, j.currency).distinct()
+                .join(journal_transactions, t.id == j.transaction_id)
+                .where(t.kind == "writeoff", j.side == CREDIT).subquery())
+    before = journal_lines.alias("before")
+    b = before.c
+    signed = case((b.side == CREDIT, b.amount_minor), else_=-b.amount_minor)
     writeoffs = session.execute(
-        select(t.id, t.effective_at_us, t.plan_version_id, j.account_id, j.currency).distinct()
-        .join(journal_lines, (j.transaction_id == t.id) & (j.side == CREDIT))
-        .where(t.kind == "writeoff").order_by(t.id))
-    for transaction_id, at_us, version_id, account_id, currency in writeoffs:  # a row per currency credited
+        select(t.id, t.effective_at_us, t.plan_version_id, credited.c.currency, func.sum(signed))
+        .select_from(credited).join(journal_transactions, t.id == credited.c.transaction_id)
+        .join(before, (b.account_id == credited.c.account_id) & (b.currency == credited.c.currency)
+              & (b.effective_at_us <= t.effective_at_us))
+        .group_by(t.id, t.effective_at_us, t.plan_version_id, credited.c.account_id, credited.c.currency)
+        .order_by(t.id, credited.c.currency))
+    problems = []
+    for transaction_id, at_us, version_id, currency, left in writeoffs:  # a row per currency credited
         if transaction_id in misposted:
             continue
         if at_us + 1 not in closed_ends or policies.get(version_id) != "reset":
             problems.append(Problem(transaction_id, "writeoff_misposted", "a write-off that is not dated at the end "
                                     "of a closed month, or not on a plan version whose policy is reset"))
             misposted.add(transaction_id)
-            continue
-        signed = case((j.side == CREDIT, j.amount_minor), else_=-j.amount_minor)
-        left = session.execute(select(func.coalesce(func.sum(signed), 0)).where(
-            j.account_id == account_id, j.currency == currency, j.effective_at_us <= at_us)).scalar_one()
-        if left != 0:
+        elif left != 0:
             problems.append(Problem(transaction_id, "writeoff_unlike_balance", f"leaves the available balance at "
                                     f"{int(left)} minor units of {currency} as of its instant, not zero: a write-off "
                                     "forgives exactly the negative balance"))
