@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0047'
+REVISION = '0048'
 
 GUARDS = {
     'sqlite': {
@@ -51,7 +51,7 @@ GUARDS = {
         'trg_journal_transactions_adjustment_posted': ('journal_transactions', '492c4ed6add8b2a5'),
         'trg_journal_transactions_closed_period': ('journal_transactions', '9849b8d5f82220f6'),
         'trg_journal_transactions_cpa_once': ('journal_transactions', 'fd09e2e8009b277f'),
-        'trg_journal_transactions_earning_posted': ('journal_transactions', '2d1ec2d381593faa'),
+        'trg_journal_transactions_earning_posted': ('journal_transactions', '9058b0a5c7c72f49'),
         'trg_journal_transactions_integers': ('journal_transactions', 'f07fffb62a5e89fe'),
         'trg_journal_transactions_key_length': ('journal_transactions', '6830822770d5f10b'),
         'trg_journal_transactions_lines_at_most_100': ('journal_transactions', 'f9f9486b40345bb7'),
@@ -224,7 +224,7 @@ GUARDS = {
         'function journal_transactions_reversal_in_time()': ('(function)', '388f0fd688c896e4'),
         'function journal_transactions_reversal_linked()': ('(function)', '486dbdc3c17b1300'),
         'function journal_transactions_reversal_mirrors()': ('(function)', '33af73e79a449427'),
-        'function journal_transactions_seal()': ('(function)', 'dd0c4f3eb8dc40a1'),
+        'function journal_transactions_seal()': ('(function)', '978a78c0378d2893'),
         'function journal_transactions_writeoff_posted()': ('(function)', '40a66bc88cb4aa5d'),
         'function journal_writer_in_turn()': ('(function)', 'e1d96cc17508dd1a'),
         'function open_holds_no_update()': ('(function)', '714a179c5fed4e1a'),
@@ -336,7 +336,7 @@ GUARDS = {
             ('journal_transactions', 'fbb584341a6f883c'),
         'trg_journal_transactions_reversal_mirrors ON journal_transactions':
             ('journal_transactions', '022115d007d1faed'),
-        'trg_journal_transactions_seal ON journal_transactions': ('journal_transactions', 'f33dbf77e162aa55'),
+        'trg_journal_transactions_seal ON journal_transactions': ('journal_transactions', 'e610e73ab05baef8'),
         'trg_journal_transactions_writeoff_posted ON journal_transactions':
             ('journal_transactions', '24e41ae5ae4e9eba'),
         'trg_open_holds_no_update ON open_holds': ('open_holds', '9c6be7a9c48ef49d'),

@@ -135,15 +135,20 @@ def check_draft(draft: Draft) -> None:
     if placed is not None:
         expense, partner_account, message = placed
         credited = None if draft.partner_id is None else partner_account(draft.partner_id)
-        if credited is None or any((line.account, line.side) not in ((expense, DEBIT), (credited, CREDIT))
-                                   for line in draft.lines) or (draft.kind == "writeoff" and len(net) > 1):
+        misplaced = credited is None or any((line.account, line.side) not in ((expense, DEBIT), (credited, CREDIT))
+                                            for line in draft.lines)
+        if draft.kind == "writeoff":  # in one currency
+            misplaced = misplaced or len(net) > 1
+        else:  # one credit (balanced, it has one), the piece its release and clawbacks are posted against
+            misplaced = misplaced or sum(line.side == CREDIT for line in draft.lines) > 1
+        if misplaced:
             raise InvalidInput(f"lines: {message}", {"lines": [message]})
 
 
 # The accounts of a commission and of a write-off: the expense each line debits, or the account of
-# the partner the transaction names that each other line credits (migration 0047 holds the same).
+# the partner the transaction names that each other line credits (migrations 0047 and 0048 hold the same).
 _PLACED = {**{kind: (chart.EXPENSE_COMMISSION, chart.pending, "an accrual, CPA or override moves money from "
-                     "expense:commission to the pending account of the partner it names")
+                     "expense:commission to the pending account of the partner it names, in one credit")
               for kind in ("accrual", "cpa", "override")},
            "writeoff": (chart.EXPENSE_WRITEOFF, chart.available, "a write-off moves money from "
                         "expense:commission:writeoff to the available account of the partner it names, in one "

@@ -59,7 +59,7 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, String, case, exists, func, literal, select, text
+from sqlalchemy import ColumnElement, String, case, exists, false, func, literal, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -524,8 +524,9 @@ def verify_adjustments(session: Session) -> list[Problem]:
 
 def verify_earnings_and_writeoffs(session: Session) -> list[Problem]:
     """Each accrual, CPA and override as `ledger.revenue` posts it, and each write-off as
-    `ledger.periods` posts it at a close; migration 0047 holds the same for new rows. An earning
-    names its partner and moves money from `expense:commission` to that partner's pending account
+    `ledger.periods` posts it at a close; migrations 0047 and 0048 hold the same for new rows. An
+    earning names its partner and moves money from `expense:commission` to that partner's pending
+    account in one credit, the piece its release and clawbacks are posted against
     (`earning_misposted`). A write-off names its partner, moves money from the write-off expense to
     that partner's available account at the last microsecond of a closed month, on a plan version
     whose policy is `reset` (`writeoff_misposted`), and leaves that account at zero as of then: it
@@ -537,19 +538,20 @@ def verify_earnings_and_writeoffs(session: Session) -> list[Problem]:
     partners_account = literal("liability:partner:", String) + t.partner_id
     pending_account = (j.side == CREDIT) & (a.name == partners_account + PENDING_SUFFIX)
     available_account = (j.side == CREDIT) & (a.name == partners_account + AVAILABLE_SUFFIX)
+    credits = func.sum(case((j.side == CREDIT, 1), else_=0))
     problems = []
-    for kinds, expense, credited, code, what in (
-            (EARNING_KINDS, chart.EXPENSE_COMMISSION, pending_account, "earning_misposted",
+    for kinds, expense, credited, also, code, what in (
+            (EARNING_KINDS, chart.EXPENSE_COMMISSION, pending_account, credits > 1, "earning_misposted",
              "a commission that does not move money from expense:commission to the pending account of the partner "
-             "it names"),
-            (("writeoff",), chart.EXPENSE_WRITEOFF, available_account, "writeoff_misposted",
+             "it names, in one credit"),
+            (("writeoff",), chart.EXPENSE_WRITEOFF, available_account, false(), "writeoff_misposted",
              "a write-off that does not move money from the write-off expense to the available account of the "
              "partner it names")):
         placed = func.sum(case(((j.side == DEBIT) & (a.name == expense), 1), (credited, 1), else_=0))
         rows = session.execute(  # how many lines, and that they balance, `_check` reads
             select(t.id).join(journal_lines, j.transaction_id == t.id).outerjoin(accounts, a.id == j.account_id)
             .where(t.kind.in_(kinds)).group_by(t.id, t.partner_id)
-            .having(t.partner_id.is_(None) | (placed != func.count(j.id))).order_by(t.id))
+            .having(t.partner_id.is_(None) | (placed != func.count(j.id)) | also).order_by(t.id))
         problems.extend(Problem(transaction_id, code, what) for transaction_id in rows.scalars())
     misposted = {problem.transaction_id for problem in problems}
     return problems + _writeoffs_unlike_closes(session, misposted)

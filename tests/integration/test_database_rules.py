@@ -49,10 +49,10 @@ def posting_before_0047(monkeypatch):
 
 @contextlib.contextmanager
 def written_before_0047(database):
-    """A connection on which a commission is written as before migration 0047, on any accounts: the
-    rows that revision leaves as they are, which the rules of earlier revisions still read. SQLite
-    drops its trigger and makes it again; PostgreSQL puts back the statement function as it stood
-    before, then 0047's (both in the connection's transaction)."""
+    """A connection on which a commission is written as before migration 0047, on any accounts and
+    lines: the rows that revision and 0048 leave as they are, which the rules of earlier revisions
+    still read. SQLite drops its trigger and makes it again; PostgreSQL puts back the statement
+    function as it stood before 0047, then the one it replaced (both in the connection's transaction)."""
     earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
     with database.engine.begin() as connection:
         if connection.dialect.name == "sqlite":
@@ -62,12 +62,13 @@ def written_before_0047(database):
             yield connection
             connection.exec_driver_sql(made)
             return
-        settings = f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}"
-        for statement in (earnings.seal_function(extended=False), settings):
+        made = connection.exec_driver_sql(  # with its settings
+            "SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar_one()
+        for statement in (earnings.seal_function(extended=False),
+                          f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}"):
             connection.exec_driver_sql(statement)
         yield connection
-        for statement in (earnings.seal_function(extended=True), settings):
-            connection.exec_driver_sql(statement)
+        connection.exec_driver_sql(made)
 
 
 # ---- reversals ----
@@ -1134,13 +1135,14 @@ def test_a_piece_is_an_accrual_cpa_or_override_of_its_partner_into_its_pending_a
 
 
 def test_a_piece_is_one_credit_to_its_partners_pending_account(pieces):
-    def split_accrual(connection):  # 100 USD, in two credits of 50 to pending (an accrual's accounts: 0047)
+    def split_accrual(connection):  # 100 USD, in two credits of 50 to pending (refused since migration 0048)
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
         insert_line(connection, 4, ids[chart.EXPENSE_COMMISSION], "D", 100)
         insert_line(connection, 4, ids[PENDING], "C", 50)
         insert_line(connection, 4, ids[PENDING], "C", 50)
         insert_header(connection, 4, head_hash(connection), key="raw-4", kind="accrual", partner_id="northwind")
-    accepted(pieces, split_accrual)
+    with written_before_0047(pieces) as connection:
+        split_accrual(connection)
     refused(pieces, against(5, "clawback", 10, piece=4), WITHIN_ITS_PIECE)
     accepted(pieces, against(5, "clawback", 10, piece=1))
 
@@ -1365,16 +1367,16 @@ def test_a_transactions_plan_version_exists(booked):
 
 
 def test_a_transaction_has_at_most_100_lines(booked):
-    def with_lines(transaction_id: int, pairs: int):
+    def with_lines(transaction_id: int, lines: int):  # an accrual's debits, and its one credit (0048)
         def post(connection):
             expense, pending = account_ids(connection)
-            for _ in range(pairs):
+            for _ in range(lines - 1):
                 insert_line(connection, transaction_id, expense, "D", 1)
-                insert_line(connection, transaction_id, pending, "C", 1)
+            insert_line(connection, transaction_id, pending, "C", lines - 1)
             insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}")
         return post
-    refused(booked, with_lines(2, 51), "a transaction has at most 100 lines")
-    accepted(booked, with_lines(2, 50))
+    refused(booked, with_lines(2, 101), "a transaction has at most 100 lines")
+    accepted(booked, with_lines(2, 100))
 
 
 @pytest.mark.parametrize("key, taken", [("", False), ("k" * 201, False), ("k", True), ("é" * 200, True)],
@@ -1904,12 +1906,29 @@ def test_a_commission_moves_money_from_the_commission_expense_to_its_partners_pe
                   raw_posting(2, kind, (chart.CASH, PENDING, 100)),
                   raw_posting(2, kind, (chart.EXPENSE_WRITEOFF, PENDING, 100)),
                   raw_posting(2, kind, (PENDING, expense, 100)),  # a clawback's sides
-                  raw_posting(2, kind, (expense, PENDING, 100), (expense, AVAILABLE, 50))):  # a leg astray
+                  raw_posting(2, kind, (expense, PENDING, 100), (expense, AVAILABLE, 50)),  # a leg astray
+                  # Two credits (migration 0048): no piece, so never released nor clawed back.
+                  raw_posting(2, kind, (expense, PENDING, 100), (expense, PENDING, 50)),
+                  raw_posting(2, kind, (expense, PENDING, 100), (expense, PENDING, 50, "EUR"))):
         refused(booked, wrong, EARNING_MISPOSTED)
-    accepted(booked, raw_posting(2, kind, (expense, PENDING, 100), (expense, PENDING, 50)))
+    accepted(booked, raw_posting(2, kind, (expense, PENDING, 150)))
     with pytest.raises(InvalidInput, match=EARNING_MISPOSTED):
         journal.check_draft(journal.transfer(kind, chart.CASH, PENDING, "USD", 1, effective_at_us=5,
                                              idempotency_key="python", partner_id="northwind"))
+    split = journal.transfer(kind, expense, PENDING, "USD", 100, effective_at_us=5, idempotency_key="python",
+                             partner_id="northwind")
+    with pytest.raises(InvalidInput, match=EARNING_MISPOSTED):
+        journal.check_draft(split._replace(lines=(*split.lines, *split.lines)))
+    debits = (split.lines[0]._replace(amount_minor=60), split.lines[0]._replace(amount_minor=40))
+    journal.check_draft(split._replace(lines=(*debits, split.lines[1])))  # debits are not counted
+
+    def two_debits(connection):
+        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        for side, amount in (("D", 60), ("D", 40), ("C", 100)):
+            insert_line(connection, 3, ids[expense if side == "D" else PENDING], side, amount)
+        insert_header(connection, 3, head_hash(connection), key="raw-3", kind=kind, partner_id="northwind",
+                      recorded=now_us())
+    accepted(booked, two_debits)
 
 
 def test_a_writeoff_forgives_exactly_a_negative_available_balance_at_a_months_end(booked):

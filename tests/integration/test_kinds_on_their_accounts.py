@@ -1,7 +1,8 @@
 """`revshare verify` names a commission or a write-off written around the service on accounts its
-kind does not move (migration 0047 refuses new ones; rows written before it, or past the triggers on
-SQLite, stay as they are), a write-off that forgives another amount than the negative balance, and,
-on SQLite, a row a connection wrote with its CHECK constraints turned off."""
+kind does not move, a commission in more than one credit (migrations 0047 and 0048 refuse new ones;
+rows written before them, or past the triggers on SQLite, stay as they are), a write-off that
+forgives another amount than the negative balance, and, on SQLite, a row a connection wrote with its
+CHECK constraints turned off."""
 
 import sqlite3
 
@@ -36,8 +37,10 @@ def writeoff_id(database) -> int:
             "SELECT min(id) FROM journal_transactions WHERE kind = 'writeoff'").scalar_one()
 
 
-def raw(database, kind: str, debit: str, credit: str, at_us: int, partner_id: str | None = "northwind") -> int:
-    """A transaction of `kind` appended past the triggers, its hashes left to verify to name."""
+def raw(database, kind: str, debit: str, credit: str, at_us: int, partner_id: str | None = "northwind",
+        credits: int = 1) -> int:
+    """A transaction of `kind` appended past the triggers, its hashes left to verify to name: 50,000.00
+    USD from `debit` to `credit`, in `credits` lines of equal amounts."""
     with database.transaction() as session:
         ids = chart.account_ids(session, [debit, credit])
     with database.engine.connect() as connection:
@@ -45,9 +48,9 @@ def raw(database, kind: str, debit: str, credit: str, at_us: int, partner_id: st
             "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1").one()
     new_id = head_id + 1
     with behind_the_triggers(database) as execute:
-        for account, side in ((debit, "D"), (credit, "C")):
+        for account, side, amount in ((debit, "D", 5000000), *[(credit, "C", 5000000 // credits)] * credits):
             execute("INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor,"
-                    f" effective_at_us) VALUES ({new_id}, {ids[account]}, 'USD', '{side}', 5000000, {at_us})")
+                    f" effective_at_us) VALUES ({new_id}, {ids[account]}, 'USD', '{side}', {amount}, {at_us})")
         partner = "NULL" if partner_id is None else f"'{partner_id}'"
         execute("INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
                 f" request_hash, prev_hash, hash, partner_id) VALUES ({new_id}, '{kind}', {at_us}, {at_us},"
@@ -71,6 +74,12 @@ def test_a_commission_or_writeoff_on_accounts_its_kind_does_not_move_is_named(re
     code = "writeoff_misposted" if kind == "writeoff" else "earning_misposted"
     found = raw(reset.database, kind, debit, credit, period_bounds_us("2026-03")[1] - 1, partner_id)
     assert (found, code) in problems(reset.database)
+
+
+def test_a_commission_in_two_credits_is_named_misposted(reset):
+    """It is no piece (migration 0048): no release nor clawback is ever posted against it."""
+    found = raw(reset.database, "accrual", chart.EXPENSE_COMMISSION, PENDING, at("2026-03-05"), credits=2)
+    assert (found, "earning_misposted") in problems(reset.database)
 
 
 def test_a_commission_on_its_accounts_is_not_named_misposted(reset):
