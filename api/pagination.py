@@ -2,8 +2,10 @@
 with `{"items": [...], "next_cursor": null | "..."}`.
 
 Pages are keyset pages: the cursor is an opaque token for "after key K" (an id, or a text key:
-partners by id, periods by month), so a page costs the same however deep it is and rows added
-meanwhile are neither skipped nor repeated. A route asks the domain for `limit + 1` rows; `page()`
+partners by id, periods by month), so a page costs the same however deep it is and no row is
+repeated. A row added meanwhile after the cursor's key is on a later page; one added before it (a
+partner whose id sorts before the last one read) is not: lists by sequence (transactions, payouts)
+lose none, as their new rows come last. A route asks the domain for `limit + 1` rows; `page()`
 keeps `limit` and makes the next cursor if there was one more.
 
 Each list is a `Listing`, and takes `page_query(listing)` (subclass it to add filters) and
