@@ -1,9 +1,13 @@
 """Fixtures shared by the integration tests: a journal with one accrual, and a partner enrolled for payouts."""
 
+import contextlib
+from unittest import mock
+
 import pytest
 
 from ledger import accounts as chart
 from ledger import journal, partners, plans, revenue, statement_bodies
+from migrations.earlier import revision
 from tests import program
 
 
@@ -53,6 +57,29 @@ def posting_before_claims_taken(monkeypatch):
     unless a payment is delivered after a later-dated one): for tests that post at an older revision
     of the schema, then migrate it."""
     monkeypatch.setattr(revenue, "_claims_taken_reads", lambda session, customer_ids: [])
+
+
+@contextlib.contextmanager
+def commissions_as_before_0047(database):
+    """Post commissions as before migrations 0047 and 0048 held them to their accounts and to one
+    credit (Python's check and the database's rule off until the block ends, each change committed):
+    for books holding rows of an older revision, which the service reads as it reads any."""
+    earning_rule = "trg_journal_transactions_earning_posted"
+    with database.engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{earning_rule}'").scalar()
+            connection.exec_driver_sql(f"DROP TRIGGER {earning_rule}")
+        else:
+            made = connection.exec_driver_sql("SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar()
+            earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
+            connection.exec_driver_sql(earnings.seal_function(extended=False))
+            connection.exec_driver_sql(f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}")
+    try:
+        with mock.patch.object(journal, "_PLACED", {}):
+            yield
+    finally:
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql(made)
 
 
 def second_writer_behind_first(database, first, second):

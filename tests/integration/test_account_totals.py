@@ -82,8 +82,8 @@ def test_raw_sql_postings_keep_the_totals_too(booked):
     with booked.engine.begin() as connection:
         connection.exec_driver_sql(
             "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us) "
-            f"VALUES (5, {expense}, 'USD', 'D', 7, 5), (5, {pending}, 'USD', 'C', 3, 5), "
-            f"(5, {pending}, 'USD', 'C', 4, 5)")
+            f"VALUES (5, {expense}, 'USD', 'D', 3, 5), (5, {expense}, 'USD', 'D', 4, 5), "
+            f"(5, {pending}, 'USD', 'C', 7, 5)")  # an accrual's one credit (migration 0048)
         insert_header(connection, 5, head_hash(connection), key="raw-2")
     found = totals(booked)
     assert found == sums_of_lines(booked)
@@ -128,16 +128,19 @@ def test_a_posting_past_the_range_is_a_422_naming_the_amount_and_writes_nothing(
 
 
 def test_lines_of_a_new_account_in_one_statement_start_its_row_and_add_to_it(booked):
-    # One multi-row INSERT: the first line creates the (account, currency) row, the next adds to it.
+    # One multi-row INSERT: the first line creates the (account, currency) row, the next adds to it
+    # (an accrual's debits: its credit is one, migration 0048).
     with booked.engine.begin() as connection:
         expense, pending = account_ids(connection)
         connection.exec_driver_sql(
             "INSERT INTO journal_lines (transaction_id, account_id, currency, side, amount_minor, effective_at_us) "
-            f"VALUES (4, {expense}, 'JPY', 'D', 700, 8), (4, {pending}, 'JPY', 'C', 300, 8), "
-            f"(4, {pending}, 'JPY', 'C', 400, 8)")
+            f"VALUES (4, {expense}, 'JPY', 'D', 300, 8), (4, {expense}, 'JPY', 'D', 400, 8), "
+            f"(4, {pending}, 'JPY', 'C', 700, 8)")
         insert_header(connection, 4, head_hash(connection), key="raw-jpy", at=8)
     found = totals(booked)
-    assert found[(PENDING, "JPY")][:2] == (0, 700) and found[(PENDING, "JPY")][3] == 8
+    expense_jpy = (chart.EXPENSE_COMMISSION, "JPY")
+    assert found[expense_jpy][:2] == (700, 0) and found[expense_jpy][3] == 8
+    assert found[(PENDING, "JPY")][:2] == (0, 700)
     assert found == sums_of_lines(booked)
 
 

@@ -22,10 +22,10 @@ ACCOUNTS = [chart.EXPENSE_COMMISSION, chart.EXPENSE_ADJUSTMENT,
             *(chart.pending(p) for p in PARTNERS), *(chart.available(p) for p in PARTNERS)]
 
 leg_strategy = st.tuples(st.sampled_from(["USD", "JPY", "BHD"]), st.integers(1, 10**12))
-# Every kind of the service moves money on the accounts of its kind (migrations 0031 and 0047): an
-# accrual of one to three legs, in any currencies, from the commission expense to its partner's
-# pending account; an adjustment of one leg between the adjustment expense and either account of
-# its partner, either way.
+# Every kind of the service moves money on the accounts of its kind (migrations 0031, 0047 and 0048):
+# an accrual of one to three debits of the commission expense, in the first leg's currency, and one
+# credit of their sum to its partner's pending account; an adjustment of one leg between the
+# adjustment expense and either account of its partner, either way.
 accrual_strategy = st.tuples(st.just("accrual"), st.sampled_from(PARTNERS),
                              st.lists(leg_strategy, min_size=1, max_size=3), st.none())
 adjustment_strategy = st.tuples(st.just("adjustment"), st.sampled_from(PARTNERS),
@@ -41,10 +41,9 @@ history = st.lists(st.one_of(post_op, post_op, reverse_op, replay_op), min_size=
 def draft_of(step: int, posting, at_us: int) -> Draft:
     kind, partner, legs, adjusted = posting
     if kind == "accrual":  # with no maturity: no hold is queued for it
-        lines = []
-        for currency, amount in legs:
-            lines += [Line(chart.EXPENSE_COMMISSION, currency, DEBIT, amount),
-                      Line(chart.pending(partner), currency, CREDIT, amount)]
+        currency = legs[0][0]
+        lines = [Line(chart.EXPENSE_COMMISSION, currency, DEBIT, amount) for _, amount in legs]
+        lines.append(Line(chart.pending(partner), currency, CREDIT, sum(amount for _, amount in legs)))
         return Draft("accrual", at_us, tuple(lines), f"step-{step}", partner_id=partner)
     account, to_partner = adjusted
     [(currency, amount)] = legs
