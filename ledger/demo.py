@@ -13,10 +13,12 @@ import random
 from datetime import date, datetime
 from typing import NamedTuple
 
+from sqlalchemy import literal, select
 from sqlalchemy.orm import Session
 
-from ledger import customers, partners, payouts, periods, plans, revenue
+from ledger import customers, partners, payouts, periods, plans, revenue, schema
 from ledger.db import lock_program
+from ledger.errors import Conflict
 from ledger.instants import UTC, add_months, period_of, to_us
 from ledger.journal import now_us
 
@@ -60,6 +62,11 @@ def _instant(day: date, hour: int = 0) -> int:
     return to_us(datetime(day.year, day.month, day.day, hour, tzinfo=UTC))
 
 
+# What the demo writes into: it loads into books holding none of these (keys may be there).
+BOOKS = (schema.plans, schema.partners, schema.customers, schema.revenue_events, schema.journal_transactions,
+         schema.payout_runs, schema.period_closes)
+
+
 def load_demo(session: Session, *, now: int | None = None) -> DemoResult:
     now = now_us() if now is None else now
     # Under the program's lock before the check: a second load started while the first ran read
@@ -67,6 +74,12 @@ def load_demo(session: Session, *, now: int | None = None) -> DemoResult:
     lock_program(session)
     if plans.plan_exists(session, "msp-stepdown"):
         return DemoResult(False, 0, 0)
+    held = [table.name for table in BOOKS if session.execute(select(literal(1)).select_from(table).limit(1)).first()]
+    if held:
+        # Its ids, events and dated runs would meet theirs: an event id taken with other content, a
+        # payout run later than the demo's months (a refusal naming an `at` nobody typed).
+        raise Conflict(f"the demo is loaded into empty books; these hold {', '.join(held)} already: load it into "
+                       "a database of its own")
     rng = random.Random(SEED)
     for plan_id, (name, terms) in PLANS.items():
         plans.create_plan(session, plan_id, name, terms)
@@ -78,7 +91,7 @@ def load_demo(session: Session, *, now: int | None = None) -> DemoResult:
         month = add_months(datetime.combine(FIRST_MONTH, datetime.min.time(), tzinfo=UTC), offset)
         month_events = _month_events(rng, book, month.date(), offset)
         results = revenue.ingest(session, month_events)
-        assert not [r for r in results if isinstance(r, revenue.Refusal)], results
+        assert not [r for r in results if isinstance(r, revenue.Refusal)], results  # on empty books, none
         events += len(month_events)
         if offset == 7:
             customers.attribute(session, "cust-007", "northwind", date(2026, 6, 1), "manual", replace=True)

@@ -113,6 +113,22 @@ def test_a_bad_setting_stops_with_a_message_naming_the_variable(database_url, na
     assert result.exit_code == 2 and message in result.output
 
 
+def test_the_demo_loads_only_into_empty_books(database, tmp_path):
+    """An event of the books with a demo event's id and other content stopped it with a traceback
+    and exit 1 ("the books have problems"); a later payout run, with a refusal naming `--at`."""
+    assert invoke(database.url, "keys", "create", "--role", "admin").exit_code == 0  # keys are no books
+    events = tmp_path / "events.ndjson"
+    events.write_text(json.dumps({"id": "evt-inv-007-202511", "type": "invoice_paid", "customer_id": "cust-x",
+                                  "invoice_id": "inv-x", "amount": {"amount": "1.00", "currency": "USD"},
+                                  "occurred_at": "2025-11-03T00:00:00Z"}) + "\n")
+    assert invoke(database.url, "import", str(events)).exit_code == 0
+    refused = invoke(database.url, "demo")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "error: the demo is loaded into empty books; these hold revenue_events already" in refused.output
+    with database.reader() as session:
+        assert session.execute(text("SELECT count(*) FROM plans")).scalar_one() == 0
+
+
 def test_the_demo_loads_once_and_then_changes_nothing(database):
     first, second = invoke(database.url, "demo"), invoke(database.url, "demo")
     assert first.exit_code == 0 and "demo loaded: 524 revenue events, 12 closed periods" in first.output
