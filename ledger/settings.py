@@ -117,6 +117,23 @@ def _in_memory(url: str) -> bool:
             or "memory" in ((modes,) if isinstance(modes, str) else modes))
 
 
+def _sqlite_uri(url: str) -> bool:
+    """Whether `url` (one `_unreadable` takes) is an SQLite URI filename."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and ("uri" in parsed.query
+                                                      or (parsed.database or "").startswith("file:"))
+
+
+def _books_of(url: str) -> tuple[str, str] | None:
+    """(engine, database) that `url` names: an SQLite file's absolute path, a PostgreSQL database's name
+    (its server may be reached by other hosts and ports: a pooler for the service, say); None for a
+    PostgreSQL URL naming none (libpq's environment, PGDATABASE, or the role's name, picks it)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return "sqlite", str(Path(parsed.database or "").resolve())
+    return None if not parsed.database else ("postgresql", parsed.database)
+
+
 def _options(query: Mapping[str, str | tuple[str, ...]]) -> str:
     """A URL's options as written (an option given twice is a tuple in SQLAlchemy's URL), a password's masked."""
     return "&".join(f"{name}={'***' if name == 'password' else value}" for name, values in query.items()
@@ -183,6 +200,21 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is an SQLite database in memory, "
                                     "gone when the process ends: give the path of a file "
                                     "(sqlite:////srv/revshare/revshare.db) or a PostgreSQL server's URL")
+            if url is not None and _sqlite_uri(url):
+                # The commands find the file, its directory and the writers' lock file beside it by the
+                # URL's path: `?mode=ro&uri=true` had SQLite open a new file named `revshare.db?mode=ro`
+                # (`db upgrade` migrated it, and every other command read its empty books), and
+                # `file:/srv/...` was read as a relative directory `file:`.
+                raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is an SQLite URI filename "
+                                    "(uri=true, file:): give the file's path alone, as "
+                                    "sqlite:////srv/revshare/revshare.db")
+        if settings.migration_database_url is not None:
+            books, migrated = (_books_of(url) for url in (settings.database_url, settings.migration_database_url))
+            if None not in (books, migrated) and books != migrated:
+                # `db upgrade` migrated the other database, and every command then said to run it first.
+                raise SettingsError(f"{PREFIX}MIGRATION_DATABASE_URL names another database ({migrated[1]!r}) than "
+                                    f"{PREFIX}DATABASE_URL ({books[1]!r}): it is the service's database as its owner "
+                                    "role reaches it (its host and port may differ)")
         return settings
 
     @classmethod

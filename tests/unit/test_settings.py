@@ -88,7 +88,7 @@ def test_a_url_the_driver_cannot_read_is_refused_at_load_naming_the_variable_and
     assert "s3c" not in message
     for url in ("postgresql://app:pw@[::1]:5432/revshare?sslmode=require&connect_timeout=5",
                 "postgresql+psycopg://app@/revshare?host=/run/postgresql",
-                "sqlite:////srv/revshare/revshare.db?timeout=5", "sqlite:////srv/revshare/revshare.db?mode=ro&uri=true",
+                "sqlite:////srv/revshare/revshare.db?timeout=5",
                 "sqlite:////srv/revshare/caf\udce9.db"):  # a path goes to the file system as its bytes
         assert Settings.from_env({"REVSHARE_DATABASE_URL": url}).database_url == url
 
@@ -101,6 +101,38 @@ def test_an_sqlite_database_in_memory_is_refused_as_the_service_s_books_naming_t
     # other command then said to run `revshare db upgrade` first, for ever.
     message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
     assert message.startswith(f"{name} {url!r} is an SQLite database in memory, gone when the process ends: ")
-    for file in ("sqlite:////srv/revshare/memory.db", "sqlite:///file:/srv/revshare/revshare.db?mode=ro&uri=true"):
-        assert Settings.from_env({"REVSHARE_DATABASE_URL": file}).database_url == file
+    assert Settings.from_env({"REVSHARE_DATABASE_URL": "sqlite:////srv/revshare/memory.db"})
     assert Settings.build(database_url=url).database_url == url  # tests and benchmarks build one in code
+
+
+@pytest.mark.parametrize("url", ["sqlite:////srv/revshare/revshare.db?mode=ro&uri=true",
+                                 "sqlite:///file:/srv/revshare/revshare.db?mode=ro&uri=true",
+                                 "sqlite:///file:/srv/revshare/revshare.db?uri=true", "sqlite:///file:revshare.db"])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_an_sqlite_uri_filename_is_refused_naming_the_variable(name, url):
+    # The commands find the file, its directory and its lock by the URL's path: `?mode=ro&uri=true`
+    # had SQLite make a file named `revshare.db?mode=ro`, which `db upgrade` migrated and every other
+    # command read as the (empty) books.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message.startswith(f"{name} {url!r} is an SQLite URI filename (uri=true, file:): give the file's path")
+
+
+@pytest.mark.parametrize("books, migrated", [
+    (URL, "sqlite:////srv/revshare/other.db"),
+    ("postgresql://app@db.internal/revshare", "postgresql://owner@db.internal/revshare_test"),
+    ("postgresql://app@db.internal/revshare", "sqlite:////srv/revshare/revshare.db"),
+])
+def test_a_migration_url_naming_another_database_is_refused(books, migrated):
+    # `db upgrade` migrated that one, and every command then said to run `db upgrade` first, for ever.
+    message = refusal({"REVSHARE_DATABASE_URL": books, "REVSHARE_MIGRATION_DATABASE_URL": migrated})
+    assert message.startswith("REVSHARE_MIGRATION_DATABASE_URL names another database (")
+
+
+@pytest.mark.parametrize("books, migrated", [
+    (URL, "sqlite:////srv/revshare/../revshare/revshare.db"),
+    ("postgresql://app@pooler.internal:6432/revshare", "postgresql://owner:s3c@db.internal:5432/revshare"),
+    ("postgresql://app@db.internal/", "postgresql://owner@db.internal/revshare"),  # libpq picks the first's
+])
+def test_a_migration_url_of_the_same_database_by_another_role_host_or_port_is_taken(books, migrated):
+    settings = Settings.from_env({"REVSHARE_DATABASE_URL": books, "REVSHARE_MIGRATION_DATABASE_URL": migrated})
+    assert settings.migration_database_url == migrated
