@@ -208,8 +208,10 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     missing = set(CSV_COLUMNS) - set(header)
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:  # not read as the last column of a name, as Python keeps the last key of JSON (json_input)
+    # An event's column given twice is not read as the last of them, as Python keeps the last key of
+    # JSON (json_input); other columns are not read, and a spreadsheet's export may end in unnamed ones.
+    repeated = [name for name in CSV_COLUMNS if header.count(name) > 1]
+    if repeated:
         raise InvalidInput(f"CSV header names {', '.join(repeated)} more than once", {"header": ["repeated columns"]})
     width = len(header)
     for number, row, ended in rows:

@@ -736,6 +736,15 @@ def test_a_key_or_a_column_given_twice_is_refused_not_read_as_the_last(seeded, t
     assert "posted: 0" in invoke(seeded.url, "import", str(tmp_path / "twice.ndjson")).output
 
 
+def test_other_csv_columns_are_not_read_named_twice_or_unnamed(seeded, tmp_path):
+    # A spreadsheet's export ending in two empty columns was refused whole, "CSV header names  more than once".
+    rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at,note,note,,",
+            "u-1,invoice_paid,acme,inv-u-1,10.00,USD,2026-01-11T00:00:00Z,a,b,,"]
+    (tmp_path / "unnamed.csv").write_text("\n".join(rows) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "unnamed.csv"))
+    assert result.exit_code == 0 and "posted: 1" in result.output, result.output
+
+
 def test_a_csv_header_that_lacks_a_column_stops_the_import_naming_it(seeded, tmp_path):
     rows = ["id,type,customer_id,invoice_id,amount,occurred_at",
             "m-1,invoice_paid,acme,inv-m-1,10.00,2026-01-11T00:00:00Z"]
