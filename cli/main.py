@@ -1,21 +1,41 @@
 """`revshare`: parse arguments, build the settings, call the domain, print, choose the exit code.
 
 Exit codes: 0 success; 1 the books have problems (`verify`), `import` refused events, or the trial
-balance does not balance; 2 bad usage or bad input, or a database that cannot be used.
+balance does not balance; 2 bad usage or bad input, or a database that cannot be used; 141 the
+output's reader went away (`revshare trial-balance | head -1`), as a shell reports a process that
+SIGPIPE stopped.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
+
+# 128 + SIGPIPE: click exited 1 for a closed pipe, which a script read as books that do not balance.
+OUTPUT_CLOSED = 141
+
+
+class _Revshare(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:  # what is buffered meets the closed pipe here, not at the interpreter's exit
+                if sys.stdout is not None:
+                    sys.stdout.flush()
+        except BrokenPipeError:
+            # Python's advice: point stdout at devnull, so that the flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(OUTPUT_CLOSED)
 
 from cli.books import TEXT, pass_settings
 from ledger.schema import API_ROLES
 from ledger.settings import Settings, without_password
 
 
-@click.group()
+@click.group(cls=_Revshare)
 def main() -> None:
     """revshare-ledger: double-entry commission accounting for partner programs."""
 

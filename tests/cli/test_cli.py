@@ -736,6 +736,21 @@ def test_a_key_or_a_column_given_twice_is_refused_not_read_as_the_last(seeded, t
     assert "posted: 0" in invoke(seeded.url, "import", str(tmp_path / "twice.ndjson")).output
 
 
+@pytest.mark.parametrize("command", [("trial-balance",), ("verify",)])
+def test_output_to_a_closed_pipe_exits_141_not_1(seeded, command):
+    """`revshare trial-balance | head -1` exited 1, which a script reads as books that do not balance.
+    The pipe's read end is closed before the command starts: its first write fails."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": seeded.url}
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        ran = subprocess.run([REVSHARE, *command], env=env, stdout=writer, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(writer)
+    assert ran.returncode == 141 and b"Traceback" not in ran.stderr and b"Exception ignored" not in ran.stderr, ran
+    assert subprocess.run([REVSHARE, *command], env=env, capture_output=True, timeout=120).returncode == 0
+
+
 def test_other_csv_columns_are_not_read_named_twice_or_unnamed(seeded, tmp_path):
     # A spreadsheet's export ending in two empty columns was refused whole, "CSV header names  more than once".
     rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at,note,note,,",
