@@ -167,6 +167,7 @@ def keys_list(settings: Settings) -> None:
     """Every API key, oldest first: its id, role (and partner), when it was made and, if revoked,
     when and why. The keys themselves are not stored, so not shown."""
     from cli.books import opened
+    from ledger.importer import printable
     from ledger.instants import format_instant
     from ledger.keys import list_keys
 
@@ -177,7 +178,9 @@ def keys_list(settings: Settings) -> None:
         line = f"{record.id}  {role}  created {format_instant(record.created_at_us)}"
         if record.revocation is not None:
             line += f"  revoked {format_instant(record.revocation.revoked_at_us)}"
-            reason = " ".join((record.revocation.reason or "").split())  # one line per key
+            # One line per key, and a terminal's escape sequence shown, not run: a reason holding
+            # "cursor up, delete line" hid the line of the key listed before it.
+            reason = printable(" ".join((record.revocation.reason or "").split()))
             line += f": {reason}" if reason else ""
         click.echo(line)
 

@@ -70,7 +70,7 @@ class Summary:
         self.refusal_reasons[f"{error.title} ({fields})"] += 1
         # Lines refused while reading come before those of their batch refused by the domain: keep
         # the lowest line numbers, whatever the order they were refused in.
-        self.examples.append((line_number, _printable(f"line {line_number} event {event_id or '?'}: {error.detail}")))
+        self.examples.append((line_number, printable(f"line {line_number} event {event_id or '?'}: {error.detail}")))
         if len(self.examples) > 2 * REFUSAL_EXAMPLES_MAX:
             self.examples = sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]
 
@@ -79,10 +79,10 @@ class Summary:
         return [text for _, text in sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]]
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """The text with each character that does not print escaped (`\\r`, `\\x1b`, `\\udc80`): an
     id from the file is shown, never run by the terminal, nor a line break of it taken for the
-    summary's own."""
+    summary's own (`revshare keys list` shows a revocation's reason so too)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

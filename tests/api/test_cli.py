@@ -117,6 +117,17 @@ def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_ta
     assert unknown.exit_code == 2 and "no API key of this service is that key" in unknown.output
 
 
+def test_keys_list_shows_a_reasons_terminal_escapes_and_does_not_run_them(database):
+    """A revocation's reason of "cursor up, delete line" hid the key listed before it on a terminal:
+    an admin key could make a key and hide it from the list an operator reads."""
+    made = run(["keys", "create", "--role", "billing"], database.url).output.strip().splitlines()
+    revoked = run(["keys", "revoke", made[-1], "--reason", "rotated\x1b[1A\r\x1b[M\x07"], database.url)
+    assert revoked.exit_code == 0, revoked.output
+    listed = run(["keys", "list"], database.url)
+    assert listed.exit_code == 0 and "\x1b" not in listed.output and "\x07" not in listed.output
+    assert listed.output.rstrip("\n").endswith(": rotated\\x1b[1A \\x1b[M\\x07"), listed.output
+
+
 @pytest.fixture
 def started(monkeypatch):
     calls = []
