@@ -106,9 +106,14 @@ class ClientSocket(socket.socket):
 
     progress = staticmethod(lambda: None)
     request_read_whole = False  # set once the app answered a request it read to its end (`Worker`)
+    dropped_idle = False  # set when the client sent nothing, or took nothing, for the idle limit
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        data = super().recv(size, flags)
+        try:
+            data = super().recv(size, flags)
+        except TimeoutError:
+            self.dropped_idle = True
+            raise
         self.progress()
         return data
 
@@ -121,6 +126,7 @@ class ClientSocket(socket.socket):
             except TimeoutError:
                 still = _queued_bytes(self, termios.TIOCOUTQ)
                 if held is None or still is None or still >= held:
+                    self.dropped_idle = True
                     raise  # the client took nothing for a whole idle limit
             self.progress()
 
@@ -136,10 +142,13 @@ def _queued_bytes(sock: socket.socket, request: int) -> int | None:
 
 
 def close_answered(sock: socket.socket, *args, **kwargs) -> None:
-    """Close a client's connection after its answer: at once when its request was read to its end
-    and the client sent nothing more, or else as gunicorn does, lingering to read what the client
-    still sends (so that the kernel does not answer it with a reset that cuts the answer short)."""
-    if getattr(sock, "request_read_whole", False) and _queued_bytes(sock, termios.FIONREAD) == 0:
+    """Close a client's connection after its answer: at once when its request was read to its end,
+    or the client was dropped at the idle limit (it sends nothing more, or takes nothing: lingering
+    held the worker 2 s past the limit), and the client sent nothing unread; or else as gunicorn
+    does, lingering to read what the client still sends (so that the kernel does not answer it with
+    a reset that cuts the answer short)."""
+    done = getattr(sock, "request_read_whole", False) or getattr(sock, "dropped_idle", False)
+    if done and _queued_bytes(sock, termios.FIONREAD) == 0:
         with contextlib.suppress(OSError):
             sock.close()
         return

@@ -495,6 +495,20 @@ def test_an_answered_request_read_to_its_end_is_closed_at_once_without_waiting_f
         assert peer.recv(100) == b""
 
 
+def test_a_client_dropped_at_the_idle_limit_is_closed_at_once_without_waiting_for_it():
+    """One that sent nothing (a browser's preconnect, half a request) held its worker 2 s past the
+    limit while gunicorn's close lingered for it to close."""
+    client, peer = client_and_peer(0.05)
+    with peer:
+        with pytest.raises(TimeoutError):
+            client.recv(100)
+        received = recording_recv(client)
+        server.close_answered(client)
+        assert client.dropped_idle and client.fileno() == -1 and received == []
+        peer.settimeout(5)
+        assert peer.recv(100) == b""
+
+
 @pytest.mark.parametrize("read_whole, unread", [(True, b"the rest of a pipelined request"), (False, b""),
                                                 (False, b"the body the app did not read")],
                          ids=["bytes-left-unread", "request-not-read-whole", "body-not-read"])
