@@ -3,7 +3,7 @@ trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what 
 restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
 edited by hand."""
 
-REVISION = '0048'
+REVISION = '0049'
 
 GUARDS = {
     'sqlite': {
@@ -208,7 +208,7 @@ GUARDS = {
         'function idempotency_records_no_update()': ('(function)', '8c6a046ed4be051a'),
         'function journal_lines_add_to_totals()': ('(function)', 'e39f339eca0f9a7a'),
         'function journal_lines_currency()': ('(function)', '7beda51f2120c083'),
-        'function journal_lines_refuse_sealed()': ('(function)', 'a0b9289b6f7af979'),
+        'function journal_lines_refuse_sealed()': ('(function)', 'a08ab7e007d80bf4'),
         'function journal_refuse_change()': ('(function)', 'f86b1a5f96ad1386'),
         'function journal_transactions_adjustment_in_time()': ('(function)', '0192d48bdd02d229'),
         'function journal_transactions_adjustment_posted()': ('(function)', '0a784365eb81ec23'),
@@ -265,7 +265,7 @@ GUARDS = {
         'function program_withdrawal_in_turn()': ('(function)', 'f1c9d129056d7007'),
         'function program_withdrawals_held()': ('(function)', '7140c3c84a527f70'),
         'function program_writer_in_turn()': ('(function)', 'e4b353ca98014615'),
-        'function revenue_events_as_posted()': ('(function)', 'c8cc3dd260a389da'),
+        'function revenue_events_as_posted()': ('(function)', '5b468c116555b5cc'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
         'function revenue_events_within_invoice()': ('(function)', '1da7ddfb792f645a'),
@@ -309,7 +309,7 @@ GUARDS = {
         'trg_journal_lines_in_turn ON journal_lines': ('journal_lines', 'b250947cb1db58be'),
         'trg_journal_lines_no_change ON journal_lines': ('journal_lines', 'f7b520b6035b7fec'),
         'trg_journal_lines_no_truncate ON journal_lines': ('journal_lines', '0efe0a8542699603'),
-        'trg_journal_lines_sealed ON journal_lines': ('journal_lines', 'b227c0635e99fd23'),
+        'trg_journal_lines_sealed ON journal_lines': ('journal_lines', '8b89021b191a647b'),
         'trg_journal_lines_totals ON journal_lines': ('journal_lines', '10877652e23308c2'),
         'trg_journal_transactions_adjustment_in_time ON journal_transactions':
             ('journal_transactions', '8d83f3af1fefffce'),
@@ -421,7 +421,7 @@ GUARDS = {
         'trg_program_withdrawals_in_turn ON program_withdrawals': ('program_withdrawals', 'f9db3e4ae66f2fcc'),
         'trg_program_withdrawals_no_change ON program_withdrawals': ('program_withdrawals', '4cf6e380b6c9852e'),
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
-        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '1ca7388af2e3f79c'),
+        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', 'd7a6926aedea804a'),
         'trg_revenue_events_currency ON revenue_events': ('revenue_events', 'a39b10b0c078ce34'),
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),
         'trg_revenue_events_no_change ON revenue_events': ('revenue_events', '774d56a6fb414a61'),

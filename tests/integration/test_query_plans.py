@@ -337,9 +337,10 @@ def test_the_bulk_path_sends_a_bounded_number_of_statements_per_batch_not_per_ev
     assert small < 40 and redelivered < 40, (small, redelivered)
 
 
-GUARD_QUERIES = ("FROM added a JOIN journal_transactions", "FROM journal_transactions n LEFT JOIN LATERAL")
+GUARD_QUERIES = ("FROM added a WHERE a.transaction_id >= 1", "FROM journal_transactions n LEFT JOIN LATERAL")
 JOURNAL_SCAN = re.compile(r"Seq Scan on journal_|Hash Cond|Merge Cond")
-JOURNAL_BY_INDEX = re.compile(r"Index (?:Only )?Scan using \w+ on journal_|Bitmap Index Scan on (?:ix|pk)_journal_")
+JOURNAL_BY_INDEX = re.compile(
+    r"Index (?:Only )?Scan (?:Backward )?using \w+ on journal_|Bitmap Index Scan on (?:ix|pk)_journal_")
 
 
 def guard_plans(database, events, queries: tuple[str, ...] = GUARD_QUERIES) -> list[str]:
@@ -483,7 +484,9 @@ def test_the_guard_of_what_an_events_status_says_reads_each_row_by_index(postgre
     """Migration 0034's six checks over a statement's new events: each a semi- or anti-join by index,
     not a subplan hashing every attribution, payment or transaction naming an event."""
     from migrations.earlier import revision
-    checks = [refused_when for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS]
+    kept = revision("0049_guards_planned_for_a_growing_journal.py").kept_subqueries  # as migration 0049 runs them
+    checks = [kept(refused_when)
+              for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS]
     with postgres_database.transaction() as session:
         program.seed(session)
     statements_to_ingest(postgres_database, paid_batch(40, "warm"))
@@ -496,6 +499,35 @@ def test_the_guard_of_what_an_events_status_says_reads_each_row_by_index(postgre
         assert not re.search(r"Seq Scan on (?!added)|hashed SubPlan|Hash Cond|Merge Cond", plan), plan
         assert re.search(r"Index (?:Only )?Scan using \w+ on (?:attributions|revenue_events|journal_transactions)",
                          plan), plan
+
+
+@pytest.mark.postgres
+def test_the_statement_guards_read_by_key_when_the_statistics_say_the_journal_is_empty(postgres_database):
+    """Migration 0049. Analyzed empty (a new database, or autovacuum after a first batch rolled back),
+    the journal was planned as the outer side of a join with the statement's new rows, and read
+    whole for each statement as a batch grew it: a 10,000-event batch outlived the worker's timeout.
+    Now the sealed-lines guard reads the journal's greatest id by the primary key, and each of the
+    event guard's checks is a subquery run for each new event by index."""
+    from migrations.earlier import revision
+    kept = revision("0049_guards_planned_for_a_growing_journal.py").kept_subqueries
+    checks = tuple(kept(refused_when)
+                   for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS)
+    with postgres_database.transaction() as session:
+        program.seed(session)
+    with postgres_database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("ANALYZE")
+        assert connection.exec_driver_sql(
+            "SELECT reltuples FROM pg_class WHERE relname = 'journal_transactions'").scalar_one() == 0
+    batch = [*paid_batch(30, "grow"), program.paid("g-refund", "acme", "grow-inv-0", 1_000, "2026-03-01", "refund")]
+    plans = plans_while(postgres_database, lambda session: revenue.ingest(session, batch), (GUARD_QUERIES[0], *checks))
+    sealed = [plan for plan in plans if GUARD_QUERIES[0] in plan]
+    events = [plan for plan in plans if GUARD_QUERIES[0] not in plan]
+    assert sealed and len(events) == len(checks), (sealed, events)
+    for plan in sealed:
+        assert "Nested Loop" not in plan and "Index Only Scan Backward using pk_journal_transactions" in plan, plan
+    for plan in events:
+        assert not re.search(r"Nested Loop|Join|Seq Scan on (?!added)", plan), plan
+        assert re.search(r"SubPlan \d+\s+->  Index (?:Only )?Scan using \w+ on \w+", plan), plan
 
 
 @pytest.mark.postgres
