@@ -20,10 +20,11 @@ other index serves it as cheaply, however small the journal looks); each of the 
 `EXISTS` subqueries is kept a subquery (`OFFSET 0`: PostgreSQL does not turn it into a join), run
 for each new event by an index on what it compares. Measured with 10,000 events in one transaction,
 a tenth of them refunds or chargebacks and many moving a CPA claim (the seeded program of the tests,
-200 customers), on a journal analyzed empty: 41.5 s before, 18.7 s after; on a journal never
-analyzed, 6.0 s before and 5.6-7.6 s after (the machine shared). What is left of the difference is
-PostgreSQL's own foreign-key checks (`open_holds.accrual_id`, say), planned for the empty journal as
-well, by a sequential scan, and kept by the connection; this revision does not change them.
+200 customers), on a journal analyzed empty: 41.5 and 39.5 s before, 18.7 and 20.4 s after; on a
+journal never analyzed, 7.7 s before and 8.0 s after (each in turn, on a shared 2-core machine).
+What is left of the difference is PostgreSQL's own foreign-key checks (`open_holds.accrual_id`,
+say), planned for the empty journal as well, by a sequential scan, and kept by the connection; this
+revision does not change them.
 
 Each function is replaced with the settings it had (migrations 0009, 0023, 0029, 0037), read from
 the catalog and set again: `CREATE OR REPLACE FUNCTION` drops them. SQLite: nothing changes (its
