@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 the books have problems (`verify`), `import` refused events, or the trial
 balance does not balance; 2 bad usage or bad input, or a database that cannot be used; 141 the
-output's reader went away (`revshare trial-balance | head -1`), as a shell reports a process that
-SIGPIPE stopped.
+output's reader went away before it was written (a pipe into `head` that had read enough), as a
+shell reports a process that SIGPIPE stopped.
 """
 
 from __future__ import annotations

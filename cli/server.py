@@ -106,14 +106,16 @@ class ClientSocket(socket.socket):
 
     progress = staticmethod(lambda: None)
     request_read_whole = False  # set once the app answered a request it read to its end (`Worker`)
-    dropped_idle = False  # set when the client sent nothing, or took nothing, for the idle limit
+    received = False  # whether the client sent anything on this connection
+    dropped_silent = False  # set when the client sent nothing at all for the idle limit
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         try:
             data = super().recv(size, flags)
         except TimeoutError:
-            self.dropped_idle = True
+            self.dropped_silent = not self.received
             raise
+        self.received = self.received or bool(data)
         self.progress()
         return data
 
@@ -126,7 +128,6 @@ class ClientSocket(socket.socket):
             except TimeoutError:
                 still = _queued_bytes(self, termios.TIOCOUTQ)
                 if held is None or still is None or still >= held:
-                    self.dropped_idle = True
                     raise  # the client took nothing for a whole idle limit
             self.progress()
 
@@ -143,11 +144,12 @@ def _queued_bytes(sock: socket.socket, request: int) -> int | None:
 
 def close_answered(sock: socket.socket, *args, **kwargs) -> None:
     """Close a client's connection after its answer: at once when its request was read to its end,
-    or the client was dropped at the idle limit (it sends nothing more, or takes nothing: lingering
-    held the worker 2 s past the limit), and the client sent nothing unread; or else as gunicorn
-    does, lingering to read what the client still sends (so that the kernel does not answer it with
-    a reset that cuts the answer short)."""
-    done = getattr(sock, "request_read_whole", False) or getattr(sock, "dropped_idle", False)
+    or the client was dropped at the idle limit having sent nothing at all (a browser's preconnect:
+    lingering held the worker 2 s past the limit), and nothing it sent is unread; or else as
+    gunicorn does, lingering to read what the client still sends (so that the kernel does not
+    answer it with a reset that cuts the answer short: a body that paused past the limit and goes
+    on is read on, and its client reads the 408)."""
+    done = getattr(sock, "request_read_whole", False) or getattr(sock, "dropped_silent", False)
     if done and _queued_bytes(sock, termios.FIONREAD) == 0:
         with contextlib.suppress(OSError):
             sock.close()

@@ -124,14 +124,22 @@ def _sqlite_uri(url: str) -> bool:
                                                       or (parsed.database or "").startswith("file:"))
 
 
-def _books_of(url: str) -> tuple[str, str] | None:
-    """(engine, database) that `url` names: an SQLite file's absolute path, a PostgreSQL database's name
-    (its server may be reached by other hosts and ports: a pooler for the service, say); None for a
-    PostgreSQL URL naming none (libpq's environment, PGDATABASE, or the role's name, picks it)."""
+def _books_of(url: str) -> tuple[str, ...] | None:
+    """What `url` names: an SQLite file's absolute path; a PostgreSQL server's host and port and the
+    database on it (libpq's `?dbname=` before the path's); None for a PostgreSQL URL naming no
+    database (libpq's environment, PGDATABASE, or the role's name, picks it)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return "sqlite", str(Path(parsed.database or "").resolve())
-    return None if not parsed.database else ("postgresql", parsed.database)
+    database = _one(parsed.query.get("dbname")) or parsed.database
+    host = parsed.host or _one(parsed.query.get("host")) or ""
+    port = str(parsed.port or _one(parsed.query.get("port")) or "")
+    return None if not database else ("postgresql", host, port, database)
+
+
+def _one(value: str | tuple[str, ...] | None) -> str | None:
+    """A URL option's value (given twice, SQLAlchemy holds a tuple: libpq takes the last)."""
+    return value[-1] if isinstance(value, tuple) else value
 
 
 def _options(query: Mapping[str, str | tuple[str, ...]]) -> str:
@@ -210,11 +218,13 @@ class Settings:
                                     "sqlite:////srv/revshare/revshare.db")
         if settings.migration_database_url is not None:
             books, migrated = (_books_of(url) for url in (settings.database_url, settings.migration_database_url))
-            if None not in (books, migrated) and books != migrated:
-                # `db upgrade` migrated the other database, and every command then said to run it first.
-                raise SettingsError(f"{PREFIX}MIGRATION_DATABASE_URL names another database ({migrated[1]!r}) than "
-                                    f"{PREFIX}DATABASE_URL ({books[1]!r}): it is the service's database as its owner "
-                                    "role reaches it (its host and port may differ)")
+            # `db upgrade` migrated the other database, and every command then said to run it first.
+            # Through another host or port (a pooler's) the name may differ: a pooler names its own.
+            if None not in (books, migrated) and books != migrated and (
+                    books[0] != migrated[0] or books[:-1] == migrated[:-1]):
+                raise SettingsError(f"{PREFIX}MIGRATION_DATABASE_URL names another database ({migrated[-1]!r}) than "
+                                    f"{PREFIX}DATABASE_URL ({books[-1]!r}): it is the service's database as its "
+                                    "owner role reaches it")
         return settings
 
     @classmethod

@@ -495,18 +495,34 @@ def test_an_answered_request_read_to_its_end_is_closed_at_once_without_waiting_f
         assert peer.recv(100) == b""
 
 
-def test_a_client_dropped_at_the_idle_limit_is_closed_at_once_without_waiting_for_it():
-    """One that sent nothing (a browser's preconnect, half a request) held its worker 2 s past the
-    limit while gunicorn's close lingered for it to close."""
+def test_a_client_dropped_at_the_idle_limit_having_sent_nothing_is_closed_at_once():
+    """One that sent nothing (a browser's preconnect) held its worker 2 s past the limit while
+    gunicorn's close lingered for it to close."""
     client, peer = client_and_peer(0.05)
     with peer:
         with pytest.raises(TimeoutError):
             client.recv(100)
         received = recording_recv(client)
         server.close_answered(client)
-        assert client.dropped_idle and client.fileno() == -1 and received == []
+        assert client.dropped_silent and client.fileno() == -1 and received == []
         peer.settimeout(5)
         assert peer.recv(100) == b""
+
+
+def test_a_client_whose_body_paused_past_the_idle_limit_is_read_on_as_gunicorn_does():
+    """Closed at once, the kernel reset the connection as the body went on, and a client such as
+    Python's http.client met a broken pipe where it would read its 408."""
+    client, peer = client_and_peer(0.05)
+    with peer:
+        peer.sendall(b'POST /v1/revenue-events HTTP/1.1\r\nContent-Length: 99\r\n\r\n{"id"')
+        assert client.recv(4096)
+        with pytest.raises(TimeoutError):
+            client.recv(4096)
+        received = recording_recv(client)
+        peer.sendall(b': "the rest"}')
+        peer.shutdown(socket.SHUT_WR)
+        server.close_answered(client)
+        assert not client.dropped_silent and b"".join(received) == b': "the rest"}' and received[-1] == b""
 
 
 @pytest.mark.parametrize("read_whole, unread", [(True, b"the rest of a pipelined request"), (False, b""),

@@ -120,6 +120,7 @@ def test_an_sqlite_uri_filename_is_refused_naming_the_variable(name, url):
 @pytest.mark.parametrize("books, migrated", [
     (URL, "sqlite:////srv/revshare/other.db"),
     ("postgresql://app@db.internal/revshare", "postgresql://owner@db.internal/revshare_test"),
+    ("postgresql://app@db.internal/?dbname=revshare", "postgresql://owner@db.internal/other"),  # libpq's dbname
     ("postgresql://app@db.internal/revshare", "sqlite:////srv/revshare/revshare.db"),
 ])
 def test_a_migration_url_naming_another_database_is_refused(books, migrated):
@@ -132,6 +133,8 @@ def test_a_migration_url_naming_another_database_is_refused(books, migrated):
     (URL, "sqlite:////srv/revshare/../revshare/revshare.db"),
     ("postgresql://app@pooler.internal:6432/revshare", "postgresql://owner:s3c@db.internal:5432/revshare"),
     ("postgresql://app@db.internal/", "postgresql://owner@db.internal/revshare"),  # libpq picks the first's
+    ("postgresql://app@db.internal/postgres?dbname=revshare", "postgresql://owner@db.internal/revshare"),
+    ("postgresql://app@pgbouncer:6432/revshare_pool", "postgresql://owner@db.internal:5432/revshare"),  # an alias
 ])
 def test_a_migration_url_of_the_same_database_by_another_role_host_or_port_is_taken(books, migrated):
     settings = Settings.from_env({"REVSHARE_DATABASE_URL": books, "REVSHARE_MIGRATION_DATABASE_URL": migrated})
