@@ -740,7 +740,8 @@ def test_a_key_or_a_column_given_twice_is_refused_not_read_as_the_last(seeded, t
 def test_output_to_a_closed_pipe_exits_141_not_1(seeded, command):
     """`revshare trial-balance | head -1` exited 1, which a script reads as books that do not balance.
     The pipe's read end is closed before the command starts: its first write fails."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": seeded.url}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")},
+           "REVSHARE_DATABASE_URL": seeded.url}
     reader, writer = os.pipe()
     os.close(reader)
     try:

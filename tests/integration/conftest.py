@@ -70,7 +70,8 @@ def commissions_as_before_0047(database):
             made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{earning_rule}'").scalar()
             connection.exec_driver_sql(f"DROP TRIGGER {earning_rule}")
         else:
-            made = connection.exec_driver_sql("SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar()
+            made = connection.exec_driver_sql(
+                "SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar()
             earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
             connection.exec_driver_sql(earnings.seal_function(extended=False))
             connection.exec_driver_sql(f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}")
