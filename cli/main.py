@@ -13,6 +13,11 @@ import sys
 
 import click
 
+from cli.books import TEXT, pass_settings
+from ledger.schema import API_ROLES
+from ledger.settings import Settings, without_password
+
+
 # 128 + SIGPIPE: click exited 1 for a closed pipe, which a script read as books that do not balance.
 OUTPUT_CLOSED = 141
 
@@ -29,10 +34,6 @@ class _Revshare(click.Group):
             # Python's advice: point stdout at devnull, so that the flush at exit does not fail again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(OUTPUT_CLOSED)
-
-from cli.books import TEXT, pass_settings
-from ledger.schema import API_ROLES
-from ledger.settings import Settings, without_password
 
 
 @click.group(cls=_Revshare)

@@ -481,8 +481,9 @@ def test_a_page_of_the_books_periods_reads_a_page_of_closes_and_the_ends_of_the_
 
 @pytest.mark.postgres
 def test_the_guard_of_what_an_events_status_says_reads_each_row_by_index(postgres_database):
-    """Migration 0034's six checks over a statement's new events: each a semi- or anti-join by index,
-    not a subplan hashing every attribution, payment or transaction naming an event."""
+    """Migration 0034's six checks over a statement's new events: each read by index (a subquery run
+    for each new event since migration 0049, a semi- or anti-join before it), not a subplan hashing
+    every attribution, payment or transaction naming an event."""
     from migrations.earlier import revision
     kept = revision("0049_guards_planned_for_a_growing_journal.py").kept_subqueries  # as migration 0049 runs them
     checks = [kept(refused_when)

@@ -26,4 +26,3 @@ def test_every_revision_is_recorded_as_it_landed():
     assert sorted(files) == sorted(recorded), "migrations/landed.sha256 lists every revision, and only those"
     edited = sorted(name for name, digest in files.items() if recorded[name] != digest)
     assert not edited, f"landed revisions edited: {edited}; make the change in a new revision"
-
