@@ -59,22 +59,30 @@ def posting_before_claims_taken(monkeypatch):
     monkeypatch.setattr(revenue, "_claims_taken_reads", lambda session, customer_ids: [])
 
 
+def earning_rule_off(connection) -> str:
+    """Turn off on `connection` the database's rule of migrations 0047 and 0048 over commissions (in
+    its transaction); return the statement that makes it again as it stood. SQLite drops its trigger;
+    PostgreSQL puts back the statement function as it stood before 0047."""
+    if connection.dialect.name == "sqlite":
+        trigger = "trg_journal_transactions_earning_posted"
+        made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{trigger}'").scalar_one()
+        connection.exec_driver_sql(f"DROP TRIGGER {trigger}")
+        return made
+    made = connection.exec_driver_sql(  # with its settings
+        "SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar_one()
+    earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
+    connection.exec_driver_sql(earnings.seal_function(extended=False))
+    connection.exec_driver_sql(f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}")
+    return made
+
+
 @contextlib.contextmanager
 def commissions_as_before_0047(database):
     """Post commissions as before migrations 0047 and 0048 held them to their accounts and to one
     credit (Python's check and the database's rule off until the block ends, each change committed):
     for books holding rows of an older revision, which the service reads as it reads any."""
-    earning_rule = "trg_journal_transactions_earning_posted"
     with database.engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{earning_rule}'").scalar()
-            connection.exec_driver_sql(f"DROP TRIGGER {earning_rule}")
-        else:
-            made = connection.exec_driver_sql(
-                "SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar()
-            earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
-            connection.exec_driver_sql(earnings.seal_function(extended=False))
-            connection.exec_driver_sql(f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}")
+        made = earning_rule_off(connection)
     try:
         with mock.patch.object(journal, "_PLACED", {}):
             yield

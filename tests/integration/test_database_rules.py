@@ -24,9 +24,8 @@ from ledger.instants import now_us, period_bounds_us
 from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from ledger.verify import verify
-from migrations.earlier import revision
 from tests.api.conftest import STANDARD_TERMS, enroll
-from tests.integration.conftest import second_writer_behind_first
+from tests.integration.conftest import earning_rule_off, second_writer_behind_first
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
 from tests import program
 from tests.scenarios.books import Books
@@ -51,22 +50,9 @@ def posting_before_0047(monkeypatch):
 def written_before_0047(database):
     """A connection on which a commission is written as before migration 0047, on any accounts and
     lines: the rows that revision and 0048 leave as they are, which the rules of earlier revisions
-    still read. SQLite drops its trigger and makes it again; PostgreSQL puts back the statement
-    function as it stood before 0047, then the one it replaced (both in the connection's transaction)."""
-    earnings = revision("0047_earnings_and_writeoffs_in_their_accounts.py")
+    still read. The rule is off, then made again, in the connection's transaction."""
     with database.engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            trigger = "trg_journal_transactions_earning_posted"
-            made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{trigger}'").scalar_one()
-            connection.exec_driver_sql(f"DROP TRIGGER {trigger}")
-            yield connection
-            connection.exec_driver_sql(made)
-            return
-        made = connection.exec_driver_sql(  # with its settings
-            "SELECT pg_get_functiondef('journal_transactions_seal'::regproc)").scalar_one()
-        for statement in (earnings.seal_function(extended=False),
-                          f"ALTER FUNCTION journal_transactions_seal() {earnings.SEAL_SETTINGS}"):
-            connection.exec_driver_sql(statement)
+        made = earning_rule_off(connection)
         yield connection
         connection.exec_driver_sql(made)
 
