@@ -479,22 +479,27 @@ def test_a_page_of_the_books_periods_reads_a_page_of_closes_and_the_ends_of_the_
     assert listed_cheaply(database, "2026-04", 10) == months[4:]  # past every close
 
 
+def event_checks() -> tuple[str, ...]:
+    """Migration 0034's checks over a statement's new events, as migration 0049 runs them."""
+    from migrations.earlier import revision
+    kept = revision("0049_guards_planned_for_a_growing_journal.py").kept_subqueries
+    return tuple(kept(refused_when)
+                 for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS)
+
+
 @pytest.mark.postgres
 def test_the_guard_of_what_an_events_status_says_reads_each_row_by_index(postgres_database):
     """Migration 0034's six checks over a statement's new events: each read by index (a subquery run
     for each new event since migration 0049, a semi- or anti-join before it), not a subplan hashing
     every attribution, payment or transaction naming an event."""
-    from migrations.earlier import revision
-    kept = revision("0049_guards_planned_for_a_growing_journal.py").kept_subqueries  # as migration 0049 runs them
-    checks = [kept(refused_when)
-              for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS]
+    checks = event_checks()
     with postgres_database.transaction() as session:
         program.seed(session)
     statements_to_ingest(postgres_database, paid_batch(40, "warm"))
     batch = [*paid_batch(20, "mixed"), program.paid("u1", "stranger", "inv-u1", 5_000, "2026-02-01"),
              program.paid("u1-refund", "stranger", "inv-u1", 1_000, "2026-02-02", "refund"),
              program.paid("p1-refund", "acme", "mixed-inv-0", 1_000, "2026-03-01", "refund")]
-    plans = plans_while(postgres_database, lambda session: revenue.ingest(session, batch), tuple(checks))
+    plans = plans_while(postgres_database, lambda session: revenue.ingest(session, batch), checks)
     assert len(plans) == len(checks), plans
     for plan in plans:
         assert not re.search(r"Seq Scan on (?!added)|hashed SubPlan|Hash Cond|Merge Cond", plan), plan
@@ -509,10 +514,7 @@ def test_the_statement_guards_read_by_key_when_the_statistics_say_the_journal_is
     whole for each statement as a batch grew it: a 10,000-event batch outlived the worker's timeout.
     Now the sealed-lines guard reads the journal's greatest id by the primary key, and each of the
     event guard's checks is a subquery run for each new event by index."""
-    from migrations.earlier import revision
-    kept = revision("0049_guards_planned_for_a_growing_journal.py").kept_subqueries
-    checks = tuple(kept(refused_when)
-                   for refused_when, _ in revision("0034_statuses_and_close_times_held.py").POSTGRES_EVENT_CHECKS)
+    checks = event_checks()
     with postgres_database.transaction() as session:
         program.seed(session)
     with postgres_database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
