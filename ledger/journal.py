@@ -38,16 +38,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import math
 import secrets
 from collections import defaultdict
 from json.encoder import encode_basestring as _encode_string
 from typing import Iterable, NamedTuple, Sequence
 
 from sqlalchemy import select
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import driver_rows, in_lists, insert_all, lock_journal, locked
+from ledger.db import driver_rows, in_lists, insert_all, is_postgres, lock_journal, locked
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound, invalid
 from ledger.instants import format_instant, now_us
 from ledger.money import currency_exponent
@@ -328,6 +331,7 @@ class Batch:
 
     def flush(self) -> None:
         insert_all(self.session, self.take_writes())
+        follow_statistics(self.session, self.head_id)
 
     def take_writes(self) -> list[tuple]:
         """The rows added since the last flush, as `db.insert_all` writes them: lines first, then
@@ -340,6 +344,35 @@ class Batch:
         lines = [(header[0], ids[line.account], line.currency, line.side, line.amount_minor, header[2])
                  for draft, header in zip(drafts, headers) for line in draft.lines]
         return [(journal_lines, _LINE_COLUMNS, lines), (journal_transactions, _HEADER_COLUMNS, headers)]
+
+
+# PostgreSQL plans a statement, and each of its own foreign-key checks, for the table sizes its
+# statistics say, and a connection keeps the plan while they stand. A batch grows the journal in its
+# own transaction, which no statistics see: on a journal they say is empty or small, a batch of
+# thousands of events was planned for a few rows and read the whole growing journal at each check
+# (27 s against 7 s for 10,000 events). After a flush that leaves the journal at least twice the
+# size the connection last heard the statistics count, and this many transactions more, the
+# database is asked to take them anew (migration 0050), which makes the connection's plans anew.
+STATISTICS_GROWTH_MIN = 1000
+_COUNTED = "journal_transactions_counted"  # in the connection's info: what the statistics last said
+_log = logging.getLogger(__name__)
+
+
+def follow_statistics(session: Session, journal_size: int) -> None:
+    """Have the statistics of the tables a batch grows taken anew when the journal, `journal_size`
+    transactions with this batch's, has outgrown them; a round trip only then (PostgreSQL)."""
+    if not is_postgres(session):
+        return
+    info = session.connection().info
+    if journal_size < 2 * info.get(_COUNTED, 0) + STATISTICS_GROWTH_MIN:
+        return
+    try:
+        with session.begin_nested():
+            info[_COUNTED] = driver_rows(session, "SELECT journal_statistics_follow()")[0][0]
+    except ProgrammingError as error:  # a database behind revision 0050, or its grant revoked: the batch
+        # goes on, planned as before, and this connection asks no more
+        info[_COUNTED] = math.inf
+        _log.warning("the journal's statistics are not followed on this connection: %s", error.orig)
 
 
 def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | None = None) -> list[Posted]:

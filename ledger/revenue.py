@@ -695,6 +695,7 @@ class _Writer:
                                   (cpa_claims_taken, CLAIM_TAKEN_COLUMNS, self.claims_taken),
                                   (open_holds, holds.HOLD_COLUMNS, self.hold_rows)])
         holds.end_holds(self.session, sorted(set(self.ended_holds)))
+        journal.follow_statistics(self.session, self.batch.head_id)
         self.event_rows, self.hold_rows, self.ended_holds, self.claims_taken = [], [], [], []
 
 

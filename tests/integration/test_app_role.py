@@ -5,7 +5,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import journal, partners, payouts, periods, plans, statement_bodies
+from ledger import journal, partners, payouts, periods, plans, revenue, statement_bodies
 from ledger.balances import partner_balances
 from ledger.db import Database
 from ledger.statements import statement, statement_json, to_json
@@ -251,3 +251,43 @@ def test_a_migration_role_without_createrole_is_told_to_get_it_or_have_the_role_
     error = capsys.readouterr().err
     assert "permission denied to create role" in error and "CREATEROLE" in error, error
     assert "`CREATE ROLE revshare_app NOLOGIN`" in error, error
+
+
+def test_the_application_role_has_a_grown_journals_statistics_taken_which_no_other_role_may(app_database,
+                                                                                             postgres_database):
+    # Migration 0050: only a table's owner may ANALYZE it; the function does so as its owner, for the
+    # service's role, and for no role that is not one.
+    with app_database.transaction() as session:
+        program.seed(session, customer_ids=["c1", "c2"])
+        revenue.ingest(session, [program.paid(f"e{n}", f"c{n % 2 + 1}", f"inv-{n}", 5_000, "2026-02-01")
+                                 for n in range(600)])  # an accrual and an override each
+        assert session.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'journal_transactions'")
+                               ).scalar_one() >= 1_000
+    with postgres_database.engine.begin() as connection:
+        connection.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') "
+                                   "THEN CREATE ROLE ungranted LOGIN; END IF; END $$")
+    stranger = Database(postgres_database.url.replace("postgres@", "ungranted@", 1))
+    try:
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied for function journal_statistics_follow"):
+            with stranger.engine.begin() as connection:
+                connection.exec_driver_sql("SELECT journal_statistics_follow()")
+    finally:
+        stranger.dispose()
+
+
+def test_a_batch_posts_as_before_when_the_role_may_not_have_the_statistics_taken(app_database, postgres_database,
+                                                                                caplog):
+    # The statistics make the batch fast, not right: without the grant (or on a database behind
+    # revision 0050) it posts, planned as before, and says why once.
+    with postgres_database.engine.begin() as connection:
+        connection.exec_driver_sql("REVOKE EXECUTE ON FUNCTION journal_statistics_follow() FROM revshare_app")
+    with app_database.transaction() as session:
+        program.seed(session, customer_ids=["c1"])
+        results = revenue.ingest(session, [program.paid(f"e{n}", "c1", f"inv-{n}", 5_000, "2026-02-01")
+                                           for n in range(600)])
+    assert {type(result) for result in results} == {revenue.Outcome}
+    with app_database.reader() as session:
+        assert session.execute(sa.text("SELECT max(id) FROM journal_transactions")).scalar_one() == 1_200
+    assert [record.getMessage() for record in caplog.records if record.name == "ledger.journal"] == [
+        "the journal's statistics are not followed on this connection: permission denied for function"
+        " journal_statistics_follow"]

@@ -605,3 +605,50 @@ def test_a_page_of_one_invoices_or_events_transactions_searches_its_index(closed
         assert walked.search(plan) and searched not in plan, plan
     else:
         assert searched in plan and not walked.search(plan), plan
+
+
+def out_of_turn(count: int, customers: list[str], prefix: str) -> list[revenue.RevenueEvent]:
+    """`count` payments of `customers`, dated in no order, so that many move a customer's CPA claim
+    to an earlier invoice (each move writes what the batch drafted before it: a flush mid-batch)."""
+    import random
+
+    chosen = random.Random(count)
+    return [program.paid(f"{prefix}-{n}", chosen.choice(customers), f"{prefix}-inv-{n}", chosen.randrange(1_000, 90_000),
+                         f"2026-{chosen.randrange(1, 11):02d}-{chosen.randrange(1, 29):02d}") for n in range(count)]
+
+
+def journal_read_whole(session) -> tuple[int, int]:
+    """(rows of `journal_transactions` read by sequential scans in this transaction, its size)."""
+    return session.execute(sa.text(
+        "SELECT (SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'journal_transactions'),"
+        " (SELECT max(id) FROM journal_transactions)")).one()
+
+
+@pytest.mark.postgres
+def test_a_batch_that_outgrows_the_journals_statistics_has_them_taken_anew(postgres_database):
+    """Migration 0050. Analyzed empty, the journal was planned small by the service's statements and
+    by PostgreSQL's own foreign-key checks, and a connection kept those plans while a batch grew it:
+    each check read the whole growing journal (27 s for 10,000 events where 7 s did on a journal
+    never analyzed). Past 1,000 transactions and twice what the statistics count, a flush has them
+    taken anew in the batch's transaction, which counts its rows and plans every statement anew."""
+    customers = [f"c{n}" for n in range(100)]
+    with postgres_database.transaction() as session:
+        program.seed(session, customer_ids=customers)
+    with postgres_database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("ANALYZE")
+    counted = "SELECT reltuples FROM pg_class WHERE relname = 'journal_transactions'"
+    with postgres_database.transaction() as session:
+        assert session.execute(sa.text(counted)).scalar_one() == 0
+        revenue.ingest(session, out_of_turn(700, customers, "first"))  # an accrual and an override each
+        read_before, size_before = journal_read_whole(session)
+        assert size_before > 1_000 and session.execute(sa.text(counted)).scalar_one() >= 1_000, size_before
+        revenue.ingest(session, out_of_turn(1_000, customers, "then"))
+        read, size = journal_read_whole(session)
+    # Planned for the journal it is, the checks read it by key: less than once whole in all, where
+    # before each check read it whole (millions of rows).
+    assert size > 2 * size_before and read - read_before < size, (read_before, read, size)
+    # Once a connection has the statistics' count, a batch that leaves the journal within twice it
+    # asks nothing.
+    with recorded(postgres_database.engine) as statements, postgres_database.transaction() as session:
+        revenue.ingest(session, out_of_turn(100, customers, "after"))
+    assert statements and not [sql for sql, _ in statements if "journal_statistics_follow" in sql]
