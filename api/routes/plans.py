@@ -35,12 +35,15 @@ NAME_LENGTH_MAX = 200
 _MONEY_LIST = {"type": "array", "items": {"type": "object", "properties": {
     "amount": {"type": "string", "maxLength": 40, "example": "50.00"},
     "currency": {"type": "string", "minLength": 3, "maxLength": 3, "example": "USD"}}}}
+# A rate (step or override): `money.parse_rate`.
+_RATE = {"type": "string", "maxLength": 12, "pattern": r"^[0-9](\.[0-9]{1,10})?$", "example": "0.20",
+         "description": "a decimal string in [0, 1] with at most 10 decimal places"}
 # Documentation of the terms; the parsing is `terms.parse_terms`.
 _TERM_DOCS: dict[str, dict[str, Any]] = {
     "rates": {"type": "array", "description": "step-down schedule; the first step starts at month 1",
               "items": {"type": "object", "properties": {
                   "from_month": {"type": "integer", "minimum": 1},
-                  "rate": {"type": "string", "maxLength": 12, "example": "0.20"}}},
+                  "rate": _RATE}},
               "example": [{"from_month": 1, "rate": "0.40"}, {"from_month": 4, "rate": "0.20"}]},
     "duration_months": {"type": "integer", "nullable": True, "minimum": 1,
                         "description": "eligibility window in calendar months; null = lifetime"},
@@ -50,7 +53,7 @@ _TERM_DOCS: dict[str, dict[str, Any]] = {
     "min_payout": {**_MONEY_LIST, "description": "minimum available balance per currency for a payout"},
     "negative_balance": {"type": "string", "enum": ["carry_forward", "reset"]},
     "override": {"type": "object", "nullable": True, "description": "earned on the business of sub-partners",
-                 "properties": {"rate": {"type": "string", "maxLength": 12},
+                 "properties": {"rate": _RATE,
                                 "basis": {"type": "string", "enum": ["revenue", "commission"]}}},
 }
 _REQUIRED_TERMS = ("rates", "duration_months", "hold_days", "min_payout", "negative_balance")  # as parse_terms

@@ -111,6 +111,27 @@ def test_an_example_that_breaks_its_schema_is_found():
     assert not jsonschema_rs.validator_for(json_schema(schema)).is_valid(schema["example"])
 
 
+def test_the_documented_rate_is_the_rate_the_plans_take(document):
+    # A rate's ten decimal places were said only by the 422 refusing an eleventh.
+    from ledger.errors import InvalidInput
+    from ledger.money import parse_rate
+
+    rates = [schema for where, schema, _ in examples(document) if where.endswith("/rate")]
+    assert len(rates) >= 2 and all("10 decimal places" in schema["description"] for schema in rates), rates
+
+    def taken(text: str) -> bool:
+        try:
+            return parse_rate(text) is not None
+        except InvalidInput:
+            return False
+
+    for text in ("0", "1", "0.20", "0.1234567890", "1.0000000000", "0.12345678901", ".5", "1.", "0,2", "00.2",
+                 "-0.1", "1e-1", "0.2 "):
+        for schema in rates:
+            documented = jsonschema_rs.validator_for(json_schema(schema)).is_valid(text)
+            assert documented == taken(text), text
+
+
 # ---- (a) what the access tests expect ----
 
 @pytest.mark.parametrize("name", sorted(ROUTES))
