@@ -1,5 +1,5 @@
 """`python -m bench.verifying [--engine sqlite|postgres] [--payments N] [--rounds N]`: what `verify`
-costs, and what its re-derivations cost of it.
+costs, and what its re-derivations and its check of the foreign keys cost of it.
 
 The book is grown through the domain path (`revenue.ingest` in batches of 10,000): the bench's
 program (2,000 partners, 20,000 customers), N paid invoices over four months, a refund of a third
@@ -19,7 +19,7 @@ from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.db import Database
 from ledger.payouts_rederived import verify_payouts_rederived
 from ledger.recorded_program import verify_commissions
-from ledger.verify import verify
+from ledger.verify import verify, verify_references
 
 from bench import program
 from bench.sites import open_site
@@ -83,14 +83,15 @@ def main() -> None:
         undone = grow(database, args.payments)
         print(f"{args.engine}: {args.payments:,} payments, {undone:,} events undoing them")
         print(f"{'round':>5} {'verify':>9} {'payments re-derived':>20} {'undoings re-derived':>20} "
-              f"{'payout runs re-derived':>23} {'problems':>9}")
+              f"{'payout runs re-derived':>23} {'references':>11} {'problems':>9}")
         for round_number in range(1, args.rounds + 1):
             whole_s, problems = timed_s(database, lambda session: len(verify(session).problems))
             payments_s, _ = timed_s(database, lambda session: len(verify_commissions(session)))
             undoings_s, _ = timed_s(database, lambda session: len(verify_clawbacks(session)))
             runs_s, _ = timed_s(database, lambda session: len(verify_payouts_rederived(session)))
+            references_s, _ = timed_s(database, lambda session: len(verify_references(session)))
             print(f"{round_number:>5} {whole_s:8.2f}s {payments_s:19.2f}s {undoings_s:19.2f}s {runs_s:22.2f}s "
-                  f"{problems:>9}")
+                  f"{references_s:10.2f}s {problems:>9}")
     finally:
         database.dispose()
         site.drop(url)

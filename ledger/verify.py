@@ -27,7 +27,8 @@ makes the database hold for new rows are checked on every row: a reversal names 
 which is not a reversal, and undoes it exactly (`verify_reversals`); a moved posting was asked for
 before where it stands; amounts and instants are integers and currencies ISO 4217 codes with a
 minor unit (SQLite's columns take any value, and a text amount broke every report); every account
-is as the chart of accounts has it (`verify_accounts`). And the queue of holds against the journal
+is as the chart of accounts has it (`verify_accounts`); every row names rows that exist, by each of
+the schema's foreign keys (`verify_references`). And the queue of holds against the journal
 (`verify_holds`): each queued hold is an accrual's, with its maturity, and each partner's pending
 balance is what its queued pieces hold, so no hold has left the queue unreleased; a customer's
 CPA bounty posted once (`verify_bounties`); each clawback and release against a standing piece of
@@ -59,7 +60,7 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, String, case, exists, false, func, literal, select, text
+from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, literal, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -80,7 +81,7 @@ from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
-                           open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
+                           metadata, open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
                            plan_versions, program_withdrawals, revenue_events)
 from ledger.terms import terms_from_json
 from ledger.guards import verify_guards
@@ -172,6 +173,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     """What the chain walk cannot see row by row: closes, totals, payouts, events and holds, each
     against the rows it summarises, in the same snapshot."""
     problems: list[Problem] = []
+    problems.extend(verify_references(session))
     problems.extend(verify_closes(session))
     if close is not None:
         problems.extend(_check_recorded_close(session, close))
@@ -689,6 +691,37 @@ def verify_events(session: Session) -> list[Problem]:
             for row in rows if event_hash(RevenueEvent(*row[:-1])) != row[-1]]
 
 
+# Named by the chain walk itself (`orphan_lines`), line by line.
+_REFERENCES_WALKED = {("journal_lines", ("transaction_id",))}
+
+
+def verify_references(session: Session) -> list[Problem]:
+    """Every row names rows that exist, by each foreign key of the schema (`ledger.schema`, which the
+    migrations make): the database holds them, but not for rows written past them. A restore of the
+    data alone, with `--disable-triggers` or into a database that lacked a table's rows (pg_restore
+    goes on past the errors), a key dropped, or an SQLite connection with `foreign_keys` off, left
+    lines naming accounts that do not exist, which every report reads by name. One query a key:
+    how many rows name what does not exist, and the least of them."""
+    problems = []
+    for table in metadata.sorted_tables:
+        for key in table.foreign_key_constraints:
+            columns = tuple(element.parent.name for element in key.elements)
+            if (table.name, columns) in _REFERENCES_WALKED:
+                continue
+            child, parent = table.alias("c"), key.referred_table.alias("p")
+            pairs = [(child.c[element.parent.name], parent.c[element.column.name]) for element in key.elements]
+            count, least = session.execute(
+                select(func.count(), func.min(pairs[0][0])).select_from(child)
+                .where(*(named.is_not(None) for named, _ in pairs),
+                       ~exists().where(and_(*(named == referred for named, referred in pairs))))).one()
+            if count:
+                problems.append(Problem(None, "reference_broken", (
+                    f"{table.name} ({', '.join(columns)}): {count} row{'s' if count > 1 else ''} name"
+                    f"{'' if count > 1 else 's'} a row of {key.referred_table.name} that does not exist, the least "
+                    f"{least!r}")))
+    return problems
+
+
 def verify_closes(session: Session) -> list[Problem]:
     """Recompute every close from the journal: its snapshot (the previous one plus the period's
     lines), its transaction count, its journal head, and the chain of close hashes; and its bounds
@@ -734,9 +767,11 @@ def verify_closes(session: Session) -> list[Problem]:
                                     f"{where}: the recorded journal head is not the journal's transaction"))
         if close.prev_close_hash != prev_hash:
             problems.append(Problem(None, "close_chain_broken", f"{where}: prev_close_hash is not the previous close's hash"))
-        recomputed = close_hash(close.prev_close_hash, close.period, close.transaction_count, close.chain_head_id,
-                                close.chain_head_hash, snapshot(session, close.period), names)
-        if recomputed != close.close_hash:
+        # The hash covers each account's name: an account the snapshot names and the books do not
+        # hold is `verify_references`' to name.
+        if all(account_id in names for account_id, _ in stored) and close_hash(
+                close.prev_close_hash, close.period, close.transaction_count, close.chain_head_id,
+                close.chain_head_hash, stored, names) != close.close_hash:
             problems.append(Problem(None, "close_hash_mismatch", f"{where}: the close hash does not match its content"))
         prev_hash, prev_end = close.close_hash, close.ends_at_us
     return problems

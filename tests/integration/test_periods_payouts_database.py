@@ -68,10 +68,11 @@ TAMPERED_CLOSES = [
                  {("close_hash_mismatch", "2026-01"), ("close_chain_broken", "2026-02")}, id="close hash"),
     pytest.param(["DELETE FROM period_snapshots WHERE period = '2026-02'",
                   "DELETE FROM period_closes WHERE period = '2026-02'"],
-                 # (and its statement documents, now of a period that is not closed; March starts
-                 # where no close ended)
+                 # (and its statement documents and bodies, now of a period that is not closed and
+                 # naming a close that is not there; March starts where no close ended)
                  {("close_chain_broken", "2026-03"), ("close_bounds_altered", "2026-03"),
-                  ("statement_line_altered", "2026-02")},
+                  ("statement_line_altered", "2026-02"), ("reference_broken", "statement_documents (period)"),
+                  ("reference_broken", "statement_bodies (period)")},
                  id="a close cut out of the chain"),
     # A statement document's edits, as {postgres?: SQL} (its lines are `json` there, text on SQLite).
     pytest.param([{False: "UPDATE statement_documents SET lines = json_set(lines, '$[0][8]', 10001) "
@@ -111,7 +112,8 @@ TAMPERED_CLOSES = [
                  {("statement_line_altered", "2026-03")}, id="a statement document nested past Python's limit"),
     pytest.param(["INSERT INTO statement_documents (period, partner_id, currency, lines) "
                   "VALUES ('2026-04', 'northwind', 'USD', '[[9, 1, null, \"adjustment\", null, null, null, 1, 0]]')"],
-                 {("statement_line_altered", "2026-04")}, id="a statement document of an open period"),
+                 {("statement_line_altered", "2026-04"), ("reference_broken", "statement_documents (period)")},
+                 id="a statement document of an open period"),
 ]
 TAMPERED_CLOSE_FIELDS = [
     pytest.param([f"UPDATE period_closes SET prev_close_hash = '{F64}' WHERE period = '2026-03'"],
@@ -725,13 +727,16 @@ def test_a_payout_resolved_twice_in_the_journal_is_named_by_verify(enrolled):
         settled = payouts.settle(session, payout.id, at_us=at("2026-03-02"))
     with behind_the_triggers(enrolled) as execute:  # its record gone, the payout looks pending again
         execute(f"DELETE FROM payout_resolutions WHERE payout_id = {payout.id}")
+    # (and the row that asked for the record removed, `payout_resolutions_due`, names it still)
     with enrolled.reader() as session:
-        [problem] = verify(session).problems
+        [asked, problem] = sorted(verify(session).problems, key=lambda found: found.code != "reference_broken")
     assert (problem.code, problem.transaction_id) == ("payout_resolution_mismatch", settled.resolution_transaction_id)
+    assert asked.code == "reference_broken" and asked.message.startswith("payout_resolutions_due"), asked
     with enrolled.transaction() as session:
         failed = payouts.fail(session, payout.id, at_us=at("2026-03-03"))  # paid, and the money returned
     with enrolled.reader() as session:
-        [problem] = verify(session).problems
+        [asked, problem] = sorted(verify(session).problems, key=lambda found: found.code != "reference_broken")
     assert (problem.code, problem.transaction_id) == ("payout_resolved_twice", failed.resolution_transaction_id)
+    assert asked.code == "reference_broken", asked
     settled_by = f"settled by transaction {settled.resolution_transaction_id}"
     assert f"payout {payout.id} is resolved twice: {settled_by}" in problem.message

@@ -240,11 +240,11 @@ HOUR_US = 3_600_000_000
     # An attribution of the unattributed customer recorded an hour before its payment was.
     ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
      f" SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - {HOUR_US} FROM revenue_events WHERE id = 'u1'",
-     {("event_status_unlike_attributions", "u1")}),
+     {("event_status_unlike_attributions", "u1"), ("reference_broken", "stranger")}),  # a customer never recorded
     # Recorded within the clock skew of it, the attribution may have come after it: not named.
     ("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source, recorded_at_us)"
      " SELECT 'stranger', 'northwind', 0, 'manual', recorded_at_us - 60000000 FROM revenue_events WHERE id = 'u1'",
-     set()),
+     {("reference_broken", "stranger")}),
     # The attributed customer's attributions moved to after its payments were recorded: e1 then
     # earned from no attribution.
     (f"UPDATE attributions SET recorded_at_us = recorded_at_us + {HOUR_US} WHERE customer_id = 'acme'",
@@ -728,7 +728,8 @@ def test_a_payout_posting_with_no_payout_record_is_named(paid_out):
     database, payout = paid_out
     with behind_the_triggers(database) as execute:
         execute(f"DELETE FROM payouts WHERE id = {payout.id}")
-    assert problems(database) == {(payout.transaction_id, "payout_unrecorded")}
+    # and the row that asked for the record (`payout_records_due`) names one that is gone
+    assert problems(database) == {(payout.transaction_id, "payout_unrecorded"), (None, "reference_broken")}
 
 
 @pytest.mark.parametrize("altered", ["its invoice", "the partner it debits"])
@@ -795,7 +796,8 @@ def test_a_payout_record_moved_onto_a_transaction_that_is_no_payout_is_named(pai
             "SELECT id FROM journal_transactions WHERE kind = 'adjustment'").scalar_one()
     with behind_the_triggers(database) as execute:
         execute(f"UPDATE payouts SET transaction_id = {adjustment_id} WHERE id = {payout.id}")
-    assert problems(database) == {(adjustment_id, "payout_mismatch"), (payout.transaction_id, "payout_unrecorded")}
+    assert problems(database) == {(adjustment_id, "payout_mismatch"), (payout.transaction_id, "payout_unrecorded"),
+                                  (None, "reference_broken")}  # `payout_records_due` names the posting's record
 
 
 @pytest.mark.parametrize("tampered", ["UPDATE payout_runs SET at_us = 1500", "DELETE FROM payout_runs"],
@@ -807,7 +809,8 @@ def test_a_payout_run_moved_back_or_removed_so_that_an_earlier_run_would_pay_the
     database, payout = paid_out
     with behind_the_triggers(database) as execute:
         execute(tampered)
-    assert problems(database) == {(payout.transaction_id, "payout_run_mismatch")}
+    removed = {(None, "reference_broken")} if tampered.startswith("DELETE") else set()  # its payouts name it
+    assert problems(database) == {(payout.transaction_id, "payout_run_mismatch"), *removed}
     if tampered.startswith("UPDATE"):
         with database.transaction() as session:
             [again] = payouts.run_payouts(session, 1_800).payouts
@@ -825,7 +828,8 @@ def test_a_resolution_of_a_payout_whose_record_was_removed_is_named(paid_out):
     with database.reader() as session:
         found = verify(session).problems
     assert {(p.transaction_id, p.code) for p in found} == {
-        (settled.resolution_transaction_id, "payout_resolution_mismatch"), (payout.transaction_id, "payout_unrecorded")}
+        (settled.resolution_transaction_id, "payout_resolution_mismatch"), (payout.transaction_id, "payout_unrecorded"),
+        (None, "reference_broken")}  # what asked for the two records names them still
     assert f"resolves payout {payout.id}, which does not exist" in {p.message for p in found}
 
 
@@ -849,8 +853,10 @@ def test_a_payout_failed_by_reversing_its_posting_then_settled_names_the_later_r
     with database.transaction() as session:
         settled = payouts.settle(session, payout.id)
     with database.reader() as session:
-        [problem] = verify(session).problems
-    assert (problem.code, problem.transaction_id) == ("payout_resolved_twice", settled.resolution_transaction_id)
+        found = verify(session).problems
+    # and the row that asked for the record removed (`payout_resolutions_due`) names it no more
+    assert sorted((problem.code, problem.transaction_id) for problem in found) == [
+        ("payout_resolved_twice", settled.resolution_transaction_id), ("reference_broken", None)], found
     assert failed_by < settled.resolution_transaction_id
 
 
@@ -982,3 +988,20 @@ def test_rows_written_before_migration_0031_that_break_its_posting_rules_are_nam
         assert kept.id not in {transaction_id for transaction_id, _ in problems(database)}
     finally:
         database.dispose()
+
+
+def test_rows_naming_an_account_the_books_no_longer_hold_are_named_and_every_check_runs(booked):
+    # A restore of the data that left the chart of accounts out (pg_restore goes on past the errors)
+    # or a key dropped: verify read a close's snapshot by account name and stopped on a KeyError.
+    with booked.transaction() as session:
+        periods.close_period(session, "1970-01", now_us=program.at("1970-02-01"))
+    with behind_the_triggers(booked) as execute:
+        execute(f"DELETE FROM accounts WHERE name = '{PENDING}'")
+    with booked.reader() as session:
+        report = verify(session)
+    broken = sorted(problem.message for problem in report.problems if problem.code == "reference_broken")
+    assert broken == [
+        "account_totals (account_id): 1 row names a row of accounts that does not exist, the least 2",
+        "journal_lines (account_id): 5 rows name a row of accounts that does not exist, the least 2",
+        "period_snapshots (account_id): 1 row names a row of accounts that does not exist, the least 2"], broken
+    assert not report.ok and "guard_missing" not in {problem.code for problem in report.problems}
