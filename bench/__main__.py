@@ -31,7 +31,7 @@ class Scale(NamedTuple):
     release_events: int  # paid invoices whose holds (1.45 a paid invoice) a job catches up on
 
 
-QUICK = Scale(partners=200, customers=20_000, ingest_events=30_000, import_events=20_000,
+QUICK = Scale(partners=200, customers=20_000, ingest_events=30_000, import_events=40_000,
               books=books.Shape(partners=200, customers=20_000, months=5, events_per_month=6_000,
                                 checkpoints=(1_000_000,)),
               http_requests=5_000, http_deadline_s=12, release_events=10_000)
@@ -62,18 +62,21 @@ def run_engine(engine_name: str, scale: Scale, quick: bool, say,
         say(f"{engine_name}: unavailable: {error}")
         return [Row(f"{engine_name} unavailable", engine_name, None, "", "-", None, note=str(error)[:120])], None
     rows: list[Row] = []
+    raw_rate: float | None = None  # the ingestion's raw limit, events/s, for the import's ratio
     try:
         version = site.server_version()
         if "ingestion" in only:
             say(f"{engine_name}: ingestion, {scale.ingest_events:,} events")
             url, seeded = ingestion.prepare(site, scale.partners, scale.customers)
-            rows += ingestion.rows_for(engine_name, ingestion.measure(site, url, seeded, scale.ingest_events))
+            samples = ingestion.measure(site, url, seeded, scale.ingest_events)
+            raw_rate = ingestion.raw_events_per_s(samples)
+            rows += ingestion.rows_for(engine_name, samples)
         if "import" in only:
             say(f"{engine_name}: revshare import, {scale.import_events:,} events")
             with tempfile.TemporaryDirectory(prefix="revshare-bench-import-") as directory:
                 results = importing.measure(site, Path(directory), scale.partners, scale.customers,
                                             scale.import_events)
-            rows += importing.rows_for(engine_name, results, quick=quick)
+            rows += importing.rows_for(engine_name, results, quick=quick, raw_events_per_s=raw_rate)
         if "books" in only:
             say(f"{engine_name}: growing the journal, {scale.books.months} months")
             reads, closes = books.grow(site, scale.books, lambda message: say(f"{engine_name}: {message}"))

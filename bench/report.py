@@ -1,18 +1,24 @@
 """The one table the benchmarks print, its rows, and its JSON form.
 
-A `Row` holds one measured figure with its unit, the raw baseline measured in the same run where
-one applies (the same rows through the bare driver), the ratio value/baseline, the target in the
-words of DESIGN.md, and whether the figure meets it (`None` when the target does not apply to
-what was measured, e.g. a quick run at a scaled-down size).
+A `Row` holds one measured figure with its unit, the baseline measured in the same run where one
+applies (the raw limit: rows through the bare driver; for HTTP, GET /v1/health on the same server),
+the ratio to that baseline, the target in the words of DESIGN.md, and whether the figure meets it
+(`None` when no target applies to the figure). The ratio is the module's to define and its row's
+note says which: bulk ingestion gives the median of per-batch ratios (each batch timed beside its
+own raw write), which is not value / baseline of the summed rates shown beside it; the other rows
+give value / baseline. A row measured at a smaller size than its target's (`scaled`, a quick run)
+still carries a verdict, printed with a `*`: it is indicative only.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -37,10 +43,21 @@ def median(values: Sequence[float]) -> float:
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (p99 of 200 samples is the 198th smallest)."""
+    """Nearest-rank percentile: the smallest value with at least `fraction` of the values at or below
+    it, the ceil(fraction * n)-th smallest (p99 of 100 samples is the 99th, of 200 the 198th). The
+    fraction is read from its decimal text, so that binary noise (0.07 * 100 is 7.000000000000001)
+    does not move the rank up by one."""
+    assert values and 0 < fraction <= 1, (len(values), fraction)
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(Fraction(str(fraction)) * len(ordered))))
     return ordered[rank - 1]
+
+
+def scale_note(size: int, target_size: int, unit: str) -> tuple[str, bool]:
+    """Where a figure was measured ("at 146,000 lines") and whether that is scaled down: under 80% of
+    the target's size, where the verdict is indicative (`Row.scaled`)."""
+    scaled = size < target_size * 0.8
+    return (f"at {size:,} {unit}" + (f" (scaled down; target is for {target_size:,})" if scaled else "")), scaled
 
 
 def _number(value: float | None, unit: str) -> str:
