@@ -11,7 +11,13 @@ head holds it: on SQLite its table and its SQL as written; on PostgreSQL its tab
 events (`tgtype`), its `WHEN` condition as PostgreSQL writes it back (that part of
 `pg_get_triggerdef`, not the rest, whose spelling follows the search path), its `UPDATE OF` columns
 and arguments, and its function's name, body and settings; and every function of the journal's
-schema (those the rules call too), by body and settings. On PostgreSQL a `session_replication_role`
+schema (those the rules call too), by body and settings; and on PostgreSQL the keys and checks
+the rows rest on: each constraint (primary, unique, foreign, check), each unique index made apart
+from a constraint, and each table's columns with their types and NOT NULL (`_POSTGRES_KEYS`), which
+a restore that went on past an error, or an owner's `ALTER TABLE`, can leave out or loosen while
+every row still verifies. (SQLite holds its keys in each table's definition, which only rebuilding
+the table changes, as the SQL SQLAlchemy wrote: not listed, since another version of it writes other
+text for the same table.) On PostgreSQL a `session_replication_role`
 other than `origin` set for the database or the role (no trigger then fires) is named too. A
 trigger or function added by hand, not in the list, is not named. A database at another revision
 (an upgrade not yet run) is not checked. The application role's privileges are not checked here:
@@ -55,6 +61,30 @@ FROM pg_proc p
 WHERE p.pronamespace = {_SCHEMA} AND p.prokind = 'f'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                   AND d.deptype = 'e')"""
+# The keys and checks of the journal's tables (PostgreSQL): each constraint by its definition as
+# PostgreSQL writes it back, each unique index made apart from a constraint by its method, columns
+# and condition (`pg_get_indexdef` after USING: before it, the table's name follows the search
+# path), and each table's columns, their types and which may not be null (NOT NULL is no entry of
+# `pg_constraint` before PostgreSQL 17).
+_POSTGRES_KEYS = f"""
+SELECT 'constraint ' || c.conname || ' ON ' || r.relname, r.relname, c.contype,
+       pg_get_constraintdef(c.oid), c.convalidated
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+WHERE r.relnamespace = {_SCHEMA} AND c.contype IN ('c', 'f', 'p', 'u', 'x')
+UNION ALL
+SELECT 'unique index ' || i.relname || ' ON ' || r.relname, r.relname, 'i',
+       substring(pg_get_indexdef(i.oid) from ' USING (.*)$'), x.indisvalid
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class r ON r.oid = x.indrelid
+WHERE r.relnamespace = {_SCHEMA} AND x.indisunique AND NOT EXISTS (
+    SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid AND c.contype IN ('p', 'u', 'x'))
+UNION ALL
+SELECT 'columns of ' || r.relname, r.relname, 'a',
+       string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull
+                  THEN ' NOT NULL' ELSE '' END, ', ' ORDER BY a.attnum), true
+FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid
+WHERE r.relnamespace = {_SCHEMA} AND r.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+GROUP BY r.relname"""
+KEYS = ("constraint ", "unique index ", "columns of ")  # how an entry of `_POSTGRES_KEYS` is named
 FIRING = ("O", "A")  # PostgreSQL's `tgenabled`: fires in a session as the service opens it
 FUNCTION = "(function)"  # the table a function is listed under
 
@@ -79,6 +109,8 @@ def triggers(session: Session) -> dict[str, Trigger]:
              for name, table, enabled, *definition in session.execute(text(_POSTGRES_TRIGGERS))}
     found.update({f"function {name}": Trigger(FUNCTION, _digest(*definition), True)
                   for name, *definition in session.execute(text(_POSTGRES_FUNCTIONS))})
+    found.update({name: Trigger(table, _digest(*definition), True)
+                  for name, table, *definition in session.execute(text(_POSTGRES_KEYS))})
     return found
 
 
@@ -95,18 +127,22 @@ def verify_guards(session: Session) -> list[tuple[None, str, str]]:
             problems.append((None, "guard_disabled", f"the service's sessions run with session_replication_role "
                                                      f"{role}: no guard fires, and the books take what they refuse"))
     for name, (table, *digests) in sorted(GUARDS[engine].items()):
-        trigger, named = found.get(name), name if table == FUNCTION or " ON " in name else f"{name} on {table}"
+        trigger, what = found.get(name), _what(name, table)
         if trigger is None:
-            what = named if table == FUNCTION else f"trigger {named}"
             problems.append((None, "guard_missing", f"the database has no {what}: what it refuses, the books now "
                                                     "take"))
         elif trigger.digest not in digests:
-            problems.append((None, "guard_altered", f"{named if table == FUNCTION else f'trigger {named}'} is not as "
-                                                    "the migrations made it"))
+            problems.append((None, "guard_altered", f"{what} is not as the migrations made it"))
         elif not trigger.fires:
-            problems.append((None, "guard_disabled", f"trigger {named} is disabled: what it refuses, the books now "
-                                                     "take"))
+            problems.append((None, "guard_disabled", f"{what} is disabled: what it refuses, the books now take"))
     return problems
+
+
+def _what(name: str, table: str) -> str:
+    """A guard as `verify` names it: a function or a key by its entry's name, a trigger with its table."""
+    if table == FUNCTION or name.startswith(KEYS):
+        return name
+    return f"trigger {name if ' ON ' in name else f'{name} on {table}'}"
 
 
 def _revision(session: Session) -> str | None:
@@ -133,16 +169,18 @@ def write(sqlite_url: str, postgres_url: str) -> None:
                 revision = _revision(session)
                 assert revision == head_revision(), f"{url} is at {revision}, not at head {head_revision()}"
                 made = triggers(session)
-            remade = _remade(database) if database.engine.dialect.name == "postgresql" else {}
+            remade = {**_remade(database), **_remade_keys(database)} if (
+                database.engine.dialect.name == "postgresql") else {}
             manifests[database.engine.dialect.name] = {
                 name: (trigger.table, trigger.digest, *(d for d in remade.get(name, ()) if d != trigger.digest))
                 for name, trigger in sorted(made.items())}
         finally:
             database.dispose()
-    lines = ['"""Each trigger the migrations make, at the head revision: its table and digest (and, for a',
-             "trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what it wrote, as a",
-             "restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not",
-             'edited by hand."""', "", f"REVISION = {head_revision()!r}", "", "GUARDS = {"]
+    lines = ['"""Each trigger the migrations make, at the head revision, and on PostgreSQL each function, key,',
+             "check and table's columns: its table and digest (and, for a trigger's `WHEN` or a check that",
+             "PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes",
+             "it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand.\"\"\"", "",
+             f"REVISION = {head_revision()!r}", "", "GUARDS = {"]
     for engine, manifest in manifests.items():
         lines.append(f"    {engine!r}: {{")
         for name, guard in manifest.items():
@@ -173,6 +211,45 @@ def _remade(database) -> dict[str, list[str]]:
                         " WHERE t.tgname = :name AND c.relname = :table"), {"name": name, "table": table}).scalar_one()
                     connection.exec_driver_sql(f"DROP TRIGGER {name} ON {table}")
                     connection.exec_driver_sql(definition)
+                    digest = triggers(Session(bind=connection))[key].digest
+                    if digest in seen:
+                        break
+                    seen.append(digest)
+                connection.rollback()
+        remade[key] = seen
+    return remade
+
+
+# Each check, and each unique index with a condition: (its entry's name, the statement that drops
+# it, the statement that makes it from what PostgreSQL writes of it, as a restore does).
+_REMAKES = f"""
+SELECT 'constraint ' || c.conname || ' ON ' || r.relname AS name,
+       format('ALTER TABLE %I DROP CONSTRAINT %I', r.relname, c.conname) AS dropping,
+       format('ALTER TABLE %I ADD CONSTRAINT %I ', r.relname, c.conname) || pg_get_constraintdef(c.oid) AS making
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+WHERE r.relnamespace = {_SCHEMA} AND c.contype = 'c'
+UNION ALL
+SELECT 'unique index ' || i.relname || ' ON ' || r.relname, format('DROP INDEX %I', i.relname),
+       pg_get_indexdef(i.oid)
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class r ON r.oid = x.indrelid
+WHERE r.relnamespace = {_SCHEMA} AND x.indisunique AND x.indpred IS NOT NULL"""
+
+
+def _remade_keys(database) -> dict[str, list[str]]:
+    """The digests a check or a unique index with a condition takes when made again from what
+    PostgreSQL writes of it, as `_remade` does for a trigger's `WHEN`."""
+    remade: dict[str, list[str]] = {}
+    with database.reader() as session:
+        names = [name for name, _, _ in session.execute(text(_REMAKES))]
+    for key in names:
+        seen: list[str] = []
+        with database.engine.connect() as connection:
+            with connection.begin():
+                for _ in range(3):
+                    dropping, making = connection.execute(
+                        text(f"SELECT dropping, making FROM ({_REMAKES}) k WHERE k.name = :key"), {"key": key}).one()
+                    connection.exec_driver_sql(dropping)
+                    connection.exec_driver_sql(making)
                     digest = triggers(Session(bind=connection))[key].digest
                     if digest in seen:
                         break

@@ -1,7 +1,7 @@
-"""Each trigger the migrations make, at the head revision: its table and digest (and, for a
-trigger whose `WHEN` PostgreSQL writes back otherwise once made again from what it wrote, as a
-restore of a dump makes it, that one's too) (`ledger.guards`). Written by `make guards`; not
-edited by hand."""
+"""Each trigger the migrations make, at the head revision, and on PostgreSQL each function, key,
+check and table's columns: its table and digest (and, for a trigger's `WHEN` or a check that
+PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
+it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
 REVISION = '0050'
 
@@ -193,6 +193,180 @@ GUARDS = {
         'trg_unreleased_pieces_due_settled': ('unreleased_pieces_due', '95d256d93e5e8a92'),
     },
     'postgresql': {
+        'columns of account_totals': ('account_totals', '5630ea2c945cac5e'),
+        'columns of accounts': ('accounts', '53f88015adec993d'),
+        'columns of alembic_version': ('alembic_version', '5dc29f7f45469db1'),
+        'columns of api_key_revocations': ('api_key_revocations', '80bc53b81e91d04d'),
+        'columns of api_keys': ('api_keys', '24fb59f3d5a8c48d'),
+        'columns of attributions': ('attributions', '2209dedd973c320c'),
+        'columns of cpa_claims_taken': ('cpa_claims_taken', 'a22f17481619c085'),
+        'columns of customers': ('customers', '32a89609a0524f6f'),
+        'columns of idempotency_records': ('idempotency_records', 'f43769f86b84a5ea'),
+        'columns of journal_lines': ('journal_lines', '562f3e463d636007'),
+        'columns of journal_transactions': ('journal_transactions', '1cc8a1e4548d11a6'),
+        'columns of open_holds': ('open_holds', '6d936f26c76d8739'),
+        'columns of partner_plans': ('partner_plans', '63e95f073191c9f9'),
+        'columns of partner_statuses': ('partner_statuses', 'a1ca7ffd48ddfd32'),
+        'columns of partners': ('partners', '2ef266d251a7907a'),
+        'columns of payout_records_due': ('payout_records_due', '4faf8b335fdb8ec0'),
+        'columns of payout_resolutions': ('payout_resolutions', '48ad7b57f9e6f1e5'),
+        'columns of payout_resolutions_due': ('payout_resolutions_due', '4faf8b335fdb8ec0'),
+        'columns of payout_runs': ('payout_runs', '4e04cea17f511067'),
+        'columns of payouts': ('payouts', 'd3ef37ed8ffadeca'),
+        'columns of period_closes': ('period_closes', 'e34e7482c1a8b5c2'),
+        'columns of period_snapshots': ('period_snapshots', 'db2002cdbe0988fb'),
+        'columns of plan_versions': ('plan_versions', 'add845e4c3e1551e'),
+        'columns of plans': ('plans', 'cfc7e38a816ccd7c'),
+        'columns of program_revision': ('program_revision', '00f51f01f15a252d'),
+        'columns of program_withdrawals': ('program_withdrawals', '1257f580590250b1'),
+        'columns of revenue_events': ('revenue_events', '248cbc0c965e90a6'),
+        'columns of rules_since': ('rules_since', 'ee9f7c5f2f731372'),
+        'columns of statement_bodies': ('statement_bodies', 'd47789aeb7fd2aa0'),
+        'columns of statement_documents': ('statement_documents', 'e64bbd1be18a1a38'),
+        'columns of unreleased_pieces_due': ('unreleased_pieces_due', 'a4651f43fe6252c6'),
+        'constraint alembic_version_pkc ON alembic_version': ('alembic_version', '136e6208120773d8'),
+        'constraint ck_account_totals_non_negative ON account_totals': ('account_totals', '7c21f40248e79313'),
+        'constraint ck_accounts_normal_side ON accounts': ('accounts', '40f773ff8c4e35de', '7c7b2f789a072d92'),
+        'constraint ck_accounts_type ON accounts': ('accounts', 'eadbf6c5f23ca5a0', 'ea3e75d4ff08672e'),
+        'constraint ck_api_keys_partner_binding ON api_keys': ('api_keys', '29279d46a79d2fbf'),
+        'constraint ck_api_keys_role ON api_keys': ('api_keys', '84d76f86c4a56edf', 'aac34aecca28cc8b'),
+        'constraint ck_attributions_source ON attributions': ('attributions', 'c883c4ccd67f8778', '7d18f7c1a77bed73'),
+        'constraint ck_cpa_claims_taken_another ON cpa_claims_taken': ('cpa_claims_taken', '6d43647e9664e25c'),
+        'constraint ck_journal_lines_amount_positive ON journal_lines': ('journal_lines', '23da477daae3f407'),
+        'constraint ck_journal_lines_currency_code ON journal_lines': ('journal_lines', 'c8f73a08c5d0092a'),
+        'constraint ck_journal_lines_side ON journal_lines': ('journal_lines', '2f2ab87144a6e7fc', '7efb7e0023117472'),
+        'constraint ck_journal_transactions_hash_length ON journal_transactions':
+            ('journal_transactions', '76435706a60f2909'),
+        'constraint ck_journal_transactions_id_positive ON journal_transactions':
+            ('journal_transactions', '7d67467de10f9d21'),
+        'constraint ck_journal_transactions_kind ON journal_transactions':
+            ('journal_transactions', '254dd21c691cd712', 'f002c09e6125f262'),
+        'constraint ck_journal_transactions_reverses_only_reversal ON journal_transactions':
+            ('journal_transactions', '238d8821958442ba'),
+        'constraint ck_partner_statuses_status ON partner_statuses':
+            ('partner_statuses', '812e810db4d5e5bc', '63f11b48cef4a902'),
+        'constraint ck_partners_depth_range ON partners': ('partners', 'fd867b2b9090840b'),
+        'constraint ck_partners_parent_depth ON partners': ('partners', '744d0b445aa1a23a'),
+        'constraint ck_partners_type ON partners': ('partners', '42f143da7b92a245', '1c3643f103450b92'),
+        'constraint ck_payout_resolutions_outcome ON payout_resolutions':
+            ('payout_resolutions', '77dc5e27c2f59769', 'b45e7e95e9ef77ef'),
+        'constraint ck_payouts_amount_positive ON payouts': ('payouts', '23da477daae3f407'),
+        'constraint ck_period_closes_bounds ON period_closes': ('period_closes', 'cd6e7e70524c2420'),
+        'constraint ck_period_closes_count ON period_closes': ('period_closes', '123f3a31a144212a'),
+        'constraint ck_period_snapshots_non_negative ON period_snapshots': ('period_snapshots', '7c21f40248e79313'),
+        'constraint ck_plan_versions_version_positive ON plan_versions': ('plan_versions', '71e2b5b8c0909d1b'),
+        'constraint ck_program_revision_one_row ON program_revision': ('program_revision', 'b9eb2a224b9a98e2'),
+        'constraint ck_program_withdrawals_fact_table ON program_withdrawals':
+            ('program_withdrawals', '732699351e6e2b2c', '396c07b2bd17896b'),
+        'constraint ck_revenue_events_amount_positive ON revenue_events': ('revenue_events', '23da477daae3f407'),
+        'constraint ck_revenue_events_status ON revenue_events':
+            ('revenue_events', 'cb1074bc7a12ddee', '0bdfbeabd9e97a93'),
+        'constraint ck_revenue_events_type ON revenue_events':
+            ('revenue_events', 'f159577a5ec36765', 'e3035f9736c11546'),
+        'constraint ck_statement_bodies_totals ON statement_bodies': ('statement_bodies', '45595dafa09d9bf4'),
+        'constraint ck_statement_documents_lines ON statement_documents': ('statement_documents', '04b2b4ea27af3382'),
+        'constraint fk_account_totals_account_id_accounts ON account_totals': ('account_totals', 'ce7b85d9229138c1'),
+        'constraint fk_api_key_revocations_api_key_id_api_keys ON api_key_revocations':
+            ('api_key_revocations', 'e1161c36533f8b64'),
+        'constraint fk_attributions_customer_id_customers ON attributions': ('attributions', '988ce80413027353'),
+        'constraint fk_attributions_partner_id_partners ON attributions': ('attributions', 'a4b9684a464631b6'),
+        'constraint fk_cpa_claims_taken_event_id_revenue_events ON cpa_claims_taken':
+            ('cpa_claims_taken', 'dd8aa5be6c1bdef2'),
+        'constraint fk_cpa_claims_taken_from_event_id_revenue_events ON cpa_claims_taken':
+            ('cpa_claims_taken', 'ea5e3466e622e758'),
+        'constraint fk_idempotency_records_api_key_id_api_keys ON idempotency_records':
+            ('idempotency_records', 'e1161c36533f8b64'),
+        'constraint fk_journal_lines_account_id_accounts ON journal_lines': ('journal_lines', 'ce7b85d9229138c1'),
+        'constraint fk_journal_lines_transaction_id_journal_transactions ON journal_lines':
+            ('journal_lines', 'd6e5656340d15a6f'),
+        'constraint fk_journal_transactions_accrual_id_journal_transactions ON journal_transactions':
+            ('journal_transactions', '9180ed6980f83fc5'),
+        'constraint fk_journal_transactions_reverses_id_journal_transactions ON journal_transactions':
+            ('journal_transactions', '6bd4e3a9faae8254'),
+        'constraint fk_open_holds_accrual_id_journal_transactions ON open_holds': ('open_holds', '9180ed6980f83fc5'),
+        'constraint fk_partner_plans_partner_id_partners ON partner_plans': ('partner_plans', 'a4b9684a464631b6'),
+        'constraint fk_partner_plans_plan_id_plans ON partner_plans': ('partner_plans', 'e4b2c744eec1bebc'),
+        'constraint fk_partner_statuses_partner_id_partners ON partner_statuses':
+            ('partner_statuses', 'a4b9684a464631b6'),
+        'constraint fk_partners_parent_partners ON partners': ('partners', '42c779aa8b4aaa83'),
+        'constraint fk_payout_records_due_transaction_id_payouts ON payout_records_due':
+            ('payout_records_due', 'eb540ddeef639bb6'),
+        'constraint fk_payout_resolutions_due_transaction_id_payout_resolutions ON payout_resolutions_due':
+            ('payout_resolutions_due', 'fd2c7cb54877aaa8'),
+        'constraint fk_payout_resolutions_payout_id_payouts ON payout_resolutions':
+            ('payout_resolutions', '3223bb5d712c9a20'),
+        'constraint fk_payout_resolutions_transaction_id_journal_transactions ON payout_resolutions':
+            ('payout_resolutions', '479f8d5ab0075ff4'),
+        'constraint fk_payouts_run_id_payout_runs ON payouts': ('payouts', 'a9f4c8d7c0b65b59'),
+        'constraint fk_payouts_transaction_id_journal_transactions ON payouts': ('payouts', '479f8d5ab0075ff4'),
+        'constraint fk_period_snapshots_account_id_accounts ON period_snapshots':
+            ('period_snapshots', 'ce7b85d9229138c1'),
+        'constraint fk_period_snapshots_period_period_closes ON period_snapshots':
+            ('period_snapshots', 'a00ff0264dbe51be'),
+        'constraint fk_plan_versions_plan_id_plans ON plan_versions': ('plan_versions', 'e4b2c744eec1bebc'),
+        'constraint fk_statement_bodies_period_period_closes ON statement_bodies':
+            ('statement_bodies', '2e8ecb7add753c99'),
+        'constraint fk_statement_documents_period_period_closes ON statement_documents':
+            ('statement_documents', '2e8ecb7add753c99'),
+        'constraint fk_unreleased_pieces_due_accrual_id_journal_transactions ON unreleased_pieces_due':
+            ('unreleased_pieces_due', '1cf19e6434cc55f7'),
+        'constraint pk_account_totals ON account_totals': ('account_totals', 'f7b49eaa8f4fba2c'),
+        'constraint pk_accounts ON accounts': ('accounts', '7608ecbc3da369d3'),
+        'constraint pk_api_key_revocations ON api_key_revocations': ('api_key_revocations', 'd3c7261765c12c8f'),
+        'constraint pk_api_keys ON api_keys': ('api_keys', '7608ecbc3da369d3'),
+        'constraint pk_attributions ON attributions': ('attributions', '7608ecbc3da369d3'),
+        'constraint pk_cpa_claims_taken ON cpa_claims_taken': ('cpa_claims_taken', '35c893919bd7a43d'),
+        'constraint pk_customers ON customers': ('customers', '7608ecbc3da369d3'),
+        'constraint pk_idempotency_records ON idempotency_records': ('idempotency_records', 'c63cfd143ccf20eb'),
+        'constraint pk_journal_lines ON journal_lines': ('journal_lines', '7608ecbc3da369d3'),
+        'constraint pk_journal_transactions ON journal_transactions': ('journal_transactions', '7608ecbc3da369d3'),
+        'constraint pk_open_holds ON open_holds': ('open_holds', '1373235fecec97ca'),
+        'constraint pk_partner_plans ON partner_plans': ('partner_plans', '7608ecbc3da369d3'),
+        'constraint pk_partner_statuses ON partner_statuses': ('partner_statuses', '7608ecbc3da369d3'),
+        'constraint pk_partners ON partners': ('partners', '7608ecbc3da369d3'),
+        'constraint pk_payout_records_due ON payout_records_due': ('payout_records_due', '3f6555a0bf6a5b41'),
+        'constraint pk_payout_resolutions ON payout_resolutions': ('payout_resolutions', '09fb58e7f7d5c51f'),
+        'constraint pk_payout_resolutions_due ON payout_resolutions_due':
+            ('payout_resolutions_due', '3f6555a0bf6a5b41'),
+        'constraint pk_payout_runs ON payout_runs': ('payout_runs', '7608ecbc3da369d3'),
+        'constraint pk_payouts ON payouts': ('payouts', '7608ecbc3da369d3'),
+        'constraint pk_period_closes ON period_closes': ('period_closes', '9f8e80238a1e7296'),
+        'constraint pk_period_snapshots ON period_snapshots': ('period_snapshots', '5d430834d73e805f'),
+        'constraint pk_plan_versions ON plan_versions': ('plan_versions', '7608ecbc3da369d3'),
+        'constraint pk_plans ON plans': ('plans', '7608ecbc3da369d3'),
+        'constraint pk_program_revision ON program_revision': ('program_revision', '7608ecbc3da369d3'),
+        'constraint pk_program_withdrawals ON program_withdrawals': ('program_withdrawals', '7608ecbc3da369d3'),
+        'constraint pk_revenue_events ON revenue_events': ('revenue_events', '7608ecbc3da369d3'),
+        'constraint pk_rules_since ON rules_since': ('rules_since', '04ac65a18754a341'),
+        'constraint pk_statement_bodies ON statement_bodies': ('statement_bodies', 'cf55369600201dbd'),
+        'constraint pk_statement_documents ON statement_documents': ('statement_documents', 'cf55369600201dbd'),
+        'constraint pk_unreleased_pieces_due ON unreleased_pieces_due': ('unreleased_pieces_due', '1373235fecec97ca'),
+        'constraint uq_accounts_name ON accounts': ('accounts', 'bd9dc7b0d0678d32'),
+        'constraint uq_api_keys_key_hash ON api_keys': ('api_keys', 'f12d7d363e308b55'),
+        'constraint uq_attributions_customer_id_effective_from_us ON attributions':
+            ('attributions', '35ca8946fe4f14c1'),
+        'constraint uq_cpa_claims_taken_from_event_id ON cpa_claims_taken': ('cpa_claims_taken', '01aa63f474fd2fd5'),
+        'constraint uq_journal_transactions_idempotency_key ON journal_transactions':
+            ('journal_transactions', '46891df8b9ec36d6'),
+        'constraint uq_journal_transactions_reverses_id ON journal_transactions':
+            ('journal_transactions', '3a63ca9018c0c843'),
+        'constraint uq_partner_plans_partner_id_effective_from_us ON partner_plans':
+            ('partner_plans', '02a8a09ea1e6b8f5'),
+        'constraint uq_partners_id_depth ON partners': ('partners', 'a05515a08d134ba9'),
+        'constraint uq_payout_resolutions_transaction_id ON payout_resolutions':
+            ('payout_resolutions', '1e5be667780ce108'),
+        'constraint uq_payout_runs_at_us ON payout_runs': ('payout_runs', '80a13a3ba4ace28e'),
+        'constraint uq_payouts_run_id_partner_id_currency ON payouts': ('payouts', '642a816d1c092d43'),
+        'constraint uq_payouts_transaction_id ON payouts': ('payouts', '1e5be667780ce108'),
+        'constraint uq_period_closes_close_hash ON period_closes': ('period_closes', 'b17e0f25e03bb5f3'),
+        'constraint uq_period_closes_ends_at_us ON period_closes': ('period_closes', 'ab55cd11a5d11869'),
+        'constraint uq_period_closes_starts_at_us ON period_closes': ('period_closes', 'e12b480bf3e35b8d'),
+        'constraint uq_plan_versions_plan_id_effective_from_us ON plan_versions': ('plan_versions', '7b7774b8f0f7246b'),
+        'constraint uq_plan_versions_plan_id_version ON plan_versions': ('plan_versions', '22dc4ddc17b2a4f9'),
+        'constraint uq_program_withdrawals_fact_table_fact_id ON program_withdrawals':
+            ('program_withdrawals', 'af73bbc1901ea5f3'),
+        'constraint uq_revenue_events_first_eligible_customer_id ON revenue_events':
+            ('revenue_events', '48d24478631f4e8d'),
         'function account_totals_refuse_direct()': ('(function)', 'e77f5c2879dd1749'),
         'function accounts_in_the_chart()': ('(function)', 'f94675546bf8acc8'),
         'function api_key_revocations_reason_shape()': ('(function)', '1c5c6752f4493a1b'),
@@ -440,5 +614,6 @@ GUARDS = {
         'trg_unreleased_pieces_due_no_truncate ON unreleased_pieces_due': ('unreleased_pieces_due', '68d934ccf65bbd02'),
         'trg_unreleased_pieces_due_no_update ON unreleased_pieces_due': ('unreleased_pieces_due', '9ab0a40eca97558c'),
         'trg_unreleased_pieces_due_settled ON unreleased_pieces_due': ('unreleased_pieces_due', '526f633a2e053dfb'),
+        'unique index uq_revenue_events_paid_invoice ON revenue_events': ('revenue_events', '8519bbe5815b67f0'),
     },
 }

@@ -214,3 +214,73 @@ def test_the_server_and_the_scheduler_warn_at_their_start_of_a_guard_dropped(boo
         assert result.exit_code == 0, result.output
         assert f"warning: guard_missing: the database has no trigger {named_as(database)}" in result.output
     assert len(started) == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change, code, what", [
+    # two transactions could then share an idempotency key: a retry posted twice
+    ("ALTER TABLE journal_transactions DROP CONSTRAINT uq_journal_transactions_idempotency_key", "guard_missing",
+     "constraint uq_journal_transactions_idempotency_key ON journal_transactions"),
+    ("ALTER TABLE journal_lines DROP CONSTRAINT fk_journal_lines_account_id_accounts", "guard_missing",
+     "constraint fk_journal_lines_account_id_accounts ON journal_lines"),
+    # an invoice paid twice
+    ("DROP INDEX uq_revenue_events_paid_invoice", "guard_missing", "unique index uq_revenue_events_paid_invoice ON "
+                                                                    "revenue_events"),
+    ("ALTER TABLE journal_lines DROP CONSTRAINT ck_journal_lines_side, ADD CONSTRAINT ck_journal_lines_side "
+     "CHECK (side IN ('D', 'C', 'X'))", "guard_altered", "constraint ck_journal_lines_side ON journal_lines"),
+    ("ALTER TABLE journal_lines ALTER COLUMN amount_minor DROP NOT NULL", "guard_altered",
+     "columns of journal_lines"),
+], ids=["unique", "foreign", "unique-index", "check", "not-null"])
+def test_verify_names_a_key_or_check_dropped_or_changed_on_postgres(postgres_database, change, code, what):
+    """A restore that lost a key (pg_restore goes on past the errors) or an owner's `ALTER TABLE`
+    leaves every row as it was, and the books then take what the key refused."""
+    postgres_books(postgres_database)
+    ddl(postgres_database, change)
+    verb = "the database has no " if code == "guard_missing" else ""
+    tail = ": what it refuses, the books now take" if code == "guard_missing" else " is not as the migrations made it"
+    assert named(postgres_database) == [(code, f"{verb}{what}{tail}")]
+
+
+@pytest.mark.postgres
+def test_every_check_and_conditioned_unique_index_made_again_as_a_restore_does_verifies(postgres_database):
+    """A check over a list of values comes back from what PostgreSQL writes of it with its casts
+    moved, as a trigger's condition does: the list holds that form as well."""
+    from ledger import guards
+
+    postgres_books(postgres_database)
+    for _ in range(2):  # a restore of a restore, too
+        with postgres_database.reader() as session:
+            remakes = session.execute(sa.text(guards._REMAKES)).all()
+        assert len(remakes) > 10, remakes
+        ddl(postgres_database, *[statement for _, dropping, making in remakes for statement in (dropping, making)])
+        assert named(postgres_database) == []
+
+
+@pytest.mark.postgres
+def test_a_database_dumped_and_restored_verifies_with_every_guard(postgres_database, pg_cluster, tmp_path):
+    import subprocess
+
+    from ledger.db import Database
+    from tests.conftest import drop_pg_database, new_pg_url
+
+    books = postgres_books(postgres_database)
+    books.partner("northwind", "standard")
+    books.attribute("acme", "northwind", "2026-01-01")
+    books.paid("acme", "inv-1", "100.00", "2026-02-01")
+    dump = tmp_path / "books.dump"
+    url = postgres_database.url.replace("postgresql+psycopg", "postgresql")
+    subprocess.run([str(pg_cluster.bin_dir / "pg_dump"), "-Fc", "-f", str(dump), url], check=True)
+    restored_url = new_pg_url(pg_cluster, template=None)
+    try:
+        subprocess.run([str(pg_cluster.bin_dir / "pg_restore"), "--exit-on-error", "-d",
+                        restored_url.replace("postgresql+psycopg", "postgresql"), str(dump)], check=True)
+        restored = Database(restored_url)
+        try:
+            assert named(restored) == []
+            with restored.transaction() as session:
+                session.connection().exec_driver_sql("DROP INDEX uq_revenue_events_paid_invoice")
+            assert [code for code, _ in named(restored)] == ["guard_missing"]
+        finally:
+            restored.dispose()
+    finally:
+        drop_pg_database(pg_cluster, restored_url)
