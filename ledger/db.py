@@ -494,10 +494,20 @@ def _run_after_commit(session: Session) -> None:
         action()
 
 
+def transaction_info(session: Session) -> dict:
+    """A dict for what holds in the session's current transaction only: emptied when it rolls back
+    and when the next one begins."""
+    return session.info.setdefault(_TRANSACTION_INFO, {})
+
+
+_TRANSACTION_INFO = "transaction_info"
+
+
 @event.listens_for(Session, "after_begin")
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_after_commit(session: Session, *_args) -> None:
     session.info.pop(_AFTER_COMMIT, None)
+    session.info.pop(_TRANSACTION_INFO, None)
 
 
 def one_snapshot(session: Session) -> None:

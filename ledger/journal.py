@@ -50,7 +50,8 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger.db import driver_rows, in_lists, insert_all, is_postgres, lock_journal, locked
+from ledger.db import (after_commit, driver_rows, in_lists, insert_all, is_postgres, lock_journal, locked,
+                       transaction_info)
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound, invalid
 from ledger.instants import format_instant, now_us
 from ledger.money import currency_exponent
@@ -351,10 +352,13 @@ class Batch:
 # own transaction, which no statistics see: on a journal they say is empty or small, a batch of
 # thousands of events was planned for a few rows and read the whole growing journal at each check
 # (27 s against 7 s for 10,000 events). After a flush that leaves the journal at least twice the
-# size the connection last heard the statistics count, and this many transactions more, the
-# database is asked to take them anew (migration 0050), which makes the connection's plans anew.
+# size the statistics were last heard to count, and this many transactions more, the database is
+# asked to take them anew (migration 0050), which makes the connection's plans anew. What was
+# heard is kept for the transaction, and for the connection once it commits: a batch rolled back
+# was counted too (PostgreSQL keeps a table's count through a rollback, until a vacuum corrects
+# it), and a connection that kept that count would not ask again while the journal grew up to it.
 STATISTICS_GROWTH_MIN = 1000
-_COUNTED = "journal_transactions_counted"  # in the connection's info: what the statistics last said
+_COUNTED = "journal_transactions_counted"  # what the statistics were heard to count
 _log = logging.getLogger(__name__)
 
 
@@ -363,16 +367,18 @@ def follow_statistics(session: Session, journal_size: int) -> None:
     transactions with this batch's, has outgrown them; a round trip only then (PostgreSQL)."""
     if not is_postgres(session):
         return
-    info = session.connection().info
-    if journal_size < 2 * info.get(_COUNTED, 0) + STATISTICS_GROWTH_MIN:
+    kept, heard = session.connection().info, transaction_info(session)
+    if journal_size < 2 * heard.get(_COUNTED, kept.get(_COUNTED, 0)) + STATISTICS_GROWTH_MIN:
         return
     try:
         with session.begin_nested():
-            info[_COUNTED] = driver_rows(session, "SELECT journal_statistics_follow()")[0][0]
+            counted = heard[_COUNTED] = driver_rows(session, "SELECT journal_statistics_follow()")[0][0]
     except ProgrammingError as error:  # a database behind revision 0050, or its grant revoked: the batch
-        # goes on, planned as before, and this connection asks no more
-        info[_COUNTED] = math.inf
+        # goes on, planned as before, and this connection asks no more (until the service restarts)
+        kept[_COUNTED] = math.inf
         _log.warning("the journal's statistics are not followed on this connection: %s", error.orig)
+        return
+    after_commit(session, lambda: kept.__setitem__(_COUNTED, counted))
 
 
 def post(session: Session, drafts: Sequence[Draft], *, recorded_at_us: int | None = None) -> list[Posted]:

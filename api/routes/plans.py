@@ -36,7 +36,7 @@ _MONEY_LIST = {"type": "array", "items": {"type": "object", "properties": {
     "amount": {"type": "string", "maxLength": 40, "example": "50.00"},
     "currency": {"type": "string", "minLength": 3, "maxLength": 3, "example": "USD"}}}}
 # A rate (step or override): `money.parse_rate`.
-_RATE = {"type": "string", "maxLength": 12, "pattern": r"^[0-9](\.[0-9]{1,10})?$", "example": "0.20",
+_RATE = {"type": "string", "maxLength": 12, "pattern": r"^(0(\.[0-9]{1,10})?|1(\.0{1,10})?)$", "example": "0.20",
          "description": "a decimal string in [0, 1] with at most 10 decimal places"}
 # Documentation of the terms; the parsing is `terms.parse_terms`.
 _TERM_DOCS: dict[str, dict[str, Any]] = {

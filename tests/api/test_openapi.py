@@ -126,7 +126,7 @@ def test_the_documented_rate_is_the_rate_the_plans_take(document):
             return False
 
     for text in ("0", "1", "0.20", "0.1234567890", "1.0000000000", "0.12345678901", ".5", "1.", "0,2", "00.2",
-                 "-0.1", "1e-1", "0.2 "):
+                 "-0.1", "1e-1", "0.2 ", "2", "9.5", "1.5", "1.0000000001", "1.00000000000"):
         for schema in rates:
             documented = jsonschema_rs.validator_for(json_schema(schema)).is_valid(text)
             assert documented == taken(text), text

@@ -652,3 +652,25 @@ def test_a_batch_that_outgrows_the_journals_statistics_has_them_taken_anew(postg
     with recorded(postgres_database.engine) as statements, postgres_database.transaction() as session:
         revenue.ingest(session, out_of_turn(100, customers, "after"))
     assert statements and not [sql for sql, _ in statements if "journal_statistics_follow" in sql]
+
+
+@pytest.mark.postgres
+def test_a_batch_rolled_back_leaves_its_connection_asking_for_the_statistics_as_before(postgres_database):
+    """What a rolled-back batch heard the statistics count is that transaction's: kept by the pooled
+    connection, it would have the next batch, once a vacuum set the count right, ask nothing while
+    the journal grew up to twice the rows that were never committed."""
+    customers = [f"c{n}" for n in range(100)]
+    with postgres_database.transaction() as session:
+        program.seed(session, customer_ids=customers)
+    with pytest.raises(ZeroDivisionError):
+        with postgres_database.transaction() as session:
+            revenue.ingest(session, out_of_turn(700, customers, "lost"))
+            assert session.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'journal_transactions'")
+                                   ).scalar_one() >= 1_000
+            1 / 0  # a crash mid-request
+    with postgres_database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE")  # as autovacuum does after the rollback
+    with recorded(postgres_database.engine) as statements, postgres_database.transaction() as session:
+        revenue.ingest(session, out_of_turn(700, customers, "kept"))
+    assert postgres_database.engine.pool.checkedin() == 1  # one connection, the rolled-back batch's
+    assert [sql for sql, _ in statements if "journal_statistics_follow" in sql]

@@ -274,7 +274,9 @@ def test_verify_names_a_body_the_journal_gives_no_lines_for_and_bodies_of_a_peri
     with behind_the_triggers(closed) as execute:
         execute("INSERT INTO statement_bodies VALUES ('2026-02', 'contoso', 'USD', '[]', '{}', 0, 0)")
         execute("INSERT INTO statement_bodies VALUES ('2026-04', 'contoso', 'USD', '[]', '{}', 0, 0)")
-    assert named(closed) == [
+    assert named(closed) == [  # (the second names a close that is not there)
+        (None, "statement_bodies (period): 1 row names a row of period_closes that does not exist, the least "
+               "'2026-04'"),
         (None, "period 2026-02: partner contoso's USD statement lines are written where the journal gives none"),
         (None, "period 2026-04: statement bodies are stored, and the period is not closed")]
 
