@@ -22,11 +22,12 @@ from __future__ import annotations
 from types import CodeType, FunctionType
 from typing import Any, Callable
 
-from flask import Flask
+from flask import Flask, request
 
 from api import auth, body, errors, openapi, pagination, session
 from api.routes import BLUEPRINTS
 from ledger.db import Database
+from ledger.errors import printable
 from ledger.settings import Settings
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
@@ -61,6 +62,11 @@ class App(Flask):
         if sync is func and plain and len(self._synchronous_codes) < SYNC_CODES_CACHED_MAX:
             self._synchronous_codes.add(func.__code__)
         return sync
+
+    def log_exception(self, exc_info) -> None:
+        """Flask's line for an unexpected error, with the path's characters that do not print
+        escaped: decoded from `%0A` and `%1B`, they forged log lines of their own."""
+        self.logger.error("Exception on %s [%s]", printable(request.path), request.method, exc_info=exc_info)
 
 
 _COROUTINE_MARK = "_is_coroutine_marker"  # inspect.markcoroutinefunction's attribute (Python 3.12+)

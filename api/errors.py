@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemSchema
 from ledger.db import database_words, retryable
-from ledger.errors import DomainError, InvalidInput
+from ledger.errors import DomainError, InvalidInput, printable
 
 PROBLEM_MIMETYPE = "application/problem+json"
 TYPE_PREFIX = "urn:revshare:problem:"
@@ -171,8 +171,8 @@ def database_problem(error: DBAPIError) -> Response:
         raise error
     # One line at ERROR, as the scheduler logs it (`jobs.scheduler.log_failure`): the database's own
     # words say why; a traceback per refused request buried them while the database was down.
-    current_app.logger.error("%s %s: 503, the database is unavailable: %s", request.method, request.path,
-                             database_words(error))
+    current_app.logger.error("%s %s: 503, the database is unavailable: %s", request.method,
+                             printable(request.path), database_words(error))  # `%0A` decoded: a forged line
     current_app.logger.debug("the database's error in full", exc_info=error)
     return problem(503, _DETAILS[503], headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 

@@ -168,7 +168,7 @@ def keys_list(settings: Settings) -> None:
     """Every API key, oldest first: its id, role (and partner), when it was made and, if revoked,
     when and why. The keys themselves are not stored, so not shown."""
     from cli.books import opened
-    from ledger.importer import printable
+    from ledger.errors import printable
     from ledger.instants import format_instant
     from ledger.keys import list_keys
 

@@ -100,6 +100,9 @@ def make_engine(url: str, *, lock_wait_s: float | None = None, **kwargs) -> Engi
     busy handler; PostgreSQL's `lock_timeout`): past it, the statement fails as a busy database
     (`retryable`), a 503 to retry in the API, instead of waiting as long as the holder takes."""
     url = normalize_url(url)
+    # A statement's parameters stay out of its errors' text, which a traceback takes to the log: an
+    # API key's hash, looked up by every request, went there whenever that lookup failed.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         if sqlite_file(url) is not None:
             kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "factory": _QueuedWriterConnection}

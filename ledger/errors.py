@@ -65,3 +65,10 @@ class IdempotencyConflict(Conflict):
 def invalid(field: str, message: str) -> InvalidInput:
     """An `InvalidInput` blaming one field: `raise invalid("amount", "too many decimals")`."""
     return InvalidInput(f"{field}: {message}", {field: [message]})
+
+
+def printable(text: str) -> str:
+    """The text with each character that does not print escaped (`\\r`, `\\x1b`, `\\udc80`): an id
+    from an import's file, a revocation's reason in `revshare keys list`, a request's path in the
+    log, each shown, never run by the terminal, nor a line break of it taken for a line of its own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

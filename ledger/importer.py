@@ -34,7 +34,7 @@ from typing import IO, Callable, ContextManager, Iterator
 
 from ledger import json_input, revenue
 from ledger.db import Database
-from ledger.errors import DomainError, InvalidInput
+from ledger.errors import DomainError, InvalidInput, printable
 from ledger.settings import NOT_UTF8
 
 CSV_COLUMNS = ("id", "type", "customer_id", "invoice_id", "amount", "currency", "occurred_at")
@@ -77,13 +77,6 @@ class Summary:
     @property
     def refusal_examples(self) -> list[str]:
         return [text for _, text in sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]]
-
-
-def printable(text: str) -> str:
-    """The text with each character that does not print escaped (`\\r`, `\\x1b`, `\\udc80`): an
-    id from the file is shown, never run by the terminal, nor a line break of it taken for the
-    summary's own (`revshare keys list` shows a revocation's reason so too)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order mark and a `{`

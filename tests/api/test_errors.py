@@ -589,3 +589,35 @@ def test_a_body_said_to_be_identity_coded_is_read_as_sent(scratch, coding):
                                    content_type="application/json",
                                    headers={**bearer(scratch.keys.finance), "Content-Encoding": coding})
     assert response.status_code == 201, response.data
+
+
+def test_a_failed_key_lookup_logs_neither_the_keys_hash_nor_a_line_the_path_forged(database_url, caplog):
+    # A statement's parameters were in its error's text, which the traceback took to the log: the
+    # hash of each key that asked while the lookup failed. And the path, decoded, wrote lines of its own.
+    from ledger.keys import hash_key
+
+    database = Database(database_url)
+    client = make_app(database).test_client()
+    with database.transaction() as session:
+        session.connection().exec_driver_sql("ALTER TABLE api_keys RENAME TO api_keys_away")
+    token = "rsk_" + "a" * 40  # any token: it is looked up by its hash
+    caplog.set_level(logging.INFO)
+    answer = client.get("/v1/customers/acme%0A2026-12-06 06:10:19,729 INFO api: forged%1b[31m", headers=bearer(token))
+    assert answer.status_code == 500 and "api_keys" not in answer.get_data(as_text=True)
+    [logged] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert logged.getMessage() == ("Exception on /v1/customers/acme\\n2026-12-06 06:10:19,729 INFO api: "
+                                   "forged\\x1b[31m [GET]"), logged.getMessage()
+    assert "api_keys" in caplog.text and hash_key(token) not in caplog.text  # the traceback, without it
+    database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_503s_line_shows_the_path_with_what_does_not_print_escaped(postgres_database, caplog):
+    client = make_app(postgres_database).test_client()
+    caplog.set_level(logging.INFO)
+    with unavailable(postgres_database):
+        answer = client.get("/v1/customers/acme%0Aforged%1b[31m", headers=bearer("rsk_" + "b" * 40))
+    assert answer.status_code == 503
+    [logged] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert logged.getMessage().startswith("GET /v1/customers/acme\\nforged\\x1b[31m: 503, the database is "
+                                          "unavailable: "), logged.getMessage()

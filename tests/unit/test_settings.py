@@ -139,3 +139,16 @@ def test_a_migration_url_naming_another_database_is_refused(books, migrated):
 def test_a_migration_url_of_the_same_database_by_another_role_host_or_port_is_taken(books, migrated):
     settings = Settings.from_env({"REVSHARE_DATABASE_URL": books, "REVSHARE_MIGRATION_DATABASE_URL": migrated})
     assert settings.migration_database_url == migrated
+
+
+@pytest.mark.parametrize("url", ["postgresql://web:p@ssw0rdTAIL@127.0.0.1:5432/revshare",
+                                 "postgresql+psycopg://web:p@ss:w0rdTAIL@db.internal:5432/revshare",
+                                 "postgres://we@b:s3cTAIL@db.internal/revshare"])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_a_postgresql_url_with_an_at_not_encoded_before_its_host_is_refused_showing_none_of_it(name, url):
+    # The driver took what follows the first @ for the host, and its error named that host, a piece
+    # of the password, from every command and in the scheduler's log at each retry; or a port that
+    # is a number was said not to be one.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message == f"{name} holds more than one @ before its host: write an @ of the user's name or password as %40"
+    assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://web:p%40ss@db.internal/revshare"}).database_url
