@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0050'
+REVISION = '0051'
 
 GUARDS = {
     'sqlite': {
@@ -384,7 +384,7 @@ GUARDS = {
         'function journal_lines_currency()': ('(function)', '7beda51f2120c083'),
         'function journal_lines_refuse_sealed()': ('(function)', 'a08ab7e007d80bf4'),
         'function journal_refuse_change()': ('(function)', 'f86b1a5f96ad1386'),
-        'function journal_statistics_follow()': ('(function)', '7c252b6d3d5f1091'),
+        'function journal_statistics_follow()': ('(function)', '9be48fb197579d0c'),
         'function journal_transactions_adjustment_in_time()': ('(function)', '0192d48bdd02d229'),
         'function journal_transactions_adjustment_posted()': ('(function)', '0a784365eb81ec23'),
         'function journal_transactions_cpa_once()': ('(function)', 'ba7356cd70d51516'),
