@@ -202,22 +202,32 @@ def _remade(database) -> dict[str, list[str]]:
             f"SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
             f" WHERE t.tgqual IS NOT NULL AND NOT t.tgisinternal AND c.relnamespace = {_SCHEMA}")).all()
     for name, table in conditioned:
-        key, seen = f"{name} ON {table}", []
-        with database.engine.connect() as connection:
-            with connection.begin():
-                for _ in range(3):
-                    definition = connection.execute(text(
-                        "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-                        " WHERE t.tgname = :name AND c.relname = :table"), {"name": name, "table": table}).scalar_one()
-                    connection.exec_driver_sql(f"DROP TRIGGER {name} ON {table}")
-                    connection.exec_driver_sql(definition)
-                    digest = triggers(Session(bind=connection))[key].digest
-                    if digest in seen:
-                        break
-                    seen.append(digest)
-                connection.rollback()
-        remade[key] = seen
+        def remake(connection, name=name, table=table) -> list[str]:
+            definition = connection.execute(text(
+                "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " WHERE t.tgname = :name AND c.relname = :table"), {"name": name, "table": table}).scalar_one()
+            return [f"DROP TRIGGER {name} ON {table}", definition]
+
+        remade[f"{name} ON {table}"] = _digests_remade(database, f"{name} ON {table}", remake)
     return remade
+
+
+def _digests_remade(database, key: str, remake) -> list[str]:
+    """The digests guard `key` takes when made again from what PostgreSQL writes of it (`remake`, of
+    a connection: the statements that drop it and make it so), until that is a fixed point, in a
+    transaction rolled back."""
+    seen: list[str] = []
+    with database.engine.connect() as connection:
+        with connection.begin():
+            for _ in range(3):
+                for statement in remake(connection):
+                    connection.exec_driver_sql(statement)
+                digest = triggers(Session(bind=connection))[key].digest
+                if digest in seen:
+                    break
+                seen.append(digest)
+            connection.rollback()
+    return seen
 
 
 # Each check, and each unique index with a condition: (its entry's name, the statement that drops
@@ -242,20 +252,8 @@ def _remade_keys(database) -> dict[str, list[str]]:
     with database.reader() as session:
         names = [name for name, _, _ in session.execute(text(_REMAKES))]
     for key in names:
-        seen: list[str] = []
-        with database.engine.connect() as connection:
-            with connection.begin():
-                for _ in range(3):
-                    dropping, making = connection.execute(
-                        text(f"SELECT dropping, making FROM ({_REMAKES}) k WHERE k.name = :key"), {"key": key}).one()
-                    connection.exec_driver_sql(dropping)
-                    connection.exec_driver_sql(making)
-                    digest = triggers(Session(bind=connection))[key].digest
-                    if digest in seen:
-                        break
-                    seen.append(digest)
-                connection.rollback()
-        remade[key] = seen
+        remade[key] = _digests_remade(database, key, lambda connection, key=key: list(connection.execute(
+            text(f"SELECT dropping, making FROM ({_REMAKES}) k WHERE k.name = :key"), {"key": key}).one()))
     return remade
 
 
