@@ -493,6 +493,8 @@ _AFTER_COMMIT = "after_commit_actions"
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: its transaction may still roll back
+        return
     for action in session.info.pop(_AFTER_COMMIT, []):
         action()
 
