@@ -41,9 +41,10 @@ enrolled (`verify_partners_enrolled`). (Not its payout run outside closed period
 made before or after a close is stored nowhere but in two clocks' readings.) And each program fact
 withdrawn gone from its table, withdrawn before it started (`ledger.withdrawals`, migration 0040's
 rules, for rows written around its triggers). And the triggers themselves, each as the migrations
-made it and firing, and on PostgreSQL the keys and checks (`ledger.guards`). All of it reads one snapshot. On SQLite it first reads
-every page of the file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked.
-Problems are values (`Problem`), never exceptions: verify reports, the caller decides.
+made it and firing, and on PostgreSQL the keys and checks (`ledger.guards`). All of it reads one
+snapshot. On SQLite it first reads every page of the file (`PRAGMA quick_check`): a damaged file
+is named, and nothing more is checked. Problems are values (`Problem`), never exceptions: verify
+reports, the caller decides.
 
 What the database holds cannot prove what it no longer holds: the newest transactions, or the
 newest close, removed by someone who can write the file (past the triggers) leave a shorter chain

@@ -613,8 +613,11 @@ def out_of_turn(count: int, customers: list[str], prefix: str) -> list[revenue.R
     import random
 
     chosen = random.Random(count)
-    return [program.paid(f"{prefix}-{n}", chosen.choice(customers), f"{prefix}-inv-{n}", chosen.randrange(1_000, 90_000),
-                         f"2026-{chosen.randrange(1, 11):02d}-{chosen.randrange(1, 29):02d}") for n in range(count)]
+    def when() -> str:
+        return f"2026-{chosen.randrange(1, 11):02d}-{chosen.randrange(1, 29):02d}"
+
+    return [program.paid(f"{prefix}-{n}", chosen.choice(customers), f"{prefix}-inv-{n}",
+                         chosen.randrange(1_000, 90_000), when()) for n in range(count)]
 
 
 def journal_read_whole(session) -> tuple[int, int]:
