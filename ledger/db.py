@@ -510,7 +510,7 @@ _TRANSACTION_INFO = "transaction_info"
 
 @event.listens_for(Session, "after_begin")
 @event.listens_for(Session, "after_soft_rollback")
-def _drop_after_commit(session: Session, transaction, *_args) -> None:
+def _end_transaction_scope(session: Session, transaction, *_args) -> None:
     # A savepoint's begin or rollback leaves the transaction it is in as it was (both events
     # come for savepoints too: what the transaction had asked for was dropped at a savepoint).
     if not transaction.nested:

@@ -204,6 +204,14 @@ def test_the_server_and_the_scheduler_warn_when_they_run_as_the_owner_who_could_
     assert "guard_" not in result.output  # every guard as the migrations made it
 
 
+def ungranted_url(postgres_database) -> str:
+    """The database's URL for a login role not granted `revshare_app`, made if it is not there."""
+    with postgres_database.engine.begin() as connection:
+        connection.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') "
+                                   "THEN CREATE ROLE ungranted LOGIN; END IF; END $$")
+    return postgres_database.url.replace("postgres@", "ungranted@", 1)
+
+
 def test_a_role_not_granted_the_application_role_is_told_the_grant_not_only_the_privilege(postgres_database):
     # Before `GRANT revshare_app TO ...`, or on a database restored where `revshare_app` did not exist
     # (pg_restore skipped its grants), PostgreSQL's own words named the table, not the fix.
@@ -211,10 +219,7 @@ def test_a_role_not_granted_the_application_role_is_told_the_grant_not_only_the_
 
     from cli.main import main
 
-    with postgres_database.engine.begin() as connection:
-        connection.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') "
-                                   "THEN CREATE ROLE ungranted LOGIN; END IF; END $$")
-    url = postgres_database.url.replace("postgres@", "ungranted@", 1)
+    url = ungranted_url(postgres_database)
     for command in (["verify"], ["serve"], ["keys", "create", "--role", "admin"]):
         result = CliRunner().invoke(main, command, env={"REVSHARE_DATABASE_URL": url})
         assert result.exit_code == 2 and "permission denied for table" in result.output, result.output
@@ -263,10 +268,7 @@ def test_the_application_role_has_a_grown_journals_statistics_taken_which_no_oth
                                  for n in range(600)])  # an accrual and an override each
         assert session.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'journal_transactions'")
                                ).scalar_one() >= 1_000
-    with postgres_database.engine.begin() as connection:
-        connection.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') "
-                                   "THEN CREATE ROLE ungranted LOGIN; END IF; END $$")
-    stranger = Database(postgres_database.url.replace("postgres@", "ungranted@", 1))
+    stranger = Database(ungranted_url(postgres_database))
     try:
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied for function journal_statistics_follow"):
             with stranger.engine.begin() as connection:
