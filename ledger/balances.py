@@ -1,5 +1,5 @@
-"""Balances per account and currency as of an instant: the running totals, or the latest snapshot
-plus the lines after it.
+"""Balances per account and currency as of an instant: the running totals, or a snapshot or the
+running totals with the lines between them and the instant.
 
 A balance is the sum of an account's lines with `effective_at_us` before the bound. Once periods
 are closed, the latest close ending at or before the bound gives a snapshot of every account's
@@ -13,20 +13,26 @@ The reads served to partners and finance (`partner_balances`, `partner_account_s
 running totals the database keeps as lines are inserted: one row per account and currency, however
 many lines the account has. When the bound is after the latest instant of every line an account's
 rows count (always without a bound; as of now unless lines are dated in the future), they are its
-answer. For the other accounts a second statement reads the latest close's snapshot rows UNION ALL
-the sums of the lines since that close (a key may come from both parts), folded here. The trial balance and the liabilities read it for
-just those accounts, by name, when they fit one `IN (...)` list (`db.IN_LIST_MAX`) and the session
-reads one snapshot (every reader; `db.reads_one_snapshot`): one line dated in the future then
-costs its accounts' lines, not every account's. Otherwise, and for one partner's two accounts, for
-every account asked for. Each statement is built once below. The accounts are chosen in SQL (by
-name, or by a subquery), never by a list of ids bound from Python, so a statement does not grow
-with the number of partners. Without a close the lower bound of the lines is BIGINT's least
-value: one statement (and one plan) serves a bound with or without a close before it.
+answer. For the other accounts a second statement reads a start, sums of every line before an
+instant, UNION ALL the signed sums of the lines between that instant and the bound (a key may come
+from both parts), folded here. It goes from the nearer end (`_nearer_end`, by a small statement
+over the closes first): forward from the latest close's snapshot at or before the bound, adding the
+lines since; or back from the snapshot of the first close after the bound, or from the running
+totals, taking away the lines from the bound on. As of a past month's last day, read forward, a
+hot partner's balance summed the whole month's lines; now it sums at most about half a month's.
+The trial balance and the liabilities read it for just those accounts, by name, when they fit one
+`IN (...)` list (`db.IN_LIST_MAX`) and the session reads one snapshot (every reader;
+`db.reads_one_snapshot`): one line dated in the future then costs its accounts' lines, not every
+account's. Otherwise, and for one partner's two accounts, for every account asked for. Each
+statement is built once below, one for each way. The accounts are chosen in SQL (by name, or by a
+subquery), never by a list of ids bound from Python, so a statement does not grow with the number
+of partners. Read forward without a close, the lower bound of the lines is BIGINT's least value:
+one statement (and one plan) serves a bound with or without a close before it.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sqlalchemy import (
     CTE,
@@ -34,6 +40,7 @@ from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     Select,
+    Table,
     and_,
     bindparam,
     case,
@@ -120,50 +127,72 @@ def _latest_close() -> CTE:
             .order_by(c.ends_at_us.desc()).limit(1).cte("latest_close"))
 
 
-def _lines_since(latest: CTE) -> ColumnElement[bool]:
-    """Lines from the close's end (or from the first, without a close) through :lines_through_us."""
+# The three ways to sum an account's lines before a bound B (`_nearer_end` picks one per read):
+FORWARD = "forward"  # the latest close's snapshot at or before B, plus the lines from its end to B
+FROM_CLOSE = "from_close"  # the snapshot of the first close after B, less the lines from B to its end
+FROM_TOTALS = "from_totals"  # the running totals, less the lines from B on
+
+
+def _start_and_lines(way: str) -> tuple[Table, tuple[ColumnElement[bool], ...], ColumnElement[bool], int]:
+    """(the table of sums a read starts from, which of its rows, which lines are added to them, and
+    the sign they are added with). A closed period takes no line (one dated in it is posted at the
+    first open period's start), so a close's snapshot is the sums of every line before its end, as
+    the running totals are of every line."""
     j = journal_lines.c
-    since_us = func.coalesce(select(latest.c.ends_at_us).scalar_subquery(), literal(INSTANT_US_MIN, BigInteger))
-    return and_(j.effective_at_us >= since_us, j.effective_at_us <= bindparam("lines_through_us", type_=BigInteger))
+    if way == FORWARD:
+        latest = _latest_close()
+        since_us = func.coalesce(select(latest.c.ends_at_us).scalar_subquery(), literal(INSTANT_US_MIN, BigInteger))
+        return (period_snapshots, (period_snapshots.c.period == select(latest.c.period).scalar_subquery(),),
+                and_(j.effective_at_us >= since_us,
+                     j.effective_at_us <= bindparam("lines_through_us", type_=BigInteger)), 1)
+    since_us = bindparam("lines_from_us", type_=BigInteger)
+    if way == FROM_CLOSE:
+        c = period_closes.c
+        close_end_us = bindparam("close_end_us", type_=BigInteger)
+        period = select(c.period).where(c.ends_at_us == close_end_us).scalar_subquery()
+        return (period_snapshots, (period_snapshots.c.period == period,),
+                and_(j.effective_at_us >= since_us, j.effective_at_us < close_end_us), -1)
+    assert way == FROM_TOTALS, way
+    return account_totals, (), j.effective_at_us >= since_us, -1
 
 
-def _debits_credits() -> tuple[ColumnElement[int], ColumnElement[int]]:
+def _debits_credits(sign: int) -> tuple[ColumnElement[int], ColumnElement[int]]:
     j = journal_lines.c
-    return (func.sum(case((j.side == "D", j.amount_minor), else_=0)),
-            func.sum(case((j.side == "C", j.amount_minor), else_=0)))
+    debits = func.sum(case((j.side == "D", j.amount_minor), else_=0))
+    credits = func.sum(case((j.side == "C", j.amount_minor), else_=0))
+    return (debits, credits) if sign > 0 else (-debits, -credits)
 
 
-def _one_partner_statement() -> CompoundSelect:
+def _one_partner_statement(way: str) -> CompoundSelect:
     """(account, currency, debits, credits) of the accounts named :pending_name and :available_name:
-    their rows in the latest snapshot, UNION ALL the sums of their lines since. The accounts are
-    joined in each part, so that each is searched by account (and instant) from the start."""
-    a, s, j = accounts.c, period_snapshots.c, journal_lines.c
-    latest = _latest_close()
+    their rows in the sums the read starts from, UNION ALL the sums of their lines it adds. The
+    accounts are joined in each part, so that each is searched by account (and instant) from the
+    start."""
+    a, j = accounts.c, journal_lines.c
+    start, rows, lines_taken, sign = _start_and_lines(way)
     named = a.name.in_([bindparam("pending_name"), bindparam("available_name")])
-    snapshot = (select(a.name, s.currency, s.debit_minor, s.credit_minor)
-                .join_from(accounts, period_snapshots, s.account_id == a.id)
-                .where(named, s.period == select(latest.c.period).scalar_subquery()))
-    lines = (select(a.name, j.currency, *_debits_credits())
+    started = (select(a.name, start.c.currency, start.c.debit_minor, start.c.credit_minor)
+               .join_from(accounts, start, start.c.account_id == a.id).where(named, *rows))
+    lines = (select(a.name, j.currency, *_debits_credits(sign))
              .join_from(accounts, journal_lines, j.account_id == a.id)
-             .where(named, _lines_since(latest))
+             .where(named, lines_taken)
              .group_by(a.name, j.currency))
-    return union_all(snapshot, lines)
+    return union_all(started, lines)
 
 
-def _accounts_statement(account_ids: Select | None) -> Select:
+def _accounts_statement(way: str, account_ids: Select | None) -> Select:
     """(account, partner id, currency, debits, credits) of the accounts whose ids `account_ids`
-    selects (None: every account): their rows in the latest snapshot, UNION ALL the sums of their
-    lines since. The lines are summed per account id before the names are joined: one join per
-    sum, not per line."""
-    a, s, j = accounts.c, period_snapshots.c, journal_lines.c
-    latest = _latest_close()
-    snapshot = (select(s.account_id, s.currency, s.debit_minor, s.credit_minor)
-                .where(s.period == select(latest.c.period).scalar_subquery()))
-    lines = (select(j.account_id, j.currency, *_debits_credits()).where(_lines_since(latest))
+    selects (None: every account): their rows in the sums the read starts from, UNION ALL the sums
+    of their lines it adds. The lines are summed per account id before the names are joined: one
+    join per sum, not per line."""
+    a, j = accounts.c, journal_lines.c
+    start, rows, lines_taken, sign = _start_and_lines(way)
+    started = select(start.c.account_id, start.c.currency, start.c.debit_minor, start.c.credit_minor).where(*rows)
+    lines = (select(j.account_id, j.currency, *_debits_credits(sign)).where(lines_taken)
              .group_by(j.account_id, j.currency))
     if account_ids is not None:
-        snapshot, lines = snapshot.where(s.account_id.in_(account_ids)), lines.where(j.account_id.in_(account_ids))
-    both = union_all(snapshot, lines).subquery("sums")
+        started, lines = started.where(start.c.account_id.in_(account_ids)), lines.where(j.account_id.in_(account_ids))
+    both = union_all(started, lines).subquery("sums")
     return (select(a.name, a.partner_id, both.c.currency, both.c.debit_minor, both.c.credit_minor)
             .join_from(both, accounts, a.id == both.c.account_id))
 
@@ -178,10 +207,44 @@ def _totals_statement(*conditions: ColumnElement[bool], partner_id: bool = True)
             .join_from(accounts, account_totals, t.account_id == a.id).where(*conditions))
 
 
-def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str], before_us: int | None, *,
-          bounded_named: Select | None = None) -> list:
+Reads = dict[str, Select | CompoundSelect]  # one bounded read, by the way it sums
+
+
+def _each_way(build: Callable[[str], Select | CompoundSelect]) -> Reads:
+    return {way: build(way) for way in (FORWARD, FROM_CLOSE, FROM_TOTALS)}
+
+
+def _ways(session: Session, before_us: int, latest_us: int) -> dict[str, tuple[int, dict[str, int]]]:
+    """{way: (the time its lines span, its statement's bounds)} of each way to sum lines before
+    `before_us`, the lines of the accounts read being the latest at `latest_us`: forward from the
+    latest close at or before the bound (from the first line without one), back from the first close
+    after it if there is one, back from the running totals. Read without a snapshot shared with the
+    statement that follows: the closes it finds are there for good, and each way's statement finds
+    its close itself or by its end."""
+    since_us, following_us = session.execute(_CLOSES_AROUND, {"bound_us": before_us}).one()
+    assert before_us > INSTANT_US_MIN, before_us
+    ways = {FORWARD: (before_us - (INSTANT_US_MIN if since_us is None else since_us),
+                      {"closes_by_us": before_us, "lines_through_us": before_us - 1}),
+            FROM_TOTALS: (latest_us + 1 - before_us, {"lines_from_us": before_us})}
+    if following_us is not None:
+        ways[FROM_CLOSE] = (following_us - before_us, {"close_end_us": following_us, "lines_from_us": before_us})
+    return ways
+
+
+def _nearer_end(session: Session, before_us: int, latest_us: int) -> tuple[str, dict[str, int]]:
+    """(the way to sum lines before `before_us`, its statement's bounds): the way whose lines span
+    the shortest time (forward when two tie). Time stands for the number of lines: a partner's lines
+    come at a rate much alike from one week to the next; whichever way is read, the sums are the
+    same."""
+    ways = _ways(session, before_us, latest_us)
+    way = min(ways, key=lambda way: (ways[way][0], way != FORWARD))
+    return way, ways[way][1]
+
+
+def _rows(session: Session, now: Select, bounded: Reads, names: dict[str, str], before_us: int | None, *,
+          bounded_named: Reads | None = None) -> list:
     """The running totals (`now`) of the accounts that hold no line at or after `before_us`, and the
-    rows of `bounded` (snapshot plus lines, in the same columns) for the others: through
+    rows of `bounded` (a read in the same columns, summed the nearer way) for the others: through
     `bounded_named` for just those accounts when it is given, they fit one `IN (...)` list and the
     two statements read one snapshot, else through `bounded` for every account."""
     totals = session.execute(now, names).all()
@@ -190,40 +253,49 @@ def _rows(session: Session, now: Select, bounded: Select, names: dict[str, str],
     stale = {row[0] for row in totals if row[-1] >= before_us}  # by account: all its currencies
     if not stale:
         return [row[:-1] for row in totals]
+    way, bounds = _nearer_end(session, before_us, max(row[-1] for row in totals if row[0] in stale))
     if (bounded_named is None or len(stale) > IN_LIST_MAX or len(stale) == len({row[0] for row in totals})
             or not reads_one_snapshot(session)):
-        return session.execute(bounded, {**_bounds(before_us), **names}).all()
+        return _summed(session.execute(bounded[way], {**bounds, **names}))
     fresh = [row[:-1] for row in totals if row[0] not in stale]
-    return fresh + session.execute(bounded_named, {**_bounds(before_us), "stale_names": sorted(stale)}).all()
+    return fresh + _summed(session.execute(bounded_named[way], {**bounds, "stale_names": sorted(stale)}))
+
+
+def _summed(rows: Iterable) -> list[tuple]:
+    """The rows of a bounded read, (key..., debits, credits), one per key, without the keys whose
+    lines all lie at or after the bound: read back, those sum to nothing, where read forward they
+    are not there. (A line's amount is positive: a key with a line before the bound has a sum.)"""
+    total: dict[tuple, tuple[int, int]] = {}
+    for *key, debits, credits in rows:
+        # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
+        old_debits, old_credits = total.get(tuple(key), (0, 0))
+        total[tuple(key)] = (old_debits + int(debits), old_credits + int(credits))
+    return [(*key, debits, credits) for key, (debits, credits) in total.items() if debits or credits]
 
 
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
-_ONE_PARTNER = _one_partner_statement()
-_EVERY_ACCOUNT = _accounts_statement(None)
-_PARTNER_ACCOUNTS = _accounts_statement(select(accounts.c.id).where(accounts.c.partner_id.is_not(None)))
-_NAMED_ACCOUNTS = _accounts_statement(select(accounts.c.id).where(
-    accounts.c.name.in_(bindparam("stale_names", expanding=True))))
+_CLOSES_AROUND = select(  # (the latest close's end at or before :bound_us, else the first line's instant; the next end)
+    func.coalesce(select(func.max(period_closes.c.ends_at_us))
+                  .where(period_closes.c.ends_at_us <= bindparam("bound_us", type_=BigInteger)).scalar_subquery(),
+                  select(func.min(journal_lines.c.effective_at_us)).scalar_subquery()),
+    select(func.min(period_closes.c.ends_at_us))
+    .where(period_closes.c.ends_at_us > bindparam("bound_us", type_=BigInteger)).scalar_subquery())
+_ONE_PARTNER = _each_way(_one_partner_statement)
+_EVERY_ACCOUNT = _each_way(lambda way: _accounts_statement(way, None))
+_PARTNER_ACCOUNTS = _each_way(lambda way: _accounts_statement(
+    way, select(accounts.c.id).where(accounts.c.partner_id.is_not(None))))
+_NAMED_ACCOUNTS = _each_way(lambda way: _accounts_statement(way, select(accounts.c.id).where(
+    accounts.c.name.in_(bindparam("stale_names", expanding=True)))))
 _ONE_PARTNER_NOW = _totals_statement(accounts.c.name.in_([bindparam("pending_name"), bindparam("available_name")]),
                                      partner_id=False)
 _EVERY_ACCOUNT_NOW = _totals_statement()
 _PARTNER_ACCOUNTS_NOW = _totals_statement(accounts.c.partner_id.is_not(None))
 
 
-def _bounds(before_us: int) -> dict[str, int]:
-    """The bounded statements' bounds for lines before `before_us`."""
-    assert before_us > INSTANT_US_MIN, before_us
-    return {"closes_by_us": before_us, "lines_through_us": before_us - 1}
-
-
-def _folded(session: Session, bounded: Select, now: Select, before_us: int | None) -> NamedSums:
+def _folded(session: Session, bounded: Reads, now: Select, before_us: int | None) -> NamedSums:
     """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line)."""
-    total: NamedSums = {}
-    for name, partner_id, currency, debits, credits in _rows(session, now, bounded, {}, before_us,
-                                                             bounded_named=_NAMED_ACCOUNTS):
-        old_debits, old_credits = total.get((name, partner_id, currency), (0, 0))
-        # int(): PostgreSQL sums BIGINT into NUMERIC, which the driver gives as an integral Decimal.
-        total[(name, partner_id, currency)] = (old_debits + int(debits), old_credits + int(credits))
-    return total
+    return {(name, partner_id, currency): (debits, credits) for name, partner_id, currency, debits, credits
+            in _rows(session, now, bounded, {}, before_us, bounded_named=_NAMED_ACCOUNTS)}
 
 
 def all_balances(session: Session, *, before_us: int | None = None) -> dict[tuple[str, str], tuple[int, int]]:
@@ -247,6 +319,6 @@ def partner_balances(session: Session, partner_id: str, *, before_us: int | None
     result: dict[str, tuple[int, int]] = {}
     for name, currency, debits, credits in _rows(session, _ONE_PARTNER_NOW, _ONE_PARTNER, names, before_us):
         pending, available = result.get(currency, (0, 0))
-        owed = int(credits) - int(debits)  # int(): see _folded
+        owed = credits - debits
         result[currency] = (pending + owed, available) if name == pending_name else (pending, available + owed)
     return result

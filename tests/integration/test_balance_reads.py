@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from ledger import accounts as chart
-from ledger import journal, payouts, periods, revenue, statement_lines
+from ledger import balances, journal, payouts, periods, revenue, statement_lines
 from ledger.balances import all_balances, line_sums, partner_account_sums, partner_balances
 from ledger.instants import period_bounds_us
 from ledger.reports import liabilities
@@ -133,6 +133,25 @@ def test_balances_equal_the_sums_of_the_lines_at_every_boundary(books):
     with books.reader() as session:
         for before_us in BOUNDS:
             check_bound(session, before_us)
+
+
+@pytest.mark.parametrize("way", [balances.FORWARD, balances.FROM_CLOSE, balances.FROM_TOTALS])
+def test_each_way_of_reading_a_bound_gives_the_sums_of_the_lines(books, monkeypatch, way):
+    # The nearer end is a matter of speed: each way is read here wherever it can be (from a close
+    # only when one ends after the bound), at every bound, and must give the lines' sums.
+    taken = []
+
+    def forced(session, before_us, latest_us):
+        ways = balances._ways(session, before_us, latest_us)
+        chosen = way if way in ways else balances.FORWARD
+        taken.append(chosen)
+        return chosen, ways[chosen][1]
+
+    monkeypatch.setattr(balances, "_nearer_end", forced)
+    with books.reader() as session:
+        for before_us in BOUNDS:
+            check_bound(session, before_us)
+    assert taken.count(way) >= 10, taken
 
 
 @settings(max_examples=25, deadline=None,

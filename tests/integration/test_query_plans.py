@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ledger import holds, periods, reversals, revenue, transactions
+from ledger import balances, holds, periods, reversals, revenue, transactions
 from ledger.balances import partner_balances
 from ledger.statements import statement, statement_json
 from ledger.trial_balance import trial_balance
@@ -67,11 +67,18 @@ def closed_books(database):
     return database
 
 
+def compiled(database, statement) -> str:
+    """`statement`'s SQL as the engine sends it."""
+    return str(statement.compile(dialect=database.engine.dialect))
+
+
 def plans_of_line_queries(database, statements, *, without: tuple[str, ...] = ()) -> list[str]:
-    """The plan of every recorded SELECT that reads journal_lines (`explained`)."""
+    """The plan of every recorded SELECT that reads journal_lines (`explained`), but the question of
+    which way a bounded balance is read (`balances._CLOSES_AROUND`, checked on its own below)."""
+    around = compiled(database, balances._CLOSES_AROUND)
     return explained(database, [(sql, parameters) for sql, parameters in statements
-                                if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "journal_lines" in sql],
-                     without=without)
+                                if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "journal_lines" in sql
+                                and sql != around], without=without)
 
 
 def explained(database, statements, *, without: tuple[str, ...] = ()) -> list[str]:
@@ -114,12 +121,13 @@ def reads_no_table(plan: str, postgres: bool) -> bool:
 
 
 BALANCE_INDEX_RANGE = {
-    # Index only, searched by one account and a range of instants on each side.
+    # Index only, searched by one account and a range of instants (read back from the running
+    # totals, one with no upper end).
     True: re.compile(r"Index Only Scan using ix_journal_lines_balance on journal_lines [^|]*\|\s*"
-                     r"Index Cond: \(\(account_id = [\w.$]+\) AND \(effective_at_us >= [^|]+\) "
-                     r"AND \(effective_at_us <= [^|]+\)\)"),
+                     r"Index Cond: \(\(account_id = [\w.$]+\) AND \(effective_at_us >= [^|)]+\)"
+                     r"(?: AND \(effective_at_us <=? [^|)]+\))?\)"),
     False: re.compile(r"SEARCH journal_lines USING COVERING INDEX ix_journal_lines_balance "
-                      r"\(account_id=\? AND effective_at_us>\? AND effective_at_us<\?\)"),
+                      r"\(account_id=\? AND effective_at_us>\?(?: AND effective_at_us<\?)?\)"),
 }
 LINE_ACCESS = {
     True: re.compile(r"(?:Seq Scan|Bitmap Heap Scan|Index (?:Only )?Scan using \w+) on journal_lines"),
@@ -149,17 +157,57 @@ def test_one_partners_reads_search_the_balance_index_by_account_and_instant(clos
         assert uses_index(plan, "ix_journal_lines_balance", postgres), plan
 
 
-@pytest.mark.parametrize("before", ["2026-01-15", "2026-02-01", "2026-02-01T00:00:00.000001Z", "2026-03-15"],
-                         ids=["before-any-close", "at-a-close", "just-after-a-close", "between-closes"])
-def test_a_partners_earlier_balance_is_one_statement_range_scanning_the_balance_index_only(closed_books, before):
-    # The running totals are read first, and hold lines at or after the bound: one statement over the lines.
+@pytest.mark.parametrize("before, way", [
+    ("2026-01-15", balances.FORWARD), ("2026-01-25", balances.FROM_CLOSE), ("2026-02-01", balances.FORWARD),
+    ("2026-02-01T00:00:00.000001Z", balances.FORWARD), ("2026-02-27", balances.FROM_CLOSE),
+    ("2026-03-15", balances.FORWARD), ("2026-04-04", balances.FROM_TOTALS),
+], ids=["before-any-close", "late-in-a-closed-month", "at-a-close", "just-after-a-close", "just-before-a-close",
+        "after-the-last-close", "near-the-last-line"])
+def test_a_partners_earlier_balance_is_one_statement_range_scanning_the_balance_index_only(closed_books, before,
+                                                                                            way):
+    # The running totals are read first, and hold lines at or after the bound; then which closes
+    # surround the bound; then one statement over the lines, from the nearer end. The closed books
+    # hold January's and February's closes and lines from January 10 to April 10.
+    with closed_books.reader() as session:
+        assert session.execute(sa.text("SELECT min(effective_at_us), max(effective_at_us) FROM journal_lines")
+                               ).one() == (at("2026-01-10"), at("2026-04-10"))
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
         partner_balances(session, "northwind", before_us=at(before))
     queries = [sql for sql, _ in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
-    assert len(queries) == 2 and "journal_lines" not in queries[0], queries  # (SQLite's own BEGIN aside)
+    assert len(queries) == 3 and "journal_lines" not in queries[0], queries  # (SQLite's own BEGIN aside)
+    assert queries[1:] == [compiled(closed_books, balances._CLOSES_AROUND),
+                           compiled(closed_books, balances._ONE_PARTNER[way])], queries
     postgres = closed_books.engine.dialect.name == "postgresql"
     [plan] = plans_of_line_queries(closed_books, statements, without=contenders(postgres))
     assert range_scans_the_balance_index_only(plan, postgres), plan
+
+
+CLOSES_END = {True: "Index Only Scan{} using uq_period_closes_ends_at_us on period_closes",
+              False: "SEARCH period_closes USING COVERING INDEX sqlite_autoindex_period_closes_3"}
+WAY_ASKED_BY_INDEXES = {
+    # Each end of the closes by their unique index, and the first line from one end of the period index.
+    True: (re.compile(r"Limit [^|]*\|\s*-> +" + CLOSES_END[True].format(" Backward")
+                      + r" [^|]*\|\s*Index Cond: \(\(ends_at_us IS NOT NULL\) AND \(ends_at_us <= "),
+           re.compile(r"Limit [^|]*\|\s*-> +Index Only Scan using ix_journal_lines_period on journal_lines "
+                      r"[^|]*\|\s*Index Cond: \(effective_at_us IS NOT NULL\)"),
+           re.compile(r"Limit [^|]*\|\s*-> +" + CLOSES_END[True].format("")
+                      + r" \w+ [^|]*\|\s*Index Cond: \(\(ends_at_us IS NOT NULL\) AND \(ends_at_us > ")),
+    False: (re.compile(CLOSES_END[False] + r" \(ends_at_us<\?\)"),
+            re.compile(r"SEARCH journal_lines USING COVERING INDEX ix_journal_lines_period \|"),
+            re.compile(CLOSES_END[False] + r" \(ends_at_us>\?\)")),
+}
+
+
+def test_which_way_a_bound_is_read_is_asked_of_an_end_of_three_indexes(closed_books):
+    with recorded(closed_books.engine) as statements, closed_books.reader() as session:
+        partner_balances(session, "northwind", before_us=at("2026-01-15"))
+    around = compiled(closed_books, balances._CLOSES_AROUND)
+    [plan] = plans_of_queries(closed_books, [(sql, parameters) for sql, parameters in statements if sql == around])
+    postgres = closed_books.engine.dialect.name == "postgresql"
+    for at_an_end in WAY_ASKED_BY_INDEXES[postgres]:
+        assert at_an_end.search(plan), plan
+    reads = re.findall(r"(?:SCAN|SEARCH|on) (?:journal_lines|period_closes)\b", plan)
+    assert len(reads) == 3, plan  # and no other read
 
 
 def test_without_the_balance_index_the_balance_statement_fails_the_check(closed_books):
