@@ -2,10 +2,10 @@
 kind, and closing balances, per currency, from the partner's point of view (what the vendor owes
 it: a credit to its pending or available account is positive).
 
-Opening balances come from the latest snapshot plus the lines after it (balances.py); the lines are
-the period's postings on the partner's two accounts, one statement line per transaction and
-currency (a release, pending to available, is one line with both amounts): an open period's
-gathered from the journal, a closed period's as stored when it closed (statement_lines.py).
+Opening balances are the balances as of the period's start (balances.py); the lines are the
+period's postings on the partner's two accounts, one statement line per transaction and currency
+(a release, pending to available, is one line with both amounts): an open period's gathered from
+the journal, a closed period's as stored when it closed (statement_lines.py).
 Closing = opening + the lines, always; a closed period's statement is therefore fixed once its
 period is closed. The API's JSON body of a closed period is its lines as its close wrote them for
 the API (statement_bodies.py), set into the frame of opening and closing balances
