@@ -1,13 +1,14 @@
 """Request bodies: size, media type and JSON parsing, and the Blueprint whose parser uses them.
 
 Checks run after authentication (see `create_app`): a POST, PUT or PATCH that carries a body must
-say `application/json` (or `+json`) and come without a `Content-Encoding` (gzip, say), else 415; a
-declared length over the limit is a 413 before anything is read, and a chunked body (no declared
-length) that goes past the limit while being read is a 413 too. The body is parsed once per request
-(`request_json()`, `json_body()`): a body the server cannot read (malformed chunks) and anything
-that is not JSON (bad UTF-8, bad syntax, numbers too long for Python, nesting too deep for the
-parser) is a 400, never a 500; so is an object that gives a key twice. A body that stops arriving
-(`revshare serve` drops a client idle for `cli.server.CLIENT_IDLE_S`) is a 408.
+say `application/json` (or `+json`), in UTF-8 if it names a charset, and come without a
+`Content-Encoding` (gzip, say), else 415; a declared length over the limit is a 413 before anything
+is read, and a chunked body (no declared length) that goes past the limit while being read is a 413
+too. The body is parsed once per request (`request_json()`, `json_body()`): a body the server cannot
+read (malformed chunks) and anything that is not JSON (bad UTF-8, bad syntax, numbers too long for
+Python, nesting too deep for the parser) is a 400, never a 500; so is an object that gives a key
+twice. A body that stops arriving (`revshare serve` drops a client idle for
+`cli.server.CLIENT_IDLE_S`) is a 408.
 
 `plain_body` lets a view take a body its own parser reads (a well-formed revenue event) straight,
 past webargs and flask-smorest, and sends any other through them for their messages.
@@ -54,6 +55,11 @@ def check_body() -> None:
         return
     if not core.is_json(req.mimetype):
         raise UnsupportedMediaType(f"The request body must be application/json, not {req.mimetype[:80]!r}.")
+    # JSON between systems is UTF-8 (RFC 8259, 8.1), and is read as such: a body declared in another
+    # charset (ISO-8859-1, say) would be read wrong, or refused as bad UTF-8 with no word of why.
+    charset = req.mimetype_params.get("charset", "utf-8").strip().lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"The request body must be UTF-8 JSON, not charset {charset[:40]!r}.")
     # A compressed body is an unsupported content coding (RFC 9110, 15.5.16), not JSON that is not UTF-8.
     coding = req.headers.get("Content-Encoding", "identity").strip().lower()
     if coding not in ("identity", ""):

@@ -240,6 +240,25 @@ def test_a_body_that_is_not_json_is_a_415(shared, content_type):
     assert_problem(response, 415)
 
 
+@pytest.mark.parametrize("charset", ["iso-8859-1", "latin-1", "utf-16", "windows-1252"])
+def test_a_json_body_in_another_charset_is_a_415_naming_it(shared, charset):
+    # 'Café' in ISO-8859-1 would be bad UTF-8 (a 400 that does not say why); in UTF-16 a body of
+    # other bytes altogether. JSON between systems is UTF-8 (RFC 8259).
+    response = shared.client.post("/v1/transactions/1/reversal", data='{"reason": "Café"}'.encode("latin-1"),
+                                  content_type=f"application/json; charset={charset}",
+                                  headers=bearer(shared.keys.finance))
+    assert charset in assert_problem(response, 415)["detail"]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8"])
+def test_a_json_body_declared_utf_8_is_read(scratch, charset):
+    transaction_id = new_transaction(scratch.database)
+    response = scratch.client.post(f"/v1/transactions/{transaction_id}/reversal", data='{"reason": "Café"}'.encode(),
+                                   content_type=f"application/json; charset={charset}",
+                                   headers=bearer(scratch.keys.finance))
+    assert response.status_code == 201 and "Café" in response.get_json()["memo"], response.get_json()
+
+
 def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_a_413(shared):
     body = b'{"reason": ""}'
     for size, status in ((BODY_LIMIT_BYTES, 422), (BODY_LIMIT_BYTES + 1, 413)):
