@@ -14,7 +14,7 @@ the trial balance as of now, both answered by the running totals (`account_total
 balance as of past days (`as_of=YYYY-MM-DD`, the end of that day), the 8th, 15th, 23rd and the day
 before the last of the latest closed month and of the open month, which the running totals cannot
 answer (the accounts hold lines after them), so that it sums the partner's lines between the day and
-the nearer of the closes around it (or the running totals), at most about half a month of them; the
+the nearer of the closes around it (or the running totals), about half a month of them at most; the
 worst day's median is the row; the statement of the latest closed month (`statements.statement`),
 whose opening balances go through the latest snapshot and whose lines are those its close stored;
 and, not a target, the hot partners' statements of the month after it, still open, whose lines are

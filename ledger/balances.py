@@ -2,8 +2,9 @@
 running totals with the lines between them and the instant.
 
 A balance is the sum of an account's lines with `effective_at_us` before the bound. Once periods
-are closed, the latest close ending at or before the bound gives a snapshot of every account's
-cumulative debits and credits, and only the lines after it are summed, from the covering index
+are closed, each close's snapshot holds every account's cumulative debits and credits before its
+end (`sums`: the latest one at or before the bound, plus the lines after it), and only the lines
+between a snapshot (or the running totals) and the bound are summed, from the covering index
 `ix_journal_lines_balance` (account, instant, currency, side, amount). Signs: `debit_minus_credit`
 is positive for a debit balance; `normal_balance` reads it the account's natural way (a liability
 with more credits than debits has a positive normal balance).
@@ -19,7 +20,10 @@ from both parts), folded here. It goes from the nearer end (`_nearer_end`, by a 
 over the closes first): forward from the latest close's snapshot at or before the bound, adding the
 lines since; or back from the snapshot of the first close after the bound, or from the running
 totals, taking away the lines from the bound on. As of a past month's last day, read forward, a
-hot partner's balance summed the whole month's lines; now it sums at most about half a month's.
+hot partner's balance summed the whole month's lines; now about half a month's at most, by time.
+Either way the lines read lie between the closes around the bound (the first line and the last
+without them), as forward alone read them at worst: lines that bunch (a month's billing on its last
+day) can make the side chosen by time the heavier one, never more than that stretch.
 The trial balance and the liabilities read it for just those accounts, by name, when they fit one
 `IN (...)` list (`db.IN_LIST_MAX`) and the session reads one snapshot (every reader;
 `db.reads_one_snapshot`): one line dated in the future then costs its accounts' lines, not every
@@ -173,10 +177,12 @@ def _one_partner_statement(way: str) -> CompoundSelect:
     named = a.name.in_([bindparam("pending_name"), bindparam("available_name")])
     started = (select(a.name, start.c.currency, start.c.debit_minor, start.c.credit_minor)
                .join_from(accounts, start, start.c.account_id == a.id).where(named, *rows))
+    # Grouped by the account's key, which gives its name (PostgreSQL knows a primary key's columns
+    # from it): hashing the name for each line cost PostgreSQL a fifth of the lines' sums.
     lines = (select(a.name, j.currency, *_debits_credits(sign))
              .join_from(accounts, journal_lines, j.account_id == a.id)
              .where(named, lines_taken)
-             .group_by(a.name, j.currency))
+             .group_by(a.id, j.currency))
     return union_all(started, lines)
 
 
