@@ -178,7 +178,8 @@ def _one_partner_statement(way: str) -> CompoundSelect:
     started = (select(a.name, start.c.currency, start.c.debit_minor, start.c.credit_minor)
                .join_from(accounts, start, start.c.account_id == a.id).where(named, *rows))
     # Grouped by the account's key, which gives its name (PostgreSQL knows a primary key's columns
-    # from it): hashing the name for each line cost PostgreSQL a fifth of the lines' sums.
+    # from it): hashing the name for each line cost PostgreSQL a tenth to a fifth of this part
+    # (docs/performance.md, "Balances").
     lines = (select(a.name, j.currency, *_debits_credits(sign))
              .join_from(accounts, journal_lines, j.account_id == a.id)
              .where(named, lines_taken)
