@@ -224,18 +224,21 @@ def _past(session, seeded: program.Program, rng: random.Random, closed_through: 
     timed = [_timed_ms(lambda p=rng.choice(seeded.hot_ids): partner_balances(session, p, before_us=as_of_us))
              for _ in range(HOT_CALLS)]
     closed_start_us, closed_end_us = period_bounds_us(closed_through)
-    since_us, until_us = (closed_start_us, closed_end_us) if as_of_us <= closed_end_us else (closed_end_us, 2 ** 62)
+    since_us, until_us = (closed_start_us, closed_end_us) if as_of_us <= closed_end_us else (closed_end_us, None)
     hot_id = seeded.hot_ids[0]
     return Past(as_of_us, timed, _lines_between(session, hot_id, since_us, as_of_us),
                 _lines_between(session, hot_id, as_of_us, until_us))
 
 
-def _lines_between(session, partner_id: str, since_us: int, before_us: int) -> int:
-    """The partner's pending and available lines in [since, before): what its balance as of `before` sums."""
+def _lines_between(session, partner_id: str, since_us: int, before_us: int | None) -> int:
+    """The partner's pending and available lines in [since, before) (None: to the last line)."""
     a, j = accounts.c, journal_lines.c
-    return session.execute(select(func.count()).select_from(journal_lines.join(accounts, j.account_id == a.id))
-                           .where(a.name.in_([chart.pending(partner_id), chart.available(partner_id)]),
-                                  j.effective_at_us >= since_us, j.effective_at_us < before_us)).scalar_one()
+    query = (select(func.count()).select_from(journal_lines.join(accounts, j.account_id == a.id))
+             .where(a.name.in_([chart.pending(partner_id), chart.available(partner_id)]),
+                    j.effective_at_us >= since_us))
+    if before_us is not None:
+        query = query.where(j.effective_at_us < before_us)
+    return session.execute(query).scalar_one()
 
 
 def _read_alone(timed: list[Served]) -> str:
