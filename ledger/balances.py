@@ -16,10 +16,11 @@ many lines the account has. When the bound is after the latest instant of every 
 rows count (always without a bound; as of now unless lines are dated in the future), they are its
 answer. For the other accounts a second statement reads a start, sums of every line before an
 instant, UNION ALL the signed sums of the lines between that instant and the bound (a key may come
-from both parts), folded here. It goes from the nearer end (`_nearer_end`, by a small statement
-over the closes first): forward from the latest close's snapshot at or before the bound, adding the
-lines since; or back from the snapshot of the first close after the bound, or from the running
-totals, taking away the lines from the bound on. As of a past month's last day, read forward, a
+from both parts), folded here. It goes from the nearer end (`_nearer_end`, by the closes around the
+bound, which the running totals' statement reads beside them when there is a bound): forward from
+the latest close's snapshot at or before the bound, adding the lines since; or back from the
+snapshot of the first close after the bound, or from the running totals, taking away the lines
+from the bound on. As of a past month's last day, read forward, a
 hot partner's balance summed the whole month's lines; now about half a month's at most, by time.
 Either way the lines read lie between the closes around the bound (the first line and the last
 without them), as forward alone read them at worst: lines that bunch (a month's billing on its last
@@ -36,7 +37,7 @@ one statement (and one plan) serves a bound with or without a close before it.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from sqlalchemy import (
     CTE,
@@ -204,14 +205,23 @@ def _accounts_statement(way: str, account_ids: Select | None) -> Select:
             .join_from(both, accounts, a.id == both.c.account_id))
 
 
-def _totals_statement(*conditions: ColumnElement[bool], partner_id: bool = True) -> Select:
+class Totals(NamedTuple):
+    """One read of the running totals, in two forms: as of now, and as of a bound, where each row
+    also carries the closes around the bound (`_CLOSES_AROUND`), which `_nearer_end` needs when the
+    totals do not answer: asked in the same statement, they cost no round trip of their own."""
+    now: Select
+    as_of: Select
+
+
+def _totals_statement(*conditions: ColumnElement[bool], partner_id: bool = True) -> Totals:
     """(account, [partner id,] currency, debits, credits, latest line instant) from the running
     totals of the accounts that meet `conditions`: the columns of the bounded statements above, and
     the instant that says whether they answer for a bound."""
     a, t = accounts.c, account_totals.c
     columns = (a.name, a.partner_id) if partner_id else (a.name,)
-    return (select(*columns, t.currency, t.debit_minor, t.credit_minor, t.latest_effective_at_us)
-            .join_from(accounts, account_totals, t.account_id == a.id).where(*conditions))
+    now = (select(*columns, t.currency, t.debit_minor, t.credit_minor, t.latest_effective_at_us)
+           .join_from(accounts, account_totals, t.account_id == a.id).where(*conditions))
+    return Totals(now, now.add_columns(*_CLOSES_AROUND))
 
 
 Reads = dict[str, Select | CompoundSelect]  # one bounded read, by the way it sums
@@ -221,14 +231,15 @@ def _each_way(build: Callable[[str], Select | CompoundSelect]) -> Reads:
     return {way: build(way) for way in (FORWARD, FROM_CLOSE, FROM_TOTALS)}
 
 
-def _ways(session: Session, before_us: int, latest_us: int) -> dict[str, tuple[int, dict[str, int]]]:
+def _ways(before_us: int, latest_us: int, since_us: int | None,
+          following_us: int | None) -> dict[str, tuple[int, dict[str, int]]]:
     """{way: (the time its lines span, its statement's bounds)} of each way to sum lines before
-    `before_us`, the lines of the accounts read being the latest at `latest_us`: forward from the
-    latest close at or before the bound (from the first line without one), back from the first close
-    after it if there is one, back from the running totals. Read without a snapshot shared with the
-    statement that follows: the closes it finds are there for good, and each way's statement finds
-    its close itself or by its end."""
-    since_us, following_us = session.execute(_CLOSES_AROUND, {"bound_us": before_us}).one()
+    `before_us`, the lines of the accounts read being the latest at `latest_us`, and the closes
+    around the bound as `_CLOSES_AROUND` gives them: forward from the latest close at or before the
+    bound (from the first line without one), back from the first close after it if there is one,
+    back from the running totals. Read with the running totals, not in the snapshot of the statement
+    that follows: the closes found are there for good, and each way's statement finds its close
+    itself or by its end."""
     assert before_us > INSTANT_US_MIN, before_us
     ways = {FORWARD: (before_us - (INSTANT_US_MIN if since_us is None else since_us),
                       {"closes_by_us": before_us, "lines_through_us": before_us - 1}),
@@ -238,33 +249,35 @@ def _ways(session: Session, before_us: int, latest_us: int) -> dict[str, tuple[i
     return ways
 
 
-def _nearer_end(session: Session, before_us: int, latest_us: int) -> tuple[str, dict[str, int]]:
+def _nearer_end(before_us: int, latest_us: int, since_us: int | None,
+                following_us: int | None) -> tuple[str, dict[str, int]]:
     """(the way to sum lines before `before_us`, its statement's bounds): the way whose lines span
     the shortest time (forward when two tie). Time stands for the number of lines: a partner's lines
     come at a rate much alike from one week to the next; whichever way is read, the sums are the
     same."""
-    ways = _ways(session, before_us, latest_us)
+    ways = _ways(before_us, latest_us, since_us, following_us)
     way = min(ways, key=lambda way: (ways[way][0], way != FORWARD))
     return way, ways[way][1]
 
 
-def _rows(session: Session, now: Select, bounded: Reads, names: dict[str, str], before_us: int | None, *,
+def _rows(session: Session, totals: Totals, bounded: Reads, names: dict[str, str], before_us: int | None, *,
           bounded_named: Reads | None = None) -> list:
-    """The running totals (`now`) of the accounts that hold no line at or after `before_us`, and the
-    rows of `bounded` (a read in the same columns, summed the nearer way) for the others: through
+    """The running totals of the accounts that hold no line at or after `before_us`, and the rows
+    of `bounded` (a read in the same columns, summed the nearer way) for the others: through
     `bounded_named` for just those accounts when it is given, they fit one `IN (...)` list and the
     two statements read one snapshot, else through `bounded` for every account."""
-    totals = session.execute(now, names).all()
     if before_us is None:
-        return [row[:-1] for row in totals]
-    stale = {row[0] for row in totals if row[-1] >= before_us}  # by account: all its currencies
+        return [row[:-1] for row in session.execute(totals.now, names)]
+    rows = session.execute(totals.as_of, {**names, "bound_us": before_us}).all()
+    stale = {row[0] for row in rows if row[-3] >= before_us}  # by account: all its currencies
     if not stale:
-        return [row[:-1] for row in totals]
-    way, bounds = _nearer_end(session, before_us, max(row[-1] for row in totals if row[0] in stale))
-    if (bounded_named is None or len(stale) > IN_LIST_MAX or len(stale) == len({row[0] for row in totals})
+        return [row[:-3] for row in rows]
+    since_us, following_us = rows[0][-2:]
+    way, bounds = _nearer_end(before_us, max(row[-3] for row in rows if row[0] in stale), since_us, following_us)
+    if (bounded_named is None or len(stale) > IN_LIST_MAX or len(stale) == len({row[0] for row in rows})
             or not reads_one_snapshot(session)):
         return _summed(session.execute(bounded[way], {**bounds, **names}))
-    fresh = [row[:-1] for row in totals if row[0] not in stale]
+    fresh = [row[:-3] for row in rows if row[0] not in stale]
     return fresh + _summed(session.execute(bounded_named[way], {**bounds, "stale_names": sorted(stale)}))
 
 
@@ -281,34 +294,34 @@ def _summed(rows: Iterable) -> list[tuple]:
 
 
 # Built once: each call only binds its values (and finds its SQL in SQLAlchemy's compiled cache).
-_CLOSES_AROUND = select(  # (the latest close's end at or before :bound_us, else the first line's instant; the next end)
+_CLOSES_AROUND = (  # the latest close's end at or before :bound_us, else the first line's instant; the next end
     func.coalesce(select(func.max(period_closes.c.ends_at_us))
                   .where(period_closes.c.ends_at_us <= bindparam("bound_us", type_=BigInteger)).scalar_subquery(),
-                  select(func.min(journal_lines.c.effective_at_us)).scalar_subquery()),
+                  select(func.min(journal_lines.c.effective_at_us)).scalar_subquery()).label("since_us"),
     select(func.min(period_closes.c.ends_at_us))
-    .where(period_closes.c.ends_at_us > bindparam("bound_us", type_=BigInteger)).scalar_subquery())
+    .where(period_closes.c.ends_at_us > bindparam("bound_us", type_=BigInteger)).scalar_subquery().label("following_us"))
 _ONE_PARTNER = _each_way(_one_partner_statement)
 _EVERY_ACCOUNT = _each_way(lambda way: _accounts_statement(way, None))
 _PARTNER_ACCOUNTS = _each_way(lambda way: _accounts_statement(
     way, select(accounts.c.id).where(accounts.c.partner_id.is_not(None))))
 _NAMED_ACCOUNTS = _each_way(lambda way: _accounts_statement(way, select(accounts.c.id).where(
     accounts.c.name.in_(bindparam("stale_names", expanding=True)))))
-_ONE_PARTNER_NOW = _totals_statement(accounts.c.name.in_([bindparam("pending_name"), bindparam("available_name")]),
-                                     partner_id=False)
-_EVERY_ACCOUNT_NOW = _totals_statement()
-_PARTNER_ACCOUNTS_NOW = _totals_statement(accounts.c.partner_id.is_not(None))
+_ONE_PARTNER_TOTALS = _totals_statement(
+    accounts.c.name.in_([bindparam("pending_name"), bindparam("available_name")]), partner_id=False)
+_EVERY_ACCOUNT_TOTALS = _totals_statement()
+_PARTNER_ACCOUNTS_TOTALS = _totals_statement(accounts.c.partner_id.is_not(None))
 
 
-def _folded(session: Session, bounded: Reads, now: Select, before_us: int | None) -> NamedSums:
+def _folded(session: Session, bounded: Reads, totals: Totals, before_us: int | None) -> NamedSums:
     """{(account, partner id, currency): (debits, credits)} before `before_us` (None: every line)."""
     return {(name, partner_id, currency): (debits, credits) for name, partner_id, currency, debits, credits
-            in _rows(session, now, bounded, {}, before_us, bounded_named=_NAMED_ACCOUNTS)}
+            in _rows(session, totals, bounded, {}, before_us, bounded_named=_NAMED_ACCOUNTS)}
 
 
 def all_balances(session: Session, *, before_us: int | None = None) -> dict[tuple[str, str], tuple[int, int]]:
     """{(account, currency): (debits, credits)} for every account: the trial balance's rows."""
     return {(name, currency): value for (name, _, currency), value in
-            _folded(session, _EVERY_ACCOUNT, _EVERY_ACCOUNT_NOW, before_us).items()}
+            _folded(session, _EVERY_ACCOUNT, _EVERY_ACCOUNT_TOTALS, before_us).items()}
 
 
 def partner_account_sums(session: Session, *,
@@ -316,7 +329,7 @@ def partner_account_sums(session: Session, *,
     """{(partner id, account, currency): (debits, credits)} of every partner's pending and available
     accounts."""
     return {(partner_id, name, currency): value for (name, partner_id, currency), value in
-            _folded(session, _PARTNER_ACCOUNTS, _PARTNER_ACCOUNTS_NOW, before_us).items()}
+            _folded(session, _PARTNER_ACCOUNTS, _PARTNER_ACCOUNTS_TOTALS, before_us).items()}
 
 
 def partner_balances(session: Session, partner_id: str, *, before_us: int | None = None) -> dict[str, tuple[int, int]]:
@@ -324,7 +337,7 @@ def partner_balances(session: Session, partner_id: str, *, before_us: int | None
     pending_name = chart.pending(partner_id)
     names = {"pending_name": pending_name, "available_name": chart.available(partner_id)}
     result: dict[str, tuple[int, int]] = {}
-    for name, currency, debits, credits in _rows(session, _ONE_PARTNER_NOW, _ONE_PARTNER, names, before_us):
+    for name, currency, debits, credits in _rows(session, _ONE_PARTNER_TOTALS, _ONE_PARTNER, names, before_us):
         pending, available = result.get(currency, (0, 0))
         owed = credits - debits
         result[currency] = (pending + owed, available) if name == pending_name else (pending, available + owed)

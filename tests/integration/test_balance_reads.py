@@ -141,8 +141,8 @@ def test_each_way_of_reading_a_bound_gives_the_sums_of_the_lines(books, monkeypa
     # only when one ends after the bound), at every bound, and must give the lines' sums.
     taken = []
 
-    def forced(session, before_us, latest_us):
-        ways = balances._ways(session, before_us, latest_us)
+    def forced(before_us, latest_us, since_us, following_us):
+        ways = balances._ways(before_us, latest_us, since_us, following_us)
         chosen = way if way in ways else balances.FORWARD
         taken.append(chosen)
         return chosen, ways[chosen][1]

@@ -74,11 +74,15 @@ def compiled(database, statement) -> str:
 
 def plans_of_line_queries(database, statements, *, without: tuple[str, ...] = ()) -> list[str]:
     """The plan of every recorded SELECT that reads journal_lines (`explained`), but the question of
-    which way a bounded balance is read (`balances._CLOSES_AROUND`, checked on its own below)."""
-    around = compiled(database, balances._CLOSES_AROUND)
+    which way a bounded balance is read, asked beside the running totals (`balances._CLOSES_AROUND`,
+    checked on its own below)."""
+    totals_as_of = {compiled(database, totals.as_of) for totals in TOTALS}
     return explained(database, [(sql, parameters) for sql, parameters in statements
                                 if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "journal_lines" in sql
-                                and sql != around], without=without)
+                                and sql not in totals_as_of], without=without)
+
+
+TOTALS = (balances._ONE_PARTNER_TOTALS, balances._EVERY_ACCOUNT_TOTALS, balances._PARTNER_ACCOUNTS_TOTALS)
 
 
 def explained(database, statements, *, without: tuple[str, ...] = ()) -> list[str]:
@@ -165,8 +169,8 @@ def test_one_partners_reads_search_the_balance_index_by_account_and_instant(clos
         "after-the-last-close", "near-the-last-line"])
 def test_a_partners_earlier_balance_is_one_statement_range_scanning_the_balance_index_only(closed_books, before,
                                                                                             way):
-    # The running totals are read first, and hold lines at or after the bound; then which closes
-    # surround the bound; then one statement over the lines, from the nearer end. The closed books
+    # The running totals are read first, with the closes around the bound, and hold lines at or
+    # after it; then one statement over the lines, from the nearer end. The closed books
     # hold January's and February's closes and lines from January 10 to April 10.
     with closed_books.reader() as session:
         assert session.execute(sa.text("SELECT min(effective_at_us), max(effective_at_us) FROM journal_lines")
@@ -174,9 +178,8 @@ def test_a_partners_earlier_balance_is_one_statement_range_scanning_the_balance_
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
         partner_balances(session, "northwind", before_us=at(before))
     queries = [sql for sql, _ in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
-    assert len(queries) == 3 and "journal_lines" not in queries[0], queries  # (SQLite's own BEGIN aside)
-    assert queries[1:] == [compiled(closed_books, balances._CLOSES_AROUND),
-                           compiled(closed_books, balances._ONE_PARTNER[way])], queries
+    assert queries == [compiled(closed_books, balances._ONE_PARTNER_TOTALS.as_of),  # (SQLite's own BEGIN aside)
+                       compiled(closed_books, balances._ONE_PARTNER[way])], queries
     postgres = closed_books.engine.dialect.name == "postgresql"
     [plan] = plans_of_line_queries(closed_books, statements, without=contenders(postgres))
     assert range_scans_the_balance_index_only(plan, postgres), plan
@@ -201,8 +204,8 @@ WAY_ASKED_BY_INDEXES = {
 def test_which_way_a_bound_is_read_is_asked_of_an_end_of_three_indexes(closed_books):
     with recorded(closed_books.engine) as statements, closed_books.reader() as session:
         partner_balances(session, "northwind", before_us=at("2026-01-15"))
-    around = compiled(closed_books, balances._CLOSES_AROUND)
-    [plan] = plans_of_queries(closed_books, [(sql, parameters) for sql, parameters in statements if sql == around])
+    totals = compiled(closed_books, balances._ONE_PARTNER_TOTALS.as_of)
+    [plan] = plans_of_queries(closed_books, [(sql, parameters) for sql, parameters in statements if sql == totals])
     postgres = closed_books.engine.dialect.name == "postgresql"
     for at_an_end in WAY_ASKED_BY_INDEXES[postgres]:
         assert at_an_end.search(plan), plan
@@ -289,8 +292,15 @@ def test_a_partners_current_balance_is_one_statement_reading_two_running_totals_
     assert found["USD"][0] > 0  # (that they equal the lines' sums: tests/integration/test_balance_reads.py)
     postgres = closed_books.engine.dialect.name == "postgresql"
     [plan] = plans_of_queries(closed_books, statements)
-    assert "journal_lines" not in plan, plan
+    assert ("journal_lines" not in plan) if before is None else reads_the_first_lines_instant_only(plan, postgres), plan
     assert TOTALS_BY_KEY[postgres].search(plan), plan
+
+
+def reads_the_first_lines_instant_only(plan: str, postgres: bool) -> bool:
+    """Of the lines, the plan reads only the first one's instant, at one end of the period index: the
+    closes around a bound are asked beside the running totals, which need no line as of now."""
+    return (len(LINE_ACCESS[postgres].findall(plan)) == 1
+            and WAY_ASKED_BY_INDEXES[postgres][1].search(plan) is not None)
 
 
 def test_the_current_trial_balance_reads_the_running_totals_not_the_lines(closed_books):
@@ -298,7 +308,9 @@ def test_the_current_trial_balance_reads_the_running_totals_not_the_lines(closed
         found = trial_balance(session, before_us=at("2099-01-01"))
     assert found.rows and found.balanced
     plans = plans_of_queries(closed_books, statements)
-    assert len(plans) == 1 and "account_totals" in plans[0] and "journal_lines" not in plans[0], plans
+    postgres = closed_books.engine.dialect.name == "postgresql"
+    assert len(plans) == 1 and "account_totals" in plans[0], plans
+    assert reads_the_first_lines_instant_only(plans[0], postgres), plans
 
 
 def test_the_trial_balance_reads_lines_from_a_covering_index_only(closed_books):
