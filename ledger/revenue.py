@@ -477,7 +477,7 @@ class _Writer:
             if claimant is None:
                 claim = event.customer_id
             else:
-                self._take_claim(event, claimant)
+                self._take_claim(event, partner_id, claimant)
             context.cpa_claimants[event.customer_id] = _Claimant(event.id, event.invoice_id, event.occurred_at_us)
         lines = [self._accrue(event, earning.partner_id, earning.kind, earning.amount_minor, earning.plan_version_id,
                               earning.hold_days, invoice, root_id=None) for earning in earnings]
@@ -503,7 +503,7 @@ class _Writer:
             transaction_id for found in self.bounties.values() if found is not None and found[1] is not None
             for transaction_id in found[1]])
 
-    def _take_claim(self, event: RevenueEvent, claimant: _Claimant) -> None:
+    def _take_claim(self, event: RevenueEvent, partner_id: str, claimant: _Claimant) -> None:
         """The CPA goes to the customer's first eligible paid invoice by date: a payment dated before
         the claimant (delivered after it) takes the claim, and the claimant's bounty, if it earned
         one and it stands, is reversed with what stands against it (its release, clawbacks and
@@ -512,24 +512,24 @@ class _Writer:
         order; a claimant in a closed period is reversed in the first open one, as any reversal.
 
         The reversal is in the journal, not in the payment's answer (the commissions it posts); its
-        reason names the payment. A bounty finance reversed already leaves nothing to reverse: the
+        reason, which the bounty's partner reads, names the payment when it is attributed to that
+        partner (`partner_id`; `_claim_taken_reason`). A bounty finance reversed already leaves nothing to reverse: the
         claim moves all the same. A claimant stored before the batch, whose invoice no event of the
         batch names, is reversed within the batch from what `prefetch_bounties` read; otherwise
         (a claimant paid earlier in the batch, or its invoice refunded in it) what the batch drafted
         so far is written first and `reversals.reverse` reads the journal: some fifteen statements a
         claim, where a prefetched one costs none (docs/performance.md, "CPA claims taken")."""
-        self._reverse_bounty(event, claimant)
+        self._reverse_bounty(event, partner_id, claimant)
         self.claims_taken.append((event.id, event.customer_id, claimant.event_id))  # written after the payment
 
-    def _reverse_bounty(self, event: RevenueEvent, claimant: _Claimant) -> None:
-        reason = (f"the customer's CPA goes to invoice {event.invoice_id} (revenue event {event.id}), "
-                  "paid before this one")
+    def _reverse_bounty(self, event: RevenueEvent, partner_id: str, claimant: _Claimant) -> None:
         if claimant.invoice_id in self.bounties:  # stored before the batch, and its invoice untouched by it
             found = self.bounties.pop(claimant.invoice_id)
             if found is None:
                 return
             bounty, order = found
             if order is not None:
+                reason = _claim_taken_reason(event, partner_id, bounty)
                 for draft in reversals.piece_reversal_drafts(self.sources, order, reason=reason,
                                                              key=event_key(event.id, "takes-cpa", bounty.id)):
                     self.batch.add(draft)
@@ -539,7 +539,7 @@ class _Writer:
         if bounty is None:
             return
         recorded_at_us = self.batch.recorded_at_us
-        reversals.reverse(self.session, bounty.id, reason=reason,
+        reversals.reverse(self.session, bounty.id, reason=_claim_taken_reason(event, partner_id, bounty),
                           idempotency_key=event_key(event.id, "takes-cpa", bounty.id),
                           recorded_at_us=recorded_at_us)
         self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
@@ -700,6 +700,17 @@ class _Writer:
 
 
 CLAIM_TAKEN_COLUMNS = ("event_id", "customer_id", "from_event_id")
+
+
+def _claim_taken_reason(event: RevenueEvent, partner_id: str, bounty: Piece) -> str:
+    """The reason of a taken bounty's reversal, which its partner's key reads: it names the payment
+    that takes the claim only when the customer was that partner's at the payment (`partner_id`). A
+    customer moved from one partner to another keeps the first's invoices out of the second's books,
+    as its transactions are."""
+    if partner_id == bounty.partner_id:
+        return (f"the customer's CPA goes to invoice {event.invoice_id} (revenue event {event.id}), "
+                "paid before this one")
+    return "the customer's CPA goes to an invoice paid before this one"
 
 
 def _standing_bounty(replay: holds.PieceReplay, invoice_id: str) -> Piece | None:

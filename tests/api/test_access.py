@@ -5,11 +5,12 @@ else does not exist: a route its role may not use is a 404 exactly like an unkno
 partner's record is the same 404 as one that does not exist, whatever the query asks (a query its
 owner or finance would get a 422 for is still that 404). No key or a bad key is a 401."""
 
+import re
 from typing import NamedTuple
 
 import pytest
 
-from tests.api.books import errors_of
+from tests.api.books import errors_of, expect, money, plan_body, unique
 from tests.api.conftest import bearer
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
@@ -278,3 +279,27 @@ def test_billing_may_not_replace_an_attribution_but_finance_may_try(shared):
 def test_the_bearer_scheme_is_matched_without_regard_to_case(shared, scheme):
     response = shared.client.get("/v1/transactions?limit=1", headers={"Authorization": f"{scheme} {shared.keys.p1}"})
     assert response.status_code == 200
+
+
+def test_a_bounty_taken_by_another_partners_invoice_names_none_of_its_ids_to_the_partner_reading_it(call):
+    # A customer moved from one partner to another: the first partner's invoice, dated before the
+    # second's but delivered after it, takes the customer's CPA, and the second's bounty is reversed.
+    # The second partner reads the reversal; the first one's invoice, event and id stay out of it.
+    plan = call.created("/v1/plans", plan_body(unique("cpa"), cpa=[money("25.00")]))["id"]
+    first, second, customer = call.partner(plan_id=plan), call.partner(plan_id=plan), unique("cust")
+    call.attribute(customer, first, "2026-01-01")
+    call.created("/v1/attributions", {"customer_id": customer, "partner_id": second, "effective_from": "2026-02-01",
+                                      "source": "manual", "replace": True})
+    call.event(unique("evt-second"), customer, unique("inv-second"), "100.00", "2026-02-05")
+    theirs, their_invoice = unique("evt-first"), unique("inv-first")
+    taken_by = call.event(theirs, customer, their_invoice, "100.00", "2026-01-05")
+    assert {line["kind"] for line in taken_by["commissions"]} == {"accrual", "cpa"}
+    call.partner_key(second)
+    listed = call.get("/v1/transactions", as_=second)
+    reversals = [item for item in expect(listed, 200)["items"] if item["kind"] == "reversal"]
+    assert len(reversals) == 1, reversals
+    one = call.get(f"/v1/transactions/{reversals[0]['id']}", as_=second)
+    for read in (listed, one, call.get(f"/v1/partners/{second}/statement?period=2026-02", as_=second),
+                 call.get(f"/v1/partners/{second}/statement?period=2026-02&format=csv", as_=second)):
+        assert read.status_code == 200
+        assert not {theirs, their_invoice, first} & set(re.findall(r"[\w-]+", read.get_data(as_text=True))), read.data

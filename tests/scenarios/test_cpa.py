@@ -125,6 +125,28 @@ def test_an_earlier_invoice_delivered_late_takes_the_cpa_from_the_later_one(book
     assert books.verified()
 
 
+@pytest.mark.parametrize("delivery", ["one-by-one", "one-batch"])
+def test_a_bounty_taken_by_another_partners_invoice_is_reversed_without_naming_it(books, delivery):
+    # The reversal is the contoso key's to read: northwind's invoice stays out of it, as
+    # northwind's transactions do. One by one, the claimant is read before the batch; in one batch,
+    # the batch's own bounty is written first and reversed from the journal.
+    books.attribute("acme", "contoso", "2026-02-01", replace=True)
+    february = books.event("invoice_paid", "acme", "inv-feb", "500.00", "2026-02-05")
+    january = books.event("invoice_paid", "acme", "inv-jan", "500.00", "2026-01-05")
+    if delivery == "one-by-one":
+        books.ingest(february)
+        books.ingest(january)
+    else:
+        books.ingest(february, january)
+    [(partner_id, memo)] = books.sql(
+        "SELECT r.partner_id, r.memo FROM journal_transactions t JOIN journal_transactions r ON r.reverses_id = t.id"
+        " WHERE t.kind = 'cpa' AND t.invoice_id = 'inv-feb'")
+    assert partner_id == "contoso"
+    assert memo == "the customer's CPA goes to an invoice paid before this one"
+    assert books.balance("northwind") == (20_000, 0) and books.balance("contoso") == (5_000, 0)
+    assert books.verified()
+
+
 def test_the_cpa_taken_follows_its_invoice_the_full_refund_of_the_later_one_leaves_it(books):
     books.paid("acme", "inv-feb", "500.00", "2026-02-05")
     books.paid("acme", "inv-jan", "500.00", "2026-01-05")
