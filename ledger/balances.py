@@ -19,11 +19,10 @@ instant, and the signed sums of the lines between that instant and the bound: fo
 the start's rows UNION ALL the lines' sums grouped by account and currency (a key may come from
 both parts), folded here; for one partner, a row for each of its running totals' rows, the start's
 sums and its lines' summed apart by the balance index (`_one_partner_statement`). It goes from
-the nearer end (`_nearer_end`, by the closes around the
-bound, which the running totals' statement reads beside them when there is a bound): forward from
-the latest close's snapshot at or before the bound, adding the lines since; or back from the
-snapshot of the first close after the bound, or from the running totals, taking away the lines
-from the bound on. As of a past month's last day, read forward, a hot partner's balance summed
+the nearer end (`_nearer_end`, by the closes around the bound, which the running totals' statement
+reads beside them when there is a bound): forward from the latest close's snapshot at or before
+the bound, adding the lines since; or back from the snapshot of the first close after the bound,
+or from the running totals, taking away the lines from the bound on. As of a past month's last day, read forward, a hot partner's balance summed
 the whole month's lines; now about half a month's at most, by time.
 Either way the lines read lie between the closes around the bound (the first line and the last
 without them), as forward alone read them at worst: lines that bunch (a month's billing on its last

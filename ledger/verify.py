@@ -70,11 +70,11 @@ from ledger import collector, holds, statement_bodies, statement_lines, withdraw
 from ledger.balances import line_sums
 from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.commission import EARNING_KINDS
-from ledger.db import one_snapshot
+from ledger.db import database_now_us, one_snapshot
 from ledger.errors import InvalidInput, invalid
 from ledger.instants import describe_instant as _instant
 from ledger.instants import parse_period, period_bounds_us
-from ledger.journal import CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
+from ledger.journal import CLOCK_SKEW_US, CREDIT, DEBIT, Line, chain_hash, draft_of, request_hash
 from ledger.money import currency_exponent
 from ledger.payouts import REASON_LENGTH_MAX
 from ledger.payouts_rederived import verify_payouts_rederived
@@ -730,20 +730,23 @@ def verify_closes(session: Session) -> list[Problem]:
     ended (the rules migration 0018 holds for new rows: a close moved off its month moves where
     postings land and leaves a month that can never be closed), closed once that month had ended
     (0018 refuses a close before the month's end by the database's clock; 0034 a new `closed_at`
-    before it, and this checks the closes written before 0034)."""
+    before it, and this checks the closes written before 0034) and not after the database's clock
+    allows now (0034 refuses a new `closed_at` more than `CLOCK_SKEW_US` ahead of it: one found
+    further ahead was moved there since)."""
     from ledger.periods import close_hash, list_periods, snapshot  # periods builds on balances, which verify checks
 
     problems: list[Problem] = []
     names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
     expected_rows: dict = {}
     prev_hash, prev_end = GENESIS_HASH, None
+    latest_closed_at_us = database_now_us(session) + CLOCK_SKEW_US
     for close in list_periods(session):
         delta = line_sums(session, None, prev_end, close.ends_at_us)
         for key, (debit, credit) in delta.items():
             old = expected_rows.get(key, (0, 0))
             expected_rows[key] = (old[0] + debit, old[1] + credit)
         where = f"period {close.period}"
-        problems.extend(_check_close_bounds(close, prev_end, where))
+        problems.extend(_check_close_bounds(close, prev_end, latest_closed_at_us, where))
         stored = snapshot(session, close.period)
         if stored != expected_rows:
             differing = sorted(set(stored) ^ set(expected_rows) | {key for key in set(stored) & set(expected_rows)
@@ -778,8 +781,9 @@ def verify_closes(session: Session) -> list[Problem]:
     return problems
 
 
-def _check_close_bounds(close, prev_end: int | None, where: str) -> list[Problem]:
-    """A close covers the calendar month it names and starts where the previous close ended."""
+def _check_close_bounds(close, prev_end: int | None, latest_closed_at_us: int, where: str) -> list[Problem]:
+    """A close covers the calendar month it names, starts where the previous close ended, and was
+    closed after that month ended and at or before `latest_closed_at_us`."""
     try:
         month = period_bounds_us(parse_period(close.period))
     except InvalidInput:
@@ -793,6 +797,9 @@ def _check_close_bounds(close, prev_end: int | None, where: str) -> list[Problem
     if close.closed_at_us < close.ends_at_us:  # no hash covers it; migration 0034 holds it for new closes
         return [Problem(None, "close_time_altered", f"{where}: closed at {_instant(close.closed_at_us)}, before the "
                                                     f"period ended at {_instant(close.ends_at_us)}")]
+    if close.closed_at_us > latest_closed_at_us:
+        return [Problem(None, "close_time_altered", f"{where}: closed at {_instant(close.closed_at_us)}, later than "
+                                                    f"the database's clock allows now ({_instant(latest_closed_at_us)})")]
     return []
 
 

@@ -135,6 +135,8 @@ TAMPERED_CLOSE_FIELDS = [
                  {("close_bounds_altered", "2026-01")}, id="start moved a month back"),
     pytest.param([f"UPDATE period_closes SET closed_at_us = {at('2026-01-15')} WHERE period = '2026-01'"],
                  {("close_time_altered", "2026-01")}, id="closed before the month ended"),
+    pytest.param([f"UPDATE period_closes SET closed_at_us = {at('2099-01-01')} WHERE period = '2026-02'"],
+                 {("close_time_altered", "2026-02")}, id="closed after the database's clock allows"),
 ]
 
 
