@@ -22,11 +22,12 @@ sums and its lines' summed apart by the balance index (`_one_partner_statement`)
 the nearer end (`_nearer_end`, by the closes around the bound, which the running totals' statement
 reads beside them when there is a bound): forward from the latest close's snapshot at or before
 the bound, adding the lines since; or back from the snapshot of the first close after the bound,
-or from the running totals, taking away the lines from the bound on. As of a past month's last day, read forward, a hot partner's balance summed
-the whole month's lines; now about half a month's at most, by time.
-Either way the lines read lie between the closes around the bound (the first line and the last
-without them), as forward alone read them at worst: lines that bunch (a month's billing on its last
-day) can make the side chosen by time the heavier one, never more than that stretch.
+or from the running totals, taking away the lines from the bound on. As of a past month's last
+day, read forward, a hot partner's balance summed the whole month's lines; now about half a
+month's at most, by time. Either way the lines read lie between the closes around the bound (the
+first line and the last without them), as forward alone read them at worst: lines that bunch (a
+month's billing on its last day) can make the side chosen by time the heavier one, never more than
+that stretch.
 The trial balance and the liabilities read it for just those accounts, by name, when they fit one
 `IN (...)` list (`db.IN_LIST_MAX`) and the session reads one snapshot (every reader;
 `db.reads_one_snapshot`): one line dated in the future then costs its accounts' lines, not every
@@ -313,7 +314,8 @@ _CLOSES_AROUND = (  # the latest close's end at or before :bound_us, else the fi
                   .where(period_closes.c.ends_at_us <= bindparam("bound_us", type_=BigInteger)).scalar_subquery(),
                   select(func.min(journal_lines.c.effective_at_us)).scalar_subquery()).label("since_us"),
     select(func.min(period_closes.c.ends_at_us))
-    .where(period_closes.c.ends_at_us > bindparam("bound_us", type_=BigInteger)).scalar_subquery().label("following_us"))
+    .where(period_closes.c.ends_at_us > bindparam("bound_us", type_=BigInteger)).scalar_subquery()
+    .label("following_us"))
 _ONE_PARTNER = {postgres: _each_way(lambda way: _one_partner_statement(way, postgres)) for postgres in (False, True)}
 _EVERY_ACCOUNT = _each_way(lambda way: _accounts_statement(way, None))
 _PARTNER_ACCOUNTS = _each_way(lambda way: _accounts_statement(

@@ -513,12 +513,13 @@ class _Writer:
 
         The reversal is in the journal, not in the payment's answer (the commissions it posts); its
         reason, which the bounty's partner reads, names the payment when it is attributed to that
-        partner (`partner_id`; `_claim_taken_reason`). A bounty finance reversed already leaves nothing to reverse: the
-        claim moves all the same. A claimant stored before the batch, whose invoice no event of the
-        batch names, is reversed within the batch from what `prefetch_bounties` read; otherwise
-        (a claimant paid earlier in the batch, or its invoice refunded in it) what the batch drafted
-        so far is written first and `reversals.reverse` reads the journal: some fifteen statements a
-        claim, where a prefetched one costs none (docs/performance.md, "CPA claims taken")."""
+        partner (`partner_id`; `_claim_taken_reason`). A bounty finance reversed already leaves
+        nothing to reverse: the claim moves all the same. A claimant stored before the batch, whose
+        invoice no event of the batch names, is reversed within the batch from what
+        `prefetch_bounties` read; otherwise (a claimant paid earlier in the batch, or its invoice
+        refunded in it) what the batch drafted so far is written first and `reversals.reverse` reads
+        the journal: some fifteen statements a claim, where a prefetched one costs none
+        (docs/performance.md, "CPA claims taken")."""
         self._reverse_bounty(event, partner_id, claimant)
         self.claims_taken.append((event.id, event.customer_id, claimant.event_id))  # written after the payment
 
