@@ -2,10 +2,10 @@
 
 Rows come from `balances.all_balances`: the running totals when they hold no line at or after the
 instant (as of now), else the sums of a snapshot or the running totals and of the lines between them
-and the instant, from a covering index, with the accounts' names joined per sum. `balance` is debits minus credits, signed: positive
-for a debit balance, negative for a credit balance, whatever the account's normal side. Per
-currency, total debits equal total credits; `balanced` says whether they do, so that a report can
-show an unbalanced book instead of hiding it.
+and the instant, from a covering index, with the accounts' names joined per sum. `balance` is
+debits minus credits, signed: positive for a debit balance, negative for a credit balance, whatever
+the account's normal side. Per currency, total debits equal total credits; `balanced` says whether
+they do, so that a report can show an unbalanced book instead of hiding it.
 """
 
 from __future__ import annotations
