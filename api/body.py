@@ -8,7 +8,8 @@ too. The body is parsed once per request (`request_json()`, `json_body()`): a bo
 read (malformed chunks) and anything that is not JSON (bad UTF-8, bad syntax, numbers too long for
 Python, nesting too deep for the parser) is a 400, never a 500; so is an object that gives a key
 twice. A body that stops arriving (`revshare serve` drops a client idle for
-`cli.server.CLIENT_IDLE_S`) is a 408.
+`cli.server.CLIENT_IDLE_S`) is a 408. A GET, HEAD or DELETE that carries a body is a 422 naming
+the body (`NO_BODY_METHODS`).
 
 `plain_body` lets a view take a body its own parser reads (a well-formed revenue event) straight,
 past webargs and flask-smorest, and sends any other through them for their messages.
@@ -37,6 +38,10 @@ from api.schemas import Schema
 from ledger import json_input
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# A body sent with one of these is refused, not ignored: a client that puts a filter or a reason
+# there (`{"as_of": ...}` on a balance, a note on a withdrawal) would take the answer for one that
+# used it, as with an unknown query parameter.
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 QUERY_LOCATIONS = frozenset({"query", "querystring"})
 _NO_PARAMETERS = Schema()
 
@@ -44,14 +49,17 @@ _NO_PARAMETERS = Schema()
 def check_body() -> None:
     """413 for a declared length over the limit; 415 for a body that is not JSON, or is encoded."""
     req = request._get_current_object()  # bound once: see `api.auth.authenticate_request`
-    if req.method not in BODY_METHODS or req.routing_exception is not None:
+    if req.routing_exception is not None:
         return  # a request no route serves is its 404 or 405 (Flask raises it after these hooks)
+    if req.method not in BODY_METHODS:
+        if req.method in NO_BODY_METHODS and _has_body(req):
+            flask_smorest.abort(422, messages={"json": [f"{req.method} takes no request body"]})
+        return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     length = req.content_length
     if length is not None and length > limit:
         raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
-    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
-    if not ((length or 0) > 0 or chunked):
+    if not _has_body(req):
         return
     if not core.is_json(req.mimetype):
         raise UnsupportedMediaType(f"The request body must be application/json, not {req.mimetype[:80]!r}.")
@@ -64,6 +72,11 @@ def check_body() -> None:
     coding = req.headers.get("Content-Encoding", "identity").strip().lower()
     if coding not in ("identity", ""):
         raise UnsupportedMediaType(f"The request body must be sent as it is, not encoded ({coding[:40]!r}).")
+
+
+def _has_body(req) -> bool:
+    """A declared length above zero, or a chunked body (no declared length)."""
+    return (req.content_length or 0) > 0 or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
 
 
 def json_body() -> Any:

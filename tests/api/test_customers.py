@@ -217,6 +217,22 @@ def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_
                         )["effective_from"] == sooner
 
 
+@pytest.mark.parametrize("raw, content_type", [(b'{"reason": "called off"}', "application/json"), (b"{}", "application/json"),
+                                              (b"called off", "text/plain")])
+def test_a_withdrawal_sent_with_a_body_is_a_422_naming_it_and_withdraws_nothing(call, raw, content_type):
+    # The body was ignored and the attribution withdrawn: a reason put there was taken for recorded.
+    customer, first, second = unique("cust"), call.partner(), call.partner()
+    call.attribute(customer, first)
+    ahead = (datetime.now(timezone.utc).date() + timedelta(days=40)).isoformat()
+    moved = call.created("/v1/attributions", attribution(customer, second, ahead, replace=True))
+    path = f"/v1/customers/{customer}/attributions/{moved['id']}"
+    before = call.read(f"/v1/customers/{customer}")
+    refused = call.client.delete(path, data=raw, content_type=content_type, headers=call.headers("finance"))
+    assert errors_of(refused) == {"body"} and refused.get_json()["errors"]["body"] == ["DELETE takes no request body"]
+    assert call.read(f"/v1/customers/{customer}") == before
+    assert expect(call.delete(path), 200)["withdrawn_attributions"][0]["id"] == moved["id"]
+
+
 def test_a_new_customer_s_only_attribution_dated_wrong_is_withdrawn_and_the_customer_stays_known(call):
     """A customer's first attribution, dated a year ahead by mistake, blocked every other attribution
     of the customer until it started. Withdrawn, the customer is known with none; its revenue is

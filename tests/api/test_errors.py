@@ -214,6 +214,24 @@ def test_a_nul_in_a_path_id_is_a_404_on_both_engines_never_a_500(shared, method,
     assert_problem(response, 404)
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("as_", ["finance", "p1", "p2"])
+def test_a_read_sent_with_a_body_is_a_422_naming_it_not_an_answer_that_ignored_it(shared, method, as_):
+    # `{"as_of": ...}` in a balance's body was ignored: the balance as of now, taken for one as of the day.
+    # Another partner's key is told what it is told without the body, a 404.
+    response = shared.client.open("/v1/partners/p1/balance", method=method, data=b'{"as_of": "2026-01-10"}',
+                                  content_type="application/json", headers=bearer(getattr(shared.keys, as_)))
+    alone = shared.client.open("/v1/partners/p1/balance", method=method, headers=bearer(getattr(shared.keys, as_)))
+    if as_ == "p2":
+        assert response.status_code == alone.status_code == 404 and response.data == alone.data
+    elif method == "HEAD":
+        assert response.status_code == 422 and response.mimetype == "application/problem+json"
+        assert alone.status_code == 200
+    else:
+        assert assert_problem(response, 422, errors=True)["errors"] == {"body": [f"{method} takes no request body"]}
+        assert alone.status_code == 200
+
+
 def test_a_body_over_the_limit_is_a_413(shared):
     response = reversal(shared.client, shared.keys.finance, {"reason": "x" * BODY_LIMIT_BYTES})
     assert_problem(response, 413)
