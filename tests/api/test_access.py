@@ -144,6 +144,16 @@ def test_a_partner_filter_given_twice_naming_another_partner_once_is_that_partne
     assert twice.status_code == 404 and twice.get_json() == record.get_json()
 
 
+@pytest.mark.parametrize("listing", ["/v1/transactions", "/v1/payouts"])
+@pytest.mark.parametrize("role", ("finance", *PARTNERS))
+def test_an_empty_partner_filter_is_the_same_422_naming_it_to_every_role(shared, listing, role):
+    # A partner key was told "partner '' not found", a 404, where finance was told the filter is malformed.
+    response = shared.client.get(f"{listing}?partner_id=", headers=bearer(getattr(shared.keys, role)))
+    assert errors_of(response) == {"partner_id"}
+    finance = shared.client.get(f"{listing}?partner_id=", headers=bearer(shared.keys.finance))
+    assert response.get_json() == finance.get_json()
+
+
 def _with_query(path: str, query: str) -> str:
     bare = path.split("?")[0]
     return f"{bare}?{query}" if query else bare
