@@ -58,11 +58,6 @@ def without_password(url: str) -> str:
     return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
-def _authority(url: str) -> str:
-    """What lies between a URL's `//` and the path, query or fragment after it: user, password, host."""
-    return re.split(r"[/?#]", url.partition("//")[2], maxsplit=1)[0]
-
-
 def _unreadable(url: str) -> str | None:
     """Why SQLAlchemy, or the arguments it makes for the driver, cannot take `url`; None if they can.
     Found when the engine was made, it was a traceback from every command, and exit 1 (`verify`'s
@@ -245,11 +240,12 @@ class Settings:
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {without_password(url)!r}")
-            if url is not None and url.startswith("postgresql") and _authority(url).count("@") > 1:
-                # The driver takes what follows the first `@` for the host, and its error named that
-                # host: a piece of the password, in the terminal and the scheduler's log.
-                raise SettingsError(f"{PREFIX}{name} holds more than one @ before its host: write an @ of the "
-                                    "user's name or password as %40")
+            if url is not None and url.startswith("postgresql") and url.count("@") > 1:
+                # The driver takes what follows the first `@` for the host (and a `/` after it for the
+                # database's name), and its error named that host: a piece of the password, in the
+                # terminal and the scheduler's log. An @ in a name or parameter is written %40.
+                raise SettingsError(f"{PREFIX}{name} holds more than one @: write an @ of the user's name, "
+                                    "password, database or a parameter as %40")
             if url is not None and (reason := _unreadable(url)):
                 raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is not a URL the database driver "
                                     f"can read: {reason}")

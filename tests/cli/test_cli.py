@@ -1244,12 +1244,12 @@ def test_a_bad_database_url_is_named_without_its_password(tmp_path):
 @pytest.mark.parametrize("url, shown", [
     ("postgresql://app@127.0.0.1:1/revshare?password=s3cret&connect_timeout=1",
      "postgresql://app@127.0.0.1:1/revshare?password=***&connect_timeout=1"),
-    ("postgresql://app:s3cr@t/pw@127.0.0.1:1/revshare?connect_timeout=1",
+    ("postgresql://app:s3cr/pw@127.0.0.1:1/revshare?connect_timeout=1",
      "postgresql://app:***@127.0.0.1:1/revshare?connect_timeout=1"),
 ])
 def test_a_database_out_of_reach_is_named_without_its_password(url, shown):
     # The settings' check masked the URL, but a database that failed once connected to was named as
-    # SQLAlchemy renders it: a password= option in full, and an `@` of a password cut in two.
+    # SQLAlchemy renders it: a password= option in full, and a `/` of a password cut in two.
     result = CliRunner().invoke(main, ["verify"], env={"REVSHARE_DATABASE_URL": url})
     assert result.exit_code == 2 and f"error: cannot use the database {shown!r}" in result.output
     assert "s3cr" not in result.output

@@ -143,12 +143,18 @@ def test_a_migration_url_of_the_same_database_by_another_role_host_or_port_is_ta
 
 @pytest.mark.parametrize("url", ["postgresql://web:p@ssw0rdTAIL@127.0.0.1:5432/revshare",
                                  "postgresql+psycopg://web:p@ss:w0rdTAIL@db.internal:5432/revshare",
-                                 "postgres://we@b:s3cTAIL@db.internal/revshare"])
+                                 "postgres://we@b:s3cTAIL@db.internal/revshare",
+                                 # A `/` after the first @ ended the host there, and the rest was the database's name.
+                                 "postgresql://web:Tr0ub4dor@s3cTAIL/x9@127.0.0.1:1/revshare",
+                                 "postgresql://web:p@sTAIL?x@127.0.0.1/revshare"])
 @pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
-def test_a_postgresql_url_with_an_at_not_encoded_before_its_host_is_refused_showing_none_of_it(name, url):
+def test_a_postgresql_url_with_a_second_at_not_encoded_is_refused_showing_none_of_it(name, url):
     # The driver took what follows the first @ for the host, and its error named that host, a piece
     # of the password, from every command and in the scheduler's log at each retry; or a port that
     # is a number was said not to be one.
     message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
-    assert message == f"{name} holds more than one @ before its host: write an @ of the user's name or password as %40"
+    assert message == (f"{name} holds more than one @: write an @ of the user's name, password, database or a "
+                       "parameter as %40") and "TAIL" not in message
     assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://web:p%40ss@db.internal/revshare"}).database_url
+    assert Settings.from_env(
+        {"REVSHARE_DATABASE_URL": "postgresql://web:p%2Fs@db.internal/revs%40hare?application_name=a%40b"}).database_url
