@@ -91,12 +91,12 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
             return _repeated(current, source), False
         if current.partner_id != partner_id and not replace:
             raise Conflict(f"customer {customer_id!r} is attributed to partner {current.partner_id!r}; "
-                           "only finance can replace an attribution (set replace: true)")
+                           "replacing it takes a finance key and replace: true")
         if current.partner_id == partner_id and not replace:
             # Attributed anew to its own partner, the customer starts a new window: a replacement too.
             raise Conflict(f"customer {customer_id!r} is already attributed to partner {partner_id!r}, from "
-                           f"{format_instant(current.effective_from_us)}; only finance can start its window "
-                           "again (set replace: true)")
+                           f"{format_instant(current.effective_from_us)}; starting its window again takes a "
+                           "finance key and replace: true")
         if start_us <= current.effective_from_us:
             raise Conflict("effective_from: a replacing attribution must start after the current one",
                            {"effective_from": ["must be later than the current attribution's start"]})
