@@ -47,7 +47,8 @@ _NO_PARAMETERS = Schema()
 
 
 def check_body() -> None:
-    """413 for a declared length over the limit; 415 for a body that is not JSON, or is encoded."""
+    """413 for a declared length over the limit; 415 for a body that is not JSON, or is encoded; 422
+    for a body where the method takes none."""
     req = request._get_current_object()  # bound once: see `api.auth.authenticate_request`
     if req.routing_exception is not None:
         return  # a request no route serves is its 404 or 405 (Flask raises it after these hooks)
