@@ -219,8 +219,8 @@ def test_a_move_to_another_partner_called_off_is_withdrawn_by_finance_alone_but_
                         )["effective_from"] == sooner
 
 
-@pytest.mark.parametrize("raw, content_type", [(b'{"reason": "called off"}', "application/json"), (b"{}", "application/json"),
-                                              (b"called off", "text/plain")])
+@pytest.mark.parametrize("raw, content_type", [(b'{"reason": "called off"}', "application/json"),
+                                              (b"{}", "application/json"), (b"called off", "text/plain")])
 def test_a_withdrawal_sent_with_a_body_is_a_422_naming_it_and_withdraws_nothing(call, raw, content_type):
     # The body was ignored and the attribution withdrawn: a reason put there was taken for recorded.
     customer, first, second = unique("cust"), call.partner(), call.partner()
