@@ -59,6 +59,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 CHECKPOINT_ROWS = 1_000
 # SQLite's automatic checkpoint for those writers: only ever reached when ours cannot keep up.
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000
+# What a writer cuts the write-ahead log's file back to when it starts the log over (SQLite's
+# `journal_size_limit`). A checkpoint cannot start the log over while a read holds an older snapshot
+# (a `verify` of a big book takes minutes), so the log grows by every page written meanwhile, and
+# its file kept that size for as long as the database was open.
+SQLITE_WAL_KEEP_BYTES = 64 * 1024 * 1024
 # Each SQLite connection's page cache, in KiB (SQLite's default is 2,000). A connection keeps its
 # cache from one transaction to the next while no other connection writes: a bulk writer (an
 # import, batches, a job's catch-up) on a grown book re-read the pages of its indexes from the
@@ -360,7 +365,7 @@ def sqlite_pragmas(busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> tuple[str, 
     """The pragmas every SQLite connection of the service is opened with (the write-ahead log apart,
     a property of the file: `_write_ahead_log`)."""
     return ("foreign_keys=ON", "recursive_triggers=ON", f"busy_timeout={busy_timeout_ms}", "synchronous=NORMAL",
-            f"cache_size=-{SQLITE_CACHE_KIB}")
+            f"cache_size=-{SQLITE_CACHE_KIB}", f"journal_size_limit={SQLITE_WAL_KEEP_BYTES}")
 
 
 def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> None:

@@ -179,6 +179,29 @@ def test_sqlite_writers_checkpoint_outside_the_queue_once_enough_rows_changed(sq
     assert checkpoints == [True]
 
 
+def test_the_log_grown_behind_a_long_read_is_cut_back_once_the_read_has_ended(sqlite_database, monkeypatch):
+    # Checkpoints cannot start the log over while a read holds an older snapshot (a verify of a big
+    # book, minutes long), so it grows by every page written meanwhile; its file kept that size.
+    monkeypatch.setattr(db, "CHECKPOINT_ROWS", 5)
+    monkeypatch.setattr(db, "SQLITE_WAL_KEEP_BYTES", 64 * 1024)
+    path = sqlite_database.engine.url.database
+    database = Database(f"sqlite:///{path}")  # its connections made with the limit above
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM customers").fetchone() is not None
+        for batch in range(60):
+            _insert_rows(database, [f"w{batch}-{row}" for row in range(5)])
+        assert os.path.getsize(f"{path}-wal") > 4 * 64 * 1024
+        reader.execute("COMMIT")
+        _insert_rows(database, [f"after-{row}" for row in range(5)])  # its checkpoint copies the whole log
+        _insert_rows(database, ["restart"])  # the log starts over, and its file is cut back
+        assert os.path.getsize(f"{path}-wal") <= 64 * 1024
+    finally:
+        reader.close()
+        database.dispose()
+
+
 def test_a_failed_checkpoint_leaves_the_commit_standing(sqlite_database, monkeypatch, caplog):
     database = sqlite_database
     monkeypatch.setattr(db, "CHECKPOINT_ROWS", 1)
