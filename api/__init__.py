@@ -7,7 +7,7 @@ render. A request passes, in order:
 1. routing: unknown URL 404, wrong method 405;
 2. authentication and role (`auth.py`): 401, 403, or 404 for a partner key (also for one naming
    another partner in the path or a `partner_id` filter, whatever its query);
-3. body checks (`body.py`): 413 too large, 415 not JSON;
+3. body checks (`body.py`): 413 too large, 415 not JSON, 422 a body where the method takes none;
 4. parsing and validation (webargs + `fields.py`): 400 not JSON, 422 naming the fields (a
    well-formed revenue event is read by its own parser instead: `body.plain_body`);
 5. the domain: its errors map to 404, 409, 422 (`errors.py`);

@@ -26,6 +26,7 @@ from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
 from api.session import EXTENSION, current_database, current_session
 from ledger import customers, keys, partners
+from ledger.accounts import PARTNER_ID_PATTERN
 from ledger.db import Database, after_commit
 from ledger.errors import NotFound as DomainNotFound
 from ledger.keys import Principal
@@ -110,7 +111,8 @@ def _require_own_partner(req, view: Callable, own: str) -> None:
         raise missing_partner(named)
     if PARTNER_ARGUMENT in getattr(view, "query_parameters", ()):
         for named in req.args.getlist(PARTNER_ARGUMENT):
-            if named and named != own:  # an empty filter names no partner: the query's 422, as for finance
+            # A value that cannot be a partner's id names no partner: the query's 422, as for finance.
+            if named != own and PARTNER_ID_PATTERN.fullmatch(named):
                 raise missing_partner(named)
 
 

@@ -8,8 +8,8 @@ too. The body is parsed once per request (`request_json()`, `json_body()`): a bo
 read (malformed chunks) and anything that is not JSON (bad UTF-8, bad syntax, numbers too long for
 Python, nesting too deep for the parser) is a 400, never a 500; so is an object that gives a key
 twice. A body that stops arriving (`revshare serve` drops a client idle for
-`cli.server.CLIENT_IDLE_S`) is a 408. A GET, HEAD or DELETE that carries a body is a 422 naming
-the body (`NO_BODY_METHODS`).
+`cli.server.CLIENT_IDLE_S`) is a 408. A GET, HEAD or DELETE of the API that carries a body is a
+422 naming the body (`NO_BODY_METHODS`).
 
 `plain_body` lets a view take a body its own parser reads (a well-formed revenue event) straight,
 past webargs and flask-smorest, and sends any other through them for their messages.
@@ -53,7 +53,7 @@ def check_body() -> None:
     if req.routing_exception is not None:
         return  # a request no route serves is its 404 or 405 (Flask raises it after these hooks)
     if req.method not in BODY_METHODS:
-        if req.method in NO_BODY_METHODS and _has_body(req):
+        if req.method in NO_BODY_METHODS and _ours(req) and _sends_bytes(req):
             flask_smorest.abort(422, messages={"json": [f"{req.method} takes no request body"]})
         return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
@@ -77,7 +77,25 @@ def check_body() -> None:
 
 def _has_body(req) -> bool:
     """A declared length above zero, or a chunked body (no declared length)."""
-    return (req.content_length or 0) > 0 or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    return (req.content_length or 0) > 0 or _chunked(req)
+
+
+def _chunked(req) -> bool:
+    return "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+
+
+def _sends_bytes(req) -> bool:
+    """A declared length above zero, or a chunked body that holds a byte (the first is read, and the
+    request refused: a chunked body of no chunks is no body, as `Content-Length: 0` is none)."""
+    if req.content_length is not None:
+        return req.content_length > 0
+    return _chunked(req) and req.stream.read(1) != b""
+
+
+def _ours(req) -> bool:
+    """A route of the API's blueprints: the documents (`/v1/openapi.json`, `/docs`) take what they are
+    sent, query or body, as documents do."""
+    return isinstance(current_app.blueprints.get(req.blueprint), Blueprint)
 
 
 def json_body() -> Any:
@@ -216,7 +234,7 @@ def check_query() -> None:
     if not req.query_string or not req.args:
         return
     app = current_app._get_current_object()
-    if not isinstance(app.blueprints.get(req.blueprint), Blueprint):
+    if not _ours(req):
         return
     repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
     if repeated:

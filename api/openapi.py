@@ -30,7 +30,7 @@ from apispec import BasePlugin
 from flask import Flask
 
 from api.auth import ACCESS_ATTRIBUTE, Access
-from api.body import BODY_METHODS
+from api.body import BODY_METHODS, NO_BODY_METHODS
 from api.errors import PROBLEM_MIMETYPE
 from api.idempotency import HEADER, REPLAYED_HEADER
 from ledger.idempotency import KEY_LENGTH_MAX
@@ -44,6 +44,7 @@ STAFF_ROLES = ("finance", "billing")
 _AUTHENTICATION = "no `Authorization: Bearer <key>`, or a key that is not valid (unknown or revoked)"
 _PARTNER_REFUSED = "a partner key: this operation does not exist for a partner (the 404 of an unknown URL)"
 _QUERY = "a query parameter the operation does not take, or one given more than once"
+_BODY_REFUSED = "a request body, which this method does not take"
 _FIELDS = "a field is invalid: `errors` names each, with dotted paths for nested fields"
 _KEY_FORMAT = f"`{HEADER}` is not 1 to {KEY_LENGTH_MAX} printable ASCII characters without a comma, or was sent twice"
 _KEY_REUSED = (f"`{HEADER}` was used before with another body (`errors` names the fields that differ), or on "
@@ -131,6 +132,8 @@ def _derived(method: str, operation: dict, access: Access) -> Iterator[tuple[int
     if "requestBody" in operation or any(p.get("in") == "query" for p in operation.get("parameters", [])):
         yield 422, _FIELDS
     yield 422, _QUERY
+    if method in NO_BODY_METHODS:
+        yield 422, _BODY_REFUSED
     if _keyed(operation):
         yield 409, _KEY_REUSED
         yield 422, _KEY_FORMAT

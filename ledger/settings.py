@@ -58,6 +58,12 @@ def without_password(url: str) -> str:
     return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
+def _user_name(url: str) -> str:
+    """What a URL's credentials give before the password (empty without an `@`)."""
+    credentials, at, _ = url.partition("//")[2].partition("@")
+    return credentials.partition(":")[0] if at else ""
+
+
 def _unreadable(url: str) -> str | None:
     """Why SQLAlchemy, or the arguments it makes for the driver, cannot take `url`; None if they can.
     Found when the engine was made, it was a traceback from every command, and exit 1 (`verify`'s
@@ -246,6 +252,10 @@ class Settings:
                 # terminal and the scheduler's log. An @ in a name or parameter is written %40.
                 raise SettingsError(f"{PREFIX}{name} holds more than one @: write an @ of the user's name, "
                                     "password, database or a parameter as %40")
+            if url is not None and url.startswith("postgresql") and "/" in _user_name(url):
+                # The driver ends the host at that `/` and takes the rest, password too, for the
+                # database's name: the URL was shown whole, with no password to mask.
+                raise SettingsError(f"{PREFIX}{name} holds a / in its user's name: write it as %2F")
             if url is not None and (reason := _unreadable(url)):
                 raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is not a URL the database driver "
                                     f"can read: {reason}")

@@ -232,6 +232,22 @@ def test_a_read_sent_with_a_body_is_a_422_naming_it_not_an_answer_that_ignored_i
         assert alone.status_code == 200
 
 
+@pytest.mark.parametrize("body, status", [(b"", 200), (b"{}", 422)])
+def test_a_chunked_read_is_refused_only_when_its_chunks_hold_a_byte(shared, body, status):
+    # Zero chunks were taken for a body, where `Content-Length: 0` was not.
+    environ = EnvironBuilder("/v1/partners/p1/balance", method="GET", content_type="application/json",
+                             headers=bearer(shared.keys.p1), data=body).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True})
+    assert shared.client.open(Request(environ)).status_code == status
+
+
+@pytest.mark.parametrize("path", ["/v1/openapi.json", "/docs"])
+def test_the_documents_are_served_whatever_body_a_get_sends(shared, path):
+    # They take their query string as documents do, and a body alike; the API's routes refuse both.
+    assert shared.client.get(path, data=b'{"x": 1}', content_type="application/json").status_code == 200
+
+
 def test_a_body_over_the_limit_is_a_413(shared):
     response = reversal(shared.client, shared.keys.finance, {"reason": "x" * BODY_LIMIT_BYTES})
     assert_problem(response, 413)

@@ -309,6 +309,14 @@ def test_a_status_an_operation_does_not_give_is_not_listed(document):
     assert listed(document, ("/v1/health", "get")) == {422}  # no key, no database, no body
 
 
+def test_a_body_where_the_method_takes_none_is_among_the_422s_reasons(document):
+    refused = "a request body, which this method does not take"
+    for template, method in (("/v1/health", "get"), ("/v1/partners/{partner_id}/balance", "get"),
+                             ("/v1/plans/{plan_id}/versions/{version}", "delete")):
+        assert refused in document["paths"][template][method]["responses"]["422"]["description"], template
+    assert refused not in document["paths"]["/v1/adjustments"]["post"]["responses"]["422"]["description"]
+
+
 def test_the_problem_responses_carry_their_headers_and_say_when(document):
     responses = document["paths"]["/v1/payouts/{payout_id}/settle"]["post"]["responses"]
     assert responses["401"]["headers"]["WWW-Authenticate"]["required"] is True

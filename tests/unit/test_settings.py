@@ -141,6 +141,17 @@ def test_a_migration_url_of_the_same_database_by_another_role_host_or_port_is_ta
     assert settings.migration_database_url == migrated
 
 
+@pytest.mark.parametrize("url", ["postgresql://ap/p:s3cTAIL@127.0.0.1:1/revshare?connect_timeout=1",
+                                 "postgres://a/p@db.internal/revshare"])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_a_postgresql_url_with_a_slash_in_its_user_s_name_is_refused_showing_none_of_it(name, url):
+    # The driver took `ap` for the host and the rest, password too, for the database's name, and the
+    # URL was shown whole in the error of every command and in the scheduler's log at each retry.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message == f"{name} holds a / in its user's name: write it as %2F" and "TAIL" not in message
+    assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://a%2Fp:s/3c@db.internal/revshare"}).database_url
+
+
 @pytest.mark.parametrize("url", ["postgresql://web:p@ssw0rdTAIL@127.0.0.1:5432/revshare",
                                  "postgresql+psycopg://web:p@ss:w0rdTAIL@db.internal:5432/revshare",
                                  "postgres://we@b:s3cTAIL@db.internal/revshare",
