@@ -58,6 +58,13 @@ def without_password(url: str) -> str:
     return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
+def _misplaced_at(url: str) -> bool:
+    """An `@` after the first that the driver reads into the host, the database's name or a
+    parameter's name (the password ends at the first `@` for it); a parameter's value may hold one."""
+    place, _, query = url.partition("//")[2].partition("@")[2].partition("?")
+    return "@" in place or any("@" in pair.partition("=")[0] for pair in query.split("&"))
+
+
 def _user_name(url: str) -> str:
     """What a URL's credentials give before the password (empty without an `@`)."""
     credentials, at, _ = url.partition("//")[2].partition("@")
@@ -246,12 +253,12 @@ class Settings:
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {without_password(url)!r}")
-            if url is not None and url.startswith("postgresql") and url.count("@") > 1:
+            if url is not None and url.startswith("postgresql") and _misplaced_at(url):
                 # The driver takes what follows the first `@` for the host (and a `/` after it for the
                 # database's name), and its error named that host: a piece of the password, in the
-                # terminal and the scheduler's log. An @ in a name or parameter is written %40.
-                raise SettingsError(f"{PREFIX}{name} holds more than one @: write an @ of the user's name, "
-                                    "password, database or a parameter as %40")
+                # terminal and the scheduler's log.
+                raise SettingsError(f"{PREFIX}{name} holds an @ after the one before its host: write an @ of "
+                                    "the user's name, password or database as %40")
             if url is not None and url.startswith("postgresql") and "/" in _user_name(url):
                 # The driver ends the host at that `/` and takes the rest, password too, for the
                 # database's name: the URL was shown whole, with no password to mask.

@@ -164,8 +164,9 @@ def test_a_postgresql_url_with_a_second_at_not_encoded_is_refused_showing_none_o
     # of the password, from every command and in the scheduler's log at each retry; or a port that
     # is a number was said not to be one.
     message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
-    assert message == (f"{name} holds more than one @: write an @ of the user's name, password, database or a "
-                       "parameter as %40") and "TAIL" not in message
+    assert message == (f"{name} holds an @ after the one before its host: write an @ of the user's name, password "
+                       "or database as %40") and "TAIL" not in message
     assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://web:p%40ss@db.internal/revshare"}).database_url
-    assert Settings.from_env(
-        {"REVSHARE_DATABASE_URL": "postgresql://web:p%2Fs@db.internal/revs%40hare?application_name=a%40b"}).database_url
+    for taken in ("postgresql://web:p%2Fs@db.internal/revs%40hare?application_name=a%40b",
+                  "postgresql://web:s3c@db.internal/revshare?application_name=svc@host&sslrootcert=/home/a@b/ca.pem"):
+        assert Settings.from_env({"REVSHARE_DATABASE_URL": taken}).database_url == taken
