@@ -58,17 +58,23 @@ def without_password(url: str) -> str:
     return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
-def _misplaced_at(url: str) -> bool:
-    """An `@` after the first that the driver reads into the host, the database's name or a
-    parameter's name (the password ends at the first `@` for it); a parameter's value may hold one."""
-    place, _, query = url.partition("//")[2].partition("@")[2].partition("?")
-    return "@" in place or any("@" in pair.partition("=")[0] for pair in query.split("&"))
+# The credentials as SQLAlchemy reads them (a user name holds no `:` or `/`, a password no `@`),
+# ending at the first `@`: an `@` of the user's name is refused too, to be written `%40`.
+_CREDENTIALS = re.compile(r"[^:/@]*(?::[^@]*)?@")
 
 
-def _user_name(url: str) -> str:
-    """What a URL's credentials give before the password (empty without an `@`)."""
-    credentials, at, _ = url.partition("//")[2].partition("@")
-    return credentials.partition(":")[0] if at else ""
+def _misread(url: str) -> str | None:
+    """Why the driver would read a PostgreSQL URL's user name or password into its host, its
+    database's name or a parameter's name, and name that piece in its errors; None if it would not.
+    A parameter's value may hold an `@`."""
+    rest = url.partition("//")[2]
+    credentials = _CREDENTIALS.match(rest)
+    place, _, query = rest[credentials.end() if credentials else 0:].partition("?")
+    if "@" not in place and not any("@" in pair.partition("=")[0] for pair in query.split("&")):
+        return None
+    if credentials is None and "/" in place.partition("@")[0].partition(":")[0]:
+        return "holds a / in its user's name: write it as %2F"
+    return "holds an @ after the one before its host: write an @ of the user's name, password or database as %40"
 
 
 def _unreadable(url: str) -> str | None:
@@ -253,16 +259,11 @@ class Settings:
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {without_password(url)!r}")
-            if url is not None and url.startswith("postgresql") and _misplaced_at(url):
+            if url is not None and url.startswith("postgresql") and (misread := _misread(url)):
                 # The driver takes what follows the first `@` for the host (and a `/` after it for the
-                # database's name), and its error named that host: a piece of the password, in the
-                # terminal and the scheduler's log.
-                raise SettingsError(f"{PREFIX}{name} holds an @ after the one before its host: write an @ of "
-                                    "the user's name, password or database as %40")
-            if url is not None and url.startswith("postgresql") and "/" in _user_name(url):
-                # The driver ends the host at that `/` and takes the rest, password too, for the
-                # database's name: the URL was shown whole, with no password to mask.
-                raise SettingsError(f"{PREFIX}{name} holds a / in its user's name: write it as %2F")
+                # database's name), or, a user's name holding a `/`, what precedes it, and its error
+                # named that host: a piece of the password, in the terminal and the scheduler's log.
+                raise SettingsError(f"{PREFIX}{name} {misread}")
             if url is not None and (reason := _unreadable(url)):
                 raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is not a URL the database driver "
                                     f"can read: {reason}")

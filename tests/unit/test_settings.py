@@ -168,5 +168,6 @@ def test_a_postgresql_url_with_a_second_at_not_encoded_is_refused_showing_none_o
                        "or database as %40") and "TAIL" not in message
     assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://web:p%40ss@db.internal/revshare"}).database_url
     for taken in ("postgresql://web:p%2Fs@db.internal/revs%40hare?application_name=a%40b",
-                  "postgresql://web:s3c@db.internal/revshare?application_name=svc@host&sslrootcert=/home/a@b/ca.pem"):
+                  "postgresql://web:s3c@db.internal/revshare?application_name=svc@host&sslrootcert=/home/a@b/ca.pem",
+                  "postgresql://db.internal/revshare?application_name=svc@host", "postgresql://u:p@[::1]:5432/revshare"):
         assert Settings.from_env({"REVSHARE_DATABASE_URL": taken}).database_url == taken
