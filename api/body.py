@@ -85,11 +85,12 @@ def _chunked(req) -> bool:
 
 
 def _sends_bytes(req) -> bool:
-    """A declared length above zero, or a chunked body that holds a byte (the first is read, and the
-    request refused: a chunked body of no chunks is no body, as `Content-Length: 0` is none)."""
+    """A declared length above zero, or a chunked body that holds a byte: it is read (its framing
+    unread, or its stalling, is the 400 or 408 a POST's is), since a chunked body of no chunks is no
+    body, as `Content-Length: 0` is none."""
     if req.content_length is not None:
         return req.content_length > 0
-    return _chunked(req) and req.stream.read(1) != b""
+    return _chunked(req) and _body_bytes(req) != b""
 
 
 def _ours(req) -> bool:

@@ -58,23 +58,19 @@ def without_password(url: str) -> str:
     return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
-# The credentials as SQLAlchemy reads them (a user name holds no `:` or `/`, a password no `@`),
-# ending at the first `@`: an `@` of the user's name is refused too, to be written `%40`.
-_CREDENTIALS = re.compile(r"[^:/@]*(?::[^@]*)?@")
-
-
 def _misread(url: str) -> str | None:
-    """Why the driver would read a PostgreSQL URL's user name or password into its host, its
-    database's name or a parameter's name, and name that piece in its errors; None if it would not.
-    A parameter's value may hold an `@`."""
+    """Why the driver (SQLAlchemy's reading, whose password ends at the first `@` and whose user name
+    ends at a `/`) would read a piece of a PostgreSQL URL's password as its host or its database's
+    name, and name it in its errors, or show the URL with nothing masked; None if it would not."""
     rest = url.partition("//")[2]
-    credentials = _CREDENTIALS.match(rest)
-    place, _, query = rest[credentials.end() if credentials else 0:].partition("?")
-    if "@" not in place and not any("@" in pair.partition("=")[0] for pair in query.split("&")):
-        return None
-    if credentials is None and "/" in place.partition("@")[0].partition(":")[0]:
+    if rest.count("@") > 1:
+        return "holds more than one @: write an @ of the user's name, password, database or a parameter as %40"
+    credentials, at, _ = rest.partition("@")
+    if at and "?" in credentials:  # an @ in a parameter's value, read as the end of a password
+        return "holds an @ after a ?: write an @ of a parameter's value as %40, and a ? of the password as %3F"
+    if at and "/" in credentials.partition(":")[0]:
         return "holds a / in its user's name: write it as %2F"
-    return "holds an @ after the one before its host: write an @ of the user's name, password or database as %40"
+    return None
 
 
 def _unreadable(url: str) -> str | None:
@@ -260,9 +256,8 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {without_password(url)!r}")
             if url is not None and url.startswith("postgresql") and (misread := _misread(url)):
-                # The driver takes what follows the first `@` for the host (and a `/` after it for the
-                # database's name), or, a user's name holding a `/`, what precedes it, and its error
-                # named that host: a piece of the password, in the terminal and the scheduler's log.
+                # The host the driver read was named in its error: a piece of the password, in the
+                # terminal and the scheduler's log, under a URL shown masked.
                 raise SettingsError(f"{PREFIX}{name} {misread}")
             if url is not None and (reason := _unreadable(url)):
                 raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} is not a URL the database driver "

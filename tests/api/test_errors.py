@@ -200,6 +200,21 @@ def test_a_body_that_stops_arriving_is_a_408_not_a_bare_400(shared, chunked):
     assert "stopped arriving" in assert_problem(shared.client.open(Request(environ)), 408)["detail"]
 
 
+@pytest.mark.parametrize("stream, status", [(_BadChunks, 400), (_StalledBody, 408)], ids=["bad-chunks", "stalled"])
+@pytest.mark.parametrize("method, path", [("GET", "/v1/partners"), ("HEAD", "/v1/partners"),
+                                          ("DELETE", "/v1/plans/standard/versions/99")])
+def test_a_chunked_body_of_a_method_taking_none_read_to_tell_is_a_400_or_408_never_a_500(shared, stream, status,
+                                                                                         method, path):
+    # Read to tell a body of no chunks from one, its framing raised from the read: a 500.
+    environ = EnvironBuilder(path, method=method, content_type="application/json",
+                             headers=bearer(shared.keys.finance)).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
+                    "wsgi.input": io.BufferedReader(stream())})
+    response = shared.client.open(Request(environ))
+    assert response.status_code == status and response.mimetype == "application/problem+json"
+
+
 @pytest.mark.parametrize("method, path, role", [
     ("GET", "/v1/partners/p1%00", "finance"), ("GET", "/v1/partners/p1%00/balance", "finance"),
     ("GET", "/v1/partners/p1%00/statement?period=2026-01", "finance"), ("PATCH", "/v1/partners/p1%00", "finance"),

@@ -141,33 +141,43 @@ def test_a_migration_url_of_the_same_database_by_another_role_host_or_port_is_ta
     assert settings.migration_database_url == migrated
 
 
-@pytest.mark.parametrize("url", ["postgresql://ap/p:s3cTAIL@127.0.0.1:1/revshare?connect_timeout=1",
-                                 "postgres://a/p@db.internal/revshare"])
-@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
-def test_a_postgresql_url_with_a_slash_in_its_user_s_name_is_refused_showing_none_of_it(name, url):
-    # The driver took `ap` for the host and the rest, password too, for the database's name, and the
-    # URL was shown whole in the error of every command and in the scheduler's log at each retry.
-    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
-    assert message == f"{name} holds a / in its user's name: write it as %2F" and "TAIL" not in message
-    assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://a%2Fp:s/3c@db.internal/revshare"}).database_url
+_SLASH = "holds a / in its user's name: write it as %2F"
+_TWICE = "holds more than one @: write an @ of the user's name, password, database or a parameter as %40"
+_AFTER_QUERY = "holds an @ after a ?: write an @ of a parameter's value as %40, and a ? of the password as %3F"
 
 
-@pytest.mark.parametrize("url", ["postgresql://web:p@ssw0rdTAIL@127.0.0.1:5432/revshare",
-                                 "postgresql+psycopg://web:p@ss:w0rdTAIL@db.internal:5432/revshare",
-                                 "postgres://we@b:s3cTAIL@db.internal/revshare",
-                                 # A `/` after the first @ ended the host there, and the rest was the database's name.
-                                 "postgresql://web:Tr0ub4dor@s3cTAIL/x9@127.0.0.1:1/revshare",
-                                 "postgresql://web:p@sTAIL?x@127.0.0.1/revshare"])
+@pytest.mark.parametrize("url, refused", [
+    # The driver took `ap` for the host and the rest, password too, for the database's name: the URL
+    # was shown whole, with no password to mask.
+    ("postgresql://ap/p:s3cTAIL@127.0.0.1:1/revshare?connect_timeout=1", _SLASH),
+    ("postgres://a/p@db.internal/revshare", _SLASH),
+    # The driver took what follows the first @ for the host (a `/` after it ending the host), and its
+    # error named that host, a piece of the password; or a port that is a number was said not to be one.
+    ("postgresql://web:p@ssw0rdTAIL@127.0.0.1:5432/revshare", _TWICE),
+    ("postgresql+psycopg://web:p@ss:w0rdTAIL@db.internal:5432/revshare", _TWICE),
+    ("postgres://we@b:s3cTAIL@db.internal/revshare", _TWICE),
+    ("postgresql://web:Tr0ub4dor@s3cTAIL/x9@127.0.0.1:1/revshare", _TWICE),
+    ("postgresql://revshare:Ab@s3cTAIL/staple?sslmode=require@db.internal/revshare", _TWICE),
+    # With no credentials, an @ in a parameter's value is taken for the end of a password: what
+    # follows, `password=` too, for the host.
+    ("postgresql://db.internal:5432/revshare?application_name=rev@share&password=S3cTAIL", _AFTER_QUERY),
+    ("postgresql://db.internal:5432/revshare?user=revshare&password=abc@def:s3cTAIL", _AFTER_QUERY),
+    ("postgresql://ops/admin:pa?ss=w0rds3cTAIL@db.internal/revshare", _AFTER_QUERY),
+    ("postgresql://web:p@sTAIL?x@127.0.0.1/revshare", _TWICE),
+])
 @pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
-def test_a_postgresql_url_with_a_second_at_not_encoded_is_refused_showing_none_of_it(name, url):
-    # The driver took what follows the first @ for the host, and its error named that host, a piece
-    # of the password, from every command and in the scheduler's log at each retry; or a port that
-    # is a number was said not to be one.
+def test_a_postgresql_url_the_driver_would_read_a_password_s_piece_from_is_refused_showing_none_of_it(name, url,
+                                                                                                     refused):
+    # The host the driver read was named in the error of every command and in the scheduler's log at
+    # each retry, under a URL shown masked.
     message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
-    assert message == (f"{name} holds an @ after the one before its host: write an @ of the user's name, password "
-                       "or database as %40") and "TAIL" not in message
-    assert Settings.from_env({"REVSHARE_DATABASE_URL": "postgresql://web:p%40ss@db.internal/revshare"}).database_url
-    for taken in ("postgresql://web:p%2Fs@db.internal/revs%40hare?application_name=a%40b",
-                  "postgresql://web:s3c@db.internal/revshare?application_name=svc@host&sslrootcert=/home/a@b/ca.pem",
-                  "postgresql://db.internal/revshare?application_name=svc@host", "postgresql://u:p@[::1]:5432/revshare"):
-        assert Settings.from_env({"REVSHARE_DATABASE_URL": taken}).database_url == taken
+    assert message == f"{name} {refused}" and "TAIL" not in message
+
+
+@pytest.mark.parametrize("url", ["postgresql://web:p%40ss@db.internal/revshare",
+                                 "postgresql://a%2Fp:s/3c@db.internal/revshare",
+                                 "postgresql://web:p%2Fs@db.internal/revs%40hare?application_name=a%40b",
+                                 "postgresql://u:p@[::1]:5432/revshare", "postgresql://u:p#q@db.internal/revshare",
+                                 "postgresql://db.internal/revshare?host=/var/run/postgresql"])
+def test_a_postgresql_url_whose_at_and_slash_are_where_the_driver_reads_them_is_taken(url):
+    assert Settings.from_env({"REVSHARE_DATABASE_URL": url}).database_url == url
