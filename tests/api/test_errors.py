@@ -249,7 +249,7 @@ def test_a_read_sent_with_a_body_is_a_422_naming_it_not_an_answer_that_ignored_i
 
 @pytest.mark.parametrize("body, status", [(b"", 200), (b"{}", 422)])
 def test_a_chunked_read_is_refused_only_when_its_chunks_hold_a_byte(shared, body, status):
-    # Zero chunks were taken for a body, where `Content-Length: 0` was not.
+    # A chunked body of no chunks is no body, as `Content-Length: 0` is none.
     environ = EnvironBuilder("/v1/partners/p1/balance", method="GET", content_type="application/json",
                              headers=bearer(shared.keys.p1), data=body).get_environ()
     environ.pop("CONTENT_LENGTH", None)
