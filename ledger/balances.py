@@ -284,15 +284,16 @@ def _rows(session: Session, totals: Totals, bounded: Reads, names: dict[str, str
     if before_us is None:
         return [row[:-1] for row in session.execute(totals.now, names)]
     rows = session.execute(totals.as_of, {**names, "bound_us": before_us}).all()
-    stale = {row[0] for row in rows if row[-3] >= before_us}  # by account: all its currencies
+    latest = _AS_OF_LATEST  # each row: the answer's columns, its latest line instant, the closes around
+    stale = {row[0] for row in rows if row[latest] >= before_us}  # by account: all its currencies
     if not stale:
-        return [row[:-3] for row in rows]
-    since_us, following_us = rows[0][-2:]
-    way, bounds = _nearer_end(before_us, max(row[-3] for row in rows if row[0] in stale), since_us, following_us)
+        return [row[:latest] for row in rows]
+    since_us, following_us = rows[0][latest + 1:]
+    way, bounds = _nearer_end(before_us, max(row[latest] for row in rows if row[0] in stale), since_us, following_us)
     if (bounded_named is None or len(stale) > IN_LIST_MAX or len(stale) == len({row[0] for row in rows})
             or not reads_one_snapshot(session)):
         return _summed(session.execute(bounded[way], {**bounds, **names}))
-    fresh = [row[:-3] for row in rows if row[0] not in stale]
+    fresh = [row[:latest] for row in rows if row[0] not in stale]
     return fresh + _summed(session.execute(bounded_named[way], {**bounds, "stale_names": sorted(stale)}))
 
 
@@ -316,6 +317,7 @@ _CLOSES_AROUND = (  # the latest close's end at or before :bound_us, else the fi
     select(func.min(period_closes.c.ends_at_us))
     .where(period_closes.c.ends_at_us > bindparam("bound_us", type_=BigInteger)).scalar_subquery()
     .label("following_us"))
+_AS_OF_LATEST = -1 - len(_CLOSES_AROUND)  # where a `Totals.as_of` row holds its latest line instant
 _ONE_PARTNER = {postgres: _each_way(lambda way: _one_partner_statement(way, postgres)) for postgres in (False, True)}
 _EVERY_ACCOUNT = _each_way(lambda way: _accounts_statement(way, None))
 _PARTNER_ACCOUNTS = _each_way(lambda way: _accounts_statement(
