@@ -22,7 +22,7 @@ from __future__ import annotations
 from types import CodeType, FunctionType
 from typing import Any, Callable
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from api import auth, body, errors, openapi, pagination, session
 from api.routes import BLUEPRINTS
@@ -41,6 +41,17 @@ LOCK_WAIT_S = 10.0
 SYNC_CODES_CACHED_MAX = 1_000
 
 
+class NoStoreResponse(Response):
+    """Every answer carries `Cache-Control: no-store`: balances, statements and payouts are one
+    partner's money, and no browser or proxy in between is to keep them (shared caches keep no
+    answer to a request with `Authorization`, but a browser's own cache or a misconfigured proxy
+    may, heuristically, without validators). The documents and the health check are cheap to ask again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers.setdefault("Cache-Control", "no-store")
+
+
 class App(Flask):
     """Flask, remembering which functions are plain `def`s. Flask asks `inspect.iscoroutinefunction`
     of every hook and view wrapper on every request (eight times a revenue event POST, nine function
@@ -48,6 +59,8 @@ class App(Flask):
     `inspect.markcoroutinefunction` leaves on the function, from Python 3.12), so the code is what is
     remembered: a function made for one request and remembered itself kept that request's objects
     alive (its closure) long after it, and filled the room meant for the app's own."""
+
+    response_class = NoStoreResponse
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -88,7 +88,7 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     session = current_session()
     parsed = json_body()
     body = canonical_json({} if parsed is None else parsed)  # where a body is optional, none means {}
-    path = request.path[:PATH_LENGTH_MAX]
+    path = _route_path()
     asked = idempotency.request_hash(request.method, path, body)
     idempotency.claim(session, key_id, key)
     stored = idempotency.find(session, key_id, key)
@@ -147,6 +147,15 @@ def _check_key(key: str) -> None:
                               "values joined by commas)")
 
 
+def _route_path() -> str:
+    """The path as its route reads it: `/v1/payouts/0108/settle` names payout 108 as
+    `/v1/payouts/108/settle` does (the id converter reads both as 108), so a retry sent either way is
+    the same request, not a 409 naming another path."""
+    rule, view_args = request.url_rule, request.view_args
+    path = request.path if rule is None or not view_args else rule.build(view_args, append_unknown=False)[1]
+    return path[:PATH_LENGTH_MAX]
+
+
 def _stored_body(response: Response, redact: tuple[str, ...]) -> str:
     if not redact:
         return response.get_data(as_text=True)
@@ -156,7 +165,7 @@ def _stored_body(response: Response, redact: tuple[str, ...]) -> str:
 
 
 def _answer(stored: StoredRequest, key: str, asked: str, body: str) -> Response:
-    same_route = (stored.method, stored.path) == (request.method, request.path[:PATH_LENGTH_MAX])
+    same_route = (stored.method, stored.path) == (request.method, _route_path())
     # Records stored before no body was compared as {} hold the body as null: the same request.
     if stored.request_hash == asked or (same_route and {stored.request_body, body} <= _NO_BODY):
         return current_app.response_class(stored.response_body, status=stored.status_code,

@@ -111,6 +111,7 @@ def test_each_role_reaches_exactly_its_routes(shared, role, name):
     response = call(shared.client, getattr(shared.keys, role), route)
     expected = expected_status(role, route)
     assert response.status_code == expected, response.data
+    assert response.headers["Cache-Control"] == "no-store"  # one partner's money, kept by no cache on the way
     if expected == 200:
         assert response.mimetype == ("text/csv" if "csv" in name else "application/json")
         return
@@ -192,7 +193,8 @@ def _matches(app, rule, route: Route) -> bool:
 
 @pytest.mark.parametrize("public", ["/v1/health", "/v1/openapi.json", "/docs"])
 def test_health_and_docs_need_no_key(shared, public):
-    assert shared.client.get(public).status_code == 200
+    answer = shared.client.get(public)
+    assert (answer.status_code, answer.headers["Cache-Control"]) == (200, "no-store")
 
 
 def ids(response) -> list[int]:

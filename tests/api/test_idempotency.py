@@ -54,6 +54,7 @@ def test_a_retry_with_the_same_key_and_body_replays_the_original(scratch):
                                 headers=bearer(scratch.keys.finance) | {"Idempotency-Key": key})
     assert again.status_code == 201
     assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Cache-Control"] == "no-store"
     assert again.get_json() == first.get_json()
     assert reversals_of(scratch.database, first.get_json()["reverses_id"]) == 1
 
@@ -96,6 +97,19 @@ def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):
     elsewhere = post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key)
     assert elsewhere.status_code == 409
     assert set(elsewhere.get_json()["errors"]) == {"Idempotency-Key"}
+
+
+def test_an_id_spelt_with_leading_zeros_is_the_same_path(scratch):
+    # The route reads /0108/ as 108; the key compared the path as sent, and the retry was a 409
+    # naming Idempotency-Key ("already used for POST /v1/transactions/108/reversal").
+    key, path = unique(), reversal_path(scratch)
+    transaction_id = path.split("/")[3]
+    first = post(scratch.client, scratch.keys.finance, path, {"reason": "x"}, key)
+    again = post(scratch.client, scratch.keys.finance, path.replace(f"/{transaction_id}/", f"/00{transaction_id}/"),
+                 {"reason": "x"}, key)
+    assert (first.status_code, again.status_code, again.headers.get("Idempotent-Replayed")) == (201, 201, "true")
+    assert again.get_json() == first.get_json()
+    assert reversals_of(scratch.database, int(transaction_id)) == 1
 
 
 def test_the_same_key_without_a_body_on_another_path_is_a_409_naming_the_header(client, keys):
