@@ -28,6 +28,31 @@ from ledger.guards import verify_guards
 from ledger.settings import NOT_UTF8, Settings, SettingsError, without_password
 
 
+# A document (a statement, a trial balance) is written in pieces of this many characters, each
+# flushed: at most 8 KiB of UTF-8, Python's buffer. Written whole, a short write (a disk that filled,
+# a pipe's reader gone after reading some) dropped the rest without an error, and the command exited
+# 0 with its output cut mid-line; flushed in pieces, the write that fails raises.
+OUTPUT_PIECE_CHARS = 2_048
+
+
+class OutputFailed(Exception):
+    """Standard output could not be written (a full disk): `revshare` says so and exits 2."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+
+
+def echo_document(text: str) -> None:
+    """`text` on standard output, whole or not at all without an error (`OUTPUT_PIECE_CHARS`)."""
+    try:
+        for start in range(0, len(text), OUTPUT_PIECE_CHARS):
+            click.echo(text[start:start + OUTPUT_PIECE_CHARS], nl=False)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(error) from error
+
+
 def pass_settings(command: Callable) -> Callable:
     """Give `command` the settings as its first argument, read from the environment when a command
     first runs, not when `revshare` starts: a bad setting's error then answered `revshare statement
@@ -479,7 +504,7 @@ def statement(settings: Settings, partner_id: str, period: str, output: str) -> 
             get_partner(session, partner_id)
             result = build(session, partner_id, period)
     rendered = {"text": to_text, "csv": to_csv, "json": lambda s: json.dumps(to_data(s), indent=2) + "\n"}[output]
-    click.echo(rendered(result), nl=False)
+    echo_document(rendered(result))
 
 
 @click.command("trial-balance")
@@ -503,9 +528,9 @@ def trial_balance(settings: Settings, as_of: str | None) -> None:
             for row in report.rows]
     rows += [("total", total.currency, format_minor(total.debit_minor, total.currency),
               format_minor(total.credit_minor, total.currency)) for total in report.totals]
-    click.echo(f"trial balance as of {format_instant(before_us)}")
-    click.echo(trial_balance_table([("account", "cur", "debit", "credit", "balance"), *rows]))
-    click.echo("balanced" if report.balanced else "NOT BALANCED")
+    table = trial_balance_table([("account", "cur", "debit", "credit", "balance"), *rows])
+    echo_document(f"trial balance as of {format_instant(before_us)}\n{table}\n"
+                  + ("balanced\n" if report.balanced else "NOT BALANCED\n"))
     if not report.balanced:
         sys.exit(1)
 

@@ -1,9 +1,10 @@
 """`revshare`: parse arguments, build the settings, call the domain, print, choose the exit code.
 
 Exit codes: 0 success; 1 the books have problems (`verify`), `import` refused events, or the trial
-balance does not balance; 2 bad usage or bad input, or a database that cannot be used; 141 the
-output's reader went away before it was written (a pipe into `head` that had read enough), as a
-shell reports a process that SIGPIPE stopped.
+balance does not balance; 2 bad usage or bad input, a database that cannot be used, or an output
+that cannot be written (a full disk); 130 stopped by SIGINT (Ctrl-C); 141 the output's reader went
+away before it was written (a pipe into `head` that had read enough), as a shell reports a process
+that SIGPIPE stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 import click
 
-from cli.books import TEXT, pass_settings
+from cli.books import TEXT, OutputFailed, pass_settings
 from ledger.schema import API_ROLES
 from ledger.settings import Settings, without_password
 
@@ -22,18 +23,45 @@ from ledger.settings import Settings, without_password
 OUTPUT_CLOSED = 141
 
 
+# 128 + SIGINT: click printed "Aborted!" and exited 1 (books with problems) for a Ctrl-C.
+INTERRUPTED = 130
+
+
 class _Revshare(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             try:
                 return super().invoke(ctx)
-            finally:  # what is buffered meets the closed pipe here, not at the interpreter's exit
-                if sys.stdout is not None:
-                    sys.stdout.flush()
+            finally:  # what is buffered meets the closed pipe or the full disk here, not at the interpreter's exit
+                _flush_output()
         except BrokenPipeError:
-            # Python's advice: point stdout at devnull, so that the flush at exit does not fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _output_to_devnull()
             sys.exit(OUTPUT_CLOSED)
+        except OutputFailed as failed:
+            _output_to_devnull()
+            click.echo(f"error: cannot write the output: {failed}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:  # `import` stops on its own (130); the others' transaction in flight rolled back
+            click.echo("stopped by SIGINT: its transaction in flight rolled back, and what it committed before "
+                       "stands (a close's releases of matured holds); run the command again to finish", err=True)
+            sys.exit(INTERRUPTED)
+
+
+def _flush_output() -> None:
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(error) from error
+
+
+def _output_to_devnull() -> None:
+    """Python's advice for a closed pipe: point stdout at devnull, so that the flush at exit of what
+    stayed buffered does not fail again (it printed "Exception ignored" and exited 120)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.group(cls=_Revshare)

@@ -752,6 +752,75 @@ def test_output_to_a_closed_pipe_exits_141_not_1(seeded, command):
     assert subprocess.run([REVSHARE, *command], env=env, capture_output=True, timeout=120).returncode == 0
 
 
+def cli_environment(database) -> dict:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": database.url}
+
+
+@pytest.mark.parametrize("command", [("statement", "northwind", "--period", "2026-01", "--format", "json"),
+                                     ("trial-balance",)])
+def test_output_to_a_full_disk_exits_2_saying_so(seeded, command):
+    # /dev/full refuses every write with ENOSPC: the command ended in a traceback, exit 1 (books with problems).
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=2))
+    with open("/dev/full", "wb") as full:
+        ran = subprocess.run([REVSHARE, *command], env=cli_environment(seeded), stdout=full, stderr=subprocess.PIPE,
+                             timeout=120)
+    assert ran.returncode == 2 and b"error: cannot write the output: No space left on device" in ran.stderr, ran
+    assert b"Traceback" not in ran.stderr and b"Exception ignored" not in ran.stderr
+
+
+def test_a_statement_whose_reader_goes_away_midway_exits_141_not_0(seeded):
+    """Written whole, the statement met the closed pipe in one write that wrote part of it: Python
+    dropped the rest without an error, and the command exited 0 with its output cut."""
+    with seeded.transaction() as session:
+        revenue.ingest(session, [paid(f"big-{n}", "acme", f"inv-big-{n}", 1_000 + n, "2026-01-15") for n in range(600)])
+    command = [REVSHARE, "statement", "northwind", "--period", "2026-01", "--format", "json"]
+    whole = subprocess.run(command, env=cli_environment(seeded), capture_output=True, timeout=120)
+    assert whole.returncode == 0 and len(whole.stdout) > 2 * 65_536  # more than a pipe holds, twice over
+    reader, writer = os.pipe()
+    try:
+        process = subprocess.Popen(command, env=cli_environment(seeded), stdout=writer, stderr=subprocess.PIPE)
+    finally:
+        os.close(writer)
+    try:
+        assert os.read(reader, 100)  # the command is writing: it fills the pipe and waits
+    finally:
+        os.close(reader)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141 and b"Traceback" not in stderr and b"Exception ignored" not in stderr
+
+
+def test_a_command_stopped_by_ctrl_c_exits_130_what_committed_standing_and_run_again_finishes(seeded, monkeypatch):
+    # click printed "Aborted!" and exited 1, the code of books with problems, for a close or a verify.
+    from ledger import periods
+
+    def releases() -> int:
+        with seeded.reader() as session:
+            return session.execute(select(func.count()).select_from(journal_transactions)
+                                   .where(journal_transactions.c.kind == "release")).scalar_one()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with seeded.transaction() as session:
+        revenue.ingest(session, monthly_events(months=3))
+    assert invoke(seeded.url, "close", "2026-01").exit_code == 0
+    with monkeypatch.context() as patched:
+        patched.setattr(periods, "close_period", interrupted)
+        patched.setattr("ledger.verify.verify", interrupted)
+        stopped = invoke(seeded.url, "close", "2026-02")
+        released = releases()
+        checked = invoke(seeded.url, "verify")
+    for result in (stopped, checked):
+        assert result.exit_code == 130 and "stopped by SIGINT" in result.output, result.output
+        assert "Aborted!" not in result.output
+    with seeded.reader() as session:
+        assert session.execute(select(period_closes.c.period)).scalars().all() == ["2026-01"]
+    assert released > 0  # posted before the close was stopped, and standing
+    again = invoke(seeded.url, "close", "2026-02")
+    assert again.exit_code == 0 and again.output.startswith("released: 0\nclosed 2026-02: "), again.output
+    assert invoke(seeded.url, "verify").exit_code == 0
+
+
 def test_other_csv_columns_are_not_read_named_twice_or_unnamed(seeded, tmp_path):
     # A spreadsheet's export ending in two empty columns was refused whole, "CSV header names  more than once".
     rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at,note,note,,",
