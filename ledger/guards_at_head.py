@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0051'
+REVISION = '0052'
 
 GUARDS = {
     'sqlite': {

@@ -78,7 +78,8 @@ def test_the_application_role_closes_a_period_storing_its_statement_documents_an
 
 
 @pytest.mark.parametrize("function", [
-    "period_closes_store_statement_documents", "journal_lines_add_to_totals", "program_revision_bump"])
+    "period_closes_store_statement_documents", "journal_lines_add_to_totals", "program_revision_bump",
+    "program_withdrawals_held"])
 def test_the_application_role_may_not_attach_the_databases_own_writers_to_a_table_of_its_own(app_database, function):
     # They run as their owner: attached to a table of the role's own, they would write what the
     # role may only read (statement documents for a month still open, running totals, the revision).
@@ -154,6 +155,16 @@ def test_every_function_of_the_schema_runs_without_jit_compilation(postgres_data
             "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = 'public' AND NOT coalesce('jit=off' = ANY(p.proconfig), false) ORDER BY 1")).scalars().all()
     assert compiled == []
+
+
+def test_no_function_of_the_schema_that_runs_as_its_owner_may_be_executed_by_every_role(postgres_database):
+    # Migration 0052: 0040's withdrawal function was executable by PUBLIC (no ACL is PUBLIC's EXECUTE).
+    with postgres_database.reader() as session:
+        definers = dict(session.execute(sa.text(
+            "SELECT p.proname, p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a "
+            "WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.prosecdef")).all())
+    assert len(definers) >= 5 and [name for name, public in definers.items() if public] == []
 
 
 def test_every_function_of_the_schema_reads_it_before_temporary_objects(postgres_database):
