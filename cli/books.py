@@ -129,21 +129,13 @@ def opened(settings: Settings, options: dict[str, str] | None = None) -> Iterato
         database.dispose()
 
 
-NEWER_CODE = "the database was migrated by newer code: run that code, or restore the database of this one"
-
-
 def _refuse_other_revision(url: str, revision: str | None) -> None:
-    """Exit 2 unless the database is at the code's latest revision: a command run before `revshare db
-    upgrade` (new code deployed) failed only where it used a table or column the database lacked,
-    and one that used none (a close, a payout run) wrote its books without the rules of the
-    migrations not yet run."""
-    from ledger.migrate import head_revision, known_revisions
+    """Exit 2 unless the database is at the code's latest revision (`ledger.migrate.revision_unlike_code`)."""
+    from ledger.migrate import revision_unlike_code
 
-    head = head_revision()
-    if revision != head:
-        fix = "run `revshare db upgrade` first" if revision is None or revision in known_revisions() else NEWER_CODE
-        click.echo(f"error: cannot use the database {without_password(url)!r}: it is at revision {revision}, "
-                   f"the service's latest is {head}\n  {fix}", err=True)
+    unlike = revision_unlike_code(revision)
+    if unlike is not None:
+        click.echo(f"error: cannot use the database {without_password(url)!r}: {unlike}", err=True)
         sys.exit(2)
 
 

@@ -80,8 +80,8 @@ def db_upgrade(settings: Settings) -> None:
     """Apply every migration (as the owner URL when REVSHARE_MIGRATION_DATABASE_URL is set)."""
     from alembic.util.exc import CommandError
 
-    from cli.books import NEWER_CODE, database_errors
-    from ledger.migrate import current_revision, known_revisions, upgrade
+    from cli.books import database_errors
+    from ledger.migrate import NEWER_CODE, current_revision, known_revisions, upgrade
 
     url = settings.migration_database_url or settings.database_url
     with database_errors(url, migrating=True):

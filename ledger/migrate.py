@@ -49,6 +49,22 @@ def head_revision() -> str:
     return _scripts().get_current_head()
 
 
+NOT_MIGRATED_FIX = "run `revshare db upgrade` first"
+NEWER_CODE = "the database was migrated by newer code: run that code, or restore the database of this one"
+
+
+def revision_unlike_code(revision: str | None) -> str | None:
+    """What keeps this code from a database at `revision`, and the fix; None when it is at the head.
+    Code run before `revshare db upgrade` (new code deployed) failed only where it used a table or
+    column the database lacked, and where it used none (a close, a payout run) wrote its books
+    without the rules of the migrations not yet run."""
+    head = head_revision()
+    if revision == head:
+        return None
+    fix = NOT_MIGRATED_FIX if revision is None or revision in known_revisions() else NEWER_CODE
+    return f"it is at revision {revision}, the service's latest is {head}\n  {fix}"
+
+
 def known_revisions() -> set[str]:
     """Every revision of the migrations this code holds."""
     return {script.revision for script in _scripts().walk_revisions()}

@@ -233,6 +233,31 @@ def test_serve_runs_gunicorn_answering_on_the_given_port(sqlite_database):
     assert process.returncode == 0, errors.decode()[-2000:]
 
 
+def test_gunicorn_started_on_its_own_stops_on_a_database_behind_the_code_and_serves_it_once_migrated(tmp_path):
+    # `gunicorn wsgi:app` (the README's entry point) served and posted on a database at 0049 or
+    # 0040, which `revshare serve` refuses: no revision was checked but by the command line.
+    from ledger.migrate import current_revision, upgrade
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade(url, "0040")
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("REVSHARE_")}
+    command = [str(REVSHARE.with_name("gunicorn")), "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", "wsgi:app"]
+    stopped = subprocess.run(command, env={**environment, "REVSHARE_DATABASE_URL": url}, cwd=REPOSITORY,
+                             capture_output=True, timeout=120)
+    assert stopped.returncode != 0 and "is at revision 0040, the service's latest is" in stopped.stderr.decode()
+    assert "run `revshare db upgrade` first" in stopped.stderr.decode() and current_revision(url) == "0040"
+    upgrade(url)
+    port = free_port()
+    command[2] = f"127.0.0.1:{port}"
+    process = subprocess.Popen(command, env={**environment, "REVSHARE_DATABASE_URL": url}, cwd=REPOSITORY,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/v1/health") == (200, b'{"status":"ok"}\n')
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
 @contextlib.contextmanager
 def serving(database_url: str, *, workers: int = 1):
     """`revshare serve` of this checkout (not the installed script's) on a free port, until the block
