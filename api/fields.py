@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import marshmallow as ma
@@ -146,28 +146,17 @@ class _Parsed(ma.fields.String):
 
 
 class Instant(_Parsed):
-    """An RFC 3339 instant with an offset, as integer microseconds since the epoch. Digits beyond the
-    microsecond are rounded down: an instant that happened, as clocks truncate."""
+    """An RFC 3339 instant with an offset, as integer microseconds since the epoch."""
 
     text_length_max = INSTANT_TEXT_MAX
     openapi = {"format": "date-time", "example": "2026-01-20T00:00:00Z",
                "description": "RFC 3339 instant with an offset"}
-    rounding = ROUND_FLOOR
 
     def parse(self, text: str, field: str) -> int:
-        return parse_instant(text, field=field, rounding=self.rounding)
+        return parse_instant(text, field=field)
 
     def format(self, value: int) -> str:
         return format_instant(value)
-
-
-class StartInstant(Instant):
-    """When a dated fact (a partner's status) starts, an instant: digits beyond the microsecond are
-    rounded up, so that the fact holds from the first microsecond at or after the instant written,
-    never before it. Rounded down, a version starting at 10:00:00.0000001 applied to a payment at
-    10:00:00, 100 ns before it."""
-
-    rounding = ROUND_CEILING
 
 
 class AsOf(Instant):
@@ -183,9 +172,8 @@ class AsOf(Instant):
         return parse_as_of(text, field=field)
 
 
-class Start(StartInstant):
-    """When a dated fact (a plan version, a partner's plan) starts: an instant, rounded up as
-    `StartInstant`'s, or a date meaning the start of that day in UTC."""
+class Start(Instant):
+    """When a dated fact starts: an instant, or a date meaning the start of that day in UTC."""
 
     openapi = {"example": "2026-04-01", "description": "an RFC 3339 instant, or a date YYYY-MM-DD meaning the "
                                                        "start of that day (UTC)"}
@@ -193,7 +181,7 @@ class Start(StartInstant):
     def parse(self, text: str, field: str) -> int:
         if len(text) == len("YYYY-MM-DD"):
             return start_of_day_us(parse_date(text, field=field))
-        return parse_instant(text, field=field, rounding=self.rounding)
+        return parse_instant(text, field=field)
 
 
 class Date(_Parsed):

@@ -23,7 +23,7 @@ from werkzeug.datastructures import MIMEAccept
 
 from api.auth import allow, partner_scope, require_visible
 from api.body import Blueprint
-from api.fields import AsOf, Instant, PartnerId, Period, Start, StartInstant, Str
+from api.fields import AsOf, Instant, PartnerId, Period, Start, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
 from api.pagination import Listing, page_query, page, page_schema
@@ -59,7 +59,7 @@ class PartnerChangeSchema(Schema):
     """Exactly one of: a status change, or a plan change."""
 
     status = Str(16, validate=ma.validate.OneOf(PARTNER_STATUSES))
-    effective_at = StartInstant(metadata={"description": "with `status`: when it starts; default now"})
+    effective_at = Instant(metadata={"description": "with `status`: when it starts; default now"})
     plan_id = PartnerId()
     effective_from = Start(metadata={"description": "with `plan_id`: when the new plan starts"})
 

@@ -384,20 +384,3 @@ def test_a_change_starting_within_fifteen_minutes_is_a_409_and_stays(call):
     assert errors_of(refused, 409) == set()
     assert "more than fifteen minutes ahead" in refused.get_json()["detail"]
     assert call.read(f"/v1/partners/{partner_id}")["scheduled"] == [change]
-
-
-def test_a_dated_change_starts_at_the_first_microsecond_not_before_the_instant_written(call):
-    # Digits past the microsecond were floored, so a change started up to a microsecond before the
-    # instant sent (and was echoed so); a start is a bound and is rounded up.
-    partner_id, plan_id = call.partner(), unique("plan")
-    call.created("/v1/plans", plan_body(plan_id))
-    ahead = (date.today() + timedelta(days=30)).isoformat()
-    status = {"status": "suspended", "effective_at": f"{ahead}T00:00:00.0000001Z"}
-    plan = {"plan_id": plan_id, "effective_from": f"{ahead}T01:00:00.000000900Z"}
-    expect(call.patch(f"/v1/partners/{partner_id}", status), 200)
-    scheduled = expect(call.patch(f"/v1/partners/{partner_id}", plan), 200)["scheduled"]
-    assert [(change.get("effective_at"), change.get("effective_from")) for change in scheduled] == [
-        (f"{ahead}T00:00:00.000001Z", None), (None, f"{ahead}T01:00:00.000001Z")]
-    exact = {"status": "terminated", "effective_at": f"{ahead}T02:00:00.000000000Z"}  # zeros: nothing to round
-    scheduled = expect(call.patch(f"/v1/partners/{partner_id}", exact), 200)["scheduled"]
-    assert scheduled[-1]["effective_at"] == f"{ahead}T02:00:00Z"

@@ -162,22 +162,3 @@ def test_a_version_not_started_is_withdrawn_by_finance_its_number_kept_and_a_par
     for other in ("x", "\uff13", "-3", "3.0"):  # a full-width 3, ...: no version's number
         assert call.delete(f"/v1/plans/{plan_id}/versions/{other}").status_code == 404
     assert call.read(f"/v1/plans/{plan_id}")["version"] == 3
-
-
-def test_a_version_starting_past_a_microsecond_applies_from_the_next_one_not_to_a_payment_before_it(call):
-    # Floored, `effective_from` 00:00:00.0000001 started the version at 00:00:00, and a payment at
-    # 00:00:00, 100 ns before the version, earned its rate.
-    plan_id = unique("plan")
-    first = call.created("/v1/plans", plan_body(plan_id))["versions"][0]
-    terms = {key: value for key, value in plan_body(plan_id, rates=[{"from_month": 1, "rate": "0.10"}]).items()
-             if key not in ("id", "name")}
-    second = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-03-01T00:00:00.0000001Z"})
-    assert second["effective_from"] == "2026-03-01T00:00:00.000001Z"
-    customer = unique("cust")
-    call.attribute(customer, call.partner(plan_id=plan_id))
-    for occurred_at, amount, version in (("2026-03-01T00:00:00.0000009Z", "20.00", first),
-                                         ("2026-03-01T00:00:00.000001Z", "10.00", second)):
-        posted = call.event(unique("evt"), customer, unique("inv"), "100.00", occurred_at)
-        assert posted["commissions"][0]["amount"] == money(amount)
-        transaction = call.read(f"/v1/transactions/{posted['transaction_ids'][0]}")
-        assert transaction["plan_version_id"] == version["plan_version_id"]
