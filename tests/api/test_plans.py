@@ -162,3 +162,25 @@ def test_a_version_not_started_is_withdrawn_by_finance_its_number_kept_and_a_par
     for other in ("x", "\uff13", "-3", "3.0"):  # a full-width 3, ...: no version's number
         assert call.delete(f"/v1/plans/{plan_id}/versions/{other}").status_code == 404
     assert call.read(f"/v1/plans/{plan_id}")["version"] == 3
+
+
+def test_a_payment_stamped_as_a_version_starts_earns_that_version_to_the_microsecond(call):
+    # Every instant is floored to its microsecond, a start too: a payment sent with the very
+    # timestamp a version starts at (seven digits, as .NET writes them), or later within its
+    # microsecond, earns that version; one a microsecond before earns the version before it.
+    # Rounding a start up instead (tried) priced a payment at the start's own timestamp as before it.
+    plan_id = unique("plan")
+    first = call.created("/v1/plans", plan_body(plan_id))["versions"][0]
+    terms = {key: value for key, value in plan_body(plan_id, rates=[{"from_month": 1, "rate": "0.10"}]).items()
+             if key not in ("id", "name")}
+    second = call.created(f"/v1/plans/{plan_id}/versions", {**terms, "effective_from": "2026-03-01T00:00:00.1234567Z"})
+    assert second["effective_from"] == "2026-03-01T00:00:00.123456Z"
+    customer = unique("cust")
+    call.attribute(customer, call.partner(plan_id=plan_id))
+    for occurred_at, amount, version in (("2026-03-01T00:00:00.1234567Z", "10.00", second),
+                                         ("2026-03-01T00:00:00.1234569Z", "10.00", second),
+                                         ("2026-03-01T00:00:00.123455Z", "20.00", first)):
+        posted = call.event(unique("evt"), customer, unique("inv"), "100.00", occurred_at)
+        assert posted["commissions"][0]["amount"] == money(amount), occurred_at
+        transaction = call.read(f"/v1/transactions/{posted['transaction_ids'][0]}")
+        assert transaction["plan_version_id"] == version["plan_version_id"]
