@@ -42,7 +42,7 @@ SYNC_CODES_CACHED_MAX = 1_000
 
 
 class NoStoreResponse(Response):
-    """Every answer carries `Cache-Control: no-store`: balances, statements and payouts are one
+    """Every answer of the app carries `Cache-Control: no-store`: balances, statements and payouts are one
     partner's money, and no browser or proxy in between is to keep them (shared caches keep no
     answer to a request with `Authorization`, but a browser's own cache or a misconfigured proxy
     may, heuristically, without validators). The documents and the health check are cheap to ask again."""

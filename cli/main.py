@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the books have problems (`verify`), `import` refused events, or the trial
 balance does not balance; 2 bad usage or bad input, a database that cannot be used, or an output
-that cannot be written (a full disk); 130 stopped by SIGINT (Ctrl-C); 141 the output's reader went
+that cannot be written (a full disk); 130 stopped by SIGINT (Ctrl-C; `serve` and `scheduler` stop
+cleanly on it, 0); 141 the output's reader went
 away before it was written (a pipe into `head` that had read enough), as a shell reports a process
 that SIGPIPE stopped.
 """
@@ -37,9 +38,12 @@ class _Revshare(click.Group):
         except BrokenPipeError:
             _output_to_devnull()
             sys.exit(OUTPUT_CLOSED)
-        except OutputFailed as failed:
+        except (OutputFailed, OSError) as failed:
+            if not isinstance(failed, OutputFailed) and not _refused_to_echo(failed):
+                raise  # not the output's: a bug, whose traceback is wanted
             _output_to_devnull()
-            click.echo(f"error: cannot write the output: {failed}", err=True)
+            reason = failed if isinstance(failed, OutputFailed) else OutputFailed(failed)
+            click.echo(f"error: cannot write the output: {reason} (what the command committed stands)", err=True)
             sys.exit(2)
         except KeyboardInterrupt:  # `import` stops on its own (130); the others' transaction in flight rolled back
             click.echo("stopped by SIGINT: its transaction in flight rolled back, and what it committed before "
@@ -56,6 +60,15 @@ def _flush_output() -> None:
         raise
     except OSError as error:
         raise OutputFailed(error) from error
+
+
+def _refused_to_echo(error: OSError) -> bool:
+    """Whether `error` was raised writing a command's own lines (verify's problems, an import's
+    summary; `click.echo`, not `echo_document`): a full disk refused them, and nothing else."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code is click.echo.__code__
 
 
 def _output_to_devnull() -> None:

@@ -112,6 +112,23 @@ def test_an_id_spelt_with_leading_zeros_is_the_same_path(scratch):
     assert reversals_of(scratch.database, int(transaction_id)) == 1
 
 
+def test_a_record_stored_with_the_path_as_sent_replays_a_retry_sent_so(scratch):
+    # Records written before the path was compared as its route reads it hold `/00N/` as sent: a
+    # byte-identical retry of such a request, after an upgrade, is a replay, not a 409 naming its own path.
+    key, path = unique(), reversal_path(scratch)
+    transaction_id = path.split("/")[3]
+    as_sent = path.replace(f"/{transaction_id}/", f"/00{transaction_id}/")
+    first = post(scratch.client, scratch.keys.finance, as_sent, {"reason": "x"}, key)
+    stored_hash = idempotency.request_hash("POST", as_sent, idempotency.canonical_json({"reason": "x"}))
+    with behind_the_triggers(scratch.database) as execute:
+        execute(f"UPDATE idempotency_records SET path = '{as_sent}', request_hash = '{stored_hash}' "
+                f"WHERE key = '{key}'")
+    again = post(scratch.client, scratch.keys.finance, as_sent, {"reason": "x"}, key)
+    assert (first.status_code, again.status_code, again.headers.get("Idempotent-Replayed")) == (201, 201, "true")
+    assert again.get_json() == first.get_json() and reversals_of(scratch.database, int(transaction_id)) == 1
+    assert post(scratch.client, scratch.keys.finance, as_sent, {"reason": "y"}, key).status_code == 409
+
+
 def test_the_same_key_without_a_body_on_another_path_is_a_409_naming_the_header(client, keys):
     key = unique()
     assert post(client, keys.finance, "/v1/holds/release", None, key).status_code == 200

@@ -757,9 +757,11 @@ def cli_environment(database) -> dict:
 
 
 @pytest.mark.parametrize("command", [("statement", "northwind", "--period", "2026-01", "--format", "json"),
-                                     ("trial-balance",)])
+                                     ("trial-balance",), ("verify",), ("close", "2026-01"),
+                                     ("keys", "create", "--role", "finance")])
 def test_output_to_a_full_disk_exits_2_saying_so(seeded, command):
     # /dev/full refuses every write with ENOSPC: the command ended in a traceback, exit 1 (books with problems).
+    # A document (a statement, a trial balance) is written by `echo_document`, a command's lines by click.echo.
     with seeded.transaction() as session:
         revenue.ingest(session, monthly_events(months=2))
     with open("/dev/full", "wb") as full:
