@@ -753,7 +753,8 @@ def test_output_to_a_closed_pipe_exits_141_not_1(seeded, command):
 
 
 def cli_environment(database) -> dict:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": database.url}
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("REVSHARE_")}
+    return {**environment, "REVSHARE_DATABASE_URL": database.url}
 
 
 @pytest.mark.parametrize("command", [("statement", "northwind", "--period", "2026-01", "--format", "json"),
