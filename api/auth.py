@@ -45,6 +45,10 @@ DOCS_ENDPOINT_PREFIX = "api-docs."
 # process that revoked it (`forget`).
 PRINCIPAL_TTL_S = 10.0
 PRINCIPALS_CACHED_MAX = 10_000
+ADMIN_ONLY = frozenset({"admin"})  # the roles of key management's routes (`allow` adds admin to every route's)
+# HTTP's optional whitespace around a header's value: `str.strip()` also took a no-break space or a
+# NEL (0x85, 0xA0 as a WSGI server hands the bytes over) for part of none.
+_OPTIONAL_WHITESPACE = " \t"
 
 
 class Access(NamedTuple):
@@ -92,7 +96,10 @@ def authenticate_request() -> None:
     access: Access = getattr(app.view_functions[endpoint], ACCESS_ATTRIBUTE)
     if access.public:
         return
-    principal = _presented_principal(req.headers.get("Authorization", ""), app.extensions[EXTENSION]["database"])
+    # Key management asks the database every time: a revoked admin key, trusted from the cache
+    # for up to PRINCIPAL_TTL_S in another process, made keys of its own there that outlived it.
+    principal = _presented_principal(req.headers.get("Authorization", ""), app.extensions[EXTENSION]["database"],
+                                     fresh=access.roles == ADMIN_ONLY)
     g.principal = principal
     if principal.role not in access.roles:
         if principal.role == "partner":
@@ -122,30 +129,33 @@ def missing_partner(partner_id: str) -> DomainNotFound:
     return DomainNotFound(f"partner {customers.named(partner_id)} not found")
 
 
-def _presented_principal(authorization: str, database: Database) -> Principal:
+def _presented_principal(authorization: str, database: Database, *, fresh: bool) -> Principal:
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip(_OPTIONAL_WHITESPACE)
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("An API key is required: send `Authorization: Bearer <key>`.",
                            www_authenticate=_challenge())
-    principal = _principal(token.strip(), database)
+    principal = _principal(token, database, fresh=fresh)
     if principal is None:
         raise Unauthorized("The API key is not valid.", www_authenticate=_challenge())
     return principal
 
 
-def _principal(token: str, database: Database) -> Principal | None:
-    """The key's principal, from this process's cache or a short read of its own, so that a
-    writer's transaction (and on SQLite its write lock) does not start before the request is
-    authenticated and validated."""
+def _principal(token: str, database: Database, *, fresh: bool = False) -> Principal | None:
+    """The key's principal, from this process's cache (unless `fresh`) or a short read of its own,
+    so that a writer's transaction (and on SQLite its write lock) does not start before the request
+    is authenticated and validated. A key the read finds revoked leaves the cache."""
     cache = database.shared.setdefault("principals", {})
     digest = keys.hash_key(token) if len(token) <= keys.KEY_LENGTH_MAX else None
-    cached = cache.get(digest)
+    cached = None if fresh else cache.get(digest)
     now = time.monotonic()
     if cached is not None and cached[1] > now:
         return cached[0]
     with database.reader() as session:
         principal = keys.authenticate(session, token)
-    if principal is not None:
+    if principal is None:
+        cache.pop(digest, None)
+    else:
         if len(cache) >= PRINCIPALS_CACHED_MAX:
             cache.clear()
         cache[digest] = (principal, now + PRINCIPAL_TTL_S)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 import socket
 import struct
 import sys
@@ -42,6 +43,7 @@ from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.http.body import LengthReader
+from gunicorn.http.errors import InvalidHeader, InvalidHeaderName, ObsoleteFolding
 from gunicorn.workers.sync import SyncWorker
 
 APP_URI = "wsgi:app"
@@ -213,6 +215,17 @@ class Worker(SyncWorker):
     def handle_request(self, listener, req, client, addr) -> None:
         super().handle_request(listener, req, client, addr)
         client.request_read_whole = read_to_its_end(req)
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        if isinstance(exc, (InvalidHeader, InvalidHeaderName, ObsoleteFolding)) and not _SHOWN_HEADER.fullmatch(exc.hdr):
+            exc.hdr = "(a malformed header line, not shown: it may hold a credential)"
+        super().handle_error(req, client, addr, exc)
+
+
+# What of a refused header gunicorn's log line and its 400's detail name: a header's name (gunicorn
+# names the header whose value it refuses), or its own words. A line without a colon was named
+# whole, and a client's key sent as a line of its own (`\r\n<key>\r\n`) was written to the log.
+_SHOWN_HEADER = re.compile(r"[A-Za-z0-9-]{1,40}|bare LF as line terminator")
 
 
 class Server(BaseApplication):

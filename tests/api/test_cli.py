@@ -325,6 +325,21 @@ def test_what_gunicorn_refuses_before_the_app_is_a_problem_json_too(served, requ
     assert problem_of(raw_exchange(served, request_bytes))[0] == status
 
 
+def test_a_refused_header_line_that_may_hold_a_key_is_named_neither_in_the_log_nor_in_the_answer(sqlite_database):
+    # A line without a colon (a key sent as a line of its own) was gunicorn's "Invalid HTTP Header:
+    # 'rsk_...'", whole, at WARNING in the log and in the 400's detail.
+    key = run(["keys", "create", "--role", "finance"], sqlite_database.url).output.strip().splitlines()[-1]
+    with serving(sqlite_database.url) as (port, errors):
+        answers = [raw_exchange(port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+                                + b"\r\n" + line + b"\r\n\r\n") for line in (key.encode(), b"Bearer " + key.encode())]
+        named = raw_exchange(port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Check: a\x00b\r\n\r\n")
+    for answer in answers:
+        status, problem = problem_of(answer)
+        assert status == 400 and key not in problem["detail"] and "not shown" in problem["detail"], problem
+    assert problem_of(named)[1]["detail"] == "Invalid HTTP Header: 'X-CHECK'"  # a header's name is still named
+    assert errors[0].count("not shown") == 2 and key not in errors[0], errors[0][-2000:]
+
+
 def test_a_client_that_stops_sending_is_dropped_without_the_worker_being_killed(sqlite_database):
     """One worker: a client that sent half a request line and one that sent half a body held it until
     gunicorn's worker timeout killed it (twice, 30 s each), the second got gunicorn's HTML 500, and

@@ -114,3 +114,26 @@ def test_only_an_admin_revokes_a_key_and_an_unknown_key_is_a_404(call, role):
     assert call.post(f"/v1/api-keys/{made['id']}/revocation", None, as_=role).status_code == 403
     assert call.post("/v1/api-keys/key_nobody/revocation", None, as_="admin").status_code == 404
     assert errors_of(call.post(f"/v1/api-keys/{made['id']}/revocation", {"reason": ""}, as_="admin")) == {"reason"}
+
+
+def test_an_admin_key_revoked_elsewhere_manages_no_keys_though_this_process_trusted_it_a_moment_ago(
+        database, client, keys):
+    # Key management took the cached login as every route does: in another worker, a revoked admin
+    # key kept making keys (admin keys, which outlived it) for up to PRINCIPAL_TTL_S.
+    made = client.post("/v1/api-keys", json={"role": "admin"}, headers={"Authorization": f"Bearer {keys.admin}"})
+    revoked_admin = {"Authorization": f"Bearer {expect(made, 201)['key']}"}
+    assert client.get("/v1/transactions?limit=1", headers=revoked_admin).status_code == 200  # cached now
+    _revoke_elsewhere(database, made.get_json()["key"])
+    for path, body in (("/v1/api-keys", {"role": "admin"}), (f"/v1/api-keys/{made.get_json()['id']}/revocation", {})):
+        assert client.post(path, json=body, headers=revoked_admin).status_code == 401
+    assert client.get("/v1/transactions?limit=1", headers=revoked_admin).status_code == 401  # the cache let it go
+
+
+@pytest.mark.parametrize("around", ["\u00a0", "\u0085", "\t\u00a0"])
+def test_only_spaces_and_tabs_around_a_key_are_taken_for_none(client, keys, around):
+    # str.strip() took a no-break space or a NEL (bytes 0xA0 and 0x85, as a WSGI server hands them over).
+    for token in (f"{keys.finance}{around}", f"{around}{keys.finance}"):
+        answer = client.get("/v1/transactions?limit=1", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 401, token
+    spaced = client.get("/v1/transactions?limit=1", headers={"Authorization": f"Bearer  \t{keys.finance} \t"})
+    assert spaced.status_code == 200
