@@ -217,7 +217,8 @@ class Worker(SyncWorker):
         client.request_read_whole = read_to_its_end(req)
 
     def handle_error(self, req, client, addr, exc) -> None:
-        if isinstance(exc, (InvalidHeader, InvalidHeaderName, ObsoleteFolding)) and not _SHOWN_HEADER.fullmatch(exc.hdr):
+        refused_header = isinstance(exc, (InvalidHeader, InvalidHeaderName, ObsoleteFolding))
+        if refused_header and not _SHOWN_HEADER.fullmatch(exc.hdr):
             exc.hdr = "(a malformed header line, not shown: it may hold a credential)"
         super().handle_error(req, client, addr, exc)
 
