@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,11 +40,14 @@ class _Revshare(click.Group):
             _output_to_devnull()
             sys.exit(OUTPUT_CLOSED)
         except (OutputFailed, OSError) as failed:
-            if not isinstance(failed, OutputFailed) and not _refused_to_echo(failed):
+            if not isinstance(failed, OutputFailed) and not _refused_to_click(failed):
                 raise  # not the output's: a bug, whose traceback is wanted
             _output_to_devnull()
             reason = failed if isinstance(failed, OutputFailed) else OutputFailed(failed)
-            click.echo(f"error: cannot write the output: {reason} (what the command committed stands)", err=True)
+            try:
+                click.echo(f"error: cannot write the output: {reason} (what the command committed stands)", err=True)
+            except OSError:  # standard error on the full disk too (`>log 2>&1`): the exit code alone says it
+                _output_to_devnull(sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:  # `import` stops on its own (130); the others' transaction in flight rolled back
             click.echo("stopped by SIGINT: its transaction in flight rolled back, and what it committed before "
@@ -62,19 +66,23 @@ def _flush_output() -> None:
         raise OutputFailed(error) from error
 
 
-def _refused_to_echo(error: OSError) -> bool:
-    """Whether `error` was raised writing a command's own lines (verify's problems, an import's
-    summary; `click.echo`, not `echo_document`): a full disk refused them, and nothing else."""
+def _refused_to_click(error: OSError) -> bool:
+    """Whether `error` was raised by click writing a command's own lines (verify's problems, an
+    import's summary or its progress on standard error; not `echo_document`'s): a full disk refused
+    them, and nothing else. Click reads no file of ours and writes nothing but the output."""
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
-    return frame is not None and frame.tb_frame.f_code is click.echo.__code__
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).parent == _CLICK_DIRECTORY
 
 
-def _output_to_devnull() -> None:
-    """Python's advice for a closed pipe: point stdout at devnull, so that the flush at exit of what
-    stayed buffered does not fail again (it printed "Exception ignored" and exited 120)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+_CLICK_DIRECTORY = Path(click.__file__).parent
+
+
+def _output_to_devnull(stream=None) -> None:
+    """Python's advice for a closed pipe: point stdout (or `stream`) at devnull, so that the flush at
+    exit of what stayed buffered does not fail again (it printed "Exception ignored" and exited 120)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), (stream or sys.stdout).fileno())
 
 
 @click.group(cls=_Revshare)

@@ -246,11 +246,33 @@ def test_gunicorn_started_on_its_own_stops_on_a_database_behind_the_code_and_ser
                              capture_output=True, timeout=120)
     assert stopped.returncode != 0 and "is at revision 0040, the service's latest is" in stopped.stderr.decode()
     assert "run `revshare db upgrade` first" in stopped.stderr.decode() and current_revision(url) == "0040"
+    missing = tmp_path / "typo.db"  # read for its revision, a path typed wrong was made an empty database
+    stopped = subprocess.run(command, env={**environment, "REVSHARE_DATABASE_URL": f"sqlite:///{missing}"},
+                             cwd=REPOSITORY, capture_output=True, timeout=120)
+    assert stopped.returncode != 0 and f"the file '{missing}' does not exist" in stopped.stderr.decode()
+    assert not missing.exists()
     upgrade(url)
     port = free_port()
     command[2] = f"127.0.0.1:{port}"
     process = subprocess.Popen(command, env={**environment, "REVSHARE_DATABASE_URL": url}, cwd=REPOSITORY,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/v1/health") == (200, b'{"status":"ok"}\n')
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
+def test_a_worker_started_while_the_database_cannot_be_reached_boots():
+    # The revision read at each worker's start failed, the worker failed to boot, and gunicorn
+    # stopped for good: a worker started anew (after --max-requests, a timeout) while PostgreSQL
+    # restarted took the whole service down, where it answers 503s until the database is back.
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("REVSHARE_")}
+    environment["REVSHARE_DATABASE_URL"] = f"postgresql://revshare@127.0.0.1:{free_port()}/revshare"  # none listens
+    port = free_port()
+    process = subprocess.Popen([str(REVSHARE.with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                                "wsgi:app"], env=environment, cwd=REPOSITORY, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     try:
         assert wait_for(f"http://127.0.0.1:{port}/v1/health") == (200, b'{"status":"ok"}\n')
     finally:

@@ -772,6 +772,18 @@ def test_output_to_a_full_disk_exits_2_saying_so(seeded, command):
     assert b"Traceback" not in ran.stderr and b"Exception ignored" not in ran.stderr
 
 
+def test_standard_error_on_the_full_disk_too_exits_2_silently(seeded, tmp_path):
+    # `>log 2>&1` on a full disk: the message of the refusal was itself refused, and the command
+    # exited 1 (books with problems); an import's progress on standard error was refused the same way.
+    events = tmp_path / "events.ndjson"
+    events.write_text(json.dumps(event_dict(paid("full-1", "acme", "inv-full-1", 10_000, "2026-01-10"))) + "\n")
+    with open("/dev/full", "wb") as full:
+        for command, stdout in ((["verify"], full), (["import", str(events)], subprocess.DEVNULL)):
+            ran = subprocess.run([REVSHARE, *command], env=cli_environment(seeded), stdout=stdout, stderr=full,
+                                 timeout=120)
+            assert ran.returncode == 2, command
+
+
 def test_a_statement_whose_reader_goes_away_midway_exits_141_not_0(seeded):
     """Written whole, the statement met the closed pipe in one write that wrote part of it: Python
     dropped the rest without an error, and the command exited 0 with its output cut."""
