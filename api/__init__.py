@@ -27,8 +27,9 @@ from flask import Flask, Response, request
 from api import auth, body, errors, openapi, pagination, session
 from api.routes import BLUEPRINTS
 from ledger.db import Database
-from ledger.errors import printable
-from ledger.settings import Settings
+from ledger.errors import DomainError, printable
+from ledger.migrate import DatabaseUnreached, refusal_to_serve
+from ledger.settings import Settings, without_password
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
 # A request waits this long at most for a lock (another posting, a close or a batch holding the
@@ -107,6 +108,55 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         api.register_blueprint(blueprint, url_prefix="/v1")
     auth.check_declared(app)
     return app
+
+
+def create_served_app(settings: Settings | None = None) -> Flask:
+    """The app gunicorn serves (`wsgi.py`, read in each worker): `create_app` for a database this
+    code may serve (`ledger.migrate.refusal_to_serve`), else RuntimeError, which fails the worker's
+    boot and stops gunicorn. `revshare serve` checks the database before gunicorn starts; gunicorn
+    started on its own served books behind the code (a close or a payout run written without the
+    rules of the migrations not yet run) until the revision was checked here. A database that cannot
+    be reached as the worker starts is asked again before each request until it answers: a worker
+    gunicorn starts anew (`--max-requests`, a timeout, a HUP) while PostgreSQL restarts would
+    otherwise stop gunicorn for good, and one started before the database would serve it unchecked."""
+    settings = settings or Settings.from_env()
+    try:
+        refusal = refusal_to_serve(settings.database_url)
+    except DatabaseUnreached:
+        app = create_app(settings)
+        app.before_request_funcs.setdefault(None, []).insert(0, _revision_checked_once(settings.database_url))
+        return app
+    if refusal is not None:
+        raise RuntimeError(f"cannot serve the database {without_password(settings.database_url)!r}: {refusal}")
+    return create_app(settings)
+
+
+class NotServed(DomainError):
+    """The database, reached at last, is not one this code may serve: a 503 naming why."""
+
+    status = 503
+    title = "Service unavailable"
+
+
+def _revision_checked_once(url: str) -> Callable[[], None]:
+    """A hook that answers every request a 503 naming the revision while the database, reached at
+    last, is not one this code may serve, and lets requests through while it cannot be reached
+    (they meet its absence themselves: 503s) or once it was found fit."""
+    checked = False
+
+    def check_revision() -> None:
+        nonlocal checked
+        if checked:
+            return
+        try:
+            refusal = refusal_to_serve(url)
+        except DatabaseUnreached:
+            return
+        if refusal is not None:
+            raise NotServed(f"cannot serve the database {without_password(url)!r}: {refusal}")
+        checked = True
+
+    return check_revision
 
 
 def _config(settings: Settings) -> dict:

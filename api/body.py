@@ -36,6 +36,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from api.schemas import Schema
 from ledger import json_input
+from ledger.errors import header_shown
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # A body sent with one of these is refused, not ignored: a client that puts a filter or a reason
@@ -136,6 +137,8 @@ def _body_bytes(req) -> bytes:
             raise RequestTimeout("The request body stopped arriving before it was complete.") from None
         raise
     except Exception as error:  # noqa: BLE001 - whatever the server's reader raises for a malformed body
+        if isinstance(getattr(error, "hdr", None), str):  # gunicorn's refusal of a trailer's line names it
+            error.hdr = header_shown(error.hdr)
         raise BadRequest(f"The request body could not be read: {str(error)[:120]}") from None
     if beyond:
         raise RequestEntityTooLarge(f"The request body is larger than {limit} bytes.")

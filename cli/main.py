@@ -82,7 +82,9 @@ _CLICK_DIRECTORY = Path(click.__file__).parent
 def _output_to_devnull(stream=None) -> None:
     """Python's advice for a closed pipe: point stdout (or `stream`) at devnull, so that the flush at
     exit of what stayed buffered does not fail again (it printed "Exception ignored" and exited 120)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), (stream or sys.stdout).fileno())
+    stream = stream or sys.stdout
+    if stream is not None:  # None: the descriptor was closed when the process started (`>&-`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 @click.group(cls=_Revshare)

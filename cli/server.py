@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import re
 import socket
 import struct
 import sys
@@ -45,6 +44,8 @@ from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.http.body import LengthReader
 from gunicorn.http.errors import InvalidHeader, InvalidHeaderName, ObsoleteFolding
 from gunicorn.workers.sync import SyncWorker
+
+from ledger.errors import header_shown
 
 APP_URI = "wsgi:app"
 WORKER_CLASS = "cli.server.Worker"
@@ -217,16 +218,11 @@ class Worker(SyncWorker):
         client.request_read_whole = read_to_its_end(req)
 
     def handle_error(self, req, client, addr, exc) -> None:
-        refused_header = isinstance(exc, (InvalidHeader, InvalidHeaderName, ObsoleteFolding))
-        if refused_header and not _SHOWN_HEADER.fullmatch(exc.hdr):
-            exc.hdr = "(a malformed header line, not shown: it may hold a credential)"
+        # A line without a colon was named whole in gunicorn's log line and its 400's detail: a
+        # client's key sent as a line of its own (`\r\n<key>\r\n`) was written to the log.
+        if isinstance(exc, (InvalidHeader, InvalidHeaderName, ObsoleteFolding)):
+            exc.hdr = header_shown(exc.hdr)
         super().handle_error(req, client, addr, exc)
-
-
-# What of a refused header gunicorn's log line and its 400's detail name: a header's name (gunicorn
-# names the header whose value it refuses), or its own words. A line without a colon was named
-# whole, and a client's key sent as a line of its own (`\r\n<key>\r\n`) was written to the log.
-_SHOWN_HEADER = re.compile(r"[A-Za-z0-9-]{1,40}|bare LF as line terminator")
 
 
 class Server(BaseApplication):

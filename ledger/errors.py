@@ -7,6 +7,8 @@ is to blame, a mapping of field name to messages so that the API can render a 42
 
 from __future__ import annotations
 
+import re
+
 
 class DomainError(Exception):
     """Base of every error a user can cause. `status` is the HTTP status the API maps it to."""
@@ -72,3 +74,16 @@ def printable(text: str) -> str:
     from an import's file, a revocation's reason in `revshare keys list`, a request's path in the
     log, each shown, never run by the terminal, nor a line break of it taken for a line of its own."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def header_shown(text: str) -> str:
+    """What of a header line the server refused its log and its answer may name: a header's name as
+    the server names one whose value it refuses (upper case), or the server's own words; anything
+    else (a line without a colon, a key sent as a line of its own or split over two) is not shown,
+    since it may hold a credential."""
+    return text if _SHOWN_HEADER.fullmatch(text) else "(a malformed header line, not shown: it may hold a credential)"
+
+
+# Upper case: gunicorn names a header whose value it refuses by its name upper-cased, while a random
+# key's tail (base64url) is all capitals, digits and hyphens by chance alone of (38/64)^n for n characters.
+_SHOWN_HEADER = re.compile(r"[A-Z0-9-]{1,40}|bare LF as line terminator")

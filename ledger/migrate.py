@@ -8,10 +8,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from ledger.db import make_engine, normalize_url, sqlite_file
+from ledger.db import database_words, make_engine, normalize_url, retryable, sqlite_file
 from ledger.guards_at_head import REVISION as REVISION_AT_HEAD
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -67,21 +67,26 @@ def revision_unlike_code(revision: str | None) -> str | None:
     return f"it is at revision {revision}, the service's latest is {head}\n  {fix}"
 
 
+class DatabaseUnreached(Exception):
+    """The database could not be reached, or was busy (`ledger.db.retryable`): nothing told yet."""
+
+
 def refusal_to_serve(url: str) -> str | None:
-    """Why a server is not to serve `url` with this code (`wsgi.py`, in each gunicorn worker), or
-    None: an SQLite file that does not exist (connecting would make it, empty), or a database at
-    another revision than this code's. A database that cannot be reached now is served: a worker
-    that gunicorn starts anew (after `--max-requests`, a timeout, a HUP) while PostgreSQL restarts
-    would otherwise fail to boot and stop gunicorn for good, where the service answers 503s until
-    the database is back. The revision is compared with the one `ledger.guards_at_head` records
-    (a test holds them equal) before the scripts are read (a third of a second)."""
+    """Why a server is not to serve `url` with this code (`api.create_served_app`, in each gunicorn
+    worker), or None: an SQLite file that does not exist (connecting would make it, empty), or a
+    database at another revision than this code's. DatabaseUnreached when the database cannot be
+    reached now (a refusal by it, a database that does not exist, a password refused, is raised as
+    it is). The revision is compared with the one `ledger.guards_at_head` records (a test holds them
+    equal) before the scripts are read (a third of a second)."""
     path = sqlite_file(url)
     if path is not None and not Path(path).is_file():
         return f"the file {path!r} does not exist\n  {NOT_MIGRATED_FIX}"
     try:
         revision = current_revision(url)
-    except OperationalError:
-        return None
+    except DBAPIError as error:
+        if not retryable(error):
+            raise
+        raise DatabaseUnreached(database_words(error)) from error
     return None if revision == REVISION_AT_HEAD else revision_unlike_code(revision)
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import weakref
 
+import pytest
 from flask import after_this_request
 from sqlalchemy import func, select
 
@@ -166,3 +167,51 @@ def test_a_function_made_for_one_request_is_not_kept_after_it(shared):
         assert client.get("/v1/per-request").status_code == 200
     gc.collect()
     assert len(held) == 3 and [ref() for ref in held] == [None, None, None]
+
+
+def test_a_served_app_started_while_the_database_is_out_of_reach_checks_its_revision_once_it_answers(
+        sqlite_database, monkeypatch):
+    # Started before the database took connections, the worker skipped the check and then served a
+    # database behind the code for good: a payout run and a close posted on one at 0047.
+    from sqlalchemy.exc import OperationalError
+
+    from api import create_served_app
+    from ledger import migrate
+    from ledger.settings import Settings
+
+    answers = [OperationalError("SELECT", {}, ConnectionRefusedError("refused")), "0040", migrate.REVISION_AT_HEAD]
+
+    def current_revision(url: str) -> str:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    monkeypatch.setattr(migrate, "current_revision", current_revision)
+    client = create_served_app(Settings.build(database_url=sqlite_database.url)).test_client()  # boots
+    refused = client.get("/v1/health")
+    assert refused.status_code == 503
+    assert "it is at revision 0040, the service's latest is" in refused.get_json()["detail"]
+    assert [client.get("/v1/health").status_code for _ in range(2)] == [200, 200]
+    answers.append("0040")  # asked no more once found at the head
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_a_served_app_refuses_a_database_behind_the_code_or_refusing_it(sqlite_database, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from api import create_served_app
+    from ledger import migrate
+    from ledger.settings import Settings
+
+    monkeypatch.setattr(migrate, "current_revision", lambda url: "0040")
+    with pytest.raises(RuntimeError, match="it is at revision 0040"):
+        create_served_app(Settings.build(database_url=sqlite_database.url))
+
+    class Refused(Exception):
+        sqlstate = "28P01"  # a password refused: no retry mends it
+
+    def refused(url):
+        raise OperationalError("SELECT", {}, Refused("password authentication failed"))
+    monkeypatch.setattr(migrate, "current_revision", refused)
+    with pytest.raises(OperationalError, match="password authentication failed"):
+        create_served_app(Settings.build(database_url=sqlite_database.url))

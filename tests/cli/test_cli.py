@@ -782,6 +782,9 @@ def test_standard_error_on_the_full_disk_too_exits_2_silently(seeded, tmp_path):
             ran = subprocess.run([REVSHARE, *command], env=cli_environment(seeded), stdout=stdout, stderr=full,
                                  timeout=120)
             assert ran.returncode == 2, command
+    closed = subprocess.run(["bash", "-c", f"'{REVSHARE}' import '{events}' >&- 2>/dev/full"],
+                            env=cli_environment(seeded), timeout=120)  # standard output closed from the start
+    assert closed.returncode == 2
 
 
 def test_a_statement_whose_reader_goes_away_midway_exits_141_not_0(seeded):
