@@ -3,9 +3,8 @@
 Exit codes: 0 success; 1 the books have problems (`verify`), `import` refused events, or the trial
 balance does not balance; 2 bad usage or bad input, a database that cannot be used, or an output
 that cannot be written (a full disk); 130 stopped by SIGINT (Ctrl-C; `serve` and `scheduler` stop
-cleanly on it, 0); 141 the output's reader went
-away before it was written (a pipe into `head` that had read enough), as a shell reports a process
-that SIGPIPE stopped.
+cleanly on it, 0); 141 the output's reader went away before it was written (a pipe into `head`
+that had read enough), as a shell reports a process that SIGPIPE stopped.
 """
 
 from __future__ import annotations
