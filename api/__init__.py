@@ -22,7 +22,7 @@ from __future__ import annotations
 from types import CodeType, FunctionType
 from typing import Any, Callable
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 
 from api import auth, body, errors, openapi, pagination, session
 from api.routes import BLUEPRINTS
@@ -139,13 +139,14 @@ class NotServed(DomainError):
 
 
 def _revision_checked_once(url: str) -> Callable[[], None]:
-    """A hook that answers every request a 503 naming the revision while the database, reached at
-    last, is not one this code may serve, and lets requests through while it cannot be reached
-    (they meet its absence themselves: 503s) or once it was found fit."""
-    checked = False
+    """A hook that answers every request a 503 while the database, reached at last, is not one this
+    code may serve (logged once, naming why: the answer, to anyone, names no database), and lets
+    requests through while it cannot be reached (they meet its absence themselves: 503s) or once it
+    was found fit."""
+    checked = logged = False
 
     def check_revision() -> None:
-        nonlocal checked
+        nonlocal checked, logged
         if checked:
             return
         try:
@@ -153,7 +154,11 @@ def _revision_checked_once(url: str) -> Callable[[], None]:
         except DatabaseUnreached:
             return
         if refusal is not None:
-            raise NotServed(f"cannot serve the database {without_password(url)!r}: {refusal}")
+            if not logged:
+                current_app.logger.error("cannot serve the database %r: %s", without_password(url), refusal)
+                logged = True
+            raise NotServed("The database is not at this code's revision: the service's log says which, and "
+                            "what to run.")
         checked = True
 
     return check_revision

@@ -9,6 +9,7 @@ that had read enough), as a shell reports a process that SIGPIPE stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,12 @@ INTERRUPTED = 130
 
 class _Revshare(click.Group):
     def invoke(self, ctx: click.Context):
+        if sys.stdout is None and not _runs_without_output(ctx):  # `>&-`: click wrote nothing, and exited 0
+            with contextlib.suppress(OSError):  # standard error on a full disk: the exit code alone says it
+                click.echo("error: standard output is closed: what the command prints (a new key, a statement, "
+                           "what verify found) would be lost; send it to a file, or to /dev/null", err=True)
+            _output_to_devnull(sys.stderr)
+            sys.exit(2)
         try:
             try:
                 return super().invoke(ctx)
@@ -52,6 +59,13 @@ class _Revshare(click.Group):
             click.echo("stopped by SIGINT: its transaction in flight rolled back, and what it committed before "
                        "stands (a close's releases of matured holds); run the command again to finish", err=True)
             sys.exit(INTERRUPTED)
+
+
+def _runs_without_output(ctx: click.Context) -> bool:
+    """Whether the command asked for is one that runs on without a standard output (the server and the
+    scheduler, which log to standard error)."""
+    asked = [*getattr(ctx, "_protected_args", ()), *ctx.args]
+    return bool(asked) and asked[0] in {"serve", "scheduler"}
 
 
 def _flush_output() -> None:
@@ -83,7 +97,8 @@ def _output_to_devnull(stream=None) -> None:
     exit of what stayed buffered does not fail again (it printed "Exception ignored" and exited 120)."""
     stream = stream or sys.stdout
     if stream is not None:  # None: the descriptor was closed when the process started (`>&-`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 @click.group(cls=_Revshare)

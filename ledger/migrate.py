@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -84,10 +86,24 @@ def refusal_to_serve(url: str) -> str | None:
     try:
         revision = current_revision(url)
     except DBAPIError as error:
-        if not retryable(error):
+        if not (retryable(error) and _server_down(error)):
             raise
         raise DatabaseUnreached(database_words(error)) from error
     return None if revision == REVISION_AT_HEAD else revision_unlike_code(revision)
+
+
+def _server_down(error: DBAPIError) -> bool:
+    """Whether the database's server did not answer (or said it is starting or stopping), rather than
+    refused: psycopg gives a refusal at connection (no such database, a password refused) no SQLSTATE,
+    as it gives none to a server that is not running. SQLite's retryable errors (busy, locked) count."""
+    words = database_words(error).lower()
+    return isinstance(error.orig, sqlite3.Error) or any(sign in words for sign in _SERVER_DOWN)
+
+
+# libpq's words for a server that did not answer, and PostgreSQL's for one starting or stopping.
+_SERVER_DOWN = ("connection refused", "no such file or directory", "timeout expired", "is starting up",
+                "is shutting down", "server closed the connection", "could not receive data", "network is unreachable",
+                "no route to host", "could not translate host name")
 
 
 def known_revisions() -> set[str]:
@@ -95,6 +111,7 @@ def known_revisions() -> set[str]:
     return {script.revision for script in _scripts().walk_revisions()}
 
 
+@functools.lru_cache(maxsize=1)  # the scripts do not change while a process runs; read, a third of a second
 def _scripts() -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

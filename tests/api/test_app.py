@@ -170,7 +170,7 @@ def test_a_function_made_for_one_request_is_not_kept_after_it(shared):
 
 
 def test_a_served_app_started_while_the_database_is_out_of_reach_checks_its_revision_once_it_answers(
-        sqlite_database, monkeypatch):
+        sqlite_database, monkeypatch, caplog):
     # Started before the database took connections, the worker skipped the check and then served a
     # database behind the code for good: a payout run and a close posted on one at 0047.
     from sqlalchemy.exc import OperationalError
@@ -179,7 +179,8 @@ def test_a_served_app_started_while_the_database_is_out_of_reach_checks_its_revi
     from ledger import migrate
     from ledger.settings import Settings
 
-    answers = [OperationalError("SELECT", {}, ConnectionRefusedError("refused")), "0040", migrate.REVISION_AT_HEAD]
+    down = OperationalError("SELECT", {}, ConnectionRefusedError("connection failed: Connection refused"))
+    answers = [down, "0040", "0040", migrate.REVISION_AT_HEAD]
 
     def current_revision(url: str) -> str:
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
@@ -188,9 +189,11 @@ def test_a_served_app_started_while_the_database_is_out_of_reach_checks_its_revi
         return answer
     monkeypatch.setattr(migrate, "current_revision", current_revision)
     client = create_served_app(Settings.build(database_url=sqlite_database.url)).test_client()  # boots
-    refused = client.get("/v1/health")
-    assert refused.status_code == 503
-    assert "it is at revision 0040, the service's latest is" in refused.get_json()["detail"]
+    refused = [client.get("/v1/health") for _ in range(2)]
+    assert [answer.status_code for answer in refused] == [503, 503]
+    assert "revision" in refused[0].get_json()["detail"] and sqlite_database.url not in refused[0].get_data(True)
+    logged = [record.getMessage() for record in caplog.records if "cannot serve the database" in record.getMessage()]
+    assert len(logged) == 1 and "it is at revision 0040, the service's latest is" in logged[0]  # once, naming it
     assert [client.get("/v1/health").status_code for _ in range(2)] == [200, 200]
     answers.append("0040")  # asked no more once found at the head
     assert client.get("/v1/health").status_code == 200
@@ -208,10 +211,12 @@ def test_a_served_app_refuses_a_database_behind_the_code_or_refusing_it(sqlite_d
         create_served_app(Settings.build(database_url=sqlite_database.url))
 
     class Refused(Exception):
-        sqlstate = "28P01"  # a password refused: no retry mends it
+        sqlstate = None  # as psycopg gives a refusal at connection: no SQLSTATE, as a server not running
 
-    def refused(url):
-        raise OperationalError("SELECT", {}, Refused("password authentication failed"))
-    monkeypatch.setattr(migrate, "current_revision", refused)
-    with pytest.raises(OperationalError, match="password authentication failed"):
-        create_served_app(Settings.build(database_url=sqlite_database.url))
+    for words in ('connection failed: FATAL:  database "nosuchdb" does not exist',
+                  'connection failed: FATAL:  password authentication failed for user "revshare"'):
+        def refused(url, words=words):
+            raise OperationalError("SELECT", {}, Refused(words))
+        monkeypatch.setattr(migrate, "current_revision", refused)
+        with pytest.raises(OperationalError, match="FATAL"):
+            create_served_app(Settings.build(database_url=sqlite_database.url))

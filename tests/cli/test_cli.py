@@ -787,6 +787,16 @@ def test_standard_error_on_the_full_disk_too_exits_2_silently(seeded, tmp_path):
     assert closed.returncode == 2
 
 
+@pytest.mark.parametrize("command", ["keys create --role finance", "verify", "trial-balance"])
+def test_a_command_started_with_its_standard_output_closed_exits_2_saying_so(seeded, command):
+    # `>&-`: click wrote nothing and the command exited 0; a key it made was never shown.
+    closed = subprocess.run(["bash", "-c", f"'{REVSHARE}' {command} >&-"], env=cli_environment(seeded),
+                            stderr=subprocess.PIPE, timeout=120)
+    assert closed.returncode == 2 and b"standard output is closed" in closed.stderr, closed
+    with seeded.reader() as session:
+        assert session.execute(text("SELECT count(*) FROM api_keys")).scalar_one() == 0  # nothing made
+
+
 def test_a_statement_whose_reader_goes_away_midway_exits_141_not_0(seeded):
     """Written whole, the statement met the closed pipe in one write that wrote part of it: Python
     dropped the rest without an error, and the command exited 0 with its output cut."""
