@@ -121,14 +121,15 @@ def create_served_app(settings: Settings | None = None) -> Flask:
     otherwise stop gunicorn for good, and one started before the database would serve it unchecked."""
     settings = settings or Settings.from_env()
     try:
-        refusal = refusal_to_serve(settings.database_url)
+        refusal, reached = refusal_to_serve(settings.database_url), True
     except DatabaseUnreached:
-        app = create_app(settings)
-        app.before_request_funcs.setdefault(None, []).insert(0, _revision_checked_once(settings.database_url))
-        return app
+        refusal, reached = None, False
     if refusal is not None:
         raise RuntimeError(f"cannot serve the database {without_password(settings.database_url)!r}: {refusal}")
-    return create_app(settings)
+    app = create_app(settings)
+    if not reached:
+        app.before_request_funcs.setdefault(None, []).insert(0, _revision_checked_once(settings.database_url))
+    return app
 
 
 class NotServed(DomainError):

@@ -165,10 +165,10 @@ def _stored_body(response: Response, redact: tuple[str, ...]) -> str:
 
 
 def _answer(stored: StoredRequest, key: str, asked: str, body: str) -> Response:
-    sent = request.path[:PATH_LENGTH_MAX]
-    if stored.path == sent != _route_path():  # stored by code that kept the path as sent (`/0108/`)
+    sent, route = request.path[:PATH_LENGTH_MAX], _route_path()
+    if stored.path == sent != route:  # stored by code that kept the path as sent (`/0108/`)
         asked = idempotency.request_hash(request.method, sent, body)
-    same_route = stored.method == request.method and stored.path in (_route_path(), sent)
+    same_route = stored.method == request.method and stored.path in (route, sent)
     # Records stored before no body was compared as {} hold the body as null: the same request.
     if stored.request_hash == asked or (same_route and {stored.request_body, body} <= _NO_BODY):
         return current_app.response_class(stored.response_body, status=stored.status_code,

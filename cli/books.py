@@ -31,26 +31,14 @@ from ledger.settings import NOT_UTF8, Settings, SettingsError, without_password
 # A document (a statement, a trial balance) is written in pieces of this many characters, each
 # flushed: at most 8 KiB of UTF-8, Python's buffer. Written whole, a short write (a disk that filled,
 # a pipe's reader gone after reading some) dropped the rest without an error, and the command exited
-# 0 with its output cut mid-line; flushed in pieces, the write that fails raises.
+# 0 with its output cut mid-line; flushed in pieces, the write that fails raises (`cli.main` says so).
 OUTPUT_PIECE_CHARS = 2_048
-
-
-class OutputFailed(Exception):
-    """Standard output could not be written (a full disk): `revshare` says so and exits 2."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error.strerror or str(error))
 
 
 def echo_document(text: str) -> None:
     """`text` on standard output, whole or not at all without an error (`OUTPUT_PIECE_CHARS`)."""
-    try:
-        for start in range(0, len(text), OUTPUT_PIECE_CHARS):
-            click.echo(text[start:start + OUTPUT_PIECE_CHARS], nl=False)
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        raise OutputFailed(error) from error
+    for start in range(0, len(text), OUTPUT_PIECE_CHARS):
+        click.echo(text[start:start + OUTPUT_PIECE_CHARS], nl=False)
 
 
 def pass_settings(command: Callable) -> Callable:

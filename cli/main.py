@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from cli.books import TEXT, OutputFailed, pass_settings
+from cli.books import TEXT, pass_settings
 from ledger.schema import API_ROLES
 from ledger.settings import Settings, without_password
 
@@ -45,13 +45,13 @@ class _Revshare(click.Group):
         except BrokenPipeError:
             _output_to_devnull()
             sys.exit(OUTPUT_CLOSED)
-        except (OutputFailed, OSError) as failed:
+        except OSError as failed:
             if not isinstance(failed, OutputFailed) and not _refused_to_click(failed):
                 raise  # not the output's: a bug, whose traceback is wanted
             _output_to_devnull()
-            reason = failed if isinstance(failed, OutputFailed) else OutputFailed(failed)
             try:
-                click.echo(f"error: cannot write the output: {reason} (what the command committed stands)", err=True)
+                click.echo(f"error: cannot write the output: {failed.strerror} (what the command committed stands)",
+                           err=True)
             except OSError:  # standard error on the full disk too (`>log 2>&1`): the exit code alone says it
                 _output_to_devnull(sys.stderr)
             sys.exit(2)
@@ -68,6 +68,10 @@ def _runs_without_output(ctx: click.Context) -> bool:
     return bool(asked) and asked[0] in {"serve", "scheduler"}
 
 
+class OutputFailed(OSError):
+    """Standard output refused what was buffered for it, at the command's end (a full disk)."""
+
+
 def _flush_output() -> None:
     if sys.stdout is None:
         return
@@ -76,12 +80,12 @@ def _flush_output() -> None:
     except BrokenPipeError:
         raise
     except OSError as error:
-        raise OutputFailed(error) from error
+        raise OutputFailed(error.errno, error.strerror) from error
 
 
 def _refused_to_click(error: OSError) -> bool:
-    """Whether `error` was raised by click writing a command's own lines (verify's problems, an
-    import's summary or its progress on standard error; not `echo_document`'s): a full disk refused
+    """Whether `error` was raised by click writing a command's own lines (verify's problems, a
+    document's pieces, an import's summary or its progress on standard error): a full disk refused
     them, and nothing else. Click reads no file of ours and writes nothing but the output."""
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
