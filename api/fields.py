@@ -37,7 +37,7 @@ from ledger.errors import InvalidInput, invalid
 from ledger.instants import (INSTANT_TEXT_MAX, format_instant, parse_as_of, parse_date, parse_instant, parse_period,
                              start_of_day_us)
 from ledger.money import format_minor, parse_amount_minor, parse_rate, to_money, validate_currency
-from ledger.verify import parse_close, parse_head
+from ledger.verify import PROGRAM_ROW, parse_close, parse_head
 
 AMOUNT_TEXT_MAX = 40
 # An instant whose offset's "+" an unencoded query string turned into a space.
@@ -206,6 +206,13 @@ class Head(_Parsed):
 
     def format(self, value: tuple[int, str]) -> str:
         return f"{value[0]}:{value[1]}"
+
+
+class ProgramHead(Head):
+    """A head of the program's chain as verify reports one to record: `ID:HASH`."""
+
+    def parse(self, text: str, field: str) -> tuple[int, str]:
+        return parse_head(text, field=field, what=PROGRAM_ROW)
 
 
 class RecordedClose(_Parsed):

@@ -141,26 +141,33 @@ def db_upgrade(settings: Settings) -> None:
               help="A chain head recorded earlier (as this command prints it): prove the journal still holds it.")
 @click.option("--close", default=None, metavar="PERIOD:HASH",
               help="A close recorded earlier (as this command prints it): prove the books still hold it.")
+@click.option("--program-head", default=None, metavar="ID:HASH",
+              help="A head of the program's chain recorded earlier (as this command prints it): prove the "
+                   "program's facts up to it are as recorded.")
 @pass_settings
-def verify(settings: Settings, head: str | None, close: str | None) -> None:
+def verify(settings: Settings, head: str | None, close: str | None, program_head: str | None) -> None:
     """Recompute the hash chain, the balance of every transaction and every snapshot.
 
     The books cannot prove that none of their newest transactions, or their newest close, were
-    removed: record the head and the close this prints somewhere else, and pass them with --head and
-    --close to a later verify."""
+    removed, nor that the program's facts were not rewritten with their chain: record the heads and
+    the close this prints somewhere else, and pass them with --head, --program-head and --close to a
+    later verify."""
     from cli.books import opened
-    from ledger.verify import parse_close, parse_head
+    from ledger.verify import PROGRAM_ROW, parse_close, parse_head
     from ledger.verify import verify as verify_books
 
-    with opened(settings, {"head": "--head", "close": "--close"}) as database:
+    with opened(settings, {"head": "--head", "close": "--close", "program_head": "--program-head"}) as database:
         recorded = None if head is None else parse_head(head)
         recorded_close = None if close is None else parse_close(close)
+        recorded_program = None if program_head is None else parse_head(program_head, field="program_head", what=PROGRAM_ROW)
         with database.reader() as session:
-            report = verify_books(session, head=recorded, close=recorded_close)
+            report = verify_books(session, head=recorded, close=recorded_close, program_head=recorded_program)
     click.echo(f"transactions checked: {report.transactions_checked}")
     click.echo(f"chain head: {report.chain_head}")
     if report.ok and report.head_id:  # a head worth recording: of whole books, and not of an empty journal
         click.echo(f"head to record: {report.head_id}:{report.chain_head}")
+    if report.ok and report.program_head[0]:
+        click.echo(f"program head to record: {report.program_head[0]}:{report.program_head[1]}")
     if report.ok and report.latest_close:
         click.echo(f"close to record: {report.latest_close[0]}:{report.latest_close[1]}")
     for problem in report.problems:

@@ -21,10 +21,10 @@ import re
 from datetime import date
 from typing import Iterable, NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger import withdrawals
+from ledger import program_chain, withdrawals
 from ledger.db import in_lists, lock_journal, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import format_instant, start_of_day_us, within_horizon
@@ -112,11 +112,10 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
         lock_journal(session)
     recorded = now_us()
     if not history and not _exists(session, customer_id):
-        session.execute(insert(customers).values(id=customer_id, created_at_us=recorded))
-    attribution_id = session.execute(insert(attributions).values(
+        program_chain.record(session, "customers", dict(id=customer_id, created_at_us=recorded))
+    attribution_id = program_chain.record(session, "attributions", dict(
         customer_id=customer_id, partner_id=partner_id, effective_from_us=start_us, source=source,
-        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions"))
-        .returning(attributions.c.id)).scalar_one()
+        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions")))
     return Attribution(customer_id, partner_id, start_us, None, source, recorded, attribution_id), True
 
 

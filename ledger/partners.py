@@ -18,10 +18,10 @@ import re
 import threading
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ledger import withdrawals
+from ledger import program_chain, withdrawals
 from ledger.accounts import validate_partner_id
 from ledger.commission import Earner
 from ledger.db import after_commit, driver_results, driver_rows, in_lists, lock_journal, lock_program, shared_cache
@@ -94,14 +94,14 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
     if partner_exists(session, partner_id):
         raise Conflict(f"partner {partner_id!r} already exists")
     created = now_us()
-    session.execute(insert(partners).values(id=partner_id, name=name, type=partner_type, parent_id=parent_id,
-                                            parent_depth=parent_depth, depth=depth, created_at_us=created))
-    session.execute(insert(partner_statuses).values(partner_id=partner_id, status="active",
-                                                    effective_at_us=BEGINNING_US, recorded_at_us=created,
-                                                    **withdrawals.new_id(session, "partner_statuses")))
-    session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
-                                                 effective_from_us=BEGINNING_US, recorded_at_us=created,
-                                                 **withdrawals.new_id(session, "partner_plans")))
+    program_chain.record(session, "partners", dict(id=partner_id, name=name, type=partner_type, parent_id=parent_id,
+                                                   parent_depth=parent_depth, depth=depth, created_at_us=created))
+    program_chain.record(session, "partner_statuses", dict(
+        partner_id=partner_id, status="active", effective_at_us=BEGINNING_US, recorded_at_us=created,
+        **withdrawals.new_id(session, "partner_statuses")))
+    program_chain.record(session, "partner_plans", dict(
+        partner_id=partner_id, plan_id=plan_id, effective_from_us=BEGINNING_US, recorded_at_us=created,
+        **withdrawals.new_id(session, "partner_plans")))
     return get_partner(session, partner_id)
 
 
@@ -130,9 +130,9 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
         raise Conflict(f"effective_at: partner {partner_id!r} is {latest_status} from {format_instant(latest)}; "
                        "a status change cannot start before the latest one" + _withdrawable(latest),
                        {"effective_at": [f"must not be earlier than {format_instant(latest)}"]})
-    session.execute(insert(partner_statuses).values(partner_id=partner_id, status=status, effective_at_us=at,
-                                                    recorded_at_us=now_us(),
-                                                    **withdrawals.new_id(session, "partner_statuses")))
+    program_chain.record(session, "partner_statuses", dict(partner_id=partner_id, status=status, effective_at_us=at,
+                                                           recorded_at_us=now_us(),
+                                                           **withdrawals.new_id(session, "partner_statuses")))
     return get_partner(session, partner_id)
 
 
@@ -162,9 +162,9 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
                        f"{format_instant(latest)}; a plan change must start after the latest one"
                        + _withdrawable(latest),
                        {"effective_from": [f"must be later than {format_instant(latest)}"]})
-    session.execute(insert(partner_plans).values(partner_id=partner_id, plan_id=plan_id,
-                                                 effective_from_us=effective_from_us, recorded_at_us=now_us(),
-                                                 **withdrawals.new_id(session, "partner_plans")))
+    program_chain.record(session, "partner_plans", dict(partner_id=partner_id, plan_id=plan_id,
+                                                        effective_from_us=effective_from_us, recorded_at_us=now_us(),
+                                                        **withdrawals.new_id(session, "partner_plans")))
     return get_partner(session, partner_id)
 
 

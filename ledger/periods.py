@@ -27,7 +27,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import holds, journal, statement_bodies
+from ledger import holds, journal, program_chain, statement_bodies
 from ledger.balances import partner_account_sums, sums
 from ledger.db import database_now_us, lock_journal
 from ledger.errors import Conflict, NotFound
@@ -53,21 +53,30 @@ class Close(NamedTuple):
     chain_head_hash: str
     prev_close_hash: str
     close_hash: str
+    program_head_id: int | None = None  # the program's chain head as it closed (None before migration 0053)
+    program_head_hash: str | None = None
 
+
+# A close as read: without the program's head, which only `verify` reads (`program_heads`), and which
+# the books below migration 0053 (as the tests of earlier migrations write them) have no column for.
+_CLOSES = select(*(period_closes.c[field] for field in Close._fields[:9]))
 
 SnapshotRows = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
 
 
 def close_hash(prev_close_hash: str, period: str, transaction_count: int, chain_head_id: int,
-               chain_head_hash: str, snapshot: SnapshotRows, names: dict[int, str]) -> str:
+               chain_head_hash: str, snapshot: SnapshotRows, names: dict[int, str],
+               program_head: tuple[int, str] | None = None) -> str:
+    """The hash of a close's content; with the program's chain head as it closed, for the closes made
+    since migration 0053 (`ledger.program_chain`), without it for those made before."""
     rows = sorted([names[account_id], currency, debit, credit] for (account_id, currency), (debit, credit) in snapshot.items())
-    content = json.dumps([prev_close_hash, period, transaction_count, chain_head_id, chain_head_hash, rows],
-                         separators=(",", ":"))
+    fields = [prev_close_hash, period, transaction_count, chain_head_id, chain_head_hash, rows]
+    content = json.dumps(fields if program_head is None else [*fields, *program_head], separators=(",", ":"))
     return hashlib.sha256(content.encode()).hexdigest()
 
 
 def latest_close(session: Session, *, ending_by_us: int | None = None) -> Close | None:
-    query = select(period_closes).order_by(period_closes.c.ends_at_us.desc()).limit(1)
+    query = _CLOSES.order_by(period_closes.c.ends_at_us.desc()).limit(1)
     if ending_by_us is not None:
         query = query.where(period_closes.c.ends_at_us <= ending_by_us)
     row = session.execute(query).first()
@@ -75,8 +84,17 @@ def latest_close(session: Session, *, ending_by_us: int | None = None) -> Close 
 
 
 def get_close(session: Session, period: str) -> Close | None:
-    row = session.execute(select(period_closes).where(period_closes.c.period == period)).first()
+    row = session.execute(_CLOSES.where(period_closes.c.period == period)).first()
     return Close(*row) if row else None
+
+
+def program_heads(session: Session) -> dict[str, tuple[int, str]]:
+    """The program's chain head each close made since migration 0053 recorded, by period."""
+    if not program_chain.chained(session):
+        return {}
+    c = period_closes.c
+    return {period: (head_id, head_hash) for period, head_id, head_hash in session.execute(
+        select(c.period, c.program_head_id, c.program_head_hash).where(c.program_head_id.is_not(None)))}
 
 
 def snapshot(session: Session, period: str) -> SnapshotRows:
@@ -210,13 +228,15 @@ def _close_one(session: Session, batch: journal.Batch, period: str, now: int) ->
     head_id, head_hash = journal.chain_head(session)
     names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
     prev_hash = previous.close_hash if previous else GENESIS_HASH
-    hashed = close_hash(prev_hash, period, count, head_id, head_hash, rows, names)
-    close = Close(period, start_us, end_us, now, count, head_id, head_hash, prev_hash, hashed)
+    program_head = program_chain.head(session) if program_chain.chained(session) else None
+    hashed = close_hash(prev_hash, period, count, head_id, head_hash, rows, names, program_head)
+    close = Close(period, start_us, end_us, now, count, head_id, head_hash, prev_hash, hashed, *(program_head or ()))
     if rows:  # before the close, which seals them (migration 0018), as a header seals its lines
         session.execute(insert(period_snapshots), [
             {"period": period, "account_id": a, "currency": c, "debit_minor": d, "credit_minor": k}
             for (a, c), (d, k) in sorted(rows.items())])
-    session.execute(insert(period_closes).values(**close._asdict()))  # which stores its documents
+    recorded = {field: value for field, value in close._asdict().items() if value is not None}
+    session.execute(insert(period_closes).values(**recorded))  # which stores its documents
     statement_bodies.store(session, period)
     batch.boundary_us = end_us
     return close
@@ -254,7 +274,7 @@ def _negative_available(session: Session, before_us: int) -> dict[tuple[str, str
 
 def list_periods(session: Session) -> list[Close]:
     """Every close, oldest first: the close chain whole (verify reads it)."""
-    return [Close(*row) for row in session.execute(select(period_closes).order_by(period_closes.c.starts_at_us))]
+    return [Close(*row) for row in session.execute(_CLOSES.order_by(period_closes.c.starts_at_us))]
 
 
 class BooksPeriod(NamedTuple):
@@ -277,7 +297,7 @@ def books_periods(session: Session, *, after: str | None, count: int, now_us: in
     its name alone, with no transaction count: counting would read every transaction of a month
     that is still growing, and the count a close stores is the one its hash covers."""
     assert count > 0, "a page holds at least one period"
-    query = select(period_closes).order_by(period_closes.c.period).limit(count)
+    query = _CLOSES.order_by(period_closes.c.period).limit(count)
     if after is not None:
         query = query.where(period_closes.c.period > after)
     listed = [BooksPeriod(close.period, close) for close in (Close(*row) for row in session.execute(query))]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger import withdrawals
+from ledger import program_chain, withdrawals
 from ledger.db import driver_rows, in_lists, lock_journal, lock_program
 from ledger.errors import Conflict, NotFound, invalid
 from ledger.instants import within_horizon
@@ -65,7 +65,7 @@ def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str,
     if plan_exists(session, plan_id):
         raise Conflict(f"plan {plan_id!r} already exists")
     created = now_us()
-    session.execute(insert(plans).values(id=plan_id, name=name, created_at_us=created))
+    program_chain.record(session, "plans", dict(id=plan_id, name=name, created_at_us=created))
     _insert_version(session, plan_id, 1, first_us, terms)
     return get_plan(session, plan_id)
 
@@ -116,11 +116,9 @@ def withdraw_version(session: Session, plan_id: str, version: int) -> Plan:
 def _insert_version(session: Session, plan_id: str, version: int, effective_from_us: int, terms: Terms) -> PlanVersion:
     try:
         with session.begin_nested():
-            result = session.execute(insert(plan_versions).values(
+            version_id = program_chain.record(session, "plan_versions", dict(
                 plan_id=plan_id, version=version, effective_from_us=effective_from_us,
-                terms=terms_to_json(terms), created_at_us=now_us(), **withdrawals.new_id(session, "plan_versions"))
-                .returning(plan_versions.c.id))
-            version_id = result.scalar_one()
+                terms=terms_to_json(terms), created_at_us=now_us(), **withdrawals.new_id(session, "plan_versions")))
     except IntegrityError:
         raise Conflict(f"plan {plan_id!r} changed concurrently; retry") from None
     return PlanVersion(version_id, plan_id, version, effective_from_us, terms)

@@ -281,6 +281,38 @@ program_withdrawals = Table(
     CheckConstraint(f"fact_table IN ({', '.join(repr(t) for t in WITHDRAWN_FACT_TABLES)})", name="fact_table"),
 )
 
+# The program's facts, chained in the order recorded (ledger/program_chain.py, migration 0053): each
+# fact of its tables has one row here, naming its table and id, with a SHA-256 of the previous row's
+# hash and the fact's content. `fact_id` is the fact's id as text (plans, partners and customers have
+# text ids, the others integers).
+PROGRAM_CHAIN_TABLES = ("plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers",
+                        "attributions", "program_withdrawals")
+program_chain = Table(
+    "program_chain",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=False),
+    Column("fact_table", String(32), nullable=False),
+    Column("fact_id", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    CheckConstraint("id >= 1", name="id_positive"),
+    CheckConstraint(f"fact_table IN ({', '.join(repr(t) for t in PROGRAM_CHAIN_TABLES)})", name="fact_table"),
+    CheckConstraint("length(hash) = 64 AND length(prev_hash) = 64", name="hash_length"),
+    UniqueConstraint("fact_table", "fact_id"),
+)
+
+# A fact inserted and not yet chained: a trigger after each insert into a fact's table adds it, its row
+# of the chain removes it, and a foreign key deferred to the commit asks for that row (migration
+# 0053). Empty between transactions.
+program_chain_due = Table(
+    "program_chain_due",
+    metadata,
+    Column("fact_table", String(32), primary_key=True),
+    Column("fact_id", String(64), primary_key=True),
+    ForeignKeyConstraint(["fact_table", "fact_id"], ["program_chain.fact_table", "program_chain.fact_id"],
+                         name="fk_program_chain_due_fact_table_program_chain", deferrable=True, initially="DEFERRED"),
+)
+
 # The partner program's revision: one row, which the database moves up by one with every insert
 # into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py), and with
 # every fact withdrawn from them (0040). Equal revisions mean equal programs, so a process keeps its
@@ -386,7 +418,7 @@ open_holds = Table(
 
 APPEND_ONLY_TABLES = JOURNAL_TABLES + (
     "plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers", "attributions",
-    "revenue_events", "cpa_claims_taken", "rules_since", "program_withdrawals",
+    "revenue_events", "cpa_claims_taken", "rules_since", "program_withdrawals", "program_chain",
 )
 
 # ---- periods and payouts (append-only) ----
@@ -405,6 +437,10 @@ period_closes = Table(
     Column("chain_head_hash", String(64), nullable=False),
     Column("prev_close_hash", String(64), nullable=False),
     Column("close_hash", String(64), nullable=False, unique=True),
+    # The program's chain head when it closed, in its close hash (ledger/program_chain.py); NULL before
+    # migration 0053.
+    Column("program_head_id", BigInteger, nullable=True),
+    Column("program_head_hash", String(64), nullable=True),
     CheckConstraint("ends_at_us > starts_at_us", name="bounds"),
     CheckConstraint("transaction_count >= 0", name="count"),
 )

@@ -61,12 +61,12 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, literal, select, text
+from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, inspect, literal, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import collector, holds, statement_bodies, statement_lines, withdrawals
+from ledger import collector, holds, program_chain, statement_bodies, statement_lines, withdrawals
 from ledger.balances import line_sums
 from ledger.clawbacks_rederived import verify_clawbacks
 from ledger.commission import EARNING_KINDS
@@ -78,6 +78,7 @@ from ledger.journal import CLOCK_SKEW_US, CREDIT, DEBIT, Line, chain_hash, draft
 from ledger.money import currency_exponent
 from ledger.payouts import REASON_LENGTH_MAX
 from ledger.payouts_rederived import verify_payouts_rederived
+from ledger.program_chain import verify_program_chain
 from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
@@ -110,15 +111,17 @@ class Report(NamedTuple):
     problems: list[Problem]
     head_id: int = 0  # the last transaction's id (0: none), whose hash is `chain_head`
     latest_close: tuple[str, str] | None = None  # (period, close hash) of the newest close, to record
+    program_head: tuple[int, str] = (0, GENESIS_HASH)  # the program's chain head (`ledger.program_chain`), to record
 
 
 @collector.paused()  # the walk's objects set off full collections: a tenth of its time (ledger/collector.py)
 def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] | None = None,
-           close: tuple[str, str] | None = None) -> Report:
+           close: tuple[str, str] | None = None, program_head: tuple[int, str] | None = None) -> Report:
     """Check the books as one snapshot shows them (given a fresh session; see `db.one_snapshot`):
     postings that commit meanwhile are neither half seen nor named as problems. `head`, (id, hash),
     is a chain head recorded earlier, outside the database; `close`, (period, close hash), a close
-    recorded earlier: the books still hold it, so none up to it was removed (closes chain)."""
+    recorded earlier: the books still hold it, so none up to it was removed (closes chain);
+    `program_head`, (id, hash), the head of the program's chain recorded earlier."""
     one_snapshot(session)
     damaged, unconstrained = _quick_check(session)
     if damaged:  # the rows read below may be wrong, or fail to read: nothing else is checked
@@ -166,7 +169,9 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
         problems.extend(_check_head(head, head_hash))
     latest = _latest_close(session)
     problems.extend(_verify_tables(session, close, resolutions, reversal_of, not_pieces))
-    return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1, latest)
+    problems.extend(Problem(*found) for found in verify_program_chain(session, program_head))
+    latest_program = program_chain.head(session) if program_chain.chained(session) else (0, GENESIS_HASH)
+    return Report(not problems, checked, prev_hash, problems[:problems_max], expected_id - 1, latest, latest_program)
 
 
 def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions: dict[int, list[tuple[int, str]]],
@@ -233,14 +238,15 @@ def _quick_check(session: Session) -> tuple[list[Problem], list[Problem]]:
              for line in constraints][:QUICK_CHECK_ERRORS_MAX])
 
 
+PROGRAM_ROW = "a row id of the program's chain"  # what a program head's ID is, as a refusal names it
 _HEAD = re.compile(r"([1-9][0-9]{0,18}):([0-9a-f]{64})")  # ASCII digits only: "²".isdigit() is true
 
 
-def parse_head(text: str, *, field: str = "head") -> tuple[int, str]:
+def parse_head(text: str, *, field: str = "head", what: str = "a transaction id") -> tuple[int, str]:
     """`ID:HASH`, as verify reports a head to record, as (id, hash); a 422 naming `field` otherwise."""
     match = _HEAD.fullmatch(text)
     if match is None:
-        raise invalid(field, "must be a transaction id and its hash, ID:HASH, as verify reports it")
+        raise invalid(field, f"must be {what} and its hash, ID:HASH, as verify reports it")
     return int(match.group(1)), match.group(2)
 
 
@@ -704,7 +710,10 @@ def verify_references(session: Session) -> list[Problem]:
     lines naming accounts that do not exist, which every report reads by name. One query a key:
     how many rows name what does not exist, and the least of them."""
     problems = []
+    present = set(inspect(session.connection()).get_table_names())  # below the latest revision, fewer tables
     for table in metadata.sorted_tables:
+        if table.name not in present:
+            continue
         for key in table.foreign_key_constraints:
             columns = tuple(element.parent.name for element in key.elements)
             if (table.name, columns) in _REFERENCES_WALKED:
@@ -733,13 +742,14 @@ def verify_closes(session: Session) -> list[Problem]:
     before it, and this checks the closes written before 0034) and not after the database's clock
     allows now (0034 refuses a new `closed_at` more than `CLOCK_SKEW_US` ahead of it: one found
     further ahead was moved there since)."""
-    from ledger.periods import close_hash, list_periods, snapshot  # periods builds on balances, which verify checks
+    from ledger.periods import close_hash, list_periods, program_heads, snapshot  # periods builds on balances
 
     problems: list[Problem] = []
     names = dict(session.execute(select(accounts.c.id, accounts.c.name)).all())
     expected_rows: dict = {}
     prev_hash, prev_end = GENESIS_HASH, None
     latest_closed_at_us = database_now_us(session) + CLOCK_SKEW_US
+    heads = program_heads(session)
     for close in list_periods(session):
         delta = line_sums(session, None, prev_end, close.ends_at_us)
         for key, (debit, credit) in delta.items():
@@ -771,11 +781,15 @@ def verify_closes(session: Session) -> list[Problem]:
                                     f"{where}: the recorded journal head is not the journal's transaction"))
         if close.prev_close_hash != prev_hash:
             problems.append(Problem(None, "close_chain_broken", f"{where}: prev_close_hash is not the previous close's hash"))
+        program_head = heads.get(close.period)
+        if program_head is not None and not program_chain.holds(session, program_head):
+            problems.append(Problem(None, "close_program_head_mismatch", f"{where}: the recorded head of the "
+                                                                          "program's chain is not the chain's row"))
         # The hash covers each account's name: an account the snapshot names and the books do not
         # hold is `verify_references`' to name.
         if all(account_id in names for account_id, _ in stored) and close_hash(
                 close.prev_close_hash, close.period, close.transaction_count, close.chain_head_id,
-                close.chain_head_hash, stored, names) != close.close_hash:
+                close.chain_head_hash, stored, names, program_head) != close.close_hash:
             problems.append(Problem(None, "close_hash_mismatch", f"{where}: the close hash does not match its content"))
         prev_hash, prev_end = close.close_hash, close.ends_at_us
     return problems

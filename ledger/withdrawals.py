@@ -20,9 +20,10 @@ ones included (`verify.verify_event_statuses`).
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select, text, union_all
+from sqlalchemy import func, select, text, union_all
 from sqlalchemy.orm import Session
 
+from ledger import program_chain
 from ledger.db import database_now_us
 from ledger.errors import Conflict
 from ledger.instants import format_instant
@@ -82,7 +83,7 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
         # A server whose clock is ahead of the others' by more than the skew allowed posted after it.
         raise Conflict(f"{what} starts at {format_instant(starts_us)}, and a posting is dated at or after it (or pins "
                        "it): it may have decided the posting, and stays")
-    session.execute(insert(program_withdrawals).values(
+    program_chain.record(session, "program_withdrawals", dict(
         fact_table=table, fact_id=fact_id, subject_id=subject_id, starts_us=starts_us, value=value, detail=detail,
         fact_recorded_at_us=fact_recorded_at_us, recorded_at_us=now))
 

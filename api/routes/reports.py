@@ -13,7 +13,7 @@ import marshmallow as ma
 
 from api.auth import allow
 from api.body import Blueprint
-from api.fields import AsOf, Head, RecordedClose
+from api.fields import AsOf, Head, ProgramHead, RecordedClose
 from api.schemas import Schema
 from api.session import current_session
 from ledger.instants import format_instant, now_us
@@ -89,6 +89,9 @@ class IntegritySchema(Schema):
     latest_close = ma.fields.String(required=True, allow_none=True, metadata={
         "description": "PERIOD:HASH of the newest close (null: none); keep it outside the database and pass it as "
                        "`close` later"})
+    program_head = ma.fields.String(required=True, metadata={
+        "description": "ID:HASH, the head of the program's chain (0 and the genesis hash: no facts); keep it "
+                       "outside the database and pass it as `program_head` later"})
     problems = ma.fields.List(ma.fields.Nested(ProblemFoundSchema), required=True)
 
 
@@ -99,6 +102,9 @@ class IntegrityQuery(Schema):
     close = RecordedClose(load_default=None, metadata={
         "description": "PERIOD:HASH, a close an earlier check reported: prove the books still hold it (no close up "
                        "to it removed or rewritten)"})
+    program_head = ProgramHead(load_default=None, metadata={
+        "description": "ID:HASH, a program head an earlier check reported: prove the program's facts up to it are "
+                       "as recorded (none removed or rewritten)"})
 
 
 @blp.route("/reports/trial-balance", methods=["GET"])
@@ -144,10 +150,12 @@ def get_liabilities(as_of: int | None):
 @allow("finance")
 @blp.arguments(IntegrityQuery, location="query", as_kwargs=True)
 @blp.response(200, IntegritySchema)
-def get_integrity(head: tuple[int, str] | None, close: tuple[str, str] | None):
+def get_integrity(head: tuple[int, str] | None, close: tuple[str, str] | None,
+                  program_head: tuple[int, str] | None):
     """Recompute the hash chain and every transaction's balance"""
-    report = verify(current_session(), head=head, close=close)
+    report = verify(current_session(), head=head, close=close, program_head=program_head)
     latest = None if report.latest_close is None else ":".join(report.latest_close)
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "chain_head": report.chain_head,
             "head_id": report.head_id, "latest_close": latest,
+            "program_head": f"{report.program_head[0]}:{report.program_head[1]}",
             "problems": [problem._asdict() for problem in report.problems]}

@@ -1,0 +1,241 @@
+"""The partner program's facts, chained as they are recorded (migration 0053).
+
+`verify` re-derives every posting from the program as stored, so a fact is covered once a posting
+used it: rewritten, the postings it priced no longer follow from it. A fact no posting has used yet
+(a step-down month not reached, a plan version dated ahead, a partner's name) was covered by nothing,
+and a rewrite of it, made past the triggers, priced the payments that came after it unseen. So every
+fact gets a row of `program_chain` as it is recorded, in the same transaction: the fact's table and
+id, and a SHA-256 of the previous row's hash with the fact's content (`fact_hash`), in the order the
+facts were recorded. The facts are the rows of `CHAINED_TABLES`: plans and their versions, partners,
+their status and plan changes, customers and their attributions, and the withdrawals of facts that
+had not started (`ledger.withdrawals`). A withdrawn fact leaves its table but keeps its row of the
+chain, and its content is read from its withdrawal, which holds all of it (`WITHDRAWN_AS`).
+
+The database holds that every fact inserted has its row of the chain by the commit (a list of the
+facts due, whose foreign key to the chain is deferred to the commit, as migration 0026's), that the
+chain has no gap and each row names the previous row's hash, that its rows are never changed, and
+that a row names a fact that exists. What it cannot hold is the hash: `verify` recomputes each row
+(`verify_program_chain`), and as with the journal, the hashes have no secret, so a rewrite from some
+fact on can be made whole again by one who can write past the triggers. The head (`head`) is to be
+recorded outside the database, as the journal's is (`revshare verify --program-head`), and every
+close made since 0053 holds the head as it closed in its close hash (`ledger.periods`), so a close
+recorded outside covers the program up to it too.
+
+Facts recorded before 0053 were chained by the migration table by table, in the order of
+`CHAINED_TABLES`, each table's rows by id, then its withdrawn facts by id. The content and the hash
+are frozen: the migration holds a copy, which a test compares with this one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Any, Iterable
+
+from sqlalchemy import String, cast, func, insert, select, text
+from sqlalchemy.orm import Session
+
+from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata, program_chain, program_withdrawals
+
+CHAINED_TABLES = PROGRAM_CHAIN_TABLES
+# What a fact's hash covers: each of its columns, by name (frozen: a column added to a fact's table
+# later is not in the hash of any fact, or the facts chained before it would no longer verify).
+FACT_COLUMNS = {
+    "plans": ("id", "name", "created_at_us"),
+    "plan_versions": ("id", "plan_id", "version", "effective_from_us", "terms", "created_at_us"),
+    "partners": ("id", "name", "type", "parent_id", "parent_depth", "depth", "created_at_us"),
+    "partner_statuses": ("id", "partner_id", "status", "effective_at_us", "recorded_at_us"),
+    "partner_plans": ("id", "partner_id", "plan_id", "effective_from_us", "recorded_at_us"),
+    "customers": ("id", "created_at_us"),
+    "attributions": ("id", "customer_id", "partner_id", "effective_from_us", "source", "recorded_at_us"),
+    "program_withdrawals": ("id", "fact_table", "fact_id", "subject_id", "starts_us", "value", "detail",
+                            "fact_recorded_at_us", "recorded_at_us"),
+}
+# A withdrawn fact's columns, from its withdrawal's (`ledger.withdrawals.withdraw` writes them so).
+WITHDRAWN_AS = {
+    "partner_statuses": {"partner_id": "subject_id", "status": "value", "effective_at_us": "starts_us",
+                         "recorded_at_us": "fact_recorded_at_us"},
+    "partner_plans": {"partner_id": "subject_id", "plan_id": "value", "effective_from_us": "starts_us",
+                      "recorded_at_us": "fact_recorded_at_us"},
+    "plan_versions": {"plan_id": "subject_id", "version": "value", "effective_from_us": "starts_us",
+                      "terms": "detail", "created_at_us": "fact_recorded_at_us"},
+    "attributions": {"customer_id": "subject_id", "partner_id": "value", "effective_from_us": "starts_us",
+                     "source": "detail", "recorded_at_us": "fact_recorded_at_us"},
+}
+INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is text; the fact's column is not
+FACTS_NAMED = 5  # of each kind of problem, the first few are named
+
+
+def fact_hash(prev_hash: str, table: str, content: dict[str, Any]) -> str:
+    """The chain's hash of a fact of `table`, whose columns are `content`, after `prev_hash`."""
+    document = json.dumps([prev_hash, table, content], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def content(table: str, row) -> dict[str, Any]:
+    """A fact's content as its hash covers it, from its row (a mapping or a Row)."""
+    mapping = row._mapping if hasattr(row, "_mapping") else row
+    return {column: mapping[column] for column in FACT_COLUMNS[table]}
+
+
+def withdrawn_content(withdrawal) -> dict[str, Any]:
+    """A withdrawn fact's content, from its row of `program_withdrawals`."""
+    table = withdrawal.fact_table
+    found = {"id": withdrawal.fact_id}
+    for column, source in WITHDRAWN_AS[table].items():
+        value = getattr(withdrawal, source)
+        found[column] = int(value) if (table, column) in INTEGER_VALUES and value is not None else value
+    return {column: found[column] for column in FACT_COLUMNS[table]}
+
+
+def chained(session: Session) -> bool:
+    """Whether the books chain their facts: those below revision 0053, as the tests of earlier
+    migrations write them with today's code, have no chain."""
+    if session.get_bind().dialect.name == "sqlite":
+        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'program_chain'"
+    else:
+        found = "SELECT 1 WHERE to_regclass('program_chain') IS NOT NULL"
+    return session.execute(text(found)).first() is not None
+
+
+def head(session: Session) -> tuple[int, str]:
+    """The chain's last row, (id, hash); (0, the genesis hash) while it is empty."""
+    c = program_chain.c
+    row = session.execute(select(c.id, c.hash).order_by(c.id.desc()).limit(1)).first()
+    return (0, GENESIS_HASH) if row is None else (row.id, row.hash)
+
+
+def holds(session: Session, recorded_head: tuple[int, str]) -> bool:
+    """Whether the chain holds the head (id, hash): a row with that hash, or the empty chain's."""
+    head_id, head_hash = recorded_head
+    if head_id == 0:
+        return head_hash == GENESIS_HASH
+    return chained(session) and session.execute(
+        select(program_chain.c.hash).where(program_chain.c.id == head_id)).scalar() == head_hash
+
+
+def chain(session: Session, table: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Append the facts of `table` just inserted, each its columns (with its id), to the chain.
+    The caller holds the program's lock (`ledger.db.lock_program`), as every fact's writer does."""
+    if not chained(session):
+        return
+    head_id, prev_hash = head(session)
+    links = []
+    for row in rows:
+        hashed = fact_hash(prev_hash, table, content(table, row))
+        head_id += 1
+        links.append({"id": head_id, "fact_table": table, "fact_id": str(row["id"]), "prev_hash": prev_hash,
+                      "hash": hashed})
+        prev_hash = hashed
+    if links:
+        session.execute(insert(program_chain), links)
+
+
+def record(session: Session, table: str, values: dict[str, Any]):
+    """Insert a fact of `table` and chain it: returns its id. The caller holds the program's lock."""
+    fact_table = metadata.tables[table]
+    fact_id = session.execute(insert(fact_table).values(**values).returning(fact_table.c.id)).scalar_one()
+    chain(session, table, [{column: values.get(column) for column in FACT_COLUMNS[table]} | {"id": fact_id}])
+    return fact_id
+
+
+def verify_program_chain(session: Session, recorded_head: tuple[int, str] | None = None
+                         ) -> list[tuple[None, str, str]]:
+    """What `verify` names of the chain, as (None, code, message): a row out of sequence or not
+    naming the previous row's hash (`program_chain_broken`); a fact whose content no longer gives its
+    row's hash (`program_fact_altered`), or that has no row (`program_fact_unchained`: inserted past
+    the triggers); a row whose fact is neither in its table nor withdrawn (`program_fact_missing`:
+    deleted past them); and a head recorded earlier that the chain no longer holds with its hash
+    (`program_head_missing`, `program_head_rewritten`). Streamed: memory stays flat at any size."""
+    if not chained(session):
+        return []
+    problems = _links_broken(session)
+    for table in CHAINED_TABLES:
+        problems.extend(_facts_unlike_their_rows(session, table))
+    if recorded_head is not None:
+        problems.extend(_check_recorded_head(session, recorded_head))
+    return problems
+
+
+def _links_broken(session: Session) -> list[tuple[None, str, str]]:
+    c = program_chain.c
+    problems: list[tuple[None, str, str]] = []
+    expected_id, prev_hash, broken = 1, GENESIS_HASH, 0
+    for row_id, row_prev, row_hash in session.execute(
+            select(c.id, c.prev_hash, c.hash).order_by(c.id).execution_options(yield_per=10_000)):
+        if row_id != expected_id or row_prev != prev_hash:
+            broken += 1
+            if broken <= FACTS_NAMED:
+                what = (f"row {row_id} follows row {expected_id - 1}" if row_id != expected_id
+                        else f"row {row_id} does not name the previous row's hash")
+                problems.append((None, "program_chain_broken", f"the program's chain: {what}"))
+        expected_id, prev_hash = row_id + 1, row_hash
+    return problems
+
+
+def _facts_unlike_their_rows(session: Session, table: str) -> list[tuple[None, str, str]]:
+    """Each fact of `table` in force, and each withdrawn from it, against its row of the chain; then
+    the rows of the chain that name a fact of `table` found in neither."""
+    c = program_chain.c
+    fact_table = metadata.tables[table]
+    link = (c.fact_table == table) & (c.fact_id == cast(fact_table.c.id, String))
+    rows = session.execute(select(*(fact_table.c[column] for column in FACT_COLUMNS[table]),
+                                  c.prev_hash.label("chain_prev"), c.hash.label("chain_hash"))
+                           .outerjoin(program_chain, link).order_by(fact_table.c.id)
+                           .execution_options(yield_per=10_000))
+    found = ((content(table, row), row.chain_prev, row.chain_hash) for row in rows)
+    if table in WITHDRAWN_AS:
+        w = program_withdrawals.c
+        withdrawn_link = (c.fact_table == table) & (c.fact_id == cast(w.fact_id, String))
+        withdrawn = session.execute(select(program_withdrawals, c.prev_hash.label("chain_prev"),
+                                           c.hash.label("chain_hash"))
+                                    .outerjoin(program_chain, withdrawn_link).where(w.fact_table == table)
+                                    .order_by(w.fact_id)).all()
+        found = itertools.chain(found, ((withdrawn_content(row), row.chain_prev, row.chain_hash) for row in withdrawn))
+    facts, unchained, altered = 0, [], []
+    for facts_content, chain_prev, chain_hash in found:
+        facts += 1
+        if chain_hash is None:
+            unchained.append(facts_content["id"])
+        elif fact_hash(chain_prev, table, facts_content) != chain_hash:
+            altered.append(facts_content["id"])
+    problems = []
+    for code, ids, what in (("program_fact_unchained", unchained, "not in the program's chain"),
+                            ("program_fact_altered", altered, "not as the program's chain recorded it")):
+        if ids:
+            more = f" and {len(ids) - FACTS_NAMED} more" if len(ids) > FACTS_NAMED else ""
+            named = ", ".join(repr(fact_id) for fact_id in ids[:FACTS_NAMED])
+            problems.append((None, code, f"{table} {named}{more}: {what}"))
+    return problems + _rows_without_facts(session, table, facts - len(unchained))
+
+
+def _rows_without_facts(session: Session, table: str, facts: int) -> list[tuple[None, str, str]]:
+    """The rows of the chain naming a fact of `table` that is neither in force nor withdrawn: counted
+    against the facts found (each row names one fact, by the chain's unique key), and looked for one
+    by one only when there are more rows than facts."""
+    c = program_chain.c
+    rows = session.execute(select(func.count()).where(c.fact_table == table)).scalar_one()
+    if rows <= facts:
+        return []
+    fact_table = metadata.tables[table]
+    known = select(cast(fact_table.c.id, String))
+    if table in WITHDRAWN_AS:
+        w = program_withdrawals.c
+        known = known.union_all(select(cast(w.fact_id, String)).where(w.fact_table == table))
+    missing = session.execute(select(c.id, c.fact_id).where(c.fact_table == table, c.fact_id.not_in(known))
+                              .order_by(c.id).limit(FACTS_NAMED)).all()
+    return [(None, "program_fact_missing", f"the program's chain row {row_id} names {table} {fact_id!r}, which is "
+                                           "neither in its table nor withdrawn") for row_id, fact_id in missing]
+
+
+def _check_recorded_head(session: Session, recorded_head: tuple[int, str]) -> list[tuple[None, str, str]]:
+    head_id, recorded_hash = recorded_head
+    found = session.execute(select(program_chain.c.hash).where(program_chain.c.id == head_id)).scalar()
+    if found is None:
+        return [(None, "program_head_missing", f"the program's chain ends before row {head_id}, the head recorded: "
+                                               "facts were removed")]
+    if found != recorded_hash:
+        return [(None, "program_head_rewritten", f"the program's chain row {head_id} has not the hash recorded for "
+                                                 "it: the program was rewritten up to there")]
+    return []
