@@ -17,7 +17,8 @@ The database holds, for a writer that goes around Python:
   empty between transactions.
 - The chain has no gap, and each row names the previous row's hash (the first, the genesis hash),
   as the journal's (0001); a row names a fact that exists in its table; rows are never updated or
-  deleted (on PostgreSQL never truncated, and the application role may SELECT and INSERT only).
+  deleted (on PostgreSQL never truncated, and the application role may SELECT and INSERT only; on
+  SQLite a REPLACE meeting a row by either key is refused, as 0036 refuses the others').
 - A close made from now on records the chain's head as it closed (`program_head_id` and
   `program_head_hash`: a row of the chain with its hash, or 0 and the genesis hash while the chain
   is empty), and its close hash covers them (`ledger.periods.close_hash`): a close recorded outside
@@ -50,11 +51,12 @@ depends_on = None
 
 _0018 = _revision("0018_rules_held.py")  # sqlite_rule, postgres_rule, never_updated
 _0026 = _revision("0026_payout_postings_recorded.py")  # append_only, APP_ROLE
+_0036 = _revision("0036_replace_refused.py")  # guard: a REPLACE refused before it deletes (SQLite)
 
 CHAIN = "program_chain"
 DUE = "program_chain_due"
 GENESIS_HASH = "0" * 64
-SEARCH_PATH = "SET search_path = public, pg_temp"
+SETTINGS = "SET search_path = public, pg_temp SET jit = off"  # as every function of the schema (0023, 0037)
 FACT_COLUMNS = {
     "plans": ("id", "name", "created_at_us"),
     "plan_versions": ("id", "plan_id", "version", "effective_from_us", "terms", "created_at_us"),
@@ -136,19 +138,20 @@ def _sqlite() -> list[str]:
               f"CREATE TRIGGER trg_{DUE}_met BEFORE DELETE ON {DUE}\n"
               f"WHEN NOT {CHAINED}\nBEGIN SELECT RAISE(ABORT, '{DUE_MESSAGE}'); END",
               _0018.never_updated(DUE, False),
-              *_0026.append_only(CHAIN, False)]
+              *_0026.append_only(CHAIN, False),
+              _0036.guard(CHAIN, (("id",), ("fact_table", "fact_id")))]
     return found
 
 
 def _postgres() -> list[str]:
-    found = [f"""CREATE FUNCTION {DUE}_added() RETURNS trigger LANGUAGE plpgsql {SEARCH_PATH} AS $$
+    found = [f"""CREATE FUNCTION {DUE}_added() RETURNS trigger LANGUAGE plpgsql {SETTINGS} AS $$
 BEGIN
   INSERT INTO {DUE} (fact_table, fact_id) SELECT TG_TABLE_NAME, a.id::text FROM added a;
   RETURN NULL;
 END $$"""]
     found += [f"CREATE TRIGGER trg_{table}_chain_due AFTER INSERT ON {table}\n"
               f"REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {DUE}_added()" for table in TABLES]
-    found.append(f"""CREATE FUNCTION {CHAIN}_linked() RETURNS trigger LANGUAGE plpgsql {SEARCH_PATH} AS $$
+    found.append(f"""CREATE FUNCTION {CHAIN}_linked() RETURNS trigger LANGUAGE plpgsql {SETTINGS} AS $$
 BEGIN
   IF EXISTS (SELECT 1 FROM linked n WHERE {LINK_BROKEN}) THEN
     RAISE EXCEPTION '{LINK_MESSAGE}' USING ERRCODE = 'check_violation';
@@ -161,7 +164,7 @@ BEGIN
 END $$""")
     found += [f"CREATE TRIGGER trg_{CHAIN}_linked AFTER INSERT ON {CHAIN}\n"
               f"REFERENCING NEW TABLE AS linked FOR EACH STATEMENT EXECUTE FUNCTION {CHAIN}_linked()",
-              f"""CREATE FUNCTION {DUE}_met() RETURNS trigger LANGUAGE plpgsql {SEARCH_PATH} AS $$
+              f"""CREATE FUNCTION {DUE}_met() RETURNS trigger LANGUAGE plpgsql {SETTINGS} AS $$
 BEGIN
   IF NOT {CHAINED} THEN
     RAISE EXCEPTION '{DUE_MESSAGE}' USING ERRCODE = 'check_violation';
@@ -170,14 +173,14 @@ BEGIN
 END $$""",
               f"CREATE TRIGGER trg_{DUE}_met BEFORE DELETE ON {DUE}\nFOR EACH ROW EXECUTE FUNCTION {DUE}_met()",
               *_0018.never_updated(DUE, True).split(";\n\n"),
-              f"ALTER FUNCTION {DUE}_no_update() {SEARCH_PATH}",
+              f"ALTER FUNCTION {DUE}_no_update() {SETTINGS}",
               f"CREATE TRIGGER trg_{DUE}_no_truncate BEFORE TRUNCATE ON {DUE}\n"
               "FOR EACH STATEMENT EXECUTE FUNCTION journal_refuse_change()",
               f"GRANT SELECT, INSERT, DELETE ON {DUE} TO {_0026.APP_ROLE}",
               *_0026.append_only(CHAIN, True)]
     for table, name, refused_when, message in ROW_RULES[1:]:
         found += [*_0018.postgres_rule(table, name, refused_when, message, None).split(";\n\n"),
-                  f"ALTER FUNCTION {table}_{name}() {SEARCH_PATH}"]
+                  f"ALTER FUNCTION {table}_{name}() {SETTINGS}"]
     return found
 
 

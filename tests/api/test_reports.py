@@ -73,7 +73,7 @@ def test_integrity_of_untouched_books_is_ok(shared):
     assert response.status_code == 200
     body = response.get_json()
     assert body == {"ok": True, "transactions_checked": 3, "chain_head": body["chain_head"], "head_id": 3,
-                    "latest_close": None, "problems": []}
+                    "latest_close": None, "program_head": body["program_head"], "problems": []}
     last = shared.client.get("/v1/transactions/3", headers=bearer(shared.keys.finance)).get_json()
     assert body["chain_head"] == last["hash"]
 
@@ -89,6 +89,20 @@ def test_integrity_proves_a_head_recorded_earlier_and_names_one_it_does_not_hold
     for bad in ("4", "x:" + "0" * 64, "4:" + "0" * 63, "4:" + "G" * 64, "\u00b2:" + "0" * 64, "\u0663:" + "0" * 64):
         response = shared.client.get(f"/v1/integrity?head={bad}", headers=bearer(shared.keys.finance))
         assert errors_of(response) == {"head"}
+
+
+def test_integrity_proves_a_program_head_recorded_earlier_and_names_one_it_does_not_hold(shared):
+    body = shared.client.get("/v1/integrity", headers=bearer(shared.keys.finance)).get_json()
+    head_id, head_hash = body["program_head"].split(":")
+    assert int(head_id) > 0 and len(head_hash) == 64  # the shared books' program: plans, partners, customers
+    for recorded, codes in ((body["program_head"], []), (f"{head_id}:{'f' * 64}", ["program_head_rewritten"]),
+                            (f"{int(head_id) + 1}:{head_hash}", ["program_head_missing"])):
+        found = shared.client.get(f"/v1/integrity?program_head={recorded}", headers=bearer(shared.keys.finance))
+        assert [p["code"] for p in found.get_json()["problems"]] == codes, recorded
+    for bad in ("4", "x:" + "0" * 64, "0:" + "0" * 64, "4:" + "0" * 63):
+        response = shared.client.get(f"/v1/integrity?program_head={bad}", headers=bearer(shared.keys.finance))
+        assert errors_of(response) == {"program_head"}
+        assert "a row id of the program's chain" in response.get_json()["errors"]["program_head"][0]
 
 
 def test_integrity_proves_a_close_recorded_earlier_and_names_one_it_does_not_hold(fresh):

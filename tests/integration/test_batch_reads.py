@@ -26,6 +26,7 @@ from ledger.db import IN_LIST_MAX, Database, driver_results, driver_rows, in_lis
 from tests.cli.test_cli import audited_books
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 from tests.api.conftest import STANDARD_TERMS
+from tests.integration.conftest import chain_due
 from tests.program import at, enrol, paid, seed
 
 CUSTOMERS = [f"cust-{n:02d}" for n in range(8)]
@@ -39,6 +40,7 @@ def test_statements_sent_together_run_in_order_and_see_each_other(database):
             ("INSERT INTO customers (id, created_at_us) VALUES (?, ?)", ("second", 2)),
             ("SELECT count(*) FROM customers WHERE id IN (?, ?)", ("first", "second")),
         ])
+        chain_due(session.connection())
     assert results == [[], [("first",)], [], [(2,)]]
 
 

@@ -9,9 +9,8 @@ import threading
 
 import pytest
 
-from ledger import partners, revenue
+from ledger import partners, program_chain, revenue
 from ledger.journal import now_us
-from ledger.schema import partner_statuses
 from tests.program import seed
 
 OTHER_WAIT_S = 0.5  # how long the forced point waits for the other writer before going on without it
@@ -33,16 +32,16 @@ def test_an_accrual_posted_while_a_termination_is_recorded_is_not_of_revenue_aft
         with database.transaction() as session:
             outcomes.extend(revenue.ingest(session, [event]))
 
-    inserting = partners.insert
+    recording = program_chain.record
 
-    def insert_once_the_status_is_dated(table):
-        if table is partner_statuses and not other:
+    def record_once_the_status_is_dated(session, table, values):
+        if table == "partner_statuses" and not other:
             other.append(threading.Thread(target=post_event_paid_now))
             other[0].start()
             other[0].join(OTHER_WAIT_S)  # on the journal lock, it waits for the termination's commit
-        return inserting(table)
+        return recording(session, table, values)
 
-    monkeypatch.setattr(partners, "insert", insert_once_the_status_is_dated)
+    monkeypatch.setattr(program_chain, "record", record_once_the_status_is_dated)
     with database.transaction() as session:
         terminated = partners.set_status(session, "northwind", "terminated")
     other[0].join()

@@ -25,7 +25,7 @@ from ledger.keys import create_key
 from ledger.schema import GENESIS_HASH
 from ledger.verify import verify
 from tests.api.conftest import STANDARD_TERMS, enroll
-from tests.integration.conftest import earning_rule_off, second_writer_behind_first
+from tests.integration.conftest import chain_due, earning_rule_off, second_writer_behind_first
 from tests.integration.test_database_guards import PENDING, account_ids, head_hash, insert_header, insert_line, refused
 from tests import program
 from tests.scenarios.books import Books
@@ -35,6 +35,7 @@ from tests.integration.test_periods_payouts_database import at, new_payout
 def accepted(database, statements) -> None:
     with database.engine.begin() as connection:
         statements(connection)
+        chain_due(connection)  # facts written past Python are chained as the service chains its own
 
 
 @contextlib.contextmanager
@@ -343,9 +344,14 @@ def test_two_raw_writers_of_a_fact_take_their_turns_and_the_second_meets_the_fir
     committed, a partner active again after its termination, plan changes and attributions out of the
     order of their starts. The second now waits for the first (migration 0043) and meets its rule."""
     enroll(database)
-    error = second_writer_behind_first(database, lambda session: first(session.connection()),
-                                       lambda session: second(session.connection()))
+    error = second_writer_behind_first(database, lambda session: chained(first, session.connection()),
+                                       lambda session: chained(second, session.connection()))
     assert isinstance(error, sa.exc.DBAPIError) and match in str(error), error
+
+
+def chained(statements, connection) -> None:
+    statements(connection)
+    chain_due(connection)
 
 
 @pytest.mark.postgres
@@ -364,6 +370,7 @@ def test_a_raw_first_attribution_and_a_posting_of_its_customer_take_their_turns(
         session.execute(sa.text("INSERT INTO attributions (customer_id, partner_id, effective_from_us, source,"
                                 " recorded_at_us) VALUES ('newcomer', 'p1', :starts, 'manual', :at)"),
                         {"starts": JAN_2026_US, "at": recorded})
+        chain_due(session.connection())
 
     payment = revenue.RevenueEvent("newcomer-paid", "invoice_paid", "newcomer", "newcomer-inv", "USD", 10_000,
                                    MAR_2026_US)
@@ -431,9 +438,12 @@ def test_plan_terms_are_a_json_object(database, terms):
 
 # ---- period closes ----
 
+# The program's chain head as it stands, which a close records (migration 0053).
+PROGRAM_HEAD = ("(SELECT coalesce(max(id), 0) FROM program_chain), coalesce((SELECT hash FROM program_chain"
+                " ORDER BY id DESC LIMIT 1), '" + GENESIS_HASH + "')")
 CLOSE = ("INSERT INTO period_closes (period, starts_at_us, ends_at_us, closed_at_us, transaction_count,"
-         " chain_head_id, chain_head_hash, prev_close_hash, close_hash)"
-         " VALUES (:period, :starts, :ends, :ends, 0, 0, :genesis, :prev, :hash)")
+         " chain_head_id, chain_head_hash, prev_close_hash, close_hash, program_head_id, program_head_hash)"
+         " VALUES (:period, :starts, :ends, :ends, 0, 0, :genesis, :prev, :hash, " + PROGRAM_HEAD + ")")
 
 
 def raw_close(period: str, prev: str = GENESIS_HASH, bounds: tuple[int, int] | None = None):

@@ -1,0 +1,323 @@
+"""The program's facts chained as recorded (ledger/program_chain.py, migration 0053): every path that
+records a fact chains it, `verify` names a fact rewritten, added or removed past the triggers, a
+recorded program head or close names a rewrite made whole again, and the database holds the chain's
+shape without Python."""
+
+import json
+from datetime import date, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DatabaseError
+
+from ledger import customers, partners, periods, plans, program_chain, revenue
+from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata
+from ledger.verify import verify
+from migrations.earlier import revision
+from tests import program
+from tests.integration.test_tamper_evidence import behind_the_triggers
+
+AHEAD = date.today() + timedelta(days=40)
+STEP_DOWN = {**program.PLAN, "rates": [{"from_month": 1, "rate": "0.20"}, {"from_month": 13, "rate": "0.10"}],
+             "duration_months": None}
+
+
+@pytest.fixture
+def chained(database):
+    """Facts of every kind, by the service's own paths, withdrawals of each withdrawable kind included."""
+    with database.transaction() as session:
+        program.seed(session)
+        plans.create_plan(session, "step", "Step-down", STEP_DOWN)
+        ahead_us = program.at(AHEAD.isoformat())
+        plans.add_version(session, "step", {**STEP_DOWN, "hold_days": 10}, ahead_us)
+        plans.add_version(session, "step", {**STEP_DOWN, "hold_days": 20}, ahead_us + 86_400_000_000)
+        plans.withdraw_version(session, "step", 3)
+        partners.create_partner(session, "contoso", "Contoso", "var", "step")
+        partners.set_status(session, "contoso", "suspended", ahead_us)
+        partners.change_plan(session, "contoso", "standard", ahead_us)
+        found = partners.get_partner(session, "contoso")
+        for change in found.scheduled:
+            partners.withdraw_change(session, "contoso", change.id)
+        customers.attribute(session, "fabrikam", "contoso", date(2026, 1, 1), "referral_link")
+        attribution, _ = customers.attribute(session, "fabrikam", "northwind", AHEAD, "manual", replace=True)
+        customers.withdraw_attribution(session, "fabrikam", attribution.id)
+    return database
+
+
+def facts_count(session) -> int:
+    return sum(session.execute(sa.select(sa.func.count()).select_from(metadata.tables[table])).scalar_one()
+               for table in PROGRAM_CHAIN_TABLES if table != "program_withdrawals") + 2 * session.execute(
+        sa.text("SELECT count(*) FROM program_withdrawals")).scalar_one()
+
+
+def codes(database, **recorded) -> set[str]:
+    with database.reader() as session:
+        report = verify(session, **recorded)
+    assert report.ok is (not report.problems)
+    return {problem.code for problem in report.problems}
+
+
+def test_every_fact_recorded_by_the_service_is_chained_in_turn_and_verifies(chained):
+    with chained.reader() as session:
+        chain = session.execute(sa.text("SELECT id, fact_table, prev_hash, hash FROM program_chain ORDER BY id")).all()
+        withdrawn = set(session.execute(sa.text("SELECT fact_table FROM program_withdrawals")).scalars())
+        report = verify(session)
+        assert len(chain) == facts_count(session)  # each fact in force, withdrawn, and each withdrawal
+    assert withdrawn == {"plan_versions", "partner_statuses", "partner_plans", "attributions"}
+    assert [row.id for row in chain] == list(range(1, len(chain) + 1))
+    assert [row.prev_hash for row in chain] == [GENESIS_HASH] + [row.hash for row in chain[:-1]]
+    assert {row.fact_table for row in chain} == set(PROGRAM_CHAIN_TABLES)
+    assert report.ok, report.problems
+    assert report.program_head == (chain[-1].id, chain[-1].hash)
+    with chained.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM program_chain_due")).scalar_one() == 0
+
+
+def rewrite_terms(execute, version_id: int, terms: dict) -> None:
+    execute(f"UPDATE plan_versions SET terms = '{json.dumps(terms)}' WHERE id = {version_id}")
+
+
+def step_version_id(database) -> int:
+    with database.reader() as session:
+        return session.execute(sa.text("SELECT id FROM plan_versions WHERE plan_id = 'step' AND version = 1")).scalar_one()
+
+
+def test_a_part_of_the_terms_no_payment_has_used_rewritten_is_named(chained):
+    """Month 13's rate of a plan no payment has reached: re-derivation cannot see it, the chain does."""
+    version_id = step_version_id(chained)
+    rates = [{"from_month": 1, "rate": "0.20"}, {"from_month": 13, "rate": "0.90"}]
+    with behind_the_triggers(chained) as execute:
+        rewrite_terms(execute, version_id, {**STEP_DOWN, "rates": rates})
+    assert codes(chained) == {"program_fact_altered"}
+    with chained.reader() as session:
+        messages = [p.message for p in verify(session).problems]
+    assert messages == [f"plan_versions {version_id}: not as the program's chain recorded it"]
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE partners SET name = 'Someone Else' WHERE id = 'contoso'",
+    "UPDATE attributions SET effective_from_us = effective_from_us - 86400000000 WHERE customer_id = 'acme'",
+    "UPDATE customers SET created_at_us = created_at_us + 1 WHERE id = 'initrode'",
+    "UPDATE plans SET name = 'Other' WHERE id = 'step'",
+    "UPDATE program_withdrawals SET detail = 'import' WHERE fact_table = 'attributions'",
+])
+def test_a_fact_of_any_kind_rewritten_is_named(chained, statement):
+    with behind_the_triggers(chained) as execute:
+        execute(statement)
+    assert "program_fact_altered" in codes(chained)
+
+
+def test_a_fact_added_or_removed_past_the_triggers_is_named(chained):
+    with behind_the_triggers(chained) as execute:
+        execute("INSERT INTO customers (id, created_at_us) VALUES ('smuggled', 1)")
+    assert codes(chained) == {"program_fact_unchained"}
+    with behind_the_triggers(chained) as execute:
+        execute("DELETE FROM customers WHERE id = 'smuggled'")
+        execute("DELETE FROM partner_plans WHERE partner_id = 'contoso'")
+    with chained.reader() as session:
+        problems = verify(session).problems
+    assert {p.code for p in problems} >= {"program_fact_missing"}
+    assert any("names partner_plans" in p.message for p in problems if p.code == "program_fact_missing")
+
+
+def rechain(execute, database) -> None:
+    """Recompute every row of the chain from the facts as they now stand: a rewrite made whole."""
+    with database.reader() as session:
+        rows = session.execute(sa.text("SELECT id, fact_table, fact_id FROM program_chain ORDER BY id")).all()
+        prev_hash, hashes = GENESIS_HASH, []
+        for row in rows:
+            table = metadata.tables[row.fact_table]
+            key = row.fact_id if row.fact_table in ("plans", "partners", "customers") else int(row.fact_id)
+            fact = session.execute(sa.select(table).where(table.c.id == key)).first()
+            if fact is None:
+                withdrawal = session.execute(sa.text("SELECT * FROM program_withdrawals WHERE fact_table = :t AND "
+                                                     "fact_id = :i"), {"t": row.fact_table, "i": key}).one()
+                content = program_chain.withdrawn_content(withdrawal)
+            else:
+                content = program_chain.content(row.fact_table, fact)
+            prev_hash = program_chain.fact_hash(prev_hash, row.fact_table, content)
+            hashes.append((row.id, prev_hash))
+    for position, (row_id, hashed) in enumerate(hashes):
+        before = GENESIS_HASH if position == 0 else hashes[position - 1][1]
+        execute(f"UPDATE program_chain SET hash = '{hashed}', prev_hash = '{before}' WHERE id = {row_id}")
+
+
+def test_a_rewrite_made_whole_is_named_by_a_program_head_recorded_before_it(chained):
+    with chained.reader() as session:
+        recorded_head = verify(session).program_head
+    with behind_the_triggers(chained) as execute:
+        rewrite_terms(execute, step_version_id(chained), {**STEP_DOWN, "hold_days": 0})
+    with behind_the_triggers(chained) as execute:
+        rechain(execute, chained)
+    assert codes(chained) == set()  # whole again: nothing in the books tells
+    assert codes(chained, program_head=recorded_head) == {"program_head_rewritten"}
+
+
+def test_a_rewrite_made_whole_is_named_by_the_close_after_it_and_by_a_close_recorded_if_that_is_rewritten(chained):
+    with chained.transaction() as session:
+        revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])
+        periods.close_period(session, "2026-01")
+    with chained.reader() as session:
+        before = verify(session)
+    assert before.ok, before.problems
+    with behind_the_triggers(chained) as execute:
+        rewrite_terms(execute, step_version_id(chained), {**STEP_DOWN, "hold_days": 0})
+    with behind_the_triggers(chained) as execute:
+        rechain(execute, chained)
+    # The close's program head, in its hash, is no longer the chain's row.
+    assert codes(chained) == {"close_program_head_mismatch"}
+    with chained.reader() as session:
+        close = periods.get_close(session, "2026-01")
+        head_id, = session.execute(sa.text("SELECT program_head_id FROM period_closes")).one()
+        head_hash = session.execute(sa.text(f"SELECT hash FROM program_chain WHERE id = {head_id}")).scalar_one()
+        names = dict(session.execute(sa.text("SELECT id, name FROM accounts")).all())
+        rehashed = periods.close_hash(close.prev_close_hash, close.period, close.transaction_count,
+                                      close.chain_head_id, close.chain_head_hash,
+                                      periods.snapshot(session, "2026-01"), names, (head_id, head_hash))
+    with behind_the_triggers(chained) as execute:
+        execute(f"UPDATE period_closes SET program_head_hash = '{head_hash}', close_hash = '{rehashed}'")
+    assert codes(chained) == set()  # closes rewritten too: whole again
+    assert codes(chained, close=before.latest_close) == {"close_rewritten"}
+
+
+def test_a_recorded_program_head_beyond_the_chain_is_named(chained):
+    with chained.reader() as session:
+        head_id, head_hash = verify(session).program_head
+    assert codes(chained, program_head=(head_id, head_hash)) == set()
+    assert codes(chained, program_head=(head_id + 1, head_hash)) == {"program_head_missing"}
+
+
+def test_a_close_holds_the_program_head_in_its_hash(chained):
+    with chained.transaction() as session:
+        revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])
+        closed = periods.close_period(session, "2026-01")
+        head = program_chain.head(session)
+    assert (closed.program_head_id, closed.program_head_hash) == head
+    with chained.reader() as session:
+        row = session.execute(sa.text("SELECT program_head_id, program_head_hash FROM period_closes")).one()
+    assert tuple(row) == head
+    with behind_the_triggers(chained) as execute:
+        execute(f"UPDATE period_closes SET program_head_id = {head[0] - 1}, "
+                f"program_head_hash = (SELECT hash FROM program_chain WHERE id = {head[0] - 1})")
+    assert codes(chained) == {"close_hash_mismatch"}
+
+
+# ---- the database's guards, without Python ----
+
+def refused(database, *statements: str) -> str:
+    with pytest.raises(DatabaseError) as raised:
+        with database.transaction() as session:
+            for statement in statements:
+                session.execute(sa.text(statement))
+    return str(raised.value)
+
+
+def test_the_database_refuses_a_fact_left_unchained_by_the_commit(chained):
+    message = refused(chained, "INSERT INTO customers (id, created_at_us) VALUES ('unchained', 1)")
+    assert "program_chain" in message or "FOREIGN KEY" in message
+    with chained.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM customers WHERE id = 'unchained'")).scalar_one() == 0
+
+
+def test_the_database_takes_a_fact_chained_by_hand_and_verify_names_a_wrong_hash(chained):
+    with chained.reader() as session:
+        head_id, head_hash = program_chain.head(session)
+    with chained.transaction() as session:
+        session.execute(sa.text("INSERT INTO customers (id, created_at_us) VALUES ('by-hand', 1)"))
+        session.execute(sa.text("INSERT INTO program_chain (id, fact_table, fact_id, prev_hash, hash) "
+                                f"VALUES ({head_id + 1}, 'customers', 'by-hand', '{head_hash}', '{'a' * 64}')"))
+    assert codes(chained) == {"program_fact_altered"}
+
+
+@pytest.mark.parametrize("case, row", [
+    ("gap", "({next} + 1, 'customers', 'late', '{head}', '{fill}')"),
+    ("wrong previous hash", "({next}, 'customers', 'late', '{fill}', '{fill}')"),
+    ("no such fact", "({next}, 'customers', 'nobody', '{head}', '{fill}')"),
+    ("no such integer fact", "({next}, 'attributions', '999999', '{head}', '{fill}')"),
+    ("not a number", "({next}, 'attributions', 'x1', '{head}', '{fill}')"),
+])
+def test_the_database_refuses_a_chain_row_out_of_its_place(chained, case, row):
+    with chained.reader() as session:
+        head_id, head_hash = program_chain.head(session)
+    values = row.format(next=head_id + 1, head=head_hash, fill="b" * 64)
+    message = refused(chained, "INSERT INTO customers (id, created_at_us) VALUES ('late', 1)",
+                      f"INSERT INTO program_chain (id, fact_table, fact_id, prev_hash, hash) VALUES {values}")
+    expected = "a row names a fact in its table" if "fact" in case or "number" in case else "without a gap"
+    assert expected in message
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE program_chain SET hash = prev_hash WHERE id = 1",
+    "DELETE FROM program_chain WHERE id = (SELECT max(id) FROM program_chain)",
+])
+def test_the_database_refuses_a_change_to_the_chain(chained, statement):
+    assert "program_chain is append-only" in refused(chained, statement)
+
+
+def test_the_database_refuses_a_fact_taken_off_the_list_before_its_row_is_written(chained):
+    message = refused(chained, "INSERT INTO customers (id, created_at_us) VALUES ('listed', 1)",
+                      "DELETE FROM program_chain_due WHERE fact_id = 'listed'")
+    assert "a fact leaves the list once its row of the chain is written" in message
+
+
+def test_the_database_refuses_a_close_without_the_program_head(chained):
+    with chained.transaction() as session:
+        revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])
+    with chained.reader() as session:
+        head_id, head_hash = program_chain.head(session)
+    start, end = program.at("2026-01-01"), program.at("2026-02-01")
+    columns = ("INSERT INTO period_closes (period, starts_at_us, ends_at_us, closed_at_us, transaction_count, "
+               "chain_head_id, chain_head_hash, prev_close_hash, close_hash, program_head_id, program_head_hash) "
+               f"VALUES ('2026-01', {start}, {end}, {end + 1}, 1, 1, '{'c' * 64}', '{GENESIS_HASH}', '{'d' * 64}', ")
+    for head in ("NULL, NULL", f"{head_id}, '{'e' * 64}'", f"0, '{'e' * 64}'", f"{head_id + 5}, '{head_hash}'"):
+        assert "a close records the head of the program_chain" in refused(chained, columns + head + ")")
+
+
+# ---- the migration ----
+
+def test_the_migrations_frozen_copy_hashes_as_the_ledger_does():
+    migration = revision("0053_program_facts_chained.py")
+    assert migration.FACT_COLUMNS == program_chain.FACT_COLUMNS
+    assert migration.TABLES == PROGRAM_CHAIN_TABLES
+    assert migration.WITHDRAWN_AS == program_chain.WITHDRAWN_AS
+    content = {"id": 7, "name": "Ünïcode \ud800 name", "created_at_us": -1, "parent_id": None}
+    assert migration.fact_hash("1" * 64, "plans", content) == program_chain.fact_hash("1" * 64, "plans", content)
+
+
+def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_close_holds_a_head(empty_url):
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    upgrade(empty_url, "0052")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            program.seed(session)
+            partners.create_partner(session, "contoso", "Contoso", "var", "standard")
+            partners.set_status(session, "contoso", "suspended", program.at(AHEAD.isoformat()))
+            scheduled = partners.get_partner(session, "contoso").scheduled[0].id
+            withdrawn_id = int(scheduled.split("-")[1])
+            partners.withdraw_change(session, "contoso", scheduled)
+            revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])
+            periods.close_period(session, "2026-01")
+        upgrade(empty_url)
+        with database.reader() as session:
+            report = verify(session)
+            chain = session.execute(sa.text("SELECT fact_table, fact_id FROM program_chain ORDER BY id")).all()
+            assert len(chain) == facts_count(session)
+        assert report.ok, report.problems
+        assert [table for table, _ in chain] == sorted((table for table, _ in chain), key=PROGRAM_CHAIN_TABLES.index)
+        assert ("partner_statuses", str(withdrawn_id)) in chain and "program_withdrawals" in dict(chain)
+        command.downgrade(alembic_config(empty_url), "0052")  # the close of 2026-01 was made before 0053
+        upgrade(empty_url)
+        with database.transaction() as session:
+            periods.close_period(session, "2026-02")
+        with pytest.raises(RuntimeError, match="hold the program's chain head"):
+            command.downgrade(alembic_config(empty_url), "0052")
+        with database.reader() as session:
+            assert verify(session).ok
+    finally:
+        database.dispose()
+
