@@ -19,7 +19,7 @@ from typing import Iterator, NamedTuple
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from ledger import partners, plans, revenue
+from ledger import partners, plans, program_chain, revenue
 from ledger.instants import UTC, add_months, start_of_day_us, to_us
 from ledger.schema import attributions, customers
 
@@ -76,10 +76,15 @@ def _insert_customers(session: Session, customer_ids: list[str], owners: list[st
     start_us, recorded_us = start_of_day_us(ATTRIBUTED_FROM), to_us(datetime(2023, 12, 1, tzinfo=UTC))
     for begin in range(0, len(customer_ids), INSERT_CHUNK_ROWS):
         chunk = range(begin, min(begin + INSERT_CHUNK_ROWS, len(customer_ids)))
-        session.execute(insert(customers), [{"id": customer_ids[i], "created_at_us": recorded_us} for i in chunk])
-        session.execute(insert(attributions), [
-            {"customer_id": customer_ids[i], "partner_id": owners[i], "effective_from_us": start_us,
-             "source": "import", "recorded_at_us": recorded_us} for i in chunk])
+        customer_rows = [{"id": customer_ids[i], "created_at_us": recorded_us} for i in chunk]
+        session.execute(insert(customers), customer_rows)
+        attribution_rows = [{"customer_id": customer_ids[i], "partner_id": owners[i], "effective_from_us": start_us,
+                             "source": "import", "recorded_at_us": recorded_us} for i in chunk]
+        ids = session.execute(insert(attributions).returning(attributions.c.id, sort_by_parameter_order=True),
+                              attribution_rows).scalars().all()
+        # Chained as the service chains each fact it records (ledger/program_chain.py).
+        program_chain.chain(session, "customers", customer_rows)
+        program_chain.chain(session, "attributions", [row | {"id": id_} for row, id_ in zip(attribution_rows, ids)])
 
 
 def month_start_us(month_offset: int) -> int:

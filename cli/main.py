@@ -159,7 +159,8 @@ def verify(settings: Settings, head: str | None, close: str | None, program_head
     with opened(settings, {"head": "--head", "close": "--close", "program_head": "--program-head"}) as database:
         recorded = None if head is None else parse_head(head)
         recorded_close = None if close is None else parse_close(close)
-        recorded_program = None if program_head is None else parse_head(program_head, field="program_head", what=PROGRAM_ROW)
+        recorded_program = (None if program_head is None
+                            else parse_head(program_head, field="program_head", what=PROGRAM_ROW))
         with database.reader() as session:
             report = verify_books(session, head=recorded, close=recorded_close, program_head=recorded_program)
     click.echo(f"transactions checked: {report.transactions_checked}")

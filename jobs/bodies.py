@@ -126,14 +126,15 @@ def _say_which_runs_were_not_made(session: Session, due_us: int) -> None:
 def verify_books(session: Session, at_us: int) -> dict:
     """Verify the books; the figures (logged at INFO, so kept outside the database) carry the head to
     record when the books are whole, which `revshare verify --head` proves later: that nothing up to
-    it was removed."""
+    it was removed; and the program's head, which `--program-head` proves later (`ledger.program_chain`)."""
     report = verify.verify(session)
     for problem in report.problems:  # as `revshare verify` prints them: a transaction's named, if any
         where = "" if problem.transaction_id is None else f"transaction {problem.transaction_id}: "
         log.error("verify: %s%s: %s", where, problem.code, problem.message)
     head = f"{report.head_id}:{report.chain_head}" if report.ok and report.head_id else None
+    program_head = ":".join(map(str, report.program_head)) if report.ok and report.program_head[0] else None
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "problems": len(report.problems),
-            "head": head}
+            "head": head, "program_head": program_head}
 
 
 def job_table(settings: Settings) -> dict[str, Callable[[Session, int], dict]]:

@@ -91,12 +91,14 @@ def withdrawn_content(withdrawal) -> dict[str, Any]:
 
 def chained(session: Session) -> bool:
     """Whether the books chain their facts: those below revision 0053, as the tests of earlier
-    migrations write them with today's code, have no chain."""
-    if session.get_bind().dialect.name == "sqlite":
-        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'program_chain'"
-    else:
-        found = "SELECT 1 WHERE to_regclass('program_chain') IS NOT NULL"
-    return session.execute(text(found)).first() is not None
+    migrations write them with today's code, have no chain. Asked once a session."""
+    if "program_chained" not in session.info:
+        if session.get_bind().dialect.name == "sqlite":
+            found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'program_chain'"
+        else:
+            found = "SELECT 1 WHERE to_regclass('program_chain') IS NOT NULL"
+        session.info["program_chained"] = session.execute(text(found)).first() is not None
+    return session.info["program_chained"]
 
 
 def head(session: Session) -> tuple[int, str]:

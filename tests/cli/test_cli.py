@@ -16,7 +16,7 @@ import sys
 import termios
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from cli.main import main
-from ledger import holds, revenue, statements
+from ledger import customers, holds, revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
 from ledger.importer import HEAD_BYTES, LINE_CHARS_MAX, detect_format, head, open_events
@@ -613,6 +613,25 @@ def test_verify_prints_the_head_to_record_and_proves_a_recorded_head(sqlite_data
         refused = CliRunner().invoke(main, ["verify", "--head", bad],
                                      env={"REVSHARE_DATABASE_URL": sqlite_database.url})
         assert refused.exit_code == 2 and "--head" in refused.output
+
+
+def test_verify_prints_the_program_head_to_record_and_proves_a_recorded_one(sqlite_database):
+    with sqlite_database.transaction() as session:
+        seed(session)
+    first = invoke(sqlite_database.url, "verify")
+    [head] = [line.removeprefix("program head to record: ") for line in first.output.splitlines()
+              if line.startswith("program head to record: ")]
+    assert first.exit_code == 0 and invoke(sqlite_database.url, "verify", "--program-head", head).exit_code == 0
+    head_id, head_hash = head.split(":")
+    with sqlite_database.transaction() as session:  # a fact recorded since: the head recorded still holds
+        customers.attribute(session, "newcomer", "northwind", date(2026, 1, 1), "manual")
+    assert invoke(sqlite_database.url, "verify", "--program-head", head).exit_code == 0
+    rewritten = invoke(sqlite_database.url, "verify", "--program-head", f"{head_id}:{'0' * 64}")
+    assert rewritten.exit_code == 1 and "PROBLEM: program_head_rewritten" in rewritten.output
+    refused = CliRunner().invoke(main, ["verify", "--program-head", head_id],
+                                 env={"REVSHARE_DATABASE_URL": sqlite_database.url})
+    assert refused.exit_code == 2 and "--program-head" in refused.output
+    assert "a row id of the program's chain" in refused.output
 
 
 def test_verify_prints_the_close_to_record_and_proves_a_recorded_close(sqlite_database):

@@ -79,7 +79,8 @@ def rewrite_terms(execute, version_id: int, terms: dict) -> None:
 
 def step_version_id(database) -> int:
     with database.reader() as session:
-        return session.execute(sa.text("SELECT id FROM plan_versions WHERE plan_id = 'step' AND version = 1")).scalar_one()
+        return session.execute(sa.text("SELECT id FROM plan_versions WHERE plan_id = 'step' AND version = 1")
+                               ).scalar_one()
 
 
 def test_a_part_of_the_terms_no_payment_has_used_rewritten_is_named(chained):

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from jobs import bodies
 from jobs.scheduler import CatchUp, build_scheduler, start_up, triggers
-from ledger import holds, journal, revenue
+from ledger import holds, journal, program_chain, revenue
 from ledger.balances import partner_balances
 from ledger.db import JOURNAL_LOCK_KEY, Database
 from ledger.errors import InvalidInput
@@ -324,6 +324,8 @@ def test_the_verify_job_reports_figures(books):
     assert result.figures["ok"] is True and result.figures["problems"] == 0
     with books.reader() as session:
         assert verify(session, head=parse_head(result.figures["head"])).ok  # the head to record, in the log
+        program_head = parse_head(result.figures["program_head"])
+        assert verify(session, program_head=program_head).ok and program_head == program_chain.head(session)
     # accruals and overrides of 12 invoices, the refund's 2 clawbacks and the 2 releases before them
     assert result.figures["transactions_checked"] == 24 + 2 + 2 == sum(
         count(books, kind) for kind in ("accrual", "override", "clawback", "release"))
@@ -336,6 +338,7 @@ def test_the_verify_job_gives_no_head_to_record_when_the_books_have_problems(sql
     with caplog.at_level(logging.ERROR, logger="revshare.jobs"):
         result = bodies.run_job(sqlite_database, "verify", bodies.verify_books, at("2026-05-01"))
     assert result.figures["ok"] is False and result.figures["problems"] == 5 and result.figures["head"] is None
+    assert result.figures["program_head"] is None
     logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith("verify: ")]
     assert len(logged) == 5 and "verify: guard_missing: the database has no trigger trg_journal_lines_no_update" in (
         "\n".join(logged))
