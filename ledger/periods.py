@@ -54,13 +54,11 @@ class Close(NamedTuple):
     chain_head_hash: str
     prev_close_hash: str
     close_hash: str
-    program_head_id: int | None = None  # the program's chain head as it closed (None before migration 0053)
-    program_head_hash: str | None = None
 
 
 # A close as read: without the program's head, which only `verify` reads (`program_heads`), and which
 # the books below migration 0053 (as the tests of earlier migrations write them) have no column for.
-_CLOSES = select(*(period_closes.c[field] for field in Close._fields[:9]))
+_CLOSES = select(*(period_closes.c[field] for field in Close._fields))
 
 SnapshotRows = dict[tuple[int, str], tuple[int, int]]  # (account id, currency) -> (debits, credits)
 
@@ -231,13 +229,13 @@ def _close_one(session: Session, batch: journal.Batch, period: str, now: int) ->
     prev_hash = previous.close_hash if previous else GENESIS_HASH
     program_head = program_chain.head(session) if program_chain.chained(session) else None
     hashed = close_hash(prev_hash, period, count, head_id, head_hash, rows, names, program_head)
-    close = Close(period, start_us, end_us, now, count, head_id, head_hash, prev_hash, hashed, *(program_head or ()))
+    close = Close(period, start_us, end_us, now, count, head_id, head_hash, prev_hash, hashed)
     if rows:  # before the close, which seals them (migration 0018), as a header seals its lines
         session.execute(insert(period_snapshots), [
             {"period": period, "account_id": a, "currency": c, "debit_minor": d, "credit_minor": k}
             for (a, c), (d, k) in sorted(rows.items())])
-    recorded = {field: value for field, value in close._asdict().items() if value is not None}
-    session.execute(insert(period_closes).values(**recorded))  # which stores its documents
+    held = {} if program_head is None else {"program_head_id": program_head[0], "program_head_hash": program_head[1]}
+    session.execute(insert(period_closes).values(**close._asdict(), **held))  # which stores its documents
     statement_bodies.store(session, period)
     batch.boundary_us = end_us
     return close

@@ -785,8 +785,8 @@ def verify_closes(session: Session) -> list[Problem]:
             problems.append(Problem(None, "close_chain_broken", f"{where}: prev_close_hash is not the previous close's hash"))
         program_head = heads.get(close.period)
         if program_head is not None and not program_chain.holds(session, program_head):
-            problems.append(Problem(None, "close_program_head_mismatch", f"{where}: the recorded head of the "
-                                                                          "program's chain is not the chain's row"))
+            problems.append(Problem(None, "close_program_head_mismatch", f"{where}: the recorded head of the program "
+                                                                          "chain is not a row of it with its hash"))
         # The hash covers each account's name: an account the snapshot names and the books do not
         # hold is `verify_references`' to name.
         if all(account_id in names for account_id, _ in stored) and close_hash(

@@ -89,9 +89,9 @@ class IntegritySchema(Schema):
     latest_close = ma.fields.String(required=True, allow_none=True, metadata={
         "description": "PERIOD:HASH of the newest close (null: none); keep it outside the database and pass it as "
                        "`close` later"})
-    program_head = ma.fields.String(required=True, metadata={
-        "description": "ID:HASH, the head of the program's chain (0 and the genesis hash: no facts); keep it "
-                       "outside the database and pass it as `program_head` later"})
+    program_head = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "ID:HASH, the head of the program's chain (null: no facts); keep it outside the database "
+                       "and pass it as `program_head` later"})
     problems = ma.fields.List(ma.fields.Nested(ProblemFoundSchema), required=True)
 
 
@@ -157,5 +157,5 @@ def get_integrity(head: tuple[int, str] | None, close: tuple[str, str] | None,
     latest = None if report.latest_close is None else ":".join(report.latest_close)
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "chain_head": report.chain_head,
             "head_id": report.head_id, "latest_close": latest,
-            "program_head": f"{report.program_head[0]}:{report.program_head[1]}",
+            "program_head": ":".join(map(str, report.program_head)) if report.program_head[0] else None,
             "problems": [problem._asdict() for problem in report.problems]}

@@ -84,8 +84,9 @@ WITHDRAWN_AS = {
 BACKFILL_ROWS = 5_000  # chain rows written at a time
 
 
-def fact_hash(prev_hash: str, table: str, content: dict) -> str:
-    document = json.dumps([prev_hash, table, content], sort_keys=True, separators=(",", ":"))
+def fact_hash(prev_hash: str, table: str, content: tuple) -> str:
+    """Of the JSON array [prev_hash, table, [the fact's values in FACT_COLUMNS order]], ASCII only."""
+    document = json.dumps([prev_hash, table, content], separators=(",", ":"))
     return hashlib.sha256(document.encode()).hexdigest()
 
 
@@ -194,7 +195,7 @@ def _backfill(bind) -> None:
         for content in _facts(bind, table):
             hashed = fact_hash(prev_hash, table, content)
             head_id += 1
-            links.append({"id": head_id, "fact_table": table, "fact_id": str(content["id"]),
+            links.append({"id": head_id, "fact_table": table, "fact_id": str(content[0]),
                           "prev_hash": prev_hash, "hash": hashed})
             prev_hash = hashed
             if len(links) >= BACKFILL_ROWS:
@@ -208,8 +209,11 @@ def _facts(bind, table: str):
     columns = FACT_COLUMNS[table]
     rows = bind.execute(sa.text(f"SELECT {', '.join(columns)} FROM {table} ORDER BY id")
                         .execution_options(yield_per=BACKFILL_ROWS))
-    for row in rows:
-        yield dict(zip(columns, row))
+    try:
+        for row in rows:
+            yield tuple(row)
+    finally:  # a caller that stops early leaves no cursor open
+        rows.close()
     if table in WITHDRAWN_AS:
         sources = WITHDRAWN_AS[table]
         withdrawn = bind.execute(sa.text(f"SELECT fact_id, {', '.join(sources.values())} FROM program_withdrawals"
@@ -218,7 +222,27 @@ def _facts(bind, table: str):
             found = {"id": fact_id, **dict(zip(sources, values))}
             if table == "plan_versions":
                 found["version"] = int(found["version"])
-            yield {column: found[column] for column in columns}
+            yield tuple(found[column] for column in columns)
+
+
+def _as_backfilled(bind) -> bool:
+    """Whether the chain holds the facts in the order this revision's backfill gives them (so going
+    below it and up again makes the same chain, and a head recorded meanwhile still holds)."""
+    stored = bind.execute(sa.text(f"SELECT fact_table, fact_id FROM {CHAIN} ORDER BY id")
+                          .execution_options(yield_per=BACKFILL_ROWS))
+    try:
+        for table in TABLES:
+            facts = _facts(bind, table)
+            try:
+                for content in facts:
+                    found = next(stored, None)
+                    if found is None or tuple(found) != (table, str(content[0])):
+                        return False
+            finally:
+                facts.close()
+        return next(stored, None) is None
+    finally:
+        stored.close()
 
 
 def upgrade() -> None:
@@ -260,6 +284,9 @@ def downgrade() -> None:
     if bind.exec_driver_sql("SELECT count(*) FROM period_closes WHERE program_head_id IS NOT NULL").scalar():
         raise RuntimeError("closes made since revision 0053 hold the program's chain head in their close hash, "
                            "which going below it would lose")
+    if not _as_backfilled(bind):
+        raise RuntimeError("facts recorded since revision 0053 are chained in the order recorded, which going below "
+                           "it and up again would not keep: a program head recorded since would no longer be proved")
     triggers = [*((table, "chain_due") for table in TABLES), ("period_closes", "program_head")]
     for table, name in triggers:
         op.execute(f"DROP TRIGGER trg_{table}_{name}" + (f" ON {table}" if postgres else ""))

@@ -32,8 +32,8 @@ def found(database) -> set[tuple[str, str]]:
         return {(p.code, (p.message.split("'") + [""])[1]) for p in verify(session).problems}
 
 
-# What `found` makes of the chain's naming of a fact rewritten (its message quotes "program's").
-PLAN_VERSION_ALTERED = ("program_fact_altered", "s chain recorded it")
+# What `found` makes of the chain's naming of the version rewritten (`ledger.program_chain`), by its id.
+PLAN_VERSION_ALTERED = ("program_fact_altered", "3")  # version 2 of standard, after two plans
 
 
 def messages(database) -> list[str]:
@@ -82,7 +82,7 @@ def test_a_plan_version_recorded_before_a_payment_that_did_not_apply_it_is_named
         execute(f"UPDATE plan_versions SET created_at_us = created_at_us - {2 * HOUR_US} WHERE version = 2")
     # The version's row of the program's chain names the rewrite too (ledger.program_chain).
     assert found(decided) == {("commission_unlike_program", "e1"), PLAN_VERSION_ALTERED}
-    [message] = [text for text in messages(decided) if "not as the program's chain recorded it" not in text]
+    [message] = [text for text in messages(decided) if "not as the program chain recorded it" not in text]
     assert "the journal holds accrual of 100.00 to 'northwind'" in message
     assert "the program as recorded by then gives accrual of 250.00 to 'northwind'" in message
 

@@ -132,10 +132,11 @@ def test_sqlite_writers_hold_the_queue_lock_for_their_transaction_only(sqlite_da
 
 
 def _insert_rows(database: Database, names: list[str]) -> None:
-    """One row per name, in a table no trigger writes more rows for (customers)."""
+    """One row per name, in a table no trigger writes more rows for (`rules_since`: a fact's table,
+    since migration 0053, writes a row of the program's chain)."""
     with database.transaction() as session:
         for name in names:
-            session.execute(text("INSERT INTO customers (id, created_at_us) VALUES (:n, 1)"), {"n": name})
+            session.execute(text("INSERT INTO rules_since (rule, since_us) VALUES (:n, 1)"), {"n": name})
 
 
 def _checkpointed_names(path: str, tmp_path) -> set[str]:
@@ -144,7 +145,7 @@ def _checkpointed_names(path: str, tmp_path) -> set[str]:
     copy.write_bytes(Path(path).read_bytes())
     connection = sqlite3.connect(copy)
     try:
-        return {name for (name,) in connection.execute("SELECT id FROM customers")}
+        return {name for (name,) in connection.execute("SELECT rule FROM rules_since")}
     finally:
         connection.close()
         copy.unlink()
@@ -189,7 +190,7 @@ def test_the_log_grown_behind_a_long_read_is_cut_back_once_the_read_has_ended(sq
     reader = sqlite3.connect(path, isolation_level=None)
     try:
         reader.execute("BEGIN")
-        assert reader.execute("SELECT count(*) FROM customers").fetchone() is not None
+        assert reader.execute("SELECT count(*) FROM rules_since").fetchone() is not None
         for batch in range(60):
             _insert_rows(database, [f"w{batch}-{row}" for row in range(5)])
         assert os.path.getsize(f"{path}-wal") > 4 * 64 * 1024
@@ -216,7 +217,7 @@ def test_a_failed_checkpoint_leaves_the_commit_standing(sqlite_database, monkeyp
     _insert_rows(database, ["b1"])
     assert "checkpoint of" in caplog.text
     with database.reader() as session:
-        assert session.execute(text("SELECT count(*) FROM customers WHERE id = 'b1'")).scalar() == 1
+        assert session.execute(text("SELECT count(*) FROM rules_since WHERE rule = 'b1'")).scalar() == 1
     assert _lock_is_free(f"{database.engine.url.database}-writer.lock")
 
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from ledger import partners, plans
 from ledger.errors import InvalidInput
 from tests.api.conftest import STANDARD_TERMS, enroll
+from tests.integration.conftest import chain_due
 
 HORIZON_US = 366 * 86_400 * 1_000_000
 RECORDED_US = 1_780_000_000_000_000  # 2026-05-28, after every fact `enroll` dates
@@ -34,6 +35,7 @@ def test_the_database_refuses_a_fact_dated_more_than_366_days_after_it_is_record
             connection.execute(sa.text(ROWS[table]), {"at": RECORDED_US + HORIZON_US + 1, "rec": RECORDED_US})
     with database.engine.begin() as connection:  # at the horizon: accepted
         connection.execute(sa.text(ROWS[table]), {"at": RECORDED_US + HORIZON_US, "rec": RECORDED_US})
+        chain_due(connection)
 
 
 @pytest.mark.parametrize("name", ["", " ", "\t \n"])

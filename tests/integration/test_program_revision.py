@@ -17,6 +17,7 @@ from ledger.instants import parse_date
 from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_database_guards import refused, refused_without_recursive_triggers
 from tests.program import PLAN, at, paid, seed
+from tests.integration.conftest import chain_due
 
 REFUSED = "program_revision: the revision is kept by the database"
 
@@ -70,6 +71,7 @@ def test_a_row_inserted_into_any_program_table_moves_the_revision_by_one(seeded,
     before = revision(seeded)
     with seeded.engine.begin() as connection:
         assert connection.exec_driver_sql(RAW_INSERTS[table]).rowcount == 1
+        chain_due(connection)
     assert revision(seeded) == before + 1
 
 
@@ -90,6 +92,7 @@ def test_a_program_row_written_behind_pythons_back_reaches_the_cached_program(se
         connection.exec_driver_sql(
             "INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us) "
             f"VALUES ('globex', 'terminated', {at('2026-02-15')}, {at('2026-02-15')})")
+        chain_due(connection)
     assert commissions(seeded, paid("e2", "acme", "inv-2", 10_000, "2026-03-10")) == [
         ("northwind", "accrual", 2_000)]
 

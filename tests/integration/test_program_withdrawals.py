@@ -21,6 +21,7 @@ from ledger.verify import verify
 from tests.integration.conftest import second_writer_behind_first
 from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.scenarios.books import Books, ahead, at, terms
+from tests.integration.conftest import chain_due
 
 MINUTE_US = 60 * 1_000_000
 
@@ -165,6 +166,7 @@ def accepted(books: Books, statement: str, **params) -> None:
         params.setdefault("rec", now_us())
     with books.database.engine.begin() as connection:
         connection.execute(sa.text(statement), params)
+        chain_due(connection)  # a fact written past Python, chained as the service chains its own
 
 
 def status_id(books: Books, partner_id: str, status: str) -> int:
@@ -428,9 +430,9 @@ def test_verify_names_a_withdrawal_written_around_the_database_s_rules(books):
     with books.database.reader() as session:
         named = [(problem.code, problem.message) for problem in verify(session).problems]
     assert [code for code, _ in named] == [*["withdrawal_not_applied"] * 4, *["withdrawn_too_late"] * 2,
-                                           "withdrawal_of_a_first"], named
+                                           "withdrawal_of_a_first", "program_fact_unchained"], named
     assert f"partner_statuses row {started} was recorded less than five minutes before" in named[4][1]
-    assert f"plan_versions row {first_version}: a plan's first version" in named[-1][1]
+    assert f"plan_versions row {first_version}: a plan's first version" in named[-2][1]
 
 
 def test_the_database_takes_a_withdrawal_only_of_a_fact_that_starts_over_ten_minutes_after_its_clock(books):

@@ -13,6 +13,7 @@ from ledger import reversals
 from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.program import at
 from tests.scenarios.books import Books
+from tests.integration.conftest import chain_due
 
 EVENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
          "recorded_at_us, request_hash, status, first_eligible_customer_id) "
@@ -41,6 +42,7 @@ def refused(books: Books, statement: str, match: str, **params) -> None:
 def accepted(books: Books, statement: str, **params) -> None:
     with books.database.engine.begin() as connection:
         connection.execute(sa.text(statement), params)
+        chain_due(connection)  # a fact written past Python, chained as the service chains its own
 
 
 def test_the_customers_cpa_claim_is_made_by_the_first_eligible_invoice(books):
