@@ -111,11 +111,11 @@ def attribute(session: Session, customer_id: str, partner_id: str, effective_fro
         # posting's read of the attributions and its commit.
         lock_journal(session)
     recorded = now_us()
-    if not history and not _exists(session, customer_id):
-        program_chain.record(session, "customers", dict(id=customer_id, created_at_us=recorded))
-    attribution_id = program_chain.record(session, "attributions", dict(
+    customer = [] if history or _exists(session, customer_id) else [
+        ("customers", dict(id=customer_id, created_at_us=recorded))]
+    *_, attribution_id = program_chain.record(session, *customer, ("attributions", dict(
         customer_id=customer_id, partner_id=partner_id, effective_from_us=start_us, source=source,
-        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions")))
+        recorded_at_us=recorded, **withdrawals.new_id(session, "attributions"))))
     return Attribution(customer_id, partner_id, start_us, None, source, recorded, attribution_id), True
 
 

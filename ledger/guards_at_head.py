@@ -172,7 +172,7 @@ GUARDS = {
         'trg_program_chain_clears_due': ('program_chain', '8eaa6e49872571df'),
         'trg_program_chain_due_met': ('program_chain_due', '584b0dfb8e22720c'),
         'trg_program_chain_due_no_update': ('program_chain_due', '66966edcf132342f'),
-        'trg_program_chain_fact_exists': ('program_chain', '1fa71d23e2873369'),
+        'trg_program_chain_fact_exists': ('program_chain', '42536a6ad4075696'),
         'trg_program_chain_linked': ('program_chain', 'b38b7eeef845bc43'),
         'trg_program_chain_no_delete': ('program_chain', '6276f4f9379647d4'),
         'trg_program_chain_no_replace': ('program_chain', '0ea4b6f6cfeec487'),

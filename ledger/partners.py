@@ -94,14 +94,14 @@ def create_partner(session: Session, partner_id: str, name: str, partner_type: s
     if partner_exists(session, partner_id):
         raise Conflict(f"partner {partner_id!r} already exists")
     created = now_us()
-    program_chain.record(session, "partners", dict(id=partner_id, name=name, type=partner_type, parent_id=parent_id,
-                                                   parent_depth=parent_depth, depth=depth, created_at_us=created))
-    program_chain.record(session, "partner_statuses", dict(
-        partner_id=partner_id, status="active", effective_at_us=BEGINNING_US, recorded_at_us=created,
-        **withdrawals.new_id(session, "partner_statuses")))
-    program_chain.record(session, "partner_plans", dict(
-        partner_id=partner_id, plan_id=plan_id, effective_from_us=BEGINNING_US, recorded_at_us=created,
-        **withdrawals.new_id(session, "partner_plans")))
+    program_chain.record(
+        session,
+        ("partners", dict(id=partner_id, name=name, type=partner_type, parent_id=parent_id, parent_depth=parent_depth,
+                          depth=depth, created_at_us=created)),
+        ("partner_statuses", dict(partner_id=partner_id, status="active", effective_at_us=BEGINNING_US,
+                                  recorded_at_us=created, **withdrawals.new_id(session, "partner_statuses"))),
+        ("partner_plans", dict(partner_id=partner_id, plan_id=plan_id, effective_from_us=BEGINNING_US,
+                               recorded_at_us=created, **withdrawals.new_id(session, "partner_plans"))))
     return get_partner(session, partner_id)
 
 
@@ -130,9 +130,9 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
         raise Conflict(f"effective_at: partner {partner_id!r} is {latest_status} from {format_instant(latest)}; "
                        "a status change cannot start before the latest one" + _withdrawable(latest),
                        {"effective_at": [f"must not be earlier than {format_instant(latest)}"]})
-    program_chain.record(session, "partner_statuses", dict(partner_id=partner_id, status=status, effective_at_us=at,
-                                                           recorded_at_us=now_us(),
-                                                           **withdrawals.new_id(session, "partner_statuses")))
+    program_chain.record(session, ("partner_statuses", dict(partner_id=partner_id, status=status, effective_at_us=at,
+                                                            recorded_at_us=now_us(),
+                                                            **withdrawals.new_id(session, "partner_statuses"))))
     return get_partner(session, partner_id)
 
 
@@ -162,9 +162,9 @@ def change_plan(session: Session, partner_id: str, plan_id: str, effective_from_
                        f"{format_instant(latest)}; a plan change must start after the latest one"
                        + _withdrawable(latest),
                        {"effective_from": [f"must be later than {format_instant(latest)}"]})
-    program_chain.record(session, "partner_plans", dict(partner_id=partner_id, plan_id=plan_id,
-                                                        effective_from_us=effective_from_us, recorded_at_us=now_us(),
-                                                        **withdrawals.new_id(session, "partner_plans")))
+    program_chain.record(session, ("partner_plans", dict(partner_id=partner_id, plan_id=plan_id,
+                                                         effective_from_us=effective_from_us, recorded_at_us=now_us(),
+                                                         **withdrawals.new_id(session, "partner_plans"))))
     return get_partner(session, partner_id)
 
 

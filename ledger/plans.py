@@ -65,7 +65,7 @@ def create_plan(session: Session, plan_id: str, name: str, terms_data: dict[str,
     if plan_exists(session, plan_id):
         raise Conflict(f"plan {plan_id!r} already exists")
     created = now_us()
-    program_chain.record(session, "plans", dict(id=plan_id, name=name, created_at_us=created))
+    program_chain.record(session, ("plans", dict(id=plan_id, name=name, created_at_us=created)))
     _insert_version(session, plan_id, 1, first_us, terms)
     return get_plan(session, plan_id)
 
@@ -116,9 +116,9 @@ def withdraw_version(session: Session, plan_id: str, version: int) -> Plan:
 def _insert_version(session: Session, plan_id: str, version: int, effective_from_us: int, terms: Terms) -> PlanVersion:
     try:
         with session.begin_nested():
-            version_id = program_chain.record(session, "plan_versions", dict(
+            [version_id] = program_chain.record(session, ("plan_versions", dict(
                 plan_id=plan_id, version=version, effective_from_us=effective_from_us,
-                terms=terms_to_json(terms), created_at_us=now_us(), **withdrawals.new_id(session, "plan_versions")))
+                terms=terms_to_json(terms), created_at_us=now_us(), **withdrawals.new_id(session, "plan_versions"))))
     except IntegrityError:
         raise Conflict(f"plan {plan_id!r} changed concurrently; retry") from None
     return PlanVersion(version_id, plan_id, version, effective_from_us, terms)

@@ -83,9 +83,9 @@ def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts
         # A server whose clock is ahead of the others' by more than the skew allowed posted after it.
         raise Conflict(f"{what} starts at {format_instant(starts_us)}, and a posting is dated at or after it (or pins "
                        "it): it may have decided the posting, and stays")
-    program_chain.record(session, "program_withdrawals", dict(
+    program_chain.record(session, ("program_withdrawals", dict(
         fact_table=table, fact_id=fact_id, subject_id=subject_id, starts_us=starts_us, value=value, detail=detail,
-        fact_recorded_at_us=fact_recorded_at_us, recorded_at_us=now))
+        fact_recorded_at_us=fact_recorded_at_us, recorded_at_us=now)))
 
 
 def verify_withdrawals(session: Session) -> list[tuple[None, str, str]]:

@@ -85,8 +85,10 @@ BACKFILL_ROWS = 5_000  # chain rows written at a time
 
 
 def fact_hash(prev_hash: str, table: str, content: tuple) -> str:
-    """Of the JSON array [prev_hash, table, [the fact's values in FACT_COLUMNS order]], ASCII only."""
-    document = json.dumps([prev_hash, table, content], separators=(",", ":"))
+    """Of the JSON array [prev_hash, table, [the fact's values in FACT_COLUMNS order]], ASCII only;
+    a value JSON has no form for (an SQLite blob) as `<type>repr`."""
+    document = json.dumps([prev_hash, table, content], separators=(",", ":"),
+                          default=lambda value: f"<{type(value).__name__}>{value!r}")
     return hashlib.sha256(document.encode()).hexdigest()
 
 
@@ -107,8 +109,8 @@ def fact_exists(postgres: bool) -> str:
         elif postgres:
             found = (f"CASE WHEN n.fact_id ~ '^[1-9][0-9]{{0,17}}$' THEN EXISTS (SELECT 1 FROM {table} f"
                      f" WHERE f.id = n.fact_id::bigint) ELSE false END")
-        else:
-            found = f"EXISTS (SELECT 1 FROM {table} f WHERE f.id = n.fact_id)"
+        else:  # by its key, and as text: SQLite takes '03' for 3
+            found = f"EXISTS (SELECT 1 FROM {table} f WHERE f.id = n.fact_id AND CAST(f.id AS TEXT) = n.fact_id)"
         cases.append(f"WHEN '{table}' THEN {found}")
     return f"CASE n.fact_table {' '.join(cases)} ELSE false END"
 
@@ -220,8 +222,9 @@ def _facts(bind, table: str):
                                          " WHERE fact_table = :table ORDER BY fact_id"), {"table": table}).all()
         for fact_id, *values in withdrawn:
             found = {"id": fact_id, **dict(zip(sources, values))}
-            if table == "plan_versions":
-                found["version"] = int(found["version"])
+            version = found.get("version")
+            if isinstance(version, str) and version.isascii() and version.isdigit():
+                found["version"] = int(version)
             yield tuple(found[column] for column in columns)
 
 

@@ -34,12 +34,12 @@ def test_an_accrual_posted_while_a_termination_is_recorded_is_not_of_revenue_aft
 
     recording = program_chain.record
 
-    def record_once_the_status_is_dated(session, table, values):
-        if table == "partner_statuses" and not other:
+    def record_once_the_status_is_dated(session, *facts):
+        if facts[0][0] == "partner_statuses" and not other:
             other.append(threading.Thread(target=post_event_paid_now))
             other[0].start()
             other[0].join(OTHER_WAIT_S)  # on the journal lock, it waits for the termination's commit
-        return recording(session, table, values)
+        return recording(session, *facts)
 
     monkeypatch.setattr(program_chain, "record", record_once_the_status_is_dated)
     with database.transaction() as session:

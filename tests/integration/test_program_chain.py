@@ -121,6 +121,24 @@ def test_a_fact_added_or_removed_past_the_triggers_is_named(chained):
     assert any("names partner_plans" in p.message for p in problems if p.code == "program_fact_missing")
 
 
+@pytest.mark.parametrize("statement", [
+    "UPDATE program_withdrawals SET value = 'x' WHERE fact_table = 'plan_versions'",
+    "UPDATE program_withdrawals SET value = '\u00b3' WHERE fact_table = 'plan_versions'",  # a digit, not ASCII
+])
+def test_a_fact_altered_past_its_type_is_named_not_a_crash(chained, statement):
+    with behind_the_triggers(chained) as execute:
+        execute(statement)
+    assert "program_fact_altered" in codes(chained)
+
+
+def test_an_sqlite_blob_in_a_fact_is_named_not_a_crash(sqlite_database):
+    with sqlite_database.transaction() as session:
+        program.seed(session)
+    with behind_the_triggers(sqlite_database) as execute:
+        execute("UPDATE partners SET name = CAST('Globex' AS BLOB) WHERE id = 'globex'")
+    assert "program_fact_altered" in codes(sqlite_database)
+
+
 def rechain(execute, database) -> None:
     """Recompute every row of the chain from the facts as they now stand: a rewrite made whole."""
     with database.reader() as session:
@@ -235,6 +253,7 @@ def test_the_database_takes_a_fact_chained_by_hand_and_verify_names_a_wrong_hash
     ("no such fact", "({next}, 'customers', 'nobody', '{head}', '{fill}')"),
     ("no such integer fact", "({next}, 'attributions', '999999', '{head}', '{fill}')"),
     ("not a number", "({next}, 'attributions', 'x1', '{head}', '{fill}')"),
+    ("a number not as the fact's id reads", "({next}, 'partner_statuses', '01', '{head}', '{fill}')"),
 ])
 def test_the_database_refuses_a_chain_row_out_of_its_place(chained, case, row):
     with chained.reader() as session:
