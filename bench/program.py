@@ -83,8 +83,9 @@ def _insert_customers(session: Session, customer_ids: list[str], owners: list[st
         ids = session.execute(insert(attributions).returning(attributions.c.id, sort_by_parameter_order=True),
                               attribution_rows).scalars().all()
         # Chained as the service chains each fact it records (ledger/program_chain.py).
+        attributed = [row | {"id": id_} for row, id_ in zip(attribution_rows, ids)]
         program_chain.chain(session, [*(("customers", row) for row in customer_rows),
-                                      *(("attributions", row | {"id": id_}) for row, id_ in zip(attribution_rows, ids))])
+                                      *(("attributions", row) for row in attributed)])
 
 
 def month_start_us(month_offset: int) -> int:

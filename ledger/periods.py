@@ -7,8 +7,8 @@ off at P's last instant; then every account's cumulative debits and credits at P
 as P's snapshot, with the period's transaction count, the journal head, the program's chain head
 (`program_chain`, since migration 0053), and a close hash over all of it chained to the previous
 close; inserting the close makes the database store every partner's statement lines of P as
-documents (statement_lines.py), and the service writes them
-again as the API writes them (statement_bodies.py), which a closed month's statement serves.
+documents (statement_lines.py), and the service writes them again as the API writes them
+(statement_bodies.py), which a closed month's statement serves.
 After that, a posting dated inside P is made at the start of the first open period
 (journal.Batch), and the database refuses one dated inside it.
 
