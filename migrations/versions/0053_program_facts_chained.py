@@ -29,7 +29,9 @@ here (SQLite has no SHA-256). `FACT_COLUMNS` and `fact_hash` are frozen copies o
 a test compares.
 
 Downgrade drops the chain; it refuses while a close holds a program head, which its close hash
-covers and which the columns dropped would lose.
+covers and which the columns dropped would lose, and while the chain holds its facts in another
+order than this revision's backfill gives (facts recorded since): going up again would chain them
+otherwise, and a program head recorded meanwhile would no longer be proved.
 
 Revision ID: 0053
 Revises: 0052

@@ -299,8 +299,8 @@ def test_the_migrations_frozen_copy_hashes_as_the_ledger_does():
     assert migration.FACT_COLUMNS == program_chain.FACT_COLUMNS
     assert migration.TABLES == PROGRAM_CHAIN_TABLES
     assert migration.WITHDRAWN_AS == program_chain.WITHDRAWN_AS
-    content = (7, "Ünïcode \ud800 name", -1, None)
-    assert migration.fact_hash("1" * 64, "plans", content) == program_chain.fact_hash("1" * 64, "plans", content)
+    for content in ((7, "Ünïcode \ud800 name", -1, None), ("a", b"blob", 1.5)):
+        assert migration.fact_hash("1" * 64, "plans", content) == program_chain.fact_hash("1" * 64, "plans", content)
 
 
 def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_close_holds_a_head(empty_url):
