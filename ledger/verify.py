@@ -45,8 +45,8 @@ migration 0053): every fact of the program against its row, the chain whole, and
 recorded earlier (`program_head`), as each close's own, which its close hash covers. And the
 triggers themselves, each as the migrations made it and firing, and on PostgreSQL the keys and
 checks (`ledger.guards`). All of it reads one snapshot. On SQLite it first reads every page of the
-file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked. Problems are values (`Problem`), never exceptions: verify
-reports, the caller decides.
+file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked. Problems are
+values (`Problem`), never exceptions: verify reports, the caller decides.
 
 What the database holds cannot prove what it no longer holds: the newest transactions, or the
 newest close, removed by someone who can write the file (past the triggers) leave a shorter chain
