@@ -605,6 +605,14 @@ def _insert_many(connection, table, columns: tuple[str, ...], rows: list[tuple])
     _driver_execute(connection, sql, rows, many=True)
 
 
+def table_exists(session: Session, name: str) -> bool:
+    """Whether the books hold table `name`: those below the revision that made it, as the tests of
+    earlier migrations write them with today's code, do not."""
+    if is_postgres(session):
+        return bool(driver_rows(session, "SELECT 1 WHERE to_regclass(?) IS NOT NULL", (name,)))
+    return bool(driver_rows(session, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+
 def driver_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
     """The rows of one SELECT sent straight through the driver, as plain tuples.
 

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import String, cast, exists, func, insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import driver_rows, insert_many, is_postgres, shared_cache, transaction_info
+from ledger.db import driver_rows, insert_many, is_postgres, shared_cache, table_exists, transaction_info
 from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata, program_chain, program_withdrawals
 
 CHAINED_TABLES = PROGRAM_CHAIN_TABLES
@@ -114,11 +114,7 @@ def chained(session: Session) -> bool:
     if known is not None and known.get("chained"):
         return True
     if "program_chained" not in session.info:
-        if is_postgres(session):
-            found = "SELECT 1 WHERE to_regclass('program_chain') IS NOT NULL"
-        else:
-            found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'program_chain'"
-        session.info["program_chained"] = bool(driver_rows(session, found))
+        session.info["program_chained"] = table_exists(session, "program_chain")
         if known is not None and session.info["program_chained"]:
             known["chained"] = True
     return session.info["program_chained"]

@@ -20,11 +20,11 @@ ones included (`verify.verify_event_statuses`).
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text, union_all
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from ledger import program_chain
-from ledger.db import database_now_us
+from ledger.db import database_now_us, table_exists
 from ledger.errors import Conflict
 from ledger.instants import format_instant
 from ledger.journal import CLOCK_SKEW_US, now_us
@@ -53,11 +53,7 @@ def new_id(session: Session, table: str) -> dict[str, int]:
 def recorded(session: Session) -> bool:
     """Whether the books record withdrawals: those below revision 0040, as the tests of earlier
     migrations write them with today's code, have no table for them (and no withdrawals)."""
-    if session.get_bind().dialect.name == "sqlite":
-        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'program_withdrawals'"
-    else:
-        found = "SELECT 1 WHERE to_regclass('program_withdrawals') IS NOT NULL"
-    return session.execute(text(found)).first() is not None
+    return table_exists(session, "program_withdrawals")
 
 
 def withdraw(session: Session, table: str, fact_id: int, subject_id: str, starts_us: int, value: str,

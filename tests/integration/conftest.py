@@ -134,10 +134,11 @@ def one_waits(database, worker) -> bool:
 
 def chain_due(connection) -> None:
     """Chain the facts a raw writer inserted in this transaction, as the service does with each
-    (`ledger.program_chain`), table by table in the chain's order: a test that writes facts past
-    Python, to prove the database's other rules, commits them (migration 0053 asks each for its row
-    of the chain by the commit)."""
+    (`ledger.program_chain.chain`), table by table in the chain's order: a test that writes facts
+    past Python, to prove the database's other rules, commits them (migration 0053 asks each for its
+    row of the chain by the commit)."""
     import sqlalchemy as sa
+    from sqlalchemy.orm import Session
 
     from ledger import program_chain
     from ledger.schema import metadata
@@ -145,15 +146,9 @@ def chain_due(connection) -> None:
     if not sa.inspect(connection).has_table("program_chain_due"):  # books below 0053
         return
     due = connection.execute(sa.text("SELECT fact_table, fact_id FROM program_chain_due")).all()
-    head = connection.execute(sa.text("SELECT id, hash FROM program_chain ORDER BY id DESC LIMIT 1")).first()
-    head_id, prev_hash = head if head is not None else (0, "0" * 64)
+    facts = []
     for table_name, fact_id in sorted(due, key=lambda row: (program_chain.CHAINED_TABLES.index(row[0]), row[1])):
         table = metadata.tables[table_name]
         key = fact_id if isinstance(table.c.id.type, sa.String) else int(fact_id)
-        fact = connection.execute(sa.select(table).where(table.c.id == key)).one()
-        hashed = program_chain.fact_hash(prev_hash, table_name, program_chain.content(table_name, fact))
-        head_id += 1
-        connection.execute(sa.text("INSERT INTO program_chain (id, fact_table, fact_id, prev_hash, hash) VALUES "
-                                   "(:id, :t, :f, :prev, :h)"),
-                           {"id": head_id, "t": table_name, "f": fact_id, "prev": prev_hash, "h": hashed})
-        prev_hash = hashed
+        facts.append((table_name, connection.execute(sa.select(table).where(table.c.id == key)).one()._mapping))
+    program_chain.chain(Session(bind=connection), facts)
