@@ -7,6 +7,11 @@ journal cannot be emptied: its tables refuse DELETE and TRUNCATE by design.
 PostgreSQL tests skip with a loud reason when no server binaries are installed, except under
 CI=true, where they fail instead: CI must run them.
 
+The tests' files and their PostgreSQL clusters live in memory (`/dev/shm`) when the machine has one
+with room and no `TMPDIR` is set: nothing of theirs needs to outlive the run. On this machine's
+disk a `CREATE DATABASE` from the template took 80-370 ms, in memory 13-17 ms, and the whole suite
+took 675 s against 489 s (`make test` on 2 cores).
+
 `make soak` sets SOAK=1: a `soak` Hypothesis profile, and two helpers that tests use for their
 sizes, `examples(n)` (Hypothesis examples, ten times more) and `scaled(n)` (processes, events,
 kills, state-machine steps: twice as many). Without it every size is what `make test` runs. It is an
@@ -19,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -34,6 +40,21 @@ SOAK = os.environ.get("SOAK", "") == "1"
 SOAK_EXAMPLES_FACTOR = 10
 SOAK_SIZE_FACTOR = 2
 _counter = itertools.count()
+MEMORY_DIR = "/dev/shm"
+MEMORY_ROOM_BYTES = 4 << 30  # the suite's peak was 1.4 GB with the files of passed tests kept
+
+
+def _memory_temp_dir() -> str | None:
+    """`/dev/shm` when no `TMPDIR` was asked for and it is a directory we may write with room."""
+    if "TMPDIR" in os.environ or not os.path.isdir(MEMORY_DIR) or not os.access(MEMORY_DIR, os.W_OK | os.X_OK):
+        return None
+    stats = os.statvfs(MEMORY_DIR)
+    return MEMORY_DIR if stats.f_bavail * stats.f_frsize >= MEMORY_ROOM_BYTES else None
+
+
+# Before pytest picks its base directory (the first `tmp_path`) and before any cluster is made
+# (`tests.pg_cluster` takes `tempfile.mkdtemp`); the processes tests start keep their own default.
+tempfile.tempdir = _memory_temp_dir() or tempfile.tempdir
 
 # Under CI every Hypothesis test draws the same examples on every run, so that a commit's result
 # does not depend on luck; local runs (and `make soak`) keep exploring new examples. The soak profile
