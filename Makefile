@@ -10,8 +10,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (the suite takes about 10 minutes in one process on 2 cores,
-# about half that in two); TEST_WORKERS=0 runs it in one process.
+# pytest-xdist workers for `make test` (the suite takes about 8 minutes in two on 2 cores);
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 BENCH_ARGS ?= --quick
 
