@@ -11,7 +11,12 @@ keeps `limit` and makes the next cursor if there was one more.
 Each list is a `Listing`, and takes `page_query(listing)` (subclass it to add filters) and
 `page(..., encode=listing.cursor)`. A cursor names its list and holds a key of it: one of another
 list, or one whose key the list does not order by, is refused like any text this API did not hand
-out, not read as a place in this list.
+out, not read as a place in this list. It also holds a check of its content and of the filters of
+the request it was handed out to (the query but `cursor` and `limit`): a cursor cut short, as a
+copy and paste can, read "transactions:after:103" as "...:after:10", and the list started again
+93 rows back with no error; one sent with other filters listed after a key no page of those
+filters ended on. Either is refused now. The check is a checksum, not a secret: a cursor made by
+hand lists only what its key's filters let the caller see, as any page does.
 
 The path converters live here too: integer ids (`IdConverter`), and text ids that hold no NUL
 (`TEXT_CONVERTERS`).
@@ -21,10 +26,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import json
 import re
 from typing import Any, Callable, NamedTuple, Sequence
 
 import marshmallow as ma
+from flask import has_request_context, request
 from werkzeug.routing import IntegerConverter, PathConverter, UnicodeConverter
 
 from api.schemas import Schema
@@ -38,6 +47,8 @@ ID_CONVERTER = "id"
 _CURSOR_TEXT_MAX = 128
 _ID_KEY = re.compile(r"[0-9]{1,19}")
 NOT_A_CURSOR = "is not a cursor returned by this API"
+_CHECK_HEX = 12  # 48 bits: a cursor cut or altered by mistake passes with a chance of 2**-48
+_NOT_FILTERS = ("cursor", "limit")
 
 
 class IdConverter(IntegerConverter):
@@ -81,6 +92,24 @@ def _content(text: str) -> str:
         return ""
 
 
+def _filters() -> list[list[str]]:
+    """The filters of the request being answered, as a cursor is bound to them: its query parameters
+    but the cursor and the page size, in order ([] outside a request)."""
+    if not has_request_context():
+        return []
+    return sorted([name, value] for name, value in request.args.items(multi=True) if name not in _NOT_FILTERS)
+
+
+def _check(content: str) -> str:
+    return hashlib.sha256(json.dumps([_filters(), content]).encode()).hexdigest()[:_CHECK_HEX]
+
+
+def sealed(content: str) -> str:
+    """A cursor of `content` ("<list>:after:<key>") for the request being answered: base64url of
+    "<check>:<content>"."""
+    return base64.urlsafe_b64encode(f"{_check(content)}:{content}".encode()).decode().rstrip("=")
+
+
 def parse_id_key(text: str) -> int:
     """The id key of a cursor of a list ordered by id; ValueError for any other text."""
     if _ID_KEY.fullmatch(text) is None or int(text) > ID_MAX:
@@ -89,7 +118,8 @@ def parse_id_key(text: str) -> int:
 
 
 class Listing(NamedTuple):
-    """A list as its cursors name it: "<name>:after:<key>" in base64url."""
+    """A list as its cursors name it: "<name>:after:<key>", checked with the request's filters
+    (`sealed`)."""
 
     name: str
     # The key as the list orders by it (an id, a partner id, a period); InvalidInput or ValueError
@@ -98,14 +128,16 @@ class Listing(NamedTuple):
     first_key: Any = None  # the key a list without a cursor starts after: None, or 0 for ids
 
     def cursor(self, last_key: Any) -> str:
-        return base64.urlsafe_b64encode(f"{self.name}:after:{last_key}".encode()).decode().rstrip("=")
+        return sealed(f"{self.name}:after:{last_key}")
 
     def key(self, text: Any) -> Any:
         """The key a cursor of this list points after; ValidationError for anything else: a cursor of
-        another list, one made before cursors named their list, a key the list does not hold."""
-        content = _content(text) if isinstance(text, str) and len(text) <= _CURSOR_TEXT_MAX else ""
+        another list or of other filters, one cut short or altered, one made before cursors named
+        their list or held a check, a key the list does not hold."""
+        check, _, content = (_content(text) if isinstance(text, str) and len(text) <= _CURSOR_TEXT_MAX
+                             else "").partition(":")
         prefix = f"{self.name}:after:"
-        if content.startswith(prefix):
+        if content.startswith(prefix) and hmac.compare_digest(check, _check(content)):
             try:
                 return self.parse_key(content.removeprefix(prefix))
             except (InvalidInput, ValueError):

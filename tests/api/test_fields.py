@@ -1,6 +1,7 @@
 """The contract's value types as marshmallow fields, and their 422s through a probe route that
 names the field (nested fields by dotted path)."""
 
+import base64
 from datetime import date
 from decimal import Decimal
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from api.auth import allow
 from api.body import Blueprint
 from api.fields import Amount, AsOf, Currency, Date, Instant, Money, PartnerId, Period, Rate, Str
-from api.pagination import Listing, page_query, parse_id_key
+from api.pagination import NOT_A_CURSOR, Listing, page_query, parse_id_key
 from api.routes.revenue import COMMISSION_KINDS, OutcomeSchema, RevenueEventSchema, plain_event, render_outcome
 from api.schemas import Schema
 from ledger.money import MINOR_MAX
@@ -164,6 +165,25 @@ def test_a_cursor_round_trips_and_is_not_a_bare_number(last_id):
 ])
 def test_a_cursor_this_api_did_not_hand_out_is_refused(cursor):
     assert refused(PageQuery, {"cursor": cursor}) == {"cursor": ["is not a cursor returned by this API"]}
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4])
+def test_a_cursor_cut_short_is_refused_not_read_as_an_earlier_key(cut):
+    """Without a check, "things:after:103" cut short read as "things:after:10" or ":after:1": the list
+    started again rows back, and no error said so."""
+    cursor = THINGS.cursor(103)
+    assert load(PageQuery, {"cursor": cursor})["cursor"] == 103
+    assert refused(PageQuery, {"cursor": cursor[:-cut]}) == {"cursor": [NOT_A_CURSOR]}
+
+
+def test_a_cursor_without_its_check_or_with_another_is_refused():
+    content = base64.urlsafe_b64decode(THINGS.cursor(103) + "==").decode()
+    check, _, rest = content.partition(":")
+    assert rest == "things:after:103" and len(check) == 12
+    other = ("0" if check[0] != "0" else "1") + check[1:]
+    for text in (rest, f"{other}:{rest}", f":{rest}", f"{check}{rest}"):
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        assert refused(PageQuery, {"cursor": cursor}) == {"cursor": [NOT_A_CURSOR]}, text
 
 
 def test_page_limits_default_to_100_and_stop_at_1000():

@@ -94,6 +94,47 @@ def test_a_cursor_the_transaction_list_did_not_hand_out_is_a_422_naming_it(share
         assert_not_a_cursor(shared, "/v1/transactions", cursor)
 
 
+def test_a_cursor_cut_short_is_a_422_not_an_earlier_page(scratch):
+    """Read as an earlier key ("...:after:103" as "...:after:10"), a cursor cut by a copy and paste
+    listed rows already read, with no error."""
+    partner = fresh_partner(scratch)
+    with scratch.database.transaction() as session:
+        journal.post(session, [accrual(partner, f"{partner}-{i}", 100 + i, 1_000 + i) for i in range(101)])
+    finance, query = bearer(scratch.keys.finance), {"partner_id": partner}
+    cursor = scratch.client.get("/v1/transactions", query_string=query, headers=finance).get_json()["next_cursor"]
+    for cut in (1, 2, 3, 4):
+        response = scratch.client.get("/v1/transactions", query_string=query | {"cursor": cursor[:-cut]}, headers=finance)
+        assert errors_of(response) == {"cursor"}, cut
+
+
+def test_a_cursor_goes_on_only_with_the_filters_it_was_handed_out_with(shared):
+    finance = bearer(shared.keys.finance)
+
+    def listed(key, **query):
+        return shared.client.get("/v1/transactions", query_string=query, headers=key)
+
+    first = listed(finance, partner_id="p1", limit=1).get_json()
+    cursor = first["next_cursor"]
+    assert [item["id"] for item in first["items"]] == [shared.booked.p1[0]] and cursor is not None
+    rest = listed(finance, partner_id="p1", limit=1000, cursor=cursor).get_json()["items"]
+    assert [item["id"] for item in rest] == list(shared.booked.p1[1:])
+    for other in ({}, {"partner_id": "p2"}, {"partner_id": "p1", "invoice_id": "p1-a-invoice"}):
+        response = listed(finance, cursor=cursor, **other)
+        assert errors_of(response) == {"cursor"}, other
+
+
+def test_one_partners_cursor_lists_another_partner_only_its_own(shared):
+    """A partner's key lists its own transactions with no filter, so a cursor it was handed out goes on
+    in another partner's key too: after that key, with the other partner's rows only."""
+    p1, p2 = bearer(shared.keys.p1), bearer(shared.keys.p2)
+    cursor = shared.client.get("/v1/transactions?limit=1", headers=p1).get_json()["next_cursor"]
+    theirs = shared.client.get("/v1/transactions", query_string={"cursor": cursor}, headers=p2)
+    assert theirs.status_code == 200
+    items = theirs.get_json()["items"]
+    assert items and {item["partner_id"] for item in items} == {"p2"}
+    assert min(item["id"] for item in items) > shared.booked.p1[0]
+
+
 def test_a_partner_without_transactions_lists_nothing(scratch):
     listing = f"/v1/transactions?partner_id={fresh_partner(scratch)}"
     response = scratch.client.get(listing, headers=bearer(scratch.keys.finance))
