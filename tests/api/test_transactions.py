@@ -103,7 +103,8 @@ def test_a_cursor_cut_short_is_a_422_not_an_earlier_page(scratch):
     finance, query = bearer(scratch.keys.finance), {"partner_id": partner}
     cursor = scratch.client.get("/v1/transactions", query_string=query, headers=finance).get_json()["next_cursor"]
     for cut in (1, 2, 3, 4):
-        response = scratch.client.get("/v1/transactions", query_string=query | {"cursor": cursor[:-cut]}, headers=finance)
+        response = scratch.client.get("/v1/transactions", query_string=query | {"cursor": cursor[:-cut]},
+                                      headers=finance)
         assert errors_of(response) == {"cursor"}, cut
 
 
