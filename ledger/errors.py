@@ -8,6 +8,8 @@ is to blame, a mapping of field name to messages so that the API can render a 42
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class DomainError(Exception):
@@ -62,6 +64,20 @@ class IdempotencyConflict(Conflict):
     """The same idempotency key arrived with different content; `fields` names what differs."""
 
     title = "Idempotency key reused with different content"
+
+
+@contextmanager
+def totals_not_asked() -> Iterator[None]:
+    """Around the work of a request that sends no amount (a release of holds, a payout run, a payout's
+    settlement or failure, a reversal, a close): a posting that would take an account's running total
+    past its range (`OutOfRange`, a 422 naming `amount` where the request sent the amount) is a
+    conflict with the books it would post to, a 409, not a 422 naming a field the request does not
+    have."""
+    try:
+        yield
+    except OutOfRange as error:
+        said = error.fields.get("amount", [error.detail])[0]
+        raise Conflict(f"the books cannot take this posting: its amount {said}") from error
 
 
 def invalid(field: str, message: str) -> InvalidInput:

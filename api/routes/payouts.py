@@ -23,6 +23,7 @@ from api.routes.transactions import render as render_transaction
 from api.schemas import Schema
 from api.session import current_session, separate_transaction, work_deadline
 from ledger import holds, payouts, transactions
+from ledger.errors import totals_not_asked
 from ledger.payouts import Payout
 
 blp = Blueprint("payouts", __name__, description="Hold releases, payout runs, payouts and adjustments (finance)")
@@ -90,10 +91,12 @@ def render(payout: Payout) -> dict:
 
 @blp.route("/holds/release", methods=["POST"])
 @allow("finance")
+@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
 @refuses(422, "`at` is in the future")
 @idempotent
 @blp.arguments(AtRequestSchema)
 @blp.response(200, ReleasedSchema)
+@totals_not_asked()
 def release_holds(args):
     """Release every hold matured by `at`"""
     # A hundred to a transaction, as the payout runs and closes release: in one transaction, a backlog
@@ -111,12 +114,13 @@ def release_holds(args):
 @blp.route("/payout-runs", methods=["POST"])
 @allow("finance")
 @refuses(409, "a run was made at a later instant (runs are made in time order), or `at` lies in a closed "
-              "period")
+              "period; or an account's running total would pass 2^63 - 1 minor units")
 @refuses(422, "`at` is in the future")
 @idempotent
 @blp.arguments(AtRequestSchema)
 @blp.response(201, PayoutRunSchema)
 @blp.alt_response(200, schema=PayoutRunSchema, success=True, description="the run already made at this instant")
+@totals_not_asked()
 def run_payouts(args):
     """Release matured holds, then pay every balance that reaches its plan's minimum"""
     # The releases first, a hundred to a transaction, as the CLI and the jobs make them: in the run's
@@ -147,10 +151,12 @@ def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id:
 @allow("finance")
 @refuses(404, "no payout has this id")
 @refuses(409, RESOLVED)
+@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
 @refuses(422, RESOLVED_AT)
 @idempotent
 @blp.arguments(ResolutionRequestSchema)
 @blp.response(200, PayoutSchema)
+@totals_not_asked()
 def settle_payout(args, payout_id: int):
     """Confirm a pending payout as paid"""
     return render(payouts.settle(current_session(), payout_id, reason=args["reason"], at_us=args["at"]))
@@ -160,10 +166,12 @@ def settle_payout(args, payout_id: int):
 @allow("finance")
 @refuses(404, "no payout has this id")
 @refuses(409, RESOLVED)
+@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
 @refuses(422, RESOLVED_AT)
 @idempotent
 @blp.arguments(ResolutionRequestSchema)
 @blp.response(200, PayoutSchema)
+@totals_not_asked()
 def fail_payout(args, payout_id: int):
     """Mark a pending payout as failed, returning its amount to the partner's available balance"""
     return render(payouts.fail(current_session(), payout_id, reason=args["reason"], at_us=args["at"]))

@@ -24,7 +24,7 @@ from api.schemas import Schema
 from api.session import current_session, separate_transaction, work_deadline
 from ledger import periods
 from ledger.balances import all_balances
-from ledger.errors import InvalidInput, NotFound
+from ledger.errors import InvalidInput, NotFound, totals_not_asked
 from ledger.instants import parse_period, period_bounds_us
 from ledger.journal import now_us
 from ledger.money import format_minor
@@ -139,9 +139,11 @@ def get_period(period: str):
 @refuses(409, "the period has not ended, is closed already, or lies before the latest closed period; or an "
               "earlier period with postings, or a hold maturing in it, is open (close it first); or this server's "
               "clock is more than five minutes ahead of the database's")
+@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
 @idempotent
 @blp.arguments(CloseRequestSchema)
 @blp.response(200, PeriodSchema)
+@totals_not_asked()
 def close_period(_args, period: str):
     """Close an ended period: release matured holds, write off under `reset`, snapshot, hash"""
     deadline = work_deadline()

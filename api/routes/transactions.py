@@ -18,6 +18,7 @@ from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema,
 from api.schemas import Schema
 from api.session import current_session
 from ledger import journal, reversals, transactions
+from ledger.errors import totals_not_asked
 from ledger.instants import format_instant
 from ledger.money import format_minor
 from ledger.transactions import Transaction
@@ -121,10 +122,12 @@ def get_transaction(transaction_id: int):
               "accrual a won dispute reinstated")
 @refuses(409, "the instant it defaults to (its original's) is more than five minutes ahead of this server's "
               "clock: retry later")
+@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
 @refuses(422, "`effective_at` is before the original, or in the future")
 @idempotent
 @blp.arguments(ReversalRequestSchema)
 @blp.response(201, TransactionSchema)
+@totals_not_asked()
 def reverse_transaction(args, transaction_id: int):
     """Reverse a transaction (at most once)
 
