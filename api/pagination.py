@@ -150,7 +150,8 @@ class Cursor(ma.fields.String):
 
     def __init__(self, listing: Listing, **kwargs) -> None:
         super().__init__(metadata={"maxLength": _CURSOR_TEXT_MAX,
-                                   "description": "`next_cursor` of the previous page"}, **kwargs)
+                                   "description": "`next_cursor` of the previous page, sent with the same "
+                                                  "filters"}, **kwargs)
         self.listing = listing
 
     def _deserialize(self, value, attr, data, **kwargs) -> Any:
