@@ -23,7 +23,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from ledger.db import Database, database_words, sqlite_file, writer_lock_path
-from ledger.errors import DomainError
+from ledger.errors import DomainError, totals_not_asked
 from ledger.guards import verify_guards
 from ledger.settings import NOT_UTF8, Settings, SettingsError, without_password
 
@@ -423,7 +423,7 @@ def release_holds(settings: Settings, at: str | None) -> None:
     from ledger.instants import parse_at
 
     at_us = parse_instant_option(at, "--at", parse_at)
-    with opened(settings, {"at": "--at"}) as database:  # without --at: now, read under the journal lock
+    with opened(settings, {"at": "--at"}) as database, totals_not_asked():  # without --at: now, read under the lock
         released = release_in_transactions(database.transaction, at_us)
     click.echo(f"released: {released}")
 
@@ -439,7 +439,7 @@ def payout_run(settings: Settings, at: str | None) -> None:
     from ledger.payouts import run_payouts_in_transactions
 
     at_us = parse_instant_option(at, "--at", parse_at)
-    with opened(settings, {"at": "--at"}) as database:
+    with opened(settings, {"at": "--at"}) as database, totals_not_asked():
         run, released = run_payouts_in_transactions(database.transaction, at_us)
     click.echo(f"released: {released}")
     click.echo(f"payout run {run.id} at {format_instant(run.at_us)}{' (already run)' if run.replayed else ''}")
@@ -459,7 +459,7 @@ def close(settings: Settings, period: str) -> None:
     from ledger.instants import format_instant, parse_period
     from ledger.periods import close_in_transactions
 
-    with opened(settings) as database:
+    with opened(settings) as database, totals_not_asked():
         parse_period(period)
         closed, already, released = close_in_transactions(database.transaction, period)
     click.echo(f"released: {released}")

@@ -2,10 +2,13 @@
 separately for debits and credits) is refused as a whole. Where the request sent the amount (a
 revenue event, an adjustment) that is a 422 naming `amount`; where it sent none (a release of holds,
 a payout run, a payout's settlement or failure, a reversal, a close), a 409 about the books, which
-names no field: it was a 422 naming `amount`, a field those requests do not have."""
+names no field: it was a 422 naming `amount`, a field those requests do not have. The commands that
+release, run payouts and close say the same."""
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import main
 from tests.api.books import event_body, expect, instant, money
 
 MAX_CLF = "922337203685477.5807"  # 2**63 - 1 minor units of CLF, which has four decimals
@@ -50,6 +53,21 @@ def test_a_release_that_would_pass_a_running_total_is_a_409_and_changes_nothing(
     assert_refused_by_the_books(fresh.post(route, body))
     assert fresh.read("/v1/transactions?limit=1000")["items"] == before
     assert fresh.read("/v1/periods/2026-03")["status"] == "open"
+
+
+@pytest.mark.parametrize("command", [("release-holds", "--at", "2026-03-25"), ("payout-run", "--at", "2026-03-25"),
+                                     ("close", "2026-03")])
+def test_the_command_line_says_the_books_cannot_take_it_and_changes_nothing(fresh, database, command):
+    filled(fresh)
+    fresh.event("evt-1", "p1-customer", "inv-1", "1000.0000", "2026-02-20", currency="CLF")
+    fresh.ok("/v1/periods/2026-01/close")
+    fresh.ok("/v1/periods/2026-02/close")
+    before = fresh.read("/v1/transactions?limit=1000")["items"]
+    result = CliRunner().invoke(main, list(command), env={"REVSHARE_DATABASE_URL": database.url})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: the books cannot take this posting: its amount would take an "
+                                    "account's running total past"), result.stderr
+    assert "Traceback" not in result.output and fresh.read("/v1/transactions?limit=1000")["items"] == before
 
 
 def test_an_amount_the_request_sent_is_still_a_422_naming_it(fresh):
