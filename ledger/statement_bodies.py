@@ -173,12 +173,15 @@ def compare(session: Session, key: tuple[str, str, str], given: list[StatementLi
 
 def _first_unlike(found: list[dict], wanted: list[_LineBody]) -> int | None:
     """The transaction of the first line written otherwise than the journal gives it: the first
-    that differs, else the first of the longer list's lines beyond the other's."""
+    that differs, else the first of the longer list's lines beyond the other's; None when the lines
+    are alike one by one, and only their writing differs (spacing, the order of a line's keys)."""
     for line, expected in zip(found, wanted):
         if line != msgspec.structs.asdict(expected):
             return expected.transaction_id
     if len(wanted) > len(found):
         return wanted[len(found)].transaction_id
+    if len(found) == len(wanted):
+        return None
     beyond = found[len(wanted)].get("transaction_id")
     return beyond if isinstance(beyond, int) else None
 

@@ -281,6 +281,23 @@ def test_verify_names_a_body_the_journal_gives_no_lines_for_and_bodies_of_a_peri
         (None, "period 2026-04: statement bodies are stored, and the period is not closed")]
 
 
+def test_a_body_written_otherwise_with_its_lines_alike_is_named_and_verify_goes_on(closed):
+    """A space added to the lines' JSON made them alike one by one and unlike as written: verify
+    stopped there with an IndexError, and named nothing else (a running total moved, below)."""
+    with behind_the_triggers(closed) as execute:
+        execute({False: "UPDATE statement_bodies SET lines = replace(lines, '\"kind\":', '\"kind\": ') "
+                        "WHERE period = '2026-02'",
+                 True: "UPDATE statement_bodies SET lines = replace(lines::text, '\"kind\":', '\"kind\": ')::json "
+                       "WHERE period = '2026-02'"}[closed.engine.dialect.name == "postgresql"])
+        execute("UPDATE account_totals SET credit_minor = credit_minor + 1 WHERE account_id = (SELECT id FROM "
+                "accounts WHERE name = 'liability:partner:contoso:pending') AND currency = 'USD'")
+    with closed.reader() as session:
+        problems = verify(session).problems
+    assert [(p.transaction_id, p.code) for p in problems] == [(None, "statement_line_altered"),
+                                                              (None, "totals_mismatch")], problems
+    assert "period 2026-02: partner northwind's USD statement" in problems[0].message
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL's json column takes JSON only
 def test_a_body_that_is_not_json_is_named_as_such(closed):
     with behind_the_triggers(closed) as execute:
