@@ -310,14 +310,25 @@ def _check_head(head: tuple[int, str], found_hash: str | None) -> list[Problem]:
 def verify_payouts(session: Session, resolutions: dict[int, list[tuple[int, str]]],
                    reversal_of: dict[int, int]) -> list[Problem]:
     """Each payout resolved at most once in the journal (twice is money paid and returned, or paid
-    twice), and recorded as the journal resolved it; nothing resolves a payout that does not exist."""
+    twice), and recorded as the journal resolved it; nothing resolves a payout that does not exist.
+    A settlement or failure is of its payout's partner, moves its amount in its currency and comes
+    after its posting: the key names the payout by id alone, and payouts' ids swapped past the
+    triggers (a failed payout's with a pending one's) showed the pending one failed, and let the
+    failed one be settled, paid twice, with each payout still resolved once."""
     p, r = payouts.c, payout_resolutions.c
     problems = []
     known = set()
-    for payout_id, posting_id, recorded_id, outcome in session.execute(
-            select(p.id, p.transaction_id, r.transaction_id, r.outcome)
+    posted = _resolution_postings(session)
+    for payout_id, posting_id, partner_id, currency, amount_minor, recorded_id, outcome in session.execute(
+            select(p.id, p.transaction_id, p.partner_id, p.currency, p.amount_minor, r.transaction_id, r.outcome)
             .outerjoin(payout_resolutions, r.payout_id == p.id).order_by(p.id)):
         known.add(payout_id)
+        problems += [Problem(transaction_id, "payout_resolution_mismatch",
+                             f"payout {payout_id}: its {resolved} posting is not of its partner, currency and amount, "
+                             "or comes before the payout's own")
+                     for transaction_id, resolved in resolutions.get(payout_id, ())
+                     if posted.get(transaction_id) != (partner_id, {currency: amount_minor})
+                     or transaction_id < posting_id]
         journal = list(resolutions.get(payout_id, ()))
         if posting_id in reversal_of:
             journal.append((reversal_of[posting_id], "failed"))
@@ -390,6 +401,19 @@ def verify_reversals(session: Session) -> list[Problem]:
         .having(func.sum(signed) != 0).order_by(t.id))
     return [Problem(tid, "reversal_not_a_mirror", f"does not undo transaction {reversed_id} exactly")
             for tid, reversed_id in dict(rows.all()).items()]
+
+
+def _resolution_postings(session: Session) -> dict[int, tuple[str | None, dict[str, int]]]:
+    """Each settlement's and failure's transaction: its partner and its debits by currency."""
+    t, j = journal_transactions.c, journal_lines.c
+    posted: dict[int, tuple[str | None, dict[str, int]]] = {}
+    for transaction_id, partner_id, currency, debits in session.execute(
+            select(t.id, t.partner_id, j.currency, func.sum(j.amount_minor))
+            .join(journal_lines, j.transaction_id == t.id)
+            .where(t.kind.in_(tuple(_RESOLUTION_OUTCOMES)), j.side == DEBIT)
+            .group_by(t.id, t.partner_id, j.currency)):
+        posted.setdefault(transaction_id, (partner_id, {}))[1][currency] = int(debits)
+    return posted
 
 
 def verify_payout_postings(session: Session) -> list[Problem]:

@@ -437,6 +437,29 @@ def test_a_resolutions_reason_altered_from_its_postings_memo_is_named(paid_out, 
     assert code == "payout_resolution_mismatch" and transaction_id != payout.transaction_id
 
 
+def test_payouts_ids_swapped_so_that_a_failed_one_shows_pending_and_is_paid_again_are_named(paid_out):
+    """The ids of a failed payout and of a pending one swapped, past the triggers: the pending one
+    showed failed (its money stayed in transit), the failed one pending, and settling it paid its
+    amount a second time; each payout was still resolved once, and verify named nothing."""
+    database, failed = paid_out
+    with database.transaction() as session:
+        failing = payouts.fail(session, failed.id, reason="bank account closed", at_us=3_000)
+        payouts.adjust(session, "northwind", "available", 5_000, "USD", "earned", effective_at_us=3_500)
+        [pending] = payouts.run_payouts(session, 4_000).payouts
+    assert pending.amount_minor == 25_000 and problems(database) == set()
+    with behind_the_triggers(database) as execute:
+        execute(f"UPDATE payouts SET id = 1000000 WHERE id = {failed.id}")
+        execute(f"UPDATE payouts SET id = {failed.id} WHERE id = {pending.id}")
+        execute(f"UPDATE payouts SET id = {pending.id} WHERE id = 1000000")
+    with database.reader() as session:
+        assert payouts.get_payout(session, failed.id)[4:6] == (25_000, "failed")  # in transit, shown failed
+        assert payouts.get_payout(session, pending.id)[4:6] == (20_000, "pending")  # returned, shown pending
+    assert problems(database) == {(failing.resolution_transaction_id, "payout_resolution_mismatch")}
+    with database.transaction() as session:
+        payouts.settle(session, pending.id, at_us=5_000)
+    assert problems(database) == {(failing.resolution_transaction_id, "payout_resolution_mismatch")}
+
+
 def test_a_payout_record_altered_from_its_posting_is_named(paid_out):
     database, payout = paid_out
     with behind_the_triggers(database) as execute:
