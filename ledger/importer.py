@@ -199,6 +199,12 @@ def _csv(stream: IO) -> Iterator[tuple[int, object]]:
     if isinstance(header, InvalidInput):  # the header's line, named as the header, as its other refusals are
         raise InvalidInput(header.detail, {"header": header.fields["_line"]})
     missing = set(CSV_COLUMNS) - set(header)
+    if missing and any(NOT_UTF8.search(name) for name in header):
+        # A compressed or other binary file (`events.ndjson.gz`) reads as CSV, its first line as a header
+        # that lacks every column: say what it is. Bytes that are not UTF-8 in a column no event reads
+        # leave a header that has the columns it needs, taken as before.
+        raise InvalidInput("the first line is not UTF-8 text: is the file compressed? (`zcat FILE | revshare "
+                           "import -` reads a gzip file)", {"header": ["not UTF-8 text"]})
     if missing:
         raise InvalidInput(f"CSV header lacks {', '.join(sorted(missing))}", {"header": ["missing columns"]})
     # An event's column given twice is not read as the last of them, as Python keeps the last key of

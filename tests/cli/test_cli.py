@@ -886,6 +886,19 @@ def test_a_csv_header_that_lacks_a_column_stops_the_import_naming_it(seeded, tmp
     assert "Traceback" not in result.output and stored_events(seeded) == 0
 
 
+def test_a_compressed_file_is_refused_as_not_utf8_not_as_a_csv_header_lacking_columns(seeded, tmp_path):
+    """Named neither .csv nor .ndjson, a gzip file reads as CSV: it was refused as a CSV header that
+    lacks every column."""
+    import gzip
+
+    line = json.dumps({"id": "z-1", "type": "invoice_paid", "customer_id": "acme", "invoice_id": "inv-z-1",
+                       "amount": {"amount": "10.00", "currency": "USD"}, "occurred_at": "2026-01-11T00:00:00Z"})
+    (tmp_path / "events.ndjson.gz").write_bytes(gzip.compress((line + "\n").encode()))
+    result = invoke(seeded.url, "import", str(tmp_path / "events.ndjson.gz"))
+    assert result.exit_code == 2 and "the first line is not UTF-8 text: is the file compressed?" in result.output
+    assert "lacks" not in result.output and "Traceback" not in result.output and stored_events(seeded) == 0
+
+
 def test_csv_with_carriage_return_line_endings_imports_and_a_quote_left_open_refuses_its_line_alone(
         seeded, tmp_path):
     rows = ["id,type,customer_id,invoice_id,amount,currency,occurred_at",
