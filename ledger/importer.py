@@ -4,13 +4,9 @@ Constant memory: the file is read line by line (a line longer than `LINE_CHARS_M
 read past in pieces, and refused) and handed to `revenue.ingest` in batches of `batch_size` events,
 each batch in its own committed transaction. Safe to run again on the same file, even after being
 killed halfway: committed batches replay (events are keyed by id) and the rest is applied, so the
-books equal those of one clean run. An event the books refuse is tried again once the input's last
-line has been applied, and again while a round of them applies one (at most
-`revenue.RETRY_ROUNDS_MAX` rounds): a refund, a chargeback or a won dispute on a line before its
-invoice's payment (or its chargeback) applies in the run that reads both. Refused in file order and
-never tried again, it was refused by one clean run and applied by a run after a kill, which found
-the payment committed: the two runs' books differed (`DEFERRED_MAX` of them are held, each a parsed
-event; past that, a refusal is final at once).
+books equal those of one clean run. A line refused in an earlier run is
+tried anew (nothing of a refused event is stored): one refused for its order, a refund before its
+payment in the file, applies in a later run, once the payment is in.
 
 CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
@@ -34,7 +30,7 @@ import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Callable, ContextManager, Iterator, NamedTuple
+from typing import IO, Callable, ContextManager, Iterator
 
 from ledger import json_input, revenue
 from ledger.db import Database
@@ -48,9 +44,6 @@ _REASON_FIELDS = frozenset({*revenue.EVENT_FIELDS, "amount.amount", "amount.curr
 # for them (`_line`, marshmallow's `_schema`) are names of the code, not of the file.
 _REASON_WHOLE = {"_line": "the line", "_schema": "the event"}
 BATCH_SIZE_DEFAULT = 5000
-# Events the books refused held to be tried again after the input's last line (a few hundred bytes
-# each): an input of refusals alone still imports in bounded memory.
-DEFERRED_MAX = 20_000
 REFUSAL_EXAMPLES_MAX = 20
 # The longest line an import reads, in characters, its line break aside; a longer one is refused as
 # an event. An event's line is under a kilobyte; the CSV reader also bounds each field, to 131,072
@@ -295,50 +288,27 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
     around each batch, from its first statement until it has committed (or failed)."""
     summary = Summary() if summary is None else summary
     pending: list[tuple[int, revenue.RevenueEvent]] = []
-    held: dict[int, _Held] = {}  # by line number: the events the books refused, to be tried again
-    try:
-        for number, data in records(stream, file_format):
-            summary.read += 1
-            try:
-                if isinstance(data, DomainError):
-                    raise data
-                pending.append((number, revenue.parse_event(data)))
-            except DomainError as error:
-                summary.refuse(number, data.get("id") if isinstance(data, dict) else None, error)
-            if len(pending) >= batch_size:
-                with applying():
-                    _apply(database, pending, summary, held)
-                progress(len(pending))
-                pending = []
-        if pending:
+    for number, data in records(stream, file_format):
+        summary.read += 1
+        try:
+            if isinstance(data, DomainError):
+                raise data
+            pending.append((number, revenue.parse_event(data)))
+        except DomainError as error:
+            summary.refuse(number, data.get("id") if isinstance(data, dict) else None, error)
+        if len(pending) >= batch_size:
             with applying():
-                _apply(database, pending, summary, held)
+                _apply(database, pending, summary)
             progress(len(pending))
-        for _ in range(revenue.RETRY_ROUNDS_MAX):  # a round in file order, until one applies none of them
-            if not held:
-                break
-            before, again = len(held), [(number, held[number].event) for number in sorted(held)]
-            for start in range(0, len(again), batch_size):
-                with applying():
-                    _apply(database, again[start:start + batch_size], summary, held)
-            if len(held) == before:
-                break
-    finally:  # the refusals held are final: at the end, or when the import stopped
-        for number in sorted(held):
-            summary.refuse(number, held[number].event.id, held[number].error)
+            pending = []
+    if pending:
+        with applying():
+            _apply(database, pending, summary)
+        progress(len(pending))
     return summary
 
 
-class _Held(NamedTuple):
-    event: revenue.RevenueEvent
-    error: DomainError
-
-
-def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], summary: Summary,
-           held: dict[int, _Held]) -> None:
-    """The batch in one transaction (in parts when one event fails it). An event the books refuse is
-    held (`held`, by its line's number) while fewer than `DEFERRED_MAX` are, else refused in
-    `summary`; one held that applies leaves `held`."""
+def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], summary: Summary) -> None:
     events = [event for _, event in pending]
     try:
         with database.transaction() as session:
@@ -347,13 +317,8 @@ def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], 
         results = revenue.ingest_apart(events, database.transaction)
     for (number, event), result in zip(pending, results):
         if isinstance(result, revenue.Refusal):
-            if number in held or len(held) < DEFERRED_MAX:
-                held[number] = _Held(event, result.error)
-            else:
-                summary.refuse(number, event.id, result.error)
-            continue
-        held.pop(number, None)
-        if result.replayed:
+            summary.refuse(number, event.id, result.error)
+        elif result.replayed:
             summary.replayed += 1
         else:
             summary.statuses[result.status] += 1

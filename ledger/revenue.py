@@ -314,39 +314,6 @@ SPECULATIVE_READS_EVENTS_MAX = 100
 REFUSED_APART = (OutOfRange, journal.DatedAhead)
 
 
-# Rounds of trying again the events a batch's books refused (`refused_tried_again`, and the importer's
-# at its input's end): a refund, chargeback or won dispute waits for at most a payment and a
-# chargeback, so a round or two settle any batch a billing system sends, and a batch made to apply
-# one event a round costs at most this many more.
-RETRY_ROUNDS_MAX = 8
-
-
-def refused_tried_again(events: Sequence[RevenueEvent], results: Sequence[Outcome | Refusal],
-                        transaction: Callable[[], ContextManager[Session]]) -> list[Outcome | Refusal]:
-    """`results` of a batch of `events`, committed, with the events the books refused tried again in
-    the batch's order, each round in a `transaction()` of its own, while a round applies one (at most
-    `RETRY_ROUNDS_MAX` rounds). So a refund, chargeback or won dispute before its payment (or its
-    chargeback) in the batch applies in the call that holds both: refused once and left, it was
-    applied by the batch sent again, which found the payment committed, and a retry's books
-    differed from one clean call's."""
-    results = list(results)
-    for _ in range(RETRY_ROUNDS_MAX):
-        refused = [slot for slot, result in enumerate(results) if isinstance(result, Refusal)]
-        if not refused:
-            break
-        again = [events[slot] for slot in refused]
-        try:
-            with transaction() as session:
-                outcomes = ingest(session, again)
-        except REFUSED_APART:
-            outcomes = ingest_apart(again, transaction)
-        for slot, outcome in zip(refused, outcomes):
-            results[slot] = outcome
-        if all(isinstance(outcome, Refusal) for outcome in outcomes):
-            break
-    return results
-
-
 def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]]
                  ) -> list[Outcome | Refusal]:
     """`ingest` a batch that failed as a whole with one of `REFUSED_APART` (after its rollback), in
@@ -364,8 +331,7 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
 
     No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): a retry
     would decide anew the events this call refused, after later events of the batch were committed
-    (a refund before its payment, refused, would then be accepted, where a whole call tries it again
-    after the batch: `refused_tried_again`)."""
+    (a refund before its payment, refused, would then be accepted)."""
     results: list[Outcome | Refusal] = []
     start, size = 0, (len(events) + 1) // 2  # the whole batch failed already
     while start < len(events):

@@ -239,8 +239,6 @@ def post_batch(args):
     except revenue.REFUSED_APART:  # one event fails the batch: refuse it, not the whole batch
         current_session().rollback()
         ingested = revenue.ingest_apart(events, separate_transaction)
-    # A refund before its payment in the batch, refused, would apply when the batch is sent again.
-    ingested = revenue.refused_tried_again(events, ingested, separate_transaction)
     for (slot, _), result in zip(valid, ingested):
         results[slot] = _batch_result(result)
     # Plain data already in its JSON shape: dumping 10,000 results through BatchSchema (which documents

@@ -622,24 +622,3 @@ def test_an_event_id_shaped_like_another_postings_key_takes_no_key_but_its_own(d
     assert f"release:{accrual_id}:after:x|accrual|northwind" in keys  # the release again, naming the refund
     assert all(key.startswith("#") for key, event_id in keys.items() if not key.startswith("release:")), keys
     assert {event_id for event_id in keys.values()} == {"p1", payment_id, "x:accrual:northwind", "p9"}
-
-
-def test_a_batch_applies_refunds_and_won_disputes_before_what_they_undo_and_sent_again_replays_them(call):
-    """Refused in the batch's order and left, a refund before its payment was applied when the batch
-    was sent again (its answer lost), which found the payment committed: the retry's books differed
-    from one clean call's. Now each refused event is tried again after the batch."""
-    first, second, none = unique("inv"), unique("inv"), unique("inv")
-    events = [event_body(unique("evt"), "p1-customer", first, "10.00", "2026-01-15", kind="refund"),
-              event_body(unique("evt"), "p1-customer", second, "30.00", "2026-01-20", kind="chargeback_reversed"),
-              event_body(unique("evt"), "p1-customer", first, "100.00", "2026-01-10"),
-              event_body(unique("evt"), "p1-customer", second, "50.00", "2026-01-18", kind="chargeback"),
-              event_body(unique("evt"), "p1-customer", second, "200.00", "2026-01-12"),
-              event_body(unique("evt"), "p1-customer", none, "5.00", "2026-01-16", kind="refund")]
-    results = expect(call.post("/v1/revenue-events/batch", {"events": events}, as_="billing"), 200)["results"]
-    assert [(r["id"], r["status"], r["http_status"]) for r in results] == [
-        *((event["id"], "posted", 201) for event in events[:5]), (events[5]["id"], "refused", 422)]
-    assert results[5]["error"]["errors"] == {"invoice_id": [f"no paid invoice {none!r}"]}
-    again = expect(call.post("/v1/revenue-events/batch", {"events": events}, as_="billing"), 200)["results"]
-    assert [(r["status"], r.get("replayed")) for r in again] == [("posted", True)] * 5 + [("refused", None)]
-    refund = expect(call.get(f"/v1/revenue-events/{events[0]['id']}", as_="billing"), 200)
-    assert refund["commissions"] == [{"partner_id": "p1", "kind": "clawback", "amount": money("-2.00")}]

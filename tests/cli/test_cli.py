@@ -703,66 +703,6 @@ def test_refused_lines_are_summarized_with_reasons_and_exit_1(seeded, tmp_path):
     assert "line 2" in result.output and "bad-1" in result.output and "no paid invoice 'nope'" in result.output
 
 
-OUT_OF_ORDER = [  # a refund and a chargeback before their payment, a won dispute before its chargeback
-    paid("o-ref", "acme", "inv-o1", 1_000, "2026-01-15", kind="refund"),
-    paid("o-won", "globex-corp", "inv-o2", 3_000, "2026-01-20", kind="chargeback_reversed"),
-    paid("o-pay", "acme", "inv-o1", 10_000, "2026-01-10"),
-    paid("o-cb", "globex-corp", "inv-o2", 5_000, "2026-01-18", kind="chargeback"),
-    paid("o-pay2", "globex-corp", "inv-o2", 20_000, "2026-01-12"),
-    paid("o-bad", "acme", "inv-none", 1_000, "2026-01-16", kind="refund"),  # no payment anywhere
-]
-
-
-def test_events_before_what_they_undo_in_the_file_apply_in_one_run_and_a_second_run_replays_them(
-        seeded, tmp_path):
-    """Refused in file order and never tried again, a refund before its payment was refused by one
-    clean run and applied by a run after a kill, which found the payment committed."""
-    path = write_ndjson(tmp_path / "order.ndjson", OUT_OF_ORDER)
-    first = invoke(seeded.url, "import", str(path))
-    assert first.exit_code == 1 and "posted: 5" in first.output and "refused: 1" in first.output, first.output
-    assert "line 6 event o-bad: invoice_id: no paid invoice 'inv-none'" in first.output, first.output
-    once = books(seeded)
-    again = invoke(seeded.url, "import", str(path))
-    assert "replayed: 5" in again.output and "refused: 1" in again.output and books(seeded) == once, again.output
-
-
-def test_an_import_stopped_after_a_payment_and_run_again_gives_the_books_of_one_clean_run(
-        seeded, sqlite_template, tmp_path):
-    path = write_ndjson(tmp_path / "order.ndjson", OUT_OF_ORDER)
-    stopped = write_ndjson(tmp_path / "stopped.ndjson", OUT_OF_ORDER[:3])  # stopped once the payment committed
-    clean = Database(new_sqlite_url(sqlite_template, tmp_path))  # the program `seeded` holds, on SQLite
-    try:
-        with clean.transaction() as session:
-            seed(session, customer_ids=[f"cust-{n:03d}" for n in range(40)] + ["acme", "globex-corp", "initrode"])
-        invoke(seeded.url, "import", str(stopped))
-        invoke(seeded.url, "import", str(path))
-        invoke(clean.url, "import", str(path))
-        assert books(seeded) == books(clean)
-    finally:
-        clean.dispose()
-
-
-def test_events_held_for_another_try_are_refused_in_the_summary_when_the_import_stops(seeded):
-    """Stopped (a signal, a database gone) before their try at the end, the events held were missing
-    from the summary: read, and neither applied nor refused."""
-    from ledger.importer import Summary, import_text
-
-    content = "".join(json.dumps(event_dict(event)) + "\n" for event in OUT_OF_ORDER)
-    summary, batches = Summary(), []
-
-    @contextlib.contextmanager
-    def stopping_at_the_third_batch():
-        batches.append(None)
-        if len(batches) == 3:  # the first try of the held ones
-            raise KeyboardInterrupt
-        yield
-
-    with pytest.raises(KeyboardInterrupt):
-        import_text(seeded, content, "ndjson", batch_size=3, summary=summary, applying=stopping_at_the_third_batch)
-    assert summary.read == 6 and summary.statuses["posted"] == 2 and summary.refused == 4
-    assert [line for line, _ in summary.examples] == [1, 2, 4, 6]
-
-
 def test_lines_that_are_not_utf8_json_or_full_rows_are_refused_alone_and_the_import_goes_on(seeded, tmp_path):
     good = event_dict(paid("ok-1", "acme", "inv-ok-1", 10_000, "2026-01-10"))
     ndjson = tmp_path / "mixed.ndjson"
