@@ -59,6 +59,9 @@ _UNAVAILABLE = ("the database was out of reach, busy or could not write, or (a p
                 "it makes first passed the time one request may take, those made standing: retry after `Retry-After` "
                 f"seconds (a retry is safe: revenue events are keyed by their id, other POSTs by `{HEADER}`)")
 
+# A posting past a running total's range on a request that sends no amount (`ledger.errors.totals_not_asked`).
+TOTALS_PAST_RANGE = "an account's running total would pass 2^63 - 1 minor units"
+
 _HEADERS = {
     401: {"WWW-Authenticate": {"description": "`Bearer realm=revshare`", "required": True,
                                "schema": {"type": "string"}}},

@@ -68,11 +68,11 @@ class IdempotencyConflict(Conflict):
 
 @contextmanager
 def totals_not_asked() -> Iterator[None]:
-    """Around the work of a request or command that sends no amount (a release of holds, a payout run,
-    a payout's settlement or failure, a reversal, a close): a posting that would take an account's running total
-    past its range (`OutOfRange`, a 422 naming `amount` where the request sent the amount) is a
-    conflict with the books it would post to, a 409, not a 422 naming a field the request does not
-    have."""
+    """Around the work of a request or command that sends no amount (a release of holds, a payout
+    run, a payout's settlement or failure, a reversal, a close): a posting that would take an
+    account's running total past its range (`OutOfRange`, a 422 naming `amount` where the request
+    sent the amount) is a conflict with the books it would post to, a 409, not a 422 naming a field
+    the request does not have."""
     try:
         yield
     except OutOfRange as error:

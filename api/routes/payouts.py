@@ -16,7 +16,7 @@ from api.auth import allow, partner_filter, partner_scope
 from api.body import Blueprint
 from api.fields import Amount, Instant, Money, PartnerId, Str
 from api.idempotency import idempotent, reclaim_after, request_token
-from api.openapi import refuses
+from api.openapi import TOTALS_PAST_RANGE, refuses
 from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema, parse_id_key
 from api.routes.transactions import TransactionSchema
 from api.routes.transactions import render as render_transaction
@@ -91,7 +91,7 @@ def render(payout: Payout) -> dict:
 
 @blp.route("/holds/release", methods=["POST"])
 @allow("finance")
-@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
+@refuses(409, TOTALS_PAST_RANGE)
 @refuses(422, "`at` is in the future")
 @idempotent
 @blp.arguments(AtRequestSchema)
@@ -114,7 +114,7 @@ def release_holds(args):
 @blp.route("/payout-runs", methods=["POST"])
 @allow("finance")
 @refuses(409, "a run was made at a later instant (runs are made in time order), or `at` lies in a closed "
-              "period; or an account's running total would pass 2^63 - 1 minor units")
+              f"period; or {TOTALS_PAST_RANGE}")
 @refuses(422, "`at` is in the future")
 @idempotent
 @blp.arguments(AtRequestSchema)
@@ -151,7 +151,7 @@ def list_payouts(limit: int, cursor: int, partner_id: str | None = None, run_id:
 @allow("finance")
 @refuses(404, "no payout has this id")
 @refuses(409, RESOLVED)
-@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
+@refuses(409, TOTALS_PAST_RANGE)
 @refuses(422, RESOLVED_AT)
 @idempotent
 @blp.arguments(ResolutionRequestSchema)
@@ -166,7 +166,7 @@ def settle_payout(args, payout_id: int):
 @allow("finance")
 @refuses(404, "no payout has this id")
 @refuses(409, RESOLVED)
-@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
+@refuses(409, TOTALS_PAST_RANGE)
 @refuses(422, RESOLVED_AT)
 @idempotent
 @blp.arguments(ResolutionRequestSchema)

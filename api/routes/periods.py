@@ -18,7 +18,7 @@ from api.auth import allow
 from api.body import Blueprint
 from api.fields import Instant
 from api.idempotency import idempotent, reclaim_after
-from api.openapi import refuses
+from api.openapi import TOTALS_PAST_RANGE, refuses
 from api.pagination import Listing, page_query, page, page_schema
 from api.schemas import Schema
 from api.session import current_session, separate_transaction, work_deadline
@@ -139,7 +139,7 @@ def get_period(period: str):
 @refuses(409, "the period has not ended, is closed already, or lies before the latest closed period; or an "
               "earlier period with postings, or a hold maturing in it, is open (close it first); or this server's "
               "clock is more than five minutes ahead of the database's")
-@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
+@refuses(409, TOTALS_PAST_RANGE)
 @idempotent
 @blp.arguments(CloseRequestSchema)
 @blp.response(200, PeriodSchema)

@@ -13,7 +13,7 @@ from api.auth import allow, partner_filter, require_visible
 from api.body import Blueprint
 from api.fields import ExternalId, Instant, PartnerId, Str
 from api.idempotency import idempotent, request_token
-from api.openapi import refuses
+from api.openapi import TOTALS_PAST_RANGE, refuses
 from api.pagination import ID_CONVERTER, Listing, page, page_query, page_schema, parse_id_key
 from api.schemas import Schema
 from api.session import current_session
@@ -122,7 +122,7 @@ def get_transaction(transaction_id: int):
               "accrual a won dispute reinstated")
 @refuses(409, "the instant it defaults to (its original's) is more than five minutes ahead of this server's "
               "clock: retry later")
-@refuses(409, "an account's running total would pass 2^63 - 1 minor units")
+@refuses(409, TOTALS_PAST_RANGE)
 @refuses(422, "`effective_at` is before the original, or in the future")
 @idempotent
 @blp.arguments(ReversalRequestSchema)
