@@ -349,7 +349,7 @@ def import_events(settings: Settings, path: str, file_format: str, batch_size: i
         _import(settings, path, file_format, batch_size, summary, applying)
     except Unreadable as error:
         committed = (f"; any batch read before it has committed: {again} once it reads"
-                     if error.line_number > 1 else "")
+                     if error.committed else "")
         click.echo(f"error: cannot read {'standard input' if path == '-' else repr(path)}: {error}{committed}",
                    err=True)
         sys.exit(2)

@@ -27,7 +27,9 @@ import errno
 import io
 import itertools
 import json
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Callable, ContextManager, Iterator
@@ -85,11 +87,17 @@ HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order m
 class Unreadable(Exception):
     """The input failed to read (an I/O error of a failing disk or a network file system, standard
     input closed): not an event refused, but the import stopped. The batches before `line_number`
-    have committed; run again once the input reads, they replay."""
+    have committed, unless it failed in the read through before any is applied (`checking`); run
+    again once the input reads, they replay."""
 
-    def __init__(self, line_number: int, error: OSError) -> None:
+    def __init__(self, line_number: int, error: OSError, *, checking: bool = False) -> None:
         super().__init__(f"{error.strerror or error}" + (f", at line {line_number}" if line_number else ""))
-        self.line_number = line_number
+        self.line_number, self.error, self.checking = line_number, error, checking
+
+    @property
+    def committed(self) -> bool:
+        """Whether batches may have committed before it."""
+        return self.line_number > 1 and not self.checking
 
 
 def open_events(path: str) -> IO[str]:
@@ -287,34 +295,91 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
     a caller stopped midway still holds what the batches that committed did). `applying` is entered
     around each batch, from its first statement until it has committed (or failed)."""
     summary = Summary() if summary is None else summary
+    with contextlib.ExitStack() as stack:
+        if not stream.seekable():  # a pipe: read twice, from a copy (`_first_places`)
+            stream = stack.enter_context(_spooled(stream))
+        start = stream.tell()
+        source = revenue.Input(_first_places(stream, file_format), name="file")
+        stream.seek(start)
+        _import_records(database, records(stream, file_format), source, batch_size, progress, summary, applying)
+    return summary
+
+
+def _import_records(database: Database, lines: Iterator[tuple[int, object]], source: revenue.Input, batch_size: int,
+                    progress: Callable[[int], None], summary: Summary, applying: Callable[[], ContextManager]) -> None:
     pending: list[tuple[int, revenue.RevenueEvent]] = []
-    for number, data in records(stream, file_format):
+    for number, data in lines:
         summary.read += 1
         try:
             if isinstance(data, DomainError):
                 raise data
-            pending.append((number, revenue.parse_event(data)))
+            event = revenue.parse_event(data)
         except DomainError as error:
             summary.refuse(number, data.get("id") if isinstance(data, dict) else None, error)
+        else:
+            pending.append((number, event))
+            place = source.first.get(event.id)
+            if place is not None and number < place[0]:  # before the lines `_first_places` looked at
+                source.first[event.id] = (number, revenue.request_hash(event))
         if len(pending) >= batch_size:
             with applying():
-                _apply(database, pending, summary)
+                _apply(database, pending, summary, source)
             progress(len(pending))
             pending = []
     if pending:
         with applying():
-            _apply(database, pending, summary)
+            _apply(database, pending, summary, source)
         progress(len(pending))
-    return summary
 
 
-def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], summary: Summary) -> None:
+def _first_places(stream: IO, file_format: str) -> dict[str, tuple[int, str]]:
+    """`revenue.Input.first` of a file, read through once before it is applied: for each invoice that
+    a line refunds, charges back or disputes, the events of it from the first such line on, each id
+    at its first line there, with its event's request hash. An id that comes on an earlier line too
+    is moved to it as the file is applied (`_import_records`): those lines are read by then. This
+    much memory grows with the file's undoing events (those after them of their invoices): an
+    import's other events are read and let go."""
+    undone: set[str] = set()
+    first: dict[str, tuple[int, str]] = {}
+    try:
+        for number, data in records(stream, file_format):
+            if isinstance(data, DomainError):
+                continue
+            try:
+                event = revenue.parse_event(data)
+            except DomainError:
+                continue
+            if event.type != "invoice_paid":
+                undone.add(event.invoice_id)
+            if event.invoice_id in undone and event.id not in first:
+                first[event.id] = (number, revenue.request_hash(event))
+    except Unreadable as error:  # read before any batch is applied: nothing has committed
+        raise Unreadable(error.line_number, error.error, checking=True) from error
+    return first
+
+
+@contextlib.contextmanager
+def _spooled(stream: IO[str]) -> Iterator[IO[str]]:
+    """A stream from `open_events` that cannot seek, copied to a temporary file (removed after), as it reads."""
+    with tempfile.TemporaryFile() as copy:
+        try:
+            shutil.copyfileobj(stream.buffer, copy)
+        except OSError as error:
+            raise Unreadable(0, error) from error
+        copy.seek(0)
+        with io.TextIOWrapper(copy, encoding="utf-8", errors="surrogateescape", newline="") as text:
+            yield text
+
+
+def _apply(database: Database, pending: list[tuple[int, revenue.RevenueEvent]], summary: Summary,
+           source: revenue.Input) -> None:
     events = [event for _, event in pending]
+    places = [number for number, _ in pending]
     try:
         with database.transaction() as session:
-            results = revenue.ingest(session, events)
+            results = revenue.ingest(session, events, places=places, source=source)
     except revenue.REFUSED_APART:  # one event fails the batch: refuse it, not its whole batch
-        results = revenue.ingest_apart(events, database.transaction)
+        results = revenue.ingest_apart(events, database.transaction, places=places, source=source)
     for (number, event), result in zip(pending, results):
         if isinstance(result, revenue.Refusal):
             summary.refuse(number, event.id, result.error)

@@ -13,13 +13,24 @@ Exactly once: an event's `id` is its key. The same id with the same content retu
 outcome (`replayed`); with other content it is refused with a conflict naming the fields. The
 event row and its postings commit together, so a crash followed by a retry applies each event once.
 `received(session, id)` reads an event back, with the answer a replay of it gives.
+
+In input order. Nothing of a refused event is stored, so an input (a batch, an import's file: `Input`)
+sent again decides its refusals anew, against books that may hold its later events by then: a refund
+before its payment in a file was refused by a clean run and posted by a rerun after a kill had
+stored the payment. So a refund, chargeback or won dispute is decided without what would let it in
+of the events of its invoice that its input carries after it and the books hold with that content:
+its payment, and won disputes (for a refund or chargeback) or chargebacks (for a won dispute); what
+could only refuse it counts, as the books hold it (`_Writer._undone`). A clean run and a rerun then
+decide it alike: the events a killed run stored after it can only refuse it, and it was refused if
+it is decided again. And an id given again in one input takes the decision of its first place:
+refused there, it is refused again, so that each event of an input is stored at its first place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterable, NamedTuple, Sequence
 
@@ -144,6 +155,13 @@ def in_key(event_id: str) -> str:
 
 
 _UNDOING_TYPES = frozenset({"refund", "chargeback", "chargeback_reversed"})
+# What could let an undoing event in, where it was refused without it: its invoice's payment, and what
+# lowers what is refunded and charged back (for a refund or chargeback) or raises what is charged back
+# and not yet reversed (for a won dispute), at every instant from its own date on.
+_LATER_NAMES = {"invoice_paid": "payment", "chargeback": "chargeback", "chargeback_reversed": "won dispute"}
+_LETTING_IN = {"refund": frozenset({"invoice_paid", "chargeback_reversed"}),
+               "chargeback": frozenset({"invoice_paid", "chargeback_reversed"}),
+               "chargeback_reversed": frozenset({"invoice_paid", "chargeback"})}
 _DISPUTE_TYPES = frozenset({"chargeback", "chargeback_reversed"})
 
 
@@ -163,12 +181,29 @@ class _Invoice:
 
     def add(self, event: RevenueEvent | StoredEvent) -> None:
         """Count a refund, chargeback or won dispute."""
-        self.dated.append((event.occurred_at_us, event.type, event.amount_minor))
-        signed = -event.amount_minor if event.type == "chargeback_reversed" else event.amount_minor
+        self.add_dated(event.occurred_at_us, event.type, event.amount_minor)
+
+    def add_dated(self, occurred_at_us: int, type_: str, amount_minor: int) -> None:
+        self.dated.append((occurred_at_us, type_, amount_minor))
+        signed = -amount_minor if type_ == "chargeback_reversed" else amount_minor
         self.refunded_minor += signed
-        if event.type != "refund":
+        if type_ != "refund":
             self.charged_back_minor += signed
-        self.latest_us = max(event.occurred_at_us, self.latest_us or event.occurred_at_us)
+        self.latest_us = max(occurred_at_us, self.latest_us or occurred_at_us)
+
+    def without(self, later: list["StoredEvent"]) -> "_Invoice | None":
+        """The invoice without `later`, stored events of it (None: its payment is one); no pieces."""
+        if any(row.type == "invoice_paid" for row in later):
+            return None
+        before = _Invoice(self.invoice_id, self.customer_id, self.currency, self.paid_minor, self.paid_at_us,
+                          self.paid_status)
+        gone = Counter((row.occurred_at_us, row.type, row.amount_minor) for row in later)
+        for dated in self.dated:
+            if gone[dated]:
+                gone[dated] -= 1
+            else:
+                before.add_dated(*dated)
+        return before
 
     def dated_with(self, event: RevenueEvent) -> list[tuple[int, str, int]]:
         """The invoice's events as `commission.dated_clawed_minor` replays them, `event` with them."""
@@ -229,6 +264,29 @@ class _Needs:
         return _Context(session, fresh, list(rows.values()), claims, attributions, revision)
 
 
+@dataclass
+class Input:
+    """Where the events of an `ingest` call stand in the input that carries them: a batch request, an
+    import's file (module docstring, "In input order"). The calls of one input share it."""
+
+    # An id's first place in the input, with the request hash of its event there. An import's holds
+    # only the ids of the invoices refunded, charged back or disputed in its file, from the first
+    # such line of each on (`ledger.importer`): the places an undoing event asks after.
+    first: dict[str, tuple[int, str]]
+    # The ids refused at their first place, of those `first` holds, with the event there and its
+    # refusal: what a later place of each answers.
+    refused: dict[str, tuple[RevenueEvent, "Refusal"]] = field(default_factory=dict)
+    name: str = "batch"  # what the input is, in what a refusal says
+
+    @classmethod
+    def of(cls, events: Sequence[RevenueEvent], hashes: Sequence[str]) -> "Input":
+        """The input that is the events themselves, in their order (a batch request)."""
+        first: dict[str, tuple[int, str]] = {}
+        for place, (event, hash_hex) in enumerate(zip(events, hashes)):
+            first.setdefault(event.id, (place, hash_hex))
+        return cls(first)
+
+
 class _Claimant(NamedTuple):
     """The payment that holds its customer's CPA claim: the earliest-dated that claimed it."""
 
@@ -243,6 +301,10 @@ class _Context:
     def __init__(self, session: Session, events: list[RevenueEvent], stored: list[StoredEvent],
                  claims: list[StoredEvent], attributions: AttributionIndex, program_revision: int) -> None:
         self.invoices = _invoices(stored, {e.invoice_id for e in events})
+        self.stored_of: dict[str, list[StoredEvent]] = defaultdict(list)  # invoice id -> its stored events
+        for row in stored:
+            if row.invoice_id in self.invoices:
+                self.stored_of[row.invoice_id].append(row)
         refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
@@ -314,8 +376,8 @@ SPECULATIVE_READS_EVENTS_MAX = 100
 REFUSED_APART = (OutOfRange, journal.DatedAhead)
 
 
-def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]]
-                 ) -> list[Outcome | Refusal]:
+def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], ContextManager[Session]], *,
+                 places: Sequence[int] | None = None, source: Input | None = None) -> list[Outcome | Refusal]:
     """`ingest` a batch that failed as a whole with one of `REFUSED_APART` (after its rollback), in
     parts, each in a `transaction()` of its own, in the batch's order, so each event is decided
     after every event before it, as in one batch: a part that fails is halved, an event that fails
@@ -329,16 +391,20 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
     "Running totals"). One transaction an event cost a batch of 10,000 with five of them 10-30 s,
     its replays one a transaction too.
 
-    No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): a retry
-    would decide anew the events this call refused, after later events of the batch were committed
-    (a refund before its payment, refused, would then be accepted)."""
+    No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): stopped
+    midway, a retry would give the books of one clean run (each part is decided as the batch's
+    events before it leave the books, `Input`), but the request that sent the batch would have had
+    no answer for it. `places` and `source` are those of `ingest`, for the whole batch."""
+    if source is None:
+        places, source = range(len(events)), Input.of(events, [request_hash(event) for event in events])
+    assert places is not None and len(places) == len(events), "an input's places, one for each event"
     results: list[Outcome | Refusal] = []
     start, size = 0, (len(events) + 1) // 2  # the whole batch failed already
     while start < len(events):
         part = events[start:start + size]
         try:
             with transaction() as session:
-                results += ingest(session, part)
+                results += ingest(session, part, places=places[start:start + size], source=source)
         except REFUSED_APART as error:
             if len(part) > 1:
                 size = (len(part) + 1) // 2
@@ -350,9 +416,12 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
 
 
 @collector.paused()  # a batch's objects set off full collections: 11% of its time (ledger/collector.py)
-def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: int | None = None
-           ) -> list[Outcome | Refusal]:
-    """Apply each event exactly once; one result per event, in order. The caller commits."""
+def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: int | None = None,
+           places: Sequence[int] | None = None, source: Input | None = None) -> list[Outcome | Refusal]:
+    """Apply each event exactly once; one result per event, in order. The caller commits.
+
+    The events are their own input unless `source` says where they stand in a larger one (an
+    import's file, `ingest_apart`'s batch), `places` giving each event's place in it."""
     assert len(events) <= BATCH_EVENTS_MAX, len(events)
     replay_reads = _event_reads(session, "id", {e.id for e in events})
     needs = _Needs(session, events) if len(events) <= SPECULATIVE_READS_EVENTS_MAX else None
@@ -367,13 +436,16 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
         needs = _Needs(session, fresh)
         context = needs.context(session, fresh, driver_results(session, needs.statements))
     hashes = [request_hash(event) for event in events]
-    writer = _Writer(session, batch, context)
+    if source is None:
+        places, source = range(len(events)), Input.of(events, hashes)
+    assert places is not None and len(places) == len(events), "an input's places, one for each event"
+    writer = _Writer(session, batch, context, source)
     if context is not None:
         context.read_claims_taken(session, fresh)
         writer.prefetch_bounties(fresh)
     outcomes: list[Outcome | Refusal] = []
-    for event, hash_hex in zip(events, hashes):
-        outcomes.append(writer.decide(event, hash_hex, stored))
+    for event, hash_hex, place in zip(events, hashes, places):
+        outcomes.append(writer.decide(event, hash_hex, stored, place))
     writer.flush()
     return _fill_replays(session, outcomes)
 
@@ -400,8 +472,9 @@ _STORED_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM revenue_events"
 class _Writer:
     """Decides events one by one against the batch's state and collects the rows to write."""
 
-    def __init__(self, session: Session, batch: journal.Batch, context: _Context | None) -> None:
-        self.session, self.batch, self.context = session, batch, context
+    def __init__(self, session: Session, batch: journal.Batch, context: _Context | None, source: Input) -> None:
+        self.session, self.batch, self.context, self.source = session, batch, context, source
+        self.place = 0  # the place in its input of the event being decided
         self.event_rows: list[tuple] = []
         self.hold_rows: list[tuple] = []
         self.ended_holds: list[int] = []
@@ -413,7 +486,7 @@ class _Writer:
         self.decided: dict[str, tuple[str, RevenueEvent, Outcome]] = {}  # event id -> its first in the batch
         self.event_hash: str | None = None  # the request hash of the event being applied
 
-    def decide(self, event: RevenueEvent, hash_hex: str, stored: dict[str, Any]) -> Outcome | Refusal:
+    def decide(self, event: RevenueEvent, hash_hex: str, stored: dict[str, Any], place: int) -> Outcome | Refusal:
         earlier = stored.get(event.id)
         if earlier is not None:
             if earlier.request_hash != hash_hex:
@@ -425,13 +498,26 @@ class _Writer:
                 return Refusal(event.id, _event_conflict(event, first,
                                                          "appears earlier in the batch with other content"))
             return outcome._replace(replayed=True)
+        first_place = self.source.first.get(event.id)
+        if first_place is not None and first_place[0] < place and event.id in self.source.refused:
+            # Refused at its first place: so it stays, in every run (`Input`).
+            first, refusal = self.source.refused[event.id]
+            if first_place[1] != hash_hex:
+                return Refusal(event.id, _event_conflict(
+                    event, first, f"appears earlier in the {self.source.name} with other content, and was refused there"))
+            return refusal
+        self.place = place
         try:
             outcome = self._apply(event, hash_hex)
         except REFUSED_APART:
             raise  # part-way through the event (what it drafted before is in the batch), or a claim
             # taken wrote what the batch drafted before it (`_take_claim`): the batch's to refuse apart
         except DomainError as error:
-            return Refusal(event.id, error)
+            refusal = Refusal(event.id, error)
+            if first_place is not None and first_place[0] == place:
+                self.source.refused[event.id] = (event, refusal)
+            return refusal
+        self.source.refused.pop(event.id, None)  # refused there by a part `ingest_apart` did again
         self.decided[event.id] = (hash_hex, event, outcome)
         return outcome
 
@@ -572,26 +658,27 @@ class _Writer:
         self.hold_rows.append((transaction_id, matures))
         return line, transaction_id
 
-    def _invoice_for(self, event: RevenueEvent) -> _Invoice:
+    def _undone(self, event: RevenueEvent) -> _Invoice:
+        """The invoice a refund, chargeback or won dispute undoes, which must take it as it stands and
+        without what would let it in of the events of its input after it that the books hold (module
+        docstring, "In input order")."""
         invoice = self.context.invoices.get(event.invoice_id)
-        if invoice is None:
-            raise invalid("invoice_id", f"no paid invoice {event.invoice_id!r}")
-        if invoice.customer_id != event.customer_id:
-            raise invalid("customer_id", f"invoice {event.invoice_id!r} belongs to another customer")
-        if invoice.currency != event.currency:
-            raise invalid("amount.currency", f"invoice {event.invoice_id!r} was paid in {invoice.currency}")
-        if event.occurred_at_us < invoice.paid_at_us:
-            raise invalid("occurred_at", f"is before invoice {event.invoice_id!r} was paid")
-        return invoice
+        first, letting_in = self.source.first, _LETTING_IN[event.type]
+        later = [row for row in self.context.stored_of.get(event.invoice_id, ()) if row.type in letting_in
+                 and (place := first.get(row.id)) is not None and place[0] > self.place and place[1] == row.request_hash]
+        if later and invoice is not None:
+            try:
+                _check_undone(invoice.without(later), event)
+            except InvalidInput as error:
+                try:
+                    _check_undone(invoice, event)
+                except DomainError:
+                    raise error from None  # as one clean run of the input refuses it
+                raise _in_order(error, later, self.source.name) from None
+        return _check_undone(invoice, event)
 
     def _refund(self, event: RevenueEvent):
-        invoice = self._invoice_for(event)
-        if invoice.refunded_minor + event.amount_minor > invoice.paid_minor:
-            raise invalid("amount.amount", "cumulative refunds and chargebacks would exceed the paid amount")
-        most_at_us, most_minor = invoice.refunded_most_from(event.occurred_at_us)
-        if most_minor + event.amount_minor > invoice.paid_minor:  # a won dispute dated later brought it back under
-            raise invalid("occurred_at", "refunds and chargebacks dated up to "
-                                         f"{format_instant(most_at_us)} would exceed the paid amount")
+        invoice = self._undone(event)
         dated_us = event.occurred_at_us  # instants as dated, not as moved out of closed periods (`commission._take`)
         held = [piece for piece in invoice.pieces  # released by a job, but accrued and still held at this instant
                 if piece.released and not piece.reversed and piece.release_id is not None
@@ -665,13 +752,7 @@ class _Writer:
         return line, transaction_id
 
     def _dispute_won(self, event: RevenueEvent):
-        invoice = self._invoice_for(event)
-        if event.amount_minor > invoice.charged_back_minor:
-            raise invalid("amount.amount", "exceeds what is charged back on the invoice and not yet reversed")
-        least_at_us, least_minor = invoice.charged_back_least_from(event.occurred_at_us)
-        if event.amount_minor > least_minor:  # before the chargeback, or one reversed by a later won dispute
-            raise invalid("occurred_at", f"only {format_minor(least_minor, event.currency)} is charged back and "
-                                         f"not yet reversed at {format_instant(least_at_us)}")
+        invoice = self._undone(event)
         refunded_after = invoice.refunded_minor - event.amount_minor
         late = invoice.latest_us is not None and invoice.latest_us > event.occurred_at_us
         plans = dispute_reinstatements(invoice.pieces, event.amount_minor, invoice.paid_minor, refunded_after,
@@ -701,6 +782,45 @@ class _Writer:
 
 
 CLAIM_TAKEN_COLUMNS = ("event_id", "customer_id", "from_event_id")
+
+
+def _in_order(error: InvalidInput, later: list[StoredEvent], input_name: str) -> InvalidInput:
+    """The refusal of an undoing event that the books as they stand take, but not as its input's
+    events before it leave them: `error`, saying so."""
+    counts = Counter(row.type for row in later)
+    kinds = " and ".join(f"the {word}{'s' if counts[type_] > 1 else ''}"
+                         for type_, word in _LATER_NAMES.items() if counts[type_])
+    why = (f", as the {input_name}'s events before it leave the books ({kinds} of its invoice later in the "
+           f"{input_name} count{'' if len(later) > 1 else 's'} from there on)")
+    return InvalidInput(error.detail + why, {name: [message + why for message in messages]
+                                             for name, messages in error.fields.items()})
+
+
+def _check_undone(invoice: _Invoice | None, event: RevenueEvent) -> _Invoice:
+    """`invoice` if it takes `event`, a refund, chargeback or won dispute of it; else its refusal."""
+    if invoice is None:
+        raise invalid("invoice_id", f"no paid invoice {event.invoice_id!r}")
+    if invoice.customer_id != event.customer_id:
+        raise invalid("customer_id", f"invoice {event.invoice_id!r} belongs to another customer")
+    if invoice.currency != event.currency:
+        raise invalid("amount.currency", f"invoice {event.invoice_id!r} was paid in {invoice.currency}")
+    if event.occurred_at_us < invoice.paid_at_us:
+        raise invalid("occurred_at", f"is before invoice {event.invoice_id!r} was paid")
+    if event.type in REFUND_TYPES:
+        if invoice.refunded_minor + event.amount_minor > invoice.paid_minor:
+            raise invalid("amount.amount", "cumulative refunds and chargebacks would exceed the paid amount")
+        most_at_us, most_minor = invoice.refunded_most_from(event.occurred_at_us)
+        if most_minor + event.amount_minor > invoice.paid_minor:  # a won dispute dated later brought it back under
+            raise invalid("occurred_at", "refunds and chargebacks dated up to "
+                                         f"{format_instant(most_at_us)} would exceed the paid amount")
+        return invoice
+    if event.amount_minor > invoice.charged_back_minor:
+        raise invalid("amount.amount", "exceeds what is charged back on the invoice and not yet reversed")
+    least_at_us, least_minor = invoice.charged_back_least_from(event.occurred_at_us)
+    if event.amount_minor > least_minor:  # before the chargeback, or one reversed by a later won dispute
+        raise invalid("occurred_at", f"only {format_minor(least_minor, event.currency)} is charged back and "
+                                     f"not yet reversed at {format_instant(least_at_us)}")
+    return invoice
 
 
 def _claim_taken_reason(event: RevenueEvent, partner_id: str, bounty: Piece) -> str:

@@ -1030,7 +1030,8 @@ def test_refusal_examples_are_the_first_lines_refused_in_line_order_whatever_ord
 
 
 def test_an_import_reading_a_pipe_stops_at_once_on_a_signal_and_keeps_one_it_was_started_ignoring(seeded):
-    """A slow producer: the stop is not put off until a batch fills. Started ignoring SIGINT (as
+    """A slow producer: the stop is not put off until its input ends (a pipe is copied through to
+    its end before any event applies: `ledger.importer._spooled`). Started ignoring SIGINT (as
     `nohup` or a shell's background job starts it), the import keeps ignoring it."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSHARE_")}, "REVSHARE_DATABASE_URL": seeded.url}
     lines = "".join(json.dumps(event_dict(paid(f"p-{n}", "acme", f"inv-p{n}", 1_000, "2026-01-10"))) + "\n"
@@ -1039,13 +1040,13 @@ def test_an_import_reading_a_pipe_stops_at_once_on_a_signal_and_keeps_one_it_was
                                stderr=subprocess.PIPE, text=True)
     reading.stdin.write(lines)
     reading.stdin.flush()
-    read_from(reading.stdin)  # and waiting for more: the batch of 5,000 is far from full
+    read_from(reading.stdin)  # and waiting for more: the input has not ended
     reading.send_signal(signal.SIGTERM)
     try:
         out, err = reading.communicate(timeout=20)  # the pipe is still open: it stops without it closing
     finally:
         reading.kill()
-    assert reading.returncode == 143 and "stopped by SIGTERM after reading 10 events" in err, (out, err)
+    assert reading.returncode == 143 and "stopped by SIGTERM after reading 0 events" in err, (out, err)
     assert "events read since were not applied" in err and stored_events(seeded) == 0
 
     ignoring = subprocess.Popen([REVSHARE, "import", "-"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -1,0 +1,248 @@
+"""An input (a batch, an import's file) decides each event as its events before it leave the books,
+so that sending it again, whole or after a crash, gives the books of sending it once
+(`ledger.revenue`, "In input order"): a refund, chargeback or won dispute refused for what comes
+after it in its input stays refused when the books hold that since, and an id given twice in one
+input takes the decision of its first place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from ledger import revenue
+from ledger.db import Database
+from ledger.importer import import_text
+from ledger.revenue import Outcome, Refusal
+from tests.conftest import database_property, new_sqlite_url
+from tests.scenarios.books import Books
+
+
+def program(database: Database) -> Books:
+    books = Books(database)
+    books.plan("msp", "0.20", hold_days=0)
+    books.partner("northwind", "msp")
+    books.attribute("acme", "northwind", "2026-01-01")
+    return books
+
+
+@pytest.fixture
+def books(database) -> Books:
+    return program(database)
+
+
+def snapshot(books: Books) -> tuple:
+    """The books, but for the instants they were recorded at: every event as received and its status,
+    every posting in order with its content hash, and each partner's balance. verify() must be clean."""
+    assert books.verified()
+    return (books.sql("SELECT id, request_hash, status FROM revenue_events ORDER BY id"),
+            books.sql("SELECT id, kind, request_hash FROM journal_transactions ORDER BY id"),
+            books.balance("northwind"))
+
+
+def outcomes(results: list[Outcome | Refusal]) -> list[str]:
+    return [f"refused {result.error.detail}" if isinstance(result, Refusal)
+            else f"{result.status}{' replayed' if result.replayed else ''}" for result in results]
+
+
+def test_a_refund_before_its_payment_in_a_batch_stays_refused_when_the_batch_is_sent_again(books):
+    refund = books.event("refund", "acme", "inv-1", "100.00", "2026-01-12", event_id="r")
+    paid = books.event("invoice_paid", "acme", "inv-1", "1000.00", "2026-01-10", event_id="p")
+    assert outcomes(books.ingest(refund, paid)) == ["refused invoice_id: no paid invoice 'inv-1'", "posted"]
+    once = snapshot(books)
+    # The payment is in the books now; the refund is still decided as the batch's events before it
+    # leave them, and says why it is refused while the invoice is paid.
+    assert outcomes(books.ingest(refund, paid)) == [
+        "refused invoice_id: no paid invoice 'inv-1', as the batch's events before it leave the books (the payment of its "
+        "invoice later in the batch counts from there on)", "posted replayed"]
+    assert snapshot(books) == once
+    # On its own, or after its payment, it applies.
+    assert outcomes(books.ingest(paid, refund)) == ["posted replayed", "posted"]
+    assert books.balance("northwind") == (0, 18_000)
+
+
+def test_a_payment_the_books_hold_already_does_not_count_for_a_refund_before_it_in_a_batch(books):
+    books.paid("acme", "inv-1", "1000.00", "2026-01-10", event_id="p")
+    paid = books.event("invoice_paid", "acme", "inv-1", "1000.00", "2026-01-10", event_id="p")
+    refund = books.event("refund", "acme", "inv-1", "100.00", "2026-01-12", event_id="r")
+    [refused, replayed] = books.ingest(refund, paid)
+    assert isinstance(refused, Refusal) and list(refused.error.fields) == ["invoice_id"], refused
+    assert refused.error.detail.startswith("invoice_id: no paid invoice 'inv-1', as the batch's events before it leave the books")
+    assert replayed.replayed and books.balance("northwind") == (20_000, 0)
+    assert outcomes(books.ingest(paid, refund)) == ["posted replayed", "posted"]
+
+
+def test_a_refund_refused_for_a_chargeback_stays_refused_after_a_won_dispute_later_in_its_batch(books):
+    """A won dispute after it in the batch brought the charged back amount back: sent again, the
+    refund was decided against books that held the dispute, and posted."""
+    batch = [books.event("invoice_paid", "acme", "inv-1", "1000.00", "2026-01-10", event_id="p"),
+             books.event("chargeback", "acme", "inv-1", "600.00", "2026-01-12", event_id="cb"),
+             books.event("refund", "acme", "inv-1", "600.00", "2026-01-20", event_id="r"),
+             books.event("chargeback_reversed", "acme", "inv-1", "600.00", "2026-01-15", event_id="won")]
+    first = outcomes(books.ingest(*batch))
+    assert first == ["posted", "posted", "refused amount.amount: cumulative refunds and chargebacks would exceed the paid amount",
+                     "posted"]
+    once = snapshot(books)
+    again = outcomes(books.ingest(*batch))
+    assert again[2].startswith("refused amount.amount: cumulative refunds and chargebacks would exceed the paid amount, as the "
+                               "batch's events before it leave the books"), again
+    assert snapshot(books) == once
+    # In a batch without the won dispute, which the books hold, it counts: the refund posts. The
+    # chargeback after it in that batch, which could only refuse it, counts too.
+    assert outcomes(books.ingest(batch[2], batch[1])) == ["posted", "posted replayed"]
+
+
+def test_what_could_only_refuse_an_event_counts_when_the_books_held_it_before_its_batch(books):
+    """A chargeback posted before, given again after a refund it refuses, then a won dispute that
+    would let the refund in: sent again, the refund is decided with the chargeback (as the first
+    time, when the books held it already) and without the dispute (the first time had not yet
+    posted it)."""
+    paid = books.event("invoice_paid", "acme", "inv-1", "1000.00", "2026-01-10", event_id="p")
+    chargeback = books.event("chargeback", "acme", "inv-1", "600.00", "2026-01-12", event_id="cb")
+    books.ingest(paid, chargeback)
+    batch = [paid, books.event("refund", "acme", "inv-1", "600.00", "2026-01-20", event_id="r"), chargeback,
+             books.event("chargeback_reversed", "acme", "inv-1", "600.00", "2026-01-15", event_id="won")]
+    assert outcomes(books.ingest(*batch)) == [
+        "posted replayed", "refused amount.amount: cumulative refunds and chargebacks would exceed the paid amount",
+        "posted replayed", "posted"]
+    once = snapshot(books)
+    assert outcomes(books.ingest(*batch))[1].startswith("refused amount.amount: cumulative refunds and chargebacks "
+                                                       "would exceed the paid amount, as the batch's events before it")
+    assert snapshot(books) == once
+
+
+def test_a_won_dispute_before_its_chargeback_in_a_batch_stays_refused(books):
+    batch = [books.event("invoice_paid", "acme", "inv-1", "1000.00", "2026-01-10", event_id="p"),
+             books.event("chargeback_reversed", "acme", "inv-1", "300.00", "2026-01-20", event_id="won"),
+             books.event("chargeback", "acme", "inv-1", "300.00", "2026-01-12", event_id="cb")]
+    assert outcomes(books.ingest(*batch))[1] == "refused amount.amount: exceeds what is charged back on the invoice and not yet reversed"
+    once = snapshot(books)
+    assert outcomes(books.ingest(*batch))[1].startswith("refused amount.amount: exceeds what is charged back on the invoice and not "
+                                                       "yet reversed, as the batch's events before it leave the books")
+    assert snapshot(books) == once
+
+
+def test_an_id_given_again_in_a_batch_takes_the_decision_of_its_first_place(books):
+    refund = books.event("refund", "acme", "inv-1", "100.00", "2026-01-12", event_id="r")
+    other = books.event("refund", "acme", "inv-1", "200.00", "2026-01-12", event_id="r")
+    paid = books.event("invoice_paid", "acme", "inv-1", "1000.00", "2026-01-10", event_id="p")
+    results = books.ingest(refund, paid, refund, other)
+    assert outcomes(results)[:3] == ["refused invoice_id: no paid invoice 'inv-1'", "posted", "refused invoice_id: no paid invoice 'inv-1'"]
+    assert isinstance(results[3], Refusal) and results[3].error.fields == {"amount": ["differs from the original event"]}
+    assert "appears earlier in the batch with other content, and was refused there" in results[3].error.detail
+    assert books.sql("SELECT count(*) FROM revenue_events") == [(1,)]
+    # Accepted at its first place, a copy replays it, as before.
+    assert outcomes(books.ingest(paid, refund, refund)) == ["posted replayed", "posted", "posted replayed"]
+
+
+# ---- a file imported once, and killed after some batches then imported again ----
+
+INVOICES = {"inv-1": "2026-01-10", "inv-2": "2026-01-11"}
+undoing = st.tuples(st.sampled_from(["refund", "chargeback", "chargeback", "chargeback_reversed"]),
+                    st.sampled_from(sorted(INVOICES)), st.sampled_from(["100.00", "400.00", "600.00", "1000.00"]),
+                    st.integers(1, 40))
+
+
+@st.composite
+def files(draw) -> list[dict]:
+    """Both invoices' payments and some of their refunds, chargebacks and won disputes, in any order,
+    some lines given again later in the file (as they were, or with another amount)."""
+    events = [{"id": f"p-{invoice}", "type": "invoice_paid", "invoice_id": invoice, "amount": "1000.00",
+               "occurred_at": f"{day}T00:00:00Z"} for invoice, day in INVOICES.items()]
+    for n, (type_, invoice, amount, days) in enumerate(draw(st.lists(undoing, min_size=1, max_size=7))):
+        events.append({"id": f"u-{n}", "type": type_, "invoice_id": invoice, "amount": amount,
+                       "occurred_at": f"2026-02-{days % 28 + 1:02d}T{days // 28:02d}:00:00Z"})
+    lines = draw(st.permutations(events))
+    for _ in range(draw(st.integers(0, 2))):
+        copy = dict(draw(st.sampled_from(lines)))
+        if draw(st.booleans()):
+            copy["amount"] = "100.00" if copy["amount"] != "100.00" else "400.00"
+        lines.insert(draw(st.integers(0, len(lines))), copy)
+    return lines
+
+
+def file_text(lines: list[dict]) -> str:
+    return "".join(json.dumps({"id": line["id"], "type": line["type"], "customer_id": "acme",
+                               "invoice_id": line["invoice_id"],
+                               "amount": {"amount": line["amount"], "currency": "USD"},
+                               "occurred_at": line["occurred_at"]}) + "\n" for line in lines)
+
+
+class Killed(Exception):
+    pass
+
+
+def killed_after(batches: int):
+    """`import_stream`'s `applying`: the import stops once `batches` batches have committed."""
+    committed = [0]
+
+    @contextlib.contextmanager
+    def applying():
+        yield
+        committed[0] += 1
+        if committed[0] == batches:
+            raise Killed
+
+    return applying
+
+
+# The counterexamples that broke it before: a refund before its payment, the payment committed in
+# a batch before the kill; a won dispute after a refund it would let in; one id refused, then posted.
+@example(lines=[{"id": "u-0", "type": "refund", "invoice_id": "inv-1", "amount": "100.00",
+                 "occurred_at": "2026-02-02T00:00:00Z"},
+                {"id": "p-inv-1", "type": "invoice_paid", "invoice_id": "inv-1", "amount": "1000.00",
+                 "occurred_at": "2026-01-10T00:00:00Z"},
+                {"id": "p-inv-2", "type": "invoice_paid", "invoice_id": "inv-2", "amount": "1000.00",
+                 "occurred_at": "2026-01-11T00:00:00Z"}], batch_size=1, kill_after=2, sent_before=[])
+@example(lines=[{"id": "p-inv-1", "type": "invoice_paid", "invoice_id": "inv-1", "amount": "1000.00",
+                 "occurred_at": "2026-01-10T00:00:00Z"},
+                {"id": "u-0", "type": "chargeback", "invoice_id": "inv-1", "amount": "600.00",
+                 "occurred_at": "2026-02-02T00:00:00Z"},
+                {"id": "u-1", "type": "refund", "invoice_id": "inv-1", "amount": "600.00",
+                 "occurred_at": "2026-02-20T00:00:00Z"},
+                {"id": "u-2", "type": "chargeback_reversed", "invoice_id": "inv-1", "amount": "600.00",
+                 "occurred_at": "2026-02-10T00:00:00Z"}], batch_size=1, kill_after=4, sent_before=[1])
+@example(lines=[{"id": "u-0", "type": "refund", "invoice_id": "inv-1", "amount": "100.00",
+                 "occurred_at": "2026-02-02T00:00:00Z"},
+                {"id": "u-1", "type": "refund", "invoice_id": "inv-1", "amount": "1000.00",
+                 "occurred_at": "2026-02-03T00:00:00Z"},
+                {"id": "p-inv-1", "type": "invoice_paid", "invoice_id": "inv-1", "amount": "1000.00",
+                 "occurred_at": "2026-01-10T00:00:00Z"},
+                {"id": "u-0", "type": "refund", "invoice_id": "inv-1", "amount": "100.00",
+                 "occurred_at": "2026-02-02T00:00:00Z"}], batch_size=1, kill_after=4, sent_before=[])
+@database_property(50)
+@given(lines=files(), batch_size=st.integers(1, 3), kill_after=st.integers(1, 12),
+       sent_before=st.lists(st.integers(0, 20), max_size=4))
+def test_a_file_imported_again_after_a_kill_or_whole_gives_the_books_of_one_clean_import(
+        lines, batch_size, kill_after, sent_before, sqlite_template, tmp_path_factory):
+    """Some of the file's events may have been sent before it (`sent_before`: their lines, as a
+    batch request in that order)."""
+    text = file_text(lines)
+    folder = tmp_path_factory.mktemp("input-order")
+    clean, killed, batch = (program(Database(new_sqlite_url(sqlite_template, folder))) for _ in range(3))
+    sent = [revenue.parse_event(json.loads(text.splitlines()[n % len(lines)])) for n in sent_before]
+    try:
+        for books in (clean, killed, batch):
+            books.ingest(*sent)
+        first = import_text(clean.database, text, "ndjson", batch_size=batch_size)
+        once = snapshot(clean)
+        again = import_text(clean.database, text, "ndjson", batch_size=batch_size)
+        assert snapshot(clean) == once
+        assert [line for line, _ in again.examples] == [line for line, _ in first.examples]
+        with contextlib.suppress(Killed):
+            import_text(killed.database, text, "ndjson", batch_size=batch_size, applying=killed_after(kill_after))
+        import_text(killed.database, text, "ndjson", batch_size=batch_size)
+        assert snapshot(killed) == once
+        # The same events as one batch request, sent twice: the books of the file's import.
+        events = [revenue.parse_event(json.loads(line)) for line in text.splitlines()]
+        batch.ingest(*events)
+        assert snapshot(batch) == once
+        batch.ingest(*events)
+        assert snapshot(batch) == once
+    finally:
+        for books in (clean, killed, batch):
+            books.database.dispose()
