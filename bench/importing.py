@@ -142,9 +142,12 @@ def settled_events(event_count: int) -> int:
 
 
 def peak_when_read_kb(samples: list[list[int]], offset: int) -> int | None:
-    """The process's peak RSS when it had first read the file past `offset` bytes (None when no
-    sample shows it there: no /proc, or the file read faster than the polling)."""
-    return next((hwm_kb for position, hwm_kb in samples if position >= offset), None)
+    """The process's peak RSS when it had first read the file past `offset` bytes as it applied it
+    (None when no sample shows it there: no /proc, or the file read faster than the polling). The
+    import reads the file through once before it applies it (`ledger.importer._first_places`): its
+    applying starts where the position sampled drops back."""
+    applying = next((index for index in range(1, len(samples)) if samples[index][0] < samples[index - 1][0]), 0)
+    return next((hwm_kb for position, hwm_kb in samples[applying:] if position >= offset), None)
 
 
 def measure(site, directory: Path, partner_count: int, customer_count: int, event_count: int) -> dict:

@@ -1,12 +1,13 @@
 """Streaming import of revenue events from NDJSON or CSV, in batches through the bulk path.
 
-Constant memory: the file is read line by line (a line longer than `LINE_CHARS_MAX` characters is
-read past in pieces, and refused) and handed to `revenue.ingest` in batches of `batch_size` events,
-each batch in its own committed transaction. Safe to run again on the same file, even after being
-killed halfway: committed batches replay (events are keyed by id) and the rest is applied, so the
-books equal those of one clean run. A line refused in an earlier run is
-tried anew (nothing of a refused event is stored): one refused for its order, a refund before its
-payment in the file, applies in a later run, once the payment is in.
+Memory bounded by the file's refunds, chargebacks and won disputes, not its size: the file is read
+line by line (a line longer than `LINE_CHARS_MAX` characters is read past in pieces, and refused),
+once through (`_first_places`: where the events of each undone invoice first come) and then handed
+to `revenue.ingest` in batches of `batch_size` events, each batch in its own committed transaction.
+Safe to run again on the same file, even after being killed halfway: committed batches replay
+(events are keyed by id) and the rest is applied, each event decided as the file's lines before it
+leave the books (`revenue.Input`), so the books equal those of one clean run: a refund refused for
+coming before its payment in the file stays refused, though a killed run committed the payment.
 
 CSV columns: id, type, customer_id, invoice_id, amount, currency, occurred_at (in any order; other
 columns are ignored; a header that lacks one, or names a column twice, is refused). A file is
@@ -333,29 +334,56 @@ def _import_records(database: Database, lines: Iterator[tuple[int, object]], sou
 
 
 def _first_places(stream: IO, file_format: str) -> dict[str, tuple[int, str]]:
-    """`revenue.Input.first` of a file, read through once before it is applied: for each invoice that
-    a line refunds, charges back or disputes, the events of it from the first such line on, each id
-    at its first line there, with its event's request hash. An id that comes on an earlier line too
-    is moved to it as the file is applied (`_import_records`): those lines are read by then. This
-    much memory grows with the file's undoing events (those after them of their invoices): an
-    import's other events are read and let go."""
-    undone: set[str] = set()
+    """`revenue.Input.first` of a file, read through once before it is applied: each event that comes
+    after a refund, chargeback or won dispute of its invoice, by id at its first such line, with its
+    event's request hash: what an undoing event leaves out when the books hold it (`revenue._Writer
+    ._undone`). An id that comes on an earlier line too is moved to it as the file is applied
+    (`_import_records`): that line is read by then. Its memory grows with those events alone; the
+    invoices undone are marked in a fixed `_Marks`."""
+    undone = _Marks()
     first: dict[str, tuple[int, str]] = {}
     try:
         for number, data in records(stream, file_format):
-            if isinstance(data, DomainError):
+            # An event's fields are taken as they are where it is valid: a line that is not one may
+            # mark its invoice (what costs an entry at most), and is never an entry.
+            invoice_id = data.get("invoice_id") if isinstance(data, dict) else None
+            if not isinstance(invoice_id, str):
+                continue
+            if not undone.holds(invoice_id):
+                if data.get("type") != "invoice_paid":
+                    undone.add(invoice_id)
                 continue
             try:
                 event = revenue.parse_event(data)
             except DomainError:
                 continue
-            if event.type != "invoice_paid":
-                undone.add(event.invoice_id)
-            if event.invoice_id in undone and event.id not in first:
+            if event.id not in first:
                 first[event.id] = (number, revenue.request_hash(event))
     except Unreadable as error:  # read before any batch is applied: nothing has committed
         raise Unreadable(error.line_number, error.error, checking=True) from error
     return first
+
+
+class _Marks:
+    """A set of strings in fixed memory (a Bloom filter of 2^26 bits, 8 MiB, two bits a string): a
+    string added is always held; one not added is held by mistake about once in a thousand at a
+    million strings added. A mistake costs `_first_places` an entry that leaves nothing out."""
+
+    BITS = 1 << 26
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+
+    def _places(self, text: str) -> tuple[int, int]:
+        digest = hash(text)  # the same for a string throughout a process: all a file's reading needs
+        return digest % self.BITS, (digest >> 32) % self.BITS
+
+    def add(self, text: str) -> None:
+        for place in self._places(text):
+            self._bits[place >> 3] |= 1 << (place & 7)
+
+    def holds(self, text: str) -> bool:
+        return all(self._bits[place >> 3] >> (place & 7) & 1 for place in self._places(text))
 
 
 @contextlib.contextmanager
