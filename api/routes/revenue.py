@@ -11,7 +11,8 @@ objects whose amount is signed: clawbacks are negative.
 A batch holds at most 10,000 events (more is a 422 naming `events`). Each event is applied or
 refused on its own: one that fails validation is refused in its slot (`http_status` 422, `error` a
 problem naming its fields) without a trip to the domain; the others go through one `revenue.ingest`
-call, which refuses an event (409, 422) without changing anything for it. Concurrent duplicates
+call, which refuses an event (409, 422) without changing anything for it, deciding each as the
+batch's events before it leave the books (`ledger.revenue`, "In input order"). Concurrent duplicates
 apply once: the journal lock serializes ingestion and the event id is the table's primary key.
 """
 
@@ -222,7 +223,14 @@ def get_event(event_id: str):
 @blp.arguments(BatchRequestSchema)
 @blp.response(200, BatchSchema)
 def post_batch(args):
-    """Post up to 10,000 revenue events, each applied or refused on its own"""
+    """Post up to 10,000 revenue events, each applied or refused on its own
+
+    Each event is decided by the books as the batch's events before it leave them, so that the
+    batch sent again gives the books of sending it once: a refund, chargeback or won dispute is
+    decided without its invoice's payment, won disputes (for a refund or chargeback) or chargebacks
+    (for a won dispute) that come later in the batch, even when the books hold them already, and its
+    refusal says so; an id given twice takes the decision of its first place.
+    """
     results: list[dict | None] = []
     valid: list[tuple[int, RevenueEvent]] = []
     schema = RevenueEventSchema()
