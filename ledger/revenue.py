@@ -270,8 +270,8 @@ class Input:
     import's file (module docstring, "In input order"). The calls of one input share it."""
 
     # An id's first place in the input, with the request hash of its event there. An import's holds
-    # only the ids of the invoices refunded, charged back or disputed in its file, from the first
-    # such line of each on (`ledger.importer`): the places an undoing event asks after.
+    # only the events that come after a refund, chargeback or won dispute of their invoice in its
+    # file (`ledger.importer._first_places`): the places an undoing event asks after.
     first: dict[str, tuple[int, str]]
     # The ids refused at their first place, of those `first` holds, with the event there and its
     # refusal: what a later place of each answers.
@@ -503,8 +503,8 @@ class _Writer:
             # Refused at its first place: so it stays, in every run (`Input`).
             first, refusal = self.source.refused[event.id]
             if first_place[1] != hash_hex:
-                return Refusal(event.id, _event_conflict(
-                    event, first, f"appears earlier in the {self.source.name} with other content, and was refused there"))
+                how = f"appears earlier in the {self.source.name} with other content, and was refused there"
+                return Refusal(event.id, _event_conflict(event, first, how))
             return refusal
         self.place = place
         try:
@@ -664,8 +664,9 @@ class _Writer:
         docstring, "In input order")."""
         invoice = self.context.invoices.get(event.invoice_id)
         first, letting_in = self.source.first, _LETTING_IN[event.type]
-        later = [row for row in self.context.stored_of.get(event.invoice_id, ()) if row.type in letting_in
-                 and (place := first.get(row.id)) is not None and place[0] > self.place and place[1] == row.request_hash]
+        later = [row for row in self.context.stored_of.get(event.invoice_id, ())
+                 if row.type in letting_in and (place := first.get(row.id)) is not None
+                 and place[0] > self.place and place[1] == row.request_hash]
         if later and invoice is not None:
             try:
                 _check_undone(invoice.without(later), event)
