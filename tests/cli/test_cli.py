@@ -1260,6 +1260,28 @@ def test_an_import_killed_halfway_and_run_again_gives_the_books_of_one_clean_run
     assert audited_books(killed) == audited_books(clean)
 
 
+def test_an_import_with_refunds_before_their_payments_killed_and_run_again_gives_the_books_of_one_clean_run(
+        killed_and_clean, tmp_path):
+    """A refund on a line before its payment is refused by a clean run; the rerun of a killed run
+    finds the payment committed, and still refuses it (`ledger.revenue`, "In input order")."""
+    (killed, clean), customer_ids = killed_and_clean
+    events = monthly_events(months=11, customer_ids=customer_ids)
+    for index in range(len(events) - 1, 40, -7):  # a refund of every seventh payment, 40 lines before it
+        payment = events[index]
+        refund = payment._replace(id=f"{payment.id}-refund", type="refund", amount_minor=payment.amount_minor // 4,
+                                  occurred_at_us=payment.occurred_at_us + 86_400_000_000)
+        events.insert(index - 40, refund)
+    refunds = sum(event.type == "refund" for event in events)
+    path = write_ndjson(tmp_path / "refunds-first.ndjson", events)
+    stored = kill_an_import(killed, path, 200)
+    assert 200 <= stored < len(events) - refunds, "the import must be interrupted halfway"
+    rerun = invoke(killed.url, "import", str(path))
+    once = invoke(clean.url, "import", str(path))
+    assert once.exit_code == rerun.exit_code == 1 and f"refused: {refunds}" in once.output, once.output
+    assert f"refused: {refunds}" in rerun.output and "payment of its invoice later in the file" in rerun.output
+    assert audited_books(killed) == audited_books(clean)
+
+
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_an_import_stopped_by_a_signal_says_what_committed_and_run_again_gives_the_books_of_one_clean_run(
         killed_and_clean, tmp_path, stop, code):
