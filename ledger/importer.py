@@ -28,7 +28,6 @@ import errno
 import io
 import itertools
 import json
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -82,6 +81,7 @@ class Summary:
         return [text for _, text in sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]]
 
 
+COPY_CHUNK_BYTES = 1 << 20  # what `_spooled` reads of a pipe at a time
 HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order mark and a `{`
 
 
@@ -300,7 +300,8 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
         if not stream.seekable():  # a pipe: read twice, from a copy (`_first_places`)
             stream = stack.enter_context(_spooled(stream))
         start = stream.tell()
-        source = revenue.Input(_first_places(stream, file_format), name="file")
+        first, repeated = _first_places(stream, file_format)
+        source = revenue.Input(first, repeated.holds, name="file")
         stream.seek(start)
         _import_records(database, records(stream, file_format), source, batch_size, progress, summary, applying)
     return summary
@@ -333,20 +334,27 @@ def _import_records(database: Database, lines: Iterator[tuple[int, object]], sou
         progress(len(pending))
 
 
-def _first_places(stream: IO, file_format: str) -> dict[str, tuple[int, str]]:
-    """`revenue.Input.first` of a file, read through once before it is applied: each event that comes
-    after a refund, chargeback or won dispute of its invoice, by id at its first such line, with its
-    event's request hash: what an undoing event leaves out when the books hold it (`revenue._Writer
-    ._undone`). An id that comes on an earlier line too is moved to it as the file is applied
-    (`_import_records`): that line is read by then. Its memory grows with those events alone; the
-    invoices undone are marked in a fixed `_Marks`."""
-    undone = _Marks()
+def _first_places(stream: IO, file_format: str) -> tuple[dict[str, tuple[int, str]], "_Marks"]:
+    """`revenue.Input.first` and `repeated` of a file, read through once before it is applied.
+
+    `first`: each event that comes after a refund, chargeback or won dispute of its invoice, by id at
+    its first such line, with its event's request hash: what an undoing event leaves out when the
+    books hold it (`revenue._Writer._undone`). An id that comes on an earlier line too is moved to
+    it as the file is applied (`_import_records`): that line is read by then. Its memory grows with
+    those events alone. `repeated`: the ids that come on more than one line (and a few others).
+    The invoices undone and the ids are marked in fixed `_Marks`."""
+    undone, seen, repeated = _Marks(), _Marks(), _Marks()
     first: dict[str, tuple[int, str]] = {}
     try:
         for number, data in records(stream, file_format):
             # An event's fields are taken as they are where it is valid: a line that is not one may
-            # mark its invoice (what costs an entry at most), and is never an entry.
-            invoice_id = data.get("invoice_id") if isinstance(data, dict) else None
+            # mark its invoice or id (what costs an entry at most), and is never an entry.
+            if not isinstance(data, dict):
+                continue
+            event_id = data.get("id")
+            if isinstance(event_id, str):
+                (repeated if seen.holds(event_id) else seen).add(event_id)
+            invoice_id = data.get("invoice_id")
             if not isinstance(invoice_id, str):
                 continue
             if not undone.holds(invoice_id):
@@ -361,15 +369,17 @@ def _first_places(stream: IO, file_format: str) -> dict[str, tuple[int, str]]:
                 first[event.id] = (number, revenue.request_hash(event))
     except Unreadable as error:  # read before any batch is applied: nothing has committed
         raise Unreadable(error.line_number, error.error, checking=True) from error
-    return first
+    return first, repeated
 
 
 class _Marks:
-    """A set of strings in fixed memory (a Bloom filter of 2^26 bits, 8 MiB, two bits a string): a
-    string added is always held; one not added is held by mistake about once in a thousand at a
-    million strings added. A mistake costs `_first_places` an entry that leaves nothing out."""
+    """A set of strings in fixed memory (a Bloom filter of 2^25 bits, 4 MiB, two bits a string): a
+    string added is always held; one not added is held by mistake about three times in a thousand
+    at a million strings added. A mistake costs an entry that changes nothing: `_first_places`
+    lists an event no undoing event leaves out, `revenue.Input.refused` keeps a refusal no later
+    line asks after."""
 
-    BITS = 1 << 26
+    BITS = 1 << 25
 
     def __init__(self) -> None:
         self._bits = bytearray(self.BITS // 8)
@@ -389,11 +399,24 @@ class _Marks:
 @contextlib.contextmanager
 def _spooled(stream: IO[str]) -> Iterator[IO[str]]:
     """A stream from `open_events` that cannot seek, copied to a temporary file (removed after), as it reads."""
-    with tempfile.TemporaryFile() as copy:
-        try:
-            shutil.copyfileobj(stream.buffer, copy)
-        except OSError as error:
-            raise Unreadable(0, error) from error
+    where = f"a temporary file (in {tempfile.gettempdir()}, TMPDIR)"
+    try:
+        made = tempfile.TemporaryFile()
+    except OSError as error:
+        raise Unreadable(0, OSError(error.errno, f"{where} to copy it to: {error.strerror}"), checking=True) from error
+    with made as copy:
+        while True:
+            try:
+                chunk = stream.buffer.read(COPY_CHUNK_BYTES)
+            except OSError as error:
+                raise Unreadable(0, error, checking=True) from error
+            if not chunk:
+                break
+            try:
+                copy.write(chunk)
+            except OSError as error:  # a full disk: not the input's failure, and said so
+                raise Unreadable(0, OSError(error.errno, f"its copy in {where}: {error.strerror}"),
+                                 checking=True) from error
         copy.seek(0)
         with io.TextIOWrapper(copy, encoding="utf-8", errors="surrogateescape", newline="") as text:
             yield text

@@ -273,18 +273,23 @@ class Input:
     # only the events that come after a refund, chargeback or won dispute of their invoice in its
     # file (`ledger.importer._first_places`): the places an undoing event asks after.
     first: dict[str, tuple[int, str]]
-    # The ids refused at their first place, of those `first` holds, with the event there and its
-    # refusal: what a later place of each answers.
-    refused: dict[str, tuple[RevenueEvent, "Refusal"]] = field(default_factory=dict)
+    # Whether an id may come more than once in the input: true of every id that does (and of some
+    # that do not, in an import's, which asks a fixed-size `ledger.importer._Marks`).
+    repeated: Callable[[str], bool]
+    # The ids refused where they first came, of those `repeated` holds, with that place, the event
+    # there and its refusal: what a later place of each answers.
+    refused: dict[str, tuple[int, RevenueEvent, "Refusal"]] = field(default_factory=dict)
     name: str = "batch"  # what the input is, in what a refusal says
 
     @classmethod
     def of(cls, events: Sequence[RevenueEvent], hashes: Sequence[str]) -> "Input":
         """The input that is the events themselves, in their order (a batch request)."""
         first: dict[str, tuple[int, str]] = {}
+        repeated: set[str] = set()
         for place, (event, hash_hex) in enumerate(zip(events, hashes)):
-            first.setdefault(event.id, (place, hash_hex))
-        return cls(first)
+            if first.setdefault(event.id, (place, hash_hex))[0] != place:
+                repeated.add(event.id)
+        return cls(first, repeated.__contains__)
 
 
 class _Claimant(NamedTuple):
@@ -498,11 +503,12 @@ class _Writer:
                 return Refusal(event.id, _event_conflict(event, first,
                                                          "appears earlier in the batch with other content"))
             return outcome._replace(replayed=True)
-        first_place = self.source.first.get(event.id)
-        if first_place is not None and first_place[0] < place and event.id in self.source.refused:
-            # Refused at its first place: so it stays, in every run (`Input`).
-            first, refusal = self.source.refused[event.id]
-            if first_place[1] != hash_hex:
+        refused = self.source.refused.get(event.id)
+        if refused is not None and refused[0] < place:
+            # Refused where it first came (not stored, and not decided since): so it stays, in every
+            # run (module docstring, "In input order").
+            _, first, refusal = refused
+            if request_hash(first) != hash_hex:
                 how = f"appears earlier in the {self.source.name} with other content, and was refused there"
                 return Refusal(event.id, _event_conflict(event, first, how))
             return refusal
@@ -514,8 +520,8 @@ class _Writer:
             # taken wrote what the batch drafted before it (`_take_claim`): the batch's to refuse apart
         except DomainError as error:
             refusal = Refusal(event.id, error)
-            if first_place is not None and first_place[0] == place:
-                self.source.refused[event.id] = (event, refusal)
+            if self.source.repeated(event.id):
+                self.source.refused[event.id] = (place, event, refusal)
             return refusal
         self.source.refused.pop(event.id, None)  # refused there by a part `ingest_apart` did again
         self.decided[event.id] = (hash_hex, event, outcome)

@@ -3,7 +3,9 @@ halfway (several times under `make soak`) and run again, on both engines: the bo
 trial balance and chain equal those of one clean run."""
 
 import contextlib
+import errno
 import fcntl
+import io
 import json
 import re
 import os
@@ -24,7 +26,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from cli.main import main
-from ledger import customers, holds, revenue, statements
+from ledger import customers, holds, importer, revenue, statements
 from ledger.balances import all_balances
 from ledger.db import Database
 from ledger.importer import HEAD_BYTES, LINE_CHARS_MAX, detect_format, head, open_events
@@ -1335,6 +1337,28 @@ def test_importing_from_a_pipe_reads_what_the_file_holds(seeded, tmp_path, path,
     # Every event the file holds was posted from the pipe, with the same content (else a 409, refused).
     from_file = invoke(seeded.url, "import", str(source), "--format", writer.__name__.removeprefix("write_"))
     assert from_file.exit_code == 0 and f"replayed: {len(events)}" in from_file.output
+
+
+def test_a_pipe_whose_copy_fails_stops_the_import_before_anything_applies_saying_it_is_the_copy(seeded, monkeypatch):
+    """A pipe is copied to a temporary file before the import reads it through (`_spooled`): a full
+    disk there is named as the copy's failure, not the input's, and nothing has committed."""
+    class Full(io.BytesIO):
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(importer.tempfile, "TemporaryFile", Full)
+    reader, writer = os.pipe()
+    os.write(writer, json.dumps(event_dict(paid("p-1", "acme", "inv-1", 1_000, "2026-01-10"))).encode() + b"\n")
+    os.close(writer)
+    try:
+        with open_events(f"/dev/fd/{reader}") as stream, pytest.raises(importer.Unreadable) as stopped:
+            importer.import_stream(seeded, stream, "ndjson")
+    finally:
+        os.close(reader)
+    said = str(stopped.value)
+    assert said.startswith("its copy in a temporary file (in ") and "No space left on device" in said, said
+    assert not stopped.value.committed
+    assert stored_events(seeded) == 0
 
 
 def test_a_pipes_first_bytes_are_read_ahead_however_its_producer_writes_them():

@@ -129,6 +129,24 @@ def test_a_won_dispute_before_its_chargeback_in_a_batch_stays_refused(books):
     assert snapshot(books) == once
 
 
+def test_an_id_given_again_in_a_file_takes_the_decision_of_its_first_place_as_in_a_batch(
+        database, sqlite_template, tmp_path):
+    """A payment refused on its first line (its invoice paid already) and given again for another
+    invoice: refused there too, in a file as in a batch."""
+    lines = [{"id": "y", "invoice_id": "inv-1", "amount": "100.00"}, {"id": "x", "invoice_id": "inv-1"},
+             {"id": "x", "invoice_id": "inv-2"}]
+    text = file_text([{"type": "invoice_paid", "amount": "200.00", "occurred_at": "2026-02-05T00:00:00Z", **line}
+                      for line in lines])
+    imported, batch = program(database), program(Database(new_sqlite_url(sqlite_template, tmp_path)))
+    summary = import_text(imported.database, text, "ndjson")
+    assert [line for line, _ in summary.examples] == [2, 3] and "and was refused there" in summary.examples[1][1]
+    results = batch.ingest(*[revenue.parse_event(json.loads(line)) for line in text.splitlines()])
+    assert outcomes(results)[0] == "posted" and all(isinstance(result, Refusal) for result in results[1:])
+    assert imported.sql("SELECT id, invoice_id FROM revenue_events") == [("y", "inv-1")]
+    assert batch.sql("SELECT id, invoice_id FROM revenue_events") == [("y", "inv-1")]
+    batch.database.dispose()
+
+
 def test_an_id_given_again_in_a_batch_takes_the_decision_of_its_first_place(books):
     refund = books.event("refund", "acme", "inv-1", "100.00", "2026-01-12", event_id="r")
     other = books.event("refund", "acme", "inv-1", "200.00", "2026-01-12", event_id="r")
@@ -155,7 +173,7 @@ undoing = st.tuples(st.sampled_from(["refund", "chargeback", "chargeback", "char
 @st.composite
 def files(draw) -> list[dict]:
     """Both invoices' payments and some of their refunds, chargebacks and won disputes, in any order,
-    some lines given again later in the file (as they were, or with another amount)."""
+    some lines given again later in the file (as they were, or with another amount, invoice or type)."""
     events = [{"id": f"p-{invoice}", "type": "invoice_paid", "invoice_id": invoice, "amount": "1000.00",
                "occurred_at": f"{day}T00:00:00Z"} for invoice, day in INVOICES.items()]
     for n, (type_, invoice, amount, days) in enumerate(draw(st.lists(undoing, min_size=1, max_size=7))):
@@ -164,8 +182,13 @@ def files(draw) -> list[dict]:
     lines = draw(st.permutations(events))
     for _ in range(draw(st.integers(0, 2))):
         copy = dict(draw(st.sampled_from(lines)))
-        if draw(st.booleans()):
+        changed = draw(st.sampled_from([None, "amount", "invoice_id", "type"]))
+        if changed == "amount":
             copy["amount"] = "100.00" if copy["amount"] != "100.00" else "400.00"
+        elif changed == "invoice_id":
+            copy["invoice_id"] = "inv-2" if copy["invoice_id"] == "inv-1" else "inv-1"
+        elif changed == "type":
+            copy["type"] = "refund" if copy["type"] != "refund" else "invoice_paid"
         lines.insert(draw(st.integers(0, len(lines))), copy)
     return lines
 
