@@ -218,30 +218,27 @@ def killed_after(batches: int):
     return applying
 
 
+def line(event_id: str, type_: str, invoice_id: str, amount: str, day: str) -> dict:
+    return {"id": event_id, "type": type_, "invoice_id": invoice_id, "amount": amount,
+            "occurred_at": f"{day}T00:00:00Z"}
+
+
+PAID = [line(f"p-{invoice}", "invoice_paid", invoice, "1000.00", day) for invoice, day in INVOICES.items()]
+
+
 # The counterexamples that broke it before: a refund before its payment, the payment committed in
-# a batch before the kill; a won dispute after a refund it would let in; one id refused, then posted.
-@example(lines=[{"id": "u-0", "type": "refund", "invoice_id": "inv-1", "amount": "100.00",
-                 "occurred_at": "2026-02-02T00:00:00Z"},
-                {"id": "p-inv-1", "type": "invoice_paid", "invoice_id": "inv-1", "amount": "1000.00",
-                 "occurred_at": "2026-01-10T00:00:00Z"},
-                {"id": "p-inv-2", "type": "invoice_paid", "invoice_id": "inv-2", "amount": "1000.00",
-                 "occurred_at": "2026-01-11T00:00:00Z"}], batch_size=1, kill_after=2, sent_before=[])
-@example(lines=[{"id": "p-inv-1", "type": "invoice_paid", "invoice_id": "inv-1", "amount": "1000.00",
-                 "occurred_at": "2026-01-10T00:00:00Z"},
-                {"id": "u-0", "type": "chargeback", "invoice_id": "inv-1", "amount": "600.00",
-                 "occurred_at": "2026-02-02T00:00:00Z"},
-                {"id": "u-1", "type": "refund", "invoice_id": "inv-1", "amount": "600.00",
-                 "occurred_at": "2026-02-20T00:00:00Z"},
-                {"id": "u-2", "type": "chargeback_reversed", "invoice_id": "inv-1", "amount": "600.00",
-                 "occurred_at": "2026-02-10T00:00:00Z"}], batch_size=1, kill_after=4, sent_before=[1])
-@example(lines=[{"id": "u-0", "type": "refund", "invoice_id": "inv-1", "amount": "100.00",
-                 "occurred_at": "2026-02-02T00:00:00Z"},
-                {"id": "u-1", "type": "refund", "invoice_id": "inv-1", "amount": "1000.00",
-                 "occurred_at": "2026-02-03T00:00:00Z"},
-                {"id": "p-inv-1", "type": "invoice_paid", "invoice_id": "inv-1", "amount": "1000.00",
-                 "occurred_at": "2026-01-10T00:00:00Z"},
-                {"id": "u-0", "type": "refund", "invoice_id": "inv-1", "amount": "100.00",
-                 "occurred_at": "2026-02-02T00:00:00Z"}], batch_size=1, kill_after=4, sent_before=[])
+# a batch before the kill; a won dispute after a refund it would let in, its chargeback sent before
+# the file; one id refused, then posted.
+@example(lines=[line("u-0", "refund", "inv-1", "100.00", "2026-02-02"), *PAID], batch_size=1, kill_after=2,
+         sent_before=[])
+@example(lines=[PAID[0], line("u-0", "chargeback", "inv-1", "600.00", "2026-02-02"),
+                line("u-1", "refund", "inv-1", "600.00", "2026-02-20"),
+                line("u-2", "chargeback_reversed", "inv-1", "600.00", "2026-02-10")],
+         batch_size=1, kill_after=4, sent_before=[1])
+@example(lines=[line("u-0", "refund", "inv-1", "100.00", "2026-02-02"), line("u-1", "refund", "inv-1", "1000.00",
+                                                                             "2026-02-03"),
+                PAID[0], line("u-0", "refund", "inv-1", "100.00", "2026-02-02")],
+         batch_size=1, kill_after=4, sent_before=[])
 @database_property(50)
 @given(lines=files(), batch_size=st.integers(1, 3), kill_after=st.integers(1, 12),
        sent_before=st.lists(st.integers(0, 20), max_size=4))
