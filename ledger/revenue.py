@@ -414,7 +414,10 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
             if len(part) > 1:
                 size = (len(part) + 1) // 2
                 continue
-            results.append(Refusal(part[0].id, error))
+            refusal = Refusal(part[0].id, error)
+            if source.repeated(part[0].id):  # as `_Writer.decide` keeps a refusal where an id first came
+                source.refused[part[0].id] = (places[start], part[0], refusal)
+            results.append(refusal)
         start += len(part)
         size = min(2 * len(part), len(events))
     return results
@@ -680,7 +683,9 @@ class _Writer:
                 try:
                     _check_undone(invoice, event)
                 except DomainError:
-                    raise error from None  # as one clean run of the input refuses it
+                    # Refused either way: by what the input's order leaves (a rerun's reason may be
+                    # another than the clean run's, which counted fewer events that only refuse it).
+                    raise error from None
                 raise _in_order(error, later, self.source.name) from None
         return _check_undone(invoice, event)
 
