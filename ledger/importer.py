@@ -1,9 +1,10 @@
 """Streaming import of revenue events from NDJSON or CSV, in batches through the bulk path.
 
-Memory bounded by the file's refunds, chargebacks and won disputes, not its size: the file is read
-line by line (a line longer than `LINE_CHARS_MAX` characters is read past in pieces, and refused),
-once through (`_first_places`: where the events of each undone invoice first come) and then handed
-to `revenue.ingest` in batches of `batch_size` events, each batch in its own committed transaction.
+Memory grows with the events that come after a refund, chargeback or won dispute of their invoice
+(and the refused ids given twice), not with the file's size: the file is read line by line (a line
+longer than `LINE_CHARS_MAX` characters is read past in pieces, and refused), once through
+(`_first_places`: where the events of each undone invoice first come, with 12 MiB of marks), then
+handed to `revenue.ingest` in batches of `batch_size` events, each in its own committed transaction.
 Safe to run again on the same file, even after being killed halfway: committed batches replay
 (events are keyed by id) and the rest is applied, each event decided as the file's lines before it
 leave the books (`revenue.Input`), so the books equal those of one clean run: a refund refused for
