@@ -301,7 +301,7 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
         if not stream.seekable():  # a pipe: read twice, from a copy (`_first_places`)
             stream = stack.enter_context(_spooled(stream))
         start = stream.tell()
-        first, repeated = _first_places(stream, file_format)
+        first, repeated = _first_places(stream, file_format, start)
         source = revenue.Input(first, repeated.holds, name="file")
         stream.seek(start)
         _import_records(database, records(stream, file_format), source, batch_size, progress, summary, applying)
@@ -321,9 +321,6 @@ def _import_records(database: Database, lines: Iterator[tuple[int, object]], sou
             summary.refuse(number, data.get("id") if isinstance(data, dict) else None, error)
         else:
             pending.append((number, event))
-            place = source.first.get(event.id)
-            if place is not None and number < place[0]:  # before the lines `_first_places` looked at
-                source.first[event.id] = (number, revenue.request_hash(event))
         if len(pending) >= batch_size:
             with applying():
                 _apply(database, pending, summary, source)
@@ -335,15 +332,17 @@ def _import_records(database: Database, lines: Iterator[tuple[int, object]], sou
         progress(len(pending))
 
 
-def _first_places(stream: IO, file_format: str) -> tuple[dict[str, tuple[int, str]], "_Marks"]:
-    """`revenue.Input.first` and `repeated` of a file, read through once before it is applied.
+def _first_places(stream: IO, file_format: str, start: int) -> tuple[dict[str, tuple[int, str]], "_Marks"]:
+    """`revenue.Input.first` and `repeated` of a file, read through once before it is applied (from
+    `start`, the stream's position of its first line).
 
     `first`: each event that comes after a refund, chargeback or won dispute of its invoice, by id at
-    its first such line, with its event's request hash: what an undoing event leaves out when the
-    books hold it (`revenue._Writer._undone`). An id that comes on an earlier line too is moved to
-    it as the file is applied (`_import_records`): that line is read by then. Its memory grows with
-    those events alone. `repeated`: the ids that come on more than one line (and a few others).
-    The invoices undone and the ids are marked in fixed `_Marks`."""
+    its first line that is an event, with its event's request hash there: what an undoing event
+    leaves out when the books hold it (`revenue._Writer._undone`). Its memory grows with those
+    events alone. `repeated`: the ids that come on more than one line (and a few others). The
+    invoices undone and the ids are marked in fixed `_Marks`. An id of `first` that comes on an
+    earlier line too (another invoice's, or before its invoice was undone) is moved to that line by
+    a second reading, up to the last line so moved, which a file without such ids is spared."""
     undone, seen, repeated = _Marks(), _Marks(), _Marks()
     first: dict[str, tuple[int, str]] = {}
     try:
@@ -368,6 +367,21 @@ def _first_places(stream: IO, file_format: str) -> tuple[dict[str, tuple[int, st
                 continue
             if event.id not in first:
                 first[event.id] = (number, revenue.request_hash(event))
+        again = {event_id for event_id in first if repeated.holds(event_id)}
+        if again:
+            stream.seek(start)
+            last = max(first[event_id][0] for event_id in again)
+            for number, data in records(stream, file_format):
+                if number >= last or not again:
+                    break
+                if isinstance(data, dict) and isinstance(data.get("id"), str) and data["id"] in again:
+                    try:
+                        event = revenue.parse_event(data)
+                    except DomainError:
+                        continue
+                    again.discard(event.id)
+                    if number < first[event.id][0]:
+                        first[event.id] = (number, revenue.request_hash(event))
     except Unreadable as error:  # read before any batch is applied: nothing has committed
         raise Unreadable(error.line_number, error.error, checking=True) from error
     return first, repeated

@@ -149,6 +149,26 @@ def test_an_id_given_again_in_a_file_takes_the_decision_of_its_first_place_as_in
     batch.database.dispose()
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_an_id_first_given_for_another_invoice_is_not_later_in_the_file_whatever_the_batches(
+        database, batch_size):
+    """A payment posted before the file, carried again on its third line, but first given (for
+    another invoice) on its second: not an event of the file after the refund on its first line,
+    which it lets in, however the file is cut into batches, and as one batch request takes it."""
+    books = program(database)
+    paid = line("x", "invoice_paid", "inv-1", "1000.00", "2026-01-10")
+    books.ingest(revenue.parse_event(json.loads(file_text([paid]))))
+    text = file_text([line("r", "refund", "inv-1", "100.00", "2026-02-01"),
+                      line("x", "invoice_paid", "inv-3", "1000.00", "2026-01-10"), paid])
+    summary = import_text(database, text, "ndjson", batch_size=batch_size)
+    assert summary.statuses["posted"] == 1 and [line for line, _ in summary.examples] == [2], summary
+    once = snapshot(books)
+    assert import_text(database, text, "ndjson", batch_size=4 - batch_size).statuses["posted"] == 0
+    assert snapshot(books) == once
+    results = books.ingest(*[revenue.parse_event(json.loads(each)) for each in text.splitlines()])
+    assert outcomes(results)[0] == "posted replayed" and snapshot(books) == once
+
+
 MAX_CLF = "922337203685477.5807"  # 2^63 - 1 minor units: a running total past its range after the first
 
 
@@ -268,7 +288,7 @@ PAID = [line(f"p-{invoice}", "invoice_paid", invoice, "1000.00", day) for invoic
 def test_a_file_imported_again_after_a_kill_or_whole_gives_the_books_of_one_clean_import(
         lines, batch_size, kill_after, sent_before, sqlite_template, tmp_path_factory):
     """Some of the file's events may have been sent before it (`sent_before`: their lines, as a
-    batch request in that order)."""
+    batch request in that order). Each import after the first cuts the file into other batches."""
     text = file_text(lines)
     folder = tmp_path_factory.mktemp("input-order")
     clean, killed, batch = (program(Database(new_sqlite_url(sqlite_template, folder))) for _ in range(3))
@@ -278,12 +298,12 @@ def test_a_file_imported_again_after_a_kill_or_whole_gives_the_books_of_one_clea
             books.ingest(*sent)
         first = import_text(clean.database, text, "ndjson", batch_size=batch_size)
         once = snapshot(clean)
-        again = import_text(clean.database, text, "ndjson", batch_size=batch_size)
+        again = import_text(clean.database, text, "ndjson", batch_size=batch_size % 3 + 1)  # cut elsewhere
         assert snapshot(clean) == once
         assert [line for line, _ in again.examples] == [line for line, _ in first.examples]
         with contextlib.suppress(Killed):
             import_text(killed.database, text, "ndjson", batch_size=batch_size, applying=killed_after(kill_after))
-        import_text(killed.database, text, "ndjson", batch_size=batch_size)
+        import_text(killed.database, text, "ndjson", batch_size=(batch_size + 1) % 3 + 1)
         assert snapshot(killed) == once
         # The same events as one batch request, sent twice: the books of the file's import.
         events = [revenue.parse_event(json.loads(line)) for line in text.splitlines()]
