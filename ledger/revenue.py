@@ -158,10 +158,10 @@ _UNDOING_TYPES = frozenset({"refund", "chargeback", "chargeback_reversed"})
 # What could let an undoing event in, where it was refused without it: its invoice's payment, and what
 # lowers what is refunded and charged back (for a refund or chargeback) or raises what is charged back
 # and not yet reversed (for a won dispute), at every instant from its own date on.
-_LATER_NAMES = {"invoice_paid": "payment", "chargeback": "chargeback", "chargeback_reversed": "won dispute"}
 _LETTING_IN = {"refund": frozenset({"invoice_paid", "chargeback_reversed"}),
                "chargeback": frozenset({"invoice_paid", "chargeback_reversed"}),
                "chargeback_reversed": frozenset({"invoice_paid", "chargeback"})}
+_LATER_NAMES = {"invoice_paid": "payment", "chargeback": "chargeback", "chargeback_reversed": "won dispute"}  # `_in_order`'s
 _DISPUTE_TYPES = frozenset({"chargeback", "chargeback_reversed"})
 
 
