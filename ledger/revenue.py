@@ -161,7 +161,8 @@ _UNDOING_TYPES = frozenset({"refund", "chargeback", "chargeback_reversed"})
 _LETTING_IN = {"refund": frozenset({"invoice_paid", "chargeback_reversed"}),
                "chargeback": frozenset({"invoice_paid", "chargeback_reversed"}),
                "chargeback_reversed": frozenset({"invoice_paid", "chargeback"})}
-_LATER_NAMES = {"invoice_paid": "payment", "chargeback": "chargeback", "chargeback_reversed": "won dispute"}  # `_in_order`'s
+# How `_in_order` names them.
+_LATER_NAMES = {"invoice_paid": "payment", "chargeback": "chargeback", "chargeback_reversed": "won dispute"}
 _DISPUTE_TYPES = frozenset({"chargeback", "chargeback_reversed"})
 
 
