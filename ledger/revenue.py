@@ -179,6 +179,7 @@ class _Invoice:
     charged_back_minor: int = 0  # chargebacks - reversed chargebacks
     latest_us: int | None = None  # the latest occurred_at of those
     dated: list[tuple[int, str, int]] = field(default_factory=list)  # each one's (occurred_at, type, amount)
+    stored: list["StoredEvent"] = field(default_factory=list)  # its events the books held before the batch
 
     def add(self, event: RevenueEvent | StoredEvent) -> None:
         """Count a refund, chargeback or won dispute."""
@@ -292,6 +293,14 @@ class Input:
                 repeated.add(event.id)
         return cls(first, repeated.__contains__)
 
+    def keep(self, place: int, event: RevenueEvent, refusal: "Refusal") -> "Refusal":
+        """`refusal` of `event` at `place`, where its id first came as an event (a later place of it
+        is answered from here, never decided), kept for those later places when it has any.
+        `_Writer.decide` and `ingest_apart` refuse through it."""
+        if self.repeated(event.id):
+            self.refused[event.id] = (place, event, refusal)
+        return refusal
+
 
 class _Claimant(NamedTuple):
     """The payment that holds its customer's CPA claim: the earliest-dated that claimed it."""
@@ -307,10 +316,6 @@ class _Context:
     def __init__(self, session: Session, events: list[RevenueEvent], stored: list[StoredEvent],
                  claims: list[StoredEvent], attributions: AttributionIndex, program_revision: int) -> None:
         self.invoices = _invoices(stored, {e.invoice_id for e in events})
-        self.stored_of: dict[str, list[StoredEvent]] = defaultdict(list)  # invoice id -> its stored events
-        for row in stored:
-            if row.invoice_id in self.invoices:
-                self.stored_of[row.invoice_id].append(row)
         refunded = {e.invoice_id for e in events if e.type != "invoice_paid" and e.invoice_id in self.invoices}
         for invoice_id, pieces in holds.load_pieces(session, refunded).items():
             self.invoices[invoice_id].pieces = pieces
@@ -353,8 +358,9 @@ def _invoices(stored: list[StoredEvent], invoice_ids: set[str]) -> dict[str, _In
         if row.type == "invoice_paid":
             invoices[row.invoice_id] = _Invoice(row.invoice_id, row.customer_id, row.currency, row.amount_minor,
                                                 row.occurred_at_us, row.status)
-            continue
-        invoices[row.invoice_id].add(row)
+        else:
+            invoices[row.invoice_id].add(row)
+        invoices[row.invoice_id].stored.append(row)
     return invoices
 
 
@@ -415,10 +421,7 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
             if len(part) > 1:
                 size = (len(part) + 1) // 2
                 continue
-            refusal = Refusal(part[0].id, error)
-            if source.repeated(part[0].id):  # as `_Writer.decide` keeps a refusal where an id first came
-                source.refused[part[0].id] = (places[start], part[0], refusal)
-            results.append(refusal)
+            results.append(source.keep(places[start], part[0], Refusal(part[0].id, error)))
         start += len(part)
         size = min(2 * len(part), len(events))
     return results
@@ -523,10 +526,7 @@ class _Writer:
             raise  # part-way through the event (what it drafted before is in the batch), or a claim
             # taken wrote what the batch drafted before it (`_take_claim`): the batch's to refuse apart
         except DomainError as error:
-            refusal = Refusal(event.id, error)
-            if self.source.repeated(event.id):
-                self.source.refused[event.id] = (place, event, refusal)
-            return refusal
+            return self.source.keep(place, event, Refusal(event.id, error))
         self.source.refused.pop(event.id, None)  # refused there by a part `ingest_apart` did again
         self.decided[event.id] = (hash_hex, event, outcome)
         return outcome
@@ -674,10 +674,10 @@ class _Writer:
         docstring, "In input order")."""
         invoice = self.context.invoices.get(event.invoice_id)
         first, letting_in = self.source.first, _LETTING_IN[event.type]
-        later = [row for row in self.context.stored_of.get(event.invoice_id, ())
+        later = [row for row in (invoice.stored if invoice is not None else ())
                  if row.type in letting_in and (place := first.get(row.id)) is not None
                  and place[0] > self.place and place[1] == row.request_hash]
-        if later and invoice is not None:
+        if later:
             try:
                 _check_undone(invoice.without(later), event)
             except InvalidInput as error:
