@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0053'
+REVISION = '0054'
 
 GUARDS = {
     'sqlite': {
@@ -193,7 +193,7 @@ GUARDS = {
         'trg_revenue_events_no_update': ('revenue_events', '5bea463dcd139c6a'),
         'trg_revenue_events_posted_as_named': ('revenue_events', 'ab8279db6692e563'),
         'trg_revenue_events_values': ('revenue_events', '6fe798e75336477a'),
-        'trg_revenue_events_within_invoice': ('revenue_events', '30964e117d7bc973'),
+        'trg_revenue_events_within_invoice': ('revenue_events', 'c8e350c95f64a087'),
         'trg_rules_since_no_delete': ('rules_since', '04f3bb37120947a1'),
         'trg_rules_since_no_replace': ('rules_since', '41ef13d98007ed77'),
         'trg_rules_since_no_update': ('rules_since', 'c6d7cc47f3147691'),
@@ -476,7 +476,7 @@ GUARDS = {
         'function revenue_events_as_posted()': ('(function)', '5b468c116555b5cc'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
-        'function revenue_events_within_invoice()': ('(function)', '1da7ddfb792f645a'),
+        'function revenue_events_within_invoice()': ('(function)', '9da38bd6957784f7'),
         'function revshare_is_json_object(value text)': ('(function)', '0a6df8fddc1b65e1'),
         'function statement_bodies_as_documents()': ('(function)', '9f63360096787b82'),
         'function statement_documents_refuse_direct()': ('(function)', 'a02d9918c3702b27'),
@@ -649,7 +649,7 @@ GUARDS = {
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),
         'trg_revenue_events_no_change ON revenue_events': ('revenue_events', '774d56a6fb414a61'),
         'trg_revenue_events_no_truncate ON revenue_events': ('revenue_events', 'b0475d52e2e877b5'),
-        'trg_revenue_events_within_invoice ON revenue_events': ('revenue_events', 'f590da9164b7c435'),
+        'trg_revenue_events_within_invoice ON revenue_events': ('revenue_events', 'cd807be83c1cbbfa'),
         'trg_rules_since_no_change ON rules_since': ('rules_since', '3cec607c33dbf532'),
         'trg_rules_since_no_truncate ON rules_since': ('rules_since', '4ac375d11fe02dcd'),
         'trg_statement_bodies_as_documents ON statement_bodies': ('statement_bodies', 'ee7149c47ac0c47d'),

@@ -857,3 +857,25 @@ def test_0041_lets_a_customer_s_first_attribution_be_withdrawn_and_goes_down_onl
         assert books.verified()
     finally:
         database.dispose()
+
+
+def test_0054_sums_an_invoices_events_in_one_pass_and_goes_down_to_0053s_guard_as_it_was(empty_url):
+    """The guard of an invoice's limits, made again (its rule: tests/scenarios/test_database_holds.py),
+    goes down to the trigger and function 0014 made, with the settings 0023 gave the function."""
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    upgrade(empty_url, "0053")
+    database = Database(empty_url)
+    try:
+        at_0053 = schema_code_of(database)
+        upgrade(empty_url)
+        changed = {name for name, code in schema_code_of(database).items() if at_0053.get(name) != code}
+        assert changed == {"function revenue_events_within_invoice()" if database.engine.dialect.name == "postgresql"
+                           else "trigger trg_revenue_events_within_invoice"}, changed
+        command.downgrade(alembic_config(empty_url), "0053")
+        assert schema_code_of(database) == at_0053
+    finally:
+        database.dispose()

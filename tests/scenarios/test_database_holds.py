@@ -4,15 +4,19 @@ it, once the claimant's bounty is reversed; an invoice is paid once, refunds, ch
 stay within their invoice at every instant, the hierarchy is at most five deep with consistent
 depths, and the program's facts are append-only."""
 
+import itertools
 import threading
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ledger import reversals
 from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.program import at
 from tests.scenarios.books import Books
+from tests.conftest import examples
 from tests.integration.conftest import chain_due
 
 EVENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
@@ -221,6 +225,99 @@ def test_the_domains_own_refunds_disputes_and_a_full_refund_pass_the_guard(books
     refusal = books.refused("refund", "acme", "inv-1", "0.01", "2026-02-02")
     assert "amount.amount" in refusal.error.fields
     assert books.verified()
+
+
+DAY_US = 86_400_000_000
+SIGNED = {  # what each type adds to the refunded amount, and to what is charged back and not reversed
+    "refund": (1, 0), "chargeback": (1, 1), "chargeback_reversed": (-1, -1)}
+
+
+def broken_rule(held: list[tuple[str, int, int]], event: tuple[str, int, int], paid_minor: int,
+                paid_at_us: int) -> str | None:
+    """The rule of migration 0014, written out: the message an `event` (type, amount, instant) added
+    to the invoice's `held` events is refused with, or None."""
+    type_, _, at_us = event
+    if at_us < paid_at_us:
+        return NOT_PAID
+    after = [*held, event]
+    sums = [[sum(SIGNED[t][k] * amount for t, amount, at in after if at <= instant) for k in (0, 1)]
+            for instant in {at for _, _, at in after if at >= at_us}]
+    if type_ != "chargeback_reversed" and any(refunded > paid_minor for refunded, _ in sums):
+        return EXCEEDED
+    if type_ == "chargeback_reversed" and any(charged < 0 for _, charged in sums):
+        return OVER_REVERSED
+    return None
+
+
+_invoices = itertools.count(1)
+
+
+@settings(max_examples=examples(40), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=st.lists(st.tuples(st.sampled_from(list(SIGNED)), st.integers(1, 6_000), st.integers(-1, 6)),
+                       max_size=12))
+def test_the_database_refuses_exactly_the_events_that_break_an_invoices_limits_at_some_instant(books, events):
+    """Random refunds, chargebacks and won disputes of an invoice paid 100.00, many at one instant,
+    written past Python: each is refused with the message of the limit it would break, at some
+    instant from its own on, or accepted. One invoice an example, on the fixture's books."""
+    invoice, paid_at_us = f"inv-p{next(_invoices)}", at("2026-01-10")
+    accepted(books, LATER, **dict(raw("invoice_paid", 10_000, "2026-01-10", event_id=f"{invoice}-paid",
+                                      invoice=invoice)))
+    held: list[tuple[str, int, int]] = []
+    for n, (type_, amount, day) in enumerate(events):
+        event = (type_, amount, paid_at_us + day * DAY_US)
+        row = dict(raw(type_, amount, "2026-01-10", event_id=f"{invoice}-{n}", invoice=invoice), at=event[2])
+        message = broken_rule(held, event, 10_000, paid_at_us)
+        if message is None:
+            accepted(books, LATER, **row)
+            held.append(event)
+        else:
+            refused(books, LATER, message, **row)
+    assert books.sql(f"SELECT count(*) FROM revenue_events WHERE invoice_id = '{invoice}'")[0][0] == len(held) + 1
+
+
+def work_of_a_refund(books: Books, invoice: str, held: int) -> int:
+    """The work of the database's guards inserting one refund of `invoice`, paid 100.00, which holds
+    `held` refunds of one cent at the refund's own instant (written past the guards): on SQLite the
+    virtual machine's instructions, counted by a progress handler; on PostgreSQL the rows of
+    `revenue_events` read in the transaction. Neither depends on the machine's speed."""
+    accepted(books, LATER, **raw("invoice_paid", 10_000, "2026-01-10", event_id=f"{invoice}-paid", invoice=invoice))
+    with behind_the_triggers(books.database) as execute:
+        for n in range(held):
+            execute(f"INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, "
+                    f"occurred_at_us, recorded_at_us, request_hash, status) VALUES ('{invoice}-{n}', 'refund', "
+                    f"'acme', '{invoice}', 'USD', 1, {at('2026-01-20')}, {at('2026-01-20')}, '{'h' * 64}', "
+                    "'no_commission')")
+    refund = raw("refund", 1, "2026-01-20", event_id=f"{invoice}-new", invoice=invoice)
+    with books.database.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            read = ("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                    " WHERE relname = 'revenue_events'")
+            before = connection.exec_driver_sql(read).scalar_one()
+            connection.execute(sa.text(LATER), refund)
+            return connection.exec_driver_sql(read).scalar_one() - before
+        steps = [0]
+
+        def counted() -> int:
+            steps[0] += 1
+            return 0
+
+        driver = connection.connection.driver_connection
+        driver.set_progress_handler(counted, 100)
+        try:
+            connection.execute(sa.text(LATER), refund)
+        finally:
+            driver.set_progress_handler(None, 100)
+        return steps[0]
+
+
+def test_the_guard_of_an_invoices_limits_reads_its_events_once_per_check_not_once_per_instant(books):
+    # Migration 0014 summed the invoice's events once for each event dated at or after the new one:
+    # four times the events at the instant took fifteen times the work. One ordered pass takes at
+    # most about four times (the sort adds a little).
+    small, large = work_of_a_refund(books, "inv-small", 100), work_of_a_refund(books, "inv-large", 400)
+    assert small > 0
+    assert large < 6 * small, (small, large)
 
 
 def test_a_partner_at_depth_six_is_refused(books):
