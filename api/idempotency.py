@@ -9,8 +9,9 @@ Under `@idempotent`:
 - the first request with a key runs; a 2xx answer is stored with the request (`ledger.idempotency`)
   in the same database transaction as its effect, so the record exists exactly when the effect does;
 - a retry with the same method, path and JSON body (compared canonically: key order and spacing do
-  not matter, and no body is `{}`) gets the stored status and body back with `Idempotent-Replayed:
-  true`;
+  not matter, and no body is `{}`; failing that, as the route reads it: "1.5" and "1.50" are one
+  amount, "Z" and "+00:00" one instant) gets the stored status and body back with
+  `Idempotent-Replayed: true`;
 - the same key with another body is a 409 whose `errors` names the top-level fields that differ
   (or `Idempotency-Key` when it was used on another method or path);
 - concurrent duplicates apply once: `claim()` makes them wait for the first to finish, and a lost
@@ -41,12 +42,13 @@ from functools import wraps
 from typing import Callable, TypeVar
 
 from flask import Response, current_app, g, request
+from marshmallow import Schema, ValidationError
 
 from api.auth import current_principal
 from api.body import json_body
 from api.session import current_session
 from ledger import idempotency
-from ledger.errors import IdempotencyConflict, invalid
+from ledger.errors import IdempotencyConflict, InvalidInput, invalid
 from ledger.idempotency import StoredRequest, canonical_json
 
 HEADER = "Idempotency-Key"
@@ -68,12 +70,14 @@ def idempotent(view: Callable | None = None, *, redact: tuple[str, ...] = ()) ->
     `@idempotent(redact=("key",))`."""
 
     def decorate(function: Callable) -> Callable:
+        body_schema = _body_schema(function)
+
         @wraps(function)
         def wrapper(*args, **kwargs):
             key = request.headers.get(HEADER)
             if key is None:
                 return function(*args, **kwargs)
-            return _once(key, redact, lambda: function(*args, **kwargs))
+            return _once(key, redact, body_schema, lambda: function(*args, **kwargs))
 
         wrapper._apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))
         wrapper._apidoc.setdefault("arguments", {}).setdefault("parameters", []).append(dict(_HEADER_DOC))
@@ -82,7 +86,27 @@ def idempotent(view: Callable | None = None, *, redact: tuple[str, ...] = ()) ->
     return decorate if view is None else decorate(view)
 
 
-def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
+def _body_schema(view: Callable) -> Schema | None:
+    """The schema `@blp.arguments` reads the view's JSON body with, if any."""
+    parameters = getattr(view, "_apidoc", {}).get("arguments", {}).get("parameters", [])
+    [schema] = [p["schema"] for p in parameters if p["in"] == "json"] or [None]
+    return schema() if isinstance(schema, type) else schema
+
+
+def _read_alike(schema: Schema | None, stored_body: str, body: str) -> bool:
+    """Whether two canonical JSON bodies ask for the same thing as `schema` reads them (Python's
+    equality of what it loads, `Decimal("1.5") == Decimal("1.50")`, or of what its `asked(loaded)`
+    makes of that, for fields it loads raw); False when either is refused."""
+    if schema is None:
+        return False
+    asked = getattr(schema, "asked", lambda loaded: loaded)
+    try:
+        return asked(schema.load(json.loads(stored_body))) == asked(schema.load(json.loads(body)))
+    except (ValidationError, InvalidInput, ValueError, TypeError):
+        return False
+
+
+def _once(key: str, redact: tuple[str, ...], body_schema: Schema | None, run: Callable) -> Response:
     _check_key(key)
     key_id = current_principal().key_id
     session = current_session()
@@ -93,12 +117,12 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     idempotency.claim(session, key_id, key)
     stored = idempotency.find(session, key_id, key)
     if stored is not None:
-        return _answer(stored, key, asked, body)
+        return _answer(stored, key, asked, body, body_schema)
     g.idempotency_claim = (key_id, key)
     try:
         response = current_app.make_response(run())
     except _AnsweredMeanwhile as meanwhile:
-        return _answer(meanwhile.stored, key, asked, body)
+        return _answer(meanwhile.stored, key, asked, body, body_schema)
     if not 200 <= response.status_code < 300:
         return response
     record = StoredRequest(request.method, path, asked, body, response.status_code, _stored_body(response, redact))
@@ -107,7 +131,7 @@ def _once(key: str, redact: tuple[str, ...], run: Callable) -> Response:
     session.rollback()  # another request with this key committed first: undo ours, answer with theirs
     winner = idempotency.find(session, key_id, key)
     assert winner is not None, "the record that won the race is gone"
-    return _answer(winner, key, asked, body)
+    return _answer(winner, key, asked, body, body_schema)
 
 
 T = TypeVar("T")
@@ -164,13 +188,14 @@ def _stored_body(response: Response, redact: tuple[str, ...]) -> str:
     return json.dumps({name: None if name in redact else value for name, value in body.items()})
 
 
-def _answer(stored: StoredRequest, key: str, asked: str, body: str) -> Response:
+def _answer(stored: StoredRequest, key: str, asked: str, body: str, body_schema: Schema | None) -> Response:
     sent, route = request.path[:PATH_LENGTH_MAX], _route_path()
     if stored.path == sent != route:  # stored by code that kept the path as sent (`/0108/`)
         asked = idempotency.request_hash(request.method, sent, body)
     same_route = stored.method == request.method and stored.path in (route, sent)
     # Records stored before no body was compared as {} hold the body as null: the same request.
-    if stored.request_hash == asked or (same_route and {stored.request_body, body} <= _NO_BODY):
+    if stored.request_hash == asked or (same_route and ({stored.request_body, body} <= _NO_BODY
+                                                        or _read_alike(body_schema, stored.request_body, body))):
         return current_app.response_class(stored.response_body, status=stored.status_code,
                                           mimetype="application/json", headers={REPLAYED_HEADER: "true"})
     if not same_route:

@@ -81,6 +81,12 @@ class _TermsRequest(Schema):
             if fields:
                 raise ma.ValidationError(fields) from None
 
+    def asked(self, data: dict) -> dict[str, Any]:
+        """What a loaded request asks for, its terms parsed: a retry whose body spells a rate "0.2" for
+        "0.20" asks for the same plan (`api.idempotency`)."""
+        return {**{name: value for name, value in data.items() if name not in TERM_FIELDS},
+                "terms": parse_terms(terms_data(data))}
+
 
 def terms_data(args: dict) -> dict[str, Any]:
     """The term fields a request carried (an absent optional term keeps the parser's default)."""

@@ -91,6 +91,37 @@ def test_a_record_stored_with_a_null_body_replays_a_request_without_one(client, 
         200, "true", first.get_json())
 
 
+SPELT_OTHERWISE = {  # (path, body, the same body spelt otherwise, another body differing in one field)
+    "an amount": ("/v1/adjustments",
+                  {"partner_id": "p1", "account": "available", "amount": {"amount": "1.5", "currency": "USD"},
+                   "reason": "x"},
+                  {"amount": {"amount": "1.50", "currency": "USD"}}, {"amount": {"amount": "1.51", "currency": "USD"}}),
+    "an instant": (None, {"reason": "x", "effective_at": "2026-02-01T00:00:00Z"},
+                   {"effective_at": "2026-02-01T01:00:00+01:00"}, {"effective_at": "2026-02-01T00:00:01Z"}),
+    "a rate": ("/v1/plans", {"id": "plan-spelt", "name": "Plan", **STANDARD_TERMS},
+               {"rates": [{"from_month": 1, "rate": "0.2"}]}, {"rates": [{"from_month": 1, "rate": "0.21"}]}),
+}
+
+
+@pytest.mark.parametrize("spelt", sorted(SPELT_OTHERWISE))
+def test_a_retry_spelling_a_value_otherwise_replays_and_another_value_is_a_409(scratch, spelt):
+    """Bodies are compared as their route reads them once their canonical JSON differs: "1.5" and
+    "1.50" are one amount, as they would be one posting."""
+    path, body, otherwise, other = SPELT_OTHERWISE[spelt]
+    path, key = path or reversal_path(scratch), unique()
+    if "id" in body:
+        body = {**body, "id": unique("plan")}
+    first = post(scratch.client, scratch.keys.finance, path, body, key)
+    assert first.status_code == 201, first.data
+    again = post(scratch.client, scratch.keys.finance, path, {**body, **otherwise}, key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (201, "true"), again.data
+    assert again.get_json() == first.get_json()
+    changed = post(scratch.client, scratch.keys.finance, path, {**body, **other}, key)
+    assert changed.status_code == 409 and set(changed.get_json()["errors"]) == set(other), changed.data
+    refused = post(scratch.client, scratch.keys.finance, path, {**body, **{name: "?" for name in other}}, key)
+    assert refused.status_code == 409 and set(refused.get_json()["errors"]) == set(other), refused.data
+
+
 def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):
     key = unique()
     assert post(scratch.client, scratch.keys.finance, reversal_path(scratch), {"reason": "x"}, key).status_code == 201
