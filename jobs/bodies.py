@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from ledger import holds, payouts, periods, verify
 from ledger.db import Database, is_postgres, lock_journal
+from ledger.errors import totals_not_asked
 from ledger.instants import add_months, format_instant, from_us, next_period, period_bounds_us, period_of, to_us
 from ledger.journal import chain_head
 from ledger.journal import now_us as clock_now_us
@@ -169,10 +170,12 @@ def run_job(database: Database, name: str, body: Callable[[Session, int], dict],
         with database.reader() as session:
             figures = body(session, at)
     else:
-        released = holds.release_in_transactions(lambda: _job_transaction(database, name), at_us, own_instant=True)
-        with _job_transaction(database, name) as session:
-            at = clock_now_us() if at_us is None else at_us
-            figures = body(session, at)
+        with totals_not_asked():  # the books, not an amount the job was given, refuse: as the commands say it
+            released = holds.release_in_transactions(lambda: _job_transaction(database, name), at_us,
+                                                     own_instant=True)
+            with _job_transaction(database, name) as session:
+                at = clock_now_us() if at_us is None else at_us
+                figures = body(session, at)
         figures = {**figures, "released": released + figures.get("released", 0)}
     log.info("job %s at %s: %s", name, from_us(at).isoformat(), figures)
     return JobResult(name, figures)

@@ -5,10 +5,16 @@ a payout run, a payout's settlement or failure, a reversal, a close), a 409 abou
 names no field: it was a 422 naming `amount`, a field those requests do not have. The commands that
 release, run payouts and close say the same."""
 
+import logging
+
 import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from jobs.bodies import job_table
+from jobs.scheduler import CatchUp
+from ledger.instants import parse_instant
+from ledger.settings import Settings
 from tests.api.books import event_body, expect, instant, money
 
 MAX_CLF = "922337203685477.5807"  # 2**63 - 1 minor units of CLF, which has four decimals
@@ -83,3 +89,22 @@ def test_an_amount_the_request_sent_is_still_a_422_naming_it(fresh):
     response = fresh.post("/v1/adjustments", {"partner_id": "p1", "account": "available",
                                               "amount": money("0.0001", "CLF"), "reason": "one more"})
     assert set(expect(response, 422)["errors"]) == {"amount"}
+
+
+def test_the_jobs_say_in_one_line_that_the_books_cannot_take_it_and_change_nothing(fresh, database, caplog):
+    filled(fresh)
+    fresh.event("evt-1", "p1-customer", "inv-1", "1000.0000", "2026-02-20", currency="CLF")
+    fresh.ok("/v1/periods/2026-01/close")
+    fresh.ok("/v1/periods/2026-02/close")
+    before = fresh.read("/v1/transactions?limit=1000")["items"]
+    catch_up = CatchUp(database, job_table(Settings.build(database_url=database.url)))
+    with caplog.at_level(logging.INFO):
+        catch_up.run(parse_instant(instant("2026-04-02"), field="at"))  # the payout run's day, after March's end
+    said = ("the books cannot take this posting: its amount would take an account's running total past "
+            "9,223,372,036,854,775,807 minor units; it will run again at its next time")
+    failures = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in failures] == [
+        f"job {name} failed at start: {said}" for name in ("payout_run", "close_periods")]
+    assert all(record.exc_info is None for record in failures) and not catch_up.owed
+    assert fresh.read("/v1/transactions?limit=1000")["items"] == before
+    assert fresh.read("/v1/periods/2026-03")["status"] == "open"
