@@ -27,43 +27,50 @@ from api.session import current_session
 from ledger import plans
 from ledger.errors import InvalidInput
 from ledger.plans import Plan, PlanVersion
-from ledger.terms import TERM_FIELDS, parse_terms, terms_to_data
+from ledger.terms import (DURATION_MONTHS_MAX, HOLD_DAYS_MAX, NEGATIVE_BALANCE_POLICIES, OVERRIDE_BASES,
+                          RATE_STEPS_MAX, TERM_FIELDS, parse_terms, terms_to_data)
 
 blp = Blueprint("plans", __name__, description="Commission plans and their immutable versions (finance)")
 
 NAME_LENGTH_MAX = 200
-_MONEY_LIST = {"type": "array", "items": {"type": "object", "properties": {
-    "amount": {"type": "string", "maxLength": 40, "example": "50.00"},
-    "currency": {"type": "string", "minLength": 3, "maxLength": 3, "example": "USD"}}}}
+_MONEY_LIST = {"type": "array", "items": {
+    "type": "object", "required": ["amount", "currency"], "additionalProperties": False, "properties": {
+        "amount": {"type": "string", "maxLength": 40, "example": "50.00"},
+        "currency": {"type": "string", "minLength": 3, "maxLength": 3, "example": "USD"}}}}
 # A rate (step or override): `money.parse_rate`.
 _RATE = {"type": "string", "maxLength": 12, "pattern": r"^(0(\.[0-9]{1,10})?|1(\.0{1,10})?)$", "example": "0.20",
          "description": "a decimal string in [0, 1] with at most 10 decimal places"}
-# Documentation of the terms; the parsing is `terms.parse_terms`.
+# Documentation of the terms; the parsing is `terms.parse_terms`, whose limits these state (a test
+# holds each against the server's answers). A term is nullable exactly where the parser takes null:
+# in a request, also the money lists (null is none); an answer gives them as lists.
 _TERM_DOCS: dict[str, dict[str, Any]] = {
-    "rates": {"type": "array", "description": "step-down schedule; the first step starts at month 1",
-              "items": {"type": "object", "properties": {
-                  "from_month": {"type": "integer", "minimum": 1},
-                  "rate": _RATE}},
+    "rates": {"type": "array", "minItems": 1, "maxItems": RATE_STEPS_MAX,
+              "description": "step-down schedule; the first step starts at month 1, each later one at a later month",
+              "items": {"type": "object", "required": ["from_month", "rate"], "additionalProperties": False,
+                        "properties": {"from_month": {"type": "integer", "minimum": 1, "maximum": DURATION_MONTHS_MAX},
+                                       "rate": _RATE}},
               "example": [{"from_month": 1, "rate": "0.40"}, {"from_month": 4, "rate": "0.20"}]},
-    "duration_months": {"type": "integer", "nullable": True, "minimum": 1,
+    "duration_months": {"type": "integer", "nullable": True, "minimum": 1, "maximum": DURATION_MONTHS_MAX,
                         "description": "eligibility window in calendar months; null = lifetime"},
     "cpa": {**_MONEY_LIST,
             "description": "one-time bounty per currency, on a customer's first eligible paid invoice by date"},
-    "hold_days": {"type": "integer", "minimum": 0, "example": 30},
+    "hold_days": {"type": "integer", "minimum": 0, "maximum": HOLD_DAYS_MAX, "example": 30},
     "min_payout": {**_MONEY_LIST, "description": "minimum available balance per currency for a payout"},
-    "negative_balance": {"type": "string", "enum": ["carry_forward", "reset"]},
+    "negative_balance": {"type": "string", "enum": list(NEGATIVE_BALANCE_POLICIES)},
     "override": {"type": "object", "nullable": True, "description": "earned on the business of sub-partners",
-                 "properties": {"rate": _RATE,
-                                "basis": {"type": "string", "enum": ["revenue", "commission"]}}},
+                 "required": ["rate", "basis"], "additionalProperties": False,
+                 "properties": {"rate": _RATE, "basis": {"type": "string", "enum": list(OVERRIDE_BASES)}}},
 }
 _REQUIRED_TERMS = ("rates", "duration_months", "hold_days", "min_payout", "negative_balance")  # as parse_terms
+_NULL_IS_NONE = ("cpa", "min_payout")
 
 
 def _term_fields(*, for_request: bool) -> dict[str, ma.fields.Field]:
     """Terms as raw request fields (checked by `parse_terms`) or as response fields."""
     if for_request:
-        return {name: ma.fields.Raw(required=name in _REQUIRED_TERMS, allow_none=True, metadata=_TERM_DOCS[name])
-                for name in TERM_FIELDS}
+        nullable = {name for name, doc in _TERM_DOCS.items() if doc.get("nullable")} | set(_NULL_IS_NONE)
+        return {name: ma.fields.Raw(required=name in _REQUIRED_TERMS, allow_none=name in nullable,
+                                    metadata=_TERM_DOCS[name]) for name in TERM_FIELDS}
     return {name: ma.fields.Raw(required=True, metadata=_TERM_DOCS[name]) for name in TERM_FIELDS}
 
 

@@ -184,3 +184,41 @@ def test_a_payment_stamped_as_a_version_starts_earns_that_version_to_the_microse
         assert posted["commissions"][0]["amount"] == money(amount), occurred_at
         transaction = call.read(f"/v1/transactions/{posted['transaction_ids'][0]}")
         assert transaction["plan_version_id"] == version["plan_version_id"]
+
+
+def _steps(count: int) -> list[dict]:
+    return [{"from_month": 1 + month, "rate": "0.10"} for month in range(count)]
+
+
+TERM_VALUES = {  # values of one term each, some the parser takes and some it refuses, all the document can say
+    "rates": [None, [], "0.2", _steps(1), _steps(24), _steps(25), [{"from_month": 1}], [{"rate": "0.1"}],
+              [{"from_month": 1, "rate": "0.1", "note": "x"}], [{"from_month": 1, "rate": "1.5"}],
+              [{"from_month": 1, "rate": "0.1"}, {"from_month": 1200, "rate": "0.1"}],
+              [{"from_month": 1, "rate": "0.1"}, {"from_month": 1201, "rate": "0.1"}]],
+    "duration_months": [None, 0, 1, 1200, 1201, "12", 1.5],
+    "hold_days": [None, -1, 0, 3650, 3651, "30"],
+    "negative_balance": [None, "reset", "carry_forward", "other"],
+    "cpa": [None, [], [money("1.00")], [{"amount": "1.00"}], [{**money("1.00"), "note": "x"}], {}],
+    "min_payout": [None, [], [money("1.00")], [{"currency": "USD"}], [{**money("1.00"), "note": "x"}]],
+    "override": [None, {"rate": "0.1", "basis": "revenue"}, {"rate": "0.1"}, {"rate": "0.1", "basis": "x"},
+                 {"rate": "0.1", "basis": "revenue", "note": "x"}, []],
+}
+
+
+@pytest.mark.parametrize("term", sorted(TERM_VALUES))
+def test_the_document_takes_a_term_exactly_where_the_server_does(call, term):
+    """Each value of a term the request schema's document allows is a 201, and each it refuses a 422
+    naming the term (or a place in it): nullable, maxima, required and unknown fields as the parser
+    has them. (What the document cannot say, as steps in increasing order, is left out.)"""
+    import jsonschema_rs
+
+    from tests.api.test_openapi import json_schema
+
+    documented = call.client.get("/v1/openapi.json").get_json()["components"]["schemas"]["PlanRequest"]
+    validator = jsonschema_rs.validator_for(json_schema(documented["properties"][term]))
+    for value in TERM_VALUES[term]:
+        answer = call.post("/v1/plans", plan_body(unique("plan"), **{term: value}))
+        assert answer.status_code in (201, 422), answer.data
+        assert validator.is_valid(value) == (answer.status_code == 201), (value, answer.get_json())
+        if answer.status_code == 422:
+            assert {name.split(".")[0] for name in errors_of(answer)} == {term}, (value, answer.get_json())
