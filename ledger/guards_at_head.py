@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0054'
+REVISION = '0055'
 
 GUARDS = {
     'sqlite': {
@@ -31,7 +31,7 @@ GUARDS = {
         'trg_attributions_no_update': ('attributions', '060b10c425961c82'),
         'trg_attributions_partner_in_force': ('attributions', 'ca67c379bf101bbd'),
         'trg_attributions_within_horizon': ('attributions', '3073098057ffbc53'),
-        'trg_cpa_claims_taken_held': ('cpa_claims_taken', '8869fc3d1f279c87'),
+        'trg_cpa_claims_taken_held': ('cpa_claims_taken', 'bcd2e28f3e947eb1'),
         'trg_cpa_claims_taken_no_delete': ('cpa_claims_taken', 'd6efd553f50c244d'),
         'trg_cpa_claims_taken_no_replace': ('cpa_claims_taken', 'e4fc135939aabf22'),
         'trg_cpa_claims_taken_no_update': ('cpa_claims_taken', 'c4e6a829af6f0358'),
@@ -52,7 +52,7 @@ GUARDS = {
         'trg_journal_transactions_adjustment_in_time': ('journal_transactions', 'a80174841054a861'),
         'trg_journal_transactions_adjustment_posted': ('journal_transactions', '492c4ed6add8b2a5'),
         'trg_journal_transactions_closed_period': ('journal_transactions', '9849b8d5f82220f6'),
-        'trg_journal_transactions_cpa_once': ('journal_transactions', 'fd09e2e8009b277f'),
+        'trg_journal_transactions_cpa_once': ('journal_transactions', '62fc953e6bfbb13f'),
         'trg_journal_transactions_earning_posted': ('journal_transactions', '9058b0a5c7c72f49'),
         'trg_journal_transactions_integers': ('journal_transactions', 'f07fffb62a5e89fe'),
         'trg_journal_transactions_key_length': ('journal_transactions', '6830822770d5f10b'),
@@ -404,7 +404,7 @@ GUARDS = {
         'function attributions_in_order()': ('(function)', '72f2cc19fddb7b8e'),
         'function attributions_partner_in_force()': ('(function)', 'dc172d73428dae76'),
         'function attributions_within_horizon()': ('(function)', '1249b570c11ace02'),
-        'function cpa_claims_taken_held()': ('(function)', '382502796f03383d'),
+        'function cpa_claims_taken_held()': ('(function)', 'fba4a1925bbefc63'),
         'function customers_id_shape()': ('(function)', '6192013dcfc3bffc'),
         'function first_attribution_in_turn()': ('(function)', 'd74188c5c69ea935'),
         'function idempotency_records_no_update()': ('(function)', '8c6a046ed4be051a'),
@@ -415,7 +415,7 @@ GUARDS = {
         'function journal_statistics_follow()': ('(function)', '9be48fb197579d0c'),
         'function journal_transactions_adjustment_in_time()': ('(function)', '0192d48bdd02d229'),
         'function journal_transactions_adjustment_posted()': ('(function)', '0a784365eb81ec23'),
-        'function journal_transactions_cpa_once()': ('(function)', 'ba7356cd70d51516'),
+        'function journal_transactions_cpa_once()': ('(function)', 'bcd6f1087db90b2c'),
         'function journal_transactions_key_length()': ('(function)', 'a86653abd3aacf4a'),
         'function journal_transactions_moved_forward()': ('(function)', '68dc2d0cda62219f'),
         'function journal_transactions_not_ahead()': ('(function)', '2e0afc36e7541fb4'),
@@ -504,7 +504,7 @@ GUARDS = {
         'trg_attributions_no_truncate ON attributions': ('attributions', '504ceeca7ec4b37d'),
         'trg_attributions_partner_in_force ON attributions': ('attributions', '5e62eb2522da727e'),
         'trg_attributions_within_horizon ON attributions': ('attributions', '20e76940ed473d9b'),
-        'trg_cpa_claims_taken_held ON cpa_claims_taken': ('cpa_claims_taken', 'b089c5ce950ed4ae'),
+        'trg_cpa_claims_taken_held ON cpa_claims_taken': ('cpa_claims_taken', 'e95ff6e01afa797b'),
         'trg_cpa_claims_taken_no_change ON cpa_claims_taken': ('cpa_claims_taken', 'fc28c3d457b4cf50'),
         'trg_cpa_claims_taken_no_truncate ON cpa_claims_taken': ('cpa_claims_taken', 'da8df5c29ce9fc77'),
         'trg_customers_chain_due ON customers': ('customers', 'd791207b2da03a77'),
@@ -525,7 +525,7 @@ GUARDS = {
             ('journal_transactions', '8d83f3af1fefffce'),
         'trg_journal_transactions_adjustment_posted ON journal_transactions':
             ('journal_transactions', '27caf6bbca377633'),
-        'trg_journal_transactions_cpa_once ON journal_transactions': ('journal_transactions', 'cfc82400d8f0ec16'),
+        'trg_journal_transactions_cpa_once ON journal_transactions': ('journal_transactions', '525be02e8f25ae75'),
         'trg_journal_transactions_in_turn ON journal_transactions': ('journal_transactions', 'd3680d44d8705f9d'),
         'trg_journal_transactions_key_length ON journal_transactions': ('journal_transactions', '6f22862955bd309e'),
         'trg_journal_transactions_moved_forward ON journal_transactions': ('journal_transactions', 'd6e51e2730ae4a3f'),

@@ -390,9 +390,10 @@ rules_since = Table(
 )
 
 # One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
-# A customer's CPA bounty is posted once (migration 0020's trigger, which this index serves); a
+# A customer's CPA bounty is posted once (migration 0020's trigger, which this index serves: since
+# 0055 it reads the latest bounty before a new one, at the end of the customer's entries); a
 # reinstatement names its original.
-Index("ix_journal_transactions_cpa_customer", journal_transactions.c.customer_id,
+Index("ix_journal_transactions_cpa_customer", journal_transactions.c.customer_id, journal_transactions.c.id,
       sqlite_where=(journal_transactions.c.kind == "cpa") & journal_transactions.c.accrual_id.is_(None),
       postgresql_where=(journal_transactions.c.kind == "cpa") & journal_transactions.c.accrual_id.is_(None))
 

@@ -871,11 +871,35 @@ def test_0054_sums_an_invoices_events_in_one_pass_and_goes_down_to_0053s_guard_a
     database = Database(empty_url)
     try:
         at_0053 = schema_code_of(database)
-        upgrade(empty_url)
+        upgrade(empty_url, "0054")
         changed = {name for name, code in schema_code_of(database).items() if at_0053.get(name) != code}
         assert changed == {"function revenue_events_within_invoice()" if database.engine.dialect.name == "postgresql"
                            else "trigger trg_revenue_events_within_invoice"}, changed
         command.downgrade(alembic_config(empty_url), "0053")
         assert schema_code_of(database) == at_0053
+    finally:
+        database.dispose()
+
+
+def test_0055_reads_a_customers_bounties_by_key_and_goes_down_to_0054s_guards_and_index_as_they_were(empty_url):
+    """The guards of a customer's bounty, made again (their rules: test_database_holds.py and
+    test_database_rules.py), and the bounties' index, go down as 0038 and 0020 made them."""
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    upgrade(empty_url, "0054")
+    database = Database(empty_url)
+    try:
+        at_0054 = schema_code_of(database)
+        upgrade(empty_url)
+        changed = {name for name, code in schema_code_of(database).items() if at_0054.get(name) != code}
+        postgres = database.engine.dialect.name == "postgresql"
+        assert changed == ({"function journal_transactions_cpa_once()", "function cpa_claims_taken_held()"} if postgres
+                           else {"trigger trg_journal_transactions_cpa_once", "trigger trg_cpa_claims_taken_held",
+                                 "index ix_journal_transactions_cpa_customer"}), changed
+        command.downgrade(alembic_config(empty_url), "0054")
+        assert schema_code_of(database) == at_0054
     finally:
         database.dispose()

@@ -1,0 +1,97 @@
+"""The guards of a customer's CPA bounty read a bounty by its key, not every bounty of the customer.
+
+A payment dated before a customer's claimant takes the claim (migration 0038): the claimant's bounty
+is reversed and the payment's posted. A customer whose payments come newest first (a backfill, an
+import sorted by date descending) moves the claim with each, and holds one bounty a move, all but
+the last reversed. Two guards read all of them for each move, so the moves of one customer took time
+growing with the square of their number: 4,000 payments of one customer in one batch took 43 s on
+SQLite, 13.6 s of it in these guards, and each doubling quadrupled that part (PostgreSQL: 1.6 s of
+the guard's own time at 2,000, four times that at 1,000).
+
+- `cpa_once` (migration 0020, remade by 0038): a new bounty is refused while another bounty of its
+  customer stands (no reversal names it). It checked every other bounty of the customer; it now
+  checks the latest one before the new bounty. That is the same rule on books that kept it: each
+  bounty was checked as it was written, and found the one before it reversed, and a reversal is
+  never undone, so of the bounties before the new one only the latest may stand. Bounties written
+  around the guards are `verify`'s to name (`cpa_twice`), as before. The bounties' partial index
+  (0020) now holds the id after the customer, so the latest is read at the end of the customer's
+  entries on both engines (PostgreSQL's index kept a customer's entries in no order of id).
+- `cpa_claims_taken_held` (0038): a claim is taken once the claimant's bounty is reversed. The
+  claimant's bounty is now found by its event (`ix_journal_transactions_event_id`: a handful of
+  postings), where both engines' planners chose the bounties' index by the customer and read every
+  bounty of the customer.
+
+Revision ID: 0055
+Revises: 0054
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from migrations.earlier import revision as _revision
+
+revision = "0055"
+down_revision = "0054"
+branch_labels = None
+depends_on = None
+
+_0020 = _revision("0020_cpa_once.py")
+_0038 = _revision("0038_cpa_claims_taken.py")
+_0049 = _revision("0049_guards_planned_for_a_growing_journal.py")  # replaced(): keeps a function's settings
+
+INDEX = "ix_journal_transactions_cpa_customer"
+BOUNTY_OF = _0020.BOUNTY.replace(" AND ", " AND {t}.")  # kind = 'cpa' AND accrual_id IS NULL, of table {t}
+LATEST_BEFORE_STANDS = (
+    "EXISTS (SELECT 1 FROM (SELECT o.id FROM journal_transactions o WHERE o.customer_id = n.customer_id"
+    f" AND o.{BOUNTY_OF.format(t='o')} AND o.id < n.id ORDER BY o.id DESC LIMIT 1) latest"
+    f" WHERE {_0038.STANDS.format(t='latest')})")
+
+# 0038's rule of a claim taken from a claimant whose bounty stands, read by the claimant's event: the
+# customer's column compared as an expression, which no index serves, keeps both engines' planners
+# from reading every bounty of the customer through the bounties' index.
+BY_CUSTOMER = "t.customer_id = NEW.customer_id"
+BY_EVENT = "t.customer_id || '' = NEW.customer_id"
+CLAIMANT_RULE = 3
+assert _0038.RULES[CLAIMANT_RULE][0].count(BY_CUSTOMER) == 1
+RULES = tuple((refused.replace(BY_CUSTOMER, BY_EVENT) if n == CLAIMANT_RULE else refused, message)
+              for n, (refused, message) in enumerate(_0038.RULES))
+
+
+def claims_taken_guard(rules, postgres: bool) -> str:
+    """0038's trigger of a claim taken (PostgreSQL: its function), with `rules`."""
+    if not postgres:
+        return (f"CREATE TRIGGER trg_{_0038.TABLE}_held AFTER INSERT ON {_0038.TABLE}\nBEGIN\n  SELECT CASE"
+                + "".join(f"\n    WHEN {refused} THEN RAISE(ABORT, '{message}')" for refused, message in rules)
+                + "\n  END;\nEND")
+    [function] = [s for s in _0038.POSTGRES_GUARDS.split(";\n\n") if s.lstrip().startswith("CREATE FUNCTION")]
+    for (made, _), (remade, _) in zip(_0038.RULES, rules):
+        function = function.replace(made, remade)
+    return function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+
+
+def bounties_index(columns: list[str]) -> None:
+    op.drop_index(INDEX, "journal_transactions")
+    op.create_index(INDEX, "journal_transactions", columns,
+                    sqlite_where=sa.text(_0020.BOUNTY), postgresql_where=sa.text(_0020.BOUNTY))
+
+
+def guards(bounty_rule: str, claims_taken_rules) -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in _0038._bounty_rule(bounty_rule, postgres):
+        op.execute(statement)
+    if postgres:
+        _0049.replaced(f"{_0038.TABLE}_held", claims_taken_guard(claims_taken_rules, postgres))
+    else:
+        op.execute(f"DROP TRIGGER trg_{_0038.TABLE}_held")
+        op.execute(claims_taken_guard(claims_taken_rules, postgres))
+
+
+def upgrade() -> None:
+    bounties_index(["customer_id", "id"])
+    guards(LATEST_BEFORE_STANDS, RULES)
+
+
+def downgrade() -> None:
+    guards(_0038.ANOTHER_STANDING_BOUNTY, _0038.RULES)
+    bounties_index(["customer_id"])
