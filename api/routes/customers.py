@@ -22,6 +22,7 @@ from api.body import Blueprint
 from api.fields import Bool, Date, ExternalId, Instant, PartnerId, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
+from api.pagination import ID_MAX
 from api.schemas import Schema
 from api.session import current_session
 from ledger import customers
@@ -33,7 +34,8 @@ from ledger.schema import ATTRIBUTION_SOURCES
 blp = Blueprint("customers", __name__, description="Customers and their attribution to partners")
 
 REPLACING_ROLES = frozenset({"finance", "admin"})
-ATTRIBUTION_ID = re.compile(r"[1-9][0-9]{0,17}")
+# An attribution's id as the other ids in a path (`IdConverter`): ASCII digits, leading zeros too, 1 to ID_MAX.
+ATTRIBUTION_ID = re.compile(r"0*([1-9][0-9]{0,18})")
 
 
 class AttributionRequestSchema(Schema):
@@ -125,9 +127,10 @@ def get_customer(customer_id: str):
 @blp.response(200, CustomerSchema)
 def withdraw_attribution(customer_id: str, attribution_id: str):
     """Withdraw an attribution that has not started (asked again: the customer, unchanged)"""
-    if not ATTRIBUTION_ID.fullmatch(attribution_id):
+    digits = ATTRIBUTION_ID.fullmatch(attribution_id)
+    if digits is None or int(digits[1]) > ID_MAX:
         raise NotFound(f"customer {customers.named(customer_id)} has no attribution {customers.named(attribution_id)}")
-    return render_customer(customers.withdraw_attribution(current_session(), customer_id, int(attribution_id)))
+    return render_customer(customers.withdraw_attribution(current_session(), customer_id, int(digits[1])))
 
 
 def render_customer(customer) -> dict:

@@ -259,3 +259,14 @@ def test_a_new_customer_s_only_attribution_dated_wrong_is_withdrawn_and_the_cust
     later = call.event(unique("evt"), customer, unique("inv"), "50.00", today)
     assert later["status"] == "posted" and [c["partner_id"] for c in later["commissions"]] == [first]
     assert call.read("/v1/integrity")["ok"] is True
+
+
+def test_an_attribution_s_id_is_read_in_a_path_as_the_other_ids_are(call):
+    # `/v1/transactions/0108` is transaction 108; an attribution spelt so was a 404.
+    customer, partner = unique("cust"), call.partner()
+    ahead = (datetime.now(timezone.utc).date() + timedelta(days=40)).isoformat()
+    moved = call.created("/v1/attributions", attribution(customer, partner, ahead))
+    for spelt in ("0", "-1", "+1", str(2**63), "9" * 30, f"{moved['id']}.0", "\uff11"):
+        assert errors_of(call.delete(f"/v1/customers/{customer}/attributions/{spelt}"), 404) == set(), spelt
+    body = expect(call.delete(f"/v1/customers/{customer}/attributions/00{moved['id']}"), 200)
+    assert [withdrawn["id"] for withdrawn in body["withdrawn_attributions"]] == [moved["id"]]
