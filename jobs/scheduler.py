@@ -45,7 +45,7 @@ from sqlalchemy.pool import NullPool
 
 from jobs.bodies import job_table, run_job
 from ledger.db import Database, database_words, make_engine, normalize_url
-from ledger.errors import DomainError, printable
+from ledger.errors import BooksCannotTake, printable
 from ledger.settings import Settings, without_password
 
 log = logging.getLogger("revshare.scheduler")
@@ -78,7 +78,7 @@ def log_failure(name: str, error: BaseException, *, when: str = "", then: str = 
     if database_unavailable(error):
         log.error("job %s failed%s: the database is unavailable: %s; it will run again %s", name, when,
                   database_words(error), then)
-    elif isinstance(error, DomainError):  # the books refuse the job's work (a Conflict): in their words, no traceback
+    elif isinstance(error, BooksCannotTake):  # the books refuse the job's postings: in their words, no traceback
         log.error("job %s failed%s: %s; it will run again %s", name, when, printable(error.detail), then)
     else:
         log.error("job %s failed%s: %r; it will run again %s", name, when, error, then, exc_info=error)

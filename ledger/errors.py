@@ -60,6 +60,11 @@ class Conflict(DomainError):
     title = "Conflict"
 
 
+class BooksCannotTake(Conflict):
+    """A posting of work that sent no amount would take an account's running total past its range
+    (`totals_not_asked`)."""
+
+
 class IdempotencyConflict(Conflict):
     """The same idempotency key arrived with different content; `fields` names what differs."""
 
@@ -77,7 +82,7 @@ def totals_not_asked() -> Iterator[None]:
         yield
     except OutOfRange as error:
         said = error.fields.get("amount", [error.detail])[0]
-        raise Conflict(f"the books cannot take this posting: its amount {said}") from error
+        raise BooksCannotTake(f"the books cannot take this posting: its amount {said}") from error
 
 
 def invalid(field: str, message: str) -> InvalidInput:

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from cli.main import main
 from jobs.bodies import job_table
-from jobs.scheduler import CatchUp
+from jobs.scheduler import CatchUp, log_failure
+from ledger.errors import Conflict, DomainError, InvalidInput, NotFound
 from ledger.instants import parse_instant
 from ledger.settings import Settings
 from tests.api.books import event_body, expect, instant, money
@@ -108,3 +109,17 @@ def test_the_jobs_say_in_one_line_that_the_books_cannot_take_it_and_change_nothi
     assert all(record.exc_info is None for record in failures) and not catch_up.owed
     assert fresh.read("/v1/transactions?limit=1000")["items"] == before
     assert fresh.read("/v1/periods/2026-03")["status"] == "open"
+
+
+@pytest.mark.parametrize("error", [NotFound("plan version 7 not found"), Conflict("a conflict"),
+                                   InvalidInput("hold_days: bad", {"hold_days": ["bad"]})],
+                         ids=lambda error: type(error).__name__)
+def test_any_other_error_of_a_job_keeps_its_type_and_traceback(error, caplog):
+    try:
+        raise error
+    except DomainError as raised:
+        with caplog.at_level(logging.ERROR, logger="revshare.scheduler"):
+            log_failure("payout_run", raised)
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"job payout_run failed: {type(error).__name__}("), record.getMessage()
+    assert record.exc_info is not None
