@@ -15,7 +15,11 @@ The rule is the same; each check now sums the invoice's events in order of insta
 (`sum(...) OVER (ORDER BY occurred_at_us)`: the default frame takes the events at an instant
 together, so each running total holds every event dated up to its instant, as 0014's sums did) and
 looks for a total past the limit at or after the new event's instant. A check reads the invoice's
-events once, through the invoice index, and sorts them. SQLite: the row trigger, made again.
+events once, through the invoice index, and sorts them. SQLite: the row trigger, made again; SQLite
+fires a table's triggers newest first, so a row written past Python that breaks this rule and
+another is now refused with this rule's message (a downgrade leaves that order too); and its
+`sum()` of integers stops at 2^63 - 1 in whichever order it adds, so only rows written around the
+guards, with amounts near that, could be decided otherwise than by 0014.
 PostgreSQL: the statement trigger's function checks each invoice the statement undoes once, from
 the earliest instant among its new rows (an instant at or after some new row's is one at or after
 the earliest), and keeps its settings (0023's search path), read from the catalog and set again.

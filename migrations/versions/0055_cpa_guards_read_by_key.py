@@ -15,7 +15,11 @@ and 2.3 ms after; on PostgreSQL, where each move's other statements take about 1
   checks the latest one before the new bounty. That is the same rule on books that kept it: each
   bounty was checked as it was written, and found the one before it reversed, and a reversal is
   never undone, so of the bounties before the new one only the latest may stand. Bounties written
-  around the guards are `verify`'s to name (`cpa_twice`), as before. The bounties' partial index
+  around the guards are `verify`'s to name (`cpa_twice`), as before. On PostgreSQL, which checks the
+  rows of a statement once it has written them all, one statement holding a bounty, its reversal
+  and the bounty after it was refused (the first found the second standing) and is now taken: one
+  bounty stands after it, as the rule asks. SQLite fires a table's triggers newest first: a row
+  that breaks this rule and another is now refused with this rule's message. The bounties' partial index
   (0020) now holds the id after the customer, so the latest is read at the end of the customer's
   entries on both engines (PostgreSQL's index kept a customer's entries in no order of id).
 - `cpa_claims_taken_held` (0038), SQLite only: a claim is taken once the claimant's bounty is
