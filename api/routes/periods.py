@@ -99,10 +99,11 @@ def snapshot_rows(close: Close) -> list[dict]:
 
 
 def path_period(text: str) -> str:
+    """The period a path names; a path naming none is a 404 (as any path of no resource), saying why."""
     try:
         return parse_period(text)
-    except InvalidInput:
-        raise NotFound(f"period {text[:40]!r} not found") from None
+    except InvalidInput as error:
+        raise NotFound(f"period {text[:40]!r} not found: it {error.fields['period'][0]}") from None
 
 
 @blp.route("/periods", methods=["GET"])

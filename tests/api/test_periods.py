@@ -190,6 +190,16 @@ def test_a_path_that_is_not_a_period_is_a_404(shared, period):
     assert shared.client.post(f"/v1/periods/{period}/close", headers=headers).status_code == 404
 
 
+@pytest.mark.parametrize("period, why", [("2026-13", "must be a period YYYY-MM"),
+                                         ("0000-01", "must lie between 1970 and 9800")])
+def test_a_404_for_a_path_that_is_not_a_period_says_why(shared, period, why):
+    headers = {"Authorization": f"Bearer {shared.keys.finance}"}
+    for answer in (shared.client.get(f"/v1/periods/{period}", headers=headers),
+                   shared.client.post(f"/v1/periods/{period}/close", headers=headers)):
+        assert answer.status_code == 404
+        assert answer.get_json()["detail"] == f"period '{period}' not found: it {why}"
+
+
 def test_a_bad_period_list_query_is_a_422_naming_it(shared):
     headers = {"Authorization": f"Bearer {shared.keys.finance}"}
     assert errors_of(shared.client.get("/v1/periods?cursor=abc", headers=headers)) == {"cursor"}
