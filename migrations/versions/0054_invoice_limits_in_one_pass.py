@@ -43,8 +43,7 @@ depends_on = None
 _0014 = _revision("0014_invoice_limits.py")
 _0049 = _revision("0049_guards_planned_for_a_growing_journal.py")  # replaced(): keeps a function's settings
 
-NOT_PAID, EXCEEDED, OVER_REVERSED = _0014.NOT_PAID, _0014.EXCEEDED, _0014.OVER_REVERSED
-UNDOING, PAID = _0014.UNDOING, _0014.PAID
+UNDOING, WON = _0014.UNDOING, "= 'chargeback_reversed'"
 
 
 def broken(signed: str, test: str) -> str:
@@ -74,35 +73,23 @@ def earliest(types: str) -> str:
             " GROUP BY invoice_id) n")
 
 
-SQLITE_GUARD = f"""
-CREATE TRIGGER trg_revenue_events_within_invoice AFTER INSERT ON revenue_events
-WHEN NEW.type <> 'invoice_paid'
-BEGIN
-  SELECT RAISE(ABORT, '{NOT_PAID}') WHERE NOT EXISTS ({new_row(PAID)});
-  SELECT RAISE(ABORT, '{EXCEEDED}') WHERE NEW.type IN {UNDOING} AND EXISTS ({new_row(REFUNDED)});
-  SELECT RAISE(ABORT, '{OVER_REVERSED}') WHERE NEW.type = 'chargeback_reversed' AND EXISTS ({new_row(CHARGED_BACK)});
-END
-"""
+def remade(statement: str, *replacements: tuple[str, str]) -> str:
+    """0014's `statement` with each (made, remade) part replaced."""
+    for made, remaking in replacements:
+        assert statement.count(made) == 1, made
+        statement = statement.replace(made, remaking)
+    return statement
 
-POSTGRES_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION revenue_events_within_invoice() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM added WHERE type <> 'invoice_paid') THEN
-    RETURN NULL;
-  END IF;
-  PERFORM pg_advisory_xact_lock({_0014.JOURNAL_LOCK_KEY});
-  IF EXISTS (SELECT 1 FROM added n WHERE n.type <> 'invoice_paid' AND NOT EXISTS ({PAID})) THEN
-    RAISE EXCEPTION '{NOT_PAID}' USING ERRCODE = 'check_violation';
-  END IF;
-  IF EXISTS (SELECT 1 FROM {earliest("IN " + UNDOING)} WHERE EXISTS ({REFUNDED})) THEN
-    RAISE EXCEPTION '{EXCEEDED}' USING ERRCODE = 'check_violation';
-  END IF;
-  IF EXISTS (SELECT 1 FROM {earliest("= 'chargeback_reversed'")} WHERE EXISTS ({CHARGED_BACK})) THEN
-    RAISE EXCEPTION '{OVER_REVERSED}' USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NULL;
-END $$
-"""
+
+SQLITE_GUARD = remade(_0014.SQLITE_GUARD, (new_row(_0014.REFUNDED), new_row(REFUNDED)),
+                      (new_row(_0014.CHARGED_BACK), new_row(CHARGED_BACK)))
+[_FUNCTION_0014] = [s for s in _0014.POSTGRES_GUARD.split(";\n\n") if s.lstrip().startswith("CREATE FUNCTION")]
+POSTGRES_FUNCTION = remade(
+    _FUNCTION_0014, ("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"),
+    (f"SELECT 1 FROM added n WHERE n.type IN {UNDOING} AND EXISTS ({_0014.REFUNDED})",
+     f"SELECT 1 FROM {earliest(f'IN {UNDOING}')} WHERE EXISTS ({REFUNDED})"),
+    (f"SELECT 1 FROM added n WHERE n.type = 'chargeback_reversed' AND EXISTS ({_0014.CHARGED_BACK})",
+     f"SELECT 1 FROM {earliest(WON)} WHERE EXISTS ({CHARGED_BACK})"))
 
 FUNCTION = "revenue_events_within_invoice"
 
@@ -121,7 +108,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        [function] = [s for s in _0014.POSTGRES_GUARD.split(";\n\n") if s.lstrip().startswith("CREATE FUNCTION")]
-        _0049.replaced(FUNCTION, function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+        _0049.replaced(FUNCTION, _FUNCTION_0014.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
     else:
         sqlite_guard(_0014.SQLITE_GUARD)

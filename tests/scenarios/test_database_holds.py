@@ -282,10 +282,11 @@ def test_the_database_refuses_exactly_the_events_that_break_an_invoices_limits_a
 @contextlib.contextmanager
 def guards_work(connection, table: str, statements: tuple[str, ...]) -> Iterator[list[int]]:
     """The work of the database in the statements that hold one of `statements` (their triggers run
-    within them; on PostgreSQL a batch's inserts go as one) while the block runs on `connection`, counted once it ends (the list yielded holds
-    it), by a measure that does not depend on the machine's speed: on SQLite the virtual machine's
-    instructions (per hundred), on PostgreSQL the rows of `table` read. Each statement's share is
-    what the measure moved from its start to the next statement's (or the block's end)."""
+    within them; on PostgreSQL a batch's inserts go as one) while the block runs on `connection`,
+    counted once it ends (the list yielded holds it), by a measure that does not depend on the
+    machine's speed: on SQLite the virtual machine's instructions (per hundred), on PostgreSQL the
+    rows of `table` read. Each statement's share is what the measure moved from its start to the
+    next statement's (or the block's end)."""
     counted, steps, mark, guarded = [0], [0], [0], [False]
     postgres = connection.dialect.name == "postgresql"
     driver = connection.connection.driver_connection
@@ -348,9 +349,9 @@ def test_the_guard_of_an_invoices_limits_reads_its_events_once_per_check_not_onc
 
 
 def work_of_a_claim_move(books: Books, customer: str, moves: int) -> int:
-    """The work of the guards of journal postings and claims taken as one more payment of `customer` takes its CPA claim, after `moves` payments
-    of it came newest first, each taking the claim from the one before: one bounty a move, all but
-    the last reversed."""
+    """The work of the guards of journal postings and claims taken as one more payment of `customer`
+    takes its CPA claim, after `moves` payments of it came newest first, each taking the claim from
+    the one before: one bounty a move, all but the last reversed."""
     books.attribute(customer, "northwind", "2026-01-01")
     payment = lambda n: books.event("invoice_paid", customer, f"{customer}-{n}", "100.00",  # noqa: E731
                                     f"2026-03-{28 - n // 1440:02d}T{23 - n // 60 % 24:02d}:{59 - n % 60:02d}:00Z")
