@@ -15,13 +15,14 @@ and 2.3 ms after; on PostgreSQL, where each move's other statements take about 1
   checks the latest one before the new bounty. That is the same rule on books that kept it: each
   bounty was checked as it was written, and found the one before it reversed, and a reversal is
   never undone, so of the bounties before the new one only the latest may stand. Bounties written
-  around the guards are `verify`'s to name (`cpa_twice`), as before. On PostgreSQL, which checks the
-  rows of a statement once it has written them all, one statement holding a bounty, its reversal
-  and the bounty after it was refused (the first found the second standing) and is now taken: one
-  bounty stands after it, as the rule asks. SQLite fires a table's triggers newest first: a row
-  that breaks this rule and another is now refused with this rule's message. The bounties' partial index
+  around the guards are `verify`'s to name (`cpa_twice`), as before. The bounties' partial index
   (0020) now holds the id after the customer, so the latest is read at the end of the customer's
-  entries on both engines (PostgreSQL's index kept a customer's entries in no order of id).
+  entries on both engines (PostgreSQL's index kept a customer's entries in no order of id). On
+  PostgreSQL, which checks the rows of a statement once it has written them all, one statement
+  holding a bounty, its reversal and the bounty after it was refused (the first found the second
+  standing) and is now taken: one bounty stands after it, as the rule asks. SQLite fires a table's
+  triggers newest first: a row that breaks this rule and another is now refused with this rule's
+  message.
 - `cpa_claims_taken_held` (0038), SQLite only: a claim is taken once the claimant's bounty is
   reversed. The claimant's bounty is now found by its event (`ix_journal_transactions_event_id`: a
   handful of postings), where SQLite's planner chose the bounties' index by the customer and read
@@ -58,17 +59,11 @@ LATEST_BEFORE_STANDS = (
 # SQLite: 0038's rule of a claim taken from a claimant whose bounty stands, read by the claimant's
 # event. SQLite's unary `+` keeps the customer's column out of its choice of index.
 BY_CUSTOMER = "t.customer_id = NEW.customer_id"
-CLAIMANT_RULE = 3
-assert _0038.RULES[CLAIMANT_RULE][0].count(BY_CUSTOMER) == 1
-SQLITE_RULES = tuple((refused.replace(BY_CUSTOMER, f"+{BY_CUSTOMER}") if n == CLAIMANT_RULE else refused, message)
-                     for n, (refused, message) in enumerate(_0038.RULES))
-
-
-def claims_taken_guard(rules) -> str:
-    """0038's SQLite trigger of a claim taken, with `rules`."""
-    return (f"CREATE TRIGGER trg_{_0038.TABLE}_held AFTER INSERT ON {_0038.TABLE}\nBEGIN\n  SELECT CASE"
-            + "".join(f"\n    WHEN {refused} THEN RAISE(ABORT, '{message}')" for refused, message in rules)
-            + "\n  END;\nEND")
+[CLAIMANT_RULE] = [refused for refused, _ in _0038.RULES if BY_CUSTOMER in refused]
+[CLAIMS_TAKEN_GUARD] = [s for s in _0038.SQLITE_GUARDS.split(";\n\n")
+                        if s.startswith(f"CREATE TRIGGER trg_{_0038.TABLE}_held ")]
+assert CLAIMS_TAKEN_GUARD.count(CLAIMANT_RULE) == 1 and CLAIMANT_RULE.count(BY_CUSTOMER) == 1
+CLAIMS_TAKEN_BY_EVENT = CLAIMS_TAKEN_GUARD.replace(CLAIMANT_RULE, CLAIMANT_RULE.replace(BY_CUSTOMER, f"+{BY_CUSTOMER}"))
 
 
 def bounties_index(columns: list[str]) -> None:
@@ -77,20 +72,20 @@ def bounties_index(columns: list[str]) -> None:
                     sqlite_where=sa.text(_0020.BOUNTY), postgresql_where=sa.text(_0020.BOUNTY))
 
 
-def guards(bounty_rule: str, claims_taken_rules) -> None:
+def guards(bounty_rule: str, claims_taken_guard: str) -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     for statement in _0038._bounty_rule(bounty_rule, postgres):
         op.execute(statement)
     if not postgres:
         op.execute(f"DROP TRIGGER trg_{_0038.TABLE}_held")
-        op.execute(claims_taken_guard(claims_taken_rules))
+        op.execute(claims_taken_guard)
 
 
 def upgrade() -> None:
     bounties_index(["customer_id", "id"])
-    guards(LATEST_BEFORE_STANDS, SQLITE_RULES)
+    guards(LATEST_BEFORE_STANDS, CLAIMS_TAKEN_BY_EVENT)
 
 
 def downgrade() -> None:
-    guards(_0038.ANOTHER_STANDING_BOUNTY, _0038.RULES)
+    guards(_0038.ANOTHER_STANDING_BOUNTY, CLAIMS_TAKEN_GUARD)
     bounties_index(["customer_id"])
