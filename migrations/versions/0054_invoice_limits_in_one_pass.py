@@ -6,7 +6,7 @@ events dated up to that event's instant, each a query of its own. A check read t
 once for each of them, and a statement adding many events to one invoice (on PostgreSQL, a statement
 trigger checks each new row) read them once more for each new row. Inserting refunds of one invoice
 one by one took time growing with the cube of their number: 400 took 2 s on SQLite and 8 s on
-PostgreSQL in one batch, 1,000 took 51 s on SQLite; after this revision, 0.3 s, 0.3 s and 1.1 s
+PostgreSQL in one batch, 1,000 about 51 s on SQLite; after this revision, 0.3 s, 0.3 s and 1.1 s
 (what is left grows with the square: each refund is checked against the invoice's other events, in
 Python and by the guards of the journal's clawbacks, too). An invoice with thousands of refunds is
 rare, but a batch holding one ran past any request's time, every time it was retried.
