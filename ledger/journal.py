@@ -432,10 +432,15 @@ def differing_fields(draft: Draft, stored: Draft) -> list[str]:
 def load_draft(session: Session, transaction_id: int) -> Draft:
     """The draft a stored transaction was posted from (its requested instant, not a moved one),
     without `event_hash`, which is not stored: its request hash may differ from the stored one."""
+    return load_stored(session, transaction_id)[0]
+
+
+def load_stored(session: Session, transaction_id: int) -> tuple[Draft, int]:
+    """`load_draft`, and the instant the transaction was posted at (moved out of a closed period)."""
     header = session.execute(select(journal_transactions).where(journal_transactions.c.id == transaction_id)).first()
     if header is None:
         raise NotFound(f"transaction {transaction_id} does not exist")
-    return draft_of(header, load_lines(session, [transaction_id])[transaction_id])
+    return draft_of(header, load_lines(session, [transaction_id])[transaction_id]), header.effective_at_us
 
 
 def draft_of(header, lines: tuple[Line, ...]) -> Draft:
@@ -465,11 +470,12 @@ def reversed_by(session: Session, transaction_id: int) -> int | None:
 
 
 def reversal_draft(session: Session, transaction_id: int, *, reason: str, effective_at_us: int | None = None,
-                   idempotency_key: str | None = None) -> Draft:
+                   idempotency_key: str | None = None, stored: tuple[Draft, int] | None = None) -> Draft:
     """The mirror of a transaction, linked to it. Refuses a second reversal and the reversal of a
     reversal (post the original again instead, so that every transaction is reversed at most once
-    and a reversal chain never has to be unwound)."""
-    original = load_draft(session, transaction_id)
+    and a reversal chain never has to be unwound). `stored`: the transaction's `load_stored`, when
+    the caller read it already."""
+    original, posted_at = load_stored(session, transaction_id) if stored is None else stored
     if original.kind == "reversal":
         raise Conflict(f"transaction {transaction_id} is itself a reversal and cannot be reversed")
     key = idempotency_key or f"reversal:{transaction_id}"
@@ -479,8 +485,6 @@ def reversal_draft(session: Session, transaction_id: int, *, reason: str, effect
                                      .where(journal_transactions.c.id == existing)).scalar_one()
         if stored_key != key:
             raise Conflict(f"transaction {transaction_id} was already reversed by transaction {existing}")
-    posted_at = session.execute(select(journal_transactions.c.effective_at_us)
-                                .where(journal_transactions.c.id == transaction_id)).scalar_one()
     if effective_at_us is not None:
         _check_reversal_instant(transaction_id, posted_at, effective_at_us)
     return _mirror(original, transaction_id, posted_at if effective_at_us is None else effective_at_us, reason, key)

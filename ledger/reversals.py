@@ -49,9 +49,10 @@ def reverse(session: Session, transaction_id: int, *, reason: str, effective_at_
     """Reverse a transaction (see the module's docstring); returns its reversal."""
     journal.lock_journal(session)
     key = idempotency_key or f"reversal:{transaction_id}"
+    stored = journal.load_stored(session, transaction_id)
     draft = journal.reversal_draft(session, transaction_id, reason=reason, effective_at_us=effective_at_us,
-                                   idempotency_key=key)
-    kind = journal.load_draft(session, transaction_id).kind
+                                   idempotency_key=key, stored=stored)
+    kind = stored[0].kind
     if kind in PAYOUT_RESOLUTION_KINDS:
         raise Conflict(f"transaction {transaction_id} resolves a payout, which is final: correct it with an adjustment")
     if kind == "release":

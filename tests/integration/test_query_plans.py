@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ledger import balances, holds, periods, reversals, revenue, transactions
+from ledger import balances, holds, journal, periods, reversals, revenue, transactions
 from ledger.balances import partner_balances
 from ledger.statements import statement, statement_json
 from ledger.trial_balance import trial_balance
@@ -629,6 +629,31 @@ def test_a_batch_taking_cpa_claims_from_claimants_stored_before_it_sends_a_bound
     many = statements_to_ingest(database, payments(60, "01"))
     assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(65,)]
     assert many <= few + 2 and few < 40, (few, many)
+
+
+def test_a_reversal_reads_the_transaction_it_reverses_once(database):
+    """`reversals.reverse` of a standing accrual: its header and lines are read once, for the draft it
+    mirrors, its kind and its posted instant (they were read three times, in five statements)."""
+    from tests.scenarios.books import Books
+
+    books = Books(database)
+    books.plan("msp", "0.20")
+    books.partner("northwind", "msp")
+    books.attribute("acme", "northwind", "2026-01-01")
+    [accrual] = books.paid("acme", "inv-1", "100.00", "2026-01-10").transaction_ids
+    with recorded(database.engine) as statements, database.transaction() as session:
+        reversal = reversals.reverse(session, accrual, reason="posted by mistake")
+    by_id = [sql for sql, parameters in statements if "FROM journal_transactions" in sql
+             and "journal_transactions.id = " in sql and accrual in _values(parameters)]
+    assert len(by_id) == 1, by_id
+    with database.reader() as session:
+        assert journal.load_draft(session, reversal.id).reverses_id == accrual
+
+
+def _values(parameters) -> list:
+    if isinstance(parameters, dict):
+        return list(parameters.values())
+    return list(parameters) if isinstance(parameters, (list, tuple)) else [parameters]
 
 
 def plan_of_header_page(database, by: str, value: str, *, without: tuple[str, ...] = ()) -> str:
