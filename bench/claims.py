@@ -17,68 +17,41 @@ bounty of the customer (migration 0055).
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import date
 
 from ledger import customers
-from ledger.db import Database
-from ledger.revenue import Outcome
-from tests.scenarios.books import Books
 
-from bench.sites import open_site
+from bench.sites import new_books, timed_ingest
 
 
 def measure(engine_name: str, count: int) -> dict[str, float]:
-    site = open_site(engine_name)
-    try:
-        database = Database(site.new("claims"))
-        try:
-            books = Books(database)
-            books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None, hold_days=30)
-            books.partner("northwind", "hybrid")
-            with database.transaction() as session:
-                for number in range(count):
-                    customers.attribute(session, f"c{number}", "northwind", date(2026, 1, 1), "manual")
-            seconds = {}
-            for name, day in (("claiming", "2026-02-05"), ("in time order", "2026-03-05"), ("taking", "2026-01-05")):
-                events = [books.event("invoice_paid", f"c{number}", f"{day}-{number}", "500.00", day,
-                                      event_id=f"{day}-{number}") for number in range(count)]
-                started = time.perf_counter()
-                results = books.ingest(*events)
-                seconds[name] = time.perf_counter() - started
-                assert all(isinstance(result, Outcome) for result in results), results[:3]
-            assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(count,)]
-            return seconds
-        finally:
-            database.dispose()
-    finally:
-        site.close()
+    with new_books(engine_name, "claims") as books:
+        books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None, hold_days=30)
+        books.partner("northwind", "hybrid")
+        with books.database.transaction() as session:
+            for number in range(count):
+                customers.attribute(session, f"c{number}", "northwind", date(2026, 1, 1), "manual")
+        seconds = {}
+        for name, day in (("claiming", "2026-02-05"), ("in time order", "2026-03-05"), ("taking", "2026-01-05")):
+            seconds[name] = timed_ingest(books, [books.event("invoice_paid", f"c{number}", f"{day}-{number}",
+                                                             "500.00", day, event_id=f"{day}-{number}")
+                                                 for number in range(count)])
+        assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(count,)]
+        return seconds
 
 
 def measure_moves(engine_name: str, moves: int) -> dict[int, float]:
     """Seconds of a batch of `count` payments of one customer, newest first, for count M/4, M/2, M."""
     seconds = {}
     for count in (moves // 4, moves // 2, moves):
-        site = open_site(engine_name)
-        try:
-            database = Database(site.new("moves"))
-            try:
-                books = Books(database)
-                books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None, hold_days=30)
-                books.partner("northwind", "hybrid")
-                books.attribute("acme", "northwind", "2026-01-01")
-                events = [books.event("invoice_paid", "acme", f"inv-{n}", "500.00",
-                                      f"2026-02-{28 - n // 1440:02d}T{23 - n // 60 % 24:02d}:{59 - n % 60:02d}:00Z")
-                          for n in range(count)]
-                started = time.perf_counter()
-                results = books.ingest(*events)
-                seconds[count] = time.perf_counter() - started
-                assert all(isinstance(result, Outcome) for result in results), results[:3]
-                assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(count - 1,)]
-            finally:
-                database.dispose()
-        finally:
-            site.close()
+        with new_books(engine_name, "moves") as books:
+            books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None, hold_days=30)
+            books.partner("northwind", "hybrid")
+            books.attribute("acme", "northwind", "2026-01-01")
+            seconds[count] = timed_ingest(books, [books.event(
+                "invoice_paid", "acme", f"inv-{n}", "500.00",
+                f"2026-02-{28 - n // 1440:02d}T{23 - n // 60 % 24:02d}:{59 - n % 60:02d}:00Z") for n in range(count)])
+            assert books.sql("SELECT count(*) FROM cpa_claims_taken") == [(count - 1,)]
     return seconds
 
 

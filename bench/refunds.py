@@ -12,39 +12,22 @@ read a subject's history"). The books are not analyzed, as a young book's are no
 from __future__ import annotations
 
 import argparse
-import time
 
-from ledger.db import Database
-from ledger.revenue import Outcome
-from tests.scenarios.books import Books
-
-from bench.sites import open_site
+from bench.sites import new_books, timed_ingest
 
 
 def measure(engine_name: str, refunds: int) -> dict[int, float]:
     """Seconds of a batch of `count` refunds of one invoice, for count N/4, N/2, N."""
     seconds = {}
     for count in (refunds // 4, refunds // 2, refunds):
-        site = open_site(engine_name)
-        try:
-            database = Database(site.new("refunds"))
-            try:
-                books = Books(database)
-                books.plan("msp", "0.20", hold_days=0)
-                books.partner("northwind", "msp")
-                books.attribute("acme", "northwind", "2026-01-01")
-                books.paid("acme", "inv-1", "100000.00", "2026-01-10")
-                events = [books.event("refund", "acme", "inv-1", "1.00",
-                                      f"2026-02-{1 + n % 27:02d}T{n // 27 % 24:02d}:{n % 60:02d}:00Z")
-                          for n in range(count)]
-                started = time.perf_counter()
-                results = books.ingest(*events)
-                seconds[count] = time.perf_counter() - started
-                assert all(isinstance(result, Outcome) for result in results), results[:3]
-            finally:
-                database.dispose()
-        finally:
-            site.close()
+        with new_books(engine_name, "refunds") as books:
+            books.plan("msp", "0.20", hold_days=0)
+            books.partner("northwind", "msp")
+            books.attribute("acme", "northwind", "2026-01-01")
+            books.paid("acme", "inv-1", "100000.00", "2026-01-10")
+            seconds[count] = timed_ingest(books, [books.event(
+                "refund", "acme", "inv-1", "1.00", f"2026-02-{1 + n % 27:02d}T{n // 27 % 24:02d}:{n % 60:02d}:00Z")
+                for n in range(count)])
     return seconds
 
 

@@ -8,15 +8,21 @@ the files, and runs in a `finally` in `bench/__main__.py`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import sqlalchemy as sa
 
 from ledger.db import Database
 from ledger.migrate import upgrade
+
+if TYPE_CHECKING:
+    from tests.scenarios.books import Books
 
 
 class Site:
@@ -142,3 +148,31 @@ class PostgresSite(Site):
 def open_site(engine_name: str) -> Site:
     assert engine_name in ("sqlite", "postgres"), engine_name
     return SqliteSite() if engine_name == "sqlite" else PostgresSite()
+
+
+@contextlib.contextmanager
+def new_books(engine_name: str, name: str) -> Iterator[Books]:
+    """The scenario vocabulary (`tests/scenarios/books.py`) over a new database of its own site,
+    disposed of, with the site, when the block ends."""
+    from tests.scenarios.books import Books  # noqa: F811 - imported when used, not by every benchmark
+
+    site = open_site(engine_name)
+    try:
+        database = Database(site.new(name))
+        try:
+            yield Books(database)
+        finally:
+            database.dispose()
+    finally:
+        site.close()
+
+
+def timed_ingest(books: Books, events: list) -> float:
+    """Seconds of one `revenue.ingest` batch of `events`, every one of which must post."""
+    from ledger.revenue import Outcome
+
+    started = time.perf_counter()
+    results = books.ingest(*events)
+    seconds = time.perf_counter() - started
+    assert all(isinstance(result, Outcome) for result in results), results[:3]
+    return seconds
