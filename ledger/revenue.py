@@ -495,6 +495,9 @@ class _Writer:
         # stands; and the transactions to mirror (`prefetch_bounties`).
         self.bounties: dict[str, tuple[Piece, list[int] | None] | None] = {}
         self.sources: dict[int, tuple[journal.Draft, int]] = {}
+        # The CPA bounties this batch drafted, as `journal.reversal_sources` would read them once written:
+        # what the reversal of one a later payment of the batch takes mirrors (`_reverse_bounty`).
+        self.drafted_bounties: dict[int, tuple[journal.Draft, int]] = {}
         self.decided: dict[str, tuple[str, RevenueEvent, Outcome]] = {}  # event id -> its first in the batch
         self.event_hash: str | None = None  # the request hash of the event being applied
 
@@ -612,10 +615,11 @@ class _Writer:
         partner (`partner_id`; `_claim_taken_reason`). A bounty finance reversed already leaves
         nothing to reverse: the claim moves all the same. A claimant stored before the batch, whose
         invoice no event of the batch names, is reversed within the batch from what
-        `prefetch_bounties` read; otherwise (a claimant paid earlier in the batch, or its invoice
-        refunded in it) what the batch drafted so far is written first and `reversals.reverse` reads
-        the journal: some fifteen statements a claim, where a prefetched one costs none
-        (docs/performance.md, "CPA claims taken")."""
+        `prefetch_bounties` read; a claimant paid earlier in the batch, whose bounty nothing stands
+        against yet, from the bounty's draft (`_drafted_bounty`); otherwise (its invoice refunded in
+        the batch, say) what the batch drafted so far is written first and `reversals.reverse` reads
+        the journal: some fifteen statements a claim, where the others cost none (docs/performance.md,
+        "CPA claims taken")."""
         self._reverse_bounty(event, partner_id, claimant)
         self.claims_taken.append((event.id, event.customer_id, claimant.event_id))  # written after the payment
 
@@ -631,6 +635,15 @@ class _Writer:
                                                              key=event_key(event.id, "takes-cpa", bounty.id)):
                     self.batch.add(draft)
                 return
+        invoice = self.context.invoices.get(claimant.invoice_id)
+        drafted = None if invoice is None else _drafted_bounty(invoice, self.drafted_bounties)
+        if drafted is not None:
+            bounty, source = drafted
+            self.batch.add(journal.standing_reversal_draft(source, bounty.id,
+                                                           reason=_claim_taken_reason(event, partner_id, bounty),
+                                                           key=event_key(event.id, "takes-cpa", bounty.id)))
+            bounty.reversed = True
+            return
         self.flush()
         bounty = _standing_bounty(holds.replay(self.session, [claimant.invoice_id]), claimant.invoice_id)
         if bounty is None:
@@ -640,7 +653,6 @@ class _Writer:
                           idempotency_key=event_key(event.id, "takes-cpa", bounty.id),
                           recorded_at_us=recorded_at_us)
         self.batch = journal.Batch(self.session, recorded_at_us=recorded_at_us)
-        invoice = self.context.invoices.get(claimant.invoice_id)
         if invoice is not None:  # its pieces as the reversal left them
             invoice.pieces = holds.load_pieces(self.session, [claimant.invoice_id]).get(claimant.invoice_id, [])
 
@@ -660,6 +672,9 @@ class _Writer:
             partner_id=partner_id, customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
             plan_version_id=plan_version_id, accrual_id=root_id, matures_at_us=matures, event_hash=self.event_hash)
         line, transaction_id = self._post(draft, kind, amount_minor)
+        if kind == "cpa" and root_id is None:  # its request hash without the event's, as read once written
+            self.drafted_bounties[transaction_id] = (draft._replace(event_hash=None),
+                                                     self.batch.posting_instant(effective_at_us))
         invoice.pieces.append(Piece(transaction_id, root_id or transaction_id, partner_id, kind, event.currency,
                                     amount_minor, plan_version_id, matures, amount_minor,
                                     customer_id=event.customer_id, invoice_id=event.invoice_id, event_id=event.id,
@@ -851,6 +866,23 @@ def _standing_bounty(replay: holds.PieceReplay, invoice_id: str) -> Piece | None
     """The CPA bounty of a claimant's invoice (a reinstatement names another piece), unless reversed."""
     return next((piece for piece in replay.by_invoice.get(invoice_id, [])
                  if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
+
+
+def _drafted_bounty(invoice: _Invoice, drafted: dict[int, tuple[journal.Draft, int]]
+                    ) -> tuple[Piece, tuple[journal.Draft, int]] | None:
+    """The standing CPA bounty of a claimant's invoice when this batch drafted it and nothing stands
+    against it yet (no clawback, release or reinstatement, and not matured before the instant it was
+    posted at, which `reversals.reverse` would release first), with its draft: its reversal is its
+    mirror alone, as `reversals.piece_reversal_order` would find it once written."""
+    bounty = next((piece for piece in invoice.pieces
+                   if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
+    if bounty is None or bounty.id not in drafted or bounty.clawbacks or bounty.releases or bounty.released:
+        return None
+    if any(piece.root_id == bounty.id and piece.id != bounty.id for piece in invoice.pieces):
+        return None
+    if bounty.matures_at_us is not None and bounty.matures_at_us < bounty.accrued_at_us:
+        return None
+    return bounty, drafted.pop(bounty.id)
 
 
 def _hold_days(session: Session, program: Program, plan_version_id: int | None) -> int:

@@ -9,7 +9,10 @@ test run on PostgreSQL as well.
 """
 
 import pytest
+import sqlalchemy as sa
 
+from ledger.db import Database
+from tests.conftest import new_sqlite_url
 from tests.scenarios.books import Books, commissions
 
 
@@ -242,3 +245,31 @@ def test_a_payment_dated_between_a_claim_taken_and_the_first_claim_takes_nothing
         ("jan-10", "jan-20"), ("jan-20", "feb")]
     assert books.balance("northwind") == (35_000, 0)
     assert books.verified()
+
+
+
+@pytest.mark.parametrize("moves", [2, 8])
+def test_a_batch_of_payments_newest_first_takes_each_claim_from_what_it_drafted_in_the_same_statements(
+        sqlite_template, tmp_path, moves):
+    """Each payment takes the claim of the one before it in the batch, whose bounty the batch drafted:
+    its reversal is drafted from that, without writing the batch first and reading the journal back
+    (`_reverse_bounty`), so the batch sends the statements of one in time order. The first payment of
+    each takes the claim of one stored before."""
+    sent = {}
+    for name, days in (("newest first", range(9 + moves, 9, -1)), ("in time order", range(10, 10 + moves))):
+        books = Books(Database(new_sqlite_url(sqlite_template, tmp_path)))
+        books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None)
+        books.partner("northwind", "hybrid")
+        books.attribute("acme", "northwind", "2026-01-01")
+        books.paid("acme", "inv-mar", "500.00", "2026-03-01")  # the claimant, and the program cached
+        sent[name] = []
+        sa.event.listen(books.database.engine, "before_cursor_execute", lambda *args, into=sent[name]: into.append(
+            args[2]))
+        results = books.ingest(*[books.event("invoice_paid", "acme", f"inv-{day}", "500.00", f"2026-02-{day:02d}")
+                                 for day in days])
+        bounties = [result for result in results if ("northwind", "cpa", 15_000) in commissions(result)]
+        claims = books.sql("SELECT count(*) FROM cpa_claims_taken")[0][0]
+        assert (len(bounties), claims) == ((moves, moves) if name == "newest first" else (1, 1))
+        assert books.balance("northwind") == (5_000 * (moves + 1) + 15_000, 0) and books.verified()
+        books.database.dispose()
+    assert len(sent["newest first"]) == len(sent["in time order"]), sent

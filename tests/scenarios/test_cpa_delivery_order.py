@@ -8,6 +8,11 @@ Release jobs come by at random instants between deliveries; a last one releases 
 the books are compared. Payments are on distinct days (at the very same instant the first
 delivered keeps the claim), and each invoice has one refund at most (several refunds of one invoice
 delivered against their order are what README's "three spans" are about).
+
+Delivered in batches cut at random places (a job only before a batch), the books hold the very
+transactions, request hash for request hash, of the same order delivered one event at a time: a
+claimant paid earlier in the same batch has its bounty's reversal drafted from what the batch
+drafted, the reversal the journal gives once the bounty is written.
 """
 
 from hypothesis import given
@@ -46,7 +51,8 @@ def histories(draw):
             after = delivered.index(index - 1)
             delivered.insert(draw(st.integers(after + 1, len(delivered))), index)
     jobs = draw(st.lists(st.none() | st.integers(0, 200), min_size=len(delivered), max_size=len(delivered)))
-    return events, delivered, jobs, draw(st.sampled_from([0, 10, 30])), draw(st.none() | st.integers(20, 120))
+    cuts = draw(st.lists(st.booleans(), min_size=len(delivered), max_size=len(delivered)))  # a batch starts here
+    return events, delivered, jobs, draw(st.sampled_from([0, 10, 30])), draw(st.none() | st.integers(20, 120)), cuts
 
 
 def books_for(database: Database, hold_days: int, reattributed_day: int | None) -> Books:
@@ -62,14 +68,20 @@ def books_for(database: Database, hold_days: int, reattributed_day: int | None) 
     return books
 
 
-def deliver(books: Books, events: list, order: list[int], jobs: list) -> None:
-    for index, job in zip(order, jobs):
+def deliver(books: Books, events: list, order: list[int], jobs: list, cuts: list[bool] | None = None) -> None:
+    """Each event its own batch, or batches starting where `cuts` says (a job runs only there)."""
+    batches: list[list] = []
+    for place, (index, job) in enumerate(zip(order, jobs)):
+        if cuts is None or cuts[place] or not batches:
+            batches.append([job])
+        event_id, type_, invoice, currency, amount, day = events[index]
+        batches[-1].append(books.event(type_, "acme", invoice, amount, format_instant(START_US + day * DAY_US),
+                                       currency=currency, event_id=event_id))
+    for job, *batch in batches:
         if job is not None:
             books.release(format_instant(START_US + job * DAY_US))
-        event_id, type_, invoice, currency, amount, day = events[index]
-        [result] = books.ingest(books.event(type_, "acme", invoice, amount, format_instant(START_US + day * DAY_US),
-                                            currency=currency, event_id=event_id))
-        assert isinstance(result, Outcome), result
+        results = books.ingest(*batch)
+        assert all(isinstance(result, Outcome) for result in results), results
     books.release("2026-12-01")
 
 
@@ -81,13 +93,17 @@ def balances(books: Books, instants: list[int]) -> dict:
 @database_property(60)
 @given(history=histories())
 def test_payments_delivered_in_any_order_leave_the_books_of_time_order(history, sqlite_template, tmp_path_factory):
-    events, order, jobs, hold_days, reattributed_day = history
+    events, order, jobs, hold_days, reattributed_day, cuts = history
     in_time = sorted(range(len(events)), key=lambda index: (events[index][5], events[index][1] == "refund"))
-    databases = [Database(new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("order"))) for _ in range(2)]
+    databases = [Database(new_sqlite_url(sqlite_template, tmp_path_factory.mktemp("order"))) for _ in range(3)]
     try:
-        shuffled, ordered = (books_for(database, hold_days, reattributed_day) for database in databases)
-        deliver(shuffled, events, order, jobs)
+        shuffled, ordered, batched = (books_for(database, hold_days, reattributed_day) for database in databases)
+        at_cuts = [job if cut or place == 0 else None for place, (job, cut) in enumerate(zip(jobs, cuts))]
+        deliver(shuffled, events, order, at_cuts)
         deliver(ordered, events, in_time, [None] * len(in_time))
+        deliver(batched, events, order, jobs, cuts)
+        postings = "SELECT idempotency_key, request_hash, memo FROM journal_transactions ORDER BY idempotency_key"
+        assert batched.sql(postings) == shuffled.sql(postings)
         instants = sorted({instant for books in (shuffled, ordered)
                            for instant, in books.sql("SELECT DISTINCT effective_at_us FROM journal_lines")})
         assert balances(shuffled, instants) == balances(ordered, instants)
