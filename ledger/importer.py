@@ -23,12 +23,14 @@ refused with its line number, like an event the domain refuses; the import goes 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import errno
 import io
 import itertools
 import json
+import os
 import sys
 import tempfile
 from collections import Counter
@@ -73,7 +75,8 @@ class Summary:
         self.refusal_reasons[f"{error.title} ({fields})"] += 1
         # Lines refused while reading come before those of their batch refused by the domain: keep
         # the lowest line numbers, whatever the order they were refused in.
-        self.examples.append((line_number, printable(f"line {line_number} event {event_id or '?'}: {error.detail}")))
+        example = f"line {line_number} event {event_id or '?'}: {_every_field(error)}"
+        self.examples.append((line_number, printable(example)))
         if len(self.examples) > 2 * REFUSAL_EXAMPLES_MAX:
             self.examples = sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]
 
@@ -82,8 +85,21 @@ class Summary:
         return [text for _, text in sorted(self.examples)[:REFUSAL_EXAMPLES_MAX]]
 
 
+def _every_field(error: DomainError) -> str:
+    """A refusal's detail, which names the first of its fields (`revenue.parse_event`), with what it
+    says of the others: so that a line mended by its example is not refused for the next field."""
+    messages = [f"{name}: {message}" for name, said in error.fields.items() for message in said]
+    return "; ".join(messages) if len(messages) > 1 and error.detail == messages[0] else error.detail
+
+
 COPY_CHUNK_BYTES = 1 << 20  # what `_spooled` reads of a pipe at a time
-HEAD_BYTES = 256  # what `head` gives: enough for a CSV header or a byte-order mark and a `{`
+# What `head` gives: enough for a CSV header or a `{`, past the blank bytes at the input's start (a
+# byte-order mark, white space, blank lines), read through to the first that is not, up to this many.
+HEAD_BYTES = 256
+HEAD_BLANK_MAX = 16 * COPY_CHUNK_BYTES
+_BLANK = b" \t\r\n\x0b\x0c"
+# The byte-order marks of UTF-16 and UTF-32, as the UTF-8 reader keeps their bytes (`open_events`).
+_UTF16_MARKS = ("\udcff\udcfe", "\udcfe\udcff", "\x00\x00\udcfe\udcff")
 
 
 class Unreadable(Exception):
@@ -106,8 +122,8 @@ def open_events(path: str) -> IO[str]:
     """An import file as text, for `records`: UTF-8, with bytes that are not UTF-8 kept as lone
     surrogates (`NOT_UTF8`), so that their line alone is refused; lines end at \\n, \\r\\n or \\r,
     left in place for the CSV reader (`newline=""`). `-` is standard input. A stream that cannot
-    seek (a pipe) has its first `HEAD_BYTES` read ahead, however many writes its producer makes of
-    them, and given again from the start: `head` sees them as it sees a file's."""
+    seek (a pipe) has what `head` reads read ahead (`_head_bytes`), however many writes its producer
+    makes of it, and given again from the start: `head` sees it as it sees a file's."""
     if path == "-" and sys.stdin is None:  # started with its standard input closed
         raise Unreadable(0, OSError(errno.EBADF, "standard input is closed"))
     raw = open(sys.stdin.fileno() if path == "-" else path, "rb", buffering=0, closefd=path != "-")
@@ -116,22 +132,47 @@ def open_events(path: str) -> IO[str]:
 
 
 def head(stream: IO[str]) -> str:
-    """The first characters of a stream from `open_events`, without reading them (for `detect_format`)."""
-    try:
-        ahead = stream.buffer.peek(HEAD_BYTES)
-    except OSError as error:
-        raise Unreadable(1, error) from error
-    return ahead[:HEAD_BYTES].decode("utf-8", errors="ignore").removeprefix("\ufeff")
+    """The first characters of a stream from `open_events` (`_head_bytes`), without reading them: for
+    `detect_format`, which goes by the first that is not blank."""
+    raw = stream.buffer.raw
+    if isinstance(raw, _ReadAhead):
+        ahead = raw.ahead
+    else:
+        position = raw.tell()
+
+        def read(size: int) -> bytes:  # at the stream's place, which it leaves
+            nonlocal position
+            chunk = os.pread(raw.fileno(), size, position)
+            position += len(chunk)
+            return chunk
+
+        try:
+            ahead = _head_bytes(read)
+        except OSError as error:
+            raise Unreadable(1, error) from error
+    blank = len(ahead) - len(ahead.removeprefix(codecs.BOM_UTF8).lstrip(_BLANK))
+    return ahead[:blank + HEAD_BYTES].decode("utf-8", errors="ignore").removeprefix("\ufeff")
+
+
+def _head_bytes(read: Callable[[int], bytes]) -> bytes:
+    """An input's first bytes, by `read(n)` (fewer at its end, none past it), through at least
+    `HEAD_BYTES` past its blank ones: a file of NDJSON that opens with blank lines is told by its first `{` however many
+    there are (up to `HEAD_BLANK_MAX` bytes of them)."""
+    ahead = b""
+    while len(ahead) < HEAD_BLANK_MAX:
+        body = ahead.removeprefix(codecs.BOM_UTF8).lstrip(_BLANK)
+        if len(body) >= HEAD_BYTES or not (chunk := read(max(HEAD_BYTES - len(body), len(ahead)))):
+            break
+        ahead += chunk
+    return ahead
 
 
 class _ReadAhead(io.RawIOBase):
-    """A pipe's first `HEAD_BYTES` read up front, given first, then the rest of it."""
+    """A pipe's first bytes (`_head_bytes`) read up front, given first, then the rest of it."""
 
     def __init__(self, source: io.RawIOBase) -> None:
         self._source = source
-        self._ahead = b""
-        while len(self._ahead) < HEAD_BYTES and (chunk := source.read(HEAD_BYTES - len(self._ahead))):
-            self._ahead += chunk
+        self._ahead = self.ahead = _head_bytes(source.read)  # `ahead`: all of them, for `head`
 
     def readable(self) -> bool:
         return True
@@ -171,6 +212,9 @@ def _lines(stream: IO[str]) -> Iterator[str | object]:
         except OSError as error:
             raise Unreadable(number, error) from error
         split = len(last) == piece_chars and last.endswith("\r")
+        if number == 1 and piece.startswith(_UTF16_MARKS):
+            raise InvalidInput("the input is UTF-16 or UTF-32 text, and an import reads UTF-8: convert it first "
+                               "(`iconv -f UTF-16 -t UTF-8 FILE | revshare import -`)", {"file": ["not UTF-8 text"]})
         yield (piece.removeprefix("\ufeff") if number == 1 else piece) if fits else _TOO_LONG
 
 

@@ -510,8 +510,8 @@ class _Writer:
         if event.id in self.decided:
             first_hash, first, outcome = self.decided[event.id]
             if first_hash != hash_hex:
-                return Refusal(event.id, _event_conflict(event, first,
-                                                         "appears earlier in the batch with other content"))
+                how = f"appears earlier in the {self.source.name} with other content"
+                return Refusal(event.id, _event_conflict(event, first, how))
             return outcome._replace(replayed=True)
         refused = self.source.refused.get(event.id)
         if refused is not None and refused[0] < place:

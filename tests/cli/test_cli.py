@@ -1382,28 +1382,60 @@ def test_a_pipes_first_bytes_are_read_ahead_however_its_producer_writes_them():
         os.close(reader)
 
 
-def test_a_pipe_s_head_is_as_long_as_a_file_s_however_its_producer_writes_it(tmp_path):
-    # The first `{` at the last byte `head` gives, written a moment after the rest: a pipe read ahead
-    # a byte short would be taken for CSV.
-    content = b" " * (HEAD_BYTES - 1) + b'{"id": "e-1"}\n'
+@pytest.mark.parametrize("blanks", [HEAD_BYTES - 1, 70_000])
+def test_a_pipe_s_head_is_as_long_as_a_file_s_however_its_producer_writes_it(tmp_path, blanks):
+    # The first `{` after blank lines, written a moment after them: a pipe read ahead short of it
+    # would be taken for CSV, and so was a file or a pipe with more than 256 bytes of them.
+    content = b"\xef\xbb\xbf" + b" \r\n" * (blanks // 3) + b'{"id": "e-1"}\n' + b"x" * 1_000
     (tmp_path / "events").write_bytes(content)
+    first = content.index(b"{")
     reader, writer = os.pipe()
-    os.write(writer, content[:HEAD_BYTES - 1])
 
-    def rest() -> None:
+    def produce() -> None:  # beside the reader: a pipe holds 64 KiB
+        os.write(writer, content[:first])
         time.sleep(0.2)
-        os.write(writer, content[HEAD_BYTES - 1:])
+        os.write(writer, content[first:])
         os.close(writer)
-    producer = threading.Thread(target=rest)
+    producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     try:
         with open_events(str(tmp_path / "events")) as file, open_events(f"/dev/fd/{reader}") as pipe:
-            assert head(pipe) == head(file) == content[:HEAD_BYTES].decode()
-            assert detect_format("-", head(pipe)) == "ndjson"
-            assert pipe.read() == content.decode()
+            assert head(pipe) == head(file) == content[:first + HEAD_BYTES].decode().removeprefix("\ufeff")
+            assert detect_format("-", head(pipe)) == detect_format("events", head(file)) == "ndjson"
+            assert pipe.read() == file.read() == content.decode()
     finally:
         producer.join()
         os.close(reader)
+
+
+def test_an_ndjson_file_after_many_blank_lines_imports_as_ndjson(seeded, tmp_path):
+    line = json.dumps(event_dict(paid("b-1", "acme", "inv-b-1", 1_000, "2026-01-10")))
+    (tmp_path / "events").write_text("\n" * 300 + line + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "events"))
+    assert result.exit_code == 0 and "posted: 1" in result.output, result.output
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("file_format", ["auto", "csv", "ndjson"])
+def test_a_utf16_or_utf32_file_is_refused_as_such_before_anything_applies(seeded, tmp_path, encoding, file_format):
+    """Saved as "Unicode text" by a spreadsheet or PowerShell: it was refused as not UTF-8 with a
+    question whether it was compressed (CSV), or line by line with one event too many (NDJSON)."""
+    line = json.dumps(event_dict(paid("u-1", "acme", "inv-u-1", 1_000, "2026-01-10")))
+    text = "\ufeff" + ("id,type,customer_id,invoice_id,amount,currency,occurred_at\n" if file_format == "csv" else "")
+    (tmp_path / "events").write_bytes((text + line + "\n").encode(encoding))
+    result = invoke(seeded.url, "import", "--format", file_format, str(tmp_path / "events"))
+    assert result.exit_code == 2 and "error: the input is UTF-16 or UTF-32 text, and an import reads UTF-8" in (
+        result.output), result.output
+    assert "Traceback" not in result.output and stored_events(seeded) == 0
+
+
+def test_a_refused_lines_example_says_what_is_wrong_with_each_field(seeded, tmp_path):
+    (tmp_path / "events.ndjson").write_text('{"id": "d-9", "type": "payment", "amount": "1.00"}\n')
+    result = invoke(seeded.url, "import", str(tmp_path / "events.ndjson"))
+    assert result.exit_code == 1 and "refused: 1" in result.output
+    assert ("line 1 event d-9: customer_id: missing required field; invoice_id: missing required field; "
+            "occurred_at: missing required field; type: must be one of invoice_paid, refund, chargeback, "
+            "chargeback_reversed; amount: a money object") in result.output, result.output
 
 
 def test_a_bad_database_url_is_named_without_its_password(tmp_path):
@@ -1508,3 +1540,13 @@ def test_a_changed_event_imported_again_is_refused_naming_the_fields_that_differ
     assert "line 2 event c-1: event 'c-1' was already received with other content: amount differs" in result.output
     assert ("line 3 event c-2: event 'c-2' was already received with other content: amount, occurred_at differ"
             in result.output)
+
+
+def test_an_id_given_again_with_other_content_in_the_same_batch_of_a_file_is_said_to_be_earlier_in_the_file(
+        seeded, tmp_path):
+    lines = [json.dumps(event_dict(paid("z-1", "acme", "inv-z-1", amount, "2026-01-10"))) for amount in (1_000, 2_000)]
+    (tmp_path / "events.ndjson").write_text("\n".join([lines[0], lines[0], lines[1]]) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "events.ndjson"))
+    assert result.exit_code == 1 and "posted: 1" in result.output and "refused: 1" in result.output, result.output
+    assert "line 3 event z-1: event 'z-1' appears earlier in the file with other content: amount differs" in (
+        result.output)
