@@ -25,7 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from api.errors import database_problem
-from ledger.db import Database, retryable
+from ledger.db import Database, reset_lock_deadline, retryable, set_lock_deadline
 from ledger.settings import Settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -85,6 +85,21 @@ def separate_transaction() -> Iterator[Session]:
     session.commit()
 
 
+# What a request that writes may wait for locks until, from its start: each wait is bounded by the
+# engine's own (`api.LOCK_WAIT_S`), and none goes past this (`ledger.db.set_lock_deadline`). A
+# request that waits again and again (a payout run's releases, each a transaction, then the run; a
+# batch applied in parts) answered a busy database past gunicorn's 30-second worker timeout, which
+# killed it midway: a 500. Past it, a wait ends as a busy database's 503 to retry; what committed
+# before stays, and the retry goes on from there. Beyond WORK_BUDGET_S, with time left for the work
+# after the last wait and the answer.
+REQUEST_LOCKS_S = 25.0
+
+
+def _bound_lock_waits() -> None:
+    if request.method not in READ_METHODS:  # a reader takes no lock
+        g.lock_deadline = set_lock_deadline(time.monotonic() + REQUEST_LOCKS_S)
+
+
 def _end_transaction(response: Response) -> Response:
     """Commit a 2xx, roll back anything else. The database out of reach or busy at the commit is a 503
     to retry (whether the commit took effect is unknown, and a retry replays it or applies it once);
@@ -108,6 +123,9 @@ def _end_transaction(response: Response) -> Response:
 
 
 def _close(_error: BaseException | None) -> None:
+    token = g.pop("lock_deadline", None)
+    if token is not None:
+        reset_lock_deadline(token)
     session = g.pop("db_session", None)
     # A session with no transaction open and no objects (a revenue event's, committed by `commit_now`)
     # holds nothing to release: closing it only walked its empty identity map, 20 function calls.
@@ -117,5 +135,6 @@ def _close(_error: BaseException | None) -> None:
 
 def install(app: Flask, settings: Settings, database: Database) -> None:
     app.extensions[EXTENSION] = {"settings": settings, "database": database}
+    app.before_request_funcs.setdefault(None, []).insert(0, _bound_lock_waits)  # before any hook reads
     app.after_request(_end_transaction)
     app.teardown_request(_close)

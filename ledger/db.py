@@ -45,6 +45,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextvars import ContextVar, Token
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
@@ -148,6 +149,46 @@ def _install_idle_ping(engine: Engine) -> None:
             raise DisconnectionError(f"the pooled connection failed its ping: {database_words(error)}") from error
 
 
+# The instant (`time.monotonic()`) by which every lock wait in this context ends, whatever the engine's
+# own bound: a request's (`api.session.REQUEST_LOCKS_S`), so that a request that waits for the
+# journal lock again and again (a payout run's releases, a batch applied in parts) answers a busy
+# database's 503 in time, where gunicorn's 30-second worker timeout killed it midway, a 500. None:
+# each wait has the engine's bound.
+_lock_deadline: ContextVar[float | None] = ContextVar("lock_deadline", default=None)
+
+
+def set_lock_deadline(deadline: float | None) -> Token:
+    """From now on in this context, no lock wait goes past `deadline` (`time.monotonic()`; None: no
+    bound but the engine's), until `reset_lock_deadline` of what this returns."""
+    return _lock_deadline.set(deadline)
+
+
+def reset_lock_deadline(token: Token) -> None:
+    _lock_deadline.reset(token)
+
+
+@contextlib.contextmanager
+def locks_waited_until(deadline: float | None) -> Iterator[None]:
+    """Within the block, no lock wait goes past `deadline` (`set_lock_deadline`)."""
+    token = set_lock_deadline(deadline)
+    try:
+        yield
+    finally:
+        reset_lock_deadline(token)
+
+
+def past_lock_deadline() -> bool:
+    """Whether the context's lock deadline (`locks_waited_until`) has passed."""
+    deadline = _lock_deadline.get()
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _wait_within_deadline(wait_s: float) -> float:
+    """`wait_s`, cut to what is left before the context's lock deadline (none left: 0)."""
+    deadline = _lock_deadline.get()
+    return wait_s if deadline is None else max(0.0, min(wait_s, deadline - time.monotonic()))
+
+
 def _milliseconds(seconds: float) -> int:
     """A wait in whole milliseconds, at least one: 0 means no limit to SQLite and PostgreSQL alike."""
     return max(1, round(seconds * 1000))
@@ -167,6 +208,14 @@ def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
             dbapi_connection.execute(f"SET lock_timeout = {lock_timeout_ms}")
         finally:
             dbapi_connection.autocommit = autocommit
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        """A transaction begun nearer its context's lock deadline than the engine's bound waits for
+        its locks until the deadline at most (`SET LOCAL`: for this transaction): a round trip only then."""
+        wait_s = _wait_within_deadline(lock_wait_s)
+        if wait_s < lock_wait_s:
+            connection.connection.driver_connection.execute(f"SET LOCAL lock_timeout = {_milliseconds(wait_s)}")
 
 
 _LOCK_SUFFIX = "-writer.lock"
@@ -388,16 +437,17 @@ def _install_sqlite_hooks(engine: Engine, lock_wait_s: float | None = None) -> N
         driver = connection.connection.driver_connection
         queued = isinstance(driver, _QueuedWriterConnection)
         waited_s = 0.0
+        wait_s = None if lock_wait_s is None else _wait_within_deadline(lock_wait_s)  # `locks_waited_until`
         if queued:
             try:
-                waited_s = driver.queue_for_write(lock_wait_s)
+                waited_s = driver.queue_for_write(wait_s)
             except sqlite3.OperationalError as error:  # as SQLAlchemy wraps the driver's errors
                 raise OperationalError("BEGIN IMMEDIATE", (), error) from error
         try:
-            if lock_wait_s is not None and waited_s >= 0.001:
+            if wait_s is not None and (waited_s >= 0.001 or wait_s < lock_wait_s):
                 # SQLite's busy handler gets what is left of the wait (a writer that does not queue,
                 # the sqlite3 shell, may hold the database): the queue and it were a wait each.
-                driver.execute(f"PRAGMA busy_timeout={_milliseconds(lock_wait_s - waited_s)}").close()
+                driver.execute(f"PRAGMA busy_timeout={_milliseconds(wait_s - waited_s)}").close()
                 try:
                     _driver_execute(connection, "BEGIN IMMEDIATE", ())
                 finally:

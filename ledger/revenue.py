@@ -41,8 +41,9 @@ from ledger import accounts as chart
 from ledger import collector, holds, journal, reversals
 from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, named, validate_external_id
-from ledger.db import driver_results, driver_rows, in_lists, insert_all
-from ledger.errors import Conflict, DomainError, IdempotencyConflict, InvalidInput, NotFound, OutOfRange, invalid
+from ledger.db import driver_results, driver_rows, in_lists, insert_all, past_lock_deadline
+from ledger.errors import (Conflict, DomainError, IdempotencyConflict, InvalidInput, NotFound, OutOfRange, Unfinished,
+                           invalid)
 from ledger.instants import format_instant, parse_instant
 from ledger.money import currency_exponent, format_minor, parse_amount_minor
 from ledger.partners import PROGRAM_REVISION, Program, program_for
@@ -403,16 +404,21 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
     "Running totals"). One transaction an event cost a batch of 10,000 with five of them 10-30 s,
     its replays one a transaction too.
 
-    No time budget stops it (as `api.session.work_deadline` stops a payout run's releases): stopped
-    midway, a retry would give the books of one clean run (each part is decided as the batch's
-    events before it leave the books, `Input`), but the request that sent the batch would have had
-    no answer for it. `places` and `source` are those of `ingest`, for the whole batch."""
+    A request's lock deadline (`db.set_lock_deadline`) stops it between two parts: `Unfinished`, what
+    the parts before committed standing (a batch's request retried in a busy database ran past
+    gunicorn's worker timeout, a 500). Sent again, the batch gives the books of one clean run: each
+    part is decided as the batch's events before it leave the books (`Input`), and those that
+    committed replay. `places` and `source` are those of `ingest`, for the whole batch."""
     if source is None:
         places, source = range(len(events)), Input.of(events, [request_hash(event) for event in events])
     assert places is not None and len(places) == len(events), "an input's places, one for each event"
     results: list[Outcome | Refusal] = []
     start, size = 0, (len(events) + 1) // 2  # the whole batch failed already
     while start < len(events):
+        if start and past_lock_deadline():
+            raise Unfinished(f"the batch's first {start} events of {len(events)} were decided, in transactions "
+                             "committed on their own, before the request's time to wait for the books ran out: "
+                             "send the batch again to go on (what committed replays)")
         part = events[start:start + size]
         try:
             with transaction() as session:

@@ -539,6 +539,15 @@ def test_a_request_waits_for_the_journal_a_bounded_time_then_is_a_503_to_retry(d
     refused_then_posted_once(Database(database_url, lock_wait_s=0.3), journal_held)
 
 
+def test_a_request_s_lock_waits_end_by_its_deadline_whatever_the_engine_s_bound(database_url, monkeypatch):
+    # Each wait had the engine's bound alone: a request waiting again and again (a payout run's
+    # releases and then the run, a batch in parts) ran past gunicorn's worker timeout, a 500. Here the
+    # engine would wait a minute, and the lock is let go after 20 s: a request waiting that long posts.
+    monkeypatch.setattr(api_session, "REQUEST_LOCKS_S", 0.3)
+    refused_then_posted_once(Database(database_url, lock_wait_s=60.0), journal_held)
+    assert db._lock_deadline.get() is None  # the request's bound ends with it
+
+
 def test_the_service_s_own_database_waits_for_a_lock_the_bound_and_no_longer(sqlite_database):
     app = create_app(Settings.build(database_url=sqlite_database.url))
     database = app.extensions[api_session.EXTENSION]["database"]

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
+from api import session as api_session
 from api.routes import revenue as revenue_routes
 from ledger import holds, revenue
 from ledger.errors import OutOfRange
@@ -387,6 +388,29 @@ def test_a_batch_failed_by_events_out_of_range_is_applied_in_halves_not_one_tran
     assert [(r["id"], r.get("replayed")) for r in again if r["http_status"] == 201] == [
         (r["id"], True) for r in results if r["http_status"] == 201]
     assert [r["id"] for r in again if r["http_status"] != 201] == refused and len(counted) <= 40
+    with database.reader() as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 409
+
+
+def test_a_batch_applied_in_parts_stops_at_its_request_s_lock_deadline_a_503_and_sent_again_goes_on(
+        roomy, database, monkeypatch):
+    # Its parts each waited for the journal lock, with no bound on them all: in a busy database the
+    # request ran past gunicorn's 30-second worker timeout, a 500, part of the batch committed. With no
+    # time left (the deadline at the request's start), the first part is applied and no other.
+    events = whale_batch(roomy, 400)
+    monkeypatch.setattr(api_session, "REQUEST_LOCKS_S", 0.0)
+    stopped = roomy.post("/v1/revenue-events/batch", {"events": events}, as_="billing")
+    body = stopped.get_json()
+    assert stopped.status_code == 503 and stopped.headers["Retry-After"] == "1", body
+    assert body["title"] == "Unfinished" and "send the batch again to go on" in body["detail"], body
+    decided = int(body["detail"].split("first ")[1].split(" ")[0])
+    with database.reader() as session:
+        stored = session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one()
+    assert 0 < stored <= decided < len(events)
+    monkeypatch.undo()
+    results = expect(roomy.post("/v1/revenue-events/batch", {"events": events}, as_="billing"), 200)["results"]
+    assert [r["id"] for r in results if r["http_status"] != 201] == ["big-9", "big-10"]
+    assert sum(1 for r in results if r.get("replayed")) == stored
     with database.reader() as session:
         assert session.execute(sa.select(sa.func.count()).select_from(revenue_events)).scalar_one() == 409
 
