@@ -209,10 +209,15 @@ def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
         finally:
             dbapi_connection.autocommit = autocommit
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection) -> None:
-        """A transaction begun nearer its context's lock deadline than the engine's bound waits for
-        its locks until the deadline at most (`SET LOCAL`: for this transaction): a round trip only then."""
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before_statement(connection, _cursor, _statement, _parameters, _context, _many) -> None:
+        """A statement sent nearer its context's lock deadline than the engine's bound waits for a lock
+        until the deadline at most: PostgreSQL counts `lock_timeout` from the start of each wait, so
+        it is set anew before each such statement (`SET LOCAL`: for the rest of the transaction), a
+        round trip only then. Set once at the transaction's begin, a transaction that waited for an
+        `Idempotency-Key`'s claim and then for the journal waited the whole bound twice past it."""
+        if _lock_deadline.get() is None:
+            return
         wait_s = _wait_within_deadline(lock_wait_s)
         if wait_s < lock_wait_s:
             connection.connection.driver_connection.execute(f"SET LOCAL lock_timeout = {_milliseconds(wait_s)}")

@@ -89,7 +89,10 @@ def _every_field(error: DomainError) -> str:
     """A refusal's detail, which names the first of its fields (`revenue.parse_event`), with what it
     says of the others: so that a line mended by its example is not refused for the next field."""
     messages = [f"{name}: {message}" for name, said in error.fields.items() for message in said]
-    return "; ".join(messages) if len(messages) > 1 and error.detail == messages[0] else error.detail
+    if len(messages) < 2 or error.detail != messages[0]:
+        return error.detail
+    more = len(messages) - EXAMPLE_FIELDS_MAX
+    return "; ".join(messages[:EXAMPLE_FIELDS_MAX]) + (f"; and {more} more" if more > 0 else "")
 
 
 COPY_CHUNK_BYTES = 1 << 20  # what `_spooled` reads of a pipe at a time
@@ -98,8 +101,13 @@ COPY_CHUNK_BYTES = 1 << 20  # what `_spooled` reads of a pipe at a time
 HEAD_BYTES = 256
 HEAD_BLANK_MAX = 16 * COPY_CHUNK_BYTES
 _BLANK = b" \t\r\n\x0b\x0c"
-# The byte-order marks of UTF-16 and UTF-32, as the UTF-8 reader keeps their bytes (`open_events`).
-_UTF16_MARKS = ("\udcff\udcfe", "\udcfe\udcff", "\x00\x00\udcfe\udcff")
+# The byte-order marks of UTF-32 and UTF-16, as the UTF-8 reader keeps their bytes (`open_events`);
+# UTF-32's little-endian mark begins as UTF-16's does.
+_WIDE_MARKS = (("\udcff\udcfe\x00\x00", "UTF-32"), ("\x00\x00\udcfe\udcff", "UTF-32"),
+               ("\udcff\udcfe", "UTF-16"), ("\udcfe\udcff", "UTF-16"))
+# The fields a refused line's example names, at most (`_every_field`): a line of thousands of unknown
+# keys printed every one of them.
+EXAMPLE_FIELDS_MAX = 8
 
 
 class Unreadable(Exception):
@@ -212,9 +220,10 @@ def _lines(stream: IO[str]) -> Iterator[str | object]:
         except OSError as error:
             raise Unreadable(number, error) from error
         split = len(last) == piece_chars and last.endswith("\r")
-        if number == 1 and piece.startswith(_UTF16_MARKS):
-            raise InvalidInput("the input is UTF-16 or UTF-32 text, and an import reads UTF-8: convert it first "
-                               "(`iconv -f UTF-16 -t UTF-8 FILE | revshare import -`)", {"file": ["not UTF-8 text"]})
+        wide = next((name for mark, name in _WIDE_MARKS if piece.startswith(mark)), None) if number == 1 else None
+        if wide is not None:
+            raise InvalidInput(f"the input is {wide} text, and an import reads UTF-8: convert it first "
+                               f"(`iconv -f {wide} -t UTF-8 FILE | revshare import -`)", {"file": ["not UTF-8 text"]})
         yield (piece.removeprefix("\ufeff") if number == 1 else piece) if fits else _TOO_LONG
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 
 import psycopg
 import pytest
@@ -546,6 +547,35 @@ def test_a_request_s_lock_waits_end_by_its_deadline_whatever_the_engine_s_bound(
     monkeypatch.setattr(api_session, "REQUEST_LOCKS_S", 0.3)
     refused_then_posted_once(Database(database_url, lock_wait_s=60.0), journal_held)
     assert db._lock_deadline.get() is None  # the request's bound ends with it
+
+
+@pytest.mark.postgres
+def test_on_postgresql_each_lock_wait_of_a_transaction_ends_by_the_deadline(postgres_database):
+    # PostgreSQL counts `lock_timeout` from the start of each wait: set once at the transaction's
+    # begin to what was left then, a transaction waiting for an Idempotency-Key's claim and then for
+    # the journal waited that long twice. Here the first lock is let go just before the deadline and
+    # the journal well after it; the second wait must end at the deadline, not when the journal is free.
+    database = Database(postgres_database.url, lock_wait_s=60.0)
+    holders = []
+    for key, after_s in ((4242, 1.8), (db.JOURNAL_LOCK_KEY, 3.0)):
+        connection = database.engine.connect()
+        connection.begin()
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        holders.append((connection, threading.Timer(after_s, connection.connection.driver_connection.rollback)))
+    try:
+        with db.locks_waited_until(time.monotonic() + 2.0):
+            for _, timer in holders:
+                timer.start()
+            with pytest.raises(sa.exc.OperationalError) as waited:
+                with database.writer() as session:
+                    session.execute(sa.text("SELECT pg_advisory_xact_lock(4242)"))
+                    session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": db.JOURNAL_LOCK_KEY})
+        assert isinstance(waited.value.orig, psycopg.errors.LockNotAvailable) and db.retryable(waited.value)
+    finally:
+        for connection, timer in holders:
+            timer.join()
+            connection.invalidate()
+        database.dispose()
 
 
 def test_the_service_s_own_database_waits_for_a_lock_the_bound_and_no_longer(sqlite_database):

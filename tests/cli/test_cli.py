@@ -1415,7 +1415,7 @@ def test_an_ndjson_file_after_many_blank_lines_imports_as_ndjson(seeded, tmp_pat
     assert result.exit_code == 0 and "posted: 1" in result.output, result.output
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
 @pytest.mark.parametrize("file_format", ["auto", "csv", "ndjson"])
 def test_a_utf16_or_utf32_file_is_refused_as_such_before_anything_applies(seeded, tmp_path, encoding, file_format):
     """Saved as "Unicode text" by a spreadsheet or PowerShell: it was refused as not UTF-8 with a
@@ -1424,8 +1424,9 @@ def test_a_utf16_or_utf32_file_is_refused_as_such_before_anything_applies(seeded
     text = "\ufeff" + ("id,type,customer_id,invoice_id,amount,currency,occurred_at\n" if file_format == "csv" else "")
     (tmp_path / "events").write_bytes((text + line + "\n").encode(encoding))
     result = invoke(seeded.url, "import", "--format", file_format, str(tmp_path / "events"))
-    assert result.exit_code == 2 and "error: the input is UTF-16 or UTF-32 text, and an import reads UTF-8" in (
-        result.output), result.output
+    wide = encoding[:6].upper()
+    assert result.exit_code == 2 and f"error: the input is {wide} text, and an import reads UTF-8: convert it first " \
+        f"(`iconv -f {wide} -t UTF-8 FILE | revshare import -`)" in result.output, result.output
     assert "Traceback" not in result.output and stored_events(seeded) == 0
 
 
@@ -1436,6 +1437,10 @@ def test_a_refused_lines_example_says_what_is_wrong_with_each_field(seeded, tmp_
     assert ("line 1 event d-9: customer_id: missing required field; invoice_id: missing required field; "
             "occurred_at: missing required field; type: must be one of invoice_paid, refund, chargeback, "
             "chargeback_reversed; amount: a money object") in result.output, result.output
+    (tmp_path / "wide.ndjson").write_text(json.dumps({f"k{n}": 0 for n in range(1_000)}) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "wide.ndjson"))
+    [example] = [line for line in result.output.splitlines() if line.strip().startswith("line 1 event")]
+    assert example.endswith("; and 998 more") and example.count(":") == 9, example  # 1,000 unknown, 6 missing
 
 
 def test_a_bad_database_url_is_named_without_its_password(tmp_path):
