@@ -164,8 +164,8 @@ def head(stream: IO[str]) -> str:
 
 def _head_bytes(read: Callable[[int], bytes]) -> bytes:
     """An input's first bytes, by `read(n)` (fewer at its end, none past it), through at least
-    `HEAD_BYTES` past its blank ones: a file of NDJSON that opens with blank lines is told by its first `{` however many
-    there are (up to `HEAD_BLANK_MAX` bytes of them)."""
+    `HEAD_BYTES` past its blank ones: a file of NDJSON that opens with blank lines is told by its
+    first `{` however many there are (up to `HEAD_BLANK_MAX` bytes of them)."""
     ahead = b""
     while len(ahead) < HEAD_BLANK_MAX:
         body = ahead.removeprefix(codecs.BOM_UTF8).lstrip(_BLANK)

@@ -405,8 +405,8 @@ def ingest_apart(events: Sequence[RevenueEvent], transaction: Callable[[], Conte
     its replays one a transaction too.
 
     A request's lock deadline (`db.set_lock_deadline`) stops it between two parts: `Unfinished`, what
-    the parts before committed standing (a batch's request retried in a busy database ran past
-    gunicorn's worker timeout, a 500). Sent again, the batch gives the books of one clean run: each
+    the parts before committed standing (in a busy database, a batch's request ran past gunicorn's
+    worker timeout: a 500). Sent again, the batch gives the books of one clean run: each
     part is decided as the batch's events before it leave the books (`Input`), and those that
     committed replay. `places` and `source` are those of `ingest`, for the whole batch."""
     if source is None:
