@@ -46,7 +46,11 @@ def current_session() -> Session:
     session = context.get("db_session")
     if session is None:
         database = current_database()
-        session = database.reader() if request.method in READ_METHODS else database.writer()
+        if request.method in READ_METHODS:
+            session = database.reader()
+        else:
+            session = database.writer()
+            context.lock_deadline = set_lock_deadline(time.monotonic() + REQUEST_LOCKS_S)
         context.db_session = session
     return session
 
@@ -85,19 +89,15 @@ def separate_transaction() -> Iterator[Session]:
     session.commit()
 
 
-# What a request that writes may wait for locks until, from its start: each wait is bounded by the
-# engine's own (`api.LOCK_WAIT_S`), and none goes past this (`ledger.db.set_lock_deadline`). A
+# What a request that writes may wait for locks until, from its first use of the database (its
+# view's start, or the `Idempotency-Key` claim's before it): each wait is bounded by the engine's own
+# (`api.LOCK_WAIT_S`), and none goes past this (`ledger.db.set_lock_deadline`). A
 # request that waits again and again (a payout run's releases, each a transaction, then the run; a
 # batch applied in parts) answered a busy database past gunicorn's 30-second worker timeout, which
 # killed it midway: a 500. Past it, a wait ends as a busy database's 503 to retry; what committed
 # before stays, and the retry goes on from there. Beyond WORK_BUDGET_S, with time left for the work
 # after the last wait and the answer.
 REQUEST_LOCKS_S = 25.0
-
-
-def _bound_lock_waits() -> None:
-    if request.method not in READ_METHODS:  # a reader takes no lock
-        g.lock_deadline = set_lock_deadline(time.monotonic() + REQUEST_LOCKS_S)
 
 
 def _end_transaction(response: Response) -> Response:
@@ -135,6 +135,5 @@ def _close(_error: BaseException | None) -> None:
 
 def install(app: Flask, settings: Settings, database: Database) -> None:
     app.extensions[EXTENSION] = {"settings": settings, "database": database}
-    app.before_request_funcs.setdefault(None, []).insert(0, _bound_lock_waits)  # before any hook reads
     app.after_request(_end_transaction)
     app.teardown_request(_close)

@@ -45,6 +45,7 @@ import signal
 import sqlite3
 import threading
 import time
+import weakref
 from contextvars import ContextVar, Token
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -209,18 +210,34 @@ def _install_lock_timeout(engine: Engine, lock_wait_s: float) -> None:
         finally:
             dbapi_connection.autocommit = autocommit
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _before_statement(connection, _cursor, _statement, _parameters, _context, _many) -> None:
-        """A statement sent nearer its context's lock deadline than the engine's bound waits for a lock
-        until the deadline at most: PostgreSQL counts `lock_timeout` from the start of each wait, so
-        it is set anew before each such statement (`SET LOCAL`: for the rest of the transaction), a
-        round trip only then. Set once at the transaction's begin, a transaction that waited for an
-        `Idempotency-Key`'s claim and then for the journal waited the whole bound twice past it."""
-        if _lock_deadline.get() is None:
-            return
-        wait_s = _wait_within_deadline(lock_wait_s)
-        if wait_s < lock_wait_s:
-            connection.connection.driver_connection.execute(f"SET LOCAL lock_timeout = {_milliseconds(wait_s)}")
+    _LOCK_WAITS[engine.pool] = lock_wait_s  # its option engines (writers, readers) share the pool
+
+
+# Each PostgreSQL engine's `lock_timeout` (`_install_lock_timeout`), by its pool, for `_near_deadline`.
+_LOCK_WAITS: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def _near_deadline(session: Session) -> list[tuple[str, tuple]]:
+    """On PostgreSQL, when its context's lock deadline is nearer than the engine's `lock_timeout`: the
+    statement that sets the transaction's to what is left (`SET LOCAL`), to send before a statement
+    that may wait for a lock (the advisory locks: `lock_journal`, `lock_program`, `locked`,
+    `idempotency.claim`, which every wait of the service's transactions is for). PostgreSQL counts
+    it from the start of each wait: set once at a transaction's begin, a transaction that waited for
+    an `Idempotency-Key`'s claim and then for the journal waited twice what was left. Else none."""
+    deadline = _lock_deadline.get()
+    if deadline is None:
+        return []
+    lock_wait_s = _LOCK_WAITS.get(session.get_bind().pool)
+    left_s = deadline - time.monotonic()
+    if lock_wait_s is None or left_s >= lock_wait_s:
+        return []
+    return [(f"SET LOCAL lock_timeout = {_milliseconds(left_s)}", ())]
+
+
+def wait_by_deadline(session: Session) -> None:
+    """`_near_deadline`'s statement sent, if any: before a lock another module takes (PostgreSQL)."""
+    for sql, params in _near_deadline(session):
+        _driver_execute(session.connection(), sql, params)
 
 
 _LOCK_SUFFIX = "-writer.lock"
@@ -604,6 +621,7 @@ def lock_journal(session: Session) -> None:
     A transaction that also changes the partner program takes the program revision's row lock
     first (migration 0010): a journal writer never waits for that row while holding this lock."""
     if is_postgres(session):
+        wait_by_deadline(session)
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
 
 
@@ -622,6 +640,7 @@ def lock_program(session: Session) -> None:
     `plans.withdraw_version`, `customers.withdraw_attribution`): every holder of both takes this lock
     first, so the two orders never meet."""
     if is_postgres(session):
+        wait_by_deadline(session)
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROGRAM_LOCK_KEY})
 
 
@@ -631,7 +650,9 @@ def locked(session: Session, statements: list[tuple[str, Sequence[Any]]]) -> lis
     so they see every journal writer that finished before ours)."""
     if not is_postgres(session):
         return driver_results(session, statements)
-    return driver_results(session, [("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK_KEY,)), *statements])[1:]
+    near = _near_deadline(session)
+    return driver_results(session, [*near, ("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK_KEY,)),
+                                    *statements])[1 + len(near):]
 
 
 def insert_many(session: Session, table, columns: tuple[str, ...], rows: list[tuple]) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ledger.db import is_postgres
+from ledger.db import is_postgres, wait_by_deadline
 from ledger.schema import idempotency_records
 
 KEY_LENGTH_MAX = 200
@@ -57,6 +57,7 @@ def claim(session: Session, api_key_id: str, key: str) -> None:
     if is_postgres(session):
         digest = hashlib.sha256(f"{api_key_id}\0{key}".encode()).digest()
         slot = int.from_bytes(digest[:4], "big", signed=True)
+        wait_by_deadline(session)
         session.execute(text("SELECT pg_advisory_xact_lock(:class_id, :slot)"), {"class_id": _LOCK_CLASS, "slot": slot})
 
 

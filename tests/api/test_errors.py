@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request
 
 from api import LOCK_WAIT_S, create_app
 from api import session as api_session
-from ledger import db, journal
+from ledger import db, idempotency, journal
 from ledger.settings import Settings
 from ledger.db import Database
 from ledger.schema import journal_transactions
@@ -553,28 +553,30 @@ def test_a_request_s_lock_waits_end_by_its_deadline_whatever_the_engine_s_bound(
 def test_on_postgresql_each_lock_wait_of_a_transaction_ends_by_the_deadline(postgres_database):
     # PostgreSQL counts `lock_timeout` from the start of each wait: set once at the transaction's
     # begin to what was left then, a transaction waiting for an Idempotency-Key's claim and then for
-    # the journal waited that long twice. Here the first lock is let go just before the deadline and
-    # the journal well after it; the second wait must end at the deadline, not when the journal is free.
+    # the journal waited that long twice. Here the claim is let go just before the deadline and the
+    # journal a second after it: the second wait must end at the deadline, not when the journal is free.
     database = Database(postgres_database.url, lock_wait_s=60.0)
-    holders = []
-    for key, after_s in ((4242, 1.8), (db.JOURNAL_LOCK_KEY, 3.0)):
-        connection = database.engine.connect()
-        connection.begin()
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        holders.append((connection, threading.Timer(after_s, connection.connection.driver_connection.rollback)))
+    claimed = database.writer()
+    idempotency.claim(claimed, "key-1", "K-1")
+    journal_held = database.engine.connect()
+    journal_held.begin()
+    journal_held.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": db.JOURNAL_LOCK_KEY})
+    timers = [threading.Timer(1.8, claimed.rollback),
+              threading.Timer(3.0, journal_held.connection.driver_connection.rollback)]
     try:
         with db.locks_waited_until(time.monotonic() + 2.0):
-            for _, timer in holders:
+            for timer in timers:
                 timer.start()
             with pytest.raises(sa.exc.OperationalError) as waited:
                 with database.writer() as session:
-                    session.execute(sa.text("SELECT pg_advisory_xact_lock(4242)"))
-                    session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": db.JOURNAL_LOCK_KEY})
+                    idempotency.claim(session, "key-1", "K-1")
+                    db.lock_journal(session)
         assert isinstance(waited.value.orig, psycopg.errors.LockNotAvailable) and db.retryable(waited.value)
     finally:
-        for connection, timer in holders:
+        for timer in timers:
             timer.join()
-            connection.invalidate()
+        claimed.close()
+        journal_held.invalidate()
         database.dispose()
 
 
