@@ -93,9 +93,13 @@ def domain_errors(options: dict[str, str] | None = None) -> Iterator[None]:
         for field, option in (options or {}).items():
             if detail.startswith(f"{field}:"):
                 detail = option + detail[len(field):]
-        lines = [f"{(options or {}).get(name, name)}: {'; '.join(messages)}"
-                 for name, messages in error.fields.items()]
-        click.echo("\n  ".join([f"error: {detail}", *(line for line in lines if line != detail)]), err=True)
+        # Each field in its own words, but for one the detail begins with and has no more to say of:
+        # that was said twice, in two wordings (`--at: a payout run was made at ...`, then `--at:
+        # before the latest payout run`).
+        named = [(options or {}).get(name, name) for name in error.fields]
+        lines = [f"{option}: {'; '.join(messages)}" for option, messages in zip(named, error.fields.values())
+                 if len(messages) > 1 or not detail.startswith(f"{option}:")]
+        click.echo("\n  ".join([f"error: {detail}", *lines]), err=True)
         sys.exit(2)
 
 

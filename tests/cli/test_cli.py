@@ -382,6 +382,9 @@ def test_a_payout_run_or_close_by_hand_that_is_refused_posts_no_release_either(s
         before = kind_counts(session)
     result = invoke(seeded.url, *args)
     assert result.exit_code == 2 and message in result.output, result.output
+    # Said once: the field the reason begins with was said again below it, in other words.
+    first, *others = result.output.strip().splitlines()
+    assert not any(line.strip().startswith(first.removeprefix("error: ").split(":")[0] + ":") for line in others)
     with seeded.reader() as session:
         assert kind_counts(session) == before
 
