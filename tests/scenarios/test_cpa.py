@@ -247,7 +247,6 @@ def test_a_payment_dated_between_a_claim_taken_and_the_first_claim_takes_nothing
     assert books.verified()
 
 
-
 @pytest.mark.parametrize("moves", [2, 8])
 def test_a_batch_of_payments_newest_first_takes_each_claim_from_what_it_drafted_in_the_same_statements(
         sqlite_template, tmp_path, moves):
