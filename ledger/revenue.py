@@ -601,7 +601,7 @@ class _Writer:
             return
         replay = holds.replay(self.session, invoice_ids)
         for invoice_id in invoice_ids:
-            bounty = _standing_bounty(replay, invoice_id)
+            bounty = _standing_bounty(replay.by_invoice.get(invoice_id, []))
             self.bounties[invoice_id] = None if bounty is None else (bounty, reversals.piece_reversal_order(replay,
                                                                                                             bounty))
         self.sources = journal.reversal_sources(self.session, [
@@ -651,7 +651,8 @@ class _Writer:
             bounty.reversed = True
             return
         self.flush()
-        bounty = _standing_bounty(holds.replay(self.session, [claimant.invoice_id]), claimant.invoice_id)
+        replay = holds.replay(self.session, [claimant.invoice_id])
+        bounty = _standing_bounty(replay.by_invoice.get(claimant.invoice_id, []))
         if bounty is None:
             return
         recorded_at_us = self.batch.recorded_at_us
@@ -868,10 +869,11 @@ def _claim_taken_reason(event: RevenueEvent, partner_id: str, bounty: Piece) -> 
     return "the customer's CPA goes to an invoice paid before this one"
 
 
-def _standing_bounty(replay: holds.PieceReplay, invoice_id: str) -> Piece | None:
-    """The CPA bounty of a claimant's invoice (a reinstatement names another piece), unless reversed."""
-    return next((piece for piece in replay.by_invoice.get(invoice_id, [])
-                 if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
+def _standing_bounty(pieces: Iterable[Piece]) -> Piece | None:
+    """The CPA bounty among a claimant's invoice's pieces (a reinstatement names another piece), unless
+    reversed."""
+    return next((piece for piece in pieces if piece.kind == "cpa" and piece.root_id == piece.id
+                 and not piece.reversed), None)
 
 
 def _drafted_bounty(invoice: _Invoice, drafted: dict[int, tuple[journal.Draft, int]]
@@ -880,8 +882,7 @@ def _drafted_bounty(invoice: _Invoice, drafted: dict[int, tuple[journal.Draft, i
     against it yet (no clawback, release or reinstatement, and not matured before the instant it was
     posted at, which `reversals.reverse` would release first), with its draft: its reversal is its
     mirror alone, as `reversals.piece_reversal_order` would find it once written."""
-    bounty = next((piece for piece in invoice.pieces
-                   if piece.kind == "cpa" and piece.root_id == piece.id and not piece.reversed), None)
+    bounty = _standing_bounty(invoice.pieces)
     if bounty is None or bounty.id not in drafted or bounty.clawbacks or bounty.releases or bounty.released:
         return None
     if any(piece.root_id == bounty.id and piece.id != bounty.id for piece in invoice.pieces):
