@@ -91,6 +91,10 @@ WRITERS_ISOLATION = "READ COMMITTED"
 # before refunds (0014): a writer sending its own SQL takes its turn.
 JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF
 PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00
+# "chain": the program's chain, appended to by the writers of facts and of revenue events alike
+# (`ledger.program_chain.chain`). The last lock a transaction takes: its holder takes no other after
+# it, so it waits for none while holding it. The database takes it nowhere.
+PROGRAM_CHAIN_LOCK_KEY = 0x6368_6169_6E00_0000
 # A pooled PostgreSQL connection idle this long or longer is pinged before use (`_install_idle_ping`).
 PING_IDLE_S = 1.0
 _CHECKED_IN_AT = "revshare_checked_in_at"
@@ -638,20 +642,22 @@ def lock_program(session: Session) -> None:
     take the journal lock before the revision's row (`partners.set_status`, `plans.add_version`,
     `partners.change_plan`), and so do their withdrawals and an attribution's (`partners.withdraw_change`,
     `plans.withdraw_version`, `customers.withdraw_attribution`): every holder of both takes this lock
-    first, so the two orders never meet."""
+    first, so the two orders never meet. The program's chain has a lock of its own, which every
+    writer of a fact or of a revenue event takes last, as it appends (`ledger.program_chain.chain`)."""
     if is_postgres(session):
         wait_by_deadline(session)
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROGRAM_LOCK_KEY})
 
 
-def locked(session: Session, statements: list[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
-    """`driver_results` of the statements run under the journal lock; on PostgreSQL the lock is
-    taken in the same round trip, by a statement before them (each statement has its own snapshot,
-    so they see every journal writer that finished before ours)."""
+def locked(session: Session, statements: list[tuple[str, Sequence[Any]]], *,
+           key: int = JOURNAL_LOCK_KEY) -> list[list[tuple]]:
+    """`driver_results` of the statements run under the journal lock (or the lock `key`); on
+    PostgreSQL the lock is taken in the same round trip, by a statement before them (each statement
+    has its own snapshot, so they see every journal writer that finished before ours)."""
     if not is_postgres(session):
         return driver_results(session, statements)
     near = _near_deadline(session)
-    return driver_results(session, [*near, ("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK_KEY,)),
+    return driver_results(session, [*near, ("SELECT pg_advisory_xact_lock(?)", (key,)),
                                     *statements])[1 + len(near):]
 
 
@@ -687,6 +693,13 @@ def table_exists(session: Session, name: str) -> bool:
     if is_postgres(session):
         return bool(driver_rows(session, "SELECT 1 WHERE to_regclass(?) IS NOT NULL", (name,)))
     return bool(driver_rows(session, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+
+def trigger_exists(session: Session, name: str) -> bool:
+    """Whether the books hold trigger `name` (as `table_exists`, of the revision that made it)."""
+    if is_postgres(session):
+        return bool(driver_rows(session, "SELECT 1 FROM pg_trigger WHERE tgname = ? AND NOT tgisinternal", (name,)))
+    return bool(driver_rows(session, "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)))
 
 
 def driver_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple]:

@@ -17,7 +17,7 @@ from sqlalchemy import literal, select
 from sqlalchemy.orm import Session
 
 from ledger import customers, partners, payouts, periods, plans, revenue, schema
-from ledger.db import lock_program
+from ledger.db import lock_journal, lock_program
 from ledger.errors import Conflict
 from ledger.instants import UTC, add_months, period_of, to_us
 from ledger.journal import now_us
@@ -70,8 +70,11 @@ BOOKS = (schema.plans, schema.partners, schema.customers, schema.revenue_events,
 def load_demo(session: Session, *, now: int | None = None) -> DemoResult:
     now = now_us() if now is None else now
     # Under the program's lock before the check: a second load started while the first ran read
-    # "not loaded", then waited at the first plan and failed as "already exists".
+    # "not loaded", then waited at the first plan and failed as "already exists". The journal's too,
+    # before it records a fact: it appends to the program's chain, whose lock is taken last
+    # (`ledger.db.PROGRAM_CHAIN_LOCK_KEY`), then attributes customers first and posts.
     lock_program(session)
+    lock_journal(session)
     if plans.plan_exists(session, "msp-stepdown"):
         return DemoResult(False, 0, 0)
     held = [table.name for table in BOOKS if session.execute(select(literal(1)).select_from(table).limit(1)).first()]

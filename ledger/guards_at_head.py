@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0055'
+REVISION = '0056'
 
 GUARDS = {
     'sqlite': {
@@ -172,7 +172,7 @@ GUARDS = {
         'trg_program_chain_clears_due': ('program_chain', '8eaa6e49872571df'),
         'trg_program_chain_due_met': ('program_chain_due', '584b0dfb8e22720c'),
         'trg_program_chain_due_no_update': ('program_chain_due', '66966edcf132342f'),
-        'trg_program_chain_fact_exists': ('program_chain', '42536a6ad4075696'),
+        'trg_program_chain_fact_exists': ('program_chain', 'd08b82936fb98c04'),
         'trg_program_chain_linked': ('program_chain', 'b38b7eeef845bc43'),
         'trg_program_chain_no_delete': ('program_chain', '6276f4f9379647d4'),
         'trg_program_chain_no_replace': ('program_chain', '0ea4b6f6cfeec487'),
@@ -187,6 +187,7 @@ GUARDS = {
         'trg_program_withdrawals_no_update': ('program_withdrawals', 'adf2de527d7433b0'),
         'trg_revenue_events_attributed_as_known': ('revenue_events', 'd76c997b3daaca59'),
         'trg_revenue_events_attributed_as_paid': ('revenue_events', 'b51baf1bdb66529f'),
+        'trg_revenue_events_chain_due': ('revenue_events', 'af2710e21136d883'),
         'trg_revenue_events_in_time': ('revenue_events', '38ec5b3373d9a5cf'),
         'trg_revenue_events_no_delete': ('revenue_events', '5fc28ed8445cdb2f'),
         'trg_revenue_events_no_replace': ('revenue_events', '682e6d481290df10'),
@@ -275,7 +276,7 @@ GUARDS = {
         'constraint ck_period_snapshots_non_negative ON period_snapshots': ('period_snapshots', '7c21f40248e79313'),
         'constraint ck_plan_versions_version_positive ON plan_versions': ('plan_versions', '71e2b5b8c0909d1b'),
         'constraint ck_program_chain_fact_table ON program_chain':
-            ('program_chain', 'af53da6187db7351', 'b40e735a220935b5'),
+            ('program_chain', '498a62c28301ce83', 'e1878dd23c6236d2'),
         'constraint ck_program_chain_hash_length ON program_chain': ('program_chain', '76435706a60f2909'),
         'constraint ck_program_chain_id_positive ON program_chain': ('program_chain', '7d67467de10f9d21'),
         'constraint ck_program_revision_one_row ON program_revision': ('program_revision', 'b9eb2a224b9a98e2'),
@@ -466,7 +467,7 @@ GUARDS = {
         'function program_chain_due_added()': ('(function)', 'a518aadd7243bdb1'),
         'function program_chain_due_met()': ('(function)', 'c6554e615e8b2580'),
         'function program_chain_due_no_update()': ('(function)', '817075253a370496'),
-        'function program_chain_linked()': ('(function)', '7dfbe96198354041'),
+        'function program_chain_linked()': ('(function)', '50ff828dc12dee1a'),
         'function program_facts_withdrawn_only()': ('(function)', '8c50f346b754ec31'),
         'function program_revision_bump()': ('(function)', 'aceb9838401b11de'),
         'function program_revision_refuse_direct()': ('(function)', 'a9a8d44b0e8601da'),
@@ -474,6 +475,7 @@ GUARDS = {
         'function program_withdrawals_held()': ('(function)', '7140c3c84a527f70'),
         'function program_writer_in_turn()': ('(function)', 'e4b353ca98014615'),
         'function revenue_events_as_posted()': ('(function)', '5b468c116555b5cc'),
+        'function revenue_events_chain_due()': ('(function)', 'af1ffc1d253215c9'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
         'function revenue_events_within_invoice()': ('(function)', '9da38bd6957784f7'),
@@ -634,7 +636,7 @@ GUARDS = {
         'trg_program_chain_due_met ON program_chain_due': ('program_chain_due', 'cff54d15855aea0d'),
         'trg_program_chain_due_no_truncate ON program_chain_due': ('program_chain_due', '45a2950252cf1948'),
         'trg_program_chain_due_no_update ON program_chain_due': ('program_chain_due', '5fbf9eaaca3d9e9b'),
-        'trg_program_chain_linked ON program_chain': ('program_chain', 'c1e0187e01dabd21'),
+        'trg_program_chain_linked ON program_chain': ('program_chain', '4ab6e401aa691c7c'),
         'trg_program_chain_no_change ON program_chain': ('program_chain', '72ed80f4c52d8e2e'),
         'trg_program_chain_no_truncate ON program_chain': ('program_chain', '4153351148fcec8d'),
         'trg_program_revision_direct ON program_revision': ('program_revision', 'bd4bc8044ce556bf'),
@@ -645,6 +647,7 @@ GUARDS = {
         'trg_program_withdrawals_no_change ON program_withdrawals': ('program_withdrawals', '4cf6e380b6c9852e'),
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
         'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', 'd7a6926aedea804a'),
+        'trg_revenue_events_chain_due ON revenue_events': ('revenue_events', 'd48dc5266fd81777'),
         'trg_revenue_events_currency ON revenue_events': ('revenue_events', 'a39b10b0c078ce34'),
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),
         'trg_revenue_events_no_change ON revenue_events': ('revenue_events', '774d56a6fb414a61'),

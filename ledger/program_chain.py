@@ -11,7 +11,14 @@ their status and plan changes, customers and their attributions, and the withdra
 had not started (`ledger.withdrawals`). A withdrawn fact leaves its table but keeps its row of the
 chain, and its content is read from its withdrawal, which holds all of it (`WITHDRAWN_AS`).
 
-The database holds that every fact inserted has its row of the chain by the commit (a list of the
+The revenue events that posted nothing (`unattributed`, `no_commission`) are chained too, as they
+are stored (migration 0056): an event that posts is named by its postings, whose hashes cover it in
+the journal's chain, but one that posted nothing was named by nothing, and deleted past the
+triggers it was decided anew when sent again. Rows are appended under a lock of the chain's own
+(`chain`), which the writers of facts and of events take last.
+
+The database holds that every fact inserted (and every event that posted nothing) has its row of
+the chain by the commit (a list of the
 facts due, whose foreign key to the chain is deferred to the commit, as migration 0026's), that the
 chain has no gap and each row names the previous row's hash, that its rows are never changed, and
 that a row names a fact that exists. What it cannot hold is the hash: `verify` recomputes each row
@@ -36,7 +43,8 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import String, cast, exists, func, insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import driver_rows, insert_many, is_postgres, shared_cache, table_exists, transaction_info
+from ledger.db import (PROGRAM_CHAIN_LOCK_KEY, driver_rows, insert_many, is_postgres, locked, shared_cache,
+                       table_exists, transaction_info, trigger_exists)
 from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata, program_chain, program_withdrawals
 
 CHAINED_TABLES = PROGRAM_CHAIN_TABLES
@@ -53,7 +61,10 @@ FACT_COLUMNS = {
     "attributions": ("id", "customer_id", "partner_id", "effective_from_us", "source", "recorded_at_us"),
     "program_withdrawals": ("id", "fact_table", "fact_id", "subject_id", "starts_us", "value", "detail",
                             "fact_recorded_at_us", "recorded_at_us"),
+    "revenue_events": ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
+                       "recorded_at_us", "request_hash", "status", "first_eligible_customer_id"),
 }
+EVENTS = "revenue_events"  # chained once stored when they posted nothing; chained otherwise, named
 # A withdrawn fact's columns, from its withdrawal's (`ledger.withdrawals.withdraw` writes them so).
 WITHDRAWN_AS = {
     "partner_statuses": {"partner_id": "subject_id", "status": "value", "effective_at_us": "starts_us",
@@ -66,7 +77,8 @@ WITHDRAWN_AS = {
                      "source": "detail", "recorded_at_us": "fact_recorded_at_us"},
 }
 INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is text; the fact's column is not
-TEXT_IDS = ("plans", "partners", "customers")  # the facts whose ids are text; the others' are integers
+TEXT_IDS = ("plans", "partners", "customers", "revenue_events")  # the facts whose ids are text; the others' are
+# integers
 FACTS_NAMED = 5  # of each kind of problem, the first few are named
 
 
@@ -120,9 +132,29 @@ def chained(session: Session) -> bool:
     return session.info["program_chained"]
 
 
+def events_chained(session: Session) -> bool:
+    """Whether the books chain the revenue events that posted nothing (revision 0056 and later; those
+    below it, as the tests of earlier migrations write them with today's code, refuse an event's row
+    of the chain). Kept as `chained` is."""
+    known = shared_cache(session, "program_chain")
+    if known is not None and known.get("events"):
+        return True
+    if "events_chained" not in session.info:
+        session.info["events_chained"] = chained(session) and trigger_exists(session, f"trg_{EVENTS}_chain_due")
+        if known is not None and session.info["events_chained"]:
+            known["events"] = True
+    return session.info["events_chained"]
+
+
+HEAD = "SELECT id, hash FROM program_chain ORDER BY id DESC LIMIT 1"
+
+
 def head(session: Session) -> tuple[int, str]:
     """The chain's last row, (id, hash); (0, the genesis hash) while it is empty."""
-    rows = driver_rows(session, "SELECT id, hash FROM program_chain ORDER BY id DESC LIMIT 1")
+    return _head(driver_rows(session, HEAD))
+
+
+def _head(rows: list[tuple]) -> tuple[int, str]:
     return (rows[0][0], rows[0][1]) if rows else (0, GENESIS_HASH)
 
 
@@ -140,14 +172,19 @@ LINK_COLUMNS = ("id", "fact_table", "fact_id", "prev_hash", "hash")
 
 def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None:
     """Append the facts just inserted, each (its table, its columns with its id), to the chain in
-    one statement. The caller holds the program's lock (`ledger.db.lock_program`), as every fact's
-    writer does."""
+    one statement, under the chain's own lock (`ledger.db.PROGRAM_CHAIN_LOCK_KEY`), read with the
+    head in one round trip: the writers of facts hold the program's lock (`ledger.db.lock_program`)
+    and the writers of revenue events the journal's, and either may append. Taken last, after any
+    other lock the transaction takes, and held to its end: a replacement attribution or a new
+    partner waits for no posting, only for an event's writer between its append and its commit."""
     if not chained(session):
         return
-    # The head this transaction wrote last (none other writes meanwhile); not read or kept in a
-    # savepoint, whose rollback would leave it ahead of the chain (and what it writes, behind it).
+    # The head this transaction wrote last (none other writes meanwhile: it holds the chain's lock
+    # since); not read or kept in a savepoint, whose rollback would leave it ahead of the chain (and
+    # what it writes, behind it).
     known, nested = transaction_info(session), session.in_nested_transaction()
-    head_id, prev_hash = (None if nested else known.get("program_head")) or head(session)
+    head_id, prev_hash = (None if nested else known.get("program_head")) or _head(
+        locked(session, [(HEAD, ())], key=PROGRAM_CHAIN_LOCK_KEY)[0])
     links = []
     for table, row in facts:
         hashed = fact_hash(prev_hash, table, content(table, row))
@@ -186,7 +223,7 @@ def verify_program_chain(session: Session, recorded_head: tuple[int, str] | None
     if not chained(session):
         return []
     problems = _links_broken(session)
-    for table in CHAINED_TABLES:
+    for table in CHAINED_TABLES if events_chained(session) else CHAINED_TABLES[:-1]:
         problems.extend(_facts_unlike_their_rows(session, table))
     if recorded_head is not None:
         problems.extend(_check_recorded_head(session, recorded_head))
@@ -211,15 +248,24 @@ def _links_broken(session: Session) -> list[tuple[None, str, str]]:
 
 def _facts_unlike_their_rows(session: Session, table: str) -> list[tuple[None, str, str]]:
     """Each fact of `table` in force, and each withdrawn from it, against its row of the chain; then
-    the rows of the chain that name a fact of `table` found in neither."""
+    the rows of the chain that name a fact of `table` found in neither. Of the revenue events, those
+    that posted nothing, and those the chain names though they say they posted (altered: the chain
+    takes only the others)."""
     c = program_chain.c
     fact_table = metadata.tables[table]
-    link = (c.fact_table == table) & (c.fact_id == cast(fact_table.c.id, String))
+    fact_id = fact_table.c.id if table in TEXT_IDS else cast(fact_table.c.id, String)  # by the key's index
+    link = (c.fact_table == table) & (c.fact_id == fact_id)
     width = len(FACT_COLUMNS[table])
-    rows = session.execute(select(*(fact_table.c[column] for column in FACT_COLUMNS[table]),
-                                  c.prev_hash.label("chain_prev"), c.hash.label("chain_hash"))
-                           .outerjoin(program_chain, link).order_by(fact_table.c.id)
-                           .execution_options(yield_per=10_000))
+    facts_and_rows = select(*(fact_table.c[column] for column in FACT_COLUMNS[table]),
+                            c.prev_hash.label("chain_prev"), c.hash.label("chain_hash"))
+    if table == EVENTS:
+        unposted = fact_table.c.status != "posted"
+        queries = (facts_and_rows.outerjoin(program_chain, link).where(unposted),
+                   facts_and_rows.select_from(program_chain).join(fact_table, link).where(~unposted))
+    else:
+        queries = (facts_and_rows.outerjoin(program_chain, link),)
+    rows = itertools.chain.from_iterable(
+        session.execute(query.order_by(fact_table.c.id).execution_options(yield_per=10_000)) for query in queries)
     found = ((tuple(row[:width]), row[width], row[width + 1]) for row in rows)
     if table in WITHDRAWN_AS:
         w = program_withdrawals.c

@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger import accounts as chart
-from ledger import collector, holds, journal, reversals
+from ledger import collector, holds, journal, program_chain, reversals
 from ledger.commission import EARNING_KINDS, Clawback, Piece, dispute_reinstatements, invoice_earnings, refund_clawbacks
 from ledger.customers import AttributionIndex, named, validate_external_id
 from ledger.db import driver_results, driver_rows, in_lists, insert_all, past_lock_deadline
@@ -60,6 +60,7 @@ REFUND_TYPES = ("refund", "chargeback")
 # RevenueEvent's fields, then what the service adds, in table column order.
 EVENT_COLUMNS = ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
                  "recorded_at_us", "request_hash", "status", "first_eligible_customer_id")
+STATUS_AT = EVENT_COLUMNS.index("status")
 
 
 class RevenueEvent(NamedTuple):
@@ -811,6 +812,10 @@ class _Writer:
         insert_all(self.session, [*self.batch.take_writes(), (revenue_events, EVENT_COLUMNS, self.event_rows),
                                   (cpa_claims_taken, CLAIM_TAKEN_COLUMNS, self.claims_taken),
                                   (open_holds, holds.HOLD_COLUMNS, self.hold_rows)])
+        unposted = [row for row in self.event_rows if row[STATUS_AT] != "posted"]
+        if unposted and program_chain.events_chained(self.session):
+            program_chain.chain(self.session, [(revenue_events.name, dict(zip(EVENT_COLUMNS, row)))
+                                               for row in unposted])
         holds.end_holds(self.session, sorted(set(self.ended_holds)))
         journal.follow_statistics(self.session, self.batch.head_id)
         self.event_rows, self.hold_rows, self.ended_holds, self.claims_taken = [], [], [], []

@@ -281,12 +281,13 @@ program_withdrawals = Table(
     CheckConstraint(f"fact_table IN ({', '.join(repr(t) for t in WITHDRAWN_FACT_TABLES)})", name="fact_table"),
 )
 
-# The program's facts, chained in the order recorded (ledger/program_chain.py, migration 0053): each
-# fact of its tables has one row here, naming its table and id, with a SHA-256 of the previous row's
-# hash and the fact's content. `fact_id` is the fact's id as text (plans, partners and customers have
-# text ids, the others integers).
+# The program's facts, chained in the order recorded (ledger/program_chain.py, migration 0053), and the
+# revenue events that posted nothing (migration 0056): each fact of its tables has one row here,
+# naming its table and id, with a SHA-256 of the previous row's hash and the fact's content.
+# `fact_id` is the fact's id as text (plans, partners, customers and events have text ids, the others
+# integers).
 PROGRAM_CHAIN_TABLES = ("plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers",
-                        "attributions", "program_withdrawals")
+                        "attributions", "program_withdrawals", "revenue_events")
 program_chain = Table(
     "program_chain",
     metadata,

@@ -111,13 +111,17 @@ def test_a_change_recorded_within_the_clock_skew_of_a_payment_may_have_applied_t
 
 def forge_event(database, event: RevenueEvent, status: str) -> None:
     """A revenue_events row as a role that may write events could insert it, through the
-    database's rules (migration 0034 lets a `no_commission` row of an attributed customer through)."""
+    database's rules (migration 0034 lets a `no_commission` row of an attributed customer through),
+    chained as the service chains an event that posted nothing (migration 0056)."""
+    from tests.integration.conftest import chain_due
+
     with database.engine.begin() as connection:
         connection.execute(sa.text(
             "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
             " recorded_at_us, request_hash, status, first_eligible_customer_id) VALUES (:id, :type, :customer_id,"
             " :invoice_id, :currency, :amount_minor, :occurred_at_us, :recorded, :hash, :status, NULL)"),
             {**event._asdict(), "recorded": journal.now_us(), "hash": request_hash(event), "status": status})
+        chain_due(connection)
 
 
 def test_a_payment_row_saying_it_earned_nothing_for_an_earning_partner_is_named(decided):
@@ -191,8 +195,10 @@ def test_a_cpa_claim_moved_to_a_payment_outside_the_window_is_named(claimed):
     with behind_the_triggers(claimed) as execute:
         execute("UPDATE revenue_events SET first_eligible_customer_id = NULL WHERE id = 'e1'")
         execute("UPDATE revenue_events SET first_eligible_customer_id = 'acme' WHERE id = 'n1'")
-    # n1 claims outside the window; e1 holds a CPA it did not claim.
-    assert found(claimed) == {("cpa_claim_unlike_program", "n1"), ("commission_unlike_program", "e1")}
+    # n1 claims outside the window; e1 holds a CPA it did not claim. n1 posted nothing: its row of the
+    # program's chain names it too (migration 0056).
+    assert found(claimed) == {("cpa_claim_unlike_program", "n1"), ("commission_unlike_program", "e1"),
+                              ("program_fact_altered", "n1")}
 
 
 def test_a_cpa_claim_moved_to_a_later_payment_is_named_at_the_earlier_one(claimed):

@@ -893,7 +893,7 @@ def test_0055_reads_a_customers_bounties_by_key_and_goes_down_to_0054s_guards_an
     database = Database(empty_url)
     try:
         at_0054 = schema_code_of(database)
-        upgrade(empty_url)
+        upgrade(empty_url, "0055")
         changed = {name for name, code in schema_code_of(database).items() if at_0054.get(name) != code}
         postgres = database.engine.dialect.name == "postgresql"
         assert changed == ({"function journal_transactions_cpa_once()"} if postgres

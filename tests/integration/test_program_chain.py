@@ -1,7 +1,7 @@
-"""The program's facts chained as recorded (ledger/program_chain.py, migration 0053): every path that
-records a fact chains it, `verify` names a fact rewritten, added or removed past the triggers, a
-recorded program head or close names a rewrite made whole again, and the database holds the chain's
-shape without Python."""
+"""The program's facts chained as recorded (ledger/program_chain.py, migration 0053), and the revenue
+events that posted nothing (0056): every path that records a fact or stores such an event chains it,
+`verify` names a fact or event rewritten, added or removed past the triggers, a recorded program head
+or close names a rewrite made whole again, and the database holds the chain's shape without Python."""
 
 import json
 from datetime import date, timedelta
@@ -41,13 +41,25 @@ def chained(database):
         customers.attribute(session, "fabrikam", "contoso", date(2026, 1, 1), "referral_link")
         attribution, _ = customers.attribute(session, "fabrikam", "northwind", AHEAD, "manual", replace=True)
         customers.withdraw_attribution(session, "fabrikam", attribution.id)
+        revenue.ingest(session, STRAYS)
     return database
 
 
+# Events that post nothing: a customer never attributed, paid then refunded; a payment dated before
+# its customer's attribution starts.
+STRAYS = [program.paid("stray-1", "stranger", "inv-s1", 5_000, "2026-01-05"),
+          program.paid("stray-2", "stranger", "inv-s1", 1_000, "2026-01-06", "refund"),
+          program.paid("early-1", "acme", "inv-early", 2_000, "2025-12-15")]
+
+
 def facts_count(session) -> int:
-    return sum(session.execute(sa.select(sa.func.count()).select_from(metadata.tables[table])).scalar_one()
-               for table in PROGRAM_CHAIN_TABLES if table != "program_withdrawals") + 2 * session.execute(
-        sa.text("SELECT count(*) FROM program_withdrawals")).scalar_one()
+    """Each fact in force, withdrawn, and each withdrawal; each event that posted nothing."""
+    def count(sql: str) -> int:
+        return session.execute(sa.text(sql)).scalar_one()
+    return (sum(count(f"SELECT count(*) FROM {table}") for table in PROGRAM_CHAIN_TABLES
+                if table not in ("program_withdrawals", "revenue_events"))
+            + 2 * count("SELECT count(*) FROM program_withdrawals")
+            + count("SELECT count(*) FROM revenue_events WHERE status <> 'posted'"))
 
 
 def codes(database, **recorded) -> set[str]:
@@ -121,6 +133,93 @@ def test_a_fact_added_or_removed_past_the_triggers_is_named(chained):
     assert any("names partner_plans" in p.message for p in problems if p.code == "program_fact_missing")
 
 
+def chained_events(database) -> list[tuple[str, str]]:
+    with database.reader() as session:
+        return [tuple(row) for row in session.execute(sa.text(
+            "SELECT c.fact_id, e.status FROM program_chain c JOIN revenue_events e ON e.id = c.fact_id "
+            "WHERE c.fact_table = 'revenue_events' ORDER BY c.id"))]
+
+
+def test_the_events_that_posted_nothing_are_chained_as_stored_and_those_that_posted_are_not(chained):
+    assert chained_events(chained) == [("stray-1", "unattributed"), ("stray-2", "unattributed"),
+                                       ("early-1", "no_commission")]
+    with chained.transaction() as session:
+        revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10"),
+                                 program.paid("stray-3", "stranger", "inv-s3", 700, "2026-01-11"),
+                                 program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])  # replayed
+        revenue.ingest(session, [program.paid("stray-3", "stranger", "inv-s3", 700, "2026-01-11")])
+    assert [event_id for event_id, _ in chained_events(chained)] == ["stray-1", "stray-2", "early-1", "stray-3"]
+    assert codes(chained) == set()
+
+
+def test_an_event_that_posted_nothing_deleted_and_sent_again_is_named_though_it_now_posts(chained):
+    """Deleted past the triggers, the payment of a customer attributed since is decided anew and
+    posts a commission the books had decided against: its row of the chain names it."""
+    with behind_the_triggers(chained) as execute:
+        execute("DELETE FROM revenue_events WHERE id IN ('stray-2', 'stray-1')")
+    with chained.reader() as session:
+        problems = verify(session).problems
+    assert {p.code for p in problems} == {"program_fact_missing"}
+    assert sorted(p.message for p in problems) == [
+        f"row {row} of the program chain names revenue_events {event_id!r}, which is neither in its table nor withdrawn"
+        for row, event_id in sorted(chain_rows(chained, "stray-1", "stray-2"))]
+    with chained.transaction() as session:
+        customers.attribute(session, "stranger", "northwind", date(2026, 1, 1), "manual")
+        [outcome] = revenue.ingest(session, [STRAYS[0]])
+    assert outcome.status == "posted"
+    with chained.reader() as session:
+        messages = {p.code: p.message for p in verify(session).problems}
+    assert messages["program_fact_altered"] == "revenue_events 'stray-1': not as the program chain recorded it"
+    assert "program_fact_missing" in messages  # the refund's row
+
+
+def chain_rows(database, *event_ids: str) -> list[tuple[int, str]]:
+    with database.reader() as session:
+        return [tuple(row) for row in session.execute(sa.text(
+            "SELECT id, fact_id FROM program_chain WHERE fact_table = 'revenue_events' AND fact_id IN "
+            f"({', '.join(repr(event_id) for event_id in event_ids)})"))]
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE revenue_events SET recorded_at_us = recorded_at_us + 1 WHERE id = 'early-1'",
+    "UPDATE revenue_events SET amount_minor = 900 WHERE id = 'stray-2'",
+    "UPDATE revenue_events SET status = 'no_commission' WHERE id = 'stray-1'",
+])
+def test_an_event_that_posted_nothing_rewritten_is_named(chained, statement):
+    with behind_the_triggers(chained) as execute:
+        execute(statement)
+    assert "program_fact_altered" in codes(chained)
+
+
+def test_the_latest_events_removed_with_their_rows_of_the_chain_are_named_by_a_program_head_recorded(chained):
+    with chained.reader() as session:
+        recorded_head = verify(session).program_head
+    with behind_the_triggers(chained) as execute:
+        execute("DELETE FROM revenue_events WHERE id = 'early-1'")
+        execute("DELETE FROM program_chain WHERE fact_id = 'early-1'")
+    assert codes(chained) == set()  # the tail: nothing in the books tells
+    assert codes(chained, program_head=recorded_head) == {"program_head_missing"}
+
+
+def test_an_event_writer_and_a_fact_writer_append_to_the_chain_in_turn(postgres_database):
+    """PostgreSQL: an event's writer holds the journal lock, not the program's; a fact's writer,
+    holding the program's, takes the journal's to append, and so waits for the event's commit."""
+    from tests.integration.conftest import second_writer_behind_first
+
+    with postgres_database.transaction() as session:
+        program.seed(session)
+    outcome = second_writer_behind_first(
+        postgres_database, lambda session: revenue.ingest(session, [STRAYS[0]]),
+        lambda session: partners.create_partner(session, "latecomer", "Latecomer", "msp", "standard"))
+    assert not isinstance(outcome, Exception), outcome
+    with postgres_database.reader() as session:
+        report = verify(session)
+        chain = [tuple(row) for row in session.execute(sa.text(
+            "SELECT fact_table, fact_id FROM program_chain ORDER BY id"))]
+    assert report.ok, report.problems
+    assert chain.index(("revenue_events", "stray-1")) == chain.index(("partners", "latecomer")) - 1
+
+
 @pytest.mark.parametrize("statement", [
     "UPDATE program_withdrawals SET value = 'x' WHERE fact_table = 'plan_versions'",
     "UPDATE program_withdrawals SET value = '\u00b3' WHERE fact_table = 'plan_versions'",  # a digit, not ASCII
@@ -146,7 +245,7 @@ def rechain(execute, database) -> None:
         prev_hash, hashes = GENESIS_HASH, []
         for row in rows:
             table = metadata.tables[row.fact_table]
-            key = row.fact_id if row.fact_table in ("plans", "partners", "customers") else int(row.fact_id)
+            key = row.fact_id if row.fact_table in program_chain.TEXT_IDS else int(row.fact_id)
             fact = session.execute(sa.select(table).where(table.c.id == key)).first()
             if fact is None:
                 withdrawal = session.execute(sa.text("SELECT * FROM program_withdrawals WHERE fact_table = :t AND "
@@ -237,6 +336,17 @@ def test_the_database_refuses_a_fact_left_unchained_by_the_commit(chained):
         assert session.execute(sa.text("SELECT count(*) FROM customers WHERE id = 'unchained'")).scalar_one() == 0
 
 
+def test_the_database_refuses_an_event_that_posted_nothing_left_unchained_by_the_commit(chained):
+    columns = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, "
+               "occurred_at_us, recorded_at_us, request_hash, status) VALUES ")
+    at = program.at("2026-02-01")
+    message = refused(chained, columns + f"('raw-1', 'invoice_paid', 'nobody', 'inv-raw', 'USD', 100, {at}, "
+                                         f"{at}, '{'a' * 64}', 'unattributed')")
+    assert "program_chain" in message or "FOREIGN KEY" in message
+    with chained.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM revenue_events WHERE id = 'raw-1'")).scalar_one() == 0
+
+
 def test_the_database_takes_a_fact_chained_by_hand_and_verify_names_a_wrong_hash(chained):
     with chained.reader() as session:
         head_id, head_hash = program_chain.head(session)
@@ -296,8 +406,10 @@ def test_the_database_refuses_a_close_without_the_program_head(chained):
 
 def test_the_migrations_frozen_copy_hashes_as_the_ledger_does():
     migration = revision("0053_program_facts_chained.py")
-    assert migration.FACT_COLUMNS == program_chain.FACT_COLUMNS
-    assert migration.TABLES == PROGRAM_CHAIN_TABLES
+    events = revision("0056_events_that_posted_nothing_chained.py")
+    assert migration.FACT_COLUMNS | events.FACT_COLUMNS == program_chain.FACT_COLUMNS
+    assert events.TABLES == (*migration.TABLES, *events.FACT_COLUMNS) == PROGRAM_CHAIN_TABLES
+    assert events.FACT_COLUMNS["revenue_events"] == revenue.EVENT_COLUMNS
     assert migration.WITHDRAWN_AS == program_chain.WITHDRAWN_AS
     for content in ((7, "Ünïcode \ud800 name", -1, None), ("a", b"blob", 1.5)):
         assert migration.fact_hash("1" * 64, "plans", content) == program_chain.fact_hash("1" * 64, "plans", content)
@@ -344,3 +456,55 @@ def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_clo
     finally:
         database.dispose()
 
+
+
+def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_goes_down_while_they_are_its_tail(
+        empty_url):
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    def chain_rows() -> list[tuple]:
+        with database.reader() as session:
+            return [tuple(row) for row in session.execute(sa.text("SELECT * FROM program_chain ORDER BY id"))]
+
+    upgrade(empty_url, "0055")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:
+            program.seed(session)
+            revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])
+        upgrade(empty_url)
+        assert chained_events(database) == []
+        command.downgrade(alembic_config(empty_url), "0055")  # no event chained: down and up again
+        with database.transaction() as session:  # below 0056 the service stores them unchained
+            revenue.ingest(session, STRAYS[:2])
+        with database.transaction() as session:
+            revenue.ingest(session, STRAYS[2:])
+        upgrade(empty_url)
+        with database.reader() as session:
+            report = verify(session)
+            assert session.execute(sa.text("SELECT count(*) FROM program_chain")).scalar_one() == facts_count(session)
+        assert report.ok, report.problems
+        assert chained_events(database) == [("stray-1", "unattributed"), ("stray-2", "unattributed"),
+                                            ("early-1", "no_commission")]  # as recorded, then by id
+        backfilled = chain_rows()
+        command.downgrade(alembic_config(empty_url), "0055")  # the chain's tail, as backfilled: taken off
+        assert chain_rows() == backfilled[:-3]
+        upgrade(empty_url)
+        assert chain_rows() == backfilled
+        with database.transaction() as session:
+            periods.close_period(session, "2026-01")  # holds the head, the last event's row
+        with pytest.raises(RuntimeError, match="hold a program head among the events chained"):
+            command.downgrade(alembic_config(empty_url), "0055")
+        with database.transaction() as session:  # one batch, one recorded instant: chained as sent
+            revenue.ingest(session, [program.paid("z-stray", "stranger", "inv-z", 700, "2026-02-11"),
+                                     program.paid("a-stray", "stranger", "inv-a", 700, "2026-02-11")])
+        assert [event_id for event_id, _ in chained_events(database)][-2:] == ["z-stray", "a-stray"]
+        with pytest.raises(RuntimeError, match="chained in the order stored"):
+            command.downgrade(alembic_config(empty_url), "0055")
+        with database.reader() as session:
+            assert verify(session).ok
+    finally:
+        database.dispose()

@@ -15,7 +15,7 @@ from ledger.revenue import RevenueEvent, request_hash
 from ledger.schema import journal_transactions, revenue_events
 from ledger.verify import verify
 from tests import program
-from tests.integration.conftest import second_writer_behind_first
+from tests.integration.conftest import chain_due, second_writer_behind_first
 
 PENDING = chart.pending("northwind")
 TERMS = {"rates": [{"from_month": 1, "rate": "0.20"}], "duration_months": None, "hold_days": 30,
@@ -190,12 +190,14 @@ def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
     with booked.engine.begin() as connection:
         connection.execute(sa.insert(revenue_events).values(
             **event._asdict(), recorded_at_us=1_000, request_hash=request_hash(event), status="unattributed"))
+        chain_due(connection)  # as the service chains an event that posted nothing (migration 0056)
     assert problems(booked) == set()
     with behind_the_triggers(booked) as execute:
         execute("UPDATE revenue_events SET amount_minor = 1000")
     with booked.reader() as session:
-        [problem] = verify(session).problems
-    assert problem.code == "event_altered" and "'evt-1'" in problem.message
+        found = {problem.code: problem.message for problem in verify(session).problems}
+    assert found.keys() == {"event_altered", "program_fact_altered"}
+    assert "'evt-1'" in found["event_altered"] and "'evt-1'" in found["program_fact_altered"]
 
 
 def test_an_event_rewritten_with_its_request_hash_recomputed_is_named_by_what_was_posted_from_it(database):
@@ -270,9 +272,9 @@ def test_an_event_status_altered_from_what_decided_it_is_named(database, alter, 
         execute(alter)
     with database.reader() as session:
         found = {(p.code, p.message.split("'")[1]) for p in verify(session).problems}
-    # An attribution inserted or rewritten past the triggers is named by the program's chain too.
-    chained = {"program_fact_unchained"} if alter.startswith("INSERT") else (
-        {"program_fact_altered"} if "attributions" in alter else set())
+    # An attribution inserted or rewritten past the triggers is named by the program's chain too, and
+    # so is an event that posted nothing rewritten, or one that posted made to say it did not (0056).
+    chained = {"program_fact_unchained"} if alter.startswith("INSERT") or "'e1'" in alter else {"program_fact_altered"}
     assert {code for code, _ in found if code.startswith("program_")} == chained
     assert {(code, name) for code, name in found if not code.startswith("program_")} == expected
 

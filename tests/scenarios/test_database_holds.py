@@ -211,6 +211,7 @@ def test_two_raw_writers_each_within_the_limit_cannot_together_exceed_it(books):
         thread.start()
         thread.join(timeout=1)
         assert thread.is_alive(), "the second writer did not wait for the first"
+        chain_due(first)
         first.commit()
         thread.join(timeout=30)
     finally:
@@ -333,9 +334,10 @@ def work_of_a_refund(books: Books, invoice: str, held: int) -> int:
                     f"'acme', '{invoice}', 'USD', 1, {at('2026-01-20')}, {at('2026-01-20')}, '{'h' * 64}', "
                     "'no_commission')")
     refund = raw("refund", 1, "2026-01-20", event_id=f"{invoice}-new", invoice=invoice)
-    with books.database.engine.begin() as connection, \
-            guards_work(connection, "revenue_events", ("INSERT INTO revenue_events",)) as work:
-        connection.execute(sa.text(LATER), refund)
+    with books.database.engine.begin() as connection:
+        with guards_work(connection, "revenue_events", ("INSERT INTO revenue_events",)) as work:
+            connection.execute(sa.text(LATER), refund)
+        chain_due(connection)
     return work[0]
 
 
