@@ -93,7 +93,8 @@ JOURNAL_LOCK_KEY = 0x7265_7673_6861_7265 & 0x7FFF_FFFF_FFFF_FFFF
 PROGRAM_LOCK_KEY = 0x7072_6F67_7261_6D00
 # "chain": the program's chain, appended to by the writers of facts and of revenue events alike
 # (`ledger.program_chain.chain`). The last lock a transaction takes: its holder takes no other after
-# it, so it waits for none while holding it. The database takes it nowhere.
+# it, so it waits for none while holding it. The database takes it before each statement inserting
+# into the chain (migration 0056).
 PROGRAM_CHAIN_LOCK_KEY = 0x6368_6169_6E00_0000
 # A pooled PostgreSQL connection idle this long or longer is pinged before use (`_install_idle_ping`).
 PING_IDLE_S = 1.0

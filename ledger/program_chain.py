@@ -43,8 +43,9 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import String, cast, exists, func, insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import (PROGRAM_CHAIN_LOCK_KEY, driver_rows, insert_many, is_postgres, locked, shared_cache,
-                       table_exists, transaction_info, trigger_exists)
+from ledger.db import (PROGRAM_CHAIN_LOCK_KEY, driver_rows, in_lists, insert_many, is_postgres, locked,
+                       shared_cache, table_exists, transaction_info, trigger_exists)
+from ledger.errors import Conflict
 from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata, program_chain, program_withdrawals
 
 CHAINED_TABLES = PROGRAM_CHAIN_TABLES
@@ -176,15 +177,31 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
     head in one round trip: the writers of facts hold the program's lock (`ledger.db.lock_program`)
     and the writers of revenue events the journal's, and either may append. Taken last, after any
     other lock the transaction takes, and held to its end: a replacement attribution or a new
-    partner waits for no posting, only for an event's writer between its append and its commit."""
+    partner waits for no posting, only for an event's writer between its append and its commit.
+
+    An event the chain names already was stored once and is no longer (deleted past the database's
+    rules, which `verify` names): sent again, it is refused by name, a `Conflict`, not by the
+    chain's unique key; the books are to be restored before it is taken."""
     if not chained(session):
         return
+    facts = list(facts)
     # The head this transaction wrote last (none other writes meanwhile: it holds the chain's lock
     # since); not read or kept in a savepoint, whose rollback would leave it ahead of the chain (and
     # what it writes, behind it).
     known, nested = transaction_info(session), session.in_nested_transaction()
-    head_id, prev_hash = (None if nested else known.get("program_head")) or _head(
-        locked(session, [(HEAD, ())], key=PROGRAM_CHAIN_LOCK_KEY)[0])
+    written = None if nested else known.get("program_head")
+    events = [str(row["id"]) for table, row in facts if table == EVENTS]
+    reads = [] if written else [(HEAD, ())]
+    reads += [(f"SELECT fact_id FROM program_chain WHERE fact_table = '{EVENTS}' AND {condition}", params)
+              for condition, params in in_lists(session, "fact_id", events)]
+    found = locked(session, reads, key=PROGRAM_CHAIN_LOCK_KEY) if reads else []
+    head_id, prev_hash = written or _head(found.pop(0))
+    gone = sorted(event_id for rows in found for event_id, in rows)
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise Conflict(f"revenue event {gone[0]!r}{more} was stored once and is no longer: the program's chain names "
+                       "it. It was removed past the database's rules (`revshare verify` names it); the books are to "
+                       "be restored before it is taken again")
     links = []
     for table, row in facts:
         hashed = fact_hash(prev_hash, table, content(table, row))

@@ -20,7 +20,11 @@ holds a check in the table's definition, so the chain is made anew there (its ro
 triggers, as 0053 made them, but for the fact it checks each row names, now among the events too).
 
 Rows of the chain are appended under a lock of the chain's own (`ledger.program_chain.chain`): an
-event's writer holds the journal's lock, not the program's, and a fact's writer the program's.
+event's writer holds the journal's lock, not the program's, and a fact's writer the program's. On
+PostgreSQL a statement inserting into the chain takes that lock too (at READ COMMITTED only, as 0043's
+writers), so a writer sending its own SQL takes its turn: one that read the head before the service
+appended waits, then is refused by the link's check, and the service's append never meets a row
+another writer holds uncommitted.
 
 Downgrade takes the events off the chain when they are its last rows, in the order the backfill
 gives them, so that going up again makes the same chain; it refuses otherwise (events stored since,
@@ -49,6 +53,7 @@ FACT_COLUMNS = {EVENTS: ("id", "type", "customer_id", "invoice_id", "currency", 
 UNPOSTED = "status <> 'posted'"
 BACKFILL_ROWS = 5_000  # chain rows written at a time
 
+_0043 = _revision("0043_journal_writers_in_turn.py")  # function: a writer's turn, by advisory locks
 _0053 = _revision("0053_program_facts_chained.py")  # the chain's guards over 0053's tables
 # The same guards over this revision's tables: a module of its own, whose tables take the events.
 _chained = _revision("0053_program_facts_chained.py")
@@ -57,6 +62,11 @@ _chained.TEXT_IDS = (*_0053.TEXT_IDS, EVENTS)
 TABLES = _chained.TABLES
 CHAIN, DUE, SETTINGS = _0053.CHAIN, _0053.DUE, _0053.SETTINGS
 
+PROGRAM_CHAIN_LOCK_KEY = 0x6368_6169_6E00_0000  # ledger.db's, as of this revision
+IN_TURN = "program_chain_in_turn"
+POSTGRES_IN_TURN = [_0043.function(IN_TURN, "program chain", (PROGRAM_CHAIN_LOCK_KEY,)),
+                    f"CREATE TRIGGER trg_{CHAIN}_in_turn BEFORE INSERT ON {CHAIN}\n"
+                    f"FOR EACH STATEMENT EXECUTE FUNCTION {IN_TURN}()"]
 SQLITE_EVENTS_DUE = (f"CREATE TRIGGER trg_{EVENTS}_chain_due AFTER INSERT ON {EVENTS}\n"
                      f"WHEN NEW.{UNPOSTED}\n"
                      f"BEGIN INSERT INTO {DUE} (fact_table, fact_id) VALUES ('{EVENTS}', NEW.id); END")
@@ -148,7 +158,7 @@ def upgrade() -> None:
     else:
         _sqlite_chain_made_anew(_chained, TABLES)
     _backfill(bind)
-    for statement in POSTGRES_EVENTS_DUE if postgres else [SQLITE_EVENTS_DUE]:
+    for statement in [*POSTGRES_EVENTS_DUE, *POSTGRES_IN_TURN] if postgres else [SQLITE_EVENTS_DUE]:
         op.execute(statement)
 
 
@@ -183,6 +193,8 @@ def downgrade() -> None:
     op.execute(f"DROP TRIGGER trg_{EVENTS}_chain_due" + (f" ON {EVENTS}" if postgres else ""))
     if postgres:
         op.execute(f"DROP FUNCTION {EVENTS}_chain_due()")
+        op.execute(f"DROP TRIGGER trg_{CHAIN}_in_turn ON {CHAIN}")
+        op.execute(f"DROP FUNCTION {IN_TURN}()")
         if first is not None:  # the chain's last rows: no gap is left
             # The list's deferred key checked at once: no trigger event of the table pends at its ALTER.
             due_key = f"fk_{DUE}_fact_table_{CHAIN}"

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DatabaseError
 
 from ledger import customers, partners, periods, plans, program_chain, revenue
+from ledger.errors import Conflict
 from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata
 from ledger.verify import verify
 from migrations.earlier import revision
@@ -171,6 +172,41 @@ def test_an_event_that_posted_nothing_deleted_and_sent_again_is_named_though_it_
         messages = {p.code: p.message for p in verify(session).problems}
     assert messages["program_fact_altered"] == "revenue_events 'stray-1': not as the program chain recorded it"
     assert "program_fact_missing" in messages  # the refund's row
+
+
+def test_an_event_that_posted_nothing_deleted_and_sent_again_as_it_was_is_refused_by_name(chained):
+    """Decided as before, it would be chained again: the chain names it already. The batch is refused
+    whole, a conflict naming the event, not a 500 on the chain's key; nothing of it is stored."""
+    with behind_the_triggers(chained) as execute:
+        execute("DELETE FROM revenue_events WHERE id IN ('stray-2', 'early-1')")
+    with pytest.raises(Conflict) as refused, chained.transaction() as session:
+        revenue.ingest(session, [program.paid("fresh", "stranger", "inv-f", 300, "2026-01-20"), *STRAYS[1:]])
+    assert refused.value.detail.startswith("revenue event 'early-1' (and 1 more) was stored once and is no longer: "
+                                           "the program's chain names it")
+    with chained.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM revenue_events WHERE id IN ('fresh', 'stray-2', "
+                                       "'early-1')")).scalar_one() == 0
+
+
+def test_a_raw_writer_appending_to_the_chain_takes_its_turn_before_the_service(postgres_database):
+    """PostgreSQL: a statement inserting into the chain takes the chain's lock (migration 0056), so
+    the service's append waits for a writer sending its own SQL, then reads the head it left."""
+    from tests.integration.conftest import second_writer_behind_first
+
+    with postgres_database.transaction() as session:
+        program.seed(session)
+
+    def raw_writer(session) -> None:
+        head_id, head_hash = program_chain.head(session)
+        session.execute(sa.text("INSERT INTO customers (id, created_at_us) VALUES ('by-hand', 1)"))
+        session.execute(sa.text("INSERT INTO program_chain (id, fact_table, fact_id, prev_hash, hash) "
+                                f"VALUES ({head_id + 1}, 'customers', 'by-hand', '{head_hash}', '{'a' * 64}')"))
+    outcome = second_writer_behind_first(postgres_database, raw_writer,
+                                         lambda session: revenue.ingest(session, [STRAYS[0]]))
+    assert not isinstance(outcome, Exception), outcome
+    with postgres_database.reader() as session:
+        last = session.execute(sa.text("SELECT fact_table, fact_id FROM program_chain ORDER BY id DESC LIMIT 2")).all()
+    assert [tuple(row) for row in last] == [("revenue_events", "stray-1"), ("customers", "by-hand")]
 
 
 def chain_rows(database, *event_ids: str) -> list[tuple[int, str]]:
