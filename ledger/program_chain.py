@@ -81,6 +81,7 @@ INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is tex
 TEXT_IDS = ("plans", "partners", "customers", "revenue_events")  # the facts whose ids are text; the others' are
 # integers
 FACTS_NAMED = 5  # of each kind of problem, the first few are named
+NOUNS = {"plans": "plan", "partners": "partner", "customers": "customer", "revenue_events": "revenue event"}
 
 
 def _unlike_json(value: Any) -> str:
@@ -179,9 +180,10 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
     other lock the transaction takes, and held to its end: a replacement attribution or a new
     partner waits for no posting, only for an event's writer between its append and its commit.
 
-    An event the chain names already was stored once and is no longer (deleted past the database's
-    rules, which `verify` names): sent again, it is refused by name, a `Conflict`, not by the
-    chain's unique key; the books are to be restored before it is taken."""
+    A fact or event the chain names already was recorded once and is no longer (deleted past the
+    database's rules, which `verify` names): sent again (or its id taken again by SQLite's next
+    row), it is refused by name, a `Conflict`, not by the chain's unique key (a 500); the books are
+    to be restored before it is taken."""
     if not chained(session):
         return
     facts = list(facts)
@@ -190,18 +192,21 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
     # what it writes, behind it).
     known, nested = transaction_info(session), session.in_nested_transaction()
     written = None if nested else known.get("program_head")
-    events = [str(row["id"]) for table, row in facts if table == EVENTS]
+    ids: dict[str, list[str]] = {}
+    for table, row in facts:
+        ids.setdefault(table, []).append(str(row["id"]))
     reads = [] if written else [(HEAD, ())]
-    reads += [(f"SELECT fact_id FROM program_chain WHERE fact_table = '{EVENTS}' AND {condition}", params)
-              for condition, params in in_lists(session, "fact_id", events)]
+    reads += [("SELECT fact_table, fact_id FROM program_chain WHERE fact_table = ? AND " + condition, (table, *params))
+              for table, table_ids in ids.items() for condition, params in in_lists(session, "fact_id", table_ids)]
     found = locked(session, reads, key=PROGRAM_CHAIN_LOCK_KEY) if reads else []
     head_id, prev_hash = written or _head(found.pop(0))
-    gone = sorted(event_id for rows in found for event_id, in rows)
+    gone = [row for rows in found for row in rows]
     if gone:
+        table, fact_id = min(gone)
         more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
-        raise Conflict(f"revenue event {gone[0]!r}{more} was stored once and is no longer: the program's chain names "
-                       "it. It was removed past the database's rules (`revshare verify` names it); the books are to "
-                       "be restored before it is taken again")
+        raise Conflict(f"{NOUNS.get(table, table)} {fact_id!r}{more} was recorded once and is no longer: the program's "
+                       "chain names it. It was removed past the database's rules (`revshare verify` names it); the "
+                       "books are to be restored before it is taken again")
     links = []
     for table, row in facts:
         hashed = fact_hash(prev_hash, table, content(table, row))
@@ -334,8 +339,9 @@ def _rows_without_facts(session: Session, table: str, facts: int) -> list[tuple[
                                    f" AND NOT EXISTS (SELECT 1 FROM {table} f WHERE f.id = {key}"
                                    f" AND CAST(f.id AS VARCHAR(64)) = c.fact_id){withdrawn} ORDER BY c.id LIMIT ?",
                           (table, FACTS_NAMED))
+    where = "neither in its table nor withdrawn" if table in WITHDRAWN_AS else "not in its table"
     return [(None, "program_fact_missing", f"row {row_id} of the program chain names {table} {fact_id!r}, which is "
-                                           "neither in its table nor withdrawn") for row_id, fact_id in missing]
+                                           f"{where}") for row_id, fact_id in missing]
 
 
 def _check_recorded_head(session: Session, recorded_head: tuple[int, str]) -> list[tuple[None, str, str]]:

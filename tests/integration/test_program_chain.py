@@ -162,7 +162,7 @@ def test_an_event_that_posted_nothing_deleted_and_sent_again_is_named_though_it_
         problems = verify(session).problems
     assert {p.code for p in problems} == {"program_fact_missing"}
     assert sorted(p.message for p in problems) == [
-        f"row {row} of the program chain names revenue_events {event_id!r}, which is neither in its table nor withdrawn"
+        f"row {row} of the program chain names revenue_events {event_id!r}, which is not in its table"
         for row, event_id in sorted(chain_rows(chained, "stray-1", "stray-2"))]
     with chained.transaction() as session:
         customers.attribute(session, "stranger", "northwind", date(2026, 1, 1), "manual")
@@ -181,11 +181,20 @@ def test_an_event_that_posted_nothing_deleted_and_sent_again_as_it_was_is_refuse
         execute("DELETE FROM revenue_events WHERE id IN ('stray-2', 'early-1')")
     with pytest.raises(Conflict) as refused, chained.transaction() as session:
         revenue.ingest(session, [program.paid("fresh", "stranger", "inv-f", 300, "2026-01-20"), *STRAYS[1:]])
-    assert refused.value.detail.startswith("revenue event 'early-1' (and 1 more) was stored once and is no longer: "
+    assert refused.value.detail.startswith("revenue event 'early-1' (and 1 more) was recorded once and is no longer: "
                                            "the program's chain names it")
     with chained.reader() as session:
         assert session.execute(sa.text("SELECT count(*) FROM revenue_events WHERE id IN ('fresh', 'stray-2', "
                                        "'early-1')")).scalar_one() == 0
+
+
+def test_a_fact_deleted_past_the_triggers_and_recorded_again_is_refused_by_name(chained):
+    with behind_the_triggers(chained) as execute:
+        execute("DELETE FROM attributions WHERE customer_id = 'initrode'")
+        execute("DELETE FROM customers WHERE id = 'initrode'")
+    with pytest.raises(Conflict, match="^customer 'initrode' was recorded once and is no longer"), \
+            chained.transaction() as session:
+        customers.attribute(session, "initrode", "northwind", date(2026, 1, 1), "manual")
 
 
 def test_a_raw_writer_appending_to_the_chain_takes_its_turn_before_the_service(postgres_database):
