@@ -41,8 +41,9 @@ enrolled (`verify_partners_enrolled`). (Not its payout run outside closed period
 made before or after a close is stored nowhere but in two clocks' readings.) And each program fact
 withdrawn gone from its table, withdrawn before it started (`ledger.withdrawals`, migration 0040's
 rules, for rows written around its triggers). And the program's chain (`ledger.program_chain`,
-migration 0053): every fact of the program against its row, the chain whole, and a program head
-recorded earlier (`program_head`), as each close's own, which its close hash covers. And the
+migration 0053): every fact of the program, and every revenue event that posted nothing (0056),
+against its row, the chain whole, and a program head recorded earlier (`program_head`), as each
+close's own, which its close hash covers. And the
 triggers themselves, each as the migrations made it and firing, and on PostgreSQL the keys and
 checks (`ledger.guards`). All of it reads one snapshot. On SQLite it first reads every page of the
 file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked. Problems are
