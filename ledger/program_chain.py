@@ -196,17 +196,13 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
     for table, row in facts:
         ids.setdefault(table, []).append(str(row["id"]))
     reads = [] if written else [(HEAD, ())]
-    reads += [("SELECT fact_table, fact_id FROM program_chain WHERE fact_table = ? AND " + condition, (table, *params))
-              for table, table_ids in ids.items() for condition, params in in_lists(session, "fact_id", table_ids)]
+    reads += [read for table, table_ids in ids.items() for read in chained_reads(session, table, table_ids)]
     found = locked(session, reads, key=PROGRAM_CHAIN_LOCK_KEY) if reads else []
     head_id, prev_hash = written or _head(found.pop(0))
     gone = [row for rows in found for row in rows]
     if gone:
-        table, fact_id = min(gone)
-        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
-        raise Conflict(f"{NOUNS.get(table, table)} {fact_id!r}{more} was recorded once and is no longer: the program's "
-                       "chain names it. It was removed past the database's rules (`revshare verify` names it); the "
-                       "books are to be restored before it is taken again")
+        table, fact_id = gone[0]
+        raise removed(table, fact_id, len(gone) - 1)
     links = []
     for table, row in facts:
         hashed = fact_hash(prev_hash, table, content(table, row))
@@ -219,6 +215,21 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
             known.pop("program_head", None)
         else:
             known["program_head"] = (head_id, prev_hash)
+
+
+def chained_reads(session: Session, table: str, ids: Iterable[str]) -> list[tuple[str, tuple]]:
+    """Statements reading the (table, id) of each of these facts of `table` the chain names."""
+    return [("SELECT fact_table, fact_id FROM program_chain WHERE fact_table = ? AND " + condition, (table, *params))
+            for condition, params in in_lists(session, "fact_id", sorted(ids))]
+
+
+def removed(table: str, fact_id: str, more: int = 0) -> Conflict:
+    """The refusal of a fact or event recorded again whose row the chain holds already: it was
+    removed past the database's rules."""
+    others = f" (and {more} more)" if more else ""
+    return Conflict(f"{NOUNS.get(table, table)} {fact_id!r}{others} was recorded once and is no longer: the program's "
+                    "chain names it. It was removed past the database's rules (`revshare verify` names it); the books "
+                    "are to be restored before it is taken again")
 
 
 def record(session: Session, *facts: tuple[str, dict[str, Any]]) -> list:

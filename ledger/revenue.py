@@ -372,6 +372,21 @@ def _claims_taken_reads(session: Session, customer_ids: set[str]) -> list[tuple[
             for condition, params in in_lists(session, "customer_id", sorted(customer_ids))]
 
 
+def _replay_reads(session: Session, ids: set[str]) -> list[tuple[str, tuple]]:
+    """The stored events of these ids; then, as rows of the id alone, those the program's chain names
+    that are not stored (migration 0056: removed past the triggers), in the same statements."""
+    if not program_chain.events_chained(session):
+        return _event_reads(session, "id", ids)
+    # Each condition, `id IN (...)` or `id = ANY(?)`, on the chain's `fact_id` too.
+    return [(f"{_STORED_EVENTS} WHERE {condition}{_REMOVED}c.fact_{condition}{_NOT_STORED}", (*params, *params))
+            for condition, params in in_lists(session, "id", sorted(ids))]
+
+
+_REMOVED = (f" UNION ALL SELECT c.fact_id{', NULL' * (len(EVENT_COLUMNS) - 1)} FROM program_chain c"
+            f" WHERE c.fact_table = '{revenue_events.name}' AND ")
+_NOT_STORED = " AND NOT EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = c.fact_id)"
+
+
 def _event_reads(session: Session, column: str, values: set[str]) -> list[tuple[str, tuple]]:
     return [(f"{_STORED_EVENTS} WHERE {condition}", params)
             for condition, params in in_lists(session, column, sorted(values))]
@@ -442,11 +457,13 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
     The events are their own input unless `source` says where they stand in a larger one (an
     import's file, `ingest_apart`'s batch), `places` giving each event's place in it."""
     assert len(events) <= BATCH_EVENTS_MAX, len(events)
-    replay_reads = _event_reads(session, "id", {e.id for e in events})
+    replay_reads = _replay_reads(session, {e.id for e in events})
     needs = _Needs(session, events) if len(events) <= SPECULATIVE_READS_EVENTS_MAX else None
     batch, results = journal.open_batch(session, [*replay_reads, *(needs.statements if needs else [])],
                                         recorded_at_us=recorded_at_us)
-    stored = {row[0]: StoredEvent(*row) for rows in results[:len(replay_reads)] for row in rows}
+    rows = [row for rows in results[:len(replay_reads)] for row in rows]
+    stored = {row[0]: StoredEvent(*row) for row in rows if row[1] is not None}
+    gone = {row[0] for row in rows if row[1] is None}
     fresh = [e for e in events if e.id not in stored]
     context = None
     if fresh and needs is not None:
@@ -458,7 +475,7 @@ def ingest(session: Session, events: Sequence[RevenueEvent], *, recorded_at_us: 
     if source is None:
         places, source = range(len(events)), Input.of(events, hashes)
     assert places is not None and len(places) == len(events), "an input's places, one for each event"
-    writer = _Writer(session, batch, context, source)
+    writer = _Writer(session, batch, context, source, gone)
     if context is not None:
         context.read_claims_taken(session, fresh)
         writer.prefetch_bounties(fresh)
@@ -491,8 +508,10 @@ _STORED_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM revenue_events"
 class _Writer:
     """Decides events one by one against the batch's state and collects the rows to write."""
 
-    def __init__(self, session: Session, batch: journal.Batch, context: _Context | None, source: Input) -> None:
+    def __init__(self, session: Session, batch: journal.Batch, context: _Context | None, source: Input,
+                 gone: set[str]) -> None:
         self.session, self.batch, self.context, self.source = session, batch, context, source
+        self.gone = gone  # events the program's chain names that are no longer stored: refused by name
         self.place = 0  # the place in its input of the event being decided
         self.event_rows: list[tuple] = []
         self.hold_rows: list[tuple] = []
@@ -514,6 +533,8 @@ class _Writer:
             if earlier.request_hash != hash_hex:
                 return Refusal(event.id, _event_conflict(event, earlier, "was already received with other content"))
             return Outcome(event.id, earlier.status, (), (), replayed=True)
+        if event.id in self.gone:
+            return Refusal(event.id, program_chain.removed(revenue_events.name, event.id))
         if event.id in self.decided:
             first_hash, first, outcome = self.decided[event.id]
             if first_hash != hash_hex:

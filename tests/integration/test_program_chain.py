@@ -153,9 +153,10 @@ def test_the_events_that_posted_nothing_are_chained_as_stored_and_those_that_pos
     assert codes(chained) == set()
 
 
-def test_an_event_that_posted_nothing_deleted_and_sent_again_is_named_though_it_now_posts(chained):
-    """Deleted past the triggers, the payment of a customer attributed since is decided anew and
-    posts a commission the books had decided against: its row of the chain names it."""
+def test_an_event_that_posted_nothing_deleted_is_named_and_sent_again_is_refused_though_it_would_now_post(chained):
+    """Deleted past the triggers, the payment of a customer attributed since would be decided anew
+    and post a commission the books had decided against: its row of the chain names it, and
+    refuses it by name when it is sent again."""
     with behind_the_triggers(chained) as execute:
         execute("DELETE FROM revenue_events WHERE id IN ('stray-2', 'stray-1')")
     with chained.reader() as session:
@@ -167,25 +168,47 @@ def test_an_event_that_posted_nothing_deleted_and_sent_again_is_named_though_it_
     with chained.transaction() as session:
         customers.attribute(session, "stranger", "northwind", date(2026, 1, 1), "manual")
         [outcome] = revenue.ingest(session, [STRAYS[0]])
-    assert outcome.status == "posted"
+    assert isinstance(outcome, revenue.Refusal) and outcome.error.status == 409
+    assert outcome.error.detail.startswith("revenue event 'stray-1' was recorded once and is no longer: the "
+                                           "program's chain names it")
     with chained.reader() as session:
-        messages = {p.code: p.message for p in verify(session).problems}
-    assert messages["program_fact_altered"] == "revenue_events 'stray-1': not as the program chain recorded it"
-    assert "program_fact_missing" in messages  # the refund's row
+        assert {p.code for p in verify(session).problems} == {"program_fact_missing"}
+        assert session.execute(sa.text("SELECT count(*) FROM journal_transactions WHERE event_id = 'stray-1'")
+                               ).scalar_one() == 0
 
 
-def test_an_event_that_posted_nothing_deleted_and_sent_again_as_it_was_is_refused_by_name(chained):
-    """Decided as before, it would be chained again: the chain names it already. The batch is refused
-    whole, a conflict naming the event, not a 500 on the chain's key; nothing of it is stored."""
+@pytest.mark.parametrize("apart", [False, True], ids=["one batch", "in parts"])
+def test_an_event_that_posted_nothing_deleted_and_sent_again_as_it_was_is_refused_by_name(chained, apart):
+    """Decided as before, it would be chained again: the chain names it already. It is refused alone,
+    a conflict naming it, not a 500 on the chain's key, and the batch's other events are taken: in
+    one transaction, or in parts (`ingest_apart`, as the API applies a batch a running total
+    refused), whose earlier parts commit."""
     with behind_the_triggers(chained) as execute:
         execute("DELETE FROM revenue_events WHERE id IN ('stray-2', 'early-1')")
-    with pytest.raises(Conflict) as refused, chained.transaction() as session:
-        revenue.ingest(session, [program.paid("fresh", "stranger", "inv-f", 300, "2026-01-20"), *STRAYS[1:]])
-    assert refused.value.detail.startswith("revenue event 'early-1' (and 1 more) was recorded once and is no longer: "
-                                           "the program's chain names it")
+    batch = [program.paid("fresh", "stranger", "inv-f", 300, "2026-01-20"), *STRAYS[1:],
+             program.paid("later", "stranger", "inv-l", 300, "2026-01-21")]
+    if apart:
+        outcomes = revenue.ingest_apart(batch, chained.transaction)
+    else:
+        with chained.transaction() as session:
+            outcomes = revenue.ingest(session, batch)
+    assert [getattr(outcome, "status", None) for outcome in outcomes] == ["unattributed", None, None, "unattributed"]
+    assert [outcome.error.detail.split(" was ")[0] for outcome in outcomes[1:3]] == [
+        "revenue event 'stray-2'", "revenue event 'early-1'"]
+    assert {outcome.error.status for outcome in outcomes[1:3]} == {409}
     with chained.reader() as session:
-        assert session.execute(sa.text("SELECT count(*) FROM revenue_events WHERE id IN ('fresh', 'stray-2', "
-                                       "'early-1')")).scalar_one() == 0
+        assert sorted(session.execute(sa.text("SELECT id FROM revenue_events WHERE id IN ('fresh', 'stray-2', "
+                                              "'early-1', 'later')")).scalars()) == ["fresh", "later"]
+
+
+def test_the_chain_refuses_by_name_what_it_names_already(chained):
+    """Past the batch's own check: an event inserted and chained again in one transaction."""
+    with behind_the_triggers(chained) as execute:
+        execute("DELETE FROM revenue_events WHERE id = 'stray-2'")
+    with pytest.raises(Conflict, match="^revenue event 'stray-2' was recorded once"), chained.transaction() as session:
+        row = dict(zip(revenue.EVENT_COLUMNS, (*STRAYS[1], program.at("2026-01-07"), "h" * 64, "unattributed", None)))
+        session.execute(sa.insert(metadata.tables["revenue_events"]).values(**row))
+        program_chain.chain(session, [("revenue_events", row)])
 
 
 def test_a_fact_deleted_past_the_triggers_and_recorded_again_is_refused_by_name(chained):
