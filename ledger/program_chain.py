@@ -18,12 +18,12 @@ triggers it was decided anew when sent again. Rows are appended under a lock of 
 (`chain`), which the writers of facts and of events take last.
 
 The database holds that every fact inserted (and every event that posted nothing) has its row of
-the chain by the commit (a list of the
-facts due, whose foreign key to the chain is deferred to the commit, as migration 0026's), that the
-chain has no gap and each row names the previous row's hash, that its rows are never changed, and
-that a row names a fact that exists. What it cannot hold is the hash: `verify` recomputes each row
-(`verify_program_chain`), and as with the journal, the hashes have no secret, so a rewrite from some
-fact on can be made whole again by one who can write past the triggers. The head (`head`) is to be
+the chain by the commit (a list of the facts due, whose foreign key to the chain is deferred to the
+commit, as migration 0026's), that the chain has no gap and each row names the previous row's hash,
+that its rows are never changed, and that a row names a fact that exists. What it cannot hold is
+the hash: `verify` recomputes each row (`verify_program_chain`), and as with the journal, the hashes
+have no secret, so a rewrite from some fact on can be made whole again by one who can write past the
+triggers. The head (`head`) is to be
 recorded outside the database, as the journal's is (`revshare verify --program-head`), and every
 close made since 0053 holds the head as it closed in its close hash (`ledger.periods`), so a close
 recorded outside covers the program up to it too.
@@ -65,7 +65,7 @@ FACT_COLUMNS = {
     "revenue_events": ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
                        "recorded_at_us", "request_hash", "status", "first_eligible_customer_id"),
 }
-EVENTS = "revenue_events"  # chained once stored when they posted nothing; chained otherwise, named
+EVENTS = "revenue_events"  # those that posted nothing, chained as they are stored (migration 0056)
 # A withdrawn fact's columns, from its withdrawal's (`ledger.withdrawals.withdraw` writes them so).
 WITHDRAWN_AS = {
     "partner_statuses": {"partner_id": "subject_id", "status": "value", "effective_at_us": "starts_us",
@@ -78,8 +78,8 @@ WITHDRAWN_AS = {
                      "source": "detail", "recorded_at_us": "fact_recorded_at_us"},
 }
 INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is text; the fact's column is not
-TEXT_IDS = ("plans", "partners", "customers", "revenue_events")  # the facts whose ids are text; the others' are
-# integers
+# The facts whose ids are text; the others' are integers.
+TEXT_IDS = ("plans", "partners", "customers", "revenue_events")
 FACTS_NAMED = 5  # of each kind of problem, the first few are named
 NOUNS = {"plans": "plan", "partners": "partner", "customers": "customer", "revenue_events": "revenue event"}
 

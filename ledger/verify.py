@@ -43,9 +43,8 @@ withdrawn gone from its table, withdrawn before it started (`ledger.withdrawals`
 rules, for rows written around its triggers). And the program's chain (`ledger.program_chain`,
 migration 0053): every fact of the program, and every revenue event that posted nothing (0056),
 against its row, the chain whole, and a program head recorded earlier (`program_head`), as each
-close's own, which its close hash covers. And the
-triggers themselves, each as the migrations made it and firing, and on PostgreSQL the keys and
-checks (`ledger.guards`). All of it reads one snapshot. On SQLite it first reads every page of the
+close's own, which its close hash covers. And the triggers themselves, each as the migrations made
+it and firing, and on PostgreSQL the keys and checks (`ledger.guards`). All of it reads one snapshot. On SQLite it first reads every page of the
 file (`PRAGMA quick_check`): a damaged file is named, and nothing more is checked. Problems are
 values (`Problem`), never exceptions: verify reports, the caller decides.
 
