@@ -270,8 +270,8 @@ def test_the_latest_events_removed_with_their_rows_of_the_chain_are_named_by_a_p
 
 
 def test_an_event_writer_and_a_fact_writer_append_to_the_chain_in_turn(postgres_database):
-    """PostgreSQL: an event's writer holds the journal lock, not the program's; a fact's writer,
-    holding the program's, takes the journal's to append, and so waits for the event's commit."""
+    """PostgreSQL: an event's writer holds the journal lock, not the program's, and a fact's writer
+    the program's; each takes the chain's lock to append, so the fact's waits for the event's commit."""
     from tests.integration.conftest import second_writer_behind_first
 
     with postgres_database.transaction() as session:
@@ -533,7 +533,7 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
     from ledger.db import Database
     from ledger.migrate import alembic_config, upgrade
 
-    def chain_rows() -> list[tuple]:
+    def whole_chain() -> list[tuple]:
         with database.reader() as session:
             return [tuple(row) for row in session.execute(sa.text("SELECT * FROM program_chain ORDER BY id"))]
 
@@ -557,11 +557,11 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
         assert report.ok, report.problems
         assert chained_events(database) == [("stray-1", "unattributed"), ("stray-2", "unattributed"),
                                             ("early-1", "no_commission")]  # as recorded, then by id
-        backfilled = chain_rows()
+        backfilled = whole_chain()
         command.downgrade(alembic_config(empty_url), "0055")  # the chain's tail, as backfilled: taken off
-        assert chain_rows() == backfilled[:-3]
+        assert whole_chain() == backfilled[:-3]
         upgrade(empty_url)
-        assert chain_rows() == backfilled
+        assert whole_chain() == backfilled
         with database.transaction() as session:
             periods.close_period(session, "2026-01")  # holds the head, the last event's row
         with pytest.raises(RuntimeError, match="hold a program head among the events chained"):
