@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0056'
+REVISION = '0057'
 
 GUARDS = {
     'sqlite': {
@@ -15,10 +15,12 @@ GUARDS = {
         'trg_accounts_no_delete': ('accounts', '2e183d5314a03c95'),
         'trg_accounts_no_replace': ('accounts', 'f14018a6983283e6'),
         'trg_accounts_no_update': ('accounts', '7afbb3ebbb58de52'),
+        'trg_api_key_revocations_chain_due': ('api_key_revocations', '06dba542608b1534'),
         'trg_api_key_revocations_no_delete': ('api_key_revocations', 'c9b1e76c34de8911'),
         'trg_api_key_revocations_no_update': ('api_key_revocations', '190f478e386c8a0d'),
         'trg_api_key_revocations_reason_shape': ('api_key_revocations', 'aacf0b5eb1f0ed3e'),
         'trg_api_key_revocations_reason_without_nul': ('api_key_revocations', 'd398811015037dc3'),
+        'trg_api_keys_chain_due': ('api_keys', '1cbdd81dff1faae8'),
         'trg_api_keys_no_delete': ('api_keys', '8b34da1c18e7e651'),
         'trg_api_keys_no_replace': ('api_keys', '06aea12038a630d9'),
         'trg_api_keys_no_update': ('api_keys', 'a1b565f19f4fa539'),
@@ -172,7 +174,7 @@ GUARDS = {
         'trg_program_chain_clears_due': ('program_chain', '8eaa6e49872571df'),
         'trg_program_chain_due_met': ('program_chain_due', '584b0dfb8e22720c'),
         'trg_program_chain_due_no_update': ('program_chain_due', '66966edcf132342f'),
-        'trg_program_chain_fact_exists': ('program_chain', 'd08b82936fb98c04'),
+        'trg_program_chain_fact_exists': ('program_chain', '0dd443319e4f5976'),
         'trg_program_chain_linked': ('program_chain', 'b38b7eeef845bc43'),
         'trg_program_chain_no_delete': ('program_chain', '6276f4f9379647d4'),
         'trg_program_chain_no_replace': ('program_chain', '0ea4b6f6cfeec487'),
@@ -276,7 +278,7 @@ GUARDS = {
         'constraint ck_period_snapshots_non_negative ON period_snapshots': ('period_snapshots', '7c21f40248e79313'),
         'constraint ck_plan_versions_version_positive ON plan_versions': ('plan_versions', '71e2b5b8c0909d1b'),
         'constraint ck_program_chain_fact_table ON program_chain':
-            ('program_chain', '498a62c28301ce83', 'e1878dd23c6236d2'),
+            ('program_chain', 'f762a4dd7212c7b8', 'f36e70e51bfc3fef'),
         'constraint ck_program_chain_hash_length ON program_chain': ('program_chain', '76435706a60f2909'),
         'constraint ck_program_chain_id_positive ON program_chain': ('program_chain', '7d67467de10f9d21'),
         'constraint ck_program_revision_one_row ON program_revision': ('program_revision', 'b9eb2a224b9a98e2'),
@@ -398,7 +400,9 @@ GUARDS = {
             ('revenue_events', '48d24478631f4e8d'),
         'function account_totals_refuse_direct()': ('(function)', 'e77f5c2879dd1749'),
         'function accounts_in_the_chart()': ('(function)', 'f94675546bf8acc8'),
+        'function api_key_revocations_chain_due()': ('(function)', '157f3a34e881e7bc'),
         'function api_key_revocations_reason_shape()': ('(function)', '1c5c6752f4493a1b'),
+        'function api_keys_chain_due()': ('(function)', '88bc337e45a2a95c'),
         'function api_keys_no_update()': ('(function)', 'bd6128421e0d1b49'),
         'function api_keys_partner_known()': ('(function)', 'd435d8c073a781f0'),
         'function attributions_id_fresh()': ('(function)', 'af4090bbd313fd04'),
@@ -468,7 +472,7 @@ GUARDS = {
         'function program_chain_due_met()': ('(function)', 'c6554e615e8b2580'),
         'function program_chain_due_no_update()': ('(function)', '817075253a370496'),
         'function program_chain_in_turn()': ('(function)', '108ebe9726a906fd'),
-        'function program_chain_linked()': ('(function)', '50ff828dc12dee1a'),
+        'function program_chain_linked()': ('(function)', 'd3ae4d6fbe5c423d'),
         'function program_facts_withdrawn_only()': ('(function)', '8c50f346b754ec31'),
         'function program_revision_bump()': ('(function)', 'aceb9838401b11de'),
         'function program_revision_refuse_direct()': ('(function)', 'a9a8d44b0e8601da'),
@@ -490,9 +494,11 @@ GUARDS = {
         'trg_accounts_in_the_chart ON accounts': ('accounts', '1f1fa26de99c77c5'),
         'trg_accounts_no_change ON accounts': ('accounts', 'fe00d8c084cdcbdc'),
         'trg_accounts_no_truncate ON accounts': ('accounts', 'f16022a70ba7ad81'),
+        'trg_api_key_revocations_chain_due ON api_key_revocations': ('api_key_revocations', 'fb9fe0a7ff767ff9'),
         'trg_api_key_revocations_no_change ON api_key_revocations': ('api_key_revocations', '7ec3e95d480f6fa8'),
         'trg_api_key_revocations_no_truncate ON api_key_revocations': ('api_key_revocations', '25ecaa823efca2f9'),
         'trg_api_key_revocations_reason_shape ON api_key_revocations': ('api_key_revocations', '270c1ad4f8198543'),
+        'trg_api_keys_chain_due ON api_keys': ('api_keys', '6d2eec2703861812'),
         'trg_api_keys_no_delete ON api_keys': ('api_keys', '2d01d767a56d6921'),
         'trg_api_keys_no_truncate ON api_keys': ('api_keys', '63c0ea969106c8bb'),
         'trg_api_keys_no_update ON api_keys': ('api_keys', '57db22230bf8447a'),
@@ -638,7 +644,7 @@ GUARDS = {
         'trg_program_chain_due_no_truncate ON program_chain_due': ('program_chain_due', '45a2950252cf1948'),
         'trg_program_chain_due_no_update ON program_chain_due': ('program_chain_due', '5fbf9eaaca3d9e9b'),
         'trg_program_chain_in_turn ON program_chain': ('program_chain', '6540a1e1cd869105'),
-        'trg_program_chain_linked ON program_chain': ('program_chain', '4ab6e401aa691c7c'),
+        'trg_program_chain_linked ON program_chain': ('program_chain', 'ba1db3e29b3699e3'),
         'trg_program_chain_no_change ON program_chain': ('program_chain', '72ed80f4c52d8e2e'),
         'trg_program_chain_no_truncate ON program_chain': ('program_chain', '4153351148fcec8d'),
         'trg_program_revision_direct ON program_revision': ('program_revision', 'bd4bc8044ce556bf'),

@@ -13,6 +13,10 @@ A key is revoked by a row in `api_key_revocations` (migration 0027), never by ch
 its own row: a revoked key no longer authenticates. It is named by its id, or by the key itself
 (`key_id_of`): a key that leaked is at hand when its id was not kept. Processes cache a key's principal for
 `api.auth.PRINCIPAL_TTL_S`; another process still takes a revoked key for that long at most.
+
+Keys and revocations are chained as they are made (`ledger.program_chain`, migration 0057), so
+`verify` names one removed or rewritten past the database's rules. A revocation the chain names
+counts even when its row is gone: removing it does not let the key in again.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy import exists, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from ledger import program_chain
 from ledger.accounts import validate_partner_id
 from ledger.db import is_postgres
 from ledger.errors import NotFound, invalid
@@ -76,8 +81,11 @@ def create_key(session: Session, role: str, partner_id: str | None = None) -> tu
     _check_binding(session, role, partner_id)
     key_id = "key_" + secrets.token_hex(12)
     key = KEY_PREFIX + secrets.token_urlsafe(KEY_ENTROPY_BYTES)
-    session.execute(insert(api_keys).values(id=key_id, key_hash=hash_key(key), role=role, partner_id=partner_id,
-                                            created_at_us=time.time_ns() // 1000))
+    values = {"id": key_id, "key_hash": hash_key(key), "role": role, "partner_id": partner_id,
+              "created_at_us": time.time_ns() // 1000}
+    session.execute(insert(api_keys).values(**values))
+    if program_chain.keys_chained(session):
+        program_chain.chain(session, [("api_keys", values)])
     return key_id, key
 
 
@@ -102,6 +110,9 @@ def authenticate(session: Session, key: str) -> Principal | None:
         return None
     presented = hash_key(key)
     revoked = exists().where(api_key_revocations.c.api_key_id == api_keys.c.id)
+    if program_chain.keys_chained(session):  # a revocation removed past the database's rules still counts
+        c = program_chain.program_chain.c
+        revoked = revoked | exists().where(c.fact_table == "api_key_revocations", c.fact_id == api_keys.c.id)
     row = session.execute(select(api_keys.c.id, api_keys.c.key_hash, api_keys.c.role, api_keys.c.partner_id)
                           .where(api_keys.c.key_hash == presented, ~revoked)).first()
     if row is None or not hmac.compare_digest(row.key_hash, presented):
@@ -125,6 +136,9 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
                                .on_conflict_do_nothing(index_elements=["api_key_id"])
                                .returning(api_key_revocations.c.api_key_id)).first()
     if inserted is not None:
+        if program_chain.keys_chained(session):
+            row = {"api_key_id": key_id, "revoked_at_us": revocation.revoked_at_us, "reason": reason}
+            program_chain.chain(session, [("api_key_revocations", row)])
         return revocation, True
     first = session.execute(select(api_key_revocations).where(api_key_revocations.c.api_key_id == key_id)).one()
     return Revocation(first.api_key_id, first.revoked_at_us, first.reason), False

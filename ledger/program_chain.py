@@ -64,8 +64,13 @@ FACT_COLUMNS = {
                             "fact_recorded_at_us", "recorded_at_us"),
     "revenue_events": ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
                        "recorded_at_us", "request_hash", "status", "first_eligible_customer_id"),
+    "api_keys": ("id", "key_hash", "role", "partner_id", "created_at_us"),
+    "api_key_revocations": ("api_key_id", "revoked_at_us", "reason"),
 }
 EVENTS = "revenue_events"  # those that posted nothing, chained as they are stored (migration 0056)
+KEYS = ("api_keys", "api_key_revocations")  # chained as they are made (migration 0057)
+# A fact's key, where it is not `id`: a revocation is named by its key's id, one revocation a key.
+KEY_COLUMNS = {"api_key_revocations": "api_key_id"}
 # A withdrawn fact's columns, from its withdrawal's (`ledger.withdrawals.withdraw` writes them so).
 WITHDRAWN_AS = {
     "partner_statuses": {"partner_id": "subject_id", "status": "value", "effective_at_us": "starts_us",
@@ -79,9 +84,15 @@ WITHDRAWN_AS = {
 }
 INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is text; the fact's column is not
 # The facts whose ids are text; the others' are integers.
-TEXT_IDS = ("plans", "partners", "customers", "revenue_events")
+TEXT_IDS = ("plans", "partners", "customers", "revenue_events", *KEYS)
 FACTS_NAMED = 5  # of each kind of problem, the first few are named
-NOUNS = {"plans": "plan", "partners": "partner", "customers": "customer", "revenue_events": "revenue event"}
+NOUNS = {"plans": "plan", "partners": "partner", "customers": "customer", "revenue_events": "revenue event",
+         "api_keys": "API key", "api_key_revocations": "the revocation of API key"}
+
+
+def key_column(table: str) -> str:
+    """The column naming a fact of `table`: its `fact_id` in the chain."""
+    return KEY_COLUMNS.get(table, "id")
 
 
 def _unlike_json(value: Any) -> str:
@@ -138,14 +149,33 @@ def events_chained(session: Session) -> bool:
     """Whether the books chain the revenue events that posted nothing (revision 0056 and later; those
     below it, as the tests of earlier migrations write them with today's code, refuse an event's row
     of the chain). Kept as `chained` is."""
+    return _chained_since(session, "events", f"trg_{EVENTS}_chain_due")
+
+
+def keys_chained(session: Session) -> bool:
+    """Whether the books chain the API keys and their revocations (revision 0057 and later), as
+    `events_chained`."""
+    return _chained_since(session, "keys", f"trg_{KEYS[0]}_chain_due")
+
+
+def _chained_since(session: Session, name: str, trigger: str) -> bool:
     known = shared_cache(session, "program_chain")
-    if known is not None and known.get("events"):
+    if known is not None and known.get(name):
         return True
-    if "events_chained" not in session.info:
-        session.info["events_chained"] = chained(session) and trigger_exists(session, f"trg_{EVENTS}_chain_due")
-        if known is not None and session.info["events_chained"]:
-            known["events"] = True
-    return session.info["events_chained"]
+    asked = f"{name}_chained"
+    if asked not in session.info:
+        session.info[asked] = chained(session) and trigger_exists(session, trigger)
+        if known is not None and session.info[asked]:
+            known[name] = True
+    return session.info[asked]
+
+
+def tables_chained(session: Session) -> tuple[str, ...]:
+    """The tables whose facts the books chain, at their revision."""
+    if not chained(session):
+        return ()
+    tables = tuple(table for table in CHAINED_TABLES if table != EVENTS and table not in KEYS)
+    return tables + ((EVENTS,) if events_chained(session) else ()) + (KEYS if keys_chained(session) else ())
 
 
 HEAD = "SELECT id, hash FROM program_chain ORDER BY id DESC LIMIT 1"
@@ -194,7 +224,7 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
     written = None if nested else known.get("program_head")
     ids: dict[str, list[str]] = {}
     for table, row in facts:
-        ids.setdefault(table, []).append(str(row["id"]))
+        ids.setdefault(table, []).append(str(row[key_column(table)]))
     reads = [] if written else [(HEAD, ())]
     reads += [read for table, table_ids in ids.items() for read in chained_reads(session, table, table_ids)]
     found = locked(session, reads, key=PROGRAM_CHAIN_LOCK_KEY) if reads else []
@@ -207,7 +237,7 @@ def chain(session: Session, facts: Iterable[tuple[str, dict[str, Any]]]) -> None
     for table, row in facts:
         hashed = fact_hash(prev_hash, table, content(table, row))
         head_id += 1
-        links.append((head_id, table, str(row["id"]), prev_hash, hashed))
+        links.append((head_id, table, str(row[key_column(table)]), prev_hash, hashed))
         prev_hash = hashed
     if links:
         insert_many(session, program_chain, LINK_COLUMNS, links)
@@ -256,7 +286,7 @@ def verify_program_chain(session: Session, recorded_head: tuple[int, str] | None
     if not chained(session):
         return []
     problems = _links_broken(session)
-    for table in CHAINED_TABLES if events_chained(session) else CHAINED_TABLES[:-1]:
+    for table in tables_chained(session):
         problems.extend(_facts_unlike_their_rows(session, table))
     if recorded_head is not None:
         problems.extend(_check_recorded_head(session, recorded_head))
@@ -286,7 +316,8 @@ def _facts_unlike_their_rows(session: Session, table: str) -> list[tuple[None, s
     takes only the others)."""
     c = program_chain.c
     fact_table = metadata.tables[table]
-    fact_id = fact_table.c.id if table in TEXT_IDS else cast(fact_table.c.id, String)  # by the key's index
+    key = fact_table.c[key_column(table)]
+    fact_id = key if table in TEXT_IDS else cast(key, String)  # by the key's index
     link = (c.fact_table == table) & (c.fact_id == fact_id)
     width = len(FACT_COLUMNS[table])
     facts_and_rows = select(*(fact_table.c[column] for column in FACT_COLUMNS[table]),
@@ -298,7 +329,7 @@ def _facts_unlike_their_rows(session: Session, table: str) -> list[tuple[None, s
     else:
         queries = (facts_and_rows.outerjoin(program_chain, link),)
     rows = itertools.chain.from_iterable(
-        session.execute(query.order_by(fact_table.c.id).execution_options(yield_per=10_000)) for query in queries)
+        session.execute(query.order_by(key).execution_options(yield_per=10_000)) for query in queries)
     found = ((tuple(row[:width]), row[width], row[width + 1]) for row in rows)
     if table in WITHDRAWN_AS:
         w = program_withdrawals.c
@@ -343,12 +374,14 @@ def _rows_without_facts(session: Session, table: str, facts: int) -> list[tuple[
         key = "CASE WHEN c.fact_id ~ '^[1-9][0-9]{0,17}$' THEN c.fact_id::bigint END"
     else:
         key = "CAST(c.fact_id AS INTEGER)"
+    column = key_column(table)
     withdrawn = (f" AND NOT EXISTS (SELECT 1 FROM program_withdrawals w WHERE w.fact_table = c.fact_table"
                  f" AND w.fact_id = {key} AND CAST(w.fact_id AS VARCHAR(20)) = c.fact_id)"
                  if table in WITHDRAWN_AS else "")
     missing = driver_rows(session, f"SELECT c.id, c.fact_id FROM program_chain c WHERE c.fact_table = ?"
-                                   f" AND NOT EXISTS (SELECT 1 FROM {table} f WHERE f.id = {key}"
-                                   f" AND CAST(f.id AS VARCHAR(64)) = c.fact_id){withdrawn} ORDER BY c.id LIMIT ?",
+                                   f" AND NOT EXISTS (SELECT 1 FROM {table} f WHERE f.{column} = {key}"
+                                   f" AND CAST(f.{column} AS VARCHAR(64)) = c.fact_id){withdrawn}"
+                                   " ORDER BY c.id LIMIT ?",
                           (table, FACTS_NAMED))
     where = "neither in its table nor withdrawn" if table in WITHDRAWN_AS else "not in its table"
     return [(None, "program_fact_missing", f"row {row_id} of the program chain names {table} {fact_id!r}, which is "

@@ -282,12 +282,12 @@ program_withdrawals = Table(
 )
 
 # The program's facts, chained in the order recorded (ledger/program_chain.py, migration 0053), and the
-# revenue events that posted nothing (migration 0056): each fact of its tables has one row here,
-# naming its table and id, with a SHA-256 of the previous row's hash and the fact's content.
-# `fact_id` is the fact's id as text (plans, partners, customers and events have text ids, the others
-# integers).
+# revenue events that posted nothing (migration 0056), the API keys and their revocations (migration
+# 0057): each fact of its tables has one row here, naming its table and id, with a SHA-256 of the
+# previous row's hash and the fact's content. `fact_id` is the fact's id as text (plans, partners,
+# customers, events and keys have text ids, the others integers; a revocation's is its key's).
 PROGRAM_CHAIN_TABLES = ("plans", "plan_versions", "partners", "partner_statuses", "partner_plans", "customers",
-                        "attributions", "program_withdrawals", "revenue_events")
+                        "attributions", "program_withdrawals", "revenue_events", "api_keys", "api_key_revocations")
 program_chain = Table(
     "program_chain",
     metadata,

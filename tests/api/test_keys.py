@@ -35,11 +35,13 @@ def _revoke_elsewhere(database, key: str) -> None:
     from sqlalchemy import text
 
     from ledger.keys import hash_key
+    from tests.integration.conftest import chain_due
 
     with database.transaction() as session:
         session.execute(text("INSERT INTO api_key_revocations (api_key_id, revoked_at_us, reason) "
                              "SELECT id, :now_us, 'elsewhere' FROM api_keys WHERE key_hash = :hash"),
                         {"hash": hash_key(key), "now_us": time.time_ns() // 1000})
+        chain_due(session.connection())
 
 
 def test_a_known_key_is_answered_from_the_process_cache_until_it_expires(database, client, keys, monkeypatch):
@@ -137,3 +139,23 @@ def test_only_spaces_and_tabs_around_a_key_are_taken_for_none(client, keys, arou
         assert answer.status_code == 401, token
     spaced = client.get("/v1/transactions?limit=1", headers={"Authorization": f"Bearer  \t{keys.finance} \t"})
     assert spaced.status_code == 200
+
+
+def test_a_revocation_removed_past_the_database_rules_keeps_its_key_out_and_is_a_409_when_made_again(
+        database, client, keys):
+    """The program's chain names the revocation (migration 0057): deleted past the triggers, the key
+    is still a 401 in a process that had not cached it, and a second revocation is refused by name."""
+    from ledger.keys import key_id_of
+    from tests.integration.test_tamper_evidence import behind_the_triggers
+
+    headers = {"Authorization": f"Bearer {keys.finance}"}
+    admin = {"Authorization": f"Bearer {keys.admin}"}
+    with database.reader() as session:
+        key_id = key_id_of(session, keys.finance)
+    assert client.post(f"/v1/api-keys/{key_id}/revocation", json={"reason": "leaked"}, headers=admin).status_code == 201
+    with behind_the_triggers(database) as execute:
+        execute(f"DELETE FROM api_key_revocations WHERE api_key_id = '{key_id}'")
+    database.shared.pop("principals", None)  # another process: nothing cached, it asks the database
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
+    again = expect(client.post(f"/v1/api-keys/{key_id}/revocation", json={}, headers=admin), 409)
+    assert again["detail"].startswith(f"the revocation of API key {key_id!r} was recorded once and is no longer")

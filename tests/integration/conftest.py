@@ -148,7 +148,7 @@ def chain_due(connection) -> None:
     due = connection.execute(sa.text("SELECT fact_table, fact_id FROM program_chain_due")).all()
     facts = []
     for table_name, fact_id in sorted(due, key=lambda row: (program_chain.CHAINED_TABLES.index(row[0]), row[1])):
-        table = metadata.tables[table_name]
-        key = fact_id if isinstance(table.c.id.type, sa.String) else int(fact_id)
-        facts.append((table_name, connection.execute(sa.select(table).where(table.c.id == key)).one()._mapping))
+        column = metadata.tables[table_name].c[program_chain.key_column(table_name)]
+        key = fact_id if isinstance(column.type, sa.String) else int(fact_id)
+        facts.append((table_name, connection.execute(sa.select(column.table).where(column == key)).one()._mapping))
     program_chain.chain(Session(bind=connection), facts)

@@ -1,7 +1,8 @@
-"""The program's facts chained as recorded (ledger/program_chain.py, migration 0053), and the revenue
-events that posted nothing (0056): every path that records a fact or stores such an event chains it,
-`verify` names a fact or event rewritten, added or removed past the triggers, a recorded program head
-or close names a rewrite made whole again, and the database holds the chain's shape without Python."""
+"""The program's facts chained as recorded (ledger/program_chain.py, migration 0053), the revenue
+events that posted nothing (0056), and the API keys and their revocations (0057): every path that
+records a fact, stores such an event or makes a key or revocation chains it, `verify` names one
+rewritten, added or removed past the triggers, a recorded program head or close names a rewrite made
+whole again, and the database holds the chain's shape without Python."""
 
 import json
 from datetime import date, timedelta
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DatabaseError
 
-from ledger import customers, partners, periods, plans, program_chain, revenue
+from ledger import customers, keys, partners, periods, plans, program_chain, revenue
 from ledger.errors import Conflict
 from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata
 from ledger.verify import verify
@@ -43,6 +44,9 @@ def chained(database):
         attribution, _ = customers.attribute(session, "fabrikam", "northwind", AHEAD, "manual", replace=True)
         customers.withdraw_attribution(session, "fabrikam", attribution.id)
         revenue.ingest(session, STRAYS)
+        keys.create_key(session, "admin")
+        revoked, _ = keys.create_key(session, "partner", "contoso")
+        keys.revoke_key(session, revoked, "leaked")
     return database
 
 
@@ -54,7 +58,8 @@ STRAYS = [program.paid("stray-1", "stranger", "inv-s1", 5_000, "2026-01-05"),
 
 
 def facts_count(session) -> int:
-    """Each fact in force, withdrawn, and each withdrawal; each event that posted nothing."""
+    """Each fact in force, withdrawn, and each withdrawal; each event that posted nothing; each key
+    and revocation."""
     def count(sql: str) -> int:
         return session.execute(sa.text(sql)).scalar_one()
     return (sum(count(f"SELECT count(*) FROM {table}") for table in PROGRAM_CHAIN_TABLES
@@ -118,6 +123,9 @@ def test_a_part_of_the_terms_no_payment_has_used_rewritten_is_named(chained):
     "UPDATE revenue_events SET recorded_at_us = recorded_at_us + 1 WHERE id = 'early-1'",
     "UPDATE revenue_events SET amount_minor = 900 WHERE id = 'stray-2'",
     "UPDATE revenue_events SET status = 'no_commission' WHERE id = 'stray-1'",
+    # Keys and revocations (migration 0057): a partner key bound to another partner, a revocation moved.
+    "UPDATE api_keys SET partner_id = 'northwind' WHERE partner_id = 'contoso'",
+    "UPDATE api_key_revocations SET revoked_at_us = revoked_at_us + 1",
 ])
 def test_a_fact_of_any_kind_rewritten_is_named(chained, statement):
     with behind_the_triggers(chained) as execute:
@@ -224,6 +232,37 @@ def test_a_fact_deleted_past_the_triggers_and_recorded_again_is_refused_by_name(
         customers.attribute(session, "initrode", "northwind", date(2026, 1, 1), "manual")
 
 
+def test_a_revocation_deleted_past_the_triggers_is_named_and_its_key_stays_revoked(chained):
+    """Deleted, a revocation let its key in again, unseen by `verify`: the chain names it, so the key
+    is still refused, and revoking it again is refused by name, not a 500 on the chain's key."""
+    with chained.transaction() as session:
+        key_id, key = keys.create_key(session, "finance")
+        keys.revoke_key(session, key_id, "leaked")
+    with behind_the_triggers(chained) as execute:
+        execute(f"DELETE FROM api_key_revocations WHERE api_key_id = '{key_id}'")
+    with chained.reader() as session:
+        [problem] = verify(session).problems
+        assert keys.authenticate(session, key) is None
+        row = session.execute(sa.text("SELECT id FROM program_chain WHERE fact_table = 'api_key_revocations' "
+                                      "AND fact_id = :key"), {"key": key_id}).scalar_one()
+    assert (problem.code, problem.message) == (
+        "program_fact_missing", f"row {row} of the program chain names api_key_revocations {key_id!r}, which is not in "
+                                "its table")
+    with pytest.raises(Conflict, match=f"^the revocation of API key {key_id!r} was recorded once and is no longer"):
+        with chained.transaction() as session:
+            keys.revoke_key(session, key_id, "again")
+
+
+def test_a_key_deleted_past_the_triggers_is_named(chained):
+    with chained.reader() as session:
+        key_id = session.execute(sa.text("SELECT id FROM api_keys WHERE role = 'admin'")).scalar_one()
+    with behind_the_triggers(chained) as execute:
+        execute(f"DELETE FROM api_keys WHERE id = '{key_id}'")
+    with chained.reader() as session:
+        [problem] = verify(session).problems
+    assert problem.code == "program_fact_missing" and f"names api_keys {key_id!r}, which is not" in problem.message
+
+
 def test_a_raw_writer_appending_to_the_chain_takes_its_turn_before_the_service(postgres_database):
     """PostgreSQL: a statement inserting into the chain takes the chain's lock (migration 0056), so
     the service's append waits for a writer sending its own SQL, then reads the head it left."""
@@ -253,11 +292,13 @@ def chain_rows(database, *event_ids: str) -> list[tuple[int, str]]:
 
 
 def test_the_latest_events_removed_with_their_rows_of_the_chain_are_named_by_a_program_head_recorded(chained):
+    with chained.transaction() as session:
+        revenue.ingest(session, [program.paid("stray-3", "stranger", "inv-s3", 700, "2026-01-11")])
     with chained.reader() as session:
         recorded_head = verify(session).program_head
     with behind_the_triggers(chained) as execute:
-        execute("DELETE FROM revenue_events WHERE id = 'early-1'")
-        execute("DELETE FROM program_chain WHERE fact_id = 'early-1'")
+        execute("DELETE FROM revenue_events WHERE id = 'stray-3'")
+        execute("DELETE FROM program_chain WHERE fact_id = 'stray-3'")
     assert codes(chained) == set()  # the tail: nothing in the books tells
     assert codes(chained, program_head=recorded_head) == {"program_head_missing"}
 
@@ -307,7 +348,7 @@ def rechain(execute, database) -> None:
         for row in rows:
             table = metadata.tables[row.fact_table]
             key = row.fact_id if row.fact_table in program_chain.TEXT_IDS else int(row.fact_id)
-            fact = session.execute(sa.select(table).where(table.c.id == key)).first()
+            fact = session.execute(sa.select(table).where(table.c[program_chain.key_column(table.name)] == key)).first()
             if fact is None:
                 withdrawal = session.execute(sa.text("SELECT * FROM program_withdrawals WHERE fact_table = :t AND "
                                                      "fact_id = :i"), {"t": row.fact_table, "i": key}).one()
@@ -408,6 +449,41 @@ def test_the_database_refuses_an_event_that_posted_nothing_left_unchained_by_the
         assert session.execute(sa.text("SELECT count(*) FROM revenue_events WHERE id = 'raw-1'")).scalar_one() == 0
 
 
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO api_keys (id, key_hash, role, partner_id, created_at_us) "
+    "VALUES ('key_raw', '{fill}', 'admin', NULL, 1)",
+    "INSERT INTO api_key_revocations (api_key_id, revoked_at_us, reason) SELECT id, 1, NULL FROM api_keys "
+    "WHERE role = 'admin'",
+], ids=["key", "revocation"])
+def test_the_database_refuses_a_key_or_revocation_left_unchained_by_the_commit(chained, statement):
+    message = refused(chained, statement.format(fill="f" * 64))
+    assert "program_chain" in message or "FOREIGN KEY" in message
+    with chained.reader() as session:
+        assert session.execute(sa.text("SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM "
+                                       "api_key_revocations)")).one() == (2, 1)
+
+
+def test_a_revocation_replaced_from_a_plain_sqlite_connection_is_named_and_leaves_nothing_due(sqlite_database):
+    """SQLite lets a REPLACE of a revocation through from a connection without `recursive_triggers`
+    (migration 0036): the row it writes is the one the chain names, checked by `verify`, not a new
+    one left on the list of facts due."""
+    import sqlite3
+
+    with sqlite_database.transaction() as session:
+        key_id, _ = keys.create_key(session, "billing")
+        keys.revoke_key(session, key_id, "leaked")
+    connection = sqlite3.connect(sqlite_database.engine.url.database)
+    try:
+        with connection:
+            connection.execute("INSERT OR REPLACE INTO api_key_revocations VALUES (?, 5, 'restated')", (key_id,))
+    finally:
+        connection.close()
+    assert codes(sqlite_database) == {"program_fact_altered"}
+    with sqlite_database.reader() as session:
+        assert session.execute(sa.text("SELECT reason FROM api_key_revocations")).scalar_one() == "restated"
+        assert session.execute(sa.text("SELECT count(*) FROM program_chain_due")).scalar_one() == 0
+
+
 def test_the_database_takes_a_fact_chained_by_hand_and_verify_names_a_wrong_hash(chained):
     with chained.reader() as session:
         head_id, head_hash = program_chain.head(session)
@@ -468,8 +544,12 @@ def test_the_database_refuses_a_close_without_the_program_head(chained):
 def test_the_migrations_frozen_copy_hashes_as_the_ledger_does():
     migration = revision("0053_program_facts_chained.py")
     events = revision("0056_events_that_posted_nothing_chained.py")
-    assert migration.FACT_COLUMNS | events.FACT_COLUMNS == program_chain.FACT_COLUMNS
-    assert events.TABLES == (*migration.TABLES, *events.FACT_COLUMNS) == PROGRAM_CHAIN_TABLES
+    keyed = revision("0057_keys_chained.py")
+    assert migration.FACT_COLUMNS | events.FACT_COLUMNS | keyed.FACT_COLUMNS == program_chain.FACT_COLUMNS
+    assert keyed.TABLES == (*events.TABLES, *keyed.FACT_COLUMNS) == PROGRAM_CHAIN_TABLES
+    assert events.TABLES == (*migration.TABLES, *events.FACT_COLUMNS)
+    assert {table: program_chain.key_column(table) for table in keyed.FACT_COLUMNS} == keyed.KEY_COLUMNS
+    assert keyed.FACT_COLUMNS == {table: tuple(metadata.tables[table].c.keys()) for table in keyed.FACT_COLUMNS}
     assert events.FACT_COLUMNS["revenue_events"] == revenue.EVENT_COLUMNS
     assert migration.WITHDRAWN_AS == program_chain.WITHDRAWN_AS
     for content in ((7, "Ünïcode \ud800 name", -1, None), ("a", b"blob", 1.5)):
@@ -565,6 +645,54 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
         assert [event_id for event_id, _ in chained_events(database)][-2:] == ["z-stray", "a-stray"]
         with pytest.raises(RuntimeError, match="chained in the order stored"):
             command.downgrade(alembic_config(empty_url), "0055")
+        with database.reader() as session:
+            assert verify(session).ok
+    finally:
+        database.dispose()
+
+
+def test_0057_chains_the_keys_and_revocations_of_books_made_before_it_and_goes_down_while_they_are_its_tail(
+        empty_url):
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    def whole_chain() -> list[tuple]:
+        with database.reader() as session:
+            return [tuple(row) for row in session.execute(sa.text("SELECT * FROM program_chain ORDER BY id"))]
+
+    upgrade(empty_url, "0056")
+    database = Database(empty_url)
+    try:
+        with database.transaction() as session:  # below 0057 the service makes them unchained
+            program.seed(session)
+            made = [keys.create_key(session, role)[0] for role in ("billing", "admin")]
+            keys.revoke_key(session, made[0], "leaked")
+            revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10"), STRAYS[0]])
+        before = whole_chain()
+        upgrade(empty_url)
+        with database.reader() as session:
+            report = verify(session)
+            assert session.execute(sa.text("SELECT count(*) FROM program_chain")).scalar_one() == facts_count(session)
+            in_order = session.execute(sa.text("SELECT id FROM api_keys ORDER BY created_at_us, id")).scalars().all()
+        assert report.ok, report.problems
+        backfilled = whole_chain()
+        assert backfilled[:len(before)] == before
+        assert [row[1:3] for row in backfilled[len(before):]] == [
+            *(("api_keys", key_id) for key_id in in_order), ("api_key_revocations", made[0])]
+        command.downgrade(alembic_config(empty_url), "0056")  # the chain's tail, as backfilled: taken off
+        assert whole_chain() == before
+        upgrade(empty_url)
+        assert whole_chain() == backfilled
+        with database.transaction() as session:
+            periods.close_period(session, "2026-01")  # holds the head, the revocation's row
+        with pytest.raises(RuntimeError, match="hold a program head among the keys chained"):
+            command.downgrade(alembic_config(empty_url), "0056")
+        with database.transaction() as session:  # made after the revocation: chained after it
+            keys.create_key(session, "finance")
+        with pytest.raises(RuntimeError, match="chained in the order made"):
+            command.downgrade(alembic_config(empty_url), "0056")
         with database.reader() as session:
             assert verify(session).ok
     finally:
