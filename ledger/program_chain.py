@@ -14,8 +14,10 @@ chain, and its content is read from its withdrawal, which holds all of it (`WITH
 The revenue events that posted nothing (`unattributed`, `no_commission`) are chained too, as they
 are stored (migration 0056): an event that posts is named by its postings, whose hashes cover it in
 the journal's chain, but one that posted nothing was named by nothing, and deleted past the
-triggers it was decided anew when sent again. Rows are appended under a lock of the chain's own
-(`chain`), which the writers of facts and of events take last.
+triggers it was decided anew when sent again. So are the API keys and their revocations, as they
+are made (migration 0057; `ledger.keys`): deleted past the triggers, a revocation let its key in
+again, unseen. A revocation is named by its key's id (`KEY_COLUMNS`). Rows are appended under a lock
+of the chain's own (`chain`), which every writer of them takes last.
 
 The database holds that every fact inserted (and every event that posted nothing) has its row of
 the chain by the commit (a list of the facts due, whose foreign key to the chain is deferred to the

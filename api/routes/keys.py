@@ -63,6 +63,8 @@ class RevocationSchema(Schema):
 @blp.route("/api-keys/<string(maxlength=32):key_id>/revocation", methods=["POST"])
 @allow("admin")
 @refuses(404, "no API key has this id")
+@refuses(409, "the key's revocation was removed past the database's rules (`revshare verify` names it); the key "
+              "stays revoked")
 @idempotent
 @blp.arguments(RevocationRequestSchema)
 @blp.response(201, RevocationSchema)

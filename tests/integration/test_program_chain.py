@@ -251,6 +251,12 @@ def test_a_revocation_deleted_past_the_triggers_is_named_and_its_key_stays_revok
     with pytest.raises(Conflict, match=f"^the revocation of API key {key_id!r} was recorded once and is no longer"):
         with chained.transaction() as session:
             keys.revoke_key(session, key_id, "again")
+    with chained.transaction() as session:  # restored past Python, restated: the chain's row stands for it
+        session.execute(sa.text("INSERT INTO api_key_revocations (api_key_id, revoked_at_us, reason) "
+                                "VALUES (:key, 1, 'restated')"), {"key": key_id})
+    with chained.reader() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM program_chain_due")).scalar_one() == 0
+    assert codes(chained) == {"program_fact_altered"}
 
 
 def test_a_key_deleted_past_the_triggers_is_named(chained):
