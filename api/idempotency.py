@@ -106,6 +106,22 @@ def _read_alike(schema: Schema | None, stored_body: str, body: str) -> bool:
         return False
 
 
+def _fields_read_otherwise(schema: Schema | None, stored_body: str, body: str) -> list[str]:
+    """The top-level fields a conflict names: of those spelled otherwise, each whose new value, put
+    in the original body in place of its own, has `schema` read a request other than the original
+    ("1.50" for "1.5" is not named); every field spelled otherwise when none is so alone (fields read
+    together) or the route has no schema."""
+    fields = idempotency.differing_fields(stored_body, body)
+    before, after = json.loads(stored_body), json.loads(body)
+    if schema is None or not isinstance(before, dict) or not isinstance(after, dict):
+        return fields
+
+    def with_new(name: str) -> str:
+        changed = {field: value for field, value in before.items() if field != name}
+        return canonical_json(changed | ({name: after[name]} if name in after else {}))
+    return [name for name in fields if not _read_alike(schema, stored_body, with_new(name))] or fields
+
+
 def _once(key: str, redact: tuple[str, ...], body_schema: Schema | None, run: Callable) -> Response:
     _check_key(key)
     key_id = current_principal().key_id
@@ -201,7 +217,7 @@ def _answer(stored: StoredRequest, key: str, asked: str, body: str, body_schema:
     if not same_route:
         raise IdempotencyConflict(f"{HEADER} {key[:40]!r} was already used for {stored.method} {stored.path}",
                                   {HEADER: [f"was already used for {stored.method} {stored.path}"]})
-    fields = idempotency.differing_fields(stored.request_body, body)
+    fields = _fields_read_otherwise(body_schema, stored.request_body, body)
     raise IdempotencyConflict(f"{HEADER} {key[:40]!r} was already used with a different request body",
                               {name: ["differs from the original request"] for name in fields})
 

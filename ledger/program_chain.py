@@ -88,6 +88,7 @@ INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is tex
 # The facts whose ids are text; the others' are integers.
 TEXT_IDS = ("plans", "partners", "customers", "revenue_events", *KEYS)
 FACTS_NAMED = 5  # of each kind of problem, the first few are named
+ROW_ID_MAX = 2**63 - 1  # the chain's ids are the database's 64-bit integers; a head recorded past them is missing
 NOUNS = {"plans": "plan", "partners": "partner", "customers": "customer", "revenue_events": "revenue event",
          "api_keys": "API key", "api_key_revocations": "the revocation of API key"}
 
@@ -392,7 +393,8 @@ def _rows_without_facts(session: Session, table: str, facts: int) -> list[tuple[
 
 def _check_recorded_head(session: Session, recorded_head: tuple[int, str]) -> list[tuple[None, str, str]]:
     head_id, recorded_hash = recorded_head
-    found = session.execute(select(program_chain.c.hash).where(program_chain.c.id == head_id)).scalar()
+    found = None if head_id > ROW_ID_MAX else session.execute(
+        select(program_chain.c.hash).where(program_chain.c.id == head_id)).scalar()
     if found is None:
         return [(None, "program_head_missing", f"the program chain ends before row {head_id}, the head recorded: "
                                                "facts were removed")]

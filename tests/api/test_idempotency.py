@@ -120,6 +120,10 @@ def test_a_retry_spelling_a_value_otherwise_replays_and_another_value_is_a_409(s
     assert changed.status_code == 409 and set(changed.get_json()["errors"]) == set(other), changed.data
     refused = post(scratch.client, scratch.keys.finance, path, {**body, **{name: "?" for name in other}}, key)
     assert refused.status_code == 409 and set(refused.get_json()["errors"]) == set(other), refused.data
+    # Spelt otherwise and another field changed: the conflict names the other field alone.
+    field = "name" if "name" in body else "reason"
+    mixed = post(scratch.client, scratch.keys.finance, path, {**body, **otherwise, field: "changed"}, key)
+    assert mixed.status_code == 409 and set(mixed.get_json()["errors"]) == {field}, mixed.data
 
 
 def test_the_same_key_on_another_path_is_a_409_naming_the_header(scratch):

@@ -96,7 +96,8 @@ def test_integrity_proves_a_program_head_recorded_earlier_and_names_one_it_does_
     head_id, head_hash = body["program_head"].split(":")
     assert int(head_id) > 0 and len(head_hash) == 64  # the shared books' program: plans, partners, customers
     for recorded, codes in ((body["program_head"], []), (f"{head_id}:{'f' * 64}", ["program_head_rewritten"]),
-                            (f"{int(head_id) + 1}:{head_hash}", ["program_head_missing"])):
+                            (f"{int(head_id) + 1}:{head_hash}", ["program_head_missing"]),
+                            (f"{2**63}:{head_hash}", ["program_head_missing"])):  # past the database's integers
         found = shared.client.get(f"/v1/integrity?program_head={recorded}", headers=bearer(shared.keys.finance))
         assert [p["code"] for p in found.get_json()["problems"]] == codes, recorded
     for bad in ("4", "x:" + "0" * 64, "0:" + "0" * 64, "4:" + "0" * 63):
