@@ -144,14 +144,19 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
     return Revocation(first.api_key_id, first.revoked_at_us, first.reason), False
 
 
-def list_keys(session: Session) -> list[KeyRecord]:
-    """Every key, oldest first, with its revocation if it has one."""
+def list_keys(session: Session, *, after_id: str | None = None, limit: int | None = None) -> list[KeyRecord]:
+    """Every key with its revocation if it has one, oldest first (`revshare keys list`); or, given a
+    `limit`, a page of them in id order after `after_id` (the API's list, whose pages are by key)."""
     k, r = api_keys.c, api_key_revocations.c
-    rows = session.execute(select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason)
-                           .outerjoin(api_key_revocations, r.api_key_id == k.id).order_by(k.created_at_us, k.id))
+    query = (select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason)
+             .outerjoin(api_key_revocations, r.api_key_id == k.id))
+    if limit is None:
+        query = query.order_by(k.created_at_us, k.id)
+    else:
+        query = query.order_by(k.id).limit(limit).where(k.id > after_id if after_id is not None else True)
     return [KeyRecord(row.id, row.role, row.partner_id, row.created_at_us,
                       None if row.revoked_at_us is None else Revocation(row.id, row.revoked_at_us, row.reason))
-            for row in rows]
+            for row in session.execute(query)]
 
 
 def key_id_of(session: Session, key: str) -> str:

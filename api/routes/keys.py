@@ -4,7 +4,11 @@ must name a partner that exists (422 naming `partner_id` otherwise).
 POST /v1/api-keys/{id}/revocation (admin): revoke a key (201); it no longer authenticates, in every
 worker within `api.auth.PRINCIPAL_TTL_S`. Revoking it again answers the first revocation (200). Not
 in the contract, which is silent on revocation: a key that leaks must be stopped without editing
-the database (keys are never updated or deleted)."""
+the database (keys are never updated or deleted).
+
+GET /v1/api-keys (admin): every key, in id order, a page at a time, with its revocation if it has
+one; never a key itself, which is not stored. Not in the contract either: without it, an admin over
+HTTP could revoke only the keys whose ids it had kept."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from api.body import Blueprint
 from api.fields import PartnerId, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
+from api.pagination import Listing, page, page_query, page_schema
 from api.schemas import Schema
 from api.session import current_session
 from ledger import keys
@@ -22,6 +27,16 @@ from ledger.instants import format_instant
 from ledger.schema import API_ROLES
 
 blp = Blueprint("api-keys", __name__, description="API keys (admin only)")
+KEY_ID_LENGTH_MAX = 32  # `api_keys.id`
+
+
+def _key_id(text: str) -> str:
+    if not 0 < len(text) <= KEY_ID_LENGTH_MAX:
+        raise ValueError(text)
+    return text
+
+
+LISTING = Listing("api-keys", _key_id)
 
 
 class KeyRequestSchema(Schema):
@@ -60,6 +75,36 @@ class RevocationSchema(Schema):
     reason = ma.fields.String(required=True, allow_none=True)
 
 
+class KeyRecordSchema(Schema):
+    id = ma.fields.String(required=True)
+    role = ma.fields.String(required=True)
+    partner_id = ma.fields.String(required=True, allow_none=True)
+    created_at = ma.fields.String(required=True, metadata={"description": "RFC 3339 instant"})
+    revocation = ma.fields.Nested(RevocationSchema, required=True, allow_none=True,
+                                  metadata={"description": "null while the key is not revoked"})
+
+
+def _record(record: keys.KeyRecord) -> dict:
+    revocation = record.revocation and _revocation(record.revocation)
+    return {"id": record.id, "role": record.role, "partner_id": record.partner_id,
+            "created_at": format_instant(record.created_at_us), "revocation": revocation}
+
+
+def _revocation(revocation: keys.Revocation) -> dict:
+    return {"id": revocation.key_id, "revoked_at": format_instant(revocation.revoked_at_us),
+            "reason": revocation.reason}
+
+
+@blp.route("/api-keys", methods=["GET"])
+@allow("admin")
+@blp.arguments(page_query(LISTING), location="query", as_kwargs=True)
+@blp.response(200, page_schema(KeyRecordSchema))
+def list_keys(limit: int, cursor: str | None):
+    """API keys in id order, with their revocations (never a key itself)"""
+    rows = keys.list_keys(current_session(), after_id=cursor, limit=limit + 1)
+    return page(rows, limit, _record, encode=LISTING.cursor)
+
+
 @blp.route("/api-keys/<string(maxlength=32):key_id>/revocation", methods=["POST"])
 @allow("admin")
 @refuses(404, "no API key has this id")
@@ -74,6 +119,4 @@ def revoke_key(args, key_id: str):
     session = current_session()
     revocation, created = keys.revoke_key(session, key_id, args["reason"])
     forget(key_id, session)
-    body = {"id": revocation.key_id, "revoked_at": format_instant(revocation.revoked_at_us),
-            "reason": revocation.reason}
-    return body, 201 if created else 200
+    return _revocation(revocation), 201 if created else 200

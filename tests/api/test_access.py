@@ -57,6 +57,7 @@ def partner_routes(partner_id: str, transaction_id: int) -> dict[str, Route]:
 ROUTES = {
     "create api key": Route("POST", "/v1/api-keys", {}, roles=frozenset()),
     "revoke api key": Route("POST", "/v1/api-keys/key_nobody/revocation", {"reason": ""}, roles=frozenset()),
+    "list api keys": Route("GET", "/v1/api-keys", roles=frozenset()),
     "create plan": Route("POST", "/v1/plans", {}),
     "add plan version": Route("POST", "/v1/plans/standard/versions", {}),
     "get plan": Route("GET", "/v1/plans/standard"),

@@ -159,3 +159,33 @@ def test_a_revocation_removed_past_the_database_rules_keeps_its_key_out_and_is_a
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
     again = expect(client.post(f"/v1/api-keys/{key_id}/revocation", json={}, headers=admin), 409)
     assert again["detail"].startswith(f"the revocation of API key {key_id!r} was recorded once and is no longer")
+
+
+def test_an_admin_lists_every_key_a_page_at_a_time_with_its_revocation_and_never_the_key(call):
+    made = [call.created("/v1/api-keys", body, as_="admin") for body in
+            ({"role": "billing"}, {"role": "partner", "partner_id": "p2"})]
+    revoked = expect(call.post(f"/v1/api-keys/{made[0]['id']}/revocation", {"reason": "leaked"}, as_="admin"), 201)
+    listed, cursor = [], None
+    while True:
+        page = expect(call.client.get("/v1/api-keys?limit=2" + (f"&cursor={cursor}" if cursor else ""),
+                                      headers=call.headers("admin")), 200)
+        assert len(page["items"]) <= 2
+        listed += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [item["id"] for item in listed] == sorted(item["id"] for item in listed)  # by id, none twice
+    by_id = {item["id"]: item for item in listed}
+    assert by_id[made[0]["id"]]["revocation"] == revoked
+    assert {key: by_id[made[1]["id"]][key] for key in ("role", "partner_id", "revocation")} == {
+        "role": "partner", "partner_id": "p2", "revocation": None}
+    assert all(set(item) == {"id", "role", "partner_id", "created_at", "revocation"} for item in listed)
+    assert all(item["created_at"].endswith("Z") for item in listed)
+    for query, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("cursor=x", "cursor"),
+                         ("cursor=" + page["items"][0]["id"], "cursor")):
+        assert errors_of(call.client.get(f"/v1/api-keys?{query}", headers=call.headers("admin"))) == {field}, query
+
+
+@pytest.mark.parametrize("role, status", [("finance", 403), ("billing", 403), ("p1", 404), ("p2", 404)])
+def test_only_an_admin_lists_keys_a_partner_key_finds_nothing_there(call, role, status):
+    assert call.client.get("/v1/api-keys", headers=call.headers(role)).status_code == status
