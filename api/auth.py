@@ -158,7 +158,10 @@ def _principal(token: str, database: Database, *, fresh: bool = False) -> Princi
     else:
         if len(cache) >= PRINCIPALS_CACHED_MAX:
             cache.clear()
-        cache[digest] = (principal, now + PRINCIPAL_TTL_S)
+        trusted_s = PRINCIPAL_TTL_S
+        if principal.expires_at_us is not None:  # not trusted past its expiry
+            trusted_s = min(trusted_s, (principal.expires_at_us - keys.now_us()) / 1e6)
+        cache[digest] = (principal, now + trusted_s)
     return principal
 
 

@@ -208,16 +208,23 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--role", required=True, type=click.Choice(API_ROLES))
 @click.option("--partner", "partner_id", type=TEXT, default=None, help="The partner a partner key is bound to.")
+@click.option("--expires-at", "expires_at", type=TEXT, default=None,
+              help="An RFC 3339 instant from which the key no longer authenticates (default: never).")
 @pass_settings
-def keys_create(settings: Settings, role: str, partner_id: str | None) -> None:
+def keys_create(settings: Settings, role: str, partner_id: str | None, expires_at: str | None) -> None:
     """Create an API key and print it (alone, on the last line); it is not shown again."""
-    from cli.books import opened
+    from cli.books import opened, parse_instant_option
+    from ledger.instants import format_instant, parse_instant
     from ledger.keys import create_key
 
-    with opened(settings, {"partner_id": "--partner"}) as database, database.transaction() as session:
-        key_id, key = create_key(session, role, partner_id)
+    expires_at_us = parse_instant_option(expires_at, "--expires-at", parse_instant)
+    with opened(settings, {"partner_id": "--partner", "expires_at": "--expires-at"}) as database, \
+            database.transaction() as session:
+        key_id, key = create_key(session, role, partner_id, expires_at_us)
     click.echo(f"id: {key_id}")
     click.echo(f"role: {role}" + (f" (partner {partner_id})" if partner_id else ""))
+    if expires_at_us is not None:
+        click.echo(f"expires: {format_instant(expires_at_us)}")
     click.echo(key)
 
 
@@ -254,6 +261,8 @@ def keys_list(settings: Settings) -> None:
     for record in records:
         role = record.role + (f" ({record.partner_id})" if record.partner_id else "")
         line = f"{record.id}  {role}  created {format_instant(record.created_at_us)}"
+        if record.expires_at_us is not None:
+            line += f"  expires {format_instant(record.expires_at_us)}"
         if record.revocation is not None:
             line += f"  revoked {format_instant(record.revocation.revoked_at_us)}"
             # One line per key, and a terminal's escape sequence shown, not run: a reason holding

@@ -10,7 +10,8 @@ attributions, customer reads) and `partner`, bound to exactly one partner id. Th
 here and by the table's `ck_api_keys_partner_binding` constraint.
 
 A key is revoked by a row in `api_key_revocations` (migration 0027), never by changing or deleting
-its own row: a revoked key no longer authenticates. It is named by its id, or by the key itself
+its own row: a revoked key no longer authenticates. Nor does a key made to expire, from its
+`expires_at_us` on (migration 0057; none by default). It is named by its id, or by the key itself
 (`key_id_of`): a key that leaked is at hand when its id was not kept. Processes cache a key's principal for
 `api.auth.PRINCIPAL_TTL_S`; another process still takes a revoked key for that long at most.
 
@@ -27,7 +28,7 @@ import secrets
 import time
 from typing import NamedTuple
 
-from sqlalchemy import exists, insert, select
+from sqlalchemy import exists, insert, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -59,33 +60,48 @@ class KeyRecord(NamedTuple):
     partner_id: str | None
     created_at_us: int
     revocation: Revocation | None
+    expires_at_us: int | None = None
 
 
 class Principal(NamedTuple):
-    """The caller behind a valid key."""
+    """The caller behind a valid key (until `expires_at_us`, when it is made to expire)."""
 
     key_id: str
     role: str
     partner_id: str | None
+    expires_at_us: int | None = None
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, role: str, partner_id: str | None = None) -> tuple[str, str]:
-    """Store a new key for `role` (and `partner_id` for the partner role); return (id, key).
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def create_key(session: Session, role: str, partner_id: str | None = None,
+               expires_at_us: int | None = None) -> tuple[str, str]:
+    """Store a new key for `role` (and `partner_id` for the partner role), that no longer
+    authenticates from `expires_at_us` on if given; return (id, key).
 
     The key itself is returned here once and never stored.
     """
     _check_binding(session, role, partner_id)
+    created_at_us = now_us()
+    if expires_at_us is not None and expires_at_us <= created_at_us:
+        raise invalid("expires_at", "must be after now: a key made to expire is made for some time to come")
     key_id = "key_" + secrets.token_hex(12)
     key = KEY_PREFIX + secrets.token_urlsafe(KEY_ENTROPY_BYTES)
     values = {"id": key_id, "key_hash": hash_key(key), "role": role, "partner_id": partner_id,
-              "created_at_us": time.time_ns() // 1000}
-    session.execute(insert(api_keys).values(**values))
-    if program_chain.keys_chained(session):
+              "created_at_us": created_at_us, "expires_at_us": expires_at_us}
+    if program_chain.keys_chained(session):  # and so keys expire (revision 0057)
+        session.execute(insert(api_keys).values(**values))
         program_chain.chain(session, [("api_keys", values)])
+    else:
+        assert expires_at_us is None, "books below revision 0057 keep no expiry"
+        session.execute(insert(api_keys).values(**{column: values[column] for column in values
+                                                   if column != "expires_at_us"}))
     return key_id, key
 
 
@@ -105,19 +121,23 @@ def _check_binding(session: Session, role: str, partner_id: str | None) -> None:
 
 
 def authenticate(session: Session, key: str) -> Principal | None:
-    """The principal of a presented key, or None when it is not a key of this service."""
+    """The principal of a presented key, or None when it is not a key of this service, or one revoked
+    or expired."""
     if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > KEY_LENGTH_MAX:
         return None
     presented = hash_key(key)
-    revoked = exists().where(api_key_revocations.c.api_key_id == api_keys.c.id)
+    k = api_keys.c
+    revoked = exists().where(api_key_revocations.c.api_key_id == k.id)
     if program_chain.keys_chained(session):  # a revocation removed past the database's rules still counts
         c = program_chain.program_chain.c
-        revoked = revoked | exists().where(c.fact_table == "api_key_revocations", c.fact_id == api_keys.c.id)
-    row = session.execute(select(api_keys.c.id, api_keys.c.key_hash, api_keys.c.role, api_keys.c.partner_id)
-                          .where(api_keys.c.key_hash == presented, ~revoked)).first()
+        revoked = revoked | exists().where(c.fact_table == "api_key_revocations", c.fact_id == k.id)
+    query = select(k.id, k.key_hash, k.role, k.partner_id, _expiry(session)).where(k.key_hash == presented, ~revoked)
+    row = session.execute(query).first()
     if row is None or not hmac.compare_digest(row.key_hash, presented):
         return None
-    return Principal(row.id, row.role, row.partner_id)
+    if row.expires_at_us is not None and row.expires_at_us <= now_us():
+        return None
+    return Principal(row.id, row.role, row.partner_id, row.expires_at_us)
 
 
 def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tuple[Revocation, bool]:
@@ -127,7 +147,7 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
         raise invalid("reason", f"must be text of 1 to {REASON_LENGTH_MAX} characters, not all blank")
     if session.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
         raise NotFound(f"API key {key_id!r} does not exist")
-    revocation = Revocation(key_id, time.time_ns() // 1000, reason)
+    revocation = Revocation(key_id, now_us(), reason)
     # A key revoked already, or by a revocation racing this one (whose insert this one waits for on
     # PostgreSQL), inserts nothing and answers the first revocation.
     dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
@@ -144,18 +164,26 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
     return Revocation(first.api_key_id, first.revoked_at_us, first.reason), False
 
 
+def _expiry(session: Session):
+    """A key's expiry, as a column to select: none on books below revision 0057, which keep none."""
+    if program_chain.keys_chained(session):
+        return api_keys.c.expires_at_us
+    return null().label("expires_at_us")
+
+
 def list_keys(session: Session, *, after_id: str | None = None, limit: int | None = None) -> list[KeyRecord]:
     """Every key with its revocation if it has one, oldest first (`revshare keys list`); or, given a
     `limit`, a page of them in id order after `after_id` (the API's list, whose pages are by key)."""
     k, r = api_keys.c, api_key_revocations.c
-    query = (select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason)
+    query = (select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason, _expiry(session))
              .outerjoin(api_key_revocations, r.api_key_id == k.id))
     if limit is None:
         query = query.order_by(k.created_at_us, k.id)
     else:
         query = query.order_by(k.id).limit(limit).where(k.id > after_id if after_id is not None else True)
     return [KeyRecord(row.id, row.role, row.partner_id, row.created_at_us,
-                      None if row.revoked_at_us is None else Revocation(row.id, row.revoked_at_us, row.reason))
+                      None if row.revoked_at_us is None else Revocation(row.id, row.revoked_at_us, row.reason),
+                      row.expires_at_us)
             for row in session.execute(query)]
 
 

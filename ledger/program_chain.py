@@ -66,7 +66,7 @@ FACT_COLUMNS = {
                             "fact_recorded_at_us", "recorded_at_us"),
     "revenue_events": ("id", "type", "customer_id", "invoice_id", "currency", "amount_minor", "occurred_at_us",
                        "recorded_at_us", "request_hash", "status", "first_eligible_customer_id"),
-    "api_keys": ("id", "key_hash", "role", "partner_id", "created_at_us"),
+    "api_keys": ("id", "key_hash", "role", "partner_id", "created_at_us", "expires_at_us"),
     "api_key_revocations": ("api_key_id", "revoked_at_us", "reason"),
 }
 EVENTS = "revenue_events"  # those that posted nothing, chained as they are stored (migration 0056)

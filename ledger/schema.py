@@ -155,8 +155,11 @@ api_keys = Table(
     Column("role", String(16), nullable=False),
     Column("partner_id", String(64), nullable=True),
     Column("created_at_us", BigInteger, nullable=False),
+    # From this instant on the key no longer authenticates; none: it does not expire (migration 0057).
+    Column("expires_at_us", BigInteger, nullable=True),
     CheckConstraint(f"role IN ({', '.join(repr(r) for r in API_ROLES)})", name="role"),
     CheckConstraint("(role = 'partner') = (partner_id IS NOT NULL)", name="partner_binding"),
+    CheckConstraint("expires_at_us IS NULL OR expires_at_us > created_at_us", name="expires_after_creation"),
 )
 
 # A revoked key (migration 0027): one row per key, never updated; the key no longer authenticates.

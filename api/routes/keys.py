@@ -1,5 +1,6 @@
 """POST /v1/api-keys (admin): create a key; the key is shown in this response only. A partner key
-must name a partner that exists (422 naming `partner_id` otherwise).
+must name a partner that exists (422 naming `partner_id` otherwise). Beyond the contract, a key may
+be made to expire (`expires_at`, after now): from then on it no longer authenticates.
 
 POST /v1/api-keys/{id}/revocation (admin): revoke a key (201); it no longer authenticates, in every
 worker within `api.auth.PRINCIPAL_TTL_S`. Revoking it again answers the first revocation (200). Not
@@ -16,7 +17,7 @@ import marshmallow as ma
 
 from api.auth import allow, forget
 from api.body import Blueprint
-from api.fields import PartnerId, Str
+from api.fields import Instant, PartnerId, Str
 from api.idempotency import idempotent
 from api.openapi import refuses
 from api.pagination import Listing, page, page_query, page_schema
@@ -43,6 +44,8 @@ class KeyRequestSchema(Schema):
     role = Str(16, required=True, validate=ma.validate.OneOf(API_ROLES))
     partner_id = PartnerId(load_default=None, allow_none=True,
                            metadata={"description": "required for, and only for, the partner role"})
+    expires_at = Instant(load_default=None, allow_none=True, metadata={
+        "description": "from this instant on the key no longer authenticates (after now); none: it does not expire"})
 
 
 class KeySchema(Schema):
@@ -51,6 +54,7 @@ class KeySchema(Schema):
                            metadata={"description": "the secret, shown once (null in an idempotent replay)"})
     role = ma.fields.String(required=True)
     partner_id = ma.fields.String(required=True, allow_none=True)
+    expires_at = ma.fields.String(required=True, allow_none=True, metadata={"description": "RFC 3339 instant"})
 
 
 @blp.route("/api-keys", methods=["POST"])
@@ -61,8 +65,9 @@ class KeySchema(Schema):
 @blp.response(201, KeySchema)
 def create_key(args):
     """Create an API key"""
-    key_id, key = keys.create_key(current_session(), args["role"], args["partner_id"])
-    return {"id": key_id, "key": key, "role": args["role"], "partner_id": args["partner_id"]}
+    key_id, key = keys.create_key(current_session(), args["role"], args["partner_id"], args["expires_at"])
+    return {"id": key_id, "key": key, "role": args["role"], "partner_id": args["partner_id"],
+            "expires_at": _instant(args["expires_at"])}
 
 
 class RevocationRequestSchema(Schema):
@@ -80,6 +85,7 @@ class KeyRecordSchema(Schema):
     role = ma.fields.String(required=True)
     partner_id = ma.fields.String(required=True, allow_none=True)
     created_at = ma.fields.String(required=True, metadata={"description": "RFC 3339 instant"})
+    expires_at = ma.fields.String(required=True, allow_none=True, metadata={"description": "RFC 3339 instant"})
     revocation = ma.fields.Nested(RevocationSchema, required=True, allow_none=True,
                                   metadata={"description": "null while the key is not revoked"})
 
@@ -87,7 +93,12 @@ class KeyRecordSchema(Schema):
 def _record(record: keys.KeyRecord) -> dict:
     revocation = record.revocation and _revocation(record.revocation)
     return {"id": record.id, "role": record.role, "partner_id": record.partner_id,
-            "created_at": format_instant(record.created_at_us), "revocation": revocation}
+            "created_at": format_instant(record.created_at_us), "expires_at": _instant(record.expires_at_us),
+            "revocation": revocation}
+
+
+def _instant(at_us: int | None) -> str | None:
+    return None if at_us is None else format_instant(at_us)
 
 
 def _revocation(revocation: keys.Revocation) -> dict:

@@ -1,4 +1,5 @@
-"""The API keys and their revocations chained, as the program's facts are (migrations 0053, 0056).
+"""The API keys and their revocations chained, as the program's facts are (migrations 0053, 0056),
+and a key's expiry.
 
 Keys and revocations are never updated or deleted (migrations 0018 and 0027), but past the
 database's rules nothing named them: a revocation deleted let its key in again, and a key's role or
@@ -19,8 +20,13 @@ REPLACE of a revocation is let through from a connection without `recursive_trig
 The chain's check of `fact_table` takes the two tables: SQLite holds a check in the table's
 definition, so the chain is made anew there, as 0056 made it.
 
+A key may be made to expire (`expires_at_us`, after its creation; none by default): from that
+instant on it no longer authenticates. The column is added before the keys are chained, so that
+every key's hash covers it.
+
 Downgrade takes the keys and revocations off the chain when they are its last rows, in the order
-the backfill gives them, and refuses otherwise, and while a close holds a program head among them.
+the backfill gives them, and refuses otherwise, and while a close holds a program head among them,
+and while a key is made to expire (below 0057 it would not).
 
 Revision ID: 0057
 Revises: 0056
@@ -39,11 +45,13 @@ depends_on = None
 
 KEYS, REVOCATIONS = "api_keys", "api_key_revocations"
 # What a row's hash covers: every column of it, in this order (frozen, as 0053's facts').
-FACT_COLUMNS = {KEYS: ("id", "key_hash", "role", "partner_id", "created_at_us"),
+FACT_COLUMNS = {KEYS: ("id", "key_hash", "role", "partner_id", "created_at_us", "expires_at_us"),
                 REVOCATIONS: ("api_key_id", "revoked_at_us", "reason")}
 KEY_COLUMNS = {KEYS: "id", REVOCATIONS: "api_key_id"}
 ORDER = {KEYS: "created_at_us, id", REVOCATIONS: "revoked_at_us, api_key_id"}  # of the backfill
 BACKFILL_ROWS = 5_000  # chain rows written at a time
+EXPIRY = (f"ALTER TABLE {KEYS} ADD COLUMN expires_at_us BIGINT CONSTRAINT ck_{KEYS}_expires_after_creation"
+          " CHECK (expires_at_us IS NULL OR expires_at_us > created_at_us)")
 
 _0053 = _revision("0053_program_facts_chained.py")
 _0056 = _revision("0056_events_that_posted_nothing_chained.py")
@@ -116,6 +124,11 @@ def _backfill(bind) -> None:
 def upgrade() -> None:
     bind = op.get_bind()
     postgres = bind.dialect.name == "postgresql"
+    # Keys' writers take neither of the locks the migrations hold (`migrations/env.py`): a key or
+    # revocation inserted while the backfill reads would be left off the chain. The column's ALTER,
+    # first, waits for them and holds the keys' table to the commit (a revocation's insert holds it
+    # too, by its foreign key).
+    op.execute(EXPIRY)
     if postgres:
         for statement in _0056._postgres_chain(_chained, TABLES):
             op.execute(statement)
@@ -155,6 +168,8 @@ def _keys_at_the_tail(bind) -> int | None:
 def downgrade() -> None:
     bind = op.get_bind()
     postgres = bind.dialect.name == "postgresql"
+    if bind.execute(sa.text(f"SELECT 1 FROM {KEYS} WHERE expires_at_us IS NOT NULL LIMIT 1")).first():
+        raise RuntimeError("keys made since revision 0057 are made to expire, which below it they would not")
     first = _keys_at_the_tail(bind)
     for table in FACT_COLUMNS:
         op.execute(f"DROP TRIGGER trg_{table}_chain_due" + (f" ON {table}" if postgres else ""))
@@ -173,3 +188,4 @@ def downgrade() -> None:
     else:
         tables = ", ".join(repr(table) for table in FACT_COLUMNS)
         _0056._sqlite_chain_made_anew(_0056._chained, _0056.TABLES, kept=f"fact_table NOT IN ({tables})")
+    op.execute(f"ALTER TABLE {KEYS} DROP COLUMN expires_at_us")  # with its check

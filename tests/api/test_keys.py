@@ -1,5 +1,7 @@
 """POST /v1/api-keys: keys of each role, and partner keys only for partners that exist."""
 
+import time
+
 import pytest
 
 from tests.api.books import errors_of, expect
@@ -179,7 +181,7 @@ def test_an_admin_lists_every_key_a_page_at_a_time_with_its_revocation_and_never
     assert by_id[made[0]["id"]]["revocation"] == revoked
     assert {key: by_id[made[1]["id"]][key] for key in ("role", "partner_id", "revocation")} == {
         "role": "partner", "partner_id": "p2", "revocation": None}
-    assert all(set(item) == {"id", "role", "partner_id", "created_at", "revocation"} for item in listed)
+    assert all(set(item) == {"id", "role", "partner_id", "created_at", "expires_at", "revocation"} for item in listed)
     assert all(item["created_at"].endswith("Z") for item in listed)
     for query, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("cursor=x", "cursor"),
                          ("cursor=" + page["items"][0]["id"], "cursor")):
@@ -189,3 +191,53 @@ def test_an_admin_lists_every_key_a_page_at_a_time_with_its_revocation_and_never
 @pytest.mark.parametrize("role, status", [("finance", 403), ("billing", 403), ("p1", 404), ("p2", 404)])
 def test_only_an_admin_lists_keys_a_partner_key_finds_nothing_there(call, role, status):
     assert call.client.get("/v1/api-keys", headers=call.headers(role)).status_code == status
+
+
+def test_a_key_made_to_expire_authenticates_until_then_and_is_listed_with_its_expiry(database, client, keys,
+                                                                                    monkeypatch):
+    """Beyond the contract (migration 0057): from `expires_at` on the key is a 401, and no process
+    trusts it from its cache past that instant."""
+    from datetime import datetime, timedelta, timezone
+
+    from api import auth
+    from ledger import keys as ledger_keys
+    from ledger.instants import parse_instant
+
+    admin = {"Authorization": f"Bearer {keys.admin}"}
+    expires_at = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    made = expect(client.post("/v1/api-keys", json={"role": "finance", "expires_at": expires_at}, headers=admin), 201)
+    assert made["expires_at"] == expires_at
+    headers = {"Authorization": f"Bearer {made['key']}"}
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 200
+    [(_, trusted_until)] = [entry for entry in database.shared["principals"].values() if entry[0].key_id == made["id"]]
+    assert trusted_until <= time.monotonic() + auth.PRINCIPAL_TTL_S
+    listed = expect(client.get("/v1/api-keys?limit=1000", headers=admin), 200)["items"]
+    assert [item["expires_at"] for item in listed if item["id"] == made["id"]] == [expires_at]
+    monkeypatch.setattr(ledger_keys, "now_us", lambda: parse_instant(expires_at, field="x"))  # the instant itself
+    database.shared.pop("principals", None)  # another process: nothing cached, it asks the database
+    assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
+    assert client.get("/v1/transactions?limit=1", headers=admin).status_code == 200  # a key that does not expire
+
+
+def test_a_key_made_to_expire_is_trusted_from_the_cache_no_longer_than_until_then(database, client, keys):
+    from datetime import datetime, timedelta, timezone
+
+    admin = {"Authorization": f"Bearer {keys.admin}"}
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=3)).isoformat()
+    made = expect(client.post("/v1/api-keys", json={"role": "billing", "expires_at": soon}, headers=admin), 201)
+    started = time.monotonic()
+    assert client.get("/v1/customers/nobody", headers={"Authorization": f"Bearer {made['key']}"}).status_code == 404
+    [(_, trusted_until)] = [entry for entry in database.shared["principals"].values() if entry[0].key_id == made["id"]]
+    assert trusted_until - started < 3.5  # not the ten seconds of a key that does not expire (slack: two clocks)
+
+
+@pytest.mark.parametrize("expires_at, message", [
+    ("2020-01-01T00:00:00Z", "must be after now"), ("tomorrow", "RFC 3339"), (12, "must be a string")])
+def test_a_key_made_to_expire_in_the_past_or_at_no_instant_is_a_422_naming_it_and_makes_nothing(
+        call, expires_at, message):
+    before = len(expect(call.client.get("/v1/api-keys?limit=1000", headers=call.headers("admin")), 200)["items"])
+    response = call.post("/v1/api-keys", {"role": "finance", "expires_at": expires_at}, as_="admin")
+    assert errors_of(response) == {"expires_at"}
+    assert message in expect(response, 422)["errors"]["expires_at"][0]
+    after = expect(call.client.get("/v1/api-keys?limit=1000", headers=call.headers("admin")), 200)["items"]
+    assert len(after) == before

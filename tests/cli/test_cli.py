@@ -588,6 +588,17 @@ def test_the_first_instant_of_the_epoch_is_an_instant_not_now(seeded):
 def test_cli_errors_name_the_option_not_the_api_field(seeded):
     result = invoke(seeded.url, "keys", "create", "--role", "partner")
     assert result.exit_code == 2 and result.output.startswith("error: --partner:")
+    for expires_at in ("2020-01-01T00:00:00Z", "tomorrow"):
+        result = invoke(seeded.url, "keys", "create", "--role", "admin", "--expires-at", expires_at)
+        assert result.exit_code == 2 and result.output.startswith("error: --expires-at:"), result.output
+
+
+def test_a_key_made_to_expire_says_when_and_is_listed_so(seeded):
+    made = invoke(seeded.url, "keys", "create", "--role", "billing", "--expires-at", "2999-01-01T00:00:00+01:00")
+    assert made.exit_code == 0 and "expires: 2998-12-31T23:00:00Z" in made.output.splitlines()
+    key_id = made.output.splitlines()[0].removeprefix("id: ")
+    listed = [line for line in invoke(seeded.url, "keys", "list").output.splitlines() if line.startswith(key_id)]
+    assert len(listed) == 1 and listed[0].endswith("  expires 2998-12-31T23:00:00Z")
 
 
 def test_a_bad_migration_url_stops_with_a_message_naming_the_variable(database_url):

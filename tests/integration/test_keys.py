@@ -11,7 +11,7 @@ from ledger.errors import InvalidInput, NotFound
 from ledger.keys import Principal, authenticate, create_key, revoke_key
 from ledger.schema import api_keys
 from tests.api.conftest import enroll
-from tests.integration.conftest import second_writer_behind_first
+from tests.integration.conftest import chain_due, second_writer_behind_first
 
 
 def test_a_created_key_authenticates_as_its_role(database):
@@ -75,6 +75,18 @@ def test_the_database_refuses_a_partner_key_without_a_partner(database):
     with pytest.raises(sa.exc.IntegrityError), database.transaction() as session:
         session.execute(sa.insert(api_keys).values(id="k", key_hash="0" * 64, role="partner", partner_id=None,
                                                    created_at_us=0))
+
+
+def test_the_database_refuses_a_key_that_expires_before_it_was_made(database):
+    with database.transaction() as session:
+        key_id, _ = create_key(session, "admin")
+    for expires_at_us in (6, 5):  # at its creation, and before it
+        with pytest.raises(sa.exc.IntegrityError), database.transaction() as session:
+            session.execute(sa.insert(api_keys).values(id="k", key_hash="0" * 64, role="admin", partner_id=None,
+                                                       created_at_us=6, expires_at_us=expires_at_us))
+            chain_due(session.connection())
+    with database.reader() as session:
+        assert session.execute(sa.select(api_keys.c.id)).scalars().all() == [key_id]
 
 
 def test_a_revoked_key_no_longer_authenticates_and_its_revocation_is_kept_as_first_made(database):

@@ -44,7 +44,7 @@ def chained(database):
         attribution, _ = customers.attribute(session, "fabrikam", "northwind", AHEAD, "manual", replace=True)
         customers.withdraw_attribution(session, "fabrikam", attribution.id)
         revenue.ingest(session, STRAYS)
-        keys.create_key(session, "admin")
+        keys.create_key(session, "admin", expires_at_us=program.at(AHEAD.isoformat()))
         revoked, _ = keys.create_key(session, "partner", "contoso")
         keys.revoke_key(session, revoked, "leaked")
     return database
@@ -125,6 +125,7 @@ def test_a_part_of_the_terms_no_payment_has_used_rewritten_is_named(chained):
     "UPDATE revenue_events SET status = 'no_commission' WHERE id = 'stray-1'",
     # Keys and revocations (migration 0057): a partner key bound to another partner, a revocation moved.
     "UPDATE api_keys SET partner_id = 'northwind' WHERE partner_id = 'contoso'",
+    "UPDATE api_keys SET expires_at_us = NULL",
     "UPDATE api_key_revocations SET revoked_at_us = revoked_at_us + 1",
 ])
 def test_a_fact_of_any_kind_rewritten_is_named(chained, statement):
@@ -600,6 +601,7 @@ def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_clo
             periods.close_period(session, "2026-02")
         with pytest.raises(RuntimeError, match="hold the program's chain head"):
             command.downgrade(alembic_config(empty_url), "0052")
+        upgrade(empty_url)  # on SQLite, the revisions above the refusing one went down (their DDL commits)
         with database.reader() as session:
             assert verify(session).ok
     finally:
@@ -653,6 +655,7 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
         assert [event_id for event_id, _ in chained_events(database)][-2:] == ["z-stray", "a-stray"]
         with pytest.raises(RuntimeError, match="chained in the order stored"):
             command.downgrade(alembic_config(empty_url), "0055")
+        upgrade(empty_url)  # on SQLite, the revisions above the refusing one went down (their DDL commits)
         with database.reader() as session:
             assert verify(session).ok
     finally:
@@ -701,7 +704,45 @@ def test_0057_chains_the_keys_and_revocations_of_books_made_before_it_and_goes_d
             keys.create_key(session, "finance")
         with pytest.raises(RuntimeError, match="chained in the order made"):
             command.downgrade(alembic_config(empty_url), "0056")
+        with database.transaction() as session:
+            keys.create_key(session, "billing", expires_at_us=program.at(AHEAD.isoformat()))
+        with pytest.raises(RuntimeError, match="made to expire, which below it they would not"):
+            command.downgrade(alembic_config(empty_url), "0056")
         with database.reader() as session:
             assert verify(session).ok
     finally:
         database.dispose()
+
+
+@pytest.mark.parametrize("table", ["api_keys", "api_key_revocations"])
+def test_0057_waits_for_a_key_or_revocation_being_written_and_chains_it(pg_cluster, table):
+    """PostgreSQL: keys' writers take none of the locks the migrations hold; a key or revocation
+    inserted while 0057's backfill read would be left off the chain. The migration waits for it."""
+    from ledger.db import Database
+    from ledger.migrate import upgrade
+    from tests.conftest import drop_pg_database, new_pg_url
+    from tests.integration.conftest import second_writer_behind_first
+
+    url = new_pg_url(pg_cluster, template=None)
+    upgrade(url, "0056")
+    database = Database(url)
+    try:
+        with database.transaction() as session:
+            program.seed(session)
+            key_id, _ = keys.create_key(session, "billing")
+        statement = (f"INSERT INTO api_keys (id, key_hash, role, partner_id, created_at_us) VALUES ('key_racing', "
+                     f"'{'e' * 64}', 'admin', NULL, 1)" if table == "api_keys" else
+                     f"INSERT INTO api_key_revocations (api_key_id, revoked_at_us) VALUES ('{key_id}', 2)")
+        outcome = second_writer_behind_first(database, lambda session: session.execute(sa.text(statement)),
+                                             lambda session: upgrade(url))
+        assert not isinstance(outcome, Exception), outcome
+        database.dispose()
+        database = Database(url)
+        with database.reader() as session:
+            report = verify(session)
+            assert session.execute(sa.text("SELECT count(*) FROM program_chain WHERE fact_table = :table"),
+                                   {"table": table}).scalar_one() == (2 if table == "api_keys" else 1)
+        assert report.ok, report.problems
+    finally:
+        database.dispose()
+        drop_pg_database(pg_cluster, url)
