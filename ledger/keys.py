@@ -77,6 +77,7 @@ def hash_key(key: str) -> str:
 
 
 def now_us() -> int:
+    """The wall clock, in microseconds since the epoch: a key's creation, expiry and revocation."""
     return time.time_ns() // 1000
 
 

@@ -19,14 +19,14 @@ are made (migration 0057; `ledger.keys`): deleted past the triggers, a revocatio
 again, unseen. A revocation is named by its key's id (`KEY_COLUMNS`). Rows are appended under a lock
 of the chain's own (`chain`), which every writer of them takes last.
 
-The database holds that every fact inserted (and every event that posted nothing) has its row of
-the chain by the commit (a list of the facts due, whose foreign key to the chain is deferred to the
-commit, as migration 0026's), that the chain has no gap and each row names the previous row's hash,
-that its rows are never changed, and that a row names a fact that exists. What it cannot hold is
-the hash: `verify` recomputes each row (`verify_program_chain`), and as with the journal, the hashes
-have no secret, so a rewrite from some fact on can be made whole again by one who can write past the
-triggers. The head (`head`) is to be
-recorded outside the database, as the journal's is (`revshare verify --program-head`), and every
+The database holds that every fact inserted (and every event that posted nothing, key and
+revocation) has its row of the chain by the commit (a list of the facts due, whose foreign key to
+the chain is deferred to the commit, as migration 0026's), that the chain has no gap and each row
+names the previous row's hash, that its rows are never changed, and that a row names a fact that
+exists. What it cannot hold is the hash: `verify` recomputes each row (`verify_program_chain`), and
+as with the journal, the hashes have no secret, so a rewrite from some fact on can be made whole
+again by one who can write past the triggers. The head (`head`) is to be recorded outside the
+database, as the journal's is (`revshare verify --program-head`), and every
 close made since 0053 holds the head as it closed in its close hash (`ledger.periods`), so a close
 recorded outside covers the program up to it too.
 
