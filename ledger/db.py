@@ -189,6 +189,47 @@ def past_lock_deadline() -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+CANCEL_REPEAT_S = 0.1  # how often `statements_cut_at` cancels again, past its deadline
+
+
+@contextlib.contextmanager
+def statements_cut_at(session: Session, deadline: float, unfinished: Callable[[], Exception]) -> Iterator[None]:
+    """Within the block, once `time.monotonic()` passes `deadline`, the session's statements are
+    cancelled (SQLite's `interrupt`, PostgreSQL's cancel request, which each engine takes from
+    another thread), from a timer thread and again every CANCEL_REPEAT_S until the block ends: a
+    statement between two cancels, or a short one, is met by the next. The database's error of a
+    statement so cancelled leaves the block as `unfinished()`, and so does the block's end once the
+    deadline has passed (a cancel the work caught, as verify's check of the guards catches errors,
+    may have changed what it found). For work one request cannot bound otherwise (`GET
+    /v1/integrity`'s verify): past gunicorn's worker timeout the worker is killed mid-work, a 500."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    cancel = dbapi_connection.interrupt if isinstance(dbapi_connection, sqlite3.Connection) else dbapi_connection.cancel
+    ended, fired = threading.Event(), threading.Event()
+
+    def cancel_until_ended() -> None:
+        if ended.wait(max(0.0, deadline - time.monotonic())):
+            return
+        fired.set()
+        while True:
+            cancel()
+            if ended.wait(CANCEL_REPEAT_S):
+                return
+
+    canceller = threading.Thread(target=cancel_until_ended, name="statements-cut", daemon=True)
+    canceller.start()
+    try:
+        yield
+    except DBAPIError as error:
+        if fired.is_set():
+            raise unfinished() from error
+        raise
+    finally:
+        ended.set()
+        canceller.join()
+    if fired.is_set():
+        raise unfinished()
+
+
 def _wait_within_deadline(wait_s: float) -> float:
     """`wait_s`, cut to what is left before the context's lock deadline (none left: 0)."""
     deadline = _lock_deadline.get()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from typing import NamedTuple
 
 from sqlalchemy import exists, insert, null, select
@@ -36,6 +35,7 @@ from ledger import program_chain
 from ledger.accounts import validate_partner_id
 from ledger.db import is_postgres
 from ledger.errors import NotFound, invalid
+from ledger.instants import now_us
 from ledger.partners import partner_exists
 from ledger.schema import API_ROLES, api_key_revocations, api_keys
 
@@ -74,11 +74,6 @@ class Principal(NamedTuple):
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def now_us() -> int:
-    """The wall clock, in microseconds since the epoch: a key's creation, expiry and revocation."""
-    return time.time_ns() // 1000
 
 
 def create_key(session: Session, role: str, partner_id: str | None = None,

@@ -15,7 +15,9 @@ from api.auth import allow
 from api.body import Blueprint
 from api.fields import AsOf, Head, ProgramHead, RecordedClose
 from api.schemas import Schema
-from api.session import current_session
+from api.session import WORK_BUDGET_S, current_session, work_deadline
+from ledger.db import statements_cut_at
+from ledger.errors import Unfinished
 from ledger.instants import format_instant, now_us
 from ledger.money import format_minor
 from ledger.reports import liabilities
@@ -146,6 +148,11 @@ def get_liabilities(as_of: int | None):
     }
 
 
+def _verify_unfinished() -> Unfinished:
+    return Unfinished(f"verify did not finish within the {WORK_BUDGET_S:.0f} seconds a request may take: run "
+                      "`revshare verify`, which has no such bound (the scheduler's nightly verify logs it too)")
+
+
 @blp.route("/integrity", methods=["GET"])
 @allow("finance")
 @blp.arguments(IntegrityQuery, location="query", as_kwargs=True)
@@ -153,7 +160,9 @@ def get_liabilities(as_of: int | None):
 def get_integrity(head: tuple[int, str] | None, close: tuple[str, str] | None,
                   program_head: tuple[int, str] | None):
     """Recompute the hash chain and every transaction's balance"""
-    report = verify(current_session(), head=head, close=close, program_head=program_head)
+    session = current_session()
+    with statements_cut_at(session, work_deadline(), _verify_unfinished):
+        report = verify(session, head=head, close=close, program_head=program_head)
     latest = None if report.latest_close is None else ":".join(report.latest_close)
     return {"ok": report.ok, "transactions_checked": report.transactions_checked, "chain_head": report.chain_head,
             "head_id": report.head_id, "latest_close": latest,

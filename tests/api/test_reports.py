@@ -178,3 +178,32 @@ def test_without_as_of_each_report_and_balance_is_as_of_the_services_own_clock(s
     for path in ("/v1/reports/liabilities", "/v1/partners/p1/balance"):
         response = shared.client.get(path, headers=finance)
         assert response.status_code == 200 and response.get_json()["as_of"][:10] == ahead, (path, response.data)
+
+
+def test_integrity_past_the_request_budget_is_a_503_naming_the_command_not_a_killed_worker(
+        database, client, keys, booked, monkeypatch):
+    """A verify that outlives the request's budget is cancelled in the database and answered 503:
+    past gunicorn's worker timeout the worker was killed mid-verify, a bare 500. The same request's
+    connection serves the next one. A check made slow by a statement that runs about 15 s unless
+    cancelled (so that without the cut this test fails, slowly)."""
+    import time
+
+    import sqlalchemy as sa
+
+    from api.routes import reports
+    from ledger import verify as verifying
+
+    slow = ("SELECT pg_sleep(15)" if database.engine.dialect.name == "postgresql" else
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000000) SELECT count(*) FROM c")
+    checks = verifying.verify_events
+
+    def slow_checks(session):
+        session.execute(sa.text(slow)).all()
+        return checks(session)
+    monkeypatch.setattr(verifying, "verify_events", slow_checks)
+    monkeypatch.setattr(reports, "work_deadline", lambda: time.monotonic() + 0.3)
+    response = client.get("/v1/integrity", headers=bearer(keys.finance))
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert "`revshare verify`" in response.get_json()["detail"]
+    monkeypatch.setattr(verifying, "verify_events", checks)
+    assert client.get("/v1/integrity", headers=bearer(keys.finance)).get_json()["ok"] is True
