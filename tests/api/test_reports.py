@@ -205,5 +205,6 @@ def test_integrity_past_the_request_budget_is_a_503_naming_the_command_not_a_kil
     response = client.get("/v1/integrity", headers=bearer(keys.finance))
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert "`revshare verify`" in response.get_json()["detail"]
-    monkeypatch.setattr(verifying, "verify_events", checks)
-    assert client.get("/v1/integrity", headers=bearer(keys.finance)).get_json()["ok"] is True
+    monkeypatch.undo()
+    again = client.get("/v1/integrity", headers=bearer(keys.finance))
+    assert again.status_code == 200 and again.get_json()["ok"] is True, again.data
