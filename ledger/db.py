@@ -200,9 +200,13 @@ def statements_cut_at(session: Session, deadline: float, unfinished: Callable[[]
     statement between two cancels, or a short one, is met by the next. The database's error of a
     statement so cancelled leaves the block as `unfinished()`, and so does the block's end once the
     deadline has passed (a cancel the work caught, as verify's check of the guards catches errors,
-    may have changed what it found). For work one request cannot bound otherwise (`GET
-    /v1/integrity`'s verify): past gunicorn's worker timeout the worker is killed mid-work, a 500."""
-    dbapi_connection = session.connection().connection.dbapi_connection
+    may have changed what it found). The connection is then discarded, its transaction with it: on
+    SQLite an interrupt holds while a statement the work left open (a stream) runs, and cut the
+    rollback after it too; on PostgreSQL a cancel sent as a statement ended may meet the next one.
+    For work one request cannot bound otherwise (`GET /v1/integrity`'s verify): past gunicorn's
+    worker timeout the worker is killed mid-work, a 500."""
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
     cancel = dbapi_connection.interrupt if isinstance(dbapi_connection, sqlite3.Connection) else dbapi_connection.cancel
     ended, fired = threading.Event(), threading.Event()
 
@@ -217,16 +221,23 @@ def statements_cut_at(session: Session, deadline: float, unfinished: Callable[[]
 
     canceller = threading.Thread(target=cancel_until_ended, name="statements-cut", daemon=True)
     canceller.start()
+    def stopped() -> bool:  # whether it cancelled: the connection is then discarded
+        ended.set()
+        canceller.join()
+        if fired.is_set():
+            connection.invalidate()
+        return fired.is_set()
+
     try:
         yield
     except DBAPIError as error:
-        if fired.is_set():
+        if stopped():
             raise unfinished() from error
         raise
-    finally:
-        ended.set()
-        canceller.join()
-    if fired.is_set():
+    except BaseException:
+        stopped()
+        raise
+    if stopped():
         raise unfinished()
 
 

@@ -13,6 +13,8 @@ HTTP could revoke only the keys whose ids it had kept."""
 
 from __future__ import annotations
 
+import re
+
 import marshmallow as ma
 
 from api.auth import allow, forget
@@ -28,11 +30,13 @@ from ledger.instants import format_instant
 from ledger.schema import API_ROLES
 
 blp = Blueprint("api-keys", __name__, description="API keys (admin only)")
-KEY_ID_LENGTH_MAX = 32  # `api_keys.id`
+# A key's id as a cursor of the list holds it: printable ASCII, as `ledger.keys.create_key` makes them
+# (a NUL, which PostgreSQL refuses in text, was a 500 there).
+_KEY_ID = re.compile(r"[!-~]{1,32}")
 
 
 def _key_id(text: str) -> str:
-    if not 0 < len(text) <= KEY_ID_LENGTH_MAX:
+    if _KEY_ID.fullmatch(text) is None:
         raise ValueError(text)
     return text
 

@@ -1,5 +1,7 @@
 """GET /v1/reports/trial-balance, GET /v1/reports/liabilities and GET /v1/integrity."""
 
+import pytest
+
 from ledger.instants import format_instant, now_us
 from tests.api.books import errors_of
 from tests.api.conftest import bearer
@@ -180,12 +182,14 @@ def test_without_as_of_each_report_and_balance_is_as_of_the_services_own_clock(s
         assert response.status_code == 200 and response.get_json()["as_of"][:10] == ahead, (path, response.data)
 
 
+@pytest.mark.parametrize("slow", ["a statement after the walk", "the walk, its streams open"])
 def test_integrity_past_the_request_budget_is_a_503_naming_the_command_not_a_killed_worker(
-        database, client, keys, booked, monkeypatch):
+        database, client, keys, booked, monkeypatch, slow):
     """A verify that outlives the request's budget is cancelled in the database and answered 503:
-    past gunicorn's worker timeout the worker was killed mid-verify, a bare 500. The same request's
-    connection serves the next one. A check made slow by a statement that runs about 15 s unless
-    cancelled (so that without the cut this test fails, slowly)."""
+    past gunicorn's worker timeout the worker was killed mid-verify, a bare 500. The next request is
+    served. Made slow by a statement that runs about 15 s unless cancelled (so that without the cut
+    this test fails, slowly), or by each transaction's check while the journal's streams are open
+    (on SQLite the interrupt then held through the rollback: a 500)."""
     import time
 
     import sqlalchemy as sa
@@ -193,17 +197,20 @@ def test_integrity_past_the_request_budget_is_a_503_naming_the_command_not_a_kil
     from api.routes import reports
     from ledger import verify as verifying
 
-    slow = ("SELECT pg_sleep(15)" if database.engine.dialect.name == "postgresql" else
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000000) SELECT count(*) FROM c")
-    checks = verifying.verify_events
-
-    def slow_checks(session):
-        session.execute(sa.text(slow)).all()
-        return checks(session)
-    monkeypatch.setattr(verifying, "verify_events", slow_checks)
+    if slow == "a statement after the walk":
+        statement = ("SELECT pg_sleep(15)" if database.engine.dialect.name == "postgresql" else
+                     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000000) "
+                     "SELECT count(*) FROM c")
+        checks = verifying.verify_events
+        monkeypatch.setattr(verifying, "verify_events",
+                            lambda session: (session.execute(sa.text(statement)).all(), checks(session))[1])
+    else:
+        check = verifying._check
+        monkeypatch.setattr(verifying, "STREAM_CHUNK_ROWS", 1)  # open as a walk past 10,000 transactions is
+        monkeypatch.setattr(verifying, "_check", lambda *args: (time.sleep(0.5), check(*args))[1])
     monkeypatch.setattr(reports, "work_deadline", lambda: time.monotonic() + 0.3)
     response = client.get("/v1/integrity", headers=bearer(keys.finance))
-    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.status_code == 503 and response.headers["Retry-After"], response.data
     assert "`revshare verify`" in response.get_json()["detail"]
     monkeypatch.undo()
     again = client.get("/v1/integrity", headers=bearer(keys.finance))
