@@ -215,12 +215,15 @@ def statements_cut_at(session: Session, deadline: float, unfinished: Callable[[]
             return
         fired.set()
         while True:
-            cancel()
+            # A connection closed meanwhile (the pool's, at the block's end) has nothing left to cancel.
+            with contextlib.suppress(Exception):
+                cancel()
             if ended.wait(CANCEL_REPEAT_S):
                 return
 
     canceller = threading.Thread(target=cancel_until_ended, name="statements-cut", daemon=True)
     canceller.start()
+
     def stopped() -> bool:  # whether it cancelled: the connection is then discarded
         ended.set()
         canceller.join()
