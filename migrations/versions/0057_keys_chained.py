@@ -1,7 +1,7 @@
 """The API keys and their revocations chained, as the program's facts are (migrations 0053, 0056),
 and a key's expiry.
 
-Keys and revocations are never updated or deleted (migrations 0018 and 0027), but past the
+Keys and revocations are never updated or deleted (migrations 0018, 0027 and 0042), but past the
 database's rules nothing named them: a revocation deleted let its key in again, and a key's role or
 partner rewritten gave it other books to read, and `verify` saw neither. Each key and each
 revocation now has a row of `program_chain` as it is made, in the same transaction, after the facts
