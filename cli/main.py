@@ -263,7 +263,9 @@ def keys_list(settings: Settings) -> None:
         line = f"{record.id}  {role}  created {format_instant(record.created_at_us)}"
         if record.expires_at_us is not None:
             line += f"  expires {format_instant(record.expires_at_us)}"
-        if record.revocation is not None:
+        if record.revocation is not None and record.revocation.revoked_at_us is None:
+            line += "  revoked (its row removed past the database's rules: `revshare verify` names it)"
+        elif record.revocation is not None:
             line += f"  revoked {format_instant(record.revocation.revoked_at_us)}"
             # One line per key, and a terminal's escape sequence shown, not run: a reason holding
             # "cursor up, delete line" hid the line of the key listed before it.

@@ -27,7 +27,7 @@ import hmac
 import secrets
 from typing import NamedTuple
 
-from sqlalchemy import exists, insert, null, select
+from sqlalchemy import exists, false, insert, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -47,8 +47,12 @@ REASON_LENGTH_MAX = 500  # of a revocation's reason
 
 
 class Revocation(NamedTuple):
+    """A key's revocation; its instant and reason None when its row was removed past the database's
+    rules and the program's chain still names it (`verify` names the row removed): the key stays
+    revoked."""
+
     key_id: str
-    revoked_at_us: int
+    revoked_at_us: int | None
     reason: str | None
 
 
@@ -123,10 +127,7 @@ def authenticate(session: Session, key: str) -> Principal | None:
         return None
     presented = hash_key(key)
     k = api_keys.c
-    revoked = exists().where(api_key_revocations.c.api_key_id == k.id)
-    if program_chain.keys_chained(session):  # a revocation removed past the database's rules still counts
-        c = program_chain.program_chain.c
-        revoked = revoked | exists().where(c.fact_table == "api_key_revocations", c.fact_id == k.id)
+    revoked = exists().where(api_key_revocations.c.api_key_id == k.id) | _revocation_chained(session)
     query = select(k.id, k.key_hash, k.role, k.partner_id, _expiry(session)).where(k.key_hash == presented, ~revoked)
     row = session.execute(query).first()
     if row is None or not hmac.compare_digest(row.key_hash, presented):
@@ -160,6 +161,15 @@ def revoke_key(session: Session, key_id: str, reason: str | None = None) -> tupl
     return Revocation(first.api_key_id, first.revoked_at_us, first.reason), False
 
 
+def _revocation_chained(session: Session):
+    """Whether the program's chain names a revocation of the key (`api_keys.c.id`), as a condition:
+    one removed past the database's rules still counts (revision 0057; none below it)."""
+    if not program_chain.keys_chained(session):
+        return false()
+    c = program_chain.program_chain.c
+    return exists().where(c.fact_table == "api_key_revocations", c.fact_id == api_keys.c.id)
+
+
 def _expiry(session: Session):
     """A key's expiry, as a column to select: none on books below revision 0057, which keep none."""
     if program_chain.keys_chained(session):
@@ -171,16 +181,21 @@ def list_keys(session: Session, *, after_id: str | None = None, limit: int | Non
     """Every key with its revocation if it has one, oldest first (`revshare keys list`); or, given a
     `limit`, a page of them in id order after `after_id` (the API's list, whose pages are by key)."""
     k, r = api_keys.c, api_key_revocations.c
-    query = (select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason, _expiry(session))
+    query = (select(k.id, k.role, k.partner_id, k.created_at_us, r.revoked_at_us, r.reason, _expiry(session),
+                    _revocation_chained(session).label("revocation_chained"))
              .outerjoin(api_key_revocations, r.api_key_id == k.id))
     if limit is None:
         query = query.order_by(k.created_at_us, k.id)
     else:
         query = query.order_by(k.id).limit(limit).where(k.id > after_id if after_id is not None else True)
-    return [KeyRecord(row.id, row.role, row.partner_id, row.created_at_us,
-                      None if row.revoked_at_us is None else Revocation(row.id, row.revoked_at_us, row.reason),
-                      row.expires_at_us)
+    return [KeyRecord(row.id, row.role, row.partner_id, row.created_at_us, _revocation(row), row.expires_at_us)
             for row in session.execute(query)]
+
+
+def _revocation(row) -> Revocation | None:
+    if row.revoked_at_us is not None:
+        return Revocation(row.id, row.revoked_at_us, row.reason)
+    return Revocation(row.id, None, None) if row.revocation_chained else None
 
 
 def key_id_of(session: Session, key: str) -> str:

@@ -80,7 +80,9 @@ class RevocationRequestSchema(Schema):
 
 class RevocationSchema(Schema):
     id = ma.fields.String(required=True)
-    revoked_at = ma.fields.String(required=True, metadata={"description": "RFC 3339 instant"})
+    revoked_at = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "RFC 3339 instant; null (in the list) when the revocation's row was removed past the "
+                       "database's rules, which `revshare verify` names: the key stays revoked"})
     reason = ma.fields.String(required=True, allow_none=True)
 
 
@@ -106,8 +108,7 @@ def _instant(at_us: int | None) -> str | None:
 
 
 def _revocation(revocation: keys.Revocation) -> dict:
-    return {"id": revocation.key_id, "revoked_at": format_instant(revocation.revoked_at_us),
-            "reason": revocation.reason}
+    return {"id": revocation.key_id, "revoked_at": _instant(revocation.revoked_at_us), "reason": revocation.reason}
 
 
 @blp.route("/api-keys", methods=["GET"])

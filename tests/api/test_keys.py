@@ -161,6 +161,9 @@ def test_a_revocation_removed_past_the_database_rules_keeps_its_key_out_and_is_a
     assert client.get("/v1/transactions?limit=1", headers=headers).status_code == 401
     again = expect(client.post(f"/v1/api-keys/{key_id}/revocation", json={}, headers=admin), 409)
     assert again["detail"].startswith(f"the revocation of API key {key_id!r} was recorded once and is no longer")
+    listed = expect(client.get("/v1/api-keys?limit=1000", headers=admin), 200)["items"]
+    assert [item["revocation"] for item in listed if item["id"] == key_id] == [
+        {"id": key_id, "revoked_at": None, "reason": None}]  # revoked still, its row gone
 
 
 def test_an_admin_lists_every_key_a_page_at_a_time_with_its_revocation_and_never_the_key(call):

@@ -593,6 +593,19 @@ def test_cli_errors_name_the_option_not_the_api_field(seeded):
         assert result.exit_code == 2 and result.output.startswith("error: --expires-at:"), result.output
 
 
+def test_a_key_whose_revocation_was_removed_past_the_rules_is_listed_as_revoked(sqlite_database):
+    from tests.integration.test_tamper_evidence import behind_the_triggers
+
+    made = invoke(sqlite_database.url, "keys", "create", "--role", "billing")
+    key_id = made.output.splitlines()[0].removeprefix("id: ")
+    assert invoke(sqlite_database.url, "keys", "revoke", key_id).exit_code == 0
+    with behind_the_triggers(sqlite_database) as execute:
+        execute(f"DELETE FROM api_key_revocations WHERE api_key_id = '{key_id}'")
+    [listed] = [line for line in invoke(sqlite_database.url, "keys", "list").output.splitlines()
+                if line.startswith(key_id)]
+    assert listed.endswith("  revoked (its row removed past the database's rules: `revshare verify` names it)")
+
+
 def test_a_key_made_to_expire_says_when_and_is_listed_so(seeded):
     made = invoke(seeded.url, "keys", "create", "--role", "billing", "--expires-at", "2999-01-01T00:00:00+01:00")
     assert made.exit_code == 0 and "expires: 2998-12-31T23:00:00Z" in made.output.splitlines()

@@ -244,6 +244,8 @@ def test_a_revocation_deleted_past_the_triggers_is_named_and_its_key_stays_revok
     with chained.reader() as session:
         [problem] = verify(session).problems
         assert keys.authenticate(session, key) is None
+        assert [record.revocation for record in keys.list_keys(session) if record.id == key_id] == [
+            keys.Revocation(key_id, None, None)]  # listed as revoked, its row gone
         row = session.execute(sa.text("SELECT id FROM program_chain WHERE fact_table = 'api_key_revocations' "
                                       "AND fact_id = :key"), {"key": key_id}).scalar_one()
     assert (problem.code, problem.message) == (
