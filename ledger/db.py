@@ -76,6 +76,7 @@ SQLITE_CACHE_KIB = 32_768
 # PostgreSQL: a write of more rows than this is a COPY; fewer go in one multi-row INSERT, which
 # costs one round trip where COPY costs two (single events write one to three rows per table).
 COPY_ROWS_MIN = 50
+BIGINT_MAX = 2**63 - 1  # the greatest integer a column holds: SQLite's INTEGER, PostgreSQL's BIGINT
 # Values in one `IN (...)` list. A statement binds at most three such lists: far under the host
 # parameters SQLite (32,766 since 3.32) and PostgreSQL (65,535) take in one statement.
 IN_LIST_MAX = 500
@@ -917,7 +918,7 @@ def _database_error(connection, sql: str, error: Exception) -> Exception:
     running total out of range is bad input instead, a 422 naming `amount` (nothing is written:
     the caller's transaction fails as a whole)."""
     if TOTAL_OUT_OF_RANGE in str(error) or getattr(error, "sqlstate", None) == _OUT_OF_RANGE_SQLSTATE:
-        return _out_of_range(f"would take an account's running total past {2**63 - 1:,} minor units")
+        return _out_of_range(f"would take an account's running total past {BIGINT_MAX:,} minor units")
     lost = connection.dialect.is_disconnect(error, connection.connection.dbapi_connection, None)
     if lost:  # as SQLAlchemy does for its own statements: the pool will not hand the dead connection out again
         connection.invalidate(error)

@@ -45,8 +45,8 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import String, cast, exists, func, insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import (PROGRAM_CHAIN_LOCK_KEY, driver_rows, in_lists, insert_many, is_postgres, locked,
-                       shared_cache, table_exists, transaction_info, trigger_exists)
+from ledger.db import (BIGINT_MAX, PROGRAM_CHAIN_LOCK_KEY, driver_rows, in_lists, insert_many, is_postgres,
+                       locked, shared_cache, table_exists, transaction_info, trigger_exists)
 from ledger.errors import Conflict
 from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata, program_chain, program_withdrawals
 
@@ -88,7 +88,6 @@ INTEGER_VALUES = {("plan_versions", "version")}  # a withdrawal's `value` is tex
 # The facts whose ids are text; the others' are integers.
 TEXT_IDS = ("plans", "partners", "customers", "revenue_events", *KEYS)
 FACTS_NAMED = 5  # of each kind of problem, the first few are named
-ROW_ID_MAX = 2**63 - 1  # the chain's ids are the database's 64-bit integers; a head recorded past them is missing
 NOUNS = {"plans": "plan", "partners": "partner", "customers": "customer", "revenue_events": "revenue event",
          "api_keys": "API key", "api_key_revocations": "the revocation of API key"}
 
@@ -393,7 +392,7 @@ def _rows_without_facts(session: Session, table: str, facts: int) -> list[tuple[
 
 def _check_recorded_head(session: Session, recorded_head: tuple[int, str]) -> list[tuple[None, str, str]]:
     head_id, recorded_hash = recorded_head
-    found = None if head_id > ROW_ID_MAX else session.execute(
+    found = None if head_id > BIGINT_MAX else session.execute(  # past the chain's ids: missing
         select(program_chain.c.hash).where(program_chain.c.id == head_id)).scalar()
     if found is None:
         return [(None, "program_head_missing", f"the program chain ends before row {head_id}, the head recorded: "
