@@ -82,8 +82,9 @@ def problem_response(status: int, reason: str, detail: str) -> bytes:
     slug = "-".join(title.lower().replace("-", " ").split())
     body = json.dumps({"type": PROBLEM_TYPE_PREFIX + slug, "title": title, "status": status,
                        "detail": detail or _DETAIL_500}).encode()
+    # `no-store` as on every answer of the app (api.Response): no cache keeps a refusal either
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+            f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
 

@@ -326,6 +326,7 @@ def problem_of(answer: bytes) -> tuple[int, dict]:
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
     assert headers.get("content-type") == "application/problem+json", answer[:400]
+    assert headers.get("cache-control") == "no-store", answer[:400]
     problem = json.loads(body)
     status = int(status_line.split()[1])
     assert set(problem) == {"type", "title", "status", "detail"} and problem["status"] == status, problem
