@@ -401,18 +401,22 @@ def _import(settings: Settings, path: str, file_format: str, batch_size: int, su
         # so there is no progress bar.
         chosen = detect_format(path, head(stream)) if file_format == "auto" else file_format
         size = os.fstat(stream.fileno()).st_size if stream.seekable() else 0
-        with opened(settings) as database, (click.progressbar(length=size, label="importing", file=sys.stderr)
-                                            if size else contextlib.nullcontext()) as bar:
-            last = [0]
+        with opened(settings) as database, contextlib.ExitStack() as shown:
+            bars, last = [], [0]
+
+            def start() -> None:  # the bar once the file was read through: a header refused shows none
+                if size:
+                    bars.append(shown.enter_context(click.progressbar(length=size, label="importing",
+                                                                      file=sys.stderr)))
 
             def advance(_events: int) -> None:
-                if bar is not None:
+                if bars:
                     position = stream.buffer.tell()
-                    bar.update(max(0, position - last[0]))
+                    bars[0].update(max(0, position - last[0]))
                     last[0] = position
 
             import_stream(database, stream, chosen, batch_size=batch_size, progress=advance, summary=summary,
-                          applying=applying)
+                          applying=applying, started=start)
 
 
 AT_HELP = "Instant (RFC 3339) or date (the start of that day, UTC); not ahead of now; default now."

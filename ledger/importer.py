@@ -345,10 +345,13 @@ def detect_format(path: str, head: str) -> str:
 
 def import_stream(database: Database, stream: IO, file_format: str, *, batch_size: int = BATCH_SIZE_DEFAULT,
                   progress: Callable[[int], None] = lambda n: None, summary: Summary | None = None,
-                  applying: Callable[[], ContextManager] = contextlib.nullcontext) -> Summary:
+                  applying: Callable[[], ContextManager] = contextlib.nullcontext,
+                  started: Callable[[], None] = lambda: None) -> Summary:
     """The events of the stream applied a batch a transaction, into `summary` (a new one unless given:
     a caller stopped midway still holds what the batches that committed did). `applying` is entered
-    around each batch, from its first statement until it has committed (or failed)."""
+    around each batch, from its first statement until it has committed (or failed); `started` is
+    called once the file was read through and found readable (a CSV header that lacks a column is
+    refused before it), as the first batch is applied."""
     summary = Summary() if summary is None else summary
     with contextlib.ExitStack() as stack:
         if not stream.seekable():  # a pipe: read twice, from a copy (`_first_places`)
@@ -357,6 +360,7 @@ def import_stream(database: Database, stream: IO, file_format: str, *, batch_siz
         first, repeated = _first_places(stream, file_format, start)
         source = revenue.Input(first, repeated.holds, name="file")
         stream.seek(start)
+        started()
         _import_records(database, records(stream, file_format), source, batch_size, progress, summary, applying)
     return summary
 

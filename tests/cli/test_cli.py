@@ -913,6 +913,13 @@ def test_a_csv_header_that_lacks_a_column_stops_the_import_naming_it(seeded, tmp
     result = invoke(seeded.url, "import", str(tmp_path / "short.csv"))
     assert result.exit_code == 2 and "CSV header lacks currency" in result.output
     assert "Traceback" not in result.output and stored_events(seeded) == 0
+    # No progress bar is begun for a file refused whole: its label showed before the refusal.
+    assert "importing" not in result.output
+    whole = ["id,type,customer_id,invoice_id,amount,currency,occurred_at",
+             "m-1,invoice_paid,acme,inv-m-1,10.00,USD,2026-01-11T00:00:00Z"]
+    (tmp_path / "whole.csv").write_text("\n".join(whole) + "\n")
+    result = invoke(seeded.url, "import", str(tmp_path / "whole.csv"))
+    assert result.exit_code == 0 and "importing" in result.output and "posted: 1" in result.output, result.output
 
 
 def test_a_compressed_file_is_refused_as_not_utf8_not_as_a_csv_header_lacking_columns(seeded, tmp_path):
