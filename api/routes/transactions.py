@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from api.auth import allow, partner_filter, require_visible
+from api.auth import allow, partner_filter, partner_scope
 from api.body import Blueprint
 from api.fields import ExternalId, Instant, PartnerId, Str
 from api.idempotency import idempotent, request_token
@@ -109,9 +109,7 @@ def list_transactions(limit: int, cursor: int, partner_id: str | None = None, in
 @blp.response(200, TransactionSchema)
 def get_transaction(transaction_id: int):
     """One transaction with its lines"""
-    transaction = transactions.get(current_session(), transaction_id)
-    require_visible(transaction.partner_id, f"transaction {transaction_id}")
-    return render(transaction)
+    return render(transactions.get(current_session(), transaction_id, partner_id=partner_scope()))
 
 
 @blp.route(f"/transactions/<{ID_CONVERTER}:transaction_id>/reversal", methods=["POST"])

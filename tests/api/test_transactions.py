@@ -35,6 +35,33 @@ def test_a_transaction_carries_its_lines_hashes_sequence_and_links(shared):
     ]
 
 
+def test_another_partner_s_transaction_is_found_missing_as_an_id_past_the_head_is_by_the_same_statements(shared):
+    """Found and then refused, another partner's transaction took two more statements (its lines, its
+    reversal) than an id no transaction has: its 404 came later, which told a partner key the id was taken."""
+    from sqlalchemy import event
+
+    head = shared.client.get("/v1/transactions?limit=1000", headers=bearer(shared.keys.finance)).get_json()["items"]
+    past_head = max(item["id"] for item in head) + 1_000
+    for own, other, other_id in (("p1", "p2", shared.booked.p2), ("p2", "p1", shared.booked.p1[0])):
+        key = bearer(getattr(shared.keys, own))
+        shared.client.get(f"/v1/transactions/{past_head}", headers=key)  # the key authenticated and cached
+        answers, statements = [], []
+        for transaction_id in (other_id, past_head):
+            asked: list[str] = []
+            listener = lambda *args: asked.append(args[2])  # noqa: E731
+            event.listen(shared.database.engine, "before_cursor_execute", listener)
+            try:
+                response = shared.client.get(f"/v1/transactions/{transaction_id}", headers=key)
+            finally:
+                event.remove(shared.database.engine, "before_cursor_execute", listener)
+            answers.append((response.status_code, response.get_json()["detail"].replace(str(transaction_id), "N")))
+            statements.append(len([sql for sql in asked if "journal" in sql]))
+        assert answers[0] == answers[1] == (404, "transaction N not found"), answers
+        assert statements[0] == statements[1] == 1, (own, statements)
+        found = shared.client.get(f"/v1/transactions/{other_id}", headers=bearer(getattr(shared.keys, other)))
+        assert found.status_code == 200 and found.get_json()["partner_id"] == other
+
+
 @pytest.mark.parametrize("role", ["finance", "p1"])
 def test_a_transaction_never_shows_the_salt_or_request_hash_its_hash_covers(shared, role):
     response = shared.client.get(f"/v1/transactions/{shared.booked.p1[0]}", headers=bearer(getattr(shared.keys, role)))
