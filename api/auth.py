@@ -94,6 +94,8 @@ def authenticate_request() -> None:
         return  # routing failed (404/405 follows) or flask-smorest's docs
     app = current_app._get_current_object()
     access: Access = getattr(app.view_functions[endpoint], ACCESS_ATTRIBUTE)
+    if req.method == "OPTIONS":
+        access = _any_method_s_access(app, req)
     if access.public:
         return
     # Key management asks the database every time: a revoked admin key, trusted from the cache
@@ -107,6 +109,17 @@ def authenticate_request() -> None:
         raise Forbidden(f"The {principal.role} role may not use this resource.")
     if principal.role == "partner":
         _require_own_partner(req, app.view_functions[endpoint], principal.partner_id)
+
+
+def _any_method_s_access(app: Flask, req) -> Access:
+    """Who may ask OPTIONS of a path: whoever may use one of its methods. Routed as the first of the
+    path's rules, an OPTIONS of `/v1/partners` took the access of its POST, finance's: a 404 to a
+    partner key, which may GET it."""
+    adapter = app.create_url_adapter(req)
+    accesses = [getattr(app.view_functions[adapter.match(method=method)[0]], ACCESS_ATTRIBUTE)
+                for method in adapter.allowed_methods() if method not in ("HEAD", "OPTIONS")]
+    return Access(any(access.public for access in accesses),
+                  frozenset().union(*(access.roles for access in accesses)))
 
 
 def _require_own_partner(req, view: Callable, own: str) -> None:

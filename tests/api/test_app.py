@@ -31,6 +31,38 @@ def test_health_answers_without_a_key(shared):
     assert response.get_json() == {"status": "ok"}
 
 
+@pytest.mark.parametrize("path", ["/v1/health", "/v1/openapi.json"])
+def test_an_options_request_the_app_answers_itself_is_a_204_naming_the_methods_with_no_body(shared, path):
+    # Flask's own answer was a 200 with an empty body typed as an HTML page.
+    response = shared.client.options(path)
+    assert response.status_code == 204 and response.data == b"", response.headers
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    assert "Content-Type" not in response.headers and response.headers["Cache-Control"] == "no-store"
+
+
+def test_an_options_request_to_a_route_that_takes_a_key_is_refused_as_a_get_would_be(shared):
+    # Without a key a 401; with one, the GET's refusal (a partner key: the 404 of another partner's
+    # route), else the app's 204: an OPTIONS tells a partner key nothing a GET would not.
+    response = shared.client.options("/v1/partners")
+    assert response.status_code == 401 and response.mimetype == "application/problem+json"
+    statuses = {}
+    for role in ("finance", "p1", "p2"):
+        for path in ("/v1/partners", "/v1/partners/p1/balance", "/v1/partners/p2/balance"):
+            asked = bearer(getattr(shared.keys, role))
+            got, options = shared.client.get(path, headers=asked), shared.client.options(path, headers=asked)
+            statuses[role, path] = options.status_code
+            assert options.status_code == (204 if got.status_code == 200 else got.status_code), (role, path)
+            assert options.data == (b"" if got.status_code == 200 else got.data), (role, path)
+    assert statuses[("p1", "/v1/partners/p1/balance")] == 204 and statuses[("p1", "/v1/partners/p2/balance")] == 404
+    assert statuses[("p2", "/v1/partners/p2/balance")] == 204 and statuses[("p2", "/v1/partners/p1/balance")] == 404
+    # It reads no record: another partner's transaction and an id no transaction has are answered alike.
+    other, missing = (shared.client.options(f"/v1/transactions/{transaction_id}", headers=bearer(shared.keys.p1))
+                      for transaction_id in (shared.booked.p2, 999_999_999))
+    allow = {"GET", "HEAD", "OPTIONS"}
+    assert (other.status_code, set(other.headers["Allow"].split(", ")), other.data) == (204, allow, b"")
+    assert (missing.status_code, set(missing.headers["Allow"].split(", ")), missing.data) == (204, allow, b"")
+
+
 def test_the_openapi_document_lists_every_route_with_bearer_security(shared):
     response = shared.client.get("/v1/openapi.json")
     assert response.status_code == 200
