@@ -23,6 +23,7 @@ NOT_UTF8 = re.compile("[\udc80-\udcff]")
 PREFIX = "REVSHARE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PORT_MAX = 65535
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # no URL holds one as it is (RFC 3986): a mistake's
 
 
 class SettingsError(ValueError):
@@ -252,6 +253,12 @@ class Settings:
             None if url is None else re.sub(r"^postgres://", "postgresql://", url)
             for url in (database_url, migration_database_url))
         for name, url in (("DATABASE_URL", database_url), ("MIGRATION_DATABASE_URL", migration_database_url)):
+            if url is not None and (url != url.strip() or _CONTROL.search(url)):
+                # A `.env` saved with Windows line endings: `sqlite:///var/revshare.db\r` had `db upgrade`
+                # make a new, empty `revshare.db\r` beside the books. A path's own may be percent-encoded.
+                raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} has spaces around it or a control "
+                                    "character in it (a file saved with Windows line endings?): give the URL "
+                                    "alone, a space or other such character of a path percent-encoded (%20)")
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {without_password(url)!r}")

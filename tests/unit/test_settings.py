@@ -117,6 +117,24 @@ def test_an_sqlite_uri_filename_is_refused_naming_the_variable(name, url):
     assert message.startswith(f"{name} {url!r} is an SQLite URI filename (uri=true, file:): give the file's path")
 
 
+@pytest.mark.parametrize("url", ["sqlite:////srv/revshare/revshare.db\r", "sqlite:////srv/revshare/revshare.db ",
+                                 " sqlite:////srv/revshare/revshare.db", "sqlite:////srv/revshare/revshare.db\t",
+                                 "sqlite:////srv/revshare/rev\nshare.db", "postgresql://web@db.internal/revshare\r",
+                                 "sqlite:////srv/revshare/revshare.db\x7f"])
+@pytest.mark.parametrize("name", ["REVSHARE_DATABASE_URL", "REVSHARE_MIGRATION_DATABASE_URL"])
+def test_a_url_with_spaces_around_it_or_a_control_character_is_refused_naming_the_variable(name, url):
+    # A `.env` saved with Windows line endings: `db upgrade` made a new, empty `revshare.db\r`.
+    message = refusal({"REVSHARE_DATABASE_URL": URL, name: url})
+    assert message.startswith(f"{name} ") and "has spaces around it or a control character in it" in message
+    with pytest.raises(SettingsError, match=name):  # in code too: tests and benchmarks build settings
+        Settings.build(**{"database_url": URL, name.removeprefix("REVSHARE_").lower(): url})
+
+
+def test_a_path_s_space_percent_encoded_is_taken():
+    url = "sqlite:////srv/revshare/books%20of%202026.db"
+    assert Settings.from_env({"REVSHARE_DATABASE_URL": url}).database_url == url
+
+
 @pytest.mark.parametrize("books, migrated", [
     (URL, "sqlite:////srv/revshare/other.db"),
     ("postgresql://app@db.internal/revshare", "postgresql://owner@db.internal/revshare_test"),
