@@ -46,9 +46,6 @@ DOCS_ENDPOINT_PREFIX = "api-docs."
 PRINCIPAL_TTL_S = 10.0
 PRINCIPALS_CACHED_MAX = 10_000
 ADMIN_ONLY = frozenset({"admin"})  # the roles of key management's routes (`allow` adds admin to every route's)
-# HTTP's optional whitespace around a header's value: `str.strip()` also took a no-break space or a
-# NEL (0x85, 0xA0 as a WSGI server hands the bytes over) for part of none.
-_OPTIONAL_WHITESPACE = " \t"
 
 
 class Access(NamedTuple):
@@ -144,7 +141,7 @@ def missing_partner(partner_id: str) -> DomainNotFound:
 
 def _presented_principal(authorization: str, database: Database, *, fresh: bool) -> Principal:
     scheme, _, token = authorization.partition(" ")
-    token = token.strip(_OPTIONAL_WHITESPACE)
+    token = token.strip(keys.OPTIONAL_WHITESPACE)
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("An API key is required: send `Authorization: Bearer <key>`.",
                            www_authenticate=_challenge())

@@ -311,7 +311,8 @@ class _Stopped(Exception):
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto",
               show_default=True, help="auto: by the file name's extension (.csv; .ndjson, .jsonl, .json), "
-                                      "else NDJSON when the file starts with '{' and CSV otherwise.")
+                                      "else NDJSON when its first character that is not blank is '{', and CSV "
+                                      "otherwise.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=5000, show_default=True,
               help="Events per transaction; each committed batch stands if the import is stopped.")
 @pass_settings

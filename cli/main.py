@@ -194,8 +194,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     refused = server.unbindable(host, port)
     if refused is not None:
         shown = host or '""'
-        click.echo(f"error: cannot listen on {shown} port {port}: {refused}\n  stop what listens there, or give "
-                   "another --host or --port", err=True)
+        click.echo(f"error: cannot listen on {shown} port {port}: {refused}", err=True)
         sys.exit(2)
     server.run(server.gunicorn_options(host=host, port=port, workers=workers, log_level=settings.log_level))
 
@@ -233,14 +232,17 @@ def keys_create(settings: Settings, role: str, partner_id: str | None, expires_a
 @click.option("--reason", type=TEXT, default=None, help="Why, kept with the revocation.")
 @pass_settings
 def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
-    """Revoke an API key, named by its id or by the key itself (rsk_...): it no longer authenticates
-    (a running server's workers may take it for up to 10 more seconds)."""
+    """Revoke an API key, named by its id or by the key itself (rsk_..., or a header's `Bearer rsk_...`;
+    spaces and tabs around it are taken for none): it no longer authenticates (a running server's
+    workers may take it for up to 10 more seconds)."""
     from cli.books import opened
     from ledger.instants import format_instant
-    from ledger.keys import KEY_PREFIX, key_id_of, revoke_key
+    from ledger.keys import KEY_PREFIX, key_id_of, pasted, revoke_key
 
+    named = pasted(key)
     with opened(settings, {"reason": "--reason"}) as database, database.transaction() as session:
-        key_id = key_id_of(session, key) if key.startswith(KEY_PREFIX) else key
+        # Anything holding a key's prefix is taken for a key: refused, it is not shown back.
+        key_id = key_id_of(session, named) if KEY_PREFIX in named else named
         revocation, created = revoke_key(session, key_id, reason)
     state = "revoked" if created else "already revoked"
     click.echo(f"{state}: {revocation.key_id} at {format_instant(revocation.revoked_at_us)}")
@@ -249,8 +251,8 @@ def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
 @keys.command("list")
 @pass_settings
 def keys_list(settings: Settings) -> None:
-    """Every API key, oldest first: its id, role (and partner), when it was made and, if revoked,
-    when and why. The keys themselves are not stored, so not shown."""
+    """Every API key, oldest first: its id, role (and partner), when it was made, when it expires (if
+    made to) and, if revoked, when and why. The keys themselves are not stored, so not shown."""
     from cli.books import opened
     from ledger.errors import printable
     from ledger.instants import format_instant

@@ -30,6 +30,7 @@ keep their connections open:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import socket
@@ -249,13 +250,18 @@ def unbindable(host: str, port: int) -> str | None:
     interface is meant it is said as 0.0.0.0."""
     if host == "":
         return "an empty host listens on every interface: give 0.0.0.0 (or ::) to mean that"
+    if host.startswith("[") and host.endswith("]"):  # resolved as a name, not found
+        return f"an IPv6 address is given without its brackets: --host {host[1:-1]}"
     family = socket.AF_INET6 if util.is_ipv6(host) else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as listener:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((host, port))
     except OSError as error:
-        return error.strerror or str(error)
+        reason = error.strerror or str(error)
+        if error.errno == errno.EADDRINUSE:
+            return f"{reason}: stop what listens there, or give another --port"
+        return f"{reason}: give an address of this machine's as --host (127.0.0.1, 0.0.0.0 for all of them)"
     except TypeError as error:  # a name IDNA cannot encode (`a..b` passes, to fail resolving: OSError)
         return f"not a host name: {error}"
     return None

@@ -44,6 +44,9 @@ KEY_ENTROPY_BYTES = 32
 # A presented key longer than this cannot be one of ours; refuse it before hashing.
 KEY_LENGTH_MAX = 200
 REASON_LENGTH_MAX = 500  # of a revocation's reason
+# HTTP's optional whitespace around a header's value, which a key presented is read without:
+# `str.strip()` also took a no-break space or a NEL (0xA0, 0x85 as a WSGI server hands the bytes over).
+OPTIONAL_WHITESPACE = " \t"
 
 
 class Revocation(NamedTuple):
@@ -196,6 +199,15 @@ def _revocation(row) -> Revocation | None:
     if row.revoked_at_us is not None:
         return Revocation(row.id, row.revoked_at_us, row.reason)
     return Revocation(row.id, None, None) if row.revocation_chained else None
+
+
+def pasted(text: str) -> str:
+    """A key (or key id) as an operator pastes it, read as a request's `Authorization` header's value
+    is: spaces and tabs around it taken for none, and a `Bearer ` before it read past."""
+    named = text.strip(OPTIONAL_WHITESPACE)
+    scheme, _, rest = named.partition(" ")
+    rest = rest.strip(OPTIONAL_WHITESPACE)
+    return rest if scheme.lower() == "bearer" and rest else named
 
 
 def key_id_of(session: Session, key: str) -> str:

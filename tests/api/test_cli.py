@@ -117,6 +117,28 @@ def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_ta
     assert unknown.exit_code == 2 and "no API key of this service is that key" in unknown.output
 
 
+@pytest.mark.parametrize("pasted", [" {key}", "{key} ", "{key}\t", "\t {key} ", "Bearer {key}", "bearer  {key} \t"])
+def test_keys_revoke_takes_the_key_as_a_request_s_header_gives_it(database, pasted):
+    # As HTTP takes it: a key pasted with a space after it was "no API key of this service", and
+    # stayed valid; one with a space before it, or after `Bearer `, was printed back whole as an id.
+    made = run(["keys", "create", "--role", "finance"], database.url).output.strip().splitlines()
+    key, key_id = made[-1], made[0].removeprefix("id: ")
+    revoked = run(["keys", "revoke", pasted.format(key=key)], database.url)
+    assert revoked.exit_code == 0 and revoked.output.startswith(f"revoked: {key_id} at "), revoked.output
+    with database.reader() as session:
+        assert authenticate(session, key) is None
+
+
+def test_keys_revoke_refusing_what_holds_a_key_does_not_show_it(database):
+    key = run(["keys", "create", "--role", "finance"], database.url).output.strip().splitlines()[-1]
+    for argument in (f"x {key}", f"Bearer: {key}", f"{key}\n", f"Basic {key}"):
+        refused = run(["keys", "revoke", argument], database.url)
+        assert refused.exit_code == 2 and key[len("rsk_"):] not in refused.output, refused.output
+        assert "no API key of this service is that key" in refused.output
+    with database.reader() as session:
+        assert authenticate(session, key) is not None
+
+
 def test_keys_list_shows_a_reasons_terminal_escapes_and_does_not_run_them(database):
     """A revocation's reason of "cursor up, delete line" hid the key listed before it on a terminal:
     an admin key could make a key and hide it from the list an operator reads."""
@@ -170,11 +192,17 @@ def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_it(sqlite_databa
         port = taken.getsockname()[1]
         refused = run(["serve", "--port", str(port)], sqlite_database.url)
     assert refused.exit_code == 2 and calls == []
-    assert f"error: cannot listen on 127.0.0.1 port {port}: Address already in use" in refused.output
+    assert f"error: cannot listen on 127.0.0.1 port {port}: Address already in use: stop what listens there, or " \
+           "give another --port" in refused.output
     assert run(["serve", "--port", str(port)], sqlite_database.url).exit_code == 0 and len(calls) == 1  # free again
     elsewhere = run(["serve", "--host", "192.0.2.1"], sqlite_database.url)  # an address of no host here
     assert elsewhere.exit_code == 2 and "error: cannot listen on 192.0.2.1 port 8000: Cannot assign requested" in (
         elsewhere.output) and len(calls) == 1
+    assert "give an address of this machine's as --host" in elsewhere.output and "stop what" not in elsewhere.output
+    bracketed = run(["serve", "--host", "[::1]"], sqlite_database.url)  # as in a URL: a name that resolves nowhere
+    assert bracketed.exit_code == 2 and len(calls) == 1
+    assert "error: cannot listen on [::1] port 8000: an IPv6 address is given without its brackets: --host ::1" in (
+        bracketed.output)
     unencodable = run(["serve", "--host", "\u00e9..x"], sqlite_database.url)  # IDNA refuses the empty label
     assert unencodable.exit_code == 2 and len(calls) == 1
     assert "error: cannot listen on \u00e9..x port 8000: not a host name: encoding of hostname failed" in (
