@@ -228,10 +228,12 @@ def keys_create(settings: Settings, role: str, partner_id: str | None, expires_a
 
 
 @keys.command("revoke")
-@click.argument("key", type=TEXT)
+# `nargs=-1`: a header's value pasted unquoted, `Bearer rsk_...`, is two arguments, and click's refusal
+# of the second ("unexpected extra argument") showed the key.
+@click.argument("key", nargs=-1, required=True, type=TEXT, metavar="KEY")
 @click.option("--reason", type=TEXT, default=None, help="Why, kept with the revocation.")
 @pass_settings
-def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
+def keys_revoke(settings: Settings, key: tuple[str, ...], reason: str | None) -> None:
     """Revoke an API key, named by its id or by the key itself (rsk_..., or a header's `Bearer rsk_...`;
     spaces and tabs around it are taken for none): it no longer authenticates (a running server's
     workers may take it for up to 10 more seconds)."""
@@ -239,7 +241,7 @@ def keys_revoke(settings: Settings, key: str, reason: str | None) -> None:
     from ledger.instants import format_instant
     from ledger.keys import KEY_PREFIX, key_id_of, pasted, revoke_key
 
-    named = pasted(key)
+    named = pasted(" ".join(key))
     with opened(settings, {"reason": "--reason"}) as database, database.transaction() as session:
         # Anything holding a key's prefix is taken for a key: refused, it is not shown back.
         key_id = key_id_of(session, named) if KEY_PREFIX in named else named

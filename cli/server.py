@@ -251,7 +251,7 @@ def unbindable(host: str, port: int) -> str | None:
     if host == "":
         return "an empty host listens on every interface: give 0.0.0.0 (or ::) to mean that"
     if host.startswith("[") and host.endswith("]"):  # resolved as a name, not found
-        return f"an IPv6 address is given without its brackets: --host {host[1:-1]}"
+        return f"give an IPv6 address without brackets: --host {host[1:-1]}"
     family = socket.AF_INET6 if util.is_ipv6(host) else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as listener:
@@ -261,7 +261,11 @@ def unbindable(host: str, port: int) -> str | None:
         reason = error.strerror or str(error)
         if error.errno == errno.EADDRINUSE:
             return f"{reason}: stop what listens there, or give another --port"
-        return f"{reason}: give an address of this machine's as --host (127.0.0.1, 0.0.0.0 for all of them)"
+        if error.errno == errno.EACCES:
+            return f"{reason}: a port below 1024 takes privileges; give another --port"
+        if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+            return f"{reason}: give an address of this machine's as --host (127.0.0.1, 0.0.0.0 for all of them)"
+        return f"{reason}: give another --host or --port"
     except TypeError as error:  # a name IDNA cannot encode (`a..b` passes, to fail resolving: OSError)
         return f"not a host name: {error}"
     return None

@@ -256,9 +256,12 @@ class Settings:
             if url is not None and (url != url.strip() or _CONTROL.search(url)):
                 # A `.env` saved with Windows line endings: `sqlite:///var/revshare.db\r` had `db upgrade`
                 # make a new, empty `revshare.db\r` beside the books. A path's own may be percent-encoded.
-                raise SettingsError(f"{PREFIX}{name} {without_password(url)!r} has spaces around it or a control "
-                                    "character in it (a file saved with Windows line endings?): give the URL "
-                                    "alone, a space or other such character of a path percent-encoded (%20)")
+                # Not shown: such a URL may be one `without_password` cannot mask (`_misread`'s).
+                found = _CONTROL.search(url)
+                what = f"a control character ({found.group()!r}) in it" if found else "spaces around it"
+                raise SettingsError(f"{PREFIX}{name} has {what} (a file saved with Windows line endings?), and is "
+                                    "not shown: give the URL alone, a space or other such character of a path "
+                                    "percent-encoded (%20)")
             if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
                 raise SettingsError(f"{PREFIX}{name} must be an sqlite:// or postgresql:// URL, "
                                     f"got {without_password(url)!r}")

@@ -117,13 +117,15 @@ def test_keys_list_shows_each_key_s_role_and_revocation_but_no_key_and_revoke_ta
     assert unknown.exit_code == 2 and "no API key of this service is that key" in unknown.output
 
 
-@pytest.mark.parametrize("pasted", [" {key}", "{key} ", "{key}\t", "\t {key} ", "Bearer {key}", "bearer  {key} \t"])
+@pytest.mark.parametrize("pasted", [[" {key}"], ["{key} "], ["{key}\t"], ["\t {key} "], ["Bearer {key}"],
+                                    ["bearer  {key} \t"], ["Bearer", "{key}"]])
 def test_keys_revoke_takes_the_key_as_a_request_s_header_gives_it(database, pasted):
     # As HTTP takes it: a key pasted with a space after it was "no API key of this service", and
-    # stayed valid; one with a space before it, or after `Bearer `, was printed back whole as an id.
+    # stayed valid; one with a space before it, or after `Bearer `, was printed back whole as an id,
+    # and `Bearer` and the key as two arguments (pasted unquoted) by click's "unexpected extra argument".
     made = run(["keys", "create", "--role", "finance"], database.url).output.strip().splitlines()
     key, key_id = made[-1], made[0].removeprefix("id: ")
-    revoked = run(["keys", "revoke", pasted.format(key=key)], database.url)
+    revoked = run(["keys", "revoke", *(argument.format(key=key) for argument in pasted)], database.url)
     assert revoked.exit_code == 0 and revoked.output.startswith(f"revoked: {key_id} at "), revoked.output
     with database.reader() as session:
         assert authenticate(session, key) is None
@@ -131,8 +133,8 @@ def test_keys_revoke_takes_the_key_as_a_request_s_header_gives_it(database, past
 
 def test_keys_revoke_refusing_what_holds_a_key_does_not_show_it(database):
     key = run(["keys", "create", "--role", "finance"], database.url).output.strip().splitlines()[-1]
-    for argument in (f"x {key}", f"Bearer: {key}", f"{key}\n", f"Basic {key}"):
-        refused = run(["keys", "revoke", argument], database.url)
+    for arguments in ([f"x {key}"], [f"Bearer: {key}"], [f"{key}\n"], [f"Basic {key}"], ["Basic", key], [key, key]):
+        refused = run(["keys", "revoke", *arguments], database.url)
         assert refused.exit_code == 2 and key[len("rsk_"):] not in refused.output, refused.output
         assert "no API key of this service is that key" in refused.output
     with database.reader() as session:
@@ -201,7 +203,7 @@ def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_it(sqlite_databa
     assert "give an address of this machine's as --host" in elsewhere.output and "stop what" not in elsewhere.output
     bracketed = run(["serve", "--host", "[::1]"], sqlite_database.url)  # as in a URL: a name that resolves nowhere
     assert bracketed.exit_code == 2 and len(calls) == 1
-    assert "error: cannot listen on [::1] port 8000: an IPv6 address is given without its brackets: --host ::1" in (
+    assert "error: cannot listen on [::1] port 8000: give an IPv6 address without brackets: --host ::1" in (
         bracketed.output)
     unencodable = run(["serve", "--host", "\u00e9..x"], sqlite_database.url)  # IDNA refuses the empty label
     assert unencodable.exit_code == 2 and len(calls) == 1
@@ -210,6 +212,32 @@ def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_it(sqlite_databa
     empty = run(["serve", "--host", ""], sqlite_database.url)  # `--host "$HOST"`, unset: every interface
     assert empty.exit_code == 2 and len(calls) == 1
     assert 'error: cannot listen on "" port 8000: an empty host listens on every interface' in empty.output
+
+
+@pytest.mark.parametrize("errno_, hint", [
+    (errno.EACCES, "a port below 1024 takes privileges; give another --port"),
+    (errno.EADDRINUSE, "stop what listens there, or give another --port"),
+    (errno.EADDRNOTAVAIL, "give an address of this machine's as --host (127.0.0.1, 0.0.0.0 for all of them)"),
+    (errno.EAFNOSUPPORT, "give another --host or --port"),
+])
+def test_serve_s_refusal_of_an_address_hints_what_fits_its_reason(monkeypatch, errno_, hint):
+    # A privileged port refused to a user was told to give another --host.
+    class Refusing(socket.socket):
+        def bind(self, address):
+            raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(server.socket, "socket", Refusing)
+    assert server.unbindable("127.0.0.1", 80) == f"{os.strerror(errno_)}: {hint}"
+
+
+def test_serve_s_refusal_of_a_name_that_resolves_nowhere_asks_for_another_host(monkeypatch):
+    class Unresolved(socket.socket):  # as binding to a name no resolver knows fails, without asking one
+        def bind(self, address):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(server.socket, "socket", Unresolved)
+    assert server.unbindable("no-such-host.invalid", 8000) == (
+        "Name or service not known: give an address of this machine's as --host (127.0.0.1, 0.0.0.0 for all of them)")
 
 
 def test_the_gunicorn_configuration_is_accepted_by_gunicorn():
