@@ -253,12 +253,12 @@ class Settings:
             None if url is None else re.sub(r"^postgres://", "postgresql://", url)
             for url in (database_url, migration_database_url))
         for name, url in (("DATABASE_URL", database_url), ("MIGRATION_DATABASE_URL", migration_database_url)):
-            if url is not None and (url != url.strip() or _CONTROL.search(url)):
+            control = None if url is None else _CONTROL.search(url)
+            if url is not None and (control or url != url.strip()):
                 # A `.env` saved with Windows line endings: `sqlite:///var/revshare.db\r` had `db upgrade`
                 # make a new, empty `revshare.db\r` beside the books. A path's own may be percent-encoded.
                 # Not shown: such a URL may be one `without_password` cannot mask (`_misread`'s).
-                found = _CONTROL.search(url)
-                what = f"a control character ({found.group()!r}) in it" if found else "spaces around it"
+                what = f"a control character ({control.group()!r}) in it" if control else "spaces around it"
                 raise SettingsError(f"{PREFIX}{name} has {what} (a file saved with Windows line endings?), and is "
                                     "not shown: give the URL alone, a space or other such character of a path "
                                     "percent-encoded (%20)")
