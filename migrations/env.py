@@ -46,8 +46,8 @@ def _run(connection) -> None:
             # The guards' plans are made once a connection (PL/pgSQL), by the statistics of the moment.
             # A backfill adds its rows one statement each in this one transaction, which no statistics
             # see: the chain's guard, planned while the chain was short, read all of it again for each
-            # row (0053's facts, 0056's events: 20,000 events took 84 s, 125,000 eighteen minutes).
-            # Kept from scans of whole tables where an index serves, each check reads by key: 2.6 s.
+            # row (0053's facts, 0056's events: 20,000 events took 82-84 s, 125,000 eighteen minutes).
+            # Kept from scans of whole tables where an index serves, each check reads by key: 2.2-2.6 s.
             connection.execute(text("SET LOCAL enable_seqscan = off"))
         context.run_migrations()
 
