@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0057'
+REVISION = '0058'
 
 GUARDS = {
     'sqlite': {
@@ -71,6 +71,7 @@ GUARDS = {
         'trg_journal_transactions_payout_record_due': ('journal_transactions', '3735747c8ae982de'),
         'trg_journal_transactions_plan_version_known': ('journal_transactions', '609af883391746eb'),
         'trg_journal_transactions_reinstated_chargeback': ('journal_transactions', '3cbfd84ebe1b2a3d'),
+        'trg_journal_transactions_reinstates_for_a_dispute': ('journal_transactions', '8d68f5ed95f16891'),
         'trg_journal_transactions_release_settled': ('journal_transactions', '9a3bc2d3fe3e5448'),
         'trg_journal_transactions_release_undone': ('journal_transactions', 'b5290cae005137ed'),
         'trg_journal_transactions_released_at_maturity': ('journal_transactions', 'c3d3eac3abd019dd'),
@@ -136,6 +137,7 @@ GUARDS = {
         'trg_payouts_no_delete': ('payouts', 'a7320303c31953c3'),
         'trg_payouts_no_replace': ('payouts', '16521e4435797b29'),
         'trg_payouts_no_update': ('payouts', '44bd88334aecf4a7'),
+        'trg_payouts_on_its_accounts': ('payouts', 'eb4e94769873ecce'),
         'trg_payouts_posted': ('payouts', '04b8933ca2a056a5'),
         'trg_payouts_values': ('payouts', '9fcb913e66b1b49b'),
         'trg_period_closes_chained': ('period_closes', '99d3992d34918573'),
@@ -195,6 +197,7 @@ GUARDS = {
         'trg_revenue_events_no_replace': ('revenue_events', '682e6d481290df10'),
         'trg_revenue_events_no_update': ('revenue_events', '5bea463dcd139c6a'),
         'trg_revenue_events_posted_as_named': ('revenue_events', 'ab8279db6692e563'),
+        'trg_revenue_events_reinstated_only_by_a_dispute': ('revenue_events', 'b88dca4913ae330b'),
         'trg_revenue_events_values': ('revenue_events', '6fe798e75336477a'),
         'trg_revenue_events_within_invoice': ('revenue_events', 'c8e350c95f64a087'),
         'trg_rules_since_no_delete': ('rules_since', '04f3bb37120947a1'),
@@ -428,6 +431,7 @@ GUARDS = {
         'function journal_transactions_payout_final()': ('(function)', '1ec3e84490a95c30'),
         'function journal_transactions_payout_record_due()': ('(function)', '5f7b827de9f79caf'),
         'function journal_transactions_reinstated_chargeback()': ('(function)', 'dba8907d35bf1d84'),
+        'function journal_transactions_reinstates_for_a_dispute()': ('(function)', 'a2ff4d955f64801f'),
         'function journal_transactions_resolution_due()': ('(function)', 'bd2b915316a51fcb'),
         'function journal_transactions_reversal_final()': ('(function)', 'ed8c28f400cbb86c'),
         'function journal_transactions_reversal_in_time()': ('(function)', '388f0fd688c896e4'),
@@ -453,6 +457,7 @@ GUARDS = {
         'function payout_runs_in_an_open_period()': ('(function)', '5cf3b00d861060b8'),
         'function payout_runs_in_order()': ('(function)', '28443608b13ff895'),
         'function payout_runs_not_ahead()': ('(function)', 'a06c8d1f6745ce82'),
+        'function payouts_on_its_accounts()': ('(function)', 'a0d19f66337e7d57'),
         'function payouts_posted()': ('(function)', '9df2b5e288b797be'),
         'function period_closes_chained()': ('(function)', 'b952d5fb1d4254ad'),
         'function period_closes_closed_in_time()': ('(function)', '58d57bd81f043c18'),
@@ -480,7 +485,7 @@ GUARDS = {
         'function program_withdrawal_in_turn()': ('(function)', 'f1c9d129056d7007'),
         'function program_withdrawals_held()': ('(function)', '7140c3c84a527f70'),
         'function program_writer_in_turn()': ('(function)', 'e4b353ca98014615'),
-        'function revenue_events_as_posted()': ('(function)', '5b468c116555b5cc'),
+        'function revenue_events_as_posted()': ('(function)', '8aab1afce5111e48'),
         'function revenue_events_chain_due()': ('(function)', 'af1ffc1d253215c9'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
@@ -547,6 +552,8 @@ GUARDS = {
             ('journal_transactions', '549067ec5105af07'),
         'trg_journal_transactions_reinstated_chargeback ON journal_transactions':
             ('journal_transactions', 'e2e4a163740a7836'),
+        'trg_journal_transactions_reinstates_for_a_dispute ON journal_transactions':
+            ('journal_transactions', 'a9b36e44d20f3f68', '0486ab27da6d37df'),
         'trg_journal_transactions_resolution_due ON journal_transactions':
             ('journal_transactions', '120877ddcbe08456', 'a425f0f0bbe39bb1'),
         'trg_journal_transactions_reversal_final ON journal_transactions': ('journal_transactions', '01cc80827c4c5661'),
@@ -608,6 +615,7 @@ GUARDS = {
         'trg_payout_runs_not_ahead ON payout_runs': ('payout_runs', 'da3081ef990412ce'),
         'trg_payouts_no_change ON payouts': ('payouts', '83187654c010c028'),
         'trg_payouts_no_truncate ON payouts': ('payouts', '19c5c45925112890'),
+        'trg_payouts_on_its_accounts ON payouts': ('payouts', '56167680b267435a'),
         'trg_payouts_posted ON payouts': ('payouts', 'd17bef3f97768812'),
         'trg_period_closes_chained ON period_closes': ('period_closes', 'd613920e706f6040'),
         'trg_period_closes_closed_in_time ON period_closes': ('period_closes', 'a786f0c4345973e6'),
@@ -655,7 +663,7 @@ GUARDS = {
         'trg_program_withdrawals_in_turn ON program_withdrawals': ('program_withdrawals', 'f9db3e4ae66f2fcc'),
         'trg_program_withdrawals_no_change ON program_withdrawals': ('program_withdrawals', '4cf6e380b6c9852e'),
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
-        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', 'd7a6926aedea804a'),
+        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '8c8c806e8632dc39'),
         'trg_revenue_events_chain_due ON revenue_events': ('revenue_events', 'd48dc5266fd81777'),
         'trg_revenue_events_currency ON revenue_events': ('revenue_events', 'a39b10b0c078ce34'),
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),

@@ -34,7 +34,10 @@ balance is what its queued pieces hold, so no hold has left the queue unreleased
 CPA bounty posted once (`verify_bounties`); each clawback and release against a standing piece of
 its partner, invoice and currency, on the accounts of its kind (`verify_piece_links`), within the
 piece's amount (`verify_pieces_within`);
-and every payout posting with its payout record (`verify_payouts_recorded`). The rules migration
+and every payout posting with its payout record (`verify_payouts_recorded`); each reinstatement a
+won dispute's, restoring a commission of its partner, kind and invoice (`verify_reinstatements`,
+migration 0058's rule); no transaction recorded a day past the database's clock (`recorded_ahead`: the
+database holds a posting's instant to its recorded instant, which the writer gives). The rules migration
 0031 makes the database hold for new rows, on rows written before it: each adjustment between its
 expense and its partner, with a reason (`verify_adjustments`); each partner a transaction names
 enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run was
@@ -98,6 +101,10 @@ HOLD_INVOICES_PER_READ = 5_000  # the queued invoices whose pieces are replayed 
 PIECE_KINDS = ("clawback", "release")  # posted against a piece, named by accrual_id
 PENDING_SUFFIX = ":pending"  # of every partner's pending account, chart.pending(partner_id), and no other
 AVAILABLE_SUFFIX = ":available"  # the same of chart.available(partner_id)
+# How far past the database's clock a posting's recorded instant may lie: a server's clock may run
+# ahead of the database's (the service takes its postings; the rules allow five minutes' skew a dated
+# instant), but none of the service's runs a day ahead.
+RECORDED_AHEAD_US_MAX = 24 * 3_600 * 1_000_000
 
 
 class Problem(NamedTuple):
@@ -135,6 +142,7 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
     reversal_ids: set[int] = set()
     head_hash: str | None = None
     not_pieces = _NotPieces()
+    recorded_by_us = database_now_us(session) + RECORDED_AHEAD_US_MAX
     lines_by_transaction = _lines_grouped(session)
     pending_lines = next(lines_by_transaction, None)
     headers = session.execute(select(journal_transactions, revenue_events.c.request_hash.label("event_hash"))
@@ -151,6 +159,9 @@ def verify(session: Session, *, problems_max: int = 1000, head: tuple[int, str] 
             lines = pending_lines[1]
             pending_lines = next(lines_by_transaction, None)
         problems.extend(_check(header, lines, expected_id, prev_hash))
+        if header.recorded_at_us > recorded_by_us:
+            problems.append(Problem(header.id, "recorded_ahead", "recorded at "
+                                    f"{_instant(header.recorded_at_us)}, a day past the database's clock"))
         problems.extend(_check_links(header, reversal_ids))
         not_pieces.add(header, lines)
         expected_id, prev_hash, checked = header.id + 1, header.hash, checked + 1
@@ -206,6 +217,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(verify_pieces_within(session))
     problems.extend(verify_adjustments(session))
     problems.extend(verify_earnings_and_writeoffs(session))
+    problems.extend(verify_reinstatements(session))
     problems.extend(verify_partners_enrolled(session))
     problems.extend(Problem(*found) for found in verify_withdrawals(session))
     problems.extend(Problem(*found) for found in verify_guards(session))
@@ -418,8 +430,10 @@ def _resolution_postings(session: Session) -> dict[int, tuple[str | None, dict[s
 
 def verify_payout_postings(session: Session) -> list[Problem]:
     """Each payout against the transaction that posted it: a `payout` of the same partner whose
-    debits in the payout's currency are its amount. Settling or failing a payout posts the amount
-    and partner its record holds, so an altered record would move money nobody paid out."""
+    debits in the payout's currency are its amount, each line a debit of the partner's available
+    account or a credit of payouts in transit, in that currency (`payout_misposted`). Settling or
+    failing a payout posts the amount and partner its record holds, so an altered record would move
+    money nobody paid out."""
     p, t, j = payouts.c, journal_transactions.c, journal_lines.c
     debits = (select(func.coalesce(func.sum(j.amount_minor), 0))
               .where(j.transaction_id == p.transaction_id, j.side == DEBIT, j.currency == p.currency)
@@ -428,9 +442,21 @@ def verify_payout_postings(session: Session) -> list[Problem]:
         select(p.id, p.transaction_id).outerjoin(journal_transactions, t.id == p.transaction_id)
         .where((t.id.is_(None)) | (t.kind != "payout") | (t.partner_id.is_distinct_from(p.partner_id))
                | (p.amount_minor != debits)).order_by(p.id))
-    return [Problem(transaction_id, "payout_mismatch", f"payout {payout_id}: its partner, currency or amount is "
-                                                       "not what its payout transaction posted")
-            for payout_id, transaction_id in rows]
+    problems = [Problem(transaction_id, "payout_mismatch", f"payout {payout_id}: its partner, currency or amount is "
+                                                           "not what its payout transaction posted")
+                for payout_id, transaction_id in rows]
+    mismatched = {problem.transaction_id for problem in problems}
+    a = accounts.c
+    available = literal("liability:partner:", String) + p.partner_id + AVAILABLE_SUFFIX
+    placed = ((j.side == DEBIT) & (a.name == available)) | ((j.side == CREDIT) & (a.name == chart.PAYOUTS_IN_TRANSIT))
+    astray = (select(j.id).join(accounts, a.id == j.account_id)
+              .where(j.transaction_id == p.transaction_id, (j.currency != p.currency) | ~placed).exists())
+    problems.extend(  # migration 0058 holds new rows to it
+        Problem(transaction_id, "payout_misposted", f"payout {payout_id}: its transaction does not move its amount "
+                                                    "from the available account of its partner to payouts in transit")
+        for payout_id, transaction_id in session.execute(select(p.id, p.transaction_id).where(astray).order_by(p.id))
+        if transaction_id not in mismatched)
+    return problems
 
 
 def verify_payout_runs(session: Session) -> list[Problem]:
@@ -590,6 +616,29 @@ def verify_earnings_and_writeoffs(session: Session) -> list[Problem]:
         problems.extend(Problem(transaction_id, code, what) for transaction_id in rows.scalars())
     misposted = {problem.transaction_id for problem in problems}
     return problems + _writeoffs_unlike_closes(session, misposted)
+
+
+def verify_reinstatements(session: Session) -> list[Problem]:
+    """Each accrual, CPA or override naming another commission (a reinstatement) as `ledger.revenue`
+    posts one, and migration 0058 holds new rows to: for a won dispute of its invoice, its event,
+    restoring a root commission (naming none) of its partner, kind and invoice. What the dispute
+    restores is re-derived by `verify_clawbacks`; written around the service for another event (the
+    customer's payment, say), it was re-derived by nothing, as a second CPA bounty is not counted
+    as one."""
+    t, e = journal_transactions.c, revenue_events.c
+    root = journal_transactions.alias("root")
+    o = root.c
+    rows = session.execute(
+        select(t.id).outerjoin(root, o.id == t.accrual_id).outerjoin(revenue_events, e.id == t.event_id)
+        .where(t.kind.in_(EARNING_KINDS), t.accrual_id.is_not(None),
+               t.partner_id.is_(None) | t.invoice_id.is_(None) | o.id.is_(None) | o.accrual_id.is_not(None)
+               | (o.kind != t.kind) | o.partner_id.is_distinct_from(t.partner_id)
+               | o.invoice_id.is_distinct_from(t.invoice_id) | e.id.is_(None) | (e.type != "chargeback_reversed")
+               | e.invoice_id.is_distinct_from(t.invoice_id))
+        .order_by(t.id))
+    return [Problem(transaction_id, "reinstatement_unlike_dispute", "a commission naming another that does not "
+                    "restore, for a won dispute of its invoice, a commission of its partner, kind and invoice")
+            for transaction_id in rows.scalars()]
 
 
 def _writeoffs_unlike_closes(session: Session, misposted: set[int]) -> list[Problem]:

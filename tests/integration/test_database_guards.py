@@ -36,7 +36,7 @@ def insert_line(connection, transaction_id, account_id, side, amount, at=5, curr
 
 def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="accrual",
                   reverses_id=None, original=None, customer_id=None, accrual_id=None, partner_id="northwind",
-                  invoice_id=None, recorded=1, memo=None):
+                  invoice_id=None, recorded=1, memo=None, event_id=None):
     """A header sealing the lines inserted before it. By default an accrual of northwind, as
     `booked`'s first posting, whose lines (a debit of `expense:commission`, a credit to northwind's
     pending account) are an accrual's (migration 0047); an adjustment names an enrolled partner and
@@ -44,11 +44,11 @@ def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="
     connection.execute(sa.text(
         f"{verb} INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us, "
         "idempotency_key, request_hash, prev_hash, hash, reverses_id, customer_id, accrual_id, partner_id, "
-        "invoice_id, memo) VALUES (:id, :kind, :at, :original, :recorded, :key, :h, :prev, :h, :reverses, :customer, "
-        ":accrual, :partner, :invoice, :memo)"),
+        "invoice_id, memo, event_id) VALUES (:id, :kind, :at, :original, :recorded, :key, :h, :prev, :h, :reverses, "
+        ":customer, :accrual, :partner, :invoice, :memo, :event)"),
         dict(id=transaction_id, kind=kind, at=at, original=original, key=key, h="f" * 64, prev=prev_hash,
              reverses=reverses_id, customer=customer_id, accrual=accrual_id, partner=partner_id, invoice=invoice_id,
-             recorded=recorded, memo=memo))
+             recorded=recorded, memo=memo, event=event_id))
 
 
 def refused(database, statements, match: str):

@@ -953,9 +953,10 @@ def test_a_customer_earns_one_cpa_bounty(booked):
             expense, pending = account_ids(connection)
             raw_transfer(connection, transaction_id, expense, pending, kind="cpa", customer_id=customer_id, **header)
         return post
-    accepted(booked, bounty(2, "acme"))
+    accepted(booked, bounty(2, "acme", invoice_id="inv-1"))
     refused(booked, bounty(3, "acme"), "a customer earns one CPA bounty")
-    accepted(booked, bounty(3, "acme", accrual_id=2))  # a won dispute's reinstatement names its original
+    # A won dispute's reinstatement names its original, and its dispute (stored after it: migration 0058).
+    accepted(booked, bounty(3, "acme", accrual_id=2, invoice_id="inv-1", event_id="won-1"))
     accepted(booked, bounty(4, "globex-corp"))
 
 
@@ -1174,14 +1175,20 @@ def test_a_release_debits_the_pending_account_not_the_available_one(pieces):
 def test_a_piece_is_reversed_though_a_reinstatement_names_it(pieces):
     """Only clawbacks and releases stand against a piece: a won dispute's reinstatement names its original
     as well, and does not hold the original's reversal back."""
+    with pieces.transaction() as session:  # 4: a piece of an invoice, as a won dispute restores one of its own
+        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
+                                                effective_at_us=5, idempotency_key="a4", partner_id="northwind",
+                                                invoice_id="inv-4")])
+
     def reinstatement(connection):
         expense, pending = account_ids(connection)
-        raw_transfer(connection, 4, expense, pending, amount=10, kind="accrual", accrual_id=1, partner_id="northwind")
+        raw_transfer(connection, 5, expense, pending, amount=10, kind="accrual", accrual_id=4, partner_id="northwind",
+                     invoice_id="inv-4", event_id="won-4")
     accepted(pieces, reinstatement)
     with pieces.transaction() as session:
-        journal.reverse(session, 1, reason="posted in error")
+        journal.reverse(session, 4, reason="posted in error")
     with pieces.engine.connect() as connection:
-        reversals = connection.exec_driver_sql("SELECT count(*) FROM journal_transactions WHERE reverses_id = 1")
+        reversals = connection.exec_driver_sql("SELECT count(*) FROM journal_transactions WHERE reverses_id = 4")
         assert reversals.scalar() == 1
 
 
@@ -1674,7 +1681,8 @@ def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_th
         with posting_before_0047(monkeypatch), database.transaction() as session:
             unnamed, named = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
-                idempotency_key=f"ghost-{partner}", partner_id=partner) for partner in (None, "ghost")])
+                idempotency_key=f"ghost-{partner}", partner_id=partner, invoice_id="inv-ghost")
+                for partner in (None, "ghost")])
         upgrade(empty_url)
 
         def reversal(transaction_id: int, original: int, partner: str | None):
@@ -1706,7 +1714,8 @@ def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_pie
         with posting_before_0047(monkeypatch), database.transaction() as session:
             unnamed, piece = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
-                idempotency_key=f"ghost-{partner}", partner_id=partner) for partner in (None, "ghost")])
+                idempotency_key=f"ghost-{partner}", partner_id=partner, invoice_id="inv-ghost")
+                for partner in (None, "ghost")])
         upgrade(empty_url)
         legs = (chart.pending("ghost"), chart.EXPENSE_COMMISSION)
 
@@ -1714,8 +1723,10 @@ def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_pie
             def post(connection):
                 ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
                 debit, credit = legs if kind == "reversal" else legs[::-1]
+                # An accrual naming the piece restores it for a won dispute of its invoice (migration 0058).
+                restores = {} if kind == "reversal" else dict(invoice_id="inv-ghost", event_id="won-ghost")
                 raw_transfer(connection, piece.id + 1, ids[debit], ids[credit], kind=kind, accrual_id=piece.id,
-                             reverses_id=unnamed.id if kind == "reversal" else None, partner_id=partner)
+                             reverses_id=unnamed.id if kind == "reversal" else None, partner_id=partner, **restores)
             return post
         refused(database, posting("ghost"), NOT_ENROLLED)
         if kind == "accrual":  # the same accrual once ghost is enrolled (one naming no partner is refused: 0047)

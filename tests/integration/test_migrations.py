@@ -381,7 +381,7 @@ def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_dow
         with database.transaction() as session:  # as the service wrote it before 0031
             [piece] = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
-                idempotency_key="ghost-piece", partner_id="ghost")])
+                idempotency_key="ghost-piece", partner_id="ghost", invoice_id="inv-ghost")])
 
         def written(kind: str, **header) -> None:
             """The raw posting for ghost, written and rolled back; raises what the database refuses."""
@@ -396,8 +396,8 @@ def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_dow
         at_0032 = header_guards_of(database)
         written("accrual", accrual_id=piece.id)
         upgrade(empty_url)
-        with pytest.raises(sa.exc.DBAPIError, match=NOT_ENROLLED):
-            written("accrual", accrual_id=piece.id)
+        with pytest.raises(sa.exc.DBAPIError, match=NOT_ENROLLED):  # restoring for a won dispute, as 0058 holds
+            written("accrual", accrual_id=piece.id, invoice_id="inv-ghost", event_id="won-ghost")
         written("reversal", reverses_id=piece.id)
         command.downgrade(alembic_config(empty_url), "0032")
         assert header_guards_of(database) == at_0032
