@@ -3,10 +3,11 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0058'
+REVISION = '0059'
 
 GUARDS = {
     'sqlite': {
+        'trg_account_totals_currency_kept': ('account_totals', '33193546d8c7c777'),
         'trg_account_totals_delete': ('account_totals', '92209935a96892fd'),
         'trg_account_totals_in_range': ('account_totals', 'd24fb3487202f641'),
         'trg_account_totals_insert': ('account_totals', '6ce2df376b3e300a'),
@@ -37,6 +38,9 @@ GUARDS = {
         'trg_cpa_claims_taken_no_delete': ('cpa_claims_taken', 'd6efd553f50c244d'),
         'trg_cpa_claims_taken_no_replace': ('cpa_claims_taken', 'e4fc135939aabf22'),
         'trg_cpa_claims_taken_no_update': ('cpa_claims_taken', 'c4e6a829af6f0358'),
+        'trg_currencies_no_delete': ('currencies', '3ee951fbe21e285e'),
+        'trg_currencies_no_insert': ('currencies', '7a574ff636be3bb5'),
+        'trg_currencies_no_update': ('currencies', '8953d0c7a9533ef6'),
         'trg_customers_chain_due': ('customers', '6ec49032122862a0'),
         'trg_customers_id_shape': ('customers', '5a94e7ee84e5ba2f'),
         'trg_customers_id_without_nul': ('customers', '00f68d2008b79c0d'),
@@ -192,6 +196,7 @@ GUARDS = {
         'trg_revenue_events_attributed_as_known': ('revenue_events', 'd76c997b3daaca59'),
         'trg_revenue_events_attributed_as_paid': ('revenue_events', 'b51baf1bdb66529f'),
         'trg_revenue_events_chain_due': ('revenue_events', 'af2710e21136d883'),
+        'trg_revenue_events_currency_kept': ('revenue_events', 'c57606058d9d1dcb'),
         'trg_revenue_events_in_time': ('revenue_events', '38ec5b3373d9a5cf'),
         'trg_revenue_events_no_delete': ('revenue_events', '5fc28ed8445cdb2f'),
         'trg_revenue_events_no_replace': ('revenue_events', '682e6d481290df10'),
@@ -223,6 +228,7 @@ GUARDS = {
         'columns of api_keys': ('api_keys', '2b91a2eb823e3c2a'),
         'columns of attributions': ('attributions', '2209dedd973c320c'),
         'columns of cpa_claims_taken': ('cpa_claims_taken', 'a22f17481619c085'),
+        'columns of currencies': ('currencies', 'fd3366096c835e71'),
         'columns of customers': ('customers', '32a89609a0524f6f'),
         'columns of idempotency_records': ('idempotency_records', 'f43769f86b84a5ea'),
         'columns of journal_lines': ('journal_lines', '562f3e463d636007'),
@@ -258,6 +264,7 @@ GUARDS = {
         'constraint ck_api_keys_role ON api_keys': ('api_keys', '84d76f86c4a56edf', 'aac34aecca28cc8b'),
         'constraint ck_attributions_source ON attributions': ('attributions', 'c883c4ccd67f8778', '7d18f7c1a77bed73'),
         'constraint ck_cpa_claims_taken_another ON cpa_claims_taken': ('cpa_claims_taken', '6d43647e9664e25c'),
+        'constraint ck_currencies_three_letters ON currencies': ('currencies', '85c56758b7f2e839'),
         'constraint ck_journal_lines_amount_positive ON journal_lines': ('journal_lines', '23da477daae3f407'),
         'constraint ck_journal_lines_currency_code ON journal_lines': ('journal_lines', 'c8f73a08c5d0092a'),
         'constraint ck_journal_lines_side ON journal_lines': ('journal_lines', '2f2ab87144a6e7fc', '7efb7e0023117472'),
@@ -348,6 +355,7 @@ GUARDS = {
         'constraint pk_api_keys ON api_keys': ('api_keys', '7608ecbc3da369d3'),
         'constraint pk_attributions ON attributions': ('attributions', '7608ecbc3da369d3'),
         'constraint pk_cpa_claims_taken ON cpa_claims_taken': ('cpa_claims_taken', '35c893919bd7a43d'),
+        'constraint pk_currencies ON currencies': ('currencies', '584a42032905185c'),
         'constraint pk_customers ON customers': ('customers', '7608ecbc3da369d3'),
         'constraint pk_idempotency_records ON idempotency_records': ('idempotency_records', 'c63cfd143ccf20eb'),
         'constraint pk_journal_lines ON journal_lines': ('journal_lines', '7608ecbc3da369d3'),
@@ -402,6 +410,7 @@ GUARDS = {
             ('program_withdrawals', 'af73bbc1901ea5f3'),
         'constraint uq_revenue_events_first_eligible_customer_id ON revenue_events':
             ('revenue_events', '48d24478631f4e8d'),
+        'function account_totals_currency_kept()': ('(function)', 'bea66823525a1124'),
         'function account_totals_refuse_direct()': ('(function)', 'e77f5c2879dd1749'),
         'function accounts_in_the_chart()': ('(function)', 'f94675546bf8acc8'),
         'function api_key_revocations_chain_due()': ('(function)', '157f3a34e881e7bc'),
@@ -414,6 +423,7 @@ GUARDS = {
         'function attributions_partner_in_force()': ('(function)', 'dc172d73428dae76'),
         'function attributions_within_horizon()': ('(function)', '1249b570c11ace02'),
         'function cpa_claims_taken_held()': ('(function)', '382502796f03383d'),
+        'function currencies_unchanged()': ('(function)', '927a16cba086d360'),
         'function customers_id_shape()': ('(function)', '6192013dcfc3bffc'),
         'function first_attribution_in_turn()': ('(function)', 'd74188c5c69ea935'),
         'function idempotency_records_no_update()': ('(function)', '8c6a046ed4be051a'),
@@ -485,7 +495,7 @@ GUARDS = {
         'function program_withdrawal_in_turn()': ('(function)', 'f1c9d129056d7007'),
         'function program_withdrawals_held()': ('(function)', '7140c3c84a527f70'),
         'function program_writer_in_turn()': ('(function)', 'e4b353ca98014615'),
-        'function revenue_events_as_posted()': ('(function)', '8aab1afce5111e48'),
+        'function revenue_events_as_posted()': ('(function)', '9c9f20312f8f608b'),
         'function revenue_events_chain_due()': ('(function)', 'af1ffc1d253215c9'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
@@ -495,6 +505,7 @@ GUARDS = {
         'function statement_documents_refuse_direct()': ('(function)', 'a02d9918c3702b27'),
         'function unreleased_pieces_due_no_update()': ('(function)', '6035c98351442f94'),
         'function unreleased_pieces_due_settled()': ('(function)', '36e3d621b2aae9c8'),
+        'trg_account_totals_currency_kept ON account_totals': ('account_totals', 'eda65930e57638c2'),
         'trg_account_totals_direct ON account_totals': ('account_totals', 'ddd9fa9be8732d38'),
         'trg_account_totals_no_truncate ON account_totals': ('account_totals', '31c4e428ae75e484'),
         'trg_accounts_in_the_chart ON accounts': ('accounts', '1f1fa26de99c77c5'),
@@ -522,6 +533,8 @@ GUARDS = {
         'trg_cpa_claims_taken_held ON cpa_claims_taken': ('cpa_claims_taken', 'b089c5ce950ed4ae'),
         'trg_cpa_claims_taken_no_change ON cpa_claims_taken': ('cpa_claims_taken', 'fc28c3d457b4cf50'),
         'trg_cpa_claims_taken_no_truncate ON cpa_claims_taken': ('cpa_claims_taken', 'da8df5c29ce9fc77'),
+        'trg_currencies_no_truncate ON currencies': ('currencies', 'bb185b20ecde45fd'),
+        'trg_currencies_unchanged ON currencies': ('currencies', '7c6990cb8934ea35'),
         'trg_customers_chain_due ON customers': ('customers', 'd791207b2da03a77'),
         'trg_customers_id_shape ON customers': ('customers', '79b39f834fee87fa'),
         'trg_customers_in_turn ON customers': ('customers', 'd3977d49e8c1a559'),
@@ -663,7 +676,7 @@ GUARDS = {
         'trg_program_withdrawals_in_turn ON program_withdrawals': ('program_withdrawals', 'f9db3e4ae66f2fcc'),
         'trg_program_withdrawals_no_change ON program_withdrawals': ('program_withdrawals', '4cf6e380b6c9852e'),
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
-        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '8c8c806e8632dc39'),
+        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '8113aee74d85766a'),
         'trg_revenue_events_chain_due ON revenue_events': ('revenue_events', 'd48dc5266fd81777'),
         'trg_revenue_events_currency ON revenue_events': ('revenue_events', 'a39b10b0c078ce34'),
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),

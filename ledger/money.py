@@ -2,7 +2,8 @@
 
 Amounts are stored as integers in the currency's minor unit (USD cents, JPY yen, BHD fils) with the
 ISO 4217 code beside them. The size of the minor unit comes from py-moneyed's
-`get_currency(code).sub_unit`. We never use `Money.get_amount_in_sub_unit()`, which truncates.
+`get_currency(code).sub_unit`, of the codes the books keep (`ledger.currencies`, as the database's
+`currencies` table holds them). We never use `Money.get_amount_in_sub_unit()`, which truncates.
 
 Parsing is strict: a decimal string with at most 15 integer digits and no more fractional digits
 than the currency has, whose minor units fit the 64-bit integer the databases store (15 digits do
@@ -22,6 +23,7 @@ from typing import Any
 import moneyed
 from moneyed import Money
 
+from ledger.currencies import MINOR_DIGITS
 from ledger.errors import InvalidInput, invalid
 
 INTEGER_DIGITS_MAX = 15
@@ -82,6 +84,8 @@ def _exponent_of(code: str) -> int:
         currency = moneyed.get_currency(code)
     except moneyed.CurrencyDoesNotExist:
         raise invalid("currency", f"unknown currency {code!r}") from None
+    if code not in MINOR_DIGITS:  # one a py-moneyed release added since: the database's table lacks it
+        raise invalid("currency", f"unknown currency {code!r}")
     sub_unit = currency.sub_unit
     if not isinstance(sub_unit, int) or sub_unit < 1:
         raise invalid("currency", f"{code!r} has no minor unit")

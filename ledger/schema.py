@@ -321,6 +321,15 @@ program_chain_due = Table(
 # into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py), and with
 # every fact withdrawn from them (0040). Equal revisions mean equal programs, so a process keeps its
 # Program while the revision stands. Python never writes it.
+# The currencies the books keep (`ledger.currencies`), by migration 0059: a line's and a revenue
+# event's currency is one of them. Changed by a migration only.
+currencies = Table(
+    "currencies",
+    metadata,
+    Column("code", String(3), primary_key=True),
+    CheckConstraint("length(code) = 3", name="three_letters"),
+)
+
 program_revision = Table(
     "program_revision",
     metadata,

@@ -33,7 +33,7 @@ Cost on the bulk ingest path (`revenue.ingest` of 10,000 paid invoices a transac
 benchmark's seeded program, this revision's guards and the same database with them taken away, in
 turn six times each, medians): SQLite 1.967 s against 1.916, and 1.995 against 1.957 (2-3%, each
 round slower with them: the event's rule reads the journal's rows naming the event); PostgreSQL
-1.509 s against 1.560, within the machine's drift.
+1.827 s against 1.963, within the machine's drift.
 
 Revision ID: 0058
 Revises: 0057

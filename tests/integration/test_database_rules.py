@@ -163,6 +163,39 @@ def test_a_currency_is_three_capital_letters(booked, currency):
     refused(booked, odd_currency, "currenc")
 
 
+KEPT = "a currency is one the books keep"
+
+
+@pytest.mark.parametrize("currency", ["ZZZ", "XAU", "XTS"])
+def test_a_lines_currency_is_one_the_books_keep(booked, currency):
+    """Migration 0059: an ISO 4217 code with a minor unit, not three capital letters alone. A line
+    of `ZZZ` stopped every payout run, and the trial balance could not be read."""
+    def in_currency(code: str):
+        def post(connection):
+            expense, pending = account_ids(connection)
+            insert_line(connection, 2, expense, "D", 100, currency=code)
+            insert_line(connection, 2, pending, "C", 100, currency=code)
+            insert_header(connection, 2, head_hash(connection))
+        return post
+    refused(booked, in_currency(currency), KEPT)
+    accepted(booked, in_currency("JPY"))  # a currency new to both accounts
+
+
+@pytest.mark.parametrize("currency", ["ZZZ", "XAU", "XTS"])
+def test_a_revenue_events_currency_is_one_the_books_keep(database, currency):
+    refused(database, raw(EVENT, currency=currency, occurred=5, recorded=5, h="a" * 64), KEPT)
+    accepted(database, raw(EVENT, currency="CLF", occurred=5, recorded=5, h="a" * 64))
+
+
+@pytest.mark.parametrize("statement", ["INSERT INTO currencies (code) VALUES ('ZZZ')",
+                                       "UPDATE currencies SET code = 'ZZZ' WHERE code = 'USD'",
+                                       "DELETE FROM currencies WHERE code = 'XTS' OR code = 'USD'"])
+def test_the_currencies_the_books_keep_change_by_a_migration_only(database, statement):
+    refused(database, lambda connection: connection.exec_driver_sql(statement), "change by a migration only")
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM currencies WHERE code IN ('USD', 'ZZZ')").scalar() == 1
+
+
 @pytest.mark.parametrize("column, value", [("amount_minor", 0.5), ("amount_minor", "abc"),
                                            ("effective_at_us", 5.5), ("effective_at_us", "x")])
 def test_sqlite_keeps_amounts_and_instants_integers(sqlite_database, column, value):
