@@ -13,7 +13,9 @@ that goes around Python:
   verify` said ok, and the next payout run paid it;
 - an event that is not a won dispute is named by no reinstatement: Python writes a posting's
   header before the event it names, in the same transaction, so the rule above reads the event when
-  it is there and this one when it comes;
+  it is there and this one when it comes. An event never stored is not refused: no posting's event
+  is a foreign key (it is written after the posting), and `verify` names a posting whose event is
+  missing (`event_missing`, and here `reinstatement_unlike_dispute` too);
 - a payout (`ledger.payouts.run_payouts`) moves its amount from the available account of its
   partner to payouts in transit, in its currency: migration 0018 held its partner and its amount
   alone, and a payout of 1,000,000.00 USD taken from a partner's pending account (held money) to

@@ -92,6 +92,19 @@ def test_an_event_named_by_a_reinstatement_before_it_is_stored_is_a_won_dispute(
     refused(disputed, raw(refund, type="refund", at=at("2026-01-26")), NAMED)
 
 
+def test_a_reinstatement_whose_dispute_never_comes_is_named_by_verify(disputed):
+    """No posting's event is a foreign key (Python writes it after the posting): the database takes
+    the reinstatement alone, and verify names it twice."""
+    forged = accepted_id(disputed, restoring("accrual", root(disputed, "northwind", "inv-1"), "never-sent"))
+    found = problems(disputed)
+    assert {(forged, "event_missing"), (forged, "reinstatement_unlike_dispute")} <= found
+
+
+def accepted_id(database, post) -> int:
+    with database.engine.begin() as connection:
+        return post(connection)
+
+
 def test_verify_names_a_reinstatement_written_for_a_payment_and_re_derives_one_for_a_dispute(disputed):
     northwinds = root(disputed, "northwind", "inv-1")
     with without_trigger(disputed, "journal_transactions", "trg_journal_transactions_reinstates_for_a_dispute") as session:
