@@ -337,6 +337,7 @@ def a_row_taking_only(connection: sqlite3.Connection, table: str, key: tuple[str
 # Tables whose refusal of a REPLACE came before migration 0036, in their own words.
 REPLACE_REFUSED = {table: f"^{table} is append-only: REPLACE refused$" for table in ("statement_documents",
                                                                                       "statement_bodies")}
+REPLACE_REFUSED["currencies"] = "^currencies: the currencies the books keep change by a migration only$"  # any insert
 # A key's revocation and a stored answer are inserted ON CONFLICT DO NOTHING, which a guard before the
 # insert would refuse (migrations 0036 and 0042).
 REPLACE_LET_THROUGH = {"api_key_revocations", "idempotency_records"}
