@@ -93,18 +93,22 @@ ROW_RULES = (  # (table, name, refused when, message, only when); the second on 
 EVENT_RULE = ROW_RULES[1]
 
 
+def refusing_first(function: str, refused_when: str, message: str) -> str:
+    """The statement function `function` over the new rows `added`, refusing first, with `message`,
+    when a row `n` of them is one `refused_when` holds of."""
+    begin = "BEGIN\n"
+    assert function.count(begin) == 1, function
+    return function.replace(begin, f"""{begin}  IF EXISTS (SELECT 1 FROM added n WHERE {refused_when}) THEN
+    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
+  END IF;
+""")
+
+
 def event_guard() -> str:
     """Migration 0049's event guard, refusing first an event that is not a won dispute named by a
     reinstatement."""
-    function = _0049.event_guard(kept=True)
-    begin = "BEGIN\n"
-    assert function.count(begin) == 1, function
     _, _, refused_when, message, only_when = EVENT_RULE
-    rule = f"""  IF EXISTS (SELECT 1 FROM added n WHERE {only_when} AND {refused_when}) THEN
-    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation';
-  END IF;
-"""
-    return function.replace(begin, begin + rule)
+    return refusing_first(_0049.event_guard(kept=True), f"{only_when} AND {refused_when}", message)
 
 
 def upgrade() -> None:

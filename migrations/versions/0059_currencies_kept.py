@@ -82,13 +82,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_unchanged()"""
 
 def event_guard() -> str:
     """Migration 0058's event guard, refusing first an event in a currency the books do not keep."""
-    function = _0058.event_guard()
-    begin = "BEGIN\n"
-    assert function.count(begin) == 1, function
-    return function.replace(begin, f"""{begin}  IF EXISTS (SELECT 1 FROM added n WHERE {UNKNOWN}) THEN
-    RAISE EXCEPTION '{EVENT_MESSAGE}' USING ERRCODE = 'check_violation';
-  END IF;
-""")
+    return _0058.refusing_first(_0058.event_guard(), UNKNOWN, EVENT_MESSAGE)
 
 
 def upgrade() -> None:
