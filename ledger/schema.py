@@ -317,10 +317,6 @@ program_chain_due = Table(
                          name="fk_program_chain_due_fact_table_program_chain", deferrable=True, initially="DEFERRED"),
 )
 
-# The partner program's revision: one row, which the database moves up by one with every insert
-# into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py), and with
-# every fact withdrawn from them (0040). Equal revisions mean equal programs, so a process keeps its
-# Program while the revision stands. Python never writes it.
 # The currencies the books keep (`ledger.currencies`), by migration 0059: a line's and a revenue
 # event's currency is one of them. Changed by a migration only.
 currencies = Table(
@@ -330,6 +326,10 @@ currencies = Table(
     CheckConstraint("length(code) = 3", name="three_letters"),
 )
 
+# The partner program's revision: one row, which the database moves up by one with every insert
+# into the tables a `partners.Program` reads (migrations/versions/0010_program_revision.py), and with
+# every fact withdrawn from them (0040). Equal revisions mean equal programs, so a process keeps its
+# Program while the revision stands. Python never writes it.
 program_revision = Table(
     "program_revision",
     metadata,

@@ -36,9 +36,9 @@ its partner, invoice and currency, on the accounts of its kind (`verify_piece_li
 piece's amount (`verify_pieces_within`);
 and every payout posting with its payout record (`verify_payouts_recorded`); each reinstatement a
 won dispute's, restoring a commission of its partner, kind and invoice (`verify_reinstatements`,
-migration 0058's rule); no transaction recorded a day past the database's clock (`recorded_ahead`: the
-database holds a posting's instant to its recorded instant, which the writer gives). The rules migration
-0031 makes the database hold for new rows, on rows written before it: each adjustment between its
+migration 0058's rule); no transaction recorded a day past the database's clock (`recorded_ahead`:
+the database holds a posting's instant to its recorded instant, which the writer gives). The rules
+migration 0031 makes the database hold for new rows, on rows written before it: each adjustment between its
 expense and its partner, with a reason (`verify_adjustments`); each partner a transaction names
 enrolled (`verify_partners_enrolled`). (Not its payout run outside closed periods: whether a run was
 made before or after a close is stored nowhere but in two clocks' readings.) And each program fact
