@@ -60,6 +60,12 @@ def restoring(kind: str, accrual_id: int, event_id: str, *, partner_id: str = "n
     return post
 
 
+def accepted_id(database, post) -> int:
+    """The id `post` writes, committed."""
+    with database.engine.begin() as connection:
+        return post(connection)
+
+
 def test_the_books_of_a_won_dispute_verify_clean(disputed):
     with disputed.engine.connect() as connection:
         restored = connection.exec_driver_sql(
@@ -98,11 +104,6 @@ def test_a_reinstatement_whose_dispute_never_comes_is_named_by_verify(disputed):
     forged = accepted_id(disputed, restoring("accrual", root(disputed, "northwind", "inv-1"), "never-sent"))
     found = problems(disputed)
     assert {(forged, "event_missing"), (forged, "reinstatement_unlike_dispute")} <= found
-
-
-def accepted_id(database, post) -> int:
-    with database.engine.begin() as connection:
-        return post(connection)
 
 
 def test_verify_names_a_reinstatement_written_for_a_payment_and_re_derives_one_for_a_dispute(disputed):
