@@ -88,8 +88,8 @@ from ledger.recorded_program import RECORDED_SKEW_US, verify_commissions
 from ledger.revenue import EVENT_COLUMNS, EVENT_POSTING_KINDS, RevenueEvent
 from ledger.revenue import request_hash as event_hash
 from ledger.schema import (GENESIS_HASH, account_totals, accounts, attributions, journal_lines, journal_transactions,
-                           metadata, open_holds, partners, payout_resolutions, payout_runs, payouts, period_closes,
-                           plan_versions, program_withdrawals, revenue_events)
+                           metadata, open_holds, partner_plans, partner_statuses, partners, payout_resolutions,
+                           payout_runs, payouts, period_closes, plan_versions, program_withdrawals, revenue_events)
 from ledger.terms import terms_from_json
 from ledger.guards import verify_guards
 from ledger.withdrawals import verify_withdrawals
@@ -692,8 +692,20 @@ def verify_partners_enrolled(session: Session) -> list[Problem]:
     rows = session.execute(
         select(t.partner_id, func.min(t.id)).outerjoin(partners, p.id == t.partner_id)
         .where(t.partner_id.is_not(None), p.id.is_(None)).group_by(t.partner_id).order_by(func.min(t.id)))
-    return [Problem(transaction_id, "partner_not_enrolled", f"names partner {partner_id!r}, which is not enrolled")
-            for partner_id, transaction_id in rows]
+    found = [Problem(transaction_id, "partner_not_enrolled", f"names partner {partner_id!r}, which is not enrolled")
+             for partner_id, transaction_id in rows]
+    return found + _partners_without_status_or_plan(session)
+
+
+def _partners_without_status_or_plan(session: Session) -> list[Problem]:
+    """`partners.create_partner` makes a partner with its status and plan; one written around the
+    service without either had its customers' payments recorded as earning nothing, and read back
+    with no status and no plan (`partner_unenrolled`, once a partner; no transaction to name)."""
+    p, s, pl = partners.c, partner_statuses.c, partner_plans.c
+    rows = session.execute(select(p.id).where(~exists().where(s.partner_id == p.id)
+                                              | ~exists().where(pl.partner_id == p.id)).order_by(p.id))
+    return [Problem(None, "partner_unenrolled", f"partner {partner_id!r} has no status or no plan")
+            for partner_id in rows.scalars()]
 
 
 def verify_event_links(session: Session) -> list[Problem]:
