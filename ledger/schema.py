@@ -402,6 +402,14 @@ rules_since = Table(
     Column("since_us", BigInteger, nullable=False),
 )
 
+# The reinstatements by the event they name (migration 0058): an event that is not a won dispute
+# is named by none, which each new event's rule reads in this index, as good as empty, not among the
+# journal's rows naming the event.
+_REINSTATEMENT = journal_transactions.c.kind.in_(("accrual", "cpa", "override")) & \
+    journal_transactions.c.accrual_id.is_not(None)
+Index("ix_journal_transactions_reinstatement_event_id", journal_transactions.c.event_id,
+      sqlite_where=_REINSTATEMENT, postgresql_where=_REINSTATEMENT)
+
 # One invoice is paid once: the database refuses a second `invoice_paid` for the same invoice.
 # A customer's CPA bounty is posted once (migration 0020's trigger, which this index serves: since
 # 0055 it reads the latest bounty before a new one, at the end of the customer's entries); a
