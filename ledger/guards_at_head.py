@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0059'
+REVISION = '0060'
 
 GUARDS = {
     'sqlite': {
@@ -90,7 +90,11 @@ GUARDS = {
         'trg_journal_transactions_writeoff_posted': ('journal_transactions', 'b8d045ec7c1eadb7'),
         'trg_open_holds_no_update': ('open_holds', '8a55439f2ae7a5ab'),
         'trg_open_holds_of_a_piece': ('open_holds', 'fc402ed923c61fcd'),
+        'trg_partner_enrolments_no_delete': ('partner_enrolments', 'ba76a453b893e994'),
+        'trg_partner_enrolments_no_replace': ('partner_enrolments', '1f66d936b854b7c5'),
+        'trg_partner_enrolments_written_once': ('partner_enrolments', 'e25ff167e24cc1f1'),
         'trg_partner_plans_chain_due': ('partner_plans', '64ab4fa1750511ff'),
+        'trg_partner_plans_enrols': ('partner_plans', 'ac7f593a49bf9d42'),
         'trg_partner_plans_id_fresh': ('partner_plans', '27d8cf952b1d2afc'),
         'trg_partner_plans_in_order': ('partner_plans', '257797bd22329faa'),
         'trg_partner_plans_no_delete': ('partner_plans', '67f1b0cead19fccf'),
@@ -101,6 +105,7 @@ GUARDS = {
         'trg_partner_plans_program_revision_withdrawn': ('partner_plans', 'd230cc5147ef591f'),
         'trg_partner_plans_within_horizon': ('partner_plans', 'ee7a203a444fb2e3'),
         'trg_partner_statuses_chain_due': ('partner_statuses', 'b08d51c1e58eb207'),
+        'trg_partner_statuses_enrols': ('partner_statuses', 'ab8585058102cbe3'),
         'trg_partner_statuses_id_fresh': ('partner_statuses', 'a7626047370d2d03'),
         'trg_partner_statuses_in_order': ('partner_statuses', '0fc42aefa3f70c36'),
         'trg_partner_statuses_no_delete': ('partner_statuses', 'e269955f1dd1640f'),
@@ -110,6 +115,7 @@ GUARDS = {
         'trg_partner_statuses_program_revision_withdrawn': ('partner_statuses', 'b6b51d25ad39f411'),
         'trg_partner_statuses_within_horizon': ('partner_statuses', '5e7d87eb31505d8e'),
         'trg_partners_chain_due': ('partners', '0c586dbb135f8c30'),
+        'trg_partners_enrolment_due': ('partners', '36fce45dad148842'),
         'trg_partners_id_shape': ('partners', '731c5b8a1c09abc1'),
         'trg_partners_id_without_nul': ('partners', '172452cef85bc3e3'),
         'trg_partners_name_shape': ('partners', 'eb6e7608fbda4c37'),
@@ -234,6 +240,7 @@ GUARDS = {
         'columns of journal_lines': ('journal_lines', '562f3e463d636007'),
         'columns of journal_transactions': ('journal_transactions', '1cc8a1e4548d11a6'),
         'columns of open_holds': ('open_holds', '6d936f26c76d8739'),
+        'columns of partner_enrolments': ('partner_enrolments', '3fecb0b1fb7336fb'),
         'columns of partner_plans': ('partner_plans', '63e95f073191c9f9'),
         'columns of partner_statuses': ('partner_statuses', 'a1ca7ffd48ddfd32'),
         'columns of partners': ('partners', '2ef266d251a7907a'),
@@ -321,6 +328,12 @@ GUARDS = {
         'constraint fk_journal_transactions_reverses_id_journal_transactions ON journal_transactions':
             ('journal_transactions', '6bd4e3a9faae8254'),
         'constraint fk_open_holds_accrual_id_journal_transactions ON open_holds': ('open_holds', '9180ed6980f83fc5'),
+        'constraint fk_partner_enrolments_partner_id_partners ON partner_enrolments':
+            ('partner_enrolments', 'a4b9684a464631b6'),
+        'constraint fk_partner_enrolments_plan_partner_plans ON partner_enrolments':
+            ('partner_enrolments', '25d1c3a92a634bfe'),
+        'constraint fk_partner_enrolments_status_partner_statuses ON partner_enrolments':
+            ('partner_enrolments', 'f82ad833ebe89916'),
         'constraint fk_partner_plans_partner_id_partners ON partner_plans': ('partner_plans', 'a4b9684a464631b6'),
         'constraint fk_partner_plans_plan_id_plans ON partner_plans': ('partner_plans', 'e4b2c744eec1bebc'),
         'constraint fk_partner_statuses_partner_id_partners ON partner_statuses':
@@ -361,6 +374,7 @@ GUARDS = {
         'constraint pk_journal_lines ON journal_lines': ('journal_lines', '7608ecbc3da369d3'),
         'constraint pk_journal_transactions ON journal_transactions': ('journal_transactions', '7608ecbc3da369d3'),
         'constraint pk_open_holds ON open_holds': ('open_holds', '1373235fecec97ca'),
+        'constraint pk_partner_enrolments ON partner_enrolments': ('partner_enrolments', 'a4822202c8b152b2'),
         'constraint pk_partner_plans ON partner_plans': ('partner_plans', '7608ecbc3da369d3'),
         'constraint pk_partner_statuses ON partner_statuses': ('partner_statuses', '7608ecbc3da369d3'),
         'constraint pk_partners ON partners': ('partners', '7608ecbc3da369d3'),
@@ -452,10 +466,14 @@ GUARDS = {
         'function journal_writer_in_turn()': ('(function)', 'e1d96cc17508dd1a'),
         'function open_holds_no_update()': ('(function)', '714a179c5fed4e1a'),
         'function open_holds_of_a_piece()': ('(function)', '8ca9ff5188c5e2b8'),
+        'function partner_enrolments_due()': ('(function)', 'c99a6458c292b011'),
+        'function partner_enrolments_written_once()': ('(function)', '882d813526bc6dac'),
+        'function partner_plans_enrols()': ('(function)', '14c6386004a8c30a'),
         'function partner_plans_id_fresh()': ('(function)', '3e991a691373550f'),
         'function partner_plans_in_order()': ('(function)', '316c0431498cfd4e'),
         'function partner_plans_plan_begun()': ('(function)', '167784a93a2536e1'),
         'function partner_plans_within_horizon()': ('(function)', '1cdef1483f13ccc9'),
+        'function partner_statuses_enrols()': ('(function)', '7ec75b47196d14b7'),
         'function partner_statuses_id_fresh()': ('(function)', '95d1dd2c9e59f9f4'),
         'function partner_statuses_in_order()': ('(function)', '469fc1c34690f79e'),
         'function partner_statuses_within_horizon()': ('(function)', '6cc03347c278e704'),
@@ -581,7 +599,10 @@ GUARDS = {
             ('journal_transactions', '24e41ae5ae4e9eba'),
         'trg_open_holds_no_update ON open_holds': ('open_holds', '9c6be7a9c48ef49d'),
         'trg_open_holds_of_a_piece ON open_holds': ('open_holds', 'dca1c84fbe61e084'),
+        'trg_partner_enrolments_no_truncate ON partner_enrolments': ('partner_enrolments', '65b293823409802f'),
+        'trg_partner_enrolments_written_once ON partner_enrolments': ('partner_enrolments', 'b8de087f89786aef'),
         'trg_partner_plans_chain_due ON partner_plans': ('partner_plans', '944253b053169eb3'),
+        'trg_partner_plans_enrols ON partner_plans': ('partner_plans', 'd73a3d82a9198ec6'),
         'trg_partner_plans_id_fresh ON partner_plans': ('partner_plans', '16d97fe8039a89cb'),
         'trg_partner_plans_in_order ON partner_plans': ('partner_plans', 'b2d90e20dc80fd8f'),
         'trg_partner_plans_in_turn ON partner_plans': ('partner_plans', 'f6d34b066d30bf0b'),
@@ -593,6 +614,7 @@ GUARDS = {
         'trg_partner_plans_program_revision_withdrawn ON partner_plans': ('partner_plans', 'e2ef782befc867f8'),
         'trg_partner_plans_within_horizon ON partner_plans': ('partner_plans', '2d4c01ebf9f57d7e'),
         'trg_partner_statuses_chain_due ON partner_statuses': ('partner_statuses', '1f68f4927ed50062'),
+        'trg_partner_statuses_enrols ON partner_statuses': ('partner_statuses', 'fafab9c61c614f9d'),
         'trg_partner_statuses_id_fresh ON partner_statuses': ('partner_statuses', 'edfdf6a54d688119'),
         'trg_partner_statuses_in_order ON partner_statuses': ('partner_statuses', '72edf22fcfa926b5'),
         'trg_partner_statuses_in_turn ON partner_statuses': ('partner_statuses', 'd6785e91aca5ece0'),
@@ -603,6 +625,7 @@ GUARDS = {
         'trg_partner_statuses_program_revision_withdrawn ON partner_statuses': ('partner_statuses', 'ce2e78bd97e9a525'),
         'trg_partner_statuses_within_horizon ON partner_statuses': ('partner_statuses', '089519c456d22b7c'),
         'trg_partners_chain_due ON partners': ('partners', 'b5b1408acb079f24'),
+        'trg_partners_enrolment_due ON partners': ('partners', '5591af2a2897699d'),
         'trg_partners_id_shape ON partners': ('partners', 'a0c798616e1c26fd'),
         'trg_partners_in_turn ON partners': ('partners', '1f7c6edc0e8c148c'),
         'trg_partners_name_shape ON partners': ('partners', '6b6585cfd0f174e7'),
@@ -695,6 +718,8 @@ GUARDS = {
         'trg_unreleased_pieces_due_no_truncate ON unreleased_pieces_due': ('unreleased_pieces_due', '68d934ccf65bbd02'),
         'trg_unreleased_pieces_due_no_update ON unreleased_pieces_due': ('unreleased_pieces_due', '9ab0a40eca97558c'),
         'trg_unreleased_pieces_due_settled ON unreleased_pieces_due': ('unreleased_pieces_due', '526f633a2e053dfb'),
+        'unique index uq_partner_plans_partner_id_id ON partner_plans': ('partner_plans', '92b73142d02cd950'),
+        'unique index uq_partner_statuses_partner_id_id ON partner_statuses': ('partner_statuses', '92b73142d02cd950'),
         'unique index uq_revenue_events_paid_invoice ON revenue_events': ('revenue_events', '8519bbe5815b67f0'),
     },
 }

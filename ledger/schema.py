@@ -250,6 +250,7 @@ partner_statuses = Table(
     Column("recorded_at_us", BigInteger, nullable=False),
     CheckConstraint(f"status IN ({', '.join(repr(t) for t in PARTNER_STATUSES)})", name="status"),
     Index(None, "partner_id", "effective_at_us"),
+    Index("uq_partner_statuses_partner_id_id", "partner_id", "id", unique=True),  # partner_enrolments' key
 )
 
 partner_plans = Table(
@@ -261,6 +262,22 @@ partner_plans = Table(
     Column("effective_from_us", BigInteger, nullable=False),
     Column("recorded_at_us", BigInteger, nullable=False),
     UniqueConstraint("partner_id", "effective_from_us"),
+    Index("uq_partner_plans_partner_id_id", "partner_id", "id", unique=True),  # partner_enrolments' key
+)
+
+# A partner's first status and first plan, by the commit (migration 0060): a trigger after each insert
+# into partners adds its row with both ids 0, "not yet"; the partner's first status and plan write
+# theirs, and a foreign key deferred to the commit asks for each, of the partner's own.
+partner_enrolments = Table(
+    "partner_enrolments",
+    metadata,
+    Column("partner_id", String(64), ForeignKey("partners.id"), primary_key=True),
+    Column("status_id", BigInteger, nullable=False),
+    Column("plan_id", BigInteger, nullable=False),
+    ForeignKeyConstraint(["partner_id", "status_id"], ["partner_statuses.partner_id", "partner_statuses.id"],
+                         name="fk_partner_enrolments_status_partner_statuses", deferrable=True, initially="DEFERRED"),
+    ForeignKeyConstraint(["partner_id", "plan_id"], ["partner_plans.partner_id", "partner_plans.id"],
+                         name="fk_partner_enrolments_plan_partner_plans", deferrable=True, initially="DEFERRED"),
 )
 
 # A program fact withdrawn before it started (migration 0040): a partner's status or plan change, a

@@ -132,6 +132,18 @@ def one_waits(database, worker) -> bool:
     return False
 
 
+def with_status_and_plan(connection, partner_id: str, plan_id: str) -> None:
+    """Give a partner a test wrote past Python its first status (active) and plan, from the
+    beginning, as `partners.create_partner` gives each partner: migration 0060 asks for both by the
+    commit."""
+    import sqlalchemy as sa
+
+    connection.execute(sa.text("INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
+                               " VALUES (:partner, 'active', 0, 1)"), {"partner": partner_id})
+    connection.execute(sa.text("INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us)"
+                               " VALUES (:partner, :plan, 0, 1)"), {"partner": partner_id, "plan": plan_id})
+
+
 def chain_due(connection) -> None:
     """Chain the facts a raw writer inserted in this transaction, as the service does with each
     (`ledger.program_chain.chain`), table by table in the chain's order: a test that writes facts

@@ -58,7 +58,12 @@ RAW_INSERTS = {  # one row into each program table, behind Python's back
     "plan_versions": "INSERT INTO plan_versions (plan_id, version, effective_from_us, terms, created_at_us) "
                      "SELECT plan_id, 2, effective_from_us + 1, terms, created_at_us FROM plan_versions "
                      "WHERE plan_id = 'standard'",
-    "partners": "INSERT INTO partners (id, name, type, depth, created_at_us) VALUES ('initech', 'Initech', 'msp', 1, 0)",
+    # a partner commits with its first status and plan (migration 0060): three rows
+    "partners": "INSERT INTO partners (id, name, type, depth, created_at_us) VALUES ('initech', 'Initech', 'msp', 1, 0);"
+                "INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
+                " VALUES ('initech', 'active', 0, 0);"
+                "INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us)"
+                " VALUES ('initech', 'standard', 0, 0)",
     "partner_statuses": "INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us) "
                         "VALUES ('globex', 'suspended', 5, 5)",
     "partner_plans": "INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us) "
@@ -69,10 +74,12 @@ RAW_INSERTS = {  # one row into each program table, behind Python's back
 @pytest.mark.parametrize("table", sorted(RAW_INSERTS))
 def test_a_row_inserted_into_any_program_table_moves_the_revision_by_one(seeded, table):
     before = revision(seeded)
+    statements = RAW_INSERTS[table].split(";")
     with seeded.engine.begin() as connection:
-        assert connection.exec_driver_sql(RAW_INSERTS[table]).rowcount == 1
+        for statement in statements:
+            assert connection.exec_driver_sql(statement).rowcount == 1
         chain_due(connection)
-    assert revision(seeded) == before + 1
+    assert revision(seeded) == before + len(statements)
 
 
 def test_a_rolled_back_change_leaves_the_revision_and_postings_do_not_move_it(seeded):

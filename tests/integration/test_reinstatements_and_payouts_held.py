@@ -2,9 +2,8 @@
 for a writer that goes around Python (migration 0058) and named by `revshare verify` in rows
 written past the database's rules: a commission naming another is a won dispute's, restoring a
 commission of its partner, kind and invoice; a payout moves its amount from its partner's
-available account to payouts in transit; no posting is recorded past the database's clock; and
-`verify` names a partner written without a status or a plan. Each
-refusal has a control beside it that the same rule accepts."""
+available account to payouts in transit; and no posting is recorded past the database's clock.
+Each refusal has a control beside it that the same rule accepts."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from ledger import accounts as chart
 from ledger import revenue
 from ledger.db import database_now_us
 from tests import program
-from tests.integration.conftest import chain_due
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
 from tests.integration.test_database_rules import PAYOUT, RUN, accepted, raw
 from tests.integration.test_periods_payouts_database import at
@@ -191,13 +189,3 @@ def test_verify_names_a_posting_recorded_a_day_past_the_database_clock(disputed)
     found = {(transaction_id, code) for transaction_id, code in problems(disputed) if code == "recorded_ahead"}
     assert found == {(forged, "recorded_ahead")} and within != forged
 
-
-def test_verify_names_a_partner_written_without_status_or_plan(disputed):
-    """The service makes a partner with both; one written around it, with its row of the program's
-    chain, passed every rule and verify, and its customers' payments earned nothing."""
-    with disputed.engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO partners (id, name, type, parent_id, parent_depth, depth, created_at_us)"
-            f" VALUES ('ghost', 'Ghost', 'msp', NULL, NULL, 1, {at('2026-01-02')})")
-        chain_due(connection)
-    assert {(transaction_id, code) for transaction_id, code in problems(disputed)} == {(None, "partner_unenrolled")}

@@ -20,7 +20,7 @@ from tests.integration.test_tamper_evidence import behind_the_triggers
 from tests.program import at
 from tests.scenarios.books import Books
 from tests.conftest import examples
-from tests.integration.conftest import chain_due
+from tests.integration.conftest import chain_due, with_status_and_plan
 
 EVENT = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us, "
          "recorded_at_us, request_hash, status, first_eligible_customer_id) "
@@ -43,13 +43,21 @@ def books(database) -> Books:
 
 def refused(books: Books, statement: str, match: str, **params) -> None:
     with pytest.raises(sa.exc.DBAPIError, match=match), books.database.engine.begin() as connection:
-        connection.execute(sa.text(statement), params)
+        written(connection, statement, params)
 
 
 def accepted(books: Books, statement: str, **params) -> None:
     with books.database.engine.begin() as connection:
-        connection.execute(sa.text(statement), params)
+        written(connection, statement, params)
         chain_due(connection)  # a fact written past Python, chained as the service chains its own
+
+
+def written(connection, statement: str, params: dict) -> None:
+    """The row, and a partner's first status and plan with it (so that the rule a test names is the
+    only one it can meet)."""
+    connection.execute(sa.text(statement), params)
+    if statement == PARTNER:
+        with_status_and_plan(connection, params["id"], "msp")
 
 
 def test_the_customers_cpa_claim_is_made_by_the_first_eligible_invoice(books):
