@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0060'
+REVISION = '0061'
 
 GUARDS = {
     'sqlite': {
@@ -174,6 +174,7 @@ GUARDS = {
         'trg_plan_versions_program_revision': ('plan_versions', 'af33d112d14160bb'),
         'trg_plan_versions_program_revision_withdrawn': ('plan_versions', 'b1ed026febbbf8c0'),
         'trg_plan_versions_terms': ('plan_versions', '540a954a07a81b32'),
+        'trg_plan_versions_terms_stated': ('plan_versions', 'cedce1331c8fae1d'),
         'trg_plan_versions_within_horizon': ('plan_versions', '4625b89d834d956a'),
         'trg_plans_chain_due': ('plans', 'b8ace55e4afd4ba7'),
         'trg_plans_id_shape': ('plans', '5126257ecb856dfe'),
@@ -499,6 +500,7 @@ GUARDS = {
         'function plan_versions_id_fresh()': ('(function)', 'eac1ff8ef2206eab'),
         'function plan_versions_in_order()': ('(function)', '0b854346628ce015'),
         'function plan_versions_terms()': ('(function)', 'd8f001be57db07be'),
+        'function plan_versions_terms_stated()': ('(function)', 'ad36ddbf7ec910e0'),
         'function plan_versions_within_horizon()': ('(function)', 'bf8f944c6e359fd8'),
         'function plans_id_shape()': ('(function)', '8e9b936ced61847a'),
         'function plans_name_shape()': ('(function)', 'c980c021ccb3293c'),
@@ -518,7 +520,12 @@ GUARDS = {
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
         'function revenue_events_within_invoice()': ('(function)', '9da38bd6957784f7'),
+        'function revshare_integer_stated(value json, low integer, high integer)': ('(function)', '667e2e31656266c2'),
         'function revshare_is_json_object(value text)': ('(function)', '0a6df8fddc1b65e1'),
+        'function revshare_json_keys_are(value json, keys text[])': ('(function)', 'c65ef4cb4a201f30'),
+        'function revshare_money_list_stated(items json)': ('(function)', 'f358b20a5810eed2'),
+        'function revshare_rate_stated(value json)': ('(function)', '6caa4381297454e0'),
+        'function revshare_terms_stated(value text)': ('(function)', 'ebc50eae4c2b077f'),
         'function statement_bodies_as_documents()': ('(function)', '9f63360096787b82'),
         'function statement_documents_refuse_direct()': ('(function)', 'a02d9918c3702b27'),
         'function unreleased_pieces_due_no_update()': ('(function)', '6035c98351442f94'),
@@ -678,6 +685,7 @@ GUARDS = {
         'trg_plan_versions_program_revision ON plan_versions': ('plan_versions', '75a8c2f03e73cb27'),
         'trg_plan_versions_program_revision_withdrawn ON plan_versions': ('plan_versions', '2f6b925c86fdf8cd'),
         'trg_plan_versions_terms ON plan_versions': ('plan_versions', '4c525a2d995de68d'),
+        'trg_plan_versions_terms_stated ON plan_versions': ('plan_versions', '0949f24ed9a21df8'),
         'trg_plan_versions_within_horizon ON plan_versions': ('plan_versions', '6e852d641b465870'),
         'trg_plans_chain_due ON plans': ('plans', '5573dde0a1a94758'),
         'trg_plans_id_shape ON plans': ('plans', 'c8c14eae1b8d9fd4'),

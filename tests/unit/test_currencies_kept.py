@@ -1,5 +1,6 @@
 """The currencies the books keep are one list in three places: `ledger.currencies` (Python's
-check), migration 0059's `currencies` table (the database's), and what the installed py-moneyed
+check), migration 0059's `currencies` table (the database's; 0061 lists the digits that are not
+2, for plan terms' amounts), and what the installed py-moneyed
 gives a decimal minor unit, less the units no money is paid in. A py-moneyed release that adds a
 code, or changes a code's digits, fails here: a migration then adds the code to the table and the list."""
 
@@ -29,6 +30,13 @@ def test_the_books_keep_what_py_moneyed_gives_a_decimal_minor_unit():
 
 def test_the_database_keeps_the_same_codes():
     assert "".join(revision("0059_currencies_kept.py").CODES).split() == list(MINOR_DIGITS)
+
+
+def test_the_database_reads_plan_terms_with_the_same_digits():
+    """Migration 0061 holds a plan's amounts to their currency's digits: those not 2, listed."""
+    listed = {code: digits for digits, codes in revision("0061_plan_terms_held.py").DIGITS_NOT_TWO.items()
+              for code in codes.split()}
+    assert listed == {code: digits for code, digits in MINOR_DIGITS.items() if digits != 2}
 
 
 def test_python_refuses_a_code_the_books_do_not_keep_though_py_moneyed_knows_it(monkeypatch):
