@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0061'
+REVISION = '0062'
 
 GUARDS = {
     'sqlite': {
@@ -69,6 +69,7 @@ GUARDS = {
         'trg_journal_transactions_no_replace': ('journal_transactions', '507daa7c1aaf7053'),
         'trg_journal_transactions_no_update': ('journal_transactions', 'e8781c597e39966d'),
         'trg_journal_transactions_not_ahead': ('journal_transactions', '1a8680d0b73ec671'),
+        'trg_journal_transactions_of_their_event': ('journal_transactions', '821596d3647c7258'),
         'trg_journal_transactions_partner_enrolled': ('journal_transactions', '438418830d4384a4'),
         'trg_journal_transactions_partners_own': ('journal_transactions', '349e3d2569420792'),
         'trg_journal_transactions_payout_final': ('journal_transactions', 'e16457b37a4e3f0b'),
@@ -89,7 +90,7 @@ GUARDS = {
         'trg_journal_transactions_within_its_piece': ('journal_transactions', '23a6382ead6f6b03'),
         'trg_journal_transactions_writeoff_posted': ('journal_transactions', 'b8d045ec7c1eadb7'),
         'trg_open_holds_no_update': ('open_holds', '8a55439f2ae7a5ab'),
-        'trg_open_holds_of_a_piece': ('open_holds', 'fc402ed923c61fcd'),
+        'trg_open_holds_of_a_piece': ('open_holds', 'dfca804afb257371'),
         'trg_partner_enrolments_no_delete': ('partner_enrolments', 'ba76a453b893e994'),
         'trg_partner_enrolments_no_replace': ('partner_enrolments', '1f66d936b854b7c5'),
         'trg_partner_enrolments_written_once': ('partner_enrolments', 'e25ff167e24cc1f1'),
@@ -208,6 +209,7 @@ GUARDS = {
         'trg_revenue_events_no_delete': ('revenue_events', '5fc28ed8445cdb2f'),
         'trg_revenue_events_no_replace': ('revenue_events', '682e6d481290df10'),
         'trg_revenue_events_no_update': ('revenue_events', '5bea463dcd139c6a'),
+        'trg_revenue_events_of_its_postings': ('revenue_events', '3f8869f927c803b5'),
         'trg_revenue_events_posted_as_named': ('revenue_events', 'ab8279db6692e563'),
         'trg_revenue_events_reinstated_only_by_a_dispute': ('revenue_events', 'b88dca4913ae330b'),
         'trg_revenue_events_values': ('revenue_events', '6fe798e75336477a'),
@@ -453,6 +455,7 @@ GUARDS = {
         'function journal_transactions_key_length()': ('(function)', 'a86653abd3aacf4a'),
         'function journal_transactions_moved_forward()': ('(function)', '68dc2d0cda62219f'),
         'function journal_transactions_not_ahead()': ('(function)', '2e0afc36e7541fb4'),
+        'function journal_transactions_of_their_event()': ('(function)', '688228c7eb184d82'),
         'function journal_transactions_payout_final()': ('(function)', '1ec3e84490a95c30'),
         'function journal_transactions_payout_record_due()': ('(function)', '5f7b827de9f79caf'),
         'function journal_transactions_reinstated_chargeback()': ('(function)', 'dba8907d35bf1d84'),
@@ -466,7 +469,7 @@ GUARDS = {
         'function journal_transactions_writeoff_posted()': ('(function)', '40a66bc88cb4aa5d'),
         'function journal_writer_in_turn()': ('(function)', 'e1d96cc17508dd1a'),
         'function open_holds_no_update()': ('(function)', '714a179c5fed4e1a'),
-        'function open_holds_of_a_piece()': ('(function)', '8ca9ff5188c5e2b8'),
+        'function open_holds_of_a_piece()': ('(function)', 'd7eab8093b90c899'),
         'function partner_enrolments_due()': ('(function)', 'c99a6458c292b011'),
         'function partner_enrolments_written_once()': ('(function)', '882d813526bc6dac'),
         'function partner_plans_enrols()': ('(function)', '14c6386004a8c30a'),
@@ -515,7 +518,7 @@ GUARDS = {
         'function program_withdrawal_in_turn()': ('(function)', 'f1c9d129056d7007'),
         'function program_withdrawals_held()': ('(function)', '7140c3c84a527f70'),
         'function program_writer_in_turn()': ('(function)', 'e4b353ca98014615'),
-        'function revenue_events_as_posted()': ('(function)', '9c9f20312f8f608b'),
+        'function revenue_events_as_posted()': ('(function)', '0febb878ee2a2bd0'),
         'function revenue_events_chain_due()': ('(function)', 'af1ffc1d253215c9'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
@@ -585,6 +588,7 @@ GUARDS = {
         'trg_journal_transactions_no_change ON journal_transactions': ('journal_transactions', 'c0093e00d0d83fed'),
         'trg_journal_transactions_no_truncate ON journal_transactions': ('journal_transactions', 'b4355cbcd75b63fe'),
         'trg_journal_transactions_not_ahead ON journal_transactions': ('journal_transactions', '91552901a934c9cf'),
+        'trg_journal_transactions_of_their_event ON journal_transactions': ('journal_transactions', '8bbaf8421377f976'),
         'trg_journal_transactions_payout_final ON journal_transactions': ('journal_transactions', '2a85f6b788fb10d4'),
         'trg_journal_transactions_payout_record_due ON journal_transactions':
             ('journal_transactions', '549067ec5105af07'),
@@ -605,7 +609,7 @@ GUARDS = {
         'trg_journal_transactions_writeoff_posted ON journal_transactions':
             ('journal_transactions', '24e41ae5ae4e9eba'),
         'trg_open_holds_no_update ON open_holds': ('open_holds', '9c6be7a9c48ef49d'),
-        'trg_open_holds_of_a_piece ON open_holds': ('open_holds', 'dca1c84fbe61e084'),
+        'trg_open_holds_of_a_piece ON open_holds': ('open_holds', 'c49a209d8dfddc99'),
         'trg_partner_enrolments_no_truncate ON partner_enrolments': ('partner_enrolments', '65b293823409802f'),
         'trg_partner_enrolments_written_once ON partner_enrolments': ('partner_enrolments', 'b8de087f89786aef'),
         'trg_partner_plans_chain_due ON partner_plans': ('partner_plans', '944253b053169eb3'),
@@ -707,7 +711,7 @@ GUARDS = {
         'trg_program_withdrawals_in_turn ON program_withdrawals': ('program_withdrawals', 'f9db3e4ae66f2fcc'),
         'trg_program_withdrawals_no_change ON program_withdrawals': ('program_withdrawals', '4cf6e380b6c9852e'),
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
-        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '8113aee74d85766a'),
+        'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '22e21bed9103917f'),
         'trg_revenue_events_chain_due ON revenue_events': ('revenue_events', 'd48dc5266fd81777'),
         'trg_revenue_events_currency ON revenue_events': ('revenue_events', 'a39b10b0c078ce34'),
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),

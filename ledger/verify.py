@@ -16,7 +16,8 @@ back in time lets a run before it pay the same balances again), and each run's p
 balances it read and the program as recorded when it was made (`ledger.payouts_rederived`: a
 partner's status or plan rewritten changes what later runs pay); each revenue event's content
 against its request hash (`verify_events`: an altered amount would change what a later refund
-claws back), every event a transaction names still stored (`verify_event_links`), and what each
+claws back), every event a transaction names still stored (`verify_event_links`), each commission and clawback
+of the event it names (`verify_postings_of_their_events`, migration 0062's rule), and what each
 event's status says against the transactions naming it, its customer's attributions and its
 payment (`verify_event_statuses`, migration 0034's rules on rows written before it), and each
 payment's earnings and CPA claim against what the program, as recorded when the payment was, gives
@@ -208,6 +209,7 @@ def _verify_tables(session: Session, close: tuple[str, str] | None, resolutions:
     problems.extend(Problem(*found) for found in verify_payouts_rederived(session))
     problems.extend(verify_events(session))
     problems.extend(verify_event_links(session))
+    problems.extend(verify_postings_of_their_events(session))
     problems.extend(verify_event_statuses(session))
     problems.extend(Problem(*found) for found in verify_commissions(session))
     problems.extend(Problem(*found) for found in verify_clawbacks(session))
@@ -718,6 +720,24 @@ def verify_event_links(session: Session) -> list[Problem]:
         .where(t.event_id.is_not(None), e.id.is_(None)).group_by(t.event_id).order_by(func.min(t.id)))
     return [Problem(transaction_id, "event_missing", f"names revenue event {event_id!r}, which is not stored")
             for event_id, transaction_id in rows]
+
+
+def verify_postings_of_their_events(session: Session) -> list[Problem]:
+    """Each root commission or clawback naming a stored event is of it (migration 0062 holds it for
+    new rows): names its invoice and customer, and the event is a payment for a commission, a refund
+    or chargeback for a clawback (`earning_unlike_event`; `verify_reinstatements` reads the others).
+    An override written naming another invoice than its payment's was left standing by a refund of
+    the whole invoice, and paid."""
+    t, e = journal_transactions.c, revenue_events.c
+    of_type = case((t.kind == "clawback", e.type.in_(("refund", "chargeback"))), else_=e.type == "invoice_paid")
+    rows = session.execute(
+        select(t.id, t.kind, t.event_id).join(revenue_events, e.id == t.event_id)
+        .where((t.kind.in_(EARNING_KINDS) & t.accrual_id.is_(None)) | (t.kind == "clawback"),
+               ~and_(t.invoice_id.is_not_distinct_from(e.invoice_id), t.customer_id.is_not_distinct_from(e.customer_id),
+                     of_type)).order_by(t.id))
+    return [Problem(transaction_id, "earning_unlike_event", f"a {kind} naming revenue event {event_id!r} names "
+                    "another invoice or customer than the event, or the event is not of its kind")
+            for transaction_id, kind, event_id in rows]
 
 
 def verify_event_statuses(session: Session) -> list[Problem]:

@@ -35,6 +35,22 @@ def enrolled(database):
 
 
 @pytest.fixture
+def disputed(database):
+    """northwind's customer acme pays inv-1 (northwind accrues, globex its override), charges it
+    back and wins the dispute (both restored); globex-corp pays inv-2."""
+    from ledger import revenue
+    from tests import program
+
+    with database.transaction() as session:
+        program.seed(session)
+        revenue.ingest(session, [program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10"),
+                                 program.paid("e2", "acme", "inv-1", 50_000, "2026-01-20", kind="chargeback"),
+                                 program.paid("e3", "acme", "inv-1", 50_000, "2026-01-25", kind="chargeback_reversed"),
+                                 program.paid("e4", "globex-corp", "inv-2", 20_000, "2026-01-12")])
+    return database
+
+
+@pytest.fixture
 def written_before_salts(monkeypatch):
     """Post as the code before migration 0028 did, with no `salt` column and a chain hash without
     one: for tests that write books at an older revision of the schema, then migrate them."""

@@ -11,9 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
-from ledger import revenue
 from ledger.db import database_now_us
-from tests import program
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
 from tests.integration.test_database_rules import PAYOUT, RUN, accepted, raw
 from tests.integration.test_periods_payouts_database import at
@@ -22,19 +20,6 @@ from tests.integration.test_tamper_evidence import problems, without_trigger
 REINSTATEMENT = "a commission naming another restores, for a won dispute of its invoice"
 NAMED = "an event a reinstatement of a commission names is a won dispute"
 PAYOUT_ACCOUNTS = "a payout moves its amount from the available account of its partner to payouts in transit"
-
-
-@pytest.fixture
-def disputed(database):
-    """northwind's customer acme pays inv-1 (northwind accrues, globex its override), charges it
-    back and wins the dispute (both restored); globex-corp pays inv-2."""
-    with database.transaction() as session:
-        program.seed(session)
-        revenue.ingest(session, [program.paid("e1", "acme", "inv-1", 50_000, "2026-01-10"),
-                                 program.paid("e2", "acme", "inv-1", 50_000, "2026-01-20", kind="chargeback"),
-                                 program.paid("e3", "acme", "inv-1", 50_000, "2026-01-25", kind="chargeback_reversed"),
-                                 program.paid("e4", "globex-corp", "inv-2", 20_000, "2026-01-12")])
-    return database
 
 
 def root(database, partner_id: str, invoice_id: str) -> int:
