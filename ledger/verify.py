@@ -702,12 +702,14 @@ def verify_partners_enrolled(session: Session) -> list[Problem]:
 def _partners_without_status_or_plan(session: Session) -> list[Problem]:
     """`partners.create_partner` makes a partner with its status and plan; one written around the
     service without either had its customers' payments recorded as earning nothing, and read back
-    with no status and no plan (`partner_unenrolled`, once a partner; no transaction to name).
-    Migration 0060 refuses to commit one: this names those written before it or past its rule."""
+    with no status and no plan (`partner_unenrolled`, once a partner; no transaction to name); so
+    was one whose first status or plan starts after its creation, until then. Migration 0060
+    refuses to commit either: this names those written before it or past its rule."""
     p, s, pl = partners.c, partner_statuses.c, partner_plans.c
-    rows = session.execute(select(p.id).where(~exists().where(s.partner_id == p.id)
-                                              | ~exists().where(pl.partner_id == p.id)).order_by(p.id))
-    return [Problem(None, "partner_unenrolled", f"partner {partner_id!r} has no status or no plan")
+    rows = session.execute(select(p.id).where(
+        ~exists().where(s.partner_id == p.id, s.effective_at_us <= p.created_at_us)
+        | ~exists().where(pl.partner_id == p.id, pl.effective_from_us <= p.created_at_us)).order_by(p.id))
+    return [Problem(None, "partner_unenrolled", f"partner {partner_id!r} has no status or no plan from its creation")
             for partner_id in rows.scalars()]
 
 

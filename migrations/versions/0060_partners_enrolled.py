@@ -13,6 +13,11 @@ to the partner's own (partner, id) of its table (a unique index made here), so a
 leaves a partner without either fails to commit (SQLite: "FOREIGN KEY constraint failed";
 PostgreSQL names `fk_partner_enrolments_status_partner_statuses` or `..._plan_partner_plans`).
 
+The first status and the first plan start no later than the partner's creation (`create_partner`
+starts both at the beginning of time): a partner written with both dated a month ahead had no
+status and no plan until then, earned nothing, and could not be mended (a status or plan change
+starts after the latest, and withdrawing a first fact is refused by the foreign key).
+
 A row is written once and its two ids set once from 0, by the triggers: an update that changes its
 partner or an id already set is refused, and so is a delete (on PostgreSQL a truncate too; the
 application role may SELECT, INSERT and UPDATE, the triggers running as it). The foreign keys also
@@ -57,6 +62,17 @@ WHERE EXISTS (SELECT 1 FROM partner_statuses s WHERE s.partner_id = p.id)
   AND EXISTS (SELECT 1 FROM partner_plans l WHERE l.partner_id = p.id)"""
 
 
+STARTS = {"status": "effective_at_us", "plan": "effective_from_us"}  # each first fact's start column
+LATE_MESSAGE = f"{TABLE}: the first status and plan of a partner start by its enrolment"
+
+
+def _first_late(name: str) -> str:
+    """SQL: true when NEW, about to be the partner's first of its kind, starts after the partner's
+    creation (`create_partner` starts both at the beginning of time)."""
+    return (f"EXISTS (SELECT 1 FROM {TABLE} e JOIN partners p ON p.id = e.partner_id"
+            f" WHERE e.partner_id = NEW.partner_id AND e.{name}_id = {UNSET} AND NEW.{STARTS[name]} > p.created_at_us)")
+
+
 def _first_written(name: str) -> str:
     return (f"UPDATE {TABLE} SET {name}_id = NEW.id"
             f" WHERE partner_id = NEW.partner_id AND {name}_id = {UNSET}")
@@ -65,7 +81,8 @@ def _first_written(name: str) -> str:
 def _sqlite() -> list[str]:
     found = [f"CREATE TRIGGER trg_partners_enrolment_due AFTER INSERT ON partners\n"
              f"BEGIN INSERT INTO {TABLE} (partner_id, status_id, plan_id) VALUES (NEW.id, {UNSET}, {UNSET}); END"]
-    found += [f"CREATE TRIGGER trg_{table}_enrols AFTER INSERT ON {table}\nBEGIN {_first_written(name)}; END"
+    found += [f"CREATE TRIGGER trg_{table}_enrols AFTER INSERT ON {table}\n"
+              f"BEGIN SELECT RAISE(ABORT, '{LATE_MESSAGE}') WHERE {_first_late(name)}; {_first_written(name)}; END"
               for name, table in FIRST.items()]
     return found + [
         f"CREATE TRIGGER trg_{TABLE}_written_once BEFORE UPDATE ON {TABLE}\n"
@@ -86,6 +103,9 @@ END $$""",
     for name, table in FIRST.items():
         found += [f"""CREATE FUNCTION {table}_enrols() RETURNS trigger LANGUAGE plpgsql {SETTINGS} AS $$
 BEGIN
+  IF {_first_late(name)} THEN
+    RAISE EXCEPTION '{LATE_MESSAGE}' USING ERRCODE = 'check_violation';
+  END IF;
   {_first_written(name)};
   RETURN NULL;
 END $$""",

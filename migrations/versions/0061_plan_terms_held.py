@@ -20,11 +20,13 @@ The service stores terms as `ledger.terms.terms_to_json` writes them, and reads 
   (as a step's) and `basis` (`revenue` or `commission`).
 
 That is narrower than `parse_terms` takes from a request (which lets `cpa` and `override` be left
-out, and an amount be negative zero), and takes nothing it refuses: a property test holds every
-text the database accepts to be read by Python, and every text Python writes to be accepted
-(`tests/integration/test_plan_terms_held.py`). The currencies' minor digits are a frozen copy of
-`ledger.currencies`' (a test compares them). Rows already written are left as they are:
-`revshare verify` names terms it cannot read (`plan_terms_unreadable`).
+out, a money list be null, and an amount be negative zero; and, on SQLite, a key be written with
+an escape, `"\\u0072ates"`), and takes nothing it refuses: a property test holds the database to
+Python both ways over terms drawn near the service's own, written as `json.dumps` writes them
+(`tests/integration/test_plan_terms_held.py`), and the texts the service writes are accepted. The
+currencies' minor digits are a frozen copy of `ledger.currencies`' (a test compares them). Rows
+already written are left as they are: `revshare verify` names terms it cannot read
+(`plan_terms_unreadable`).
 
 SQLite: a row trigger after insert, whose condition reads the terms with the JSON functions (and
 refuses a NUL, in the text or escaped in it: SQLite's functions stop at one, where Python reads

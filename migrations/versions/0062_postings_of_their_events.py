@@ -71,7 +71,7 @@ HEADER_MESSAGE = ("journal_transactions: a commission or clawback names the invo
                   " an event of its kind")
 EVENT_MESSAGE = ("revenue_events: the commissions and clawbacks naming an event name its invoice and customer,"
                  " and are of its type")
-HOLD_MESSAGE = "open_holds: a queued hold names an accrual of an invoice and matures when it does"
+HOLD_MESSAGE = "open_holds: a queued hold names an accrual and matures when it does, an accrual of an invoice"
 SQLITE_HEADER_UNLIKE = (f"EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = n.event_id"
                         f" AND ({of_its_event('n', 'e')}) IS NOT 1)")
 HEADER_ONLY_WHEN = f"{held('n')} AND n.event_id IS NOT NULL"

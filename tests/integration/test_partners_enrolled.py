@@ -78,6 +78,25 @@ def test_a_partner_without_a_status_or_a_plan_is_refused_at_the_commit(seeded, f
     assert stored(seeded, "ghost")
 
 
+AHEAD = 30 * 86_400 * 1_000_000  # a month past the partner's creation (created at 1)
+LATE = "the first status and plan of a partner start by its enrolment"
+
+
+@pytest.mark.parametrize("facts", [(STATUS.replace("'active', 0", f"'active', {AHEAD}"), PLAN),
+                                   (STATUS, PLAN.replace("'standard', 0", f"'standard', {AHEAD}"))],
+                         ids=["status ahead", "plan ahead"])
+def test_a_partners_first_status_and_plan_start_by_its_creation(seeded, facts):
+    """A partner whose first facts were dated a month ahead had no status and no plan until then,
+    earned nothing, and could not be mended: a change starts after the latest, and withdrawing a
+    first fact is refused."""
+    refused(seeded, written(PARTNER, *facts), LATE)
+    assert not stored(seeded, "ghost")
+    accepted(seeded, written(PARTNER, STATUS, PLAN))  # the control: from the beginning, as the service has it
+    with seeded.transaction() as session:  # and a later change dated ahead is the partner's to have
+        partners.set_status(session, "ghost", "suspended", at("2026-02-01") + AHEAD)
+    assert enrolments(seeded)["ghost"] == first_facts(seeded)["ghost"]
+
+
 def test_each_partner_names_its_first_status_and_plan_however_it_was_written(seeded):
     """The service's partners, and one written by raw SQL with its plan before its status; a later
     status or plan change leaves the first named."""
@@ -140,11 +159,13 @@ def test_sqlite_refuses_a_replace_of_a_partners_row(sqlite_database):
     assert enrolments(sqlite_database) == first_facts(sqlite_database)
 
 
-def test_verify_names_a_partner_written_past_the_rule_and_the_service_posts_on(seeded):
+@pytest.mark.parametrize("facts", [(), (STATUS.replace("'active', 0", f"'active', {AHEAD}"), PLAN)],
+                         ids=["neither", "a status ahead"])
+def test_verify_names_a_partner_written_past_the_rule_and_the_service_posts_on(seeded, facts):
     """The rule's trigger dropped for one transaction: the partner has no row, nothing asks for its
     status and plan, and `verify` names it, and nothing else."""
     with without_trigger(seeded, "partners", "trg_partners_enrolment_due") as session:
-        written(PARTNER)(session.connection())
+        written(PARTNER, *facts)(session.connection())
     assert stored(seeded, "ghost") and "ghost" not in enrolments(seeded)
     assert problems(seeded) == {(None, "partner_unenrolled")}
     with seeded.transaction() as session:

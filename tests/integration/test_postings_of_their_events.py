@@ -18,7 +18,7 @@ from tests.integration.test_tamper_evidence import problems, without_trigger
 
 HEADER = "a commission or clawback names the invoice and customer of its event"
 EVENT = "the commissions and clawbacks naming an event name its invoice and customer"
-HOLD = "a queued hold names an accrual of an invoice and matures when it does"
+HOLD = "a queued hold names an accrual and matures when it does, an accrual of an invoice"
 
 
 def commission(event_id: str, *, invoice_id: str = "inv-1", customer_id: str = "acme", kind: str = "override",
