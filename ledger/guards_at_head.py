@@ -456,7 +456,7 @@ GUARDS = {
         'function journal_transactions_key_length()': ('(function)', 'a86653abd3aacf4a'),
         'function journal_transactions_moved_forward()': ('(function)', '68dc2d0cda62219f'),
         'function journal_transactions_not_ahead()': ('(function)', '2e0afc36e7541fb4'),
-        'function journal_transactions_of_their_event()': ('(function)', '688228c7eb184d82'),
+        'function journal_transactions_of_their_event()': ('(function)', 'ce748c967f81e719'),
         'function journal_transactions_payout_final()': ('(function)', '1ec3e84490a95c30'),
         'function journal_transactions_payout_record_due()': ('(function)', '5f7b827de9f79caf'),
         'function journal_transactions_reinstated_chargeback()': ('(function)', 'dba8907d35bf1d84'),
@@ -590,7 +590,7 @@ GUARDS = {
         'trg_journal_transactions_no_change ON journal_transactions': ('journal_transactions', 'c0093e00d0d83fed'),
         'trg_journal_transactions_no_truncate ON journal_transactions': ('journal_transactions', 'b4355cbcd75b63fe'),
         'trg_journal_transactions_not_ahead ON journal_transactions': ('journal_transactions', '91552901a934c9cf'),
-        'trg_journal_transactions_of_their_event ON journal_transactions': ('journal_transactions', '8bbaf8421377f976'),
+        'trg_journal_transactions_of_their_event ON journal_transactions': ('journal_transactions', '5c8ecc2b4eb5a5b6'),
         'trg_journal_transactions_payout_final ON journal_transactions': ('journal_transactions', '2a85f6b788fb10d4'),
         'trg_journal_transactions_payout_record_due ON journal_transactions':
             ('journal_transactions', '549067ec5105af07'),

@@ -57,7 +57,8 @@ def held(posting: str) -> str:
 
 
 SETTINGS = "SET search_path = public, pg_temp SET jit = off"
-BY_INDEX = "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
+BY_INDEX = ("SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"  # as 0037's BY_KEY
+            " SET enable_bitmapscan = off SET enable_material = off")
 
 
 def of_its_event(posting: str, event: str) -> str:

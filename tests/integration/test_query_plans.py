@@ -464,8 +464,8 @@ def test_every_guard_that_reads_by_key_refuses_the_plans_of_a_table_taken_for_sm
         settings = dict(connection.exec_driver_sql(
             "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
             " AND 'enable_seqscan=off' = ANY(proconfig)").all())
-    assert sorted(settings) == ["journal_lines_refuse_sealed", "journal_transactions_seal", "open_holds_of_a_piece",
-                                "revenue_events_as_posted"]
+    assert sorted(settings) == ["journal_lines_refuse_sealed", "journal_transactions_of_their_event",
+                                "journal_transactions_seal", "open_holds_of_a_piece", "revenue_events_as_posted"]
     by_key = {"enable_bitmapscan=off", "enable_hashjoin=off", "enable_material=off", "enable_mergejoin=off"}
     assert {name: by_key - set(config) for name, config in settings.items()} == {name: set() for name in settings}
 
