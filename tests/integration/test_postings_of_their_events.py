@@ -10,10 +10,11 @@ import pytest
 from ledger import accounts as chart
 from ledger import journal, revenue
 from tests import program
-from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
+from tests.integration.test_database_guards import refused
 from tests.integration.test_database_rules import accepted
 from tests.integration.test_migrations import schema_code_of
 from tests.integration.test_periods_payouts_database import at
+from tests.integration.test_reinstatements_and_payouts_held import restoring
 from tests.integration.test_tamper_evidence import problems, without_trigger
 
 HEADER = "a commission or clawback names the invoice and customer of its event"
@@ -21,20 +22,9 @@ EVENT = "the commissions and clawbacks naming an event name its invoice and cust
 HOLD = "a queued hold names an accrual and matures when it does, an accrual of an invoice"
 
 
-def commission(event_id: str, *, invoice_id: str = "inv-1", customer_id: str = "acme", kind: str = "override",
-               partner_id: str = "globex"):
-    """A root commission of 1.00 USD of `partner_id` naming `event_id`, written by raw SQL."""
-    def post(connection):
-        ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
-        transaction_id = connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar() + 1
-        instant = at("2026-01-26")
-        insert_line(connection, transaction_id, ids[chart.EXPENSE_COMMISSION], "D", 100, at=instant)
-        insert_line(connection, transaction_id, ids[chart.pending(partner_id)], "C", 100, at=instant)
-        insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=instant,
-                      recorded=instant, kind=kind, partner_id=partner_id, invoice_id=invoice_id,
-                      customer_id=customer_id, event_id=event_id)
-        return transaction_id
-    return post
+def commission(event_id: str, *, invoice_id: str = "inv-1", customer_id: str = "acme"):
+    """A root override of globex's naming `event_id`, written by raw SQL."""
+    return restoring("override", None, event_id, partner_id="globex", invoice_id=invoice_id, customer_id=customer_id)
 
 
 @pytest.mark.parametrize("unlike", [{"invoice_id": "inv-2"}, {"customer_id": "globex-corp"}, {"event_id": "e2"}],

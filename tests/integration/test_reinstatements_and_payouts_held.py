@@ -29,9 +29,10 @@ def root(database, partner_id: str, invoice_id: str) -> int:
             f" AND partner_id = '{partner_id}' AND invoice_id = '{invoice_id}'").scalar_one()
 
 
-def restoring(kind: str, accrual_id: int, event_id: str, *, partner_id: str = "northwind", invoice_id: str = "inv-1"):
+def restoring(kind: str, accrual_id: int | None, event_id: str, *, partner_id: str = "northwind",
+              invoice_id: str = "inv-1", customer_id: str = "acme"):
     """A commission of 15,000.00 USD of `partner_id` naming `accrual_id`, as a won dispute's
-    reinstatement names the commission it restores, written by raw SQL."""
+    reinstatement names the commission it restores (None: a root commission), written by raw SQL."""
     def post(connection):
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
         transaction_id = connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar() + 1
@@ -39,8 +40,8 @@ def restoring(kind: str, accrual_id: int, event_id: str, *, partner_id: str = "n
         insert_line(connection, transaction_id, ids[chart.EXPENSE_COMMISSION], "D", 1_500_000, at=instant)
         insert_line(connection, transaction_id, ids[chart.pending(partner_id)], "C", 1_500_000, at=instant)
         insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", at=instant,
-                      recorded=instant, kind=kind, partner_id=partner_id, invoice_id=invoice_id, customer_id="acme",
-                      accrual_id=accrual_id, event_id=event_id)
+                      recorded=instant, kind=kind, partner_id=partner_id, invoice_id=invoice_id,
+                      customer_id=customer_id, accrual_id=accrual_id, event_id=event_id)
         return transaction_id
     return post
 
