@@ -11,8 +11,10 @@ named the snapshot, `snapshot_altered`, once the money was gone).
 
 Now a close is refused unless its snapshot holds, for each account and currency, the previous
 close's snapshot plus the lines dated in between, row for row: none missing, none more, none
-different. The check runs after the close's insert, once a month, and reads the period's lines by
-the journal's period index, as the close itself did.
+different. The check runs after the close's insert, once a month, and reads the lines since the
+previous close by the journal's period index, both bounds one range of it, as the close itself did
+(a first version's `IS NULL OR` on the lower bound read every line before the end: 0.8 s a close
+at two million lines of history, against 0.005 s).
 
 Rows already written are left as they are: `revshare verify` compares every snapshot.
 
@@ -35,6 +37,7 @@ _0018 = _revision("0018_rules_held.py")  # sqlite_rule, postgres_rule
 SETTINGS = "SET search_path = public, pg_temp SET jit = off"
 MESSAGE = "period_closes: a snapshot is the previous snapshot and the lines dated since, account by account"
 PREVIOUS_END = "(SELECT max(p.ends_at_us) FROM period_closes p WHERE p.ends_at_us < n.ends_at_us)"
+EARLIEST_US = -(2**63)  # before any line: the first close reads every line before its end
 EXPECTED = (
     "SELECT e.account_id, e.currency, sum(e.debit_minor), sum(e.credit_minor) FROM ("
     " SELECT s.account_id, s.currency, s.debit_minor, s.credit_minor FROM period_snapshots s"
@@ -43,9 +46,11 @@ EXPECTED = (
     " UNION ALL"
     " SELECT l.account_id, l.currency, CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END,"
     " CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END FROM journal_lines l"
-    f" WHERE l.effective_at_us < n.ends_at_us AND ({PREVIOUS_END} IS NULL OR l.effective_at_us >= {PREVIOUS_END})"
+    # Both bounds one range of the journal's period index (`IS NULL OR` read every line before the end)
+    f" WHERE l.effective_at_us < n.ends_at_us AND l.effective_at_us >= coalesce({PREVIOUS_END}, {EARLIEST_US})"
     ") e GROUP BY e.account_id, e.currency")
-ACTUAL = "SELECT a.account_id, a.currency, a.debit_minor, a.credit_minor FROM period_snapshots a WHERE a.period = n.period"
+ACTUAL = ("SELECT a.account_id, a.currency, a.debit_minor, a.credit_minor FROM period_snapshots a"
+          " WHERE a.period = n.period")
 UNLIKE = f"EXISTS ({EXPECTED} EXCEPT {ACTUAL}) OR EXISTS ({ACTUAL} EXCEPT {EXPECTED})"
 NAME = "snapshot_as_the_journal"
 
