@@ -16,9 +16,9 @@ back in time lets a run before it pay the same balances again), and each run's p
 balances it read and the program as recorded when it was made (`ledger.payouts_rederived`: a
 partner's status or plan rewritten changes what later runs pay); each revenue event's content
 against its request hash (`verify_events`: an altered amount would change what a later refund
-claws back), every event a transaction names still stored (`verify_event_links`), each commission and clawback
-of the event it names (`verify_postings_of_their_events`, migration 0062's rule), and what each
-event's status says against the transactions naming it, its customer's attributions and its
+claws back), every event a transaction names still stored (`verify_event_links`), each commission
+and clawback of the event it names (`verify_postings_of_their_events`, migration 0062's rule), and
+what each event's status says against the transactions naming it, its customer's attributions and its
 payment (`verify_event_statuses`, migration 0034's rules on rows written before it), and each
 payment's earnings and CPA claim against what the program, as recorded when the payment was, gives
 (`ledger.recorded_program.verify_commissions`), and each refund's, chargeback's and won dispute's

@@ -11,10 +11,10 @@ queued hold's piece names an invoice, for a writer that goes around Python:
   unless it names the event's invoice and customer, and the event is of its kind's type; and an
   event is refused when a root commission or clawback naming it is not so (Python writes a
   posting's header before its event, in the same transaction: the first rule reads the event when
-  it is there, the second the postings when it comes). A posting naming an event never stored is not refused (a posting's
-  event is not a foreign key; `verify` names it, `event_missing`), nor one naming no event: the
-  journal takes a commission posted through it alone (`ledger.journal.post`), and tests of the
-  journal do that;
+  it is there, the second the postings when it comes). A posting naming an event never stored is
+  not refused (a posting's event is not a foreign key; `verify` names it, `event_missing`), nor one
+  naming no event: the journal takes a commission posted through it alone (`ledger.journal.post`),
+  and tests of the journal do that;
 - a queued hold's piece names an invoice (migration 0019 held its kind and maturity): a hold of an
   accrual written with no invoice stopped every payout run and every release of holds (the queue
   reads its pieces by invoice), for every partner.

@@ -113,7 +113,8 @@ def test_0062_goes_down_to_0061s_guards_as_they_were(empty_url):
                             "function journal_transactions_of_their_event()",
                             "trigger trg_journal_transactions_of_their_event"} if postgres
                            else {"trigger trg_journal_transactions_of_their_event",
-                                 "trigger trg_revenue_events_of_its_postings", "trigger trg_open_holds_of_a_piece"}), changed
+                                 "trigger trg_revenue_events_of_its_postings",
+                                 "trigger trg_open_holds_of_a_piece"}), changed
         command.downgrade(alembic_config(empty_url), "0061")
         assert schema_code_of(database) == at_0061
     finally:

@@ -59,7 +59,8 @@ RAW_INSERTS = {  # one row into each program table, behind Python's back
                      "SELECT plan_id, 2, effective_from_us + 1, terms, created_at_us FROM plan_versions "
                      "WHERE plan_id = 'standard'",
     # a partner commits with its first status and plan (migration 0060): three rows
-    "partners": "INSERT INTO partners (id, name, type, depth, created_at_us) VALUES ('initech', 'Initech', 'msp', 1, 0);"
+    "partners": "INSERT INTO partners (id, name, type, depth, created_at_us)"
+                " VALUES ('initech', 'Initech', 'msp', 1, 0);"
                 "INSERT INTO partner_statuses (partner_id, status, effective_at_us, recorded_at_us)"
                 " VALUES ('initech', 'active', 0, 0);"
                 "INSERT INTO partner_plans (partner_id, plan_id, effective_from_us, recorded_at_us)"
