@@ -17,6 +17,7 @@ from ledger.schema import GENESIS_HASH, PROGRAM_CHAIN_TABLES, metadata
 from ledger.verify import verify
 from migrations.earlier import revision
 from tests import program
+from tests.integration.test_database_rules import JOURNAL_SNAPSHOT
 from tests.integration.test_tamper_evidence import behind_the_triggers
 
 AHEAD = date.today() + timedelta(days=40)
@@ -546,8 +547,9 @@ def test_the_database_refuses_a_close_without_the_program_head(chained):
     columns = ("INSERT INTO period_closes (period, starts_at_us, ends_at_us, closed_at_us, transaction_count, "
                "chain_head_id, chain_head_hash, prev_close_hash, close_hash, program_head_id, program_head_hash) "
                f"VALUES ('2026-01', {start}, {end}, {end + 1}, 1, 1, '{'c' * 64}', '{GENESIS_HASH}', '{'d' * 64}', ")
+    snapshot = JOURNAL_SNAPSHOT.replace(":period", "'2026-01'").replace(":ends", str(end))  # as 0063 holds it
     for head in ("NULL, NULL", f"{head_id}, '{'e' * 64}'", f"0, '{'e' * 64}'", f"{head_id + 5}, '{head_hash}'"):
-        assert "a close records the head of the program_chain" in refused(chained, columns + head + ")")
+        assert "a close records the head of the program_chain" in refused(chained, snapshot, columns + head + ")")
 
 
 # ---- the migration ----
