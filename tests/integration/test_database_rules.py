@@ -16,13 +16,14 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import accounts as chart
+from ledger import balances
 from ledger import holds as holds_module
 from ledger import customers, journal, partners, payouts, periods, plans, revenue, reversals
 from ledger.db import JOURNAL_LOCK_KEY, database_now_us
 from ledger.errors import Conflict, InvalidInput
 from ledger.instants import now_us, period_bounds_us
 from ledger.keys import create_key
-from ledger.schema import GENESIS_HASH
+from ledger.schema import GENESIS_HASH, period_snapshots
 from ledger.verify import verify
 from tests.api.conftest import STANDARD_TERMS, enroll
 from tests.integration.conftest import chain_due, earning_rule_off, second_writer_behind_first, with_status_and_plan
@@ -490,18 +491,17 @@ CLOSE = ("INSERT INTO period_closes (period, starts_at_us, ends_at_us, closed_at
          " VALUES (:period, :starts, :ends, :ends, 0, 0, :genesis, :prev, :hash, " + PROGRAM_HEAD + ")")
 
 
-# The journal's snapshot of the period a raw close closes, written before it (migration 0063 holds a
-# close to it): the previous close's rows and the lines dated since, account by account.
-PREVIOUS_END = "(SELECT max(p.ends_at_us) FROM period_closes p WHERE p.ends_at_us < :ends)"
-JOURNAL_SNAPSHOT = (
-    "INSERT INTO period_snapshots (period, account_id, currency, debit_minor, credit_minor)"
-    " SELECT :period, e.account_id, e.currency, sum(e.d), sum(e.c) FROM ("
-    " SELECT s.account_id, s.currency, s.debit_minor AS d, s.credit_minor AS c FROM period_snapshots s"
-    f" JOIN period_closes p ON p.period = s.period WHERE p.ends_at_us = {PREVIOUS_END}"
-    " UNION ALL SELECT l.account_id, l.currency, CASE l.side WHEN 'D' THEN l.amount_minor ELSE 0 END,"
-    " CASE l.side WHEN 'C' THEN l.amount_minor ELSE 0 END FROM journal_lines l"
-    f" WHERE l.effective_at_us < :ends AND ({PREVIOUS_END} IS NULL OR l.effective_at_us >= {PREVIOUS_END})"
-    ") e GROUP BY e.account_id, e.currency")
+def journal_snapshot(connection, period: str, ends_us: int) -> None:
+    """Write the journal's snapshot of `period`, as a close writes it before itself: the latest
+    close's snapshot and the lines since, up to the period's end (`ledger.balances.sums`), which
+    migration 0063 holds a close to."""
+    from sqlalchemy.orm import Session
+
+    rows = balances.sums(Session(bind=connection), before_us=ends_us)
+    if rows:
+        connection.execute(sa.insert(period_snapshots), [
+            {"period": period, "account_id": account_id, "currency": currency, "debit_minor": debit,
+             "credit_minor": credit} for (account_id, currency), (debit, credit) in sorted(rows.items())])
 
 
 def raw_close(period: str, prev: str = GENESIS_HASH, bounds: tuple[int, int] | None = None, *, snapshot: bool = True):
@@ -512,7 +512,7 @@ def raw_close(period: str, prev: str = GENESIS_HASH, bounds: tuple[int, int] | N
 
     def write(connection):
         if snapshot:
-            connection.execute(sa.text(JOURNAL_SNAPSHOT), {"period": period, "ends": ends})
+            journal_snapshot(connection, period, ends)
         close(connection)
     return write
 

@@ -640,6 +640,28 @@ def schema_code_of(database) -> dict[str, str]:
         return dict(triggers + functions)
 
 
+def code_changed_by(empty_url, below: str, revision: str) -> tuple[set[str], bool]:
+    """The triggers, functions and (SQLite) indexes `revision` changes over `below` on an empty
+    database, and whether it is PostgreSQL's; going down to `below` again leaves them as they were
+    (asserted)."""
+    from alembic import command
+
+    from ledger.db import Database
+    from ledger.migrate import alembic_config, upgrade
+
+    upgrade(empty_url, below)
+    database = Database(empty_url)
+    try:
+        before = schema_code_of(database)
+        upgrade(empty_url, revision)
+        changed = {name for name, code in schema_code_of(database).items() if before.get(name) != code}
+        command.downgrade(alembic_config(empty_url), below)
+        assert schema_code_of(database) == before
+        return changed, database.engine.dialect.name == "postgresql"
+    finally:
+        database.dispose()
+
+
 @pytest.mark.usefixtures("closed_before_bodies", "posting_before_claims_taken")  # at an earlier revision
 def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_down_as_0033_had_them(empty_url):
     """Books at 0033 holding every kind of posting and event status (the demo's year, an unattributed
@@ -862,44 +884,15 @@ def test_0041_lets_a_customer_s_first_attribution_be_withdrawn_and_goes_down_onl
 def test_0054_sums_an_invoices_events_in_one_pass_and_goes_down_to_0053s_guard_as_it_was(empty_url):
     """The guard of an invoice's limits, made again (its rule: tests/scenarios/test_database_holds.py),
     goes down to the trigger and function 0014 made, with the settings 0023 gave the function."""
-    from alembic import command
-
-    from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
-
-    upgrade(empty_url, "0053")
-    database = Database(empty_url)
-    try:
-        at_0053 = schema_code_of(database)
-        upgrade(empty_url, "0054")
-        changed = {name for name, code in schema_code_of(database).items() if at_0053.get(name) != code}
-        assert changed == {"function revenue_events_within_invoice()" if database.engine.dialect.name == "postgresql"
-                           else "trigger trg_revenue_events_within_invoice"}, changed
-        command.downgrade(alembic_config(empty_url), "0053")
-        assert schema_code_of(database) == at_0053
-    finally:
-        database.dispose()
+    changed, postgres = code_changed_by(empty_url, "0053", "0054")
+    assert changed == {"function revenue_events_within_invoice()" if postgres
+                       else "trigger trg_revenue_events_within_invoice"}, changed
 
 
 def test_0055_reads_a_customers_bounties_by_key_and_goes_down_to_0054s_guards_and_index_as_they_were(empty_url):
     """The guards of a customer's bounty, made again (their rules: test_database_holds.py and
     test_database_rules.py), and the bounties' index, go down as 0038 and 0020 made them."""
-    from alembic import command
-
-    from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
-
-    upgrade(empty_url, "0054")
-    database = Database(empty_url)
-    try:
-        at_0054 = schema_code_of(database)
-        upgrade(empty_url, "0055")
-        changed = {name for name, code in schema_code_of(database).items() if at_0054.get(name) != code}
-        postgres = database.engine.dialect.name == "postgresql"
-        assert changed == ({"function journal_transactions_cpa_once()"} if postgres
-                           else {"trigger trg_journal_transactions_cpa_once", "trigger trg_cpa_claims_taken_held",
-                                 "index ix_journal_transactions_cpa_customer"}), changed
-        command.downgrade(alembic_config(empty_url), "0054")
-        assert schema_code_of(database) == at_0054
-    finally:
-        database.dispose()
+    changed, postgres = code_changed_by(empty_url, "0054", "0055")
+    assert changed == ({"function journal_transactions_cpa_once()"} if postgres
+                       else {"trigger trg_journal_transactions_cpa_once", "trigger trg_cpa_claims_taken_held",
+                             "index ix_journal_transactions_cpa_customer"}), changed
