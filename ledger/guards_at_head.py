@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0063'
+REVISION = '0064'
 
 GUARDS = {
     'sqlite': {
@@ -65,6 +65,7 @@ GUARDS = {
         'trg_journal_transactions_lines_at_most_100': ('journal_transactions', 'f9f9486b40345bb7'),
         'trg_journal_transactions_memo_without_nul': ('journal_transactions', '5ad9e3b47b37b2f9'),
         'trg_journal_transactions_moved_forward': ('journal_transactions', 'b7af442e3b3d2413'),
+        'trg_journal_transactions_name_their_event': ('journal_transactions', '3d2c9a79e28b3921'),
         'trg_journal_transactions_no_delete': ('journal_transactions', '911fefbce5d9ba7c'),
         'trg_journal_transactions_no_replace': ('journal_transactions', '507daa7c1aaf7053'),
         'trg_journal_transactions_no_update': ('journal_transactions', 'e8781c597e39966d'),
@@ -456,7 +457,7 @@ GUARDS = {
         'function journal_transactions_key_length()': ('(function)', 'a86653abd3aacf4a'),
         'function journal_transactions_moved_forward()': ('(function)', '68dc2d0cda62219f'),
         'function journal_transactions_not_ahead()': ('(function)', '2e0afc36e7541fb4'),
-        'function journal_transactions_of_their_event()': ('(function)', 'ce748c967f81e719'),
+        'function journal_transactions_of_their_event()': ('(function)', '644d753e60c30882'),
         'function journal_transactions_payout_final()': ('(function)', '1ec3e84490a95c30'),
         'function journal_transactions_payout_record_due()': ('(function)', '5f7b827de9f79caf'),
         'function journal_transactions_reinstated_chargeback()': ('(function)', 'dba8907d35bf1d84'),
@@ -590,7 +591,7 @@ GUARDS = {
         'trg_journal_transactions_no_change ON journal_transactions': ('journal_transactions', 'c0093e00d0d83fed'),
         'trg_journal_transactions_no_truncate ON journal_transactions': ('journal_transactions', 'b4355cbcd75b63fe'),
         'trg_journal_transactions_not_ahead ON journal_transactions': ('journal_transactions', '91552901a934c9cf'),
-        'trg_journal_transactions_of_their_event ON journal_transactions': ('journal_transactions', '5c8ecc2b4eb5a5b6'),
+        'trg_journal_transactions_of_their_event ON journal_transactions': ('journal_transactions', '5d2ae4d556816bf1'),
         'trg_journal_transactions_payout_final ON journal_transactions': ('journal_transactions', '2a85f6b788fb10d4'),
         'trg_journal_transactions_payout_record_due ON journal_transactions':
             ('journal_transactions', '549067ec5105af07'),

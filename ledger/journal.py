@@ -135,6 +135,9 @@ def check_draft(draft: Draft) -> None:
         unbalanced = sorted(currency for currency, total in net.items() if total != 0)
         message = f"debits do not equal credits in {', '.join(unbalanced)}"
         raise InvalidInput(f"lines: {message}", {"lines": [message]})
+    if draft.kind in OF_AN_EVENT and None in (draft.event_id, draft.invoice_id, draft.customer_id):
+        message = "a commission or clawback names its revenue event, invoice and customer"
+        raise InvalidInput(f"event_id: {message}", {"event_id": [message]})
     placed = _PLACED.get(draft.kind)
     if placed is not None:
         expense, partner_account, message = placed
@@ -147,6 +150,12 @@ def check_draft(draft: Draft) -> None:
             misplaced = misplaced or sum(line.side == CREDIT for line in draft.lines) > 1
         if misplaced:
             raise InvalidInput(f"lines: {message}", {"lines": [message]})
+
+
+# The kinds posted only from a revenue event, naming it, its invoice and its customer (a commission
+# or clawback with none could not be reached by a refund, nor compared with anything, and was paid;
+# migration 0064 holds the same).
+OF_AN_EVENT = ("accrual", "cpa", "override", "clawback")
 
 
 # The accounts of a commission and of a write-off: the expense each line debits, or the account of

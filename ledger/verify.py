@@ -17,7 +17,7 @@ balances it read and the program as recorded when it was made (`ledger.payouts_r
 partner's status or plan rewritten changes what later runs pay); each revenue event's content
 against its request hash (`verify_events`: an altered amount would change what a later refund
 claws back), every event a transaction names still stored (`verify_event_links`), each commission
-and clawback of the event it names (`verify_postings_of_their_events`, migration 0062's rule), and
+and clawback naming its event and of it (`verify_postings_of_their_events`, migrations 0062 and 0064), and
 what each event's status says against the transactions naming it, its customer's attributions and its
 payment (`verify_event_statuses`, migration 0034's rules on rows written before it), and each
 payment's earnings and CPA claim against what the program, as recorded when the payment was, gives
@@ -725,11 +725,12 @@ def verify_event_links(session: Session) -> list[Problem]:
 
 
 def verify_postings_of_their_events(session: Session) -> list[Problem]:
-    """Each root commission or clawback naming a stored event is of it (migration 0062 holds it for
-    new rows): names its invoice and customer, and the event is a payment for a commission, a refund
-    or chargeback for a clawback (`earning_unlike_event`; `verify_reinstatements` reads the others).
-    An override written naming another invoice than its payment's was left standing by a refund of
-    the whole invoice, and paid."""
+    """Each commission and clawback names a revenue event, its invoice and customer (migration 0064
+    holds it for new rows; `earning_without_event`), and each root commission or clawback naming a
+    stored event is of it (migration 0062): names its invoice and customer, and the event is a
+    payment for a commission, a refund or chargeback for a clawback (`earning_unlike_event`;
+    `verify_reinstatements` reads the others). An override written naming another invoice than its
+    payment's was left standing by a refund of the whole invoice, and paid."""
     t, e = journal_transactions.c, revenue_events.c
     of_type = case((t.kind == "clawback", e.type.in_(("refund", "chargeback"))), else_=e.type == "invoice_paid")
     rows = session.execute(
@@ -737,9 +738,17 @@ def verify_postings_of_their_events(session: Session) -> list[Problem]:
         .where((t.kind.in_(EARNING_KINDS) & t.accrual_id.is_(None)) | (t.kind == "clawback"),
                ~and_(t.invoice_id.is_not_distinct_from(e.invoice_id), t.customer_id.is_not_distinct_from(e.customer_id),
                      of_type)).order_by(t.id))
-    return [Problem(transaction_id, "earning_unlike_event", f"a {kind} naming revenue event {event_id!r} names "
-                    "another invoice or customer than the event, or the event is not of its kind")
-            for transaction_id, kind, event_id in rows]
+    unlike = [Problem(transaction_id, "earning_unlike_event", f"a {kind} naming revenue event {event_id!r} names "
+                      "another invoice or customer than the event, or the event is not of its kind")
+              for transaction_id, kind, event_id in rows]
+    # Migration 0064's rule: one naming no event, invoice or customer (an accrual written so was
+    # paid: no refund reaches it, and nothing else had an event to compare it with).
+    without = session.execute(
+        select(t.id, t.kind).where(t.kind.in_(EVENT_POSTING_KINDS),
+                                   t.event_id.is_(None) | t.invoice_id.is_(None) | t.customer_id.is_(None))
+        .order_by(t.id))
+    return unlike + [Problem(transaction_id, "earning_without_event", f"a {kind} names no revenue event, invoice or "
+                             "customer") for transaction_id, kind in without]
 
 
 def verify_event_statuses(session: Session) -> list[Problem]:

@@ -32,6 +32,14 @@ def enrol(session, *partner_ids: str) -> None:
             partners.create_partner(session, partner_id, partner_id.title(), "msp", "bare")
 
 
+def of_an_event(key: str, partner_id: str) -> dict[str, str]:
+    """The links of a commission or clawback posted through the journal alone, as `ledger.revenue`
+    gives them (migration 0064: it names its event, invoice and customer): an event `{key}-event` of
+    invoice `{key}-invoice` of `{partner_id}-customer`, never stored (`verify` names it
+    `event_missing`; a test whose books must verify ok posts through `revenue.ingest`)."""
+    return {"customer_id": f"{partner_id}-customer", "invoice_id": f"{key}-invoice", "event_id": f"{key}-event"}
+
+
 def paid(event_id: str, customer_id: str, invoice_id: str, amount_minor: int, when: str,
          kind: str = "invoice_paid") -> revenue.RevenueEvent:
     return revenue.RevenueEvent(event_id, kind, customer_id, invoice_id, "USD", amount_minor, at(when))

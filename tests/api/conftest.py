@@ -22,10 +22,11 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from ledger import accounts as chart
-from ledger import customers, journal, partners, plans
+from ledger import customers, journal, partners, plans, revenue
 from ledger.db import Database
 from ledger.keys import create_key
 from ledger.settings import Settings
+from tests import program
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 
 BODY_LIMIT_BYTES = 4096
@@ -57,7 +58,7 @@ def bearer(key: str) -> dict[str, str]:
 def accrual(partner_id: str, key: str, amount_minor: int, at_us: int, currency: str = "USD") -> journal.Draft:
     return journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending(partner_id), currency, amount_minor,
                             effective_at_us=at_us, idempotency_key=key, partner_id=partner_id,
-                            customer_id=f"{partner_id}-customer", invoice_id=f"{key}-invoice")
+                            **program.of_an_event(key, partner_id))
 
 
 class Shared(NamedTuple):
@@ -159,11 +160,27 @@ def enroll(database: Database) -> None:
 
 
 def new_transaction(database: Database, partner_id: str = "p1", amount_minor: int = 100) -> int:
-    """A new accrual of `partner_id`, for a test that needs a transaction no other test touches."""
-    key = f"fresh-{uuid.uuid4().hex}"
+    """A new accrual of `partner_id` (`p1` or `p2`), for a test that needs a transaction no other
+    test touches: of a payment of its customer on an invoice of its own."""
+    [transaction_id] = earned(database, [(f"fresh-{uuid.uuid4().hex}", partner_id, amount_minor, JAN_20_2026_US)])
+    return transaction_id
+
+
+def earned(database: Database, accruals: list[tuple[str, str, int, int] | tuple[str, str, int, int, str]]
+           ) -> list[int]:
+    """The accruals `(key, partner_id, amount_minor, at_us[, currency])` of `p1` and `p2` as billing
+    makes them: each of a payment five times its amount (`standard` pays 20%), event `{key}-event`
+    of invoice `{key}-invoice` of the partner's customer (`tests.program.of_an_event`). The ids of
+    their transactions, in order."""
+    events = []
+    for key, partner_id, amount_minor, at_us, *currency in accruals:
+        links = program.of_an_event(key, partner_id)
+        events.append(revenue.RevenueEvent(links["event_id"], "invoice_paid", links["customer_id"], links["invoice_id"],
+                                           currency[0] if currency else "USD", 5 * amount_minor, at_us))
     with database.transaction() as session:
-        [posted] = journal.post(session, [accrual(partner_id, key, amount_minor, JAN_20_2026_US)])
-    return posted.id
+        outcomes = revenue.ingest(session, events)
+    assert [outcome.commissions[0].amount_minor for outcome in outcomes] == [a[2] for a in accruals], outcomes
+    return [transaction_id for outcome in outcomes for transaction_id in outcome.transaction_ids]
 
 
 def make_keys(database: Database) -> Keys:
@@ -174,11 +191,6 @@ def make_keys(database: Database) -> Keys:
 
 
 def book(database: Database) -> Booked:
-    with database.transaction() as session:
-        posted = journal.post(session, [
-            accrual("p1", "p1-a", 10_000, JAN_20_2026_US),
-            accrual("p2", "p2-a", 2_500, JAN_20_2026_US + DAY_US),
-            accrual("p1", "p1-b", 1_234, JAN_20_2026_US + 2 * DAY_US, currency="JPY"),
-        ])
-    ids = [p.id for p in posted]
+    ids = earned(database, [("p1-a", "p1", 10_000, JAN_20_2026_US), ("p2-a", "p2", 2_500, JAN_20_2026_US + DAY_US),
+                            ("p1-b", "p1", 1_234, JAN_20_2026_US + 2 * DAY_US, "JPY")])
     return Booked((ids[0], ids[2]), ids[1])

@@ -210,7 +210,7 @@ def test_a_statement_traces_each_line_to_its_source(shared):
     assert usd["opening"] == {"pending": "0.00", "available": "0.00"}
     assert usd["lines"] == [{"transaction_id": shared.booked.p1[0], "effective_at": "2026-01-20T00:00:00Z",
                              "original_effective_at": None, "kind": "accrual", "customer_id": "p1-customer",
-                             "invoice_id": "p1-a-invoice", "event_id": None, "pending": "100.00",
+                             "invoice_id": "p1-a-invoice", "event_id": "p1-a-event", "pending": "100.00",
                              "available": "0.00"}]
     assert usd["totals"] == {"accrual": "100.00"}
     assert usd["closing"] == {"pending": "100.00", "available": "0.00"}
@@ -244,8 +244,8 @@ def test_a_statement_comes_as_csv_when_asked(shared, query, accept):
     assert response.headers["Content-Disposition"] == 'attachment; filename="statement-p1-2026-01.csv"'
     lines = response.get_data(as_text=True).splitlines()
     assert lines[0].startswith("partner_id,period,currency,row,transaction_id")
-    assert f"p1,2026-01,USD,line,{shared.booked.p1[0]},2026-01-20T00:00:00Z,,accrual,p1-customer,p1-a-invoice,," \
-           "100.00,0.00" in lines
+    assert f"p1,2026-01,USD,line,{shared.booked.p1[0]},2026-01-20T00:00:00Z,,accrual,p1-customer,p1-a-invoice," \
+           "p1-a-event,100.00,0.00" in lines
     assert len(lines) == 1 + 3 * 2  # header; opening, one line, closing per currency
 
 

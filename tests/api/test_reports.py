@@ -130,7 +130,7 @@ def test_integrity_names_each_problem_in_tampered_books(database, client, keys, 
     body = client.get("/v1/integrity", headers=bearer(keys.finance)).get_json()
     assert body["ok"] is False and body["transactions_checked"] == 3
     assert {(p["transaction_id"], p["code"]) for p in body["problems"]} == {
-        (2, "content_altered"), (2, "unbalanced"), (None, "totals_mismatch")}
+        (2, "content_altered"), (2, "unbalanced"), (2, "commission_unlike_program"), (None, "totals_mismatch")}
     assert all(set(p) == {"transaction_id", "code", "message"} and p["message"] for p in body["problems"])
 
 

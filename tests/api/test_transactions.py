@@ -182,7 +182,8 @@ def reverse(shared, transaction_id, body, key=None):
                               headers=bearer(key or shared.keys.finance))
 
 
-def test_a_reversal_mirrors_the_original_at_its_instant(scratch):
+def test_a_reversal_mirrors_the_original_at_its_instant(database, client, keys):
+    scratch = SimpleNamespace(database=database, client=client, keys=keys)  # books of its own, which verify reads
     original_id = new_transaction(scratch.database, "p1", 10_000)
     response = reverse(scratch, original_id, {"reason": "entered twice"})
     assert response.status_code == 201

@@ -19,7 +19,7 @@ def booked(database):
         program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"),
                                                 "USD", 100, effective_at_us=5, idempotency_key="a1",
-                                                partner_id="northwind")])
+                                                partner_id="northwind", **program.of_an_event("a1", "northwind"))])
     return database
 
 
