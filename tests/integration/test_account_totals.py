@@ -32,7 +32,8 @@ def post(database: Database, *transfers, recorded_at_us: int | None = None) -> N
 
 def accrual(key: str, amount: int, currency: str = "USD", at: int = 5):
     return journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, currency, amount,
-                            effective_at_us=at, idempotency_key=key, partner_id="northwind")
+                            effective_at_us=at, idempotency_key=key, partner_id="northwind",
+                            **program.of_an_event(key, "northwind"))
 
 
 def totals(database: Database) -> dict[tuple[str, str], tuple[int, int, int, int]]:
@@ -329,8 +330,8 @@ def test_a_line_dated_after_the_bound_sends_only_its_accounts_to_the_lines(booke
     future = 4_102_444_800_000_000  # 2100-01-01
     southwind = chart.pending("southwind")
     post(booked, journal.transfer("accrual", chart.EXPENSE_COMMISSION, southwind, "USD", 40,
-                                  effective_at_us=future, idempotency_key="later",
-                                  partner_id="southwind"), recorded_at_us=future)
+                                  effective_at_us=future, idempotency_key="later", partner_id="southwind",
+                                  **program.of_an_event("later", "southwind")), recorded_at_us=future)
     with booked.engine.connect() as connection:
         expected = {(name, currency): (int(debits), int(credits)) for name, currency, debits, credits in
                     connection.exec_driver_sql(
@@ -355,7 +356,8 @@ def test_at_read_committed_a_later_line_sends_every_account_to_the_lines(postgre
     # Each statement reads its own snapshot there: the totals and the lines are never added up.
     post(postgres_database, accrual("a1", 100),
          journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("southwind"), "USD", 40,  # as above
-                          effective_at_us=4_102_444_800_000_000, idempotency_key="later", partner_id="southwind"),
+                          effective_at_us=4_102_444_800_000_000, idempotency_key="later", partner_id="southwind",
+                          **program.of_an_event("later", "southwind")),
          recorded_at_us=4_102_444_800_000_000)
     with recorded(postgres_database.engine) as statements, Session(postgres_database.engine) as session:
         found = all_balances(session, before_us=4_102_444_800_000_000)

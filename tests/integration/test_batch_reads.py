@@ -27,7 +27,7 @@ from tests.cli.test_cli import audited_books
 from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 from tests.api.conftest import STANDARD_TERMS
 from tests.integration.conftest import chain_due
-from tests.program import at, enrol, paid, seed
+from tests.program import at, enrol, of_an_event, paid, seed
 
 CUSTOMERS = [f"cust-{n:02d}" for n in range(8)]
 
@@ -58,7 +58,8 @@ def test_an_error_among_statements_sent_together_is_sqlalchemys_and_leaves_nothi
 
 def _accrual(key: str, at_us: int) -> journal.Draft:
     return journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"), "USD", 1_000,
-                            effective_at_us=at_us, idempotency_key=key, partner_id="northwind")
+                            effective_at_us=at_us, idempotency_key=key, partner_id="northwind",
+                            **of_an_event(key, "northwind"))
 
 
 def test_reads_sent_with_the_journal_lock_see_the_writer_that_held_it(database):

@@ -34,13 +34,21 @@ def insert_line(connection, transaction_id, account_id, side, amount, at=5, curr
         "VALUES (:t, :a, :c, :s, :m, :e)"), dict(t=transaction_id, a=account_id, c=currency, s=side, m=amount, e=at))
 
 
+# The default of a header's event, invoice and customer: for a commission or clawback, which names
+# them (migration 0064), those `tests.program.of_an_event` gives; for another kind, none.
+OF_AN_EVENT = "of an event"
+
+
 def insert_header(connection, transaction_id, prev_hash, key="raw", at=5, verb="INSERT", *, kind="accrual",
-                  reverses_id=None, original=None, customer_id=None, accrual_id=None, partner_id="northwind",
-                  invoice_id=None, recorded=1, memo=None, event_id=None):
+                  reverses_id=None, original=None, customer_id=OF_AN_EVENT, accrual_id=None, partner_id="northwind",
+                  invoice_id=OF_AN_EVENT, recorded=1, memo=None, event_id=OF_AN_EVENT):
     """A header sealing the lines inserted before it. By default an accrual of northwind, as
     `booked`'s first posting, whose lines (a debit of `expense:commission`, a credit to northwind's
     pending account) are an accrual's (migration 0047); an adjustment names an enrolled partner and
     moves money between `expense:commission:adjustment` and that partner's account (migration 0031)."""
+    links = program.of_an_event(key, partner_id) if kind in journal.OF_AN_EVENT else {}
+    customer_id, invoice_id, event_id = (links.get(name) if value is OF_AN_EVENT else value for name, value in (
+        ("customer_id", customer_id), ("invoice_id", invoice_id), ("event_id", event_id)))
     connection.execute(sa.text(
         f"{verb} INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us, "
         "idempotency_key, request_hash, prev_hash, hash, reverses_id, customer_id, accrual_id, partner_id, "
@@ -151,7 +159,8 @@ def test_a_line_without_a_header_never_commits(booked):
 def post_the_next(session) -> None:
     """The service's next posting: `booked`'s transaction 2."""
     journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                            effective_at_us=6, idempotency_key="a2", partner_id="northwind")])
+                                            effective_at_us=6, idempotency_key="a2", partner_id="northwind",
+                                            **program.of_an_event("a2", "northwind"))])
 
 
 def lines_of(database, transaction_id: int) -> int:

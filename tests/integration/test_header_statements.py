@@ -128,7 +128,8 @@ def test_a_header_whose_lines_would_come_in_a_later_statement_is_refused_by_its_
 
 def ten_thousand_accruals(last_partner_id: str) -> list[journal.Draft]:
     return [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending(partner_id), "USD", 100,
-                             effective_at_us=5, idempotency_key=f"batch-{index}", partner_id=partner_id)
+                             effective_at_us=5, idempotency_key=f"batch-{index}", partner_id=partner_id,
+                             **program.of_an_event(f"batch-{index}", partner_id))
             for index, partner_id in enumerate(["northwind"] * 9_999 + [last_partner_id])]
 
 

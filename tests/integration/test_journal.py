@@ -16,7 +16,8 @@ AVAILABLE = chart.available("northwind")
 
 def accrual(key: str, amount_minor: int, at_us: int = 1_000, currency: str = "USD", **links) -> Draft:
     return journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, currency, amount_minor,
-                            effective_at_us=at_us, idempotency_key=key, partner_id="northwind", **links)
+                            effective_at_us=at_us, idempotency_key=key, partner_id="northwind",
+                            **(program.of_an_event(key, "northwind") | links))
 
 
 @pytest.fixture(autouse=True)
@@ -116,16 +117,18 @@ def test_a_transaction_holds_up_to_100_lines_under_a_key_of_up_to_200_characters
     # An accrual's debits, and its one credit (migration 0048).
     lines = (Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1),) * 99 + (Line(PENDING, "USD", CREDIT, 99),)
     with database.transaction() as session:
-        [posted] = journal.post(session, [Draft("accrual", 1, lines, "k" * 200, partner_id="northwind")])
+        [posted] = journal.post(session, [Draft("accrual", 1, lines, "k" * 200, partner_id="northwind", **program.of_an_event("k", "northwind"))])
         assert journal.load_draft(session, posted.id).lines == lines
     # 101 lines, balanced and each an accrual's: only their number is wrong.
     more = lines[:-1] + (Line(PENDING, "USD", CREDIT, 100), Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1))
     with pytest.raises(InvalidInput, match="2 to 100 lines"), database.transaction() as session:
-        journal.post(session, [Draft("accrual", 1, more, "more lines", partner_id="northwind")])
+        journal.post(session, [Draft("accrual", 1, more, "more lines", partner_id="northwind",
+                                     **program.of_an_event("more", "northwind"))])
     with pytest.raises(InvalidInput, match="1 to 200 characters"), database.transaction() as session:
-        journal.post(session, [Draft("accrual", 1, lines, "k" * 201, partner_id="northwind")])
+        journal.post(session, [Draft("accrual", 1, lines, "k" * 201, partner_id="northwind",
+                                     **program.of_an_event("k", "northwind"))])
     with database.reader() as session:
-        assert verify(session).problems == [] and journal.chain_head(session)[0] == 1
+        assert program.verified(session) == [] and journal.chain_head(session)[0] == 1
 
 
 def test_a_reversal_mirrors_the_original_once(database):
@@ -171,7 +174,8 @@ def test_a_large_batch_posts_in_one_call_with_a_gap_free_chain(database):
         report = verify(session)
         assert debit_minus_credit(session, [PENDING]) == {(PENDING, "USD"): -sum(1 + i % 97 for i in range(3_000))}
         assert report.chain_head == journal.chain_head(session)[1]
-    assert report.ok and report.transactions_checked == 3_000 and report.problems == []
+        assert program.verified(session) == []
+    assert report.transactions_checked == 3_000 and {problem.code for problem in report.problems} == {"event_missing"}
 
 
 def test_verify_on_an_empty_journal_is_clean(database):

@@ -44,7 +44,8 @@ def draft_of(step: int, posting, at_us: int) -> Draft:
         currency = legs[0][0]
         lines = [Line(chart.EXPENSE_COMMISSION, currency, DEBIT, amount) for _, amount in legs]
         lines.append(Line(chart.pending(partner), currency, CREDIT, sum(amount for _, amount in legs)))
-        return Draft("accrual", at_us, tuple(lines), f"step-{step}", partner_id=partner)
+        return Draft("accrual", at_us, tuple(lines), f"step-{step}", partner_id=partner,
+                     **program.of_an_event(f"step-{step}", partner))
     account, to_partner = adjusted
     [(currency, amount)] = legs
     partners = chart.pending(partner) if account == "pending" else chart.available(partner)

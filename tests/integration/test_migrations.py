@@ -188,6 +188,7 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
     from ledger.instants import now_us
     from ledger.migrate import alembic_config, upgrade
     from ledger.verify import verify
+    from tests import program
 
     upgrade(empty_url, "0030")
     database = Database(empty_url)
@@ -199,7 +200,7 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
             journal.reverse(session, adjustment.id, reason="posted twice")
             [ghost] = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
-                idempotency_key="ghost", partner_id="ghost")])
+                idempotency_key="ghost", partner_id="ghost", **program.of_an_event("ghost", "ghost"))])
         upgrade(empty_url)
         with database.transaction() as session:
             instant = now_us()
