@@ -49,7 +49,11 @@ UNSTORED_EVENT = re.compile(r"names revenue event '[^']*-event', which is not st
 
 def verified(session) -> list[Problem]:
     """`verify`'s problems, less those naming the events of `of_an_event`, never stored."""
-    return [problem for problem in verify(session).problems
+    return besides_unstored_events(verify(session).problems)
+
+
+def besides_unstored_events(problems: list[Problem]) -> list[Problem]:
+    return [problem for problem in problems
             if not (problem.code == "event_missing" and UNSTORED_EVENT.fullmatch(problem.message))]
 
 

@@ -29,7 +29,6 @@ from ledger.instants import period_bounds_us
 from ledger.reports import liabilities
 from ledger.schema import accounts, journal_lines, journal_transactions
 from ledger.statements import StatementLine, statement
-from ledger.verify import verify
 from tests import program
 from tests.integration.conftest import commissions_as_before_0047
 from tests.integration.test_query_plans import recorded
@@ -80,7 +79,7 @@ def books(database):
             journal.Line(chart.pending("northwind"), "USD", "C", 500),
             journal.Line(chart.EXPENSE_COMMISSION, "EUR", "D", 300),
             journal.Line(chart.pending("northwind"), "EUR", "C", 300),
-        ), "two-currencies", partner_id="northwind")])
+        ), "two-currencies", partner_id="northwind", **program.of_an_event("two-currencies", "northwind"))])
     with database.transaction() as session:  # dated in closed February: posted at April's start
         revenue.ingest(session, [paid("e-late-refund", "globex-corp", "inv-globex-corp-2", 4_000, "2026-02-25",
                                       kind="refund")])
@@ -229,7 +228,7 @@ def test_a_closed_months_lines_are_stored_by_its_close_as_the_journal_gives_them
         two_currencies = session.execute(select(journal_transactions.c.id).where(
             journal_transactions.c.idempotency_key == "two-currencies")).scalar_one()
         # The books are whole but for the accrual written as before migration 0048, which verify names.
-        found = verify(session).problems
+        found = program.verified(session)
         assert {(problem.transaction_id, problem.code) for problem in found} == {(two_currencies, "earning_misposted")}
     assert {("accrual", "USD", False), ("accrual", "EUR", False), ("release", "USD", False), ("payout", "USD", False),
             ("clawback", "USD", True), ("adjustment", "USD", False)} <= compared, compared

@@ -18,7 +18,8 @@ from tests import program
 from tests.integration.test_database_guards import account_ids, head_hash, insert_line
 
 HEADER_COLUMNS = ("id", "kind", "effective_at_us", "recorded_at_us", "idempotency_key", "request_hash", "prev_hash",
-                  "hash", "reverses_id", "partner_id", "accrual_id", "plan_version_id")
+                  "hash", "reverses_id", "partner_id", "accrual_id", "plan_version_id", "customer_id", "invoice_id",
+                  "event_id")
 
 
 def insert_headers(connection, headers: list[dict]) -> None:
@@ -32,10 +33,13 @@ def insert_headers(connection, headers: list[dict]) -> None:
 
 
 def header(transaction_id: int, prev_hash: str, **fields) -> dict:
-    """By default an accrual of northwind, as `booked`'s (an accrual names its partner: migration 0047)."""
+    """By default an accrual of northwind, as `booked`'s (an accrual names its partner: migration 0047);
+    a commission or clawback of an event of its own (migration 0064) unless `fields` name others."""
+    key, kind, partner_id = f"raw-{transaction_id}", fields.get("kind", "accrual"), fields.get("partner_id", "northwind")
+    links = program.of_an_event(key, partner_id) if kind in journal.OF_AN_EVENT else {}
     return {"id": transaction_id, "kind": "accrual", "effective_at_us": 5, "recorded_at_us": 1,
-            "idempotency_key": f"raw-{transaction_id}", "request_hash": "f" * 64, "prev_hash": prev_hash,
-            "hash": "f" * 64, "partner_id": "northwind", **fields}
+            "idempotency_key": key, "request_hash": "f" * 64, "prev_hash": prev_hash,
+            "hash": "f" * 64, "partner_id": "northwind", **links, **fields}
 
 
 def lines_of_the_last(connection, breaks: str) -> dict:

@@ -214,15 +214,14 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
             adjusted = payouts.adjust(session, "northwind", "available", 300, "USD", "to reverse")
             journal.reverse(session, adjusted.id, reason="posted in error")
         with database.reader() as session:
-            report = verify(session)
+            found = program.verified(session)
         # Only the posting for a partner never enrolled, left as it was written.
-        assert [(problem.transaction_id, problem.code) for problem in report.problems] == [
-            (ghost.id, "partner_not_enrolled")]
+        assert [(problem.transaction_id, problem.code) for problem in found] == [(ghost.id, "partner_not_enrolled")]
         with pytest.raises(sa.exc.DBAPIError, match="a transaction names a partner of the program"):
             with database.transaction() as session:
                 journal.post(session, [journal.transfer(
                     "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
-                    idempotency_key="ghost-again", partner_id="ghost")])
+                    idempotency_key="ghost-again", partner_id="ghost", **program.of_an_event("ghost-again", "ghost"))])
         command.downgrade(alembic_config(empty_url), "0030")
         assert guards_of(database) == at_0030
         upgrade(empty_url)
@@ -245,6 +244,7 @@ def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_writte
     from ledger.keys import create_key
     from ledger.migrate import upgrade
     from ledger.settings import Settings
+    from tests import program
     from tests.program import at
 
     upgrade(empty_url, "0030")
@@ -254,7 +254,8 @@ def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_writte
             ghosts = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100,
                 effective_at_us=at("2026-01-05"), idempotency_key=f"ghost-{invoice}", partner_id="ghost",
-                matures_at_us=at("2026-02-04"), invoice_id=invoice, customer_id="cust-g") for invoice in ("g1", "g2")])
+                matures_at_us=at("2026-02-04"), invoice_id=invoice, customer_id="cust-g", event_id=f"{invoice}-event")
+                for invoice in ("g1", "g2")])
             session.execute(sa.text("INSERT INTO open_holds (accrual_id, matures_at_us) VALUES (:id, :at)"),
                             {"id": ghosts[1].id, "at": at("2026-02-04")})
         upgrade(empty_url)
@@ -270,7 +271,7 @@ def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_writte
             with database.transaction() as session:
                 journal.post(session, [journal.transfer(
                     "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
-                    idempotency_key="ghost-again", partner_id="ghost")])
+                    idempotency_key="ghost-again", partner_id="ghost", **program.of_an_event("ghost-again", "ghost"))])
     finally:
         database.dispose()
 
@@ -307,8 +308,9 @@ def refusal_of_a_header_breaking_three_rules(database) -> str:
                             {"id": head_id + 1, "at": instant})
             session.execute(text(
                 "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
-                " request_hash, plan_version_id, prev_hash, hash, partner_id) VALUES (:id, 'accrual', :at, :at,"
-                " 'three-rules', :request, 999999, :prev, :hash, (SELECT min(id) FROM partners))"),
+                " request_hash, plan_version_id, prev_hash, hash, partner_id, customer_id, invoice_id, event_id)"
+                " VALUES (:id, 'accrual', :at, :at, 'three-rules', :request, 999999, :prev, :hash,"
+                " (SELECT min(id) FROM partners), 'cust-3', 'inv-3', 'e-3')"),  # of an event (migration 0064)
                 {"id": head_id + 1, "at": instant, "request": "a" * 64, "prev": head_hash, "hash": "b" * 64})
     diagnostic = getattr(refused.value.orig, "diag", None)  # psycopg's, without the function named in its context
     return diagnostic.message_primary if diagnostic else str(refused.value.orig)
@@ -382,7 +384,8 @@ def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_dow
         with database.transaction() as session:  # as the service wrote it before 0031
             [piece] = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
-                idempotency_key="ghost-piece", partner_id="ghost", invoice_id="inv-ghost")])
+                idempotency_key="ghost-piece", partner_id="ghost", invoice_id="inv-ghost", customer_id="cust-ghost",
+                event_id="e-ghost")])
 
         def written(kind: str, **header) -> None:
             """The raw posting for ghost, written and rolled back; raises what the database refuses."""
@@ -555,7 +558,8 @@ def test_a_header_breaking_several_rules_is_refused_with_the_message_0031_gave_i
             program.seed(session)
             journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("northwind"), "USD", 100,
-                effective_at_us=program.at("2026-01-10"), idempotency_key="first", partner_id="northwind")])
+                effective_at_us=program.at("2026-01-10"), idempotency_key="first", partner_id="northwind",
+                **program.of_an_event("first", "northwind"))])
             periods.close_period(session, "2026-01", now_us=program.at("2026-02-02"))
             chart.account_ids(session, [chart.pending("ghost")])  # for the accrual of a partner never enrolled
         at_0031 = refusals_of_several_rules_broken(database)

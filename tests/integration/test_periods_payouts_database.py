@@ -33,27 +33,30 @@ def at(day: str) -> int:
 
 @pytest.fixture
 def closed(database):
-    """Commission accrued in January, February and March, released once; all three months closed."""
+    """Commission accrued in January, February and March, each of an event never stored
+    (`program.of_an_event`), released once; all three months closed."""
     with database.transaction() as session:
         program.enrol(session, "northwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
                              effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}",
-                             partner_id="northwind")
+                             partner_id="northwind", **program.of_an_event(f"accrual-{month}", "northwind"))
             for month in (1, 2, 3)] + [
             journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000, effective_at_us=at("2026-02-09"),
-                             idempotency_key="release-1", partner_id="northwind", accrual_id=1)])
+                             idempotency_key="release-1", partner_id="northwind", accrual_id=1,
+                             invoice_id="accrual-1-invoice")])  # its piece's invoice (migration 0022)
         for period in ("2026-01", "2026-02", "2026-03"):
             periods.close_period(session, period, now_us=at("2026-04-02"))
     return database
 
 
 def problems(database) -> set[tuple[str, str]]:
-    """(code, period) of every problem verify() names."""
+    """(code, period) of every problem verify() names, less the events `closed`'s commissions made up."""
     with database.reader() as session:
         report = verify(session)
+        named = program.verified(session)
     assert report.ok is (not report.problems)
-    return {(p.code, p.message.split(":")[0].removeprefix("period ")) for p in report.problems}
+    return {(p.code, p.message.split(":")[0].removeprefix("period ")) for p in named}
 
 
 PENDING_ID = f"(SELECT id FROM accounts WHERE name = '{PENDING}')"
@@ -220,16 +223,17 @@ def test_a_period_closes_at_the_instant_it_ends_and_a_posting_at_the_next_ones_s
         program.enrol(session, "northwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=at(day),
-                             idempotency_key=f"accrual-{day}", partner_id="northwind")
+                             idempotency_key=f"accrual-{day}", partner_id="northwind",
+                             **program.of_an_event(f"accrual-{day}", "northwind"))
             for day in ("2026-01-10", "2026-03-01")])
         periods.close_period(session, "2026-01", now_us=at("2026-02-01"))
         # February is empty (March's posting is at its first instant): it closes along with March.
         periods.close_period(session, "2026-03", now_us=at("2026-04-01"))
     with database.reader() as session:
         closes = [(close.period, close.transaction_count) for close in periods.list_periods(session)]
-        report = verify(session)
+        named = program.verified(session)
     assert closes == [("2026-01", 1), ("2026-02", 0), ("2026-03", 1)]
-    assert report.problems == []
+    assert named == []
 
 
 # ---- the database refuses, with Python bypassed ----
@@ -244,7 +248,7 @@ def raw_transfer(connection, effective_at_us: int) -> None:
     """A balanced transaction continuing the sequence and the prev_hash link, in raw SQL (no journal.Batch
     to move it out of a closed period), recorded at the instant it is effective (no transaction is
     dated after it is recorded: migration 0029): an accrual of northwind into its pending account, as
-    `closed`'s (migration 0047)."""
+    `closed`'s (migration 0047), naming an event, invoice and customer (migration 0064)."""
     head_id, head_hash = connection.execute(sa.text(
         "SELECT id, hash FROM journal_transactions ORDER BY id DESC LIMIT 1")).one()
     accounts = dict(connection.execute(sa.text("SELECT name, id FROM accounts")).all())
@@ -254,8 +258,10 @@ def raw_transfer(connection, effective_at_us: int) -> None:
             "VALUES (:t, :a, 'USD', :s, 100, :e)"), dict(t=head_id + 1, a=accounts[account], s=side, e=effective_at_us))
     connection.execute(sa.text(
         "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key, request_hash, "
-        "prev_hash, hash, partner_id) VALUES (:id, 'accrual', :e, :e, 'raw', :h, :prev, :h, 'northwind')"),
-        dict(id=head_id + 1, e=effective_at_us, h="e" * 64, prev=head_hash))
+        "prev_hash, hash, partner_id, customer_id, invoice_id, event_id) VALUES (:id, 'accrual', :e, :e, 'raw', :h, "
+        ":prev, :h, 'northwind', :customer_id, :invoice_id, :event_id)"),
+        dict(id=head_id + 1, e=effective_at_us, h="e" * 64, prev=head_hash,
+             **program.of_an_event("raw", "northwind")))
 
 
 def test_a_transaction_dated_inside_a_closed_period_is_refused_by_the_database(closed):
@@ -383,7 +389,7 @@ def test_a_statement_document_added_for_the_latest_closed_period_is_named_by_ver
         connection.execute(sa.text(STORED_DOCUMENT), {"period": "2026-03",
                                                      "lines": A_LINE.replace(":at", str(at("2026-03-20")))})
     with closed.reader() as session:
-        [problem] = verify(session).problems
+        [problem] = program.verified(session)
     assert problem.code == "statement_line_altered" and problem.message == (
         "period 2026-03: partner northwind's EUR statement line for transaction 1 is stored but not given by the "
         "journal")
@@ -443,23 +449,27 @@ def test_a_document_stored_in_another_order_still_reads_in_posting_order_and_ver
                        "WHERE period = '2026-02'"}[closed.engine.dialect.name == "postgresql"])
     with closed.reader() as session:
         [lines] = statement_lines.stored(session, "northwind", "2026-02").values()
-        report = verify(session)
+        named = program.verified(session)
     assert [(line.transaction_id, line.effective_at_us) for line in lines] == [(4, at("2026-02-09")),
                                                                                (2, at("2026-02-10"))]
-    assert report.problems == []
+    assert named == []
 
 
 def test_a_close_stores_every_partners_lines_of_its_period_and_nothing_else(closed):
     with closed.reader() as session:
         rows = session.execute(sa.text("SELECT period, partner_id, currency, CAST(lines AS TEXT) "
                                        "FROM statement_documents ORDER BY period")).all()
-    line = [None, None, None, None]  # original instant, customer, invoice, event
-    # (In posting order, as the reader sorts them: SQLite does not promise to keep the order written.)
+    # Each accrual's customer, invoice and event; the release names its piece's invoice alone.
+    accrual = {month: ["northwind-customer", f"accrual-{month}-invoice", f"accrual-{month}-event"]
+               for month in (1, 2, 3)}
+    release = [None, "accrual-1-invoice", None]
+    # (In posting order, as the reader sorts them: SQLite does not promise to keep the order written;
+    # no line has an original instant.)
     assert [(*row[:3], sorted(json.loads(row[3]), key=lambda line: (line[1], line[0]))) for row in rows] == [
-        ("2026-01", "northwind", "USD", [[1, at("2026-01-10"), line[0], "accrual", *line[1:], 10_000, 0]]),
-        ("2026-02", "northwind", "USD", [[4, at("2026-02-09"), line[0], "release", *line[1:], -10_000, 10_000],
-                                         [2, at("2026-02-10"), line[0], "accrual", *line[1:], 20_000, 0]]),
-        ("2026-03", "northwind", "USD", [[3, at("2026-03-10"), line[0], "accrual", *line[1:], 30_000, 0]])]
+        ("2026-01", "northwind", "USD", [[1, at("2026-01-10"), None, "accrual", *accrual[1], 10_000, 0]]),
+        ("2026-02", "northwind", "USD", [[4, at("2026-02-09"), None, "release", *release, -10_000, 10_000],
+                                         [2, at("2026-02-10"), None, "accrual", *accrual[2], 20_000, 0]]),
+        ("2026-03", "northwind", "USD", [[3, at("2026-03-10"), None, "accrual", *accrual[3], 30_000, 0]])]
 
 
 def test_releases_that_name_no_event_keep_none_and_the_closes_storing_them_beside_named_ones_verify(
@@ -499,7 +509,7 @@ def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_ur
                 journal.post(session, [journal.transfer(
                     "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000 * month,
                     effective_at_us=at(f"2026-0{month}-10"), idempotency_key=f"accrual-{month}",
-                    partner_id="northwind")])
+                    partner_id="northwind", **program.of_an_event(f"accrual-{month}", "northwind"))])
                 periods.close_period(session, f"2026-0{month}", now_us=at("2026-04-02"))
         with database.reader() as session:
             assert session.execute(sa.text("SELECT count(*) FROM period_closes")).scalar() == 2
@@ -508,7 +518,8 @@ def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_ur
             program.enrol(session, "northwind")  # postings from here on name a partner of the program
             journal.post(session, [journal.transfer("release", PENDING, AVAILABLE, "USD", 10_000,
                                                     effective_at_us=at("2026-03-09"), idempotency_key="release-1",
-                                                    partner_id="northwind", accrual_id=1)])
+                                                    partner_id="northwind", accrual_id=1,
+                                                    invoice_id="accrual-1-invoice")])
             periods.close_period(session, "2026-03", now_us=at("2026-04-02"))
         with database.reader() as session:
             assert "statement_lines" not in sa.inspect(session.connection()).get_table_names()
@@ -518,19 +529,20 @@ def test_the_migration_stores_the_lines_of_the_periods_closed_before_it(empty_ur
                               for period in stored}
             assert [[line.pending_minor for line in lines["USD"]] for lines in stored.values()] == [
                 [10_000], [20_000], [-10_000]]
-            assert verify(session).ok
+            assert program.verified(session) == []
     finally:
         database.dispose()
 
 
 def closed_at_0015(url: str) -> Database:
-    """A database at migration 0015 (statement lines stored as rows), with January closed."""
+    """A database at migration 0015 (statement lines stored as rows), with January closed: its
+    accrual of an event never stored (`program.of_an_event`)."""
     upgrade(url, "0015")
     database = Database(url)
     with database.transaction() as session:
-        journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000,
-                                                effective_at_us=at("2026-01-10"), idempotency_key="accrual-1",
-                                                partner_id="northwind")])
+        journal.post(session, [journal.transfer(
+            "accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 10_000, effective_at_us=at("2026-01-10"),
+            idempotency_key="accrual-1", partner_id="northwind", **program.of_an_event("accrual-1", "northwind"))])
         periods.close_period(session, "2026-01", now_us=at("2026-04-02"))
     return database
 
@@ -546,7 +558,7 @@ def test_the_migration_carries_the_rows_as_stored_so_verify_still_names_an_alter
             program.enrol(session, "northwind")  # January's accrual names a partner of the program
         with database.reader() as session:
             assert statement_lines.stored(session, "northwind", "2026-01")["USD"][0].pending_minor == 10_001
-            named = [(p.code, p.transaction_id, p.message.split(" is ")[-1]) for p in verify(session).problems]
+            named = [(p.code, p.transaction_id, p.message.split(" is ")[-1]) for p in program.verified(session)]
         assert named == [("statement_line_altered", 1, "not stored as the journal gives it"),
                          ("statement_line_altered", 1, "stored but not given by the journal")]
     finally:
