@@ -205,7 +205,8 @@ def test_sqlite_keeps_amounts_and_instants_integers(sqlite_database, column, val
     with database.transaction() as session:
         program.enrol(session, "northwind")  # its accruals name a partner of the program
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a1", partner_id="northwind")])
+                                                effective_at_us=5, idempotency_key="a1", partner_id="northwind",
+                                                **program.of_an_event("a1", "northwind"))])
 
     def not_an_integer(connection):
         expense, pending = account_ids(connection)
@@ -229,8 +230,9 @@ def test_sqlite_keeps_revenue_event_amounts_integers(sqlite_database):
 
 
 HEADER = ("INSERT INTO journal_transactions (id, kind, effective_at_us, original_effective_at_us, recorded_at_us,"
-          " matures_at_us, idempotency_key, request_hash, prev_hash, hash, partner_id)"
-          " VALUES (2, 'accrual', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h, 'northwind')")
+          " matures_at_us, idempotency_key, request_hash, prev_hash, hash, partner_id, customer_id, invoice_id,"
+          " event_id) VALUES (2, 'accrual', 5, :original, :recorded, :matures, 'raw-2', :h, :prev, :h, 'northwind',"
+          " 'northwind-customer', 'raw-2-invoice', 'raw-2-event')")
 
 
 @pytest.mark.parametrize("column, value", [("recorded", "x"), ("recorded", 1.5), ("original", 4.5),
@@ -240,7 +242,8 @@ def test_sqlite_keeps_a_headers_instants_integers(sqlite_database, column, value
     with database.transaction() as session:
         program.enrol(session, "northwind")  # its accruals name a partner of the program
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
-                                                effective_at_us=5, idempotency_key="a1", partner_id="northwind")])
+                                                effective_at_us=5, idempotency_key="a1", partner_id="northwind",
+                                                **program.of_an_event("a1", "northwind"))])
 
     def header(**values):
         def post(connection):
@@ -278,7 +281,7 @@ def accrued_in_january(database) -> None:
         program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=at("2026-01-20"), idempotency_key="a1",
-                                                partner_id="northwind")])
+                                                partner_id="northwind", **program.of_an_event("a1", "northwind"))])
 
 
 def snapshot_then_close(debit, currency):
@@ -981,13 +984,18 @@ def test_a_queued_hold_names_an_earning_transaction_whatever_else_matures(booked
         def post(connection):
             ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
             debit = chart.EXPENSE_ADJUSTMENT if kind == "adjustment" else chart.EXPENSE_COMMISSION
+            # the accrual names its event and customer as a commission does (migration 0064)
+            links = dict(customer=None, event=None) if kind == "adjustment" else dict(
+                customer="northwind-customer", event=f"raw-{transaction_id}-event")
             insert_line(connection, transaction_id, ids[debit], "D", 100)
             insert_line(connection, transaction_id, ids[PENDING], "C", 100)
             connection.execute(sa.text(
                 "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, matures_at_us,"
-                " idempotency_key, request_hash, prev_hash, hash, partner_id, memo, invoice_id)"
-                " VALUES (:id, :kind, 5, 5, 7, :key, :h, :prev, :h, 'northwind', 'goodwill', 'i1')"),
-                dict(id=transaction_id, kind=kind, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection)))
+                " idempotency_key, request_hash, prev_hash, hash, partner_id, memo, invoice_id, customer_id,"
+                " event_id) VALUES (:id, :kind, 5, 5, 7, :key, :h, :prev, :h, 'northwind', 'goodwill', 'i1',"
+                " :customer, :event)"),
+                dict(id=transaction_id, kind=kind, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection),
+                     **links))
         return post
     accepted(booked, header(2, "adjustment"))  # an adjustment that names a maturity all the same
     accepted(booked, header(3, "accrual"))
@@ -1109,31 +1117,42 @@ ELSEWHERE = "a transaction posts to the accounts of the partner it names"  # mig
 
 @pytest.fixture
 def pieces(database):
-    """1: northwind's accrual of 100 USD; 2: southwind's of 50 USD; 3: an adjustment of 100 USD to
-    northwind's available account (no piece: it opens the account)."""
+    """1: northwind's accrual of 100 USD, of invoice `a1-invoice`; 2: southwind's of 50 USD, of
+    `a2-invoice`; 3: an adjustment of 100 USD to northwind's available account (no piece: it opens the
+    account)."""
     with database.transaction() as session:
         program.enrol(session, "northwind", "southwind")
         journal.post(session, [
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
-                             idempotency_key="a1", partner_id="northwind"),
+                             idempotency_key="a1", partner_id="northwind", **program.of_an_event("a1", "northwind")),
             journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("southwind"), "USD", 50,
-                             effective_at_us=5, idempotency_key="a2", partner_id="southwind"),
+                             effective_at_us=5, idempotency_key="a2", partner_id="southwind",
+                             **program.of_an_event("a2", "southwind")),
             journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, AVAILABLE, "USD", 100, effective_at_us=5,
                              idempotency_key="j3", partner_id="northwind", memo="opening")])
     return database
 
 
+ITS_PIECES = "its piece's"  # the invoice `against` names by default
+
+
 def against(transaction_id: int, kind: str, amount: int, *, piece: int | None = 1, partner: str | None = "northwind",
             from_account: str = PENDING, to_account: str | None = None, currency: str = "USD",
-            invoice: str | None = None):
-    """A clawback (to the expense account) or a release (to available) of `amount` against `piece`."""
+            invoice: str | None = ITS_PIECES):
+    """A clawback (to the expense account) or a release (to available) of `amount` against `piece`,
+    under its piece's invoice by default (the first piece's, `a1-invoice`, when `piece` is none or
+    names no invoice: a clawback names an invoice, migration 0064)."""
     def post(connection):
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
+        named = invoice
+        if named is ITS_PIECES:
+            named = connection.execute(sa.text("SELECT invoice_id FROM journal_transactions WHERE id = :id"),
+                                       dict(id=piece)).scalar() or "a1-invoice"
         credit = to_account or (chart.EXPENSE_COMMISSION if kind == "clawback" else AVAILABLE)
         insert_line(connection, transaction_id, ids[from_account], "D", amount, currency=currency)
         insert_line(connection, transaction_id, ids[credit], "C", amount, currency=currency)
         insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", kind=kind,
-                      accrual_id=piece, partner_id=partner, invoice_id=invoice)
+                      accrual_id=piece, partner_id=partner, invoice_id=named)
     return post
 
 
@@ -1224,8 +1243,9 @@ def test_a_piece_of_an_invoice_is_clawed_back_only_under_that_invoice(pieces):
     with pieces.transaction() as session:
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=5, idempotency_key="a4", partner_id="northwind",
-                                                invoice_id="inv-1")])
-    refused(pieces, against(5, "clawback", 10, piece=4, invoice=None), WITHIN_ITS_PIECE)
+                                                **(program.of_an_event("a4", "northwind") | {"invoice_id": "inv-1"}))])
+    # Under another invoice of the partner's, one with a piece of its own (a clawback names an invoice: 0064).
+    refused(pieces, against(5, "clawback", 10, piece=4, invoice="a1-invoice"), WITHIN_ITS_PIECE)
     accepted(pieces, against(5, "clawback", 10, piece=4, invoice="inv-1"))
 
 
@@ -1240,7 +1260,7 @@ def test_a_piece_is_reversed_though_a_reinstatement_names_it(pieces):
     with pieces.transaction() as session:  # 4: a piece of an invoice, as a won dispute restores one of its own
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=5, idempotency_key="a4", partner_id="northwind",
-                                                invoice_id="inv-4")])
+                                                **(program.of_an_event("a4", "northwind") | {"invoice_id": "inv-4"}))])
 
     def reinstatement(connection):
         expense, pending = account_ids(connection)
@@ -1328,7 +1348,8 @@ def test_a_transaction_of_a_partner_posts_to_no_other_partners_account(booked):
     with booked.transaction() as session:  # 2: contoso's accrual, beside northwind's (1)
         program.enrol(session, "contoso")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending("contoso"), "USD",
-                                                100, effective_at_us=5, idempotency_key="a2", partner_id="contoso")])
+                                                100, effective_at_us=5, idempotency_key="a2", partner_id="contoso",
+                                                **program.of_an_event("a2", "contoso"))])
 
     # Reversals, which mirror their originals whichever partner they name: an accrual on another
     # partner's account breaks its own rule as well (migration 0047), which SQLite checks first.
@@ -1415,11 +1436,12 @@ def test_a_transactions_plan_version_exists(booked):
             insert_line(connection, transaction_id, pending, "C", 100)
             connection.execute(sa.text(
                 "INSERT INTO journal_transactions (id, kind, effective_at_us, recorded_at_us, idempotency_key,"
-                " request_hash, prev_hash, hash, partner_id, plan_version_id)"
-                " VALUES (:id, 'accrual', 5, 5, :key, :h, :prev, :h, 'northwind', "
+                " request_hash, prev_hash, hash, partner_id, customer_id, invoice_id, event_id, plan_version_id)"
+                " VALUES (:id, 'accrual', 5, 5, :key, :h, :prev, :h, 'northwind', :customer_id, :invoice_id,"
+                " :event_id, "
                 + ("(SELECT max(id) FROM plan_versions)" if version == "latest" else ":version") + ")"),
                 dict(id=transaction_id, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection),
-                     version=version))
+                     version=version, **program.of_an_event(f"raw-{transaction_id}", "northwind")))
         return post
     with booked.transaction() as session:
         plans.create_plan(session, "standard", "Standard", STANDARD_TERMS)
@@ -1451,7 +1473,8 @@ def test_an_idempotency_key_has_1_to_200_characters(booked, key, taken):
         expense, pending = account_ids(connection)
         insert_line(connection, 2, expense, "D", 100)
         insert_line(connection, 2, pending, "C", 100)
-        insert_header(connection, 2, head_hash(connection), key=key)
+        # its event and invoice named apart from the key, whose 200 characters they would not hold
+        insert_header(connection, 2, head_hash(connection), key=key, **program.of_an_event("raw-2", "northwind"))
     if taken:
         accepted(booked, keyed)
     else:  # PostgreSQL's VARCHAR(200) refuses the longest itself, in its own words
@@ -1644,7 +1667,7 @@ def test_the_first_close_starts_no_later_than_the_first_posting(database):
         program.enrol(session, "northwind")  # its accrual names a partner of the program
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=at("2026-01-20"), idempotency_key="a1",
-                                                partner_id="northwind")])
+                                                partner_id="northwind", **program.of_an_event("a1", "northwind"))])
     late = "the first close starts no later than the first posting"
     refused(database, raw_close("2026-03"), late)
     refused(database, raw_close("2026-02"), late)
@@ -1716,7 +1739,7 @@ def test_a_transaction_names_a_partner_of_the_program(booked):
         with booked.transaction() as session:
             journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, chart.pending(partner), "USD",
                                                     100, effective_at_us=5, idempotency_key=f"k{partner}",
-                                                    partner_id=partner)
+                                                    partner_id=partner, **program.of_an_event(f"k{partner}", partner))
                                    for partner in ("northwind", "ghost")])
 
     def unnamed_reversal(connection):  # names no partner: shown to none (an accrual names its partner: 0047)
@@ -1743,7 +1766,8 @@ def test_a_reversal_names_a_partner_never_enrolled_only_if_its_original_names_th
         with posting_before_0047(monkeypatch), database.transaction() as session:
             unnamed, named = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
-                idempotency_key=f"ghost-{partner}", partner_id=partner, invoice_id="inv-ghost")
+                idempotency_key=f"ghost-{partner}", partner_id=partner,
+                **(program.of_an_event(f"ghost-{partner}", "ghost") | {"invoice_id": "inv-ghost"}))
                 for partner in (None, "ghost")])
         upgrade(empty_url)
 
@@ -1776,7 +1800,8 @@ def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_pie
         with posting_before_0047(monkeypatch), database.transaction() as session:
             unnamed, piece = journal.post(session, [journal.transfer(
                 "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=5,
-                idempotency_key=f"ghost-{partner}", partner_id=partner, invoice_id="inv-ghost")
+                idempotency_key=f"ghost-{partner}", partner_id=partner,
+                **(program.of_an_event(f"ghost-{partner}", "ghost") | {"invoice_id": "inv-ghost"}))
                 for partner in (None, "ghost")])
         upgrade(empty_url)
         legs = (chart.pending("ghost"), chart.EXPENSE_COMMISSION)
@@ -1995,9 +2020,10 @@ def test_a_commission_moves_money_from_the_commission_expense_to_its_partners_pe
     accepted(booked, raw_posting(2, kind, (expense, PENDING, 150)))
     with pytest.raises(InvalidInput, match=EARNING_MISPOSTED):
         journal.check_draft(journal.transfer(kind, chart.CASH, PENDING, "USD", 1, effective_at_us=5,
-                                             idempotency_key="python", partner_id="northwind"))
+                                             idempotency_key="python", partner_id="northwind",
+                                             **program.of_an_event("python", "northwind")))
     split = journal.transfer(kind, expense, PENDING, "USD", 100, effective_at_us=5, idempotency_key="python",
-                             partner_id="northwind")
+                             partner_id="northwind", **program.of_an_event("python", "northwind"))
     with pytest.raises(InvalidInput, match=EARNING_MISPOSTED):
         journal.check_draft(split._replace(lines=(*split.lines, *split.lines)))
     debits = (split.lines[0]._replace(amount_minor=60), split.lines[0]._replace(amount_minor=40))
@@ -2007,8 +2033,9 @@ def test_a_commission_moves_money_from_the_commission_expense_to_its_partners_pe
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
         for side, amount in (("D", 60), ("D", 40), ("C", 100)):
             insert_line(connection, 3, ids[expense if side == "D" else PENDING], side, amount)
+        # another customer's: a customer earns one CPA bounty (migration 0020), and 2 names one already
         insert_header(connection, 3, head_hash(connection), key="raw-3", kind=kind, partner_id="northwind",
-                      recorded=now_us())
+                      recorded=now_us(), customer_id="another-customer")
     accepted(booked, two_debits)
 
 

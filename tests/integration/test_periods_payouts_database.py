@@ -54,9 +54,9 @@ def problems(database) -> set[tuple[str, str]]:
     """(code, period) of every problem verify() names, less the events `closed`'s commissions made up."""
     with database.reader() as session:
         report = verify(session)
-        named = program.verified(session)
     assert report.ok is (not report.problems)
-    return {(p.code, p.message.split(":")[0].removeprefix("period ")) for p in named}
+    return {(p.code, p.message.split(":")[0].removeprefix("period "))
+            for p in program.besides_unstored_events(report.problems)}
 
 
 PENDING_ID = f"(SELECT id FROM accounts WHERE name = '{PENDING}')"

@@ -80,17 +80,11 @@ def unlisted_resolutions(database):
     return without_trigger(database, "journal_transactions", "trg_journal_transactions_resolution_due")
 
 
-def made_up(problem) -> bool:
-    """`verify`'s word on an event `program.of_an_event` made up for a posting through the journal
-    alone, never stored: `program.verified` leaves it out too."""
-    return problem.code == "event_missing" and program.UNSTORED_EVENT.fullmatch(problem.message) is not None
-
-
 def problems(database) -> set[tuple[int, str]]:
     with database.reader() as session:
         report = verify(session)
     assert report.ok is (not report.problems)
-    return {(p.transaction_id, p.code) for p in report.problems if not made_up(p)}
+    return {(p.transaction_id, p.code) for p in program.besides_unstored_events(report.problems)}
 
 
 def test_an_untouched_journal_verifies_clean(booked):
@@ -189,7 +183,7 @@ def test_a_head_recorded_earlier_proves_the_newest_transactions_were_not_removed
 
 def problems_with_head(database, head: tuple[int, str]) -> set[tuple[int, str]]:
     with database.reader() as session:
-        return {(p.transaction_id, p.code) for p in verify(session, head=head).problems if not made_up(p)}
+        return {(p.transaction_id, p.code) for p in program.besides_unstored_events(verify(session, head=head).problems)}
 
 
 def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
