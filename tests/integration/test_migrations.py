@@ -187,7 +187,6 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
     from ledger.db import Database
     from ledger.instants import now_us
     from ledger.migrate import alembic_config, upgrade
-    from ledger.verify import verify
     from tests import program
 
     upgrade(empty_url, "0030")
