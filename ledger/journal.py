@@ -136,8 +136,9 @@ def check_draft(draft: Draft) -> None:
         message = f"debits do not equal credits in {', '.join(unbalanced)}"
         raise InvalidInput(f"lines: {message}", {"lines": [message]})
     if draft.kind in OF_AN_EVENT and None in (draft.event_id, draft.invoice_id, draft.customer_id):
+        missing = next(field for field in ("event_id", "invoice_id", "customer_id") if getattr(draft, field) is None)
         message = "a commission or clawback names its revenue event, invoice and customer"
-        raise InvalidInput(f"event_id: {message}", {"event_id": [message]})
+        raise InvalidInput(f"{missing}: {message}", {missing: [message]})
     placed = _PLACED.get(draft.kind)
     if placed is not None:
         expense, partner_account, message = placed

@@ -5,14 +5,16 @@ customer, for a writer that goes around Python.
 clawback only from a revenue event, naming the event, its invoice and its customer; migration 0062
 held a root commission or clawback naming a stored event to that event, but took one naming no
 event at all (the journal took a commission posted through it alone, and its tests did that). An
-accrual of 50,000.00 USD written around the service with no event, invoice or customer, and its
-hold, was accepted, `revshare verify` said ok, and the next payout run paid it: no refund or
-chargeback could reach it (clawbacks read an invoice's pieces), and no check had an event to
-compare it with. A clawback with no event withheld its amount the same way.
+accrual of 50,000.00 USD written around the service naming an invoice but no event or customer,
+and its hold, was accepted, `revshare verify` said ok, and the next payout run paid it: no check
+had an event to compare it with. A clawback with no event withheld its amount the same way.
 
-Now a commission or clawback naming no event, no invoice or no customer is refused as it is
+Now a commission or clawback naming no event, no invoice or no customer (NULL) is refused as it is
 written. Rows already written are left as they are; `revshare verify` names them
-(`earning_without_event`).
+(`earning_without_event`). The rule asks that the three be named, not that the event be stored: a
+posting naming an event never stored is still accepted (Python writes a posting before its event,
+in the same transaction; a key to the events deferred to the commit would hold it, which SQLite
+cannot add to the journal without making the table anew), and `verify` names it (`event_missing`).
 
 SQLite: a row trigger after insert (migration 0018's maker), reading the new row only. PostgreSQL:
 0062's statement function over the new headers checks them too, in one pass over the transition

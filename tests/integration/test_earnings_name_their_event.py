@@ -38,7 +38,7 @@ def test_python_posts_no_commission_naming_no_event_invoice_or_customer(disputed
     before = count(disputed, "journal_transactions")
     with pytest.raises(InvalidInput, match=MESSAGE) as error, disputed.transaction() as session:
         journal.post(session, [commission(**(LINKS | {missing: None}))])
-    assert set(error.value.fields) == {"event_id"} and count(disputed, "journal_transactions") == before
+    assert set(error.value.fields) == {missing} and count(disputed, "journal_transactions") == before
     with disputed.transaction() as session:  # the control: naming all three
         journal.post(session, [commission(**LINKS)])
     assert count(disputed, "journal_transactions") == before + 1
