@@ -42,8 +42,9 @@ MESSAGE = "journal_transactions: a commission or clawback names its revenue even
 WITHOUT_EVENT = (f"n.kind IN {POSTINGS} AND (n.event_id IS NULL OR n.invoice_id IS NULL"
                  " OR n.customer_id IS NULL)")
 THEIR_EVENT_CHECK = "BEGIN\n  IF EXISTS (SELECT 1 FROM added n JOIN revenue_events e"
-HEADER_GUARD = _0062.POSTGRES_HEADER_GUARD.split(";\n\n")[0].replace(
-    "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1).replace(
+# 0062's header function, made again over itself (going down, as it was)
+AS_0062 = _0062.POSTGRES_HEADER_GUARD.split(";\n\n")[0].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+HEADER_GUARD = AS_0062.replace(
     THEIR_EVENT_CHECK, f"BEGIN\n  IF EXISTS (SELECT 1 FROM added n WHERE {WITHOUT_EVENT}) THEN\n"
     f"    RAISE EXCEPTION '{MESSAGE}' USING ERRCODE = 'check_violation';\n  END IF;\n"
     f"  IF EXISTS (SELECT 1 FROM added n JOIN revenue_events e", 1)
@@ -62,4 +63,4 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER trg_journal_transactions_name_their_event")
         return
-    op.execute(_0062.POSTGRES_HEADER_GUARD.split(";\n\n")[0].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    op.execute(AS_0062)

@@ -35,8 +35,9 @@ def insert_headers(connection, headers: list[dict]) -> None:
 def header(transaction_id: int, prev_hash: str, **fields) -> dict:
     """By default an accrual of northwind, as `booked`'s (an accrual names its partner: migration 0047);
     a commission or clawback of an event of its own (migration 0064) unless `fields` name others."""
-    key, kind, partner_id = f"raw-{transaction_id}", fields.get("kind", "accrual"), fields.get("partner_id", "northwind")
-    links = program.of_an_event(key, partner_id) if kind in journal.OF_AN_EVENT else {}
+    key = f"raw-{transaction_id}"
+    links = (program.of_an_event(key, fields.get("partner_id", "northwind"))
+             if fields.get("kind", "accrual") in journal.OF_AN_EVENT else {})
     return {"id": transaction_id, "kind": "accrual", "effective_at_us": 5, "recorded_at_us": 1,
             "idempotency_key": key, "request_hash": "f" * 64, "prev_hash": prev_hash,
             "hash": "f" * 64, "partner_id": "northwind", **links, **fields}

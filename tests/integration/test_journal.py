@@ -117,7 +117,8 @@ def test_a_transaction_holds_up_to_100_lines_under_a_key_of_up_to_200_characters
     # An accrual's debits, and its one credit (migration 0048).
     lines = (Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1),) * 99 + (Line(PENDING, "USD", CREDIT, 99),)
     with database.transaction() as session:
-        [posted] = journal.post(session, [Draft("accrual", 1, lines, "k" * 200, partner_id="northwind", **program.of_an_event("k", "northwind"))])
+        [posted] = journal.post(session, [Draft("accrual", 1, lines, "k" * 200, partner_id="northwind",
+                                                **program.of_an_event("k", "northwind"))])
         assert journal.load_draft(session, posted.id).lines == lines
     # 101 lines, balanced and each an accrual's: only their number is wrong.
     more = lines[:-1] + (Line(PENDING, "USD", CREDIT, 100), Line(chart.EXPENSE_COMMISSION, "USD", DEBIT, 1))

@@ -183,7 +183,8 @@ def test_a_head_recorded_earlier_proves_the_newest_transactions_were_not_removed
 
 def problems_with_head(database, head: tuple[int, str]) -> set[tuple[int, str]]:
     with database.reader() as session:
-        return {(p.transaction_id, p.code) for p in program.besides_unstored_events(verify(session, head=head).problems)}
+        found = verify(session, head=head).problems
+    return {(p.transaction_id, p.code) for p in program.besides_unstored_events(found)}
 
 
 def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
