@@ -3,7 +3,7 @@ check and table's columns: its table and digest (and, for a trigger's `WHEN` or 
 PostgreSQL writes back otherwise once made again from what it wrote, as a restore of a dump makes
 it, that one's too) (`ledger.guards`). Written by `make guards`; not edited by hand."""
 
-REVISION = '0064'
+REVISION = '0065'
 
 GUARDS = {
     'sqlite': {
@@ -60,6 +60,7 @@ GUARDS = {
         'trg_journal_transactions_closed_period': ('journal_transactions', '9849b8d5f82220f6'),
         'trg_journal_transactions_cpa_once': ('journal_transactions', '62fc953e6bfbb13f'),
         'trg_journal_transactions_earning_posted': ('journal_transactions', '9058b0a5c7c72f49'),
+        'trg_journal_transactions_event_due': ('journal_transactions', '3550b13f28749711'),
         'trg_journal_transactions_integers': ('journal_transactions', 'f07fffb62a5e89fe'),
         'trg_journal_transactions_key_length': ('journal_transactions', '6830822770d5f10b'),
         'trg_journal_transactions_lines_at_most_100': ('journal_transactions', 'f9f9486b40345bb7'),
@@ -206,7 +207,11 @@ GUARDS = {
         'trg_revenue_events_attributed_as_known': ('revenue_events', 'd76c997b3daaca59'),
         'trg_revenue_events_attributed_as_paid': ('revenue_events', 'b51baf1bdb66529f'),
         'trg_revenue_events_chain_due': ('revenue_events', 'af2710e21136d883'),
+        'trg_revenue_events_clears_due': ('revenue_events', '149ec3edfc109432'),
         'trg_revenue_events_currency_kept': ('revenue_events', 'c57606058d9d1dcb'),
+        'trg_revenue_events_due_met': ('revenue_events_due', 'f1c2231b4a52f512'),
+        'trg_revenue_events_due_no_replace': ('revenue_events_due', 'c9865de6b3bbc4fc'),
+        'trg_revenue_events_due_no_update': ('revenue_events_due', 'b5d67c43a72b9ad4'),
         'trg_revenue_events_in_time': ('revenue_events', '38ec5b3373d9a5cf'),
         'trg_revenue_events_no_delete': ('revenue_events', '5fc28ed8445cdb2f'),
         'trg_revenue_events_no_replace': ('revenue_events', '682e6d481290df10'),
@@ -263,6 +268,7 @@ GUARDS = {
         'columns of program_revision': ('program_revision', '00f51f01f15a252d'),
         'columns of program_withdrawals': ('program_withdrawals', '1257f580590250b1'),
         'columns of revenue_events': ('revenue_events', '248cbc0c965e90a6'),
+        'columns of revenue_events_due': ('revenue_events_due', '2f003294b3ed327d'),
         'columns of rules_since': ('rules_since', 'ee9f7c5f2f731372'),
         'columns of statement_bodies': ('statement_bodies', 'd47789aeb7fd2aa0'),
         'columns of statement_documents': ('statement_documents', 'e64bbd1be18a1a38'),
@@ -361,6 +367,8 @@ GUARDS = {
         'constraint fk_plan_versions_plan_id_plans ON plan_versions': ('plan_versions', 'e4b2c744eec1bebc'),
         'constraint fk_program_chain_due_fact_table_program_chain ON program_chain_due':
             ('program_chain_due', '6387931ba1fe1fef'),
+        'constraint fk_revenue_events_due_event_id_revenue_events ON revenue_events_due':
+            ('revenue_events_due', 'bb0388413298dc88'),
         'constraint fk_statement_bodies_period_period_closes ON statement_bodies':
             ('statement_bodies', '2e8ecb7add753c99'),
         'constraint fk_statement_documents_period_period_closes ON statement_documents':
@@ -398,6 +406,7 @@ GUARDS = {
         'constraint pk_program_revision ON program_revision': ('program_revision', '7608ecbc3da369d3'),
         'constraint pk_program_withdrawals ON program_withdrawals': ('program_withdrawals', '7608ecbc3da369d3'),
         'constraint pk_revenue_events ON revenue_events': ('revenue_events', '7608ecbc3da369d3'),
+        'constraint pk_revenue_events_due ON revenue_events_due': ('revenue_events_due', '3f6555a0bf6a5b41'),
         'constraint pk_rules_since ON rules_since': ('rules_since', '04ac65a18754a341'),
         'constraint pk_statement_bodies ON statement_bodies': ('statement_bodies', 'cf55369600201dbd'),
         'constraint pk_statement_documents ON statement_documents': ('statement_documents', 'cf55369600201dbd'),
@@ -524,6 +533,10 @@ GUARDS = {
         'function revenue_events_as_posted()': ('(function)', '0febb878ee2a2bd0'),
         'function revenue_events_chain_due()': ('(function)', 'af1ffc1d253215c9'),
         'function revenue_events_currency()': ('(function)', '846d69b46c646dea'),
+        'function revenue_events_due_added()': ('(function)', 'e313723326fb28b7'),
+        'function revenue_events_due_cleared()': ('(function)', 'efe28c2f1e888a7a'),
+        'function revenue_events_due_met()': ('(function)', '88c46ee5e2cabd70'),
+        'function revenue_events_due_no_update()': ('(function)', 'e229d8403ad101ab'),
         'function revenue_events_in_time()': ('(function)', '5282f08791de55f0'),
         'function revenue_events_within_invoice()': ('(function)', '9da38bd6957784f7'),
         'function revshare_integer_stated(value json, low integer, high integer)': ('(function)', '667e2e31656266c2'),
@@ -585,6 +598,7 @@ GUARDS = {
         'trg_journal_transactions_adjustment_posted ON journal_transactions':
             ('journal_transactions', '27caf6bbca377633'),
         'trg_journal_transactions_cpa_once ON journal_transactions': ('journal_transactions', '525be02e8f25ae75'),
+        'trg_journal_transactions_event_due ON journal_transactions': ('journal_transactions', 'b7a73ab232cb5155'),
         'trg_journal_transactions_in_turn ON journal_transactions': ('journal_transactions', 'd3680d44d8705f9d'),
         'trg_journal_transactions_key_length ON journal_transactions': ('journal_transactions', '6f22862955bd309e'),
         'trg_journal_transactions_moved_forward ON journal_transactions': ('journal_transactions', 'd6e51e2730ae4a3f'),
@@ -717,7 +731,11 @@ GUARDS = {
         'trg_program_withdrawals_no_truncate ON program_withdrawals': ('program_withdrawals', 'd4e0ed6c351f3490'),
         'trg_revenue_events_as_posted ON revenue_events': ('revenue_events', '22e21bed9103917f'),
         'trg_revenue_events_chain_due ON revenue_events': ('revenue_events', 'd48dc5266fd81777'),
+        'trg_revenue_events_clears_due ON revenue_events': ('revenue_events', '8f0bf891873dbcb5'),
         'trg_revenue_events_currency ON revenue_events': ('revenue_events', 'a39b10b0c078ce34'),
+        'trg_revenue_events_due_met ON revenue_events_due': ('revenue_events_due', '64103788a0687ed5'),
+        'trg_revenue_events_due_no_truncate ON revenue_events_due': ('revenue_events_due', '26c568520b2153f0'),
+        'trg_revenue_events_due_no_update ON revenue_events_due': ('revenue_events_due', '6fd1ee79a08ad5f7'),
         'trg_revenue_events_in_time ON revenue_events': ('revenue_events', '6ddf11f11b9e61d7'),
         'trg_revenue_events_no_change ON revenue_events': ('revenue_events', '774d56a6fb414a61'),
         'trg_revenue_events_no_truncate ON revenue_events': ('revenue_events', 'b0475d52e2e877b5'),

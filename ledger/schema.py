@@ -398,6 +398,17 @@ revenue_events = Table(
     Index(None, "invoice_id"),
 )
 
+# A journal transaction naming a revenue event not yet stored: a trigger after each insert into the
+# journal lists it, the event's insert takes it off, and a foreign key deferred to the commit asks for
+# the event (migration 0065). Empty between transactions.
+revenue_events_due = Table(
+    "revenue_events_due",
+    metadata,
+    Column("transaction_id", Id, primary_key=True, autoincrement=False),
+    Column("event_id", String(64), ForeignKey("revenue_events.id", deferrable=True, initially="DEFERRED"),
+           nullable=False, index=True),
+)
+
 # A payment dated before its customer's CPA claimant takes the claim from it, once the claimant's
 # bounty is reversed: the CPA goes to the first eligible paid invoice by date, in whatever order
 # billing sends them (migration 0038, whose guards hold the rest).

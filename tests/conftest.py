@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, settings
 
 from ledger.db import Database
 from ledger.migrate import upgrade
+from tests import program
 from tests.pg_cluster import Cluster, ClusterUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -80,6 +81,17 @@ def scaled(n: int, factor: int = SOAK_SIZE_FACTOR) -> int:
     """A count (processes, events, kills, steps) that is `n` under `make test` and `factor` times more
     under `make soak`."""
     return n * factor if SOAK else n
+
+
+# A commission a test posts through the journal alone names an event `tests.program.of_an_event`
+# made up; the commit that posts it stores the event (migration 0065 asks for it), on every engine.
+sa.event.listen(sa.Engine, "commit", program.store_made_up_events)
+
+
+@pytest.fixture(autouse=True)
+def _made_up_events_forgotten():
+    yield
+    program.MADE_UP.clear()
 
 
 @pytest.fixture(scope="session")

@@ -398,7 +398,7 @@ def test_verify_reads_one_snapshot_while_postings_commit(booked, monkeypatch):
     monkeypatch.setattr(verify_module, "_lines_grouped", lines_then_a_posting)
     with booked.reader() as session:
         report = verify(session)
-    assert program.besides_unstored_events(report.problems) == []
+    assert program.besides_made_up_events(report.problems) == []
     assert report.transactions_checked == 3
     with booked.reader() as session:
         assert verify(session).transactions_checked == 4

@@ -176,7 +176,7 @@ def test_a_large_batch_posts_in_one_call_with_a_gap_free_chain(database):
         assert debit_minus_credit(session, [PENDING]) == {(PENDING, "USD"): -sum(1 + i % 97 for i in range(3_000))}
         assert report.chain_head == journal.chain_head(session)[1]
         assert program.verified(session) == []
-    assert report.transactions_checked == 3_000 and {problem.code for problem in report.problems} == {"event_missing"}
+    assert report.transactions_checked == 3_000 and program.besides_made_up_events(report.problems) == []
 
 
 def test_verify_on_an_empty_journal_is_clean(database):

@@ -56,7 +56,7 @@ def problems(database) -> set[tuple[str, str]]:
         report = verify(session)
     assert report.ok is (not report.problems)
     return {(p.code, p.message.split(":")[0].removeprefix("period "))
-            for p in program.besides_unstored_events(report.problems)}
+            for p in program.besides_made_up_events(report.problems)}
 
 
 PENDING_ID = f"(SELECT id FROM accounts WHERE name = '{PENDING}')"

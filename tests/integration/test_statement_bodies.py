@@ -225,7 +225,7 @@ def named(database) -> list[tuple[int | None, str]]:
     with database.reader() as session:
         report = verify(session)
     assert report.ok is (not report.problems)
-    return [(p.transaction_id, p.message) for p in program.besides_unstored_events(report.problems)]
+    return [(p.transaction_id, p.message) for p in program.besides_made_up_events(report.problems)]
 
 
 def test_verify_passes_the_bodies_as_the_close_wrote_them(closed):
