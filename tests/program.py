@@ -67,7 +67,7 @@ def store_made_up_events(connection) -> None:
     first clawback, at its instant; its customer attributed to its partner (or, for a partner the
     program does not know, to the first it does) when it has no attribution. An event that no
     commission or clawback names, or one not made up here, is left: the commit fails, as it should."""
-    if not MADE_UP or not sa.inspect(connection).has_table("revenue_events_due"):
+    if not MADE_UP or _aborted(connection) or not sa.inspect(connection).has_table("revenue_events_due"):
         return
     rows = connection.execute(sa.text(
         "SELECT d.event_id, t.kind, t.partner_id, t.customer_id, t.invoice_id, t.effective_at_us,"
@@ -96,6 +96,14 @@ def store_made_up_events(connection) -> None:
             " :at, :at, :hash, 'posted')"),
             {"id": event.id, "type": event.type, "customer": customer_id, "invoice": invoice_id, "currency": currency,
              "amount": event.amount_minor, "at": at_us, "hash": revenue.request_hash(event)})
+
+
+def _aborted(connection) -> bool:
+    """A PostgreSQL transaction a refused statement ended: its commit rolls back, and it runs nothing."""
+    from psycopg import pq
+
+    driver = connection.connection.driver_connection
+    return connection.dialect.name == "postgresql" and driver.info.transaction_status == pq.TransactionStatus.INERROR
 
 
 def _attributed(connection, customer_id: str, partner_id: str | None, at_us: int) -> None:

@@ -10,6 +10,7 @@ import pytest
 from ledger import accounts as chart
 from ledger import journal
 from ledger.errors import InvalidInput
+from tests import program
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
 from tests.integration.test_database_rules import accepted
 from tests.integration.test_migrations import code_changed_by
@@ -19,6 +20,7 @@ from tests.integration.test_reinstatements_and_payouts_held import restoring
 from tests.integration.test_tamper_evidence import problems, without_trigger
 
 MESSAGE = "a commission or clawback names its revenue event, invoice and customer"
+# A payment of acme's inv-9, stored by the commit of the control that names it (migration 0065).
 LINKS = {"event_id": "e-9", "invoice_id": "inv-9", "customer_id": "acme"}
 MISSING = ["event_id", "invoice_id", "customer_id"]
 
@@ -35,6 +37,7 @@ def test_python_posts_no_commission_naming_no_event_invoice_or_customer(disputed
         return journal.transfer(kind, chart.EXPENSE_COMMISSION, chart.pending("northwind"), "USD", 100,
                                 effective_at_us=at("2026-01-26"), idempotency_key=f"{kind}-{missing}",
                                 partner_id="northwind", **links)
+    program.made_up(LINKS["event_id"])
     before = count(disputed, "journal_transactions")
     with pytest.raises(InvalidInput, match=MESSAGE) as error, disputed.transaction() as session:
         journal.post(session, [commission(**(LINKS | {missing: None}))])
@@ -56,6 +59,7 @@ def test_python_posts_no_clawback_naming_no_event_invoice_or_customer(disputed, 
 @pytest.mark.parametrize("missing", MISSING)
 @pytest.mark.parametrize("kind", ["accrual", "cpa", "override"])
 def test_the_database_refuses_a_commission_naming_no_event_invoice_or_customer(disputed, kind, missing):
+    program.made_up(LINKS["event_id"])
     links = LINKS | {missing: None}
     refused(disputed, restoring(kind, None, links["event_id"], invoice_id=links["invoice_id"],
                                 customer_id=links["customer_id"]), MESSAGE)
@@ -64,7 +68,7 @@ def test_the_database_refuses_a_commission_naming_no_event_invoice_or_customer(d
 
 def clawback(links: dict):
     """A clawback of 1.00 USD from northwind's accrual of globex-corp's payment e4 (inv-2), naming
-    a refund of it, by raw SQL."""
+    a refund of it, by raw SQL (the refund stored by the commit that posts it, as billing's would be)."""
     def post(connection):
         ids = dict(connection.exec_driver_sql("SELECT name, id FROM accounts").all())
         piece = connection.exec_driver_sql("SELECT id FROM journal_transactions WHERE event_id = 'e4'"
@@ -81,6 +85,7 @@ def clawback(links: dict):
 @pytest.mark.parametrize("missing", MISSING)
 def test_the_database_refuses_a_clawback_naming_no_event_invoice_or_customer(disputed, missing):
     links = {"event_id": "refund-of-e4", "invoice_id": "inv-2", "customer_id": "globex-corp"}
+    program.made_up(links["event_id"])
     refused(disputed, clawback(links | {missing: None}), MESSAGE)
     accepted(disputed, clawback(links))  # the control: naming all three, its piece's invoice
 
