@@ -67,6 +67,26 @@ def raw_transfer(connection, transaction_id: int, debit: int, credit: int, amoun
     insert_header(connection, transaction_id, head_hash(connection), key=f"raw-{transaction_id}", **header)
 
 
+def won_dispute(connection, event_id: str, customer_id: str, invoice_id: str, at_us: int = 5, *,
+                paid: str | None = None) -> None:
+    """Store a won dispute `event_id` of `customer_id`'s `invoice_id`, after the chargeback it wins
+    (`{event_id}-chargeback`, which no clawback names), each of 10.25 USD at `at_us`: the event a
+    reinstatement names, stored by its commit (migration 0065). The invoice is paid at or before
+    `at_us`; with `paid`, by that payment, stored first (a commission names it)."""
+    events = [revenue.RevenueEvent(f"{event_id}-chargeback", "chargeback", customer_id, invoice_id, "USD", 1025, at_us),
+              revenue.RevenueEvent(event_id, "chargeback_reversed", customer_id, invoice_id, "USD", 1025, at_us)]
+    if paid is not None:
+        events.insert(0, revenue.RevenueEvent(paid, "invoice_paid", customer_id, invoice_id, "USD", 1025, at_us))
+    for event in events:
+        connection.execute(sa.text(
+            "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
+            " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, 'USD', :amount, :at, :at,"
+            " :h, :status)"),
+            dict(id=event.id, type=event.type, customer=customer_id, invoice=invoice_id, amount=event.amount_minor,
+                 at=at_us, h=revenue.request_hash(event),
+                 status="no_commission" if event.type == "chargeback" else "posted"))
+
+
 def test_a_reversal_names_what_it_reverses(booked):
     def unlinked(connection):
         expense, pending = account_ids(connection)
@@ -244,6 +264,7 @@ def test_sqlite_keeps_a_headers_instants_integers(sqlite_database, column, value
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=5, idempotency_key="a1", partner_id="northwind",
                                                 **program.of_an_event("a1", "northwind"))])
+    program.made_up("raw-2-event")  # the event HEADER names, stored by the commit that takes it
 
     def header(**values):
         def post(connection):
@@ -639,22 +660,27 @@ def test_an_event_is_posted_when_a_transaction_names_it_and_only_then(booked):
     """The row an event leaves says whether it posted: a row saying it posted nothing, for an event
     billing has not sent yet, made billing's event a replay that posts nothing."""
     attributed(booked, "acme")
-    with booked.transaction() as session:
-        journal.post(session, [
-            journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
-                             idempotency_key="e1:accrual", invoice_id="i1", event_id="e1", partner_id="northwind",
-                             customer_id="acme"),
-            # It does not name its event as a commission of its invoice would: an adjustment (an
-            # accrual of another invoice is refused with any status since migration 0062).
-            journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 1, effective_at_us=5,
-                             idempotency_key="e2:goodwill", partner_id="northwind", memo="goodwill",
-                             invoice_id="i2", event_id="e2")])
+
+    def posted_with(*events) -> None:  # the events after the postings naming them, in one transaction
+        with booked.transaction() as session:
+            journal.post(session, [
+                journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100, effective_at_us=5,
+                                 idempotency_key="e1:accrual", invoice_id="i1", event_id="e1", partner_id="northwind",
+                                 customer_id="acme"),
+                # It does not name its event as a commission of its invoice would: an adjustment (an
+                # accrual of another invoice is refused with any status since migration 0062).
+                journal.transfer("adjustment", chart.EXPENSE_ADJUSTMENT, PENDING, "USD", 1, effective_at_us=5,
+                                 idempotency_key="e2:goodwill", partner_id="northwind", memo="goodwill",
+                                 invoice_id="i2", event_id="e2")])
+            for stored in events:
+                stored(session.connection())
+            chain_due(session.connection())
     message = "an event is posted when a commission or clawback of its invoice names it, and only then"
-    refused(booked, event("e1", "no_commission"), message)
-    refused(booked, event("e2", "posted", invoice="i2"), message)
+    for wrong in (event("e1", "no_commission"), event("e2", "posted", invoice="i2")):
+        with pytest.raises(sa.exc.DBAPIError, match=message):
+            posted_with(wrong)
     refused(booked, event("e4", "posted", invoice="i4"), message)
-    accepted(booked, event("e1", "posted"))
-    accepted(booked, event("e2", "no_commission", invoice="i2"))
+    posted_with(event("e1", "posted"), event("e2", "no_commission", invoice="i2"))
 
 
 def test_a_payment_is_unattributed_when_its_customer_has_no_attribution_and_only_then(database):
@@ -997,6 +1023,7 @@ def test_a_queued_hold_names_an_earning_transaction_whatever_else_matures(booked
                 dict(id=transaction_id, kind=kind, key=f"raw-{transaction_id}", h="f" * 64, prev=head_hash(connection),
                      **links))
         return post
+    program.made_up("raw-3-event")  # stored by the commit that takes the accrual
     accepted(booked, header(2, "adjustment"))  # an adjustment that names a maturity all the same
     accepted(booked, header(3, "accrual"))
 
@@ -1022,6 +1049,8 @@ def test_a_customer_earns_one_cpa_bounty(booked):
         def post(connection):
             expense, pending = account_ids(connection)
             raw_transfer(connection, transaction_id, expense, pending, kind="cpa", customer_id=customer_id, **header)
+            if "accrual_id" in header:  # a reinstatement: its dispute stored after it
+                won_dispute(connection, header["event_id"], customer_id, header["invoice_id"])
         return post
     accepted(booked, bounty(2, "acme", invoice_id="inv-1"))
     refused(booked, bounty(3, "acme"), "a customer earns one CPA bounty")
@@ -1266,6 +1295,7 @@ def test_a_piece_is_reversed_though_a_reinstatement_names_it(pieces):
         expense, pending = account_ids(connection)
         raw_transfer(connection, 5, expense, pending, amount=10, kind="accrual", accrual_id=4, partner_id="northwind",
                      invoice_id="inv-4", event_id="won-4")
+        won_dispute(connection, "won-4", "northwind-customer", "inv-4")  # its dispute, stored after it
     accepted(pieces, reinstatement)
     with pieces.transaction() as session:
         journal.reverse(session, 4, reason="posted in error")
@@ -1814,11 +1844,14 @@ def test_a_posting_for_a_partner_never_enrolled_is_refused_though_it_names_a_pie
                 restores = {} if kind == "reversal" else dict(invoice_id="inv-ghost", event_id="won-ghost")
                 raw_transfer(connection, piece.id + 1, ids[debit], ids[credit], kind=kind, accrual_id=piece.id,
                              reverses_id=unnamed.id if kind == "reversal" else None, partner_id=partner, **restores)
+                if restores:  # its dispute stored after it, and the payment the piece names (written before 0065)
+                    won_dispute(connection, "won-ghost", "ghost-customer", "inv-ghost", paid="ghost-ghost-event")
             return post
         refused(database, posting("ghost"), NOT_ENROLLED)
         if kind == "accrual":  # the same accrual once ghost is enrolled (one naming no partner is refused: 0047)
             with database.transaction() as session:
-                program.enrol(session, "ghost")
+                program.enrol(session, "ghost")  # and its customer attributed, whose payment the piece names
+                customers.attribute(session, "ghost-customer", "ghost", date(1970, 1, 1), "manual")
         accepted(database, posting(None if kind == "reversal" else "ghost"))
     finally:
         database.dispose()

@@ -90,6 +90,7 @@ def test_a_hold_is_queued_for_a_piece_of_an_invoice(disputed, monkeypatch):
             connection.exec_driver_sql(f"INSERT INTO open_holds (accrual_id, matures_at_us) VALUES ({posted.id},"
                                        f" {matures})")
         return write
+    program.made_up("e-7")  # the piece's payment, stored by the commit that takes it
     refused(disputed, piece_and_hold(None), HOLD)
     accepted(disputed, piece_and_hold("inv-7"))
 

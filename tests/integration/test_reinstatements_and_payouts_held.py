@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from ledger import accounts as chart
 from ledger.db import database_now_us
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
-from tests.integration.test_database_rules import PAYOUT, RUN, accepted, raw
+from tests.integration.test_database_rules import PAYOUT, RUN, accepted, raw, won_dispute
 from tests.integration.test_periods_payouts_database import at
 from tests.integration.test_tamper_evidence import problems, without_trigger
 
@@ -46,12 +46,6 @@ def restoring(kind: str, accrual_id: int | None, event_id: str, *, partner_id: s
     return post
 
 
-def accepted_id(database, post) -> int:
-    """The id `post` writes, committed."""
-    with database.engine.begin() as connection:
-        return post(connection)
-
-
 def test_the_books_of_a_won_dispute_verify_clean(disputed):
     with disputed.engine.connect() as connection:
         restored = connection.exec_driver_sql(
@@ -77,17 +71,26 @@ def test_a_reinstatement_is_a_won_disputes_restoring_its_partners_commission_of_
 def test_an_event_named_by_a_reinstatement_before_it_is_stored_is_a_won_dispute(disputed):
     """Python writes a posting's header before the event it names: the event's rule reads the
     reinstatements naming it as it comes."""
-    accepted(disputed, restoring("accrual", root(disputed, "northwind", "inv-1"), "e5"))
+    reinstatement = restoring("accrual", root(disputed, "northwind", "inv-1"), "e5")
     refund = ("INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
               " recorded_at_us, request_hash, status) VALUES ('e5', :type, 'acme', 'inv-1', 'USD', 1000, :at, :at,"
               " '" + "a" * 64 + "', 'posted')")
-    refused(disputed, raw(refund, type="refund", at=at("2026-01-26")), NAMED)
+
+    def then(event):  # the reinstatement, then its event, in one transaction (migration 0065)
+        def post(connection):
+            reinstatement(connection)
+            event(connection)
+        return post
+    refused(disputed, then(raw(refund, type="refund", at=at("2026-01-26"))), NAMED)
+    accepted(disputed, then(lambda connection: won_dispute(connection, "e5", "acme", "inv-1", at("2026-01-26"))))
 
 
 def test_a_reinstatement_whose_dispute_never_comes_is_named_by_verify(disputed):
-    """No posting's event is a foreign key (Python writes it after the posting): the database takes
-    the reinstatement alone, and verify names it twice."""
-    forged = accepted_id(disputed, restoring("accrual", root(disputed, "northwind", "inv-1"), "never-sent"))
+    """The database refuses by the commit a posting naming an event never stored (migration 0065):
+    written past that rule, the reinstatement stands alone, and verify names it twice."""
+    northwinds = root(disputed, "northwind", "inv-1")
+    with without_trigger(disputed, "journal_transactions", "trg_journal_transactions_event_due") as session:
+        forged = restoring("accrual", northwinds, "never-sent")(session.connection())
     found = problems(disputed)
     assert {(forged, "event_missing"), (forged, "reinstatement_unlike_dispute")} <= found
 
