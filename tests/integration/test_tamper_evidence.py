@@ -84,7 +84,14 @@ def problems(database) -> set[tuple[int, str]]:
     with database.reader() as session:
         report = verify(session)
     assert report.ok is (not report.problems)
-    return {(p.transaction_id, p.code) for p in program.besides_made_up_events(report.problems)}
+    return {(p.transaction_id, p.code) for p in besides_made_up_events(report.problems)}
+
+
+def besides_made_up_events(found: list[verifying.Problem]) -> list[verifying.Problem]:
+    """`program.besides_made_up_events`, but a posting's content found altered is kept: its message
+    names the event the posting was posted from too, and it is of the posting, not of the event."""
+    kept = program.besides_made_up_events(found)
+    return [problem for problem in found if problem in kept or problem.code == "content_altered"]
 
 
 def test_an_untouched_journal_verifies_clean(booked):
@@ -184,7 +191,7 @@ def test_a_head_recorded_earlier_proves_the_newest_transactions_were_not_removed
 def problems_with_head(database, head: tuple[int, str]) -> set[tuple[int, str]]:
     with database.reader() as session:
         found = verify(session, head=head).problems
-    return {(p.transaction_id, p.code) for p in program.besides_made_up_events(found)}
+    return {(p.transaction_id, p.code) for p in besides_made_up_events(found)}
 
 
 def test_a_revenue_event_altered_after_it_was_received_is_named(booked):
@@ -286,7 +293,9 @@ def test_an_event_saying_posted_that_no_commission_of_its_invoice_names_is_named
     """Only a commission or clawback of the event's invoice makes it `posted` (migration 0034): an
     adjustment naming it, which the service never writes, does not."""
     adjustment = named_by == "adjustment"
-    with booked.transaction() as session:
+    # Posted before the event is stored (past migration 0065, which asks for it by the commit), as a
+    # writer of its own SQL could; the event is stored after, behind the triggers, saying posted.
+    with without_trigger(booked, "journal_transactions", "trg_journal_transactions_event_due") as session:
         program.enrol(session, "northwind")
         customers.attribute(session, "acme", "northwind", date(1970, 1, 1), "manual")
         journal.post(session, [journal.transfer(
@@ -928,8 +937,9 @@ def test_each_field_the_chain_hash_covers_altered_alone_is_a_hash_mismatch(booke
 AVAILABLE = chart.available("northwind")
 
 
-def of_the_pieces_invoice(key: str) -> dict[str, str]:
-    """The event, invoice and customer of a posting of `two_pieces`' invoice, which both pieces name."""
+def of_the_pieces_invoice(key: str = "pieces") -> dict[str, str]:
+    """The event, invoice and customer of a posting of `two_pieces`' invoice: its payment, which both
+    pieces name (`pieces-event`), or, given a key, a refund of it (`{key}-event`)."""
     return {**program.of_an_event(key, "northwind"), "invoice_id": "pieces-invoice"}
 
 
@@ -951,7 +961,7 @@ def two_pieces(database):
         program.enrol(session, "northwind")
         journal.post(session, [journal.transfer("accrual", chart.EXPENSE_COMMISSION, PENDING, "USD", 100,
                                                 effective_at_us=5, idempotency_key=f"a{i}", partner_id="northwind",
-                                                **of_the_pieces_invoice(f"a{i}"))
+                                                **of_the_pieces_invoice())
                                for i in (1, 2)])
     return database
 
