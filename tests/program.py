@@ -131,9 +131,11 @@ def verified(session) -> list[Problem]:
 
 
 def besides_made_up_events(problems: list[Problem]) -> list[Problem]:
+    """`problems` less those naming a made-up event; a posting's content found altered is kept (its
+    message names the event it was posted from too, but it is of the posting)."""
     def made_up_named(problem: Problem) -> bool:
-        return any(event_id.endswith("-event") or event_id in MADE_UP
-                   for event_id in NAMED_EVENT.findall(problem.message))
+        return problem.code != "content_altered" and any(
+            event_id.endswith("-event") or event_id in MADE_UP for event_id in NAMED_EVENT.findall(problem.message))
     return [problem for problem in problems if not made_up_named(problem)]
 
 
