@@ -11,7 +11,9 @@ journal would make the table anew, so, on both engines alike, as migrations 0026
 trigger after each insert into `journal_transactions` lists a header naming an event not yet stored
 in `revenue_events_due`, whose foreign key to `revenue_events.id` is deferred to the commit; the
 event, inserted, takes its postings off the list, and nothing else may (a delete is refused while
-the event is not stored). A transaction that names an event it does not store fails to commit
+the event is not stored), and a row is only one such header's (a row of a stored event, at the
+id the journal gives next, had refused every payment billing sent). A transaction that names an
+event it does not store fails to commit
 (SQLite: "FOREIGN KEY constraint failed"; PostgreSQL names `fk_revenue_events_due_event_id_revenue_events`).
 The list is empty between transactions: the service's postings leave it in the transaction that
 lists them.
@@ -44,7 +46,10 @@ _0062 = _revision("0062_postings_of_their_events.py")  # SETTINGS, BY_INDEX
 DUE = "revenue_events_due"
 STORED = "EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = OLD.event_id)"
 DUE_MESSAGE = f"{DUE}: a posting leaves the list once the event it names is stored"
-FUNCTIONS = (f"{DUE}_added", f"{DUE}_met", f"{DUE}_cleared", f"{DUE}_no_update")
+NOT_OF_A_POSTING = ("NOT EXISTS (SELECT 1 FROM journal_transactions t WHERE t.id = n.transaction_id"
+                    " AND t.event_id = n.event_id) OR EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = n.event_id)")
+LISTED_MESSAGE = f"{DUE}: a row is of the posting of its id, naming an event not stored yet"
+FUNCTIONS = (f"{DUE}_added", f"{DUE}_met", f"{DUE}_cleared", f"{DUE}_no_update", f"{DUE}_of_a_posting")
 
 
 def _sqlite() -> list[str]:
@@ -55,6 +60,7 @@ def _sqlite() -> list[str]:
             f"BEGIN DELETE FROM {DUE} WHERE event_id = NEW.id; END",
             f"CREATE TRIGGER trg_{DUE}_met BEFORE DELETE ON {DUE}\n"
             f"WHEN NOT {STORED}\nBEGIN SELECT RAISE(ABORT, '{DUE_MESSAGE}'); END",
+            _0018.sqlite_rule(DUE, "of_a_posting", NOT_OF_A_POSTING, LISTED_MESSAGE, None),
             _0018.never_updated(DUE, False),
             _0036.guard(DUE, (("transaction_id",),))]
 
@@ -85,6 +91,15 @@ BEGIN
   RETURN OLD;
 END $$""",
             f"CREATE TRIGGER trg_{DUE}_met BEFORE DELETE ON {DUE}\nFOR EACH ROW EXECUTE FUNCTION {DUE}_met()",
+            f"""CREATE FUNCTION {DUE}_of_a_posting() RETURNS trigger LANGUAGE plpgsql {settings} AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM listed n WHERE {NOT_OF_A_POSTING}) THEN
+    RAISE EXCEPTION '{LISTED_MESSAGE}' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END $$""",
+            f"CREATE TRIGGER trg_{DUE}_of_a_posting AFTER INSERT ON {DUE}\n"
+            f"REFERENCING NEW TABLE AS listed FOR EACH STATEMENT EXECUTE FUNCTION {DUE}_of_a_posting()",
             *_0018.never_updated(DUE, True).split(";\n\n"),
             f"ALTER FUNCTION {DUE}_no_update() {_0062.SETTINGS}",
             f"CREATE TRIGGER trg_{DUE}_no_truncate BEFORE TRUNCATE ON {DUE}\n"
@@ -93,7 +108,8 @@ END $$""",
 
 
 def upgrade() -> None:
-    assert "'" not in DUE_MESSAGE, DUE_MESSAGE  # quoted in SQL as it stands
+    for message in (DUE_MESSAGE, LISTED_MESSAGE):
+        assert "'" not in message, message  # quoted in SQL as it stands
     postgres = op.get_bind().dialect.name == "postgresql"
     op.create_table(
         DUE,

@@ -6,12 +6,11 @@ has a control beside it: the same posting, its event stored in the same transact
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 import sqlalchemy as sa
 
 from ledger import revenue
+from tests import program
 from tests.integration.test_database_guards import refused
 from tests.integration.test_migrations import code_changed_by
 from tests.integration.test_periods_payouts_database import at
@@ -98,19 +97,36 @@ def test_postgresql_refuses_a_truncate_of_the_list(postgres_database):
     refused(postgres_database, lambda connection: connection.exec_driver_sql(f"TRUNCATE {DUE}"), "append-only")
 
 
-def test_sqlite_refuses_a_replace_of_a_listed_posting(sqlite_database):
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_refuses_a_replace_of_a_listed_posting(disputed):
     """A REPLACE would take a listed posting off the list past the delete guard on a connection
     whose `recursive_triggers` is off (the sqlite3 shell's): refused before it deletes."""
-    connection = sqlite3.connect(sqlite_database.engine.url.database)
-    try:
-        assert connection.execute("PRAGMA recursive_triggers").fetchone() == (0,)
-        connection.execute(f"INSERT INTO {DUE} (transaction_id, event_id) VALUES (1, 'made-up')")
-        with pytest.raises(sqlite3.DatabaseError, match="is taken"):
-            connection.execute(f"INSERT OR REPLACE INTO {DUE} (transaction_id, event_id) VALUES (1, 'stored')")
-        assert connection.execute(f"SELECT event_id FROM {DUE}").fetchall() == [("made-up",)]
-    finally:
-        connection.rollback()
-        connection.close()
+    def then(connection):
+        restoring("accrual", None, "e-9", invoice_id="inv-9")(connection)
+        [(listed,)] = connection.exec_driver_sql(f"SELECT transaction_id FROM {DUE}").all()
+        connection.exec_driver_sql(f"INSERT OR REPLACE INTO {DUE} (transaction_id, event_id) VALUES ({listed}, 'e1')")
+    refused(disputed, then, "its unique key revenue_events_due.transaction_id is taken")
+
+
+def next_id(connection) -> int:
+    return connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar() + 1
+
+
+@pytest.mark.parametrize("row", [
+    lambda connection: (next_id(connection), "e1"),  # a stored event, at the id the journal gives next
+    lambda connection: (next_id(connection), "made-up"),  # no posting of that id
+    lambda connection: (1, "e1"),  # a posting of that id, naming a stored event
+    lambda connection: (1, "made-up"),  # a posting of that id, naming another event
+], ids=["next-id", "no-posting", "stored", "another-event"])
+def test_a_row_of_the_list_is_of_a_posting_naming_an_event_not_stored_yet(disputed, row):
+    """A row planted at the id the journal gives next took that id from the posting of the next
+    payment, which was refused, and the next, as long as the row stood."""
+    refused(disputed, lambda connection: connection.execute(
+        sa.text(f"INSERT INTO {DUE} (transaction_id, event_id) VALUES (:id, :event)"),
+        dict(zip(("id", "event"), row(connection)))), "a row is of the posting of its id, naming an event not stored")
+    with disputed.transaction() as session:  # the control: billing's next payment is posted
+        [result] = revenue.ingest(session, [program.paid("e5", "acme", "inv-5", 30_000, "2026-01-27")])
+    assert not isinstance(result, revenue.Refusal) and count(disputed, DUE) == 0
 
 
 def test_verify_names_a_posting_naming_an_event_never_stored_written_past_the_rule(disputed):
@@ -123,10 +139,10 @@ def test_verify_names_a_posting_naming_an_event_never_stored_written_past_the_ru
 def test_0065_goes_down_to_0064s_guards_as_they_were(empty_url):
     changed, postgres = code_changed_by(empty_url, "0064", "0065")
     triggers = {f"trigger trg_{name}" for name in ("journal_transactions_event_due", "revenue_events_clears_due",
-                                                     f"{DUE}_met", f"{DUE}_no_update")}
+                                                     f"{DUE}_met", f"{DUE}_no_update", f"{DUE}_of_a_posting")}
     if postgres:
         expected = triggers | {f"trigger trg_{DUE}_no_truncate"} | {
-            f"function {DUE}_{name}()" for name in ("added", "cleared", "met", "no_update")}
+            f"function {DUE}_{name}()" for name in ("added", "cleared", "met", "no_update", "of_a_posting")}
     else:
         expected = triggers | {f"trigger trg_{DUE}_no_replace", f"index ix_{DUE}_event_id"}
     assert changed == expected, changed

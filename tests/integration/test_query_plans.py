@@ -466,7 +466,8 @@ def test_every_guard_that_reads_by_key_refuses_the_plans_of_a_table_taken_for_sm
             " AND 'enable_seqscan=off' = ANY(proconfig)").all())
     assert sorted(settings) == ["journal_lines_refuse_sealed", "journal_transactions_of_their_event",
                                 "journal_transactions_seal", "open_holds_of_a_piece", "revenue_events_as_posted",
-                                "revenue_events_due_added", "revenue_events_due_cleared", "revenue_events_due_met"]
+                                "revenue_events_due_added", "revenue_events_due_cleared", "revenue_events_due_met",
+                                "revenue_events_due_of_a_posting"]
     by_key = {"enable_bitmapscan=off", "enable_hashjoin=off", "enable_material=off", "enable_mergejoin=off"}
     assert {name: by_key - set(config) for name, config in settings.items()} == {name: set() for name in settings}
 
