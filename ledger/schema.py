@@ -398,15 +398,15 @@ revenue_events = Table(
     Index(None, "invoice_id"),
 )
 
-# A journal transaction naming a revenue event not yet stored: a trigger after each insert into the
-# journal lists it, the event's insert takes it off, and a foreign key deferred to the commit asks for
-# the event (migration 0065). Empty between transactions.
+# A journal transaction naming a revenue event not yet stored, keyed by the event: a trigger after
+# each insert into the journal lists it, the event's insert takes it off, and a foreign key deferred
+# to the commit asks for the event (migration 0065). The service leaves it empty.
 revenue_events_due = Table(
     "revenue_events_due",
     metadata,
-    Column("transaction_id", Id, primary_key=True, autoincrement=False),
     Column("event_id", String(64), ForeignKey("revenue_events.id", deferrable=True, initially="DEFERRED"),
-           nullable=False, index=True),
+           primary_key=True),
+    Column("transaction_id", Id, primary_key=True, autoincrement=False),
 )
 
 # A payment dated before its customer's CPA claimant takes the claim from it, once the claimant's

@@ -11,17 +11,24 @@ journal would make the table anew, so, on both engines alike, as migrations 0026
 trigger after each insert into `journal_transactions` lists a header naming an event not yet stored
 in `revenue_events_due`, whose foreign key to `revenue_events.id` is deferred to the commit; the
 event, inserted, takes its postings off the list, and nothing else may (a delete is refused while
-the event is not stored), and a row is only one such header's (a row of a stored event, at the
-id the journal gives next, had refused every payment billing sent). A transaction that names an
-event it does not store fails to commit
+the event is not stored). A transaction that names an event it does not store fails to commit
 (SQLite: "FOREIGN KEY constraint failed"; PostgreSQL names `fk_revenue_events_due_event_id_revenue_events`).
-The list is empty between transactions: the service's postings leave it in the transaction that
-lists them.
+The service's postings leave the list in the transaction that lists them, so it is empty between
+its transactions.
+
+A row is keyed by its event, then its posting: a row a writer adds itself names a stored event (or
+its transaction does not commit), and the list only ever adds rows of events not stored yet, so no
+row taken ahead, of a stored event at the id the journal gives next, keeps a posting off the list
+or refuses it (keyed by the posting alone, such a row had refused every payment billing sent); it
+holds nothing back, and anyone may delete it. A REPLACE meets only the same row.
 
 Every kind is held, not only the commissions and clawbacks: the service names only stored events
 (a release, reversal or reinstatement names its piece's or its dispute's), and a key holds one rule
 for every row that names one. Rows already written are left as they are; `verify` names them
 (`event_missing`).
+
+SQLite: row triggers, each one probe by key. PostgreSQL: statement triggers over the new headers,
+the new events and the deleted rows, each one join by key.
 
 Revision ID: 0065
 Revises: 0064
@@ -40,38 +47,31 @@ depends_on = None
 
 _0018 = _revision("0018_rules_held.py")  # never_updated
 _0026 = _revision("0026_payout_postings_recorded.py")  # APP_ROLE
-_0036 = _revision("0036_replace_refused.py")  # guard: a REPLACE refused before it deletes (SQLite)
 _0062 = _revision("0062_postings_of_their_events.py")  # SETTINGS, BY_INDEX
 
 DUE = "revenue_events_due"
-STORED = "EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = OLD.event_id)"
 DUE_MESSAGE = f"{DUE}: a posting leaves the list once the event it names is stored"
-NOT_OF_A_POSTING = ("NOT EXISTS (SELECT 1 FROM journal_transactions t WHERE t.id = n.transaction_id"
-                    " AND t.event_id = n.event_id) OR EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = n.event_id)")
-LISTED_MESSAGE = f"{DUE}: a row is of the posting of its id, naming an event not stored yet"
-FUNCTIONS = (f"{DUE}_added", f"{DUE}_met", f"{DUE}_cleared", f"{DUE}_no_update", f"{DUE}_of_a_posting")
+UNSTORED = "NOT EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = {row}.event_id)"
+FUNCTIONS = (f"{DUE}_added", f"{DUE}_cleared", f"{DUE}_met", f"{DUE}_no_update")
 
 
 def _sqlite() -> list[str]:
     return [f"CREATE TRIGGER trg_journal_transactions_event_due AFTER INSERT ON journal_transactions\n"
-            "WHEN NEW.event_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = NEW.event_id)\n"
-            f"BEGIN INSERT INTO {DUE} (transaction_id, event_id) VALUES (NEW.id, NEW.event_id); END",
+            f"WHEN NEW.event_id IS NOT NULL AND {UNSTORED.format(row='NEW')}\n"
+            f"BEGIN INSERT INTO {DUE} (event_id, transaction_id) VALUES (NEW.event_id, NEW.id); END",
             f"CREATE TRIGGER trg_revenue_events_clears_due AFTER INSERT ON revenue_events\n"
             f"BEGIN DELETE FROM {DUE} WHERE event_id = NEW.id; END",
             f"CREATE TRIGGER trg_{DUE}_met BEFORE DELETE ON {DUE}\n"
-            f"WHEN NOT {STORED}\nBEGIN SELECT RAISE(ABORT, '{DUE_MESSAGE}'); END",
-            _0018.sqlite_rule(DUE, "of_a_posting", NOT_OF_A_POSTING, LISTED_MESSAGE, None),
-            _0018.never_updated(DUE, False),
-            _0036.guard(DUE, (("transaction_id",),))]
+            f"WHEN {UNSTORED.format(row='OLD')}\nBEGIN SELECT RAISE(ABORT, '{DUE_MESSAGE}'); END",
+            _0018.never_updated(DUE, False)]
 
 
 def _postgres() -> list[str]:
     settings = f"{_0062.SETTINGS} {_0062.BY_INDEX}"
     return [f"""CREATE FUNCTION {DUE}_added() RETURNS trigger LANGUAGE plpgsql {settings} AS $$
 BEGIN
-  INSERT INTO {DUE} (transaction_id, event_id)
-  SELECT n.id, n.event_id FROM added n
-  WHERE n.event_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM revenue_events e WHERE e.id = n.event_id);
+  INSERT INTO {DUE} (event_id, transaction_id)
+  SELECT n.event_id, n.id FROM added n WHERE n.event_id IS NOT NULL AND {UNSTORED.format(row='n')};
   RETURN NULL;
 END $$""",
             "CREATE TRIGGER trg_journal_transactions_event_due AFTER INSERT ON journal_transactions\n"
@@ -85,21 +85,13 @@ END $$""",
             f"REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {DUE}_cleared()",
             f"""CREATE FUNCTION {DUE}_met() RETURNS trigger LANGUAGE plpgsql {settings} AS $$
 BEGIN
-  IF NOT {STORED} THEN
+  IF EXISTS (SELECT 1 FROM gone o WHERE {UNSTORED.format(row='o')}) THEN
     RAISE EXCEPTION '{DUE_MESSAGE}' USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN OLD;
-END $$""",
-            f"CREATE TRIGGER trg_{DUE}_met BEFORE DELETE ON {DUE}\nFOR EACH ROW EXECUTE FUNCTION {DUE}_met()",
-            f"""CREATE FUNCTION {DUE}_of_a_posting() RETURNS trigger LANGUAGE plpgsql {settings} AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM listed n WHERE {NOT_OF_A_POSTING}) THEN
-    RAISE EXCEPTION '{LISTED_MESSAGE}' USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
 END $$""",
-            f"CREATE TRIGGER trg_{DUE}_of_a_posting AFTER INSERT ON {DUE}\n"
-            f"REFERENCING NEW TABLE AS listed FOR EACH STATEMENT EXECUTE FUNCTION {DUE}_of_a_posting()",
+            f"CREATE TRIGGER trg_{DUE}_met AFTER DELETE ON {DUE}\n"
+            f"REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION {DUE}_met()",
             *_0018.never_updated(DUE, True).split(";\n\n"),
             f"ALTER FUNCTION {DUE}_no_update() {_0062.SETTINGS}",
             f"CREATE TRIGGER trg_{DUE}_no_truncate BEFORE TRUNCATE ON {DUE}\n"
@@ -108,19 +100,17 @@ END $$""",
 
 
 def upgrade() -> None:
-    for message in (DUE_MESSAGE, LISTED_MESSAGE):
-        assert "'" not in message, message  # quoted in SQL as it stands
+    assert "'" not in DUE_MESSAGE, DUE_MESSAGE  # quoted in SQL as it stands
     postgres = op.get_bind().dialect.name == "postgresql"
     op.create_table(
         DUE,
+        sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("transaction_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=False,
                   nullable=False),
-        sa.Column("event_id", sa.String(64), nullable=False),
-        sa.PrimaryKeyConstraint("transaction_id", name=op.f(f"pk_{DUE}")),
+        sa.PrimaryKeyConstraint("event_id", "transaction_id", name=op.f(f"pk_{DUE}")),
         sa.ForeignKeyConstraint(["event_id"], ["revenue_events.id"], name=op.f(f"fk_{DUE}_event_id_revenue_events"),
                                 deferrable=True, initially="DEFERRED"),
     )
-    op.create_index(op.f(f"ix_{DUE}_event_id"), DUE, ["event_id"])
     for statement in _postgres() if postgres else _sqlite():
         op.execute(statement)
 

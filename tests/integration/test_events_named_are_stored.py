@@ -98,35 +98,45 @@ def test_postgresql_refuses_a_truncate_of_the_list(postgres_database):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_sqlite_refuses_a_replace_of_a_listed_posting(disputed):
-    """A REPLACE would take a listed posting off the list past the delete guard on a connection
-    whose `recursive_triggers` is off (the sqlite3 shell's): refused before it deletes."""
+@pytest.mark.parametrize("event_id", ["e-9", "e1"])
+def test_a_replace_takes_no_listed_posting_off_the_list_on_sqlite(disputed, event_id):
+    """A REPLACE deletes the row it meets past the delete guard on a connection whose
+    `recursive_triggers` is off (the sqlite3 shell's): it meets only the same row, or none."""
     def then(connection):
+        connection.exec_driver_sql("PRAGMA recursive_triggers = OFF")
         restoring("accrual", None, "e-9", invoice_id="inv-9")(connection)
         [(listed,)] = connection.exec_driver_sql(f"SELECT transaction_id FROM {DUE}").all()
-        connection.exec_driver_sql(f"INSERT OR REPLACE INTO {DUE} (transaction_id, event_id) VALUES ({listed}, 'e1')")
-    refused(disputed, then, "its unique key revenue_events_due.transaction_id is taken")
+        connection.exec_driver_sql(f"INSERT OR REPLACE INTO {DUE} (event_id, transaction_id)"
+                                   f" VALUES ('{event_id}', {listed})")
+        assert ("e-9", listed) in connection.exec_driver_sql(f"SELECT event_id, transaction_id FROM {DUE}").all()
+    try:
+        refused(disputed, then, UNSTORED)
+    finally:
+        with disputed.engine.connect() as connection:  # the pool's connection as the service has it
+            connection.exec_driver_sql("PRAGMA recursive_triggers = ON")
+    assert count(disputed, DUE) == 0
 
 
 def next_id(connection) -> int:
     return connection.exec_driver_sql("SELECT max(id) FROM journal_transactions").scalar() + 1
 
 
-@pytest.mark.parametrize("row", [
-    lambda connection: (next_id(connection), "e1"),  # a stored event, at the id the journal gives next
-    lambda connection: (next_id(connection), "made-up"),  # no posting of that id
-    lambda connection: (1, "e1"),  # a posting of that id, naming a stored event
-    lambda connection: (1, "made-up"),  # a posting of that id, naming another event
-], ids=["next-id", "no-posting", "stored", "another-event"])
-def test_a_row_of_the_list_is_of_a_posting_naming_an_event_not_stored_yet(disputed, row):
-    """A row planted at the id the journal gives next took that id from the posting of the next
-    payment, which was refused, and the next, as long as the row stood."""
-    refused(disputed, lambda connection: connection.execute(
-        sa.text(f"INSERT INTO {DUE} (transaction_id, event_id) VALUES (:id, :event)"),
-        dict(zip(("id", "event"), row(connection)))), "a row is of the posting of its id, naming an event not stored")
-    with disputed.transaction() as session:  # the control: billing's next payment is posted
+def test_a_row_taken_ahead_holds_no_posting_back(disputed):
+    """A row a writer adds of a stored event, at the id the journal gives next: keyed by the posting
+    alone, it had refused the posting of every payment billing sent, as long as it stood."""
+    with disputed.engine.begin() as connection:
+        taken = next_id(connection)
+        connection.exec_driver_sql(f"INSERT INTO {DUE} (event_id, transaction_id) VALUES ('e1', {taken})")
+    with disputed.transaction() as session:
         [result] = revenue.ingest(session, [program.paid("e5", "acme", "inv-5", 30_000, "2026-01-27")])
-    assert not isinstance(result, revenue.Refusal) and count(disputed, DUE) == 0
+    assert not isinstance(result, revenue.Refusal)
+    with disputed.engine.connect() as connection:
+        assert connection.exec_driver_sql(f"SELECT min(id) FROM journal_transactions WHERE event_id = 'e5'"
+                                          ).scalar() == taken
+    with disputed.engine.begin() as connection:  # it holds nothing back, and goes with a delete
+        assert connection.exec_driver_sql(f"SELECT event_id, transaction_id FROM {DUE}").all() == [("e1", taken)]
+        connection.exec_driver_sql(f"DELETE FROM {DUE}")
+    assert count(disputed, DUE) == 0
 
 
 def test_verify_names_a_posting_naming_an_event_never_stored_written_past_the_rule(disputed):
@@ -139,10 +149,10 @@ def test_verify_names_a_posting_naming_an_event_never_stored_written_past_the_ru
 def test_0065_goes_down_to_0064s_guards_as_they_were(empty_url):
     changed, postgres = code_changed_by(empty_url, "0064", "0065")
     triggers = {f"trigger trg_{name}" for name in ("journal_transactions_event_due", "revenue_events_clears_due",
-                                                     f"{DUE}_met", f"{DUE}_no_update", f"{DUE}_of_a_posting")}
+                                                     f"{DUE}_met", f"{DUE}_no_update")}
     if postgres:
         expected = triggers | {f"trigger trg_{DUE}_no_truncate"} | {
-            f"function {DUE}_{name}()" for name in ("added", "cleared", "met", "no_update", "of_a_posting")}
+            f"function {DUE}_{name}()" for name in ("added", "cleared", "met", "no_update")}
     else:
-        expected = triggers | {f"trigger trg_{DUE}_no_replace", f"index ix_{DUE}_event_id"}
+        expected = triggers
     assert changed == expected, changed
