@@ -57,6 +57,8 @@ def made_up(*event_ids: str) -> None:
     """Have the commit that posts a commission or clawback naming one of `event_ids` store it, as for
     the events of `of_an_event`: for a test that names its own."""
     MADE_UP.update(event_ids)
+
+
 PAYMENT_MINOR = 10**12  # a made-up payment's amount: its refunds, a clawback's each, stay within it
 
 
@@ -81,21 +83,24 @@ def store_made_up_events(connection) -> None:
             events[event_id] = (kind, partner_id, customer_id, invoice_id, at_us, currency, amount)
     if not events:
         return
-    for kind, partner_id, customer_id, _invoice, at_us, _currency, _amount in events.values():
+    for _kind, partner_id, customer_id, _invoice, at_us, _currency, _amount in events.values():
         _attributed(connection, customer_id, partner_id, at_us)
     from tests.integration.conftest import chain_due
     chain_due(connection)
     payments_first = sorted(events.items(), key=lambda item: (item[1][0] == "clawback", item[1][4]))
     for event_id, (kind, _partner, customer_id, invoice_id, at_us, currency, amount) in payments_first:
         refund = kind == "clawback"
-        event = revenue.RevenueEvent(event_id, "refund" if refund else "invoice_paid", customer_id, invoice_id,
-                                     currency, amount if refund else PAYMENT_MINOR, at_us)
-        connection.execute(sa.text(
-            "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
-            " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, :currency, :amount,"
-            " :at, :at, :hash, 'posted')"),
-            {"id": event.id, "type": event.type, "customer": customer_id, "invoice": invoice_id, "currency": currency,
-             "amount": event.amount_minor, "at": at_us, "hash": revenue.request_hash(event)})
+        insert_event(connection, revenue.RevenueEvent(event_id, "refund" if refund else "invoice_paid", customer_id,
+                                                      invoice_id, currency, amount if refund else PAYMENT_MINOR, at_us))
+
+
+def insert_event(connection, event: revenue.RevenueEvent, status: str = "posted") -> None:
+    """`event` stored by raw SQL as received at its instant, with its request hash, saying `status`."""
+    connection.execute(sa.text(
+        "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
+        " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer_id, :invoice_id, :currency,"
+        " :amount_minor, :occurred_at_us, :occurred_at_us, :hash, :status)"),
+        {**event._asdict(), "hash": revenue.request_hash(event), "status": status})
 
 
 def _aborted(connection) -> bool:

@@ -78,13 +78,7 @@ def won_dispute(connection, event_id: str, customer_id: str, invoice_id: str, at
     if paid is not None:
         events.insert(0, revenue.RevenueEvent(paid, "invoice_paid", customer_id, invoice_id, "USD", 1025, at_us))
     for event in events:
-        connection.execute(sa.text(
-            "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
-            " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, 'USD', :amount, :at, :at,"
-            " :h, :status)"),
-            dict(id=event.id, type=event.type, customer=customer_id, invoice=invoice_id, amount=event.amount_minor,
-                 at=at_us, h=revenue.request_hash(event),
-                 status="no_commission" if event.type == "chargeback" else "posted"))
+        program.insert_event(connection, event, "no_commission" if event.type == "chargeback" else "posted")
 
 
 def test_a_reversal_names_what_it_reverses(booked):

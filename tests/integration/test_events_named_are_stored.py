@@ -29,14 +29,8 @@ def count(database, table: str) -> int:
 
 def store(connection, event_id: str, invoice_id: str, customer_id: str = "acme") -> None:
     """A payment of `invoice_id`, as billing sends it, posted (a commission names it)."""
-    event = revenue.RevenueEvent(event_id, "invoice_paid", customer_id, invoice_id, "USD", 7_500_000,
-                                 at("2026-01-26"))
-    connection.execute(sa.text(
-        "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
-        " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice, :currency, :amount, :at,"
-        " :at, :hash, 'posted')"),
-        {"id": event.id, "type": event.type, "customer": customer_id, "invoice": invoice_id, "currency": "USD",
-         "amount": event.amount_minor, "at": event.occurred_at_us, "hash": revenue.request_hash(event)})
+    program.insert_event(connection, revenue.RevenueEvent(event_id, "invoice_paid", customer_id, invoice_id, "USD",
+                                                          7_500_000, at("2026-01-26")))
 
 
 def with_its_event(post, event_id: str, invoice_id: str):
@@ -131,8 +125,8 @@ def test_a_row_taken_ahead_holds_no_posting_back(disputed):
         [result] = revenue.ingest(session, [program.paid("e5", "acme", "inv-5", 30_000, "2026-01-27")])
     assert not isinstance(result, revenue.Refusal)
     with disputed.engine.connect() as connection:
-        assert connection.exec_driver_sql(f"SELECT min(id) FROM journal_transactions WHERE event_id = 'e5'"
-                                          ).scalar() == taken
+        first = connection.exec_driver_sql("SELECT min(id) FROM journal_transactions WHERE event_id = 'e5'").scalar()
+    assert first == taken  # the id the row had taken ahead
     with disputed.engine.begin() as connection:  # it holds nothing back, and goes with a delete
         assert connection.exec_driver_sql(f"SELECT event_id, transaction_id FROM {DUE}").all() == [("e1", taken)]
         connection.exec_driver_sql(f"DELETE FROM {DUE}")

@@ -237,7 +237,7 @@ def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_writte
 
     from api import create_app
     from ledger import accounts as chart
-    from ledger import holds, journal, revenue
+    from ledger import holds, journal
     from ledger.db import Database
     from ledger.instants import now_us
     from ledger.keys import create_key
@@ -260,14 +260,7 @@ def test_postings_that_follow_from_a_posting_for_a_partner_never_enrolled_writte
             # The payments they accrue on, stored with them: what follows from them names their events,
             # which the database asks to be stored (migration 0065).
             for invoice in ("g1", "g2"):
-                event = program.paid(f"{invoice}-event", "cust-g", invoice, 500, "2026-01-05")
-                session.execute(sa.text(
-                    "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor,"
-                    " occurred_at_us, recorded_at_us, request_hash, status) VALUES (:id, :type, :customer, :invoice,"
-                    " :currency, :amount, :at, :at, :hash, 'posted')"),
-                    {"id": event.id, "type": event.type, "customer": event.customer_id, "invoice": event.invoice_id,
-                     "currency": event.currency, "amount": event.amount_minor, "at": event.occurred_at_us,
-                     "hash": revenue.request_hash(event)})
+                program.insert_event(session, program.paid(f"{invoice}-event", "cust-g", invoice, 500, "2026-01-05"))
         upgrade(empty_url)
         with database.transaction() as session:
             _, key = create_key(session, "finance")
