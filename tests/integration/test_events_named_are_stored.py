@@ -12,19 +12,14 @@ import sqlalchemy as sa
 from ledger import revenue
 from tests import program
 from tests.integration.test_database_guards import refused
+from tests.integration.test_earnings_name_their_event import count
 from tests.integration.test_migrations import code_changed_by
 from tests.integration.test_periods_payouts_database import at
 from tests.integration.test_reinstatements_and_payouts_held import restoring
-from tests.integration.test_tamper_evidence import problems, without_trigger
+from tests.integration.test_tamper_evidence import problems, unlisted_events
 
 UNSTORED = "FOREIGN KEY constraint failed|fk_revenue_events_due_event_id_revenue_events"
 DUE = "revenue_events_due"
-LISTED = {"sqlite": "trg_journal_transactions_event_due", "postgresql": "trg_journal_transactions_event_due"}
-
-
-def count(database, table: str) -> int:
-    with database.engine.connect() as connection:
-        return connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
 
 
 def store(connection, event_id: str, invoice_id: str, customer_id: str = "acme") -> None:
@@ -134,7 +129,7 @@ def test_a_row_taken_ahead_holds_no_posting_back(disputed):
 
 
 def test_verify_names_a_posting_naming_an_event_never_stored_written_past_the_rule(disputed):
-    with without_trigger(disputed, "journal_transactions", LISTED[disputed.engine.dialect.name]) as session:
+    with unlisted_events(disputed) as session:
         forged = restoring("accrual", None, "made-up", invoice_id="inv-9")(session.connection())
     found = problems(disputed)
     assert {transaction_id for transaction_id, code in found if code == "event_missing"} == {forged}

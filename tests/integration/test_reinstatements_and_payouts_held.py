@@ -15,7 +15,7 @@ from ledger.db import database_now_us
 from tests.integration.test_database_guards import head_hash, insert_header, insert_line, refused
 from tests.integration.test_database_rules import PAYOUT, RUN, accepted, raw, won_dispute
 from tests.integration.test_periods_payouts_database import at
-from tests.integration.test_tamper_evidence import problems, without_trigger
+from tests.integration.test_tamper_evidence import problems, unlisted_events, without_trigger
 
 REINSTATEMENT = "a commission naming another restores, for a won dispute of its invoice"
 NAMED = "an event a reinstatement of a commission names is a won dispute"
@@ -89,7 +89,7 @@ def test_a_reinstatement_whose_dispute_never_comes_is_named_by_verify(disputed):
     """The database refuses by the commit a posting naming an event never stored (migration 0065):
     written past that rule, the reinstatement stands alone, and verify names it twice."""
     northwinds = root(disputed, "northwind", "inv-1")
-    with without_trigger(disputed, "journal_transactions", "trg_journal_transactions_event_due") as session:
+    with unlisted_events(disputed) as session:
         forged = restoring("accrual", northwinds, "never-sent")(session.connection())
     found = problems(disputed)
     assert {(forged, "event_missing"), (forged, "reinstatement_unlike_dispute")} <= found
