@@ -28,7 +28,7 @@ from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
 from tests.integration.conftest import second_writer_behind_first
 from tests.program import paid, seed
 
-CUSTOMERS = [f"cust-{n:03d}" for n in range(300)]
+CUSTOMERS = [f"cust-{n:03d}" for n in range(600)]
 HOLDS = 2 * len(CUSTOMERS)  # a month's invoices: each customer's partner's accrual and its parent's override
 KILL_AFTER = 2 * HOLDS_PER_TRANSACTION  # releases committed when the command is killed, at least
 
