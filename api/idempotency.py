@@ -1,4 +1,4 @@
-"""HTTP idempotency for POSTs (all but revenue events, whose `id` is their key).
+"""HTTP idempotency for POSTs (all but revenue events, whose `id` is their key) and a partner's PATCH.
 
 A client may send `Idempotency-Key` (1-200 printable ASCII characters, as the header's draft
 standard has it, a Structured Field string; no comma: a header sent twice reaches a WSGI app as its
@@ -66,7 +66,7 @@ _HEADER_DOC = {
 
 
 def idempotent(view: Callable | None = None, *, redact: tuple[str, ...] = ()) -> Callable:
-    """Decorate a POST view (above `@blp.arguments` and `@blp.response`): `@idempotent` or
+    """Decorate a POST or PATCH view (above `@blp.arguments` and `@blp.response`): `@idempotent` or
     `@idempotent(redact=("key",))`."""
 
     def decorate(function: Callable) -> Callable:

@@ -6,8 +6,8 @@ import functools
 import sqlite3
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
@@ -35,7 +35,22 @@ def upgrade(url: str, revision: str = "head") -> None:
     if database is not None:
         # The path as SQLite will open it: the URL's, percent-decoded (`my%20books` is `my books`).
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), revision)
+    _run(url, revision, lambda script, rev: script._upgrade_revs(revision, rev))
+
+
+def downgrade(url: str, revision: str) -> None:
+    _run(url, revision, lambda script, rev: script._downgrade_revs(revision, rev))
+
+
+def _run(url: str, revision: str, steps) -> None:
+    """What alembic's `command.upgrade` and `command.downgrade` do, over the scripts this process read
+    once (`_scripts`): those commands read every revision's file again at each call (65 files, and
+    the earlier revisions each reads; a migration test that went down and up seven times spent 1.6 s
+    of its 2.2 s there, and 7.6 s of 8.5 where Python writes no bytecode and compiles them each time)."""
+    script = _scripts()
+    with EnvironmentContext(alembic_config(url), script, fn=lambda rev, context: steps(script, rev),
+                            destination_rev=revision):
+        script.run_env()
 
 
 def current_revision(url: str) -> str | None:

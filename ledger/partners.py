@@ -119,8 +119,9 @@ def set_status(session: Session, partner_id: str, status: str, effective_at_us: 
         select(partner_statuses.c.effective_at_us, partner_statuses.c.status)
         .where(partner_statuses.c.partner_id == partner_id)
         .order_by(partner_statuses.c.effective_at_us.desc(), partner_statuses.c.id.desc()).limit(1)).one()
-    if (latest_status, latest) == (status, at):
-        # The latest fact sent again (a retry of a request that committed): nothing changes.
+    if latest_status == status and (latest == at or effective_at_us is None and latest <= at):
+        # The latest fact sent again, or a status asked for now that the partner has already (a
+        # retry of a request that committed, whose "now" has moved on): nothing changes.
         return get_partner(session, partner_id)
     if latest_status == "terminated":  # also one dated ahead: nothing follows a termination
         raise Conflict(f"partner {partner_id!r} is terminated from {format_instant(latest)}; termination is final"

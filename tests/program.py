@@ -87,20 +87,35 @@ def store_made_up_events(connection) -> None:
         _attributed(connection, customer_id, partner_id, at_us)
     from tests.integration.conftest import chain_due
     chain_due(connection)
-    payments_first = sorted(events.items(), key=lambda item: (item[1][0] == "clawback", item[1][4]))
-    for event_id, (kind, _partner, customer_id, invoice_id, at_us, currency, amount) in payments_first:
-        refund = kind == "clawback"
-        insert_event(connection, revenue.RevenueEvent(event_id, "refund" if refund else "invoice_paid", customer_id,
-                                                      invoice_id, currency, amount if refund else PAYMENT_MINOR, at_us))
+    made = [revenue.RevenueEvent(event_id, "refund" if kind == "clawback" else "invoice_paid", customer_id, invoice_id,
+                                 currency, amount if kind == "clawback" else PAYMENT_MINOR, at_us)
+            for event_id, (kind, _partner, customer_id, invoice_id, at_us, currency, amount) in events.items()]
+    for refunds in (False, True):  # the payments first, in their instants' order
+        insert_events(connection, sorted((event for event in made if (event.type == "refund") == refunds),
+                                         key=lambda event: event.occurred_at_us))
 
 
 def insert_event(connection, event: revenue.RevenueEvent, status: str = "posted") -> None:
     """`event` stored by raw SQL as received at its instant, with its request hash, saying `status`."""
-    connection.execute(sa.text(
-        "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
-        " recorded_at_us, request_hash, status) VALUES (:id, :type, :customer_id, :invoice_id, :currency,"
-        " :amount_minor, :occurred_at_us, :occurred_at_us, :hash, :status)"),
-        {**event._asdict(), "hash": revenue.request_hash(event), "status": status})
+    insert_events(connection, [event], status)
+
+
+EVENTS_A_STATEMENT = 500  # within PostgreSQL's 65,535 parameters a statement, and SQLite's 32,766
+
+
+def insert_events(connection, events: list[revenue.RevenueEvent], status: str = "posted") -> None:
+    """`insert_event` of each of `events`, in their order, a few hundred to a statement (one a row
+    made ten thousand statements' worth of triggers on PostgreSQL, a minute and more)."""
+    for start in range(0, len(events), EVENTS_A_STATEMENT):
+        chunk, parameters = events[start:start + EVENTS_A_STATEMENT], {}
+        for n, event in enumerate(chunk):
+            parameters |= {f"{name}_{n}": value for name, value in event._asdict().items()}
+            parameters |= {f"hash_{n}": revenue.request_hash(event), f"status_{n}": status}
+        rows = ", ".join("(" + ", ".join(f":{name}_{n}" for name in revenue.RevenueEvent._fields)
+                         + f", :occurred_at_us_{n}, :hash_{n}, :status_{n})" for n in range(len(chunk)))
+        connection.execute(sa.text(
+            "INSERT INTO revenue_events (id, type, customer_id, invoice_id, currency, amount_minor, occurred_at_us,"
+            f" recorded_at_us, request_hash, status) VALUES {rows}"), parameters)
 
 
 def _aborted(connection) -> bool:

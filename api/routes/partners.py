@@ -222,6 +222,7 @@ def get_partner(partner_id: str):
 @refuses(409, "the partner is terminated (termination is final), or the change starts before its latest status "
               "or plan change")
 @refuses(422, "the plan does not exist, or its first version starts after `effective_from`")
+@idempotent
 @blp.arguments(PartnerChangeSchema)
 @blp.response(200, PartnerSchema)
 def change_partner(args, partner_id: str):

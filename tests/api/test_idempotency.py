@@ -227,6 +227,26 @@ def test_every_post_replays_a_retry_with_the_same_idempotency_key(fresh, databas
     assert again.get_json() == {**first.get_json(), **({"key": None} if name == "create api key" else {})}
 
 
+@pytest.mark.parametrize("body", [{"status": "suspended", "effective_at": "2026-02-01T00:00:00Z"},
+                                  {"plan_id": "standard", "effective_from": "2026-03-01"}])
+def test_a_partners_patch_replays_a_retry_with_the_same_idempotency_key(fresh, body):
+    partner = fresh.created("/v1/partners", {"id": unique("pt"), "name": "P", "type": "msp", "plan_id": "standard"})
+    path, key = f"/v1/partners/{partner['id']}", unique()
+
+    def patch(change: dict):
+        return fresh.client.patch(path, json=change, headers=fresh.headers("finance", {"Idempotency-Key": key}))
+    first = patch(body)
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers, first.data
+    again = patch(body)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed"), again.get_json()) == (200, "true",
+                                                                                                first.get_json())
+    assert "Idempotent-Replayed" in documented_response(fresh.client, "PATCH", path, 200)["headers"]
+    other = patch({**body, "plan_id": "standard", "effective_from": "2026-04-01"} if "plan_id" in body else
+                  {**body, "status": "active"})
+    assert other.status_code == 409 and set(other.get_json()["errors"]) == {"effective_from" if "plan_id" in body
+                                                                              else "status"}, other.data
+
+
 def test_keys_belong_to_the_api_key_that_sent_them(scratch):
     path, key = reversal_path(scratch), unique()
     assert post(scratch.client, scratch.keys.finance, path, {"reason": "x"}, key).status_code == 201

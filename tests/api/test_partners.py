@@ -308,6 +308,32 @@ def test_a_status_change_sent_again_with_its_instant_answers_200_and_is_recorded
         assert errors_of(later, 409) == set()
 
 
+@pytest.mark.parametrize("status", ["suspended", "terminated"])
+def test_a_status_asked_for_now_that_the_partner_has_already_is_recorded_once(call, scratch, status):
+    # A retry without `effective_at` asks for the status at its own "now", later than the first's:
+    # it changes nothing (it was recorded again at each try, and a termination's retry was a 409).
+    partner_id = call.partner()
+    first = expect(call.patch(f"/v1/partners/{partner_id}", {"status": status}), 200)
+    assert first["status"] == status
+    assert expect(call.patch(f"/v1/partners/{partner_id}", {"status": status}), 200) == first
+    assert _facts(scratch, "partner_statuses", partner_id) == 2
+    back = call.patch(f"/v1/partners/{partner_id}", {"status": "active"})
+    if status == "terminated":  # another status is still refused: termination is final
+        assert errors_of(back, 409) == set()
+    else:  # and another status is a change
+        assert expect(back, 200)["status"] == "active"
+        assert _facts(scratch, "partner_statuses", partner_id) == 3
+
+
+def test_a_status_asked_for_now_while_a_change_is_dated_ahead_is_still_refused(call, scratch):
+    # The partner is suspended from a later day: "suspended" asked for now is not the status it has
+    # now, and starts before the latest fact.
+    partner_id = call.partner()
+    expect(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended", "effective_at": _ahead(30)}), 200)
+    assert errors_of(call.patch(f"/v1/partners/{partner_id}", {"status": "suspended"}), 409) == {"effective_at"}
+    assert _facts(scratch, "partner_statuses", partner_id) == 2
+
+
 def test_a_change_before_a_fact_dated_ahead_is_refused_naming_that_facts_start(call):
     # The partner is active and on its first plan now; a suspension and a plan change dated ahead
     # block earlier ones (none can be withdrawn): the refusal says which fact, and from when, rather

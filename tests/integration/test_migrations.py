@@ -76,12 +76,11 @@ def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post
     clawbacks, releases, a won dispute, payouts settled and failed, write-offs, closes; plus an
     adjustment and a reversal) upgrade to 0029 and on; the service posts on them under the new
     guards, verify finds nothing wrong, and the revision goes down to 0028 and up again."""
-    from alembic import command
 
     from ledger import demo, journal, payouts, revenue
     from ledger.db import Database
     from ledger.instants import now_us
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
     from ledger.verify import verify
 
     upgrade(empty_url, "0028")
@@ -103,7 +102,7 @@ def test_the_guards_of_0029_upgrade_books_of_every_kind_and_let_the_service_post
         with database.reader() as session:
             report = verify(session)
         assert report.ok, report.problems
-        command.downgrade(alembic_config(empty_url), "0028")
+        downgrade(empty_url, "0028")
         upgrade(empty_url)
     finally:
         database.dispose()
@@ -116,12 +115,11 @@ def test_the_guards_of_0030_upgrade_books_of_every_kind_and_let_the_service_post
     what the new rules read: an accrual reversed with its release, a won dispute's chargeback, and
     payouts settled, failed and failed by reversal. Verify finds nothing wrong, no piece is left
     listed, and the revision goes down to 0029 and up again."""
-    from alembic import command
 
     from ledger import demo, journal, payouts, reversals, revenue
     from ledger.db import Database
     from ledger.instants import now_us
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
     from ledger.verify import verify
 
     upgrade(empty_url, "0029")
@@ -152,7 +150,7 @@ def test_the_guards_of_0030_upgrade_books_of_every_kind_and_let_the_service_post
             listed = session.execute(text("SELECT count(*) FROM unreleased_pieces_due")).scalar_one()
         assert report.ok, report.problems
         assert listed == 0
-        command.downgrade(alembic_config(empty_url), "0029")
+        downgrade(empty_url, "0029")
         upgrade(empty_url)
     finally:
         database.dispose()
@@ -180,13 +178,12 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
     never enrolled, and nothing else; and the revision goes down to 0030, leaving exactly 0030's
     guards, and up again."""
     import sqlalchemy as sa
-    from alembic import command
 
     from ledger import accounts as chart
     from ledger import demo, journal, payouts, revenue
     from ledger.db import Database
     from ledger.instants import now_us
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
     from tests import program
 
     upgrade(empty_url, "0030")
@@ -221,7 +218,7 @@ def test_the_guards_of_0031_upgrade_books_of_every_kind_and_go_down_to_0030_as_t
                 journal.post(session, [journal.transfer(
                     "accrual", chart.EXPENSE_COMMISSION, chart.pending("ghost"), "USD", 100, effective_at_us=now_us(),
                     idempotency_key="ghost-again", partner_id="ghost", **program.of_an_event("ghost-again", "ghost"))])
-        command.downgrade(alembic_config(empty_url), "0030")
+        downgrade(empty_url, "0030")
         assert guards_of(database) == at_0030
         upgrade(empty_url)
     finally:
@@ -326,12 +323,11 @@ def test_the_seal_of_0032_upgrades_books_of_every_kind_refuses_as_0031_did_and_g
     settled and failed, a reversal of an accrual with its release), verify finds nothing wrong, a
     header breaking three rules is refused with the message 0031 gave it, and the revision goes down
     to 0031, leaving exactly 0031's triggers and functions, and up again."""
-    from alembic import command
 
     from ledger import demo, payouts, reversals, revenue
     from ledger.db import Database
     from ledger.instants import now_us
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
     from ledger.verify import verify
 
     upgrade(empty_url, "0031")
@@ -361,7 +357,7 @@ def test_the_seal_of_0032_upgrades_books_of_every_kind_refuses_as_0031_did_and_g
         with database.reader() as session:
             report = verify(session)
         assert report.ok, report.problems
-        command.downgrade(alembic_config(empty_url), "0031")
+        downgrade(empty_url, "0031")
         assert header_guards_of(database) == at_0031
         upgrade(empty_url)
     finally:
@@ -373,12 +369,11 @@ def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_dow
     partner's piece written before 0031; at 0033 it is refused, while the reversal of that piece
     still passes; and the revision goes down to 0032's guards exactly, the gap with them."""
     import sqlalchemy as sa
-    from alembic import command
 
     from ledger import accounts as chart
     from ledger import journal
     from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
     from tests.integration.test_database_rules import NOT_ENROLLED, raw_transfer
 
     upgrade(empty_url, "0030")
@@ -406,7 +401,7 @@ def test_0033_holds_the_enrolment_exception_to_what_follows_by_kind_and_goes_dow
         with pytest.raises(sa.exc.DBAPIError, match=NOT_ENROLLED):  # restoring for a won dispute, as 0058 holds
             written("accrual", accrual_id=piece.id, invoice_id="inv-ghost", event_id="won-ghost")
         written("reversal", reverses_id=piece.id)
-        command.downgrade(alembic_config(empty_url), "0032")
+        downgrade(empty_url, "0032")
         assert header_guards_of(database) == at_0032
         written("accrual", accrual_id=piece.id)
         upgrade(empty_url)
@@ -652,10 +647,9 @@ def code_changed_by(empty_url, below: str, revision: str) -> tuple[set[str], boo
     """The triggers, functions and (SQLite) indexes `revision` changes over `below` on an empty
     database, and whether it is PostgreSQL's; going down to `below` again leaves them as they were
     (asserted)."""
-    from alembic import command
 
     from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
 
     upgrade(empty_url, below)
     database = Database(empty_url)
@@ -663,7 +657,7 @@ def code_changed_by(empty_url, below: str, revision: str) -> tuple[set[str], boo
         before = schema_code_of(database)
         upgrade(empty_url, revision)
         changed = {name for name, code in schema_code_of(database).items() if before.get(name) != code}
-        command.downgrade(alembic_config(empty_url), below)
+        downgrade(empty_url, below)
         assert schema_code_of(database) == before
         return changed, database.engine.dialect.name == "postgresql"
     finally:
@@ -675,12 +669,11 @@ def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_dow
     """Books at 0033 holding every kind of posting and event status (the demo's year, an unattributed
     payment and its refund) upgrade to 0034; the service posts on them, each status as 0034 holds
     it, verify finds nothing wrong, and the revision goes down to 0033's triggers and up again."""
-    from alembic import command
 
     from ledger import customers, demo, payouts, periods, revenue
     from ledger.db import Database
     from ledger.instants import next_period, now_us, period_of
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
     from ledger.schema import revenue_events
     from ledger.verify import verify
 
@@ -718,7 +711,7 @@ def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_dow
         assert statuses == {"before": "unattributed", "before-refund": "unattributed", "later-refund": "unattributed",
                             "later": "no_commission"}
         assert report.ok, report.problems
-        command.downgrade(alembic_config(empty_url), "0033")
+        downgrade(empty_url, "0033")
         assert schema_code_of(database) == at_0033
         upgrade(empty_url)
     finally:
@@ -728,10 +721,9 @@ def test_0034_upgrades_books_of_every_kind_lets_the_service_post_on_and_goes_dow
 def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_had_them(empty_url):
     """Migrations 0033 and 0032 go down to 0031's triggers and functions, each as 0031 made it (its
     source, settings, security, owner and grants), with nothing of theirs left."""
-    from alembic import command
 
     from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
 
     upgrade(empty_url, "0031")
     database = Database(empty_url)
@@ -739,7 +731,7 @@ def test_the_head_goes_down_to_0031_leaving_every_trigger_and_function_as_0031_h
         at_0031 = schema_code_of(database)
         upgrade(empty_url)
         assert schema_code_of(database) != at_0031 or database.engine.dialect.name != "postgresql"
-        command.downgrade(alembic_config(empty_url), "0031")
+        downgrade(empty_url, "0031")
         assert schema_code_of(database) == at_0031
     finally:
         database.dispose()
@@ -809,11 +801,10 @@ def test_0038_records_when_the_cpa_went_by_date_and_refuses_to_go_down_once_a_cl
     """Going below 0038 would lose the claims taken, and the claimant whose bounty was reversed would
     be taken for the claimant again: refused while a claim has been taken; without one, it goes down
     and up again."""
-    from alembic import command
 
     from ledger.db import Database
     from ledger.instants import now_us
-    from ledger.migrate import alembic_config, current_revision, head_revision, upgrade
+    from ledger.migrate import current_revision, downgrade, head_revision, upgrade
     from tests.scenarios.books import Books
 
     before_us = now_us()
@@ -823,7 +814,7 @@ def test_0038_records_when_the_cpa_went_by_date_and_refuses_to_go_down_once_a_cl
         books = Books(database)
         [(since_us,)] = books.sql("SELECT since_us FROM rules_since WHERE rule = 'cpa_first_by_date'")
         assert before_us <= since_us <= now_us()
-        command.downgrade(alembic_config(empty_url), "0037")
+        downgrade(empty_url, "0037")
         assert current_revision(empty_url) == "0037"
         upgrade(empty_url)
         books.plan("hybrid", "0.10", cpa={"USD": "150.00"}, duration_months=None)
@@ -833,7 +824,7 @@ def test_0038_records_when_the_cpa_went_by_date_and_refuses_to_go_down_once_a_cl
         books.paid("acme", "inv-jan", "500.00", "2026-01-05")
         database.dispose()
         with pytest.raises(RuntimeError, match="cpa_claims_taken holds claims taken"):
-            command.downgrade(alembic_config(empty_url), "0037")
+            downgrade(empty_url, "0037")
         # PostgreSQL rolls the whole step down back; SQLite keeps the steps above 0038 (empty books).
         assert current_revision(empty_url) == (
             head_revision() if database.engine.dialect.name == "postgresql" else "0038")
@@ -847,11 +838,10 @@ def test_0041_lets_a_customer_s_first_attribution_be_withdrawn_and_goes_down_onl
     """Below 0041 the database keeps a customer's first attribution (0040's rule): going down is
     refused once one was withdrawn; with only a later one withdrawn, it goes down, 0040's rule holds
     again, and it goes up again."""
-    from alembic import command
 
     from ledger import customers
     from ledger.db import Database
-    from ledger.migrate import alembic_config, current_revision, head_revision, upgrade
+    from ledger.migrate import current_revision, downgrade, head_revision, upgrade
     from tests.scenarios.books import Books, ahead
 
     upgrade(empty_url, "0052")  # below 0053, whose chain of facts recorded since goes down no more
@@ -868,7 +858,7 @@ def test_0041_lets_a_customer_s_first_attribution_be_withdrawn_and_goes_down_onl
         with database.transaction() as session:
             customers.withdraw_attribution(session, "acme", moved)
         database.dispose()
-        command.downgrade(alembic_config(empty_url), "0040")
+        downgrade(empty_url, "0040")
         assert current_revision(empty_url) == "0040"
         with pytest.raises(Exception, match="a customer keeps its first attribution"), \
                 database.transaction() as session:
@@ -878,7 +868,7 @@ def test_0041_lets_a_customer_s_first_attribution_be_withdrawn_and_goes_down_onl
             assert customers.withdraw_attribution(session, "acme", first).attributions == ()
         database.dispose()
         with pytest.raises(RuntimeError, match="withdrawals of a customer's first attribution"):
-            command.downgrade(alembic_config(empty_url), "0040")
+            downgrade(empty_url, "0040")
         # PostgreSQL rolls the step down back; SQLite keeps the steps down above 0041's.
         postgres = database.engine.dialect.name == "postgresql"
         assert current_revision(empty_url) == ("0052" if postgres else "0041")

@@ -177,9 +177,8 @@ def test_0060_enrols_the_partners_stored_before_it_and_goes_down_as_0059_had_the
     """The first status and plan of each partner stored with both, by id; a partner stored without
     either keeps no row (verify names it). Down to 0059, every trigger and function is as it was,
     and up again the rows are the same."""
-    from alembic import command
 
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
 
     upgrade(empty_url, "0059")
     database = Database(empty_url)
@@ -196,7 +195,7 @@ def test_0060_enrols_the_partners_stored_before_it_and_goes_down_as_0059_had_the
         first = first_facts(database)
         assert found == {partner_id: first[partner_id] for partner_id in ("globex", "northwind")}
         assert problems(database) == {(None, "partner_unenrolled")}
-        command.downgrade(alembic_config(empty_url), "0059")
+        downgrade(empty_url, "0059")
         assert schema_code_of(database) == at_0059
         upgrade(empty_url)
         assert enrolments(database) == found

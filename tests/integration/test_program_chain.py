@@ -573,10 +573,9 @@ def test_the_migrations_frozen_copy_hashes_as_the_ledger_does():
 
 
 def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_close_holds_a_head(empty_url):
-    from alembic import command
 
     from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
 
     upgrade(empty_url, "0052")
     database = Database(empty_url)
@@ -598,16 +597,16 @@ def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_clo
         assert report.ok, report.problems
         assert [table for table, _ in chain] == sorted((table for table, _ in chain), key=PROGRAM_CHAIN_TABLES.index)
         assert ("partner_statuses", str(withdrawn_id)) in chain and "program_withdrawals" in dict(chain)
-        command.downgrade(alembic_config(empty_url), "0052")  # the close of 2026-01 was made before 0053
+        downgrade(empty_url, "0052")  # the close of 2026-01 was made before 0053
         upgrade(empty_url)
         with database.transaction() as session:  # recorded after every partner: not as a backfill orders it
             customers.attribute(session, "newcomer", "northwind", date(2026, 1, 1), "manual")
         with pytest.raises(RuntimeError, match="chained in the order recorded"):
-            command.downgrade(alembic_config(empty_url), "0052")
+            downgrade(empty_url, "0052")
         with database.transaction() as session:
             periods.close_period(session, "2026-02")
         with pytest.raises(RuntimeError, match="hold the program's chain head"):
-            command.downgrade(alembic_config(empty_url), "0052")
+            downgrade(empty_url, "0052")
         upgrade(empty_url)  # on SQLite, the revisions above the refusing one went down (their DDL commits)
         with database.reader() as session:
             assert verify(session).ok
@@ -618,10 +617,9 @@ def test_0053_chains_the_facts_of_books_made_before_it_and_goes_down_until_a_clo
 
 def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_goes_down_while_they_are_its_tail(
         empty_url):
-    from alembic import command
 
     from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
 
     def whole_chain() -> list[tuple]:
         with database.reader() as session:
@@ -635,7 +633,7 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
             revenue.ingest(session, [program.paid("e-1", "acme", "inv-1", 10_000, "2026-01-10")])
         upgrade(empty_url)
         assert chained_events(database) == []
-        command.downgrade(alembic_config(empty_url), "0055")  # no event chained: down and up again
+        downgrade(empty_url, "0055")  # no event chained: down and up again
         with database.transaction() as session:  # below 0056 the service stores them unchained
             revenue.ingest(session, STRAYS[:2])
         with database.transaction() as session:
@@ -648,20 +646,20 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
         assert chained_events(database) == [("stray-1", "unattributed"), ("stray-2", "unattributed"),
                                             ("early-1", "no_commission")]  # as recorded, then by id
         backfilled = whole_chain()
-        command.downgrade(alembic_config(empty_url), "0055")  # the chain's tail, as backfilled: taken off
+        downgrade(empty_url, "0055")  # the chain's tail, as backfilled: taken off
         assert whole_chain() == backfilled[:-3]
         upgrade(empty_url)
         assert whole_chain() == backfilled
         with database.transaction() as session:
             periods.close_period(session, "2026-01")  # holds the head, the last event's row
         with pytest.raises(RuntimeError, match="hold a program head among the events chained"):
-            command.downgrade(alembic_config(empty_url), "0055")
+            downgrade(empty_url, "0055")
         with database.transaction() as session:  # one batch, one recorded instant: chained as sent
             revenue.ingest(session, [program.paid("z-stray", "stranger", "inv-z", 700, "2026-02-11"),
                                      program.paid("a-stray", "stranger", "inv-a", 700, "2026-02-11")])
         assert [event_id for event_id, _ in chained_events(database)][-2:] == ["z-stray", "a-stray"]
         with pytest.raises(RuntimeError, match="chained in the order stored"):
-            command.downgrade(alembic_config(empty_url), "0055")
+            downgrade(empty_url, "0055")
         upgrade(empty_url)  # on SQLite, the revisions above the refusing one went down (their DDL commits)
         with database.reader() as session:
             assert verify(session).ok
@@ -671,10 +669,9 @@ def test_0056_chains_the_events_that_posted_nothing_of_books_made_before_it_and_
 
 def test_0057_chains_the_keys_and_revocations_of_books_made_before_it_and_goes_down_while_they_are_its_tail(
         empty_url):
-    from alembic import command
 
     from ledger.db import Database
-    from ledger.migrate import alembic_config, upgrade
+    from ledger.migrate import downgrade, upgrade
 
     def whole_chain() -> list[tuple]:
         with database.reader() as session:
@@ -699,22 +696,22 @@ def test_0057_chains_the_keys_and_revocations_of_books_made_before_it_and_goes_d
         assert backfilled[:len(before)] == before
         assert [row[1:3] for row in backfilled[len(before):]] == [
             *(("api_keys", key_id) for key_id in in_order), ("api_key_revocations", made[0])]
-        command.downgrade(alembic_config(empty_url), "0056")  # the chain's tail, as backfilled: taken off
+        downgrade(empty_url, "0056")  # the chain's tail, as backfilled: taken off
         assert whole_chain() == before
         upgrade(empty_url)
         assert whole_chain() == backfilled
         with database.transaction() as session:
             periods.close_period(session, "2026-01")  # holds the head, the revocation's row
         with pytest.raises(RuntimeError, match="hold a program head among the keys chained"):
-            command.downgrade(alembic_config(empty_url), "0056")
+            downgrade(empty_url, "0056")
         with database.transaction() as session:  # made after the revocation: chained after it
             keys.create_key(session, "finance")
         with pytest.raises(RuntimeError, match="chained in the order made"):
-            command.downgrade(alembic_config(empty_url), "0056")
+            downgrade(empty_url, "0056")
         with database.transaction() as session:
             keys.create_key(session, "billing", expires_at_us=program.at(AHEAD.isoformat()))
         with pytest.raises(RuntimeError, match="made to expire, which below it they would not"):
-            command.downgrade(alembic_config(empty_url), "0056")
+            downgrade(empty_url, "0056")
         with database.reader() as session:
             assert verify(session).ok
     finally:
