@@ -987,7 +987,10 @@ def test_a_csv_cut_short_in_its_last_line_is_refused_there_and_the_whole_file_th
     assert amounts == {"t-1": 1_000, "t-2": 150_000}
 
 
-@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\r\n\n"], ids=["empty", "bom", "blank"])
+NO_EVENTS = pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\r\n\n"], ids=["empty", "bom", "blank"])
+
+
+@NO_EVENTS
 @pytest.mark.parametrize("name", ["events.ndjson", "events.csv", "events"])
 def test_an_input_with_no_events_imports_none_whatever_its_name_says_its_format_is(seeded, tmp_path, name, content):
     # A nightly export with nothing in it: an empty .ndjson file imported nothing and exited 0, while
@@ -996,6 +999,11 @@ def test_an_input_with_no_events_imports_none_whatever_its_name_says_its_format_
     (tmp_path / name).write_bytes(content)
     result = invoke(seeded.url, "import", str(tmp_path / name))
     assert result.exit_code == 0 and "read 0 events" in result.output and "refused: 0" in result.output, result.output
+    assert stored_events(seeded) == 0
+
+
+@NO_EVENTS
+def test_standard_input_with_no_events_imports_none(seeded, content):
     piped = subprocess.run([sys.executable, "-m", "cli.main", "import", "-"], input=content, capture_output=True,
                            timeout=120, cwd=Path(__file__).parents[2],
                            env={**os.environ, "REVSHARE_DATABASE_URL": seeded.url})
