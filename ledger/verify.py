@@ -63,11 +63,12 @@ record of its own (`close`: the period and close hash a verify printed earlier).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, inspect, literal, select, text
+from sqlalchemy import ColumnElement, Select, String, and_, case, exists, false, func, inspect, literal, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -831,25 +832,34 @@ def verify_references(session: Session) -> list[Problem]:
     how many rows name what does not exist, and the least of them."""
     problems = []
     present = set(inspect(session.connection()).get_table_names())  # below the latest revision, fewer tables
-    for table in metadata.sorted_tables:
-        if table.name not in present:
+    for table_name, columns, referred, query in _reference_queries():
+        if table_name not in present:
             continue
+        count, least = session.execute(query).one()
+        if count:
+            problems.append(Problem(None, "reference_broken", (
+                f"{table_name} ({', '.join(columns)}): {count} row{'s' if count > 1 else ''} name"
+                f"{'' if count > 1 else 's'} a row of {referred} that does not exist, the least {least!r}")))
+    return problems
+
+
+@functools.cache
+def _reference_queries() -> tuple[tuple[str, tuple[str, ...], str, Select], ...]:
+    """(table, its key's columns, the table it refers to, the query) of each foreign key, built once a
+    process: built at each call, the queries took about half of `verify`'s time on a small book."""
+    queries = []
+    for table in metadata.sorted_tables:
         for key in table.foreign_key_constraints:
             columns = tuple(element.parent.name for element in key.elements)
             if (table.name, columns) in _REFERENCES_WALKED:
                 continue
             child, parent = table.alias("c"), key.referred_table.alias("p")
             pairs = [(child.c[element.parent.name], parent.c[element.column.name]) for element in key.elements]
-            count, least = session.execute(
-                select(func.count(), func.min(pairs[0][0])).select_from(child)
-                .where(*(named.is_not(None) for named, _ in pairs),
-                       ~exists().where(and_(*(named == referred for named, referred in pairs))))).one()
-            if count:
-                problems.append(Problem(None, "reference_broken", (
-                    f"{table.name} ({', '.join(columns)}): {count} row{'s' if count > 1 else ''} name"
-                    f"{'' if count > 1 else 's'} a row of {key.referred_table.name} that does not exist, the least "
-                    f"{least!r}")))
-    return problems
+            query = (select(func.count(), func.min(pairs[0][0])).select_from(child)
+                     .where(*(named.is_not(None) for named, _ in pairs),
+                            ~exists().where(and_(*(named == referred for named, referred in pairs)))))
+            queries.append((table.name, columns, key.referred_table.name, query))
+    return tuple(queries)
 
 
 def verify_closes(session: Session) -> list[Problem]:
