@@ -37,12 +37,13 @@ are frozen: the migration holds a copy, which a test compares with this one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import String, cast, exists, func, insert, select
+from sqlalchemy import Select, String, cast, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.db import (BIGINT_MAX, PROGRAM_CHAIN_LOCK_KEY, driver_rows, in_lists, insert_many, is_postgres,
@@ -316,32 +317,12 @@ def _facts_unlike_their_rows(session: Session, table: str) -> list[tuple[None, s
     the rows of the chain that name a fact of `table` found in neither. Of the revenue events, those
     that posted nothing, and those the chain names though they say they posted (altered: the chain
     takes only the others)."""
-    c = program_chain.c
-    fact_table = metadata.tables[table]
-    key = fact_table.c[key_column(table)]
-    fact_id = key if table in TEXT_IDS else cast(key, String)  # by the key's index
-    link = (c.fact_table == table) & (c.fact_id == fact_id)
     width = len(FACT_COLUMNS[table])
-    facts_and_rows = select(*(fact_table.c[column] for column in FACT_COLUMNS[table]),
-                            c.prev_hash.label("chain_prev"), c.hash.label("chain_hash"))
-    if table == EVENTS:
-        unposted = fact_table.c.status != "posted"
-        queries = (facts_and_rows.outerjoin(program_chain, link).where(unposted),
-                   facts_and_rows.select_from(program_chain).join(fact_table, link).where(~unposted))
-    else:
-        queries = (facts_and_rows.outerjoin(program_chain, link),)
-    rows = itertools.chain.from_iterable(
-        session.execute(query.order_by(key).execution_options(yield_per=10_000)) for query in queries)
+    queries, withdrawn_query = _fact_queries(table)
+    rows = itertools.chain.from_iterable(session.execute(query) for query in queries)
     found = ((tuple(row[:width]), row[width], row[width + 1]) for row in rows)
-    if table in WITHDRAWN_AS:
-        w = program_withdrawals.c
-        withdrawn_link = (c.fact_table == table) & (c.fact_id == cast(w.fact_id, String))
-        # A withdrawal whose fact is still in its table is `withdrawal_not_applied`: its fact is checked above.
-        withdrawn = session.execute(select(program_withdrawals, c.prev_hash.label("chain_prev"),
-                                           c.hash.label("chain_hash"))
-                                    .outerjoin(program_chain, withdrawn_link).where(w.fact_table == table)
-                                    .where(~exists().where(fact_table.c.id == w.fact_id))
-                                    .order_by(w.fact_id)).all()
+    if withdrawn_query is not None:
+        withdrawn = session.execute(withdrawn_query).all()
         found = itertools.chain(found, ((withdrawn_content(row), row.chain_prev, row.chain_hash) for row in withdrawn))
     facts, unchained, altered = 0, [], []
     for facts_content, chain_prev, chain_hash in found:
@@ -358,6 +339,35 @@ def _facts_unlike_their_rows(session: Session, table: str) -> list[tuple[None, s
             named = ", ".join(repr(str(fact_id)) for fact_id in ids[:FACTS_NAMED])  # as the chain names them
             problems.append((None, code, f"{table} {named}{more}: {what}"))
     return problems + _rows_without_facts(session, table, facts - len(unchained))
+
+
+@functools.cache
+def _fact_queries(table: str) -> tuple[tuple[Select, ...], Select | None]:
+    """`_facts_unlike_their_rows`' queries of `table`, built once a process: its facts (of the revenue
+    events, those that posted nothing, then those the chain names that say they posted) each with its
+    row of the chain, and the facts withdrawn from it with theirs (None: none can be)."""
+    c = program_chain.c
+    fact_table = metadata.tables[table]
+    key = fact_table.c[key_column(table)]
+    fact_id = key if table in TEXT_IDS else cast(key, String)  # by the key's index
+    link = (c.fact_table == table) & (c.fact_id == fact_id)
+    facts_and_rows = select(*(fact_table.c[column] for column in FACT_COLUMNS[table]),
+                            c.prev_hash.label("chain_prev"), c.hash.label("chain_hash"))
+    if table == EVENTS:
+        unposted = fact_table.c.status != "posted"
+        queries = (facts_and_rows.outerjoin(program_chain, link).where(unposted),
+                   facts_and_rows.select_from(program_chain).join(fact_table, link).where(~unposted))
+    else:
+        queries = (facts_and_rows.outerjoin(program_chain, link),)
+    queries = tuple(query.order_by(key).execution_options(yield_per=10_000) for query in queries)
+    if table not in WITHDRAWN_AS:
+        return queries, None
+    w = program_withdrawals.c
+    withdrawn_link = (c.fact_table == table) & (c.fact_id == cast(w.fact_id, String))
+    # A withdrawal whose fact is still in its table is `withdrawal_not_applied`: its fact is checked above.
+    return queries, (select(program_withdrawals, c.prev_hash.label("chain_prev"), c.hash.label("chain_hash"))
+                     .outerjoin(program_chain, withdrawn_link).where(w.fact_table == table)
+                     .where(~exists().where(fact_table.c.id == w.fact_id)).order_by(w.fact_id))
 
 
 def _rows_without_facts(session: Session, table: str, facts: int) -> list[tuple[None, str, str]]:
