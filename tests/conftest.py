@@ -66,15 +66,16 @@ settings.register_profile("soak", max_examples=100 * SOAK_EXAMPLES_FACTOR, deadl
 settings.load_profile("soak" if SOAK else "ci" if IN_CI else "dev")
 
 
-def examples(n: int) -> int:
-    """Hypothesis examples for a test that draws `n` under `make test`: ten times more under `make soak`."""
-    return n * SOAK_EXAMPLES_FACTOR if SOAK else n
+def examples(n: int, soak: int | None = None) -> int:
+    """Hypothesis examples for a test that draws `n` under `make test`: `soak`, or ten times more,
+    under `make soak`."""
+    return (soak or n * SOAK_EXAMPLES_FACTOR) if SOAK else n
 
 
-def database_property(n: int) -> settings:
-    """Settings of a property test whose examples go through a database: `examples(n)` of them, no
-    deadline (a database's timing varies with the machine), and slow data generation allowed."""
-    return settings(max_examples=examples(n), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def database_property(n: int, soak: int | None = None) -> settings:
+    """Settings of a property test whose examples go through a database: `examples(n, soak)` of them,
+    no deadline (a database's timing varies with the machine), and slow data generation allowed."""
+    return settings(max_examples=examples(n, soak), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def scaled(n: int, factor: int = SOAK_SIZE_FACTOR) -> int:

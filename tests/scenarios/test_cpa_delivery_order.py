@@ -90,7 +90,7 @@ def balances(books: Books, instants: list[int]) -> dict:
             for partner in ("northwind", "contoso", "dist") for currency in CURRENCIES for instant in instants}
 
 
-@database_property(60)
+@database_property(30, soak=600)
 @given(history=histories())
 def test_payments_delivered_in_any_order_leave_the_books_of_time_order(history, sqlite_template, tmp_path_factory):
     events, order, jobs, hold_days, reattributed_day, cuts = history

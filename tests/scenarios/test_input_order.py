@@ -282,7 +282,7 @@ PAID = [line(f"p-{invoice}", "invoice_paid", invoice, "1000.00", day) for invoic
                                                                              "2026-02-03"),
                 PAID[0], line("u-0", "refund", "inv-1", "100.00", "2026-02-02")],
          batch_size=1, kill_after=4, sent_before=[])
-@database_property(50)
+@database_property(25, soak=500)
 @given(lines=files(), batch_size=st.integers(1, 3), kill_after=st.integers(1, 12),
        sent_before=st.lists(st.integers(0, 20), max_size=4))
 def test_a_file_imported_again_after_a_kill_or_whole_gives_the_books_of_one_clean_import(

@@ -41,7 +41,7 @@ def books_for(database: Database, hold_days: int, paid: str = "1000.00") -> Book
     return books
 
 
-@database_property(150)
+@database_property(75, soak=1_500)
 @given(history=histories, hold_days=st.sampled_from([0, 10, 30]))
 def test_late_refunds_and_disputes_never_take_a_balance_below_zero_at_any_instant(
         history, hold_days, sqlite_template, tmp_path_factory):
@@ -83,7 +83,7 @@ small_histories = st.lists(
     min_size=2, max_size=6).flatmap(lambda drawn: st.tuples(st.just(drawn), st.permutations(range(len(drawn)))))
 
 
-@database_property(100)
+@database_property(50, soak=1_000)
 @given(history=st.one_of(histories, small_histories), paid=st.sampled_from(["2.50", "3.33", "1000.00"]),
        hold_days=st.sampled_from([0, 10, 30]))
 # A refund delivered after a won dispute dated after it, where time order capped the refund by
