@@ -68,7 +68,8 @@ import re
 from collections import defaultdict
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, String, and_, case, exists, false, func, inspect, literal, select, text
+from sqlalchemy import (ColumnElement, ScalarSelect, Select, String, and_, case, exists, false, func, inspect, literal,
+                        select, text)
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -844,12 +845,15 @@ def verify_references(session: Session) -> list[Problem]:
     return problems
 
 
+# (table, its key's columns, the table it refers to, the query, its count alone)
+ReferenceCheck = tuple[str, tuple[str, ...], str, Select, ScalarSelect]
+
+
 @functools.cache
-def _reference_queries(present: frozenset[str]) -> tuple[tuple[str, tuple[str, ...], str, Select, ScalarSelect], ...]:
-    """(table, its key's columns, the table it refers to, the query, its count alone) of each foreign
-    key of the tables `present`, built once a process; the counts are read in one statement, the
-    query only for a key with rows naming nothing. Built at each call, one statement a key, the
-    queries took about half of `verify`'s time on a small book."""
+def _reference_queries(present: frozenset[str]) -> tuple[ReferenceCheck, ...]:
+    """The check of each foreign key of the tables `present`, built once a process: the counts are
+    read in one statement, the query only for a key with rows naming nothing. Built at each call,
+    one statement a key, the queries took about half of `verify`'s time on a small book."""
     checks = []
     for table in metadata.sorted_tables:
         if table.name not in present:
