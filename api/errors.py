@@ -9,7 +9,7 @@ Four sources, mapped here once:
   fixed detail; validation messages are flattened to dotted field paths (`events.3.amount`);
 - the database unreachable, busy or out of room (a lost connection, a lock or statement timeout, a
   serialization failure, a full disk: `ledger.db.retryable`): a 503 with `Retry-After`, logged, since a retry may well succeed
-  and is safe (revenue events are keyed by their id, other POSTs by `Idempotency-Key`);
+  and is safe (revenue events are keyed by their id, other POSTs and a partner's PATCH by `Idempotency-Key`);
 - anything unexpected: a 500 whose detail says nothing about internals (Flask has logged it).
 """
 

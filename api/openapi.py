@@ -57,7 +57,8 @@ _NOT_JSON_TYPE = ("a body whose `Content-Type` is not `application/json` (or `+j
                   "`Content-Encoding` (gzip, say): send it as it is")
 _UNAVAILABLE = ("the database was out of reach, busy or could not write, or (a payout run, a close) the releases "
                 "it makes first passed the time one request may take, those made standing: retry after `Retry-After` "
-                f"seconds (a retry is safe: revenue events are keyed by their id, other POSTs by `{HEADER}`)")
+                f"seconds (a retry is safe: revenue events are keyed by their id, other POSTs and a partner's PATCH by "
+                f"`{HEADER}`)")
 
 # A posting past a running total's range on a request that sends no amount (`ledger.errors.totals_not_asked`).
 TOTALS_PAST_RANGE = "an account's running total would pass 2^63 - 1 minor units"
