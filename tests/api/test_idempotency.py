@@ -235,6 +235,7 @@ def test_a_partners_patch_replays_a_retry_with_the_same_idempotency_key(fresh, b
 
     def patch(change: dict):
         return fresh.client.patch(path, json=change, headers=fresh.headers("finance", {"Idempotency-Key": key}))
+
     first = patch(body)
     assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers, first.data
     again = patch(body)
