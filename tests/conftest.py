@@ -167,15 +167,46 @@ def built_sqlite_template(template: str, directory, build) -> str:
     return url.removeprefix("sqlite:///")
 
 
-def built_pg_template(cluster: Cluster, build):
-    """The name of a new database with `build(database)` written into it, for tests to copy again;
-    dropped when the generator ends (a module fixture's teardown)."""
-    url = new_pg_url(cluster)
+@pytest.fixture(scope="session")
+def built_templates() -> dict:
+    """The books `built_template` wrote, by (build, engine), for the session."""
+    return {}
+
+
+def built_template(request, build, engine: str) -> str:
+    """A copy of the migrated template with `build(database)` written into it once a session for
+    `engine`, for tests to copy again: on SQLite its path (`new_sqlite_url`), on PostgreSQL its
+    database's name (`new_pg_url`'s template), left to the throwaway cluster."""
+    templates = request.getfixturevalue("built_templates")
+    if (build, engine) not in templates:
+        if engine == "sqlite":
+            directory = request.getfixturevalue("tmp_path_factory").mktemp("built")
+            templates[build, engine] = built_sqlite_template(request.getfixturevalue("sqlite_template"), directory,
+                                                             build)
+        else:
+            url = new_pg_url(request.getfixturevalue("pg_cluster"))
+            database = Database(url)
+            build(database)
+            database.dispose()
+            templates[build, engine] = url.rsplit("/", 1)[1]
+    return templates[build, engine]
+
+
+def copied_database(request, tmp_path, build):
+    """A database of `request.param`'s engine ("sqlite" or "postgres") copied from books `build`
+    wrote once a session (`built_template`), disposed of and dropped after the test: for a fixture
+    whose every test would otherwise write the same books first."""
+    template = built_template(request, build, request.param)
+    if request.param == "sqlite":
+        url, cluster = new_sqlite_url(template, tmp_path), None
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        url = new_pg_url(cluster, template=template)
     database = Database(url)
-    build(database)
+    yield database
     database.dispose()
-    yield url.rsplit("/", 1)[1]
-    drop_pg_database(cluster, url)
+    if cluster is not None:
+        drop_pg_database(cluster, url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

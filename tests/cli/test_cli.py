@@ -36,8 +36,7 @@ from ledger.schema import journal_lines, journal_transactions, partners, period_
 from ledger.settings import Settings
 from ledger.trial_balance import trial_balance
 from ledger.verify import verify
-from tests.conftest import (built_pg_template, built_sqlite_template, drop_pg_database, new_pg_url, new_sqlite_url,
-                            scaled)
+from tests.conftest import copied_database, drop_pg_database, new_pg_url, new_sqlite_url, scaled
 from tests.program import event_dict, monthly_events, paid, seed, tampered_books
 from tests.scenarios.books import Books
 
@@ -55,30 +54,11 @@ def seed_program(database: Database) -> None:
         seed(session, customer_ids=[f"cust-{n:03d}" for n in range(40)] + ["acme", "globex-corp", "initrode"])
 
 
-@pytest.fixture(scope="module")
-def seeded_sqlite_template(sqlite_template, tmp_path_factory) -> str:
-    return built_sqlite_template(sqlite_template, tmp_path_factory.mktemp("seeded"), seed_program)
-
-
-@pytest.fixture(scope="module")
-def seeded_pg_template(pg_cluster):
-    yield from built_pg_template(pg_cluster, seed_program)
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def seeded(request, tmp_path):
-    """The `seed` program with 43 customers, copied from books seeded once a module (seeding each
+    """The `seed` program with 43 customers, copied from books seeded once a session (seeding each
     test's books took a quarter of a second and more)."""
-    if request.param == "sqlite":
-        url, cluster = new_sqlite_url(request.getfixturevalue("seeded_sqlite_template"), tmp_path), None
-    else:
-        cluster = request.getfixturevalue("pg_cluster")
-        url = new_pg_url(cluster, template=request.getfixturevalue("seeded_pg_template"))
-    database = Database(url)
-    yield database
-    database.dispose()
-    if cluster is not None:
-        drop_pg_database(cluster, url)
+    yield from copied_database(request, tmp_path, seed_program)
 
 
 def books(database: Database) -> tuple:

@@ -36,7 +36,7 @@ from ledger.db import Database
 from ledger.instants import from_us, next_period, period_bounds_us
 from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
 from ledger.verify import verify
-from tests.conftest import built_pg_template, built_sqlite_template, database_property, drop_pg_database, new_sqlite_url
+from tests.conftest import built_template, database_property, drop_pg_database, new_sqlite_url
 from tests.scenarios.books import at, terms
 from tests.scenarios.commission_oracle import DAY_US, Oracle, OraclePlan, months_after
 from tests.scenarios.test_properties import new_pg_copy
@@ -320,13 +320,13 @@ class History:
 
 
 @pytest.fixture(scope="module")
-def oracle_program(sqlite_template, tmp_path_factory) -> str:
-    return built_sqlite_template(sqlite_template, tmp_path_factory.mktemp("program"), build_program)
+def oracle_program(request) -> str:
+    return built_template(request, build_program, "sqlite")
 
 
 @pytest.fixture(scope="module")
-def oracle_pg_program(pg_cluster):
-    yield from built_pg_template(pg_cluster, build_program)
+def oracle_pg_program(request) -> str:
+    return built_template(request, build_program, "postgres")
 
 
 @database_property(50)

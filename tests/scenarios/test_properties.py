@@ -36,7 +36,7 @@ from ledger.instants import add_days_us, from_us
 from ledger.revenue import Outcome, Refusal, RevenueEvent, ingest
 from ledger.schema import journal_lines, journal_transactions
 from ledger.verify import verify
-from tests.conftest import built_pg_template, built_sqlite_template, database_property, drop_pg_database, new_sqlite_url
+from tests.conftest import built_template, database_property, drop_pg_database, new_sqlite_url
 from tests.scenarios.books import at, terms
 
 HOUR_US = 3_600 * 1_000_000
@@ -490,13 +490,13 @@ def build_program(database: Database) -> None:
 
 
 @pytest.fixture(scope="module")
-def sqlite_program(sqlite_template, tmp_path_factory) -> str:
-    return built_sqlite_template(sqlite_template, tmp_path_factory.mktemp("program"), build_program)
+def sqlite_program(request) -> str:
+    return built_template(request, build_program, "sqlite")
 
 
 @pytest.fixture(scope="module")
-def pg_program(pg_cluster):
-    yield from built_pg_template(pg_cluster, build_program)
+def pg_program(request) -> str:
+    return built_template(request, build_program, "postgres")
 
 
 def new_pg_copy(cluster, template: str) -> str:
