@@ -24,7 +24,7 @@ from ledger.demo import load_demo
 from ledger.holds import HOLDS_PER_TRANSACTION
 from ledger.schema import accounts, journal_transactions, payout_runs, period_closes, period_snapshots
 from tests.cli.test_cli import REVSHARE, audited_books, invoke
-from tests.conftest import drop_pg_database, new_pg_url, new_sqlite_url
+from tests.conftest import copied_databases
 from tests.integration.conftest import second_writer_behind_first
 from tests.program import paid, seed
 
@@ -38,22 +38,17 @@ def month_of_invoices(month: int) -> list[revenue.RevenueEvent]:
             for customer in CUSTOMERS]
 
 
+def january_and_march(database: Database) -> None:
+    with database.transaction() as session:
+        seed(session, customer_ids=CUSTOMERS)
+        revenue.ingest(session, month_of_invoices(1) + month_of_invoices(3))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def killed_and_clean(request, sqlite_template, tmp_path):
+def killed_and_clean(request, tmp_path):
     """Two databases of one engine with the same program and the invoices of January and March,
     every hold still queued: one for the commands that are killed, one for their clean run."""
-    cluster = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster")
-    urls = [new_sqlite_url(sqlite_template, tmp_path) if cluster is None else new_pg_url(cluster) for _ in range(2)]
-    databases = [Database(url) for url in urls]
-    for database in databases:
-        with database.transaction() as session:
-            seed(session, customer_ids=CUSTOMERS)
-            revenue.ingest(session, month_of_invoices(1) + month_of_invoices(3))
-    yield databases
-    for database in databases:
-        database.dispose()
-    for url in urls if cluster is not None else ():
-        drop_pg_database(cluster, url)
+    yield from copied_databases(request, tmp_path, january_and_march, 2)
 
 
 def releases(database: Database) -> int:
