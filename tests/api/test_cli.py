@@ -337,13 +337,16 @@ def test_a_worker_started_while_the_database_cannot_be_reached_boots():
 
 
 @contextlib.contextmanager
-def serving(database_url: str, *, workers: int = 1):
+def serving(database_url: str, *, workers: int = 1, client_idle_s: float = server.CLIENT_IDLE_S):
     """`revshare serve` of this checkout (not the installed script's) on a free port, until the block
-    ends; yields the port and a list that holds the server's stderr once it has stopped."""
+    ends; yields the port and a list that holds the server's stderr once it has stopped. Its workers
+    drop a client idle `client_idle_s` (`cli.server.CLIENT_IDLE_S`, set in the process gunicorn's
+    workers are forked from)."""
     port = free_port()
     environment = {name: value for name, value in os.environ.items() if not name.startswith("REVSHARE_")}
     environment["REVSHARE_DATABASE_URL"] = database_url
-    command = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
+    command = [sys.executable, "-c", "import sys; from cli import server; from cli.main import main; "
+               f"server.CLIENT_IDLE_S = {client_idle_s!r}; sys.exit(main())",
                "serve", "--port", str(port), "--workers", str(workers)]
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                cwd=REPOSITORY)
@@ -429,7 +432,7 @@ def test_a_client_that_stops_sending_is_dropped_without_the_worker_being_killed(
     every other client waited. The worker now drops each after its idle limit, answers the second a
     408, and serves the next client."""
     key = run(["keys", "create", "--role", "finance"], sqlite_database.url).output.strip().splitlines()[-1]
-    with serving(sqlite_database.url) as (port, errors):
+    with serving(sqlite_database.url, client_idle_s=1.5) as (port, errors):  # 5 s in service
         half_line = socket.create_connection(("127.0.0.1", port), timeout=120)
         half_line.sendall(b"GET /v1/hea")
         half_body = (b"POST /v1/holds/release HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()

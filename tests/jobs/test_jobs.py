@@ -797,10 +797,12 @@ def silent_server() -> Iterator[socket.socket]:
 
 
 def test_a_scheduler_whose_database_server_never_answers_says_so_within_its_connect_timeout():
-    """Not after psycopg's default of 130 s, silent in between (the bound is 10 s): libpq's
-    "timeout expired" is its `connect_timeout` ending the try, which without one never ends so."""
+    """Not after psycopg's default of 130 s, silent in between: libpq's "timeout expired" is its
+    `connect_timeout` ending the try, which without one never ends so. The URL's own bound, libpq's
+    least (2 s), stands for the scheduler's (10 s; the next test has it given where the URL has none)."""
     with silent_server() as server:
-        with running_scheduler(f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare") as process:
+        url = f"postgresql://nobody@127.0.0.1:{server.getsockname()[1]}/revshare?connect_timeout=2"
+        with running_scheduler(url) as process:
             connection, _ = server.accept()
             with connection:
                 log = read_log_until(process, "trying again in")
