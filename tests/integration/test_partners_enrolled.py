@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from ledger import partners, revenue
 from ledger.db import Database
+from ledger.verify import verify
 from tests import program
 from tests.integration.conftest import chain_due
 from tests.integration.test_database_guards import refused, refused_without_recursive_triggers
@@ -201,3 +202,19 @@ def test_0060_enrols_the_partners_stored_before_it_and_goes_down_as_0059_had_the
         assert enrolments(database) == found
     finally:
         database.dispose()
+
+
+def test_verify_names_a_partner_key_written_past_its_rule_for_a_partner_not_enrolled(seeded):
+    """A key naming a partner that does not exist (migration 0029 refuses it; the schema declares no
+    foreign key there), written with the rule's trigger dropped for one transaction: `verify` names
+    the key, and not the key of an enrolled partner written beside it."""
+    key = ("INSERT INTO api_keys (id, key_hash, role, partner_id, created_at_us)"
+           " VALUES (:id, :hash, 'partner', :partner, 1)")
+    with without_trigger(seeded, "api_keys", "trg_api_keys_partner_known") as session:
+        session.execute(sa.text(key), {"id": "key_ghost", "hash": "a" * 64, "partner": "ghost"})
+        session.execute(sa.text(key), {"id": "key_northwind", "hash": "b" * 64, "partner": "northwind"})
+        chain_due(session.connection())  # chained as the service chains its keys
+    assert problems(seeded) == {(None, "key_partner_not_enrolled")}
+    with seeded.reader() as session:
+        [problem] = verify(session).problems
+    assert problem.message == "API key 'key_ghost' names partner 'ghost', which is not enrolled"
