@@ -692,7 +692,8 @@ def _policy_of(terms: str) -> str | None:
 def verify_partners_enrolled(session: Session) -> list[Problem]:
     """Every partner a transaction names is enrolled: a posting for a partner never enrolled is read
     by no partner's key and paid by no payout run. Migration 0031 holds it for new rows; each such
-    partner is named once, at its first transaction. And every partner has a status and a plan."""
+    partner is named once, at its first transaction. And every partner has a status and a plan, and
+    every partner key names an enrolled partner."""
     t, p = journal_transactions.c, partners.c
     rows = session.execute(
         select(t.partner_id, func.min(t.id)).outerjoin(partners, p.id == t.partner_id)
